@@ -1,0 +1,58 @@
+# ethml — every set-up step is a target here; the README's commands call `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+NODE_BIN := node_modules/.bin
+
+.PHONY: setup venv node contracts native test test-contracts test-python lint typecheck gas bench-pow clean
+
+setup: venv node
+
+## Python virtualenv with ethml installed in editable mode (builds the native core).
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml setup.py build_native.py $(wildcard native/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## Node packages: pinned solc-js, Foundry binaries, OpenZeppelin, ipfs-only-hash.
+node: node_modules/.installed
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Recompile the contracts into the artifacts shipped in src/ethml/chain/artifacts.
+contracts: node
+	node tools/compile_contracts.js
+
+## Rebuild the cffi extension in place after editing native/.
+native: venv
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+test: test-contracts test-python lint typecheck
+
+test-contracts: node
+	$(NODE_BIN)/forge test
+
+test-python: setup
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
+
+typecheck: venv
+	$(BIN)/mypy
+
+## The gas table in docs/gas.md.
+gas: setup
+	$(PY) benchmarks/gas_table.py --out docs/gas-table.md
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache src/ethml/_native*.so src/ethml/_native.c
+
+## The proof-of-work benchmark (every path, 1..N threads, the Python reference).
+bench-pow: venv
+	$(BIN)/ethml bench-pow

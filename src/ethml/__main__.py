@@ -1,0 +1,3 @@
+from ethml.cli import main
+
+main()

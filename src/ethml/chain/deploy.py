@@ -1,0 +1,191 @@
+"""Deploy the ethml system to any AsyncWeb3 and remember where it went."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+from web3.contract import AsyncContract
+
+from ethml.chain._artifacts import load_artifact
+from ethml.chain.accounts import dev_accounts
+from ethml.chain.tx import send
+from ethml.errors import DeploymentError, DeploymentNotFound
+
+EML = 10**18
+
+
+class ModelKind(IntEnum):
+    CLASSIFICATION = 0
+    REGRESSION = 1
+
+
+class Status(IntEnum):
+    NONE = 0
+    QUEUED = 1
+    CURRENT = 2
+    FINALIZED = 3
+    INVALID_INPUT = 4
+    EXPIRED = 5
+
+
+#: The value a miner submits when the data point cannot be used (the contract's INVALID_INPUT).
+INVALID_INPUT = -(2**255)
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """Mirrors `EthML.Parameters`."""
+
+    base_reward: int = 1 * EML
+    target_solve_time: int = 15
+    min_difficulty: int = 1 << 16
+    max_difficulty: int = 1 << 40
+    expiry_blocks: int = 200
+    max_callback_gas_limit: int = 1_000_000
+    regression_tolerance_bps: int = 100
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (
+            self.base_reward,
+            self.target_solve_time,
+            self.min_difficulty,
+            self.max_difficulty,
+            self.expiry_blocks,
+            self.max_callback_gas_limit,
+            self.regression_tolerance_bps,
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    cid: str
+    artifact_sha256: str
+    kind: ModelKind
+    decimals: int
+    feature_count: int
+
+
+@dataclass
+class Deployment:
+    chain_id: int
+    ethml: str
+    consumer: str
+    deployer: str
+    block: int
+    models: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Deployment:
+        try:
+            data = json.loads(text)
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise DeploymentError(f"unreadable deployment file: {exc}") from exc
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Deployment:
+        if not path.exists():
+            raise DeploymentError(f"deployment file {path} does not exist")
+        return cls.from_json(path.read_text())
+
+    @classmethod
+    def find(cls, chain_id: int, data_dir: Path | None = None) -> Deployment:
+        path = deployment_path(chain_id, data_dir)
+        if not path.exists():
+            raise DeploymentNotFound(chain_id, str(path.parent))
+        return cls.load(path)
+
+
+def data_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(os.environ.get("ETHML_DATA_DIR") or Path(base) / "ethml")
+
+
+def deployment_path(chain_id: int, data_dir: Path | None = None) -> Path:
+    return (data_dir or data_home()) / "deployments" / f"{chain_id}.json"
+
+
+def ethml_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
+    return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("EthML").abi)
+
+
+def consumer_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
+    return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("ExampleConsumer").abi)
+
+
+def dev_holders(amount: int = 10_000 * EML) -> dict[str, int]:
+    """The initial EML holders of a development deployment: the ten dev-mnemonic accounts."""
+    return {a.address: amount for a in dev_accounts(10)}
+
+
+async def deploy_system(
+    w3: AsyncWeb3[Any],
+    deployer: LocalAccount,
+    *,
+    holders: dict[str, int] | None = None,
+    parameters: Parameters | None = None,
+    models: list[ModelSpec] | None = None,
+) -> Deployment:
+    """Deploy EthML (token holders, parameters), the example consumer, and register `models`."""
+    holders = dev_holders() if holders is None else holders
+    params = parameters or Parameters()
+    artifact = load_artifact("EthML")
+    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = await send(
+        w3,
+        deployer,
+        factory.constructor(deployer.address, list(holders), list(holders.values()), params.as_tuple()),
+        what="EthML deployment",
+    )
+    ethml_address = receipt["contractAddress"]
+    if ethml_address is None:
+        raise DeploymentError("EthML deployment produced no contract address")
+    consumer_artifact = load_artifact("ExampleConsumer")
+    consumer_factory: Any = w3.eth.contract(abi=consumer_artifact.abi, bytecode=consumer_artifact.bytecode)
+    consumer_receipt = await send(
+        w3, deployer, consumer_factory.constructor(ethml_address), what="ExampleConsumer deployment"
+    )
+    deployment = Deployment(
+        chain_id=await w3.eth.chain_id,
+        ethml=str(ethml_address),
+        consumer=str(consumer_receipt["contractAddress"]),
+        deployer=deployer.address,
+        block=int(receipt["blockNumber"]),
+    )
+    for spec in models or []:
+        deployment.models[spec.name] = await register_model(w3, deployer, deployment, spec)
+    return deployment
+
+
+async def register_model(w3: AsyncWeb3[Any], admin: LocalAccount, deployment: Deployment, spec: ModelSpec) -> int:
+    contract = ethml_contract(w3, deployment.ethml)
+    receipt = await send(
+        w3,
+        admin,
+        contract.functions.registerModel(
+            spec.cid,
+            bytes.fromhex(spec.artifact_sha256.removeprefix("0x")),
+            int(spec.kind),
+            spec.decimals,
+            spec.feature_count,
+        ),
+        what=f"registering model {spec.name}",
+    )
+    events = contract.events.ModelRegistered().process_receipt(receipt)
+    return int(events[0]["args"]["modelId"])

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing_service(what: str) -> None:
+    """Under CI a missing service is a failure; on a developer machine the test is skipped."""
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI but is missing")
+    pytest.skip(f"{what} is not available")
+
+
+def find_anvil() -> str | None:
+    local = ROOT / "node_modules" / ".bin" / "anvil"
+    return str(local) if local.exists() else shutil.which("anvil")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def anvil_url() -> Iterator[str]:
+    from ethml.chain import DEV_MNEMONIC
+
+    binary = find_anvil()
+    if binary is None:
+        missing_service("anvil (npm install)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--mnemonic", DEV_MNEMONIC, "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                proc.kill()
+                pytest.fail(f"anvil did not start: {err}")
+            time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

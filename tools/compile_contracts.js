@@ -1,0 +1,69 @@
+#!/usr/bin/env node
+// Compile contracts/src with the pinned solc-js into src/ethml/chain/artifacts/*.json.
+// Each artifact records the compiler version and a hash of the sources, so a stale artifact is
+// caught by the test suite (tests/chain/test_artifacts.py recomputes the hash).
+"use strict";
+const crypto = require("crypto");
+const fs = require("fs");
+const path = require("path");
+const solc = require("solc");
+
+const root = path.resolve(__dirname, "..");
+const srcDir = path.join(root, "contracts", "src");
+const outDir = path.join(root, "src", "ethml", "chain", "artifacts");
+const CONTRACTS = { "EthML.sol": ["EthML"], "UsingEthML.sol": ["ExampleConsumer"] };
+const SETTINGS = {
+  optimizer: { enabled: true, runs: 10000 },
+  evmVersion: "cancun",
+  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+};
+
+function sourceHash() {
+  const h = crypto.createHash("sha256");
+  for (const name of fs.readdirSync(srcDir).filter((f) => f.endsWith(".sol")).sort()) {
+    h.update(name + "\0" + fs.readFileSync(path.join(srcDir, name)) + "\0");
+  }
+  const oz = require(path.join(root, "node_modules", "@openzeppelin", "contracts", "package.json"));
+  h.update("openzeppelin@" + oz.version + "\0" + JSON.stringify(SETTINGS.optimizer) + SETTINGS.evmVersion);
+  return h.digest("hex");
+}
+
+function findImport(p) {
+  for (const base of [srcDir, path.join(root, "node_modules")]) {
+    const full = path.resolve(base, p);
+    if (fs.existsSync(full)) return { contents: fs.readFileSync(full, "utf8") };
+  }
+  return { error: `file not found: ${p}` };
+}
+
+const sources = {};
+for (const file of Object.keys(CONTRACTS)) {
+  sources[file] = { content: fs.readFileSync(path.join(srcDir, file), "utf8") };
+}
+const output = JSON.parse(
+  solc.compile(JSON.stringify({ language: "Solidity", sources, settings: SETTINGS }), { import: findImport }),
+);
+const errors = (output.errors || []).filter((e) => e.severity === "error");
+for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
+if (errors.length) process.exit(1);
+
+fs.mkdirSync(outDir, { recursive: true });
+const hash = sourceHash();
+const version = solc.version();
+for (const [file, names] of Object.entries(CONTRACTS)) {
+  for (const name of names) {
+    const c = output.contracts[file][name];
+    const artifact = {
+      contractName: name,
+      compiler: version,
+      settings: { optimizer: SETTINGS.optimizer, evmVersion: SETTINGS.evmVersion },
+      sourceHash: hash,
+      abi: c.abi,
+      bytecode: "0x" + c.evm.bytecode.object,
+      deployedBytecode: "0x" + c.evm.deployedBytecode.object,
+    };
+    fs.writeFileSync(path.join(outDir, name + ".json"), JSON.stringify(artifact, null, 1) + "\n");
+    process.stdout.write(`${name}: ${c.evm.deployedBytecode.object.length / 2} bytes runtime\n`);
+  }
+}
+process.stdout.write(`artifacts written to ${path.relative(root, outDir)} (solc ${version})\n`);
