@@ -61,3 +61,19 @@ def anvil_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def find_ipfs_only_hash() -> str | None:
+    path = ROOT / "node_modules" / "ipfs-only-hash"
+    return str(path) if path.exists() else None
+
+
+def find_ipfs_cid() -> str | None:
+    return shutil.which("ipfs_cid")
+
+
+@pytest.fixture
+def blockstore(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from ethml.ipfs import Blockstore
+
+    return Blockstore(tmp_path / "blocks")

@@ -66,3 +66,111 @@ class TransactionReverted(ChainError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what} reverted: {reason}")
+
+
+# ------------------------------------------------------------------------- ipfs
+
+
+class IpfsError(EthmlError):
+    """Reading, verifying or storing IPFS content failed."""
+
+
+class InvalidCID(IpfsError, ValueError):
+    def __init__(self, text: str, problem: str) -> None:
+        self.text = text
+        super().__init__(f"{text!r} is not a valid CID: {problem}")
+
+
+class UnsupportedCID(IpfsError, ValueError):
+    def __init__(self, cid: str, what: str) -> None:
+        self.cid = cid
+        super().__init__(
+            f"CID {cid} uses {what}; ethml reads CIDv0 and CIDv1 with the raw or dag-pb codec and sha2-256"
+        )
+
+
+class HashMismatch(IpfsError):
+    def __init__(self, cid: str, source: str) -> None:
+        self.cid = cid
+        self.source = source
+        super().__init__(f"block {cid} from {source} does not hash to its CID (tampered or corrupt); discarded")
+
+
+class ContentTooLarge(IpfsError):
+    def __init__(self, cid: str, size: int, limit: int) -> None:
+        self.cid = cid
+        self.size = size
+        self.limit = limit
+        super().__init__(f"content {cid} is at least {size:,} bytes, over the {limit:,}-byte limit")
+
+
+class MalformedDag(IpfsError):
+    def __init__(self, cid: str, problem: str) -> None:
+        self.cid = cid
+        super().__init__(f"block {cid} is not a valid UnixFS file node: {problem}")
+
+
+class BlockNotFound(IpfsError, LookupError):
+    def __init__(self, cid: str) -> None:
+        self.cid = cid
+        super().__init__(f"block {cid} is not in the local blockstore and no gateway is configured (--gateway URL)")
+
+
+class GatewayFailure(IpfsError):
+    """One gateway failed for one block; collected into AllGatewaysFailed."""
+
+    def __init__(self, gateway: str, cid: str, reason: str) -> None:
+        self.gateway = gateway
+        self.cid = cid
+        self.reason = reason
+        super().__init__(f"{gateway}: {reason}")
+
+
+class AllGatewaysFailed(IpfsError):
+    def __init__(self, cid: str, failures: list[GatewayFailure]) -> None:
+        self.cid = cid
+        self.failures = failures
+        reasons = "; ".join(str(f) for f in failures)
+        super().__init__(f"could not fetch block {cid} from any gateway ({reasons})")
+
+
+class IpfsTimeout(IpfsError, TimeoutError):
+    def __init__(self, cid: str, seconds: float) -> None:
+        self.cid = cid
+        super().__init__(f"fetching {cid} took longer than {seconds:g} s; raise the timeout or check the gateways")
+
+
+# --------------------------------------------------------------------------- ml
+
+
+class ModelError(EthmlError):
+    """Loading or running a model failed."""
+
+
+class UnknownModelName(ModelError, KeyError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        super().__init__(f"no model {name!r}; known models: {', '.join(known)}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ArtifactMismatch(ModelError):
+    def __init__(self, name: str, expected: str, actual: str) -> None:
+        self.name = name
+        super().__init__(f"model artifact {name} has sha256 {actual}, but {expected} was registered; refusing to load")
+
+
+class UntrustedArtifact(ModelError):
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        super().__init__(f"refusing to load model artifact {name}: {problem}")
+
+
+class InvalidInput(ModelError, ValueError):
+    """The data point cannot be used as model input; miners submit INVALID_INPUT for it."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"invalid data point: {problem}")

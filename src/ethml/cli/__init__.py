@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ethml import __version__
-from ethml.cli import bench_pow
+from ethml.cli import bench_pow, ipfs
 
 app = typer.Typer(
     name="ethml",
@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench_pow.app)
+app.add_typer(ipfs.app, name="ipfs")
 
 
 def _version(value: bool) -> None:

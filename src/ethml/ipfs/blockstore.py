@@ -1,0 +1,69 @@
+"""A local content-addressed blockstore: one file per block, named by its multihash.
+
+Blocks are verified before they are written and again when they are read, so a corrupt or planted
+file is never served as content.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from multiformats import CID
+
+from ethml.errors import HashMismatch
+from ethml.ipfs.cid import block_key, verify_block
+
+
+def default_blockstore_dir() -> Path:
+    from ethml.chain.deploy import data_home
+
+    return data_home() / "blocks"
+
+
+class Blockstore:
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_blockstore_dir()
+
+    def _path(self, cid: CID) -> Path:
+        key = block_key(cid)
+        return self.root / key[-3:-1] / key
+
+    def has(self, cid: CID) -> bool:
+        return self._path(cid).exists()
+
+    def put(self, cid: CID, data: bytes) -> None:
+        """Store a block after checking it hashes to `cid` (raises HashMismatch otherwise)."""
+        verify_block(cid, data, "the caller")
+        path = self._path(cid)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, cid: CID) -> bytes | None:
+        """The verified block, or None. A stored file that no longer matches is deleted."""
+        path = self._path(cid)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            verify_block(cid, data, f"the local blockstore ({path})")
+        except HashMismatch:
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def __len__(self) -> int:
+        if not self.root.exists():
+            return 0
+        return sum(1 for p in self.root.glob("*/*") if not p.name.startswith(".tmp-"))

@@ -1,0 +1,163 @@
+"""Fetching through real aiohttp gateways on loopback: good, tampered, hanging, missing, huge."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from ethml.errors import (
+    AllGatewaysFailed,
+    BlockNotFound,
+    ContentTooLarge,
+    InvalidCID,
+    IpfsTimeout,
+    UnsupportedCID,
+)
+from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig, build_file, make_app, parse_cid
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> str:
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield start
+    for s in servers:
+        await s.close()
+
+
+def _app(handler: Handler) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/ipfs/{cid}", handler)
+    return app
+
+
+def _good_store(tmp_path, data: bytes, version: int = 0):  # type: ignore[no-untyped-def]
+    store = Blockstore(tmp_path / "origin")
+    root, blocks = build_file(data, version)
+    for b in blocks:
+        store.put(b.cid, b.data)
+    return store, root
+
+
+async def test_multi_block_file_through_our_gateway(tmp_path, blockstore, serve) -> None:  # type: ignore[no-untyped-def]
+    data = random.Random(1).randbytes(3 * 1024 * 1024)
+    for version in (0, 1):
+        origin, root = _good_store(tmp_path, data, version)
+        url = await serve(make_app(origin))
+        async with IpfsClient(blockstore, IpfsConfig(gateways=[url], max_size=4 * 1024 * 1024)) as client:
+            assert await client.cat(str(root)) == data
+        # Everything fetched is now local and verified.
+        async with IpfsClient(blockstore, IpfsConfig(gateways=[], max_size=4 * 1024 * 1024)) as offline:
+            assert await offline.cat(root) == data
+
+
+async def test_each_bad_gateway_is_skipped_for_the_next(tmp_path, blockstore, serve) -> None:  # type: ignore[no-untyped-def]
+    data = b"[1.0, 2.0, 3.0, 4.0]\n"
+    origin, root = _good_store(tmp_path, data)
+    good = await serve(make_app(origin))
+    block = origin.get(root)
+    assert block is not None
+
+    async def tampered(request: web.Request) -> web.Response:
+        return web.Response(body=block.replace(b"1.0", b"9.0"), content_type="application/vnd.ipld.raw")
+
+    async def hangs(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response(body=block)
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(64):  # 4 MiB, over the 2 MiB block limit, without a Content-Length
+            await resp.write(b"\0" * 65536)
+        return resp
+
+    bad = [await serve(_app(h)) for h in (tampered, hangs, missing, huge)]
+    config = IpfsConfig(gateways=[*bad, good], gateway_timeout=0.5)
+    async with IpfsClient(blockstore, config) as client:
+        assert await client.cat(root) == data
+    assert blockstore.get(root) == block
+
+    # Without the good one: every reason is reported, nothing unverified is stored.
+    fresh = Blockstore(tmp_path / "fresh")
+    async with IpfsClient(fresh, IpfsConfig(gateways=bad, gateway_timeout=0.5)) as client:
+        with pytest.raises(AllGatewaysFailed) as info:
+            await client.cat(root)
+    reasons = [f.reason for f in info.value.failures]
+    assert "does not hash to its CID" in reasons[0] and bad[0] in str(info.value)
+    assert "timed out" in reasons[1]
+    assert reasons[2] == "HTTP 404"
+    assert "over 2,097,152 bytes" in reasons[3]
+    assert len(fresh) == 0
+
+
+async def test_limits_and_bad_cids(tmp_path, blockstore, serve) -> None:  # type: ignore[no-untyped-def]
+    data = random.Random(2).randbytes(600 * 1024)
+    origin, root = _good_store(tmp_path, data)
+    url = await serve(make_app(origin))
+    async with IpfsClient(blockstore, IpfsConfig(gateways=[url], max_size=512 * 1024)) as client:
+        with pytest.raises(ContentTooLarge, match="614,400 bytes, over the 524,288-byte limit"):
+            await client.cat(root)
+        with pytest.raises(InvalidCID):
+            await client.cat("Qm-not-a-cid")
+        with pytest.raises(UnsupportedCID, match="codec dag-cbor"):
+            await client.cat("bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")
+    async with IpfsClient(blockstore, IpfsConfig()) as offline:
+        with pytest.raises(BlockNotFound, match="--gateway"):
+            await offline.cat("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
+
+
+async def test_total_timeout(tmp_path, blockstore, serve) -> None:  # type: ignore[no-untyped-def]
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response(status=500)
+
+    url = await serve(_app(slow))
+    config = IpfsConfig(gateways=[url], gateway_timeout=20, total_timeout=0.3)
+    async with IpfsClient(blockstore, config) as client:
+        with pytest.raises(IpfsTimeout):
+            await client.cat("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
+
+
+def test_blockstore_refuses_and_drops_corrupt_blocks(blockstore) -> None:  # type: ignore[no-untyped-def]
+    from ethml.errors import HashMismatch
+
+    root, _ = build_file(b"hello", 1)
+    with pytest.raises(HashMismatch):
+        blockstore.put(root, b"other")
+    blockstore.put(root, b"hello")
+    path = next(blockstore.root.glob("*/*"))
+    path.write_bytes(b"corrupted on disk")
+    assert blockstore.get(root) is None and not path.exists()
+
+
+async def test_gateway_server_answers(tmp_path, serve) -> None:  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    origin, root = _good_store(tmp_path, b"data")
+    url = await serve(make_app(origin))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/ipfs/{root}?format=raw") as r:
+            assert r.status == 200 and r.content_type == "application/vnd.ipld.raw"
+        async with s.get(f"{url}/ipfs/{root}") as r:
+            assert r.status == 406
+        async with s.get(f"{url}/ipfs/nonsense?format=raw") as r:
+            assert r.status == 400
+        async with s.get(f"{url}/ipfs/{parse_cid('QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG')}?format=raw") as r:
+            assert r.status == 404
