@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 NODE_BIN := node_modules/.bin
 
-.PHONY: setup venv node contracts native test test-contracts test-python lint typecheck gas bench-pow clean
+.PHONY: setup venv node contracts models native test test-contracts test-python lint typecheck gas bench-pow clean
 
 setup: venv node
 
@@ -45,6 +45,10 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy
+
+## Retrain the bundled models (deterministic) and rewrite models/manifest.json.
+models: venv
+	$(PY) models/build_models.py
 
 ## The gas table in docs/gas.md.
 gas: setup

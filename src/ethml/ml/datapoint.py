@@ -1,0 +1,50 @@
+"""Data points (JSON) in, int256 predictions out."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from ethml.errors import InvalidInput
+
+
+def parse_data_point(raw: bytes, feature_count: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """A JSON array of numbers, or {"features": [...]}, with exactly `feature_count` finite values."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"not JSON ({exc})") from None
+    if isinstance(value, dict):
+        if "features" not in value:
+            raise InvalidInput('a JSON object must have a "features" array')
+        value = value["features"]
+    if not isinstance(value, list):
+        raise InvalidInput(f"expected a JSON array of numbers, got {type(value).__name__}")
+    if len(value) != feature_count:
+        raise InvalidInput(f"the model takes {feature_count} features, the data point has {len(value)}")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise InvalidInput(f"feature {i} is {type(v).__name__}, not a number")
+        if not math.isfinite(v):
+            raise InvalidInput(f"feature {i} is not finite ({v})")
+    return np.asarray(value, dtype=np.float64).reshape(1, -1)
+
+
+def encode_prediction(value: Any, kind: str, decimals: int) -> int:
+    """The int256 a miner submits: the class label, or round(value * 10**decimals) for regression."""
+    if kind == "classification":
+        label = value.item() if hasattr(value, "item") else value
+        if isinstance(label, float) and not label.is_integer():
+            raise InvalidInput(f"class label {label} is not an integer")
+        return int(label)
+    scaled: float = float(value) * 10.0**decimals
+    if not math.isfinite(scaled):
+        raise InvalidInput(f"the model produced a non-finite value ({value})")
+    return round(scaled)
+
+
+def decode_prediction(value: int, kind: str, decimals: int) -> float | int:
+    return value if kind == "classification" else value / 10**decimals

@@ -1,0 +1,125 @@
+"""Loading models safely: hash first, joblib only for the bundled artifacts, skops for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from ethml.errors import ArtifactMismatch, InvalidInput, ModelError, UntrustedArtifact
+from ethml.ml.datapoint import encode_prediction, parse_data_point
+from ethml.ml.manifest import Manifest, ModelEntry
+
+#: The only types an artifact from outside this package may contain (checked by skops before loading).
+TRUSTED_TYPES = [
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._data.MinMaxScaler",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.linear_model._ridge.Ridge",
+    "sklearn.linear_model._base.LinearRegression",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._tree.Tree",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.float64",
+    "numpy.int64",
+    "builtins.slice",
+]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_bundled(entry: ModelEntry, path: Path, expected_sha256: str | None = None) -> Any:
+    """A bundled joblib artifact, after checking its sha256 against the manifest (and the registry)."""
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model artifact {path}: {exc.strerror}") from None
+    actual = sha256_hex(blob)
+    for expected in (entry.sha256, expected_sha256):
+        if expected is not None and actual != expected.lower().removeprefix("0x"):
+            raise ArtifactMismatch(entry.name, expected, actual)
+    return joblib.load(io.BytesIO(blob))
+
+
+def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
+    """An artifact from outside (IPFS, a trainer's upload): skops only, allow-listed types only."""
+    actual = sha256_hex(blob)
+    if actual != expected_sha256.lower().removeprefix("0x"):
+        raise ArtifactMismatch(name, expected_sha256, actual)
+    if not zipfile.is_zipfile(io.BytesIO(blob)):
+        raise UntrustedArtifact(name, "not a skops archive (pickle and joblib files are never loaded from outside)")
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(data=blob)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means: do not load
+        raise UntrustedArtifact(name, f"unreadable skops archive ({exc})") from None
+    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
+    if refused:
+        raise UntrustedArtifact(name, f"it contains types outside the allow-list: {', '.join(refused)}")
+    try:
+        return sio.loads(blob, trusted=[t for t in untrusted if t in TRUSTED_TYPES])
+    except Exception as exc:  # noqa: BLE001
+        raise UntrustedArtifact(name, f"skops could not load it ({exc})") from None
+
+
+@dataclass
+class LoadedModel:
+    entry: ModelEntry
+    model: Any
+
+    def predict_one(self, raw: bytes) -> int:
+        """The encoded prediction for one JSON data point (raises InvalidInput for bad data)."""
+        features = parse_data_point(raw, self.entry.feature_count)
+        try:
+            value = self.model.predict(features)[0]
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        return encode_prediction(value, self.entry.kind, self.entry.decimals)
+
+
+class ModelStore:
+    """Models loaded once and cached; inference runs on a thread pool, off the event loop."""
+
+    def __init__(self, manifest: Manifest | None = None, workers: int = 2) -> None:
+        self.manifest = manifest or Manifest.load()
+        self._cache: dict[str, LoadedModel] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ethml-predict")
+
+    def get(self, name: str, expected_sha256: str | None = None) -> LoadedModel:
+        entry = self.manifest.by_name(name)
+        cached = self._cache.get(entry.sha256)
+        if cached is None:
+            model = load_bundled(entry, self.manifest.artifact_path(entry), expected_sha256)
+            cached = self._cache[entry.sha256] = LoadedModel(entry, model)
+        elif expected_sha256 is not None and entry.sha256 != expected_sha256.lower().removeprefix("0x"):
+            raise ArtifactMismatch(entry.name, expected_sha256, entry.sha256)
+        return cached
+
+    def for_registry(self, artifact_sha256: str) -> LoadedModel:
+        """The bundled model whose artifact hash the on-chain registry names."""
+        entry = self.manifest.by_sha256(artifact_sha256)
+        if entry is None:
+            raise ModelError(f"no bundled model has artifact sha256 {artifact_sha256}")
+        return self.get(entry.name, artifact_sha256)
+
+    async def predict(self, model: LoadedModel, raw: bytes) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, model.predict_one, raw)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,171 @@
+"""The bundled models: hashes, CIDs, predictions equal to sklearn's, and safe loading."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import skops.io as sio
+
+from ethml.errors import ArtifactMismatch, InvalidInput, UnknownModelName, UntrustedArtifact
+from ethml.ipfs import build_file
+from ethml.ml import Manifest, ModelStore, encode_prediction, load_untrusted, parse_data_point
+from tests.conftest import ROOT
+
+MANIFEST = Manifest.load(ROOT / "models")
+
+
+def _build_script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("build_models", ROOT / "models" / "build_models.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_manifest_lists_the_four_models_with_matching_files() -> None:
+    assert [m.name for m in MANIFEST.models] == ["breast-cancer", "diabetes", "iris", "wine"]
+    for m in MANIFEST.models:
+        blob = MANIFEST.artifact_path(m).read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == m.sha256
+        assert str(build_file(blob, 0)[0]) == m.cid
+        assert len(m.feature_names) == m.feature_count
+        for p in m.data_points:
+            assert str(build_file(MANIFEST.data_point_path(p).read_bytes(), 0)[0]) == p.cid
+
+
+def test_predictions_equal_direct_sklearn_on_the_held_out_rows() -> None:
+    from sklearn.model_selection import train_test_split
+
+    build = _build_script()
+    store = ModelStore(MANIFEST)
+    for spec, entry in zip(build.MODELS, MANIFEST.models, strict=True):
+        ds = spec["load"]()
+        _, X_test, _, y_test = train_test_split(
+            ds.data.astype(np.float64),
+            ds.target,
+            test_size=0.2,
+            random_state=build.SEED,
+            stratify=ds.target if spec["kind"] == "classification" else None,
+        )
+        direct = joblib.load(MANIFEST.artifact_path(entry))
+        expected = direct.predict(X_test)
+        model = store.get(entry.name)
+        got = [model.predict_one(json.dumps(list(map(float, row))).encode()) for row in X_test]
+        assert got == [encode_prediction(v, entry.kind, entry.decimals) for v in expected], entry.name
+        for i, point in enumerate(entry.data_points):
+            row = json.loads(MANIFEST.data_point_path(point).read_text())
+            assert row == list(map(float, X_test[i]))
+            assert point.label == pytest.approx(float(y_test[i]))
+    store.close()
+
+
+async def test_inference_runs_off_the_loop_and_models_are_cached() -> None:
+    store = ModelStore(MANIFEST)
+    a = store.get("iris")
+    assert store.get("iris") is a
+    raw = MANIFEST.data_point_path(MANIFEST.by_name("iris").data_points[0]).read_bytes()
+    assert await store.predict(a, raw) == MANIFEST.by_name("iris").data_points[0].label
+    store.close()
+
+
+def test_registry_hash_is_checked(tmp_path: Path) -> None:
+    store = ModelStore(MANIFEST)
+    entry = MANIFEST.by_name("wine")
+    assert store.for_registry("0x" + entry.sha256).entry.name == "wine"
+    with pytest.raises(ArtifactMismatch):
+        store.get("wine", "ab" * 32)
+    # A modified artifact file is refused before it is unpickled.
+    copy = tmp_path / "models"
+    copy.mkdir()
+    (copy / "manifest.json").write_text((ROOT / "models" / "manifest.json").read_text())
+    (copy / entry.artifact).write_bytes(MANIFEST.artifact_path(entry).read_bytes() + b"\0")
+    with pytest.raises(ArtifactMismatch, match="refusing to load"):
+        ModelStore(Manifest.load(copy)).get("wine")
+    with pytest.raises(UnknownModelName, match="known models: breast-cancer"):
+        store.get("mnist")
+
+
+@pytest.mark.parametrize(
+    ("raw", "count", "problem"),
+    [
+        (b"[1, 2, 3]", 4, "takes 4 features, the data point has 3"),
+        (b'{"features": [1, 2, 3, 4]}', 4, None),
+        (b"[1, 2, NaN, 4]", 4, "not finite"),
+        (b"[1, 2, Infinity, 4]", 4, "not finite"),
+        (b'[1, 2, "3", 4]', 4, "feature 2 is str"),
+        (b"[1, 2, true, 4]", 4, "feature 2 is bool"),
+        (b"{not json", 4, "not JSON"),
+        (b'{"x": 1}', 4, '"features" array'),
+        (b"\xff\xfe", 4, "not JSON"),
+        (b"42", 4, "expected a JSON array"),
+    ],
+)
+def test_data_point_parsing(raw: bytes, count: int, problem: str | None) -> None:
+    if problem is None:
+        assert parse_data_point(raw, count).shape == (1, count)
+    else:
+        with pytest.raises(InvalidInput, match=problem):
+            parse_data_point(raw, count)
+
+
+def test_encoding() -> None:
+    assert encode_prediction(np.int64(2), "classification", 0) == 2
+    assert encode_prediction(np.float64(152.456), "regression", 2) == 15246
+    assert encode_prediction(-1.005, "regression", 1) == -10
+
+
+class _Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/ethml-pickle-exploit-ran")
+
+
+def test_malicious_pickle_is_refused_and_nothing_runs() -> None:
+    MARKER.unlink(missing_ok=True)
+    for blob in (pickle.dumps(_Exploit()), _joblib_bytes(_Exploit())):
+        with pytest.raises(UntrustedArtifact, match="not a skops archive"):
+            load_untrusted(blob, "exploit", hashlib.sha256(blob).hexdigest())
+    assert not MARKER.exists()
+
+
+def _joblib_bytes(obj: object) -> bytes:
+    buf = io.BytesIO()
+    joblib.dump(obj, buf)
+    return buf.getvalue()
+
+
+def test_skops_artifacts_load_only_with_allow_listed_types() -> None:
+    model = joblib.load(MANIFEST.artifact_path(MANIFEST.by_name("wine")))
+    blob = sio.dumps(model)
+    loaded = load_untrusted(blob, "wine", hashlib.sha256(blob).hexdigest())
+    x = np.asarray(json.loads(MANIFEST.data_point_path(MANIFEST.by_name("wine").data_points[0]).read_text()))
+    assert loaded.predict(x.reshape(1, -1)) == model.predict(x.reshape(1, -1))
+    with pytest.raises(ArtifactMismatch):
+        load_untrusted(blob, "wine", "00" * 32)
+
+    # A skops archive whose schema names a dangerous callable is refused before loading.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(buf, "w") as dst:
+        for item in src.infolist():
+            content = src.read(item.filename)
+            if item.filename == "schema.json":
+                schema = json.loads(content)
+                schema["__module__"], schema["__class__"] = "os", "system"
+                content = json.dumps(schema).encode()
+            dst.writestr(item, content)
+    evil = buf.getvalue()
+    with pytest.raises(UntrustedArtifact, match=r"os\.system"):
+        load_untrusted(evil, "evil", hashlib.sha256(evil).hexdigest())
