@@ -6,9 +6,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ethml.errors import ModelError, UnknownModelName
+
+if TYPE_CHECKING:
+    from ethml.chain.deploy import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,22 @@ class Manifest:
     def by_sha256(self, sha256: str) -> ModelEntry | None:
         wanted = sha256.lower().removeprefix("0x")
         return next((m for m in self.models if m.sha256 == wanted), None)
+
+    def registry_specs(self) -> list[ModelSpec]:
+        """The bundled models as `deploy_system(models=...)` registers them."""
+        from ethml.chain.deploy import ModelKind, ModelSpec
+
+        return [
+            ModelSpec(
+                m.name,
+                m.cid,
+                "0x" + m.sha256,
+                ModelKind.CLASSIFICATION if m.is_classifier else ModelKind.REGRESSION,
+                m.decimals,
+                m.feature_count,
+            )
+            for m in self.models
+        ]
 
     def artifact_path(self, entry: ModelEntry) -> Path:
         return self.directory / entry.artifact

@@ -1,0 +1,81 @@
+"""What every actor of one node shares: the chain client, the contract, the journal, the board."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+from web3.contract import AsyncContract
+
+from ethml.chain.deploy import Deployment
+from ethml.ipfs import IpfsClient
+from ethml.ml import ModelStore
+from ethml.node.events import NodeEvent, NodeStats, NodeWarning
+from ethml.node.jobs import JobBoard
+from ethml.node.journal import Journal
+
+
+@dataclass
+class NodeConfig:
+    threads: int | None = None
+    poll_interval: float = 1.0
+    pow_path: str | None = None
+    gateways: list[str] = field(default_factory=list)
+    data_dir: Path | None = None
+    models_dir: Path | None = None
+    #: Seconds without a receipt before the fee is bumped (same nonce, higher fee).
+    bump_after: float = 30.0
+    #: How long to keep retrying a data point that no gateway can serve before calling it invalid.
+    fetch_retry_seconds: float = 20.0
+    max_backoff: float = 30.0
+    queue_size: int = 8
+
+
+@dataclass
+class NodeContext:
+    w3: AsyncWeb3[Any]
+    contract: AsyncContract
+    deployment: Deployment
+    account: LocalAccount
+    config: NodeConfig
+    journal: Journal
+    ipfs: IpfsClient
+    models: ModelStore
+    board: JobBoard = field(default_factory=JobBoard)
+    stats: NodeStats = field(default_factory=NodeStats)
+    subscribers: list[asyncio.Queue[NodeEvent]] = field(default_factory=list)
+    log: Any = field(default_factory=lambda: structlog.get_logger("ethml.node"))
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    def emit(self, event: NodeEvent) -> None:
+        if isinstance(event, NodeWarning):
+            self.stats.warnings = [*self.stats.warnings[-19:], event.message]
+        for q in self.subscribers:
+            if q.full():  # a slow reader loses the oldest event, never blocks the node
+                q.get_nowait()
+            q.put_nowait(event)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless the node is stopping; True when it is."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """RPC unreachable or dropped (as opposed to a revert or a bug)."""
+    import aiohttp
+    from web3.exceptions import TimeExhausted
+
+    return isinstance(exc, OSError | aiohttp.ClientError | TimeExhausted | asyncio.TimeoutError | ConnectionError)

@@ -1,0 +1,228 @@
+"""EventWatcher: checkpointed eth_getLogs polling, reorg-aware, backfilling after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+from hexbytes import HexBytes
+
+from ethml.node.context import NodeContext, is_connection_error
+from ethml.node.events import ChallengeSeen, Finalized, NodeWarning, RequestExpired, RewardReceived
+from ethml.node.jobs import Job
+
+LOG_CHUNK = 2_000
+KEEP_BLOCK_HASHES = 256
+ZERO_TOPIC = "0x" + "00" * 32
+
+
+def _hex(value: Any) -> str:
+    return HexBytes(value).to_0x_hex()
+
+
+class EventWatcher:
+    def __init__(self, ctx: NodeContext, out: asyncio.Queue[Job]) -> None:
+        self.ctx = ctx
+        self.out = out
+        events = ctx.contract.events
+        self._decoders = {
+            _hex(e.topic): e
+            for e in (
+                events.NewChallenge(),
+                events.PredictionFinalized(),
+                events.RequestExpired(),
+                events.Transfer(),
+            )
+        }
+        self._transfer_topic = _hex(events.Transfer().topic)
+        self._me_topic = "0x" + "00" * 12 + ctx.address[2:].lower()
+        self._hashes: dict[int, str] = {}  # processed block -> hash, for reorg detection
+        self._seen: set[tuple[str, int]] = set()
+        self._next_block: int | None = None
+        self._mints: dict[str, int] = {}  # tx hash -> EML minted to this miner in it
+        self.polls = 0
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while not self.ctx.stopping.is_set():
+            try:
+                if self._next_block is None:
+                    await self._start()
+                await self.poll()
+                backoff = 1.0
+                if await self.ctx.sleep(self.ctx.config.poll_interval):
+                    return
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                self.ctx.stats.last_error = f"RPC unreachable: {exc}"
+                self.ctx.emit(NodeWarning(f"RPC unreachable ({type(exc).__name__}); retrying in {backoff:g} s"))
+                self.ctx.log.warning("rpc_unreachable", error=str(exc), retry_in=backoff)
+                if await self.ctx.sleep(backoff):
+                    return
+                backoff = min(backoff * 2, self.ctx.config.max_backoff)
+
+    async def _start(self) -> None:
+        checkpoint = self.ctx.journal.checkpoint()
+        if checkpoint is not None:
+            block, block_hash = checkpoint
+            self._hashes[block] = block_hash
+            self._next_block = block + 1
+        else:
+            self._next_block = self.ctx.deployment.block
+        self.ctx.log.info("watcher_started", from_block=self._next_block)
+
+    async def poll(self) -> None:
+        w3 = self.ctx.w3
+        latest = await w3.eth.block_number
+        await self._check_reorg(latest)
+        assert self._next_block is not None
+        start = self._next_block
+        if start > latest:
+            return
+        new_job: Job | None = None
+        for lo in range(start, latest + 1, LOG_CHUNK):
+            hi = min(lo + LOG_CHUNK - 1, latest)
+            logs = await w3.eth.get_logs(
+                {"address": to_checksum_address(self.ctx.deployment.ethml), "fromBlock": lo, "toBlock": hi}
+            )
+            for log in sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"])):
+                job = self._handle(log)
+                if job is not None:
+                    new_job = job
+        tip = await w3.eth.get_block(latest)
+        tip_hash = _hex(tip["hash"])
+        self._hashes[latest] = tip_hash
+        for old in [b for b in self._hashes if b < latest - KEEP_BLOCK_HASHES]:
+            del self._hashes[old]
+        self._next_block = latest + 1
+        self.ctx.journal.set_checkpoint(latest, tip_hash)
+        self.polls += 1
+        if self.polls == 1 and self.ctx.board.current is None:
+            new_job = await self._current_from_contract() or new_job
+        if new_job is not None and not new_job.is_cancelled and self.ctx.board.current is new_job:
+            if self.ctx.journal.has(new_job.request_id):
+                self.ctx.log.info("already_submitted", request_id=new_job.request_id)
+            else:
+                await self.out.put(new_job)
+
+    async def _current_from_contract(self) -> Job | None:
+        """After a restart with no NewChallenge in range, the current request from getCurrentVariables()."""
+        (
+            challenge,
+            request_id,
+            difficulty,
+            model_id,
+            cid,
+            _submissions,
+            _,
+        ) = await self.ctx.contract.functions.getCurrentVariables().call()
+        if request_id == 0:
+            return None
+        job = Job(request_id, bytes(challenge), difficulty, model_id, cid, 0, "")
+        self._announce(job)
+        return job
+
+    def _announce(self, job: Job) -> None:
+        self.ctx.board.start(job)
+        self.ctx.stats.requests_seen += 1
+        self.ctx.stats.current_request = job.request_id
+        self.ctx.stats.difficulty = job.difficulty
+        self.ctx.emit(ChallengeSeen(job.request_id, job.model_id, job.data_cid, job.difficulty))
+        self.ctx.log.info("challenge_seen", request_id=job.request_id, model_id=job.model_id, difficulty=job.difficulty)
+
+    def _handle(self, log: Any) -> Job | None:
+        key = (_hex(log["blockHash"]), int(log["logIndex"]))
+        if key in self._seen or not log["topics"]:
+            return None
+        self._seen.add(key)
+        self._hashes[int(log["blockNumber"])] = key[0]
+        topic = _hex(log["topics"][0])
+        decoder = self._decoders.get(topic)
+        if decoder is None:
+            return None
+        if topic == self._transfer_topic:
+            # Rewards are minted (Transfer from the zero address to this miner) in the transaction that
+            # finalizes a request; other mints (the initial supply) are not rewards.
+            if _hex(log["topics"][1]) == ZERO_TOPIC and _hex(log["topics"][2]).lower() == self._me_topic:
+                tx = _hex(log["transactionHash"])
+                self._mints[tx] = self._mints.get(tx, 0) + int(decoder.process_log(log)["args"]["value"])
+            return None
+        event = decoder.process_log(log)
+        args = event["args"]
+        name = event["event"]
+        if name == "NewChallenge":
+            job = Job(
+                request_id=int(args["requestId"]),
+                challenge=bytes(args["challenge"]),
+                difficulty=int(args["difficulty"]),
+                model_id=int(args["modelId"]),
+                data_cid=str(args["dataCid"]),
+                block_number=int(log["blockNumber"]),
+                block_hash=key[0],
+            )
+            self._announce(job)
+            return job
+        if name == "PredictionFinalized":
+            request_id = int(args["requestId"])
+            self.ctx.board.close_request(request_id, "finalized")
+            miners = tuple(str(m) for m in args["miners"])
+            mine = [i for i, m in enumerate(miners) if m.lower() == self.ctx.address.lower()]
+            agreed = bool(mine) and bool(int(args["agreeingMask"]) & (1 << mine[0]))
+            if agreed:
+                self.ctx.stats.finalized_with_us += 1
+            reward = self._mints.pop(_hex(log["transactionHash"]), 0)
+            if reward:
+                self.ctx.stats.rewards += reward
+                self.ctx.emit(RewardReceived(reward, int(log["blockNumber"])))
+            self.ctx.emit(
+                Finalized(
+                    request_id, int(args["prediction"]), int(args["status"]), miners, agreed, int(log["blockNumber"])
+                )
+            )
+            self._clear_current(request_id)
+        elif name == "RequestExpired":
+            request_id = int(args["requestId"])
+            self.ctx.board.close_request(request_id, "expired")
+            self.ctx.emit(RequestExpired(request_id))
+            self._clear_current(request_id)
+        return None
+
+    def _clear_current(self, request_id: int) -> None:
+        if self.ctx.stats.current_request == request_id:
+            self.ctx.stats.current_request = None
+
+    async def _check_reorg(self, latest: int) -> None:
+        if not self._hashes:
+            return
+        last = max(self._hashes)
+        if last <= latest and await self._hash_at(last) == self._hashes[last]:
+            return
+        # Walk back over the blocks we know until one still matches: the fork point.
+        fork = None
+        for number in sorted(self._hashes, reverse=True):
+            if number <= latest and await self._hash_at(number) == self._hashes[number]:
+                fork = number
+                break
+        removed = {h for n, h in self._hashes.items() if fork is None or n > fork}
+        for n in [n for n in self._hashes if fork is None or n > fork]:
+            del self._hashes[n]
+        self._seen = {k for k in self._seen if k[0] not in removed}
+        retracted = self.ctx.board.retract_blocks(removed)
+        self._next_block = (fork + 1) if fork is not None else self.ctx.deployment.block
+        message = f"chain reorganisation: re-reading logs from block {self._next_block}"
+        if retracted is not None:
+            message += f"; dropped work on request {retracted.request_id}"
+            self.ctx.stats.current_request = None
+        self.ctx.emit(NodeWarning(message))
+        self.ctx.log.warning("reorg", resume_from=self._next_block, retracted=retracted and retracted.request_id)
+
+    async def _hash_at(self, number: int) -> str | None:
+        try:
+            block = await self.ctx.w3.eth.get_block(number)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            return None
+        return _hex(block["hash"]) if block else None
