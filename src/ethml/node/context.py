@@ -51,6 +51,7 @@ class NodeContext:
     subscribers: list[asyncio.Queue[NodeEvent]] = field(default_factory=list)
     log: Any = field(default_factory=lambda: structlog.get_logger("ethml.node"))
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    reorgs: int = 0
 
     @property
     def address(self) -> str:

@@ -1,7 +1,7 @@
 """The node's durable journal (SQLite): every submission before it is sent, and the log checkpoint.
 
 A restart re-sends the identical signed transaction of an unfinished submission instead of making
-a second one, and a request that has a row here is never submitted again.
+a second one, and a round (request id and challenge) that has a row here is never submitted again.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
-    request_id INTEGER PRIMARY KEY,
-    challenge TEXT NOT NULL,
+    request_id INTEGER NOT NULL,
+    challenge TEXT NOT NULL,        -- with the id, names one round: a reorg can reuse an id with a new challenge
     prediction TEXT NOT NULL,
     pow_nonce TEXT NOT NULL,
     tx_nonce INTEGER NOT NULL,
@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS submissions (
     status TEXT NOT NULL,           -- signed | sent | mined | reverted | dropped
     detail TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    PRIMARY KEY (request_id, challenge)
 );
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -84,26 +85,29 @@ class Journal:
             ),
         )
 
-    def add_replacement(self, request_id: int, raw_tx: str, tx_hash: str) -> None:
-        s = self.get(request_id)
-        assert s is not None
+    def add_replacement(self, s: Submission, raw_tx: str, tx_hash: str) -> None:
+        s.raw_txs.append(raw_tx)
+        s.tx_hashes.append(tx_hash)
         self._db.execute(
-            "UPDATE submissions SET raw_txs = ?, tx_hashes = ?, updated = ? WHERE request_id = ?",
-            (json.dumps([*s.raw_txs, raw_tx]), json.dumps([*s.tx_hashes, tx_hash]), time.time(), request_id),
+            "UPDATE submissions SET raw_txs = ?, tx_hashes = ?, updated = ? WHERE request_id = ? AND challenge = ?",
+            (json.dumps(s.raw_txs), json.dumps(s.tx_hashes), time.time(), s.request_id, s.challenge),
         )
 
-    def set_status(self, request_id: int, status: str, detail: str = "") -> None:
+    def set_status(self, s: Submission, status: str, detail: str = "") -> None:
+        s.status, s.detail = status, detail
         self._db.execute(
-            "UPDATE submissions SET status = ?, detail = ?, updated = ? WHERE request_id = ?",
-            (status, detail, time.time(), request_id),
+            "UPDATE submissions SET status = ?, detail = ?, updated = ? WHERE request_id = ? AND challenge = ?",
+            (status, detail, time.time(), s.request_id, s.challenge),
         )
 
-    def get(self, request_id: int) -> Submission | None:
-        row = self._db.execute("SELECT * FROM submissions WHERE request_id = ?", (request_id,)).fetchone()
+    def get(self, request_id: int, challenge: str) -> Submission | None:
+        row = self._db.execute(
+            "SELECT * FROM submissions WHERE request_id = ? AND challenge = ?", (request_id, challenge)
+        ).fetchone()
         return self._row(row) if row else None
 
-    def has(self, request_id: int) -> bool:
-        return self.get(request_id) is not None
+    def has(self, request_id: int, challenge: str) -> bool:
+        return self.get(request_id, challenge) is not None
 
     def open_submissions(self) -> list[Submission]:
         rows = self._db.execute(
@@ -112,7 +116,7 @@ class Journal:
         return [self._row(r) for r in rows]
 
     def all(self) -> list[Submission]:
-        return [self._row(r) for r in self._db.execute("SELECT * FROM submissions ORDER BY request_id")]
+        return [self._row(r) for r in self._db.execute("SELECT * FROM submissions ORDER BY created")]
 
     @staticmethod
     def _row(row: tuple[object, ...]) -> Submission:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -178,21 +178,43 @@ class Node:
     def address(self) -> str:
         return str(self.account.address)
 
-    async def events(self, maxsize: int = 1000) -> AsyncIterator[NodeEvent]:
-        """Every event from now on, until the node stops."""
+    def events(self, maxsize: int = 1000) -> EventStream:
+        """Every event from this call on, until the node stops: `async for event in node.events()`."""
         if self._ctx is None:
             raise RuntimeError("start the node first (async with Node(...) as node)")
-        queue: asyncio.Queue[NodeEvent] = asyncio.Queue(maxsize)
-        self._ctx.subscribers.append(queue)
-        try:
-            while not self._ctx.stopping.is_set():
-                getter = asyncio.ensure_future(queue.get())
-                stopper = asyncio.ensure_future(self._ctx.stopping.wait())
-                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if getter in done:
-                    yield getter.result()
-                else:
-                    getter.cancel()
-        finally:
-            self._ctx.subscribers.remove(queue)
+        return EventStream(self._ctx, maxsize)
+
+
+class EventStream:
+    """An async iterator over one subscriber's events; subscribed from creation, so nothing is missed."""
+
+    def __init__(self, ctx: NodeContext, maxsize: int) -> None:
+        self._ctx = ctx
+        self._queue: asyncio.Queue[NodeEvent] = asyncio.Queue(maxsize)
+        ctx.subscribers.append(self._queue)
+        self._closed = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> NodeEvent:
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if self._closed or self._ctx.stopping.is_set():
+            await self.aclose()
+            raise StopAsyncIteration
+        getter = asyncio.ensure_future(self._queue.get())
+        stopper = asyncio.ensure_future(self._ctx.stopping.wait())
+        done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._queue in self._ctx.subscribers:
+                self._ctx.subscribers.remove(self._queue)

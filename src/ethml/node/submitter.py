@@ -9,7 +9,6 @@ from hexbytes import HexBytes
 from web3.exceptions import TransactionNotFound
 
 from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
-from ethml.errors import TransactionReverted
 from ethml.node.context import NodeContext, is_connection_error
 from ethml.node.events import NodeWarning, SubmissionDropped, SubmissionMined, Submitted
 from ethml.node.jobs import Job
@@ -26,7 +25,6 @@ class TxSubmitter:
     def __init__(self, ctx: NodeContext, inq: asyncio.Queue[Job]) -> None:
         self.ctx = ctx
         self.inq = inq
-        self._nonce: int | None = None
         self._fees: dict[int, dict[str, int]] = {}  # the fees of each request's latest transaction
         self._callback_limits: dict[int, int] = {}
 
@@ -41,12 +39,10 @@ class TxSubmitter:
     def _call(self, request_id: int, prediction: int, pow_nonce: int) -> Any:
         return self.ctx.contract.functions.submitMiningSolution(request_id, prediction, pow_nonce)
 
-    async def _next_nonce(self) -> int:
-        if self._nonce is None:
-            self._nonce = await self.ctx.w3.eth.get_transaction_count(self.ctx.account.address, "pending")
-        return self._nonce
+    def _calldata(self, request_id: int, prediction: int, pow_nonce: int) -> str:
+        return str(self.ctx.contract.encode_abi("submitMiningSolution", args=[request_id, prediction, pow_nonce]))
 
-    async def _preflight(self, call: Any, request_id: int) -> tuple[int | None, str]:
+    async def _preflight(self, call: Any, callback_gas: int) -> tuple[int | None, str]:
         """(gas limit, "") when the submission would succeed now; (None, reason) otherwise.
 
         The estimate is for the chain as it is now, but other miners' submissions may land first and
@@ -62,8 +58,7 @@ class TxSubmitter:
             if is_revert(exc) or "revert" in str(exc).lower():
                 return None, revert_reason(exc)
             raise
-        callback = await self._callback_gas(request_id)
-        final = FINALIZE_GAS + callback + callback // 63 + 10_000
+        final = FINALIZE_GAS + callback_gas + callback_gas // 63 + 10_000
         return max(int(gas * GAS_MARGIN), final), ""
 
     async def _callback_gas(self, request_id: int) -> int:
@@ -76,7 +71,8 @@ class TxSubmitter:
     # ------------------------------------------------------------------ submit
 
     async def submit(self, job: Job) -> None:
-        if self.ctx.journal.has(job.request_id):
+        challenge = job.challenge.hex()
+        if self.ctx.journal.has(job.request_id, challenge):
             self.ctx.log.info("already_submitted", request_id=job.request_id)
             return
         assert job.prediction is not None and job.nonce is not None
@@ -87,12 +83,17 @@ class TxSubmitter:
                 self._dropped(job.request_id, job.reason or "cancelled")
                 return
             try:
-                gas, reason = await self._preflight(call, job.request_id)
+                # Everything that needs the network but not the latest state first, so that between
+                # the pre-flight and the send nothing else runs on this loop.
+                chain_id = await self.ctx.w3.eth.chain_id
+                fees = await fee_fields(self.ctx.w3)
+                balance = await self.ctx.w3.eth.get_balance(self.ctx.account.address)
+                tx_nonce = await self.ctx.w3.eth.get_transaction_count(self.ctx.account.address, "pending")
+                callback_gas = await self._callback_gas(job.request_id)
+                gas, reason = await self._preflight(call, callback_gas)
                 if gas is None:
                     self._dropped(job.request_id, f"pre-flight says it would revert: {reason}")
                     return
-                fees = await fee_fields(self.ctx.w3)
-                balance = await self.ctx.w3.eth.get_balance(self.ctx.account.address)
                 if balance < gas * fees["maxFeePerGas"]:
                     message = (
                         f"{self.ctx.address} has {balance / 1e18:.6f} ETH, not enough for gas "
@@ -104,77 +105,77 @@ class TxSubmitter:
                         return
                     backoff *= 2
                     continue
-                # Sign, journal, send: shielded, so a stop lands after the send or leaves a journaled tx.
-                await asyncio.shield(self._sign_record_send(job, call, gas, fees))
+                tx: dict[str, Any] = {
+                    "from": self.ctx.address,
+                    "to": self.ctx.contract.address,
+                    "data": self._calldata(job.request_id, job.prediction, job.nonce),
+                    "value": 0,
+                    "nonce": tx_nonce,
+                    "gas": gas,
+                    "chainId": chain_id,
+                    "type": 2,
+                    **fees,
+                }
+                signed = self.ctx.account.sign_transaction(tx)
+                raw = HexBytes(signed.raw_transaction).to_0x_hex()
+                tx_hash = HexBytes(signed.hash).to_0x_hex()
+                entry = Submission(
+                    job.request_id, challenge, job.prediction, job.nonce, tx_nonce, [raw], [tx_hash], "signed"
+                )
+                # Journal, then send: shielded, so a stop lands after the send or leaves a journaled tx.
+                self.ctx.journal.record(entry)
+                self._fees[job.request_id] = fees
+                await asyncio.shield(self._send_raw(raw))
+                self.ctx.journal.set_status(entry, "sent")
                 break
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
                 self.ctx.emit(NodeWarning(f"RPC unreachable while submitting ({type(exc).__name__}); retrying"))
+                if self.ctx.journal.has(job.request_id, challenge):
+                    break  # signed and journaled: the receipt wait (or a restart) takes it from here
                 if await self.ctx.sleep(min(backoff, self.ctx.config.max_backoff)):
                     return
                 backoff *= 2
-        await self._await_receipt(job.request_id)
-
-    async def _sign_record_send(self, job: Job, call: Any, gas: int, fees: dict[str, int]) -> None:
-        tx_nonce = await self._next_nonce()
-        tx = await call.build_transaction(
-            {
-                "from": self.ctx.address,
-                "nonce": tx_nonce,
-                "gas": gas,
-                "chainId": await self.ctx.w3.eth.chain_id,
-                **fees,
-            }
-        )
-        signed = self.ctx.account.sign_transaction(tx)
-        raw = HexBytes(signed.raw_transaction).to_0x_hex()
-        tx_hash = HexBytes(signed.hash).to_0x_hex()
-        self._fees[job.request_id] = fees
-        assert job.prediction is not None and job.nonce is not None
-        self.ctx.journal.record(
-            Submission(
-                job.request_id, job.challenge.hex(), job.prediction, job.nonce, tx_nonce, [raw], [tx_hash], "signed"
-            )
-        )
-        self._nonce = tx_nonce + 1
-        await self._send_raw(job.request_id, raw)
-        self.ctx.journal.set_status(job.request_id, "sent")
         self.ctx.stats.submissions += 1
         self.ctx.emit(Submitted(job.request_id, tx_hash, job.prediction))
         self.ctx.log.info("solution_submitted", request_id=job.request_id, tx=tx_hash, nonce=tx_nonce, gas=gas)
+        await self._await_receipt(entry)
 
-    async def _send_raw(self, request_id: int, raw: str) -> None:
+    async def _send_raw(self, raw: str) -> None:
         try:
             await self.ctx.w3.eth.send_raw_transaction(HexBytes(raw))
         except Exception as exc:
             text = str(exc).lower()
-            if "already known" in text or "known transaction" in text:
+            if "already known" in text or "known transaction" in text or "already imported" in text:
                 return  # the identical transaction is in the pool already
-            if "nonce too low" in text or "nonce is too low" in text:
-                self._nonce = None
             raise
 
-    async def _await_receipt(self, request_id: int) -> None:
+    async def _await_receipt(self, entry: Submission) -> None:
         """Wait for a receipt, bumping the fee of a stuck transaction; never re-send a revert."""
         while True:
-            entry = self.ctx.journal.get(request_id)
-            assert entry is not None
-            receipt = await self._receipt_of(entry.tx_hashes, wait=self.ctx.config.bump_after)
-            if receipt is not None:
-                break
-            if self.ctx.stopping.is_set():
-                return
-            await self._bump(entry)
+            try:
+                receipt = await self._receipt_of(entry.tx_hashes, wait=self.ctx.config.bump_after)
+                if receipt is not None:
+                    break
+                if self.ctx.stopping.is_set():
+                    return
+                await self._bump(entry)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                if await self.ctx.sleep(1.0):
+                    return
         if receipt["status"] == 1:
-            self.ctx.journal.set_status(request_id, "mined")
+            self.ctx.journal.set_status(entry, "mined")
             self.ctx.stats.accepted += 1
             tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
-            self.ctx.emit(SubmissionMined(request_id, tx_hash, int(receipt["gasUsed"])))
-            self.ctx.log.info("submission_mined", request_id=request_id, gas_used=receipt["gasUsed"])
+            self.ctx.emit(SubmissionMined(entry.request_id, tx_hash, int(receipt["gasUsed"])))
+            self.ctx.log.info("submission_mined", request_id=entry.request_id, gas_used=receipt["gasUsed"])
         else:
-            self.ctx.journal.set_status(request_id, "reverted", f"reverted in block {receipt['blockNumber']}")
-            self._dropped(request_id, f"mined but reverted in block {receipt['blockNumber']} (not retried)")
+            block = receipt["blockNumber"]
+            self.ctx.journal.set_status(entry, "reverted", f"reverted in block {block}")
+            self._dropped(entry.request_id, f"mined but reverted in block {block} (not retried)")
 
     async def _receipt_of(self, hashes: list[str], wait: float) -> Any:
         """The receipt of any of `hashes`, polling for up to `wait` seconds; None if none is mined."""
@@ -183,21 +184,18 @@ class TxSubmitter:
         while True:
             for h in hashes:
                 try:
-                    return await self.ctx.w3.eth.get_transaction_receipt(h)  # type: ignore[arg-type]
+                    return await self.ctx.w3.eth.get_transaction_receipt(HexBytes(h))
                 except TransactionNotFound:
                     continue
-                except Exception as exc:
-                    if not is_connection_error(exc):
-                        raise
             if loop.time() >= deadline:
                 return None
-            if await self.ctx.sleep(0.05 if wait < 5 else 0.25):
+            if await self.ctx.sleep(0.02 if wait < 5 else 0.2):
                 return None
 
     async def _bump(self, entry: Submission) -> None:
         """Replace a stuck transaction: same nonce and call, both fees raised by 12.5 %."""
         call = self._call(entry.request_id, entry.prediction, entry.pow_nonce)
-        gas, reason = await self._preflight(call, entry.request_id)
+        gas, reason = await self._preflight(call, await self._callback_gas(entry.request_id))
         if gas is None:
             # Nothing to replace it with: let the original be mined or dropped; it is journaled.
             self.ctx.log.info("bump_skipped", request_id=entry.request_id, reason=reason)
@@ -209,20 +207,22 @@ class TxSubmitter:
             for key in ("maxFeePerGas", "maxPriorityFeePerGas")
         }
         self._fees[entry.request_id] = bumped
-        tx = await call.build_transaction(
-            {
-                "from": self.ctx.address,
-                "nonce": entry.tx_nonce,
-                "gas": gas,
-                "chainId": await self.ctx.w3.eth.chain_id,
-                **bumped,
-            }
-        )
+        tx: dict[str, Any] = {
+            "from": self.ctx.address,
+            "to": self.ctx.contract.address,
+            "data": self._calldata(entry.request_id, entry.prediction, entry.pow_nonce),
+            "value": 0,
+            "nonce": entry.tx_nonce,
+            "gas": gas,
+            "chainId": await self.ctx.w3.eth.chain_id,
+            "type": 2,
+            **bumped,
+        }
         signed = self.ctx.account.sign_transaction(tx)
         raw = HexBytes(signed.raw_transaction).to_0x_hex()
         tx_hash = HexBytes(signed.hash).to_0x_hex()
-        self.ctx.journal.add_replacement(entry.request_id, raw, tx_hash)
-        await self._send_raw(entry.request_id, raw)
+        self.ctx.journal.add_replacement(entry, raw, tx_hash)
+        await self._send_raw(raw)
         self.ctx.log.info("fee_bumped", request_id=entry.request_id, tx=tx_hash, max_fee=bumped["maxFeePerGas"])
 
     def _dropped(self, request_id: int, reason: str) -> None:
@@ -238,17 +238,16 @@ class TxSubmitter:
             receipt = await self._receipt_of(entry.tx_hashes, wait=0)
             if receipt is None and not await self._pending(entry.tx_hashes):
                 call = self._call(entry.request_id, entry.prediction, entry.pow_nonce)
-                gas, reason = await self._preflight(call, entry.request_id)
+                gas, reason = await self._preflight(call, await self._callback_gas(entry.request_id))
                 if gas is None:
-                    self.ctx.journal.set_status(entry.request_id, "dropped", reason)
+                    self.ctx.journal.set_status(entry, "dropped", reason)
                     self._dropped(entry.request_id, f"after restart, pre-flight says it would revert: {reason}")
                     continue
                 # Re-send the identical signed transaction: same hash, same nonce, never a second one.
-                await self._send_raw(entry.request_id, entry.raw_txs[-1])
-                self.ctx.journal.set_status(entry.request_id, "sent")
+                await self._send_raw(entry.raw_txs[-1])
+                self.ctx.journal.set_status(entry, "sent")
                 self.ctx.log.info("resent_after_restart", request_id=entry.request_id, tx=entry.tx_hashes[-1])
-            await self._await_receipt(entry.request_id)
-        self._nonce = None  # re-read from the chain
+            await self._await_receipt(entry)
 
     async def _pending(self, hashes: list[str]) -> bool:
         for h in hashes:
@@ -259,5 +258,3 @@ class TxSubmitter:
                 continue
         return False
 
-
-__all__ = ["TransactionReverted", "TxSubmitter"]

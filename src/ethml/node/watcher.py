@@ -102,7 +102,7 @@ class EventWatcher:
         if self.polls == 1 and self.ctx.board.current is None:
             new_job = await self._current_from_contract() or new_job
         if new_job is not None and not new_job.is_cancelled and self.ctx.board.current is new_job:
-            if self.ctx.journal.has(new_job.request_id):
+            if self.ctx.journal.has(new_job.request_id, new_job.challenge.hex()):
                 self.ctx.log.info("already_submitted", request_id=new_job.request_id)
             else:
                 await self.out.put(new_job)
@@ -215,6 +215,7 @@ class EventWatcher:
         if retracted is not None:
             message += f"; dropped work on request {retracted.request_id}"
             self.ctx.stats.current_request = None
+        self.ctx.reorgs += 1
         self.ctx.emit(NodeWarning(message))
         self.ctx.log.warning("reorg", resume_from=self._next_block, retracted=retracted and retracted.request_id)
 

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from web3 import AsyncWeb3
+from web3.logs import DISCARD
+
+from ethml.chain import (
+    Deployment,
+    Parameters,
+    consumer_contract,
+    deploy_system,
+    dev_account,
+    embedded_chain,
+    ethml_contract,
+    send,
+)
+from ethml.ipfs import Blockstore, IpfsClient
+from ethml.ml import Manifest, ModelStore
+from ethml.node import Node, NodeConfig
+
+DIFFICULTY = 1 << 12
+
+
+@dataclass
+class System:
+    w3: AsyncWeb3[Any]
+    deployment: Deployment
+    manifest: Manifest
+    data_dir: Path
+    ipfs: IpfsClient
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def ethml(self) -> Any:
+        return ethml_contract(self.w3, self.deployment.ethml)
+
+    @property
+    def consumer(self) -> Any:
+        return consumer_contract(self.w3, self.deployment.consumer)
+
+    def config(self, **overrides: Any) -> NodeConfig:
+        base: dict[str, Any] = {
+            "threads": 1,
+            "poll_interval": 0.05,
+            "data_dir": self.data_dir,
+            "fetch_retry_seconds": 1.0,
+        }
+        base.update(overrides)
+        return NodeConfig(**base)
+
+    def node(self, index: int, **overrides: Any) -> Node:
+        return Node(w3=self.w3, deployment=self.deployment, account=dev_account(index), config=self.config(**overrides))
+
+    @asynccontextmanager
+    async def running(self, indices: range | list[int], **overrides: Any) -> AsyncIterator[list[Node]]:
+        nodes = [self.node(i, **overrides) for i in indices]
+        for n in nodes:
+            await n.start()
+        try:
+            yield nodes
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    def add_point(self, model: str, index: int) -> tuple[str, bytes]:
+        entry = self.manifest.by_name(model)
+        raw = self.manifest.data_point_path(entry.data_points[index]).read_bytes()
+        return str(self.ipfs.add_bytes(raw)), raw
+
+    async def request(self, model_id: int, cid: str, *, requester: int = 9) -> int:
+        receipt = await send(self.w3, dev_account(requester), self.consumer.functions.request(model_id, cid, 0))
+        events = self.ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)
+        return int(events[0]["args"]["requestId"])
+
+    async def answer(self, request_id: int) -> tuple[int, int, bool]:
+        _requester, prediction, status, received = await self.consumer.functions.answers(request_id).call()
+        return int(prediction), int(status), bool(received)
+
+    def expected(self, model: str, raw: bytes) -> int:
+        store = ModelStore(self.manifest)
+        try:
+            return store.get(model).predict_one(raw)
+        finally:
+            store.close()
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll an async condition until it holds; fail the test after `timeout` seconds."""
+
+    async def loop() -> None:
+        while not await condition():
+            await asyncio.sleep(0.05)
+
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(loop(), timeout)
+    except TimeoutError:
+        pytest.fail(f"{what} did not happen within {timeout:g} s (waited {time.monotonic() - started:.1f} s)")
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> System:
+    w3 = await embedded_chain()
+    manifest = Manifest.load()
+    deployment = await deploy_system(
+        w3,
+        dev_account(0),
+        parameters=Parameters(min_difficulty=DIFFICULTY, max_difficulty=DIFFICULTY),
+        models=manifest.registry_specs(),
+    )
+    return System(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))

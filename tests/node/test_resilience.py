@@ -1,0 +1,239 @@
+"""Crashes, restarts, bad input and hostile consumers: the node keeps going and never submits twice."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from web3.logs import DISCARD
+
+from ethml.chain import INVALID_INPUT, ModelKind, ModelSpec, Parameters, Status, deploy_system, dev_account
+from ethml.chain.deploy import register_model
+from ethml.ipfs import build_file
+from ethml.node import Node
+from ethml.node.submitter import TxSubmitter
+from tests.node.conftest import System, wait_until
+
+
+async def _kill(node: Node) -> None:
+    """Stop a node the hard way: cancel everything, no draining (like a killed process)."""
+    runner = node._runner
+    assert runner is not None
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    assert node._ctx is not None
+    node._ctx.journal.close()
+    await node._ctx.ipfs.close()
+    node._stopped = True
+
+
+async def _submissions_by(system: System, address: str, request_id: int) -> int:
+    logs = await system.ethml.events.SolutionSubmitted().get_logs(from_block=0)
+    return len([log for log in logs if log["args"]["miner"] == address and log["args"]["requestId"] == request_id])
+
+
+async def test_killed_after_journal_write_before_send_resends_the_same_transaction(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid, raw = system.add_point("breast-cancer", 0)
+    rid = await system.request(1, cid)
+    victim = dev_account(0)
+    nonce_before = await system.w3.eth.get_transaction_count(victim.address)
+    original = TxSubmitter._send_raw
+    journaled: list[str] = []
+
+    async def dies_before_sending(self: TxSubmitter, raw_tx: str) -> None:
+        if self.ctx.address == victim.address and not journaled:
+            entry = self.ctx.journal.all()[-1]
+            journaled.append(entry.tx_hashes[0])
+            raise asyncio.CancelledError  # the process dies here: signed and journaled, never sent
+        await original(self, raw_tx)
+
+    monkeypatch.setattr(TxSubmitter, "_send_raw", dies_before_sending)
+    first = system.node(0)
+    await first.start()
+    await wait_until(lambda: _true(bool(journaled)), what="the journal write")
+    await _kill(first)
+    assert await system.w3.eth.get_transaction_count(victim.address) == nonce_before
+
+    async with system.running([0, 1, 2, 3, 4]):
+        await wait_until(lambda: _answered(system, rid), what="the answer")
+    assert (await system.answer(rid))[:2] == (system.expected("breast-cancer", raw), int(Status.FINALIZED))
+    # The identical signed transaction went out, exactly once.
+    receipt = await system.w3.eth.get_transaction_receipt(journaled[0])  # type: ignore[arg-type]
+    assert receipt["status"] == 1
+    assert await system.w3.eth.get_transaction_count(victim.address) == nonce_before + 1
+    assert await _submissions_by(system, victim.address, rid) == 1
+
+
+async def test_killed_mid_grind_and_restarted_completes_once(tmp_path: Any) -> None:
+    from ethml.chain import embedded_chain
+    from ethml.ipfs import Blockstore, IpfsClient
+    from ethml.ml import Manifest
+    from tests.node.conftest import System as Sys
+
+    w3 = await embedded_chain()
+    manifest = Manifest.load()
+    difficulty = 1 << 24  # about a second of one core per node: long enough to be killed mid-search
+    deployment = await deploy_system(
+        w3,
+        dev_account(0),
+        parameters=Parameters(min_difficulty=difficulty, max_difficulty=difficulty),
+        models=manifest.registry_specs(),
+    )
+    system = Sys(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))
+    cid, raw = system.add_point("wine", 2)
+    rid = await system.request(4, cid)
+    victim = system.node(0)
+    await victim.start()
+    async with system.running([1, 2, 3, 4]):
+        await wait_until(lambda: _true(victim.stats.hashes > 0), what="the victim grinding")
+        assert victim.stats.submissions == 0
+        await _kill(victim)
+        async with system.running([0]):
+            await wait_until(lambda: _answered(system, rid), timeout=60, what="the answer")
+    assert (await system.answer(rid))[:2] == (system.expected("wine", raw), int(Status.FINALIZED))
+    assert await _submissions_by(system, dev_account(0).address, rid) == 1
+
+
+async def test_graceful_stop_and_restart_resumes_from_the_checkpoint(system: System) -> None:
+    cid1, _ = system.add_point("iris", 1)
+    async with system.running(range(5)) as nodes:
+        rid1 = await system.request(3, cid1)
+        await wait_until(lambda: _answered(system, rid1), what="first answer")
+        await nodes[0].stop()
+        await nodes[0].stop()  # idempotent
+    cid2, raw2 = system.add_point("iris", 3)
+    rid2 = await system.request(3, cid2)  # arrives while every node is down
+    async with system.running(range(5)):
+        await wait_until(lambda: _answered(system, rid2), what="second answer after restart")
+    assert (await system.answer(rid2))[:2] == (system.expected("iris", raw2), int(Status.FINALIZED))
+    for i in range(5):
+        assert await _submissions_by(system, dev_account(i).address, rid1) == 1
+
+
+async def test_tampered_block_and_unknown_model_finalize_as_invalid_input(system: System) -> None:
+    # The data point exists only behind a gateway that tampers with it.
+    data = b"[5.1, 3.5, 1.4, 0.2]\n"
+    root, blocks = build_file(data, 0)
+
+    async def tampered(request: web.Request) -> web.Response:
+        return web.Response(body=blocks[0].data.replace(b"5.1", b"9.9"), content_type="application/vnd.ipld.raw")
+
+    app = web.Application()
+    app.router.add_get("/ipfs/{cid}", tampered)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    gateway = str(server.make_url("")).rstrip("/")
+    try:
+        tampered_rid = await system.request(3, str(root))
+        # A registered model no node has, whose artifact no gateway serves honestly.
+        spec = ModelSpec(
+            "mystery",
+            "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+            "0x" + "42" * 32,
+            ModelKind.CLASSIFICATION,
+            0,
+            4,
+        )
+        mystery = await register_model(system.w3, dev_account(0), system.deployment, spec)
+        good_cid, _ = system.add_point("iris", 0)
+        unknown_rid = await system.request(mystery, good_cid)
+        async with system.running(range(5), gateways=[gateway]) as nodes:
+            await wait_until(lambda: _answered(system, unknown_rid), what="both answers")
+            assert all(n.stats.last_error is None for n in nodes)
+            assert all(n.stats.accepted == 2 for n in nodes)
+    finally:
+        await server.close()
+    for rid in (tampered_rid, unknown_rid):
+        assert await system.answer(rid) == (INVALID_INPUT, int(Status.INVALID_INPUT), True)
+
+
+def _reverting_consumer_initcode(ethml: str, call: bytes) -> bytes:
+    """A contract that asks for a prediction in its constructor and whose runtime code always reverts.
+
+    Constructor: CODECOPY the encoded call to memory, CALL the EthML contract with it, REVERT if that
+    failed, else RETURN the runtime `PUSH1 0 PUSH1 0 REVERT`.
+    """
+    runtime = bytes.fromhex("60006000fd")
+
+    def assemble(blob_at: int, revert_at: int, runtime_at: int) -> bytes:
+        n = len(call).to_bytes(2, "big")
+        return (
+            b"\x61"
+            + n
+            + b"\x61"
+            + blob_at.to_bytes(2, "big")
+            + b"\x60\x00\x39"  # CODECOPY(0, blob, n)
+            + b"\x60\x00\x60\x00\x61"
+            + n
+            + b"\x60\x00\x60\x00"  # retSize retOffset argsSize argsOffset value
+            + b"\x73"
+            + bytes.fromhex(ethml[2:])
+            + b"\x5a\xf1"  # PUSH20 ethml, GAS, CALL
+            + b"\x15\x61"
+            + revert_at.to_bytes(2, "big")
+            + b"\x57"  # ISZERO, JUMPI revert
+            + b"\x60"
+            + bytes([len(runtime)])
+            + b"\x61"
+            + runtime_at.to_bytes(2, "big")
+            + b"\x60\x00\x39"
+            + b"\x60"
+            + bytes([len(runtime)])
+            + b"\x60\x00\xf3"  # RETURN(0, len(runtime))
+            + b"\x5b\x60\x00\x60\x00\xfd"  # revert: JUMPDEST REVERT(0, 0)
+        )
+
+    body = assemble(0, 0, 0)
+    revert_at = len(body) - 6
+    code = assemble(len(body) + len(runtime), revert_at, len(body))
+    return code + runtime + call
+
+
+async def test_reverting_callback_still_finalizes_and_pays(system: System) -> None:
+    cid, raw = system.add_point("diabetes", 3)
+    call = bytes.fromhex(system.ethml.encode_abi("requestPrediction", args=[2, cid, 0, 50_000])[2:])
+    initcode = _reverting_consumer_initcode(system.deployment.ethml, call)
+    user = dev_account(9)
+    tx = {
+        "from": user.address,
+        "data": initcode,
+        "gas": 500_000,
+        "chainId": await system.w3.eth.chain_id,
+        "nonce": await system.w3.eth.get_transaction_count(user.address),
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 10**9,
+    }
+    receipt = await system.w3.eth.wait_for_transaction_receipt(
+        await system.w3.eth.send_raw_transaction(user.sign_transaction(tx).raw_transaction)
+    )
+    assert receipt["status"] == 1
+    consumer = receipt["contractAddress"]
+    rid = int(
+        system.ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]["requestId"]
+    )
+    balances = [await system.ethml.functions.balanceOf(dev_account(i).address).call() for i in range(5)]
+    async with system.running(range(5)):
+
+        async def finalized() -> bool:
+            return int(await system.ethml.functions.requestStatus(rid).call()) == int(Status.FINALIZED)
+
+        await wait_until(finalized, what="finalization")
+    failed = await system.ethml.events.CallbackFailed().get_logs(from_block=0)
+    assert [(e["args"]["requestId"], e["args"]["consumer"]) for e in failed] == [(rid, consumer)]
+    for i in range(5):
+        assert await system.ethml.functions.balanceOf(dev_account(i).address).call() > balances[i]
+    prediction, *_ = await system.ethml.functions.getResult(rid).call()
+    assert prediction == system.expected("diabetes", raw)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _answered(system: System, rid: int) -> bool:
+    return (await system.answer(rid))[2]
