@@ -257,4 +257,3 @@ class TxSubmitter:
             except TransactionNotFound:
                 continue
         return False
-
