@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ethml import __version__
-from ethml.cli import bench_pow, ipfs
+from ethml.cli import bench_pow, devnet, ipfs, mine, request
 
 app = typer.Typer(
     name="ethml",
@@ -19,6 +19,9 @@ app = typer.Typer(
 )
 app.add_typer(bench_pow.app)
 app.add_typer(ipfs.app, name="ipfs")
+app.add_typer(mine.app)
+app.add_typer(devnet.app)
+app.add_typer(request.app)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,84 @@
+"""`ethml devnet`: anvil + the deployed system + the bundled models, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ethml.cli._common import handle_errors
+from ethml.devnet import DEFAULT_DIFFICULTY, start_devnet
+from ethml.errors import ChainError
+
+app = typer.Typer()
+
+
+@app.command("devnet")
+@handle_errors
+def devnet(
+    port: Annotated[int, typer.Option(help="RPC port.")] = 8545,
+    block_time: Annotated[
+        float | None, typer.Option(help="Seconds per block (default: mine each transaction at once).")
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option("--state", "--fork-state", help="Load anvil's state from FILE and dump it there on exit."),
+    ] = None,
+    difficulty: Annotated[
+        int, typer.Option(min=1, help="Proof-of-work difficulty (expected hashes).")
+    ] = DEFAULT_DIFFICULTY,
+    max_difficulty: Annotated[
+        int | None, typer.Option(min=1, help="Let the retarget raise difficulty up to this (default: pinned).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the deployment file and blocks go.", envvar="ETHML_DATA_DIR")
+    ] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="Bundled models directory.", envvar="ETHML_MODELS_DIR")
+    ] = None,
+) -> None:
+    """Start a local chain (anvil) with the dev accounts, deploy ethml, register the bundled models."""
+    net = asyncio.run(
+        start_devnet(
+            port=port,
+            block_time=block_time,
+            state=state,
+            difficulty=difficulty,
+            max_difficulty=max_difficulty,
+            data_dir=data_dir,
+            models_dir=models_dir,
+        )
+    )
+    d = net.deployment
+    models = ", ".join(f"{name} (id {i})" for name, i in d.models.items())
+    typer.echo(
+        f"devnet at {net.url} (chain id {d.chain_id}); {'reused' if net.reused else 'deployed'} EthML at {d.ethml}"
+    )
+    typer.echo(f"example consumer {d.consumer}; models: {models}")
+    typer.echo(f"deployment file: {net.deployment_file}")
+    typer.echo("next, in five terminals:   ethml mine --account 0   (then --account 1 .. 4)")
+    typer.echo(
+        "then:                      ethml request --model breast-cancer --data models/data/breast-cancer-0.json --wait"
+    )
+    typer.echo("Ctrl-C stops the devnet.")
+    stop = {"now": False}
+
+    def handler(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        while not stop["now"] and net.process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                net.process.wait(timeout=0.5)
+    finally:
+        net.stop()
+    if not stop["now"]:
+        raise ChainError(f"anvil exited unexpectedly with code {net.process.returncode}")
+    typer.echo("devnet stopped" + (f"; state saved to {state}" if state else ""))

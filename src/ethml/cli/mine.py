@@ -1,0 +1,104 @@
+"""`ethml mine`: run a miner node against an RPC endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ethml._logging import configure_logging
+from ethml.chain.deploy import Deployment
+from ethml.cli._common import handle_errors, is_tty
+from ethml.cli._config import load_account, load_config, pick
+from ethml.node.miner import MinerSettings, run_miner
+
+app = typer.Typer()
+
+
+@app.command("mine")
+@handle_errors
+def mine(
+    account: Annotated[
+        int | None, typer.Option(min=0, help="Derive m/44'/60'/0'/0/N from the mnemonic.", envvar="ETHML_ACCOUNT")
+    ] = None,
+    rpc: Annotated[
+        str | None, typer.Option(help="JSON-RPC URL (default: http://127.0.0.1:8545).", envvar="ETHML_RPC")
+    ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            help="Deployment file (default: looked up by chain id in the data dir).", envvar="ETHML_DEPLOYMENT"
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Search threads (default: all cores).", envvar="ETHML_THREADS")
+    ] = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory with manifest.json and the model artifacts.", envvar="ETHML_MODELS_DIR"),
+    ] = None,
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option(help="IPFS trustless gateway URL, tried in order (repeatable).", envvar="ETHML_GATEWAYS"),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Blockstore, journal and deployments (default: XDG data dir).", envvar="ETHML_DATA_DIR"),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="console or json (default: console on a terminal).", envvar="ETHML_LOG_FORMAT")
+    ] = None,
+    mnemonic_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the mnemonic (instead of ETHML_MNEMONIC).", envvar="ETHML_MNEMONIC_FILE"),
+    ] = None,
+    keystore: Annotated[Path | None, typer.Option(help="Encrypted JSON keystore (instead of --account).")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="File with the keystore password.", envvar="ETHML_PASSWORD_FILE")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML config file (default: XDG config dir/ethml/config.toml).", envvar="ETHML_CONFIG"),
+    ] = None,
+    poll_interval: Annotated[float | None, typer.Option(help="Seconds between log polls (default: 1).")] = None,
+) -> None:
+    """Mine: watch for requests, predict, grind the proof of work, submit. Ctrl-C stops cleanly."""
+    cfg = load_config(config)
+    fmt = pick(log_format, cfg, "log_format")
+    if fmt not in (None, "console", "json"):
+        raise typer.BadParameter("--log-format must be console or json")
+    status_line = is_tty() and fmt != "json"
+    configure_logging(fmt, level="warning" if status_line else "info")
+    settings = MinerSettings(
+        rpc=pick(rpc, cfg, "rpc", "http://127.0.0.1:8545"),
+        deployment_file=_path(pick(deployment, cfg, "deployment")),
+        threads=pick(threads, cfg, "threads"),
+        models_dir=_path(pick(models_dir, cfg, "models_dir")),
+        gateways=list(pick(gateway, cfg, "gateways", [])),
+        data_dir=_path(pick(data_dir, cfg, "data_dir")),
+        status_line=status_line,
+        poll_interval=float(pick(poll_interval, cfg, "poll_interval", 1.0)),
+    )
+    index = pick(account, cfg, "account")
+
+    def resolve_account(chain_id: int):  # type: ignore[no-untyped-def]
+        return load_account(
+            index=index,
+            mnemonic_file=_path(pick(mnemonic_file, cfg, "mnemonic_file")),
+            keystore=_path(pick(keystore, cfg, "keystore")),
+            password_file=_path(pick(password_file, cfg, "password_file")),
+            chain_id=chain_id,
+        )
+
+    def find_deployment(chain_id: int) -> Deployment:
+        if settings.deployment_file is not None:
+            return Deployment.load(settings.deployment_file)
+        return Deployment.find(chain_id, settings.data_dir)
+
+    raise typer.Exit(asyncio.run(run_miner(settings, resolve_account, find_deployment)))
+
+
+def _path(value: object) -> Path | None:
+    return Path(str(value)).expanduser() if value is not None else None

@@ -1,0 +1,126 @@
+"""A local development chain: anvil with the dev mnemonic, the system deployed, the models registered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from ethml.chain.accounts import DEV_MNEMONIC, dev_account
+from ethml.chain.deploy import Deployment, Parameters, deploy_system, deployment_path
+from ethml.errors import ChainError
+from ethml.ipfs import Blockstore, IpfsClient
+from ethml.ml import Manifest
+
+DEFAULT_DIFFICULTY = 1 << 16
+
+
+class AnvilNotFound(ChainError, FileNotFoundError):
+    def __init__(self) -> None:
+        super().__init__(
+            "anvil not found: run `npm ci` in the ethml checkout (it installs @foundry-rs/anvil-linux-amd64) "
+            "or put Foundry's anvil on PATH"
+        )
+
+
+def find_anvil() -> str:
+    candidates = [
+        Path.cwd() / "node_modules" / ".bin" / "anvil",
+        Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "anvil",
+    ]
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    found = shutil.which("anvil")
+    if found is None:
+        raise AnvilNotFound()
+    return found
+
+
+@dataclass
+class Devnet:
+    process: subprocess.Popen[bytes]
+    url: str
+    deployment: Deployment
+    deployment_file: Path
+    reused: bool
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # anvil dumps --state on a clean exit
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def _wait_rpc(w3: AsyncWeb3[Any], proc: subprocess.Popen[bytes], seconds: float = 30.0) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise ChainError(f"anvil exited with code {proc.returncode}: {err.strip()[:500]}")
+        with contextlib.suppress(Exception):
+            return int(await w3.eth.chain_id)
+        if loop.time() > deadline:
+            raise ChainError(f"anvil did not answer within {seconds:g} s")
+        await asyncio.sleep(0.1)
+
+
+async def start_devnet(
+    *,
+    port: int = 8545,
+    host: str = "127.0.0.1",
+    block_time: float | None = None,
+    state: Path | None = None,
+    difficulty: int = DEFAULT_DIFFICULTY,
+    max_difficulty: int | None = None,
+    data_dir: Path | None = None,
+    models_dir: Path | None = None,
+    anvil: str | None = None,
+) -> Devnet:
+    """Start anvil, deploy (or find the deployment in `state`), register the models, seed the blockstore."""
+    args = [anvil or find_anvil(), "--host", host, "--port", str(port), "--mnemonic", DEV_MNEMONIC, "--silent"]
+    if block_time:
+        args += ["--block-time", str(block_time)]
+    if state is not None:
+        args += ["--state", str(state)]
+    # A long-lived child that outlives this coroutine: started synchronously on purpose (it returns at once).
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})  # noqa: ASYNC220
+    url = f"http://{host}:{port}"
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
+    try:
+        chain_id = await _wait_rpc(w3, proc)
+        manifest = Manifest.load(models_dir)
+        path = deployment_path(chain_id, data_dir)
+        deployment: Deployment | None = None
+        if state is not None and path.exists():
+            candidate = Deployment.load(path)
+            if len(await w3.eth.get_code(w3.to_checksum_address(candidate.ethml))) > 0:
+                deployment = candidate
+        reused = deployment is not None
+        if deployment is None:
+            params = Parameters(min_difficulty=difficulty, max_difficulty=max_difficulty or difficulty)
+            deployment = await deploy_system(w3, dev_account(0), parameters=params, models=manifest.registry_specs())
+            deployment.save(path)
+        ipfs = IpfsClient(Blockstore((data_dir / "blocks") if data_dir else None))
+        for entry in manifest.models:
+            for point in entry.data_points:
+                ipfs.add_bytes(manifest.data_point_path(point).read_bytes())
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=10)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await w3.provider.disconnect()  # type: ignore[attr-defined]
+    return Devnet(proc, url, deployment, path, reused)

@@ -1,0 +1,119 @@
+"""Running one miner until a signal: what `ethml mine` does, usable from Python too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from ethml.chain.deploy import Deployment
+from ethml.node.context import NodeConfig, is_connection_error
+from ethml.node.events import NodeWarning
+from ethml.node.node import Node
+
+log = structlog.get_logger("ethml.mine")
+
+
+@dataclass
+class MinerSettings:
+    rpc: str = "http://127.0.0.1:8545"
+    deployment_file: Path | None = None
+    threads: int | None = None
+    models_dir: Path | None = None
+    gateways: list[str] = field(default_factory=list)
+    data_dir: Path | None = None
+    status_line: bool = False
+    poll_interval: float = 1.0
+
+
+async def wait_for_rpc(w3: AsyncWeb3[Any], url: str, stop: asyncio.Event) -> int | None:
+    """The chain id once the RPC answers; retries with backoff and says so. None if stopped first."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return int(await w3.eth.chain_id)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            log.warning("rpc_unreachable", url=url, retry_in=delay, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+    return None
+
+
+def format_status(node: Node, balance: int | None) -> str:
+    s = node.stats
+    current = f"request {s.current_request}" if s.current_request else "idle"
+    eml = f"{balance / 10**18:,.4f} EML" if balance is not None else "? EML"
+    return (
+        f"{current} | difficulty {s.difficulty:,} | {s.hashrate / 1e6:6.2f} MH/s | "
+        f"submitted {s.submissions} accepted {s.accepted} | rewards {s.rewards / 10**18:,.4f} | {eml}"
+    )
+
+
+async def run_miner(
+    settings: MinerSettings,
+    resolve_account: Callable[[int], tuple[LocalAccount, str]],
+    find_deployment: Callable[[int], Deployment],
+) -> int:
+    """Mine until SIGINT/SIGTERM; returns the exit code (0 on a clean stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(settings.rpc))
+    chain_id = await wait_for_rpc(w3, settings.rpc, stop)
+    if chain_id is None:
+        return 0
+    account, source = resolve_account(chain_id)
+    deployment = find_deployment(chain_id)
+    config = NodeConfig(
+        threads=settings.threads,
+        gateways=settings.gateways,
+        data_dir=settings.data_dir,
+        models_dir=settings.models_dir,
+        poll_interval=settings.poll_interval,
+    )
+    log.info("miner_starting", address=account.address, source=source, chain_id=chain_id, ethml=deployment.ethml)
+    node = Node(w3=w3, deployment=deployment, account=account, config=config)
+    async with node:
+        contract = node._ctx.contract if node._ctx else None
+        balance: int | None = None
+        ticks = 0
+        events = node.events()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            while True:
+                try:
+                    event = events._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if isinstance(event, NodeWarning) and settings.status_line:
+                    sys.stderr.write(f"\r\033[K{event.message}\n")
+            if settings.status_line:
+                if contract is not None and ticks % 10 == 0:
+                    with contextlib.suppress(Exception):
+                        balance = int(await contract.functions.balanceOf(account.address).call())
+                ticks += 1
+                sys.stderr.write("\r\033[K" + format_status(node, balance))
+                sys.stderr.flush()
+        await events.aclose()
+        if settings.status_line:
+            sys.stderr.write("\n")
+        log.info("miner_stopping", submissions=node.stats.submissions, accepted=node.stats.accepted)
+    with contextlib.suppress(Exception):
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+    return 0

@@ -1,0 +1,125 @@
+"""Requesting a prediction and waiting for it: what `ethml request` does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+from web3.logs import DISCARD
+
+from ethml.chain.deploy import EML, Deployment, ModelKind, Status, consumer_contract, ethml_contract
+from ethml.chain.tx import send
+from ethml.errors import ChainError, EthmlError
+
+
+class RequestError(EthmlError, ValueError):
+    pass
+
+
+@dataclass
+class RequestResult:
+    request_id: int
+    status: Status
+    prediction: int
+    value: float | int | None
+    miners: list[str]
+    closed_block: int
+
+
+def resolve_model(deployment: Deployment, model: str) -> int:
+    if model.isdigit():
+        return int(model)
+    if model in deployment.models:
+        return deployment.models[model]
+    known = ", ".join(f"{n} ({i})" for n, i in deployment.models.items()) or "none registered"
+    raise RequestError(f"unknown model {model!r}; known models: {known}")
+
+
+def parse_tip(tip: str) -> int:
+    try:
+        wei = int(Decimal(tip) * EML)
+    except ArithmeticError:
+        raise RequestError(f"--tip {tip!r} is not a number of EML") from None
+    if wei < 0:
+        raise RequestError("--tip must not be negative")
+    return wei
+
+
+async def request_prediction(
+    w3: AsyncWeb3[Any],
+    deployment: Deployment,
+    account: LocalAccount,
+    model_id: int,
+    cid: str,
+    tip: int,
+    *,
+    direct: bool = False,
+) -> int:
+    """Send the request (through the example consumer, or `direct` from the account); return its id."""
+    ethml = ethml_contract(w3, deployment.ethml)
+    try:
+        _cid, _sha, _kind, _decimals, _features, active = await ethml.functions.getModel(model_id).call()
+    except Exception as exc:
+        raise RequestError(f"model {model_id} is not registered on this deployment") from exc
+    if not active:
+        raise RequestError(f"model {model_id} is deactivated")
+    balance = await ethml.functions.balanceOf(account.address).call()
+    if balance < tip:
+        raise RequestError(
+            f"insufficient EML for the tip: {account.address} holds {balance / EML:g}, tip is {tip / EML:g}"
+        )
+    if direct:
+        if tip:
+            await send(w3, account, ethml.functions.approve(deployment.ethml, tip))
+        receipt = await send(w3, account, ethml.functions.requestPrediction(model_id, cid, tip, 0))
+    else:
+        consumer = consumer_contract(w3, deployment.consumer)
+        if tip:
+            await send(w3, account, ethml.functions.approve(deployment.consumer, tip))
+        receipt = await send(w3, account, consumer.functions.request(model_id, cid, tip))
+    events = ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)
+    if not events:
+        raise ChainError("the request transaction emitted no PredictionRequested event")
+    return int(events[0]["args"]["requestId"])
+
+
+async def wait_for_result(
+    w3: AsyncWeb3[Any],
+    deployment: Deployment,
+    request_id: int,
+    *,
+    timeout: float = 300.0,  # noqa: ASYNC109 - also bounds the reported progress, not just a cancel
+    progress: Callable[[str], None] | None = None,
+) -> RequestResult:
+    ethml = ethml_contract(w3, deployment.ethml)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = ""
+    while True:
+        status = Status(await ethml.functions.requestStatus(request_id).call())
+        if status in (Status.FINALIZED, Status.INVALID_INPUT, Status.EXPIRED):
+            break
+        if status == Status.CURRENT:
+            *_, submissions, _expires = await ethml.functions.getCurrentVariables().call()
+            line = f"request {request_id}: being mined, {submissions}/5 submissions"
+        else:
+            pending = await ethml.functions.pendingCount().call()
+            line = f"request {request_id}: {status.name.lower()}, waiting in the queue ({pending} pending)"
+        if progress and line != last:
+            progress(line)
+            last = line
+        if loop.time() > deadline:
+            raise ChainError(f"request {request_id} was not closed within {timeout:g} s (last: {line})")
+        await asyncio.sleep(0.5)
+    prediction, status_code, miners, _values, closed = await ethml.functions.getResult(request_id).call()
+    _req, model_id, _cid, _gas, _st = await ethml.functions.getRequest(request_id).call()
+    _mcid, _sha, kind, decimals, _f, _a = await ethml.functions.getModel(model_id).call()
+    value: float | int | None = None
+    if Status(status_code) == Status.FINALIZED:
+        value = prediction if int(kind) == ModelKind.CLASSIFICATION else prediction / 10 ** int(decimals)
+    return RequestResult(request_id, Status(status_code), int(prediction), value, [str(m) for m in miners], int(closed))
