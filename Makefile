@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 NODE_BIN := node_modules/.bin
 
-.PHONY: setup venv node contracts models native test test-contracts test-python lint typecheck gas bench-pow clean
+.PHONY: setup venv node contracts models native demo test test-contracts test-python lint typecheck gas bench-pow clean
 
 setup: venv node
 
@@ -56,6 +56,10 @@ gas: setup
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache src/ethml/_native*.so src/ethml/_native.c
+
+## The main job: the whole oracle in one process on the embedded chain (see README).
+demo: venv
+	$(BIN)/ethml demo
 
 ## The proof-of-work benchmark (every path, 1..N threads, the Python reference).
 bench-pow: venv

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ethml import __version__
-from ethml.cli import bench_pow, devnet, ipfs, mine, request
+from ethml.cli import bench_pow, demo, devnet, ipfs, mine, request
 
 app = typer.Typer(
     name="ethml",
@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(demo.app)
 app.add_typer(bench_pow.app)
 app.add_typer(ipfs.app, name="ipfs")
 app.add_typer(mine.app)

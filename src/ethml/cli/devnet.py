@@ -21,7 +21,7 @@ app = typer.Typer()
 @app.command("devnet")
 @handle_errors
 def devnet(
-    port: Annotated[int, typer.Option(help="RPC port.")] = 8545,
+    port: Annotated[int, typer.Option(help="RPC port.", envvar="ETHML_DEVNET_PORT")] = 8545,
     block_time: Annotated[
         float | None, typer.Option(help="Seconds per block (default: mine each transaction at once).")
     ] = None,
