@@ -40,8 +40,8 @@ test-python: setup
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks tools
-	$(BIN)/ruff format --check src tests benchmarks tools
+	$(BIN)/ruff check src tests benchmarks tools models examples build_native.py
+	$(BIN)/ruff format --check src tests benchmarks tools models examples build_native.py
 
 typecheck: venv
 	$(BIN)/mypy

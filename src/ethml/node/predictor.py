@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from typing import Any
 
 from ethml.chain.deploy import INVALID_INPUT
@@ -23,6 +25,7 @@ class Predictor:
         self._models: dict[int, LoadedModel] = {}
 
     async def run(self) -> None:
+        await self.preload()
         while True:
             job = await self.inq.get()
             if job.is_cancelled:
@@ -31,7 +34,24 @@ class Predictor:
             if not job.is_cancelled:
                 await self.out.put(job)
 
-    async def model(self, model_id: int) -> LoadedModel:
+    async def preload(self) -> None:
+        """Load every registered model this node has before the first request needs it."""
+        try:
+            count = int(await self.ctx.contract.functions.modelCount().call())
+        except Exception as exc:  # noqa: BLE001 - preloading is an optimisation; requests load lazily
+            self.ctx.log.info("preload_skipped", error=str(exc))
+            return
+        for model_id in range(1, count + 1):
+            try:
+                model = await self.model(model_id, fetch=False)
+            except (ModelError, IpfsError):
+                continue
+            # One prediction warms scikit-learn's code paths and the thread pool.
+            raw = json.dumps([0.0] * model.entry.feature_count).encode()
+            with contextlib.suppress(EthmlError):
+                await self.ctx.models.predict(model, raw)
+
+    async def model(self, model_id: int, *, fetch: bool = True) -> LoadedModel:
         """Loaded once per model id: the registry's artifact hash decides which artifact is acceptable."""
         cached = self._models.get(model_id)
         if cached is not None:
@@ -42,6 +62,8 @@ class Predictor:
         if entry is not None:
             loaded = self.ctx.models.get(entry.name, sha_hex)
         else:
+            if not fetch:
+                raise ModelError(f"model {model_id} is not bundled")
             # Not bundled: fetch the artifact and load it only through the skops allow-list.
             blob = await self.ctx.ipfs.cat(cid, max_size=MODEL_SIZE_LIMIT)
             name = f"model-{model_id}"
