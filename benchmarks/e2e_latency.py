@@ -128,7 +128,8 @@ async def main(args: argparse.Namespace) -> None:
         f"max {max(latencies):.3f} s"
     )
     print(
-        f"throughput: {args.burst} queued requests closed in {burst:.1f} s = {args.burst / burst * 60:.0f} requests/minute"
+        f"throughput: {args.burst} queued requests closed in {burst:.1f} s = "
+        f"{args.burst / burst * 60:.0f} requests/minute"
     )
     print("miner resident memory: " + ", ".join(f"{m:.0f} MB" for m in memory))
     print("each latency (s): " + " ".join(f"{t:.2f}" for t in latencies))
