@@ -122,10 +122,11 @@ class TxSubmitter:
                 entry = Submission(
                     job.request_id, challenge, job.prediction, job.nonce, tx_nonce, [raw], [tx_hash], "signed"
                 )
-                # Journal, then send: shielded, so a stop lands after the send or leaves a journaled tx.
+                # Journal, then send, with nothing in between that could let another task run: a stop
+                # or a crash here leaves a journaled transaction that a restart re-sends as it is.
                 self.ctx.journal.record(entry)
                 self._fees[job.request_id] = fees
-                await asyncio.shield(self._send_raw(raw))
+                await self._send_raw(raw)
                 self.ctx.journal.set_status(entry, "sent")
                 break
             except Exception as exc:
