@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from hexbytes import HexBytes
@@ -17,6 +18,18 @@ from ethml.node.journal import Submission
 #: Gas the fifth (finalizing) submission may need besides the consumer's callback gas: rewards,
 #: the queue pop and the next challenge (about 210,000 at 1,000 queued requests, see docs/contracts.md).
 FINALIZE_GAS = 320_000
+_SEND_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _send_lock(w3: Any) -> asyncio.Lock:
+    """Nodes that share one client (one process) take turns from pre-flight to send, so one of them
+    can never land the fifth submission between another's pre-flight and its send."""
+    lock = _SEND_LOCKS.get(w3)
+    if lock is None:
+        lock = _SEND_LOCKS[w3] = asyncio.Lock()
+    return lock
+
+
 #: A replacement must raise both fees by at least 10 %; 12.5 % clears every client's rule.
 BUMP_NUMERATOR, BUMP_DENOMINATOR = 9, 8
 
@@ -83,65 +96,86 @@ class TxSubmitter:
                 self._dropped(job.request_id, job.reason or "cancelled")
                 return
             try:
-                # Everything that needs the network but not the latest state first, so that between
-                # the pre-flight and the send nothing else runs on this loop.
                 chain_id = await self.ctx.w3.eth.chain_id
                 fees = await fee_fields(self.ctx.w3)
                 balance = await self.ctx.w3.eth.get_balance(self.ctx.account.address)
                 tx_nonce = await self.ctx.w3.eth.get_transaction_count(self.ctx.account.address, "pending")
                 callback_gas = await self._callback_gas(job.request_id)
-                gas, reason = await self._preflight(call, callback_gas)
-                if gas is None:
-                    self._dropped(job.request_id, f"pre-flight says it would revert: {reason}")
+                async with _send_lock(self.ctx.w3):
+                    sent = await self._preflight_sign_send(job, call, callback_gas, balance, fees, chain_id, tx_nonce)
+                if sent is None:
                     return
-                if balance < gas * fees["maxFeePerGas"]:
-                    message = (
-                        f"{self.ctx.address} has {balance / 1e18:.6f} ETH, not enough for gas "
-                        f"({gas * fees['maxFeePerGas'] / 1e18:.6f}); waiting for funds"
-                    )
-                    self.ctx.emit(NodeWarning(message))
-                    self.ctx.log.warning("no_eth_for_gas", address=self.ctx.address, balance=balance)
+                if sent is False:
                     if await self.ctx.sleep(min(backoff, self.ctx.config.max_backoff)):
                         return
                     backoff *= 2
                     continue
-                tx: dict[str, Any] = {
-                    "from": self.ctx.address,
-                    "to": self.ctx.contract.address,
-                    "data": self._calldata(job.request_id, job.prediction, job.nonce),
-                    "value": 0,
-                    "nonce": tx_nonce,
-                    "gas": gas,
-                    "chainId": chain_id,
-                    "type": 2,
-                    **fees,
-                }
-                signed = self.ctx.account.sign_transaction(tx)
-                raw = HexBytes(signed.raw_transaction).to_0x_hex()
-                tx_hash = HexBytes(signed.hash).to_0x_hex()
-                entry = Submission(
-                    job.request_id, challenge, job.prediction, job.nonce, tx_nonce, [raw], [tx_hash], "signed"
-                )
-                # Journal, then send, with nothing in between that could let another task run: a stop
-                # or a crash here leaves a journaled transaction that a restart re-sends as it is.
-                self.ctx.journal.record(entry)
-                self._fees[job.request_id] = fees
-                await self._send_raw(raw)
-                self.ctx.journal.set_status(entry, "sent")
+                entry, tx_hash, gas = sent
                 break
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
                 self.ctx.emit(NodeWarning(f"RPC unreachable while submitting ({type(exc).__name__}); retrying"))
-                if self.ctx.journal.has(job.request_id, challenge):
+                journaled = self.ctx.journal.get(job.request_id, challenge)
+                if journaled is not None:
+                    entry, tx_hash, gas = journaled, journaled.tx_hashes[-1], 0
                     break  # signed and journaled: the receipt wait (or a restart) takes it from here
                 if await self.ctx.sleep(min(backoff, self.ctx.config.max_backoff)):
                     return
                 backoff *= 2
         self.ctx.stats.submissions += 1
         self.ctx.emit(Submitted(job.request_id, tx_hash, job.prediction))
-        self.ctx.log.info("solution_submitted", request_id=job.request_id, tx=tx_hash, nonce=tx_nonce, gas=gas)
+        self.ctx.log.info("solution_submitted", request_id=job.request_id, tx=tx_hash, nonce=entry.tx_nonce, gas=gas)
         await self._await_receipt(entry)
+
+    async def _preflight_sign_send(
+        self,
+        job: Job,
+        call: Any,
+        callback_gas: int,
+        balance: int,
+        fees: dict[str, int],
+        chain_id: int,
+        tx_nonce: int,
+    ) -> tuple[Submission, str, int] | bool | None:
+        """Pre-flight, sign, journal, send. None: dropped; False: wait for funds; else what was sent."""
+        assert job.prediction is not None and job.nonce is not None
+        gas, reason = await self._preflight(call, callback_gas)
+        if gas is None:
+            self._dropped(job.request_id, f"pre-flight says it would revert: {reason}")
+            return None
+        if balance < gas * fees["maxFeePerGas"]:
+            message = (
+                f"{self.ctx.address} has {balance / 1e18:.6f} ETH, not enough for gas "
+                f"({gas * fees['maxFeePerGas'] / 1e18:.6f}); waiting for funds"
+            )
+            self.ctx.emit(NodeWarning(message))
+            self.ctx.log.warning("no_eth_for_gas", address=self.ctx.address, balance=balance)
+            return False
+        tx: dict[str, Any] = {
+            "from": self.ctx.address,
+            "to": self.ctx.contract.address,
+            "data": self._calldata(job.request_id, job.prediction, job.nonce),
+            "value": 0,
+            "nonce": tx_nonce,
+            "gas": gas,
+            "chainId": chain_id,
+            "type": 2,
+            **fees,
+        }
+        signed = self.ctx.account.sign_transaction(tx)
+        raw = HexBytes(signed.raw_transaction).to_0x_hex()
+        tx_hash = HexBytes(signed.hash).to_0x_hex()
+        entry = Submission(
+            job.request_id, job.challenge.hex(), job.prediction, job.nonce, tx_nonce, [raw], [tx_hash], "signed"
+        )
+        # Journal, then send: a stop or a crash in between leaves a journaled transaction that a
+        # restart re-sends as it is.
+        self.ctx.journal.record(entry)
+        self._fees[job.request_id] = fees
+        await self._send_raw(raw)
+        self.ctx.journal.set_status(entry, "sent")
+        return entry, tx_hash, gas
 
     async def _send_raw(self, raw: str) -> None:
         try:
