@@ -105,7 +105,7 @@ class TxSubmitter:
                     sent = await self._preflight_sign_send(job, call, callback_gas, balance, fees, chain_id, tx_nonce)
                 if sent is None:
                     return
-                if sent is False:
+                if isinstance(sent, bool):
                     if await self.ctx.sleep(min(backoff, self.ctx.config.max_backoff)):
                         return
                     backoff *= 2
