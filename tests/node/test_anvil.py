@@ -1,0 +1,175 @@
+"""Against a real anvil: a reorg that removes a request, and the RPC going away and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from ethml.chain import DEV_MNEMONIC, Parameters, consumer_contract, deploy_system, dev_account, ethml_contract, send
+from ethml.ipfs import Blockstore, IpfsClient
+from ethml.ml import Manifest, ModelStore
+from ethml.node import Node, NodeConfig, NodeWarning, SubmissionMined
+from tests.conftest import find_anvil, free_port, missing_service
+from tests.node.conftest import wait_until
+
+DIFFICULTY = 1 << 12
+
+
+def start_anvil(port: int, state: Path | None = None) -> subprocess.Popen[bytes]:
+    binary = find_anvil()
+    if binary is None:
+        missing_service("anvil (npm ci)")
+    args = [binary, "--port", str(port), "--mnemonic", DEV_MNEMONIC, "--silent"]
+    if state is not None:
+        args += ["--state", str(state)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "anvil did not start"
+            time.sleep(0.05)
+
+
+def stop_anvil(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+async def deploy(w3: AsyncWeb3[Any]) -> Any:
+    manifest = Manifest.load()
+    return manifest, await deploy_system(
+        w3,
+        dev_account(0),
+        parameters=Parameters(min_difficulty=DIFFICULTY, max_difficulty=DIFFICULTY),
+        models=manifest.registry_specs(),
+    )
+
+
+def expected(manifest: Manifest, model: str, raw: bytes) -> int:
+    store = ModelStore(manifest)
+    try:
+        return store.get(model).predict_one(raw)
+    finally:
+        store.close()
+
+
+async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, request_id: int) -> list[int]:
+    logs = await ethml_contract(w3, deployment.ethml).events.SolutionSubmitted().get_logs(from_block=0)
+    return [
+        int(e["args"]["prediction"])
+        for e in logs
+        if e["args"]["miner"] == miner and e["args"]["requestId"] == request_id
+    ]
+
+
+async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_anvil(port)
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(f"http://127.0.0.1:{port}"))
+    try:
+        manifest, deployment = await deploy(w3)
+        ipfs = IpfsClient(Blockstore(tmp_path / "blocks"))
+        iris = manifest.by_name("iris")
+        raw_a = manifest.data_point_path(iris.data_points[3]).read_bytes()  # label 0
+        raw_b = manifest.data_point_path(iris.data_points[0]).read_bytes()  # label 1
+        cid_a, cid_b = str(ipfs.add_bytes(raw_a)), str(ipfs.add_bytes(raw_b))
+        consumer = consumer_contract(w3, deployment.consumer)
+        snapshot = await w3.provider.make_request("evm_snapshot", [])  # type: ignore[arg-type]
+        config = NodeConfig(threads=1, poll_interval=0.05, data_dir=tmp_path)
+        async with Node(w3=w3, deployment=deployment, account=dev_account(1), config=config) as node:
+            events = node.events()
+            await send(w3, dev_account(9), consumer.functions.request(iris.id, cid_a, 0))
+            await wait_until(lambda: _ready(node.stats.accepted == 1), what="the submission on the old fork")
+            assert await submissions(w3, deployment, dev_account(1).address, 1) == [expected(manifest, "iris", raw_a)]
+
+            await w3.provider.make_request("evm_revert", [snapshot["result"]])  # type: ignore[arg-type]
+            await w3.provider.make_request("anvil_mine", [3])  # type: ignore[arg-type]
+            await send(w3, dev_account(9), consumer.functions.request(iris.id, cid_b, 0))  # request 1 again
+            await wait_until(lambda: _ready(node.stats.accepted == 2), what="the submission on the new fork")
+            warnings = []
+            while not events._queue.empty():
+                event = events._queue.get_nowait()
+                if isinstance(event, NodeWarning):
+                    warnings.append(event.message)
+                if isinstance(event, SubmissionMined):
+                    pass
+            await events.aclose()
+            await asyncio.sleep(0.3)  # a few more polls: nothing else may be sent
+            assert node.stats.submissions == 2
+        assert any("reorganisation" in w for w in warnings), warnings
+        # On the surviving chain: exactly one submission for request 1, with the new fork's data.
+        assert await submissions(w3, deployment, dev_account(1).address, 1) == [expected(manifest, "iris", raw_b)]
+    finally:
+        await w3.provider.disconnect()
+        stop_anvil(proc)
+
+
+async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path) -> None:
+    port = free_port()
+    state = tmp_path / "anvil-state.json"
+    proc = start_anvil(port, state)
+    url = f"http://127.0.0.1:{port}"
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
+    manifest, deployment = await deploy(w3)
+    ipfs = IpfsClient(Blockstore(tmp_path / "blocks"))
+    wine = manifest.by_name("wine")
+    points = [manifest.data_point_path(p).read_bytes() for p in wine.data_points]
+    cids = [str(ipfs.add_bytes(raw)) for raw in points]
+    consumer = consumer_contract(w3, deployment.consumer)
+    config = NodeConfig(threads=1, poll_interval=0.05, data_dir=tmp_path, max_backoff=0.5)
+    nodes = [Node(rpc_url=url, deployment=deployment, account=dev_account(i), config=config) for i in range(5)]
+    try:
+        for n in nodes:
+            await n.start()
+        await send(w3, dev_account(9), consumer.functions.request(wine.id, cids[0], 0))
+        await wait_until(lambda: _answered(consumer, 1), what="the first answer")
+
+        stop_anvil(proc)  # the RPC goes away (anvil saves its state)
+        await wait_until(lambda: _ready(all(n.stats.last_error for n in nodes)), what="every node noticing")
+        proc = start_anvil(port, state)  # and comes back with the same chain
+        await send(w3, dev_account(9), consumer.functions.request(wine.id, cids[1], 0))
+        await send(w3, dev_account(9), consumer.functions.request(wine.id, cids[2], 0))
+        for rid in (2, 3):
+            await wait_until(lambda rid=rid: _answered(consumer, rid), timeout=60, what=f"answer {rid}")
+    finally:
+        for n in nodes:
+            await n.stop()
+        await w3.provider.disconnect()
+        stop_anvil(proc)
+    w3 = AsyncWeb3(AsyncHTTPProvider(url))
+    proc = start_anvil(port, state)
+    try:
+        for rid, raw in zip((1, 2, 3), points, strict=False):
+            answer = await consumer_contract(w3, deployment.consumer).functions.answers(rid).call()
+            assert answer[1] == expected(manifest, "wine", raw)
+            for i in range(5):
+                assert len(await submissions(w3, deployment, dev_account(i).address, rid)) == 1
+    finally:
+        await w3.provider.disconnect()
+        stop_anvil(proc)
+
+
+async def _ready(value: bool) -> bool:
+    return value
+
+
+async def _answered(consumer: Any, rid: int) -> bool:
+    try:
+        return bool((await consumer.functions.answers(rid).call())[3])
+    except Exception:  # noqa: BLE001 - the RPC may be restarting
+        return False
+
+
+pytestmark = pytest.mark.anvil
