@@ -15,7 +15,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from ethml.chain import DEV_MNEMONIC, Parameters, consumer_contract, deploy_system, dev_account, ethml_contract, send
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
-from ethml.node import Node, NodeConfig, NodeWarning, SubmissionMined
+from ethml.node import Node, NodeConfig, NodeWarning
 from tests.conftest import find_anvil, free_port, missing_service
 from tests.node.conftest import wait_until
 
@@ -103,8 +103,6 @@ async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: 
                 event = events._queue.get_nowait()
                 if isinstance(event, NodeWarning):
                     warnings.append(event.message)
-                if isinstance(event, SubmissionMined):
-                    pass
             await events.aclose()
             await asyncio.sleep(0.3)  # a few more polls: nothing else may be sent
             assert node.stats.submissions == 2
