@@ -77,30 +77,27 @@ def encode_unixfs(d: UnixFSData) -> bytes:
     return bytes(out)
 
 
+def _varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
+    """(value, position after it) of the varint at `pos`."""
+    try:
+        value, n, _ = varint.decode_raw(buf[pos:])
+    except ValueError as exc:
+        raise ProtobufError(f"bad {what} at byte {pos}: {exc}") from None
+    return value, pos + n
+
+
 def _fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
     """(field number, wire type, value) triples; only varint and length-delimited wire types."""
     fields: list[tuple[int, int, int | bytes]] = []
     pos = 0
     while pos < len(buf):
-        try:
-            key, n, _ = varint.decode_raw(buf[pos:])
-        except ValueError as exc:
-            raise ProtobufError(f"bad field key at byte {pos}: {exc}") from None
-        pos += n
+        key, pos = _varint(buf, pos, "field key")
         number, wire = key >> 3, key & 7
         if wire == _VARINT:
-            try:
-                value, n, _ = varint.decode_raw(buf[pos:])
-            except ValueError as exc:
-                raise ProtobufError(f"bad varint at byte {pos}: {exc}") from None
-            pos += n
+            value, pos = _varint(buf, pos, "varint")
             fields.append((number, wire, value))
         elif wire == _LEN:
-            try:
-                length, n, _ = varint.decode_raw(buf[pos:])
-            except ValueError as exc:
-                raise ProtobufError(f"bad length at byte {pos}: {exc}") from None
-            pos += n
+            length, pos = _varint(buf, pos, "length")
             if pos + length > len(buf):
                 raise ProtobufError(f"field {number} runs past the end of the block")
             fields.append((number, wire, bytes(buf[pos : pos + length])))
@@ -146,10 +143,10 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
             d.blocksizes.append(int(value))  # type: ignore[arg-type]
         elif number == 4 and wire == _LEN:  # packed form, accepted on read
             raw = bytes(value)  # type: ignore[arg-type]
-            while raw:
-                size, n, _ = varint.decode_raw(raw)
+            at = 0
+            while at < len(raw):
+                size, at = _varint(raw, at, "block size")
                 d.blocksizes.append(size)
-                raw = raw[n:]
     if d.type < 0:
         raise ProtobufError("UnixFS data without a type")
     return d
