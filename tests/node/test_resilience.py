@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from eth_account import Account
 from web3.logs import DISCARD
 
 from ethml.chain import INVALID_INPUT, ModelKind, ModelSpec, Parameters, Status, deploy_system, dev_account
@@ -237,3 +238,25 @@ async def _true(value: bool) -> bool:
 
 async def _answered(system: System, rid: int) -> bool:
     return (await system.answer(rid))[2]
+
+
+async def test_no_eth_for_gas_warns_and_waits(system: System) -> None:
+    from ethml.node import NodeWarning
+
+    broke = Node(w3=system.w3, deployment=system.deployment, account=Account.create(), config=system.config())
+    cid, _ = system.add_point("iris", 0)
+    await system.request(3, cid)
+    async with broke:
+        events = broke.events()
+        warning = None
+
+        async def first_warning() -> str:
+            async for event in events:
+                if isinstance(event, NodeWarning) and "not enough for gas" in event.message:
+                    return event.message
+            raise AssertionError("the node stopped without warning")
+
+        warning = await asyncio.wait_for(first_warning(), timeout=30)
+        await events.aclose()
+        assert broke.stats.last_error is None and broke.stats.submissions == 0
+    assert warning is not None and "waiting for funds" in warning

@@ -18,6 +18,13 @@ from ethml.node.journal import Submission
 #: Gas the fifth (finalizing) submission may need besides the consumer's callback gas: rewards,
 #: the queue pop and the next challenge (about 210,000 at 1,000 queued requests, see docs/contracts.md).
 FINALIZE_GAS = 320_000
+
+
+def _final_gas(callback_gas: int) -> int:
+    """The gas limit that lets this submission be the finalizing one (EIP-150 margin included)."""
+    return FINALIZE_GAS + callback_gas + callback_gas // 63 + 10_000
+
+
 _SEND_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
@@ -71,8 +78,7 @@ class TxSubmitter:
             if is_revert(exc) or "revert" in str(exc).lower():
                 return None, revert_reason(exc)
             raise
-        final = FINALIZE_GAS + callback_gas + callback_gas // 63 + 10_000
-        return max(int(gas * GAS_MARGIN), final), ""
+        return max(int(gas * GAS_MARGIN), _final_gas(callback_gas)), ""
 
     async def _callback_gas(self, request_id: int) -> int:
         cached = self._callback_limits.get(request_id)
@@ -101,8 +107,15 @@ class TxSubmitter:
                 balance = await self.ctx.w3.eth.get_balance(self.ctx.account.address)
                 tx_nonce = await self.ctx.w3.eth.get_transaction_count(self.ctx.account.address, "pending")
                 callback_gas = await self._callback_gas(job.request_id)
-                async with _send_lock(self.ctx.w3):
-                    sent = await self._preflight_sign_send(job, call, callback_gas, balance, fees, chain_id, tx_nonce)
+                if balance < _final_gas(callback_gas) * fees["maxFeePerGas"]:
+                    # Checked before the pre-flight too: a node may not even estimate without funds.
+                    self._warn_no_eth(balance, _final_gas(callback_gas) * fees["maxFeePerGas"])
+                    sent: tuple[Submission, str, int] | bool | None = False
+                else:
+                    async with _send_lock(self.ctx.w3):
+                        sent = await self._preflight_sign_send(
+                            job, call, callback_gas, balance, fees, chain_id, tx_nonce
+                        )
                 if sent is None:
                     return
                 if isinstance(sent, bool):
@@ -145,12 +158,7 @@ class TxSubmitter:
             self._dropped(job.request_id, f"pre-flight says it would revert: {reason}")
             return None
         if balance < gas * fees["maxFeePerGas"]:
-            message = (
-                f"{self.ctx.address} has {balance / 1e18:.6f} ETH, not enough for gas "
-                f"({gas * fees['maxFeePerGas'] / 1e18:.6f}); waiting for funds"
-            )
-            self.ctx.emit(NodeWarning(message))
-            self.ctx.log.warning("no_eth_for_gas", address=self.ctx.address, balance=balance)
+            self._warn_no_eth(balance, gas * fees["maxFeePerGas"])
             return False
         tx: dict[str, Any] = {
             "from": self.ctx.address,
@@ -176,6 +184,14 @@ class TxSubmitter:
         await self._send_raw(raw)
         self.ctx.journal.set_status(entry, "sent")
         return entry, tx_hash, gas
+
+    def _warn_no_eth(self, balance: int, needed: int) -> None:
+        message = (
+            f"{self.ctx.address} has {balance / 1e18:.6f} ETH, not enough for gas "
+            f"({needed / 1e18:.6f}); waiting for funds"
+        )
+        self.ctx.emit(NodeWarning(message))
+        self.ctx.log.warning("no_eth_for_gas", address=self.ctx.address, balance=balance, needed=needed)
 
     async def _send_raw(self, raw: str) -> None:
         try:
