@@ -15,6 +15,7 @@ interface Vm {
     function expectPartialRevert(bytes4 revertData) external;
     function expectEmit() external;
     function assume(bool condition) external pure;
+    function store(address target, bytes32 slot, bytes32 value) external;
     function readFile(string calldata path) external view returns (string memory);
     function parseJsonBytes32(string calldata json, string calldata key) external pure returns (bytes32);
     function parseJsonAddress(string calldata json, string calldata key) external pure returns (address);

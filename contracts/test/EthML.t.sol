@@ -531,6 +531,27 @@ contract EthMLTest is EthMLFixture {
         vm.assertEq(ethml.difficulty(), 4, "pinned");
     }
 
+    // ------------------------------------------------------------ limits
+
+    /// @dev Storage slots from `forge inspect EthML storageLayout`: modelCount = 8, _counters = 10.
+    function test_model_and_request_id_limits() public {
+        vm.store(address(ethml), bytes32(uint256(8)), bytes32(uint256(type(uint16).max)));
+        vm.prank(ADMIN);
+        vm.expectRevert(EthML.TooManyModels.selector);
+        ethml.registerModel("Qm", bytes32(0), EthML.ModelKind.Classification, 0, 1);
+        vm.store(address(ethml), bytes32(uint256(10)), bytes32(uint256(type(uint32).max)));
+        vm.expectRevert(EthML.TooManyRequests.selector);
+        _request(classifier, 0);
+    }
+
+    function test_callback_gas_parameter_fits_uint24() public {
+        EthML.Parameters memory p = _params(1, 1);
+        p.maxCallbackGasLimit = uint32(type(uint24).max) + 1;
+        vm.prank(ADMIN);
+        vm.expectRevert(abi.encodeWithSelector(EthML.InvalidParameters.selector, "maxCallbackGasLimit above 2^24-1"));
+        ethml.setParameters(p);
+    }
+
     // ------------------------------------------------------------ helpers
 
     function _string(uint256 len) internal pure returns (string memory) {
