@@ -140,5 +140,5 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--burst", type=int, default=30)
     parser.add_argument("--difficulty", type=int, default=1 << 16)
-    parser.add_argument("--poll", type=float, default=0.1)
+    parser.add_argument("--poll", type=float, default=0.1, help="the miners' --poll-interval (devnet default 0.1)")
     asyncio.run(main(parser.parse_args()))

@@ -12,8 +12,7 @@ from eth_account.signers.local import LocalAccount
 
 from ethml.chain.accounts import DEV_MNEMONIC, account_from_mnemonic
 from ethml.errors import EthmlError
-
-DEV_CHAIN_IDS = {31337, 131277322940537}  # anvil, the embedded eth-tester chain
+from ethml.node.miner import DEV_CHAIN_IDS  # anvil, hardhat/ganache, the embedded eth-tester chain
 
 
 class ConfigError(EthmlError, ValueError):

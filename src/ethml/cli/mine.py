@@ -62,7 +62,9 @@ def mine(
         Path | None,
         typer.Option(help="TOML config file (default: XDG config dir/ethml/config.toml).", envvar="ETHML_CONFIG"),
     ] = None,
-    poll_interval: Annotated[float | None, typer.Option(help="Seconds between log polls (default: 1).")] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Seconds between log polls (default: 0.1 on a devnet, else 1).")
+    ] = None,
 ) -> None:
     """Mine: watch for requests, predict, grind the proof of work, submit. Ctrl-C stops cleanly."""
     cfg = load_config(config)
@@ -79,7 +81,7 @@ def mine(
         gateways=list(pick(gateway, cfg, "gateways", [])),
         data_dir=_path(pick(data_dir, cfg, "data_dir")),
         status_line=status_line,
-        poll_interval=float(pick(poll_interval, cfg, "poll_interval", 1.0)),
+        poll_interval=_float(pick(poll_interval, cfg, "poll_interval")),
     )
     index = pick(account, cfg, "account")
 
@@ -98,6 +100,10 @@ def mine(
         return Deployment.find(chain_id, settings.data_dir)
 
     raise typer.Exit(asyncio.run(run_miner(settings, resolve_account, find_deployment)))
+
+
+def _float(value: object) -> float | None:
+    return float(str(value)) if value is not None else None
 
 
 def _path(value: object) -> Path | None:

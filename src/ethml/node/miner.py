@@ -22,6 +22,10 @@ from ethml.node.node import Node
 
 log = structlog.get_logger("ethml.mine")
 
+DEV_CHAIN_IDS = {31337, 1337, 131277322940537}
+DEVNET_POLL = 0.1
+PUBLIC_POLL = 1.0
+
 
 @dataclass
 class MinerSettings:
@@ -32,7 +36,8 @@ class MinerSettings:
     gateways: list[str] = field(default_factory=list)
     data_dir: Path | None = None
     status_line: bool = False
-    poll_interval: float = 1.0
+    #: Seconds between log polls; None: 0.1 s on a devnet (local, instant blocks), 1 s elsewhere.
+    poll_interval: float | None = None
 
 
 async def wait_for_rpc(w3: AsyncWeb3[Any], url: str, stop: asyncio.Event) -> int | None:
@@ -84,7 +89,7 @@ async def run_miner(
         gateways=settings.gateways,
         data_dir=settings.data_dir,
         models_dir=settings.models_dir,
-        poll_interval=settings.poll_interval,
+        poll_interval=settings.poll_interval or (DEVNET_POLL if chain_id in DEV_CHAIN_IDS else PUBLIC_POLL),
     )
     log.info("miner_starting", address=account.address, source=source, chain_id=chain_id, ethml=deployment.ethml)
     node = Node(w3=w3, deployment=deployment, account=account, config=config)
