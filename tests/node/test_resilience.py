@@ -91,9 +91,11 @@ async def test_killed_mid_grind_and_restarted_completes_once(tmp_path: Any) -> N
     victim = system.node(0)
     await victim.start()
     async with system.running([1, 2, 3, 4]):
-        await wait_until(lambda: _true(victim.stats.hashes > 0), what="the victim grinding")
+        await wait_until(lambda: _true(victim._grinder is not None), what="the victim's actors")
+        assert victim._grinder is not None
+        await asyncio.wait_for(victim._grinder.searching.wait(), timeout=30)
+        await _kill(victim)  # at once: the search has just started and needs far longer than this
         assert victim.stats.submissions == 0
-        await _kill(victim)
         async with system.running([0]):
             await wait_until(lambda: _answered(system, rid), timeout=60, what="the answer")
     assert (await system.answer(rid))[:2] == (system.expected("wine", raw), int(Status.FINALIZED))

@@ -46,6 +46,8 @@ class PowGrinder:
         self.inq = inq
         self.out = out
         self.meter = HashrateMeter()
+        #: Set while a search runs (for status displays and tests that need to act mid-search).
+        self.searching = asyncio.Event()
 
     async def run(self) -> None:
         while True:
@@ -71,12 +73,14 @@ class PowGrinder:
             stop=job.stop,
             on_progress=progress,
         )
+        self.searching.set()
         try:
             result = await search
         except asyncio.CancelledError:
             job.stop.set()  # the worker threads notice within milliseconds
             raise
         finally:
+            self.searching.clear()
             self.ctx.stats.hashes = self.meter.total
             self.ctx.stats.hashrate = self.meter.rate()
         if not result.found or job.is_cancelled:
