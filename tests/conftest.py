@@ -22,8 +22,13 @@ def missing_service(what: str) -> None:
 
 
 def find_anvil() -> str | None:
-    local = ROOT / "node_modules" / ".bin" / "anvil"
-    return str(local) if local.exists() else shutil.which("anvil")
+    from ethml.devnet import AnvilNotFound
+    from ethml.devnet import find_anvil as locate
+
+    try:
+        return locate()
+    except AnvilNotFound:
+        return None
 
 
 def free_port() -> int:

@@ -98,11 +98,7 @@ async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: 
             await w3.provider.make_request("anvil_mine", [3])  # type: ignore[arg-type]
             await send(w3, dev_account(9), consumer.functions.request(iris.id, cid_b, 0))  # request 1 again
             await wait_until(lambda: _ready(node.stats.accepted == 2), what="the submission on the new fork")
-            warnings = []
-            while not events._queue.empty():
-                event = events._queue.get_nowait()
-                if isinstance(event, NodeWarning):
-                    warnings.append(event.message)
+            warnings = [e.message for e in events.drain() if isinstance(e, NodeWarning)]
             await events.aclose()
             await asyncio.sleep(0.3)  # a few more polls: nothing else may be sent
             assert node.stats.submissions == 2

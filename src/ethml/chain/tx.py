@@ -66,8 +66,6 @@ def revert_reason(exc: BaseException) -> str:
     for arg in exc.args:
         if isinstance(arg, bytes):
             return decode_revert(arg)
-        if isinstance(arg, str) and "execution reverted: b" in arg:
-            break
     cause = exc.__cause__ or exc.__context__
     if cause is not None and cause is not exc:
         return revert_reason(cause)
@@ -121,19 +119,4 @@ async def send(
     receipt = await w3.eth.wait_for_transaction_receipt(tx_hash)
     if receipt["status"] != 1:
         raise TransactionReverted(label, f"mined but reverted in block {receipt['blockNumber']}")
-    return receipt
-
-
-async def send_value(w3: AsyncWeb3[Any], account: LocalAccount, to: str, value: int) -> TxReceipt:
-    tx: dict[str, Any] = {
-        "from": account.address,
-        "to": to,
-        "value": value,
-        "gas": 21_000,
-        "chainId": await w3.eth.chain_id,
-        "nonce": await w3.eth.get_transaction_count(account.address, "pending"),
-    }
-    tx.update(await fee_fields(w3))
-    signed = account.sign_transaction(tx)
-    receipt = await w3.eth.wait_for_transaction_receipt(await w3.eth.send_raw_transaction(signed.raw_transaction))
     return receipt

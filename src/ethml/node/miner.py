@@ -15,7 +15,7 @@ import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain.deploy import Deployment
+from ethml.chain.deploy import Deployment, ethml_contract
 from ethml.node.context import NodeConfig, is_connection_error
 from ethml.node.events import NodeWarning
 from ethml.node.node import Node
@@ -94,22 +94,18 @@ async def run_miner(
     log.info("miner_starting", address=account.address, source=source, chain_id=chain_id, ethml=deployment.ethml)
     node = Node(w3=w3, deployment=deployment, account=account, config=config)
     async with node:
-        contract = node._ctx.contract if node._ctx else None
+        contract = ethml_contract(w3, deployment.ethml)
         balance: int | None = None
         ticks = 0
         events = node.events()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            while True:
-                try:
-                    event = events._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
+            for event in events.drain():
                 if isinstance(event, NodeWarning) and settings.status_line:
                     sys.stderr.write(f"\r\033[K{event.message}\n")
             if settings.status_line:
-                if contract is not None and ticks % 10 == 0:
+                if ticks % 10 == 0:
                     with contextlib.suppress(Exception):
                         balance = int(await contract.functions.balanceOf(account.address).call())
                 ticks += 1

@@ -213,6 +213,13 @@ class EventStream:
         await self.aclose()
         raise StopAsyncIteration
 
+    def drain(self) -> list[NodeEvent]:
+        """The events already delivered, without waiting for more."""
+        events = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
