@@ -11,9 +11,9 @@ const solc = require("solc");
 const root = path.resolve(__dirname, "..");
 const srcDir = path.join(root, "contracts", "src");
 const outDir = path.join(root, "src", "ethml", "chain", "artifacts");
-const CONTRACTS = { "EthML.sol": ["EthML"], "UsingEthML.sol": ["ExampleConsumer"] };
+const CONTRACTS = { "EthML.sol": ["EthML"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"] };
 const SETTINGS = {
-  optimizer: { enabled: true, runs: 10000 },
+  optimizer: { enabled: true, runs: 500 },
   evmVersion: "cancun",
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };

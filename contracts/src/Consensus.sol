@@ -1,62 +1,81 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-/// @title Consensus over the five submitted predictions.
-/// @notice Classification: the mode; among equally frequent values the smallest wins, so the result
-/// does not depend on submission order. Regression: the median. A value agrees with a regression
-/// consensus when |value - median| <= |median| * toleranceBps / 10000 (an INVALID_INPUT value never does).
+/// @title Consensus over the revealed predictions of a round.
+/// @notice Only the values whose bit is set in `revealed` take part. Classification: the mode (ties go
+/// to the smallest value, though a quorum of at least three of five makes a winning mode unique).
+/// Regression: the lower median of the revealed numbers (INVALID_INPUT values excluded); a number
+/// agrees when |value - median| <= max(|median|, unit) * toleranceBps / 10000, where `unit` is 1.0
+/// in the model's fixed-point scale, so a median of 0 still has a band.
 library Consensus {
-    function mode(int256[5] memory values) internal pure returns (int256 best) {
+    function mode(int256[5] memory values, uint8 revealed) internal pure returns (int256 best, uint8 mask) {
         uint256 bestCount = 0;
         for (uint256 i = 0; i < 5; ++i) {
+            if (revealed & (1 << i) == 0) continue;
             uint256 count = 0;
             for (uint256 j = 0; j < 5; ++j) {
-                if (values[j] == values[i]) ++count;
+                if (revealed & (1 << j) != 0 && values[j] == values[i]) ++count;
             }
             if (count > bestCount || (count == bestCount && values[i] < best)) {
                 bestCount = count;
                 best = values[i];
             }
         }
+        mask = agreeExact(values, revealed, best);
     }
 
-    function median(int256[5] memory values) internal pure returns (int256) {
-        int256[5] memory v = values;
-        // Insertion sort on a copy: five elements, at most ten swaps.
+    /// @dev The lower median of the revealed values other than `excluded`; `found` is false when there are none.
+    function median(int256[5] memory values, uint8 revealed, int256 excluded)
+        internal
+        pure
+        returns (int256 med, bool found)
+    {
         int256[5] memory s;
+        uint256 n = 0;
         for (uint256 i = 0; i < 5; ++i) {
-            int256 x = v[i];
-            uint256 j = i;
+            if (revealed & (1 << i) == 0 || values[i] == excluded) continue;
+            int256 x = values[i];
+            uint256 j = n;
+            // Insertion sort: five elements at most.
             while (j > 0 && s[j - 1] > x) {
                 s[j] = s[j - 1];
                 --j;
             }
             s[j] = x;
+            ++n;
         }
-        return s[2];
+        if (n == 0) return (0, false);
+        return (s[(n - 1) / 2], true);
     }
 
-    function agreeExact(int256[5] memory values, int256 consensus) internal pure returns (uint8 mask) {
+    function agreeExact(int256[5] memory values, uint8 revealed, int256 consensus) internal pure returns (uint8 mask) {
         for (uint256 i = 0; i < 5; ++i) {
-            if (values[i] == consensus) mask |= uint8(1 << i);
+            if (revealed & (1 << i) != 0 && values[i] == consensus) mask |= uint8(1 << i);
         }
     }
 
     /// @dev Values are int96-range (or `invalid`), so the products below cannot overflow.
-    function agreeWithin(int256[5] memory values, int256 consensus, uint256 toleranceBps, int256 invalid)
-        internal
-        pure
-        returns (uint8 mask)
-    {
-        uint256 tolerance = _abs(consensus) * toleranceBps / 10_000;
+    function agreeWithin(
+        int256[5] memory values,
+        uint8 revealed,
+        int256 consensus,
+        uint256 unit,
+        uint256 toleranceBps,
+        int256 invalid
+    ) internal pure returns (uint8 mask) {
+        uint256 scale = _abs(consensus);
+        if (scale < unit) scale = unit;
+        uint256 tolerance = scale * toleranceBps / 10_000;
         for (uint256 i = 0; i < 5; ++i) {
-            if (values[i] == invalid) continue;
+            if (revealed & (1 << i) == 0 || values[i] == invalid) continue;
             if (_abs(values[i] - consensus) <= tolerance) mask |= uint8(1 << i);
         }
     }
 
     function popcount(uint8 mask) internal pure returns (uint256 n) {
-        for (; mask != 0; mask &= mask - 1) ++n;
+        for (; mask != 0; mask &= mask - 1) {
+            ++n;
+        }
     }
 
     function _abs(int256 x) private pure returns (uint256) {

@@ -2,7 +2,8 @@
 pragma solidity 0.8.28;
 
 /// @title PredictionQueue: the pending requests as a 4-ary max-heap, two entries per storage slot.
-/// @notice Highest tip first, then the oldest (lowest id). Push and pop cost O(log4 n); nothing scans the queue.
+/// @notice Highest tip first, then the oldest (lowest id). Push, pop and removal at a known position
+/// cost O(log4 n); nothing scans the queue in a transaction (`idAt` lets a view find a position).
 /// @dev An entry is 128 bits: `tip << 32 | (type(uint32).max - id)`, so comparing entries compares
 /// (tip, age) with no extra reads; entries are unique because ids are. Position p lives at index p + 1,
 /// in slot (p + 1) / 2, so the four children of p (4p+1 .. 4p+4) fill exactly two slots and one level
@@ -31,13 +32,32 @@ library PredictionQueue {
 
     /// @dev Removes and returns the top entry of a heap of `length` > 0 entries.
     function pop(Heap storage heap, uint256 length) internal returns (uint96 tip, uint32 id) {
-        uint256 top = _get(heap, 0);
+        return removeAt(heap, length, 0);
+    }
+
+    /// @dev The request id at position `p` (0 when `p` is past the end of a heap of `length`).
+    function idAt(Heap storage heap, uint256 length, uint256 p) internal view returns (uint32) {
+        if (p >= length) return 0;
+        return type(uint32).max - uint32(_get(heap, p));
+    }
+
+    /// @dev Removes and returns the entry at position `p` < `length`: the last entry takes its place and
+    /// sifts up or down, O(log4 n).
+    function removeAt(Heap storage heap, uint256 length, uint256 p) internal returns (uint96 tip, uint32 id) {
+        uint256 removed = _get(heap, p);
         uint256 n = length - 1;
         uint256 last = _get(heap, n);
         _set(heap, n, 0);
-        if (n > 0) {
-            uint256 p = 0;
+        if (p < n) {
             unchecked {
+                // Up: the moved entry may outrank the parents of a position deep in the heap.
+                while (p > 0) {
+                    uint256 parent = (p - 1) >> 2;
+                    uint256 parentKey = _get(heap, parent);
+                    if (parentKey > last) break;
+                    _set(heap, p, parentKey);
+                    p = parent;
+                }
                 while (true) {
                     uint256 first = 4 * p + 1;
                     if (first >= n) break;
@@ -57,8 +77,8 @@ library PredictionQueue {
             }
             _set(heap, p, last);
         }
-        tip = uint96(top >> 32);
-        id = type(uint32).max - uint32(top);
+        tip = uint96(removed >> 32);
+        id = type(uint32).max - uint32(removed);
     }
 
     function _get(Heap storage heap, uint256 p) private view returns (uint256) {

@@ -13,11 +13,7 @@ library ProofOfWork {
         return type(uint256).max / difficulty;
     }
 
-    function isValid(bytes32 challenge, address miner, uint256 nonce, uint256 difficulty)
-        internal
-        pure
-        returns (bool)
-    {
+    function isValid(bytes32 challenge, address miner, uint256 nonce, uint256 difficulty) internal pure returns (bool) {
         return uint256(hash(challenge, miner, nonce)) < target(difficulty);
     }
 }

@@ -9,6 +9,11 @@ interface Vm {
     function startPrank(address sender) external;
     function stopPrank() external;
     function roll(uint256 blockNumber) external;
+    function deal(address account, uint256 newBalance) external;
+    function txGasPrice(uint256 newGasPrice) external;
+    function fee(uint256 newBasefee) external;
+    function setBlockhash(uint256 blockNumber, bytes32 blockHash) external;
+    function expectRevert() external;
     function warp(uint256 timestamp) external;
     function expectRevert(bytes calldata revertData) external;
     function expectRevert(bytes4 revertData) external;
@@ -48,19 +53,26 @@ abstract contract EthMLFixture {
     uint256 internal regressor;
     string internal constant CID = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG";
 
-    function _params(uint128 minDifficulty, uint128 maxDifficulty) internal pure returns (EthML.Parameters memory) {
+    function _params(uint64 minDifficulty, uint64 maxDifficulty) internal pure returns (EthML.Parameters memory) {
         return EthML.Parameters({
             baseReward: BASE_REWARD,
             targetSolveTime: 15,
             minDifficulty: minDifficulty,
             maxDifficulty: maxDifficulty,
             expiryBlocks: 50,
+            revealBlocks: 10,
+            maxQueueBlocks: 10_000,
             maxCallbackGasLimit: 1_000_000,
-            regressionToleranceBps: 100
+            regressionToleranceBps: 100,
+            quorum: 3
         });
     }
 
-    function _deploy(uint128 minDifficulty, uint128 maxDifficulty) internal {
+    function _deploy(uint64 minDifficulty, uint64 maxDifficulty) internal {
+        _deployWith(_params(minDifficulty, maxDifficulty));
+    }
+
+    function _deployWith(EthML.Parameters memory params) internal {
         address[] memory holders = new address[](8);
         uint256[] memory amounts = new uint256[](8);
         holders[0] = USER;
@@ -70,40 +82,76 @@ abstract contract EthMLFixture {
             holders[i + 1] = miners[i];
             amounts[i + 1] = MINER_FUNDS;
         }
-        ethml = new EthML(ADMIN, holders, amounts, _params(minDifficulty, maxDifficulty));
+        ethml = new EthML(ADMIN, holders, amounts, params);
         vm.startPrank(ADMIN);
         classifier =
             ethml.registerModel("QmClassifierModelCid", bytes32(uint256(1)), EthML.ModelKind.Classification, 0, 30);
         regressor = ethml.registerModel("QmRegressorModelCid", bytes32(uint256(2)), EthML.ModelKind.Regression, 2, 10);
         vm.stopPrank();
-        vm.prank(USER);
-        ethml.approve(address(ethml), type(uint256).max);
+        // Rounds start with time since the last reward, so the first one pays the full base reward.
+        vm.warp(block.timestamp + 1_000);
     }
 
-    function _request(uint256 modelId, uint256 tip) internal returns (uint256) {
+    function _request(uint256 modelId, uint256 tip) internal virtual returns (uint256) {
         vm.prank(USER);
         return ethml.requestPrediction(modelId, CID, tip, 0);
     }
 
+    function _challenge() internal view returns (bytes32 challenge, uint256 difficulty) {
+        EthML.CurrentRound memory r = ethml.getCurrentRound();
+        return (r.challenge, r.difficulty);
+    }
+
     /// @dev The first nonce from 0 that satisfies the current difficulty for `miner`.
     function _mine(address miner) internal view returns (uint256 nonce) {
-        (bytes32 challenge,, uint256 difficulty,,,,) = ethml.getCurrentVariables();
+        (bytes32 challenge, uint256 difficulty) = _challenge();
         uint256 target = type(uint256).max / difficulty;
         while (uint256(keccak256(abi.encodePacked(challenge, miner, nonce))) >= target) {
             ++nonce;
         }
     }
 
-    function _submit(uint256 minerIndex, uint256 requestId, int256 prediction) internal {
-        address miner = miners[minerIndex];
-        uint256 nonce = _mine(miner);
-        vm.prank(miner);
-        ethml.submitMiningSolution(requestId, prediction, nonce);
+    function _salt(address miner, uint256 requestId) internal pure returns (bytes32) {
+        return keccak256(abi.encode("salt", miner, requestId));
     }
 
-    function _round(uint256 requestId, int256[5] memory predictions) internal {
+    function _commitment(address miner, uint256 requestId, int256 prediction) internal pure returns (bytes32) {
+        return keccak256(abi.encode(requestId, miner, prediction, _salt(miner, requestId)));
+    }
+
+    /// @dev Moves past the opening block when the current round opened in this one.
+    function _afterOpening() internal {
+        EthML.CurrentRound memory r = ethml.getCurrentRound();
+        if (r.requestId != 0 && block.number <= r.openBlock) vm.roll(block.number + 1);
+    }
+
+    function _commitAs(address miner, uint256 requestId, int256 prediction) internal {
+        _afterOpening();
+        uint256 nonce = _mine(miner);
+        vm.prank(miner);
+        ethml.commit(requestId, nonce, _commitment(miner, requestId, prediction));
+    }
+
+    function _revealAs(address miner, uint256 requestId, int256 prediction) internal {
+        vm.prank(miner);
+        ethml.reveal(requestId, prediction, _salt(miner, requestId));
+    }
+
+    function _commitAll(uint256 requestId, int256[5] memory predictions) internal {
         for (uint256 i = 0; i < 5; ++i) {
-            _submit(i, requestId, predictions[i]);
+            _commitAs(miners[i], requestId, predictions[i]);
         }
+    }
+
+    /// @dev A whole round: miners 0..4 commit, then all reveal (the fifth reveal closes it).
+    function _round(uint256 requestId, int256[5] memory predictions) internal {
+        _commitAll(requestId, predictions);
+        for (uint256 i = 0; i < 5; ++i) {
+            _revealAs(miners[i], requestId, predictions[i]);
+        }
+    }
+
+    function _currentId() internal view returns (uint256) {
+        return ethml.getCurrentRound().requestId;
     }
 }

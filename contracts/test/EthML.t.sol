@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
+import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
 import {EthML} from "../src/EthML.sol";
 import {ExampleConsumer, UsingEthML} from "../src/UsingEthML.sol";
 import {vm, EthMLFixture} from "./Base.sol";
@@ -10,11 +10,11 @@ import {vm, EthMLFixture} from "./Base.sol";
 contract RevertingConsumer is UsingEthML {
     constructor(EthML e) UsingEthML(e) {}
 
-    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external returns (uint256) {
-        return _requestPrediction(modelId, cid, 0, gasLimit);
+    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external payable returns (uint256) {
+        return _requestPrediction(modelId, cid, 0, gasLimit, msg.value);
     }
 
-    function _onPrediction(uint256, int256, EthML.Status) internal pure override {
+    function _onPrediction(uint256, int256, EthML.Status, uint8) internal pure override {
         revert("consumer is broken");
     }
 }
@@ -24,11 +24,11 @@ contract GasBurningConsumer is UsingEthML {
 
     constructor(EthML e) UsingEthML(e) {}
 
-    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external returns (uint256) {
-        return _requestPrediction(modelId, cid, 0, gasLimit);
+    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external payable returns (uint256) {
+        return _requestPrediction(modelId, cid, 0, gasLimit, msg.value);
     }
 
-    function _onPrediction(uint256, int256, EthML.Status) internal override {
+    function _onPrediction(uint256, int256, EthML.Status, uint8) internal override {
         while (true) {
             sink += 1;
         }
@@ -40,11 +40,11 @@ contract GasMeasuringConsumer is UsingEthML {
 
     constructor(EthML e) UsingEthML(e) {}
 
-    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external returns (uint256) {
-        return _requestPrediction(modelId, cid, 0, gasLimit);
+    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external payable returns (uint256) {
+        return _requestPrediction(modelId, cid, 0, gasLimit, msg.value);
     }
 
-    function _onPrediction(uint256, int256, EthML.Status) internal override {
+    function _onPrediction(uint256, int256, EthML.Status, uint8) internal override {
         gasAtEntry = gasleft();
     }
 }
@@ -141,30 +141,31 @@ contract EthMLTest is EthMLFixture {
         ethml.setParameters(p);
         vm.prank(ADMIN);
         ethml.setParameters(p);
-        vm.assertEq(ethml.difficulty(), 4, "clamped up to min");
-        p.minDifficulty = 0;
-        vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(EthML.InvalidParameters.selector, "minDifficulty is zero"));
-        ethml.setParameters(p);
-        p = _params(9, 8);
-        vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(EthML.InvalidParameters.selector, "maxDifficulty below minDifficulty"));
-        ethml.setParameters(p);
-        p = _params(1, 8);
-        p.targetSolveTime = 0;
-        vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(EthML.InvalidParameters.selector, "targetSolveTime is zero"));
-        ethml.setParameters(p);
-        p = _params(1, 8);
-        p.expiryBlocks = 0;
-        vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(EthML.InvalidParameters.selector, "expiryBlocks is zero"));
-        ethml.setParameters(p);
-        p = _params(1, 8);
-        p.regressionToleranceBps = 10_001;
-        vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(EthML.InvalidParameters.selector, "regressionToleranceBps above 10000"));
-        ethml.setParameters(p);
+        vm.assertEq(ethml.difficulty(), 4, "idle: applied at once, clamped up to min");
+        string[8] memory reasons = [
+            "minDifficulty is zero",
+            "maxDifficulty below minDifficulty",
+            "targetSolveTime is zero",
+            "expiryBlocks outside 1..240",
+            "revealBlocks outside 1..1000",
+            "regressionToleranceBps above 10000",
+            "baseReward above 100 EML",
+            "quorum outside 3..5"
+        ];
+        for (uint256 k = 0; k < reasons.length; ++k) {
+            p = _params(1, 8);
+            if (k == 0) p.minDifficulty = 0;
+            if (k == 1) p.minDifficulty = 9;
+            if (k == 2) p.targetSolveTime = 0;
+            if (k == 3) p.expiryBlocks = 241;
+            if (k == 4) p.revealBlocks = 0;
+            if (k == 5) p.regressionToleranceBps = 10_001;
+            if (k == 6) p.baseReward = 100 ether + 1;
+            if (k == 7) p.quorum = 2;
+            vm.prank(ADMIN);
+            vm.expectRevert(abi.encodeWithSelector(EthML.InvalidParameters.selector, reasons[k]));
+            ethml.setParameters(p);
+        }
     }
 
     // -------------------------------------------------------------- requests
@@ -182,17 +183,10 @@ contract EthMLTest is EthMLFixture {
         vm.stopPrank();
     }
 
-    function test_request_pulls_tip_with_allowance() public {
+    function test_request_takes_tip_from_the_callers_balance() public {
         address poor = address(0xD00D);
         vm.prank(USER);
         ethml.transfer(poor, 10 ether);
-        vm.prank(poor);
-        vm.expectRevert(
-            abi.encodeWithSelector(IERC20Errors.ERC20InsufficientAllowance.selector, address(ethml), 0, 5 ether)
-        );
-        ethml.requestPrediction(classifier, CID, 5 ether, 0);
-        vm.prank(poor);
-        ethml.approve(address(ethml), 50 ether);
         vm.prank(poor);
         vm.expectRevert(
             abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, poor, 10 ether, 20 ether)
@@ -200,25 +194,40 @@ contract EthMLTest is EthMLFixture {
         ethml.requestPrediction(classifier, CID, 20 ether, 0);
         vm.prank(poor);
         ethml.requestPrediction(classifier, CID, 5 ether, 0);
-        vm.assertEq(ethml.balanceOf(poor), 5 ether, "tip pulled");
+        vm.assertEq(ethml.balanceOf(poor), 5 ether, "tip taken");
         vm.assertEq(ethml.balanceOf(address(ethml)), 5 ether, "tip escrowed");
-        vm.assertEq(ethml.allowance(poor, address(ethml)), 45 ether, "allowance spent");
     }
 
-    function test_first_request_becomes_current_with_challenge_event() public {
+    function test_tokens_sent_straight_to_the_oracle_are_refused() public {
+        vm.prank(USER);
+        vm.expectRevert(EthML.TransferToOracle.selector);
+        ethml.transfer(address(ethml), 1 ether);
+        vm.prank(USER);
+        ethml.approve(USER, 1 ether);
+        vm.prank(USER);
+        vm.expectRevert(EthML.TransferToOracle.selector);
+        ethml.transferFrom(USER, address(ethml), 1 ether);
+    }
+
+    function test_first_request_opens_a_round_with_its_event() public {
         vm.expectEmit();
-        emit EthML.PredictionRequested(1, USER, classifier, CID, 0, 0);
+        emit EthML.PredictionRequested(1, USER, classifier, CID, 0, 0, 0);
+        vm.expectEmit();
+        emit EthML.RoundOpened(1, classifier, 1, CID, block.number + 50);
         _request(classifier, 0);
-        (bytes32 challenge, uint256 id, uint256 difficulty, uint256 modelId, string memory cid, uint256 n, uint256 exp) =
-            ethml.getCurrentVariables();
-        vm.assertEq(id, 1, "current");
-        vm.assertTrue(challenge != bytes32(0), "challenge");
-        vm.assertEq(difficulty, 1, "difficulty");
-        vm.assertEq(modelId, classifier, "model");
-        vm.assertEq(cid, CID, "cid");
-        vm.assertEq(n, 0, "submissions");
-        vm.assertEq(exp, block.number + 50, "expiry");
+        EthML.CurrentRound memory r = ethml.getCurrentRound();
+        vm.assertEq(r.requestId, 1, "current");
+        vm.assertEq(r.challenge, bytes32(0), "no challenge in the opening block");
+        vm.assertEq(r.difficulty, 1, "difficulty");
+        vm.assertEq(r.modelId, classifier, "model");
+        vm.assertEq(r.dataCid, CID, "cid");
+        vm.assertEq(r.openBlock, block.number, "open block");
+        vm.assertEq(r.commitDeadline, block.number + 50, "commit deadline");
         vm.assertEq(uint256(ethml.requestStatus(1)), uint256(EthML.Status.Current), "status");
+        vm.roll(block.number + 1);
+        r = ethml.getCurrentRound();
+        vm.assertEq(r.challenge, ethml.challengeFor(blockhash(block.number - 1), 1), "challenge from the block hash");
+        vm.assertTrue(r.challenge != bytes32(0), "challenge");
         _request(classifier, 0);
         vm.assertEq(uint256(ethml.requestStatus(2)), uint256(EthML.Status.Queued), "queued");
         vm.assertEq(ethml.pendingCount(), 1, "pending");
@@ -243,54 +252,94 @@ contract EthMLTest is EthMLFixture {
         uint256 e = _request(classifier, 0);
         uint256[6] memory expected = [first, b, c, d, a, e];
         for (uint256 i = 0; i < 6; ++i) {
-            (, uint256 current,,,,,) = ethml.getCurrentVariables();
+            uint256 current = _currentId();
             vm.assertEq(current, expected[i], "order");
             _round(current, [int256(1), 1, 1, 1, 1]);
         }
-        (, uint256 idle,,,,,) = ethml.getCurrentVariables();
-        vm.assertEq(idle, 0, "idle after the queue drains");
+        vm.assertEq(_currentId(), 0, "idle after the queue drains");
     }
 
     function test_each_round_has_a_fresh_challenge() public {
         _request(classifier, 0);
         _request(classifier, 0);
-        (bytes32 c1,,,,,,) = ethml.getCurrentVariables();
+        _afterOpening();
+        (bytes32 c1,) = _challenge();
         _round(1, [int256(1), 1, 1, 1, 1]);
-        (bytes32 c2, uint256 id,,,,,) = ethml.getCurrentVariables();
-        vm.assertEq(id, 2, "next");
+        _afterOpening();
+        (bytes32 c2,) = _challenge();
+        vm.assertEq(_currentId(), 2, "next");
         vm.assertTrue(c1 != c2, "fresh challenge");
     }
 
-    // ------------------------------------------------------------ submissions
+    // ------------------------------------------------------------ commit, reveal
 
-    function test_submission_errors() public {
+    function test_commit_errors() public {
         vm.prank(miners[0]);
         vm.expectRevert(EthML.NoCurrentRequest.selector);
-        ethml.submitMiningSolution(1, 1, 0);
+        ethml.commit(1, 0, bytes32(0));
         _request(classifier, 0);
         _request(classifier, 0);
+        vm.prank(miners[0]);
+        vm.expectRevert(abi.encodeWithSelector(EthML.ChallengeNotYetAvailable.selector, 1, block.number));
+        ethml.commit(1, 0, bytes32(0));
+        vm.roll(block.number + 1);
         vm.prank(miners[0]);
         vm.expectRevert(abi.encodeWithSelector(EthML.NotCurrentRequest.selector, 2, 1));
-        ethml.submitMiningSolution(2, 1, 0);
-        _submit(0, 1, 1);
+        ethml.commit(2, 0, bytes32(0));
+        _commitAs(miners[0], 1, 1);
         uint256 nonce = _mine(miners[0]);
         vm.prank(miners[0]);
-        vm.expectRevert(abi.encodeWithSelector(EthML.AlreadySubmitted.selector, 1, miners[0]));
-        ethml.submitMiningSolution(1, 1, nonce);
+        vm.expectRevert(abi.encodeWithSelector(EthML.AlreadyCommitted.selector, 1, miners[0]));
+        ethml.commit(1, nonce, bytes32(0));
+        vm.assertTrue(ethml.hasCommitted(miners[0]), "committed");
+        vm.assertTrue(!ethml.hasCommitted(miners[1]), "not committed");
         vm.prank(miners[1]);
-        vm.expectRevert(abi.encodeWithSelector(EthML.PredictionOutOfRange.selector, int256(type(int96).max) + 1));
-        ethml.submitMiningSolution(1, int256(type(int96).max) + 1, 0);
+        vm.expectRevert(abi.encodeWithSelector(EthML.NotRevealPhase.selector, 1));
+        ethml.reveal(1, 1, bytes32(0));
+        for (uint256 i = 1; i < 5; ++i) {
+            _commitAs(miners[i], 1, 1);
+        }
+        nonce = _mine(miners[5]);
+        vm.prank(miners[5]);
+        vm.expectRevert(abi.encodeWithSelector(EthML.CommitPhaseOver.selector, 1));
+        ethml.commit(1, nonce, bytes32(0));
+    }
+
+    function test_reveal_errors() public {
+        uint256 id = _request(classifier, 0);
+        _commitAll(id, [int256(1), 1, 1, 1, 1]);
+        vm.prank(miners[5]);
+        vm.expectRevert(abi.encodeWithSelector(EthML.NotCommitted.selector, id, miners[5]));
+        ethml.reveal(id, 1, bytes32(0));
+        vm.prank(miners[0]);
+        vm.expectRevert(abi.encodeWithSelector(EthML.CommitmentMismatch.selector, id, miners[0]));
+        ethml.reveal(id, 2, _salt(miners[0], id));
+        _revealAs(miners[0], id, 1);
+        vm.prank(miners[0]);
+        vm.expectRevert(abi.encodeWithSelector(EthML.AlreadyRevealed.selector, id, miners[0]));
+        ethml.reveal(id, 1, _salt(miners[0], id));
+        vm.expectRevert(abi.encodeWithSelector(EthML.RevealWindowOpen.selector, id, block.number + 10));
+        ethml.closeRound(id);
+        vm.roll(block.number + 11);
         vm.prank(miners[1]);
-        vm.expectRevert(abi.encodeWithSelector(EthML.PredictionOutOfRange.selector, int256(type(int96).min)));
-        ethml.submitMiningSolution(1, int256(type(int96).min), 0);
-        vm.assertTrue(ethml.hasSubmitted(miners[0]), "submitted");
-        vm.assertTrue(!ethml.hasSubmitted(miners[1]), "not submitted");
+        vm.expectRevert(abi.encodeWithSelector(EthML.RevealWindowClosed.selector, id, block.number - 1));
+        ethml.reveal(id, 1, _salt(miners[1], id));
+    }
+
+    function test_prediction_out_of_range_is_refused_at_reveal() public {
+        uint256 id = _request(classifier, 0);
+        int256 big = int256(type(int96).max) + 1;
+        _commitAll(id, [big, 1, 1, 1, 1]);
+        vm.prank(miners[0]);
+        vm.expectRevert(abi.encodeWithSelector(EthML.PredictionOutOfRange.selector, big));
+        ethml.reveal(id, big, _salt(miners[0], id));
     }
 
     function test_invalid_nonce_rejected() public {
         _deploy(1 << 20, 1 << 20);
         _request(classifier, 0);
-        (bytes32 challenge,, uint256 difficulty,,,,) = ethml.getCurrentVariables();
+        vm.roll(block.number + 1);
+        (bytes32 challenge, uint256 difficulty) = _challenge();
         uint256 target = type(uint256).max / difficulty;
         uint256 bad = 0;
         while (uint256(keccak256(abi.encodePacked(challenge, miners[0], bad))) < target) {
@@ -298,22 +347,23 @@ contract EthMLTest is EthMLFixture {
         }
         vm.prank(miners[0]);
         vm.expectRevert(abi.encodeWithSelector(EthML.InvalidNonce.selector, 1, miners[0], bad));
-        ethml.submitMiningSolution(1, 1, bad);
+        ethml.commit(1, bad, bytes32(0));
     }
 
     function test_nonce_is_bound_to_the_miner() public {
         _deploy(1 << 12, 1 << 12);
         _request(classifier, 0);
+        vm.roll(block.number + 1);
         uint256 nonce = _mine(miners[0]);
-        (bytes32 challenge,, uint256 difficulty,,,,) = ethml.getCurrentVariables();
+        (bytes32 challenge, uint256 difficulty) = _challenge();
         bool validForOther =
             uint256(keccak256(abi.encodePacked(challenge, miners[1], nonce))) < type(uint256).max / difficulty;
         vm.assume(!validForOther);
         vm.prank(miners[1]);
         vm.expectRevert(abi.encodeWithSelector(EthML.InvalidNonce.selector, 1, miners[1], nonce));
-        ethml.submitMiningSolution(1, 1, nonce);
+        ethml.commit(1, nonce, bytes32(0));
         vm.prank(miners[0]);
-        ethml.submitMiningSolution(1, 1, nonce);
+        ethml.commit(1, nonce, bytes32(0));
     }
 
     // ---------------------------------------------------- finalization, rewards
@@ -321,144 +371,179 @@ contract EthMLTest is EthMLFixture {
     function test_classification_consensus_rewards_only_agreeing_miners() public {
         uint256 id = _request(classifier, 10 ether);
         _round(id, [int256(1), 0, 1, 2, 1]);
-        (int256 prediction, EthML.Status status, address[5] memory who, int256[5] memory values, uint256 closed) =
-            ethml.getResult(id);
+        (int256 prediction, EthML.Status status, uint256 agreeing, uint256 closed) = ethml.getResult(id);
         vm.assertEq(prediction, 1, "mode");
         vm.assertEq(uint256(status), uint256(EthML.Status.Finalized), "status");
+        vm.assertEq(agreeing, 3, "agreeing");
         vm.assertEq(closed, block.number, "block");
-        for (uint256 i = 0; i < 5; ++i) {
-            vm.assertEq(who[i], miners[i], "miner");
-        }
-        vm.assertEq(values[3], 2, "values kept");
         // 10 EML shared by three: 3.333.. each, the dust to the first agreeing miner.
         uint256 share = uint256(10 ether) / 3;
         uint256 dust = 10 ether - share * 3;
-        vm.assertEq(ethml.balanceOf(miners[0]), MINER_FUNDS + BASE_REWARD + share + dust, "miner 0");
-        vm.assertEq(ethml.balanceOf(miners[1]), MINER_FUNDS, "miner 1 disagreed");
-        vm.assertEq(ethml.balanceOf(miners[2]), MINER_FUNDS + BASE_REWARD + share, "miner 2");
-        vm.assertEq(ethml.balanceOf(miners[3]), MINER_FUNDS, "miner 3 disagreed");
-        vm.assertEq(ethml.balanceOf(miners[4]), MINER_FUNDS + BASE_REWARD + share, "miner 4");
+        _assertOwed(0, BASE_REWARD, share + dust);
+        _assertOwed(1, 0, 0);
+        _assertOwed(2, BASE_REWARD, share);
+        _assertOwed(3, 0, 0);
+        _assertOwed(4, BASE_REWARD, share);
+        vm.assertEq(ethml.totalRewardsIssued(), 3 * BASE_REWARD, "issued");
+        vm.prank(miners[0]);
+        ethml.claimRewards();
+        vm.assertEq(ethml.balanceOf(miners[0]), MINER_FUNDS + BASE_REWARD + share + dust, "claimed");
+        vm.prank(miners[0]);
+        vm.expectRevert(abi.encodeWithSelector(EthML.NothingToClaim.selector, miners[0]));
+        ethml.claimRewards();
+        for (uint256 i = 2; i < 5; i += 2) {
+            vm.prank(miners[i]);
+            ethml.claimRewards();
+        }
         vm.assertEq(ethml.balanceOf(address(ethml)), 0, "escrow emptied");
         vm.assertEq(ethml.totalSupply(), INITIAL_SUPPLY + 3 * BASE_REWARD, "minted");
-        vm.assertEq(ethml.totalRewardsMinted(), 3 * BASE_REWARD, "minted counter");
-    }
-
-    function test_classification_tie_breaks_to_smallest_value() public {
-        uint256 id = _request(classifier, 0);
-        _round(id, [int256(7), 3, 7, 3, 9]);
-        (int256 prediction,,,,) = ethml.getResult(id);
-        vm.assertEq(prediction, 3, "smallest of the tied modes");
     }
 
     function test_regression_median_and_tolerance() public {
         uint256 id = _request(regressor, 0);
         // median 10000; 1% band = 100: 9900 and 10100 agree, 10101 and 5 do not.
         _round(id, [int256(10_101), 9_900, 10_000, 5, 10_100]);
-        (int256 prediction, EthML.Status status,,,) = ethml.getResult(id);
+        (int256 prediction, EthML.Status status, uint256 agreeing,) = ethml.getResult(id);
         vm.assertEq(prediction, 10_000, "median");
         vm.assertEq(uint256(status), uint256(EthML.Status.Finalized), "status");
-        vm.assertEq(ethml.balanceOf(miners[0]), MINER_FUNDS, "outside band");
-        vm.assertEq(ethml.balanceOf(miners[1]), MINER_FUNDS + BASE_REWARD, "lower edge");
-        vm.assertEq(ethml.balanceOf(miners[3]), MINER_FUNDS, "far off");
-        vm.assertEq(ethml.balanceOf(miners[4]), MINER_FUNDS + BASE_REWARD, "upper edge");
+        vm.assertEq(agreeing, 3, "agreeing");
+        _assertOwed(0, 0, 0);
+        _assertOwed(1, BASE_REWARD, 0);
+        _assertOwed(3, 0, 0);
+        _assertOwed(4, BASE_REWARD, 0);
     }
 
-    function test_invalid_input_consensus() public {
+    function test_regression_median_of_zero_has_a_band() public {
+        uint256 id = _request(regressor, 0);
+        // Two decimals: 1.00 is 100 units, so the 1% band around 0 is 1 unit.
+        _round(id, [int256(0), 1, -1, 0, 2]);
+        (int256 prediction, EthML.Status status, uint256 agreeing,) = ethml.getResult(id);
+        vm.assertEq(prediction, 0, "median");
+        vm.assertEq(uint256(status), uint256(EthML.Status.Finalized), "finalized");
+        vm.assertEq(agreeing, 4, "0, 1, -1, 0 agree; 2 does not");
+    }
+
+    function test_invalid_input_with_quorum() public {
         ExampleConsumer consumer = new ExampleConsumer(ethml);
+        uint256 deposit = ethml.minimumDeposit(consumer.CALLBACK_GAS());
+        vm.deal(USER, 1 ether);
         vm.prank(USER);
-        uint256 id = consumer.request(classifier, CID, 0);
+        uint256 id = consumer.request{value: deposit}(classifier, CID, 0);
         int256 bad = ethml.INVALID_INPUT();
         _round(id, [bad, bad, 1, bad, 2]);
-        (int256 prediction, EthML.Status status,, int256[5] memory values,) = ethml.getResult(id);
+        (int256 prediction, EthML.Status status, uint256 agreeing,) = ethml.getResult(id);
         vm.assertEq(prediction, bad, "sentinel");
-        vm.assertEq(values[0], bad, "sentinel kept per miner");
         vm.assertEq(uint256(status), uint256(EthML.Status.InvalidInput), "status");
-        (, int256 told, EthML.Status toldStatus, bool received) = consumer.answers(id);
+        vm.assertEq(agreeing, 3, "three said invalid");
+        (, int256 told, EthML.Status toldStatus, uint8 toldAgreeing, bool received,,) = consumer.answers(id);
         vm.assertTrue(received, "consumer told");
         vm.assertEq(told, bad, "consumer value");
         vm.assertEq(uint256(toldStatus), uint256(EthML.Status.InvalidInput), "consumer status");
-        vm.assertEq(ethml.balanceOf(miners[0]), MINER_FUNDS + BASE_REWARD, "agreeing on invalid is paid");
-        vm.assertEq(ethml.balanceOf(miners[2]), MINER_FUNDS, "disagreeing is not");
+        vm.assertEq(uint256(toldAgreeing), 3, "consumer told the count");
+        _assertOwed(0, BASE_REWARD, 0);
+        _assertOwed(2, 0, 0);
     }
 
-    function test_regression_invalid_input_consensus() public {
+    function test_regression_invalid_input_needs_quorum() public {
         uint256 id = _request(regressor, 0);
         int256 bad = ethml.INVALID_INPUT();
-        _round(id, [bad, bad, 1, bad, 2]);
-        (int256 prediction, EthML.Status status,,,) = ethml.getResult(id);
-        vm.assertEq(prediction, bad, "sentinel median");
-        vm.assertEq(uint256(status), uint256(EthML.Status.InvalidInput), "status");
-        vm.assertEq(ethml.balanceOf(miners[2]), MINER_FUNDS, "a number does not agree with invalid");
+        _round(id, [bad, bad, 100, bad, 101]);
+        (, EthML.Status status,,) = ethml.getResult(id);
+        vm.assertEq(uint256(status), uint256(EthML.Status.InvalidInput), "three invalid votes");
+        _assertOwed(2, 0, 0);
+        id = _request(regressor, 0);
+        _round(id, [bad, bad, 100, 100, 100]);
+        (int256 prediction, EthML.Status status2,,) = ethml.getResult(id);
+        vm.assertEq(uint256(status2), uint256(EthML.Status.Finalized), "three numbers win over two invalid");
+        vm.assertEq(prediction, 100, "value");
     }
 
     function test_example_consumer_receives_prediction_and_tip_flows() public {
         ExampleConsumer consumer = new ExampleConsumer(ethml);
         vm.prank(USER);
         ethml.approve(address(consumer), 5 ether);
+        vm.deal(USER, 1 ether);
+        uint256 deposit = ethml.minimumDeposit(consumer.CALLBACK_GAS());
         vm.prank(USER);
-        uint256 id = consumer.request(classifier, CID, 5 ether);
+        uint256 id = consumer.request{value: deposit}(classifier, CID, 5 ether);
         vm.assertEq(ethml.balanceOf(address(ethml)), 5 ether, "escrow");
         _round(id, [int256(1), 1, 1, 1, 0]);
-        (address requester, int256 prediction, EthML.Status status, bool received) = consumer.answers(id);
+        (address requester, int256 prediction, EthML.Status status, uint8 agreeing, bool received,,) =
+            consumer.answers(id);
         vm.assertEq(requester, USER, "requester");
         vm.assertTrue(received, "received");
         vm.assertEq(prediction, 1, "prediction");
+        vm.assertEq(uint256(agreeing), 4, "agreeing");
         vm.assertEq(uint256(status), uint256(EthML.Status.Finalized), "status");
-        vm.assertEq(ethml.balanceOf(miners[1]), MINER_FUNDS + BASE_REWARD + 1.25 ether, "tip share");
+        _assertOwed(1, BASE_REWARD, 1.25 ether);
     }
 
     function test_only_ethml_can_call_back() public {
         ExampleConsumer consumer = new ExampleConsumer(ethml);
         vm.expectRevert(abi.encodeWithSelector(UsingEthML.OnlyEthML.selector, address(this)));
-        consumer.ethmlCallback(1, 1, 3);
+        consumer.ethmlCallback(1, 1, 3, 5);
+    }
+
+    function test_callback_needs_a_deposit() public {
+        RevertingConsumer consumer = new RevertingConsumer(ethml);
+        uint256 required = ethml.minimumDeposit(50_000);
+        vm.expectRevert(abi.encodeWithSelector(EthML.CallbackDepositTooSmall.selector, 0, required));
+        consumer.request(classifier, CID, 50_000);
+        vm.deal(USER, 1 ether);
+        vm.prank(USER);
+        vm.expectRevert(abi.encodeWithSelector(EthML.UnexpectedDeposit.selector, 1));
+        ethml.requestPrediction{value: 1}(classifier, CID, 0, 0);
     }
 
     function test_reverting_callback_does_not_block_finalization() public {
         RevertingConsumer consumer = new RevertingConsumer(ethml);
-        uint256 id = consumer.request(classifier, CID, 50_000);
+        vm.deal(address(this), 1 ether);
+        uint256 id = consumer.request{value: 0.01 ether}(classifier, CID, 50_000);
+        _commitAll(id, [int256(1), 1, 1, 1, 1]);
         for (uint256 i = 0; i < 4; ++i) {
-            _submit(i, id, 1);
+            _revealAs(miners[i], id, 1);
         }
-        uint256 nonce = _mine(miners[4]);
         vm.expectEmit();
         emit EthML.CallbackFailed(id, address(consumer));
-        vm.prank(miners[4]);
-        ethml.submitMiningSolution(id, 1, nonce);
+        _revealAs(miners[4], id, 1);
         vm.assertEq(uint256(ethml.requestStatus(id)), uint256(EthML.Status.Finalized), "finalized");
-        vm.assertEq(ethml.balanceOf(miners[4]), MINER_FUNDS + BASE_REWARD, "paid");
+        _assertOwed(4, BASE_REWARD, 0);
     }
 
     function test_gas_burning_callback_does_not_block_finalization() public {
         GasBurningConsumer consumer = new GasBurningConsumer(ethml);
-        uint256 id = consumer.request(classifier, CID, 300_000);
+        vm.deal(address(this), 1 ether);
+        uint256 id = consumer.request{value: 0.01 ether}(classifier, CID, 300_000);
         _request(classifier, 0);
+        _commitAll(id, [int256(1), 1, 1, 1, 1]);
         for (uint256 i = 0; i < 4; ++i) {
-            _submit(i, id, 1);
+            _revealAs(miners[i], id, 1);
         }
-        uint256 nonce = _mine(miners[4]);
+        bytes32 salt = _salt(miners[4], id);
         vm.expectEmit();
         emit EthML.CallbackFailed(id, address(consumer));
         vm.prank(miners[4]);
-        ethml.submitMiningSolution{gas: 1_000_000}(id, 1, nonce);
+        ethml.reveal{gas: 1_000_000}(id, 1, salt);
         vm.assertEq(uint256(ethml.requestStatus(id)), uint256(EthML.Status.Finalized), "finalized");
-        (, uint256 next,,,,,) = ethml.getCurrentVariables();
-        vm.assertEq(next, id + 1, "queue moved on");
+        vm.assertEq(_currentId(), id + 1, "queue moved on");
     }
 
-    function test_callback_gets_its_full_gas_or_the_submission_reverts() public {
+    function test_callback_gets_its_full_gas_or_the_close_reverts() public {
         GasMeasuringConsumer consumer = new GasMeasuringConsumer(ethml);
         uint256 limit = 200_000;
-        uint256 id = consumer.request(classifier, CID, limit);
+        vm.deal(address(this), 1 ether);
+        uint256 id = consumer.request{value: 0.01 ether}(classifier, CID, limit);
+        _commitAll(id, [int256(1), 1, 1, 1, 1]);
         for (uint256 i = 0; i < 4; ++i) {
-            _submit(i, id, 1);
+            _revealAs(miners[i], id, 1);
         }
-        uint256 nonce = _mine(miners[4]);
-        // Too little gas to forward the full limit: the submission reverts instead of short-changing the consumer.
+        bytes32 salt = _salt(miners[4], id);
+        // Too little gas to forward the full limit: the reveal reverts instead of short-changing the consumer.
         vm.prank(miners[4]);
         vm.expectPartialRevert(EthML.InsufficientGasForCallback.selector);
-        ethml.submitMiningSolution{gas: 300_000}(id, 1, nonce);
+        ethml.reveal{gas: 220_000}(id, 1, salt);
         vm.prank(miners[4]);
-        ethml.submitMiningSolution{gas: 2_000_000}(id, 1, nonce);
+        ethml.reveal{gas: 2_000_000}(id, 1, salt);
         uint256 got = consumer.gasAtEntry();
         vm.assertTrue(got > limit - 5_000 && got <= limit, "callback ran with its requested gas");
     }
@@ -469,29 +554,39 @@ contract EthMLTest is EthMLFixture {
         ExampleConsumer consumer = new ExampleConsumer(ethml);
         vm.prank(USER);
         ethml.approve(address(consumer), 7 ether);
+        vm.deal(USER, 1 ether);
+        uint256 deposit = ethml.minimumDeposit(consumer.CALLBACK_GAS());
         vm.prank(USER);
-        uint256 id = consumer.request(classifier, CID, 7 ether);
+        uint256 id = consumer.request{value: deposit}(classifier, CID, 7 ether);
         uint256 next = _request(classifier, 0);
-        _submit(0, id, 1);
-        (,,,,,, uint256 expiresAt) = ethml.getCurrentVariables();
+        _commitAs(miners[0], id, 1);
+        uint256 expiresAt = ethml.getCurrentRound().commitDeadline;
         vm.expectRevert(abi.encodeWithSelector(EthML.NotExpired.selector, id, expiresAt));
         ethml.expireRequest(id);
         vm.roll(expiresAt + 1);
         vm.expectRevert(abi.encodeWithSelector(EthML.NotCurrentRequest.selector, next, id));
         ethml.expireRequest(next);
         vm.expectEmit();
-        emit EthML.RequestExpired(id, 7 ether, 1);
+        emit EthML.RequestExpired(id, 7 ether, 1, 1);
         ethml.expireRequest(id);
         vm.assertEq(ethml.balanceOf(address(consumer)), 7 ether, "refunded to the requester");
         vm.assertEq(uint256(ethml.requestStatus(id)), uint256(EthML.Status.Expired), "expired");
-        (,, EthML.Status told, bool received) = consumer.answers(id);
+        (,, EthML.Status told,, bool received,,) = consumer.answers(id);
         vm.assertTrue(received, "consumer told");
         vm.assertEq(uint256(told), uint256(EthML.Status.Expired), "told expired");
-        (, uint256 current,,,,,) = ethml.getCurrentVariables();
-        vm.assertEq(current, next, "queue moved on");
-        vm.assertEq(ethml.balanceOf(miners[0]), MINER_FUNDS, "no reward for an expired request");
+        vm.assertEq(_currentId(), next, "queue moved on");
+        _assertOwed(0, 0, 0);
         vm.expectRevert(abi.encodeWithSelector(EthML.NotCurrentRequest.selector, id, next));
         ethml.expireRequest(id);
+        // The consumer hands the refund to its user.
+        uint256 before = ethml.balanceOf(USER);
+        vm.prank(USER);
+        consumer.reclaim(id);
+        vm.assertEq(ethml.balanceOf(USER), before + 7 ether, "user got the tip back");
+        vm.assertEq(ethml.balanceOf(address(consumer)), 0, "consumer keeps nothing");
+        vm.prank(USER);
+        vm.expectRevert(abi.encodeWithSelector(ExampleConsumer.AlreadyReclaimed.selector, id));
+        consumer.reclaim(id);
     }
 
     function test_expire_without_current_request() public {
@@ -503,43 +598,43 @@ contract EthMLTest is EthMLFixture {
 
     function test_difficulty_retargets_in_bounded_steps() public {
         _deploy(1, 1 << 20);
-        vm.warp(1_000);
+        vm.warp(10_000);
         uint256 id = _request(classifier, 0);
-        vm.warp(1_001); // solved in 1 s, target 15 s: at most doubles
+        vm.warp(10_001); // commits in 1 s, target 15 s: at most doubles
         _round(id, [int256(1), 1, 1, 1, 1]);
         vm.assertEq(ethml.difficulty(), 2, "doubled, not x15");
         id = _request(classifier, 0);
-        vm.warp(1_002);
+        vm.warp(10_002);
         _round(id, [int256(1), 1, 1, 1, 1]);
         vm.assertEq(ethml.difficulty(), 4, "doubled again");
         id = _request(classifier, 0);
-        vm.warp(1_002 + 1_000); // very slow: at most halves
+        vm.warp(10_002 + 1_000); // very slow: at most halves
         _round(id, [int256(1), 1, 1, 1, 1]);
         vm.assertEq(ethml.difficulty(), 2, "halved, not /66");
         id = _request(classifier, 0);
-        vm.warp(1_002 + 1_000 + 15); // on target: unchanged
+        vm.warp(10_002 + 1_000 + 15); // on target: unchanged
         _round(id, [int256(1), 1, 1, 1, 1]);
         vm.assertEq(ethml.difficulty(), 2, "steady");
     }
 
     function test_difficulty_respects_bounds() public {
         _deploy(4, 4);
-        vm.warp(1_000);
+        vm.warp(10_000);
         uint256 id = _request(classifier, 0);
-        vm.warp(1_001);
+        vm.warp(10_001);
         _round(id, [int256(1), 1, 1, 1, 1]);
         vm.assertEq(ethml.difficulty(), 4, "pinned");
     }
 
     // ------------------------------------------------------------ limits
 
-    /// @dev Storage slots from `forge inspect EthML storageLayout`: modelCount = 8, _counters = 10.
+    /// @dev Storage slots from `forge inspect EthML storageLayout`: modelCount = 10, _counters = 12.
     function test_model_and_request_id_limits() public {
-        vm.store(address(ethml), bytes32(uint256(8)), bytes32(uint256(type(uint16).max)));
+        vm.store(address(ethml), bytes32(uint256(10)), bytes32(uint256(type(uint16).max)));
         vm.prank(ADMIN);
         vm.expectRevert(EthML.TooManyModels.selector);
         ethml.registerModel("Qm", bytes32(0), EthML.ModelKind.Classification, 0, 1);
-        vm.store(address(ethml), bytes32(uint256(10)), bytes32(uint256(type(uint32).max)));
+        vm.store(address(ethml), bytes32(uint256(12)), bytes32(uint256(type(uint32).max)));
         vm.expectRevert(EthML.TooManyRequests.selector);
         _request(classifier, 0);
     }
@@ -553,6 +648,12 @@ contract EthMLTest is EthMLFixture {
     }
 
     // ------------------------------------------------------------ helpers
+
+    function _assertOwed(uint256 minerIndex, uint256 base, uint256 tips) internal view {
+        (uint256 b, uint256 t) = ethml.owedRewards(miners[minerIndex]);
+        vm.assertEq(b, base, "owed base");
+        vm.assertEq(t, tips, "owed tips");
+    }
 
     function _string(uint256 len) internal pure returns (string memory) {
         bytes memory b = new bytes(len);

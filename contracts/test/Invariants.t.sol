@@ -4,12 +4,16 @@ pragma solidity 0.8.28;
 import {EthML} from "../src/EthML.sol";
 import {vm, EthMLFixture} from "./Base.sol";
 
-/// @dev Random sequences of requests, submissions (valid or not), expiries and time passing.
+/// @dev Random sequences of requests, commitments (valid or not), reveals (honest or not), closes,
+/// expiries, cancellations, claims and time passing.
 contract Handler is EthMLFixture {
-    uint256 public submissionsLanded;
+    uint256 public commitsLanded;
+    mapping(uint256 => mapping(address => int256)) internal committed;
 
     constructor() {
-        _deploy(1, 16);
+        EthML.Parameters memory p = _params(1, 16);
+        p.maxQueueBlocks = 200;
+        _deployWith(p);
     }
 
     function system() external view returns (EthML) {
@@ -26,27 +30,81 @@ contract Handler is EthMLFixture {
         _request(modelId, amount);
     }
 
-    function submit(uint256 minerSeed, int64 prediction, bool honest) external {
-        (, uint256 id,,,,,) = ethml.getCurrentVariables();
+    function commitOne(uint256 minerSeed, int64 prediction, bool honest) external {
+        uint256 id = _currentId();
         if (id == 0) return;
+        _afterOpening();
         address miner = miners[minerSeed % 7];
-        if (ethml.hasSubmitted(miner)) return;
+        if (ethml.hasCommitted(miner)) return;
+        int256 value = int256(prediction % 3);
         uint256 nonce = honest ? _mine(miner) : uint256(uint64(prediction));
         vm.prank(miner);
-        try ethml.submitMiningSolution(id, int256(prediction % 3), nonce) {
-            ++submissionsLanded;
+        try ethml.commit(id, nonce, _commitment(miner, id, value)) {
+            ++commitsLanded;
+            committed[id][miner] = value;
         } catch {}
     }
 
-    function expire(uint256 blocks) external {
-        (, uint256 id,,,,, uint256 expiresAt) = ethml.getCurrentVariables();
-        vm.roll(block.number + blocks % 80);
+    function revealOne(uint256 minerSeed, bool honest) external {
+        uint256 id = _currentId();
         if (id == 0) return;
-        if (block.number > expiresAt) ethml.expireRequest(id);
+        address miner = miners[minerSeed % 7];
+        int256 value = honest ? committed[id][miner] : committed[id][miner] + 1;
+        vm.prank(miner);
+        try ethml.reveal(id, value, _salt(miner, id)) {} catch {}
+    }
+
+    function close(uint256 blocks) external {
+        uint256 id = _currentId();
+        vm.roll(block.number + blocks % 30);
+        if (id == 0) return;
+        try ethml.closeRound(id) {} catch {}
+    }
+
+    function expire(uint256 blocks) external {
+        EthML.CurrentRound memory r = ethml.getCurrentRound();
+        vm.roll(block.number + blocks % 80);
+        if (r.requestId == 0) return;
+        if (block.number > r.commitDeadline && r.commits < 5) ethml.expireRequest(r.requestId);
+    }
+
+    function cancel(uint256 seed) external {
+        uint256 pending = ethml.pendingCount();
+        if (pending == 0) return;
+        uint256 n = ethml.requestCount();
+        for (uint256 k = 0; k < n; ++k) {
+            uint256 id = (seed + k) % n + 1;
+            if (ethml.requestStatus(id) != EthML.Status.Queued) continue;
+            uint256 position = ethml.queuePosition(id);
+            vm.prank(USER);
+            ethml.cancelRequest(id, position);
+            return;
+        }
+    }
+
+    function claim(uint256 minerSeed) external {
+        vm.prank(miners[minerSeed % 7]);
+        try ethml.claimRewards() {} catch {}
     }
 
     function wait(uint256 secondsToWait) external {
         vm.warp(block.timestamp + secondsToWait % 60);
+    }
+
+    function openTips() external view returns (uint256 total) {
+        // Tips still held for open requests: the current round's and the queued ones.
+        uint256 n = ethml.requestCount();
+        for (uint256 id = 1; id <= n; ++id) {
+            EthML.Status s = ethml.requestStatus(id);
+            if (s == EthML.Status.Queued || s == EthML.Status.Current) total += tipOf[id];
+        }
+    }
+
+    mapping(uint256 => uint256) public tipOf;
+
+    function _request(uint256 modelId, uint256 tip) internal override returns (uint256 id) {
+        id = super._request(modelId, tip);
+        tipOf[id] = tip;
     }
 }
 
@@ -66,23 +124,20 @@ contract InvariantsTest {
         targets[0] = address(handler);
     }
 
-    function invariant_supply_is_initial_plus_rewards() public view {
-        vm.assertEq(ethml.totalSupply(), initialSupply + ethml.totalRewardsMinted(), "supply");
+    function _owed() internal view returns (uint256 base, uint256 tips) {
+        for (uint256 i = 0; i < 7; ++i) {
+            (uint256 b, uint256 t) = ethml.owedRewards(handler.minerAt(i));
+            base += b;
+            tips += t;
+        }
     }
 
-    function invariant_no_request_finalizes_with_fewer_than_five() public view {
-        uint256 n = ethml.requestCount();
-        for (uint256 id = 1; id <= n; ++id) {
-            EthML.Status s = ethml.requestStatus(id);
-            if (s != EthML.Status.Finalized && s != EthML.Status.InvalidInput) continue;
-            (,, address[5] memory who,,) = ethml.getResult(id);
-            for (uint256 i = 0; i < 5; ++i) {
-                vm.assertTrue(who[i] != address(0), "five miners");
-                for (uint256 j = 0; j < i; ++j) {
-                    vm.assertTrue(who[i] != who[j], "distinct miners");
-                }
-            }
-        }
+    /// @dev Conservation: every EML is held, escrowed for an open request, or owed to a miner, and the
+    /// supply grows only by the base rewards issued.
+    function invariant_tokens_are_conserved() public view {
+        (uint256 owedBase, uint256 owedTips) = _owed();
+        vm.assertEq(ethml.totalSupply() + owedBase, initialSupply + ethml.totalRewardsIssued(), "supply");
+        vm.assertEq(ethml.balanceOf(address(ethml)), handler.openTips() + owedTips, "escrow = open tips + owed tips");
     }
 
     function invariant_no_request_is_lost() public view {
@@ -96,15 +151,20 @@ contract InvariantsTest {
             if (s == EthML.Status.Current) ++current;
         }
         vm.assertEq(queued, ethml.pendingCount(), "every queued request is in the queue");
-        vm.assertTrue(current <= 1, "at most one current request");
-        (, uint256 currentId,,,,,) = ethml.getCurrentVariables();
+        vm.assertTrue(current <= 1, "at most one open round");
+        uint256 currentId = ethml.getCurrentRound().requestId;
         vm.assertEq(current, currentId == 0 ? 0 : 1, "current matches the round");
         if (currentId == 0) vm.assertEq(queued, 0, "idle only when the queue is empty");
     }
 
-    function invariant_escrow_covers_open_tips() public view {
-        // Escrow never goes negative and is empty whenever nothing is open.
-        (, uint256 currentId,,,,,) = ethml.getCurrentVariables();
-        if (currentId == 0) vm.assertEq(ethml.balanceOf(address(ethml)), 0, "no stray escrow");
+    function invariant_results_have_a_quorum() public view {
+        uint256 n = ethml.requestCount();
+        for (uint256 id = 1; id <= n; ++id) {
+            (, EthML.Status s, uint256 agreeing,) = ethml.getResult(id);
+            if (s == EthML.Status.Finalized || s == EthML.Status.InvalidInput) {
+                vm.assertTrue(agreeing >= 3 && agreeing <= 5, "a result needs three agreeing reveals");
+            }
+            if (s == EthML.Status.NoConsensus) vm.assertTrue(agreeing < 3, "no consensus means below quorum");
+        }
     }
 }

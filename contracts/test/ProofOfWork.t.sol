@@ -66,10 +66,11 @@ contract ProofOfWorkTest is EthMLFixture {
     function testFuzz_contract_accepts_iff_reference_valid(uint256 nonce) public {
         _deploy(3, 3);
         uint256 id = _request(classifier, 0);
-        (bytes32 challenge,, uint256 difficulty,,,,) = ethml.getCurrentVariables();
+        _afterOpening();
+        (bytes32 challenge, uint256 difficulty) = _challenge();
         bool expected = uint256(_referenceHash(challenge, miners[0], nonce)) < type(uint256).max / difficulty;
         if (!expected) vm.expectRevert(abi.encodeWithSelector(EthML.InvalidNonce.selector, id, miners[0], nonce));
         vm.prank(miners[0]);
-        ethml.submitMiningSolution(id, 1, nonce);
+        ethml.commit(id, nonce, bytes32(0));
     }
 }
