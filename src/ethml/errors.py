@@ -174,3 +174,17 @@ class InvalidInput(ModelError, ValueError):
     def __init__(self, problem: str) -> None:
         self.problem = problem
         super().__init__(f"invalid data point: {problem}")
+
+
+class NodeError(EthmlError):
+    """A miner node cannot start or run as configured."""
+
+
+class JournalLocked(NodeError):
+    """Another miner holds the journal of this account and chain."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"another miner is already running with this account and chain (journal {path} is locked); "
+            "stop it first, or use another account"
+        )

@@ -29,6 +29,8 @@ class RequestResult:
     value: float | int | None
     miners: list[str]
     closed_block: int
+    #: Revealed votes that agreed with the result (a result needs the quorum, 3 by default).
+    agreeing: int = 0
 
 
 def resolve_model(deployment: Deployment, model: str) -> int:
@@ -74,14 +76,17 @@ async def request_prediction(
             f"insufficient EML for the tip: {account.address} holds {balance / EML:g}, tip is {tip / EML:g}"
         )
     if direct:
-        if tip:
-            await send(w3, account, ethml.functions.approve(deployment.ethml, tip))
+        # The oracle is the token: the tip comes from the caller's balance, no approval needed.
         receipt = await send(w3, account, ethml.functions.requestPrediction(model_id, cid, tip, 0))
     else:
         consumer = consumer_contract(w3, deployment.consumer)
         if tip:
             await send(w3, account, ethml.functions.approve(deployment.consumer, tip))
-        receipt = await send(w3, account, consumer.functions.request(model_id, cid, tip))
+        # The callback is paid from an ETH deposit; twice the minimum leaves room for a fee rise, and
+        # what the closing miner is not reimbursed comes back with the consumer's `reclaim`.
+        callback_gas = await consumer.functions.CALLBACK_GAS().call()
+        deposit = 2 * await ethml.functions.minimumDeposit(callback_gas).call()
+        receipt = await send(w3, account, consumer.functions.request(model_id, cid, tip), value=deposit)
     events = ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)
     if not events:
         raise ChainError("the request transaction emitted no PredictionRequested event")
@@ -102,11 +107,15 @@ async def wait_for_result(
     last = ""
     while True:
         status = Status(await ethml.functions.requestStatus(request_id).call())
-        if status in (Status.FINALIZED, Status.INVALID_INPUT, Status.EXPIRED):
+        if status.closed:
             break
         if status == Status.CURRENT:
-            *_, submissions, _expires = await ethml.functions.getCurrentVariables().call()
-            line = f"request {request_id}: being mined, {submissions}/5 submissions"
+            current = await ethml.functions.getCurrentRound().call()
+            commits, revealed = int(current[6]), bin(int(current[7])).count("1")
+            if commits < 5:
+                line = f"request {request_id}: being mined, {commits}/5 commitments"
+            else:
+                line = f"request {request_id}: revealing, {revealed}/5 reveals"
         else:
             pending = await ethml.functions.pendingCount().call()
             line = f"request {request_id}: {status.name.lower()}, waiting in the queue ({pending} pending)"
@@ -116,10 +125,19 @@ async def wait_for_result(
         if loop.time() > deadline:
             raise ChainError(f"request {request_id} was not closed within {timeout:g} s (last: {line})")
         await asyncio.sleep(0.5)
-    prediction, status_code, miners, _values, closed = await ethml.functions.getResult(request_id).call()
+    prediction, status_code, agreeing, closed = await ethml.functions.getResult(request_id).call()
     _req, model_id, _cid, _gas, _st = await ethml.functions.getRequest(request_id).call()
     _mcid, _sha, kind, decimals, _f, _a = await ethml.functions.getModel(model_id).call()
     value: float | int | None = None
     if Status(status_code) == Status.FINALIZED:
         value = prediction if int(kind) == ModelKind.CLASSIFICATION else prediction / 10 ** int(decimals)
-    return RequestResult(request_id, Status(status_code), int(prediction), value, [str(m) for m in miners], int(closed))
+    miners: list[str] = []
+    if Status(status_code) in (Status.FINALIZED, Status.INVALID_INPUT, Status.NO_CONSENSUS):
+        logs = await ethml.events.PredictionFinalized().get_logs(
+            argument_filters={"requestId": request_id}, from_block=int(closed), to_block=int(closed)
+        )
+        if logs:
+            miners = [str(m) for m in logs[0]["args"]["miners"]]
+    return RequestResult(
+        request_id, Status(status_code), int(prediction), value, miners, int(closed), int(agreeing)
+    )

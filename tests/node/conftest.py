@@ -76,12 +76,18 @@ class System:
         return str(self.ipfs.add_bytes(raw)), raw
 
     async def request(self, model_id: int, cid: str, *, requester: int = 9) -> int:
-        receipt = await send(self.w3, dev_account(requester), self.consumer.functions.request(model_id, cid, 0))
+        gas = await self.consumer.functions.CALLBACK_GAS().call()
+        deposit = 2 * await self.ethml.functions.minimumDeposit(gas).call()
+        receipt = await send(
+            self.w3, dev_account(requester), self.consumer.functions.request(model_id, cid, 0), value=deposit
+        )
         events = self.ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)
         return int(events[0]["args"]["requestId"])
 
     async def answer(self, request_id: int) -> tuple[int, int, bool]:
-        _requester, prediction, status, received = await self.consumer.functions.answers(request_id).call()
+        _requester, prediction, status, _agreeing, received, _reclaimed, _tip = await self.consumer.functions.answers(
+            request_id
+        ).call()
         return int(prediction), int(status), bool(received)
 
     def expected(self, model: str, raw: bytes) -> int:
@@ -92,7 +98,7 @@ class System:
             store.close()
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 120.0, what: str = "condition") -> None:
     """Poll an async condition until it holds; fail the test after `timeout` seconds."""
 
     async def loop() -> None:

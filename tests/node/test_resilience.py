@@ -15,7 +15,7 @@ from ethml.chain import INVALID_INPUT, ModelKind, ModelSpec, Parameters, Status,
 from ethml.chain.deploy import register_model
 from ethml.ipfs import build_file
 from ethml.node import Node
-from ethml.node.submitter import TxSubmitter
+from ethml.node.sender import TxSender
 from tests.node.conftest import System, wait_until
 
 
@@ -32,7 +32,7 @@ async def _kill(node: Node) -> None:
 
 
 async def _submissions_by(system: System, address: str, request_id: int) -> int:
-    logs = await system.ethml.events.SolutionSubmitted().get_logs(from_block=0)
+    logs = await system.ethml.events.Committed().get_logs(from_block=0)
     return len([log for log in logs if log["args"]["miner"] == address and log["args"]["requestId"] == request_id])
 
 
@@ -43,17 +43,17 @@ async def test_killed_after_journal_write_before_send_resends_the_same_transacti
     rid = await system.request(1, cid)
     victim = dev_account(0)
     nonce_before = await system.w3.eth.get_transaction_count(victim.address)
-    original = TxSubmitter._send_raw
+    original = TxSender._send_raw
     journaled: list[str] = []
 
-    async def dies_before_sending(self: TxSubmitter, raw_tx: str) -> None:
+    async def dies_before_sending(self: TxSender, raw_tx: str) -> None:
         if self.ctx.address == victim.address and not journaled:
             entry = self.ctx.journal.all()[-1]
             journaled.append(entry.tx_hashes[0])
             raise asyncio.CancelledError  # the process dies here: signed and journaled, never sent
         await original(self, raw_tx)
 
-    monkeypatch.setattr(TxSubmitter, "_send_raw", dies_before_sending)
+    monkeypatch.setattr(TxSender, "_send_raw", dies_before_sending)
     first = system.node(0)
     await first.start()
     await wait_until(lambda: _true(bool(journaled)), what="the journal write")
@@ -66,7 +66,8 @@ async def test_killed_after_journal_write_before_send_resends_the_same_transacti
     # The identical signed transaction went out, exactly once.
     receipt = await system.w3.eth.get_transaction_receipt(journaled[0])  # type: ignore[arg-type]
     assert receipt["status"] == 1
-    assert await system.w3.eth.get_transaction_count(victim.address) == nonce_before + 1
+    # One commitment and one reveal: the commitment was not made twice.
+    assert await system.w3.eth.get_transaction_count(victim.address) == nonce_before + 2
     assert await _submissions_by(system, victim.address, rid) == 1
 
 
@@ -173,7 +174,7 @@ def _reverting_consumer_initcode(ethml: str, call: bytes) -> bytes:
             + b"\x60\x00\x39"  # CODECOPY(0, blob, n)
             + b"\x60\x00\x60\x00\x61"
             + n
-            + b"\x60\x00\x60\x00"  # retSize retOffset argsSize argsOffset value
+            + b"\x60\x00\x34"  # retSize retOffset argsSize argsOffset, value = CALLVALUE (the deposit)
             + b"\x73"
             + bytes.fromhex(ethml[2:])
             + b"\x5a\xf1"  # PUSH20 ethml, GAS, CALL
@@ -202,9 +203,11 @@ async def test_reverting_callback_still_finalizes_and_pays(system: System) -> No
     call = bytes.fromhex(system.ethml.encode_abi("requestPrediction", args=[2, cid, 0, 50_000])[2:])
     initcode = _reverting_consumer_initcode(system.deployment.ethml, call)
     user = dev_account(9)
+    deposit = 2 * await system.ethml.functions.minimumDeposit(50_000).call()
     tx = {
         "from": user.address,
         "data": initcode,
+        "value": deposit,
         "gas": 500_000,
         "chainId": await system.w3.eth.chain_id,
         "nonce": await system.w3.eth.get_transaction_count(user.address),
@@ -219,7 +222,6 @@ async def test_reverting_callback_still_finalizes_and_pays(system: System) -> No
     rid = int(
         system.ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]["requestId"]
     )
-    balances = [await system.ethml.functions.balanceOf(dev_account(i).address).call() for i in range(5)]
     async with system.running(range(5)):
 
         async def finalized() -> bool:
@@ -228,10 +230,9 @@ async def test_reverting_callback_still_finalizes_and_pays(system: System) -> No
         await wait_until(finalized, what="finalization")
     failed = await system.ethml.events.CallbackFailed().get_logs(from_block=0)
     assert [(e["args"]["requestId"], e["args"]["consumer"]) for e in failed] == [(rid, consumer)]
-    for i in range(5):
-        assert await system.ethml.functions.balanceOf(dev_account(i).address).call() > balances[i]
-    prediction, *_ = await system.ethml.functions.getResult(rid).call()
+    prediction, _status, agreeing, _block = await system.ethml.functions.getResult(rid).call()
     assert prediction == system.expected("diabetes", raw)
+    assert agreeing == 5  # every miner is rewarded although the consumer reverted
 
 
 async def _true(value: bool) -> bool:

@@ -27,7 +27,10 @@ async def test_five_nodes_deliver_sklearns_prediction_for_every_model(system: Sy
             assert (prediction, Status(status)) == (system.expected(model, raw), Status.FINALIZED), model
         stats = [n.stats for n in nodes]
     assert [(s.accepted, s.finalized_with_us) for s in stats] == [(4, 4)] * 5, stats
-    assert all(s.rewards >= 4 * 10**18 for s in stats)
+    # What each node counted as rewards is what the contract holds for it to claim.
+    for node, s in zip(nodes, stats, strict=True):
+        base, tips = await system.ethml.functions.owedRewards(node.address).call()
+        assert s.rewards == base + tips
     assert all(s.hashes > 0 for s in stats)
 
 
@@ -45,11 +48,13 @@ async def test_seven_nodes_five_slots_and_no_reverted_transaction(system: System
         await wait_until(done, what="finalization and every node settled")
         stats = [n.stats for n in nodes]
         del events
-    submitted = system.ethml.events.SolutionSubmitted()
-    logs = await submitted.get_logs(from_block=start_block)
+    logs = await system.ethml.events.Committed().get_logs(from_block=start_block)
+    assert len([log for log in logs if log["args"]["requestId"] == rid]) == 5
+    logs = await system.ethml.events.Revealed().get_logs(from_block=start_block)
     assert len([log for log in logs if log["args"]["requestId"] == rid]) == 5
     assert sum(s.accepted for s in stats) == 5 and sum(s.dropped for s in stats) == 2
-    # Every transaction any of the seven sent succeeded: the two late nodes sent nothing.
+    # Every transaction any of the seven sent succeeded: the two late nodes sent nothing, the five
+    # others a commitment and a reveal each.
     latest = await system.w3.eth.block_number
     senders = {dev_account(i).address for i in range(7)}
     for number in range(start_block + 1, latest + 1):
@@ -59,7 +64,7 @@ async def test_seven_nodes_five_slots_and_no_reverted_transaction(system: System
                 receipt = await system.w3.eth.get_transaction_receipt(HexBytes(tx["hash"]))
                 assert receipt["status"] == 1
     nonces_after = [await system.w3.eth.get_transaction_count(dev_account(i).address) for i in range(7)]
-    assert sum(a - b for a, b in zip(nonces_after, nonces_before, strict=True)) == 5
+    assert sum(a - b for a, b in zip(nonces_after, nonces_before, strict=True)) == 10
 
 
 async def test_wrong_feature_count_finalizes_as_invalid_input(system: System) -> None:

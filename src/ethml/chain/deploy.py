@@ -9,7 +9,9 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
+from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
@@ -33,23 +35,50 @@ class Status(IntEnum):
     FINALIZED = 3
     INVALID_INPUT = 4
     EXPIRED = 5
+    NO_CONSENSUS = 6
+    CANCELLED = 7
+
+    @property
+    def closed(self) -> bool:
+        return self >= Status.FINALIZED
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", " ")
 
 
-#: The value a miner submits when the data point cannot be used (the contract's INVALID_INPUT).
+#: The value a miner reveals when the data point cannot be used (the contract's INVALID_INPUT).
 INVALID_INPUT = -(2**255)
+
+
+def challenge_for(block_hash: bytes, contract: str, request_id: int) -> bytes:
+    """A round's challenge: keccak256(abi.encodePacked(blockhash(openBlock), contract, requestId))."""
+    return keccak(bytes(block_hash) + bytes.fromhex(contract.removeprefix("0x")) + request_id.to_bytes(32, "big"))
+
+
+def commitment_for(request_id: int, miner: str, prediction: int, salt: bytes) -> bytes:
+    """keccak256(abi.encode(requestId, miner, prediction, salt)), what `commit` takes."""
+    return keccak(abi_encode(["uint256", "address", "int256", "bytes32"], [request_id, miner, prediction, salt]))
 
 
 @dataclass(frozen=True)
 class Parameters:
-    """Mirrors `EthML.Parameters`."""
+    """Mirrors `EthML.Parameters` (hard caps are checked by the contract's RoundRules)."""
 
     base_reward: int = 1 * EML
     target_solve_time: int = 15
     min_difficulty: int = 1 << 16
     max_difficulty: int = 1 << 40
+    #: Blocks after the opening block for five commitments (at most 240).
     expiry_blocks: int = 200
+    #: Blocks after the fifth commitment for the reveals.
+    reveal_blocks: int = 20
+    #: A queued request older than this expires (refunded) when it would be opened.
+    max_queue_blocks: int = 50_000
     max_callback_gas_limit: int = 1_000_000
     regression_tolerance_bps: int = 100
+    #: Agreeing revealed votes needed for a result (3 to 5).
+    quorum: int = 3
 
     def as_tuple(self) -> tuple[int, ...]:
         return (
@@ -58,8 +87,11 @@ class Parameters:
             self.min_difficulty,
             self.max_difficulty,
             self.expiry_blocks,
+            self.reveal_blocks,
+            self.max_queue_blocks,
             self.max_callback_gas_limit,
             self.regression_tolerance_bps,
+            self.quorum,
         )
 
 
@@ -81,6 +113,8 @@ class Deployment:
     deployer: str
     block: int
     models: dict[str, int] = field(default_factory=dict)
+    #: The EthMLTimelock that holds the admin roles, for deployments made with a delay.
+    timelock: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -141,8 +175,14 @@ async def deploy_system(
     holders: dict[str, int] | None = None,
     parameters: Parameters | None = None,
     models: list[ModelSpec] | None = None,
+    timelock_delay: int | None = None,
 ) -> Deployment:
-    """Deploy EthML (token holders, parameters), the example consumer, and register `models`."""
+    """Deploy EthML (token holders, parameters), the example consumer, and register `models`.
+
+    With `timelock_delay` (seconds), the admin roles go to a new EthMLTimelock in which the deployer
+    proposes and executes: every later parameter change or model registration waits that long. The
+    models given here are registered before the roles are handed over.
+    """
     holders = dev_holders() if holders is None else holders
     params = parameters or Parameters()
     artifact = load_artifact("EthML")
@@ -170,7 +210,26 @@ async def deploy_system(
     )
     for spec in models or []:
         deployment.models[spec.name] = await register_model(w3, deployer, deployment, spec)
+    if timelock_delay is not None:
+        deployment.timelock = await _hand_admin_to_timelock(w3, deployer, deployment, timelock_delay)
     return deployment
+
+
+async def _hand_admin_to_timelock(w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, delay: int) -> str:
+    if delay < 0:
+        raise DeploymentError(f"the timelock delay must be 0 or more seconds, not {delay}")
+    artifact = load_artifact("EthMLTimelock")
+    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = await send(
+        w3, deployer, factory.constructor(delay, [deployer.address], [deployer.address]), what="timelock deployment"
+    )
+    timelock = str(receipt["contractAddress"])
+    contract = ethml_contract(w3, deployment.ethml)
+    for role in (await contract.functions.MODEL_ADMIN_ROLE().call(), bytes(32)):
+        await send(w3, deployer, contract.functions.grantRole(role, timelock), what="granting a role to the timelock")
+    for role in (await contract.functions.MODEL_ADMIN_ROLE().call(), bytes(32)):
+        await send(w3, deployer, contract.functions.renounceRole(role, deployer.address), what="renouncing a role")
+    return timelock
 
 
 async def register_model(w3: AsyncWeb3[Any], admin: LocalAccount, deployment: Deployment, spec: ModelSpec) -> int:

@@ -92,6 +92,7 @@ async def send(
     what: str | None = None,
     gas: int | None = None,
     nonce: int | None = None,
+    value: int = 0,
 ) -> TxReceipt:
     """Sign `call` (a contract function call or a deploy constructor) locally, send it, wait for it.
 
@@ -99,7 +100,7 @@ async def send(
         TransactionReverted: the pre-flight estimate or the mined transaction reverted.
     """
     label = what or getattr(call, "fn_name", None) or "transaction"
-    tx: dict[str, Any] = {"from": account.address, "chainId": await w3.eth.chain_id}
+    tx: dict[str, Any] = {"from": account.address, "chainId": await w3.eth.chain_id, "value": value}
     tx["nonce"] = nonce if nonce is not None else await w3.eth.get_transaction_count(account.address, "pending")
     tx.update(await fee_fields(w3))
     try:

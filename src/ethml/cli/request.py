@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain.deploy import Deployment
+from ethml.chain.deploy import Status, Deployment
 from ethml.cli._common import handle_errors
 from ethml.cli._config import load_account
 from ethml.errors import ChainError
@@ -77,9 +77,18 @@ def request(
                 result = await wait_for_result(
                     w3, dep, rid, timeout=timeout, progress=lambda m: typer.echo(m, err=True)
                 )
-                shown = result.value if result.value is not None else result.prediction
-                typer.echo(f"request {rid}: {result.status.name.lower()}, prediction {shown}")
-                typer.echo("miners: " + ", ".join(result.miners))
+                if result.status == Status.FINALIZED:
+                    typer.echo(
+                        f"request {rid}: finalized, prediction {result.value} ({result.agreeing} of 5 miners agreed)"
+                    )
+                    typer.echo("miners: " + ", ".join(result.miners))
+                else:
+                    # Invalid input, no consensus, expired: the request got no prediction.
+                    agreed = f" ({result.agreeing} of 5 miners agreed)" if result.miners else ""
+                    typer.echo(f"request {rid}: {result.status.label}, no prediction{agreed}", err=True)
+                    if result.miners:
+                        typer.echo("miners: " + ", ".join(result.miners), err=True)
+                    raise typer.Exit(3)
         finally:
             await w3.provider.disconnect()
 

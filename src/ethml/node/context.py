@@ -52,6 +52,8 @@ class NodeContext:
     log: Any = field(default_factory=lambda: structlog.get_logger("ethml.node"))
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     reorgs: int = 0
+    #: Requests this node saw close (finalized, expired): nothing more is sent for them.
+    closed_requests: set[int] = field(default_factory=set)
 
     @property
     def address(self) -> str:

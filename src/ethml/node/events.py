@@ -62,6 +62,8 @@ class Finalized(NodeEvent):
     miners: tuple[str, ...]
     agreed: bool
     block: int
+    #: Revealed votes that agreed with the result.
+    agreeing: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class RequestExpired(NodeEvent):
 
 @dataclass(frozen=True)
 class RewardReceived(NodeEvent):
+    """Rewards accrued to this miner (claimed on chain with claimRewards)."""
+
     amount: int
     block: int
 

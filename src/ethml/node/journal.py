@@ -1,23 +1,40 @@
-"""The node's durable journal (SQLite): every submission before it is sent, and the log checkpoint.
+"""The node's durable journal (SQLite): each round's secret before its commitment is sent, every
+transaction before it is sent, and the log checkpoint.
 
-A restart re-sends the identical signed transaction of an unfinished submission instead of making
-a second one, and a round (request id and challenge) that has a row here is never submitted again.
+A round is named by its request id and challenge (a reorg can reuse an id with a new challenge). The
+prediction and salt are written before the commitment goes out, so a node killed between commit and
+reveal reveals after a restart; a restart re-sends the identical signed transaction of an unfinished
+commit, reveal or close instead of making a second one; a round that has a commit row is never
+committed again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+from ethml.errors import JournalLocked
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS submissions (
+CREATE TABLE IF NOT EXISTS secrets (
     request_id INTEGER NOT NULL,
-    challenge TEXT NOT NULL,        -- with the id, names one round: a reorg can reuse an id with a new challenge
+    challenge TEXT NOT NULL,
     prediction TEXT NOT NULL,
-    pow_nonce TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (request_id, challenge)
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    request_id INTEGER NOT NULL,
+    challenge TEXT NOT NULL,
+    kind TEXT NOT NULL,             -- commit | reveal | close
+    args TEXT NOT NULL,             -- JSON list of the call's arguments (ints as strings, bytes as hex)
     tx_nonce INTEGER NOT NULL,
     raw_txs TEXT NOT NULL,          -- JSON list of signed raw transactions (fee bumps append)
     tx_hashes TEXT NOT NULL,        -- JSON list, same order
@@ -25,7 +42,7 @@ CREATE TABLE IF NOT EXISTS submissions (
     detail TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    PRIMARY KEY (request_id, challenge)
+    PRIMARY KEY (request_id, challenge, kind)
 );
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -38,11 +55,21 @@ OPEN_STATUSES = ("signed", "sent")
 
 
 @dataclass
-class Submission:
+class Secret:
     request_id: int
     challenge: str
     prediction: int
-    pow_nonce: int
+    salt: bytes
+
+
+@dataclass
+class Submission:
+    """One transaction of a round: its call (`kind` and `args`) and every signed version of it."""
+
+    request_id: int
+    challenge: str
+    kind: str
+    args: list[object]
     tx_nonce: int
     raw_txs: list[str]
     tx_hashes: list[str]
@@ -53,8 +80,15 @@ class Submission:
 class Journal:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._lock: IO[bytes] | None = None
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path.with_suffix(".lock"), "wb")  # noqa: SIM115 - held for the node's life
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise JournalLocked(str(self.path)) from None
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -62,19 +96,50 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self._lock.close()
+            self._lock = None
 
-    # ------------------------------------------------------------ submissions
+    # ---------------------------------------------------------------- secrets
+
+    def save_secret(self, secret: Secret) -> Secret:
+        """Write a round's prediction and salt durably; an existing secret for the round wins."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO secrets VALUES (?, ?, ?, ?, ?)",
+            (secret.request_id, secret.challenge, str(secret.prediction), secret.salt.hex(), time.time()),
+        )
+        stored = self.secret(secret.request_id, secret.challenge)
+        assert stored is not None
+        return stored
+
+    def secret(self, request_id: int, challenge: str) -> Secret | None:
+        row = self._db.execute(
+            "SELECT request_id, challenge, prediction, salt FROM secrets WHERE request_id = ? AND challenge = ?",
+            (request_id, challenge),
+        ).fetchone()
+        return Secret(int(row[0]), str(row[1]), int(row[2]), bytes.fromhex(row[3])) if row else None
+
+    def latest_secret(self, request_id: int) -> Secret | None:
+        row = self._db.execute(
+            "SELECT request_id, challenge, prediction, salt FROM secrets WHERE request_id = ? "
+            "ORDER BY created DESC LIMIT 1",
+            (request_id,),
+        ).fetchone()
+        return Secret(int(row[0]), str(row[1]), int(row[2]), bytes.fromhex(row[3])) if row else None
+
+    # ----------------------------------------------------------- transactions
 
     def record(self, s: Submission) -> None:
-        """Write a signed submission durably (before it is sent). Fails if the request has one."""
+        """Write a signed transaction durably (before it is sent). Fails if the round has one of its kind."""
         now = time.time()
         self._db.execute(
-            "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 s.request_id,
                 s.challenge,
-                str(s.prediction),
-                str(s.pow_nonce),
+                s.kind,
+                json.dumps(s.args),
                 s.tx_nonce,
                 json.dumps(s.raw_txs),
                 json.dumps(s.tx_hashes),
@@ -89,42 +154,49 @@ class Journal:
         s.raw_txs.append(raw_tx)
         s.tx_hashes.append(tx_hash)
         self._db.execute(
-            "UPDATE submissions SET raw_txs = ?, tx_hashes = ?, updated = ? WHERE request_id = ? AND challenge = ?",
-            (json.dumps(s.raw_txs), json.dumps(s.tx_hashes), time.time(), s.request_id, s.challenge),
+            "UPDATE transactions SET raw_txs = ?, tx_hashes = ?, updated = ? "
+            "WHERE request_id = ? AND challenge = ? AND kind = ?",
+            (json.dumps(s.raw_txs), json.dumps(s.tx_hashes), time.time(), s.request_id, s.challenge, s.kind),
         )
 
     def set_status(self, s: Submission, status: str, detail: str = "") -> None:
         s.status, s.detail = status, detail
         self._db.execute(
-            "UPDATE submissions SET status = ?, detail = ?, updated = ? WHERE request_id = ? AND challenge = ?",
-            (status, detail, time.time(), s.request_id, s.challenge),
+            "UPDATE transactions SET status = ?, detail = ?, updated = ? "
+            "WHERE request_id = ? AND challenge = ? AND kind = ?",
+            (status, detail, time.time(), s.request_id, s.challenge, s.kind),
         )
 
-    def get(self, request_id: int, challenge: str) -> Submission | None:
+    def get(self, request_id: int, challenge: str, kind: str = "commit") -> Submission | None:
         row = self._db.execute(
-            "SELECT * FROM submissions WHERE request_id = ? AND challenge = ?", (request_id, challenge)
+            "SELECT * FROM transactions WHERE request_id = ? AND challenge = ? AND kind = ?",
+            (request_id, challenge, kind),
         ).fetchone()
         return self._row(row) if row else None
 
-    def has(self, request_id: int, challenge: str) -> bool:
-        return self.get(request_id, challenge) is not None
+    def has(self, request_id: int, challenge: str, kind: str = "commit") -> bool:
+        return self.get(request_id, challenge, kind) is not None
 
     def open_submissions(self) -> list[Submission]:
         rows = self._db.execute(
-            "SELECT * FROM submissions WHERE status IN (?, ?) ORDER BY tx_nonce", OPEN_STATUSES
+            "SELECT * FROM transactions WHERE status IN (?, ?) ORDER BY tx_nonce", OPEN_STATUSES
         ).fetchall()
         return [self._row(r) for r in rows]
 
-    def all(self) -> list[Submission]:
-        return [self._row(r) for r in self._db.execute("SELECT * FROM submissions ORDER BY created")]
+    def all(self, kind: str | None = None) -> list[Submission]:
+        if kind is None:
+            rows = self._db.execute("SELECT * FROM transactions ORDER BY created")
+        else:
+            rows = self._db.execute("SELECT * FROM transactions WHERE kind = ? ORDER BY created", (kind,))
+        return [self._row(r) for r in rows]
 
     @staticmethod
     def _row(row: tuple[object, ...]) -> Submission:
         return Submission(
             request_id=int(row[0]),  # type: ignore[call-overload]
             challenge=str(row[1]),
-            prediction=int(str(row[2])),
-            pow_nonce=int(str(row[3])),
+            kind=str(row[2]),
+            args=json.loads(str(row[3])),
             tx_nonce=int(row[4]),  # type: ignore[call-overload]
             raw_txs=json.loads(str(row[5])),
             tx_hashes=json.loads(str(row[6])),

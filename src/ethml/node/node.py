@@ -22,6 +22,8 @@ from ethml.node.grinder import PowGrinder
 from ethml.node.jobs import Job
 from ethml.node.journal import Journal
 from ethml.node.predictor import Predictor
+from ethml.node.revealer import Revealer
+from ethml.node.sender import TxSender
 from ethml.node.submitter import TxSubmitter
 from ethml.node.watcher import EventWatcher
 
@@ -106,13 +108,16 @@ class Node:
         predict_q: asyncio.Queue[Job] = asyncio.Queue(size)
         grind_q: asyncio.Queue[Job] = asyncio.Queue(size)
         submit_q: asyncio.Queue[Job] = asyncio.Queue(size)
+        reveal_q: asyncio.Queue[tuple[int, int]] = asyncio.Queue(size)
         self._grinder = PowGrinder(ctx, grind_q, submit_q)
+        sender = TxSender(ctx)
         actors: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("watcher", EventWatcher(ctx, fetch_q).run),
+            ("watcher", EventWatcher(ctx, fetch_q, reveal_q).run),
             ("fetcher", IpfsFetcher(ctx, fetch_q, predict_q).run),
             ("predictor", Predictor(ctx, predict_q, grind_q).run),
             ("grinder", self._grinder.run),
-            ("submitter", TxSubmitter(ctx, submit_q).run),
+            ("submitter", TxSubmitter(ctx, submit_q, sender).run),
+            ("revealer", Revealer(ctx, reveal_q, sender).run),
         ]
         async with asyncio.TaskGroup() as group:
             for name, run in actors:

@@ -46,6 +46,9 @@ class Predictor:
                 model = await self.model(model_id, fetch=False)
             except (ModelError, IpfsError):
                 continue
+            except Exception as exc:  # noqa: BLE001 - an RPC outage at start: requests load models lazily
+                self.ctx.log.info("preload_stopped", model_id=model_id, error=str(exc))
+                return
             # One prediction warms scikit-learn's code paths and the thread pool.
             raw = json.dumps([0.0] * model.entry.feature_count).encode()
             with contextlib.suppress(EthmlError):

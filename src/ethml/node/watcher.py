@@ -8,13 +8,13 @@ from typing import Any
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 
+from ethml.chain.deploy import challenge_for
 from ethml.node.context import NodeContext, is_connection_error
 from ethml.node.events import ChallengeSeen, Finalized, NodeWarning, RequestExpired, RewardReceived
 from ethml.node.jobs import Job
 
 LOG_CHUNK = 2_000
 KEEP_BLOCK_HASHES = 256
-ZERO_TOPIC = "0x" + "00" * 32
 
 
 def _hex(value: Any) -> str:
@@ -22,25 +22,24 @@ def _hex(value: Any) -> str:
 
 
 class EventWatcher:
-    def __init__(self, ctx: NodeContext, out: asyncio.Queue[Job]) -> None:
+    def __init__(self, ctx: NodeContext, out: asyncio.Queue[Job], reveals: asyncio.Queue[tuple[int, int]]) -> None:
         self.ctx = ctx
         self.out = out
+        self.reveals = reveals
         events = ctx.contract.events
         self._decoders = {
             _hex(e.topic): e
             for e in (
-                events.NewChallenge(),
+                events.RoundOpened(),
+                events.RevealPhaseStarted(),
                 events.PredictionFinalized(),
                 events.RequestExpired(),
-                events.Transfer(),
             )
         }
-        self._transfer_topic = _hex(events.Transfer().topic)
-        self._me_topic = "0x" + "00" * 12 + ctx.address[2:].lower()
         self._hashes: dict[int, str] = {}  # processed block -> hash, for reorg detection
         self._seen: set[tuple[str, int]] = set()
         self._next_block: int | None = None
-        self._mints: dict[str, int] = {}  # tx hash -> EML minted to this miner in it
+        self._pending_reveals: list[tuple[int, int]] = []
         self.polls = 0
 
     async def run(self) -> None:
@@ -80,6 +79,10 @@ class EventWatcher:
         assert self._next_block is not None
         start = self._next_block
         if start > latest:
+            if self.polls == 0:
+                # After a restart on a quiet chain (no new block), the round may still be waiting for us.
+                self.polls += 1
+                await self._dispatch(await self._current_from_contract())
             return
         new_job: Job | None = None
         for lo in range(start, latest + 1, LOG_CHUNK):
@@ -101,26 +104,43 @@ class EventWatcher:
         self.polls += 1
         if self.polls == 1 and self.ctx.board.current is None:
             new_job = await self._current_from_contract() or new_job
-        if new_job is not None and not new_job.is_cancelled and self.ctx.board.current is new_job:
-            if self.ctx.journal.has(new_job.request_id, new_job.challenge.hex()):
-                self.ctx.log.info("already_submitted", request_id=new_job.request_id)
-            else:
-                await self.out.put(new_job)
+        await self._dispatch(new_job)
+        reveals, self._pending_reveals = self._pending_reveals, []
+        for item in reveals:
+            await self.reveals.put(item)
+
+    async def _dispatch(self, job: Job | None) -> None:
+        if job is None or job.is_cancelled or self.ctx.board.current is not job:
+            return
+        if self.ctx.journal.has(job.request_id, job.challenge.hex(), "commit"):
+            self.ctx.log.info("already_committed", request_id=job.request_id)
+        else:
+            await self.out.put(job)
 
     async def _current_from_contract(self) -> Job | None:
-        """After a restart with no NewChallenge in range, the current request from getCurrentVariables()."""
-        (
-            challenge,
-            request_id,
-            difficulty,
-            model_id,
-            cid,
-            _submissions,
-            _,
-        ) = await self.ctx.contract.functions.getCurrentVariables().call()
+        """After a restart, the current round from getCurrentRound(): the job if it still takes
+        commitments, a reveal if it is in its reveal phase."""
+        current = await self.ctx.contract.functions.getCurrentRound().call()
+        request_id, challenge, difficulty, model_id, cid, open_block, commits, _mask, _c, reveal_deadline = current
         if request_id == 0:
             return None
-        job = Job(request_id, bytes(challenge), difficulty, model_id, cid, 0, "")
+        if int(commits) >= 5:
+            if reveal_deadline:
+                await self.reveals.put((int(request_id), int(reveal_deadline)))
+            return None
+        block = await self.ctx.w3.eth.get_block(int(open_block))
+        block_hash = _hex(block["hash"])
+        job = Job(
+            int(request_id),
+            challenge_for(bytes(block["hash"]), self.ctx.deployment.ethml, int(request_id)),
+            int(difficulty),
+            int(model_id),
+            str(cid),
+            int(open_block),
+            block_hash,
+        )
+        if bytes(challenge) not in (bytes(32), job.challenge):
+            raise RuntimeError(f"challenge of request {request_id} does not match the contract's")
         self._announce(job)
         return job
 
@@ -142,20 +162,15 @@ class EventWatcher:
         decoder = self._decoders.get(topic)
         if decoder is None:
             return None
-        if topic == self._transfer_topic:
-            # Rewards are minted (Transfer from the zero address to this miner) in the transaction that
-            # finalizes a request; other mints (the initial supply) are not rewards.
-            if _hex(log["topics"][1]) == ZERO_TOPIC and _hex(log["topics"][2]).lower() == self._me_topic:
-                tx = _hex(log["transactionHash"])
-                self._mints[tx] = self._mints.get(tx, 0) + int(decoder.process_log(log)["args"]["value"])
-            return None
         event = decoder.process_log(log)
         args = event["args"]
         name = event["event"]
-        if name == "NewChallenge":
+        if name == "RoundOpened":
+            request_id = int(args["requestId"])
+            # The challenge needs the opening block's hash, which nobody knew before this block.
             job = Job(
-                request_id=int(args["requestId"]),
-                challenge=bytes(args["challenge"]),
+                request_id=request_id,
+                challenge=challenge_for(bytes(log["blockHash"]), self.ctx.deployment.ethml, request_id),
                 difficulty=int(args["difficulty"]),
                 model_id=int(args["modelId"]),
                 data_cid=str(args["dataCid"]),
@@ -164,26 +179,36 @@ class EventWatcher:
             )
             self._announce(job)
             return job
-        if name == "PredictionFinalized":
+        if name == "RevealPhaseStarted":
+            self._pending_reveals.append((int(args["requestId"]), int(args["revealDeadline"])))
+        elif name == "PredictionFinalized":
             request_id = int(args["requestId"])
+            self.ctx.closed_requests.add(request_id)
             self.ctx.board.close_request(request_id, "finalized")
             miners = tuple(str(m) for m in args["miners"])
             mine = [i for i, m in enumerate(miners) if m.lower() == self.ctx.address.lower()]
             agreed = bool(mine) and bool(int(args["agreeingMask"]) & (1 << mine[0]))
             if agreed:
                 self.ctx.stats.finalized_with_us += 1
-            reward = self._mints.pop(_hex(log["transactionHash"]), 0)
-            if reward:
-                self.ctx.stats.rewards += reward
-                self.ctx.emit(RewardReceived(reward, int(log["blockNumber"])))
+                reward = int(args["baseRewardPerMiner"]) + int(args["tipPerMiner"])
+                if reward:
+                    self.ctx.stats.rewards += reward
+                    self.ctx.emit(RewardReceived(reward, int(log["blockNumber"])))
             self.ctx.emit(
                 Finalized(
-                    request_id, int(args["prediction"]), int(args["status"]), miners, agreed, int(log["blockNumber"])
+                    request_id,
+                    int(args["prediction"]),
+                    int(args["status"]),
+                    miners,
+                    agreed,
+                    int(log["blockNumber"]),
+                    int(args["agreeing"]),
                 )
             )
             self._clear_current(request_id)
         elif name == "RequestExpired":
             request_id = int(args["requestId"])
+            self.ctx.closed_requests.add(request_id)
             self.ctx.board.close_request(request_id, "expired")
             self.ctx.emit(RequestExpired(request_id))
             self._clear_current(request_id)

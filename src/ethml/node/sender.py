@@ -1,0 +1,349 @@
+"""TxSender: local signing, own nonce, EIP-1559 fees with bumping, pre-flight, journal first.
+
+Used by the committing TxSubmitter and the Revealer for the three transactions of a round: `commit`,
+`reveal` and `close` (closeRound after the reveal window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from hexbytes import HexBytes
+from web3.exceptions import TransactionNotFound
+
+from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
+from ethml.node.context import NodeContext, is_connection_error
+from ethml.node.events import NodeWarning, SubmissionDropped, SubmissionMined, Submitted
+from ethml.node.journal import Submission
+
+#: Gas a closing transaction (the fifth reveal, or closeRound) may need besides the consumer's
+#: callback gas: consensus, rewards, the queue pop and the next round (see docs/gas-table.md).
+FINALIZE_GAS = 320_000
+#: A commitment that turns out to be the fifth also retargets the difficulty.
+COMMIT_GAS = 120_000
+
+FUNCTIONS = {"commit": "commit", "reveal": "reveal", "close": "closeRound"}
+ARG_TYPES = {"commit": ("int", "int", "bytes"), "reveal": ("int", "int", "bytes"), "close": ("int",)}
+
+
+def final_gas(callback_gas: int) -> int:
+    """The gas limit that lets a transaction be the closing one (EIP-150 margin included)."""
+    return FINALIZE_GAS + callback_gas + callback_gas // 63 + 10_000
+
+
+def encode_args(args: list[Any]) -> list[str]:
+    return [HexBytes(a).to_0x_hex() if isinstance(a, bytes | bytearray) else str(int(a)) for a in args]
+
+
+def decode_args(kind: str, raw: list[Any]) -> list[Any]:
+    return [bytes.fromhex(str(v).removeprefix("0x")) if t == "bytes" else int(v) for t, v in zip(ARG_TYPES[kind], raw)]
+
+
+_SEND_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _send_lock(w3: Any) -> asyncio.Lock:
+    """Nodes that share one client (one process) take turns from pre-flight to send, so one of them
+    can never land the closing transaction between another's pre-flight and its send."""
+    lock = _SEND_LOCKS.get(w3)
+    if lock is None:
+        lock = _SEND_LOCKS[w3] = asyncio.Lock()
+    return lock
+
+
+#: A replacement must raise both fees by at least 10 %; 12.5 % clears every client's rule.
+BUMP_NUMERATOR, BUMP_DENOMINATOR = 9, 8
+
+
+@dataclass
+class Outcome:
+    """What became of one transaction: mined, reverted, dropped (pre-flight said no) or stopped."""
+
+    status: str
+    reason: str = ""
+    gas_used: int = 0
+
+
+class TxSender:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self._fees: dict[tuple[int, str], dict[str, int]] = {}
+        self._callback_limits: dict[int, int] = {}
+
+    def _call(self, kind: str, args: list[Any]) -> Any:
+        return getattr(self.ctx.contract.functions, FUNCTIONS[kind])(*args)
+
+    async def _callback_gas(self, request_id: int) -> int:
+        cached = self._callback_limits.get(request_id)
+        if cached is None:
+            _requester, _model, _cid, cached, _status = await self.ctx.contract.functions.getRequest(request_id).call()
+            self._callback_limits[request_id] = cached = int(cached)
+        return cached
+
+    async def _gas_floor(self, kind: str, request_id: int) -> int:
+        if kind == "commit":
+            return COMMIT_GAS
+        return final_gas(await self._callback_gas(request_id))
+
+    async def _preflight(self, call: Any, floor: int) -> tuple[int | None, str]:
+        """(gas limit, "") when the transaction would succeed now; (None, reason) otherwise.
+
+        The estimate is for the chain as it is now, but other miners' transactions may land first and
+        make ours the closing one, which pays the rewards and calls the consumer back with its callback
+        gas (the contract reverts rather than short-change it). The limit covers that case; only the gas
+        actually used is paid.
+        """
+        try:
+            gas = await call.estimate_gas({"from": self.ctx.address})
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            if is_revert(exc) or "revert" in str(exc).lower():
+                return None, revert_reason(exc)
+            raise
+        return max(int(gas * GAS_MARGIN), floor), ""
+
+    # ------------------------------------------------------------------ send
+
+    async def send(
+        self, request_id: int, challenge: str, kind: str, args: list[Any], *, prediction: int | None = None
+    ) -> Outcome:
+        """Pre-flight, sign, journal, send and wait for the receipt of one round transaction."""
+        if self.ctx.journal.has(request_id, challenge, kind):
+            entry = self.ctx.journal.get(request_id, challenge, kind)
+            assert entry is not None
+            if entry.status in ("mined", "reverted", "dropped"):
+                return Outcome(entry.status, entry.detail)
+            return await self._finish(entry)
+        call = self._call(kind, args)
+        backoff = 1.0
+        while True:
+            try:
+                chain_id = await self.ctx.w3.eth.chain_id
+                fees = await fee_fields(self.ctx.w3)
+                balance = await self.ctx.w3.eth.get_balance(self.ctx.account.address)
+                tx_nonce = await self.ctx.w3.eth.get_transaction_count(self.ctx.account.address, "pending")
+                floor = await self._gas_floor(kind, request_id)
+                if balance < floor * fees["maxFeePerGas"]:
+                    # Checked before the pre-flight too: a node may not even estimate without funds.
+                    self._warn_no_eth(balance, floor * fees["maxFeePerGas"])
+                    sent: Submission | str | None = None
+                else:
+                    async with _send_lock(self.ctx.w3):
+                        sent = await self._preflight_sign_send(
+                            request_id, challenge, kind, args, call, floor, balance, fees, chain_id, tx_nonce
+                        )
+                if isinstance(sent, str):
+                    return Outcome("dropped", sent)
+                if sent is None:
+                    if await self.ctx.sleep(min(backoff, self.ctx.config.max_backoff)):
+                        return Outcome("stopped")
+                    backoff *= 2
+                    continue
+                entry = sent
+                break
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                self.ctx.emit(NodeWarning(f"RPC unreachable while sending a {kind} ({type(exc).__name__}); retrying"))
+                journaled = self.ctx.journal.get(request_id, challenge, kind)
+                if journaled is not None:
+                    # Signed and journaled: the identical transaction is re-sent as soon as the RPC answers.
+                    entry = journaled
+                    break
+                if await self.ctx.sleep(min(backoff, self.ctx.config.max_backoff)):
+                    return Outcome("stopped")
+                backoff *= 2
+        if kind == "commit":
+            self.ctx.stats.submissions += 1
+            self.ctx.emit(Submitted(request_id, entry.tx_hashes[-1], int(prediction or 0)))
+        self.ctx.log.info(f"{kind}_sent", request_id=request_id, tx=entry.tx_hashes[-1], nonce=entry.tx_nonce)
+        return await self._finish(entry)
+
+    async def _finish(self, entry: Submission) -> Outcome:
+        if entry.status == "signed" and not await self._resend_until_accepted(entry):
+            return Outcome("stopped")
+        return await self._await_receipt(entry)
+
+    async def _resend_until_accepted(self, entry: Submission) -> bool:
+        """Send the journaled raw transaction until the RPC takes it; False when the node stops first."""
+        backoff = 0.25
+        while True:
+            try:
+                await self._send_raw(entry.raw_txs[-1])
+                self.ctx.journal.set_status(entry, "sent")
+                return True
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                if await self.ctx.sleep(backoff):
+                    return False
+                backoff = min(backoff * 2, 2.0)
+
+    async def _preflight_sign_send(
+        self,
+        request_id: int,
+        challenge: str,
+        kind: str,
+        args: list[Any],
+        call: Any,
+        floor: int,
+        balance: int,
+        fees: dict[str, int],
+        chain_id: int,
+        tx_nonce: int,
+    ) -> Submission | str | None:
+        """Pre-flight, sign, journal, send. A str: dropped for that reason; None: wait for funds."""
+        gas, reason = await self._preflight(call, floor)
+        if gas is None:
+            return f"pre-flight says it would revert: {reason}"
+        if balance < gas * fees["maxFeePerGas"]:
+            self._warn_no_eth(balance, gas * fees["maxFeePerGas"])
+            return None
+        raw, tx_hash = self._sign(kind, args, tx_nonce, gas, chain_id, fees)
+        entry = Submission(request_id, challenge, kind, encode_args(args), tx_nonce, [raw], [tx_hash], "signed")
+        # Journal, then send: a stop or a crash in between leaves a journaled transaction that a
+        # restart re-sends as it is.
+        self.ctx.journal.record(entry)
+        self._fees[(request_id, kind)] = fees
+        await self._send_raw(raw)
+        self.ctx.journal.set_status(entry, "sent")
+        return entry
+
+    def _sign(
+        self, kind: str, args: list[Any], tx_nonce: int, gas: int, chain_id: int, fees: dict[str, int]
+    ) -> tuple[str, str]:
+        tx: dict[str, Any] = {
+            "from": self.ctx.address,
+            "to": self.ctx.contract.address,
+            "data": str(self.ctx.contract.encode_abi(FUNCTIONS[kind], args=args)),
+            "value": 0,
+            "nonce": tx_nonce,
+            "gas": gas,
+            "chainId": chain_id,
+            "type": 2,
+            **fees,
+        }
+        signed = self.ctx.account.sign_transaction(tx)
+        return HexBytes(signed.raw_transaction).to_0x_hex(), HexBytes(signed.hash).to_0x_hex()
+
+    def _warn_no_eth(self, balance: int, needed: int) -> None:
+        message = (
+            f"{self.ctx.address} has {balance / 1e18:.6f} ETH, not enough for gas "
+            f"({needed / 1e18:.6f}); waiting for funds"
+        )
+        self.ctx.emit(NodeWarning(message))
+        self.ctx.log.warning("no_eth_for_gas", address=self.ctx.address, balance=balance, needed=needed)
+
+    async def _send_raw(self, raw: str) -> None:
+        try:
+            await self.ctx.w3.eth.send_raw_transaction(HexBytes(raw))
+        except Exception as exc:
+            text = str(exc).lower()
+            if "already known" in text or "known transaction" in text or "already imported" in text:
+                return  # the identical transaction is in the pool already
+            if "nonce too low" in text:
+                return  # mined already (or replaced): the receipt wait finds out which
+            raise
+
+    async def _await_receipt(self, entry: Submission) -> Outcome:
+        """Wait for a receipt, bumping the fee of a stuck transaction; never re-send a revert."""
+        while True:
+            try:
+                receipt = await self._receipt_of(entry.tx_hashes, wait=self.ctx.config.bump_after)
+                if receipt is not None:
+                    break
+                if self.ctx.stopping.is_set():
+                    return Outcome("stopped")
+                await self._bump(entry)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                if await self.ctx.sleep(0.5):
+                    return Outcome("stopped")
+        if receipt["status"] == 1:
+            self.ctx.journal.set_status(entry, "mined")
+            tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
+            if entry.kind == "commit":
+                self.ctx.stats.accepted += 1
+                self.ctx.emit(SubmissionMined(entry.request_id, tx_hash, int(receipt["gasUsed"])))
+            self.ctx.log.info(f"{entry.kind}_mined", request_id=entry.request_id, gas_used=receipt["gasUsed"])
+            return Outcome("mined", gas_used=int(receipt["gasUsed"]))
+        block = receipt["blockNumber"]
+        self.ctx.journal.set_status(entry, "reverted", f"reverted in block {block}")
+        self.dropped(entry.request_id, f"{entry.kind} mined but reverted in block {block} (not retried)")
+        return Outcome("reverted", f"reverted in block {block}")
+
+    async def _receipt_of(self, hashes: list[str], wait: float) -> Any:
+        """The receipt of any of `hashes`, polling for up to `wait` seconds; None if none is mined."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            for h in hashes:
+                try:
+                    return await self.ctx.w3.eth.get_transaction_receipt(HexBytes(h))
+                except TransactionNotFound:
+                    continue
+            if loop.time() >= deadline:
+                return None
+            if await self.ctx.sleep(0.02 if wait < 5 else 0.2):
+                return None
+
+    async def _bump(self, entry: Submission) -> None:
+        """Replace a stuck transaction: same nonce and call, both fees raised by 12.5 %."""
+        args = decode_args(entry.kind, entry.args)
+        gas, reason = await self._preflight(
+            self._call(entry.kind, args), await self._gas_floor(entry.kind, entry.request_id)
+        )
+        if gas is None:
+            # Nothing to replace it with: let the original be mined or dropped; it is journaled.
+            self.ctx.log.info("bump_skipped", request_id=entry.request_id, kind=entry.kind, reason=reason)
+            return
+        fees = await fee_fields(self.ctx.w3)
+        previous = self._fees.get((entry.request_id, entry.kind), fees)
+        bumped = {
+            key: max(fees[key], previous[key] * BUMP_NUMERATOR // BUMP_DENOMINATOR + 1)
+            for key in ("maxFeePerGas", "maxPriorityFeePerGas")
+        }
+        self._fees[(entry.request_id, entry.kind)] = bumped
+        raw, tx_hash = self._sign(entry.kind, args, entry.tx_nonce, gas, await self.ctx.w3.eth.chain_id, bumped)
+        self.ctx.journal.add_replacement(entry, raw, tx_hash)
+        await self._send_raw(raw)
+        self.ctx.log.info("fee_bumped", request_id=entry.request_id, tx=tx_hash, max_fee=bumped["maxFeePerGas"])
+
+    def dropped(self, request_id: int, reason: str) -> None:
+        self.ctx.stats.dropped += 1
+        self.ctx.emit(SubmissionDropped(request_id, reason))
+        self.ctx.log.info("submission_dropped", request_id=request_id, reason=reason)
+
+    # ----------------------------------------------------------------- restart
+
+    async def recover(self) -> None:
+        """Finish what the journal says was signed or sent before a restart."""
+        for entry in self.ctx.journal.open_submissions():
+            receipt = await self._receipt_of(entry.tx_hashes, wait=0)
+            if receipt is None and not await self._pending(entry.tx_hashes):
+                args = decode_args(entry.kind, entry.args)
+                floor = await self._gas_floor(entry.kind, entry.request_id)
+                gas, reason = await self._preflight(self._call(entry.kind, args), floor)
+                if gas is None:
+                    self.ctx.journal.set_status(entry, "dropped", reason)
+                    self.dropped(entry.request_id, f"after restart, {entry.kind} pre-flight says it would revert: {reason}")
+                    continue
+                # Re-send the identical signed transaction: same hash, same nonce, never a second one.
+                await self._send_raw(entry.raw_txs[-1])
+                self.ctx.journal.set_status(entry, "sent")
+                self.ctx.log.info("resent_after_restart", request_id=entry.request_id, tx=entry.tx_hashes[-1])
+            await self._await_receipt(entry)
+
+    async def _pending(self, hashes: list[str]) -> bool:
+        for h in hashes:
+            try:
+                await self.ctx.w3.eth.get_transaction(h)  # type: ignore[arg-type]
+                return True
+            except TransactionNotFound:
+                continue
+        return False

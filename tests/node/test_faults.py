@@ -1,0 +1,146 @@
+"""Faults found from outside: a node killed between commit and reveal, a restart on a quiet chain,
+an RPC outage while sending, an outage while preloading models. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ethml.chain import Parameters, Status, deploy_system, dev_account, embedded_chain
+from ethml.ipfs import Blockstore, IpfsClient
+from ethml.ml import Manifest
+from ethml.node import Node
+from ethml.node.predictor import Predictor
+from ethml.node.revealer import Revealer
+from ethml.node.sender import TxSender
+from tests.node.conftest import System, wait_until
+from tests.node.test_resilience import _kill
+
+
+async def _answered(system: System, rid: int) -> bool:
+    return (await system.answer(rid))[2]
+
+
+async def _revealed_by(system: System, address: str, rid: int) -> list[int]:
+    logs = await system.ethml.events.Revealed().get_logs(from_block=0)
+    return [int(e["args"]["prediction"]) for e in logs if e["args"]["miner"] == address and e["args"]["requestId"] == rid]
+
+
+async def test_killed_between_commit_and_reveal_reveals_after_restart(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid, raw = system.add_point("iris", 2)
+    rid = await system.request(3, cid)
+    victim = dev_account(0)
+    reached: list[int] = []
+    original = Revealer.reveal
+
+    async def dies_before_revealing(self: Revealer, request_id: int, deadline: int) -> None:
+        if self.ctx.address == victim.address and not reached:
+            reached.append(request_id)
+            await asyncio.Event().wait()  # the process is killed here, its commitment on chain
+        await original(self, request_id, deadline)
+
+    monkeypatch.setattr(Revealer, "reveal", dies_before_revealing)
+    first = system.node(0)
+    await first.start()
+    async with system.running([1, 2, 3, 4]):
+        await wait_until(lambda: _is(bool(reached)), what="the victim in the reveal phase")
+        await _kill(first)
+        assert await _revealed_by(system, victim.address, rid) == []
+        async with system.running([0]):
+            await wait_until(lambda: _answered(system, rid), what="the answer after the restart")
+    expected = system.expected("iris", raw)
+    assert (await system.answer(rid))[:2] == (expected, int(Status.FINALIZED))
+    # It revealed what it had committed before it was killed, once.
+    assert await _revealed_by(system, victim.address, rid) == [expected]
+    _prediction, _status, agreeing, _block = await system.ethml.functions.getResult(rid).call()
+    assert agreeing == 5
+
+
+async def test_restarted_last_miner_picks_up_the_round_on_a_quiet_chain(tmp_path: Path) -> None:
+    w3 = await embedded_chain()
+    manifest = Manifest.load()
+    difficulty = 1 << 23  # long enough for the victim to be killed mid-search
+    deployment = await deploy_system(
+        w3,
+        dev_account(0),
+        parameters=Parameters(min_difficulty=difficulty, max_difficulty=difficulty),
+        models=manifest.registry_specs(),
+    )
+    system = System(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))
+    cid, raw = system.add_point("wine", 1)
+    rid = await system.request(4, cid)
+    async with system.running([1, 2, 3, 4]) as others:
+        await wait_until(lambda: _all(others, lambda n: n.stats.accepted == 1), what="four commitments")
+        victim = system.node(0)
+        await victim.start()
+        await wait_until(lambda: _is(victim._grinder is not None), what="the victim's actors")
+        assert victim._grinder is not None
+        await asyncio.wait_for(victim._grinder.searching.wait(), timeout=60)
+        await _kill(victim)
+        # No block has been made since the victim read the chain: the round waits for it alone.
+        async with system.running([0]):
+            await wait_until(lambda: _answered(system, rid), what="the answer")
+    assert (await system.answer(rid))[:2] == (system.expected("wine", raw), int(Status.FINALIZED))
+
+
+async def test_send_during_rpc_outage_resends_the_same_transaction_when_it_returns(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid, _ = system.add_point("breast-cancer", 2)
+    rid = await system.request(1, cid)
+    victim = dev_account(0)
+    outage: dict[str, float] = {}
+    original = TxSender._send_raw
+
+    async def unreachable_for_a_while(self: TxSender, raw_tx: str) -> None:
+        if self.ctx.address == victim.address:
+            ends = outage.setdefault("ends", time.monotonic() + 2.0)
+            if time.monotonic() < ends:
+                raise ConnectionRefusedError("RPC unreachable")
+        await original(self, raw_tx)
+
+    monkeypatch.setattr(TxSender, "_send_raw", unreachable_for_a_while)
+    # With a 30 s fee-bump interval, a node that waited for the bump would show a second signed version.
+    async with system.running(range(5), bump_after=30.0) as nodes:
+        await wait_until(lambda: _answered(system, rid), what="the answer")
+        journal = nodes[0]._ctx.journal  # type: ignore[union-attr]
+        commits = journal.all("commit")
+    assert outage, "the outage was hit"
+    assert len(commits) == 1 and commits[0].status == "mined"
+    assert len(commits[0].raw_txs) == 1, "re-sent as it was, not replaced after the bump interval"
+
+
+async def test_rpc_outage_while_preloading_models_is_not_a_crash(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = Predictor.model
+
+    async def unreachable_at_start(self: Predictor, model_id: int, *, fetch: bool = True) -> Any:
+        if not fetch and not calls:
+            calls.append(model_id)
+            raise ConnectionRefusedError("RPC unreachable")
+        return await original(self, model_id, fetch=fetch)
+
+    monkeypatch.setattr(Predictor, "model", unreachable_at_start)
+    cid, raw = system.add_point("iris", 0)
+    rid = await system.request(3, cid)
+    async with system.running(range(5)) as nodes:
+        await wait_until(lambda: _answered(system, rid), what="the answer")
+        assert calls
+        assert all(n.stats.last_error is None for n in nodes), [n.stats.last_error for n in nodes]
+    assert (await system.answer(rid))[:2] == (system.expected("iris", raw), int(Status.FINALIZED))
+
+
+async def _is(value: bool) -> bool:
+    return value
+
+
+async def _all(nodes: list[Node], check: Any) -> bool:
+    return all(check(n) for n in nodes)
