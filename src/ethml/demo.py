@@ -120,14 +120,16 @@ async def run_demo(
         total_tips = sum(int(t * EML) for *_, t in _plan(manifest, requests))
         if total_tips:
             await send(w3, user, ethml.functions.approve(deployment.consumer, total_tips))
+        # The consumer's callback is paid from an ETH deposit sent with each request.
+        deposit = 2 * await ethml.functions.minimumDeposit(await consumer.functions.CALLBACK_GAS().call()).call()
         for name, raw, label, tip in _plan(manifest, requests):
             cid = str(ipfs.add_bytes(raw))
             entry = manifest.by_name(name)
-            receipt = await send(w3, user, consumer.functions.request(entry.id, cid, int(tip * EML)))
+            receipt = await send(w3, user, consumer.functions.request(entry.id, cid, int(tip * EML)), value=deposit)
             rid = int(
                 ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]["requestId"]
             )
-            if ethml.events.NewChallenge().process_receipt(receipt, errors=DISCARD):
+            if ethml.events.RoundOpened().process_receipt(receipt, errors=DISCARD):
                 became_current[rid] = time.monotonic()  # the queue was idle: current at once
             rows[rid] = DemoRow(rid, name, cid, tip)
             truths[rid] = label
@@ -159,12 +161,12 @@ async def run_demo(
         stats = [n.stats for n in miners]
         for node in miners:
             await node.stop()
-    # Final-submission gas and agreeing miners from the chain's own record.
+    # Closing-transaction gas (the fifth reveal) and agreeing miners from the chain's own record.
     for log in await ethml.events.PredictionFinalized().get_logs(from_block=deployment.block):
         closed = rows.get(int(log["args"]["requestId"]))
         if closed is not None:
             row = closed
-            row.agreeing = bin(int(log["args"]["agreeingMask"])).count("1")
+            row.agreeing = int(log["args"]["agreeing"])
             receipt = await w3.eth.get_transaction_receipt(log["transactionHash"])
             row.final_gas = int(receipt["gasUsed"])
     report = DemoReport(list(rows.values()), difficulty=difficulty)
@@ -189,7 +191,7 @@ def render(report: DemoReport) -> str:
     )
     lines = [head, "-" * len(head)]
     for r in report.rows:
-        pred = "invalid" if r.prediction is None and r.status == "invalid_input" else f"{r.prediction}"
+        pred = f"{r.prediction}" if r.prediction is not None else ("invalid" if r.status == "invalid_input" else "-")
         truth = "-" if r.truth is None else f"{r.truth:g}"
         cid = r.data_cid[:8] + ".." + r.data_cid[-6:]
         lines.append(

@@ -138,6 +138,4 @@ async def wait_for_result(
         )
         if logs:
             miners = [str(m) for m in logs[0]["args"]["miners"]]
-    return RequestResult(
-        request_id, Status(status_code), int(prediction), value, miners, int(closed), int(agreeing)
-    )
+    return RequestResult(request_id, Status(status_code), int(prediction), value, miners, int(closed), int(agreeing))

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.logs import DISCARD
 
 from ethml.chain import (
     EML,
@@ -14,6 +15,8 @@ from ethml.chain import (
     ModelSpec,
     Parameters,
     Status,
+    challenge_for,
+    commitment_for,
     consumer_contract,
     deploy_system,
     dev_account,
@@ -62,22 +65,46 @@ async def test_full_round_with_python_nonces_reaches_the_consumer(w3: AsyncWeb3)
     user = dev_account(9)
     tip = 5 * EML
     await send(w3, user, ethml.functions.approve(deployment.consumer, tip))
-    await send(w3, user, consumer.functions.request(1, DATA_CID, tip))
-    challenge, request_id, difficulty, model_id, cid, submitted, _ = await ethml.functions.getCurrentVariables().call()
-    assert (request_id, difficulty, model_id, cid, submitted) == (1, 64, 1, DATA_CID, 0)
+    deposit = 2 * await ethml.functions.minimumDeposit(100_000).call()
+    receipt = await send(w3, user, consumer.functions.request(1, DATA_CID, tip), value=deposit)
+    opened = ethml.events.RoundOpened().process_receipt(receipt, errors=DISCARD)[0]
+    # The challenge Python derives from the opening block's hash is the contract's.
+    challenge = challenge_for(bytes(opened["blockHash"]), deployment.ethml, 1)
+    await send(w3, dev_account(8), ethml.functions.approve(user.address, 0))  # any transaction: a new block
+    current = await ethml.functions.getCurrentRound().call()
+    request_id, chain_challenge, difficulty, model_id, cid, _open, commits, *_ = current
+    assert (request_id, difficulty, model_id, cid, commits) == (1, 64, 1, DATA_CID, 0)
+    assert bytes(chain_challenge) == challenge
 
-    before = [await ethml.functions.balanceOf(dev_account(i).address).call() for i in range(5)]
+    salts = [bytes([i + 1]) * 32 for i in range(5)]
     for i in range(5):
         miner = dev_account(i)
         nonce, _ = search(challenge, bytes.fromhex(miner.address[2:]), target_for(difficulty), 0, 1 << 20)
         assert nonce is not None
-        await send(w3, miner, ethml.functions.submitMiningSolution(request_id, 2, nonce))
-
-    requester, prediction, status, received = await consumer.functions.answers(request_id).call()
-    assert (requester, prediction, Status(status), received) == (user.address, 2, Status.FINALIZED, True)
+        commitment = commitment_for(request_id, miner.address, 2, salts[i])
+        await send(w3, miner, ethml.functions.commit(request_id, nonce, commitment))
     for i in range(5):
-        after = await ethml.functions.balanceOf(dev_account(i).address).call()
-        assert after - before[i] == PARAMS.base_reward + tip // 5
+        await send(w3, dev_account(i), ethml.functions.reveal(request_id, 2, salts[i]))
+
+    _requester, prediction, status, agreeing, received, _r, _t = await consumer.functions.answers(request_id).call()
+    assert (prediction, Status(status), agreeing, received) == (2, Status.FINALIZED, 5, True)
+    for i in range(5):
+        base, tips = await ethml.functions.owedRewards(dev_account(i).address).call()
+        assert tips == tip // 5 and base <= PARAMS.base_reward
+        before = await ethml.functions.balanceOf(dev_account(i).address).call()
+        await send(w3, dev_account(i), ethml.functions.claimRewards())
+        assert await ethml.functions.balanceOf(dev_account(i).address).call() == before + base + tips
+
+
+async def test_timelocked_deployment_hands_admin_to_the_timelock(w3: AsyncWeb3) -> None:
+    deployer = dev_account(0)
+    deployment = await deploy_system(w3, deployer, parameters=PARAMS, models=[IRIS], timelock_delay=3600)
+    assert deployment.timelock is not None and deployment.models == {"iris": 1}
+    ethml = ethml_contract(w3, deployment.ethml)
+    assert await ethml.functions.hasRole(bytes(32), deployment.timelock).call()
+    assert not await ethml.functions.hasRole(bytes(32), deployer.address).call()
+    with pytest.raises(TransactionReverted, match="AccessControlUnauthorizedAccount"):
+        await send(w3, deployer, ethml.functions.setParameters(PARAMS.as_tuple()))
 
 
 async def test_revert_reasons_are_decoded(w3: AsyncWeb3) -> None:
@@ -86,4 +113,4 @@ async def test_revert_reasons_are_decoded(w3: AsyncWeb3) -> None:
     with pytest.raises(TransactionReverted, match=r"UnknownModel\(7\)"):
         await send(w3, dev_account(1), ethml.functions.requestPrediction(7, DATA_CID, 0, 0))
     with pytest.raises(TransactionReverted, match=r"NoCurrentRequest\(\)"):
-        await send(w3, dev_account(1), ethml.functions.submitMiningSolution(1, 0, 0))
+        await send(w3, dev_account(1), ethml.functions.commit(1, 0, bytes(32)))

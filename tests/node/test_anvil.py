@@ -65,13 +65,16 @@ def expected(manifest: Manifest, model: str, raw: bytes) -> int:
         store.close()
 
 
-async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, request_id: int) -> list[int]:
-    logs = await ethml_contract(w3, deployment.ethml).events.SolutionSubmitted().get_logs(from_block=0)
-    return [
-        int(e["args"]["prediction"])
-        for e in logs
-        if e["args"]["miner"] == miner and e["args"]["requestId"] == request_id
-    ]
+async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, request_id: int) -> int:
+    """Commitments `miner` has on the chain for `request_id`."""
+    logs = await ethml_contract(w3, deployment.ethml).events.Committed().get_logs(from_block=0)
+    return len([e for e in logs if e["args"]["miner"] == miner and e["args"]["requestId"] == request_id])
+
+
+async def request(w3: AsyncWeb3[Any], deployment: Any, model_id: int, cid: str) -> None:
+    consumer = consumer_contract(w3, deployment.consumer)
+    deposit = 2 * await ethml_contract(w3, deployment.ethml).functions.minimumDeposit(100_000).call()
+    await send(w3, dev_account(9), consumer.functions.request(model_id, cid, 0), value=deposit)
 
 
 async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: Path) -> None:
@@ -85,26 +88,30 @@ async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: 
         raw_a = manifest.data_point_path(iris.data_points[3]).read_bytes()  # label 0
         raw_b = manifest.data_point_path(iris.data_points[0]).read_bytes()  # label 1
         cid_a, cid_b = str(ipfs.add_bytes(raw_a)), str(ipfs.add_bytes(raw_b))
-        consumer = consumer_contract(w3, deployment.consumer)
         snapshot = await w3.provider.make_request("evm_snapshot", [])  # type: ignore[arg-type]
         config = NodeConfig(threads=1, poll_interval=0.05, data_dir=tmp_path)
         async with Node(w3=w3, deployment=deployment, account=dev_account(1), config=config) as node:
             events = node.events()
-            await send(w3, dev_account(9), consumer.functions.request(iris.id, cid_a, 0))
+            await request(w3, deployment, iris.id, cid_a)
             await wait_until(lambda: _ready(node.stats.accepted == 1), what="the submission on the old fork")
-            assert await submissions(w3, deployment, dev_account(1).address, 1) == [expected(manifest, "iris", raw_a)]
+            assert await submissions(w3, deployment, dev_account(1).address, 1) == 1
+            journal = node._ctx.journal  # type: ignore[union-attr]
+            secret = journal.latest_secret(1)
+            assert secret is not None and secret.prediction == expected(manifest, "iris", raw_a)
 
             await w3.provider.make_request("evm_revert", [snapshot["result"]])  # type: ignore[arg-type]
             await w3.provider.make_request("anvil_mine", [3])  # type: ignore[arg-type]
-            await send(w3, dev_account(9), consumer.functions.request(iris.id, cid_b, 0))  # request 1 again
+            await request(w3, deployment, iris.id, cid_b)  # request 1 again
             await wait_until(lambda: _ready(node.stats.accepted == 2), what="the submission on the new fork")
+            secret = journal.latest_secret(1)
+            assert secret is not None and secret.prediction == expected(manifest, "iris", raw_b)
             warnings = [e.message for e in events.drain() if isinstance(e, NodeWarning)]
             await events.aclose()
             await asyncio.sleep(0.3)  # a few more polls: nothing else may be sent
             assert node.stats.submissions == 2
         assert any("reorganisation" in w for w in warnings), warnings
-        # On the surviving chain: exactly one submission for request 1, with the new fork's data.
-        assert await submissions(w3, deployment, dev_account(1).address, 1) == [expected(manifest, "iris", raw_b)]
+        # On the surviving chain: exactly one commitment for request 1 (made for the new fork's data).
+        assert await submissions(w3, deployment, dev_account(1).address, 1) == 1
     finally:
         await w3.provider.disconnect()
         stop_anvil(proc)
@@ -127,14 +134,14 @@ async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path)
     try:
         for n in nodes:
             await n.start()
-        await send(w3, dev_account(9), consumer.functions.request(wine.id, cids[0], 0))
+        await request(w3, deployment, wine.id, cids[0])
         await wait_until(lambda: _answered(consumer, 1), what="the first answer")
 
         stop_anvil(proc)  # the RPC goes away (anvil saves its state)
         await wait_until(lambda: _ready(all(n.stats.last_error for n in nodes)), what="every node noticing")
         proc = start_anvil(port, state)  # and comes back with the same chain
-        await send(w3, dev_account(9), consumer.functions.request(wine.id, cids[1], 0))
-        await send(w3, dev_account(9), consumer.functions.request(wine.id, cids[2], 0))
+        await request(w3, deployment, wine.id, cids[1])
+        await request(w3, deployment, wine.id, cids[2])
         for rid in (2, 3):
             await wait_until(lambda rid=rid: _answered(consumer, rid), timeout=60, what=f"answer {rid}")
     finally:
@@ -149,7 +156,7 @@ async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path)
             answer = await consumer_contract(w3, deployment.consumer).functions.answers(rid).call()
             assert answer[1] == expected(manifest, "wine", raw)
             for i in range(5):
-                assert len(await submissions(w3, deployment, dev_account(i).address, rid)) == 1
+                assert await submissions(w3, deployment, dev_account(i).address, rid) == 1
     finally:
         await w3.provider.disconnect()
         stop_anvil(proc)
@@ -161,7 +168,7 @@ async def _ready(value: bool) -> bool:
 
 async def _answered(consumer: Any, rid: int) -> bool:
     try:
-        return bool((await consumer.functions.answers(rid).call())[3])
+        return bool((await consumer.functions.answers(rid).call())[4])
     except Exception:  # noqa: BLE001 - the RPC may be restarting
         return False
 

@@ -27,7 +27,9 @@ async def _answered(system: System, rid: int) -> bool:
 
 async def _revealed_by(system: System, address: str, rid: int) -> list[int]:
     logs = await system.ethml.events.Revealed().get_logs(from_block=0)
-    return [int(e["args"]["prediction"]) for e in logs if e["args"]["miner"] == address and e["args"]["requestId"] == rid]
+    return [
+        int(e["args"]["prediction"]) for e in logs if e["args"]["miner"] == address and e["args"]["requestId"] == rid
+    ]
 
 
 async def test_killed_between_commit_and_reveal_reveals_after_restart(

@@ -22,8 +22,9 @@ async def test_native_nonces_are_accepted_on_chain() -> None:
     )
     ethml = ethml_contract(w3, deployment.ethml)
     await send(w3, dev_account(9), ethml.functions.requestPrediction(1, "QmData", 0, 0))
-    challenge, request_id, current, *_ = await ethml.functions.getCurrentVariables().call()
-    assert current == difficulty
+    await send(w3, dev_account(9), ethml.functions.approve(dev_account(8).address, 0))  # the next block
+    request_id, challenge, current, *_ = await ethml.functions.getCurrentRound().call()
+    assert current == difficulty and challenge != bytes(32)
     searches = [lambda a: parallel_search(challenge, a, target_for(difficulty), threads=2)]
     for path in [p for p in available_paths() if p != "python"]:
         searches.append(lambda a, path=path: find_nonce(challenge, a, target_for(difficulty), count=1 << 22, path=path))
@@ -31,8 +32,6 @@ async def test_native_nonces_are_accepted_on_chain() -> None:
         miner = dev_account(i)
         result = search(miner.address)
         assert result.found
-        assert (
-            await ethml.functions.submitMiningSolution(request_id, 1, result.nonce).call({"from": miner.address}) == []
-        )
-        await send(w3, miner, ethml.functions.submitMiningSolution(request_id, 1, result.nonce))
-    assert await ethml.functions.hasSubmitted(dev_account(len(searches) - 1).address).call()
+        assert await ethml.functions.commit(request_id, result.nonce, bytes(32)).call({"from": miner.address}) == []
+        await send(w3, miner, ethml.functions.commit(request_id, result.nonce, bytes(32)))
+    assert await ethml.functions.hasCommitted(dev_account(len(searches) - 1).address).call()

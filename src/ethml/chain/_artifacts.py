@@ -14,7 +14,7 @@ from ethml.errors import ArtifactError
 
 ARTIFACT_NAMES = ("EthML", "ExampleConsumer", "RoundRules", "EthMLTimelock")
 # Must match tools/compile_contracts.js.
-_OPTIMIZER = {"enabled": True, "runs": 10000}
+_OPTIMIZER = {"enabled": True, "runs": 500}
 _EVM_VERSION = "cancun"
 
 

@@ -215,7 +215,9 @@ async def deploy_system(
     return deployment
 
 
-async def _hand_admin_to_timelock(w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, delay: int) -> str:
+async def _hand_admin_to_timelock(
+    w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, delay: int
+) -> str:
     if delay < 0:
         raise DeploymentError(f"the timelock delay must be 0 or more seconds, not {delay}")
     artifact = load_artifact("EthMLTimelock")

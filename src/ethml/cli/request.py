@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain.deploy import Status, Deployment
+from ethml.chain.deploy import Deployment, Status
 from ethml.cli._common import handle_errors
 from ethml.cli._config import load_account
 from ethml.errors import ChainError

@@ -69,7 +69,7 @@ class Submission:
     request_id: int
     challenge: str
     kind: str
-    args: list[object]
+    args: list[str]
     tx_nonce: int
     raw_txs: list[str]
     tx_hashes: list[str]

@@ -56,7 +56,7 @@ class Revealer:
         """Close the round once the reveal window has passed, unless the fifth reveal closed it."""
         while request_id not in self.ctx.closed_requests:
             try:
-                latest = await self.ctx.w3.eth.block_number
+                latest: int = await self.ctx.w3.eth.block_number
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise

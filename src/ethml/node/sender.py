@@ -39,7 +39,10 @@ def encode_args(args: list[Any]) -> list[str]:
 
 
 def decode_args(kind: str, raw: list[Any]) -> list[Any]:
-    return [bytes.fromhex(str(v).removeprefix("0x")) if t == "bytes" else int(v) for t, v in zip(ARG_TYPES[kind], raw)]
+    return [
+        bytes.fromhex(str(v).removeprefix("0x")) if t == "bytes" else int(v)
+        for t, v in zip(ARG_TYPES[kind], raw, strict=True)
+    ]
 
 
 _SEND_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -97,7 +100,9 @@ class TxSender:
         actually used is paid.
         """
         try:
-            gas = await call.estimate_gas({"from": self.ctx.address})
+            # Against the pending block: the transaction will be mined in the next block at the earliest,
+            # and a commitment is refused in its round's opening block (latest, on an automine chain).
+            gas = await call.estimate_gas({"from": self.ctx.address}, block_identifier="pending")
         except Exception as exc:
             if is_connection_error(exc):
                 raise
@@ -331,7 +336,9 @@ class TxSender:
                 gas, reason = await self._preflight(self._call(entry.kind, args), floor)
                 if gas is None:
                     self.ctx.journal.set_status(entry, "dropped", reason)
-                    self.dropped(entry.request_id, f"after restart, {entry.kind} pre-flight says it would revert: {reason}")
+                    self.dropped(
+                        entry.request_id, f"after restart, {entry.kind} pre-flight says it would revert: {reason}"
+                    )
                     continue
                 # Re-send the identical signed transaction: same hash, same nonce, never a second one.
                 await self._send_raw(entry.raw_txs[-1])
