@@ -1,9 +1,11 @@
 """End to end on anvil: five `ethml mine` processes, requests from a client, time to finalization.
 
     python benchmarks/e2e_latency.py [--requests 30] [--burst 30] [--difficulty 65536] [--poll 0.1]
+                                     [--block-time 1]
 
-1. Latency: requests one at a time; for each, from the receipt of the request transaction (its block
-   is mined: automine) until requestStatus says it is closed (polled every 10 ms).
+1. Latency: requests one at a time (through the example consumer, so the close calls it back); for
+   each, from the receipt of the request transaction until requestStatus says it is closed (polled
+   every 10 ms; the callback runs in the closing transaction). Anvil automines unless --block-time.
 2. Throughput: `--burst` requests queued at once, until the last is closed: requests per minute.
 3. Memory: each miner's resident set size (VmRSS) at the end, models loaded.
 """
@@ -47,14 +49,16 @@ def rss_mb(pid: int) -> float:
 
 async def closed(ethml: Any, rid: int) -> bool:
     status = Status(await ethml.functions.requestStatus(rid).call())
-    return status in (Status.FINALIZED, Status.INVALID_INPUT, Status.EXPIRED)
+    return status.closed
 
 
 async def main(args: argparse.Namespace) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        net = await start_devnet(port=port, difficulty=args.difficulty, data_dir=data_dir)
+        net = await start_devnet(
+            port=port, difficulty=args.difficulty, data_dir=data_dir, block_time=args.block_time or None
+        )
         env = {**os.environ, "ETHML_DATA_DIR": str(data_dir), "ETHML_RPC": net.url}
         miners = [
             subprocess.Popen(
@@ -121,7 +125,8 @@ async def main(args: argparse.Namespace) -> None:
             await w3.provider.disconnect()
             net.stop()
     q = statistics.quantiles(latencies, n=20)
-    print(f"difficulty {args.difficulty:,}, 5 miners x 1 thread, log poll every {args.poll:g} s, anvil automine")
+    blocks = f"{args.block_time:g}-second blocks" if args.block_time else "automine"
+    print(f"difficulty {args.difficulty:,}, 5 miners x 1 thread, log poll every {args.poll:g} s, anvil {blocks}")
     print(f"warm-up request (miners still starting): {warm_up:.2f} s")
     print(
         f"latency over {len(latencies)} requests: median {statistics.median(latencies):.3f} s, p95 {q[18]:.3f} s, "
@@ -141,4 +146,5 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=30)
     parser.add_argument("--difficulty", type=int, default=1 << 16)
     parser.add_argument("--poll", type=float, default=0.1, help="the miners' --poll-interval (devnet default 0.1)")
+    parser.add_argument("--block-time", type=float, default=0.0, help="anvil's block time in seconds (0: automine)")
     asyncio.run(main(parser.parse_args()))

@@ -83,7 +83,7 @@ async def measure(w3: AsyncWeb3, pending: int) -> dict[str, int]:
     cancel = await send(w3, user, ethml.functions.cancelRequest(equal_id, position))
     await send(w3, user, ethml.functions.requestPrediction(1, CID, tip, 0))  # the queue keeps its length
     current = await ethml.functions.getCurrentRound().call()
-    if await w3.eth.block_number >= current[8]:
+    if await w3.eth.block_number >= current[7]:
         # Filling a long queue outlasted the first round's commit window: open the next one.
         await send(w3, user, ethml.functions.expireRequest(current[0]))
         await send(w3, user, ethml.functions.requestPrediction(1, CID, tip, 0))
@@ -115,7 +115,7 @@ async def main(sizes: list[int]) -> str:
     labels = [
         ("request_equal_tip", "requestPrediction (tip equal to the queue)", 160_000),
         ("request_highest_tip", "requestPrediction (new highest tip, worst case)", 160_000),
-        ("commit_first", "commit, a miner's first (largest of five)", None),
+        ("commit_first", "commit, a miner's first (largest of five)", 70_000),
         ("commit", "commit, returning miner (largest of five)", 70_000),
         ("reveal_non_final", "reveal, non-closing (largest of 1st-4th)", 60_000),
         ("close_first", "closing reveal, five first-time miners (no callback)", 200_000),

@@ -17,7 +17,15 @@ from pathlib import Path
 import structlog
 
 from ethml import Node, NodeConfig
-from ethml.chain import Parameters, consumer_contract, deploy_system, dev_account, embedded_chain, send
+from ethml.chain import (
+    Parameters,
+    consumer_contract,
+    deploy_system,
+    dev_account,
+    embedded_chain,
+    ethml_contract,
+    send,
+)
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest
 from ethml.node import Finalized
@@ -45,7 +53,10 @@ async def main() -> None:
                 await other.start()
             events = node.events()
             consumer = consumer_contract(w3, deployment.consumer)
-            await send(w3, dev_account(9), consumer.functions.request(iris.id, cid, 0))
+            # The consumer's callback is paid from an ETH deposit sent with the request.
+            ethml = ethml_contract(w3, deployment.ethml)
+            deposit = 2 * await ethml.functions.minimumDeposit(await consumer.functions.CALLBACK_GAS().call()).call()
+            await send(w3, dev_account(9), consumer.functions.request(iris.id, cid, 0), value=deposit)
             async for event in events:
                 print(type(event).__name__, event)
                 if isinstance(event, Finalized):

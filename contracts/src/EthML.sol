@@ -76,12 +76,12 @@ contract EthML is ERC20, AccessControl {
 
     /// @dev One slot per request (the tip lives in the queue entry, then in the round). `blockNumber` is
     /// the request's block while it is open and its closing block after; `status` is written only when
-    /// it closes (before that it is Current if it is the round's request, else Queued).
+    /// it closes (before that it is Current if it is the round's request, else Queued). The data CID is
+    /// not stored: it is in the request's `PredictionRequested` event, which is where nodes read it.
     struct Request {
         address requester;
         uint16 modelId;
         uint24 callbackGasLimit;
-        uint8 cidLength;
         Status status;
         uint40 blockNumber;
     }
@@ -94,9 +94,11 @@ contract EthML is ERC20, AccessControl {
         uint8 agreeingMask;
     }
 
+    /// @dev Read by every request: ids handed out, entries in the queue, whether a round is open.
     struct Counters {
         uint32 requests;
         uint32 pending;
+        bool roundOpen;
     }
 
     /// @dev The round being mined, one slot.
@@ -133,7 +135,6 @@ contract EthML is ERC20, AccessControl {
         bytes32 challenge;
         uint256 difficulty;
         uint256 modelId;
-        string dataCid;
         uint256 openBlock;
         uint256 commits;
         uint256 revealedMask;
@@ -214,12 +215,11 @@ contract EthML is ERC20, AccessControl {
         uint256 callbackDeposit
     );
     /// @notice A round opened in this log's block; its challenge is
-    /// keccak256(abi.encodePacked(blockhash(this block), address(this), requestId)).
-    event RoundOpened(
-        uint256 indexed requestId, uint256 indexed modelId, uint256 difficulty, string dataCid, uint256 commitDeadline
-    );
+    /// keccak256(abi.encodePacked(blockhash(this block), address(this), requestId)). The data CID is in
+    /// the request's PredictionRequested event.
+    event RoundOpened(uint256 indexed requestId, uint256 indexed modelId, uint256 difficulty, uint256 commitDeadline);
     event Committed(uint256 indexed requestId, address indexed miner, uint256 index);
-    event RevealPhaseStarted(uint256 indexed requestId, uint256 revealDeadline, uint256 nextDifficulty);
+    event RevealPhaseStarted(uint256 indexed requestId, uint256 revealDeadline);
     event Revealed(uint256 indexed requestId, address indexed miner, int256 prediction);
     event PredictionFinalized(
         uint256 indexed requestId,
@@ -249,8 +249,6 @@ contract EthML is ERC20, AccessControl {
 
     Counters private _counters;
     mapping(uint256 => Request) private _requests;
-    /// @dev The data CID as raw bytes in two words (CIDs are at most 64 bytes).
-    mapping(uint256 => bytes32[2]) private _cids;
     mapping(uint256 => Result) private _results;
     /// @dev ETH deposited for a request's callback; after the close, what is left for the requester.
     mapping(uint256 => uint256) private _deposits;
@@ -392,14 +390,14 @@ contract EthML is ERC20, AccessControl {
         uint256 len = bytes(dataCid).length;
         if (len == 0) revert EmptyCid();
         if (len > MAX_CID_LENGTH) revert CidTooLong(len, MAX_CID_LENGTH);
-        if (callbackGasLimit > _params.maxCallbackGasLimit) {
-            revert CallbackGasLimitTooHigh(callbackGasLimit, _params.maxCallbackGasLimit);
-        }
         if (tip > type(uint96).max) revert TipTooLarge(tip);
         Counters memory counters = _counters;
         if (counters.requests == type(uint32).max) revert TooManyRequests();
         requestId = counters.requests + 1;
         if (callbackGasLimit > 0) {
+            if (callbackGasLimit > _params.maxCallbackGasLimit) {
+                revert CallbackGasLimitTooHigh(callbackGasLimit, _params.maxCallbackGasLimit);
+            }
             uint256 required = minimumDeposit(callbackGasLimit);
             if (msg.value < required) revert CallbackDepositTooSmall(msg.value, required);
             _deposits[requestId] = msg.value;
@@ -408,32 +406,19 @@ contract EthML is ERC20, AccessControl {
         }
         if (tip > 0) _transfer(msg.sender, address(this), tip);
 
-        _requests[requestId] = Request(
-            msg.sender, uint16(modelId), uint24(callbackGasLimit), uint8(len), Status.Queued, uint40(block.number)
-        );
-        bytes32 lo;
-        bytes32 hi;
-        assembly ("memory-safe") {
-            lo := calldataload(dataCid.offset)
-            hi := calldataload(add(dataCid.offset, 32))
-        }
-        // Zero the bytes past the end so stored words never carry calldata that follows the CID.
-        if (len < 32) {
-            lo &= ~bytes32(type(uint256).max >> (len * 8));
-            hi = 0;
-        } else if (len < 64) {
-            hi &= ~bytes32(type(uint256).max >> ((len - 32) * 8));
-        }
-        _cids[requestId][0] = lo;
-        if (hi != 0) _cids[requestId][1] = hi;
+        _requests[requestId] =
+            Request(msg.sender, uint16(modelId), uint24(callbackGasLimit), Status.Queued, uint40(block.number));
+        // The requester pays for the slot its result will be written to (the closing miner then
+        // overwrites a non-zero slot).
+        _results[requestId] = Result(0, 0, 0x80, 0);
         emit PredictionRequested(requestId, msg.sender, modelId, dataCid, tip, callbackGasLimit, msg.value);
 
-        if (_round.requestId == 0) {
-            _counters = Counters(uint32(requestId), counters.pending);
+        if (!counters.roundOpen) {
+            _counters = Counters(uint32(requestId), counters.pending, true);
             _startRound(requestId, uint96(tip));
         } else {
             _queue.push(counters.pending, uint96(tip), uint32(requestId));
-            _counters = Counters(uint32(requestId), counters.pending + 1);
+            _counters = Counters(uint32(requestId), counters.pending + 1, true);
         }
     }
 
@@ -501,8 +486,7 @@ contract EthML is ERC20, AccessControl {
         if (block.number > deadline) revert CommitWindowClosed(requestId, deadline);
         Miner memory miner = _miners[msg.sender];
         if (miner.lastRequest == requestId) revert AlreadyCommitted(requestId, msg.sender);
-        State memory state = _state;
-        if (!ProofOfWork.isValid(_challengeOf(round), msg.sender, nonce, state.difficulty)) {
+        if (!ProofOfWork.isValid(_challengeOf(round), msg.sender, nonce, _state.difficulty)) {
             revert InvalidNonce(requestId, msg.sender, nonce);
         }
         uint256 index = round.commits;
@@ -513,10 +497,8 @@ contract EthML is ERC20, AccessControl {
         if (index + 1 < SUBMISSIONS_PER_REQUEST) {
             _round.commits = uint8(index + 1);
         } else {
-            _round.commits = uint8(index + 1);
-            _round.revealBlock = uint32(block.number);
-            uint64 next = _retarget(state.difficulty, round.openTime);
-            emit RevealPhaseStarted(requestId, block.number + _params.revealBlocks, next);
+            (_round.commits, _round.revealBlock) = (uint8(index + 1), uint32(block.number));
+            emit RevealPhaseStarted(requestId, block.number + _params.revealBlocks);
         }
     }
 
@@ -592,7 +574,6 @@ contract EthML is ERC20, AccessControl {
         if (round.requestId == 0) return r;
         if (block.number > round.openBlock) r.challenge = _challengeOf(round);
         r.modelId = _requests[round.requestId].modelId;
-        r.dataCid = _cid(round.requestId);
         r.openBlock = round.openBlock;
         r.commits = round.commits;
         r.revealedMask = round.revealedMask;
@@ -608,10 +589,10 @@ contract EthML is ERC20, AccessControl {
     function getRequest(uint256 requestId)
         external
         view
-        returns (address requester, uint256 modelId, string memory dataCid, uint256 callbackGasLimit, Status status)
+        returns (address requester, uint256 modelId, uint256 callbackGasLimit, Status status)
     {
         Request memory req = _requests[requestId];
-        return (req.requester, req.modelId, _cid(requestId), req.callbackGasLimit, requestStatus(requestId));
+        return (req.requester, req.modelId, req.callbackGasLimit, requestStatus(requestId));
     }
 
     /// @notice The stored outcome of a closed request (pull-style read). `prediction` is meaningful for
@@ -707,6 +688,7 @@ contract EthML is ERC20, AccessControl {
             o.agreeingMask
         );
         _close(requestId, o.status);
+        _retarget(_state.difficulty, round.openTime);
         emit PredictionFinalized(
             requestId,
             o.prediction,
@@ -763,7 +745,7 @@ contract EthML is ERC20, AccessControl {
         stored.blockNumber = uint40(block.number);
     }
 
-    /// @dev Bounded retarget of the commit phase's duration: at most x2 or /2 per round.
+    /// @dev Bounded retarget of a round's duration (opening to close): at most x2 or /2 per round.
     function _retarget(uint64 d, uint256 openTime) private returns (uint64) {
         uint256 elapsed = block.timestamp - openTime;
         if (elapsed == 0) elapsed = 1;
@@ -798,7 +780,7 @@ contract EthML is ERC20, AccessControl {
             _startRound(nextId, tip);
             return;
         }
-        _counters.pending = pending;
+        _counters = Counters(_counters.requests, pending, false);
         delete _round;
     }
 
@@ -813,13 +795,7 @@ contract EthML is ERC20, AccessControl {
             emit ParametersUpdated(p, true);
         }
         _round = Round(uint32(requestId), 0, 0, uint32(block.number), 0, uint40(block.timestamp), tip);
-        emit RoundOpened(
-            requestId,
-            _requests[requestId].modelId,
-            _state.difficulty,
-            _cid(requestId),
-            block.number + _params.expiryBlocks
-        );
+        emit RoundOpened(requestId, _requests[requestId].modelId, _state.difficulty, block.number + _params.expiryBlocks);
     }
 
     /// @dev Calls the consumer with exactly `callbackGasLimit` gas and never reverts because of it. The
@@ -861,18 +837,6 @@ contract EthML is ERC20, AccessControl {
     function _sendEth(address to, uint256 amount) private {
         (bool sent,) = payable(to).call{value: amount}("");
         if (!sent) revert EthTransferFailed(to, amount);
-    }
-
-    function _cid(uint256 requestId) private view returns (string memory cid) {
-        uint256 len = _requests[requestId].cidLength;
-        bytes32[2] storage words = _cids[requestId];
-        bytes32 lo = words[0];
-        bytes32 hi = len > 32 ? words[1] : bytes32(0);
-        cid = new string(len);
-        assembly ("memory-safe") {
-            mstore(add(cid, 32), lo)
-            if gt(len, 32) { mstore(add(cid, 64), hi) }
-        }
     }
 
     /// @dev Predictions are kept as int96 (INVALID_INPUT maps to type(int96).min).

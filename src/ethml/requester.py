@@ -111,7 +111,7 @@ async def wait_for_result(
             break
         if status == Status.CURRENT:
             current = await ethml.functions.getCurrentRound().call()
-            commits, revealed = int(current[6]), bin(int(current[7])).count("1")
+            commits, revealed = int(current[5]), bin(int(current[6])).count("1")
             if commits < 5:
                 line = f"request {request_id}: being mined, {commits}/5 commitments"
             else:
@@ -126,7 +126,7 @@ async def wait_for_result(
             raise ChainError(f"request {request_id} was not closed within {timeout:g} s (last: {line})")
         await asyncio.sleep(0.5)
     prediction, status_code, agreeing, closed = await ethml.functions.getResult(request_id).call()
-    _req, model_id, _cid, _gas, _st = await ethml.functions.getRequest(request_id).call()
+    _req, model_id, _gas, _st = await ethml.functions.getRequest(request_id).call()
     _mcid, _sha, kind, decimals, _f, _a = await ethml.functions.getModel(model_id).call()
     value: float | int | None = None
     if Status(status_code) == Status.FINALIZED:

@@ -72,8 +72,8 @@ async def test_full_round_with_python_nonces_reaches_the_consumer(w3: AsyncWeb3)
     challenge = challenge_for(bytes(opened["blockHash"]), deployment.ethml, 1)
     await send(w3, dev_account(8), ethml.functions.approve(user.address, 0))  # any transaction: a new block
     current = await ethml.functions.getCurrentRound().call()
-    request_id, chain_challenge, difficulty, model_id, cid, _open, commits, *_ = current
-    assert (request_id, difficulty, model_id, cid, commits) == (1, 64, 1, DATA_CID, 0)
+    request_id, chain_challenge, difficulty, model_id, _open, commits, *_ = current
+    assert (request_id, difficulty, model_id, commits) == (1, 64, 1, 0)
     assert bytes(chain_challenge) == challenge
 
     salts = [bytes([i + 1]) * 32 for i in range(5)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hexbytes import HexBytes
 
-from ethml.chain import INVALID_INPUT, Status, dev_account
+from ethml.chain import EML, INVALID_INPUT, Status, dev_account, send
 from ethml.node import Finalized, SubmissionDropped
 from tests.node.conftest import System, wait_until
 
@@ -100,3 +100,20 @@ async def test_events_iterator_yields_the_round(system: System) -> None:
         await stream.aclose()
     for name in ("ChallengeSeen", "PredictionReady", "SolutionFound", "Submitted", "SubmissionMined", "Finalized"):
         assert name in seen, seen
+
+
+async def test_nodes_claim_accrued_rewards_past_their_threshold(system: System) -> None:
+    cid, _ = system.add_point("iris", 1)
+    before = [await system.ethml.functions.balanceOf(dev_account(i).address).call() for i in range(5)]
+    await send(system.w3, dev_account(9), system.ethml.functions.requestPrediction(3, cid, 5 * EML, 0))
+    async with system.running(range(5), claim_threshold=1):
+
+        async def claimed() -> bool:
+            for i in range(5):
+                base, tips = await system.ethml.functions.owedRewards(dev_account(i).address).call()
+                balance = await system.ethml.functions.balanceOf(dev_account(i).address).call()
+                if base + tips != 0 or balance < before[i] + EML:
+                    return False
+            return True
+
+        await wait_until(claimed, what="every node claiming its share of the tip")

@@ -34,6 +34,8 @@ class NodeConfig:
     fetch_retry_seconds: float = 20.0
     max_backoff: float = 30.0
     queue_size: int = 8
+    #: Claim accrued rewards (claimRewards) once they reach this many wei of EML; None: never.
+    claim_threshold: int | None = 10 * 10**18
 
 
 @dataclass

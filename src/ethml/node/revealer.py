@@ -51,6 +51,20 @@ class Revealer:
         if outcome.status == "mined":
             self.ctx.log.info("revealed", request_id=request_id, prediction=secret.prediction)
             await self._close_after(request_id, secret.challenge, deadline)
+            await self._claim_if_due(request_id, secret.challenge)
+
+    async def _claim_if_due(self, request_id: int, challenge: str) -> None:
+        """Claim the accrued rewards once they reach the node's threshold (one claim per round at most)."""
+        threshold = self.ctx.config.claim_threshold
+        if threshold is None or request_id not in self.ctx.closed_requests:
+            return
+        base, tips = await self.ctx.contract.functions.owedRewards(self.ctx.address).call()
+        owed = int(base) + int(tips)
+        if owed == 0 or owed < threshold:
+            return
+        outcome = await self.sender.send(request_id, challenge, "claim", [])
+        if outcome.status == "mined":
+            self.ctx.log.info("rewards_claimed", amount=owed)
 
     async def _close_after(self, request_id: int, challenge: str, deadline: int) -> None:
         """Close the round once the reveal window has passed, unless the fifth reveal closed it."""

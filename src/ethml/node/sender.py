@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hexbytes import HexBytes
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import MethodUnavailable, TransactionNotFound
 
 from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
 from ethml.node.context import NodeContext, is_connection_error
@@ -25,8 +25,10 @@ FINALIZE_GAS = 320_000
 #: A commitment that turns out to be the fifth also retargets the difficulty.
 COMMIT_GAS = 120_000
 
-FUNCTIONS = {"commit": "commit", "reveal": "reveal", "close": "closeRound"}
-ARG_TYPES = {"commit": ("int", "int", "bytes"), "reveal": ("int", "int", "bytes"), "close": ("int",)}
+FUNCTIONS = {"commit": "commit", "reveal": "reveal", "close": "closeRound", "claim": "claimRewards"}
+ARG_TYPES = {"commit": ("int", "int", "bytes"), "reveal": ("int", "int", "bytes"), "close": ("int",), "claim": ()}
+#: claimRewards mints and transfers to the miner (a new balance slot the first time).
+CLAIM_GAS = 90_000
 
 
 def final_gas(callback_gas: int) -> int:
@@ -75,6 +77,7 @@ class TxSender:
         self.ctx = ctx
         self._fees: dict[tuple[int, str], dict[str, int]] = {}
         self._callback_limits: dict[int, int] = {}
+        self._pending_estimates = True
 
     def _call(self, kind: str, args: list[Any]) -> Any:
         return getattr(self.ctx.contract.functions, FUNCTIONS[kind])(*args)
@@ -82,14 +85,27 @@ class TxSender:
     async def _callback_gas(self, request_id: int) -> int:
         cached = self._callback_limits.get(request_id)
         if cached is None:
-            _requester, _model, _cid, cached, _status = await self.ctx.contract.functions.getRequest(request_id).call()
+            _requester, _model, cached, _status = await self.ctx.contract.functions.getRequest(request_id).call()
             self._callback_limits[request_id] = cached = int(cached)
         return cached
 
     async def _gas_floor(self, kind: str, request_id: int) -> int:
         if kind == "commit":
             return COMMIT_GAS
+        if kind == "claim":
+            return CLAIM_GAS
         return final_gas(await self._callback_gas(request_id))
+
+    async def _estimate(self, call: Any) -> int:
+        """Against the pending block where the node offers it: the transaction is mined in the next
+        block at the earliest, and a commitment is refused in its round's opening block (the latest
+        block, on an automine chain)."""
+        if self._pending_estimates:
+            try:
+                return int(await call.estimate_gas({"from": self.ctx.address}, block_identifier="pending"))
+            except MethodUnavailable:
+                self._pending_estimates = False
+        return int(await call.estimate_gas({"from": self.ctx.address}))
 
     async def _preflight(self, call: Any, floor: int) -> tuple[int | None, str]:
         """(gas limit, "") when the transaction would succeed now; (None, reason) otherwise.
@@ -100,9 +116,7 @@ class TxSender:
         actually used is paid.
         """
         try:
-            # Against the pending block: the transaction will be mined in the next block at the earliest,
-            # and a commitment is refused in its round's opening block (latest, on an automine chain).
-            gas = await call.estimate_gas({"from": self.ctx.address}, block_identifier="pending")
+            gas = await self._estimate(call)
         except Exception as exc:
             if is_connection_error(exc):
                 raise

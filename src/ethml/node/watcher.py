@@ -30,6 +30,7 @@ class EventWatcher:
         self._decoders = {
             _hex(e.topic): e
             for e in (
+                events.PredictionRequested(),
                 events.RoundOpened(),
                 events.RevealPhaseStarted(),
                 events.PredictionFinalized(),
@@ -40,6 +41,7 @@ class EventWatcher:
         self._seen: set[tuple[str, int]] = set()
         self._next_block: int | None = None
         self._pending_reveals: list[tuple[int, int]] = []
+        self._cids: dict[int, str] = {}  # request id -> data CID, from PredictionRequested
         self.polls = 0
 
     async def run(self) -> None:
@@ -93,6 +95,8 @@ class EventWatcher:
             for log in sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"])):
                 job = self._handle(log)
                 if job is not None:
+                    if not job.data_cid:
+                        job.data_cid = await self._cid_of(job.request_id)
                     new_job = job
         tip = await w3.eth.get_block(latest)
         tip_hash = _hex(tip["hash"])
@@ -121,7 +125,7 @@ class EventWatcher:
         """After a restart, the current round from getCurrentRound(): the job if it still takes
         commitments, a reveal if it is in its reveal phase."""
         current = await self.ctx.contract.functions.getCurrentRound().call()
-        request_id, challenge, difficulty, model_id, cid, open_block, commits, _mask, _c, reveal_deadline = current
+        request_id, challenge, difficulty, model_id, open_block, commits, _mask, _c, reveal_deadline = current
         if request_id == 0:
             return None
         if int(commits) >= 5:
@@ -135,7 +139,7 @@ class EventWatcher:
             challenge_for(bytes(block["hash"]), self.ctx.deployment.ethml, int(request_id)),
             int(difficulty),
             int(model_id),
-            str(cid),
+            await self._cid_of(int(request_id)),
             int(open_block),
             block_hash,
         )
@@ -143,6 +147,18 @@ class EventWatcher:
             raise RuntimeError(f"challenge of request {request_id} does not match the contract's")
         self._announce(job)
         return job
+
+    async def _cid_of(self, request_id: int) -> str:
+        """The data CID of a request made before this node's checkpoint, from its PredictionRequested log."""
+        cached = self._cids.get(request_id)
+        if cached is not None:
+            return cached
+        logs = await self.ctx.contract.events.PredictionRequested().get_logs(
+            argument_filters={"requestId": request_id}, from_block=self.ctx.deployment.block
+        )
+        if not logs:
+            raise RuntimeError(f"no PredictionRequested log for request {request_id}")
+        return str(logs[0]["args"]["dataCid"])
 
     def _announce(self, job: Job) -> None:
         self.ctx.board.start(job)
@@ -165,6 +181,9 @@ class EventWatcher:
         event = decoder.process_log(log)
         args = event["args"]
         name = event["event"]
+        if name == "PredictionRequested":
+            self._cids[int(args["requestId"])] = str(args["dataCid"])
+            return None
         if name == "RoundOpened":
             request_id = int(args["requestId"])
             # The challenge needs the opening block's hash, which nobody knew before this block.
@@ -173,7 +192,7 @@ class EventWatcher:
                 challenge=challenge_for(bytes(log["blockHash"]), self.ctx.deployment.ethml, request_id),
                 difficulty=int(args["difficulty"]),
                 model_id=int(args["modelId"]),
-                data_cid=str(args["dataCid"]),
+                data_cid=self._cids.get(request_id, ""),
                 block_number=int(log["blockNumber"]),
                 block_hash=key[0],
             )
@@ -183,6 +202,7 @@ class EventWatcher:
             self._pending_reveals.append((int(args["requestId"]), int(args["revealDeadline"])))
         elif name == "PredictionFinalized":
             request_id = int(args["requestId"])
+            self._cids.pop(request_id, None)
             self.ctx.closed_requests.add(request_id)
             self.ctx.board.close_request(request_id, "finalized")
             miners = tuple(str(m) for m in args["miners"])
@@ -208,6 +228,7 @@ class EventWatcher:
             self._clear_current(request_id)
         elif name == "RequestExpired":
             request_id = int(args["requestId"])
+            self._cids.pop(request_id, None)
             self.ctx.closed_requests.add(request_id)
             self.ctx.board.close_request(request_id, "expired")
             self.ctx.emit(RequestExpired(request_id))
