@@ -795,7 +795,9 @@ contract EthML is ERC20, AccessControl {
             emit ParametersUpdated(p, true);
         }
         _round = Round(uint32(requestId), 0, 0, uint32(block.number), 0, uint40(block.timestamp), tip);
-        emit RoundOpened(requestId, _requests[requestId].modelId, _state.difficulty, block.number + _params.expiryBlocks);
+        emit RoundOpened(
+            requestId, _requests[requestId].modelId, _state.difficulty, block.number + _params.expiryBlocks
+        );
     }
 
     /// @dev Calls the consumer with exactly `callbackGasLimit` gas and never reverts because of it. The

@@ -17,7 +17,12 @@ library PredictionQueue {
 
     function push(Heap storage heap, uint256 length, uint96 tip, uint32 id) internal {
         uint256 key = (uint256(tip) << 32) | (type(uint32).max - id);
-        uint256 p = length;
+        _set(heap, _siftUp(heap, length, key), key);
+    }
+
+    /// @dev Moves the parents that `key` outranks one level down, from position `p` up; returns the
+    /// position where `key` belongs (the caller writes it there).
+    function _siftUp(Heap storage heap, uint256 p, uint256 key) private returns (uint256) {
         unchecked {
             while (p > 0) {
                 uint256 parent = (p - 1) >> 2;
@@ -27,7 +32,7 @@ library PredictionQueue {
                 p = parent;
             }
         }
-        _set(heap, p, key);
+        return p;
     }
 
     /// @dev Removes and returns the top entry of a heap of `length` > 0 entries.
@@ -49,15 +54,9 @@ library PredictionQueue {
         uint256 last = _get(heap, n);
         _set(heap, n, 0);
         if (p < n) {
+            // Up: the moved entry may outrank the parents of a position deep in the heap.
+            p = _siftUp(heap, p, last);
             unchecked {
-                // Up: the moved entry may outrank the parents of a position deep in the heap.
-                while (p > 0) {
-                    uint256 parent = (p - 1) >> 2;
-                    uint256 parentKey = _get(heap, parent);
-                    if (parentKey > last) break;
-                    _set(heap, p, parentKey);
-                    p = parent;
-                }
                 while (true) {
                     uint256 first = 4 * p + 1;
                     if (first >= n) break;

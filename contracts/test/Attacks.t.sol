@@ -4,25 +4,9 @@ pragma solidity 0.8.28;
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 import {EthML} from "../src/EthML.sol";
 import {EthMLTimelock} from "../src/EthMLTimelock.sol";
-import {ExampleConsumer, UsingEthML} from "../src/UsingEthML.sol";
+import {ExampleConsumer} from "../src/UsingEthML.sol";
 import {vm, EthMLFixture} from "./Base.sol";
-
-/// @dev A consumer whose callback burns (almost) all the gas it is given.
-contract HeavyConsumer is UsingEthML {
-    uint256 public sink;
-
-    constructor(EthML e) UsingEthML(e) {}
-
-    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external payable returns (uint256) {
-        return _requestPrediction(modelId, cid, 0, gasLimit, msg.value);
-    }
-
-    function _onPrediction(uint256, int256, EthML.Status, uint8) internal override {
-        while (gasleft() > 3_000) {
-            sink += 1;
-        }
-    }
-}
+import {HeavyConsumer} from "./Consumers.sol";
 
 /// @dev One of the sybil identities of the attacker below.
 contract Sybil {

@@ -6,48 +6,7 @@ import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.so
 import {EthML} from "../src/EthML.sol";
 import {ExampleConsumer, UsingEthML} from "../src/UsingEthML.sol";
 import {vm, EthMLFixture} from "./Base.sol";
-
-contract RevertingConsumer is UsingEthML {
-    constructor(EthML e) UsingEthML(e) {}
-
-    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external payable returns (uint256) {
-        return _requestPrediction(modelId, cid, 0, gasLimit, msg.value);
-    }
-
-    function _onPrediction(uint256, int256, EthML.Status, uint8) internal pure override {
-        revert("consumer is broken");
-    }
-}
-
-contract GasBurningConsumer is UsingEthML {
-    uint256 public sink;
-
-    constructor(EthML e) UsingEthML(e) {}
-
-    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external payable returns (uint256) {
-        return _requestPrediction(modelId, cid, 0, gasLimit, msg.value);
-    }
-
-    function _onPrediction(uint256, int256, EthML.Status, uint8) internal override {
-        while (true) {
-            sink += 1;
-        }
-    }
-}
-
-contract GasMeasuringConsumer is UsingEthML {
-    uint256 public gasAtEntry;
-
-    constructor(EthML e) UsingEthML(e) {}
-
-    function request(uint256 modelId, string calldata cid, uint256 gasLimit) external payable returns (uint256) {
-        return _requestPrediction(modelId, cid, 0, gasLimit, msg.value);
-    }
-
-    function _onPrediction(uint256, int256, EthML.Status, uint8) internal override {
-        gasAtEntry = gasleft();
-    }
-}
+import {GasBurningConsumer, GasMeasuringConsumer, RevertingConsumer} from "./Consumers.sol";
 
 contract EthMLTest is EthMLFixture {
     function setUp() public {

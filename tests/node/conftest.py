@@ -112,14 +112,19 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
         pytest.fail(f"{what} did not happen within {timeout:g} s (waited {time.monotonic() - started:.1f} s)")
 
 
-@pytest.fixture
-async def system(tmp_path: Path) -> System:
+async def make_system(tmp_path: Path, difficulty: int = DIFFICULTY) -> System:
+    """A fresh embedded chain with the bundled models registered, at a fixed difficulty."""
     w3 = await embedded_chain()
     manifest = Manifest.load()
     deployment = await deploy_system(
         w3,
         dev_account(0),
-        parameters=Parameters(min_difficulty=DIFFICULTY, max_difficulty=DIFFICULTY),
+        parameters=Parameters(min_difficulty=difficulty, max_difficulty=difficulty),
         models=manifest.registry_specs(),
     )
     return System(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> System:
+    return await make_system(tmp_path)

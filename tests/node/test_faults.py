@@ -10,14 +10,12 @@ from typing import Any
 
 import pytest
 
-from ethml.chain import Parameters, Status, deploy_system, dev_account, embedded_chain
-from ethml.ipfs import Blockstore, IpfsClient
-from ethml.ml import Manifest
+from ethml.chain import Status, dev_account
 from ethml.node import Node
 from ethml.node.predictor import Predictor
 from ethml.node.revealer import Revealer
 from ethml.node.sender import TxSender
-from tests.node.conftest import System, wait_until
+from tests.node.conftest import System, make_system, wait_until
 from tests.node.test_resilience import _kill
 
 
@@ -65,16 +63,7 @@ async def test_killed_between_commit_and_reveal_reveals_after_restart(
 
 
 async def test_restarted_last_miner_picks_up_the_round_on_a_quiet_chain(tmp_path: Path) -> None:
-    w3 = await embedded_chain()
-    manifest = Manifest.load()
-    difficulty = 1 << 23  # long enough for the victim to be killed mid-search
-    deployment = await deploy_system(
-        w3,
-        dev_account(0),
-        parameters=Parameters(min_difficulty=difficulty, max_difficulty=difficulty),
-        models=manifest.registry_specs(),
-    )
-    system = System(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))
+    system = await make_system(tmp_path, 1 << 23)  # long enough for the victim to be killed mid-search
     cid, raw = system.add_point("wine", 1)
     rid = await system.request(4, cid)
     async with system.running([1, 2, 3, 4]) as others:

@@ -11,12 +11,12 @@ from aiohttp.test_utils import TestServer
 from eth_account import Account
 from web3.logs import DISCARD
 
-from ethml.chain import INVALID_INPUT, ModelKind, ModelSpec, Parameters, Status, deploy_system, dev_account
+from ethml.chain import INVALID_INPUT, ModelKind, ModelSpec, Status, dev_account
 from ethml.chain.deploy import register_model
 from ethml.ipfs import build_file
 from ethml.node import Node
 from ethml.node.sender import TxSender
-from tests.node.conftest import System, wait_until
+from tests.node.conftest import System, make_system, wait_until
 
 
 async def _kill(node: Node) -> None:
@@ -72,21 +72,8 @@ async def test_killed_after_journal_write_before_send_resends_the_same_transacti
 
 
 async def test_killed_mid_grind_and_restarted_completes_once(tmp_path: Any) -> None:
-    from ethml.chain import embedded_chain
-    from ethml.ipfs import Blockstore, IpfsClient
-    from ethml.ml import Manifest
-    from tests.node.conftest import System as Sys
-
-    w3 = await embedded_chain()
-    manifest = Manifest.load()
-    difficulty = 1 << 24  # about a second of one core per node: long enough to be killed mid-search
-    deployment = await deploy_system(
-        w3,
-        dev_account(0),
-        parameters=Parameters(min_difficulty=difficulty, max_difficulty=difficulty),
-        models=manifest.registry_specs(),
-    )
-    system = Sys(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))
+    # About a second of one core per node: long enough to be killed mid-search.
+    system = await make_system(tmp_path, 1 << 24)
     cid, raw = system.add_point("wine", 2)
     rid = await system.request(4, cid)
     victim = system.node(0)
