@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,17 +63,70 @@ class Devnet:
                 self.process.wait()
 
 
-async def _wait_rpc(w3: AsyncWeb3[Any], proc: subprocess.Popen[bytes], seconds: float = 30.0) -> int:
+def child_stderr(proc: subprocess.Popen[bytes]) -> str:
+    """What a dead child wrote to stderr (its own words, e.g. "Address already in use")."""
+    if proc.stderr is None:
+        return ""
+    with contextlib.suppress(OSError, ValueError):
+        return proc.stderr.read().decode(errors="replace").strip()[-800:]
+    return ""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail at once, before anvil starts, when something already listens on host:port."""
+    if not 1 <= port <= 65535:
+        raise ChainError(f"--port {port} is not a TCP port (1..65535)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ChainError(
+                f"cannot start the devnet on {host}:{port}: {exc.strerror or exc} "
+                "(another devnet or program is using it; choose another with --port)"
+            ) from None
+
+
+def listening_pids(port: int) -> set[int]:
+    """The processes with a TCP socket listening on `port` (Linux /proc; empty elsewhere, or when
+    the listening socket is not visible, which callers treat as "cannot tell")."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    pids: set[int] = set()
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            for fd in (proc_dir / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    pids.add(int(proc_dir.name))
+                    break
+    return pids
+
+
+async def _wait_rpc(w3: AsyncWeb3[Any], proc: subprocess.Popen[bytes], port: int, seconds: float = 30.0) -> int:
+    """The chain id, once the anvil this call started answers on `port` (not some other process)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise ChainError(f"anvil exited with code {proc.returncode}: {err.strip()[:500]}")
+            raise ChainError(f"anvil exited with code {proc.returncode}: {child_stderr(proc) or 'no message'}")
         with contextlib.suppress(Exception):
-            return int(await w3.eth.chain_id)
+            chain_id = int(await w3.eth.chain_id)
+            owners = await asyncio.to_thread(listening_pids, port) or {proc.pid}
+            if proc.pid in owners:
+                return chain_id
+            if proc.poll() is not None or owners:
+                raise ChainError(
+                    f"another process (pid {', '.join(map(str, sorted(owners)))}) answers on port {port}, "
+                    "not the anvil this devnet started; choose another --port"
+                )
         if loop.time() > deadline:
-            raise ChainError(f"anvil did not answer within {seconds:g} s")
+            raise ChainError(f"anvil did not answer within {seconds:g} s: {child_stderr(proc) or 'no message'}")
         await asyncio.sleep(0.1)
 
 
@@ -89,6 +143,7 @@ async def start_devnet(
     anvil: str | None = None,
 ) -> Devnet:
     """Start anvil, deploy (or find the deployment in `state`), register the models, seed the blockstore."""
+    check_port_free(host, port)
     args = [anvil or find_anvil(), "--host", host, "--port", str(port), "--mnemonic", DEV_MNEMONIC, "--silent"]
     if block_time:
         args += ["--block-time", str(block_time)]
@@ -99,7 +154,7 @@ async def start_devnet(
     url = f"http://{host}:{port}"
     w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
     try:
-        chain_id = await _wait_rpc(w3, proc)
+        chain_id = await _wait_rpc(w3, proc, port)
         manifest = Manifest.load(models_dir)
         path = deployment_path(chain_id, data_dir)
         deployment: Deployment | None = None

@@ -14,7 +14,10 @@ from web3.logs import DISCARD
 
 from ethml.chain.deploy import EML, Deployment, ModelKind, Status, consumer_contract, ethml_contract
 from ethml.chain.tx import send
-from ethml.errors import ChainError, EthmlError
+from ethml.errors import ChainError, EthmlError, InvalidInput
+from ethml.ipfs.client import DATA_POINT_LIMIT
+from ethml.ml import Manifest, ModelStore
+from ethml.ml.datapoint import parse_data_point
 
 
 class RequestError(EthmlError, ValueError):
@@ -43,13 +46,46 @@ def resolve_model(deployment: Deployment, model: str) -> int:
 
 
 def parse_tip(tip: str) -> int:
+    """EML as a decimal string (at most 18 decimal places) to wei."""
     try:
-        wei = int(Decimal(tip) * EML)
+        amount = Decimal(tip.strip())
     except ArithmeticError:
         raise RequestError(f"--tip {tip!r} is not a number of EML") from None
-    if wei < 0:
+    if not amount.is_finite():
+        raise RequestError(f"--tip {tip!r} is not a finite number of EML")
+    if amount < 0:
         raise RequestError("--tip must not be negative")
-    return wei
+    wei = amount * EML
+    if wei != wei.to_integral_value():
+        raise RequestError(f"--tip {tip} has more than 18 decimal places (1 wei = 0.000000000000000001 EML)")
+    if wei >= 2**96:
+        raise RequestError(f"--tip {tip} is above the largest tip the contract takes (79,228,162,514 EML)")
+    return int(wei)
+
+
+def check_data_point(raw: bytes, feature_count: int, manifest: Manifest, artifact_sha256: str) -> None:
+    """Refuse, before anything is sent, a data point the miners would answer as invalid input: over
+    the size limit, not a JSON array of `feature_count` finite numbers, or (for a bundled model) one
+    the model itself cannot turn into a prediction."""
+    if not raw.strip():
+        raise RequestError("the data point is empty")
+    if len(raw) > DATA_POINT_LIMIT:
+        raise RequestError(
+            f"the data point is {len(raw):,} bytes; miners refuse data points over {DATA_POINT_LIMIT:,} bytes"
+        )
+    try:
+        parse_data_point(raw, feature_count)
+        entry = manifest.by_sha256(artifact_sha256)
+        if entry is not None:
+            store = ModelStore(manifest)
+            try:
+                store.get(entry.name, artifact_sha256).predict_one(raw)
+            finally:
+                store.close()
+    except InvalidInput as exc:
+        raise RequestError(
+            f"{exc.problem}: the miners would answer this data point as invalid input (--force sends it anyway)"
+        ) from None
 
 
 async def request_prediction(

@@ -6,11 +6,13 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
+from urllib.parse import urlparse
 
 import typer
+from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.errors import EthmlError
+from ethml.errors import ChainError, EthmlError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -21,7 +23,8 @@ def debug_enabled() -> bool:
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """EthmlError becomes one red line and exit code 1; tracebacks only with --debug/ETHML_DEBUG."""
+    """EthmlError (and a file or network error from the operating system) becomes one red line and exit
+    code 1; tracebacks only with --debug/ETHML_DEBUG."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -30,10 +33,51 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except EthmlError as exc:
             if debug_enabled():
                 raise
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
+            fail(str(exc))
+        except OSError as exc:
+            if debug_enabled():
+                raise
+            fail(describe_os_error(exc))
 
     return wrapper
+
+
+def fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`cannot write /x/y: Permission denied` rather than a traceback."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}"
+    return what
+
+
+RPC_HELP = "JSON-RPC URL (http:// or https://)."
+
+
+def check_rpc_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ChainError(f"--rpc-url {url!r} is not an http:// or https:// URL (for example http://127.0.0.1:8545)")
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ChainError(f"--rpc-url {url!r} has an invalid port") from None
+    return url
+
+
+async def connect(url: str) -> tuple[AsyncWeb3[Any], int]:
+    """An AsyncWeb3 for a checked URL and the chain id it answers with (a clear error if it does not)."""
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(check_rpc_url(url)))
+    try:
+        chain_id = int(await w3.eth.chain_id)
+    except Exception as exc:  # noqa: BLE001 - connection refused, DNS, HTTP errors: all "unreachable"
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+        raise ChainError(f"cannot reach the RPC at {url} ({type(exc).__name__}); is `ethml devnet` running?") from None
+    return w3, chain_id
 
 
 def is_tty() -> bool:

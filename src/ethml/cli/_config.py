@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ethml.chain.accounts import DEV_MNEMONIC, account_from_mnemonic
 from ethml.errors import EthmlError
 from ethml.node.miner import DEV_CHAIN_IDS  # anvil, hardhat/ganache, the embedded eth-tester chain
+
+#: Log polling bounds: faster is a busy loop, slower misses rounds.
+MIN_POLL_INTERVAL = 0.01
+MAX_POLL_INTERVAL = 60.0
 
 
 class ConfigError(EthmlError, ValueError):
@@ -24,8 +29,27 @@ def default_config_path() -> Path:
     return Path(base) / "ethml" / "config.toml"
 
 
+class MinerConfig(BaseModel):
+    """The keys a config file may set for `ethml mine`; anything else, or a wrong type, is an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    rpc: str | None = None
+    account: int | None = Field(default=None, ge=0)
+    deployment: str | None = None
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    models_dir: str | None = None
+    gateways: list[str] | None = None
+    data_dir: str | None = None
+    log_format: Literal["console", "json"] | None = None
+    mnemonic_file: str | None = None
+    keystore: str | None = None
+    password_file: str | None = None
+    poll_interval: float | None = Field(default=None, ge=MIN_POLL_INTERVAL, le=MAX_POLL_INTERVAL)
+
+
 def load_config(path: Path | None) -> dict[str, Any]:
-    """The [ethml] table (or the top level) of the TOML file; {} when the default file is absent."""
+    """The [ethml] table (or the top level) of the TOML file, validated; {} when the default file is absent."""
     target = path or default_config_path()
     if not target.exists():
         if path is not None:
@@ -35,8 +59,26 @@ def load_config(path: Path | None) -> dict[str, Any]:
         data = tomllib.loads(target.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {target} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {target}: {exc}") from None
     table = data.get("ethml", data)
-    return {str(k).replace("-", "_"): v for k, v in table.items()}
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {target}: [ethml] must be a table")
+    values = {str(k).replace("-", "_"): v for k, v in table.items()}
+    if isinstance(values.get("poll_interval"), int) and not isinstance(values.get("poll_interval"), bool):
+        values["poll_interval"] = float(values["poll_interval"])
+    try:
+        checked = MinerConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {_reason(e)}" for e in exc.errors())
+        raise ConfigError(f"config file {target}: {problems}") from None
+    return checked.model_dump(exclude_none=True)
+
+
+def _reason(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (known: " + ", ".join(MinerConfig.model_fields) + ")"
+    return f"{error['msg'].lower()} (got {error.get('input')!r})"
 
 
 def pick(cli: Any, config: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -56,12 +98,21 @@ def load_account(
 ) -> tuple[LocalAccount, str]:
     """The signing account and a phrase saying where it came from."""
     if keystore is not None:
+        if index is not None:
+            raise ConfigError("--keystore and --account both choose the signing key: give one of them")
         if password_file is None:
             raise ConfigError("--keystore needs --password-file (or ETHML_PASSWORD_FILE)")
         try:
-            key = Account.decrypt(keystore.read_text(), password_file.read_text().rstrip("\n"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot unlock keystore {keystore}: {exc}") from None
+            text, password = keystore.read_text(), password_file.read_text().rstrip("\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        try:
+            key = Account.decrypt(text, password)
+        except Exception as exc:  # noqa: BLE001 - bad JSON, missing fields, wrong password: all unusable
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, KeyError | TypeError):
+                reason = f"not an Ethereum JSON keystore (missing {exc})"
+            raise ConfigError(f"cannot unlock keystore {keystore}: {reason}") from None
         account: LocalAccount = Account.from_key(key)
         return account, f"keystore {keystore}"
     if index is None:
@@ -71,8 +122,10 @@ def load_account(
     if mnemonic_file is not None:
         try:
             mnemonic = mnemonic_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read mnemonic file {mnemonic_file}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read mnemonic file {mnemonic_file}: {exc}") from None
+        if not mnemonic:
+            raise ConfigError(f"mnemonic file {mnemonic_file} is empty")
         source = str(mnemonic_file)
     if not mnemonic:
         if chain_id not in DEV_CHAIN_IDS:

@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
+from ethml.chain.accounts import DEV_MNEMONIC
 from ethml.cli._common import handle_errors
-from ethml.devnet import DEFAULT_DIFFICULTY, start_devnet
+from ethml.devnet import DEFAULT_DIFFICULTY, child_stderr, start_devnet
 from ethml.errors import ChainError
 
 app = typer.Typer()
@@ -21,7 +22,11 @@ app = typer.Typer()
 @app.command("devnet")
 @handle_errors
 def devnet(
-    port: Annotated[int, typer.Option(help="RPC port.", envvar="ETHML_DEVNET_PORT")] = 8545,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="RPC port.", envvar="ETHML_DEVNET_PORT")] = 8545,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on (0.0.0.0 lets miners on other machines connect).", envvar="ETHML_HOST"),
+    ] = "127.0.0.1",
     block_time: Annotated[
         float | None, typer.Option(help="Seconds per block (default: mine each transaction at once).")
     ] = None,
@@ -46,6 +51,7 @@ def devnet(
     net = asyncio.run(
         start_devnet(
             port=port,
+            host=host,
             block_time=block_time,
             state=state,
             difficulty=difficulty,
@@ -61,6 +67,7 @@ def devnet(
     )
     typer.echo(f"example consumer {d.consumer}; models: {models}")
     typer.echo(f"deployment file: {net.deployment_file}")
+    typer.echo(f"accounts: the public development mnemonic ({DEV_MNEMONIC}); `ethml accounts` lists them")
     typer.echo("next, in five terminals:   ethml mine --account 0   (then --account 1 .. 4)")
     typer.echo(
         "then:                      ethml request --model breast-cancer --data models/data/breast-cancer-0.json --wait"
@@ -80,5 +87,8 @@ def devnet(
     finally:
         net.stop()
     if not stop["now"]:
-        raise ChainError(f"anvil exited unexpectedly with code {net.process.returncode}")
+        said = child_stderr(net.process)
+        raise ChainError(
+            f"anvil exited unexpectedly with code {net.process.returncode}" + (f": {said}" if said else "")
+        )
     typer.echo("devnet stopped" + (f"; state saved to {state}" if state else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -77,8 +78,10 @@ def cat(
 @app.command("serve")
 @handle_errors
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 for miners on other machines).", envvar="ETHML_HOST")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8080,
     data_dir: DataDir = None,
 ) -> None:
     """Serve the local blockstore as a read-only trustless gateway (GET /ipfs/CID?format=raw)."""
@@ -87,5 +90,20 @@ def serve(
     from ethml.ipfs import make_app
 
     store = blockstore_for(data_dir)
-    typer.echo(f"serving {store.root} on http://{host}:{port}/ipfs/<cid>?format=raw (Ctrl-C stops)", err=True)
-    web.run_app(make_app(store), host=host, port=port, print=None)
+
+    async def run() -> None:
+        runner = web.AppRunner(make_app(store))
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()  # binds here: a port in use fails before anything is announced
+            except OSError as exc:
+                raise IpfsError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+            typer.echo(f"serving {store.root} on http://{host}:{port}/ipfs/<cid>?format=raw (Ctrl-C stops)", err=True)
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from ethml._logging import configure_logging
 from ethml.chain.deploy import Deployment
-from ethml.cli._common import handle_errors, is_tty
-from ethml.cli._config import load_account, load_config, pick
+from ethml.cli._common import check_rpc_url, handle_errors, is_tty
+from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, load_account, load_config, pick
 from ethml.node.miner import MinerSettings, run_miner
 
 app = typer.Typer()
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 @app.command("mine")
@@ -24,7 +26,13 @@ def mine(
         int | None, typer.Option(min=0, help="Derive m/44'/60'/0'/0/N from the mnemonic.", envvar="ETHML_ACCOUNT")
     ] = None,
     rpc: Annotated[
-        str | None, typer.Option(help="JSON-RPC URL (default: http://127.0.0.1:8545).", envvar="ETHML_RPC")
+        str | None,
+        typer.Option(
+            "--rpc-url",
+            "--rpc",
+            help="JSON-RPC URL (default: http://127.0.0.1:8545).",
+            envvar=["ETHML_RPC", "ETH_RPC_URL"],
+        ),
     ] = None,
     deployment: Annotated[
         Path | None,
@@ -50,6 +58,15 @@ def mine(
     log_format: Annotated[
         str | None, typer.Option(help="console or json (default: console on a terminal).", envvar="ETHML_LOG_FORMAT")
     ] = None,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            "-v",
+            help="Lowest level logged (default: info; warning under the live status line).",
+            envvar="ETHML_LOG_LEVEL",
+        ),
+    ] = None,
     mnemonic_file: Annotated[
         Path | None,
         typer.Option(help="File holding the mnemonic (instead of ETHML_MNEMONIC).", envvar="ETHML_MNEMONIC_FILE"),
@@ -63,7 +80,12 @@ def mine(
         typer.Option(help="TOML config file (default: XDG config dir/ethml/config.toml).", envvar="ETHML_CONFIG"),
     ] = None,
     poll_interval: Annotated[
-        float | None, typer.Option(help="Seconds between log polls (default: 0.1 on a devnet, else 1).")
+        float | None,
+        typer.Option(
+            min=MIN_POLL_INTERVAL,
+            max=MAX_POLL_INTERVAL,
+            help="Seconds between log polls (default: 0.1 on a devnet, else 1).",
+        ),
     ] = None,
 ) -> None:
     """Mine: watch for requests, predict, grind the proof of work, submit. Ctrl-C stops cleanly."""
@@ -72,9 +94,9 @@ def mine(
     if fmt not in (None, "console", "json"):
         raise typer.BadParameter("--log-format must be console or json")
     status_line = is_tty() and fmt != "json"
-    configure_logging(fmt, level="warning" if status_line else "info")
+    configure_logging(fmt, level=log_level or ("warning" if status_line else "info"))
     settings = MinerSettings(
-        rpc=pick(rpc, cfg, "rpc", "http://127.0.0.1:8545"),
+        rpc=check_rpc_url(pick(rpc, cfg, "rpc", "http://127.0.0.1:8545")),
         deployment_file=_path(pick(deployment, cfg, "deployment")),
         threads=pick(threads, cfg, "threads"),
         models_dir=_path(pick(models_dir, cfg, "models_dir")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,7 +87,11 @@ class LoadedModel:
         """The encoded prediction for one JSON data point (raises InvalidInput for bad data)."""
         features = parse_data_point(raw, self.entry.feature_count)
         try:
-            value = self.model.predict(features)[0]
+            # numpy/scikit-learn warn about overflow on extreme inputs; the result is checked below
+            # (a non-finite prediction is invalid input), so the warning would only reach the terminal.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value = self.model.predict(features)[0]
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         return encode_prediction(value, self.entry.kind, self.entry.decimals)

@@ -86,7 +86,10 @@ class NodeWarning(NodeEvent):
 
 @dataclass
 class NodeStats:
+    #: Hashes per second while grinding (idle time between requests excluded).
     hashrate: float = 0.0
+    #: Share of the node's running time spent grinding (0..1).
+    grinding_share: float = 0.0
     hashes: int = 0
     requests_seen: int = 0
     submissions: int = 0

@@ -13,31 +13,42 @@ from ethml.pow import parallel_search, target_for
 
 
 class HashrateMeter:
-    """Hashes per second over a sliding window, fed from the search threads."""
+    """Hashes per second of time actually spent grinding (idle time between requests does not count),
+    and the share of the node's life spent grinding. Fed from the search threads."""
 
-    def __init__(self, window: float = 5.0) -> None:
-        self.window = window
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._samples: list[tuple[float, int]] = []
+        self._created = time.monotonic()
+        self._busy = 0.0  # seconds of finished searches
+        self._busy_since: float | None = None
         self.total = 0
 
     def add(self, hashes: int) -> None:
-        now = time.monotonic()
         with self._lock:
             self.total += hashes
-            self._samples.append((now, hashes))
-            cutoff = now - self.window
-            while self._samples and self._samples[0][0] < cutoff:
-                self._samples.pop(0)
+
+    def started(self) -> None:
+        with self._lock:
+            self._busy_since = time.monotonic()
+
+    def stopped(self) -> None:
+        with self._lock:
+            if self._busy_since is not None:
+                self._busy += time.monotonic() - self._busy_since
+                self._busy_since = None
+
+    def busy_seconds(self) -> float:
+        with self._lock:
+            ongoing = time.monotonic() - self._busy_since if self._busy_since is not None else 0.0
+            return self._busy + ongoing
 
     def rate(self) -> float:
-        now = time.monotonic()
-        with self._lock:
-            recent = [(t, h) for t, h in self._samples if t >= now - self.window]
-        if not recent:
-            return 0.0
-        span = max(now - recent[0][0], 0.05)
-        return sum(h for _, h in recent) / span
+        busy = self.busy_seconds()
+        return self.total / busy if busy > 0 else 0.0
+
+    def grinding_share(self) -> float:
+        alive = time.monotonic() - self._created
+        return min(1.0, self.busy_seconds() / alive) if alive > 0 else 0.0
 
 
 class PowGrinder:
@@ -74,15 +85,18 @@ class PowGrinder:
             on_progress=progress,
         )
         self.searching.set()
+        self.meter.started()
         try:
             result = await search
         except asyncio.CancelledError:
             job.stop.set()  # the worker threads notice within milliseconds
             raise
         finally:
+            self.meter.stopped()
             self.searching.clear()
             self.ctx.stats.hashes = self.meter.total
             self.ctx.stats.hashrate = self.meter.rate()
+            self.ctx.stats.grinding_share = self.meter.grinding_share()
         if not result.found or job.is_cancelled:
             self.ctx.log.info("grind_cancelled", request_id=job.request_id, reason=job.reason, hashes=result.hashes)
             return False

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,18 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from ethml.chain.deploy import Deployment, ethml_contract
+from ethml.errors import DeploymentError
 from ethml.node.context import NodeConfig, is_connection_error
-from ethml.node.events import NodeWarning
+from ethml.node.events import Finalized, NodeWarning, RewardReceived
 from ethml.node.node import Node
+from ethml.pow import default_threads, resolve_path
 
 log = structlog.get_logger("ethml.mine")
 
 DEV_CHAIN_IDS = {31337, 1337, 131277322940537}
 DEVNET_POLL = 0.1
+#: In JSON log mode, a stats line every this many half-second ticks (30 s).
+STATS_EVERY_TICKS = 60
 PUBLIC_POLL = 1.0
 
 
@@ -56,12 +60,28 @@ async def wait_for_rpc(w3: AsyncWeb3[Any], url: str, stop: asyncio.Event) -> int
     return None
 
 
+async def check_deployment(w3: AsyncWeb3[Any], deployment: Deployment, chain_id: int) -> None:
+    """Refuse to mine for a deployment of another chain, or where no EthML contract is."""
+    if deployment.chain_id != chain_id:
+        raise DeploymentError(
+            f"the deployment is for chain {deployment.chain_id} but the RPC serves chain {chain_id}; "
+            "point --deployment (or --rpc-url) at the matching one"
+        )
+    code = await w3.eth.get_code(w3.to_checksum_address(deployment.ethml))
+    if len(code) == 0:
+        raise DeploymentError(
+            f"no contract at {deployment.ethml} on chain {chain_id}: the deployment file is stale "
+            "(a restarted devnet without --state?); run `ethml devnet` again or give the right --deployment"
+        )
+
+
 def format_status(node: Node, balance: int | None) -> str:
     s = node.stats
     current = f"request {s.current_request}" if s.current_request else "idle"
     eml = f"{balance / 10**18:,.4f} EML" if balance is not None else "? EML"
     return (
-        f"{current} | difficulty {s.difficulty:,} | {s.hashrate / 1e6:6.2f} MH/s | "
+        f"{current} | difficulty {s.difficulty:,} | {s.hashrate / 1e6:6.2f} MH/s "
+        f"({s.grinding_share:.0%} grinding) | "
         f"submitted {s.submissions} accepted {s.accepted} | rewards {s.rewards / 10**18:,.4f} | {eml}"
     )
 
@@ -84,6 +104,7 @@ async def run_miner(
         return 0
     account, source = resolve_account(chain_id)
     deployment = find_deployment(chain_id)
+    await check_deployment(w3, deployment, chain_id)
     config = NodeConfig(
         threads=settings.threads,
         gateways=settings.gateways,
@@ -91,7 +112,26 @@ async def run_miner(
         models_dir=settings.models_dir,
         poll_interval=settings.poll_interval or (DEVNET_POLL if chain_id in DEV_CHAIN_IDS else PUBLIC_POLL),
     )
-    log.info("miner_starting", address=account.address, source=source, chain_id=chain_id, ethml=deployment.ethml)
+    difficulty = int(await ethml_contract(w3, deployment.ethml).functions.difficulty().call())
+    path = resolve_path(None)
+    threads = settings.threads or default_threads()
+    log.info(
+        "miner_starting",
+        address=account.address,
+        source=source,
+        chain_id=chain_id,
+        ethml=deployment.ethml,
+        pow_path=path,
+        threads=threads,
+        difficulty=difficulty,
+    )
+    if settings.status_line:
+        sys.stderr.write(
+            f"mining as {account.address} ({source})\n"
+            f"chain {chain_id} via {settings.rpc}, EthML {deployment.ethml}\n"
+            f"proof of work: {path} path, {threads} thread{'s' if threads != 1 else ''}, "
+            f"difficulty {difficulty:,} (from the chain)\n"
+        )
     node = Node(w3=w3, deployment=deployment, account=account, config=config)
     async with node:
         contract = ethml_contract(w3, deployment.ethml)
@@ -104,11 +144,15 @@ async def run_miner(
             for event in events.drain():
                 if isinstance(event, NodeWarning) and settings.status_line:
                     sys.stderr.write(f"\r\033[K{event.message}\n")
+                elif isinstance(event, Finalized | RewardReceived) and not settings.status_line:
+                    log.info(type(event).__name__.lower(), **asdict(event))
+            if not settings.status_line and ticks % STATS_EVERY_TICKS == 0 and ticks:
+                log.info("stats", **asdict(node.stats))
+            ticks += 1
             if settings.status_line:
-                if ticks % 10 == 0:
+                if ticks % 10 == 1:
                     with contextlib.suppress(Exception):
                         balance = int(await contract.functions.balanceOf(account.address).call())
-                ticks += 1
                 sys.stderr.write("\r\033[K" + format_status(node, balance))
                 sys.stderr.flush()
         await events.aclose()

@@ -177,6 +177,7 @@ class Node:
         if self._grinder is not None:
             self._ctx.stats.hashrate = self._grinder.meter.rate()
             self._ctx.stats.hashes = self._grinder.meter.total
+            self._ctx.stats.grinding_share = self._grinder.meter.grinding_share()
         return replace(self._ctx.stats)
 
     @property

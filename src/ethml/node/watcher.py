@@ -46,13 +46,20 @@ class EventWatcher:
 
     async def run(self) -> None:
         backoff = 1.0
+        interval = self.ctx.config.poll_interval
+        # On a quiet chain (no new block) polls slow down, up to ten times the interval (1 s at most
+        # unless the interval itself is longer), and return to the interval with the next block.
+        idle_limit = max(interval, min(10 * interval, 1.0))
         while not self.ctx.stopping.is_set():
             try:
                 if self._next_block is None:
                     await self._start()
+                before = self._next_block
                 await self.poll()
                 backoff = 1.0
-                if await self.ctx.sleep(self.ctx.config.poll_interval):
+                quiet = self._next_block == before and self.ctx.board.current is None
+                interval = min(interval * 1.5, idle_limit) if quiet else self.ctx.config.poll_interval
+                if await self.ctx.sleep(interval):
                     return
             except Exception as exc:
                 if not is_connection_error(exc):

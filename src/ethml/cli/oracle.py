@@ -1,0 +1,200 @@
+"""`ethml status`, `ethml requests list|show`, `ethml expire`, `ethml balance`, `ethml accounts`:
+the state of the oracle without `cast`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from web3 import AsyncWeb3
+
+from ethml.chain.accounts import DEV_MNEMONIC, dev_accounts
+from ethml.chain.deploy import Deployment, ethml_contract
+from ethml.chain.tx import send
+from ethml.cli._common import RPC_HELP, connect, echo_json, handle_errors
+from ethml.cli._config import load_account
+from ethml.errors import ChainError
+from ethml.node.miner import DEV_CHAIN_IDS
+from ethml.oracle import balances, list_requests, oracle_status, request_info
+
+app = typer.Typer()
+requests_app = typer.Typer(help="Inspect requests: `list` the latest, `show ID` one of them.", no_args_is_help=True)
+app.add_typer(requests_app, name="requests")
+
+T = TypeVar("T")
+
+Rpc = Annotated[str, typer.Option("--rpc-url", "--rpc", help=RPC_HELP, envvar=["ETHML_RPC", "ETH_RPC_URL"])]
+DeploymentFile = Annotated[
+    Path | None, typer.Option(help="Deployment file (default: by chain id).", envvar="ETHML_DEPLOYMENT")
+]
+DataDir = Annotated[Path | None, typer.Option(help="Deployments directory.", envvar="ETHML_DATA_DIR")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+DEFAULT_RPC = "http://127.0.0.1:8545"
+
+
+def _with_chain(
+    rpc: str, deployment: Path | None, data_dir: Path | None, body: Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]
+) -> T:
+    async def run() -> T:
+        w3, chain_id = await connect(rpc)
+        try:
+            dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
+            if dep.chain_id != chain_id:
+                raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
+            return await body(w3, dep)
+        finally:
+            await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+    return asyncio.run(run())
+
+
+@app.command("status")
+@handle_errors
+def status(
+    rpc: Rpc = DEFAULT_RPC, deployment: DeploymentFile = None, data_dir: DataDir = None, json_output: Json = False
+) -> None:
+    """The oracle now: chain, contract, difficulty, the open round and its phase, the queue."""
+    s = _with_chain(rpc, deployment, data_dir, oracle_status)
+    if json_output:
+        echo_json(s.as_dict())
+        return
+    typer.echo(f"chain {s.chain_id}, block {s.block}, EthML at {s.contract}")
+    typer.echo(f"difficulty {s.difficulty:,}; {s.requests} requests, {s.queued} queued; {s.models} models")
+    if s.current_request is None:
+        typer.echo("no open round")
+    elif s.phase == "committing":
+        typer.echo(
+            f"request {s.current_request}: {s.commits}/5 commitments (commit deadline block {s.commit_deadline})"
+        )
+    else:
+        typer.echo(f"request {s.current_request}: {s.reveals}/5 reveals (reveal deadline block {s.reveal_deadline})")
+    typer.echo(f"base rewards issued: {s.rewards_issued_eml:g} EML")
+
+
+@requests_app.command("show")
+@handle_errors
+def show(
+    request_id: Annotated[int, typer.Argument(min=1, help="The request id.")],
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    data_dir: DataDir = None,
+    json_output: Json = False,
+) -> None:
+    """One request: status, model, data CID, tip, result and the miners of its round."""
+    info = _with_chain(rpc, deployment, data_dir, lambda w3, dep: request_info(w3, dep, request_id))
+    if json_output:
+        echo_json(info.as_dict())
+        return
+    typer.echo(f"request {info.request_id}: {info.status}")
+    typer.echo(f"  model {info.model_id}, data {info.data_cid}, tip {info.tip_eml:g} EML, by {info.requester}")
+    if info.prediction is not None:
+        typer.echo(f"  prediction {info.prediction} ({info.agreeing} of 5 miners agreed), block {info.block}")
+    elif info.miners:
+        typer.echo(f"  no prediction ({info.agreeing} of 5 miners agreed), block {info.block}")
+    if info.miners:
+        typer.echo("  miners: " + ", ".join(info.miners))
+
+
+@requests_app.command("list")
+@handle_errors
+def list_(
+    last: Annotated[int, typer.Option(min=1, max=1000, help="How many of the latest requests.")] = 20,
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    data_dir: DataDir = None,
+    json_output: Json = False,
+) -> None:
+    """The latest requests, newest first."""
+    infos = _with_chain(rpc, deployment, data_dir, lambda w3, dep: list_requests(w3, dep, last=last))
+    if json_output:
+        echo_json([i.as_dict() for i in infos])
+        return
+    if not infos:
+        typer.echo("no requests yet")
+    for i in infos:
+        result = f"{i.prediction}" if i.prediction is not None else "-"
+        typer.echo(
+            f"{i.request_id:>6} {i.status:<13} model {i.model_id:<3} tip {i.tip_eml:<8g} {result:>10}  {i.data_cid}"
+        )
+
+
+@app.command("expire")
+@handle_errors
+def expire(
+    request_id: Annotated[int, typer.Argument(min=1, help="The open request to expire.")],
+    account: Annotated[int, typer.Option(min=0, help="Account index that sends the transaction.")] = 9,
+    mnemonic_file: Annotated[
+        Path | None, typer.Option(help="Mnemonic file (or ETHML_MNEMONIC).", envvar="ETHML_MNEMONIC_FILE")
+    ] = None,
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Expire the open request when five commitments did not come in time (its tip is refunded)."""
+
+    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> int:
+        signer, _ = load_account(
+            index=account, mnemonic_file=mnemonic_file, keystore=None, password_file=None, chain_id=dep.chain_id
+        )
+        receipt = await send(w3, signer, ethml_contract(w3, dep.ethml).functions.expireRequest(request_id))
+        return int(receipt["blockNumber"])
+
+    block = _with_chain(rpc, deployment, data_dir, body)
+    typer.echo(f"request {request_id} expired in block {block}")
+
+
+@app.command("balance")
+@handle_errors
+def balance(
+    address: Annotated[str | None, typer.Argument(help="Address (default: the --account's).")] = None,
+    account: Annotated[int, typer.Option(min=0, help="Account index when no address is given.")] = 0,
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    data_dir: DataDir = None,
+    json_output: Json = False,
+) -> None:
+    """ETH, EML and unclaimed mining rewards of an address."""
+
+    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
+        target = address
+        if target is None:
+            target = load_account(
+                index=account, mnemonic_file=None, keystore=None, password_file=None, chain_id=dep.chain_id
+            )[0].address
+        if not w3.is_address(target):
+            raise ChainError(f"{target!r} is not an Ethereum address")
+        return await balances(w3, dep, target)
+
+    b = _with_chain(rpc, deployment, data_dir, body)
+    if json_output:
+        echo_json(b)
+        return
+    typer.echo(f"{b['address']}: {b['eth']:g} ETH, {b['eml']:g} EML, {b['owed_rewards_eml']:g} EML unclaimed rewards")
+
+
+@app.command("accounts")
+@handle_errors
+def accounts(
+    count: Annotated[int, typer.Option(min=1, max=100, help="How many development accounts.")] = 10,
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    data_dir: DataDir = None,
+    json_output: Json = False,
+) -> None:
+    """The development accounts of a devnet with their balances (the public development mnemonic)."""
+
+    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
+        if dep.chain_id not in DEV_CHAIN_IDS:
+            raise ChainError(f"chain {dep.chain_id} is not a devnet: its accounts are not the development mnemonic's")
+        return [{"index": i, **await balances(w3, dep, a.address)} for i, a in enumerate(dev_accounts(count))]
+
+    rows = _with_chain(rpc, deployment, data_dir, body)
+    if json_output:
+        echo_json(rows)
+        return
+    typer.echo(f"development mnemonic: {DEV_MNEMONIC}")
+    for r in rows:
+        typer.echo(f"{r['index']:>3} {r['address']}  {r['eth']:>12g} ETH  {r['eml']:>10g} EML")

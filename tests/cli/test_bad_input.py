@@ -1,0 +1,224 @@
+"""Every command, tried with the bad input a new user tries first, through the real `python -m ethml`:
+one line on stderr that says what is wrong, a non-zero exit, no traceback, and nothing sent on chain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from ethml.chain import dev_account
+from ethml.devnet import start_devnet
+from tests.conftest import ROOT, find_anvil, free_port, missing_service
+
+CID_NOWHERE = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+
+@dataclass
+class Devnet:
+    url: str
+    port: int
+    data_dir: Path
+    files: Path
+    ethml: str
+    anvil_pid: int
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    if find_anvil() is None:
+        missing_service("anvil (npm ci)")
+    data_dir = tmp_path_factory.mktemp("data")
+    files = tmp_path_factory.mktemp("files")
+    port = free_port()
+    net = asyncio.run(start_devnet(port=port, data_dir=data_dir))
+    _write_files(files, net.deployment.chain_id)
+    try:
+        yield Devnet(net.url, port, data_dir, files, net.deployment.ethml, net.process.pid)
+    finally:
+        net.stop()
+
+
+def _write_files(files: Path, chain_id: int) -> None:
+    (files / "truncated.json").write_text("[5.1, 3.5,")
+    (files / "empty.json").write_text("")
+    (files / "bools.json").write_text("[true, false, true, false]")
+    (files / "nan.json").write_text("[NaN, 3.5, 1.4, 0.2]")
+    (files / "infinity.json").write_text("[Infinity, 3.5, 1.4, 0.2]")
+    (files / "huge-values.json").write_text(json.dumps([1e308] * 10))
+    (files / "big.json").write_text("[" + ",".join(["1.0"] * 700_000) + "]")
+    (files / "unknown-key.toml").write_text("acount = 3\n")
+    (files / "wrong-type.toml").write_text('threads = "two"\n')
+    (files / "wrong-account.toml").write_text('account = "three"\n')
+    (files / "wrong-poll.toml").write_text('poll_interval = "fast"\n')
+    (files / "empty-mnemonic").write_text("\n")
+    (files / "not-a-keystore.json").write_text('{"x": 1}')
+    (files / "password").write_text("secret\n")
+    keystore = Account.encrypt(dev_account(5).key, "secret", iterations=2)
+    (files / "keystore.json").write_text(json.dumps(keystore))
+    (files / "other-chain.json").write_text(
+        json.dumps({"chain_id": 1, "ethml": "0x" + "11" * 20, "consumer": "0x" + "22" * 20, "deployer": "", "block": 0})
+    )
+
+
+def _request(*extra: str) -> list[str]:
+    return ["request", "--model", "iris", *extra]
+
+
+def _iris() -> str:
+    return str(ROOT / "models" / "data" / "iris-0.json")
+
+
+# (case id, arguments with {files}/{url}/{port} placeholders, what the one line must say)
+CASES: list[tuple[str, list[str], str]] = [
+    ("request-truncated-json", _request("--data", "{files}/truncated.json"), "not JSON"),
+    ("request-empty-file", _request("--data", "{files}/empty.json"), "the data point is empty"),
+    ("request-booleans", _request("--data", "{files}/bools.json"), "feature 0 is bool, not a number"),
+    ("request-nan", _request("--data", "{files}/nan.json"), "feature 0 is not finite"),
+    ("request-infinity", _request("--data", "{files}/infinity.json"), "feature 0 is not finite"),
+    (
+        "request-1e308",
+        ["request", "--model", "diabetes", "--data", "{files}/huge-values.json"],
+        "the miners would answer this data point as invalid input",
+    ),
+    ("request-2.7-MB", _request("--data", "{files}/big.json"), "miners refuse data points over 1,048,576 bytes"),
+    (
+        "request-other-models-data",
+        _request("--data", str(ROOT / "models" / "data" / "breast-cancer-0.json")),
+        "the model takes 4 features, the data point has 30",
+    ),
+    ("request-cid-nowhere", _request("--cid", CID_NOWHERE), "miners would not find it either"),
+    ("request-malformed-cid", _request("--cid", "Qm-not-a-cid"), "CID"),
+    ("request-missing-file", _request("--data", "{files}/missing.json"), "cannot read"),
+    ("request-unknown-model", ["request", "--model", "mnist", "--data", _iris()], "unknown model 'mnist'"),
+    ("request-tip-nan", _request("--data", _iris(), "--tip", "nan"), "not a finite number of EML"),
+    ("request-tip-words", _request("--data", _iris(), "--tip", "five"), "not a number of EML"),
+    ("request-tip-below-a-wei", _request("--data", _iris(), "--tip", "0.0000000000000000001"), "18 decimal places"),
+    ("request-tip-negative", _request("--data", _iris(), "--tip", "-1"), "must not be negative"),
+    ("request-timeout-negative", _request("--data", _iris(), "--wait", "--timeout", "-5"), "--timeout"),
+    ("request-rpc-malformed", _request("--data", _iris(), "--rpc-url", "foo"), "is not an http:// or https:// URL"),
+    ("request-rpc-unreachable", _request("--data", _iris(), "--rpc-url", "http://127.0.0.1:1"), "cannot reach"),
+    ("request-both-data-and-cid", _request("--data", _iris(), "--cid", CID_NOWHERE), "exactly one of"),
+    ("mine-unknown-config-key", ["mine", "--config", "{files}/unknown-key.toml"], "acount: unknown key"),
+    ("mine-config-wrong-type", ["mine", "--config", "{files}/wrong-type.toml"], "threads:"),
+    ("mine-config-account-text", ["mine", "--config", "{files}/wrong-account.toml"], "account:"),
+    ("mine-config-poll-text", ["mine", "--config", "{files}/wrong-poll.toml"], "poll_interval:"),
+    ("mine-poll-negative", ["mine", "--account", "0", "--poll-interval", "-1"], "--poll-interval"),
+    ("mine-rpc-malformed", ["mine", "--account", "0", "--rpc-url", "foo"], "is not an http:// or https:// URL"),
+    (
+        "mine-empty-mnemonic-file",
+        ["mine", "--account", "0", "--mnemonic-file", "{files}/empty-mnemonic"],
+        "is empty",
+    ),
+    (
+        "mine-keystore-and-account",
+        ["mine", "--account", "3", "--keystore", "{files}/keystore.json", "--password-file", "{files}/password"],
+        "give one of them",
+    ),
+    (
+        "mine-not-a-keystore",
+        ["mine", "--keystore", "{files}/not-a-keystore.json", "--password-file", "{files}/password"],
+        "not an Ethereum JSON keystore",
+    ),
+    (
+        "mine-deployment-of-another-chain",
+        ["mine", "--account", "0", "--deployment", "{files}/other-chain.json"],
+        "the deployment is for chain 1",
+    ),
+    ("devnet-port-zero", ["devnet", "--port", "0"], "--port"),
+    ("devnet-port-taken", ["devnet", "--port", "{port}"], "Address already in use"),
+    ("ipfs-cat-unknown-cid", ["ipfs", "cat", CID_NOWHERE], "not in the local blockstore"),
+    ("ipfs-cat-output-nowhere", ["ipfs", "cat", "-o", "/nonexistent/x", "{iris_cid}"], "/nonexistent/x"),
+    ("ipfs-add-unwritable-data-dir", ["ipfs", "add", _iris(), "--data-dir", "/dev/null/x"], "Not a directory"),
+    ("ipfs-serve-port-taken", ["ipfs", "serve", "--port", "{port}"], "address already in use"),
+    ("ipfs-serve-port-out-of-range", ["ipfs", "serve", "--port", "99999"], "--port"),
+    ("status-rpc-unreachable", ["status", "--rpc-url", "http://127.0.0.1:1"], "cannot reach"),
+    ("requests-show-unknown", ["requests", "show", "999"], "no request 999"),
+    ("balance-not-an-address", ["balance", "0x1234"], "is not an Ethereum address"),
+    ("expire-nothing-open", ["expire", "1"], "NoCurrentRequest"),
+    ("unknown-command", ["mint-money"], "No such command"),
+]
+
+
+def _iris_cid(devnet: Devnet) -> str:
+    from ethml.ipfs import Blockstore, IpfsClient
+
+    return str(IpfsClient(Blockstore(devnet.data_dir / "blocks")).add_bytes(Path(_iris()).read_bytes()))
+
+
+def _request_count(devnet: Devnet) -> int:
+    w3 = Web3(Web3.HTTPProvider(devnet.url))
+    abi = [
+        {
+            "name": "requestCount",
+            "type": "function",
+            "stateMutability": "view",
+            "inputs": [],
+            "outputs": [{"name": "", "type": "uint256"}],
+        }
+    ]
+    return int(w3.eth.contract(address=Web3.to_checksum_address(devnet.ethml), abi=abi).functions.requestCount().call())
+
+
+@pytest.mark.parametrize(("case", "args", "says"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_costs_nothing(devnet: Devnet, case: str, args: list[str], says: str) -> None:
+    values = {"files": str(devnet.files), "port": str(devnet.port), "iris_cid": _iris_cid(devnet)}
+    argv = [a.format(**values) for a in args]
+    env = {
+        **os.environ,
+        "ETHML_RPC": devnet.url,
+        "ETHML_DATA_DIR": str(devnet.data_dir),
+        "XDG_CONFIG_HOME": str(devnet.files / "no-config"),
+        "NO_COLOR": "1",
+    }
+    env.pop("ETHML_DEBUG", None)
+    before = _request_count(devnet)
+    done = subprocess.run(
+        [sys.executable, "-m", "ethml", *argv], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0, (case, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert says in lines[0], lines[0]
+    assert _request_count(devnet) == before, "nothing may reach the chain"
+
+
+def test_the_devnet_checks_who_answers_on_its_port(devnet: Devnet) -> None:
+    from ethml.devnet import listening_pids
+
+    assert devnet.anvil_pid in listening_pids(devnet.port)
+
+
+def test_inspection_commands(devnet: Devnet) -> None:
+    env = {**os.environ, "ETHML_RPC": devnet.url, "ETHML_DATA_DIR": str(devnet.data_dir), "NO_COLOR": "1"}
+
+    def ethml(*argv: str) -> object:
+        done = subprocess.run(
+            [sys.executable, "-m", "ethml", *argv], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    status = ethml("status", "--json")
+    assert isinstance(status, dict) and status["chain_id"] == 31337 and status["models"] == 4
+    assert status["phase"] in ("idle", "committing")
+    sent = ethml("request", "--model", "iris", "--data", _iris(), "--tip", "1", "--json")
+    assert isinstance(sent, dict)
+    shown = ethml("requests", "show", str(sent["request"]), "--json")
+    assert isinstance(shown, dict) and shown["status"] == "current" and shown["data_cid"] == sent["cid"]
+    listed = ethml("requests", "list", "--json")
+    assert isinstance(listed, list) and listed[0]["request_id"] == sent["request"]
+    balance = ethml("balance", dev_account(9).address, "--json")
+    assert isinstance(balance, dict) and balance["eml"] > 0 and balance["owed_rewards_eml"] == 0
+    accounts = ethml("accounts", "--json", "--count", "3")
+    assert isinstance(accounts, list) and [a["address"] for a in accounts] == [dev_account(i).address for i in range(3)]
