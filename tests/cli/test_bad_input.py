@@ -134,6 +134,13 @@ CASES: list[tuple[str, list[str], str]] = [
         ["mine", "--account", "0", "--deployment", "{files}/other-chain.json"],
         "the deployment is for chain 1",
     ),
+    ("mine-private-key-malformed", ["mine", "--private-key", "0x1234"], "is not a 32-byte hex private key"),
+    (
+        "mine-private-key-and-account",
+        ["mine", "--account", "0", "--private-key", "0x" + "11" * 32],
+        "give one of them",
+    ),
+    ("request-private-key-malformed", _request("--data", _iris(), "--private-key", "nope"), "32-byte hex"),
     ("devnet-port-zero", ["devnet", "--port", "0"], "--port"),
     ("devnet-port-taken", ["devnet", "--port", "{port}"], "Address already in use"),
     ("ipfs-cat-unknown-cid", ["ipfs", "cat", CID_NOWHERE], "not in the local blockstore"),

@@ -16,6 +16,7 @@ app = typer.Typer(
     help="ethml: a decentralized machine-learning inference oracle on Ethereum.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=True,
 )
 app.add_typer(demo.app)

@@ -43,6 +43,7 @@ class MinerConfig(BaseModel):
     data_dir: str | None = None
     log_format: Literal["console", "json"] | None = None
     mnemonic_file: str | None = None
+    private_key: str | None = None
     keystore: str | None = None
     password_file: str | None = None
     poll_interval: float | None = Field(default=None, ge=MIN_POLL_INTERVAL, le=MAX_POLL_INTERVAL)
@@ -95,8 +96,17 @@ def load_account(
     keystore: Path | None,
     password_file: Path | None,
     chain_id: int,
+    private_key: str | None = None,
 ) -> tuple[LocalAccount, str]:
     """The signing account and a phrase saying where it came from."""
+    if private_key is not None:
+        if index is not None or keystore is not None:
+            raise ConfigError("--private-key, --keystore and --account each choose the signing key: give one of them")
+        try:
+            key_account: LocalAccount = Account.from_key(private_key.strip())
+        except Exception:  # noqa: BLE001 - eth-account raises several types for a malformed key
+            raise ConfigError("--private-key is not a 32-byte hex private key (0x followed by 64 hex digits)") from None
+        return key_account, "--private-key"
     if keystore is not None:
         if index is not None:
             raise ConfigError("--keystore and --account both choose the signing key: give one of them")

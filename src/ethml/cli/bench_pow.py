@@ -11,7 +11,7 @@ from ethml.errors import UnknownPowPath
 from ethml.pow import available_paths, default_threads
 from ethml.pow.bench import BenchReport, default_paths, run_benchmark
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 def _table(report: BenchReport) -> str:

@@ -10,7 +10,7 @@ import typer
 from ethml.cli._common import echo_json, handle_errors
 from ethml.demo import render, run_demo
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("demo")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -16,7 +18,7 @@ from ethml.cli._common import handle_errors
 from ethml.devnet import DEFAULT_DIFFICULTY, child_stderr, start_devnet
 from ethml.errors import ChainError
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("devnet")
@@ -46,6 +48,9 @@ def devnet(
     models_dir: Annotated[
         Path | None, typer.Option(help="Bundled models directory.", envvar="ETHML_MODELS_DIR")
     ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the devnet's addresses as one JSON line, then run.")
+    ] = False,
 ) -> None:
     """Start a local chain (anvil) with the dev accounts, deploy ethml, register the bundled models."""
     net = asyncio.run(
@@ -61,18 +66,30 @@ def devnet(
         )
     )
     d = net.deployment
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {
+                    "rpc_url": net.url,
+                    "chain_id": d.chain_id,
+                    "ethml": d.ethml,
+                    "consumer": d.consumer,
+                    "models": d.models,
+                    "deployment_file": str(net.deployment_file),
+                    "reused": net.reused,
+                    "mnemonic": DEV_MNEMONIC,
+                }
+            ),
+        )
     models = ", ".join(f"{name} (id {i})" for name, i in d.models.items())
-    typer.echo(
-        f"devnet at {net.url} (chain id {d.chain_id}); {'reused' if net.reused else 'deployed'} EthML at {d.ethml}"
-    )
-    typer.echo(f"example consumer {d.consumer}; models: {models}")
-    typer.echo(f"deployment file: {net.deployment_file}")
-    typer.echo(f"accounts: the public development mnemonic ({DEV_MNEMONIC}); `ethml accounts` lists them")
-    typer.echo("next, in five terminals:   ethml mine --account 0   (then --account 1 .. 4)")
-    typer.echo(
-        "then:                      ethml request --model breast-cancer --data models/data/breast-cancer-0.json --wait"
-    )
-    typer.echo("Ctrl-C stops the devnet.")
+    say = functools.partial(typer.echo, err=json_output)  # with --json, stdout holds the JSON alone
+    say(f"devnet at {net.url} (chain id {d.chain_id}); {'reused' if net.reused else 'deployed'} EthML at {d.ethml}")
+    say(f"example consumer {d.consumer}; models: {models}")
+    say(f"deployment file: {net.deployment_file}")
+    say(f"accounts: the public development mnemonic ({DEV_MNEMONIC}); `ethml accounts` lists them")
+    say("next, in five terminals:   ethml mine --account 0   (then --account 1 .. 4)")
+    say("then:                      ethml request --model breast-cancer --data models/data/breast-cancer-0.json --wait")
+    say("Ctrl-C stops the devnet.")
     stop = {"now": False}
 
     def handler(signum: int, frame: object) -> None:
@@ -91,4 +108,4 @@ def devnet(
         raise ChainError(
             f"anvil exited unexpectedly with code {net.process.returncode}" + (f": {said}" if said else "")
         )
-    typer.echo("devnet stopped" + (f"; state saved to {state}" if state else ""))
+    say("devnet stopped" + (f"; state saved to {state}" if state else ""))

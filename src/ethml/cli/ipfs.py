@@ -10,11 +10,14 @@ from typing import Annotated
 
 import typer
 
-from ethml.cli._common import handle_errors
+from ethml.cli._common import echo_json, handle_errors
 from ethml.errors import IpfsError
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 
-app = typer.Typer(help="Add, read and serve IPFS content without a daemon (verified blocks, local blockstore).")
+app = typer.Typer(
+    help="Add, read and serve IPFS content without a daemon (verified blocks, local blockstore).",
+    rich_markup_mode=None,
+)
 
 DataDir = Annotated[
     Path | None,
@@ -34,6 +37,7 @@ def add(
     file: Annotated[Path, typer.Argument(help="File to add ('-' for standard input).", allow_dash=True)],
     cid_version: Annotated[int, typer.Option(min=0, max=1, help="0: dag-pb (Qm...); 1: raw leaves, base32.")] = 0,
     data_dir: DataDir = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the CID and size as JSON.")] = False,
 ) -> None:
     """Store FILE in the local blockstore and print the CID that `ipfs add` prints with the same options."""
     if str(file) == "-":
@@ -44,7 +48,10 @@ def add(
         except OSError as exc:
             raise IpfsError(f"cannot read {file}: {exc.strerror}") from None
     cid = IpfsClient(blockstore_for(data_dir)).add_bytes(data, cid_version)
-    typer.echo(str(cid))
+    if json_output:
+        echo_json({"cid": str(cid), "size": len(data)})
+    else:
+        typer.echo(str(cid))
 
 
 @app.command("cat")
@@ -53,7 +60,9 @@ def cat(
     cid: Annotated[str, typer.Argument(help="CIDv0 or CIDv1 (raw or dag-pb, sha2-256).")],
     gateway: Annotated[
         list[str] | None,
-        typer.Option(help="Trustless gateway base URL, tried in order (repeatable).", envvar="ETHML_GATEWAYS"),
+        typer.Option(
+            metavar="URL", help="Trustless gateway base URL, tried in order (repeatable).", envvar="ETHML_GATEWAYS"
+        ),
     ] = None,
     max_size: Annotated[int, typer.Option(help="Refuse content larger than this many bytes.")] = 64 * 1024 * 1024,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per gateway request.")] = 10.0,

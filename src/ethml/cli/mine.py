@@ -14,7 +14,7 @@ from ethml.cli._common import check_rpc_url, handle_errors, is_tty
 from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, load_account, load_config, pick
 from ethml.node.miner import MinerSettings, run_miner
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -23,7 +23,20 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 @handle_errors
 def mine(
     account: Annotated[
-        int | None, typer.Option(min=0, help="Derive m/44'/60'/0'/0/N from the mnemonic.", envvar="ETHML_ACCOUNT")
+        int | None,
+        typer.Option(
+            "--account",
+            "--mnemonic-index",
+            min=0,
+            help="Derive m/44'/60'/0'/0/N from the mnemonic.",
+            envvar="ETHML_ACCOUNT",
+        ),
+    ] = None,
+    private_key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HEX", help="Sign with this private key (instead of --account).", envvar="ETHML_PRIVATE_KEY"
+        ),
     ] = None,
     rpc: Annotated[
         str | None,
@@ -49,7 +62,9 @@ def mine(
     ] = None,
     gateway: Annotated[
         list[str] | None,
-        typer.Option(help="IPFS trustless gateway URL, tried in order (repeatable).", envvar="ETHML_GATEWAYS"),
+        typer.Option(
+            metavar="URL", help="IPFS trustless gateway URL, tried in order (repeatable).", envvar="ETHML_GATEWAYS"
+        ),
     ] = None,
     data_dir: Annotated[
         Path | None,
@@ -94,7 +109,7 @@ def mine(
     if fmt not in (None, "console", "json"):
         raise typer.BadParameter("--log-format must be console or json")
     status_line = is_tty() and fmt != "json"
-    configure_logging(fmt, level=log_level or ("warning" if status_line else "info"))
+    configure_logging(fmt, level=log_level or ("warning" if status_line else "info"), status_line=status_line)
     settings = MinerSettings(
         rpc=check_rpc_url(pick(rpc, cfg, "rpc", "http://127.0.0.1:8545")),
         deployment_file=_path(pick(deployment, cfg, "deployment")),
@@ -114,6 +129,7 @@ def mine(
             keystore=_path(pick(keystore, cfg, "keystore")),
             password_file=_path(pick(password_file, cfg, "password_file")),
             chain_id=chain_id,
+            private_key=pick(private_key, cfg, "private_key"),
         )
 
     def find_deployment(chain_id: int) -> Deployment:

@@ -20,8 +20,10 @@ from ethml.errors import ChainError
 from ethml.node.miner import DEV_CHAIN_IDS
 from ethml.oracle import balances, list_requests, oracle_status, request_info
 
-app = typer.Typer()
-requests_app = typer.Typer(help="Inspect requests: `list` the latest, `show ID` one of them.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None)
+requests_app = typer.Typer(
+    help="Inspect requests: `list` the latest, `show ID` one of them.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(requests_app, name="requests")
 
 T = TypeVar("T")

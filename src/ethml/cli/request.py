@@ -25,7 +25,7 @@ from ethml.requester import (
     wait_for_result,
 )
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 #: Exit status of `--wait` when the request closed without a prediction (invalid input, no consensus, expired).
 EXIT_NO_PREDICTION = 3
@@ -39,7 +39,16 @@ def request(
     cid: Annotated[str | None, typer.Option(help="Request this CID instead of adding --data.")] = None,
     tip: Annotated[str, typer.Option(help="Tip in EML for the miners (at most 18 decimals).")] = "0",
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result and print it.")] = False,
-    account: Annotated[int, typer.Option(min=0, help="Requesting account index.", envvar="ETHML_ACCOUNT")] = 9,
+    account: Annotated[
+        int,
+        typer.Option("--account", "--mnemonic-index", min=0, help="Requesting account index.", envvar="ETHML_ACCOUNT"),
+    ] = 9,
+    private_key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HEX", help="Sign with this private key (instead of --account).", envvar="ETHML_PRIVATE_KEY"
+        ),
+    ] = None,
     direct: Annotated[
         bool, typer.Option("--direct", help="Request from the account itself, not the example consumer.")
     ] = False,
@@ -56,7 +65,7 @@ def request(
         Path | None, typer.Option(help="Mnemonic file (or ETHML_MNEMONIC).", envvar="ETHML_MNEMONIC_FILE")
     ] = None,
     gateway: Annotated[
-        list[str] | None, typer.Option(help="IPFS gateway to check a --cid against (repeatable).")
+        list[str] | None, typer.Option(metavar="URL", help="IPFS gateway to check a --cid against (repeatable).")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Send even a data point the miners would answer as invalid input.")
@@ -97,7 +106,12 @@ def request(
                 check_data_point(point, int(features), Manifest.load(), bytes(sha).hex())
             requested_cid = data_cid if raw is None else str(IpfsClient(blockstore).add_bytes(raw))
             signer, _ = load_account(
-                index=account, mnemonic_file=mnemonic_file, keystore=None, password_file=None, chain_id=chain_id
+                index=None if private_key else account,
+                mnemonic_file=mnemonic_file,
+                keystore=None,
+                password_file=None,
+                chain_id=chain_id,
+                private_key=private_key,
             )
             rid = await request_prediction(w3, dep, signer, model_id, str(requested_cid), tip_wei, direct=direct)
             summary: dict[str, Any] = {"request": rid, "model": model_id, "cid": requested_cid, "tip_eml": tip}
