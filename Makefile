@@ -50,9 +50,10 @@ typecheck: venv
 models: venv
 	$(PY) models/build_models.py
 
-## The gas table in docs/gas.md.
+## The gas tables in docs/gas-table.md: the oracle's transactions, then the training tasks'.
 gas: setup
 	$(PY) benchmarks/gas_table.py --out docs/gas-table.md
+	$(PY) benchmarks/training_gas.py --out docs/gas-table.md --append
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache src/ethml/_native*.so src/ethml/_native.c

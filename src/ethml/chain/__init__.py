@@ -10,6 +10,7 @@ from ethml.chain.deploy import (
     ModelSpec,
     Parameters,
     Status,
+    TrainingParameters,
     challenge_for,
     commitment_for,
     consumer_contract,
@@ -17,6 +18,7 @@ from ethml.chain.deploy import (
     deployment_path,
     ethml_contract,
     register_model,
+    training_contract,
 )
 from ethml.chain.embedded import embedded_chain
 from ethml.chain.tx import decode_revert, send
@@ -31,6 +33,7 @@ __all__ = [
     "ModelSpec",
     "Parameters",
     "Status",
+    "TrainingParameters",
     "account_from_mnemonic",
     "challenge_for",
     "commitment_for",
@@ -45,4 +48,5 @@ __all__ = [
     "load_artifact",
     "register_model",
     "send",
+    "training_contract",
 ]

@@ -96,6 +96,31 @@ class Parameters:
 
 
 @dataclass(frozen=True)
+class TrainingParameters:
+    """Mirrors `TrainingTasks.Parameters`."""
+
+    min_trainer_stake: int = 100 * EML
+    min_validator_stake: int = 100 * EML
+    unstake_delay: int = 7 * 24 * 3600
+    validator_share_bps: int = 2_000
+    slash_bps: int = 1_000
+    forfeit_bps: int = 2_000
+    #: Scores are in millionths: 20,000 = 0.02.
+    score_tolerance: int = 20_000
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (
+            self.min_trainer_stake,
+            self.min_validator_stake,
+            self.unstake_delay,
+            self.validator_share_bps,
+            self.slash_bps,
+            self.forfeit_bps,
+            self.score_tolerance,
+        )
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     cid: str
@@ -115,6 +140,8 @@ class Deployment:
     models: dict[str, int] = field(default_factory=dict)
     #: The EthMLTimelock that holds the admin roles, for deployments made with a delay.
     timelock: str | None = None
+    #: The TrainingTasks contract (holds EthML's model-admin role to register accepted models).
+    training: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -176,6 +203,7 @@ async def deploy_system(
     parameters: Parameters | None = None,
     models: list[ModelSpec] | None = None,
     timelock_delay: int | None = None,
+    training: TrainingParameters | None = None,
 ) -> Deployment:
     """Deploy EthML (token holders, parameters), the example consumer, and register `models`.
 
@@ -210,9 +238,33 @@ async def deploy_system(
     )
     for spec in models or []:
         deployment.models[spec.name] = await register_model(w3, deployer, deployment, spec)
+    deployment.training = await _deploy_training(w3, deployer, deployment, training or TrainingParameters())
     if timelock_delay is not None:
         deployment.timelock = await _hand_admin_to_timelock(w3, deployer, deployment, timelock_delay)
     return deployment
+
+
+async def _deploy_training(
+    w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, params: TrainingParameters
+) -> str:
+    """TrainingTasks beside EthML, holding EthML's model-admin role so accepted models get registered."""
+    artifact = load_artifact("TrainingTasks")
+    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = await send(
+        w3,
+        deployer,
+        factory.constructor(deployment.ethml, deployer.address, params.as_tuple()),
+        what="TrainingTasks deployment",
+    )
+    address = str(receipt["contractAddress"])
+    contract = ethml_contract(w3, deployment.ethml)
+    role = await contract.functions.MODEL_ADMIN_ROLE().call()
+    await send(w3, deployer, contract.functions.grantRole(role, address), what="granting TrainingTasks the model role")
+    return address
+
+
+def training_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
+    return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("TrainingTasks").abi)
 
 
 async def _hand_admin_to_timelock(

@@ -21,3 +21,11 @@ async def embedded_chain(accounts: int = 10) -> AsyncWeb3[Any]:
         tx_hash = await w3.eth.send_transaction({"from": funder, "to": account.address, "value": Wei(DEV_ETH)})
         await w3.eth.wait_for_transaction_receipt(tx_hash)
     return w3
+
+
+def time_travel(w3: AsyncWeb3[Any], seconds: int) -> None:
+    """Move an embedded chain's clock forward (the next block is `seconds` later): deadlines in tests,
+    demos and benchmarks without waiting."""
+    tester = w3.provider.ethereum_tester  # type: ignore[attr-defined]
+    latest = tester.get_block_by_number("latest")
+    tester.time_travel(int(latest["timestamp"]) + seconds)
