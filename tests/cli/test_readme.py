@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shlex
@@ -10,8 +12,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
+from ethml.ml.loader import load_untrusted
 from tests.conftest import ROOT, find_anvil, free_port, missing_service
 
 README = (ROOT / "README.md").read_text()
@@ -39,7 +44,9 @@ def test_every_readme_command_is_covered() -> None:
         assert command(line).startswith("ethml "), line
         if command(line).startswith(("ethml devnet", "ethml mine")):
             assert "long-running" in line, f"mark it as needing its own terminal: {line}"
-    assert len(blocks) == 2, "a new command block needs a test"
+    for line in blocks[2]:
+        assert command(line).startswith("ethml ") and "long-running" not in line, line
+    assert len(blocks) == 3, "a new command block needs a test"
 
 
 def test_devnet_walkthrough_from_the_readme(tmp_path: Path) -> None:
@@ -88,6 +95,7 @@ def test_devnet_walkthrough_from_the_readme(tmp_path: Path) -> None:
             timeout=180,
         )
         assert request.returncode == 0, request.stdout + request.stderr
+        training = _train_and_serve(env, tmp_path)
     finally:
         for proc in reversed(background):
             proc.send_signal(signal.SIGINT)
@@ -105,3 +113,40 @@ def test_devnet_walkthrough_from_the_readme(tmp_path: Path) -> None:
     assert request.stdout.count("0x") >= 5  # the five miners
     for miner in background[1:]:
         assert miner.returncode == 0, miner.stderr.read() if miner.stderr else ""
+    assert training["status"] == "accepted" and training["model_id"] == 5, training
+    accepted = training["submissions"][training["accepted_submission"]]
+    store = Blockstore(tmp_path / "blocks")
+    artifact = asyncio.run(IpfsClient(store).cat(accepted["model_cid"], max_size=64 * 1024 * 1024))
+    model = load_untrusted(artifact, "accepted", accepted["sha256"])
+    point = json.loads((ROOT / "models" / "data" / "wine-0.json").read_text())
+    served = int(model.predict([point])[0])
+    assert re.search(rf"request 2: finalized, prediction {served}\b", training["request"]), training["request"]
+
+
+def _train_and_serve(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    """The "Train a model and serve it" block, against the running devnet and miners."""
+
+    def run(line: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ethml", *shlex.split(line)[1:]],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, line + "\n" + done.stdout + done.stderr
+        return done.stdout
+
+    request_output = ""
+    for line in [command(line) for line in shell_blocks()[2]]:
+        if line.startswith("ethml task reveal"):
+            shown = json.loads(run("ethml task show 1 --json"))
+            while time.time() <= shown["submit_deadline"] + 1:  # the chain's clock is the wall clock
+                time.sleep(0.5)
+        output = run(line)
+        if line.startswith("ethml request"):
+            request_output = output
+    info: dict[str, Any] = json.loads(run("ethml task show 1 --json"))
+    info["request"] = request_output
+    return info

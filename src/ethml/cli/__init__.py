@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ethml import __version__
-from ethml.cli import bench_pow, demo, devnet, ipfs, mine, oracle, request
+from ethml.cli import bench_pow, demo, devnet, ipfs, mine, oracle, request, training
 
 app = typer.Typer(
     name="ethml",
@@ -26,6 +26,7 @@ app.add_typer(mine.app)
 app.add_typer(devnet.app)
 app.add_typer(request.app)
 app.add_typer(oracle.app)
+app.add_typer(training.app)
 
 
 def _version(value: bool) -> None:

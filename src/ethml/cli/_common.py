@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import typer
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from ethml.chain.deploy import Deployment
 from ethml.errors import ChainError, EthmlError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def debug_enabled() -> bool:
@@ -88,3 +92,21 @@ def echo_json(data: Any) -> None:
     import json
 
     typer.echo(json.dumps(data, indent=2))
+
+
+def with_chain(
+    rpc: str, deployment: Path | None, data_dir: Path | None, body: Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]
+) -> T:
+    """Run `body` against the deployment of the chain at `rpc` (checked to be that chain's)."""
+
+    async def run() -> T:
+        w3, chain_id = await connect(rpc)
+        try:
+            dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
+            if dep.chain_id != chain_id:
+                raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
+            return await body(w3, dep)
+        finally:
+            await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+    return asyncio.run(run())

@@ -3,10 +3,8 @@ the state of the oracle without `cast`."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from web3 import AsyncWeb3
@@ -14,7 +12,7 @@ from web3 import AsyncWeb3
 from ethml.chain.accounts import DEV_MNEMONIC, dev_accounts
 from ethml.chain.deploy import Deployment, ethml_contract
 from ethml.chain.tx import send
-from ethml.cli._common import RPC_HELP, connect, echo_json, handle_errors
+from ethml.cli._common import RPC_HELP, echo_json, handle_errors, with_chain
 from ethml.cli._config import load_account
 from ethml.errors import ChainError
 from ethml.node.miner import DEV_CHAIN_IDS
@@ -26,8 +24,6 @@ requests_app = typer.Typer(
 )
 app.add_typer(requests_app, name="requests")
 
-T = TypeVar("T")
-
 Rpc = Annotated[str, typer.Option("--rpc-url", "--rpc", help=RPC_HELP, envvar=["ETHML_RPC", "ETH_RPC_URL"])]
 DeploymentFile = Annotated[
     Path | None, typer.Option(help="Deployment file (default: by chain id).", envvar="ETHML_DEPLOYMENT")
@@ -37,29 +33,13 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 DEFAULT_RPC = "http://127.0.0.1:8545"
 
 
-def _with_chain(
-    rpc: str, deployment: Path | None, data_dir: Path | None, body: Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]
-) -> T:
-    async def run() -> T:
-        w3, chain_id = await connect(rpc)
-        try:
-            dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
-            if dep.chain_id != chain_id:
-                raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
-            return await body(w3, dep)
-        finally:
-            await w3.provider.disconnect()  # type: ignore[attr-defined]
-
-    return asyncio.run(run())
-
-
 @app.command("status")
 @handle_errors
 def status(
     rpc: Rpc = DEFAULT_RPC, deployment: DeploymentFile = None, data_dir: DataDir = None, json_output: Json = False
 ) -> None:
     """The oracle now: chain, contract, difficulty, the open round and its phase, the queue."""
-    s = _with_chain(rpc, deployment, data_dir, oracle_status)
+    s = with_chain(rpc, deployment, data_dir, oracle_status)
     if json_output:
         echo_json(s.as_dict())
         return
@@ -86,7 +66,7 @@ def show(
     json_output: Json = False,
 ) -> None:
     """One request: status, model, data CID, tip, result and the miners of its round."""
-    info = _with_chain(rpc, deployment, data_dir, lambda w3, dep: request_info(w3, dep, request_id))
+    info = with_chain(rpc, deployment, data_dir, lambda w3, dep: request_info(w3, dep, request_id))
     if json_output:
         echo_json(info.as_dict())
         return
@@ -110,7 +90,7 @@ def list_(
     json_output: Json = False,
 ) -> None:
     """The latest requests, newest first."""
-    infos = _with_chain(rpc, deployment, data_dir, lambda w3, dep: list_requests(w3, dep, last=last))
+    infos = with_chain(rpc, deployment, data_dir, lambda w3, dep: list_requests(w3, dep, last=last))
     if json_output:
         echo_json([i.as_dict() for i in infos])
         return
@@ -144,7 +124,7 @@ def expire(
         receipt = await send(w3, signer, ethml_contract(w3, dep.ethml).functions.expireRequest(request_id))
         return int(receipt["blockNumber"])
 
-    block = _with_chain(rpc, deployment, data_dir, body)
+    block = with_chain(rpc, deployment, data_dir, body)
     typer.echo(f"request {request_id} expired in block {block}")
 
 
@@ -170,7 +150,7 @@ def balance(
             raise ChainError(f"{target!r} is not an Ethereum address")
         return await balances(w3, dep, target)
 
-    b = _with_chain(rpc, deployment, data_dir, body)
+    b = with_chain(rpc, deployment, data_dir, body)
     if json_output:
         echo_json(b)
         return
@@ -193,7 +173,7 @@ def accounts(
             raise ChainError(f"chain {dep.chain_id} is not a devnet: its accounts are not the development mnemonic's")
         return [{"index": i, **await balances(w3, dep, a.address)} for i, a in enumerate(dev_accounts(count))]
 
-    rows = _with_chain(rpc, deployment, data_dir, body)
+    rows = with_chain(rpc, deployment, data_dir, body)
     if json_output:
         echo_json(rows)
         return

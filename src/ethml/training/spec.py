@@ -1,0 +1,110 @@
+"""The training task spec (JSON, stored by CID): one pydantic schema validates it and names the field
+that is wrong."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ethml.errors import EthmlError
+
+#: Estimators a task may ask for, with the parameters a spec may set and their bounds. Each is one
+#: whose fitted form the skops allow-list of `ethml.ml.loader` accepts, so any node can serve it.
+ESTIMATORS: dict[str, tuple[str, str, dict[str, tuple[type, float, float]]]] = {
+    "LogisticRegression": (
+        "sklearn.linear_model.LogisticRegression",
+        "classification",
+        {"C": (float, 1e-4, 1e4), "max_iter": (int, 10, 5_000)},
+    ),
+    "RandomForestClassifier": (
+        "sklearn.ensemble.RandomForestClassifier",
+        "classification",
+        {"n_estimators": (int, 1, 300), "max_depth": (int, 1, 32), "min_samples_leaf": (int, 1, 100)},
+    ),
+    "RandomForestRegressor": (
+        "sklearn.ensemble.RandomForestRegressor",
+        "regression",
+        {"n_estimators": (int, 1, 300), "max_depth": (int, 1, 32), "min_samples_leaf": (int, 1, 100)},
+    ),
+    "Ridge": ("sklearn.linear_model.Ridge", "regression", {"alpha": (float, 0.0, 1e6)}),
+}
+METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "mae")}
+MAX_ROWS = 100_000
+MAX_COLUMNS = 256
+MAX_DATASET_BYTES = 16 * 1024 * 1024
+MAX_TRAIN_SECONDS = 600
+
+
+class SpecError(EthmlError, ValueError):
+    """A task spec that does not follow the schema; the message names the field."""
+
+
+class EstimatorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["LogisticRegression", "RandomForestClassifier", "RandomForestRegressor", "Ridge"]
+    params: dict[str, float | int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> EstimatorSpec:
+        allowed = ESTIMATORS[self.name][2]
+        for key, value in self.params.items():
+            if key not in allowed:
+                raise ValueError(f"{self.name} takes no parameter {key!r} (allowed: {', '.join(allowed)})")
+            kind, low, high = allowed[key]
+            if isinstance(value, bool) or (kind is int and not isinstance(value, int)):
+                raise ValueError(f"{key} must be an integer")
+            if not low <= value <= high:
+                raise ValueError(f"{key} = {value} is outside {low:g}..{high:g}")
+        return self
+
+
+class TaskSpec(BaseModel):
+    """What the requester asks for. The dataset (a CSV with a header) is the task's datasetCid; the
+    hidden test set is a CSV of the same columns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    target: str = Field(min_length=1, max_length=64)
+    features: list[str] = Field(min_length=1, max_length=MAX_COLUMNS)
+    estimator: EstimatorSpec
+    metric: Literal["accuracy", "f1_macro", "r2", "mae"]
+    #: Share of the dataset the trainer holds out to compute the score it claims (seeded by the task id).
+    holdout_fraction: float = Field(default=0.25, ge=0.1, le=0.5)
+    #: Fixed-point decimals of a regression model's predictions in EthML (0 for classification).
+    decimals: int = Field(default=0, ge=0, le=18)
+    max_train_seconds: int = Field(default=120, ge=1, le=MAX_TRAIN_SECONDS)
+
+    @property
+    def kind(self) -> str:
+        return ESTIMATORS[self.estimator.name][1]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.metric not in METRICS[self.kind]:
+            raise ValueError(f"metric {self.metric!r} does not fit a {self.kind} estimator ({METRICS[self.kind]})")
+        if self.kind == "classification" and self.decimals != 0:
+            raise ValueError("decimals must be 0 for a classification estimator")
+        if self.target in self.features or len(set(self.features)) != len(self.features):
+            raise ValueError("features must be distinct and must not include the target")
+        return self
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def parse_spec(raw: bytes | str | dict[str, Any]) -> TaskSpec:
+    """A validated spec, or SpecError naming the field."""
+    try:
+        data = raw if isinstance(raw, dict) else json.loads(raw)
+        return TaskSpec.model_validate(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+            raise SpecError(f"invalid task spec: {problems}") from None
+        raise SpecError(f"invalid task spec: not JSON ({exc})") from None
