@@ -31,6 +31,11 @@ TRUSTED_TYPES = [
     "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.tree._classes.DecisionTreeRegressor",
     "sklearn.tree._tree.Tree",
+    # Fitted internals of the estimators a training task may ask for (ethml.training.spec.ESTIMATORS):
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
     "numpy.dtype",
     "numpy.ndarray",
     "numpy.float64",

@@ -29,6 +29,34 @@ ESTIMATORS: dict[str, tuple[str, str, dict[str, tuple[type, float, float]]]] = {
         {"n_estimators": (int, 1, 300), "max_depth": (int, 1, 32), "min_samples_leaf": (int, 1, 100)},
     ),
     "Ridge": ("sklearn.linear_model.Ridge", "regression", {"alpha": (float, 0.0, 1e6)}),
+    "GradientBoostingClassifier": (
+        "sklearn.ensemble.GradientBoostingClassifier",
+        "classification",
+        {"n_estimators": (int, 1, 500), "learning_rate": (float, 1e-3, 1.0), "max_depth": (int, 1, 16)},
+    ),
+    "GradientBoostingRegressor": (
+        "sklearn.ensemble.GradientBoostingRegressor",
+        "regression",
+        {"n_estimators": (int, 1, 500), "learning_rate": (float, 1e-3, 1.0), "max_depth": (int, 1, 16)},
+    ),
+    "HistGradientBoostingClassifier": (
+        "sklearn.ensemble.HistGradientBoostingClassifier",
+        "classification",
+        {"max_iter": (int, 1, 500), "learning_rate": (float, 1e-3, 1.0), "max_depth": (int, 1, 64)},
+    ),
+    "HistGradientBoostingRegressor": (
+        "sklearn.ensemble.HistGradientBoostingRegressor",
+        "regression",
+        {"max_iter": (int, 1, 500), "learning_rate": (float, 1e-3, 1.0), "max_depth": (int, 1, 64)},
+    ),
+    "SVC": ("sklearn.svm.SVC", "classification", {"C": (float, 1e-4, 1e4)}),
+    "SVR": ("sklearn.svm.SVR", "regression", {"C": (float, 1e-4, 1e4)}),
+    "KNeighborsClassifier": (
+        "sklearn.neighbors.KNeighborsClassifier",
+        "classification",
+        {"n_neighbors": (int, 1, 100)},
+    ),
+    "KNeighborsRegressor": ("sklearn.neighbors.KNeighborsRegressor", "regression", {"n_neighbors": (int, 1, 100)}),
 }
 METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "mae")}
 MAX_ROWS = 100_000
@@ -44,11 +72,13 @@ class SpecError(EthmlError, ValueError):
 class EstimatorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["LogisticRegression", "RandomForestClassifier", "RandomForestRegressor", "Ridge"]
+    name: str
     params: dict[str, float | int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _bounded(self) -> EstimatorSpec:
+        if self.name not in ESTIMATORS:
+            raise ValueError(f"estimator {self.name!r} is not allowed (allowed: {', '.join(ESTIMATORS)})")
         allowed = ESTIMATORS[self.name][2]
         for key, value in self.params.items():
             if key not in allowed:

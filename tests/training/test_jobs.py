@@ -1,0 +1,85 @@
+"""The spec schema and the jobs, in process: every allowed estimator trains, its artifact loads only
+through the skops allow-list, and an honest claim reproduces to the last digit."""
+
+from __future__ import annotations
+
+import pytest
+
+from ethml.errors import UntrustedArtifact
+from ethml.training import ESTIMATORS, SpecError, assess, fit_and_claim, parse_spec, sklearn_dataset_csv, split_csv
+from ethml.training.jobs import TrainingError
+
+
+def _spec(name: str, dataset: bytes, metric: str | None = None) -> object:
+    kind = ESTIMATORS[name][1]
+    features = dataset.decode().splitlines()[0].split(",")[:-1]
+    return parse_spec(
+        {
+            "target": "target",
+            "features": features,
+            "estimator": {"name": name},
+            "metric": metric or ("accuracy" if kind == "classification" else "r2"),
+            "decimals": 0 if kind == "classification" else 2,
+        }
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_every_allowed_estimator_trains_and_validates(name: str) -> None:
+    data = sklearn_dataset_csv("wine" if ESTIMATORS[name][1] == "classification" else "diabetes")
+    public, hidden = split_csv(data, 0.3, seed=1)
+    spec = _spec(name, public)
+    trained = fit_and_claim(spec, public, 42)  # type: ignore[arg-type]
+    again = fit_and_claim(spec, public, 42)  # type: ignore[arg-type]
+    assert again.claimed_score == trained.claimed_score, "two honest trainers claim the same score"
+    found = assess(spec, trained.artifact, trained.sha256, trained.claimed_score, public, hidden, 42)  # type: ignore[arg-type]
+    assert found.claim_reproduced and 0 <= found.test_score <= 1_000_000
+    lie = assess(spec, trained.artifact, trained.sha256, trained.claimed_score + 1, public, hidden, 42)  # type: ignore[arg-type]
+    assert not lie.claim_reproduced
+
+
+def test_an_artifact_of_another_estimator_is_refused() -> None:
+    data = sklearn_dataset_csv("wine")
+    public, hidden = split_csv(data, 0.3, seed=1)
+    trained = fit_and_claim(_spec("SVC", public), public, 7)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="the spec asks for a LogisticRegression"):
+        assess(_spec("LogisticRegression", public), trained.artifact, trained.sha256, 0, public, hidden, 7)  # type: ignore[arg-type]
+    with pytest.raises(UntrustedArtifact, match="not a skops archive"):
+        import hashlib
+
+        blob = b"\x80\x04K\x01."  # a pickle
+        assess(_spec("SVC", public), blob, hashlib.sha256(blob).hexdigest(), 0, public, hidden, 7)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"estimator": {"name": "MLPClassifier"}}, "is not allowed"),
+        ({"estimator": {"name": "RandomForestClassifier", "params": {"n_estimators": 100_000}}}, "outside 1..300"),
+        (
+            {"estimator": {"name": "RandomForestClassifier", "params": {"criterion": 1}}},
+            "takes no parameter .criterion.",
+        ),
+        ({"metric": "r2"}, "does not fit a classification estimator"),
+        ({"unknown": 1}, "unknown: Extra inputs are not permitted"),
+        ({"holdout_fraction": 0.9}, "holdout_fraction"),
+        ({"features": []}, "features"),
+    ],
+)
+def test_spec_errors_name_the_field(change: dict[str, object], says: str) -> None:
+    base: dict[str, object] = {
+        "target": "target",
+        "features": ["a", "b"],
+        "estimator": {"name": "RandomForestClassifier"},
+        "metric": "accuracy",
+    }
+    with pytest.raises(SpecError, match=says):
+        parse_spec({**base, **change})
+
+
+def test_bad_csv_is_a_clear_error() -> None:
+    spec = parse_spec({"target": "y", "features": ["a"], "estimator": {"name": "Ridge"}, "metric": "r2", "decimals": 2})
+    with pytest.raises(TrainingError, match="no column 'a'"):
+        fit_and_claim(spec, b"x,y\n" + b"1,2\n" * 20, 1)  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match="row 3 is not numeric"):
+        fit_and_claim(spec, b"a,y\n1,2\nfoo,3\n" + b"1,2\n" * 20, 1)  # type: ignore[arg-type]
