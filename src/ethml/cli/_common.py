@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import typer
@@ -60,6 +60,17 @@ def describe_os_error(exc: OSError) -> str:
 
 
 RPC_HELP = "JSON-RPC URL (http:// or https://)."
+DEFAULT_RPC = "http://127.0.0.1:8545"
+
+# Options shared by the commands that read or write the oracle's contracts.
+RpcOption = Annotated[str, typer.Option("--rpc-url", "--rpc", help=RPC_HELP, envvar=["ETHML_RPC", "ETH_RPC_URL"])]
+DeploymentOption = Annotated[
+    Path | None, typer.Option(help="Deployment file (default: by chain id).", envvar="ETHML_DEPLOYMENT")
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Blockstore, task secrets and deployments directory.", envvar="ETHML_DATA_DIR")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def check_rpc_url(url: str) -> str:

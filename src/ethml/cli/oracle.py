@@ -12,7 +12,16 @@ from web3 import AsyncWeb3
 from ethml.chain.accounts import DEV_MNEMONIC, dev_accounts
 from ethml.chain.deploy import Deployment, ethml_contract
 from ethml.chain.tx import send
-from ethml.cli._common import RPC_HELP, echo_json, handle_errors, with_chain
+from ethml.cli._common import (
+    DEFAULT_RPC,
+    DataDirOption,
+    DeploymentOption,
+    JsonOption,
+    RpcOption,
+    echo_json,
+    handle_errors,
+    with_chain,
+)
 from ethml.cli._config import load_account
 from ethml.errors import ChainError
 from ethml.node.miner import DEV_CHAIN_IDS
@@ -24,19 +33,14 @@ requests_app = typer.Typer(
 )
 app.add_typer(requests_app, name="requests")
 
-Rpc = Annotated[str, typer.Option("--rpc-url", "--rpc", help=RPC_HELP, envvar=["ETHML_RPC", "ETH_RPC_URL"])]
-DeploymentFile = Annotated[
-    Path | None, typer.Option(help="Deployment file (default: by chain id).", envvar="ETHML_DEPLOYMENT")
-]
-DataDir = Annotated[Path | None, typer.Option(help="Deployments directory.", envvar="ETHML_DATA_DIR")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-DEFAULT_RPC = "http://127.0.0.1:8545"
-
 
 @app.command("status")
 @handle_errors
 def status(
-    rpc: Rpc = DEFAULT_RPC, deployment: DeploymentFile = None, data_dir: DataDir = None, json_output: Json = False
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """The oracle now: chain, contract, difficulty, the open round and its phase, the queue."""
     s = with_chain(rpc, deployment, data_dir, oracle_status)
@@ -60,10 +64,10 @@ def status(
 @handle_errors
 def show(
     request_id: Annotated[int, typer.Argument(min=1, help="The request id.")],
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """One request: status, model, data CID, tip, result and the miners of its round."""
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: request_info(w3, dep, request_id))
@@ -84,10 +88,10 @@ def show(
 @handle_errors
 def list_(
     last: Annotated[int, typer.Option(min=1, max=1000, help="How many of the latest requests.")] = 20,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """The latest requests, newest first."""
     infos = with_chain(rpc, deployment, data_dir, lambda w3, dep: list_requests(w3, dep, last=last))
@@ -111,9 +115,9 @@ def expire(
     mnemonic_file: Annotated[
         Path | None, typer.Option(help="Mnemonic file (or ETHML_MNEMONIC).", envvar="ETHML_MNEMONIC_FILE")
     ] = None,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Expire the open request when five commitments did not come in time (its tip is refunded)."""
 
@@ -133,10 +137,10 @@ def expire(
 def balance(
     address: Annotated[str | None, typer.Argument(help="Address (default: the --account's).")] = None,
     account: Annotated[int, typer.Option(min=0, help="Account index when no address is given.")] = 0,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """ETH, EML and unclaimed mining rewards of an address."""
 
@@ -161,10 +165,10 @@ def balance(
 @handle_errors
 def accounts(
     count: Annotated[int, typer.Option(min=1, max=100, help="How many development accounts.")] = 10,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """The development accounts of a devnet with their balances (the public development mnemonic)."""
 

@@ -3,14 +3,24 @@ tasks from the command line, thin commands over `ethml.training.flow`."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment
-from ethml.cli._common import RPC_HELP, echo_json, handle_errors, with_chain
+from ethml.cli._common import (
+    DEFAULT_RPC,
+    DataDirOption,
+    DeploymentOption,
+    JsonOption,
+    RpcOption,
+    echo_json,
+    handle_errors,
+    with_chain,
+)
 from ethml.cli._config import load_account
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.requester import parse_tip
@@ -26,24 +36,19 @@ from ethml.training.flow import (
     validate_task,
 )
 
+T = TypeVar("T")
+
 app = typer.Typer(rich_markup_mode=None)
 task_app = typer.Typer(
     help="Training tasks: `create`, `show ID`, `reveal ID`, `finalize ID`.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(task_app, name="task")
 
-Rpc = Annotated[str, typer.Option("--rpc-url", "--rpc", help=RPC_HELP, envvar=["ETHML_RPC", "ETH_RPC_URL"])]
-DeploymentFile = Annotated[
-    Path | None, typer.Option(help="Deployment file (default: by chain id).", envvar="ETHML_DEPLOYMENT")
-]
-DataDir = Annotated[Path | None, typer.Option(help="Blockstore, task secrets, deployments.", envvar="ETHML_DATA_DIR")]
 Account = Annotated[int, typer.Option("--account", "--mnemonic-index", min=0, help="Account index.")]
 Gateways = Annotated[
     list[str] | None,
     typer.Option("--gateway", metavar="URL", help="IPFS gateway (repeatable).", envvar="ETHML_GATEWAYS"),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-DEFAULT_RPC = "http://127.0.0.1:8545"
 
 
 def _home(data_dir: Path | None) -> Path:
@@ -58,6 +63,17 @@ def _ipfs(data_dir: Path | None, gateways: list[str] | None) -> IpfsClient:
 
 def _signer(index: int, dep: Deployment) -> Any:
     return load_account(index=index, mnemonic_file=None, keystore=None, password_file=None, chain_id=dep.chain_id)[0]
+
+
+def _job(
+    fn: Callable[[AsyncWeb3[Any], Deployment, Any, IpfsClient, int], Awaitable[T]],
+    account: int,
+    data_dir: Path | None,
+    gateways: list[str] | None,
+    task: int,
+) -> Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]:
+    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore."""
+    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task)
 
 
 def _read(path: Path) -> bytes:
@@ -83,10 +99,10 @@ def create(
     submit_hours: Annotated[float, typer.Option(min=0.001, help="Hours for submissions.")] = 24.0,
     validation_hours: Annotated[float, typer.Option(min=0.001, help="Hours for validation after that.")] = 24.0,
     account: Account = 9,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Post a training task: the spec, dataset and test set go to the blockstore by CID, the test set
     stays hidden behind a commitment until `ethml task reveal`, the reward is escrowed."""
@@ -132,10 +148,10 @@ def create(
 @handle_errors
 def show(
     task_id: Annotated[int, typer.Argument(min=1)],
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """A task: status, files, deadlines, submissions with their votes and medians, the model id."""
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: task_info(w3, dep, task_id))
@@ -156,9 +172,9 @@ def show(
 def reveal(
     task_id: Annotated[int, typer.Argument(min=1)],
     account: Account = 9,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Reveal the hidden test set (after the submission deadline) so validators can score."""
     cid = with_chain(
@@ -175,9 +191,9 @@ def reveal(
 def finalize(
     task_id: Annotated[int, typer.Argument(min=1)],
     account: Account = 9,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Settle a task: accept the best passing model (registered for the miners) or refund."""
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: finalize_task(w3, dep, _signer(account, dep), task_id))
@@ -190,9 +206,9 @@ def stake_command(
     role: Annotated[str, typer.Option(help="trainer or validator.")],
     amount: Annotated[str, typer.Option(help="EML to stake.")],
     account: Account = 0,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Stake EML to act as a trainer or a validator."""
     if role not in ("trainer", "validator"):
@@ -208,18 +224,13 @@ def train(
     task: Annotated[int, typer.Option(min=1, help="Task id.")],
     account: Account = 0,
     gateway: Gateways = None,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Train the task's model (in a child process with the spec's time limit) and submit it."""
-    result = with_chain(
-        rpc,
-        deployment,
-        data_dir,
-        lambda w3, dep: train_and_submit(w3, dep, _signer(account, dep), _ipfs(data_dir, gateway), task),
-    )
+    result = with_chain(rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task))
     if json_output:
         echo_json(result)
     else:
@@ -232,18 +243,13 @@ def validate(
     task: Annotated[int, typer.Option(min=1, help="Task id.")],
     account: Account = 0,
     gateway: Gateways = None,
-    rpc: Rpc = DEFAULT_RPC,
-    deployment: DeploymentFile = None,
-    data_dir: DataDir = None,
-    json_output: Json = False,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Score every submission of the task on the revealed test set and vote."""
-    votes = with_chain(
-        rpc,
-        deployment,
-        data_dir,
-        lambda w3, dep: validate_task(w3, dep, _signer(account, dep), _ipfs(data_dir, gateway), task),
-    )
+    votes = with_chain(rpc, deployment, data_dir, _job(validate_task, account, data_dir, gateway, task))
     if json_output:
         echo_json(votes)
         return
