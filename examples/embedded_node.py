@@ -23,12 +23,12 @@ from ethml.chain import (
     deploy_system,
     dev_account,
     embedded_chain,
-    ethml_contract,
     send,
 )
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest
 from ethml.node import Finalized
+from ethml.requester import consumer_deposit
 
 
 async def main() -> None:
@@ -53,9 +53,7 @@ async def main() -> None:
                 await other.start()
             events = node.events()
             consumer = consumer_contract(w3, deployment.consumer)
-            # The consumer's callback is paid from an ETH deposit sent with the request.
-            ethml = ethml_contract(w3, deployment.ethml)
-            deposit = 2 * await ethml.functions.minimumDeposit(await consumer.functions.CALLBACK_GAS().call()).call()
+            deposit = await consumer_deposit(w3, deployment)  # pays the consumer's callback
             await send(w3, dev_account(9), consumer.functions.request(iris.id, cid, 0), value=deposit)
             async for event in events:
                 print(type(event).__name__, event)

@@ -28,6 +28,7 @@ from ethml.chain import (
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, decode_prediction
 from ethml.node import ChallengeSeen, Finalized, Node, NodeConfig
+from ethml.requester import consumer_deposit
 
 INVALID_POINT = b'{"features": [1.0, 2.0]}\n'
 
@@ -120,8 +121,7 @@ async def run_demo(
         total_tips = sum(int(t * EML) for *_, t in _plan(manifest, requests))
         if total_tips:
             await send(w3, user, ethml.functions.approve(deployment.consumer, total_tips))
-        # The consumer's callback is paid from an ETH deposit sent with each request.
-        deposit = 2 * await ethml.functions.minimumDeposit(await consumer.functions.CALLBACK_GAS().call()).call()
+        deposit = await consumer_deposit(w3, deployment)  # pays the consumer's callback
         for name, raw, label, tip in _plan(manifest, requests):
             cid = str(ipfs.add_bytes(raw))
             entry = manifest.by_name(name)

@@ -88,6 +88,14 @@ def check_data_point(raw: bytes, feature_count: int, manifest: Manifest, artifac
         ) from None
 
 
+async def consumer_deposit(w3: AsyncWeb3[Any], deployment: Deployment) -> int:
+    """The ETH deposit sent with a request through the example consumer: its callback is paid from it.
+    Twice the minimum leaves room for a fee rise; what the closing miner is not reimbursed comes back
+    with the consumer's `reclaim`."""
+    callback_gas = await consumer_contract(w3, deployment.consumer).functions.CALLBACK_GAS().call()
+    return 2 * int(await ethml_contract(w3, deployment.ethml).functions.minimumDeposit(callback_gas).call())
+
+
 async def request_prediction(
     w3: AsyncWeb3[Any],
     deployment: Deployment,
@@ -118,10 +126,7 @@ async def request_prediction(
         consumer = consumer_contract(w3, deployment.consumer)
         if tip:
             await send(w3, account, ethml.functions.approve(deployment.consumer, tip))
-        # The callback is paid from an ETH deposit; twice the minimum leaves room for a fee rise, and
-        # what the closing miner is not reimbursed comes back with the consumer's `reclaim`.
-        callback_gas = await consumer.functions.CALLBACK_GAS().call()
-        deposit = 2 * await ethml.functions.minimumDeposit(callback_gas).call()
+        deposit = await consumer_deposit(w3, deployment)
         receipt = await send(w3, account, consumer.functions.request(model_id, cid, tip), value=deposit)
     events = ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)
     if not events:

@@ -25,6 +25,7 @@ from ethml.chain import (
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
 from ethml.node import Node, NodeConfig
+from ethml.requester import consumer_deposit
 
 DIFFICULTY = 1 << 12
 
@@ -76,8 +77,7 @@ class System:
         return str(self.ipfs.add_bytes(raw)), raw
 
     async def request(self, model_id: int, cid: str, *, requester: int = 9) -> int:
-        gas = await self.consumer.functions.CALLBACK_GAS().call()
-        deposit = 2 * await self.ethml.functions.minimumDeposit(gas).call()
+        deposit = await consumer_deposit(self.w3, self.deployment)
         receipt = await send(
             self.w3, dev_account(requester), self.consumer.functions.request(model_id, cid, 0), value=deposit
         )

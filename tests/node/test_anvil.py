@@ -16,6 +16,7 @@ from ethml.chain import DEV_MNEMONIC, Parameters, consumer_contract, deploy_syst
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
 from ethml.node import Node, NodeConfig, NodeWarning
+from ethml.requester import consumer_deposit
 from tests.conftest import find_anvil, free_port, missing_service
 from tests.node.conftest import wait_until
 
@@ -73,7 +74,7 @@ async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, request_i
 
 async def request(w3: AsyncWeb3[Any], deployment: Any, model_id: int, cid: str) -> None:
     consumer = consumer_contract(w3, deployment.consumer)
-    deposit = 2 * await ethml_contract(w3, deployment.ethml).functions.minimumDeposit(100_000).call()
+    deposit = await consumer_deposit(w3, deployment)
     await send(w3, dev_account(9), consumer.functions.request(model_id, cid, 0), value=deposit)
 
 
