@@ -53,7 +53,7 @@ class JobBoard:
             self.current = None
 
     def retract_blocks(self, removed_hashes: set[str]) -> Job | None:
-        """Cancel the job whose NewChallenge log was in a block a reorg removed."""
+        """Cancel the job whose RoundOpened log was in a block a reorg removed."""
         job = self.current
         if job is not None and job.block_hash in removed_hashes:
             job.cancel("its challenge was removed by a reorg")

@@ -114,17 +114,14 @@ class Journal:
         return stored
 
     def secret(self, request_id: int, challenge: str) -> Secret | None:
-        row = self._db.execute(
-            "SELECT request_id, challenge, prediction, salt FROM secrets WHERE request_id = ? AND challenge = ?",
-            (request_id, challenge),
-        ).fetchone()
-        return Secret(int(row[0]), str(row[1]), int(row[2]), bytes.fromhex(row[3])) if row else None
+        return self._secret("WHERE request_id = ? AND challenge = ?", (request_id, challenge))
 
     def latest_secret(self, request_id: int) -> Secret | None:
+        return self._secret("WHERE request_id = ? ORDER BY created DESC LIMIT 1", (request_id,))
+
+    def _secret(self, where: str, params: tuple[object, ...]) -> Secret | None:
         row = self._db.execute(
-            "SELECT request_id, challenge, prediction, salt FROM secrets WHERE request_id = ? "
-            "ORDER BY created DESC LIMIT 1",
-            (request_id,),
+            f"SELECT request_id, challenge, prediction, salt FROM secrets {where}", params
         ).fetchone()
         return Secret(int(row[0]), str(row[1]), int(row[2]), bytes.fromhex(row[3])) if row else None
 

@@ -69,7 +69,6 @@ class Outcome:
 
     status: str
     reason: str = ""
-    gas_used: int = 0
 
 
 class TxSender:
@@ -290,7 +289,7 @@ class TxSender:
                 self.ctx.stats.accepted += 1
                 self.ctx.emit(SubmissionMined(entry.request_id, tx_hash, int(receipt["gasUsed"])))
             self.ctx.log.info(f"{entry.kind}_mined", request_id=entry.request_id, gas_used=receipt["gasUsed"])
-            return Outcome("mined", gas_used=int(receipt["gasUsed"]))
+            return Outcome("mined")
         block = receipt["blockNumber"]
         self.ctx.journal.set_status(entry, "reverted", f"reverted in block {block}")
         self.dropped(entry.request_id, f"{entry.kind} mined but reverted in block {block} (not retried)")
