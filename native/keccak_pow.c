@@ -1,4 +1,5 @@
-/* ethml native proof-of-work core: Ethereum keccak256 nonce search, scalar / AVX2 / AVX-512.
+/* ethml native proof-of-work core: Ethereum keccak256 nonce search, scalar, BMI2, AVX2, AVX-512, and hybrids
+ * (vector lanes plus one scalar lane).
  * See keccak_pow.h for the message format and the API. One build runs on any x86-64: the SIMD
  * paths carry per-function target attributes and are chosen at run time. */
 #include "keccak_pow.h"
@@ -42,12 +43,19 @@ static inline void store64_le(uint8_t *p, uint64_t v) {
 
 /* ------------------------------------------------------------------ scalar Keccak-f[1600] */
 
+/* The lane operations on one 64-bit lane: the scalar paths and the extra lane of the hybrid ones. */
+#define S_XOR(a, b) ((a) ^ (b))
+#define S_XOR5(a, b, c, d, e) ((a) ^ (b) ^ (c) ^ (d) ^ (e))
+#define S_ROL(a, n) rol64((a), (n))
+#define S_CHI(a, b, c) ((a) ^ (~(b) & (c)))
+#define S_SET1(x) ((uint64_t)(x))
+
 #define V uint64_t
-#define V_XOR(a, b) ((a) ^ (b))
-#define V_XOR5(a, b, c, d, e) ((a) ^ (b) ^ (c) ^ (d) ^ (e))
-#define V_ROL(a, n) rol64((a), (n))
-#define V_CHI(a, b, c) ((a) ^ (~(b) & (c)))
-#define V_SET1(x) ((uint64_t)(x))
+#define V_XOR S_XOR
+#define V_XOR5 S_XOR5
+#define V_ROL S_ROL
+#define V_CHI S_CHI
+#define V_SET1 S_SET1
 
 static void keccak_f1600(uint64_t *s) {
     uint64_t a0 = s[0], a1 = s[1], a2 = s[2], a3 = s[3], a4 = s[4], a5 = s[5], a6 = s[6], a7 = s[7], a8 = s[8],
@@ -146,15 +154,26 @@ static int full_check(const pow_ctx *ctx, uint64_t counter) {
 
 /* ---------------------------------------------------------------------------- the paths */
 
-#define PATH_ATTR
-#define PATH_NAME(x) scalar_##x
-#define VW 1
+#define VL 1
 #define V_LOADU(p) ((p)[0])
 #define V_STOREU(p, v) ((p)[0] = (v))
+
+#define PATH_ATTR
+#define PATH_NAME(x) scalar_##x
 #include "keccak_pow_path.inc"
 #undef PATH_ATTR
 #undef PATH_NAME
-#undef VW
+
+#ifdef ETHML_X86
+/* The same code with andn (chi) and rorx (rotations): BMI1 and BMI2. */
+#define PATH_ATTR __attribute__((target("bmi,bmi2")))
+#define PATH_NAME(x) bmi2_##x
+#include "keccak_pow_path.inc"
+#undef PATH_ATTR
+#undef PATH_NAME
+#endif
+
+#undef VL
 #undef V_LOADU
 #undef V_STOREU
 #undef V
@@ -165,21 +184,45 @@ static int full_check(const pow_ctx *ctx, uint64_t counter) {
 #undef V_SET1
 
 #ifdef ETHML_X86
-#define PATH_ATTR __attribute__((target("avx2")))
-#define PATH_NAME(x) avx2_##x
-#define VW 4
+/* AVX2 rotations: by 1 as an add and an or (the add runs on more ports than the shift), by 8 and 56
+ * as one byte shuffle; the others as two shifts and an or. `n` is a constant at every call, so the
+ * branches fold away. */
+static inline __attribute__((target("avx2"), always_inline)) __m256i avx2_rol(__m256i a, int n) {
+    if (n == 1) return _mm256_or_si256(_mm256_add_epi64(a, a), _mm256_srli_epi64(a, 63));
+    if (n == 8)
+        return _mm256_shuffle_epi8(a, _mm256_setr_epi8(7, 0, 1, 2, 3, 4, 5, 6, 15, 8, 9, 10, 11, 12, 13, 14, 7, 0, 1,
+                                                       2, 3, 4, 5, 6, 15, 8, 9, 10, 11, 12, 13, 14));
+    if (n == 56)
+        return _mm256_shuffle_epi8(a, _mm256_setr_epi8(1, 2, 3, 4, 5, 6, 7, 0, 9, 10, 11, 12, 13, 14, 15, 8, 1, 2, 3,
+                                                       4, 5, 6, 7, 0, 9, 10, 11, 12, 13, 14, 15, 8));
+    return _mm256_or_si256(_mm256_slli_epi64(a, n), _mm256_srli_epi64(a, 64 - n));
+}
+
+#define VL 4
 #define V __m256i
 #define V_XOR(a, b) _mm256_xor_si256((a), (b))
 #define V_XOR5(a, b, c, d, e) V_XOR(V_XOR(V_XOR((a), (b)), V_XOR((c), (d))), (e))
-#define V_ROL(a, n) _mm256_or_si256(_mm256_slli_epi64((a), (n)), _mm256_srli_epi64((a), 64 - (n)))
+#define V_ROL(a, n) avx2_rol((a), (n))
 #define V_CHI(a, b, c) _mm256_xor_si256((a), _mm256_andnot_si256((b), (c)))
 #define V_SET1(x) _mm256_set1_epi64x((long long)(x))
 #define V_LOADU(p) _mm256_loadu_si256((const __m256i *)(p))
 #define V_STOREU(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
+
+#define PATH_ATTR __attribute__((target("avx2")))
+#define PATH_NAME(x) avx2_##x
 #include "keccak_pow_path.inc"
 #undef PATH_ATTR
 #undef PATH_NAME
-#undef VW
+
+#define PATH_HYBRID
+#define PATH_ATTR __attribute__((target("avx2,bmi,bmi2")))
+#define PATH_NAME(x) avx2h_##x
+#include "keccak_pow_path.inc"
+#undef PATH_ATTR
+#undef PATH_NAME
+#undef PATH_HYBRID
+
+#undef VL
 #undef V
 #undef V_XOR
 #undef V_XOR5
@@ -189,9 +232,7 @@ static int full_check(const pow_ctx *ctx, uint64_t counter) {
 #undef V_LOADU
 #undef V_STOREU
 
-#define PATH_ATTR __attribute__((target("avx512f")))
-#define PATH_NAME(x) avx512_##x
-#define VW 8
+#define VL 8
 #define V __m512i
 #define V_XOR(a, b) _mm512_xor_si512((a), (b))
 /* vpternlogq: 0x96 = a ^ b ^ c, 0xD2 = a ^ (~b & c) */
@@ -201,7 +242,20 @@ static int full_check(const pow_ctx *ctx, uint64_t counter) {
 #define V_SET1(x) _mm512_set1_epi64((long long)(x))
 #define V_LOADU(p) _mm512_loadu_si512((const void *)(p))
 #define V_STOREU(p, v) _mm512_storeu_si512((void *)(p), (v))
+
+#define PATH_ATTR __attribute__((target("avx512f")))
+#define PATH_NAME(x) avx512_##x
 #include "keccak_pow_path.inc"
+#undef PATH_ATTR
+#undef PATH_NAME
+
+#define PATH_HYBRID
+#define PATH_ATTR __attribute__((target("avx512f,bmi,bmi2")))
+#define PATH_NAME(x) avx512h_##x
+#include "keccak_pow_path.inc"
+#undef PATH_ATTR
+#undef PATH_NAME
+#undef PATH_HYBRID
 #endif
 
 /* ------------------------------------------------------------------------------ dispatch */
@@ -212,21 +266,31 @@ int ethml_pow_path_supported(int path) {
         case ETHML_POW_PATH_SCALAR:
             return 1;
 #ifdef ETHML_X86
+        case ETHML_POW_PATH_BMI2:
+            __builtin_cpu_init();
+            return __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
         case ETHML_POW_PATH_AVX2:
             __builtin_cpu_init();
             return __builtin_cpu_supports("avx2") ? 1 : 0;
+        case ETHML_POW_PATH_AVX2_HYBRID:
+            return ethml_pow_path_supported(ETHML_POW_PATH_AVX2) && ethml_pow_path_supported(ETHML_POW_PATH_BMI2);
         case ETHML_POW_PATH_AVX512:
             __builtin_cpu_init();
             return __builtin_cpu_supports("avx512f") ? 1 : 0;
+        case ETHML_POW_PATH_AVX512_HYBRID:
+            return ethml_pow_path_supported(ETHML_POW_PATH_AVX512) && ethml_pow_path_supported(ETHML_POW_PATH_BMI2);
 #endif
         default:
             return 0;
     }
 }
 
+/* The static preference when nothing was measured (ethml.pow.tune measures and may choose otherwise). */
 int ethml_pow_best_path(void) {
-    if (ethml_pow_path_supported(ETHML_POW_PATH_AVX512)) return ETHML_POW_PATH_AVX512;
-    if (ethml_pow_path_supported(ETHML_POW_PATH_AVX2)) return ETHML_POW_PATH_AVX2;
+    static const int order[] = {ETHML_POW_PATH_AVX512, ETHML_POW_PATH_AVX2_HYBRID, ETHML_POW_PATH_AVX2,
+                                ETHML_POW_PATH_BMI2};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (ethml_pow_path_supported(order[i])) return order[i];
     return ETHML_POW_PATH_SCALAR;
 }
 
@@ -251,8 +315,17 @@ int ethml_pow_search(int path, const uint8_t *challenge32, const uint8_t *miner2
         case ETHML_POW_PATH_AVX512:
             rc = avx512_search(&ctx, start, count, stop, &found, &hashes);
             break;
+        case ETHML_POW_PATH_AVX512_HYBRID:
+            rc = avx512h_search(&ctx, start, count, stop, &found, &hashes);
+            break;
         case ETHML_POW_PATH_AVX2:
             rc = avx2_search(&ctx, start, count, stop, &found, &hashes);
+            break;
+        case ETHML_POW_PATH_AVX2_HYBRID:
+            rc = avx2h_search(&ctx, start, count, stop, &found, &hashes);
+            break;
+        case ETHML_POW_PATH_BMI2:
+            rc = bmi2_search(&ctx, start, count, stop, &found, &hashes);
             break;
 #endif
         default:
@@ -274,8 +347,17 @@ int ethml_pow_top64(int path, const uint8_t *challenge32, const uint8_t *miner20
         case ETHML_POW_PATH_AVX512:
             avx512_top64(&ctx, start, count, out);
             break;
+        case ETHML_POW_PATH_AVX512_HYBRID:
+            avx512h_top64(&ctx, start, count, out);
+            break;
         case ETHML_POW_PATH_AVX2:
             avx2_top64(&ctx, start, count, out);
+            break;
+        case ETHML_POW_PATH_AVX2_HYBRID:
+            avx2h_top64(&ctx, start, count, out);
+            break;
+        case ETHML_POW_PATH_BMI2:
+            bmi2_top64(&ctx, start, count, out);
             break;
 #endif
         default:

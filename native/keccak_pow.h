@@ -18,6 +18,9 @@
 #define ETHML_POW_PATH_SCALAR 1
 #define ETHML_POW_PATH_AVX2 2
 #define ETHML_POW_PATH_AVX512 3
+#define ETHML_POW_PATH_BMI2 4
+#define ETHML_POW_PATH_AVX2_HYBRID 5
+#define ETHML_POW_PATH_AVX512_HYBRID 6
 
 #define ETHML_POW_EXHAUSTED 0
 #define ETHML_POW_FOUND 1
@@ -30,7 +33,7 @@
 /* 1 when this CPU and build can run `path` (AUTO is always 1). */
 int ethml_pow_path_supported(int path);
 
-/* The fastest supported path. */
+/* The preferred supported path when nothing was measured (ethml.pow.tune measures every path). */
 int ethml_pow_best_path(void);
 
 /* Ethereum keccak256 of any input (any length). */

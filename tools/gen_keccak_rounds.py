@@ -7,6 +7,7 @@ Run: python tools/gen_keccak_rounds.py
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "native" / "keccak_rounds.h"
@@ -94,12 +95,26 @@ def last_round_lane0() -> list[str]:
     return lines
 
 
+_VAR = re.compile(r"\b(?:[abcde]\d+|w|k\w*)\b")
+
+
+def scalar_twin(line: str) -> str:
+    """The same statement over the scalar lane: variables prefixed `s_`, V_ operations as S_ ones."""
+    return re.sub(r"\bV_", "S_", _VAR.sub(lambda m: f"s_{m.group(0)}", line))
+
+
+def hybrid(lines: list[str]) -> list[str]:
+    """Each vector statement followed by its scalar twin: one more candidate in general-purpose
+    registers, interleaved so the integer units work while the vector units are the bottleneck."""
+    return [out for line in lines for out in (line, scalar_twin(line))]
+
+
 def macro(name: str, lines: list[str]) -> str:
     body = " \\\n".join(f"    {line}" for line in lines)
     return f"#define {name} \\\n  do {{ \\\n{body} \\\n  }} while (0)\n"
 
 
-def main() -> None:
+def render() -> str:
     assert sorted(pi(i) for i in range(25)) == list(range(25))
     precompute = [f"    PRE_B({j}, {i}, {RHO[i]}, {i % 5});" for j, i in constant_b_lanes()]
     text = "\n".join(
@@ -115,6 +130,11 @@ def main() -> None:
             macro("KECCAK_FIRST_ROUND", first_round()),
             "/* Round 23 reduced to output lane 0. */",
             macro("KECCAK_LAST_ROUND_LANE0", last_round_lane0()),
+            "/* The same four, vector lanes plus one scalar lane (s_*) interleaved statement by statement. */",
+            macro("KECCAK_HYBRID_ROUND_AE", hybrid(full_round("a", "e"))),
+            macro("KECCAK_HYBRID_ROUND_EA", hybrid(full_round("e", "a"))),
+            macro("KECCAK_HYBRID_FIRST_ROUND", hybrid(first_round())),
+            macro("KECCAK_HYBRID_LAST_ROUND_LANE0", hybrid(last_round_lane0())),
             "/* PRE_B(j, i, rho, x): b_j = rol(s_i ^ D_x, rho), constant in round 0. */",
             "#define KECCAK_PRECOMPUTE_B \\\n  do { \\\n" + " \\\n".join(precompute) + " \\\n  } while (0)",
             "",
@@ -124,7 +144,11 @@ def main() -> None:
             "",
         ]
     )
-    OUT.write_text(text)
+    return text
+
+
+def main() -> None:
+    OUT.write_text(render())
     print(f"wrote {OUT}")
 
 

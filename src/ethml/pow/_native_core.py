@@ -7,21 +7,29 @@ from typing import Any
 from ethml.errors import PowError
 
 try:
+    from ethml import _native
     from ethml._native import ffi as _ffi
     from ethml._native import lib as _lib
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    _native = None
     _ffi = None
     _lib = None
     IMPORT_ERROR: str | None = str(exc)
 else:
     IMPORT_ERROR = None
 
-PATH_CODES = {"scalar": 1, "avx2": 2, "avx512": 3}
+#: The C path codes, in the order of the static preference (used to list them, never to choose: the
+#: autotuner measures). A hybrid path is its vector lanes plus one scalar lane per batch.
+PATH_CODES = {"avx512-hybrid": 6, "avx512": 3, "avx2-hybrid": 5, "avx2": 2, "bmi2": 4, "scalar": 1}
 FOUND, EXHAUSTED, STOPPED, EINVAL = 1, 0, 2, -1
 
 
 def available() -> bool:
     return _lib is not None
+
+
+def library_file() -> str | None:
+    return getattr(_native, "__file__", None)
 
 
 def supported_paths() -> list[str]:
