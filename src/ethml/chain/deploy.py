@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -19,6 +18,7 @@ from ethml.chain._artifacts import load_artifact
 from ethml.chain.accounts import dev_accounts
 from ethml.chain.tx import send
 from ethml.errors import DeploymentError, DeploymentNotFound
+from ethml.paths import data_home
 
 EML = 10**18
 
@@ -171,11 +171,6 @@ class Deployment:
         if not path.exists():
             raise DeploymentNotFound(chain_id, str(path.parent))
         return cls.load(path)
-
-
-def data_home() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(os.environ.get("ETHML_DATA_DIR") or Path(base) / "ethml")
 
 
 def deployment_path(chain_id: int, data_dir: Path | None = None) -> Path:

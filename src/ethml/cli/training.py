@@ -23,6 +23,7 @@ from ethml.cli._common import (
 )
 from ethml.cli._config import load_account
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+from ethml.paths import data_home
 from ethml.requester import parse_tip
 from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
 from ethml.training.flow import (
@@ -52,7 +53,6 @@ Gateways = Annotated[
 
 
 def _home(data_dir: Path | None) -> Path:
-    from ethml.chain.deploy import data_home
 
     return data_dir or data_home()
 

@@ -14,11 +14,10 @@ from multiformats import CID
 
 from ethml.errors import HashMismatch
 from ethml.ipfs.cid import block_key, verify_block
+from ethml.paths import data_home
 
 
 def default_blockstore_dir() -> Path:
-    from ethml.chain.deploy import data_home
-
     return data_home() / "blocks"
 
 

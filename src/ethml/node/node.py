@@ -12,7 +12,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain.deploy import Deployment, data_home, ethml_contract
+from ethml.chain.deploy import Deployment, ethml_contract
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ml import Manifest, ModelStore
 from ethml.node.context import NodeConfig, NodeContext
@@ -26,6 +26,7 @@ from ethml.node.revealer import Revealer
 from ethml.node.sender import TxSender
 from ethml.node.submitter import TxSubmitter
 from ethml.node.watcher import EventWatcher
+from ethml.paths import data_home
 
 SHUTDOWN_TIMEOUT = 10.0
 

@@ -5,8 +5,9 @@ state lane 9, so the C core precomputes everything else once per search. Candida
 search with `base` is `window_nonce(base, counter)`; the other 192 bits come from `base`
 (`random_base()` gives every search its own).
 
-Path selection: `ETHML_POW_PATH=avx512|avx2|scalar|python` forces one; otherwise the fastest the CPU
-supports. Without the compiled core, everything raises `NativeUnavailable` unless `ETHML_PUREPYTHON=1`
+Path selection: `ETHML_POW_PATH=<path>|python` forces one (`available_paths()` lists them); otherwise
+the fastest on this CPU as measured by `ethml.pow.tune` (once per CPU model and core build, cached).
+Without the compiled core, everything raises `NativeUnavailable` unless `ETHML_PUREPYTHON=1`
 explicitly selects the (about 100x slower) pure-Python reference.
 """
 
@@ -37,18 +38,20 @@ HAS_NATIVE = _core.available() and not PURE_PYTHON
 
 
 def available_paths() -> list[str]:
-    """Search paths usable here, fastest first; "python" (the reference) is always last."""
+    """Search paths usable here, widest vectors first; "python" (the reference) is always last."""
     native = _core.supported_paths() if HAS_NATIVE else []
-    return [*sorted(native, key=["avx512", "avx2", "scalar"].index), "python"]
+    return [*native, "python"]
 
 
 def resolve_path(path: str | None = None) -> str:
-    """The path a search will use: `path`, else ETHML_POW_PATH, else the fastest available."""
+    """The path a search will use: `path`, else ETHML_POW_PATH, else the autotuned fastest (`auto`)."""
     wanted = (path or os.environ.get("ETHML_POW_PATH") or "auto").lower()
     paths = available_paths()
     if wanted == "auto":
         if HAS_NATIVE:
-            return paths[0]
+            from ethml.pow.tune import autotune
+
+            return autotune().path
         if PURE_PYTHON:
             return "python"
         raise NativeUnavailable(_core.IMPORT_ERROR or "ethml._native is not built")
