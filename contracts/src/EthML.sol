@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {EMLPermit} from "./EMLPermit.sol";
 import {PredictionQueue} from "./PredictionQueue.sol";
 import {ProofOfWork} from "./ProofOfWork.sol";
 import {RoundRules} from "./RoundRules.sol";
@@ -13,7 +14,7 @@ interface IEthMLConsumer {
 }
 
 /// @title EthML: a proof-of-work oracle for machine-learning predictions.
-/// @notice EML token, model registry, prioritised request queue and mining rounds in two phases:
+/// @notice EML token (with EIP-2612 permits), model registry, prioritised request queue and mining rounds in two phases:
 /// five proof-of-work-gated commitments to hidden predictions, then reveals; consensus needs a quorum
 /// of agreeing reveals; rewards accrue to the agreeing miners and are claimed with `claimRewards`.
 /// @dev The proof of work (shared bit for bit with the C core and the Python reference):
@@ -21,7 +22,7 @@ interface IEthMLConsumer {
 /// `challenge = keccak256(abi.encodePacked(blockhash(openBlock), address(this), requestId))` and
 /// `openBlock` is the block that opened the round: nobody knows it before that block is sealed, and no
 /// commitment is accepted in the opening block itself.
-contract EthML is ERC20, AccessControl {
+contract EthML is ERC20, EMLPermit, AccessControl {
     using PredictionQueue for PredictionQueue.Heap;
 
     // ------------------------------------------------------------------ types

@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
@@ -82,6 +83,15 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         string modelCid;
     }
 
+    /// @notice A requester's EIP-2612 permit of the escrow to this contract, relayed by a RELAYER_ROLE account.
+    struct PermitSignature {
+        address owner;
+        uint256 deadline;
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+    }
+
     struct Vote {
         address validator;
         uint32 score;
@@ -98,6 +108,8 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
     }
 
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+    /// @notice Accounts that create tasks for requesters from their signed permits (a coordinator's relayer).
+    bytes32 public constant RELAYER_ROLE = keccak256("RELAYER_ROLE");
     uint32 public constant SCORE_SCALE = 1_000_000;
     uint256 public constant MAX_SUBMISSIONS = 8;
     uint256 public constant MAX_VALIDATIONS = 9;
@@ -115,6 +127,8 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
     mapping(uint256 => mapping(address => bool)) public hasSubmitted;
     mapping(uint256 => mapping(uint256 => mapping(address => bool))) public hasVoted;
     mapping(address => mapping(Role => Stake)) private _stakes;
+    /// @notice The relayer that created a task for its requester; it may reveal the test set for them.
+    mapping(uint256 => address) public relayerOf;
 
     error InvalidParameters(string reason);
     error InvalidTask(string reason);
@@ -271,6 +285,67 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         uint256 validationDeadline,
         ModelShape calldata shape
     ) external whenNotPaused nonReentrant returns (uint256 taskId) {
+        return _createTask(
+            msg.sender,
+            datasetCid,
+            specCid,
+            testSetCommitment,
+            reward,
+            validationsRequired,
+            minScore,
+            submitDeadline,
+            validationDeadline,
+            shape
+        );
+    }
+
+    /// @notice Create a task for `permit.owner`, who pays the escrow through an EIP-2612 permit
+    /// (signed off chain, so the requester needs no transaction of its own). Only relayers may use it:
+    /// a permit does not name the task, so an untrusted caller could spend it on different terms.
+    /// A permit that was already submitted by someone else is fine as long as the allowance covers
+    /// the reward (the usual guard against permit front-running).
+    function createTaskWithPermit(
+        string calldata datasetCid,
+        string calldata specCid,
+        bytes32 testSetCommitment,
+        uint256 reward,
+        uint256 validationsRequired,
+        uint256 minScore,
+        uint256 submitDeadline,
+        uint256 validationDeadline,
+        ModelShape calldata shape,
+        PermitSignature calldata permit
+    ) external whenNotPaused nonReentrant onlyRole(RELAYER_ROLE) returns (uint256 taskId) {
+        try IERC20Permit(address(token)).permit(
+            permit.owner, address(this), reward, permit.deadline, permit.v, permit.r, permit.s
+        ) {} catch {}
+        taskId = _createTask(
+            permit.owner,
+            datasetCid,
+            specCid,
+            testSetCommitment,
+            reward,
+            validationsRequired,
+            minScore,
+            submitDeadline,
+            validationDeadline,
+            shape
+        );
+        relayerOf[taskId] = msg.sender;
+    }
+
+    function _createTask(
+        address requester,
+        string calldata datasetCid,
+        string calldata specCid,
+        bytes32 testSetCommitment,
+        uint256 reward,
+        uint256 validationsRequired,
+        uint256 minScore,
+        uint256 submitDeadline,
+        uint256 validationDeadline,
+        ModelShape calldata shape
+    ) private returns (uint256 taskId) {
         _checkCid(datasetCid, "datasetCid");
         _checkCid(specCid, "specCid");
         if (testSetCommitment == bytes32(0)) revert InvalidTask("testSetCommitment is zero");
@@ -289,10 +364,10 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         if (shape.decimals > 18 || (shape.kind == EthML.ModelKind.Classification && shape.decimals != 0)) {
             revert InvalidTask("decimals");
         }
-        token.safeTransferFrom(msg.sender, address(this), reward);
+        token.safeTransferFrom(requester, address(this), reward);
         taskId = ++taskCount;
         Task storage t = _tasks[taskId];
-        t.requester = msg.sender;
+        t.requester = requester;
         t.escrow = uint96(reward);
         t.submitDeadline = uint40(submitDeadline);
         t.validationDeadline = uint40(validationDeadline);
@@ -305,7 +380,7 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         t.specCid = specCid;
         emit TaskCreated(
             taskId,
-            msg.sender,
+            requester,
             datasetCid,
             specCid,
             reward,
@@ -316,10 +391,11 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         );
     }
 
-    /// @notice The requester reveals the test set after the submission deadline.
+    /// @notice The requester (or the relayer that created the task for it) reveals the test set after
+    /// the submission deadline.
     function revealTestSet(uint256 taskId, string calldata testCid, bytes32 salt) external {
         Task storage t = _open(taskId);
-        if (msg.sender != t.requester) revert NotRequester(taskId, msg.sender);
+        if (msg.sender != t.requester && msg.sender != relayerOf[taskId]) revert NotRequester(taskId, msg.sender);
         if (block.timestamp <= t.submitDeadline) revert RevealTooEarly(taskId, t.submitDeadline);
         if (block.timestamp > t.validationDeadline) revert ValidationClosed(taskId, t.validationDeadline);
         if (t.revealed) revert AlreadyRevealed(taskId);

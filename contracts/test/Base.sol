@@ -6,6 +6,8 @@ import {EthML} from "../src/EthML.sol";
 /// @dev The few forge cheatcodes these tests use, declared here instead of depending on forge-std.
 interface Vm {
     function prank(address sender) external;
+    function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
+    function addr(uint256 privateKey) external pure returns (address);
     function startPrank(address sender) external;
     function stopPrank() external;
     function roll(uint256 blockNumber) external;

@@ -586,13 +586,13 @@ contract EthMLTest is EthMLFixture {
 
     // ------------------------------------------------------------ limits
 
-    /// @dev Storage slots from `forge inspect EthML storageLayout`: modelCount = 10, _counters = 12.
+    /// @dev Storage slots from `forge inspect EthML storageLayout`: modelCount = 11, _counters = 13 (EIP-2612 nonces take slot 5).
     function test_model_and_request_id_limits() public {
-        vm.store(address(ethml), bytes32(uint256(10)), bytes32(uint256(type(uint16).max)));
+        vm.store(address(ethml), bytes32(uint256(11)), bytes32(uint256(type(uint16).max)));
         vm.prank(ADMIN);
         vm.expectRevert(EthML.TooManyModels.selector);
         ethml.registerModel("Qm", bytes32(0), EthML.ModelKind.Classification, 0, 1);
-        vm.store(address(ethml), bytes32(uint256(12)), bytes32(uint256(type(uint32).max)));
+        vm.store(address(ethml), bytes32(uint256(13)), bytes32(uint256(type(uint32).max)));
         vm.expectRevert(EthML.TooManyRequests.selector);
         _request(classifier, 0);
     }

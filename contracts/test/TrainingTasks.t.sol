@@ -415,3 +415,131 @@ contract TrainingInvariantsTest {
         vm.assertEq(acceptedTasks, handler.accepted(), "accepted at most once");
     }
 }
+
+/// @dev EIP-2612 permits on EML, and tasks created by a relayer from a requester's permit.
+contract PermitTest is TrainingFixture {
+    uint256 internal constant OWNER_KEY = 0xA11CE;
+    address internal owner;
+    address internal constant RELAYER = address(0x9001);
+    bytes32 internal constant PERMIT_TYPEHASH =
+        keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)");
+
+    function setUp() public {
+        _setUpTraining();
+        owner = vm.addr(OWNER_KEY);
+        vm.prank(USER);
+        ethml.transfer(owner, 3 * REWARD);
+        bytes32 role = tasks.RELAYER_ROLE();
+        vm.prank(ADMIN);
+        tasks.grantRole(role, RELAYER);
+    }
+
+    function _sign(uint256 key, address spender, uint256 value, uint256 nonce, uint256 deadline)
+        internal
+        view
+        returns (TrainingTasks.PermitSignature memory p)
+    {
+        bytes32 structHash = keccak256(abi.encode(PERMIT_TYPEHASH, vm.addr(key), spender, value, nonce, deadline));
+        bytes32 digest = keccak256(abi.encodePacked(hex"1901", ethml.DOMAIN_SEPARATOR(), structHash));
+        (p.v, p.r, p.s) = vm.sign(key, digest);
+        p.owner = vm.addr(key);
+        p.deadline = deadline;
+    }
+
+    function _relay(address caller, TrainingTasks.PermitSignature memory p) internal returns (uint256) {
+        vm.prank(caller);
+        return tasks.createTaskWithPermit(
+            "bafkreidataset",
+            "bafkreispec",
+            keccak256(abi.encode(TEST_CID, SALT)),
+            REWARD,
+            3,
+            800_000,
+            block.timestamp + 1 days,
+            block.timestamp + 2 days,
+            TrainingTasks.ModelShape(EthML.ModelKind.Classification, 0, 13),
+            p
+        );
+    }
+
+    function test_domain_is_the_standard_eip712_domain() public view {
+        bytes32 expected = keccak256(
+            abi.encode(
+                keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+                keccak256("EthML Token"),
+                keccak256("1"),
+                block.chainid,
+                address(ethml)
+            )
+        );
+        vm.assertEq(ethml.DOMAIN_SEPARATOR(), expected, "domain separator");
+    }
+
+    function test_permit_sets_the_allowance_and_spends_the_nonce() public {
+        TrainingTasks.PermitSignature memory p = _sign(OWNER_KEY, address(tasks), 5 ether, 0, block.timestamp + 1 hours);
+        ethml.permit(owner, address(tasks), 5 ether, p.deadline, p.v, p.r, p.s);
+        vm.assertEq(ethml.allowance(owner, address(tasks)), 5 ether, "allowance");
+        vm.assertEq(ethml.nonces(owner), 1, "nonce used");
+        // The same signature again: the nonce moved on, so it recovers another signer.
+        vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
+        ethml.permit(owner, address(tasks), 5 ether, p.deadline, p.v, p.r, p.s);
+    }
+
+    function test_permit_refuses_expired_forged_and_malleable_signatures() public {
+        uint256 deadline = block.timestamp + 1 hours;
+        TrainingTasks.PermitSignature memory p = _sign(OWNER_KEY, address(tasks), 5 ether, 0, deadline);
+        vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
+        ethml.permit(owner, address(tasks), 6 ether, deadline, p.v, p.r, p.s); // another value
+        TrainingTasks.PermitSignature memory other = _sign(0xB0B, address(tasks), 5 ether, 0, deadline);
+        vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
+        ethml.permit(owner, address(tasks), 5 ether, deadline, other.v, other.r, other.s); // another signer
+        bytes32 highS = bytes32(0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 - uint256(p.s));
+        vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
+        ethml.permit(owner, address(tasks), 5 ether, deadline, p.v == 27 ? 28 : 27, p.r, highS); // the twin
+        vm.warp(deadline + 1);
+        vm.expectRevert(abi.encodeWithSelector(EMLPermitErrors.ERC2612ExpiredSignature.selector, deadline));
+        ethml.permit(owner, address(tasks), 5 ether, deadline, p.v, p.r, p.s);
+        vm.assertEq(ethml.allowance(owner, address(tasks)), 0, "nothing approved");
+    }
+
+    function test_a_relayer_creates_a_task_paid_by_the_permit_and_may_reveal() public {
+        uint256 before = ethml.balanceOf(owner);
+        uint256 id = _relay(RELAYER, _sign(OWNER_KEY, address(tasks), REWARD, 0, block.timestamp + 1 hours));
+        TrainingTasks.Task memory t = tasks.getTask(id);
+        vm.assertEq(t.requester, owner, "the signer is the requester");
+        vm.assertEq(before - ethml.balanceOf(owner), REWARD, "escrow from the signer");
+        vm.assertEq(tasks.relayerOf(id), RELAYER, "relayer recorded");
+        vm.warp(block.timestamp + 1 days + 1);
+        vm.prank(RELAYER);
+        tasks.revealTestSet(id, TEST_CID, SALT);
+        vm.assertTrue(tasks.getTask(id).revealed, "revealed by the relayer");
+    }
+
+    function test_only_relayers_may_spend_a_permit_and_a_stranger_cannot_reveal() public {
+        TrainingTasks.PermitSignature memory p = _sign(OWNER_KEY, address(tasks), REWARD, 0, block.timestamp + 1 hours);
+        vm.expectPartialRevert(bytes4(keccak256("AccessControlUnauthorizedAccount(address,bytes32)")));
+        _relay(address(0xBAD), p);
+        uint256 id = _relay(RELAYER, p);
+        vm.warp(block.timestamp + 1 days + 1);
+        vm.prank(address(0xBAD));
+        vm.expectRevert(abi.encodeWithSelector(TrainingTasks.NotRequester.selector, id, address(0xBAD)));
+        tasks.revealTestSet(id, TEST_CID, SALT);
+    }
+
+    function test_a_front_run_permit_still_creates_the_task_and_a_bad_one_reverts() public {
+        TrainingTasks.PermitSignature memory p = _sign(OWNER_KEY, address(tasks), REWARD, 0, block.timestamp + 1 hours);
+        ethml.permit(owner, address(tasks), REWARD, p.deadline, p.v, p.r, p.s); // someone submits it first
+        uint256 id = _relay(RELAYER, p);
+        vm.assertEq(tasks.getTask(id).requester, owner, "created from the existing allowance");
+        // A signature for a smaller value: the permit fails and so does the escrow transfer.
+        TrainingTasks.PermitSignature memory small = _sign(OWNER_KEY, address(tasks), 1 ether, 1, block.timestamp + 1 hours);
+        vm.expectRevert();
+        _relay(RELAYER, small);
+    }
+}
+
+/// @dev The permit errors, for their selectors.
+interface EMLPermitErrors {
+    error ERC2612ExpiredSignature(uint256 deadline);
+    error ERC2612InvalidSigner(address signer, address owner);
+}

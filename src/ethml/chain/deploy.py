@@ -242,7 +242,8 @@ async def deploy_system(
 async def _deploy_training(
     w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, params: TrainingParameters
 ) -> str:
-    """TrainingTasks beside EthML, holding EthML's model-admin role so accepted models get registered."""
+    """TrainingTasks beside EthML, holding EthML's model-admin role so accepted models get registered;
+    the deployer may relay permit-paid tasks (`ethml serve`'s default relayer on a devnet)."""
     artifact = load_artifact("TrainingTasks")
     factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
     receipt = await send(
@@ -255,6 +256,14 @@ async def _deploy_training(
     contract = ethml_contract(w3, deployment.ethml)
     role = await contract.functions.MODEL_ADMIN_ROLE().call()
     await send(w3, deployer, contract.functions.grantRole(role, address), what="granting TrainingTasks the model role")
+    tasks = training_contract(w3, address)
+    relayer = await tasks.functions.RELAYER_ROLE().call()
+    await send(
+        w3,
+        deployer,
+        tasks.functions.grantRole(relayer, deployer.address),
+        what="granting the deployer the relayer role",
+    )
     return address
 
 
