@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ethml import __version__
-from ethml.cli import bench_pow, demo, devnet, ipfs, mine, oracle, request, training
+from ethml.cli import bench_pow, coordinator, demo, devnet, ipfs, mine, oracle, request, training
 
 app = typer.Typer(
     name="ethml",
@@ -27,6 +27,7 @@ app.add_typer(devnet.app)
 app.add_typer(request.app)
 app.add_typer(oracle.app)
 app.add_typer(training.app)
+app.add_typer(coordinator.app)
 
 
 def _version(value: bool) -> None:

@@ -53,7 +53,6 @@ Gateways = Annotated[
 
 
 def _home(data_dir: Path | None) -> Path:
-
     return data_dir or data_home()
 
 

@@ -1,0 +1,200 @@
+"""`ethml serve` (the training coordinator) and `ethml worker` (a trainer or validator of it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlparse
+
+import typer
+from aiohttp import web
+
+from ethml.chain.deploy import Deployment, training_contract
+from ethml.cli._common import (
+    DEFAULT_RPC,
+    DataDirOption,
+    DeploymentOption,
+    RpcOption,
+    check_rpc_url,
+    connect,
+    handle_errors,
+)
+from ethml.cli._config import ConfigError, load_account
+from ethml.coordinator.server import ServeConfig, make_app
+from ethml.coordinator.worker import Worker, WorkerConfig, _http_base
+from ethml.errors import ChainError
+from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+from ethml.paths import data_home
+
+app = typer.Typer(rich_markup_mode=None)
+
+Account = Annotated[int | None, typer.Option("--account", "--mnemonic-index", min=0, help="Account index.")]
+PrivateKey = Annotated[
+    str | None, typer.Option("--private-key", help="Sign with this key instead.", envvar="ETHML_PRIVATE_KEY")
+]
+
+
+async def _deployment(rpc: str, deployment: Path | None, data_dir: Path | None) -> tuple[Deployment, int]:
+    w3, chain_id = await connect(rpc)
+    try:
+        dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
+        if dep.chain_id != chain_id:
+            raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
+        if dep.training is None:
+            raise ChainError("this deployment has no TrainingTasks contract (redeploy with a current ethml)")
+        if not await w3.eth.get_code(w3.to_checksum_address(dep.training)):
+            raise ChainError(f"no contract at TrainingTasks {dep.training}: the deployment file is stale")
+        return dep, chain_id
+    finally:
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+
+async def _check_relayer(rpc: str, dep: Deployment, address: str) -> None:
+    w3, _ = await connect(rpc)
+    try:
+        tasks = training_contract(w3, dep.training or "")
+        role = await tasks.functions.RELAYER_ROLE().call()
+        if not await tasks.functions.hasRole(role, address).call():
+            raise ConfigError(
+                f"the relayer account {address} lacks TrainingTasks' RELAYER_ROLE, so it cannot create tasks from "
+                "permits: have the admin grant it (grantRole(RELAYER_ROLE, address)), or use --account with an account "
+                "that has it (on a devnet, the deployer, account 0)"
+            )
+    finally:
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+
+@app.command("serve")
+@handle_errors
+def serve(
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    account: Account = None,
+    private_key: PrivateKey = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            metavar="URL",
+            help="A Redis to share with other instances (redis://host:6379/0). Default: a private Redis in DATA_DIR.",
+            envvar="ETHML_REDIS",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8600,
+    key_rate: Annotated[float, typer.Option(min=0.01, help="Requests per second per API key.")] = 20.0,
+    key_burst: Annotated[int, typer.Option(min=1, help="Burst per API key.")] = 40,
+    ip_rate: Annotated[float, typer.Option(min=0.01, help="Requests per second per client address.")] = 50.0,
+    ip_burst: Annotated[int, typer.Option(min=1, help="Burst per client address.")] = 100,
+    job_timeout: Annotated[
+        float, typer.Option(min=1.0, help="Seconds a silent worker keeps its jobs before they go to another.")
+    ] = 30.0,
+    max_deliveries: Annotated[int, typer.Option(min=1, help="Deliveries of a job before it is dead-lettered.")] = 3,
+    confirmations: Annotated[int, typer.Option(min=0, help="Blocks behind the head the event follower stays.")] = 0,
+) -> None:
+    """Run the training coordinator: REST API, worker WebSocket, dashboard, Redis state, chain relayer.
+
+    The relayer (--account, default 0) creates the tasks posted with permits on chain and needs
+    TrainingTasks' RELAYER_ROLE. On first start an admin API key is written to
+    DATA_DIR/coordinator/admin.key; create requester keys with POST /api/keys.
+    """
+    check_rpc_url(rpc)
+    if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"--redis {redis!r} is not a redis://, rediss:// or unix:// URL")
+    home = data_dir or data_home()
+    dep, chain_id = asyncio.run(_deployment(rpc, deployment, data_dir))
+    relayer, _source = load_account(
+        index=None if private_key is not None else (account or 0),
+        mnemonic_file=None,
+        keystore=None,
+        password_file=None,
+        chain_id=chain_id,
+        private_key=private_key,
+    )
+    asyncio.run(_check_relayer(rpc, dep, relayer.address))
+    config = ServeConfig(
+        rpc_url=rpc,
+        deployment=dep,
+        relayer=relayer,
+        data_dir=home,
+        redis_url=redis,
+        host=host,
+        port=port,
+        key_rate=key_rate,
+        key_burst=key_burst,
+        ip_rate=ip_rate,
+        ip_burst=ip_burst,
+        job_timeout=job_timeout,
+        max_deliveries=max_deliveries,
+        confirmations=confirmations,
+    )
+    application = make_app(config)
+    typer.echo(
+        f"ethml coordinator on http://{host}:{port} (dashboard /, API /api, workers ws://{host}:{port}/ws/worker)\n"
+        f"chain {chain_id}, TrainingTasks {dep.training}, relayer {relayer.address}, "
+        f"redis {redis or 'private in ' + str(home / 'coordinator' / 'redis')}",
+        err=True,
+    )
+    web.run_app(application, host=host, port=port, print=None, handle_signals=True, shutdown_timeout=5)
+
+
+@app.command("worker")
+@handle_errors
+def worker(
+    server: Annotated[str, typer.Option("--server", metavar="URL", help="The coordinator: ws://host:port.")],
+    role: Annotated[str, typer.Option(help="trainer or validator (the stake it holds in TrainingTasks).")],
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+    account: Account = None,
+    private_key: PrivateKey = None,
+    capacity: Annotated[int, typer.Option(min=1, max=16, help="Jobs run at once.")] = 1,
+    gateways: Annotated[
+        list[str] | None,
+        typer.Option("--gateway", metavar="URL", help="IPFS gateway (repeatable; default: the coordinator)."),
+    ] = None,
+) -> None:
+    """Work for a coordinator as a trainer or validator: log in with the account's key, take jobs,
+    send the transactions with that key, report results; reconnects by itself."""
+    if role not in ("trainer", "validator"):
+        raise ConfigError(f"--role must be trainer or validator, not {role!r}")
+    if urlparse(server).scheme not in ("ws", "wss") or not urlparse(server).hostname:
+        raise ConfigError(f"--server {server!r} is not a ws:// or wss:// URL (for example ws://127.0.0.1:8600)")
+    check_rpc_url(rpc)
+
+    async def main() -> None:
+        w3, chain_id = await connect(rpc)
+        try:
+            dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
+            if dep.chain_id != chain_id:
+                raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
+            signer, _ = load_account(
+                index=account if private_key is None else None,
+                mnemonic_file=None,
+                keystore=None,
+                password_file=None,
+                chain_id=chain_id,
+                private_key=private_key,
+            )
+            home = data_dir or data_home()
+            ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
+            config = WorkerConfig(server=server, role=role, capacity=capacity, worker_id=_worker_id(role))
+            typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
+            async with ipfs:
+                await Worker(config, w3, dep, signer, ipfs).run()
+        finally:
+            await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _worker_id(role: str) -> str:
+    """A fresh id per worker process: a restarted worker is a new worker (its predecessor's jobs time
+    out and go elsewhere); reconnects within one process keep the id and the jobs."""
+    return f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}"

@@ -1,0 +1,182 @@
+"""Job dispatch to the workers connected to this instance, over the Redis job streams.
+
+A job read from `jobs:<role>` waits under the consumer `~waiting` until a worker of that role with
+free capacity, which has not yet worked on the same task, takes it: it is moved (XCLAIM ... JUSTID,
+so the delivery count stays) to the consumer `<address>:<worker id>`. While the worker heartbeats,
+its jobs are touched every pass, so they never look idle; once it stops (SIGKILL, lost network, its
+instance died), its jobs go idle and after `job_timeout` XAUTOCLAIM moves them back to `~waiting`,
+which counts a delivery. A job delivered more than `max_deliveries` times goes to the `dead` stream.
+The job id (task and slot) is the idempotency key: the first result is kept, a repeat is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ethml.coordinator.store import GROUP, WAITING, P, Store, job_stream
+
+log = structlog.get_logger("ethml.coordinator")
+
+
+@dataclass
+class WorkerConn:
+    id: str
+    address: str
+    role: str
+    ws: web.WebSocketResponse
+    capacity: int
+    instance: str
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
+    running: dict[str, bytes] = field(default_factory=dict)  # job id -> stream entry id
+    cpu: float = 0.0
+    memory: float = 0.0
+
+    @property
+    def consumer(self) -> str:
+        return f"{self.address}:{self.id}"
+
+    @property
+    def load(self) -> float:
+        """What dispatch minimises: the share of capacity in use, then CPU and memory pressure."""
+        return len(self.running) / self.capacity + 0.5 * self.cpu / 100 + 0.25 * self.memory / 100
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "address": self.address,
+            "role": self.role,
+            "instance": self.instance,
+            "running": len(self.running),
+            "capacity": self.capacity,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "load": round(self.load, 3),
+            "connected_at": self.connected_at,
+            "last_seen": time.time() - (time.monotonic() - self.last_seen),
+        }
+
+
+class Dispatcher:
+    def __init__(self, store: Store, instance: str, *, job_timeout: float, max_deliveries: int) -> None:
+        self.store = store
+        self.instance = instance
+        self.job_timeout = job_timeout
+        self.max_deliveries = max_deliveries
+        self.conns: dict[str, WorkerConn] = {}
+        self.dead_lettered = 0
+        self.dispatched = 0
+
+    async def run_pass(self) -> None:
+        for role in ("trainer", "validator"):
+            await self._pass(role)
+
+    async def _pass(self, role: str) -> None:
+        stream = job_stream(role)
+        redis = self.store.redis
+        mine = [c for c in self.conns.values() if c.role == role]
+        for conn in mine:  # keep the jobs of live workers fresh
+            if conn.running:
+                await redis.xclaim(stream, GROUP, conn.consumer, 0, list(conn.running.values()), justid=True)
+        waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
+        if waiting:  # waiting is not idle: only jobs of silent workers are reclaimed below
+            await redis.xclaim(stream, GROUP, WAITING, 0, [w["message_id"] for w in waiting], justid=True)
+        # Jobs of workers that stopped heartbeating: back to waiting, one more delivery.
+        reply = await redis.xautoclaim(stream, GROUP, WAITING, int(self.job_timeout * 1000), start_id="0-0", count=100)
+        claimed = reply[1]  # Redis 7 adds a third element (deleted ids), 6.2 has two
+        for entry_id, fields in claimed:
+            if fields is None:
+                continue
+            info = await redis.xpending_range(stream, GROUP, entry_id, entry_id, 1)
+            delivered = int(info[0]["times_delivered"]) if info else 1
+            job = fields.get(b"job", b"?").decode()
+            log.warning("job_reclaimed", job=job, deliveries=delivered)
+            if delivered > self.max_deliveries:
+                dead = {k.decode(): v for k, v in fields.items()}
+                await redis.xadd(f"{P}dead", {**dead, "deliveries": delivered})
+                await redis.xack(stream, GROUP, entry_id)
+                self.dead_lettered += 1
+        await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
+        waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
+        if not waiting:
+            return
+        if not mine:
+            return
+        for w in waiting:
+            free = [c for c in mine if len(c.running) < c.capacity and not c.ws.closed]
+            if not free:
+                return
+            await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)
+
+    async def _assign(self, stream: str, role: str, entry_id: bytes, delivered: int, free: list[WorkerConn]) -> None:
+        redis = self.store.redis
+        rows = await redis.xrange(stream, entry_id, entry_id)
+        if not rows:
+            await redis.xack(stream, GROUP, entry_id)
+            return
+        fields = {k.decode(): v.decode() for k, v in rows[0][1].items()}
+        job = fields["job"]
+        if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
+            await redis.xack(stream, GROUP, entry_id)
+            return
+        done_key = f"{P}taskworkers:{fields['chain_task']}:{role}"
+        done = {a.decode() for a in await redis.smembers(done_key)}
+        eligible = [c for c in free if c.address not in done]
+        if not eligible:
+            return
+        if not await redis.set(f"{P}joblock:{job}", self.instance, nx=True, px=5000):
+            return  # another instance is assigning it right now
+        conn = min(eligible, key=lambda c: c.load)
+        await redis.xclaim(stream, GROUP, conn.consumer, 0, [entry_id], justid=True)
+        await redis.sadd(done_key, conn.address)
+        conn.running[job] = entry_id
+        message = {"type": "job", "job": job, "kind": fields["kind"], "task": fields["task"], "delivery": delivered}
+        message["chain_task"] = int(fields["chain_task"])
+        try:
+            await conn.ws.send_str(json.dumps(message))
+        except (ConnectionError, RuntimeError):
+            # The socket died between the check and the send: the job stays under this worker and comes
+            # back through XAUTOCLAIM if it does not reconnect.
+            return
+        self.dispatched += 1
+        log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
+
+    async def finish(self, conn: WorkerConn, job: str, result: dict[str, Any]) -> bool:
+        """A worker's result: kept if it is the first for this job; the stream entry is acknowledged."""
+        role_stream = job_stream(conn.role)
+        entry_id = conn.running.pop(job, None)
+        recorded = await self.store.record_result(job, {**result, "worker": conn.consumer, "at": time.time()})
+        if entry_id is None:
+            # After a reconnect the worker's pending entry is found by its job id.
+            pending = await self.store.redis.xpending_range(
+                role_stream, GROUP, "-", "+", 1000, consumername=conn.consumer
+            )
+            for p in pending:
+                rows = await self.store.redis.xrange(role_stream, p["message_id"], p["message_id"])
+                if rows and rows[0][1].get(b"job") == job.encode():
+                    entry_id = p["message_id"]
+                    break
+        if entry_id is not None:
+            await self.store.redis.xack(role_stream, GROUP, entry_id)
+        return recorded
+
+    def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes]]) -> None:
+        """A reconnecting worker keeps the jobs still pending under its consumer name."""
+        for job, entry_id in pending:
+            conn.running[job] = entry_id
+
+    async def pending_of(self, conn: WorkerConn) -> list[tuple[str, bytes]]:
+        stream = job_stream(conn.role)
+        pending = await self.store.redis.xpending_range(stream, GROUP, "-", "+", 1000, consumername=conn.consumer)
+        found = []
+        for p in pending:
+            rows = await self.store.redis.xrange(stream, p["message_id"], p["message_id"])
+            if rows:
+                found.append((rows[0][1][b"job"].decode(), p["message_id"]))
+        return found

@@ -1,0 +1,231 @@
+"""The API's schema types: the handlers validate with them and the OpenAPI document is generated
+from them, so the two cannot drift apart. Every limit is explicit; a rejection names the field."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from eth_abi.abi import encode as abi_encode
+from eth_utils.address import is_checksum_address, to_checksum_address
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from ethml.errors import IpfsError
+from ethml.ipfs.cid import parse_cid
+from ethml.pow import keccak256
+from ethml.training.spec import TaskSpec
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_REWARD_WEI = 2**96 - 1
+MAX_DURATION = 365 * 24 * 3600
+HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
+STATUSES = ("pending_chain", "open", "training", "validating", "accepted", "failed", "expired")
+ROLES = ("trainer", "validator")
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
+        raise ValueError("must be a 0x-prefixed 20-byte hex address")
+    body = value[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
+        raise ValueError("mixed-case address with a wrong EIP-55 checksum")
+    return to_checksum_address(value)
+
+
+def _hex32(value: Any) -> str:
+    if not isinstance(value, str) or not HEX32.fullmatch(value):
+        raise ValueError("must be 0x followed by 64 hex digits")
+    return value.lower()
+
+
+def _cid(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("must be a CID of at most 64 characters")
+    try:
+        return str(parse_cid(value))
+    except IpfsError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _wei(value: Any) -> int:
+    """A wei amount as an integer or a decimal string (JSON numbers lose precision above 2^53)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer number of wei")
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]{1,30}", value):
+            raise ValueError("must be a decimal string of wei")
+        value = int(value)
+    if not isinstance(value, int):
+        raise ValueError("must be an integer number of wei")
+    return value
+
+
+Address = Annotated[str, BeforeValidator(_address), Field(json_schema_extra={"pattern": "^0x[0-9a-fA-F]{40}$"})]
+Hex32 = Annotated[str, BeforeValidator(_hex32), Field(json_schema_extra={"pattern": "^0x[0-9a-fA-F]{64}$"})]
+Cid = Annotated[str, BeforeValidator(_cid), Field(json_schema_extra={"maxLength": 64})]
+Wei = Annotated[int, BeforeValidator(_wei), Field(ge=1, le=MAX_REWARD_WEI)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PermitIn(Strict):
+    """An EIP-2612 permit of EML to the TrainingTasks contract, signed by the requester."""
+
+    owner: Address
+    value: Wei
+    nonce: int = Field(ge=0, le=2**64)
+    deadline: int = Field(ge=0, le=2**40)
+    v: Literal[27, 28]
+    r: Hex32
+    s: Hex32
+
+
+class TestSetSecret(Strict):
+    """The hidden test set's CID and salt; given here, the coordinator reveals it after the submission
+    deadline (it is never shown by the API)."""
+
+    cid: Cid
+    salt: Hex32
+
+
+def test_set_commitment(cid: str, salt: str) -> str:
+    return "0x" + keccak256(abi_encode(["string", "bytes32"], [cid, bytes.fromhex(salt[2:])])).hex()
+
+
+class TaskCreate(Strict):
+    spec: TaskSpec
+    dataset_cid: Cid
+    test_set_commitment: Hex32
+    test_set: TestSetSecret | None = None
+    reward: Wei
+    validations_required: int = Field(ge=1, le=9)
+    min_score: float = Field(ge=0.0, le=1.0)
+    submit_deadline: int = Field(ge=0, le=2**40, description="unix seconds")
+    validation_deadline: int = Field(ge=0, le=2**40, description="unix seconds")
+    trainers: int = Field(default=2, ge=1, le=8, description="training jobs to hand out")
+    permit: PermitIn
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskCreate:
+        now = int(time.time())
+        if not now < self.submit_deadline <= now + MAX_DURATION:
+            raise ValueError("submit_deadline must be in the future and within 365 days")
+        if not self.submit_deadline < self.validation_deadline <= self.submit_deadline + MAX_DURATION:
+            raise ValueError("validation_deadline must follow submit_deadline, within 365 days")
+        if self.permit.value != self.reward:
+            raise ValueError("permit.value must equal reward")
+        if self.permit.deadline < now:
+            raise ValueError("permit.deadline has passed")
+        secret = self.test_set
+        if secret is not None and test_set_commitment(secret.cid, secret.salt) != self.test_set_commitment:
+            raise ValueError("test_set does not match test_set_commitment")
+        return self
+
+
+class TaskImport(Strict):
+    chain_task_id: int = Field(ge=1, le=2**64)
+    trainers: int = Field(default=2, ge=1, le=8)
+
+
+class ApiKeyCreate(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 ._-]+$")
+    role: Literal["requester", "admin"] = "requester"
+
+
+class ApiKeyOut(BaseModel):
+    name: str
+    role: str
+    key: str = Field(description="shown once; only its hash is stored")
+
+
+class Submission(BaseModel):
+    trainer: str
+    model_cid: str
+    claimed_score: int
+    median: int
+    votes: int
+    tx: str | None = None
+
+
+class Vote(BaseModel):
+    submission: int
+    validator: str
+    score: int
+    tx: str | None = None
+
+
+class TaskView(BaseModel):
+    id: str
+    status: Literal["pending_chain", "open", "training", "validating", "accepted", "failed", "expired"]
+    chain_task_id: int | None = None
+    requester: str
+    reward: str
+    validations_required: int
+    min_score: float
+    submit_deadline: int
+    validation_deadline: int
+    spec_cid: str | None = None
+    dataset_cid: str
+    created_at: float
+    submissions: list[Submission] = []
+    votes: list[Vote] = []
+    transactions: dict[str, str] = {}
+    model_id: int | None = None
+    error: str | None = None
+
+
+class TaskCreated(BaseModel):
+    id: str
+    status: str
+    location: str
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskView]
+    next_cursor: str | None = None
+
+
+class WorkerView(BaseModel):
+    id: str
+    address: str
+    role: str
+    instance: str
+    running: int
+    capacity: int
+    cpu: float
+    memory: float
+    load: float
+    connected_at: float
+    last_seen: float
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerView]
+
+
+class Health(BaseModel):
+    ok: bool
+    redis: bool
+    chain_block: int | None
+    instance: str
+
+
+class ErrorBody(BaseModel):
+    status: int
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+def first_error(exc: ValidationError) -> tuple[str | None, str]:
+    """(dotted field, message) of the first problem pydantic found."""
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or None
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return field, message

@@ -1,0 +1,208 @@
+"""`ethml worker`: a training or validation worker of a coordinator.
+
+It logs in over the WebSocket by signing the server's nonce with its Ethereum key, reports its load
+every few seconds, runs each job with `ethml.training` (in a child process with the spec's time
+limit), sends its own transaction (submitModel / validate) with its own key, and reports the result.
+After a disconnect it reconnects with backoff under the same worker id, so the jobs it is running
+stay its own, and it re-sends results the server has not acknowledged. A job it has already done on
+chain (it submitted or voted already) is not done again: the job id and the chain's state are the
+idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+
+from ethml.chain.deploy import Deployment, training_contract
+from ethml.coordinator.permit import sign_login
+from ethml.errors import EthmlError
+from ethml.ipfs import IpfsClient
+from ethml.training import flow
+
+log = structlog.get_logger("ethml.worker")
+
+
+class WorkerRefused(EthmlError):
+    """The server refused the login (no stake, wrong signature): retrying will not help."""
+
+
+@dataclass
+class WorkerConfig:
+    server: str  # ws://host:port
+    role: str
+    capacity: int = 1
+    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    max_backoff: float = 10.0
+    load_interval: float | None = None  # default: what the server asks for
+
+
+def _http_base(server: str) -> str:
+    base = server.rstrip("/")
+    for ws, http in (("wss://", "https://"), ("ws://", "http://")):
+        if base.startswith(ws):
+            return http + base[len(ws) :]
+    return base
+
+
+def system_load() -> tuple[float, float]:
+    """(CPU %, memory %) of this machine, from /proc (0 where it is not readable)."""
+    cpu = mem = 0.0
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+        cpu = min(100.0, os.getloadavg()[0] / (os.cpu_count() or 1) * 100)
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                info[key] = int(value.split()[0])
+        mem = 100.0 * (1 - info["MemAvailable"] / info["MemTotal"])
+    return round(cpu, 1), round(mem, 1)
+
+
+class Worker:
+    def __init__(
+        self, config: WorkerConfig, w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccount, ipfs: IpfsClient
+    ) -> None:
+        self.config = config
+        self.w3 = w3
+        self.deployment = deployment
+        self.account = account
+        self.ipfs = ipfs
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.unacked: dict[str, dict[str, Any]] = {}  # results the server has not acknowledged
+        self.done: set[str] = set()
+        self.upload_token: str | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # for embedding and tests
+
+    async def run(self) -> None:
+        """Connect, work, reconnect with backoff; returns only when refused (raises) or cancelled."""
+        backoff = 0.5
+        async with aiohttp.ClientSession() as session:
+            self._session = session
+            while True:
+                try:
+                    await self._session_once(session)
+                    backoff = 0.5
+                except WorkerRefused:
+                    raise
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.warning("disconnected", error=str(exc) or type(exc).__name__, retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.max_backoff)
+
+    async def _session_once(self, session: aiohttp.ClientSession) -> None:
+        url = self.config.server.rstrip("/") + "/ws/worker"
+        async with session.ws_connect(url, heartbeat=10, max_msg_size=64 * 1024) as ws:
+            challenge = await ws.receive_json(timeout=30)
+            signature = sign_login(self.account.key, challenge["server"], challenge["nonce"], self.config.role)
+            await ws.send_json(
+                {
+                    "type": "auth",
+                    "role": self.config.role,
+                    "address": self.account.address,
+                    "worker_id": self.config.worker_id,
+                    "capacity": self.config.capacity,
+                    "signature": signature,
+                }
+            )
+            welcome = await ws.receive_json(timeout=60)
+            if welcome.get("type") == "refused":
+                raise WorkerRefused(f"the coordinator refused this worker: {welcome.get('message')}")
+            self._ws = ws
+            self.upload_token = welcome.get("upload_token")
+            log.info("connected", server=self.config.server, worker=self.config.worker_id, role=self.config.role)
+            self.events.put_nowait({"event": "connected", "adopted": welcome.get("running", [])})
+            for result in list(self.unacked.values()):  # results finished while disconnected
+                await ws.send_json(result)
+            loads = asyncio.create_task(self._report_load(ws, float(self.config.load_interval or welcome["heartbeat"])))
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    data = json.loads(msg.data)
+                    if data.get("type") == "job":
+                        self._start(data)
+                    elif data.get("type") == "ack":
+                        self.unacked.pop(data["job"], None)
+                        self.events.put_nowait({"event": "acked", **data})
+                    elif data.get("type") == "error":
+                        log.warning("server_error", message=data.get("message"))
+            finally:
+                loads.cancel()
+                self._ws = None
+            if ws.close_code == 4003:
+                raise WorkerRefused("disconnected by an admin")
+            if ws.close_code == 4001:
+                raise WorkerRefused(f"the coordinator refused this worker ({ws.close_code})")
+
+    async def _report_load(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+        while not ws.closed:
+            cpu, memory = system_load()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_json({"type": "load", "running": len(self.running), "cpu": cpu, "memory": memory})
+            await asyncio.sleep(interval)
+
+    def _start(self, job: dict[str, Any]) -> None:
+        job_id = job["job"]
+        if job_id in self.running:
+            return  # a re-sent assignment of a job this worker is already running
+        if job_id in self.done and job_id in self.unacked:
+            return
+        self.running[job_id] = asyncio.create_task(self._do(job), name=f"job-{job_id}")
+
+    async def _do(self, job: dict[str, Any]) -> None:
+        job_id = job["job"]
+        started = time.monotonic()
+        log.info("job_started", job=job_id, delivery=job.get("delivery"))
+        self.events.put_nowait({"event": "job_started", **job})
+        try:
+            detail, tx = await self._execute(job)
+            result = {"type": "result", "job": job_id, "ok": True, "detail": detail, "tx": tx}
+        except (EthmlError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            result = {"type": "result", "job": job_id, "ok": False, "detail": str(exc), "tx": None}
+        result["delivery"] = job.get("delivery")
+        result["seconds"] = round(time.monotonic() - started, 2)
+        self.unacked[job_id] = result
+        self.done.add(job_id)
+        self.running.pop(job_id, None)
+        log.info("job_finished", job=job_id, ok=result["ok"], seconds=result["seconds"])
+        self.events.put_nowait({"event": "job_finished", **result})
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_json(result)
+
+    async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
+        task_id = int(job["chain_task"])
+        tasks = training_contract(self.w3, self.deployment.training or "")
+        if job["kind"] == "train":
+            if await tasks.functions.hasSubmitted(task_id, self.account.address).call():
+                return {"already_submitted": True}, None
+            out = await flow.train_and_submit(self.w3, self.deployment, self.account, self.ipfs, task_id)
+            await self._upload(out["model_cid"])
+            return out, out.get("tx")
+        votes = await flow.validate_task(self.w3, self.deployment, self.account, self.ipfs, task_id)
+        return votes, None
+
+    async def _upload(self, cid: str) -> None:
+        """Give the model artifact to the coordinator, so validators anywhere fetch it by CID."""
+        data = await self.ipfs.cat(cid, max_size=flow.ARTIFACT_LIMIT)
+        async with self._session.post(
+            _http_base(self.config.server) + "/api/files",
+            data=data,
+            headers={"X-Worker-Token": self.upload_token or "", "Content-Type": "application/octet-stream"},
+        ) as response:
+            if response.status != 201:
+                raise EthmlError(f"uploading the model artifact failed: HTTP {response.status} {await response.text()}")

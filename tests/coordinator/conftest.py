@@ -1,0 +1,178 @@
+"""A coordinator on a real anvil chain with its private Redis, in this test's event loop; workers are
+real `ethml worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from ethml.chain import EML, Deployment, Parameters, deploy_system, dev_account
+from ethml.coordinator.permit import PermitDomain
+from ethml.coordinator.server import STATE, ServeConfig, make_app
+from ethml.ml import Manifest
+from ethml.training.flow import stake
+from tests.conftest import free_port
+
+TRAINERS = (5, 6, 4)  # the third one only joins when a test needs a replacement
+VALIDATORS = (7, 8, 3)
+REQUESTER = 9
+
+
+@dataclass
+class Coordinator:
+    rpc: str
+    w3: AsyncWeb3[Any]
+    deployment: Deployment
+    deployment_file: Path
+    root: Path
+    url: str = ""
+    admin_key: str = ""
+    runners: list[web.AppRunner] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def ws(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    @property
+    def domain(self) -> PermitDomain:
+        assert self.deployment.training is not None
+        return PermitDomain(self.deployment.chain_id, self.deployment.ethml, self.deployment.training)
+
+    def config(self, **overrides: Any) -> ServeConfig:
+        base: dict[str, Any] = {
+            "rpc_url": self.rpc,
+            "deployment": self.deployment,
+            "relayer": dev_account(0),
+            "data_dir": self.root / "server",
+            "heartbeat_interval": 1.0,
+            "heartbeat_timeout": 6.0,
+            "job_timeout": 8.0,
+            "poll_interval": 0.2,
+        }
+        base.update(overrides)
+        return ServeConfig(**base)
+
+    async def start_server(self, **overrides: Any) -> tuple[web.AppRunner, str]:
+        port = free_port()
+        app = make_app(self.config(port=port, **overrides))
+        runner = web.AppRunner(app, shutdown_timeout=2)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        self.runners.append(runner)
+        url = f"http://127.0.0.1:{port}"
+        if not self.url:
+            self.url = url
+            self.admin_key = (self.root / "server" / "coordinator" / "admin.key").read_text().strip()
+        return runner, url
+
+    def state(self, runner: web.AppRunner | None = None) -> Any:
+        return (runner or self.runners[0]).app[STATE]
+
+    async def stop_server(self, runner: web.AppRunner) -> None:
+        await runner.cleanup()
+        self.runners.remove(runner)
+
+    def start_worker(self, role: str, account: int, *extra: str, url: str | None = None) -> subprocess.Popen[bytes]:
+        data = self.root / f"worker-{role}-{account}-{len(self.workers)}"
+        data.mkdir(parents=True, exist_ok=True)
+        log = (data / "worker.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "ethml", "worker",
+                "--server", (url or self.url).replace("http://", "ws://"),
+                "--role", role,
+                "--account", str(account),
+                "--rpc-url", self.rpc,
+                "--deployment", str(self.deployment_file),
+                "--data-dir", str(data),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ETHML_LOG_LEVEL": "info"},
+        )  # fmt: skip
+        proc.log_path = data / "worker.log"  # type: ignore[attr-defined]
+        self.workers.append(proc)
+        return proc
+
+    async def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = None,
+        body: Any = None,
+        url: str | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, (url or self.url) + path, json=body if raw is None else None, data=raw, headers=headers
+            ) as response,
+        ):
+            text = await response.text()
+            try:
+                data: Any = await response.json(content_type=None) if text else None
+            except ValueError:
+                data = text
+            return response.status, data, dict(response.headers)
+
+    async def requester_key(self) -> str:
+        status, body, _ = await self.api(
+            "POST", "/api/keys", key=self.admin_key, body={"name": "lab", "role": "requester"}
+        )
+        assert status == 201, body
+        return str(body["key"])
+
+
+@asynccontextmanager
+async def coordinator_on(anvil_url: str, root: Path) -> AsyncIterator[Coordinator]:
+    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    deployment = await deploy_system(
+        w3,
+        dev_account(0),
+        parameters=Parameters(min_difficulty=1 << 10, max_difficulty=1 << 10),
+        models=Manifest.load().registry_specs(),
+    )
+    for who in TRAINERS:
+        await stake(w3, deployment, dev_account(who), "trainer", 100 * EML)
+    for who in VALIDATORS:
+        await stake(w3, deployment, dev_account(who), "validator", 100 * EML)
+    file = deployment.save(root / "deployment.json")
+    c = Coordinator(anvil_url, w3, deployment, file, root)
+    try:
+        yield c
+    finally:
+        for proc in c.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in c.workers:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for runner in list(c.runners):
+            await runner.cleanup()
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def coordinator(anvil_url: str, tmp_path: Path) -> AsyncIterator[Coordinator]:
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        await c.start_server()
+        yield c

@@ -1,0 +1,155 @@
+"""The whole training flow through the coordinator's HTTP API: a task posted with a permit, two trainer
+and three validator `ethml worker` processes, the model accepted, registered and served by the oracle."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from web3.logs import DISCARD
+
+from ethml.chain import EML, Status, consumer_contract, dev_account, ethml_contract, send
+from ethml.coordinator.client import task_body
+from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+from ethml.ml import Manifest
+from ethml.ml.loader import load_untrusted
+from ethml.node import Node, NodeConfig
+from ethml.requester import consumer_deposit
+from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
+from tests.coordinator.conftest import REQUESTER, TRAINERS, VALIDATORS, Coordinator
+from tests.node.conftest import wait_until
+
+
+def wine_spec(public: bytes) -> Any:
+    features = public.decode().splitlines()[0].split(",")[:-1]
+    return parse_spec(
+        {
+            "target": "target",
+            "features": features,
+            "estimator": {"name": "RandomForestClassifier", "params": {"n_estimators": 25, "max_depth": 8}},
+            "metric": "accuracy",
+        }
+    )
+
+
+async def chain_now(c: Coordinator) -> int:
+    return int((await c.w3.eth.get_block("latest"))["timestamp"])
+
+
+async def travel(c: Coordinator, seconds: int) -> None:
+    await c.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    await c.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+async def post_wine_task(c: Coordinator, key: str, *, trainers: int = 2, nonce: int = 0) -> tuple[str, dict[str, Any]]:
+    public, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=2024)
+    status, dataset, _ = await c.api("POST", "/api/files", key=key, raw=public)
+    assert status == 201, dataset
+    status, test_set, _ = await c.api("POST", "/api/files", key=key, raw=hidden)
+    assert status == 201, test_set
+    body = task_body(
+        dev_account(REQUESTER),
+        c.domain,
+        spec=wine_spec(public),
+        dataset_cid=dataset["cid"],
+        test_cid=test_set["cid"],
+        reward=50 * EML,
+        permit_nonce=nonce,
+        trainers=trainers,
+        now=await chain_now(c),
+    )
+    status, created, headers = await c.api("POST", "/api/tasks", key=key, body=body)
+    assert status == 201, created
+    assert created["status"] == "pending_chain" and headers["Location"] == created["location"]
+    return created["id"], body
+
+
+async def task(c: Coordinator, task_id: str) -> dict[str, Any]:
+    status, doc, _ = await c.api("GET", f"/api/tasks/{task_id}")
+    assert status == 200, doc
+    return dict(doc)
+
+
+async def wait_status(c: Coordinator, task_id: str, wanted: str, timeout: float = 240.0) -> dict[str, Any]:
+    async def reached() -> bool:
+        return (await task(c, task_id))["status"] == wanted
+
+    await wait_until(reached, timeout=timeout, what=f"task {task_id} {wanted}")
+    return await task(c, task_id)
+
+
+async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(coordinator: Coordinator) -> None:
+    c = coordinator
+    key = await c.requester_key()
+    requester = dev_account(REQUESTER).address
+    ethml = ethml_contract(c.w3, c.deployment.ethml)
+    balance_before = await ethml.functions.balanceOf(requester).call()
+    task_id, _body = await post_wine_task(c, key)
+    opened = await wait_status(c, task_id, "open", timeout=60)
+    assert opened["chain_task_id"] == 1 and opened["requester"] == requester
+    assert balance_before - await ethml.functions.balanceOf(requester).call() == 50 * EML  # escrow via the permit
+    assert "test_set" not in opened and "permit" not in opened  # secrets stay on the server
+
+    for who in TRAINERS[:2]:
+        c.start_worker("trainer", who)
+    for who in VALIDATORS:
+        c.start_worker("validator", who)
+
+    async def both_submitted() -> bool:
+        return len((await task(c, task_id))["submissions"]) == 2
+
+    await wait_until(both_submitted, timeout=240, what="two submissions")
+    await travel(c, 3601)  # past the submission deadline: the coordinator reveals the test set
+    done = await wait_status(c, task_id, "accepted", timeout=240)
+    assert {s["trainer"] for s in done["submissions"]} == {dev_account(w).address for w in TRAINERS[:2]}
+    assert len(done["votes"]) == 6 and {v["validator"] for v in done["votes"]} == {
+        dev_account(v).address for v in VALIDATORS
+    }
+    assert set(done["transactions"]) >= {"create", "reveal", "finalize"}
+    model_id = done["model_id"]
+    assert model_id == 5  # after the four bundled models
+
+    # Every job has exactly one recorded result.
+    store = c.state().store
+    for job in ("1:train:0", "1:train:1", "1:validate:0", "1:validate:1", "1:validate:2"):
+        result = await store.result(job)
+        assert result is not None and result["ok"], (job, result)
+
+    # The oracle serves the accepted model: five nodes fetch it by CID from the coordinator's gateway.
+    cid, sha, _kind, _decimals, _features, active = await ethml.functions.getModel(model_id).call()
+    assert active
+    manifest = Manifest.load()
+    raw = manifest.data_point_path(manifest.by_name("wine").data_points[0]).read_bytes()
+    ipfs = IpfsClient(Blockstore(c.root / "client" / "blocks"), IpfsConfig(gateways=[c.url]))
+    model = load_untrusted(await ipfs.cat(cid, max_size=64 * 1024 * 1024), "accepted", bytes(sha).hex())
+    point_cid = str(ipfs.add_bytes(raw))
+    consumer = consumer_contract(c.w3, c.deployment.consumer)
+    receipt = await send(
+        c.w3,
+        dev_account(REQUESTER),
+        consumer.functions.request(model_id, point_cid, 0),
+        value=await consumer_deposit(c.w3, c.deployment),
+    )
+    rid = int(ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)[0]["args"]["requestId"])
+    nodes = [
+        Node(
+            w3=c.w3,
+            deployment=c.deployment,
+            account=dev_account(i),
+            config=NodeConfig(threads=1, poll_interval=0.1, data_dir=c.root / "client", gateways=(c.url,)),
+        )
+        for i in range(5)
+    ]
+    for n in nodes:
+        await n.start()
+    try:
+
+        async def answered() -> bool:
+            return bool((await consumer.functions.answers(rid).call())[4])
+
+        await wait_until(answered, timeout=180, what="the trained model's answer")
+    finally:
+        for n in nodes:
+            await n.stop()
+    answer = await consumer.functions.answers(rid).call()
+    assert (int(answer[1]), int(answer[2])) == (int(model.predict([json.loads(raw)])[0]), int(Status.FINALIZED))
