@@ -3,6 +3,7 @@ real `ethml worker` processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -82,6 +83,9 @@ class Coordinator:
         return (runner or self.runners[0]).app[STATE]
 
     async def stop_server(self, runner: web.AppRunner) -> None:
+        """Stop one instance; when it was the main one, the next start_server becomes the main one."""
+        if self.runners and runner is self.runners[0]:
+            self.url = ""
         await runner.cleanup()
         self.runners.remove(runner)
 
@@ -163,7 +167,7 @@ async def coordinator_on(anvil_url: str, root: Path) -> AsyncIterator[Coordinato
                 proc.send_signal(signal.SIGINT)
         for proc in c.workers:
             try:
-                proc.wait(timeout=10)
+                await asyncio.to_thread(proc.wait, 10)  # the servers run in this loop: never block it
             except subprocess.TimeoutExpired:
                 proc.kill()
         for runner in list(c.runners):

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import typer
 from aiohttp import web
+from aiohttp.log import access_logger
 
 from ethml.chain.deploy import Deployment, training_contract
 from ethml.cli._common import (
@@ -94,6 +95,15 @@ def serve(
     ] = 30.0,
     max_deliveries: Annotated[int, typer.Option(min=1, help="Deliveries of a job before it is dead-lettered.")] = 3,
     confirmations: Annotated[int, typer.Option(min=0, help="Blocks behind the head the event follower stays.")] = 0,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log every HTTP request (the metrics count them anyway).")
+    ] = False,
+    relay: Annotated[
+        bool,
+        typer.Option(
+            help="Create posted tasks on chain here; --no-relay serves the API only (another instance relays)."
+        ),
+    ] = True,
 ) -> None:
     """Run the training coordinator: REST API, worker WebSocket, dashboard, Redis state, chain relayer.
 
@@ -114,7 +124,8 @@ def serve(
         chain_id=chain_id,
         private_key=private_key,
     )
-    asyncio.run(_check_relayer(rpc, dep, relayer.address))
+    if relay:
+        asyncio.run(_check_relayer(rpc, dep, relayer.address))
     config = ServeConfig(
         rpc_url=rpc,
         deployment=dep,
@@ -130,6 +141,7 @@ def serve(
         job_timeout=job_timeout,
         max_deliveries=max_deliveries,
         confirmations=confirmations,
+        relay=relay,
     )
     application = make_app(config)
     typer.echo(
@@ -138,7 +150,26 @@ def serve(
         f"redis {redis or 'private in ' + str(home / 'coordinator' / 'redis')}",
         err=True,
     )
-    web.run_app(application, host=host, port=port, print=None, handle_signals=True, shutdown_timeout=5)
+    web.run_app(
+        application,
+        loop=_event_loop(),
+        host=host,
+        port=port,
+        print=None,
+        handle_signals=True,
+        shutdown_timeout=5,
+        access_log=access_logger if access_log else None,
+    )
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency on Linux and macOS): the same asyncio code, with the
+    loop and transports in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 @app.command("worker")

@@ -6,12 +6,12 @@ the native keccak and libsecp256k1 (coincurve) recovery, so verifying one costs 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from coincurve import PublicKey
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils.address import to_checksum_address
 
 from ethml.pow import keccak256
 
@@ -84,8 +84,18 @@ class PermitDomain:
         }
 
 
-def recover(digest: bytes, v: int, r: bytes, s: bytes) -> str | None:
-    """The signer of a 32-byte digest, or None for a malformed or malleable signature."""
+@functools.lru_cache(maxsize=4096)
+def checksum_address(address: str) -> str:
+    """EIP-55 mixed-case form of a 0x-prefixed 20-byte hex address (with the native keccak and a cache
+    of recent addresses: requesters and workers come back)."""
+    body = address[2:].lower()
+    digest = keccak256(body.encode()).hex()
+    return "0x" + "".join(c.upper() if d in "89abcdef" else c for c, d in zip(body, digest[:40], strict=True))
+
+
+def recover(digest: bytes, v: int, r: bytes, s: bytes, *, checksum: bool = True) -> str | None:
+    """The signer of a 32-byte digest (EIP-55, or lowercase with checksum=False), or None for a
+    malformed or malleable signature."""
     if v not in (27, 28) or len(r) != 32 or len(s) != 32:
         return None
     if int.from_bytes(s, "big") > SECP256K1_N // 2 or not 0 < int.from_bytes(r, "big") < SECP256K1_N:
@@ -94,7 +104,8 @@ def recover(digest: bytes, v: int, r: bytes, s: bytes) -> str | None:
         key = PublicKey.from_signature_and_message(r + s + bytes([v - 27]), digest, hasher=None)
     except Exception:  # noqa: BLE001 - coincurve raises plain Exception for an unrecoverable signature
         return None
-    return to_checksum_address(keccak256(key.format(compressed=False)[1:])[12:])
+    address = "0x" + keccak256(key.format(compressed=False)[1:])[12:].hex()
+    return checksum_address(address) if checksum else address
 
 
 def login_message(server_id: str, nonce: str, role: str) -> str:

@@ -7,43 +7,41 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from eth_abi.abi import encode as abi_encode
-from eth_utils.address import is_checksum_address, to_checksum_address
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
+from ethml.coordinator.permit import checksum_address
 from ethml.errors import IpfsError
-from ethml.ipfs.cid import parse_cid
+from ethml.ipfs.cid import check_cid_text
 from ethml.pow import keccak256
 from ethml.training.spec import TaskSpec
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REWARD_WEI = 2**96 - 1
 MAX_DURATION = 365 * 24 * 3600
-HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
 STATUSES = ("pending_chain", "open", "training", "validating", "accepted", "failed", "expired")
 ROLES = ("trainer", "validator")
 
 
-def _address(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", value):
-        raise ValueError("must be a 0x-prefixed 20-byte hex address")
+def _address(value: str) -> str:
     body = value[2:]
-    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
+    canonical = checksum_address(value)
+    if body != body.lower() and body != body.upper() and value != canonical:
         raise ValueError("mixed-case address with a wrong EIP-55 checksum")
-    return to_checksum_address(value)
+    return canonical
 
 
-def _hex32(value: Any) -> str:
-    if not isinstance(value, str) or not HEX32.fullmatch(value):
-        raise ValueError("must be 0x followed by 64 hex digits")
-    return value.lower()
-
-
-def _cid(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 64:
-        raise ValueError("must be a CID of at most 64 characters")
+def _cid(value: str) -> str:
     try:
-        return str(parse_cid(value))
+        return check_cid_text(value)
     except IpfsError as exc:
         raise ValueError(str(exc)) from None
 
@@ -61,9 +59,10 @@ def _wei(value: Any) -> int:
     return value
 
 
-Address = Annotated[str, BeforeValidator(_address), Field(json_schema_extra={"pattern": "^0x[0-9a-fA-F]{40}$"})]
-Hex32 = Annotated[str, BeforeValidator(_hex32), Field(json_schema_extra={"pattern": "^0x[0-9a-fA-F]{64}$"})]
-Cid = Annotated[str, BeforeValidator(_cid), Field(json_schema_extra={"maxLength": 64})]
+# Patterns and lengths are checked by pydantic-core itself; Python runs only for what a pattern cannot say.
+Address = Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{40}$"), AfterValidator(_address)]
+Hex32 = Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$", to_lower=True)]
+Cid = Annotated[str, StringConstraints(strict=True, min_length=46, max_length=64), AfterValidator(_cid)]
 Wei = Annotated[int, BeforeValidator(_wei), Field(ge=1, le=MAX_REWARD_WEI)]
 
 
@@ -92,7 +91,16 @@ class TestSetSecret(Strict):
 
 
 def test_set_commitment(cid: str, salt: str) -> str:
-    return "0x" + keccak256(abi_encode(["string", "bytes32"], [cid, bytes.fromhex(salt[2:])])).hex()
+    """keccak256(abi.encode(string cid, bytes32 salt)), as TrainingTasks.commitmentFor computes it."""
+    data = cid.encode()
+    encoded = (
+        (64).to_bytes(32, "big")
+        + bytes.fromhex(salt[2:])
+        + len(data).to_bytes(32, "big")
+        + data
+        + b"\0" * (-len(data) % 32)
+    )
+    return "0x" + keccak256(encoded).hex()
 
 
 class TaskCreate(Strict):

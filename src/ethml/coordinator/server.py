@@ -27,6 +27,7 @@ from eth_account.signers.local import LocalAccount
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import ContractCustomError, ContractLogicError
 
 from ethml.chain.deploy import Deployment
 from ethml.coordinator import chain as chainmod
@@ -45,14 +46,16 @@ from ethml.coordinator.schemas import (
 )
 from ethml.coordinator.store import Store, hash_key
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+from ethml.ipfs.cid import raw_cid_v1
 from ethml.ipfs.gateway import BLOCKSTORE
 from ethml.ipfs.gateway import _block as ipfs_block
-from ethml.ipfs.unixfs import build_file
+from ethml.ipfs.unixfs import CHUNK_SIZE
 from ethml.oracle import list_requests, oracle_status
 
 log = structlog.get_logger("ethml.coordinator")
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
+assert MAX_BODY_BYTES < CHUNK_SIZE  # a task's spec is one raw block
 SCORE_SCALE = 1_000_000
 
 
@@ -165,6 +168,9 @@ async def errors_and_metrics(
         response = _error(
             503, "a backend (Redis or the chain RPC) is unavailable; retry shortly", headers={"Retry-After": "1"}
         )
+    except Exception:  # a bug: logged with its traceback here, one JSON line for the client
+        log.exception("request_failed", path=request.path)
+        response = _error(500, "internal error (logged by the server)")
     metrics = request.app[STATE].metrics if STATE in request.app else None
     if metrics is not None:
         metrics.requests.labels(route, str(response.status)).inc()
@@ -184,52 +190,59 @@ async def _principal(request: web.Request, *, required: tuple[str, ...] | None) 
         if cached and cached[0] > now:
             principal = cached[1]
         else:
-            principal = await state.store.api_key(key)
-            state.key_cache[key] = (now + 5.0, principal)
+            record = await state.store.api_key(key)
+            principal = {**record, "key": hash_key(key)} if record is not None else None
             if len(state.key_cache) > 10_000:
                 state.key_cache.clear()
+            state.key_cache[key] = (now + 5.0, principal)
         if principal is None:
+            await _rate_limit(request, None)  # guessing keys costs tokens
             raise ApiError(401, "unknown API key")
-        principal = {**principal, "key": hash_key(key)}
     if required is not None:
         if principal is None:
+            await _rate_limit(request, None)
             raise ApiError(401, "an API key is required (Authorization: Bearer <key>)")
         if principal["role"] not in required:
+            await _rate_limit(request, principal["key"])
             raise ApiError(403, f"this needs the {' or '.join(required)} role; the key has {principal['role']}")
     return principal
 
 
+def _buckets(request: web.Request, key: str | None) -> list[tuple[str, float, int]]:
+    """The token buckets a request takes from: its client address's, and its API key's if it has one
+    (one script call takes from both, or from neither)."""
+    cfg = request.app[STATE].config
+    buckets = [(f"ip:{request.remote or 'unknown'}", cfg.ip_rate, cfg.ip_burst)]
+    if key is not None:
+        buckets.append((f"key:{key}", cfg.key_rate, cfg.key_burst))
+    return buckets
+
+
+def _too_many(wait: float) -> ApiError:
+    return ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+
 async def _rate_limit(request: web.Request, key: str | None) -> None:
-    state = request.app[STATE]
-    cfg = state.config
-    peer = request.remote or "unknown"
-    buckets = [f"ip:{peer}"]
-    if key is None:
-        wait = await state.store.take_token(buckets, cfg.ip_rate, cfg.ip_burst)
-    else:
-        # One script call takes from both buckets, or from neither.
-        wait = await state.store.take_token(
-            [*buckets, f"key:{key}"], min(cfg.ip_rate, cfg.key_rate), min(cfg.ip_burst, cfg.key_burst)
-        )
+    wait = await request.app[STATE].store.take_token(_buckets(request, key))
     if wait > 0:
-        raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        raise _too_many(wait)
 
 
 async def _json(request: web.Request, model: type[BaseModel]) -> Any:
+    """The body parsed and validated in one pass by pydantic-core (no intermediate dict)."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
     raw = await request.read()
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "the body must be a JSON object")
-    try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
+        kind = exc.errors(include_url=False)[0].get("type")
+        if kind == "json_invalid":
+            raise ApiError(400, "the body is not JSON") from None
+        if kind == "model_type":
+            raise ApiError(422, "the body must be a JSON object") from None
         where, message = first_error(exc)
         raise ApiError(422, message, where) from None
 
@@ -238,20 +251,25 @@ async def _json(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 async def post_task(request: web.Request) -> web.Response:
+    """Validate, check the permit's signature, store and queue: one Redis round trip for an accepted
+    task (the rate limit and the store are one script); a rejected one still takes a token."""
     state = request.app[STATE]
     who = await _principal(request, required=("requester", "admin"))
     assert who is not None
-    await _rate_limit(request, who["key"])
-    body: TaskCreate = await _json(request, TaskCreate)
-    p = body.permit
-    digest = state.domain.digest(p.owner, p.value, p.nonce, p.deadline, separator=state.separator)
-    signer = recover(digest, p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]))
-    if signer != p.owner:
-        raise ApiError(
-            422, "the permit signature does not recover permit.owner for this chain, token and spender", "permit"
-        )
+    try:
+        body: TaskCreate = await _json(request, TaskCreate)
+        p = body.permit
+        digest = state.domain.digest(p.owner, p.value, p.nonce, p.deadline, separator=state.separator)
+        signer = recover(digest, p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]), checksum=False)
+        if signer != p.owner.lower():
+            raise ApiError(
+                422, "the permit signature does not recover permit.owner for this chain, token and spender", "permit"
+            )
+    except ApiError:
+        await _rate_limit(request, who["key"])
+        raise
     spec_json = body.spec.to_json().decode()
-    spec_cid = str(build_file(spec_json.encode(), 1)[0])
+    spec_cid = raw_cid_v1(spec_json.encode())  # one block: the body (and so the spec) is under CHUNK_SIZE
     task_id = uuid.uuid4().hex
     doc: dict[str, Any] = {
         "id": task_id,
@@ -267,14 +285,22 @@ async def post_task(request: web.Request) -> web.Response:
         "spec_json": spec_json,
         "dataset_cid": body.dataset_cid,
         "test_set_commitment": body.test_set_commitment,
-        "test_set": body.test_set.model_dump() if body.test_set else None,
+        "test_set": {"cid": body.test_set.cid, "salt": body.test_set.salt} if body.test_set else None,
         "trainers": body.trainers,
         "shape": {
             "kind": 0 if body.spec.kind == "classification" else 1,
             "decimals": body.spec.decimals,
             "features": len(body.spec.features),
         },
-        "permit": p.model_dump(),
+        "permit": {
+            "owner": p.owner,
+            "value": str(p.value),
+            "nonce": p.nonce,
+            "deadline": p.deadline,
+            "v": p.v,
+            "r": p.r,
+            "s": p.s,
+        },
         "created_at": time.time(),
         "created_by": who["name"],
         "submissions": [],
@@ -283,7 +309,9 @@ async def post_task(request: web.Request) -> web.Response:
         "model_id": None,
         "error": None,
     }
-    await state.store.create_task(doc, {"task": task_id})
+    wait = await state.store.take_token_and_create(_buckets(request, who["key"]), doc)
+    if wait > 0:
+        raise _too_many(wait)
     location = f"/api/tasks/{task_id}"
     return web.json_response(
         {"id": task_id, "status": "pending_chain", "location": location}, status=201, headers={"Location": location}
@@ -297,8 +325,11 @@ async def import_task(request: web.Request) -> web.Response:
     await _rate_limit(request, who["key"])
     body: TaskImport = await _json(request, TaskImport)
     chain = state.chain
-    t = await chain.tasks.functions.getTask(body.chain_task_id).call()
-    if int(t[7]) == 0:
+    try:
+        t = await chain.tasks.functions.getTask(body.chain_task_id).call()
+    except (ContractCustomError, ContractLogicError):  # UnknownTask
+        t = None
+    if t is None or int(t[7]) == 0:
         raise ApiError(404, f"TrainingTasks has no task {body.chain_task_id}", "chain_task_id")
     known = await state.store.task_by_chain_id(body.chain_task_id)
     if known is not None:
@@ -799,12 +830,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=10)
+            if stuck:
+                log.warning("shutdown_stuck", tasks=[t.get_name() for t in stuck])
+        for conn in list(app[STATE].dispatcher.conns.values()) if STATE in app else []:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.ws.close(code=1001, message=b"server shutting down"), 2)
         with contextlib.suppress(Exception):
-            for conn in list(app[STATE].dispatcher.conns.values()) if STATE in app else []:
-                await conn.ws.close(code=1001, message=b"server shutting down")
-        await redis.aclose()
+            await asyncio.wait_for(redis.aclose(), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(w3.provider.disconnect(), 5)  # type: ignore[attr-defined]
         if embedded is not None:
             embedded.stop()

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
@@ -31,14 +32,16 @@ GROUP = "workers"
 RELAY_GROUP = "relayers"
 
 TOKEN_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+-- KEYS[1..n] token buckets; ARGV[1] = n, then a rate (tokens/s) and a burst per bucket. Redis's clock,
+-- so every instance agrees. Takes one token from each bucket, or from none (returns the ms to wait).
+local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local wait = 0
 local tokens = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('HMGET', key, 't', 'ts')
+for i = 1, n do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local v = redis.call('HMGET', KEYS[i], 't', 'ts')
   local have = tonumber(v[1]) or burst
   local ts = tonumber(v[2]) or now
   have = math.min(burst, have + math.max(0, now - ts) * rate / 1000)
@@ -46,16 +49,38 @@ for i, key in ipairs(KEYS) do
   tokens[i] = have
 end
 if wait > 0 then return math.ceil(wait) end
-for i, key in ipairs(KEYS) do
-  redis.call('HSET', key, 't', tostring(tokens[i] - 1), 'ts', now)
-  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+for i = 1, n do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  redis.call('HSET', KEYS[i], 't', tostring(tokens[i] - 1), 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
 end
+"""
+
+#: The token buckets (KEYS[1..n]) and, only if every bucket had a token, a new task: its document,
+#: its place in the indexes and its relay entry. One round trip for an accepted POST /api/tasks.
+TAKE = TOKEN_BUCKET + "return 0\n"
+TAKE_AND_CREATE = (
+    TOKEN_BUCKET
+    + """
+local doc, score, id = ARGV[2 * n + 2], ARGV[2 * n + 3], ARGV[2 * n + 4]
+redis.call('SET', KEYS[n + 1], doc)
+redis.call('ZADD', KEYS[n + 2], score, id)
+redis.call('ZADD', KEYS[n + 3], score, id)
+redis.call('XADD', KEYS[n + 4], '*', 'task', id)
 return 0
 """
+)
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _bucket_args(buckets: list[tuple[str, float, int]]) -> list[Any]:
+    args: list[Any] = [len(buckets)]
+    for _name, rate, burst in buckets:
+        args += [rate, burst]
+    return args
 
 
 def job_stream(role: str) -> str:
@@ -66,7 +91,8 @@ class Store:
     def __init__(self, redis: aioredis.Redis) -> None:
         # redis-py's reply types are unions of bytes, str and int that no call site here can narrow.
         self.redis: Any = redis
-        self._bucket = redis.register_script(TOKEN_BUCKET)
+        self._take = redis.register_script(TAKE)
+        self._take_and_create = redis.register_script(TAKE_AND_CREATE)
 
     async def setup(self) -> None:
         for stream, group in (
@@ -82,9 +108,20 @@ class Store:
 
     # ------------------------------------------------------------------ rate limits and keys
 
-    async def take_token(self, keys: list[str], rate: float, burst: int) -> float:
-        """0 when every bucket had a token (one is taken from each), else seconds until one will."""
-        wait_ms = await self._bucket(keys=[f"{P}rl:{k}" for k in keys], args=[rate, burst])
+    async def take_token(self, buckets: list[tuple[str, float, int]]) -> float:
+        """0 when every bucket (name, rate per second, burst) had a token (one is taken from each), else
+        the seconds until one will."""
+        wait_ms = await self._take(keys=[f"{P}rl:{b[0]}" for b in buckets], args=_bucket_args(buckets))
+        return int(wait_ms) / 1000
+
+    async def take_token_and_create(self, buckets: list[tuple[str, float, int]], doc: dict[str, Any]) -> float:
+        """As `take_token`; when it returns 0, the task is stored and queued for the relayer (atomically:
+        a Lua script runs alone), else nothing was stored."""
+        keys = [f"{P}rl:{b[0]}" for b in buckets]
+        wait_ms = await self._take_and_create(
+            keys=[*keys, f"{P}task:{doc['id']}", f"{P}tasks", f"{P}tasks:{doc['status']}", f"{P}relay"],
+            args=[*_bucket_args(buckets), orjson.dumps(doc), doc["created_at"], doc["id"]],
+        )
         return int(wait_ms) / 1000
 
     async def add_api_key(self, name: str, role: str) -> str:
@@ -106,22 +143,12 @@ class Store:
 
     # ------------------------------------------------------------------ tasks
 
-    async def create_task(self, doc: dict[str, Any], relay: dict[str, str]) -> None:
-        """Store a new task and queue its on-chain creation, atomically (one MULTI)."""
-        score = doc["created_at"]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{P}task:{doc['id']}", json.dumps(doc))
-        pipe.zadd(f"{P}tasks", {doc["id"]: score})
-        pipe.zadd(f"{P}tasks:{doc['status']}", {doc["id"]: score})
-        pipe.xadd(f"{P}relay", relay)
-        await pipe.execute()
-
     async def import_task(self, doc: dict[str, Any]) -> bool:
         """Register a task created on chain by its requester; False if it is known already."""
         if not await self.redis.set(f"{P}chaintask:{doc['chain_task_id']}", doc["id"], nx=True):
             return False
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{P}task:{doc['id']}", json.dumps(doc))
+        pipe.set(f"{P}task:{doc['id']}", orjson.dumps(doc))
         pipe.zadd(f"{P}tasks", {doc["id"]: doc["created_at"]})
         pipe.zadd(f"{P}tasks:{doc['status']}", {doc["id"]: doc["created_at"]})
         await pipe.execute()
@@ -129,7 +156,7 @@ class Store:
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(f"{P}task:{task_id}")
-        return json.loads(raw) if raw else None
+        return orjson.loads(raw) if raw else None
 
     async def task_by_chain_id(self, chain_task_id: int) -> dict[str, Any] | None:
         api_id = await self.redis.get(f"{P}chaintask:{chain_task_id}")
@@ -153,7 +180,7 @@ class Store:
                     before = doc["status"]
                     change(doc)
                     pipe.multi()
-                    pipe.set(key, json.dumps(doc))
+                    pipe.set(key, orjson.dumps(doc))
                     if doc["status"] != before:
                         pipe.zrem(f"{P}tasks:{before}", task_id)
                         pipe.zadd(f"{P}tasks:{doc['status']}", {task_id: doc["created_at"]})
