@@ -6,7 +6,8 @@ the token-bucket script in Redis (limits set high enough not to refuse), the bod
 schema (spec, deadlines, permit), the EIP-2612 permit signature recovered and checked, the task
 stored and queued for the relayer in one MULTI. The relayer is off (`--no-relay`) so the figure is the
 API's; the follower, dispatcher and metrics loops run as usual. The bare handler reads the body and
-XADDs it to a stream. Rounds alternate between the two; each line is one 10-second wrk run.
+XADDs it to a stream; both run on uvloop with the same garbage-collector settings. Rounds alternate
+between the two; each line is one 10-second wrk run.
 
 After each ethml round the tasks in Redis are counted: every 201 must be there (a request in flight
 when wrk stops may have been stored without wrk seeing its 201, so the count may exceed the 201s by
@@ -43,6 +44,7 @@ from ethml.pow.tune import cpu_model
 from ethml.training import parse_spec
 
 BARE = r"""
+import gc
 import sys
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -54,6 +56,9 @@ async def post(request):
 
 async def ctx(app):
     app["redis"] = aioredis.Redis(unix_socket_path=sys.argv[2])
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)  # the same collector settings as `ethml serve`
     yield
     await app["redis"].aclose()
 

@@ -15,6 +15,7 @@ Keys (prefix `ethml:`):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -24,7 +25,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 P = "ethml:"
 WAITING = "~waiting"
@@ -91,8 +92,10 @@ class Store:
     def __init__(self, redis: aioredis.Redis) -> None:
         # redis-py's reply types are unions of bytes, str and int that no call site here can narrow.
         self.redis: Any = redis
-        self._take = redis.register_script(TAKE)
-        self._take_and_create = redis.register_script(TAKE_AND_CREATE)
+        self._take = hashlib.sha1(TAKE.encode()).hexdigest()
+        self._take_and_create = hashlib.sha1(TAKE_AND_CREATE.encode()).hexdigest()
+        self._scripts = {self._take: TAKE, self._take_and_create: TAKE_AND_CREATE}
+        self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
         for stream, group in (
@@ -105,24 +108,62 @@ class Store:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        for script in self._scripts.values():
+            await self.redis.script_load(script)
 
     # ------------------------------------------------------------------ rate limits and keys
 
     async def take_token(self, buckets: list[tuple[str, float, int]]) -> float:
         """0 when every bucket (name, rate per second, burst) had a token (one is taken from each), else
         the seconds until one will."""
-        wait_ms = await self._take(keys=[f"{P}rl:{b[0]}" for b in buckets], args=_bucket_args(buckets))
+        wait_ms = await self._script(self._take, [f"{P}rl:{b[0]}" for b in buckets], _bucket_args(buckets))
         return int(wait_ms) / 1000
 
     async def take_token_and_create(self, buckets: list[tuple[str, float, int]], doc: dict[str, Any]) -> float:
         """As `take_token`; when it returns 0, the task is stored and queued for the relayer (atomically:
         a Lua script runs alone), else nothing was stored."""
         keys = [f"{P}rl:{b[0]}" for b in buckets]
-        wait_ms = await self._take_and_create(
-            keys=[*keys, f"{P}task:{doc['id']}", f"{P}tasks", f"{P}tasks:{doc['status']}", f"{P}relay"],
-            args=[*_bucket_args(buckets), orjson.dumps(doc), doc["created_at"], doc["id"]],
+        wait_ms = await self._script(
+            self._take_and_create,
+            [*keys, f"{P}task:{doc['id']}", f"{P}tasks", f"{P}tasks:{doc['status']}", f"{P}relay"],
+            [*_bucket_args(buckets), orjson.dumps(doc), doc["created_at"], doc["id"]],
         )
         return int(wait_ms) / 1000
+
+    async def _script(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA through the auto-pipeline: the calls made in one turn of the event loop (concurrent
+        requests) go to Redis as one pipeline, one write and one read for all of them."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((sha, [len(keys), *keys, *args], future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+        try:
+            return await future
+        except NoScriptError:  # a restarted or flushed Redis forgot the script: load it, once
+            await self.redis.script_load(self._scripts[sha])
+            return await self.redis.evalsha(sha, *[len(keys), *keys, *args])
+
+    async def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        pipe = self.redis.pipeline(transaction=False)
+        for sha, call, _future in batch:
+            pipe.evalsha(sha, *call)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller sees it
+            for _sha, _call, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_sha, _call, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def add_api_key(self, name: str, role: str) -> str:
         key = "eml_" + secrets.token_urlsafe(32)

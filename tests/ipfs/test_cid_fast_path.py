@@ -1,0 +1,55 @@
+"""The API's fast CID check and raw-block CID agree with the generic multiformats path."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from ethml.errors import IpfsError
+from ethml.ipfs.cid import block_cid, check_cid_text, parse_cid, raw_cid_v1
+from ethml.ipfs.unixfs import CHUNK_SIZE, build_file
+
+
+def _generic(text: str) -> str | None:
+    try:
+        return str(parse_cid(text))
+    except IpfsError:
+        return None
+
+
+def _fast(text: str) -> str | None:
+    try:
+        return check_cid_text(text)
+    except IpfsError:
+        return None
+
+
+def test_fast_check_accepts_what_ethml_writes() -> None:
+    for size in (0, 1, 31, 32, 33, 1000):
+        data = os.urandom(size)
+        for text in (
+            str(block_cid(data, "raw", 1)),
+            str(block_cid(data, "dag-pb", 1)),
+            str(block_cid(data, "dag-pb", 0)),
+        ):
+            assert check_cid_text(text) == text == _generic(text)
+
+
+def test_fast_check_agrees_with_the_generic_decoder_on_mutations() -> None:
+    rng = random.Random(2026)
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567AQZ01lO+/"
+    bases = [str(block_cid(b"x", "raw", 1)), str(block_cid(b"y", "dag-pb", 1)), str(block_cid(b"z", "dag-pb", 0))]
+    for _ in range(4000):
+        text = list(rng.choice(bases))
+        for _ in range(rng.randint(1, 2)):
+            text[rng.randrange(len(text))] = rng.choice(alphabet)
+        mutated = "".join(text)
+        assert _fast(mutated) == _generic(mutated), mutated
+    for other in ("", "Qm", "b", "bafkrei", "zdj7W", "f01551220" + "00" * 32, "QmQmQm"):
+        assert _fast(other) == _generic(other), other
+
+
+def test_raw_cid_v1_is_the_file_cid_of_one_chunk() -> None:
+    for size in (0, 5, 1000, CHUNK_SIZE):
+        data = os.urandom(size)
+        assert raw_cid_v1(data) == str(build_file(data, 1)[0])
