@@ -18,6 +18,8 @@ from eth_utils.crypto import keccak
 from ethml.chain import EML, dev_account, embedded_chain, ethml_contract, send, training_contract
 from ethml.chain.deploy import Parameters, deploy_system
 from ethml.chain.embedded import time_travel
+from ethml.coordinator.client import sign_permit
+from ethml.coordinator.permit import PermitDomain
 
 TEST_CID = "bafkreitestsetcidxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 CID = "bafkreidatasetcidxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
@@ -58,6 +60,31 @@ async def main() -> list[tuple[str, int]]:
             await tx("validate", validator, tasks.functions.validate(1, submission, score))
     await tx("finalizeTask (accepted, one slash, model registered)", 9, tasks.functions.finalizeTask(1))
     assert int(await ethml.functions.modelCount().call()) == 1
+    # A task created by the coordinator's relayer (account 0) from account 8's EIP-2612 permit.
+    domain = PermitDomain(deployment.chain_id, deployment.ethml, deployment.training)
+    permit = sign_permit(dev_account(8), domain, 50 * EML, 0, now + 3600)
+    await tx(
+        "createTaskWithPermit (relayed, permit included)",
+        0,
+        tasks.functions.createTaskWithPermit(
+            CID,
+            CID,
+            commitment,
+            50 * EML,
+            3,
+            800_000,
+            now + 1000,
+            now + 2000,
+            (0, 0, 13),
+            (
+                permit["owner"],
+                permit["deadline"],
+                permit["v"],
+                bytes.fromhex(permit["r"][2:]),
+                bytes.fromhex(permit["s"][2:]),
+            ),
+        ),
+    )
     return list(rows.items())
 
 

@@ -147,7 +147,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     task_id = fields[b"task"].decode()
     doc = await store.task(task_id)
     if doc is None or doc.get("chain_task_id") is not None or doc["status"] == "failed":
-        await store.redis.xack(f"{P}relay", RELAY_GROUP, entry_id)
+        await store.finish_entry(f"{P}relay", RELAY_GROUP, entry_id)
         return
     ipfs.add_bytes(doc["spec_json"].encode(), 1)  # the spec, by the CID the task will name
     p = doc["permit"]
@@ -157,7 +157,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             await store.update_task(
                 task_id, _fail(f"permit nonce {p['nonce']} is not the owner's next nonce ({next_nonce})")
             )
-            await store.redis.xack(f"{P}relay", RELAY_GROUP, entry_id)
+            await store.finish_entry(f"{P}relay", RELAY_GROUP, entry_id)
             return
     shape = doc["shape"]
     call = chain.tasks.functions.createTaskWithPermit(
@@ -176,7 +176,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         receipt = await send_raw(chain, store, call, "createTaskWithPermit", (task_id, "create"))
     except TransactionReverted as exc:
         await store.update_task(task_id, _fail(str(exc)))
-        await store.redis.xack(f"{P}relay", RELAY_GROUP, entry_id)
+        await store.finish_entry(f"{P}relay", RELAY_GROUP, entry_id)
         return
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
     chain_task_id = int(created[0]["args"]["taskId"])
@@ -188,7 +188,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             d["status"] = "open"
 
     doc = await store.update_task(task_id, opened)
-    await store.redis.xack(f"{P}relay", RELAY_GROUP, entry_id)
+    await store.finish_entry(f"{P}relay", RELAY_GROUP, entry_id)
     if doc is not None:
         await task_opened(store, doc)
     log.info(

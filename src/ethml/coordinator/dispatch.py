@@ -100,7 +100,7 @@ class Dispatcher:
             if delivered > self.max_deliveries:
                 dead = {k.decode(): v for k, v in fields.items()}
                 await redis.xadd(f"{P}dead", {**dead, "deliveries": delivered})
-                await redis.xack(stream, GROUP, entry_id)
+                await self.store.finish_entry(stream, GROUP, entry_id)
                 self.dead_lettered += 1
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
@@ -118,12 +118,12 @@ class Dispatcher:
         redis = self.store.redis
         rows = await redis.xrange(stream, entry_id, entry_id)
         if not rows:
-            await redis.xack(stream, GROUP, entry_id)
+            await self.store.finish_entry(stream, GROUP, entry_id)
             return
         fields = {k.decode(): v.decode() for k, v in rows[0][1].items()}
         job = fields["job"]
         if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
-            await redis.xack(stream, GROUP, entry_id)
+            await self.store.finish_entry(stream, GROUP, entry_id)
             return
         done_key = f"{P}taskworkers:{fields['chain_task']}:{role}"
         done = {a.decode() for a in await redis.smembers(done_key)}
@@ -163,7 +163,7 @@ class Dispatcher:
                     entry_id = p["message_id"]
                     break
         if entry_id is not None:
-            await self.store.redis.xack(role_stream, GROUP, entry_id)
+            await self.store.finish_entry(role_stream, GROUP, entry_id)
         return recorded
 
     def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes]]) -> None:

@@ -261,6 +261,14 @@ class Store:
         await self.redis.xadd(job_stream(role), {"job": job_id, "role": role, **fields})
         return True
 
+    async def finish_entry(self, stream: str, group: str, entry_id: Any) -> None:
+        """Acknowledge a stream entry and delete it: a finished job or relay leaves nothing behind (the
+        result, the task document and the dead-letter stream keep what matters)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(stream, group, entry_id)
+        pipe.xdel(stream, entry_id)
+        await pipe.execute()
+
     async def record_result(self, job_id: str, result: dict[str, Any]) -> bool:
         """The first result of a job is kept; later ones (a redelivered job finishing twice) are ignored."""
         return bool(await self.redis.set(f"{P}result:{job_id}", json.dumps(result), nx=True))
@@ -279,7 +287,8 @@ class Store:
             pending = int(group.get("pending") or 0) if group else 0
             depth[role] = lag + len(waiting)
             depth[f"{role}_running"] = pending - len(waiting)
-        depth["relay"] = int(await self.redis.xlen(f"{P}relay"))
+        relay = await self.redis.xinfo_groups(f"{P}relay")
+        depth["relay"] = sum(int(g.get("pending") or 0) + int(g.get("lag") or 0) for g in relay)
         depth["dead"] = int(await self.redis.xlen(f"{P}dead"))
         return depth
 
