@@ -15,21 +15,10 @@ from ethml.ml import Manifest
 from ethml.ml.loader import load_untrusted
 from ethml.node import Node, NodeConfig
 from ethml.requester import consumer_deposit
-from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
+from ethml.training import sklearn_dataset_csv, split_csv
 from tests.coordinator.conftest import REQUESTER, TRAINERS, VALIDATORS, Coordinator
 from tests.node.conftest import wait_until
-
-
-def wine_spec(public: bytes) -> Any:
-    features = public.decode().splitlines()[0].split(",")[:-1]
-    return parse_spec(
-        {
-            "target": "target",
-            "features": features,
-            "estimator": {"name": "RandomForestClassifier", "params": {"n_estimators": 25, "max_depth": 8}},
-            "metric": "accuracy",
-        }
-    )
+from tests.training.test_e2e import _spec as wine_spec
 
 
 async def chain_now(c: Coordinator) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import typer
 from aiohttp import web
 from aiohttp.log import access_logger
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment, training_contract
 from ethml.cli._common import (
@@ -20,8 +21,8 @@ from ethml.cli._common import (
     DeploymentOption,
     RpcOption,
     check_rpc_url,
-    connect,
     handle_errors,
+    with_chain,
 )
 from ethml.cli._config import ConfigError, load_account
 from ethml.coordinator.server import ServeConfig, make_app
@@ -38,34 +39,33 @@ PrivateKey = Annotated[
 ]
 
 
-async def _deployment(rpc: str, deployment: Path | None, data_dir: Path | None) -> tuple[Deployment, int]:
-    w3, chain_id = await connect(rpc)
-    try:
-        dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
-        if dep.chain_id != chain_id:
-            raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
-        if dep.training is None:
-            raise ChainError("this deployment has no TrainingTasks contract (redeploy with a current ethml)")
-        if not await w3.eth.get_code(w3.to_checksum_address(dep.training)):
-            raise ChainError(f"no contract at TrainingTasks {dep.training}: the deployment file is stale")
-        return dep, chain_id
-    finally:
-        await w3.provider.disconnect()  # type: ignore[attr-defined]
+async def _check_training(w3: AsyncWeb3[Any], dep: Deployment) -> None:
+    if dep.training is None:
+        raise ChainError("this deployment has no TrainingTasks contract (redeploy with a current ethml)")
+    if not await w3.eth.get_code(w3.to_checksum_address(dep.training)):
+        raise ChainError(f"no contract at TrainingTasks {dep.training}: the deployment file is stale")
 
 
-async def _check_relayer(rpc: str, dep: Deployment, address: str) -> None:
-    w3, _ = await connect(rpc)
-    try:
-        tasks = training_contract(w3, dep.training or "")
-        role = await tasks.functions.RELAYER_ROLE().call()
-        if not await tasks.functions.hasRole(role, address).call():
-            raise ConfigError(
-                f"the relayer account {address} lacks TrainingTasks' RELAYER_ROLE, so it cannot create tasks from "
-                "permits: have the admin grant it (grantRole(RELAYER_ROLE, address)), or use --account with an account "
-                "that has it (on a devnet, the deployer, account 0)"
-            )
-    finally:
-        await w3.provider.disconnect()  # type: ignore[attr-defined]
+async def _check_relayer(w3: AsyncWeb3[Any], dep: Deployment, address: str) -> None:
+    tasks = training_contract(w3, dep.training or "")
+    role = await tasks.functions.RELAYER_ROLE().call()
+    if not await tasks.functions.hasRole(role, address).call():
+        raise ConfigError(
+            f"the relayer account {address} lacks TrainingTasks' RELAYER_ROLE, so it cannot create tasks from "
+            "permits: have the admin grant it (grantRole(RELAYER_ROLE, address)), or use --account with an account "
+            "that has it (on a devnet, the deployer, account 0)"
+        )
+
+
+def _signer(account: int | None, private_key: str | None, chain_id: int, default: int | None = None) -> LocalAccount:
+    return load_account(
+        index=None if private_key is not None else (account if account is not None else default),
+        mnemonic_file=None,
+        keystore=None,
+        password_file=None,
+        chain_id=chain_id,
+        private_key=private_key,
+    )[0]
 
 
 @app.command("serve")
@@ -116,17 +116,16 @@ def serve(
     if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"--redis {redis!r} is not a redis://, rediss:// or unix:// URL")
     home = data_dir or data_home()
-    dep, chain_id = asyncio.run(_deployment(rpc, deployment, data_dir))
-    relayer, _source = load_account(
-        index=None if private_key is not None else (account or 0),
-        mnemonic_file=None,
-        keystore=None,
-        password_file=None,
-        chain_id=chain_id,
-        private_key=private_key,
-    )
-    if relay:
-        asyncio.run(_check_relayer(rpc, dep, relayer.address))
+
+    async def checked(w3: AsyncWeb3[Any], dep: Deployment) -> tuple[Deployment, LocalAccount]:
+        await _check_training(w3, dep)
+        relayer = _signer(account, private_key, dep.chain_id, default=0)
+        if relay:
+            await _check_relayer(w3, dep, relayer.address)
+        return dep, relayer
+
+    dep, relayer = with_chain(rpc, deployment, data_dir, checked)
+    chain_id = dep.chain_id
     config = ServeConfig(
         rpc_url=rpc,
         deployment=dep,
@@ -206,31 +205,17 @@ def worker(
         raise ConfigError(f"--server {server!r} is not a ws:// or wss:// URL (for example ws://127.0.0.1:8600)")
     check_rpc_url(rpc)
 
-    async def main() -> None:
-        w3, chain_id = await connect(rpc)
-        try:
-            dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
-            if dep.chain_id != chain_id:
-                raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
-            signer, _ = load_account(
-                index=account if private_key is None else None,
-                mnemonic_file=None,
-                keystore=None,
-                password_file=None,
-                chain_id=chain_id,
-                private_key=private_key,
-            )
-            home = data_dir or data_home()
-            ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
-            config = WorkerConfig(server=server, role=role, capacity=capacity, worker_id=_worker_id(role))
-            typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
-            async with ipfs:
-                await Worker(config, w3, dep, signer, ipfs).run()
-        finally:
-            await w3.provider.disconnect()  # type: ignore[attr-defined]
+    async def work(w3: AsyncWeb3[Any], dep: Deployment) -> None:
+        signer = _signer(account, private_key, dep.chain_id)
+        home = data_dir or data_home()
+        ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
+        config = WorkerConfig(server=server, role=role, capacity=capacity, worker_id=_worker_id(role))
+        typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
+        async with ipfs:
+            await Worker(config, w3, dep, signer, ipfs).run()
 
     try:
-        asyncio.run(main())
+        with_chain(rpc, deployment, data_dir, work)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -250,6 +250,20 @@ async def _json(request: web.Request, model: type[BaseModel]) -> Any:
 # ---------------------------------------------------------------------------- tasks
 
 
+def _task_doc(who: dict[str, str], fields: dict[str, Any]) -> dict[str, Any]:
+    """A new task document: `fields`, who created it and when, and no results yet."""
+    return {
+        **fields,
+        "created_at": time.time(),
+        "created_by": who["name"],
+        "submissions": [],
+        "votes": [],
+        "transactions": {},
+        "model_id": None,
+        "error": None,
+    }
+
+
 async def post_task(request: web.Request) -> web.Response:
     """Validate, check the permit's signature, store and queue: one Redis round trip for an accepted
     task (the rate limit and the store are one script); a rejected one still takes a token."""
@@ -271,44 +285,40 @@ async def post_task(request: web.Request) -> web.Response:
     spec_json = body.spec.to_json().decode()
     spec_cid = raw_cid_v1(spec_json.encode())  # one block: the body (and so the spec) is under CHUNK_SIZE
     task_id = uuid.uuid4().hex
-    doc: dict[str, Any] = {
-        "id": task_id,
-        "status": "pending_chain",
-        "chain_task_id": None,
-        "requester": p.owner,
-        "reward": str(body.reward),
-        "validations_required": body.validations_required,
-        "min_score": body.min_score,
-        "submit_deadline": body.submit_deadline,
-        "validation_deadline": body.validation_deadline,
-        "spec_cid": spec_cid,
-        "spec_json": spec_json,
-        "dataset_cid": body.dataset_cid,
-        "test_set_commitment": body.test_set_commitment,
-        "test_set": {"cid": body.test_set.cid, "salt": body.test_set.salt} if body.test_set else None,
-        "trainers": body.trainers,
-        "shape": {
-            "kind": 0 if body.spec.kind == "classification" else 1,
-            "decimals": body.spec.decimals,
-            "features": len(body.spec.features),
+    doc = _task_doc(
+        who,
+        {
+            "id": task_id,
+            "status": "pending_chain",
+            "chain_task_id": None,
+            "requester": p.owner,
+            "reward": str(body.reward),
+            "validations_required": body.validations_required,
+            "min_score": body.min_score,
+            "submit_deadline": body.submit_deadline,
+            "validation_deadline": body.validation_deadline,
+            "spec_cid": spec_cid,
+            "spec_json": spec_json,
+            "dataset_cid": body.dataset_cid,
+            "test_set_commitment": body.test_set_commitment,
+            "test_set": {"cid": body.test_set.cid, "salt": body.test_set.salt} if body.test_set else None,
+            "trainers": body.trainers,
+            "shape": {
+                "kind": 0 if body.spec.kind == "classification" else 1,
+                "decimals": body.spec.decimals,
+                "features": len(body.spec.features),
+            },
+            "permit": {
+                "owner": p.owner,
+                "value": str(p.value),
+                "nonce": p.nonce,
+                "deadline": p.deadline,
+                "v": p.v,
+                "r": p.r,
+                "s": p.s,
+            },
         },
-        "permit": {
-            "owner": p.owner,
-            "value": str(p.value),
-            "nonce": p.nonce,
-            "deadline": p.deadline,
-            "v": p.v,
-            "r": p.r,
-            "s": p.s,
-        },
-        "created_at": time.time(),
-        "created_by": who["name"],
-        "submissions": [],
-        "votes": [],
-        "transactions": {},
-        "model_id": None,
-        "error": None,
-    }
+    )
     wait = await state.store.take_token_and_create(_buckets(request, who["key"]), doc)
     if wait > 0:
         raise _too_many(wait)
@@ -334,27 +344,23 @@ async def import_task(request: web.Request) -> web.Response:
     known = await state.store.task_by_chain_id(body.chain_task_id)
     if known is not None:
         raise ApiError(409, f"task {body.chain_task_id} is already tracked as {known['id']}", "chain_task_id")
-    doc = {
-        "id": f"chain-{body.chain_task_id}",
-        "status": "open",
-        "chain_task_id": body.chain_task_id,
-        "requester": t[0],
-        "reward": str(int(t[1])),
-        "validations_required": int(t[5]),
-        "min_score": int(t[4]) / SCORE_SCALE,
-        "submit_deadline": int(t[2]),
-        "validation_deadline": int(t[3]),
-        "spec_cid": t[14],
-        "dataset_cid": t[13],
-        "trainers": body.trainers,
-        "created_at": time.time(),
-        "created_by": who["name"],
-        "submissions": [],
-        "votes": [],
-        "transactions": {},
-        "model_id": None,
-        "error": None,
-    }
+    doc = _task_doc(
+        who,
+        {
+            "id": f"chain-{body.chain_task_id}",
+            "status": "open",
+            "chain_task_id": body.chain_task_id,
+            "requester": t[0],
+            "reward": str(int(t[1])),
+            "validations_required": int(t[5]),
+            "min_score": int(t[4]) / SCORE_SCALE,
+            "submit_deadline": int(t[2]),
+            "validation_deadline": int(t[3]),
+            "spec_cid": t[14],
+            "dataset_cid": t[13],
+            "trainers": body.trainers,
+        },
+    )
     if not await state.store.import_task(doc):
         raise ApiError(409, f"task {body.chain_task_id} is already tracked", "chain_task_id")
     await chainmod.task_opened(state.store, doc)
