@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import WSMsgType, web
@@ -138,6 +139,16 @@ class Metrics:
         self.jobs = Counter(
             "ethml_jobs_total", "Job results by kind and outcome", ["kind", "outcome"], registry=self.registry
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count a request and its latency (the labelled children are looked up once per route and status)."""
+        children = self._children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 # ---------------------------------------------------------------------------- middleware
@@ -173,8 +184,7 @@ async def errors_and_metrics(
         response = _error(500, "internal error (logged by the server)")
     metrics = request.app[STATE].metrics if STATE in request.app else None
     if metrics is not None:
-        metrics.requests.labels(route, str(response.status)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        metrics.observe(route, response.status, time.perf_counter() - started)
     return response
 
 
@@ -323,8 +333,11 @@ async def post_task(request: web.Request) -> web.Response:
     if wait > 0:
         raise _too_many(wait)
     location = f"/api/tasks/{task_id}"
-    return web.json_response(
-        {"id": task_id, "status": "pending_chain", "location": location}, status=201, headers={"Location": location}
+    return web.Response(
+        body=orjson.dumps({"id": task_id, "status": "pending_chain", "location": location}),
+        status=201,
+        content_type="application/json",
+        headers={"Location": location},
     )
 
 
