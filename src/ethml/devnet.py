@@ -72,8 +72,8 @@ def child_stderr(proc: subprocess.Popen[bytes]) -> str:
     return ""
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail at once, before anvil starts, when something already listens on host:port."""
+def check_port_free(host: str, port: int, what: str = "the devnet", noun: str = "devnet") -> None:
+    """Fail at once, before anything starts (anvil, a Redis), when something already listens on host:port."""
     if not 1 <= port <= 65535:
         raise ChainError(f"--port {port} is not a TCP port (1..65535)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -82,8 +82,8 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             raise ChainError(
-                f"cannot start the devnet on {host}:{port}: {exc.strerror or exc} "
-                "(another devnet or program is using it; choose another with --port)"
+                f"cannot start {what} on {host}:{port}: {exc.strerror or exc} "
+                f"(another {noun} or program is using it; choose another with --port)"
             ) from None
 
 

@@ -152,6 +152,31 @@ CASES: list[tuple[str, list[str], str]] = [
     ("requests-show-unknown", ["requests", "show", "999"], "no request 999"),
     ("balance-not-an-address", ["balance", "0x1234"], "is not an Ethereum address"),
     ("expire-nothing-open", ["expire", "1"], "NoCurrentRequest"),
+    ("serve-port-taken", ["serve", "--port", "{port}"], "another ethml serve or program is using it"),
+    ("serve-redis-not-a-url", ["serve", "--redis", "localhost:6379"], "is not a redis://"),
+    (
+        "serve-relayer-without-the-role",
+        ["serve", "--port", "{free}", "--account", "3"],
+        "lacks TrainingTasks' RELAYER_ROLE",
+    ),
+    ("serve-rpc-unreachable", ["serve", "--rpc-url", "http://127.0.0.1:1", "--port", "{free}"], "cannot reach"),
+    ("worker-http-server", ["worker", "--server", "http://127.0.0.1:8600", "--role", "trainer"], "not a ws://"),
+    ("worker-unknown-role", ["worker", "--server", "ws://127.0.0.1:8600", "--role", "miner"], "trainer or validator"),
+    (
+        "worker-server-unreachable-unstaked",
+        [
+            "worker",
+            "--server",
+            "ws://127.0.0.1:1",
+            "--role",
+            "trainer",
+            "--account",
+            "2",
+            "--rpc-url",
+            "http://127.0.0.1:1",
+        ],
+        "cannot reach",
+    ),
     ("unknown-command", ["mint-money"], "No such command"),
 ]
 
@@ -178,7 +203,12 @@ def _request_count(devnet: Devnet) -> int:
 
 @pytest.mark.parametrize(("case", "args", "says"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_costs_nothing(devnet: Devnet, case: str, args: list[str], says: str) -> None:
-    values = {"files": str(devnet.files), "port": str(devnet.port), "iris_cid": _iris_cid(devnet)}
+    values = {
+        "files": str(devnet.files),
+        "port": str(devnet.port),
+        "free": str(free_port()),
+        "iris_cid": _iris_cid(devnet),
+    }
     argv = [a.format(**values) for a in args]
     env = {
         **os.environ,

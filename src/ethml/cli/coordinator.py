@@ -27,6 +27,7 @@ from ethml.cli._common import (
 from ethml.cli._config import ConfigError, load_account
 from ethml.coordinator.server import ServeConfig, make_app
 from ethml.coordinator.worker import Worker, WorkerConfig, _http_base
+from ethml.devnet import check_port_free
 from ethml.errors import ChainError
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.paths import data_home
@@ -115,6 +116,7 @@ def serve(
     check_rpc_url(rpc)
     if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"--redis {redis!r} is not a redis://, rediss:// or unix:// URL")
+    check_port_free(host, port, "the coordinator", "ethml serve")
     home = data_dir or data_home()
 
     async def checked(w3: AsyncWeb3[Any], dep: Deployment) -> tuple[Deployment, LocalAccount]:
