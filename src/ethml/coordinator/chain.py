@@ -24,6 +24,7 @@ from ethml.coordinator.store import RELAY_GROUP, P, Store
 from ethml.errors import TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.node.miner import DEV_CHAIN_IDS
+from ethml.training.spec import TaskSpec
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -149,7 +150,10 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     if doc is None or doc.get("chain_task_id") is not None or doc["status"] == "failed":
         await store.finish_entry(f"{P}relay", RELAY_GROUP, entry_id)
         return
-    ipfs.add_bytes(doc["spec_json"].encode(), 1)  # the spec, by the CID the task will name
+    # The spec in its canonical form, stored by the CID the task names on chain.
+    spec_cid = str(ipfs.add_bytes(TaskSpec.model_validate(doc["spec"]).to_json(), 1))
+    if doc.get("spec_cid") != spec_cid:
+        doc = await store.update_task(task_id, lambda d: d.update(spec_cid=spec_cid)) or doc
     p = doc["permit"]
     if "create" not in doc.get("raw", {}):
         next_nonce = int(await chain.ethml.functions.nonces(p["owner"]).call())
@@ -162,7 +166,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     shape = doc["shape"]
     call = chain.tasks.functions.createTaskWithPermit(
         doc["dataset_cid"],
-        doc["spec_cid"],
+        spec_cid,
         bytes.fromhex(doc["test_set_commitment"][2:]),
         int(doc["reward"]),
         doc["validations_required"],

@@ -47,16 +47,13 @@ from ethml.coordinator.schemas import (
 )
 from ethml.coordinator.store import Store, hash_key
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
-from ethml.ipfs.cid import raw_cid_v1
 from ethml.ipfs.gateway import BLOCKSTORE
 from ethml.ipfs.gateway import _block as ipfs_block
-from ethml.ipfs.unixfs import CHUNK_SIZE
 from ethml.oracle import list_requests, oracle_status
 
 log = structlog.get_logger("ethml.coordinator")
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
-assert MAX_BODY_BYTES < CHUNK_SIZE  # a task's spec is one raw block
 SCORE_SCALE = 1_000_000
 
 
@@ -292,9 +289,7 @@ async def post_task(request: web.Request) -> web.Response:
     except ApiError:
         await _rate_limit(request, who["key"])
         raise
-    spec_json = body.spec.to_json().decode()
-    spec_cid = raw_cid_v1(spec_json.encode())  # one block: the body (and so the spec) is under CHUNK_SIZE
-    task_id = uuid.uuid4().hex
+    task_id = secrets.token_hex(16)
     doc = _task_doc(
         who,
         {
@@ -307,8 +302,8 @@ async def post_task(request: web.Request) -> web.Response:
             "min_score": body.min_score,
             "submit_deadline": body.submit_deadline,
             "validation_deadline": body.validation_deadline,
-            "spec_cid": spec_cid,
-            "spec_json": spec_json,
+            "spec_cid": None,  # the relayer stores the spec and names it by CID on chain
+            "spec": body.spec.model_dump(mode="json"),
             "dataset_cid": body.dataset_cid,
             "test_set_commitment": body.test_set_commitment,
             "test_set": {"cid": body.test_set.cid, "salt": body.test_set.salt} if body.test_set else None,
