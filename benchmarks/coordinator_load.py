@@ -38,7 +38,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from ethml.chain import DEV_MNEMONIC, EML, Parameters, deploy_system, dev_account
 from ethml.coordinator.permit import PermitDomain
 from ethml.coordinator.redis_server import redis_executable
-from ethml.coordinator.schemas import test_set_commitment
+from ethml.coordinator.schemas import commitment_hex
 from ethml.devnet import find_anvil
 from ethml.pow.tune import cpu_model
 from ethml.training import parse_spec
@@ -153,7 +153,7 @@ def bodies(domain: PermitDomain, count: int) -> list[str]:
         body = {
             "spec": spec,
             "dataset_cid": "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
-            "test_set_commitment": test_set_commitment(TEST_CID, salt),
+            "test_set_commitment": commitment_hex(TEST_CID, salt),
             "test_set": {"cid": TEST_CID, "salt": salt},
             "reward": str(value),
             "validations_required": 3,

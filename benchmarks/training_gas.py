@@ -12,14 +12,12 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from eth_abi.abi import encode
-from eth_utils.crypto import keccak
-
 from ethml.chain import EML, dev_account, embedded_chain, ethml_contract, send, training_contract
 from ethml.chain.deploy import Parameters, deploy_system
 from ethml.chain.embedded import time_travel
 from ethml.coordinator.client import sign_permit
 from ethml.coordinator.permit import PermitDomain
+from ethml.training.flow import commit_test_set
 
 TEST_CID = "bafkreitestsetcidxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 CID = "bafkreidatasetcidxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
@@ -43,7 +41,7 @@ async def main() -> list[tuple[str, int]]:
         await tx("stake (first time)", i, tasks.functions.stake(role, 100 * EML))
     await tx("approve (once per account)", 9, ethml.functions.approve(deployment.training, 2**255))
     salt = b"\x01" * 32
-    commitment = keccak(encode(["string", "bytes32"], [TEST_CID, salt]))
+    commitment = commit_test_set(TEST_CID, salt)
     block = await w3.eth.get_block("latest")
     now = int(block["timestamp"])
     await tx(

@@ -1,4 +1,4 @@
-"""The API's fast CID check and raw-block CID agree with the generic multiformats path."""
+"""The API's fast CID check agrees with the generic multiformats path."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import os
 import random
 
 from ethml.errors import IpfsError
-from ethml.ipfs.cid import block_cid, check_cid_text, parse_cid, raw_cid_v1
-from ethml.ipfs.unixfs import CHUNK_SIZE, build_file
+from ethml.ipfs.cid import block_cid, check_cid_text, parse_cid
 
 
 def _generic(text: str) -> str | None:
@@ -47,9 +46,3 @@ def test_fast_check_agrees_with_the_generic_decoder_on_mutations() -> None:
         assert _fast(mutated) == _generic(mutated), mutated
     for other in ("", "Qm", "b", "bafkrei", "zdj7W", "f01551220" + "00" * 32, "QmQmQm"):
         assert _fast(other) == _generic(other), other
-
-
-def test_raw_cid_v1_is_the_file_cid_of_one_chunk() -> None:
-    for size in (0, 5, 1000, CHUNK_SIZE):
-        data = os.urandom(size)
-        assert raw_cid_v1(data) == str(build_file(data, 1)[0])

@@ -10,7 +10,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ethml.coordinator.permit import PermitDomain
-from ethml.coordinator.schemas import test_set_commitment
+from ethml.coordinator.schemas import commitment_hex
 from ethml.training.spec import TaskSpec
 
 
@@ -51,7 +51,7 @@ def task_body(
     body: dict[str, Any] = {
         "spec": spec.model_dump(mode="json"),
         "dataset_cid": dataset_cid,
-        "test_set_commitment": test_set_commitment(test_cid, salt),
+        "test_set_commitment": commitment_hex(test_cid, salt),
         "reward": str(reward),
         "validations_required": validations,
         "min_score": min_score,

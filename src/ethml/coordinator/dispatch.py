@@ -152,16 +152,8 @@ class Dispatcher:
         role_stream = job_stream(conn.role)
         entry_id = conn.running.pop(job, None)
         recorded = await self.store.record_result(job, {**result, "worker": conn.consumer, "at": time.time()})
-        if entry_id is None:
-            # After a reconnect the worker's pending entry is found by its job id.
-            pending = await self.store.redis.xpending_range(
-                role_stream, GROUP, "-", "+", 1000, consumername=conn.consumer
-            )
-            for p in pending:
-                rows = await self.store.redis.xrange(role_stream, p["message_id"], p["message_id"])
-                if rows and rows[0][1].get(b"job") == job.encode():
-                    entry_id = p["message_id"]
-                    break
+        if entry_id is None:  # after a reconnect: the worker's pending entry, by its job id
+            entry_id = dict(await self.pending_of(conn)).get(job)
         if entry_id is not None:
             await self.store.finish_entry(role_stream, GROUP, entry_id)
         return recorded

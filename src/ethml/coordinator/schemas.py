@@ -21,7 +21,7 @@ from pydantic import (
 from ethml.coordinator.permit import checksum_address
 from ethml.errors import IpfsError
 from ethml.ipfs.cid import check_cid_text
-from ethml.pow import keccak256
+from ethml.training import flow
 from ethml.training.spec import TaskSpec
 
 MAX_BODY_BYTES = 64 * 1024
@@ -90,17 +90,9 @@ class TestSetSecret(Strict):
     salt: Hex32
 
 
-def test_set_commitment(cid: str, salt: str) -> str:
-    """keccak256(abi.encode(string cid, bytes32 salt)), as TrainingTasks.commitmentFor computes it."""
-    data = cid.encode()
-    encoded = (
-        (64).to_bytes(32, "big")
-        + bytes.fromhex(salt[2:])
-        + len(data).to_bytes(32, "big")
-        + data
-        + b"\0" * (-len(data) % 32)
-    )
-    return "0x" + keccak256(encoded).hex()
+def commitment_hex(cid: str, salt: str) -> str:
+    """The commitment as the API writes it: 0x-hex of `ethml.training.flow.commit_test_set`."""
+    return "0x" + flow.commit_test_set(cid, bytes.fromhex(salt[2:])).hex()
 
 
 class TaskCreate(Strict):
@@ -128,7 +120,7 @@ class TaskCreate(Strict):
         if self.permit.deadline < now:
             raise ValueError("permit.deadline has passed")
         secret = self.test_set
-        if secret is not None and test_set_commitment(secret.cid, secret.salt) != self.test_set_commitment:
+        if secret is not None and commitment_hex(secret.cid, secret.salt) != self.test_set_commitment:
             raise ValueError("test_set does not match test_set_commitment")
         return self
 

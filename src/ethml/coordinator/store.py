@@ -27,6 +27,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 
+from ethml.coordinator.schemas import STATUSES
+
 P = "ethml:"
 WAITING = "~waiting"
 GROUP = "workers"
@@ -246,8 +248,6 @@ class Store:
 
     async def count_tasks(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
-        from ethml.coordinator.schemas import STATUSES
-
         for status in STATUSES:
             pipe.zcard(f"{P}tasks:{status}")
         return dict(zip(STATUSES, await pipe.execute(), strict=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 
@@ -83,10 +82,3 @@ def check_cid_text(text: str) -> str:
     except KeyError:
         pass
     return str(parse_cid(text))
-
-
-def raw_cid_v1(data: bytes) -> str:
-    """The CIDv1 (raw codec, base32) of one raw block: what `add_bytes(data, 1)` gives for a file
-    that fits in one chunk."""
-    digest = hashlib.sha256(data).digest()
-    return "b" + base64.b32encode(b"\x01\x55\x12\x20" + digest).decode().lower().rstrip("=")
