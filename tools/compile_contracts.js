@@ -11,7 +11,7 @@ const solc = require("solc");
 const root = path.resolve(__dirname, "..");
 const srcDir = path.join(root, "contracts", "src");
 const outDir = path.join(root, "src", "ethml", "chain", "artifacts");
-const CONTRACTS = { "EthML.sol": ["EthML"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
+const CONTRACTS = { "EthML.sol": ["EthML"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
 const SETTINGS = {
   optimizer: { enabled: true, runs: 500 },
   evmVersion: "cancun",
