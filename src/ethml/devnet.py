@@ -73,11 +73,16 @@ def child_stderr(proc: subprocess.Popen[bytes]) -> str:
 
 
 def check_port_free(host: str, port: int, what: str = "the devnet", noun: str = "devnet") -> None:
-    """Fail at once, before anything starts (anvil, a Redis), when something already listens on host:port."""
+    """Fail at once, before anything starts (anvil, a Redis), when something already listens on host:port.
+
+    The probe binds with SO_REUSEADDR, as the servers themselves do, so the connections a killed process
+    left in TIME_WAIT do not count: a restart right after a crash (`kill -9`) starts at once.
+    """
     if not 1 <= port <= 65535:
         raise ChainError(f"--port {port} is not a TCP port (1..65535)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
