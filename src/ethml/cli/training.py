@@ -21,6 +21,17 @@ from ethml.cli._common import (
     handle_errors,
     with_chain,
 )
+from ethml.cli._compute import (
+    DEFAULT_MAX_DATASET_MB,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_TRAIN_SECONDS,
+    DaskOption,
+    DaskTimeoutOption,
+    MaxDatasetOption,
+    MaxRowsOption,
+    MaxSecondsOption,
+    compute_for,
+)
 from ethml.cli._config import load_account
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.paths import data_home
@@ -65,14 +76,16 @@ def _signer(index: int, dep: Deployment) -> Any:
 
 
 def _job(
-    fn: Callable[[AsyncWeb3[Any], Deployment, Any, IpfsClient, int], Awaitable[T]],
+    fn: Callable[..., Awaitable[T]],
     account: int,
     data_dir: Path | None,
     gateways: list[str] | None,
     task: int,
+    compute: Any,
 ) -> Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]:
-    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore."""
-    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task)
+    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore,
+    run on `compute` (this machine or a Dask cluster)."""
+    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task, compute=compute)
 
 
 def _read(path: Path) -> bytes:
@@ -227,9 +240,18 @@ def train(
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
-    """Train the task's model (in a child process with the spec's time limit) and submit it."""
-    result = with_chain(rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task))
+    """Train the task's model (in a child process with the spec's time limit; a forest's trees on a
+    Dask cluster with --dask) and submit it."""
+    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+        result = with_chain(
+            rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task, compute)
+        )
     if json_output:
         echo_json(result)
     else:
@@ -246,9 +268,16 @@ def validate(
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
-    """Score every submission of the task on the revealed test set and vote."""
-    votes = with_chain(rpc, deployment, data_dir, _job(validate_task, account, data_dir, gateway, task))
+    """Score every submission of the task on the revealed test set (in parallel on a Dask cluster with
+    --dask) and vote."""
+    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+        votes = with_chain(rpc, deployment, data_dir, _job(validate_task, account, data_dir, gateway, task, compute))
     if json_output:
         echo_json(votes)
         return

@@ -188,6 +188,13 @@ class TaskPage(BaseModel):
     next_cursor: str | None = None
 
 
+class ClusterSize(BaseModel):
+    """The Dask cluster behind a cluster-backed worker (`ethml worker --dask`)."""
+
+    workers: int
+    threads: int
+
+
 class WorkerView(BaseModel):
     id: str
     address: str
@@ -198,6 +205,7 @@ class WorkerView(BaseModel):
     cpu: float
     memory: float
     load: float
+    cluster: ClusterSize | None = None
     connected_at: float
     last_seen: float
 

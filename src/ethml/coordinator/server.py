@@ -130,6 +130,12 @@ class Metrics:
             "ethml_workers_connected", "Workers connected to this instance", ["role"], registry=self.registry
         )
         self.worker_load = Gauge("ethml_worker_load", "Mean load of this instance's workers", registry=self.registry)
+        self.cluster_workers = Gauge(
+            "ethml_worker_cluster_workers",
+            "Dask workers behind each cluster-backed worker of this instance (0: its scheduler does not answer)",
+            ["worker", "role"],
+            registry=self.registry,
+        )
         self.chain_lag = Gauge(
             "ethml_chain_lag_blocks", "Chain head minus the follower's checkpoint", registry=self.registry
         )
@@ -525,6 +531,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
             if kind == "load":
                 conn.cpu = _bounded(data.get("cpu"), 0, 100)
                 conn.memory = _bounded(data.get("memory"), 0, 100)
+                conn.cluster = _cluster_size(data.get("cluster"))
                 await state.store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 if await state.store.take_kick(conn.id):
                     await ws.close(code=4003, message=b"disconnected by an admin")
@@ -538,6 +545,13 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
             await state.store.drop_worker(conn.id)
             log.info("worker_left", worker=conn.consumer, running=list(conn.running))
     return ws
+
+
+def _cluster_size(value: Any) -> dict[str, int] | None:
+    """A worker's report of its Dask cluster, {workers, threads} in 0..1e6, or None."""
+    if not isinstance(value, dict):
+        return None
+    return {k: int(_bounded(value.get(k), 0, 1_000_000)) for k in ("workers", "threads")}
 
 
 def _bounded(value: Any, low: float, high: float) -> float:
@@ -667,7 +681,8 @@ async def snapshot(state: State) -> dict[str, Any]:
         ],
         "counts": await state.store.count_tasks(),
         "workers": [
-            {k: w[k] for k in ("address", "role", "running", "capacity", "cpu", "memory", "load")} for w in workers
+            {k: w.get(k) for k in ("address", "role", "running", "capacity", "cpu", "memory", "load", "cluster")}
+            for w in workers
         ],
         "queue": await state.store.queue_depth(),
         "oracle": oracle,
@@ -741,6 +756,10 @@ async def _observe(state: State) -> None:
         state.metrics.workers.labels(role).set(sum(1 for c in conns if c.role == role))
     load = sum(c.load for c in conns) / len(conns) if conns else 0.0
     state.metrics.worker_load.set(load)
+    state.metrics.cluster_workers.clear()  # only the workers connected now
+    for c in conns:
+        if c.cluster is not None:
+            state.metrics.cluster_workers.labels(c.id, c.role).set(c.cluster["workers"])
     now = time.time()
     if now - state.last_sample >= 10:
         state.last_sample = now
