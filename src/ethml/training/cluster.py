@@ -84,7 +84,7 @@ def parse_target(value: str) -> tuple[str | None, int | None]:
     if text == "local" or text.startswith("local:"):
         count = text.partition(":")[2]
         if not count:
-            return None, os.cpu_count() or 1
+            return None, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if not count.isdigit() or not 1 <= int(count) <= 256:
             raise ClusterError(f"--dask {value!r}: local:N needs N between 1 and 256")
         return None, int(count)
@@ -138,8 +138,11 @@ class LocalDaskCluster:
 
 async def _identity(address: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
     from distributed.comm.core import connect
+    from distributed.security import Security
 
-    comm = await connect(address, timeout=timeout)  # type: ignore[no-untyped-call]
+    # TLS settings, for tls:// addresses, come from Dask's configuration, as for a Client.
+    tls = Security().get_connection_args("client")  # type: ignore[no-untyped-call]
+    comm = await connect(address, timeout=timeout, **tls)  # type: ignore[no-untyped-call]
     try:
         await comm.write({"op": "identity", "reply": True})
         reply = await asyncio.wait_for(comm.read(), timeout)
