@@ -277,15 +277,3 @@ def test_workers_with_other_library_versions_are_refused() -> None:
         client.run(_pretend_other_sklearn, workers=[odd])
         with pytest.raises(ClusterError, match=rf"{odd}: scikit-learn 1.0.0 \(this job: "):
             fit_and_claim(spec, data, 1, LIMITS, cluster)
-
-
-def test_the_deployment_limits_refuse_what_they_do_not_allow() -> None:
-    spec, data = forest_spec(trees=5), generated_csv(2_000)
-    with pytest.raises(Exception, match="more than 1,000 rows, this deployment's limit"):
-        fit_and_claim(spec, data, 1, TrainingLimits(max_rows=1_000))
-    with pytest.raises(Exception, match="over this deployment's 2,048 limit"):
-        fit_and_claim(spec, data, 1, TrainingLimits(max_dataset_bytes=2048))
-    slow = parse_spec({**spec.model_dump(), "max_train_seconds": 3600})
-    with pytest.raises(Exception, match="asks for up to 3600 s per job; this deployment allows 600 s"):
-        fit_and_claim(slow, data, 1)
-    assert fit_and_claim(slow, data, 1, TrainingLimits(max_train_seconds=3600)).claimed_score > 0

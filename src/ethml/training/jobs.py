@@ -117,11 +117,14 @@ def read_csv(
         raise TrainingError(
             f"the data is {len(raw):,} bytes, over this deployment's {limits.max_dataset_bytes:,} limit"
         )
-    first = raw.split(b"\n", 1)[0]
+    end = raw.find(b"\n")
+    first = raw if end < 0 else raw[:end]  # not raw.split: that would copy the whole dataset
     try:
         header = next(csv.reader([first.decode().rstrip("\r")]))
     except (UnicodeDecodeError, StopIteration, csv.Error) as exc:
         raise TrainingError(f"not a CSV with a header ({exc or 'empty'})") from None
+    if not header:
+        raise TrainingError("not a CSV with a header (empty)")
     if len(header) > MAX_COLUMNS + 1:
         raise TrainingError(f"{len(header)} columns, over the {MAX_COLUMNS} limit")
     missing = [c for c in [*spec.features, spec.target] if c not in header]
@@ -147,11 +150,11 @@ def read_csv(
         raise TrainingError(f"more than {limits.max_rows:,} rows, this deployment's limit")
     if len(table) < 10:
         raise TrainingError(f"{len(table)} rows are too few to train and score")
-    x, y = table[:, :-1], table[:, -1]
-    if not np.isfinite(x).all() or not np.isfinite(y).all():
+    if not np.isfinite(table).all():
         raise TrainingError("the data holds NaN or infinite values")
-    x = np.ascontiguousarray(x)
-    return x, (y.astype(np.int64) if spec.kind == "classification" else y)
+    x = np.ascontiguousarray(table[:, :-1])
+    y = table[:, -1].astype(np.int64 if spec.kind == "classification" else np.float64)  # a copy: table goes
+    return x, y
 
 
 def _first_bad_row(raw: bytes, columns: list[int]) -> None:
