@@ -1,8 +1,8 @@
 """`ethml worker --dask` end to end: one trainer trains locally, another on a real LocalCluster (two worker
 processes), and they submit the same sha256, the one a local fit gives; three validators score both
 submissions on Dask clusters (two on that LocalCluster, one on a `--dask local:2` cluster of its own)
-and the model is accepted. The dashboard, /api/workers and /metrics show the cluster-backed workers
-with their clusters' size."""
+and the model is accepted. The dashboard (its data and the page in headless Chromium), /api/workers
+and /metrics show the cluster-backed workers with their clusters' size."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ethml.chain import dev_account
 from ethml.training import fit_and_claim, sklearn_dataset_csv, split_csv
 from ethml.training.flow import task_info
 from tests.coordinator.conftest import TRAINERS, VALIDATORS, Coordinator
+from tests.coordinator.test_dashboard import _browser, _wait
 from tests.coordinator.test_flow import post_wine_task, task, travel, wait_status
 from tests.node.conftest import wait_until
 from tests.training.conftest import local_cluster
@@ -60,6 +61,18 @@ async def test_cluster_backed_workers_train_and_validate_with_the_local_bytes(co
         assert clusters[(dev_account(local_trainer).address, "trainer")] is None
         assert clusters[(dev_account(cluster_trainer).address, "trainer")] == {"workers": 2, "threads": 2}
         assert clusters[(dev_account(VALIDATORS[2]).address, "validator")] == {"workers": 2, "threads": 2}
+        # ...and the page itself, in a real headless Chromium, shows the clusters' size.
+        driver = await asyncio.to_thread(_browser)
+        try:
+            await asyncio.to_thread(driver.get, c.url + "/")
+            await asyncio.to_thread(
+                _wait,
+                lambda: driver.find_element("id", "workers").text.count("2 dask workers, 2 threads") == 4,
+                60,
+                "four cluster-backed workers",
+            )
+        finally:
+            await asyncio.to_thread(driver.quit)
         status, listed, _ = await c.api("GET", "/api/workers", key=c.admin_key)
         assert status == 200 and sum(w["cluster"] is not None for w in listed["workers"]) == 4, listed
         status, metrics, _ = await c.api("GET", "/metrics")

@@ -117,17 +117,21 @@ class LocalDaskCluster:
         _needs_distributed()
         import logging
 
+        import dask
         from distributed import LocalCluster
 
-        self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=self.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # its HTTP endpoints on a free local port
-            memory_limit=self.memory_limit,
-            silence_logs=logging.ERROR,
-        )
+        # Dask's statistical profiler samples every worker thread a hundred times a second, for its
+        # dashboard, which a local cluster of ethml's does not serve: about a tenth of a forest's CPU.
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # its HTTP endpoints on a free local port
+                memory_limit=self.memory_limit,
+                silence_logs=logging.ERROR,
+            )
         return Cluster(str(self._cluster.scheduler_address))
 
     def __exit__(self, *exc: object) -> None:
