@@ -20,8 +20,10 @@ from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from ethml.chain import EML, Deployment, Parameters, deploy_system, dev_account
+from ethml.coordinator.appkeys import STORE
 from ethml.coordinator.permit import PermitDomain
-from ethml.coordinator.server import STATE, ServeConfig, make_app
+from ethml.coordinator.server import ServeConfig, make_app
+from ethml.coordinator.store import Store
 from ethml.ml import Manifest
 from ethml.training.flow import stake
 from tests.conftest import free_port
@@ -79,8 +81,11 @@ class Coordinator:
             self.admin_key = (self.root / "server" / "coordinator" / "admin.key").read_text().strip()
         return runner, url
 
-    def state(self, runner: web.AppRunner | None = None) -> Any:
-        return (runner or self.runners[0]).app[STATE]
+    def store(self, runner: web.AppRunner | None = None) -> Store:
+        """The store of an instance (the first one by default)."""
+        app = (runner or self.runners[0]).app
+        assert app is not None
+        return app[STORE]
 
     async def stop_server(self, runner: web.AppRunner) -> None:
         """Stop one instance; when it was the main one, the next start_server becomes the main one."""

@@ -99,7 +99,7 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
     assert model_id == 5  # after the four bundled models
 
     # Every job has exactly one recorded result.
-    store = c.state().store
+    store = c.store()
     for job in ("1:train:0", "1:train:1", "1:validate:0", "1:validate:1", "1:validate:2"):
         result = await store.result(job)
         assert result is not None and result["ok"], (job, result)

@@ -100,7 +100,7 @@ async def test_a_killed_worker_s_job_goes_to_another_worker_once(coordinator: Co
     await asyncio.to_thread(first.wait, 10)
     killed_at = time.monotonic()
     second = c.start_worker("trainer", 6)
-    store = c.state().store
+    store = c.store()
 
     async def recorded() -> bool:
         return await store.result("1:train:0") is not None

@@ -19,7 +19,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ethml.coordinator.store import GROUP, WAITING, P, Store, job_stream
+from ethml.coordinator import redis_keys as k
+from ethml.coordinator.store import GROUP, WAITING, Store
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -78,7 +79,7 @@ class Dispatcher:
             await self._pass(role)
 
     async def _pass(self, role: str) -> None:
-        stream = job_stream(role)
+        stream = k.jobs(role)
         redis = self.store.redis
         mine = [c for c in self.conns.values() if c.role == role]
         for conn in mine:  # keep the jobs of live workers fresh
@@ -99,7 +100,7 @@ class Dispatcher:
             log.warning("job_reclaimed", job=job, deliveries=delivered)
             if delivered > self.max_deliveries:
                 dead = {k.decode(): v for k, v in fields.items()}
-                await redis.xadd(f"{P}dead", {**dead, "deliveries": delivered})
+                await redis.xadd(k.DEAD, {**dead, "deliveries": delivered})
                 await self.store.finish_entry(stream, GROUP, entry_id)
                 self.dead_lettered += 1
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
@@ -125,12 +126,12 @@ class Dispatcher:
         if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
-        done_key = f"{P}taskworkers:{fields['chain_task']}:{role}"
+        done_key = k.task_workers(fields["chain_task"], role)
         done = {a.decode() for a in await redis.smembers(done_key)}
         eligible = [c for c in free if c.address not in done]
         if not eligible:
             return
-        if not await redis.set(f"{P}joblock:{job}", self.instance, nx=True, px=5000):
+        if not await redis.set(k.job_lock(job), self.instance, nx=True, px=5000):
             return  # another instance is assigning it right now
         conn = min(eligible, key=lambda c: c.load)
         await redis.xclaim(stream, GROUP, conn.consumer, 0, [entry_id], justid=True)
@@ -149,7 +150,7 @@ class Dispatcher:
 
     async def finish(self, conn: WorkerConn, job: str, result: dict[str, Any]) -> bool:
         """A worker's result: kept if it is the first for this job; the stream entry is acknowledged."""
-        role_stream = job_stream(conn.role)
+        role_stream = k.jobs(conn.role)
         entry_id = conn.running.pop(job, None)
         recorded = await self.store.record_result(job, {**result, "worker": conn.consumer, "at": time.time()})
         if entry_id is None:  # after a reconnect: the worker's pending entry, by its job id
@@ -164,7 +165,7 @@ class Dispatcher:
             conn.running[job] = entry_id
 
     async def pending_of(self, conn: WorkerConn) -> list[tuple[str, bytes]]:
-        stream = job_stream(conn.role)
+        stream = k.jobs(conn.role)
         pending = await self.store.redis.xpending_range(stream, GROUP, "-", "+", 1000, consumername=conn.consumer)
         found = []
         for p in pending:
