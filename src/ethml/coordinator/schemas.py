@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -29,6 +30,9 @@ MAX_REWARD_WEI = 2**96 - 1
 MAX_DURATION = 365 * 24 * 3600
 STATUSES = ("pending_chain", "open", "training", "validating", "accepted", "failed", "expired")
 ROLES = ("trainer", "validator")
+#: Job ids: `<chain task>:train:<n>` or `<chain task>:validate:<n>`.
+JOB_ID = r"^[0-9]{1,20}:(train|validate):[0-9]{1,2}$"
+WORKER_ID = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 def _address(value: str) -> str:
@@ -133,6 +137,43 @@ class TaskImport(Strict):
 class ApiKeyCreate(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 ._-]+$")
     role: Literal["requester", "admin"] = "requester"
+
+
+class WorkerLogin(Strict):
+    """The first message on /ws/worker: who the worker is and its signature of the server's nonce."""
+
+    type: Literal["auth"] = "auth"
+    role: Literal["trainer", "validator"]
+    address: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{40}$")]
+    signature: Annotated[str, StringConstraints(strict=True, max_length=200, pattern=r"^0x[0-9a-fA-F]*$")]
+    worker_id: Annotated[str, StringConstraints(strict=True, pattern=WORKER_ID)] | None = None
+    capacity: int = Field(default=1, ge=1, le=16, strict=True)
+
+
+class LoadReport(BaseModel):
+    """A worker's heartbeat: its machine's CPU and memory use in percent (unknown fields ignored)."""
+
+    type: Literal["load"]
+    cpu: float = Field(default=0.0, ge=0.0, le=100.0)
+    memory: float = Field(default=0.0, ge=0.0, le=100.0)
+    running: int | None = Field(default=None, ge=0, le=1000, strict=True)
+
+
+class JobResult(BaseModel):
+    """A worker's result for a job, naming the delivery it was sent with (unknown fields ignored)."""
+
+    type: Literal["result"]
+    job: Annotated[str, StringConstraints(strict=True, pattern=JOB_ID)]
+    delivery: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    ok: bool = Field(default=False, strict=True)
+    detail: dict[str, Any] | list[Any] | str | None = None
+    tx: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
+
+
+#: What a logged-in worker may send.
+WORKER_MESSAGE: TypeAdapter[LoadReport | JobResult] = TypeAdapter(
+    Annotated[LoadReport | JobResult, Field(discriminator="type")]
+)
 
 
 class ApiKeyOut(BaseModel):

@@ -43,3 +43,40 @@ redis.call('XADD', KEYS[n + 4], '*', 'task', id)
 return 0
 """
 )
+
+#: A worker's result, counted only for the delivery it was given. KEYS[1] the job stream, KEYS[2] the
+#: job's result key; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4]
+#: the delivery number the worker was sent with the job, ARGV[5] the result. The entry must be pending
+#: under that consumer with that delivery count; then the first result is kept and the entry is
+#: acknowledged and deleted. Returns recorded, duplicate, gone (no such pending entry), reassigned
+#: (pending under another consumer) or stale (another delivery).
+FINISH_JOB = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 'gone' end
+if p[1][2] ~= ARGV[2] then return 'reassigned' end
+if p[1][4] ~= tonumber(ARGV[4]) then return 'stale' end
+local fresh = redis.call('SET', KEYS[2], ARGV[5], 'NX')
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if fresh then return 'recorded' end
+return 'duplicate'
+"""
+
+#: Keep a live worker's jobs fresh: of the entries ARGV[3..], those still pending under the consumer
+#: ARGV[2] (group ARGV[1]) of the stream KEYS[1] are claimed again by it (idle time reset, delivery count
+#: kept) and returned; one taken back meanwhile is left alone, never stolen back.
+TOUCH_JOBS = """
+local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+local mine = {}
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    mine[#mine + 1] = ARGV[i]
+    claim[#claim + 1] = ARGV[i]
+  end
+end
+if #mine > 0 then
+  claim[#claim + 1] = 'JUSTID'
+  redis.call(unpack(claim))
+end
+return mine
+"""

@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES
-from ethml.coordinator.scripts import TAKE, TAKE_AND_CREATE
+from ethml.coordinator.scripts import FINISH_JOB, TAKE, TAKE_AND_CREATE, TOUCH_JOBS
 
 WAITING = "~waiting"
 GROUP = "workers"
@@ -45,9 +45,12 @@ class Store:
     def __init__(self, redis: aioredis.Redis) -> None:
         # redis-py's reply types are unions of bytes, str and int that no call site here can narrow.
         self.redis: Any = redis
-        self._take = hashlib.sha1(TAKE.encode()).hexdigest()
-        self._take_and_create = hashlib.sha1(TAKE_AND_CREATE.encode()).hexdigest()
-        self._scripts = {self._take: TAKE, self._take_and_create: TAKE_AND_CREATE}
+        self._scripts = {
+            hashlib.sha1(src.encode()).hexdigest(): src for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, TOUCH_JOBS)
+        }
+        sha = {src: digest for digest, src in self._scripts.items()}
+        self._take, self._take_and_create = sha[TAKE], sha[TAKE_AND_CREATE]
+        self._finish_job, self._touch_jobs = sha[FINISH_JOB], sha[TOUCH_JOBS]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -214,9 +217,22 @@ class Store:
         pipe.xdel(stream, entry_id)
         await pipe.execute()
 
-    async def record_result(self, job_id: str, result: dict[str, Any]) -> bool:
-        """The first result of a job is kept; later ones (a redelivered job finishing twice) are ignored."""
-        return bool(await self.redis.set(k.result(job_id), json.dumps(result), nx=True))
+    async def finish_job(
+        self, role: str, job_id: str, consumer: str, entry_id: bytes, delivery: int, result: dict[str, Any]
+    ) -> str:
+        """Record a worker's result if the job's entry is pending under its consumer with the delivery
+        number it was sent (atomically, `scripts.FINISH_JOB`): recorded, duplicate (a result was kept
+        already), gone, reassigned or stale (nothing recorded)."""
+        reply = await self._script(
+            self._finish_job,
+            [k.jobs(role), k.result(job_id)],
+            [GROUP, consumer, entry_id, delivery, json.dumps(result)],
+        )
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def touch_jobs(self, role: str, consumer: str, entry_ids: list[bytes]) -> set[bytes]:
+        """Reset the idle time of those of `entry_ids` still pending under `consumer`; returns them."""
+        return set(await self._script(self._touch_jobs, [k.jobs(role)], [GROUP, consumer, *entry_ids]))
 
     async def result(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(k.result(job_id))

@@ -5,17 +5,17 @@ that role in TrainingTasks. A worker that reconnects under the same id gets its 
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
+from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, STORE
 from ethml.coordinator.dispatch import WorkerConn
 from ethml.coordinator.permit import recover_login
-from ethml.coordinator.schemas import ROLES
+from ethml.coordinator.schemas import WorkerLogin
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -25,6 +25,20 @@ async def refuse(ws: web.WebSocketResponse, reason: str) -> None:
     await ws.close(code=4001, message=reason.encode()[:120])
 
 
+def _login_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = str(err["loc"][0]) if err.get("loc") else ""
+    if err["type"] in ("json_invalid", "model_type", "missing") or where in ("address", "signature"):
+        return "the login needs role, address and signature (a 0x-address and a 0x-hex signature)"
+    if where == "role":
+        return "role must be trainer or validator"
+    if where == "capacity":
+        return "capacity must be an integer 1..16"
+    if where == "worker_id":
+        return "worker_id must be 1-64 letters, digits, '.', '_' or '-'"
+    return f"invalid login: {where}: {err['msg']}"
+
+
 async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce: str) -> WorkerConn | None:
     """The worker's connection once its login message `msg` checks out, else None (refused and closed)."""
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
@@ -32,18 +46,14 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
         await refuse(ws, "expected a login message")
         return None
     try:
-        data = json.loads(msg.data)
-        role, address, signature = data["role"], data["address"], data["signature"]
-        worker_id = str(data.get("worker_id") or uuid.uuid4().hex)
-        capacity = int(data.get("capacity", 1))
-    except (ValueError, KeyError, TypeError):
-        await refuse(ws, "the login needs role, address and signature")
+        data = WorkerLogin.model_validate_json(msg.data)
+    except ValidationError as exc:
+        await refuse(ws, _login_error(exc))
         return None
-    if role not in ROLES or not 1 <= capacity <= 16 or not 1 <= len(worker_id) <= 64:
-        await refuse(ws, "role must be trainer or validator, capacity 1..16, worker_id at most 64 characters")
-        return None
+    role, address, signature = data.role, data.address, data.signature
+    worker_id, capacity = data.worker_id or uuid.uuid4().hex, data.capacity
     signer = recover_login(cfg.instance, nonce, role, signature)
-    if signer is None or not isinstance(address, str) or signer.lower() != address.lower():
+    if signer is None or signer.lower() != address.lower():
         await refuse(ws, "the signature does not recover the address for this server's nonce")
         return None
     if not await store.use_login_nonce(nonce, signer):

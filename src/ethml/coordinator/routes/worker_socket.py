@@ -3,17 +3,18 @@ reports (its heartbeat) and job results; the server sends jobs (`dispatch`) and 
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
+from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
 from ethml.coordinator.dispatch import WorkerConn
 from ethml.coordinator.routes.worker_login import login, refuse
+from ethml.coordinator.schemas import WORKER_MESSAGE, JobResult, LoadReport, first_error
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -42,23 +43,20 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
+            conn.last_seen = time.monotonic()  # any message is a sign of life
             try:
-                data = json.loads(msg.data)
-                kind = data.get("type")
-            except (ValueError, AttributeError):
-                await ws.send_json({"type": "error", "message": "messages are JSON objects"})
+                message = WORKER_MESSAGE.validate_json(msg.data)
+            except ValidationError as exc:
+                where, problem = first_error(exc)
+                await ws.send_json({"type": "error", "message": f"{where or 'message'}: {problem}"})
                 continue
-            conn.last_seen = time.monotonic()
-            if kind == "load":
-                conn.cpu = _bounded(data.get("cpu"), 0, 100)
-                conn.memory = _bounded(data.get("memory"), 0, 100)
+            if isinstance(message, LoadReport):
+                conn.cpu, conn.memory = message.cpu, message.memory
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 if await store.take_kick(conn.id):
                     await ws.close(code=4003, message=b"disconnected by an admin")
-            elif kind == "result" and isinstance(data.get("job"), str):
-                await _result(app, conn, data)
             else:
-                await ws.send_json({"type": "error", "message": f"unknown message type {kind!r}"})
+                await _result(app, conn, message)
     finally:
         if conn is not None:
             dispatcher.conns.pop(conn.id, None)
@@ -67,20 +65,19 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def _bounded(value: Any, low: float, high: float) -> float:
-    return float(min(high, max(low, value))) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
-async def _result(app: web.Application, conn: WorkerConn, data: dict[str, Any]) -> None:
-    job = data["job"]
-    result = {
-        "ok": bool(data.get("ok")),
-        "detail": data.get("detail") if isinstance(data.get("detail"), dict | list | str) else None,
-        "tx": data.get("tx") if isinstance(data.get("tx"), str) else None,
-        "delivery": int(data.get("delivery", 0)) if isinstance(data.get("delivery"), int) else None,
-    }
-    recorded = await app[DISPATCHER].finish(conn, job, result)
+async def _result(app: web.Application, conn: WorkerConn, message: JobResult) -> None:
+    job = message.job
+    result = {"ok": message.ok, "detail": message.detail, "tx": message.tx, "delivery": message.delivery}
+    if message.delivery is None:
+        outcome = "the result names no delivery (the delivery number sent with the job)"
+    else:
+        outcome = await app[DISPATCHER].finish(conn, job, message.delivery, result)
+    recorded = outcome == "recorded"
+    ack: dict[str, Any] = {"type": "ack", "job": job, "recorded": recorded}
+    if outcome not in ("recorded", "duplicate"):
+        ack["refused"] = outcome
     kind = "train" if ":train:" in job else "validate"
-    app[METRICS].jobs.labels(kind, ("ok" if result["ok"] else "error") if recorded else "duplicate").inc()
-    await conn.ws.send_json({"type": "ack", "job": job, "recorded": recorded})
-    log.info("job_result", job=job, worker=conn.consumer, ok=result["ok"], recorded=recorded)
+    label = ("ok" if message.ok else "error") if recorded else outcome if outcome == "duplicate" else "refused"
+    app[METRICS].jobs.labels(kind, label).inc()
+    await conn.ws.send_json(ack)
+    log.info("job_result", job=job, worker=conn.consumer, ok=message.ok, outcome=outcome)
