@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 from ethml.chain import dev_account
 from ethml.coordinator.client import sign_permit
-from ethml.coordinator.redis_server import redis_executable
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.training.flow import train_and_submit
-from tests.coordinator.conftest import Coordinator, coordinator_on
+from tests.coordinator.conftest import Coordinator, coordinator_on, start_redis
 from tests.coordinator.test_api import _valid
 from tests.coordinator.test_flow import chain_now, post_wine_task, task, wait_status
 from tests.node.conftest import wait_until
@@ -40,17 +38,8 @@ async def test_a_restarted_server_catches_up_from_its_checkpoint(coordinator: Co
 
 async def test_redis_restarted_mid_run_loses_no_task(anvil_url: str, tmp_path: Path) -> None:
     socket = tmp_path / "redis" / "redis.sock"
-    socket.parent.mkdir()
 
-    def start_redis() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [redis_executable(), "--port", "0", "--unixsocket", str(socket), "--dir", str(socket.parent),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        return proc
-
-    redis = start_redis()
+    redis = start_redis(socket, "--appendfsync", "always")
     try:
         async with coordinator_on(anvil_url, tmp_path) as c:
             await c.start_server(redis_url=f"unix://{socket}")
@@ -68,7 +57,7 @@ async def test_redis_restarted_mid_run_loses_no_task(anvil_url: str, tmp_path: P
                     redis.wait(timeout=10)
                     status, reply, headers = await c.api("POST", "/api/tasks", key=key, body=body)
                     assert status == 503 and headers["Retry-After"] == "1", reply  # a clear error, not a 500
-                    redis = start_redis()
+                    redis = start_redis(socket, "--appendfsync", "always")
                     await _wait_socket(socket)
             for task_id in posted:
                 await wait_status(c, task_id, "open", timeout=120)

@@ -6,17 +6,18 @@ The loops that use it have modules of their own: `relayer` (tasks from permits),
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
-from web3.exceptions import Web3RPCError
+from web3.exceptions import TransactionNotFound, Web3RPCError
 
 from ethml.chain.deploy import Deployment, ethml_contract, training_contract
 from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
-from ethml.coordinator.lease import Lock
+from ethml.coordinator.lease import LeaseLost, Lock
 from ethml.coordinator.store import Store
 from ethml.errors import TransactionReverted
 
@@ -50,53 +51,88 @@ class Chain:
         )
 
 
-async def send_raw(chain: Chain, store: Store, call: Any, what: str, journal: tuple[str, str] | None) -> dict[str, Any]:
-    """Sign and send with the relayer key under the relayer lock; with `journal` (task id, name), the
-    signed transaction is stored in the task document before it is sent and re-sent as is after a
-    restart, so a task is never created twice. Returns the receipt."""
+async def send_raw(
+    chain: Chain,
+    store: Store,
+    call: Any,
+    what: str,
+    journal: tuple[str, str] | None,
+    *,
+    precheck: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Sign and send with the relayer key under the relayer lock; returns the receipt.
+
+    With `journal` (task id, name), the signed transaction and its nonce are stored in the task
+    document before it is sent, and whoever sends for that task next (a retry, a restart, another
+    instance that took the relay over) re-sends that same transaction instead of signing a new one, so
+    a task is never created twice. The journal is read under the lock, so two instances never both sign.
+    A journaled transaction whose nonce another transaction has taken can never be mined: it is
+    replaced. `precheck` runs under the lock before a new transaction is signed; what it raises
+    refuses the transaction."""
     task_id, name = journal if journal else (None, None)
-    doc = await store.task(task_id) if task_id else None
-    raw_hex = (doc or {}).get("raw", {}).get(name) if name else None
-    lock = Lock(store, f"relayer:{chain.relayer.address}", ttl=120)
-    if not await lock.acquire(wait=120):
-        raise TransactionReverted(what, "the relayer lock is held by another instance for over two minutes")
+    lock = Lock(store, f"relayer:{chain.relayer.address}", ttl=10)
     try:
-        if raw_hex is None:
-            w3 = chain.w3
-            tx: dict[str, Any] = {
-                "from": chain.relayer.address,
-                "chainId": chain.chain_id,
-                "nonce": await w3.eth.get_transaction_count(chain.relayer.address, "pending"),
-                **await fee_fields(w3),
-            }
+        async with lock.held(wait=120):
+            raw_hex = await _journaled(chain, store, task_id, name) if task_id and name else None
+            if raw_hex is None:
+                if precheck is not None:
+                    await precheck()
+                raw_hex = await _sign(chain, store, call, what, task_id, name)
+            raw = bytes.fromhex(raw_hex[2:])
+            tx_hash = chain.w3.keccak(raw)
             try:
-                tx["gas"] = int(await call.estimate_gas(tx) * GAS_MARGIN)
-                built = await call.build_transaction(tx)
-            except Exception as exc:
-                if not is_revert(exc):
-                    raise
-                raise TransactionReverted(what, revert_reason(exc)) from exc
-            signed = chain.relayer.sign_transaction(built)
-            raw_hex = "0x" + bytes(signed.raw_transaction).hex()
-            if task_id and name:
-
-                def keep(d: dict[str, Any]) -> None:
-                    d.setdefault("raw", {})[name] = raw_hex
-                    d["transactions"][name] = "0x" + bytes(signed.hash).hex()
-
-                await store.update_task(task_id, keep)
-        raw = bytes.fromhex(raw_hex[2:])
-        tx_hash = chain.w3.keccak(raw)
-        try:
-            await chain.w3.eth.send_raw_transaction(raw)
-        except Web3RPCError as exc:  # "already known" / "nonce too low" on a re-send: the receipt decides
-            log.debug("resend", what=what, error=str(exc))
-    finally:
-        await lock.release()
+                await chain.w3.eth.send_raw_transaction(raw)
+            except Web3RPCError as exc:  # "already known" / "nonce too low" on a re-send: the receipt decides
+                log.debug("resend", what=what, error=str(exc))
+    except LeaseLost as exc:
+        raise TransactionReverted(what, "the relayer lock is held by another instance for over two minutes") from exc
     receipt = await chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
     if receipt["status"] != 1:
         raise TransactionReverted(what, f"mined but reverted in block {receipt['blockNumber']}")
     return dict(receipt)
+
+
+async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> str | None:
+    """The task's journaled transaction `name`, if there is one that may still be mined."""
+    doc = await store.task(task_id) or {}
+    raw_hex: str | None = doc.get("raw", {}).get(name)
+    nonce = doc.get("raw_nonce", {}).get(name)
+    if raw_hex is None or nonce is None:
+        return raw_hex
+    taken = await chain.w3.eth.get_transaction_count(chain.relayer.address, "latest")
+    if nonce < taken:
+        try:
+            await chain.w3.eth.get_transaction_receipt(chain.w3.keccak(bytes.fromhex(raw_hex[2:])))
+        except TransactionNotFound:
+            log.warning("journal_superseded", task=task_id, what=name, nonce=nonce)
+            return None  # another transaction took its nonce: it was never mined and never will be
+    return raw_hex
+
+
+async def _sign(chain: Chain, store: Store, call: Any, what: str, task_id: str | None, name: str | None) -> str:
+    """A new signed transaction (0x-hex), journaled in the task document when there is one."""
+    w3 = chain.w3
+    nonce = await w3.eth.get_transaction_count(chain.relayer.address, "pending")
+    tx: dict[str, Any] = {"from": chain.relayer.address, "chainId": chain.chain_id, "nonce": nonce}
+    tx.update(await fee_fields(w3))
+    try:
+        tx["gas"] = int(await call.estimate_gas(tx) * GAS_MARGIN)
+        built = await call.build_transaction(tx)
+    except Exception as exc:
+        if not is_revert(exc):
+            raise
+        raise TransactionReverted(what, revert_reason(exc)) from exc
+    signed = chain.relayer.sign_transaction(built)
+    raw_hex = "0x" + bytes(signed.raw_transaction).hex()
+    if task_id and name:
+
+        def keep(d: dict[str, Any]) -> None:
+            d.setdefault("raw", {})[name] = raw_hex
+            d.setdefault("raw_nonce", {})[name] = nonce
+            d["transactions"][name] = "0x" + bytes(signed.hash).hex()
+
+        await store.update_task(task_id, keep)
+    return raw_hex
 
 
 def fail(error: str) -> Any:

@@ -34,4 +34,6 @@ class ServeConfig:
     poll_interval: float = 0.5
     #: Run the relayer (create posted tasks on chain). Off only to measure the API alone.
     relay: bool = True
+    #: Seconds a relay entry may sit untouched (its instance killed) before a live relayer takes it over.
+    relay_timeout: float = 30.0
     instance: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(2)}")

@@ -89,7 +89,7 @@ class Dispatcher:
         mine = [c for c in self.conns.values() if c.role == role]
         for conn in mine:  # keep the jobs of live workers fresh; forget those taken back meanwhile
             if conn.running:
-                kept = await self.store.touch_jobs(role, conn.consumer, list(conn.running.values()))
+                kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
                     if entry_id not in kept:
                         del conn.running[job]

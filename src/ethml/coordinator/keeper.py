@@ -64,3 +64,4 @@ async def keep_deadlines(chain: Chain, store: Store) -> None:
 def _forget_journal(doc: dict[str, Any]) -> None:
     for name in ("reveal", "finalize"):
         doc.get("raw", {}).pop(name, None)
+        doc.get("raw_nonce", {}).pop(name, None)

@@ -1,9 +1,18 @@
 """The relayer: creates the tasks posted over the API on chain (`createTaskWithPermit`), one entry of
-the `relay` stream at a time, with the relayer key's journaled transactions (`chain.send_raw`)."""
+the `relay` stream at a time, with the relayer key's journaled transactions (`chain.send_raw`).
+
+Every instance with the relayer on reads the stream in the group `relayers` under a consumer name of
+its own (new on every start). While it works on an entry it keeps it fresh; an entry left idle for
+`relay_timeout` (its instance was killed, or lost Redis) is taken over by a live relayer with
+XAUTOCLAIM. Taking over never creates a task twice: the transaction is journaled in the task document
+before it is sent and re-sent as is by whoever relays the entry next, decided under the relayer lock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -13,11 +22,15 @@ from ethml.coordinator import redis_keys as k
 from ethml.coordinator.chain import SCORE_SCALE, Chain, fail, send_raw
 from ethml.coordinator.follower import task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
-from ethml.errors import TransactionReverted
+from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.training.spec import TaskSpec
 
 log = structlog.get_logger("ethml.coordinator")
+
+
+class PermitSpent(EthmlError):
+    """The permit's nonce is not its owner's next one: it was used, or another permit was."""
 
 
 async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
@@ -31,14 +44,13 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     if doc.get("spec_cid") != spec_cid:
         doc = await store.update_task(task_id, lambda d: d.update(spec_cid=spec_cid)) or doc
     p = doc["permit"]
-    if "create" not in doc.get("raw", {}):
+
+    async def permit_unused() -> None:
+        """Before a creation is signed (under the relayer lock): the permit's nonce is the owner's next."""
         next_nonce = int(await chain.ethml.functions.nonces(p["owner"]).call())
         if next_nonce != p["nonce"]:
-            await store.update_task(
-                task_id, fail(f"permit nonce {p['nonce']} is not the owner's next nonce ({next_nonce})")
-            )
-            await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
-            return
+            raise PermitSpent(f"permit nonce {p['nonce']} is not the owner's next nonce ({next_nonce})")
+
     shape = doc["shape"]
     call = chain.tasks.functions.createTaskWithPermit(
         doc["dataset_cid"],
@@ -53,8 +65,10 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         (p["owner"], p["deadline"], p["v"], bytes.fromhex(p["r"][2:]), bytes.fromhex(p["s"][2:])),
     )
     try:
-        receipt = await send_raw(chain, store, call, "createTaskWithPermit", (task_id, "create"))
-    except TransactionReverted as exc:
+        receipt = await send_raw(
+            chain, store, call, "createTaskWithPermit", (task_id, "create"), precheck=permit_unused
+        )
+    except (TransactionReverted, PermitSpent) as exc:
         await store.update_task(task_id, fail(str(exc)))
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
@@ -77,29 +91,27 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
 
 
 class Relayer:
-    def __init__(self, chain: Chain, store: Store, ipfs: IpfsClient, consumer: str) -> None:
+    def __init__(self, chain: Chain, store: Store, ipfs: IpfsClient, consumer: str, *, idle_timeout: float) -> None:
         self.chain, self.store, self.ipfs, self.consumer = chain, store, ipfs, consumer
+        self.idle_timeout = idle_timeout
 
     async def run(self) -> None:
-        """Create queued tasks on chain. Entries this instance read but did not finish (a restart) come
-        first; an RPC failure leaves the entry pending and retries it with backoff."""
-        backlog = True
+        """Relay entries: taken over from dead instances first, then this consumer's own unfinished ones
+        (after a failure), then new ones. An RPC failure leaves the entry pending and retries it with
+        backoff."""
+        own = True
         backoff = 0.5
         while True:
             try:
-                got = await self.store.redis.xreadgroup(
-                    RELAY_GROUP,
-                    self.consumer,
-                    {k.RELAY: "0" if backlog else ">"},
-                    count=10,
-                    block=None if backlog else 1000,
-                )
-                entries = got[0][1] if got else []
-                if backlog and not entries:
-                    backlog = False
-                    continue
+                entries = await self._reclaim()
+                if not entries:
+                    entries = await self._read(own)
+                    if own and not entries:
+                        own = False
+                        continue
                 for entry_id, fields in entries:
-                    await relay_one(self.chain, self.store, self.ipfs, entry_id, fields)
+                    async with self._fresh(entry_id):
+                        await relay_one(self.chain, self.store, self.ipfs, entry_id, fields)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -107,4 +119,42 @@ class Relayer:
                 log.warning("relayer_retry", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-                backlog = True
+                own = True
+
+    async def _reclaim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Entries left idle past the timeout by another consumer (a killed instance), now this one's."""
+        reply = await self.store.redis.xautoclaim(
+            k.RELAY, RELAY_GROUP, self.consumer, int(self.idle_timeout * 1000), start_id="0-0", count=10
+        )
+        entries = []
+        for entry_id, fields in reply[1]:
+            if fields is None:  # deleted from the stream while pending (Redis 6.2 still lists it)
+                await self.store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
+                continue
+            log.warning("relay_taken_over", entry=entry_id.decode(), task=fields.get(b"task", b"?").decode())
+            entries.append((entry_id, fields))
+        return entries
+
+    async def _read(self, own: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """This consumer's own pending entries (`own`), or new ones (waiting up to a second)."""
+        got = await self.store.redis.xreadgroup(
+            RELAY_GROUP, self.consumer, {k.RELAY: "0" if own else ">"}, count=10, block=None if own else 1000
+        )
+        return [(entry_id, fields) for entry_id, fields in (got[0][1] if got else []) if fields]
+
+    @contextlib.asynccontextmanager
+    async def _fresh(self, entry_id: bytes) -> AsyncIterator[None]:
+        """Keep the entry's idle time low while it is worked on, so no one takes over a live relay."""
+
+        async def touch() -> None:
+            while True:
+                await asyncio.sleep(self.idle_timeout / 3)
+                await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, [entry_id])
+
+        toucher = asyncio.create_task(touch())
+        try:
+            yield
+        finally:
+            toucher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await toucher

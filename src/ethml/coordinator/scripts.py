@@ -62,10 +62,10 @@ if fresh then return 'recorded' end
 return 'duplicate'
 """
 
-#: Keep a live worker's jobs fresh: of the entries ARGV[3..], those still pending under the consumer
-#: ARGV[2] (group ARGV[1]) of the stream KEYS[1] are claimed again by it (idle time reset, delivery count
-#: kept) and returned; one taken back meanwhile is left alone, never stolen back.
-TOUCH_JOBS = """
+#: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],
+#: those still pending under the consumer ARGV[2] (group ARGV[1]) of the stream KEYS[1] are claimed again
+#: by it (idle time reset, delivery count kept) and returned; one taken back meanwhile is left alone.
+TOUCH_ENTRIES = """
 local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
 local mine = {}
 for i = 3, #ARGV do

@@ -122,7 +122,8 @@ async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
     loops.start("dispatch", forever("dispatch", cfg.poll_interval, dispatcher.run_pass))
     loops.start("observe", forever("observe", 1.0, observer.step))
     if cfg.relay:
-        loops.start("relayer", Relayer(chain, store, app[IPFS], cfg.instance).run())
+        relayer = Relayer(chain, store, app[IPFS], cfg.instance, idle_timeout=cfg.relay_timeout)
+        loops.start("relayer", relayer.run())
     try:
         yield
     finally:

@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES
-from ethml.coordinator.scripts import FINISH_JOB, TAKE, TAKE_AND_CREATE, TOUCH_JOBS
+from ethml.coordinator.scripts import FINISH_JOB, TAKE, TAKE_AND_CREATE, TOUCH_ENTRIES
 
 WAITING = "~waiting"
 GROUP = "workers"
@@ -46,11 +46,11 @@ class Store:
         # redis-py's reply types are unions of bytes, str and int that no call site here can narrow.
         self.redis: Any = redis
         self._scripts = {
-            hashlib.sha1(src.encode()).hexdigest(): src for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, TOUCH_JOBS)
+            hashlib.sha1(src.encode()).hexdigest(): src for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, TOUCH_ENTRIES)
         }
         sha = {src: digest for digest, src in self._scripts.items()}
         self._take, self._take_and_create = sha[TAKE], sha[TAKE_AND_CREATE]
-        self._finish_job, self._touch_jobs = sha[FINISH_JOB], sha[TOUCH_JOBS]
+        self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -230,9 +230,9 @@ class Store:
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    async def touch_jobs(self, role: str, consumer: str, entry_ids: list[bytes]) -> set[bytes]:
+    async def touch_entries(self, stream: str, group: str, consumer: str, entry_ids: list[bytes]) -> set[bytes]:
         """Reset the idle time of those of `entry_ids` still pending under `consumer`; returns them."""
-        return set(await self._script(self._touch_jobs, [k.jobs(role)], [GROUP, consumer, *entry_ids]))
+        return set(await self._script(self._touch_entries, [stream], [group, consumer, *entry_ids]))
 
     async def result(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(k.result(job_id))
