@@ -317,7 +317,8 @@ def main() -> None:
                 time.sleep(0.1)
             key = json.loads(
                 subprocess.run(
-                    ["curl", "-s", "-X", "POST", "-H", f"Authorization: Bearer {admin}", "-d",
+                    ["curl", "-s", "-X", "POST", "-H", f"Authorization: Bearer {admin}",
+                     "-H", "Content-Type: application/json", "-d",
                      '{"name":"bench","role":"requester"}', f"http://127.0.0.1:{serve_port}/api/keys"],
                     capture_output=True, text=True, check=True,
                 ).stdout

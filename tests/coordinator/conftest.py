@@ -163,12 +163,22 @@ class Coordinator:
         body: Any = None,
         url: str | None = None,
         raw: bytes | None = None,
+        content_type: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
+        """A request; `raw` is sent as JSON unless `content_type` says otherwise (or "" for none)."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if raw is not None and content_type != "":
+            headers["Content-Type"] = content_type or "application/json"
+        skip = ("Content-Type",) if content_type == "" else ()
         async with (
             aiohttp.ClientSession() as session,
             session.request(
-                method, (url or self.url) + path, json=body if raw is None else None, data=raw, headers=headers
+                method,
+                (url or self.url) + path,
+                json=body if raw is None else None,
+                data=raw,
+                headers=headers,
+                skip_auto_headers=skip,
             ) as response,
         ):
             text = await response.text()

@@ -26,6 +26,10 @@ class ServeConfig:
     key_burst: int = 40
     ip_rate: float = 50.0
     ip_burst: int = 100
+    #: Seconds a client has to send a JSON body (up to 64 KiB) and a file (up to 16 MiB); slower ones
+    #: get a 408 and their connection is closed.
+    body_timeout: float = 10.0
+    file_timeout: float = 120.0
     heartbeat_interval: float = 3.0
     heartbeat_timeout: float = 15.0
     job_timeout: float = 30.0

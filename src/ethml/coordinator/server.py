@@ -27,7 +27,7 @@ from ethml.coordinator.background import Loops, forever
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
 from ethml.coordinator.dispatch import Dispatcher
-from ethml.coordinator.edge import errors_and_metrics
+from ethml.coordinator.edge import errors_and_metrics, one_line_protocol_errors
 from ethml.coordinator.leader import Leader
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.observe import Observer
@@ -36,7 +36,7 @@ from ethml.coordinator.redis_server import EmbeddedRedis
 from ethml.coordinator.relayer import Relayer
 from ethml.coordinator.routes import TABLES
 from ethml.coordinator.routes.dashboard import SNAPSHOT, SnapshotCache
-from ethml.coordinator.routes.files import MAX_FILE_BYTES
+from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.store import Store
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ipfs.gateway import BLOCKSTORE
@@ -47,6 +47,7 @@ log = structlog.get_logger("ethml.coordinator")
 
 
 def make_app(config: ServeConfig) -> web.Application:
+    one_line_protocol_errors()
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_FILE_BYTES + 1024)
     app[CONFIG] = config
     app[METRICS] = Metrics()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ethml.coordinator.appkeys import IPFS, STORE
+from ethml.coordinator.appkeys import CONFIG, IPFS, STORE
 from ethml.coordinator.auth import rate_limit, required
-from ethml.coordinator.edge import ApiError
+from ethml.coordinator.edge import ApiError, read_body
+from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.ipfs.gateway import _block as ipfs_block
 
 routes = web.RouteTableDef()
-
-MAX_FILE_BYTES = 16 * 1024 * 1024
 
 routes.get("/ipfs/{cid}")(ipfs_block)
 
@@ -26,9 +25,7 @@ async def post_file(request: web.Request) -> web.Response:
     else:
         who = await required(request, "requester", "admin")
         await rate_limit(request, who["key"])
-    if request.content_length is not None and request.content_length > MAX_FILE_BYTES:
-        raise ApiError(413, f"files are limited to {MAX_FILE_BYTES} bytes")
-    data = await request.read()
+    data = await read_body(request, MAX_FILE_BYTES, request.app[CONFIG].file_timeout)
     if not data:
         raise ApiError(422, "the file is empty")
     cid = request.app[IPFS].add_bytes(data, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -16,9 +17,11 @@ from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
 from ethml.coordinator.follower import replay_task, task_opened
 from ethml.coordinator.permit import recover
-from ethml.coordinator.schemas import STATUSES, TaskCreate, TaskImport
+from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
 
 routes = web.RouteTableDef()
+
+_TASK_ID, _CURSOR, _LIMIT = re.compile(TASK_ID), re.compile(CURSOR), re.compile(LIMIT)
 
 PUBLIC_FIELDS = (
     "id", "status", "chain_task_id", "requester", "reward", "validations_required", "min_score",
@@ -156,30 +159,37 @@ async def import_task(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/api/tasks/{task_id}")
+@routes.get("/api/tasks/{task_id:(?!import$)[^{}/]+}")
 async def get_task(request: web.Request) -> web.Response:
     await rate_limit(request, None)
-    doc = await request.app[STORE].task(request.match_info["task_id"])
+    task_id = request.match_info["task_id"]
+    if not _TASK_ID.fullmatch(task_id):
+        raise ApiError(422, "task_id must be 1-64 letters, digits or '-'", "task_id")
+    doc = await request.app[STORE].task(task_id)
     if doc is None:
-        raise ApiError(404, f"no task {request.match_info['task_id']}", "task_id")
+        raise ApiError(404, f"no task {task_id}", "task_id")
     return web.json_response(public(doc))
 
 
 @routes.get("/api/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     await rate_limit(request, None)
-    status = request.query.get("status") or None
+    query = request.query
+    status = query.get("status")
     if status is not None and status not in STATUSES:
         raise ApiError(422, f"status must be one of {', '.join(STATUSES)}", "status")
-    cursor_raw = request.query.get("cursor")
-    try:
-        cursor = float(cursor_raw) if cursor_raw else None
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        raise ApiError(422, "cursor must be a number and limit an integer", "cursor") from None
-    if not 1 <= limit <= 200:
-        raise ApiError(422, "limit must be 1..200", "limit")
-    docs, nxt = await request.app[STORE].list_tasks(status, cursor, limit)
+    cursor = query.get("cursor")
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
+        raise ApiError(
+            422,
+            f"cursor must be the next_cursor of a page (decimal seconds, at most {MAX_CURSOR} characters)",
+            "cursor",
+        )
+    limit_raw = query.get("limit", "50")
+    limit = int(limit_raw) if _LIMIT.fullmatch(limit_raw) else 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(422, f"limit must be an integer 1..{MAX_LIMIT}", "limit")
+    docs, nxt = await request.app[STORE].list_tasks(status, float(cursor) if cursor else None, limit)
     return web.json_response(
         {"tasks": [public(d) for d in docs], "next_cursor": repr(nxt) if nxt is not None else None}
     )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from ethml.coordinator.appkeys import DISPATCHER, STORE
 from ethml.coordinator.auth import rate_limit, required
 from ethml.coordinator.edge import ApiError
+from ethml.coordinator.schemas import WORKER_ID
 
 routes = web.RouteTableDef()
+
+_WORKER_ID = re.compile(WORKER_ID)
 
 
 @routes.get("/api/workers")
@@ -25,6 +30,8 @@ async def kick_worker(request: web.Request) -> web.Response:
     who = await required(request, "admin")
     await rate_limit(request, who["key"])
     worker_id = request.match_info["worker_id"]
+    if not _WORKER_ID.fullmatch(worker_id):
+        raise ApiError(422, "worker_id must be 1-64 letters, digits, '.', '_' or '-'", "worker_id")
     if not await request.app[STORE].kick(worker_id):
         raise ApiError(404, f"no connected worker {worker_id}", "worker_id")
     conn = request.app[DISPATCHER].conns.get(worker_id)
