@@ -3,7 +3,6 @@ from them, so the two cannot drift apart. Every limit is explicit; a rejection n
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -67,7 +66,7 @@ def _wei(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("must be an integer number of wei")
     if isinstance(value, str):
-        if not re.fullmatch(r"[0-9]{1,30}", value):
+        if not (value.isascii() and value.isdigit() and len(value) <= 30):
             raise ValueError("must be a decimal string of wei")
         value = int(value)
     if not isinstance(value, int):

@@ -16,7 +16,6 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -32,6 +31,7 @@ from ethml.coordinator.leader import Leader
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.observe import Observer
 from ethml.coordinator.permit import PermitDomain
+from ethml.coordinator.redis_client import connect
 from ethml.coordinator.redis_server import EmbeddedRedis
 from ethml.coordinator.relayer import Relayer
 from ethml.coordinator.routes import TABLES
@@ -66,9 +66,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if cfg.redis_url is None:
         embedded = EmbeddedRedis(cfg.data_dir / "coordinator" / "redis")
         await embedded.start()
-        redis = aioredis.Redis(unix_socket_path=str(embedded.socket), health_check_interval=10)
+        redis = connect(socket=str(embedded.socket))
     else:
-        redis = aioredis.Redis.from_url(cfg.redis_url, health_check_interval=10)
+        redis = connect(url=cfg.redis_url)
     try:
         store = Store(redis)
         await store.setup()
