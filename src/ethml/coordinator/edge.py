@@ -10,6 +10,7 @@ request") and answered with nothing. A 503 means Redis or the chain RPC is down,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -95,8 +96,9 @@ async def _answer_and_close(request: web.Request, response: web.StreamResponse) 
     """Send the answer, then close the connection at once: aiohttp would otherwise keep reading (and
     discarding) an unread body for up to 10 s before closing, which is what a slow client wants."""
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
+        await response.prepare(request)
+        await response.write_eof()
     request.protocol.force_close()
 
 
@@ -121,8 +123,11 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
             return bytes(body)
     except TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {seconds:g} s", close=True) from None
-    except (ConnectionError, HttpProcessingError) as exc:  # aiohttp's "Connection lost", a bad chunk
+    except ConnectionError as exc:  # aiohttp's "Connection lost"
         raise ClientGone(str(exc)) from None
+    except HttpProcessingError as exc:  # a malformed chunk
+        reason = ((exc.message or "").strip().splitlines() or ["a bad chunk"])[0]
+        raise ApiError(400, f"the request body is malformed ({reason})", close=True) from None
 
 
 def check_json_type(request: web.Request) -> None:
