@@ -250,6 +250,7 @@ def served(anvil_url: str, tmp_path: Path) -> Iterator[Served]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    assert "shutdown_stuck" not in log.read_text()  # every loop stopped when told
 
 
 def test_schemathesis_finds_nothing_and_malformed_requests_are_one_log_line(served: Served) -> None:

@@ -26,6 +26,21 @@ async def forever(name: str, interval: float, step: Callable[[], Awaitable[None]
         await asyncio.sleep(backoff)
 
 
+async def stop_helper(task: asyncio.Task[None]) -> None:
+    """Cancel a helper task (a lease renewer, an entry toucher) and wait for its end, without swallowing
+    a cancellation of the caller that arrives meanwhile (it is re-raised); the helper's own failure is
+    only logged."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception as exc:  # noqa: BLE001 - the helper's failure is not the caller's
+        log.debug("helper_failed", helper=task.get_name(), error=str(exc))
+
+
 class Loops:
     """Named tasks started together and stopped together (cancelled, then awaited with a timeout)."""
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from ethml.coordinator import redis_keys as k
+from ethml.coordinator.background import stop_helper
 from ethml.coordinator.store import Store
 
 log = structlog.get_logger("ethml.coordinator")
@@ -58,14 +59,14 @@ class Lock:
         """The lease for the body of the `async with`, renewed every third of its ttl meanwhile."""
         if not await self.acquire(wait):
             raise LeaseLost(f"{self.key} is held by another instance for over {wait:g} s")
-        renewer = asyncio.create_task(self._renew())
+        renewer = asyncio.create_task(self._renew(), name="lease-renewer")
         try:
             yield
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await self.release()
+            try:
+                await stop_helper(renewer)
+            finally:
+                await self.release()
 
     async def _renew(self) -> None:
         while True:

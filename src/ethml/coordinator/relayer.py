@@ -19,6 +19,7 @@ import structlog
 from web3.logs import DISCARD
 
 from ethml.coordinator import redis_keys as k
+from ethml.coordinator.background import stop_helper
 from ethml.coordinator.chain import SCORE_SCALE, Chain, fail, send_raw
 from ethml.coordinator.follower import task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
@@ -151,10 +152,8 @@ class Relayer:
                 await asyncio.sleep(self.idle_timeout / 3)
                 await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, [entry_id])
 
-        toucher = asyncio.create_task(touch())
+        toucher = asyncio.create_task(touch(), name="relay-toucher")
         try:
             yield
         finally:
-            toucher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await toucher
+            await stop_helper(toucher)
