@@ -31,7 +31,8 @@ if TYPE_CHECKING:
         training_contract,
     )
     from ethml.chain.embedded import embedded_chain
-    from ethml.chain.tx import decode_revert, send
+    from ethml.chain.reverts import Revert, decode_revert, explain
+    from ethml.chain.tx import send
 
 _SOURCES = {
     "ethml.chain._artifacts": ("Artifact", "load_artifact"),
@@ -55,7 +56,8 @@ _SOURCES = {
         "training_contract",
     ),
     "ethml.chain.embedded": ("embedded_chain",),
-    "ethml.chain.tx": ("decode_revert", "send"),
+    "ethml.chain.reverts": ("Revert", "decode_revert", "explain"),
+    "ethml.chain.tx": ("send",),
 }
 _LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 
@@ -68,6 +70,7 @@ __all__ = [
     "ModelKind",
     "ModelSpec",
     "Parameters",
+    "Revert",
     "Status",
     "TrainingParameters",
     "account_from_mnemonic",
@@ -81,6 +84,7 @@ __all__ = [
     "dev_accounts",
     "embedded_chain",
     "ethml_contract",
+    "explain",
     "load_artifact",
     "register_model",
     "send",

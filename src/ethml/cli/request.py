@@ -127,12 +127,16 @@ def request(
 
 
 async def _model(ethml: Any, model_id: int) -> Any:
+    from ethml.chain.reverts import is_revert
+    from ethml.chain.tx import revert_reason
     from ethml.requester import RequestError
 
     try:
         return await ethml.functions.getModel(model_id).call()
     except Exception as exc:
-        raise RequestError(f"model {model_id} is not registered on this deployment") from exc
+        if not is_revert(exc):
+            raise
+        raise RequestError(revert_reason(exc, ethml.abi)) from None
 
 
 async def _fetch(blockstore: Blockstore, cid: str, gateways: list[str], force: bool) -> bytes | None:

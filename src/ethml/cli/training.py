@@ -257,10 +257,21 @@ def validate(
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Score every submission of the task on the revealed test set and vote."""
-    from ethml.training.flow import validate_task
+    """Score every submission of the task on the revealed test set and vote (skipping the ones this
+    account may not vote on, and saying why)."""
+    from ethml.training.flow import TaskError, validate_task
 
-    votes = with_chain(rpc, deployment, data_dir, _job(validate_task, account, data_dir, gateway, task))
+    refused: list[str] = []
+
+    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
+        signer, ipfs = _signer(account, dep), _ipfs(data_dir, gateway)
+        return await validate_task(w3, dep, signer, ipfs, task, refused=refused)
+
+    votes = with_chain(rpc, deployment, data_dir, body)
+    if refused and not votes:
+        raise TaskError(f"task {task}: nothing to vote on: {'; '.join(refused)}")
+    for why in refused:
+        typer.echo(f"skipped: {why}", err=True)
     if json_output:
         echo_json(votes)
         return
