@@ -16,11 +16,11 @@ state a twin does not understand is refused at load, never guessed at.
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
 import numpy as np
-from joblib.numpy_pickle import NumpyUnpickler, _validate_fileobject_and_memmap
 
 from ethml.errors import ModelError
 
@@ -232,14 +232,26 @@ PLAIN = {
 }
 
 
-class _Unpickler(NumpyUnpickler):  # type: ignore[misc]
-    def find_class(self, module: str, name: str) -> Any:
-        twin = TWINS.get((module, name))
-        if twin is not None:
-            return twin
-        if (module, name) in PLAIN:
-            return super().find_class(module, name)
-        raise CompactUnsupported(f"{module}.{name}")
+@functools.cache
+def _joblib_reader() -> tuple[Any, Any]:
+    """joblib's file handling and an unpickler over it that resolves globals through TWINS and PLAIN
+    only. joblib's reader is internal API: if a joblib release moves it, every artifact is left to
+    scikit-learn (CompactUnsupported), never broken."""
+    try:
+        from joblib.numpy_pickle import NumpyUnpickler, _validate_fileobject_and_memmap
+    except ImportError as exc:
+        raise CompactUnsupported(f"this joblib has no reader the twins can use ({exc})") from None
+
+    class Unpickler(NumpyUnpickler):  # type: ignore[misc]
+        def find_class(self, module: str, name: str) -> Any:
+            twin = TWINS.get((module, name))
+            if twin is not None:
+                return twin
+            if (module, name) in PLAIN:
+                return super().find_class(module, name)
+            raise CompactUnsupported(f"{module}.{name}")
+
+    return _validate_fileobject_and_memmap, Unpickler
 
 
 def loads(blob: bytes, name: str = "<bytes>") -> Any:
@@ -248,14 +260,15 @@ def loads(blob: bytes, name: str = "<bytes>") -> Any:
     Raises:
         CompactUnsupported: the artifact holds something else; load it with scikit-learn.
     """
-    with _validate_fileobject_and_memmap(io.BytesIO(blob), name, None) as (fobj, _mmap):
-        try:
-            model = _Unpickler(name, fobj, ensure_native_byte_order=True).load()
-        except CompactUnsupported:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any state the twins cannot take: scikit-learn loads it
-            raise CompactUnsupported(f"{name}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(model, _Twin) or not hasattr(model, "predict"):
-        raise CompactUnsupported(f"{name} is a {type(model).__name__}, not an estimator")
-    model.validate()
+    open_artifact, unpickler = _joblib_reader()
+    try:
+        with open_artifact(io.BytesIO(blob), name, None) as (fobj, _mmap):
+            model = unpickler(name, fobj, ensure_native_byte_order=True).load()
+        if not isinstance(model, _Twin) or not hasattr(model, "predict"):
+            raise CompactUnsupported(f"{name} is a {type(model).__name__}, not an estimator")
+        model.validate()
+    except CompactUnsupported:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any state the twins cannot take: scikit-learn loads it
+        raise CompactUnsupported(f"{name}: {type(exc).__name__}: {exc}") from None
     return model
