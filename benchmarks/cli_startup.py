@@ -66,19 +66,23 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     opts = parser.parse_args()
 
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "NO_COLOR": "1"}
+    # The baseline is someone else's checkout: read its bytecode caches, never write them (this one's are
+    # written by the warm-up run, as an installed package has them).
+    baseline_env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
     pythons = {"this": sys.executable, **({"baseline": opts.baseline} if opts.baseline else {})}
     floor = {"python": ["-c", "pass"], "import typer": ["-c", "import typer"]}
     cases = {"ethml " + " ".join([*path, "--help"]): ["-m", "ethml", *path, "--help"] for path in command_paths()}
     times: dict[str, dict[str, list[float]]] = {who: {} for who in pythons}
-    for python in pythons.values():  # warm the file cache: the first run of anything reads the disk
-        run_once(python, ["-m", "ethml", "--help"], env)
+    envs = {"this": env, "baseline": baseline_env}
+    for who, python in pythons.items():  # warm the caches: the first run of anything reads the disk
+        run_once(python, ["-m", "ethml", "--help"], envs[who])
     for _ in range(opts.runs):  # interleaved: a busy moment hits every case alike
         for label, args in {**floor, **cases}.items():
             for who, python in pythons.items():
                 if label in floor and who != "this":
                     continue
-                times[who].setdefault(label, []).append(run_once(python, args, env))
+                times[who].setdefault(label, []).append(run_once(python, args, envs[who]))
     medians = {who: {label: statistics.median(ts) for label, ts in by.items()} for who, by in times.items()}
     this = medians["this"]
     worst = max((this[label], label) for label in cases)

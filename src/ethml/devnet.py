@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -115,6 +114,8 @@ def listening_pids(port: int) -> set[int]:
 
 async def _wait_rpc(w3: AsyncWeb3[Any], proc: subprocess.Popen[bytes], port: int, seconds: float = 30.0) -> int:
     """The chain id, once the anvil this call started answers on `port` (not some other process)."""
+    import asyncio  # here, not at the top: `ethml --help` imports this module for its defaults
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
