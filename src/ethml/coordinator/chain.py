@@ -19,7 +19,7 @@ from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
 from ethml.chain.deploy import Deployment, ethml_contract, training_contract
-from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
+from ethml.chain.tx import GAS_MARGIN, abi_of, fee_fields, preflight, why_reverted
 from ethml.coordinator.store import RELAY_GROUP, P, Store
 from ethml.errors import TransactionReverted
 from ethml.ipfs import IpfsClient
@@ -97,13 +97,8 @@ async def send_raw(chain: Chain, store: Store, call: Any, what: str, journal: tu
                 "nonce": await w3.eth.get_transaction_count(chain.relayer.address, "pending"),
                 **await fee_fields(w3),
             }
-            try:
-                tx["gas"] = int(await call.estimate_gas(tx) * GAS_MARGIN)
-                built = await call.build_transaction(tx)
-            except Exception as exc:
-                if not is_revert(exc):
-                    raise
-                raise TransactionReverted(what, revert_reason(exc)) from exc
+            tx["gas"] = int(await preflight(w3, call, tx, what) * GAS_MARGIN)
+            built = await call.build_transaction(tx)
             signed = chain.relayer.sign_transaction(built)
             raw_hex = "0x" + bytes(signed.raw_transaction).hex()
             if task_id and name:
@@ -123,7 +118,8 @@ async def send_raw(chain: Chain, store: Store, call: Any, what: str, journal: tu
         await lock.release()
     receipt = await chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
     if receipt["status"] != 1:
-        raise TransactionReverted(what, f"mined but reverted in block {receipt['blockNumber']}")
+        reason, error = await why_reverted(chain.w3, receipt, abi_of(call))
+        raise TransactionReverted(what, reason, error=error, block=int(receipt["blockNumber"]))
     return dict(receipt)
 
 
@@ -377,7 +373,7 @@ async def keep_deadlines(chain: Chain, store: Store) -> None:
                     call = chain.tasks.functions.finalizeTask(chain_task)
                     await send_raw(chain, store, call, "finalizeTask", (doc["id"], "finalize"))
         except TransactionReverted as exc:
-            log.warning("keeper", task=doc["id"], error=str(exc))
+            log.warning("keeper", task=doc["id"], error=str(exc), revert=exc.error.generic() if exc.error else None)
             # The journaled transaction reverted (e.g. someone else revealed or finalized first): forget it
             # so the next pass decides afresh from the chain's state.
             await store.update_task(doc["id"], _forget_journal)
