@@ -16,7 +16,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 
 from ethml.chain.deploy import Deployment, ethml_contract, training_contract
-from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
+from ethml.chain.tx import GAS_MARGIN, abi_of, fee_fields, preflight, why_reverted
 from ethml.coordinator.lease import LeaseLost, Lock
 from ethml.coordinator.store import Store
 from ethml.errors import TransactionReverted
@@ -88,7 +88,8 @@ async def send_raw(
         raise TransactionReverted(what, "the relayer lock is held by another instance for over two minutes") from exc
     receipt = await chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
     if receipt["status"] != 1:
-        raise TransactionReverted(what, f"mined but reverted in block {receipt['blockNumber']}")
+        reason, error = await why_reverted(chain.w3, receipt, abi_of(call))
+        raise TransactionReverted(what, reason, error=error, block=int(receipt["blockNumber"]))
     return dict(receipt)
 
 
@@ -115,13 +116,8 @@ async def _sign(chain: Chain, store: Store, call: Any, what: str, task_id: str |
     nonce = await w3.eth.get_transaction_count(chain.relayer.address, "pending")
     tx: dict[str, Any] = {"from": chain.relayer.address, "chainId": chain.chain_id, "nonce": nonce}
     tx.update(await fee_fields(w3))
-    try:
-        tx["gas"] = int(await call.estimate_gas(tx) * GAS_MARGIN)
-        built = await call.build_transaction(tx)
-    except Exception as exc:
-        if not is_revert(exc):
-            raise
-        raise TransactionReverted(what, revert_reason(exc)) from exc
+    tx["gas"] = int(await preflight(w3, call, tx, what) * GAS_MARGIN)  # refused here if it would revert
+    built = await call.build_transaction(tx)
     signed = chain.relayer.sign_transaction(built)
     raw_hex = "0x" + bytes(signed.raw_transaction).hex()
     if task_id and name:

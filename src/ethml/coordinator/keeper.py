@@ -55,7 +55,7 @@ async def keep_deadlines(chain: Chain, store: Store) -> None:
                     call = chain.tasks.functions.finalizeTask(chain_task)
                     await send_raw(chain, store, call, "finalizeTask", (doc["id"], "finalize"))
         except TransactionReverted as exc:
-            log.warning("keeper", task=doc["id"], error=str(exc))
+            log.warning("keeper", task=doc["id"], error=str(exc), revert=exc.error.generic() if exc.error else None)
             # The journaled transaction reverted (e.g. someone else revealed or finalized first): forget it
             # so the next pass decides afresh from the chain's state.
             await store.update_task(doc["id"], _forget_journal)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
+from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
 from ethml.coordinator import redis_keys as k
@@ -47,8 +48,13 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     p = doc["permit"]
 
     async def permit_unused() -> None:
-        """Before a creation is signed (under the relayer lock): the permit's nonce is the owner's next."""
-        next_nonce = int(await chain.ethml.functions.nonces(p["owner"]).call())
+        """Before a creation is signed (under the relayer lock): the permit's nonce is the owner's next,
+        counting the creations still pending (the pending block, as the pre-flight of the send sees it)."""
+        nonces = chain.ethml.functions.nonces(p["owner"])
+        try:
+            next_nonce = int(await nonces.call(block_identifier="pending"))
+        except Web3RPCError:  # a node without calls on the pending block
+            next_nonce = int(await nonces.call())
         if next_nonce != p["nonce"]:
             raise PermitSpent(f"permit nonce {p['nonce']} is not the owner's next nonce ({next_nonce})")
 

@@ -16,8 +16,9 @@ from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
 from ethml.chain.deploy import EML, Deployment, ethml_contract, training_contract
-from ethml.chain.tx import send
-from ethml.errors import EthmlError, IpfsError, ModelError
+from ethml.chain.reverts import is_revert
+from ethml.chain.tx import preflight, revert_reason, send
+from ethml.errors import EthmlError, IpfsError, ModelError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.node.miner import DEV_CHAIN_IDS
 from ethml.pow import keccak256
@@ -25,6 +26,8 @@ from ethml.training.jobs import TrainingError, assess, fit_and_claim, run_limite
 from ethml.training.spec import TaskSpec, parse_spec
 
 ROLES = {"trainer": 0, "validator": 1}
+#: TrainingTasks errors that refuse one vote but not the others: that submission is skipped.
+NOT_THIS_VOTE = ("AlreadyVoted", "OwnSubmission", "EnoughVotes")
 STATUSES = ("none", "open", "accepted", "failed")
 ARTIFACT_LIMIT = 64 * 1024 * 1024
 
@@ -46,6 +49,16 @@ def _contract(w3: AsyncWeb3[Any], deployment: Deployment) -> Any:
     if deployment.training is None:
         raise TaskError("this deployment has no TrainingTasks contract (redeploy with a current ethml)")
     return training_contract(w3, deployment.training)
+
+
+async def _get_task(tasks: Any, task_id: int) -> Any:
+    """getTask, with an unknown task said in words (UnknownTask) instead of a raw revert."""
+    try:
+        return await tasks.functions.getTask(task_id).call()
+    except Exception as exc:
+        if not is_revert(exc):
+            raise
+        raise TaskError(revert_reason(exc, tasks.abi)) from None
 
 
 def commit_test_set(test_cid: str, salt: bytes) -> bytes:
@@ -156,7 +169,7 @@ async def _catch_up_clock(w3: AsyncWeb3[Any]) -> None:
 
 async def task_info(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) -> dict[str, Any]:
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
     (
         requester,
         escrow,
@@ -229,7 +242,12 @@ async def train_and_submit(
     """Train the task's model, add the skops artifact to the blockstore and submit it. `claim`
     overrides the claimed score (for tests of a dishonest trainer)."""
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
+    # Would the task take a submission from this trainer now (stake, window, one each)? Asked before the
+    # training, which can take minutes; the real submission is checked again before it is sent.
+    await preflight(
+        w3, tasks.functions.submitModel(task_id, t[13], bytes(32), 0), {"from": trainer.address}, "submitModel"
+    )
     spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13])
     started = time.monotonic()
     trained = await run_limited(fit_and_claim, spec, dataset, task_id, timeout=spec.max_train_seconds)
@@ -251,21 +269,40 @@ async def train_and_submit(
 
 
 async def validate_task(
-    w3: AsyncWeb3[Any], deployment: Deployment, validator: LocalAccount, ipfs: IpfsClient, task_id: int
+    w3: AsyncWeb3[Any],
+    deployment: Deployment,
+    validator: LocalAccount,
+    ipfs: IpfsClient,
+    task_id: int,
+    *,
+    refused: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every submission this validator may vote on and vote: the test-set score when the artifact
-    loads through the allow-list, is the promised estimator and its claim reproduces; 0 otherwise."""
+    loads through the allow-list, is the promised estimator and its claim reproduces; 0 otherwise.
+
+    A submission the contract would not take this validator's vote on (its own, voted already, enough
+    votes) is skipped, its reason in words appended to `refused`; a refusal that holds for every vote
+    (not staked, the window closed) raises TransactionReverted before anything is scored.
+    """
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
     if not t[8]:
         raise TaskError(f"task {task_id}: the test set is not revealed yet")
     spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13])
     test_set = await ipfs.cat(t[15], max_size=16 * 1024 * 1024)
     votes = []
     for i in range(int(t[6])):
-        trainer, claimed, _median, _votes, sha, model_cid = await tasks.functions.getSubmission(task_id, i).call()
-        if trainer == validator.address or await tasks.functions.hasVoted(task_id, i, validator.address).call():
+        # Would this vote be taken (stake, window, not its own, not voted yet, votes missing)? Asked
+        # before scoring, which loads and runs the model.
+        try:
+            await preflight(w3, tasks.functions.validate(task_id, i, 0), {"from": validator.address}, "validate")
+        except TransactionReverted as exc:
+            if exc.error is None or exc.error.name not in NOT_THIS_VOTE:
+                raise  # not staked, window closed, task closed: no vote of this validator would be taken
+            if refused is not None:
+                refused.append(exc.reason)
             continue
+        _trainer, claimed, _median, _votes, sha, model_cid = await tasks.functions.getSubmission(task_id, i).call()
         reason = ""
         try:
             artifact = await ipfs.cat(model_cid, max_size=ARTIFACT_LIMIT)
