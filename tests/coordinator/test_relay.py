@@ -10,7 +10,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from ethml.chain import dev_account, training_contract
+from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
 from ethml.coordinator.client import sign_permit
+from ethml.coordinator.relayer import relay_one
 from tests.conftest import free_port
 from tests.coordinator.conftest import REQUESTER, coordinator_on, start_redis
 from tests.coordinator.test_api import _valid
@@ -83,3 +85,42 @@ async def test_a_relaying_instance_killed_mid_relay_leaves_every_task_to_the_oth
     finally:
         redis.terminate()
         redis.wait(timeout=10)
+
+
+async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_is_pending(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Two instances relay two permits of one requester (nonces 0 and 1) in the same block: the second
+    is checked against the pending state, where nonce 0 is spent, and is created, not failed."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, _url = await c.start_server(relay=False)
+        app = runner.app
+        assert app is not None
+        chain, store, ipfs = app[CHAIN], app[STORE], app[IPFS]
+        key = await c.requester_key()
+        now = await chain_now(c)
+        posted = []
+        for nonce in range(2):
+            body = _valid(c, now)
+            body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, int(body["reward"]), nonce, now + 3600)
+            status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
+            assert status == 201, created
+            posted.append(created["id"])
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        entries = got[0][1]
+        assert len(entries) == 2
+        await c.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        first = asyncio.create_task(relay_one(chain, store, ipfs, *entries[0]))
+
+        async def sent(task_id: str) -> bool:
+            doc = await store.task(task_id)
+            return doc is not None and "create" in doc["transactions"]
+
+        await wait_until(lambda: sent(posted[0]), timeout=60, what="the first creation to be sent")
+        second = asyncio.create_task(relay_one(chain, store, ipfs, *entries[1]))  # nonce 0 spent only in pending
+        await wait_until(lambda: sent(posted[1]), timeout=60, what="the second creation to be sent")
+        await c.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await c.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(asyncio.gather(first, second), 120)
+        docs = [await store.task(task_id) for task_id in posted]
+        assert [(d["status"], d["chain_task_id"]) for d in docs if d] == [("open", 1), ("open", 2)], docs
