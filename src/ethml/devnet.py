@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -10,15 +9,15 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from typing import TYPE_CHECKING, Any
 
 from ethml.chain.accounts import DEV_MNEMONIC, dev_account
-from ethml.chain.deploy import Deployment, Parameters, deploy_system, deployment_path
 from ethml.errors import ChainError
-from ethml.ipfs import Blockstore, IpfsClient
-from ethml.ml import Manifest
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
 
 DEFAULT_DIFFICULTY = 1 << 16
 
@@ -115,6 +114,8 @@ def listening_pids(port: int) -> set[int]:
 
 async def _wait_rpc(w3: AsyncWeb3[Any], proc: subprocess.Popen[bytes], port: int, seconds: float = 30.0) -> int:
     """The chain id, once the anvil this call started answers on `port` (not some other process)."""
+    import asyncio  # here, not at the top: `ethml --help` imports this module for its defaults
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
@@ -148,6 +149,12 @@ async def start_devnet(
     anvil: str | None = None,
 ) -> Devnet:
     """Start anvil, deploy (or find the deployment in `state`), register the models, seed the blockstore."""
+    from web3 import AsyncHTTPProvider, AsyncWeb3
+
+    from ethml.chain.deploy import Deployment, Parameters, deploy_system, deployment_path
+    from ethml.ipfs import Blockstore, IpfsClient
+    from ethml.ml import Manifest
+
     check_port_free(host, port)
     args = [anvil or find_anvil(), "--host", host, "--port", str(port), "--mnemonic", DEV_MNEMONIC, "--silent"]
     if block_time:

@@ -108,9 +108,15 @@ async def test_timelocked_deployment_hands_admin_to_the_timelock(w3: AsyncWeb3) 
 
 
 async def test_revert_reasons_are_decoded(w3: AsyncWeb3) -> None:
+    """A transaction that would revert is refused before it is sent, its reason said in words."""
     deployment = await deploy_system(w3, dev_account(0), parameters=PARAMS, models=[IRIS])
     ethml = ethml_contract(w3, deployment.ethml)
-    with pytest.raises(TransactionReverted, match=r"UnknownModel\(7\)"):
+    sender = dev_account(1).address
+    nonce = await w3.eth.get_transaction_count(sender)
+    with pytest.raises(TransactionReverted, match=r"model 7 is not registered \(UnknownModel\); not sent") as raised:
         await send(w3, dev_account(1), ethml.functions.requestPrediction(7, DATA_CID, 0, 0))
-    with pytest.raises(TransactionReverted, match=r"NoCurrentRequest\(\)"):
+    assert raised.value.preflight and raised.value.error is not None
+    assert (raised.value.error.name, raised.value.error.args) == ("UnknownModel", {"modelId": 7})
+    with pytest.raises(TransactionReverted, match=r"no request is open: there is no round in progress"):
         await send(w3, dev_account(1), ethml.functions.commit(1, 0, bytes(32)))
+    assert await w3.eth.get_transaction_count(sender) == nonce, "nothing was sent"

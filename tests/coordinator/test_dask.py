@@ -96,7 +96,7 @@ async def test_cluster_backed_workers_train_and_validate_with_the_local_bytes(co
         await travel(c, 3601)  # past the submission deadline: the coordinator reveals the test set
         done = await wait_status(c, task_id, "accepted", timeout=300)
         assert len(done["votes"]) == 6, done["votes"]
-        store = c.state().store
+        store = c.store()
         for job in (f"{chain_task}:validate:0", f"{chain_task}:validate:1", f"{chain_task}:validate:2"):
             result = await store.result(job)
             assert result is not None and result["ok"], (job, result)

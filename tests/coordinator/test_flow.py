@@ -32,9 +32,9 @@ async def travel(c: Coordinator, seconds: int) -> None:
 
 async def post_wine_task(c: Coordinator, key: str, *, trainers: int = 2, nonce: int = 0) -> tuple[str, dict[str, Any]]:
     public, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=2024)
-    status, dataset, _ = await c.api("POST", "/api/files", key=key, raw=public)
+    status, dataset, _ = await c.api("POST", "/api/files", key=key, raw=public, content_type="text/csv")
     assert status == 201, dataset
-    status, test_set, _ = await c.api("POST", "/api/files", key=key, raw=hidden)
+    status, test_set, _ = await c.api("POST", "/api/files", key=key, raw=hidden, content_type="text/csv")
     assert status == 201, test_set
     body = task_body(
         dev_account(REQUESTER),
@@ -99,7 +99,7 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
     assert model_id == 5  # after the four bundled models
 
     # Every job has exactly one recorded result.
-    store = c.state().store
+    store = c.store()
     for job in ("1:train:0", "1:train:1", "1:validate:0", "1:validate:1", "1:validate:2"):
         result = await store.result(job)
         assert result is not None and result["ok"], (job, result)

@@ -28,10 +28,14 @@ async def test_native_nonces_are_accepted_on_chain() -> None:
     searches = [lambda a: parallel_search(challenge, a, target_for(difficulty), threads=2)]
     for path in [p for p in available_paths() if p != "python"]:
         searches.append(lambda a, path=path: find_nonce(challenge, a, target_for(difficulty), count=1 << 22, path=path))
-    for i, search in enumerate(searches):
-        miner = dev_account(i)
+    nonces = []
+    for i, search in enumerate(searches):  # every path's nonce is accepted (checked by a call: a CPU with
+        miner = dev_account(i)  # AVX-512 has more paths than a round has commitment slots)
         result = search(miner.address)
         assert result.found
         assert await ethml.functions.commit(request_id, result.nonce, bytes(32)).call({"from": miner.address}) == []
-        await send(w3, miner, ethml.functions.commit(request_id, result.nonce, bytes(32)))
-    assert await ethml.functions.hasCommitted(dev_account(len(searches) - 1).address).call()
+        nonces.append(result.nonce)
+    slots = min(len(nonces), 5)
+    for i, nonce in enumerate(nonces[:slots]):  # and the first five land on chain
+        await send(w3, dev_account(i), ethml.functions.commit(request_id, nonce, bytes(32)))
+    assert await ethml.functions.hasCommitted(dev_account(slots - 1).address).call()

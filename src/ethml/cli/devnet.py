@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -15,7 +14,7 @@ import typer
 
 from ethml.chain.accounts import DEV_MNEMONIC
 from ethml.cli._common import handle_errors
-from ethml.devnet import DEFAULT_DIFFICULTY, child_stderr, start_devnet
+from ethml.devnet import DEFAULT_DIFFICULTY
 from ethml.errors import ChainError
 
 app = typer.Typer(rich_markup_mode=None)
@@ -53,6 +52,10 @@ def devnet(
     ] = False,
 ) -> None:
     """Start a local chain (anvil) with the dev accounts, deploy ethml, register the bundled models."""
+    import asyncio
+
+    from ethml.devnet import child_stderr, start_devnet
+
     net = asyncio.run(
         start_devnet(
             port=port,

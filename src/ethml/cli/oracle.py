@@ -4,14 +4,11 @@ the state of the oracle without `cast`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from web3 import AsyncWeb3
 
 from ethml.chain.accounts import DEV_MNEMONIC, dev_accounts
-from ethml.chain.deploy import Deployment, ethml_contract
-from ethml.chain.tx import send
 from ethml.cli._common import (
     DEFAULT_RPC,
     DataDirOption,
@@ -24,8 +21,11 @@ from ethml.cli._common import (
 )
 from ethml.cli._config import load_account
 from ethml.errors import ChainError
-from ethml.node.miner import DEV_CHAIN_IDS
-from ethml.oracle import balances, list_requests, oracle_status, request_info
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
 
 app = typer.Typer(rich_markup_mode=None)
 requests_app = typer.Typer(
@@ -43,6 +43,8 @@ def status(
     json_output: JsonOption = False,
 ) -> None:
     """The oracle now: chain, contract, difficulty, the open round and its phase, the queue."""
+    from ethml.oracle import oracle_status
+
     s = with_chain(rpc, deployment, data_dir, oracle_status)
     if json_output:
         echo_json(s.as_dict())
@@ -70,6 +72,8 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """One request: status, model, data CID, tip, result and the miners of its round."""
+    from ethml.oracle import request_info
+
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: request_info(w3, dep, request_id))
     if json_output:
         echo_json(info.as_dict())
@@ -94,6 +98,8 @@ def list_(
     json_output: JsonOption = False,
 ) -> None:
     """The latest requests, newest first."""
+    from ethml.oracle import list_requests
+
     infos = with_chain(rpc, deployment, data_dir, lambda w3, dep: list_requests(w3, dep, last=last))
     if json_output:
         echo_json([i.as_dict() for i in infos])
@@ -120,6 +126,8 @@ def expire(
     data_dir: DataDirOption = None,
 ) -> None:
     """Expire the open request when five commitments did not come in time (its tip is refunded)."""
+    from ethml.chain.deploy import ethml_contract
+    from ethml.chain.tx import send
 
     async def body(w3: AsyncWeb3[Any], dep: Deployment) -> int:
         signer, _ = load_account(
@@ -143,6 +151,7 @@ def balance(
     json_output: JsonOption = False,
 ) -> None:
     """ETH, EML and unclaimed mining rewards of an address."""
+    from ethml.oracle import balances
 
     async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
         target = address
@@ -171,6 +180,8 @@ def accounts(
     json_output: JsonOption = False,
 ) -> None:
     """The development accounts of a devnet with their balances (the public development mnemonic)."""
+    from ethml.node.miner import DEV_CHAIN_IDS
+    from ethml.oracle import balances
 
     async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
         if dep.chain_id not in DEV_CHAIN_IDS:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from web3 import AsyncWeb3
 
-from ethml.chain.deploy import Deployment
 from ethml.cli._common import (
     DEFAULT_RPC,
     DataDirOption,
@@ -33,20 +31,13 @@ from ethml.cli._compute import (
     compute_for,
 )
 from ethml.cli._config import load_account
-from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.paths import data_home
-from ethml.requester import parse_tip
-from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
-from ethml.training.flow import (
-    TaskError,
-    create_task,
-    finalize_task,
-    reveal_test_set,
-    stake,
-    task_info,
-    train_and_submit,
-    validate_task,
-)
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
+    from ethml.ipfs import IpfsClient
 
 T = TypeVar("T")
 
@@ -68,6 +59,8 @@ def _home(data_dir: Path | None) -> Path:
 
 
 def _ipfs(data_dir: Path | None, gateways: list[str] | None) -> IpfsClient:
+    from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+
     return IpfsClient(Blockstore(_home(data_dir) / "blocks"), IpfsConfig(gateways=gateways or []))
 
 
@@ -89,6 +82,8 @@ def _job(
 
 
 def _read(path: Path) -> bytes:
+    from ethml.training.flow import TaskError
+
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -118,6 +113,10 @@ def create(
 ) -> None:
     """Post a training task: the spec, dataset and test set go to the blockstore by CID, the test set
     stays hidden behind a commitment until `ethml task reveal`, the reward is escrowed."""
+    from ethml.requester import parse_tip
+    from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
+    from ethml.training.flow import create_task
+
     task_spec = parse_spec(_read(spec))
     if sklearn is not None:
         if dataset or test_set:
@@ -166,6 +165,8 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """A task: status, files, deadlines, submissions with their votes and medians, the model id."""
+    from ethml.training.flow import task_info
+
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: task_info(w3, dep, task_id))
     if json_output:
         echo_json(info)
@@ -189,6 +190,8 @@ def reveal(
     data_dir: DataDirOption = None,
 ) -> None:
     """Reveal the hidden test set (after the submission deadline) so validators can score."""
+    from ethml.training.flow import reveal_test_set
+
     cid = with_chain(
         rpc,
         deployment,
@@ -208,6 +211,8 @@ def finalize(
     data_dir: DataDirOption = None,
 ) -> None:
     """Settle a task: accept the best passing model (registered for the miners) or refund."""
+    from ethml.training.flow import finalize_task
+
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: finalize_task(w3, dep, _signer(account, dep), task_id))
     typer.echo(f"task {task_id}: {info['status']}" + (f", model id {info['model_id']}" if info["model_id"] else ""))
 
@@ -223,6 +228,9 @@ def stake_command(
     data_dir: DataDirOption = None,
 ) -> None:
     """Stake EML to act as a trainer or a validator."""
+    from ethml.requester import parse_tip
+    from ethml.training.flow import stake
+
     if role not in ("trainer", "validator"):
         raise typer.BadParameter("--role must be trainer or validator")
     wei = parse_tip(amount)
@@ -248,6 +256,8 @@ def train(
 ) -> None:
     """Train the task's model (in a child process with the spec's time limit; a forest's trees on a
     Dask cluster with --dask) and submit it."""
+    from ethml.training.flow import train_and_submit
+
     with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
         result = with_chain(
             rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task, compute)
@@ -275,9 +285,21 @@ def validate(
     max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
     """Score every submission of the task on the revealed test set (in parallel on a Dask cluster with
-    --dask) and vote."""
+    --dask) and vote (skipping the ones this account may not vote on, and saying why)."""
+    from ethml.training.flow import TaskError, validate_task
+
+    refused: list[str] = []
     with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
-        votes = with_chain(rpc, deployment, data_dir, _job(validate_task, account, data_dir, gateway, task, compute))
+
+        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
+            signer, ipfs = _signer(account, dep), _ipfs(data_dir, gateway)
+            return await validate_task(w3, dep, signer, ipfs, task, refused=refused, compute=compute)
+
+        votes = with_chain(rpc, deployment, data_dir, body)
+    if refused and not votes:
+        raise TaskError(f"task {task}: nothing to vote on: {'; '.join(refused)}")
+    for why in refused:
+        typer.echo(f"skipped: {why}", err=True)
     if json_output:
         echo_json(votes)
         return

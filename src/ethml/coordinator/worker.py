@@ -142,6 +142,8 @@ class Worker:
                         self._start(data)
                     elif data.get("type") == "ack":
                         self.unacked.pop(data["job"], None)
+                        if data.get("refused"):
+                            log.warning("result_refused", job=data["job"], reason=data["refused"])
                         self.events.put_nowait({"event": "acked", **data})
                     elif data.get("type") == "error":
                         log.warning("server_error", message=data.get("message"))

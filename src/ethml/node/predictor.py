@@ -41,6 +41,7 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001 - preloading is an optimisation; requests load lazily
             self.ctx.log.info("preload_skipped", error=str(exc))
             return
+        loaded = []
         for model_id in range(1, count + 1):
             try:
                 model = await self.model(model_id, fetch=False)
@@ -49,10 +50,12 @@ class Predictor:
             except Exception as exc:  # noqa: BLE001 - an RPC outage at start: requests load models lazily
                 self.ctx.log.info("preload_stopped", model_id=model_id, error=str(exc))
                 return
-            # One prediction warms scikit-learn's code paths and the thread pool.
+            # One prediction warms the model's code paths and the thread pool.
             raw = json.dumps([0.0] * model.entry.feature_count).encode()
             with contextlib.suppress(EthmlError):
                 await self.ctx.models.predict(model, raw)
+            loaded.append(model_id)
+        self.ctx.log.info("models_preloaded", models=loaded, registered=count)
 
     async def model(self, model_id: int, *, fetch: bool = True) -> LoadedModel:
         """Loaded once per model id: the registry's artifact hash decides which artifact is acceptable."""

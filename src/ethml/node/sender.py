@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hexbytes import HexBytes
-from web3.exceptions import MethodUnavailable, TransactionNotFound
+from web3.exceptions import TransactionNotFound
 
-from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
+from ethml.chain.tx import GAS_MARGIN, fee_fields, preflight, why_reverted
+from ethml.errors import TransactionReverted
 from ethml.node.context import NodeContext, is_connection_error
 from ethml.node.events import NodeWarning, SubmissionDropped, SubmissionMined, Submitted
 from ethml.node.journal import Submission
@@ -76,7 +77,6 @@ class TxSender:
         self.ctx = ctx
         self._fees: dict[tuple[int, str], dict[str, int]] = {}
         self._callback_limits: dict[int, int] = {}
-        self._pending_estimates = True
 
     def _call(self, kind: str, args: list[Any]) -> Any:
         return getattr(self.ctx.contract.functions, FUNCTIONS[kind])(*args)
@@ -95,33 +95,18 @@ class TxSender:
             return CLAIM_GAS
         return final_gas(await self._callback_gas(request_id))
 
-    async def _estimate(self, call: Any) -> int:
-        """Against the pending block where the node offers it: the transaction is mined in the next
-        block at the earliest, and a commitment is refused in its round's opening block (the latest
-        block, on an automine chain)."""
-        if self._pending_estimates:
-            try:
-                return int(await call.estimate_gas({"from": self.ctx.address}, block_identifier="pending"))
-            except MethodUnavailable:
-                self._pending_estimates = False
-        return int(await call.estimate_gas({"from": self.ctx.address}))
-
     async def _preflight(self, call: Any, floor: int) -> tuple[int | None, str]:
         """(gas limit, "") when the transaction would succeed now; (None, reason) otherwise.
 
-        The estimate is for the chain as it is now, but other miners' transactions may land first and
-        make ours the closing one, which pays the rewards and calls the consumer back with its callback
-        gas (the contract reverts rather than short-change it). The limit covers that case; only the gas
-        actually used is paid.
+        The estimate is against the pending block (ethml.chain.tx.preflight, the path every sender
+        takes), but other miners' transactions may land first and make ours the closing one, which pays
+        the rewards and calls the consumer back with its callback gas (the contract reverts rather than
+        short-change it). The limit covers that case; only the gas actually used is paid.
         """
         try:
-            gas = await self._estimate(call)
-        except Exception as exc:
-            if is_connection_error(exc):
-                raise
-            if is_revert(exc) or "revert" in str(exc).lower():
-                return None, revert_reason(exc)
-            raise
+            gas = await preflight(self.ctx.w3, call, {"from": self.ctx.address}, str(call.fn_name))
+        except TransactionReverted as exc:
+            return None, exc.reason
         return max(int(gas * GAS_MARGIN), floor), ""
 
     # ------------------------------------------------------------------ send
@@ -291,9 +276,14 @@ class TxSender:
             self.ctx.log.info(f"{entry.kind}_mined", request_id=entry.request_id, gas_used=receipt["gasUsed"])
             return Outcome("mined")
         block = receipt["blockNumber"]
-        self.ctx.journal.set_status(entry, "reverted", f"reverted in block {block}")
-        self.dropped(entry.request_id, f"{entry.kind} mined but reverted in block {block} (not retried)")
-        return Outcome("reverted", f"reverted in block {block}")
+        try:
+            why, _error = await why_reverted(self.ctx.w3, receipt, self.ctx.contract.abi)
+        except Exception as exc:  # noqa: BLE001 - the reason is best effort; the revert is recorded either way
+            why = f"no reason available ({type(exc).__name__})"
+        detail = f"reverted in block {block}: {why}"
+        self.ctx.journal.set_status(entry, "reverted", detail)
+        self.dropped(entry.request_id, f"{entry.kind} mined but {detail} (not retried)")
+        return Outcome("reverted", detail)
 
     async def _receipt_of(self, hashes: list[str], wait: float) -> Any:
         """The receipt of any of `hashes`, polling for up to `wait` seconds; None if none is mined."""

@@ -12,19 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
 from ethml.chain.deploy import EML, Deployment, ethml_contract, training_contract
-from ethml.chain.tx import send
-from ethml.errors import EthmlError, IpfsError
+from ethml.chain.reverts import is_revert
+from ethml.chain.tx import preflight, revert_reason, send
+from ethml.errors import EthmlError, IpfsError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.node.miner import DEV_CHAIN_IDS
+from ethml.pow import keccak256
 from ethml.training.jobs import Assessment, Compute, fit_and_claim, run_limited, score_submissions
 from ethml.training.spec import TaskSpec, TrainingLimits, parse_spec
 
 ROLES = {"trainer": 0, "validator": 1}
+#: TrainingTasks errors that refuse one vote but not the others: that submission is skipped.
+NOT_THIS_VOTE = ("AlreadyVoted", "OwnSubmission", "EnoughVotes")
 STATUSES = ("none", "open", "accepted", "failed")
 ARTIFACT_LIMIT = 64 * 1024 * 1024
 
@@ -48,13 +51,23 @@ def _contract(w3: AsyncWeb3[Any], deployment: Deployment) -> Any:
     return training_contract(w3, deployment.training)
 
 
+async def _get_task(tasks: Any, task_id: int) -> Any:
+    """getTask, with an unknown task said in words (UnknownTask) instead of a raw revert."""
+    try:
+        return await tasks.functions.getTask(task_id).call()
+    except Exception as exc:
+        if not is_revert(exc):
+            raise
+        raise TaskError(revert_reason(exc, tasks.abi)) from None
+
+
 def commit_test_set(test_cid: str, salt: bytes) -> bytes:
     """keccak256(abi.encode(string testCid, bytes32 salt)), as TrainingTasks.commitmentFor computes it
-    (the ABI encoding written out: eth_abi takes longer than the hash, and the coordinator checks one
-    of these per request)."""
+    (the ABI encoding written out and the native keccak: eth_abi and eth_hash take longer than the hash
+    itself, and the coordinator checks one of these per request)."""
     data = test_cid.encode()
     encoded = (64).to_bytes(32, "big") + salt + len(data).to_bytes(32, "big") + data + b"\0" * (-len(data) % 32)
-    return keccak(encoded)
+    return keccak256(encoded)
 
 
 def secret_path(data_dir: Path, chain_id: int, task_id: int) -> Path:
@@ -156,7 +169,7 @@ async def _catch_up_clock(w3: AsyncWeb3[Any]) -> None:
 
 async def task_info(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) -> dict[str, Any]:
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
     (
         requester,
         escrow,
@@ -237,7 +250,12 @@ async def train_and_submit(
     trainer)."""
     compute = compute or Compute()
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
+    # Would the task take a submission from this trainer now (stake, window, one each)? Asked before the
+    # training, which can take minutes; the real submission is checked again before it is sent.
+    await preflight(
+        w3, tasks.functions.submitModel(task_id, t[13], bytes(32), 0), {"from": trainer.address}, "submitModel"
+    )
     spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13], compute.limits)
     started = time.monotonic()
     trained = await run_limited(
@@ -267,23 +285,38 @@ async def validate_task(
     ipfs: IpfsClient,
     task_id: int,
     *,
+    refused: list[str] | None = None,
     compute: Compute | None = None,
 ) -> list[dict[str, Any]]:
     """Score every submission this validator may vote on (all at once on `compute`'s Dask cluster when
     it has one) and vote: the test-set score when the artifact loads through the allow-list, is the
-    promised estimator and its claim reproduces; 0 otherwise."""
+    promised estimator and its claim reproduces; 0 otherwise.
+
+    A submission the contract would not take this validator's vote on (its own, voted already, enough
+    votes, also when that became so while scoring) is skipped, its reason in words appended to
+    `refused`; a refusal that holds for every vote (not staked, the window closed) raises
+    TransactionReverted before anything is scored.
+    """
     compute = compute or Compute()
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
     if not t[8]:
         raise TaskError(f"task {task_id}: the test set is not revealed yet")
     spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13], compute.limits)
     test_set = await ipfs.cat(t[15], max_size=compute.limits.max_dataset_bytes)
     mine: list[tuple[int, int, bytes | str, str]] = []  # (submission, claim, artifact or why not, sha256)
     for i in range(int(t[6])):
-        trainer, claimed, _median, _votes, sha, model_cid = await tasks.functions.getSubmission(task_id, i).call()
-        if trainer == validator.address or await tasks.functions.hasVoted(task_id, i, validator.address).call():
+        # Would this vote be taken (stake, window, not its own, not voted yet, votes missing)? Asked
+        # before scoring, which loads and runs the model.
+        try:
+            await preflight(w3, tasks.functions.validate(task_id, i, 0), {"from": validator.address}, "validate")
+        except TransactionReverted as exc:
+            if exc.error is None or exc.error.name not in NOT_THIS_VOTE:
+                raise  # not staked, window closed, task closed: no vote of this validator would be taken
+            if refused is not None:
+                refused.append(exc.reason)
             continue
+        _trainer, claimed, _median, _votes, sha, model_cid = await tasks.functions.getSubmission(task_id, i).call()
         try:
             mine.append((i, int(claimed), await ipfs.cat(model_cid, max_size=ARTIFACT_LIMIT), bytes(sha).hex()))
         except IpfsError as exc:
@@ -299,7 +332,14 @@ async def validate_task(
             score, reason = 0, f"claimed {claimed}, the holdout gives {result.holdout_score}"
         else:
             score, reason = result.test_score, ""
-        await send(w3, validator, tasks.functions.validate(task_id, i, score), what="validate")
+        try:
+            await send(w3, validator, tasks.functions.validate(task_id, i, score), what="validate")
+        except TransactionReverted as exc:
+            if exc.error is None or exc.error.name not in NOT_THIS_VOTE:
+                raise
+            if refused is not None:  # enough votes came in while this validator was scoring
+                refused.append(exc.reason)
+            continue
         votes.append({"submission": i, "score": score, "reason": reason})
     return votes
 

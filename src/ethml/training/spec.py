@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from ethml._schema_types import JsonInt, integral
 from ethml.errors import EthmlError
 
 #: Estimators a task may ask for, with the parameters a spec may set and their bounds. Each is one
@@ -106,12 +107,57 @@ class TrainingLimits:
             )
 
 
+#: A column name: 1-64 characters, none of them a control character (C0, DEL, C1), an invisible format
+#: character (zero-width, word joiner, byte-order mark) or a bidirectional mark, embedding, override or
+#: isolate, so that a name reads as what it is wherever it is shown.
+COLUMN_NAME = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+$"
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=COLUMN_NAME)]
+
+
+def _estimator_json_schema(schema: dict[str, Any]) -> None:
+    """The allow-list in the JSON Schema: the estimator names, and for each the parameters it takes
+    with their types and bounds (one `oneOf` branch per estimator)."""
+    schema["properties"]["name"]["enum"] = list(ESTIMATORS)
+    schema["oneOf"] = [
+        {
+            "properties": {
+                "name": {"const": name},
+                "params": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        key: {"type": "integer" if kind is int else "number", "minimum": low, "maximum": high}
+                        for key, (kind, low, high) in params.items()
+                    },
+                },
+            }
+        }
+        for name, (_path, _kind, params) in ESTIMATORS.items()
+    ]
+
+
+def _spec_json_schema(schema: dict[str, Any]) -> None:
+    """What ties the fields together, as far as a JSON Schema can say it: distinct features, and per
+    kind of estimator its metrics (and decimals 0 for a classifier). Not said: the target is not a feature."""
+    schema["properties"]["features"]["uniqueItems"] = True
+    branches = []
+    for kind, metrics in METRICS.items():
+        branch: dict[str, Any] = {
+            "estimator": {"properties": {"name": {"enum": [n for n, e in ESTIMATORS.items() if e[1] == kind]}}},
+            "metric": {"enum": list(metrics)},
+        }
+        if kind == "classification":
+            branch["decimals"] = {"const": 0}
+        branches.append({"properties": branch})
+    schema["oneOf"] = branches
+
+
 class SpecError(EthmlError, ValueError):
     """A task spec that does not follow the schema; the message names the field."""
 
 
 class EstimatorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_estimator_json_schema)
 
     name: str = Field(
         description="An allow-listed estimator. RandomForestClassifier and RandomForestRegressor fit their "
@@ -125,10 +171,12 @@ class EstimatorSpec(BaseModel):
         if self.name not in ESTIMATORS:
             raise ValueError(f"estimator {self.name!r} is not allowed (allowed: {', '.join(ESTIMATORS)})")
         allowed = ESTIMATORS[self.name][2]
-        for key, value in self.params.items():
+        for key, value in list(self.params.items()):
             if key not in allowed:
                 raise ValueError(f"{self.name} takes no parameter {key!r} (allowed: {', '.join(allowed)})")
             kind, low, high = allowed[key]
+            if kind is int:
+                value = self.params[key] = integral(value)
             if isinstance(value, bool) or (kind is int and not isinstance(value, int)):
                 raise ValueError(f"{key} must be an integer")
             if not low <= value <= high:
@@ -140,18 +188,18 @@ class TaskSpec(BaseModel):
     """What the requester asks for. The dataset (a CSV with a header) is the task's datasetCid; the
     hidden test set is a CSV of the same columns."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_spec_json_schema)
 
     version: Literal[1] = 1
-    target: str = Field(min_length=1, max_length=64)
-    features: list[str] = Field(min_length=1, max_length=MAX_COLUMNS)
+    target: ColumnName
+    features: list[ColumnName] = Field(min_length=1, max_length=MAX_COLUMNS)
     estimator: EstimatorSpec
     metric: Literal["accuracy", "f1_macro", "r2", "mae"]
     #: Share of the dataset the trainer holds out to compute the score it claims (seeded by the task id).
     holdout_fraction: float = Field(default=0.25, ge=0.1, le=0.5)
     #: Fixed-point decimals of a regression model's predictions in EthML (0 for classification).
-    decimals: int = Field(default=0, ge=0, le=18)
-    max_train_seconds: int = Field(default=120, ge=1, le=MAX_TRAIN_SECONDS)
+    decimals: JsonInt = Field(default=0, ge=0, le=18)
+    max_train_seconds: JsonInt = Field(default=120, ge=1, le=MAX_TRAIN_SECONDS)
 
     @property
     def kind(self) -> str:
