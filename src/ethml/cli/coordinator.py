@@ -18,6 +18,17 @@ from ethml.cli._common import (
     handle_errors,
     with_chain,
 )
+from ethml.cli._compute import (
+    DEFAULT_MAX_DATASET_MB,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_TRAIN_SECONDS,
+    DaskOption,
+    DaskTimeoutOption,
+    MaxDatasetOption,
+    MaxRowsOption,
+    MaxSecondsOption,
+    compute_for,
+)
 from ethml.cli._config import ConfigError, load_account
 from ethml.devnet import check_port_free
 from ethml.errors import ChainError
@@ -207,9 +218,19 @@ def worker(
         list[str] | None,
         typer.Option("--gateway", metavar="URL", help="IPFS gateway (repeatable; default: the coordinator)."),
     ] = None,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
     """Work for a coordinator as a trainer or validator: log in with the account's key, take jobs,
-    send the transactions with that key, report results; reconnects by itself."""
+    send the transactions with that key, report results; reconnects by itself.
+
+    With --dask, a forest's trees and the scoring of many submissions run on a Dask cluster (checked
+    at the start: reachable, with workers, same library versions), with the same artifacts and scores
+    as without it; the coordinator's dashboard shows the cluster's size.
+    """
     from ethml.coordinator.worker import Worker, WorkerConfig, _http_base
     from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 
@@ -219,17 +240,21 @@ def worker(
         raise ConfigError(f"--server {server!r} is not a ws:// or wss:// URL (for example ws://127.0.0.1:8600)")
     check_rpc_url(rpc)
 
-    async def work(w3: AsyncWeb3[Any], dep: Deployment) -> None:
-        signer = _signer(account, private_key, dep.chain_id)
-        home = data_dir or data_home()
-        ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
-        config = WorkerConfig(server=server, role=role, capacity=capacity, worker_id=_worker_id(role))
-        typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
-        async with ipfs:
-            await Worker(config, w3, dep, signer, ipfs).run()
-
     try:
-        with_chain(rpc, deployment, data_dir, work)
+        with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+
+            async def work(w3: AsyncWeb3[Any], dep: Deployment) -> None:
+                signer = _signer(account, private_key, dep.chain_id)
+                home = data_dir or data_home()
+                ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
+                config = WorkerConfig(
+                    server=server, role=role, capacity=capacity, worker_id=_worker_id(role), compute=compute
+                )
+                typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
+                async with ipfs:
+                    await Worker(config, w3, dep, signer, ipfs).run()
+
+            with_chain(rpc, deployment, data_dir, work)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

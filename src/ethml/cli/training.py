@@ -19,6 +19,17 @@ from ethml.cli._common import (
     handle_errors,
     with_chain,
 )
+from ethml.cli._compute import (
+    DEFAULT_MAX_DATASET_MB,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_TRAIN_SECONDS,
+    DaskOption,
+    DaskTimeoutOption,
+    MaxDatasetOption,
+    MaxRowsOption,
+    MaxSecondsOption,
+    compute_for,
+)
 from ethml.cli._config import load_account
 from ethml.paths import data_home
 
@@ -58,14 +69,16 @@ def _signer(index: int, dep: Deployment) -> Any:
 
 
 def _job(
-    fn: Callable[[AsyncWeb3[Any], Deployment, Any, IpfsClient, int], Awaitable[T]],
+    fn: Callable[..., Awaitable[T]],
     account: int,
     data_dir: Path | None,
     gateways: list[str] | None,
     task: int,
+    compute: Any,
 ) -> Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]:
-    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore."""
-    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task)
+    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore,
+    run on `compute` (this machine or a Dask cluster)."""
+    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task, compute=compute)
 
 
 def _read(path: Path) -> bytes:
@@ -235,11 +248,20 @@ def train(
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
-    """Train the task's model (in a child process with the spec's time limit) and submit it."""
+    """Train the task's model (in a child process with the spec's time limit; a forest's trees on a
+    Dask cluster with --dask) and submit it."""
     from ethml.training.flow import train_and_submit
 
-    result = with_chain(rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task))
+    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+        result = with_chain(
+            rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task, compute)
+        )
     if json_output:
         echo_json(result)
     else:
@@ -256,18 +278,24 @@ def validate(
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
-    """Score every submission of the task on the revealed test set and vote (skipping the ones this
-    account may not vote on, and saying why)."""
+    """Score every submission of the task on the revealed test set (in parallel on a Dask cluster with
+    --dask) and vote (skipping the ones this account may not vote on, and saying why)."""
     from ethml.training.flow import TaskError, validate_task
 
     refused: list[str] = []
+    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
 
-    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
-        signer, ipfs = _signer(account, dep), _ipfs(data_dir, gateway)
-        return await validate_task(w3, dep, signer, ipfs, task, refused=refused)
+        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
+            signer, ipfs = _signer(account, dep), _ipfs(data_dir, gateway)
+            return await validate_task(w3, dep, signer, ipfs, task, refused=refused, compute=compute)
 
-    votes = with_chain(rpc, deployment, data_dir, body)
+        votes = with_chain(rpc, deployment, data_dir, body)
     if refused and not votes:
         raise TaskError(f"task {task}: nothing to vote on: {'; '.join(refused)}")
     for why in refused:

@@ -43,6 +43,7 @@ class WorkerConn:
     running: dict[str, bytes] = field(default_factory=dict)  # job id -> stream entry id
     cpu: float = 0.0
     memory: float = 0.0
+    cluster: dict[str, int] | None = None  # a cluster-backed worker's Dask cluster: workers, threads
 
     @property
     def consumer(self) -> str:
@@ -64,6 +65,7 @@ class WorkerConn:
             "cpu": self.cpu,
             "memory": self.memory,
             "load": round(self.load, 3),
+            "cluster": self.cluster,
             "connected_at": self.connected_at,
             "last_seen": time.time() - (time.monotonic() - self.last_seen),
         }

@@ -28,6 +28,12 @@ class Metrics:
             "ethml_workers_connected", "Workers connected to this instance", ["role"], registry=self.registry
         )
         self.worker_load = Gauge("ethml_worker_load", "Mean load of this instance's workers", registry=self.registry)
+        self.cluster_workers = Gauge(
+            "ethml_worker_cluster_workers",
+            "Dask workers behind each cluster-backed worker of this instance (0: its scheduler does not answer)",
+            ["worker", "role"],
+            registry=self.registry,
+        )
         self.chain_lag = Gauge(
             "ethml_chain_lag_blocks", "Chain head minus the follower's checkpoint", registry=self.registry
         )

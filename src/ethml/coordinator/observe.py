@@ -34,6 +34,10 @@ class Observer:
         for role in ROLES:
             self.metrics.workers.labels(role).set(sum(1 for c in conns if c.role == role))
         self.metrics.worker_load.set(sum(c.load for c in conns) / len(conns) if conns else 0.0)
+        self.metrics.cluster_workers.clear()  # only the workers connected now
+        for c in conns:
+            if c.cluster is not None:
+                self.metrics.cluster_workers.labels(c.id, c.role).set(c.cluster["workers"])
         now = time.time()
         if now - self.last_sample >= 10:
             self.last_sample = now

@@ -174,13 +174,23 @@ class WorkerLogin(Strict):
     capacity: int = Field(default=1, ge=1, le=16, strict=True)
 
 
+class ClusterSize(BaseModel):
+    """The Dask cluster behind a cluster-backed worker (`ethml worker --dask`): 0 workers while its
+    scheduler does not answer."""
+
+    workers: int = Field(ge=0, le=1_000_000, strict=True)
+    threads: int = Field(ge=0, le=100_000_000, strict=True)
+
+
 class LoadReport(BaseModel):
-    """A worker's heartbeat: its machine's CPU and memory use in percent (unknown fields ignored)."""
+    """A worker's heartbeat: its machine's CPU and memory use in percent, and the size of its Dask
+    cluster if it has one (unknown fields ignored)."""
 
     type: Literal["load"]
     cpu: float = Field(default=0.0, ge=0.0, le=100.0)
     memory: float = Field(default=0.0, ge=0.0, le=100.0)
     running: int | None = Field(default=None, ge=0, le=1000, strict=True)
+    cluster: ClusterSize | None = None
 
 
 class JobResult(BaseModel):
@@ -272,6 +282,7 @@ class WorkerView(BaseModel):
     cpu: float
     memory: float
     load: float
+    cluster: ClusterSize | None = None
     connected_at: float
     last_seen: float
 

@@ -4,6 +4,7 @@ that is wrong."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -60,10 +61,50 @@ ESTIMATORS: dict[str, tuple[str, str, dict[str, tuple[type, float, float]]]] = {
     "KNeighborsRegressor": ("sklearn.neighbors.KNeighborsRegressor", "regression", {"n_neighbors": (int, 1, 100)}),
 }
 METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "mae")}
-MAX_ROWS = 100_000
+
+#: How each estimator's fit uses a Dask cluster (`ethml worker --dask`), chosen so that the artifact is
+#: byte-identical to a local fit's. "trees": the forest's trees are fitted on the cluster's workers, one
+#: task per batch of trees, each from the seed the forest draws for it before any is sent, with code
+#: that has no floating-point reduction whose order depends on the machine; the trees come back in
+#: order. "in-job": the fit has no part that a cluster can run with identical results (boosting is
+#: sequential; linear models, SVMs and neighbours go through BLAS/LAPACK kernels whose rounding depends
+#: on the CPU and its thread count), so it stays in the job's own process, with joblib kept sequential
+#: and native thread pools at one thread; the cluster still scores submissions of every estimator.
+#: An estimator added to the allow-list must say which it is (a test checks that every one does and
+#: that every one gives the same sha256 on a cluster as locally).
+CLUSTER_FIT: dict[str, Literal["trees", "in-job"]] = {
+    name: ("trees" if name.startswith("RandomForest") else "in-job") for name in ESTIMATORS
+}
+
+#: The schema's own bounds: what any spec may say, whoever runs it. A deployment's limits (how many rows,
+#: bytes and seconds this worker or command accepts) are `TrainingLimits`.
 MAX_COLUMNS = 256
-MAX_DATASET_BYTES = 16 * 1024 * 1024
-MAX_TRAIN_SECONDS = 600
+MAX_TRAIN_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class TrainingLimits:
+    """What one deployment (an `ethml worker`, an `ethml train` or `ethml validate`) accepts. The
+    defaults are safe on a small machine (the parsed dataset stays under about 200 MB, see
+    docs/training.md); a trainer with a cluster raises them (`--max-rows`, `--max-dataset-mb`,
+    `--max-train-seconds`). A spec that asks for more time than `max_train_seconds` is refused by
+    this deployment, not cut short."""
+
+    max_rows: int = 100_000
+    max_dataset_bytes: int = 16 * 1024 * 1024
+    max_train_seconds: int = 600
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 10 or self.max_dataset_bytes < 1024 or self.max_train_seconds < 1:
+            raise ValueError("limits: at least 10 rows, 1 KiB of data and 1 second")
+
+    def check(self, spec: TaskSpec) -> None:
+        """SpecError when the spec asks for more time than this deployment gives a job."""
+        if spec.max_train_seconds > self.max_train_seconds:
+            raise SpecError(
+                f"the spec asks for up to {spec.max_train_seconds} s per job; this deployment allows "
+                f"{self.max_train_seconds} s (raise it with --max-train-seconds)"
+            )
 
 
 #: A column name: 1-64 characters, none of them a control character (C0, DEL, C1), an invisible format
@@ -118,7 +159,11 @@ class SpecError(EthmlError, ValueError):
 class EstimatorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_estimator_json_schema)
 
-    name: str
+    name: str = Field(
+        description="An allow-listed estimator. RandomForestClassifier and RandomForestRegressor fit their "
+        "trees across a Dask cluster when the trainer has one; every other estimator fits in the job's own "
+        "process. Either way the artifact is byte-identical to a local fit's (see CLUSTER_FIT)."
+    )
     params: dict[str, float | int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -159,6 +204,11 @@ class TaskSpec(BaseModel):
     @property
     def kind(self) -> str:
         return ESTIMATORS[self.estimator.name][1]
+
+    @property
+    def cluster_fit(self) -> Literal["trees", "in-job"]:
+        """How this spec's fit uses a Dask cluster (CLUSTER_FIT)."""
+        return CLUSTER_FIT[self.estimator.name]
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:

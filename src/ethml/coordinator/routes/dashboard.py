@@ -49,7 +49,8 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
         ],
         "counts": await store.count_tasks(),
         "workers": [
-            {k: w[k] for k in ("address", "role", "running", "capacity", "cpu", "memory", "load")} for w in workers
+            {k: w.get(k) for k in ("address", "role", "running", "capacity", "cpu", "memory", "load", "cluster")}
+            for w in workers
         ],
         "queue": await store.queue_depth(),
         "oracle": oracle,

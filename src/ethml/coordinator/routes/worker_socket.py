@@ -52,6 +52,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 continue
             if isinstance(message, LoadReport):
                 conn.cpu, conn.memory = message.cpu, message.memory
+                conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 if await store.take_kick(conn.id):
                     await ws.close(code=4003, message=b"disconnected by an admin")
