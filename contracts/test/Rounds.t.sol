@@ -4,7 +4,7 @@ pragma solidity 0.8.28;
 import {EthML} from "../src/EthML.sol";
 import {IEthML} from "../src/IEthML.sol";
 import {vm, EthMLFixture} from "./Base.sol";
-import {RecordingConsumer} from "./Consumers.sol";
+import {HeavyConsumer, RecordingConsumer} from "./Consumers.sol";
 
 /// @notice Rounds of up to K requests: which requests a round takes, and every request of a round
 /// answered as if it were alone (its own consensus, status, result, tip, callback and gas limit).
@@ -233,5 +233,47 @@ contract RoundsTest is EthMLFixture {
         _roundAll(1);
         vm.assertEq(_roundRequests().length, 2, "the next round takes two");
         vm.assertEq(ethml.parameters().requestsPerRound, 2, "applied at the close");
+    }
+
+    /// @notice The documented budget of a closing transaction: K at its cap (16), every callback at the
+    /// largest limit the cap allows ((16 + 2) x 555,555 <= 10,000,000) and burning all of it, two stale
+    /// requests expired (and called back) by the opening of the next round, a queue of a thousand.
+    function test_the_worst_closing_transaction_fits_the_documented_budget() public {
+        EthML.Parameters memory p = _k(16);
+        p.maxCallbackGasLimit = 555_555;
+        p.maxQueueBlocks = 30;
+        p.revealBlocks = 100;
+        _deployWith(p);
+        _queueBehindFirst();
+        HeavyConsumer consumer = new HeavyConsumer(ethml);
+        uint256 deposit = ethml.minimumDeposit(555_555);
+        vm.deal(address(this), 20 * deposit);
+        for (uint256 j = 0; j < 18; ++j) {
+            consumer.request{value: deposit}(classifier, CID, 555_555); // 16 for round 2, then 2 that go stale
+        }
+        for (uint256 j = 0; j < 1_000; ++j) {
+            _request(classifier, 0);
+        }
+        _roundAll(1);
+        vm.assertEq(_roundRequests().length, 16, "sixteen heavy callbacks");
+        uint256 roundId = _currentRound();
+        int256[][5] memory answers;
+        for (uint256 i = 0; i < 5; ++i) {
+            answers[i] = _same(1, 16);
+        }
+        _commitAll(roundId, answers);
+        for (uint256 i = 0; i < 4; ++i) {
+            _revealAs(miners[i], roundId, answers[i]);
+        }
+        vm.roll(block.number + 31); // the two left in the queue are stale now
+        (address[5] memory who, int256[] memory table) = _table(roundId, miners[4], answers[4]);
+        bytes32 salt = _salt(miners[4], roundId);
+        vm.prank(miners[4]);
+        uint256 before = gasleft();
+        ethml.revealAndClose{gas: 14_000_000}(roundId, salt, who, table);
+        uint256 used = before - gasleft();
+        vm.assertEq(uint256(ethml.requestStatus(19)), uint256(IEthML.Status.Expired), "stale, expired at the opening");
+        vm.assertTrue(used > 10_000_000, "the callbacks did burn their gas");
+        vm.assertTrue(used <= 12_500_000, "within the documented 12,500,000");
     }
 }

@@ -16,7 +16,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from ethml.chain.accounts import DEV_MNEMONIC, dev_account
 from ethml.chain.deploy import Deployment, Parameters, deploy_system, deployment_path
-from ethml.errors import ChainError
+from ethml.errors import ChainError, DeploymentError
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest
 
@@ -164,9 +164,14 @@ async def start_devnet(
         path = deployment_path(chain_id, data_dir)
         deployment: Deployment | None = None
         if state is not None and path.exists():
-            candidate = Deployment.load(path)
-            if len(await w3.eth.get_code(w3.to_checksum_address(candidate.ethml))) > 0:
-                deployment = candidate
+            try:
+                candidate: Deployment | None = Deployment.load(path)
+            except DeploymentError:
+                candidate = None  # written by an older ethml: deploy afresh
+            if candidate is not None:
+                codes = [await w3.eth.get_code(w3.to_checksum_address(a)) for a in (candidate.ethml, candidate.token)]
+                if all(len(code) > 0 for code in codes):
+                    deployment = candidate
         reused = deployment is not None
         if deployment is None:
             params = Parameters(min_difficulty=difficulty, max_difficulty=max_difficulty or difficulty)

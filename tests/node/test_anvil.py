@@ -66,10 +66,10 @@ def expected(manifest: Manifest, model: str, raw: bytes) -> int:
         store.close()
 
 
-async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, request_id: int) -> int:
-    """Commitments `miner` has on the chain for `request_id`."""
+async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, round_id: int) -> int:
+    """Commitments `miner` has on the chain for `round_id`."""
     logs = await ethml_contract(w3, deployment.ethml).events.Committed().get_logs(from_block=0)
-    return len([e for e in logs if e["args"]["miner"] == miner and e["args"]["requestId"] == request_id])
+    return len([e for e in logs if e["args"]["miner"] == miner and e["args"]["roundId"] == round_id])
 
 
 async def request(w3: AsyncWeb3[Any], deployment: Any, model_id: int, cid: str) -> None:
@@ -98,14 +98,14 @@ async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: 
             assert await submissions(w3, deployment, dev_account(1).address, 1) == 1
             journal = node._ctx.journal  # type: ignore[union-attr]
             secret = journal.latest_secret(1)
-            assert secret is not None and secret.prediction == expected(manifest, "iris", raw_a)
+            assert secret is not None and secret.answers == [expected(manifest, "iris", raw_a)]
 
             await w3.provider.make_request("evm_revert", [snapshot["result"]])  # type: ignore[arg-type]
             await w3.provider.make_request("anvil_mine", [3])  # type: ignore[arg-type]
             await request(w3, deployment, iris.id, cid_b)  # request 1 again
             await wait_until(lambda: _ready(node.stats.accepted == 2), what="the submission on the new fork")
             secret = journal.latest_secret(1)
-            assert secret is not None and secret.prediction == expected(manifest, "iris", raw_b)
+            assert secret is not None and secret.answers == [expected(manifest, "iris", raw_b)]
             warnings = [e.message for e in events.drain() if isinstance(e, NodeWarning)]
             await events.aclose()
             await asyncio.sleep(0.3)  # a few more polls: nothing else may be sent

@@ -23,10 +23,12 @@ async def _answered(system: System, rid: int) -> bool:
     return (await system.answer(rid))[2]
 
 
-async def _revealed_by(system: System, address: str, rid: int) -> list[int]:
+async def _revealed_by(system: System, address: str, round_id: int) -> list[list[int]]:
     logs = await system.ethml.events.Revealed().get_logs(from_block=0)
     return [
-        int(e["args"]["prediction"]) for e in logs if e["args"]["miner"] == address and e["args"]["requestId"] == rid
+        [int(a) for a in e["args"]["answers"]]
+        for e in logs
+        if e["args"]["miner"] == address and e["args"]["roundId"] == round_id
     ]
 
 
@@ -39,11 +41,11 @@ async def test_killed_between_commit_and_reveal_reveals_after_restart(
     reached: list[int] = []
     original = Revealer.reveal
 
-    async def dies_before_revealing(self: Revealer, request_id: int, deadline: int) -> None:
+    async def dies_before_revealing(self: Revealer, round_id: int, deadline: int) -> None:
         if self.ctx.address == victim.address and not reached:
-            reached.append(request_id)
+            reached.append(round_id)
             await asyncio.Event().wait()  # the process is killed here, its commitment on chain
-        await original(self, request_id, deadline)
+        await original(self, round_id, deadline)
 
     monkeypatch.setattr(Revealer, "reveal", dies_before_revealing)
     first = system.node(0)
@@ -51,13 +53,13 @@ async def test_killed_between_commit_and_reveal_reveals_after_restart(
     async with system.running([1, 2, 3, 4]):
         await wait_until(lambda: _is(bool(reached)), what="the victim in the reveal phase")
         await _kill(first)
-        assert await _revealed_by(system, victim.address, rid) == []
+        assert await _revealed_by(system, victim.address, 1) == []
         async with system.running([0]):
             await wait_until(lambda: _answered(system, rid), what="the answer after the restart")
     expected = system.expected("iris", raw)
     assert (await system.answer(rid))[:2] == (expected, int(Status.FINALIZED))
     # It revealed what it had committed before it was killed, once.
-    assert await _revealed_by(system, victim.address, rid) == [expected]
+    assert await _revealed_by(system, victim.address, 1) == [[expected]]
     _prediction, _status, agreeing, _block = await system.ethml.functions.getResult(rid).call()
     assert agreeing == 5
 

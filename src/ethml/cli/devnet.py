@@ -73,6 +73,8 @@ def devnet(
                     "rpc_url": net.url,
                     "chain_id": d.chain_id,
                     "ethml": d.ethml,
+                    "token": d.token,
+                    "registry": d.registry,
                     "consumer": d.consumer,
                     "models": d.models,
                     "deployment_file": str(net.deployment_file),
@@ -84,7 +86,8 @@ def devnet(
     models = ", ".join(f"{name} (id {i})" for name, i in d.models.items())
     say = functools.partial(typer.echo, err=json_output)  # with --json, stdout holds the JSON alone
     say(f"devnet at {net.url} (chain id {d.chain_id}); {'reused' if net.reused else 'deployed'} EthML at {d.ethml}")
-    say(f"example consumer {d.consumer}; models: {models}")
+    say(f"EML token {d.token}, model registry {d.registry}, example consumer {d.consumer}")
+    say(f"models: {models}")
     say(f"deployment file: {net.deployment_file}")
     say(f"accounts: the public development mnemonic ({DEV_MNEMONIC}); `ethml accounts` lists them")
     say("next, in five terminals:   ethml mine --account 0   (then --account 1 .. 4)")

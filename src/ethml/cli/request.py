@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from web3 import AsyncWeb3
 
-from ethml.chain.deploy import Deployment, Status, ethml_contract
+from ethml.chain.deploy import Deployment, Status, registry_contract
 from ethml.cli._common import RPC_HELP, connect, echo_json, handle_errors
 from ethml.cli._config import load_account
 from ethml.errors import IpfsError
@@ -96,8 +96,8 @@ def request(
         try:
             dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
             model_id = resolve_model(dep, model)
-            ethml = ethml_contract(w3, dep.ethml)
-            _mcid, sha, _kind, _decimals, features, active = await _model(ethml, model_id)
+            registry = registry_contract(w3, dep.registry)
+            sha, _kind, _decimals, features, active, _mcid = await _model(registry, model_id)
             if not active:
                 raise RequestError(f"model {model_id} is deactivated")
             blockstore = Blockstore(data_dir / "blocks") if data_dir else Blockstore()
@@ -127,9 +127,9 @@ def request(
     asyncio.run(run())
 
 
-async def _model(ethml: Any, model_id: int) -> Any:
+async def _model(registry: Any, model_id: int) -> Any:
     try:
-        return await ethml.functions.getModel(model_id).call()
+        return await registry.functions.getModel(model_id).call()
     except Exception as exc:
         raise RequestError(f"model {model_id} is not registered on this deployment") from exc
 
@@ -160,11 +160,15 @@ async def _wait(
         agreeing=result.agreeing,
         miners=result.miners,
         closed_block=result.closed_block,
+        round=result.round_id,
     )
     if json_output:
         echo_json(summary)
     elif result.status == Status.FINALIZED:
-        typer.echo(f"request {rid}: finalized, prediction {result.value} ({result.agreeing} of 5 miners agreed)")
+        typer.echo(
+            f"request {rid}: finalized, prediction {result.value} "
+            f"({result.agreeing} of 5 miners agreed, round {result.round_id})"
+        )
         typer.echo("miners: " + ", ".join(result.miners))
     else:
         # Invalid input, no consensus, expired: the request got no prediction.

@@ -18,7 +18,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
-from ethml.chain.deploy import Deployment, ethml_contract, training_contract
+from ethml.chain.deploy import Deployment, token_contract, training_contract
 from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
 from ethml.coordinator.store import RELAY_GROUP, P, Store
 from ethml.errors import TransactionReverted
@@ -39,7 +39,7 @@ class Chain:
     relayer: LocalAccount
     chain_id: int
     tasks: Any  # the TrainingTasks contract
-    ethml: Any
+    token: Any  # the EML token (permits)
 
     @classmethod
     async def connect(cls, w3: AsyncWeb3[Any], deployment: Deployment, relayer: LocalAccount) -> Chain:
@@ -50,7 +50,7 @@ class Chain:
             relayer,
             int(await w3.eth.chain_id),
             training_contract(w3, deployment.training),
-            ethml_contract(w3, deployment.ethml),
+            token_contract(w3, deployment.token),
         )
 
 
@@ -156,7 +156,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         doc = await store.update_task(task_id, lambda d: d.update(spec_cid=spec_cid)) or doc
     p = doc["permit"]
     if "create" not in doc.get("raw", {}):
-        next_nonce = int(await chain.ethml.functions.nonces(p["owner"]).call())
+        next_nonce = int(await chain.token.functions.nonces(p["owner"]).call())
         if next_nonce != p["nonce"]:
             await store.update_task(
                 task_id, _fail(f"permit nonce {p['nonce']} is not the owner's next nonce ({next_nonce})")

@@ -815,7 +815,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await store.setup()
         chain = await chainmod.Chain.connect(w3, cfg.deployment, cfg.relayer)
         assert cfg.deployment.training is not None
-        domain = PermitDomain(chain.chain_id, cfg.deployment.ethml, cfg.deployment.training)
+        domain = PermitDomain(chain.chain_id, cfg.deployment.token, cfg.deployment.training)
         blockstore = Blockstore(cfg.data_dir / "blocks")
         app[BLOCKSTORE] = blockstore
         state = State(
