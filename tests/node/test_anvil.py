@@ -13,6 +13,7 @@ import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from ethml.chain import DEV_MNEMONIC, Parameters, consumer_contract, deploy_system, dev_account, ethml_contract, send
+from ethml.devnet import start_devnet
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
 from ethml.node import Node, NodeConfig, NodeWarning
@@ -161,6 +162,56 @@ async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path)
     finally:
         await w3.provider.disconnect()
         stop_anvil(proc)
+
+
+async def test_a_round_open_across_a_devnet_restart_closes(tmp_path: Path) -> None:
+    """After `ethml devnet --state FILE` restarts, anvil's BLOCKHASH answers another hash for the blocks
+    before the restart than its RPC and logs do, so the challenge a node derives from the RoundOpened log
+    is not the contract's: the contract refuses those nonces (InvalidNonce). Nodes must then take the
+    contract's challenge and grind again, and the round closes."""
+    if find_anvil() is None:
+        missing_service("anvil (npm ci)")
+    port = free_port()
+    state = tmp_path / "devnet-state.json"
+    data_dir = tmp_path / "data"
+    net = await start_devnet(port=port, state=state, difficulty=DIFFICULTY, data_dir=data_dir)
+    deployment = net.deployment
+    manifest = Manifest.load()
+    iris = manifest.by_name("iris")
+    raw = manifest.data_point_path(iris.data_points[1]).read_bytes()
+    cid = str(IpfsClient(Blockstore(data_dir / "blocks")).add_bytes(raw))
+    url = net.url
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
+    config = NodeConfig(threads=1, poll_interval=0.05, data_dir=data_dir, max_backoff=0.5)
+    early = [Node(rpc_url=url, deployment=deployment, account=dev_account(i), config=config) for i in range(2)]
+    late: list[Node] = []
+    try:
+        await request(w3, deployment, iris.id, cid)  # round 1 opens
+        for node in early:
+            await node.start()
+        await wait_until(lambda: _ready(all(n.stats.accepted == 1 for n in early)), what="two commitments")
+        ethml = ethml_contract(w3, deployment.ethml)
+        before = (await ethml.functions.getCurrentRound().call())[1]
+        net.stop()  # anvil saves its state; the round waits for three more commitments
+        net = await start_devnet(port=port, state=state, difficulty=DIFFICULTY, data_dir=data_dir)
+        assert net.reused and net.deployment.ethml == deployment.ethml
+        after = (await ethml.functions.getCurrentRound().call())[1]
+        assert bytes(after) != bytes(before), "anvil answers another hash for the opening block"
+        late = [Node(rpc_url=url, deployment=deployment, account=dev_account(i), config=config) for i in range(2, 5)]
+        for node in late:
+            await node.start()
+        consumer = consumer_contract(w3, deployment.consumer)
+        await wait_until(lambda: _answered(consumer, 1), timeout=120, what="the answer after the restart")
+        answer = await consumer.functions.answers(1).call()
+        assert answer[1] == expected(manifest, "iris", raw)
+        # The three late nodes were refused once each, then committed with the contract's challenge.
+        for node in late:
+            assert node.stats.accepted == 1 and any("grinding again" in w for w in node.stats.warnings)
+    finally:
+        for node in early + late:
+            await node.stop()
+        await w3.provider.disconnect()
+        net.stop()
 
 
 async def _ready(value: bool) -> bool:

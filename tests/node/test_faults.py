@@ -131,6 +131,42 @@ async def test_rpc_outage_while_preloading_models_is_not_a_crash(
     assert (await system.answer(rid))[:2] == (system.expected("iris", raw), int(Status.FINALIZED))
 
 
+async def test_a_lost_rpc_during_the_reward_claim_is_not_a_crash(system: System) -> None:
+    """The revealer reads the node's balance before claiming; an RPC that goes away right then used to
+    kill the actor (the supervisor restarted it, the warning said it failed)."""
+    cids = [system.add_point("iris", i)[0] for i in (1, 2)]
+    failed: list[str] = []
+
+    class Unreachable:
+        def __init__(self, real: Any, who: str) -> None:
+            self.real, self.who = real, who
+
+        async def call(self, *args: Any, **kwargs: Any) -> Any:
+            if self.who not in failed:
+                failed.append(self.who)
+                raise ConnectionRefusedError("RPC unreachable")
+            return await self.real.call(*args, **kwargs)
+
+    async with system.running(range(5), claim_threshold=1, bonds_kept=0) as nodes:
+        for node in nodes:
+            functions = node._ctx.contract.functions  # type: ignore[union-attr]
+            original = functions.minerBalance
+            functions.minerBalance = lambda a, o=original, who=node.address: Unreachable(o(a), who)
+        first = await system.request(3, cids[0])
+        await wait_until(lambda: _answered(system, first), what="the first answer")
+        second = await system.request(3, cids[1])
+        await wait_until(lambda: _answered(system, second), what="the second answer")
+
+        async def claimed() -> bool:
+            held = [await system.ethml.functions.minerBalance(n.address).call() for n in nodes]
+            return all(h == 0 for h in held)
+
+        await wait_until(claimed, what="the claims of the second round")
+        assert len(failed) == 5, "every node lost its RPC at its first claim"
+        assert all(n.stats.last_error is None for n in nodes), [n.stats.last_error for n in nodes]
+        assert all(any("RPC unreachable" in w for w in n.stats.warnings) for n in nodes)
+
+
 async def _is(value: bool) -> bool:
     return value
 
