@@ -172,6 +172,9 @@ async def expire_request(w3: AsyncWeb3[Any], deployment: Deployment, signer: Loc
     committers from its Committed events), or the request alone when it waited in the queue past
     maxQueueBlocks (`expireQueued`, with its queue position). Returns what happened, in words."""
     ethml = ethml_contract(w3, deployment.ethml)
+    count = int(await ethml.functions.requestCount().call())
+    if not 1 <= request_id <= count:
+        raise ChainError(f"no request {request_id} on this deployment (ids run from 1 to {count}): nothing to expire")
     status = Status(int(await ethml.functions.requestStatus(request_id).call()))
     block = int(await w3.eth.block_number)
     if status == Status.CURRENT:
