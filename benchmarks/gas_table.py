@@ -63,6 +63,26 @@ FRESH = list(range(10, 15))
 CALLBACK_GAS = 100_000
 
 
+PREAMBLE = """# Gas
+
+Measured by `make gas` (`python benchmarks/gas_table.py`, then `python benchmarks/training_gas.py`) on
+the embedded py-evm chain: the `gasUsed` of real receipts, intrinsic gas included. K is the most
+requests a round opens with; "queue N" means the heap holds N requests besides the K that each close
+opens the next round with (all tips equal). Every oracle transaction, then **the all-in gas per answered
+request**: the K requests, the five commitments, the four plain reveals and the closing reveal of a
+round, divided by K. The targets are issue 17's. The first commitment a miner ever makes also creates its
+slot and pulls the bond from its EML (`fund` once, or the bond returned by its first round, makes every
+later one the returning miner's)."""
+
+BUDGET = """**The closing transaction's block-gas budget: 12,500,000 gas** (42 % of a 30,000,000-gas block). A close
+runs the round's K callbacks and, opening the next round, at most MAX_STALE_EXPIRIES (2) callbacks of
+requests expired in the queue; RoundRules refuses parameters where (K + 2) x maxCallbackGasLimit passes
+10,000,000. The worst case (K = 16, every callback at 555,555 gas and burning all of it, two stale
+expiries, a queue of a thousand) measures 10,674,647 gas in the forge test
+`RoundsTest.test_the_worst_closing_transaction_fits_the_documented_budget`, which fails above the budget.
+The rows above it: K = 8 and K = 16 with one 100,000-gas callback per request that burns all of it."""
+
+
 @dataclass
 class Round:
     commits: list[int] = field(default_factory=list)
@@ -269,7 +289,7 @@ async def main(ks: list[int], sizes: list[int]) -> str:
     ]
     head = "| transaction | " + " | ".join(f"K {k}, queue {n}" for k in ks for n in sizes) + " | target |"
     sep = "|---|" + "---:|" * (len(ks) * len(sizes)) + "---|"
-    lines = [head, sep]
+    lines = [*PREAMBLE.splitlines(), "", head, sep]
     for key, label, target in labels:
         cells = " | ".join(f"{int(rows[(k, n)][key]):,}" for k in ks for n in sizes)
         lines.append(f"| {label} | {cells} | {target} |")
@@ -278,6 +298,7 @@ async def main(ks: list[int], sizes: list[int]) -> str:
     lines.append("|---|---:|")
     for k, gas in callbacks.items():
         lines.append(f"| revealAndClose, K = {k}, empty queue | {gas:,} |")
+    lines += ["", *BUDGET.splitlines()]
     return "\n".join(lines)
 
 

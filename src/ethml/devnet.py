@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,7 @@ async def start_devnet(
     data_dir: Path | None = None,
     models_dir: Path | None = None,
     anvil: str | None = None,
+    requests_per_round: int | None = None,
 ) -> Devnet:
     """Start anvil, deploy (or find the deployment in `state`), register the models, seed the blockstore."""
     check_port_free(host, port)
@@ -175,6 +176,8 @@ async def start_devnet(
         reused = deployment is not None
         if deployment is None:
             params = Parameters(min_difficulty=difficulty, max_difficulty=max_difficulty or difficulty)
+            if requests_per_round is not None:
+                params = replace(params, requests_per_round=requests_per_round)
             deployment = await deploy_system(w3, dev_account(0), parameters=params, models=manifest.registry_specs())
             deployment.save(path)
         ipfs = IpfsClient(Blockstore((data_dir / "blocks") if data_dir else None))

@@ -42,6 +42,9 @@ def devnet(
     max_difficulty: Annotated[
         int | None, typer.Option(min=1, help="Let the retarget raise difficulty up to this (default: pinned).")
     ] = None,
+    requests_per_round: Annotated[
+        int, typer.Option(min=1, max=16, help="K: the most requests a round opens with (1 to 16).")
+    ] = 8,
     data_dir: Annotated[
         Path | None, typer.Option(help="Where the deployment file and blocks go.", envvar="ETHML_DATA_DIR")
     ] = None,
@@ -61,6 +64,7 @@ def devnet(
             state=state,
             difficulty=difficulty,
             max_difficulty=max_difficulty,
+            requests_per_round=requests_per_round,
             data_dir=data_dir,
             models_dir=models_dir,
         )
