@@ -102,6 +102,9 @@ abstract contract OracleStorage is IEthML, AccessControl {
     /// @notice Expired queue entries handled (refunded, called back) per round opening; past that the
     /// next ones are served as they are, so no transaction does unbounded work.
     uint256 public constant MAX_STALE_EXPIRIES = 2;
+    /// @notice The most a commitment ever bonds, whatever the round's tips (also the cap on `minerBond`):
+    /// it bounds the capital a miner needs, so a huge tip cannot price every miner out of a round.
+    uint256 public constant MAX_BOND = 100 ether;
     uint8 internal constant ALL_REVEALED = 0x1f;
 
     // -------------------------------------------------------------------------- state
@@ -177,10 +180,11 @@ abstract contract OracleStorage is IEthML, AccessControl {
     }
 
     /// @dev A round for `ids` opens in this block; its challenge needs this block's hash, so it exists
-    /// from the next block on. Every commitment bonds minerBond plus bondTipBps of the round's tips.
+    /// from the next block on. Every commitment bonds minerBond plus bondTipBps of the round's tips, at
+    /// most MAX_BOND.
     function _openRound(uint256[] memory ids, uint256 totalTip) internal {
         uint256 bond = _params.minerBond + totalTip * _params.bondTipBps / 10_000;
-        if (bond > type(uint96).max) bond = type(uint96).max;
+        if (bond > MAX_BOND) bond = MAX_BOND;
         uint32 id = _round.id + 1;
         _round = Round(id, uint8(ids.length), 0, 0, uint32(block.number), 0, uint40(block.timestamp), uint96(bond));
         uint256[2] memory words;

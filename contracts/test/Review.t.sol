@@ -234,6 +234,15 @@ contract ReviewTest is EthMLFixture {
         vm.assertEq(ethml.minerBalance(miners[0]), bond, "the honest reveals get their bonds back");
     }
 
+    function test_a_huge_tip_cannot_price_miners_out_of_a_round() public {
+        _deployWith(_production(1, 1));
+        vm.prank(USER);
+        ethml.requestPrediction(classifier, CID, 900 ether, 0);
+        vm.assertEq(ethml.getCurrentRound().bond, ethml.MAX_BOND(), "the bond stops at 100 EML");
+        _roundAll(1);
+        vm.assertEq(ethml.totalBondsBurned(), 0, "and the round is answered");
+    }
+
     function test_a_majority_that_outvotes_the_minority_gains_nothing_from_the_minority_bonds() public {
         _deployWith(_production(1, 1));
         uint256 id = _request(classifier, 0);
