@@ -78,7 +78,7 @@ BUDGET = """**The closing transaction's block-gas budget: 12,500,000 gas** (42 %
 runs the round's K callbacks and, opening the next round, at most MAX_STALE_EXPIRIES (2) callbacks of
 requests expired in the queue; RoundRules refuses parameters where (K + 2) x maxCallbackGasLimit passes
 10,000,000. The worst case (K = 16, every callback at 555,555 gas and burning all of it, two stale
-expiries, a queue of a thousand) measures 10,674,647 gas in the forge test
+expiries, a queue of a thousand) measures 10,674,635 gas in the forge test
 `RoundsTest.test_the_worst_closing_transaction_fits_the_documented_budget`, which fails above the budget.
 The rows above it: K = 8 and K = 16 with one 100,000-gas callback per request that burns all of it."""
 

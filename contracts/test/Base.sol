@@ -107,6 +107,8 @@ abstract contract EthMLFixture {
             miners[i] = address(uint160(0x1000 + i));
             holders[i + 1] = miners[i];
             amounts[i + 1] = MINER_FUNDS;
+            // Miners send transactions: their accounts exist (an ETH transfer to them creates nothing).
+            vm.deal(miners[i], 1 ether);
         }
         token = new EMLToken(holders, amounts);
         registry = new ModelRegistry(ADMIN);

@@ -10,7 +10,7 @@ import {DepositRaidingConsumer, DepositWithdrawingConsumer, RecordingConsumer} f
 /// @notice The second outside review: each test performs one attack and shows that it fails.
 contract ReviewTest is EthMLFixture {
     uint256 internal constant LIMIT = 100_000;
-    uint256 internal constant OVERHEAD = 37_000; // CALLBACK_OVERHEAD + REIMBURSEMENT_TRANSFER_GAS
+    uint256 internal constant OVERHEAD = 15_500; // CALLBACK_OVERHEAD + REIMBURSEMENT_TRANSFER_GAS
 
     function setUp() public {
         _deploy(1, 1);

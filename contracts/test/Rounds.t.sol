@@ -151,12 +151,26 @@ contract RoundsTest is EthMLFixture {
     function test_a_closer_is_made_whole_for_eight_callbacks() public {
         vm.fee(8 gwei);
         vm.txGasPrice(10 gwei);
+        uint256 plain = _closerNetGas(false);
+        uint256 withCallbacks = _closerNetGas(true);
+        vm.assertTrue(withCallbacks <= plain + 1_000, "the closer pays nothing for eight callbacks");
+        // Over-reimbursed by the cold access to each consumer that the reimbursement includes and a forge
+        // test (one transaction, every account warm) does not charge: 2,600 gas each at most.
+        vm.assertTrue(plain - withCallbacks <= 8 * 3_000, "and is paid little more than they cost");
+    }
+
+    /// @dev A round of eight requests (through eight consumers with 100,000-gas callbacks, or from an
+    /// EOA), closed by miner 4: the gas it used minus what it was reimbursed, in gas at the test's price.
+    function _closerNetGas(bool callbacks) internal returns (uint256) {
+        _deployWith(_k(8));
         _queueBehindFirst();
-        RecordingConsumer consumer = new RecordingConsumer(ethml);
+        RecordingConsumer[8] memory consumers;
         uint256 deposit = ethml.minimumDeposit(100_000);
         vm.deal(address(this), 8 * deposit);
         for (uint256 j = 0; j < 8; ++j) {
-            consumer.request{value: deposit}(classifier, CID, 100_000);
+            consumers[j] = new RecordingConsumer(ethml); // eight consumers: eight cold accounts on a real chain
+            if (callbacks) consumers[j].request{value: deposit}(classifier, CID, 100_000);
+            else _request(classifier, 0);
         }
         _roundAll(1);
         uint256 roundId = _currentRound();
@@ -175,16 +189,14 @@ contract RoundsTest is EthMLFixture {
         uint256 before = gasleft();
         ethml.revealAndClose{gas: 3_000_000}(roundId, salt, who, table);
         uint256 used = before - gasleft();
-        uint256 reimbursed = miners[4].balance - balance;
-        // The same close without callbacks costs the closer `used` minus the callbacks' machinery; what
-        // the eight consumers paid covers that machinery within 5,000 gas in all.
-        vm.assertTrue(used < 3_000_000, "fits");
-        vm.assertTrue(reimbursed >= 8 * 100 * 10 gwei, "paid");
-        uint256 calls = 0;
-        for (uint256 id = 2; id <= 9; ++id) {
-            calls += consumer.calls(id);
+        uint256 reimbursed = (miners[4].balance - balance) / 10 gwei;
+        if (callbacks) {
+            for (uint256 j = 0; j < 8; ++j) {
+                vm.assertEq(consumers[j].calls(j + 2), 1, "eight callbacks");
+            }
         }
-        vm.assertEq(calls, 8, "eight callbacks");
+
+        return used - reimbursed;
     }
 
     function test_a_perfect_round_pays_the_whole_base_reward_and_the_bond_back() public {

@@ -251,3 +251,33 @@ async def test_no_eth_for_gas_warns_and_waits(system: System) -> None:
         await events.aclose()
         assert broke.stats.last_error is None and broke.stats.submissions == 0
     assert warning is not None and "waiting for funds" in warning
+
+
+async def test_no_eml_for_the_bond_warns_and_the_round_goes_on(system: System) -> None:
+    from web3.types import Wei
+
+    from ethml.node import NodeWarning
+
+    poor = Account.create()  # ETH for gas, no EML to bond
+    tx = await system.w3.eth.send_transaction(
+        {"from": (await system.w3.eth.accounts)[0], "to": poor.address, "value": Wei(10**18)}
+    )
+    await system.w3.eth.wait_for_transaction_receipt(tx)
+    cid, raw = system.add_point("iris", 0)
+    rid = await system.request(3, cid)
+    node = Node(w3=system.w3, deployment=system.deployment, account=poor, config=system.config())
+    async with node:
+        events = node.events()
+
+        async def warned() -> str:
+            async for event in events:
+                if isinstance(event, NodeWarning) and "too little EML for the bond" in event.message:
+                    return event.message
+            raise AssertionError("the node stopped without warning")
+
+        message = await asyncio.wait_for(warned(), timeout=60)
+        await events.aclose()
+        assert "2 EML" in message and node.stats.last_error is None and node.stats.accepted == 0
+        async with system.running(range(5)):
+            await wait_until(lambda: _answered(system, rid), what="the answer from the five others")
+    assert (await system.answer(rid))[:2] == (system.expected("iris", raw), int(Status.FINALIZED))

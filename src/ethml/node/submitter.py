@@ -57,6 +57,13 @@ class TxSubmitter:
         refused = outcome.status == "dropped" and "InvalidNonce" in outcome.reason
         if refused and await self._retry_with_the_contracts_challenge(job):
             return
+        if outcome.status == "dropped" and "ERC20InsufficientBalance" in outcome.reason:
+            message = (
+                f"round {job.round_id}: {self.ctx.address} holds too little EML for the bond of "
+                f"{job.bond / 10**18:g} EML a commitment takes; send it EML (or `fund` its balance on the oracle)"
+            )
+            self.ctx.emit(NodeWarning(message))
+            self.ctx.log.warning("bond_unaffordable", round_id=job.round_id, bond=job.bond)
         if outcome.status == "dropped":
             self.sender.dropped(job.round_id, outcome.reason)
 
