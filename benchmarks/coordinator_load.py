@@ -213,7 +213,7 @@ async def deploy(rpc: str, path: Path) -> PermitDomain:
     dep.save(path)
     await w3.provider.disconnect()  # type: ignore[attr-defined]
     assert dep.training is not None
-    return PermitDomain(dep.chain_id, dep.ethml, dep.training)
+    return PermitDomain(dep.chain_id, dep.token, dep.training)
 
 
 def redis_cli(sock: Path, *args: str) -> str:

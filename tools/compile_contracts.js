@@ -11,11 +11,11 @@ const solc = require("solc");
 const root = path.resolve(__dirname, "..");
 const srcDir = path.join(root, "contracts", "src");
 const outDir = path.join(root, "src", "ethml", "chain", "artifacts");
-const CONTRACTS = { "EthML.sol": ["EthML"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
+const CONTRACTS = { "EthML.sol": ["EthML"], "EthMLSettlement.sol": ["EthMLSettlement"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
 const SETTINGS = {
   optimizer: { enabled: true, runs: 500 },
   evmVersion: "cancun",
-  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "storageLayout"] } },
 };
 
 function sourceHash() {
@@ -46,6 +46,14 @@ const output = JSON.parse(
 const errors = (output.errors || []).filter((e) => e.severity === "error");
 for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
 if (errors.length) process.exit(1);
+
+// EthML runs EthMLSettlement's code in its own storage (delegatecall): the two must agree on every slot.
+const layout = (file, name) =>
+  JSON.stringify(output.contracts[file][name].storageLayout.storage.map((v) => [v.label, v.slot, v.offset, v.type]));
+if (layout("EthML.sol", "EthML") !== layout("EthMLSettlement.sol", "EthMLSettlement")) {
+  process.stderr.write("EthML and EthMLSettlement have different storage layouts: keep all state in OracleStorage\n");
+  process.exit(1);
+}
 
 fs.mkdirSync(outDir, { recursive: true });
 const hash = sourceHash();

@@ -7,11 +7,11 @@ import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC2
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
-import {EthML} from "./EthML.sol";
+import {ModelRegistry} from "./ModelRegistry.sol";
 
 /// @title TrainingTasks: requesters post training tasks, staked trainers submit models, staked
 /// validators score them on a test set that stays hidden until the submission deadline; the best model
-/// whose median score passes is registered in EthML and served by the miners.
+/// whose median score passes is registered in the ModelRegistry and served by the miners.
 /// @notice Rules, all enforced here (the admin can only pause new work and change parameters for future
 /// tasks within hard caps; it can neither move escrow nor slash by hand):
 /// - Roles are earned by staking EML: a trainer or validator stake of at least the minimum, not being
@@ -48,9 +48,9 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         uint32 openWork;
     }
 
-    /// @notice What the accepted model is registered as in EthML (from the task's spec).
+    /// @notice What the accepted model is registered as in the ModelRegistry (from the task's spec).
     struct ModelShape {
-        EthML.ModelKind kind;
+        ModelRegistry.ModelKind kind;
         uint8 decimals;
         uint16 featureCount;
     }
@@ -66,7 +66,7 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         TaskStatus status;
         bool revealed;
         uint8 accepted; // submission index + 1; 0 when none
-        uint16 modelId;
+        uint32 modelId;
         ModelShape shape;
         bytes32 testSetCommitment;
         string datasetCid;
@@ -117,7 +117,7 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
     uint256 public constant MAX_DURATION = 365 days;
     uint256 public constant MAX_SHARE_BPS = 5_000;
 
-    EthML public immutable ethml;
+    ModelRegistry public immutable registry;
     IERC20 public immutable token;
     Parameters private _params;
     uint256 public taskCount;
@@ -191,9 +191,10 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
     );
     event TaskFailed(uint256 indexed taskId, uint256 refunded, uint256 forfeited);
 
-    constructor(EthML ethml_, address admin, Parameters memory params) {
-        ethml = ethml_;
-        token = IERC20(address(ethml_));
+    /// @dev `registry` must grant this contract its REGISTRAR_ROLE so accepted models get registered.
+    constructor(IERC20 token_, ModelRegistry registry_, address admin, Parameters memory params) {
+        registry = registry_;
+        token = token_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
         _setParameters(params);
@@ -361,7 +362,7 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
             revert InvalidTask("validationDeadline not within 365 days after submitDeadline");
         }
         if (shape.featureCount == 0) revert InvalidTask("featureCount is zero");
-        if (shape.decimals > 18 || (shape.kind == EthML.ModelKind.Classification && shape.decimals != 0)) {
+        if (shape.decimals > 18 || (shape.kind == ModelRegistry.ModelKind.Classification && shape.decimals != 0)) {
             revert InvalidTask("decimals");
         }
         token.safeTransferFrom(requester, address(this), reward);
@@ -565,8 +566,8 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
             }
         }
         uint256 modelId =
-            ethml.registerModel(s.modelCid, s.artifactSha256, t.shape.kind, t.shape.decimals, t.shape.featureCount);
-        t.modelId = uint16(modelId);
+            registry.registerModel(s.modelCid, s.artifactSha256, t.shape.kind, t.shape.decimals, t.shape.featureCount);
+        t.modelId = uint32(modelId);
         emit TaskAccepted(taskId, index, s.trainer, s.median, modelId, trainerPart, validatorPart);
     }
 

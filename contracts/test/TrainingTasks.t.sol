@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {EthML} from "../src/EthML.sol";
+import {EMLToken} from "../src/EMLToken.sol";
+import {ModelRegistry} from "../src/ModelRegistry.sol";
 import {TrainingTasks} from "../src/TrainingTasks.sol";
 import {vm, EthMLFixture} from "./Base.sol";
 
-/// @dev EthML plus TrainingTasks (holding EthML's model-admin role), a requester, three trainers and
+/// @dev The oracle's system plus TrainingTasks (holding the registry's registrar role), a requester, three trainers and
 /// four validators, all funded and staked.
 abstract contract TrainingFixture is EthMLFixture {
     TrainingTasks internal tasks;
@@ -18,12 +19,12 @@ abstract contract TrainingFixture is EthMLFixture {
 
     function _setUpTraining() internal {
         _deploy(1, 1);
-        tasks = new TrainingTasks(ethml, ADMIN, _trainingParams());
-        bytes32 role = ethml.MODEL_ADMIN_ROLE();
+        tasks = new TrainingTasks(token, registry, ADMIN, _trainingParams());
+        bytes32 role = registry.REGISTRAR_ROLE();
         vm.prank(ADMIN);
-        ethml.grantRole(role, address(tasks));
+        registry.grantRole(role, address(tasks));
         vm.prank(USER);
-        ethml.approve(address(tasks), type(uint256).max);
+        token.approve(address(tasks), type(uint256).max);
         for (uint256 i = 0; i < 3; ++i) {
             _fundAndStake(trainers[i], TrainingTasks.Role.Trainer);
         }
@@ -46,9 +47,9 @@ abstract contract TrainingFixture is EthMLFixture {
 
     function _fundAndStake(address who, TrainingTasks.Role role) internal {
         vm.prank(USER);
-        ethml.transfer(who, STAKE);
+        token.transfer(who, STAKE);
         vm.prank(who);
-        ethml.approve(address(tasks), type(uint256).max);
+        token.approve(address(tasks), type(uint256).max);
         vm.prank(who);
         tasks.stake(role, STAKE);
     }
@@ -64,7 +65,7 @@ abstract contract TrainingFixture is EthMLFixture {
             minScore,
             block.timestamp + 1 days,
             block.timestamp + 2 days,
-            TrainingTasks.ModelShape(EthML.ModelKind.Classification, 0, 13)
+            TrainingTasks.ModelShape(ModelRegistry.ModelKind.Classification, 0, 13)
         );
     }
 
@@ -99,23 +100,23 @@ contract TrainingTasksTest is TrainingFixture {
             _vote(id, honest, v, 950_000);
             _vote(id, inflated, v, 700_000);
         }
-        uint256 modelsBefore = ethml.modelCount();
-        uint256 trainerBefore = ethml.balanceOf(trainers[0]);
+        uint256 modelsBefore = registry.modelCount();
+        uint256 trainerBefore = token.balanceOf(trainers[0]);
         tasks.finalizeTask(id);
         TrainingTasks.Task memory t = tasks.getTask(id);
         vm.assertEq(uint256(t.status), uint256(TrainingTasks.TaskStatus.Accepted), "accepted");
         vm.assertEq(uint256(t.accepted), honest + 1, "the honest submission");
-        vm.assertEq(ethml.modelCount(), modelsBefore + 1, "registered");
+        vm.assertEq(registry.modelCount(), modelsBefore + 1, "registered");
         vm.assertEq(uint256(t.modelId), modelsBefore + 1, "model id recorded");
-        EthML.Model memory m = ethml.getModel(t.modelId);
+        ModelRegistry.Model memory m = registry.getModel(t.modelId);
         vm.assertEq(m.cid, "bafkreimodel", "model cid");
         vm.assertEq(m.artifactSha256, keccak256(abi.encode(uint256(0))), "artifact sha256");
         vm.assertEq(uint256(m.featureCount), 13, "feature count from the spec");
-        vm.assertEq(ethml.balanceOf(trainers[0]) - trainerBefore, 80 ether, "trainer: reward less validator share");
+        vm.assertEq(token.balanceOf(trainers[0]) - trainerBefore, 80 ether, "trainer: reward less validator share");
         for (uint256 v = 0; v < 3; ++v) {
-            vm.assertTrue(ethml.balanceOf(validators[v]) >= 6.66 ether, "validators share 20 EML");
+            vm.assertTrue(token.balanceOf(validators[v]) >= 6.66 ether, "validators share 20 EML");
         }
-        vm.assertEq(ethml.balanceOf(address(tasks)), 7 * STAKE, "escrow paid out, stakes remain");
+        vm.assertEq(token.balanceOf(address(tasks)), 7 * STAKE, "escrow paid out, stakes remain");
         vm.prank(USER);
         vm.expectRevert(abi.encodeWithSelector(TrainingTasks.TaskNotOpen.selector, id));
         tasks.finalizeTask(id);
@@ -136,9 +137,9 @@ contract TrainingTasksTest is TrainingFixture {
         tasks.finalizeTask(id);
         vm.assertEq(uint256(tasks.stakeOf(validators[2], TrainingTasks.Role.Validator).amount), 9 ether, "10% slashed");
         // The slashed 1 EML goes to the honest validators of the accepted submission (all three, here).
-        uint256 paid = ethml.balanceOf(validators[0]) + ethml.balanceOf(validators[1]) + ethml.balanceOf(validators[2]);
+        uint256 paid = token.balanceOf(validators[0]) + token.balanceOf(validators[1]) + token.balanceOf(validators[2]);
         vm.assertEq(paid, 21 ether, "20 EML share + 1 EML slashed");
-        vm.assertEq(ethml.balanceOf(address(tasks)), 7 * STAKE - 1 ether, "conservation");
+        vm.assertEq(token.balanceOf(address(tasks)), 7 * STAKE - 1 ether, "conservation");
     }
 
     function test_no_model_good_enough_refunds_the_requester() public {
@@ -148,10 +149,10 @@ contract TrainingTasksTest is TrainingFixture {
         for (uint256 v = 0; v < 3; ++v) {
             _vote(id, s, v, 850_000);
         }
-        uint256 before = ethml.balanceOf(USER);
+        uint256 before = token.balanceOf(USER);
         tasks.finalizeTask(id);
         vm.assertEq(uint256(tasks.getTask(id).status), uint256(TrainingTasks.TaskStatus.Failed), "failed");
-        vm.assertEq(ethml.balanceOf(USER) - before, REWARD, "escrow back");
+        vm.assertEq(token.balanceOf(USER) - before, REWARD, "escrow back");
     }
 
     function test_requester_who_never_reveals_forfeits_to_the_trainers() public {
@@ -162,11 +163,11 @@ contract TrainingTasksTest is TrainingFixture {
         vm.expectRevert(abi.encodeWithSelector(TrainingTasks.NotFinalizable.selector, id));
         tasks.finalizeTask(id);
         vm.warp(block.timestamp + 1 days);
-        uint256 before = ethml.balanceOf(USER);
+        uint256 before = token.balanceOf(USER);
         tasks.finalizeTask(id);
-        vm.assertEq(ethml.balanceOf(trainers[0]), 10 ether, "20% of 100 EML shared by two trainers");
-        vm.assertEq(ethml.balanceOf(trainers[1]), 10 ether, "second trainer");
-        vm.assertEq(ethml.balanceOf(USER) - before, 80 ether, "the rest back");
+        vm.assertEq(token.balanceOf(trainers[0]), 10 ether, "20% of 100 EML shared by two trainers");
+        vm.assertEq(token.balanceOf(trainers[1]), 10 ether, "second trainer");
+        vm.assertEq(token.balanceOf(USER) - before, 80 ether, "the rest back");
     }
 
     function test_no_reward_without_a_quorum_of_validations() public {
@@ -180,7 +181,7 @@ contract TrainingTasksTest is TrainingFixture {
         vm.warp(block.timestamp + 1 days);
         tasks.finalizeTask(id);
         vm.assertEq(uint256(tasks.getTask(id).status), uint256(TrainingTasks.TaskStatus.Failed), "two votes of three");
-        vm.assertEq(ethml.balanceOf(trainers[0]), 0, "trainer unpaid");
+        vm.assertEq(token.balanceOf(trainers[0]), 0, "trainer unpaid");
     }
 
     function test_roles_come_from_stakes_and_stakes_wait_for_open_work() public {
@@ -207,7 +208,7 @@ contract TrainingTasksTest is TrainingFixture {
         tasks.finalizeTask(id);
         vm.prank(trainers[0]);
         tasks.withdrawStake(TrainingTasks.Role.Trainer);
-        vm.assertTrue(ethml.balanceOf(trainers[0]) >= STAKE, "stake back once the work is settled");
+        vm.assertTrue(token.balanceOf(trainers[0]) >= STAKE, "stake back once the work is settled");
         vm.assertTrue(!tasks.isStaked(trainers[0], TrainingTasks.Role.Trainer), "no longer a trainer");
     }
 
@@ -257,7 +258,7 @@ contract TrainingTasksTest is TrainingFixture {
 
     function test_task_fields_are_checked() public {
         bytes32 c = keccak256("c");
-        TrainingTasks.ModelShape memory shape = TrainingTasks.ModelShape(EthML.ModelKind.Regression, 2, 10);
+        TrainingTasks.ModelShape memory shape = TrainingTasks.ModelShape(ModelRegistry.ModelKind.Regression, 2, 10);
         uint256 t0 = block.timestamp;
         vm.startPrank(USER);
         vm.expectRevert(abi.encodeWithSelector(TrainingTasks.InvalidTask.selector, "datasetCid must be 1..64 bytes"));
@@ -292,7 +293,7 @@ contract TrainingTasksTest is TrainingFixture {
             _vote(id, 0, v, honestScores[v] % 1_000_001);
             _vote(id, 1, v, otherScores[v] % 1_000_001);
         }
-        uint256 held = ethml.balanceOf(address(tasks));
+        uint256 held = token.balanceOf(address(tasks));
         tasks.finalizeTask(id);
         uint256 stakes;
         for (uint256 v = 0; v < 4; ++v) {
@@ -301,8 +302,8 @@ contract TrainingTasksTest is TrainingFixture {
         for (uint256 i = 0; i < 3; ++i) {
             stakes += tasks.stakeOf(trainers[i], TrainingTasks.Role.Trainer).amount;
         }
-        vm.assertEq(ethml.balanceOf(address(tasks)), stakes, "after settlement the contract holds the stakes alone");
-        vm.assertTrue(held - ethml.balanceOf(address(tasks)) >= REWARD, "the whole escrow left");
+        vm.assertEq(token.balanceOf(address(tasks)), stakes, "after settlement the contract holds the stakes alone");
+        vm.assertTrue(held - token.balanceOf(address(tasks)) >= REWARD, "the whole escrow left");
     }
 }
 
@@ -354,8 +355,8 @@ contract TrainingHandler is TrainingFixture {
         return taskIds.length;
     }
 
-    function system() external view returns (TrainingTasks, EthML) {
-        return (tasks, ethml);
+    function system() external view returns (TrainingTasks, EMLToken) {
+        return (tasks, token);
     }
 
     function stakers() external view returns (address[7] memory all) {
@@ -371,11 +372,11 @@ contract TrainingHandler is TrainingFixture {
 contract TrainingInvariantsTest {
     TrainingHandler internal handler;
     TrainingTasks internal tasks;
-    EthML internal ethml;
+    EMLToken internal token;
 
     function setUp() public {
         handler = new TrainingHandler();
-        (tasks, ethml) = handler.system();
+        (tasks, token) = handler.system();
     }
 
     function targetContracts() public view returns (address[] memory targets) {
@@ -394,7 +395,7 @@ contract TrainingInvariantsTest {
         for (uint256 id = 1; id <= n; ++id) {
             held += tasks.getTask(id).escrow;
         }
-        vm.assertEq(ethml.balanceOf(address(tasks)), held, "conservation");
+        vm.assertEq(token.balanceOf(address(tasks)), held, "conservation");
     }
 
     /// @dev A task is accepted at most once, and only a submission with all its validations is.
@@ -428,7 +429,7 @@ contract PermitTest is TrainingFixture {
         _setUpTraining();
         owner = vm.addr(OWNER_KEY);
         vm.prank(USER);
-        ethml.transfer(owner, 3 * REWARD);
+        token.transfer(owner, 3 * REWARD);
         bytes32 role = tasks.RELAYER_ROLE();
         vm.prank(ADMIN);
         tasks.grantRole(role, RELAYER);
@@ -440,7 +441,7 @@ contract PermitTest is TrainingFixture {
         returns (TrainingTasks.PermitSignature memory p)
     {
         bytes32 structHash = keccak256(abi.encode(PERMIT_TYPEHASH, vm.addr(key), spender, value, nonce, deadline));
-        bytes32 digest = keccak256(abi.encodePacked(hex"1901", ethml.DOMAIN_SEPARATOR(), structHash));
+        bytes32 digest = keccak256(abi.encodePacked(hex"1901", token.DOMAIN_SEPARATOR(), structHash));
         (p.v, p.r, p.s) = vm.sign(key, digest);
         p.owner = vm.addr(key);
         p.deadline = deadline;
@@ -457,7 +458,7 @@ contract PermitTest is TrainingFixture {
             800_000,
             block.timestamp + 1 days,
             block.timestamp + 2 days,
-            TrainingTasks.ModelShape(EthML.ModelKind.Classification, 0, 13),
+            TrainingTasks.ModelShape(ModelRegistry.ModelKind.Classification, 0, 13),
             p
         );
     }
@@ -469,45 +470,45 @@ contract PermitTest is TrainingFixture {
                 keccak256("EthML Token"),
                 keccak256("1"),
                 block.chainid,
-                address(ethml)
+                address(token)
             )
         );
-        vm.assertEq(ethml.DOMAIN_SEPARATOR(), expected, "domain separator");
+        vm.assertEq(token.DOMAIN_SEPARATOR(), expected, "domain separator");
     }
 
     function test_permit_sets_the_allowance_and_spends_the_nonce() public {
         TrainingTasks.PermitSignature memory p = _sign(OWNER_KEY, address(tasks), 5 ether, 0, block.timestamp + 1 hours);
-        ethml.permit(owner, address(tasks), 5 ether, p.deadline, p.v, p.r, p.s);
-        vm.assertEq(ethml.allowance(owner, address(tasks)), 5 ether, "allowance");
-        vm.assertEq(ethml.nonces(owner), 1, "nonce used");
+        token.permit(owner, address(tasks), 5 ether, p.deadline, p.v, p.r, p.s);
+        vm.assertEq(token.allowance(owner, address(tasks)), 5 ether, "allowance");
+        vm.assertEq(token.nonces(owner), 1, "nonce used");
         // The same signature again: the nonce moved on, so it recovers another signer.
         vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
-        ethml.permit(owner, address(tasks), 5 ether, p.deadline, p.v, p.r, p.s);
+        token.permit(owner, address(tasks), 5 ether, p.deadline, p.v, p.r, p.s);
     }
 
     function test_permit_refuses_expired_forged_and_malleable_signatures() public {
         uint256 deadline = block.timestamp + 1 hours;
         TrainingTasks.PermitSignature memory p = _sign(OWNER_KEY, address(tasks), 5 ether, 0, deadline);
         vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
-        ethml.permit(owner, address(tasks), 6 ether, deadline, p.v, p.r, p.s); // another value
+        token.permit(owner, address(tasks), 6 ether, deadline, p.v, p.r, p.s); // another value
         TrainingTasks.PermitSignature memory other = _sign(0xB0B, address(tasks), 5 ether, 0, deadline);
         vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
-        ethml.permit(owner, address(tasks), 5 ether, deadline, other.v, other.r, other.s); // another signer
+        token.permit(owner, address(tasks), 5 ether, deadline, other.v, other.r, other.s); // another signer
         bytes32 highS = bytes32(0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 - uint256(p.s));
         vm.expectPartialRevert(EMLPermitErrors.ERC2612InvalidSigner.selector);
-        ethml.permit(owner, address(tasks), 5 ether, deadline, p.v == 27 ? 28 : 27, p.r, highS); // the twin
+        token.permit(owner, address(tasks), 5 ether, deadline, p.v == 27 ? 28 : 27, p.r, highS); // the twin
         vm.warp(deadline + 1);
         vm.expectRevert(abi.encodeWithSelector(EMLPermitErrors.ERC2612ExpiredSignature.selector, deadline));
-        ethml.permit(owner, address(tasks), 5 ether, deadline, p.v, p.r, p.s);
-        vm.assertEq(ethml.allowance(owner, address(tasks)), 0, "nothing approved");
+        token.permit(owner, address(tasks), 5 ether, deadline, p.v, p.r, p.s);
+        vm.assertEq(token.allowance(owner, address(tasks)), 0, "nothing approved");
     }
 
     function test_a_relayer_creates_a_task_paid_by_the_permit_and_may_reveal() public {
-        uint256 before = ethml.balanceOf(owner);
+        uint256 before = token.balanceOf(owner);
         uint256 id = _relay(RELAYER, _sign(OWNER_KEY, address(tasks), REWARD, 0, block.timestamp + 1 hours));
         TrainingTasks.Task memory t = tasks.getTask(id);
         vm.assertEq(t.requester, owner, "the signer is the requester");
-        vm.assertEq(before - ethml.balanceOf(owner), REWARD, "escrow from the signer");
+        vm.assertEq(before - token.balanceOf(owner), REWARD, "escrow from the signer");
         vm.assertEq(tasks.relayerOf(id), RELAYER, "relayer recorded");
         vm.warp(block.timestamp + 1 days + 1);
         vm.prank(RELAYER);
@@ -528,7 +529,7 @@ contract PermitTest is TrainingFixture {
 
     function test_a_front_run_permit_still_creates_the_task_and_a_bad_one_reverts() public {
         TrainingTasks.PermitSignature memory p = _sign(OWNER_KEY, address(tasks), REWARD, 0, block.timestamp + 1 hours);
-        ethml.permit(owner, address(tasks), REWARD, p.deadline, p.v, p.r, p.s); // someone submits it first
+        token.permit(owner, address(tasks), REWARD, p.deadline, p.v, p.r, p.s); // someone submits it first
         uint256 id = _relay(RELAYER, p);
         vm.assertEq(tasks.getTask(id).requester, owner, "created from the existing allowance");
         // A signature for a smaller value: the permit fails and so does the escrow transfer.

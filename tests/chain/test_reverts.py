@@ -125,7 +125,7 @@ def test_unknown_empty_and_malformed_data() -> None:
     assert explain(decode_revert("0x")) == "no reason given"
     assert explain(decode_revert(b"\x01\x02")) == "unknown error 0x0102"
     assert explain(decode_revert(bytes.fromhex("deadbeef") + bytes(32))) == "unknown error 0xdeadbeef" + "00" * 32
-    unknown_model = bytes(function_abi_to_4byte_selector(_item("EthML", "UnknownModel")))
+    unknown_model = bytes(function_abi_to_4byte_selector(_item("ModelRegistry", "UnknownModel")))
     truncated = decode_revert(unknown_model + b"\x01")  # a uint256 needs 32 bytes
     assert not truncated.known and explain(truncated).startswith("unknown error 0x")
 
@@ -155,7 +155,7 @@ def test_deadlines_as_local_wall_clock_with_the_gap_to_the_transaction() -> None
     assert explain(closed) == f"task 1's submission window closed at {at} (SubmissionClosed)"
     blocks = _error("EthML", "CommitWindowClosed", 4, 120)
     assert explain(blocks, Moment(None, 123)) == (
-        "request 4's commit window closed at block 120, 3 blocks before this transaction's (CommitWindowClosed)"
+        "round 4's commit window closed at block 120, 3 blocks before this transaction's (CommitWindowClosed)"
     )
 
 
@@ -167,7 +167,7 @@ def test_values_that_matter_in_words() -> None:
     assert explain(_error("TrainingTasks", "AlreadyVoted", 1, 0, validator)) == (
         f"validator {validator} already voted on submission 0 of task 1 (AlreadyVoted)"
     )
-    assert explain(_error("EthML", "UnknownModel", 9)) == "model 9 is not registered (UnknownModel)"
+    assert explain(_error("ModelRegistry", "UnknownModel", 9)) == "model 9 is not registered (UnknownModel)"
     # One name, two contracts, other arguments: each reads with its own.
     assert explain(_error("EthML", "NotRequester", 5, validator)).startswith("only the requester of request 5 ")
     assert explain(_error("TrainingTasks", "NotRequester", 5, validator)).startswith("only task 5's requester ")
@@ -207,7 +207,7 @@ def test_formatting_helpers() -> None:
 
 
 def test_revert_data_from_every_layer() -> None:
-    data = bytes(function_abi_to_4byte_selector(_item("EthML", "UnknownModel"))) + abi_encode(["uint256"], [7])
+    data = bytes(function_abi_to_4byte_selector(_item("ModelRegistry", "UnknownModel"))) + abi_encode(["uint256"], [7])
     assert revert_data(ContractCustomError("0x" + data.hex(), data="0x" + data.hex())) == data
     rpc = Web3RPCError("execution reverted", rpc_response={"error": {"code": 3, "data": "0x" + data.hex()}})
     assert revert_data(rpc) == data
@@ -250,11 +250,11 @@ async def _send_unchecked(w3: AsyncWeb3, call: Any, gas: int) -> Any:
 async def test_a_mined_revert_is_explained_by_replaying_it(anvil: AsyncWeb3) -> None:
     deployment = await deploy_system(anvil, dev_account(0))
     ethml = ethml_contract(anvil, deployment.ethml)
-    receipt = await _send_unchecked(anvil, ethml.functions.expireRequest(1), gas=200_000)
+    receipt = await _send_unchecked(anvil, ethml.functions.expireRound(1, []), gas=200_000)
     assert receipt["status"] == 0
     reason, error = await why_reverted(anvil, receipt, ethml.abi)
-    assert reason == "no request is open: there is no round in progress (NoCurrentRequest)"
-    assert error is not None and error.name == "NoCurrentRequest"
-    starved = await _send_unchecked(anvil, ethml.functions.expireRequest(1), gas=23_000)
+    assert reason == "no round is open: there is no request being mined (NoOpenRound)"
+    assert error is not None and error.name == "NoOpenRound"
+    starved = await _send_unchecked(anvil, ethml.functions.expireRound(1, []), gas=23_000)
     assert starved["status"] == 0
     assert await why_reverted(anvil, starved, ethml.abi) == ("it ran out of gas (all 23,000 gas used)", None)

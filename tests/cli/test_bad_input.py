@@ -122,8 +122,9 @@ def _write_files(files: Path, chain_id: int) -> None:
     (files / "password").write_text("secret\n")
     keystore = Account.encrypt(dev_account(5).key, "secret", iterations=2)
     (files / "keystore.json").write_text(json.dumps(keystore))
+    other = {"chain_id": 1, "ethml": "0x" + "11" * 20, "token": "0x" + "33" * 20, "registry": "0x" + "44" * 20}
     (files / "other-chain.json").write_text(
-        json.dumps({"chain_id": 1, "ethml": "0x" + "11" * 20, "consumer": "0x" + "22" * 20, "deployer": "", "block": 0})
+        json.dumps({**other, "consumer": "0x" + "22" * 20, "deployer": "", "block": 0})
     )
 
 
@@ -208,7 +209,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("status-rpc-unreachable", ["status", "--rpc-url", "http://127.0.0.1:1"], "cannot reach"),
     ("requests-show-unknown", ["requests", "show", "999"], "no request 999"),
     ("balance-not-an-address", ["balance", "0x1234"], "is not an Ethereum address"),
-    ("expire-nothing-open", ["expire", "1"], "no request is open: there is no round in progress (NoCurrentRequest)"),
+    ("expire-nothing-open", ["expire", "1"], "no request 1 on this deployment"),
     # Transactions that would revert: refused before sending, the reason in words.
     ("request-unknown-model-id", ["request", "--model", "99", "--data", _iris()], "model 99 is not registered"),
     ("task-show-unknown", ["task", "show", "99"], "there is no task 99 (UnknownTask)"),

@@ -55,7 +55,7 @@ class Coordinator:
     @property
     def domain(self) -> PermitDomain:
         assert self.deployment.training is not None
-        return PermitDomain(self.deployment.chain_id, self.deployment.ethml, self.deployment.training)
+        return PermitDomain(self.deployment.chain_id, self.deployment.token, self.deployment.training)
 
     def config(self, **overrides: Any) -> ServeConfig:
         base: dict[str, Any] = {

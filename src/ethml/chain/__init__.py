@@ -14,24 +14,31 @@ if TYPE_CHECKING:
     from ethml.chain.accounts import DEV_MNEMONIC, account_from_mnemonic, dev_account, dev_accounts
     from ethml.chain.deploy import (
         EML,
-        INVALID_INPUT,
         Deployment,
         ModelKind,
         ModelSpec,
         Parameters,
-        Status,
         TrainingParameters,
-        challenge_for,
-        commitment_for,
         consumer_contract,
         deploy_system,
         deployment_path,
         ethml_contract,
         register_model,
+        registry_contract,
+        token_contract,
         training_contract,
     )
     from ethml.chain.embedded import embedded_chain
     from ethml.chain.reverts import Revert, decode_revert, explain
+    from ethml.chain.rounds import (
+        INVALID_INPUT,
+        MINERS_PER_ROUND,
+        Status,
+        answer_table,
+        challenge_for,
+        commitment_for,
+        revealed_hash,
+    )
     from ethml.chain.tx import send
 
 _SOURCES = {
@@ -39,24 +46,31 @@ _SOURCES = {
     "ethml.chain.accounts": ("DEV_MNEMONIC", "account_from_mnemonic", "dev_account", "dev_accounts"),
     "ethml.chain.deploy": (
         "EML",
-        "INVALID_INPUT",
         "Deployment",
         "ModelKind",
         "ModelSpec",
         "Parameters",
-        "Status",
         "TrainingParameters",
-        "challenge_for",
-        "commitment_for",
         "consumer_contract",
         "deploy_system",
         "deployment_path",
         "ethml_contract",
         "register_model",
+        "registry_contract",
+        "token_contract",
         "training_contract",
     ),
     "ethml.chain.embedded": ("embedded_chain",),
     "ethml.chain.reverts": ("Revert", "decode_revert", "explain"),
+    "ethml.chain.rounds": (
+        "INVALID_INPUT",
+        "MINERS_PER_ROUND",
+        "Status",
+        "answer_table",
+        "challenge_for",
+        "commitment_for",
+        "revealed_hash",
+    ),
     "ethml.chain.tx": ("send",),
 }
 _LAZY = {name: module for module, names in _SOURCES.items() for name in names}
@@ -65,6 +79,7 @@ __all__ = [
     "DEV_MNEMONIC",
     "EML",
     "INVALID_INPUT",
+    "MINERS_PER_ROUND",
     "Artifact",
     "Deployment",
     "ModelKind",
@@ -74,6 +89,7 @@ __all__ = [
     "Status",
     "TrainingParameters",
     "account_from_mnemonic",
+    "answer_table",
     "challenge_for",
     "commitment_for",
     "consumer_contract",
@@ -87,7 +103,10 @@ __all__ = [
     "explain",
     "load_artifact",
     "register_model",
+    "registry_contract",
+    "revealed_hash",
     "send",
+    "token_contract",
     "training_contract",
 ]
 

@@ -14,6 +14,7 @@ from ethml.errors import ArtifactError
 
 ARTIFACT_NAMES = (
     "EthML",
+    "EthMLSettlement",
     "EMLToken",
     "ModelRegistry",
     "ExampleConsumer",

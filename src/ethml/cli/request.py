@@ -74,7 +74,7 @@ def request(
     """
     import asyncio
 
-    from ethml.chain.deploy import Deployment, ethml_contract
+    from ethml.chain.deploy import Deployment, registry_contract
     from ethml.ipfs import Blockstore, IpfsClient, parse_cid
     from ethml.ml import Manifest
     from ethml.requester import RequestError, check_data_point, parse_tip, request_prediction, resolve_model
@@ -95,8 +95,8 @@ def request(
         try:
             dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
             model_id = resolve_model(dep, model)
-            ethml = ethml_contract(w3, dep.ethml)
-            _mcid, sha, _kind, _decimals, features, active = await _model(ethml, model_id)
+            registry = registry_contract(w3, dep.registry)
+            sha, _kind, _decimals, features, active, _mcid = await _model(registry, model_id)
             if not active:
                 raise RequestError(f"model {model_id} is deactivated")
             blockstore = Blockstore(data_dir / "blocks") if data_dir else Blockstore()
@@ -126,17 +126,17 @@ def request(
     asyncio.run(run())
 
 
-async def _model(ethml: Any, model_id: int) -> Any:
+async def _model(registry: Any, model_id: int) -> Any:
     from ethml.chain.reverts import is_revert
     from ethml.chain.tx import revert_reason
     from ethml.requester import RequestError
 
     try:
-        return await ethml.functions.getModel(model_id).call()
+        return await registry.functions.getModel(model_id).call()
     except Exception as exc:
         if not is_revert(exc):
             raise
-        raise RequestError(revert_reason(exc, ethml.abi)) from None
+        raise RequestError(revert_reason(exc, registry.abi)) from None
 
 
 async def _fetch(blockstore: Blockstore, cid: str, gateways: list[str], force: bool) -> bytes | None:
@@ -172,11 +172,15 @@ async def _wait(
         agreeing=result.agreeing,
         miners=result.miners,
         closed_block=result.closed_block,
+        round=result.round_id,
     )
     if json_output:
         echo_json(summary)
     elif result.status == Status.FINALIZED:
-        typer.echo(f"request {rid}: finalized, prediction {result.value} ({result.agreeing} of 5 miners agreed)")
+        typer.echo(
+            f"request {rid}: finalized, prediction {result.value} "
+            f"({result.agreeing} of 5 miners agreed, round {result.round_id})"
+        )
         typer.echo("miners: " + ", ".join(result.miners))
     else:
         # Invalid input, no consensus, expired: the request got no prediction.

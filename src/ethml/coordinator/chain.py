@@ -15,7 +15,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 
-from ethml.chain.deploy import Deployment, ethml_contract, training_contract
+from ethml.chain.deploy import Deployment, token_contract, training_contract
 from ethml.chain.tx import GAS_MARGIN, abi_of, fee_fields, preflight, why_reverted
 from ethml.coordinator.lease import LeaseLost, Lock
 from ethml.coordinator.store import Store
@@ -34,7 +34,7 @@ class Chain:
     relayer: LocalAccount
     chain_id: int
     tasks: Any  # the TrainingTasks contract
-    ethml: Any
+    token: Any  # the EML token (permits)
     #: The latest block number seen (by start-up and the observer loop); None until then.
     head: int | None = None
 
@@ -47,7 +47,7 @@ class Chain:
             relayer,
             int(await w3.eth.chain_id),
             training_contract(w3, deployment.training),
-            ethml_contract(w3, deployment.ethml),
+            token_contract(w3, deployment.token),
         )
 
 

@@ -50,7 +50,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     async def permit_unused() -> None:
         """Before a creation is signed (under the relayer lock): the permit's nonce is the owner's next,
         counting the creations still pending (the pending block, as the pre-flight of the send sees it)."""
-        nonces = chain.ethml.functions.nonces(p["owner"])
+        nonces = chain.token.functions.nonces(p["owner"])
         try:
             next_nonce = int(await nonces.call(block_identifier="pending"))
         except Web3RPCError:  # a node without calls on the pending block

@@ -91,7 +91,7 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
         chain.head = int(await w3.eth.block_number)
         app[CHAIN] = chain
         assert cfg.deployment.training is not None
-        app[PERMITS] = PermitDomain(chain.chain_id, cfg.deployment.ethml, cfg.deployment.training)
+        app[PERMITS] = PermitDomain(chain.chain_id, cfg.deployment.token, cfg.deployment.training)
         yield
     finally:
         with contextlib.suppress(Exception):

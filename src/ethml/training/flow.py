@@ -15,7 +15,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
-from ethml.chain.deploy import EML, Deployment, ethml_contract, training_contract
+from ethml.chain.deploy import EML, Deployment, token_contract, training_contract
 from ethml.chain.reverts import is_revert
 from ethml.chain.tx import preflight, revert_reason, send
 from ethml.errors import EthmlError, IpfsError, TransactionReverted
@@ -81,10 +81,10 @@ async def stake(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccoun
 
 
 async def _approve(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccount, amount: int) -> None:
-    ethml = ethml_contract(w3, deployment.ethml)
-    allowance = int(await ethml.functions.allowance(account.address, deployment.training).call())
+    token = token_contract(w3, deployment.token)
+    allowance = int(await token.functions.allowance(account.address, deployment.training).call())
     if allowance < amount:
-        await send(w3, account, ethml.functions.approve(deployment.training, amount), what="approving EML")
+        await send(w3, account, token.functions.approve(deployment.training, amount), what="approving EML")
 
 
 async def create_task(
