@@ -307,7 +307,7 @@ def test_a_spec_generated_from_the_schema_is_accepted(served: Served) -> None:
     )
     dep = served.deployment
     assert dep.training is not None
-    domain = PermitDomain(dep.chain_id, dep.ethml, dep.training)
+    domain = PermitDomain(dep.chain_id, dep.token, dep.training)
     valid = task_body(
         dev_account(REQUESTER), domain, spec=wine_spec(b"a,b,target\n1,2,0\n"), dataset_cid=CID, test_cid=CID,
         reward=5 * EML, permit_nonce=0,
