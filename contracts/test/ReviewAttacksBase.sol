@@ -16,12 +16,16 @@ ReviewVm constant rvm = ReviewVm(address(uint160(uint256(keccak256("hevm cheat c
 /// @notice Shared set-up of the third outside review (ReviewAttacks*.t.sol): the parameters
 /// `deploy_system` ships, and the bookkeeping an attacker uses to measure what an attack earns.
 abstract contract ReviewFixture is EthMLFixture {
+    /// @dev The bond `deploy_system` ships: five base rewards, so a lazy miner loses below a 5/6 majority.
+    uint96 internal constant SHIPPED_BOND = 5 ether;
+
     /// @dev What `deploy_system` ships (ethml.chain.deploy.Parameters) except the difficulty, the
     /// windows (short, so tests stay quick) and K, which each test picks.
     function _shipped(uint8 k) internal pure returns (EthML.Parameters memory p) {
         p = _params(1, 1);
         p.requestsPerRound = k;
-        p.bondTipBps = 5_000;
+        p.minerBond = SHIPPED_BOND;
+        p.bondTipBps = 10_000;
         p.maxCallbackGasLimit = uint32(10_000_000 / (uint256(k) + 2));
     }
 

@@ -145,7 +145,7 @@ contract ReviewAttacksCallbacksTest is ReviewFixture {
         vm.assertEq(token.balanceOf(address(ethml)), balances + 5 ether + 1 ether, "EML escrow exact");
         vm.assertEq(
             token.totalSupply(),
-            INITIAL_SUPPLY + ethml.totalRewardsIssued() - ethml.totalBondsBurned(),
+            INITIAL_SUPPLY + ethml.totalRewardsIssued() - ethml.totalBurned(),
             "supply = initial + issued - burned"
         );
         vm.assertEq(
@@ -183,7 +183,7 @@ contract ReviewAttacksCallbacksTest is ReviewFixture {
     function _netCosts() internal returns (uint256 plain, uint256 reverting, uint256 bomb, uint256 empty) {
         vm.fee(8 gwei);
         vm.txGasPrice(10 gwei);
-        vm.deal(miners[4], 1 ether);
+        vm.deal(miners[4], 1 ether); // the closer's account exists: no new-account surcharge in the way
         _closerNetCost(address(0)); // first close: storage set up, not comparable
         plain = _closerNetCost(address(0));
         reverting = _closerNetCost(address(new RevertingConsumerAdapter(ethml)));
@@ -198,13 +198,18 @@ contract ReviewAttacksCallbacksTest is ReviewFixture {
         vm.assertTrue(_near(bomb, reverting, 2_000 * 10 gwei), "within 2,000 gas of a plain revert");
     }
 
-    /// The closer is reimbursed the callback's gas plus a flat CALLBACK_OVERHEAD (28,000) and a share of
-    /// REIMBURSEMENT_TRANSFER_GAS (9,000) per callback. Measured here, the machinery costs about 13,000:
-    /// a close with one empty callback costs the closer about 24,000 gas LESS than the same close without
-    /// one, paid by the requester's deposit. (Attacks.t.sol's heavy-callback comparison passes only
-    /// because its closer's first reimbursement also pays the 25,000-gas new-account surcharge.)
+    /// The closer is reimbursed the callback's gas plus a flat CALLBACK_OVERHEAD and a share of
+    /// REIMBURSEMENT_TRANSFER_GAS per callback. At the review's snapshot those were 28,000 and 9,000 and a
+    /// close with one empty callback cost its closer about 24,000 gas less than the same close without
+    /// one (Attacks.t.sol's heavy-callback comparison passed only because its closer's first
+    /// reimbursement also paid the 25,000-gas new-account surcharge). Recalibrated since on closers
+    /// whose accounts exist (8,000 and 7,500; every miner here holds ETH before it closes): the closer
+    /// is now within 5,000 gas of made whole. In a forge test the consumer's account is already warm
+    /// (it made the request in the same transaction), so the 2,600 gas of a cold consumer that the
+    /// overhead covers on a real chain shows here as a gain of about 2,900 gas.
     function test_attack_the_closer_is_paid_more_than_a_callback_costs_it() public {
         (uint256 plain,,, uint256 empty) = _netCosts();
+        vm.assertTrue(empty <= plain, "the callback's machinery is paid for");
         vm.assertTrue(
             empty + 5_000 * 10 gwei >= plain,
             string.concat(

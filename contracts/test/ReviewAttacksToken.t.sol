@@ -23,7 +23,7 @@ contract Puller {
 }
 
 /// @notice Third outside review, the EML token: the oracle's allowance bypass, permits, and the oracle's
-/// own EML ledger. `test_attack_*` tests assert the safe behaviour of an attack that works today.
+/// own EML ledger. `test_attack_*` tests assert the safe behaviour of an attack that worked at the review's snapshot.
 contract ReviewAttacksTokenTest is ReviewFixture {
     bytes32 internal constant PERMIT_TYPEHASH =
         keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)");
@@ -68,7 +68,7 @@ contract ReviewAttacksTokenTest is ReviewFixture {
             }
         }
         vm.prank(poor, USER);
-        vm.expectRevert(abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, poor, 0, BOND));
+        vm.expectRevert(abi.encodeWithSelector(IERC20Errors.ERC20InsufficientBalance.selector, poor, 0, SHIPPED_BOND));
         ethml.commit(1, nonce, bytes32(uint256(1)));
         // A consumer that holds many users' EML tips with what the calling user hands it, not the pool's.
         ExampleConsumer consumer = new ExampleConsumer(ethml);
