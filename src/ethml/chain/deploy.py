@@ -48,14 +48,16 @@ class Parameters:
     max_queue_blocks: int = 50_000
     max_callback_gas_limit: int = 1_000_000
     regression_tolerance_bps: int = 100
-    #: Agreeing revealed votes needed for a result (3 to 5).
+    #: Agreeing revealed votes needed for a result (3 or 4: at 5 one slot could veto any request).
     quorum: int = 3
     #: K: the most requests a round opens with (1 to 16).
     requests_per_round: int = 8
     #: EML each commitment bonds (at most 100 EML) ...
-    miner_bond: int = 2 * EML
-    #: ... plus this share of the round's tips, in basis points (see docs/contracts.md for the sizing).
-    bond_tip_bps: int = 5_000
+    miner_bond: int = 5 * EML
+    #: ... plus this share of the round's tips, in basis points. Five base rewards and the whole tip make
+    #: a miner that answers a model's majority class without running it lose money on models whose
+    #: majority class is below 5/6 of the requests (docs/contracts.md, "The miner bond").
+    bond_tip_bps: int = 10_000
     #: Priority fee (wei per gas) above the base fee at which callbacks are reimbursed to the closer.
     max_priority_fee: int = 2 * 10**9
 

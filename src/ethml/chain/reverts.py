@@ -138,6 +138,9 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "EthTransferFailed": "sending {amount:eth} to {to} failed",
     "DelegateCallOnly": "EthMLSettlement runs only inside EthML",
     "NothingToClaim": "miner {miner} has nothing to claim",
+    "SafeCastOverflowedUintDowncast": (
+        "{value:eml} does not fit in {bits} bits: a miner's balance held by the oracle stops at 2^96-1 wei"
+    ),
     # Tokens, roles, the timelock
     "ERC20InsufficientBalance": "{sender} holds {balance:eml}, {needed:eml} needed",
     "ERC20InsufficientAllowance": "{spender} may spend {allowance:eml} of this account's EML, {needed:eml} needed",
