@@ -66,6 +66,21 @@ async def test_register_through_the_timelock_waits_out_its_delay(w3: AsyncWeb3[A
     assert done.action == "done"
 
 
+async def test_a_scheduled_operation_can_be_cancelled(w3: AsyncWeb3[Any]) -> None:
+    deployer = dev_account(0)
+    dep = await deploy_system(w3, deployer, models=[IRIS], timelock_delay=60)
+    registry = registry_contract(w3, dep.registry)
+    call = registry.functions.deactivateModel(1)
+    await admin_call(w3, dep, deployer, registry, "MODEL_ADMIN_ROLE", call, "deactivating model 1")
+    cancelled = await admin_call(w3, dep, deployer, registry, "MODEL_ADMIN_ROLE", call, "d", mode="cancel")
+    assert cancelled.action == "cancelled" and cancelled.status is not None
+    assert cancelled.status.state == OpState.UNSET
+    time_travel(w3, 61)
+    with pytest.raises(TransactionReverted, match=r"operation 0x[0-9a-f]{64} is not scheduled: schedule it first"):
+        await admin_call(w3, dep, deployer, registry, "MODEL_ADMIN_ROLE", call, "d", mode="execute")
+    assert (await registry.functions.getModel(1).call())[4], "still active"
+
+
 async def test_a_call_the_registry_would_refuse_is_refused_before_scheduling(anvil_url: str) -> None:
     """Made as the timelock will make it (an eth_call from the timelock), so not after the delay. On anvil:
     the in-process chain charges an eth_call's gas to its sender, and the timelock holds no ETH."""

@@ -32,7 +32,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.utils.address import get_create_address
 
-from ethml.chain import EML, Deployment, load_artifact
+from ethml.chain import Deployment
 from ethml.ml import Manifest, ModelStore
 from tests.conftest import ROOT, find_anvil, free_port, missing_service
 
@@ -87,18 +87,19 @@ def fund_fresh_key(chain: Chain, eth: int) -> LocalAccount:
     return account
 
 
-def env_for(chain: Chain, data_dir: Path, key: LocalAccount) -> dict[str, str]:
+def env_for(chain: Chain, data_dir: Path, key: LocalAccount | None) -> dict[str, str]:
     env = {
         **os.environ,
         "ETHML_RPC": chain.url,
         "ETHML_DATA_DIR": str(data_dir),
-        "ETHML_PRIVATE_KEY": "0x" + bytes(key.key).hex(),
         "ETHML_THREADS": "1",
         "XDG_CONFIG_HOME": str(data_dir / "no-config"),
         "NO_COLOR": "1",
     }
-    for name in ("ETHML_DEBUG", "ETHML_ACCOUNT", "ETHML_MNEMONIC", "ETHML_KEYSTORE"):
+    for name in ("ETHML_DEBUG", "ETHML_ACCOUNT", "ETHML_MNEMONIC", "ETHML_KEYSTORE", "ETHML_PRIVATE_KEY"):
         env.pop(name, None)
+    if key is not None:
+        env["ETHML_PRIVATE_KEY"] = "0x" + bytes(key.key).hex()
     return env
 
 
@@ -148,41 +149,71 @@ def nonce(chain: Chain, address: str) -> int:
 # ------------------------------------------------------------------ a deployed chain, shared
 
 
+CAST = ROOT / "node_modules" / ".bin" / "cast"
+PASSWORD = "correct horse battery staple"
+
+
+def cast(*args: str) -> str:
+    """Foundry's cast, which a user of a public chain has at hand (npm ci installs it beside anvil)."""
+    if not CAST.exists():
+        missing_service("cast (npm ci)")
+    done = subprocess.run([str(CAST), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @dataclass
 class Deployed:
     chain: Chain
     data_dir: Path
-    deployer: LocalAccount
+    deployer: str
+    keystore: Path
+    password_file: Path
     env: dict[str, str]
     deployment: Deployment
     output: str
+    #: The deployer's nonce right after the deployment (it was 0 before).
+    nonce_after: int
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    """`cast wallet new` makes the deployer's keystore, anvil's first account is the faucet, and the deployer
+    signs everything after that (the deployment, the miners' ETH and EML) with the keystore."""
     chain = start_chain()
     try:
         data_dir = tmp_path_factory.mktemp("sepolia-data")
-        deployer = fund_fresh_key(chain, 10)
-        env = env_for(chain, data_dir, deployer)
+        keys = tmp_path_factory.mktemp("keys")
+        made = cast("wallet", "new", str(keys), "--unsafe-password", PASSWORD)
+        keystore = Path(re.search(r"keystore file: (\S+)", made).group(1))  # type: ignore[union-attr]
+        address = re.search(r"Address:\s+(0x[0-9a-fA-F]{40})", made).group(1)  # type: ignore[union-attr]
+        password_file = keys / "password"
+        password_file.write_text(PASSWORD + "\n")
+        faucet = chain.w3.eth.accounts[0]
+        cast("send", "--rpc-url", chain.url, "--unlocked", "--from", faucet, address, "--value", "10ether")
+        env = env_for(chain, data_dir, None)
+        env.update(ETHML_KEYSTORE=str(keystore), ETHML_PASSWORD_FILE=str(password_file))
         done = ethml(env, "deploy", "--timelock-delay", str(DELAY), "--yes")
         assert done.returncode == 0, done.stdout + done.stderr
         deployment = Deployment.find(SEPOLIA, data_dir)
-        yield Deployed(chain, data_dir, deployer, env, deployment, done.stdout + done.stderr)
+        sent = nonce(chain, address)
+        yield Deployed(
+            chain, data_dir, address, keystore, password_file, env, deployment, done.stdout + done.stderr, sent
+        )
     finally:
         chain.stop()
 
 
 def test_deploy_onto_a_public_chain_id(deployed: Deployed) -> None:
-    out, dep, chain = deployed.output, deployed.deployment, deployed.chain
+    out, dep = deployed.output, deployed.deployment
     assert f"admin:  an EthMLTimelock with a 10 min delay ({DELAY} s)" in out
     assert re.search(rf"cost:   {STEPS} transactions, [\d,]+ gas: about [\d.]+ ETH", out), out
     assert f"[{STEPS}/{STEPS}] renouncing the oracle's DEFAULT_ADMIN_ROLE" in out
     assert "FAIL" not in out and out.count("  ok   ") >= 15
     assert dep.chain_id == SEPOLIA and dep.timelock is not None and dep.training is not None
-    assert dep.deployer == deployed.deployer.address
+    assert dep.deployer == deployed.deployer and f"from {deployed.deployer} (keystore {deployed.keystore})" in out
     assert sorted(dep.models) == ["breast-cancer", "diabetes", "iris", "wine"]
-    assert nonce(chain, deployed.deployer.address) == STEPS, "every step sent exactly once"
+    assert deployed.nonce_after == STEPS, "every step sent exactly once"
     record = json.loads((deployed.data_dir / "deployments" / f"{SEPOLIA}.transactions.json").read_text())
     assert len(record["steps"]) == STEPS and all(s["done"] for s in record["steps"])
     assert not (deployed.data_dir / "deployments" / f"{SEPOLIA}.journal.json").exists()
@@ -193,43 +224,29 @@ def test_deploy_onto_a_public_chain_id(deployed: Deployed) -> None:
 
 
 def test_a_second_deploy_is_refused_without_overwrite(deployed: Deployed) -> None:
-    before = nonce(deployed.chain, deployed.deployer.address)
+    before = nonce(deployed.chain, deployed.deployer)
     done = ethml(deployed.env, "deploy", "--yes")
     assert done.returncode == 1 and done.stderr.count("error: ") == 1, done.stderr
     assert f"chain {SEPOLIA} already has a deployment file" in done.stderr and "--overwrite" in done.stderr
-    assert nonce(deployed.chain, deployed.deployer.address) == before
+    assert nonce(deployed.chain, deployed.deployer) == before
 
 
-def _fund(chain: Chain, sender: LocalAccount, dep: Deployment, to: str, eth: float, eml: int) -> None:
-    """What a user does with `cast send`: ETH for gas, EML for bonds, from the deployer's key."""
-    w3 = chain.w3
-    token = w3.eth.contract(address=Web3.to_checksum_address(dep.token), abi=load_artifact("EMLToken").abi)
-    calls: list[dict[str, Any]] = [{"to": to, "value": int(eth * 10**18)}]
-    if eml:
-        calls.append(token.functions.transfer(to, eml * EML).build_transaction({"from": sender.address, "value": 0}))
-    for call in calls:
-        tx = {
-            "from": sender.address,
-            "to": call["to"],
-            "value": call.get("value", 0),
-            "data": call.get("data", "0x"),
-            "nonce": w3.eth.get_transaction_count(sender.address),
-            "chainId": SEPOLIA,
-            "gas": 100_000,
-            "maxFeePerGas": 10 * 10**9,
-            "maxPriorityFeePerGas": 10**9,
-        }
-        signed = sender.sign_transaction(tx)
-        w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction))
+def _fund(deployed: Deployed, to: str, eth: str, eml: str) -> None:
+    """ETH for gas and EML for bonds, sent from the deployer's keystore with cast, as a user would."""
+    signer = ["--rpc-url", deployed.chain.url, "--keystore", str(deployed.keystore)]
+    signer += ["--password-file", str(deployed.password_file)]
+    cast("send", *signer, to, "--value", eth)
+    if eml != "0":
+        cast("send", *signer, deployed.deployment.token, "transfer(address,uint256)", to, eml)
 
 
 def test_five_miners_and_a_request_on_the_deployed_chain(deployed: Deployed) -> None:
-    chain, dep = deployed.chain, deployed.deployment
+    chain = deployed.chain
     miners = [Account.create() for _ in range(5)]
     requester = Account.create()
     for m in miners:
-        _fund(chain, deployed.deployer, dep, m.address, 1, 100)
-    _fund(chain, deployed.deployer, dep, requester.address, 1, 0)
+        _fund(deployed, m.address, "1ether", "100ether")
+    _fund(deployed, requester.address, "1ether", "0")
     procs = [spawn(env_for(chain, deployed.data_dir, m), "mine", "--log-format", "json") for m in miners]
     try:
         data = str(ROOT / "models" / "data" / "iris-0.json")
@@ -277,13 +294,13 @@ def test_a_model_registered_through_the_timelock(deployed: Deployed) -> None:
     operation = re.search(r"operation (0x[0-9a-f]{64}), executable from", scheduled.stdout)
     assert operation is not None, scheduled.stdout
 
-    before = nonce(chain, deployed.deployer.address)
+    before = nonce(chain, deployed.deployer)
     early = ethml(env, *register, "--execute")
     assert early.returncode == 1 and early.stderr.count("\n") == 1, early.stderr
     assert "the timelock's delay has not passed" in early.stderr and operation.group(1) in early.stderr
     assert "(in 9 min" in early.stderr or "(in 10 min" in early.stderr
     assert "(TimelockUnexpectedOperationState); not sent, no gas spent" in early.stderr
-    assert nonce(chain, deployed.deployer.address) == before
+    assert nonce(chain, deployed.deployer) == before
 
     outsider = fund_fresh_key(chain, 1)
     refused = ethml(env_for(chain, deployed.data_dir, outsider), *register, "--execute")
@@ -366,5 +383,54 @@ def test_a_dropped_transaction_is_sent_again_by_the_rerun(tmp_path: Path) -> Non
         assert nonce(chain, deployer.address) == STEPS
         receipt = chain.w3.eth.get_transaction_receipt(sent.group(1))  # type: ignore[arg-type]
         assert receipt["contractAddress"] == Deployment.find(SEPOLIA, tmp_path).token
+    finally:
+        chain.stop()
+
+
+def test_on_a_terminal_it_asks_for_the_password_and_a_confirmation(tmp_path: Path) -> None:
+    """On a terminal (a pseudo-terminal here) the keystore's password is asked for, hidden, and the plan
+    confirmed; answering no sends nothing."""
+    import pty
+    import select
+    import termios
+
+    chain = start_chain()
+    try:
+        deployer = fund_fresh_key(chain, 10)
+        keystore = tmp_path / "deployer.json"
+        keystore.write_text(json.dumps(Account.encrypt(deployer.key, PASSWORD, iterations=2)))
+        env = env_for(chain, tmp_path, None)
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: the command, on the terminal
+            os.chdir(ROOT)
+            os.execve(sys.executable, [sys.executable, "-m", "ethml", "deploy", "--keystore", str(keystore)], env)
+        seen = b""
+
+        def read_until(token: bytes) -> None:
+            nonlocal seen
+            deadline = time.monotonic() + 120
+            while token not in seen:
+                assert time.monotonic() < deadline, seen.decode(errors="replace")
+                if select.select([fd], [], [], 0.5)[0]:
+                    try:
+                        seen += os.read(fd, 4096)
+                    except OSError:  # the child closed the terminal
+                        raise AssertionError(seen.decode(errors="replace")) from None
+
+        read_until(b"password for ")
+        deadline = time.monotonic() + 30
+        while termios.tcgetattr(fd)[3] & termios.ECHO:  # typed before the prompt hides it, it would be flushed
+            assert time.monotonic() < deadline, "the password prompt never turned echo off"
+            time.sleep(0.05)
+        os.write(fd, PASSWORD.encode() + b"\n")
+        read_until(b"deploy? [y/N]")
+        assert PASSWORD.encode() not in seen, "the password is not echoed"
+        os.write(fd, b"n\n")
+        read_until(b"not confirmed; nothing sent")
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        assert os.waitstatus_to_exitcode(status) == 1
+        assert b"cost:   23 transactions" in seen
+        assert nonce(chain, deployer.address) == 0
     finally:
         chain.stop()
