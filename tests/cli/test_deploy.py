@@ -434,3 +434,23 @@ def test_on_a_terminal_it_asks_for_the_password_and_a_confirmation(tmp_path: Pat
         assert nonce(chain, deployer.address) == 0
     finally:
         chain.stop()
+
+
+def test_an_rpc_that_dies_mid_way_is_one_line_that_says_how_to_continue(tmp_path: Path) -> None:
+    chain = start_chain()
+    stopped = False
+    try:
+        deployer = fund_fresh_key(chain, 10)
+        proc = spawn(env_for(chain, tmp_path, deployer), "deploy", "--timelock-delay", str(DELAY), "--yes")
+        read_until(proc, r"^\[ 5/23\] .*: sent ")
+        chain.stop()
+        stopped = True
+        _, err = proc.communicate(timeout=120)
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in err, err
+        assert "the RPC stopped answering" in errors[0] or "cannot reach" in errors[0], errors[0]
+        assert re.search(r"stopped with [45] steps done: run the same command again to continue", errors[0])
+        assert f"{SEPOLIA}.journal.json keeps every transaction sent" in errors[0]
+    finally:
+        if not stopped:
+            chain.stop()

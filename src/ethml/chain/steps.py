@@ -162,6 +162,7 @@ class StepRunner:
                     return done
                 return await self._deployed_anyway(key, record, what) if deploys else None
             if not await self._known(newest.hash):
+                await self._check_no_gap(newest, what)
                 await self._broadcast(key, record, call, what, again=True)
                 last_sent = loop.time()
             elif loop.time() - last_sent > self.replace_after:
@@ -211,6 +212,16 @@ class StepRunner:
                 self._emit(key, what, "mined", tx=attempt.hash, address=outcome.address)
                 return Done(outcome.tx, 0, 0, outcome.address)
         return None
+
+    async def _check_no_gap(self, attempt: Attempt, what: str) -> None:
+        """A journaled transaction whose nonce is beyond the account's next one would wait forever: the
+        chain has lost the account's earlier transactions (a devnet restarted under the same chain id)."""
+        following = await self.w3.eth.get_transaction_count(self.account.address, "pending")
+        if attempt.nonce > following:
+            raise DeploymentError(
+                f"{what}: its transaction has nonce {attempt.nonce} but {self.account.address} has sent only "
+                f"{following} on this chain, which has lost the earlier ones (was it reset?): start afresh"
+            )
 
     async def _known(self, tx_hash: str) -> bool:
         try:

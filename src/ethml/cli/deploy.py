@@ -147,7 +147,7 @@ def deploy(
                     return
                 if not yes and not typer.confirm("deploy?", default=False, err=True):
                     raise ConfigError("not confirmed; nothing sent")
-                deployment = await rollout.run(_progress(say, len(plan.steps)))
+                deployment = await _run(rollout, _progress(say, len(plan.steps)))
             finally:
                 rollout.close()
             await _report(w3, rollout, deployment, json_output, rpc)
@@ -155,6 +155,23 @@ def deploy(
             await w3.provider.disconnect()  # type: ignore[attr-defined]
 
     asyncio.run(run())
+
+
+async def _run(rollout: Rollout, progress: Any) -> Deployment:
+    """The deployment; an error on the way says how to continue (the journal keeps what was sent)."""
+    from ethml.errors import DeploymentError, EthmlError
+
+    try:
+        return await rollout.run(progress)
+    except (EthmlError, OSError, TimeoutError) as exc:
+        done = len(rollout.journal.done_keys()) if rollout.journal is not None else 0
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and not isinstance(exc, EthmlError):
+            reason = f"the RPC stopped answering ({type(exc).__name__}: {reason})"
+        raise DeploymentError(
+            f"{reason}; stopped with {done} steps done: run the same command again to continue "
+            f"(the journal {rollout.journal_path} keeps every transaction sent)"
+        ) from exc
 
 
 def _say(message: str) -> None:
