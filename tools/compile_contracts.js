@@ -12,6 +12,9 @@ const root = path.resolve(__dirname, "..");
 const srcDir = path.join(root, "contracts", "src");
 const outDir = path.join(root, "src", "ethml", "chain", "artifacts");
 const CONTRACTS = { "EthML.sol": ["EthML"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
+// A contract whose code runs in two halves (the second by delegatecall from its fallback, see
+// contracts/src/TrainingBase.sol) ships one ABI: its own, plus the entries only the other half has.
+const MERGED_ABI = { TrainingTasks: ["TrainingValidation.sol", "TrainingValidation"] };
 const SETTINGS = {
   optimizer: { enabled: true, runs: 500 },
   evmVersion: "cancun",
@@ -53,12 +56,20 @@ const version = solc.version();
 for (const [file, names] of Object.entries(CONTRACTS)) {
   for (const name of names) {
     const c = output.contracts[file][name];
+    let abi = c.abi;
+    if (MERGED_ABI[name]) {
+      const [otherFile, otherName] = MERGED_ABI[name];
+      const key = (e) => `${e.type}:${e.name || ""}(${(e.inputs || []).map((i) => i.type).join(",")})`;
+      const seen = new Set(abi.map(key));
+      const shared = (e) => ["function", "event", "error"].includes(e.type) && !seen.has(key(e));
+      abi = abi.concat(output.contracts[otherFile][otherName].abi.filter(shared));
+    }
     const artifact = {
       contractName: name,
       compiler: version,
       settings: { optimizer: SETTINGS.optimizer, evmVersion: SETTINGS.evmVersion },
       sourceHash: hash,
-      abi: c.abi,
+      abi,
       bytecode: "0x" + c.evm.bytecode.object,
       deployedBytecode: "0x" + c.evm.deployedBytecode.object,
     };

@@ -97,26 +97,49 @@ class Parameters:
 
 @dataclass(frozen=True)
 class TrainingParameters:
-    """Mirrors `TrainingTasks.Parameters`."""
+    """Mirrors `TrainingBase.Parameters` (docs/training.md explains each; development defaults)."""
 
     min_trainer_stake: int = 100 * EML
     min_validator_stake: int = 100 * EML
+    #: A submission's bond is `bond_bps` of the reward, but at least this.
+    min_bond: int = 1 * EML
+    #: An accepted model is registered only for tasks paying at least this.
+    min_registration_reward: int = 10 * EML
     unstake_delay: int = 7 * 24 * 3600
-    validator_share_bps: int = 2_000
-    slash_bps: int = 1_000
-    forfeit_bps: int = 2_000
+    #: The shortest submit and score periods a task may ask for (seconds).
+    min_period: int = 10
+    #: Each reveal window (submissions, test set, scores), seconds.
+    reveal_period: int = 300
+    registration_period: int = 24 * 3600
     #: Scores are in millionths: 20,000 = 0.02.
     score_tolerance: int = 20_000
+    claim_slack: int = 100_000
+    #: Blocks between fixing a draw and the block whose hash draws it (64 or more on a public chain).
+    draw_delay_blocks: int = 2
+    validator_share_bps: int = 2_000
+    slash_bps: int = 1_000
+    no_show_bps: int = 200
+    bond_bps: int = 1_000
+    registrations_per_period: int = 24
 
     def as_tuple(self) -> tuple[int, ...]:
         return (
             self.min_trainer_stake,
             self.min_validator_stake,
+            self.min_bond,
+            self.min_registration_reward,
             self.unstake_delay,
+            self.min_period,
+            self.reveal_period,
+            self.registration_period,
+            self.score_tolerance,
+            self.claim_slack,
+            self.draw_delay_blocks,
             self.validator_share_bps,
             self.slash_bps,
-            self.forfeit_bps,
-            self.score_tolerance,
+            self.no_show_bps,
+            self.bond_bps,
+            self.registrations_per_period,
         )
 
 
@@ -242,28 +265,24 @@ async def deploy_system(
 async def _deploy_training(
     w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, params: TrainingParameters
 ) -> str:
-    """TrainingTasks beside EthML, holding EthML's model-admin role so accepted models get registered;
-    the deployer may relay permit-paid tasks (`ethml serve`'s default relayer on a devnet)."""
+    """TrainingTasks beside EthML, holding EthML's model-admin role so accepted models get registered.
+
+    Interim, until the oracle's split deployment (EMLToken, ModelRegistry) lands: EthML is passed as
+    both the token and the registry. TrainingTasks checks a task's model shape with
+    `ModelRegistry.checkModel`, which EthML lacks, so tasks cannot be created on this deployment yet.
+    """
     artifact = load_artifact("TrainingTasks")
     factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
     receipt = await send(
         w3,
         deployer,
-        factory.constructor(deployment.ethml, deployer.address, params.as_tuple()),
+        factory.constructor(deployment.ethml, deployment.ethml, deployer.address, params.as_tuple()),
         what="TrainingTasks deployment",
     )
     address = str(receipt["contractAddress"])
     contract = ethml_contract(w3, deployment.ethml)
     role = await contract.functions.MODEL_ADMIN_ROLE().call()
     await send(w3, deployer, contract.functions.grantRole(role, address), what="granting TrainingTasks the model role")
-    tasks = training_contract(w3, address)
-    relayer = await tasks.functions.RELAYER_ROLE().call()
-    await send(
-        w3,
-        deployer,
-        tasks.functions.grantRole(relayer, deployer.address),
-        what="granting the deployer the relayer role",
-    )
     return address
 
 
