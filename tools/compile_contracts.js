@@ -18,7 +18,7 @@ const MERGED_ABI = { TrainingTasks: ["TrainingValidation.sol", "TrainingValidati
 const SETTINGS = {
   optimizer: { enabled: true, runs: 500 },
   evmVersion: "cancun",
-  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "storageLayout"] } },
 };
 
 function sourceHash() {
@@ -49,6 +49,16 @@ const output = JSON.parse(
 const errors = (output.errors || []).filter((e) => e.severity === "error");
 for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
 if (errors.length) process.exit(1);
+
+// The two halves of a merged contract run over one storage: their layouts must be the same, slot for slot.
+for (const [name, [otherFile, otherName]] of Object.entries(MERGED_ABI)) {
+  const file = Object.keys(CONTRACTS).find((f) => CONTRACTS[f].includes(name));
+  const layout = (c) => JSON.stringify(c.storageLayout.storage.map((v) => [v.label, v.slot, v.offset, v.type]));
+  if (layout(output.contracts[file][name]) !== layout(output.contracts[otherFile][otherName])) {
+    process.stderr.write(`${name} and ${otherName} do not share one storage layout: declare state only in their common base\n`);
+    process.exit(1);
+  }
+}
 
 fs.mkdirSync(outDir, { recursive: true });
 const hash = sourceHash();

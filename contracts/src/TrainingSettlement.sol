@@ -102,9 +102,11 @@ abstract contract TrainingSettlement is TrainingPanel {
         return Status.Open;
     }
 
+    /// @dev A clear majority is counted against the seats filled (every seat, unless too few validators
+    /// could be drawn), so one silent seat cannot block a panel the draw could not fill.
     function _judge(uint256 taskId, Task storage t, Tally memory tally) private view {
         uint256 validations = t.validations;
-        uint256 m = TrainingVerdict.majority(validations);
+        uint256 m = TrainingVerdict.majority(t.seated);
         uint8[9] memory kind; // 0: no vote, 1: unusable, 2: scores
         uint32[16][9] memory ballots;
         uint256 unusable;

@@ -2,8 +2,9 @@
 pragma solidity 0.8.28;
 
 /// @title TrainingVerdict: what a panel's votes decide.
-/// @notice A panel has an odd number of seats V; a clear majority is M = V / 2 + 1 seats, counted against
-/// the whole panel, not against the votes that happened to arrive. A submission's score is the highest
+/// @notice A panel has an odd number of seats V; a clear majority is M = S / 2 + 1 of the S seats filled
+/// (S = V unless too few validators could be drawn), counted against those seats, not against the votes
+/// that happened to arrive. A submission's score is the highest
 /// value that M votes reach (the M-th highest score): with every seat voting that is the median, and
 /// no single vote moves it past the value its neighbours agree on. A vote is outvoted (and its
 /// validator slashed) only when at least M votes lie within the tolerance of the decided score and it

@@ -171,4 +171,48 @@ contract TrainingOwnReviewTest is TrainingFixture {
         vm.assertEq(_task(id).accepted, 1, "the honest claim");
         vm.assertEq(uint256(tasks.getSubmission(id, 1).bond), uint256(TrainingBase.Bond.Forfeited), "inflated");
     }
+
+    function _requesterSybilSeated(uint256 id) internal view returns (bool) {
+        return _isSeated(id, attacker);
+    }
+
+    /// Few validators, a large panel: a requester asks for 9 seats when only 5 validators can be drawn,
+    /// one of them its own, which never reveals. A clear majority is counted against the seats filled,
+    /// so that one silent seat cannot block the four honest ones and win the requester a refund.
+    function test_a_silent_seat_cannot_block_a_panel_short_of_validators() public {
+        for (uint256 i = 4; i < 7; ++i) {
+            vm.prank(validators[i]);
+            tasks.setActive(false); // four honest validators left, plus the requester's
+        }
+        _stake(attacker, TrainingBase.Role.Validator, STAKE);
+        vm.roll(block.number + 1);
+        uint256 id = _create(9, 800_000);
+        _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(950_000));
+        _drawUntil(id, _requesterSybilSeated);
+        address[] memory seated = _seated(id);
+        uint256 filled;
+        for (uint256 i; i < 9; ++i) {
+            if (seated[i] == address(0)) continue;
+            ++filled;
+            _commitVote(id, seated[i], false, _scores(950_000));
+        }
+        vm.assertEq(filled, 5, "five seats filled");
+        for (uint256 round = 1; round < 3; ++round) {
+            vm.warp(_task(id).scoreDeadline + 1);
+            panel.replaceNoShows(id); // nobody left to draw: the other seats stay empty
+            _draw(id, keccak256(abi.encode("round", round)));
+        }
+        vm.assertEq(uint256(_task(id).seated), 5, "still five");
+        vm.warp(_task(id).scoreDeadline + 1);
+        for (uint256 i; i < 9; ++i) {
+            if (seated[i] != address(0) && seated[i] != attacker) _revealVote(id, seated[i]);
+        }
+        _afterScoreReveals(id);
+        uint256 before = token.balanceOf(requester);
+        _finalize(id);
+        vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Accepted), "four of five seats decide");
+        vm.assertEq(token.balanceOf(requester), before, "no refund");
+        vm.assertEq(_validatorStake(attacker), STAKE - 10 ether, "the silent seat is slashed");
+    }
 }
+
