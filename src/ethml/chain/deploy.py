@@ -114,7 +114,7 @@ class TrainingParameters:
     #: Scores are in millionths: 20,000 = 0.02.
     score_tolerance: int = 20_000
     claim_slack: int = 100_000
-    #: Blocks between fixing a draw and the block whose hash draws it (64 or more on a public chain).
+    #: Blocks between fixing a draw and the block whose hash draws it (65 or more on a public chain).
     draw_delay_blocks: int = 2
     validator_share_bps: int = 2_000
     slash_bps: int = 1_000
