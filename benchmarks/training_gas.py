@@ -12,7 +12,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from ethml.chain import EML, dev_account, embedded_chain, ethml_contract, send, training_contract
+from ethml.chain import EML, dev_account, embedded_chain, registry_contract, send, token_contract, training_contract
 from ethml.chain.deploy import Parameters, deploy_system
 from ethml.chain.embedded import time_travel
 from ethml.coordinator.client import sign_permit
@@ -27,7 +27,7 @@ async def main() -> list[tuple[str, int]]:
     w3 = await embedded_chain(accounts=10)
     deployment = await deploy_system(w3, dev_account(0), parameters=Parameters())
     assert deployment.training is not None
-    ethml = ethml_contract(w3, deployment.ethml)
+    token = token_contract(w3, deployment.token)
     tasks = training_contract(w3, deployment.training)
     rows: dict[str, int] = {}
 
@@ -36,10 +36,10 @@ async def main() -> list[tuple[str, int]]:
         rows[label] = max(rows.get(label, 0), int(receipt["gasUsed"]))
 
     for i in range(1, 6):  # 1, 2 trainers; 3, 4, 5 validators
-        await tx("approve (once per account)", i, ethml.functions.approve(deployment.training, 2**255))
+        await tx("approve (once per account)", i, token.functions.approve(deployment.training, 2**255))
         role = 0 if i <= 2 else 1
         await tx("stake (first time)", i, tasks.functions.stake(role, 100 * EML))
-    await tx("approve (once per account)", 9, ethml.functions.approve(deployment.training, 2**255))
+    await tx("approve (once per account)", 9, token.functions.approve(deployment.training, 2**255))
     salt = b"\x01" * 32
     commitment = commit_test_set(TEST_CID, salt)
     block = await w3.eth.get_block("latest")
@@ -57,9 +57,9 @@ async def main() -> list[tuple[str, int]]:
         for submission, score in ((0, 950_000), (1, 700_000 if validator < 5 else 990_000)):
             await tx("validate", validator, tasks.functions.validate(1, submission, score))
     await tx("finalizeTask (accepted, one slash, model registered)", 9, tasks.functions.finalizeTask(1))
-    assert int(await ethml.functions.modelCount().call()) == 1
+    assert int(await registry_contract(w3, deployment.registry).functions.modelCount().call()) == 1
     # A task created by the coordinator's relayer (account 0) from account 8's EIP-2612 permit.
-    domain = PermitDomain(deployment.chain_id, deployment.ethml, deployment.training)
+    domain = PermitDomain(deployment.chain_id, deployment.token, deployment.training)
     permit = sign_permit(dev_account(8), domain, 50 * EML, 0, now + 3600)
     await tx(
         "createTaskWithPermit (relayed, permit included)",

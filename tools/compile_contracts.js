@@ -11,10 +11,16 @@ const solc = require("solc");
 const root = path.resolve(__dirname, "..");
 const srcDir = path.join(root, "contracts", "src");
 const outDir = path.join(root, "src", "ethml", "chain", "artifacts");
-const CONTRACTS = { "EthML.sol": ["EthML"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
+const CONTRACTS = { "EthML.sol": ["EthML"], "EthMLSettlement.sol": ["EthMLSettlement"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
 // A contract whose code runs in two halves (the second by delegatecall from its fallback, see
 // contracts/src/TrainingBase.sol) ships one ABI: its own, plus the entries only the other half has.
 const MERGED_ABI = { TrainingTasks: ["TrainingValidation.sol", "TrainingValidation"] };
+// Pairs of contracts where one runs the other's code in its own storage (delegatecall): the two must
+// agree on every slot, or the build stops.
+const SHARED_STORAGE = [
+  [["EthML.sol", "EthML"], ["EthMLSettlement.sol", "EthMLSettlement"], "keep all state in OracleStorage"],
+  [["TrainingTasks.sol", "TrainingTasks"], ["TrainingValidation.sol", "TrainingValidation"], "declare state only in their common base"],
+];
 const SETTINGS = {
   optimizer: { enabled: true, runs: 500 },
   evmVersion: "cancun",
@@ -50,12 +56,11 @@ const errors = (output.errors || []).filter((e) => e.severity === "error");
 for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
 if (errors.length) process.exit(1);
 
-// The two halves of a merged contract run over one storage: their layouts must be the same, slot for slot.
-for (const [name, [otherFile, otherName]] of Object.entries(MERGED_ABI)) {
-  const file = Object.keys(CONTRACTS).find((f) => CONTRACTS[f].includes(name));
-  const layout = (c) => JSON.stringify(c.storageLayout.storage.map((v) => [v.label, v.slot, v.offset, v.type]));
-  if (layout(output.contracts[file][name]) !== layout(output.contracts[otherFile][otherName])) {
-    process.stderr.write(`${name} and ${otherName} do not share one storage layout: declare state only in their common base\n`);
+const layout = (file, name) =>
+  JSON.stringify(output.contracts[file][name].storageLayout.storage.map((v) => [v.label, v.slot, v.offset, v.type]));
+for (const [[fileA, nameA], [fileB, nameB], advice] of SHARED_STORAGE) {
+  if (layout(fileA, nameA) !== layout(fileB, nameB)) {
+    process.stderr.write(`${nameA} and ${nameB} do not share one storage layout: ${advice}\n`);
     process.exit(1);
   }
 }

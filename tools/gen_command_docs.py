@@ -1,5 +1,7 @@
 """Write docs/commands.md from the commands' own --help (their click definitions).
 
+Everything below the MARKER line of the existing page is hand-written and kept as it is.
+
 Run: python tools/gen_command_docs.py   (tests/cli/test_command_docs.py fails when it is stale)
 """
 
@@ -13,6 +15,7 @@ import typer
 from ethml.cli import app
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
+MARKER = "<!-- Generated above by tools/gen_command_docs.py; written by hand below. -->"
 
 
 def _option_line(param: Any) -> str:
@@ -49,6 +52,17 @@ def render() -> str:
     return "\n".join(parts)
 
 
+def hand_written(page: str) -> str:
+    """The part of `page` from MARKER on ("" when it has none)."""
+    at = page.find(MARKER)
+    return page[at:] if at >= 0 else ""
+
+
+def page(existing: str) -> str:
+    tail = hand_written(existing)
+    return render() + ("\n" + tail if tail else "")
+
+
 if __name__ == "__main__":
-    OUT.write_text(render())
+    OUT.write_text(page(OUT.read_text() if OUT.exists() else ""))
     print(f"wrote {OUT}")

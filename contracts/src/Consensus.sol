@@ -8,6 +8,36 @@ pragma solidity 0.8.28;
 /// agrees when |value - median| <= max(|median|, unit) * toleranceBps / 10000, where `unit` is 1.0
 /// in the model's fixed-point scale, so a median of 0 still has a band.
 library Consensus {
+    /// @notice The decision over one request's revealed values: the consensus value, the mask of the
+    /// values that agree with it and their number. Classification: the mode. Regression: `invalid`
+    /// (the INVALID_INPUT sentinel) when `quorum` revealed it, otherwise the lower median of the numbers
+    /// and the values within the band. The caller compares `agreeing` with the quorum.
+    function decide(
+        bool regression,
+        uint8 decimals,
+        int256[5] memory values,
+        uint8 revealed,
+        uint256 toleranceBps,
+        uint256 quorum,
+        int256 invalid
+    ) internal pure returns (int256 consensus, uint8 mask, uint256 agreeing) {
+        if (!regression) {
+            (consensus, mask) = mode(values, revealed);
+        } else {
+            // "Invalid input" needs a quorum of its own; otherwise the numbers decide.
+            mask = agreeExact(values, revealed, invalid);
+            if (popcount(mask) >= quorum) {
+                consensus = invalid;
+            } else {
+                bool found;
+                (consensus, found) = median(values, revealed, invalid);
+                if (found) mask = agreeWithin(values, revealed, consensus, 10 ** decimals, toleranceBps, invalid);
+                else consensus = invalid;
+            }
+        }
+        agreeing = popcount(mask);
+    }
+
     function mode(int256[5] memory values, uint8 revealed) internal pure returns (int256 best, uint8 mask) {
         uint256 bestCount = 0;
         for (uint256 i = 0; i < 5; ++i) {

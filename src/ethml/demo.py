@@ -24,6 +24,7 @@ from ethml.chain import (
     embedded_chain,
     ethml_contract,
     send,
+    token_contract,
 )
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, decode_prediction
@@ -45,6 +46,9 @@ class DemoRow:
     truth: float | int | None = None
     agreeing: int = 0
     seconds: float | None = None
+    #: The round that answered it, and the gas of the transaction that closed that round (shared by its
+    #: requests).
+    round_id: int = 0
     final_gas: int | None = None
 
 
@@ -104,9 +108,10 @@ async def run_demo(
         models=manifest.registry_specs(),
     )
     ethml = ethml_contract(w3, deployment.ethml)
+    token = token_contract(w3, deployment.token)
     consumer = consumer_contract(w3, deployment.consumer)
     user = dev_account(nodes)  # the requester is not one of the miners
-    await send(w3, dev_account(0), ethml.functions.transfer(user.address, 100 * EML))
+    await send(w3, dev_account(0), token.functions.transfer(user.address, 100 * EML))
     with tempfile.TemporaryDirectory(prefix="ethml-demo-") as tmp:
         root = data_dir or Path(tmp)
         ipfs = IpfsClient(Blockstore(root / "blocks"))
@@ -120,7 +125,7 @@ async def run_demo(
         became_current: dict[int, float] = {}
         total_tips = sum(int(t * EML) for *_, t in _plan(manifest, requests))
         if total_tips:
-            await send(w3, user, ethml.functions.approve(deployment.consumer, total_tips))
+            await send(w3, user, token.functions.approve(deployment.consumer, total_tips))
         deposit = await consumer_deposit(w3, deployment)  # pays the consumer's callback
         for name, raw, label, tip in _plan(manifest, requests):
             cid = str(ipfs.add_bytes(raw))
@@ -137,7 +142,8 @@ async def run_demo(
         done = 0
         async for event in stream:
             if isinstance(event, ChallengeSeen):
-                became_current.setdefault(event.request_id, time.monotonic())
+                for rid in event.request_ids:
+                    became_current.setdefault(rid, time.monotonic())
             if isinstance(event, Finalized) and event.request_id in rows:
                 row = rows[event.request_id]
                 entry = manifest.by_name(row.model)
@@ -161,12 +167,13 @@ async def run_demo(
         stats = [n.stats for n in miners]
         for node in miners:
             await node.stop()
-    # Closing-transaction gas (the fifth reveal) and agreeing miners from the chain's own record.
+    # The round, the closing transaction's gas and the agreeing miners from the chain's own record.
     for log in await ethml.events.PredictionFinalized().get_logs(from_block=deployment.block):
         closed = rows.get(int(log["args"]["requestId"]))
         if closed is not None:
             row = closed
             row.agreeing = int(log["args"]["agreeing"])
+            row.round_id = int(log["args"]["roundId"])
             receipt = await w3.eth.get_transaction_receipt(log["transactionHash"])
             row.final_gas = int(receipt["gasUsed"])
     report = DemoReport(list(rows.values()), difficulty=difficulty)
@@ -187,7 +194,7 @@ async def run_demo(
 def render(report: DemoReport) -> str:
     head = (
         f"{'id':>3} {'model':<14} {'data CID':<18} {'tip':>4} {'status':<13} {'prediction':>10} "
-        f"{'truth':>7} {'agree':>5} {'secs':>6} {'final gas':>9}"
+        f"{'truth':>7} {'agree':>5} {'secs':>6} {'round':>5} {'close gas':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in report.rows:
@@ -196,9 +203,13 @@ def render(report: DemoReport) -> str:
         cid = r.data_cid[:8] + ".." + r.data_cid[-6:]
         lines.append(
             f"{r.request_id:>3} {r.model:<14} {cid:<18} {r.tip_eml:>4g} {r.status:<13} "
-            f"{pred:>10} {truth:>7} {r.agreeing:>5} {r.seconds or 0:>6.2f} {r.final_gas or 0:>9,}"
+            f"{pred:>10} {truth:>7} {r.agreeing:>5} {r.seconds or 0:>6.2f} {r.round_id:>5} {r.final_gas or 0:>9,}"
         )
     lines.append("")
+    rounds = len({r.round_id for r in report.rows if r.round_id})
+    lines.append(
+        f"{len(report.rows)} requests answered in {rounds} rounds (close gas: the round's closing transaction)"
+    )
     for address, minted in report.minted_per_miner.items():
         lines.append(f"  {address}: {minted:g} EML earned")
     if report.accuracy is not None:

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from typing import TYPE_CHECKING, Any
 
 from ethml.chain.accounts import DEV_MNEMONIC, dev_account
-from ethml.chain.deploy import Deployment, Parameters, deploy_system, deployment_path
-from ethml.errors import ChainError
-from ethml.ipfs import Blockstore, IpfsClient
-from ethml.ml import Manifest
+from ethml.errors import ChainError, DeploymentError
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
 
 DEFAULT_DIFFICULTY = 1 << 16
 
@@ -115,6 +114,8 @@ def listening_pids(port: int) -> set[int]:
 
 async def _wait_rpc(w3: AsyncWeb3[Any], proc: subprocess.Popen[bytes], port: int, seconds: float = 30.0) -> int:
     """The chain id, once the anvil this call started answers on `port` (not some other process)."""
+    import asyncio  # here, not at the top: `ethml --help` imports this module for its defaults
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
@@ -146,8 +147,15 @@ async def start_devnet(
     data_dir: Path | None = None,
     models_dir: Path | None = None,
     anvil: str | None = None,
+    requests_per_round: int | None = None,
 ) -> Devnet:
     """Start anvil, deploy (or find the deployment in `state`), register the models, seed the blockstore."""
+    from web3 import AsyncHTTPProvider, AsyncWeb3
+
+    from ethml.chain.deploy import Deployment, Parameters, deploy_system, deployment_path
+    from ethml.ipfs import Blockstore, IpfsClient
+    from ethml.ml import Manifest
+
     check_port_free(host, port)
     args = [anvil or find_anvil(), "--host", host, "--port", str(port), "--mnemonic", DEV_MNEMONIC, "--silent"]
     if block_time:
@@ -164,12 +172,19 @@ async def start_devnet(
         path = deployment_path(chain_id, data_dir)
         deployment: Deployment | None = None
         if state is not None and path.exists():
-            candidate = Deployment.load(path)
-            if len(await w3.eth.get_code(w3.to_checksum_address(candidate.ethml))) > 0:
-                deployment = candidate
+            try:
+                candidate: Deployment | None = Deployment.load(path)
+            except DeploymentError:
+                candidate = None  # written by an older ethml: deploy afresh
+            if candidate is not None:
+                codes = [await w3.eth.get_code(w3.to_checksum_address(a)) for a in (candidate.ethml, candidate.token)]
+                if all(len(code) > 0 for code in codes):
+                    deployment = candidate
         reused = deployment is not None
         if deployment is None:
             params = Parameters(min_difficulty=difficulty, max_difficulty=max_difficulty or difficulty)
+            if requests_per_round is not None:
+                params = replace(params, requests_per_round=requests_per_round)
             deployment = await deploy_system(w3, dev_account(0), parameters=params, models=manifest.registry_specs())
             deployment.save(path)
         ipfs = IpfsClient(Blockstore((data_dir / "blocks") if data_dir else None))

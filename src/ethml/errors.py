@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ethml.chain.reverts import Revert
+
 
 class EthmlError(Exception):
     """Root of all ethml errors."""
@@ -62,10 +67,31 @@ class DeploymentNotFound(DeploymentError, FileNotFoundError):
 
 
 class TransactionReverted(ChainError):
-    def __init__(self, what: str, reason: str) -> None:
+    """A transaction reverts: refused by the pre-flight (`preflight`: nothing sent, no gas spent), or
+    mined and reverted in `block`. `reason` says why in words; `error` is the decoded contract error
+    (name and arguments) where there is one."""
+
+    def __init__(
+        self,
+        what: str,
+        reason: str,
+        *,
+        error: Revert | None = None,
+        preflight: bool = False,
+        block: int | None = None,
+    ) -> None:
         self.what = what
         self.reason = reason
-        super().__init__(f"{what} reverted: {reason}")
+        self.error = error
+        self.preflight = preflight
+        self.block = block
+        if preflight:
+            message = f"{what} would revert: {reason}; not sent, no gas spent"
+        elif block is not None:
+            message = f"{what} reverted in block {block}: {reason}"
+        else:
+            message = f"{what} reverted: {reason}"
+        super().__init__(message)
 
 
 # ------------------------------------------------------------------------- ipfs

@@ -12,12 +12,22 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
-from ethml.chain.deploy import EML, Deployment, ModelKind, Status, consumer_contract, ethml_contract
+from ethml.chain.deploy import (
+    EML,
+    Deployment,
+    ModelKind,
+    consumer_contract,
+    ethml_contract,
+    registry_contract,
+    token_contract,
+)
+from ethml.chain.rounds import MINERS_PER_ROUND, Status
 from ethml.chain.tx import send
 from ethml.errors import ChainError, EthmlError, InvalidInput
 from ethml.ipfs.client import DATA_POINT_LIMIT
 from ethml.ml import Manifest, ModelStore
 from ethml.ml.datapoint import parse_data_point
+from ethml.oracle import round_miners
 
 
 class RequestError(EthmlError, ValueError):
@@ -34,6 +44,8 @@ class RequestResult:
     closed_block: int
     #: Revealed votes that agreed with the result (a result needs the quorum, 3 by default).
     agreeing: int = 0
+    #: The round that answered it (0 for a request that expired in the queue).
+    round_id: int = 0
 
 
 def resolve_model(deployment: Deployment, model: str) -> int:
@@ -90,8 +102,8 @@ def check_data_point(raw: bytes, feature_count: int, manifest: Manifest, artifac
 
 async def consumer_deposit(w3: AsyncWeb3[Any], deployment: Deployment) -> int:
     """The ETH deposit sent with a request through the example consumer: its callback is paid from it.
-    Twice the minimum leaves room for a fee rise; what the closing miner is not reimbursed comes back
-    with the consumer's `reclaim`."""
+    The minimum already covers a doubling of the base fee; twice that leaves room for a long wait in the
+    queue. What the closing miner is not reimbursed comes back with the consumer's `reclaim`."""
     callback_gas = await consumer_contract(w3, deployment.consumer).functions.CALLBACK_GAS().call()
     return 2 * int(await ethml_contract(w3, deployment.ethml).functions.minimumDeposit(callback_gas).call())
 
@@ -108,24 +120,27 @@ async def request_prediction(
 ) -> int:
     """Send the request (through the example consumer, or `direct` from the account); return its id."""
     ethml = ethml_contract(w3, deployment.ethml)
+    token = token_contract(w3, deployment.token)
     try:
-        _cid, _sha, _kind, _decimals, _features, active = await ethml.functions.getModel(model_id).call()
+        _sha, _kind, _decimals, _features, active, _cid = (
+            await registry_contract(w3, deployment.registry).functions.getModel(model_id).call()
+        )
     except Exception as exc:
         raise RequestError(f"model {model_id} is not registered on this deployment") from exc
     if not active:
         raise RequestError(f"model {model_id} is deactivated")
-    balance = await ethml.functions.balanceOf(account.address).call()
+    balance = await token.functions.balanceOf(account.address).call()
     if balance < tip:
         raise RequestError(
             f"insufficient EML for the tip: {account.address} holds {balance / EML:g}, tip is {tip / EML:g}"
         )
     if direct:
-        # The oracle is the token: the tip comes from the caller's balance, no approval needed.
+        # The oracle takes the tip from its caller's EML without an approval (see EMLToken).
         receipt = await send(w3, account, ethml.functions.requestPrediction(model_id, cid, tip, 0))
     else:
         consumer = consumer_contract(w3, deployment.consumer)
         if tip:
-            await send(w3, account, ethml.functions.approve(deployment.consumer, tip))
+            await send(w3, account, token.functions.approve(deployment.consumer, tip))
         deposit = await consumer_deposit(w3, deployment)
         receipt = await send(w3, account, consumer.functions.request(model_id, cid, tip), value=deposit)
     events = ethml.events.PredictionRequested().process_receipt(receipt, errors=DISCARD)
@@ -152,11 +167,13 @@ async def wait_for_result(
             break
         if status == Status.CURRENT:
             current = await ethml.functions.getCurrentRound().call()
-            commits, revealed = int(current[5]), bin(int(current[6])).count("1")
-            if commits < 5:
-                line = f"request {request_id}: being mined, {commits}/5 commitments"
+            commits, revealed = int(current[4]), bin(int(current[5])).count("1")
+            size = len(current[9])
+            where = f"round {current[0]}" + (f" with {size - 1} other request{'s' * (size > 2)}" if size > 1 else "")
+            if commits < MINERS_PER_ROUND:
+                line = f"request {request_id}: being mined in {where}, {commits}/5 commitments"
             else:
-                line = f"request {request_id}: revealing, {revealed}/5 reveals"
+                line = f"request {request_id}: revealing in {where}, {revealed}/5 reveals"
         else:
             pending = await ethml.functions.pendingCount().call()
             line = f"request {request_id}: {status.name.lower()}, waiting in the queue ({pending} pending)"
@@ -168,15 +185,16 @@ async def wait_for_result(
         await asyncio.sleep(0.5)
     prediction, status_code, agreeing, closed = await ethml.functions.getResult(request_id).call()
     _req, model_id, _gas, _st = await ethml.functions.getRequest(request_id).call()
-    _mcid, _sha, kind, decimals, _f, _a = await ethml.functions.getModel(model_id).call()
+    _sha, kind, decimals, _f, _a, _cid = (
+        await registry_contract(w3, deployment.registry).functions.getModel(model_id).call()
+    )
     value: float | int | None = None
     if Status(status_code) == Status.FINALIZED:
         value = prediction if int(kind) == ModelKind.CLASSIFICATION else prediction / 10 ** int(decimals)
+    round_id, _mask = await ethml.functions.closingRound(request_id).call()
     miners: list[str] = []
     if Status(status_code) in (Status.FINALIZED, Status.INVALID_INPUT, Status.NO_CONSENSUS):
-        logs = await ethml.events.PredictionFinalized().get_logs(
-            argument_filters={"requestId": request_id}, from_block=int(closed), to_block=int(closed)
-        )
-        if logs:
-            miners = [str(m) for m in logs[0]["args"]["miners"]]
-    return RequestResult(request_id, Status(status_code), int(prediction), value, miners, int(closed), int(agreeing))
+        miners = await round_miners(w3, deployment, int(round_id), int(closed))
+    return RequestResult(
+        request_id, Status(status_code), int(prediction), value, miners, int(closed), int(agreeing), int(round_id)
+    )

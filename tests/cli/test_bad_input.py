@@ -1,5 +1,9 @@
 """Every command, tried with the bad input a new user tries first, through the real `python -m ethml`:
-one line on stderr that says what is wrong, a non-zero exit, no traceback, and nothing sent on chain."""
+one line on stderr that says what is wrong, a non-zero exit, no traceback, and nothing sent on chain.
+
+The transactions that would revert (a deadline passed, an account not staked, a vote cast already, a
+model or task that does not exist) are refused by the pre-flight against the pending block, and the
+one line names the reason in words; no account's nonce moves."""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
 from web3 import Web3
 
-from ethml.chain import dev_account
+from ethml.chain import EML, Deployment, dev_account
 from ethml.devnet import start_devnet
 from tests.conftest import ROOT, find_anvil, free_port, missing_service
 
@@ -48,6 +53,58 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         net.stop()
 
 
+#: Accounts of the training cases: a staked trainer and validator, an account with no stake.
+TRAINER, VALIDATOR, UNSTAKED = 5, 6, 2
+
+
+@pytest.fixture(scope="module")
+def closed_task(devnet: Devnet) -> int:
+    """A wine task whose submission window has closed: the trainer submitted, the test set is revealed,
+    the validator voted. Made once, for the cases that need it."""
+    return asyncio.run(_closed_task(devnet))
+
+
+async def _closed_task(devnet: Devnet) -> int:
+    from web3 import AsyncHTTPProvider, AsyncWeb3
+
+    from ethml.ipfs import Blockstore, IpfsClient
+    from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
+    from ethml.training.flow import create_task, reveal_test_set, stake, task_info, train_and_submit, validate_task
+
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(devnet.url))
+    try:
+        dep = Deployment.find(await w3.eth.chain_id, devnet.data_dir)
+        ipfs = IpfsClient(Blockstore(devnet.data_dir / "blocks"))
+        await stake(w3, dep, dev_account(TRAINER), "trainer", 100 * EML)
+        await stake(w3, dep, dev_account(VALIDATOR), "validator", 100 * EML)
+        public, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=0)
+        created = await create_task(
+            w3,
+            dep,
+            dev_account(9),
+            ipfs,
+            devnet.data_dir,
+            spec=parse_spec((ROOT / "models" / "tasks" / "wine-forest.json").read_bytes()),
+            dataset=public,
+            test_set=hidden,
+            reward=10 * EML,
+            validations=1,
+            min_score=500_000,
+            submit_seconds=600,
+            validation_seconds=3600,
+        )
+        await train_and_submit(w3, dep, dev_account(TRAINER), ipfs, created.task_id)
+        # Close the submission window now rather than wait for it: anvil's clock moves past the deadline.
+        deadline = int((await task_info(w3, dep, created.task_id))["submit_deadline"])
+        pending = int((await w3.eth.get_block("pending"))["timestamp"])
+        await w3.provider.make_request("evm_increaseTime", [deadline - pending + 1])  # type: ignore[arg-type]
+        await reveal_test_set(w3, dep, dev_account(9), created.task_id, devnet.data_dir)
+        assert await validate_task(w3, dep, dev_account(VALIDATOR), ipfs, created.task_id)
+        return created.task_id
+    finally:
+        await w3.provider.disconnect()
+
+
 def _write_files(files: Path, chain_id: int) -> None:
     (files / "truncated.json").write_text("[5.1, 3.5,")
     (files / "empty.json").write_text("")
@@ -65,8 +122,9 @@ def _write_files(files: Path, chain_id: int) -> None:
     (files / "password").write_text("secret\n")
     keystore = Account.encrypt(dev_account(5).key, "secret", iterations=2)
     (files / "keystore.json").write_text(json.dumps(keystore))
+    other = {"chain_id": 1, "ethml": "0x" + "11" * 20, "token": "0x" + "33" * 20, "registry": "0x" + "44" * 20}
     (files / "other-chain.json").write_text(
-        json.dumps({"chain_id": 1, "ethml": "0x" + "11" * 20, "consumer": "0x" + "22" * 20, "deployer": "", "block": 0})
+        json.dumps({**other, "consumer": "0x" + "22" * 20, "deployer": "", "block": 0})
     )
 
 
@@ -151,7 +209,31 @@ CASES: list[tuple[str, list[str], str]] = [
     ("status-rpc-unreachable", ["status", "--rpc-url", "http://127.0.0.1:1"], "cannot reach"),
     ("requests-show-unknown", ["requests", "show", "999"], "no request 999"),
     ("balance-not-an-address", ["balance", "0x1234"], "is not an Ethereum address"),
-    ("expire-nothing-open", ["expire", "1"], "NoCurrentRequest"),
+    ("expire-nothing-open", ["expire", "1"], "no request 1 on this deployment"),
+    # Transactions that would revert: refused before sending, the reason in words.
+    ("request-unknown-model-id", ["request", "--model", "99", "--data", _iris()], "model 99 is not registered"),
+    ("task-show-unknown", ["task", "show", "99"], "there is no task 99 (UnknownTask)"),
+    (
+        "train-deadline-passed",
+        ["train", "--task", "{task}", "--account", str(TRAINER)],
+        "task {task}'s submission window closed at ",
+    ),
+    (
+        "train-not-staked",
+        ["train", "--task", "{task}", "--account", str(UNSTAKED)],
+        f"account {dev_account(UNSTAKED).address} is not staked as a trainer",
+    ),
+    (
+        "validate-already-voted",
+        ["validate", "--task", "{task}", "--account", str(VALIDATOR)],
+        f"validator {dev_account(VALIDATOR).address} already voted on submission 0 of task {{task}} (AlreadyVoted)",
+    ),
+    (
+        "validate-not-staked",
+        ["validate", "--task", "{task}", "--account", str(UNSTAKED)],
+        f"account {dev_account(UNSTAKED).address} is not staked as a validator",
+    ),
+    ("reveal-twice", ["task", "reveal", "{task}"], "task {task}'s test set is already revealed (AlreadyRevealed)"),
     ("serve-port-taken", ["serve", "--port", "{port}"], "another ethml serve or program is using it"),
     ("serve-redis-not-a-url", ["serve", "--redis", "localhost:6379"], "is not a redis://"),
     (
@@ -201,15 +283,25 @@ def _request_count(devnet: Devnet) -> int:
     return int(w3.eth.contract(address=Web3.to_checksum_address(devnet.ethml), abi=abi).functions.requestCount().call())
 
 
+def _nonces(devnet: Devnet) -> list[int]:
+    w3 = Web3(Web3.HTTPProvider(devnet.url))
+    return [int(w3.eth.get_transaction_count(dev_account(i).address)) for i in range(10)]
+
+
 @pytest.mark.parametrize(("case", "args", "says"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_costs_nothing(devnet: Devnet, case: str, args: list[str], says: str) -> None:
+def test_bad_input_is_one_line_and_costs_nothing(
+    devnet: Devnet, request: pytest.FixtureRequest, case: str, args: list[str], says: str
+) -> None:
     values = {
         "files": str(devnet.files),
         "port": str(devnet.port),
         "free": str(free_port()),
         "iris_cid": _iris_cid(devnet),
     }
+    if any("{task}" in a for a in args):
+        values["task"] = str(request.getfixturevalue("closed_task"))
     argv = [a.format(**values) for a in args]
+    says = says.format(**values)
     env = {
         **os.environ,
         "ETHML_RPC": devnet.url,
@@ -218,7 +310,7 @@ def test_bad_input_is_one_line_and_costs_nothing(devnet: Devnet, case: str, args
         "NO_COLOR": "1",
     }
     env.pop("ETHML_DEBUG", None)
-    before = _request_count(devnet)
+    before, nonces = _request_count(devnet), _nonces(devnet)
     done = subprocess.run(
         [sys.executable, "-m", "ethml", *argv], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
     )
@@ -228,6 +320,7 @@ def test_bad_input_is_one_line_and_costs_nothing(devnet: Devnet, case: str, args
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert says in lines[0], lines[0]
     assert _request_count(devnet) == before, "nothing may reach the chain"
+    assert _nonces(devnet) == nonces, "no transaction may be sent"
 
 
 def test_the_devnet_checks_who_answers_on_its_port(devnet: Devnet) -> None:

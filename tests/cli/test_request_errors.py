@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from ethml.chain import EML, Deployment, Parameters, deploy_system, dev_account, embedded_chain
 from ethml.cli import app
-from ethml.cli._config import ConfigError, load_account, load_config
+from ethml.cli._config import ConfigError, load_account
+from ethml.cli._config_file import load_config
 from ethml.errors import DeploymentNotFound
 from ethml.ml import Manifest
 from ethml.requester import RequestError, parse_tip, request_prediction, resolve_model

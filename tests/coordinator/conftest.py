@@ -20,11 +20,15 @@ from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from ethml.chain import EML, Deployment, Parameters, deploy_system, dev_account
+from ethml.coordinator.appkeys import STORE
 from ethml.coordinator.permit import PermitDomain
-from ethml.coordinator.server import STATE, ServeConfig, make_app
+from ethml.coordinator.redis_server import redis_executable
+from ethml.coordinator.server import ServeConfig, make_app
+from ethml.coordinator.store import Store
 from ethml.ml import Manifest
 from ethml.training.flow import stake
 from tests.conftest import free_port
+from tests.node.conftest import wait_until
 
 TRAINERS = (5, 6, 4)  # the third one only joins when a test needs a replacement
 VALIDATORS = (7, 8, 3)
@@ -42,6 +46,7 @@ class Coordinator:
     admin_key: str = ""
     runners: list[web.AppRunner] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def ws(self) -> str:
@@ -50,7 +55,7 @@ class Coordinator:
     @property
     def domain(self) -> PermitDomain:
         assert self.deployment.training is not None
-        return PermitDomain(self.deployment.chain_id, self.deployment.ethml, self.deployment.training)
+        return PermitDomain(self.deployment.chain_id, self.deployment.token, self.deployment.training)
 
     def config(self, **overrides: Any) -> ServeConfig:
         base: dict[str, Any] = {
@@ -79,8 +84,11 @@ class Coordinator:
             self.admin_key = (self.root / "server" / "coordinator" / "admin.key").read_text().strip()
         return runner, url
 
-    def state(self, runner: web.AppRunner | None = None) -> Any:
-        return (runner or self.runners[0]).app[STATE]
+    def store(self, runner: web.AppRunner | None = None) -> Store:
+        """The store of an instance (the first one by default)."""
+        app = (runner or self.runners[0]).app
+        assert app is not None
+        return app[STORE]
 
     async def stop_server(self, runner: web.AppRunner) -> None:
         """Stop one instance; when it was the main one, the next start_server becomes the main one."""
@@ -112,6 +120,40 @@ class Coordinator:
         self.workers.append(proc)
         return proc
 
+    def spawn_serve(self, data_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+        """`ethml serve` as a process of its own (to kill it with -9), logging to data_dir/serve.log."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = (data_dir / "serve.log").open("ab")
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "ethml", "serve",
+                "--rpc-url", self.rpc,
+                "--deployment", str(self.deployment_file),
+                "--data-dir", str(data_dir),
+                "--port", str(port),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ETHML_LOG_LEVEL": "info"},
+        )  # fmt: skip
+        proc.log_path = data_dir / "serve.log"  # type: ignore[attr-defined]
+        self.servers.append(proc)
+        return proc
+
+    async def wait_healthy(self, url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+        """Until `url`/healthz answers 200; fails at once if the process exits."""
+
+        async def healthy() -> bool:
+            assert proc.poll() is None, proc.log_path.read_text()  # type: ignore[attr-defined]
+            try:
+                status, _, _ = await self.api("GET", "/healthz", url=url)
+            except aiohttp.ClientError:
+                return False
+            return status == 200
+
+        await wait_until(healthy, timeout=timeout, what=f"ethml serve on {url} to answer")
+
     async def api(
         self,
         method: str,
@@ -121,12 +163,22 @@ class Coordinator:
         body: Any = None,
         url: str | None = None,
         raw: bytes | None = None,
+        content_type: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
+        """A request; `raw` is sent as JSON unless `content_type` says otherwise (or "" for none)."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if raw is not None and content_type != "":
+            headers["Content-Type"] = content_type or "application/json"
+        skip = ("Content-Type",) if content_type == "" else ()
         async with (
             aiohttp.ClientSession() as session,
             session.request(
-                method, (url or self.url) + path, json=body if raw is None else None, data=raw, headers=headers
+                method,
+                (url or self.url) + path,
+                json=body if raw is None else None,
+                data=raw,
+                headers=headers,
+                skip_auto_headers=skip,
             ) as response,
         ):
             text = await response.text()
@@ -142,6 +194,16 @@ class Coordinator:
         )
         assert status == 201, body
         return str(body["key"])
+
+
+def start_redis(socket: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A Redis server of its own on a unix socket (append-only), to share between instances."""
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [redis_executable(), "--port", "0", "--unixsocket", str(socket), "--dir", str(socket.parent),
+         "--appendonly", "yes", "--save", "", *extra],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 @asynccontextmanager
@@ -172,6 +234,14 @@ async def coordinator_on(anvil_url: str, root: Path) -> AsyncIterator[Coordinato
                 proc.kill()
         for runner in list(c.runners):
             await runner.cleanup()
+        for proc in c.servers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in c.servers:
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         await w3.provider.disconnect()  # type: ignore[attr-defined]
 
 

@@ -8,7 +8,16 @@ from typing import Any
 
 from web3.logs import DISCARD
 
-from ethml.chain import EML, Status, consumer_contract, dev_account, ethml_contract, send
+from ethml.chain import (
+    EML,
+    Status,
+    consumer_contract,
+    dev_account,
+    ethml_contract,
+    registry_contract,
+    send,
+    token_contract,
+)
 from ethml.coordinator.client import task_body
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ml import Manifest
@@ -32,9 +41,9 @@ async def travel(c: Coordinator, seconds: int) -> None:
 
 async def post_wine_task(c: Coordinator, key: str, *, trainers: int = 2, nonce: int = 0) -> tuple[str, dict[str, Any]]:
     public, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=2024)
-    status, dataset, _ = await c.api("POST", "/api/files", key=key, raw=public)
+    status, dataset, _ = await c.api("POST", "/api/files", key=key, raw=public, content_type="text/csv")
     assert status == 201, dataset
-    status, test_set, _ = await c.api("POST", "/api/files", key=key, raw=hidden)
+    status, test_set, _ = await c.api("POST", "/api/files", key=key, raw=hidden, content_type="text/csv")
     assert status == 201, test_set
     body = task_body(
         dev_account(REQUESTER),
@@ -72,11 +81,12 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
     key = await c.requester_key()
     requester = dev_account(REQUESTER).address
     ethml = ethml_contract(c.w3, c.deployment.ethml)
-    balance_before = await ethml.functions.balanceOf(requester).call()
+    token = token_contract(c.w3, c.deployment.token)
+    balance_before = await token.functions.balanceOf(requester).call()
     task_id, _body = await post_wine_task(c, key)
     opened = await wait_status(c, task_id, "open", timeout=60)
     assert opened["chain_task_id"] == 1 and opened["requester"] == requester
-    assert balance_before - await ethml.functions.balanceOf(requester).call() == 50 * EML  # escrow via the permit
+    assert balance_before - await token.functions.balanceOf(requester).call() == 50 * EML  # escrow via the permit
     assert "test_set" not in opened and "permit" not in opened  # secrets stay on the server
 
     for who in TRAINERS[:2]:
@@ -99,13 +109,14 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
     assert model_id == 5  # after the four bundled models
 
     # Every job has exactly one recorded result.
-    store = c.state().store
+    store = c.store()
     for job in ("1:train:0", "1:train:1", "1:validate:0", "1:validate:1", "1:validate:2"):
         result = await store.result(job)
         assert result is not None and result["ok"], (job, result)
 
     # The oracle serves the accepted model: five nodes fetch it by CID from the coordinator's gateway.
-    cid, sha, _kind, _decimals, _features, active = await ethml.functions.getModel(model_id).call()
+    registry = registry_contract(c.w3, c.deployment.registry)
+    sha, _kind, _decimals, _features, active, cid = await registry.functions.getModel(model_id).call()
     assert active
     manifest = Manifest.load()
     raw = manifest.data_point_path(manifest.by_name("wine").data_points[0]).read_bytes()

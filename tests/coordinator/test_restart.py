@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
+import signal
+import sys
 from pathlib import Path
 
 from ethml.chain import dev_account
 from ethml.coordinator.client import sign_permit
-from ethml.coordinator.redis_server import redis_executable
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.training.flow import train_and_submit
-from tests.coordinator.conftest import Coordinator, coordinator_on
+from tests.conftest import free_port, missing_service
+from tests.coordinator.conftest import Coordinator, coordinator_on, start_redis
 from tests.coordinator.test_api import _valid
 from tests.coordinator.test_flow import chain_now, post_wine_task, task, wait_status
 from tests.node.conftest import wait_until
@@ -40,17 +41,8 @@ async def test_a_restarted_server_catches_up_from_its_checkpoint(coordinator: Co
 
 async def test_redis_restarted_mid_run_loses_no_task(anvil_url: str, tmp_path: Path) -> None:
     socket = tmp_path / "redis" / "redis.sock"
-    socket.parent.mkdir()
 
-    def start_redis() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [redis_executable(), "--port", "0", "--unixsocket", str(socket), "--dir", str(socket.parent),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        return proc
-
-    redis = start_redis()
+    redis = start_redis(socket, "--appendfsync", "always")
     try:
         async with coordinator_on(anvil_url, tmp_path) as c:
             await c.start_server(redis_url=f"unix://{socket}")
@@ -68,7 +60,7 @@ async def test_redis_restarted_mid_run_loses_no_task(anvil_url: str, tmp_path: P
                     redis.wait(timeout=10)
                     status, reply, headers = await c.api("POST", "/api/tasks", key=key, body=body)
                     assert status == 503 and headers["Retry-After"] == "1", reply  # a clear error, not a 500
-                    redis = start_redis()
+                    redis = start_redis(socket, "--appendfsync", "always")
                     await _wait_socket(socket)
             for task_id in posted:
                 await wait_status(c, task_id, "open", timeout=120)
@@ -85,3 +77,53 @@ async def _wait_socket(socket: Path) -> None:
         if await asyncio.to_thread(socket.exists):
             return
         await asyncio.sleep(0.05)
+
+
+def _redis_pids(socket: Path) -> set[int]:
+    """Processes whose command line names `socket` (the private Redis of a data dir)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(socket).encode() in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+async def test_serve_killed_with_9_restarts_at_once_with_the_same_data_dir(anvil_url: str, tmp_path: Path) -> None:
+    """kill -9 of `ethml serve`: its private Redis goes with it, and a restart on the same port and data
+    dir at once just works, with the tasks it had; a second serve on a data dir in use is refused."""
+    if not sys.platform.startswith("linux"):
+        missing_service("Linux /proc (to find the private Redis's process)")
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        data = tmp_path / "serve"
+        socket = data / "coordinator" / "redis" / "redis.sock"
+        first = c.spawn_serve(data, port)
+        await c.wait_healthy(url, first)
+        c.url, c.admin_key = url, (data / "coordinator" / "admin.key").read_text().strip()
+        key = await c.requester_key()
+        task_id, _ = await post_wine_task(c, key)
+        await wait_status(c, task_id, "open", timeout=60)
+        redis_pids = _redis_pids(socket)
+        assert len(redis_pids) == 1, redis_pids
+
+        intruder = c.spawn_serve(data, free_port())  # the same data dir, while the first one runs
+        assert await asyncio.to_thread(intruder.wait, 90) == 1
+        log = intruder.log_path.read_text()  # type: ignore[attr-defined]
+        assert "another ethml serve" in log and "Traceback" not in log, log
+        assert (await task(c, task_id))["status"] == "open"  # the first one is untouched
+
+        first.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(first.wait, 10)
+        second = c.spawn_serve(data, port)  # at once: same port, same data dir
+        await c.wait_healthy(url, second)
+        doc = await task(c, task_id)
+        assert doc["status"] == "open" and doc["chain_task_id"] == 1  # the old tasks are still there
+        status, page, _ = await c.api("GET", "/api/tasks")
+        assert status == 200 and [t["id"] for t in page["tasks"]] == [task_id]
+        now_running = _redis_pids(socket)  # the killed server's Redis is gone (with it, or taken over)
+        assert len(now_running) == 1 and not now_running & redis_pids, (redis_pids, now_running)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from typing import Any
@@ -100,7 +101,7 @@ async def test_a_killed_worker_s_job_goes_to_another_worker_once(coordinator: Co
     await asyncio.to_thread(first.wait, 10)
     killed_at = time.monotonic()
     second = c.start_worker("trainer", 6)
-    store = c.state().store
+    store = c.store()
 
     async def recorded() -> bool:
         return await store.result("1:train:0") is not None
@@ -117,3 +118,84 @@ async def test_a_killed_worker_s_job_goes_to_another_worker_once(coordinator: Co
     assert text.count("job_started") == 1 and "delivery=2" in text
     pending = await store.redis.xpending("ethml:jobs:trainer", "workers")
     assert pending["pending"] == 0  # acknowledged
+
+
+class RawWorker:
+    """A worker speaking the protocol by hand (to send what `ethml worker` never would), heartbeating
+    in the background so the server keeps it."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, welcome: dict[str, Any]) -> None:
+        self.ws, self.welcome = ws, welcome
+        self.beat = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            while not self.ws.closed:
+                await self.ws.send_json({"type": "load", "cpu": 1.0, "memory": 1.0})
+                await asyncio.sleep(0.5)
+
+    async def next(self, kind: str, timeout: float = 60) -> dict[str, Any]:
+        """The next message of type `kind` (jobs and acks arrive in order; nothing else is sent)."""
+        while True:
+            msg = await self.ws.receive_json(timeout=timeout)
+            if msg["type"] == kind:
+                return dict(msg)
+            assert msg["type"] not in ("error", "refused"), msg
+
+    async def result(self, job: str, delivery: int | None) -> dict[str, Any]:
+        await self.ws.send_json({"type": "result", "job": job, "delivery": delivery, "ok": True, "detail": "done"})
+        return await self.next("ack")
+
+    async def close(self) -> None:
+        self.beat.cancel()
+        await self.ws.close()
+
+
+async def _connect(session: aiohttp.ClientSession, c: Coordinator, account: int, role: str) -> RawWorker:
+    ws = await session.ws_connect(c.ws + "/ws/worker")
+    challenge = await ws.receive_json(timeout=10)
+    await ws.send_json(_signed(account, role)(challenge))
+    welcome = await ws.receive_json(timeout=30)
+    assert welcome["type"] == "welcome", welcome
+    return RawWorker(ws, welcome)
+
+
+async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(coordinator: Coordinator) -> None:
+    """Forged results: a staked validator claims both training jobs of a task before the task exists; a
+    trainer claims another trainer's job; the right trainer sends a result for a delivery it was not
+    given. None counts, both jobs still reach trainers, and the real result does count."""
+    c = coordinator
+    store = c.store()
+    async with aiohttp.ClientSession() as session:
+        forger = await _connect(session, c, 7, "validator")
+        for job in ("1:train:0", "1:train:1"):  # jobs of a task not created yet
+            ack = await forger.result(job, 1)
+            assert ack["recorded"] is False and "not delivered to this worker" in ack["refused"], ack
+            assert await store.result(job) is None
+        key = await c.requester_key()
+        task_id, _ = await post_wine_task(c, key, trainers=2)
+        await wait_status(c, task_id, "open", timeout=60)
+        first = await _connect(session, c, 5, "trainer")
+        job_a = await first.next("job")
+        second = await _connect(session, c, 6, "trainer")
+        job_b = await second.next("job")  # the forged results did not mark the jobs finished
+        assert {job_a["job"], job_b["job"]} == {"1:train:0", "1:train:1"}
+        assert job_a["delivery"] == job_b["delivery"] == 1
+        refusals = [
+            (second, job_a["job"], job_a["delivery"]),  # another trainer's job, with its delivery number
+            (forger, job_a["job"], job_a["delivery"]),  # another role's job
+            (first, job_a["job"], 2),  # the right worker, a delivery it was not given
+            (first, job_a["job"], None),
+        ]
+        for who, job, delivery in refusals:
+            ack = await who.result(job, delivery)
+            assert ack["recorded"] is False and ack["refused"], (job, delivery, ack)
+            assert await store.result(job) is None
+        ack = await first.result(job_a["job"], job_a["delivery"])
+        assert ack == {"type": "ack", "job": job_a["job"], "recorded": True}
+        recorded = await store.result(job_a["job"])
+        assert recorded is not None and recorded["worker"].startswith(dev_account(5).address)
+        ack = await first.result(job_a["job"], job_a["delivery"])  # a repeat: acknowledged, not recorded
+        assert ack["recorded"] is False
+        for w in (forger, first, second):
+            await w.close()

@@ -20,7 +20,9 @@ from ethml.chain import (
     dev_account,
     embedded_chain,
     ethml_contract,
+    registry_contract,
     send,
+    token_contract,
 )
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
@@ -42,6 +44,14 @@ class System:
     @property
     def ethml(self) -> Any:
         return ethml_contract(self.w3, self.deployment.ethml)
+
+    @property
+    def token(self) -> Any:
+        return token_contract(self.w3, self.deployment.token)
+
+    @property
+    def registry(self) -> Any:
+        return registry_contract(self.w3, self.deployment.registry)
 
     @property
     def consumer(self) -> Any:
@@ -98,6 +108,12 @@ class System:
             store.close()
 
 
+async def round_of(system: System, request_id: int) -> int:
+    """The round that closed `request_id` (0 while it is open)."""
+    round_id, _mask = await system.ethml.functions.closingRound(request_id).call()
+    return int(round_id)
+
+
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 120.0, what: str = "condition") -> None:
     """Poll an async condition until it holds; fail the test after `timeout` seconds."""
 
@@ -112,14 +128,14 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
         pytest.fail(f"{what} did not happen within {timeout:g} s (waited {time.monotonic() - started:.1f} s)")
 
 
-async def make_system(tmp_path: Path, difficulty: int = DIFFICULTY) -> System:
+async def make_system(tmp_path: Path, difficulty: int = DIFFICULTY, **parameters: Any) -> System:
     """A fresh embedded chain with the bundled models registered, at a fixed difficulty."""
     w3 = await embedded_chain()
     manifest = Manifest.load()
     deployment = await deploy_system(
         w3,
         dev_account(0),
-        parameters=Parameters(min_difficulty=difficulty, max_difficulty=difficulty),
+        parameters=Parameters(min_difficulty=difficulty, max_difficulty=difficulty, **parameters),
         models=manifest.registry_specs(),
     )
     return System(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))

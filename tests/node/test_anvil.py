@@ -13,6 +13,7 @@ import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from ethml.chain import DEV_MNEMONIC, Parameters, consumer_contract, deploy_system, dev_account, ethml_contract, send
+from ethml.devnet import start_devnet
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
 from ethml.node import Node, NodeConfig, NodeWarning
@@ -66,10 +67,10 @@ def expected(manifest: Manifest, model: str, raw: bytes) -> int:
         store.close()
 
 
-async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, request_id: int) -> int:
-    """Commitments `miner` has on the chain for `request_id`."""
+async def submissions(w3: AsyncWeb3[Any], deployment: Any, miner: str, round_id: int) -> int:
+    """Commitments `miner` has on the chain for `round_id`."""
     logs = await ethml_contract(w3, deployment.ethml).events.Committed().get_logs(from_block=0)
-    return len([e for e in logs if e["args"]["miner"] == miner and e["args"]["requestId"] == request_id])
+    return len([e for e in logs if e["args"]["miner"] == miner and e["args"]["roundId"] == round_id])
 
 
 async def request(w3: AsyncWeb3[Any], deployment: Any, model_id: int, cid: str) -> None:
@@ -98,14 +99,14 @@ async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: 
             assert await submissions(w3, deployment, dev_account(1).address, 1) == 1
             journal = node._ctx.journal  # type: ignore[union-attr]
             secret = journal.latest_secret(1)
-            assert secret is not None and secret.prediction == expected(manifest, "iris", raw_a)
+            assert secret is not None and secret.answers == [expected(manifest, "iris", raw_a)]
 
             await w3.provider.make_request("evm_revert", [snapshot["result"]])  # type: ignore[arg-type]
             await w3.provider.make_request("anvil_mine", [3])  # type: ignore[arg-type]
             await request(w3, deployment, iris.id, cid_b)  # request 1 again
             await wait_until(lambda: _ready(node.stats.accepted == 2), what="the submission on the new fork")
             secret = journal.latest_secret(1)
-            assert secret is not None and secret.prediction == expected(manifest, "iris", raw_b)
+            assert secret is not None and secret.answers == [expected(manifest, "iris", raw_b)]
             warnings = [e.message for e in events.drain() if isinstance(e, NodeWarning)]
             await events.aclose()
             await asyncio.sleep(0.3)  # a few more polls: nothing else may be sent
@@ -161,6 +162,56 @@ async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path)
     finally:
         await w3.provider.disconnect()
         stop_anvil(proc)
+
+
+async def test_a_round_open_across_a_devnet_restart_closes(tmp_path: Path) -> None:
+    """After `ethml devnet --state FILE` restarts, anvil's BLOCKHASH answers another hash for the blocks
+    before the restart than its RPC and logs do, so the challenge a node derives from the RoundOpened log
+    is not the contract's: the contract refuses those nonces (InvalidNonce). Nodes must then take the
+    contract's challenge and grind again, and the round closes."""
+    if find_anvil() is None:
+        missing_service("anvil (npm ci)")
+    port = free_port()
+    state = tmp_path / "devnet-state.json"
+    data_dir = tmp_path / "data"
+    net = await start_devnet(port=port, state=state, difficulty=DIFFICULTY, data_dir=data_dir)
+    deployment = net.deployment
+    manifest = Manifest.load()
+    iris = manifest.by_name("iris")
+    raw = manifest.data_point_path(iris.data_points[1]).read_bytes()
+    cid = str(IpfsClient(Blockstore(data_dir / "blocks")).add_bytes(raw))
+    url = net.url
+    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
+    config = NodeConfig(threads=1, poll_interval=0.05, data_dir=data_dir, max_backoff=0.5)
+    early = [Node(rpc_url=url, deployment=deployment, account=dev_account(i), config=config) for i in range(2)]
+    late: list[Node] = []
+    try:
+        await request(w3, deployment, iris.id, cid)  # round 1 opens
+        for node in early:
+            await node.start()
+        await wait_until(lambda: _ready(all(n.stats.accepted == 1 for n in early)), what="two commitments")
+        ethml = ethml_contract(w3, deployment.ethml)
+        before = (await ethml.functions.getCurrentRound().call())[1]
+        net.stop()  # anvil saves its state; the round waits for three more commitments
+        net = await start_devnet(port=port, state=state, difficulty=DIFFICULTY, data_dir=data_dir)
+        assert net.reused and net.deployment.ethml == deployment.ethml
+        after = (await ethml.functions.getCurrentRound().call())[1]
+        assert bytes(after) != bytes(before), "anvil answers another hash for the opening block"
+        late = [Node(rpc_url=url, deployment=deployment, account=dev_account(i), config=config) for i in range(2, 5)]
+        for node in late:
+            await node.start()
+        consumer = consumer_contract(w3, deployment.consumer)
+        await wait_until(lambda: _answered(consumer, 1), timeout=120, what="the answer after the restart")
+        answer = await consumer.functions.answers(1).call()
+        assert answer[1] == expected(manifest, "iris", raw)
+        # The three late nodes were refused once each, then committed with the contract's challenge.
+        for node in late:
+            assert node.stats.accepted == 1 and any("grinding again" in w for w in node.stats.warnings)
+    finally:
+        for node in early + late:
+            await node.stop()
+        await w3.provider.disconnect()
+        net.stop()
 
 
 async def _ready(value: bool) -> bool:

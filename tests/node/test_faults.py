@@ -23,10 +23,12 @@ async def _answered(system: System, rid: int) -> bool:
     return (await system.answer(rid))[2]
 
 
-async def _revealed_by(system: System, address: str, rid: int) -> list[int]:
+async def _revealed_by(system: System, address: str, round_id: int) -> list[list[int]]:
     logs = await system.ethml.events.Revealed().get_logs(from_block=0)
     return [
-        int(e["args"]["prediction"]) for e in logs if e["args"]["miner"] == address and e["args"]["requestId"] == rid
+        [int(a) for a in e["args"]["answers"]]
+        for e in logs
+        if e["args"]["miner"] == address and e["args"]["roundId"] == round_id
     ]
 
 
@@ -39,11 +41,11 @@ async def test_killed_between_commit_and_reveal_reveals_after_restart(
     reached: list[int] = []
     original = Revealer.reveal
 
-    async def dies_before_revealing(self: Revealer, request_id: int, deadline: int) -> None:
+    async def dies_before_revealing(self: Revealer, round_id: int, deadline: int) -> None:
         if self.ctx.address == victim.address and not reached:
-            reached.append(request_id)
+            reached.append(round_id)
             await asyncio.Event().wait()  # the process is killed here, its commitment on chain
-        await original(self, request_id, deadline)
+        await original(self, round_id, deadline)
 
     monkeypatch.setattr(Revealer, "reveal", dies_before_revealing)
     first = system.node(0)
@@ -51,13 +53,13 @@ async def test_killed_between_commit_and_reveal_reveals_after_restart(
     async with system.running([1, 2, 3, 4]):
         await wait_until(lambda: _is(bool(reached)), what="the victim in the reveal phase")
         await _kill(first)
-        assert await _revealed_by(system, victim.address, rid) == []
+        assert await _revealed_by(system, victim.address, 1) == []
         async with system.running([0]):
             await wait_until(lambda: _answered(system, rid), what="the answer after the restart")
     expected = system.expected("iris", raw)
     assert (await system.answer(rid))[:2] == (expected, int(Status.FINALIZED))
     # It revealed what it had committed before it was killed, once.
-    assert await _revealed_by(system, victim.address, rid) == [expected]
+    assert await _revealed_by(system, victim.address, 1) == [[expected]]
     _prediction, _status, agreeing, _block = await system.ethml.functions.getResult(rid).call()
     assert agreeing == 5
 
@@ -127,6 +129,42 @@ async def test_rpc_outage_while_preloading_models_is_not_a_crash(
         assert calls
         assert all(n.stats.last_error is None for n in nodes), [n.stats.last_error for n in nodes]
     assert (await system.answer(rid))[:2] == (system.expected("iris", raw), int(Status.FINALIZED))
+
+
+async def test_a_lost_rpc_during_the_reward_claim_is_not_a_crash(system: System) -> None:
+    """The revealer reads the node's balance before claiming; an RPC that goes away right then used to
+    kill the actor (the supervisor restarted it, the warning said it failed)."""
+    cids = [system.add_point("iris", i)[0] for i in (1, 2)]
+    failed: list[str] = []
+
+    class Unreachable:
+        def __init__(self, real: Any, who: str) -> None:
+            self.real, self.who = real, who
+
+        async def call(self, *args: Any, **kwargs: Any) -> Any:
+            if self.who not in failed:
+                failed.append(self.who)
+                raise ConnectionRefusedError("RPC unreachable")
+            return await self.real.call(*args, **kwargs)
+
+    async with system.running(range(5), claim_threshold=1, bonds_kept=0) as nodes:
+        for node in nodes:
+            functions = node._ctx.contract.functions  # type: ignore[union-attr]
+            original = functions.minerBalance
+            functions.minerBalance = lambda a, o=original, who=node.address: Unreachable(o(a), who)
+        first = await system.request(3, cids[0])
+        await wait_until(lambda: _answered(system, first), what="the first answer")
+        second = await system.request(3, cids[1])
+        await wait_until(lambda: _answered(system, second), what="the second answer")
+
+        async def claimed() -> bool:
+            held = [await system.ethml.functions.minerBalance(n.address).call() for n in nodes]
+            return all(h == 0 for h in held)
+
+        await wait_until(claimed, what="the claims of the second round")
+        assert len(failed) == 5, "every node lost its RPC at its first claim"
+        assert all(n.stats.last_error is None for n in nodes), [n.stats.last_error for n in nodes]
+        assert all(any("RPC unreachable" in w for w in n.stats.warnings) for n in nodes)
 
 
 async def _is(value: bool) -> bool:

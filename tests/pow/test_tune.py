@@ -118,3 +118,26 @@ def test_an_unreadable_cache_is_measured_again(tmp_path: Path) -> None:
 def test_retune_measures_even_with_a_cache(tmp_path: Path) -> None:
     tune_mod.autotune(tmp_path)
     assert tune_mod.autotune(tmp_path, retune=True).source == "measured"
+
+
+def _ethml_imports(path: Path) -> set[str]:
+    """Every ethml module a source file imports, at the top or inside a function."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ethml"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("ethml"))
+    return found
+
+
+def test_the_tuner_does_not_depend_on_the_search_api() -> None:
+    """core -> tune -> _native_core, one way: the tuner times the native core itself."""
+    import ethml.pow.core
+    import ethml.pow.tune
+
+    assert "ethml.pow.core" not in _ethml_imports(Path(ethml.pow.tune.__file__))
+    assert "ethml.pow.tune" in _ethml_imports(Path(ethml.pow.core.__file__))

@@ -66,7 +66,7 @@ async def test_wine_task_is_trained_validated_accepted_and_served(tmp_path: Path
     await train_and_submit(system.w3, system.deployment, dev_account(INFLATED), system.ipfs, task_id, claim=999_999)
     time_travel(system.w3, 3601)
     await reveal_test_set(system.w3, system.deployment, dev_account(REQUESTER), task_id, tmp_path)
-    before = {a: await system.ethml.functions.balanceOf(dev_account(a).address).call() for a in (HONEST, *VALIDATORS)}
+    before = {a: await system.token.functions.balanceOf(dev_account(a).address).call() for a in (HONEST, *VALIDATORS)}
     for who in VALIDATORS:
         votes = await validate_task(system.w3, system.deployment, dev_account(who), system.ipfs, task_id)
         assert [v["score"] > 800_000 for v in votes] == [True, False], votes  # the inflated claim scores 0
@@ -74,11 +74,11 @@ async def test_wine_task_is_trained_validated_accepted_and_served(tmp_path: Path
     assert info["status"] == "accepted" and info["accepted_submission"] == 0, info
     model_id = info["model_id"]
     assert model_id == 5  # after the four bundled models
-    paid = await system.ethml.functions.balanceOf(dev_account(HONEST).address).call() - before[HONEST]
+    paid = await system.token.functions.balanceOf(dev_account(HONEST).address).call() - before[HONEST]
     assert paid == 40 * EML  # 80 % of the reward; the validators share the other 20 %
     for who in VALIDATORS:
-        assert await system.ethml.functions.balanceOf(dev_account(who).address).call() - before[who] > 3 * EML
-    cid, sha, kind, _decimals, features, active = await system.ethml.functions.getModel(model_id).call()
+        assert await system.token.functions.balanceOf(dev_account(who).address).call() - before[who] > 3 * EML
+    sha, kind, _decimals, features, active, cid = await system.registry.functions.getModel(model_id).call()
     assert (cid, bytes(sha).hex(), kind, features, active) == (
         honest["model_cid"],
         honest["sha256"],

@@ -12,7 +12,16 @@ from typing import Any
 
 from ethml.errors import ArtifactError
 
-ARTIFACT_NAMES = ("EthML", "EMLToken", "ModelRegistry", "ExampleConsumer", "RoundRules", "EthMLTimelock", "TrainingTasks")
+ARTIFACT_NAMES = (
+    "EthML",
+    "EthMLSettlement",
+    "EMLToken",
+    "ModelRegistry",
+    "ExampleConsumer",
+    "RoundRules",
+    "EthMLTimelock",
+    "TrainingTasks",
+)
 # Must match tools/compile_contracts.js.
 _OPTIMIZER = {"enabled": True, "runs": 500}
 _EVM_VERSION = "cancun"

@@ -8,14 +8,18 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
-from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
 from ethml.chain._artifacts import load_artifact
 from ethml.chain.accounts import dev_accounts
+
+# Re-exported: the round helpers lived here before ethml.chain.rounds.
+from ethml.chain.rounds import INVALID_INPUT as INVALID_INPUT
+from ethml.chain.rounds import Status as Status
+from ethml.chain.rounds import challenge_for as challenge_for
+from ethml.chain.rounds import commitment_for as commitment_for
 from ethml.chain.tx import send
 from ethml.errors import DeploymentError, DeploymentNotFound
 from ethml.paths import data_home
@@ -28,42 +32,9 @@ class ModelKind(IntEnum):
     REGRESSION = 1
 
 
-class Status(IntEnum):
-    NONE = 0
-    QUEUED = 1
-    CURRENT = 2
-    FINALIZED = 3
-    INVALID_INPUT = 4
-    EXPIRED = 5
-    NO_CONSENSUS = 6
-    CANCELLED = 7
-
-    @property
-    def closed(self) -> bool:
-        return self >= Status.FINALIZED
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", " ")
-
-
-#: The value a miner reveals when the data point cannot be used (the contract's INVALID_INPUT).
-INVALID_INPUT = -(2**255)
-
-
-def challenge_for(block_hash: bytes, contract: str, request_id: int) -> bytes:
-    """A round's challenge: keccak256(abi.encodePacked(blockhash(openBlock), contract, requestId))."""
-    return keccak(bytes(block_hash) + bytes.fromhex(contract.removeprefix("0x")) + request_id.to_bytes(32, "big"))
-
-
-def commitment_for(request_id: int, miner: str, prediction: int, salt: bytes) -> bytes:
-    """keccak256(abi.encode(requestId, miner, prediction, salt)), what `commit` takes."""
-    return keccak(abi_encode(["uint256", "address", "int256", "bytes32"], [request_id, miner, prediction, salt]))
-
-
 @dataclass(frozen=True)
 class Parameters:
-    """Mirrors `EthML.Parameters` (hard caps are checked by the contract's RoundRules)."""
+    """Mirrors `IEthML.Parameters` (hard caps are checked by the contract's RoundRules)."""
 
     base_reward: int = 1 * EML
     target_solve_time: int = 15
@@ -73,12 +44,20 @@ class Parameters:
     expiry_blocks: int = 200
     #: Blocks after the fifth commitment for the reveals.
     reveal_blocks: int = 20
-    #: A queued request older than this expires (refunded) when it would be opened.
+    #: A queued request older than this expires (refunded, called back).
     max_queue_blocks: int = 50_000
     max_callback_gas_limit: int = 1_000_000
     regression_tolerance_bps: int = 100
     #: Agreeing revealed votes needed for a result (3 to 5).
     quorum: int = 3
+    #: K: the most requests a round opens with (1 to 16).
+    requests_per_round: int = 8
+    #: EML each commitment bonds (at most 100 EML) ...
+    miner_bond: int = 2 * EML
+    #: ... plus this share of the round's tips, in basis points (see docs/contracts.md for the sizing).
+    bond_tip_bps: int = 5_000
+    #: Priority fee (wei per gas) above the base fee at which callbacks are reimbursed to the closer.
+    max_priority_fee: int = 2 * 10**9
 
     def as_tuple(self) -> tuple[int, ...]:
         return (
@@ -92,6 +71,10 @@ class Parameters:
             self.max_callback_gas_limit,
             self.regression_tolerance_bps,
             self.quorum,
+            self.requests_per_round,
+            self.miner_bond,
+            self.bond_tip_bps,
+            self.max_priority_fee,
         )
 
 
@@ -156,14 +139,19 @@ class ModelSpec:
 @dataclass
 class Deployment:
     chain_id: int
+    #: The oracle (EthML: requests, rounds, rewards).
     ethml: str
+    #: The EML token (ERC-20 + EIP-2612).
+    token: str
+    #: The model registry.
+    registry: str
     consumer: str
     deployer: str
     block: int
     models: dict[str, int] = field(default_factory=dict)
     #: The EthMLTimelock that holds the admin roles, for deployments made with a delay.
     timelock: str | None = None
-    #: The TrainingTasks contract (holds EthML's model-admin role to register accepted models).
+    #: The TrainingTasks contract (holds the registry's registrar role to register accepted models).
     training: str | None = None
 
     def to_json(self) -> str:
@@ -173,8 +161,16 @@ class Deployment:
     def from_json(cls, text: str) -> Deployment:
         try:
             data = json.loads(text)
+        except ValueError as exc:
+            raise DeploymentError(f"unreadable deployment file: {exc}") from exc
+        if isinstance(data, dict) and "ethml" in data and not {"token", "registry"} <= data.keys():
+            raise DeploymentError(
+                "the deployment file is from an ethml before the token and the registry were contracts of their "
+                "own (it names no token or registry address): deploy again (`ethml devnet`, or deploy_system)"
+            )
+        try:
             return cls(**data)
-        except (ValueError, TypeError) as exc:
+        except TypeError as exc:
             raise DeploymentError(f"unreadable deployment file: {exc}") from exc
 
     def save(self, path: Path) -> Path:
@@ -201,7 +197,16 @@ def deployment_path(chain_id: int, data_dir: Path | None = None) -> Path:
 
 
 def ethml_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
+    """The oracle (its closing functions included: they run EthMLSettlement's code in its storage)."""
     return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("EthML").abi)
+
+
+def token_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
+    return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("EMLToken").abi)
+
+
+def registry_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
+    return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("ModelRegistry").abi)
 
 
 def consumer_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
@@ -211,6 +216,16 @@ def consumer_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
 def dev_holders(amount: int = 10_000 * EML) -> dict[str, int]:
     """The initial EML holders of a development deployment: the ten dev-mnemonic accounts."""
     return {a.address: amount for a in dev_accounts(10)}
+
+
+async def _deploy(w3: AsyncWeb3[Any], deployer: LocalAccount, name: str, *args: Any) -> str:
+    artifact = load_artifact(name)
+    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = await send(w3, deployer, factory.constructor(*args), what=f"{name} deployment")
+    address = receipt["contractAddress"]
+    if address is None:
+        raise DeploymentError(f"{name} deployment produced no contract address")
+    return str(address)
 
 
 async def deploy_system(
@@ -223,36 +238,31 @@ async def deploy_system(
     timelock_delay: int | None = None,
     training: TrainingParameters | None = None,
 ) -> Deployment:
-    """Deploy EthML (token holders, parameters), the example consumer, and register `models`.
+    """Deploy and wire the system: the EML token (minted to `holders`), the model registry, the oracle
+    (EthML, which creates its RoundRules and EthMLSettlement), the token bound to the oracle, the
+    example consumer, the `models` registered, and the training market (with the registry's registrar
+    role).
 
-    With `timelock_delay` (seconds), the admin roles go to a new EthMLTimelock in which the deployer
-    proposes and executes: every later parameter change or model registration waits that long. The
-    models given here are registered before the roles are handed over.
+    With `timelock_delay` (seconds), the admin roles of the registry and the oracle go to a new
+    EthMLTimelock in which the deployer proposes and executes: every later parameter change or model
+    registration waits that long. The models given here are registered before the roles are handed over.
     """
     holders = dev_holders() if holders is None else holders
     params = parameters or Parameters()
-    artifact = load_artifact("EthML")
-    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = await send(
-        w3,
-        deployer,
-        factory.constructor(deployer.address, list(holders), list(holders.values()), params.as_tuple()),
-        what="EthML deployment",
-    )
-    ethml_address = receipt["contractAddress"]
-    if ethml_address is None:
-        raise DeploymentError("EthML deployment produced no contract address")
-    consumer_artifact = load_artifact("ExampleConsumer")
-    consumer_factory: Any = w3.eth.contract(abi=consumer_artifact.abi, bytecode=consumer_artifact.bytecode)
-    consumer_receipt = await send(
-        w3, deployer, consumer_factory.constructor(ethml_address), what="ExampleConsumer deployment"
-    )
+    token = await _deploy(w3, deployer, "EMLToken", list(holders), list(holders.values()))
+    first_block = int(await w3.eth.block_number)
+    registry = await _deploy(w3, deployer, "ModelRegistry", deployer.address)
+    ethml = await _deploy(w3, deployer, "EthML", token, registry, deployer.address, params.as_tuple())
+    await send(w3, deployer, token_contract(w3, token).functions.bindOracle(ethml), what="binding the token")
+    consumer = await _deploy(w3, deployer, "ExampleConsumer", ethml)
     deployment = Deployment(
         chain_id=await w3.eth.chain_id,
-        ethml=str(ethml_address),
-        consumer=str(consumer_receipt["contractAddress"]),
+        ethml=ethml,
+        token=token,
+        registry=registry,
+        consumer=consumer,
         deployer=deployer.address,
-        block=int(receipt["blockNumber"]),
+        block=first_block,
     )
     for spec in models or []:
         deployment.models[spec.name] = await register_model(w3, deployer, deployment, spec)
@@ -265,24 +275,17 @@ async def deploy_system(
 async def _deploy_training(
     w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, params: TrainingParameters
 ) -> str:
-    """TrainingTasks beside EthML, holding EthML's model-admin role so accepted models get registered.
-
-    Interim, until the oracle's split deployment (EMLToken, ModelRegistry) lands: EthML is passed as
-    both the token and the registry. TrainingTasks checks a task's model shape with
-    `ModelRegistry.checkModel`, which EthML lacks, so tasks cannot be created on this deployment yet.
-    """
-    artifact = load_artifact("TrainingTasks")
-    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = await send(
-        w3,
-        deployer,
-        factory.constructor(deployment.ethml, deployment.ethml, deployer.address, params.as_tuple()),
-        what="TrainingTasks deployment",
+    """TrainingTasks beside the oracle, paid in the token, holding the registry's registrar role so
+    accepted models get registered. Tasks are relayed on the requester's signed terms, so no relayer
+    role is granted to anyone."""
+    address = await _deploy(
+        w3, deployer, "TrainingTasks", deployment.token, deployment.registry, deployer.address, params.as_tuple()
     )
-    address = str(receipt["contractAddress"])
-    contract = ethml_contract(w3, deployment.ethml)
-    role = await contract.functions.MODEL_ADMIN_ROLE().call()
-    await send(w3, deployer, contract.functions.grantRole(role, address), what="granting TrainingTasks the model role")
+    registry = registry_contract(w3, deployment.registry)
+    role = await registry.functions.REGISTRAR_ROLE().call()
+    await send(
+        w3, deployer, registry.functions.grantRole(role, address), what="granting TrainingTasks the registrar role"
+    )
     return address
 
 
@@ -295,26 +298,27 @@ async def _hand_admin_to_timelock(
 ) -> str:
     if delay < 0:
         raise DeploymentError(f"the timelock delay must be 0 or more seconds, not {delay}")
-    artifact = load_artifact("EthMLTimelock")
-    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = await send(
-        w3, deployer, factory.constructor(delay, [deployer.address], [deployer.address]), what="timelock deployment"
-    )
-    timelock = str(receipt["contractAddress"])
-    contract = ethml_contract(w3, deployment.ethml)
-    for role in (await contract.functions.MODEL_ADMIN_ROLE().call(), bytes(32)):
+    timelock = await _deploy(w3, deployer, "EthMLTimelock", delay, [deployer.address], [deployer.address])
+    registry = registry_contract(w3, deployment.registry)
+    oracle = ethml_contract(w3, deployment.ethml)
+    admin = bytes(32)
+    roles = [(registry, await registry.functions.MODEL_ADMIN_ROLE().call()), (registry, admin), (oracle, admin)]
+    if deployment.training is not None:
+        training = training_contract(w3, deployment.training)
+        roles += [(training, admin), (training, await training.functions.PAUSER_ROLE().call())]
+    for contract, role in roles:
         await send(w3, deployer, contract.functions.grantRole(role, timelock), what="granting a role to the timelock")
-    for role in (await contract.functions.MODEL_ADMIN_ROLE().call(), bytes(32)):
+    for contract, role in roles:
         await send(w3, deployer, contract.functions.renounceRole(role, deployer.address), what="renouncing a role")
     return timelock
 
 
 async def register_model(w3: AsyncWeb3[Any], admin: LocalAccount, deployment: Deployment, spec: ModelSpec) -> int:
-    contract = ethml_contract(w3, deployment.ethml)
+    registry = registry_contract(w3, deployment.registry)
     receipt = await send(
         w3,
         admin,
-        contract.functions.registerModel(
+        registry.functions.registerModel(
             spec.cid,
             bytes.fromhex(spec.artifact_sha256.removeprefix("0x")),
             int(spec.kind),
@@ -323,5 +327,5 @@ async def register_model(w3: AsyncWeb3[Any], admin: LocalAccount, deployment: De
         ),
         what=f"registering model {spec.name}",
     )
-    events = contract.events.ModelRegistered().process_receipt(receipt)
+    events = registry.events.ModelRegistered().process_receipt(receipt)
     return int(events[0]["args"]["modelId"])

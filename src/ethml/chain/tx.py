@@ -1,79 +1,124 @@
-"""Locally signed transactions with EIP-1559 fees and readable revert reasons."""
+"""Locally signed transactions with EIP-1559 fees, a pre-flight against the pending block, and revert
+reasons in words (ethml.chain.reverts).
+
+One path for every sender (`send` here, the miner node's TxSender, the coordinator's relayer): `preflight`
+estimates the gas against the pending block, where the transaction will run, so a transaction that would
+revert is refused with its reason before it costs gas; `why_reverted` reads the reason of one that was
+mined and reverted anyway (another transaction landed first) by replaying it in its block.
+"""
 
 from __future__ import annotations
 
+import time
+import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eth_abi.abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils.abi import function_abi_to_4byte_selector
 from web3 import AsyncWeb3
-from web3.exceptions import ContractLogicError, Web3RPCError
+from web3.exceptions import MethodUnavailable, Web3RPCError
 from web3.types import TxReceipt
 
-from ethml.chain._artifacts import ARTIFACT_NAMES, load_artifact
-from ethml.errors import TransactionReverted
+from ethml.chain.reverts import Moment, Revert, decode_revert, explain, is_revert, revert_data
+from ethml.errors import ChainError, TransactionReverted
+
+__all__ = [
+    "GAS_MARGIN",
+    "decode_revert",
+    "fee_fields",
+    "is_revert",
+    "preflight",
+    "revert_reason",
+    "send",
+    "why_reverted",
+]
 
 GAS_MARGIN = 1.25
 
-
-def _error_table() -> dict[bytes, dict[str, Any]]:
-    table: dict[bytes, dict[str, Any]] = {}
-    for name in ARTIFACT_NAMES:
-        for item in load_artifact(name).abi:
-            if item["type"] == "error":
-                table[function_abi_to_4byte_selector(item)] = item  # type: ignore[arg-type]
-    return table
+#: Clients known to refuse estimates against the pending block (the embedded eth-tester chain).
+_NO_PENDING_ESTIMATES: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-_ERRORS: dict[bytes, dict[str, Any]] | None = None
+def abi_of(call: Any) -> Sequence[Mapping[str, Any]] | None:
+    """The ABI of the contract a call goes to, so its own error declarations decode first."""
+    abi = getattr(call, "contract_abi", None)
+    return abi if isinstance(abi, list) else None
 
 
-def decode_revert(data: bytes | str | None) -> str:
-    """Turn revert data into `ErrorName(arg, ...)` using the ethml contracts' ABIs."""
-    global _ERRORS
-    if data is None:
-        return "no reason given"
-    if isinstance(data, str):
-        data = bytes.fromhex(data.removeprefix("0x"))
-    if len(data) < 4:
-        return "no reason given"
-    if _ERRORS is None:
-        _ERRORS = _error_table()
-    selector, body = data[:4], data[4:]
-    if selector == bytes.fromhex("08c379a0"):
-        return str(abi_decode(["string"], body)[0])
-    if selector == bytes.fromhex("4e487b71"):
-        return f"Panic(0x{abi_decode(['uint256'], body)[0]:02x})"
-    item = _ERRORS.get(selector)
-    if item is None:
-        return f"unknown error 0x{data.hex()}"
-    types = [i["type"] for i in item["inputs"]]
+def revert_reason(
+    exc: BaseException, abi: Sequence[Mapping[str, Any]] | None = None, moment: Moment | None = None
+) -> str:
+    """The revert reason of a failed call in words, from whichever layer raised it."""
+    data = revert_data(exc)
+    if data is not None:
+        return explain(decode_revert(data, abi), moment)
+    message = getattr(exc, "message", None) or str(exc)
+    return "no reason given" if message.strip().lower() in ("execution reverted", "") else str(message)
+
+
+async def moment_of(w3: AsyncWeb3[Any], block: str | int) -> Moment:
+    """The timestamp and number of `block` ("pending", "latest" or a number); the wall clock if the
+    node will not say."""
     try:
-        values = abi_decode(types, body)
-    except Exception:  # noqa: BLE001 - malformed data is reported, not raised
-        return f"{item['name']}(<undecodable 0x{body.hex()}>)"
-    shown = ", ".join("0x" + v.hex() if isinstance(v, bytes) else str(v) for v in values)
-    return f"{item['name']}({shown})"
+        found = await w3.eth.get_block(block)  # type: ignore[arg-type]
+        return Moment(int(found["timestamp"]), int(found["number"]))
+    except Exception:  # noqa: BLE001 - the explanation then has no gap to show, nothing worse
+        return Moment(int(time.time()), None)
 
 
-def revert_reason(exc: BaseException) -> str:
-    """The decoded revert reason of a failed call, from whichever layer raised it."""
-    if isinstance(exc, ContractLogicError):
-        data = exc.data if isinstance(exc.data, str) else None
-        return decode_revert(data) if data else (exc.message or str(exc))
-    # The embedded chain (eth-tester) raises TransactionFailed with the raw revert bytes.
-    for arg in exc.args:
-        if isinstance(arg, bytes):
-            return decode_revert(arg)
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and cause is not exc:
-        return revert_reason(cause)
-    return str(exc)
+async def preflight(w3: AsyncWeb3[Any], call: Any, tx: Mapping[str, Any], what: str) -> int:
+    """The gas `call` uses in the next block (an estimate against the pending block, where clients
+    offer it); TransactionReverted with the decoded reason if it would revert there.
+
+    Raises:
+        TransactionReverted: the transaction would revert; nothing was sent, no gas spent.
+        ChainError: the node refused the estimate for another reason (funds, a malformed call).
+    """
+    pending = w3 not in _NO_PENDING_ESTIMATES
+    try:
+        if pending:
+            try:
+                return int(await call.estimate_gas(dict(tx), block_identifier="pending"))
+            except MethodUnavailable:
+                _NO_PENDING_ESTIMATES.add(w3)
+                pending = False
+        return int(await call.estimate_gas(dict(tx)))
+    except Exception as exc:
+        if not is_revert(exc):
+            if isinstance(exc, Web3RPCError):
+                raise ChainError(f"{what}: the node refused it: {getattr(exc, 'message', None) or exc}") from exc
+            raise
+        moment = await moment_of(w3, "pending" if pending else "latest")
+        error = decode_revert(revert_data(exc), abi_of(call))
+        reason = revert_reason(exc, abi_of(call), moment)
+        raise TransactionReverted(what, reason, error=error, preflight=True) from exc
 
 
-def is_revert(exc: BaseException) -> bool:
-    return isinstance(exc, ContractLogicError) or type(exc).__name__ == "TransactionFailed"
+async def why_reverted(
+    w3: AsyncWeb3[Any], receipt: Mapping[str, Any], abi: Sequence[Mapping[str, Any]] | None = None
+) -> tuple[str, Revert | None]:
+    """The reason a mined transaction reverted, in words, and its decoded error: the receipt carries
+    none, so the transaction is replayed with eth_call in its block (on that block's state, where
+    whatever made it fail has landed too)."""
+    number = int(receipt["blockNumber"])
+    moment = await moment_of(w3, number)
+    try:
+        tx = await w3.eth.get_transaction(receipt["transactionHash"])
+    except Exception:  # noqa: BLE001 - the explanation is best effort; the revert itself is certain
+        return "no reason available (the node no longer has the transaction)", None
+    if int(receipt.get("gasUsed", 0)) >= int(tx["gas"]):
+        return f"it ran out of gas (all {int(tx['gas']):,} gas used)", None
+    replay: dict[str, Any] = {"from": tx["from"], "to": tx.get("to"), "data": tx["input"], "value": tx["value"]}
+    replay["gas"] = tx["gas"]
+    try:
+        await w3.eth.call(replay, block_identifier=number)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - a revert is what we look for; anything else leaves no reason
+        if not is_revert(exc):
+            return f"no reason available (replaying it failed: {type(exc).__name__})", None
+        data = revert_data(exc)
+        error = decode_revert(data, abi) if data is not None else None
+        return revert_reason(exc, abi, moment), error
+    return "no reason available (replayed in its block, it succeeds)", None
 
 
 async def fee_fields(w3: AsyncWeb3[Any], *, priority_gwei: float = 1.0) -> dict[str, int]:
@@ -96,28 +141,24 @@ async def send(
 ) -> TxReceipt:
     """Sign `call` (a contract function call or a deploy constructor) locally, send it, wait for it.
 
+    The pre-flight runs even with an explicit `gas`: a transaction that would revert is never sent.
+
     Raises:
-        TransactionReverted: the pre-flight estimate or the mined transaction reverted.
+        TransactionReverted: it would revert (nothing sent), or it was mined and reverted; either
+            way the reason is decoded and said in words.
     """
     label = what or getattr(call, "fn_name", None) or "transaction"
     tx: dict[str, Any] = {"from": account.address, "chainId": await w3.eth.chain_id, "value": value}
     tx["nonce"] = nonce if nonce is not None else await w3.eth.get_transaction_count(account.address, "pending")
     tx.update(await fee_fields(w3))
-    try:
-        if gas is None:
-            # Nodes' estimates can sit exactly at the edge (a deployment's code deposit, refunds): keep a margin.
-            gas = int(await call.estimate_gas(tx) * GAS_MARGIN)
-        tx["gas"] = gas
-        built = await call.build_transaction(tx)
-    except (ContractLogicError, Web3RPCError) as exc:
-        raise TransactionReverted(label, revert_reason(exc)) from exc
-    except Exception as exc:
-        if not is_revert(exc):
-            raise
-        raise TransactionReverted(label, revert_reason(exc)) from exc
+    estimate = await preflight(w3, call, tx, label)
+    # Nodes' estimates can sit exactly at the edge (a deployment's code deposit, refunds): keep a margin.
+    tx["gas"] = gas if gas is not None else int(estimate * GAS_MARGIN)
+    built = await call.build_transaction(tx)
     signed = account.sign_transaction(built)
     tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = await w3.eth.wait_for_transaction_receipt(tx_hash)
     if receipt["status"] != 1:
-        raise TransactionReverted(label, f"mined but reverted in block {receipt['blockNumber']}")
+        reason, error = await why_reverted(w3, receipt, abi_of(call))
+        raise TransactionReverted(label, reason, error=error, block=int(receipt["blockNumber"]))
     return receipt

@@ -1,21 +1,28 @@
-"""What every command shares: error handling at the edge and logging set-up."""
+"""What every command shares: error handling at the edge and logging set-up.
+
+Import on use: this module and every command module import typer and the standard library at the
+top, and what a command needs (web3, the node, scikit-learn, aiohttp) inside its body, so `ethml
+--help` loads nothing else (tests/cli/test_startup.py checks it).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import typer
-from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain.deploy import Deployment
 from ethml.errors import ChainError, EthmlError
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,6 +93,8 @@ def check_rpc_url(url: str) -> str:
 
 async def connect(url: str) -> tuple[AsyncWeb3[Any], int]:
     """An AsyncWeb3 for a checked URL and the chain id it answers with (a clear error if it does not)."""
+    from web3 import AsyncHTTPProvider, AsyncWeb3
+
     w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(check_rpc_url(url)))
     try:
         chain_id = int(await w3.eth.chain_id)
@@ -109,6 +118,9 @@ def with_chain(
     rpc: str, deployment: Path | None, data_dir: Path | None, body: Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]
 ) -> T:
     """Run `body` against the deployment of the chain at `rpc` (checked to be that chain's)."""
+    import asyncio
+
+    from ethml.chain.deploy import Deployment
 
     async def run() -> T:
         w3, chain_id = await connect(rpc)

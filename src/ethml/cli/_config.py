@@ -1,19 +1,19 @@
-"""Options from the command line, ETHML_* environment variables, or a TOML config file, in that order."""
+"""Options from the command line, ETHML_* environment variables, or a TOML config file, in that order.
+
+The config file's schema and loader live in `ethml.cli._config_file` (pydantic, imported by `mine` when
+it runs); this module stays light for `--help`."""
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
-
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from ethml.chain.accounts import DEV_MNEMONIC, account_from_mnemonic
 from ethml.errors import EthmlError
-from ethml.node.miner import DEV_CHAIN_IDS  # anvil, hardhat/ganache, the embedded eth-tester chain
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 #: Log polling bounds: faster is a busy loop, slower misses rounds.
 MIN_POLL_INTERVAL = 0.01
@@ -27,59 +27,6 @@ class ConfigError(EthmlError, ValueError):
 def default_config_path() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "ethml" / "config.toml"
-
-
-class MinerConfig(BaseModel):
-    """The keys a config file may set for `ethml mine`; anything else, or a wrong type, is an error."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    rpc: str | None = None
-    account: int | None = Field(default=None, ge=0)
-    deployment: str | None = None
-    threads: int | None = Field(default=None, ge=1, le=1024)
-    models_dir: str | None = None
-    gateways: list[str] | None = None
-    data_dir: str | None = None
-    log_format: Literal["console", "json"] | None = None
-    mnemonic_file: str | None = None
-    private_key: str | None = None
-    keystore: str | None = None
-    password_file: str | None = None
-    poll_interval: float | None = Field(default=None, ge=MIN_POLL_INTERVAL, le=MAX_POLL_INTERVAL)
-
-
-def load_config(path: Path | None) -> dict[str, Any]:
-    """The [ethml] table (or the top level) of the TOML file, validated; {} when the default file is absent."""
-    target = path or default_config_path()
-    if not target.exists():
-        if path is not None:
-            raise ConfigError(f"config file {path} does not exist")
-        return {}
-    try:
-        data = tomllib.loads(target.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {target} is not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {target}: {exc}") from None
-    table = data.get("ethml", data)
-    if not isinstance(table, dict):
-        raise ConfigError(f"config file {target}: [ethml] must be a table")
-    values = {str(k).replace("-", "_"): v for k, v in table.items()}
-    if isinstance(values.get("poll_interval"), int) and not isinstance(values.get("poll_interval"), bool):
-        values["poll_interval"] = float(values["poll_interval"])
-    try:
-        checked = MinerConfig.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {_reason(e)}" for e in exc.errors())
-        raise ConfigError(f"config file {target}: {problems}") from None
-    return checked.model_dump(exclude_none=True)
-
-
-def _reason(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown key (known: " + ", ".join(MinerConfig.model_fields) + ")"
-    return f"{error['msg'].lower()} (got {error.get('input')!r})"
 
 
 def pick(cli: Any, config: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -99,6 +46,10 @@ def load_account(
     private_key: str | None = None,
 ) -> tuple[LocalAccount, str]:
     """The signing account and a phrase saying where it came from."""
+    from eth_account import Account
+
+    from ethml.node.miner import DEV_CHAIN_IDS  # anvil, hardhat/ganache, the embedded eth-tester chain
+
     if private_key is not None:
         if index is not None or keystore is not None:
             raise ConfigError("--private-key, --keystore and --account each choose the signing key: give one of them")

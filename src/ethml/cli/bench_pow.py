@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ethml.cli._common import echo_json, handle_errors, is_tty
 from ethml.errors import UnknownPowPath
-from ethml.pow import available_paths, default_threads
-from ethml.pow.bench import BenchReport, default_paths, run_benchmark
-from ethml.pow.tune import TuneResult, autotune
+
+if TYPE_CHECKING:
+    from ethml.pow.bench import BenchReport
+    from ethml.pow.tune import TuneResult
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -63,6 +64,10 @@ def bench_pow(
     Also shows which path `auto` (the default of every search) uses on this CPU and the measurement
     that chose it; --tune measures that choice again. ETHML_POW_PATH forces a path everywhere.
     """
+    from ethml.pow import available_paths, default_threads
+    from ethml.pow.bench import default_paths, run_benchmark
+    from ethml.pow.tune import autotune
+
     max_threads = threads or default_threads()
     if path == "all":
         paths = default_paths()

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlparse
 
 import typer
-from aiohttp import web
-from aiohttp.log import access_logger
-from eth_account.signers.local import LocalAccount
-from web3 import AsyncWeb3
 
-from ethml.chain.deploy import Deployment, training_contract
 from ethml.cli._common import (
     DEFAULT_RPC,
     DataDirOption,
@@ -24,13 +18,30 @@ from ethml.cli._common import (
     handle_errors,
     with_chain,
 )
+from ethml.cli._compute import (
+    DEFAULT_MAX_DATASET_MB,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_TRAIN_SECONDS,
+    DaskOption,
+    DaskTimeoutOption,
+    MaxDatasetOption,
+    MaxRowsOption,
+    MaxSecondsOption,
+    compute_for,
+)
 from ethml.cli._config import ConfigError, load_account
-from ethml.coordinator.server import ServeConfig, make_app
-from ethml.coordinator.worker import Worker, WorkerConfig, _http_base
 from ethml.devnet import check_port_free
 from ethml.errors import ChainError
-from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.paths import data_home
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from aiohttp import web
+    from eth_account.signers.local import LocalAccount
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -48,6 +59,8 @@ async def _check_training(w3: AsyncWeb3[Any], dep: Deployment) -> None:
 
 
 async def _check_relayer(w3: AsyncWeb3[Any], dep: Deployment, address: str) -> None:
+    from ethml.chain.deploy import training_contract
+
     tasks = training_contract(w3, dep.training or "")
     role = await tasks.functions.RELAYER_ROLE().call()
     if not await tasks.functions.hasRole(role, address).call():
@@ -113,6 +126,11 @@ def serve(
     TrainingTasks' RELAYER_ROLE. On first start an admin API key is written to
     DATA_DIR/coordinator/admin.key; create requester keys with POST /api/keys.
     """
+    from aiohttp import web
+    from aiohttp.log import access_logger
+
+    from ethml.coordinator.server import ServeConfig, make_app
+
     check_rpc_url(rpc)
     if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"--redis {redis!r} is not a redis://, rediss:// or unix:// URL")
@@ -176,6 +194,8 @@ def serve(
 def _event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it is installed (a dependency on Linux and macOS): the same asyncio code, with the
     loop and transports in C."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -198,26 +218,43 @@ def worker(
         list[str] | None,
         typer.Option("--gateway", metavar="URL", help="IPFS gateway (repeatable; default: the coordinator)."),
     ] = None,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
     """Work for a coordinator as a trainer or validator: log in with the account's key, take jobs,
-    send the transactions with that key, report results; reconnects by itself."""
+    send the transactions with that key, report results; reconnects by itself.
+
+    With --dask, a forest's trees and the scoring of many submissions run on a Dask cluster (checked
+    at the start: reachable, with workers, same library versions), with the same artifacts and scores
+    as without it; the coordinator's dashboard shows the cluster's size.
+    """
+    from ethml.coordinator.worker import Worker, WorkerConfig, _http_base
+    from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+
     if role not in ("trainer", "validator"):
         raise ConfigError(f"--role must be trainer or validator, not {role!r}")
     if urlparse(server).scheme not in ("ws", "wss") or not urlparse(server).hostname:
         raise ConfigError(f"--server {server!r} is not a ws:// or wss:// URL (for example ws://127.0.0.1:8600)")
     check_rpc_url(rpc)
 
-    async def work(w3: AsyncWeb3[Any], dep: Deployment) -> None:
-        signer = _signer(account, private_key, dep.chain_id)
-        home = data_dir or data_home()
-        ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
-        config = WorkerConfig(server=server, role=role, capacity=capacity, worker_id=_worker_id(role))
-        typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
-        async with ipfs:
-            await Worker(config, w3, dep, signer, ipfs).run()
-
     try:
-        with_chain(rpc, deployment, data_dir, work)
+        with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+
+            async def work(w3: AsyncWeb3[Any], dep: Deployment) -> None:
+                signer = _signer(account, private_key, dep.chain_id)
+                home = data_dir or data_home()
+                ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
+                config = WorkerConfig(
+                    server=server, role=role, capacity=capacity, worker_id=_worker_id(role), compute=compute
+                )
+                typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
+                async with ipfs:
+                    await Worker(config, w3, dep, signer, ipfs).run()
+
+            with_chain(rpc, deployment, data_dir, work)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
 
 from ethml.cli._common import echo_json, handle_errors
-from ethml.demo import render, run_demo
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -22,6 +20,10 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Deploy on an in-process chain, run miner nodes, send requests across the bundled models, show results."""
+    import asyncio
+
+    from ethml.demo import render, run_demo
+
     report = asyncio.run(
         run_demo(requests=requests, difficulty=difficulty, nodes=nodes, progress=lambda m: typer.echo(m, err=True))
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -15,7 +14,7 @@ import typer
 
 from ethml.chain.accounts import DEV_MNEMONIC
 from ethml.cli._common import handle_errors
-from ethml.devnet import DEFAULT_DIFFICULTY, child_stderr, start_devnet
+from ethml.devnet import DEFAULT_DIFFICULTY
 from ethml.errors import ChainError
 
 app = typer.Typer(rich_markup_mode=None)
@@ -42,6 +41,9 @@ def devnet(
     max_difficulty: Annotated[
         int | None, typer.Option(min=1, help="Let the retarget raise difficulty up to this (default: pinned).")
     ] = None,
+    requests_per_round: Annotated[
+        int, typer.Option(min=1, max=16, help="K: the most requests a round opens with (1 to 16).")
+    ] = 8,
     data_dir: Annotated[
         Path | None, typer.Option(help="Where the deployment file and blocks go.", envvar="ETHML_DATA_DIR")
     ] = None,
@@ -53,6 +55,10 @@ def devnet(
     ] = False,
 ) -> None:
     """Start a local chain (anvil) with the dev accounts, deploy ethml, register the bundled models."""
+    import asyncio
+
+    from ethml.devnet import child_stderr, start_devnet
+
     net = asyncio.run(
         start_devnet(
             port=port,
@@ -61,6 +67,7 @@ def devnet(
             state=state,
             difficulty=difficulty,
             max_difficulty=max_difficulty,
+            requests_per_round=requests_per_round,
             data_dir=data_dir,
             models_dir=models_dir,
         )
@@ -73,6 +80,8 @@ def devnet(
                     "rpc_url": net.url,
                     "chain_id": d.chain_id,
                     "ethml": d.ethml,
+                    "token": d.token,
+                    "registry": d.registry,
                     "consumer": d.consumer,
                     "models": d.models,
                     "deployment_file": str(net.deployment_file),
@@ -84,7 +93,8 @@ def devnet(
     models = ", ".join(f"{name} (id {i})" for name, i in d.models.items())
     say = functools.partial(typer.echo, err=json_output)  # with --json, stdout holds the JSON alone
     say(f"devnet at {net.url} (chain id {d.chain_id}); {'reused' if net.reused else 'deployed'} EthML at {d.ethml}")
-    say(f"example consumer {d.consumer}; models: {models}")
+    say(f"EML token {d.token}, model registry {d.registry}, example consumer {d.consumer}")
+    say(f"models: {models}")
     say(f"deployment file: {net.deployment_file}")
     say(f"accounts: the public development mnemonic ({DEV_MNEMONIC}); `ethml accounts` lists them")
     say("next, in five terminals:   ethml mine --account 0   (then --account 1 .. 4)")

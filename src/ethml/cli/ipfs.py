@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ethml.cli._common import echo_json, handle_errors
 from ethml.errors import IpfsError
-from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+
+if TYPE_CHECKING:
+    from ethml.ipfs import Blockstore
 
 app = typer.Typer(
     help="Add, read and serve IPFS content without a daemon (verified blocks, local blockstore).",
@@ -28,6 +29,8 @@ DataDir = Annotated[
 
 
 def blockstore_for(data_dir: Path | None) -> Blockstore:
+    from ethml.ipfs import Blockstore
+
     return Blockstore(data_dir / "blocks") if data_dir else Blockstore()
 
 
@@ -40,6 +43,8 @@ def add(
     json_output: Annotated[bool, typer.Option("--json", help="Print the CID and size as JSON.")] = False,
 ) -> None:
     """Store FILE in the local blockstore and print the CID that `ipfs add` prints with the same options."""
+    from ethml.ipfs import IpfsClient
+
     if str(file) == "-":
         data = sys.stdin.buffer.read()
     else:
@@ -70,6 +75,9 @@ def cat(
     data_dir: DataDir = None,
 ) -> None:
     """Print the content of CID: local blockstore first, then the gateways; every block is verified."""
+    import asyncio
+
+    from ethml.ipfs import IpfsClient, IpfsConfig
 
     async def run() -> bytes:
         config = IpfsConfig(gateways=gateway or [], max_size=max_size, gateway_timeout=timeout)
@@ -94,6 +102,8 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Serve the local blockstore as a read-only trustless gateway (GET /ipfs/CID?format=raw)."""
+    import asyncio
+
     from aiohttp import web
 
     from ethml.ipfs import make_app

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from ethml._logging import configure_logging
-from ethml.chain.deploy import Deployment
 from ethml.cli._common import check_rpc_url, handle_errors, is_tty
-from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, load_account, load_config, pick
-from ethml.node.miner import MinerSettings, run_miner
+from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, load_account, pick
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -104,6 +100,13 @@ def mine(
     ] = None,
 ) -> None:
     """Mine: watch for requests, predict, grind the proof of work, submit. Ctrl-C stops cleanly."""
+    import asyncio
+
+    from ethml._logging import configure_logging
+    from ethml.chain.deploy import Deployment
+    from ethml.cli._config_file import load_config
+    from ethml.node.miner import MinerSettings, run_miner
+
     cfg = load_config(config)
     fmt = pick(log_format, cfg, "log_format")
     if fmt not in (None, "console", "json"):

@@ -4,14 +4,11 @@ the state of the oracle without `cast`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from web3 import AsyncWeb3
 
 from ethml.chain.accounts import DEV_MNEMONIC, dev_accounts
-from ethml.chain.deploy import Deployment, ethml_contract
-from ethml.chain.tx import send
 from ethml.cli._common import (
     DEFAULT_RPC,
     DataDirOption,
@@ -24,8 +21,11 @@ from ethml.cli._common import (
 )
 from ethml.cli._config import load_account
 from ethml.errors import ChainError
-from ethml.node.miner import DEV_CHAIN_IDS
-from ethml.oracle import balances, list_requests, oracle_status, request_info
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
 
 app = typer.Typer(rich_markup_mode=None)
 requests_app = typer.Typer(
@@ -43,21 +43,28 @@ def status(
     json_output: JsonOption = False,
 ) -> None:
     """The oracle now: chain, contract, difficulty, the open round and its phase, the queue."""
+    from ethml.oracle import oracle_status
+
     s = with_chain(rpc, deployment, data_dir, oracle_status)
     if json_output:
         echo_json(s.as_dict())
         return
     typer.echo(f"chain {s.chain_id}, block {s.block}, EthML at {s.contract}")
-    typer.echo(f"difficulty {s.difficulty:,}; {s.requests} requests, {s.queued} queued; {s.models} models")
-    if s.current_request is None:
+    typer.echo(
+        f"difficulty {s.difficulty:,}; {s.requests} requests, {s.queued} queued; {s.models} models; "
+        f"rounds of up to {s.requests_per_round} requests"
+    )
+    if s.current_round is None:
         typer.echo("no open round")
-    elif s.phase == "committing":
-        typer.echo(
-            f"request {s.current_request}: {s.commits}/5 commitments (commit deadline block {s.commit_deadline})"
-        )
     else:
-        typer.echo(f"request {s.current_request}: {s.reveals}/5 reveals (reveal deadline block {s.reveal_deadline})")
-    typer.echo(f"base rewards issued: {s.rewards_issued_eml:g} EML")
+        ids = ", ".join(map(str, s.current_requests))
+        plural = "s" if len(s.current_requests) > 1 else ""
+        typer.echo(f"round {s.current_round}: request{plural} {ids}; bond {s.bond_eml:g} EML per commitment")
+        if s.phase == "committing":
+            typer.echo(f"  {s.commits}/5 commitments (commit deadline block {s.commit_deadline})")
+        else:
+            typer.echo(f"  {s.reveals}/5 reveals (reveal deadline block {s.reveal_deadline})")
+    typer.echo(f"base rewards issued: {s.rewards_issued_eml:g} EML; bonds burned: {s.bonds_burned_eml:g} EML")
 
 
 @requests_app.command("show")
@@ -70,16 +77,19 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """One request: status, model, data CID, tip, result and the miners of its round."""
+    from ethml.oracle import request_info
+
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: request_info(w3, dep, request_id))
     if json_output:
         echo_json(info.as_dict())
         return
     typer.echo(f"request {info.request_id}: {info.status}")
     typer.echo(f"  model {info.model_id}, data {info.data_cid}, tip {info.tip_eml:g} EML, by {info.requester}")
+    where = f"round {info.round_id}, block {info.block}" if info.round_id else f"block {info.block}"
     if info.prediction is not None:
-        typer.echo(f"  prediction {info.prediction} ({info.agreeing} of 5 miners agreed), block {info.block}")
+        typer.echo(f"  prediction {info.prediction} ({info.agreeing} of 5 miners agreed), {where}")
     elif info.miners:
-        typer.echo(f"  no prediction ({info.agreeing} of 5 miners agreed), block {info.block}")
+        typer.echo(f"  no prediction ({info.agreeing} of 5 miners agreed), {where}")
     if info.miners:
         typer.echo("  miners: " + ", ".join(info.miners))
 
@@ -94,6 +104,8 @@ def list_(
     json_output: JsonOption = False,
 ) -> None:
     """The latest requests, newest first."""
+    from ethml.oracle import list_requests
+
     infos = with_chain(rpc, deployment, data_dir, lambda w3, dep: list_requests(w3, dep, last=last))
     if json_output:
         echo_json([i.as_dict() for i in infos])
@@ -110,7 +122,7 @@ def list_(
 @app.command("expire")
 @handle_errors
 def expire(
-    request_id: Annotated[int, typer.Argument(min=1, help="The open request to expire.")],
+    request_id: Annotated[int, typer.Argument(min=1, help="The request to expire (open, or stale in the queue).")],
     account: Annotated[int, typer.Option(min=0, help="Account index that sends the transaction.")] = 9,
     mnemonic_file: Annotated[
         Path | None, typer.Option(help="Mnemonic file (or ETHML_MNEMONIC).", envvar="ETHML_MNEMONIC_FILE")
@@ -119,17 +131,19 @@ def expire(
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Expire the open request when five commitments did not come in time (its tip is refunded)."""
+    """Expire a request that cannot be answered in time: its open round, when five commitments did not
+    come within the commit window (every request of the round expires, committed bonds go back), or the
+    request itself when it waited in the queue past maxQueueBlocks. Tips are refunded and consumers told.
+    """
+    from ethml.oracle import expire_request
 
-    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> int:
+    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> str:
         signer, _ = load_account(
             index=account, mnemonic_file=mnemonic_file, keystore=None, password_file=None, chain_id=dep.chain_id
         )
-        receipt = await send(w3, signer, ethml_contract(w3, dep.ethml).functions.expireRequest(request_id))
-        return int(receipt["blockNumber"])
+        return await expire_request(w3, dep, signer, request_id)
 
-    block = with_chain(rpc, deployment, data_dir, body)
-    typer.echo(f"request {request_id} expired in block {block}")
+    typer.echo(with_chain(rpc, deployment, data_dir, body))
 
 
 @app.command("balance")
@@ -142,7 +156,8 @@ def balance(
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """ETH, EML and unclaimed mining rewards of an address."""
+    """ETH, EML, and the EML the oracle holds for an address as a miner (rewards and bonds, claimable)."""
+    from ethml.oracle import balances
 
     async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
         target = address
@@ -158,7 +173,10 @@ def balance(
     if json_output:
         echo_json(b)
         return
-    typer.echo(f"{b['address']}: {b['eth']:g} ETH, {b['eml']:g} EML, {b['owed_rewards_eml']:g} EML unclaimed rewards")
+    typer.echo(
+        f"{b['address']}: {b['eth']:g} ETH, {b['eml']:g} EML, "
+        f"{b['owed_rewards_eml']:g} EML held by the oracle (rewards and bonds, claimable)"
+    )
 
 
 @app.command("accounts")
@@ -171,6 +189,8 @@ def accounts(
     json_output: JsonOption = False,
 ) -> None:
     """The development accounts of a devnet with their balances (the public development mnemonic)."""
+    from ethml.node.miner import DEV_CHAIN_IDS
+    from ethml.oracle import balances
 
     async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
         if dep.chain_id not in DEV_CHAIN_IDS:

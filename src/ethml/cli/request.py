@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from web3 import AsyncWeb3
 
-from ethml.chain.deploy import Deployment, Status, ethml_contract
 from ethml.cli._common import RPC_HELP, connect, echo_json, handle_errors
 from ethml.cli._config import load_account
 from ethml.errors import IpfsError
-from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig, parse_cid
-from ethml.ipfs.client import DATA_POINT_LIMIT
-from ethml.ml import Manifest
-from ethml.requester import (
-    RequestError,
-    check_data_point,
-    parse_tip,
-    request_prediction,
-    resolve_model,
-    wait_for_result,
-)
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
+    from ethml.ipfs import Blockstore
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -80,6 +72,13 @@ def request(
     Exit status: 0 finalized (or sent, without --wait), 1 error, 2 bad usage, 3 closed without a
     prediction (invalid input, no consensus, expired).
     """
+    import asyncio
+
+    from ethml.chain.deploy import Deployment, registry_contract
+    from ethml.ipfs import Blockstore, IpfsClient, parse_cid
+    from ethml.ml import Manifest
+    from ethml.requester import RequestError, check_data_point, parse_tip, request_prediction, resolve_model
+
     if (data is None) == (cid is None):
         raise typer.BadParameter("give exactly one of --data FILE and --cid CID")
     tip_wei = parse_tip(tip)
@@ -96,8 +95,8 @@ def request(
         try:
             dep = Deployment.load(deployment) if deployment else Deployment.find(chain_id, data_dir)
             model_id = resolve_model(dep, model)
-            ethml = ethml_contract(w3, dep.ethml)
-            _mcid, sha, _kind, _decimals, features, active = await _model(ethml, model_id)
+            registry = registry_contract(w3, dep.registry)
+            sha, _kind, _decimals, features, active, _mcid = await _model(registry, model_id)
             if not active:
                 raise RequestError(f"model {model_id} is deactivated")
             blockstore = Blockstore(data_dir / "blocks") if data_dir else Blockstore()
@@ -127,15 +126,25 @@ def request(
     asyncio.run(run())
 
 
-async def _model(ethml: Any, model_id: int) -> Any:
+async def _model(registry: Any, model_id: int) -> Any:
+    from ethml.chain.reverts import is_revert
+    from ethml.chain.tx import revert_reason
+    from ethml.requester import RequestError
+
     try:
-        return await ethml.functions.getModel(model_id).call()
+        return await registry.functions.getModel(model_id).call()
     except Exception as exc:
-        raise RequestError(f"model {model_id} is not registered on this deployment") from exc
+        if not is_revert(exc):
+            raise
+        raise RequestError(revert_reason(exc, registry.abi)) from None
 
 
 async def _fetch(blockstore: Blockstore, cid: str, gateways: list[str], force: bool) -> bytes | None:
     """The data behind a --cid, from the local blockstore or the gateways, as a miner would fetch it."""
+    from ethml.ipfs import IpfsClient, IpfsConfig
+    from ethml.ipfs.client import DATA_POINT_LIMIT
+    from ethml.requester import RequestError
+
     config = IpfsConfig(gateways=gateways, gateway_timeout=10.0, total_timeout=20.0)
     try:
         async with IpfsClient(blockstore, config) as ipfs:
@@ -152,6 +161,9 @@ async def _fetch(blockstore: Blockstore, cid: str, gateways: list[str], force: b
 async def _wait(
     w3: AsyncWeb3[Any], dep: Deployment, rid: int, limit_s: float, json_output: bool, summary: dict[str, Any]
 ) -> None:
+    from ethml.chain.deploy import Status
+    from ethml.requester import wait_for_result
+
     progress = None if json_output else (lambda m: typer.echo(m, err=True))
     result = await wait_for_result(w3, dep, rid, timeout=limit_s, progress=progress)
     summary.update(
@@ -160,11 +172,15 @@ async def _wait(
         agreeing=result.agreeing,
         miners=result.miners,
         closed_block=result.closed_block,
+        round=result.round_id,
     )
     if json_output:
         echo_json(summary)
     elif result.status == Status.FINALIZED:
-        typer.echo(f"request {rid}: finalized, prediction {result.value} ({result.agreeing} of 5 miners agreed)")
+        typer.echo(
+            f"request {rid}: finalized, prediction {result.value} "
+            f"({result.agreeing} of 5 miners agreed, round {result.round_id})"
+        )
         typer.echo("miners: " + ", ".join(result.miners))
     else:
         # Invalid input, no consensus, expired: the request got no prediction.

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from web3 import AsyncWeb3
 
-from ethml.chain.deploy import Deployment
 from ethml.cli._common import (
     DEFAULT_RPC,
     DataDirOption,
@@ -21,21 +19,25 @@ from ethml.cli._common import (
     handle_errors,
     with_chain,
 )
-from ethml.cli._config import load_account
-from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
-from ethml.paths import data_home
-from ethml.requester import parse_tip
-from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
-from ethml.training.flow import (
-    TaskError,
-    create_task,
-    finalize_task,
-    reveal_test_set,
-    stake,
-    task_info,
-    train_and_submit,
-    validate_task,
+from ethml.cli._compute import (
+    DEFAULT_MAX_DATASET_MB,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_TRAIN_SECONDS,
+    DaskOption,
+    DaskTimeoutOption,
+    MaxDatasetOption,
+    MaxRowsOption,
+    MaxSecondsOption,
+    compute_for,
 )
+from ethml.cli._config import load_account
+from ethml.paths import data_home
+
+if TYPE_CHECKING:
+    from web3 import AsyncWeb3
+
+    from ethml.chain.deploy import Deployment
+    from ethml.ipfs import IpfsClient
 
 T = TypeVar("T")
 
@@ -57,6 +59,8 @@ def _home(data_dir: Path | None) -> Path:
 
 
 def _ipfs(data_dir: Path | None, gateways: list[str] | None) -> IpfsClient:
+    from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+
     return IpfsClient(Blockstore(_home(data_dir) / "blocks"), IpfsConfig(gateways=gateways or []))
 
 
@@ -65,17 +69,21 @@ def _signer(index: int, dep: Deployment) -> Any:
 
 
 def _job(
-    fn: Callable[[AsyncWeb3[Any], Deployment, Any, IpfsClient, int], Awaitable[T]],
+    fn: Callable[..., Awaitable[T]],
     account: int,
     data_dir: Path | None,
     gateways: list[str] | None,
     task: int,
+    compute: Any,
 ) -> Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]:
-    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore."""
-    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task)
+    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore,
+    run on `compute` (this machine or a Dask cluster)."""
+    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task, compute=compute)
 
 
 def _read(path: Path) -> bytes:
+    from ethml.training.flow import TaskError
+
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -105,6 +113,10 @@ def create(
 ) -> None:
     """Post a training task: the spec, dataset and test set go to the blockstore by CID, the test set
     stays hidden behind a commitment until `ethml task reveal`, the reward is escrowed."""
+    from ethml.requester import parse_tip
+    from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
+    from ethml.training.flow import create_task
+
     task_spec = parse_spec(_read(spec))
     if sklearn is not None:
         if dataset or test_set:
@@ -153,6 +165,8 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """A task: status, files, deadlines, submissions with their votes and medians, the model id."""
+    from ethml.training.flow import task_info
+
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: task_info(w3, dep, task_id))
     if json_output:
         echo_json(info)
@@ -176,6 +190,8 @@ def reveal(
     data_dir: DataDirOption = None,
 ) -> None:
     """Reveal the hidden test set (after the submission deadline) so validators can score."""
+    from ethml.training.flow import reveal_test_set
+
     cid = with_chain(
         rpc,
         deployment,
@@ -195,6 +211,8 @@ def finalize(
     data_dir: DataDirOption = None,
 ) -> None:
     """Settle a task: accept the best passing model (registered for the miners) or refund."""
+    from ethml.training.flow import finalize_task
+
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: finalize_task(w3, dep, _signer(account, dep), task_id))
     typer.echo(f"task {task_id}: {info['status']}" + (f", model id {info['model_id']}" if info["model_id"] else ""))
 
@@ -210,6 +228,9 @@ def stake_command(
     data_dir: DataDirOption = None,
 ) -> None:
     """Stake EML to act as a trainer or a validator."""
+    from ethml.requester import parse_tip
+    from ethml.training.flow import stake
+
     if role not in ("trainer", "validator"):
         raise typer.BadParameter("--role must be trainer or validator")
     wei = parse_tip(amount)
@@ -227,9 +248,20 @@ def train(
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
-    """Train the task's model (in a child process with the spec's time limit) and submit it."""
-    result = with_chain(rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task))
+    """Train the task's model (in a child process with the spec's time limit; a forest's trees on a
+    Dask cluster with --dask) and submit it."""
+    from ethml.training.flow import train_and_submit
+
+    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+        result = with_chain(
+            rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task, compute)
+        )
     if json_output:
         echo_json(result)
     else:
@@ -246,9 +278,28 @@ def validate(
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
+    dask: DaskOption = None,
+    dask_timeout: DaskTimeoutOption = 10.0,
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
-    """Score every submission of the task on the revealed test set and vote."""
-    votes = with_chain(rpc, deployment, data_dir, _job(validate_task, account, data_dir, gateway, task))
+    """Score every submission of the task on the revealed test set (in parallel on a Dask cluster with
+    --dask) and vote (skipping the ones this account may not vote on, and saying why)."""
+    from ethml.training.flow import TaskError, validate_task
+
+    refused: list[str] = []
+    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+
+        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
+            signer, ipfs = _signer(account, dep), _ipfs(data_dir, gateway)
+            return await validate_task(w3, dep, signer, ipfs, task, refused=refused, compute=compute)
+
+        votes = with_chain(rpc, deployment, data_dir, body)
+    if refused and not votes:
+        raise TaskError(f"task {task}: nothing to vote on: {'; '.join(refused)}")
+    for why in refused:
+        typer.echo(f"skipped: {why}", err=True)
     if json_output:
         echo_json(votes)
         return

@@ -2,11 +2,16 @@
 
 A job read from `jobs:<role>` waits under the consumer `~waiting` until a worker of that role with
 free capacity, which has not yet worked on the same task, takes it: it is moved (XCLAIM ... JUSTID,
-so the delivery count stays) to the consumer `<address>:<worker id>`. While the worker heartbeats,
-its jobs are touched every pass, so they never look idle; once it stops (SIGKILL, lost network, its
-instance died), its jobs go idle and after `job_timeout` XAUTOCLAIM moves them back to `~waiting`,
-which counts a delivery. A job delivered more than `max_deliveries` times goes to the `dead` stream.
-The job id (task and slot) is the idempotency key: the first result is kept, a repeat is ignored.
+so the delivery count stays) to the consumer `<address>:<worker id>` and sent to the worker with its
+delivery number. While the worker heartbeats, its jobs are touched every pass, so they never look
+idle; once it stops (SIGKILL, lost network, its instance died), its jobs go idle and after
+`job_timeout` XAUTOCLAIM moves them back to `~waiting`, which counts a delivery. A job delivered more
+than `max_deliveries` times goes to the `dead` stream.
+
+A result counts only from the worker the job was delivered to, for that delivery: its entry must be
+pending under the worker's consumer with the delivery number the worker was sent (checked and
+recorded in one script). The job id (task and slot) is the idempotency key: the first result is kept,
+a repeat is acknowledged and ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ethml.coordinator.store import GROUP, WAITING, P, Store, job_stream
+from ethml.coordinator import redis_keys as k
+from ethml.coordinator.store import GROUP, WAITING, Store
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -37,6 +43,7 @@ class WorkerConn:
     running: dict[str, bytes] = field(default_factory=dict)  # job id -> stream entry id
     cpu: float = 0.0
     memory: float = 0.0
+    cluster: dict[str, int] | None = None  # a cluster-backed worker's Dask cluster: workers, threads
 
     @property
     def consumer(self) -> str:
@@ -58,6 +65,7 @@ class WorkerConn:
             "cpu": self.cpu,
             "memory": self.memory,
             "load": round(self.load, 3),
+            "cluster": self.cluster,
             "connected_at": self.connected_at,
             "last_seen": time.time() - (time.monotonic() - self.last_seen),
         }
@@ -78,12 +86,16 @@ class Dispatcher:
             await self._pass(role)
 
     async def _pass(self, role: str) -> None:
-        stream = job_stream(role)
+        stream = k.jobs(role)
         redis = self.store.redis
         mine = [c for c in self.conns.values() if c.role == role]
-        for conn in mine:  # keep the jobs of live workers fresh
+        for conn in mine:  # keep the jobs of live workers fresh; forget those taken back meanwhile
             if conn.running:
-                await redis.xclaim(stream, GROUP, conn.consumer, 0, list(conn.running.values()), justid=True)
+                kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
+                for job, entry_id in list(conn.running.items()):
+                    if entry_id not in kept:
+                        del conn.running[job]
+                        log.warning("job_taken_back", job=job, worker=conn.consumer)
         waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
         if waiting:  # waiting is not idle: only jobs of silent workers are reclaimed below
             await redis.xclaim(stream, GROUP, WAITING, 0, [w["message_id"] for w in waiting], justid=True)
@@ -99,7 +111,7 @@ class Dispatcher:
             log.warning("job_reclaimed", job=job, deliveries=delivered)
             if delivered > self.max_deliveries:
                 dead = {k.decode(): v for k, v in fields.items()}
-                await redis.xadd(f"{P}dead", {**dead, "deliveries": delivered})
+                await redis.xadd(k.DEAD, {**dead, "deliveries": delivered})
                 await self.store.finish_entry(stream, GROUP, entry_id)
                 self.dead_lettered += 1
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
@@ -125,12 +137,12 @@ class Dispatcher:
         if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
-        done_key = f"{P}taskworkers:{fields['chain_task']}:{role}"
+        done_key = k.task_workers(fields["chain_task"], role)
         done = {a.decode() for a in await redis.smembers(done_key)}
         eligible = [c for c in free if c.address not in done]
         if not eligible:
             return
-        if not await redis.set(f"{P}joblock:{job}", self.instance, nx=True, px=5000):
+        if not await redis.set(k.job_lock(job), self.instance, nx=True, px=5000):
             return  # another instance is assigning it right now
         conn = min(eligible, key=lambda c: c.load)
         await redis.xclaim(stream, GROUP, conn.consumer, 0, [entry_id], justid=True)
@@ -147,16 +159,24 @@ class Dispatcher:
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
 
-    async def finish(self, conn: WorkerConn, job: str, result: dict[str, Any]) -> bool:
-        """A worker's result: kept if it is the first for this job; the stream entry is acknowledged."""
-        role_stream = job_stream(conn.role)
-        entry_id = conn.running.pop(job, None)
-        recorded = await self.store.record_result(job, {**result, "worker": conn.consumer, "at": time.time()})
-        if entry_id is None:  # after a reconnect: the worker's pending entry, by its job id
-            entry_id = dict(await self.pending_of(conn)).get(job)
-        if entry_id is not None:
-            await self.store.finish_entry(role_stream, GROUP, entry_id)
-        return recorded
+    async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
+        """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,
+        duplicate (acknowledged, a result was kept already), or why it does not count."""
+        entry_id = conn.running.get(job)
+        if entry_id is None:
+            kept = await self.store.result(job)
+            if kept is not None and kept.get("worker") == conn.consumer:
+                return "duplicate"  # a repeat of a result already recorded (its acknowledgement was lost)
+            return "not delivered to this worker"
+        outcome = await self.store.finish_job(
+            conn.role, job, conn.consumer, entry_id, delivery, {**result, "worker": conn.consumer, "at": time.time()}
+        )
+        if outcome == "stale":
+            return f"delivery {delivery} is not the delivery this worker was sent"
+        del conn.running[job]
+        if outcome in ("gone", "reassigned"):
+            return "not delivered to this worker any more (it timed out and went to another)"
+        return outcome
 
     def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes]]) -> None:
         """A reconnecting worker keeps the jobs still pending under its consumer name."""
@@ -164,7 +184,7 @@ class Dispatcher:
             conn.running[job] = entry_id
 
     async def pending_of(self, conn: WorkerConn) -> list[tuple[str, bytes]]:
-        stream = job_stream(conn.role)
+        stream = k.jobs(conn.role)
         pending = await self.store.redis.xpending_range(stream, GROUP, "-", "+", 1000, consumername=conn.consumer)
         found = []
         for p in pending:

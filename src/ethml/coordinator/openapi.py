@@ -1,5 +1,7 @@
 """The OpenAPI 3.1 document of the coordinator's REST API, built from the same pydantic types the
-handlers validate with (their JSON Schemas go into components/schemas)."""
+handlers validate with (their JSON Schemas go into components/schemas) and the same limits the
+handlers enforce (`schemas`): a request the document calls valid is refused only for what a schema
+cannot say (named in the operation's description), one it calls invalid always gets a 4xx."""
 
 from __future__ import annotations
 
@@ -13,84 +15,145 @@ from ethml import __version__
 from ethml.coordinator import schemas as s
 
 BEARER: list[dict[str, list[str]]] = [{"apiKey": []}]
+FILE = s.MAX_FILE_BYTES
+
+ERRORS = {
+    400: "the body is not JSON",
+    401: "no API key, or an unknown one",
+    403: "the key's role may not do this",
+    404: "not found",
+    408: "the body did not arrive in time (the connection is closed)",
+    409: "already exists",
+    413: "the body is too large",
+    415: "the body is not application/json",
+    422: "a field is invalid (named in error.field)",
+    429: "rate limited (see Retry-After)",
+    503: "Redis or the chain RPC is unavailable (see Retry-After)",
+}
+#: What every route may answer besides its own statuses: a rate limit, or a backend outage.
+ALWAYS = (429, 503)
+#: What a route that reads a JSON body may answer about the body itself.
+JSON_BODY = (400, 408, 413, 415, 422)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+def _json(model: type[BaseModel], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+    if headers:
+        out["headers"] = headers
+    return out
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "the body is not JSON",
-        401: "no API key, or an unknown one",
-        403: "the key's role may not do this",
-        404: "not found",
-        409: "already exists",
-        413: "the body is too large",
-        422: "a field is invalid (named in error.field)",
-        429: "rate limited (see Retry-After)",
-        503: "Redis or the chain RPC is unavailable",
-    }
-    return {str(c): _json(s.ErrorOut, text[c]) for c in codes}
+    out = {}
+    for c in sorted({*codes, *ALWAYS}):
+        retry = {"Retry-After": {"schema": {"type": "string"}}} if c in (429, 503) else None
+        out[str(c)] = _json(s.ErrorOut, ERRORS[c], retry)
+    return out
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the task's URL"}}
+
+POST_TASK = """Create a training task; the coordinator's relayer creates it on chain.
+
+Beyond this schema the server checks, and answers 422 naming the field: the permit's signature
+recovers permit.owner for this chain, EML token and TrainingTasks; permit.value equals reward;
+submit_deadline is in the future (at most 365 days), validation_deadline follows it (at most 365
+days more), permit.deadline has not passed; test_set matches test_set_commitment; the spec's target
+is not among its features."""
 
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         s.TaskCreate, s.TaskImport, s.TaskCreated, s.TaskView, s.TaskPage, s.ApiKeyCreate, s.ApiKeyOut,
-        s.WorkerList, s.Health, s.ErrorOut,
+        s.WorkerList, s.Disconnected, s.FileAdded, s.Health, s.ErrorOut,
     ]  # fmt: skip
+    inputs = (s.TaskCreate, s.TaskImport, s.ApiKeyCreate)
     _, top = models_json_schema(
-        [(m, "validation" if m in (s.TaskCreate, s.TaskImport, s.ApiKeyCreate) else "serialization") for m in models],
+        [(m, "validation" if m in inputs else "serialization") for m in models],
         ref_template="#/components/schemas/{model}",
     )
-    components = top.get("$defs", {})
-    task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+    task_id = {
+        "name": "task_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": s.TASK_ID, "maxLength": 64},
+    }
+    worker_id = {
+        "name": "worker_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": s.WORKER_ID, "maxLength": 64},
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "ethml coordinator",
             "version": __version__,
             "description": "Training tasks for the ethml oracle: post a task with an EIP-2612 permit of its reward, "
-            "follow it through training and validation to a registered model.",
+            "follow it through training and validation to a registered model. Request bodies are JSON "
+            f"(application/json, UTF-8, at most {s.MAX_BODY_BYTES} bytes) validated strictly: a value of the wrong "
+            "JSON type is refused, not converted.",
         },
         "components": {
-            "schemas": components,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "an ethml API key"}},
+            "schemas": top.get("$defs", {}),
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "an ethml API key"},
+                "workerToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Worker-Token",
+                    "description": "a logged-in worker's upload token (from its welcome message)",
+                },
+            },
         },
         "paths": {
             "/api/tasks": {
                 "post": {
-                    "summary": "Create a training task; the coordinator's relayer creates it on chain",
+                    "summary": "Create a training task",
+                    "description": POST_TASK,
                     "security": BEARER,
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.TaskCreate)}}},
+                    "requestBody": _body(s.TaskCreate),
                     "responses": {
-                        "201": _json(s.TaskCreated, "accepted; follow Location"),
-                        **_errors(400, 401, 403, 413, 422, 429, 503),
+                        "201": _json(s.TaskCreated, "accepted; follow Location", LOCATION),
+                        **_errors(401, 403, *JSON_BODY),
                     },
                 },
                 "get": {
                     "summary": "List tasks, newest first",
                     "parameters": [
                         {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(s.STATUSES)}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 40}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "the next_cursor of the previous page",
+                            "schema": {"type": "string", "pattern": s.CURSOR, "maxLength": s.MAX_CURSOR},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": s.MAX_LIMIT, "default": 50},
+                        },
                     ],
-                    "responses": {"200": _json(s.TaskPage, "a page of tasks"), **_errors(422, 429, 503)},
+                    "responses": {"200": _json(s.TaskPage, "a page of tasks"), **_errors(422)},
                 },
             },
             "/api/tasks/import": {
                 "post": {
                     "summary": "Track a task created on chain by its requester",
                     "security": BEARER,
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.TaskImport)}}},
+                    "requestBody": _body(s.TaskImport),
                     "responses": {
-                        "201": _json(s.TaskCreated, "tracked"),
-                        **_errors(400, 401, 403, 404, 409, 413, 422, 429, 503),
+                        "201": _json(s.TaskCreated, "tracked", LOCATION),
+                        **_errors(401, 403, 404, 409, *JSON_BODY),
                     },
                 }
             },
@@ -98,20 +161,41 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "A task: status, submissions, votes, transactions, registered model",
                     "parameters": [task_id],
-                    "responses": {"200": _json(s.TaskView, "the task"), **_errors(404, 429, 503)},
+                    "responses": {"200": _json(s.TaskView, "the task"), **_errors(404, 422)},
+                }
+            },
+            "/api/files": {
+                "post": {
+                    "summary": "Add a file (dataset, test set, model artifact) to the coordinator's blockstore",
+                    "description": "Any content type; fetch the file back by its CID from /ipfs/{cid} (raw blocks).",
+                    "security": [{"apiKey": []}, {"workerToken": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "minLength": 1,
+                                    "maxLength": s.MAX_FILE_BYTES,
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json(s.FileAdded, "stored"),
+                        **_errors(401, 403, 408, 413, 422),
+                    },
                 }
             },
             "/api/keys": {
                 "post": {
                     "summary": "Create an API key (admin)",
                     "security": BEARER,
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref(s.ApiKeyCreate)}},
-                    },
+                    "requestBody": _body(s.ApiKeyCreate),
                     "responses": {
                         "201": _json(s.ApiKeyOut, "the new key, shown once"),
-                        **_errors(400, 401, 403, 413, 422, 429, 503),
+                        **_errors(401, 403, *JSON_BODY),
                     },
                 }
             },
@@ -119,13 +203,35 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Connected workers (admin)",
                     "security": BEARER,
-                    "responses": {"200": _json(s.WorkerList, "the workers"), **_errors(401, 403, 429, 503)},
+                    "responses": {"200": _json(s.WorkerList, "the workers"), **_errors(401, 403)},
+                }
+            },
+            "/api/workers/{worker_id}": {
+                "delete": {
+                    "summary": "Disconnect a worker (admin)",
+                    "security": BEARER,
+                    "parameters": [worker_id],
+                    "responses": {
+                        "202": _json(s.Disconnected, "disconnected now, or at its next report to its instance"),
+                        **_errors(401, 403, 404, 422),
+                    },
                 }
             },
             "/healthz": {
                 "get": {
                     "summary": "Liveness: Redis and the chain RPC answer",
                     "responses": {"200": _json(s.Health, "healthy"), "503": _json(s.Health, "a backend is down")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this instance",
+                    "responses": {
+                        "200": {
+                            "description": "the Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
             },
         },

@@ -40,11 +40,11 @@ class PermitDomain:
     token: str  # EML (the EthML contract)
     spender: str  # TrainingTasks
 
-    @property
+    @functools.cached_property
     def separator(self) -> bytes:
         return domain_separator(self.chain_id, self.token)
 
-    def digest(self, owner: str, value: int, nonce: int, deadline: int, *, separator: bytes | None = None) -> bytes:
+    def digest(self, owner: str, value: int, nonce: int, deadline: int) -> bytes:
         struct = keccak256(
             PERMIT_TYPEHASH
             + _word(bytes.fromhex(owner[2:]))
@@ -53,7 +53,7 @@ class PermitDomain:
             + _word(nonce)
             + _word(deadline)
         )
-        return keccak256(b"\x19\x01" + (separator or self.separator) + struct)
+        return keccak256(b"\x19\x01" + self.separator + struct)
 
     def typed_data(self, owner: str, value: int, nonce: int, deadline: int) -> dict[str, object]:
         """The EIP-712 message a wallet signs (eth_account's `sign_typed_data(full_message=...)`)."""

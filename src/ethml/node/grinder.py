@@ -98,10 +98,10 @@ class PowGrinder:
             self.ctx.stats.hashrate = self.meter.rate()
             self.ctx.stats.grinding_share = self.meter.grinding_share()
         if not result.found or job.is_cancelled:
-            self.ctx.log.info("grind_cancelled", request_id=job.request_id, reason=job.reason, hashes=result.hashes)
+            self.ctx.log.info("grind_cancelled", round_id=job.round_id, reason=job.reason, hashes=result.hashes)
             return False
         job.nonce = result.nonce
         elapsed = time.monotonic() - started
-        self.ctx.emit(SolutionFound(job.request_id, int(result.nonce or 0), result.hashes, elapsed))
-        self.ctx.log.info("solution_found", request_id=job.request_id, hashes=result.hashes, seconds=round(elapsed, 3))
+        self.ctx.emit(SolutionFound(job.round_id, int(result.nonce or 0), result.hashes, elapsed))
+        self.ctx.log.info("solution_found", round_id=job.round_id, hashes=result.hashes, seconds=round(elapsed, 3))
         return True

@@ -1,4 +1,4 @@
-"""A job is one current request as this node works on it; the board cancels superseded jobs."""
+"""A job is the open round as this node works on it; the board cancels superseded jobs."""
 
 from __future__ import annotations
 
@@ -10,19 +10,24 @@ from ethml.pow import StopFlag
 
 @dataclass
 class Job:
-    request_id: int
+    """One round: its challenge and difficulty, and per request (in answer-vector order) the model,
+    the data CID, then the fetched data and the answer."""
+
+    round_id: int
     challenge: bytes
     difficulty: int
-    model_id: int
-    data_cid: str
+    request_ids: list[int]
+    model_ids: list[int]
+    data_cids: list[str]
     block_number: int
     block_hash: str
+    bond: int = 0
     stop: StopFlag = field(default_factory=StopFlag)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
-    data: bytes | None = None
-    prediction: int | None = None
-    invalid_reason: str = ""
+    datas: list[bytes | None] = field(default_factory=list)
+    invalid_reasons: list[str] = field(default_factory=list)
+    answers: list[int] | None = None
     nonce: int | None = None
 
     def cancel(self, reason: str) -> None:
@@ -35,20 +40,27 @@ class Job:
     def is_cancelled(self) -> bool:
         return self.cancelled.is_set()
 
+    def regrind(self, challenge: bytes) -> None:
+        """The round's challenge turned out to be another (the contract refused the nonce as invalid):
+        search again for it, with the answers already made."""
+        self.challenge = challenge
+        self.nonce = None
+        self.stop = StopFlag()
+
 
 class JobBoard:
-    """The current job. A new challenge, a closed request or a reorg cancels what is superseded."""
+    """The current job. A new round, a closed round or a reorg cancels what is superseded."""
 
     def __init__(self) -> None:
         self.current: Job | None = None
 
     def start(self, job: Job) -> None:
         if self.current is not None and self.current is not job:
-            self.current.cancel(f"request {job.request_id} became current")
+            self.current.cancel(f"round {job.round_id} opened")
         self.current = job
 
-    def close_request(self, request_id: int, reason: str) -> None:
-        if self.current is not None and self.current.request_id == request_id:
+    def close_round(self, round_id: int, reason: str) -> None:
+        if self.current is not None and self.current.round_id == round_id:
             self.current.cancel(reason)
             self.current = None
 

@@ -1,11 +1,14 @@
 """The node's durable journal (SQLite): each round's secret before its commitment is sent, every
 transaction before it is sent, and the log checkpoint.
 
-A round is named by its request id and challenge (a reorg can reuse an id with a new challenge). The
-prediction and salt are written before the commitment goes out, so a node killed between commit and
-reveal reveals after a restart; a restart re-sends the identical signed transaction of an unfinished
-commit, reveal or close instead of making a second one; a round that has a commit row is never
-committed again.
+A round is named by its round id and challenge (a reorg, or a restarted devnet that answers other
+block hashes, can give a round id a new challenge). The answer vector and salt are written before the
+commitment goes out, so a node killed between commit and reveal reveals after a restart; a restart
+re-sends the identical signed transaction of an unfinished commit, reveal or close instead of making a
+second one; a round that has a commit row for its challenge is never committed again.
+
+The file's schema has a version (`PRAGMA user_version`); a journal of an older version (one request per
+round) holds nothing a node of this version can use, and is started afresh.
 """
 
 from __future__ import annotations
@@ -21,19 +24,20 @@ from typing import IO
 
 from ethml.errors import JournalLocked
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS secrets (
-    request_id INTEGER NOT NULL,
+    round_id INTEGER NOT NULL,
     challenge TEXT NOT NULL,
-    prediction TEXT NOT NULL,
+    answers TEXT NOT NULL,          -- JSON list of the round's answers (ints as strings)
     salt TEXT NOT NULL,
     created REAL NOT NULL,
-    PRIMARY KEY (request_id, challenge)
+    PRIMARY KEY (round_id, challenge)
 );
 CREATE TABLE IF NOT EXISTS transactions (
-    request_id INTEGER NOT NULL,
+    round_id INTEGER NOT NULL,
     challenge TEXT NOT NULL,
-    kind TEXT NOT NULL,             -- commit | reveal | close
+    kind TEXT NOT NULL,             -- commit | reveal | reveal_close | close | claim
     args TEXT NOT NULL,             -- JSON list of the call's arguments (ints as strings, bytes as hex)
     tx_nonce INTEGER NOT NULL,
     raw_txs TEXT NOT NULL,          -- JSON list of signed raw transactions (fee bumps append)
@@ -42,7 +46,7 @@ CREATE TABLE IF NOT EXISTS transactions (
     detail TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    PRIMARY KEY (request_id, challenge, kind)
+    PRIMARY KEY (round_id, challenge, kind)
 );
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -56,9 +60,9 @@ OPEN_STATUSES = ("signed", "sent")
 
 @dataclass
 class Secret:
-    request_id: int
+    round_id: int
     challenge: str
-    prediction: int
+    answers: list[int]
     salt: bytes
 
 
@@ -66,7 +70,7 @@ class Secret:
 class Submission:
     """One transaction of a round: its call (`kind` and `args`) and every signed version of it."""
 
-    request_id: int
+    round_id: int
     challenge: str
     kind: str
     args: list[str]
@@ -92,6 +96,12 @@ class Journal:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version != SCHEMA_VERSION:
+            self._db.executescript(
+                "DROP TABLE IF EXISTS secrets; DROP TABLE IF EXISTS transactions; DROP TABLE IF EXISTS checkpoint;"
+            )
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -104,26 +114,27 @@ class Journal:
     # ---------------------------------------------------------------- secrets
 
     def save_secret(self, secret: Secret) -> Secret:
-        """Write a round's prediction and salt durably; an existing secret for the round wins."""
+        """Write a round's answers and salt durably; an existing secret for the round wins."""
+        answers = json.dumps([str(a) for a in secret.answers])
         self._db.execute(
             "INSERT OR IGNORE INTO secrets VALUES (?, ?, ?, ?, ?)",
-            (secret.request_id, secret.challenge, str(secret.prediction), secret.salt.hex(), time.time()),
+            (secret.round_id, secret.challenge, answers, secret.salt.hex(), time.time()),
         )
-        stored = self.secret(secret.request_id, secret.challenge)
+        stored = self.secret(secret.round_id, secret.challenge)
         assert stored is not None
         return stored
 
-    def secret(self, request_id: int, challenge: str) -> Secret | None:
-        return self._secret("WHERE request_id = ? AND challenge = ?", (request_id, challenge))
+    def secret(self, round_id: int, challenge: str) -> Secret | None:
+        return self._secret("WHERE round_id = ? AND challenge = ?", (round_id, challenge))
 
-    def latest_secret(self, request_id: int) -> Secret | None:
-        return self._secret("WHERE request_id = ? ORDER BY created DESC LIMIT 1", (request_id,))
+    def latest_secret(self, round_id: int) -> Secret | None:
+        return self._secret("WHERE round_id = ? ORDER BY created DESC LIMIT 1", (round_id,))
 
     def _secret(self, where: str, params: tuple[object, ...]) -> Secret | None:
-        row = self._db.execute(
-            f"SELECT request_id, challenge, prediction, salt FROM secrets {where}", params
-        ).fetchone()
-        return Secret(int(row[0]), str(row[1]), int(row[2]), bytes.fromhex(row[3])) if row else None
+        row = self._db.execute(f"SELECT round_id, challenge, answers, salt FROM secrets {where}", params).fetchone()
+        if row is None:
+            return None
+        return Secret(int(row[0]), str(row[1]), [int(a) for a in json.loads(row[2])], bytes.fromhex(row[3]))
 
     # ----------------------------------------------------------- transactions
 
@@ -133,7 +144,7 @@ class Journal:
         self._db.execute(
             "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                s.request_id,
+                s.round_id,
                 s.challenge,
                 s.kind,
                 json.dumps(s.args),
@@ -152,27 +163,27 @@ class Journal:
         s.tx_hashes.append(tx_hash)
         self._db.execute(
             "UPDATE transactions SET raw_txs = ?, tx_hashes = ?, updated = ? "
-            "WHERE request_id = ? AND challenge = ? AND kind = ?",
-            (json.dumps(s.raw_txs), json.dumps(s.tx_hashes), time.time(), s.request_id, s.challenge, s.kind),
+            "WHERE round_id = ? AND challenge = ? AND kind = ?",
+            (json.dumps(s.raw_txs), json.dumps(s.tx_hashes), time.time(), s.round_id, s.challenge, s.kind),
         )
 
     def set_status(self, s: Submission, status: str, detail: str = "") -> None:
         s.status, s.detail = status, detail
         self._db.execute(
             "UPDATE transactions SET status = ?, detail = ?, updated = ? "
-            "WHERE request_id = ? AND challenge = ? AND kind = ?",
-            (status, detail, time.time(), s.request_id, s.challenge, s.kind),
+            "WHERE round_id = ? AND challenge = ? AND kind = ?",
+            (status, detail, time.time(), s.round_id, s.challenge, s.kind),
         )
 
-    def get(self, request_id: int, challenge: str, kind: str = "commit") -> Submission | None:
+    def get(self, round_id: int, challenge: str, kind: str = "commit") -> Submission | None:
         row = self._db.execute(
-            "SELECT * FROM transactions WHERE request_id = ? AND challenge = ? AND kind = ?",
-            (request_id, challenge, kind),
+            "SELECT * FROM transactions WHERE round_id = ? AND challenge = ? AND kind = ?",
+            (round_id, challenge, kind),
         ).fetchone()
         return self._row(row) if row else None
 
-    def has(self, request_id: int, challenge: str, kind: str = "commit") -> bool:
-        return self.get(request_id, challenge, kind) is not None
+    def has(self, round_id: int, challenge: str, kind: str = "commit") -> bool:
+        return self.get(round_id, challenge, kind) is not None
 
     def open_submissions(self) -> list[Submission]:
         rows = self._db.execute(
@@ -190,7 +201,7 @@ class Journal:
     @staticmethod
     def _row(row: tuple[object, ...]) -> Submission:
         return Submission(
-            request_id=int(row[0]),  # type: ignore[call-overload]
+            round_id=int(row[0]),  # type: ignore[call-overload]
             challenge=str(row[1]),
             kind=str(row[2]),
             args=json.loads(str(row[3])),

@@ -15,7 +15,7 @@ import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain.deploy import Deployment, ethml_contract
+from ethml.chain.deploy import Deployment, ethml_contract, token_contract
 from ethml.errors import DeploymentError
 from ethml.node.context import NodeConfig, is_connection_error
 from ethml.node.events import Finalized, NodeWarning, RewardReceived
@@ -67,22 +67,24 @@ async def check_deployment(w3: AsyncWeb3[Any], deployment: Deployment, chain_id:
             f"the deployment is for chain {deployment.chain_id} but the RPC serves chain {chain_id}; "
             "point --deployment (or --rpc-url) at the matching one"
         )
-    code = await w3.eth.get_code(w3.to_checksum_address(deployment.ethml))
-    if len(code) == 0:
-        raise DeploymentError(
-            f"no contract at {deployment.ethml} on chain {chain_id}: the deployment file is stale "
-            "(a restarted devnet without --state?); run `ethml devnet` again or give the right --deployment"
-        )
+    for name, address in (("EthML", deployment.ethml), ("EMLToken", deployment.token)):
+        code = await w3.eth.get_code(w3.to_checksum_address(address))
+        if len(code) == 0:
+            raise DeploymentError(
+                f"no {name} contract at {address} on chain {chain_id}: the deployment file is stale (a restarted "
+                "devnet without --state?); run `ethml devnet` again or give the right --deployment"
+            )
 
 
 def format_status(node: Node, balance: int | None) -> str:
     s = node.stats
-    current = f"request {s.current_request}" if s.current_request else "idle"
+    current = f"round {s.current_round}" if s.current_round else "idle"
     eml = f"{balance / 10**18:,.4f} EML" if balance is not None else "? EML"
     return (
         f"{current} | difficulty {s.difficulty:,} | {s.hashrate / 1e6:6.2f} MH/s "
         f"({s.grinding_share:.0%} grinding) | "
-        f"submitted {s.submissions} accepted {s.accepted} | rewards {s.rewards / 10**18:,.4f} | {eml}"
+        f"committed {s.submissions} accepted {s.accepted} | answers agreed {s.finalized_with_us} | "
+        f"rewards {s.rewards / 10**18:,.4f} | {eml}"
     )
 
 
@@ -134,7 +136,8 @@ async def run_miner(
         )
     node = Node(w3=w3, deployment=deployment, account=account, config=config)
     async with node:
-        contract = ethml_contract(w3, deployment.ethml)
+        token = token_contract(w3, deployment.token)
+        oracle = ethml_contract(w3, deployment.ethml)
         balance: int | None = None
         ticks = 0
         events = node.events()
@@ -152,7 +155,8 @@ async def run_miner(
             if settings.status_line:
                 if ticks % 10 == 1:
                     with contextlib.suppress(Exception):
-                        balance = int(await contract.functions.balanceOf(account.address).call())
+                        held = int(await oracle.functions.minerBalance(account.address).call())
+                        balance = int(await token.functions.balanceOf(account.address).call()) + held
                 sys.stderr.write("\r\033[K" + format_status(node, balance))
                 sys.stderr.flush()
         await events.aclose()

@@ -12,7 +12,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain.deploy import Deployment, ethml_contract
+from ethml.chain.deploy import Deployment, ethml_contract, registry_contract
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ml import Manifest, ModelStore
 from ethml.node.context import NodeConfig, NodeContext
@@ -91,6 +91,7 @@ class Node:
         self._ctx = NodeContext(
             w3=w3,
             contract=ethml_contract(w3, self.deployment.ethml),
+            registry=registry_contract(w3, self.deployment.registry),
             deployment=self.deployment,
             account=self.account,
             config=self.config,
@@ -117,7 +118,7 @@ class Node:
             ("fetcher", IpfsFetcher(ctx, fetch_q, predict_q).run),
             ("predictor", Predictor(ctx, predict_q, grind_q).run),
             ("grinder", self._grinder.run),
-            ("submitter", TxSubmitter(ctx, submit_q, sender).run),
+            ("submitter", TxSubmitter(ctx, submit_q, sender, grind_q).run),
             ("revealer", Revealer(ctx, reveal_q, sender).run),
         ]
         async with asyncio.TaskGroup() as group:

@@ -1,4 +1,5 @@
-"""Predictor: the registered model (artifact hash checked against the registry) on the data point."""
+"""Predictor: each request's registered model (artifact hash checked against the registry) on its data
+point; the round's answer vector, one answer per request."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import json
 from typing import Any
 
-from ethml.chain.deploy import INVALID_INPUT
+from ethml.chain.rounds import INVALID_INPUT
 from ethml.errors import EthmlError, InvalidInput, IpfsError, ModelError
 from ethml.ml import LoadedModel, ModelEntry, load_untrusted
 from ethml.node.context import NodeContext
@@ -37,10 +38,11 @@ class Predictor:
     async def preload(self) -> None:
         """Load every registered model this node has before the first request needs it."""
         try:
-            count = int(await self.ctx.contract.functions.modelCount().call())
+            count = int(await self.ctx.registry.functions.modelCount().call())
         except Exception as exc:  # noqa: BLE001 - preloading is an optimisation; requests load lazily
             self.ctx.log.info("preload_skipped", error=str(exc))
             return
+        loaded = []
         for model_id in range(1, count + 1):
             try:
                 model = await self.model(model_id, fetch=False)
@@ -49,17 +51,19 @@ class Predictor:
             except Exception as exc:  # noqa: BLE001 - an RPC outage at start: requests load models lazily
                 self.ctx.log.info("preload_stopped", model_id=model_id, error=str(exc))
                 return
-            # One prediction warms scikit-learn's code paths and the thread pool.
+            # One prediction warms the model's code paths and the thread pool.
             raw = json.dumps([0.0] * model.entry.feature_count).encode()
             with contextlib.suppress(EthmlError):
                 await self.ctx.models.predict(model, raw)
+            loaded.append(model_id)
+        self.ctx.log.info("models_preloaded", models=loaded, registered=count)
 
     async def model(self, model_id: int, *, fetch: bool = True) -> LoadedModel:
         """Loaded once per model id: the registry's artifact hash decides which artifact is acceptable."""
         cached = self._models.get(model_id)
         if cached is not None:
             return cached
-        cid, sha, kind, decimals, features, _active = await self.ctx.contract.functions.getModel(model_id).call()
+        sha, kind, decimals, features, _active, cid = await self.ctx.registry.functions.getModel(model_id).call()
         sha_hex = bytes(sha).hex()
         entry = self.ctx.models.manifest.by_sha256(sha_hex)
         if entry is not None:
@@ -82,27 +86,33 @@ class Predictor:
         return loaded
 
     async def predict(self, job: Job) -> None:
-        if job.data is None:
-            self._invalid(job, job.invalid_reason or "no data")
-            return
-        try:
-            model = await self.model(job.model_id)
-        except (ModelError, IpfsError) as exc:
-            self._invalid(job, f"model {job.model_id} unavailable: {exc}")
-            return
-        try:
-            job.prediction = await self.ctx.models.predict(model, job.data)
-        except InvalidInput as exc:
-            self._invalid(job, str(exc))
-            return
-        except EthmlError as exc:
-            self._invalid(job, f"prediction failed: {exc}")
-            return
-        self.ctx.emit(PredictionReady(job.request_id, job.prediction, False))
-        self.ctx.log.info("prediction_ready", request_id=job.request_id, prediction=job.prediction)
+        """The answer vector: each request answered on its own; a data point or model that cannot be used
+        makes only its own answer INVALID_INPUT."""
+        answers = []
+        for j, request_id in enumerate(job.request_ids):
+            data = job.datas[j] if j < len(job.datas) else None
+            reason = job.invalid_reasons[j] if j < len(job.invalid_reasons) else ""
+            answers.append(await self.predict_one(request_id, job.model_ids[j], data, reason))
+        job.answers = answers
 
-    def _invalid(self, job: Job, reason: str) -> None:
-        job.prediction = INVALID_INPUT
-        job.invalid_reason = reason
-        self.ctx.emit(PredictionReady(job.request_id, INVALID_INPUT, True, reason))
-        self.ctx.log.warning("invalid_input", request_id=job.request_id, reason=reason)
+    async def predict_one(self, request_id: int, model_id: int, data: bytes | None, reason: str) -> int:
+        if data is None:
+            return self._invalid(request_id, reason or "no data")
+        try:
+            model = await self.model(model_id)
+        except (ModelError, IpfsError) as exc:
+            return self._invalid(request_id, f"model {model_id} unavailable: {exc}")
+        try:
+            prediction = await self.ctx.models.predict(model, data)
+        except InvalidInput as exc:
+            return self._invalid(request_id, str(exc))
+        except EthmlError as exc:
+            return self._invalid(request_id, f"prediction failed: {exc}")
+        self.ctx.emit(PredictionReady(request_id, prediction, False))
+        self.ctx.log.info("prediction_ready", request_id=request_id, prediction=prediction)
+        return prediction
+
+    def _invalid(self, request_id: int, reason: str) -> int:
+        self.ctx.emit(PredictionReady(request_id, INVALID_INPUT, True, reason))
+        self.ctx.log.warning("invalid_input", request_id=request_id, reason=reason)
+        return INVALID_INPUT

@@ -1,7 +1,8 @@
 """TxSender: local signing, own nonce, EIP-1559 fees with bumping, pre-flight, journal first.
 
-Used by the committing TxSubmitter and the Revealer for the three transactions of a round: `commit`,
-`reveal` and `close` (closeRound after the reveal window).
+Used by the committing TxSubmitter and the Revealer for the transactions of a round: `commit`, `reveal`,
+`reveal_close` (the fifth reveal closing the round), `close` (closeRound once all revealed or after the
+reveal window) and `claim` (taking the node's balance out of the oracle).
 """
 
 from __future__ import annotations
@@ -12,39 +13,75 @@ from dataclasses import dataclass
 from typing import Any
 
 from hexbytes import HexBytes
-from web3.exceptions import MethodUnavailable, TransactionNotFound
+from web3.exceptions import TransactionNotFound
 
-from ethml.chain.tx import GAS_MARGIN, fee_fields, is_revert, revert_reason
+from ethml.chain.tx import GAS_MARGIN, fee_fields, preflight, why_reverted
+from ethml.errors import TransactionReverted
 from ethml.node.context import NodeContext, is_connection_error
 from ethml.node.events import NodeWarning, SubmissionDropped, SubmissionMined, Submitted
 from ethml.node.journal import Submission
 
-#: Gas a closing transaction (the fifth reveal, or closeRound) may need besides the consumer's
-#: callback gas: consensus, rewards, the queue pop and the next round (see docs/gas-table.md).
-FINALIZE_GAS = 320_000
-#: A commitment that turns out to be the fifth also retargets the difficulty.
+#: Gas a closing transaction (revealAndClose or closeRound) may need besides the consumers' callbacks:
+#: a base and a part per request of the round (consensus, rewards, the queue pops and the next round;
+#: see docs/gas-table.md), a floor under the pre-flight's estimate.
+FINALIZE_GAS = 300_000
+FINALIZE_GAS_PER_REQUEST = 60_000
+#: A fifth commitment also retargets the difficulty; a first one pulls the bond from the miner's EML.
 COMMIT_GAS = 120_000
-
-FUNCTIONS = {"commit": "commit", "reveal": "reveal", "close": "closeRound", "claim": "claimRewards"}
-ARG_TYPES = {"commit": ("int", "int", "bytes"), "reveal": ("int", "int", "bytes"), "close": ("int",), "claim": ()}
-#: claimRewards mints and transfers to the miner (a new balance slot the first time).
+#: claim transfers EML to the miner (a new balance slot the first time).
 CLAIM_GAS = 90_000
+REVEAL_GAS = 80_000
+
+FUNCTIONS = {
+    "commit": "commit",
+    "reveal": "reveal",
+    "reveal_close": "revealAndClose",
+    "close": "closeRound",
+    "claim": "claim",
+}
+#: How each kind's arguments are kept in the journal (ints as decimal strings, bytes as hex).
+ARG_TYPES: dict[str, tuple[str, ...]] = {
+    "commit": ("int", "int", "bytes"),
+    "reveal": ("int", "int[]", "bytes"),
+    "reveal_close": ("int", "bytes", "address[]", "int[]"),
+    "close": ("int", "address[]", "int[]"),
+    "claim": ("int",),
+}
+CLOSING = ("reveal_close", "close")
 
 
-def final_gas(callback_gas: int) -> int:
-    """The gas limit that lets a transaction be the closing one (EIP-150 margin included)."""
-    return FINALIZE_GAS + callback_gas + callback_gas // 63 + 10_000
+def final_gas(count: int, callback_gas: int) -> int:
+    """The gas limit floor of a transaction that closes a round of `count` requests whose callbacks
+    ask for `callback_gas` together (EIP-150 margin included)."""
+    return FINALIZE_GAS + FINALIZE_GAS_PER_REQUEST * count + callback_gas + callback_gas // 63 + 10_000 * count
 
 
-def encode_args(args: list[Any]) -> list[str]:
-    return [HexBytes(a).to_0x_hex() if isinstance(a, bytes | bytearray) else str(int(a)) for a in args]
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return HexBytes(value).to_0x_hex()
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, str):
+        return value
+    return str(int(value))
+
+
+def encode_args(args: list[Any]) -> list[Any]:
+    return [_encode(a) for a in args]
+
+
+def _decode(kind: str, value: Any) -> Any:
+    if kind == "bytes":
+        return bytes.fromhex(str(value).removeprefix("0x"))
+    if kind == "int[]":
+        return [int(v) for v in value]
+    if kind == "address[]":
+        return [str(v) for v in value]
+    return int(value)
 
 
 def decode_args(kind: str, raw: list[Any]) -> list[Any]:
-    return [
-        bytes.fromhex(str(v).removeprefix("0x")) if t == "bytes" else int(v)
-        for t, v in zip(ARG_TYPES[kind], raw, strict=True)
-    ]
+    return [_decode(t, v) for t, v in zip(ARG_TYPES[kind], raw, strict=True)]
 
 
 _SEND_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -76,62 +113,55 @@ class TxSender:
         self.ctx = ctx
         self._fees: dict[tuple[int, str], dict[str, int]] = {}
         self._callback_limits: dict[int, int] = {}
-        self._pending_estimates = True
 
     def _call(self, kind: str, args: list[Any]) -> Any:
         return getattr(self.ctx.contract.functions, FUNCTIONS[kind])(*args)
 
-    async def _callback_gas(self, request_id: int) -> int:
-        cached = self._callback_limits.get(request_id)
-        if cached is None:
-            _requester, _model, cached, _status = await self.ctx.contract.functions.getRequest(request_id).call()
-            self._callback_limits[request_id] = cached = int(cached)
-        return cached
+    async def _round_callback_gas(self, round_id: int) -> tuple[int, int]:
+        """(requests, their callback gas together) of the open round, if it is `round_id`."""
+        current = await self.ctx.contract.functions.getCurrentRound().call()
+        if int(current[0]) != round_id:
+            return 0, 0
+        total = 0
+        for request_id in current[9]:
+            cached = self._callback_limits.get(int(request_id))
+            if cached is None:
+                _requester, _model, limit, _status = await self.ctx.contract.functions.getRequest(request_id).call()
+                self._callback_limits[int(request_id)] = cached = int(limit)
+            total += cached
+        return len(current[9]), total
 
-    async def _gas_floor(self, kind: str, request_id: int) -> int:
+    async def _gas_floor(self, kind: str, round_id: int) -> int:
         if kind == "commit":
             return COMMIT_GAS
         if kind == "claim":
             return CLAIM_GAS
-        return final_gas(await self._callback_gas(request_id))
-
-    async def _estimate(self, call: Any) -> int:
-        """Against the pending block where the node offers it: the transaction is mined in the next
-        block at the earliest, and a commitment is refused in its round's opening block (the latest
-        block, on an automine chain)."""
-        if self._pending_estimates:
-            try:
-                return int(await call.estimate_gas({"from": self.ctx.address}, block_identifier="pending"))
-            except MethodUnavailable:
-                self._pending_estimates = False
-        return int(await call.estimate_gas({"from": self.ctx.address}))
+        if kind == "reveal":
+            return REVEAL_GAS
+        return final_gas(*await self._round_callback_gas(round_id))
 
     async def _preflight(self, call: Any, floor: int) -> tuple[int | None, str]:
         """(gas limit, "") when the transaction would succeed now; (None, reason) otherwise.
 
-        The estimate is for the chain as it is now, but other miners' transactions may land first and
-        make ours the closing one, which pays the rewards and calls the consumer back with its callback
-        gas (the contract reverts rather than short-change it). The limit covers that case; only the gas
-        actually used is paid.
+        The estimate is against the pending block (ethml.chain.tx.preflight, the path every sender
+        takes), but other miners' transactions may land first and make ours the closing one, which pays
+        the rewards and calls the consumer back with its callback gas (the contract reverts rather than
+        short-change it). The limit covers that case; only the gas actually used is paid.
         """
         try:
-            gas = await self._estimate(call)
-        except Exception as exc:
-            if is_connection_error(exc):
-                raise
-            if is_revert(exc) or "revert" in str(exc).lower():
-                return None, revert_reason(exc)
-            raise
+            gas = await preflight(self.ctx.w3, call, {"from": self.ctx.address}, str(call.fn_name))
+        except TransactionReverted as exc:
+            return None, exc.reason
         return max(int(gas * GAS_MARGIN), floor), ""
 
     # ------------------------------------------------------------------ send
 
     async def send(
-        self, request_id: int, challenge: str, kind: str, args: list[Any], *, prediction: int | None = None
+        self, round_id: int, challenge: str, kind: str, args: list[Any], *, answers: list[int] | None = None
     ) -> Outcome:
         """Pre-flight, sign, journal, send and wait for the receipt of one round transaction."""
-        if self.ctx.journal.has(request_id, challenge, kind):
-            entry = self.ctx.journal.get(request_id, challenge, kind)
+        if self.ctx.journal.has(round_id, challenge, kind):
+            entry = self.ctx.journal.get(round_id, challenge, kind)
             assert entry is not None
             if entry.status in ("mined", "reverted", "dropped"):
                 return Outcome(entry.status, entry.detail)
@@ -144,7 +174,7 @@ class TxSender:
                 fees = await fee_fields(self.ctx.w3)
                 balance = await self.ctx.w3.eth.get_balance(self.ctx.account.address)
                 tx_nonce = await self.ctx.w3.eth.get_transaction_count(self.ctx.account.address, "pending")
-                floor = await self._gas_floor(kind, request_id)
+                floor = await self._gas_floor(kind, round_id)
                 if balance < floor * fees["maxFeePerGas"]:
                     # Checked before the pre-flight too: a node may not even estimate without funds.
                     self._warn_no_eth(balance, floor * fees["maxFeePerGas"])
@@ -152,7 +182,7 @@ class TxSender:
                 else:
                     async with _send_lock(self.ctx.w3):
                         sent = await self._preflight_sign_send(
-                            request_id, challenge, kind, args, call, floor, balance, fees, chain_id, tx_nonce
+                            round_id, challenge, kind, args, call, floor, balance, fees, chain_id, tx_nonce
                         )
                 if isinstance(sent, str):
                     return Outcome("dropped", sent)
@@ -167,7 +197,7 @@ class TxSender:
                 if not is_connection_error(exc):
                     raise
                 self.ctx.emit(NodeWarning(f"RPC unreachable while sending a {kind} ({type(exc).__name__}); retrying"))
-                journaled = self.ctx.journal.get(request_id, challenge, kind)
+                journaled = self.ctx.journal.get(round_id, challenge, kind)
                 if journaled is not None:
                     # Signed and journaled: the identical transaction is re-sent as soon as the RPC answers.
                     entry = journaled
@@ -177,8 +207,8 @@ class TxSender:
                 backoff *= 2
         if kind == "commit":
             self.ctx.stats.submissions += 1
-            self.ctx.emit(Submitted(request_id, entry.tx_hashes[-1], int(prediction or 0)))
-        self.ctx.log.info(f"{kind}_sent", request_id=request_id, tx=entry.tx_hashes[-1], nonce=entry.tx_nonce)
+            self.ctx.emit(Submitted(round_id, entry.tx_hashes[-1], tuple(answers or ())))
+        self.ctx.log.info(f"{kind}_sent", round_id=round_id, tx=entry.tx_hashes[-1], nonce=entry.tx_nonce)
         return await self._finish(entry)
 
     async def _finish(self, entry: Submission) -> Outcome:
@@ -203,7 +233,7 @@ class TxSender:
 
     async def _preflight_sign_send(
         self,
-        request_id: int,
+        round_id: int,
         challenge: str,
         kind: str,
         args: list[Any],
@@ -222,11 +252,11 @@ class TxSender:
             self._warn_no_eth(balance, gas * fees["maxFeePerGas"])
             return None
         raw, tx_hash = self._sign(kind, args, tx_nonce, gas, chain_id, fees)
-        entry = Submission(request_id, challenge, kind, encode_args(args), tx_nonce, [raw], [tx_hash], "signed")
+        entry = Submission(round_id, challenge, kind, encode_args(args), tx_nonce, [raw], [tx_hash], "signed")
         # Journal, then send: a stop or a crash in between leaves a journaled transaction that a
         # restart re-sends as it is.
         self.ctx.journal.record(entry)
-        self._fees[(request_id, kind)] = fees
+        self._fees[(round_id, kind)] = fees
         await self._send_raw(raw)
         self.ctx.journal.set_status(entry, "sent")
         return entry
@@ -287,13 +317,18 @@ class TxSender:
             tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
             if entry.kind == "commit":
                 self.ctx.stats.accepted += 1
-                self.ctx.emit(SubmissionMined(entry.request_id, tx_hash, int(receipt["gasUsed"])))
-            self.ctx.log.info(f"{entry.kind}_mined", request_id=entry.request_id, gas_used=receipt["gasUsed"])
+                self.ctx.emit(SubmissionMined(entry.round_id, tx_hash, int(receipt["gasUsed"])))
+            self.ctx.log.info(f"{entry.kind}_mined", round_id=entry.round_id, gas_used=receipt["gasUsed"])
             return Outcome("mined")
         block = receipt["blockNumber"]
-        self.ctx.journal.set_status(entry, "reverted", f"reverted in block {block}")
-        self.dropped(entry.request_id, f"{entry.kind} mined but reverted in block {block} (not retried)")
-        return Outcome("reverted", f"reverted in block {block}")
+        try:
+            why, _error = await why_reverted(self.ctx.w3, receipt, self.ctx.contract.abi)
+        except Exception as exc:  # noqa: BLE001 - the reason is best effort; the revert is recorded either way
+            why = f"no reason available ({type(exc).__name__})"
+        detail = f"reverted in block {block}: {why}"
+        self.ctx.journal.set_status(entry, "reverted", detail)
+        self.dropped(entry.round_id, f"{entry.kind} mined but {detail} (not retried)")
+        return Outcome("reverted", detail)
 
     async def _receipt_of(self, hashes: list[str], wait: float) -> Any:
         """The receipt of any of `hashes`, polling for up to `wait` seconds; None if none is mined."""
@@ -314,28 +349,28 @@ class TxSender:
         """Replace a stuck transaction: same nonce and call, both fees raised by 12.5 %."""
         args = decode_args(entry.kind, entry.args)
         gas, reason = await self._preflight(
-            self._call(entry.kind, args), await self._gas_floor(entry.kind, entry.request_id)
+            self._call(entry.kind, args), await self._gas_floor(entry.kind, entry.round_id)
         )
         if gas is None:
             # Nothing to replace it with: let the original be mined or dropped; it is journaled.
-            self.ctx.log.info("bump_skipped", request_id=entry.request_id, kind=entry.kind, reason=reason)
+            self.ctx.log.info("bump_skipped", round_id=entry.round_id, kind=entry.kind, reason=reason)
             return
         fees = await fee_fields(self.ctx.w3)
-        previous = self._fees.get((entry.request_id, entry.kind), fees)
+        previous = self._fees.get((entry.round_id, entry.kind), fees)
         bumped = {
             key: max(fees[key], previous[key] * BUMP_NUMERATOR // BUMP_DENOMINATOR + 1)
             for key in ("maxFeePerGas", "maxPriorityFeePerGas")
         }
-        self._fees[(entry.request_id, entry.kind)] = bumped
+        self._fees[(entry.round_id, entry.kind)] = bumped
         raw, tx_hash = self._sign(entry.kind, args, entry.tx_nonce, gas, await self.ctx.w3.eth.chain_id, bumped)
         self.ctx.journal.add_replacement(entry, raw, tx_hash)
         await self._send_raw(raw)
-        self.ctx.log.info("fee_bumped", request_id=entry.request_id, tx=tx_hash, max_fee=bumped["maxFeePerGas"])
+        self.ctx.log.info("fee_bumped", round_id=entry.round_id, tx=tx_hash, max_fee=bumped["maxFeePerGas"])
 
-    def dropped(self, request_id: int, reason: str) -> None:
+    def dropped(self, round_id: int, reason: str) -> None:
         self.ctx.stats.dropped += 1
-        self.ctx.emit(SubmissionDropped(request_id, reason))
-        self.ctx.log.info("submission_dropped", request_id=request_id, reason=reason)
+        self.ctx.emit(SubmissionDropped(round_id, reason))
+        self.ctx.log.info("submission_dropped", round_id=round_id, reason=reason)
 
     # ----------------------------------------------------------------- restart
 
@@ -345,18 +380,18 @@ class TxSender:
             receipt = await self._receipt_of(entry.tx_hashes, wait=0)
             if receipt is None and not await self._pending(entry.tx_hashes):
                 args = decode_args(entry.kind, entry.args)
-                floor = await self._gas_floor(entry.kind, entry.request_id)
+                floor = await self._gas_floor(entry.kind, entry.round_id)
                 gas, reason = await self._preflight(self._call(entry.kind, args), floor)
                 if gas is None:
                     self.ctx.journal.set_status(entry, "dropped", reason)
                     self.dropped(
-                        entry.request_id, f"after restart, {entry.kind} pre-flight says it would revert: {reason}"
+                        entry.round_id, f"after restart, {entry.kind} pre-flight says it would revert: {reason}"
                     )
                     continue
                 # Re-send the identical signed transaction: same hash, same nonce, never a second one.
                 await self._send_raw(entry.raw_txs[-1])
                 self.ctx.journal.set_status(entry, "sent")
-                self.ctx.log.info("resent_after_restart", request_id=entry.request_id, tx=entry.tx_hashes[-1])
+                self.ctx.log.info("resent_after_restart", round_id=entry.round_id, tx=entry.tx_hashes[-1])
             await self._await_receipt(entry)
 
     async def _pending(self, hashes: list[str]) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 
-from ethml.chain.deploy import challenge_for
+from ethml.chain.rounds import MINERS_PER_ROUND, challenge_for
 from ethml.node.context import NodeContext, is_connection_error
 from ethml.node.events import ChallengeSeen, Finalized, NodeWarning, RequestExpired, RewardReceived
 from ethml.node.jobs import Job
@@ -33,7 +33,9 @@ class EventWatcher:
                 events.PredictionRequested(),
                 events.RoundOpened(),
                 events.RevealPhaseStarted(),
+                events.RoundClosed(),
                 events.PredictionFinalized(),
+                events.RoundExpired(),
                 events.RequestExpired(),
             )
         }
@@ -41,7 +43,10 @@ class EventWatcher:
         self._seen: set[tuple[str, int]] = set()
         self._next_block: int | None = None
         self._pending_reveals: list[tuple[int, int]] = []
-        self._cids: dict[int, str] = {}  # request id -> data CID, from PredictionRequested
+        #: request id -> (model id, data CID), from PredictionRequested.
+        self._requests: dict[int, tuple[int, str]] = {}
+        #: round id -> the bond each of its commitments put up, from RoundOpened.
+        self._bonds: dict[int, int] = {}
         self.polls = 0
 
     async def run(self) -> None:
@@ -102,8 +107,9 @@ class EventWatcher:
             for log in sorted(logs, key=lambda entry: (entry["blockNumber"], entry["logIndex"])):
                 job = self._handle(log)
                 if job is not None:
-                    if not job.data_cid:
-                        job.data_cid = await self._cid_of(job.request_id)
+                    # Before the next log, which may close this round already.
+                    await self._complete(job)
+                    self._announce(job)
                     new_job = job
         tip = await w3.eth.get_block(latest)
         tip_hash = _hex(tip["hash"])
@@ -123,57 +129,71 @@ class EventWatcher:
     async def _dispatch(self, job: Job | None) -> None:
         if job is None or job.is_cancelled or self.ctx.board.current is not job:
             return
-        if self.ctx.journal.has(job.request_id, job.challenge.hex(), "commit"):
-            self.ctx.log.info("already_committed", request_id=job.request_id)
+        if self.ctx.journal.has(job.round_id, job.challenge.hex(), "commit"):
+            self.ctx.log.info("already_committed", round_id=job.round_id)
         else:
             await self.out.put(job)
 
     async def _current_from_contract(self) -> Job | None:
-        """After a restart, the current round from getCurrentRound(): the job if it still takes
-        commitments, a reveal if it is in its reveal phase."""
+        """After a restart, the open round from getCurrentRound(): the job if it still takes
+        commitments, a reveal if it is in its reveal phase. The contract's challenge is authoritative
+        (a restarted devnet may answer other hashes for old blocks than the logs carried)."""
         current = await self.ctx.contract.functions.getCurrentRound().call()
-        request_id, challenge, difficulty, model_id, open_block, commits, _mask, _c, reveal_deadline = current
-        if request_id == 0:
+        round_id, challenge, difficulty, open_block, commits, _mask, _cd, reveal_deadline, bond, ids = current
+        if round_id == 0:
             return None
-        if int(commits) >= 5:
+        if int(commits) >= MINERS_PER_ROUND:
             if reveal_deadline:
-                await self.reveals.put((int(request_id), int(reveal_deadline)))
+                await self.reveals.put((int(round_id), int(reveal_deadline)))
             return None
         block = await self.ctx.w3.eth.get_block(int(open_block))
-        block_hash = _hex(block["hash"])
+        if bytes(challenge) == bytes(32):  # still the opening block: derive it as the contract will
+            challenge = challenge_for(bytes(block["hash"]), self.ctx.deployment.ethml, int(round_id))
         job = Job(
-            int(request_id),
-            challenge_for(bytes(block["hash"]), self.ctx.deployment.ethml, int(request_id)),
+            int(round_id),
+            bytes(challenge),
             int(difficulty),
-            int(model_id),
-            await self._cid_of(int(request_id)),
+            [int(i) for i in ids],
+            [],
+            [],
             int(open_block),
-            block_hash,
+            _hex(block["hash"]),
+            bond=int(bond),
         )
-        if bytes(challenge) not in (bytes(32), job.challenge):
-            raise RuntimeError(f"challenge of request {request_id} does not match the contract's")
+        self._bonds[job.round_id] = job.bond
+        await self._complete(job)
         self._announce(job)
         return job
 
-    async def _cid_of(self, request_id: int) -> str:
-        """The data CID of a request made before this node's checkpoint, from its PredictionRequested log."""
-        cached = self._cids.get(request_id)
-        if cached is not None:
-            return cached
-        logs = await self.ctx.contract.events.PredictionRequested().get_logs(
-            argument_filters={"requestId": request_id}, from_block=self.ctx.deployment.block
-        )
-        if not logs:
-            raise RuntimeError(f"no PredictionRequested log for request {request_id}")
-        return str(logs[0]["args"]["dataCid"])
+    async def _complete(self, job: Job) -> None:
+        """Fill in each request's model and data CID (from PredictionRequested, fetched for requests
+        made before this node's checkpoint)."""
+        missing = [rid for rid in job.request_ids if rid not in self._requests]
+        if missing:
+            logs = await self.ctx.contract.events.PredictionRequested().get_logs(
+                argument_filters={"requestId": missing}, from_block=self.ctx.deployment.block
+            )
+            for log in logs:
+                args = log["args"]
+                self._requests[int(args["requestId"])] = (int(args["modelId"]), str(args["dataCid"]))
+        lost = [rid for rid in job.request_ids if rid not in self._requests]
+        if lost:
+            raise RuntimeError(f"no PredictionRequested log for requests {lost}")
+        job.model_ids = [self._requests[rid][0] for rid in job.request_ids]
+        job.data_cids = [self._requests[rid][1] for rid in job.request_ids]
 
     def _announce(self, job: Job) -> None:
         self.ctx.board.start(job)
-        self.ctx.stats.requests_seen += 1
-        self.ctx.stats.current_request = job.request_id
+        self.ctx.stats.rounds_seen += 1
+        self.ctx.stats.requests_seen += len(job.request_ids)
+        self.ctx.stats.current_round = job.round_id
         self.ctx.stats.difficulty = job.difficulty
-        self.ctx.emit(ChallengeSeen(job.request_id, job.model_id, job.data_cid, job.difficulty))
-        self.ctx.log.info("challenge_seen", request_id=job.request_id, model_id=job.model_id, difficulty=job.difficulty)
+        self.ctx.emit(
+            ChallengeSeen(
+                job.round_id, tuple(job.request_ids), tuple(job.model_ids), tuple(job.data_cids), job.difficulty
+            )
+        )
+        self.ctx.log.info("round_seen", round_id=job.round_id, requests=job.request_ids, difficulty=job.difficulty)
 
     def _handle(self, log: Any) -> Job | None:
         key = (_hex(log["blockHash"]), int(log["logIndex"]))
@@ -189,62 +209,103 @@ class EventWatcher:
         args = event["args"]
         name = event["event"]
         if name == "PredictionRequested":
-            self._cids[int(args["requestId"])] = str(args["dataCid"])
-            return None
-        if name == "RoundOpened":
-            request_id = int(args["requestId"])
+            self._requests[int(args["requestId"])] = (int(args["modelId"]), str(args["dataCid"]))
+        elif name == "RoundOpened":
+            round_id = int(args["roundId"])
             # The challenge needs the opening block's hash, which nobody knew before this block.
             job = Job(
-                request_id=request_id,
-                challenge=challenge_for(bytes(log["blockHash"]), self.ctx.deployment.ethml, request_id),
+                round_id=round_id,
+                challenge=challenge_for(bytes(log["blockHash"]), self.ctx.deployment.ethml, round_id),
                 difficulty=int(args["difficulty"]),
-                model_id=int(args["modelId"]),
-                data_cid=self._cids.get(request_id, ""),
+                request_ids=[int(i) for i in args["requestIds"]],
+                model_ids=[],
+                data_cids=[],
                 block_number=int(log["blockNumber"]),
                 block_hash=key[0],
+                bond=int(args["bond"]),
             )
-            self._announce(job)
+            self._bonds[round_id] = job.bond
+            for old in [r for r in self._bonds if r < round_id - 16]:
+                del self._bonds[old]
             return job
-        if name == "RevealPhaseStarted":
-            self._pending_reveals.append((int(args["requestId"]), int(args["revealDeadline"])))
+        elif name == "RevealPhaseStarted":
+            self._pending_reveals.append((int(args["roundId"]), int(args["revealDeadline"])))
+        elif name == "RoundClosed":
+            self._round_closed(args, int(log["blockNumber"]))
         elif name == "PredictionFinalized":
-            request_id = int(args["requestId"])
-            self._cids.pop(request_id, None)
-            self.ctx.closed_requests.add(request_id)
-            self.ctx.board.close_request(request_id, "finalized")
-            miners = tuple(str(m) for m in args["miners"])
-            mine = [i for i, m in enumerate(miners) if m.lower() == self.ctx.address.lower()]
-            agreed = bool(mine) and bool(int(args["agreeingMask"]) & (1 << mine[0]))
-            if agreed:
-                self.ctx.stats.finalized_with_us += 1
-                reward = int(args["baseRewardPerMiner"]) + int(args["tipPerMiner"])
-                if reward:
-                    self.ctx.stats.rewards += reward
-                    self.ctx.emit(RewardReceived(reward, int(log["blockNumber"])))
-            self.ctx.emit(
-                Finalized(
-                    request_id,
-                    int(args["prediction"]),
-                    int(args["status"]),
-                    miners,
-                    agreed,
-                    int(log["blockNumber"]),
-                    int(args["agreeing"]),
-                )
-            )
-            self._clear_current(request_id)
+            self._finalized(args, int(log["blockNumber"]))
+        elif name == "RoundExpired":
+            round_id = int(args["roundId"])
+            self.ctx.closed_rounds.add(round_id)
+            self.ctx.board.close_round(round_id, "expired")
+            self._clear_current(round_id)
         elif name == "RequestExpired":
             request_id = int(args["requestId"])
-            self._cids.pop(request_id, None)
-            self.ctx.closed_requests.add(request_id)
-            self.ctx.board.close_request(request_id, "expired")
+            self._requests.pop(request_id, None)
             self.ctx.emit(RequestExpired(request_id))
-            self._clear_current(request_id)
         return None
 
-    def _clear_current(self, request_id: int) -> None:
-        if self.ctx.stats.current_request == request_id:
-            self.ctx.stats.current_request = None
+    def _round_closed(self, args: Any, block: int) -> None:
+        round_id = int(args["roundId"])
+        self.ctx.closed_rounds.add(round_id)
+        self.ctx.board.close_round(round_id, "closed")
+        miners = tuple(str(m) for m in args["miners"])
+        self.ctx.round_miners[round_id] = miners
+        for old in [r for r in self.ctx.round_miners if r < round_id - 16]:
+            del self.ctx.round_miners[old]
+        mine = [i for i, m in enumerate(miners) if m.lower() == self.ctx.address.lower()]
+        if mine:
+            reward = int(args["rewards"][mine[0]])
+            lost = self._bond_of(round_id) - int(args["bondsReturned"][mine[0]])
+            self.ctx.stats.rewards += reward
+            self.ctx.stats.bonds_lost += max(lost, 0)
+            if reward or lost > 0:
+                self.ctx.emit(RewardReceived(reward, block, round_id, max(lost, 0)))
+        elif self._committed(round_id):
+            # This node committed but did not reveal in time: its whole bond is burned.
+            lost = self._bond_of(round_id)
+            self.ctx.stats.bonds_lost += lost
+            self.ctx.emit(RewardReceived(0, block, round_id, lost))
+        self._clear_current(round_id)
+
+    def _finalized(self, args: Any, block: int) -> None:
+        request_id = int(args["requestId"])
+        round_id = int(args["roundId"])
+        self._requests.pop(request_id, None)
+        miners = self.ctx.round_miners.get(round_id, ())
+        mine = [i for i, m in enumerate(miners) if m.lower() == self.ctx.address.lower()]
+        agreed = bool(mine) and bool(int(args["agreeingMask"]) & (1 << mine[0]))
+        if agreed:
+            self.ctx.stats.finalized_with_us += 1
+        self.ctx.emit(
+            Finalized(
+                request_id,
+                int(args["prediction"]),
+                int(args["status"]),
+                miners,
+                agreed,
+                block,
+                int(args["agreeing"]),
+                round_id,
+            )
+        )
+
+    def _committed(self, round_id: int) -> bool:
+        secret = self.ctx.journal.latest_secret(round_id)
+        if secret is None:
+            return False
+        commit = self.ctx.journal.get(round_id, secret.challenge, "commit")
+        return commit is not None and commit.status == "mined"
+
+    def _bond_of(self, round_id: int) -> int:
+        job = self.ctx.board.current
+        if job is not None and job.round_id == round_id:
+            return job.bond
+        return self._bonds.get(round_id, 0)
+
+    def _clear_current(self, round_id: int) -> None:
+        if self.ctx.stats.current_round == round_id:
+            self.ctx.stats.current_round = None
 
     async def _check_reorg(self, latest: int) -> None:
         if not self._hashes:
@@ -266,11 +327,11 @@ class EventWatcher:
         self._next_block = (fork + 1) if fork is not None else self.ctx.deployment.block
         message = f"chain reorganisation: re-reading logs from block {self._next_block}"
         if retracted is not None:
-            message += f"; dropped work on request {retracted.request_id}"
-            self.ctx.stats.current_request = None
+            message += f"; dropped work on round {retracted.round_id}"
+            self.ctx.stats.current_round = None
         self.ctx.reorgs += 1
         self.ctx.emit(NodeWarning(message))
-        self.ctx.log.warning("reorg", resume_from=self._next_block, retracted=retracted and retracted.request_id)
+        self.ctx.log.warning("reorg", resume_from=self._next_block, retracted=retracted and retracted.round_id)
 
     async def _hash_at(self, number: int) -> str | None:
         try:

@@ -6,7 +6,8 @@ search with `base` is `window_nonce(base, counter)`; the other 192 bits come fro
 (`random_base()` gives every search its own).
 
 Path selection: `ETHML_POW_PATH=<path>|python` forces one (`available_paths()` lists them); otherwise
-the fastest on this CPU as measured by `ethml.pow.tune` (once per CPU model and core build, cached).
+the fastest on this CPU as measured by `ethml.pow.tune` (once per CPU model and core build, cached;
+the tuner times the native core directly, so the dependency runs one way: core -> tune -> _native_core).
 Without the compiled core, everything raises `NativeUnavailable` unless `ETHML_PUREPYTHON=1`
 explicitly selects the (about 100x slower) pure-Python reference.
 """
@@ -26,6 +27,7 @@ from eth_utils.conversions import to_bytes
 from ethml.errors import InvalidPowArgument, NativeUnavailable, UnknownPowPath
 from ethml.pow import _native_core as _core
 from ethml.pow import _reference
+from ethml.pow.tune import autotune
 
 MAX_UINT256 = 2**256 - 1
 WINDOW_SHIFT = 32
@@ -49,8 +51,6 @@ def resolve_path(path: str | None = None) -> str:
     paths = available_paths()
     if wanted == "auto":
         if HAS_NATIVE:
-            from ethml.pow.tune import autotune
-
             return autotune().path
         if PURE_PYTHON:
             return "python"

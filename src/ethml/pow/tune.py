@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ethml.paths import data_home
 from ethml.pow import _native_core as _core
-from ethml.pow.core import find_nonce
 
 CACHE_FILE = "pow-tune.json"
 CACHE_VERSION = 1
@@ -34,6 +34,15 @@ ROUNDS = 8
 
 _CHALLENGE = bytes(range(32))
 _MINER = bytes(range(100, 120))
+_BASE = bytes(32)
+_NEVER = bytes(32)  # target 0: no candidate succeeds, so every call runs its full count
+
+
+def _time_search(path: str, count: int) -> float:
+    """Seconds one native search of `count` candidates takes on `path` (single thread)."""
+    started = time.perf_counter()
+    _core.search(path, _CHALLENGE, _MINER, _BASE, _NEVER, 0, count, None)
+    return time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -87,24 +96,18 @@ def measure_paths(paths: list[str], round_seconds: float = ROUND_SECONDS, rounds
     best = dict.fromkeys(paths, 0.0)
     for p in paths:  # calibrate: a count that takes about round_seconds
         while True:
-            started = time.perf_counter()
-            find_nonce(_CHALLENGE, _MINER, 0, count=count[p], path=p)
-            elapsed = time.perf_counter() - started
+            elapsed = _time_search(p, count[p])
             if elapsed >= round_seconds / 4 or count[p] >= 1 << 30:
                 count[p] = max(1 << 12, int(count[p] * round_seconds / max(elapsed, 1e-6)))
                 break
             count[p] *= 4
     for _ in range(rounds):
         for p in paths:
-            started = time.perf_counter()
-            find_nonce(_CHALLENGE, _MINER, 0, count=count[p], path=p)
-            best[p] = max(best[p], count[p] / (time.perf_counter() - started))
+            best[p] = max(best[p], count[p] / _time_search(p, count[p]))
     return best
 
 
 def cache_path(data_dir: Path | None = None) -> Path:
-    from ethml.paths import data_home
-
     return (data_dir or data_home()) / CACHE_FILE
 
 

@@ -12,19 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
-from ethml.chain.deploy import EML, Deployment, ethml_contract, training_contract
-from ethml.chain.tx import send
-from ethml.errors import EthmlError, IpfsError, ModelError
+from ethml.chain.deploy import EML, Deployment, token_contract, training_contract
+from ethml.chain.reverts import is_revert
+from ethml.chain.tx import preflight, revert_reason, send
+from ethml.errors import EthmlError, IpfsError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.node.miner import DEV_CHAIN_IDS
-from ethml.training.jobs import TrainingError, assess, fit_and_claim, run_limited
-from ethml.training.spec import TaskSpec, parse_spec
+from ethml.pow import keccak256
+from ethml.training.jobs import Assessment, Compute, fit_and_claim, run_limited, score_submissions
+from ethml.training.spec import TaskSpec, TrainingLimits, parse_spec
 
 ROLES = {"trainer": 0, "validator": 1}
+#: TrainingTasks errors that refuse one vote but not the others: that submission is skipped.
+NOT_THIS_VOTE = ("AlreadyVoted", "OwnSubmission", "EnoughVotes")
 STATUSES = ("none", "open", "accepted", "failed")
 ARTIFACT_LIMIT = 64 * 1024 * 1024
 
@@ -48,13 +51,23 @@ def _contract(w3: AsyncWeb3[Any], deployment: Deployment) -> Any:
     return training_contract(w3, deployment.training)
 
 
+async def _get_task(tasks: Any, task_id: int) -> Any:
+    """getTask, with an unknown task said in words (UnknownTask) instead of a raw revert."""
+    try:
+        return await tasks.functions.getTask(task_id).call()
+    except Exception as exc:
+        if not is_revert(exc):
+            raise
+        raise TaskError(revert_reason(exc, tasks.abi)) from None
+
+
 def commit_test_set(test_cid: str, salt: bytes) -> bytes:
     """keccak256(abi.encode(string testCid, bytes32 salt)), as TrainingTasks.commitmentFor computes it
-    (the ABI encoding written out: eth_abi takes longer than the hash, and the coordinator checks one
-    of these per request)."""
+    (the ABI encoding written out and the native keccak: eth_abi and eth_hash take longer than the hash
+    itself, and the coordinator checks one of these per request)."""
     data = test_cid.encode()
     encoded = (64).to_bytes(32, "big") + salt + len(data).to_bytes(32, "big") + data + b"\0" * (-len(data) % 32)
-    return keccak(encoded)
+    return keccak256(encoded)
 
 
 def secret_path(data_dir: Path, chain_id: int, task_id: int) -> Path:
@@ -68,10 +81,10 @@ async def stake(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccoun
 
 
 async def _approve(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccount, amount: int) -> None:
-    ethml = ethml_contract(w3, deployment.ethml)
-    allowance = int(await ethml.functions.allowance(account.address, deployment.training).call())
+    token = token_contract(w3, deployment.token)
+    allowance = int(await token.functions.allowance(account.address, deployment.training).call())
     if allowance < amount:
-        await send(w3, account, ethml.functions.approve(deployment.training, amount), what="approving EML")
+        await send(w3, account, token.functions.approve(deployment.training, amount), what="approving EML")
 
 
 async def create_task(
@@ -156,7 +169,7 @@ async def _catch_up_clock(w3: AsyncWeb3[Any]) -> None:
 
 async def task_info(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) -> dict[str, Any]:
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
     (
         requester,
         escrow,
@@ -209,10 +222,15 @@ async def task_info(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) ->
     }
 
 
-async def _spec_and_dataset(ipfs: IpfsClient, spec_cid: str, dataset_cid: str) -> tuple[TaskSpec, bytes]:
+async def _spec_and_dataset(
+    ipfs: IpfsClient, spec_cid: str, dataset_cid: str, limits: TrainingLimits
+) -> tuple[TaskSpec, bytes]:
+    """The spec (checked against this deployment's limits first) and the dataset, fetched once and
+    verified by CID."""
     try:
         spec = parse_spec(await ipfs.cat(spec_cid))
-        return spec, await ipfs.cat(dataset_cid, max_size=16 * 1024 * 1024)
+        limits.check(spec)
+        return spec, await ipfs.cat(dataset_cid, max_size=limits.max_dataset_bytes)
     except IpfsError as exc:
         raise TaskError(f"cannot fetch the task's files: {exc}") from None
 
@@ -225,14 +243,24 @@ async def train_and_submit(
     task_id: int,
     *,
     claim: int | None = None,
+    compute: Compute | None = None,
 ) -> dict[str, Any]:
-    """Train the task's model, add the skops artifact to the blockstore and submit it. `claim`
-    overrides the claimed score (for tests of a dishonest trainer)."""
+    """Train the task's model (on `compute`'s Dask cluster when it has one), add the skops artifact to
+    the blockstore and submit it. `claim` overrides the claimed score (for tests of a dishonest
+    trainer)."""
+    compute = compute or Compute()
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
-    spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13])
+    t = await _get_task(tasks, task_id)
+    # Would the task take a submission from this trainer now (stake, window, one each)? Asked before the
+    # training, which can take minutes; the real submission is checked again before it is sent.
+    await preflight(
+        w3, tasks.functions.submitModel(task_id, t[13], bytes(32), 0), {"from": trainer.address}, "submitModel"
+    )
+    spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13], compute.limits)
     started = time.monotonic()
-    trained = await run_limited(fit_and_claim, spec, dataset, task_id, timeout=spec.max_train_seconds)
+    trained = await run_limited(
+        fit_and_claim, spec, dataset, task_id, compute.limits, compute.cluster, timeout=spec.max_train_seconds
+    )
     model_cid = str(ipfs.add_bytes(trained.artifact, 1))
     claimed = trained.claimed_score if claim is None else claim
     await send(
@@ -251,41 +279,67 @@ async def train_and_submit(
 
 
 async def validate_task(
-    w3: AsyncWeb3[Any], deployment: Deployment, validator: LocalAccount, ipfs: IpfsClient, task_id: int
+    w3: AsyncWeb3[Any],
+    deployment: Deployment,
+    validator: LocalAccount,
+    ipfs: IpfsClient,
+    task_id: int,
+    *,
+    refused: list[str] | None = None,
+    compute: Compute | None = None,
 ) -> list[dict[str, Any]]:
-    """Score every submission this validator may vote on and vote: the test-set score when the artifact
-    loads through the allow-list, is the promised estimator and its claim reproduces; 0 otherwise."""
+    """Score every submission this validator may vote on (all at once on `compute`'s Dask cluster when
+    it has one) and vote: the test-set score when the artifact loads through the allow-list, is the
+    promised estimator and its claim reproduces; 0 otherwise.
+
+    A submission the contract would not take this validator's vote on (its own, voted already, enough
+    votes, also when that became so while scoring) is skipped, its reason in words appended to
+    `refused`; a refusal that holds for every vote (not staked, the window closed) raises
+    TransactionReverted before anything is scored.
+    """
+    compute = compute or Compute()
     tasks = _contract(w3, deployment)
-    t = await tasks.functions.getTask(task_id).call()
+    t = await _get_task(tasks, task_id)
     if not t[8]:
         raise TaskError(f"task {task_id}: the test set is not revealed yet")
-    spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13])
-    test_set = await ipfs.cat(t[15], max_size=16 * 1024 * 1024)
-    votes = []
+    spec, dataset = await _spec_and_dataset(ipfs, t[14], t[13], compute.limits)
+    test_set = await ipfs.cat(t[15], max_size=compute.limits.max_dataset_bytes)
+    mine: list[tuple[int, int, bytes | str, str]] = []  # (submission, claim, artifact or why not, sha256)
     for i in range(int(t[6])):
-        trainer, claimed, _median, _votes, sha, model_cid = await tasks.functions.getSubmission(task_id, i).call()
-        if trainer == validator.address or await tasks.functions.hasVoted(task_id, i, validator.address).call():
-            continue
-        reason = ""
+        # Would this vote be taken (stake, window, not its own, not voted yet, votes missing)? Asked
+        # before scoring, which loads and runs the model.
         try:
-            artifact = await ipfs.cat(model_cid, max_size=ARTIFACT_LIMIT)
-            found = await run_limited(
-                assess,
-                spec,
-                artifact,
-                bytes(sha).hex(),
-                int(claimed),
-                dataset,
-                test_set,
-                task_id,
-                timeout=spec.max_train_seconds,
-            )
-            score = found.test_score if found.claim_reproduced else 0
-            if not found.claim_reproduced:
-                reason = f"claimed {int(claimed)}, the holdout gives {found.holdout_score}"
-        except (IpfsError, ModelError, TrainingError) as exc:
-            score, reason = 0, str(exc)
-        await send(w3, validator, tasks.functions.validate(task_id, i, score), what="validate")
+            await preflight(w3, tasks.functions.validate(task_id, i, 0), {"from": validator.address}, "validate")
+        except TransactionReverted as exc:
+            if exc.error is None or exc.error.name not in NOT_THIS_VOTE:
+                raise  # not staked, window closed, task closed: no vote of this validator would be taken
+            if refused is not None:
+                refused.append(exc.reason)
+            continue
+        _trainer, claimed, _median, _votes, sha, model_cid = await tasks.functions.getSubmission(task_id, i).call()
+        try:
+            mine.append((i, int(claimed), await ipfs.cat(model_cid, max_size=ARTIFACT_LIMIT), bytes(sha).hex()))
+        except IpfsError as exc:
+            mine.append((i, int(claimed), str(exc), bytes(sha).hex()))
+    fetched = [(a, sha, claimed) for _i, claimed, a, sha in mine if isinstance(a, bytes)]
+    found = iter(await score_submissions(spec, fetched, dataset, test_set, task_id, compute))
+    votes = []
+    for i, claimed, artifact, _sha in mine:
+        result: Assessment | str = next(found) if isinstance(artifact, bytes) else artifact
+        if isinstance(result, str):
+            score, reason = 0, result
+        elif not result.claim_reproduced:
+            score, reason = 0, f"claimed {claimed}, the holdout gives {result.holdout_score}"
+        else:
+            score, reason = result.test_score, ""
+        try:
+            await send(w3, validator, tasks.functions.validate(task_id, i, score), what="validate")
+        except TransactionReverted as exc:
+            if exc.error is None or exc.error.name not in NOT_THIS_VOTE:
+                raise
+            if refused is not None:  # enough votes came in while this validator was scoring
+                refused.append(exc.reason)
+            continue
         votes.append({"submission": i, "score": score, "reason": reason})
     return votes
 

@@ -1,0 +1,23 @@
+"""The typed keys of the objects an `ethml serve` application shares (set by `server`'s cleanup
+contexts, read by the routes and the background loops)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ethml.coordinator.chain import Chain
+from ethml.coordinator.config import ServeConfig
+from ethml.coordinator.dispatch import Dispatcher
+from ethml.coordinator.metrics import Metrics
+from ethml.coordinator.permit import PermitDomain
+from ethml.coordinator.store import Store
+from ethml.ipfs import IpfsClient
+
+CONFIG = web.AppKey("config", ServeConfig)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", Store)
+CHAIN = web.AppKey("chain", Chain)
+#: The EIP-712 domain of EML permits to TrainingTasks on this chain.
+PERMITS = web.AppKey("permits", PermitDomain)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+IPFS = web.AppKey("ipfs", IpfsClient)

@@ -1,0 +1,82 @@
+"""Who is asking and how often: API keys (`Authorization: Bearer <key>`, cached for 5 s) and the
+token buckets every request takes from (its client address's and its key's, in Redis)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from ethml.coordinator.appkeys import CONFIG, STORE
+from ethml.coordinator.edge import ApiError
+from ethml.coordinator.store import hash_key
+
+Principal = dict[str, str]
+
+
+class KeyCache:
+    """API key -> (expiry, its record or None), so a busy client costs no Redis lookup per request."""
+
+    def __init__(self, ttl: float = 5.0, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self.entries: dict[str, tuple[float, Principal | None]] = {}
+
+
+API_KEYS = web.AppKey("api_keys", KeyCache)
+
+
+async def principal(request: web.Request, *, required: tuple[str, ...] | None) -> Principal | None:
+    """The API key's record (role, name, and `key`: its hash); raises 401/403 when `required` is not met."""
+    header = request.headers.get("Authorization", "")
+    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.headers.get("X-API-Key")
+    who = None
+    if key:
+        cache = request.app[API_KEYS]
+        now = time.monotonic()
+        cached = cache.entries.get(key)
+        if cached and cached[0] > now:
+            who = cached[1]
+        else:
+            record = await request.app[STORE].api_key(key)
+            who = {**record, "key": hash_key(key)} if record is not None else None
+            if len(cache.entries) > cache.size:
+                cache.entries.clear()
+            cache.entries[key] = (now + cache.ttl, who)
+        if who is None:
+            await rate_limit(request, None)  # guessing keys costs tokens
+            raise ApiError(401, "unknown API key")
+    if required is not None:
+        if who is None:
+            await rate_limit(request, None)
+            raise ApiError(401, "an API key is required (Authorization: Bearer <key>)")
+        if who["role"] not in required:
+            await rate_limit(request, who["key"])
+            raise ApiError(403, f"this needs the {' or '.join(required)} role; the key has {who['role']}")
+    return who
+
+
+async def required(request: web.Request, *roles: str) -> Principal:
+    """The caller's key record; 401 without a key, 403 when its role is not one of `roles`."""
+    who = await principal(request, required=roles)
+    assert who is not None
+    return who
+
+
+def buckets(request: web.Request, key: str | None) -> list[tuple[str, float, int]]:
+    """The token buckets a request takes from: its client address's, and its API key's if it has one
+    (one script call takes from both, or from neither)."""
+    cfg = request.app[CONFIG]
+    found = [(f"ip:{request.remote or 'unknown'}", cfg.ip_rate, cfg.ip_burst)]
+    if key is not None:
+        found.append((f"key:{key}", cfg.key_rate, cfg.key_burst))
+    return found
+
+
+def too_many(wait: float) -> ApiError:
+    return ApiError(429, "rate limit exceeded", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+
+async def rate_limit(request: web.Request, key: str | None) -> None:
+    wait = await request.app[STORE].take_token(buckets(request, key))
+    if wait > 0:
+        raise too_many(wait)

@@ -1,0 +1,43 @@
+"""`ethml serve`'s settings (the command's options, and what tests and embedders set directly)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eth_account.signers.local import LocalAccount
+
+from ethml.chain.deploy import Deployment
+
+
+@dataclass
+class ServeConfig:
+    rpc_url: str
+    deployment: Deployment
+    relayer: LocalAccount
+    data_dir: Path
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8545 + 1000
+    #: Token buckets: requests per second and burst, per API key and per client address.
+    key_rate: float = 20.0
+    key_burst: int = 40
+    ip_rate: float = 50.0
+    ip_burst: int = 100
+    #: Seconds a client has to send a JSON body (up to 64 KiB) and a file (up to 16 MiB); slower ones
+    #: get a 408 and their connection is closed.
+    body_timeout: float = 10.0
+    file_timeout: float = 120.0
+    heartbeat_interval: float = 3.0
+    heartbeat_timeout: float = 15.0
+    job_timeout: float = 30.0
+    max_deliveries: int = 3
+    confirmations: int = 0
+    poll_interval: float = 0.5
+    #: Run the relayer (create posted tasks on chain). Off only to measure the API alone.
+    relay: bool = True
+    #: Seconds a relay entry may sit untouched (its instance killed) before a live relayer takes it over.
+    relay_timeout: float = 30.0
+    instance: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(2)}")

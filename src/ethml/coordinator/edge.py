@@ -1,0 +1,176 @@
+"""The HTTP edge: one error style (`{"error": {"status", "message", "field"}}`), the middleware that
+turns every failure into it and counts every request, the request body read within limits (type,
+size, time) and validated against a schema type, and malformed requests logged in one line.
+
+What a client gets wrong is a 4xx, never a 500 or 503: a body that is not `application/json` is a
+415, one over the size limit a 413, one that does not arrive within the body timeout a 408 (and the
+connection is closed), a client that hangs up mid-body is counted as 499 (nginx's "client closed
+request") and answered with nothing. A 503 means Redis or the chain RPC is down, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from pydantic import BaseModel, ValidationError
+
+from ethml.coordinator.appkeys import CONFIG, METRICS
+from ethml.coordinator.schemas import MAX_BODY_BYTES, first_error
+
+log = structlog.get_logger("ethml.coordinator")
+
+#: The status counted for a request whose client hung up before its body arrived.
+CLIENT_CLOSED = 499
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        close: bool = False,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.field, self.headers = status, message, field, headers or {}
+        self.close = close  # close the connection after the answer (the request was not read to its end)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived."""
+
+
+def error_response(
+    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"error": {"status": status, "message": message, "field": field}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_and_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    status: int | None = None
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.message, exc.field, exc.headers)
+        if exc.close:
+            await _answer_and_close(request, response)
+    except ClientGone:
+        response, status = web.Response(status=400), CLIENT_CLOSED  # written to no one
+        response.force_close()
+    except web.HTTPException as exc:
+        if exc.status >= 400 and request.path.startswith("/api"):
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            response = error_response(exc.status, exc.reason, headers=allow)
+        else:
+            request.app[METRICS].observe(route, exc.status, time.perf_counter() - started)
+            raise
+    except (aioredis.RedisError, OSError) as exc:
+        log.warning("backend_unavailable", error=str(exc), path=request.path)
+        response = error_response(
+            503, "a backend (Redis or the chain RPC) is unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
+    except Exception:  # a bug: logged with its traceback here, one JSON line for the client
+        log.exception("request_failed", path=request.path)
+        response = error_response(500, "internal error (logged by the server)")
+    request.app[METRICS].observe(route, status or response.status, time.perf_counter() - started)
+    return response
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer, then close the connection at once: aiohttp would otherwise keep reading (and
+    discarding) an unread body for up to 10 s before closing, which is what a slow client wants."""
+    response.force_close()
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
+
+
+async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
+    """The whole body: at most `limit` bytes (413), within `seconds` (408, connection closed), from a
+    client still there (ClientGone)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, f"the body is over {limit} bytes", close=True)
+    content = request.content
+    try:
+        if content.is_eof():  # it came with the headers (most JSON bodies): nothing to wait for
+            return await request.read()
+        async with asyncio.timeout(seconds):
+            if length is not None:
+                return await request.read()
+            body = bytearray()  # chunked: no length to check up front
+            while chunk := await content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"the body is over {limit} bytes", close=True)
+            return bytes(body)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {seconds:g} s", close=True) from None
+    except ConnectionError as exc:  # aiohttp's "Connection lost"
+        raise ClientGone(str(exc)) from None
+    except HttpProcessingError as exc:  # a malformed chunk
+        reason = ((exc.message or "").strip().splitlines() or ["a bad chunk"])[0]
+        raise ApiError(400, f"the request body is malformed ({reason})", close=True) from None
+
+
+def check_json_type(request: web.Request) -> None:
+    """Only `application/json` (in UTF-8, the only charset JSON has) is read as JSON."""
+    if request.content_type != "application/json" or (request.charset or "utf-8").lower() != "utf-8":
+        got = request.headers.get("Content-Type", "none")
+        raise ApiError(415, f"the body must be application/json (UTF-8), not {got[:60]}", close=True)
+
+
+async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
+    """The body parsed and validated in one pass by pydantic-core, in strict mode: a JSON value of the
+    wrong type (true for an integer, "1" for a number) is refused, not converted."""
+    check_json_type(request)
+    raw = await read_body(request, MAX_BODY_BYTES, request.app[CONFIG].body_timeout)
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        kind = exc.errors(include_url=False)[0].get("type")
+        if kind == "json_invalid":
+            raise ApiError(400, "the body is not JSON (or nests deeper than 200 levels)") from None
+        if kind == "model_type":
+            raise ApiError(422, "the body must be a JSON object") from None
+        where, message = first_error(exc)
+        raise ApiError(422, message, where) from None
+
+
+class OneLineProtocolErrors(logging.Filter):
+    """aiohttp logs a malformed request (a bad request line, header or chunk) with a traceback; this
+    turns it into one line (`bad_request` with the client and the parser's reason). Other records of
+    aiohttp's server logger pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | ConnectionError):
+            return True
+        reason = str(getattr(exc, "message", "") or exc).strip().splitlines()
+        client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        log.info("bad_request", client=client, reason=reason[0] if reason else type(exc).__name__)
+        return False
+
+
+def one_line_protocol_errors() -> None:
+    """Install `OneLineProtocolErrors` on aiohttp's server logger (once per process)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, OneLineProtocolErrors) for f in server_log.filters):
+        server_log.addFilter(OneLineProtocolErrors())

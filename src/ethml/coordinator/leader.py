@@ -1,0 +1,25 @@
+"""The leader's loop: the event follower and the deadline keeper run on one instance at a time, the
+one holding the `leader` lease (renewed every pass; another instance takes over within its ttl)."""
+
+from __future__ import annotations
+
+from ethml.coordinator.chain import Chain
+from ethml.coordinator.follower import follow
+from ethml.coordinator.keeper import keep_deadlines
+from ethml.coordinator.lease import Lock
+from ethml.coordinator.metrics import Metrics
+from ethml.coordinator.store import Store
+
+
+class Leader:
+    def __init__(self, chain: Chain, store: Store, metrics: Metrics, confirmations: int) -> None:
+        self.chain, self.store, self.metrics, self.confirmations = chain, store, metrics, confirmations
+        self.lease = Lock(store, "leader", ttl=10)
+
+    async def step(self) -> None:
+        if not await self.lease.acquire(wait=0):
+            return
+        checkpoint = await follow(self.chain, self.store, self.confirmations)
+        if self.chain.head is not None:
+            self.metrics.chain_lag.set(max(0, self.chain.head - checkpoint))
+        await keep_deadlines(self.chain, self.store)

@@ -1,0 +1,87 @@
+"""Every Redis key the coordinator uses, built here and nowhere else (all under the prefix `ethml:`).
+
+- `task:<id>` a task document (JSON); `tasks` and `tasks:<status>` sorted sets by creation time;
+  `chaintask:<n>` the API id of on-chain task n;
+- `relay` the stream of tasks waiting for `createTaskWithPermit` (group `relayers`);
+- `jobs:<role>` the job stream of a worker role (group `workers`); `jobid:<job>` marks a job queued
+  once; `result:<job>` its first result; `joblock:<job>` an instance assigning it;
+  `taskworkers:<task>:<role>` who has worked on a task; `dead` the dead-letter stream;
+- `apikey:<sha256>` API keys by hash; `rl:<bucket>` token buckets;
+- `worker:<id>` connected workers (expiring) and `workers` their ids; `kick:<id>` an admin's
+  disconnect order; `loginnonce:<nonce>` used login nonces; `uploadtoken:<token>` workers' upload tokens;
+- `checkpoint` the last block the follower applied; `samples` the dashboard's history; `lock:<name>` leases.
+"""
+
+from __future__ import annotations
+
+P = "ethml:"
+
+TASKS = f"{P}tasks"
+RELAY = f"{P}relay"
+DEAD = f"{P}dead"
+WORKERS = f"{P}workers"
+CHECKPOINT = f"{P}checkpoint"
+SAMPLES = f"{P}samples"
+
+
+def task(task_id: str) -> str:
+    return f"{P}task:{task_id}"
+
+
+def tasks_in(status: str) -> str:
+    return f"{P}tasks:{status}"
+
+
+def chain_task(chain_task_id: int) -> str:
+    return f"{P}chaintask:{chain_task_id}"
+
+
+def jobs(role: str) -> str:
+    return f"{P}jobs:{role}"
+
+
+def job_queued(job: str) -> str:
+    return f"{P}jobid:{job}"
+
+
+def result(job: str) -> str:
+    return f"{P}result:{job}"
+
+
+def job_lock(job: str) -> str:
+    return f"{P}joblock:{job}"
+
+
+def task_workers(chain_task_id: str | int, role: str) -> str:
+    return f"{P}taskworkers:{chain_task_id}:{role}"
+
+
+def api_key(key_hash: str) -> str:
+    return f"{P}apikey:{key_hash}"
+
+
+API_KEY_PATTERN = f"{P}apikey:*"
+
+
+def bucket(name: str) -> str:
+    return f"{P}rl:{name}"
+
+
+def worker(worker_id: str) -> str:
+    return f"{P}worker:{worker_id}"
+
+
+def kick(worker_id: str) -> str:
+    return f"{P}kick:{worker_id}"
+
+
+def login_nonce(nonce: str) -> str:
+    return f"{P}loginnonce:{nonce}"
+
+
+def upload_token(token: str) -> str:
+    return f"{P}uploadtoken:{token}"
+
+
+def lock(name: str) -> str:
+    return f"{P}lock:{name}"

@@ -1,0 +1,86 @@
+"""How a worker logs in on /ws/worker: the server sends a fresh nonce; the worker answers with its
+role, address and an EIP-191 signature of (server instance, role, nonce); the server checks that the
+signature recovers the address, that the nonce is used once, and that the address holds a stake of
+that role in TrainingTasks. A worker that reconnects under the same id gets its pending jobs back."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, STORE
+from ethml.coordinator.dispatch import WorkerConn
+from ethml.coordinator.permit import recover_login
+from ethml.coordinator.schemas import WorkerLogin
+
+log = structlog.get_logger("ethml.coordinator")
+
+
+async def refuse(ws: web.WebSocketResponse, reason: str) -> None:
+    await ws.send_json({"type": "refused", "message": reason})
+    await ws.close(code=4001, message=reason.encode()[:120])
+
+
+def _login_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = str(err["loc"][0]) if err.get("loc") else ""
+    if err["type"] in ("json_invalid", "model_type", "missing") or where in ("address", "signature"):
+        return "the login needs role, address and signature (a 0x-address and a 0x-hex signature)"
+    if where == "role":
+        return "role must be trainer or validator"
+    if where == "capacity":
+        return "capacity must be an integer 1..16"
+    if where == "worker_id":
+        return "worker_id must be 1-64 letters, digits, '.', '_' or '-'"
+    return f"invalid login: {where}: {err['msg']}"
+
+
+async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce: str) -> WorkerConn | None:
+    """The worker's connection once its login message `msg` checks out, else None (refused and closed)."""
+    cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
+    if msg.type != WSMsgType.TEXT:
+        await refuse(ws, "expected a login message")
+        return None
+    try:
+        data = WorkerLogin.model_validate_json(msg.data)
+    except ValidationError as exc:
+        await refuse(ws, _login_error(exc))
+        return None
+    role, address, signature = data.role, data.address, data.signature
+    worker_id, capacity = data.worker_id or uuid.uuid4().hex, data.capacity
+    signer = recover_login(cfg.instance, nonce, role, signature)
+    if signer is None or signer.lower() != address.lower():
+        await refuse(ws, "the signature does not recover the address for this server's nonce")
+        return None
+    if not await store.use_login_nonce(nonce, signer):
+        await refuse(ws, "this login was used already")
+        return None
+    role_code = 0 if role == "trainer" else 1
+    if not await app[CHAIN].tasks.functions.isStaked(signer, role_code).call():
+        await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})")
+        return None
+    conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance)
+    old = dispatcher.conns.get(worker_id)
+    if old is not None and old.address == signer:
+        await old.ws.close(code=4000, message=b"replaced by a new connection")
+    dispatcher.adopt(conn, await dispatcher.pending_of(conn))
+    dispatcher.conns[worker_id] = conn
+    await store.put_worker(conn.view(), cfg.heartbeat_timeout)
+    token = await store.new_upload_token(signer)
+    await ws.send_json(
+        {
+            "type": "welcome",
+            "worker_id": worker_id,
+            "address": signer,
+            "role": role,
+            "heartbeat": cfg.heartbeat_interval,
+            "upload_token": token,
+            "running": list(conn.running),
+        }
+    )
+    log.info("worker_joined", worker=conn.consumer, role=role, adopted=list(conn.running))
+    return conn

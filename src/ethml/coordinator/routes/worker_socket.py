@@ -1,0 +1,84 @@
+"""GET /ws/worker: the workers' WebSocket. After the login (`worker_login`), a worker sends load
+reports (its heartbeat) and job results; the server sends jobs (`dispatch`) and acknowledgements."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
+from ethml.coordinator.dispatch import WorkerConn
+from ethml.coordinator.routes.worker_login import login, refuse
+from ethml.coordinator.schemas import WORKER_MESSAGE, JobResult, LoadReport, first_error
+
+log = structlog.get_logger("ethml.coordinator")
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/ws/worker")
+async def worker_socket(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
+    # Protocol pings catch dead TCP connections; a worker busy in a training job still answers them.
+    ws = web.WebSocketResponse(heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    nonce = secrets.token_hex(16)
+    await ws.send_json({"type": "challenge", "nonce": nonce, "server": cfg.instance, "chain_id": app[CHAIN].chain_id})
+    conn: WorkerConn | None = None
+    try:
+        try:
+            msg = await ws.receive(timeout=10)
+        except TimeoutError:
+            await refuse(ws, "no login within 10 s")
+            return ws
+        conn = await login(app, ws, msg, nonce)
+        if conn is None:
+            return ws
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            conn.last_seen = time.monotonic()  # any message is a sign of life
+            try:
+                message = WORKER_MESSAGE.validate_json(msg.data)
+            except ValidationError as exc:
+                where, problem = first_error(exc)
+                await ws.send_json({"type": "error", "message": f"{where or 'message'}: {problem}"})
+                continue
+            if isinstance(message, LoadReport):
+                conn.cpu, conn.memory = message.cpu, message.memory
+                conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
+                await store.put_worker(conn.view(), cfg.heartbeat_timeout)
+                if await store.take_kick(conn.id):
+                    await ws.close(code=4003, message=b"disconnected by an admin")
+            else:
+                await _result(app, conn, message)
+    finally:
+        if conn is not None:
+            dispatcher.conns.pop(conn.id, None)
+            await store.drop_worker(conn.id)
+            log.info("worker_left", worker=conn.consumer, running=list(conn.running))
+    return ws
+
+
+async def _result(app: web.Application, conn: WorkerConn, message: JobResult) -> None:
+    job = message.job
+    result = {"ok": message.ok, "detail": message.detail, "tx": message.tx, "delivery": message.delivery}
+    if message.delivery is None:
+        outcome = "the result names no delivery (the delivery number sent with the job)"
+    else:
+        outcome = await app[DISPATCHER].finish(conn, job, message.delivery, result)
+    recorded = outcome == "recorded"
+    ack: dict[str, Any] = {"type": "ack", "job": job, "recorded": recorded}
+    if outcome not in ("recorded", "duplicate"):
+        ack["refused"] = outcome
+    kind = "train" if ":train:" in job else "validate"
+    label = ("ok" if message.ok else "error") if recorded else outcome if outcome == "duplicate" else "refused"
+    app[METRICS].jobs.labels(kind, label).inc()
+    await conn.ws.send_json(ack)
+    log.info("job_result", job=job, worker=conn.consumer, ok=message.ok, outcome=outcome)

@@ -1,0 +1,40 @@
+"""Workers, for an admin: the connected ones (every instance's, from Redis) and disconnecting one."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from ethml.coordinator.appkeys import DISPATCHER, STORE
+from ethml.coordinator.auth import rate_limit, required
+from ethml.coordinator.edge import ApiError
+from ethml.coordinator.schemas import WORKER_ID
+
+routes = web.RouteTableDef()
+
+_WORKER_ID = re.compile(WORKER_ID)
+
+
+@routes.get("/api/workers")
+async def list_workers(request: web.Request) -> web.Response:
+    who = await required(request, "admin")
+    await rate_limit(request, who["key"])
+    return web.json_response({"workers": await request.app[STORE].workers()})
+
+
+@routes.delete("/api/workers/{worker_id}")
+async def kick_worker(request: web.Request) -> web.Response:
+    """Disconnect a worker: at once if it is connected here, else at its next load report to its
+    instance (a kick order in Redis)."""
+    who = await required(request, "admin")
+    await rate_limit(request, who["key"])
+    worker_id = request.match_info["worker_id"]
+    if not _WORKER_ID.fullmatch(worker_id):
+        raise ApiError(422, "worker_id must be 1-64 letters, digits, '.', '_' or '-'", "worker_id")
+    if not await request.app[STORE].kick(worker_id):
+        raise ApiError(404, f"no connected worker {worker_id}", "worker_id")
+    conn = request.app[DISPATCHER].conns.get(worker_id)
+    if conn is not None:
+        await conn.ws.close(code=4003, message=b"disconnected by an admin")
+    return web.json_response({"disconnected": worker_id}, status=202)

@@ -1,0 +1,82 @@
+"""The Lua scripts the store runs in Redis (each runs alone: what one does is atomic)."""
+
+from __future__ import annotations
+
+TOKEN_BUCKET = """
+-- KEYS[1..n] token buckets; ARGV[1] = n, then a rate (tokens/s) and a burst per bucket. Redis's clock,
+-- so every instance agrees. Takes one token from each bucket, or from none (returns the ms to wait).
+local n = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait = 0
+local tokens = {}
+for i = 1, n do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local v = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local have = tonumber(v[1]) or burst
+  local ts = tonumber(v[2]) or now
+  have = math.min(burst, have + math.max(0, now - ts) * rate / 1000)
+  if have < 1 then wait = math.max(wait, (1 - have) * 1000 / rate) end
+  tokens[i] = have
+end
+if wait > 0 then return math.ceil(wait) end
+for i = 1, n do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  redis.call('HSET', KEYS[i], 't', tostring(tokens[i] - 1), 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+end
+"""
+
+#: The token buckets only.
+TAKE = TOKEN_BUCKET + "return 0\n"
+
+#: The token buckets (KEYS[1..n]) and, only if every bucket had a token, a new task: its document,
+#: its place in the indexes and its relay entry. One round trip for an accepted POST /api/tasks.
+TAKE_AND_CREATE = (
+    TOKEN_BUCKET
+    + """
+local doc, score, id = ARGV[2 * n + 2], ARGV[2 * n + 3], ARGV[2 * n + 4]
+redis.call('SET', KEYS[n + 1], doc)
+redis.call('ZADD', KEYS[n + 2], score, id)
+redis.call('ZADD', KEYS[n + 3], score, id)
+redis.call('XADD', KEYS[n + 4], '*', 'task', id)
+return 0
+"""
+)
+
+#: A worker's result, counted only for the delivery it was given. KEYS[1] the job stream, KEYS[2] the
+#: job's result key; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4]
+#: the delivery number the worker was sent with the job, ARGV[5] the result. The entry must be pending
+#: under that consumer with that delivery count; then the first result is kept and the entry is
+#: acknowledged and deleted. Returns recorded, duplicate, gone (no such pending entry), reassigned
+#: (pending under another consumer) or stale (another delivery).
+FINISH_JOB = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 'gone' end
+if p[1][2] ~= ARGV[2] then return 'reassigned' end
+if p[1][4] ~= tonumber(ARGV[4]) then return 'stale' end
+local fresh = redis.call('SET', KEYS[2], ARGV[5], 'NX')
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if fresh then return 'recorded' end
+return 'duplicate'
+"""
+
+#: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],
+#: those still pending under the consumer ARGV[2] (group ARGV[1]) of the stream KEYS[1] are claimed again
+#: by it (idle time reset, delivery count kept) and returned; one taken back meanwhile is left alone.
+TOUCH_ENTRIES = """
+local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+local mine = {}
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    mine[#mine + 1] = ARGV[i]
+    claim[#claim + 1] = ARGV[i]
+  end
+end
+if #mine > 0 then
+  claim[#claim + 1] = 'JUSTID'
+  redis.call(unpack(claim))
+end
+return mine
+"""

@@ -1,0 +1,345 @@
+"""Training and validation on a Dask cluster (`ethml worker --dask tcp://HOST:8786`, `--dask local:N`).
+
+The job still runs in its own child process with the spec's time limit (`jobs.run_limited`); with a
+cluster, that child is a Dask client which sends the parallel parts of the job to the cluster's
+workers through joblib's `dask` backend, the way scikit-learn's own docs spread a forest's trees:
+
+- training: the trees of a RandomForest (`CLUSTER_FIT == "trees"`); the forest draws each tree's
+  seed before any is sent and collects them in order, so the artifact is byte-identical to a local
+  fit's. The training matrix is scattered to the cluster once per fit (joblib scatters an argument
+  over 1 kB once per call and the workers share it), not once per tree. Every other estimator fits in
+  the child itself: nothing in its fit is exact across machines (spec.CLUSTER_FIT).
+- validation: the holdout and the test set are parsed once and broadcast to every worker; the
+  submissions are scored in parallel, one task each.
+
+Determinism needs one more thing: the same code everywhere. Before a job uses the cluster, every
+worker's versions of the libraries that decide a model's bits are compared with the job's own
+(`PINNED`), and a difference is refused with the packages named. A killed Dask worker is survived:
+the scheduler runs its tasks again elsewhere (up to `distributed.scheduler.allowed-failures`, 3 by
+default), and since every task is a pure function of its inputs, the result is the same.
+
+Time limits hold: when the child is killed at the job's limit its client disconnects, the scheduler
+forgets the job's queued tasks and the tasks in flight (one batch of trees, one scoring each) finish
+and are dropped. An unreachable scheduler is a `ClusterError` after `connect_timeout`, never a hang.
+
+A Dask scheduler runs whatever its clients send: keep it on a private network (or TLS), as Dask's
+docs say; `local[:N]` binds to 127.0.0.1.
+
+dask and distributed are the optional extra `ethml[dask]`; they are imported only here, and only when
+a cluster is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ethml.training.jobs import (
+    Assessment,
+    ClusterError,
+    ScoringData,
+    TrainingError,
+    load_submission,
+    score,
+    scoring_data,
+)
+from ethml.training.spec import TaskSpec, TrainingLimits, parse_spec
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: The libraries whose versions decide the bits of a fitted tree or a score.
+PINNED = ("ethml", "scikit-learn", "numpy", "scipy", "joblib", "skops", "threadpoolctl")
+_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A Dask scheduler that jobs send work to (picklable: it goes to the job's child process)."""
+
+    address: str
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    workers: int
+    threads: int
+    memory_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "workers": self.workers, "threads": self.threads, "memory": self.memory_bytes}
+
+
+def parse_target(value: str) -> tuple[str | None, int | None]:
+    """`tcp://HOST:PORT` or `tls://HOST:PORT` (a running scheduler): (address, None); `local` or
+    `local:N`: (None, N), a LocalCluster of N single-threaded worker processes (N = the CPU count)."""
+    text = value.strip()
+    if text == "local" or text.startswith("local:"):
+        count = text.partition(":")[2]
+        if not count:
+            return None, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if not count.isdigit() or not 1 <= int(count) <= 256:
+            raise ClusterError(f"--dask {value!r}: local:N needs N between 1 and 256")
+        return None, int(count)
+    match = _ADDRESS.match(text)
+    if match is None or not 1 <= int(match.group(3)) <= 65535:
+        raise ClusterError(
+            f"--dask {value!r} is not a scheduler address (tcp://HOST:PORT, tls://HOST:PORT) or local[:N]"
+        )
+    return text, None
+
+
+def _needs_distributed() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ClusterError("--dask needs the dask extra: pip install 'ethml[dask]'") from None
+
+
+class LocalDaskCluster:
+    """A LocalCluster of `workers` single-threaded worker processes on 127.0.0.1, for one machine with
+    several cores; `with LocalDaskCluster(2) as cluster:` gives the `Cluster` jobs use. Each worker
+    process is capped at `memory_limit` (Dask's nanny restarts one that passes 95 % of it)."""
+
+    def __init__(self, workers: int, *, memory_limit: str | int = "auto") -> None:
+        self.workers = workers
+        self.memory_limit = memory_limit
+        self._cluster: Any = None
+
+    def __enter__(self) -> Cluster:
+        _needs_distributed()
+        import logging
+
+        import dask
+        from distributed import LocalCluster
+
+        # Dask's statistical profiler samples every worker thread a hundred times a second, for its
+        # dashboard, which a local cluster of ethml's does not serve: about a tenth of a forest's CPU.
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # its HTTP endpoints on a free local port
+                memory_limit=self.memory_limit,
+                silence_logs=logging.ERROR,
+            )
+        return Cluster(str(self._cluster.scheduler_address))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cluster is not None:
+            self._cluster.close(timeout=10)
+            self._cluster = None
+
+
+async def _identity(address: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+    from distributed.comm.core import connect
+    from distributed.security import Security
+
+    # TLS settings, for tls:// addresses, come from Dask's configuration, as for a Client.
+    tls = Security().get_connection_args("client")  # type: ignore[no-untyped-call]
+    comm = await connect(address, timeout=timeout, **tls)  # type: ignore[no-untyped-call]
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        reply = await asyncio.wait_for(comm.read(), timeout)
+    finally:
+        comm.abort()
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise ValueError("it answered, but not as a Dask scheduler")
+    return reply
+
+
+def cluster_info(cluster: Cluster) -> ClusterInfo:
+    """The scheduler's workers, threads and memory, asked over one connection (no client is made, so a
+    wrong address fails fast and cleanly). ClusterError when nothing usable answers."""
+    _needs_distributed()
+    try:
+        reply = asyncio.run(_identity(cluster.address, cluster.connect_timeout))
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS, a server that is not Dask: all unusable
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            reason = "it answered, but not as a Dask scheduler"
+        raise ClusterError(
+            f"no Dask scheduler answers at {cluster.address} ({reason}); start one with `dask scheduler` "
+            "and workers with `dask worker ADDRESS`, or use --dask local:N"
+        ) from None
+    workers = reply.get("workers") or {}
+    return ClusterInfo(
+        cluster.address,
+        len(workers),
+        sum(int(w.get("nthreads", 0)) for w in workers.values()),
+        sum(int(w.get("memory_limit") or 0) for w in workers.values()),
+    )
+
+
+def versions() -> dict[str, str]:
+    """This process's Python and `PINNED` versions (also run on every worker of a cluster)."""
+    found = {"python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+    for name in PINNED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+@contextmanager
+def connected(cluster: Cluster) -> Iterator[Any]:
+    """A distributed Client of `cluster` whose workers all run this process's versions (checked)."""
+    cluster_info(cluster)  # a clean ClusterError for a wrong or dead address, before a Client exists
+    from distributed import Client
+
+    try:
+        client = Client(cluster.address, timeout=cluster.connect_timeout, set_as_default=False)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # noqa: BLE001 - the scheduler went away between the two steps
+        raise ClusterError(f"cannot connect to the Dask scheduler at {cluster.address}: {exc}") from None
+    try:
+        try:
+            client.wait_for_workers(1, timeout=cluster.connect_timeout)
+        except TimeoutError:
+            raise ClusterError(
+                f"the Dask scheduler at {cluster.address} has no workers (start `dask worker {cluster.address}` "
+                "on the hosts that should compute)"
+            ) from None
+        check_versions(client, cluster.address)
+        yield client
+    finally:
+        client.close(timeout=cluster.connect_timeout)  # type: ignore[no-untyped-call]
+
+
+def check_versions(client: Any, address: str) -> None:
+    """ClusterError when a worker runs other versions of `PINNED` than this process: its trees or
+    scores might differ in the last bit from a local run's, which validators would see."""
+    mine = versions()
+    try:
+        theirs: dict[str, dict[str, str]] = client.run(versions)
+    except Exception as exc:  # noqa: BLE001 - typically: ethml is not installed on a worker
+        raise ClusterError(
+            f"the workers of the Dask cluster at {address} cannot run ethml's check ({type(exc).__name__}: {exc}); "
+            "install the same ethml[dask] on every worker host"
+        ) from None
+    problems = [
+        f"{worker}: {name} {found.get(name, 'missing')} (this job: {version})"
+        for worker, found in sorted(theirs.items())
+        for name, version in mine.items()
+        if found.get(name) != version
+    ]
+    if problems:
+        raise ClusterError(
+            "the Dask cluster's workers run other versions than this job, so a model trained or scored there "
+            "might not be byte-identical to a local one: " + "; ".join(problems[:6])
+        )
+
+
+@contextmanager
+def trees_on(cluster: Cluster) -> Iterator[None]:
+    """joblib's `dask` backend for the duration of a fit: scikit-learn's `Parallel` calls (a forest's
+    trees) run on the cluster's workers, all their threads, while the estimator's own `n_jobs` stays
+    unset, so its parameters (and artifact) are those of a local fit."""
+    from joblib import parallel_config
+
+    with connected(cluster) as client:
+        broadcasting = _Broadcasting(client)
+        with parallel_config(
+            backend="dask", client=broadcasting, n_jobs=-1, wait_for_workers_timeout=cluster.connect_timeout
+        ):
+            yield
+
+
+class _Broadcasting:
+    """The Client as joblib's dask backend sees it, except that what the backend scatters (it scatters
+    each argument over 1 kB once per fit: the training matrix, the target) goes to every worker at
+    once. Scattered to one worker only, the data pulls every tree task to that worker and the others
+    idle until work stealing notices; broadcast, the trees spread from the first one."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def scatter(self, data: Any, **kwargs: Any) -> Any:
+        return self._client.scatter(data, **{**kwargs, "broadcast": True})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _score_task(
+    spec_json: bytes, artifact: bytes, sha256: str, claimed: int, task_id: int, data: ScoringData
+) -> tuple[str, Any]:
+    """One submission's assessment, on a cluster's worker. Errors come back as text: an exception of
+    ethml's own could not always be unpickled on the other side."""
+    try:
+        spec = parse_spec(spec_json)
+        return "ok", score(spec, load_submission(spec, artifact, sha256, task_id), claimed, data)
+    except Exception as exc:  # noqa: BLE001 - every failure is a reason to vote 0, reported as such
+        return "error", str(exc) or type(exc).__name__
+
+
+def assess_on_cluster(
+    cluster: Cluster,
+    spec: TaskSpec,
+    submissions: list[tuple[bytes, str, int]],
+    data: ScoringData,
+    task_id: int,
+    timeout: float,
+) -> list[Assessment | str]:
+    """Score `(artifact, sha256, claimed)` submissions in parallel on the cluster: the scoring data is
+    broadcast to every worker once, the artifacts are spread over the workers, one task each. An
+    Assessment per submission, or the reason it could not be scored (which votes 0). A submission not
+    scored within `timeout` seconds of the start is reported as such."""
+    import contextlib
+    import time
+
+    from distributed import wait
+
+    started = time.monotonic()
+    with connected(cluster) as client:
+        shared = client.scatter(data, broadcast=True, hash=False)
+        artifacts = client.scatter([a for a, _s, _c in submissions], hash=False)
+        spec_json = spec.to_json()
+        futures = [
+            client.submit(_score_task, spec_json, art, sha, claimed, task_id, shared, pure=False)
+            for art, (_a, sha, claimed) in zip(artifacts, submissions, strict=True)
+        ]
+        with contextlib.suppress(TimeoutError), client.as_current():
+            wait(futures, timeout=max(0.0, timeout - (time.monotonic() - started)))  # type: ignore[no-untyped-call]
+        out: list[Assessment | str] = []
+        for future in futures:
+            if future.status == "finished":
+                status, value = future.result()
+                out.append(value if status == "ok" else str(value))
+            elif future.status == "error":
+                raise ClusterError(f"the Dask cluster at {cluster.address} failed a scoring task: {future.exception()}")
+            else:
+                out.append(f"not scored within {timeout:g} s on the Dask cluster")
+        client.cancel([f for f in futures if not f.done()])
+        return out
+
+
+def assess_many(
+    cluster: Cluster,
+    spec: TaskSpec,
+    submissions: list[tuple[bytes, str, int]],
+    dataset: bytes,
+    test_set: bytes,
+    task_id: int,
+    limits: TrainingLimits,
+    timeout: float,
+) -> list[Assessment | str]:
+    """The cluster path of `jobs.score_submissions`, in its child process: the dataset and test set
+    are parsed once here (data that cannot be parsed is every submission's reason, as locally), then
+    scored on the cluster."""
+    try:
+        data = scoring_data(spec, dataset, test_set, task_id, limits)
+    except ClusterError:
+        raise
+    except TrainingError as exc:
+        return [str(exc)] * len(submissions)
+    return assess_on_cluster(cluster, spec, submissions, data, task_id, timeout)

@@ -1,0 +1,126 @@
+"""The relayer under faults: an instance killed with -9 in the middle of relaying leaves entries it had
+read; the live instances take them over, and every accepted task reaches the chain exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from ethml.chain import dev_account, training_contract
+from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
+from ethml.coordinator.client import sign_permit
+from ethml.coordinator.relayer import relay_one
+from tests.conftest import free_port
+from tests.coordinator.conftest import REQUESTER, coordinator_on, start_redis
+from tests.coordinator.test_api import _valid
+from tests.coordinator.test_flow import chain_now
+from tests.node.conftest import wait_until
+
+
+async def test_a_relaying_instance_killed_mid_relay_leaves_every_task_to_the_others_once(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    socket = tmp_path / "redis" / "redis.sock"
+    redis = start_redis(socket)
+    try:
+        async with coordinator_on(anvil_url, tmp_path) as c:
+            await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            doomed = c.spawn_serve(tmp_path / "doomed", port, "--redis", f"unix://{socket}")
+            await c.wait_healthy(url, doomed)
+            c.url = url
+            c.admin_key = (tmp_path / "doomed" / "coordinator" / "admin.key").read_text().strip()
+            key = await c.requester_key()
+            # Blocks stop being mined: the doomed instance sends the first creation and waits for its receipt
+            # with the other entries read and pending under its consumer.
+            await c.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+            now = await chain_now(c)
+            posted = []
+            for nonce in range(5):
+                body = _valid(c, now)
+                body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, int(body["reward"]), nonce, now + 3600)
+                status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
+                assert status == 201, created
+                posted.append(created["id"])
+
+            async def first_sent() -> bool:
+                _status, doc, _ = await c.api("GET", f"/api/tasks/{posted[0]}")
+                return "create" in doc["transactions"]
+
+            await wait_until(first_sent, timeout=60, what="the first creation to be sent")
+            redis_client = aioredis.Redis(unix_socket_path=str(socket))
+            summary = await redis_client.xpending("ethml:relay", "relayers")
+            await redis_client.aclose()
+            held = {c["name"].decode(): int(c["pending"]) for c in summary["consumers"]}
+            assert len(held) == 1 and next(iter(held.values())) >= 1, held  # read by the doomed instance
+            doomed.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(doomed.wait, 10)
+            runner, survivor = await c.start_server(redis_url=f"unix://{socket}", relay_timeout=2.0)
+            await c.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+            await c.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+            async def all_open() -> bool:
+                for task_id in posted:
+                    _status, doc, _ = await c.api("GET", f"/api/tasks/{task_id}", url=survivor)
+                    assert doc["status"] in ("pending_chain", "open"), doc
+                    if doc["status"] != "open":
+                        return False
+                return True
+
+            await wait_until(all_open, timeout=120, what="every posted task on chain")
+            tasks = training_contract(c.w3, c.deployment.training or "")
+            created = await tasks.events.TaskCreated().get_logs(from_block=c.deployment.block)
+            assert sorted(int(e["args"]["taskId"]) for e in created) == [1, 2, 3, 4, 5]  # each once
+            ids = []
+            for task_id in posted:
+                _status, doc, _ = await c.api("GET", f"/api/tasks/{task_id}", url=survivor)
+                ids.append(doc["chain_task_id"])
+            assert sorted(ids) == [1, 2, 3, 4, 5]
+            pending = await c.store(runner).redis.xpending("ethml:relay", "relayers")
+            assert pending["pending"] == 0
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+
+
+async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_is_pending(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Two instances relay two permits of one requester (nonces 0 and 1) in the same block: the second
+    is checked against the pending state, where nonce 0 is spent, and is created, not failed."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, _url = await c.start_server(relay=False)
+        app = runner.app
+        assert app is not None
+        chain, store, ipfs = app[CHAIN], app[STORE], app[IPFS]
+        key = await c.requester_key()
+        now = await chain_now(c)
+        posted = []
+        for nonce in range(2):
+            body = _valid(c, now)
+            body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, int(body["reward"]), nonce, now + 3600)
+            status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
+            assert status == 201, created
+            posted.append(created["id"])
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        entries = got[0][1]
+        assert len(entries) == 2
+        await c.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        first = asyncio.create_task(relay_one(chain, store, ipfs, *entries[0]))
+
+        async def sent(task_id: str) -> bool:
+            doc = await store.task(task_id)
+            return doc is not None and "create" in doc["transactions"]
+
+        await wait_until(lambda: sent(posted[0]), timeout=60, what="the first creation to be sent")
+        second = asyncio.create_task(relay_one(chain, store, ipfs, *entries[1]))  # nonce 0 spent only in pending
+        await wait_until(lambda: sent(posted[1]), timeout=60, what="the second creation to be sent")
+        await c.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await c.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(asyncio.gather(first, second), 120)
+        docs = [await store.task(task_id) for task_id in posted]
+        assert [(d["status"], d["chain_task_id"]) for d in docs if d] == [("open", 1), ("open", 2)], docs
