@@ -38,6 +38,10 @@ class TrainingTimeout(TrainingError, TimeoutError):
     pass
 
 
+class LimitExceeded(TrainingError):
+    """Data over this deployment's limits (rows, bytes): this machine's setting, not the data's fault."""
+
+
 class ClusterError(TrainingError):
     """A Dask cluster that cannot be used: unreachable, without workers, or running other versions."""
 
@@ -114,7 +118,7 @@ def read_csv(
     twenty features in about a second, no Python object per value); only when it refuses the data does
     a line-by-line pass find the first bad row to name it."""
     if len(raw) > limits.max_dataset_bytes:
-        raise TrainingError(
+        raise LimitExceeded(
             f"the data is {len(raw):,} bytes, over this deployment's {limits.max_dataset_bytes:,} limit"
         )
     end = raw.find(b"\n")
@@ -147,7 +151,7 @@ def read_csv(
         _first_bad_row(raw, columns)
         raise TrainingError("the CSV is not numeric in the spec's columns") from None
     if len(table) > limits.max_rows:
-        raise TrainingError(f"more than {limits.max_rows:,} rows, this deployment's limit")
+        raise LimitExceeded(f"more than {limits.max_rows:,} rows, this deployment's limit")
     if len(table) < 10:
         raise TrainingError(f"{len(table)} rows are too few to train and score")
     if not np.isfinite(table).all():
@@ -265,6 +269,19 @@ def scoring_data(
     _x_fit, x_hold, _y_fit, y_hold = _holdout(spec, x, y, task_id)
     x_test, y_test = read_csv(test_set, spec, limits)
     return ScoringData(x_hold, y_hold, x_test, y_test)
+
+
+def test_set_problem(spec: TaskSpec, test_set: bytes, limits: TrainingLimits = DEFAULT_LIMITS) -> str | None:
+    """Why a revealed test set cannot be used to score this spec's models (not a CSV, a column missing,
+    not numeric, too few rows), or None when it can: what a validator reports as unusable. A test set
+    over this deployment's limits raises LimitExceeded instead: another validator may take it."""
+    try:
+        read_csv(test_set, spec, limits)
+    except LimitExceeded:
+        raise
+    except TrainingError as exc:
+        return str(exc)
+    return None
 
 
 def score(spec: TaskSpec, model: Any, claimed: int, data: ScoringData) -> Assessment:
