@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 
 from ethml.chain import dev_account, training_contract
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
-from ethml.coordinator.client import sign_permit
 from ethml.coordinator.relayer import relay_one
 from tests.conftest import free_port
 from tests.coordinator.conftest import REQUESTER, coordinator_on, start_redis
@@ -41,8 +40,7 @@ async def test_a_relaying_instance_killed_mid_relay_leaves_every_task_to_the_oth
             now = await chain_now(c)
             posted = []
             for nonce in range(5):
-                body = _valid(c, now)
-                body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, int(body["reward"]), nonce, now + 3600)
+                body = _valid(c, now, nonce)
                 status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
                 assert status == 201, created
                 posted.append(created["id"])
@@ -101,8 +99,7 @@ async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_
         now = await chain_now(c)
         posted = []
         for nonce in range(2):
-            body = _valid(c, now)
-            body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, int(body["reward"]), nonce, now + 3600)
+            body = _valid(c, now, nonce)
             status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
             assert status == 201, created
             posted.append(created["id"])

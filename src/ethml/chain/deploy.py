@@ -80,7 +80,9 @@ class Parameters:
 
 @dataclass(frozen=True)
 class TrainingParameters:
-    """Mirrors `TrainingBase.Parameters` (docs/training.md explains each; development defaults)."""
+    """Mirrors `TrainingBase.Parameters` (docs/training.md explains each). The defaults are for
+    development: windows long enough for a slow, busy machine to take every step by hand, short enough
+    to walk through a task in minutes; a public deployment sets days and hours."""
 
     min_trainer_stake: int = 100 * EML
     min_validator_stake: int = 100 * EML
@@ -88,11 +90,12 @@ class TrainingParameters:
     min_bond: int = 1 * EML
     #: An accepted model is registered only for tasks paying at least this.
     min_registration_reward: int = 10 * EML
-    unstake_delay: int = 7 * 24 * 3600
-    #: The shortest submit and score periods a task may ask for (seconds).
+    #: Seconds between asking to unstake and withdrawing (days on a public chain).
+    unstake_delay: int = 300
+    #: The shortest submit and score periods a task may ask for (seconds; hours on a public chain).
     min_period: int = 10
     #: Each reveal window (submissions, test set, scores), seconds.
-    reveal_period: int = 300
+    reveal_period: int = 60
     registration_period: int = 24 * 3600
     #: Scores are in millionths: 20,000 = 0.02.
     score_tolerance: int = 20_000

@@ -1,6 +1,10 @@
 """The event follower: TrainingTasks events, from the checkpoint up to the head, into task documents
 and job queues. Every change is idempotent, so re-applying a range after a crash or a shallow reorg
-(within `confirmations`) is harmless. It runs on the leader only (`leader`)."""
+(within `confirmations`) is harmless. It runs on the leader only (`leader`).
+
+Jobs: a task's training jobs are queued when it opens (any staked trainer may take them); a
+validation job is queued for each validator the draw seats, addressed to that validator (only it may
+vote in its seat), with the id `<task>:validate:<n>`, n being the seat plus 9 for each earlier draw."""
 
 from __future__ import annotations
 
@@ -10,8 +14,33 @@ from eth_utils.abi import event_abi_to_log_topic
 
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.store import Store
+from ethml.training.onchain import BONDS, REGISTRATIONS, STATUSES, read_struct
 
-EVENTS = ("TaskCreated", "ModelSubmitted", "TestSetRevealed", "Validated", "TaskAccepted", "TaskFailed")
+EVENTS = (
+    "TaskCreated",
+    "SubmissionCommitted",
+    "SubmissionRevealed",
+    "TestSetRevealed",
+    "DrawFixed",
+    "ValidatorDrawn",
+    "ScoresCommitted",
+    "ScoresRevealed",
+    "NoShow",
+    "BondSettled",
+    "TaskSettled",
+    "ModelRegistered",
+    "RegistrationSkipped",
+)
+SEATS_PER_DRAW = 9
+
+
+def deadlines_of(created: Any) -> dict[str, int]:
+    """The deadlines a TaskCreated event carries, as the task document keeps them."""
+    return {
+        "submit_deadline": int(created["submitDeadline"]),
+        "reveal_deadline": int(created["revealDeadline"]),
+        "test_deadline": int(created["testDeadline"]),
+    }
 
 
 async def task_opened(store: Store, doc: dict[str, Any]) -> None:
@@ -23,84 +52,141 @@ async def task_opened(store: Store, doc: dict[str, Any]) -> None:
         )
 
 
+def _submission(d: dict[str, Any], index: int) -> dict[str, Any]:
+    subs = d["submissions"]
+    while len(subs) <= index:
+        subs.append(None)
+    if subs[index] is None:
+        subs[index] = {"trainer": "", "revealed": False, "model_cid": None, "claimed_score": None, "score": None}
+        subs[index]["bond"] = "locked"
+    entry: dict[str, Any] = subs[index]
+    return entry
+
+
+def _seat(d: dict[str, Any], seat: int, validator: str) -> dict[str, Any] | None:
+    """The panel entry of `validator` in `seat` (its latest draw)."""
+    entry: dict[str, Any]
+    for entry in reversed(d.setdefault("panel", [])):
+        if entry["seat"] == seat and entry["validator"] == validator:
+            return entry
+    return None
+
+
 async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any], tx: str) -> None:
     doc = await store.task_by_chain_id(int(args["taskId"]))
     if doc is None:
         return  # a task this coordinator does not track (import it to track it)
     task_id = doc["id"]
     if name == "TaskCreated":
-        if doc["status"] == "pending_chain":
-            doc = await store.update_task(task_id, lambda d: d.update(status="open"))
+
+        def created(d: dict[str, Any]) -> None:
+            d.update(deadlines_of(args))
+            if d["status"] == "pending_chain":
+                d["status"] = "open"
+
+        doc = await store.update_task(task_id, created)
         if doc is not None:
             await task_opened(store, doc)
-    elif name == "ModelSubmitted":
-        submission = int(args["submissionId"])
+    elif name == "SubmissionCommitted":
 
-        def submitted(d: dict[str, Any]) -> None:
-            subs = d["submissions"]
-            while len(subs) <= submission:
-                subs.append(None)
-            subs[submission] = {
-                "trainer": args["trainer"],
-                "model_cid": args["modelCid"],
-                "claimed_score": int(args["claimedScore"]),
-                "median": 0,
-                "votes": 0,
-                "tx": tx,
-            }
+        def committed(d: dict[str, Any]) -> None:
+            sub = _submission(d, int(args["submissionId"]))
+            sub.update(trainer=args["trainer"], tx=tx)
             if d["status"] == "open":
                 d["status"] = "training"
 
-        await store.update_task(task_id, submitted)
+        await store.update_task(task_id, committed)
+    elif name == "SubmissionRevealed":
+
+        def revealed(d: dict[str, Any]) -> None:
+            sub = _submission(d, int(args["submissionId"]))
+            sub.update(trainer=args["trainer"], revealed=True, model_cid=args["modelCid"])
+            sub["claimed_score"] = int(args["claim"])
+
+        await store.update_task(task_id, revealed)
     elif name == "TestSetRevealed":
-        doc = await store.update_task(task_id, lambda d: d.update(status="validating"))
+        await store.update_task(task_id, lambda d: d.update(status="validating") if d["status"] != "failed" else None)
+    elif name == "DrawFixed":
+        await store.update_task(task_id, lambda d: d.update(draw=int(args["round"])))
+    elif name == "ValidatorDrawn":
+        seat, validator = int(args["seat"]), args["validator"]
+        draw = int(doc.get("draw") or 1)
+
+        def drawn(d: dict[str, Any]) -> None:
+            if _seat(d, seat, validator) is None:
+                d["panel"].append({"seat": seat, "validator": validator, "draw": draw, "state": "drawn"})
+
+        doc = await store.update_task(task_id, drawn)
         if doc is not None:
-            for n in range(int(doc["validations_required"])):
-                await store.enqueue_job(
-                    "validator",
-                    f"{doc['chain_task_id']}:validate:{n}",
-                    {"task": task_id, "chain_task": str(doc["chain_task_id"]), "kind": "validate"},
-                )
-    elif name == "Validated":
-        vote = {
-            "submission": int(args["submissionId"]),
-            "validator": args["validator"],
-            "score": int(args["score"]),
-            "tx": tx,
-        }
+            chain_task = str(doc["chain_task_id"])
+            job = {"task": task_id, "chain_task": chain_task, "kind": "validate", "address": validator}
+            await store.enqueue_job("validator", f"{chain_task}:validate:{(draw - 1) * SEATS_PER_DRAW + seat}", job)
+    elif name in ("ScoresCommitted", "ScoresRevealed"):
+        seat, validator = int(args["seat"]), args["validator"]
 
         def voted(d: dict[str, Any]) -> None:
-            if not any(
-                v["submission"] == vote["submission"] and v["validator"] == vote["validator"] for v in d["votes"]
-            ):
-                d["votes"].append(vote)
-                sub = d["submissions"][vote["submission"]] if vote["submission"] < len(d["submissions"]) else None
-                if sub is not None:
-                    sub["votes"] += 1
+            entry = _seat(d, seat, validator)
+            if entry is None:
+                return
+            if name == "ScoresCommitted":
+                if entry["state"] == "drawn":
+                    entry["state"] = "committed"
+                return
+            entry.update(state="revealed", unusable=bool(args["unusable"]), tx=tx)
+            entry["scores"] = [int(v) for v in args["scores"]]
 
         await store.update_task(task_id, voted)
-    elif name == "TaskAccepted":
+    elif name == "NoShow":
+
+        def replaced(d: dict[str, Any]) -> None:
+            for entry in d.get("panel", []):
+                if entry["validator"] == args["validator"] and entry["state"] == "drawn":
+                    entry["state"] = "replaced"
+
+        await store.update_task(task_id, replaced)
+    elif name == "BondSettled":
+        await store.update_task(
+            task_id, lambda d: _submission(d, int(args["submissionId"])).update(bond=BONDS[int(args["bond"])])
+        )
+    elif name == "TaskSettled":
+        status = STATUSES[int(args["status"])]
+        scores = await _decided_scores(chain, int(args["taskId"]), len(doc.get("submissions", [])))
+
+        def settled(d: dict[str, Any]) -> None:
+            d["status"] = status
+            d["transactions"]["finalize"] = tx
+            for i, score in enumerate(scores):
+                if score is not None and i < len(d["submissions"]) and d["submissions"][i] is not None:
+                    d["submissions"][i]["score"] = score
+            if status == "abandoned":
+                d["error"] = "the test set was never revealed: the escrow went to the trainers"
+            elif status == "unusable":
+                d["error"] = "the panel found the test set unusable: the escrow went to the trainers"
+            elif status == "rejected":
+                d["error"] = "no submission reached the minimum score (or its claim) by the panel's majority"
+            elif status == "empty":
+                d["error"] = "no submission was revealed"
+            elif status == "undecided":
+                d["error"] = "the panel reached no clear majority"
+
+        await store.update_task(task_id, settled)
+    elif name == "ModelRegistered":
         model_id = int(args["modelId"])
+        await store.update_task(task_id, lambda d: d.update(model_id=model_id, registration="registered"))
+    elif name == "RegistrationSkipped":
+        state = REGISTRATIONS[int(args["registration"])]
+        await store.update_task(task_id, lambda d: d.update(registration=state))
 
-        def accepted(d: dict[str, Any]) -> None:
-            d["status"] = "accepted"
-            d["model_id"] = model_id
-            d["transactions"]["finalize"] = tx
 
-        await store.update_task(task_id, accepted)
-    elif name == "TaskFailed":
-        forfeited = int(args["forfeited"])
-
-        def failed(d: dict[str, Any]) -> None:
-            d["status"] = "expired" if forfeited else "failed"
-            d["error"] = (
-                "the test set was never revealed: the escrow went to the trainers"
-                if forfeited
-                else "no submission reached the minimum score with a quorum of validations"
-            )
-            d["transactions"]["finalize"] = tx
-
-        await store.update_task(task_id, failed)
+async def _decided_scores(chain: Chain, chain_task: int, count: int) -> list[int | None]:
+    """The panel's decided score of each revealed submission (set by the settlement when it judged)."""
+    scores: list[int | None] = []
+    task = await read_struct(chain.tasks, "getTask", chain_task)
+    judged = STATUSES[int(task["status"])] in ("accepted", "rejected")
+    for i in range(max(count, int(task["submissions"]))):
+        s = await read_struct(chain.tasks, "getSubmission", chain_task, i)
+        scores.append(int(s["score"]) if judged and s["revealed"] else None)
+    return scores
 
 
 async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 2000) -> int:
@@ -129,9 +215,14 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 20
 
 
 async def replay_task(chain: Chain, store: Store, chain_task_id: int) -> None:
-    """Apply one task's whole history (an imported task: its events may be older than the checkpoint)."""
+    """Apply one task's whole history in chain order (an imported task: its events may be older than
+    the checkpoint)."""
+    found = []
     for name in EVENTS:
         event = getattr(chain.tasks.events, name)()
-        logs = await event.get_logs(from_block=chain.deployment.block, argument_filters={"taskId": chain_task_id})
-        for entry in logs:
-            await apply_event(chain, store, name, dict(entry["args"]), "0x" + bytes(entry["transactionHash"]).hex())
+        for entry in await event.get_logs(
+            from_block=chain.deployment.block, argument_filters={"taskId": chain_task_id}
+        ):
+            found.append((int(entry["blockNumber"]), int(entry["logIndex"]), name, entry))
+    for _block, _index, name, entry in sorted(found, key=lambda f: (f[0], f[1])):
+        await apply_event(chain, store, name, dict(entry["args"]), "0x" + bytes(entry["transactionHash"]).hex())

@@ -91,27 +91,40 @@ async def wait_past(
     account: LocalAccount | None = None,
 ) -> None:
     """Return once a block exists whose timestamp is past `deadline` (unix seconds), so a call or a
-    pre-flight sees the deadline passed. On a development chain: mine an empty block (its timestamp is
-    the chain's clock now, which may run ahead of the wall clock after a time jump), sleep the gap,
-    mine again. Elsewhere: sleep on the wall clock, then poll for a block past the deadline."""
+    pre-flight sees the deadline passed.
+
+    On a development chain: mine an empty block, whose timestamp is the chain's clock now (which runs
+    ahead of the wall clock after a time jump); follow that clock on the wall clock, checking every few
+    seconds whether someone else's block has passed the deadline already; mine again once the
+    deadline has passed on it. Elsewhere: sleep on the wall clock, then poll for a block past it."""
     dev = await is_dev_chain(w3)
     _number, stamp = await latest(w3)
     if stamp > deadline:
         return
+    told = False
     if dev:
         await mine(w3, 1, account)
         _number, stamp = await latest(w3)
-    told = False
+        sampled, at = stamp, time.monotonic()
+        while stamp <= deadline:
+            gap = deadline - (sampled + (time.monotonic() - at)) + 1
+            if gap > 0:
+                if progress is not None and not told and gap > 2:
+                    progress(f"waiting {round(gap)} s for {what}")
+                    told = True
+                await asyncio.sleep(min(gap, 5))
+            else:
+                await mine(w3, 1, account)
+                _number, sampled = await latest(w3)
+                at = time.monotonic()
+            _number, stamp = await latest(w3)
+        return
     while stamp <= deadline:
-        gap = deadline - (stamp if dev else max(stamp, int(time.time()))) + 1
-        if progress is not None and not told and gap > 1:
+        gap = deadline - max(stamp, int(time.time())) + 1
+        if progress is not None and not told and gap > 2:
             progress(f"waiting {gap} s for {what}")
             told = True
-        if dev:
-            await asyncio.sleep(min(gap, 60))
-            await mine(w3, 1, account)  # the chain's clock moved on with the wall clock since the last block
-        else:
-            await asyncio.sleep(min(max(gap, POLL_SECONDS), 60))
+        await asyncio.sleep(min(max(gap, POLL_SECONDS), 60))
         _number, stamp = await latest(w3)
 
 

@@ -155,6 +155,19 @@ async def seats(w3: AsyncWeb3[Any], deployment: Deployment, task: TaskState) -> 
     return [await read_struct(contract, "getSeat", task.id, i) for i in range(task.validations)]
 
 
+def finalizable(t: TaskState, now: int) -> bool:
+    """Whether finalizeTask would succeed at time `now` (TrainingSettlement._readiness)."""
+    if not t.open:
+        return False
+    if t.revealed == 0:
+        return now > (t.submit_deadline if t.submissions == 0 else t.reveal_deadline)
+    if not t.test_revealed:
+        return now > t.test_deadline
+    if t.draw_block or (t.committed < t.validations and t.round < MAX_ROUNDS):
+        return False
+    return t.votes >= t.validations or now > t.reveal_closes
+
+
 def phase(task: TaskState, now: int) -> str:
     """What the task waits for next, in words, with the times (local wall clock)."""
     t = task
