@@ -169,9 +169,10 @@ async def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> N
     trainer = dev_account(INFLATED)
     tasks = training_contract(w3, dep.training or "")
     commitment = submission_commitment(task_id, trainer.address, cid, sha, 990_000, salt)
-    assert commitment == await tasks.functions.submissionCommitment(
-        task_id, trainer.address, cid, sha, 990_000, salt
-    ).call()
+    assert (
+        commitment
+        == await tasks.functions.submissionCommitment(task_id, trainer.address, cid, sha, 990_000, salt).call()
+    )
     await send(w3, trainer, tasks.functions.commitSubmission(task_id, commitment))
     time_travel(w3, PERIOD + 1)
     await send(w3, trainer, tasks.functions.revealSubmission(task_id, cid, sha, 990_000, salt))

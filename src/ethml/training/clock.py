@@ -78,9 +78,14 @@ async def _no_op(w3: AsyncWeb3[Any], account: LocalAccount) -> None:
 
 async def chain_now(w3: AsyncWeb3[Any]) -> int:
     """The time the next transaction will see as `block.timestamp`, as near as can be told without
-    sending one: the wall clock, or the latest block's timestamp when the chain is ahead of it."""
+    sending one: the pending block's timestamp where the node gives it (a development chain's clock,
+    time jumps included), else the wall clock or the latest block's timestamp if that is ahead."""
     _number, stamp = await latest(w3)
-    return max(stamp, int(time.time()))
+    try:
+        pending = int((await w3.eth.get_block("pending"))["timestamp"])
+    except Exception:  # noqa: BLE001 - a node without a pending block: the wall clock
+        return max(stamp, int(time.time()))
+    return max(stamp, pending)
 
 
 async def wait_past(

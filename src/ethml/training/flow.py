@@ -22,8 +22,8 @@ from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
 from ethml.chain.deploy import EML, Deployment, token_contract
-from ethml.chain.reverts import local_time
-from ethml.chain.tx import send
+from ethml.chain.reverts import amount, local_time
+from ethml.chain.tx import preflight, send
 from ethml.errors import TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.ipfs.unixfs import build_file
@@ -150,6 +150,23 @@ async def stake_info(w3: AsyncWeb3[Any], deployment: Deployment, address: str, r
     }
 
 
+async def _check_terms(
+    w3: AsyncWeb3[Any], deployment: Deployment, requester: LocalAccount, call: Any, reward: int
+) -> None:
+    """Before the approval is sent: would the task be created (terms in range, not paused), and does the
+    requester hold the reward? Refused terms cost nothing, not even an approval."""
+    token = token_contract(w3, deployment.token)
+    held = int(await token.functions.balanceOf(requester.address).call())
+    if held < reward:
+        raise TaskError(f"account {requester.address} holds {amount(held, 'EML')}, less than the reward of "
+                        f"{amount(reward, 'EML')}")  # fmt: skip
+    try:
+        await preflight(w3, call, {"from": requester.address}, "createTask")
+    except TransactionReverted as exc:
+        if exc.error is None or exc.error.name != "ERC20InsufficientAllowance":
+            raise  # the allowance is what the approval will give; anything else refuses the task
+
+
 async def _approve(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccount, amount: int) -> None:
     token = token_contract(w3, deployment.token)
     allowance = int(await token.functions.allowance(account.address, deployment.training).call())
@@ -196,8 +213,10 @@ async def create_task(
         min_score=min_score,
     )
     tasks = training(w3, deployment)
+    call = tasks.functions.createTask(terms.as_tuple())
+    await _check_terms(w3, deployment, requester, call, reward)
     await _approve(w3, deployment, requester, reward)
-    receipt = await send(w3, requester, tasks.functions.createTask(terms.as_tuple()), what="createTask")
+    receipt = await send(w3, requester, call, what="createTask")
     created = tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)[0]["args"]
     task_id = int(created["taskId"])
     path = secret_file(data_dir, deployment, "test-set", task_id)
@@ -226,12 +245,14 @@ async def reveal_test_set(
 ) -> str:
     """Reveal the test set kept by `create_task`, in the contract's window (after the submissions'
     reveal window, until the test deadline); with `wait`, wait for the window to open."""
+    task = await read_task(w3, deployment, task_id)
+    require_open(task)
+    if task.test_revealed:
+        raise TaskError(f"task {task_id}'s test set is already revealed ({task.test_cid})")
     path = secret_file(data_dir, deployment, "test-set", task_id)
     secret = read_secret(path)
     if secret is None:
         raise TaskError(f"no test-set secret for task {task_id} in {path} (it is written by `ethml task create`)")
-    task = await read_task(w3, deployment, task_id)
-    require_open(task)
     if wait:
         await clock.wait_past(w3, task.reveal_deadline, f"task {task_id}'s test-set window", progress, requester)
     else:

@@ -176,8 +176,7 @@ async def reveal_submission(
             f"task {task_id}'s submissions are revealed from {local_time(task.submit_deadline + 1)} until "
             f"{local_time(task.reveal_deadline)}: run this again then, or with --wait"
         )
-    else:
-        await clock.catch_up(w3, trainer)
+    await clock.catch_up(w3, trainer)
     if on_reveal is not None:
         await on_reveal(str(secret["model_cid"]))
     call = tasks.functions.revealSubmission(
