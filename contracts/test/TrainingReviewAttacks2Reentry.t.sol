@@ -85,7 +85,7 @@ contract TrainingReviewAttacks2ReentryTest is TrainingFixture {
         token = new HookedEML(holders, amounts);
         initialSupply = token.totalSupply();
         registry = new ModelRegistry(ADMIN);
-        tasks = new TrainingTasks(token, registry, ADMIN, _params());
+        tasks = _newTasks(ADMIN);
         panel = TrainingValidation(address(tasks));
         bytes32 registrar = registry.REGISTRAR_ROLE();
         vm.prank(ADMIN);

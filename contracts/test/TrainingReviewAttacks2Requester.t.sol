@@ -84,7 +84,11 @@ contract TrainingReviewAttacks2RequesterTest is TrainingFixture {
         _toTestWindow(id);
         _revealTest(id);
         _draw(id, keccak256("seed"));
-        _allVote(id, true, new uint32[](0)); // the test set really is unusable
+        // The test set really is unusable. (Adapted to the fix: an unusable report carries each artifact's
+        // score on the holdout; honest validators find the junk does not reproduce its claim: 0.)
+        uint32[] memory holdout = new uint32[](7);
+        (holdout[0], holdout[6]) = (950_000, 940_000);
+        _allVote(id, true, holdout);
         uint256 before = token.balanceOf(trainers[1]);
         panel.finalizeTask(id);
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Unusable), "unusable");
@@ -224,11 +228,12 @@ contract TrainingReviewAttacks2RequesterTest is TrainingFixture {
         uint256 a = tasks.createTask(terms);
         _submitAll(a, _two(trainers[0], spares[0]), _cids(MODEL, JUNK), _claims(950_000, 900_000));
         _draw(a, keccak256("a"));
-        _allVote(a, true, new uint32[](0));
+        _allVote(a, true, _scores(950_000, 0)); // (adapted: unusable reports carry holdout scores)
         panel.finalizeTask(a);
         vm.prank(requester);
         uint256 b = tasks.createTask(terms);
-        _submitAll(b, _two(trainers[1], trainers[2]), _cids(MODEL, JUNK), _claims(950_000, 900_000));
+        // (adapted: artifacts revealed in task a cannot be revealed in b, committed after; b's are its own)
+        _submitAll(b, _two(trainers[1], trainers[2]), _cids(_model(b), "bafkreimodeljunkb"), _claims(950_000, 900_000));
         _draw(b, keccak256("b"));
         address[] memory seated = _seated(b);
         _commitVote(b, seated[0], false, _scores(950_000, 0));
