@@ -11,9 +11,10 @@ const solc = require("solc");
 const root = path.resolve(__dirname, "..");
 const srcDir = path.join(root, "contracts", "src");
 const outDir = path.join(root, "src", "ethml", "chain", "artifacts");
-const CONTRACTS = { "EthML.sol": ["EthML"], "EthMLSettlement.sol": ["EthMLSettlement"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"] };
+const CONTRACTS = { "EthML.sol": ["EthML"], "EthMLSettlement.sol": ["EthMLSettlement"], "EMLToken.sol": ["EMLToken"], "ModelRegistry.sol": ["ModelRegistry"], "UsingEthML.sol": ["ExampleConsumer"], "RoundRules.sol": ["RoundRules"], "EthMLTimelock.sol": ["EthMLTimelock"], "TrainingTasks.sol": ["TrainingTasks"], "TrainingValidation.sol": ["TrainingValidation"] };
 // A contract whose code runs in two halves (the second by delegatecall from its fallback, see
-// contracts/src/TrainingBase.sol) ships one ABI: its own, plus the entries only the other half has.
+// contracts/src/TrainingBase.sol) ships one ABI: its own, plus the entries only the other half has. The
+// second half ships an artifact of its own too: it is deployed first and its address passed to the first.
 const MERGED_ABI = { TrainingTasks: ["TrainingValidation.sol", "TrainingValidation"] };
 // Pairs of contracts where one runs the other's code in its own storage (delegatecall): the two must
 // agree on every slot, or the build stops.
@@ -88,8 +89,14 @@ for (const [file, names] of Object.entries(CONTRACTS)) {
       bytecode: "0x" + c.evm.bytecode.object,
       deployedBytecode: "0x" + c.evm.deployedBytecode.object,
     };
+    const runtime = c.evm.deployedBytecode.object.length / 2;
+    const initcode = c.evm.bytecode.object.length / 2;
+    if (runtime > 24576 || initcode > 49152) {
+      process.stderr.write(`${name}: ${runtime} bytes runtime, ${initcode} initcode: over EIP-170's 24,576 or EIP-3860's 49,152\n`);
+      process.exit(1);
+    }
     fs.writeFileSync(path.join(outDir, name + ".json"), JSON.stringify(artifact, null, 1) + "\n");
-    process.stdout.write(`${name}: ${c.evm.deployedBytecode.object.length / 2} bytes runtime\n`);
+    process.stdout.write(`${name}: ${runtime} bytes runtime, ${initcode} bytes initcode\n`);
   }
 }
 process.stdout.write(`artifacts written to ${path.relative(root, outDir)} (solc ${version})\n`);

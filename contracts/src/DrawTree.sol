@@ -40,6 +40,13 @@ library DrawTree {
         return _latest(tree.weights[slot]);
     }
 
+    /// @notice The block in which the weight of `slot` last changed (0: never set).
+    function lastChange(Tree storage tree, uint256 slot) internal view returns (uint256) {
+        Point[] storage own = tree.weights[slot];
+        uint256 n = own.length;
+        return n == 0 ? 0 : own[n - 1].blockNumber;
+    }
+
     function latestTotal(Tree storage tree) internal view returns (uint256) {
         return _latest(tree.nodes[CAPACITY]);
     }

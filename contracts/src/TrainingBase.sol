@@ -1,9 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {DrawTree} from "./DrawTree.sol";
 import {ModelRegistry} from "./ModelRegistry.sol";
@@ -11,12 +9,14 @@ import {ModelRegistry} from "./ModelRegistry.sol";
 /// @title TrainingBase: the training market's types, storage, errors and events, and the validator weights.
 /// @notice The rules are in docs/training.md (state machine, windows, money). The market is one contract,
 /// TrainingTasks, whose code is too large for one account (EIP-170), so it runs in two halves over this one
-/// storage layout: TrainingTasks itself (TrainingStakes: stakes and bonds; parameters, signed terms,
-/// submissions, the test set) and TrainingValidation (TrainingPanel: validators drawn by lot, scores
-/// committed then revealed; TrainingSettlement: the verdict, payments, registration), which TrainingTasks
-/// deploys in its constructor and runs by delegatecall for every function it does not have itself.
-/// Every state variable of the market is declared here, so both halves see the same slots.
-abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
+/// storage layout: TrainingTasks itself (AccessControl and Pausable, then TrainingStakes: stakes and
+/// bonds; parameters, signed terms, submissions) and TrainingValidation (TrainingPanel: the test set,
+/// validators drawn by lot, scores committed then revealed; TrainingSettlement: the verdict, payments,
+/// registration), deployed first and passed to TrainingTasks' constructor, which runs it by delegatecall
+/// for every function it does not have itself. Every state variable of the market is declared here, after
+/// AccessControl's and Pausable's (TrainingValidation declares the same two slots without their code), so
+/// both halves see the same slots; tools/compile_contracts.js refuses to build if they do not.
+abstract contract TrainingBase is ReentrancyGuard {
     enum Role {
         Trainer,
         Validator
@@ -73,30 +73,34 @@ abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
         None,
         Registered,
         BelowMinimumReward, // the task paid less than the minimum to register a model
-        Deferred, // the registration cap of the period was reached; retryRegistration later
-        Failed // the registry refused; retryRegistration once it accepts
+        Deferred, // waiting in the registration queue (the cap was reached, or others wait before it)
+        Failed, // the registry refused; waiting in the queue, retried once the registry accepts
+        Closed // registrations were closed (a cap of 0) when the task was created
     }
 
-    /// @notice Set by the admin (a TimelockController on non-development deployments). Stake minimums,
-    /// the unstake delay, the shortest period and the registration cap apply from the change on; every
-    /// other field is copied into a task's Rules at creation and never changes for it.
+    /// @notice Set by the admin (a TimelockController on non-development deployments). Stake minimums
+    /// and the unstake delay apply from the change on; the periods, the minimum reward and the rest are
+    /// checked or copied into a task's Rules at creation and never change for it. Every change moves
+    /// `parametersVersion`, which task terms carry (and requesters sign).
     struct Parameters {
         uint128 minTrainerStake;
         uint128 minValidatorStake;
         uint96 minBond; // a submission's bond is bondBps of the reward, but at least this
         uint96 minRegistrationReward; // an accepted model is registered only for tasks paying this much
-        uint32 unstakeDelay; // seconds between requestUnstake and withdrawStake
+        uint32 unstakeDelay; // seconds between requestUnstake and withdrawStake (MIN_UNSTAKE_DELAY..30 days)
         uint32 minPeriod; // the shortest submitPeriod and scorePeriod a task may ask for
         uint32 revealPeriod; // each reveal window: submissions, test set, scores
-        uint32 registrationPeriod; // seconds of a registration window
+        uint32 registrationPeriod; // seconds of a registration window (at most 7 days)
         uint32 scoreTolerance; // millionths: a vote this close to the decided score agrees with it
-        uint32 claimSlack; // millionths: a decided score further below the claim forfeits the bond
+        uint32 claimSlack; // millionths: how far a score may pass its claim and still count (see docs)
         uint16 drawDelayBlocks; // blocks between fixing a draw and the block whose hash draws it
-        uint16 validatorShareBps; // of the reward, to the validators that voted with the majority
-        uint16 slashBps; // of its stake, from a validator outvoted by a clear majority or never revealing
-        uint16 noShowBps; // of its stake, from a drawn validator that never committed
+        uint16 validatorShareBps; // of the reward, to the seats that voted with the majority (> 0)
+        uint16 slashBps; // of the weight that drew a seat, locked by the seat; lost when outvoted or silent
+        uint16 noShowBps; // of that weight, lost by a seat's validator that never committed
         uint16 bondBps;
-        uint16 registrationsPerPeriod; // at most this many registrations per window (0: none)
+        uint16 registrationsPerPeriod; // at most this many registrations per window (0: new tasks register none)
+        uint96 minSeatReward; // a task's validators' part must pay at least this per seat (> 0)
+        uint32 maxPeriod; // the longest submitPeriod and scorePeriod a task may ask for (at most MAX_PERIOD)
     }
 
     /// @notice The parameters a task was created under.
@@ -110,6 +114,8 @@ abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
         uint16 slashBps;
         uint16 noShowBps;
         bool registers;
+        uint16 registrationsPerPeriod; // the cap it registers under (a lower cap set later does not apply)
+        uint32 registrationPeriod; // the window it registers under (a longer one set later does not apply)
     }
 
     struct Task {
@@ -155,27 +161,43 @@ abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
         string modelCid;
     }
 
+    /// @notice A seat of a task's panel. A validator drawn k times holds k seats and casts one ballot,
+    /// kept in its first seat (getSeat shows it on each of its seats); it counts once per seat.
     struct Seat {
         address validator;
         SeatState state;
-        bool unusable;
+        bool unusable; // the test set is unusable (or was never revealed): the scores are holdout scores
         bytes32 commitment;
         uint32[16] scores; // by submission index
     }
 
-    struct Stake {
-        uint128 amount;
-        uint128 locked; // trainer: the bonds of its open submissions
-        uint40 unlockAt; // set by requestUnstake (0: staying)
-        uint32 openWork; // submissions or seats in open tasks
-        uint16 slot; // validator: its place in the draw (0: none)
-        bool active; // validator: wants to be drawn
+    /// @notice A validator on a task's panel: its first seat, how many seats it holds, and the stake those
+    /// seats lock (slashBps of the weight that drew each seat), all it can lose on the task.
+    struct Member {
+        uint8 seat; // first seat + 1 (0: not on the panel)
+        uint8 seats;
+        uint128 locked;
     }
 
-    /// @dev A validator slot freed by a withdrawal, handed out again after SLOT_QUARANTINE blocks.
-    struct FreedSlot {
-        uint16 slot;
-        uint48 freedAt;
+    /// @dev A trainer's submission to a task: its index + 1 and when it was committed.
+    struct Entry {
+        uint8 index;
+        uint40 committedAt;
+    }
+
+    /// @dev The first task an artifact was revealed in, and when.
+    struct FirstReveal {
+        uint64 taskId;
+        uint40 revealedAt;
+    }
+
+    struct Stake {
+        uint128 amount;
+        uint128 locked; // what open work can take: a trainer's open bonds, a validator's seats' locks
+        uint40 unlockAt; // set by requestUnstake (0: staying)
+        uint32 openWork; // submissions, or tasks with a seat, not settled yet
+        uint16 slot; // validator: its place in the draw, while its weight is not zero (0: none)
+        bool active; // validator: wants to be drawn
     }
 
     uint32 public constant SCORE_SCALE = 1_000_000;
@@ -183,36 +205,48 @@ abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
     uint256 public constant MAX_VALIDATIONS = 9;
     /// @notice The first draw and up to two more for the seats of validators that never committed.
     uint256 public constant MAX_ROUNDS = 3;
-    uint256 public constant MAX_PERIOD = 365 days;
+    /// @notice The ceiling of the admin's maxPeriod (and of revealPeriod and registrationPeriod).
+    uint256 public constant MAX_PERIOD = 7 days;
+    /// @notice The floor of unstakeDelay: far longer than a draw looks back (at most 384 blocks), so a
+    /// validator weighed in a draw is still staked when the draw is made.
+    uint256 public constant MIN_UNSTAKE_DELAY = 1 days;
     uint256 public constant MAX_CID_LENGTH = 64;
-    /// @notice A freed validator slot is handed out again only after this many blocks, longer than any
-    /// draw looks back (drawDelayBlocks <= 128, plus the 256 blocks a block hash stays readable), so no
-    /// draw reads one owner's weight and seats another.
+    /// @notice A validator slot whose weight fell to zero is handed to another validator only after it
+    /// stayed zero this many blocks, longer than any draw looks back (drawDelayBlocks <= 128, plus the
+    /// 256 blocks a block hash stays readable), so no draw reads one owner's weight and seats another.
     uint256 public constant SLOT_QUARANTINE = 1024;
 
     IERC20 public immutable token;
     ModelRegistry public immutable registry;
 
     Parameters internal _params;
+    /// @notice Moves with every setParameters; task terms must carry the current value.
+    uint32 public parametersVersion;
     uint256 public taskCount;
     /// @notice Slashed stakes, no-show slices and forfeited bonds, burned by burnPenalties.
     uint256 public pendingBurn;
     mapping(uint256 => Task) internal _tasks;
     mapping(uint256 => mapping(uint256 => Submission)) internal _submissions;
-    mapping(uint256 => mapping(address => uint256)) internal _submissionOf; // index + 1
+    mapping(uint256 => mapping(address => Entry)) internal _submissionOf;
     mapping(uint256 => mapping(uint256 => Seat)) internal _seats;
-    mapping(uint256 => mapping(address => uint256)) internal _seatOf; // seat + 1
+    mapping(uint256 => mapping(address => Member)) internal _members;
     mapping(address => mapping(Role => Stake)) internal _stakes;
     DrawTree.Tree internal _tree;
-    mapping(uint256 => address) internal _slotOwner;
+    mapping(uint256 => address) internal _slotOwner; // the last validator given the slot
     uint16 internal _slotsUsed;
     uint256 internal _freedHead;
-    FreedSlot[] internal _freed;
+    uint16[] internal _freed; // slots whose weight fell to zero, oldest first
+    mapping(uint256 => bool) internal _inFreed;
     uint40 internal _windowStart; // the registration window
     uint16 internal _windowUsed;
+    uint64 internal _queueHead; // the registration queue: tasks waiting to register, first in first out
+    uint64 internal _queueTail;
+    mapping(uint256 => uint256) internal _queue;
+    mapping(bytes32 => FirstReveal) internal _firstReveal; // by artifact sha256
     mapping(address => uint256) internal _nonces; // of the requesters' signed terms
 
     error InvalidParameters(string reason);
+    error ParametersChanged(uint256 termsVersion, uint256 currentVersion);
     error BadTerm(Term term, uint256 value, uint256 min, uint256 max);
     error SignatureExpired(uint256 expiry);
     error InvalidSignature(address requester);
@@ -235,6 +269,7 @@ abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
     error AlreadyRevealed(uint256 taskId, address account);
     error CommitmentMismatch(uint256 taskId, address account);
     error ClaimBelowMinimum(uint256 taskId, uint256 claim, uint256 minScore);
+    error ArtifactRevealedElsewhere(uint256 taskId, bytes32 artifactSha256, uint256 otherTaskId);
     error ScoreOutOfRange(uint256 score);
     error NoSubmissions(uint256 taskId);
     error TestSetMismatch(uint256 taskId);
@@ -248,6 +283,7 @@ abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
     error NoRoundsLeft(uint256 taskId, uint256 rounds);
     error PanelIncomplete(uint256 taskId, uint256 committed, uint256 validations);
     error NotRetryable(uint256 taskId, Registration registration);
+    error NotFirstInLine(uint256 taskId, uint256 firstTaskId);
     error RegistrationCapReached(uint256 nextWindowAt);
     error NotEnoughGas(uint256 needed);
 
@@ -320,29 +356,25 @@ abstract contract TrainingBase is AccessControl, Pausable, ReentrancyGuard {
         emit DrawFixed(taskId, t.round + 1, drawBlock);
     }
 
-    /// @dev The draw weight follows the stake: the whole stake while active, staying and at least the minimum.
-    function _syncWeight(address validator, Stake storage s) internal {
-        uint256 weight = s.active && s.unlockAt == 0 && s.amount >= _params.minValidatorStake ? s.amount : 0;
-        uint256 slot = s.slot;
-        if (slot == 0) {
-            if (weight == 0) return;
-            slot = _takeSlot(validator);
-            s.slot = uint16(slot);
-        }
-        DrawTree.set(_tree, slot, weight);
+    /// @dev A validator's draw weight: its whole stake while active, staying and at least the minimum.
+    function _weightOf(Stake storage s) internal view returns (uint256) {
+        return s.active && s.unlockAt == 0 && s.amount >= _params.minValidatorStake ? s.amount : 0;
     }
 
-    function _takeSlot(address validator) private returns (uint256 slot) {
-        uint256 head = _freedHead;
-        if (head < _freed.length && _freed[head].freedAt + SLOT_QUARANTINE < block.number) {
-            slot = _freed[head].slot;
-            delete _freed[head];
-            _freedHead = head + 1;
-        } else if (_slotsUsed < DrawTree.CAPACITY) {
-            slot = ++_slotsUsed;
-        } else {
-            revert ValidatorSetFull(DrawTree.CAPACITY);
+    /// @dev The slot `validator` holds (0: none). A validator holds a slot while its weight is not zero;
+    /// a slot whose weight fell to zero stays its own until the slot is given to another validator.
+    function _heldSlot(address validator, Stake storage s) internal view returns (uint256 slot) {
+        slot = s.slot;
+        if (slot != 0 && _slotOwner[slot] != validator) slot = 0;
+    }
+
+    /// @dev Set a held slot's weight; a slot whose weight falls to zero joins the freed list (once), to be
+    /// given to another validator after SLOT_QUARANTINE blocks at zero, so idle stakes hold no place.
+    function _setWeight(uint256 slot, uint256 weight) internal {
+        DrawTree.set(_tree, slot, weight);
+        if (weight == 0 && !_inFreed[slot]) {
+            _inFreed[slot] = true;
+            _freed.push(uint16(slot));
         }
-        _slotOwner[slot] = validator;
     }
 }

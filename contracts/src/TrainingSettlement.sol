@@ -13,9 +13,12 @@ interface IBurnable {
 
 /// @title TrainingSettlement: the verdict, the money, the registration.
 /// @notice `finalizeTask` (anyone, once the task's last window has passed) decides how the task ended,
-/// settles every bond and seat, pays, and then registers an accepted model. The registration is attempted
-/// last and its failure (registry full, role revoked, cap reached) is recorded and emitted, never
-/// reverted: escrow and stakes are settled whatever the registry does; `retryRegistration` tries again.
+/// settles every bond and seat, pays, and then registers an accepted model. On a task whose test set was
+/// never revealed, its first call instead fixes the draw of a panel that checks the submissions on the
+/// dataset's holdout; the task settles as Abandoned after that panel. The registration is attempted last
+/// and its failure (registry full, role revoked, cap reached) is recorded and the task queued, never
+/// reverted: escrow and stakes are settled whatever the registry does; `retryRegistration` serves the
+/// queue first in, first out.
 abstract contract TrainingSettlement is TrainingPanel {
     using SafeERC20 for IERC20;
 
@@ -23,24 +26,35 @@ abstract contract TrainingSettlement is TrainingPanel {
     /// left, so a caller cannot make it fail by starving it.
     uint256 public constant REGISTRATION_GAS = 300_000;
 
-    /// @dev What finalizeTask decided.
+    /// @dev What finalizeTask decided. A ballot is of kind 1 (holdout scores: an unusable report, or any
+    /// vote on a task whose test set was never revealed) or 2 (test-set scores); a clear majority of one
+    /// kind judges the submissions, and the seats of the other kind are outvoted.
     struct Tally {
         Status status;
+        uint8 judge; // the kind of ballot that judged the submissions (0: none had a clear majority)
+        uint256 m; // a clear majority of the seats filled
         uint256 winner; // submission index + 1
         uint32 score; // the winner's decided score
-        uint256 payees;
-        bool[9] pays; // the seat gets a share of the validator part
+        uint256 rank; // the winner's score, counted up to its claim + claimSlack
+        uint256 payees; // seats paid
+        uint8[9] kind; // by seat: 0 no ballot revealed, 1 holdout, 2 test set
+        uint32[16][9] ballots;
+        bool[9] pays; // the seat gets a share of the validators' part
         bool[9] slash; // outvoted by a clear majority
-        bool[16] forfeit; // judged: below the minimum or far below the claim
+        bool[16] forfeit; // judged: the artifact failed its checks
+        bool[16] paid; // gets a share of the trainers' part (Unusable, Abandoned)
         uint32[16] decided;
     }
 
     /// @notice Settle a task once its last window has passed (or at once when every seat has revealed).
     /// Reverts TooEarly (with the first second it can succeed), DrawPending or PanelIncomplete otherwise.
+    /// On a task whose test set was never revealed, the first call after testDeadline fixes the draw of
+    /// the checking panel (DrawFixed) and settles nothing.
     function finalizeTask(uint256 taskId) external nonReentrant {
         Task storage t = _openTask(taskId);
         Tally memory tally;
         tally.status = _readiness(taskId, t);
+        if (tally.status == Status.None) return _fixDraw(taskId, t);
         if (tally.status == Status.Open) _judge(taskId, t, tally);
         t.status = tally.status;
         t.accepted = uint8(tally.winner);
@@ -48,22 +62,28 @@ abstract contract TrainingSettlement is TrainingPanel {
         _settleSeats(taskId, t, tally);
         _pay(taskId, t, tally);
         if (tally.status != Status.Accepted) return;
-        if (t.rules.registers) {
-            _register(taskId, t, false);
+        if (!t.rules.registers) {
+            Registration r = t.rules.registrationsPerPeriod == 0 ? Registration.Closed : Registration.BelowMinimumReward;
+            t.registration = r;
+            emit RegistrationSkipped(taskId, r, "");
+        } else if (_queueHead != _queueTail) {
+            _enqueue(taskId, t, Registration.Deferred, "");
         } else {
-            t.registration = Registration.BelowMinimumReward;
-            emit RegistrationSkipped(taskId, Registration.BelowMinimumReward, "");
+            _register(taskId, t, false);
         }
     }
 
-    /// @notice Register an accepted model whose registration was deferred (cap) or refused (registry);
-    /// reverts with the reason when it fails again.
+    /// @notice Register the model of the first task in the registration queue (deferred by the cap, or
+    /// refused by the registry); reverts NotFirstInLine for any other, and with the reason when it fails
+    /// again.
     function retryRegistration(uint256 taskId) external nonReentrant {
         Task storage t = _tasks[taskId];
         Registration r = t.registration;
         if (t.status != Status.Accepted || (r != Registration.Deferred && r != Registration.Failed)) {
             revert NotRetryable(taskId, r);
         }
+        uint256 first = _queue[_queueHead];
+        if (first != taskId) revert NotFirstInLine(taskId, first);
         _register(taskId, t, true);
     }
 
@@ -80,7 +100,12 @@ abstract contract TrainingSettlement is TrainingPanel {
         return (_windowStart, _windowUsed);
     }
 
-    /// @dev Empty or Abandoned when the task ended before the panel; Open when the panel's votes decide.
+    /// @notice The registration queue: the task retryRegistration serves next (0: none) and how many wait.
+    function registrationQueue() external view returns (uint256 first, uint256 waiting) {
+        return (_queue[_queueHead], _queueTail - _queueHead);
+    }
+    /// @dev Empty when nothing was revealed; None when an abandoned task's check must be drawn first; Open
+    /// when the panel's votes decide.
     function _readiness(uint256 taskId, Task storage t) private view returns (Status) {
         if (t.revealed == 0) {
             uint256 closes = t.submissions == 0 ? t.submitDeadline : t.revealDeadline;
@@ -89,7 +114,7 @@ abstract contract TrainingSettlement is TrainingPanel {
         }
         if (!t.testRevealed) {
             if (block.timestamp <= t.testDeadline) revert TooEarly(taskId, Step.Finalize, t.testDeadline + 1);
-            return Status.Abandoned;
+            if (t.round == 0 && t.drawBlock == 0) return Status.None;
         }
         if (t.drawBlock != 0) revert DrawPending(taskId, t.drawBlock);
         if (t.committed < t.validations && t.round < MAX_ROUNDS) {
@@ -105,39 +130,34 @@ abstract contract TrainingSettlement is TrainingPanel {
     /// @dev A clear majority is counted against the seats filled (every seat, unless too few validators
     /// could be drawn), so one silent seat cannot block a panel the draw could not fill.
     function _judge(uint256 taskId, Task storage t, Tally memory tally) private view {
+        bool abandoned = !t.testRevealed;
         uint256 validations = t.validations;
-        uint256 m = TrainingVerdict.majority(t.seated);
-        uint8[9] memory kind; // 0: no vote, 1: unusable, 2: scores
-        uint32[16][9] memory ballots;
-        uint256 unusable;
-        uint256 scored;
+        tally.m = TrainingVerdict.majority(t.seated);
+        uint256[3] memory count;
         for (uint256 seat; seat < validations; ++seat) {
-            Seat storage st = _seats[taskId][seat];
-            if (st.state != SeatState.Revealed) continue;
-            if (st.unusable) {
-                kind[seat] = 1;
-                ++unusable;
-            } else {
-                kind[seat] = 2;
-                ++scored;
-                ballots[seat] = st.scores;
-            }
+            address validator = _seats[taskId][seat].validator;
+            if (validator == address(0)) continue;
+            Seat storage lead = _seats[taskId][_members[taskId][validator].seat - 1];
+            if (lead.state != SeatState.Revealed) continue;
+            uint8 kind = abandoned || lead.unusable ? 1 : 2;
+            tally.kind[seat] = kind;
+            tally.ballots[seat] = lead.scores;
+            ++count[kind];
         }
-        if (unusable >= m) {
-            tally.status = Status.Unusable;
-        } else if (scored >= m) {
-            _score(taskId, t, tally, kind, ballots, scored, m);
-            tally.status = tally.winner != 0 ? Status.Accepted : Status.Rejected;
+        if (count[1] >= tally.m) {
+            tally.judge = 1;
+            tally.status = abandoned ? Status.Abandoned : Status.Unusable;
+        } else if (count[2] >= tally.m) {
+            tally.judge = 2;
         } else {
-            tally.status = Status.Undecided;
+            tally.status = abandoned ? Status.Abandoned : Status.Undecided;
         }
+        if (tally.judge != 0) _score(taskId, t, tally, count[tally.judge]);
+        if (tally.judge == 2) tally.status = tally.winner != 0 ? Status.Accepted : Status.Rejected;
         for (uint256 seat; seat < validations; ++seat) {
-            if (kind[seat] == 0) continue;
-            if (tally.status == Status.Unusable) {
-                tally.slash[seat] = kind[seat] == 2;
-            } else if (tally.status != Status.Undecided) {
-                tally.slash[seat] = tally.slash[seat] || kind[seat] == 1;
-            }
+            uint8 kind = tally.kind[seat];
+            if (kind == 0) continue;
+            if (tally.judge != 0 && kind != tally.judge) tally.slash[seat] = true;
             if (!tally.slash[seat]) {
                 tally.pays[seat] = true;
                 ++tally.payees;
@@ -145,72 +165,75 @@ abstract contract TrainingSettlement is TrainingPanel {
         }
     }
 
-    /// @dev Each revealed submission's score is what a clear majority reaches; the best eligible one (at
-    /// least the minimum, not far below its claim) wins, the earliest commitment among equals.
-    function _score(
-        uint256 taskId,
-        Task storage t,
-        Tally memory tally,
-        uint8[9] memory kind,
-        uint32[16][9] memory ballots,
-        uint256 scored,
-        uint256 m
-    ) private view {
-        uint256 validations = t.validations;
+    /// @dev Each revealed submission's score is what a clear majority of the judging ballots reaches.
+    /// Test-set scores: a score of 0 (the artifact failed its checks) forfeits the bond; a score of at
+    /// least the minimum is eligible, ranked by its score counted up to its claim + claimSlack (a model
+    /// scoring far above its own holdout claim wins nothing by it); the best wins, the earliest
+    /// commitment among equals. Holdout scores: an artifact is verified when its score is not 0 and
+    /// within claimSlack of its claim; the others' bonds are forfeited.
+    function _score(uint256 taskId, Task storage t, Tally memory tally, uint256 votesPerSubmission) private view {
         uint256 tolerance = t.rules.scoreTolerance;
+        uint256 slack = t.rules.claimSlack;
         for (uint256 i; i < t.submissions; ++i) {
             Submission storage s = _submissions[taskId][i];
             if (!s.revealed) continue;
-            uint32[] memory votes = new uint32[](scored);
-            uint256 k;
-            for (uint256 seat; seat < validations; ++seat) {
-                if (kind[seat] == 2) votes[k++] = ballots[seat][i];
-            }
-            (uint32 score, uint256 agreeing) = TrainingVerdict.decide(votes, m, tolerance);
-            if (agreeing >= m) {
-                for (uint256 seat; seat < validations; ++seat) {
-                    if (kind[seat] == 2 && TrainingVerdict.far(ballots[seat][i], score, tolerance)) {
-                        tally.slash[seat] = true;
-                    }
-                }
-            }
+            uint32 score = _decide(tally, i, votesPerSubmission, tolerance);
             tally.decided[i] = score;
-            if (score < t.minScore || uint256(score) + t.rules.claimSlack < s.claim) {
+            uint256 claim = s.claim;
+            if (score == 0 || (tally.judge == 1 && TrainingVerdict.far(score, claim, slack))) {
                 tally.forfeit[i] = true;
-            } else if (tally.winner == 0 || score > tally.score) {
-                tally.winner = i + 1;
-                tally.score = score;
+            } else if (tally.judge == 2 && score >= t.minScore) {
+                uint256 rank = score < claim + slack ? score : claim + slack;
+                if (tally.winner == 0 || rank > tally.rank) {
+                    (tally.winner, tally.score, tally.rank) = (i + 1, score, rank);
+                }
             }
         }
     }
 
-    /// @dev A bond is forfeited when its submission was never revealed or was judged ineligible.
+    /// @dev Submission `i`'s score by the judging ballots; the seats a clear majority outvotes on it are
+    /// marked for the slash.
+    function _decide(Tally memory tally, uint256 i, uint256 n, uint256 tolerance) private pure returns (uint32 score) {
+        uint32[] memory votes = new uint32[](n);
+        uint256 k;
+        for (uint256 seat; seat < 9; ++seat) {
+            if (tally.kind[seat] == tally.judge) votes[k++] = tally.ballots[seat][i];
+        }
+        uint256 agreeing;
+        (score, agreeing) = TrainingVerdict.decide(votes, tally.m, tolerance);
+        if (agreeing < tally.m) return score;
+        for (uint256 seat; seat < 9; ++seat) {
+            if (tally.kind[seat] == tally.judge && TrainingVerdict.far(tally.ballots[seat][i], score, tolerance)) {
+                tally.slash[seat] = true;
+            }
+        }
+    }
+
+    /// @dev A bond is forfeited when its submission was never revealed or failed its checks.
     function _settleBonds(uint256 taskId, Task storage t, Tally memory tally) private {
         uint256 bond = t.rules.bond;
-        bool judged = tally.status == Status.Accepted || tally.status == Status.Rejected;
         for (uint256 i; i < t.submissions; ++i) {
             Submission storage s = _submissions[taskId][i];
             bool forfeit = !s.revealed || tally.forfeit[i];
             _settleBond(s.trainer, bond, forfeit);
             s.bond = forfeit ? Bond.Forfeited : Bond.Released;
-            if (judged && s.revealed) s.score = tally.decided[i];
+            if (tally.judge != 0 && s.revealed) s.score = tally.decided[i];
             emit BondSettled(taskId, i, s.trainer, s.bond, bond);
         }
     }
 
-    /// @dev Seats free their validators; a seat never committed loses the no-show slice, a vote never
-    /// revealed or outvoted by a clear majority loses `slashBps`.
+    /// @dev Each validator on the panel, once (at its first seat): its lock released; a no-show loses
+    /// noShowBps/slashBps of it, a vote never revealed or outvoted by a clear majority all of it.
     function _settleSeats(uint256 taskId, Task storage t, Tally memory tally) private {
         for (uint256 seat; seat < t.validations; ++seat) {
             Seat storage st = _seats[taskId][seat];
             address validator = st.validator;
             if (validator == address(0)) continue;
-            _stakes[validator][Role.Validator].openWork -= 1;
-            if (st.state == SeatState.Drawn) {
-                _benchNoShow(taskId, validator, t.rules.noShowBps);
-            } else if (st.state == SeatState.Committed || tally.slash[seat]) {
-                emit Slashed(taskId, validator, _penalize(validator, t.rules.slashBps));
-            }
+            Member storage m = _members[taskId][validator];
+            if (m.seat != seat + 1) continue;
+            SeatState state = st.state;
+            if (state == SeatState.Revealed && tally.slash[seat]) state = SeatState.Committed;
+            _settleMember(taskId, validator, m, state, t.rules);
         }
     }
 
@@ -218,18 +241,16 @@ abstract contract TrainingSettlement is TrainingPanel {
         uint256 escrow = t.reward;
         Status status = tally.status;
         uint256 toValidators;
-        if (status != Status.Empty && status != Status.Abandoned && tally.payees > 0) {
-            toValidators = escrow * t.rules.validatorShareBps / 10_000;
-        }
+        if (tally.payees > 0) toValidators = escrow * t.rules.validatorShareBps / 10_000;
         uint256 rest = escrow - toValidators;
         uint256 toTrainers;
         uint256 toRequester;
         if (status == Status.Accepted) {
             toTrainers = rest;
             _send(_submissions[taskId][tally.winner - 1].trainer, rest);
-        } else if (status == Status.Unusable || status == Status.Abandoned) {
+        } else if ((status == Status.Unusable || status == Status.Abandoned) && _markPaid(taskId, t, tally) > 0) {
             toTrainers = rest;
-            _splitToTrainers(taskId, t, rest);
+            _splitToTrainers(taskId, t, tally, rest);
         } else {
             toRequester = rest;
             _send(t.requester, rest);
@@ -238,25 +259,50 @@ abstract contract TrainingSettlement is TrainingPanel {
         emit TaskSettled(taskId, status, tally.winner, tally.score, toTrainers, toValidators, toRequester);
     }
 
-    /// @dev Equal shares to the revealed submissions' trainers, the remainder to the first.
-    function _splitToTrainers(uint256 taskId, Task storage t, uint256 amount) private {
-        uint256 count = t.revealed;
+    /// @dev Who shares the trainers' part when the test set was unusable or never revealed: each distinct
+    /// artifact the panel verified, once, by its earliest commitment (every distinct revealed artifact
+    /// when no clear majority judged). Returns how many.
+    function _markPaid(uint256 taskId, Task storage t, Tally memory tally) private view returns (uint256 count) {
+        bytes32[16] memory sha;
+        for (uint256 i; i < t.submissions; ++i) {
+            Submission storage s = _submissions[taskId][i];
+            if (!s.revealed || tally.forfeit[i]) continue;
+            sha[i] = s.artifactSha256;
+            bool copy;
+            for (uint256 j; j < i && !copy; ++j) {
+                copy = tally.paid[j] && sha[j] == sha[i];
+            }
+            if (copy) continue;
+            tally.paid[i] = true;
+            ++count;
+        }
+    }
+
+    /// @dev Equal shares to the trainers marked paid, the remainder to the first.
+    function _splitToTrainers(uint256 taskId, Task storage t, Tally memory tally, uint256 amount) private {
+        uint256 count;
+        for (uint256 i; i < t.submissions; ++i) {
+            if (tally.paid[i]) ++count;
+        }
         uint256 share = amount / count;
         uint256 dust = amount - share * count;
         for (uint256 i; i < t.submissions; ++i) {
-            Submission storage s = _submissions[taskId][i];
-            if (!s.revealed) continue;
-            _send(s.trainer, share + dust);
+            if (!tally.paid[i]) continue;
+            _send(_submissions[taskId][i].trainer, share + dust);
             dust = 0;
         }
     }
 
+    /// @dev Equal shares per seat paid, to each validator at its first seat; the remainder to the first.
     function _splitToValidators(uint256 taskId, Task storage t, Tally memory tally, uint256 amount) private {
         uint256 share = amount / tally.payees;
         uint256 dust = amount - share * tally.payees;
         for (uint256 seat; seat < t.validations; ++seat) {
             if (!tally.pays[seat]) continue;
-            _send(_seats[taskId][seat].validator, share + dust);
+            address validator = _seats[taskId][seat].validator;
+            Member storage m = _members[taskId][validator];
+            if (m.seat != seat + 1) continue;
+            _send(validator, share * m.seats + dust);
             dust = 0;
         }
     }
@@ -276,12 +322,13 @@ abstract contract TrainingSettlement is TrainingPanel {
         if (amount > 0) token.safeTransfer(to, amount);
     }
 
+    /// @dev Register now if the window allows; otherwise (or if the registry refuses) join the queue. A
+    /// retry registers the queue's first task or reverts with the reason.
     function _register(uint256 taskId, Task storage t, bool retry) private {
-        if (!_takeRegistration()) {
-            if (retry) revert RegistrationCapReached(uint256(_windowStart) + _params.registrationPeriod);
-            t.registration = Registration.Deferred;
-            emit RegistrationSkipped(taskId, Registration.Deferred, "");
-            return;
+        (bool allowed, uint256 nextWindowAt) = _takeRegistration(t);
+        if (!allowed) {
+            if (retry) revert RegistrationCapReached(nextWindowAt);
+            return _enqueue(taskId, t, Registration.Deferred, "");
         }
         if (gasleft() < REGISTRATION_GAS) revert NotEnoughGas(REGISTRATION_GAS);
         Submission storage s = _submissions[taskId][t.accepted - 1];
@@ -290,6 +337,7 @@ abstract contract TrainingSettlement is TrainingPanel {
         ) {
             t.modelId = uint32(modelId);
             t.registration = Registration.Registered;
+            if (retry) delete _queue[_queueHead++];
             emit ModelRegistered(taskId, modelId);
         } catch (bytes memory reason) {
             if (retry) {
@@ -298,20 +346,31 @@ abstract contract TrainingSettlement is TrainingPanel {
                 }
             }
             _windowUsed -= 1;
-            t.registration = Registration.Failed;
-            emit RegistrationSkipped(taskId, Registration.Failed, reason);
+            _enqueue(taskId, t, Registration.Failed, reason);
         }
     }
 
-    /// @dev At most `registrationsPerPeriod` registrations in a window of `registrationPeriod` seconds
-    /// (a window starts with the first registration after the last one ended).
-    function _takeRegistration() private returns (bool) {
-        if (block.timestamp >= uint256(_windowStart) + _params.registrationPeriod) {
+    function _enqueue(uint256 taskId, Task storage t, Registration r, bytes memory reason) private {
+        _queue[_queueTail++] = taskId;
+        t.registration = r;
+        emit RegistrationSkipped(taskId, r, reason);
+    }
+
+    /// @dev At most `cap` registrations in a window of `period` seconds (a window starts with the first
+    /// registration after the last one ended), where the cap and the period are the more generous of the
+    /// task's snapshot and the current parameters: the admin cannot slow an open task's registration.
+    function _takeRegistration(Task storage t) private returns (bool, uint256) {
+        uint256 cap = t.rules.registrationsPerPeriod;
+        uint256 period = t.rules.registrationPeriod;
+        Parameters storage p = _params;
+        if (p.registrationsPerPeriod > cap) cap = p.registrationsPerPeriod;
+        if (p.registrationPeriod < period) period = p.registrationPeriod;
+        if (block.timestamp >= uint256(_windowStart) + period) {
             _windowStart = uint40(block.timestamp);
             _windowUsed = 0;
         }
-        if (_windowUsed >= _params.registrationsPerPeriod) return false;
+        if (_windowUsed >= cap) return (false, uint256(_windowStart) + period);
         _windowUsed += 1;
-        return true;
+        return (true, 0);
     }
 }

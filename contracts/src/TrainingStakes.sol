@@ -3,16 +3,18 @@ pragma solidity 0.8.28;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {DrawTree} from "./DrawTree.sol";
 import {TrainingBase} from "./TrainingBase.sol";
 
 /// @title TrainingStakes: trainer and validator stakes, and the bonds trainers lock out of theirs.
 /// @notice A role is earned by staking at least its minimum. Each submission locks the task's bond out of
-/// the trainer's free stake. A validator's stake is its weight in the draw while it is active, staying
-/// and at least the minimum. Unstaking waits `unstakeDelay` and for the account's open work (submissions
-/// and seats in unsettled tasks). Every penalty (slash, no-show slice, forfeited bond) leaves the stake
-/// for `pendingBurn`: nobody is paid with another account's stake, so no majority gains by slashing.
-abstract contract TrainingStakes is TrainingBase {
+/// the trainer's free stake; each seat locks what its validator can lose on it. A validator's stake is
+/// its weight in the draw while it is active, staying and at least the minimum. Unstaking waits
+/// `unstakeDelay`; then everything not locked by open work can be withdrawn, the rest once that work is
+/// settled. Every penalty (slash, no-show slice, forfeited bond) leaves the stake for `pendingBurn`:
+/// nobody is paid with another account's stake, so no majority gains by slashing.
+abstract contract TrainingStakes is Pausable, TrainingBase {
     using SafeERC20 for IERC20;
 
     function stake(Role role, uint256 amount) external whenNotPaused nonReentrant {
@@ -29,7 +31,7 @@ abstract contract TrainingStakes is TrainingBase {
     }
 
     /// @notice Start leaving: the stake stops counting for new work (a validator leaves the draw at once)
-    /// and can be withdrawn after `unstakeDelay` once its open work is settled. `stake` cancels it.
+    /// and can be withdrawn after `unstakeDelay`, all but what open work locks. `stake` cancels it.
     function requestUnstake(Role role) external {
         Stake storage s = _stakes[msg.sender][role];
         if (s.amount == 0) revert NothingStaked(msg.sender, role);
@@ -38,24 +40,21 @@ abstract contract TrainingStakes is TrainingBase {
         emit UnstakeRequested(msg.sender, role, s.unlockAt);
     }
 
+    /// @notice Withdraw the stake not locked by open work (bonds, seats); call again for the rest once
+    /// that work is settled.
     function withdrawStake(Role role) external nonReentrant {
         Stake storage s = _stakes[msg.sender][role];
         uint256 amount = s.amount;
         if (amount == 0) revert NothingStaked(msg.sender, role);
         if (s.unlockAt == 0) revert UnstakeNotRequested(msg.sender, role);
-        if (block.timestamp < s.unlockAt || s.openWork > 0) {
+        uint256 free = amount - s.locked;
+        if (block.timestamp < s.unlockAt || free == 0) {
             revert StakeLocked(msg.sender, role, s.unlockAt, s.openWork);
         }
-        s.amount = 0;
-        s.unlockAt = 0;
-        uint256 slot = s.slot;
-        if (slot != 0) {
-            s.slot = 0;
-            delete _slotOwner[slot];
-            _freed.push(FreedSlot(uint16(slot), uint48(block.number)));
-        }
-        token.safeTransfer(msg.sender, amount);
-        emit Unstaked(msg.sender, role, amount);
+        s.amount = uint128(amount - free);
+        if (free == amount) s.unlockAt = 0;
+        token.safeTransfer(msg.sender, free);
+        emit Unstaked(msg.sender, role, free);
     }
 
     /// @notice A validator steps out of the draw (maintenance, going offline) or back in; seats it already
@@ -81,8 +80,44 @@ abstract contract TrainingStakes is TrainingBase {
 
     /// @notice A validator's weight in draws fixed from now on, and the total of all weights.
     function drawWeight(address validator) external view returns (uint256 weight, uint256 total) {
-        uint256 slot = _stakes[validator][Role.Validator].slot;
+        uint256 slot = _heldSlot(validator, _stakes[validator][Role.Validator]);
         return (slot == 0 ? 0 : DrawTree.latestWeight(_tree, slot), DrawTree.latestTotal(_tree));
+    }
+
+    /// @dev The draw weight follows the stake (see _weightOf); a validator whose weight rises from zero
+    /// without a slot takes one: its own if nobody was given it meanwhile, else the oldest slot idle for
+    /// SLOT_QUARANTINE blocks, else a new one.
+    function _syncWeight(address validator, Stake storage s) internal {
+        uint256 weight = _weightOf(s);
+        uint256 slot = _heldSlot(validator, s);
+        if (slot == 0) {
+            if (weight == 0) return;
+            slot = _takeSlot(validator);
+            s.slot = uint16(slot);
+        }
+        _setWeight(slot, weight);
+    }
+
+    /// @dev Entries whose validator came back are dropped on the way (at most 16 a call).
+    function _takeSlot(address validator) private returns (uint256 slot) {
+        uint256 head = _freedHead;
+        for (uint256 k; k < 16 && head < _freed.length; ++k) {
+            uint256 candidate = _freed[head];
+            bool idle = DrawTree.latestWeight(_tree, candidate) == 0;
+            if (idle && DrawTree.lastChange(_tree, candidate) + SLOT_QUARANTINE >= block.number) break;
+            delete _inFreed[candidate];
+            ++head;
+            if (idle) {
+                slot = candidate;
+                break;
+            }
+        }
+        _freedHead = head;
+        if (slot == 0) {
+            if (_slotsUsed >= DrawTree.CAPACITY) revert ValidatorSetFull(DrawTree.CAPACITY);
+            slot = ++_slotsUsed;
+        }
+        _slotOwner[slot] = validator;
     }
 
     function _lockBond(address trainer, uint256 bond) internal {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
@@ -8,7 +9,7 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 import {ModelRegistry} from "./ModelRegistry.sol";
 import {TrainingBase} from "./TrainingBase.sol";
 import {TrainingStakes} from "./TrainingStakes.sol";
-import {TrainingValidation} from "./TrainingValidation.sol";
+import {TrainingViews} from "./TrainingViews.sol";
 
 /// @title TrainingTasks: the training market.
 /// @notice A requester escrows a reward for a model trained to a spec; staked trainers commit to their
@@ -17,17 +18,20 @@ import {TrainingValidation} from "./TrainingValidation.sol";
 /// revealed; the best submission a clear majority passes is paid and registered in the ModelRegistry.
 /// docs/training.md has the state machine, every window, the randomness and the money.
 /// @dev Holds the registry's REGISTRAR_ROLE. The admin (DEFAULT_ADMIN_ROLE, a TimelockController on
-/// non-development deployments) changes parameters for tasks created afterwards and may pause task
-/// creation and staking (PAUSER_ROLE); it cannot touch an open task, an escrow or a stake.
-/// The panel and settlement functions (drawPanel, commitScores, replaceNoShows, revealScores,
-/// finalizeTask, retryRegistration, burnPenalties and their views) are TrainingValidation's code, run by
-/// this contract's fallback in this contract's storage (see TrainingBase); the shipped ABI has both.
-contract TrainingTasks is TrainingStakes {
+/// non-development deployments) changes parameters, within bounds, for tasks created afterwards (stake
+/// minimums and the unstake delay apply at once) and may pause task creation and staking (PAUSER_ROLE);
+/// it cannot change an open task's rules, an escrow, a stake or a bond (docs/training.md says what else).
+/// The panel and settlement functions (revealTestSet, drawPanel, commitScores, replaceNoShows,
+/// revealScores, finalizeTask, retryRegistration, burnPenalties and their views) are TrainingValidation's
+/// code, deployed beforehand and run by this contract's fallback in this contract's storage (see
+/// TrainingBase); the shipped ABI has both.
+contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     using SafeERC20 for IERC20;
 
     /// @notice A task's terms, as the requester signs them (EIP-712 TaskTerms, with requester, nonce
     /// and expiry). Periods are durations in seconds from the block that creates the task, so a relayed
-    /// task keeps its windows whenever it lands before the signature's expiry.
+    /// task keeps its windows whenever it lands before the signature's expiry. `parametersVersion` must
+    /// be the contract's current one: terms made under other parameters are refused (ParametersChanged).
     struct Terms {
         string datasetCid;
         string specCid;
@@ -40,6 +44,7 @@ contract TrainingTasks is TrainingStakes {
         ModelRegistry.ModelKind kind;
         uint8 decimals;
         uint16 featureCount;
+        uint32 parametersVersion; // see parametersVersion()
     }
 
     /// @notice An EIP-2612 permit of the reward from the requester to this contract (deadline 0: none,
@@ -55,7 +60,7 @@ contract TrainingTasks is TrainingStakes {
     bytes32 public constant TERMS_TYPEHASH = keccak256(
         "TaskTerms(address requester,string datasetCid,string specCid,bytes32 testSetCommitment,uint96 reward,"
         "uint32 submitPeriod,uint32 scorePeriod,uint8 validations,uint32 minScore,uint8 kind,uint8 decimals,"
-        "uint16 featureCount,uint256 nonce,uint256 expiry)"
+        "uint16 featureCount,uint32 parametersVersion,uint256 nonce,uint256 expiry)"
     );
     bytes32 private constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -69,15 +74,24 @@ contract TrainingTasks is TrainingStakes {
 
     event NonceUsed(address indexed requester, uint256 nonce);
 
-    constructor(IERC20 token_, ModelRegistry registry_, address admin, Parameters memory params)
-        TrainingBase(token_, registry_)
-    {
+    /// @param validation_ A TrainingValidation deployed with the same token and registry (its immutables
+    /// are its code, so they must match): the second half of this contract's code.
+    constructor(
+        IERC20 token_,
+        ModelRegistry registry_,
+        address admin,
+        Parameters memory params,
+        address validation_
+    ) TrainingBase(token_, registry_) {
+        if (TrainingBase(validation_).token() != token_ || TrainingBase(validation_).registry() != registry_) {
+            revert InvalidParameters("validation: other token/registry");
+        }
+        validation = validation_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
         _setParameters(params);
         _cachedChainId = block.chainid;
         _cachedDomainSeparator = _buildDomainSeparator();
-        validation = address(new TrainingValidation(token_, registry_));
     }
 
     /// @dev Every other function is TrainingValidation's, run in this contract's storage.
@@ -114,20 +128,24 @@ contract TrainingTasks is TrainingStakes {
 
     function _setParameters(Parameters memory p) private {
         if (p.minTrainerStake == 0 || p.minValidatorStake == 0) revert InvalidParameters("a minimum stake is zero");
-        if (p.unstakeDelay > 30 days) revert InvalidParameters("unstakeDelay above 30 days");
-        if (p.minPeriod == 0 || p.minPeriod > 7 days) revert InvalidParameters("minPeriod outside 1 s..7 days");
-        if (p.revealPeriod == 0 || p.revealPeriod > 7 days) {
-            revert InvalidParameters("revealPeriod outside 1 s..7 days");
+        if (p.unstakeDelay < MIN_UNSTAKE_DELAY || p.unstakeDelay > 30 days) {
+            revert InvalidParameters("unstakeDelay not 1..30 days");
         }
-        if (p.registrationPeriod == 0) revert InvalidParameters("registrationPeriod is zero");
+        if (p.minPeriod == 0 || p.minPeriod > p.maxPeriod) revert InvalidParameters("not 0 < minPeriod <= maxPeriod");
+        if (p.maxPeriod > MAX_PERIOD || p.revealPeriod > MAX_PERIOD || p.registrationPeriod > MAX_PERIOD) {
+            revert InvalidParameters("a period above 7 days");
+        }
+        if (p.revealPeriod == 0 || p.registrationPeriod == 0) revert InvalidParameters("a period is zero");
         if (p.scoreTolerance > SCORE_SCALE || p.claimSlack > SCORE_SCALE) {
             revert InvalidParameters("a score tolerance above 1.0");
         }
-        if (p.drawDelayBlocks == 0 || p.drawDelayBlocks > 128) revert InvalidParameters("drawDelayBlocks outside 1..128");
+        if (p.drawDelayBlocks == 0 || p.drawDelayBlocks > 128) revert InvalidParameters("drawDelayBlocks not 1..128");
+        if (p.validatorShareBps == 0 || p.minSeatReward == 0) revert InvalidParameters("validators unpaid");
         if (p.validatorShareBps > 5_000 || p.slashBps > 5_000) revert InvalidParameters("a share above 50%");
         if (p.noShowBps > p.slashBps) revert InvalidParameters("noShowBps above slashBps");
         if (p.bondBps > 10_000) revert InvalidParameters("bondBps above 100%");
         _params = p;
+        parametersVersion += 1;
         emit ParametersUpdated(p);
     }
 
@@ -135,6 +153,7 @@ contract TrainingTasks is TrainingStakes {
 
     /// @notice Create a task paid by the caller (who approved the reward beforehand).
     function createTask(Terms calldata terms) external whenNotPaused nonReentrant returns (uint256 taskId) {
+        _checkVersion(terms);
         taskId = _create(terms, msg.sender);
         token.safeTransferFrom(msg.sender, address(this), terms.reward);
     }
@@ -150,6 +169,7 @@ contract TrainingTasks is TrainingStakes {
         Permit calldata permit
     ) external whenNotPaused nonReentrant returns (uint256 taskId) {
         if (block.timestamp > expiry) revert SignatureExpired(expiry);
+        _checkVersion(terms);
         uint256 nonce = _nonces[requester]++;
         if (!SignatureChecker.isValidSignatureNow(requester, termsDigest(terms, requester, nonce, expiry), signature)) {
             revert InvalidSignature(requester);
@@ -183,12 +203,12 @@ contract TrainingTasks is TrainingStakes {
         if (block.timestamp > t.submitDeadline) revert TooLate(taskId, Step.CommitSubmission, t.submitDeadline);
         if (msg.sender == t.requester) revert RequesterCannotSubmit(taskId);
         if (!isStaked(msg.sender, Role.Trainer)) revert NotStaked(msg.sender, Role.Trainer);
-        if (_submissionOf[taskId][msg.sender] != 0) revert AlreadySubmitted(taskId, msg.sender);
+        if (_submissionOf[taskId][msg.sender].index != 0) revert AlreadySubmitted(taskId, msg.sender);
         uint256 id = t.submissions;
         if (id >= MAX_SUBMISSIONS) revert TooManySubmissions(taskId, MAX_SUBMISSIONS);
         _lockBond(msg.sender, t.rules.bond);
         t.submissions = uint8(id + 1);
-        _submissionOf[taskId][msg.sender] = id + 1;
+        _submissionOf[taskId][msg.sender] = Entry(uint8(id + 1), uint40(block.timestamp));
         Submission storage s = _submissions[taskId][id];
         s.trainer = msg.sender;
         s.commitment = commitment;
@@ -197,7 +217,8 @@ contract TrainingTasks is TrainingStakes {
 
     /// @notice Open the caller's commitment, after the submission deadline and until the reveal deadline.
     /// The claim (the holdout score, millionths) must reach the task's minimum and the model must fit the
-    /// registry (ModelRegistry.checkModel), so an accepted model can always be registered.
+    /// registry (ModelRegistry.checkModel), so an accepted model can always be registered. An artifact
+    /// already revealed in another task before this commitment was made is refused: it could be a copy.
     function revealSubmission(
         uint256 taskId,
         string calldata modelCid,
@@ -210,7 +231,8 @@ contract TrainingTasks is TrainingStakes {
             revert TooEarly(taskId, Step.RevealSubmission, t.submitDeadline + 1);
         }
         if (block.timestamp > t.revealDeadline) revert TooLate(taskId, Step.RevealSubmission, t.revealDeadline);
-        uint256 index = _submissionOf[taskId][msg.sender];
+        Entry memory entry = _submissionOf[taskId][msg.sender];
+        uint256 index = entry.index;
         if (index == 0) revert NoCommitment(taskId, msg.sender);
         Submission storage s = _submissions[taskId][index - 1];
         if (s.revealed) revert AlreadyRevealed(taskId, msg.sender);
@@ -220,6 +242,12 @@ contract TrainingTasks is TrainingStakes {
         if (claim > SCORE_SCALE) revert ScoreOutOfRange(claim);
         if (claim < t.minScore) revert ClaimBelowMinimum(taskId, claim, t.minScore);
         registry.checkModel(modelCid, t.kind, t.decimals, t.featureCount);
+        FirstReveal memory first = _firstReveal[artifactSha256];
+        if (first.taskId == 0) {
+            _firstReveal[artifactSha256] = FirstReveal(uint64(taskId), uint40(block.timestamp));
+        } else if (first.taskId != taskId && first.revealedAt <= entry.committedAt) {
+            revert ArtifactRevealedElsewhere(taskId, artifactSha256, first.taskId);
+        }
         s.revealed = true;
         s.claim = uint32(claim);
         s.artifactSha256 = artifactSha256;
@@ -228,23 +256,22 @@ contract TrainingTasks is TrainingStakes {
         emit SubmissionRevealed(taskId, index - 1, msg.sender, modelCid, artifactSha256, claim);
     }
 
+    /// @notice Reveal the test set (anyone holding the preimage: the requester, its relayer) after the
+    /// submission reveals and before the test deadline; fixes the block that draws the validators.
+    function revealTestSet(uint256 taskId, string calldata testCid, bytes32 salt) external {
+        Task storage t = _openTask(taskId);
+        if (block.timestamp <= t.revealDeadline) revert TooEarly(taskId, Step.RevealTestSet, t.revealDeadline + 1);
+        if (block.timestamp > t.testDeadline) revert TooLate(taskId, Step.RevealTestSet, t.testDeadline);
+        if (t.testRevealed) revert AlreadyRevealed(taskId, msg.sender);
+        if (t.revealed == 0) revert NoSubmissions(taskId);
+        if (keccak256(abi.encode(testCid, salt)) != t.testSetCommitment) revert TestSetMismatch(taskId);
+        t.testRevealed = true;
+        t.testCid = testCid;
+        emit TestSetRevealed(taskId, testCid);
+        _fixDraw(taskId, t);
+    }
+
     // ------------------------------------------------------------- views
-
-    function getTask(uint256 taskId) external view returns (Task memory) {
-        Task memory t = _tasks[taskId];
-        if (t.status == Status.None) revert UnknownTask(taskId);
-        return t;
-    }
-
-    function getSubmission(uint256 taskId, uint256 submissionId) external view returns (Submission memory) {
-        if (submissionId >= _tasks[taskId].submissions) revert NoCommitment(taskId, address(0));
-        return _submissions[taskId][submissionId];
-    }
-
-    /// @notice The submission index + 1 of `trainer` on `taskId`, 0 when none.
-    function submissionOf(uint256 taskId, address trainer) external view returns (uint256) {
-        return _submissionOf[taskId][trainer];
-    }
 
     // solhint-disable-next-line func-name-mixedcase
     function DOMAIN_SEPARATOR() public view returns (bytes32) {
@@ -268,7 +295,14 @@ contract TrainingTasks is TrainingStakes {
             terms.scorePeriod
         );
         bytes memory tail = abi.encode(
-            terms.validations, terms.minScore, uint8(terms.kind), terms.decimals, terms.featureCount, nonce, expiry
+            terms.validations,
+            terms.minScore,
+            uint8(terms.kind),
+            terms.decimals,
+            terms.featureCount,
+            terms.parametersVersion,
+            nonce,
+            expiry
         );
         return keccak256(abi.encodePacked(hex"1901", DOMAIN_SEPARATOR(), keccak256(bytes.concat(head, tail))));
     }
@@ -304,7 +338,9 @@ contract TrainingTasks is TrainingStakes {
             validatorShareBps: p.validatorShareBps,
             slashBps: p.slashBps,
             noShowBps: p.noShowBps,
-            registers: terms.reward >= p.minRegistrationReward
+            registers: terms.reward >= p.minRegistrationReward && p.registrationsPerPeriod > 0,
+            registrationsPerPeriod: p.registrationsPerPeriod,
+            registrationPeriod: p.registrationPeriod
         });
         t.datasetCid = terms.datasetCid;
         t.specCid = terms.specCid;
@@ -326,23 +362,30 @@ contract TrainingTasks is TrainingStakes {
         );
     }
 
+    function _checkVersion(Terms calldata terms) private view {
+        if (terms.parametersVersion != parametersVersion) {
+            revert ParametersChanged(terms.parametersVersion, parametersVersion);
+        }
+    }
+
     /// @dev BadTerm names the term, its value and its range (Validations must also be odd; a CID's value
-    /// is its length). The spec CID and the model shape are checked by the registry, as it will check
-    /// the accepted model.
+    /// is its length). The reward must pay every seat at least minSeatReward from the validators' part.
+    /// The spec CID and the model shape are checked by the registry, as it will check the accepted model.
     function _checkTerms(Terms calldata terms, Parameters memory p) private view {
         uint256 length = bytes(terms.datasetCid).length;
         if (length == 0 || length > MAX_CID_LENGTH) revert BadTerm(Term.DatasetCid, length, 1, MAX_CID_LENGTH);
         registry.checkModel(terms.specCid, terms.kind, terms.decimals, terms.featureCount);
         if (terms.testSetCommitment == 0) revert BadTerm(Term.TestSetCommitment, 0, 1, type(uint256).max);
-        if (terms.reward == 0) revert BadTerm(Term.Reward, 0, 1, type(uint96).max);
-        if (terms.submitPeriod < p.minPeriod || terms.submitPeriod > MAX_PERIOD) {
-            revert BadTerm(Term.SubmitPeriod, terms.submitPeriod, p.minPeriod, MAX_PERIOD);
-        }
-        if (terms.scorePeriod < p.minPeriod || terms.scorePeriod > MAX_PERIOD) {
-            revert BadTerm(Term.ScorePeriod, terms.scorePeriod, p.minPeriod, MAX_PERIOD);
-        }
         uint256 v = terms.validations;
         if (v == 0 || v > MAX_VALIDATIONS || v % 2 == 0) revert BadTerm(Term.Validations, v, 1, MAX_VALIDATIONS);
+        uint256 minReward = (uint256(p.minSeatReward) * v * 10_000 + p.validatorShareBps - 1) / p.validatorShareBps;
+        if (terms.reward < minReward) revert BadTerm(Term.Reward, terms.reward, minReward, type(uint96).max);
+        if (terms.submitPeriod < p.minPeriod || terms.submitPeriod > p.maxPeriod) {
+            revert BadTerm(Term.SubmitPeriod, terms.submitPeriod, p.minPeriod, p.maxPeriod);
+        }
+        if (terms.scorePeriod < p.minPeriod || terms.scorePeriod > p.maxPeriod) {
+            revert BadTerm(Term.ScorePeriod, terms.scorePeriod, p.minPeriod, p.maxPeriod);
+        }
         if (terms.minScore > SCORE_SCALE) revert BadTerm(Term.MinScore, terms.minScore, 0, SCORE_SCALE);
     }
 

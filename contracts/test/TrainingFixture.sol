@@ -65,7 +65,7 @@ abstract contract TrainingFixture {
         token = new EMLToken(holders, amounts);
         initialSupply = token.totalSupply();
         registry = new ModelRegistry(ADMIN);
-        tasks = new TrainingTasks(token, registry, ADMIN, _params());
+        tasks = _newTasks(ADMIN);
         panel = TrainingValidation(address(tasks));
         bytes32 registrar = registry.REGISTRAR_ROLE();
         vm.prank(ADMIN);
@@ -79,6 +79,12 @@ abstract contract TrainingFixture {
             _stake(validators[i], TrainingBase.Role.Validator, STAKE);
         }
         vm.roll(block.number + 1);
+    }
+
+    /// @dev The market as a deployment makes it: the validation half first, then TrainingTasks.
+    function _newTasks(address admin) internal returns (TrainingTasks) {
+        TrainingValidation half = new TrainingValidation(token, registry);
+        return new TrainingTasks(token, registry, admin, _params(), address(half));
     }
 
     function _params() internal pure returns (TrainingBase.Parameters memory) {
@@ -98,7 +104,9 @@ abstract contract TrainingFixture {
             slashBps: 1_000,
             noShowBps: 200,
             bondBps: 1_000,
-            registrationsPerPeriod: 3
+            registrationsPerPeriod: 3,
+            minSeatReward: 1 ether,
+            maxPeriod: 7 days
         });
     }
 
@@ -111,7 +119,7 @@ abstract contract TrainingFixture {
 
     // ------------------------------------------------------------- creation
 
-    function _terms(uint8 validations, uint32 minScore) internal pure returns (TrainingTasks.Terms memory) {
+    function _terms(uint8 validations, uint32 minScore) internal view returns (TrainingTasks.Terms memory) {
         return TrainingTasks.Terms({
             datasetCid: "bafkreidataset",
             specCid: "bafkreispec",
@@ -123,17 +131,19 @@ abstract contract TrainingFixture {
             minScore: minScore,
             kind: ModelRegistry.ModelKind.Classification,
             decimals: 0,
-            featureCount: 13
+            featureCount: 13,
+            parametersVersion: tasks.parametersVersion()
         });
     }
 
     function _create(uint8 validations, uint32 minScore) internal returns (uint256 id) {
+        TrainingTasks.Terms memory terms = _terms(validations, minScore);
         vm.prank(requester);
-        id = tasks.createTask(_terms(validations, minScore));
+        id = tasks.createTask(terms);
     }
 
     function _task(uint256 id) internal view returns (TrainingBase.Task memory) {
-        return tasks.getTask(id);
+        return panel.getTask(id);
     }
 
     // ------------------------------------------------------------- submissions
@@ -174,7 +184,7 @@ abstract contract TrainingFixture {
 
     function _revealTest(uint256 id) internal {
         vm.prank(requester);
-        panel.revealTestSet(id, TEST_CID, TEST_SALT);
+        tasks.revealTestSet(id, TEST_CID, TEST_SALT);
     }
 
     /// @dev Commit from each trainer, reveal them all, reveal the test set.
@@ -240,6 +250,12 @@ abstract contract TrainingFixture {
         panel.revealScores(id, b.unusable, b.scores, _voteSalt(id, validator));
     }
 
+    /// @dev A model CID of its own for task `id`: honest artifacts differ between tasks (the spec's seed
+    /// is the task id), and one revealed in a task cannot be revealed in a later one.
+    function _model(uint256 id) internal pure returns (string memory) {
+        return string.concat(MODEL, vm.toString(id));
+    }
+
     function _scores(uint32 a) internal pure returns (uint32[] memory s) {
         s = new uint32[](1);
         s[0] = a;
@@ -250,15 +266,35 @@ abstract contract TrainingFixture {
         (s[0], s[1]) = (a, b);
     }
 
-    /// @dev Every seated validator commits `scores` (or reports unusable), then all reveal.
+    /// @dev Whether seat `i` is its validator's first seat (where its one ballot is kept).
+    function _firstSeat(uint256 id, address[] memory seated, uint256 i) internal view returns (bool) {
+        return seated[i] != address(0) && panel.seatOf(id, seated[i]) == i + 1;
+    }
+
+    /// @dev Every seated validator commits `scores` (with `unusable`: holdout scores for an unusable test
+    /// set), once however many seats it holds, then all reveal.
     function _allVote(uint256 id, bool unusable, uint32[] memory scores) internal {
         address[] memory seated = _seated(id);
         for (uint256 i; i < seated.length; ++i) {
-            if (seated[i] != address(0)) _commitVote(id, seated[i], unusable, unusable ? new uint32[](0) : scores);
+            if (_firstSeat(id, seated, i)) _commitVote(id, seated[i], unusable, scores);
         }
         for (uint256 i; i < seated.length; ++i) {
-            if (seated[i] != address(0)) _revealVote(id, seated[i]);
+            if (_firstSeat(id, seated, i)) _revealVote(id, seated[i]);
         }
+    }
+
+    /// @dev Every seat a different validator (for tests that give each seat its own ballot).
+    function _distinct(uint256 id) internal view returns (bool) {
+        address[] memory seated = _seated(id);
+        for (uint256 i; i < seated.length; ++i) {
+            if (seated[i] == address(0) || !_firstSeat(id, seated, i)) return false;
+        }
+        return true;
+    }
+
+    /// @dev Draw a panel whose seats are all different validators (the draw is with replacement).
+    function _drawDistinct(uint256 id) internal returns (bytes32) {
+        return _drawUntil(id, _distinct);
     }
 
     function _finalize(uint256 id) internal {

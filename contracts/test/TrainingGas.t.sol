@@ -56,8 +56,22 @@ contract TrainingGasTest is TrainingFixture {
         vm.roll(block.number + 1);
     }
 
-    /// @dev A task of 9 seats with 16 revealed 64-byte submissions, its panel drawn.
+    /// @dev Draw a panel of nine different validators (the most members to settle), measuring the draw.
+    function _drawNine(uint256 id, string memory label) internal {
+        uint256 snap = vm.snapshotState();
+        bytes32 seed = _drawDistinct(id);
+        vm.revertToState(snap);
+        _draw(id, seed);
+        _gas(label);
+    }
+
+    /// @dev A task of 9 seats with 16 revealed 64-byte submissions (test set revealed unless `abandoned`),
+    /// its panel drawn: nine different validators.
     function _bigTask() internal returns (uint256 id) {
+        return _bigTask(false);
+    }
+
+    function _bigTask(bool abandoned) internal returns (uint256 id) {
         id = _create(9, 800_000);
         for (uint256 i; i < 16; ++i) {
             _commit(id, _trainer(i), _cid(i), 900_000);
@@ -67,10 +81,15 @@ contract TrainingGasTest is TrainingFixture {
             _reveal(id, _trainer(i), _cid(i), 900_000);
             _gas("revealSubmission (64-byte CID)");
         }
-        _toTestWindow(id);
-        _revealTest(id);
-        _draw(id, keccak256("big"));
-        _gas("drawPanel, 9 seats");
+        if (abandoned) {
+            vm.warp(_task(id).testDeadline + 1);
+            _finalize(id);
+            _gas("finalizeTask: test set never revealed, starts the check");
+        } else {
+            _toTestWindow(id);
+            _revealTest(id);
+        }
+        _drawNine(id, "drawPanel, 9 seats");
     }
 
     function _scores16(uint32 first, uint32 rest) internal pure returns (uint32[] memory s) {
@@ -144,38 +163,52 @@ contract TrainingGasTest is TrainingFixture {
         _gas("useNonce");
     }
 
-    /// The largest settlement with a winner: 16 submissions, 9 seats, 4 validators outvoted and slashed,
-    /// 15 bonds forfeited, 5 validators paid, the model registered.
+    /// The largest settlement with a winner: 16 submissions, 9 seats, every validator outvoted on one
+    /// submission and slashed, 15 bonds forfeited (the majority voted their artifacts 0), the model
+    /// registered.
     function test_gas_worst_finalize_accepted() public {
         _bigCast();
         uint256 id = _bigTask();
         address[] memory seated = _seated(id);
-        for (uint256 i; i < 9; ++i) {
-            _commitVote(id, seated[i], false, i < 5 ? _scores16(950_000, 100_000) : _scores16(0, 1_000_000));
+        for (uint256 v; v < 9; ++v) {
+            uint32[] memory s = _scores16(950_000, 0);
+            s[v + 1] = 1_000_000; // seat v alone is far on submission v + 1
+            _commitVote(id, seated[v], false, s);
         }
         for (uint256 i; i < 9; ++i) {
             _revealVote(id, seated[i]);
             _gas("revealScores, 16 submissions");
         }
         _finalize(id);
-        _gas("finalizeTask: 9 seats, 16 submissions, 4 slashed, 15 bonds forfeited, registered");
+        _gas("finalizeTask: 9 seats, 16 submissions, 9 slashed, 15 bonds forfeited, registered");
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Accepted), "accepted");
+        vm.assertEq(tasks.pendingBurn(), 9 * 10 ether + 15 * 10 ether, "9 slashes, 15 bonds");
     }
 
-    /// The largest forfeit: 16 trainers and 5 validators paid one by one, 4 validators slashed.
+    /// @dev Sixteen different artifacts all verified on the holdout, by all nine validators.
+    function _allVerified() internal pure returns (uint32[] memory s) {
+        s = _scores16(900_000, 900_000);
+    }
+
+    /// The largest forfeit: an unusable test set, 16 different verified artifacts paid one by one and 9
+    /// validators paid.
     function test_gas_worst_finalize_unusable() public {
         _bigCast();
         uint256 id = _bigTask();
-        address[] memory seated = _seated(id);
-        for (uint256 i; i < 9; ++i) {
-            _commitVote(id, seated[i], i < 5, i < 5 ? new uint32[](0) : _scores16(950_000, 100_000));
-        }
-        for (uint256 i; i < 9; ++i) {
-            _revealVote(id, seated[i]);
-        }
+        _allVote(id, true, _allVerified());
         _finalize(id);
-        _gas("finalizeTask: 9 seats, 16 submissions, unusable (21 payments), 4 slashed");
+        _gas("finalizeTask: 9 seats, 16 submissions, unusable, 16 verified (25 payments)");
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Unusable), "unusable");
+    }
+
+    /// The test set never revealed: the check, then 16 different verified artifacts and 9 validators paid.
+    function test_gas_worst_finalize_abandoned() public {
+        _bigCast();
+        uint256 id = _bigTask(true);
+        _allVote(id, true, _allVerified());
+        _finalize(id);
+        _gas("finalizeTask: 9 seats, 16 submissions, abandoned, 16 verified (25 payments)");
+        vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Abandoned), "abandoned");
     }
 
     /// Every seat committed and none revealed: 9 validators slashed, 16 bonds released.
@@ -202,11 +235,15 @@ contract TrainingGasTest is TrainingFixture {
         _stake(requester, TrainingBase.Role.Validator, STAKE);
         vm.roll(block.number + 1);
         uint256 id = _bigTask();
+        address[] memory benched = _seated(id);
         vm.warp(_task(id).scoreDeadline + 1);
         panel.replaceNoShows(id);
         _gas("replaceNoShows, 9 no-shows");
-        _draw(id, keccak256("again"));
-        _gas("drawPanel, 9 seats");
+        for (uint256 i; i < 9; ++i) {
+            _stake(benched[i], TrainingBase.Role.Validator, 2 ether); // back in, so the next draw has as many
+        }
+        vm.roll(block.number + 1);
+        _drawNine(id, "drawPanel, 9 seats");
     }
 
     function test_gas_leaving_and_registration_retries() public {
@@ -223,7 +260,7 @@ contract TrainingGasTest is TrainingFixture {
         uint256[4] memory ids;
         for (uint256 i; i < 4; ++i) {
             ids[i] = _create(1, 800_000);
-            _submitAll(ids[i], _one(trainers[0]), _cids(MODEL), _claims(950_000));
+            _submitAll(ids[i], _one(trainers[0]), _cids(_model(ids[i])), _claims(950_000));
             _draw(ids[i], keccak256(abi.encode(i)));
             _allVote(ids[i], false, _scores(950_000));
         }

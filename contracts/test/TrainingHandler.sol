@@ -21,7 +21,8 @@ contract TrainingHandler is TrainingFixture {
     mapping(TrainingBase.Status => uint256) public outcomes;
     uint256 public stakesLost; // seated validators that lost stake at a settlement
     string[3] internal models = [MODEL, JUNK, "bafkreimodelmid"];
-    uint32[3] internal truth = [uint32(900_000), 100_000, 600_000];
+    /// @dev Test-set scores of the three models; junk fails its checks (its claim never reproduces).
+    uint32[3] internal truth = [uint32(900_000), 0, 600_000];
     mapping(uint256 => mapping(address => uint256)) internal modelOf; // task => trainer => index + 1
     mapping(uint256 => mapping(address => uint256)) internal claimOf;
 
@@ -84,6 +85,11 @@ contract TrainingHandler is TrainingFixture {
         return true;
     }
 
+    /// @dev Model `m` as trained for task `id` (honest artifacts differ between tasks).
+    function _cid(uint256 id, uint256 m) internal view returns (string memory) {
+        return string.concat(models[m], vm.toString(id));
+    }
+
     function _trainer(uint256 i) internal view returns (address) {
         return i % 5 == 4 ? spares[0] : trainers[i % 4];
     }
@@ -110,7 +116,7 @@ contract TrainingHandler is TrainingFixture {
             if (modelOf[id][who] != 0) continue;
             uint256 c = _task(id).minScore + uint256(claim) % 200_000;
             vm.prank(who);
-            try tasks.commitSubmission(id, _commitment(id, who, models[model % 3], c)) {
+            try tasks.commitSubmission(id, _commitment(id, who, _cid(id, model % 3), c)) {
                 modelOf[id][who] = model % 3 + 1;
                 claimOf[id][who] = c;
                 return;
@@ -126,7 +132,7 @@ contract TrainingHandler is TrainingFixture {
             address who = _trainer(uint256(trainer) + k);
             uint256 index = tasks.submissionOf(id, who);
             if (index == 0 || tasks.getSubmission(id, index - 1).revealed) continue;
-            string memory cid = models[modelOf[id][who] - 1];
+            string memory cid = _cid(id, modelOf[id][who] - 1);
             vm.prank(who);
             try tasks.revealSubmission(id, cid, _sha(cid), claimOf[id][who], _salt(who, id)) {} catch {}
             return;
@@ -136,7 +142,7 @@ contract TrainingHandler is TrainingFixture {
     function revealTest(uint256 seed) external {
         if (ids.length == 0) return;
         vm.prank(requester);
-        try panel.revealTestSet(_pick(seed, Phase.RevealTest), TEST_CID, TEST_SALT) {} catch {}
+        try tasks.revealTestSet(_pick(seed, Phase.RevealTest), TEST_CID, TEST_SALT) {} catch {}
     }
 
     function draw(uint256 seed) external {
@@ -149,16 +155,20 @@ contract TrainingHandler is TrainingFixture {
         try panel.drawPanel(id) {} catch {}
     }
 
-    /// @dev Each drawn, uncommitted seat commits, with a mode from `modes` (3 bits a seat): 0-3 honest (the
-    /// scores, or an unusable report on every fourth task, whose test set is bad); 4 random scores; 5 1.0
-    /// for all; 6 0 for all; 7 a false unusable report. One validator in eight of each task never commits.
+    /// @dev Each drawn, uncommitted validator commits (once, at its first seat), with a mode from `modes`
+    /// (3 bits a seat): 0-3 honest (the test-set scores, or on every fourth task, whose test set is bad,
+    /// and on a task whose test set was never revealed, an unusable report with the holdout scores); 4
+    /// random scores; 5 1.0 for all; 6 0 for all; 7 a false unusable report. One validator in eight of
+    /// each task never commits, one in eight never reveals. Honest votes are 0 for junk (it fails its
+    /// checks); holdout votes are the claims of the others (they reproduce).
     function commitVotes(uint256 seed, uint32 modes) external {
         if (ids.length == 0) return;
         uint256 id = _pick(seed, Phase.Panel);
         uint256 n = _task(id).validations;
         for (uint256 i; i < n; ++i) {
             TrainingBase.Seat memory st = panel.getSeat(id, i);
-            if (st.state != TrainingBase.SeatState.Drawn || _temper(id, st.validator) == 0) continue;
+            if (st.state != TrainingBase.SeatState.Drawn || panel.seatOf(id, st.validator) != i + 1) continue;
+            if (_temper(id, st.validator) == 0) continue;
             _commitBallot(id, st.validator, seed, (modes >> (3 * i)) & 7);
         }
     }
@@ -169,27 +179,31 @@ contract TrainingHandler is TrainingFixture {
     }
 
     function _commitBallot(uint256 id, address v, uint256 seed, uint256 mode) internal {
-        if (mode < 4 && id % 4 == 0) mode = 7;
-        uint32[] memory scores = new uint32[](mode == 7 ? 0 : _task(id).submissions);
+        TrainingBase.Task memory t = _task(id);
+        if (mode < 4 && (id % 4 == 0 || !t.testRevealed)) mode = 7;
+        uint32[] memory scores = new uint32[](t.submissions);
         for (uint256 i; i < scores.length; ++i) {
-            uint256 m = modelOf[id][tasks.getSubmission(id, i).trainer];
+            address trainer = tasks.getSubmission(id, i).trainer;
+            uint256 m = modelOf[id][trainer];
             if (mode < 4) scores[i] = m == 0 ? 0 : truth[m - 1];
             else if (mode == 4) scores[i] = uint32(uint256(keccak256(abi.encode(seed, i))) % 1_000_001);
             else if (mode == 5) scores[i] = 1_000_000;
+            else if (mode == 7) scores[i] = m == 0 || m == 2 ? 0 : uint32(claimOf[id][trainer]);
         }
         ballots[id][v] = Ballot(mode == 7, scores);
         vm.prank(v);
         try panel.commitScores(id, keccak256(abi.encode(id, v, mode == 7, scores, _voteSalt(id, v)))) {} catch {}
     }
 
-    /// @dev Each committed seat reveals (but the silent ones).
+    /// @dev Each committed validator reveals (but the silent ones).
     function revealVotes(uint256 seed) external {
         if (ids.length == 0) return;
         uint256 id = _pick(seed, Phase.Panel);
         uint256 n = _task(id).validations;
         for (uint256 i; i < n; ++i) {
             TrainingBase.Seat memory st = panel.getSeat(id, i);
-            if (st.state != TrainingBase.SeatState.Committed || _temper(id, st.validator) == 1) continue;
+            if (st.state != TrainingBase.SeatState.Committed || panel.seatOf(id, st.validator) != i + 1) continue;
+            if (_temper(id, st.validator) == 1) continue;
             Ballot memory b = ballots[id][st.validator];
             vm.prank(st.validator);
             try panel.revealScores(id, b.unusable, b.scores, _voteSalt(id, st.validator)) {} catch {}
@@ -205,13 +219,17 @@ contract TrainingHandler is TrainingFixture {
         if (ids.length == 0) return;
         uint256 id = _pick(seed, Phase.Any);
         uint256 n = _task(id).validations;
-        address[] memory seated = new address[](n);
-        uint256[] memory before = new uint256[](n);
+        Before memory b;
+        b.stake = new uint256[](n);
+        b.locked = new uint256[](n);
         for (uint256 i; i < n; ++i) {
-            seated[i] = panel.getSeat(id, i).validator;
-            if (seated[i] != address(0)) before[i] = _validatorStake(seated[i]);
+            address v = panel.getSeat(id, i).validator;
+            if (v == address(0)) continue;
+            b.stake[i] = _validatorStake(v);
+            b.locked[i] = panel.memberOf(id, v).locked;
         }
         try panel.finalizeTask(id) {
+            if (_task(id).status == TrainingBase.Status.Open) return; // an abandoned task's check began
             ++settlements[id];
             ++settledCount;
             for (uint256 k; k < open.length; ++k) {
@@ -221,7 +239,7 @@ contract TrainingHandler is TrainingFixture {
                 break;
             }
             ++outcomes[_task(id).status];
-            _checkSlashes(id, seated, before);
+            _checkSlashes(id, b);
         } catch {}
     }
 
@@ -298,60 +316,74 @@ contract TrainingHandler is TrainingFixture {
 
     // ------------------------------------------------------------- the independent reading of a verdict
 
+    /// @dev Each seat's validator's stake and lock on the task before the settlement.
+    struct Before {
+        uint256[] stake;
+        uint256[] locked;
+    }
+
     struct Reading {
         uint256 m;
-        uint256 unusable;
-        uint256 scored;
+        uint256[3] count; // revealed seats by kind: 1 holdout (unusable, or the test set never revealed), 2 test
+        uint256 judge; // the kind with a clear majority (0: none)
         uint256 tolerance;
     }
 
-    /// @dev Each seated validator's loss must match: never committed (a slice), committed and never
-    /// revealed, or outvoted by a clear majority (M of the panel's seats); and nobody else loses stake.
-    function _checkSlashes(uint256 id, address[] memory seated, uint256[] memory before) internal {
+    /// @dev Each seated validator's loss (once, at its first seat) must match: never committed (the
+    /// no-show part of its lock), committed and never revealed or outvoted by a clear majority (M of the
+    /// panel's seats; its whole lock); and nobody else loses stake.
+    function _checkSlashes(uint256 id, Before memory b) internal {
         TrainingBase.Task memory t = _task(id);
         Reading memory r;
         r.m = uint256(t.seated) / 2 + 1; // of the seats filled
         r.tolerance = t.rules.scoreTolerance;
-        TrainingBase.Seat[] memory seats = new TrainingBase.Seat[](seated.length);
-        for (uint256 i; i < seated.length; ++i) {
+        uint256 n = t.validations;
+        TrainingBase.Seat[] memory seats = new TrainingBase.Seat[](n);
+        uint8[] memory kind = new uint8[](n);
+        for (uint256 i; i < n; ++i) {
             seats[i] = panel.getSeat(id, i);
-            if (seats[i].state != TrainingBase.SeatState.Revealed) continue;
-            if (seats[i].unusable) ++r.unusable;
-            else ++r.scored;
+            if (seats[i].validator == address(0) || seats[i].state != TrainingBase.SeatState.Revealed) continue;
+            kind[i] = !t.testRevealed || seats[i].unusable ? 1 : 2;
+            ++r.count[kind[i]];
         }
-        for (uint256 i; i < seated.length; ++i) {
-            if (seated[i] == address(0)) continue;
-            bool lost = _validatorStake(seated[i]) < before[i];
+        if (r.count[1] >= r.m) r.judge = 1;
+        else if (r.count[2] >= r.m) r.judge = 2;
+        for (uint256 i; i < n; ++i) {
+            address v = seats[i].validator;
+            if (v == address(0) || panel.seatOf(id, v) != i + 1) continue;
+            bool lost = _validatorStake(v) < b.stake[i];
             if (lost) ++stakesLost;
-            bool owed;
-            if (seats[i].state != TrainingBase.SeatState.Revealed) {
-                owed = before[i] * (seats[i].state == TrainingBase.SeatState.Drawn ? t.rules.noShowBps : t.rules.slashBps) / 10_000 > 0;
-            } else if (r.unusable >= r.m) {
-                owed = !seats[i].unusable;
-            } else if (r.scored >= r.m) {
-                owed = seats[i].unusable || _outvoted(id, t, seats, i, r);
+            uint256 cut;
+            if (seats[i].state == TrainingBase.SeatState.Drawn) {
+                cut = t.rules.slashBps == 0 ? 0 : b.locked[i] * t.rules.noShowBps / t.rules.slashBps;
+            } else if (seats[i].state == TrainingBase.SeatState.Committed) {
+                cut = b.locked[i];
+            } else if (r.judge != 0 && (kind[i] != r.judge || _outvoted(id, t, seats, kind, i, r))) {
+                cut = b.locked[i];
             }
-            if (owed && before[i] * t.rules.noShowBps / 10_000 == 0) continue; // a cut of nothing
-            if (lost != owed) ++unexplainedSlashes;
+            if (lost != (cut > 0) || b.stake[i] - _validatorStake(v) != cut) ++unexplainedSlashes;
         }
     }
 
-    function _outvoted(uint256 id, TrainingBase.Task memory t, TrainingBase.Seat[] memory seats, uint256 who, Reading memory r)
-        internal
-        view
-        returns (bool)
-    {
+    function _outvoted(
+        uint256 id,
+        TrainingBase.Task memory t,
+        TrainingBase.Seat[] memory seats,
+        uint8[] memory kind,
+        uint256 who,
+        Reading memory r
+    ) internal view returns (bool) {
         for (uint256 j; j < t.submissions; ++j) {
             if (!tasks.getSubmission(id, j).revealed) continue;
-            uint32[] memory votes = new uint32[](r.scored);
+            uint32[] memory votes = new uint32[](r.count[r.judge]);
             uint256 k;
             for (uint256 i; i < seats.length; ++i) {
-                if (seats[i].state == TrainingBase.SeatState.Revealed && !seats[i].unusable) votes[k++] = seats[i].scores[j];
+                if (kind[i] == r.judge) votes[k++] = seats[i].scores[j];
             }
             // sort descending, take the m-th
             for (uint256 a; a < votes.length; ++a) {
-                for (uint256 b = a + 1; b < votes.length; ++b) {
-                    if (votes[b] > votes[a]) (votes[a], votes[b]) = (votes[b], votes[a]);
+                for (uint256 c = a + 1; c < votes.length; ++c) {
+                    if (votes[c] > votes[a]) (votes[a], votes[c]) = (votes[c], votes[a]);
                 }
             }
             uint256 decided = votes[r.m - 1];

@@ -60,7 +60,7 @@ contract TrainingRegistrationTest is TrainingFixture {
         uint256 start = block.timestamp;
         uint256[4] memory ids;
         for (uint256 i; i < 4; ++i) {
-            ids[i] = _acceptedTask(REWARD, MODEL);
+            ids[i] = _acceptedTask(REWARD, _model(i));
         }
         for (uint256 i; i < 4; ++i) {
             _finalize(ids[i]);
@@ -118,6 +118,9 @@ contract TrainingRegistrationTest is TrainingFixture {
         panel.retryRegistration(id);
         vm.assertEq(uint256(_registration(id)), uint256(TrainingBase.Registration.Registered), "registered");
         vm.assertEq(registry.getModel(_task(id).modelId).cid, MODEL, "the accepted model");
+        (uint256 first, uint256 waiting) = panel.registrationQueue();
+        vm.assertEq(first, 0, "the queue is empty");
+        vm.assertEq(waiting, 0, "nobody waits");
     }
 
     /// A caller cannot make the registration fail by sending too little gas: at every gas limit the

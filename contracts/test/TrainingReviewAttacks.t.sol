@@ -2,6 +2,7 @@
 pragma solidity 0.8.28;
 
 import {TrainingBase} from "../src/TrainingBase.sol";
+import {TrainingTasks} from "../src/TrainingTasks.sol";
 import {vm} from "./Base.sol";
 import {TrainingFixture} from "./TrainingFixture.sol";
 
@@ -22,8 +23,9 @@ contract TrainingReviewAttacksTest is TrainingFixture {
         return !_isSeated(id, sybilA) && !_isSeated(id, sybilB);
     }
 
+    /// @dev One sybil on the panel, every seat a different validator (each seat gets its own ballot).
     function _oneSybil(uint256 id) internal view returns (bool) {
-        return _isSeated(id, sybilA) != _isSeated(id, sybilB);
+        return _isSeated(id, sybilA) != _isSeated(id, sybilB) && _distinct(id);
     }
 
     function _status(uint256 id) internal view returns (TrainingBase.Status) {
@@ -113,7 +115,8 @@ contract TrainingReviewAttacksTest is TrainingFixture {
 
     /// When the lot does seat one sybil, it is outvoted: the junk model is not accepted, the good one is,
     /// the sybil is slashed and its stake burned; the honest validators get their share of the reward
-    /// and not a wei of the sybil's stake.
+    /// and not a wei of the sybil's stake. (Honest validators vote 0 for the junk: its claim does not
+    /// reproduce, so its bond is forfeited.)
     function test_item2_a_drawn_sybil_is_outvoted_and_its_stake_burned_not_paid_out() public {
         _stake(sybilA, TrainingBase.Role.Validator, STAKE);
         _stake(sybilB, TrainingBase.Role.Validator, STAKE);
@@ -123,7 +126,7 @@ contract TrainingReviewAttacksTest is TrainingFixture {
         address[] memory seated = _seated(id);
         for (uint256 i; i < 3; ++i) {
             bool sybil = seated[i] == sybilA || seated[i] == sybilB;
-            _commitVote(id, seated[i], false, sybil ? _scores(0, 1_000_000) : _scores(950_000, 100_000));
+            _commitVote(id, seated[i], false, sybil ? _scores(0, 1_000_000) : _scores(950_000, 0));
         }
         for (uint256 i; i < 3; ++i) {
             _revealVote(id, seated[i]);
@@ -180,8 +183,10 @@ contract TrainingReviewAttacksTest is TrainingFixture {
         }
     }
 
-    /// The test-set window is the contract's: a requester that keeps its test set past it loses the whole
-    /// escrow to the trainers who revealed (it has their models; it paid for them).
+    /// The test-set window is the contract's: a requester that keeps its test set past it gets nothing
+    /// back. Its first finalizeTask after the window draws a panel that checks the submissions on the
+    /// dataset's holdout; the verified ones share the trainers' part (the validators are paid theirs), the
+    /// junk loses its bond.
     function test_item3_a_requester_that_never_reveals_forfeits_the_escrow_to_the_trainers() public {
         uint256 id = _create(3, 800_000);
         _commit(id, trainers[0], MODEL, 950_000);
@@ -192,21 +197,28 @@ contract TrainingReviewAttacksTest is TrainingFixture {
         vm.warp(_task(id).testDeadline + 1);
         uint256 before = token.balanceOf(requester);
         vm.prank(trainers[0]);
+        panel.finalizeTask(id); // starts the check: a draw is fixed, nothing settled
+        vm.assertEq(uint256(_status(id)), uint256(TrainingBase.Status.Open), "still open");
+        vm.assertEq(_task(id).drawBlock, block.number + 2, "the checking panel's draw is fixed");
+        _draw(id, keccak256("check"));
+        _allVote(id, true, _scores(950_000, 0)); // the holdout: the model reproduces its claim, junk fails
         panel.finalizeTask(id);
         vm.assertEq(uint256(_status(id)), uint256(TrainingBase.Status.Abandoned), "abandoned");
         vm.assertEq(token.balanceOf(requester), before, "nothing back");
-        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 50 ether, "half");
-        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE + 50 ether, "half");
-        vm.assertEq(_stakeOf(trainers[1], TrainingBase.Role.Trainer).amount, STAKE, "bonds back: nothing was judged");
+        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 80 ether, "the verified model: 80 EML");
+        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE, "nothing for junk");
+        vm.assertEq(_stakeOf(trainers[1], TrainingBase.Role.Trainer).amount, STAKE - BOND, "and its bond is lost");
+        vm.assertEq(_stakeOf(trainers[0], TrainingBase.Role.Trainer).amount, STAKE, "the verified bond is back");
     }
 
     // ---------------------------------------------------------------- item 4: even panels, one vote
 
     function test_item4_even_panels_are_refused() public {
         for (uint8 v = 2; v <= 8; v += 2) {
+            TrainingTasks.Terms memory terms = _terms(v, 800_000);
             vm.prank(requester);
             vm.expectRevert(abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.Validations, v, 1, 9));
-            tasks.createTask(_terms(v, 800_000));
+            tasks.createTask(terms);
         }
     }
 
@@ -214,7 +226,7 @@ contract TrainingReviewAttacksTest is TrainingFixture {
     function test_item4_one_validator_rejecting_everything_is_outvoted() public {
         uint256 id = _create(3, 800_000);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(950_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
         _commitVote(id, seated[0], false, _scores(0));
         _commitVote(id, seated[1], false, _scores(950_000));
@@ -234,7 +246,7 @@ contract TrainingReviewAttacksTest is TrainingFixture {
     function test_item4_no_slash_without_a_clear_majority() public {
         uint256 id = _create(5, 300_000);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(950_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
         uint32[5] memory votes = [uint32(900_000), 900_000, 500_000, 500_000, 100_000];
         for (uint256 i; i < 5; ++i) {
@@ -253,14 +265,15 @@ contract TrainingReviewAttacksTest is TrainingFixture {
     // ---------------------------------------------------------------- item 5: an unusable test set
 
     /// The requester reveals a test set that matches its commitment but cannot be used: a majority of the
-    /// panel reports it, and the escrow goes to the trainers and those validators, not back.
+    /// panel reports it, with each artifact's holdout score, and the escrow goes to the verified trainers
+    /// and those validators, not back; the junk (its claim does not reproduce) loses its bond.
     function test_item5_an_unusable_test_set_forfeits_the_escrow() public {
         uint256 id = _create(3, 800_000);
         _submitAll(id, _two(trainers[0], trainers[1]), _cids(MODEL, JUNK), _claims(950_000, 900_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
-        _commitVote(id, seated[0], true, new uint32[](0));
-        _commitVote(id, seated[1], true, new uint32[](0));
+        _commitVote(id, seated[0], true, _scores(950_000, 0));
+        _commitVote(id, seated[1], true, _scores(950_000, 0));
         _commitVote(id, seated[2], false, _scores(0, 0)); // scored anyway
         for (uint256 i; i < 3; ++i) {
             _revealVote(id, seated[i]);
@@ -269,8 +282,9 @@ contract TrainingReviewAttacksTest is TrainingFixture {
         _finalize(id);
         vm.assertEq(uint256(_status(id)), uint256(TrainingBase.Status.Unusable), "unusable");
         vm.assertEq(token.balanceOf(requester), before, "no refund");
-        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 40 ether, "80 EML over two trainers");
-        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE + 40 ether, "80 EML over two trainers");
+        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 80 ether, "80 EML to the verified model");
+        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE, "nothing to junk");
+        vm.assertEq(_stakeOf(trainers[1], TrainingBase.Role.Trainer).amount, STAKE - BOND, "its bond lost");
         vm.assertEq(token.balanceOf(seated[0]), FUNDS - STAKE + 10 ether, "the reporters share 20 EML");
         vm.assertEq(_validatorStake(seated[2]), STAKE - 10 ether, "outvoted by the clear majority");
     }
@@ -279,9 +293,9 @@ contract TrainingReviewAttacksTest is TrainingFixture {
     function test_item5_one_false_unusable_report_is_outvoted() public {
         uint256 id = _create(3, 800_000);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(950_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
-        _commitVote(id, seated[0], true, new uint32[](0));
+        _commitVote(id, seated[0], true, _scores(950_000));
         _commitVote(id, seated[1], false, _scores(950_000));
         _commitVote(id, seated[2], false, _scores(950_000));
         for (uint256 i; i < 3; ++i) {
@@ -295,7 +309,8 @@ contract TrainingReviewAttacksTest is TrainingFixture {
     // ---------------------------------------------------------------- item 6: squatting the slots
 
     /// Sixteen sybil stakes fill every slot with junk: each loses its bond (burned), 160 EML in all for a
-    /// 100 EML task, whether it reveals or not; the requester gets its escrow back less the validators'.
+    /// 100 EML task, whether it reveals or not (validators vote 0: no junk claim reproduces); the
+    /// requester gets its escrow back less the validators'.
     function test_item6_squatting_every_slot_costs_every_bond() public {
         uint256 id = _create(3, 800_000);
         for (uint256 i; i < 16; ++i) {
@@ -314,7 +329,7 @@ contract TrainingReviewAttacksTest is TrainingFixture {
         _draw(id, keccak256("seed"));
         uint32[] memory junk = new uint32[](16);
         for (uint256 i; i < 16; ++i) {
-            junk[i] = 100_000;
+            junk[i] = 0;
         }
         _allVote(id, false, junk);
         uint256 before = token.balanceOf(requester);

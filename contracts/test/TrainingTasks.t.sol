@@ -30,7 +30,7 @@ contract TrainingTasksTest is TrainingFixture {
         _submitAll(id, _two(trainers[0], trainers[1]), _cids(MODEL, JUNK), _claims(950_000, 900_000));
         _draw(id, keccak256("seed"));
         address[] memory seated = _seated(id);
-        _allVote(id, false, _scores(950_000, 500_000));
+        _allVote(id, false, _scores(950_000, 0)); // the junk fails its checks: 0
         uint256 trainerBefore = token.balanceOf(trainers[0]);
         _finalize(id); // every seat revealed: no need to wait for the window's end
         TrainingBase.Task memory t = _task(id);
@@ -110,7 +110,9 @@ contract TrainingTasksTest is TrainingFixture {
         vm.assertEq(_stakeOf(trainers[1], TrainingBase.Role.Trainer).locked, 100 ether, "locked");
     }
 
-    function test_stakes_wait_for_the_delay_and_the_open_work() public {
+    /// Unstaking waits the delay; then everything but the bonds of open submissions comes back at once,
+    /// the bonds once their tasks settle.
+    function test_stakes_wait_for_the_delay_and_open_work_locks_only_its_bond() public {
         uint256 id = _create(1, 0);
         _commit(id, trainers[0], MODEL, 900_000);
         vm.startPrank(trainers[0]);
@@ -120,20 +122,28 @@ contract TrainingTasksTest is TrainingFixture {
         tasks.withdrawStake(TrainingBase.Role.Trainer);
         tasks.requestUnstake(TrainingBase.Role.Trainer);
         uint256 unlockAt = block.timestamp + 1 days;
-        vm.warp(unlockAt);
+        vm.warp(unlockAt - 1);
         vm.expectRevert(
             abi.encodeWithSelector(
                 TrainingBase.StakeLocked.selector, trainers[0], TrainingBase.Role.Trainer, unlockAt, 1
             )
         );
         tasks.withdrawStake(TrainingBase.Role.Trainer);
+        vm.warp(unlockAt);
+        tasks.withdrawStake(TrainingBase.Role.Trainer); // all but the open bond
+        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - BOND, "the free stake is back");
+        vm.assertEq(_stakeOf(trainers[0], TrainingBase.Role.Trainer).amount, BOND, "the bond stays");
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                TrainingBase.StakeLocked.selector, trainers[0], TrainingBase.Role.Trainer, unlockAt, 1
+            )
+        );
+        tasks.withdrawStake(TrainingBase.Role.Trainer); // nothing free left
         vm.stopPrank();
         vm.assertTrue(!tasks.isStaked(trainers[0], TrainingBase.Role.Trainer), "leaving: no new work");
         vm.warp(_task(id).revealDeadline + 1);
         _finalize(id); // unrevealed: Empty, the bond forfeited
-        vm.prank(trainers[0]);
-        tasks.withdrawStake(TrainingBase.Role.Trainer);
-        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - BOND, "the stake back less the forfeited bond");
+        vm.assertEq(_stakeOf(trainers[0], TrainingBase.Role.Trainer).amount, 0, "the bond went to the burn");
         vm.prank(trainers[0]);
         vm.expectRevert(
             abi.encodeWithSelector(TrainingBase.NothingStaked.selector, trainers[0], TrainingBase.Role.Trainer)
@@ -155,7 +165,7 @@ contract TrainingTasksTest is TrainingFixture {
         vm.roll(block.number + 1);
         for (uint256 s; s < 10; ++s) {
             uint256 id = _create(5, 0);
-            _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(900_000));
+            _submitAll(id, _one(trainers[0]), _cids(_model(id)), _claims(900_000));
             _draw(id, keccak256(abi.encode(s)));
             vm.assertTrue(!_isSeated(id, validators[0]) && !_isSeated(id, validators[1]), "never drawn");
             vm.assertEq(uint256(_task(id).seated), 5, "the five others");
@@ -165,7 +175,7 @@ contract TrainingTasksTest is TrainingFixture {
     function test_a_no_show_is_fined_benched_and_replaced() public {
         uint256 id = _create(3, 800_000);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(900_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
         _commitVote(id, seated[0], false, _scores(900_000));
         _commitVote(id, seated[1], false, _scores(900_000));
@@ -188,7 +198,7 @@ contract TrainingTasksTest is TrainingFixture {
         vm.assertTrue(!_stakeOf(seated[2], TrainingBase.Role.Validator).active, "benched");
         vm.assertTrue(!_isSeated(id, seated[2]), "unseated");
         vm.assertEq(_stakeOf(seated[2], TrainingBase.Role.Validator).openWork, 0, "free of the task");
-        _draw(id, keccak256("second round"));
+        _drawUntil(id, _seatTwoUncommitted); // (a draw that seats one of the two again: test_a_seat_...)
         address replacement = panel.getSeat(id, 2).validator;
         vm.assertTrue(replacement != address(0) && replacement != seated[2], "a new validator in the seat");
         vm.assertTrue(replacement != seated[0] && replacement != seated[1], "not one already seated");
@@ -208,10 +218,15 @@ contract TrainingTasksTest is TrainingFixture {
         vm.assertEq(weight, STAKE, "topped up: back in the draw");
     }
 
+    /// @dev Seat 2 went to a validator that has not committed (not one of the committed, drawn again).
+    function _seatTwoUncommitted(uint256 id) internal view returns (bool) {
+        return panel.getSeat(id, 2).state == TrainingBase.SeatState.Drawn;
+    }
+
     function test_after_the_last_round_the_panel_decides_with_the_seats_it_has() public {
         uint256 id = _create(3, 800_000);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(900_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory first = _seated(id);
         _commitVote(id, first[0], false, _scores(900_000));
         _commitVote(id, first[1], false, _scores(900_000));
@@ -220,7 +235,7 @@ contract TrainingTasksTest is TrainingFixture {
             vm.warp(_task(id).scoreDeadline + 1);
             missing[round - 1] = panel.getSeat(id, 2).validator;
             panel.replaceNoShows(id);
-            _draw(id, keccak256(abi.encode("round", round)));
+            _drawUntil(id, _seatTwoUncommitted);
         }
         missing[2] = panel.getSeat(id, 2).validator;
         uint256 deadline = _task(id).scoreDeadline;
@@ -241,9 +256,9 @@ contract TrainingTasksTest is TrainingFixture {
     function test_no_clear_majority_refunds_the_requester_less_the_validators() public {
         uint256 id = _create(3, 800_000);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(900_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
-        _commitVote(id, seated[0], true, new uint32[](0));
+        _commitVote(id, seated[0], true, _scores(900_000));
         _commitVote(id, seated[1], false, _scores(900_000));
         _commitVote(id, seated[2], false, _scores(900_000));
         _revealVote(id, seated[0]);
@@ -286,7 +301,8 @@ contract TrainingTasksTest is TrainingFixture {
         direct.finalizeTask(id);
         direct.burnPenalties();
         vm.assertEq(token.balanceOf(address(direct)), 0, "holds nothing");
-        vm.assertTrue(!direct.hasRole(direct.DEFAULT_ADMIN_ROLE(), ADMIN), "no roles");
+        (bool hasRoles,) = address(direct).staticcall(abi.encodeCall(tasks.hasRole, (bytes32(0), ADMIN)));
+        vm.assertTrue(!hasRoles, "no role code, so no roles");
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Open), "the task is untouched");
     }
 
@@ -295,9 +311,10 @@ contract TrainingTasksTest is TrainingFixture {
         _commit(id, trainers[0], MODEL, 900_000);
         vm.prank(ADMIN);
         tasks.pause();
+        TrainingTasks.Terms memory terms = _terms(1, 0);
         vm.prank(requester);
         vm.expectRevert(bytes4(keccak256("EnforcedPause()")));
-        tasks.createTask(_terms(1, 0));
+        tasks.createTask(terms);
         vm.prank(trainers[1]);
         vm.expectRevert(bytes4(keccak256("EnforcedPause()")));
         tasks.stake(TrainingBase.Role.Trainer, 1 ether);

@@ -54,7 +54,7 @@ contract TrainingTermsTest is TrainingFixture {
         bytes32 typeHash = keccak256(
             "TaskTerms(address requester,string datasetCid,string specCid,bytes32 testSetCommitment,"
             "uint96 reward,uint32 submitPeriod,uint32 scorePeriod,uint8 validations,uint32 minScore,uint8 kind,"
-            "uint8 decimals,uint16 featureCount,uint256 nonce,uint256 expiry)"
+            "uint8 decimals,uint16 featureCount,uint32 parametersVersion,uint256 nonce,uint256 expiry)"
         );
         bytes memory fields = bytes.concat(
             bytes32(uint256(uint160(who))),
@@ -72,6 +72,7 @@ contract TrainingTermsTest is TrainingFixture {
             bytes32(uint256(uint8(terms.kind))),
             bytes32(uint256(terms.decimals)),
             bytes32(uint256(terms.featureCount)),
+            bytes32(uint256(terms.parametersVersion)),
             bytes32(nonce),
             bytes32(expiry)
         );
@@ -169,6 +170,10 @@ contract TrainingTermsTest is TrainingFixture {
             vm.expectRevert(abi.encodeWithSelector(TrainingBase.InvalidSignature.selector, signer));
             _relay(t, signer, expiry, sig, _noPermit());
         }
+        TrainingTasks.Terms memory other = _terms(3, 800_000);
+        other.parametersVersion += 1; // terms for parameters that do not exist (yet)
+        vm.expectRevert(abi.encodeWithSelector(TrainingBase.ParametersChanged.selector, 2, 1));
+        _relay(other, signer, expiry, sig, _noPermit());
         vm.expectRevert(abi.encodeWithSelector(TrainingBase.InvalidSignature.selector, signer));
         _relay(signed, signer, expiry + 1, sig, _noPermit());
         vm.expectRevert(abi.encodeWithSelector(TrainingBase.InvalidSignature.selector, requester));
@@ -235,7 +240,7 @@ contract TrainingTermsTest is TrainingFixture {
         TrainingBase.Parameters memory p = _params();
         p.slashBps = 5_000;
         p.noShowBps = 5_000;
-        p.validatorShareBps = 0;
+        p.validatorShareBps = 5_000;
         p.bondBps = 5_000;
         p.revealPeriod = 7 days;
         p.scoreTolerance = 0;
@@ -249,7 +254,7 @@ contract TrainingTermsTest is TrainingFixture {
         vm.assertEq(after_.testDeadline, before.testDeadline, "windows unchanged");
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(950_000));
         vm.assertEq(_task(id).drawBlock, block.number + 2, "the old draw delay");
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
         _commitVote(id, seated[0], false, _scores(0));
         _commitVote(id, seated[1], false, _scores(950_000));
@@ -261,26 +266,55 @@ contract TrainingTermsTest is TrainingFixture {
         vm.assertEq(_validatorStake(seated[0]), STAKE - 10 ether, "the old 10 % slash");
         vm.assertEq(_validatorStake(seated[2]), STAKE, "the old tolerance");
         vm.assertEq(token.balanceOf(seated[1]), FUNDS - STAKE + 10 ether, "the old 20 % share");
+        vm.assertEq(token.balanceOf(seated[2]), FUNDS - STAKE + 10 ether, "the old 20 % share");
         vm.assertEq(uint256(_task(id).registration), uint256(TrainingBase.Registration.Registered), "old minimum");
         vm.assertEq(uint256(_task(_create(3, 800_000)).rules.bond), 50 ether, "a new task: the new bond");
     }
 
+    function _refused(TrainingBase.Parameters memory p, string memory reason) internal {
+        vm.prank(ADMIN);
+        vm.expectRevert(abi.encodeWithSelector(TrainingBase.InvalidParameters.selector, reason));
+        tasks.setParameters(p);
+    }
+
+    /// Every bound, at its edge: the value just past it is refused, the value at it accepted.
     function test_parameters_are_bounded() public {
         TrainingBase.Parameters memory p = _params();
         p.slashBps = 5_001;
-        vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(TrainingBase.InvalidParameters.selector, "a share above 50%"));
-        tasks.setParameters(p);
+        _refused(p, "a share above 50%");
         p = _params();
         p.noShowBps = p.slashBps + 1;
-        vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(TrainingBase.InvalidParameters.selector, "noShowBps above slashBps"));
-        tasks.setParameters(p);
+        _refused(p, "noShowBps above slashBps");
         p = _params();
         p.drawDelayBlocks = 0;
+        _refused(p, "drawDelayBlocks not 1..128");
+        p = _params();
+        p.unstakeDelay = 1 days - 1; // a validator weighed in a draw could leave before it is made
+        _refused(p, "unstakeDelay not 1..30 days");
+        p.unstakeDelay = 0;
+        _refused(p, "unstakeDelay not 1..30 days");
+        p = _params();
+        p.maxPeriod = 7 days + 1; // a silent seat could hold stakes longer
+        _refused(p, "a period above 7 days");
+        p = _params();
+        p.registrationPeriod = 7 days + 1; // the admin could stall registrations
+        _refused(p, "a period above 7 days");
+        p = _params();
+        p.minPeriod = p.maxPeriod + 1;
+        _refused(p, "not 0 < minPeriod <= maxPeriod");
+        p = _params();
+        p.validatorShareBps = 0; // a panel would work unpaid
+        _refused(p, "validators unpaid");
+        p = _params();
+        p.minSeatReward = 0;
+        _refused(p, "validators unpaid");
+        p = _params();
+        (p.unstakeDelay, p.maxPeriod, p.registrationPeriod, p.revealPeriod) = (1 days, 7 days, 7 days, 7 days);
+        p.minPeriod = 7 days;
+        p.registrationsPerPeriod = 0; // allowed: tasks created from now on register nothing
         vm.prank(ADMIN);
-        vm.expectRevert(abi.encodeWithSelector(TrainingBase.InvalidParameters.selector, "drawDelayBlocks outside 1..128"));
         tasks.setParameters(p);
+        vm.assertEq(uint256(tasks.parametersVersion()), 2, "every change moves the version");
         vm.prank(requester);
         vm.expectRevert(
             abi.encodeWithSelector(
@@ -296,7 +330,7 @@ contract TrainingTermsTest is TrainingFixture {
         address[] memory roles = new address[](1);
         roles[0] = ops;
         EthMLTimelock timelock = new EthMLTimelock(2 days, roles, roles);
-        TrainingTasks governed = new TrainingTasks(token, registry, address(timelock), _params());
+        TrainingTasks governed = _newTasks(address(timelock));
         TrainingBase.Parameters memory p = _params();
         p.slashBps = 2_000;
         vm.prank(ops);

@@ -50,7 +50,7 @@ contract TrainingWindowsTest is TrainingFixture {
         _reveal(id, trainers[0], MODEL, 900_000);
         vm.prank(requester);
         vm.expectRevert(abi.encodeWithSelector(TrainingBase.TestSetMismatch.selector, id));
-        panel.revealTestSet(id, "bafkreiother", TEST_SALT);
+        tasks.revealTestSet(id, "bafkreiother", TEST_SALT);
         vm.expectRevert(
             abi.encodeWithSelector(TrainingBase.TooEarly.selector, id, TrainingBase.Step.Finalize, t.testDeadline + 1)
         );
@@ -105,34 +105,58 @@ contract TrainingWindowsTest is TrainingFixture {
             )
         );
         tasks.createTask(terms);
+        // The validators' part (20 %) must pay each seat at least minSeatReward (1 EML): 15 EML for 3 seats.
         terms = _terms(3, 0);
-        terms.reward = 0;
+        terms.reward = 15 ether - 1;
         vm.expectRevert(
-            abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.Reward, 0, 1, type(uint96).max)
+            abi.encodeWithSelector(
+                TrainingBase.BadTerm.selector, TrainingBase.Term.Reward, 15 ether - 1, 15 ether, type(uint96).max
+            )
         );
         tasks.createTask(terms);
+        terms = _terms(9, 0);
+        terms.reward = 45 ether - 1;
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                TrainingBase.BadTerm.selector, TrainingBase.Term.Reward, 45 ether - 1, 45 ether, type(uint96).max
+            )
+        );
+        tasks.createTask(terms);
+        terms.reward = 45 ether;
+        tasks.createTask(terms); // exactly the minimum
         terms = _terms(3, 0);
         terms.submitPeriod = 9;
         vm.expectRevert(
-            abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.SubmitPeriod, 9, 10, 365 days)
+            abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.SubmitPeriod, 9, 10, 7 days)
         );
         tasks.createTask(terms);
         terms = _terms(3, 0);
-        terms.scorePeriod = 366 days;
+        terms.submitPeriod = 7 days + 1;
         vm.expectRevert(
-            abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.ScorePeriod, 366 days, 10, 365 days)
+            abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.SubmitPeriod, 7 days + 1, 10, 7 days)
         );
         tasks.createTask(terms);
+        terms = _terms(3, 0);
+        terms.scorePeriod = 7 days + 1;
+        vm.expectRevert(
+            abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.ScorePeriod, 7 days + 1, 10, 7 days)
+        );
+        tasks.createTask(terms);
+        terms.scorePeriod = 7 days;
+        tasks.createTask(terms); // the longest allowed
         for (uint8 v = 0; v <= 10; v += 2) {
+            terms = _terms(v, 0);
             vm.expectRevert(abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.Validations, v, 1, 9));
-            tasks.createTask(_terms(v, 0));
+            tasks.createTask(terms);
         }
+        terms = _terms(11, 0);
         vm.expectRevert(abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.Validations, 11, 1, 9));
-        tasks.createTask(_terms(11, 0));
+        tasks.createTask(terms);
+        terms = _terms(3, 1_000_001);
         vm.expectRevert(
             abi.encodeWithSelector(TrainingBase.BadTerm.selector, TrainingBase.Term.MinScore, 1_000_001, 0, 1_000_000)
         );
-        tasks.createTask(_terms(3, 1_000_001));
+        tasks.createTask(terms);
         vm.stopPrank();
     }
 
@@ -159,7 +183,7 @@ contract TrainingWindowsTest is TrainingFixture {
     function test_score_windows_and_refusals() public {
         uint256 id = _create(3, 0);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(900_000));
-        _draw(id, keccak256("seed"));
+        _drawDistinct(id);
         address[] memory seated = _seated(id);
         TrainingBase.Task memory t = _task(id);
         vm.prank(spares[0]);
@@ -179,8 +203,12 @@ contract TrainingWindowsTest is TrainingFixture {
         vm.expectRevert(abi.encodeWithSelector(TrainingBase.NoCommitment.selector, id, seated[1]));
         panel.revealScores(id, false, _scores(900_000), bytes32(0));
         _commitVote(id, seated[1], false, _scores(2_000_000));
+        vm.warp(block.timestamp + 10 minutes);
         _commitVote(id, seated[2], false, _scores(900_000));
-        // Every seat committed: reveals open before the commit window closes.
+        // Every seat committed: the commit window closes now and the reveals open, revealPeriod long.
+        vm.assertEq(_task(id).scoreDeadline, block.timestamp, "closed at the last commitment");
+        vm.assertTrue(block.timestamp < t.scoreDeadline, "before the commit period would have ended");
+        t = _task(id);
         vm.prank(seated[0]);
         vm.expectRevert(abi.encodeWithSelector(TrainingBase.ScoreCount.selector, 2, 1));
         panel.revealScores(id, false, _scores(900_000, 1), _voteSalt(id, seated[0]));

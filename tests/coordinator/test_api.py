@@ -57,6 +57,7 @@ def _valid(c: Coordinator, now: int, n: int = 0, **changes: Any) -> dict[str, An
         reward=5 * EML,
         terms_nonce=n,
         permit_nonce=n,
+        parameters_version=1,  # a fresh deployment's first parameters
         now=now,
     )
     for path, value in changes.items():
@@ -339,7 +340,7 @@ def test_a_spec_generated_from_the_schema_is_accepted(served: Served) -> None:
         # The requester signs the terms of this spec: its CID and its model's shape.
         valid = task_body(
             dev_account(REQUESTER), domain, spec=TaskSpec.model_validate(spec), dataset_cid=CID, test_cid=CID,
-            reward=5 * EML, terms_nonce=0, permit_nonce=0,
+            reward=5 * EML, terms_nonce=0, permit_nonce=0, parameters_version=1,
         )  # fmt: skip
         request = urllib.request.Request(
             served.base + "/api/tasks",

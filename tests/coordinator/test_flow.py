@@ -57,6 +57,7 @@ async def post_wine_task(c: Coordinator, key: str, *, trainers: int = 2, nonce: 
         reward=50 * EML,
         terms_nonce=nonce,
         permit_nonce=nonce,
+        parameters_version=1,  # a fresh deployment's first parameters
         trainers=trainers,
         now=await chain_now(c),
     )

@@ -39,7 +39,7 @@ async def test_terms_digest_and_commitments_match_the_contract() -> None:
     requester = dev_account(1)
     for n, (dataset, spec) in enumerate([("Qm" + "d" * 44, "bafy" + "s" * 55), ("", ""), ("x" * 64, "é" * 20)]):
         terms = Terms(dataset, spec, os.urandom(32), 10**18 * (n + 1), 60 + n, 3600 * n + 10, 2 * n + 1, 800_000, n % 2,
-                      n, 13 + n)  # fmt: skip
+                      n, 13 + n, 1 + 5 * n)  # fmt: skip
         nonce, expiry = n * 7, 1_800_000_000 + n
         digest = domain.digest(terms, requester.address, nonce, expiry)
         assert digest == await tasks.functions.termsDigest(terms.as_tuple(), requester.address, nonce, expiry).call()
@@ -49,6 +49,6 @@ async def test_terms_digest_and_commitments_match_the_contract() -> None:
     sha = os.urandom(32)
     args = (3, requester.address, "bafkrei" + "m" * 52, sha, 912_345, salt)
     assert submission_commitment(*args) == await tasks.functions.submissionCommitment(*args).call()
-    for unusable, scores in ((False, [1, 999_999, 0, 500_000]), (True, [])):
+    for unusable, scores in ((False, [1, 999_999, 0, 500_000]), (True, []), (True, [912_345, 0])):
         vote = (4, requester.address, unusable, scores, salt)
         assert score_commitment(*vote) == await tasks.functions.scoreCommitment(*vote).call()

@@ -30,6 +30,7 @@ from ethml.training.flow import (
     train_and_submit,
     validate_task,
 )
+from ethml.training.onchain import NotDrawn
 from ethml.training.trainer import submission_commitment
 from tests.node.conftest import System, make_system, wait_until
 
@@ -78,16 +79,27 @@ async def _stake_everyone(system: System) -> None:
         await stake(system.w3, system.deployment, dev_account(who), "validator", 100 * EML)
 
 
-async def _panel_votes(system: System, data_dir: Path, task_id: int) -> list[dict[str, Any]]:
-    """Every drawn validator scores and commits; then those whose reveal did not open yet reveal."""
-    votes = []
+async def _panel_votes(system: System, data_dir: Path, task_id: int) -> dict[int, dict[str, Any]]:
+    """Every drawn validator scores and commits (drawn with replacement, one may hold two seats and
+    another none); then those whose reveal did not open yet reveal. The votes by validator."""
+    votes: dict[int, dict[str, Any]] = {}
     for who in VALIDATORS:
-        votes.append(
-            await validate_task(system.w3, system.deployment, dev_account(who), system.ipfs, task_id, data_dir=data_dir)
-        )
-    assert [v["revealed"] for v in votes] == [False, False, True]  # the last commitment opens the reveals
-    for who in VALIDATORS[:2]:
-        assert await reveal_scores(system.w3, system.deployment, dev_account(who), task_id, data_dir)
+        try:
+            votes[who] = await validate_task(
+                system.w3, system.deployment, dev_account(who), system.ipfs, task_id, data_dir=data_dir
+            )
+        except NotDrawn:
+            continue
+    revealed = [v["revealed"] for v in votes.values()]
+    assert revealed == [False] * (len(votes) - 1) + [True], votes  # the last commitment opens the reveals
+    for who, vote in votes.items():
+        if not vote["revealed"]:
+            assert await reveal_scores(system.w3, system.deployment, dev_account(who), task_id, data_dir)
+    task = training_contract(system.w3, system.deployment.training or "")
+    seats = [await task.functions.memberOf(task_id, dev_account(w).address).call() for w in VALIDATORS]
+    assert sum(int(m[1]) for m in seats) == 3 and all(
+        (int(m[1]) > 0) == (w in votes) for w, m in zip(VALIDATORS, seats, strict=True)
+    )
     return votes
 
 
@@ -115,7 +127,7 @@ async def test_wine_task_is_trained_validated_accepted_and_served(tmp_path: Path
     watched = (FIRST, SECOND, *VALIDATORS)
     before = {a: await system.token.functions.balanceOf(dev_account(a).address).call() for a in watched}
     votes = await _panel_votes(system, tmp_path, task_id)
-    for v in votes:  # both honest models score above the minimum; the inflated claim does not reproduce: 0
+    for v in votes.values():  # both honest models score above the minimum; the inflated claim does not reproduce: 0
         assert not v["unusable"] and [s > 800_000 for s in v["scores"]] == [True, True, False], v
     info = await finalize_task(w3, dep, dev_account(REQUESTER), task_id)
     assert info["status"] == "accepted" and info["accepted_submission"] == 0, info  # the earliest commitment
@@ -124,7 +136,8 @@ async def test_wine_task_is_trained_validated_accepted_and_served(tmp_path: Path
     paid = {a: await system.token.functions.balanceOf(dev_account(a).address).call() - before[a] for a in watched}
     assert paid[FIRST] == 40 * EML  # 80 % of the reward; the validators share the other 20 %
     assert paid[SECOND] == 0
-    assert sum(paid[v] for v in VALIDATORS) == 10 * EML and all(paid[v] > 3 * EML for v in VALIDATORS)
+    # 10 EML shared per seat: a validator drawn twice holds two seats and is paid twice.
+    assert sum(paid[v] for v in VALIDATORS) == 10 * EML and all((paid[v] > 3 * EML) == (v in votes) for v in VALIDATORS)
     bonds = [s["bond"] for s in info["submissions"]]
     assert bonds == ["released", "released", "forfeited"], info["submissions"]
     stakes = [await stake_info(w3, dep, dev_account(a).address, "trainer") for a in (FIRST, SECOND, INFLATED)]
@@ -179,7 +192,7 @@ async def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> N
     time_travel(w3, REVEAL + 1)
     await reveal_test_set(w3, dep, dev_account(REQUESTER), task_id, tmp_path)
     votes = await _panel_votes(system, tmp_path, task_id)
-    for v in votes:
+    for v in votes.values():
         assert v["scores"] == [0] and "not a skops archive" in v["reasons"][0], v
     assert not marker.exists(), "nothing in the artifact ran"  # noqa: ASYNC240
     info = await finalize_task(w3, dep, dev_account(REQUESTER), task_id)
@@ -200,10 +213,42 @@ async def test_an_unusable_test_set_is_reported_and_pays_the_trainers(tmp_path: 
     await reveal_test_set(w3, dep, dev_account(REQUESTER), task_id, tmp_path)
     before = await system.token.functions.balanceOf(dev_account(FIRST).address).call()
     votes = await _panel_votes(system, tmp_path, task_id)
-    assert all(v["unusable"] and "no column" in v["reasons"][0] for v in votes), votes
+    # Reported unusable, with each artifact's score on the dataset's holdout (its claim reproduces).
+    assert all(v["unusable"] and "no column" in v["holdout"] for v in votes.values()), votes
+    claimed = (await task_info(w3, dep, task_id))["submissions"][0]["claimed"]
+    assert all(v["scores"] == [claimed] for v in votes.values()), votes
     info = await finalize_task(w3, dep, dev_account(REQUESTER), task_id)
     assert info["status"] == "unusable", info
     assert await system.token.functions.balanceOf(dev_account(FIRST).address).call() - before == 40 * EML
+
+
+async def test_a_test_set_never_revealed_is_checked_on_the_holdout(tmp_path: Path) -> None:
+    """The requester never reveals its test set. After the test deadline, validating fixes the draw of a
+    panel (the first finalizeTask does), which checks each artifact on the dataset's holdout: the honest
+    trainer's model is verified and shares the escrow, a claim the holdout does not reproduce loses its
+    bond, the requester gets nothing back."""
+    system = await make_system(tmp_path)
+    w3, dep = system.w3, system.deployment
+    await _stake_everyone(system)
+    task_id = await _post_wine_task(system, tmp_path)
+    await train_and_submit(w3, dep, dev_account(FIRST), system.ipfs, task_id, data_dir=tmp_path)
+    # The same model with a claim its holdout does not reproduce (further from it than claimSlack).
+    await train_and_submit(w3, dep, dev_account(INFLATED), system.ipfs, task_id, data_dir=tmp_path, claim=850_000)
+    time_travel(w3, PERIOD + 1)
+    for who in (FIRST, INFLATED):
+        await reveal_submission(w3, dep, dev_account(who), task_id, tmp_path)
+    time_travel(w3, 2 * REVEAL + 2)  # past the submissions' reveals and the test-set window
+    before = {a: await system.token.functions.balanceOf(dev_account(a).address).call() for a in (FIRST, REQUESTER)}
+    votes = await _panel_votes(system, tmp_path, task_id)
+    claimed = (await task_info(w3, dep, task_id))["submissions"][0]["claimed"]
+    for v in votes.values():
+        assert v["unusable"] and v["holdout"] == "the test set was never revealed", v
+        assert v["scores"] == [claimed, claimed], v  # holdout scores: one model, two claims
+    info = await finalize_task(w3, dep, dev_account(REQUESTER), task_id)
+    assert info["status"] == "abandoned", info
+    assert [s["bond"] for s in info["submissions"]] == ["released", "forfeited"], info["submissions"]
+    after = {a: await system.token.functions.balanceOf(dev_account(a).address).call() for a in (FIRST, REQUESTER)}
+    assert after[FIRST] - before[FIRST] == 40 * EML and after[REQUESTER] == before[REQUESTER]
 
 
 async def _answered(system: System, rid: int) -> bool:

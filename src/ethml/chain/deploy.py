@@ -90,8 +90,9 @@ class TrainingParameters:
     min_bond: int = 1 * EML
     #: An accepted model is registered only for tasks paying at least this.
     min_registration_reward: int = 10 * EML
-    #: Seconds between asking to unstake and withdrawing (days on a public chain).
-    unstake_delay: int = 300
+    #: Seconds between asking to unstake and withdrawing: at least a day (TrainingBase.MIN_UNSTAKE_DELAY,
+    #: longer than any draw looks back), at most 30 days.
+    unstake_delay: int = 24 * 3600
     #: The shortest submit and score periods a task may ask for (seconds; hours on a public chain).
     min_period: int = 10
     #: Each reveal window (submissions, test set, scores), seconds.
@@ -107,6 +108,12 @@ class TrainingParameters:
     no_show_bps: int = 200
     bond_bps: int = 1_000
     registrations_per_period: int = 24
+    #: A task's validators' part must pay at least this per seat: reward x validator_share_bps / 10,000
+    #: >= min_seat_reward x validations (a dust task cannot seat a panel and fine its no-shows).
+    min_seat_reward: int = EML // 10
+    #: The longest submit and score periods a task may ask for (seconds, at most 7 days), so one silent
+    #: seat cannot lock every stake of a task for long.
+    max_period: int = 7 * 24 * 3600
 
     def as_tuple(self) -> tuple[int, ...]:
         return (
@@ -126,6 +133,8 @@ class TrainingParameters:
             self.no_show_bps,
             self.bond_bps,
             self.registrations_per_period,
+            self.min_seat_reward,
+            self.max_period,
         )
 
 
@@ -279,10 +288,20 @@ async def _deploy_training(
     w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, params: TrainingParameters
 ) -> str:
     """TrainingTasks beside the oracle, paid in the token, holding the registry's registrar role so
-    accepted models get registered. Tasks are relayed on the requester's signed terms, so no relayer
-    role is granted to anyone."""
+    accepted models get registered. Its code runs in two halves: TrainingValidation (the panel and the
+    settlement) is deployed first and its address given to TrainingTasks' constructor, which checks that
+    it was made for the same token and registry. Tasks are relayed on the requester's signed terms, so no
+    relayer role is granted to anyone."""
+    validation = await _deploy(w3, deployer, "TrainingValidation", deployment.token, deployment.registry)
     address = await _deploy(
-        w3, deployer, "TrainingTasks", deployment.token, deployment.registry, deployer.address, params.as_tuple()
+        w3,
+        deployer,
+        "TrainingTasks",
+        deployment.token,
+        deployment.registry,
+        deployer.address,
+        params.as_tuple(),
+        validation,
     )
     registry = registry_contract(w3, deployment.registry)
     role = await registry.functions.REGISTRAR_ROLE().call()

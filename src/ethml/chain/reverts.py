@@ -76,7 +76,7 @@ TERMS = {
 }
 #: TrainingTasks.Status and TrainingTasks.Registration.
 TASK_STATUSES = ("none", "open", "accepted", "rejected", "unusable", "abandoned", "empty", "undecided")
-REGISTRATIONS = ("none", "registered", "below the minimum reward", "deferred", "failed")
+REGISTRATIONS = ("none", "registered", "below the minimum reward", "deferred", "failed", "closed")
 
 #: What users are told, by error name. Keys are error names; templates name the error's arguments.
 MESSAGES: dict[str, str | tuple[str, ...]] = {
@@ -89,8 +89,8 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     ),
     "NothingStaked": "account {account} has no {role:stake_role} stake",
     "StakeLocked": (
-        "account {account}'s {role:stake_role} stake is locked until {unlockAt:time} and while it has open work "
-        "({openWork} submissions or seats in open tasks)"
+        "account {account}'s {role:stake_role} stake can be withdrawn from {unlockAt:time}, all but what its open "
+        "work locks ({openWork} submissions or panels in open tasks); nothing is free to withdraw now"
     ),
     "UnstakeNotRequested": (
         "account {account} has not asked to unstake its {role:stake_role} stake yet (`ethml unstake --role "
@@ -104,6 +104,10 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     ),
     # TrainingTasks: terms and tasks
     "BadTerm": "invalid task terms: {term:term} is {value:,}, allowed {min:,} to {max:,}",
+    "ParametersChanged": (
+        "the terms were made under the market's parameters version {termsVersion}, and they are now version "
+        "{currentVersion}: make (and sign) the terms again"
+    ),
     "SignatureExpired": "the requester's signed terms expired at {expiry:time}",
     "InvalidSignature": (
         "the terms are not signed by the requester {requester} (a term, the nonce or the expiry differs from what "
@@ -123,6 +127,10 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "TooManySubmissions": "task {taskId} has its {max} submissions and takes no more",
     "NoCommitment": "account {account} has nothing committed on task {taskId} to reveal",
     "ClaimBelowMinimum": "a claimed score of {claim:score} is below task {taskId}'s minimum of {minScore:score}",
+    "ArtifactRevealedElsewhere": (
+        "the artifact {artifactSha256} was revealed in task {otherTaskId} before this commitment to task {taskId} "
+        "was made: it could be a copy, so task {taskId} refuses it"
+    ),
     "ScoreOutOfRange": "score {score:,} is above 1.0 (1,000,000)",
     "NoSubmissions": "task {taskId} has no revealed submission, so there is nothing to test",
     "TestSetMismatch": "the test set does not match task {taskId}'s commitment",
@@ -140,6 +148,10 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     ),
     # TrainingTasks: settlement
     "NotRetryable": "task {taskId}'s model registration cannot be retried (it is {registration:registration})",
+    "NotFirstInLine": (
+        "task {taskId} is not first in the registration queue: task {firstTaskId} registers before it "
+        "(retryRegistration serves the queue in order)"
+    ),
     "RegistrationCapReached": "this period's registrations are used up; the next window opens at {nextWindowAt:time}",
     "NotEnoughGas": "the transaction needs at least {needed:,} gas left for the model registration; give it more",
     "EnforcedPause": "the contract is paused",

@@ -90,7 +90,7 @@ def _required(account: int | None, command: str) -> int:
     if account is None:
         raise ConfigError(
             f"`ethml {command}` needs --account N, the account that acts and holds the stake (no default: the "
-            "README's walkthrough mines with 0-4, trains with 5, validates with 6-8 and requests with 9)"
+            "README's walkthrough mines with 0-4, trains with 5, validates with 6 and requests with 9)"
         )
     return account
 
@@ -416,9 +416,13 @@ def validate(
     max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
     """Vote on a task this account was drawn for: draw the panel if the draw is due, score every
-    submission on the revealed test set (in parallel on a Dask cluster with --dask) or report the test
-    set unusable, and commit the vote; the scores are revealed once every seat has committed (at once
-    if this was the last; --wait waits for it; otherwise run the same command again then)."""
+    submission on the revealed test set (in parallel on a Dask cluster with --dask; 0 for an artifact
+    that fails its checks), and commit the vote; the scores are revealed once every seat has committed
+    (at once if this was the last; --wait waits for it; otherwise run the same command again then).
+    A test set that cannot be used is reported unusable, with each artifact's score on the dataset's
+    holdout; on a task whose test set was never revealed, this fixes the draw of the panel that checks
+    the submissions on the holdout (after the test deadline) and, if drawn, votes holdout scores. A
+    validator drawn several times holds several seats and votes once for all of them."""
     from ethml.training.flow import validate_task
 
     index = _required(account, "validate")
@@ -435,7 +439,8 @@ def validate(
         echo_json(vote)
         return
     if vote["unusable"]:
-        typer.echo(f"task {task}, seat {vote['seat']}: reported the test set unusable ({vote['reasons'][0]})")
+        why = vote.get("holdout") or "the test set is unusable"
+        typer.echo(f"task {task}, seat {vote['seat']}: {why}; the scores below are on the dataset's holdout")
     for i, (score, why) in enumerate(zip(vote["scores"], vote["reasons"], strict=False)):
         typer.echo(f"submission {i}: {score / 1e6:.6f}" + (f" ({why})" if why else ""))
     if vote["revealed"]:

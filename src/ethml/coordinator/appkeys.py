@@ -12,6 +12,7 @@ from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.permit import PermitDomain
 from ethml.coordinator.store import Store
 from ethml.ipfs import IpfsClient
+from ethml.training.rules import RulesCache
 from ethml.training.terms import TermsDomain
 
 CONFIG = web.AppKey("config", ServeConfig)
@@ -22,5 +23,7 @@ CHAIN = web.AppKey("chain", Chain)
 PERMITS = web.AppKey("permits", PermitDomain)
 #: The EIP-712 domain of the task terms requesters sign (TrainingTasks on this chain).
 TERMS = web.AppKey("terms", TermsDomain)
+#: The market's parameters terms must meet (minimum seat reward, periods, parameters version), cached.
+RULES = web.AppKey("rules", RulesCache)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 IPFS = web.AppKey("ipfs", IpfsClient)

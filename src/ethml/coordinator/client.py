@@ -42,6 +42,7 @@ def task_body(
     reward: int,
     terms_nonce: int,
     permit_nonce: int | None,
+    parameters_version: int,
     validations: int = 3,
     min_score: float = 0.8,
     submit_seconds: int = 3600,
@@ -52,9 +53,10 @@ def task_body(
     now: int | None = None,
 ) -> dict[str, Any]:
     """The JSON body of `POST /api/tasks`: the terms signed by `requester` (with its next TrainingTasks
-    nonce, `terms_nonce`), a fresh salt for the test-set commitment, and a permit of the reward (with
-    the token nonce `permit_nonce`; None for none, when the requester approved TrainingTasks itself).
-    The terms may be relayed for `expiry_seconds`."""
+    nonce, `terms_nonce`, and the market's `parameters_version`: TrainingTasks.parametersVersion()), a
+    fresh salt for the test-set commitment, and a permit of the reward (with the token nonce
+    `permit_nonce`; None for none, when the requester approved TrainingTasks itself). The terms may be
+    relayed for `expiry_seconds`."""
     now = int(time.time()) if now is None else now
     salt = "0x" + os.urandom(32).hex()
     commitment = commitment_hex(test_cid, salt)
@@ -68,6 +70,7 @@ def task_body(
         score_period=score_seconds,
         validations=validations,
         min_score=min_score_units(min_score),
+        parameters_version=parameters_version,
     )
     expiry = now + expiry_seconds
     signature = sign_terms(requester.key, TermsDomain(domain.chain_id, domain.spender), terms, terms_nonce, expiry)
@@ -84,6 +87,7 @@ def task_body(
         "trainers": trainers,
         "requester": requester.address,
         "nonce": terms_nonce,
+        "parameters_version": parameters_version,
         "expiry": expiry,
         "signature": "0x" + signature.hex(),
     }

@@ -112,12 +112,20 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
         seat, validator = int(args["seat"]), args["validator"]
         draw = int(doc.get("draw") or 1)
 
+        # Drawn with replacement: a validator drawn k times holds k seats and casts one ballot, so it
+        # gets one job (at its first seat of the panel it sits on).
+        first_seat = [True]
+
         def drawn(d: dict[str, Any]) -> None:
             if _seat(d, seat, validator) is None:
+                first_seat[0] = not any(
+                    e["validator"] == validator and e["state"] in ("drawn", "committed", "revealed")
+                    for e in d.setdefault("panel", [])
+                )
                 d["panel"].append({"seat": seat, "validator": validator, "draw": draw, "state": "drawn"})
 
         doc = await store.update_task(task_id, drawn)
-        if doc is not None:
+        if doc is not None and first_seat[0]:
             chain_task = str(doc["chain_task_id"])
             job = {"task": task_id, "chain_task": chain_task, "kind": "validate", "address": validator}
             await store.enqueue_job("validator", f"{chain_task}:validate:{(draw - 1) * SEATS_PER_DRAW + seat}", job)
@@ -125,15 +133,17 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
         seat, validator = int(args["seat"]), args["validator"]
 
         def voted(d: dict[str, Any]) -> None:
-            entry = _seat(d, seat, validator)
-            if entry is None:
+            # One ballot for every seat the validator holds on this panel (the event names its first).
+            if _seat(d, seat, validator) is None:
                 return
-            if name == "ScoresCommitted":
-                if entry["state"] == "drawn":
+            for entry in d["panel"]:
+                if entry["validator"] != validator or entry["state"] not in ("drawn", "committed"):
+                    continue
+                if name == "ScoresCommitted":
                     entry["state"] = "committed"
-                return
-            entry.update(state="revealed", unusable=bool(args["unusable"]), tx=tx)
-            entry["scores"] = [int(v) for v in args["scores"]]
+                    continue
+                entry.update(state="revealed", unusable=bool(args["unusable"]), tx=tx)
+                entry["scores"] = [int(v) for v in args["scores"]]
 
         await store.update_task(task_id, voted)
     elif name == "NoShow":
@@ -159,9 +169,15 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
                 if score is not None and i < len(d["submissions"]) and d["submissions"][i] is not None:
                     d["submissions"][i]["score"] = score
             if status == "abandoned":
-                d["error"] = "the test set was never revealed: the escrow went to the trainers"
+                d["error"] = (
+                    "the test set was never revealed: the trainers whose models the panel verified on the holdout "
+                    "shared the escrow (the requester's, if none)"
+                )
             elif status == "unusable":
-                d["error"] = "the panel found the test set unusable: the escrow went to the trainers"
+                d["error"] = (
+                    "the panel found the test set unusable: the trainers whose models it verified on the holdout "
+                    "shared the escrow (the requester's, if none)"
+                )
             elif status == "rejected":
                 d["error"] = "no submission reached the minimum score (or its claim) by the panel's majority"
             elif status == "empty":

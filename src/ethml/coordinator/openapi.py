@@ -68,10 +68,12 @@ checks the signature of every term, so the relayer cannot change one.
 The signature is the requester's EIP-712 signature of TaskTerms (domain "EthML TrainingTasks",
 version "1", this chain, the TrainingTasks contract; docs/training.md lists the fields) over
 spec_cid, dataset_cid, test_set_commitment, reward, submit_seconds, score_seconds, validations,
-round(min_score x 1,000,000), the model shape the spec gives (kind, decimals, feature count), nonce
-and expiry. Beyond this schema the server checks, and answers 422 naming the field: spec_cid is the
-CID of the spec's canonical JSON; the signature recovers requester; validations is odd; expiry has
-not passed; the permit (optional: without it the requester must have approved the reward) is signed
+round(min_score x 1,000,000), the model shape the spec gives (kind, decimals, feature count),
+parameters_version (TrainingTasks.parametersVersion()), nonce and expiry. Beyond this schema the
+server checks, and answers 422 naming the field: spec_cid is the CID of the spec's canonical JSON;
+the terms meet the market's current parameters (parameters_version is the contract's; the reward
+pays each validator seat minSeatReward from the validators' part; both periods within minPeriod and
+maxPeriod); the signature recovers requester; validations is odd; expiry has not passed; the permit (optional: without it the requester must have approved the reward) is signed
 by permit.owner for this chain, EML token and TrainingTasks, its owner is the requester, its value
 the reward and its deadline has not passed; test_set matches test_set_commitment; the spec's target
 is not among its features. The nonce is checked against the chain when the relayer sends the task

@@ -51,6 +51,7 @@ def _terms(doc: dict[str, Any]) -> Terms:
         score_period=int(doc["score_seconds"]),
         validations=int(doc["validations"]),
         min_score=min_score_units(float(doc["min_score"])),
+        parameters_version=int(doc["parameters_version"]),
     )
 
 

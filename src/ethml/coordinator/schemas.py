@@ -153,6 +153,9 @@ class TaskCreate(Strict):
     trainers: JsonInt = Field(default=2, ge=1, le=8, description="training jobs to hand out")
     requester: Address
     nonce: JsonInt = Field(ge=0, le=2**64, description="TrainingTasks.nonces(requester) when relayed")
+    parameters_version: JsonInt = Field(
+        ge=1, le=2**32 - 1, description="TrainingTasks.parametersVersion() the terms were made under, as signed"
+    )
     expiry: JsonInt = Field(ge=0, le=2**40, description="unix seconds: the terms may be relayed until then")
     signature: Annotated[
         str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{130}$"), Field(description="65 bytes: r, s, v")
@@ -191,6 +194,7 @@ class TaskCreate(Strict):
             score_period=self.score_seconds,
             validations=self.validations,
             min_score=min_score_units(self.min_score),
+            parameters_version=self.parameters_version,
         )
 
 

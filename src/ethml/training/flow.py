@@ -49,10 +49,18 @@ from ethml.training.onchain import (
     training,
     write_secret,
 )
+from ethml.training.rules import read_rules
 from ethml.training.spec import TaskSpec
 from ethml.training.terms import Terms
 from ethml.training.trainer import ARTIFACT_LIMIT, reveal_submission, train_and_submit
-from ethml.training.validator import NOT_THIS_VOTE, draw_panel, replace_no_shows, reveal_scores, validate_task
+from ethml.training.validator import (
+    NOT_THIS_VOTE,
+    draw_panel,
+    fix_holdout_draw,
+    replace_no_shows,
+    reveal_scores,
+    validate_task,
+)
 
 __all__ = [
     "ARTIFACT_LIMIT",
@@ -130,9 +138,12 @@ async def request_unstake(w3: AsyncWeb3[Any], deployment: Deployment, account: L
 
 
 async def withdraw_stake(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccount, role: str) -> int:
-    """Pay the stake back (after `request_unstake`'s delay, with no open work); returns the amount in wei."""
+    """Pay the stake back after `request_unstake`'s delay (at least a day): all of it but what open work
+    locks (bonds of open submissions, seats on open panels), the rest by calling this again once that
+    work is settled; returns the amount paid in wei."""
     tasks = training(w3, deployment)
-    amount = int((await stake_info(w3, deployment, account.address, role))["amount"])
+    info = await stake_info(w3, deployment, account.address, role)
+    amount = int(info["amount"]) - int(info["locked"])
     await clock.catch_up(w3, account)
     await send(w3, account, tasks.functions.withdrawStake(ROLES[role]), what=f"withdrawing the {role} stake")
     return amount
@@ -201,6 +212,7 @@ async def create_task(
     dataset_cid = str(ipfs.add_bytes(dataset, 1))
     test_cid = str(ipfs.add_bytes(test_set, 1))
     salt = os.urandom(32)
+    rules = await read_rules(w3, deployment)
     terms = Terms.for_spec(
         spec,
         dataset_cid=dataset_cid,
@@ -211,7 +223,11 @@ async def create_task(
         score_period=score_seconds,
         validations=validations,
         min_score=min_score,
+        parameters_version=rules.version,
     )
+    problems = rules.problems(terms)
+    if problems:
+        raise TaskError("; ".join(problems))
     tasks = training(w3, deployment)
     call = tasks.functions.createTask(terms.as_tuple())
     await _check_terms(w3, deployment, requester, call, reward)
@@ -299,10 +315,12 @@ async def _until_finalizable(
         closes = t.submit_deadline if t.submissions == 0 else t.reveal_deadline
         await clock.wait_past(w3, closes, f"task {t.id}'s submissions to close", progress, account)
         return True
-    if not t.test_revealed:
+    if not t.test_revealed and t.round == 0 and not t.draw_block:
         if await clock.chain_now(w3) > t.test_deadline:
-            await clock.wait_past(w3, t.test_deadline, f"task {t.id}'s test-set deadline", progress, account)
-            return True
+            # Never revealed: this finalizeTask fixes the draw of the panel that checks the submissions
+            # on the dataset's holdout; the task settles (Abandoned) after that panel.
+            await fix_holdout_draw(w3, deployment, account, t.id)
+            return False
         await _wait_or_change(w3, t.test_deadline, f"task {t.id}'s test set", progress, account)
         return False
     if t.draw_block:

@@ -19,7 +19,7 @@ from ethml.errors import EthmlError
 
 ROLES = {"trainer": 0, "validator": 1}
 STATUSES = ("none", "open", "accepted", "rejected", "unusable", "abandoned", "empty", "undecided")
-REGISTRATIONS = ("none", "registered", "below the minimum reward", "deferred", "failed")
+REGISTRATIONS = ("none", "registered", "below the minimum reward", "deferred", "failed", "closed")
 SEAT_STATES = ("empty", "drawn", "committed", "revealed")
 BONDS = ("locked", "released", "forfeited")
 #: TrainingTasks.MAX_ROUNDS: the first draw and up to two for no-shows' seats.
@@ -162,7 +162,10 @@ def finalizable(t: TaskState, now: int) -> bool:
     if t.revealed == 0:
         return now > (t.submit_deadline if t.submissions == 0 else t.reveal_deadline)
     if not t.test_revealed:
-        return now > t.test_deadline
+        if now <= t.test_deadline:
+            return False
+        if t.round == 0 and not t.draw_block:
+            return True  # this finalizeTask fixes the draw of the holdout panel; the task settles after it
     if t.draw_block or (t.committed < t.validations and t.round < MAX_ROUNDS):
         return False
     return t.votes >= t.validations or now > t.reveal_closes
@@ -187,7 +190,11 @@ def phase(task: TaskState, now: int) -> str:
     if not t.test_revealed:
         if now <= t.test_deadline:
             return f"the requester reveals the test set until {local_time(t.test_deadline)}"
-        return "the test set was never revealed: anyone may finalize it (the escrow goes to the trainers)"
+        if t.round == 0 and not t.draw_block:
+            return (
+                "the test set was never revealed: the next finalizeTask (anyone may) fixes the draw of a panel "
+                "that checks the submissions on the dataset's holdout; verified ones share the escrow"
+            )
     if t.draw_block:
         return f"validators are drawn from block {t.draw_block}'s hash once it is mined (anyone may draw them)"
     if t.committed < t.validations and t.round < MAX_ROUNDS:

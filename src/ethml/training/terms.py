@@ -21,7 +21,7 @@ DOMAIN_TYPEHASH = keccak256(b"EIP712Domain(string name,string version,uint256 ch
 TERMS_TYPE = (
     "TaskTerms(address requester,string datasetCid,string specCid,bytes32 testSetCommitment,uint96 reward,"
     "uint32 submitPeriod,uint32 scorePeriod,uint8 validations,uint32 minScore,uint8 kind,uint8 decimals,"
-    "uint16 featureCount,uint256 nonce,uint256 expiry)"
+    "uint16 featureCount,uint32 parametersVersion,uint256 nonce,uint256 expiry)"
 )
 TERMS_TYPEHASH = keccak256(TERMS_TYPE.encode())
 NAME = "EthML TrainingTasks"
@@ -67,6 +67,9 @@ class Terms:
     kind: int
     decimals: int
     feature_count: int
+    #: TrainingTasks.parametersVersion() when the terms were made: the contract refuses terms made
+    #: under other parameters (ParametersChanged), so a signature cannot be held until the rules change.
+    parameters_version: int
 
     @classmethod
     def for_spec(
@@ -81,6 +84,7 @@ class Terms:
         score_period: int,
         validations: int,
         min_score: int,
+        parameters_version: int,
     ) -> Terms:
         """Terms whose model shape (kind, decimals, feature count) is the spec's."""
         return cls(
@@ -95,6 +99,7 @@ class Terms:
             model_kind(spec),
             spec.decimals,
             len(spec.features),
+            parameters_version,
         )
 
     def as_tuple(self) -> tuple[Any, ...]:
@@ -111,6 +116,7 @@ class Terms:
             self.kind,
             self.decimals,
             self.feature_count,
+            self.parameters_version,
         )
 
     def struct_hash(self, requester: str, nonce: int, expiry: int) -> bytes:
@@ -128,6 +134,7 @@ class Terms:
             + _word(self.kind)
             + _word(self.decimals)
             + _word(self.feature_count)
+            + _word(self.parameters_version)
             + _word(nonce)
             + _word(expiry)
         )
@@ -169,6 +176,7 @@ class TermsDomain:
             "kind": terms.kind,
             "decimals": terms.decimals,
             "featureCount": terms.feature_count,
+            "parametersVersion": terms.parameters_version,
             "nonce": nonce,
             "expiry": expiry,
         }

@@ -1,8 +1,14 @@
 """A validator's steps: see the panel drawn (drawing it when the draw is due: anyone may), and if this
-validator holds a seat, score every submission (or find the test set unusable), commit the vote, and
-reveal it once no seat can be taken any more.
+validator holds a seat, score every submission, commit the vote, and reveal it once no seat can be
+taken any more. Validators are drawn with replacement: one drawn k times holds k seats and casts one
+ballot (committed and revealed once) that counts k times.
 
-The vote's secret (scores or the unusable report, and the salt) is written to the data dir before
+A score is the artifact's test-set score, or 0 when it failed its checks. When the revealed test set
+is unusable, the vote reports it so and carries each artifact's score on the dataset's holdout
+instead; on a task whose test set was never revealed, the panel drawn after the test deadline (the
+first finalizeTask fixes its draw; this module sends it when due) votes holdout scores too.
+
+The vote's secret (the scores, whether they are holdout scores, and the salt) is written to the data dir before
 the commitment is sent, so a validator that crashes between the two steps reveals after a restart:
 running `validate_task` again skips the scoring and reveals.
 """
@@ -81,6 +87,20 @@ async def draw_panel(
     return True
 
 
+async def fix_holdout_draw(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccount, task_id: int) -> bool:
+    """On a task whose test set was never revealed, past its test deadline: the first finalizeTask fixes
+    the draw of the panel that checks the submissions on the dataset's holdout (anyone may send it).
+    False when someone else fixed it (or settled the task) first."""
+    await clock.catch_up(w3, account)
+    try:
+        await send(w3, account, training(w3, deployment).functions.finalizeTask(task_id), what="finalizeTask")
+    except TransactionReverted as exc:
+        if exc.error is not None and exc.error.name in ("DrawPending", "TaskClosed", "PanelIncomplete"):
+            return False
+        raise
+    return True
+
+
 async def replace_no_shows(w3: AsyncWeb3[Any], deployment: Deployment, account: LocalAccount, task_id: int) -> None:
     """Fine and unseat the drawn validators that did not commit in time, and fix the next draw (anyone may)."""
     await clock.catch_up(w3, account)
@@ -122,17 +142,26 @@ async def validate_task(
         task = await read_task(w3, deployment, task_id)
         require_open(task)
         if not task.test_revealed:
-            if not wait:
+            if await clock.chain_now(w3) > task.test_deadline:
+                # Never revealed: a panel checks the submissions on the dataset's holdout; the first
+                # finalizeTask after the test deadline fixes its draw (anyone may send it).
+                if task.round == 0 and not task.draw_block:
+                    await fix_holdout_draw(w3, deployment, validator, task_id)
+                    continue
+            elif not wait:
                 raise TaskError(
                     f"task {task_id}'s test set is not revealed yet (the requester may reveal it from "
-                    f"{local_time(task.reveal_deadline + 1)} until {local_time(task.test_deadline)})"
+                    f"{local_time(task.reveal_deadline + 1)} until {local_time(task.test_deadline)}; if it "
+                    "never is, a panel drawn after that checks the submissions on the dataset's holdout)"
                 )
-            if await clock.chain_now(w3) > task.test_deadline:
-                raise TaskError(f"task {task_id}'s test set was never revealed: there is nothing to score")
-            if progress is not None:
-                progress(f"waiting for task {task_id}'s test set (until {local_time(task.test_deadline)})")
-            await asyncio.sleep(5)
-            continue
+            else:
+                if progress is not None:
+                    progress(f"waiting for task {task_id}'s test set (until {local_time(task.test_deadline)})")
+                gap = task.test_deadline - await clock.chain_now(w3) + 1
+                await asyncio.sleep(min(5, max(1, gap)))
+                if gap <= 5:
+                    await clock.catch_up(w3, validator)
+                continue
         if task.draw_block:
             await draw_panel(w3, deployment, validator, task_id, progress=progress)
             continue
@@ -156,9 +185,11 @@ async def validate_task(
         await preflight(w3, probe, {"from": address}, "commitScores")  # the window, before scoring
         if progress is not None:
             progress(f"scoring task {task_id}'s {task.submissions} submissions")
-        unusable, scores, reasons = await _score(w3, deployment, ipfs, task, compute)
+        unusable, scores, reasons, problem = await _score(w3, deployment, ipfs, task, compute)
         salt = os.urandom(32)
-        write_secret(path, {"task": task_id, "unusable": unusable, "scores": scores, "salt": salt.hex()})
+        write_secret(
+            path, {"task": task_id, "unusable": unusable, "scores": scores, "salt": salt.hex(), "problem": problem}
+        )
         commitment = score_commitment(task_id, address, unusable, scores, salt)
         tasks = training(w3, deployment)
         await send(w3, validator, tasks.functions.commitScores(task_id, commitment), what="commitScores")
@@ -170,6 +201,7 @@ async def validate_task(
             "they can be revealed only from the data dir they were committed from"
         )
     result.update(committed=True, unusable=bool(secret["unusable"]), scores=list(secret["scores"]))
+    result["holdout"] = secret.get("problem")  # why the scores are holdout scores (None: test-set scores)
     result.setdefault("reasons", [""] * len(result["scores"]))
     result["revealed"] = await reveal_scores(w3, deployment, validator, task_id, data_dir, wait=wait, progress=progress)
     return result
@@ -194,18 +226,28 @@ async def _follow_replacements(
 
 async def _score(
     w3: AsyncWeb3[Any], deployment: Deployment, ipfs: IpfsClient, task: TaskState, compute: Compute
-) -> tuple[bool, list[int], list[str]]:
-    """(unusable, one score per submission index, the reason for each 0)."""
+) -> tuple[bool, list[int], list[str], str | None]:
+    """(unusable, one score per submission index, the reason for each 0, what the scores are).
+
+    With a usable test set: each artifact's test-set score when it passes its checks (loads through
+    the allow-list, is the promised estimator, reproduces its claim on the holdout), else 0. With an
+    unusable test set (reported as such) or none revealed: each artifact's holdout score when it
+    loads and is the promised estimator, else 0; the contract verifies it against the claim."""
     spec, dataset = await spec_and_dataset(ipfs, task.spec_cid, task.dataset_cid, compute.limits)
-    try:
-        test_set = await ipfs.cat(task.test_cid, max_size=compute.limits.max_dataset_bytes)
-    except IpfsError as exc:
-        # Not the requester's fault as far as this validator can tell: no vote (a no-show costs less than
-        # being outvoted), and the error says why.
-        raise TaskError(f"cannot fetch task {task.id}'s test set: {exc}") from None
-    problem = await asyncio.to_thread(test_set_problem, spec, test_set, compute.limits)
-    if problem is not None:
-        return True, [], [f"the test set is unusable: {problem}"]
+    test_set: bytes | None = None
+    problem: str | None = "the test set was never revealed"
+    if task.test_revealed:
+        try:
+            test_set = await ipfs.cat(task.test_cid, max_size=compute.limits.max_dataset_bytes)
+        except IpfsError as exc:
+            # Not the requester's fault as far as this validator can tell: no vote (a no-show costs less
+            # than being outvoted), and the error says why.
+            raise TaskError(f"cannot fetch task {task.id}'s test set: {exc}") from None
+        problem = await asyncio.to_thread(test_set_problem, spec, test_set, compute.limits)
+        if problem is not None:
+            test_set = None
+            problem = f"the test set is unusable: {problem}"
+    holdout = test_set is None
     subs = await submissions(w3, deployment, task)
     fetched: list[tuple[int, bytes, str, int]] = []
     reasons = ["not revealed"] * task.submissions
@@ -223,11 +265,15 @@ async def _score(
     for (i, _artifact, _sha, claimed), assessment in zip(fetched, found, strict=True):
         if isinstance(assessment, str):
             reasons[i] = assessment
-        elif not isinstance(assessment, Assessment) or not assessment.claim_reproduced:
-            reasons[i] = f"claimed {claimed}, the holdout gives {getattr(assessment, 'holdout_score', '?')}"
+        elif not isinstance(assessment, Assessment):
+            reasons[i] = "no assessment"
+        elif holdout:
+            scores[i], reasons[i] = assessment.holdout_score, ""
+        elif not assessment.claim_reproduced:
+            reasons[i] = f"claimed {claimed}, the holdout gives {assessment.holdout_score}"
         else:
             scores[i], reasons[i] = assessment.test_score, ""
-    return False, scores, reasons
+    return holdout, scores, reasons, problem
 
 
 async def reveal_scores(

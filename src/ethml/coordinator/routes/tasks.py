@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ethml.coordinator.appkeys import CHAIN, PERMITS, STORE, TERMS
+from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
@@ -70,7 +70,13 @@ async def post_task(request: web.Request) -> web.Response:
         body: TaskCreate = await read_json(request, TaskCreate)
         if spec_cid(body.spec) != body.spec_cid:
             raise ApiError(422, "spec_cid is not the CID of the spec's canonical JSON", "spec_cid")
-        digest = request.app[TERMS].digest(body.terms(), body.requester, body.nonce, body.expiry)
+        terms = body.terms()
+        rules = await request.app[RULES].get()
+        problems = rules.problems(terms)
+        if problems:
+            field = "parameters_version" if terms.parameters_version != rules.version else None
+            raise ApiError(422, "; ".join(problems), field)
+        digest = request.app[TERMS].digest(terms, body.requester, body.nonce, body.expiry)
         if _signer(body.signature, digest) != body.requester.lower():
             raise ApiError(
                 422,
@@ -111,6 +117,7 @@ async def post_task(request: web.Request) -> web.Response:
             "test_set": {"cid": body.test_set.cid, "salt": body.test_set.salt} if body.test_set else None,
             "trainers": body.trainers,
             "nonce": body.nonce,
+            "parameters_version": body.parameters_version,
             "expiry": body.expiry,
             "signature": body.signature,
             "permit": None
