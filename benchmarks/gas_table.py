@@ -8,9 +8,11 @@ For each K and queue length N (the heap holds N requests besides the K each clos
 with; all tips equal, 1 EML):
 - requestPrediction with a tip equal to the queued ones (it sorts last), and with a new highest tip
   (worst case: it rises to the top of the heap);
-- commit: by miners that never committed (their slot is created and the bond is pulled from their EML)
-  and by returning miners (the bond comes from their balance held by the oracle), the fifth (which
-  retargets and opens the reveal phase) included;
+- commit: by miners that never committed (their slot is created and the bond is pulled from their EML),
+  by new miners that called `fund` first (the documented path: `fund` creates the slot), by returning
+  miners (the bond comes from their balance held by the oracle), the fifth (which retargets and opens
+  the reveal phase) included, and by a returning miner that claimed its whole balance (the bond is
+  pulled from its EML); and that `fund`;
 - reveal: the largest of the 1st-4th (non-closing);
 - the closing reveal (`revealAndClose`: the fifth reveal, consensus and settlement of the K requests,
   rewards, bonds, the next round opened with K requests popped from the queue), with EOA requesters (no
@@ -60,6 +62,8 @@ MODEL = ModelSpec("bench", CID, "0x" + "11" * 32, ModelKind.CLASSIFICATION, 0, 4
 USER = 9
 #: Accounts 10..19 of the embedded chain hold ETH but never committed; they are given EML to bond.
 FRESH = list(range(10, 15))
+#: New miners that `fund` their balance on the oracle before their first commitment.
+FUNDED = list(range(15, 20))
 CALLBACK_GAS = 100_000
 
 
@@ -70,17 +74,30 @@ the embedded py-evm chain: the `gasUsed` of real receipts, intrinsic gas include
 requests a round opens with; "queue N" means the heap holds N requests besides the K that each close
 opens the next round with (all tips equal). Every oracle transaction, then **the all-in gas per answered
 request**: the K requests, the five commitments, the four plain reveals and the closing reveal of a
-round, divided by K. The targets are issue 17's. The first commitment a miner ever makes also creates its
-slot and pulls the bond from its EML (`fund` once, or the bond returned by its first round, makes every
-later one the returning miner's)."""
+round, divided by K. The targets are issue 17's.
+
+A miner's first commitment also creates the miner's storage slot on the oracle (20,000 gas for a slot
+that was zero, EIP-2200, which no layout avoids for a new address: a commitment must record the miner to
+refuse its second one) and pulls the bond from its EML (a token transfer). The documented path for a new
+miner is `fund` once before it mines: `fund` creates the slot and moves EML in, and every commitment
+after it, the first included, costs what a returning miner's does (the commit target is met for every
+commitment on that path; without it, the first one is the one transaction above 75,000)."""
 
 BUDGET = """**The closing transaction's block-gas budget: 12,500,000 gas** (42 % of a 30,000,000-gas block). A close
-runs the round's K callbacks and, opening the next round, at most MAX_STALE_EXPIRIES (2) callbacks of
-requests expired in the queue; RoundRules refuses parameters where (K + 2) x maxCallbackGasLimit passes
-10,000,000. The worst case (K = 16, every callback at 555,555 gas and burning all of it, two stale
-expiries, a queue of a thousand) measures 10,674,635 gas in the forge test
-`RoundsTest.test_the_worst_closing_transaction_fits_the_documented_budget`, which fails above the budget.
-The rows above it: K = 8 and K = 16 with one 100,000-gas callback per request that burns all of it."""
+runs the round's callbacks and, opening the next round, at most MAX_STALE_EXPIRIES (2) callbacks of
+requests expired in the queue, together at most MAX_CALLBACK_GAS_PER_CLOSE (10,000,000) of callback gas
+whatever the parameters were when the requests were queued: a round opens with requests whose callback
+gas limits fit 10,000,000 less 2 x maxCallbackGasLimit, and the opening expires a stale request with a
+callback only while it fits what the close already called (otherwise the request is served). RoundRules
+also refuses parameters where (K + 2) x maxCallbackGasLimit passes 10,000,000, so a full round of K always
+fits. Measured in forge (the gas of the call, not counting the transaction's 21,000 and calldata): K = 16,
+every callback at 555,555 gas and burning all of it, two stale expiries, a queue of a thousand: 10,686,150
+(`RoundsTest.test_the_worst_closing_transaction_fits_the_documented_budget`); requests queued with
+3,333,333-gas callbacks under K = 1, then K = 16 (a round of two, and one stale expiry of the same size
+that still fits): 10,121,522
+(`ReviewFixesTest.test_callbacks_queued_under_older_parameters_never_pass_the_close_budget`, which runs
+the close with a 12,500,000-gas limit). Both tests fail above the budget. The rows above it: K = 8 and
+K = 16 with one 100,000-gas callback per request that burns all of it."""
 
 
 @dataclass
@@ -132,10 +149,10 @@ def _salt(i: int) -> bytes:
     return bytes([i + 1]) * 32
 
 
-async def _fund_fresh(w3: AsyncWeb3[Any], token: Any) -> list[LocalAccount]:
-    fresh = [dev_account(i) for i in FRESH]
+async def _fund_fresh(w3: AsyncWeb3[Any], token: Any, indices: list[int]) -> list[LocalAccount]:
+    fresh = [dev_account(i) for i in indices]
     for miner in fresh:
-        await send(w3, dev_account(0), token.functions.transfer(miner.address, 1_000 * EML))
+        await send(w3, dev_account(0), token.functions.transfer(miner.address, 400 * EML))
     return fresh
 
 
@@ -160,7 +177,9 @@ async def measure(k: int, pending: int) -> dict[str, float]:
     deployment = await deploy_system(w3, dev_account(0), parameters=params, models=[MODEL])
     ethml = ethml_contract(w3, deployment.ethml)
     token = token_contract(w3, deployment.token)
-    fresh = await _fund_fresh(w3, token)
+    fresh = await _fund_fresh(w3, token, FRESH)
+    funded = await _fund_fresh(w3, token, FUNDED)
+    funds = [int((await send(w3, m, ethml.functions.fund(100 * EML)))["gasUsed"]) for m in funded]
     user = dev_account(USER)
     await _fill(w3, ethml, 1, EML)  # round 1 opens alone
     await _top_up(w3, ethml, pending + k)
@@ -176,10 +195,14 @@ async def measure(k: int, pending: int) -> dict[str, float]:
     time_travel(w3, 15)
     await _top_up(w3, ethml, pending + k)
     first = await play_round(w3, ethml, token, fresh)  # fresh miners
-    claim = await send(w3, fresh[0], ethml.functions.claimRewards())
     time_travel(w3, 15)
     await _top_up(w3, ethml, pending + k)
     returning = await play_round(w3, ethml, token, fresh)  # returning miners, bonds from their balances
+    # fresh[0] takes its whole balance: its next bond is pulled from its EML (in the `late` round).
+    claim = await send(w3, fresh[0], ethml.functions.claimRewards())
+    time_travel(w3, 15)
+    await _top_up(w3, ethml, pending + k)
+    funded_first = await play_round(w3, ethml, token, funded)  # new miners that funded first
     time_travel(w3, 15)
     await _top_up(w3, ethml, pending + k)
     late = await play_round(w3, ethml, token, fresh, withhold_last=True)
@@ -199,7 +222,10 @@ async def measure(k: int, pending: int) -> dict[str, float]:
         "request_equal_tip": request_gas,
         "request_highest_tip": int(highest["gasUsed"]),
         "commit_first": max(first.commits),
+        "fund_first": max(funds),
+        "commit_funded_first": max(funded_first.commits),
         "commit": max(returning.commits),
+        "commit_claimed": late.commits[0],
         "reveal": max(first.reveals + returning.reveals),
         "close": returning.close,
         "close_round": late.close,
@@ -274,7 +300,18 @@ async def main(ks: list[int], sizes: list[int]) -> str:
         ("request_equal_tip", "requestPrediction (tip equal to the queue)", "<= 160,000"),
         ("request_highest_tip", "requestPrediction (new highest tip, worst case)", "<= 160,000"),
         ("commit", "commit, returning miner (bond from its balance here; largest of five)", "<= 75,000"),
-        ("commit_first", "commit, a miner's first (slot created, bond pulled from its EML)", "-"),
+        (
+            "commit_claimed",
+            "commit, returning miner that claimed its whole balance (bond pulled from its EML)",
+            "-",
+        ),
+        ("fund_first", "fund, a new miner's first (creates its slot; the documented path)", "-"),
+        (
+            "commit_funded_first",
+            "commit, a new miner's first after `fund` (bond from its balance; largest of five)",
+            "<= 75,000",
+        ),
+        ("commit_first", "commit, a new miner's first without `fund` (slot created, bond from its EML)", "-"),
         ("reveal", "reveal, non-closing (largest of 1st-4th)", "<= 60,000 + 1,000 x K"),
         ("close", "revealAndClose: the fifth reveal and the close (no callbacks)", "-"),
         ("close_round", "closeRound after the window, 4 of 5 revealed (a third party)", "-"),

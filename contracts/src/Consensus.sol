@@ -38,6 +38,37 @@ library Consensus {
         agreeing = popcount(mask);
     }
 
+    /// @notice The slots that belong to at least one largest group of agreeing revealed values, for a
+    /// request that closed without a quorum. A group is the values equal to one revealed value
+    /// (classification, and INVALID_INPUT for both kinds) or, for regression, the numbers within the
+    /// band around one revealed number (the band `decide` uses around the median). Every group of the
+    /// largest size counts, so two honest slots that agree keep their bond however the others split:
+    /// only the slots outside all of them are the ones that kept the quorum from forming.
+    function largestGroups(
+        bool regression,
+        uint8 decimals,
+        int256[5] memory values,
+        uint8 revealed,
+        uint256 toleranceBps,
+        int256 invalid
+    ) internal pure returns (uint8 kept) {
+        uint8[5] memory groups;
+        uint256 best = 0;
+        for (uint256 c = 0; c < 5; ++c) {
+            if (revealed & (1 << c) == 0) continue;
+            int256 center = values[c];
+            uint8 group = !regression || center == invalid
+                ? agreeExact(values, revealed, center)
+                : agreeWithin(values, revealed, center, 10 ** decimals, toleranceBps, invalid);
+            groups[c] = group;
+            uint256 size = popcount(group);
+            if (size > best) best = size;
+        }
+        for (uint256 c = 0; c < 5; ++c) {
+            if (popcount(groups[c]) == best) kept |= groups[c];
+        }
+    }
+
     function mode(int256[5] memory values, uint8 revealed) internal pure returns (int256 best, uint8 mask) {
         uint256 bestCount = 0;
         for (uint256 i = 0; i < 5; ++i) {

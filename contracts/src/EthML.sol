@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {EMLToken} from "./EMLToken.sol";
 import {EthMLSettlement} from "./EthMLSettlement.sol";
 import {ModelRegistry} from "./ModelRegistry.sol";
@@ -131,9 +132,10 @@ contract EthML is RequestBook {
         _delegate();
     }
 
-    /// @notice Close a round that did not get five commitments within `expiryBlocks`: every request of it
-    /// expires (tip back, `Expired` callback), the committed miners (`committers`, from the Committed
-    /// events, in any order) get their bonds back, and the difficulty halves. Anyone may call.
+    /// @notice Close a round that did not get five commitments within `expiryBlocks`: its first request
+    /// (the highest tip) expires (tip back, `Expired` callback), the others go back to the queue, the
+    /// committed miners (`committers`, from the Committed events, in any order) get their bonds back, and
+    /// the difficulty halves. Anyone may call.
     function expireRound(uint256 roundId, address[] calldata committers) external {
         (roundId, committers);
         _delegate();
@@ -164,9 +166,13 @@ contract EthML is RequestBook {
 
     /// @notice Move `amount` of the caller's EML into its balance here, from which commitments take their
     /// bonds without a token transfer each (no approval needed).
+    /// A miner's first commitment costs about 22,000 gas more than the next ones (it creates the miner's
+    /// storage slot and pulls the bond from its EML): funding once before it creates the slot.
+    /// Reverts with SafeCastOverflowedUintDowncast when the balance would pass 2^96 - 1 wei.
     function fund(uint256 amount) external {
+        Miner storage miner = _miners[msg.sender];
+        miner.balance = SafeCast.toUint96(uint256(miner.balance) + amount);
         token.transferFrom(msg.sender, address(this), amount);
-        _miners[msg.sender].balance += uint96(amount);
         emit MinerFunded(msg.sender, amount);
     }
 
@@ -204,9 +210,10 @@ contract EthML is RequestBook {
         return (req.requester, req.modelId, req.callbackGasLimit, requestStatus(requestId));
     }
 
-    /// @notice The stored outcome of a closed request (pull-style read). `prediction` is meaningful for
-    /// Finalized (and is INVALID_INPUT for InvalidInput); `agreeing` is the number of revealed votes that
-    /// agreed with the consensus.
+    /// @notice The stored outcome of a closed request (pull-style read). `prediction` is the result when
+    /// `status` is Finalized and INVALID_INPUT for every other closed status (InvalidInput, NoConsensus,
+    /// Expired, Cancelled), as in the callback and PredictionFinalized; 0 while the request is open.
+    /// `agreeing` is the number of revealed votes that agreed with the consensus.
     function getResult(uint256 requestId)
         external
         view
@@ -216,7 +223,7 @@ contract EthML is RequestBook {
         if (uint8(status) >= uint8(Status.Finalized)) closedBlock = _requests[requestId].blockNumber;
         Ledger memory ledger = _ledgers[requestId];
         if (status == Status.Finalized) prediction = int96(ledger.value);
-        else if (status == Status.InvalidInput) prediction = INVALID_INPUT;
+        else if (uint8(status) > uint8(Status.Finalized)) prediction = INVALID_INPUT;
         if (uint8(status) >= uint8(Status.Finalized)) agreeing = ledger.agreeing;
     }
 
@@ -255,8 +262,8 @@ contract EthML is RequestBook {
         return _totals.issued;
     }
 
-    /// @notice EML of forfeited bonds burned since deployment.
-    function totalBondsBurned() external view returns (uint256) {
+    /// @notice EML burned since deployment: forfeited bonds and the tip shares no agreeing slot earned.
+    function totalBurned() external view returns (uint256) {
         return _totals.burned;
     }
 

@@ -57,9 +57,10 @@ contract EthMLSettlement is RoundSettlement {
         _settle(round, miners, answers, MINERS_PER_ROUND);
     }
 
-    /// @notice Close a round that did not get five commitments within `expiryBlocks`: every request of it
-    /// expires (tip back, `Expired` callback), the committed miners (`committers`, from the Committed
-    /// events, in any order) get their bonds back, and the difficulty halves. Anyone may call.
+    /// @notice Close a round that did not get five commitments within `expiryBlocks`: its first request
+    /// (the highest tip) expires (tip back, `Expired` callback), the others go back to the queue, the
+    /// committed miners (`committers`, from the Committed events, in any order) get their bonds back, and
+    /// the difficulty halves. Anyone may call.
     function expireRound(uint256 roundId, address[] calldata committers) external delegated {
         Round memory round = _current(roundId);
         uint256 expiresAt = uint256(round.openBlock) + _params.expiryBlocks;
@@ -71,13 +72,15 @@ contract EthMLSettlement is RoundSettlement {
             uint256 bit = 1 << m.slot;
             if (m.lastRound != roundId || seen & bit != 0) revert CommittersMismatch(roundId);
             seen |= bit;
-            m.balance += round.bond;
+            _credit(committers[i], round.bond);
         }
+        // The round's highest tip, which set most of its bond, expires; the others did nothing to keep
+        // miners away and go back to the queue (a whale tip no miner can bond for costs them a delay,
+        // not their requests).
         uint256[] memory ids = _roundRequestIds(round.count);
-        Notices memory notices = _notices(ids.length + MAX_STALE_EXPIRIES);
-        for (uint256 j = 0; j < ids.length; ++j) {
-            _expireRequest(ids[j], roundId, notices);
-        }
+        Notices memory notices = _notices(1 + MAX_STALE_EXPIRIES);
+        _expireRequest(ids[0], roundId, notices);
+        _requeue(ids);
         // The round may have been too hard to fill in time: ease the next one.
         uint64 eased = _state.difficulty / 2;
         if (eased < _params.minDifficulty) eased = _params.minDifficulty;

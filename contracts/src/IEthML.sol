@@ -45,7 +45,7 @@ interface IEthML {
         uint32 maxCallbackGasLimit;
         /// @dev Regression agreement band, in basis points of max(|median|, 1.0).
         uint16 regressionToleranceBps;
-        /// @dev Agreeing revealed votes needed for a result (3 to 5).
+        /// @dev Agreeing revealed votes needed for a result (3 or 4: at 5 one slot could veto any request).
         uint8 quorum;
         /// @dev K: requests a round opens with, at most (1 to 16).
         uint8 requestsPerRound;
@@ -142,12 +142,16 @@ interface IEthML {
     /// @notice The round's settlement, per commitment slot: the miners that revealed (zero where none
     /// did), the EML each earned (base reward and tip shares) and the part of its bond it got back
     /// (a slot that did not reveal gets nothing back: its bond is burned, as are the shares lost on
-    /// decided requests it answered against the consensus). Emitted before the round's
+    /// decided requests it answered against the consensus and on requests a quorum of reveals left
+    /// undecided where it was outside every largest group). Emitted before the round's
     /// PredictionFinalized events.
     event RoundClosed(
         uint256 indexed roundId, address[5] miners, uint8 revealedMask, uint256[5] rewards, uint256[5] bondsReturned
     );
     /// @notice One request of a closed round: `agreeingMask` has bit i set when slot i's miner agreed.
+    /// `prediction` is the result when `status` is Finalized and INVALID_INPUT otherwise; each agreeing
+    /// slot earned `tipPerMiner` (a fifth of the tip; the rest of the tip was burned, or refunded when
+    /// fewer than a quorum of slots revealed).
     event PredictionFinalized(
         uint256 indexed requestId,
         uint256 indexed roundId,
@@ -158,8 +162,9 @@ interface IEthML {
         uint256 baseRewardPerMiner,
         uint256 tipPerMiner
     );
-    /// @notice Fewer than five commitments by the deadline: its requests expire (RequestExpired each),
-    /// the committed bonds go back and the difficulty halves.
+    /// @notice Fewer than five commitments by the deadline: its first request (the highest tip, which set
+    /// most of the bond) expires (RequestExpired), the others go back to the queue, the committed bonds
+    /// go back and the difficulty halves.
     event RoundExpired(uint256 indexed roundId, uint256 commits, uint256 nextDifficulty);
     /// @notice `roundId` is 0 for a request that expired in the queue.
     event RequestExpired(uint256 indexed requestId, uint256 indexed roundId, uint256 refundedTip);

@@ -69,7 +69,7 @@ abstract contract OracleStorage is IEthML, AccessControl {
         bool parametersPending;
     }
 
-    /// @dev Base rewards minted and bonds burned since deployment.
+    /// @dev Base rewards minted, and EML burned (forfeited bonds, unearned tip shares), since deployment.
     struct Totals {
         uint128 issued;
         uint128 burned;
@@ -104,6 +104,12 @@ abstract contract OracleStorage is IEthML, AccessControl {
     /// @notice Expired queue entries handled (refunded, called back) per round opening; past that the
     /// next ones are served as they are, so no transaction does unbounded work.
     uint256 public constant MAX_STALE_EXPIRIES = 2;
+    /// @notice The callback gas one closing transaction forwards, at most, whatever the parameters were
+    /// when its requests were queued: a round opens with requests whose callback gas limits, plus
+    /// MAX_STALE_EXPIRIES x maxCallbackGasLimit for the stale expiries of the opening its close makes,
+    /// fit in it (a request over that alone opens alone), and that opening expires a stale request with
+    /// a callback only while the close's callbacks still fit (see RoundClosing._advance).
+    uint256 public constant MAX_CALLBACK_GAS_PER_CLOSE = 10_000_000;
     /// @notice The most a commitment ever bonds, whatever the round's tips (also the cap on `minerBond`):
     /// it bounds the capital a miner needs, so a huge tip cannot price every miner out of a round.
     uint256 public constant MAX_BOND = 100 ether;
@@ -250,6 +256,16 @@ abstract contract OracleStorage is IEthML, AccessControl {
         price = tx.gasprice;
         uint256 cap = block.basefee + _params.maxPriorityFee;
         if (price > cap) price = cap;
+    }
+
+    /// @dev Adds `amount` EML to `who`'s balance here; a balance cannot pass 2^96 - 1 wei (79 billion
+    /// EML), so a credit that would is paid out to `who` as EML instead: nothing is truncated and no
+    /// close or expiry can be blocked by one miner's balance.
+    function _credit(address who, uint256 amount) internal {
+        Miner storage miner = _miners[who];
+        uint256 total = uint256(miner.balance) + amount;
+        if (total > type(uint96).max) token.transfer(who, amount);
+        else miner.balance = uint96(total);
     }
 
     function _sendEth(address to, uint256 amount) internal {

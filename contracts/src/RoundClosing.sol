@@ -30,30 +30,50 @@ abstract contract RoundClosing is OracleStorage {
     struct Notices {
         Notice[] items;
         uint256 count;
+        /// @dev The callback gas limits queued so far in this transaction.
+        uint256 gas;
     }
 
     /// @dev Opens the next round with up to K queued requests (highest tip, then oldest), or leaves the
-    /// oracle idle. Requests that waited past maxQueueBlocks are expired on the way, at most
-    /// MAX_STALE_EXPIRIES of them. Parameters changed during the last round apply from here.
+    /// oracle idle. Parameters changed during the last round apply from here.
+    /// Requests that waited past maxQueueBlocks are expired on the way, at most MAX_STALE_EXPIRIES of
+    /// them, and only while their callbacks fit, with those this transaction already queued, in
+    /// MAX_CALLBACK_GAS_PER_CLOSE; a stale request past either limit is served as it is.
+    /// The round takes requests while their callback gas limits, plus MAX_STALE_EXPIRIES times
+    /// maxCallbackGasLimit (the stale expiries its own close may make), fit in MAX_CALLBACK_GAS_PER_CLOSE;
+    /// a first request over that opens alone. Requests queued under a smaller K and a larger
+    /// maxCallbackGasLimit therefore open in smaller rounds, and no close ever needs more callback gas.
     function _advance(Notices memory notices) internal {
         _applyPendingParameters();
         Counters memory counters = _counters;
         uint256 k = _params.requestsPerRound;
         uint256 maxAge = _params.maxQueueBlocks;
+        uint256 budget = MAX_CALLBACK_GAS_PER_CLOSE - MAX_STALE_EXPIRIES * _params.maxCallbackGasLimit;
         uint256[] memory ids = new uint256[](k);
         uint256 count = 0;
         uint256 totalTip = 0;
+        uint256 callbackGas = 0;
         uint256 expired = 0;
         while (count < k && counters.pending > 0) {
-            (uint96 tip, uint32 id) = _queue.pop(counters.pending);
-            --counters.pending;
-            if (expired < MAX_STALE_EXPIRIES && block.number > uint256(_requests[id].blockNumber) + maxAge) {
+            uint32 id = _queue.idAt(counters.pending, 0);
+            Request memory req = _requests[id];
+            uint256 gasLimit = req.callbackGasLimit;
+            if (
+                expired < MAX_STALE_EXPIRIES && block.number > uint256(req.blockNumber) + maxAge
+                    && notices.gas + gasLimit <= MAX_CALLBACK_GAS_PER_CLOSE
+            ) {
+                _queue.pop(counters.pending);
+                --counters.pending;
                 ++expired;
                 _expireRequest(id, 0, notices);
                 continue;
             }
+            if (count > 0 && callbackGas + gasLimit > budget) break;
+            (uint96 tip,) = _queue.pop(counters.pending);
+            --counters.pending;
             ids[count++] = id;
             totalTip += tip;
+            callbackGas += gasLimit;
         }
         counters.roundOpen = count > 0;
         _counters = counters;
@@ -65,6 +85,18 @@ abstract contract RoundClosing is OracleStorage {
             mstore(ids, count)
         }
         _openRound(ids, totalTip);
+    }
+
+    /// @dev Puts the requests of an expired round but its first back in the queue (they keep their age,
+    /// so they can still go stale); the first one, the highest tip, expires.
+    function _requeue(uint256[] memory ids) internal {
+        Counters memory counters = _counters;
+        for (uint256 j = 1; j < ids.length; ++j) {
+            uint256 id = ids[j];
+            _queue.push(counters.pending, _ledgers[id].value, uint32(id));
+            ++counters.pending;
+        }
+        _counters = counters;
     }
 
     /// @dev Closes an open request as Expired: its tip goes back, its consumer is told.
@@ -122,6 +154,7 @@ abstract contract RoundClosing is OracleStorage {
         }
         notices.items[notices.count++] =
             Notice(requestId, req.requester, req.callbackGasLimit, prediction, status, uint8(agreeing), required);
+        notices.gas += req.callbackGasLimit;
         return uint96(deposit - required);
     }
 

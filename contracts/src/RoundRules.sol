@@ -9,7 +9,8 @@ import {IEthML} from "./IEthML.sol";
 /// round within a block: at most (requestsPerRound + MAX_STALE_EXPIRIES) callbacks run in one closing
 /// transaction, so their gas limits together stay within MAX_CALLBACK_GAS_PER_CLOSE.
 contract RoundRules {
-    /// @notice The callback gas one closing transaction may have to forward, at most.
+    /// @notice The callback gas one closing transaction may have to forward, at most (EthML enforces it
+    /// round by round too, for requests queued under earlier parameters).
     uint256 public constant MAX_CALLBACK_GAS_PER_CLOSE = 10_000_000;
     uint256 internal constant MAX_REQUESTS_PER_ROUND = 16;
     uint256 internal constant MAX_STALE_EXPIRIES = 2;
@@ -31,7 +32,8 @@ contract RoundRules {
             revert IEthML.InvalidParameters("maxCallbackGasLimit above 2^24-1");
         }
         if (p.baseReward > 100 ether) revert IEthML.InvalidParameters("baseReward above 100 EML");
-        if (p.quorum < 3 || p.quorum > 5) revert IEthML.InvalidParameters("quorum outside 3..5");
+        // At 5 one slot would veto every request; every majority of five slots is at most 4.
+        if (p.quorum < 3 || p.quorum > 4) revert IEthML.InvalidParameters("quorum outside 3..4");
         if (p.requestsPerRound == 0 || p.requestsPerRound > MAX_REQUESTS_PER_ROUND) {
             revert IEthML.InvalidParameters("requestsPerRound outside 1..16");
         }

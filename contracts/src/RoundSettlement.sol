@@ -13,18 +13,28 @@ import {RoundClosing} from "./RoundClosing.sol";
 /// Paid per commitment slot, into the miner's balance here (`claimRewards` takes it out):
 /// - the base reward: baseReward x min(1, time since the last rewarded close / targetSolveTime),
 ///   split evenly over the round's K requests, for each decided request the miner agreed with;
-/// - an equal share of each tip among the miners that agreed (the remainder to the first of them);
+/// - a fifth of each decided request's tip for each slot that agreed with it: a slot's share is the same
+///   however many others agreed, disagreed or stayed silent, and the shares of the slots that did not
+///   agree are burned;
 /// - its bond back, less bond / K for every decided request (Finalized or InvalidInput) it answered
-///   against the consensus. A slot that did not reveal loses its whole bond. Lost bonds are burned, not
-///   paid to the others: a majority gains nothing by outvoting or excluding a minority.
-/// A request without a quorum (NoConsensus) refunds its tip and costs nobody anything.
+///   against the consensus, and for every request that closed without a quorum although a quorum of
+///   slots revealed, when its answer was outside every largest group of agreeing answers. A slot that
+///   did not reveal loses its whole bond.
+/// Lost bonds and unearned tip shares are burned, never paid to anyone: the slots that outvote,
+/// exclude or censor others earn exactly what they earn when everyone agrees, and a requester gets
+/// nothing back from the slots that failed it. A request that closes without a quorum because fewer
+/// than a quorum of slots revealed (NoConsensus) refunds its tip: its silent slots already lost their
+/// whole bonds. One that closes without a quorum although a quorum revealed burns its tip: otherwise
+/// revealing made-up answers would be a free veto that still publishes the honest answers.
 abstract contract RoundSettlement is RoundClosing {
     /// @dev What the close accumulates per slot while it decides the round's requests.
     struct Tally {
         uint256 roundId;
         uint256 n;
         uint256 basePerEntry;
-        uint256 decided;
+        /// @dev Slots that revealed, and EML of tips the close burns (shares nobody agreeing earned).
+        uint256 revealedCount;
+        uint256 tipsBurned;
         uint256[5] right;
         uint256[5] wrong;
         uint256[5] tips;
@@ -42,6 +52,8 @@ abstract contract RoundSettlement is RoundClosing {
         Status status;
         uint256 agreeing;
         uint8 mask;
+        /// @dev NoConsensus with a quorum of reveals: the revealed slots outside every largest group.
+        uint8 outside;
         uint256 tipShare;
     }
 
@@ -57,6 +69,7 @@ abstract contract RoundSettlement is RoundClosing {
         if (answers.length != MINERS_PER_ROUND * t.n) revert AnswerCount(MINERS_PER_ROUND * t.n, answers.length);
         uint8 revealed = round.revealedMask;
         _checkRevealed(round.id, t.n, revealed, miners, answers, selfSlot);
+        t.revealedCount = Consensus.popcount(revealed);
 
         t.quorum = _params.quorum;
         t.toleranceBps = _params.regressionToleranceBps;
@@ -125,17 +138,26 @@ abstract contract RoundSettlement is RoundClosing {
         (address requester, uint256 tip) =
             _closeRequest(requestId, t.roundId, d.status, d.prediction, d.agreeing, d.mask, notices);
         if (d.status == Status.NoConsensus) {
-            if (tip > 0) token.transfer(requester, tip);
+            if (t.revealedCount < t.quorum) {
+                // Too few reveals to decide anything: the silent slots lost their whole bonds.
+                if (tip > 0) token.transfer(requester, tip);
+                return d;
+            }
+            // A quorum revealed and did not agree: whoever kept it from forming pays bond / K, and the
+            // tip burns (refunded, made-up answers would be a free veto; paid to the largest group, a
+            // requester's own slots would take it back).
+            t.tipsBurned += tip;
+            for (uint256 i = 0; i < MINERS_PER_ROUND; ++i) {
+                if (d.outside & (1 << i) != 0) ++t.wrong[i];
+            }
             return d;
         }
-        ++t.decided;
-        d.tipShare = tip / d.agreeing;
-        uint256 dust = tip - d.tipShare * d.agreeing;
+        d.tipShare = tip / MINERS_PER_ROUND;
+        t.tipsBurned += tip - d.tipShare * d.agreeing;
         for (uint256 i = 0; i < MINERS_PER_ROUND; ++i) {
             if (d.mask & (1 << i) != 0) {
                 ++t.right[i];
-                t.tips[i] += d.tipShare + dust;
-                dust = 0;
+                t.tips[i] += d.tipShare;
             } else if (revealed & (1 << i) != 0) {
                 ++t.wrong[i];
             }
@@ -160,6 +182,11 @@ abstract contract RoundSettlement is RoundClosing {
         if (d.agreeing < t.quorum) {
             d.status = Status.NoConsensus;
             d.prediction = INVALID_INPUT;
+            if (t.revealedCount >= t.quorum) {
+                uint8 kept =
+                    Consensus.largestGroups(t.regression, t.decimals, values, revealed, t.toleranceBps, INVALID_INPUT);
+                d.outside = revealed & ~kept;
+            }
         } else {
             d.status = consensus == INVALID_INPUT ? Status.InvalidInput : Status.Finalized;
             d.prediction = consensus;
@@ -176,11 +203,12 @@ abstract contract RoundSettlement is RoundClosing {
     }
 
     /// @dev Credits each revealed slot's miner its rewards and what is left of its bond, burns the rest
-    /// of the bonds, mints the base rewards (net of the burn: one token call) and reports it.
+    /// of the bonds and the unearned tip shares, mints the base rewards (net of the burn: one token call)
+    /// and reports it.
     function _pay(Tally memory t, Round memory round, address[5] calldata miners) private {
         uint256 bond = round.bond;
         uint256 issued = 0;
-        uint256 burned = 0;
+        uint256 burned = t.tipsBurned;
         address[5] memory paid;
         uint256[5] memory rewards;
         uint256[5] memory back;
@@ -196,7 +224,7 @@ abstract contract RoundSettlement is RoundClosing {
             rewards[i] = base + t.tips[i];
             issued += base;
             burned += lost;
-            _miners[miners[i]].balance += uint96(back[i] + rewards[i]);
+            _credit(miners[i], back[i] + rewards[i]);
         }
         Totals memory totals = _totals;
         if (issued > 0) {

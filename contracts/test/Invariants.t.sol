@@ -221,7 +221,7 @@ contract InvariantsTest {
     /// a miner's balance.
     function invariant_tokens_are_conserved() public view {
         vm.assertEq(
-            token.totalSupply(), initialSupply + ethml.totalRewardsIssued() - ethml.totalBondsBurned(), "supply"
+            token.totalSupply(), initialSupply + ethml.totalRewardsIssued() - ethml.totalBurned(), "supply"
         );
         EthML.CurrentRound memory r = ethml.getCurrentRound();
         uint256 bonds = r.roundId == 0 ? 0 : r.commits * r.bond;

@@ -240,7 +240,7 @@ contract ReviewTest is EthMLFixture {
         ethml.requestPrediction(classifier, CID, 900 ether, 0);
         vm.assertEq(ethml.getCurrentRound().bond, ethml.MAX_BOND(), "the bond stops at 100 EML");
         _roundAll(1);
-        vm.assertEq(ethml.totalBondsBurned(), 0, "and the round is answered");
+        vm.assertEq(ethml.totalBurned(), 0, "and the round is answered");
     }
 
     function test_a_majority_that_outvotes_the_minority_gains_nothing_from_the_minority_bonds() public {
@@ -251,7 +251,7 @@ contract ReviewTest is EthMLFixture {
         (int256 prediction,,,) = ethml.getResult(id);
         vm.assertEq(prediction, 0, "controlling a quorum decides the result: the remaining trust");
         vm.assertEq(ethml.minerBalance(miners[2]), BOND + BASE_REWARD, "the majority is paid as usual, no more");
-        vm.assertEq(ethml.totalBondsBurned(), 2 * uint256(BOND), "the minority's bonds are burned, not paid out");
+        vm.assertEq(ethml.totalBurned(), 2 * uint256(BOND), "the minority's bonds are burned, not paid out");
     }
 
     // 4. A request expired in the queue got no callback --------------------------------------------

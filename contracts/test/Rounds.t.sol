@@ -82,15 +82,21 @@ contract RoundsTest is EthMLFixture {
         _assertResult(b, bad, IEthML.Status.InvalidInput, 3);
         _assertResult(c, 0, IEthML.Status.NoConsensus, 1);
         _assertResult(d, 1_000, IEthML.Status.Finalized, 4);
-        vm.assertEq(token.balanceOf(USER), userBalance + 3 ether, "only c's tip comes back");
-        // Per slot: decided requests a, b, d (c decided nothing, so it costs nobody anything). Slot 0
-        // agreed on all three; slot 3 on none; slot 4 on d only.
+        vm.assertEq(token.balanceOf(USER), userBalance, "no tip comes back: c had a quorum of reveals");
+        // Per slot: decided requests a, b, d; c (five different answers, each a largest group of one)
+        // costs no bond, but its tip burns. Slot 0 agreed on all three; slot 3 on none; slot 4 on d only.
+        // Each agreeing slot earns a fifth of a's tip; the two disagreeing fifths burn.
         uint256 basePer = uint256(BASE_REWARD) / 4;
         uint256 bondPer = uint256(BOND) / 4;
-        vm.assertEq(_holdings(miners[0]) - before[0], 3 * basePer + uint256(4 ether) / 3 + 1, "slot 0: three right");
+        uint256 fifth = uint256(4 ether) / 5;
+        vm.assertEq(_holdings(miners[0]) - before[0], 3 * basePer + fifth, "slot 0: three right");
         vm.assertEq(before[3] - _holdings(miners[3]), 3 * bondPer, "slot 3: three wrong, no reward");
         vm.assertEq(before[4] - _holdings(miners[4]), 2 * bondPer - basePer, "slot 4: d right, a and b wrong");
-        vm.assertEq(ethml.totalBondsBurned(), 3 * bondPer + 2 * bondPer, "slot 3 lost three shares, slot 4 two");
+        vm.assertEq(
+            ethml.totalBurned(),
+            3 * bondPer + 2 * bondPer + 2 * fifth + 3 ether,
+            "slot 3 lost three shares, slot 4 two; two fifths of a's tip and c's whole tip"
+        );
     }
 
     function _holdings(address who) internal view returns (uint256) {
@@ -105,7 +111,7 @@ contract RoundsTest is EthMLFixture {
     function _assertResult(uint256 id, int256 prediction, IEthML.Status status, uint256 agreeing) internal view {
         (int256 p, IEthML.Status s, uint256 n,) = ethml.getResult(id);
         vm.assertEq(uint256(s), uint256(status), "status");
-        vm.assertEq(p, status == IEthML.Status.NoConsensus ? int256(0) : prediction, "prediction");
+        vm.assertEq(p, status == IEthML.Status.NoConsensus ? ethml.INVALID_INPUT() : prediction, "prediction");
         vm.assertEq(n, agreeing, "agreeing");
     }
 

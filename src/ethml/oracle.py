@@ -35,7 +35,8 @@ class OracleStatus:
     models: int
     requests_per_round: int
     rewards_issued_eml: float
-    bonds_burned_eml: float
+    #: Forfeited bonds and the tip shares no agreeing slot earned.
+    burned_eml: float
 
     @property
     def current_request(self) -> int | None:
@@ -95,7 +96,7 @@ async def oracle_status(w3: AsyncWeb3[Any], deployment: Deployment) -> OracleSta
         models=int(await registry_contract(w3, deployment.registry).functions.modelCount().call()),
         requests_per_round=int(params[10]),
         rewards_issued_eml=int(await ethml.functions.totalRewardsIssued().call()) / EML,
-        bonds_burned_eml=int(await ethml.functions.totalBondsBurned().call()) / EML,
+        burned_eml=int(await ethml.functions.totalBurned().call()) / EML,
     )
 
 
@@ -169,8 +170,9 @@ async def balances(w3: AsyncWeb3[Any], deployment: Deployment, address: str) -> 
 
 async def expire_request(w3: AsyncWeb3[Any], deployment: Deployment, signer: LocalAccount, request_id: int) -> str:
     """Expire `request_id`: its round when that round missed its commit window (`expireRound`, with the
-    committers from its Committed events), or the request alone when it waited in the queue past
-    maxQueueBlocks (`expireQueued`, with its queue position). Returns what happened, in words."""
+    committers from its Committed events: the round's first request, the highest tip, expires and the
+    others go back to the queue), or the request alone when it waited in the queue past maxQueueBlocks
+    (`expireQueued`, with its queue position). Returns what happened, in words."""
     ethml = ethml_contract(w3, deployment.ethml)
     count = int(await ethml.functions.requestCount().call())
     if not 1 <= request_id <= count:
@@ -191,8 +193,11 @@ async def expire_request(w3: AsyncWeb3[Any], deployment: Deployment, signer: Loc
             argument_filters={"roundId": round_id}, from_block=int(current[3])
         )
         committers = [str(e["args"]["miner"]) for e in logs]
+        first = int(current[9][0])
         receipt = await send(w3, signer, ethml.functions.expireRound(round_id, committers))
-        return f"round {round_id} expired in block {receipt['blockNumber']}: request {request_id} and the rest refunded"
+        others = len(current[9]) - 1
+        back = f"; the other {others} back in the queue" if others else ""
+        return f"round {round_id} expired in block {receipt['blockNumber']}: request {first} refunded{back}"
     if status == Status.QUEUED:
         params = await ethml.functions.parameters().call()
         _requester, _model, _gas, _status = await ethml.functions.getRequest(request_id).call()

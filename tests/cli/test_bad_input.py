@@ -26,6 +26,8 @@ from ethml.devnet import start_devnet
 from tests.conftest import ROOT, find_anvil, free_port, missing_service
 
 CID_NOWHERE = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+#: A key that holds nothing on any chain (its address is derived from it, fixed, so the message can be checked).
+UNFUNDED = Account.from_key("0x" + "5e" * 32)
 
 
 @dataclass
@@ -162,6 +164,7 @@ def _write_files(files: Path, chain_id: int) -> None:
     (files / "empty-mnemonic").write_text("\n")
     (files / "not-a-keystore.json").write_text('{"x": 1}')
     (files / "password").write_text("secret\n")
+    (files / "wrong-password").write_text("not the password\n")
     keystore = Account.encrypt(dev_account(5).key, "secret", iterations=2)
     (files / "keystore.json").write_text(json.dumps(keystore))
     other = {"chain_id": 1, "ethml": "0x" + "11" * 20, "token": "0x" + "33" * 20, "registry": "0x" + "44" * 20}
@@ -386,6 +389,67 @@ CASES: list[tuple[str, list[str], str]] = [
         ],
         "cannot reach",
     ),
+    # `ethml deploy` and `ethml model`: refused before anything is sent.
+    (
+        "deploy-rpc-unreachable",
+        ["deploy", "--yes", "--account", "0", "--rpc-url", "http://127.0.0.1:1"],
+        "cannot reach",
+    ),
+    (
+        "deploy-private-key-malformed",
+        ["deploy", "--yes", "--private-key", "0xnothex"],
+        "is not a 32-byte hex private key",
+    ),
+    (
+        "deploy-unfunded-key",
+        ["deploy", "--yes", "--private-key", "0x" + "5e" * 32, "--data-dir", "{files}/fresh"],
+        f"{UNFUNDED.address} holds 0 ETH on chain 31337; the 12 transactions left need up to ",
+    ),
+    ("deploy-existing-deployment", ["deploy", "--yes", "--account", "0"], "chain 31337 already has a deployment file"),
+    ("deploy-not-on-a-terminal", ["deploy", "--account", "0", "--data-dir", "{files}/fresh"], "pass --yes"),
+    ("deploy-no-key", ["deploy", "--yes", "--data-dir", "{files}/fresh"], "choose the deployer's key: --account N"),
+    (
+        "deploy-keystore-wrong-password",
+        ["deploy", "--yes", "--keystore", "{files}/keystore.json", "--password-file", "{files}/wrong-password"],
+        "cannot unlock keystore",
+    ),
+    ("deploy-mint-malformed", ["deploy", "--yes", "--account", "0", "--mint", "nope"], "is not ADDRESS=EML"),
+    ("deploy-supply-negative", ["deploy", "--yes", "--account", "0", "--supply", "-5"], "is not an amount of EML"),
+    (
+        "model-register-not-admin",
+        ["model", "register", "--manifest-entry", "iris", "--account", "3"],
+        "lacks the MODEL_ADMIN_ROLE and this deployment has no timelock",
+    ),
+    (
+        "model-register-sha256-malformed",
+        ["model", "register", "--cid", CID_NOWHERE, "--sha256", "xyz", "--kind", "classification", "--features", "4"],
+        "is not a sha256 digest",
+    ),
+    (
+        "model-register-cid-malformed",
+        ["model", "register", "--cid", "Qm-no", "--sha256", "ab" * 32, "--kind", "regression", "--features", "4"],
+        "is not a valid CID",
+    ),
+    (
+        "model-register-half-the-fields",
+        ["model", "register", "--cid", CID_NOWHERE],
+        "--sha256, --kind, --features missing",
+    ),
+    (
+        "model-register-unknown-entry",
+        ["model", "register", "--manifest-entry", "mnist"],
+        "the manifest has no model 'mnist'",
+    ),
+    (
+        "model-deactivate-unknown",
+        ["model", "deactivate", "99", "--account", "0"],
+        "deactivating model 99 would revert: model 99 is not registered (UnknownModel)",
+    ),
+    (
+        "model-execute-without-a-timelock",
+        ["model", "register", "--manifest-entry", "iris", "--account", "0", "--execute"],
+        "holds the MODEL_ADMIN_ROLE itself",
+    ),
     ("unknown-command", ["mint-money"], "No such command"),
 ]
 
@@ -440,7 +504,13 @@ def test_bad_input_is_one_line_and_costs_nothing(
     env.pop("ETHML_DEBUG", None)
     before, nonces = _request_count(devnet), _nonces(devnet)
     done = subprocess.run(
-        [sys.executable, "-m", "ethml", *argv], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-m", "ethml", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
     )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0, (case, done.stdout, done.stderr)

@@ -20,6 +20,7 @@ from ethml.chain.rounds import INVALID_INPUT as INVALID_INPUT
 from ethml.chain.rounds import Status as Status
 from ethml.chain.rounds import challenge_for as challenge_for
 from ethml.chain.rounds import commitment_for as commitment_for
+from ethml.chain.steps import StepRunner
 from ethml.chain.tx import send
 from ethml.errors import DeploymentError, DeploymentNotFound
 from ethml.paths import data_home
@@ -48,14 +49,16 @@ class Parameters:
     max_queue_blocks: int = 50_000
     max_callback_gas_limit: int = 1_000_000
     regression_tolerance_bps: int = 100
-    #: Agreeing revealed votes needed for a result (3 to 5).
+    #: Agreeing revealed votes needed for a result (3 or 4: at 5 one slot could veto any request).
     quorum: int = 3
     #: K: the most requests a round opens with (1 to 16).
     requests_per_round: int = 8
     #: EML each commitment bonds (at most 100 EML) ...
-    miner_bond: int = 2 * EML
-    #: ... plus this share of the round's tips, in basis points (see docs/contracts.md for the sizing).
-    bond_tip_bps: int = 5_000
+    miner_bond: int = 5 * EML
+    #: ... plus this share of the round's tips, in basis points. Five base rewards and the whole tip make
+    #: a miner that answers a model's majority class without running it lose money on models whose
+    #: majority class is below 5/6 of the requests (docs/contracts.md, "The miner bond").
+    bond_tip_bps: int = 10_000
     #: Priority fee (wei per gas) above the base fee at which callbacks are reimbursed to the closer.
     max_priority_fee: int = 2 * 10**9
 
@@ -186,8 +189,11 @@ class Deployment:
             raise DeploymentError(f"unreadable deployment file: {exc}") from exc
 
     def save(self, path: Path) -> Path:
+        """Write the file atomically: readers (`ethml mine` starting now) see the old one or the new one."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
         return path
 
     @classmethod
@@ -230,14 +236,14 @@ def dev_holders(amount: int = 10_000 * EML) -> dict[str, int]:
     return {a.address: amount for a in dev_accounts(10)}
 
 
-async def _deploy(w3: AsyncWeb3[Any], deployer: LocalAccount, name: str, *args: Any) -> str:
-    artifact = load_artifact(name)
-    factory: Any = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    receipt = await send(w3, deployer, factory.constructor(*args), what=f"{name} deployment")
-    address = receipt["contractAddress"]
-    if address is None:
-        raise DeploymentError(f"{name} deployment produced no contract address")
-    return str(address)
+#: Role hashes (OpenZeppelin's convention: keccak256 of the name; the default admin role is zero).
+DEFAULT_ADMIN_ROLE = bytes(32)
+
+
+def role(name: str) -> bytes:
+    from eth_utils.crypto import keccak
+
+    return DEFAULT_ADMIN_ROLE if name == "DEFAULT_ADMIN_ROLE" else bytes(keccak(text=name))
 
 
 async def deploy_system(
@@ -249,65 +255,116 @@ async def deploy_system(
     models: list[ModelSpec] | None = None,
     timelock_delay: int | None = None,
     training: TrainingParameters | None = None,
+    runner: StepRunner | None = None,
 ) -> Deployment:
     """Deploy and wire the system: the EML token (minted to `holders`), the model registry, the oracle
     (EthML, which creates its RoundRules and EthMLSettlement), the token bound to the oracle, the
     example consumer, the `models` registered, and the training market (with the registry's registrar
     role).
 
-    With `timelock_delay` (seconds), the admin roles of the registry and the oracle go to a new
-    EthMLTimelock in which the deployer proposes and executes: every later parameter change or model
-    registration waits that long. The models given here are registered before the roles are handed over.
+    With `timelock_delay` (seconds), an EthMLTimelock in which the deployer proposes and executes takes
+    every admin role (registry, oracle, training market) and the deployer renounces its own: every
+    later parameter change or model registration waits that long. The models given here are
+    registered before the roles are handed over.
+
+    Each transaction is a named step of `runner` (ethml.chain.steps): give one with a journal on disk
+    (`ethml deploy`) and a rerun after a crash or a lost transaction continues where it stopped, never
+    deploying a contract twice. Without one the steps run in memory.
     """
+    steps = runner or StepRunner(w3, deployer)
+    if steps.account.address != deployer.address:
+        raise DeploymentError("the step runner signs for another account than the deployer")
+    if timelock_delay is not None and timelock_delay < 0:
+        raise DeploymentError(f"the timelock delay must be 0 or more seconds, not {timelock_delay}")
     holders = dev_holders() if holders is None else holders
     params = parameters or Parameters()
-    token = await _deploy(w3, deployer, "EMLToken", list(holders), list(holders.values()))
-    first_block = int(await w3.eth.block_number)
-    registry = await _deploy(w3, deployer, "ModelRegistry", deployer.address)
-    ethml = await _deploy(w3, deployer, "EthML", token, registry, deployer.address, params.as_tuple())
-    await send(w3, deployer, token_contract(w3, token).functions.bindOracle(ethml), what="binding the token")
-    consumer = await _deploy(w3, deployer, "ExampleConsumer", ethml)
+    token = await steps.deploy("token", "EMLToken", list(holders), list(holders.values()), what="EMLToken (EML)")
+    registry = await steps.deploy("registry", "ModelRegistry", deployer.address, what="ModelRegistry")
+    ethml = await steps.deploy(
+        "oracle", "EthML", token.contract, registry.contract, deployer.address, params.as_tuple(), what="EthML (oracle)"
+    )
+    await steps.transact(
+        "token.bind",
+        token_contract(w3, token.contract).functions.bindOracle(ethml.contract),
+        "binding EML to the oracle",
+    )
+    consumer = await steps.deploy("consumer", "ExampleConsumer", ethml.contract, what="ExampleConsumer")
     deployment = Deployment(
-        chain_id=await w3.eth.chain_id,
-        ethml=ethml,
-        token=token,
-        registry=registry,
-        consumer=consumer,
+        chain_id=await steps.chain_id(),
+        ethml=ethml.contract,
+        token=token.contract,
+        registry=registry.contract,
+        consumer=consumer.contract,
         deployer=deployer.address,
-        block=first_block,
+        block=token.block,
     )
     for spec in models or []:
-        deployment.models[spec.name] = await register_model(w3, deployer, deployment, spec)
-    deployment.training = await _deploy_training(w3, deployer, deployment, training or TrainingParameters())
+        deployment.models[spec.name] = await _register_step(steps, deployment, spec)
+    timelock: str | None = None
     if timelock_delay is not None:
-        deployment.timelock = await _hand_admin_to_timelock(w3, deployer, deployment, timelock_delay)
+        proposers = [deployer.address]
+        timelock = (
+            await steps.deploy("timelock", "EthMLTimelock", timelock_delay, proposers, proposers, what="EthMLTimelock")
+        ).contract
+    deployment.training = await _deploy_training(steps, deployment, training or TrainingParameters(), timelock)
+    if timelock is not None:
+        await _hand_admin_to_timelock(steps, deployment, timelock)
+        deployment.timelock = timelock
     return deployment
 
 
 async def _deploy_training(
-    w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, params: TrainingParameters
+    steps: StepRunner, deployment: Deployment, params: TrainingParameters, timelock: str | None
 ) -> str:
     """TrainingTasks beside the oracle, paid in the token, holding the registry's registrar role so
     accepted models get registered. Its code runs in two halves: TrainingValidation (the panel and the
-    settlement) is deployed first and its address given to TrainingTasks' constructor, which checks that
-    it was made for the same token and registry. Tasks are relayed on the requester's signed terms, so no
-    relayer role is granted to anyone."""
-    validation = await _deploy(w3, deployer, "TrainingValidation", deployment.token, deployment.registry)
-    address = await _deploy(
-        w3,
-        deployer,
-        "TrainingTasks",
-        deployment.token,
-        deployment.registry,
-        deployer.address,
-        params.as_tuple(),
-        validation,
-    )
+    settlement) is deployed first, as a step of its own, and its address given to TrainingTasks'
+    constructor, which checks that it was made for the same token and registry. Tasks are relayed on the
+    requester's signed terms, so no relayer role is granted to anyone. With a `timelock`, the timelock
+    takes TrainingTasks' admin and pauser roles and the deployer renounces them."""
+    w3, deployer = steps.w3, steps.account.address
+    validation = (
+        await steps.deploy(
+            "training.validation",
+            "TrainingValidation",
+            deployment.token,
+            deployment.registry,
+            what="TrainingValidation (the second half of TrainingTasks)",
+        )
+    ).contract
+    address = (
+        await steps.deploy(
+            "training",
+            "TrainingTasks",
+            deployment.token,
+            deployment.registry,
+            deployer,
+            params.as_tuple(),
+            validation,
+            what="TrainingTasks",
+        )
+    ).contract
     registry = registry_contract(w3, deployment.registry)
-    role = await registry.functions.REGISTRAR_ROLE().call()
-    await send(
-        w3, deployer, registry.functions.grantRole(role, address), what="granting TrainingTasks the registrar role"
+    await steps.transact(
+        "training.registrar",
+        registry.functions.grantRole(role("REGISTRAR_ROLE"), address),
+        "granting TrainingTasks the registrar role",
     )
+    tasks = training_contract(w3, address)
+    if timelock is not None:
+        admin_roles = ("DEFAULT_ADMIN_ROLE", "PAUSER_ROLE")
+        for name in admin_roles:
+            await steps.transact(
+                f"training.grant.{name}",
+                tasks.functions.grantRole(role(name), timelock),
+                f"granting the timelock TrainingTasks' {name}",
+            )
+        for name in admin_roles:
+            await steps.transact(
+                f"training.renounce.{name}",
+                tasks.functions.renounceRole(role(name), deployer),
+                f"renouncing TrainingTasks' {name}",
+            )
     return address
 
 
@@ -315,39 +372,64 @@ def training_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
     return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("TrainingTasks").abi)
 
 
-async def _hand_admin_to_timelock(
-    w3: AsyncWeb3[Any], deployer: LocalAccount, deployment: Deployment, delay: int
-) -> str:
-    if delay < 0:
-        raise DeploymentError(f"the timelock delay must be 0 or more seconds, not {delay}")
-    timelock = await _deploy(w3, deployer, "EthMLTimelock", delay, [deployer.address], [deployer.address])
-    registry = registry_contract(w3, deployment.registry)
-    oracle = ethml_contract(w3, deployment.ethml)
-    admin = bytes(32)
-    roles = [(registry, await registry.functions.MODEL_ADMIN_ROLE().call()), (registry, admin), (oracle, admin)]
-    if deployment.training is not None:
-        training = training_contract(w3, deployment.training)
-        roles += [(training, admin), (training, await training.functions.PAUSER_ROLE().call())]
-    for contract, role in roles:
-        await send(w3, deployer, contract.functions.grantRole(role, timelock), what="granting a role to the timelock")
-    for contract, role in roles:
-        await send(w3, deployer, contract.functions.renounceRole(role, deployer.address), what="renouncing a role")
-    return timelock
+def timelock_contract(w3: AsyncWeb3[Any], address: str) -> AsyncContract:
+    return w3.eth.contract(address=w3.to_checksum_address(address), abi=load_artifact("EthMLTimelock").abi)
+
+
+#: The admin roles of the registry and the oracle that a timelock takes over: (contract, role name).
+HANDED_OVER = (("registry", "MODEL_ADMIN_ROLE"), ("registry", "DEFAULT_ADMIN_ROLE"), ("oracle", "DEFAULT_ADMIN_ROLE"))
+
+
+async def _hand_admin_to_timelock(steps: StepRunner, deployment: Deployment, timelock: str) -> None:
+    """Grant the timelock every admin role of the registry and the oracle, then renounce the deployer's
+    (grants first: a crash in between leaves both holding them, never neither)."""
+    w3, deployer = steps.w3, steps.account.address
+    contracts = {"registry": registry_contract(w3, deployment.registry), "oracle": ethml_contract(w3, deployment.ethml)}
+    for where, name in HANDED_OVER:
+        await steps.transact(
+            f"handover.grant.{where}.{name}",
+            contracts[where].functions.grantRole(role(name), timelock),
+            f"granting the timelock the {where}'s {name}",
+        )
+    for where, name in HANDED_OVER:
+        await steps.transact(
+            f"handover.renounce.{where}.{name}",
+            contracts[where].functions.renounceRole(role(name), deployer),
+            f"renouncing the {where}'s {name}",
+        )
+
+
+async def _register_step(steps: StepRunner, deployment: Deployment, spec: ModelSpec) -> int:
+    registry = registry_contract(steps.w3, deployment.registry)
+    done = await steps.transact(f"model:{spec.name}", register_call(registry, spec), f"registering model {spec.name}")
+    return model_id_from(registry, await steps.receipt(done))
+
+
+def register_call(registry: AsyncContract, spec: ModelSpec) -> Any:
+    return registry.functions.registerModel(
+        spec.cid,
+        bytes.fromhex(spec.artifact_sha256.removeprefix("0x")),
+        int(spec.kind),
+        spec.decimals,
+        spec.feature_count,
+    )
+
+
+def model_id_from(registry: AsyncContract, receipt: Any) -> int:
+    """The id of the model a transaction registered (its ModelRegistered event, wherever it came from)."""
+    from web3.logs import DISCARD
+
+    events = [
+        e
+        for e in registry.events.ModelRegistered().process_receipt(receipt, errors=DISCARD)
+        if e["address"] == registry.address
+    ]
+    if not events:
+        raise DeploymentError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} registered no model")
+    return int(events[0]["args"]["modelId"])
 
 
 async def register_model(w3: AsyncWeb3[Any], admin: LocalAccount, deployment: Deployment, spec: ModelSpec) -> int:
     registry = registry_contract(w3, deployment.registry)
-    receipt = await send(
-        w3,
-        admin,
-        registry.functions.registerModel(
-            spec.cid,
-            bytes.fromhex(spec.artifact_sha256.removeprefix("0x")),
-            int(spec.kind),
-            spec.decimals,
-            spec.feature_count,
-        ),
-        what=f"registering model {spec.name}",
-    )
-    events = registry.events.ModelRegistered().process_receipt(receipt)
-    return int(events[0]["args"]["modelId"])
+    receipt = await send(w3, admin, register_call(registry, spec), what=f"registering model {spec.name}")
+    return model_id_from(registry, receipt)

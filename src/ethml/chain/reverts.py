@@ -10,9 +10,9 @@ A template is a `str.format` string over the error's arguments by name, with the
 `:time` (a unix time as local wall-clock, with the gap to the transaction's block), `:block` (a block
 number, with the gap to the transaction's block), `:eml` and `:eth` (wei as an amount), `:stake_role`,
 `:step`, `:term`, `:task_status` and `:registration` (TrainingTasks' enums in words), `:score` (millionths
-as a fraction) and `:access_role` (an AccessControl role hash by its name). A name may map
-to several templates, for errors that two contracts declare with other arguments; the first one whose
-fields the decoded error has is used.
+as a fraction), `:access_role` (an AccessControl role hash by its name) and `:op_states` (a timelock's
+bitmap of operation states). A name may map to several templates, for errors that two contracts declare
+with other arguments; the first one whose fields the decoded error has is used.
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ TERMS = {
 #: TrainingTasks.Status and TrainingTasks.Registration.
 TASK_STATUSES = ("none", "open", "accepted", "rejected", "unusable", "abandoned", "empty", "undecided")
 REGISTRATIONS = ("none", "registered", "below the minimum reward", "deferred", "failed", "closed")
+
+#: TimelockController.OperationState, as the bits of its `expectedStates` bitmap say them.
+OPERATION_STATES = {0: "unscheduled", 1: "waiting out its delay", 2: "ready to execute", 3: "executed"}
 
 #: What users are told, by error name. Keys are error names; templates name the error's arguments.
 MESSAGES: dict[str, str | tuple[str, ...]] = {
@@ -209,6 +212,9 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "EthTransferFailed": "sending {amount:eth} to {to} failed",
     "DelegateCallOnly": "EthMLSettlement runs only inside EthML",
     "NothingToClaim": "miner {miner} has nothing to claim",
+    "SafeCastOverflowedUintDowncast": (
+        "{value:eml} does not fit in {bits} bits: a miner's balance held by the oracle stops at 2^96-1 wei"
+    ),
     # Tokens, roles, the timelock
     "ERC20InsufficientBalance": "{sender} holds {balance:eml}, {needed:eml} needed",
     "ERC20InsufficientAllowance": "{spender} may spend {allowance:eml} of this account's EML, {needed:eml} needed",
@@ -223,9 +229,7 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "NotRegistrar": "account {caller} may not register models",
     "RegistryFull": "the model registry is full ({maxModels:,} models)",
     "TimelockInsufficientDelay": "a delay of {delay:,} s is below the timelock's minimum of {minDelay:,} s",
-    "TimelockUnexpectedOperationState": (
-        "timelock operation {operationId} is not in the state this needs (not scheduled, not ready, or done)"
-    ),
+    "TimelockUnexpectedOperationState": ("timelock operation {operationId} is not {expectedStates:op_states}"),
     "TimelockUnauthorizedCaller": "account {caller} may not execute through the timelock",
     "InvalidParameters": "invalid parameters: {reason}",
 }
@@ -483,6 +487,9 @@ class _Words(string.Formatter):
         if format_spec == "access_role":
             role = bytes(value)
             return access_roles().get(role, "the role 0x" + role.hex())
+        if format_spec == "op_states":
+            states = [OPERATION_STATES[i] for i in range(4) if int.from_bytes(bytes(value), "big") >> i & 1]
+            return " or ".join(states) or "in any state"
         if format_spec == "panic":
             return PANIC_CODES.get(int(value), "an unknown panic")
         return str(super().format_field(_plain(value), format_spec))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -24,12 +25,15 @@ from ethml.errors import ChainError, TransactionReverted
 
 __all__ = [
     "GAS_MARGIN",
+    "SignedTx",
+    "check_receipt",
     "decode_revert",
     "fee_fields",
     "is_revert",
     "preflight",
     "revert_reason",
     "send",
+    "sign_call",
     "why_reverted",
 ]
 
@@ -129,6 +133,63 @@ async def fee_fields(w3: AsyncWeb3[Any], *, priority_gwei: float = 1.0) -> dict[
     return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
 
 
+@dataclass(frozen=True)
+class SignedTx:
+    """A transaction signed locally, not yet sent: what a journal records before broadcasting it."""
+
+    raw: bytes
+    hash: str
+    nonce: int
+    gas: int
+    max_fee: int
+    tip: int
+
+
+async def sign_call(
+    w3: AsyncWeb3[Any],
+    account: LocalAccount,
+    call: Any,
+    *,
+    what: str,
+    nonce: int | None = None,
+    gas: int | None = None,
+    value: int = 0,
+    fees: Mapping[str, int] | None = None,
+    chain_id: int | None = None,
+) -> SignedTx:
+    """Pre-flight `call` against the pending block, then sign it with EIP-1559 fees (`fee_fields` unless
+    `fees` gives maxFeePerGas and maxPriorityFeePerGas).
+
+    Raises:
+        TransactionReverted: it would revert; nothing was signed or sent.
+    """
+    tx: dict[str, Any] = {"from": account.address, "value": value}
+    tx["chainId"] = chain_id if chain_id is not None else await w3.eth.chain_id
+    tx["nonce"] = nonce if nonce is not None else await w3.eth.get_transaction_count(account.address, "pending")
+    tx.update(fees if fees is not None else await fee_fields(w3))
+    estimate = await preflight(w3, call, tx, what)
+    # Nodes' estimates can sit exactly at the edge (a deployment's code deposit, refunds): keep a margin.
+    tx["gas"] = gas if gas is not None else int(estimate * GAS_MARGIN)
+    built = await call.build_transaction(tx)
+    signed = account.sign_transaction(built)
+    return SignedTx(
+        raw=bytes(signed.raw_transaction),
+        hash="0x" + bytes(signed.hash).hex(),
+        nonce=int(tx["nonce"]),
+        gas=int(tx["gas"]),
+        max_fee=int(tx["maxFeePerGas"]),
+        tip=int(tx["maxPriorityFeePerGas"]),
+    )
+
+
+async def check_receipt(w3: AsyncWeb3[Any], receipt: TxReceipt, call: Any, what: str) -> TxReceipt:
+    """`receipt` if its transaction succeeded; TransactionReverted with the reason in words if not."""
+    if receipt["status"] != 1:
+        reason, error = await why_reverted(w3, receipt, abi_of(call))
+        raise TransactionReverted(what, reason, error=error, block=int(receipt["blockNumber"]))
+    return receipt
+
+
 async def send(
     w3: AsyncWeb3[Any],
     account: LocalAccount,
@@ -148,17 +209,7 @@ async def send(
             way the reason is decoded and said in words.
     """
     label = what or getattr(call, "fn_name", None) or "transaction"
-    tx: dict[str, Any] = {"from": account.address, "chainId": await w3.eth.chain_id, "value": value}
-    tx["nonce"] = nonce if nonce is not None else await w3.eth.get_transaction_count(account.address, "pending")
-    tx.update(await fee_fields(w3))
-    estimate = await preflight(w3, call, tx, label)
-    # Nodes' estimates can sit exactly at the edge (a deployment's code deposit, refunds): keep a margin.
-    tx["gas"] = gas if gas is not None else int(estimate * GAS_MARGIN)
-    built = await call.build_transaction(tx)
-    signed = account.sign_transaction(built)
-    tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
+    signed = await sign_call(w3, account, call, what=label, nonce=nonce, gas=gas, value=value)
+    tx_hash = await w3.eth.send_raw_transaction(signed.raw)
     receipt = await w3.eth.wait_for_transaction_receipt(tx_hash)
-    if receipt["status"] != 1:
-        reason, error = await why_reverted(w3, receipt, abi_of(call))
-        raise TransactionReverted(label, reason, error=error, block=int(receipt["blockNumber"]))
-    return receipt
+    return await check_receipt(w3, receipt, call, label)

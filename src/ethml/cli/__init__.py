@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ethml import __version__
-from ethml.cli import bench_pow, coordinator, demo, devnet, ipfs, mine, oracle, request, training
+from ethml.cli import bench_pow, coordinator, demo, deploy, devnet, ipfs, mine, model, oracle, request, training
 
 app = typer.Typer(
     name="ethml",
@@ -24,6 +24,8 @@ app.add_typer(bench_pow.app)
 app.add_typer(ipfs.app, name="ipfs")
 app.add_typer(mine.app)
 app.add_typer(devnet.app)
+app.add_typer(deploy.app)
+app.add_typer(model.app)
 app.add_typer(request.app)
 app.add_typer(oracle.app)
 app.add_typer(training.app)

@@ -44,8 +44,11 @@ def load_account(
     password_file: Path | None,
     chain_id: int,
     private_key: str | None = None,
+    password: str | None = None,
+    purpose: str = "the mining account",
 ) -> tuple[LocalAccount, str]:
-    """The signing account and a phrase saying where it came from."""
+    """The signing account and a phrase saying where it came from. A keystore's password comes from
+    `password_file`, or `password` (asked for on a terminal by the command)."""
     from eth_account import Account
 
     from ethml.node.miner import DEV_CHAIN_IDS  # anvil, hardhat/ganache, the embedded eth-tester chain
@@ -61,14 +64,16 @@ def load_account(
     if keystore is not None:
         if index is not None:
             raise ConfigError("--keystore and --account both choose the signing key: give one of them")
-        if password_file is None:
+        if password_file is None and password is None:
             raise ConfigError("--keystore needs --password-file (or ETHML_PASSWORD_FILE)")
         try:
-            text, password = keystore.read_text(), password_file.read_text().rstrip("\n")
+            text = keystore.read_text()
+            if password_file is not None:
+                password = password_file.read_text().rstrip("\n")
         except OSError as exc:
             raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
         try:
-            key = Account.decrypt(text, password)
+            key = Account.decrypt(text, password or "")
         except Exception as exc:  # noqa: BLE001 - bad JSON, missing fields, wrong password: all unusable
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, KeyError | TypeError):
@@ -77,7 +82,7 @@ def load_account(
         account: LocalAccount = Account.from_key(key)
         return account, f"keystore {keystore}"
     if index is None:
-        raise ConfigError("choose the mining account: --account N (with ETHML_MNEMONIC) or --keystore FILE")
+        raise ConfigError(f"choose {purpose}: --account N (with ETHML_MNEMONIC), --keystore FILE, or ETHML_PRIVATE_KEY")
     mnemonic = os.environ.get("ETHML_MNEMONIC")
     source = "ETHML_MNEMONIC"
     if mnemonic_file is not None:

@@ -64,7 +64,9 @@ def status(
             typer.echo(f"  {s.commits}/5 commitments (commit deadline block {s.commit_deadline})")
         else:
             typer.echo(f"  {s.reveals}/5 reveals (reveal deadline block {s.reveal_deadline})")
-    typer.echo(f"base rewards issued: {s.rewards_issued_eml:g} EML; bonds burned: {s.bonds_burned_eml:g} EML")
+    typer.echo(
+        f"base rewards issued: {s.rewards_issued_eml:g} EML; burned: {s.burned_eml:g} EML (lost bonds, unearned tips)"
+    )
 
 
 @requests_app.command("show")
@@ -132,8 +134,9 @@ def expire(
     data_dir: DataDirOption = None,
 ) -> None:
     """Expire a request that cannot be answered in time: its open round, when five commitments did not
-    come within the commit window (every request of the round expires, committed bonds go back), or the
-    request itself when it waited in the queue past maxQueueBlocks. Tips are refunded and consumers told.
+    come within the commit window (the round's highest-tip request expires, the others go back to the
+    queue, committed bonds go back), or the request itself when it waited in the queue past
+    maxQueueBlocks. The expired request's tip is refunded and its consumer told.
     """
     from ethml.oracle import expire_request
 

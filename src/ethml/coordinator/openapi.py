@@ -73,11 +73,12 @@ parameters_version (TrainingTasks.parametersVersion()), nonce and expiry. Beyond
 server checks, and answers 422 naming the field: spec_cid is the CID of the spec's canonical JSON;
 the terms meet the market's current parameters (parameters_version is the contract's; the reward
 pays each validator seat minSeatReward from the validators' part; both periods within minPeriod and
-maxPeriod); the signature recovers requester; validations is odd; expiry has not passed; the permit (optional: without it the requester must have approved the reward) is signed
-by permit.owner for this chain, EML token and TrainingTasks, its owner is the requester, its value
-the reward and its deadline has not passed; test_set matches test_set_commitment; the spec's target
-is not among its features. The nonce is checked against the chain when the relayer sends the task
-(a used nonce fails the task with that reason)."""
+maxPeriod); the signature recovers requester; validations is odd; expiry has not passed; the permit
+(optional: without it the requester must have approved the reward) is signed by permit.owner for
+this chain, EML token and TrainingTasks, its owner is the requester, its value the reward and its
+deadline has not passed; test_set matches test_set_commitment; the spec's target is not among its
+features. The nonce is checked against the chain when the relayer sends the task (a used nonce fails
+the task with that reason)."""
 
 
 @functools.cache
