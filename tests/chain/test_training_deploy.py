@@ -1,4 +1,4 @@
-"""deploy_system's training step: TrainingTasks on the token and the registry, holding the registrar
+"""deploy_system's training steps: TrainingValidation, then TrainingTasks on the token and the registry, holding the registrar
 role, no relayer role (tasks are relayed on signed terms), and its admin and pauser roles with the
 timelock on a timelocked deployment."""
 
@@ -19,6 +19,12 @@ async def test_training_is_deployed_on_the_token_and_registry_and_timelocked() -
     tasks = training_contract(w3, deployment.training)
     assert await tasks.functions.token().call() == deployment.token
     assert await tasks.functions.registry().call() == deployment.registry
+    # Its second half, deployed first as a step of its own, made for the same token and registry.
+    validation = training_contract(w3, await tasks.functions.validation().call())
+    assert len(await w3.eth.get_code(validation.address)) > 10_000
+    assert await validation.functions.token().call() == deployment.token
+    assert await validation.functions.registry().call() == deployment.registry
+    assert await tasks.functions.parametersVersion().call() == 1
     registry = registry_contract(w3, deployment.registry)
     registrar = await registry.functions.REGISTRAR_ROLE().call()
     assert await registry.functions.hasRole(registrar, deployment.training).call()
