@@ -1,6 +1,6 @@
-"""deploy_system's training steps: TrainingValidation, then TrainingTasks on the token and the registry, holding the registrar
-role, no relayer role (tasks are relayed on signed terms), and its admin and pauser roles with the
-timelock on a timelocked deployment."""
+"""deploy_system's training steps: TrainingValidation, then TrainingTasks on the token and the
+registry, holding the registrar role, no relayer role (tasks are relayed on signed terms), and its
+admin and pauser roles with the timelock on a timelocked deployment."""
 
 from __future__ import annotations
 
