@@ -112,7 +112,8 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
     assert [s["bond"] for s in done["submissions"]] == ["released", "released"]
     assert done["submissions"][0]["score"] > 800_000
     panel = done["panel"]
-    assert {p["validator"] for p in panel} == {dev_account(v).address for v in VALIDATORS}
+    # Three seats drawn by lot with replacement among the three validators: one may hold two.
+    assert len(panel) == 3 and {p["validator"] for p in panel} <= {dev_account(v).address for v in VALIDATORS}
     assert all(p["state"] == "revealed" and not p["unusable"] and len(p["scores"]) == 2 for p in panel), panel
     assert set(done["transactions"]) >= {"create", "reveal", "finalize"}
     model_id = done["model_id"]
@@ -120,12 +121,19 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
 
     # Every job has exactly one recorded result; each validation job went to the validator of its seat.
     store = c.store()
-    for job in ("1:train:0", "1:train:1", "1:validate:0", "1:validate:1", "1:validate:2"):
+    # One validation job per drawn validator, at its first seat, however many seats it holds.
+    first_seats: dict[str, int] = {}
+    for p in panel:
+        first_seats.setdefault(p["validator"], p["seat"])
+    jobs = ["1:train:0", "1:train:1", *(f"1:validate:{seat}" for seat in first_seats.values())]
+    for job in jobs:
         result = await store.result(job)
         assert result is not None and result["ok"], (job, result)
-    for seat in panel:
-        result = await store.result(f"1:validate:{seat['seat']}")
-        assert result is not None and result["worker"].startswith(seat["validator"] + ":"), (seat, result)
+    for validator, seat in first_seats.items():
+        result = await store.result(f"1:validate:{seat}")
+        assert result is not None and result["worker"].startswith(validator + ":"), (seat, result)
+    for seat in set(range(3)) - set(first_seats.values()):  # a second seat of one validator: no second job
+        assert await store.result(f"1:validate:{seat}") is None
 
     # The oracle serves the accepted model: five nodes fetch it by CID from the coordinator's gateway.
     registry = registry_contract(c.w3, c.deployment.registry)
