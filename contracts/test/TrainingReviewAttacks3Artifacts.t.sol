@@ -124,4 +124,34 @@ contract TrainingReviewAttacks3ArtifactsTest is TrainingFixture {
         vm.assertEq(uint256(_task(id).accepted), 1, "the honest submission wins");
         vm.assertEq(_trainerStake(trainers[1]), STAKE - 10 ether, "the false claim's bond is burned");
     }
+
+    /// Finding, the same root on the split: on a task whose test set was never revealed, each distinct
+    /// artifact the holdout panel verifies takes an equal share. Sybil trainers submitting valid
+    /// variants of the spec's model (another random_state, a few more rows: other bytes, a claim that
+    /// reproduces within claimSlack) are each verified and each paid, so an abandoning requester with
+    /// three sybil stakes (bonds released, stakes returned) takes three quarters of the trainers' part
+    /// back from the one trainer that followed the spec, and keeps every model.
+    function test_attack_sybil_variants_of_the_spec_model_take_the_abandoned_split() public {
+        uint256 id = _create(3, 800_000);
+        string[4] memory cids = [_model(id), "bafkreivariantone", "bafkreivarianttwo", "bafkreivariantthree"];
+        uint32[4] memory claims = [HONEST, 899_000, 901_000, 898_000];
+        for (uint256 i; i < 4; ++i) {
+            _commit(id, trainers[i], cids[i], claims[i]); // trainers[1..3]: the requester's sybils
+        }
+        _toRevealWindow(id);
+        for (uint256 i; i < 4; ++i) {
+            _reveal(id, trainers[i], cids[i], claims[i]);
+        }
+        vm.warp(_task(id).testDeadline + 1); // the requester keeps its test set
+        panel.finalizeTask(id);
+        _drawDistinct(id);
+        uint32[] memory holdout = new uint32[](4);
+        for (uint256 i; i < 4; ++i) {
+            holdout[i] = claims[i]; // each claim reproduces on the holdout
+        }
+        _allVote(id, false, holdout);
+        panel.finalizeTask(id);
+        vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Abandoned), "abandoned");
+        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 80 ether, "the spec's fit shared the escrow");
+    }
 }
