@@ -244,6 +244,9 @@ abstract contract TrainingBase is ReentrancyGuard {
     mapping(uint256 => uint256) internal _queue;
     mapping(bytes32 => FirstReveal) internal _firstReveal; // by artifact sha256
     mapping(address => uint256) internal _nonces; // of the requesters' signed terms
+    /// @dev By task: bit i set when submission i's artifact had been revealed in another task before
+    /// submission i was committed (never paid, never accepted; its bond is settled as any other's).
+    mapping(uint256 => uint256) internal _revealedElsewhere;
 
     error InvalidParameters(string reason);
     error ParametersChanged(uint256 termsVersion, uint256 currentVersion);
@@ -314,6 +317,11 @@ abstract contract TrainingBase is ReentrancyGuard {
         string modelCid,
         bytes32 artifactSha256,
         uint256 claim
+    );
+    /// @notice Submission `submissionId`'s artifact had been revealed in task `otherTaskId` before it was
+    /// committed: it is scored, its bond settled as usual, but it is never accepted nor paid.
+    event RevealedElsewhereFirst(
+        uint256 indexed taskId, uint256 indexed submissionId, bytes32 artifactSha256, uint256 otherTaskId
     );
     event TestSetRevealed(uint256 indexed taskId, string testCid);
     event DrawFixed(uint256 indexed taskId, uint256 round, uint256 drawBlock);

@@ -13,8 +13,8 @@ import {TrainingBase} from "./TrainingBase.sol";
 /// drawn. Seated validators commit keccak256(abi.encode(taskId, validator, unusable, scores, salt))
 /// within `scorePeriod`; seats left uncommitted are handed to new validators (`replaceNoShows` fines and
 /// benches the no-shows and fixes the next draw) up to MAX_ROUNDS draws. Reveals open when every seat has
-/// committed (which also closes the commit window) or when the last commit window has closed, and last
-/// `revealPeriod`.
+/// committed or when the last commit window has closed, and close `revealPeriod` after that commit
+/// window's announced deadline (scoreDeadline), never earlier.
 abstract contract TrainingPanel is TrainingBase {
     using DrawTree for DrawTree.Tree;
 
@@ -37,12 +37,12 @@ abstract contract TrainingPanel is TrainingBase {
         t.scoreDeadline = uint40(deadline);
         bytes32 seed = keccak256(abi.encode(hash, taskId, round));
         _fill(taskId, t, seed, drawBlock - t.rules.drawDelayBlocks, deadline);
-        if (t.committed == t.validations) t.scoreDeadline = uint40(block.timestamp); // complete: reveals open
     }
 
     /// @notice A seated validator's hidden vote: keccak256(abi.encode(taskId, validator, unusable, scores,
-    /// salt)) (see scoreCommitment), within its commit window. One for all the seats it holds; the last
-    /// seat to commit closes the commit window (scoreDeadline becomes now) and opens the reveals.
+    /// salt)) (see scoreCommitment), within its commit window. One for all the seats it holds; once every
+    /// seat has committed the reveals open, but they still close only revealPeriod after the commit
+    /// deadline each seat was announced (scoreDeadline, in ValidatorDrawn), which never moves earlier.
     function commitScores(uint256 taskId, bytes32 commitment) external {
         Task storage t = _openTask(taskId);
         (Member storage m, Seat storage lead) = _memberFor(taskId);
@@ -52,7 +52,6 @@ abstract contract TrainingPanel is TrainingBase {
         lead.state = SeatState.Committed;
         uint256 committed = t.committed + m.seats;
         t.committed = uint8(committed);
-        if (committed == t.validations) t.scoreDeadline = uint40(block.timestamp);
         emit ScoresCommitted(taskId, m.seat - 1, msg.sender);
     }
 
@@ -168,7 +167,9 @@ abstract contract TrainingPanel is TrainingBase {
     }
 
     /// @dev Reveals wait until no seat can be taken any more: every seat committed, or the last commit
-    /// window closed (after it, seats left uncommitted must be replaced first while rounds remain).
+    /// window closed (after it, seats left uncommitted must be replaced first while rounds remain). They
+    /// close revealPeriod after the announced commit deadline, however early the last seat committed, so
+    /// a seat that commits last cannot pull the window ahead of the one the others were given.
     function _checkRevealWindow(uint256 taskId, Task storage t) internal view {
         uint256 deadline = t.scoreDeadline;
         if (t.committed < t.validations) {

@@ -218,7 +218,10 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     /// @notice Open the caller's commitment, after the submission deadline and until the reveal deadline.
     /// The claim (the holdout score, millionths) must reach the task's minimum and the model must fit the
     /// registry (ModelRegistry.checkModel), so an accepted model can always be registered. An artifact
-    /// already revealed in another task before this commitment was made is refused: it could be a copy.
+    /// already revealed in another task before this commitment was made could be a copy: the reveal is
+    /// accepted (so a decoy reveal of a predictable artifact burns no honest bond) but marked
+    /// (RevealedElsewhereFirst, revealedElsewhere), and the submission is never accepted nor paid.
+    /// Trainers check firstRevealOf(artifactSha256) before committing.
     function revealSubmission(
         uint256 taskId,
         string calldata modelCid,
@@ -246,7 +249,8 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
         if (first.taskId == 0) {
             _firstReveal[artifactSha256] = FirstReveal(uint64(taskId), uint40(block.timestamp));
         } else if (first.taskId != taskId && first.revealedAt <= entry.committedAt) {
-            revert ArtifactRevealedElsewhere(taskId, artifactSha256, first.taskId);
+            _revealedElsewhere[taskId] |= 1 << (index - 1);
+            emit RevealedElsewhereFirst(taskId, index - 1, artifactSha256, first.taskId);
         }
         s.revealed = true;
         s.claim = uint32(claim);

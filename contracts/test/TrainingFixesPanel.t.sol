@@ -88,7 +88,8 @@ contract TrainingFixesPanelTest is TrainingFixture {
     }
 
     /// A no-show's seat drawn again lands on a validator that already committed: its ballot covers the
-    /// new seat, the panel is complete at once, and the reveals open.
+    /// new seat, the panel is complete at once, and the reveals open (before the new commit window's
+    /// announced deadline, which stands: they close revealPeriod after it).
     function test_a_committed_validator_drawn_again_completes_the_panel() public {
         uint256 id = _create(3, 800_000);
         _submitAll(id, _one(trainers[0]), _cids(MODEL), _claims(950_000));
@@ -101,7 +102,7 @@ contract TrainingFixesPanelTest is TrainingFixture {
         _drawUntil(id, _seatTwoCommitted);
         address again = panel.getSeat(id, 2).validator;
         vm.assertEq(uint256(_task(id).committed), 3, "complete");
-        vm.assertEq(_task(id).scoreDeadline, block.timestamp, "the commit window closed at once");
+        vm.assertEq(_task(id).scoreDeadline, block.timestamp + _task(id).scorePeriod, "the announced deadline");
         vm.assertEq(uint256(panel.memberOf(id, again).seats), 2, "two seats now");
         _revealVote(id, seated[0]);
         _revealVote(id, seated[1]);
