@@ -85,7 +85,7 @@ abstract contract TrainingBase is ReentrancyGuard {
     struct Parameters {
         uint128 minTrainerStake;
         uint128 minValidatorStake;
-        uint96 minBond; // a submission's bond is bondBps of the reward, but at least this
+        uint96 minBond; // a submission's bond is bondBps of the reward, but at least this (> 0)
         uint96 minRegistrationReward; // an accepted model is registered only for tasks paying this much
         uint32 unstakeDelay; // seconds between requestUnstake and withdrawStake (MIN_UNSTAKE_DELAY..30 days)
         uint32 minPeriod; // the shortest submitPeriod and scorePeriod a task may ask for
@@ -95,8 +95,8 @@ abstract contract TrainingBase is ReentrancyGuard {
         uint32 claimSlack; // millionths: how far a score may pass its claim and still count (see docs)
         uint16 drawDelayBlocks; // blocks between fixing a draw and the block whose hash draws it
         uint16 validatorShareBps; // of the reward, to the seats that voted with the majority (> 0)
-        uint16 slashBps; // of the weight that drew a seat, locked by the seat; lost when outvoted or silent
-        uint16 noShowBps; // of that weight, lost by a seat's validator that never committed
+        uint16 slashBps; // of the weight that drew a seat, locked by the seat; lost when outvoted or silent (>= 1%)
+        uint16 noShowBps; // of that weight, lost by a seat's validator that never committed (> 0)
         uint16 bondBps;
         uint16 registrationsPerPeriod; // at most this many registrations per window (0: new tasks register none)
         uint96 minSeatReward; // a task's validators' part must pay at least this per seat (> 0)

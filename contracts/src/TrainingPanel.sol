@@ -188,8 +188,8 @@ abstract contract TrainingPanel is TrainingBase {
 
     /// @dev Draw every empty seat: seat k takes the slot at position keccak256(seed, k) mod W, W being the
     /// weights at block `asOf` less the requester's and the trainers' (left out of the draw); a validator
-    /// already seated can be drawn again. A slot whose validator has left since (its stake withdrawn)
-    /// leaves its seat for the next round.
+    /// already seated can be drawn again. A slot whose validator has left since (its stake withdrawn), or
+    /// whose free stake cannot cover the seat's lock (see _seat), leaves its seat for the next round.
     function _fill(uint256 taskId, Task storage t, bytes32 seed, uint256 asOf, uint256 deadline) private {
         uint256[] memory slots = new uint256[](1 + MAX_SUBMISSIONS);
         uint256[] memory weights = new uint256[](slots.length);
@@ -214,15 +214,19 @@ abstract contract TrainingPanel is TrainingBase {
         }
     }
 
-    /// @dev Seat `validator` (its first seat, or one more); lock slashBps of `weight` (the weight that
-    /// drew it), or what is left free of its stake if less.
+    /// @dev Seat `validator` (its first seat, or one more) and lock slashBps of `weight` (the weight that
+    /// drew it). A validator whose free stake cannot cover that lock (its stake is locked by seats on
+    /// other open tasks, or by this draw's earlier seats) is not seated: the seat stays empty for the next
+    /// draw, so no seat is ever held with less at stake than its lock.
     function _seat(uint256 taskId, Task storage t, uint256 seat, address validator, uint256 weight, uint256 deadline)
         private
     {
+        Stake storage s = _stakes[validator][Role.Validator];
+        uint256 lock = weight * t.rules.slashBps / 10_000;
+        if (lock > s.amount - s.locked) return;
         Seat storage st = _seats[taskId][seat];
         st.validator = validator;
         Member storage m = _members[taskId][validator];
-        Stake storage s = _stakes[validator][Role.Validator];
         if (m.seats == 0) {
             m.seat = uint8(seat + 1);
             st.state = SeatState.Drawn;
@@ -231,9 +235,6 @@ abstract contract TrainingPanel is TrainingBase {
             t.committed += 1; // its ballot is committed already and counts for this seat too
         }
         m.seats += 1;
-        uint256 lock = weight * t.rules.slashBps / 10_000;
-        uint256 free = s.amount - s.locked;
-        if (lock > free) lock = free;
         m.locked += uint128(lock);
         s.locked += uint128(lock);
         t.seated += 1;

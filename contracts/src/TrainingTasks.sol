@@ -57,6 +57,8 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     }
 
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+    /// @notice The least slashBps the admin may set: every seat puts something at stake.
+    uint16 public constant MIN_SLASH_BPS = 100;
     bytes32 public constant TERMS_TYPEHASH = keccak256(
         "TaskTerms(address requester,string datasetCid,string specCid,bytes32 testSetCommitment,uint96 reward,"
         "uint32 submitPeriod,uint32 scorePeriod,uint8 validations,uint32 minScore,uint8 kind,uint8 decimals,"
@@ -143,6 +145,8 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
         if (p.validatorShareBps == 0 || p.minSeatReward == 0) revert InvalidParameters("validators unpaid");
         if (p.validatorShareBps > 5_000 || p.slashBps > 5_000) revert InvalidParameters("a share above 50%");
         if (p.noShowBps > p.slashBps) revert InvalidParameters("noShowBps above slashBps");
+        if (p.slashBps < MIN_SLASH_BPS || p.noShowBps == 0) revert InvalidParameters("slashBps below 1% or noShowBps 0");
+        if (p.minBond == 0) revert InvalidParameters("minBond is zero");
         if (p.bondBps > 10_000) revert InvalidParameters("bondBps above 100%");
         _params = p;
         parametersVersion += 1;
@@ -185,7 +189,9 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
         token.safeTransferFrom(requester, address(this), terms.reward);
     }
 
-    /// @notice Void every signed terms not yet relayed (the caller's nonce moves on).
+    /// @notice Void the signed terms that carry the caller's current nonce (the next a relayer could
+    /// land): the nonce moves on by one. Terms signed with later nonces stay valid and become the next in
+    /// line; void each (one call per nonce) or let them expire.
     function useNonce() external {
         emit NonceUsed(msg.sender, _nonces[msg.sender]++);
     }

@@ -7,7 +7,7 @@ import {vm} from "./Base.sol";
 import {TrainingFixture} from "./TrainingFixture.sol";
 
 /// @dev Issue 18's outside review broke the first TrainingTasks eight ways; items 1 to 6 here, 7 and 8 in
-/// TrainingRegistrationAttacks and TrainingTermsTest. Each test performs the attack and shows it fails.
+/// TrainingRegistrationTest and TrainingTermsTest. Each test performs the attack and shows it fails.
 contract TrainingReviewAttacksTest is TrainingFixture {
     uint256 internal constant BOND = 10 ether;
     address internal sybilA;

@@ -144,7 +144,9 @@ contract TrainingReviewAttacks2RequesterTest is TrainingFixture {
 
     // ---------------------------------------------------------------- locking the others' stakes
 
-    /// A requester asks for the longest score period (365 days). Its sybil validator, drawn to one seat,
+    /// A requester asks for the longest score period (365 days). Since the second review's fix a
+    /// score period above maxPeriod (at most 7 days) is refused: the creation below fails and the test
+    /// ends there; the rest is the attack as the reviewer wrote it. Its sybil validator, drawn to one seat,
     /// never commits (a 2 % fine). The honest validators that committed, and every trainer, cannot
     /// withdraw any of their stake until the seat can be replaced a year later (and up to three years
     /// over three rounds). Safe: a task whose seat went silent can be moved on within 30 days.
