@@ -357,6 +357,14 @@ abstract contract TrainingBase is ReentrancyGuard {
         }
     }
 
+    /// @dev `step`'s window opens after `opensAfter` (0: open since the task's creation) and closes at
+    /// `closes` (included): TooEarly names the first second it is open, TooLate the last. One revert path
+    /// for every window of TrainingTasks' own half (EIP-170).
+    function _checkWindow(uint256 taskId, Step step, uint256 opensAfter, uint256 closes) internal view {
+        if (block.timestamp <= opensAfter) revert TooEarly(taskId, step, opensAfter + 1);
+        if (block.timestamp > closes) revert TooLate(taskId, step, closes);
+    }
+
     /// @dev Fix the block whose hash draws the next validators: `drawDelayBlocks` after this one.
     function _fixDraw(uint256 taskId, Task storage t) internal {
         uint256 drawBlock = block.number + t.rules.drawDelayBlocks;

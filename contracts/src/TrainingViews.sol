@@ -32,7 +32,7 @@ abstract contract TrainingViews is TrainingBase {
     }
 
     /// @notice keccak256(abi.encode(testCid, salt)): a task's test-set commitment.
-    function commitmentFor(string calldata testCid, bytes32 salt) external pure returns (bytes32) {
+    function commitmentFor(string calldata testCid, bytes32 salt) public pure returns (bytes32) {
         return keccak256(abi.encode(testCid, salt));
     }
 
@@ -43,7 +43,7 @@ abstract contract TrainingViews is TrainingBase {
         bytes32 artifactSha256,
         uint256 claim,
         bytes32 salt
-    ) external pure returns (bytes32) {
+    ) public pure returns (bytes32) {
         return keccak256(abi.encode(taskId, trainer, modelCid, artifactSha256, claim, salt));
     }
 }
