@@ -85,7 +85,7 @@ abstract contract TrainingBase is ReentrancyGuard {
     struct Parameters {
         uint128 minTrainerStake;
         uint128 minValidatorStake;
-        uint96 minBond; // a submission's bond is bondBps of the reward, but at least this
+        uint96 minBond; // a submission's bond is bondBps of the reward, but at least this (> 0)
         uint96 minRegistrationReward; // an accepted model is registered only for tasks paying this much
         uint32 unstakeDelay; // seconds between requestUnstake and withdrawStake (MIN_UNSTAKE_DELAY..30 days)
         uint32 minPeriod; // the shortest submitPeriod and scorePeriod a task may ask for
@@ -95,8 +95,8 @@ abstract contract TrainingBase is ReentrancyGuard {
         uint32 claimSlack; // millionths: how far a score may pass its claim and still count (see docs)
         uint16 drawDelayBlocks; // blocks between fixing a draw and the block whose hash draws it
         uint16 validatorShareBps; // of the reward, to the seats that voted with the majority (> 0)
-        uint16 slashBps; // of the weight that drew a seat, locked by the seat; lost when outvoted or silent
-        uint16 noShowBps; // of that weight, lost by a seat's validator that never committed
+        uint16 slashBps; // of the weight that drew a seat, locked by the seat; lost when outvoted or silent (>= 1%)
+        uint16 noShowBps; // of that weight, lost by a seat's validator that never committed (> 0)
         uint16 bondBps;
         uint16 registrationsPerPeriod; // at most this many registrations per window (0: new tasks register none)
         uint96 minSeatReward; // a task's validators' part must pay at least this per seat (> 0)
@@ -244,6 +244,9 @@ abstract contract TrainingBase is ReentrancyGuard {
     mapping(uint256 => uint256) internal _queue;
     mapping(bytes32 => FirstReveal) internal _firstReveal; // by artifact sha256
     mapping(address => uint256) internal _nonces; // of the requesters' signed terms
+    /// @dev By task: bit i set when submission i's artifact had been revealed in another task before
+    /// submission i was committed (never paid, never accepted; its bond is settled as any other's).
+    mapping(uint256 => uint256) internal _revealedElsewhere;
 
     error InvalidParameters(string reason);
     error ParametersChanged(uint256 termsVersion, uint256 currentVersion);
@@ -315,6 +318,11 @@ abstract contract TrainingBase is ReentrancyGuard {
         bytes32 artifactSha256,
         uint256 claim
     );
+    /// @notice Submission `submissionId`'s artifact had been revealed in task `otherTaskId` before it was
+    /// committed: it is scored, its bond settled as usual, but it is never accepted nor paid.
+    event RevealedElsewhereFirst(
+        uint256 indexed taskId, uint256 indexed submissionId, bytes32 artifactSha256, uint256 otherTaskId
+    );
     event TestSetRevealed(uint256 indexed taskId, string testCid);
     event DrawFixed(uint256 indexed taskId, uint256 round, uint256 drawBlock);
     event ValidatorDrawn(uint256 indexed taskId, uint256 seat, address indexed validator, uint256 scoreDeadline);
@@ -347,6 +355,14 @@ abstract contract TrainingBase is ReentrancyGuard {
             if (t.status == Status.None) revert UnknownTask(taskId);
             revert TaskClosed(taskId, t.status);
         }
+    }
+
+    /// @dev `step`'s window opens after `opensAfter` (0: open since the task's creation) and closes at
+    /// `closes` (included): TooEarly names the first second it is open, TooLate the last. One revert path
+    /// for every window of TrainingTasks' own half (EIP-170).
+    function _checkWindow(uint256 taskId, Step step, uint256 opensAfter, uint256 closes) internal view {
+        if (block.timestamp <= opensAfter) revert TooEarly(taskId, step, opensAfter + 1);
+        if (block.timestamp > closes) revert TooLate(taskId, step, closes);
     }
 
     /// @dev Fix the block whose hash draws the next validators: `drawDelayBlocks` after this one.

@@ -13,8 +13,8 @@ import {TrainingBase} from "./TrainingBase.sol";
 /// drawn. Seated validators commit keccak256(abi.encode(taskId, validator, unusable, scores, salt))
 /// within `scorePeriod`; seats left uncommitted are handed to new validators (`replaceNoShows` fines and
 /// benches the no-shows and fixes the next draw) up to MAX_ROUNDS draws. Reveals open when every seat has
-/// committed (which also closes the commit window) or when the last commit window has closed, and last
-/// `revealPeriod`.
+/// committed or when the last commit window has closed, and close `revealPeriod` after that commit
+/// window's announced deadline (scoreDeadline), never earlier.
 abstract contract TrainingPanel is TrainingBase {
     using DrawTree for DrawTree.Tree;
 
@@ -37,12 +37,12 @@ abstract contract TrainingPanel is TrainingBase {
         t.scoreDeadline = uint40(deadline);
         bytes32 seed = keccak256(abi.encode(hash, taskId, round));
         _fill(taskId, t, seed, drawBlock - t.rules.drawDelayBlocks, deadline);
-        if (t.committed == t.validations) t.scoreDeadline = uint40(block.timestamp); // complete: reveals open
     }
 
     /// @notice A seated validator's hidden vote: keccak256(abi.encode(taskId, validator, unusable, scores,
-    /// salt)) (see scoreCommitment), within its commit window. One for all the seats it holds; the last
-    /// seat to commit closes the commit window (scoreDeadline becomes now) and opens the reveals.
+    /// salt)) (see scoreCommitment), within its commit window. One for all the seats it holds; once every
+    /// seat has committed the reveals open, but they still close only revealPeriod after the commit
+    /// deadline each seat was announced (scoreDeadline, in ValidatorDrawn), which never moves earlier.
     function commitScores(uint256 taskId, bytes32 commitment) external {
         Task storage t = _openTask(taskId);
         (Member storage m, Seat storage lead) = _memberFor(taskId);
@@ -52,7 +52,6 @@ abstract contract TrainingPanel is TrainingBase {
         lead.state = SeatState.Committed;
         uint256 committed = t.committed + m.seats;
         t.committed = uint8(committed);
-        if (committed == t.validations) t.scoreDeadline = uint40(block.timestamp);
         emit ScoresCommitted(taskId, m.seat - 1, msg.sender);
     }
 
@@ -168,7 +167,9 @@ abstract contract TrainingPanel is TrainingBase {
     }
 
     /// @dev Reveals wait until no seat can be taken any more: every seat committed, or the last commit
-    /// window closed (after it, seats left uncommitted must be replaced first while rounds remain).
+    /// window closed (after it, seats left uncommitted must be replaced first while rounds remain). They
+    /// close revealPeriod after the announced commit deadline, however early the last seat committed, so
+    /// a seat that commits last cannot pull the window ahead of the one the others were given.
     function _checkRevealWindow(uint256 taskId, Task storage t) internal view {
         uint256 deadline = t.scoreDeadline;
         if (t.committed < t.validations) {
@@ -187,8 +188,8 @@ abstract contract TrainingPanel is TrainingBase {
 
     /// @dev Draw every empty seat: seat k takes the slot at position keccak256(seed, k) mod W, W being the
     /// weights at block `asOf` less the requester's and the trainers' (left out of the draw); a validator
-    /// already seated can be drawn again. A slot whose validator has left since (its stake withdrawn)
-    /// leaves its seat for the next round.
+    /// already seated can be drawn again. A slot whose validator has left since (its stake withdrawn), or
+    /// whose free stake cannot cover the seat's lock (see _seat), leaves its seat for the next round.
     function _fill(uint256 taskId, Task storage t, bytes32 seed, uint256 asOf, uint256 deadline) private {
         uint256[] memory slots = new uint256[](1 + MAX_SUBMISSIONS);
         uint256[] memory weights = new uint256[](slots.length);
@@ -213,15 +214,19 @@ abstract contract TrainingPanel is TrainingBase {
         }
     }
 
-    /// @dev Seat `validator` (its first seat, or one more); lock slashBps of `weight` (the weight that
-    /// drew it), or what is left free of its stake if less.
+    /// @dev Seat `validator` (its first seat, or one more) and lock slashBps of `weight` (the weight that
+    /// drew it). A validator whose free stake cannot cover that lock (its stake is locked by seats on
+    /// other open tasks, or by this draw's earlier seats) is not seated: the seat stays empty for the next
+    /// draw, so no seat is ever held with less at stake than its lock.
     function _seat(uint256 taskId, Task storage t, uint256 seat, address validator, uint256 weight, uint256 deadline)
         private
     {
+        Stake storage s = _stakes[validator][Role.Validator];
+        uint256 lock = weight * t.rules.slashBps / 10_000;
+        if (lock > s.amount - s.locked) return;
         Seat storage st = _seats[taskId][seat];
         st.validator = validator;
         Member storage m = _members[taskId][validator];
-        Stake storage s = _stakes[validator][Role.Validator];
         if (m.seats == 0) {
             m.seat = uint8(seat + 1);
             st.state = SeatState.Drawn;
@@ -230,9 +235,6 @@ abstract contract TrainingPanel is TrainingBase {
             t.committed += 1; // its ballot is committed already and counts for this seat too
         }
         m.seats += 1;
-        uint256 lock = weight * t.rules.slashBps / 10_000;
-        uint256 free = s.amount - s.locked;
-        if (lock > free) lock = free;
         m.locked += uint128(lock);
         s.locked += uint128(lock);
         t.seated += 1;

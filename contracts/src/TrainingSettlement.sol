@@ -37,12 +37,13 @@ abstract contract TrainingSettlement is TrainingPanel {
         uint32 score; // the winner's decided score
         uint256 rank; // the winner's score, counted up to its claim + claimSlack
         uint256 payees; // seats paid
+        bool anyUndecided; // a revealed submission's score had no clear majority
         uint8[9] kind; // by seat: 0 no ballot revealed, 1 holdout, 2 test set
         uint32[16][9] ballots;
         bool[9] pays; // the seat gets a share of the validators' part
         bool[9] slash; // outvoted by a clear majority
         bool[16] forfeit; // judged: the artifact failed its checks
-        bool[16] paid; // gets a share of the trainers' part (Unusable, Abandoned)
+        bool[16] undecided; // fewer than a clear majority of the seats agree on its score
         uint32[16] decided;
     }
 
@@ -153,7 +154,9 @@ abstract contract TrainingSettlement is TrainingPanel {
             tally.status = abandoned ? Status.Abandoned : Status.Undecided;
         }
         if (tally.judge != 0) _score(taskId, t, tally, count[tally.judge]);
-        if (tally.judge == 2) tally.status = tally.winner != 0 ? Status.Accepted : Status.Rejected;
+        if (tally.judge == 2) {
+            tally.status = tally.winner != 0 ? Status.Accepted : tally.anyUndecided ? Status.Undecided : Status.Rejected;
+        }
         for (uint256 seat; seat < validations; ++seat) {
             uint8 kind = tally.kind[seat];
             if (kind == 0) continue;
@@ -165,24 +168,34 @@ abstract contract TrainingSettlement is TrainingPanel {
         }
     }
 
-    /// @dev Each revealed submission's score is what a clear majority of the judging ballots reaches.
-    /// Test-set scores: a score of 0 (the artifact failed its checks) forfeits the bond; a score of at
-    /// least the minimum is eligible, ranked by its score counted up to its claim + claimSlack (a model
-    /// scoring far above its own holdout claim wins nothing by it); the best wins, the earliest
-    /// commitment among equals. Holdout scores: an artifact is verified when its score is not 0 and
-    /// within claimSlack of its claim; the others' bonds are forfeited.
+    /// @dev Each revealed submission's score is what a clear majority of the seats filled agrees on: the
+    /// M-th highest judging vote, when at least M votes lie within scoreTolerance of it. Without such a
+    /// majority (seats silent, votes apart) the submission is undecided: its bond is released, it is not
+    /// accepted and nobody is slashed over it, so one vote of 0 beside a silent seat decides nothing.
+    /// Test-set scores: a decided score of 0 (the artifact failed its checks) forfeits the bond; a score
+    /// of at least the minimum is eligible, unless its artifact was revealed in another task before it
+    /// was committed, ranked by its score counted up to its claim + claimSlack (a model scoring far above
+    /// its own holdout claim wins nothing by it); the best wins, the earliest commitment among equals.
+    /// Holdout scores: an artifact is verified when its decided score is not 0 and within claimSlack of
+    /// its claim; the others' bonds are forfeited.
     function _score(uint256 taskId, Task storage t, Tally memory tally, uint256 votesPerSubmission) private view {
         uint256 tolerance = t.rules.scoreTolerance;
         uint256 slack = t.rules.claimSlack;
+        uint256 elsewhere = _revealedElsewhere[taskId];
         for (uint256 i; i < t.submissions; ++i) {
             Submission storage s = _submissions[taskId][i];
             if (!s.revealed) continue;
-            uint32 score = _decide(tally, i, votesPerSubmission, tolerance);
+            (uint32 score, bool decided) = _decide(tally, i, votesPerSubmission, tolerance);
+            if (!decided) {
+                tally.undecided[i] = true;
+                tally.anyUndecided = true;
+                continue;
+            }
             tally.decided[i] = score;
             uint256 claim = s.claim;
             if (score == 0 || (tally.judge == 1 && TrainingVerdict.far(score, claim, slack))) {
                 tally.forfeit[i] = true;
-            } else if (tally.judge == 2 && score >= t.minScore) {
+            } else if (tally.judge == 2 && score >= t.minScore && (elsewhere >> i) & 1 == 0) {
                 uint256 rank = score < claim + slack ? score : claim + slack;
                 if (tally.winner == 0 || rank > tally.rank) {
                     (tally.winner, tally.score, tally.rank) = (i + 1, score, rank);
@@ -191,9 +204,13 @@ abstract contract TrainingSettlement is TrainingPanel {
         }
     }
 
-    /// @dev Submission `i`'s score by the judging ballots; the seats a clear majority outvotes on it are
-    /// marked for the slash.
-    function _decide(Tally memory tally, uint256 i, uint256 n, uint256 tolerance) private pure returns (uint32 score) {
+    /// @dev Submission `i`'s score by the judging ballots, and whether a clear majority of the seats agrees
+    /// on it; when one does, the seats it outvotes on it are marked for the slash.
+    function _decide(Tally memory tally, uint256 i, uint256 n, uint256 tolerance)
+        private
+        pure
+        returns (uint32 score, bool decided)
+    {
         uint32[] memory votes = new uint32[](n);
         uint256 k;
         for (uint256 seat; seat < 9; ++seat) {
@@ -201,12 +218,13 @@ abstract contract TrainingSettlement is TrainingPanel {
         }
         uint256 agreeing;
         (score, agreeing) = TrainingVerdict.decide(votes, tally.m, tolerance);
-        if (agreeing < tally.m) return score;
+        if (agreeing < tally.m) return (0, false);
         for (uint256 seat; seat < 9; ++seat) {
             if (tally.kind[seat] == tally.judge && TrainingVerdict.far(tally.ballots[seat][i], score, tolerance)) {
                 tally.slash[seat] = true;
             }
         }
+        return (score, true);
     }
 
     /// @dev A bond is forfeited when its submission was never revealed or failed its checks.
@@ -245,12 +263,11 @@ abstract contract TrainingSettlement is TrainingPanel {
         uint256 rest = escrow - toValidators;
         uint256 toTrainers;
         uint256 toRequester;
-        if (status == Status.Accepted) {
+        uint256 payee = tally.winner;
+        if (status == Status.Unusable || status == Status.Abandoned) payee = _payee(taskId, t, tally);
+        if (payee != 0) {
             toTrainers = rest;
-            _send(_submissions[taskId][tally.winner - 1].trainer, rest);
-        } else if ((status == Status.Unusable || status == Status.Abandoned) && _markPaid(taskId, t, tally) > 0) {
-            toTrainers = rest;
-            _splitToTrainers(taskId, t, tally, rest);
+            _send(_submissions[taskId][payee - 1].trainer, rest);
         } else {
             toRequester = rest;
             _send(t.requester, rest);
@@ -259,37 +276,18 @@ abstract contract TrainingSettlement is TrainingPanel {
         emit TaskSettled(taskId, status, tally.winner, tally.score, toTrainers, toValidators, toRequester);
     }
 
-    /// @dev Who shares the trainers' part when the test set was unusable or never revealed: each distinct
-    /// artifact the panel verified, once, by its earliest commitment (every distinct revealed artifact
-    /// when no clear majority judged). Returns how many.
-    function _markPaid(uint256 taskId, Task storage t, Tally memory tally) private view returns (uint256 count) {
-        bytes32[16] memory sha;
+    /// @dev Who is paid the trainers' part when the test set was unusable or never revealed (index + 1, 0:
+    /// nobody, the requester is refunded): the earliest commitment the panel verified, as an accepted
+    /// task pays one winner (variants of one model under several stakes take nothing more); when none
+    /// was verified, the earliest whose score no clear majority decided (the requester, who withheld or
+    /// spoiled the test set, is not refunded by silent seats). Never an artifact revealed in another
+    /// task before it was committed.
+    function _payee(uint256 taskId, Task storage t, Tally memory tally) private view returns (uint256 fallback_) {
+        uint256 elsewhere = _revealedElsewhere[taskId];
         for (uint256 i; i < t.submissions; ++i) {
-            Submission storage s = _submissions[taskId][i];
-            if (!s.revealed || tally.forfeit[i]) continue;
-            sha[i] = s.artifactSha256;
-            bool copy;
-            for (uint256 j; j < i && !copy; ++j) {
-                copy = tally.paid[j] && sha[j] == sha[i];
-            }
-            if (copy) continue;
-            tally.paid[i] = true;
-            ++count;
-        }
-    }
-
-    /// @dev Equal shares to the trainers marked paid, the remainder to the first.
-    function _splitToTrainers(uint256 taskId, Task storage t, Tally memory tally, uint256 amount) private {
-        uint256 count;
-        for (uint256 i; i < t.submissions; ++i) {
-            if (tally.paid[i]) ++count;
-        }
-        uint256 share = amount / count;
-        uint256 dust = amount - share * count;
-        for (uint256 i; i < t.submissions; ++i) {
-            if (!tally.paid[i]) continue;
-            _send(_submissions[taskId][i].trainer, share + dust);
-            dust = 0;
+            if (!_submissions[taskId][i].revealed || tally.forfeit[i] || (elsewhere >> i) & 1 != 0) continue;
+            if (tally.judge != 0 && !tally.undecided[i]) return i + 1;
+            if (fallback_ == 0) fallback_ = i + 1;
         }
     }
 

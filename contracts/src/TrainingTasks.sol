@@ -21,8 +21,8 @@ import {TrainingViews} from "./TrainingViews.sol";
 /// non-development deployments) changes parameters, within bounds, for tasks created afterwards (stake
 /// minimums and the unstake delay apply at once) and may pause task creation and staking (PAUSER_ROLE);
 /// it cannot change an open task's rules, an escrow, a stake or a bond (docs/training.md says what else).
-/// The panel and settlement functions (revealTestSet, drawPanel, commitScores, replaceNoShows,
-/// revealScores, finalizeTask, retryRegistration, burnPenalties and their views) are TrainingValidation's
+/// The panel and settlement functions (drawPanel, commitScores, replaceNoShows, revealScores,
+/// finalizeTask, retryRegistration, burnPenalties and their views) are TrainingValidation's
 /// code, deployed beforehand and run by this contract's fallback in this contract's storage (see
 /// TrainingBase); the shipped ABI has both.
 contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
@@ -57,6 +57,8 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     }
 
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+    /// @notice The least slashBps the admin may set: every seat puts something at stake.
+    uint16 public constant MIN_SLASH_BPS = 100;
     bytes32 public constant TERMS_TYPEHASH = keccak256(
         "TaskTerms(address requester,string datasetCid,string specCid,bytes32 testSetCommitment,uint96 reward,"
         "uint32 submitPeriod,uint32 scorePeriod,uint8 validations,uint32 minScore,uint8 kind,uint8 decimals,"
@@ -127,26 +129,41 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     }
 
     function _setParameters(Parameters memory p) private {
-        if (p.minTrainerStake == 0 || p.minValidatorStake == 0) revert InvalidParameters("a minimum stake is zero");
+        if (p.minTrainerStake == 0 || p.minValidatorStake == 0) _refuse("a minimum stake is zero");
         if (p.unstakeDelay < MIN_UNSTAKE_DELAY || p.unstakeDelay > 30 days) {
-            revert InvalidParameters("unstakeDelay not 1..30 days");
+            _refuse("unstakeDelay not 1..30 days");
         }
-        if (p.minPeriod == 0 || p.minPeriod > p.maxPeriod) revert InvalidParameters("not 0 < minPeriod <= maxPeriod");
+        if (p.minPeriod == 0 || p.minPeriod > p.maxPeriod) _refuse("not 0 < minPeriod <= maxPeriod");
         if (p.maxPeriod > MAX_PERIOD || p.revealPeriod > MAX_PERIOD || p.registrationPeriod > MAX_PERIOD) {
-            revert InvalidParameters("a period above 7 days");
+            _refuse("a period above 7 days");
         }
-        if (p.revealPeriod == 0 || p.registrationPeriod == 0) revert InvalidParameters("a period is zero");
+        if (p.revealPeriod == 0 || p.registrationPeriod == 0) _refuse("a period is zero");
         if (p.scoreTolerance > SCORE_SCALE || p.claimSlack > SCORE_SCALE) {
-            revert InvalidParameters("a score tolerance above 1.0");
+            _refuse("a score tolerance above 1.0");
         }
-        if (p.drawDelayBlocks == 0 || p.drawDelayBlocks > 128) revert InvalidParameters("drawDelayBlocks not 1..128");
-        if (p.validatorShareBps == 0 || p.minSeatReward == 0) revert InvalidParameters("validators unpaid");
-        if (p.validatorShareBps > 5_000 || p.slashBps > 5_000) revert InvalidParameters("a share above 50%");
-        if (p.noShowBps > p.slashBps) revert InvalidParameters("noShowBps above slashBps");
-        if (p.bondBps > 10_000) revert InvalidParameters("bondBps above 100%");
+        if (p.drawDelayBlocks == 0 || p.drawDelayBlocks > 128) _refuse("drawDelayBlocks not 1..128");
+        if (p.validatorShareBps == 0 || p.minSeatReward == 0) _refuse("validators unpaid");
+        if (p.validatorShareBps > 5_000 || p.slashBps > 5_000) _refuse("a share above 50%");
+        if (p.noShowBps > p.slashBps) _refuse("noShowBps above slashBps");
+        if (p.slashBps < MIN_SLASH_BPS || p.noShowBps == 0) _refuse("slashBps below 1% or noShowBps 0");
+        if (p.minBond == 0) _refuse("minBond is zero");
+        if (p.bondBps > 10_000) _refuse("bondBps above 100%");
         _params = p;
         parametersVersion += 1;
         emit ParametersUpdated(p);
+    }
+
+    /// @dev Revert InvalidParameters(reason), `reason` being the text left-aligned in the word (a reason
+    /// over 32 bytes does not compile): one revert path for every parameter check, where a revert with its
+    /// own string literal each costs ~250 bytes more code (EIP-170).
+    function _refuse(bytes32 reason) private pure {
+        uint256 length;
+        while (length < 32 && reason[length] != 0) ++length;
+        bytes memory text = abi.encodePacked(reason);
+        assembly ("memory-safe") {
+            mstore(text, length)
+        }
+        revert InvalidParameters(string(text));
     }
 
     // ------------------------------------------------------------- tasks
@@ -155,7 +172,6 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     function createTask(Terms calldata terms) external whenNotPaused nonReentrant returns (uint256 taskId) {
         _checkVersion(terms);
         taskId = _create(terms, msg.sender);
-        token.safeTransferFrom(msg.sender, address(this), terms.reward);
     }
 
     /// @notice Create a task on terms `requester` signed (EIP-712, see termsDigest), paid by `requester`:
@@ -182,10 +198,11 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
         uint256 allowance = token.allowance(requester, address(this));
         if (allowance < terms.reward) revert EscrowNotApproved(requester, allowance, terms.reward);
         taskId = _create(terms, requester);
-        token.safeTransferFrom(requester, address(this), terms.reward);
     }
 
-    /// @notice Void every signed terms not yet relayed (the caller's nonce moves on).
+    /// @notice Void the signed terms that carry the caller's current nonce (the next a relayer could
+    /// land): the nonce moves on by one. Terms signed with later nonces stay valid and become the next in
+    /// line; void each (one call per nonce) or let them expire.
     function useNonce() external {
         emit NonceUsed(msg.sender, _nonces[msg.sender]++);
     }
@@ -200,7 +217,7 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     /// the task's bond out of the trainer's free stake.
     function commitSubmission(uint256 taskId, bytes32 commitment) external {
         Task storage t = _openTask(taskId);
-        if (block.timestamp > t.submitDeadline) revert TooLate(taskId, Step.CommitSubmission, t.submitDeadline);
+        _checkWindow(taskId, Step.CommitSubmission, 0, t.submitDeadline);
         if (msg.sender == t.requester) revert RequesterCannotSubmit(taskId);
         if (!isStaked(msg.sender, Role.Trainer)) revert NotStaked(msg.sender, Role.Trainer);
         if (_submissionOf[taskId][msg.sender].index != 0) revert AlreadySubmitted(taskId, msg.sender);
@@ -218,7 +235,10 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     /// @notice Open the caller's commitment, after the submission deadline and until the reveal deadline.
     /// The claim (the holdout score, millionths) must reach the task's minimum and the model must fit the
     /// registry (ModelRegistry.checkModel), so an accepted model can always be registered. An artifact
-    /// already revealed in another task before this commitment was made is refused: it could be a copy.
+    /// already revealed in another task before this commitment was made could be a copy: the reveal is
+    /// accepted (so a decoy reveal of a predictable artifact burns no honest bond) but marked
+    /// (RevealedElsewhereFirst, revealedElsewhere), and the submission is never accepted nor paid.
+    /// Trainers check firstRevealOf(artifactSha256) before committing.
     function revealSubmission(
         uint256 taskId,
         string calldata modelCid,
@@ -227,16 +247,13 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
         bytes32 salt
     ) external {
         Task storage t = _openTask(taskId);
-        if (block.timestamp <= t.submitDeadline) {
-            revert TooEarly(taskId, Step.RevealSubmission, t.submitDeadline + 1);
-        }
-        if (block.timestamp > t.revealDeadline) revert TooLate(taskId, Step.RevealSubmission, t.revealDeadline);
+        _checkWindow(taskId, Step.RevealSubmission, t.submitDeadline, t.revealDeadline);
         Entry memory entry = _submissionOf[taskId][msg.sender];
         uint256 index = entry.index;
         if (index == 0) revert NoCommitment(taskId, msg.sender);
         Submission storage s = _submissions[taskId][index - 1];
         if (s.revealed) revert AlreadyRevealed(taskId, msg.sender);
-        if (keccak256(abi.encode(taskId, msg.sender, modelCid, artifactSha256, claim, salt)) != s.commitment) {
+        if (submissionCommitment(taskId, msg.sender, modelCid, artifactSha256, claim, salt) != s.commitment) {
             revert CommitmentMismatch(taskId, msg.sender);
         }
         if (claim > SCORE_SCALE) revert ScoreOutOfRange(claim);
@@ -246,7 +263,8 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
         if (first.taskId == 0) {
             _firstReveal[artifactSha256] = FirstReveal(uint64(taskId), uint40(block.timestamp));
         } else if (first.taskId != taskId && first.revealedAt <= entry.committedAt) {
-            revert ArtifactRevealedElsewhere(taskId, artifactSha256, first.taskId);
+            _revealedElsewhere[taskId] |= 1 << (index - 1);
+            emit RevealedElsewhereFirst(taskId, index - 1, artifactSha256, first.taskId);
         }
         s.revealed = true;
         s.claim = uint32(claim);
@@ -260,11 +278,10 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     /// submission reveals and before the test deadline; fixes the block that draws the validators.
     function revealTestSet(uint256 taskId, string calldata testCid, bytes32 salt) external {
         Task storage t = _openTask(taskId);
-        if (block.timestamp <= t.revealDeadline) revert TooEarly(taskId, Step.RevealTestSet, t.revealDeadline + 1);
-        if (block.timestamp > t.testDeadline) revert TooLate(taskId, Step.RevealTestSet, t.testDeadline);
+        _checkWindow(taskId, Step.RevealTestSet, t.revealDeadline, t.testDeadline);
         if (t.testRevealed) revert AlreadyRevealed(taskId, msg.sender);
         if (t.revealed == 0) revert NoSubmissions(taskId);
-        if (keccak256(abi.encode(testCid, salt)) != t.testSetCommitment) revert TestSetMismatch(taskId);
+        if (commitmentFor(testCid, salt) != t.testSetCommitment) revert TestSetMismatch(taskId);
         t.testRevealed = true;
         t.testCid = testCid;
         emit TestSetRevealed(taskId, testCid);
@@ -309,6 +326,7 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
 
     // ------------------------------------------------------------- internals
 
+    /// @dev Create the task and escrow its reward from `requester`.
     function _create(Terms calldata terms, address requester) private returns (uint256 taskId) {
         Parameters memory p = _params;
         _checkTerms(terms, p);
@@ -345,6 +363,7 @@ contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
         t.datasetCid = terms.datasetCid;
         t.specCid = terms.specCid;
         _emitCreated(taskId, t);
+        token.safeTransferFrom(requester, address(this), terms.reward);
     }
 
     function _emitCreated(uint256 taskId, Task storage t) private {

@@ -17,8 +17,22 @@ abstract contract TrainingViews is TrainingBase {
         return _submissionOf[taskId][trainer].index;
     }
 
+    /// @notice The task an artifact (by its sha256) was first revealed in, and when (0, 0: never). A
+    /// commitment made at or after `revealedAt` in another task is never accepted nor paid: check it
+    /// before committing.
+    function firstRevealOf(bytes32 artifactSha256) external view returns (uint256 taskId, uint256 revealedAt) {
+        FirstReveal memory first = _firstReveal[artifactSha256];
+        return (first.taskId, first.revealedAt);
+    }
+
+    /// @notice Whether submission `submissionId`'s artifact had been revealed in another task before it
+    /// was committed (then it is never accepted nor paid).
+    function revealedElsewhere(uint256 taskId, uint256 submissionId) external view returns (bool) {
+        return (_revealedElsewhere[taskId] >> submissionId) & 1 != 0;
+    }
+
     /// @notice keccak256(abi.encode(testCid, salt)): a task's test-set commitment.
-    function commitmentFor(string calldata testCid, bytes32 salt) external pure returns (bytes32) {
+    function commitmentFor(string calldata testCid, bytes32 salt) public pure returns (bytes32) {
         return keccak256(abi.encode(testCid, salt));
     }
 
@@ -29,7 +43,7 @@ abstract contract TrainingViews is TrainingBase {
         bytes32 artifactSha256,
         uint256 claim,
         bytes32 salt
-    ) external pure returns (bytes32) {
+    ) public pure returns (bytes32) {
         return keccak256(abi.encode(taskId, trainer, modelCid, artifactSha256, claim, salt));
     }
 }

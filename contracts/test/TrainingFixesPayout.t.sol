@@ -79,9 +79,10 @@ contract TrainingFixesPayoutTest is TrainingFixture {
     }
 
     /// Two trainers with the same artifact (deterministic training) and a third with another, all
-    /// verified: each distinct artifact is paid once, by its earliest commitment; the copy committed
-    /// later gets its bond back and nothing else (as when a test set decides).
-    function test_the_split_pays_each_distinct_verified_artifact_once() public {
+    /// verified: the trainers' part goes whole to the earliest verified commitment, as an accepted task
+    /// pays one winner (third review, finding 5: valid variants under several stakes each took a
+    /// share); the others get their bonds back and nothing else.
+    function test_the_trainers_part_goes_to_the_earliest_verified_commitment() public {
         uint256 id = _create(3, 800_000);
         _commit(id, trainers[0], MODEL, 950_000);
         _commit(id, trainers[1], "bafkreimodelother", 900_000);
@@ -98,8 +99,9 @@ contract TrainingFixesPayoutTest is TrainingFixture {
         _allVote(id, true, holdout); // the test set is unusable; all three verify
         panel.finalizeTask(id);
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Unusable), "unusable");
-        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 40 ether, "the first of the pair");
-        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE + 40 ether, "the other artifact");
+        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 80 ether, "the earliest verified");
+        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE, "the other artifact, later: nothing");
+        vm.assertEq(_stakeOf(trainers[1], TrainingBase.Role.Trainer).amount, STAKE, "its bond back");
         vm.assertEq(token.balanceOf(trainers[2]), FUNDS - STAKE, "the later copy: nothing");
         vm.assertEq(_stakeOf(trainers[2], TrainingBase.Role.Trainer).amount, STAKE, "but its bond back");
     }
@@ -119,9 +121,9 @@ contract TrainingFixesPayoutTest is TrainingFixture {
     }
 
     /// Nobody can be drawn for the check (every validator stepped out): after three empty draws there is
-    /// no clear majority, and the trainers' part is split among the distinct revealed artifacts with
-    /// every bond back, as before any panel existed; no validator is paid.
-    function test_an_abandoned_check_without_a_majority_splits_among_the_revealed() public {
+    /// no clear majority, and the trainers' part (the whole escrow: no validator is paid) goes to the
+    /// earliest revealed commitment, undecided like every other, with every bond back.
+    function test_an_abandoned_check_without_a_majority_pays_the_earliest_revealed() public {
         uint256 id = _create(3, 800_000);
         _submitHidden(id, _two(trainers[0], trainers[1]), _cids(MODEL, JUNK), 900_000);
         for (uint256 i; i < 7; ++i) {
@@ -139,8 +141,8 @@ contract TrainingFixesPayoutTest is TrainingFixture {
         _afterScoreReveals(id);
         panel.finalizeTask(id);
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Abandoned), "abandoned");
-        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 50 ether, "half the escrow");
-        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE + 50 ether, "half the escrow");
+        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 100 ether, "the whole escrow");
+        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE, "the later one: nothing");
         vm.assertEq(_stakeOf(trainers[1], TrainingBase.Role.Trainer).amount, STAKE, "bonds back: nothing judged");
     }
 
@@ -169,7 +171,8 @@ contract TrainingFixesPayoutTest is TrainingFixture {
         vm.assertEq(uint256(tasks.getSubmission(id, 1).bond), uint256(TrainingBase.Bond.Released), "0.10 above");
         vm.assertEq(uint256(tasks.getSubmission(id, 2).bond), uint256(TrainingBase.Bond.Forfeited), "further below");
         vm.assertEq(uint256(tasks.getSubmission(id, 3).bond), uint256(TrainingBase.Bond.Forfeited), "further above");
-        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 40 ether, "two verified: 40 EML each");
+        vm.assertEq(token.balanceOf(trainers[0]), FUNDS - STAKE + 80 ether, "the earliest verified: all 80");
+        vm.assertEq(token.balanceOf(trainers[1]), FUNDS - STAKE, "the later verified: nothing");
         vm.assertEq(uint256(tasks.getSubmission(id, 1).score), 1_000_000, "the holdout score is recorded");
     }
 

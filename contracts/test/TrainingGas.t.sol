@@ -197,7 +197,7 @@ contract TrainingGasTest is TrainingFixture {
         uint256 id = _bigTask();
         _allVote(id, true, _allVerified());
         _finalize(id);
-        _gas("finalizeTask: 9 seats, 16 submissions, unusable, 16 verified (25 payments)");
+        _gas("finalizeTask: 9 seats, 16 submissions, unusable, 16 verified (the earliest paid, 9 seats paid)");
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Unusable), "unusable");
     }
 
@@ -207,7 +207,7 @@ contract TrainingGasTest is TrainingFixture {
         uint256 id = _bigTask(true);
         _allVote(id, true, _allVerified());
         _finalize(id);
-        _gas("finalizeTask: 9 seats, 16 submissions, abandoned, 16 verified (25 payments)");
+        _gas("finalizeTask: 9 seats, 16 submissions, abandoned, 16 verified (the earliest paid, 9 seats paid)");
         vm.assertEq(uint256(_task(id).status), uint256(TrainingBase.Status.Abandoned), "abandoned");
     }
 

@@ -21,8 +21,9 @@ contract TrainingReviewAttacks2DrawTest is TrainingFixture {
 
     // ---------------------------------------------------------------- splitting stake
 
-    /// The lot is weighted by stake but draws without replacement and an account holds one seat, so a
-    /// stake's weight counts for one seat only. An attacker with a third of the stake, split into three
+    /// (As the reviewer found it: the lot drew without replacement and an account held one seat. Seats
+    /// are now drawn with replacement, a validator drawn k times holding k seats.) The lot is weighted by
+    /// stake but drew without replacement, so a stake's weight counted for one seat only. An attacker with a third of the stake, split into three
     /// minimum stakes, against one honest validator holding the other two thirds in one account: the
     /// honest account takes at most one seat of three, the attacker a majority in every draw. (Drawn
     /// per seat by stake, a third of the stake holds a majority of three 26 % of the time, the figure

@@ -205,10 +205,11 @@ contract TrainingWindowsTest is TrainingFixture {
         _commitVote(id, seated[1], false, _scores(2_000_000));
         vm.warp(block.timestamp + 10 minutes);
         _commitVote(id, seated[2], false, _scores(900_000));
-        // Every seat committed: the commit window closes now and the reveals open, revealPeriod long.
-        vm.assertEq(_task(id).scoreDeadline, block.timestamp, "closed at the last commitment");
+        // Every seat committed: the reveals open now, before the commit period would have ended, and
+        // still close revealPeriod after the announced commit deadline (third review, finding 7: the
+        // last seat to commit no longer moves scoreDeadline).
+        vm.assertEq(_task(id).scoreDeadline, t.scoreDeadline, "the announced deadline stands");
         vm.assertTrue(block.timestamp < t.scoreDeadline, "before the commit period would have ended");
-        t = _task(id);
         vm.prank(seated[0]);
         vm.expectRevert(abi.encodeWithSelector(TrainingBase.ScoreCount.selector, 2, 1));
         panel.revealScores(id, false, _scores(900_000, 1), _voteSalt(id, seated[0]));
