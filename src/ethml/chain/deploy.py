@@ -81,6 +81,10 @@ class Parameters:
         )
 
 
+#: TrainingTasks.MIN_SLASH_BPS: the least slashBps setParameters accepts.
+MIN_SLASH_BPS = 100
+
+
 @dataclass(frozen=True)
 class TrainingParameters:
     """Mirrors `TrainingBase.Parameters` (docs/training.md explains each). The defaults are for
@@ -117,6 +121,22 @@ class TrainingParameters:
     #: The longest submit and score periods a task may ask for (seconds, at most 7 days), so one silent
     #: seat cannot lock every stake of a task for long.
     max_period: int = 7 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        """The penalties TrainingTasks.setParameters insists on, refused here before any gas is spent."""
+        if self.slash_bps < MIN_SLASH_BPS:
+            raise DeploymentError(
+                f"training slash_bps {self.slash_bps} is below TrainingTasks' minimum {MIN_SLASH_BPS} (1 %): "
+                "every seat must put something at stake"
+            )
+        if self.no_show_bps == 0 or self.no_show_bps > self.slash_bps:
+            raise DeploymentError(
+                f"training no_show_bps must be 1..slash_bps ({self.slash_bps}), not {self.no_show_bps}"
+            )
+        if self.min_bond == 0:
+            raise DeploymentError(
+                "training min_bond must be above 0: a submission without a bond costs nothing to squat"
+            )
 
     def as_tuple(self) -> tuple[int, ...]:
         return (
