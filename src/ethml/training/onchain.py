@@ -88,6 +88,8 @@ class TaskState:
     model_id: int
     bond: int
     reveal_period: int
+    #: How far (millionths) a holdout score may lie from its claim (TrainingSettlement's claimSlack).
+    claim_slack: int
     dataset_cid: str
     spec_cid: str
     test_cid: str
@@ -134,6 +136,7 @@ async def read_task(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) ->
         model_id=int(t["modelId"]),
         bond=int(t["rules"]["bond"]),
         reveal_period=int(t["rules"]["revealPeriod"]),
+        claim_slack=int(t["rules"]["claimSlack"]),
         dataset_cid=t["datasetCid"],
         spec_cid=t["specCid"],
         test_cid=t["testCid"],
@@ -193,7 +196,7 @@ def phase(task: TaskState, now: int) -> str:
         if t.round == 0 and not t.draw_block:
             return (
                 "the test set was never revealed: the next finalizeTask (anyone may) fixes the draw of a panel "
-                "that checks the submissions on the dataset's holdout; verified ones share the escrow"
+                "that checks the submissions on the dataset's holdout; the earliest verified one is paid"
             )
     if t.draw_block:
         return f"validators are drawn from block {t.draw_block}'s hash once it is mined (anyone may draw them)"

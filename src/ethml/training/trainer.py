@@ -60,6 +60,17 @@ async def spec_and_dataset(
         raise TaskError(f"cannot fetch the task's files: {exc}") from None
 
 
+async def refuse_revealed_elsewhere(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int, sha256: str) -> None:
+    """Refuse (TaskError) to commit an artifact already revealed in another task: TrainingTasks accepts
+    the reveal but marks it (RevealedElsewhereFirst), and never accepts nor pays it (firstRevealOf)."""
+    other, revealed_at = await training(w3, deployment).functions.firstRevealOf(bytes.fromhex(sha256)).call()
+    if int(other) != 0 and int(other) != task_id:
+        raise TaskError(
+            f"this artifact (sha256 {sha256}) was revealed in task {int(other)} at {local_time(int(revealed_at))}: "
+            f"a commitment to task {task_id} now would never be paid, so it is not submitted"
+        )
+
+
 async def train_and_submit(
     w3: AsyncWeb3[Any],
     deployment: Deployment,
@@ -105,6 +116,7 @@ async def train_and_submit(
                 f"the model scores {claimed / 1e6:.6f} on the holdout, below task {task_id}'s minimum "
                 f"{task.min_score / 1e6:.6f}: not submitted (a commitment that cannot be revealed loses its bond)"
             )
+        await refuse_revealed_elsewhere(w3, deployment, task_id, trained.sha256)
         model_cid = str(ipfs.add_bytes(trained.artifact, 1))
         salt = os.urandom(32)
         kept = {"task": task_id, "model_cid": model_cid, "sha256": trained.sha256, "claim": claimed}

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
@@ -32,7 +33,14 @@ from ethml.errors import IpfsError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.pow import keccak256
 from ethml.training import clock
-from ethml.training.jobs import Assessment, Compute, score_submissions, test_set_problem
+from ethml.training.jobs import (
+    Assessment,
+    Compute,
+    TrainingError,
+    run_limited,
+    score_submissions,
+    test_set_problem,
+)
 from ethml.training.onchain import (
     MAX_ROUNDS,
     NotDrawn,
@@ -46,6 +54,8 @@ from ethml.training.onchain import (
     training,
     write_secret,
 )
+from ethml.training.refit import prediction_mismatches, reference_fit
+from ethml.training.spec import TaskSpec
 from ethml.training.trainer import ARTIFACT_LIMIT, spec_and_dataset
 
 #: TrainingTasks errors that refuse this validator's vote but are no fault of the call: it holds no
@@ -53,6 +63,7 @@ from ethml.training.trainer import ARTIFACT_LIMIT, spec_and_dataset
 NOT_THIS_VOTE = ("NotOnPanel", "AlreadyCommitted", "AlreadyRevealed")
 
 Progress = Callable[[str], None]
+log = structlog.get_logger("ethml.validator")
 
 
 def score_commitment(task_id: int, validator: str, unusable: bool, scores: list[int], salt: bytes) -> bytes:
@@ -185,7 +196,8 @@ async def validate_task(
         await preflight(w3, probe, {"from": address}, "commitScores")  # the window, before scoring
         if progress is not None:
             progress(f"scoring task {task_id}'s {task.submissions} submissions")
-        unusable, scores, reasons, problem = await _score(w3, deployment, ipfs, task, compute)
+        refit = secret_file(data_dir, deployment, "refit", task_id).with_suffix(".skops")
+        unusable, scores, reasons, problem = await _score(w3, deployment, ipfs, task, compute, refit, progress)
         salt = os.urandom(32)
         write_secret(
             path, {"task": task_id, "unusable": unusable, "scores": scores, "salt": salt.hex(), "problem": problem}
@@ -225,14 +237,22 @@ async def _follow_replacements(
 
 
 async def _score(
-    w3: AsyncWeb3[Any], deployment: Deployment, ipfs: IpfsClient, task: TaskState, compute: Compute
+    w3: AsyncWeb3[Any],
+    deployment: Deployment,
+    ipfs: IpfsClient,
+    task: TaskState,
+    compute: Compute,
+    refit_cache: Path,
+    progress: Progress | None,
 ) -> tuple[bool, list[int], list[str], str | None]:
     """(unusable, one score per submission index, the reason for each 0, what the scores are).
 
     With a usable test set: each artifact's test-set score when it passes its checks (loads through
-    the allow-list, is the promised estimator, reproduces its claim on the holdout), else 0. With an
-    unusable test set (reported as such) or none revealed: each artifact's holdout score when it
-    loads and is the promised estimator, else 0; the contract verifies it against the claim."""
+    the allow-list, is the promised estimator, predicts as this validator's re-fit of the spec does
+    on the test set (ethml.training.refit), and its claim lies within claimSlack of its holdout score,
+    as the contract allows a claim), else 0. With an unusable test set (reported as such) or none
+    revealed: each artifact's holdout score when it loads, is the promised estimator and predicts as
+    the re-fit does on the holdout, else 0; the contract verifies it against the claim."""
     spec, dataset = await spec_and_dataset(ipfs, task.spec_cid, task.dataset_cid, compute.limits)
     test_set: bytes | None = None
     problem: str | None = "the test set was never revealed"
@@ -260,20 +280,77 @@ async def _score(
         except IpfsError as exc:
             reasons[i] = str(exc)
     artifacts = [(a, sha, c) for _i, a, sha, c in fetched]
+    mismatches = await _refit_mismatches(spec, dataset, test_set, task, compute, refit_cache, fetched, progress)
     found = await score_submissions(spec, artifacts, dataset, test_set, task.id, compute)
     scores = [0] * task.submissions
-    for (i, _artifact, _sha, claimed), assessment in zip(fetched, found, strict=True):
+    for (i, _artifact, sha, claimed), assessment, mismatch in zip(fetched, found, mismatches, strict=True):
         if isinstance(assessment, str):
             reasons[i] = assessment
         elif not isinstance(assessment, Assessment):
             reasons[i] = "no assessment"
+        elif mismatch is not None:
+            reasons[i] = mismatch
         elif holdout:
             scores[i], reasons[i] = assessment.holdout_score, ""
-        elif not assessment.claim_reproduced:
-            reasons[i] = f"claimed {claimed}, the holdout gives {assessment.holdout_score}"
+        elif abs(assessment.holdout_score - claimed) > task.claim_slack:
+            reasons[i] = (
+                f"claimed {claimed / 1e6:.6f}, the holdout gives {assessment.holdout_score / 1e6:.6f}: further "
+                f"apart than the task's claimSlack ({task.claim_slack / 1e6:.6f})"
+            )
         else:
             scores[i], reasons[i] = assessment.test_score, ""
+        log.info("artifact_judged", task=task.id, submission=i, sha256=sha, score=scores[i], reason=reasons[i] or None)
     return holdout, scores, reasons, problem
+
+
+async def _refit_mismatches(
+    spec: TaskSpec,
+    dataset: bytes,
+    test_set: bytes | None,
+    task: TaskState,
+    compute: Compute,
+    cache: Path,
+    fetched: list[tuple[int, bytes, str, int]],
+    progress: Progress | None,
+) -> list[str | None]:
+    """Why each fetched artifact was not fit as the spec says (None: it was), against this validator's
+    re-fit of the spec (made once per task, kept in the data dir). A re-fit that fails is no artifact's
+    fault: no vote (TaskError), rather than a 0 for every trainer."""
+    if not fetched:
+        return []
+    try:
+        reference, cached = await reference_fit(spec, dataset, task.id, compute, cache)
+    except TrainingError as exc:
+        raise TaskError(f"cannot re-fit task {task.id}'s spec to check its artifacts against: {exc}") from None
+    if progress is not None and not cached:
+        progress(f"re-fitted task {task.id}'s spec (sha256 {reference.sha256[:16]}…) to check its artifacts against")
+    items = [(artifact, sha) for _i, artifact, sha, _c in fetched]
+    timeout = float(spec.max_train_seconds * len(items))
+    try:
+        found: list[str | None] = await run_limited(
+            prediction_mismatches,
+            spec,
+            reference.artifact,
+            items,
+            dataset,
+            test_set,
+            task.id,
+            compute.limits,
+            timeout=timeout,
+        )
+    except TrainingError as exc:
+        raise TaskError(f"cannot compare task {task.id}'s artifacts with the spec's re-fit: {exc}") from None
+    for (i, _artifact, sha, _c), mismatch in zip(fetched, found, strict=True):
+        same = "the re-fit's bytes" if sha == reference.sha256 else "the re-fit's predictions"
+        log.info(
+            "artifact_refit_check",
+            task=task.id,
+            submission=i,
+            sha256=sha,
+            matches=mismatch is None,
+            detail=mismatch or same,
+        )
+    return found
 
 
 async def reveal_scores(
