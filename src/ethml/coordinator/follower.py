@@ -20,6 +20,7 @@ EVENTS = (
     "TaskCreated",
     "SubmissionCommitted",
     "SubmissionRevealed",
+    "RevealedElsewhereFirst",
     "TestSetRevealed",
     "DrawFixed",
     "ValidatorDrawn",
@@ -104,6 +105,11 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
             sub["claimed_score"] = int(args["claim"])
 
         await store.update_task(task_id, revealed)
+    elif name == "RevealedElsewhereFirst":
+        other = int(args["otherTaskId"])
+        await store.update_task(
+            task_id, lambda d: _submission(d, int(args["submissionId"])).update(revealed_elsewhere=other)
+        )
     elif name == "TestSetRevealed":
         await store.update_task(task_id, lambda d: d.update(status="validating") if d["status"] != "failed" else None)
     elif name == "DrawFixed":
@@ -165,25 +171,28 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
         def settled(d: dict[str, Any]) -> None:
             d["status"] = status
             d["transactions"]["finalize"] = tx
-            for i, score in enumerate(scores):
+            for i, (score, undecided) in enumerate(scores):
                 if score is not None and i < len(d["submissions"]) and d["submissions"][i] is not None:
-                    d["submissions"][i]["score"] = score
+                    d["submissions"][i].update(score=score, undecided=undecided)
             if status == "abandoned":
                 d["error"] = (
-                    "the test set was never revealed: the trainers whose models the panel verified on the holdout "
-                    "shared the escrow (the requester's, if none)"
+                    "the test set was never revealed: the earliest submission the panel verified on the holdout "
+                    "was paid the trainers' part (the requester refunded if none)"
                 )
             elif status == "unusable":
                 d["error"] = (
-                    "the panel found the test set unusable: the trainers whose models it verified on the holdout "
-                    "shared the escrow (the requester's, if none)"
+                    "the panel found the test set unusable: the earliest submission it verified on the holdout "
+                    "was paid the trainers' part (the requester refunded if none)"
                 )
             elif status == "rejected":
                 d["error"] = "no submission reached the minimum score (or its claim) by the panel's majority"
             elif status == "empty":
                 d["error"] = "no submission was revealed"
             elif status == "undecided":
-                d["error"] = "the panel reached no clear majority"
+                d["error"] = (
+                    "no submission was accepted and the panel reached no clear majority on at least one: "
+                    "bonds released, the requester refunded"
+                )
 
         await store.update_task(task_id, settled)
     elif name == "ModelRegistered":
@@ -194,14 +203,20 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
         await store.update_task(task_id, lambda d: d.update(registration=state))
 
 
-async def _decided_scores(chain: Chain, chain_task: int, count: int) -> list[int | None]:
-    """The panel's decided score of each revealed submission (set by the settlement when it judged)."""
-    scores: list[int | None] = []
+async def _decided_scores(chain: Chain, chain_task: int, count: int) -> list[tuple[int | None, bool]]:
+    """(the panel's decided score, whether it is undecided) of each submission: a revealed one's score
+    as the settlement recorded it; undecided when no clear majority agreed on it (recorded 0 with its
+    bond released, as a decided 0 forfeits it)."""
+    scores: list[tuple[int | None, bool]] = []
     task = await read_struct(chain.tasks, "getTask", chain_task)
-    judged = STATUSES[int(task["status"])] in ("accepted", "rejected")
+    judged = STATUSES[int(task["status"])] not in ("none", "open", "empty")
     for i in range(max(count, int(task["submissions"]))):
         s = await read_struct(chain.tasks, "getSubmission", chain_task, i)
-        scores.append(int(s["score"]) if judged and s["revealed"] else None)
+        if not (judged and s["revealed"]):
+            scores.append((None, False))
+            continue
+        undecided = int(s["score"]) == 0 and BONDS[int(s["bond"])] == "released"
+        scores.append((None if undecided else int(s["score"]), undecided))
     return scores
 
 

@@ -267,6 +267,13 @@ class Submission(BaseModel):
     model_cid: str | None = None
     claimed_score: int | None = None
     score: int | None = Field(default=None, description="the panel's decided score, once settled")
+    undecided: bool = Field(
+        default=False, description="settled with no clear majority on its score: bond released, never accepted"
+    )
+    revealed_elsewhere: int | None = Field(
+        default=None,
+        description="the task its artifact was revealed in before it was committed: scored, never accepted nor paid",
+    )
     bond: str = "locked"
     tx: str | None = None
 

@@ -369,7 +369,9 @@ async def task_info(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) ->
     t = await read_task(w3, deployment, task_id)
     subs = await submissions(w3, deployment, t)
     panel = await seats(w3, deployment, t)
-    judged = t.status in ("accepted", "rejected")
+    judged = t.status not in ("none", "open", "empty")
+    contract = training(w3, deployment)
+    elsewhere = [bool(await contract.functions.revealedElsewhere(task_id, i).call()) for i in range(len(subs))]
     return {
         "task": task_id,
         "status": t.status,
@@ -402,7 +404,10 @@ async def task_info(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) ->
                 "model_cid": s["modelCid"] or None,
                 "sha256": bytes(s["artifactSha256"]).hex() if s["revealed"] else None,
                 "claimed": int(s["claim"]) if s["revealed"] else None,
-                "score": int(s["score"]) if judged and s["revealed"] else None,
+                "score": int(s["score"]) if judged and s["revealed"] and not _undecided(s) else None,
+                # Settled without a clear majority on its score: recorded 0 with its bond released.
+                "undecided": judged and bool(s["revealed"]) and _undecided(s),
+                "revealed_elsewhere": elsewhere[i],
                 "bond": BONDS[int(s["bond"])],
             }
             for i, s in enumerate(subs)
@@ -421,6 +426,12 @@ async def task_info(w3: AsyncWeb3[Any], deployment: Deployment, task_id: int) ->
     }
 
 
+def _undecided(submission: dict[str, Any]) -> bool:
+    """A settled submission's score of 0 with its bond released: no clear majority decided it (a decided
+    0 forfeits the bond)."""
+    return int(submission["score"]) == 0 and BONDS[int(submission["bond"])] == "released"
+
+
 def describe(info: dict[str, Any]) -> list[str]:
     """`ethml task show` in lines."""
     lines = [
@@ -432,6 +443,10 @@ def describe(info: dict[str, Any]) -> list[str]:
     for s in info["submissions"]:
         if s["revealed"]:
             score = f", scored {s['score'] / 1e6:.6f}" if s["score"] is not None else ""
+            if s["undecided"]:
+                score = ", undecided (no clear majority on its score)"
+            if s["revealed_elsewhere"]:
+                score += " (its artifact was revealed in another task first: never accepted nor paid)"
             lines.append(
                 f"  submission {s['id']} by {s['trainer']}: {s['model_cid']} claiming {s['claimed'] / 1e6:.6f}"
                 f"{score}, bond {s['bond']}"
