@@ -9,8 +9,8 @@ this can run after benchmarks/gas_table.py (`make gas`) or alone. The worst sett
 maximum of 16 submissions and 9 seats held by 9 different validators (validators are drawn with
 replacement: a draw that seats one twice is made again from another block, so the worst case is
 measured): accepted with every validator slashed and 15 bonds forfeited; an unusable test set and a
-test set never revealed (16 different artifacts verified on the holdout and 9 validators paid one by
-one); a panel that committed and never revealed (9 slashed). forge's TrainingGasTest (`--isolate`)
+test set never revealed (16 different artifacts verified on the holdout, the earliest paid the
+trainers' part, 9 validators paid one by one); a panel that committed and never revealed (9 slashed). forge's TrainingGasTest (`--isolate`)
 measures the same cases in the contract tests' fixture and fails any above 3,000,000 gas; its rows
 differ where the first of a kind here writes cold storage (the first task, the first validator's
 places in the draw tree) or the draw is another.
@@ -258,12 +258,12 @@ async def measure() -> list[tuple[str, int]]:
     assert (await read_task(w3, deployment, task)).status == "accepted"
     task, seated = await b.big_task()
     await b.all_vote(task, seated, True, [900_000] * 16)  # unusable; 16 artifacts verified on the holdout
-    label = "finalizeTask: 9 seats, 16 submissions, unusable, 16 verified (25 payments)"
+    label = "finalizeTask: 9 seats, 16 submissions, unusable, 16 verified (the earliest paid, 9 seats paid)"
     await b.tx(label, 0, b.tasks.functions.finalizeTask(task))
     assert (await read_task(w3, deployment, task)).status == "unusable"
     task, seated = await b.big_task(abandoned=True)
     await b.all_vote(task, seated, True, [900_000] * 16)
-    label = "finalizeTask: 9 seats, 16 submissions, abandoned, 16 verified (25 payments)"
+    label = "finalizeTask: 9 seats, 16 submissions, abandoned, 16 verified (the earliest paid, 9 seats paid)"
     await b.tx(label, 0, b.tasks.functions.finalizeTask(task))
     assert (await read_task(w3, deployment, task)).status == "abandoned"
     task, seated = await b.big_task()
