@@ -10,10 +10,10 @@ maximum of 16 submissions and 9 seats held by 9 different validators (validators
 replacement: a draw that seats one twice is made again from another block, so the worst case is
 measured): accepted with every validator slashed and 15 bonds forfeited; an unusable test set and a
 test set never revealed (16 different artifacts verified on the holdout, the earliest paid the
-trainers' part, 9 validators paid one by one); a panel that committed and never revealed (9 slashed). forge's TrainingGasTest (`--isolate`)
-measures the same cases in the contract tests' fixture and fails any above 3,000,000 gas; its rows
-differ where the first of a kind here writes cold storage (the first task, the first validator's
-places in the draw tree) or the draw is another.
+trainers' part, 9 validators paid one by one); a panel that committed and never revealed (9 slashed).
+forge's TrainingGasTest (`--isolate`) measures the same cases in the contract tests' fixture and fails
+any above 3,000,000 gas; its rows differ where the first of a kind here writes cold storage (the first
+task, the first validator's places in the draw tree) or the draw is another.
 """
 
 from __future__ import annotations

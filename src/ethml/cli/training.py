@@ -369,7 +369,8 @@ def train(
 ) -> None:
     """Train the task's model (in a child process with the spec's time limit; a forest's trees on a
     Dask cluster with --dask) and commit to it, after checking that the task would take a submission
-    from this account; then reveal it once the submission window has closed (--wait waits for that;
+    from this account and that the artifact was not revealed in another task first (it would never be
+    paid); then reveal it once the submission window has closed (--wait waits for that;
     otherwise run the same command again then: a committed task is not trained again)."""
     from ethml.training.flow import train_and_submit
 
@@ -417,7 +418,9 @@ def validate(
 ) -> None:
     """Vote on a task this account was drawn for: draw the panel if the draw is due, score every
     submission on the revealed test set (in parallel on a Dask cluster with --dask; 0 for an artifact
-    that fails its checks), and commit the vote; the scores are revealed once every seat has committed
+    that fails its checks: not the spec's estimator, predictions other than this validator's own re-fit
+    of the spec, kept in the data dir, or a claim further than the task's claimSlack from its holdout
+    score), and commit the vote; the scores are revealed once every seat has committed
     (at once if this was the last; --wait waits for it; otherwise run the same command again then).
     A test set that cannot be used is reported unusable, with each artifact's score on the dataset's
     holdout; on a task whose test set was never revealed, this fixes the draw of the panel that checks
