@@ -5,204 +5,112 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
 import {ModelRegistry} from "./ModelRegistry.sol";
+import {TrainingBase} from "./TrainingBase.sol";
+import {TrainingStakes} from "./TrainingStakes.sol";
+import {TrainingViews} from "./TrainingViews.sol";
 
-/// @title TrainingTasks: requesters post training tasks, staked trainers submit models, staked
-/// validators score them on a test set that stays hidden until the submission deadline; the best model
-/// whose median score passes is registered in the ModelRegistry and served by the miners.
-/// @notice Rules, all enforced here (the admin can only pause new work and change parameters for future
-/// tasks within hard caps; it can neither move escrow nor slash by hand):
-/// - Roles are earned by staking EML: a trainer or validator stake of at least the minimum, not being
-///   withdrawn. Unstaking waits `unstakeDelay` and is refused while the account has open work.
-/// - A task escrows its reward. The requester commits to the test set (keccak256(abi.encode(testCid,
-///   salt))) at creation and reveals it after the submission deadline.
-/// - The median of a submission's `validationsRequired` scores decides; the best submission whose median
-///   reaches `minScore` is accepted. Scores are in millionths (1,000,000 = 1.0).
-/// - Accepted: the trainer gets the reward less the validator share; the validators whose score on the
-///   accepted submission is within `scoreTolerance` of its median share the validator part.
-///   Any validator further than that from a submission's median loses `slashBps` of its validator stake,
-///   which goes to the honest validators of the accepted submission (or back to the requester when
-///   nothing is accepted).
-/// - Not accepted by the validation deadline: the requester gets the escrow back, less `forfeitBps` of it
-///   shared by the trainers who submitted when the requester never revealed the test set.
-contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
+/// @title TrainingTasks: the training market.
+/// @notice A requester escrows a reward for a model trained to a spec; staked trainers commit to their
+/// models (each with a bond), then reveal them; the requester's test set, committed at creation, is
+/// revealed in the contract's window; validators drawn by lot score every submission, committed then
+/// revealed; the best submission a clear majority passes is paid and registered in the ModelRegistry.
+/// docs/training.md has the state machine, every window, the randomness and the money.
+/// @dev Holds the registry's REGISTRAR_ROLE. The admin (DEFAULT_ADMIN_ROLE, a TimelockController on
+/// non-development deployments) changes parameters, within bounds, for tasks created afterwards (stake
+/// minimums and the unstake delay apply at once) and may pause task creation and staking (PAUSER_ROLE);
+/// it cannot change an open task's rules, an escrow, a stake or a bond (docs/training.md says what else).
+/// The panel and settlement functions (drawPanel, commitScores, replaceNoShows, revealScores,
+/// finalizeTask, retryRegistration, burnPenalties and their views) are TrainingValidation's
+/// code, deployed beforehand and run by this contract's fallback in this contract's storage (see
+/// TrainingBase); the shipped ABI has both.
+contract TrainingTasks is AccessControl, TrainingStakes, TrainingViews {
     using SafeERC20 for IERC20;
 
-    enum Role {
-        Trainer,
-        Validator
-    }
-
-    enum TaskStatus {
-        None,
-        Open,
-        Accepted,
-        Failed
-    }
-
-    struct Stake {
-        uint128 amount;
-        uint64 unlockAt;
-        uint32 openWork;
-    }
-
-    /// @notice What the accepted model is registered as in the ModelRegistry (from the task's spec).
-    struct ModelShape {
+    /// @notice A task's terms, as the requester signs them (EIP-712 TaskTerms, with requester, nonce
+    /// and expiry). Periods are durations in seconds from the block that creates the task, so a relayed
+    /// task keeps its windows whenever it lands before the signature's expiry. `parametersVersion` must
+    /// be the contract's current one: terms made under other parameters are refused (ParametersChanged).
+    struct Terms {
+        string datasetCid;
+        string specCid;
+        bytes32 testSetCommitment; // keccak256(abi.encode(testCid, salt)), see commitmentFor
+        uint96 reward;
+        uint32 submitPeriod; // seconds for trainers to commit
+        uint32 scorePeriod; // seconds for each drawn validator to commit its scores
+        uint8 validations; // the panel's size: odd, 1..9
+        uint32 minScore; // millionths
         ModelRegistry.ModelKind kind;
         uint8 decimals;
         uint16 featureCount;
+        uint32 parametersVersion; // see parametersVersion()
     }
 
-    struct Task {
-        address requester;
-        uint96 escrow;
-        uint40 submitDeadline;
-        uint40 validationDeadline;
-        uint32 minScore;
-        uint8 validationsRequired;
-        uint8 submissionCount;
-        TaskStatus status;
-        bool revealed;
-        uint8 accepted; // submission index + 1; 0 when none
-        uint32 modelId;
-        ModelShape shape;
-        bytes32 testSetCommitment;
-        string datasetCid;
-        string specCid;
-        string testCid;
-    }
-
-    struct Submission {
-        address trainer;
-        uint32 claimedScore;
-        uint32 median;
-        uint8 votes;
-        bytes32 artifactSha256;
-        string modelCid;
-    }
-
-    /// @notice A requester's EIP-2612 permit of the escrow to this contract, relayed by a RELAYER_ROLE account.
-    struct PermitSignature {
-        address owner;
+    /// @notice An EIP-2612 permit of the reward from the requester to this contract (deadline 0: none,
+    /// the requester approved beforehand).
+    struct Permit {
         uint256 deadline;
         uint8 v;
         bytes32 r;
         bytes32 s;
     }
 
-    struct Vote {
-        address validator;
-        uint32 score;
-    }
-
-    struct Parameters {
-        uint128 minTrainerStake;
-        uint128 minValidatorStake;
-        uint64 unstakeDelay;
-        uint16 validatorShareBps;
-        uint16 slashBps;
-        uint16 forfeitBps;
-        uint32 scoreTolerance;
-    }
-
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
-    /// @notice Accounts that create tasks for requesters from their signed permits (a coordinator's relayer).
-    bytes32 public constant RELAYER_ROLE = keccak256("RELAYER_ROLE");
-    uint32 public constant SCORE_SCALE = 1_000_000;
-    uint256 public constant MAX_SUBMISSIONS = 8;
-    uint256 public constant MAX_VALIDATIONS = 9;
-    uint256 public constant MAX_CID_LENGTH = 64;
-    uint256 public constant MAX_DURATION = 365 days;
-    uint256 public constant MAX_SHARE_BPS = 5_000;
-
-    ModelRegistry public immutable registry;
-    IERC20 public immutable token;
-    Parameters private _params;
-    uint256 public taskCount;
-    mapping(uint256 => Task) private _tasks;
-    mapping(uint256 => Submission[]) private _submissions;
-    mapping(uint256 => mapping(uint256 => Vote[])) private _votes;
-    mapping(uint256 => mapping(address => bool)) public hasSubmitted;
-    mapping(uint256 => mapping(uint256 => mapping(address => bool))) public hasVoted;
-    mapping(address => mapping(Role => Stake)) private _stakes;
-    /// @notice The relayer that created a task for its requester; it may reveal the test set for them.
-    mapping(uint256 => address) public relayerOf;
-
-    error InvalidParameters(string reason);
-    error InvalidTask(string reason);
-    error UnknownTask(uint256 taskId);
-    error TaskNotOpen(uint256 taskId);
-    error NotStaked(address account, Role role);
-    error NothingStaked(address account, Role role);
-    error UnstakeNotRequested(address account, Role role);
-    error StakeLocked(address account, Role role, uint256 unlockAt, uint256 openWork);
-    error SubmissionClosed(uint256 taskId, uint256 deadline);
-    error AlreadySubmitted(uint256 taskId, address trainer);
-    error TooManySubmissions(uint256 taskId);
-    error NotRequester(uint256 taskId, address caller);
-    error RevealTooEarly(uint256 taskId, uint256 submitDeadline);
-    error ValidationClosed(uint256 taskId, uint256 deadline);
-    error AlreadyRevealed(uint256 taskId);
-    error TestSetMismatch(uint256 taskId);
-    error TestSetNotRevealed(uint256 taskId);
-    error UnknownSubmission(uint256 taskId, uint256 submissionId);
-    error OwnSubmission(uint256 taskId, uint256 submissionId);
-    error AlreadyVoted(uint256 taskId, uint256 submissionId, address validator);
-    error EnoughVotes(uint256 taskId, uint256 submissionId);
-    error ScoreOutOfRange(uint256 score);
-    error NotFinalizable(uint256 taskId);
-
-    event ParametersUpdated(Parameters parameters);
-    event Staked(address indexed account, Role indexed role, uint256 amount, uint256 total);
-    event UnstakeRequested(address indexed account, Role indexed role, uint256 unlockAt);
-    event Unstaked(address indexed account, Role indexed role, uint256 amount);
-    event TaskCreated(
-        uint256 indexed taskId,
-        address indexed requester,
-        string datasetCid,
-        string specCid,
-        uint256 reward,
-        uint256 validationsRequired,
-        uint256 minScore,
-        uint256 submitDeadline,
-        uint256 validationDeadline
+    /// @notice The least slashBps the admin may set: every seat puts something at stake.
+    uint16 public constant MIN_SLASH_BPS = 100;
+    bytes32 public constant TERMS_TYPEHASH = keccak256(
+        "TaskTerms(address requester,string datasetCid,string specCid,bytes32 testSetCommitment,uint96 reward,"
+        "uint32 submitPeriod,uint32 scorePeriod,uint8 validations,uint32 minScore,uint8 kind,uint8 decimals,"
+        "uint16 featureCount,uint32 parametersVersion,uint256 nonce,uint256 expiry)"
     );
-    event TestSetRevealed(uint256 indexed taskId, string testCid);
-    event ModelSubmitted(
-        uint256 indexed taskId,
-        uint256 indexed submissionId,
-        address indexed trainer,
-        string modelCid,
-        bytes32 artifactSha256,
-        uint256 claimedScore
-    );
-    event Validated(uint256 indexed taskId, uint256 indexed submissionId, address indexed validator, uint256 score);
-    event Slashed(uint256 indexed taskId, address indexed validator, uint256 amount);
-    event TaskAccepted(
-        uint256 indexed taskId,
-        uint256 indexed submissionId,
-        address indexed trainer,
-        uint256 median,
-        uint256 modelId,
-        uint256 trainerReward,
-        uint256 validatorReward
-    );
-    event TaskFailed(uint256 indexed taskId, uint256 refunded, uint256 forfeited);
+    bytes32 private constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    bytes32 private constant NAME_HASH = keccak256("EthML TrainingTasks");
+    bytes32 private constant VERSION_HASH = keccak256("1");
 
-    /// @dev `registry` must grant this contract its REGISTRAR_ROLE so accepted models get registered.
-    constructor(IERC20 token_, ModelRegistry registry_, address admin, Parameters memory params) {
-        registry = registry_;
-        token = token_;
+    bytes32 private immutable _cachedDomainSeparator;
+    uint256 private immutable _cachedChainId;
+    /// @notice The code of the panel and settlement functions, run here by delegatecall.
+    address public immutable validation;
+
+    event NonceUsed(address indexed requester, uint256 nonce);
+
+    /// @param validation_ A TrainingValidation deployed with the same token and registry (its immutables
+    /// are its code, so they must match): the second half of this contract's code.
+    constructor(
+        IERC20 token_,
+        ModelRegistry registry_,
+        address admin,
+        Parameters memory params,
+        address validation_
+    ) TrainingBase(token_, registry_) {
+        if (TrainingBase(validation_).token() != token_ || TrainingBase(validation_).registry() != registry_) {
+            revert InvalidParameters("validation: other token/registry");
+        }
+        validation = validation_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
         _setParameters(params);
+        _cachedChainId = block.chainid;
+        _cachedDomainSeparator = _buildDomainSeparator();
+    }
+
+    /// @dev Every other function is TrainingValidation's, run in this contract's storage.
+    fallback() external {
+        address target = validation;
+        assembly ("memory-safe") {
+            calldatacopy(0, 0, calldatasize())
+            let ok := delegatecall(gas(), target, 0, calldatasize(), 0, 0)
+            returndatacopy(0, 0, returndatasize())
+            if iszero(ok) { revert(0, returndatasize()) }
+            return(0, returndatasize())
+        }
     }
 
     // ------------------------------------------------------------- admin
 
-    /// @notice Parameters for tasks from now on (stakes and shares are read when a task is settled).
+    /// @notice Parameters for tasks created from now on (see Parameters for the few that apply at once).
     function setParameters(Parameters calldata params) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _setParameters(params);
     }
@@ -211,6 +119,7 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
         return _params;
     }
 
+    /// @notice Stop new tasks and new stakes; everything already open runs to its end.
     function pause() external onlyRole(PAUSER_ROLE) {
         _pause();
     }
@@ -220,386 +129,286 @@ contract TrainingTasks is AccessControl, Pausable, ReentrancyGuard {
     }
 
     function _setParameters(Parameters memory p) private {
-        if (p.minTrainerStake == 0 || p.minValidatorStake == 0) revert InvalidParameters("minimum stake is zero");
-        if (p.unstakeDelay > 30 days) revert InvalidParameters("unstakeDelay above 30 days");
-        if (p.validatorShareBps > MAX_SHARE_BPS) revert InvalidParameters("validatorShareBps above 5000");
-        if (p.slashBps > MAX_SHARE_BPS) revert InvalidParameters("slashBps above 5000");
-        if (p.forfeitBps > MAX_SHARE_BPS) revert InvalidParameters("forfeitBps above 5000");
-        if (p.scoreTolerance > SCORE_SCALE) revert InvalidParameters("scoreTolerance above 1.0");
+        if (p.minTrainerStake == 0 || p.minValidatorStake == 0) _refuse("a minimum stake is zero");
+        if (p.unstakeDelay < MIN_UNSTAKE_DELAY || p.unstakeDelay > 30 days) {
+            _refuse("unstakeDelay not 1..30 days");
+        }
+        if (p.minPeriod == 0 || p.minPeriod > p.maxPeriod) _refuse("not 0 < minPeriod <= maxPeriod");
+        if (p.maxPeriod > MAX_PERIOD || p.revealPeriod > MAX_PERIOD || p.registrationPeriod > MAX_PERIOD) {
+            _refuse("a period above 7 days");
+        }
+        if (p.revealPeriod == 0 || p.registrationPeriod == 0) _refuse("a period is zero");
+        if (p.scoreTolerance > SCORE_SCALE || p.claimSlack > SCORE_SCALE) {
+            _refuse("a score tolerance above 1.0");
+        }
+        if (p.drawDelayBlocks == 0 || p.drawDelayBlocks > 128) _refuse("drawDelayBlocks not 1..128");
+        if (p.validatorShareBps == 0 || p.minSeatReward == 0) _refuse("validators unpaid");
+        if (p.validatorShareBps > 5_000 || p.slashBps > 5_000) _refuse("a share above 50%");
+        if (p.noShowBps > p.slashBps) _refuse("noShowBps above slashBps");
+        if (p.slashBps < MIN_SLASH_BPS || p.noShowBps == 0) _refuse("slashBps below 1% or noShowBps 0");
+        if (p.minBond == 0) _refuse("minBond is zero");
+        if (p.bondBps > 10_000) _refuse("bondBps above 100%");
         _params = p;
+        parametersVersion += 1;
         emit ParametersUpdated(p);
     }
 
-    // ------------------------------------------------------------- stakes
-
-    function stake(Role role, uint256 amount) external whenNotPaused nonReentrant {
-        if (amount == 0 || amount > type(uint128).max) revert InvalidParameters("stake amount");
-        Stake storage s = _stakes[msg.sender][role];
-        token.safeTransferFrom(msg.sender, address(this), amount);
-        s.amount += uint128(amount);
-        s.unlockAt = 0; // staking again cancels a pending unstake
-        emit Staked(msg.sender, role, amount, s.amount);
-    }
-
-    function requestUnstake(Role role) external {
-        Stake storage s = _stakes[msg.sender][role];
-        if (s.amount == 0) revert NothingStaked(msg.sender, role);
-        s.unlockAt = uint64(block.timestamp + _params.unstakeDelay);
-        emit UnstakeRequested(msg.sender, role, s.unlockAt);
-    }
-
-    function withdrawStake(Role role) external nonReentrant {
-        Stake storage s = _stakes[msg.sender][role];
-        if (s.amount == 0) revert NothingStaked(msg.sender, role);
-        if (s.unlockAt == 0) revert UnstakeNotRequested(msg.sender, role);
-        if (block.timestamp < s.unlockAt || s.openWork > 0) {
-            revert StakeLocked(msg.sender, role, s.unlockAt, s.openWork);
+    /// @dev Revert InvalidParameters(reason), `reason` being the text left-aligned in the word (a reason
+    /// over 32 bytes does not compile): one revert path for every parameter check, where a revert with its
+    /// own string literal each costs ~250 bytes more code (EIP-170).
+    function _refuse(bytes32 reason) private pure {
+        uint256 length;
+        while (length < 32 && reason[length] != 0) ++length;
+        bytes memory text = abi.encodePacked(reason);
+        assembly ("memory-safe") {
+            mstore(text, length)
         }
-        uint256 amount = s.amount;
-        s.amount = 0;
-        s.unlockAt = 0;
-        token.safeTransfer(msg.sender, amount);
-        emit Unstaked(msg.sender, role, amount);
-    }
-
-    function stakeOf(address account, Role role) external view returns (Stake memory) {
-        return _stakes[account][role];
-    }
-
-    /// @notice Whether `account` may act in `role` now: enough stake, not being withdrawn.
-    function isStaked(address account, Role role) public view returns (bool) {
-        Stake memory s = _stakes[account][role];
-        uint256 minimum = role == Role.Trainer ? _params.minTrainerStake : _params.minValidatorStake;
-        return s.amount >= minimum && s.unlockAt == 0;
+        revert InvalidParameters(string(text));
     }
 
     // ------------------------------------------------------------- tasks
 
-    function createTask(
-        string calldata datasetCid,
-        string calldata specCid,
-        bytes32 testSetCommitment,
-        uint256 reward,
-        uint256 validationsRequired,
-        uint256 minScore,
-        uint256 submitDeadline,
-        uint256 validationDeadline,
-        ModelShape calldata shape
-    ) external whenNotPaused nonReentrant returns (uint256 taskId) {
-        return _createTask(
-            msg.sender,
-            datasetCid,
-            specCid,
-            testSetCommitment,
-            reward,
-            validationsRequired,
-            minScore,
-            submitDeadline,
-            validationDeadline,
-            shape
-        );
+    /// @notice Create a task paid by the caller (who approved the reward beforehand).
+    function createTask(Terms calldata terms) external whenNotPaused nonReentrant returns (uint256 taskId) {
+        _checkVersion(terms);
+        taskId = _create(terms, msg.sender);
     }
 
-    /// @notice Create a task for `permit.owner`, who pays the escrow through an EIP-2612 permit
-    /// (signed off chain, so the requester needs no transaction of its own). Only relayers may use it:
-    /// a permit does not name the task, so an untrusted caller could spend it on different terms.
-    /// A permit that was already submitted by someone else is fine as long as the allowance covers
-    /// the reward (the usual guard against permit front-running).
-    function createTaskWithPermit(
-        string calldata datasetCid,
-        string calldata specCid,
-        bytes32 testSetCommitment,
-        uint256 reward,
-        uint256 validationsRequired,
-        uint256 minScore,
-        uint256 submitDeadline,
-        uint256 validationDeadline,
-        ModelShape calldata shape,
-        PermitSignature calldata permit
-    ) external whenNotPaused nonReentrant onlyRole(RELAYER_ROLE) returns (uint256 taskId) {
-        try IERC20Permit(address(token)).permit(
-            permit.owner, address(this), reward, permit.deadline, permit.v, permit.r, permit.s
-        ) {} catch {}
-        taskId = _createTask(
-            permit.owner,
-            datasetCid,
-            specCid,
-            testSetCommitment,
-            reward,
-            validationsRequired,
-            minScore,
-            submitDeadline,
-            validationDeadline,
-            shape
-        );
-        relayerOf[taskId] = msg.sender;
-    }
-
-    function _createTask(
+    /// @notice Create a task on terms `requester` signed (EIP-712, see termsDigest), paid by `requester`:
+    /// anyone may relay it, nobody can change a term. `permit` (optional) approves the reward first; if
+    /// it fails (already used, say) the requester's allowance must still cover the reward.
+    function createTaskFor(
+        Terms calldata terms,
         address requester,
-        string calldata datasetCid,
-        string calldata specCid,
-        bytes32 testSetCommitment,
-        uint256 reward,
-        uint256 validationsRequired,
-        uint256 minScore,
-        uint256 submitDeadline,
-        uint256 validationDeadline,
-        ModelShape calldata shape
-    ) private returns (uint256 taskId) {
-        _checkCid(datasetCid, "datasetCid");
-        _checkCid(specCid, "specCid");
-        if (testSetCommitment == bytes32(0)) revert InvalidTask("testSetCommitment is zero");
-        if (reward == 0 || reward > type(uint96).max) revert InvalidTask("reward outside 1..2^96-1");
-        if (validationsRequired == 0 || validationsRequired > MAX_VALIDATIONS) {
-            revert InvalidTask("validationsRequired outside 1..9");
+        uint256 expiry,
+        bytes calldata signature,
+        Permit calldata permit
+    ) external whenNotPaused nonReentrant returns (uint256 taskId) {
+        if (block.timestamp > expiry) revert SignatureExpired(expiry);
+        _checkVersion(terms);
+        uint256 nonce = _nonces[requester]++;
+        if (!SignatureChecker.isValidSignatureNow(requester, termsDigest(terms, requester, nonce, expiry), signature)) {
+            revert InvalidSignature(requester);
         }
-        if (minScore > SCORE_SCALE) revert InvalidTask("minScore above 1.0");
-        if (submitDeadline <= block.timestamp || submitDeadline > block.timestamp + MAX_DURATION) {
-            revert InvalidTask("submitDeadline not in the next 365 days");
+        if (permit.deadline != 0) {
+            try IERC20Permit(address(token)).permit(
+                requester, address(this), terms.reward, permit.deadline, permit.v, permit.r, permit.s
+            ) {} catch {}
         }
-        if (validationDeadline <= submitDeadline || validationDeadline > submitDeadline + MAX_DURATION) {
-            revert InvalidTask("validationDeadline not within 365 days after submitDeadline");
-        }
-        if (shape.featureCount == 0) revert InvalidTask("featureCount is zero");
-        if (shape.decimals > 18 || (shape.kind == ModelRegistry.ModelKind.Classification && shape.decimals != 0)) {
-            revert InvalidTask("decimals");
-        }
-        token.safeTransferFrom(requester, address(this), reward);
-        taskId = ++taskCount;
-        Task storage t = _tasks[taskId];
-        t.requester = requester;
-        t.escrow = uint96(reward);
-        t.submitDeadline = uint40(submitDeadline);
-        t.validationDeadline = uint40(validationDeadline);
-        t.minScore = uint32(minScore);
-        t.validationsRequired = uint8(validationsRequired);
-        t.status = TaskStatus.Open;
-        t.shape = shape;
-        t.testSetCommitment = testSetCommitment;
-        t.datasetCid = datasetCid;
-        t.specCid = specCid;
-        emit TaskCreated(
-            taskId,
-            requester,
-            datasetCid,
-            specCid,
-            reward,
-            validationsRequired,
-            minScore,
-            submitDeadline,
-            validationDeadline
-        );
+        uint256 allowance = token.allowance(requester, address(this));
+        if (allowance < terms.reward) revert EscrowNotApproved(requester, allowance, terms.reward);
+        taskId = _create(terms, requester);
     }
 
-    /// @notice The requester (or the relayer that created the task for it) reveals the test set after
-    /// the submission deadline.
+    /// @notice Void the signed terms that carry the caller's current nonce (the next a relayer could
+    /// land): the nonce moves on by one. Terms signed with later nonces stay valid and become the next in
+    /// line; void each (one call per nonce) or let them expire.
+    function useNonce() external {
+        emit NonceUsed(msg.sender, _nonces[msg.sender]++);
+    }
+
+    /// @notice The nonce the next terms `requester` signs must carry.
+    function nonces(address requester) external view returns (uint256) {
+        return _nonces[requester];
+    }
+
+    /// @notice A trainer's hidden submission: keccak256(abi.encode(taskId, trainer, modelCid,
+    /// artifactSha256, claim, salt)) (see submissionCommitment), before the submission deadline. Locks
+    /// the task's bond out of the trainer's free stake.
+    function commitSubmission(uint256 taskId, bytes32 commitment) external {
+        Task storage t = _openTask(taskId);
+        _checkWindow(taskId, Step.CommitSubmission, 0, t.submitDeadline);
+        if (msg.sender == t.requester) revert RequesterCannotSubmit(taskId);
+        if (!isStaked(msg.sender, Role.Trainer)) revert NotStaked(msg.sender, Role.Trainer);
+        if (_submissionOf[taskId][msg.sender].index != 0) revert AlreadySubmitted(taskId, msg.sender);
+        uint256 id = t.submissions;
+        if (id >= MAX_SUBMISSIONS) revert TooManySubmissions(taskId, MAX_SUBMISSIONS);
+        _lockBond(msg.sender, t.rules.bond);
+        t.submissions = uint8(id + 1);
+        _submissionOf[taskId][msg.sender] = Entry(uint8(id + 1), uint40(block.timestamp));
+        Submission storage s = _submissions[taskId][id];
+        s.trainer = msg.sender;
+        s.commitment = commitment;
+        emit SubmissionCommitted(taskId, id, msg.sender, commitment);
+    }
+
+    /// @notice Open the caller's commitment, after the submission deadline and until the reveal deadline.
+    /// The claim (the holdout score, millionths) must reach the task's minimum and the model must fit the
+    /// registry (ModelRegistry.checkModel), so an accepted model can always be registered. An artifact
+    /// already revealed in another task before this commitment was made could be a copy: the reveal is
+    /// accepted (so a decoy reveal of a predictable artifact burns no honest bond) but marked
+    /// (RevealedElsewhereFirst, revealedElsewhere), and the submission is never accepted nor paid.
+    /// Trainers check firstRevealOf(artifactSha256) before committing.
+    function revealSubmission(
+        uint256 taskId,
+        string calldata modelCid,
+        bytes32 artifactSha256,
+        uint256 claim,
+        bytes32 salt
+    ) external {
+        Task storage t = _openTask(taskId);
+        _checkWindow(taskId, Step.RevealSubmission, t.submitDeadline, t.revealDeadline);
+        Entry memory entry = _submissionOf[taskId][msg.sender];
+        uint256 index = entry.index;
+        if (index == 0) revert NoCommitment(taskId, msg.sender);
+        Submission storage s = _submissions[taskId][index - 1];
+        if (s.revealed) revert AlreadyRevealed(taskId, msg.sender);
+        if (submissionCommitment(taskId, msg.sender, modelCid, artifactSha256, claim, salt) != s.commitment) {
+            revert CommitmentMismatch(taskId, msg.sender);
+        }
+        if (claim > SCORE_SCALE) revert ScoreOutOfRange(claim);
+        if (claim < t.minScore) revert ClaimBelowMinimum(taskId, claim, t.minScore);
+        registry.checkModel(modelCid, t.kind, t.decimals, t.featureCount);
+        FirstReveal memory first = _firstReveal[artifactSha256];
+        if (first.taskId == 0) {
+            _firstReveal[artifactSha256] = FirstReveal(uint64(taskId), uint40(block.timestamp));
+        } else if (first.taskId != taskId && first.revealedAt <= entry.committedAt) {
+            _revealedElsewhere[taskId] |= 1 << (index - 1);
+            emit RevealedElsewhereFirst(taskId, index - 1, artifactSha256, first.taskId);
+        }
+        s.revealed = true;
+        s.claim = uint32(claim);
+        s.artifactSha256 = artifactSha256;
+        s.modelCid = modelCid;
+        t.revealed += 1;
+        emit SubmissionRevealed(taskId, index - 1, msg.sender, modelCid, artifactSha256, claim);
+    }
+
+    /// @notice Reveal the test set (anyone holding the preimage: the requester, its relayer) after the
+    /// submission reveals and before the test deadline; fixes the block that draws the validators.
     function revealTestSet(uint256 taskId, string calldata testCid, bytes32 salt) external {
-        Task storage t = _open(taskId);
-        if (msg.sender != t.requester && msg.sender != relayerOf[taskId]) revert NotRequester(taskId, msg.sender);
-        if (block.timestamp <= t.submitDeadline) revert RevealTooEarly(taskId, t.submitDeadline);
-        if (block.timestamp > t.validationDeadline) revert ValidationClosed(taskId, t.validationDeadline);
-        if (t.revealed) revert AlreadyRevealed(taskId);
-        if (keccak256(abi.encode(testCid, salt)) != t.testSetCommitment) revert TestSetMismatch(taskId);
-        t.revealed = true;
+        Task storage t = _openTask(taskId);
+        _checkWindow(taskId, Step.RevealTestSet, t.revealDeadline, t.testDeadline);
+        if (t.testRevealed) revert AlreadyRevealed(taskId, msg.sender);
+        if (t.revealed == 0) revert NoSubmissions(taskId);
+        if (commitmentFor(testCid, salt) != t.testSetCommitment) revert TestSetMismatch(taskId);
+        t.testRevealed = true;
         t.testCid = testCid;
         emit TestSetRevealed(taskId, testCid);
-    }
-
-    function submitModel(uint256 taskId, string calldata modelCid, bytes32 artifactSha256, uint256 claimedScore)
-        external
-        whenNotPaused
-        returns (uint256 submissionId)
-    {
-        Task storage t = _open(taskId);
-        if (!isStaked(msg.sender, Role.Trainer)) revert NotStaked(msg.sender, Role.Trainer);
-        if (block.timestamp > t.submitDeadline) revert SubmissionClosed(taskId, t.submitDeadline);
-        if (hasSubmitted[taskId][msg.sender]) revert AlreadySubmitted(taskId, msg.sender);
-        if (t.submissionCount >= MAX_SUBMISSIONS) revert TooManySubmissions(taskId);
-        if (claimedScore > SCORE_SCALE) revert ScoreOutOfRange(claimedScore);
-        _checkCid(modelCid, "modelCid");
-        submissionId = t.submissionCount++;
-        hasSubmitted[taskId][msg.sender] = true;
-        _submissions[taskId].push(Submission(msg.sender, uint32(claimedScore), 0, 0, artifactSha256, modelCid));
-        _stakes[msg.sender][Role.Trainer].openWork += 1;
-        emit ModelSubmitted(taskId, submissionId, msg.sender, modelCid, artifactSha256, claimedScore);
-    }
-
-    function validate(uint256 taskId, uint256 submissionId, uint256 score) external whenNotPaused {
-        Task storage t = _open(taskId);
-        if (!isStaked(msg.sender, Role.Validator)) revert NotStaked(msg.sender, Role.Validator);
-        if (!t.revealed) revert TestSetNotRevealed(taskId);
-        if (block.timestamp > t.validationDeadline) revert ValidationClosed(taskId, t.validationDeadline);
-        if (submissionId >= t.submissionCount) revert UnknownSubmission(taskId, submissionId);
-        Submission storage s = _submissions[taskId][submissionId];
-        if (s.trainer == msg.sender) revert OwnSubmission(taskId, submissionId);
-        if (hasVoted[taskId][submissionId][msg.sender]) revert AlreadyVoted(taskId, submissionId, msg.sender);
-        if (s.votes >= t.validationsRequired) revert EnoughVotes(taskId, submissionId);
-        if (score > SCORE_SCALE) revert ScoreOutOfRange(score);
-        hasVoted[taskId][submissionId][msg.sender] = true;
-        _votes[taskId][submissionId].push(Vote(msg.sender, uint32(score)));
-        s.votes += 1;
-        _stakes[msg.sender][Role.Validator].openWork += 1;
-        emit Validated(taskId, submissionId, msg.sender, score);
-    }
-
-    /// @notice Settle a task: at once when every submission has its validations, or after the
-    /// validation deadline (and after the submission deadline when nobody submitted).
-    function finalizeTask(uint256 taskId) external nonReentrant {
-        Task storage t = _open(taskId);
-        if (!_finalizable(taskId, t)) revert NotFinalizable(taskId);
-        uint256 count = t.submissionCount;
-        uint256 best;
-        uint256 slashed;
-        for (uint256 i = 0; i < count; ++i) {
-            Submission storage s = _submissions[taskId][i];
-            if (s.votes < t.validationsRequired) continue; // no quorum: never accepted, nobody slashed
-            s.median = _median(_votes[taskId][i]);
-            slashed += _slashOutliers(taskId, _votes[taskId][i], s.median);
-            if (s.median >= t.minScore && (best == 0 || s.median > _submissions[taskId][best - 1].median)) {
-                best = i + 1;
-            }
-        }
-        uint256 escrow = t.escrow;
-        t.escrow = 0;
-        if (best != 0) {
-            t.status = TaskStatus.Accepted;
-            t.accepted = uint8(best);
-            _accept(taskId, t, best - 1, escrow, slashed);
-        } else {
-            t.status = TaskStatus.Failed;
-            _refund(taskId, t, escrow, slashed);
-        }
-        _closeWork(taskId, count);
+        _fixDraw(taskId, t);
     }
 
     // ------------------------------------------------------------- views
 
-    function getTask(uint256 taskId) external view returns (Task memory) {
-        Task memory t = _tasks[taskId];
-        if (t.status == TaskStatus.None) revert UnknownTask(taskId);
-        return t;
+    // solhint-disable-next-line func-name-mixedcase
+    function DOMAIN_SEPARATOR() public view returns (bytes32) {
+        return block.chainid == _cachedChainId ? _cachedDomainSeparator : _buildDomainSeparator();
     }
 
-    function getSubmission(uint256 taskId, uint256 submissionId) external view returns (Submission memory) {
-        if (submissionId >= _submissions[taskId].length) revert UnknownSubmission(taskId, submissionId);
-        return _submissions[taskId][submissionId];
-    }
-
-    function getVotes(uint256 taskId, uint256 submissionId) external view returns (Vote[] memory) {
-        return _votes[taskId][submissionId];
-    }
-
-    /// @notice keccak256(abi.encode(testCid, salt)), what createTask takes as the test-set commitment.
-    function commitmentFor(string calldata testCid, bytes32 salt) external pure returns (bytes32) {
-        return keccak256(abi.encode(testCid, salt));
+    /// @notice The EIP-712 digest a requester signs for `terms` (domain "EthML TrainingTasks", version "1").
+    function termsDigest(Terms calldata terms, address requester, uint256 nonce, uint256 expiry)
+        public
+        view
+        returns (bytes32)
+    {
+        bytes memory head = abi.encode(
+            TERMS_TYPEHASH,
+            requester,
+            keccak256(bytes(terms.datasetCid)),
+            keccak256(bytes(terms.specCid)),
+            terms.testSetCommitment,
+            terms.reward,
+            terms.submitPeriod,
+            terms.scorePeriod
+        );
+        bytes memory tail = abi.encode(
+            terms.validations,
+            terms.minScore,
+            uint8(terms.kind),
+            terms.decimals,
+            terms.featureCount,
+            terms.parametersVersion,
+            nonce,
+            expiry
+        );
+        return keccak256(abi.encodePacked(hex"1901", DOMAIN_SEPARATOR(), keccak256(bytes.concat(head, tail))));
     }
 
     // ------------------------------------------------------------- internals
 
-    function _open(uint256 taskId) private view returns (Task storage t) {
-        t = _tasks[taskId];
-        if (t.status == TaskStatus.None) revert UnknownTask(taskId);
-        if (t.status != TaskStatus.Open) revert TaskNotOpen(taskId);
-    }
-
-    function _finalizable(uint256 taskId, Task storage t) private view returns (bool) {
-        if (block.timestamp > t.validationDeadline) return true;
-        if (t.submissionCount == 0) return block.timestamp > t.submitDeadline;
-        if (!t.revealed) return false;
-        for (uint256 i = 0; i < t.submissionCount; ++i) {
-            if (_submissions[taskId][i].votes < t.validationsRequired) return false;
-        }
-        return true;
-    }
-
-    /// @dev Lower median of at most MAX_VALIDATIONS scores (insertion sort on a copy).
-    function _median(Vote[] storage votes) private view returns (uint32) {
-        uint256 n = votes.length;
-        uint32[] memory s = new uint32[](n);
-        for (uint256 i = 0; i < n; ++i) {
-            uint32 x = votes[i].score;
-            uint256 j = i;
-            while (j > 0 && s[j - 1] > x) {
-                s[j] = s[j - 1];
-                --j;
-            }
-            s[j] = x;
-        }
-        return s[(n - 1) / 2];
-    }
-
-    function _slashOutliers(uint256 taskId, Vote[] storage votes, uint32 median) private returns (uint256 total) {
+    /// @dev Create the task and escrow its reward from `requester`.
+    function _create(Terms calldata terms, address requester) private returns (uint256 taskId) {
         Parameters memory p = _params;
-        for (uint256 i = 0; i < votes.length; ++i) {
-            if (!_far(votes[i].score, median, p.scoreTolerance)) continue;
-            Stake storage st = _stakes[votes[i].validator][Role.Validator];
-            uint256 cut = uint256(st.amount) * p.slashBps / 10_000;
-            st.amount -= uint128(cut);
-            total += cut;
-            emit Slashed(taskId, votes[i].validator, cut);
+        _checkTerms(terms, p);
+        taskId = ++taskCount;
+        Task storage t = _tasks[taskId];
+        t.requester = requester;
+        t.reward = terms.reward;
+        uint256 submitDeadline = block.timestamp + terms.submitPeriod;
+        t.submitDeadline = uint40(submitDeadline);
+        t.revealDeadline = uint40(submitDeadline + p.revealPeriod);
+        t.testDeadline = uint40(submitDeadline + 2 * uint256(p.revealPeriod));
+        t.minScore = terms.minScore;
+        t.scorePeriod = terms.scorePeriod;
+        t.status = Status.Open;
+        t.validations = terms.validations;
+        t.kind = terms.kind;
+        t.decimals = terms.decimals;
+        t.featureCount = terms.featureCount;
+        t.testSetCommitment = terms.testSetCommitment;
+        uint256 bond = uint256(terms.reward) * p.bondBps / 10_000;
+        t.rules = Rules({
+            bond: uint96(bond < p.minBond ? p.minBond : bond),
+            revealPeriod: p.revealPeriod,
+            scoreTolerance: p.scoreTolerance,
+            claimSlack: p.claimSlack,
+            drawDelayBlocks: p.drawDelayBlocks,
+            validatorShareBps: p.validatorShareBps,
+            slashBps: p.slashBps,
+            noShowBps: p.noShowBps,
+            registers: terms.reward >= p.minRegistrationReward && p.registrationsPerPeriod > 0,
+            registrationsPerPeriod: p.registrationsPerPeriod,
+            registrationPeriod: p.registrationPeriod
+        });
+        t.datasetCid = terms.datasetCid;
+        t.specCid = terms.specCid;
+        _emitCreated(taskId, t);
+        token.safeTransferFrom(requester, address(this), terms.reward);
+    }
+
+    function _emitCreated(uint256 taskId, Task storage t) private {
+        emit TaskCreated(
+            taskId,
+            t.requester,
+            msg.sender,
+            t.datasetCid,
+            t.specCid,
+            t.reward,
+            t.rules.bond,
+            t.submitDeadline,
+            t.revealDeadline,
+            t.testDeadline
+        );
+    }
+
+    function _checkVersion(Terms calldata terms) private view {
+        if (terms.parametersVersion != parametersVersion) {
+            revert ParametersChanged(terms.parametersVersion, parametersVersion);
         }
     }
 
-    function _far(uint32 score, uint32 median, uint32 tolerance) private pure returns (bool) {
-        return score > median ? score - median > tolerance : median - score > tolerance;
+    /// @dev BadTerm names the term, its value and its range (Validations must also be odd; a CID's value
+    /// is its length). The reward must pay every seat at least minSeatReward from the validators' part.
+    /// The spec CID and the model shape are checked by the registry, as it will check the accepted model.
+    function _checkTerms(Terms calldata terms, Parameters memory p) private view {
+        uint256 length = bytes(terms.datasetCid).length;
+        if (length == 0 || length > MAX_CID_LENGTH) revert BadTerm(Term.DatasetCid, length, 1, MAX_CID_LENGTH);
+        registry.checkModel(terms.specCid, terms.kind, terms.decimals, terms.featureCount);
+        if (terms.testSetCommitment == 0) revert BadTerm(Term.TestSetCommitment, 0, 1, type(uint256).max);
+        uint256 v = terms.validations;
+        if (v == 0 || v > MAX_VALIDATIONS || v % 2 == 0) revert BadTerm(Term.Validations, v, 1, MAX_VALIDATIONS);
+        uint256 minReward = (uint256(p.minSeatReward) * v * 10_000 + p.validatorShareBps - 1) / p.validatorShareBps;
+        if (terms.reward < minReward) revert BadTerm(Term.Reward, terms.reward, minReward, type(uint96).max);
+        if (terms.submitPeriod < p.minPeriod || terms.submitPeriod > p.maxPeriod) {
+            revert BadTerm(Term.SubmitPeriod, terms.submitPeriod, p.minPeriod, p.maxPeriod);
+        }
+        if (terms.scorePeriod < p.minPeriod || terms.scorePeriod > p.maxPeriod) {
+            revert BadTerm(Term.ScorePeriod, terms.scorePeriod, p.minPeriod, p.maxPeriod);
+        }
+        if (terms.minScore > SCORE_SCALE) revert BadTerm(Term.MinScore, terms.minScore, 0, SCORE_SCALE);
     }
 
-    function _accept(uint256 taskId, Task storage t, uint256 index, uint256 escrow, uint256 slashed) private {
-        Submission storage s = _submissions[taskId][index];
-        Vote[] storage votes = _votes[taskId][index];
-        uint256 validatorPart = escrow * _params.validatorShareBps / 10_000 + slashed;
-        uint256 honest = 0;
-        for (uint256 i = 0; i < votes.length; ++i) {
-            if (!_far(votes[i].score, s.median, _params.scoreTolerance)) ++honest;
-        }
-        uint256 trainerPart = escrow + slashed - validatorPart;
-        if (honest == 0) (trainerPart, validatorPart) = (escrow + slashed, 0);
-        token.safeTransfer(s.trainer, trainerPart);
-        if (validatorPart > 0) {
-            uint256 share = validatorPart / honest;
-            uint256 dust = validatorPart - share * honest;
-            for (uint256 i = 0; i < votes.length; ++i) {
-                if (_far(votes[i].score, s.median, _params.scoreTolerance)) continue;
-                token.safeTransfer(votes[i].validator, share + dust);
-                dust = 0;
-            }
-        }
-        uint256 modelId =
-            registry.registerModel(s.modelCid, s.artifactSha256, t.shape.kind, t.shape.decimals, t.shape.featureCount);
-        t.modelId = uint32(modelId);
-        emit TaskAccepted(taskId, index, s.trainer, s.median, modelId, trainerPart, validatorPart);
-    }
-
-    function _refund(uint256 taskId, Task storage t, uint256 escrow, uint256 slashed) private {
-        uint256 count = t.submissionCount;
-        uint256 forfeit = (!t.revealed && count > 0) ? escrow * _params.forfeitBps / 10_000 : 0;
-        if (forfeit > 0) {
-            uint256 share = forfeit / count;
-            uint256 dust = forfeit - share * count;
-            for (uint256 i = 0; i < count; ++i) {
-                token.safeTransfer(_submissions[taskId][i].trainer, share + dust);
-                dust = 0;
-            }
-        }
-        uint256 refund = escrow - forfeit + slashed;
-        if (refund > 0) token.safeTransfer(t.requester, refund);
-        emit TaskFailed(taskId, refund, forfeit);
-    }
-
-    /// @dev The task no longer holds anyone's stake.
-    function _closeWork(uint256 taskId, uint256 count) private {
-        for (uint256 i = 0; i < count; ++i) {
-            _stakes[_submissions[taskId][i].trainer][Role.Trainer].openWork -= 1;
-            Vote[] storage votes = _votes[taskId][i];
-            for (uint256 j = 0; j < votes.length; ++j) {
-                _stakes[votes[j].validator][Role.Validator].openWork -= 1;
-            }
-        }
-    }
-
-    function _checkCid(string calldata cid, string memory field) private pure {
-        uint256 len = bytes(cid).length;
-        if (len == 0 || len > MAX_CID_LENGTH) revert InvalidTask(string.concat(field, " must be 1..64 bytes"));
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
     }
 }

@@ -143,16 +143,18 @@ def _error(contract: str, name: str, *values: Any) -> Revert:
 def test_deadlines_as_local_wall_clock_with_the_gap_to_the_transaction() -> None:
     today = time.localtime()
     deadline = int(time.mktime((today.tm_year, today.tm_mon, today.tm_mday, 12, 3, 41, 0, 0, -1)))  # noon: same day
-    closed = _error("TrainingTasks", "SubmissionClosed", 1, deadline)
+    closed = _error("TrainingTasks", "TooLate", 1, 0, deadline)  # Step.CommitSubmission
     at = "12:03:41"
     assert explain(closed, Moment(deadline + 4, 32)) == (
-        f"task 1's submission window closed at {at}, 4 s before this transaction (SubmissionClosed)"
+        f"the submission window of task 1 closed at {at}, 4 s before this transaction (TooLate)"
     )
-    early = _error("TrainingTasks", "RevealTooEarly", 3, deadline)
-    assert explain(early, Moment(deadline - 200, 32)).endswith(
-        f"closes at {at}, 3 min 20 s after this transaction (RevealTooEarly)"
+    early = _error("TrainingTasks", "TooEarly", 3, 2, deadline)  # Step.RevealTestSet
+    assert explain(early, Moment(deadline - 200, 32)) == (
+        f"the test-set window of task 3 opens at {at}, 3 min 20 s after this transaction (TooEarly)"
     )
-    assert explain(closed) == f"task 1's submission window closed at {at} (SubmissionClosed)"
+    assert explain(closed) == f"the submission window of task 1 closed at {at} (TooLate)"
+    steps = [explain(_error("TrainingTasks", "TooLate", 2, step, deadline)) for step in range(7)]
+    assert len(set(steps)) == 7 and not any("step " in s for s in steps)  # every step has its own words
     blocks = _error("EthML", "CommitWindowClosed", 4, 120)
     assert explain(blocks, Moment(None, 123)) == (
         "round 4's commit window closed at block 120, 3 blocks before this transaction's (CommitWindowClosed)"
@@ -164,18 +166,26 @@ def test_values_that_matter_in_words() -> None:
     assert explain(_error("TrainingTasks", "NotStaked", validator, 1)) == (
         f"account {validator} is not staked as a validator; stake with `ethml stake --role validator` (NotStaked)"
     )
-    assert explain(_error("TrainingTasks", "AlreadyVoted", 1, 0, validator)) == (
-        f"validator {validator} already voted on submission 0 of task 1 (AlreadyVoted)"
+    assert explain(_error("TrainingTasks", "AlreadyCommitted", 1, validator)) == (
+        f"validator {validator} already committed its scores for task 1 (AlreadyCommitted)"
+    )
+    assert explain(_error("TrainingTasks", "TaskClosed", 4, 5)) == "task 4 is closed: abandoned (TaskClosed)"
+    assert explain(_error("TrainingTasks", "BadTerm", 5, 4, 1, 9)) == (
+        "invalid task terms: the number of validators (odd) is 4, allowed 1 to 9 (BadTerm)"
+    )
+    assert explain(_error("TrainingTasks", "ClaimBelowMinimum", 2, 750_000, 800_000)) == (
+        "a claimed score of 0.750000 is below task 2's minimum of 0.800000 (ClaimBelowMinimum)"
     )
     assert explain(_error("ModelRegistry", "UnknownModel", 9)) == "model 9 is not registered (UnknownModel)"
     # One name, two contracts, other arguments: each reads with its own.
     assert explain(_error("EthML", "NotRequester", 5, validator)).startswith("only the requester of request 5 ")
-    assert explain(_error("TrainingTasks", "NotRequester", 5, validator)).startswith("only task 5's requester ")
+    assert explain(_error("TrainingTasks", "AlreadyRevealed", 5, validator)).startswith("already revealed on task 5 ")
+    assert explain(_error("EthML", "AlreadyRevealed", 5, validator)).startswith(f"miner {validator} already ")
     short = _error("EMLToken", "ERC20InsufficientBalance", validator, 25 * 10**17, 10**19)
     assert explain(short) == f"{validator} holds 2.5 EML, 10 EML needed (ERC20InsufficientBalance)"
-    relayer = next(h for h, n in access_roles().items() if n == "RELAYER_ROLE")
-    denied = _error("TrainingTasks", "AccessControlUnauthorizedAccount", validator, relayer)
-    assert explain(denied) == f"account {validator} lacks RELAYER_ROLE (AccessControlUnauthorizedAccount)"
+    pauser = next(h for h, n in access_roles().items() if n == "PAUSER_ROLE")
+    denied = _error("TrainingTasks", "AccessControlUnauthorizedAccount", validator, pauser)
+    assert explain(denied) == f"account {validator} lacks PAUSER_ROLE (AccessControlUnauthorizedAccount)"
     # No template: the generic form names every argument.
     assert "LengthMismatch" not in MESSAGES
     assert explain(_error("EMLToken", "LengthMismatch", 2, 3)) == "LengthMismatch(holders=2, amounts=3)"

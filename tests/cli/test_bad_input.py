@@ -67,31 +67,80 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         net.stop()
 
 
-#: Accounts of the training cases: a staked trainer and validator, an account with no stake.
-TRAINER, VALIDATOR, UNSTAKED = 5, 6, 2
+#: Accounts of the training cases: a staked trainer and validator, a second staked trainer that never
+#: submits, an account with no stake.
+TRAINER, VALIDATOR, LATE_TRAINER, UNSTAKED = 5, 6, 4, 2
+
+
+@dataclass
+class Tasks:
+    closed: int  # its submission window closed; submitted, test set revealed, voted
+    open: int  # its submission window open for an hour; nothing submitted
 
 
 @pytest.fixture(scope="module")
-def closed_task(devnet: Devnet) -> int:
-    """A wine task whose submission window has closed: the trainer submitted, the test set is revealed,
-    the validator voted. Made once, for the cases that need it."""
-    return asyncio.run(_closed_task(devnet))
+def tasks(devnet: Devnet) -> Tasks:
+    """Two wine tasks, made once for the cases that need them: one whose submission window has closed
+    (the trainer committed and revealed, the test set is revealed, the one drawn validator voted), one
+    still open."""
+    return asyncio.run(_tasks(devnet))
 
 
-async def _closed_task(devnet: Devnet) -> int:
+async def _tasks(devnet: Devnet) -> Tasks:
     from web3 import AsyncHTTPProvider, AsyncWeb3
 
     from ethml.ipfs import Blockstore, IpfsClient
     from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
-    from ethml.training.flow import create_task, reveal_test_set, stake, task_info, train_and_submit, validate_task
+    from ethml.training.flow import (
+        create_task,
+        reveal_submission,
+        reveal_test_set,
+        stake,
+        task_info,
+        train_and_submit,
+        validate_task,
+    )
 
     w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(devnet.url))
     try:
         dep = Deployment.find(await w3.eth.chain_id, devnet.data_dir)
         ipfs = IpfsClient(Blockstore(devnet.data_dir / "blocks"))
-        await stake(w3, dep, dev_account(TRAINER), "trainer", 100 * EML)
+        for trainer in (TRAINER, LATE_TRAINER):
+            await stake(w3, dep, dev_account(trainer), "trainer", 100 * EML)
         await stake(w3, dep, dev_account(VALIDATOR), "validator", 100 * EML)
         public, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=0)
+        ids = []
+        for _ in range(2):
+            created = await create_task(
+                w3,
+                dep,
+                dev_account(9),
+                ipfs,
+                devnet.data_dir,
+                spec=parse_spec((ROOT / "models" / "tasks" / "wine-forest.json").read_bytes()),
+                dataset=public,
+                test_set=hidden,
+                reward=10 * EML,
+                validations=1,
+                min_score=500_000,
+                submit_seconds=3600,
+                score_seconds=3600,
+            )
+            ids.append(created.task_id)
+        closed = ids[0]
+        await train_and_submit(w3, dep, dev_account(TRAINER), ipfs, closed, data_dir=devnet.data_dir)
+
+        async def jump_past(deadline: int) -> None:  # anvil's clock moves past the deadline: no waiting
+            pending = int((await w3.eth.get_block("pending"))["timestamp"])
+            await w3.provider.make_request("evm_increaseTime", [deadline - pending + 1])  # type: ignore[arg-type]
+
+        await jump_past(int((await task_info(w3, dep, closed))["submit_deadline"]))
+        await reveal_submission(w3, dep, dev_account(TRAINER), closed, devnet.data_dir)
+        await jump_past(int((await task_info(w3, dep, closed))["reveal_deadline"]))
+        await reveal_test_set(w3, dep, dev_account(9), closed, devnet.data_dir)
+        vote = await validate_task(w3, dep, dev_account(VALIDATOR), ipfs, closed, data_dir=devnet.data_dir)
+        assert vote["revealed"], vote
+        # The open task is created after the jumps: its window is an hour from now on anvil's clock.
         created = await create_task(
             w3,
             dep,
@@ -104,17 +153,10 @@ async def _closed_task(devnet: Devnet) -> int:
             reward=10 * EML,
             validations=1,
             min_score=500_000,
-            submit_seconds=600,
-            validation_seconds=3600,
+            submit_seconds=3600,
+            score_seconds=3600,
         )
-        await train_and_submit(w3, dep, dev_account(TRAINER), ipfs, created.task_id)
-        # Close the submission window now rather than wait for it: anvil's clock moves past the deadline.
-        deadline = int((await task_info(w3, dep, created.task_id))["submit_deadline"])
-        pending = int((await w3.eth.get_block("pending"))["timestamp"])
-        await w3.provider.make_request("evm_increaseTime", [deadline - pending + 1])  # type: ignore[arg-type]
-        await reveal_test_set(w3, dep, dev_account(9), created.task_id, devnet.data_dir)
-        assert await validate_task(w3, dep, dev_account(VALIDATOR), ipfs, created.task_id)
-        return created.task_id
+        return Tasks(closed, created.task_id)
     finally:
         await w3.provider.disconnect()
 
@@ -227,34 +269,119 @@ CASES: list[tuple[str, list[str], str]] = [
     ("expire-nothing-open", ["expire", "1"], "no request 1 on this deployment"),
     # Transactions that would revert: refused before sending, the reason in words.
     ("request-unknown-model-id", ["request", "--model", "99", "--data", _iris()], "model 99 is not registered"),
-    ("task-show-unknown", ["task", "show", "99"], "there is no task 99 (UnknownTask)"),
+    ("task-show-unknown", ["task", "show", "999"], "there is no task 999 (UnknownTask)"),
+    ("train-unknown-task", ["train", "--task", "999", "--account", str(TRAINER)], "there is no task 999 (UnknownTask)"),
+    (
+        "validate-unknown-task",
+        ["validate", "--task", "999", "--account", str(VALIDATOR)],
+        "there is no task 999 (UnknownTask)",
+    ),
+    ("reveal-unknown-task", ["task", "reveal", "999"], "there is no task 999 (UnknownTask)"),
+    ("finalize-unknown-task", ["task", "finalize", "999"], "there is no task 999 (UnknownTask)"),
+    ("train-without-account", ["train", "--task", "{open}"], "needs --account N"),
+    ("validate-without-account", ["validate", "--task", "{open}"], "needs --account N"),
+    ("stake-without-account", ["stake", "--role", "trainer", "--amount", "100"], "needs --account N"),
+    ("stake-unknown-role", ["stake", "--role", "miner", "--amount", "100", "--account", "2"], "trainer or validator"),
+    ("unstake-nothing-staked", ["unstake", "--role", "trainer", "--account", str(UNSTAKED)], "has no trainer stake"),
+    (
+        "task-create-even-panel",
+        [
+            "task",
+            "create",
+            "--spec",
+            "models/tasks/wine-forest.json",
+            "--sklearn",
+            "wine",
+            "--reward",
+            "5",
+            "--validations",
+            "2",
+        ],
+        "--validations must be odd",
+    ),
+    (
+        "task-create-window-too-short",
+        [
+            "task",
+            "create",
+            "--spec",
+            "models/tasks/wine-forest.json",
+            "--sklearn",
+            "wine",
+            "--reward",
+            "5",
+            "--submit-hours",
+            "0.001",
+        ],
+        "the submission period of 4 s is outside the market's 10 s to 7 d",
+    ),
+    (
+        "task-create-window-too-long",
+        [
+            "task",
+            "create",
+            "--spec",
+            "models/tasks/wine-forest.json",
+            "--sklearn",
+            "wine",
+            "--reward",
+            "5",
+            "--submit-hours",
+            "200",
+        ],
+        "the submission period of 8 d 8 h is outside the market's 10 s to 7 d",
+    ),
+    (
+        "task-create-reward-below-seats",
+        [
+            "task",
+            "create",
+            "--spec",
+            "models/tasks/wine-forest.json",
+            "--sklearn",
+            "wine",
+            "--reward",
+            "1",
+            "--validations",
+            "9",
+        ],
+        "a reward of 1 EML is too small for 9 validator seats: the validators' part (20 %) must pay each seat at "
+        "least 0.1 EML, so the reward must be at least 4.5 EML",
+    ),
     (
         "train-deadline-passed",
-        ["train", "--task", "{task}", "--account", str(TRAINER)],
-        "task {task}'s submission window closed at ",
+        ["train", "--task", "{closed}", "--account", str(LATE_TRAINER)],
+        "the submission window of task {closed} closed at ",
     ),
     (
         "train-not-staked",
-        ["train", "--task", "{task}", "--account", str(UNSTAKED)],
+        ["train", "--task", "{open}", "--account", str(UNSTAKED)],
         f"account {dev_account(UNSTAKED).address} is not staked as a trainer",
     ),
     (
         "validate-already-voted",
-        ["validate", "--task", "{task}", "--account", str(VALIDATOR)],
-        f"validator {dev_account(VALIDATOR).address} already voted on submission 0 of task {{task}} (AlreadyVoted)",
+        ["validate", "--task", "{closed}", "--account", str(VALIDATOR)],
+        f"validator {dev_account(VALIDATOR).address} already revealed its scores for task {{closed}}",
     ),
     (
-        "validate-not-staked",
-        ["validate", "--task", "{task}", "--account", str(UNSTAKED)],
-        f"account {dev_account(UNSTAKED).address} is not staked as a validator",
+        "validate-not-drawn",
+        ["validate", "--task", "{closed}", "--account", str(UNSTAKED)],
+        f"validator {dev_account(UNSTAKED).address} holds no seat on task {{closed}}'s panel",
     ),
-    ("reveal-twice", ["task", "reveal", "{task}"], "task {task}'s test set is already revealed (AlreadyRevealed)"),
+    (
+        "validate-test-set-hidden",
+        ["validate", "--task", "{open}", "--account", str(VALIDATOR)],
+        "task {open}'s test set is not revealed yet",
+    ),
+    ("reveal-twice", ["task", "reveal", "{closed}"], "task {closed}'s test set is already revealed"),
+    ("reveal-too-early", ["task", "reveal", "{open}"], "the test-set window of task {open} opens at "),
+    ("finalize-too-early", ["task", "finalize", "{open}"], "the finalization window of task {open} opens at "),
     ("serve-port-taken", ["serve", "--port", "{port}"], "another ethml serve or program is using it"),
     ("serve-redis-not-a-url", ["serve", "--redis", "localhost:6379"], "is not a redis://"),
     (
-        "serve-relayer-without-the-role",
-        ["serve", "--port", "{free}", "--account", "3"],
-        "lacks TrainingTasks' RELAYER_ROLE",
+        "serve-relayer-without-eth",
+        ["serve", "--port", "{free}", "--private-key", "0x" + "42" * 32],
+        "holds no ETH to pay for the transactions it relays",
     ),
     ("serve-rpc-unreachable", ["serve", "--rpc-url", "http://127.0.0.1:1", "--port", "{free}"], "cannot reach"),
     ("worker-http-server", ["worker", "--server", "http://127.0.0.1:8600", "--role", "trainer"], "not a ws://"),
@@ -374,8 +501,9 @@ def test_bad_input_is_one_line_and_costs_nothing(
         "free": str(free_port()),
         "iris_cid": _iris_cid(devnet),
     }
-    if any("{task}" in a for a in args):
-        values["task"] = str(request.getfixturevalue("closed_task"))
+    if any("{closed}" in a or "{open}" in a for a in args):
+        made: Tasks = request.getfixturevalue("tasks")
+        values["closed"], values["open"] = str(made.closed), str(made.open)
     argv = [a.format(**values) for a in args]
     says = says.format(**values)
     before, nonces = _request_count(devnet), _nonces(devnet)

@@ -114,6 +114,9 @@ def test_devnet_walkthrough_from_the_readme(tmp_path: Path) -> None:
     for miner in background[1:]:
         assert miner.returncode == 0, miner.stderr.read() if miner.stderr else ""
     assert training["status"] == "accepted" and training["model_id"] == 5, training
+    assert [p["state"] for p in training["panel"]] == ["revealed"], training["panel"]
+    validated = training["outputs"]["ethml validate --task 1 --account 6"][0]
+    assert "scores committed and revealed" in validated, validated  # the last seat revealed at once
     accepted = training["submissions"][training["accepted_submission"]]
     store = Blockstore(tmp_path / "blocks")
     artifact = asyncio.run(IpfsClient(store).cat(accepted["model_cid"], max_size=64 * 1024 * 1024))
@@ -124,7 +127,8 @@ def test_devnet_walkthrough_from_the_readme(tmp_path: Path) -> None:
 
 
 def _train_and_serve(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
-    """The "Train a model and serve it" block, against the running devnet and miners."""
+    """The "Train a model and serve it" block, against the running devnet and miners, one command after
+    the other as written: the commands that wait for a window do so themselves (`--wait`)."""
 
     def run(line: str) -> str:
         done = subprocess.run(
@@ -133,20 +137,15 @@ def _train_and_serve(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
         )
         assert done.returncode == 0, line + "\n" + done.stdout + done.stderr
         return done.stdout
 
-    request_output = ""
+    outputs = {}
     for line in [command(line) for line in shell_blocks()[2]]:
-        if line.startswith("ethml task reveal"):
-            shown = json.loads(run("ethml task show 1 --json"))
-            while time.time() <= shown["submit_deadline"] + 1:  # the chain's clock is the wall clock
-                time.sleep(0.5)
-        output = run(line)
-        if line.startswith("ethml request"):
-            request_output = output
+        outputs.setdefault(line, []).append(run(line))
     info: dict[str, Any] = json.loads(run("ethml task show 1 --json"))
-    info["request"] = request_output
+    info["request"] = outputs["ethml request --model 5 --data models/data/wine-0.json --wait"][0]
+    info["outputs"] = outputs
     return info

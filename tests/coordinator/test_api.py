@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from ethml.chain import EML, Deployment, dev_account
 from ethml.coordinator.client import sign_permit, task_body
 from ethml.coordinator.permit import PermitDomain
+from ethml.training.spec import TaskSpec
 from tests.conftest import free_port
 from tests.coordinator.conftest import REQUESTER, Coordinator, coordinator_on
 from tests.coordinator.test_flow import chain_now, wine_spec
@@ -43,7 +44,9 @@ class Raw:
     content_type: str
 
 
-def _valid(c: Coordinator, now: int, **changes: Any) -> dict[str, Any]:
+def _valid(c: Coordinator, now: int, n: int = 0, **changes: Any) -> dict[str, Any]:
+    """A valid body (the requester's `n`-th task: terms and permit nonces n), then `changes` made to it
+    after signing: dotted paths, `...` to delete."""
     public = b"a,b,target\n1,2,0\n"
     body = task_body(
         dev_account(REQUESTER),
@@ -52,7 +55,9 @@ def _valid(c: Coordinator, now: int, **changes: Any) -> dict[str, Any]:
         dataset_cid=CID,
         test_cid=CID,
         reward=5 * EML,
-        permit_nonce=0,
+        terms_nonce=n,
+        permit_nonce=n,
+        parameters_version=1,  # a fresh deployment's first parameters
         now=now,
     )
     for path, value in changes.items():
@@ -67,8 +72,13 @@ def _valid(c: Coordinator, now: int, **changes: Any) -> dict[str, Any]:
     return body
 
 
-async def test_hostile_requests_get_a_4xx_naming_the_field_and_store_nothing(coordinator: Coordinator) -> None:
-    c = coordinator
+async def test_hostile_requests_get_a_4xx_naming_the_field_and_store_nothing(anvil_url: str, tmp_path: Path) -> None:
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        await c.start_server(key_burst=200)  # every case below takes a token from the key's bucket
+        await _hostile_requests(c)
+
+
+async def _hostile_requests(c: Coordinator) -> None:
     key = await c.requester_key()
     now = await chain_now(c)
     # Signed by another key than the owner it names.
@@ -96,8 +106,18 @@ async def test_hostile_requests_get_a_4xx_naming_the_field_and_store_nothing(coo
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.owner": "0xAbCd" + "0" * 36}), 422, "permit.owner", "checksum"),
         ("POST", "/api/tasks", key, _valid(c, now, permit=forged_permit), 422, "permit", "does not recover"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.value": str(6 * EML)}), 422, None, "permit.value must equal reward"),
-        ("POST", "/api/tasks", key, _valid(c, now, submit_deadline=now - 10), 422, None, "submit_deadline"),
-        ("POST", "/api/tasks", key, _valid(c, now, validations_required=10), 422, "validations_required", "less than or equal to 9"),
+        ("POST", "/api/tasks", key, _valid(c, now, **{"permit.owner": dev_account(3).address}), 422, None, "permit.owner must be the requester"),
+        ("POST", "/api/tasks", key, _valid(c, now, expiry=now - 10), 422, None, "expiry has passed"),
+        ("POST", "/api/tasks", key, _valid(c, now, submit_seconds=0), 422, "submit_seconds", "greater than or equal to 1"),
+        ("POST", "/api/tasks", key, _valid(c, now, validations=10), 422, "validations", "less than or equal to 9"),
+        ("POST", "/api/tasks", key, _valid(c, now, validations=2), 422, None, "validations must be odd"),
+        # Signed terms: a term changed after signing (as a relayer would) does not recover the requester.
+        ("POST", "/api/tasks", key, _valid(c, now, submit_seconds=7200), 422, "signature", "does not recover the requester"),
+        ("POST", "/api/tasks", key, _valid(c, now, min_score=0.5), 422, "signature", "does not recover the requester"),
+        ("POST", "/api/tasks", key, _valid(c, now, requester=dev_account(3).address, **{"permit": ...}), 422, "signature", "does not recover the requester"),
+        ("POST", "/api/tasks", key, _valid(c, now, nonce=1), 422, "signature", "does not recover the requester"),
+        ("POST", "/api/tasks", key, _valid(c, now, signature="0x12"), 422, "signature", "pattern"),
+        ("POST", "/api/tasks", key, _valid(c, now, spec_cid=CID), 422, "spec_cid", "not the CID of the spec"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"test_set.salt": "0x" + "00" * 32}), 422, None, "does not match"),
         ("POST", "/api/tasks", key, {"x": "a" * 70_000}, 413, None, "over 65536 bytes"),
         ("POST", "/api/tasks/import", key, {"chain_task_id": 999}, 404, "chain_task_id", "no task 999"),
@@ -130,7 +150,8 @@ async def test_hostile_requests_get_a_4xx_naming_the_field_and_store_nothing(coo
         ("POST", "/api/keys", c.admin_key, Raw(b'{"name": "x"}', "application/x-www-form-urlencoded"), 415, None, "application/json"),
         ("POST", "/api/tasks", key, Raw(b'{"spec": ' + b"[" * 300 + b"]" * 300 + b"}", "application/json"), 400, None, "deeper than 200"),
         # Strict types: a JSON value of the wrong type is refused, never converted.
-        ("POST", "/api/tasks", key, _valid(c, now, validations_required=True), 422, "validations_required", "valid integer"),
+        ("POST", "/api/tasks", key, _valid(c, now, validations=True), 422, "validations", "valid integer"),
+        ("POST", "/api/tasks", key, _valid(c, now, nonce="0"), 422, "nonce", "valid integer"),
         ("POST", "/api/tasks", key, _valid(c, now, trainers=True), 422, "trainers", "valid integer"),
         ("POST", "/api/tasks", key, _valid(c, now, min_score=True), 422, "min_score", "valid number"),
         ("POST", "/api/tasks", key, _valid(c, now, min_score="0.8"), 422, "min_score", "valid number"),
@@ -298,7 +319,8 @@ def test_schemathesis_finds_nothing_and_malformed_requests_are_one_log_line(serv
 
 def test_a_spec_generated_from_the_schema_is_accepted(served: Served) -> None:
     """The OpenAPI schema carries the estimator allow-list, each estimator's parameters and bounds, and
-    the metrics of each kind: a spec generated from it, in a body with a real permit, gets a 201."""
+    the metrics of each kind: a spec generated from it, in a body with real signed terms and a real permit,
+    gets a 201."""
     schema = schemathesis.openapi.from_url(served.base + "/api/openapi.json")
     operation = next(
         op.ok()
@@ -308,10 +330,6 @@ def test_a_spec_generated_from_the_schema_is_accepted(served: Served) -> None:
     dep = served.deployment
     assert dep.training is not None
     domain = PermitDomain(dep.chain_id, dep.token, dep.training)
-    valid = task_body(
-        dev_account(REQUESTER), domain, spec=wine_spec(b"a,b,target\n1,2,0\n"), dataset_cid=CID, test_cid=CID,
-        reward=5 * EML, permit_nonce=0,
-    )  # fmt: skip
     estimators: set[str] = set()
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -319,9 +337,14 @@ def test_a_spec_generated_from_the_schema_is_accepted(served: Served) -> None:
     def posted(case: Any) -> None:
         spec = case.body["spec"]
         assume(spec["target"] not in spec["features"])  # the one rule of a spec no JSON Schema can state
+        # The requester signs the terms of this spec: its CID and its model's shape.
+        valid = task_body(
+            dev_account(REQUESTER), domain, spec=TaskSpec.model_validate(spec), dataset_cid=CID, test_cid=CID,
+            reward=5 * EML, terms_nonce=0, permit_nonce=0, parameters_version=1,
+        )  # fmt: skip
         request = urllib.request.Request(
             served.base + "/api/tasks",
-            data=json.dumps({**valid, "spec": spec}).encode(),
+            data=json.dumps(valid).encode(),
             headers={"Authorization": f"Bearer {served.admin}", "Content-Type": "application/json"},
         )
         try:

@@ -80,32 +80,42 @@ async def test_cluster_backed_workers_train_and_validate_with_the_local_bytes(co
         sizes = re.findall(r'^ethml_worker_cluster_workers\{role="(\w+)",worker="[^"]+"\} (\S+)$', metrics, re.M)
         assert sorted(sizes) == [("trainer", "2.0"), ("validator", "2.0"), ("validator", "2.0"), ("validator", "2.0")]
 
-        async def both_submitted() -> bool:
-            return len((await task(c, task_id))["submissions"]) == 2
+        async def submissions(revealed: bool) -> bool:
+            subs = (await task(c, task_id))["submissions"]
+            return len(subs) == 2 and all(s["revealed"] == revealed for s in subs)
 
-        await wait_until(both_submitted, timeout=300, what="two submissions")
+        await wait_until(lambda: submissions(False), timeout=300, what="two commitments")
+        await travel(c, 3601)  # past the submission deadline: the trainers reveal
+        await wait_until(lambda: submissions(True), timeout=120, what="two reveals")
         info = await task_info(c.w3, c.deployment, chain_task)
         by_trainer = {s["trainer"]: s["sha256"] for s in info["submissions"]}
         public, _hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=2024)
-        local = fit_and_claim(wine_spec(public), public, chain_task)  # type: ignore[arg-type]
+        local = fit_and_claim(wine_spec(public), public, chain_task)
         assert by_trainer == {
             dev_account(local_trainer).address: local.sha256,
             dev_account(cluster_trainer).address: local.sha256,
         }
 
-        await travel(c, 3601)  # past the submission deadline: the coordinator reveals the test set
+        await travel(c, 61)  # past the reveal window: the coordinator reveals the test set, the panel is drawn
         done = await wait_status(c, task_id, "accepted", timeout=300)
-        assert len(done["votes"]) == 6, done["votes"]
+        assert len(done["panel"]) == 3 and all(p["state"] == "revealed" for p in done["panel"]), done["panel"]
         store = c.store()
-        for job in (f"{chain_task}:validate:0", f"{chain_task}:validate:1", f"{chain_task}:validate:2"):
+        # Drawn with replacement: one job per validator, at its first seat, however many seats it holds.
+        first_seats: dict[str, int] = {}
+        for p in done["panel"]:
+            first_seats.setdefault(p["validator"], p["seat"])
+        on_shared_cluster = {dev_account(v).address for v in VALIDATORS[:2]} & set(first_seats)
+        for job in (f"{chain_task}:validate:{seat}" for seat in first_seats.values()):
             result = await store.result(job)
             assert result is not None and result["ok"], (job, result)
-            assert all(v["score"] > 0 for v in result["detail"]), result  # same scores as a local validator
+            scores = result["detail"]["scores"]
+            assert len(scores) == 2 and all(v > 0 for v in scores), result  # same scores as a local validator
 
-        # The work did run on the shared LocalCluster: the cluster trainer's trees and two validators' scoring.
+        # The work did run on the shared LocalCluster: the cluster trainer's trees and its validators' scoring.
         records = await asyncio.to_thread(client.get_task_stream, start=started)
         keys = [r["key"] for r in records]
         assert any("_parallel_build_trees" in k for k in keys), keys
-        assert sum("_score_task" in k for k in keys) == 4, keys  # two validators, two submissions each
+        # Each drawn validator of the shared cluster scores two submissions there.
+        assert sum("_score_task" in k for k in keys) == 2 * len(on_shared_cluster), keys
     finally:
         await asyncio.to_thread(stack.close)

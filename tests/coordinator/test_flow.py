@@ -1,5 +1,7 @@
-"""The whole training flow through the coordinator's HTTP API: a task posted with a permit, two trainer
-and three validator `ethml worker` processes, the model accepted, registered and served by the oracle."""
+"""The whole training flow through the coordinator's HTTP API: a task posted on signed terms with a
+permit, two trainer and three validator `ethml worker` processes (trainers commit, then reveal when the
+window opens; the validators the draw seats score, commit, then reveal), the model accepted,
+registered and served by the oracle."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ async def travel(c: Coordinator, seconds: int) -> None:
 
 
 async def post_wine_task(c: Coordinator, key: str, *, trainers: int = 2, nonce: int = 0) -> tuple[str, dict[str, Any]]:
+    """The requester's `nonce`-th task (its terms and permit nonces), wine data, one hour per window."""
     public, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=2024)
     status, dataset, _ = await c.api("POST", "/api/files", key=key, raw=public, content_type="text/csv")
     assert status == 201, dataset
@@ -52,7 +55,9 @@ async def post_wine_task(c: Coordinator, key: str, *, trainers: int = 2, nonce: 
         dataset_cid=dataset["cid"],
         test_cid=test_set["cid"],
         reward=50 * EML,
+        terms_nonce=nonce,
         permit_nonce=nonce,
+        parameters_version=1,  # a fresh deployment's first parameters
         trainers=trainers,
         now=await chain_now(c),
     )
@@ -94,25 +99,41 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
     for who in VALIDATORS:
         c.start_worker("validator", who)
 
-    async def both_submitted() -> bool:
-        return len((await task(c, task_id))["submissions"]) == 2
+    async def submissions(revealed: bool) -> bool:
+        subs = (await task(c, task_id))["submissions"]
+        return len(subs) == 2 and all(s["revealed"] == revealed for s in subs)
 
-    await wait_until(both_submitted, timeout=240, what="two submissions")
-    await travel(c, 3601)  # past the submission deadline: the coordinator reveals the test set
+    await wait_until(lambda: submissions(False), timeout=240, what="two commitments")
+    await travel(c, 3601)  # past the submission deadline: the trainers reveal (and upload their models)
+    await wait_until(lambda: submissions(True), timeout=120, what="two reveals")
+    await travel(c, 61)  # past the reveal window: the coordinator reveals the test set, then draws the panel
     done = await wait_status(c, task_id, "accepted", timeout=240)
     assert {s["trainer"] for s in done["submissions"]} == {dev_account(w).address for w in TRAINERS[:2]}
-    assert len(done["votes"]) == 6 and {v["validator"] for v in done["votes"]} == {
-        dev_account(v).address for v in VALIDATORS
-    }
+    assert [s["bond"] for s in done["submissions"]] == ["released", "released"]
+    assert done["submissions"][0]["score"] > 800_000
+    panel = done["panel"]
+    # Three seats drawn by lot with replacement among the three validators: one may hold two.
+    assert len(panel) == 3 and {p["validator"] for p in panel} <= {dev_account(v).address for v in VALIDATORS}
+    assert all(p["state"] == "revealed" and not p["unusable"] and len(p["scores"]) == 2 for p in panel), panel
     assert set(done["transactions"]) >= {"create", "reveal", "finalize"}
     model_id = done["model_id"]
-    assert model_id == 5  # after the four bundled models
+    assert model_id == 5 and done["registration"] == "registered"  # after the four bundled models
 
-    # Every job has exactly one recorded result.
+    # Every job has exactly one recorded result; each validation job went to the validator of its seat.
     store = c.store()
-    for job in ("1:train:0", "1:train:1", "1:validate:0", "1:validate:1", "1:validate:2"):
+    # One validation job per drawn validator, at its first seat, however many seats it holds.
+    first_seats: dict[str, int] = {}
+    for p in panel:
+        first_seats.setdefault(p["validator"], p["seat"])
+    jobs = ["1:train:0", "1:train:1", *(f"1:validate:{seat}" for seat in first_seats.values())]
+    for job in jobs:
         result = await store.result(job)
         assert result is not None and result["ok"], (job, result)
+    for validator, seat in first_seats.items():
+        result = await store.result(f"1:validate:{seat}")
+        assert result is not None and result["worker"].startswith(validator + ":"), (seat, result)
+    for seat in set(range(3)) - set(first_seats.values()):  # a second seat of one validator: no second job
+        assert await store.result(f"1:validate:{seat}") is None
 
     # The oracle serves the accepted model: five nodes fetch it by CID from the coordinator's gateway.
     registry = registry_contract(c.w3, c.deployment.registry)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from ethml.chain import dev_account, training_contract
+from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
-from ethml.coordinator.client import sign_permit
 from ethml.coordinator.relayer import relay_one
 from tests.conftest import free_port
 from tests.coordinator.conftest import REQUESTER, coordinator_on, start_redis
@@ -41,8 +41,7 @@ async def test_a_relaying_instance_killed_mid_relay_leaves_every_task_to_the_oth
             now = await chain_now(c)
             posted = []
             for nonce in range(5):
-                body = _valid(c, now)
-                body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, int(body["reward"]), nonce, now + 3600)
+                body = _valid(c, now, nonce)
                 status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
                 assert status == 201, created
                 posted.append(created["id"])
@@ -101,8 +100,7 @@ async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_
         now = await chain_now(c)
         posted = []
         for nonce in range(2):
-            body = _valid(c, now)
-            body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, int(body["reward"]), nonce, now + 3600)
+            body = _valid(c, now, nonce)
             status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
             assert status == 201, created
             posted.append(created["id"])
@@ -124,3 +122,54 @@ async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_
         await asyncio.wait_for(asyncio.gather(first, second), 120)
         docs = [await store.task(task_id) for task_id in posted]
         assert [(d["status"], d["chain_task_id"]) for d in docs if d] == [("open", 1), ("open", 2)], docs
+
+
+async def test_the_relayer_cannot_change_a_term(anvil_url: str, tmp_path: Path) -> None:
+    """Whoever holds a posted task (the relayer, its Redis) changes a term before relaying it: the
+    contract refuses the signature, nothing is created and nothing is charged; the terms as signed are
+    created; a second task on the same signed nonce is refused with that reason."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, _url = await c.start_server(relay=False)
+        app = runner.app
+        assert app is not None
+        chain, store, ipfs = app[CHAIN], app[STORE], app[IPFS]
+        key = await c.requester_key()
+        now = await chain_now(c)
+        posted = []
+        for body in (_valid(c, now, 0), _valid(c, now, 0)):  # the second reuses nonce 0
+            status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
+            assert status == 201, created
+            posted.append(created["id"])
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        entries = got[0][1]
+        tasks = training_contract(c.w3, c.deployment.training or "")
+        token = token_contract(c.w3, c.deployment.token)
+        requester = dev_account(REQUESTER).address
+        balance = await token.functions.balanceOf(requester).call()
+        for change in ({"submit_seconds": 10}, {"min_score": 0.1}, {"validations": 1}, {"reward": str(4 * EML)}):
+            await store.update_task(posted[0], lambda d, change=change: d.update(change))  # type: ignore[misc]
+            await relay_one(chain, store, ipfs, *entries[0])
+            doc = await store.task(posted[0])
+            assert doc is not None and doc["status"] == "failed", doc
+            assert "are not signed by the requester" in doc["error"] and "(InvalidSignature)" in doc["error"], doc
+            assert await tasks.functions.taskCount().call() == 0
+            assert await token.functions.balanceOf(requester).call() == balance  # nothing charged
+            await store.update_task(posted[0], _as_posted(_valid(c, now, 0)))
+        await relay_one(chain, store, ipfs, *entries[0])
+        first = await store.task(posted[0])
+        assert first is not None and (first["status"], first["chain_task_id"]) == ("open", 1), first
+        await relay_one(chain, store, ipfs, *entries[1])
+        second = await store.task(posted[1])
+        assert second is not None and second["status"] == "failed", second
+        assert "carry nonce 0, but the requester's next is 1" in second["error"], second
+        assert await tasks.functions.taskCount().call() == 1
+
+
+def _as_posted(original: dict[str, Any]) -> Any:
+    """A document change: the terms back as signed, the task pending again, no journaled transaction."""
+    terms = ("reward", "validations", "min_score", "submit_seconds")
+
+    def change(d: dict[str, Any]) -> None:
+        d.update({name: original[name] for name in terms}, status="pending_chain", error=None, raw={}, raw_nonce={})
+
+    return change

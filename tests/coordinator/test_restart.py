@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from ethml.chain import dev_account
-from ethml.coordinator.client import sign_permit
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.training.flow import train_and_submit
 from tests.conftest import free_port, missing_service
@@ -24,9 +23,9 @@ async def test_a_restarted_server_catches_up_from_its_checkpoint(coordinator: Co
     task_id, _ = await post_wine_task(c, key)
     await wait_status(c, task_id, "open", timeout=60)
     await c.stop_server(c.runners[0])  # the server and its private Redis stop
-    # While it is down, a trainer submits on chain by itself.
+    # While it is down, a trainer commits a submission on chain by itself.
     ipfs = IpfsClient(Blockstore(c.root / "server" / "blocks"), IpfsConfig())
-    await train_and_submit(c.w3, c.deployment, dev_account(5), ipfs, 1)
+    await train_and_submit(c.w3, c.deployment, dev_account(5), ipfs, 1, data_dir=c.root / "trainer")
     await c.start_server()  # same data dir: the same Redis data, the same checkpoint
 
     async def caught_up() -> bool:
@@ -50,8 +49,7 @@ async def test_redis_restarted_mid_run_loses_no_task(anvil_url: str, tmp_path: P
             now = await chain_now(c)
             posted = []
             for nonce in range(3):
-                body = _valid(c, now)
-                body["permit"] = sign_permit(dev_account(9), c.domain, int(body["reward"]), nonce, now + 3600)
+                body = _valid(c, now, nonce)
                 status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
                 assert status == 201, created
                 posted.append(created["id"])

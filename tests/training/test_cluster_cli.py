@@ -40,7 +40,9 @@ WORKER = ["worker", "--server", "ws://127.0.0.1:1", "--role", "trainer", "--acco
 
 
 @pytest.mark.parametrize(
-    "command", [WORKER, ["train", "--task", "1"], ["validate", "--task", "1"]], ids=["worker", "train", "validate"]
+    "command",
+    [WORKER, ["train", "--task", "1", "--account", "5"], ["validate", "--task", "1", "--account", "6"]],
+    ids=["worker", "train", "validate"],
 )
 def test_an_unreachable_cluster_is_a_clear_error_at_the_start(command: list[str]) -> None:
     port = free_port()

@@ -21,6 +21,7 @@ ARTIFACT_NAMES = (
     "RoundRules",
     "EthMLTimelock",
     "TrainingTasks",
+    "TrainingValidation",
 )
 # Must match tools/compile_contracts.js.
 _OPTIMIZER = {"enabled": True, "runs": 500}

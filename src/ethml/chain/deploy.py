@@ -81,28 +81,83 @@ class Parameters:
         )
 
 
+#: TrainingTasks.MIN_SLASH_BPS: the least slashBps setParameters accepts.
+MIN_SLASH_BPS = 100
+
+
 @dataclass(frozen=True)
 class TrainingParameters:
-    """Mirrors `TrainingTasks.Parameters`."""
+    """Mirrors `TrainingBase.Parameters` (docs/training.md explains each). The defaults are for
+    development: windows long enough for a slow, busy machine to take every step by hand, short enough
+    to walk through a task in minutes; a public deployment sets days and hours."""
 
     min_trainer_stake: int = 100 * EML
     min_validator_stake: int = 100 * EML
-    unstake_delay: int = 7 * 24 * 3600
-    validator_share_bps: int = 2_000
-    slash_bps: int = 1_000
-    forfeit_bps: int = 2_000
+    #: A submission's bond is `bond_bps` of the reward, but at least this.
+    min_bond: int = 1 * EML
+    #: An accepted model is registered only for tasks paying at least this.
+    min_registration_reward: int = 10 * EML
+    #: Seconds between asking to unstake and withdrawing: at least a day (TrainingBase.MIN_UNSTAKE_DELAY,
+    #: longer than any draw looks back), at most 30 days.
+    unstake_delay: int = 24 * 3600
+    #: The shortest submit and score periods a task may ask for (seconds; hours on a public chain).
+    min_period: int = 10
+    #: Each reveal window (submissions, test set, scores), seconds.
+    reveal_period: int = 60
+    registration_period: int = 24 * 3600
     #: Scores are in millionths: 20,000 = 0.02.
     score_tolerance: int = 20_000
+    claim_slack: int = 100_000
+    #: Blocks between fixing a draw and the block whose hash draws it (65 or more on a public chain).
+    draw_delay_blocks: int = 2
+    validator_share_bps: int = 2_000
+    slash_bps: int = 1_000
+    no_show_bps: int = 200
+    bond_bps: int = 1_000
+    registrations_per_period: int = 24
+    #: A task's validators' part must pay at least this per seat: reward x validator_share_bps / 10,000
+    #: >= min_seat_reward x validations (a dust task cannot seat a panel and fine its no-shows).
+    min_seat_reward: int = EML // 10
+    #: The longest submit and score periods a task may ask for (seconds, at most 7 days), so one silent
+    #: seat cannot lock every stake of a task for long.
+    max_period: int = 7 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        """The penalties TrainingTasks.setParameters insists on, refused here before any gas is spent."""
+        if self.slash_bps < MIN_SLASH_BPS:
+            raise DeploymentError(
+                f"training slash_bps {self.slash_bps} is below TrainingTasks' minimum {MIN_SLASH_BPS} (1 %): "
+                "every seat must put something at stake"
+            )
+        if self.no_show_bps == 0 or self.no_show_bps > self.slash_bps:
+            raise DeploymentError(
+                f"training no_show_bps must be 1..slash_bps ({self.slash_bps}), not {self.no_show_bps}"
+            )
+        if self.min_bond == 0:
+            raise DeploymentError(
+                "training min_bond must be above 0: a submission without a bond costs nothing to squat"
+            )
 
     def as_tuple(self) -> tuple[int, ...]:
         return (
             self.min_trainer_stake,
             self.min_validator_stake,
+            self.min_bond,
+            self.min_registration_reward,
             self.unstake_delay,
+            self.min_period,
+            self.reveal_period,
+            self.registration_period,
+            self.score_tolerance,
+            self.claim_slack,
+            self.draw_delay_blocks,
             self.validator_share_bps,
             self.slash_bps,
-            self.forfeit_bps,
-            self.score_tolerance,
+            self.no_show_bps,
+            self.bond_bps,
+            self.registrations_per_period,
+            self.min_seat_reward,
+            self.max_period,
         )
 
 
@@ -281,10 +336,22 @@ async def deploy_system(
 async def _deploy_training(
     steps: StepRunner, deployment: Deployment, params: TrainingParameters, timelock: str | None
 ) -> str:
-    """TrainingTasks beside the oracle, holding the registry's registrar role so accepted models get
-    registered; the deployer may relay permit-paid tasks (`ethml serve`'s default relayer). With a
-    `timelock`, the timelock takes TrainingTasks' admin and pauser roles and the deployer renounces them."""
+    """TrainingTasks beside the oracle, paid in the token, holding the registry's registrar role so
+    accepted models get registered. Its code runs in two halves: TrainingValidation (the panel and the
+    settlement) is deployed first, as a step of its own, and its address given to TrainingTasks'
+    constructor, which checks that it was made for the same token and registry. Tasks are relayed on the
+    requester's signed terms, so no relayer role is granted to anyone. With a `timelock`, the timelock
+    takes TrainingTasks' admin and pauser roles and the deployer renounces them."""
     w3, deployer = steps.w3, steps.account.address
+    validation = (
+        await steps.deploy(
+            "training.validation",
+            "TrainingValidation",
+            deployment.token,
+            deployment.registry,
+            what="TrainingValidation (the second half of TrainingTasks)",
+        )
+    ).contract
     address = (
         await steps.deploy(
             "training",
@@ -293,6 +360,7 @@ async def _deploy_training(
             deployment.registry,
             deployer,
             params.as_tuple(),
+            validation,
             what="TrainingTasks",
         )
     ).contract
@@ -303,11 +371,6 @@ async def _deploy_training(
         "granting TrainingTasks the registrar role",
     )
     tasks = training_contract(w3, address)
-    await steps.transact(
-        "training.relayer",
-        tasks.functions.grantRole(role("RELAYER_ROLE"), deployer),
-        "granting the deployer the relayer role",
-    )
     if timelock is not None:
         admin_roles = ("DEFAULT_ADMIN_ROLE", "PAUSER_ROLE")
         for name in admin_roles:

@@ -8,10 +8,11 @@ error name; an error without a template reads `ErrorName(arg=value, ...)`.
 
 A template is a `str.format` string over the error's arguments by name, with these format specs:
 `:time` (a unix time as local wall-clock, with the gap to the transaction's block), `:block` (a block
-number, with the gap to the transaction's block), `:eml` and `:eth` (wei as an amount), `:stake_role`
-(TrainingTasks' Role enum), `:access_role` (an AccessControl role hash by its name) and `:op_states`
-(a timelock's bitmap of operation states). A name may map to several templates, for errors that two
-contracts declare with other arguments; the first one whose fields the decoded error has is used.
+number, with the gap to the transaction's block), `:eml` and `:eth` (wei as an amount), `:stake_role`,
+`:step`, `:term`, `:task_status` and `:registration` (TrainingTasks' enums in words), `:score` (millionths
+as a fraction), `:access_role` (an AccessControl role hash by its name) and `:op_states` (a timelock's
+bitmap of operation states). A name may map to several templates, for errors that two contracts declare
+with other arguments; the first one whose fields the decoded error has is used.
 """
 
 from __future__ import annotations
@@ -53,6 +54,29 @@ PANIC_CODES = {
 
 #: TrainingTasks.Role.
 STAKE_ROLES = {0: "trainer", 1: "validator"}
+#: TrainingTasks.Step: the window each step belongs to, named in TooEarly and TooLate.
+STEPS = {
+    0: "submission window",
+    1: "submission reveal window",
+    2: "test-set window",
+    3: "score commit window",
+    4: "window to replace no-shows",
+    5: "score reveal window",
+    6: "finalization window",
+}
+#: TrainingTasks.Term, named in BadTerm (a CID's value is its length).
+TERMS = {
+    0: "the dataset CID's length",
+    1: "the test-set commitment",
+    2: "the reward (wei)",
+    3: "the submission period (seconds)",
+    4: "the score period (seconds)",
+    5: "the number of validators (odd)",
+    6: "the minimum score (millionths)",
+}
+#: TrainingTasks.Status and TrainingTasks.Registration.
+TASK_STATUSES = ("none", "open", "accepted", "rejected", "unusable", "abandoned", "empty", "undecided")
+REGISTRATIONS = ("none", "registered", "below the minimum reward", "deferred", "failed", "closed")
 
 #: TimelockController.OperationState, as the bits of its `expectedStates` bitmap say them.
 OPERATION_STATES = {0: "unscheduled", 1: "waiting out its delay", 2: "ready to execute", 3: "executed"}
@@ -68,29 +92,73 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     ),
     "NothingStaked": "account {account} has no {role:stake_role} stake",
     "StakeLocked": (
-        "account {account}'s {role:stake_role} stake is locked until {unlockAt:time} ({openWork} open tasks)"
+        "account {account}'s {role:stake_role} stake can be withdrawn from {unlockAt:time}, all but what its open "
+        "work locks ({openWork} submissions or panels in open tasks); nothing is free to withdraw now"
     ),
-    "UnstakeNotRequested": "account {account} has not asked to unstake its {role:stake_role} stake yet",
-    # TrainingTasks: tasks, submissions, votes
+    "UnstakeNotRequested": (
+        "account {account} has not asked to unstake its {role:stake_role} stake yet (`ethml unstake --role "
+        "{role:stake_role}`)"
+    ),
+    "BadAmount": "{amount:eml} cannot be staked (more than nothing, at most 2^128-1 wei)",
+    "ValidatorSetFull": "the draw has no place left for a new validator (all {capacity:,} are taken)",
+    "FreeStakeBelowBond": (
+        "trainer {trainer} has {free:eml} of free stake, less than the task's bond of {bond:eml}; stake more "
+        "(`ethml stake --role trainer`) or wait for its open submissions to settle"
+    ),
+    # TrainingTasks: terms and tasks
+    "BadTerm": "invalid task terms: {term:term} is {value:,}, allowed {min:,} to {max:,}",
+    "ParametersChanged": (
+        "the terms were made under the market's parameters version {termsVersion}, and they are now version "
+        "{currentVersion}: make (and sign) the terms again"
+    ),
+    "SignatureExpired": "the requester's signed terms expired at {expiry:time}",
+    "InvalidSignature": (
+        "the terms are not signed by the requester {requester} (a term, the nonce or the expiry differs from what "
+        "it signed, or its nonce was used)"
+    ),
+    "EscrowNotApproved": (
+        "requester {requester} allows TrainingTasks {allowance:eml}, less than the reward of {reward:eml} "
+        "(its permit failed or was not given)"
+    ),
     "UnknownTask": "there is no task {taskId}",
-    "TaskNotOpen": "task {taskId} is closed (accepted or failed)",
-    "SubmissionClosed": "task {taskId}'s submission window closed at {deadline:time}",
-    "ValidationClosed": "task {taskId}'s validation window closed at {deadline:time}",
-    "RevealTooEarly": (
-        "task {taskId}'s test set can be revealed once its submission window closes at {submitDeadline:time}"
+    "TaskClosed": "task {taskId} is closed: {status:task_status}",
+    "TooEarly": "the {step:step} of task {taskId} opens at {notBefore:time}",
+    "TooLate": "the {step:step} of task {taskId} closed at {closedAt:time}",
+    # TrainingTasks: submissions and the test set
+    "RequesterCannotSubmit": "the requester of task {taskId} cannot submit to it",
+    "AlreadySubmitted": "trainer {trainer} already committed a submission to task {taskId}",
+    "TooManySubmissions": "task {taskId} has its {max} submissions and takes no more",
+    "NoCommitment": "account {account} has nothing committed on task {taskId} to reveal",
+    "ClaimBelowMinimum": "a claimed score of {claim:score} is below task {taskId}'s minimum of {minScore:score}",
+    "ArtifactRevealedElsewhere": (
+        "the artifact {artifactSha256} was revealed in task {otherTaskId} before this commitment to task {taskId} "
+        "was made: it could be a copy, so task {taskId} refuses it"
     ),
-    "TestSetNotRevealed": "task {taskId}'s test set is not revealed yet (`ethml task reveal {taskId}`)",
-    "TestSetMismatch": "the test set does not match task {taskId}'s commitment",
-    "AlreadySubmitted": "trainer {trainer} already submitted a model to task {taskId}",
-    "TooManySubmissions": "task {taskId} takes no more submissions",
-    "UnknownSubmission": "task {taskId} has no submission {submissionId}",
-    "OwnSubmission": "a validator cannot vote on its own submission ({submissionId} of task {taskId})",
-    "AlreadyVoted": "validator {validator} already voted on submission {submissionId} of task {taskId}",
-    "EnoughVotes": "submission {submissionId} of task {taskId} has all the votes it needs",
     "ScoreOutOfRange": "score {score:,} is above 1.0 (1,000,000)",
-    "NotFinalizable": "task {taskId} cannot be finalized yet (votes are missing and its validation window is open)",
-    "InvalidTask": "invalid task: {reason}",
+    "NoSubmissions": "task {taskId} has no revealed submission, so there is nothing to test",
+    "TestSetMismatch": "the test set does not match task {taskId}'s commitment",
+    # TrainingTasks: the panel
+    "NoDrawPending": "task {taskId} has no draw pending",
+    "DrawNotReady": "task {taskId}'s validators are drawn once block {drawBlock} is mined (now {currentBlock})",
+    "DrawPending": "task {taskId}'s validators are not drawn yet (after block {drawBlock}; anyone may draw them)",
+    "NotOnPanel": "account {account} holds no seat on task {taskId}'s panel (validators are drawn by lot)",
+    "ScoreCount": "{given} scores given, the task has {expected} submissions",
+    "NothingToReplace": "task {taskId} has no drawn validator to replace",
+    "NoRoundsLeft": "task {taskId} has had its {rounds} draws",
+    "PanelIncomplete": (
+        "task {taskId}'s panel is not complete ({committed} of {validations} seats committed): its no-shows must "
+        "be replaced first (replaceNoShows, anyone may)"
+    ),
+    # TrainingTasks: settlement
+    "NotRetryable": "task {taskId}'s model registration cannot be retried (it is {registration:registration})",
+    "NotFirstInLine": (
+        "task {taskId} is not first in the registration queue: task {firstTaskId} registers before it "
+        "(retryRegistration serves the queue in order)"
+    ),
+    "RegistrationCapReached": "this period's registrations are used up; the next window opens at {nextWindowAt:time}",
+    "NotEnoughGas": "the transaction needs at least {needed:,} gas left for the model registration; give it more",
     "EnforcedPause": "the contract is paused",
+    "ExpectedPause": "the contract is not paused",
     # EthML: models and requests
     "UnknownModel": "model {modelId} is not registered",
     "ModelInactive": "model {modelId} is deactivated",
@@ -103,10 +171,7 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "NotQueued": "request {requestId} is not waiting in the queue",
     "NotClosed": "request {requestId} is not closed yet",
     "NothingToWithdraw": "request {requestId} has nothing left to withdraw",
-    "NotRequester": (
-        "only the requester of request {requestId} may do this, not {caller}",
-        "only task {taskId}'s requester (or its relayer) may do this, not {caller}",
-    ),
+    "NotRequester": "only the requester of request {requestId} may do this, not {caller}",
     "NotYourRequest": "request {requestId} was not made by {caller}",
     "AlreadyReclaimed": "request {requestId}'s deposit was already reclaimed",
     "DepositTooLarge": "a callback deposit of {sent:eth} is over the limit of 2^96-1 wei",
@@ -120,7 +185,10 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "ChallengeNotYetAvailable": ("round {roundId} opened in {openBlock:block}; commitments count from the next block"),
     "CommitPhaseOver": "round {roundId} already has all five commitments",
     "CommitWindowClosed": "round {roundId}'s commit window closed at {deadline:block}",
-    "AlreadyCommitted": "miner {miner} already committed to round {roundId}",
+    "AlreadyCommitted": (
+        "miner {miner} already committed to round {roundId}",
+        "validator {validator} already committed its scores for task {taskId}",
+    ),
     "InvalidNonce": "nonce {nonce} is not a valid proof of work by {miner} for round {roundId}",
     "NotRevealPhase": "round {roundId} is not in its reveal phase",
     "RevealWindowClosed": "round {roundId}'s reveal window closed at {deadline:block}",
@@ -128,9 +196,12 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "NotCommitted": "miner {miner} has no commitment in round {roundId}",
     "AlreadyRevealed": (
         "miner {miner} already revealed in round {roundId}",
-        "task {taskId}'s test set is already revealed",
+        "already revealed on task {taskId} (by {account}): a submission, the test set and a vote are revealed once",
     ),
-    "CommitmentMismatch": "the reveal does not match miner {miner}'s commitment in round {roundId}",
+    "CommitmentMismatch": (
+        "the reveal does not match miner {miner}'s commitment in round {roundId}",
+        "the reveal does not match {account}'s commitment on task {taskId} (other values or another salt)",
+    ),
     "AnswerCount": "{given} answers given, the round has {expected} requests",
     "RevealMismatch": "the answers given for slot {slot} of round {roundId} are not the ones revealed",
     "NotLastReveal": "this is not the last reveal of round {roundId}: close it with closeRound",
@@ -403,6 +474,16 @@ class _Words(string.Formatter):
             return amount(int(value), "ETH")
         if format_spec == "stake_role":
             return STAKE_ROLES.get(int(value), f"role {int(value)}")
+        if format_spec == "step":
+            return STEPS.get(int(value), f"step {int(value)}")
+        if format_spec == "term":
+            return TERMS.get(int(value), f"term {int(value)}")
+        if format_spec == "task_status":
+            return _enum(TASK_STATUSES, int(value), "status")
+        if format_spec == "registration":
+            return _enum(REGISTRATIONS, int(value), "registration state")
+        if format_spec == "score":
+            return f"{int(value) / 1_000_000:.6f}"
         if format_spec == "access_role":
             role = bytes(value)
             return access_roles().get(role, "the role 0x" + role.hex())
@@ -412,6 +493,10 @@ class _Words(string.Formatter):
         if format_spec == "panic":
             return PANIC_CODES.get(int(value), "an unknown panic")
         return str(super().format_field(_plain(value), format_spec))
+
+
+def _enum(names: tuple[str, ...], value: int, what: str) -> str:
+    return names[value] if 0 <= value < len(names) else f"{what} {value}"
 
 
 def _plain(value: Any) -> Any:

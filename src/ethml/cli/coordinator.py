@@ -58,16 +58,12 @@ async def _check_training(w3: AsyncWeb3[Any], dep: Deployment) -> None:
         raise ChainError(f"no contract at TrainingTasks {dep.training}: the deployment file is stale")
 
 
-async def _check_relayer(w3: AsyncWeb3[Any], dep: Deployment, address: str) -> None:
-    from ethml.chain.deploy import training_contract
-
-    tasks = training_contract(w3, dep.training or "")
-    role = await tasks.functions.RELAYER_ROLE().call()
-    if not await tasks.functions.hasRole(role, address).call():
+async def _check_relayer(w3: AsyncWeb3[Any], address: str) -> None:
+    """The relayer pays the gas of the tasks it creates (the requesters pay the rewards): it needs ETH."""
+    if int(await w3.eth.get_balance(w3.to_checksum_address(address))) == 0:
         raise ConfigError(
-            f"the relayer account {address} lacks TrainingTasks' RELAYER_ROLE, so it cannot create tasks from "
-            "permits: have the admin grant it (grantRole(RELAYER_ROLE, address)), or use --account with an account "
-            "that has it (on a devnet, the deployer, account 0)"
+            f"the relayer account {address} holds no ETH to pay for the transactions it relays: fund it, or choose "
+            "another with --account or --private-key"
         )
 
 
@@ -122,9 +118,11 @@ def serve(
 ) -> None:
     """Run the training coordinator: REST API, worker WebSocket, dashboard, Redis state, chain relayer.
 
-    The relayer (--account, default 0) creates the tasks posted with permits on chain and needs
-    TrainingTasks' RELAYER_ROLE. On first start an admin API key is written to
-    DATA_DIR/coordinator/admin.key; create requester keys with POST /api/keys.
+    The relayer (--account, default 0) creates the tasks posted over the API on chain, exactly on the
+    terms their requesters signed (it cannot change one), and pays the gas; it needs no role. It also
+    reveals test sets given to it, draws panels, replaces no-shows and finalizes. On first start an
+    admin API key is written to DATA_DIR/coordinator/admin.key; create requester keys with POST
+    /api/keys.
     """
     from aiohttp import web
     from aiohttp.log import access_logger
@@ -141,7 +139,7 @@ def serve(
         await _check_training(w3, dep)
         relayer = _signer(account, private_key, dep.chain_id, default=0)
         if relay:
-            await _check_relayer(w3, dep, relayer.address)
+            await _check_relayer(w3, relayer.address)
         return dep, relayer
 
     dep, relayer = with_chain(rpc, deployment, data_dir, checked)
@@ -248,7 +246,12 @@ def worker(
                 home = data_dir or data_home()
                 ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
                 config = WorkerConfig(
-                    server=server, role=role, capacity=capacity, worker_id=_worker_id(role), compute=compute
+                    server=server,
+                    role=role,
+                    capacity=capacity,
+                    worker_id=_worker_id(role),
+                    compute=compute,
+                    data_dir=home,
                 )
                 typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
                 async with ipfs:

@@ -1,11 +1,16 @@
-"""`ethml task create|show|reveal|finalize`, `ethml stake`, `ethml train`, `ethml validate`: training
-tasks from the command line, thin commands over `ethml.training.flow`."""
+"""`ethml task create|show|reveal|finalize`, `ethml stake`, `ethml unstake`, `ethml train`, `ethml
+validate`: training tasks from the command line, thin commands over `ethml.training.flow`.
+
+Each command takes the step its account can take now; run again, it takes the next one (a trainer
+reveals what it committed, a validator reveals its scores, an unstaking account withdraws). `--wait`
+waits for a window instead of asking the user to time it: deadlines are wall-clock time on every
+chain, an idle devnet included."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,7 +35,7 @@ from ethml.cli._compute import (
     MaxSecondsOption,
     compute_for,
 )
-from ethml.cli._config import load_account
+from ethml.cli._config import ConfigError, load_account
 from ethml.paths import data_home
 
 if TYPE_CHECKING:
@@ -39,19 +44,32 @@ if TYPE_CHECKING:
     from ethml.chain.deploy import Deployment
     from ethml.ipfs import IpfsClient
 
-T = TypeVar("T")
-
 app = typer.Typer(rich_markup_mode=None)
 task_app = typer.Typer(
     help="Training tasks: `create`, `show ID`, `reveal ID`, `finalize ID`.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(task_app, name="task")
 
-Account = Annotated[int, typer.Option("--account", "--mnemonic-index", min=0, help="Account index.")]
+#: The requester's default account in the README's walkthrough (0-4 mine, 5 trains, 6-8 validate).
+REQUESTER_DEFAULT = 9
+RequesterAccount = Annotated[
+    int, typer.Option("--account", "--mnemonic-index", min=0, help="The requester's account index (default 9).")
+]
+StakerAccount = Annotated[
+    int | None,
+    typer.Option(
+        "--account",
+        "--mnemonic-index",
+        min=0,
+        help="Account index (required: no default, so a miner's account is never used by accident).",
+    ),
+]
 Gateways = Annotated[
     list[str] | None,
     typer.Option("--gateway", metavar="URL", help="IPFS gateway (repeatable).", envvar="ETHML_GATEWAYS"),
 ]
+Role = Annotated[str, typer.Option(help="trainer or validator.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Wait for the window instead of failing before it opens.")]
 
 
 def _home(data_dir: Path | None) -> Path:
@@ -68,17 +86,30 @@ def _signer(index: int, dep: Deployment) -> Any:
     return load_account(index=index, mnemonic_file=None, keystore=None, password_file=None, chain_id=dep.chain_id)[0]
 
 
-def _job(
-    fn: Callable[..., Awaitable[T]],
-    account: int,
-    data_dir: Path | None,
-    gateways: list[str] | None,
-    task: int,
-    compute: Any,
-) -> Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]:
-    """A trainer's or validator's job on `task`, signed by `account`, files through the blockstore,
-    run on `compute` (this machine or a Dask cluster)."""
-    return lambda w3, dep: fn(w3, dep, _signer(account, dep), _ipfs(data_dir, gateways), task, compute=compute)
+def _required(account: int | None, command: str) -> int:
+    if account is None:
+        raise ConfigError(
+            f"`ethml {command}` needs --account N, the account that acts and holds the stake (no default: the "
+            "README's walkthrough mines with 0-4, trains with 5, validates with 6 and requests with 9)"
+        )
+    return account
+
+
+def _role(role: str) -> str:
+    if role not in ("trainer", "validator"):
+        raise typer.BadParameter("--role must be trainer or validator")
+    return role
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _at(ts: int) -> str:
+    from ethml.chain.reverts import duration, local_time
+
+    gap = ts - int(time.time())
+    return f"{local_time(ts)} (in {duration(gap)})" if gap > 0 else local_time(ts)
 
 
 def _read(path: Path) -> bytes:
@@ -101,22 +132,31 @@ def create(
         str | None,
         typer.Option(help="Instead of --dataset/--test-set: split a data set scikit-learn ships (wine, ...)."),
     ] = None,
-    validations: Annotated[int, typer.Option(min=1, max=9, help="Validations each submission needs.")] = 3,
-    min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Median score to pass (0..1).")] = 0.8,
-    submit_hours: Annotated[float, typer.Option(min=0.001, help="Hours for submissions.")] = 24.0,
-    validation_hours: Annotated[float, typer.Option(min=0.001, help="Hours for validation after that.")] = 24.0,
-    account: Account = 9,
+    validations: Annotated[
+        int, typer.Option(min=1, max=9, help="Validators drawn for the panel (odd: 1, 3, 5, 7 or 9).")
+    ] = 3,
+    min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score a model needs to pass (0..1).")] = 0.8,
+    submit_hours: Annotated[
+        float, typer.Option(min=0.0, max=8760.0, help="Hours trainers have to commit, from the task's creation.")
+    ] = 24.0,
+    score_hours: Annotated[
+        float, typer.Option(min=0.0, max=8760.0, help="Hours each drawn validator has to commit its scores.")
+    ] = 24.0,
+    account: RequesterAccount = REQUESTER_DEFAULT,
     rpc: RpcOption = DEFAULT_RPC,
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Post a training task: the spec, dataset and test set go to the blockstore by CID, the test set
-    stays hidden behind a commitment until `ethml task reveal`, the reward is escrowed."""
+    stays hidden behind a commitment until `ethml task reveal`, the reward is escrowed. The windows
+    start when the task is created (wall-clock time on every chain)."""
     from ethml.requester import parse_tip
     from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
     from ethml.training.flow import create_task
 
+    if validations % 2 == 0:
+        raise typer.BadParameter("--validations must be odd (1, 3, 5, 7 or 9): a panel decides by clear majority")
     task_spec = parse_spec(_read(spec))
     if sklearn is not None:
         if dataset or test_set:
@@ -142,17 +182,29 @@ def create(
             validations=validations,
             min_score=round(min_score * 1_000_000),
             submit_seconds=round(submit_hours * 3600),
-            validation_seconds=round(validation_hours * 3600),
+            score_seconds=round(score_hours * 3600),
         )
 
     created = with_chain(rpc, deployment, data_dir, body)
     if json_output:
-        echo_json({"task": created.task_id, "spec_cid": created.spec_cid, "dataset_cid": created.dataset_cid})
-    else:
-        typer.echo(f"task {created.task_id}: spec {created.spec_cid}, dataset {created.dataset_cid}")
-        typer.echo(
-            f"test set kept hidden; its secret is in {created.secret_file} (ethml task reveal {created.task_id})"
+        echo_json(
+            {
+                "task": created.task_id,
+                "spec_cid": created.spec_cid,
+                "dataset_cid": created.dataset_cid,
+                "submit_deadline": created.submit_deadline,
+                "reveal_deadline": created.reveal_deadline,
+                "test_deadline": created.test_deadline,
+            }
         )
+        return
+    t = created.task_id
+    typer.echo(f"task {t}: spec {created.spec_cid}, dataset {created.dataset_cid}")
+    typer.echo(f"  trainers commit until {_at(created.submit_deadline)}, reveal until {_at(created.reveal_deadline)}")
+    typer.echo(
+        f"  test set kept hidden in {created.secret_file}; reveal it from {_at(created.reveal_deadline + 1)} until "
+        f"{_at(created.test_deadline)}: `ethml task reveal {t} --wait`"
+    )
 
 
 @task_app.command("show")
@@ -164,85 +216,146 @@ def show(
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """A task: status, files, deadlines, submissions with their votes and medians, the model id."""
-    from ethml.training.flow import task_info
+    """A task: status and what it waits for next, files, deadlines, submissions (committed, revealed,
+    scored, bonds), the drawn panel and its votes, the model id."""
+    from ethml.training.flow import describe, task_info
 
     info = with_chain(rpc, deployment, data_dir, lambda w3, dep: task_info(w3, dep, task_id))
     if json_output:
         echo_json(info)
         return
-    typer.echo(f"task {task_id}: {info['status']}, escrow {info['escrow_eml']:g} EML, model id {info['model_id']}")
-    typer.echo(f"  dataset {info['dataset_cid']}, spec {info['spec_cid']}, test set {info['test_cid'] or 'hidden'}")
-    for s in info["submissions"]:
-        typer.echo(
-            f"  submission {s['id']} by {s['trainer']}: claimed {s['claimed']}, votes {s['votes']}, "
-            f"median {s['median']}"
-        )
+    for line in describe(info):
+        typer.echo(line)
 
 
 @task_app.command("reveal")
 @handle_errors
 def reveal(
     task_id: Annotated[int, typer.Argument(min=1)],
-    account: Account = 9,
+    wait: Wait = False,
+    account: RequesterAccount = REQUESTER_DEFAULT,
     rpc: RpcOption = DEFAULT_RPC,
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Reveal the hidden test set (after the submission deadline) so validators can score."""
+    """Reveal the hidden test set in the contract's window (after the trainers have revealed, until the
+    test deadline; --wait waits for it to open). The validators are drawn a few blocks later."""
     from ethml.training.flow import reveal_test_set
 
     cid = with_chain(
         rpc,
         deployment,
         data_dir,
-        lambda w3, dep: reveal_test_set(w3, dep, _signer(account, dep), task_id, _home(data_dir)),
+        lambda w3, dep: reveal_test_set(
+            w3, dep, _signer(account, dep), task_id, _home(data_dir), wait=wait, progress=_say
+        ),
     )
-    typer.echo(f"task {task_id}: test set {cid} revealed")
+    typer.echo(f"task {task_id}: test set {cid} revealed; validators are drawn once the draw's block is mined")
 
 
 @task_app.command("finalize")
 @handle_errors
 def finalize(
     task_id: Annotated[int, typer.Argument(min=1)],
-    account: Account = 9,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Wait until it can be settled (drawing the panel or replacing no-shows when due)."),
+    ] = False,
+    account: RequesterAccount = REQUESTER_DEFAULT,
     rpc: RpcOption = DEFAULT_RPC,
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """Settle a task: accept the best passing model (registered for the miners) or refund."""
+    """Settle a task (anyone may): pay the best passing model's trainer and register the model for the
+    miners, or refund, or pay the trainers when the test set was never revealed or is unusable."""
     from ethml.training.flow import finalize_task
 
-    info = with_chain(rpc, deployment, data_dir, lambda w3, dep: finalize_task(w3, dep, _signer(account, dep), task_id))
-    typer.echo(f"task {task_id}: {info['status']}" + (f", model id {info['model_id']}" if info["model_id"] else ""))
+    info = with_chain(
+        rpc,
+        deployment,
+        data_dir,
+        lambda w3, dep: finalize_task(w3, dep, _signer(account, dep), task_id, wait=wait, progress=_say),
+    )
+    if json_output:
+        echo_json(info)
+        return
+    model = f", model id {info['model_id']}" if info["model_id"] else ""
+    if info["status"] == "accepted" and not info["model_id"]:
+        model = f", registration {info['registration']}"
+    typer.echo(f"task {task_id}: {info['status']}{model}")
 
 
 @app.command("stake")
 @handle_errors
 def stake_command(
-    role: Annotated[str, typer.Option(help="trainer or validator.")],
+    role: Role,
     amount: Annotated[str, typer.Option(help="EML to stake.")],
-    account: Account = 0,
+    account: StakerAccount = None,
     rpc: RpcOption = DEFAULT_RPC,
     deployment: DeploymentOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Stake EML to act as a trainer or a validator."""
+    """Stake EML to act as a trainer or a validator (a validator enters the draw; staking again cancels
+    a pending unstake)."""
     from ethml.requester import parse_tip
     from ethml.training.flow import stake
 
-    if role not in ("trainer", "validator"):
-        raise typer.BadParameter("--role must be trainer or validator")
+    index = _required(account, "stake")
     wei = parse_tip(amount)
-    with_chain(rpc, deployment, data_dir, lambda w3, dep: stake(w3, dep, _signer(account, dep), role, wei))
+    with_chain(rpc, deployment, data_dir, lambda w3, dep: stake(w3, dep, _signer(index, dep), _role(role), wei))
     typer.echo(f"staked {amount} EML as {role}")
+
+
+@app.command("unstake")
+@handle_errors
+def unstake_command(
+    role: Role,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the unstake delay, then withdraw.")] = False,
+    account: StakerAccount = None,
+    rpc: RpcOption = DEFAULT_RPC,
+    deployment: DeploymentOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Leave a role: the first run asks to unstake (the stake stops counting for new work at once, a
+    validator leaves the draw); once the unstake delay has passed and its open work is settled, the
+    next run (or this one with --wait) pays the stake back."""
+    from ethml.chain.deploy import EML
+    from ethml.training import clock
+    from ethml.training.flow import TaskError, request_unstake, stake_info, withdraw_stake
+
+    index = _required(account, "unstake")
+
+    async def body(w3: AsyncWeb3[Any], dep: Deployment) -> str:
+        signer = _signer(index, dep)
+        info = await stake_info(w3, dep, signer.address, _role(role))
+        if info["amount"] == 0:
+            raise TaskError(f"account {signer.address} has no {role} stake")
+        if info["unlock_at"] == 0:
+            unlock = await request_unstake(w3, dep, signer, role)
+            if not wait:
+                return (
+                    f"unstaking {info['amount'] / EML:g} EML as {role}: it can be withdrawn from {_at(unlock)}"
+                    + (f" once its {info['open_work']} open tasks settle" if info["open_work"] else "")
+                    + f" (`ethml unstake --role {role} --account {index}` again, or --wait)"
+                )
+            info = await stake_info(w3, dep, signer.address, role)
+        if wait:
+            await clock.wait_past(w3, info["unlock_at"] - 1, f"the {role} stake's unlock", _say, signer)
+        amount = await withdraw_stake(w3, dep, signer, role)
+        return f"withdrew {amount / EML:g} EML of {role} stake"
+
+    typer.echo(with_chain(rpc, deployment, data_dir, body))
 
 
 @app.command("train")
 @handle_errors
 def train(
     task: Annotated[int, typer.Option(min=1, help="Task id.")],
-    account: Account = 0,
+    account: StakerAccount = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="After committing, wait for the submission window to close and reveal.")
+    ] = False,
     gateway: Gateways = None,
     rpc: RpcOption = DEFAULT_RPC,
     deployment: DeploymentOption = None,
@@ -255,24 +368,43 @@ def train(
     max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
     """Train the task's model (in a child process with the spec's time limit; a forest's trees on a
-    Dask cluster with --dask) and submit it."""
+    Dask cluster with --dask) and commit to it, after checking that the task would take a submission
+    from this account and that the artifact was not revealed in another task first (it would never be
+    paid); then reveal it once the submission window has closed (--wait waits for that;
+    otherwise run the same command again then: a committed task is not trained again)."""
     from ethml.training.flow import train_and_submit
 
+    index = _required(account, "train")
     with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
-        result = with_chain(
-            rpc, deployment, data_dir, _job(train_and_submit, account, data_dir, gateway, task, compute)
-        )
+
+        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
+            signer, ipfs = _signer(index, dep), _ipfs(data_dir, gateway)
+            return await train_and_submit(
+                w3, dep, signer, ipfs, task, data_dir=_home(data_dir), compute=compute, wait=wait, progress=_say
+            )
+
+        result = with_chain(rpc, deployment, data_dir, body)
     if json_output:
         echo_json(result)
+        return
+    claim = f"{result['model_cid']} claiming {result['claimed'] / 1e6:.6f}"
+    if result["revealed"]:
+        typer.echo(f"task {task}: submitted {claim} (committed and revealed)")
     else:
-        typer.echo(f"task {task}: submitted {result['model_cid']} claiming {result['claimed'] / 1e6:.6f}")
+        typer.echo(
+            f"task {task}: committed to {claim}; reveal it from {_at(result['reveal_opens'])} until "
+            f"{_at(result['reveal_closes'])}: `ethml train --task {task} --account {index}` again, or --wait"
+        )
 
 
 @app.command("validate")
 @handle_errors
 def validate(
     task: Annotated[int, typer.Option(min=1, help="Task id.")],
-    account: Account = 0,
+    account: StakerAccount = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="After committing, wait until the scores can be revealed and reveal them.")
+    ] = False,
     gateway: Gateways = None,
     rpc: RpcOption = DEFAULT_RPC,
     deployment: DeploymentOption = None,
@@ -284,26 +416,40 @@ def validate(
     max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
     max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
 ) -> None:
-    """Score every submission of the task on the revealed test set (in parallel on a Dask cluster with
-    --dask) and vote (skipping the ones this account may not vote on, and saying why)."""
-    from ethml.training.flow import TaskError, validate_task
+    """Vote on a task this account was drawn for: draw the panel if the draw is due, score every
+    submission on the revealed test set (in parallel on a Dask cluster with --dask; 0 for an artifact
+    that fails its checks: not the spec's estimator, predictions other than this validator's own re-fit
+    of the spec, kept in the data dir, or a claim further than the task's claimSlack from its holdout
+    score), and commit the vote; the scores are revealed once every seat has committed
+    (at once if this was the last; --wait waits for it; otherwise run the same command again then).
+    A test set that cannot be used is reported unusable, with each artifact's score on the dataset's
+    holdout; on a task whose test set was never revealed, this fixes the draw of the panel that checks
+    the submissions on the holdout (after the test deadline) and, if drawn, votes holdout scores. A
+    validator drawn several times holds several seats and votes once for all of them."""
+    from ethml.training.flow import validate_task
 
-    refused: list[str] = []
+    index = _required(account, "validate")
     with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
 
-        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> list[dict[str, Any]]:
-            signer, ipfs = _signer(account, dep), _ipfs(data_dir, gateway)
-            return await validate_task(w3, dep, signer, ipfs, task, refused=refused, compute=compute)
+        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
+            signer, ipfs = _signer(index, dep), _ipfs(data_dir, gateway)
+            return await validate_task(
+                w3, dep, signer, ipfs, task, data_dir=_home(data_dir), compute=compute, wait=wait, progress=_say
+            )
 
-        votes = with_chain(rpc, deployment, data_dir, body)
-    if refused and not votes:
-        raise TaskError(f"task {task}: nothing to vote on: {'; '.join(refused)}")
-    for why in refused:
-        typer.echo(f"skipped: {why}", err=True)
+        vote = with_chain(rpc, deployment, data_dir, body)
     if json_output:
-        echo_json(votes)
+        echo_json(vote)
         return
-    for v in votes:
+    if vote["unusable"]:
+        why = vote.get("holdout") or "the test set is unusable"
+        typer.echo(f"task {task}, seat {vote['seat']}: {why}; the scores below are on the dataset's holdout")
+    for i, (score, why) in enumerate(zip(vote["scores"], vote["reasons"], strict=False)):
+        typer.echo(f"submission {i}: {score / 1e6:.6f}" + (f" ({why})" if why else ""))
+    if vote["revealed"]:
+        typer.echo(f"task {task}, seat {vote['seat']}: scores committed and revealed")
+    else:
         typer.echo(
-            f"submission {v['submission']}: voted {v['score'] / 1e6:.6f}" + (f" ({v['reason']})" if v["reason"] else "")
+            f"task {task}, seat {vote['seat']}: scores committed; they are revealed once every drawn validator "
+            f"has committed: `ethml validate --task {task} --account {index}` again, or --wait"
         )

@@ -12,6 +12,8 @@ from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.permit import PermitDomain
 from ethml.coordinator.store import Store
 from ethml.ipfs import IpfsClient
+from ethml.training.rules import RulesCache
+from ethml.training.terms import TermsDomain
 
 CONFIG = web.AppKey("config", ServeConfig)
 METRICS = web.AppKey("metrics", Metrics)
@@ -19,5 +21,9 @@ STORE = web.AppKey("store", Store)
 CHAIN = web.AppKey("chain", Chain)
 #: The EIP-712 domain of EML permits to TrainingTasks on this chain.
 PERMITS = web.AppKey("permits", PermitDomain)
+#: The EIP-712 domain of the task terms requesters sign (TrainingTasks on this chain).
+TERMS = web.AppKey("terms", TermsDomain)
+#: The market's parameters terms must meet (minimum seat reward, periods, parameters version), cached.
+RULES = web.AppKey("rules", RulesCache)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 IPFS = web.AppKey("ipfs", IpfsClient)

@@ -1,7 +1,8 @@
 """Job dispatch to the workers connected to this instance, over the Redis job streams.
 
 A job read from `jobs:<role>` waits under the consumer `~waiting` until a worker of that role with
-free capacity, which has not yet worked on the same task, takes it: it is moved (XCLAIM ... JUSTID,
+free capacity, which has not yet worked on the same task, takes it (a job addressed to one account, a
+drawn validator's seat, waits for a worker of that account): it is moved (XCLAIM ... JUSTID,
 so the delivery count stays) to the consumer `<address>:<worker id>` and sent to the worker with its
 delivery number. While the worker heartbeats, its jobs are touched every pass, so they never look
 idle; once it stops (SIGKILL, lost network, its instance died), its jobs go idle and after
@@ -138,8 +139,17 @@ class Dispatcher:
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
         done_key = k.task_workers(fields["chain_task"], role)
-        done = {a.decode() for a in await redis.smembers(done_key)}
-        eligible = [c for c in free if c.address not in done]
+        addressed = fields.get("address")
+        if addressed:  # a drawn validator's seat: only that validator may vote in it
+            eligible = [c for c in free if c.address.lower() == addressed.lower()]
+            if not eligible:
+                doc = await self.store.task(fields["task"])
+                if doc is None or doc["status"] not in ("open", "training", "validating"):
+                    await self.store.finish_entry(stream, GROUP, entry_id)  # settled: the seat's vote is moot
+                return
+        else:
+            done = {a.decode() for a in await redis.smembers(done_key)}
+            eligible = [c for c in free if c.address not in done]
         if not eligible:
             return
         if not await redis.set(k.job_lock(job), self.instance, nx=True, px=5000):

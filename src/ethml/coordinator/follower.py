@@ -1,6 +1,10 @@
 """The event follower: TrainingTasks events, from the checkpoint up to the head, into task documents
 and job queues. Every change is idempotent, so re-applying a range after a crash or a shallow reorg
-(within `confirmations`) is harmless. It runs on the leader only (`leader`)."""
+(within `confirmations`) is harmless. It runs on the leader only (`leader`).
+
+Jobs: a task's training jobs are queued when it opens (any staked trainer may take them); a
+validation job is queued for each validator the draw seats, addressed to that validator (only it may
+vote in its seat), with the id `<task>:validate:<n>`, n being the seat plus 9 for each earlier draw."""
 
 from __future__ import annotations
 
@@ -10,8 +14,34 @@ from eth_utils.abi import event_abi_to_log_topic
 
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.store import Store
+from ethml.training.onchain import BONDS, REGISTRATIONS, STATUSES, read_struct
 
-EVENTS = ("TaskCreated", "ModelSubmitted", "TestSetRevealed", "Validated", "TaskAccepted", "TaskFailed")
+EVENTS = (
+    "TaskCreated",
+    "SubmissionCommitted",
+    "SubmissionRevealed",
+    "RevealedElsewhereFirst",
+    "TestSetRevealed",
+    "DrawFixed",
+    "ValidatorDrawn",
+    "ScoresCommitted",
+    "ScoresRevealed",
+    "NoShow",
+    "BondSettled",
+    "TaskSettled",
+    "ModelRegistered",
+    "RegistrationSkipped",
+)
+SEATS_PER_DRAW = 9
+
+
+def deadlines_of(created: Any) -> dict[str, int]:
+    """The deadlines a TaskCreated event carries, as the task document keeps them."""
+    return {
+        "submit_deadline": int(created["submitDeadline"]),
+        "reveal_deadline": int(created["revealDeadline"]),
+        "test_deadline": int(created["testDeadline"]),
+    }
 
 
 async def task_opened(store: Store, doc: dict[str, Any]) -> None:
@@ -23,84 +53,171 @@ async def task_opened(store: Store, doc: dict[str, Any]) -> None:
         )
 
 
+def _submission(d: dict[str, Any], index: int) -> dict[str, Any]:
+    subs = d["submissions"]
+    while len(subs) <= index:
+        subs.append(None)
+    if subs[index] is None:
+        subs[index] = {"trainer": "", "revealed": False, "model_cid": None, "claimed_score": None, "score": None}
+        subs[index]["bond"] = "locked"
+    entry: dict[str, Any] = subs[index]
+    return entry
+
+
+def _seat(d: dict[str, Any], seat: int, validator: str) -> dict[str, Any] | None:
+    """The panel entry of `validator` in `seat` (its latest draw)."""
+    entry: dict[str, Any]
+    for entry in reversed(d.setdefault("panel", [])):
+        if entry["seat"] == seat and entry["validator"] == validator:
+            return entry
+    return None
+
+
 async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any], tx: str) -> None:
     doc = await store.task_by_chain_id(int(args["taskId"]))
     if doc is None:
         return  # a task this coordinator does not track (import it to track it)
     task_id = doc["id"]
     if name == "TaskCreated":
-        if doc["status"] == "pending_chain":
-            doc = await store.update_task(task_id, lambda d: d.update(status="open"))
+
+        def created(d: dict[str, Any]) -> None:
+            d.update(deadlines_of(args))
+            if d["status"] == "pending_chain":
+                d["status"] = "open"
+
+        doc = await store.update_task(task_id, created)
         if doc is not None:
             await task_opened(store, doc)
-    elif name == "ModelSubmitted":
-        submission = int(args["submissionId"])
+    elif name == "SubmissionCommitted":
 
-        def submitted(d: dict[str, Any]) -> None:
-            subs = d["submissions"]
-            while len(subs) <= submission:
-                subs.append(None)
-            subs[submission] = {
-                "trainer": args["trainer"],
-                "model_cid": args["modelCid"],
-                "claimed_score": int(args["claimedScore"]),
-                "median": 0,
-                "votes": 0,
-                "tx": tx,
-            }
+        def committed(d: dict[str, Any]) -> None:
+            sub = _submission(d, int(args["submissionId"]))
+            sub.update(trainer=args["trainer"], tx=tx)
             if d["status"] == "open":
                 d["status"] = "training"
 
-        await store.update_task(task_id, submitted)
+        await store.update_task(task_id, committed)
+    elif name == "SubmissionRevealed":
+
+        def revealed(d: dict[str, Any]) -> None:
+            sub = _submission(d, int(args["submissionId"]))
+            sub.update(trainer=args["trainer"], revealed=True, model_cid=args["modelCid"])
+            sub["claimed_score"] = int(args["claim"])
+
+        await store.update_task(task_id, revealed)
+    elif name == "RevealedElsewhereFirst":
+        other = int(args["otherTaskId"])
+        await store.update_task(
+            task_id, lambda d: _submission(d, int(args["submissionId"])).update(revealed_elsewhere=other)
+        )
     elif name == "TestSetRevealed":
-        doc = await store.update_task(task_id, lambda d: d.update(status="validating"))
-        if doc is not None:
-            for n in range(int(doc["validations_required"])):
-                await store.enqueue_job(
-                    "validator",
-                    f"{doc['chain_task_id']}:validate:{n}",
-                    {"task": task_id, "chain_task": str(doc["chain_task_id"]), "kind": "validate"},
+        await store.update_task(task_id, lambda d: d.update(status="validating") if d["status"] != "failed" else None)
+    elif name == "DrawFixed":
+        await store.update_task(task_id, lambda d: d.update(draw=int(args["round"])))
+    elif name == "ValidatorDrawn":
+        seat, validator = int(args["seat"]), args["validator"]
+        draw = int(doc.get("draw") or 1)
+
+        # Drawn with replacement: a validator drawn k times holds k seats and casts one ballot, so it
+        # gets one job (at its first seat of the panel it sits on).
+        first_seat = [True]
+
+        def drawn(d: dict[str, Any]) -> None:
+            if _seat(d, seat, validator) is None:
+                first_seat[0] = not any(
+                    e["validator"] == validator and e["state"] in ("drawn", "committed", "revealed")
+                    for e in d.setdefault("panel", [])
                 )
-    elif name == "Validated":
-        vote = {
-            "submission": int(args["submissionId"]),
-            "validator": args["validator"],
-            "score": int(args["score"]),
-            "tx": tx,
-        }
+                d["panel"].append({"seat": seat, "validator": validator, "draw": draw, "state": "drawn"})
+
+        doc = await store.update_task(task_id, drawn)
+        if doc is not None and first_seat[0]:
+            chain_task = str(doc["chain_task_id"])
+            job = {"task": task_id, "chain_task": chain_task, "kind": "validate", "address": validator}
+            await store.enqueue_job("validator", f"{chain_task}:validate:{(draw - 1) * SEATS_PER_DRAW + seat}", job)
+    elif name in ("ScoresCommitted", "ScoresRevealed"):
+        seat, validator = int(args["seat"]), args["validator"]
 
         def voted(d: dict[str, Any]) -> None:
-            if not any(
-                v["submission"] == vote["submission"] and v["validator"] == vote["validator"] for v in d["votes"]
-            ):
-                d["votes"].append(vote)
-                sub = d["submissions"][vote["submission"]] if vote["submission"] < len(d["submissions"]) else None
-                if sub is not None:
-                    sub["votes"] += 1
+            # One ballot for every seat the validator holds on this panel (the event names its first).
+            if _seat(d, seat, validator) is None:
+                return
+            for entry in d["panel"]:
+                if entry["validator"] != validator or entry["state"] not in ("drawn", "committed"):
+                    continue
+                if name == "ScoresCommitted":
+                    entry["state"] = "committed"
+                    continue
+                entry.update(state="revealed", unusable=bool(args["unusable"]), tx=tx)
+                entry["scores"] = [int(v) for v in args["scores"]]
 
         await store.update_task(task_id, voted)
-    elif name == "TaskAccepted":
+    elif name == "NoShow":
+
+        def replaced(d: dict[str, Any]) -> None:
+            for entry in d.get("panel", []):
+                if entry["validator"] == args["validator"] and entry["state"] == "drawn":
+                    entry["state"] = "replaced"
+
+        await store.update_task(task_id, replaced)
+    elif name == "BondSettled":
+        await store.update_task(
+            task_id, lambda d: _submission(d, int(args["submissionId"])).update(bond=BONDS[int(args["bond"])])
+        )
+    elif name == "TaskSettled":
+        status = STATUSES[int(args["status"])]
+        scores = await _decided_scores(chain, int(args["taskId"]), len(doc.get("submissions", [])))
+
+        def settled(d: dict[str, Any]) -> None:
+            d["status"] = status
+            d["transactions"]["finalize"] = tx
+            for i, (score, undecided) in enumerate(scores):
+                if score is not None and i < len(d["submissions"]) and d["submissions"][i] is not None:
+                    d["submissions"][i].update(score=score, undecided=undecided)
+            if status == "abandoned":
+                d["error"] = (
+                    "the test set was never revealed: the earliest submission the panel verified on the holdout "
+                    "was paid the trainers' part (the requester refunded if none)"
+                )
+            elif status == "unusable":
+                d["error"] = (
+                    "the panel found the test set unusable: the earliest submission it verified on the holdout "
+                    "was paid the trainers' part (the requester refunded if none)"
+                )
+            elif status == "rejected":
+                d["error"] = "no submission reached the minimum score (or its claim) by the panel's majority"
+            elif status == "empty":
+                d["error"] = "no submission was revealed"
+            elif status == "undecided":
+                d["error"] = (
+                    "no submission was accepted and the panel reached no clear majority on at least one: "
+                    "bonds released, the requester refunded"
+                )
+
+        await store.update_task(task_id, settled)
+    elif name == "ModelRegistered":
         model_id = int(args["modelId"])
+        await store.update_task(task_id, lambda d: d.update(model_id=model_id, registration="registered"))
+    elif name == "RegistrationSkipped":
+        state = REGISTRATIONS[int(args["registration"])]
+        await store.update_task(task_id, lambda d: d.update(registration=state))
 
-        def accepted(d: dict[str, Any]) -> None:
-            d["status"] = "accepted"
-            d["model_id"] = model_id
-            d["transactions"]["finalize"] = tx
 
-        await store.update_task(task_id, accepted)
-    elif name == "TaskFailed":
-        forfeited = int(args["forfeited"])
-
-        def failed(d: dict[str, Any]) -> None:
-            d["status"] = "expired" if forfeited else "failed"
-            d["error"] = (
-                "the test set was never revealed: the escrow went to the trainers"
-                if forfeited
-                else "no submission reached the minimum score with a quorum of validations"
-            )
-            d["transactions"]["finalize"] = tx
-
-        await store.update_task(task_id, failed)
+async def _decided_scores(chain: Chain, chain_task: int, count: int) -> list[tuple[int | None, bool]]:
+    """(the panel's decided score, whether it is undecided) of each submission: a revealed one's score
+    as the settlement recorded it; undecided when no clear majority agreed on it (recorded 0 with its
+    bond released, as a decided 0 forfeits it)."""
+    scores: list[tuple[int | None, bool]] = []
+    task = await read_struct(chain.tasks, "getTask", chain_task)
+    judged = STATUSES[int(task["status"])] not in ("none", "open", "empty")
+    for i in range(max(count, int(task["submissions"]))):
+        s = await read_struct(chain.tasks, "getSubmission", chain_task, i)
+        if not (judged and s["revealed"]):
+            scores.append((None, False))
+            continue
+        undecided = int(s["score"]) == 0 and BONDS[int(s["bond"])] == "released"
+        scores.append((None if undecided else int(s["score"]), undecided))
+    return scores
 
 
 async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 2000) -> int:
@@ -129,9 +246,14 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 20
 
 
 async def replay_task(chain: Chain, store: Store, chain_task_id: int) -> None:
-    """Apply one task's whole history (an imported task: its events may be older than the checkpoint)."""
+    """Apply one task's whole history in chain order (an imported task: its events may be older than
+    the checkpoint)."""
+    found = []
     for name in EVENTS:
         event = getattr(chain.tasks.events, name)()
-        logs = await event.get_logs(from_block=chain.deployment.block, argument_filters={"taskId": chain_task_id})
-        for entry in logs:
-            await apply_event(chain, store, name, dict(entry["args"]), "0x" + bytes(entry["transactionHash"]).hex())
+        for entry in await event.get_logs(
+            from_block=chain.deployment.block, argument_filters={"taskId": chain_task_id}
+        ):
+            found.append((int(entry["blockNumber"]), int(entry["logIndex"]), name, entry))
+    for _block, _index, name, entry in sorted(found, key=lambda f: (f[0], f[1])):
+        await apply_event(chain, store, name, dict(entry["args"]), "0x" + bytes(entry["transactionHash"]).hex())

@@ -1,11 +1,13 @@
-"""The deadline keeper: reveals the test sets this coordinator holds once the submission deadline has
-passed, and finalizes tasks whose validations are complete or whose validation deadline has passed.
-Deadlines are the chain's (the latest block's timestamp), as the contract sees them. It runs on the
-leader only (`leader`)."""
+"""The deadline keeper: moves the live tasks along with the relayer key, each step one anyone may
+take once it is due: reveals the test sets this coordinator holds in the contract's window, draws the
+panel once its block is mined, replaces drawn validators that did not commit, finalizes what can be
+settled. It reads each task's state from the chain and decides as the contract will (`finalizable`).
+Deadlines are wall-clock time: on a development chain that mines only on demand, a block is mined
+when a deadline has passed on the wall clock but not on the chain, or a draw's block is due. It runs
+on the leader only (`leader`)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -13,55 +15,93 @@ import structlog
 
 from ethml.coordinator.chain import Chain, send_raw
 from ethml.coordinator.store import Store
-from ethml.errors import TransactionReverted
-from ethml.node.miner import DEV_CHAIN_IDS
+from ethml.errors import ChainError, TransactionReverted
+from ethml.training import clock
+from ethml.training.onchain import MAX_ROUNDS, TaskError, TaskState, finalizable, read_task
 
 log = structlog.get_logger("ethml.coordinator")
 
+LIVE = ("open", "training", "validating")
 
-async def _chain_time(chain: Chain, deadlines: list[int]) -> int:
-    """The latest block's timestamp. A devnet that mines only on demand keeps its clock still between
-    transactions: when a deadline has passed on the wall clock but not yet on the chain, mine an empty
-    block there so the chain's clock catches up."""
-    now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
+
+def _deadlines(t: TaskState) -> list[int]:
+    out = [t.submit_deadline, t.reveal_deadline, t.test_deadline]
+    if t.score_deadline:
+        out += [t.score_deadline, t.reveal_closes]
+    return out
+
+
+async def _chain_time(chain: Chain, tasks: list[TaskState]) -> int:
+    """The latest block's timestamp, after mining a block on a development chain where a deadline has
+    passed on the wall clock but not on the chain, or a draw's block is still to be mined."""
+    number, now = await clock.latest(chain.w3)
     wall = int(time.time())
-    if chain.chain_id in DEV_CHAIN_IDS and any(now <= d < wall for d in deadlines):
-        with contextlib.suppress(Exception):
-            await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-            now = int((await chain.w3.eth.get_block("latest"))["timestamp"])
+    if await clock.is_dev_chain(chain.w3):
+        due = any(now <= d < wall for t in tasks for d in _deadlines(t))
+        draws = [t.draw_block for t in tasks if t.draw_block and t.draw_block >= number]
+        try:
+            if draws:
+                await clock.mine(chain.w3, max(draws) - number + 1)
+            elif due:
+                await clock.mine(chain.w3)
+        except ChainError as exc:
+            log.debug("cannot_mine", error=str(exc))
+        number, now = await clock.latest(chain.w3)
     return now
 
 
 async def keep_deadlines(chain: Chain, store: Store) -> None:
-    live = []
-    for status in ("open", "training", "validating"):
+    live: list[tuple[dict[str, Any], TaskState]] = []
+    for status in LIVE:
         docs, _ = await store.list_tasks(status, None, 200)
-        live += [d for d in docs if d.get("chain_task_id") is not None]
+        for doc in docs:
+            if doc.get("chain_task_id") is None:
+                continue
+            try:
+                live.append((doc, await read_task(chain.w3, chain.deployment, int(doc["chain_task_id"]))))
+            except TaskError as exc:
+                log.warning("keeper_read", task=doc["id"], error=str(exc))
     if not live:
         return
-    now = await _chain_time(chain, [d[k] for d in live for k in ("submit_deadline", "validation_deadline")])
-    for doc in live:
-        chain_task = doc["chain_task_id"]
+    now = await _chain_time(chain, [t for _d, t in live])
+    number = int(await chain.w3.eth.block_number)
+    for doc, t in live:
+        if not t.open:
+            continue
         try:
-            if doc["status"] in ("open", "training") and doc.get("test_set") and now > doc["submit_deadline"]:
-                secret = doc["test_set"]
-                call = chain.tasks.functions.revealTestSet(chain_task, secret["cid"], bytes.fromhex(secret["salt"][2:]))
-                await send_raw(chain, store, call, "revealTestSet", (doc["id"], "reveal"))
-                await store.update_task(doc["id"], lambda d: d.update(status="validating"))
-            elif doc["status"] == "validating" or now > doc["validation_deadline"]:
-                subs = [s for s in doc["submissions"] if s]
-                complete = bool(subs) and all(s["votes"] >= doc["validations_required"] for s in subs)
-                if complete or now > doc["validation_deadline"]:
-                    call = chain.tasks.functions.finalizeTask(chain_task)
-                    await send_raw(chain, store, call, "finalizeTask", (doc["id"], "finalize"))
+            await _step(chain, store, doc, t, now, number)
         except TransactionReverted as exc:
             log.warning("keeper", task=doc["id"], error=str(exc), revert=exc.error.generic() if exc.error else None)
-            # The journaled transaction reverted (e.g. someone else revealed or finalized first): forget it
+            # The journaled transaction reverted (someone else revealed, drew or finalized first): forget it
             # so the next pass decides afresh from the chain's state.
             await store.update_task(doc["id"], _forget_journal)
 
 
+async def _step(chain: Chain, store: Store, doc: dict[str, Any], t: TaskState, now: int, number: int) -> None:
+    """The one step this task is due for, if any."""
+    tasks = chain.tasks
+    secret = doc.get("test_set")
+    if not t.test_revealed and secret and t.revealed > 0 and t.reveal_deadline < now <= t.test_deadline:
+        call = tasks.functions.revealTestSet(t.id, secret["cid"], bytes.fromhex(secret["salt"][2:]))
+        await send_raw(chain, store, call, "revealTestSet", (doc["id"], "reveal"))
+    elif t.draw_block and number > t.draw_block:
+        await send_raw(chain, store, tasks.functions.drawPanel(t.id), "drawPanel", (doc["id"], f"draw-{t.round + 1}"))
+        await store.update_task(doc["id"], lambda d: _forget(d, f"draw-{t.round + 1}"))
+    elif t.round and t.committed < t.validations and t.round < MAX_ROUNDS and now > t.score_deadline:
+        name = f"replace-{t.round}"
+        await send_raw(chain, store, tasks.functions.replaceNoShows(t.id), "replaceNoShows", (doc["id"], name))
+    elif finalizable(t, now):
+        await send_raw(chain, store, tasks.functions.finalizeTask(t.id), "finalizeTask", (doc["id"], "finalize"))
+
+
+def _forget(doc: dict[str, Any], name: str) -> None:
+    """Drop a journaled transaction that may be needed again under the same name (a draw fixed anew
+    because its block's hash was gone)."""
+    doc.get("raw", {}).pop(name, None)
+    doc.get("raw_nonce", {}).pop(name, None)
+
+
 def _forget_journal(doc: dict[str, Any]) -> None:
-    for name in ("reveal", "finalize"):
-        doc.get("raw", {}).pop(name, None)
-        doc.get("raw_nonce", {}).pop(name, None)
+    for name in list(doc.get("raw", {})):
+        if name != "create":
+            _forget(doc, name)

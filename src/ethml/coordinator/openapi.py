@@ -61,13 +61,24 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the task's URL"}}
 
-POST_TASK = """Create a training task; the coordinator's relayer creates it on chain.
+POST_TASK = """Create a training task on terms its requester signed; the coordinator's relayer creates
+it on chain (TrainingTasks.createTaskFor) with exactly those terms and the signature: the contract
+checks the signature of every term, so the relayer cannot change one.
 
-Beyond this schema the server checks, and answers 422 naming the field: the permit's signature
-recovers permit.owner for this chain, EML token and TrainingTasks; permit.value equals reward;
-submit_deadline is in the future (at most 365 days), validation_deadline follows it (at most 365
-days more), permit.deadline has not passed; test_set matches test_set_commitment; the spec's target
-is not among its features."""
+The signature is the requester's EIP-712 signature of TaskTerms (domain "EthML TrainingTasks",
+version "1", this chain, the TrainingTasks contract; docs/training.md lists the fields) over
+spec_cid, dataset_cid, test_set_commitment, reward, submit_seconds, score_seconds, validations,
+round(min_score x 1,000,000), the model shape the spec gives (kind, decimals, feature count),
+parameters_version (TrainingTasks.parametersVersion()), nonce and expiry. Beyond this schema the
+server checks, and answers 422 naming the field: spec_cid is the CID of the spec's canonical JSON;
+the terms meet the market's current parameters (parameters_version is the contract's; the reward
+pays each validator seat minSeatReward from the validators' part; both periods within minPeriod and
+maxPeriod); the signature recovers requester; validations is odd; expiry has not passed; the permit
+(optional: without it the requester must have approved the reward) is signed by permit.owner for
+this chain, EML token and TrainingTasks, its owner is the requester, its value the reward and its
+deadline has not passed; test_set matches test_set_commitment; the spec's target is not among its
+features. The nonce is checked against the chain when the relayer sends the task (a used nonce fails
+the task with that reason)."""
 
 
 @functools.cache
@@ -98,8 +109,9 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "ethml coordinator",
             "version": __version__,
-            "description": "Training tasks for the ethml oracle: post a task with an EIP-2612 permit of its reward, "
-            "follow it through training and validation to a registered model. Request bodies are JSON "
+            "description": "Training tasks for the ethml oracle: post a task on terms its requester signed (the "
+            "relayer cannot change a term), paid by an EIP-2612 permit or an approval, and follow it through "
+            "training and validation to a registered model. Request bodies are JSON "
             f"(application/json, UTF-8, at most {s.MAX_BODY_BYTES} bytes) validated strictly: a value of the wrong "
             "JSON type is refused, not converted.",
         },

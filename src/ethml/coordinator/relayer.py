@@ -1,5 +1,7 @@
-"""The relayer: creates the tasks posted over the API on chain (`createTaskWithPermit`), one entry of
-the `relay` stream at a time, with the relayer key's journaled transactions (`chain.send_raw`).
+"""The relayer: creates the tasks posted over the API on chain (`createTaskFor`: the terms exactly as
+their requester signed them, the signature, the optional permit), one entry of the `relay` stream at a
+time, with the relayer key's journaled transactions (`chain.send_raw`). It cannot change a term: the
+contract checks the requester's signature of every one of them.
 
 Every instance with the relayer on reads the stream in the group `relayers` under a consumer name of
 its own (new on every start). While it works on an entry it keeps it fresh; an entry left idle for
@@ -21,18 +23,44 @@ from web3.logs import DISCARD
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.background import stop_helper
-from ethml.coordinator.chain import SCORE_SCALE, Chain, fail, send_raw
-from ethml.coordinator.follower import task_opened
+from ethml.coordinator.chain import Chain, fail, send_raw
+from ethml.coordinator.follower import deadlines_of, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.training.spec import TaskSpec
+from ethml.training.terms import Terms, min_score_units
 
 log = structlog.get_logger("ethml.coordinator")
 
 
-class PermitSpent(EthmlError):
-    """The permit's nonce is not its owner's next one: it was used, or another permit was."""
+class TermsSpent(EthmlError):
+    """The signed terms' nonce is not the requester's next one: it was used, or voided (`useNonce`)."""
+
+
+def _terms(doc: dict[str, Any]) -> Terms:
+    """The terms as the requester signed them, from the task document."""
+    spec = TaskSpec.model_validate(doc["spec"])
+    return Terms.for_spec(
+        spec,
+        dataset_cid=doc["dataset_cid"],
+        spec_cid=doc["spec_cid"],
+        test_set_commitment=bytes.fromhex(doc["test_set_commitment"][2:]),
+        reward=int(doc["reward"]),
+        submit_period=int(doc["submit_seconds"]),
+        score_period=int(doc["score_seconds"]),
+        validations=int(doc["validations"]),
+        min_score=min_score_units(float(doc["min_score"])),
+        parameters_version=int(doc["parameters_version"]),
+    )
+
+
+def _permit(doc: dict[str, Any]) -> tuple[int, int, bytes, bytes]:
+    """TrainingTasks.Permit: (deadline, v, r, s), deadline 0 for none."""
+    p = doc.get("permit")
+    if not p:
+        return (0, 0, bytes(32), bytes(32))
+    return (int(p["deadline"]), int(p["v"]), bytes.fromhex(p["r"][2:]), bytes.fromhex(p["s"][2:]))
 
 
 async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
@@ -41,50 +69,42 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     if doc is None or doc.get("chain_task_id") is not None or doc["status"] == "failed":
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
-    # The spec in its canonical form, stored by the CID the task names on chain.
-    spec_cid = str(ipfs.add_bytes(TaskSpec.model_validate(doc["spec"]).to_json(), 1))
-    if doc.get("spec_cid") != spec_cid:
-        doc = await store.update_task(task_id, lambda d: d.update(spec_cid=spec_cid)) or doc
-    p = doc["permit"]
+    # The spec in its canonical form, stored by the CID the terms name (checked equal when posted), so
+    # workers and miners can fetch it from this coordinator.
+    ipfs.add_bytes(TaskSpec.model_validate(doc["spec"]).to_json(), 1)
+    requester, nonce = doc["requester"], int(doc["nonce"])
 
-    async def permit_unused() -> None:
-        """Before a creation is signed (under the relayer lock): the permit's nonce is the owner's next,
+    async def terms_unused() -> None:
+        """Before a creation is signed (under the relayer lock): the terms' nonce is the requester's next,
         counting the creations still pending (the pending block, as the pre-flight of the send sees it)."""
-        nonces = chain.token.functions.nonces(p["owner"])
+        nonces = chain.tasks.functions.nonces(requester)
         try:
             next_nonce = int(await nonces.call(block_identifier="pending"))
         except Web3RPCError:  # a node without calls on the pending block
             next_nonce = int(await nonces.call())
-        if next_nonce != p["nonce"]:
-            raise PermitSpent(f"permit nonce {p['nonce']} is not the owner's next nonce ({next_nonce})")
+        if next_nonce != nonce:
+            raise TermsSpent(
+                f"the signed terms carry nonce {nonce}, but the requester's next is {next_nonce} "
+                "(another task used it, or the requester voided it)"
+            )
 
-    shape = doc["shape"]
-    call = chain.tasks.functions.createTaskWithPermit(
-        doc["dataset_cid"],
-        spec_cid,
-        bytes.fromhex(doc["test_set_commitment"][2:]),
-        int(doc["reward"]),
-        doc["validations_required"],
-        round(doc["min_score"] * SCORE_SCALE),
-        doc["submit_deadline"],
-        doc["validation_deadline"],
-        (shape["kind"], shape["decimals"], shape["features"]),
-        (p["owner"], p["deadline"], p["v"], bytes.fromhex(p["r"][2:]), bytes.fromhex(p["s"][2:])),
+    call = chain.tasks.functions.createTaskFor(
+        _terms(doc).as_tuple(), requester, int(doc["expiry"]), bytes.fromhex(doc["signature"][2:]), _permit(doc)
     )
     try:
-        receipt = await send_raw(
-            chain, store, call, "createTaskWithPermit", (task_id, "create"), precheck=permit_unused
-        )
-    except (TransactionReverted, PermitSpent) as exc:
+        receipt = await send_raw(chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused)
+    except (TransactionReverted, TermsSpent) as exc:
         await store.update_task(task_id, fail(str(exc)))
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
-    chain_task_id = int(created[0]["args"]["taskId"])
+    args = created[0]["args"]
+    chain_task_id = int(args["taskId"])
     await store.link_chain_id(task_id, chain_task_id)
 
     def opened(d: dict[str, Any]) -> None:
         d["chain_task_id"] = chain_task_id
+        d.update(deadlines_of(args))
         if d["status"] == "pending_chain":
             d["status"] = "open"
 

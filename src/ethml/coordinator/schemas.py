@@ -25,12 +25,23 @@ from ethml.errors import IpfsError
 from ethml.ipfs.cid import check_cid_text
 from ethml.training import flow
 from ethml.training.spec import COLUMN_NAME, TaskSpec
+from ethml.training.terms import Terms, min_score_units
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_REWARD_WEI = 2**96 - 1
 MAX_DURATION = 365 * 24 * 3600
-STATUSES = ("pending_chain", "open", "training", "validating", "accepted", "failed", "expired")
+#: A task's status: `pending_chain` until the relayer has created it, then the chain's (`open`, with
+#: `training` once a submission is committed and `validating` once the test set is revealed, then how
+#: it settled); `failed` when the relayer could not create it.
+STATUSES = (
+    "pending_chain", "open", "training", "validating",
+    "accepted", "rejected", "unusable", "abandoned", "empty", "undecided", "failed",
+)  # fmt: skip
+Status = Literal[
+    "pending_chain", "open", "training", "validating",
+    "accepted", "rejected", "unusable", "abandoned", "empty", "undecided", "failed",
+]  # fmt: skip
 ROLES = ("trainer", "validator")
 #: GET /api/tasks: a page cursor (the `next_cursor` of the previous page: a creation time in unix
 #: seconds) and a page size.
@@ -41,7 +52,8 @@ MAX_LIMIT = 200
 #: A task id: 32 hex digits for a posted task, `chain-<n>` for an imported one (never `import`: that
 #: path is POST /api/tasks/import).
 TASK_ID = r"^(?!import$)[A-Za-z0-9-]{1,64}$"
-#: Job ids: `<chain task>:train:<n>` or `<chain task>:validate:<n>`.
+#: Job ids: `<chain task>:train:<n>` or `<chain task>:validate:<n>` (n: the seat, plus 9 for each
+#: earlier draw).
 JOB_ID = r"^[0-9]{1,20}:(train|validate):[0-9]{1,2}$"
 WORKER_ID = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -104,15 +116,15 @@ class PermitIn(Strict):
     owner: Address
     value: Wei
     nonce: JsonInt = Field(ge=0, le=2**64)
-    deadline: JsonInt = Field(ge=0, le=2**40)
+    deadline: JsonInt = Field(ge=1, le=2**40)
     v: JsonInt = Field(ge=27, le=28, description="27 or 28")
     r: Hex32
     s: Hex32
 
 
 class TestSetSecret(Strict):
-    """The hidden test set's CID and salt; given here, the coordinator reveals it after the submission
-    deadline (it is never shown by the API)."""
+    """The hidden test set's CID and salt; given here, the coordinator reveals it in the contract's
+    window (it is never shown by the API)."""
 
     cid: Cid
     salt: Hex32
@@ -124,33 +136,66 @@ def commitment_hex(cid: str, salt: str) -> str:
 
 
 class TaskCreate(Strict):
+    """A task on terms its requester signed (EIP-712 TaskTerms, see docs/training.md): the relayer
+    submits exactly these terms with the signature (`TrainingTasks.createTaskFor`) and cannot change
+    any of them."""
+
     spec: TaskSpec
+    spec_cid: Cid = Field(description="the CID (v1, raw leaves) of the spec's canonical JSON, as signed")
     dataset_cid: Cid
     test_set_commitment: Hex32
     test_set: TestSetSecret | None = None
     reward: Wei
-    validations_required: JsonInt = Field(ge=1, le=9)
-    min_score: float = Field(ge=0.0, le=1.0)
-    submit_deadline: JsonInt = Field(ge=0, le=2**40, description="unix seconds")
-    validation_deadline: JsonInt = Field(ge=0, le=2**40, description="unix seconds")
+    validations: JsonInt = Field(ge=1, le=9, description="the panel's size: odd")
+    min_score: float = Field(ge=0.0, le=1.0, description="signed as round(min_score x 1,000,000)")
+    submit_seconds: JsonInt = Field(ge=1, le=MAX_DURATION, description="trainers' commit window, from creation")
+    score_seconds: JsonInt = Field(ge=1, le=MAX_DURATION, description="each drawn validator's commit window")
     trainers: JsonInt = Field(default=2, ge=1, le=8, description="training jobs to hand out")
-    permit: PermitIn
+    requester: Address
+    nonce: JsonInt = Field(ge=0, le=2**64, description="TrainingTasks.nonces(requester) when relayed")
+    parameters_version: JsonInt = Field(
+        ge=1, le=2**32 - 1, description="TrainingTasks.parametersVersion() the terms were made under, as signed"
+    )
+    expiry: JsonInt = Field(ge=0, le=2**40, description="unix seconds: the terms may be relayed until then")
+    signature: Annotated[
+        str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{130}$"), Field(description="65 bytes: r, s, v")
+    ]
+    permit: PermitIn | None = Field(default=None, description="optional: without it, the requester approved")
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskCreate:
         now = int(time.time())
-        if not now < self.submit_deadline <= now + MAX_DURATION:
-            raise ValueError("submit_deadline must be in the future and within 365 days")
-        if not self.submit_deadline < self.validation_deadline <= self.submit_deadline + MAX_DURATION:
-            raise ValueError("validation_deadline must follow submit_deadline, within 365 days")
-        if self.permit.value != self.reward:
-            raise ValueError("permit.value must equal reward")
-        if self.permit.deadline < now:
-            raise ValueError("permit.deadline has passed")
+        if self.validations % 2 == 0:
+            raise ValueError("validations must be odd (1, 3, 5, 7 or 9)")
+        if self.expiry <= now:
+            raise ValueError("expiry has passed")
+        p = self.permit
+        if p is not None:
+            if p.owner != self.requester:
+                raise ValueError("permit.owner must be the requester")
+            if p.value != self.reward:
+                raise ValueError("permit.value must equal reward")
+            if p.deadline < now:
+                raise ValueError("permit.deadline has passed")
         secret = self.test_set
         if secret is not None and commitment_hex(secret.cid, secret.salt) != self.test_set_commitment:
             raise ValueError("test_set does not match test_set_commitment")
         return self
+
+    def terms(self) -> Terms:
+        """The terms as signed (the model's shape from the spec)."""
+        return Terms.for_spec(
+            self.spec,
+            dataset_cid=self.dataset_cid,
+            spec_cid=self.spec_cid,
+            test_set_commitment=bytes.fromhex(self.test_set_commitment[2:]),
+            reward=self.reward,
+            submit_period=self.submit_seconds,
+            score_period=self.score_seconds,
+            validations=self.validations,
+            min_score=min_score_units(self.min_score),
+            parameters_version=self.parameters_version,
+        )
 
 
 class TaskImport(Strict):
@@ -218,37 +263,52 @@ class ApiKeyOut(BaseModel):
 
 class Submission(BaseModel):
     trainer: str
-    model_cid: str
-    claimed_score: int
-    median: int
-    votes: int
+    revealed: bool = False
+    model_cid: str | None = None
+    claimed_score: int | None = None
+    score: int | None = Field(default=None, description="the panel's decided score, once settled")
+    undecided: bool = Field(
+        default=False, description="settled with no clear majority on its score: bond released, never accepted"
+    )
+    revealed_elsewhere: int | None = Field(
+        default=None,
+        description="the task its artifact was revealed in before it was committed: scored, never accepted nor paid",
+    )
+    bond: str = "locked"
     tx: str | None = None
 
 
-class Vote(BaseModel):
-    submission: int
+class Seat(BaseModel):
+    seat: int
     validator: str
-    score: int
+    draw: int
+    state: Literal["drawn", "committed", "revealed", "replaced"]
+    unusable: bool | None = None
+    scores: list[int] | None = None
     tx: str | None = None
 
 
 class TaskView(BaseModel):
     id: str
-    status: Literal["pending_chain", "open", "training", "validating", "accepted", "failed", "expired"]
+    status: Status
     chain_task_id: int | None = None
     requester: str
     reward: str
-    validations_required: int
+    validations: int
     min_score: float
-    submit_deadline: int
-    validation_deadline: int
+    submit_seconds: int
+    score_seconds: int
+    submit_deadline: int | None = Field(default=None, description="unix seconds, once on chain")
+    reveal_deadline: int | None = None
+    test_deadline: int | None = None
     spec_cid: str | None = None
     dataset_cid: str
     created_at: float
     submissions: list[Submission] = []
-    votes: list[Vote] = []
+    panel: list[Seat] = []
     transactions: dict[str, str] = {}
     model_id: int | None = None
+    registration: str | None = None
     error: str | None = None
 
 

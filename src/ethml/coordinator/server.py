@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, IPFS, METRICS, PERMITS, STORE
+from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, IPFS, METRICS, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import API_KEYS, KeyCache
 from ethml.coordinator.background import Loops, forever
 from ethml.coordinator.chain import Chain
@@ -40,6 +40,8 @@ from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.store import Store
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ipfs.gateway import BLOCKSTORE
+from ethml.training.rules import RulesCache
+from ethml.training.terms import TermsDomain
 
 __all__ = ["ServeConfig", "make_app"]
 
@@ -92,6 +94,8 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CHAIN] = chain
         assert cfg.deployment.training is not None
         app[PERMITS] = PermitDomain(chain.chain_id, cfg.deployment.token, cfg.deployment.training)
+        app[TERMS] = TermsDomain(chain.chain_id, cfg.deployment.training)
+        app[RULES] = RulesCache(w3, cfg.deployment)
         yield
     finally:
         with contextlib.suppress(Exception):

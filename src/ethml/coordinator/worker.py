@@ -3,11 +3,16 @@
 It logs in over the WebSocket by signing the server's nonce with its Ethereum key, reports its load
 every few seconds (with the size of its Dask cluster, if it has one), runs each job with
 `ethml.training` (in a child process with the spec's time limit; its parallel parts on the Dask
-cluster of `WorkerConfig.compute`), sends its own transaction (submitModel / validate) with its own
-key, and reports the result.
+cluster of `WorkerConfig.compute`), sends its own transactions with its own key, and reports the
+result. A training job trains and commits to the submission; a validation job (sent only to the
+validator the draw seated) scores every submission and commits the vote. The job ends there, so a
+worker's capacity is not held through the windows; the reveal that each commitment owes is a duty
+the worker keeps in the background: it waits for the window and reveals (a trainer uploads its
+model to the coordinator at that moment, not before). The secrets a reveal needs are in the data
+dir, written before the commitment, so a restarted worker resumes its duties from there.
 After a disconnect it reconnects with backoff under the same worker id, so the jobs it is running
 stay its own, and it re-sends results the server has not acknowledged. A job it has already done on
-chain (it submitted or voted already) is not done again: the job id and the chain's state are the
+chain (it committed already) is not done again: the job id and the chain's state are the
 idempotency keys.
 """
 
@@ -21,6 +26,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,12 +34,14 @@ import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
-from ethml.chain.deploy import Deployment, training_contract
+from ethml.chain.deploy import Deployment
 from ethml.coordinator.permit import sign_login
-from ethml.errors import EthmlError
+from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
+from ethml.paths import data_home
 from ethml.training import flow
 from ethml.training.jobs import Compute
+from ethml.training.onchain import secrets_dir
 
 log = structlog.get_logger("ethml.worker")
 
@@ -51,6 +59,7 @@ class WorkerConfig:
     max_backoff: float = 10.0
     load_interval: float | None = None  # default: what the server asks for
     compute: Compute = field(default_factory=Compute)  # this machine, or a Dask cluster, and the limits
+    data_dir: Path = field(default_factory=data_home)  # the blockstore's home and the reveal secrets
 
 
 def _http_base(server: str) -> str:
@@ -91,12 +100,14 @@ class Worker:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # for embedding and tests
         self._cluster_up = True
+        self.duties: dict[int, asyncio.Task[None]] = {}  # reveals owed, by chain task id
 
     async def run(self) -> None:
         """Connect, work, reconnect with backoff; returns only when refused (raises) or cancelled."""
         backoff = 0.5
         async with aiohttp.ClientSession() as session:
             self._session = session
+            self._resume_duties()
             while True:
                 try:
                     await self._session_once(session)
@@ -215,19 +226,82 @@ class Worker:
 
     async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
         task_id = int(job["chain_task"])
-        tasks = training_contract(self.w3, self.deployment.training or "")
+        home = self.config.data_dir
         if job["kind"] == "train":
-            if await tasks.functions.hasSubmitted(task_id, self.account.address).call():
-                return {"already_submitted": True}, None
             out = await flow.train_and_submit(
-                self.w3, self.deployment, self.account, self.ipfs, task_id, compute=self.config.compute
+                self.w3, self.deployment, self.account, self.ipfs, task_id, data_dir=home, compute=self.config.compute
             )
-            await self._upload(out["model_cid"])
-            return out, out.get("tx")
-        votes = await flow.validate_task(
-            self.w3, self.deployment, self.account, self.ipfs, task_id, compute=self.config.compute
-        )
-        return votes, None
+        else:
+            try:
+                out = await flow.validate_task(
+                    self.w3,
+                    self.deployment,
+                    self.account,
+                    self.ipfs,
+                    task_id,
+                    data_dir=home,
+                    compute=self.config.compute,
+                )
+            except flow.NotDrawn as exc:
+                return {"nothing_to_do": str(exc)}, None
+            except TransactionReverted as exc:
+                if exc.error is None or exc.error.name not in flow.NOT_THIS_VOTE:
+                    raise
+                return {"nothing_to_do": exc.reason}, None
+        if not out["revealed"]:
+            self._owe_reveal(job["kind"], task_id)
+        return out, None
+
+    def _owe_reveal(self, kind: str, task_id: int) -> None:
+        """Reveal in the background once the window opens (a duty, not a job: no capacity held)."""
+        running = self.duties.get(task_id)
+        if running is not None and not running.done():
+            return
+        self.duties[task_id] = asyncio.create_task(self._reveal(kind, task_id), name=f"reveal-{task_id}")
+
+    async def _reveal(self, kind: str, task_id: int) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                if kind == "train":
+                    await flow.reveal_submission(
+                        self.w3,
+                        self.deployment,
+                        self.account,
+                        task_id,
+                        self.config.data_dir,
+                        wait=True,
+                        on_reveal=self._upload,
+                    )
+                else:
+                    await flow.reveal_scores(
+                        self.w3, self.deployment, self.account, task_id, self.config.data_dir, wait=True
+                    )
+                log.info("revealed", task=task_id, kind=kind)
+                self.events.put_nowait({"event": "revealed", "task": task_id, "kind": kind})
+                return
+            except flow.TaskError as exc:  # closed, or no secret: nothing more this worker can do
+                log.warning("reveal_given_up", task=task_id, kind=kind, error=str(exc))
+                return
+            except TransactionReverted as exc:
+                if exc.error is not None and exc.error.name in ("TooLate", "TaskClosed", "AlreadyRevealed"):
+                    log.warning("reveal_given_up", task=task_id, kind=kind, error=exc.reason)
+                    return
+                log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
+            except (EthmlError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _resume_duties(self) -> None:
+        """The reveals a previous run of this worker committed to and did not make (secrets in the data dir)."""
+        kind = "submission" if self.config.role == "trainer" else "scores"
+        suffix = f"-{self.account.address.lower()}.json"
+        folder = secrets_dir(self.config.data_dir, self.deployment)
+        for path in sorted(folder.glob(f"{kind}-*{suffix}")) if folder.is_dir() else []:
+            task = path.name.removeprefix(f"{kind}-").removesuffix(suffix)
+            if task.isdigit():
+                self._owe_reveal("train" if kind == "submission" else "validate", int(task))
 
     async def _upload(self, cid: str) -> None:
         """Give the model artifact to the coordinator, so validators anywhere fetch it by CID."""

@@ -328,7 +328,7 @@ def assess_many(
     spec: TaskSpec,
     submissions: list[tuple[bytes, str, int]],
     dataset: bytes,
-    test_set: bytes,
+    test_set: bytes | None,
     task_id: int,
     limits: TrainingLimits,
     timeout: float,

@@ -38,6 +38,10 @@ class TrainingTimeout(TrainingError, TimeoutError):
     pass
 
 
+class LimitExceeded(TrainingError):
+    """Data over this deployment's limits (rows, bytes): this machine's setting, not the data's fault."""
+
+
 class ClusterError(TrainingError):
     """A Dask cluster that cannot be used: unreachable, without workers, or running other versions."""
 
@@ -114,7 +118,7 @@ def read_csv(
     twenty features in about a second, no Python object per value); only when it refuses the data does
     a line-by-line pass find the first bad row to name it."""
     if len(raw) > limits.max_dataset_bytes:
-        raise TrainingError(
+        raise LimitExceeded(
             f"the data is {len(raw):,} bytes, over this deployment's {limits.max_dataset_bytes:,} limit"
         )
     end = raw.find(b"\n")
@@ -147,7 +151,7 @@ def read_csv(
         _first_bad_row(raw, columns)
         raise TrainingError("the CSV is not numeric in the spec's columns") from None
     if len(table) > limits.max_rows:
-        raise TrainingError(f"more than {limits.max_rows:,} rows, this deployment's limit")
+        raise LimitExceeded(f"more than {limits.max_rows:,} rows, this deployment's limit")
     if len(table) < 10:
         raise TrainingError(f"{len(table)} rows are too few to train and score")
     if not np.isfinite(table).all():
@@ -250,28 +254,48 @@ def load_submission(spec: TaskSpec, artifact: bytes, sha256: str, task_id: int) 
 @dataclass(frozen=True)
 class ScoringData:
     """What every submission of a task is scored on: the dataset's holdout and the revealed test set,
-    parsed and checked once."""
+    parsed and checked once. Without a usable test set (never revealed, or unusable) the test arrays
+    are None and submissions are checked on the holdout alone."""
 
     x_hold: np.ndarray[Any, Any]
     y_hold: np.ndarray[Any, Any]
-    x_test: np.ndarray[Any, Any]
-    y_test: np.ndarray[Any, Any]
+    x_test: np.ndarray[Any, Any] | None
+    y_test: np.ndarray[Any, Any] | None
 
 
 def scoring_data(
-    spec: TaskSpec, dataset: bytes, test_set: bytes, task_id: int, limits: TrainingLimits = DEFAULT_LIMITS
+    spec: TaskSpec, dataset: bytes, test_set: bytes | None, task_id: int, limits: TrainingLimits = DEFAULT_LIMITS
 ) -> ScoringData:
     x, y = read_csv(dataset, spec, limits)
     _x_fit, x_hold, _y_fit, y_hold = _holdout(spec, x, y, task_id)
+    if test_set is None:
+        return ScoringData(x_hold, y_hold, None, None)
     x_test, y_test = read_csv(test_set, spec, limits)
     return ScoringData(x_hold, y_hold, x_test, y_test)
 
 
+def test_set_problem(spec: TaskSpec, test_set: bytes, limits: TrainingLimits = DEFAULT_LIMITS) -> str | None:
+    """Why a revealed test set cannot be used to score this spec's models (not a CSV, a column missing,
+    not numeric, too few rows), or None when it can: what a validator reports as unusable. A test set
+    over this deployment's limits raises LimitExceeded instead: another validator may take it."""
+    try:
+        read_csv(test_set, spec, limits)
+    except LimitExceeded:
+        raise
+    except TrainingError as exc:
+        return str(exc)
+    return None
+
+
 def score(spec: TaskSpec, model: Any, claimed: int, data: ScoringData) -> Assessment:
-    """A loaded submission's assessment against data parsed once (here or on a cluster's worker)."""
+    """A loaded submission's assessment against data parsed once (here or on a cluster's worker); with
+    no test set, its test score is its holdout score."""
     with one_native_thread():
         holdout = metric(spec, data.y_hold, model.predict(data.x_hold))
-        test = metric(spec, data.y_test, model.predict(data.x_test))
+        if data.x_test is None or data.y_test is None:
+            test = holdout
+        else:
+            test = metric(spec, data.y_test, model.predict(data.x_test))
     return Assessment(test, holdout, holdout == claimed)
 
 
@@ -281,12 +305,13 @@ def assess(
     sha256: str,
     claimed: int,
     dataset: bytes,
-    test_set: bytes,
+    test_set: bytes | None,
     task_id: int,
     limits: TrainingLimits = DEFAULT_LIMITS,
 ) -> Assessment:
     """Load the artifact only through skops' allow-list, check it is the promised estimator with the
-    spec's features, score it on the revealed test set and re-compute the trainer's claim."""
+    spec's features, score it on the revealed test set (None: the holdout alone) and re-compute the
+    trainer's claim."""
     model = load_submission(spec, artifact, sha256, task_id)  # a bad artifact fails before the data is parsed
     return score(spec, model, claimed, scoring_data(spec, dataset, test_set, task_id, limits))
 
@@ -295,12 +320,13 @@ async def score_submissions(
     spec: TaskSpec,
     submissions: list[tuple[bytes, str, int]],
     dataset: bytes,
-    test_set: bytes,
+    test_set: bytes | None,
     task_id: int,
     compute: Compute | None = None,
 ) -> list[Assessment | str]:
     """Assess `(artifact, sha256, claimed)` submissions: an Assessment each, or the reason it cannot be
-    scored (a validator votes 0 for it). Locally one after another, each in its own child process with
+    scored (a validator votes 0 for it). Without a test set (`None`: never revealed, or unusable) they
+    are checked on the dataset's holdout alone. Locally one after another, each in its own child process with
     the spec's time limit; on a cluster all at once (ethml.training.cluster.assess_many), within the
     time the local path would allow for all of them. A cluster that fails as a whole raises
     ClusterError: no submission is to blame, so none should get a 0."""

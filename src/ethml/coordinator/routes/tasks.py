@@ -1,4 +1,5 @@
-"""Tasks: posted with a permit (the relayer creates them on chain), imported from the chain, read."""
+"""Tasks: posted on terms their requester signed (the relayer creates them on chain, unchanged),
+imported from the chain, read."""
 
 from __future__ import annotations
 
@@ -9,24 +10,25 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from web3.exceptions import ContractCustomError, ContractLogicError
 
-from ethml.coordinator.appkeys import CHAIN, PERMITS, STORE
+from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
 from ethml.coordinator.follower import replay_task, task_opened
 from ethml.coordinator.permit import recover
 from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
+from ethml.training.flow import spec_cid
+from ethml.training.onchain import TaskError, read_struct
 
 routes = web.RouteTableDef()
 
 _TASK_ID, _CURSOR, _LIMIT = re.compile(TASK_ID), re.compile(CURSOR), re.compile(LIMIT)
 
 PUBLIC_FIELDS = (
-    "id", "status", "chain_task_id", "requester", "reward", "validations_required", "min_score",
-    "submit_deadline", "validation_deadline", "spec_cid", "dataset_cid", "created_at", "submissions",
-    "votes", "transactions", "model_id", "error",
+    "id", "status", "chain_task_id", "requester", "reward", "validations", "min_score", "submit_seconds",
+    "score_seconds", "submit_deadline", "reveal_deadline", "test_deadline", "spec_cid", "dataset_cid",
+    "created_at", "submissions", "panel", "transactions", "model_id", "registration", "error",
 )  # fmt: skip
 
 
@@ -44,27 +46,54 @@ def _task_doc(who: dict[str, str], fields: dict[str, Any]) -> dict[str, Any]:
         "created_at": time.time(),
         "created_by": who["name"],
         "submissions": [],
-        "votes": [],
+        "panel": [],
         "transactions": {},
         "model_id": None,
         "error": None,
     }
 
 
+def _signer(signature: str, digest: bytes) -> str | None:
+    """The lowercase address that signed `digest` with a 65-byte (r, s, v) signature (v 27/28 or 0/1)."""
+    raw = bytes.fromhex(signature[2:])
+    v = raw[64] + 27 if raw[64] < 27 else raw[64]
+    return recover(digest, v, raw[:32], raw[32:64], checksum=False)
+
+
 @routes.post("/api/tasks")
 async def post_task(request: web.Request) -> web.Response:
-    """Validate, check the permit's signature, store and queue: one Redis round trip for an accepted
-    task (the rate limit and the store are one script); a rejected one still takes a token."""
+    """Validate; check the spec's CID, the requester's signature of the terms and the permit's; store
+    and queue: one Redis round trip for an accepted task (the rate limit and the store are one script);
+    a rejected one still takes a token."""
     who = await required(request, "requester", "admin")
     try:
         body: TaskCreate = await read_json(request, TaskCreate)
-        p = body.permit
-        digest = request.app[PERMITS].digest(p.owner, p.value, p.nonce, p.deadline)
-        signer = recover(digest, p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]), checksum=False)
-        if signer != p.owner.lower():
+        if spec_cid(body.spec) != body.spec_cid:
+            raise ApiError(422, "spec_cid is not the CID of the spec's canonical JSON", "spec_cid")
+        terms = body.terms()
+        rules = await request.app[RULES].get()
+        problems = rules.problems(terms)
+        if problems:
+            field = "parameters_version" if terms.parameters_version != rules.version else None
+            raise ApiError(422, "; ".join(problems), field)
+        digest = request.app[TERMS].digest(terms, body.requester, body.nonce, body.expiry)
+        if _signer(body.signature, digest) != body.requester.lower():
             raise ApiError(
-                422, "the permit signature does not recover permit.owner for this chain, token and spender", "permit"
+                422,
+                "the signature does not recover the requester for these terms, nonce and expiry on this chain and "
+                "TrainingTasks",
+                "signature",
             )
+        p = body.permit
+        if p is not None:
+            permit_digest = request.app[PERMITS].digest(p.owner, p.value, p.nonce, p.deadline)
+            signer = recover(permit_digest, p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]), checksum=False)
+            if signer != p.owner.lower():
+                raise ApiError(
+                    422,
+                    "the permit signature does not recover permit.owner for this chain, token and spender",
+                    "permit",
+                )
     except ApiError:
         await rate_limit(request, who["key"])
         raise
@@ -75,24 +104,25 @@ async def post_task(request: web.Request) -> web.Response:
             "id": task_id,
             "status": "pending_chain",
             "chain_task_id": None,
-            "requester": p.owner,
+            "requester": body.requester,
             "reward": str(body.reward),
-            "validations_required": body.validations_required,
+            "validations": body.validations,
             "min_score": body.min_score,
-            "submit_deadline": body.submit_deadline,
-            "validation_deadline": body.validation_deadline,
-            "spec_cid": None,  # the relayer stores the spec and names it by CID on chain
+            "submit_seconds": body.submit_seconds,
+            "score_seconds": body.score_seconds,
+            "spec_cid": body.spec_cid,
             "spec": body.spec.model_dump(mode="json"),
             "dataset_cid": body.dataset_cid,
             "test_set_commitment": body.test_set_commitment,
             "test_set": {"cid": body.test_set.cid, "salt": body.test_set.salt} if body.test_set else None,
             "trainers": body.trainers,
-            "shape": {
-                "kind": 0 if body.spec.kind == "classification" else 1,
-                "decimals": body.spec.decimals,
-                "features": len(body.spec.features),
-            },
-            "permit": {
+            "nonce": body.nonce,
+            "parameters_version": body.parameters_version,
+            "expiry": body.expiry,
+            "signature": body.signature,
+            "permit": None
+            if p is None
+            else {
                 "owner": p.owner,
                 "value": str(p.value),
                 "nonce": p.nonce,
@@ -122,11 +152,9 @@ async def import_task(request: web.Request) -> web.Response:
     body: TaskImport = await read_json(request, TaskImport)
     chain, store = request.app[CHAIN], request.app[STORE]
     try:
-        t = await chain.tasks.functions.getTask(body.chain_task_id).call()
-    except (ContractCustomError, ContractLogicError):  # UnknownTask
-        t = None
-    if t is None or int(t[7]) == 0:
-        raise ApiError(404, f"TrainingTasks has no task {body.chain_task_id}", "chain_task_id")
+        t = await read_struct(chain.tasks, "getTask", body.chain_task_id)
+    except TaskError:  # UnknownTask
+        raise ApiError(404, f"TrainingTasks has no task {body.chain_task_id}", "chain_task_id") from None
     known = await store.task_by_chain_id(body.chain_task_id)
     if known is not None:
         raise ApiError(409, f"task {body.chain_task_id} is already tracked as {known['id']}", "chain_task_id")
@@ -136,14 +164,17 @@ async def import_task(request: web.Request) -> web.Response:
             "id": f"chain-{body.chain_task_id}",
             "status": "open",
             "chain_task_id": body.chain_task_id,
-            "requester": t[0],
-            "reward": str(int(t[1])),
-            "validations_required": int(t[5]),
-            "min_score": int(t[4]) / SCORE_SCALE,
-            "submit_deadline": int(t[2]),
-            "validation_deadline": int(t[3]),
-            "spec_cid": t[14],
-            "dataset_cid": t[13],
+            "requester": t["requester"],
+            "reward": str(int(t["reward"])),
+            "validations": int(t["validations"]),
+            "min_score": int(t["minScore"]) / SCORE_SCALE,
+            "submit_seconds": None,
+            "score_seconds": int(t["scorePeriod"]),
+            "submit_deadline": int(t["submitDeadline"]),
+            "reveal_deadline": int(t["revealDeadline"]),
+            "test_deadline": int(t["testDeadline"]),
+            "spec_cid": t["specCid"],
+            "dataset_cid": t["datasetCid"],
             "trainers": body.trainers,
         },
     )
