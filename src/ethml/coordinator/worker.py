@@ -229,7 +229,14 @@ class Worker:
         home = self.config.data_dir
         if job["kind"] == "train":
             out = await flow.train_and_submit(
-                self.w3, self.deployment, self.account, self.ipfs, task_id, data_dir=home, compute=self.config.compute
+                self.w3,
+                self.deployment,
+                self.account,
+                self.ipfs,
+                task_id,
+                data_dir=home,
+                compute=self.config.compute,
+                progress=lambda message: log.info("job_progress", job=job["job"], message=message),
             )
         else:
             try:
@@ -241,6 +248,8 @@ class Worker:
                     task_id,
                     data_dir=home,
                     compute=self.config.compute,
+                    # One log line per artifact: its vote and why (the re-fit rule, claimSlack, checks).
+                    progress=lambda message: log.info("job_progress", job=job["job"], message=message),
                 )
             except flow.NotDrawn as exc:
                 return {"nothing_to_do": str(exc)}, None

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
@@ -63,7 +62,6 @@ from ethml.training.trainer import ARTIFACT_LIMIT, spec_and_dataset
 NOT_THIS_VOTE = ("NotOnPanel", "AlreadyCommitted", "AlreadyRevealed")
 
 Progress = Callable[[str], None]
-log = structlog.get_logger("ethml.validator")
 
 
 def score_commitment(task_id: int, validator: str, unusable: bool, scores: list[int], salt: bytes) -> bytes:
@@ -299,7 +297,9 @@ async def _score(
             )
         else:
             scores[i], reasons[i] = assessment.test_score, ""
-        log.info("artifact_judged", task=task.id, submission=i, sha256=sha, score=scores[i], reason=reasons[i] or None)
+        if progress is not None:  # one line per artifact: its vote and why
+            verdict = f"{scores[i] / 1e6:.6f}" + (f" because {reasons[i]}" if reasons[i] else "")
+            progress(f"task {task.id}, submission {i} (sha256 {sha[:16]}…): votes {verdict}")
     return holdout, scores, reasons, problem
 
 
@@ -342,14 +342,8 @@ async def _refit_mismatches(
         raise TaskError(f"cannot compare task {task.id}'s artifacts with the spec's re-fit: {exc}") from None
     for (i, _artifact, sha, _c), mismatch in zip(fetched, found, strict=True):
         same = "the re-fit's bytes" if sha == reference.sha256 else "the re-fit's predictions"
-        log.info(
-            "artifact_refit_check",
-            task=task.id,
-            submission=i,
-            sha256=sha,
-            matches=mismatch is None,
-            detail=mismatch or same,
-        )
+        if progress is not None:
+            progress(f"task {task.id}, submission {i}: " + (f"gives {same}" if mismatch is None else mismatch))
     return found
 
 
