@@ -60,8 +60,7 @@ async def main() -> None:
                 if isinstance(event, Finalized):
                     break
             print("stats:", node.stats)
-            for other in nodes:
-                await other.stop()
+            await asyncio.gather(*(other.stop() for other in nodes))
         answer = await consumer.functions.answers(1).call()
         print(f"the consumer contract received prediction {answer[1]} (true label {iris.data_points[0].label:g})")
 

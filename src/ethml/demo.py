@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
@@ -165,8 +166,7 @@ async def run_demo(
                     break
         await stream.aclose()
         stats = [n.stats for n in miners]
-        for node in miners:
-            await node.stop()
+        await asyncio.gather(*(node.stop() for node in miners))
     # The round, the closing transaction's gas and the agreeing miners from the chain's own record.
     for log in await ethml.events.PredictionFinalized().get_logs(from_block=deployment.block):
         closed = rows.get(int(log["args"]["requestId"]))

@@ -1,5 +1,6 @@
-"""Every command, tried with the bad input a new user tries first, through the real `python -m ethml`:
-one line on stderr that says what is wrong, a non-zero exit, no traceback, and nothing sent on chain.
+"""Every command, tried with the bad input a new user tries first, through `python -m ethml` (forked from a
+Python that has imported ethml's libraries already, tests/cli/_zygote.py): one line on stderr that says
+what is wrong, a non-zero exit, no traceback, and nothing sent on chain.
 
 The transactions that would revert (a deadline passed, an account not staked, a vote cast already, a
 model or task that does not exist) are refused by the pre-flight against the pending block, and the
@@ -10,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from web3 import Web3
 
 from ethml.chain import EML, Deployment, dev_account
 from ethml.devnet import start_devnet
+from tests.cli._zygote import Zygote
 from tests.conftest import ROOT, find_anvil, free_port, missing_service
 
 CID_NOWHERE = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
@@ -38,6 +38,8 @@ class Devnet:
     files: Path
     ethml: str
     anvil_pid: int
+    #: `python -m ethml` with this devnet's environment, forked from a Python that imported ethml already.
+    cli: Zygote
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +51,19 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     port = free_port()
     net = asyncio.run(start_devnet(port=port, data_dir=data_dir))
     _write_files(files, net.deployment.chain_id)
+    env = {
+        **os.environ,
+        "ETHML_RPC": net.url,
+        "ETHML_DATA_DIR": str(data_dir),
+        "XDG_CONFIG_HOME": str(files / "no-config"),
+        "NO_COLOR": "1",
+    }
+    env.pop("ETHML_DEBUG", None)
+    cli = Zygote(env, ROOT, tmp_path_factory.mktemp("outputs"))
     try:
-        yield Devnet(net.url, port, data_dir, files, net.deployment.ethml, net.process.pid)
+        yield Devnet(net.url, port, data_dir, files, net.deployment.ethml, net.process.pid, cli)
     finally:
+        cli.close()
         net.stop()
 
 
@@ -494,24 +506,8 @@ def test_bad_input_is_one_line_and_costs_nothing(
         values["closed"], values["open"] = str(made.closed), str(made.open)
     argv = [a.format(**values) for a in args]
     says = says.format(**values)
-    env = {
-        **os.environ,
-        "ETHML_RPC": devnet.url,
-        "ETHML_DATA_DIR": str(devnet.data_dir),
-        "XDG_CONFIG_HOME": str(devnet.files / "no-config"),
-        "NO_COLOR": "1",
-    }
-    env.pop("ETHML_DEBUG", None)
     before, nonces = _request_count(devnet), _nonces(devnet)
-    done = subprocess.run(
-        [sys.executable, "-m", "ethml", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-    )
+    done = devnet.cli.run(argv, timeout=120)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0, (case, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr + done.stdout, done.stderr
@@ -528,12 +524,8 @@ def test_the_devnet_checks_who_answers_on_its_port(devnet: Devnet) -> None:
 
 
 def test_inspection_commands(devnet: Devnet) -> None:
-    env = {**os.environ, "ETHML_RPC": devnet.url, "ETHML_DATA_DIR": str(devnet.data_dir), "NO_COLOR": "1"}
-
     def ethml(*argv: str) -> object:
-        done = subprocess.run(
-            [sys.executable, "-m", "ethml", *argv], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
-        )
+        done = devnet.cli.run(list(argv))
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

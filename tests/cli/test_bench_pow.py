@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ runner = CliRunner()
 def private_tune_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ETHML_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("ETHML_POW_PATH", raising=False)
+    # Short timing rounds for the autotune (every path still measured): these tests check what is shown
+    # and cached, not how steady the figures are.
+    monkeypatch.setattr(tune_mod, "measure_paths", partial(tune_mod.measure_paths, round_seconds=0.005, rounds=2))
     tune_mod._memo.clear()
 
 

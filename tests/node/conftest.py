@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from web3 import AsyncWeb3
 from web3.logs import DISCARD
+from web3.providers.eth_tester import AsyncEthereumTesterProvider
 
 from ethml.chain import (
     Deployment,
@@ -78,8 +79,7 @@ class System:
         try:
             yield nodes
         finally:
-            for n in nodes:
-                await n.stop()
+            await stop_all(nodes)
 
     def add_point(self, model: str, index: int) -> tuple[str, bytes]:
         entry = self.manifest.by_name(model)
@@ -106,6 +106,12 @@ class System:
             return store.get(model).predict_one(raw)
         finally:
             store.close()
+
+
+async def stop_all(nodes: list[Node]) -> None:
+    """Stop nodes together, as an application running several would: each stop drains its node for up to
+    a second, so one after the other costs a second per node."""
+    await asyncio.gather(*(n.stop() for n in nodes))
 
 
 async def round_of(system: System, request_id: int) -> int:
@@ -141,6 +147,40 @@ async def make_system(tmp_path: Path, difficulty: int = DIFFICULTY, **parameters
     return System(w3, deployment, manifest, tmp_path, IpfsClient(Blockstore(tmp_path / "blocks")))
 
 
+@dataclass
+class DeployedChain:
+    """An embedded chain with the system deployed, and the snapshot each test starts from."""
+
+    tester: Any  # eth_tester.EthereumTester
+    snapshot: int
+    deployment: Deployment
+    manifest: Manifest
+
+
+@pytest.fixture(scope="module")
+def deployed_chain() -> DeployedChain:
+    """One deployment per test module: deploying on py-evm takes a second or two of CPU, and a test that
+    gets the chain reverted to the snapshot taken right after it cannot tell it from a fresh one (same
+    blocks, balances, nonces, request and round ids)."""
+
+    async def deploy(tmp: Path) -> System:
+        return await make_system(tmp)
+
+    made = asyncio.run(deploy(Path("unused")))
+    tester = made.w3.provider.ethereum_tester  # type: ignore[attr-defined]
+    return DeployedChain(tester, tester.take_snapshot(), made.deployment, made.manifest)
+
+
 @pytest.fixture
-async def system(tmp_path: Path) -> System:
-    return await make_system(tmp_path)
+async def system(deployed_chain: DeployedChain, tmp_path: Path) -> System:
+    """The deployed system at its snapshot, with a data dir of its own."""
+    deployed_chain.tester.revert_to_snapshot(deployed_chain.snapshot)
+    provider = AsyncEthereumTesterProvider()
+    provider.ethereum_tester = deployed_chain.tester  # a client of its own (bound to this test's event loop)
+    return System(
+        AsyncWeb3(provider),
+        deployed_chain.deployment,
+        deployed_chain.manifest,
+        tmp_path,
+        IpfsClient(Blockstore(tmp_path / "blocks")),
+    )

@@ -19,7 +19,7 @@ from ethml.ml import Manifest, ModelStore
 from ethml.node import Node, NodeConfig, NodeWarning
 from ethml.requester import consumer_deposit
 from tests.conftest import find_anvil, free_port, missing_service
-from tests.node.conftest import wait_until
+from tests.node.conftest import stop_all, wait_until
 
 DIFFICULTY = 1 << 12
 
@@ -147,8 +147,7 @@ async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path)
         for rid in (2, 3):
             await wait_until(lambda rid=rid: _answered(consumer, rid), timeout=60, what=f"answer {rid}")
     finally:
-        for n in nodes:
-            await n.stop()
+        await stop_all(nodes)
         await w3.provider.disconnect()
         stop_anvil(proc)
     w3 = AsyncWeb3(AsyncHTTPProvider(url))
@@ -208,8 +207,7 @@ async def test_a_round_open_across_a_devnet_restart_closes(tmp_path: Path) -> No
         for node in late:
             assert node.stats.accepted == 1 and any("grinding again" in w for w in node.stats.warnings)
     finally:
-        for node in early + late:
-            await node.stop()
+        await stop_all(early + late)
         await w3.provider.disconnect()
         net.stop()
 

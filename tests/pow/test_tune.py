@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,11 @@ NATIVE_PATHS = [p for p in available_paths() if p != "python"]
 
 
 @pytest.fixture(autouse=True)
-def fresh_memo() -> Iterator[None]:
+def fresh_memo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No choice remembered from another test; and in this process, short timing rounds: these tests are
+    about what is measured when and what is cached (a measurement here is still one of every path, the
+    best of its rounds), not about how steady the figures are, which `ethml bench-pow --tune` shows."""
+    monkeypatch.setattr(tune_mod, "measure_paths", partial(tune_mod.measure_paths, round_seconds=0.005, rounds=2))
     tune_mod._memo.clear()
     yield
     tune_mod._memo.clear()
