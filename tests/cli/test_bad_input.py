@@ -28,6 +28,8 @@ from tests.conftest import ROOT, find_anvil, free_port, missing_service
 CID_NOWHERE = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
 #: A key that holds nothing on any chain (its address is derived from it, fixed, so the message can be checked).
 UNFUNDED = Account.from_key("0x" + "5e" * 32)
+#: An RPC URL nothing answers at (port 1 on this machine: connection refused).
+OFFLINE = ["--rpc-url", "http://127.0.0.1:1"]
 
 
 @dataclass
@@ -250,6 +252,42 @@ CASES: list[tuple[str, list[str], str]] = [
         "the deployment is for chain 1",
     ),
     ("mine-private-key-malformed", ["mine", "--private-key", "0x1234"], "is not a 32-byte hex private key"),
+    # `mine` waits for an RPC that is down (retrying); what is wrong locally is said first, at once.
+    (
+        "mine-private-key-malformed-rpc-unreachable",
+        ["mine", "--private-key", "0x1234", *OFFLINE],
+        "is not a 32-byte hex private key",
+    ),
+    (
+        "mine-not-a-keystore-rpc-unreachable",
+        ["mine", "--keystore", "{files}/not-a-keystore.json", "--password-file", "{files}/password", *OFFLINE],
+        "not an Ethereum JSON keystore",
+    ),
+    (
+        "mine-empty-mnemonic-file-rpc-unreachable",
+        ["mine", "--account", "0", "--mnemonic-file", "{files}/empty-mnemonic", *OFFLINE],
+        "is empty",
+    ),
+    (
+        "mine-key-and-account-rpc-unreachable",
+        ["mine", "--account", "0", "--private-key", "0x" + "11" * 32, *OFFLINE],
+        "each choose the signing key",
+    ),
+    (
+        "mine-missing-deployment-rpc-unreachable",
+        ["mine", "--account", "0", "--deployment", "{files}/missing.json", *OFFLINE],
+        "does not exist",
+    ),
+    (
+        "mine-missing-models-dir-rpc-unreachable",
+        ["mine", "--account", "0", "--models-dir", "{files}/no-models", *OFFLINE],
+        "no model manifest",
+    ),
+    (
+        "mine-gateway-malformed-rpc-unreachable",
+        ["mine", "--account", "0", "--gateway", "ipfs.io", *OFFLINE],
+        "is not an http:// or https:// URL",
+    ),
     (
         "mine-private-key-and-account",
         ["mine", "--account", "0", "--private-key", "0x" + "11" * 32],

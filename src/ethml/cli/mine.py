@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import urlparse
 
 import typer
 
 from ethml.cli._common import check_rpc_url, handle_errors, is_tty
-from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, load_account, pick
+from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, ConfigError, load_account, pick
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -105,7 +110,8 @@ def mine(
     from ethml._logging import configure_logging
     from ethml.chain.deploy import Deployment
     from ethml.cli._config_file import load_config
-    from ethml.node.miner import MinerSettings, run_miner
+    from ethml.ml import Manifest
+    from ethml.node.miner import DEV_CHAIN_IDS, MinerSettings, run_miner
 
     cfg = load_config(config)
     fmt = pick(log_format, cfg, "log_format")
@@ -124,23 +130,50 @@ def mine(
         poll_interval=_float(pick(poll_interval, cfg, "poll_interval")),
     )
     index = pick(account, cfg, "account")
+    key_file = _path(pick(mnemonic_file, cfg, "mnemonic_file"))
+    key = pick(private_key, cfg, "private_key")
+    store = _path(pick(keystore, cfg, "keystore"))
 
-    def resolve_account(chain_id: int):  # type: ignore[no-untyped-def]
+    def resolve_account(chain_id: int) -> tuple[LocalAccount, str]:
         return load_account(
             index=index,
-            mnemonic_file=_path(pick(mnemonic_file, cfg, "mnemonic_file")),
-            keystore=_path(pick(keystore, cfg, "keystore")),
+            mnemonic_file=key_file,
+            keystore=store,
             password_file=_path(pick(password_file, cfg, "password_file")),
             chain_id=chain_id,
-            private_key=pick(private_key, cfg, "private_key"),
+            private_key=key,
         )
 
+    # Everything local is checked before the RPC is reached (which `mine` waits for, retrying, when it
+    # is down): a malformed key, a keystore or mnemonic file that cannot be used, a missing deployment
+    # file or model manifest, a gateway that is not a URL. Only the public development mnemonic, the
+    # default of --account on a devnet, waits for the chain id that allows it.
+    devnet_default = key is None and store is None and index is not None and key_file is None
+    early: tuple[LocalAccount, str] | None = None
+    if devnet_default and not os.environ.get("ETHML_MNEMONIC"):
+        resolve_account(min(DEV_CHAIN_IDS))  # checks the index against the development mnemonic
+    else:
+        early = resolve_account(0)  # no chain needed (and a keystore is decrypted once)
+    for url in settings.gateways:
+        _check_gateway(url)
+    chosen = Deployment.load(settings.deployment_file) if settings.deployment_file is not None else None
+    Manifest.load(settings.models_dir)
+
     def find_deployment(chain_id: int) -> Deployment:
-        if settings.deployment_file is not None:
-            return Deployment.load(settings.deployment_file)
+        if chosen is not None:
+            return chosen
         return Deployment.find(chain_id, settings.data_dir)
 
-    raise typer.Exit(asyncio.run(run_miner(settings, resolve_account, find_deployment)))
+    def account_for(chain_id: int) -> tuple[LocalAccount, str]:
+        return early if early is not None else resolve_account(chain_id)
+
+    raise typer.Exit(asyncio.run(run_miner(settings, account_for, find_deployment)))
+
+
+def _check_gateway(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"--gateway {url!r} is not an http:// or https:// URL (for example https://ipfs.io)")
 
 
 def _float(value: object) -> float | None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from eth_account.signers.local import LocalAccount
@@ -18,6 +19,8 @@ from ethml.ml import ModelStore
 from ethml.node.events import NodeEvent, NodeStats, NodeWarning
 from ethml.node.jobs import JobBoard
 from ethml.node.journal import Journal
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +37,9 @@ class NodeConfig:
     fetch_retry_seconds: float = 20.0
     max_backoff: float = 30.0
     queue_size: int = 8
+    #: Seconds `Node.stop()` lets work in flight finish (a transaction being sent, a search ending)
+    #: before it cancels what is left; idle actors return at once.
+    stop_grace: float = 1.0
     #: Claim the balance held by the oracle (rewards, bonds back) once it reaches this many wei of EML,
     #: keeping `bonds_kept` bonds there for the next commitments; None: never claim.
     claim_threshold: int | None = 10 * 10**18
@@ -74,6 +80,31 @@ class NodeContext:
             if q.full():  # a slow reader loses the oldest event, never blocks the node
                 q.get_nowait()
             q.put_nowait(event)
+
+    async def next(self, queue: asyncio.Queue[T]) -> T | None:
+        """The next item of an actor's input queue; None once the node is stopping and nothing is left in
+        it, so an idle actor returns at once instead of holding `Node.stop()` to its grace period. What
+        was queued before the stop is still handed out (an actor skips a job the stop cancelled)."""
+        while True:
+            if not queue.empty():
+                return queue.get_nowait()
+            if self.stopping.is_set():
+                return None
+            getter = asyncio.ensure_future(queue.get())
+            stopper = asyncio.ensure_future(self.stopping.wait())
+            try:
+                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                if getter.done() and not getter.cancelled():
+                    with contextlib.suppress(asyncio.QueueFull):
+                        queue.put_nowait(getter.result())  # taken as this actor was cancelled: not lost
+                getter.cancel()
+                raise
+            finally:
+                stopper.cancel()
+            if getter.done():
+                return getter.result()
+            getter.cancel()  # a waiting get() that is cancelled leaves any item in the queue
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless the node is stopping; True when it is."""

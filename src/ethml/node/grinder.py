@@ -62,7 +62,9 @@ class PowGrinder:
 
     async def run(self) -> None:
         while True:
-            job = await self.inq.get()
+            job = await self.ctx.next(self.inq)
+            if job is None:
+                return
             if job.is_cancelled:
                 continue
             if await self.grind(job):

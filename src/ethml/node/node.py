@@ -156,7 +156,7 @@ class Node:
         ctx.stopping.set()
         ctx.board.cancel_all("node stopping")
         try:
-            await asyncio.wait_for(asyncio.shield(self._runner), timeout=1.0)
+            await asyncio.wait_for(asyncio.shield(self._runner), timeout=self.config.stop_grace)
         except TimeoutError:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

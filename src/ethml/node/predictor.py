@@ -28,7 +28,9 @@ class Predictor:
     async def run(self) -> None:
         await self.preload()
         while True:
-            job = await self.inq.get()
+            job = await self.ctx.next(self.inq)
+            if job is None:
+                return
             if job.is_cancelled:
                 continue
             await self.predict(job)

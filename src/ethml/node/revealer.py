@@ -36,7 +36,10 @@ class Revealer:
 
     async def run(self) -> None:
         while True:
-            round_id, deadline = await self.inq.get()
+            item = await self.ctx.next(self.inq)
+            if item is None:
+                return
+            round_id, deadline = item
             if round_id in self.ctx.closed_rounds:
                 continue
             await self.reveal(round_id, deadline)

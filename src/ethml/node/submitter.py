@@ -35,7 +35,9 @@ class TxSubmitter:
     async def run(self) -> None:
         await self.sender.recover()
         while True:
-            job = await self.inq.get()
+            job = await self.ctx.next(self.inq)
+            if job is None:
+                return
             if job.is_cancelled:
                 continue
             await self.submit(job)
