@@ -328,6 +328,12 @@ def main() -> None:
         help="requests/s an ethml round may reach: each round gets seconds x this many distinct bodies",
     )
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run ethml serve under cProfile and write its profile here (for `python -m pstats`); "
+        "profiling slows the server, so such a run's figures are not the benchmark's",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: the load generator is wrk (apt-get install wrk)")
@@ -390,6 +396,7 @@ def main() -> None:
                     [
                         *pinned(0),
                         sys.executable,
+                        *(["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []),
                         "-m",
                         "ethml",
                         "serve",
