@@ -7,6 +7,7 @@ import random
 
 from ethml.errors import IpfsError
 from ethml.ipfs.cid import block_cid, check_cid_text, parse_cid
+from ethml.ipfs.unixfs import CHUNK_SIZE, build_file, file_cid_v1
 
 
 def _generic(text: str) -> str | None:
@@ -46,3 +47,12 @@ def test_fast_check_agrees_with_the_generic_decoder_on_mutations() -> None:
         assert _fast(mutated) == _generic(mutated), mutated
     for other in ("", "Qm", "b", "bafkrei", "zdj7W", "f01551220" + "00" * 32, "QmQmQm"):
         assert _fast(other) == _generic(other), other
+
+
+def test_file_cid_v1_is_the_cid_build_file_gives() -> None:
+    rng = random.Random(7)
+    for size in (0, 1, 31, 32, 33, 269, 65_536, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE):
+        data = rng.randbytes(size)
+        assert file_cid_v1(data) == str(build_file(data, 1)[0])
+    # Kubo (`ipfs add --cid-version 1`) for "hello world\n".
+    assert file_cid_v1(b"hello world\n") == "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"

@@ -26,7 +26,7 @@ from ethml.chain.reverts import amount, local_time
 from ethml.chain.tx import preflight, send
 from ethml.errors import TransactionReverted
 from ethml.ipfs import IpfsClient
-from ethml.ipfs.unixfs import build_file
+from ethml.ipfs.unixfs import file_cid_v1
 from ethml.pow import keccak256
 from ethml.training import clock
 from ethml.training.onchain import (
@@ -117,7 +117,7 @@ def commit_test_set(test_cid: str, salt: bytes) -> bytes:
 
 def spec_cid(spec: TaskSpec) -> str:
     """The CID (v1, raw leaves) of the spec's canonical JSON: what a task names on chain and signs."""
-    return str(build_file(spec.to_json(), 1)[0])
+    return file_cid_v1(spec.to_json())
 
 
 # ------------------------------------------------------------------ stakes

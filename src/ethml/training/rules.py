@@ -8,6 +8,7 @@ check, so each says the same thing the same way.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,16 +91,29 @@ async def read_rules(w3: AsyncWeb3[Any], deployment: Deployment) -> MarketRules:
 
 class RulesCache:
     """The market's rules for a server that checks terms per request: read at most every `ttl`
-    seconds, so a parameters change is seen within that time and requests cost no chain call."""
+    seconds, so a parameters change is seen within that time and requests cost no chain call. The
+    requests that find the cache stale together share one read (the chain call and the contract
+    object cost milliseconds; a read per waiting request was a third of the server's time under load);
+    a failed read fails those requests and the next one reads again."""
 
     def __init__(self, w3: AsyncWeb3[Any], deployment: Deployment, ttl: float = 10.0) -> None:
         self.w3, self.deployment, self.ttl = w3, deployment, ttl
         self._value: MarketRules | None = None
         self._read_at = 0.0
+        self._reading: asyncio.Future[MarketRules] | None = None
 
     async def get(self) -> MarketRules:
-        now = time.monotonic()
-        if self._value is None or now - self._read_at > self.ttl:
-            self._value = await read_rules(self.w3, self.deployment)
-            self._read_at = now
-        return self._value
+        if self._value is not None and time.monotonic() - self._read_at <= self.ttl:
+            return self._value
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read())
+        # shield: a waiter that is cancelled (its client hung up) does not cancel the others' read.
+        return await asyncio.shield(self._reading)
+
+    async def _read(self) -> MarketRules:
+        try:
+            value = await read_rules(self.w3, self.deployment)
+            self._value, self._read_at = value, time.monotonic()
+            return value
+        finally:
+            self._reading = None

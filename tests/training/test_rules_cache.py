@@ -1,0 +1,57 @@
+"""The coordinator's cache of the market's rules: requests that find it stale together share one read
+of TrainingTasks (on a real chain), and a failed read fails them and is retried by the next."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from ethml.chain import Parameters, deploy_system, dev_account
+from ethml.training import rules
+from ethml.training.rules import RulesCache
+
+
+def test_concurrent_requests_share_one_read(anvil_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = 0
+    real = rules.read_rules
+
+    async def counted(w3: AsyncWeb3[Any], deployment: Any) -> rules.MarketRules:
+        nonlocal reads
+        reads += 1
+        return await real(w3, deployment)
+
+    monkeypatch.setattr(rules, "read_rules", counted)
+
+    async def main() -> None:
+        w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+        dep = await deploy_system(w3, dev_account(0), parameters=Parameters())
+        cache = RulesCache(w3, dep, ttl=3600)
+        got = await asyncio.gather(*(cache.get() for _ in range(50)))
+        assert reads == 1
+        assert len(set(got)) == 1 and got[0].version >= 1
+        assert await cache.get() is got[0] and reads == 1  # fresh: no read
+        cache.ttl = 0.0  # stale from now on: the next wave reads once more, together
+        again = await asyncio.gather(*(cache.get() for _ in range(50)))
+        assert reads == 2 and set(again) == {got[0]}
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+def test_a_failed_read_fails_its_waiters_and_the_next_request_reads_again(anvil_url: str) -> None:
+    async def main() -> None:
+        w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+        dep = await deploy_system(w3, dev_account(0), parameters=Parameters())
+        dead = AsyncWeb3(AsyncHTTPProvider("http://127.0.0.1:9"))  # nothing listens on the discard port
+        cache = RulesCache(dead, dep)
+        results = await asyncio.gather(*(cache.get() for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in results)
+        cache.w3 = w3
+        assert (await cache.get()).version >= 1
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+        await dead.provider.disconnect()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
