@@ -36,8 +36,11 @@ test: test-contracts test-python lint typecheck
 test-contracts: node
 	$(NODE_BIN)/forge test
 
+# Two workers, a test file per worker at a time (module-scoped deployments stay in one process), the
+# slow files first (tests/conftest.py). `PYTEST_WORKERS=0 make test-python` runs in one process.
+PYTEST_WORKERS ?= 2
 test-python: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks tools models examples build_native.py

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from ethml.chain import EML, Deployment, dev_account
 from ethml.coordinator.client import sign_permit, task_body
 from ethml.coordinator.permit import PermitDomain
+from ethml.coordinator.redis_server import socket_path
 from ethml.training.spec import TaskSpec
 from tests.conftest import free_port
 from tests.coordinator.conftest import REQUESTER, Coordinator, coordinator_on
@@ -192,7 +193,7 @@ async def _hostile_requests(c: Coordinator) -> None:
 async def test_two_instances_share_tasks_and_one_rate_limit(anvil_url: str, tmp_path: Path) -> None:
     async with coordinator_on(anvil_url, tmp_path) as c:
         _first, url_a = await c.start_server(key_rate=0.01, key_burst=6)  # a token every 100 s: no refill
-        socket = c.root / "server" / "coordinator" / "redis" / "redis.sock"
+        socket = socket_path(c.root / "server" / "coordinator" / "redis")
         _second, url_b = await c.start_server(
             key_rate=0.01, key_burst=6, redis_url=f"unix://{socket}", data_dir=c.root / "second", relay=False
         )

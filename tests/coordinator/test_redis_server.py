@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from ethml.coordinator.redis_server import EmbeddedRedis, RedisUnavailable
+from ethml.coordinator.redis_server import MAX_SOCKET_PATH, EmbeddedRedis, RedisUnavailable, socket_path
 from tests.conftest import missing_service
 from tests.coordinator.conftest import start_redis
 from tests.node.conftest import wait_until
@@ -66,7 +66,8 @@ async def test_a_leftover_redis_is_taken_over_with_its_data_and_a_live_owner_ref
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "coordinator" / "redis"
-    socket = directory / "redis.sock"
+    directory.mkdir(parents=True)
+    socket = socket_path(directory)
     # A Redis as a killed server leaves it: running, on the socket, with its pid file, with no owner.
     orphan = start_redis(socket, "--pidfile", str(directory / "redis.pid"))
     try:
@@ -95,3 +96,27 @@ async def test_a_leftover_redis_is_taken_over_with_its_data_and_a_live_owner_ref
     finally:
         orphan.kill()
         orphan.wait(10)
+
+
+async def test_a_data_dir_too_deep_for_a_socket_address_still_gets_its_redis(tmp_path: Path) -> None:
+    # A unix socket's address holds 107 bytes of path: a deep data dir used to time out after 30 s.
+    directory = tmp_path / ("d" * 60) / ("e" * 60) / "coordinator" / "redis"
+    assert len(os.fsencode(directory / "redis.sock")) > MAX_SOCKET_PATH
+    embedded = EmbeddedRedis(directory)
+    assert len(os.fsencode(embedded.socket)) <= MAX_SOCKET_PATH
+    assert embedded.socket == socket_path(directory)  # the same data dir always finds the same socket
+    await embedded.start()
+    try:
+        client = aioredis.Redis(unix_socket_path=str(embedded.socket))
+        await client.set("ethml:checkpoint", 7)
+        await client.aclose()
+    finally:
+        embedded.stop()
+    again = EmbeddedRedis(directory)
+    await again.start()
+    try:
+        client = aioredis.Redis(unix_socket_path=str(again.socket))
+        assert await client.get("ethml:checkpoint") == b"7"  # the append-only file is in the data dir
+        await client.aclose()
+    finally:
+        again.stop()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ethml.chain import dev_account
+from ethml.coordinator.redis_server import socket_path
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.training.flow import train_and_submit
 from tests.conftest import free_port, missing_service
@@ -99,7 +100,7 @@ async def test_serve_killed_with_9_restarts_at_once_with_the_same_data_dir(anvil
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         data = tmp_path / "serve"
-        socket = data / "coordinator" / "redis" / "redis.sock"
+        socket = socket_path(data / "coordinator" / "redis")
         first = c.spawn_serve(data, port)
         await c.wait_healthy(url, first)
         c.url, c.admin_key = url, (data / "coordinator" / "admin.key").read_text().strip()

