@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests stop `ethml worker` and other children with SIGINT, as Ctrl-C would. A test run started in
+    the background by a non-interactive shell (`make test &` in a script) inherits SIGINT ignored, and
+    an ignored signal stays ignored in every child: each worker would sit out its 10 s stop wait and be
+    killed. Take SIGINT back here, so that children start with it at its default, as from a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def missing_service(what: str) -> None:
