@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hexbytes import HexBytes
 
 from ethml.chain import EML, INVALID_INPUT, Status, dev_account, send
@@ -44,14 +45,18 @@ async def test_seven_nodes_five_slots_and_no_reverted_transaction(system: System
     nonces_before = [await system.w3.eth.get_transaction_count(dev_account(i).address) for i in range(7)]
     rid = await system.request(3, cid)
     async with system.running(range(7)) as nodes:
-        events: list[object] = []
 
         async def done() -> bool:
             return (await system.answer(rid))[2] and all(n.stats.accepted + n.stats.dropped == 1 for n in nodes)
 
-        await wait_until(done, what="finalization and every node settled")
+        try:
+            await wait_until(done, what="finalization and every node settled")
+        except pytest.fail.Exception as exc:  # say where each node stood
+            state = [
+                (s.submissions, s.accepted, s.dropped, s.current_round, s.last_error) for s in (n.stats for n in nodes)
+            ]
+            pytest.fail(f"{exc}; answer {await system.answer(rid)}; (sent, mined, dropped, round, error) {state}")
         stats = [n.stats for n in nodes]
-        del events
     round_id = await round_of(system, rid)
     logs = await system.ethml.events.Committed().get_logs(from_block=start_block)
     assert len([log for log in logs if log["args"]["roundId"] == round_id]) == 5
