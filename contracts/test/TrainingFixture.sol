@@ -47,9 +47,20 @@ abstract contract TrainingFixture {
     mapping(uint256 => mapping(address => Ballot)) internal ballots;
 
     function _setUpTraining() internal {
+        (address[] memory holders, uint256[] memory amounts) = _accounts();
+        _deployMarket(new EMLToken(holders, amounts));
+        for (uint256 i; i < 4; ++i) {
+            _stake(trainers[i], TrainingBase.Role.Trainer, STAKE);
+        }
+        _stakeValidators();
+    }
+
+    /// @dev The requester's and the spares' addresses, and what the token mints to each account: the
+    /// requester 100 x FUNDS, every trainer, validator and spare FUNDS.
+    function _accounts() internal returns (address[] memory holders, uint256[] memory amounts) {
         requester = vm.addr(REQUESTER_KEY);
-        address[] memory holders = new address[](1 + 4 + 7 + 24);
-        uint256[] memory amounts = new uint256[](holders.length);
+        holders = new address[](1 + 4 + 7 + 24);
+        amounts = new uint256[](holders.length);
         holders[0] = requester;
         amounts[0] = 100 * FUNDS;
         for (uint256 i; i < 4; ++i) {
@@ -62,7 +73,12 @@ abstract contract TrainingFixture {
             spares[i] = address(uint160(0x9000 + i));
             (holders[12 + i], amounts[12 + i]) = (spares[i], FUNDS);
         }
-        token = new EMLToken(holders, amounts);
+    }
+
+    /// @dev The registry and the market on `token_` (minted by `_accounts`), the market holding the
+    /// registrar role, the requester's allowance to it unlimited.
+    function _deployMarket(EMLToken token_) internal {
+        token = token_;
         initialSupply = token.totalSupply();
         registry = new ModelRegistry(ADMIN);
         tasks = _newTasks(ADMIN);
@@ -72,9 +88,10 @@ abstract contract TrainingFixture {
         registry.grantRole(registrar, address(tasks));
         vm.prank(requester);
         token.approve(address(tasks), type(uint256).max);
-        for (uint256 i; i < 4; ++i) {
-            _stake(trainers[i], TrainingBase.Role.Trainer, STAKE);
-        }
+    }
+
+    /// @dev Every validator staked, then a block mined so that the stakes count for the draw.
+    function _stakeValidators() internal {
         for (uint256 i; i < 7; ++i) {
             _stake(validators[i], TrainingBase.Role.Validator, STAKE);
         }

@@ -2,7 +2,6 @@
 pragma solidity 0.8.28;
 
 import {EMLToken} from "../src/EMLToken.sol";
-import {ModelRegistry} from "../src/ModelRegistry.sol";
 import {TrainingBase} from "../src/TrainingBase.sol";
 import {TrainingTasks} from "../src/TrainingTasks.sol";
 import {TrainingValidation} from "../src/TrainingValidation.sol";
@@ -67,35 +66,9 @@ contract ReenteringTrainer is ITokenHook {
 /// none; the market takes any IERC20 at construction). The market resists.
 contract TrainingReviewAttacks2ReentryTest is TrainingFixture {
     function setUp() public {
-        requester = vm.addr(REQUESTER_KEY);
-        address[] memory holders = new address[](1 + 4 + 7 + 24);
-        uint256[] memory amounts = new uint256[](holders.length);
-        holders[0] = requester;
-        amounts[0] = 100 * FUNDS;
-        for (uint256 i; i < 4; ++i) {
-            (holders[1 + i], amounts[1 + i]) = (trainers[i], FUNDS);
-        }
-        for (uint256 i; i < 7; ++i) {
-            (holders[5 + i], amounts[5 + i]) = (validators[i], FUNDS);
-        }
-        for (uint256 i; i < 24; ++i) {
-            spares[i] = address(uint160(0x9000 + i));
-            (holders[12 + i], amounts[12 + i]) = (spares[i], FUNDS);
-        }
-        token = new HookedEML(holders, amounts);
-        initialSupply = token.totalSupply();
-        registry = new ModelRegistry(ADMIN);
-        tasks = _newTasks(ADMIN);
-        panel = TrainingValidation(address(tasks));
-        bytes32 registrar = registry.REGISTRAR_ROLE();
-        vm.prank(ADMIN);
-        registry.grantRole(registrar, address(tasks));
-        vm.prank(requester);
-        token.approve(address(tasks), type(uint256).max);
-        for (uint256 i; i < 7; ++i) {
-            _stake(validators[i], TrainingBase.Role.Validator, STAKE);
-        }
-        vm.roll(block.number + 1);
+        (address[] memory holders, uint256[] memory amounts) = _accounts();
+        _deployMarket(new HookedEML(holders, amounts));
+        _stakeValidators();
     }
 
     /// The winning trainer re-enters on being paid, after its bond is settled and while its stake is

@@ -7,6 +7,7 @@ top, and what a command needs (web3, the node, scikit-learn, aiohttp) inside its
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 
 import typer
 
+from ethml.cli._options import OptionGroup
 from ethml.errors import ChainError, EthmlError
 
 if TYPE_CHECKING:
@@ -78,6 +80,19 @@ DataDirOption = Annotated[
     Path | None, typer.Option(help="Blockstore, task secrets and deployments directory.", envvar="ETHML_DATA_DIR")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChainOptions(OptionGroup):
+    """--rpc-url, --deployment and --data-dir: the chain a command works on and its deployment."""
+
+    rpc: RpcOption = DEFAULT_RPC
+    deployment: DeploymentOption = None
+    data_dir: DataDirOption = None
+
+    def run(self, body: Callable[[AsyncWeb3[Any], Deployment], Awaitable[T]]) -> T:
+        """Run `body` against the deployment of this chain (see with_chain)."""
+        return with_chain(self.rpc, self.deployment, self.data_dir, body)
 
 
 def check_rpc_url(url: str) -> str:

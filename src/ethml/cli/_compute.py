@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from ethml.cli._options import OptionGroup
 
 if TYPE_CHECKING:
     from ethml.training.cluster import ClusterInfo
@@ -54,14 +57,19 @@ DEFAULT_MAX_DATASET_MB = 16.0
 DEFAULT_MAX_TRAIN_SECONDS = 600
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ComputeOptions(OptionGroup):
+    """--dask, --dask-timeout and the limits a job is held to."""
+
+    dask: DaskOption = None
+    dask_timeout: DaskTimeoutOption = 10.0
+    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS
+    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB
+    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS
+
+
 @contextmanager
-def compute_for(
-    dask: str | None,
-    dask_timeout: float,
-    max_rows: int,
-    max_dataset_mb: float,
-    max_train_seconds: int,
-) -> Iterator[tuple[Compute, ClusterInfo | None]]:
+def compute_for(options: ComputeOptions) -> Iterator[tuple[Compute, ClusterInfo | None]]:
     """The Compute jobs get, and the cluster's size. With `--dask`: a LocalCluster started (and stopped
     on exit) for local[:N], then the scheduler checked: it answers, it has workers, they run this
     process's library versions. Each failure is a ClusterError here, at the start, not in a job."""
@@ -69,23 +77,23 @@ def compute_for(
     from ethml.training.spec import TrainingLimits
 
     limits = TrainingLimits(
-        max_rows=max_rows,
-        max_dataset_bytes=round(max_dataset_mb * 1024 * 1024),
-        max_train_seconds=max_train_seconds,
+        max_rows=options.max_rows,
+        max_dataset_bytes=round(options.max_dataset_mb * 1024 * 1024),
+        max_train_seconds=options.max_train_seconds,
     )
-    if dask is None:
+    if options.dask is None:
         yield Compute(None, limits), None
         return
     from ethml.training.cluster import Cluster, LocalDaskCluster, cluster_info, connected, parse_target
 
-    address, local = parse_target(dask)
+    address, local = parse_target(options.dask)
     with ExitStack() as stack:
         if local is not None:
             typer.echo(f"starting a local Dask cluster of {local} worker processes", err=True)
             started = stack.enter_context(LocalDaskCluster(local))
-            cluster = Cluster(started.address, dask_timeout)
+            cluster = Cluster(started.address, options.dask_timeout)
         else:
-            cluster = Cluster(str(address), dask_timeout)
+            cluster = Cluster(str(address), options.dask_timeout)
         with connected(cluster):  # answers, has workers, runs our versions
             pass
         info = cluster_info(cluster)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ethml.cli._config import ConfigError, load_account
+from ethml.cli._options import OptionGroup
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -48,30 +50,36 @@ MnemonicFileOption = Annotated[
 ]
 
 
-def load_signer(
-    *,
-    private_key: str | None,
-    keystore: Path | None,
-    password_file: Path | None,
-    account: int | None,
-    mnemonic_file: Path | None,
-    chain_id: int,
-    purpose: str,
-) -> tuple[LocalAccount, str]:
-    """The account and where it came from; a keystore's password is asked for on a terminal when no
-    password file is given."""
-    password = None
-    if keystore is not None and password_file is None and private_key is None and account is None:
-        if not sys.stdin.isatty():
-            raise ConfigError("--keystore needs --password-file (or ETHML_PASSWORD_FILE) when not on a terminal")
-        password = typer.prompt(f"password for {keystore}", hide_input=True, err=True)
-    return load_account(
-        index=account,
-        mnemonic_file=mnemonic_file,
-        keystore=keystore,
-        password_file=password_file,
-        chain_id=chain_id,
-        private_key=private_key,
-        password=password,
-        purpose=purpose,
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SignerOptions(OptionGroup):
+    """--private-key, --keystore, --password-file, --account and --mnemonic-file: the signing key."""
+
+    private_key: PrivateKeyOption = None
+    keystore: KeystoreOption = None
+    password_file: PasswordFileOption = None
+    account: AccountOption = None
+    mnemonic_file: MnemonicFileOption = None
+
+    def load(self, *, chain_id: int, purpose: str) -> tuple[LocalAccount, str]:
+        """The account and where it came from; a keystore's password is asked for on a terminal when no
+        password file is given."""
+        password = None
+        if (
+            self.keystore is not None
+            and self.password_file is None
+            and self.private_key is None
+            and self.account is None
+        ):
+            if not sys.stdin.isatty():
+                raise ConfigError("--keystore needs --password-file (or ETHML_PASSWORD_FILE) when not on a terminal")
+            password = typer.prompt(f"password for {self.keystore}", hide_input=True, err=True)
+        return load_account(
+            index=self.account,
+            mnemonic_file=self.mnemonic_file,
+            keystore=self.keystore,
+            password_file=self.password_file,
+            chain_id=chain_id,
+            private_key=self.private_key,
+            password=password,
+            purpose=purpose,
+        )

@@ -9,27 +9,10 @@ from urllib.parse import urlparse
 
 import typer
 
-from ethml.cli._common import (
-    DEFAULT_RPC,
-    DataDirOption,
-    DeploymentOption,
-    RpcOption,
-    check_rpc_url,
-    handle_errors,
-    with_chain,
-)
-from ethml.cli._compute import (
-    DEFAULT_MAX_DATASET_MB,
-    DEFAULT_MAX_ROWS,
-    DEFAULT_MAX_TRAIN_SECONDS,
-    DaskOption,
-    DaskTimeoutOption,
-    MaxDatasetOption,
-    MaxRowsOption,
-    MaxSecondsOption,
-    compute_for,
-)
+from ethml.cli._common import ChainOptions, check_rpc_url, handle_errors
+from ethml.cli._compute import ComputeOptions, compute_for
 from ethml.cli._config import ConfigError, load_account
+from ethml.cli._options import option_groups
 from ethml.devnet import check_port_free
 from ethml.errors import ChainError
 from ethml.paths import data_home
@@ -80,10 +63,9 @@ def _signer(account: int | None, private_key: str | None, chain_id: int, default
 
 @app.command("serve")
 @handle_errors
+@option_groups
 def serve(
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    chain: ChainOptions,
     account: Account = None,
     private_key: PrivateKey = None,
     redis: Annotated[
@@ -129,11 +111,11 @@ def serve(
 
     from ethml.coordinator.server import ServeConfig, make_app
 
-    check_rpc_url(rpc)
+    check_rpc_url(chain.rpc)
     if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"--redis {redis!r} is not a redis://, rediss:// or unix:// URL")
     check_port_free(host, port, "the coordinator", "ethml serve")
-    home = data_dir or data_home()
+    home = chain.data_dir or data_home()
 
     async def checked(w3: AsyncWeb3[Any], dep: Deployment) -> tuple[Deployment, LocalAccount]:
         await _check_training(w3, dep)
@@ -142,10 +124,10 @@ def serve(
             await _check_relayer(w3, relayer.address)
         return dep, relayer
 
-    dep, relayer = with_chain(rpc, deployment, data_dir, checked)
+    dep, relayer = chain.run(checked)
     chain_id = dep.chain_id
     config = ServeConfig(
-        rpc_url=rpc,
+        rpc_url=chain.rpc,
         deployment=dep,
         relayer=relayer,
         data_dir=home,
@@ -203,12 +185,11 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 @app.command("worker")
 @handle_errors
+@option_groups
 def worker(
     server: Annotated[str, typer.Option("--server", metavar="URL", help="The coordinator: ws://host:port.")],
     role: Annotated[str, typer.Option(help="trainer or validator (the stake it holds in TrainingTasks).")],
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    chain: ChainOptions,
     account: Account = None,
     private_key: PrivateKey = None,
     capacity: Annotated[int, typer.Option(min=1, max=16, help="Jobs run at once.")] = 1,
@@ -216,11 +197,8 @@ def worker(
         list[str] | None,
         typer.Option("--gateway", metavar="URL", help="IPFS gateway (repeatable; default: the coordinator)."),
     ] = None,
-    dask: DaskOption = None,
-    dask_timeout: DaskTimeoutOption = 10.0,
-    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
-    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
-    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
+    *,
+    jobs: ComputeOptions,
 ) -> None:
     """Work for a coordinator as a trainer or validator: log in with the account's key, take jobs,
     send the transactions with that key, report results; reconnects by itself.
@@ -236,14 +214,14 @@ def worker(
         raise ConfigError(f"--role must be trainer or validator, not {role!r}")
     if urlparse(server).scheme not in ("ws", "wss") or not urlparse(server).hostname:
         raise ConfigError(f"--server {server!r} is not a ws:// or wss:// URL (for example ws://127.0.0.1:8600)")
-    check_rpc_url(rpc)
+    check_rpc_url(chain.rpc)
 
     try:
-        with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+        with compute_for(jobs) as (compute, _size):
 
             async def work(w3: AsyncWeb3[Any], dep: Deployment) -> None:
                 signer = _signer(account, private_key, dep.chain_id)
-                home = data_dir or data_home()
+                home = chain.data_dir or data_home()
                 ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
                 config = WorkerConfig(
                     server=server,
@@ -257,7 +235,7 @@ def worker(
                 async with ipfs:
                     await Worker(config, w3, dep, signer, ipfs).run()
 
-            with_chain(rpc, deployment, data_dir, work)
+            chain.run(work)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -10,14 +10,8 @@ import typer
 
 from ethml.cli._common import DEFAULT_RPC, DataDirOption, JsonOption, RpcOption, connect, echo_json, handle_errors
 from ethml.cli._config import ConfigError
-from ethml.cli._signer import (
-    AccountOption,
-    KeystoreOption,
-    MnemonicFileOption,
-    PasswordFileOption,
-    PrivateKeyOption,
-    load_signer,
-)
+from ethml.cli._options import option_groups
+from ethml.cli._signer import SignerOptions
 
 if TYPE_CHECKING:
     from ethml.chain.deploy import Deployment
@@ -29,13 +23,11 @@ app = typer.Typer(rich_markup_mode=None)
 
 @app.command("deploy")
 @handle_errors
+@option_groups
 def deploy(
     rpc: RpcOption = DEFAULT_RPC,
-    private_key: PrivateKeyOption = None,
-    keystore: KeystoreOption = None,
-    password_file: PasswordFileOption = None,
-    account: AccountOption = None,
-    mnemonic_file: MnemonicFileOption = None,
+    *,
+    key: SignerOptions,
     timelock_delay: Annotated[
         int | None,
         typer.Option(
@@ -114,15 +106,7 @@ def deploy(
     async def run() -> None:
         w3, chain_id = await connect(rpc)
         try:
-            signer, source = load_signer(
-                private_key=private_key,
-                keystore=keystore,
-                password_file=password_file,
-                account=account,
-                mnemonic_file=mnemonic_file,
-                chain_id=chain_id,
-                purpose="the deployer's key",
-            )
+            signer, source = key.load(chain_id=chain_id, purpose="the deployer's key")
             dev = chain_id in DEV_CHAIN_IDS
             delay = timelock_delay if timelock_delay is not None else (None if dev else DEFAULT_TIMELOCK_DELAY)
             settings = _settings(signer.address, delay, models_dir, no_models, supply, mint or [], difficulty,

@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from ethml.cli._common import (
-    DEFAULT_RPC,
-    DataDirOption,
-    DeploymentOption,
-    JsonOption,
-    RpcOption,
-    connect,
-    echo_json,
-    handle_errors,
-)
+from ethml.cli._common import ChainOptions, JsonOption, connect, echo_json, handle_errors
 from ethml.cli._config import ConfigError
-from ethml.cli._signer import (
-    AccountOption,
-    KeystoreOption,
-    MnemonicFileOption,
-    PasswordFileOption,
-    PrivateKeyOption,
-    load_signer,
-)
+from ethml.cli._options import OptionGroup, option_groups
+from ethml.cli._signer import SignerOptions
 
 if TYPE_CHECKING:
     from web3 import AsyncWeb3
+    from web3.contract import AsyncContract
 
     from ethml.chain.admin import AdminResult, Mode
     from ethml.chain.deploy import Deployment, ModelSpec
@@ -57,8 +45,45 @@ SaltOption = Annotated[
 ]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdminOptions(OptionGroup):
+    """What `model register` and `model deactivate` share: the timelock step, the admin's key, the chain
+    and --json."""
+
+    schedule: ScheduleOption = False
+    execute: ExecuteOption = False
+    cancel: CancelOption = False
+    salt: SaltOption = None
+    key: SignerOptions
+    chain: ChainOptions
+    json_output: JsonOption = False
+
+    def run(self, body: Callable[[AsyncWeb3[Any], Deployment, Path], Awaitable[None]]) -> None:
+        """Check that one timelock step at most is chosen, then run `body` on the chain's deployment."""
+        _mode(self.schedule, self.execute, self.cancel)
+        _with_deployment(self.chain, body)
+
+    async def call(
+        self, w3: AsyncWeb3[Any], dep: Deployment, what: str, make: Callable[[AsyncContract], Any]
+    ) -> tuple[AsyncContract, AdminResult]:
+        """The registry, and the registry call `make` builds made with its MODEL_ADMIN_ROLE: sent by the
+        admin's key, or through the timelock."""
+        from ethml.chain.admin import admin_call
+        from ethml.chain.deploy import registry_contract
+
+        signer = self.key.load(chain_id=dep.chain_id, purpose="the admin's key")[0]
+        registry = registry_contract(w3, dep.registry)
+        call = make(registry)
+        mode = _mode(self.schedule, self.execute, self.cancel)
+        result = await admin_call(
+            w3, dep, signer, registry, "MODEL_ADMIN_ROLE", call, what, mode=mode, salt=_salt(self.salt)
+        )
+        return registry, result
+
+
 @model_app.command("register")
 @handle_errors
+@option_groups
 def register(
     manifest_entry: Annotated[
         str | None, typer.Option(metavar="NAME", help="Register this entry of the manifest (--models).")
@@ -81,93 +106,55 @@ def register(
     name: Annotated[
         str | None, typer.Option(help="Name recorded in the deployment file (default: the manifest entry's).")
     ] = None,
-    schedule: ScheduleOption = False,
-    execute: ExecuteOption = False,
-    cancel: CancelOption = False,
-    salt: SaltOption = None,
-    private_key: PrivateKeyOption = None,
-    keystore: KeystoreOption = None,
-    password_file: PasswordFileOption = None,
-    account: AccountOption = None,
-    mnemonic_file: MnemonicFileOption = None,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
-    json_output: JsonOption = False,
+    *,
+    admin: AdminOptions,
 ) -> None:
     """Register a model: sent at once by an account holding the registry's MODEL_ADMIN_ROLE; otherwise
     scheduled through the deployment's timelock, and registered by the same command with --execute once
     the delay has passed (the command says when)."""
     spec = _spec(manifest_entry, models_dir, cid, sha256, kind, decimals, features, name)
-    mode = _mode(schedule, execute, cancel)
 
     async def body(w3: AsyncWeb3[Any], dep: Deployment, path: Path) -> None:
-        from ethml.chain.admin import admin_call
-        from ethml.chain.deploy import model_id_from, register_call, registry_contract
+        from ethml.chain.deploy import model_id_from, register_call
 
-        signer = _signer(private_key, keystore, password_file, account, mnemonic_file, dep.chain_id)
-        registry = registry_contract(w3, dep.registry)
         what = f"registering model {spec.name}"
-        call = register_call(registry, spec)
-        result = await admin_call(
-            w3, dep, signer, registry, "MODEL_ADMIN_ROLE", call, what, mode=mode, salt=_salt(salt)
-        )
+        registry, result = await admin.call(w3, dep, what, lambda registry: register_call(registry, spec))
         model_id = None
         if result.action in ("sent", "executed") and result.receipt is not None:
             model_id = model_id_from(registry, result.receipt)
             dep.models[spec.name] = model_id
             dep.save(path)
-        _tell(result, what, json_output, {"model": spec.name, "model_id": model_id})
-        if model_id is not None and not json_output:
+        _tell(result, what, admin.json_output, {"model": spec.name, "model_id": model_id})
+        if model_id is not None and not admin.json_output:
             typer.echo(f"model {spec.name} is model {model_id}; recorded in {path}")
 
-    _with_deployment(rpc, deployment, data_dir, body)
+    admin.run(body)
 
 
 @model_app.command("deactivate")
 @handle_errors
+@option_groups
 def deactivate(
     model_id: Annotated[int, typer.Argument(min=1, help="The model's id.")],
-    schedule: ScheduleOption = False,
-    execute: ExecuteOption = False,
-    cancel: CancelOption = False,
-    salt: SaltOption = None,
-    private_key: PrivateKeyOption = None,
-    keystore: KeystoreOption = None,
-    password_file: PasswordFileOption = None,
-    account: AccountOption = None,
-    mnemonic_file: MnemonicFileOption = None,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
-    json_output: JsonOption = False,
+    *,
+    admin: AdminOptions,
 ) -> None:
     """Deactivate a model (new requests for it are refused): directly with the registry's admin key, or
     through the timelock like `model register`."""
-    mode = _mode(schedule, execute, cancel)
 
     async def body(w3: AsyncWeb3[Any], dep: Deployment, path: Path) -> None:
-        from ethml.chain.admin import admin_call
-        from ethml.chain.deploy import registry_contract
-
-        signer = _signer(private_key, keystore, password_file, account, mnemonic_file, dep.chain_id)
-        registry = registry_contract(w3, dep.registry)
-        call = registry.functions.deactivateModel(model_id)
         what = f"deactivating model {model_id}"
-        result = await admin_call(
-            w3, dep, signer, registry, "MODEL_ADMIN_ROLE", call, what, mode=mode, salt=_salt(salt)
-        )
-        _tell(result, what, json_output, {"model_id": model_id})
+        _, result = await admin.call(w3, dep, what, lambda registry: registry.functions.deactivateModel(model_id))
+        _tell(result, what, admin.json_output, {"model_id": model_id})
 
-    _with_deployment(rpc, deployment, data_dir, body)
+    admin.run(body)
 
 
 @model_app.command("list")
 @handle_errors
+@option_groups
 def list_models(
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """Every model in the registry: id, name (from the deployment file), kind, features, active, CID."""
@@ -202,7 +189,7 @@ def list_models(
             shown = f"{r['id']:>4} {r['name'] or '-':<16} {r['kind']:<14} {r['features']:>5} features"
             typer.echo(f"{shown}  {state:<8} {r['cid']}")
 
-    _with_deployment(rpc, deployment, data_dir, body)
+    _with_deployment(chain, body)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -270,30 +257,13 @@ def _salt(text: str | None) -> bytes:
     return raw.rjust(32, b"\0")
 
 
-def _signer(
-    private_key: str | None,
-    keystore: Path | None,
-    password_file: Path | None,
-    account: int | None,
-    mnemonic_file: Path | None,
-    chain_id: int,
-) -> Any:
-    return load_signer(
-        private_key=private_key,
-        keystore=keystore,
-        password_file=password_file,
-        account=account,
-        mnemonic_file=mnemonic_file,
-        chain_id=chain_id,
-        purpose="the admin's key",
-    )[0]
-
-
-def _with_deployment(rpc: str, deployment: Path | None, data_dir: Path | None, body: Any) -> None:
+def _with_deployment(chain: ChainOptions, body: Any) -> None:
     import asyncio
 
     from ethml.chain.deploy import Deployment, deployment_path
     from ethml.errors import ChainError
+
+    rpc, deployment, data_dir = chain.rpc, chain.deployment, chain.data_dir
 
     async def run() -> None:
         w3, chain_id = await connect(rpc)

@@ -9,17 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ethml.chain.accounts import DEV_MNEMONIC, dev_accounts
-from ethml.cli._common import (
-    DEFAULT_RPC,
-    DataDirOption,
-    DeploymentOption,
-    JsonOption,
-    RpcOption,
-    echo_json,
-    handle_errors,
-    with_chain,
-)
+from ethml.cli._common import ChainOptions, JsonOption, echo_json, handle_errors
 from ethml.cli._config import load_account
+from ethml.cli._options import option_groups
 from ethml.errors import ChainError
 
 if TYPE_CHECKING:
@@ -36,16 +28,15 @@ app.add_typer(requests_app, name="requests")
 
 @app.command("status")
 @handle_errors
+@option_groups
 def status(
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """The oracle now: chain, contract, difficulty, the open round and its phase, the queue."""
     from ethml.oracle import oracle_status
 
-    s = with_chain(rpc, deployment, data_dir, oracle_status)
+    s = chain.run(oracle_status)
     if json_output:
         echo_json(s.as_dict())
         return
@@ -71,17 +62,16 @@ def status(
 
 @requests_app.command("show")
 @handle_errors
+@option_groups
 def show(
     request_id: Annotated[int, typer.Argument(min=1, help="The request id.")],
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """One request: status, model, data CID, tip, result and the miners of its round."""
     from ethml.oracle import request_info
 
-    info = with_chain(rpc, deployment, data_dir, lambda w3, dep: request_info(w3, dep, request_id))
+    info = chain.run(lambda w3, dep: request_info(w3, dep, request_id))
     if json_output:
         echo_json(info.as_dict())
         return
@@ -98,17 +88,17 @@ def show(
 
 @requests_app.command("list")
 @handle_errors
+@option_groups
 def list_(
     last: Annotated[int, typer.Option(min=1, max=1000, help="How many of the latest requests.")] = 20,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """The latest requests, newest first."""
     from ethml.oracle import list_requests
 
-    infos = with_chain(rpc, deployment, data_dir, lambda w3, dep: list_requests(w3, dep, last=last))
+    infos = chain.run(lambda w3, dep: list_requests(w3, dep, last=last))
     if json_output:
         echo_json([i.as_dict() for i in infos])
         return
@@ -123,15 +113,15 @@ def list_(
 
 @app.command("expire")
 @handle_errors
+@option_groups
 def expire(
     request_id: Annotated[int, typer.Argument(min=1, help="The request to expire (open, or stale in the queue).")],
     account: Annotated[int, typer.Option(min=0, help="Account index that sends the transaction.")] = 9,
     mnemonic_file: Annotated[
         Path | None, typer.Option(help="Mnemonic file (or ETHML_MNEMONIC).", envvar="ETHML_MNEMONIC_FILE")
     ] = None,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
 ) -> None:
     """Expire a request that cannot be answered in time: its open round, when five commitments did not
     come within the commit window (the round's highest-tip request expires, the others go back to the
@@ -146,17 +136,17 @@ def expire(
         )
         return await expire_request(w3, dep, signer, request_id)
 
-    typer.echo(with_chain(rpc, deployment, data_dir, body))
+    typer.echo(chain.run(body))
 
 
 @app.command("balance")
 @handle_errors
+@option_groups
 def balance(
     address: Annotated[str | None, typer.Argument(help="Address (default: the --account's).")] = None,
     account: Annotated[int, typer.Option(min=0, help="Account index when no address is given.")] = 0,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """ETH, EML, and the EML the oracle holds for an address as a miner (rewards and bonds, claimable)."""
@@ -172,7 +162,7 @@ def balance(
             raise ChainError(f"{target!r} is not an Ethereum address")
         return await balances(w3, dep, target)
 
-    b = with_chain(rpc, deployment, data_dir, body)
+    b = chain.run(body)
     if json_output:
         echo_json(b)
         return
@@ -184,11 +174,11 @@ def balance(
 
 @app.command("accounts")
 @handle_errors
+@option_groups
 def accounts(
     count: Annotated[int, typer.Option(min=1, max=100, help="How many development accounts.")] = 10,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """The development accounts of a devnet with their balances (the public development mnemonic)."""
@@ -200,7 +190,7 @@ def accounts(
             raise ChainError(f"chain {dep.chain_id} is not a devnet: its accounts are not the development mnemonic's")
         return [{"index": i, **await balances(w3, dep, a.address)} for i, a in enumerate(dev_accounts(count))]
 
-    rows = with_chain(rpc, deployment, data_dir, body)
+    rows = chain.run(body)
     if json_output:
         echo_json(rows)
         return

@@ -8,34 +8,18 @@ chain, an idle devnet included."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ethml.cli._common import (
-    DEFAULT_RPC,
-    DataDirOption,
-    DeploymentOption,
-    JsonOption,
-    RpcOption,
-    echo_json,
-    handle_errors,
-    with_chain,
-)
-from ethml.cli._compute import (
-    DEFAULT_MAX_DATASET_MB,
-    DEFAULT_MAX_ROWS,
-    DEFAULT_MAX_TRAIN_SECONDS,
-    DaskOption,
-    DaskTimeoutOption,
-    MaxDatasetOption,
-    MaxRowsOption,
-    MaxSecondsOption,
-    compute_for,
-)
+from ethml.cli._common import ChainOptions, JsonOption, echo_json, handle_errors
+from ethml.cli._compute import ComputeOptions, compute_for
 from ethml.cli._config import ConfigError, load_account
+from ethml.cli._options import OptionGroup, option_groups
 from ethml.paths import data_home
 
 if TYPE_CHECKING:
@@ -123,6 +107,7 @@ def _read(path: Path) -> bytes:
 
 @task_app.command("create")
 @handle_errors
+@option_groups
 def create(
     spec: Annotated[Path, typer.Option(help="Task spec (JSON, see docs/training.md).")],
     reward: Annotated[str, typer.Option(help="Reward in EML, escrowed.")],
@@ -143,9 +128,8 @@ def create(
         float, typer.Option(min=0.0, max=8760.0, help="Hours each drawn validator has to commit its scores.")
     ] = 24.0,
     account: RequesterAccount = REQUESTER_DEFAULT,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """Post a training task: the spec, dataset and test set go to the blockstore by CID, the test set
@@ -173,8 +157,8 @@ def create(
             w3,
             dep,
             _signer(account, dep),
-            _ipfs(data_dir, None),
-            _home(data_dir),
+            _ipfs(chain.data_dir, None),
+            _home(chain.data_dir),
             spec=task_spec,
             dataset=public,
             test_set=hidden,
@@ -185,7 +169,7 @@ def create(
             score_seconds=round(score_hours * 3600),
         )
 
-    created = with_chain(rpc, deployment, data_dir, body)
+    created = chain.run(body)
     if json_output:
         echo_json(
             {
@@ -209,18 +193,17 @@ def create(
 
 @task_app.command("show")
 @handle_errors
+@option_groups
 def show(
     task_id: Annotated[int, typer.Argument(min=1)],
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """A task: status and what it waits for next, files, deadlines, submissions (committed, revealed,
     scored, bonds), the drawn panel and its votes, the model id."""
     from ethml.training.flow import describe, task_info
 
-    info = with_chain(rpc, deployment, data_dir, lambda w3, dep: task_info(w3, dep, task_id))
+    info = chain.run(lambda w3, dep: task_info(w3, dep, task_id))
     if json_output:
         echo_json(info)
         return
@@ -230,24 +213,21 @@ def show(
 
 @task_app.command("reveal")
 @handle_errors
+@option_groups
 def reveal(
     task_id: Annotated[int, typer.Argument(min=1)],
     wait: Wait = False,
     account: RequesterAccount = REQUESTER_DEFAULT,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
 ) -> None:
     """Reveal the hidden test set in the contract's window (after the trainers have revealed, until the
     test deadline; --wait waits for it to open). The validators are drawn a few blocks later."""
     from ethml.training.flow import reveal_test_set
 
-    cid = with_chain(
-        rpc,
-        deployment,
-        data_dir,
+    cid = chain.run(
         lambda w3, dep: reveal_test_set(
-            w3, dep, _signer(account, dep), task_id, _home(data_dir), wait=wait, progress=_say
+            w3, dep, _signer(account, dep), task_id, _home(chain.data_dir), wait=wait, progress=_say
         ),
     )
     typer.echo(f"task {task_id}: test set {cid} revealed; validators are drawn once the draw's block is mined")
@@ -255,6 +235,7 @@ def reveal(
 
 @task_app.command("finalize")
 @handle_errors
+@option_groups
 def finalize(
     task_id: Annotated[int, typer.Argument(min=1)],
     wait: Annotated[
@@ -262,19 +243,15 @@ def finalize(
         typer.Option("--wait", help="Wait until it can be settled (drawing the panel or replacing no-shows when due)."),
     ] = False,
     account: RequesterAccount = REQUESTER_DEFAULT,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
     json_output: JsonOption = False,
 ) -> None:
     """Settle a task (anyone may): pay the best passing model's trainer and register the model for the
     miners, or refund, or pay the trainers when the test set was never revealed or is unusable."""
     from ethml.training.flow import finalize_task
 
-    info = with_chain(
-        rpc,
-        deployment,
-        data_dir,
+    info = chain.run(
         lambda w3, dep: finalize_task(w3, dep, _signer(account, dep), task_id, wait=wait, progress=_say),
     )
     if json_output:
@@ -288,13 +265,13 @@ def finalize(
 
 @app.command("stake")
 @handle_errors
+@option_groups
 def stake_command(
     role: Role,
     amount: Annotated[str, typer.Option(help="EML to stake.")],
     account: StakerAccount = None,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
 ) -> None:
     """Stake EML to act as a trainer or a validator (a validator enters the draw; staking again cancels
     a pending unstake)."""
@@ -303,19 +280,19 @@ def stake_command(
 
     index = _required(account, "stake")
     wei = parse_tip(amount)
-    with_chain(rpc, deployment, data_dir, lambda w3, dep: stake(w3, dep, _signer(index, dep), _role(role), wei))
+    chain.run(lambda w3, dep: stake(w3, dep, _signer(index, dep), _role(role), wei))
     typer.echo(f"staked {amount} EML as {role}")
 
 
 @app.command("unstake")
 @handle_errors
+@option_groups
 def unstake_command(
     role: Role,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the unstake delay, then withdraw.")] = False,
     account: StakerAccount = None,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
+    *,
+    chain: ChainOptions,
 ) -> None:
     """Leave a role: the first run asks to unstake (the stake stops counting for new work at once, a
     validator leaves the draw); once the unstake delay has passed and its open work is settled, the
@@ -345,28 +322,72 @@ def unstake_command(
         amount = await withdraw_stake(w3, dep, signer, role)
         return f"withdrew {amount / EML:g} EML of {role} stake"
 
-    typer.echo(with_chain(rpc, deployment, data_dir, body))
+    typer.echo(chain.run(body))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _JobOptions(OptionGroup):
+    """What `train` and `validate` take: the same options, but for what their --wait waits for."""
+
+    task: Annotated[int, typer.Option(min=1, help="Task id.")]
+    account: StakerAccount = None
+    wait: bool = False
+    gateway: Gateways = None
+    chain: ChainOptions
+    json_output: JsonOption = False
+    jobs: ComputeOptions
+
+    def run(
+        self,
+        command: str,
+        job: Callable[..., Awaitable[dict[str, Any]]],
+        report: Callable[[int, int, dict[str, Any]], None],
+    ) -> None:
+        """Run `job` (train_and_submit or validate_task) for the --account on its compute, then print its
+        result: as JSON with --json, else by `report(task, account, result)`."""
+        index = _required(self.account, command)
+        data_dir = self.chain.data_dir
+        with compute_for(self.jobs) as (compute, _size):
+
+            async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
+                signer, ipfs = _signer(index, dep), _ipfs(data_dir, self.gateway)
+                return await job(
+                    w3,
+                    dep,
+                    signer,
+                    ipfs,
+                    self.task,
+                    data_dir=_home(data_dir),
+                    compute=compute,
+                    wait=self.wait,
+                    progress=_say,
+                )
+
+            result = self.chain.run(body)
+        if self.json_output:
+            echo_json(result)
+            return
+        report(self.task, index, result)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainOptions(_JobOptions):
+    wait: Annotated[
+        bool, typer.Option("--wait", help="After committing, wait for the submission window to close and reveal.")
+    ] = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ValidateOptions(_JobOptions):
+    wait: Annotated[
+        bool, typer.Option("--wait", help="After committing, wait until the scores can be revealed and reveal them.")
+    ] = False
 
 
 @app.command("train")
 @handle_errors
-def train(
-    task: Annotated[int, typer.Option(min=1, help="Task id.")],
-    account: StakerAccount = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="After committing, wait for the submission window to close and reveal.")
-    ] = False,
-    gateway: Gateways = None,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
-    json_output: JsonOption = False,
-    dask: DaskOption = None,
-    dask_timeout: DaskTimeoutOption = 10.0,
-    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
-    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
-    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
-) -> None:
+@option_groups
+def train(job: TrainOptions) -> None:
     """Train the task's model (in a child process with the spec's time limit; a forest's trees on a
     Dask cluster with --dask) and commit to it, after checking that the task would take a submission
     from this account and that the artifact was not revealed in another task first (it would never be
@@ -374,19 +395,10 @@ def train(
     otherwise run the same command again then: a committed task is not trained again)."""
     from ethml.training.flow import train_and_submit
 
-    index = _required(account, "train")
-    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+    job.run("train", train_and_submit, _report_training)
 
-        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
-            signer, ipfs = _signer(index, dep), _ipfs(data_dir, gateway)
-            return await train_and_submit(
-                w3, dep, signer, ipfs, task, data_dir=_home(data_dir), compute=compute, wait=wait, progress=_say
-            )
 
-        result = with_chain(rpc, deployment, data_dir, body)
-    if json_output:
-        echo_json(result)
-        return
+def _report_training(task: int, index: int, result: dict[str, Any]) -> None:
     claim = f"{result['model_cid']} claiming {result['claimed'] / 1e6:.6f}"
     if result["revealed"]:
         typer.echo(f"task {task}: submitted {claim} (committed and revealed)")
@@ -399,23 +411,8 @@ def train(
 
 @app.command("validate")
 @handle_errors
-def validate(
-    task: Annotated[int, typer.Option(min=1, help="Task id.")],
-    account: StakerAccount = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="After committing, wait until the scores can be revealed and reveal them.")
-    ] = False,
-    gateway: Gateways = None,
-    rpc: RpcOption = DEFAULT_RPC,
-    deployment: DeploymentOption = None,
-    data_dir: DataDirOption = None,
-    json_output: JsonOption = False,
-    dask: DaskOption = None,
-    dask_timeout: DaskTimeoutOption = 10.0,
-    max_rows: MaxRowsOption = DEFAULT_MAX_ROWS,
-    max_dataset_mb: MaxDatasetOption = DEFAULT_MAX_DATASET_MB,
-    max_train_seconds: MaxSecondsOption = DEFAULT_MAX_TRAIN_SECONDS,
-) -> None:
+@option_groups
+def validate(job: ValidateOptions) -> None:
     """Vote on a task this account was drawn for: draw the panel if the draw is due, score every
     submission on the revealed test set (in parallel on a Dask cluster with --dask; 0 for an artifact
     that fails its checks: not the spec's estimator, predictions other than this validator's own re-fit
@@ -428,19 +425,10 @@ def validate(
     validator drawn several times holds several seats and votes once for all of them."""
     from ethml.training.flow import validate_task
 
-    index = _required(account, "validate")
-    with compute_for(dask, dask_timeout, max_rows, max_dataset_mb, max_train_seconds) as (compute, _size):
+    job.run("validate", validate_task, _report_vote)
 
-        async def body(w3: AsyncWeb3[Any], dep: Deployment) -> dict[str, Any]:
-            signer, ipfs = _signer(index, dep), _ipfs(data_dir, gateway)
-            return await validate_task(
-                w3, dep, signer, ipfs, task, data_dir=_home(data_dir), compute=compute, wait=wait, progress=_say
-            )
 
-        vote = with_chain(rpc, deployment, data_dir, body)
-    if json_output:
-        echo_json(vote)
-        return
+def _report_vote(task: int, index: int, vote: dict[str, Any]) -> None:
     if vote["unusable"]:
         why = vote.get("holdout") or "the test set is unusable"
         typer.echo(f"task {task}, seat {vote['seat']}: {why}; the scores below are on the dataset's holdout")
