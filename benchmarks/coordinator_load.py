@@ -179,12 +179,13 @@ SPEC = parse_spec(
 DATASET_CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
 
 
-def bodies(market: Market, first: int, count: int, expiry: int) -> list[str]:
+def bodies(market: Market, first: int, count: int, expiry: int, *, permit: bool = True) -> list[str]:
     """Task bodies number `first` to `first + count - 1` of the current API, each from its own
     requester (key: keccak of the body's number) with terms nonce 0 and permit nonce 0, a fresh
     test-set salt, signed with coincurve over the same digests the server checks (the body is the
     shape `ethml.coordinator.client.task_body` builds; libsecp256k1 signs in ~50 us where the
-    typed-data signer takes milliseconds)."""
+    typed-data signer takes milliseconds). With permit=False the bodies carry no permit (a requester
+    that approved EML beforehand): one signature to check instead of two."""
     spec_json, spec_cid_ = SPEC.model_dump(mode="json"), spec_cid(SPEC)
     validations, min_score, seconds = 3, 0.8, max(market.rules.min_period, min(3600, market.rules.max_period))
     reward = max(10 * EML, market.rules.min_reward(validations))
@@ -207,7 +208,7 @@ def bodies(market: Market, first: int, count: int, expiry: int) -> list[str]:
             parameters_version=market.rules.version,
         )
         signature = key.sign_recoverable(market.terms.digest(terms, requester, 0, expiry), hasher=None)
-        permit = key.sign_recoverable(market.permits.digest(requester, reward, 0, expiry), hasher=None)
+        signed_permit = key.sign_recoverable(market.permits.digest(requester, reward, 0, expiry), hasher=None)
         body = {
             "spec": spec_json,
             "spec_cid": spec_cid_,
@@ -225,16 +226,17 @@ def bodies(market: Market, first: int, count: int, expiry: int) -> list[str]:
             "parameters_version": market.rules.version,
             "expiry": expiry,
             "signature": "0x" + signature[:64].hex() + bytes([signature[64] + 27]).hex(),
-            "permit": {
+        }
+        if permit:
+            body["permit"] = {
                 "owner": requester,
                 "value": str(reward),
                 "nonce": 0,
                 "deadline": expiry,
-                "v": permit[64] + 27,
-                "r": "0x" + permit[:32].hex(),
-                "s": "0x" + permit[32:64].hex(),
-            },
-        }
+                "v": signed_permit[64] + 27,
+                "r": "0x" + signed_permit[:32].hex(),
+                "s": "0x" + signed_permit[32:64].hex(),
+            }
         out.append(json.dumps(body, separators=(",", ":")))
     return out
 
@@ -327,6 +329,12 @@ def main() -> None:
         default=6000,
         help="requests/s an ethml round may reach: each round gets seconds x this many distinct bodies",
     )
+    ap.add_argument(
+        "--also-without-permit",
+        action="store_true",
+        help="a third target in each round: ethml serve taking bodies without a permit (one signature to "
+        "check, for a requester that approved EML beforehand)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--profile",
@@ -376,10 +384,10 @@ def main() -> None:
             expiry = int(time.time()) + 3600 + 4 * args.rounds * args.seconds
             signed = 0  # bodies made so far: the next one's number
 
-            def pool(name: str, count: int) -> dict[str, str]:
+            def pool(name: str, count: int, permit: bool = True) -> dict[str, str]:
                 nonlocal signed
                 path = tmp / f"{name}.txt"
-                path.write_text("\n".join(bodies(market, signed, count, expiry)) + "\n")
+                path.write_text("\n".join(bodies(market, signed, count, expiry, permit=permit)) + "\n")
                 signed += count
                 return {"ETHML_BENCH_BODIES": str(path)}
 
@@ -449,12 +457,17 @@ def main() -> None:
             warm.update(round="warm-up")
             failures += refusals(warm, serve_url, env)
             rows = []
-            targets = (("bare XADD handler", bare_port, bare_proc), ("ethml serve", serve_port, procs[-1]))
+            targets = [("bare XADD handler", bare_port, bare_proc), ("ethml serve", serve_port, procs[-1])]
+            if args.also_without_permit:
+                targets.append(("  without permit", serve_port, procs[-1]))
             for r in range(args.rounds):
                 for name, port, proc in targets:
-                    is_serve = name == "ethml serve"
+                    is_serve = name != "bare XADD handler"
                     # A fresh pool of distinct bodies for each ethml round, signed before it starts.
-                    env = {**auth, **(pool(f"round{r + 1}", args.seconds * args.max_rate) if is_serve else bare_bodies)}
+                    slug = f"round{r + 1}-{name.strip().replace(' ', '-')}"
+                    with_permit = name == "ethml serve"
+                    fresh = pool(slug, args.seconds * args.max_rate, with_permit) if is_serve else bare_bodies
+                    env = {**auth, **fresh}
                     before = int(redis_cli(sock, "ZCARD", "ethml:tasks"))
                     cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
                     row = run_wrk(f"http://127.0.0.1:{port}/api/tasks", args.seconds, args.connections, lua, env)
@@ -484,6 +497,7 @@ def main() -> None:
                     p.kill()
     bare = [r for r in rows if r["server"] == "bare XADD handler"]
     ours = [r for r in rows if r["server"] == "ethml serve"]
+    single = [r for r in rows if r["server"] == "  without permit"]
 
     def mean(rs: list[dict[str, Any]], k: str) -> float:
         return float(sum(r[k] for r in rs) / len(rs))
@@ -501,7 +515,16 @@ def main() -> None:
         "ratio_per_cpu_second": mean(ours, "per_cpu_second") / mean(bare, "per_cpu_second"),
         "ethml_p50_ms": mean(ours, "p50_ms"),
         "ethml_p99_ms": mean(ours, "p99_ms"),
-        "lost": sum(r["lost"] for r in ours),
+        "lost": sum(r["lost"] for r in ours + single),
+        "without_permit": None
+        if not single
+        else {
+            "rps": mean(single, "requests_per_second"),
+            "ratio": mean(single, "requests_per_second") / mean(bare, "requests_per_second"),
+            "per_cpu_second": mean(single, "per_cpu_second"),
+            "ratio_per_cpu_second": mean(single, "per_cpu_second") / mean(bare, "per_cpu_second"),
+            "p99_ms": mean(single, "p99_ms"),
+        },
         "failures": failures,
     }
     if args.json:
@@ -540,6 +563,13 @@ def report(summary: dict[str, Any]) -> None:
         f"per second of server CPU: {summary['ethml_per_cpu_second']:.0f} vs {summary['bare_per_cpu_second']:.0f} "
         f"= {summary['ratio_per_cpu_second'] * 100:.0f} %"
     )
+    single = summary["without_permit"]
+    if single:
+        print(
+            f"without a permit (one signature): {single['rps']:.0f} req/s = {single['ratio'] * 100:.0f} %; "
+            f"per second of server CPU {single['per_cpu_second']:.0f} = {single['ratio_per_cpu_second'] * 100:.0f} %; "
+            f"p99 {single['p99_ms']:.2f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coordinator_load import Market, bodies
 
 from ethml.chain import EML
-from ethml.coordinator.permit import PermitDomain, recover
-from ethml.coordinator.routes.tasks import _signer
+from ethml.coordinator.permit import PermitDomain, address_of, recover_public_key
+from ethml.coordinator.routes.tasks import _signer_key
 from ethml.coordinator.schemas import TaskCreate
+from ethml.ipfs.unixfs import file_cid_v1
 from ethml.pow.tune import cpu_model
-from ethml.training.flow import spec_cid
 from ethml.training.rules import MarketRules
+from ethml.training.spec import canonical_json
 
 POOL = 200
 
@@ -67,19 +68,32 @@ def main() -> None:
         registrations_per_period=10,
     )
     market = Market(PermitDomain(31337, "0x" + "11" * 20, "0x" + "22" * 20), rules)
+    domain = market.terms  # one domain object, as the server keeps (its separator is computed once)
     raw = [b.encode() for b in bodies(market, 0, POOL, int(time.time()) + 3600)]
     parsed = [TaskCreate.model_validate_json(r, strict=True) for r in raw]
     terms = [b.terms() for b in parsed]
-    terms_digests = [market.terms.digest(t, b.requester, b.nonce, b.expiry) for t, b in zip(terms, parsed, strict=True)]
+    terms_digests = [domain.digest(t, b.requester, b.nonce, b.expiry) for t, b in zip(terms, parsed, strict=True)]
     permits = [b.permit for b in parsed]
     assert all(p is not None for p in permits)
     permit_digests = [market.permits.digest(p.owner, p.value, p.nonce, p.deadline) for p in permits if p]
     signatures = [bytes.fromhex(b.signature[2:]) for b in parsed]
+    keys = [_signer_key(b.signature, d) for b, d in zip(parsed, terms_digests, strict=True)]
+    specs = [b.spec.model_dump(mode="json") for b in parsed]
 
-    def permit_signer(i: int) -> str | None:
+    def terms_signer(i: int) -> bool:
+        key = _signer_key(parsed[i % POOL].signature, terms_digests[i % POOL])
+        return key is not None and address_of(key) == parsed[i % POOL].requester.lower()
+
+    def permit_signer(i: int) -> bool:
         p = permits[i % POOL]
         assert p is not None
-        return recover(permit_digests[i % POOL], p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]), checksum=False)
+        return (
+            recover_public_key(permit_digests[i % POOL], p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]))
+            == keys[i % POOL]
+        )
+
+    def spec_cid(i: int) -> bool:
+        return file_cid_v1(canonical_json(parsed[i % POOL].spec.model_dump(mode="json"))) == parsed[i % POOL].spec_cid
 
     def permit_digest(i: int) -> bytes:
         p = permits[i % POOL]
@@ -91,7 +105,7 @@ def main() -> None:
 
     def terms_digest(i: int) -> bytes:
         body = parsed[i % POOL]
-        return market.terms.digest(terms[i % POOL], body.requester, body.nonce, body.expiry)
+        return domain.digest(terms[i % POOL], body.requester, body.nonce, body.expiry)
 
     def secp256k1_alone(i: int) -> PublicKey:
         signature = signatures[i % POOL]
@@ -100,25 +114,25 @@ def main() -> None:
         )
 
     def document(i: int) -> bytes:
-        return orjson.dumps({"spec": parsed[i % POOL].spec.model_dump(mode="json")})
+        return orjson.dumps({"spec": specs[i % POOL]})
 
     steps: list[tuple[str, Callable[[int], Any]]] = [
         ("read and validate the body (pydantic, strict)", validate),
         ("  of which: parse the JSON alone (orjson)", lambda i: orjson.loads(raw[i % POOL])),
-        ("the spec's CID (canonical JSON, sha256, base32)", lambda i: spec_cid(parsed[i % POOL].spec)),
+        ("the spec's CID (dump, canonical JSON, sha256, base32)", spec_cid),
         ("the terms from the body", lambda i: parsed[i % POOL].terms()),
         ("the terms against the market's rules", lambda i: rules.problems(terms[i % POOL])),
         ("the terms' EIP-712 digest", terms_digest),
-        ("recover the terms' signer", lambda i: _signer(parsed[i % POOL].signature, terms_digests[i % POOL])),
+        ("recover the terms' signer (key, address)", terms_signer),
         ("the permit's EIP-712 digest", permit_digest),
-        ("recover the permit's signer", permit_signer),
-        ("  of which: libsecp256k1 recovery alone (coincurve)", secp256k1_alone),
+        ("recover the permit's signer (key, compared)", permit_signer),
+        ("  of which: one recovery through coincurve's objects", secp256k1_alone),
         ("the task document as JSON (orjson)", document),
     ]
     figures = {name.strip(): timed(fn, args.count, args.rounds) for name, fn in steps}
     counted = [name for name, _ in steps if not name.startswith("  ")]
     total = sum(figures[name] for name in counted)
-    recoveries = figures["recover the terms' signer"] + figures["recover the permit's signer"]
+    recoveries = sum(figures[name] for name in counted if name.startswith("recover "))
     if args.json:
         print(json.dumps({"cpu": cpu_model(), "us": figures, "total_us": total, "recoveries_us": recoveries}))
         return

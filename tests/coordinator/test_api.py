@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from ethml.chain import EML, Deployment, dev_account
 from ethml.coordinator.client import sign_permit, task_body
-from ethml.coordinator.permit import PermitDomain
+from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
 from ethml.training.spec import TaskSpec
 from tests.conftest import free_port
@@ -87,6 +87,15 @@ async def _hostile_requests(c: Coordinator) -> None:
         **sign_permit(dev_account(3), c.domain, 5 * EML, 0, now + 3600),
         "owner": dev_account(REQUESTER).address,
     }
+    # The requester's own signatures, with v flipped (recovers another key) or as the malleable twin
+    # (s -> n - s with v flipped: the same key to a bare ecrecover, refused by OpenZeppelin's ECDSA).
+    valid = _valid(c, now)
+    permit, signature = valid["permit"], valid["signature"]
+    flipped_permit = {**permit, "v": 55 - permit["v"]}
+    twin_permit = {**permit, "s": f"0x{SECP256K1_N - int(permit['s'], 16):064x}", "v": 55 - permit["v"]}
+    other_v = {"1b": "1c", "1c": "1b"}[signature[-2:]]
+    flipped_signature = signature[:-2] + other_v
+    twin_signature = f"{signature[:66]}{SECP256K1_N - int(signature[66:130], 16):064x}{other_v}"
     cases: list[tuple[str, str, str | None, Any, int, str | None, str]] = [
         # method, path, key, body, status, field, words in the message
         ("POST", "/api/tasks", None, _valid(c, now), 401, None, "API key is required"),
@@ -106,6 +115,10 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.s": "0x12"}), 422, "permit.s", "pattern"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.owner": "0xAbCd" + "0" * 36}), 422, "permit.owner", "checksum"),
         ("POST", "/api/tasks", key, _valid(c, now, permit=forged_permit), 422, "permit", "does not recover"),
+        ("POST", "/api/tasks", key, _valid(c, now, permit=flipped_permit), 422, "permit", "does not recover"),
+        ("POST", "/api/tasks", key, _valid(c, now, permit=twin_permit), 422, "permit", "does not recover"),
+        ("POST", "/api/tasks", key, _valid(c, now, signature=flipped_signature), 422, "signature", "does not recover the requester"),
+        ("POST", "/api/tasks", key, _valid(c, now, signature=twin_signature), 422, "signature", "does not recover the requester"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.value": str(6 * EML)}), 422, None, "permit.value must equal reward"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.owner": dev_account(3).address}), 422, None, "permit.owner must be the requester"),
         ("POST", "/api/tasks", key, _valid(c, now, expiry=now - 10), 422, None, "expiry has passed"),

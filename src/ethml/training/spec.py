@@ -221,7 +221,13 @@ class TaskSpec(BaseModel):
         return self
 
     def to_json(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")) + "\n").encode()
+        return canonical_json(self.model_dump(mode="json"))
+
+
+def canonical_json(spec: dict[str, Any]) -> bytes:
+    """A spec's canonical JSON (sorted keys, no spaces, ASCII, one newline) from its JSON-mode dump:
+    the bytes whose CID a task names and its requester signs."""
+    return (json.dumps(spec, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def parse_spec(raw: bytes | str | dict[str, Any]) -> TaskSpec:

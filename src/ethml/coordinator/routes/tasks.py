@@ -16,10 +16,11 @@ from ethml.coordinator.auth import buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
 from ethml.coordinator.follower import replay_task, task_opened
-from ethml.coordinator.permit import recover
+from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
-from ethml.training.flow import spec_cid
+from ethml.ipfs.unixfs import file_cid_v1
 from ethml.training.onchain import TaskError, read_struct
+from ethml.training.spec import canonical_json
 
 routes = web.RouteTableDef()
 
@@ -53,11 +54,17 @@ def _task_doc(who: dict[str, str], fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _signer(signature: str, digest: bytes) -> str | None:
-    """The lowercase address that signed `digest` with a 65-byte (r, s, v) signature (v 27/28 or 0/1)."""
+def _signer_key(signature: str, digest: bytes) -> bytes | None:
+    """The public key that signed `digest` with a 65-byte (r, s, v) signature (v 27/28 or 0/1)."""
     raw = bytes.fromhex(signature[2:])
     v = raw[64] + 27 if raw[64] < 27 else raw[64]
-    return recover(digest, v, raw[:32], raw[32:64], checksum=False)
+    return recover_public_key(digest, v, raw[:32], raw[32:64])
+
+
+def _signer(signature: str, digest: bytes) -> str | None:
+    """The lowercase address that signed `digest` with a 65-byte (r, s, v) signature (v 27/28 or 0/1)."""
+    key = _signer_key(signature, digest)
+    return None if key is None else address_of(key)
 
 
 @routes.post("/api/tasks")
@@ -68,7 +75,8 @@ async def post_task(request: web.Request) -> web.Response:
     who = await required(request, "requester", "admin")
     try:
         body: TaskCreate = await read_json(request, TaskCreate)
-        if spec_cid(body.spec) != body.spec_cid:
+        spec = body.spec.model_dump(mode="json")  # stored as is in the task document below
+        if file_cid_v1(canonical_json(spec)) != body.spec_cid:
             raise ApiError(422, "spec_cid is not the CID of the spec's canonical JSON", "spec_cid")
         terms = body.terms()
         rules = await request.app[RULES].get()
@@ -77,7 +85,8 @@ async def post_task(request: web.Request) -> web.Response:
             field = "parameters_version" if terms.parameters_version != rules.version else None
             raise ApiError(422, "; ".join(problems), field)
         digest = request.app[TERMS].digest(terms, body.requester, body.nonce, body.expiry)
-        if _signer(body.signature, digest) != body.requester.lower():
+        key = _signer_key(body.signature, digest)
+        if key is None or address_of(key) != body.requester.lower():
             raise ApiError(
                 422,
                 "the signature does not recover the requester for these terms, nonce and expiry on this chain and "
@@ -86,9 +95,10 @@ async def post_task(request: web.Request) -> web.Response:
             )
         p = body.permit
         if p is not None:
+            # The schema made permit.owner the requester, whose key the terms just gave: the permit must
+            # recover that same key (a comparison of keys, no second address to hash).
             permit_digest = request.app[PERMITS].digest(p.owner, p.value, p.nonce, p.deadline)
-            signer = recover(permit_digest, p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:]), checksum=False)
-            if signer != p.owner.lower():
+            if recover_public_key(permit_digest, p.v, bytes.fromhex(p.r[2:]), bytes.fromhex(p.s[2:])) != key:
                 raise ApiError(
                     422,
                     "the permit signature does not recover permit.owner for this chain, token and spender",
@@ -111,7 +121,7 @@ async def post_task(request: web.Request) -> web.Response:
             "submit_seconds": body.submit_seconds,
             "score_seconds": body.score_seconds,
             "spec_cid": body.spec_cid,
-            "spec": body.spec.model_dump(mode="json"),
+            "spec": spec,
             "dataset_cid": body.dataset_cid,
             "test_set_commitment": body.test_set_commitment,
             "test_set": {"cid": body.test_set.cid, "salt": body.test_set.salt} if body.test_set else None,
