@@ -130,22 +130,8 @@ class Terms:
                     keccak256(self.dataset_cid.encode()),
                     keccak256(self.spec_cid.encode()),
                     self.test_set_commitment.rjust(32, b"\0"),
-                    *(
-                        value.to_bytes(32, "big")
-                        for value in (
-                            self.reward,
-                            self.submit_period,
-                            self.score_period,
-                            self.validations,
-                            self.min_score,
-                            self.kind,
-                            self.decimals,
-                            self.feature_count,
-                            self.parameters_version,
-                            nonce,
-                            expiry,
-                        )
-                    ),
+                    # reward .. parametersVersion: the struct's integers, in order, then nonce and expiry
+                    *(value.to_bytes(32, "big") for value in (*self.as_tuple()[3:], nonce, expiry)),
                 )
             )
         )
