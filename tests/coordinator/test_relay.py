@@ -165,6 +165,37 @@ async def test_the_relayer_cannot_change_a_term(anvil_url: str, tmp_path: Path) 
         assert await tasks.functions.taskCount().call() == 1
 
 
+async def test_a_terms_signature_with_v_0_or_1_is_relayed_as_27_or_28_and_created(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Some wallets write v as 0/1; OpenZeppelin's ECDSA recovers nothing from that. The API takes it
+    and stores (and relays) v as 27/28: both tasks are created on chain, none fails."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, _url = await c.start_server(relay=False)
+        app = runner.app
+        assert app is not None
+        chain, store, ipfs = app[CHAIN], app[STORE], app[IPFS]
+        key = await c.requester_key()
+        now = await chain_now(c)
+        posted, stored_v = [], []
+        for nonce in range(2):
+            body = _valid(c, now, nonce)
+            signature = body["signature"]
+            body["signature"] = signature[:130] + f"{int(signature[130:], 16) - 27:02x}"  # 00 or 01
+            status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
+            assert status == 201, created
+            posted.append(created["id"])
+            doc = await store.task(created["id"])
+            assert doc is not None and doc["signature"] == signature, (doc, signature)
+            stored_v.append(signature[130:])
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        for entry in got[0][1]:
+            await relay_one(chain, store, ipfs, *entry)
+        docs = [await store.task(task_id) for task_id in posted]
+        assert [(d["status"], d["chain_task_id"]) for d in docs if d] == [("open", 1), ("open", 2)], docs
+        assert set(stored_v) <= {"1b", "1c"}
+
+
 def _as_posted(original: dict[str, Any]) -> Any:
     """A document change: the terms back as signed, the task pending again, no journaled transaction."""
     terms = ("reward", "validations", "min_score", "submit_seconds")

@@ -23,6 +23,14 @@ def test_checksum_address_is_eip55_for_any_case_of_any_address() -> None:
     assert checksum_address("0x" + "f" * 40) == to_checksum_address("0x" + "f" * 40)
 
 
+@pytest.mark.parametrize(
+    "text", ["0x1234", "0x" + "a" * 39, "0x" + "a" * 41, "0x" + "g" * 40, "1x" + "a" * 40, "0x" + "\u00e9" * 40, ""]
+)
+def test_checksum_address_refuses_what_is_not_a_20_byte_hex_address(text: str) -> None:
+    with pytest.raises(ValueError, match="20-byte hex address"):
+        checksum_address(text)
+
+
 def _twin(s: bytes) -> bytes:
     return (SECP256K1_N - int.from_bytes(s, "big")).to_bytes(32, "big")
 

@@ -99,7 +99,9 @@ def checksum_address(address: str) -> str:
     """EIP-55 mixed-case form of a 0x-prefixed 20-byte hex address (with the native keccak and a cache
     of recent addresses: requesters and workers come back). The letters whose hash digit is 8-f are
     capitalised all at once: 0x20 less in each such byte of the lowercase text, as one integer."""
-    body = address[2:].lower().encode("ascii")
+    body = address[2:].lower().encode("ascii", "replace")
+    if len(body) != 40 or body.translate(None, b"0123456789abcdef") or address[:2] not in ("0x", "0X"):
+        raise ValueError(f"not a 0x-prefixed 20-byte hex address: {address[:50]!r}")
     flags = int.from_bytes(keccak256(body).hex()[:40].encode("ascii").translate(_CAPITALISE), "big")
     letters = int.from_bytes(body.translate(_LETTER), "big")
     return "0x" + (int.from_bytes(body, "big") - (flags & letters)).to_bytes(40, "big").decode("ascii")

@@ -115,7 +115,7 @@ class PermitIn(Strict):
 
     owner: Address
     value: Wei
-    nonce: JsonInt = Field(ge=0, le=2**64)
+    nonce: JsonInt = Field(ge=0, le=2**64, description="EML's nonces(owner) when relayed (checked then, not here)")
     deadline: JsonInt = Field(ge=1, le=2**40)
     v: JsonInt = Field(ge=27, le=28, description="27 or 28")
     r: Hex32
@@ -158,7 +158,9 @@ class TaskCreate(Strict):
     )
     expiry: JsonInt = Field(ge=0, le=2**40, description="unix seconds: the terms may be relayed until then")
     signature: Annotated[
-        str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{130}$"), Field(description="65 bytes: r, s, v")
+        str,
+        StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{130}$"),
+        Field(description="65 bytes: r, s, v (27 or 28; 0 or 1 is stored and relayed as 27 or 28)"),
     ]
     permit: PermitIn | None = Field(default=None, description="optional: without it, the requester approved")
 

@@ -61,6 +61,14 @@ def _signer_key(signature: str, digest: bytes) -> bytes | None:
     return recover_public_key(digest, v, raw[:32], raw[32:64])
 
 
+def _as_sent(signature: str) -> str:
+    """A valid signature as the contract takes it: OpenZeppelin's ECDSA recovers nothing from v 0/1,
+    which some wallets write, so such a v is stored (and relayed) as 27/28. v is not part of what the
+    signature signs; r and s are unchanged."""
+    v = int(signature[130:], 16)
+    return signature[:130] + (f"{v + 27:02x}" if v < 27 else signature[130:])
+
+
 def _signer(signature: str, digest: bytes) -> str | None:
     """The lowercase address that signed `digest` with a 65-byte (r, s, v) signature (v 27/28 or 0/1)."""
     key = _signer_key(signature, digest)
@@ -129,7 +137,7 @@ async def post_task(request: web.Request) -> web.Response:
             "nonce": body.nonce,
             "parameters_version": body.parameters_version,
             "expiry": body.expiry,
-            "signature": body.signature,
+            "signature": _as_sent(body.signature),
             "permit": None
             if p is None
             else {
