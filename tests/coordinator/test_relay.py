@@ -12,9 +12,12 @@ import redis.asyncio as aioredis
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
+from ethml.coordinator.chain import Chain
 from ethml.coordinator.relayer import relay_one
+from ethml.coordinator.store import Store
+from ethml.ipfs.client import IpfsClient
 from tests.conftest import free_port
-from tests.coordinator.conftest import REQUESTER, coordinator_on, start_redis
+from tests.coordinator.conftest import REQUESTER, Coordinator, coordinator_on, start_redis
 from tests.coordinator.test_api import _valid
 from tests.coordinator.test_flow import chain_now
 from tests.node.conftest import wait_until
@@ -92,12 +95,7 @@ async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_
     """Two instances relay two permits of one requester (nonces 0 and 1) in the same block: the second
     is checked against the pending state, where nonce 0 is spent, and is created, not failed."""
     async with coordinator_on(anvil_url, tmp_path) as c:
-        runner, _url = await c.start_server(relay=False)
-        app = runner.app
-        assert app is not None
-        chain, store, ipfs = app[CHAIN], app[STORE], app[IPFS]
-        key = await c.requester_key()
-        now = await chain_now(c)
+        chain, store, ipfs, key, now = await _without_relayer(c)
         posted = []
         for nonce in range(2):
             body = _valid(c, now, nonce)
@@ -129,12 +127,7 @@ async def test_the_relayer_cannot_change_a_term(anvil_url: str, tmp_path: Path) 
     contract refuses the signature, nothing is created and nothing is charged; the terms as signed are
     created; a second task on the same signed nonce is refused with that reason."""
     async with coordinator_on(anvil_url, tmp_path) as c:
-        runner, _url = await c.start_server(relay=False)
-        app = runner.app
-        assert app is not None
-        chain, store, ipfs = app[CHAIN], app[STORE], app[IPFS]
-        key = await c.requester_key()
-        now = await chain_now(c)
+        chain, store, ipfs, key, now = await _without_relayer(c)
         posted = []
         for body in (_valid(c, now, 0), _valid(c, now, 0)):  # the second reuses nonce 0
             status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
@@ -171,12 +164,7 @@ async def test_a_terms_signature_with_v_0_or_1_is_relayed_as_27_or_28_and_create
     """Some wallets write v as 0/1; OpenZeppelin's ECDSA recovers nothing from that. The API takes it
     and stores (and relays) v as 27/28: both tasks are created on chain, none fails."""
     async with coordinator_on(anvil_url, tmp_path) as c:
-        runner, _url = await c.start_server(relay=False)
-        app = runner.app
-        assert app is not None
-        chain, store, ipfs = app[CHAIN], app[STORE], app[IPFS]
-        key = await c.requester_key()
-        now = await chain_now(c)
+        chain, store, ipfs, key, now = await _without_relayer(c)
         posted, stored_v = [], []
         for nonce in range(2):
             body = _valid(c, now, nonce)
@@ -194,6 +182,15 @@ async def test_a_terms_signature_with_v_0_or_1_is_relayed_as_27_or_28_and_create
         docs = [await store.task(task_id) for task_id in posted]
         assert [(d["status"], d["chain_task_id"]) for d in docs if d] == [("open", 1), ("open", 2)], docs
         assert set(stored_v) <= {"1b", "1c"}
+
+
+async def _without_relayer(c: Coordinator) -> tuple[Chain, Store, IpfsClient, str, int]:
+    """A server that relays nothing by itself (the test calls relay_one), its chain, store and IPFS, a
+    requester key and the chain's time."""
+    runner, _url = await c.start_server(relay=False)
+    app = runner.app
+    assert app is not None
+    return app[CHAIN], app[STORE], app[IPFS], await c.requester_key(), await chain_now(c)
 
 
 def _as_posted(original: dict[str, Any]) -> Any:
