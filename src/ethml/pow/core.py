@@ -117,9 +117,9 @@ def random_base() -> int:
 
 
 def keccak256(data: bytes) -> bytes:
-    if type(data) is not bytes:  # a bytearray or memoryview: cffi takes bytes only
-        data = bytes(data)
-    return _core.keccak256(data) if HAS_NATIVE else _reference.keccak256(data)
+    if HAS_NATIVE:
+        return _core.keccak256(bytes(data))
+    return _reference.keccak256(bytes(data))
 
 
 def hash_message(challenge: bytes | str, miner: bytes | str, nonce: int) -> bytes:

@@ -120,20 +120,23 @@ class Terms:
         )
 
     def struct_hash(self, requester: str, nonce: int, expiry: int) -> bytes:
-        """hashStruct(TaskTerms): the fields as 32-byte words (strings as their keccak), in the type's
-        order, written out in one join (the coordinator computes one per request)."""
         return keccak256(
-            b"".join(
-                (
-                    TERMS_TYPEHASH,
-                    bytes.fromhex(requester.removeprefix("0x")).rjust(32, b"\0"),
-                    keccak256(self.dataset_cid.encode()),
-                    keccak256(self.spec_cid.encode()),
-                    self.test_set_commitment.rjust(32, b"\0"),
-                    # reward .. parametersVersion: the struct's integers, in order, then nonce and expiry
-                    *(value.to_bytes(32, "big") for value in (*self.as_tuple()[3:], nonce, expiry)),
-                )
-            )
+            TERMS_TYPEHASH
+            + _address(requester)
+            + keccak256(self.dataset_cid.encode())
+            + keccak256(self.spec_cid.encode())
+            + _word(self.test_set_commitment)
+            + _word(self.reward)
+            + _word(self.submit_period)
+            + _word(self.score_period)
+            + _word(self.validations)
+            + _word(self.min_score)
+            + _word(self.kind)
+            + _word(self.decimals)
+            + _word(self.feature_count)
+            + _word(self.parameters_version)
+            + _word(nonce)
+            + _word(expiry)
         )
 
 
