@@ -30,7 +30,7 @@ from coordinator_load import Market, bodies
 
 from ethml.chain import EML
 from ethml.coordinator.permit import PermitDomain, address_of, recover_public_key
-from ethml.coordinator.routes.tasks import _signer_key
+from ethml.coordinator.routes.tasks import _as_sent, _signer_key
 from ethml.coordinator.schemas import TaskCreate
 from ethml.ipfs.unixfs import file_cid_v1
 from ethml.pow.tune import cpu_model
@@ -77,11 +77,11 @@ def main() -> None:
     assert all(p is not None for p in permits)
     permit_digests = [market.permits.digest(p.owner, p.value, p.nonce, p.deadline) for p in permits if p]
     signatures = [bytes.fromhex(b.signature[2:]) for b in parsed]
-    keys = [_signer_key(b.signature, d) for b, d in zip(parsed, terms_digests, strict=True)]
+    keys = [_signer_key(_as_sent(b.signature), d) for b, d in zip(parsed, terms_digests, strict=True)]
     specs = [b.spec.model_dump(mode="json") for b in parsed]
 
     def terms_signer(i: int) -> bool:
-        key = _signer_key(parsed[i % POOL].signature, terms_digests[i % POOL])
+        key = _signer_key(_as_sent(parsed[i % POOL].signature), terms_digests[i % POOL])
         return key is not None and address_of(key) == parsed[i % POOL].requester.lower()
 
     def permit_signer(i: int) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from eth_account import Account
 from eth_utils import to_checksum_address
 
-from ethml.coordinator.permit import SECP256K1_N, checksum_address, recover, recover_public_key
+from ethml.coordinator.permit import SECP256K1_N, address_of, checksum_address, recover_public_key
 from ethml.pow import keccak256
 
 
@@ -33,6 +33,14 @@ def test_checksum_address_refuses_what_is_not_a_20_byte_hex_address(text: str) -
 
 def _twin(s: bytes) -> bytes:
     return (SECP256K1_N - int.from_bytes(s, "big")).to_bytes(32, "big")
+
+
+def recover(digest: bytes, v: int, r: bytes, s: bytes, *, checksum: bool = True) -> str | None:
+    """The signer's address as the API derives it (EIP-55, or lowercase), or None."""
+    key = recover_public_key(digest, v, r, s)
+    if key is None:
+        return None
+    return checksum_address(address_of(key)) if checksum else address_of(key)
 
 
 def _signed(digest: bytes) -> tuple[str, int, bytes, bytes]:

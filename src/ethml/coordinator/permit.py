@@ -137,16 +137,6 @@ def address_of(public_key: bytes) -> str:
     return "0x" + keccak256(public_key)[12:].hex()
 
 
-def recover(digest: bytes, v: int, r: bytes, s: bytes, *, checksum: bool = True) -> str | None:
-    """The signer of a 32-byte digest (EIP-55, or lowercase with checksum=False), or None for a
-    malformed, malleable or unrecoverable signature."""
-    key = recover_public_key(digest, v, r, s)
-    if key is None:
-        return None
-    address = address_of(key)
-    return checksum_address(address) if checksum else address
-
-
 def login_message(server_id: str, nonce: str, role: str) -> str:
     return f"ethml worker login\nserver: {server_id}\nrole: {role}\nnonce: {nonce}"
 

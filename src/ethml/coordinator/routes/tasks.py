@@ -54,25 +54,19 @@ def _task_doc(who: dict[str, str], fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _signer_key(signature: str, digest: bytes) -> bytes | None:
-    """The public key that signed `digest` with a 65-byte (r, s, v) signature (v 27/28 or 0/1)."""
-    raw = bytes.fromhex(signature[2:])
-    v = raw[64] + 27 if raw[64] < 27 else raw[64]
-    return recover_public_key(digest, v, raw[:32], raw[32:64])
-
-
 def _as_sent(signature: str) -> str:
-    """A valid signature as the contract takes it: OpenZeppelin's ECDSA recovers nothing from v 0/1,
-    which some wallets write, so such a v is stored (and relayed) as 27/28. v is not part of what the
-    signature signs; r and s are unchanged."""
+    """The signature as the contract takes it: OpenZeppelin's ECDSA recovers nothing from v 0/1, which
+    some wallets write, so such a v becomes 27/28 (v is not part of what is signed; r and s are
+    unchanged). Checked, stored and relayed in this form."""
     v = int(signature[130:], 16)
     return signature[:130] + (f"{v + 27:02x}" if v < 27 else signature[130:])
 
 
-def _signer(signature: str, digest: bytes) -> str | None:
-    """The lowercase address that signed `digest` with a 65-byte (r, s, v) signature (v 27/28 or 0/1)."""
-    key = _signer_key(signature, digest)
-    return None if key is None else address_of(key)
+def _signer_key(signature: str, digest: bytes) -> bytes | None:
+    """The public key that signed `digest` with a 65-byte (r, s, v) signature in the contract's form
+    (`_as_sent`)."""
+    raw = bytes.fromhex(signature[2:])
+    return recover_public_key(digest, raw[64], raw[:32], raw[32:64])
 
 
 @routes.post("/api/tasks")
@@ -93,7 +87,8 @@ async def post_task(request: web.Request) -> web.Response:
             field = "parameters_version" if terms.parameters_version != rules.version else None
             raise ApiError(422, "; ".join(problems), field)
         digest = request.app[TERMS].digest(terms, body.requester, body.nonce, body.expiry)
-        key = _signer_key(body.signature, digest)
+        signature = _as_sent(body.signature)
+        key = _signer_key(signature, digest)
         if key is None or address_of(key) != body.requester.lower():
             raise ApiError(
                 422,
@@ -137,7 +132,7 @@ async def post_task(request: web.Request) -> web.Response:
             "nonce": body.nonce,
             "parameters_version": body.parameters_version,
             "expiry": body.expiry,
-            "signature": _as_sent(body.signature),
+            "signature": signature,
             "permit": None
             if p is None
             else {
