@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from ethml.cli._common import ChainOptions, JsonOption, connect, echo_json, handle_errors
+from ethml.cli._common import ChainOptions, JsonOption, echo_json, handle_errors
 from ethml.cli._config import ConfigError
 from ethml.cli._options import OptionGroup, option_groups
 from ethml.cli._signer import SignerOptions
@@ -258,25 +258,14 @@ def _salt(text: str | None) -> bytes:
 
 
 def _with_deployment(chain: ChainOptions, body: Any) -> None:
-    import asyncio
+    """`chain.run(body)`, with the deployment file's path as body's third argument (register records the
+    new model's id in it)."""
+    from ethml.chain.deploy import deployment_path
 
-    from ethml.chain.deploy import Deployment, deployment_path
-    from ethml.errors import ChainError
+    async def with_path(w3: AsyncWeb3[Any], dep: Deployment) -> None:
+        await body(w3, dep, chain.deployment or deployment_path(dep.chain_id, chain.data_dir))
 
-    rpc, deployment, data_dir = chain.rpc, chain.deployment, chain.data_dir
-
-    async def run() -> None:
-        w3, chain_id = await connect(rpc)
-        try:
-            path = deployment or deployment_path(chain_id, data_dir)
-            dep = Deployment.load(path) if deployment else Deployment.find(chain_id, data_dir)
-            if dep.chain_id != chain_id:
-                raise ChainError(f"the deployment is for chain {dep.chain_id} but {rpc} serves chain {chain_id}")
-            await body(w3, dep, path)
-        finally:
-            await w3.provider.disconnect()  # type: ignore[attr-defined]
-
-    asyncio.run(run())
+    chain.run(with_path)
 
 
 def _tell(result: AdminResult, what: str, json_output: bool, extra: dict[str, Any]) -> None:
