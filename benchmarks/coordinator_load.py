@@ -457,16 +457,16 @@ def main() -> None:
             warm.update(round="warm-up")
             failures += refusals(warm, serve_url, env)
             rows = []
-            targets = [("bare XADD handler", bare_port, bare_proc), ("ethml serve", serve_port, procs[-1])]
+            # (name, port, process, bodies: None for the bare handler's pool, else with a permit or not)
+            targets = [("bare XADD handler", bare_port, bare_proc, None), ("ethml serve", serve_port, procs[-1], True)]
             if args.also_without_permit:
-                targets.append(("  without permit", serve_port, procs[-1]))
+                targets.append(("  without permit", serve_port, procs[-1], False))
             for r in range(args.rounds):
-                for name, port, proc in targets:
-                    is_serve = name != "bare XADD handler"
+                for name, port, proc, permit in targets:
+                    is_serve = permit is not None
                     # A fresh pool of distinct bodies for each ethml round, signed before it starts.
-                    slug = f"round{r + 1}-{name.strip().replace(' ', '-')}"
-                    with_permit = name == "ethml serve"
-                    fresh = pool(slug, args.seconds * args.max_rate, with_permit) if is_serve else bare_bodies
+                    slug = f"round{r + 1}-{'permit' if permit else 'no-permit'}"
+                    fresh = pool(slug, args.seconds * args.max_rate, permit) if permit is not None else bare_bodies
                     env = {**auth, **fresh}
                     before = int(redis_cli(sock, "ZCARD", "ethml:tasks"))
                     cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
