@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
@@ -204,6 +206,15 @@ def start_redis(socket: Path, *extra: str) -> subprocess.Popen[bytes]:
          "--appendonly", "yes", "--save", "", *extra],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+async def answering(client: aioredis.Redis) -> bool:
+    """Whether Redis answers a PING: the socket file appears at bind(), and a connection refused until
+    listen() is Redis still starting, not a failure."""
+    try:
+        return bool(await client.ping())
+    except redis.exceptions.ConnectionError:  # refused, or still loading its append-only file
+        return False
 
 
 @asynccontextmanager

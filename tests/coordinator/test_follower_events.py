@@ -11,7 +11,7 @@ from ethml.coordinator.follower import EVENTS, apply_event
 from ethml.coordinator.redis_client import connect
 from ethml.coordinator.schemas import Submission
 from ethml.coordinator.store import Store
-from tests.coordinator.conftest import start_redis
+from tests.coordinator.conftest import answering, start_redis
 from tests.node.conftest import wait_until
 
 
@@ -22,7 +22,7 @@ async def test_a_reveal_of_an_artifact_seen_elsewhere_first_is_recorded(tmp_path
     try:
         await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
         client = connect(socket=str(socket))
-        await wait_until(client.ping, timeout=30, what="Redis to answer")
+        await wait_until(lambda: answering(client), timeout=30, what="Redis to answer")
         store = Store(client)
         doc: dict[str, Any] = {
             "id": "t1", "chain_task_id": 7, "created_at": 1.0, "status": "training",

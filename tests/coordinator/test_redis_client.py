@@ -4,6 +4,7 @@ which it falls back to for what hiredis is not given (other types, two-word comm
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from redis.asyncio.connection import UnixDomainSocketConnection
 from redis.exceptions import DataError
 
 from ethml.coordinator.redis_client import _with_hiredis_packing, connect
-from tests.coordinator.conftest import start_redis
+from tests.coordinator.conftest import answering, start_redis
 from tests.node.conftest import wait_until
 
 COMMANDS = [
@@ -40,7 +41,7 @@ async def test_a_client_round_trips_through_a_real_redis(tmp_path: Path) -> None
     try:
         await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
         for client in (connect(socket=str(socket)), connect(url=f"unix://{socket}")):
-            await wait_until(client.ping, timeout=30, what="Redis to answer")
+            await wait_until(functools.partial(answering, client), timeout=30, what="Redis to answer")
             value = "välue ✓ " * 500
             pipe = client.pipeline(transaction=False)
             pipe.set("clé", value)
