@@ -56,7 +56,7 @@ from ethml.chain import DEV_MNEMONIC, EML, Parameters, deploy_system, dev_accoun
 from ethml.coordinator.permit import PermitDomain, checksum_address
 from ethml.coordinator.redis_server import redis_executable
 from ethml.coordinator.schemas import commitment_hex
-from ethml.devnet import find_anvil
+from ethml.devnet import AnvilNotFound, find_anvil
 from ethml.pow import keccak256
 from ethml.pow.tune import cpu_model
 from ethml.training import parse_spec
@@ -345,7 +345,10 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: the load generator is wrk (apt-get install wrk)")
-    anvil = find_anvil()
+    try:
+        anvil = find_anvil()
+    except AnvilNotFound as exc:
+        sys.exit(f"error: {exc}")
     procs: list[subprocess.Popen[bytes]] = []
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:
