@@ -15,6 +15,7 @@ log = structlog.get_logger("ethml.coordinator")
 async def forever(name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
     backoff = interval
     while True:
+        stop_if_cancelled()
         try:
             await step()
             backoff = interval
@@ -23,26 +24,68 @@ async def forever(name: str, interval: float, step: Callable[[], Awaitable[None]
         except Exception as exc:  # noqa: BLE001 - a backend outage: log, back off, carry on
             log.warning(f"{name}_failed", error=str(exc), retry_in=round(backoff, 2))
             backoff = min(max(backoff * 2, 0.5), 10.0)
+        stop_if_cancelled()
         await asyncio.sleep(backoff)
+
+
+def stop_if_cancelled() -> None:
+    """End the current task if it was cancelled and carries on all the same; a loop calls it every turn.
+
+    Python 3.11's asyncio.wait_for drops a cancellation that arrives in the loop turn where the awaited
+    operation completes, and returns the operation's result instead (fixed in 3.12). redis-py 8 sends
+    every command through wait_for (its default socket timeout is 5 s), so a loop cancelled while it
+    sends a command to Redis would carry on as if never cancelled. The task still counts the request
+    (timeouts, asyncio's and aiohttp's, withdraw theirs), which is what this checks."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+# How often a task that was cancelled but still runs is cancelled again (see stop_if_cancelled): a task
+# that waits for something long after a dropped cancel (a blocking read) gets another.
+CANCEL_AGAIN = 0.5
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], grace: float | None) -> bool:
+    """Cancel `task` and wait for its end, up to `grace` seconds (None: however long it takes), cancelling
+    it again every CANCEL_AGAIN seconds while it runs on; whether it ended. A cancellation of the caller
+    that arrives meanwhile propagates (the task has been cancelled already)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if grace is None else loop.time() + grace
+    while not task.done():
+        left = CANCEL_AGAIN if deadline is None else min(CANCEL_AGAIN, deadline - loop.time())
+        if left <= 0:
+            return False
+        task.cancel()
+        await asyncio.wait([task], timeout=left)
+    return True
 
 
 async def stop_helper(task: asyncio.Task[None]) -> None:
     """Cancel a helper task (a lease renewer, an entry toucher) and wait for its end, without swallowing
     a cancellation of the caller that arrives meanwhile (it is re-raised); the helper's own failure is
     only logged."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception as exc:  # noqa: BLE001 - the helper's failure is not the caller's
-        log.debug("helper_failed", helper=task.get_name(), error=str(exc))
+    await cancel_and_wait(task, None)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("helper_failed", helper=task.get_name(), error=str(task.exception()))
+
+
+def _where(task: asyncio.Task[None]) -> str:
+    """The chain of awaits a task is suspended in (outermost first), to say what a task that did not
+    end when cancelled waits on."""
+    steps: list[str] = []
+    obj: Any = task.get_coro()
+    while obj is not None and len(steps) < 30:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
+        if frame is not None:
+            steps.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None) or getattr(obj, "ag_await", None)
+    return " > ".join(steps) or "?"
 
 
 class Loops:
-    """Named tasks started together and stopped together (cancelled, then awaited with a timeout)."""
+    """Named tasks started together and stopped together (cancelled, cancelled again while they run on,
+    and awaited with a timeout)."""
 
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[None]] = []
@@ -51,10 +94,8 @@ class Loops:
         self.tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self, grace: float = 10.0) -> None:
-        for t in self.tasks:
-            t.cancel()
-        if self.tasks:
-            _done, stuck = await asyncio.wait(self.tasks, timeout=grace)
-            if stuck:
-                log.warning("shutdown_stuck", tasks=[t.get_name() for t in stuck])
+        ended = await asyncio.gather(*(cancel_and_wait(t, grace) for t in self.tasks))
+        stuck = [t for t, done in zip(self.tasks, ended, strict=True) if not done]
+        if stuck:
+            log.warning("shutdown_stuck", tasks=[t.get_name() for t in stuck], where=[_where(t) for t in stuck])
         self.tasks = []

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from ethml.coordinator import redis_keys as k
-from ethml.coordinator.background import stop_helper
+from ethml.coordinator.background import stop_helper, stop_if_cancelled
 from ethml.coordinator.store import Store
 
 log = structlog.get_logger("ethml.coordinator")
@@ -70,6 +70,7 @@ class Lock:
 
     async def _renew(self) -> None:
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(self.ttl / 3)
             if not await self.store.redis.eval(RENEW, 1, self.key, self.token, int(self.ttl * 1000)):
                 log.warning("lease_lost", lease=self.key)

@@ -22,7 +22,7 @@ from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
 from ethml.coordinator import redis_keys as k
-from ethml.coordinator.background import stop_helper
+from ethml.coordinator.background import stop_helper, stop_if_cancelled
 from ethml.coordinator.chain import Chain, fail, send_raw
 from ethml.coordinator.follower import deadlines_of, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
@@ -129,6 +129,7 @@ class Relayer:
         own = True
         backoff = 0.5
         while True:
+            stop_if_cancelled()
             try:
                 entries = await self._reclaim()
                 if not entries:
@@ -175,6 +176,7 @@ class Relayer:
 
         async def touch() -> None:
             while True:
+                stop_if_cancelled()
                 await asyncio.sleep(self.idle_timeout / 3)
                 await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, [entry_id])
 
