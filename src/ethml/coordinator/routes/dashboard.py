@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, STORE
 from ethml.coordinator.auth import rate_limit
+from ethml.coordinator.background import stop_if_cancelled
 from ethml.oracle import list_requests, oracle_status
 
 routes = web.RouteTableDef()
@@ -87,6 +88,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     with contextlib.suppress(ConnectionError, asyncio.CancelledError):
         while True:
+            stop_if_cancelled()  # a cancel dropped inside a Redis call (see background.py) still ends the stream
             await response.write(f"data: {json.dumps(await cached_snapshot(request.app))}\n\n".encode())
             await asyncio.sleep(2.0)
     return response
