@@ -71,10 +71,10 @@ async def test_a_loop_busy_on_redis_stops_at_the_first_shutdown_whenever_it_is_c
         store = Store(redis)
         await store.setup()
         dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-        busy = asyncio.Event()
+        finished = asyncio.Event()
 
         async def traffic() -> None:  # other clients of the same pool: the API's requests
-            while not busy.is_set():
+            while not finished.is_set():
                 await asyncio.gather(*(store.take_token([(f"bucket-{i}", 100.0, 1000)]) for i in range(20)))
                 await redis.get("anything")
 
@@ -89,7 +89,7 @@ async def test_a_loop_busy_on_redis_stops_at_the_first_shutdown_whenever_it_is_c
                 await asyncio.wait_for(loops.stop(grace=5), 30)
                 assert task.done(), f"run {run}: the loop outlived its shutdown"
         finally:
-            busy.set()
+            finished.set()
             await asyncio.gather(*others, return_exceptions=True)
     finally:
         await redis.aclose()

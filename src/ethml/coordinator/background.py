@@ -15,7 +15,6 @@ log = structlog.get_logger("ethml.coordinator")
 async def forever(name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
     backoff = interval
     while True:
-        stop_if_cancelled()
         try:
             await step()
             backoff = interval
@@ -24,7 +23,7 @@ async def forever(name: str, interval: float, step: Callable[[], Awaitable[None]
         except Exception as exc:  # noqa: BLE001 - a backend outage: log, back off, carry on
             log.warning(f"{name}_failed", error=str(exc), retry_in=round(backoff, 2))
             backoff = min(max(backoff * 2, 0.5), 10.0)
-        stop_if_cancelled()
+        stop_if_cancelled()  # every turn passes here: a cancel dropped inside the step ends the loop now
         await asyncio.sleep(backoff)
 
 
