@@ -13,6 +13,11 @@ A result counts only from the worker the job was delivered to, for that delivery
 pending under the worker's consumer with the delivery number the worker was sent (checked and
 recorded in one script). The job id (task and slot) is the idempotency key: the first result is kept,
 a repeat is acknowledged and ignored.
+
+A worker that stops gracefully first says `drain`: it gets no more jobs and finishes those it runs.
+One that stops at once hands its jobs back (`release`, bound like a result to its consumer and
+delivery): they go back to `~waiting` with one more delivery, for another worker now rather than after
+`job_timeout`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class WorkerConn:
     cpu: float = 0.0
     memory: float = 0.0
     cluster: dict[str, int] | None = None  # a cluster-backed worker's Dask cluster: workers, threads
+    draining: bool = False  # stopping: finishes its jobs, takes no new one
 
     @property
     def consumer(self) -> str:
@@ -67,6 +73,7 @@ class WorkerConn:
             "memory": self.memory,
             "load": round(self.load, 3),
             "cluster": self.cluster,
+            "draining": self.draining,
             "connected_at": self.connected_at,
             "last_seen": time.time() - (time.monotonic() - self.last_seen),
         }
@@ -110,11 +117,7 @@ class Dispatcher:
             delivered = int(info[0]["times_delivered"]) if info else 1
             job = fields.get(b"job", b"?").decode()
             log.warning("job_reclaimed", job=job, deliveries=delivered)
-            if delivered > self.max_deliveries:
-                dead = {k.decode(): v for k, v in fields.items()}
-                await redis.xadd(k.DEAD, {**dead, "deliveries": delivered})
-                await self.store.finish_entry(stream, GROUP, entry_id)
-                self.dead_lettered += 1
+            await self._dead_letter_if_spent(stream, entry_id, fields, delivered)
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
         if not waiting:
@@ -122,10 +125,20 @@ class Dispatcher:
         if not mine:
             return
         for w in waiting:
-            free = [c for c in mine if len(c.running) < c.capacity and not c.ws.closed]
+            free = [c for c in mine if len(c.running) < c.capacity and not c.ws.closed and not c.draining]
             if not free:
                 return
             await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)
+
+    async def _dead_letter_if_spent(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], delivered: int
+    ) -> None:
+        """A job delivered more than `max_deliveries` times goes to the dead stream, with its count."""
+        if delivered > self.max_deliveries:
+            dead = {k.decode(): v for k, v in fields.items()}
+            await self.store.redis.xadd(k.DEAD, {**dead, "deliveries": delivered})
+            await self.store.finish_entry(stream, GROUP, entry_id)
+            self.dead_lettered += 1
 
     async def _assign(self, stream: str, role: str, entry_id: bytes, delivered: int, free: list[WorkerConn]) -> None:
         redis = self.store.redis
@@ -187,6 +200,25 @@ class Dispatcher:
         if outcome in ("gone", "reassigned"):
             return "not delivered to this worker any more (it timed out and went to another)"
         return outcome
+
+    async def release(self, conn: WorkerConn, job: str, delivery: int) -> str:
+        """A worker hands back `job`, which it says it was sent as delivery `delivery`: released (back to
+        waiting with one more delivery, or to the dead stream past `max_deliveries`), or why not."""
+        entry_id = conn.running.get(job)
+        if entry_id is None:
+            return "not delivered to this worker"
+        stream = k.jobs(conn.role)
+        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery)
+        if outcome == "stale":
+            return f"delivery {delivery} is not the delivery this worker was sent"
+        del conn.running[job]
+        if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
+            return "not delivered to this worker any more (it timed out and went to another)"
+        rows = await self.store.redis.xrange(stream, entry_id, entry_id)
+        if rows:
+            await self._dead_letter_if_spent(stream, entry_id, rows[0][1], outcome)
+        log.info("job_released", job=job, worker=conn.consumer, deliveries=outcome)
+        return "released"
 
     def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes]]) -> None:
         """A reconnecting worker keeps the jobs still pending under its consumer name."""

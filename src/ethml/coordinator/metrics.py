@@ -38,7 +38,10 @@ class Metrics:
             "ethml_chain_lag_blocks", "Chain head minus the follower's checkpoint", registry=self.registry
         )
         self.jobs = Counter(
-            "ethml_jobs_total", "Job results by kind and outcome", ["kind", "outcome"], registry=self.registry
+            "ethml_jobs_total",
+            "Job results and hand-backs by kind and outcome",
+            ["kind", "outcome"],
+            registry=self.registry,
         )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 

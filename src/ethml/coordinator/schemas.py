@@ -251,9 +251,25 @@ class JobResult(BaseModel):
     tx: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
 
 
+class Drain(BaseModel):
+    """A worker stopping gracefully: send it no more jobs; it finishes those it runs (unknown fields
+    ignored)."""
+
+    type: Literal["drain"]
+
+
+class JobRelease(BaseModel):
+    """A worker handing back a job it will not finish, naming the delivery it was sent with: the job
+    goes to another worker now instead of after the idle timeout (unknown fields ignored)."""
+
+    type: Literal["release"]
+    job: Annotated[str, StringConstraints(strict=True, pattern=JOB_ID)]
+    delivery: int = Field(ge=1, le=1000, strict=True)
+
+
 #: What a logged-in worker may send.
-WORKER_MESSAGE: TypeAdapter[LoadReport | JobResult] = TypeAdapter(
-    Annotated[LoadReport | JobResult, Field(discriminator="type")]
+WORKER_MESSAGE: TypeAdapter[LoadReport | JobResult | Drain | JobRelease] = TypeAdapter(
+    Annotated[LoadReport | JobResult | Drain | JobRelease, Field(discriminator="type")]
 )
 
 
@@ -345,6 +361,7 @@ class WorkerView(BaseModel):
     memory: float
     load: float
     cluster: ClusterSize | None = None
+    draining: bool = Field(default=False, description="stopping: finishes its jobs, takes no new one")
     connected_at: float
     last_seen: float
 

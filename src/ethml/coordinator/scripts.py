@@ -62,6 +62,21 @@ if fresh then return 'recorded' end
 return 'duplicate'
 """
 
+#: A worker hands back a job it will not finish (it is stopping now). KEYS[1] the job stream; ARGV[1] the
+#: group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4] the delivery number the worker
+#: was sent, ARGV[5] the waiting consumer. Only an entry pending under that consumer with that delivery
+#: count moves back to waiting (XCLAIM without JUSTID: one more delivery, so a late result of the
+#: abandoned delivery is stale). Returns the new delivery count, or gone, reassigned or stale as
+#: FINISH_JOB does (nothing moved).
+RELEASE_JOB = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 'gone' end
+if p[1][2] ~= ARGV[2] then return 'reassigned' end
+if p[1][4] ~= tonumber(ARGV[4]) then return 'stale' end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3])
+return p[1][4] + 1
+"""
+
 #: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],
 #: those still pending under the consumer ARGV[2] (group ARGV[1]) of the stream KEYS[1] are claimed again
 #: by it (idle time reset, delivery count kept) and returned; one taken back meanwhile is left alone.

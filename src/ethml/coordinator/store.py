@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES
-from ethml.coordinator.scripts import FINISH_JOB, TAKE, TAKE_AND_CREATE, TOUCH_ENTRIES
+from ethml.coordinator.scripts import FINISH_JOB, RELEASE_JOB, TAKE, TAKE_AND_CREATE, TOUCH_ENTRIES
 
 WAITING = "~waiting"
 GROUP = "workers"
@@ -46,11 +46,13 @@ class Store:
         # redis-py's reply types are unions of bytes, str and int that no call site here can narrow.
         self.redis: Any = redis
         self._scripts = {
-            hashlib.sha1(src.encode()).hexdigest(): src for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, TOUCH_ENTRIES)
+            hashlib.sha1(src.encode()).hexdigest(): src
+            for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, RELEASE_JOB, TOUCH_ENTRIES)
         }
         sha = {src: digest for digest, src in self._scripts.items()}
         self._take, self._take_and_create = sha[TAKE], sha[TAKE_AND_CREATE]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
+        self._release_job = sha[RELEASE_JOB]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -229,6 +231,13 @@ class Store:
             [GROUP, consumer, entry_id, delivery, json.dumps(result)],
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def release_job(self, role: str, consumer: str, entry_id: bytes, delivery: int) -> int | str:
+        """Move a job pending under `consumer` with delivery count `delivery` back to waiting, counting a
+        delivery (atomically, `scripts.RELEASE_JOB`): the new delivery count, or gone, reassigned or
+        stale (nothing moved)."""
+        reply = await self._script(self._release_job, [k.jobs(role)], [GROUP, consumer, entry_id, delivery, WAITING])
+        return reply.decode() if isinstance(reply, bytes) else int(reply)
 
     async def touch_entries(self, stream: str, group: str, consumer: str, entry_ids: list[bytes]) -> set[bytes]:
         """Reset the idle time of those of `entry_ids` still pending under `consumer`; returns them."""

@@ -50,7 +50,10 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
         ],
         "counts": await store.count_tasks(),
         "workers": [
-            {k: w.get(k) for k in ("address", "role", "running", "capacity", "cpu", "memory", "load", "cluster")}
+            {
+                k: w.get(k)
+                for k in ("address", "role", "running", "capacity", "cpu", "memory", "load", "cluster", "draining")
+            }
             for w in workers
         ],
         "queue": await store.queue_depth(),

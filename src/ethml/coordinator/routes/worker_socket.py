@@ -1,5 +1,6 @@
 """GET /ws/worker: the workers' WebSocket. After the login (`worker_login`), a worker sends load
-reports (its heartbeat) and job results; the server sends jobs (`dispatch`) and acknowledgements."""
+reports (its heartbeat), job results, and when it stops a drain or the jobs it hands back; the server
+sends jobs (`dispatch`) and acknowledgements."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
 from ethml.coordinator.dispatch import WorkerConn
 from ethml.coordinator.routes.worker_login import login, refuse
-from ethml.coordinator.schemas import WORKER_MESSAGE, JobResult, LoadReport, first_error
+from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResult, LoadReport, first_error
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -56,6 +57,14 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 if await store.take_kick(conn.id):
                     await ws.close(code=4003, message=b"disconnected by an admin")
+            elif isinstance(message, Drain):
+                conn.draining = True
+                await store.put_worker(conn.view(), cfg.heartbeat_timeout)
+                # Every job dispatched before this point reached the worker before this answer.
+                await ws.send_json({"type": "draining", "running": sorted(conn.running)})
+                log.info("worker_draining", worker=conn.consumer, running=list(conn.running))
+            elif isinstance(message, JobRelease):
+                await _release(app, conn, message)
             else:
                 await _result(app, conn, message)
     finally:
@@ -82,3 +91,15 @@ async def _result(app: web.Application, conn: WorkerConn, message: JobResult) ->
     app[METRICS].jobs.labels(kind, label).inc()
     await conn.ws.send_json(ack)
     log.info("job_result", job=job, worker=conn.consumer, ok=message.ok, outcome=outcome)
+
+
+async def _release(app: web.Application, conn: WorkerConn, message: JobRelease) -> None:
+    outcome = await app[DISPATCHER].release(conn, message.job, message.delivery)
+    answer: dict[str, Any] = {"type": "released", "job": message.job, "released": outcome == "released"}
+    if outcome != "released":
+        answer["refused"] = outcome
+    app[METRICS].jobs.labels(
+        "train" if ":train:" in message.job else "validate", "released" if outcome == "released" else "refused"
+    ).inc()
+    await conn.ws.send_json(answer)
+    log.info("job_release", job=message.job, worker=conn.consumer, outcome=outcome)
