@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from ethml.chain import dev_account
+from ethml.coordinator.appkeys import DISPATCHER
 from ethml.coordinator.permit import sign_login
-from tests.coordinator.conftest import Coordinator
+from ethml.coordinator.store import GROUP, WAITING
+from tests.coordinator.conftest import Coordinator, coordinator_on
 from tests.coordinator.test_flow import post_wine_task, wait_status
 from tests.node.conftest import wait_until
 
@@ -146,6 +149,14 @@ class RawWorker:
         await self.ws.send_json({"type": "result", "job": job, "delivery": delivery, "ok": True, "detail": "done"})
         return await self.next("ack")
 
+    async def release(self, job: str, delivery: int) -> dict[str, Any]:
+        await self.ws.send_json({"type": "release", "job": job, "delivery": delivery})
+        return await self.next("released")
+
+    async def drain(self) -> dict[str, Any]:
+        await self.ws.send_json({"type": "drain"})
+        return await self.next("draining")
+
     async def close(self) -> None:
         self.beat.cancel()
         await self.ws.close()
@@ -199,3 +210,141 @@ async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(coo
         assert ack["recorded"] is False
         for w in (forger, first, second):
             await w.close()
+
+
+TRAINER_JOBS = "ethml:jobs:trainer"
+
+
+async def _pending(c: Coordinator, consumer: str | None = None) -> list[tuple[str, str, int]]:
+    """(job, consumer, deliveries) of each pending training job, or of those under `consumer`."""
+    redis = c.store().redis
+    rows = await redis.xpending_range(
+        TRAINER_JOBS, GROUP, "-", "+", 100, **({"consumername": consumer} if consumer else {})
+    )
+    out = []
+    for row in rows:
+        entry = await redis.xrange(TRAINER_JOBS, row["message_id"], row["message_id"])
+        out.append((entry[0][1][b"job"].decode(), row["consumer"].decode(), int(row["times_delivered"])))
+    return out
+
+
+async def test_a_draining_worker_gets_no_new_job_and_a_released_job_goes_to_another_worker_at_once(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Stopping workers, by the protocol: a release binds to the worker and delivery like a result does
+    (another trainer's, another role's or a wrong delivery's release moves nothing); a released job
+    reaches another worker at once, with the job timeout at 600 s, and past max_deliveries goes to the
+    dead stream; a draining worker with free capacity is passed over by dispatch."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        await c.start_server(job_timeout=600.0, max_deliveries=2)
+        dispatcher = c.runners[0].app[DISPATCHER]
+        redis = c.store().redis
+        key = await c.requester_key()
+        async with aiohttp.ClientSession() as session:
+            first = await _connect(session, c, 5, "trainer")
+            task_id, _ = await post_wine_task(c, key, trainers=1)
+            await wait_status(c, task_id, "open", timeout=60)
+            job = await first.next("job")
+            assert (job["job"], job["delivery"]) == ("1:train:0", 1)
+            first_consumer = f"{dev_account(5).address}:{first.welcome['worker_id']}"
+            second = await _connect(session, c, 6, "trainer")
+            forger = await _connect(session, c, 7, "validator")
+            for who, delivery in ((second, 1), (forger, 1), (first, 2)):
+                answer = await who.release("1:train:0", delivery)
+                assert answer["released"] is False and answer["refused"], answer
+            assert await _pending(c) == [("1:train:0", first_consumer, 1)]  # nothing moved
+
+            assert await first.drain() == {"type": "draining", "running": ["1:train:0"]}
+            started = time.monotonic()
+            assert await first.release("1:train:0", 1) == {"type": "released", "job": "1:train:0", "released": True}
+            taken = await second.next("job", timeout=60)
+            assert (taken["job"], taken["delivery"]) == ("1:train:0", 2)
+            assert time.monotonic() - started < 60  # not the 600 s job timeout
+            late = await first.result("1:train:0", 1)  # the abandoned delivery's result counts for nothing
+            assert late["recorded"] is False and "not delivered" in late["refused"], late
+            assert await c.store().result("1:train:0") is None
+
+            # Handed back once more it has been delivered three times, more than max_deliveries: dead.
+            assert (await second.release("1:train:0", 2))["released"] is True
+            assert await _pending(c) == []
+            dead = await redis.xrange("ethml:dead")
+            assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"3")]
+            await second.close()
+
+            # The draining worker is free (nothing running, capacity 1) and the only trainer: a dispatch
+            # pass with a job waiting passes it over.
+            status, workers, _ = await c.api("GET", "/api/workers", key=c.admin_key)
+            assert status == 200 and [w["draining"] for w in workers["workers"] if w["role"] == "trainer"] == [True]
+            task_2, _ = await post_wine_task(c, key, trainers=1, nonce=1)
+            await wait_status(c, task_2, "open", timeout=60)
+
+            async def parked() -> bool:
+                await dispatcher.run_pass()
+                return await _pending(c, WAITING) == [("2:train:0", WAITING, 1)]
+
+            await wait_until(parked, timeout=60, what="the new job to wait for a worker")
+            await dispatcher.run_pass()
+            assert await _pending(c) == [("2:train:0", WAITING, 1)]
+            third = await _connect(session, c, 4, "trainer")
+            taken = await third.next("job", timeout=60)
+            assert (taken["job"], taken["delivery"]) == ("2:train:0", 1)
+            for w in (first, forger, third):
+                await w.close()
+
+
+async def _logged(proc: Any, words: str, timeout: float = 120) -> None:
+    log = proc.log_path
+
+    async def seen() -> bool:
+        assert proc.poll() is None or words in log.read_text(), log.read_text()
+        return words in log.read_text()
+
+    await wait_until(seen, timeout=timeout, what=f"{words!r} in the worker's log")
+
+
+async def test_ctrl_c_finishes_the_job_and_a_second_ctrl_c_hands_it_to_another_worker_at_once(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """`ethml worker` stopped by SIGINT mid-job: the first finishes and reports the job, then exits 0;
+    the second (on another worker, another task) stops it now and exits 130, and a third worker trains
+    the job as delivery 2 well before the 600 s job timeout would have handed it on."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        await c.start_server(job_timeout=600.0)
+        store = c.store()
+        key = await c.requester_key()
+        task_id, _ = await post_wine_task(c, key, trainers=1)
+        await wait_status(c, task_id, "open", timeout=60)
+        first = c.start_worker("trainer", 5)
+        await _logged(first, "job_started")
+        first.send_signal(signal.SIGINT)  # mid-job: training takes seconds, the submission comes at the end
+        assert await asyncio.to_thread(first.wait, 180) == 0
+        text = first.log_path.read_text()  # type: ignore[attr-defined]
+        assert "stopping after its jobs (finishing 1:train:0)" in text, text
+        result = await store.result("1:train:0")
+        assert result is not None and result["ok"] and result["delivery"] == 1, result
+        assert result["worker"].startswith(dev_account(5).address)
+        assert await _pending(c) == []
+
+        task_2, _ = await post_wine_task(c, key, trainers=1, nonce=1)
+        await wait_status(c, task_2, "open", timeout=60)
+        second = c.start_worker("trainer", 6)
+        await _logged(second, "job_started")
+        second.send_signal(signal.SIGINT)
+        await _logged(second, "stopping after its jobs (finishing 2:train:0)")
+        second.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(second.wait, 60) == 130
+        stopped = time.monotonic()
+        assert "stopping now (handing back 2:train:0)" in second.log_path.read_text()  # type: ignore[attr-defined]
+        third = c.start_worker("trainer", 4)
+
+        async def recorded() -> bool:
+            return await store.result("2:train:0") is not None
+
+        await wait_until(recorded, timeout=180, what="the handed-back job's result")
+        assert time.monotonic() - stopped < 300
+        result = await store.result("2:train:0")
+        assert result is not None and result["ok"] and result["delivery"] == 2, result
+        assert result["worker"].startswith(dev_account(4).address)
+        doc = await wait_status(c, task_2, "training", timeout=60)
+        assert [s["trainer"] for s in doc["submissions"]] == [dev_account(4).address]
+        assert third.poll() is None
