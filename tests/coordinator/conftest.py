@@ -4,6 +4,7 @@ real `ethml worker` processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -198,6 +199,21 @@ class Coordinator:
         return str(body["key"])
 
 
+async def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Ctrl-C, and a second one for a worker still finishing a job after 2 s (the first only drains
+    it); killed if still there after 10 s. The servers run in this loop: never block it."""
+    for signals in (1, 2):
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, 2 if signals == 1 else 10)
+    for proc in workers:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def start_redis(socket: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A Redis server of its own on a unix socket (append-only), to share between instances."""
     socket.parent.mkdir(parents=True, exist_ok=True)
@@ -235,14 +251,7 @@ async def coordinator_on(anvil_url: str, root: Path) -> AsyncIterator[Coordinato
     try:
         yield c
     finally:
-        for proc in c.workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in c.workers:
-            try:
-                await asyncio.to_thread(proc.wait, 10)  # the servers run in this loop: never block it
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await stop_workers(c.workers)
         for runner in list(c.runners):
             await runner.cleanup()
         for proc in c.servers:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from web3 import AsyncWeb3
 
     from ethml.chain.deploy import Deployment
+    from ethml.coordinator.worker import Worker
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -203,6 +204,10 @@ def worker(
     """Work for a coordinator as a trainer or validator: log in with the account's key, take jobs,
     send the transactions with that key, report results; reconnects by itself.
 
+    Ctrl-C (or SIGTERM) stops it gracefully: no new jobs, the running ones are finished and reported,
+    then it exits 0. A second Ctrl-C stops it at once: its jobs go back to the coordinator for
+    another worker now (exit 130). Reveals still owed resume at its next start on the same data dir.
+
     With --dask, a forest's trees and the scoring of many submissions run on a Dask cluster (checked
     at the start: reachable, with workers, same library versions), with the same artifacts and scores
     as without it; the coordinator's dashboard shows the cluster's size.
@@ -219,7 +224,7 @@ def worker(
     try:
         with compute_for(jobs) as (compute, _size):
 
-            async def work(w3: AsyncWeb3[Any], dep: Deployment) -> None:
+            async def work(w3: AsyncWeb3[Any], dep: Deployment) -> bool:
                 signer = _signer(account, private_key, dep.chain_id)
                 home = chain.data_dir or data_home()
                 ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
@@ -233,11 +238,42 @@ def worker(
                 )
                 typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
                 async with ipfs:
-                    await Worker(config, w3, dep, signer, ipfs).run()
+                    running = Worker(config, w3, dep, signer, ipfs)
+                    _stop_on_signals(running)
+                    await running.run()
+                    return running.stopped_now
 
-            chain.run(work)
+            stopped_now = chain.run(work)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    if stopped_now:
+        raise typer.Exit(130)
+
+
+def _stop_on_signals(running: Worker) -> None:
+    """The first SIGINT or SIGTERM drains the worker, the next stops it now. The handlers replace
+    whatever the process inherited, so a worker started in the background by a script (SIGINT
+    ignored) stops on `kill -INT` too."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if not running.draining:
+            jobs = running.drain()
+            what = f"finishing {', '.join(jobs)}" if jobs else "no job running"
+            typer.echo(
+                f"ethml worker: stopping after its jobs ({what}); Ctrl-C again to stop now and hand them back",
+                err=True,
+            )
+        elif not running.stopped_now:
+            jobs = running.stop_now()
+            what = f"handing back {', '.join(jobs)}" if jobs else "no job running"
+            typer.echo(f"ethml worker: stopping now ({what})", err=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
 
 
 def _worker_id(role: str) -> str:

@@ -14,6 +14,12 @@ After a disconnect it reconnects with backoff under the same worker id, so the j
 stay its own, and it re-sends results the server has not acknowledged. A job it has already done on
 chain (it committed already) is not done again: the job id and the chain's state are the
 idempotency keys.
+
+Stopping: `drain()` tells the server to send no more jobs, and `run()` returns once the jobs running
+are finished and their results acknowledged (a job that was on its way meanwhile is handed straight
+back). `stop_now()` stops the jobs running and hands them back, so another worker gets them at once
+instead of after the server's job timeout; `run()` then returns. Reveals still owed resume when a
+worker of the same account starts again on the same data dir.
 """
 
 from __future__ import annotations
@@ -101,14 +107,20 @@ class Worker:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # for embedding and tests
         self._cluster_up = True
         self.duties: dict[int, asyncio.Task[None]] = {}  # reveals owed, by chain task id
+        self.deliveries: dict[str, int | None] = {}  # running job -> the delivery number it came with
+        self.draining = False
+        self.stopped_now = False
+        self._finished = asyncio.Event()  # draining and nothing left, or stopped now: run() returns
+        self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
 
     async def run(self) -> None:
-        """Connect, work, reconnect with backoff; returns only when refused (raises) or cancelled."""
+        """Connect, work, reconnect with backoff; returns once drained or stopped now (`drain`,
+        `stop_now`), raises when refused."""
         backoff = 0.5
         async with aiohttp.ClientSession() as session:
             self._session = session
             self._resume_duties()
-            while True:
+            while not self._finished.is_set():
                 try:
                     await self._session_once(session)
                     backoff = 0.5
@@ -116,8 +128,68 @@ class Worker:
                     raise
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("disconnected", error=str(exc) or type(exc).__name__, retry_in=backoff)
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), backoff)
                 backoff = min(backoff * 2, self.config.max_backoff)
+            owed = sorted(task for task, duty in self.duties.items() if not duty.done())
+            for task in owed:
+                self.duties[task].cancel()
+            log.info("stopped", drained=not self.stopped_now, reveals_owed=owed)
+
+    def drain(self) -> list[str]:
+        """Stop gracefully: no new jobs; `run()` returns once the running ones are finished and their
+        results acknowledged. Returns the jobs running now."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining", running=sorted(self.running))
+            ws = self._ws
+            if ws is not None and not ws.closed:
+                self._spawn(self._send(ws, {"type": "drain"}))
+            self._check_drained()
+        return sorted(self.running)
+
+    def stop_now(self) -> list[str]:
+        """Stop at once: cancel the running jobs and hand them back to the server (which gives them to
+        another worker now); `run()` returns. Returns the jobs handed back."""
+        self.draining = self.stopped_now = True
+        jobs = sorted(self.running)
+        for task in self.running.values():
+            task.cancel()
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            self._spawn(self._hand_back(ws, [(j, self.deliveries.get(j)) for j in jobs]))
+        else:
+            self._finished.set()
+        return jobs
+
+    async def _hand_back(self, ws: aiohttp.ClientWebSocketResponse, jobs: list[tuple[str, int | None]]) -> None:
+        """Release each job, then close: the server handles a socket's messages in order, so every
+        release is done before it sees the close (and answers it)."""
+        try:
+            for job, delivery in jobs:
+                if delivery is not None:
+                    await self._send(ws, {"type": "release", "job": job, "delivery": delivery})
+            with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+                await ws.close()
+        finally:
+            self._finished.set()
+
+    def _spawn(self, coro: Any) -> None:
+        future = asyncio.ensure_future(coro)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_json(message)
+
+    def _check_drained(self) -> None:
+        """Draining, nothing running, every result acknowledged: close, and let run() return."""
+        if self.draining and not self.running and not self.unacked and not self._finished.is_set():
+            self._finished.set()
+            ws = self._ws
+            if ws is not None and not ws.closed:
+                self._spawn(ws.close())
 
     async def _session_once(self, session: aiohttp.ClientSession) -> None:
         url = self.config.server.rstrip("/") + "/ws/worker"
@@ -138,9 +210,14 @@ class Worker:
             if welcome.get("type") == "refused":
                 raise WorkerRefused(f"the coordinator refused this worker: {welcome.get('message')}")
             self._ws = ws
+            if self._finished.is_set():  # drained or stopped while this connection was logging in
+                await ws.close()
+                return
             self.upload_token = welcome.get("upload_token")
             log.info("connected", server=self.config.server, worker=self.config.worker_id, role=self.config.role)
             self.events.put_nowait({"event": "connected", "adopted": welcome.get("running", [])})
+            if self.draining:  # still finishing its jobs after a reconnect
+                await ws.send_json({"type": "drain"})
             for result in list(self.unacked.values()):  # results finished while disconnected
                 await ws.send_json(result)
             loads = asyncio.create_task(self._report_load(ws, float(self.config.load_interval or welcome["heartbeat"])))
@@ -156,6 +233,9 @@ class Worker:
                         if data.get("refused"):
                             log.warning("result_refused", job=data["job"], reason=data["refused"])
                         self.events.put_nowait({"event": "acked", **data})
+                        self._check_drained()
+                    elif data.get("type") in ("draining", "released"):
+                        self.events.put_nowait({"event": data["type"], **data})
                     elif data.get("type") == "error":
                         log.warning("server_error", message=data.get("message"))
             finally:
@@ -200,6 +280,13 @@ class Worker:
             return  # a re-sent assignment of a job this worker is already running
         if job_id in self.done and job_id in self.unacked:
             return
+        if self.draining:  # sent before the server read the drain: straight back, for another worker
+            ws = self._ws
+            if ws is not None and job.get("delivery") is not None:
+                self._spawn(self._send(ws, {"type": "release", "job": job_id, "delivery": job["delivery"]}))
+            log.info("job_handed_back", job=job_id, delivery=job.get("delivery"))
+            return
+        self.deliveries[job_id] = job.get("delivery")
         self.running[job_id] = asyncio.create_task(self._do(job), name=f"job-{job_id}")
 
     async def _do(self, job: dict[str, Any]) -> None:
@@ -212,11 +299,16 @@ class Worker:
             result = {"type": "result", "job": job_id, "ok": True, "detail": detail, "tx": tx}
         except (EthmlError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             result = {"type": "result", "job": job_id, "ok": False, "detail": str(exc), "tx": None}
+        except Exception as exc:  # a bug: reported as a failed job, not a job held (and a drain stuck) for good
+            log.exception("job_crashed", job=job_id)
+            detail = f"the worker failed: {type(exc).__name__}: {exc}"
+            result = {"type": "result", "job": job_id, "ok": False, "detail": detail, "tx": None}
         result["delivery"] = job.get("delivery")
         result["seconds"] = round(time.monotonic() - started, 2)
         self.unacked[job_id] = result
         self.done.add(job_id)
         self.running.pop(job_id, None)
+        self.deliveries.pop(job_id, None)
         log.info("job_finished", job=job_id, ok=result["ok"], seconds=result["seconds"])
         self.events.put_nowait({"event": "job_finished", **result})
         ws = self._ws
