@@ -1,78 +1,171 @@
-"""`Worker.drain` and `Worker.stop_now` on their own, against a socket that records what is sent."""
+"""`Worker.drain` and `Worker.stop_now` against a scripted coordinator socket: what the worker sends,
+in what order, and that `run()` returns whatever the connection is doing (a job to finish, a login
+that never ends, a server that does not take a drain)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+from aiohttp import WSMsgType, web
+
+from ethml.chain import dev_account
 from ethml.coordinator.worker import Worker, WorkerConfig
-
-
-class RecordingSocket:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.closed = False
-
-    async def send_json(self, message: dict[str, Any]) -> None:
-        assert not self.closed, message
-        self.sent.append(message)
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class BlockedWorker(Worker):
-    """A worker whose jobs run until cancelled (no chain, no IPFS)."""
-
-    def __init__(self) -> None:
-        super().__init__(WorkerConfig(server="ws://127.0.0.1:1", role="trainer"), None, None, None, None)  # type: ignore[arg-type]
-        self.cancelled: list[str] = []
-
-    async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled.append(job["job"])
-            raise
-        raise AssertionError("unreachable")
 
 
 def _job(job: str, delivery: int) -> dict[str, Any]:
     return {"type": "job", "job": job, "kind": "train", "task": "t", "chain_task": 1, "delivery": delivery}
 
 
-async def _settled(worker: Worker) -> None:
-    while worker._background:
-        await asyncio.gather(*list(worker._background))
+class Script:
+    """The server's side: `mode` ok (takes drain and release), old (an ethml serve without them) or
+    silent (accepts the socket, answers pings, never sends the challenge)."""
+
+    def __init__(self, mode: str, jobs: list[dict[str, Any]], on_drain: list[dict[str, Any]]) -> None:
+        self.mode, self.jobs, self.on_drain = mode, jobs, on_drain
+        self.received: list[dict[str, Any]] = []
+        self.connected = asyncio.Event()
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connected.set()
+        if self.mode == "silent":
+            async for _msg in ws:  # pings are answered by aiohttp; nothing else ever comes
+                pass
+            return ws
+        await ws.send_json({"type": "challenge", "nonce": "n", "server": "s", "chain_id": 1})
+        await ws.receive_json()
+        welcome: dict[str, Any] = {"type": "welcome", "worker_id": "w", "heartbeat": 0.2, "running": []}
+        if self.mode == "ok":
+            welcome["features"] = ["drain", "release"]
+        await ws.send_json(welcome)
+        for job in self.jobs:
+            await ws.send_json(job)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            if data["type"] == "load":
+                continue
+            self.received.append(data)
+            if self.mode == "old" and data["type"] in ("drain", "release"):
+                await ws.send_json({"type": "error", "message": f"message: Input tag {data['type']!r} ..."})
+            elif data["type"] == "drain":
+                for job in self.on_drain:  # dispatched before the drain was read
+                    await ws.send_json(job)
+                await ws.send_json({"type": "draining", "running": []})
+            elif data["type"] == "release":
+                await ws.send_json({"type": "released", "job": data["job"], "released": True})
+            elif data["type"] == "result":
+                await ws.send_json({"type": "ack", "job": data["job"], "recorded": True})
+        return ws
 
 
-async def test_a_job_arriving_while_draining_is_handed_straight_back() -> None:
-    worker = BlockedWorker()
-    ws = RecordingSocket()
-    worker._ws = ws  # type: ignore[assignment]
-    worker._start(_job("1:train:0", 1))
+class HeldWorker(Worker):
+    """A worker whose jobs run until the test lets them finish (no chain, no IPFS)."""
+
+    def __init__(self, server: str, data_dir: Path, committing: set[str] | None = None) -> None:
+        config = WorkerConfig(server=server, role="trainer", data_dir=data_dir, load_interval=0.2)
+        super().__init__(config, None, None, dev_account(5), None)  # type: ignore[arg-type]
+        self.release_jobs = asyncio.Event()
+        self.cancelled: list[str] = []
+        self.committing = committing or set()
+
+    def _resume_duties(self) -> None:
+        pass
+
+    def _committing(self, job_id: str) -> bool:
+        return job_id in self.committing
+
+    async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
+        try:
+            await self.release_jobs.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(job["job"])
+            raise
+        return {"done": True}, None
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Any]:
+    runners: list[web.AppRunner] = []
+
+    async def start(script: Script) -> str:
+        app = web.Application()
+        app.router.add_get("/ws/worker", script.handler)
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"ws://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _event(worker: Worker, name: str) -> dict[str, Any]:
+    while True:
+        event = await asyncio.wait_for(worker.events.get(), 30)
+        if event["event"] == name:
+            return event
+
+
+async def test_a_drain_finishes_the_job_and_hands_back_one_that_was_on_its_way(serve: Any, tmp_path: Path) -> None:
+    script = Script("ok", [_job("1:train:0", 1)], on_drain=[_job("2:train:0", 3)])
+    worker = HeldWorker(await serve(script), tmp_path)
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
     assert worker.drain() == ["1:train:0"]
-    worker._start(_job("2:train:0", 3))  # dispatched before the server read the drain
-    await _settled(worker)
-    assert ws.sent == [{"type": "drain"}, {"type": "release", "job": "2:train:0", "delivery": 3}]
-    assert sorted(worker.running) == ["1:train:0"] and not ws.closed  # still finishing its own job
-    assert not worker._finished.is_set()
-    worker.stop_now()
-    await _settled(worker)
-    assert worker.cancelled == ["1:train:0"]
-    assert ws.sent[2:] == [{"type": "release", "job": "1:train:0", "delivery": 1}] and ws.closed
-    assert worker._finished.is_set() and worker.stopped_now
+    await _event(worker, "draining")
+    assert not run.done()  # still finishing its job
+    worker.release_jobs.set()
+    await asyncio.wait_for(run, 30)
+    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    assert sent == [("drain", None, None), ("release", "2:train:0", 3), ("result", "1:train:0", 1)]
+    assert not worker.stopped_now and worker.cancelled == []
 
 
-async def test_a_drain_with_nothing_left_closes_at_once_and_one_with_an_unacknowledged_result_waits() -> None:
-    worker = BlockedWorker()
-    ws = RecordingSocket()
-    worker._ws = ws  # type: ignore[assignment]
-    worker.unacked["1:train:0"] = {"type": "result", "job": "1:train:0", "delivery": 1, "ok": True}
+async def test_stop_now_hands_back_running_jobs_and_finishes_one_whose_commitment_is_being_sent(
+    serve: Any, tmp_path: Path
+) -> None:
+    script = Script("ok", [_job("1:train:0", 1), _job("3:train:0", 2)], on_drain=[])
+    worker = HeldWorker(await serve(script), tmp_path, committing={"3:train:0"})
+    worker.config.capacity = 2
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
+    await _event(worker, "job_started")
+    assert worker.stop_now() == (["1:train:0"], ["3:train:0"])
+    await _event(worker, "released")
+    assert not run.done()  # the committing job goes on
+    worker.release_jobs.set()
+    await asyncio.wait_for(run, 30)
+    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    assert sent == [("drain", None, None), ("release", "1:train:0", 1), ("result", "3:train:0", 2)]
+    assert worker.cancelled == ["1:train:0"] and worker.stopped_now
+
+
+async def test_a_stop_during_a_login_that_never_ends_returns_at_once(serve: Any, tmp_path: Path) -> None:
+    script = Script("silent", [], on_drain=[])
+    worker = HeldWorker(await serve(script), tmp_path)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(script.connected.wait(), 30)
     assert worker.drain() == []
-    await _settled(worker)
-    assert ws.sent == [{"type": "drain"}] and not ws.closed and not worker._finished.is_set()
-    worker.unacked.clear()  # what the server's ack does, before the check below
-    worker._check_drained()
-    await _settled(worker)
-    assert ws.closed and worker._finished.is_set() and not worker.stopped_now
+    await asyncio.wait_for(run, 10)
+
+
+async def test_against_a_server_without_drain_a_drain_is_a_stop_now_without_release(serve: Any, tmp_path: Path) -> None:
+    script = Script("old", [_job("1:train:0", 1)], on_drain=[])
+    worker = HeldWorker(await serve(script), tmp_path)
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
+    assert worker.drain() == [] and worker.stopped_now
+    await asyncio.wait_for(run, 10)
+    assert script.received == [] and worker.cancelled == ["1:train:0"]

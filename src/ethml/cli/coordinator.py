@@ -262,15 +262,23 @@ def _stop_on_signals(running: Worker) -> None:
     def stop() -> None:
         if not running.draining:
             jobs = running.drain()
+            if running.stopped_now:
+                typer.echo(
+                    "ethml worker: stopping now: this coordinator does not take a drain (an older ethml serve); "
+                    "the jobs running go to other workers after its job timeout",
+                    err=True,
+                )
+                return
             what = f"finishing {', '.join(jobs)}" if jobs else "no job running"
             typer.echo(
                 f"ethml worker: stopping after its jobs ({what}); Ctrl-C again to stop now and hand them back",
                 err=True,
             )
         elif not running.stopped_now:
-            jobs = running.stop_now()
-            what = f"handing back {', '.join(jobs)}" if jobs else "no job running"
-            typer.echo(f"ethml worker: stopping now ({what})", err=True)
+            handed, kept = running.stop_now()
+            parts = [f"handing back {', '.join(handed)}"] if handed else []
+            parts += [f"finishing {', '.join(kept)}, whose commitment is being sent"] if kept else []
+            typer.echo(f"ethml worker: stopping now ({'; '.join(parts) or 'no job running'})", err=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)

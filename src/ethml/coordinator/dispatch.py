@@ -102,7 +102,7 @@ class Dispatcher:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
                     if entry_id not in kept:
-                        del conn.running[job]
+                        conn.running.pop(job, None)
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
         waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
         if waiting:  # waiting is not idle: only jobs of silent workers are reclaimed below
@@ -117,7 +117,7 @@ class Dispatcher:
             delivered = int(info[0]["times_delivered"]) if info else 1
             job = fields.get(b"job", b"?").decode()
             log.warning("job_reclaimed", job=job, deliveries=delivered)
-            await self._dead_letter_if_spent(stream, entry_id, fields, delivered)
+            await self._dead_letter_if_spent(stream, entry_id, delivered)
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
         if not waiting:
@@ -130,15 +130,14 @@ class Dispatcher:
                 return
             await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)
 
-    async def _dead_letter_if_spent(
-        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], delivered: int
-    ) -> None:
-        """A job delivered more than `max_deliveries` times goes to the dead stream, with its count."""
-        if delivered > self.max_deliveries:
-            dead = {k.decode(): v for k, v in fields.items()}
-            await self.store.redis.xadd(k.DEAD, {**dead, "deliveries": delivered})
-            await self.store.finish_entry(stream, GROUP, entry_id)
+    async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int) -> bool:
+        """A job delivered more than `max_deliveries` times goes to the dead stream, with its count (once,
+        whoever gets there first). Whether it was spent."""
+        if delivered <= self.max_deliveries:
+            return False
+        if await self.store.dead_letter(stream, entry_id, delivered):
             self.dead_lettered += 1
+        return True
 
     async def _assign(self, stream: str, role: str, entry_id: bytes, delivered: int, free: list[WorkerConn]) -> None:
         redis = self.store.redis
@@ -146,6 +145,8 @@ class Dispatcher:
         if not rows:
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
+        if await self._dead_letter_if_spent(stream, entry_id, delivered):
+            return  # reclaimed past max_deliveries, and not dead-lettered yet: never a fourth delivery
         fields = {k.decode(): v.decode() for k, v in rows[0][1].items()}
         job = fields["job"]
         if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
@@ -196,7 +197,7 @@ class Dispatcher:
         )
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
-        del conn.running[job]
+        conn.running.pop(job, None)  # a dispatch pass may have dropped it while the script ran
         if outcome in ("gone", "reassigned"):
             return "not delivered to this worker any more (it timed out and went to another)"
         return outcome
@@ -207,17 +208,16 @@ class Dispatcher:
         entry_id = conn.running.get(job)
         if entry_id is None:
             return "not delivered to this worker"
-        stream = k.jobs(conn.role)
-        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery)
+        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, self.max_deliveries)
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
-        del conn.running[job]
+        conn.running.pop(job, None)  # a dispatch pass may have dropped it while the script ran
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
-        rows = await self.store.redis.xrange(stream, entry_id, entry_id)
-        if rows:
-            await self._dead_letter_if_spent(stream, entry_id, rows[0][1], outcome)
-        log.info("job_released", job=job, worker=conn.consumer, deliveries=outcome)
+        if outcome < 0:
+            self.dead_lettered += 1
+            log.warning("job_dead", job=job, deliveries=-outcome)
+        log.info("job_released", job=job, worker=conn.consumer, deliveries=abs(outcome))
         return "released"
 
     def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes]]) -> None:

@@ -62,20 +62,51 @@ if fresh then return 'recorded' end
 return 'duplicate'
 """
 
-#: A worker hands back a job it will not finish (it is stopping now). KEYS[1] the job stream; ARGV[1] the
-#: group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4] the delivery number the worker
-#: was sent, ARGV[5] the waiting consumer. Only an entry pending under that consumer with that delivery
-#: count moves back to waiting (XCLAIM without JUSTID: one more delivery, so a late result of the
-#: abandoned delivery is stale). Returns the new delivery count, or gone, reassigned or stale as
+#: Moves an entry of a job stream to the dead stream with its fields and `deliveries`, if it is still
+#: there (1; 0 when it was gone, so two callers racing to dead-letter the same job add it once).
+_DEAD_LETTER_FUNCTION = """
+local function dead_letter(stream, dead, group, entry, deliveries)
+  local e = redis.call('XRANGE', stream, entry, entry)
+  if #e == 0 then return 0 end
+  local add = {'XADD', dead, '*'}
+  for _, v in ipairs(e[1][2]) do add[#add + 1] = v end
+  add[#add + 1] = 'deliveries'
+  add[#add + 1] = deliveries
+  redis.call(unpack(add))
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  return 1
+end
+"""
+
+#: KEYS[1] the job stream, KEYS[2] the dead stream; ARGV[1] the group, ARGV[2] the entry, ARGV[3] its
+#: delivery count.
+DEAD_LETTER = _DEAD_LETTER_FUNCTION + "return dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])\n"
+
+#: A worker hands back a job it will not finish (it is stopping now). KEYS[1] the job stream, KEYS[2] the
+#: dead stream; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4] the
+#: delivery number the worker was sent, ARGV[5] the waiting consumer, ARGV[6] max_deliveries. Only an
+#: entry pending under that consumer with that delivery count moves: back to waiting with one more
+#: delivery (XCLAIM without JUSTID, so a late result of the abandoned delivery is stale), or, when that
+#: is more than max_deliveries, to the dead stream in the same step (no dispatch can take it between).
+#: Returns the new delivery count (negated when dead-lettered), or gone, reassigned or stale as
 #: FINISH_JOB does (nothing moved).
-RELEASE_JOB = """
+RELEASE_JOB = (
+    _DEAD_LETTER_FUNCTION
+    + """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 then return 'gone' end
 if p[1][2] ~= ARGV[2] then return 'reassigned' end
 if p[1][4] ~= tonumber(ARGV[4]) then return 'stale' end
+local delivered = p[1][4] + 1
+if delivered > tonumber(ARGV[6]) then
+  dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[3], delivered)
+  return -delivered
+end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3])
-return p[1][4] + 1
+return delivered
 """
+)
 
 #: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],
 #: those still pending under the consumer ARGV[2] (group ARGV[1]) of the stream KEYS[1] are claimed again

@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES
-from ethml.coordinator.scripts import FINISH_JOB, RELEASE_JOB, TAKE, TAKE_AND_CREATE, TOUCH_ENTRIES
+from ethml.coordinator.scripts import DEAD_LETTER, FINISH_JOB, RELEASE_JOB, TAKE, TAKE_AND_CREATE, TOUCH_ENTRIES
 
 WAITING = "~waiting"
 GROUP = "workers"
@@ -47,12 +47,12 @@ class Store:
         self.redis: Any = redis
         self._scripts = {
             hashlib.sha1(src.encode()).hexdigest(): src
-            for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, RELEASE_JOB, TOUCH_ENTRIES)
+            for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, RELEASE_JOB, DEAD_LETTER, TOUCH_ENTRIES)
         }
         sha = {src: digest for digest, src in self._scripts.items()}
         self._take, self._take_and_create = sha[TAKE], sha[TAKE_AND_CREATE]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
-        self._release_job = sha[RELEASE_JOB]
+        self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -232,12 +232,21 @@ class Store:
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    async def release_job(self, role: str, consumer: str, entry_id: bytes, delivery: int) -> int | str:
+    async def release_job(
+        self, role: str, consumer: str, entry_id: bytes, delivery: int, max_deliveries: int
+    ) -> int | str:
         """Move a job pending under `consumer` with delivery count `delivery` back to waiting, counting a
-        delivery (atomically, `scripts.RELEASE_JOB`): the new delivery count, or gone, reassigned or
-        stale (nothing moved)."""
-        reply = await self._script(self._release_job, [k.jobs(role)], [GROUP, consumer, entry_id, delivery, WAITING])
+        delivery, or to the dead stream past `max_deliveries` (atomically, `scripts.RELEASE_JOB`): the
+        new delivery count (negative: dead-lettered), or gone, reassigned or stale (nothing moved)."""
+        reply = await self._script(
+            self._release_job, [k.jobs(role), k.DEAD], [GROUP, consumer, entry_id, delivery, WAITING, max_deliveries]
+        )
         return reply.decode() if isinstance(reply, bytes) else int(reply)
+
+    async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int) -> bool:
+        """Move a job's entry to the dead stream with its delivery count, unless it is gone already
+        (another instance did it, or it finished): whether this call moved it."""
+        return bool(await self._script(self._dead_letter, [stream, k.DEAD], [GROUP, entry_id, deliveries]))
 
     async def touch_entries(self, stream: str, group: str, consumer: str, entry_ids: list[bytes]) -> set[bytes]:
         """Reset the idle time of those of `entry_ids` still pending under `consumer`; returns them."""

@@ -47,9 +47,12 @@ from ethml.ipfs import IpfsClient
 from ethml.paths import data_home
 from ethml.training import flow
 from ethml.training.jobs import Compute
-from ethml.training.onchain import secrets_dir
+from ethml.training.onchain import secret_file, secrets_dir
 
 log = structlog.get_logger("ethml.worker")
+
+#: Seconds a stopping worker waits for the server's answers (releases, the close) before it just goes.
+STOP_GRACE = 5.0
 
 
 class WorkerRefused(EthmlError):
@@ -107,72 +110,123 @@ class Worker:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # for embedding and tests
         self._cluster_up = True
         self.duties: dict[int, asyncio.Task[None]] = {}  # reveals owed, by chain task id
-        self.deliveries: dict[str, int | None] = {}  # running job -> the delivery number it came with
+        self.jobs: dict[str, dict[str, Any]] = {}  # running job -> the job message (delivery, task, kind)
+        self.features: set[str] = set()  # what the server takes besides load reports and results
         self.draining = False
         self.stopped_now = False
-        self._finished = asyncio.Event()  # draining and nothing left, or stopped now: run() returns
+        self._finished = asyncio.Event()  # drained, or stopped now: run() returns
+        self._drain_sent = False  # on this connection
+        self._drain_acked = False  # on this connection: no job comes after the server's answer
+        self._releasing: set[str] = set()  # released on this connection, not answered yet
         self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
 
     async def run(self) -> None:
         """Connect, work, reconnect with backoff; returns once drained or stopped now (`drain`,
-        `stop_now`), raises when refused."""
-        backoff = 0.5
-        async with aiohttp.ClientSession() as session:
+        `stop_now`), whatever the connection is doing then (logging in, backing off); raises when
+        refused."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             self._session = session
             self._resume_duties()
-            while not self._finished.is_set():
-                try:
-                    await self._session_once(session)
-                    backoff = 0.5
-                except WorkerRefused:
-                    raise
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.warning("disconnected", error=str(exc) or type(exc).__name__, retry_in=backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._finished.wait(), backoff)
-                backoff = min(backoff * 2, self.config.max_backoff)
+            connection = asyncio.create_task(self._connect_loop(session), name="worker-connection")
+            finished = asyncio.create_task(self._finished.wait(), name="worker-finished")
+            try:
+                await asyncio.wait({connection, finished}, return_when=asyncio.FIRST_COMPLETED)
+                if connection.done():
+                    connection.result()  # WorkerRefused
+                ws = self._ws
+                if ws is not None and not ws.closed:
+                    with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+                        await asyncio.wait_for(ws.close(), STOP_GRACE)
+            finally:
+                for waiter in (connection, finished):
+                    waiter.cancel()
+                await asyncio.gather(connection, finished, return_exceptions=True)
             owed = sorted(task for task, duty in self.duties.items() if not duty.done())
             for task in owed:
                 self.duties[task].cancel()
             log.info("stopped", drained=not self.stopped_now, reveals_owed=owed)
 
+    async def _connect_loop(self, session: aiohttp.ClientSession) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._session_once(session)
+                backoff = 0.5
+            except WorkerRefused:
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("disconnected", error=str(exc) or type(exc).__name__, retry_in=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.max_backoff)
+
     def drain(self) -> list[str]:
         """Stop gracefully: no new jobs; `run()` returns once the running ones are finished and their
-        results acknowledged. Returns the jobs running now."""
-        if not self.draining:
-            self.draining = True
-            log.info("draining", running=sorted(self.running))
-            ws = self._ws
-            if ws is not None and not ws.closed:
-                self._spawn(self._send(ws, {"type": "drain"}))
-            self._check_drained()
+        results acknowledged. Returns the jobs running now. Against a server that does not take a
+        drain (an older `ethml serve`) this is `stop_now()`."""
+        if self.draining:
+            return sorted(self.running)
+        ws = self._ws
+        if ws is not None and not ws.closed and "drain" not in self.features:
+            log.warning("drain_unsupported", server=self.config.server)
+            self.stop_now()
+            return []
+        self.draining = True
+        log.info("draining", running=sorted(self.running))
+        if ws is not None and not ws.closed:
+            self._spawn(self._send_drain(ws))
+        self._check_drained()
         return sorted(self.running)
 
-    def stop_now(self) -> list[str]:
+    def stop_now(self) -> tuple[list[str], list[str]]:
         """Stop at once: cancel the running jobs and hand them back to the server (which gives them to
-        another worker now); `run()` returns. Returns the jobs handed back."""
+        another worker now); `run()` then returns. A job whose commitment is being sent (its secret is
+        written) is finished instead, for at most a minute: handed back, it would be done twice on
+        chain. Returns the jobs handed back and those being finished."""
+        if self.stopped_now:
+            return [], []
         self.draining = self.stopped_now = True
-        jobs = sorted(self.running)
-        for task in self.running.values():
-            task.cancel()
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            self._spawn(self._hand_back(ws, [(j, self.deliveries.get(j)) for j in jobs]))
-        else:
-            self._finished.set()
-        return jobs
+        kept = sorted(j for j in self.running if self._committing(j))
+        handed = sorted(j for j in self.running if j not in kept)
+        for job in handed:
+            self.running.pop(job).cancel()
+        self._spawn(self._stop_now(handed, kept))
+        return handed, kept
 
-    async def _hand_back(self, ws: aiohttp.ClientWebSocketResponse, jobs: list[tuple[str, int | None]]) -> None:
-        """Release each job, then close: the server handles a socket's messages in order, so every
-        release is done before it sees the close (and answers it)."""
+    async def _stop_now(self, handed: list[str], kept: list[str]) -> None:
         try:
-            for job, delivery in jobs:
-                if delivery is not None:
-                    await self._send(ws, {"type": "release", "job": job, "delivery": delivery})
-            with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
-                await ws.close()
+            ws = self._ws
+            if ws is not None and not ws.closed and "release" in self.features:
+                await self._send_drain(ws)
+                for job in handed:
+                    await self._release(ws, job, self.jobs.get(job, {}).get("delivery"))
+            for job in handed:
+                self.jobs.pop(job, None)
+            self._check_drained()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), 60.0 if kept else STOP_GRACE)
         finally:
             self._finished.set()
+
+    async def _send_drain(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if not self._drain_sent:
+            self._drain_sent = True
+            await self._send(ws, {"type": "drain"})
+
+    async def _release(self, ws: aiohttp.ClientWebSocketResponse, job: str, delivery: int | None) -> None:
+        if delivery is not None:
+            self._releasing.add(job)
+            await self._send(ws, {"type": "release", "job": job, "delivery": delivery})
+
+    def _committing(self, job_id: str) -> bool:
+        """Whether the job has written the secret of its commitment (so the commitment may be on chain)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        kind = "submission" if job["kind"] == "train" else "scores"
+        return secret_file(
+            self.config.data_dir, self.deployment, kind, int(job["chain_task"]), self.account.address
+        ).exists()
 
     def _spawn(self, coro: Any) -> None:
         future = asyncio.ensure_future(coro)
@@ -184,17 +238,30 @@ class Worker:
             await ws.send_json(message)
 
     def _check_drained(self) -> None:
-        """Draining, nothing running, every result acknowledged: close, and let run() return."""
-        if self.draining and not self.running and not self.unacked and not self._finished.is_set():
+        """Draining, nothing running, every result acknowledged and every release answered, and no job
+        can still be on its way (the server answered the drain, or there is no connection): done."""
+        settled = self._ws is None or self._drain_acked or "drain" not in self.features
+        if self.draining and settled and not (self.running or self.unacked or self._releasing):
             self._finished.set()
-            ws = self._ws
-            if ws is not None and not ws.closed:
-                self._spawn(ws.close())
+
+    async def _login_message(self, ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+        """The next message during the login, within `timeout` (protocol pings do not extend it)."""
+        async with asyncio.timeout(timeout):
+            msg = await ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise ConnectionError(f"the coordinator closed the connection during the login ({msg.type.name})")
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            raise ConnectionError("the coordinator sent a malformed message during the login") from None
+        if not isinstance(data, dict):
+            raise ConnectionError("the coordinator sent a malformed message during the login")
+        return data
 
     async def _session_once(self, session: aiohttp.ClientSession) -> None:
         url = self.config.server.rstrip("/") + "/ws/worker"
         async with session.ws_connect(url, heartbeat=10, max_msg_size=64 * 1024) as ws:
-            challenge = await ws.receive_json(timeout=30)
+            challenge = await self._login_message(ws, 30)
             signature = sign_login(self.account.key, challenge["server"], challenge["nonce"], self.config.role)
             await ws.send_json(
                 {
@@ -206,18 +273,17 @@ class Worker:
                     "signature": signature,
                 }
             )
-            welcome = await ws.receive_json(timeout=60)
+            welcome = await self._login_message(ws, 60)
             if welcome.get("type") == "refused":
                 raise WorkerRefused(f"the coordinator refused this worker: {welcome.get('message')}")
+            self.features = set(welcome.get("features") or [])
+            self._drain_sent = self._drain_acked = False
             self._ws = ws
-            if self._finished.is_set():  # drained or stopped while this connection was logging in
-                await ws.close()
-                return
             self.upload_token = welcome.get("upload_token")
             log.info("connected", server=self.config.server, worker=self.config.worker_id, role=self.config.role)
             self.events.put_nowait({"event": "connected", "adopted": welcome.get("running", [])})
-            if self.draining:  # still finishing its jobs after a reconnect
-                await ws.send_json({"type": "drain"})
+            if self.draining and "drain" in self.features:  # still finishing its jobs after a reconnect
+                await self._send_drain(ws)
             for result in list(self.unacked.values()):  # results finished while disconnected
                 await ws.send_json(result)
             loads = asyncio.create_task(self._report_load(ws, float(self.config.load_interval or welcome["heartbeat"])))
@@ -233,14 +299,22 @@ class Worker:
                         if data.get("refused"):
                             log.warning("result_refused", job=data["job"], reason=data["refused"])
                         self.events.put_nowait({"event": "acked", **data})
-                        self._check_drained()
-                    elif data.get("type") in ("draining", "released"):
-                        self.events.put_nowait({"event": data["type"], **data})
+                    elif data.get("type") == "draining":
+                        self._drain_acked = True
+                        self.events.put_nowait({"event": "draining", **data})
+                    elif data.get("type") == "released":
+                        self._releasing.discard(data.get("job"))
+                        if not data.get("released"):
+                            log.warning("release_refused", job=data.get("job"), reason=data.get("refused"))
+                        self.events.put_nowait({"event": "released", **data})
                     elif data.get("type") == "error":
                         log.warning("server_error", message=data.get("message"))
+                    self._check_drained()
             finally:
                 loads.cancel()
                 self._ws = None
+                self._releasing.clear()  # answered or not, the server is done with them
+                self._check_drained()
             if ws.close_code == 4003:
                 raise WorkerRefused("disconnected by an admin")
             if ws.close_code == 4001:
@@ -282,11 +356,11 @@ class Worker:
             return
         if self.draining:  # sent before the server read the drain: straight back, for another worker
             ws = self._ws
-            if ws is not None and job.get("delivery") is not None:
-                self._spawn(self._send(ws, {"type": "release", "job": job_id, "delivery": job["delivery"]}))
+            if ws is not None and "release" in self.features:
+                self._spawn(self._release(ws, job_id, job.get("delivery")))
             log.info("job_handed_back", job=job_id, delivery=job.get("delivery"))
             return
-        self.deliveries[job_id] = job.get("delivery")
+        self.jobs[job_id] = job
         self.running[job_id] = asyncio.create_task(self._do(job), name=f"job-{job_id}")
 
     async def _do(self, job: dict[str, Any]) -> None:
@@ -308,7 +382,7 @@ class Worker:
         self.unacked[job_id] = result
         self.done.add(job_id)
         self.running.pop(job_id, None)
-        self.deliveries.pop(job_id, None)
+        self.jobs.pop(job_id, None)
         log.info("job_finished", job=job_id, ok=result["ok"], seconds=result["seconds"])
         self.events.put_nowait({"event": "job_finished", **result})
         ws = self._ws

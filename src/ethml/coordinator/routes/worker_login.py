@@ -80,6 +80,7 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
             "heartbeat": cfg.heartbeat_interval,
             "upload_token": token,
             "running": list(conn.running),
+            "features": ["drain", "release"],  # what this server takes besides load reports and results
         }
     )
     log.info("worker_joined", worker=conn.consumer, role=role, adopted=list(conn.running))
