@@ -25,15 +25,21 @@ class Script:
     """The server's side: `mode` ok (takes drain and release), old (an ethml serve without them) or
     silent (accepts the socket, answers pings, never sends the challenge)."""
 
-    def __init__(self, mode: str, jobs: list[dict[str, Any]], on_drain: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, mode: str, jobs: list[dict[str, Any]], on_drain: list[dict[str, Any]], *, restart_on_drain: bool = False
+    ) -> None:
         self.mode, self.jobs, self.on_drain = mode, jobs, on_drain
+        self.restart_on_drain = restart_on_drain  # the first connection closes right after the drain's jobs
         self.received: list[dict[str, Any]] = []
         self.connected = asyncio.Event()
+        self.connections = 0
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connected.set()
+        self.connections += 1
+        first = self.connections == 1
         if self.mode == "silent":
             async for _msg in ws:  # pings are answered by aiohttp; nothing else ever comes
                 pass
@@ -44,7 +50,7 @@ class Script:
         if self.mode == "ok":
             welcome["features"] = ["drain", "release"]
         await ws.send_json(welcome)
-        for job in self.jobs:
+        for job in self.jobs if first else []:
             await ws.send_json(job)
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -56,8 +62,11 @@ class Script:
             if self.mode == "old" and data["type"] in ("drain", "release"):
                 await ws.send_json({"type": "error", "message": f"message: Input tag {data['type']!r} ..."})
             elif data["type"] == "drain":
-                for job in self.on_drain:  # dispatched before the drain was read
+                for job in self.on_drain if first else []:  # dispatched before the drain was read
                     await ws.send_json(job)
+                if first and self.restart_on_drain:
+                    await ws.close()  # the coordinator restarts
+                    break
                 await ws.send_json({"type": "draining", "running": []})
             elif data["type"] == "release":
                 await ws.send_json({"type": "released", "job": data["job"], "released": True})
@@ -169,3 +178,21 @@ async def test_against_a_server_without_drain_a_drain_is_a_stop_now_without_rele
     assert worker.drain() == [] and worker.stopped_now
     await asyncio.wait_for(run, 10)
     assert script.received == [] and worker.cancelled == ["1:train:0"]
+
+
+async def test_a_drain_survives_a_coordinator_restart_that_cut_off_a_hand_back(serve: Any, tmp_path: Path) -> None:
+    """Draining with a job to finish, a job arrives and the socket closes before its release is answered
+    (the coordinator restarts): the release is forgotten with the connection (that job times out at
+    the server), the worker reconnects, drains again, reports its job and stops."""
+    script = Script("ok", [_job("1:train:0", 1)], on_drain=[_job("2:train:0", 1)], restart_on_drain=True)
+    worker = HeldWorker(await serve(script), tmp_path)
+    worker.config.max_backoff = 0.2
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
+    worker.drain()
+    await _event(worker, "draining")  # on the second connection
+    assert script.connections == 2 and not run.done()
+    worker.release_jobs.set()
+    await asyncio.wait_for(run, 30)
+    kinds = [m["type"] for m in script.received]
+    assert kinds[-2:] == ["drain", "result"] and kinds[0] == "drain", kinds

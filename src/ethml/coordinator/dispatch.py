@@ -35,6 +35,9 @@ from ethml.coordinator.store import GROUP, WAITING, Store
 
 log = structlog.get_logger("ethml.coordinator")
 
+#: Entries per XPENDING/XCLAIM page when the waiting jobs are touched.
+PAGE = 500
+
 
 @dataclass
 class WorkerConn:
@@ -104,9 +107,7 @@ class Dispatcher:
                     if entry_id not in kept:
                         conn.running.pop(job, None)
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
-        waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
-        if waiting:  # waiting is not idle: only jobs of silent workers are reclaimed below
-            await redis.xclaim(stream, GROUP, WAITING, 0, [w["message_id"] for w in waiting], justid=True)
+        await self._keep_waiting_fresh(stream)
         # Jobs of workers that stopped heartbeating: back to waiting, one more delivery.
         reply = await redis.xautoclaim(stream, GROUP, WAITING, int(self.job_timeout * 1000), start_id="0-0", count=100)
         claimed = reply[1]  # Redis 7 adds a third element (deleted ids), 6.2 has two
@@ -129,6 +130,21 @@ class Dispatcher:
             if not free:
                 return
             await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)
+
+    async def _keep_waiting_fresh(self, stream: str) -> None:
+        """Waiting is not idle: every job waiting for a worker is touched, page by page, so only jobs of
+        silent workers are reclaimed (a job past the first page went idle and was reclaimed, one more
+        delivery each time, until it was dead-lettered without ever running)."""
+        start = "-"
+        while True:
+            waiting = await self.store.redis.xpending_range(stream, GROUP, start, "+", PAGE, consumername=WAITING)
+            if waiting:
+                ids = [w["message_id"] for w in waiting]
+                await self.store.redis.xclaim(stream, GROUP, WAITING, 0, ids, justid=True)
+            if len(waiting) < PAGE:
+                return
+            last = waiting[-1]["message_id"]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
     async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int) -> bool:
         """A job delivered more than `max_deliveries` times goes to the dead stream, with its count (once,
@@ -170,10 +186,19 @@ class Dispatcher:
             return  # another instance is assigning it right now
         conn = min(eligible, key=lambda c: c.load)
         await redis.xclaim(stream, GROUP, conn.consumer, 0, [entry_id], justid=True)
-        await redis.sadd(done_key, conn.address)
+        newly_done = await redis.sadd(done_key, conn.address)
         conn.running[job] = entry_id
         message = {"type": "job", "job": job, "kind": fields["kind"], "task": fields["task"], "delivery": delivered}
         message["chain_task"] = int(fields["chain_task"])
+        if conn.draining or conn.ws.closed:
+            # It drained (or left) during the awaits above, and may have been told no job follows: the
+            # job goes back to waiting as it was, no delivery spent (nothing was sent). Checked with no
+            # await before the send, so a job is never sent after the answer to a drain.
+            conn.running.pop(job, None)
+            await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
+            if newly_done:
+                await redis.srem(done_key, conn.address)
+            return
         try:
             await conn.ws.send_str(json.dumps(message))
         except (ConnectionError, RuntimeError):

@@ -100,7 +100,10 @@ if p[1][2] ~= ARGV[2] then return 'reassigned' end
 if p[1][4] ~= tonumber(ARGV[4]) then return 'stale' end
 local delivered = p[1][4] + 1
 if delivered > tonumber(ARGV[6]) then
-  dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[3], delivered)
+  if dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[3], delivered) == 0 then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])  -- pending, but its entry was deleted: nothing to run
+    return 'gone'
+  end
   return -delivered
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3])

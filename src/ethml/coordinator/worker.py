@@ -31,6 +31,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment
+from ethml.coordinator.background import stop_if_cancelled
 from ethml.coordinator.permit import sign_login
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
@@ -124,8 +126,7 @@ class Worker:
         """Connect, work, reconnect with backoff; returns once drained or stopped now (`drain`,
         `stop_now`), whatever the connection is doing then (logging in, backing off); raises when
         refused."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession() as session:  # 300 s per request: the handshake, an upload
             self._session = session
             self._resume_duties()
             connection = asyncio.create_task(self._connect_loop(session), name="worker-connection")
@@ -142,14 +143,15 @@ class Worker:
                 for waiter in (connection, finished):
                     waiter.cancel()
                 await asyncio.gather(connection, finished, return_exceptions=True)
-            owed = sorted(task for task, duty in self.duties.items() if not duty.done())
-            for task in owed:
-                self.duties[task].cancel()
+                owed = sorted(task for task, duty in self.duties.items() if not duty.done())
+                for task in owed:
+                    self.duties[task].cancel()
             log.info("stopped", drained=not self.stopped_now, reveals_owed=owed)
 
     async def _connect_loop(self, session: aiohttp.ClientSession) -> None:
         backoff = 0.5
         while True:
+            stop_if_cancelled()  # a cancel that 3.11's asyncio.timeout turned into TimeoutError
             try:
                 await self._session_once(session)
                 backoff = 0.5
@@ -198,8 +200,8 @@ class Worker:
             ws = self._ws
             if ws is not None and not ws.closed and "release" in self.features:
                 await self._send_drain(ws)
-                for job in handed:
-                    await self._release(ws, job, self.jobs.get(job, {}).get("delivery"))
+                sends = [self._release(job, self.jobs.get(job, {}).get("delivery")) for job in handed]
+                await asyncio.gather(*[f for f in sends if f is not None])
             for job in handed:
                 self.jobs.pop(job, None)
             self._check_drained()
@@ -213,10 +215,20 @@ class Worker:
             self._drain_sent = True
             await self._send(ws, {"type": "drain"})
 
-    async def _release(self, ws: aiohttp.ClientWebSocketResponse, job: str, delivery: int | None) -> None:
-        if delivery is not None:
-            self._releasing.add(job)
-            await self._send(ws, {"type": "release", "job": job, "delivery": delivery})
+    def _release(self, job: str, delivery: int | None) -> asyncio.Future[Any] | None:
+        """Send a release on the live connection, counted in `_releasing` until answered (or the
+        connection is gone); None when there is nothing to send it on."""
+        ws = self._ws
+        if delivery is None or ws is None or ws.closed or "release" not in self.features:
+            return None
+        self._releasing.add(job)
+
+        async def send() -> None:
+            if not await self._send(ws, {"type": "release", "job": job, "delivery": delivery}):
+                self._releasing.discard(job)
+                self._check_drained()
+
+        return self._spawn(send())
 
     def _committing(self, job_id: str) -> bool:
         """Whether the job has written the secret of its commitment (so the commitment may be on chain)."""
@@ -228,14 +240,21 @@ class Worker:
             self.config.data_dir, self.deployment, kind, int(job["chain_task"]), self.account.address
         ).exists()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         future = asyncio.ensure_future(coro)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
+        return future
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> bool:
+        """Whether the message went out (False: the connection is gone)."""
+        if ws is not self._ws or ws.closed:
+            return False
+        try:
             await ws.send_json(message)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     def _check_drained(self) -> None:
         """Draining, nothing running, every result acknowledged and every release answered, and no job
@@ -278,7 +297,11 @@ class Worker:
                 raise WorkerRefused(f"the coordinator refused this worker: {welcome.get('message')}")
             self.features = set(welcome.get("features") or [])
             self._drain_sent = self._drain_acked = False
+            self._releasing.clear()
             self._ws = ws
+            if self.draining and not self.stopped_now and "drain" not in self.features:
+                log.warning("drain_unsupported", server=self.config.server)
+                self.stop_now()  # an older server would keep sending jobs: stop as it always did
             self.upload_token = welcome.get("upload_token")
             log.info("connected", server=self.config.server, worker=self.config.worker_id, role=self.config.role)
             self.events.put_nowait({"event": "connected", "adopted": welcome.get("running", [])})
@@ -355,9 +378,7 @@ class Worker:
         if job_id in self.done and job_id in self.unacked:
             return
         if self.draining:  # sent before the server read the drain: straight back, for another worker
-            ws = self._ws
-            if ws is not None and "release" in self.features:
-                self._spawn(self._release(ws, job_id, job.get("delivery")))
+            self._release(job_id, job.get("delivery"))
             log.info("job_handed_back", job=job_id, delivery=job.get("delivery"))
             return
         self.jobs[job_id] = job
