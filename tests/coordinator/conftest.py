@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -231,6 +232,27 @@ async def answering(client: aioredis.Redis) -> bool:
         return bool(await client.ping())
     except redis.exceptions.ConnectionError:  # refused, or still loading its append-only file
         return False
+
+
+@pytest.fixture
+async def redis_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A Store on a Redis server of its own (set up: streams, groups, scripts), for tests of the store
+    and the dispatcher without a chain."""
+    from ethml.coordinator.redis_client import connect
+
+    socket = tmp_path / "redis" / "redis.sock"
+    server = start_redis(socket)
+    redis = connect(socket=str(socket))
+    try:
+        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+        await wait_until(functools.partial(answering, redis), timeout=30, what="Redis to answer")
+        store = Store(redis)
+        await store.setup()
+        yield store
+    finally:
+        await redis.aclose()
+        server.terminate()
+        await asyncio.to_thread(server.wait, 10)
 
 
 @asynccontextmanager

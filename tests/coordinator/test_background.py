@@ -5,18 +5,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
-from pathlib import Path
 
 import pytest
 
 from ethml.coordinator.background import Loops, forever, stop_helper
 from ethml.coordinator.dispatch import Dispatcher
-from ethml.coordinator.redis_client import connect
 from ethml.coordinator.store import Store
-from tests.coordinator.conftest import answering, start_redis
-from tests.node.conftest import wait_until
 
 
 async def test_a_caller_cancelled_while_stopping_its_helper_is_still_cancelled() -> None:
@@ -57,41 +52,31 @@ async def test_a_helper_that_failed_is_stopped_quietly_and_loops_stop_together()
     assert loops.tasks == []
 
 
-async def test_a_loop_busy_on_redis_stops_at_the_first_shutdown_whenever_it_is_cancelled(tmp_path: Path) -> None:
+async def test_a_loop_busy_on_redis_stops_at_the_first_shutdown_whenever_it_is_cancelled(redis_store: Store) -> None:
     """Python 3.11's asyncio.wait_for drops a cancel that arrives as the write it waits for completes,
     and redis-py 8 sends every command through it: a dispatch loop stopped mid-command carried on, and
     `ethml serve` logged shutdown_stuck after waiting 10 s for it. Cancelled at random moments while it
     and other clients keep Redis busy, the loop now ends every time, within the grace."""
-    socket = tmp_path / "redis" / "redis.sock"
-    server = start_redis(socket)
-    redis = connect(socket=str(socket))
+    store = redis_store
+    redis = store.redis
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    finished = asyncio.Event()
+
+    async def traffic() -> None:  # other clients of the same pool: the API's requests
+        while not finished.is_set():
+            await asyncio.gather(*(store.take_token([(f"bucket-{i}", 100.0, 1000)]) for i in range(20)))
+            await redis.get("anything")
+
+    others = [asyncio.create_task(traffic()) for _ in range(3)]
+    draw = random.Random(19)
     try:
-        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
-        await wait_until(functools.partial(answering, redis), timeout=30, what="Redis to answer")
-        store = Store(redis)
-        await store.setup()
-        dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-        finished = asyncio.Event()
-
-        async def traffic() -> None:  # other clients of the same pool: the API's requests
-            while not finished.is_set():
-                await asyncio.gather(*(store.take_token([(f"bucket-{i}", 100.0, 1000)]) for i in range(20)))
-                await redis.get("anything")
-
-        others = [asyncio.create_task(traffic()) for _ in range(3)]
-        draw = random.Random(19)
-        try:
-            for run in range(40):
-                loops = Loops()
-                loops.start("dispatch", forever("dispatch", 0.0, dispatcher.run_pass))
-                task = loops.tasks[0]
-                await asyncio.sleep(draw.random() * 0.05)
-                await asyncio.wait_for(loops.stop(grace=5), 30)
-                assert task.done(), f"run {run}: the loop outlived its shutdown"
-        finally:
-            finished.set()
-            await asyncio.gather(*others, return_exceptions=True)
+        for run in range(40):
+            loops = Loops()
+            loops.start("dispatch", forever("dispatch", 0.0, dispatcher.run_pass))
+            task = loops.tasks[0]
+            await asyncio.sleep(draw.random() * 0.05)
+            await asyncio.wait_for(loops.stop(grace=5), 30)
+            assert task.done(), f"run {run}: the loop outlived its shutdown"
     finally:
-        await redis.aclose()
-        server.terminate()
-        server.wait(10)
+        finished.set()
+        await asyncio.gather(*others, return_exceptions=True)

@@ -3,52 +3,38 @@ many there are."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
-from pathlib import Path
 
 from ethml.coordinator import dispatch
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.dispatch import Dispatcher
-from ethml.coordinator.redis_client import connect
 from ethml.coordinator.store import GROUP, WAITING, Store
-from tests.coordinator.conftest import answering, start_redis
-from tests.node.conftest import wait_until
 
 STREAM = "ethml:jobs:trainer"
 
 
-async def test_more_jobs_waiting_than_one_page_keep_their_first_delivery(tmp_path: Path, monkeypatch: object) -> None:
+async def test_more_jobs_waiting_than_one_page_keep_their_first_delivery(
+    redis_store: Store, monkeypatch: object
+) -> None:
     """250 jobs wait with no worker connected, with pages of 100 and a 0.3 s job timeout: passes over
     more than four job timeouts reclaim none of them (before, those past the first page of 200 were
     reclaimed every timeout and dead-lettered after three, without ever running)."""
     monkeypatch.setattr(dispatch, "PAGE", 100, raising=False)  # type: ignore[attr-defined]
-    socket = tmp_path / "redis" / "redis.sock"
-    server = start_redis(socket)
-    redis = connect(socket=str(socket))
-    try:
-        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
-        await wait_until(functools.partial(answering, redis), timeout=30, what="Redis to answer")
-        store = Store(redis)
-        await store.setup()
-        for n in range(250):
-            fields = {"job": f"{n + 1}:train:0", "kind": "train", "task": f"t{n}", "chain_task": n + 1}
-            await redis.xadd(STREAM, fields)  # type: ignore[arg-type]
-        dispatcher = Dispatcher(store, "instance-1", job_timeout=0.3, max_deliveries=3)
-        started = time.monotonic()
-        passes = 0
-        while time.monotonic() - started < 1.5 or passes < 5:
-            await dispatcher.run_pass()
-            passes += 1
-        pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 1000)
-        assert len(pending) == 250 and {p["consumer"] for p in pending} == {WAITING.encode()}
-        assert {int(p["times_delivered"]) for p in pending} == {1}
-        assert await redis.xlen("ethml:dead") == 0 and dispatcher.dead_lettered == 0
-    finally:
-        await redis.aclose()
-        server.terminate()
-        server.wait(10)
+    store = redis_store
+    redis = store.redis
+    for n in range(250):
+        fields = {"job": f"{n + 1}:train:0", "kind": "train", "task": f"t{n}", "chain_task": n + 1}
+        await redis.xadd(STREAM, fields)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=0.3, max_deliveries=3)
+    started = time.monotonic()
+    passes = 0
+    while time.monotonic() - started < 1.5 or passes < 5:
+        await dispatcher.run_pass()
+        passes += 1
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 1000)
+    assert len(pending) == 250 and {p["consumer"] for p in pending} == {WAITING.encode()}
+    assert {int(p["times_delivered"]) for p in pending} == {1}
+    assert await redis.xlen("ethml:dead") == 0 and dispatcher.dead_lettered == 0
 
 
 class RecordingSocket:
@@ -62,63 +48,43 @@ class RecordingSocket:
 
 
 async def test_a_worker_that_drains_while_a_job_is_being_assigned_to_it_is_not_sent_the_job(
-    tmp_path: Path, monkeypatch: object
+    redis_store: Store, monkeypatch: object
 ) -> None:
     """The drain arrives during the awaits of an assignment (here: while the dispatcher asks whether the
     job has a result): the job is not sent (the worker may have been told no job follows) and goes
     back to waiting as it was, its delivery unspent, the worker's account free to take it later."""
-    socket = tmp_path / "redis" / "redis.sock"
-    server = start_redis(socket)
-    redis = connect(socket=str(socket))
-    try:
-        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
-        await wait_until(functools.partial(answering, redis), timeout=30, what="Redis to answer")
-        store = Store(redis)
-        await store.setup()
-        await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
-        dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-        ws = RecordingSocket()
-        conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-        dispatcher.conns[conn.id] = conn
-        result = store.result
+    store = redis_store
+    redis = store.redis
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.id] = conn
+    result = store.result
 
-        async def result_while_draining(job: str) -> object:
-            conn.draining = True  # the socket handler ran in between
-            return await result(job)
+    async def result_while_draining(job: str) -> object:
+        conn.draining = True  # the socket handler ran in between
+        return await result(job)
 
-        monkeypatch.setattr(store, "result", result_while_draining)  # type: ignore[attr-defined]
-        await dispatcher.run_pass()
-        assert ws.sent == [] and conn.running == {}
-        pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
-        assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 1)]
-        assert await redis.smembers(k.task_workers(1, "trainer")) == set()
-    finally:
-        await redis.aclose()
-        server.terminate()
-        server.wait(10)
+    monkeypatch.setattr(store, "result", result_while_draining)  # type: ignore[attr-defined]
+    await dispatcher.run_pass()
+    assert ws.sent == [] and conn.running == {}
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 1)]
+    assert await redis.smembers(k.task_workers(1, "trainer")) == set()
 
 
-async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(tmp_path: Path) -> None:
+async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(redis_store: Store) -> None:
     """RELEASE_JOB dead-letters a job past max_deliveries only if its entry is still there: one deleted
     meanwhile (finished elsewhere) is acknowledged and reported gone, nothing added to the dead stream."""
-    socket = tmp_path / "redis" / "redis.sock"
-    server = start_redis(socket)
-    redis = connect(socket=str(socket))
-    try:
-        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
-        await wait_until(functools.partial(answering, redis), timeout=30, what="Redis to answer")
-        store = Store(redis)
-        await store.setup()
-        kept = await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
-        deleted = await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "u", "chain_task": 2})
-        await redis.xreadgroup(GROUP, "worker-a", {STREAM: ">"})
-        await redis.xdel(STREAM, deleted)
-        assert await store.release_job("trainer", "worker-a", deleted, 1, 1) == "gone"
-        assert await store.release_job("trainer", "worker-a", kept, 1, 1) == -2  # dead-lettered
-        dead = await redis.xrange("ethml:dead")
-        assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"2")]
-        assert await redis.xpending_range(STREAM, GROUP, "-", "+", 10) == []
-    finally:
-        await redis.aclose()
-        server.terminate()
-        server.wait(10)
+    store = redis_store
+    redis = store.redis
+    kept = await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    deleted = await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "u", "chain_task": 2})
+    await redis.xreadgroup(GROUP, "worker-a", {STREAM: ">"})
+    await redis.xdel(STREAM, deleted)
+    assert await store.release_job("trainer", "worker-a", deleted, 1, 1) == "gone"
+    assert await store.release_job("trainer", "worker-a", kept, 1, 1) == -2  # dead-lettered
+    dead = await redis.xrange("ethml:dead")
+    assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"2")]
+    assert await redis.xpending_range(STREAM, GROUP, "-", "+", 10) == []
