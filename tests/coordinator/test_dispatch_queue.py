@@ -3,12 +3,15 @@ many there are."""
 
 from __future__ import annotations
 
+import json
 import time
 
 from ethml.coordinator import dispatch
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.store import GROUP, WAITING, Store
+from ethml.training.spec import MAX_TRAIN_SECONDS
+from tests.node.conftest import wait_until
 
 STREAM = "ethml:jobs:trainer"
 
@@ -88,3 +91,41 @@ async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(
     dead = await redis.xrange("ethml:dead")
     assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"2")]
     assert await redis.xpending_range(STREAM, GROUP, "-", "+", 10) == []
+
+
+async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_time_limit(redis_store: Store) -> None:
+    """A worker can stay connected (it answers pings, it heartbeats) and never report: before, its job
+    stayed fresh for as long as it stayed. Past the job's limit (the task's training time limit, 1 s
+    here, plus the margin, 0.2 s) the job is no longer kept for it: it is reclaimed after the job
+    timeout as delivery 2, reconnecting does not buy time, and its late result does not count. A
+    validation job of the same task gets one limit per trainer and one more."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 1}, "trainers": 2}))
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=0.3, max_deliveries=3, job_margin=0.2)
+    assert await dispatcher._time_limit({"task": "t", "kind": "validate"}) == 3.2
+    assert await dispatcher._time_limit({"task": "imported", "kind": "train"}) == MAX_TRAIN_SECONDS + 0.2
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.id] = conn
+    await dispatcher.run_pass()
+    assert len(ws.sent) == 1 and list(conn.running) == ["1:train:0"]
+    deadline = conn.deadlines["1:train:0"]
+    assert float(await redis.get(k.job_deadline("1:train:0"))) == deadline
+
+    # The worker reconnects: it keeps the job with the deadline it was delivered with.
+    again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.adopt(again, await dispatcher.pending_of(again))
+    dispatcher.conns[again.id] = again
+    assert again.deadlines == {"1:train:0": deadline}
+
+    async def back_in_waiting() -> bool:
+        await dispatcher.run_pass()
+        pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+        return [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 2)]
+
+    await wait_until(back_in_waiting, timeout=30, what="the overdue job to go back to waiting")
+    assert again.running == {} and time.time() >= deadline
+    result = await dispatcher.finish(again, "1:train:0", 1, {"ok": True})
+    assert result == "not delivered to this worker" and await store.result("1:train:0") is None

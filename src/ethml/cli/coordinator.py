@@ -88,6 +88,14 @@ def serve(
         float, typer.Option(min=1.0, help="Seconds a silent worker keeps its jobs before they go to another.")
     ] = 30.0,
     max_deliveries: Annotated[int, typer.Option(min=1, help="Deliveries of a job before it is dead-lettered.")] = 3,
+    job_margin: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Seconds a job may take beyond its task's training time limit (per training it needs) before "
+            "it is taken back from a connected worker that has not reported it.",
+        ),
+    ] = 600.0,
     confirmations: Annotated[int, typer.Option(min=0, help="Blocks behind the head the event follower stays.")] = 0,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every HTTP request (the metrics count them anyway).")
@@ -141,6 +149,7 @@ def serve(
         ip_burst=ip_burst,
         job_timeout=job_timeout,
         max_deliveries=max_deliveries,
+        job_margin=job_margin,
         confirmations=confirmations,
         relay=relay,
     )

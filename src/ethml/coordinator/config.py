@@ -33,6 +33,9 @@ class ServeConfig:
     heartbeat_interval: float = 3.0
     heartbeat_timeout: float = 15.0
     job_timeout: float = 30.0
+    #: Seconds a job may take beyond its task's training time limit (once per training it may need)
+    #: before it is taken back from a worker that is still connected but has not reported it.
+    job_margin: float = 600.0
     max_deliveries: int = 3
     confirmations: int = 0
     poll_interval: float = 0.5

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.store import GROUP, WAITING, Store
+from ethml.training.spec import MAX_TRAIN_SECONDS
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -50,6 +51,7 @@ class WorkerConn:
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     running: dict[str, bytes] = field(default_factory=dict)  # job id -> stream entry id
+    deadlines: dict[str, float] = field(default_factory=dict)  # job id -> unix time it must be reported by
     cpu: float = 0.0
     memory: float = 0.0
     cluster: dict[str, int] | None = None  # a cluster-backed worker's Dask cluster: workers, threads
@@ -83,11 +85,14 @@ class WorkerConn:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, instance: str, *, job_timeout: float, max_deliveries: int) -> None:
+    def __init__(
+        self, store: Store, instance: str, *, job_timeout: float, max_deliveries: int, job_margin: float = 600.0
+    ) -> None:
         self.store = store
         self.instance = instance
         self.job_timeout = job_timeout
         self.max_deliveries = max_deliveries
+        self.job_margin = job_margin
         self.conns: dict[str, WorkerConn] = {}
         self.dead_lettered = 0
         self.dispatched = 0
@@ -100,12 +105,20 @@ class Dispatcher:
         stream = k.jobs(role)
         redis = self.store.redis
         mine = [c for c in self.conns.values() if c.role == role]
+        now = time.time()
         for conn in mine:  # keep the jobs of live workers fresh; forget those taken back meanwhile
+            for job in [j for j in conn.running if conn.deadlines.get(j, now) < now]:
+                # Connected, but past the job's time limit: no longer touched, so it is reclaimed after
+                # job_timeout and goes to another worker; a result from this one no longer counts.
+                conn.running.pop(job, None)
+                conn.deadlines.pop(job, None)
+                log.warning("job_overdue", job=job, worker=conn.consumer)
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
                     if entry_id not in kept:
                         conn.running.pop(job, None)
+                        conn.deadlines.pop(job, None)
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
         await self._keep_waiting_fresh(stream)
         # Jobs of workers that stopped heartbeating: back to waiting, one more delivery.
@@ -185,6 +198,9 @@ class Dispatcher:
         if not await redis.set(k.job_lock(job), self.instance, nx=True, px=5000):
             return  # another instance is assigning it right now
         conn = min(eligible, key=lambda c: c.load)
+        deadline = time.time() + await self._time_limit(fields)
+        await redis.set(k.job_deadline(job), repr(deadline), pxat=int((deadline + 86400) * 1000))
+        conn.deadlines[job] = deadline
         await redis.xclaim(stream, GROUP, conn.consumer, 0, [entry_id], justid=True)
         newly_done = await redis.sadd(done_key, conn.address)
         conn.running[job] = entry_id
@@ -195,6 +211,7 @@ class Dispatcher:
             # job goes back to waiting as it was, no delivery spent (nothing was sent). Checked with no
             # await before the send, so a job is never sent after the answer to a drain.
             conn.running.pop(job, None)
+            conn.deadlines.pop(job, None)
             await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
             if newly_done:
                 await redis.srem(done_key, conn.address)
@@ -223,6 +240,7 @@ class Dispatcher:
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
         conn.running.pop(job, None)  # a dispatch pass may have dropped it while the script ran
+        conn.deadlines.pop(job, None)
         if outcome in ("gone", "reassigned"):
             return "not delivered to this worker any more (it timed out and went to another)"
         return outcome
@@ -237,6 +255,7 @@ class Dispatcher:
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
         conn.running.pop(job, None)  # a dispatch pass may have dropped it while the script ran
+        conn.deadlines.pop(job, None)
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
         if outcome < 0:
@@ -245,17 +264,33 @@ class Dispatcher:
         log.info("job_released", job=job, worker=conn.consumer, deliveries=abs(outcome))
         return "released"
 
-    def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes]]) -> None:
-        """A reconnecting worker keeps the jobs still pending under its consumer name."""
-        for job, entry_id in pending:
-            conn.running[job] = entry_id
+    async def _time_limit(self, fields: dict[str, str]) -> float:
+        """Seconds a worker has for a job before it is taken back: the task's time limit per training
+        (once for a training job, once per trainer and once more for a validation job, which may re-fit
+        each submission and the reference model) plus `job_margin` for the data, the transactions and
+        the upload. A task without its spec here (imported from the chain) gets the largest limit."""
+        doc = await self.store.task(fields["task"])
+        spec = (doc or {}).get("spec") or {}
+        seconds = float(spec.get("max_train_seconds") or MAX_TRAIN_SECONDS)
+        fits = 1 if fields["kind"] == "train" else int((doc or {}).get("trainers") or 1) + 1
+        return seconds * fits + self.job_margin
 
-    async def pending_of(self, conn: WorkerConn) -> list[tuple[str, bytes]]:
+    def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes, float | None]]) -> None:
+        """A reconnecting worker keeps the jobs still pending under its consumer name, with the deadline
+        each was delivered with (a reconnect does not buy time)."""
+        for job, entry_id, deadline in pending:
+            conn.running[job] = entry_id
+            if deadline is not None:
+                conn.deadlines[job] = deadline
+
+    async def pending_of(self, conn: WorkerConn) -> list[tuple[str, bytes, float | None]]:
         stream = k.jobs(conn.role)
         pending = await self.store.redis.xpending_range(stream, GROUP, "-", "+", 1000, consumername=conn.consumer)
         found = []
         for p in pending:
             rows = await self.store.redis.xrange(stream, p["message_id"], p["message_id"])
             if rows:
-                found.append((rows[0][1][b"job"].decode(), p["message_id"]))
+                job = rows[0][1][b"job"].decode()
+                deadline = await self.store.redis.get(k.job_deadline(job))
+                found.append((job, p["message_id"], float(deadline) if deadline else None))
         return found

@@ -52,6 +52,11 @@ def job_lock(job: str) -> str:
     return f"{P}joblock:{job}"
 
 
+def job_deadline(job: str) -> str:
+    """The unix time by which the worker a job was delivered to must report it."""
+    return f"{P}jobdeadline:{job}"
+
+
 def task_workers(chain_task_id: str | int, role: str) -> str:
     return f"{P}taskworkers:{chain_task_id}:{role}"
 

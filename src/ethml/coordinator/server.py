@@ -108,7 +108,13 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     blockstore = Blockstore(cfg.data_dir / "blocks")
     app[BLOCKSTORE] = blockstore
     app[IPFS] = IpfsClient(blockstore, IpfsConfig())
-    dispatcher = Dispatcher(app[STORE], cfg.instance, job_timeout=cfg.job_timeout, max_deliveries=cfg.max_deliveries)
+    dispatcher = Dispatcher(
+        app[STORE],
+        cfg.instance,
+        job_timeout=cfg.job_timeout,
+        max_deliveries=cfg.max_deliveries,
+        job_margin=cfg.job_margin,
+    )
     app[DISPATCHER] = dispatcher
     yield
     for conn in list(dispatcher.conns.values()):
