@@ -57,6 +57,12 @@ class WorkerConn:
     cluster: dict[str, int] | None = None  # a cluster-backed worker's Dask cluster: workers, threads
     draining: bool = False  # stopping: finishes its jobs, takes no new one
 
+    def drop(self, job: str) -> None:
+        """Forget a job: finished, handed back, taken back, or never sent (a dispatch pass may have
+        dropped it already while the caller awaited)."""
+        self.running.pop(job, None)
+        self.deadlines.pop(job, None)
+
     @property
     def consumer(self) -> str:
         return f"{self.address}:{self.id}"
@@ -110,15 +116,13 @@ class Dispatcher:
             for job in [j for j in conn.running if conn.deadlines.get(j, now) < now]:
                 # Connected, but past the job's time limit: no longer touched, so it is reclaimed after
                 # job_timeout and goes to another worker; a result from this one no longer counts.
-                conn.running.pop(job, None)
-                conn.deadlines.pop(job, None)
+                conn.drop(job)
                 log.warning("job_overdue", job=job, worker=conn.consumer)
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
                     if entry_id not in kept:
-                        conn.running.pop(job, None)
-                        conn.deadlines.pop(job, None)
+                        conn.drop(job)
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
         await self._keep_waiting_fresh(stream)
         # Jobs of workers that stopped heartbeating: back to waiting, one more delivery.
@@ -210,8 +214,7 @@ class Dispatcher:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
             # job goes back to waiting as it was, no delivery spent (nothing was sent). Checked with no
             # await before the send, so a job is never sent after the answer to a drain.
-            conn.running.pop(job, None)
-            conn.deadlines.pop(job, None)
+            conn.drop(job)
             await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
             if newly_done:
                 await redis.srem(done_key, conn.address)
@@ -239,8 +242,7 @@ class Dispatcher:
         )
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
-        conn.running.pop(job, None)  # a dispatch pass may have dropped it while the script ran
-        conn.deadlines.pop(job, None)
+        conn.drop(job)
         if outcome in ("gone", "reassigned"):
             return "not delivered to this worker any more (it timed out and went to another)"
         return outcome
@@ -254,8 +256,7 @@ class Dispatcher:
         outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, self.max_deliveries)
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
-        conn.running.pop(job, None)  # a dispatch pass may have dropped it while the script ran
-        conn.deadlines.pop(job, None)
+        conn.drop(job)
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
         if outcome < 0:

@@ -86,7 +86,7 @@ async def _result(app: web.Application, conn: WorkerConn, message: JobResult) ->
     ack: dict[str, Any] = {"type": "ack", "job": job, "recorded": recorded}
     if outcome not in ("recorded", "duplicate"):
         ack["refused"] = outcome
-    kind = "train" if ":train:" in job else "validate"
+    kind = _kind(job)
     label = ("ok" if message.ok else "error") if recorded else outcome if outcome == "duplicate" else "refused"
     app[METRICS].jobs.labels(kind, label).inc()
     await conn.ws.send_json(ack)
@@ -98,8 +98,11 @@ async def _release(app: web.Application, conn: WorkerConn, message: JobRelease) 
     answer: dict[str, Any] = {"type": "released", "job": message.job, "released": outcome == "released"}
     if outcome != "released":
         answer["refused"] = outcome
-    app[METRICS].jobs.labels(
-        "train" if ":train:" in message.job else "validate", "released" if outcome == "released" else "refused"
-    ).inc()
+    app[METRICS].jobs.labels(_kind(message.job), "released" if outcome == "released" else "refused").inc()
     await conn.ws.send_json(answer)
     log.info("job_release", job=message.job, worker=conn.consumer, outcome=outcome)
+
+
+def _kind(job: str) -> str:
+    """A job id's kind, as the metrics label it: train or validate."""
+    return "train" if ":train:" in job else "validate"
