@@ -114,11 +114,13 @@ async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_tim
     deadline = conn.deadlines["1:train:0"]
     assert float(await redis.get(k.job_deadline("1:train:0"))) == deadline
 
-    # The worker reconnects: it keeps the job with the deadline it was delivered with.
+    # The worker reconnects: it keeps the job with the deadline it was delivered with, and is sent the
+    # job again as the same delivery (in case the first message was lost with the old connection).
     again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-    dispatcher.adopt(again, await dispatcher.pending_of(again))
+    resend = dispatcher.adopt(again, await dispatcher.pending_of(again))
     dispatcher.conns[again.id] = again
     assert again.deadlines == {"1:train:0": deadline}
+    assert resend == [json.loads(ws.sent[0])] and resend[0]["delivery"] == 1
 
     async def back_in_waiting() -> bool:
         await dispatcher.run_pass()
@@ -127,5 +129,32 @@ async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_tim
 
     await wait_until(back_in_waiting, timeout=30, what="the overdue job to go back to waiting")
     assert again.running == {} and time.time() >= deadline
+    # The worker was told, once, so it stops the job and its slot is free.
+    revoked = [m for m in map(json.loads, ws.sent) if m["type"] == "revoked"]
+    assert [m["job"] for m in revoked] == ["1:train:0"] and "time limit" in revoked[0]["reason"]
+    # A worker that reconnects holding an overdue job is not sent it again.
+    third = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    assert dispatcher.adopt(third, [dispatch.Pending("1:train:0", b"0-1", deadline, {})]) == []
     result = await dispatcher.finish(again, "1:train:0", 1, {"ok": True})
     assert result == "not delivered to this worker" and await store.result("1:train:0") is None
+
+
+async def test_a_job_taken_back_from_a_connected_worker_is_revoked(redis_store: Store) -> None:
+    """Another instance's XAUTOCLAIM (or any move) took the job from under a connected worker: the next
+    pass forgets it and tells the worker, whose result would no longer count."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.id] = conn
+    await dispatcher.run_pass()
+    assert [json.loads(m)["type"] for m in ws.sent] == ["job"]
+    await redis.xclaim(STREAM, GROUP, WAITING, 0, [conn.running["1:train:0"]], justid=True)
+    await dispatcher.run_pass()
+    assert conn.running == {}
+    messages = [json.loads(m) for m in ws.sent]
+    assert [(m["type"], m["job"]) for m in messages] == [("job", "1:train:0"), ("revoked", "1:train:0")]
+    assert "taken back" in messages[1]["reason"]

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 
 from ethml.chain import dev_account
 from ethml.coordinator.worker import Worker, WorkerConfig
+from tests.node.conftest import wait_until
 
 
 def _job(job: str, delivery: int) -> dict[str, Any]:
@@ -31,6 +32,8 @@ class Script:
         self.mode, self.jobs, self.on_drain = mode, jobs, on_drain
         self.restart_on_drain = restart_on_drain  # the first connection closes right after the drain's jobs
         self.received: list[dict[str, Any]] = []
+        self.later: list[dict[str, Any]] = []  # sent on the first connection once `go` is set
+        self.go = asyncio.Event()
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -52,6 +55,13 @@ class Script:
         await ws.send_json(welcome)
         for job in self.jobs if first else []:
             await ws.send_json(job)
+
+        async def send_later() -> None:
+            await self.go.wait()
+            for message in self.later:
+                await ws.send_json(message)
+
+        later = asyncio.create_task(send_later()) if first else None
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
@@ -72,6 +82,8 @@ class Script:
                 await ws.send_json({"type": "released", "job": data["job"], "released": True})
             elif data["type"] == "result":
                 await ws.send_json({"type": "ack", "job": data["job"], "recorded": True})
+        if later is not None:
+            later.cancel()
         return ws
 
 
@@ -196,3 +208,33 @@ async def test_a_drain_survives_a_coordinator_restart_that_cut_off_a_hand_back(s
     await asyncio.wait_for(run, 30)
     kinds = [m["type"] for m in script.received]
     assert kinds[-2:] == ["drain", "result"] and kinds[0] == "drain", kinds
+
+
+async def test_a_revoked_job_stops_unless_its_commitment_is_being_sent(serve: Any, tmp_path: Path) -> None:
+    """The server takes back two jobs (past their time limit): the first is stopped and reports nothing;
+    the second has written its commitment's secret, so it is finished, and when the server then sends
+    it to this worker again as delivery 2, its result answers delivery 2. A revoke of a job the worker
+    does not run changes nothing."""
+    revoked = [{"type": "revoked", "job": job, "reason": "past its time limit"} for job in ("1:train:0", "3:train:0")]
+    script = Script("ok", [_job("1:train:0", 1), _job("3:train:0", 1)], on_drain=[])
+    script.later = [*revoked, _job("3:train:0", 2), {**revoked[0], "job": "9:train:0"}]
+    worker = HeldWorker(await serve(script), tmp_path, committing={"3:train:0"})
+    worker.config.capacity = 2
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
+    await _event(worker, "job_started")
+    script.go.set()
+    assert (await _event(worker, "revoked"))["job"] == "1:train:0"
+
+    async def resent() -> bool:
+        return worker.jobs.get("3:train:0", {}).get("delivery") == 2
+
+    await wait_until(resent, timeout=30, what="the second delivery of the kept job")
+    assert sorted(worker.running) == ["3:train:0"]
+    worker.release_jobs.set()
+    await _event(worker, "acked")
+    worker.drain()
+    await asyncio.wait_for(run, 30)
+    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    assert sent == [("result", "3:train:0", 2), ("drain", None, None)]
+    assert worker.cancelled == ["1:train:0"]

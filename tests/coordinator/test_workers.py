@@ -162,10 +162,13 @@ class RawWorker:
         await self.ws.close()
 
 
-async def _connect(session: aiohttp.ClientSession, c: Coordinator, account: int, role: str) -> RawWorker:
+async def _connect(
+    session: aiohttp.ClientSession, c: Coordinator, account: int, role: str, worker_id: str | None = None
+) -> RawWorker:
     ws = await session.ws_connect(c.ws + "/ws/worker")
     challenge = await ws.receive_json(timeout=10)
-    await ws.send_json(_signed(account, role)(challenge))
+    login = _signed(account, role)(challenge)
+    await ws.send_json({**login, "worker_id": worker_id} if worker_id else login)
     welcome = await ws.receive_json(timeout=30)
     assert welcome["type"] == "welcome", welcome
     return RawWorker(ws, welcome)
@@ -210,6 +213,34 @@ async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(coo
         assert ack["recorded"] is False
         for w in (forger, first, second):
             await w.close()
+
+
+async def test_a_job_lost_with_the_connection_is_sent_again_when_the_worker_reconnects(
+    coordinator: Coordinator,
+) -> None:
+    """The job went out on a connection that then broke, and the worker never read it: when it reconnects
+    under the same worker id, it keeps the job and is sent it again, as the same delivery, whose result
+    counts (before, the job was held for it, untouched, until its time limit)."""
+    c = coordinator
+    async with aiohttp.ClientSession() as session:
+        first = await _connect(session, c, 5, "trainer", worker_id="w-lost")
+        key = await c.requester_key()
+        task_id, _ = await post_wine_task(c, key, trainers=1)
+        await wait_status(c, task_id, "open", timeout=60)
+        dispatcher = c.runners[0].app[DISPATCHER]
+
+        async def sent() -> bool:
+            return dispatcher.dispatched == 1
+
+        await wait_until(sent, timeout=60, what="the job to be sent")
+        await first.close()  # its job message unread
+        again = await _connect(session, c, 5, "trainer", worker_id="w-lost")
+        assert again.welcome["running"] == ["1:train:0"]
+        job = await again.next("job")
+        assert (job["job"], job["delivery"]) == ("1:train:0", 1)
+        ack = await again.result("1:train:0", 1)
+        assert ack == {"type": "ack", "job": "1:train:0", "recorded": True}
+        await again.close()
 
 
 TRAINER_JOBS = "ethml:jobs:trainer"

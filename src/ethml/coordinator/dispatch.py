@@ -14,6 +14,9 @@ pending under the worker's consumer with the delivery number the worker was sent
 recorded in one script). The job id (task and slot) is the idempotency key: the first result is kept,
 a repeat is acknowledged and ignored.
 
+A connected worker whose job is taken back (past the job's time limit, or no longer pending under
+it) is told so (`revoked`) and stops the job.
+
 A worker that stops gracefully first says `drain`: it gets no more jobs and finishes those it runs.
 One that stops at once hands its jobs back (`release`, bound like a result to its consumer and
 delivery): they go back to `~waiting` with one more delivery, for another worker now rather than after
@@ -22,6 +25,7 @@ delivery): they go back to `~waiting` with one more delivery, for another worker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -115,15 +119,18 @@ class Dispatcher:
         for conn in mine:  # keep the jobs of live workers fresh; forget those taken back meanwhile
             for job in [j for j in conn.running if conn.deadlines.get(j, now) < now]:
                 # Connected, but past the job's time limit: no longer touched, so it is reclaimed after
-                # job_timeout and goes to another worker; a result from this one no longer counts.
+                # job_timeout and goes to another worker; a result from this one no longer counts, and
+                # the worker is told so (it stops the job, and its slot is free for the next one).
                 conn.drop(job)
                 log.warning("job_overdue", job=job, worker=conn.consumer)
+                await self._revoke(conn, job, "past its time limit: it goes back to waiting for another worker")
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
                     if entry_id not in kept:
                         conn.drop(job)
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
+                        await self._revoke(conn, job, "no longer pending under this worker (taken back)")
         await self._keep_waiting_fresh(stream)
         # Jobs of workers that stopped heartbeating: back to waiting, one more delivery.
         reply = await redis.xautoclaim(stream, GROUP, WAITING, int(self.job_timeout * 1000), start_id="0-0", count=100)
@@ -162,6 +169,14 @@ class Dispatcher:
                 return
             last = waiting[-1]["message_id"]
             start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
+    async def _revoke(self, conn: WorkerConn, job: str, reason: str) -> None:
+        """Tell a connected worker that a job is no longer its own: a result would not count, so it stops
+        the job (a worker that does not know the message ignores it, as before)."""
+        if conn.ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):  # gone: its jobs come back through XAUTOCLAIM
+            await conn.ws.send_str(json.dumps({"type": "revoked", "job": job, "reason": reason}))
 
     async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int) -> bool:
         """A job delivered more than `max_deliveries` times goes to the dead stream, with its count (once,
@@ -208,8 +223,7 @@ class Dispatcher:
         await redis.xclaim(stream, GROUP, conn.consumer, 0, [entry_id], justid=True)
         newly_done = await redis.sadd(done_key, conn.address)
         conn.running[job] = entry_id
-        message = {"type": "job", "job": job, "kind": fields["kind"], "task": fields["task"], "delivery": delivered}
-        message["chain_task"] = int(fields["chain_task"])
+        message = job_message(fields, delivered)
         if conn.draining or conn.ws.closed:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
             # job goes back to waiting as it was, no delivery spent (nothing was sent). Checked with no
@@ -276,22 +290,51 @@ class Dispatcher:
         fits = 1 if fields["kind"] == "train" else int((doc or {}).get("trainers") or 1) + 1
         return seconds * fits + self.job_margin
 
-    def adopt(self, conn: WorkerConn, pending: list[tuple[str, bytes, float | None]]) -> None:
+    def adopt(self, conn: WorkerConn, pending: list[Pending]) -> list[dict[str, Any]]:
         """A reconnecting worker keeps the jobs still pending under its consumer name, with the deadline
-        each was delivered with (a reconnect does not buy time)."""
-        for job, entry_id, deadline in pending:
-            conn.running[job] = entry_id
-            if deadline is not None:
-                conn.deadlines[job] = deadline
+        each was delivered with (a reconnect does not buy time). Returns the job messages to send it
+        again, those not past their time limit: an assignment lost with the old connection reaches the
+        worker now, as the same delivery, instead of holding the job until its time limit (a worker
+        ignores a job it is running or has finished)."""
+        now = time.time()
+        for p in pending:
+            conn.running[p.job] = p.entry_id
+            if p.deadline is not None:
+                conn.deadlines[p.job] = p.deadline
+        return [p.message for p in pending if p.deadline is None or p.deadline > now]
 
-    async def pending_of(self, conn: WorkerConn) -> list[tuple[str, bytes, float | None]]:
+    async def pending_of(self, conn: WorkerConn) -> list[Pending]:
         stream = k.jobs(conn.role)
         pending = await self.store.redis.xpending_range(stream, GROUP, "-", "+", 1000, consumername=conn.consumer)
         found = []
         for p in pending:
             rows = await self.store.redis.xrange(stream, p["message_id"], p["message_id"])
             if rows:
-                job = rows[0][1][b"job"].decode()
-                deadline = await self.store.redis.get(k.job_deadline(job))
-                found.append((job, p["message_id"], float(deadline) if deadline else None))
+                fields = {name.decode(): value.decode() for name, value in rows[0][1].items()}
+                deadline = await self.store.redis.get(k.job_deadline(fields["job"]))
+                message = job_message(fields, int(p["times_delivered"]))
+                found.append(Pending(fields["job"], p["message_id"], float(deadline) if deadline else None, message))
         return found
+
+
+@dataclass
+class Pending:
+    """A job pending under a worker's consumer: its stream entry, the deadline it was delivered with (None
+    if it expired from Redis) and the job message as the worker was sent it."""
+
+    job: str
+    entry_id: bytes
+    deadline: float | None
+    message: dict[str, Any]
+
+
+def job_message(fields: dict[str, str], delivery: int) -> dict[str, Any]:
+    """The job message a worker is sent for a job stream entry's fields, as delivery `delivery`."""
+    return {
+        "type": "job",
+        "job": fields["job"],
+        "kind": fields["kind"],
+        "task": fields["task"],
+        "delivery": delivery,
+        "chain_task": int(fields["chain_task"]),
+    }

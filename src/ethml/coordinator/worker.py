@@ -11,9 +11,11 @@ the worker keeps in the background: it waits for the window and reveals (a train
 model to the coordinator at that moment, not before). The secrets a reveal needs are in the data
 dir, written before the commitment, so a restarted worker resumes its duties from there.
 After a disconnect it reconnects with backoff under the same worker id, so the jobs it is running
-stay its own, and it re-sends results the server has not acknowledged. A job it has already done on
-chain (it committed already) is not done again: the job id and the chain's state are the
-idempotency keys.
+stay its own, and it re-sends results the server has not acknowledged; the server sends its jobs
+again, so one whose assignment was lost with the connection runs now. A job the server takes back
+(`revoked`: past its time limit) is stopped, since its result would no longer count. A job it has
+already done on chain (it committed already) is not done again: the job id and the chain's state are
+the idempotency keys.
 
 Stopping: `drain()` tells the server to send no more jobs, and `run()` returns once the jobs running
 are finished and their results acknowledged (a job that was on its way meanwhile is handed straight
@@ -230,6 +232,20 @@ class Worker:
 
         return self._spawn(send())
 
+    def _revoke(self, job_id: str, reason: str) -> None:
+        """The server took the job back (past its time limit, or no longer pending under this worker):
+        its result would not count, so it stops, and its slot is free. A job whose commitment is being
+        sent is finished instead, as on a stop now (its reveal follows as a duty)."""
+        if job_id not in self.running:
+            return  # finished (its result is answered as refused), or never started
+        if self._committing(job_id):
+            log.warning("job_revoked_finishing", job=job_id, reason=reason)
+            return
+        self.running.pop(job_id).cancel()
+        self.jobs.pop(job_id, None)
+        log.warning("job_revoked", job=job_id, reason=reason)
+        self.events.put_nowait({"event": "revoked", "job": job_id, "reason": reason})
+
     def _committing(self, job_id: str) -> bool:
         """Whether the job has written the secret of its commitment (so the commitment may be on chain)."""
         job = self.jobs.get(job_id)
@@ -330,6 +346,8 @@ class Worker:
                         if not data.get("released"):
                             log.warning("release_refused", job=data.get("job"), reason=data.get("refused"))
                         self.events.put_nowait({"event": "released", **data})
+                    elif data.get("type") == "revoked":
+                        self._revoke(str(data.get("job")), str(data.get("reason") or "taken back"))
                     elif data.get("type") == "error":
                         log.warning("server_error", message=data.get("message"))
                     self._check_drained()
@@ -374,7 +392,10 @@ class Worker:
     def _start(self, job: dict[str, Any]) -> None:
         job_id = job["job"]
         if job_id in self.running:
-            return  # a re-sent assignment of a job this worker is already running
+            # Sent again (after a reconnect, or taken back while its commitment was being sent and then
+            # delivered to this worker again): it runs on, and its result answers the newest delivery.
+            self.jobs[job_id]["delivery"] = job.get("delivery")
+            return
         if job_id in self.done and job_id in self.unacked:
             return
         if self.draining:  # sent before the server read the drain: straight back, for another worker

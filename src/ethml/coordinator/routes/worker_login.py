@@ -67,7 +67,7 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
     old = dispatcher.conns.get(worker_id)
     if old is not None and old.address == signer:
         await old.ws.close(code=4000, message=b"replaced by a new connection")
-    dispatcher.adopt(conn, await dispatcher.pending_of(conn))
+    resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
     dispatcher.conns[worker_id] = conn
     await store.put_worker(conn.view(), cfg.heartbeat_timeout)
     token = await store.new_upload_token(signer)
@@ -83,5 +83,7 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
             "features": ["drain", "release"],  # what this server takes besides load reports and results
         }
     )
+    for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
+        await ws.send_json(message)
     log.info("worker_joined", worker=conn.consumer, role=role, adopted=list(conn.running))
     return conn
