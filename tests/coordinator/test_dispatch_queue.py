@@ -158,3 +158,26 @@ async def test_a_job_taken_back_from_a_connected_worker_is_revoked(redis_store: 
     messages = [json.loads(m) for m in ws.sent]
     assert [(m["type"], m["job"]) for m in messages] == [("job", "1:train:0"), ("revoked", "1:train:0")]
     assert "taken back" in messages[1]["reason"]
+
+
+async def test_a_job_adopted_without_its_deadline_is_taken_back_and_not_sent_again(redis_store: Store) -> None:
+    """The deadline key is gone from Redis (evicted): a worker that reconnects holding the job is not sent
+    it again, and the next pass takes it back and tells the worker, rather than keeping it fresh for as
+    long as the worker stays."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.id] = conn
+    await dispatcher.run_pass()
+    assert list(conn.running) == ["1:train:0"]
+    await redis.delete(k.job_deadline("1:train:0"))
+    again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    assert dispatcher.adopt(again, await dispatcher.pending_of(again)) == []
+    dispatcher.conns[again.id] = again
+    await dispatcher.run_pass()
+    assert again.running == {}
+    assert [json.loads(m)["type"] for m in ws.sent] == ["job", "revoked"]

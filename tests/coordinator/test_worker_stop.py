@@ -32,7 +32,10 @@ class Script:
         self.mode, self.jobs, self.on_drain = mode, jobs, on_drain
         self.restart_on_drain = restart_on_drain  # the first connection closes right after the drain's jobs
         self.received: list[dict[str, Any]] = []
-        self.later: list[dict[str, Any]] = []  # sent on the first connection once `go` is set
+        self.later: list[dict[str, Any]] = []  # sent on the first connection once `go` is set ({"type": "_close"}
+        # closes it, as a coordinator restart would)
+        self.early: list[dict[str, Any]] = []  # sent on the first connection before the welcome
+        self.running_after: list[str] = []  # the welcome's `running` on later connections (adopted jobs)
         self.go = asyncio.Event()
         self.connected = asyncio.Event()
         self.connections = 0
@@ -49,7 +52,10 @@ class Script:
             return ws
         await ws.send_json({"type": "challenge", "nonce": "n", "server": "s", "chain_id": 1})
         await ws.receive_json()
-        welcome: dict[str, Any] = {"type": "welcome", "worker_id": "w", "heartbeat": 0.2, "running": []}
+        for message in self.early if first else []:
+            await ws.send_json(message)
+        running = [] if first else self.running_after
+        welcome: dict[str, Any] = {"type": "welcome", "worker_id": "w", "heartbeat": 0.2, "running": running}
         if self.mode == "ok":
             welcome["features"] = ["drain", "release"]
         await ws.send_json(welcome)
@@ -59,6 +65,9 @@ class Script:
         async def send_later() -> None:
             await self.go.wait()
             for message in self.later:
+                if message["type"] == "_close":
+                    await ws.close()
+                    return
                 await ws.send_json(message)
 
         later = asyncio.create_task(send_later()) if first else None
@@ -197,6 +206,7 @@ async def test_a_drain_survives_a_coordinator_restart_that_cut_off_a_hand_back(s
     (the coordinator restarts): the release is forgotten with the connection (that job times out at
     the server), the worker reconnects, drains again, reports its job and stops."""
     script = Script("ok", [_job("1:train:0", 1)], on_drain=[_job("2:train:0", 1)], restart_on_drain=True)
+    script.running_after = ["1:train:0"]  # the restarted coordinator keeps it for this worker
     worker = HeldWorker(await serve(script), tmp_path)
     worker.config.max_backoff = 0.2
     run = asyncio.create_task(worker.run())
@@ -238,3 +248,46 @@ async def test_a_revoked_job_stops_unless_its_commitment_is_being_sent(serve: An
     sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
     assert sent == [("result", "3:train:0", 2), ("drain", None, None)]
     assert worker.cancelled == ["1:train:0"]
+
+
+async def test_jobs_taken_back_while_disconnected_are_stopped_on_reconnect(serve: Any, tmp_path: Path) -> None:
+    """The connection breaks while two jobs run; when the worker reconnects, the server holds only one of
+    them for it (the other timed out and went to another worker meanwhile): that one stops, the other
+    runs on and is reported."""
+    script = Script("ok", [_job("1:train:0", 1), _job("3:train:0", 1)], on_drain=[])
+    script.later = [{"type": "_close"}]
+    script.running_after = ["3:train:0"]
+    worker = HeldWorker(await serve(script), tmp_path)
+    worker.config.capacity = 2
+    worker.config.max_backoff = 0.2
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
+    await _event(worker, "job_started")
+    script.go.set()
+    revoked = await _event(worker, "revoked")
+    assert revoked["job"] == "1:train:0" and "disconnected" in revoked["reason"]
+    assert script.connections == 2 and sorted(worker.running) == ["3:train:0"]
+    worker.release_jobs.set()
+    await _event(worker, "acked")
+    worker.drain()
+    await asyncio.wait_for(run, 30)
+    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    assert sent == [("result", "3:train:0", 1), ("drain", None, None)]
+    assert worker.cancelled == ["1:train:0"]
+
+
+async def test_messages_before_the_welcome_are_handled_once_connected(serve: Any, tmp_path: Path) -> None:
+    """A server that sends a job and a revoke before its welcome: the worker logs in all the same and
+    runs the job (before, it took the job for the welcome, and a worker that reports at the server's
+    heartbeat, as `ethml worker` does, died of a KeyError)."""
+    script = Script("ok", [], on_drain=[])
+    script.early = [_job("1:train:0", 1), {"type": "revoked", "job": "9:train:0"}]
+    worker = HeldWorker(await serve(script), tmp_path)
+    worker.config.load_interval = None  # as `ethml worker` runs: at the server's heartbeat
+    run = asyncio.create_task(worker.run())
+    assert (await _event(worker, "job_started"))["job"] == "1:train:0"
+    worker.release_jobs.set()
+    await _event(worker, "acked")
+    worker.drain()
+    await asyncio.wait_for(run, 30)
+    assert [(m["type"], m.get("job")) for m in script.received] == [("result", "1:train:0"), ("drain", None)]

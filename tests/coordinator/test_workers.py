@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from ethml.chain import dev_account
-from ethml.coordinator.appkeys import DISPATCHER
+from ethml.coordinator.appkeys import DISPATCHER, STORE
 from ethml.coordinator.permit import sign_login
 from ethml.coordinator.store import GROUP, WAITING
 from tests.coordinator.conftest import Coordinator, coordinator_on
@@ -241,6 +241,31 @@ async def test_a_job_lost_with_the_connection_is_sent_again_when_the_worker_reco
         ack = await again.result("1:train:0", 1)
         assert ack == {"type": "ack", "job": "1:train:0", "recorded": True}
         await again.close()
+
+
+async def test_a_dispatch_pass_during_a_login_sends_nothing_before_the_welcome(coordinator: Coordinator) -> None:
+    """A pass that runs while a worker's login is still being answered (here: while its upload token is
+    made) does not see the connection, so the job waiting for a trainer is not sent before the welcome
+    (which a worker would take for its answer to the login); it goes out after it."""
+    c = coordinator
+    app = c.runners[0].app
+    dispatcher, store = app[DISPATCHER], app[STORE]
+    key = await c.requester_key()
+    task_id, _ = await post_wine_task(c, key, trainers=1)
+    await wait_status(c, task_id, "open", timeout=60)
+    make_token = store.new_upload_token
+
+    async def token_during_a_pass(address: str) -> str:
+        await dispatcher.run_pass()
+        return await make_token(address)
+
+    store.new_upload_token = token_during_a_pass  # type: ignore[method-assign]
+    async with aiohttp.ClientSession() as session:
+        worker = await _connect(session, c, 5, "trainer")  # asserts that the first answer is the welcome
+        store.new_upload_token = make_token  # type: ignore[method-assign]
+        job = await worker.next("job")
+        assert (job["job"], job["delivery"]) == ("1:train:0", 1)
+        await worker.close()
 
 
 TRAINER_JOBS = "ethml:jobs:trainer"

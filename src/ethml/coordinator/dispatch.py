@@ -299,9 +299,10 @@ class Dispatcher:
         now = time.time()
         for p in pending:
             conn.running[p.job] = p.entry_id
-            if p.deadline is not None:
-                conn.deadlines[p.job] = p.deadline
-        return [p.message for p in pending if p.deadline is None or p.deadline > now]
+            # No deadline left in Redis (it outlives the deadline by a day, unless evicted): overdue, so
+            # the next pass takes the job back rather than keeping it fresh for good.
+            conn.deadlines[p.job] = p.deadline if p.deadline is not None else 0.0
+        return [p.message for p in pending if p.deadline is not None and p.deadline > now]
 
     async def pending_of(self, conn: WorkerConn) -> list[Pending]:
         stream = k.jobs(conn.role)
@@ -320,7 +321,7 @@ class Dispatcher:
 @dataclass
 class Pending:
     """A job pending under a worker's consumer: its stream entry, the deadline it was delivered with (None
-    if it expired from Redis) and the job message as the worker was sent it."""
+    if it is gone from Redis) and the job message as the worker was sent it."""
 
     job: str
     entry_id: bytes

@@ -13,7 +13,9 @@ dir, written before the commitment, so a restarted worker resumes its duties fro
 After a disconnect it reconnects with backoff under the same worker id, so the jobs it is running
 stay its own, and it re-sends results the server has not acknowledged; the server sends its jobs
 again, so one whose assignment was lost with the connection runs now. A job the server takes back
-(`revoked`: past its time limit) is stopped, since its result would no longer count. A job it has
+(`revoked`: past its time limit, or no longer pending under this worker; or missing from the welcome
+after a reconnect) is stopped, since its result would no longer count, unless its commitment is being
+sent: that one is finished, and its reveal is owed. A job it has
 already done on chain (it committed already) is not done again: the job id and the chain's state are
 the idempotency keys.
 
@@ -44,7 +46,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment
-from ethml.coordinator.background import stop_if_cancelled
+from ethml.coordinator.background import CANCEL_AGAIN, stop_if_cancelled
 from ethml.coordinator.permit import sign_login
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
@@ -122,6 +124,7 @@ class Worker:
         self._drain_sent = False  # on this connection
         self._drain_acked = False  # on this connection: no job comes after the server's answer
         self._releasing: set[str] = set()  # released on this connection, not answered yet
+        self._revoking: set[str] = set()  # revoked by the server, being stopped
         self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
 
     async def run(self) -> None:
@@ -235,16 +238,36 @@ class Worker:
     def _revoke(self, job_id: str, reason: str) -> None:
         """The server took the job back (past its time limit, or no longer pending under this worker):
         its result would not count, so it stops, and its slot is free. A job whose commitment is being
-        sent is finished instead, as on a stop now (its reveal follows as a duty)."""
-        if job_id not in self.running:
-            return  # finished (its result is answered as refused), or never started
-        if self._committing(job_id):
-            log.warning("job_revoked_finishing", job=job_id, reason=reason)
-            return
-        self.running.pop(job_id).cancel()
-        self.jobs.pop(job_id, None)
-        log.warning("job_revoked", job=job_id, reason=reason)
-        self.events.put_nowait({"event": "revoked", "job": job_id, "reason": reason})
+        sent is finished instead: its commitment may be on its way to the chain, and it owes the reveal."""
+        task = self.running.get(job_id)
+        if task is None or job_id in self._revoking:
+            return  # finished (its result is answered as refused), never started, or being stopped
+        self._revoking.add(job_id)
+        self._spawn(self._stop_revoked(job_id, task, reason))
+
+    async def _stop_revoked(self, job_id: str, task: asyncio.Task[None], reason: str) -> None:
+        """Cancel a revoked job until it ends (Python 3.11 can drop a cancellation inside a wait_for), but
+        never once its commitment's secret is written: from then on it runs to its end."""
+        try:
+            while not task.done():
+                if self._committing(job_id):
+                    log.warning("job_revoked_finishing", job=job_id, reason=reason)
+                    return
+                task.cancel()
+                await asyncio.wait([task], timeout=CANCEL_AGAIN)
+            if not task.cancelled():
+                return  # it finished first, and reported its result
+            job = self.jobs.get(job_id)
+            if job is not None and self._committing(job_id):  # cancelled as it wrote its secret
+                self._owe_reveal(job["kind"], int(job["chain_task"]))
+            if self.running.get(job_id) is task:
+                del self.running[job_id]
+                self.jobs.pop(job_id, None)
+            log.warning("job_revoked", job=job_id, reason=reason)
+            self.events.put_nowait({"event": "revoked", "job": job_id, "reason": reason})
+            self._check_drained()
+        finally:
+            self._revoking.discard(job_id)
 
     def _committing(self, job_id: str) -> bool:
         """Whether the job has written the secret of its commitment (so the commitment may be on chain)."""
@@ -308,7 +331,7 @@ class Worker:
                     "signature": signature,
                 }
             )
-            welcome = await self._login_message(ws, 60)
+            welcome, early = await self._welcome(ws)
             if welcome.get("type") == "refused":
                 raise WorkerRefused(f"the coordinator refused this worker: {welcome.get('message')}")
             self.features = set(welcome.get("features") or [])
@@ -320,37 +343,34 @@ class Worker:
                 self.stop_now()  # an older server would keep sending jobs: stop as it always did
             self.upload_token = welcome.get("upload_token")
             log.info("connected", server=self.config.server, worker=self.config.worker_id, role=self.config.role)
-            self.events.put_nowait({"event": "connected", "adopted": welcome.get("running", [])})
+            adopted = welcome.get("running")
+            self.events.put_nowait({"event": "connected", "adopted": adopted or []})
+            if isinstance(adopted, list):
+                # The server keeps for this worker the jobs still pending under it; one it runs that is not
+                # among them was taken back while it was away (and went to another worker): its result
+                # would not count.
+                for job_id in [j for j in self.running if j not in adopted]:
+                    self._revoke(job_id, "taken back while this worker was disconnected")
             if self.draining and "drain" in self.features:  # still finishing its jobs after a reconnect
                 await self._send_drain(ws)
             for result in list(self.unacked.values()):  # results finished while disconnected
                 await ws.send_json(result)
-            loads = asyncio.create_task(self._report_load(ws, float(self.config.load_interval or welcome["heartbeat"])))
+            interval = float(self.config.load_interval or welcome.get("heartbeat") or 5.0)
+            loads = asyncio.create_task(self._report_load(ws, interval))
             try:
+                for message in early:  # sent before the welcome (an older server could)
+                    self._on_message(message)
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
-                    data = json.loads(msg.data)
-                    if data.get("type") == "job":
-                        self._start(data)
-                    elif data.get("type") == "ack":
-                        self.unacked.pop(data["job"], None)
-                        if data.get("refused"):
-                            log.warning("result_refused", job=data["job"], reason=data["refused"])
-                        self.events.put_nowait({"event": "acked", **data})
-                    elif data.get("type") == "draining":
-                        self._drain_acked = True
-                        self.events.put_nowait({"event": "draining", **data})
-                    elif data.get("type") == "released":
-                        self._releasing.discard(data.get("job"))
-                        if not data.get("released"):
-                            log.warning("release_refused", job=data.get("job"), reason=data.get("refused"))
-                        self.events.put_nowait({"event": "released", **data})
-                    elif data.get("type") == "revoked":
-                        self._revoke(str(data.get("job")), str(data.get("reason") or "taken back"))
-                    elif data.get("type") == "error":
-                        log.warning("server_error", message=data.get("message"))
-                    self._check_drained()
+                    try:
+                        data: Any = json.loads(msg.data)
+                    except ValueError:
+                        data = None
+                    if not isinstance(data, dict):
+                        log.warning("server_message_malformed", message=str(msg.data)[:200])
+                        continue
+                    self._on_message(data)
             finally:
                 loads.cancel()
                 self._ws = None
@@ -360,6 +380,44 @@ class Worker:
                 raise WorkerRefused("disconnected by an admin")
             if ws.close_code == 4001:
                 raise WorkerRefused(f"the coordinator refused this worker ({ws.close_code})")
+
+    async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The server's answer to the login (welcome or refused) within 60 s, and the messages that came
+        before it, to be handled once connected (an older server could send a job first)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        early: list[dict[str, Any]] = []
+        while True:
+            data = await self._login_message(ws, max(0.0, deadline - loop.time()))
+            if data.get("type") in ("welcome", "refused"):
+                return data, early
+            if len(early) >= 1000:
+                raise ConnectionError("the coordinator sent 1000 messages without answering the login")
+            early.append(data)
+
+    def _on_message(self, data: dict[str, Any]) -> None:
+        """One message from the server on a live connection."""
+        kind = data.get("type")
+        if kind == "job":
+            self._start(data)
+        elif kind == "ack":
+            self.unacked.pop(data.get("job"), None)  # type: ignore[arg-type]
+            if data.get("refused"):
+                log.warning("result_refused", job=data.get("job"), reason=data["refused"])
+            self.events.put_nowait({"event": "acked", **data})
+        elif kind == "draining":
+            self._drain_acked = True
+            self.events.put_nowait({"event": "draining", **data})
+        elif kind == "released":
+            self._releasing.discard(data.get("job"))  # type: ignore[arg-type]
+            if not data.get("released"):
+                log.warning("release_refused", job=data.get("job"), reason=data.get("refused"))
+            self.events.put_nowait({"event": "released", **data})
+        elif kind == "revoked":
+            self._revoke(str(data.get("job")), str(data.get("reason") or "taken back"))
+        elif kind == "error":
+            log.warning("server_error", message=data.get("message"))
+        self._check_drained()
 
     async def _report_load(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
         while not ws.closed:

@@ -68,7 +68,6 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
     if old is not None and old.address == signer:
         await old.ws.close(code=4000, message=b"replaced by a new connection")
     resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
-    dispatcher.conns[worker_id] = conn
     await store.put_worker(conn.view(), cfg.heartbeat_timeout)
     token = await store.new_upload_token(signer)
     await ws.send_json(
@@ -85,5 +84,8 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
     )
     for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
         await ws.send_json(message)
+    # Only now may a dispatch pass see it: nothing (a job, a revoke) reaches the worker before its welcome
+    # and the jobs sent again, so a revoke always follows the re-sent job it concerns.
+    dispatcher.conns[worker_id] = conn
     log.info("worker_joined", worker=conn.consumer, role=role, adopted=list(conn.running))
     return conn
