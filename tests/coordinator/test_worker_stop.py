@@ -291,3 +291,27 @@ async def test_messages_before_the_welcome_are_handled_once_connected(serve: Any
     worker.drain()
     await asyncio.wait_for(run, 30)
     assert [(m["type"], m.get("job")) for m in script.received] == [("result", "1:train:0"), ("drain", None)]
+
+
+async def test_a_job_delivered_again_right_after_its_revoke_runs_again(serve: Any, tmp_path: Path) -> None:
+    """A drawn validator's seat goes only to its validator: taken back, it comes straight back to the same
+    worker, the revoke and the new delivery in one breath. The revoked run stops and the new delivery
+    runs, its result answering delivery 2 (before, the worker took it for a re-send of the run it was
+    stopping, and dropped it). Messages it cannot read on the way are skipped, not fatal."""
+    script = Script("ok", [_job("1:train:0", 1)], on_drain=[])
+    malformed = [{"type": "job"}, {"type": "ack", "job": [1]}, {"type": "job", "job": "2:train:0", "kind": "x"}]
+    script.later = [*malformed, {"type": "revoked", "job": "1:train:0", "reason": "taken back"}, _job("1:train:0", 2)]
+    worker = HeldWorker(await serve(script), tmp_path)
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
+    script.go.set()
+    assert (await _event(worker, "revoked"))["job"] == "1:train:0"
+    again = await _event(worker, "job_started")
+    assert (again["job"], again["delivery"]) == ("1:train:0", 2)
+    worker.release_jobs.set()
+    await _event(worker, "acked")
+    worker.drain()
+    await asyncio.wait_for(run, 30)
+    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    assert sent == [("result", "1:train:0", 2), ("drain", None, None)]
+    assert worker.cancelled == ["1:train:0"]

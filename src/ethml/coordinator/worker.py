@@ -125,6 +125,7 @@ class Worker:
         self._drain_acked = False  # on this connection: no job comes after the server's answer
         self._releasing: set[str] = set()  # released on this connection, not answered yet
         self._revoking: set[str] = set()  # revoked by the server, being stopped
+        self._after_revoke: dict[str, dict[str, Any]] = {}  # sent again while being stopped: runs after
         self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
 
     async def run(self) -> None:
@@ -268,6 +269,12 @@ class Worker:
             self._check_drained()
         finally:
             self._revoking.discard(job_id)
+            again = self._after_revoke.pop(job_id, None)
+            if again is not None:
+                # The new delivery: it joins the run that goes on (committing), or runs afresh (the chain's
+                # state keeps a finished run's transactions from being sent twice).
+                self.done.discard(job_id)
+                self._start(again)
 
     def _committing(self, job_id: str) -> bool:
         """Whether the job has written the secret of its commitment (so the commitment may be on chain)."""
@@ -396,12 +403,18 @@ class Worker:
             early.append(data)
 
     def _on_message(self, data: dict[str, Any]) -> None:
-        """One message from the server on a live connection."""
+        """One message from the server on a live connection (one it cannot read is logged and skipped)."""
         kind = data.get("type")
+        malformed = kind in ("job", "ack", "released", "revoked") and not isinstance(data.get("job"), str)
+        if kind == "job" and not malformed:
+            malformed = data.get("kind") not in ("train", "validate") or type(data.get("chain_task")) is not int
+        if malformed:
+            log.warning("server_message_malformed", message=str(data)[:200])
+            return
         if kind == "job":
             self._start(data)
         elif kind == "ack":
-            self.unacked.pop(data.get("job"), None)  # type: ignore[arg-type]
+            self.unacked.pop(data["job"], None)
             if data.get("refused"):
                 log.warning("result_refused", job=data.get("job"), reason=data["refused"])
             self.events.put_nowait({"event": "acked", **data})
@@ -409,7 +422,7 @@ class Worker:
             self._drain_acked = True
             self.events.put_nowait({"event": "draining", **data})
         elif kind == "released":
-            self._releasing.discard(data.get("job"))  # type: ignore[arg-type]
+            self._releasing.discard(data["job"])
             if not data.get("released"):
                 log.warning("release_refused", job=data.get("job"), reason=data.get("refused"))
             self.events.put_nowait({"event": "released", **data})
@@ -449,6 +462,9 @@ class Worker:
 
     def _start(self, job: dict[str, Any]) -> None:
         job_id = job["job"]
+        if job_id in self._revoking:  # delivered again (a seat only this worker may take) while the revoked
+            self._after_revoke[job_id] = job  # run is being stopped: it starts once that run has ended
+            return
         if job_id in self.running:
             # Sent again (after a reconnect, or taken back while its commitment was being sent and then
             # delivered to this worker again): it runs on, and its result answers the newest delivery.
