@@ -142,15 +142,8 @@ async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_tim
 async def test_a_job_taken_back_from_a_connected_worker_is_revoked(redis_store: Store) -> None:
     """Another instance's XAUTOCLAIM (or any move) took the job from under a connected worker: the next
     pass forgets it and tells the worker, whose result would no longer count."""
-    store = redis_store
-    redis = store.redis
-    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
-    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
-    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
-    ws = RecordingSocket()
-    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-    dispatcher.conns[conn.id] = conn
-    await dispatcher.run_pass()
+    redis = redis_store.redis
+    dispatcher, ws, conn = await _one_job_delivered(redis_store)
     assert [json.loads(m)["type"] for m in ws.sent] == ["job"]
     await redis.xclaim(STREAM, GROUP, WAITING, 0, [conn.running["1:train:0"]], justid=True)
     await dispatcher.run_pass()
@@ -164,15 +157,8 @@ async def test_a_job_adopted_without_its_deadline_is_taken_back_and_not_sent_aga
     """The deadline key is gone from Redis (evicted): a worker that reconnects holding the job is not sent
     it again, and the next pass takes it back and tells the worker, rather than keeping it fresh for as
     long as the worker stays."""
-    store = redis_store
-    redis = store.redis
-    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
-    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
-    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
-    ws = RecordingSocket()
-    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-    dispatcher.conns[conn.id] = conn
-    await dispatcher.run_pass()
+    redis = redis_store.redis
+    dispatcher, ws, conn = await _one_job_delivered(redis_store)
     assert list(conn.running) == ["1:train:0"]
     await redis.delete(k.job_deadline("1:train:0"))
     again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
@@ -181,3 +167,15 @@ async def test_a_job_adopted_without_its_deadline_is_taken_back_and_not_sent_aga
     await dispatcher.run_pass()
     assert again.running == {}
     assert [json.loads(m)["type"] for m in ws.sent] == ["job", "revoked"]
+
+
+async def _one_job_delivered(store: Store) -> tuple[Dispatcher, RecordingSocket, dispatch.WorkerConn]:
+    """A dispatcher that has sent job 1:train:0 (a 60 s task) to its one connected trainer, `conn`, on `ws`."""
+    await store.redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    await store.redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.id] = conn
+    await dispatcher.run_pass()
+    return dispatcher, ws, conn

@@ -148,6 +148,16 @@ async def _event(worker: Worker, name: str) -> dict[str, Any]:
             return event
 
 
+async def _report_and_drain(worker: HeldWorker, run: asyncio.Task[None], script: Script) -> list[tuple[Any, ...]]:
+    """Let the held jobs finish, wait for the acknowledgement, drain, and return what the worker sent:
+    (type, job, delivery) of each message."""
+    worker.release_jobs.set()
+    await _event(worker, "acked")
+    worker.drain()
+    await asyncio.wait_for(run, 30)
+    return [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+
+
 async def test_a_drain_finishes_the_job_and_hands_back_one_that_was_on_its_way(serve: Any, tmp_path: Path) -> None:
     script = Script("ok", [_job("1:train:0", 1)], on_drain=[_job("2:train:0", 3)])
     worker = HeldWorker(await serve(script), tmp_path)
@@ -241,11 +251,7 @@ async def test_a_revoked_job_stops_unless_its_commitment_is_being_sent(serve: An
 
     await wait_until(resent, timeout=30, what="the second delivery of the kept job")
     assert sorted(worker.running) == ["3:train:0"]
-    worker.release_jobs.set()
-    await _event(worker, "acked")
-    worker.drain()
-    await asyncio.wait_for(run, 30)
-    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    sent = await _report_and_drain(worker, run, script)
     assert sent == [("result", "3:train:0", 2), ("drain", None, None)]
     assert worker.cancelled == ["1:train:0"]
 
@@ -267,11 +273,7 @@ async def test_jobs_taken_back_while_disconnected_are_stopped_on_reconnect(serve
     revoked = await _event(worker, "revoked")
     assert revoked["job"] == "1:train:0" and "disconnected" in revoked["reason"]
     assert script.connections == 2 and sorted(worker.running) == ["3:train:0"]
-    worker.release_jobs.set()
-    await _event(worker, "acked")
-    worker.drain()
-    await asyncio.wait_for(run, 30)
-    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    sent = await _report_and_drain(worker, run, script)
     assert sent == [("result", "3:train:0", 1), ("drain", None, None)]
     assert worker.cancelled == ["1:train:0"]
 
@@ -286,11 +288,7 @@ async def test_messages_before_the_welcome_are_handled_once_connected(serve: Any
     worker.config.load_interval = None  # as `ethml worker` runs: at the server's heartbeat
     run = asyncio.create_task(worker.run())
     assert (await _event(worker, "job_started"))["job"] == "1:train:0"
-    worker.release_jobs.set()
-    await _event(worker, "acked")
-    worker.drain()
-    await asyncio.wait_for(run, 30)
-    assert [(m["type"], m.get("job")) for m in script.received] == [("result", "1:train:0"), ("drain", None)]
+    assert await _report_and_drain(worker, run, script) == [("result", "1:train:0", 1), ("drain", None, None)]
 
 
 async def test_a_job_delivered_again_right_after_its_revoke_runs_again(serve: Any, tmp_path: Path) -> None:
@@ -299,7 +297,11 @@ async def test_a_job_delivered_again_right_after_its_revoke_runs_again(serve: An
     runs, its result answering delivery 2 (before, the worker took it for a re-send of the run it was
     stopping, and dropped it). Messages it cannot read on the way are skipped, not fatal."""
     script = Script("ok", [_job("1:train:0", 1)], on_drain=[])
-    malformed = [{"type": "job"}, {"type": "ack", "job": [1]}, {"type": "job", "job": "2:train:0", "kind": "x"}]
+    malformed: list[dict[str, Any]] = [
+        {"type": "job"},
+        {"type": "ack", "job": [1]},
+        {"type": "job", "job": "2:train:0", "kind": "x"},
+    ]
     script.later = [*malformed, {"type": "revoked", "job": "1:train:0", "reason": "taken back"}, _job("1:train:0", 2)]
     worker = HeldWorker(await serve(script), tmp_path)
     run = asyncio.create_task(worker.run())
@@ -308,10 +310,6 @@ async def test_a_job_delivered_again_right_after_its_revoke_runs_again(serve: An
     assert (await _event(worker, "revoked"))["job"] == "1:train:0"
     again = await _event(worker, "job_started")
     assert (again["job"], again["delivery"]) == ("1:train:0", 2)
-    worker.release_jobs.set()
-    await _event(worker, "acked")
-    worker.drain()
-    await asyncio.wait_for(run, 30)
-    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    sent = await _report_and_drain(worker, run, script)
     assert sent == [("result", "1:train:0", 2), ("drain", None, None)]
     assert worker.cancelled == ["1:train:0"]
