@@ -3,8 +3,10 @@ many there are."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from typing import Any
 
 from ethml.coordinator import dispatch
 from ethml.coordinator import redis_keys as k
@@ -179,3 +181,37 @@ async def _one_job_delivered(store: Store) -> tuple[Dispatcher, RecordingSocket,
     dispatcher.conns[conn.id] = conn
     await dispatcher.run_pass()
     return dispatcher, ws, conn
+
+
+class StuckSocket(RecordingSocket):
+    """A worker that stopped reading: a send waits for buffer space that never comes."""
+
+    async def send_str(self, data: str) -> None:
+        await asyncio.Event().wait()
+
+
+class Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_worker_that_stops_reading_does_not_hold_up_dispatch(redis_store: Store, monkeypatch: Any) -> None:
+    """A staked worker that stops reading its socket (and keeps TCP alive with a zero window) made a send
+    to it wait for good, and with it the dispatch pass, for every worker of the instance. Past the send
+    timeout its connection is aborted and the pass goes on: the next job reaches another worker."""
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 0.2)
+    redis = redis_store.redis
+    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
+    dispatcher = Dispatcher(redis_store, "instance-1", job_timeout=600, max_deliveries=3)
+    for n in (1, 2):
+        await redis.xadd(STREAM, {"job": f"{n}:train:0", "kind": "train", "task": "t", "chain_task": n})
+    stuck, transport = StuckSocket(), Transport()
+    slow = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", stuck, 1, "i", transport=transport)  # type: ignore[arg-type]
+    ws = RecordingSocket()
+    good = dispatch.WorkerConn("w2", "0x" + "cd" * 20, "trainer", ws, 1, "i")  # type: ignore[arg-type]
+    dispatcher.conns.update({slow.id: slow, good.id: good})
+    await asyncio.wait_for(dispatcher.run_pass(), 30)
+    assert transport.aborted
+    assert [json.loads(m)["job"] for m in ws.sent] == ["2:train:0"]

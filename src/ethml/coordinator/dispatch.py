@@ -25,7 +25,7 @@ delivery): they go back to `~waiting` with one more delivery, for another worker
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -42,6 +42,9 @@ log = structlog.get_logger("ethml.coordinator")
 
 #: Entries per XPENDING/XCLAIM page when the waiting jobs are touched.
 PAGE = 500
+
+#: Seconds a message to a worker may take to leave; a worker that does not read is cut off after it.
+SEND_TIMEOUT = 10.0
 
 
 @dataclass
@@ -60,6 +63,28 @@ class WorkerConn:
     memory: float = 0.0
     cluster: dict[str, int] | None = None  # a cluster-backed worker's Dask cluster: workers, threads
     draining: bool = False  # stopping: finishes its jobs, takes no new one
+    transport: asyncio.Transport | None = None  # the connection's socket, to cut off a worker that stalls
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Send `message`; whether it went out. A send waits while the socket's buffer is full, so a worker
+        that stops reading (and keeps acknowledging TCP with a zero window) would hold the sender for
+        good (closing the socket waits for that buffer too, and the heartbeat only closes it): past
+        SEND_TIMEOUT the connection is aborted, its jobs left to the job timeout, and dispatch goes on."""
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self.ws.send_str(json.dumps(message))
+        except TimeoutError:
+            log.warning("worker_not_reading", worker=self.consumer, seconds=SEND_TIMEOUT)
+            self.abort()
+            return False
+        except (ConnectionError, RuntimeError):
+            return False  # gone: its jobs come back through XAUTOCLAIM
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection at once, whatever is still buffered for it."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def drop(self, job: str) -> None:
         """Forget a job: finished, handed back, taken back, or never sent (a dispatch pass may have
@@ -173,10 +198,8 @@ class Dispatcher:
     async def _revoke(self, conn: WorkerConn, job: str, reason: str) -> None:
         """Tell a connected worker that a job is no longer its own: a result would not count, so it stops
         the job (a worker that does not know the message ignores it, as before)."""
-        if conn.ws.closed:
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):  # gone: its jobs come back through XAUTOCLAIM
-            await conn.ws.send_str(json.dumps({"type": "revoked", "job": job, "reason": reason}))
+        if not conn.ws.closed:
+            await conn.send({"type": "revoked", "job": job, "reason": reason})
 
     async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int) -> bool:
         """A job delivered more than `max_deliveries` times goes to the dead stream, with its count (once,
@@ -233,11 +256,9 @@ class Dispatcher:
             if newly_done:
                 await redis.srem(done_key, conn.address)
             return
-        try:
-            await conn.ws.send_str(json.dumps(message))
-        except (ConnectionError, RuntimeError):
-            # The socket died between the check and the send: the job stays under this worker and comes
-            # back through XAUTOCLAIM if it does not reconnect.
+        if not await conn.send(message):
+            # The socket died between the check and the send, or the worker does not read: the job stays
+            # under this worker and comes back through XAUTOCLAIM if it does not reconnect.
             return
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)

@@ -5,6 +5,7 @@ that role in TrainingTasks. A worker that reconnects under the same id gets its 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -39,7 +40,9 @@ def _login_error(exc: ValidationError) -> str:
     return f"invalid login: {where}: {err['msg']}"
 
 
-async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce: str) -> WorkerConn | None:
+async def login(
+    app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce: str, transport: asyncio.Transport | None
+) -> WorkerConn | None:
     """The worker's connection once its login message `msg` checks out, else None (refused and closed)."""
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
     if msg.type != WSMsgType.TEXT:
@@ -63,14 +66,14 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
     if not await app[CHAIN].tasks.functions.isStaked(signer, role_code).call():
         await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})")
         return None
-    conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance)
+    conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)
     old = dispatcher.conns.get(worker_id)
     if old is not None and old.address == signer:
         await old.ws.close(code=4000, message=b"replaced by a new connection")
     resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
     await store.put_worker(conn.view(), cfg.heartbeat_timeout)
     token = await store.new_upload_token(signer)
-    await ws.send_json(
+    await conn.send(
         {
             "type": "welcome",
             "worker_id": worker_id,
@@ -83,7 +86,7 @@ async def login(app: web.Application, ws: web.WebSocketResponse, msg: Any, nonce
         }
     )
     for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
-        await ws.send_json(message)
+        await conn.send(message)
     # Only now may a dispatch pass see it: nothing (a job, a revoke) reaches the worker before its welcome
     # and the jobs sent again, so a revoke always follows the re-sent job it concerns.
     dispatcher.conns[worker_id] = conn

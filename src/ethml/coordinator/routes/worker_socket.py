@@ -38,7 +38,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         except TimeoutError:
             await refuse(ws, "no login within 10 s")
             return ws
-        conn = await login(app, ws, msg, nonce)
+        conn = await login(app, ws, msg, nonce, request.transport)
         if conn is None:
             return ws
         async for msg in ws:
@@ -49,7 +49,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 message = WORKER_MESSAGE.validate_json(msg.data)
             except ValidationError as exc:
                 where, problem = first_error(exc)
-                await ws.send_json({"type": "error", "message": f"{where or 'message'}: {problem}"})
+                await conn.send({"type": "error", "message": f"{where or 'message'}: {problem}"})
                 continue
             if isinstance(message, LoadReport):
                 conn.cpu, conn.memory = message.cpu, message.memory
@@ -61,7 +61,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 conn.draining = True
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 # Every job dispatched before this point reached the worker before this answer.
-                await ws.send_json({"type": "draining", "running": sorted(conn.running)})
+                await conn.send({"type": "draining", "running": sorted(conn.running)})
                 log.info("worker_draining", worker=conn.consumer, running=list(conn.running))
             elif isinstance(message, JobRelease):
                 await _release(app, conn, message)
@@ -90,7 +90,7 @@ async def _result(app: web.Application, conn: WorkerConn, message: JobResult) ->
     kind = _kind(job)
     label = ("ok" if message.ok else "error") if recorded else outcome if outcome == "duplicate" else "refused"
     app[METRICS].jobs.labels(kind, label).inc()
-    await conn.ws.send_json(ack)
+    await conn.send(ack)
     log.info("job_result", job=job, worker=conn.consumer, ok=message.ok, outcome=outcome)
 
 
@@ -100,7 +100,7 @@ async def _release(app: web.Application, conn: WorkerConn, message: JobRelease) 
     if outcome != "released":
         answer["refused"] = outcome
     app[METRICS].jobs.labels(_kind(message.job), "released" if outcome == "released" else "refused").inc()
-    await conn.ws.send_json(answer)
+    await conn.send(answer)
     log.info("job_release", job=message.job, worker=conn.consumer, outcome=outcome)
 
 
