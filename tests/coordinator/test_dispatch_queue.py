@@ -215,3 +215,30 @@ async def test_a_worker_that_stops_reading_does_not_hold_up_dispatch(redis_store
     await asyncio.wait_for(dispatcher.run_pass(), 30)
     assert transport.aborted
     assert [json.loads(m)["job"] for m in ws.sent] == ["2:train:0"]
+
+
+class SharedDrainSocket(RecordingSocket):
+    """A stalled socket as aiohttp has it: every sender waits on one shared drain future."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drain: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def send_str(self, data: str) -> None:
+        await self.drain
+
+
+async def test_a_send_whose_shared_drain_another_sender_s_timeout_cancelled_returns_false(monkeypatch: Any) -> None:
+    """Two senders wait on a stalled connection (the dispatch pass and the socket handler's ack); the
+    first one's timeout cancels the drain future they share. The second sees a CancelledError that is
+    not its own: it reports the send failed instead of raising (raised in the dispatch pass, it would
+    have ended the dispatcher for good)."""
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 0.3)
+    transport = Transport()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", SharedDrainSocket(), 1, "i", transport=transport)  # type: ignore[arg-type]
+    first = asyncio.create_task(conn.send({"type": "ack"}))
+    await asyncio.sleep(0)  # the first waits, with 0.3 s to go
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 30.0)  # the second's own time is far off
+    second = asyncio.create_task(conn.send({"type": "job"}))
+    assert await asyncio.wait_for(asyncio.gather(first, second), 30) == [False, False]
+    assert transport.aborted

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,13 +69,28 @@ class WorkerConn:
     async def send(self, message: dict[str, Any]) -> bool:
         """Send `message`; whether it went out. A send waits while the socket's buffer is full, so a worker
         that stops reading (and keeps acknowledging TCP with a zero window) would hold the sender for
-        good (closing the socket waits for that buffer too, and the heartbeat only closes it): past
-        SEND_TIMEOUT the connection is aborted, its jobs left to the job timeout, and dispatch goes on."""
+        good (the heartbeat marks the socket closed but does not free the send): past SEND_TIMEOUT the
+        connection is aborted, its jobs left to the job timeout, and the sender goes on."""
+        return await self._bounded(self.ws.send_str(json.dumps(message)))
+
+    async def close(self, code: int, message: bytes) -> None:
+        """Close the connection with `code`, within SEND_TIMEOUT as a message (aborted past it)."""
+        await self._bounded(self.ws.close(code=code, message=message))
+
+    async def _bounded(self, operation: Coroutine[Any, Any, Any]) -> bool:
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
-                await self.ws.send_str(json.dumps(message))
+                await operation
         except TimeoutError:
             log.warning("worker_not_reading", worker=self.consumer, seconds=SEND_TIMEOUT)
+            self.abort()
+            return False
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # Not this task's cancellation: aiohttp shares one drain future among the senders of a
+            # connection, and another sender's timeout cancelled it. The connection is stalled either way.
             self.abort()
             return False
         except (ConnectionError, RuntimeError):

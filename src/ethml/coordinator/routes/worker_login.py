@@ -69,11 +69,11 @@ async def login(
     conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)
     old = dispatcher.conns.get(worker_id)
     if old is not None and old.address == signer:
-        await old.ws.close(code=4000, message=b"replaced by a new connection")
+        await old.close(4000, b"replaced by a new connection")
     resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
     await store.put_worker(conn.view(), cfg.heartbeat_timeout)
     token = await store.new_upload_token(signer)
-    await conn.send(
+    sent = await conn.send(
         {
             "type": "welcome",
             "worker_id": worker_id,
@@ -86,7 +86,10 @@ async def login(
         }
     )
     for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
-        await conn.send(message)
+        sent = sent and await conn.send(message)
+    if not sent:  # gone, or not reading: never offered to dispatch
+        await store.drop_worker(worker_id)
+        return None
     # Only now may a dispatch pass see it: nothing (a job, a revoke) reaches the worker before its welcome
     # and the jobs sent again, so a revoke always follows the re-sent job it concerns.
     dispatcher.conns[worker_id] = conn

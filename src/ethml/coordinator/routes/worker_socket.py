@@ -56,7 +56,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 if await store.take_kick(conn.id):
-                    await ws.close(code=4003, message=b"disconnected by an admin")
+                    await conn.close(4003, b"disconnected by an admin")
             elif isinstance(message, Drain):
                 conn.draining = True
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
