@@ -45,13 +45,18 @@ def stop_if_cancelled() -> None:
 CANCEL_AGAIN = 0.5
 
 
-async def cancel_and_wait(task: asyncio.Task[Any], grace: float | None) -> bool:
+async def cancel_and_wait(
+    task: asyncio.Task[Any], grace: float | None, *, unless: Callable[[], bool] | None = None
+) -> bool:
     """Cancel `task` and wait for its end, up to `grace` seconds (None: however long it takes), cancelling
-    it again every CANCEL_AGAIN seconds while it runs on; whether it ended. A cancellation of the caller
-    that arrives meanwhile propagates (the task has been cancelled already)."""
+    it again every CANCEL_AGAIN seconds while it runs on; whether it ended. With `unless`, no cancel is
+    sent once it holds (checked before each; the task then runs on, and this returns False). A
+    cancellation of the caller that arrives meanwhile propagates (the task has been cancelled already)."""
     loop = asyncio.get_running_loop()
     deadline = None if grace is None else loop.time() + grace
     while not task.done():
+        if unless is not None and unless():
+            return False
         left = CANCEL_AGAIN if deadline is None else min(CANCEL_AGAIN, deadline - loop.time())
         if left <= 0:
             return False

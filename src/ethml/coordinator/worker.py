@@ -46,7 +46,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment
-from ethml.coordinator.background import CANCEL_AGAIN, stop_if_cancelled
+from ethml.coordinator.background import cancel_and_wait, stop_if_cancelled
 from ethml.coordinator.permit import sign_login
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
@@ -250,12 +250,9 @@ class Worker:
         """Cancel a revoked job until it ends (Python 3.11 can drop a cancellation inside a wait_for), but
         never once its commitment's secret is written: from then on it runs to its end."""
         try:
-            while not task.done():
-                if self._committing(job_id):
-                    log.warning("job_revoked_finishing", job=job_id, reason=reason)
-                    return
-                task.cancel()
-                await asyncio.wait([task], timeout=CANCEL_AGAIN)
+            if not await cancel_and_wait(task, None, unless=lambda: self._committing(job_id)):
+                log.warning("job_revoked_finishing", job=job_id, reason=reason)
+                return
             if not task.cancelled():
                 return  # it finished first, and reported its result
             job = self.jobs.get(job_id)

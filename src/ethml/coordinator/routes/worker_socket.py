@@ -68,10 +68,10 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
             else:
                 await _result(app, conn, message)
     finally:
-        if conn is not None and dispatcher.conns.get(conn.id) is conn:  # not a newer connection of the same id
-            del dispatcher.conns[conn.id]
-            await store.drop_worker(conn.id)
         if conn is not None:
+            if dispatcher.conns.get(conn.id) is conn:  # not a newer connection of the same id
+                del dispatcher.conns[conn.id]
+                await store.drop_worker(conn.id)
             log.info("worker_left", worker=conn.consumer, running=list(conn.running))
     return ws
 
