@@ -14,6 +14,7 @@ import aiohttp
 from ethml.chain import dev_account
 from ethml.coordinator.appkeys import DISPATCHER, STORE
 from ethml.coordinator.permit import sign_login
+from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.store import GROUP, WAITING
 from tests.coordinator.conftest import Coordinator, coordinator_on
 from tests.coordinator.test_flow import post_wine_task, wait_status
@@ -241,6 +242,45 @@ async def test_a_job_lost_with_the_connection_is_sent_again_when_the_worker_reco
         ack = await again.result("1:train:0", 1)
         assert ack == {"type": "ack", "job": "1:train:0", "recorded": True}
         await again.close()
+
+
+async def test_an_old_connection_ending_late_leaves_the_worker_s_record_from_another_instance(
+    coordinator: Coordinator, monkeypatch: Any
+) -> None:
+    """A worker reconnects to instance b while instance a still holds its old connection (a has not seen it
+    end yet); when a's connection ends, a's clean-up removes only its own record: b's, written at b's
+    login, stays (before, it was deleted until the worker's next load report to b)."""
+    c = coordinator
+    socket = socket_path(c.root / "server" / "coordinator" / "redis")
+    runner_b, url_b = await c.start_server(redis_url=f"unix://{socket}", data_dir=c.root / "second", relay=False)
+    store_a, store_b = c.store(), c.store(runner_b)
+    instance_b = runner_b.app[DISPATCHER].instance  # type: ignore[index]
+    dropped = asyncio.Event()
+    drop_worker = store_a.drop_worker
+
+    async def drop_and_tell(*args: Any) -> Any:
+        try:
+            return await drop_worker(*args)
+        finally:
+            dropped.set()
+
+    monkeypatch.setattr(store_a, "drop_worker", drop_and_tell)
+    async with aiohttp.ClientSession() as session:
+        old = await _connect(session, c, 5, "trainer", worker_id="w-moved")
+        b = Coordinator(c.rpc, c.w3, c.deployment, c.deployment_file, c.root, url=url_b)
+        new = await _connect(session, b, 5, "trainer", worker_id="w-moved")
+        new.beat.cancel()  # no load report rewrites b's record while a cleans up
+        assert [(w["id"], w["instance"]) for w in await store_b.workers()] == [("w-moved", instance_b)]
+        await old.close()
+        await asyncio.wait_for(dropped.wait(), timeout=30)
+        assert [(w["id"], w["instance"]) for w in await store_b.workers()] == [("w-moved", instance_b)]
+        assert all("session" not in w for w in await store_b.workers())
+        await new.close()
+
+        async def gone() -> bool:
+            return await store_b.workers() == []
+
+        await wait_until(gone, timeout=30, what="b to remove its own record")
 
 
 async def test_a_dispatch_pass_during_a_login_sends_nothing_before_the_welcome(coordinator: Coordinator) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class WorkerConn:
     cluster: dict[str, int] | None = None  # a cluster-backed worker's Dask cluster: workers, threads
     draining: bool = False  # stopping: finishes its jobs, takes no new one
     transport: asyncio.Transport | None = None  # the connection's socket, to cut off a worker that stalls
+    session: str = field(default_factory=lambda: secrets.token_hex(8))  # this connection, in its stored record
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Send `message`; whether it went out. A send waits while the socket's buffer is full, so a worker
@@ -132,6 +134,7 @@ class WorkerConn:
             "draining": self.draining,
             "connected_at": self.connected_at,
             "last_seen": time.time() - (time.monotonic() - self.last_seen),
+            "session": self.session,
         }
 
 

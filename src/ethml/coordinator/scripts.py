@@ -129,3 +129,15 @@ if #mine > 0 then
 end
 return mine
 """
+
+#: A worker's connection ended: its record (KEYS[1], JSON) and its place in the set of workers (KEYS[2],
+#: member ARGV[1]) go, but only if the record is this connection's (its `session` is ARGV[2]), or is gone.
+#: The worker may have reconnected to another instance before this one saw its old connection end; that
+#: connection's record stays.
+DROP_WORKER = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['session'] ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""

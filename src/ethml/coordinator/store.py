@@ -23,7 +23,15 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES
-from ethml.coordinator.scripts import DEAD_LETTER, FINISH_JOB, RELEASE_JOB, TAKE, TAKE_AND_CREATE, TOUCH_ENTRIES
+from ethml.coordinator.scripts import (
+    DEAD_LETTER,
+    DROP_WORKER,
+    FINISH_JOB,
+    RELEASE_JOB,
+    TAKE,
+    TAKE_AND_CREATE,
+    TOUCH_ENTRIES,
+)
 
 WAITING = "~waiting"
 GROUP = "workers"
@@ -47,12 +55,13 @@ class Store:
         self.redis: Any = redis
         self._scripts = {
             hashlib.sha1(src.encode()).hexdigest(): src
-            for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, RELEASE_JOB, DEAD_LETTER, TOUCH_ENTRIES)
+            for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, RELEASE_JOB, DEAD_LETTER, TOUCH_ENTRIES, DROP_WORKER)
         }
         sha = {src: digest for digest, src in self._scripts.items()}
         self._take, self._take_and_create = sha[TAKE], sha[TAKE_AND_CREATE]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
+        self._drop_worker = sha[DROP_WORKER]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -279,11 +288,10 @@ class Store:
         pipe.sadd(k.WORKERS, worker["id"])
         await pipe.execute()
 
-    async def drop_worker(self, worker_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(k.worker(worker_id))
-        pipe.srem(k.WORKERS, worker_id)
-        await pipe.execute()
+    async def drop_worker(self, worker_id: str, session: str) -> bool:
+        """Remove the record of the worker's connection `session`, unless the worker has a newer connection
+        (to another instance, which saw it first): whether it was removed."""
+        return bool(await self._script(self._drop_worker, [k.worker(worker_id), k.WORKERS], [worker_id, session]))
 
     async def workers(self) -> list[dict[str, Any]]:
         ids = [i.decode() for i in await self.redis.smembers(k.WORKERS)]
@@ -293,7 +301,10 @@ class Store:
         gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
         if gone:
             await self.redis.srem(k.WORKERS, *gone)
-        return sorted((json.loads(r) for r in raws if r), key=lambda w: w["connected_at"])
+        views = [json.loads(r) for r in raws if r]
+        for view in views:
+            view.pop("session", None)  # which connection wrote it: only for drop_worker
+        return sorted(views, key=lambda w: w["connected_at"])
 
     async def kick(self, worker_id: str) -> bool:
         if not await self.redis.exists(k.worker(worker_id)):

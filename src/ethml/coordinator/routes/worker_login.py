@@ -88,7 +88,7 @@ async def login(
     for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
         sent = sent and await conn.send(message)
     if not sent:  # gone, or not reading: never offered to dispatch
-        await store.drop_worker(worker_id)
+        await store.drop_worker(worker_id, conn.session)
         return None
     # Only now may a dispatch pass see it: nothing (a job, a revoke) reaches the worker before its welcome
     # and the jobs sent again, so a revoke always follows the re-sent job it concerns.

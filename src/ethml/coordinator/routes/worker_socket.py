@@ -71,7 +71,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         if conn is not None:
             if dispatcher.conns.get(conn.id) is conn:  # not a newer connection of the same id
                 del dispatcher.conns[conn.id]
-                await store.drop_worker(conn.id)
+                await store.drop_worker(conn.id, conn.session)
             log.info("worker_left", worker=conn.consumer, running=list(conn.running))
     return ws
 
