@@ -4,6 +4,7 @@ many there are."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -112,6 +113,7 @@ async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_tim
     conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
     dispatcher.conns[conn.id] = conn
     await dispatcher.run_pass()
+    await _sent_out(conn)
     assert len(ws.sent) == 1 and list(conn.running) == ["1:train:0"]
     deadline = conn.deadlines["1:train:0"]
     assert float(await redis.get(k.job_deadline("1:train:0"))) == deadline
@@ -130,6 +132,7 @@ async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_tim
         return [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 2)]
 
     await wait_until(back_in_waiting, timeout=30, what="the overdue job to go back to waiting")
+    await _sent_out(again)
     assert again.running == {} and time.time() >= deadline
     # The worker was told, once, so it stops the job and its slot is free.
     revoked = [m for m in map(json.loads, ws.sent) if m["type"] == "revoked"]
@@ -149,6 +152,7 @@ async def test_a_job_taken_back_from_a_connected_worker_is_revoked(redis_store: 
     assert [json.loads(m)["type"] for m in ws.sent] == ["job"]
     await redis.xclaim(STREAM, GROUP, WAITING, 0, [conn.running["1:train:0"]], justid=True)
     await dispatcher.run_pass()
+    await _sent_out(conn)
     assert conn.running == {}
     messages = [json.loads(m) for m in ws.sent]
     assert [(m["type"], m["job"]) for m in messages] == [("job", "1:train:0"), ("revoked", "1:train:0")]
@@ -167,6 +171,7 @@ async def test_a_job_adopted_without_its_deadline_is_taken_back_and_not_sent_aga
     assert dispatcher.adopt(again, await dispatcher.pending_of(again)) == []
     dispatcher.conns[again.id] = again
     await dispatcher.run_pass()
+    await _sent_out(again)
     assert again.running == {}
     assert [json.loads(m)["type"] for m in ws.sent] == ["job", "revoked"]
 
@@ -180,6 +185,7 @@ async def _one_job_delivered(store: Store) -> tuple[Dispatcher, RecordingSocket,
     conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
     dispatcher.conns[conn.id] = conn
     await dispatcher.run_pass()
+    await _sent_out(conn)
     return dispatcher, ws, conn
 
 
@@ -199,9 +205,11 @@ class Transport:
 
 async def test_a_worker_that_stops_reading_does_not_hold_up_dispatch(redis_store: Store, monkeypatch: Any) -> None:
     """A staked worker that stops reading its socket (and keeps TCP alive with a zero window) made a send
-    to it wait for good, and with it the dispatch pass, for every worker of the instance. Past the send
-    timeout its connection is aborted and the pass goes on: the next job reaches another worker."""
-    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 0.2)
+    to it wait, and with it the dispatch pass, for every worker of the instance: for good at first,
+    then for up to the send timeout per stalled connection. The pass no longer waits for any worker's
+    send (each connection's messages leave from its own writer): with a send timeout far beyond the
+    test, the pass ends and the next job reaches another worker while the stalled send still waits."""
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 3600.0)
     redis = redis_store.redis
     await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
     dispatcher = Dispatcher(redis_store, "instance-1", job_timeout=600, max_deliveries=3)
@@ -212,9 +220,63 @@ async def test_a_worker_that_stops_reading_does_not_hold_up_dispatch(redis_store
     ws = RecordingSocket()
     good = dispatch.WorkerConn("w2", "0x" + "cd" * 20, "trainer", ws, 1, "i")  # type: ignore[arg-type]
     dispatcher.conns.update({slow.id: slow, good.id: good})
-    await asyncio.wait_for(dispatcher.run_pass(), 30)
-    assert transport.aborted
+    await asyncio.wait_for(dispatcher.run_pass(), 60)
+    await _sent_out(good)
     assert [json.loads(m)["job"] for m in ws.sent] == ["2:train:0"]
+    assert list(slow.running) == ["1:train:0"] and not transport.aborted  # its job message still waits
+    assert slow._writer is not None and not slow._writer.done()
+    slow._writer.cancel()
+
+
+async def test_a_worker_that_stops_reading_is_cut_off_after_the_send_timeout(monkeypatch: Any) -> None:
+    """Past the send timeout the stalled connection is aborted; what was queued behind the stalled
+    message, and what is posted later, is reported not sent (the jobs are left to the job timeout)."""
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 0.2)
+    transport = Transport()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", StuckSocket(), 1, "i", transport=transport)  # type: ignore[arg-type]
+    behind = conn.post({"type": "job", "job": "2:train:0"})
+    assert await asyncio.wait_for(conn.send({"type": "job", "job": "1:train:0"}), 30) is False
+    assert transport.aborted and behind.done() and behind.result() is False
+    later = conn.post({"type": "revoked", "job": "1:train:0"})
+    assert later.done() and later.result() is False
+
+
+async def test_messages_to_a_worker_leave_in_the_order_they_were_posted(monkeypatch: Any) -> None:
+    """Jobs the dispatch pass posts without waiting, and the answers its socket handler waits for, leave
+    one connection in one order (a drain's answer follows every job posted before it); a close goes
+    after them, once however often it is asked for."""
+    ws = SlowSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 2, "i")  # type: ignore[arg-type]
+    conn.post({"type": "job", "job": "1:train:0"})
+    conn.post({"type": "job", "job": "2:train:0"})
+    assert await conn.send({"type": "draining", "running": ["1:train:0", "2:train:0"]}) is True
+    first, second = conn.post_close(4002, b"no heartbeat"), conn.post_close(4003, b"again")
+    assert first is second
+    await asyncio.wait_for(conn.close(4000, b"and again"), 30)
+    assert [json.loads(m).get("job", "draining") for m in ws.sent] == ["1:train:0", "2:train:0", "draining"]
+    assert ws.closes == [4002]
+
+
+class SlowSocket(RecordingSocket):
+    """Each message takes a moment to leave (so a later one could overtake it, were they not queued)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes: list[int] = []
+
+    async def send_str(self, data: str) -> None:
+        await asyncio.sleep(0.01)
+        self.sent.append(data)
+
+    async def close(self, *, code: int, message: bytes) -> None:
+        await asyncio.sleep(0.01)
+        self.closes.append(code)
+
+
+async def _sent_out(conn: dispatch.WorkerConn) -> None:
+    """Wait until what was posted to `conn` has left."""
+    if conn._writer is not None:
+        await asyncio.wait_for(asyncio.shield(conn._writer), 30)
 
 
 class SharedDrainSocket(RecordingSocket):
@@ -229,16 +291,18 @@ class SharedDrainSocket(RecordingSocket):
 
 
 async def test_a_send_whose_shared_drain_another_sender_s_timeout_cancelled_returns_false(monkeypatch: Any) -> None:
-    """Two senders wait on a stalled connection (the dispatch pass and the socket handler's ack); the
-    first one's timeout cancels the drain future they share. The second sees a CancelledError that is
-    not its own: it reports the send failed instead of raising (raised in the dispatch pass, it would
-    have ended the dispatcher for good)."""
-    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 0.3)
-    transport = Transport()
-    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", SharedDrainSocket(), 1, "i", transport=transport)  # type: ignore[arg-type]
-    first = asyncio.create_task(conn.send({"type": "ack"}))
-    await asyncio.sleep(0)  # the first waits, with 0.3 s to go
-    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 30.0)  # the second's own time is far off
-    second = asyncio.create_task(conn.send({"type": "job"}))
-    assert await asyncio.wait_for(asyncio.gather(first, second), 30) == [False, False]
+    """The connection's writer and another sender on the same socket (aiohttp's heartbeat ping) wait on a
+    stalled connection; the other one's timeout cancels the drain future they share. The writer sees a
+    CancelledError that is not its own: it reports the send failed and cuts the connection off instead
+    of ending with the error (before the writer, in the dispatch pass, it ended the dispatcher for
+    good)."""
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 30.0)
+    transport, socket = Transport(), SharedDrainSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", socket, 1, "i", transport=transport)  # type: ignore[arg-type]
+    job = conn.post({"type": "job"})
+    await asyncio.sleep(0)  # the writer waits on the drain
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(socket.drain, 0.3)  # the other sender gives up, cancelling the shared future
+    assert await asyncio.wait_for(job, 30) is False
     assert transport.aborted
+    assert conn._writer is not None and conn._writer.done() and not conn._writer.cancelled()

@@ -29,7 +29,8 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,16 +69,86 @@ class WorkerConn:
     transport: asyncio.Transport | None = None  # the connection's socket, to cut off a worker that stalls
     session: str = field(default_factory=lambda: secrets.token_hex(8))  # this connection, in its stored record
 
+    _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
+        default_factory=deque, repr=False
+    )
+    _writer: asyncio.Task[None] | None = field(default=None, repr=False)
+    _closing: asyncio.Future[bool] | None = field(default=None, repr=False)
+    _broken: bool = False
+
+    def post(self, message: dict[str, Any]) -> asyncio.Future[bool]:
+        """Queue `message` for the worker without waiting for it to leave: the future says whether it
+        went out. Messages leave in the order they were posted, one at a time, from the connection's own
+        writer, so a worker that stops reading holds up only its own messages, never the caller (a
+        dispatch pass serves every worker of the instance)."""
+        data = json.dumps(message)
+        return self._queue(lambda: self.ws.send_str(data))
+
     async def send(self, message: dict[str, Any]) -> bool:
-        """Send `message`; whether it went out. A send waits while the socket's buffer is full, so a worker
-        that stops reading (and keeps acknowledging TCP with a zero window) would hold the sender for
-        good (the heartbeat marks the socket closed but does not free the send): past SEND_TIMEOUT the
-        connection is aborted, its jobs left to the job timeout, and the sender goes on."""
-        return await self._bounded(self.ws.send_str(json.dumps(message)))
+        """Post `message` and wait until it went out (or could not): whether it did."""
+        return await self.post(message)
+
+    def post_close(self, code: int, message: bytes) -> asyncio.Future[bool]:
+        """Queue the close of the connection after what was posted before it (once: a second call gets
+        the first one's future)."""
+        if self._closing is None:
+            self._closing = self._queue(lambda: self.ws.close(code=code, message=message))
+        return self._closing
 
     async def close(self, code: int, message: bytes) -> None:
-        """Close the connection with `code`, within SEND_TIMEOUT as a message (aborted past it)."""
-        await self._bounded(self.ws.close(code=code, message=message))
+        """Close the connection after what was posted before, and wait for it."""
+        await self.post_close(code, message)
+
+    def _queue(self, operation: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._broken:
+            future.set_result(False)
+            return future
+        self._outbox.append((operation, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name=f"ethml-worker-writer-{self.id}")
+        return future
+
+    async def _write(self) -> None:
+        """Send what is queued, in order, each within SEND_TIMEOUT. A worker that stops reading (and
+        keeps acknowledging TCP with a zero window) would hold a send for good: the heartbeat marks the
+        socket closed but does not free the send. Past SEND_TIMEOUT the connection is aborted, its jobs
+        left to the job timeout, and what is still queued is dropped."""
+        try:
+            while self._outbox and not self._broken:
+                operation, future = self._outbox[0]
+                ok = await self._bounded(operation())
+                self._outbox.popleft()
+                if not future.done():  # its sender may have been cancelled meanwhile
+                    future.set_result(ok)
+                self._broken = self._broken or not ok
+        finally:  # broken, or the writer was cancelled (the connection's handler ended)
+            if self._outbox and not self._broken:
+                self._broken = True
+                self.abort()
+            while self._outbox:
+                _operation, future = self._outbox.popleft()
+                if not future.done():
+                    future.set_result(False)
+
+    @property
+    def open(self) -> bool:
+        """Whether messages can still reach the worker: its socket is open and its writer has not given
+        up on it (a stalled connection is aborted, and its socket may take a moment to read closed)."""
+        return not self._broken and not self.ws.closed
+
+    async def stop(self) -> None:
+        """The connection ended: what is still queued is dropped; waits for the message leaving now (a
+        send to a gone socket fails at once, one to a stalled socket within SEND_TIMEOUT)."""
+        self._broken = True
+        writer = self._writer
+        if writer is None or writer.done():
+            return
+        try:
+            await asyncio.shield(writer)
+        except asyncio.CancelledError:
+            writer.cancel()
+            raise
 
     async def _bounded(self, operation: Coroutine[Any, Any, Any]) -> bool:
         try:
@@ -167,14 +238,14 @@ class Dispatcher:
                 # the worker is told so (it stops the job, and its slot is free for the next one).
                 conn.drop(job)
                 log.warning("job_overdue", job=job, worker=conn.consumer)
-                await self._revoke(conn, job, "past its time limit: it goes back to waiting for another worker")
+                self._revoke(conn, job, "past its time limit: it goes back to waiting for another worker")
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
                     if entry_id not in kept:
                         conn.drop(job)
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
-                        await self._revoke(conn, job, "no longer pending under this worker (taken back)")
+                        self._revoke(conn, job, "no longer pending under this worker (taken back)")
         await self._keep_waiting_fresh(stream)
         # Jobs of workers that stopped heartbeating: back to waiting, one more delivery.
         reply = await redis.xautoclaim(stream, GROUP, WAITING, int(self.job_timeout * 1000), start_id="0-0", count=100)
@@ -194,7 +265,7 @@ class Dispatcher:
         if not mine:
             return
         for w in waiting:
-            free = [c for c in mine if len(c.running) < c.capacity and not c.ws.closed and not c.draining]
+            free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.draining]
             if not free:
                 return
             await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)
@@ -214,11 +285,11 @@ class Dispatcher:
             last = waiting[-1]["message_id"]
             start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
-    async def _revoke(self, conn: WorkerConn, job: str, reason: str) -> None:
+    def _revoke(self, conn: WorkerConn, job: str, reason: str) -> None:
         """Tell a connected worker that a job is no longer its own: a result would not count, so it stops
         the job (a worker that does not know the message ignores it, as before)."""
-        if not conn.ws.closed:
-            await conn.send({"type": "revoked", "job": job, "reason": reason})
+        if conn.open:
+            conn.post({"type": "revoked", "job": job, "reason": reason})
 
     async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int) -> bool:
         """A job delivered more than `max_deliveries` times goes to the dead stream, with its count (once,
@@ -266,19 +337,18 @@ class Dispatcher:
         newly_done = await redis.sadd(done_key, conn.address)
         conn.running[job] = entry_id
         message = job_message(fields, delivered)
-        if conn.draining or conn.ws.closed:
+        if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
             # job goes back to waiting as it was, no delivery spent (nothing was sent). Checked with no
-            # await before the send, so a job is never sent after the answer to a drain.
+            # await before the job is posted, so a job is never queued after the answer to a drain.
             conn.drop(job)
             await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
             if newly_done:
                 await redis.srem(done_key, conn.address)
             return
-        if not await conn.send(message):
-            # The socket died between the check and the send, or the worker does not read: the job stays
-            # under this worker and comes back through XAUTOCLAIM if it does not reconnect.
-            return
+        # Not waited for: a worker that does not read holds up only its own messages. Should the message
+        # not leave, the job stays under this worker and comes back through XAUTOCLAIM.
+        conn.post(message)
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
 

@@ -54,4 +54,4 @@ class Observer:
         for conn in conns:
             if time.monotonic() - conn.last_seen > self.heartbeat_timeout:
                 log.warning("worker_silent", worker=conn.consumer)
-                await conn.close(4002, b"no heartbeat")
+                conn.post_close(4002, b"no heartbeat")  # not waited for: one that stalls holds up only itself

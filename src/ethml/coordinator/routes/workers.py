@@ -36,5 +36,5 @@ async def kick_worker(request: web.Request) -> web.Response:
         raise ApiError(404, f"no connected worker {worker_id}", "worker_id")
     conn = request.app[DISPATCHER].conns.get(worker_id)
     if conn is not None:
-        await conn.close(4003, b"disconnected by an admin")
+        conn.post_close(4003, b"disconnected by an admin")  # after what was sent before; 202: not waited for
     return web.json_response({"disconnected": worker_id}, status=202)
