@@ -257,6 +257,73 @@ async def test_messages_to_a_worker_leave_in_the_order_they_were_posted(monkeypa
     assert ws.closes == [4002]
 
 
+async def test_a_worker_whose_messages_wait_or_whose_close_is_queued_gets_no_new_job(
+    redis_store: Store, monkeypatch: Any
+) -> None:
+    """A worker whose job message has waited more than BACKLOG to leave is not reading now, and one whose
+    close is queued (an admin's kick, no heartbeat) is leaving: neither takes a new job, which goes to a
+    worker that reads (before, each took jobs up to its capacity, held for it until the job timeout)."""
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT", 3600.0)
+    monkeypatch.setattr(dispatch, "BACKLOG", 0.05)
+    redis = redis_store.redis
+    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 60}, "trainers": 1}))
+    dispatcher = Dispatcher(redis_store, "instance-1", job_timeout=600, max_deliveries=3)
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    slow = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", StuckSocket(), 4, "i", transport=Transport())  # type: ignore[arg-type]
+    dispatcher.conns[slow.id] = slow
+    await dispatcher.run_pass()
+    assert list(slow.running) == ["1:train:0"] and not slow.backlogged  # it just went out, not yet waiting
+    await wait_until(lambda: asyncio.sleep(0.01, slow.backlogged), timeout=30, what="the message to wait")
+    leaving = dispatch.WorkerConn("w3", "0x" + "ef" * 20, "trainer", SlowSocket(), 4, "i")  # type: ignore[arg-type]
+    leaving.post_close(4003, b"disconnected by an admin")
+    assert not leaving.open and leaving.running == {}
+    ws = RecordingSocket()
+    good = dispatch.WorkerConn("w2", "0x" + "cd" * 20, "trainer", ws, 4, "i")  # type: ignore[arg-type]
+    dispatcher.conns.update({leaving.id: leaving, good.id: good})
+    for n in (2, 3):
+        await redis.xadd(STREAM, {"job": f"{n}:train:0", "kind": "train", "task": "t", "chain_task": n})
+    await dispatcher.run_pass()
+    await _sent_out(good)
+    assert [json.loads(m)["job"] for m in ws.sent] == ["2:train:0", "3:train:0"]
+    assert list(slow.running) == ["1:train:0"] and leaving.running == {}
+    assert slow._writer is not None
+    slow._writer.cancel()
+
+
+async def test_a_cancelled_close_leaves_later_closes_and_sends_working() -> None:
+    """A caller of close() (or send()) that is cancelled while it waits does not cancel what it waited
+    for: the message still leaves, and another caller's close() of the same connection returns."""
+    ws = SlowSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "i")  # type: ignore[arg-type]
+    sender = asyncio.create_task(conn.send({"type": "ack"}))
+    closer = asyncio.create_task(conn.close(4003, b"disconnected by an admin"))
+    await asyncio.sleep(0)
+    sender.cancel()
+    closer.cancel()
+    await asyncio.wait_for(conn.close(4002, b"no heartbeat"), 30)  # before, CancelledError here
+    assert [json.loads(m)["type"] for m in ws.sent] == ["ack"] and ws.closes == [4003]
+
+
+async def test_an_older_connection_s_late_record_neither_replaces_nor_removes_the_newer_one(redis_store: Store) -> None:
+    """The worker logged in again (a newer connection) while a load report of its older connection was
+    still on its way: that report does not overwrite the newer record, and the older connection's end
+    does not remove it. A worker of another account cannot take the id over at its login."""
+    store = redis_store
+    older = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", RecordingSocket(), 1, "a", connected_at=100.0)  # type: ignore[arg-type]
+    newer = dispatch.WorkerConn("w1", "0x" + "AB" * 20, "trainer", RecordingSocket(), 1, "b", connected_at=200.0)  # type: ignore[arg-type]
+    assert await store.put_worker(older.view(), 30, login=True) == 1
+    assert await store.put_worker(newer.view(), 30, login=True) == 1  # the same account (any case): replaced
+    assert await store.put_worker(older.view(), 30) == 0  # the late load report
+    assert await store.drop_worker("w1", older.session) is False
+    assert [(w["id"], w["instance"]) for w in await store.workers()] == [("w1", "b")]
+    other = dispatch.WorkerConn("w1", "0x" + "cd" * 20, "trainer", RecordingSocket(), 1, "c", connected_at=300.0)  # type: ignore[arg-type]
+    assert await store.put_worker(other.view(), 30, login=True) == -1
+    assert [(w["id"], w["instance"]) for w in await store.workers()] == [("w1", "b")]
+    assert await store.drop_worker("w1", newer.session) is True
+    assert await store.workers() == [] and await store.redis.smembers(k.WORKERS) == set()
+    assert await store.put_worker(other.view(), 30, login=True) == 1  # free again
+
+
 class SlowSocket(RecordingSocket):
     """Each message takes a moment to leave (so a later one could overtake it, were they not queued)."""
 

@@ -283,6 +283,35 @@ async def test_an_old_connection_ending_late_leaves_the_worker_s_record_from_ano
         await wait_until(gone, timeout=30, what="b to remove its own record")
 
 
+async def test_a_worker_of_another_account_cannot_take_over_a_connected_worker_s_id(coordinator: Coordinator) -> None:
+    """Worker ids are chosen by the workers and shown in /metrics: a staked worker of another account that
+    logs in with a connected worker's id, on the same instance or on another, is refused, and the first
+    keeps its connection and its jobs (before, it lost its place in dispatch and its jobs timed out)."""
+    c = coordinator
+    socket = socket_path(c.root / "server" / "coordinator" / "redis")
+    _runner_b, url_b = await c.start_server(redis_url=f"unix://{socket}", data_dir=c.root / "second", relay=False)
+    b = Coordinator(c.rpc, c.w3, c.deployment, c.deployment_file, c.root, url=url_b)
+    dispatcher = c.runners[0].app[DISPATCHER]  # type: ignore[index]
+    async with aiohttp.ClientSession() as session:
+        victim = await _connect(session, c, 5, "trainer", worker_id="gpu-1")
+        for where in (c, b):
+            ws = await session.ws_connect(where.ws + "/ws/worker")
+            challenge = await ws.receive_json(timeout=10)
+            await ws.send_json({**_signed(6, "trainer")(challenge), "worker_id": "gpu-1"})
+            refused = await ws.receive_json(timeout=30)
+            assert refused["type"] == "refused" and "another account" in refused["message"], refused
+            await ws.close()
+        assert dispatcher.conns["gpu-1"].address == dev_account(5).address
+        assert not victim.ws.closed
+        assert [(w["id"], w["address"]) for w in await c.store().workers()] == [("gpu-1", dev_account(5).address)]
+        key = await c.requester_key()
+        task_id, _ = await post_wine_task(c, key, trainers=1)
+        await wait_status(c, task_id, "open", timeout=60)
+        job = await victim.next("job")
+        assert job["job"] == "1:train:0"
+        await victim.close()
+
+
 async def test_a_dispatch_pass_during_a_login_sends_nothing_before_the_welcome(coordinator: Coordinator) -> None:
     """A pass that runs while a worker's login is still being answered (here: while its upload token is
     made) does not see the connection, so the job waiting for a trainer is not sent before the welcome

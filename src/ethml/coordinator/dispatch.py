@@ -49,6 +49,9 @@ PAGE = 500
 #: Seconds a message to a worker may take to leave; a worker that does not read is cut off after it.
 SEND_TIMEOUT = 10.0
 
+#: Seconds a message to a worker may take to leave before the worker gets no new job until it has.
+BACKLOG = 1.0
+
 
 @dataclass
 class WorkerConn:
@@ -75,6 +78,7 @@ class WorkerConn:
     _writer: asyncio.Task[None] | None = field(default=None, repr=False)
     _closing: asyncio.Future[bool] | None = field(default=None, repr=False)
     _broken: bool = False
+    _head_since: float = 0.0  # since when the first message queued has been waiting to leave
 
     def post(self, message: dict[str, Any]) -> asyncio.Future[bool]:
         """Queue `message` for the worker without waiting for it to leave: the future says whether it
@@ -86,7 +90,7 @@ class WorkerConn:
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Post `message` and wait until it went out (or could not): whether it did."""
-        return await self.post(message)
+        return await asyncio.shield(self.post(message))  # a cancelled caller leaves the message queued
 
     def post_close(self, code: int, message: bytes) -> asyncio.Future[bool]:
         """Queue the close of the connection after what was posted before it (once: a second call gets
@@ -97,13 +101,15 @@ class WorkerConn:
 
     async def close(self, code: int, message: bytes) -> None:
         """Close the connection after what was posted before, and wait for it."""
-        await self.post_close(code, message)
+        await asyncio.shield(self.post_close(code, message))  # one caller's cancellation is not another's
 
     def _queue(self, operation: Callable[[], Coroutine[Any, Any, Any]]) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self._broken:
             future.set_result(False)
             return future
+        if not self._outbox:
+            self._head_since = time.monotonic()
         self._outbox.append((operation, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name=f"ethml-worker-writer-{self.id}")
@@ -117,6 +123,7 @@ class WorkerConn:
         try:
             while self._outbox and not self._broken:
                 operation, future = self._outbox[0]
+                self._head_since = time.monotonic()
                 ok = await self._bounded(operation())
                 self._outbox.popleft()
                 if not future.done():  # its sender may have been cancelled meanwhile
@@ -133,9 +140,16 @@ class WorkerConn:
 
     @property
     def open(self) -> bool:
-        """Whether messages can still reach the worker: its socket is open and its writer has not given
-        up on it (a stalled connection is aborted, and its socket may take a moment to read closed)."""
-        return not self._broken and not self.ws.closed
+        """Whether messages can still reach the worker: its socket is open, no close is queued, and its
+        writer has not given up on it (a stalled connection is aborted, and its socket may take a moment
+        to read closed)."""
+        return not self._broken and self._closing is None and not self.ws.closed
+
+    @property
+    def backlogged(self) -> bool:
+        """A message to the worker has been leaving for more than BACKLOG seconds: it is not reading now,
+        so it gets no new job until it does (or it is cut off at SEND_TIMEOUT)."""
+        return bool(self._outbox) and time.monotonic() - self._head_since > BACKLOG
 
     async def stop(self) -> None:
         """The connection ended: what is still queued is dropped; waits for the message leaving now (a
@@ -168,6 +182,10 @@ class WorkerConn:
             return False
         except (ConnectionError, RuntimeError):
             return False  # gone: its jobs come back through XAUTOCLAIM
+        except Exception as exc:  # noqa: BLE001 - nothing else is expected: cut the connection off, never die
+            log.warning("worker_send_failed", worker=self.consumer, error=repr(exc))
+            self.abort()
+            return False
         return True
 
     def abort(self) -> None:
@@ -265,7 +283,7 @@ class Dispatcher:
         if not mine:
             return
         for w in waiting:
-            free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.draining]
+            free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
             if not free:
                 return
             await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)

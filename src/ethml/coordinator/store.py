@@ -27,6 +27,7 @@ from ethml.coordinator.scripts import (
     DEAD_LETTER,
     DROP_WORKER,
     FINISH_JOB,
+    PUT_WORKER,
     RELEASE_JOB,
     TAKE,
     TAKE_AND_CREATE,
@@ -55,13 +56,22 @@ class Store:
         self.redis: Any = redis
         self._scripts = {
             hashlib.sha1(src.encode()).hexdigest(): src
-            for src in (TAKE, TAKE_AND_CREATE, FINISH_JOB, RELEASE_JOB, DEAD_LETTER, TOUCH_ENTRIES, DROP_WORKER)
+            for src in (
+                TAKE,
+                TAKE_AND_CREATE,
+                FINISH_JOB,
+                RELEASE_JOB,
+                DEAD_LETTER,
+                TOUCH_ENTRIES,
+                DROP_WORKER,
+                PUT_WORKER,
+            )
         }
         sha = {src: digest for digest, src in self._scripts.items()}
         self._take, self._take_and_create = sha[TAKE], sha[TAKE_AND_CREATE]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
-        self._drop_worker = sha[DROP_WORKER]
+        self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -282,11 +292,13 @@ class Store:
 
     # ------------------------------------------------------------------ workers
 
-    async def put_worker(self, worker: dict[str, Any], ttl: float) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(k.worker(worker["id"]), json.dumps(worker), px=int(ttl * 1000))
-        pipe.sadd(k.WORKERS, worker["id"])
-        await pipe.execute()
+    async def put_worker(self, worker: dict[str, Any], ttl: float, *, login: bool = False) -> int:
+        """Write a worker connection's record (`WorkerConn.view`), to expire after `ttl` s unless written
+        again: 1 written; 0 not, a newer connection of the worker holds the record; -1 not, a worker of
+        another account holds the id (at the login: refuse it)."""
+        keys = [k.worker(worker["id"]), k.WORKERS]
+        args = [worker["id"], json.dumps(worker), int(ttl * 1000), worker["session"], repr(worker["connected_at"])]
+        return int(await self._script(self._put_worker, keys, [*args, worker["address"], 1 if login else 0]))
 
     async def drop_worker(self, worker_id: str, session: str) -> bool:
         """Remove the record of the worker's connection `session`, unless the worker has a newer connection

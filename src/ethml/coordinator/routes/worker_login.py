@@ -67,11 +67,17 @@ async def login(
         await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})")
         return None
     conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)
+    taken = f"worker id {worker_id} is connected under another account: choose another worker_id"
     old = dispatcher.conns.get(worker_id)
-    if old is not None and old.address == signer:
+    if old is not None and old.address != signer:  # never a takeover of another account's connection
+        await refuse(ws, taken)
+        return None
+    if old is not None:
         await old.close(4000, b"replaced by a new connection")
     resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
-    await store.put_worker(conn.view(), cfg.heartbeat_timeout)
+    if await store.put_worker(conn.view(), cfg.heartbeat_timeout, login=True) < 0:  # on another instance
+        await refuse(ws, taken)
+        return None
     token = await store.new_upload_token(signer)
     sent = await conn.send(
         {

@@ -69,11 +69,13 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 await _result(app, conn, message)
     finally:
         if conn is not None:
-            if dispatcher.conns.get(conn.id) is conn:  # not a newer connection of the same id
-                del dispatcher.conns[conn.id]
-                await store.drop_worker(conn.id, conn.session)
-            await conn.stop()
-            log.info("worker_left", worker=conn.consumer, running=list(conn.running))
+            try:
+                if dispatcher.conns.get(conn.id) is conn:  # not a newer connection of the same id
+                    del dispatcher.conns[conn.id]
+                    await store.drop_worker(conn.id, conn.session)  # else the record expires
+            finally:
+                await conn.stop()
+                log.info("worker_left", worker=conn.consumer, running=list(conn.running))
     return ws
 
 
