@@ -155,6 +155,8 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("GET", "/api/tasks/a%00b", None, None, 422, "task_id", "1-64"),
         ("DELETE", "/api/workers/" + "w" * 65, c.admin_key, None, 422, "worker_id", "1-64"),
         ("DELETE", "/api/workers/w%E2%80%AEx", c.admin_key, None, 422, "worker_id", "1-64"),
+        ("DELETE", "/api/workers/w1?address=0x12", c.admin_key, None, 422, "address", "0x-address"),
+        ("DELETE", "/api/workers/w1?address=" + "0x" + "a" * 40, c.admin_key, None, 404, "worker_id", "no connected"),
         # Methods, content types.
         ("PUT", "/api/tasks", key, None, 405, None, "Method Not Allowed"),
         ("DELETE", "/api/keys", c.admin_key, None, 405, None, "Method Not Allowed"),

@@ -307,21 +307,28 @@ async def test_a_cancelled_close_leaves_later_closes_and_sends_working() -> None
 async def test_an_older_connection_s_late_record_neither_replaces_nor_removes_the_newer_one(redis_store: Store) -> None:
     """The worker logged in again (a newer connection) while a load report of its older connection was
     still on its way: that report does not overwrite the newer record, and the older connection's end
-    does not remove it. A worker of another account cannot take the id over at its login."""
+    does not remove it (whatever the instances' clocks say). Another account's worker with the same id
+    is another worker, with a record of its own; a kick by id reaches both, or one account's."""
     store = redis_store
-    older = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", RecordingSocket(), 1, "a", connected_at=100.0)  # type: ignore[arg-type]
-    newer = dispatch.WorkerConn("w1", "0x" + "AB" * 20, "trainer", RecordingSocket(), 1, "b", connected_at=200.0)  # type: ignore[arg-type]
-    assert await store.put_worker(older.view(), 30, login=True) == 1
-    assert await store.put_worker(newer.view(), 30, login=True) == 1  # the same account (any case): replaced
-    assert await store.put_worker(older.view(), 30) == 0  # the late load report
-    assert await store.drop_worker("w1", older.session) is False
-    assert [(w["id"], w["instance"]) for w in await store.workers()] == [("w1", "b")]
-    other = dispatch.WorkerConn("w1", "0x" + "cd" * 20, "trainer", RecordingSocket(), 1, "c", connected_at=300.0)  # type: ignore[arg-type]
-    assert await store.put_worker(other.view(), 30, login=True) == -1
-    assert [(w["id"], w["instance"]) for w in await store.workers()] == [("w1", "b")]
-    assert await store.drop_worker("w1", newer.session) is True
+    a, b = "0x" + "ab" * 20, "0x" + "cd" * 20
+    older = dispatch.WorkerConn("w1", a, "trainer", RecordingSocket(), 1, "i1", connected_at=300.0)  # type: ignore[arg-type]
+    newer = dispatch.WorkerConn("w1", a, "trainer", RecordingSocket(), 1, "i2", connected_at=200.0)  # type: ignore[arg-type]
+    assert await store.put_worker(older.view(), 30, login=True)
+    assert await store.put_worker(newer.view(), 30, login=True)  # the login of the newer connection
+    assert not await store.put_worker(older.view(), 30)  # the late load report
+    assert await store.drop_worker(older.consumer, older.session) is False
+    assert [(w["id"], w["instance"]) for w in await store.workers()] == [("w1", "i2")]
+    assert await store.put_worker(newer.view(), 30)  # its own record: updated
+    other = dispatch.WorkerConn("w1", b, "trainer", RecordingSocket(), 1, "i3", connected_at=400.0)  # type: ignore[arg-type]
+    assert await store.put_worker(other.view(), 30, login=True)
+    assert [(w["address"], w["instance"]) for w in await store.workers()] == [(a, "i2"), (b, "i3")]
+    assert await store.kick("w1", b.upper().replace("0X", "0x")) == [other.consumer]
+    assert sorted(await store.kick("w1")) == sorted([newer.consumer, other.consumer])
+    assert await store.kick("w2") == []
+    assert await store.take_kick(newer.consumer) and not await store.take_kick(newer.consumer)
+    assert await store.drop_worker(newer.consumer, newer.session) is True
+    assert await store.drop_worker(other.consumer, other.session) is True
     assert await store.workers() == [] and await store.redis.smembers(k.WORKERS) == set()
-    assert await store.put_worker(other.view(), 30, login=True) == 1  # free again
 
 
 class SlowSocket(RecordingSocket):

@@ -236,7 +236,7 @@ class Dispatcher:
         self.job_timeout = job_timeout
         self.max_deliveries = max_deliveries
         self.job_margin = job_margin
-        self.conns: dict[str, WorkerConn] = {}
+        self.conns: dict[str, WorkerConn] = {}  # by consumer name: <address>:<worker id>
         self.dead_lettered = 0
         self.dispatched = 0
 

@@ -222,7 +222,17 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Disconnect a worker (admin)",
                     "security": BEARER,
-                    "parameters": [worker_id],
+                    "parameters": [
+                        worker_id,
+                        {
+                            "name": "address",
+                            "in": "query",
+                            "required": False,
+                            "description": "only that account's worker of the id (ids are the workers' own "
+                            "choice; without it, every connected worker of the id)",
+                            "schema": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                        },
+                    ],
                     "responses": {
                         "202": _json(s.Disconnected, "disconnected now, or at its next report to its instance"),
                         **_errors(401, 403, 404, 422),

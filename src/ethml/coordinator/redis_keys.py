@@ -72,12 +72,14 @@ def bucket(name: str) -> str:
     return f"{P}rl:{name}"
 
 
-def worker(worker_id: str) -> str:
-    return f"{P}worker:{worker_id}"
+def worker(consumer: str) -> str:
+    """A connected worker's record, under its consumer name `<address>:<worker id>` (an id is the
+    worker's own choice: two accounts may use the same one)."""
+    return f"{P}worker:{consumer}"
 
 
-def kick(worker_id: str) -> str:
-    return f"{P}kick:{worker_id}"
+def kick(consumer: str) -> str:
+    return f"{P}kick:{consumer}"
 
 
 def login_nonce(nonce: str) -> str:

@@ -337,6 +337,7 @@ class FileAdded(BaseModel):
 
 class Disconnected(BaseModel):
     disconnected: str = Field(description="the worker's id")
+    workers: int = Field(description="how many connected workers had that id (of that account, if given)")
 
 
 class TaskCreated(BaseModel):

@@ -142,20 +142,16 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
-#: A worker connection's record: KEYS[1] the record, KEYS[2] the set of workers; ARGV[1] the worker id,
-#: ARGV[2] the record (JSON), ARGV[3] its time to live in ms, ARGV[4] the connection's session, ARGV[5]
-#: its connected_at, ARGV[6] its address, ARGV[7] 1 at the login. A record of another account under the
-#: same worker id is never overwritten (-1: the login is refused; the id is that worker's while it is
-#: connected). A later update of an older connection does not overwrite a newer connection's record (0),
-#: so the newer one's record is never left to be removed by the older one's end. Else written (1).
+#: A worker connection's record: KEYS[1] the record, KEYS[2] the set of workers; ARGV[1] the worker's
+#: consumer name (its member of the set), ARGV[2] the record (JSON), ARGV[3] its time to live in ms,
+#: ARGV[4] the connection's session, ARGV[5] 1 at the login. A login writes (the newest connection of
+#: the worker); a later update writes only over its own connection's record, or none: a late load report
+#: of an older connection leaves the newer one's record alone (0), so the newer record is never left to
+#: be removed by the older connection's end. Else written (1).
 PUT_WORKER = """
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local cur = cjson.decode(raw)
-  if cur['session'] ~= ARGV[4] then
-    if string.lower(tostring(cur['address'])) ~= string.lower(ARGV[6]) then return -1 end
-    if ARGV[7] ~= '1' and (tonumber(cur['connected_at']) or 0) > tonumber(ARGV[5]) then return 0 end
-  end
+if ARGV[5] ~= '1' then
+  local raw = redis.call('GET', KEYS[1])
+  if raw and cjson.decode(raw)['session'] ~= ARGV[4] then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])

@@ -292,21 +292,20 @@ class Store:
 
     # ------------------------------------------------------------------ workers
 
-    async def put_worker(self, worker: dict[str, Any], ttl: float, *, login: bool = False) -> int:
+    async def put_worker(self, worker: dict[str, Any], ttl: float, *, login: bool = False) -> bool:
         """Write a worker connection's record (`WorkerConn.view`), to expire after `ttl` s unless written
-        again: 1 written; 0 not, a newer connection of the worker holds the record; -1 not, a worker of
-        another account holds the id (at the login: refuse it)."""
-        keys = [k.worker(worker["id"]), k.WORKERS]
-        args = [worker["id"], json.dumps(worker), int(ttl * 1000), worker["session"], repr(worker["connected_at"])]
-        return int(await self._script(self._put_worker, keys, [*args, worker["address"], 1 if login else 0]))
+        again: whether it was written (not when a newer connection of the worker holds the record)."""
+        consumer = f"{worker['address']}:{worker['id']}"
+        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1 if login else 0]
+        return bool(await self._script(self._put_worker, [k.worker(consumer), k.WORKERS], args))
 
-    async def drop_worker(self, worker_id: str, session: str) -> bool:
-        """Remove the record of the worker's connection `session`, unless the worker has a newer connection
-        (to another instance, which saw it first): whether it was removed."""
-        return bool(await self._script(self._drop_worker, [k.worker(worker_id), k.WORKERS], [worker_id, session]))
+    async def drop_worker(self, consumer: str, session: str) -> bool:
+        """Remove the record of the worker's (`<address>:<worker id>`) connection `session`, unless the
+        worker has a newer connection (to another instance, which saw it first): whether it was removed."""
+        return bool(await self._script(self._drop_worker, [k.worker(consumer), k.WORKERS], [consumer, session]))
 
     async def workers(self) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in await self.redis.smembers(k.WORKERS)]
+        ids = [i.decode() for i in await self.redis.smembers(k.WORKERS)]  # consumer names
         if not ids:
             return []
         raws = await self.redis.mget([k.worker(i) for i in ids])
@@ -318,14 +317,25 @@ class Store:
             view.pop("session", None)  # which connection wrote it: only for drop_worker
         return sorted(views, key=lambda w: w["connected_at"])
 
-    async def kick(self, worker_id: str) -> bool:
-        if not await self.redis.exists(k.worker(worker_id)):
-            return False
-        await self.redis.set(k.kick(worker_id), "1", ex=60)
-        return True
+    async def kick(self, worker_id: str, address: str | None = None) -> list[str]:
+        """Order the connected workers with id `worker_id` (of `address` only, if given) to be
+        disconnected by their instances (at their next load report): their consumer names."""
+        members = [m.decode() for m in await self.redis.smembers(k.WORKERS)]
+        chosen = [
+            m
+            for m in members
+            if m.endswith(f":{worker_id}") and (address is None or m.lower().startswith(f"{address.lower()}:"))
+        ]
+        if not chosen:
+            return []
+        records = await self.redis.mget([k.worker(m) for m in chosen])
+        live = [m for m, record in zip(chosen, records, strict=True) if record is not None]
+        for consumer in live:
+            await self.redis.set(k.kick(consumer), "1", ex=60)
+        return live
 
-    async def take_kick(self, worker_id: str) -> bool:
-        return bool(await self.redis.delete(k.kick(worker_id)))
+    async def take_kick(self, consumer: str) -> bool:
+        return bool(await self.redis.delete(k.kick(consumer)))
 
     async def use_login_nonce(self, nonce: str, signer: str) -> bool:
         """True the first time a login nonce is used, False on a replay."""

@@ -67,17 +67,13 @@ async def login(
         await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})")
         return None
     conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)
-    taken = f"worker id {worker_id} is connected under another account: choose another worker_id"
-    old = dispatcher.conns.get(worker_id)
-    if old is not None and old.address != signer:  # never a takeover of another account's connection
-        await refuse(ws, taken)
-        return None
+    # Connections are keyed by consumer name (address and id): another account's worker with the same id
+    # is another worker, so no one can push a worker out of dispatch (or out of its id) by reusing its id.
+    old = dispatcher.conns.get(conn.consumer)
     if old is not None:
         await old.close(4000, b"replaced by a new connection")
     resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
-    if await store.put_worker(conn.view(), cfg.heartbeat_timeout, login=True) < 0:  # on another instance
-        await refuse(ws, taken)
-        return None
+    await store.put_worker(conn.view(), cfg.heartbeat_timeout, login=True)
     token = await store.new_upload_token(signer)
     sent = await conn.send(
         {
@@ -94,10 +90,10 @@ async def login(
     for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
         sent = sent and await conn.send(message)
     if not sent:  # gone, or not reading: never offered to dispatch
-        await store.drop_worker(worker_id, conn.session)
+        await store.drop_worker(conn.consumer, conn.session)
         return None
     # Only now may a dispatch pass see it: nothing (a job, a revoke) reaches the worker before its welcome
     # and the jobs sent again, so a revoke always follows the re-sent job it concerns.
-    dispatcher.conns[worker_id] = conn
+    dispatcher.conns[conn.consumer] = conn
     log.info("worker_joined", worker=conn.consumer, role=role, adopted=list(conn.running))
     return conn

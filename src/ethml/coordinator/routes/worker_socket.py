@@ -55,7 +55,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 conn.cpu, conn.memory = message.cpu, message.memory
                 conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
-                if await store.take_kick(conn.id):
+                if await store.take_kick(conn.consumer):
                     await conn.close(4003, b"disconnected by an admin")
             elif isinstance(message, Drain):
                 conn.draining = True
@@ -70,9 +70,9 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     finally:
         if conn is not None:
             try:
-                if dispatcher.conns.get(conn.id) is conn:  # not a newer connection of the same id
-                    del dispatcher.conns[conn.id]
-                    await store.drop_worker(conn.id, conn.session)  # else the record expires
+                if dispatcher.conns.get(conn.consumer) is conn:  # not a newer connection of the worker
+                    del dispatcher.conns[conn.consumer]
+                    await store.drop_worker(conn.consumer, conn.session)  # else the record expires
             finally:
                 await conn.stop()
                 log.info("worker_left", worker=conn.consumer, running=list(conn.running))

@@ -14,6 +14,7 @@ from ethml.coordinator.schemas import WORKER_ID
 routes = web.RouteTableDef()
 
 _WORKER_ID = re.compile(WORKER_ID)
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 @routes.get("/api/workers")
@@ -26,15 +27,22 @@ async def list_workers(request: web.Request) -> web.Response:
 @routes.delete("/api/workers/{worker_id}")
 async def kick_worker(request: web.Request) -> web.Response:
     """Disconnect a worker: at once if it is connected here, else at its next load report to its
-    instance (a kick order in Redis)."""
+    instance (a kick order in Redis). Ids are the workers' own choice: with `?address=`, only that
+    account's worker of the id, else every connected worker of the id (normally one)."""
     who = await required(request, "admin")
     await rate_limit(request, who["key"])
     worker_id = request.match_info["worker_id"]
     if not _WORKER_ID.fullmatch(worker_id):
         raise ApiError(422, "worker_id must be 1-64 letters, digits, '.', '_' or '-'", "worker_id")
-    if not await request.app[STORE].kick(worker_id):
-        raise ApiError(404, f"no connected worker {worker_id}", "worker_id")
-    conn = request.app[DISPATCHER].conns.get(worker_id)
-    if conn is not None:
-        conn.post_close(4003, b"disconnected by an admin")  # after what was sent before; 202: not waited for
-    return web.json_response({"disconnected": worker_id}, status=202)
+    address = request.query.get("address")
+    if address is not None and not _ADDRESS.fullmatch(address):
+        raise ApiError(422, "address must be a 0x-address (40 hex digits)", "address")
+    kicked = await request.app[STORE].kick(worker_id, address)
+    if not kicked:
+        whose = f" of {address}" if address is not None else ""
+        raise ApiError(404, f"no connected worker {worker_id}{whose}", "worker_id")
+    for consumer in kicked:
+        conn = request.app[DISPATCHER].conns.get(consumer)
+        if conn is not None:  # after what was sent before it; 202: not waited for
+            conn.post_close(4003, b"disconnected by an admin")
+    return web.json_response({"disconnected": worker_id, "workers": len(kicked)}, status=202)
