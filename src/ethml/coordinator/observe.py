@@ -37,7 +37,7 @@ class Observer:
         self.metrics.cluster_workers.clear()  # only the workers connected now
         for c in conns:
             if c.cluster is not None:
-                self.metrics.cluster_workers.labels(c.id, c.role).set(c.cluster["workers"])
+                self.metrics.cluster_workers.labels(c.consumer, c.role).set(c.cluster["workers"])
         now = time.time()
         if now - self.last_sample >= 10:
             self.last_sample = now

@@ -7,8 +7,9 @@
   once; `result:<job>` its first result; `joblock:<job>` an instance assigning it;
   `taskworkers:<task>:<role>` who has worked on a task; `dead` the dead-letter stream;
 - `apikey:<sha256>` API keys by hash; `rl:<bucket>` token buckets;
-- `worker:<id>` connected workers (expiring) and `workers` their ids; `kick:<id>` an admin's
-  disconnect order; `loginnonce:<nonce>` used login nonces; `uploadtoken:<token>` workers' upload tokens;
+- `worker:<address>:<id>` connected workers (expiring) and `workers` their consumer names;
+  `kick:<address>:<id>` an admin's disconnect order; `loginnonce:<nonce>` used login nonces;
+  `uploadtoken:<token>` workers' upload tokens;
 - `checkpoint` the last block the follower applied; `samples` the dashboard's history; `lock:<name>` leases.
 """
 
