@@ -322,10 +322,16 @@ async def test_an_older_connection_s_late_record_neither_replaces_nor_removes_th
     other = dispatch.WorkerConn("w1", b, "trainer", RecordingSocket(), 1, "i3", connected_at=400.0)  # type: ignore[arg-type]
     assert await store.put_worker(other.view(), 30, login=True)
     assert [(w["address"], w["instance"]) for w in await store.workers()] == [(a, "i2"), (b, "i3")]
-    assert await store.kick("w1", b.upper().replace("0X", "0x")) == [other.consumer]
-    assert sorted(await store.kick("w1")) == sorted([newer.consumer, other.consumer])
-    assert await store.kick("w2") == []
-    assert await store.take_kick(newer.consumer) and not await store.take_kick(newer.consumer)
+    assert await store.connections("w1", b.upper().replace("0X", "0x")) == {other.consumer: other.session}
+    both = await store.connections("w1")
+    assert both == {newer.consumer: newer.session, other.consumer: other.session}
+    assert await store.connections("w2") == {}
+    # A kick order is for the connection it names: the worker started again (a new session) is not kicked.
+    await store.kick(both)
+    assert not await store.take_kick(newer.consumer, older.session)
+    assert await store.take_kick(newer.consumer, newer.session) and not await store.take_kick(
+        newer.consumer, newer.session
+    )
     assert await store.drop_worker(newer.consumer, newer.session) is True
     assert await store.drop_worker(other.consumer, other.session) is True
     assert await store.workers() == [] and await store.redis.smembers(k.WORKERS) == set()

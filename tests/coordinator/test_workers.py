@@ -290,7 +290,8 @@ async def test_a_worker_of_another_account_with_the_same_id_neither_takes_over_n
     that logs in with a connected worker's id is a worker of its own: the first keeps its connection and
     gets its job (before, the newcomer took its place in dispatch and its jobs timed out), and it gets
     back in after a lost connection while the other holds the id (a refusal rule would have let any
-    staked account lock it out). An admin's kick with the account's address disconnects only that one."""
+    staked account lock it out). An admin's kick names the account when two use the id, and disconnects
+    only that one. Two logins of the same worker at once leave one connection, the one in dispatch."""
     c = coordinator
     dispatcher = c.runners[0].app[DISPATCHER]  # type: ignore[index]
     five, six = dev_account(5).address, dev_account(6).address
@@ -303,6 +304,9 @@ async def test_a_worker_of_another_account_with_the_same_id_neither_takes_over_n
         victim = await _connect(session, c, 5, "trainer", worker_id="gpu-1")
         records = [(w["id"], w["address"]) for w in await c.store().workers()]
         assert sorted(records) == sorted([("gpu-1", five), ("gpu-1", six)])
+        status, reply, _ = await c.api("DELETE", "/api/workers/gpu-1", key=c.admin_key)
+        assert status == 409 and reply["error"]["field"] == "address" and five in reply["error"]["message"], reply
+        assert not victim.ws.closed and not other.ws.closed
         status, reply, _ = await c.api("DELETE", f"/api/workers/gpu-1?address={six}", key=c.admin_key)
         assert status == 202 and reply == {"disconnected": "gpu-1", "workers": 1}, reply
         closed = await other.ws.receive(timeout=30)
@@ -314,6 +318,15 @@ async def test_a_worker_of_another_account_with_the_same_id_neither_takes_over_n
         assert job["job"] == "1:train:0"
         await victim.close()
         await other.close()
+        twins = await asyncio.gather(*(_connect(session, c, 7, "validator", worker_id="twin") for _ in range(2)))
+        reads = [asyncio.create_task(t.ws.receive()) for t in twins]  # nothing is sent to them but a close
+        done, waiting = await asyncio.wait(reads, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and done.pop().result().type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert dispatcher.conns[f"{dev_account(7).address}:twin"].open
+        for read in waiting:
+            read.cancel()
+        for t in twins:
+            await t.close()
 
 
 async def test_a_dispatch_pass_during_a_login_sends_nothing_before_the_welcome(coordinator: Coordinator) -> None:

@@ -228,14 +228,15 @@ def openapi_document() -> dict[str, Any]:
                             "name": "address",
                             "in": "query",
                             "required": False,
-                            "description": "only that account's worker of the id (ids are the workers' own "
-                            "choice; without it, every connected worker of the id)",
+                            "description": "that account's worker of the id (ids are the workers' own choice; "
+                            "needed when more than one account uses the id)",
                             "schema": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
                         },
                     ],
                     "responses": {
                         "202": _json(s.Disconnected, "disconnected now, or at its next report to its instance"),
                         **_errors(401, 403, 404, 422),
+                        "409": _json(s.ErrorOut, "the id is used by more than one account: add ?address="),
                     },
                 }
             },

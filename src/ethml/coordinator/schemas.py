@@ -337,7 +337,7 @@ class FileAdded(BaseModel):
 
 class Disconnected(BaseModel):
     disconnected: str = Field(description="the worker's id")
-    workers: int = Field(description="how many connected workers had that id (of that account, if given)")
+    workers: int = Field(description="how many connections of that worker were ordered closed (normally one)")
 
 
 class TaskCreated(BaseModel):

@@ -157,3 +157,11 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
+
+#: An admin's order to close a worker's connection: KEYS[1] the order, ARGV[1] the connection's session.
+#: Taken (deleted, 1) only by the connection it names; another connection of the worker leaves it (0).
+TAKE_KICK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""

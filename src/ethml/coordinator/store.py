@@ -31,6 +31,7 @@ from ethml.coordinator.scripts import (
     RELEASE_JOB,
     TAKE,
     TAKE_AND_CREATE,
+    TAKE_KICK,
     TOUCH_ENTRIES,
 )
 
@@ -65,6 +66,7 @@ class Store:
                 TOUCH_ENTRIES,
                 DROP_WORKER,
                 PUT_WORKER,
+                TAKE_KICK,
             )
         }
         sha = {src: digest for digest, src in self._scripts.items()}
@@ -72,6 +74,7 @@ class Store:
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
+        self._take_kick = sha[TAKE_KICK]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -317,9 +320,9 @@ class Store:
             view.pop("session", None)  # which connection wrote it: only for drop_worker
         return sorted(views, key=lambda w: w["connected_at"])
 
-    async def kick(self, worker_id: str, address: str | None = None) -> list[str]:
-        """Order the connected workers with id `worker_id` (of `address` only, if given) to be
-        disconnected by their instances (at their next load report): their consumer names."""
+    async def connections(self, worker_id: str, address: str | None = None) -> dict[str, str]:
+        """The connected workers with id `worker_id` (of `address` only, if given): consumer name ->
+        the session of the connection whose record it is."""
         members = [m.decode() for m in await self.redis.smembers(k.WORKERS)]
         chosen = [
             m
@@ -327,15 +330,21 @@ class Store:
             if m.endswith(f":{worker_id}") and (address is None or m.lower().startswith(f"{address.lower()}:"))
         ]
         if not chosen:
-            return []
+            return {}
         records = await self.redis.mget([k.worker(m) for m in chosen])
-        live = [m for m, record in zip(chosen, records, strict=True) if record is not None]
-        for consumer in live:
-            await self.redis.set(k.kick(consumer), "1", ex=60)
-        return live
+        return {m: json.loads(r).get("session", "") for m, r in zip(chosen, records, strict=True) if r is not None}
 
-    async def take_kick(self, consumer: str) -> bool:
-        return bool(await self.redis.delete(k.kick(consumer)))
+    async def kick(self, connections: dict[str, str]) -> None:
+        """Order those connections (consumer name -> session) to be closed by their instances, at their
+        next load report: for a minute, and only those connections (a worker that starts again is not)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for consumer, session in connections.items():
+            pipe.set(k.kick(consumer), session, ex=60)
+        await pipe.execute()
+
+    async def take_kick(self, consumer: str, session: str) -> bool:
+        """Whether an admin ordered this connection closed (the order is used up)."""
+        return bool(await self._script(self._take_kick, [k.kick(consumer)], [session]))
 
     async def use_login_nonce(self, nonce: str, signer: str) -> bool:
         """True the first time a login nonce is used, False on a replay."""

@@ -94,6 +94,9 @@ async def login(
         return None
     # Only now may a dispatch pass see it: nothing (a job, a revoke) reaches the worker before its welcome
     # and the jobs sent again, so a revoke always follows the re-sent job it concerns.
+    current = dispatcher.conns.get(conn.consumer)
+    if current is not None and current is not old:  # a login of the same worker that ran alongside this one
+        current.post_close(4000, b"replaced by a new connection")  # the newest login wins
     dispatcher.conns[conn.consumer] = conn
     log.info("worker_joined", worker=conn.consumer, role=role, adopted=list(conn.running))
     return conn

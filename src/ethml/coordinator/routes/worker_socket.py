@@ -55,7 +55,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 conn.cpu, conn.memory = message.cpu, message.memory
                 conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
-                if await store.take_kick(conn.consumer):
+                if await store.take_kick(conn.consumer, conn.session):
                     await conn.close(4003, b"disconnected by an admin")
             elif isinstance(message, Drain):
                 conn.draining = True
