@@ -230,7 +230,7 @@ def openapi_document() -> dict[str, Any]:
                             "required": False,
                             "description": "that account's worker of the id (ids are the workers' own choice; "
                             "needed when more than one account uses the id)",
-                            "schema": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                            "schema": {"type": "string", "pattern": s.ADDRESS},
                         },
                     ],
                     "responses": {

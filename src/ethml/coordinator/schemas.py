@@ -56,6 +56,7 @@ TASK_ID = r"^(?!import$)[A-Za-z0-9-]{1,64}$"
 #: earlier draw).
 JOB_ID = r"^[0-9]{1,20}:(train|validate):[0-9]{1,2}$"
 WORKER_ID = r"^[A-Za-z0-9._-]{1,64}$"
+ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 
 
 def _address(value: str) -> str:
@@ -87,7 +88,7 @@ def _wei(value: Any) -> int:
 
 
 # Patterns and lengths are checked by pydantic-core itself; Python runs only for what a pattern cannot say.
-Address = Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{40}$"), AfterValidator(_address)]
+Address = Annotated[str, StringConstraints(strict=True, pattern=ADDRESS), AfterValidator(_address)]
 Hex32 = Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$", to_lower=True)]
 Cid = Annotated[str, StringConstraints(strict=True, min_length=46, max_length=64), AfterValidator(_cid)]
 Wei = Annotated[
@@ -215,7 +216,7 @@ class WorkerLogin(Strict):
 
     type: Literal["auth"] = "auth"
     role: Literal["trainer", "validator"]
-    address: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{40}$")]
+    address: Annotated[str, StringConstraints(strict=True, pattern=ADDRESS)]
     signature: Annotated[str, StringConstraints(strict=True, max_length=200, pattern=r"^0x[0-9a-fA-F]*$")]
     worker_id: Annotated[str, StringConstraints(strict=True, pattern=WORKER_ID)] | None = None
     capacity: int = Field(default=1, ge=1, le=16, strict=True)

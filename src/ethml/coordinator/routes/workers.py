@@ -9,12 +9,12 @@ from aiohttp import web
 from ethml.coordinator.appkeys import DISPATCHER, STORE
 from ethml.coordinator.auth import rate_limit, required
 from ethml.coordinator.edge import ApiError
-from ethml.coordinator.schemas import WORKER_ID
+from ethml.coordinator.schemas import ADDRESS, WORKER_ID
 
 routes = web.RouteTableDef()
 
 _WORKER_ID = re.compile(WORKER_ID)
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_ADDRESS = re.compile(ADDRESS)
 
 
 @routes.get("/api/workers")
