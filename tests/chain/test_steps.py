@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import TransactionNotFound
 from web3.utils.address import get_create_address
 
 from ethml.chain import dev_account
@@ -93,12 +94,44 @@ async def test_a_step_whose_nonce_went_elsewhere_is_signed_again(w3: AsyncWeb3[A
     await w3.eth.wait_for_transaction_receipt(await w3.eth.send_raw_transaction(other.raw_transaction))
 
     events: list[StepEvent] = []
-    runner = StepRunner(w3, DEPLOYER, Journal.load(tmp_path / "j.json"), progress=events.append)
+    runner = StepRunner(w3, DEPLOYER, Journal.load(tmp_path / "j.json"), progress=events.append, receipt_grace=0.5)
     done = await runner.deploy("registry", "ModelRegistry", DEPLOYER.address)
     assert [e.state for e in events] == ["resigned", "sent", "mined"]
     assert done.tx != attempt.hash and done.address == get_create_address(DEPLOYER.address, 1)
     assert not await has_code(w3, 0) and await has_code(w3, 1)
     assert await w3.eth.get_transaction_count(DEPLOYER.address) == 2
+
+
+async def test_a_call_whose_receipt_lags_behind_its_nonce_is_not_sent_twice(w3: AsyncWeb3[Any], tmp_path: Path) -> None:
+    """The node counts the nonce as used a moment before it serves the receipt (seen on anvil under load; a
+    load-balanced provider a block behind does the same): the step waits for the receipt instead of taking
+    the nonce as gone to another transaction and sending the call again."""
+    registry_tx = await w3.eth.send_raw_transaction((await signed_attempt(w3, 0))[1])
+    await w3.eth.wait_for_transaction_receipt(registry_tx)
+    artifact = load_artifact("ModelRegistry")
+    registry: Any = w3.eth.contract(address=get_create_address(DEPLOYER.address, 0), abi=artifact.abi)
+    call = registry.functions.registerModel("Qm", bytes(32), 0, 0, 4)
+    signed = await sign_call(w3, DEPLOYER, call, what="registerModel", nonce=1, fees=await fee_fields(w3))
+    journal = Journal(tmp_path / "j.json")
+    attempt = Attempt(signed.hash, 1, signed.gas, signed.max_fee, signed.tip, "0x" + signed.raw.hex())
+    journal.record_attempt("model", "registerModel", attempt)
+    await w3.eth.wait_for_transaction_receipt(await w3.eth.send_raw_transaction(signed.raw))
+
+    read_receipt = w3.eth.get_transaction_receipt
+    lagging_until = asyncio.get_running_loop().time() + 1.5
+
+    async def lagging(tx_hash: Any) -> Any:
+        if asyncio.get_running_loop().time() < lagging_until:
+            raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
+        return await read_receipt(tx_hash)
+
+    w3.eth.get_transaction_receipt = lagging  # type: ignore[method-assign]
+    events: list[StepEvent] = []
+    runner = StepRunner(w3, DEPLOYER, Journal.load(tmp_path / "j.json"), progress=events.append, max_poll=0.1)
+    done = await runner.transact("model", call, "registerModel")
+    assert [e.state for e in events] == ["mined"] and done.tx == signed.hash
+    assert await w3.eth.get_transaction_count(DEPLOYER.address) == 2, "the call was sent once"
+    assert await registry.functions.modelCount().call() == 1
 
 
 async def test_a_deployment_found_by_its_address_when_no_receipt_names_it(w3: AsyncWeb3[Any], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from web3.exceptions import TransactionNotFound
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
@@ -182,6 +183,51 @@ async def test_a_terms_signature_with_v_0_or_1_is_relayed_as_27_or_28_and_create
         docs = [await store.task(task_id) for task_id in posted]
         assert [(d["status"], d["chain_task_id"]) for d in docs if d] == [("open", 1), ("open", 2)], docs
         assert set(stored_v) <= {"1b", "1c"}
+
+
+async def test_a_creation_whose_receipt_lags_behind_its_nonce_is_waited_for_not_replaced(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """The instance that sent a creation dies before it records the outcome; the one that takes the entry
+    over finds the relayer's nonce used while the node does not serve the receipt yet (anvil under load, a
+    load-balanced provider a block behind). It waits for the receipt: the task is open and created once,
+    not refused as a second use of its signed nonce."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
+        assert status == 201, created
+        task_id = created["id"]
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        entry = got[0][1][0]
+        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        dying = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
+
+        async def sent() -> bool:
+            doc = await store.task(task_id)
+            return doc is not None and "create" in doc["transactions"]
+
+        await wait_until(sent, timeout=60, what="the creation to be sent")
+        dying.cancel()  # the instance dies waiting for the receipt
+        await asyncio.gather(dying, return_exceptions=True)
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+        read_receipt = chain.w3.eth.get_transaction_receipt
+        lagging_until = asyncio.get_running_loop().time() + 1.5
+
+        async def lagging(tx_hash: Any) -> Any:
+            if asyncio.get_running_loop().time() < lagging_until:
+                raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
+            return await read_receipt(tx_hash)
+
+        chain.w3.eth.get_transaction_receipt = lagging  # type: ignore[method-assign]
+        try:
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        finally:
+            del chain.w3.eth.get_transaction_receipt
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
 
 
 async def _without_relayer(c: Coordinator) -> tuple[Chain, Store, IpfsClient, str, int]:

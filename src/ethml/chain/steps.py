@@ -11,7 +11,9 @@ runner asks the node what became of it:
   nonce, fees up by at least 12.5 % (what nodes require of a replacement);
 - its nonce went to another transaction of the account and none of the step's is mined: the step is
   signed afresh with the next nonce. A contract deployment is recognised by its address (sender and
-  nonce) too, so a contract is never deployed twice.
+  nonce) too, so a contract is never deployed twice. Since a node may count a nonce as used a moment
+  before it serves the receipt, the receipts are read again for `RECEIPT_GRACE` seconds first, so a
+  call is never sent twice either.
 
 Steps run one at a time, each waiting for the one before: the chain of nonces has no gap to fill.
 """
@@ -31,7 +33,7 @@ from web3.types import Nonce, TxReceipt
 
 from ethml.chain._artifacts import load_artifact
 from ethml.chain.journal import Attempt, Journal, Outcome, StepRecord
-from ethml.chain.tx import SignedTx, check_receipt, fee_fields, sign_call
+from ethml.chain.tx import RECEIPT_GRACE, SignedTx, check_receipt, fee_fields, sign_call
 from ethml.errors import ChainError, DeploymentError, TransactionReverted
 
 #: Replacement fees: nodes (geth, reth, anvil) accept a same-nonce replacement only above +10 %.
@@ -85,6 +87,7 @@ class StepRunner:
         priority_gwei: float = 1.0,
         replace_after: float = REPLACE_AFTER,
         max_poll: float = 2.0,
+        receipt_grace: float = RECEIPT_GRACE,
     ) -> None:
         self.w3 = w3
         self.account = account
@@ -93,6 +96,7 @@ class StepRunner:
         self.priority_gwei = priority_gwei
         self.replace_after = replace_after
         self.max_poll = max_poll
+        self.receipt_grace = receipt_grace
         self.index = 0
         self._chain_id: int | None = None
 
@@ -157,10 +161,7 @@ class StepRunner:
             newest = record.live_attempts()[-1]
             confirmed = await self.w3.eth.get_transaction_count(self.account.address, "latest")
             if confirmed > newest.nonce:
-                done = await self._mined(key, record, call, what)  # mined between the two reads
-                if done is not None:
-                    return done
-                return await self._deployed_anyway(key, record, what) if deploys else None
+                return await self._nonce_used(key, record, call, what, deploys)
             if not await self._known(newest.hash):
                 await self._check_no_gap(newest, what)
                 await self._broadcast(key, record, call, what, again=True)
@@ -169,6 +170,21 @@ class StepRunner:
                 await self._replace(key, record, call, what)
                 last_sent = loop.time()
             await asyncio.sleep(pause)
+            pause = min(pause * 2, self.max_poll)
+
+    async def _nonce_used(self, key: str, record: StepRecord, call: Any, what: str, deploys: bool) -> Done | None:
+        """The step's newest nonce is used: its Done if one of its transactions was mined (a receipt, read
+        again for up to `receipt_grace` seconds, or for a deployment its contract at the address), else None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.receipt_grace
+        pause = 0.05
+        while True:
+            done = await self._mined(key, record, call, what)
+            if done is None and deploys:
+                done = await self._deployed_anyway(key, record, what)
+            if done is not None or loop.time() >= deadline:
+                return done
+            await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
             pause = min(pause * 2, self.max_poll)
 
     async def _mined(self, key: str, record: StepRecord, call: Any, what: str) -> Done | None:

@@ -9,6 +9,7 @@ mined and reverted anyway (another transaction landed first) by replaying it in 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
-from web3.exceptions import MethodUnavailable, Web3RPCError
+from web3.exceptions import MethodUnavailable, TransactionNotFound, Web3RPCError
 from web3.types import TxReceipt
 
 from ethml.chain.reverts import Moment, Revert, decode_revert, explain, is_revert, revert_data
@@ -25,12 +26,14 @@ from ethml.errors import ChainError, TransactionReverted
 
 __all__ = [
     "GAS_MARGIN",
+    "RECEIPT_GRACE",
     "SignedTx",
     "check_receipt",
     "decode_revert",
     "fee_fields",
     "is_revert",
     "preflight",
+    "receipt_within",
     "revert_reason",
     "send",
     "sign_call",
@@ -38,6 +41,11 @@ __all__ = [
 ]
 
 GAS_MARGIN = 1.25
+#: How long a transaction's receipt is read again once its nonce shows as used, before concluding that the
+#: nonce went to another transaction. A node may count the nonce as used before it serves the receipt
+#: (anvil under load does, for a moment; a load-balanced provider may answer from a node a block behind):
+#: one mainnet slot.
+RECEIPT_GRACE = 12.0
 
 #: Clients known to refuse estimates against the pending block (the embedded eth-tester chain).
 _NO_PENDING_ESTIMATES: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -180,6 +188,24 @@ async def sign_call(
         max_fee=int(tx["maxFeePerGas"]),
         tip=int(tx["maxPriorityFeePerGas"]),
     )
+
+
+async def receipt_within(w3: AsyncWeb3[Any], tx_hash: Any, grace: float, *, max_poll: float = 2.0) -> TxReceipt | None:
+    """The mined receipt of `tx_hash`, read again for up to `grace` seconds; None if none appeared."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    pause = 0.05
+    while True:
+        try:
+            receipt = await w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            receipt = None
+        if receipt is not None and receipt.get("blockNumber") is not None:
+            return receipt
+        if loop.time() >= deadline:
+            return None
+        await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
+        pause = min(pause * 2, max_poll)
 
 
 async def check_receipt(w3: AsyncWeb3[Any], receipt: TxReceipt, call: Any, what: str) -> TxReceipt:
