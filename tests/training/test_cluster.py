@@ -175,16 +175,27 @@ def test_a_worker_killed_mid_fit_is_survived_with_the_same_artifact() -> None:
             return True
 
         _wait(busy, 120, "a fit with trees done and trees in flight")
-        os.kill(pids[victim["worker"]], signal.SIGKILL)
+        # Frozen first, so that it finishes nothing more; what it sent before that reaches the scheduler (the
+        # kernel still delivers it), and what the scheduler still counts as running there is then in flight.
+        os.kill(pids[victim["worker"]], signal.SIGSTOP)
+        try:
+            time.sleep(1.0)
+            victim["keys"] = client.processing().get(victim["worker"], ())
+        finally:
+            os.kill(pids[victim["worker"]], signal.SIGKILL)
         thread.join(timeout=300)
         assert not thread.is_alive() and "error" not in result, result
         assert result["trained"].sha256 == local.sha256
         assert result["trained"].claimed_score == local.claimed_score
-        # The nanny restarted the killed worker and the task it was running ran again elsewhere.
+        # The nanny restarted the killed worker, and the tasks it held when killed ran again elsewhere.
         _wait(lambda: len(client.nthreads()) == 2, 60, "the killed worker's restart")
         assert victim["worker"] not in client.nthreads()
-        rerun = [r for r in client.get_task_stream(count=10_000) if r["key"] in set(victim["keys"])]
-        assert rerun and all(r["worker"] != victim["worker"] for r in rerun), (victim, rerun)
+        stream = client.get_task_stream(count=10_000)
+        in_flight = set(victim["keys"]) - {r["key"] for r in stream if r["worker"] == victim["worker"]}
+        assert in_flight, ("the scheduler counted nothing as running on the victim when it was killed", victim)
+        rerun = [r for r in stream if r["key"] in in_flight]
+        assert {r["key"] for r in rerun} == in_flight, (victim, rerun)
+        assert all(r["worker"] != victim["worker"] for r in rerun), (victim, rerun)
 
 
 def _block_forever() -> None:
