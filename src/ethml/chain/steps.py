@@ -280,13 +280,13 @@ class StepRunner:
             chain_id=await self.chain_id(),
         )
         record = self.journal.record_attempt(key, what, _attempt(signed))
-        self._emit(key, what, "replaced", tx=signed.hash, nonce=signed.nonce)
         try:
             await self.w3.eth.send_raw_transaction(signed.raw)
         except Web3RPCError as exc:
             message = str(getattr(exc, "message", None) or exc).lower()
             if "nonce too low" not in message and "already known" not in message:
                 raise ChainError(f"{what}: the node refused the replacement {signed.hash}: {message}") from exc
+        self._emit(key, what, "replaced", tx=signed.hash, nonce=signed.nonce)  # once the node has it, like "sent"
 
     def _emit(self, key: str, what: str, state: State, **fields: Any) -> None:
         if self.progress is not None:
