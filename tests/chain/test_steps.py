@@ -102,10 +102,25 @@ async def test_a_step_whose_nonce_went_elsewhere_is_signed_again(w3: AsyncWeb3[A
     assert await w3.eth.get_transaction_count(DEPLOYER.address) == 2
 
 
-async def test_a_call_whose_receipt_lags_behind_its_nonce_is_not_sent_twice(w3: AsyncWeb3[Any], tmp_path: Path) -> None:
-    """The node counts the nonce as used a moment before it serves the receipt (seen on anvil under load; a
-    load-balanced provider a block behind does the same): the step waits for the receipt instead of taking
-    the nonce as gone to another transaction and sending the call again."""
+def lag_receipts(w3: AsyncWeb3[Any], misses: int) -> list[int]:
+    """The node's next `misses` receipt reads (eth_getTransactionReceipt) find nothing, as if it counted
+    the nonce used before it served the receipt; the list holds how many it refused so far."""
+    read_receipt = w3.eth.get_transaction_receipt
+    refused = [0]
+
+    async def lagging(tx_hash: Any) -> Any:
+        if refused[0] < misses:
+            refused[0] += 1
+            raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
+        return await read_receipt(tx_hash)
+
+    w3.eth.get_transaction_receipt = lagging  # type: ignore[method-assign]
+    return refused
+
+
+async def journaled_call(w3: AsyncWeb3[Any], tmp_path: Path) -> tuple[Any, Any, str]:
+    """A registry deployed (nonce 0), and a registerModel call journaled and mined (nonce 1), as a run killed
+    before it saw the receipt leaves them: the registry, the call and the call's hash."""
     registry_tx = await w3.eth.send_raw_transaction((await signed_attempt(w3, 0))[1])
     await w3.eth.wait_for_transaction_receipt(registry_tx)
     artifact = load_artifact("ModelRegistry")
@@ -116,22 +131,57 @@ async def test_a_call_whose_receipt_lags_behind_its_nonce_is_not_sent_twice(w3: 
     attempt = Attempt(signed.hash, 1, signed.gas, signed.max_fee, signed.tip, "0x" + signed.raw.hex())
     journal.record_attempt("model", "registerModel", attempt)
     await w3.eth.wait_for_transaction_receipt(await w3.eth.send_raw_transaction(signed.raw))
+    return registry, call, signed.hash
 
-    read_receipt = w3.eth.get_transaction_receipt
-    lagging_until = asyncio.get_running_loop().time() + 1.5
 
-    async def lagging(tx_hash: Any) -> Any:
-        if asyncio.get_running_loop().time() < lagging_until:
-            raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
-        return await read_receipt(tx_hash)
-
-    w3.eth.get_transaction_receipt = lagging  # type: ignore[method-assign]
+async def test_a_call_whose_receipt_lags_behind_its_nonce_is_not_sent_twice(w3: AsyncWeb3[Any], tmp_path: Path) -> None:
+    """The node counts the nonce as used a moment before it serves the receipt (seen on anvil under load; a
+    load-balanced provider a block behind does the same): the step waits for the receipt instead of taking
+    the nonce as gone to another transaction and sending the call again."""
+    registry, call, tx_hash = await journaled_call(w3, tmp_path)
+    refused = lag_receipts(w3, 3)
     events: list[StepEvent] = []
     runner = StepRunner(w3, DEPLOYER, Journal.load(tmp_path / "j.json"), progress=events.append, max_poll=0.1)
     done = await runner.transact("model", call, "registerModel")
-    assert [e.state for e in events] == ["mined"] and done.tx == signed.hash
+    assert refused == [3], "the receipt was missing on the reads after the nonce showed as used"
+    assert [e.state for e in events] == ["mined"] and done.tx == tx_hash and done.block > 0
     assert await w3.eth.get_transaction_count(DEPLOYER.address) == 2, "the call was sent once"
     assert await registry.functions.modelCount().call() == 1
+
+
+async def test_a_receipt_lagging_past_the_grace_is_waited_for_when_the_node_shows_the_block(
+    w3: AsyncWeb3[Any], tmp_path: Path
+) -> None:
+    """Past `receipt_grace` with no receipt, a transaction the node still shows in a block was mined: the step
+    waits for its receipt rather than signing the call again."""
+    registry, call, tx_hash = await journaled_call(w3, tmp_path)
+    refused = lag_receipts(w3, 10**9)  # eth_getTransactionReceipt never answers within the grace
+    events: list[StepEvent] = []
+    runner = StepRunner(
+        w3, DEPLOYER, Journal.load(tmp_path / "j.json"), progress=events.append, max_poll=0.1, receipt_grace=0.3
+    )
+    done = await runner.transact("model", call, "registerModel")
+    assert refused[0] >= 2
+    assert [e.state for e in events] == ["mined"] and done.tx == tx_hash and done.block > 0
+    assert await w3.eth.get_transaction_count(DEPLOYER.address) == 2, "the call was sent once"
+    assert await registry.functions.modelCount().call() == 1
+
+
+async def test_a_deployment_whose_receipt_lags_is_recorded_with_its_block(w3: AsyncWeb3[Any], tmp_path: Path) -> None:
+    """A deployment's contract is at its address before the node serves the receipt: the step still waits for
+    the receipt, so the journal records the block and gas (the deployment file's start block for logs)."""
+    journal = Journal(tmp_path / "j.json")
+    attempt, raw = await signed_attempt(w3, 0)
+    journal.record_attempt("registry", "ModelRegistry", attempt)
+    await w3.eth.wait_for_transaction_receipt(await w3.eth.send_raw_transaction(raw))
+    refused = lag_receipts(w3, 3)
+    runner = StepRunner(w3, DEPLOYER, Journal.load(tmp_path / "j.json"), max_poll=0.1)
+    done = await runner.deploy("registry", "ModelRegistry", DEPLOYER.address)
+    assert refused == [3]
+    assert done.tx == attempt.hash and done.block > 0 and done.gas_used > 0
+    outcome = Journal.load(tmp_path / "j.json").steps["registry"].done
+    assert outcome is not None and outcome.block == done.block
+    assert await w3.eth.get_transaction_count(DEPLOYER.address) == 1
 
 
 async def test_a_deployment_found_by_its_address_when_no_receipt_names_it(w3: AsyncWeb3[Any], tmp_path: Path) -> None:
@@ -143,7 +193,7 @@ async def test_a_deployment_found_by_its_address_when_no_receipt_names_it(w3: As
     attempt.hash = "0x" + "ab" * 32
     journal.record_attempt("registry", "ModelRegistry", attempt)
 
-    runner = StepRunner(w3, DEPLOYER, Journal.load(tmp_path / "j.json"))
+    runner = StepRunner(w3, DEPLOYER, Journal.load(tmp_path / "j.json"), receipt_grace=0.5)
     done = await runner.deploy("registry", "ModelRegistry", DEPLOYER.address)
     assert done.address == get_create_address(DEPLOYER.address, 0)
     assert await w3.eth.get_transaction_count(DEPLOYER.address) == 1

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from web3.exceptions import TransactionNotFound
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
+from ethml.chain.tx import fee_fields
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.relayer import relay_one
@@ -194,40 +195,100 @@ async def test_a_creation_whose_receipt_lags_behind_its_nonce_is_waited_for_not_
     not refused as a second use of its signed nonce."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
-        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
-        assert status == 201, created
-        task_id = created["id"]
-        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
-        entry = got[0][1][0]
-        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-        dying = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
-
-        async def sent() -> bool:
-            doc = await store.task(task_id)
-            return doc is not None and "create" in doc["transactions"]
-
-        await wait_until(sent, timeout=60, what="the creation to be sent")
-        dying.cancel()  # the instance dies waiting for the receipt
-        await asyncio.gather(dying, return_exceptions=True)
+        task_id, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
         await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
         await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        receipt = await chain.w3.eth.get_transaction_receipt(journaled["hash"])
+        assert receipt["status"] == 1, "the dying instance's creation reached the chain"
+        assert await chain.w3.eth.get_transaction_count(chain.relayer.address) == journaled["nonce"] + 1
 
-        read_receipt = chain.w3.eth.get_transaction_receipt
-        lagging_until = asyncio.get_running_loop().time() + 1.5
-
-        async def lagging(tx_hash: Any) -> Any:
-            if asyncio.get_running_loop().time() < lagging_until:
-                raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
-            return await read_receipt(tx_hash)
-
-        chain.w3.eth.get_transaction_receipt = lagging  # type: ignore[method-assign]
+        refused = _lag_receipts(chain.w3, 3)
         try:
             await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
         finally:
             del chain.w3.eth.get_transaction_receipt
+        assert refused == [3], "the receipt was missing on the reads after the nonce showed as used"
         doc = await store.task(task_id)
         assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert doc["transactions"]["create"] == journaled["hash"]
         assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
+
+
+async def test_a_journaled_creation_whose_nonce_another_transaction_took_is_signed_again(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """The journaled creation never reached the chain (the node dropped it) and another transaction of the
+    relayer key used its nonce: after the receipt grace it is given up, signed afresh and created once."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        chain.receipt_grace = 0.5
+        task_id, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
+        assert (await chain.w3.provider.make_request("anvil_dropAllTransactions", [])).get("error") is None  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        other = chain.relayer.sign_transaction(
+            {
+                "to": chain.relayer.address,
+                "value": 1,
+                "nonce": journaled["nonce"],
+                "gas": 21_000,
+                "chainId": chain.chain_id,
+                **(await fee_fields(chain.w3)),
+            }
+        )
+        await chain.w3.eth.wait_for_transaction_receipt(await chain.w3.eth.send_raw_transaction(other.raw_transaction))
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert doc["transactions"]["create"] != journaled["hash"]
+        assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
+
+
+async def _creation_sent_then_died(
+    c: Coordinator, chain: Chain, store: Store, ipfs: IpfsClient, key: str, now: int
+) -> tuple[str, Any, dict[str, Any]]:
+    """A task posted, its creation signed, journaled and sent with automine off, then its relaying instance
+    gone (the relay cancelled while it waits for the receipt): the task, its relay entry and the journaled
+    transaction's hash and nonce. Automine stays off."""
+    status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
+    assert status == 201, created
+    task_id = created["id"]
+    got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+    entry = got[0][1][0]
+    await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    dying = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
+    journaled: dict[str, Any] = {}
+
+    async def sent() -> bool:
+        doc = await store.task(task_id)
+        if doc is None or "create" not in doc["transactions"]:
+            return False
+        journaled.update(hash=doc["transactions"]["create"], nonce=doc["raw_nonce"]["create"])
+        try:
+            await chain.w3.eth.get_transaction(journaled["hash"])
+        except TransactionNotFound:
+            return False
+        return True  # the node has it
+
+    await wait_until(sent, timeout=60, what="the creation to be sent")
+    dying.cancel()  # the instance dies waiting for the receipt
+    await asyncio.gather(dying, return_exceptions=True)
+    return task_id, entry, journaled
+
+
+def _lag_receipts(w3: Any, misses: int) -> list[int]:
+    """The node's next `misses` receipt reads find nothing; the list holds how many it refused so far."""
+    read_receipt = w3.eth.get_transaction_receipt
+    refused = [0]
+
+    async def lagging(tx_hash: Any) -> Any:
+        if refused[0] < misses:
+            refused[0] += 1
+            raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
+        return await read_receipt(tx_hash)
+
+    w3.eth.get_transaction_receipt = lagging
+    return refused
 
 
 async def _without_relayer(c: Coordinator) -> tuple[Chain, Store, IpfsClient, str, int]:

@@ -175,8 +175,10 @@ def test_a_worker_killed_mid_fit_is_survived_with_the_same_artifact() -> None:
             return True
 
         _wait(busy, 120, "a fit with trees done and trees in flight")
-        # Frozen first, so that it finishes nothing more; what it sent before that reaches the scheduler (the
-        # kernel still delivers it), and what the scheduler still counts as running there is then in flight.
+        # Frozen first, so that it finishes nothing more. What it had written to its socket still reaches the
+        # scheduler; a finish it had not written is lost with it, and that key must run again. So the keys the
+        # scheduler still counts as running there a second later, less any it reports finished by the victim
+        # after all, are in flight.
         os.kill(pids[victim["worker"]], signal.SIGSTOP)
         try:
             time.sleep(1.0)

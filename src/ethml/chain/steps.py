@@ -12,8 +12,8 @@ runner asks the node what became of it:
 - its nonce went to another transaction of the account and none of the step's is mined: the step is
   signed afresh with the next nonce. A contract deployment is recognised by its address (sender and
   nonce) too, so a contract is never deployed twice. Since a node may count a nonce as used a moment
-  before it serves the receipt, the receipts are read again for `RECEIPT_GRACE` seconds first, so a
-  call is never sent twice either.
+  before it serves the receipt, that is concluded only when no receipt has appeared for `receipt_grace`
+  seconds and the node shows none of the step's transactions in a block (`mined_receipt`).
 
 Steps run one at a time, each waiting for the one before: the chain of nonces has no gap to fill.
 """
@@ -28,12 +28,12 @@ from typing import Any, Literal
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionNotFound, Web3RPCError
+from web3.exceptions import TransactionIndexingInProgress, TransactionNotFound, Web3RPCError
 from web3.types import Nonce, TxReceipt
 
 from ethml.chain._artifacts import load_artifact
 from ethml.chain.journal import Attempt, Journal, Outcome, StepRecord
-from ethml.chain.tx import RECEIPT_GRACE, SignedTx, check_receipt, fee_fields, sign_call
+from ethml.chain.tx import RECEIPT_GRACE, SignedTx, check_receipt, fee_fields, mined_receipt, sign_call
 from ethml.errors import ChainError, DeploymentError, TransactionReverted
 
 #: Replacement fees: nodes (geth, reth, anvil) accept a same-nonce replacement only above +10 %.
@@ -173,47 +173,49 @@ class StepRunner:
             pause = min(pause * 2, self.max_poll)
 
     async def _nonce_used(self, key: str, record: StepRecord, call: Any, what: str, deploys: bool) -> Done | None:
-        """The step's newest nonce is used: its Done if one of its transactions was mined (a receipt, read
-        again for up to `receipt_grace` seconds, or for a deployment its contract at the address), else None."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.receipt_grace
-        pause = 0.05
-        while True:
-            done = await self._mined(key, record, call, what)
-            if done is None and deploys:
-                done = await self._deployed_anyway(key, record, what)
-            if done is not None or loop.time() >= deadline:
-                return done
-            await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
-            pause = min(pause * 2, self.max_poll)
+        """The step's newest nonce is used: its Done if one of its transactions was mined (`mined_receipt`:
+        a receipt read again for up to `receipt_grace` seconds, or one the node shows in a block; for a
+        deployment, failing those, its contract at the address), else None."""
+        attempts = record.live_attempts()
+        receipt = await mined_receipt(self.w3, [a.hash for a in attempts], self.receipt_grace, max_poll=self.max_poll)
+        if receipt is not None:
+            mined = "0x" + bytes(receipt["transactionHash"]).hex()
+            attempt = next((a for a in attempts if a.hash.lower() == mined.lower()), attempts[-1])
+            return await self._done(key, attempt, receipt, call, what)
+        return await self._deployed_anyway(key, record, what) if deploys else None
 
     async def _mined(self, key: str, record: StepRecord, call: Any, what: str) -> Done | None:
         for attempt in reversed(record.live_attempts()):
             try:
                 receipt = await self.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
-            except TransactionNotFound:
+            except (TransactionNotFound, TransactionIndexingInProgress):
                 continue
             if receipt is None or receipt.get("blockNumber") is None:
                 continue
-            try:
-                await check_receipt(self.w3, receipt, call, what)
-            except TransactionReverted:
-                self.journal.mark_reverted(key, attempt.hash)
-                raise
-            address = receipt.get("contractAddress")
-            outcome = Outcome(attempt.hash, int(receipt["blockNumber"]), int(receipt["gasUsed"]), _opt(address))
-            self.journal.record_done(key, what, outcome)
-            self._emit(
-                key,
-                what,
-                "mined",
-                tx=outcome.tx,
-                block=outcome.block,
-                gas_used=outcome.gas_used,
-                address=outcome.address,
-            )
-            return Done(outcome.tx, outcome.block, outcome.gas_used, outcome.address, receipt)
+            return await self._done(key, attempt, receipt, call, what)
         return None
+
+    async def _done(self, key: str, attempt: Attempt, receipt: TxReceipt, call: Any, what: str) -> Done:
+        """The step done by `attempt`, mined with `receipt`: journaled and reported (TransactionReverted if
+        it reverted, marked so in the journal)."""
+        try:
+            await check_receipt(self.w3, receipt, call, what)
+        except TransactionReverted:
+            self.journal.mark_reverted(key, attempt.hash)
+            raise
+        address = receipt.get("contractAddress")
+        outcome = Outcome(attempt.hash, int(receipt["blockNumber"]), int(receipt["gasUsed"]), _opt(address))
+        self.journal.record_done(key, what, outcome)
+        self._emit(
+            key,
+            what,
+            "mined",
+            tx=outcome.tx,
+            block=outcome.block,
+            gas_used=outcome.gas_used,
+            address=outcome.address,
+        )
+        return Done(outcome.tx, outcome.block, outcome.gas_used, outcome.address, receipt)
 
     async def _deployed_anyway(self, key: str, record: StepRecord, what: str) -> Done | None:
         """A deployment step whose nonces are all used but none of whose transactions has a receipt:
@@ -284,7 +286,9 @@ class StepRunner:
             await self.w3.eth.send_raw_transaction(signed.raw)
         except Web3RPCError as exc:
             message = str(getattr(exc, "message", None) or exc).lower()
-            if "nonce too low" not in message and "already known" not in message:
+            if "nonce too low" in message:
+                return  # an earlier attempt was mined meanwhile: _settle finds it
+            if "already known" not in message:
                 raise ChainError(f"{what}: the node refused the replacement {signed.hash}: {message}") from exc
         self._emit(key, what, "replaced", tx=signed.hash, nonce=signed.nonce)  # once the node has it, like "sent"
 

@@ -18,7 +18,13 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
-from web3.exceptions import MethodUnavailable, TransactionNotFound, Web3RPCError
+from web3.exceptions import (
+    MethodUnavailable,
+    TimeExhausted,
+    TransactionIndexingInProgress,
+    TransactionNotFound,
+    Web3RPCError,
+)
 from web3.types import TxReceipt
 
 from ethml.chain.reverts import Moment, Revert, decode_revert, explain, is_revert, revert_data
@@ -32,8 +38,8 @@ __all__ = [
     "decode_revert",
     "fee_fields",
     "is_revert",
+    "mined_receipt",
     "preflight",
-    "receipt_within",
     "revert_reason",
     "send",
     "sign_call",
@@ -190,22 +196,66 @@ async def sign_call(
     )
 
 
-async def receipt_within(w3: AsyncWeb3[Any], tx_hash: Any, grace: float, *, max_poll: float = 2.0) -> TxReceipt | None:
-    """The mined receipt of `tx_hash`, read again for up to `grace` seconds; None if none appeared."""
+#: How long a receipt is waited for once the node names the block its transaction is in.
+RECEIPT_SETTLE = 120.0
+
+
+async def mined_receipt(
+    w3: AsyncWeb3[Any],
+    hashes: Sequence[Any],
+    grace: float,
+    *,
+    max_poll: float = 2.0,
+    settle: float = RECEIPT_SETTLE,
+) -> TxReceipt | None:
+    """The receipt of whichever of `hashes` (the attempts at one nonce, which the account has now used) was
+    mined, or None if none was and the nonce went to another transaction.
+
+    The receipts are read again for up to `grace` seconds, since a node may count a nonce as used before it
+    serves the receipt. Past that, one the node still shows in a block (eth_getTransactionByHash) is mined
+    whatever the receipts say: its receipt is waited for up to `settle` seconds more.
+
+    Raises:
+        ChainError: a transaction the node shows in a block has no receipt after `settle` seconds.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     pause = 0.05
     while True:
-        try:
-            receipt = await w3.eth.get_transaction_receipt(tx_hash)
-        except TransactionNotFound:
-            receipt = None
-        if receipt is not None and receipt.get("blockNumber") is not None:
-            return receipt
+        for tx_hash in hashes:
+            if (receipt := await _receipt(w3, tx_hash)) is not None:
+                return receipt
         if loop.time() >= deadline:
-            return None
+            break
         await asyncio.sleep(min(pause, max(deadline - loop.time(), 0.0)))
         pause = min(pause * 2, max_poll)
+    for tx_hash in hashes:
+        try:
+            tx = await w3.eth.get_transaction(tx_hash)
+        except TransactionNotFound:
+            continue
+        if tx.get("blockNumber") is None:
+            continue
+        try:
+            return await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=settle, poll_latency=max_poll)
+        except TimeExhausted as exc:
+            raise ChainError(
+                f"the node shows transaction {_hex(tx_hash)} in block {tx['blockNumber']} but serves no receipt "
+                f"for it after {grace + settle:.0f} s; try again once the node has caught up"
+            ) from exc
+    return None
+
+
+async def _receipt(w3: AsyncWeb3[Any], tx_hash: Any) -> TxReceipt | None:
+    try:
+        receipt = await w3.eth.get_transaction_receipt(tx_hash)
+    except (TransactionNotFound, TransactionIndexingInProgress):
+        return None
+    return receipt if receipt is not None and receipt.get("blockNumber") is not None else None
+
+
+def _hex(tx_hash: Any) -> str:
+    return tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()
 
 
 async def check_receipt(w3: AsyncWeb3[Any], receipt: TxReceipt, call: Any, what: str) -> TxReceipt:

@@ -16,7 +16,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
 from ethml.chain.deploy import Deployment, token_contract, training_contract
-from ethml.chain.tx import GAS_MARGIN, RECEIPT_GRACE, abi_of, fee_fields, preflight, receipt_within, why_reverted
+from ethml.chain.tx import GAS_MARGIN, RECEIPT_GRACE, abi_of, fee_fields, mined_receipt, preflight, why_reverted
 from ethml.coordinator.lease import LeaseLost, Lock
 from ethml.coordinator.store import Store
 from ethml.errors import TransactionReverted
@@ -37,6 +37,8 @@ class Chain:
     token: Any  # the EML token (permits)
     #: The latest block number seen (by start-up and the observer loop); None until then.
     head: int | None = None
+    #: How long a journaled transaction's receipt is read again once its nonce is used (`mined_receipt`).
+    receipt_grace: float = RECEIPT_GRACE
 
     @classmethod
     async def connect(cls, w3: AsyncWeb3[Any], deployment: Deployment, relayer: LocalAccount) -> Chain:
@@ -93,11 +95,9 @@ async def send_raw(
     return dict(receipt)
 
 
-async def _journaled(
-    chain: Chain, store: Store, task_id: str, name: str, receipt_grace: float = RECEIPT_GRACE
-) -> str | None:
-    """The task's journaled transaction `name`, if there is one that may still be mined (or was: a node may
-    count its nonce as used a moment before it serves the receipt, so the receipt is awaited that long)."""
+async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> str | None:
+    """The task's journaled transaction `name`, if there is one that may still be mined or was (a node may
+    count its nonce as used a moment before it serves the receipt: `mined_receipt` tells)."""
     doc = await store.task(task_id) or {}
     raw_hex: str | None = doc.get("raw", {}).get(name)
     nonce = doc.get("raw_nonce", {}).get(name)
@@ -106,7 +106,7 @@ async def _journaled(
     taken = await chain.w3.eth.get_transaction_count(chain.relayer.address, "latest")
     if nonce < taken:
         tx_hash = chain.w3.keccak(bytes.fromhex(raw_hex[2:]))
-        if await receipt_within(chain.w3, tx_hash, receipt_grace) is None:
+        if await mined_receipt(chain.w3, [tx_hash], chain.receipt_grace) is None:
             log.warning("journal_superseded", task=task_id, what=name, nonce=nonce)
             return None  # another transaction took its nonce: it was never mined and never will be
     return raw_hex
