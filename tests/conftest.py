@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +77,25 @@ def anvil_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def lag_receipts(w3: Any, misses: int) -> list[int]:
+    """The node behind `w3` answers its next `misses` receipt reads (eth_getTransactionReceipt) with
+    nothing, as a node does that counts a nonce used before it serves the receipt; the list holds how many
+    it refused so far. web3's own wait_for_transaction_receipt is not affected."""
+    from web3.exceptions import TransactionNotFound
+
+    read_receipt = w3.eth.get_transaction_receipt
+    refused = [0]
+
+    async def lagging(tx_hash: Any) -> Any:
+        if refused[0] < misses:
+            refused[0] += 1
+            raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
+        return await read_receipt(tx_hash)
+
+    w3.eth.get_transaction_receipt = lagging
+    return refused
 
 
 def find_ipfs_only_hash() -> str | None:

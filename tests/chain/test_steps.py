@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import TransactionNotFound
 from web3.utils.address import get_create_address
 
 from ethml.chain import dev_account
@@ -19,6 +18,7 @@ from ethml.chain._artifacts import load_artifact
 from ethml.chain.journal import Attempt, Journal
 from ethml.chain.steps import StepEvent, StepRunner
 from ethml.chain.tx import fee_fields, sign_call
+from tests.conftest import lag_receipts
 
 DEPLOYER = dev_account(3)
 
@@ -100,22 +100,6 @@ async def test_a_step_whose_nonce_went_elsewhere_is_signed_again(w3: AsyncWeb3[A
     assert done.tx != attempt.hash and done.address == get_create_address(DEPLOYER.address, 1)
     assert not await has_code(w3, 0) and await has_code(w3, 1)
     assert await w3.eth.get_transaction_count(DEPLOYER.address) == 2
-
-
-def lag_receipts(w3: AsyncWeb3[Any], misses: int) -> list[int]:
-    """The node's next `misses` receipt reads (eth_getTransactionReceipt) find nothing, as if it counted
-    the nonce used before it served the receipt; the list holds how many it refused so far."""
-    read_receipt = w3.eth.get_transaction_receipt
-    refused = [0]
-
-    async def lagging(tx_hash: Any) -> Any:
-        if refused[0] < misses:
-            refused[0] += 1
-            raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
-        return await read_receipt(tx_hash)
-
-    w3.eth.get_transaction_receipt = lagging  # type: ignore[method-assign]
-    return refused
 
 
 async def journaled_call(w3: AsyncWeb3[Any], tmp_path: Path) -> tuple[Any, Any, str]:

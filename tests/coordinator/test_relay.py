@@ -18,7 +18,7 @@ from ethml.coordinator.chain import Chain
 from ethml.coordinator.relayer import relay_one
 from ethml.coordinator.store import Store
 from ethml.ipfs.client import IpfsClient
-from tests.conftest import free_port
+from tests.conftest import free_port, lag_receipts
 from tests.coordinator.conftest import REQUESTER, Coordinator, coordinator_on, start_redis
 from tests.coordinator.test_api import _valid
 from tests.coordinator.test_flow import chain_now
@@ -202,7 +202,7 @@ async def test_a_creation_whose_receipt_lags_behind_its_nonce_is_waited_for_not_
         assert receipt["status"] == 1, "the dying instance's creation reached the chain"
         assert await chain.w3.eth.get_transaction_count(chain.relayer.address) == journaled["nonce"] + 1
 
-        refused = _lag_receipts(chain.w3, 3)
+        refused = lag_receipts(chain.w3, 3)
         try:
             await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
         finally:
@@ -274,21 +274,6 @@ async def _creation_sent_then_died(
     dying.cancel()  # the instance dies waiting for the receipt
     await asyncio.gather(dying, return_exceptions=True)
     return task_id, entry, journaled
-
-
-def _lag_receipts(w3: Any, misses: int) -> list[int]:
-    """The node's next `misses` receipt reads find nothing; the list holds how many it refused so far."""
-    read_receipt = w3.eth.get_transaction_receipt
-    refused = [0]
-
-    async def lagging(tx_hash: Any) -> Any:
-        if refused[0] < misses:
-            refused[0] += 1
-            raise TransactionNotFound(f"no receipt for {tx_hash!r} yet")
-        return await read_receipt(tx_hash)
-
-    w3.eth.get_transaction_receipt = lagging
-    return refused
 
 
 async def _without_relayer(c: Coordinator) -> tuple[Chain, Store, IpfsClient, str, int]:
