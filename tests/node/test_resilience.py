@@ -9,6 +9,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from eth_account import Account
+from hexbytes import HexBytes
+from web3.eth import AsyncEth
+from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
 
 from ethml.chain import INVALID_INPUT, ModelKind, ModelSpec, Status, dev_account
@@ -70,6 +73,54 @@ async def test_killed_after_journal_write_before_send_resends_the_same_transacti
     # commitment was not made twice.
     assert await system.w3.eth.get_transaction_count(victim.address) - nonce_before in (2, 3)
     assert await _submissions_by(system, victim.address, 1) == 1
+
+
+async def test_a_commitment_mined_while_killed_is_revealed_though_its_receipt_lags(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed right after its commitment was sent (and mined). On restart the node counts the nonce used but
+    serves neither the receipt nor the transaction yet (anvil under load, a provider a block behind), and
+    a pre-flight of the same commitment reverts: the node waits for the receipt and reveals, instead of
+    taking the commitment as dropped and leaving it unrevealed."""
+    cid, raw = system.add_point("breast-cancer", 1)
+    rid = await system.request(1, cid)
+    victim = dev_account(0)
+    original = TxSender._send_raw
+    sent: list[str] = []
+
+    async def dies_after_sending(self: TxSender, raw_tx: str) -> None:
+        await original(self, raw_tx)
+        if self.ctx.address == victim.address and not sent:
+            sent.append(self.ctx.journal.all()[-1].tx_hashes[0])
+            raise asyncio.CancelledError  # the process dies here: sent, its receipt never read
+
+    monkeypatch.setattr(TxSender, "_send_raw", dies_after_sending)
+    first = system.node(0)
+    await first.start()
+    await wait_until(lambda: _true(bool(sent)), what="the commitment to be sent")
+    await _kill(first)
+    assert (await system.w3.eth.get_transaction_receipt(sent[0]))["status"] == 1  # type: ignore[arg-type]
+
+    # The restarted node's first reads of that transaction find nothing.
+    refused = [0]
+    lagging_reads = 6
+    for name in ("get_transaction_receipt", "get_transaction"):
+        read = getattr(AsyncEth, name)
+
+        async def lagging(eth: AsyncEth, tx_hash: Any, read: Any = read) -> Any:
+            if HexBytes(tx_hash) == HexBytes(sent[0]) and refused[0] < lagging_reads:
+                refused[0] += 1
+                raise TransactionNotFound(f"no {tx_hash!r} yet")
+            return await read(eth, tx_hash)
+
+        monkeypatch.setattr(AsyncEth, name, lagging)
+    async with system.running([0, 1, 2, 3, 4]):
+        await wait_until(lambda: _answered(system, rid), what="the answer")
+    assert refused[0] == lagging_reads
+    assert (await system.answer(rid))[:2] == (system.expected("breast-cancer", raw), int(Status.FINALIZED))
+    assert await _submissions_by(system, victim.address, 1) == 1
+    revealed = await system.ethml.events.Revealed().get_logs(from_block=0)
+    assert [r["args"]["roundId"] for r in revealed if r["args"]["miner"] == victim.address] == [1]
 
 
 async def test_killed_mid_grind_and_restarted_completes_once(tmp_path: Any) -> None:

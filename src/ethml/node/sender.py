@@ -15,7 +15,7 @@ from typing import Any
 from hexbytes import HexBytes
 from web3.exceptions import TransactionNotFound
 
-from ethml.chain.tx import GAS_MARGIN, fee_fields, preflight, why_reverted
+from ethml.chain.tx import GAS_MARGIN, RECEIPT_GRACE, fee_fields, mined_receipt, preflight, why_reverted
 from ethml.errors import TransactionReverted
 from ethml.node.context import NodeContext, is_connection_error
 from ethml.node.events import NodeWarning, SubmissionDropped, SubmissionMined, Submitted
@@ -111,6 +111,8 @@ class Outcome:
 class TxSender:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
+        #: How long, after a restart, a journaled transaction whose nonce is used is given to show a receipt.
+        self.receipt_grace = RECEIPT_GRACE
         self._fees: dict[tuple[int, str], dict[str, int]] = {}
         self._callback_limits: dict[int, int] = {}
 
@@ -382,17 +384,28 @@ class TxSender:
                 args = decode_args(entry.kind, entry.args)
                 floor = await self._gas_floor(entry.kind, entry.round_id)
                 gas, reason = await self._preflight(self._call(entry.kind, args), floor)
-                if gas is None:
+                if gas is not None:
+                    # Re-send the identical signed transaction: same hash, same nonce, never a second one.
+                    await self._send_raw(entry.raw_txs[-1])
+                    self.ctx.journal.set_status(entry, "sent")
+                    self.ctx.log.info("resent_after_restart", round_id=entry.round_id, tx=entry.tx_hashes[-1])
+                elif not await self._mined_after_all(entry):
                     self.ctx.journal.set_status(entry, "dropped", reason)
                     self.dropped(
                         entry.round_id, f"after restart, {entry.kind} pre-flight says it would revert: {reason}"
                     )
                     continue
-                # Re-send the identical signed transaction: same hash, same nonce, never a second one.
-                await self._send_raw(entry.raw_txs[-1])
-                self.ctx.journal.set_status(entry, "sent")
-                self.ctx.log.info("resent_after_restart", round_id=entry.round_id, tx=entry.tx_hashes[-1])
             await self._await_receipt(entry)
+
+    async def _mined_after_all(self, entry: Submission) -> bool:
+        """Whether a journaled transaction that the node knows nothing of, and whose call would now revert,
+        was mined after all: its nonce is used and a receipt shows up (`mined_receipt`). A node may count a
+        nonce used before it serves the receipt, and a commitment already mined makes its own pre-flight
+        revert; taken as dropped, it would never be revealed."""
+        used = await self.ctx.w3.eth.get_transaction_count(self.ctx.account.address, "latest")
+        if used <= entry.tx_nonce:
+            return False
+        return await mined_receipt(self.ctx.w3, entry.tx_hashes, self.receipt_grace) is not None
 
     async def _pending(self, hashes: list[str]) -> bool:
         for h in hashes:
