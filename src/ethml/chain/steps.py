@@ -27,13 +27,22 @@ from typing import Any, Literal
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
+from hexbytes import HexBytes
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionIndexingInProgress, TransactionNotFound, Web3RPCError
+from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.types import Nonce, TxReceipt
 
 from ethml.chain._artifacts import load_artifact
 from ethml.chain.journal import Attempt, Journal, Outcome, StepRecord
-from ethml.chain.tx import RECEIPT_GRACE, SignedTx, check_receipt, fee_fields, mined_receipt, sign_call
+from ethml.chain.tx import (
+    RECEIPT_GRACE,
+    SignedTx,
+    check_receipt,
+    fee_fields,
+    mined_receipt,
+    receipt_if_mined,
+    sign_call,
+)
 from ethml.errors import ChainError, DeploymentError, TransactionReverted
 
 #: Replacement fees: nodes (geth, reth, anvil) accept a same-nonce replacement only above +10 %.
@@ -179,20 +188,15 @@ class StepRunner:
         attempts = record.live_attempts()
         receipt = await mined_receipt(self.w3, [a.hash for a in attempts], self.receipt_grace, max_poll=self.max_poll)
         if receipt is not None:
-            mined = "0x" + bytes(receipt["transactionHash"]).hex()
+            mined = HexBytes(receipt["transactionHash"]).to_0x_hex()
             attempt = next((a for a in attempts if a.hash.lower() == mined.lower()), attempts[-1])
             return await self._done(key, attempt, receipt, call, what)
         return await self._deployed_anyway(key, record, what) if deploys else None
 
     async def _mined(self, key: str, record: StepRecord, call: Any, what: str) -> Done | None:
         for attempt in reversed(record.live_attempts()):
-            try:
-                receipt = await self.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
-            except (TransactionNotFound, TransactionIndexingInProgress):
-                continue
-            if receipt is None or receipt.get("blockNumber") is None:
-                continue
-            return await self._done(key, attempt, receipt, call, what)
+            if (receipt := await receipt_if_mined(self.w3, attempt.hash)) is not None:
+                return await self._done(key, attempt, receipt, call, what)
         return None
 
     async def _done(self, key: str, attempt: Attempt, receipt: TxReceipt, call: Any, what: str) -> Done:

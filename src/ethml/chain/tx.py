@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.exceptions import (
     MethodUnavailable,
@@ -40,6 +41,7 @@ __all__ = [
     "is_revert",
     "mined_receipt",
     "preflight",
+    "receipt_if_mined",
     "revert_reason",
     "send",
     "sign_call",
@@ -223,7 +225,7 @@ async def mined_receipt(
     pause = 0.05
     while True:
         for tx_hash in hashes:
-            if (receipt := await _receipt(w3, tx_hash)) is not None:
+            if (receipt := await receipt_if_mined(w3, tx_hash)) is not None:
                 return receipt
         if loop.time() >= deadline:
             break
@@ -240,22 +242,19 @@ async def mined_receipt(
             return await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=settle, poll_latency=max_poll)
         except TimeExhausted as exc:
             raise ChainError(
-                f"the node shows transaction {_hex(tx_hash)} in block {tx['blockNumber']} but serves no receipt "
-                f"for it after {grace + settle:.0f} s; try again once the node has caught up"
+                f"the node shows transaction {HexBytes(tx_hash).to_0x_hex()} in block {tx['blockNumber']} but "
+                f"serves no receipt for it after {grace + settle:.0f} s; try again once the node has caught up"
             ) from exc
     return None
 
 
-async def _receipt(w3: AsyncWeb3[Any], tx_hash: Any) -> TxReceipt | None:
+async def receipt_if_mined(w3: AsyncWeb3[Any], tx_hash: Any) -> TxReceipt | None:
+    """The receipt of `tx_hash` if the node serves one with a block; None if not (yet)."""
     try:
         receipt = await w3.eth.get_transaction_receipt(tx_hash)
     except (TransactionNotFound, TransactionIndexingInProgress):
         return None
     return receipt if receipt is not None and receipt.get("blockNumber") is not None else None
-
-
-def _hex(tx_hash: Any) -> str:
-    return tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()
 
 
 async def check_receipt(w3: AsyncWeb3[Any], receipt: TxReceipt, call: Any, what: str) -> TxReceipt:
