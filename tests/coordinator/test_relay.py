@@ -8,18 +8,22 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
+from eth_typing import HexStr
 from web3.exceptions import TransactionNotFound
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.chain.tx import fee_fields
+from ethml.coordinator import redis_keys as k
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
 from ethml.coordinator.chain import Chain
-from ethml.coordinator.relayer import relay_one
+from ethml.coordinator.follower import follow
+from ethml.coordinator.relayer import RelayAgain, _nonce_used, _permit, _terms, relay_one
 from ethml.coordinator.store import Store
 from ethml.ipfs.client import IpfsClient
 from tests.conftest import free_port, lag_receipts
-from tests.coordinator.conftest import REQUESTER, Coordinator, coordinator_on, start_redis
+from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on, start_redis
 from tests.coordinator.test_api import _valid
 from tests.coordinator.test_flow import chain_now
 from tests.node.conftest import wait_until
@@ -127,11 +131,13 @@ async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_
 async def test_the_relayer_cannot_change_a_term(anvil_url: str, tmp_path: Path) -> None:
     """Whoever holds a posted task (the relayer, its Redis) changes a term before relaying it: the
     contract refuses the signature, nothing is created and nothing is charged; the terms as signed are
-    created; a second task on the same signed nonce is refused with that reason."""
+    created; a second task of the same signed terms is refused, naming the task that tracks their creation;
+    a third, other terms signed with the same nonce, is refused with that reason."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         posted = []
-        for body in (_valid(c, now, 0), _valid(c, now, 0)):  # the second reuses nonce 0
+        signed = _valid(c, now, 0)
+        for body in (signed, signed, _valid(c, now, 0)):  # the same signed terms twice, then others on nonce 0
             status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
             assert status == 201, created
             posted.append(created["id"])
@@ -157,6 +163,18 @@ async def test_the_relayer_cannot_change_a_term(anvil_url: str, tmp_path: Path) 
         second = await store.task(posted[1])
         assert second is not None and second["status"] == "failed", second
         assert "carry nonce 0, but the requester's next is 1" in second["error"], second
+        assert f"created on chain as task 1 (transaction {first['transactions']['create']}), which task " in second[
+            "error"
+        ] and second["error"].endswith(f"{posted[0]} tracks"), second
+        tracking = await store.task_by_chain_id(1)
+        assert tracking is not None and tracking["id"] == posted[0]
+        await relay_one(chain, store, ipfs, *entries[2])
+        third = await store.task(posted[2])
+        assert third is not None and third["status"] == "failed", third
+        assert third["error"] == (
+            "the signed terms carry nonce 0, but the requester's next is 1 (another task used it, or the requester "
+            "voided it)"
+        ), third
         assert await tasks.functions.taskCount().call() == 1
 
 
@@ -242,6 +260,178 @@ async def test_a_journaled_creation_whose_nonce_another_transaction_took_is_sign
         assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
         assert doc["transactions"]["create"] != journaled["hash"]
         assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
+
+
+async def test_a_creation_that_a_copy_of_its_call_front_runs_is_tracked_not_failed(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Someone copies the relayer's createTaskFor from the mempool and sends it with a higher tip: the copy
+    creates the task (the signed terms are the same) and the relayer's own transaction reverts in the same
+    block. The relayer finds the creation by its signature and tracks it: the task is open with the copy's
+    transaction and its training jobs are queued, not failed while it is open on chain."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
+        assert status == 201, created
+        task_id = created["id"]
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        relaying = asyncio.create_task(relay_one(chain, store, ipfs, *got[0][1][0]))
+        ours: dict[str, Any] = {}
+
+        async def in_mempool() -> bool:
+            doc = await store.task(task_id)
+            if doc is None or "create" not in doc["transactions"]:
+                return False
+            try:
+                ours.update(await chain.w3.eth.get_transaction(doc["transactions"]["create"]))
+            except TransactionNotFound:
+                return False
+            return True
+
+        await wait_until(in_mempool, timeout=60, what="the relayer's creation in the mempool")
+        copier = dev_account(2)
+        copy = copier.sign_transaction(
+            {
+                "to": ours["to"],
+                "data": ours["input"],
+                "gas": ours["gas"],
+                "nonce": await chain.w3.eth.get_transaction_count(copier.address),
+                "chainId": chain.chain_id,
+                "maxFeePerGas": 2 * int(ours["maxFeePerGas"]) + 10**10,
+                "maxPriorityFeePerGas": int(ours["maxPriorityFeePerGas"]) + 10**10,
+            }
+        )
+        copy_hash = HexStr((await chain.w3.eth.send_raw_transaction(copy.raw_transaction)).to_0x_hex())
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(relaying, 120)
+
+        mine, theirs = [await chain.w3.eth.get_transaction_receipt(h) for h in (ours["hash"], copy_hash)]
+        assert (theirs["status"], mine["status"]) == (1, 0), "the copy created the task; the relayer's reverted"
+        assert theirs["blockNumber"] == mine["blockNumber"] and theirs["transactionIndex"] < mine["transactionIndex"]
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"], doc["error"]) == ("open", 1, None), doc
+        assert doc["transactions"]["create"] == copy_hash
+        assert doc["submit_deadline"] > now
+        assert await store.redis.exists(k.job_queued("1:train:0"), k.job_queued("1:train:1")) == 2
+        assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
+
+
+async def test_terms_created_through_another_contract_are_tracked_with_their_history(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """The signed terms reach the chain through another contract (a forwarder: its call data does not show
+    the signature) before the relayer gets to them, and a trainer commits to the task while no document
+    tracks it (the follower skips its events). The relayer, refused by the used nonce, finds the requester's
+    creation with the same content and tracks it with the history so far, not as failed."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
+        assert status == 201, created
+        task_id = created["id"]
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        doc = await store.task(task_id)
+        assert doc is not None
+        forwarder = "0x" + "f0" * 20
+        await chain.w3.provider.make_request("anvil_setCode", [forwarder, _forwarder_code(chain.tasks.address)])  # type: ignore[arg-type]
+        data = chain.tasks.encode_abi(
+            "createTaskFor",
+            args=[
+                _terms(doc).as_tuple(),
+                doc["requester"],
+                int(doc["expiry"]),
+                bytes.fromhex(doc["signature"][2:]),
+                _permit(doc),
+            ],
+        )
+        forwarded = await _send(chain, dev_account(2), {"to": chain.w3.to_checksum_address(forwarder), "data": data})
+        assert forwarded["status"] == 1
+        trainer = dev_account(TRAINERS[0])
+        commit = await chain.tasks.functions.commitSubmission(1, b"\x11" * 32).build_transaction(
+            {"from": trainer.address, "gas": 300_000}
+        )
+        assert (await _send(chain, trainer, commit))["status"] == 1
+        await follow(chain, store, 0)  # past both events, which no document tracked
+        assert (await store.task(task_id) or {})["status"] == "pending_chain"
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *got[0][1][0]), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"], doc["error"]) == ("training", 1, None), doc
+        assert doc["transactions"]["create"] == forwarded["transactionHash"].to_0x_hex()
+        assert [s["trainer"] for s in doc["submissions"]] == [trainer.address]
+        assert doc["submit_deadline"] > now
+        assert await store.redis.exists(k.job_queued("1:train:0")) == 1
+        assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
+
+
+async def test_terms_their_requester_voided_fail_with_the_reason(anvil_url: str, tmp_path: Path) -> None:
+    """The requester voids the signed terms (`useNonce`) before they are relayed: nothing created them, so
+    the task fails with the reason, and nothing is created."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
+        assert status == 201, created
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+        requester = dev_account(REQUESTER)
+        void = await chain.tasks.functions.useNonce().build_transaction({"from": requester.address, "gas": 100_000})
+        assert (await _send(chain, requester, void))["status"] == 1
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *got[0][1][0]), 120)
+        doc = await store.task(created["id"])
+        assert doc is not None and doc["status"] == "failed", doc
+        assert doc["error"].startswith("the signed terms carry nonce 0, but the requester's next is 1"), doc
+        assert "created on chain" not in doc["error"]
+        assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 0
+
+
+async def test_a_nonce_used_only_by_a_pending_transaction_is_waited_on(anvil_url: str, tmp_path: Path) -> None:
+    """The terms' nonce is used only in the pending block (another transaction of the requester waits to be
+    mined): the relayer waits for it. Mined, the nonce is used; dropped, the entry is relayed again."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, _store, _ipfs, _key, _now = await _without_relayer(c)
+        requester = dev_account(REQUESTER)
+        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        for outcome in ("dropped", "mined"):
+            void = await chain.tasks.functions.useNonce().build_transaction(
+                {
+                    "from": requester.address,
+                    "gas": 100_000,
+                    "nonce": await chain.w3.eth.get_transaction_count(requester.address),
+                }
+            )
+            await chain.w3.eth.send_raw_transaction(requester.sign_transaction(void).raw_transaction)
+            nonces = chain.tasks.functions.nonces(requester.address)
+            assert (await nonces.call(), await nonces.call(block_identifier="pending")) == (0, 1)
+            if outcome == "dropped":
+                assert (await chain.w3.provider.make_request("anvil_dropAllTransactions", [])).get("error") is None  # type: ignore[arg-type]
+                with pytest.raises(RelayAgain, match="was dropped"):
+                    await _nonce_used(chain, requester.address, 0, refused=True)
+            else:
+                waiting = asyncio.create_task(_nonce_used(chain, requester.address, 0, refused=True))
+                await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+                assert await asyncio.wait_for(waiting, 60) is True
+                assert await _nonce_used(chain, requester.address, 1, refused=False) is False
+
+
+async def _send(chain: Chain, account: Any, tx: dict[str, Any]) -> Any:
+    """`tx` signed by `account` and sent; its receipt."""
+    tx = {
+        "gas": 1_000_000,
+        **tx,
+        "nonce": await chain.w3.eth.get_transaction_count(account.address),
+        "chainId": chain.chain_id,
+        **(await fee_fields(chain.w3)),
+    }
+    tx.pop("from", None)
+    tx_hash = await chain.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    return await chain.w3.eth.wait_for_transaction_receipt(tx_hash)
+
+
+def _forwarder_code(target: str) -> str:
+    """A contract that calls `target` with its own call data and reverts if that call does (PUSH0: Shanghai)."""
+    code = "365f5f37" + "5f5f365f5f73" + target[2:].lower() + "5af1" + "602657" + "5f5ffd" + "5b00"
+    assert len(code) // 2 == 40 and code[76:78] == "5b"  # the JUMPDEST at 0x26
+    return "0x" + code
 
 
 async def _creation_sent_then_died(

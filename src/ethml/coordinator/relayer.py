@@ -8,6 +8,11 @@ its own (new on every start). While it works on an entry it keeps it fresh; an e
 `relay_timeout` (its instance was killed, or lost Redis) is taken over by a live relayer with
 XAUTOCLAIM. Taking over never creates a task twice: the transaction is journaled in the task document
 before it is sent and re-sent as is by whoever relays the entry next, decided under the relayer lock.
+
+Anyone holding the signed terms may create the task (the requester itself, another relayer, a copy of the
+relayer's own call sent ahead of it with a higher fee). When a creation is refused or reverts and the
+terms' nonce is used on chain, the relayer looks for the requester's TaskCreated of these terms and, when
+it finds one, tracks that task instead of failing the document.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import structlog
 from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
 
+from ethml.chain.tx import RECEIPT_SETTLE
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.background import stop_helper, stop_if_cancelled
 from ethml.coordinator.chain import Chain, fail, send_raw
-from ethml.coordinator.follower import deadlines_of, task_opened
+from ethml.coordinator.follower import deadlines_of, replay_task, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
@@ -34,8 +40,16 @@ from ethml.training.terms import Terms, min_score_units
 log = structlog.get_logger("ethml.coordinator")
 
 
+#: Blocks per log query while looking for a creation of the terms by another transaction.
+LOG_CHUNK = 2000
+
+
 class TermsSpent(EthmlError):
     """The signed terms' nonce is not the requester's next one: it was used, or voided (`useNonce`)."""
+
+
+class RelayAgain(EthmlError):
+    """The transaction that was to use the terms' nonce was dropped: the entry is relayed again."""
 
 
 def _terms(doc: dict[str, Any]) -> Terms:
@@ -94,7 +108,20 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     try:
         receipt = await send_raw(chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused)
     except (TransactionReverted, TermsSpent) as exc:
-        await store.update_task(task_id, fail(str(exc)))
+        error = str(exc)
+        if await _nonce_used(chain, requester, nonce, refused=isinstance(exc, TermsSpent)):
+            found = await _created_elsewhere(chain, store, doc)
+            if found is not None:
+                holder, event = found
+                if holder == task_id:
+                    await _track_created_elsewhere(chain, store, task_id, event)
+                    await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
+                    return
+                error += (
+                    f"; these signed terms were created on chain as task {int(event['args']['taskId'])} "
+                    f"(transaction {event['transactionHash'].to_0x_hex()}), which task {holder} tracks"
+                )
+        await store.update_task(task_id, fail(error))
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
@@ -114,6 +141,95 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         await task_opened(store, doc)
     log.info(
         "task_created", task=task_id, chain_task=chain_task_id, tx=doc["transactions"].get("create") if doc else None
+    )
+
+
+async def _nonce_used(chain: Chain, requester: str, nonce: int, *, refused: bool) -> bool:
+    """Whether a mined transaction used the terms' nonce. While only a pending one does (what refused the
+    creation before it was signed: `refused`), waits for that one to be mined or dropped, up to
+    `RECEIPT_SETTLE`; dropped, the entry is to be relayed again (`RelayAgain`)."""
+    nonces = chain.tasks.functions.nonces(requester)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + RECEIPT_SETTLE
+    while int(await nonces.call()) <= nonce:
+        if not refused:
+            return False
+        try:
+            pending = int(await nonces.call(block_identifier="pending"))
+        except Web3RPCError:  # a node without calls on the pending block
+            return False
+        if pending == nonce:
+            raise RelayAgain(f"the transaction that used the terms' nonce {nonce} was dropped")
+        if pending < nonce or loop.time() > give_up:
+            return False
+        await asyncio.sleep(1.0)
+    return True
+
+
+async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) -> tuple[str, Any] | None:
+    """The requester's TaskCreated event of these signed terms, made by a transaction the relayer did not
+    see to its end (the requester or another relayer used the terms, a copy of the relayer's own call was
+    mined first, or the relayer's earlier transaction was mined though the node had not shown it), with
+    the id of the document that tracks that task now (this one's once it is claimed); None if there is
+    none (the requester voided the terms with `useNonce`).
+
+    A direct `createTaskFor` call is matched by its signature. One made through another contract does not
+    show its call data: it is matched by content (the spec's and dataset's CIDs and the reward). Either way
+    it is the requester's, which only its own signature or call can make."""
+    event = chain.tasks.events.TaskCreated()
+    signature = bytes.fromhex(doc["signature"][2:])[:64]  # r and s; v follows from them
+    start = int(doc.get("posted_block") or chain.deployment.block)
+    head = int(await chain.w3.eth.block_number)
+    while start <= head:
+        end = min(head, start + LOG_CHUNK - 1)
+        logs = await event.get_logs(from_block=start, to_block=end, argument_filters={"requester": doc["requester"]})
+        for entry in logs:
+            match = await _match(chain, entry, doc, signature)
+            if match is None:
+                continue
+            holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
+            if match == "signature" or holder == doc["id"]:
+                return holder, entry
+            # The same content, tracked by another document: that one may be its creation; look on.
+        start = end + 1
+    return None
+
+
+async def _match(chain: Chain, entry: Any, doc: dict[str, Any], signature: bytes) -> str | None:
+    """How the TaskCreated `entry` matches the document's terms: "signature" (a direct createTaskFor
+    call with their signature), "content" (through another contract, with their CIDs and reward), or
+    None."""
+    tx = await chain.w3.eth.get_transaction(entry["transactionHash"])
+    if tx.get("to") == chain.tasks.address:
+        try:
+            function, params = chain.tasks.decode_function_input(tx["input"])
+        except ValueError:
+            return None
+        same = function.fn_name == "createTaskFor" and bytes(params["signature"])[:64] == signature
+        return "signature" if same else None
+    args = entry["args"]
+    same = (args["specCid"], args["datasetCid"], int(args["reward"])) == (
+        doc["spec_cid"],
+        doc["dataset_cid"],
+        int(doc["reward"]),
+    )
+    return "content" if same else None
+
+
+async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, event: Any) -> None:
+    """The document tracks the task another transaction created, with that transaction and the task's
+    history so far (the follower skipped its events while no document tracked it)."""
+    chain_task_id = int(event["args"]["taskId"])
+    tx_hash = event["transactionHash"].to_0x_hex()
+
+    def linked(d: dict[str, Any]) -> None:
+        d["chain_task_id"] = chain_task_id
+        d["transactions"]["create"] = tx_hash
+
+    await store.update_task(task_id, linked)
+    await replay_task(chain, store, chain_task_id)  # TaskCreated first: it opens the task and queues its jobs
+    log.warning(
+        "task_created_elsewhere", task=task_id, chain_task=chain_task_id, tx=tx_hash, sender=event["args"]["sender"]
     )
 
 

@@ -184,6 +184,17 @@ class Store:
     async def link_chain_id(self, task_id: str, chain_task_id: int) -> None:
         await self.redis.set(k.chain_task(chain_task_id), task_id)
 
+    async def claim_chain_id(self, task_id: str, chain_task_id: int) -> str:
+        """Link the chain task to `task_id` unless another document tracks it; returns the id of the
+        document that tracks it now."""
+        key = k.chain_task(chain_task_id)
+        while True:
+            if await self.redis.set(key, task_id, nx=True):
+                return task_id
+            held = await self.redis.get(key)
+            if held is not None:
+                return str(held.decode())
+
     async def update_task(self, task_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
         """Apply `change` to the stored document (optimistic transaction: retried on a concurrent write)."""
         key = k.task(task_id)

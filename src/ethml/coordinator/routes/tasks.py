@@ -133,6 +133,8 @@ async def post_task(request: web.Request) -> web.Response:
             "parameters_version": body.parameters_version,
             "expiry": body.expiry,
             "signature": signature,
+            # The chain's head as this server last saw it: a creation of these terms is not older.
+            "posted_block": request.app[CHAIN].head,
             "permit": None
             if p is None
             else {
