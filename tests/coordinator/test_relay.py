@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from eth_typing import HexStr
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import TransactionNotFound, Web3RPCError
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.chain.tx import fee_fields
 from ethml.coordinator import redis_keys as k
+from ethml.coordinator import relayer as relayer_module
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.follower import follow
@@ -265,10 +266,11 @@ async def test_a_journaled_creation_whose_nonce_another_transaction_took_is_sign
 async def test_a_creation_that_a_copy_of_its_call_front_runs_is_tracked_not_failed(
     anvil_url: str, tmp_path: Path
 ) -> None:
-    """Someone copies the relayer's createTaskFor from the mempool and sends it with a higher tip: the copy
-    creates the task (the signed terms are the same) and the relayer's own transaction reverts in the same
-    block. The relayer finds the creation by its signature and tracks it: the task is open with the copy's
-    transaction and its training jobs are queued, not failed while it is open on chain."""
+    """Someone copies the relayer's createTaskFor from the mempool (changing a padding byte) and sends it
+    with a higher tip: the copy creates the task (the signed terms are the same) and the relayer's own
+    transaction reverts in the same block. The relayer finds the creation of these terms and tracks it: the
+    task is open with the copy's transaction and its training jobs are queued, not failed while it is open
+    on chain."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
@@ -290,11 +292,18 @@ async def test_a_creation_that_a_copy_of_its_call_front_runs_is_tracked_not_fail
             return True
 
         await wait_until(in_mempool, timeout=60, what="the relayer's creation in the mempool")
+        # The copy need not be byte for byte: one padding byte after the signature is set, which the
+        # contract's ABI decoder ignores and a strict decoder of the call data refuses.
+        data = bytearray(ours["input"])
+        signature = bytes.fromhex((await store.task(task_id) or {})["signature"][2:])
+        at = bytes(data).index(signature) + len(signature)
+        assert data[at : at + 31] == bytes(31)
+        data[at] = 0xFF
         copier = dev_account(2)
         copy = copier.sign_transaction(
             {
                 "to": ours["to"],
-                "data": ours["input"],
+                "data": bytes(data),
                 "gas": ours["gas"],
                 "nonce": await chain.w3.eth.get_transaction_count(copier.address),
                 "chainId": chain.chain_id,
@@ -319,34 +328,17 @@ async def test_a_creation_that_a_copy_of_its_call_front_runs_is_tracked_not_fail
 
 
 async def test_terms_created_through_another_contract_are_tracked_with_their_history(
-    anvil_url: str, tmp_path: Path
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The signed terms reach the chain through another contract (a forwarder: its call data does not show
-    the signature) before the relayer gets to them, and a trainer commits to the task while no document
-    tracks it (the follower skips its events). The relayer, refused by the used nonce, finds the requester's
-    creation with the same content and tracks it with the history so far, not as failed."""
+    """The signed terms reach the chain through another contract (a forwarder: the event does not show the
+    call data) before the relayer gets to them, and a trainer commits to the task while no document tracks
+    it (the follower skips its events). The relayer, refused by the used nonce, finds the requester's
+    creation of these terms and tracks it with the history so far, not as failed; a replay cut short by an
+    RPC failure is finished by the next relay of the entry."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
-        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
-        assert status == 201, created
-        task_id = created["id"]
-        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
-        doc = await store.task(task_id)
-        assert doc is not None
-        forwarder = "0x" + "f0" * 20
-        await chain.w3.provider.make_request("anvil_setCode", [forwarder, _forwarder_code(chain.tasks.address)])  # type: ignore[arg-type]
-        data = chain.tasks.encode_abi(
-            "createTaskFor",
-            args=[
-                _terms(doc).as_tuple(),
-                doc["requester"],
-                int(doc["expiry"]),
-                bytes.fromhex(doc["signature"][2:]),
-                _permit(doc),
-            ],
-        )
-        forwarded = await _send(chain, dev_account(2), {"to": chain.w3.to_checksum_address(forwarder), "data": data})
-        assert forwarded["status"] == 1
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        forwarded = await _forward(chain, await store.task(task_id))
         trainer = dev_account(TRAINERS[0])
         commit = await chain.tasks.functions.commitSubmission(1, b"\x11" * 32).build_transaction(
             {"from": trainer.address, "gas": 300_000}
@@ -355,14 +347,99 @@ async def test_terms_created_through_another_contract_are_tracked_with_their_his
         await follow(chain, store, 0)  # past both events, which no document tracked
         assert (await store.task(task_id) or {})["status"] == "pending_chain"
 
-        await asyncio.wait_for(relay_one(chain, store, ipfs, *got[0][1][0]), 120)
+        replay, failures = relayer_module.replay_task, []
+
+        async def flaky(*args: Any) -> None:
+            if not failures:
+                failures.append(args)
+                raise Web3RPCError("the node went away")
+            await replay(*args)
+
+        monkeypatch.setattr(relayer_module, "replay_task", flaky)
+        with pytest.raises(Web3RPCError):
+            await relay_one(chain, store, ipfs, *entry)
+        assert failures and (await store.task(task_id) or {})["status"] == "pending_chain"
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)  # the entry again, as the relayer retries
         doc = await store.task(task_id)
         assert doc is not None and (doc["status"], doc["chain_task_id"], doc["error"]) == ("training", 1, None), doc
+        assert "replay_from" not in doc
         assert doc["transactions"]["create"] == forwarded["transactionHash"].to_0x_hex()
         assert [s["trainer"] for s in doc["submissions"]] == [trainer.address]
         assert doc["submit_deadline"] > now
         assert await store.redis.exists(k.job_queued("1:train:0")) == 1
         assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
+
+
+async def test_each_document_tracks_the_task_of_its_own_terms_not_one_with_the_same_job(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Two signed terms of one requester for the same job (same spec, dataset and reward; nonces 0 and 1,
+    each with its own test-set salt) are both created through a forwarder before the relayer gets to them.
+    Relayed in the opposite order, each document tracks the task made from its own terms."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        posted = await _post(c, store, key, [_valid(c, now, 0), _valid(c, now, 1)])
+        for task_id, _entry in posted:
+            assert (await _forward(chain, await store.task(task_id)))["status"] == 1
+        for _task_id, entry in reversed(posted):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        docs = [await store.task(task_id) for task_id, _entry in posted]
+        assert [(d["status"], d["chain_task_id"]) for d in docs if d] == [("open", 1), ("open", 2)], docs
+        for n, (task_id, _entry) in enumerate(posted, 1):
+            tracking = await store.task_by_chain_id(n)
+            assert tracking is not None and tracking["id"] == task_id
+
+
+async def test_a_creation_another_document_of_the_same_terms_tracks_fails_the_one_that_sent_it(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """The same signed terms posted twice: the first document's creation is sent and its instance dies
+    before it records the task; the second document, refused by the used nonce, finds and tracks it. When
+    the first is relayed again, its creation's receipt names a task the second tracks: it fails naming that
+    document, and one document tracks the task (not two)."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        signed = _valid(c, now, 0)
+        first, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now, signed)
+        [(second, second_entry)] = await _post(c, store, key, [signed])
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *second_entry), 120)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        docs = [await store.task(task_id) for task_id in (first, second)]
+        assert docs[1] is not None and (docs[1]["status"], docs[1]["chain_task_id"]) == ("open", 1), docs[1]
+        assert docs[0] is not None and (docs[0]["status"], docs[0]["chain_task_id"]) == ("failed", None), docs[0]
+        assert docs[0]["error"] == (
+            f"these signed terms were created on chain as task 1 (transaction {journaled['hash']}), which task "
+            f"{second} tracks"
+        )
+        tracking = await store.task_by_chain_id(1)
+        assert tracking is not None and tracking["id"] == second
+
+
+async def test_the_follower_meeting_a_claimed_task_queues_its_jobs_under_its_chain_id(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower applies the TaskCreated of a task a relayer has just claimed (linked, the document not
+    updated yet): the jobs it queues carry the chain task's id."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        forwarded = await _forward(chain, await store.task(task_id))
+        claim = store.claim_chain_id
+
+        async def claim_then_follow(doc_id: str, chain_task_id: int) -> str:
+            holder = await claim(doc_id, chain_task_id)
+            await store.set_checkpoint(int(forwarded["blockNumber"]) - 1)
+            await follow(chain, store, 0)
+            return holder
+
+        monkeypatch.setattr(store, "claim_chain_id", claim_then_follow)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert await store.redis.exists(k.job_queued("1:train:0"), k.job_queued("1:train:1")) == 2
+        assert await store.redis.exists(k.job_queued("None:train:0")) == 0
 
 
 async def test_terms_their_requester_voided_fail_with_the_reason(anvil_url: str, tmp_path: Path) -> None:
@@ -413,6 +490,37 @@ async def test_a_nonce_used_only_by_a_pending_transaction_is_waited_on(anvil_url
                 assert await _nonce_used(chain, requester.address, 1, refused=False) is False
 
 
+async def _post(c: Coordinator, store: Store, key: str, bodies: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """Each body posted (201), and its task id with the relay entry the test reads for it."""
+    ids = []
+    for body in bodies:
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
+        assert status == 201, created
+        ids.append(created["id"])
+    got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
+    entries = got[0][1]
+    assert [e[1][b"task"].decode() for e in entries] == ids
+    return list(zip(ids, entries, strict=True))
+
+
+async def _forward(chain: Chain, doc: dict[str, Any] | None) -> Any:
+    """The document's terms created through a forwarder contract (by account 2); the receipt."""
+    assert doc is not None
+    forwarder = "0x" + "f0" * 20
+    await chain.w3.provider.make_request("anvil_setCode", [forwarder, _forwarder_code(chain.tasks.address)])  # type: ignore[arg-type]
+    data = chain.tasks.encode_abi(
+        "createTaskFor",
+        args=[
+            _terms(doc).as_tuple(),
+            doc["requester"],
+            int(doc["expiry"]),
+            bytes.fromhex(doc["signature"][2:]),
+            _permit(doc),
+        ],
+    )
+    return await _send(chain, dev_account(2), {"to": chain.w3.to_checksum_address(forwarder), "data": data})
+
+
 async def _send(chain: Chain, account: Any, tx: dict[str, Any]) -> Any:
     """`tx` signed by `account` and sent; its receipt."""
     tx = {
@@ -435,16 +543,12 @@ def _forwarder_code(target: str) -> str:
 
 
 async def _creation_sent_then_died(
-    c: Coordinator, chain: Chain, store: Store, ipfs: IpfsClient, key: str, now: int
+    c: Coordinator, chain: Chain, store: Store, ipfs: IpfsClient, key: str, now: int, body: dict[str, Any] | None = None
 ) -> tuple[str, Any, dict[str, Any]]:
-    """A task posted, its creation signed, journaled and sent with automine off, then its relaying instance
-    gone (the relay cancelled while it waits for the receipt): the task, its relay entry and the journaled
-    transaction's hash and nonce. Automine stays off."""
-    status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
-    assert status == 201, created
-    task_id = created["id"]
-    got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
-    entry = got[0][1][0]
+    """A task posted (`body`, a fresh one by default), its creation signed, journaled and sent with automine
+    off, then its relaying instance gone (the relay cancelled while it waits for the receipt): the task, its
+    relay entry and the journaled transaction's hash and nonce. Automine stays off."""
+    [(task_id, entry)] = await _post(c, store, key, [body or _valid(c, now, 0)])
     await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
     dying = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
     journaled: dict[str, Any] = {}

@@ -81,6 +81,8 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
     if name == "TaskCreated":
 
         def created(d: dict[str, Any]) -> None:
+            if d.get("chain_task_id") is None:  # linked, the document not updated yet (a relayer's claim)
+                d["chain_task_id"] = int(args["taskId"])
             d.update(deadlines_of(args))
             if d["status"] == "pending_chain":
                 d["status"] = "open"
@@ -220,40 +222,55 @@ async def _decided_scores(chain: Chain, chain_task: int, count: int) -> list[tup
     return scores
 
 
+def _topics(chain: Chain) -> dict[bytes, str]:
+    """The followed events by their topic 0."""
+    return {
+        bytes(event_abi_to_log_topic(e)): e["name"]
+        for e in chain.tasks.abi
+        if e.get("type") == "event" and e["name"] in EVENTS
+    }
+
+
+async def _apply_logs(chain: Chain, store: Store, topics: dict[bytes, str], logs: list[Any]) -> None:
+    for entry in logs:
+        name = topics.get(bytes(entry["topics"][0])) if entry["topics"] else None
+        if name is None:
+            continue
+        decoded = getattr(chain.tasks.events, name)().process_log(entry)
+        await apply_event(chain, store, name, dict(decoded["args"]), "0x" + bytes(entry["transactionHash"]).hex())
+
+
 async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 2000) -> int:
     """Apply TrainingTasks events from the checkpoint up to the head less `confirmations`; returns the
     new checkpoint."""
     head = int(await chain.w3.eth.block_number) - confirmations
     start = await store.checkpoint()
     start = (chain.deployment.block - 1) if start is None else start
-    topics = {
-        bytes(event_abi_to_log_topic(e)): e["name"]
-        for e in chain.tasks.abi
-        if e.get("type") == "event" and e["name"] in EVENTS
-    }
+    topics = _topics(chain)
     while start < head:
         end = min(head, start + chunk)
         logs = await chain.w3.eth.get_logs({"address": chain.tasks.address, "fromBlock": start + 1, "toBlock": end})
-        for entry in logs:
-            name = topics.get(bytes(entry["topics"][0])) if entry["topics"] else None
-            if name is None:
-                continue
-            decoded = getattr(chain.tasks.events, name)().process_log(entry)
-            await apply_event(chain, store, name, dict(decoded["args"]), "0x" + bytes(entry["transactionHash"]).hex())
+        await _apply_logs(chain, store, topics, logs)
         await store.set_checkpoint(end)
         start = end
     return start
 
 
-async def replay_task(chain: Chain, store: Store, chain_task_id: int) -> None:
-    """Apply one task's whole history in chain order (an imported task: its events may be older than
-    the checkpoint)."""
-    found = []
-    for name in EVENTS:
-        event = getattr(chain.tasks.events, name)()
-        for entry in await event.get_logs(
-            from_block=chain.deployment.block, argument_filters={"taskId": chain_task_id}
-        ):
-            found.append((int(entry["blockNumber"]), int(entry["logIndex"]), name, entry))
-    for _block, _index, name, entry in sorted(found, key=lambda f: (f[0], f[1])):
-        await apply_event(chain, store, name, dict(entry["args"]), "0x" + bytes(entry["transactionHash"]).hex())
+async def replay_task(
+    chain: Chain, store: Store, chain_task_id: int, from_block: int | None = None, chunk: int = 2000
+) -> None:
+    """Apply one task's whole history in chain order (an imported task, or one a relayer found created by
+    another transaction: its events may be older than the checkpoint), from `from_block` (its creation's
+    block, the deployment's by default) to the head, `chunk` blocks per query. Every followed event
+    carries the task id as its first topic."""
+    topics = _topics(chain)
+    task_topic = "0x" + chain_task_id.to_bytes(32, "big").hex()
+    start = chain.deployment.block if from_block is None else from_block
+    head = int(await chain.w3.eth.block_number)
+    while start <= head:
+        end = min(head, start + chunk - 1)
+        logs = await chain.w3.eth.get_logs(
+            {"address": chain.tasks.address, "fromBlock": start, "toBlock": end, "topics": [None, task_topic]}
+        )
+        await _apply_logs(chain, store, topics, sorted(logs, key=lambda e: (int(e["blockNumber"]), int(e["logIndex"]))))
+        start = end + 1

@@ -34,6 +34,7 @@ from ethml.coordinator.follower import deadlines_of, replay_task, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
+from ethml.training.onchain import read_struct
 from ethml.training.spec import TaskSpec
 from ethml.training.terms import Terms, min_score_units
 
@@ -80,6 +81,10 @@ def _permit(doc: dict[str, Any]) -> tuple[int, int, bytes, bytes]:
 async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
     task_id = fields[b"task"].decode()
     doc = await store.task(task_id)
+    if doc is not None and doc.get("replay_from") is not None:  # tracking a task created elsewhere, interrupted
+        await _replay(chain, store, task_id, int(doc["chain_task_id"]), int(doc["replay_from"]))
+        await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
+        return
     if doc is None or doc.get("chain_task_id") is not None or doc["status"] == "failed":
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
@@ -117,17 +122,18 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
                     await _track_created_elsewhere(chain, store, task_id, event)
                     await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
                     return
-                error += (
-                    f"; these signed terms were created on chain as task {int(event['args']['taskId'])} "
-                    f"(transaction {event['transactionHash'].to_0x_hex()}), which task {holder} tracks"
-                )
+                error += "; " + _tracked_by(event, holder)
         await store.update_task(task_id, fail(error))
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
     args = created[0]["args"]
     chain_task_id = int(args["taskId"])
-    await store.link_chain_id(task_id, chain_task_id)
+    holder = await store.claim_chain_id(task_id, chain_task_id)
+    if holder != task_id:  # the same signed terms posted twice: the other document found this creation first
+        await store.update_task(task_id, fail(_tracked_by(created[0], holder)))
+        await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
+        return
 
     def opened(d: dict[str, Any]) -> None:
         d["chain_task_id"] = chain_task_id
@@ -170,67 +176,96 @@ async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) ->
     """The requester's TaskCreated event of these signed terms, made by a transaction the relayer did not
     see to its end (the requester or another relayer used the terms, a copy of the relayer's own call was
     mined first, or the relayer's earlier transaction was mined though the node had not shown it), with
-    the id of the document that tracks that task now (this one's once it is claimed); None if there is
-    none (the requester voided the terms with `useNonce`).
+    the id of the document that tracks that task now: this one's when it could claim it, else another's
+    (the same terms posted twice); None if there is none (the requester voided the terms with
+    `useNonce`).
 
-    A direct `createTaskFor` call is matched by its signature. One made through another contract does not
-    show its call data: it is matched by content (the spec's and dataset's CIDs and the reward). Either way
-    it is the requester's, which only its own signature or call can make."""
+    Matched by the terms as the chain stored them (`_same_terms`), whoever sent the creation and however
+    (directly, or through another contract whose call data the event does not show): only the requester's
+    signature or call makes a TaskCreated that names it. Searched from the block the task was posted at."""
+    terms = _terms(doc)
     event = chain.tasks.events.TaskCreated()
-    signature = bytes.fromhex(doc["signature"][2:])[:64]  # r and s; v follows from them
     start = int(doc.get("posted_block") or chain.deployment.block)
     head = int(await chain.w3.eth.block_number)
+    held: tuple[str, Any] | None = None
     while start <= head:
         end = min(head, start + LOG_CHUNK - 1)
         logs = await event.get_logs(from_block=start, to_block=end, argument_filters={"requester": doc["requester"]})
         for entry in logs:
-            match = await _match(chain, entry, doc, signature)
-            if match is None:
+            if not await _same_terms(chain, entry, terms):
                 continue
             holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
-            if match == "signature" or holder == doc["id"]:
+            if holder == doc["id"]:
                 return holder, entry
-            # The same content, tracked by another document: that one may be its creation; look on.
+            held = held or (holder, entry)  # identical terms signed again may have made another task: look on
         start = end + 1
-    return None
+    return held
 
 
-async def _match(chain: Chain, entry: Any, doc: dict[str, Any], signature: bytes) -> str | None:
-    """How the TaskCreated `entry` matches the document's terms: "signature" (a direct createTaskFor
-    call with their signature), "content" (through another contract, with their CIDs and reward), or
-    None."""
-    tx = await chain.w3.eth.get_transaction(entry["transactionHash"])
-    if tx.get("to") == chain.tasks.address:
-        try:
-            function, params = chain.tasks.decode_function_input(tx["input"])
-        except ValueError:
-            return None
-        same = function.fn_name == "createTaskFor" and bytes(params["signature"])[:64] == signature
-        return "signature" if same else None
+async def _same_terms(chain: Chain, entry: Any, terms: Terms) -> bool:
+    """Whether the task of the TaskCreated `entry` was made from `terms`: its CIDs and reward (from the
+    event), its test-set commitment (which carries the requester's fresh salt), score period, panel,
+    minimum score and model shape (from the task) and its submit period (the submit deadline less its
+    block's time). Only the parameters version and the nonce are not compared: the contract refuses terms
+    of another version, and the nonce is not kept."""
     args = entry["args"]
-    same = (args["specCid"], args["datasetCid"], int(args["reward"])) == (
-        doc["spec_cid"],
-        doc["dataset_cid"],
-        int(doc["reward"]),
+    if (args["datasetCid"], args["specCid"], int(args["reward"])) != (terms.dataset_cid, terms.spec_cid, terms.reward):
+        return False
+    task = await read_struct(chain.tasks, "getTask", int(args["taskId"]))
+    block = await chain.w3.eth.get_block(entry["blockNumber"])
+    stored = (
+        bytes(task["testSetCommitment"]),
+        int(task["scorePeriod"]),
+        int(task["validations"]),
+        int(task["minScore"]),
+        int(task["kind"]),
+        int(task["decimals"]),
+        int(task["featureCount"]),
+        int(args["submitDeadline"]) - int(block["timestamp"]),
     )
-    return "content" if same else None
+    signed = (
+        bytes(terms.test_set_commitment),
+        terms.score_period,
+        terms.validations,
+        terms.min_score,
+        terms.kind,
+        terms.decimals,
+        terms.feature_count,
+        terms.submit_period,
+    )
+    return stored == signed
+
+
+def _tracked_by(event: Any, holder: str) -> str:
+    return (
+        f"these signed terms were created on chain as task {int(event['args']['taskId'])} "
+        f"(transaction {event['transactionHash'].to_0x_hex()}), which task {holder} tracks"
+    )
 
 
 async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, event: Any) -> None:
     """The document tracks the task another transaction created, with that transaction and the task's
-    history so far (the follower skipped its events while no document tracked it)."""
+    history so far (the follower skipped its events while no document tracked it). `replay_from` marks
+    a replay not finished yet: a relay of the entry after a crash or an RPC failure finishes it."""
     chain_task_id = int(event["args"]["taskId"])
     tx_hash = event["transactionHash"].to_0x_hex()
+    block = int(event["blockNumber"])
 
     def linked(d: dict[str, Any]) -> None:
         d["chain_task_id"] = chain_task_id
         d["transactions"]["create"] = tx_hash
+        d["replay_from"] = block
 
     await store.update_task(task_id, linked)
-    await replay_task(chain, store, chain_task_id)  # TaskCreated first: it opens the task and queues its jobs
     log.warning(
         "task_created_elsewhere", task=task_id, chain_task=chain_task_id, tx=tx_hash, sender=event["args"]["sender"]
     )
+    await _replay(chain, store, task_id, chain_task_id, block)
+
+
+async def _replay(chain: Chain, store: Store, task_id: str, chain_task_id: int, from_block: int) -> None:
+    await replay_task(chain, store, chain_task_id, from_block)  # TaskCreated first: it opens the task, queues jobs
+    await store.update_task(task_id, lambda d: d.pop("replay_from", None))
 
 
 class Relayer:

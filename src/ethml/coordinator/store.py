@@ -181,9 +181,6 @@ class Store:
         api_id = await self.redis.get(k.chain_task(chain_task_id))
         return await self.task(api_id.decode()) if api_id else None
 
-    async def link_chain_id(self, task_id: str, chain_task_id: int) -> None:
-        await self.redis.set(k.chain_task(chain_task_id), task_id)
-
     async def claim_chain_id(self, task_id: str, chain_task_id: int) -> str:
         """Link the chain task to `task_id` unless another document tracks it; returns the id of the
         document that tracks it now."""
