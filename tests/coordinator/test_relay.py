@@ -132,50 +132,47 @@ async def test_a_second_permit_of_one_owner_is_relayed_while_the_first_creation_
 async def test_the_relayer_cannot_change_a_term(anvil_url: str, tmp_path: Path) -> None:
     """Whoever holds a posted task (the relayer, its Redis) changes a term before relaying it: the
     contract refuses the signature, nothing is created and nothing is charged; the terms as signed are
-    created; a second task of the same signed terms is refused, naming the task that tracks their creation;
-    a third, other terms signed with the same nonce, is refused with that reason."""
+    created. The same signed terms posted again are refused (409, naming the task); other terms signed with
+    the same nonce are accepted, and fail at relay naming the task that used the nonce."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
-        posted = []
         signed = _valid(c, now, 0)
-        for body in (signed, signed, _valid(c, now, 0)):  # the same signed terms twice, then others on nonce 0
-            status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
-            assert status == 201, created
-            posted.append(created["id"])
-        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
-        entries = got[0][1]
+        [(first_id, first_entry)] = await _post(c, store, key, [signed])
+        status, refused, _ = await c.api("POST", "/api/tasks", key=key, body=signed)
+        assert status == 409, refused
+        assert refused["error"] == {
+            "status": 409,
+            "message": f"these signed terms are posted already, as task {first_id}",
+            "field": "signature",
+        }, refused
+        [(other_id, other_entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        assert await store.redis.zcard("ethml:tasks") == 2
         tasks = training_contract(c.w3, c.deployment.training or "")
         token = token_contract(c.w3, c.deployment.token)
         requester = dev_account(REQUESTER).address
         balance = await token.functions.balanceOf(requester).call()
         for change in ({"submit_seconds": 10}, {"min_score": 0.1}, {"validations": 1}, {"reward": str(4 * EML)}):
-            await store.update_task(posted[0], lambda d, change=change: d.update(change))  # type: ignore[misc]
-            await relay_one(chain, store, ipfs, *entries[0])
-            doc = await store.task(posted[0])
+            await store.update_task(first_id, lambda d, change=change: d.update(change))  # type: ignore[misc]
+            await relay_one(chain, store, ipfs, *first_entry)
+            doc = await store.task(first_id)
             assert doc is not None and doc["status"] == "failed", doc
             assert "are not signed by the requester" in doc["error"] and "(InvalidSignature)" in doc["error"], doc
             assert await tasks.functions.taskCount().call() == 0
             assert await token.functions.balanceOf(requester).call() == balance  # nothing charged
-            await store.update_task(posted[0], _as_posted(_valid(c, now, 0)))
-        await relay_one(chain, store, ipfs, *entries[0])
-        first = await store.task(posted[0])
+            await store.update_task(first_id, _as_posted(signed))
+        await relay_one(chain, store, ipfs, *first_entry)
+        first = await store.task(first_id)
         assert first is not None and (first["status"], first["chain_task_id"]) == ("open", 1), first
-        await relay_one(chain, store, ipfs, *entries[1])
-        second = await store.task(posted[1])
-        assert second is not None and second["status"] == "failed", second
-        assert "carry nonce 0, but the requester's next is 1" in second["error"], second
-        assert f"created on chain as task 1 (transaction {first['transactions']['create']}), which task " in second[
-            "error"
-        ] and second["error"].endswith(f"{posted[0]} tracks"), second
         tracking = await store.task_by_chain_id(1)
-        assert tracking is not None and tracking["id"] == posted[0]
-        await relay_one(chain, store, ipfs, *entries[2])
-        third = await store.task(posted[2])
-        assert third is not None and third["status"] == "failed", third
-        assert third["error"] == (
+        assert tracking is not None and tracking["id"] == first_id
+        await relay_one(chain, store, ipfs, *other_entry)
+        other = await store.task(other_id)
+        assert other is not None and other["status"] == "failed", other
+        assert other["error"] == (
             "the signed terms carry nonce 0, but the requester's next is 1 (another task used it, or the requester "
-            "voided it)"
-        ), third
+            f"voided it); the requester's task 1 (transaction {first['transactions']['create']}) was created from "
+            "other terms with this nonce"
+        ), other
         assert await tasks.functions.taskCount().call() == 1
 
 
@@ -334,7 +331,8 @@ async def test_terms_created_through_another_contract_are_tracked_with_their_his
     call data) before the relayer gets to them, and a trainer commits to the task while no document tracks
     it (the follower skips its events). The relayer, refused by the used nonce, finds the requester's
     creation of these terms and tracks it with the history so far, not as failed; a replay cut short by an
-    RPC failure is finished by the next relay of the entry."""
+    RPC failure (or read from a node behind the creation) leaves the task open with its jobs queued, and a
+    later relay of the entry finishes it."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
@@ -349,17 +347,25 @@ async def test_terms_created_through_another_contract_are_tracked_with_their_his
 
         replay, failures = relayer_module.replay_task, []
 
-        async def flaky(*args: Any) -> None:
-            if not failures:
-                failures.append(args)
+        async def flaky(*args: Any) -> int:
+            failures.append(args)
+            if len(failures) == 1:
                 raise Web3RPCError("the node went away")
-            await replay(*args)
+            if len(failures) == 2:
+                return int(args[3]) - 1  # a node behind the creation's block: nothing read
+            return await replay(*args)
 
         monkeypatch.setattr(relayer_module, "replay_task", flaky)
         with pytest.raises(Web3RPCError):
             await relay_one(chain, store, ipfs, *entry)
-        assert failures and (await store.task(task_id) or {})["status"] == "pending_chain"
-        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)  # the entry again, as the relayer retries
+        cut = await store.task(task_id) or {}
+        assert failures and (cut["status"], cut["replay_from"]) == ("open", forwarded["blockNumber"]), cut
+        assert await store.redis.exists(k.job_queued("1:train:0")) == 1  # the creation in hand opened it
+        with pytest.raises(RelayAgain, match="behind the creation's block"):
+            await relay_one(chain, store, ipfs, *entry)  # the entry again, as the relayer retries
+        assert (await store.task(task_id) or {})["replay_from"] == forwarded["blockNumber"]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        assert len(failures) == 3
         doc = await store.task(task_id)
         assert doc is not None and (doc["status"], doc["chain_task_id"], doc["error"]) == ("training", 1, None), doc
         assert "replay_from" not in doc
@@ -390,31 +396,32 @@ async def test_each_document_tracks_the_task_of_its_own_terms_not_one_with_the_s
             assert tracking is not None and tracking["id"] == task_id
 
 
-async def test_a_creation_another_document_of_the_same_terms_tracks_fails_the_one_that_sent_it(
+async def test_a_task_imported_before_its_relayer_recorded_it_is_taken_over_by_the_posted_one(
     anvil_url: str, tmp_path: Path
 ) -> None:
-    """The same signed terms posted twice: the first document's creation is sent and its instance dies
-    before it records the task; the second document, refused by the used nonce, finds and tracks it. When
-    the first is relayed again, its creation's receipt names a task the second tracks: it fails naming that
-    document, and one document tracks the task (not two)."""
+    """The posted task's creation is mined and its relaying instance dies before it records the task; someone
+    imports the chain task meanwhile (POST /api/tasks/import: no signed terms, no test set). When the entry is
+    relayed again, the posted task takes the chain task over: it is open and tracked, the import is failed
+    naming it."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
-        signed = _valid(c, now, 0)
-        first, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now, signed)
-        [(second, second_entry)] = await _post(c, store, key, [signed])
+        posted, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
         await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
         await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-        await asyncio.wait_for(relay_one(chain, store, ipfs, *second_entry), 120)
-        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
-        docs = [await store.task(task_id) for task_id in (first, second)]
-        assert docs[1] is not None and (docs[1]["status"], docs[1]["chain_task_id"]) == ("open", 1), docs[1]
-        assert docs[0] is not None and (docs[0]["status"], docs[0]["chain_task_id"]) == ("failed", None), docs[0]
-        assert docs[0]["error"] == (
-            f"these signed terms were created on chain as task 1 (transaction {journaled['hash']}), which task "
-            f"{second} tracks"
-        )
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        assert status == 201 and imported["id"] == "chain-1", imported
         tracking = await store.task_by_chain_id(1)
-        assert tracking is not None and tracking["id"] == second
+        assert tracking is not None and tracking["id"] == "chain-1"
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(posted)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert doc["transactions"]["create"] == journaled["hash"]
+        tracking = await store.task_by_chain_id(1)
+        assert tracking is not None and tracking["id"] == posted
+        superseded = await store.task("chain-1")
+        assert superseded is not None and superseded["status"] == "failed", superseded
+        assert superseded["error"] == f"task 1 is tracked as task {posted}, which was posted with its signed terms"
 
 
 async def test_the_follower_meeting_a_claimed_task_queues_its_jobs_under_its_chain_id(
@@ -443,22 +450,74 @@ async def test_the_follower_meeting_a_claimed_task_queues_its_jobs_under_its_cha
 
 
 async def test_terms_their_requester_voided_fail_with_the_reason(anvil_url: str, tmp_path: Path) -> None:
-    """The requester voids the signed terms (`useNonce`) before they are relayed: nothing created them, so
-    the task fails with the reason, and nothing is created."""
+    """The requester voids the signed terms (`useNonce`) before they are relayed, having made a task of the
+    same terms itself with `createTask`: nothing created these signed terms, so the task fails with the
+    reason, and the requester's own task is not taken for them. Failed, the signed terms may be posted
+    again."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
-        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, now, 0))
+        body = _valid(c, now, 0)
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=body)
         assert status == 201, created
         got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=10)
         requester = dev_account(REQUESTER)
+        # First the requester makes a task of the very same terms itself (`createTask`, no nonce used): not
+        # these signed terms' creation, so not tracked in their place.
+        doc = await store.task(created["id"])
+        assert doc is not None
+        token = token_contract(c.w3, c.deployment.token)
+        approve = await token.functions.approve(chain.tasks.address, int(doc["reward"])).build_transaction(
+            {"from": requester.address, "gas": 100_000}
+        )
+        assert (await _send(chain, requester, approve))["status"] == 1
+        direct = await chain.tasks.functions.createTask(_terms(doc).as_tuple()).build_transaction(
+            {"from": requester.address, "gas": 2_000_000}
+        )
+        assert (await _send(chain, requester, direct))["status"] == 1
         void = await chain.tasks.functions.useNonce().build_transaction({"from": requester.address, "gas": 100_000})
-        assert (await _send(chain, requester, void))["status"] == 1
+        voided = await _send(chain, requester, void)
+        assert voided["status"] == 1
         await asyncio.wait_for(relay_one(chain, store, ipfs, *got[0][1][0]), 120)
         doc = await store.task(created["id"])
-        assert doc is not None and doc["status"] == "failed", doc
-        assert doc["error"].startswith("the signed terms carry nonce 0, but the requester's next is 1"), doc
-        assert "created on chain" not in doc["error"]
-        assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 0
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("failed", None), doc
+        assert doc["error"] == (
+            "the signed terms carry nonce 0, but the requester's next is 1 (another task used it, or the requester "
+            "voided it); the requester voided these terms (useNonce, transaction "
+            f"{voided['transactionHash'].to_0x_hex()})"
+        ), doc
+        assert await store.task_by_chain_id(1) is None
+        assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
+        status, again, _ = await c.api("POST", "/api/tasks", key=key, body=body)  # failed: may be posted again
+        assert status == 201, again
+
+
+async def test_terms_created_before_they_were_posted_are_retried_then_failed_naming_the_import(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """The signed terms were created on chain (through a forwarder) before they were posted here: the
+    search, from the block they were posted at, finds neither their creation nor their voiding. The entry is
+    relayed again (a node's logs may lag its state) and, after the last try, the task fails saying what to
+    do."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        body = _valid(c, now, 0)
+        assert (await _forward(chain, body))["status"] == 1
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        chain.head = int(await chain.w3.eth.block_number)  # the head this server saw when the task is posted
+        [(task_id, entry)] = await _post(c, store, key, [body])
+        doc = await store.task(task_id)
+        assert doc is not None and doc["posted_block"] >= chain.head
+        for _ in range(relayer_module.SEARCH_MISSES - 1):
+            with pytest.raises(RelayAgain, match="neither their creation nor their voiding"):
+                await relay_one(chain, store, ipfs, *entry)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("failed", None), doc
+        assert doc["error"].endswith(
+            f"neither their creation nor their voiding is in the logs from block {doc['posted_block']} on: if the "
+            "terms were created before this task was posted, import that task"
+        ), doc
+        assert await store.task_by_chain_id(1) is None
 
 
 async def test_a_nonce_used_only_by_a_pending_transaction_is_waited_on(anvil_url: str, tmp_path: Path) -> None:

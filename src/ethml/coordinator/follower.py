@@ -78,11 +78,15 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
     if doc is None:
         return  # a task this coordinator does not track (import it to track it)
     task_id = doc["id"]
+    if doc.get("chain_task_id") is None:  # linked, the document not updated yet (a relayer's claim)
+
+        def claimed(d: dict[str, Any]) -> None:
+            d["chain_task_id"] = int(args["taskId"])
+
+        doc = await store.update_task(task_id, claimed) or doc
     if name == "TaskCreated":
 
         def created(d: dict[str, Any]) -> None:
-            if d.get("chain_task_id") is None:  # linked, the document not updated yet (a relayer's claim)
-                d["chain_task_id"] = int(args["taskId"])
             d.update(deadlines_of(args))
             if d["status"] == "pending_chain":
                 d["status"] = "open"
@@ -258,14 +262,20 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 20
 
 async def replay_task(
     chain: Chain, store: Store, chain_task_id: int, from_block: int | None = None, chunk: int = 2000
-) -> None:
+) -> int:
     """Apply one task's whole history in chain order (an imported task, or one a relayer found created by
     another transaction: its events may be older than the checkpoint), from `from_block` (its creation's
-    block, the deployment's by default) to the head, `chunk` blocks per query. Every followed event
-    carries the task id as its first topic."""
+    block; by default the block of its TaskCreated, found with one query from the deployment's) to the
+    head, `chunk` blocks per query; returns the head it read to. Every followed event carries the task id
+    as its first topic."""
     topics = _topics(chain)
     task_topic = "0x" + chain_task_id.to_bytes(32, "big").hex()
-    start = chain.deployment.block if from_block is None else from_block
+    if from_block is None:
+        created = await chain.tasks.events.TaskCreated().get_logs(
+            from_block=chain.deployment.block, argument_filters={"taskId": chain_task_id}
+        )
+        from_block = int(created[0]["blockNumber"]) if created else chain.deployment.block
+    start = from_block
     head = int(await chain.w3.eth.block_number)
     while start <= head:
         end = min(head, start + chunk - 1)
@@ -274,3 +284,4 @@ async def replay_task(
         )
         await _apply_logs(chain, store, topics, sorted(logs, key=lambda e: (int(e["blockNumber"]), int(e["logIndex"]))))
         start = end + 1
+    return head

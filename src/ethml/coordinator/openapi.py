@@ -77,8 +77,10 @@ maxPeriod); the signature recovers requester; validations is odd; expiry has not
 (optional: without it the requester must have approved the reward) is signed by permit.owner for
 this chain, EML token and TrainingTasks, its owner is the requester, its value the reward and its
 deadline has not passed; test_set matches test_set_commitment; the spec's target is not among its
-features. The nonce is checked against the chain when the relayer sends the task (a used nonce fails
-the task with that reason)."""
+features. Signed terms posted already are refused (409, naming that task) until that task fails.
+The nonce is checked against the chain when the relayer sends the task: if anyone else created the
+task from these signed terms first, the task tracks that creation; otherwise a used nonce fails the
+task with the reason."""
 
 
 @functools.cache
@@ -137,6 +139,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "201": _json(s.TaskCreated, "accepted; follow Location", LOCATION),
                         **_errors(401, 403, *JSON_BODY),
+                        "409": _json(s.ErrorOut, "these signed terms are posted already (the task is named)"),
                     },
                 },
                 "get": {

@@ -29,6 +29,11 @@ def task(task_id: str) -> str:
     return f"{P}task:{task_id}"
 
 
+def signed_terms(signature: str) -> str:
+    """The task posted with these signed terms, by their signature's r and s (0x-hex, 65 bytes)."""
+    return f"{P}signed:{signature[2:130].lower()}"
+
+
 def tasks_in(status: str) -> str:
     return f"{P}tasks:{status}"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from web3.exceptions import Web3RPCError
@@ -30,7 +30,7 @@ from ethml.chain.tx import RECEIPT_SETTLE
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.background import stop_helper, stop_if_cancelled
 from ethml.coordinator.chain import Chain, fail, send_raw
-from ethml.coordinator.follower import deadlines_of, replay_task, task_opened
+from ethml.coordinator.follower import apply_event, deadlines_of, replay_task, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
@@ -50,7 +50,8 @@ class TermsSpent(EthmlError):
 
 
 class RelayAgain(EthmlError):
-    """The transaction that was to use the terms' nonce was dropped: the entry is relayed again."""
+    """The entry is relayed again (left pending): the transaction that was to use the terms' nonce was
+    dropped, or what the node answered does not settle the relay yet."""
 
 
 def _terms(doc: dict[str, Any]) -> Terms:
@@ -116,22 +117,30 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         error = str(exc)
         if await _nonce_used(chain, requester, nonce, refused=isinstance(exc, TermsSpent)):
             found = await _created_elsewhere(chain, store, doc)
-            if found is not None:
-                holder, event = found
-                if holder == task_id:
-                    await _track_created_elsewhere(chain, store, task_id, event)
-                    await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
-                    return
-                error += "; " + _tracked_by(event, holder)
+            if found is None:
+                error += "; " + await _unexplained_use(chain, store, doc)
+            elif found.holder == task_id:
+                await _track_created_elsewhere(chain, store, task_id, found.event)
+                await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
+                return
+            elif found.holder is not None:
+                error += "; " + _tracked_by(found.event, found.holder)
+            else:
+                error += (
+                    f"; the requester's task {int(found.event['args']['taskId'])} (transaction "
+                    f"{found.event['transactionHash'].to_0x_hex()}) was created from other terms with this nonce"
+                )
         await store.update_task(task_id, fail(error))
+        await store.release_signed_terms(doc)
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
     args = created[0]["args"]
     chain_task_id = int(args["taskId"])
     holder = await store.claim_chain_id(task_id, chain_task_id)
-    if holder != task_id:  # the same signed terms posted twice: the other document found this creation first
+    if holder != task_id:  # another posted task holds the link (same terms posted twice before reposts were refused)
         await store.update_task(task_id, fail(_tracked_by(created[0], holder)))
+        await store.release_signed_terms(doc)
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
 
@@ -172,34 +181,81 @@ async def _nonce_used(chain: Chain, requester: str, nonce: int, *, refused: bool
     return True
 
 
-async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) -> tuple[str, Any] | None:
+class _Found(NamedTuple):
+    event: Any  # a TaskCreated of the requester's
+    holder: str | None  # the document that tracks it; None: made from other terms, with this nonce
+
+
+async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) -> _Found | None:
     """The requester's TaskCreated event of these signed terms, made by a transaction the relayer did not
     see to its end (the requester or another relayer used the terms, a copy of the relayer's own call was
     mined first, or the relayer's earlier transaction was mined though the node had not shown it), with
-    the id of the document that tracks that task now: this one's when it could claim it, else another's
-    (the same terms posted twice); None if there is none (the requester voided the terms with
-    `useNonce`).
+    the id of the document that tracks that task now: this one's when it could claim it, else another's;
+    failing that, a creation of other terms that used this nonce (holder None); None if there is neither
+    (the requester voided the terms with `useNonce`, or the logs do not show it).
 
-    Matched by the terms as the chain stored them (`_same_terms`), whoever sent the creation and however
-    (directly, or through another contract whose call data the event does not show): only the requester's
-    signature or call makes a TaskCreated that names it. Searched from the block the task was posted at."""
+    Matched by the terms as the chain stored them (`_same_terms`) and the nonce used in the creation's block
+    (`_used_in_block`), whoever sent the creation and however (directly, or through another contract whose
+    call data the event does not show): only the requester's signature or call makes a TaskCreated that
+    names it. Searched from the block the task was posted at."""
     terms = _terms(doc)
+    nonce = int(doc["nonce"])
     event = chain.tasks.events.TaskCreated()
     start = int(doc.get("posted_block") or chain.deployment.block)
     head = int(await chain.w3.eth.block_number)
-    held: tuple[str, Any] | None = None
+    held: _Found | None = None
+    other: _Found | None = None
     while start <= head:
         end = min(head, start + LOG_CHUNK - 1)
         logs = await event.get_logs(from_block=start, to_block=end, argument_filters={"requester": doc["requester"]})
         for entry in logs:
-            if not await _same_terms(chain, entry, terms):
+            same = await _same_terms(chain, entry, terms)
+            if not same and other is not None:
+                continue
+            used = await _used_in_block(chain, doc["requester"], nonce, int(entry["blockNumber"]))
+            if not same:
+                other = _Found(entry, None) if used else None
+                continue
+            if used is False:
                 continue
             holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
             if holder == doc["id"]:
-                return holder, entry
-            held = held or (holder, entry)  # identical terms signed again may have made another task: look on
+                return _Found(entry, holder)
+            held = held or _Found(entry, holder)  # identical terms signed again may have made another task: look on
         start = end + 1
-    return held
+    return held or other
+
+
+#: How many relays of an entry find the terms' nonce used with neither its creation nor its voiding in the
+#: logs (a node whose logs lag its state) before the task fails.
+SEARCH_MISSES = 3
+
+
+async def _unexplained_use(chain: Chain, store: Store, doc: dict[str, Any]) -> str:
+    """Why the terms' nonce is used when no creation of them was found: the requester voided them (its
+    NonceUsed event), in words. With no NonceUsed either, the node's logs may lag its state: the entry is
+    relayed again (`RelayAgain`) up to `SEARCH_MISSES` times, then the reason says what was not found."""
+    event = chain.tasks.events.NonceUsed()
+    first = start = int(doc.get("posted_block") or chain.deployment.block)
+    head = int(await chain.w3.eth.block_number)
+    while start <= head:
+        end = min(head, start + LOG_CHUNK - 1)
+        for entry in await event.get_logs(
+            from_block=start, to_block=end, argument_filters={"requester": doc["requester"]}
+        ):
+            if int(entry["args"]["nonce"]) == int(doc["nonce"]):
+                return (
+                    f"the requester voided these terms (useNonce, transaction {entry['transactionHash'].to_0x_hex()})"
+                )
+        start = end + 1
+    misses = int(doc.get("search_misses", 0)) + 1
+    if misses < SEARCH_MISSES:
+        await store.update_task(doc["id"], lambda d: d.update(search_misses=misses))
+        raise RelayAgain("the terms' nonce is used, but neither their creation nor their voiding is in the logs yet")
+    return (
+        f"neither their creation nor their voiding is in the logs from block {first}"
+        " on: if the terms were created before this task was posted, import that task"
+    )
 
 
 async def _same_terms(chain: Chain, entry: Any, terms: Terms) -> bool:
@@ -236,6 +292,21 @@ async def _same_terms(chain: Chain, entry: Any, terms: Terms) -> bool:
     return stored == signed
 
 
+async def _used_in_block(chain: Chain, requester: str, nonce: int, block: int) -> bool | None:
+    """Whether the terms' nonce was used in `block`: the requester's nonce was at most `nonce` before it
+    and is above it after (a task the requester made with `createTask` uses none; other terms of the same
+    content use another nonce). None when the node lacks the state of those blocks (not an archive node,
+    an old block): for terms that match, the terms then decide alone."""
+    nonces = chain.tasks.functions.nonces(requester)
+    try:
+        before = int(await nonces.call(block_identifier=block - 1))
+        after = int(await nonces.call(block_identifier=block))
+    except Web3RPCError as exc:
+        log.debug("nonce_history_unavailable", block=block, error=str(exc))
+        return None
+    return before <= nonce < after
+
+
 def _tracked_by(event: Any, holder: str) -> str:
     return (
         f"these signed terms were created on chain as task {int(event['args']['taskId'])} "
@@ -260,11 +331,15 @@ async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, eve
     log.warning(
         "task_created_elsewhere", task=task_id, chain_task=chain_task_id, tx=tx_hash, sender=event["args"]["sender"]
     )
+    # The event in hand opens the task and queues its jobs, whatever the replay's node answers.
+    await apply_event(chain, store, "TaskCreated", dict(event["args"]), tx_hash)
     await _replay(chain, store, task_id, chain_task_id, block)
 
 
 async def _replay(chain: Chain, store: Store, task_id: str, chain_task_id: int, from_block: int) -> None:
-    await replay_task(chain, store, chain_task_id, from_block)  # TaskCreated first: it opens the task, queues jobs
+    head = await replay_task(chain, store, chain_task_id, from_block)
+    if head < from_block:  # a node behind the one that showed the creation: the next relay of the entry replays
+        raise RelayAgain(f"the node's head {head} is behind the creation's block {from_block}")
     await store.update_task(task_id, lambda d: d.pop("replay_from", None))
 
 

@@ -32,10 +32,15 @@ TAKE = TOKEN_BUCKET + "return 0\n"
 
 #: The token buckets (KEYS[1..n]) and, only if every bucket had a token, a new task: its document,
 #: its place in the indexes and its relay entry. One round trip for an accepted POST /api/tasks.
+#: KEYS[n + 5] is its signed terms' key: terms posted already (their key names a task) are not stored
+#: again; the reply is then `posted:<that task's id>`.
 TAKE_AND_CREATE = (
     TOKEN_BUCKET
     + """
 local doc, score, id = ARGV[2 * n + 2], ARGV[2 * n + 3], ARGV[2 * n + 4]
+local first = redis.call('GET', KEYS[n + 5])
+if first then return 'posted:' .. first end
+redis.call('SET', KEYS[n + 5], id)
 redis.call('SET', KEYS[n + 1], doc)
 redis.call('ZADD', KEYS[n + 2], score, id)
 redis.call('ZADD', KEYS[n + 3], score, id)
@@ -43,6 +48,17 @@ redis.call('XADD', KEYS[n + 4], '*', 'task', id)
 return 0
 """
 )
+
+#: Link a chain task (KEYS[1]) to a posted task (ARGV[1]) unless another posted task holds it; a link
+#: held by an imported task (id `chain-<n>`, which has no signed terms) is taken over. Returns the id
+#: that holds the link now and the imported one it replaced ('' if none).
+CLAIM_CHAIN_TASK = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] and string.sub(held, 1, 6) ~= 'chain-' then return {held, ''} end
+redis.call('SET', KEYS[1], ARGV[1])
+if held and held ~= ARGV[1] then return {ARGV[1], held} end
+return {ARGV[1], ''}
+"""
 
 #: A worker's result, counted only for the delivery it was given. KEYS[1] the job stream, KEYS[2] the
 #: job's result key; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4]

@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES
 from ethml.coordinator.scripts import (
+    CLAIM_CHAIN_TASK,
     DEAD_LETTER,
     DROP_WORKER,
     FINISH_JOB,
@@ -60,6 +61,7 @@ class Store:
             for src in (
                 TAKE,
                 TAKE_AND_CREATE,
+                CLAIM_CHAIN_TASK,
                 FINISH_JOB,
                 RELEASE_JOB,
                 DEAD_LETTER,
@@ -74,7 +76,7 @@ class Store:
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
-        self._take_kick = sha[TAKE_KICK]
+        self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -99,16 +101,26 @@ class Store:
         wait_ms = await self._script(self._take, [k.bucket(b[0]) for b in buckets], _bucket_args(buckets))
         return int(wait_ms) / 1000
 
-    async def take_token_and_create(self, buckets: list[tuple[str, float, int]], doc: dict[str, Any]) -> float:
+    async def take_token_and_create(self, buckets: list[tuple[str, float, int]], doc: dict[str, Any]) -> float | str:
         """As `take_token`; when it returns 0, the task is stored and queued for the relayer (atomically:
-        a Lua script runs alone), else nothing was stored."""
+        a Lua script runs alone), else nothing was stored: seconds to wait, or the id of the task posted
+        with the same signed terms (a string)."""
         keys = [k.bucket(b[0]) for b in buckets]
-        wait_ms = await self._script(
+        reply = await self._script(
             self._take_and_create,
-            [*keys, k.task(doc["id"]), k.TASKS, k.tasks_in(doc["status"]), k.RELAY],
+            [*keys, k.task(doc["id"]), k.TASKS, k.tasks_in(doc["status"]), k.RELAY, k.signed_terms(doc["signature"])],
             [*_bucket_args(buckets), orjson.dumps(doc), doc["created_at"], doc["id"]],
         )
-        return int(wait_ms) / 1000
+        if isinstance(reply, bytes):
+            return reply.decode().removeprefix("posted:")
+        return int(reply) / 1000
+
+    async def release_signed_terms(self, doc: dict[str, Any]) -> None:
+        """The signed terms of a failed task may be posted again."""
+        key = k.signed_terms(doc["signature"])
+        held = await self.redis.get(key)
+        if held is not None and held.decode() == doc["id"]:
+            await self.redis.delete(key)
 
     async def _script(self, sha: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA through the auto-pipeline: the calls made in one turn of the event loop (concurrent
@@ -182,15 +194,20 @@ class Store:
         return await self.task(api_id.decode()) if api_id else None
 
     async def claim_chain_id(self, task_id: str, chain_task_id: int) -> str:
-        """Link the chain task to `task_id` unless another document tracks it; returns the id of the
-        document that tracks it now."""
-        key = k.chain_task(chain_task_id)
-        while True:
-            if await self.redis.set(key, task_id, nx=True):
-                return task_id
-            held = await self.redis.get(key)
-            if held is not None:
-                return str(held.decode())
+        """Link the chain task to the posted task `task_id` unless another posted task tracks it; returns
+        the id of the task that tracks it now. A link held by an imported task (no signed terms, no test
+        set) is taken over, and that task is marked failed, naming this one."""
+        reply = await self._script(self._claim_chain_task, [k.chain_task(chain_task_id)], [task_id])
+        holder, replaced = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
+        if replaced:
+            error = f"task {chain_task_id} is tracked as task {task_id}, which was posted with its signed terms"
+
+            def superseded(d: dict[str, Any]) -> None:
+                d["status"] = "failed"
+                d["error"] = error
+
+            await self.update_task(replaced, superseded)
+        return holder
 
     async def update_task(self, task_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
         """Apply `change` to the stored document (optimistic transaction: retried on a concurrent write)."""

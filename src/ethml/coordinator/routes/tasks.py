@@ -149,6 +149,8 @@ async def post_task(request: web.Request) -> web.Response:
         },
     )
     wait = await request.app[STORE].take_token_and_create(buckets(request, who["key"]), doc)
+    if isinstance(wait, str):
+        raise ApiError(409, f"these signed terms are posted already, as task {wait}", "signature")
     if wait > 0:
         raise too_many(wait)
     location = f"/api/tasks/{task_id}"
