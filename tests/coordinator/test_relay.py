@@ -449,11 +449,13 @@ async def test_the_follower_meeting_a_claimed_task_queues_its_jobs_under_its_cha
         assert await store.redis.exists(k.job_queued("None:train:0")) == 0
 
 
-async def test_terms_their_requester_voided_fail_with_the_reason(anvil_url: str, tmp_path: Path) -> None:
+async def test_terms_their_requester_voided_fail_with_the_reason(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The requester voids the signed terms (`useNonce`) before they are relayed, having made a task of the
     same terms itself with `createTask`: nothing created these signed terms, so the task fails with the
     reason, and the requester's own task is not taken for them. Failed, the signed terms may be posted
-    again."""
+    again, though the instance died between failing the task and releasing them."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         body = _valid(c, now, 0)
@@ -477,7 +479,19 @@ async def test_terms_their_requester_voided_fail_with_the_reason(anvil_url: str,
         void = await chain.tasks.functions.useNonce().build_transaction({"from": requester.address, "gas": 100_000})
         voided = await _send(chain, requester, void)
         assert voided["status"] == 1
-        await asyncio.wait_for(relay_one(chain, store, ipfs, *got[0][1][0]), 120)
+        release, releases = store.release_signed_terms, []
+
+        async def crash_once(doc: dict[str, Any]) -> None:
+            releases.append(doc["id"])
+            if len(releases) == 1:
+                raise ConnectionError("the instance died after failing the task, before releasing its terms")
+            await release(doc)
+
+        monkeypatch.setattr(store, "release_signed_terms", crash_once)
+        with pytest.raises(ConnectionError):
+            await relay_one(chain, store, ipfs, *got[0][1][0])
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *got[0][1][0]), 120)  # the entry, taken up again
+        assert releases == [created["id"]] * 2
         doc = await store.task(created["id"])
         assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("failed", None), doc
         assert doc["error"] == (
@@ -491,13 +505,12 @@ async def test_terms_their_requester_voided_fail_with_the_reason(anvil_url: str,
         assert status == 201, again
 
 
-async def test_terms_created_before_they_were_posted_are_retried_then_failed_naming_the_import(
+async def test_terms_created_before_they_were_posted_fail_at_once_naming_the_import(
     anvil_url: str, tmp_path: Path
 ) -> None:
-    """The signed terms were created on chain (through a forwarder) before they were posted here: the
-    search, from the block they were posted at, finds neither their creation nor their voiding. The entry is
-    relayed again (a node's logs may lag its state) and, after the last try, the task fails saying what to
-    do."""
+    """The signed terms were created on chain (through a forwarder) before they were posted here: the nonce
+    was used already at the block the task was posted at, so the task fails at once (no retries that would
+    hold the relayer), saying what to do."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         body = _valid(c, now, 0)
@@ -505,19 +518,62 @@ async def test_terms_created_before_they_were_posted_are_retried_then_failed_nam
         await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
         chain.head = int(await chain.w3.eth.block_number)  # the head this server saw when the task is posted
         [(task_id, entry)] = await _post(c, store, key, [body])
-        doc = await store.task(task_id)
-        assert doc is not None and doc["posted_block"] >= chain.head
-        for _ in range(relayer_module.SEARCH_MISSES - 1):
-            with pytest.raises(RelayAgain, match="neither their creation nor their voiding"):
-                await relay_one(chain, store, ipfs, *entry)
         await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
         doc = await store.task(task_id)
         assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("failed", None), doc
         assert doc["error"].endswith(
-            f"neither their creation nor their voiding is in the logs from block {doc['posted_block']} on: if the "
-            "terms were created before this task was posted, import that task"
+            f"; the nonce was used by block {chain.head}, before this task was posted here: if these terms created "
+            "a task then, import it"
         ), doc
+        assert "search_misses" not in doc
         assert await store.task_by_chain_id(1) is None
+
+
+async def test_a_creation_the_logs_show_late_is_tracked_and_holds_up_no_other_relay(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Terms created through a forwarder after they were posted, on a node whose logs lag its state: the
+    first search finds neither their creation nor their voiding. The relayer leaves that entry pending and
+    relays the next one (the requester's following terms) meanwhile; when it takes the first entry up again,
+    the logs show the creation and the task is tracked, not failed."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        posted = await _post(c, store, key, [_valid(c, now, 0), _valid(c, now, 1)])
+        lagging, next_opened = posted[0][0], posted[1][0]
+        assert (await _forward(chain, await store.task(lagging)))["status"] == 1
+        search, searches = relayer_module._created_elsewhere, []
+
+        async def lagging_logs(chain: Chain, store: Store, doc: dict[str, Any]) -> Any:
+            searches.append(doc["id"])
+            if len(searches) == 1:
+                opened = await store.task(next_opened)
+                assert opened is not None and opened["status"] == "pending_chain"
+                return None  # the logs do not show the creation yet
+            return await search(chain, store, doc)
+
+        monkeypatch.setattr(relayer_module, "_created_elsewhere", lagging_logs)
+        await store.redis.xgroup_setid("ethml:relay", "relayers", "0")  # the relayer reads both entries anew
+        relayer = relayer_module.Relayer(chain, store, ipfs, "tester", idle_timeout=1.0)
+        running = asyncio.create_task(relayer.run())
+        try:
+
+            async def status(task_id: str) -> str:
+                return str((await store.task(task_id) or {}).get("status"))
+
+            await wait_until(lambda: _is(status(next_opened), "open"), timeout=60, what="the next terms relayed")
+            assert await status(lagging) == "pending_chain", "the lagging entry waits; the next one did not"
+            await wait_until(lambda: _is(status(lagging), "open"), timeout=60, what="the lagging creation tracked")
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        assert searches == [lagging, lagging]
+        docs = [await store.task(task_id) for task_id, _entry in posted]
+        assert [(d["chain_task_id"], d["error"]) for d in docs if d] == [(1, None), (2, None)], docs
+        assert (await store.redis.xpending("ethml:relay", "relayers"))["pending"] == 0
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
 
 
 async def test_a_nonce_used_only_by_a_pending_transaction_is_waited_on(anvil_url: str, tmp_path: Path) -> None:

@@ -79,8 +79,8 @@ this chain, EML token and TrainingTasks, its owner is the requester, its value t
 deadline has not passed; test_set matches test_set_commitment; the spec's target is not among its
 features. Signed terms posted already are refused (409, naming that task) until that task fails.
 The nonce is checked against the chain when the relayer sends the task: if anyone else created the
-task from these signed terms first, the task tracks that creation; otherwise a used nonce fails the
-task with the reason."""
+task from these signed terms after they were posted here, the task tracks that creation; otherwise a
+used nonce fails the task with the reason."""
 
 
 @functools.cache

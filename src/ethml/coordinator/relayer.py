@@ -87,6 +87,8 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
     if doc is None or doc.get("chain_task_id") is not None or doc["status"] == "failed":
+        if doc is not None and doc["status"] == "failed":
+            await store.release_signed_terms(doc)  # again: a crash may have come between failing and releasing
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
     # The spec in its canonical form, stored by the CID the terms name (checked equal when posted), so
@@ -234,7 +236,8 @@ SEARCH_MISSES = 3
 async def _unexplained_use(chain: Chain, store: Store, doc: dict[str, Any]) -> str:
     """Why the terms' nonce is used when no creation of them was found: the requester voided them (its
     NonceUsed event), in words. With no NonceUsed either, the node's logs may lag its state: the entry is
-    relayed again (`RelayAgain`) up to `SEARCH_MISSES` times, then the reason says what was not found."""
+    relayed again (`RelayAgain`) up to `SEARCH_MISSES` times, then the reason says what was not found;
+    unless the nonce was used already at the block the task was posted at, which fails it at once."""
     event = chain.tasks.events.NonceUsed()
     first = start = int(doc.get("posted_block") or chain.deployment.block)
     head = int(await chain.w3.eth.block_number)
@@ -248,14 +251,21 @@ async def _unexplained_use(chain: Chain, store: Store, doc: dict[str, Any]) -> s
                     f"the requester voided these terms (useNonce, transaction {entry['transactionHash'].to_0x_hex()})"
                 )
         start = end + 1
+    if doc.get("posted_block") is not None:
+        try:
+            before = int(await chain.tasks.functions.nonces(doc["requester"]).call(block_identifier=first))
+        except Web3RPCError:  # a node without that block's state
+            before = None
+        if before is not None and before > int(doc["nonce"]):
+            return (
+                f"the nonce was used by block {first}, before this task was posted here: if these terms created a "
+                "task then, import it"
+            )
     misses = int(doc.get("search_misses", 0)) + 1
     if misses < SEARCH_MISSES:
         await store.update_task(doc["id"], lambda d: d.update(search_misses=misses))
         raise RelayAgain("the terms' nonce is used, but neither their creation nor their voiding is in the logs yet")
-    return (
-        f"neither their creation nor their voiding is in the logs from block {first}"
-        " on: if the terms were created before this task was posted, import that task"
-    )
+    return f"neither their creation nor their voiding is in the logs from block {first} on"
 
 
 async def _same_terms(chain: Chain, entry: Any, terms: Terms) -> bool:
@@ -351,7 +361,8 @@ class Relayer:
     async def run(self) -> None:
         """Relay entries: taken over from dead instances first, then this consumer's own unfinished ones
         (after a failure), then new ones. An RPC failure leaves the entry pending and retries it with
-        backoff."""
+        backoff. An entry to be relayed again (`RelayAgain`) is left pending and idle while the others go
+        on; it is reclaimed once idle for `idle_timeout`."""
         own = True
         backoff = 0.5
         while True:
@@ -364,8 +375,11 @@ class Relayer:
                         own = False
                         continue
                 for entry_id, fields in entries:
-                    async with self._fresh(entry_id):
-                        await relay_one(self.chain, self.store, self.ipfs, entry_id, fields)
+                    try:
+                        async with self._fresh(entry_id):
+                            await relay_one(self.chain, self.store, self.ipfs, entry_id, fields)
+                    except RelayAgain as exc:  # this entry only: it stays pending, idle, and is reclaimed later
+                        log.info("relay_again", entry=entry_id.decode(), error=str(exc), retry_in=self.idle_timeout)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
