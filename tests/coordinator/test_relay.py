@@ -572,6 +572,43 @@ async def test_a_creation_the_logs_show_late_is_tracked_and_holds_up_no_other_re
         assert (await store.redis.xpending("ethml:relay", "relayers"))["pending"] == 0
 
 
+async def test_an_entry_to_relay_again_is_not_retried_in_a_loop_after_another_fails(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One entry keeps asking to be relayed again, another fails once on an RPC error: the relayer re-reads
+    its own pending entries once after the failure (the other is then relayed), not over and over."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        posted = await _post(c, store, key, [_valid(c, now, 0), _valid(c, now, 1)])
+        blip, parked = posted[0][0], posted[1][0]
+        real, calls = relayer_module.relay_one, {parked: 0, blip: 0}
+
+        async def relay(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: bytes, fields: Any) -> None:
+            task_id = fields[b"task"].decode()
+            calls[task_id] += 1
+            if task_id == parked:
+                raise RelayAgain("the node is behind")
+            if calls[task_id] == 1:
+                raise ConnectionError("the RPC went away once")
+            await real(chain, store, ipfs, entry_id, fields)
+
+        monkeypatch.setattr(relayer_module, "relay_one", relay)
+        await store.redis.xgroup_setid("ethml:relay", "relayers", "0")
+        relayer = relayer_module.Relayer(chain, store, ipfs, "tester", idle_timeout=30.0)
+        running = asyncio.create_task(relayer.run())
+        try:
+
+            async def status(task_id: str) -> str:
+                return str((await store.task(task_id) or {}).get("status"))
+
+            await wait_until(lambda: _is(status(blip), "open"), timeout=60, what="the task after the RPC error")
+            await asyncio.sleep(1.0)  # room for a loop to spin, were there one (it cannot make this pass wrongly)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        assert 1 <= calls[parked] <= 2, calls  # read anew once after the failure; not in a loop
+
+
 async def _is(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
 

@@ -371,9 +371,10 @@ class Relayer:
                 entries = await self._reclaim()
                 if not entries:
                     entries = await self._read(own)
-                    if own and not entries:
+                    if own:  # once per failure: an entry parked by RelayAgain waits for its reclaim
                         own = False
-                        continue
+                        if not entries:
+                            continue
                 for entry_id, fields in entries:
                     try:
                         async with self._fresh(entry_id):
