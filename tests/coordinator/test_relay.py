@@ -4,7 +4,9 @@ read; the live instances take them over, and every accepted task reaches the cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -552,20 +554,12 @@ async def test_a_creation_the_logs_show_late_is_tracked_and_holds_up_no_other_re
             return await search(chain, store, doc)
 
         monkeypatch.setattr(relayer_module, "_created_elsewhere", lagging_logs)
-        await store.redis.xgroup_setid("ethml:relay", "relayers", "0")  # the relayer reads both entries anew
-        relayer = relayer_module.Relayer(chain, store, ipfs, "tester", idle_timeout=1.0)
-        running = asyncio.create_task(relayer.run())
-        try:
-
-            async def status(task_id: str) -> str:
-                return str((await store.task(task_id) or {}).get("status"))
-
-            await wait_until(lambda: _is(status(next_opened), "open"), timeout=60, what="the next terms relayed")
-            assert await status(lagging) == "pending_chain", "the lagging entry waits; the next one did not"
-            await wait_until(lambda: _is(status(lagging), "open"), timeout=60, what="the lagging creation tracked")
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
+        async with _relayer_running(chain, store, ipfs, idle_timeout=1.0):
+            await wait_until(lambda: _status_is(store, next_opened, "open"), timeout=60, what="the next terms relayed")
+            assert await _status_is(store, lagging, "pending_chain"), "the lagging entry waits; the next one did not"
+            await wait_until(
+                lambda: _status_is(store, lagging, "open"), timeout=60, what="the lagging creation tracked"
+            )
         assert searches == [lagging, lagging]
         docs = [await store.task(task_id) for task_id, _entry in posted]
         assert [(d["chain_task_id"], d["error"]) for d in docs if d] == [(1, None), (2, None)], docs
@@ -593,24 +587,40 @@ async def test_an_entry_to_relay_again_is_not_retried_in_a_loop_after_another_fa
             await real(chain, store, ipfs, entry_id, fields)
 
         monkeypatch.setattr(relayer_module, "relay_one", relay)
-        await store.redis.xgroup_setid("ethml:relay", "relayers", "0")
-        relayer = relayer_module.Relayer(chain, store, ipfs, "tester", idle_timeout=30.0)
-        running = asyncio.create_task(relayer.run())
-        try:
+        read, new_reads = relayer_module.Relayer._read, []
 
-            async def status(task_id: str) -> str:
-                return str((await store.task(task_id) or {}).get("status"))
+        async def counted(self: Any, own: bool) -> Any:
+            if not own and calls[blip] >= 2:
+                new_reads.append(own)
+            return await read(self, own)
 
-            await wait_until(lambda: _is(status(blip), "open"), timeout=60, what="the task after the RPC error")
-            await asyncio.sleep(1.0)  # room for a loop to spin, were there one (it cannot make this pass wrongly)
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
+        monkeypatch.setattr(relayer_module.Relayer, "_read", counted)
+        async with _relayer_running(chain, store, ipfs, idle_timeout=30.0):
+            await wait_until(lambda: _status_is(store, blip, "open"), timeout=60, what="the task after the RPC error")
+            # The relayer goes back to reading new entries (twice) rather than its own pending ones in a loop.
+            await wait_until(lambda: _true(len(new_reads) >= 2), timeout=60, what="reads of new entries")
         assert 1 <= calls[parked] <= 2, calls  # read anew once after the failure; not in a loop
 
 
-async def _is(value: Any, expected: Any) -> bool:
-    return bool(await value == expected)
+@contextlib.asynccontextmanager
+async def _relayer_running(chain: Chain, store: Store, ipfs: IpfsClient, *, idle_timeout: float) -> AsyncIterator[None]:
+    """A relayer (consumer `tester`) running while the block runs, reading the relay stream anew."""
+    await store.redis.xgroup_setid("ethml:relay", "relayers", "0")
+    relayer = relayer_module.Relayer(chain, store, ipfs, "tester", idle_timeout=idle_timeout)
+    running = asyncio.create_task(relayer.run())
+    try:
+        yield
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def _status_is(store: Store, task_id: str, expected: str) -> bool:
+    return (await store.task(task_id) or {}).get("status") == expected
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_a_nonce_used_only_by_a_pending_transaction_is_waited_on(anvil_url: str, tmp_path: Path) -> None:

@@ -202,30 +202,42 @@ async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) ->
     names it. Searched from the block the task was posted at."""
     terms = _terms(doc)
     nonce = int(doc["nonce"])
-    event = chain.tasks.events.TaskCreated()
-    start = int(doc.get("posted_block") or chain.deployment.block)
-    head = int(await chain.w3.eth.block_number)
     held: _Found | None = None
     other: _Found | None = None
+    async for entry in _requester_logs(chain, chain.tasks.events.TaskCreated(), doc):
+        same = await _same_terms(chain, entry, terms)
+        if not same and other is not None:
+            continue
+        used = await _used_in_block(chain, doc["requester"], nonce, int(entry["blockNumber"]))
+        if not same:
+            other = _Found(entry, None) if used else None
+            continue
+        if used is False:
+            continue
+        holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
+        if holder == doc["id"]:
+            return _Found(entry, holder)
+        held = held or _Found(entry, holder)  # identical terms signed again may have made another task: look on
+    return held or other
+
+
+def _search_start(chain: Chain, doc: dict[str, Any]) -> int:
+    """The block the task was posted at (the deployment's for documents posted before it was kept)."""
+    return int(doc.get("posted_block") or chain.deployment.block)
+
+
+async def _requester_logs(chain: Chain, event: Any, doc: dict[str, Any]) -> AsyncIterator[Any]:
+    """The requester's `event` logs from the block the task was posted at to the head, `LOG_CHUNK` blocks
+    per query."""
+    start = _search_start(chain, doc)
+    head = int(await chain.w3.eth.block_number)
     while start <= head:
         end = min(head, start + LOG_CHUNK - 1)
-        logs = await event.get_logs(from_block=start, to_block=end, argument_filters={"requester": doc["requester"]})
-        for entry in logs:
-            same = await _same_terms(chain, entry, terms)
-            if not same and other is not None:
-                continue
-            used = await _used_in_block(chain, doc["requester"], nonce, int(entry["blockNumber"]))
-            if not same:
-                other = _Found(entry, None) if used else None
-                continue
-            if used is False:
-                continue
-            holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
-            if holder == doc["id"]:
-                return _Found(entry, holder)
-            held = held or _Found(entry, holder)  # identical terms signed again may have made another task: look on
+        for entry in await event.get_logs(
+            from_block=start, to_block=end, argument_filters={"requester": doc["requester"]}
+        ):
+            yield entry
         start = end + 1
-    return held or other
 
 
 #: How many relays of an entry find the terms' nonce used with neither its creation nor its voiding in the
@@ -238,19 +250,10 @@ async def _unexplained_use(chain: Chain, store: Store, doc: dict[str, Any]) -> s
     NonceUsed event), in words. With no NonceUsed either, the node's logs may lag its state: the entry is
     relayed again (`RelayAgain`) up to `SEARCH_MISSES` times, then the reason says what was not found;
     unless the nonce was used already at the block the task was posted at, which fails it at once."""
-    event = chain.tasks.events.NonceUsed()
-    first = start = int(doc.get("posted_block") or chain.deployment.block)
-    head = int(await chain.w3.eth.block_number)
-    while start <= head:
-        end = min(head, start + LOG_CHUNK - 1)
-        for entry in await event.get_logs(
-            from_block=start, to_block=end, argument_filters={"requester": doc["requester"]}
-        ):
-            if int(entry["args"]["nonce"]) == int(doc["nonce"]):
-                return (
-                    f"the requester voided these terms (useNonce, transaction {entry['transactionHash'].to_0x_hex()})"
-                )
-        start = end + 1
+    async for entry in _requester_logs(chain, chain.tasks.events.NonceUsed(), doc):
+        if int(entry["args"]["nonce"]) == int(doc["nonce"]):
+            return f"the requester voided these terms (useNonce, transaction {entry['transactionHash'].to_0x_hex()})"
+    first = _search_start(chain, doc)
     if doc.get("posted_block") is not None:
         try:
             before = int(await chain.tasks.functions.nonces(doc["requester"]).call(block_identifier=first))
