@@ -602,6 +602,46 @@ async def test_an_entry_to_relay_again_is_not_retried_in_a_loop_after_another_fa
         assert 1 <= calls[parked] <= 2, calls  # read anew once after the failure; not in a loop
 
 
+async def test_entries_waiting_behind_a_slow_relay_in_their_batch_are_not_taken_over(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relayer reads two entries in one batch and the first takes longer than the idle timeout (a
+    pending nonce waited on, a slow node): the second, waiting its turn, stays fresh, so another instance
+    reclaiming idle entries meanwhile takes neither. Both are then relayed by the one that read them."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        posted = await _post(c, store, key, [_valid(c, now, 0), _valid(c, now, 1)])
+        slow, waiting = posted[0][0], posted[1][0]
+        real, released = relayer_module.relay_one, asyncio.Event()
+
+        async def relay(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: bytes, fields: Any) -> None:
+            if fields[b"task"].decode() == slow:
+                await released.wait()
+            await real(chain, store, ipfs, entry_id, fields)
+
+        monkeypatch.setattr(relayer_module, "relay_one", relay)
+        idle = 2.0
+        async with _relayer_running(chain, store, ipfs, idle_timeout=idle):
+            await wait_until(lambda: _pending_under(store, "tester", 2), timeout=60, what="both entries read")
+            taken: list[Any] = []
+            deadline = asyncio.get_running_loop().time() + 3 * idle
+            while asyncio.get_running_loop().time() < deadline:  # what a live instance's reclaim would take
+                claimed = await store.redis.xautoclaim(
+                    "ethml:relay", "relayers", "other", int(idle * 1000), start_id="0-0", count=10, justid=True
+                )
+                taken += claimed  # the ids (JUSTID)
+                await asyncio.sleep(idle / 4)
+            released.set()
+            await wait_until(lambda: _status_is(store, waiting, "open"), timeout=60, what="the waiting entry relayed")
+        assert taken == [], "an entry waiting behind the slow one was taken over while its relayer held it"
+        assert await _status_is(store, slow, "open")
+
+
+async def _pending_under(store: Store, consumer: str, count: int) -> bool:
+    pending = await store.redis.xpending_range("ethml:relay", "relayers", "-", "+", 10, consumername=consumer)
+    return len(pending) == count
+
+
 @contextlib.asynccontextmanager
 async def _relayer_running(chain: Chain, store: Store, ipfs: IpfsClient, *, idle_timeout: float) -> AsyncIterator[None]:
     """A relayer (consumer `tester`) running while the block runs, reading the relay stream anew."""

@@ -378,12 +378,15 @@ class Relayer:
                         own = False
                         if not entries:
                             continue
-                for entry_id, fields in entries:
-                    try:
-                        async with self._fresh(entry_id):
+                held = {entry_id for entry_id, _fields in entries}
+                async with self._fresh(held):
+                    for entry_id, fields in entries:
+                        try:
                             await relay_one(self.chain, self.store, self.ipfs, entry_id, fields)
-                    except RelayAgain as exc:  # this entry only: it stays pending, idle, and is reclaimed later
-                        log.info("relay_again", entry=entry_id.decode(), error=str(exc), retry_in=self.idle_timeout)
+                        except RelayAgain as exc:  # this entry only: it stays pending, idle, and is reclaimed later
+                            log.info("relay_again", entry=entry_id.decode(), error=str(exc), retry_in=self.idle_timeout)
+                        finally:
+                            held.discard(entry_id)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -415,14 +418,17 @@ class Relayer:
         return [(entry_id, fields) for entry_id, fields in (got[0][1] if got else []) if fields]
 
     @contextlib.asynccontextmanager
-    async def _fresh(self, entry_id: bytes) -> AsyncIterator[None]:
-        """Keep the entry's idle time low while it is worked on, so no one takes over a live relay."""
+    async def _fresh(self, held: set[bytes]) -> AsyncIterator[None]:
+        """Keep the idle time of the entries in `held` low while the batch they came in is worked on (the
+        caller drops each once relayed or parked), so no one takes over an entry waiting its turn behind
+        a slow one, nor a live relay."""
 
         async def touch() -> None:
             while True:
                 stop_if_cancelled()
                 await asyncio.sleep(self.idle_timeout / 3)
-                await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, [entry_id])
+                if held:
+                    await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, list(held))
 
         toucher = asyncio.create_task(touch(), name="relay-toucher")
         try:
