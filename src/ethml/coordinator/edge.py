@@ -5,7 +5,8 @@ size, time) and validated against a schema type, and malformed requests logged i
 What a client gets wrong is a 4xx, never a 500 or 503: a body that is not `application/json` is a
 415, one over the size limit a 413, one that does not arrive within the body timeout a 408 (and the
 connection is closed), a client that hangs up mid-body is counted as 499 (nginx's "client closed
-request") and answered with nothing. A 503 means Redis or the chain RPC is down, nothing else."""
+request") and answered with nothing. A 503 means Redis or the chain RPC is down, or the RPC refused a
+request (a node limiting its log queries, say), nothing else."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
+from web3.exceptions import Web3RPCError
 
 from ethml.coordinator.appkeys import CONFIG, METRICS
 from ethml.coordinator.schemas import MAX_BODY_BYTES, first_error
@@ -85,11 +87,24 @@ async def errors_and_metrics(
         response = error_response(
             503, "a backend (Redis or the chain RPC) is unavailable; retry shortly", headers={"Retry-After": "1"}
         )
+    except Web3RPCError as exc:  # the node answered with an error: its words, not a traceback
+        log.warning("chain_rpc_refused", error=str(exc), path=request.path)
+        response = error_response(
+            503, f"the chain RPC refused a request ({_rpc_message(exc)}); retry shortly", headers={"Retry-After": "5"}
+        )
     except Exception:  # a bug: logged with its traceback here, one JSON line for the client
         log.exception("request_failed", path=request.path)
         response = error_response(500, "internal error (logged by the server)")
     request.app[METRICS].observe(route, status or response.status, time.perf_counter() - started)
     return response
+
+
+def _rpc_message(exc: Web3RPCError) -> str:
+    """The node's own message, one line of at most 200 characters."""
+    rpc = exc.rpc_response.get("error") if isinstance(exc.rpc_response, dict) else None
+    text = rpc.get("message") if isinstance(rpc, dict) else None
+    text = " ".join(str(text or exc).split())
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:

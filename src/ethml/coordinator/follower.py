@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from eth_utils.abi import event_abi_to_log_topic
+from web3.exceptions import Web3RPCError
 
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.store import Store
@@ -269,12 +270,9 @@ async def replay_task(
     head, `chunk` blocks per query; returns the head it read to. Every followed event carries the task id
     as its first topic."""
     topics = _topics(chain)
-    task_topic = "0x" + chain_task_id.to_bytes(32, "big").hex()
+    task_topic = _task_topic(chain_task_id)
     if from_block is None:
-        created = await chain.tasks.events.TaskCreated().get_logs(
-            from_block=chain.deployment.block, argument_filters={"taskId": chain_task_id}
-        )
-        from_block = int(created[0]["blockNumber"]) if created else chain.deployment.block
+        from_block = await creation_block(chain, chain_task_id, chunk)
     start = from_block
     head = int(await chain.w3.eth.block_number)
     while start <= head:
@@ -285,3 +283,25 @@ async def replay_task(
         await _apply_logs(chain, store, topics, sorted(logs, key=lambda e: (int(e["blockNumber"]), int(e["logIndex"]))))
         start = end + 1
     return head
+
+
+def _task_topic(chain_task_id: int) -> str:
+    return "0x" + chain_task_id.to_bytes(32, "big").hex()
+
+
+async def creation_block(chain: Chain, chain_task_id: int, chunk: int = 2000) -> int:
+    """The block of the task's TaskCreated (the deployment's if none is found): one query from the
+    deployment's block to the head, or, on a node that refuses so long a range, `chunk` blocks per query
+    from the head back. RPC failures other than the refused range are raised."""
+    created_topic = "0x" + next(t for t, name in _topics(chain).items() if name == "TaskCreated").hex()
+    query = {"address": chain.tasks.address, "topics": [created_topic, _task_topic(chain_task_id)]}
+    try:
+        logs = await chain.w3.eth.get_logs({**query, "fromBlock": chain.deployment.block, "toBlock": "latest"})  # type: ignore[typeddict-item]
+    except Web3RPCError:  # a node limiting a query's range or results: newest first, since a task is
+        logs = []  # imported soon after its creation more often than not
+        end = int(await chain.w3.eth.block_number)
+        while not logs and end >= chain.deployment.block:
+            start = max(chain.deployment.block, end - chunk + 1)
+            logs = await chain.w3.eth.get_logs({**query, "fromBlock": start, "toBlock": end})  # type: ignore[typeddict-item]
+            end = start - 1
+    return int(logs[0]["blockNumber"]) if logs else chain.deployment.block

@@ -28,7 +28,7 @@ ERRORS = {
     415: "the body is not application/json",
     422: "a field is invalid (named in error.field)",
     429: "rate limited (see Retry-After)",
-    503: "Redis or the chain RPC is unavailable (see Retry-After)",
+    503: "Redis or the chain RPC is unavailable, or the RPC refused a request (see Retry-After)",
 }
 #: What every route may answer besides its own statuses: a rate limit, or a backend outage.
 ALWAYS = (429, 503)

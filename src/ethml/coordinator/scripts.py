@@ -60,6 +60,20 @@ if held and held ~= ARGV[1] then return {ARGV[1], held} end
 return {ARGV[1], ''}
 """
 
+#: A task imported from the chain. KEYS[1] its chain task's link, KEYS[2] its document, KEYS[3] the task
+#: index, KEYS[4] the index of its status, KEYS[5] the relay stream; ARGV[1] the id, ARGV[2] the document,
+#: ARGV[3] its created_at. Links, stores, indexes and queues one relay entry (which finishes the replay
+#: of the task's history if the import's own is cut short, by an RPC failure or a crash) in one step;
+#: returns 0 and changes nothing when the chain task is tracked already.
+IMPORT_TASK = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[5], '*', 'task', ARGV[1])
+return 1
+"""
+
 #: A worker's result, counted only for the delivery it was given. KEYS[1] the job stream, KEYS[2] the
 #: job's result key; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4]
 #: the delivery number the worker was sent with the job, ARGV[5] the result. The entry must be pending

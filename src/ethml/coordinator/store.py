@@ -28,6 +28,7 @@ from ethml.coordinator.scripts import (
     DEAD_LETTER,
     DROP_WORKER,
     FINISH_JOB,
+    IMPORT_TASK,
     PUT_WORKER,
     RELEASE_JOB,
     TAKE,
@@ -69,6 +70,7 @@ class Store:
                 DROP_WORKER,
                 PUT_WORKER,
                 TAKE_KICK,
+                IMPORT_TASK,
             )
         }
         sha = {src: digest for digest, src in self._scripts.items()}
@@ -77,6 +79,7 @@ class Store:
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
         self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
+        self._import_task = sha[IMPORT_TASK]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -175,15 +178,11 @@ class Store:
     # ------------------------------------------------------------------ tasks
 
     async def import_task(self, doc: dict[str, Any]) -> bool:
-        """Register a task created on chain by its requester; False if it is known already."""
-        if not await self.redis.set(k.chain_task(doc["chain_task_id"]), doc["id"], nx=True):
-            return False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(k.task(doc["id"]), orjson.dumps(doc))
-        pipe.zadd(k.TASKS, {doc["id"]: doc["created_at"]})
-        pipe.zadd(k.tasks_in(doc["status"]), {doc["id"]: doc["created_at"]})
-        await pipe.execute()
-        return True
+        """Register a task created on chain by its requester, with a relay entry that finishes the replay
+        of its history from `doc["replay_from"]` if the import's own replay is cut short; False (and
+        nothing changed) if it is known already."""
+        keys = [k.chain_task(doc["chain_task_id"]), k.task(doc["id"]), k.TASKS, k.tasks_in(doc["status"]), k.RELAY]
+        return bool(await self._script(self._import_task, keys, [doc["id"], orjson.dumps(doc), doc["created_at"]]))
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(k.task(task_id))

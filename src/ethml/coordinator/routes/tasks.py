@@ -9,18 +9,22 @@ import time
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
+from web3.exceptions import Web3RPCError
 
 from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
-from ethml.coordinator.follower import replay_task, task_opened
+from ethml.coordinator.follower import creation_block, replay_task, task_opened
 from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
 from ethml.ipfs.unixfs import file_cid_v1
 from ethml.training.onchain import TaskError, read_struct
 from ethml.training.spec import canonical_json
+
+log = structlog.get_logger("ethml.coordinator")
 
 routes = web.RouteTableDef()
 
@@ -175,6 +179,7 @@ async def import_task(request: web.Request) -> web.Response:
     known = await store.task_by_chain_id(body.chain_task_id)
     if known is not None:
         raise ApiError(409, f"task {body.chain_task_id} is already tracked as {known['id']}", "chain_task_id")
+    created = await creation_block(chain, body.chain_task_id)
     doc = _task_doc(
         who,
         {
@@ -193,14 +198,23 @@ async def import_task(request: web.Request) -> web.Response:
             "spec_cid": t["specCid"],
             "dataset_cid": t["datasetCid"],
             "trainers": body.trainers,
+            "replay_from": created,
         },
     )
     if not await store.import_task(doc):
         raise ApiError(409, f"task {body.chain_task_id} is already tracked", "chain_task_id")
     await task_opened(store, doc)
     # Events since its creation (submissions, reveal, votes) arrive through the follower's next pass only
-    # if they are newer than the checkpoint; replay the task's own history now.
-    await replay_task(chain, store, body.chain_task_id)
+    # if they are newer than the checkpoint; replay the task's own history now. Cut short (an RPC failure,
+    # a node behind the one that answered getTask, a crash), the relay entry queued with the import
+    # finishes it: the task is imported either way.
+    try:
+        head = await replay_task(chain, store, body.chain_task_id, created)
+    except (Web3RPCError, OSError, TimeoutError) as exc:
+        log.warning("import_replay_deferred", task=doc["id"], error=str(exc))
+    else:
+        if head >= created:
+            await store.update_task(doc["id"], lambda d: d.pop("replay_from", None))
     location = f"/api/tasks/{doc['id']}"
     return web.json_response(
         {"id": doc["id"], "status": doc["status"], "location": location}, status=201, headers={"Location": location}
