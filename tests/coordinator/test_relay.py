@@ -378,6 +378,63 @@ async def test_terms_created_through_another_contract_are_tracked_with_their_his
         assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
 
 
+async def test_an_import_whose_history_the_node_refuses_is_kept_and_finished_by_the_relayer(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task its requester created on chain (here through a forwarder), a trainer's commitment to it, then
+    2,500 blocks, imported on a node that refuses log queries over more than 2,000 blocks. While the node
+    refuses every log query, the import answers 503 with the node's words and imports nothing. Then the
+    creation is found 2,000 blocks at a time and the replay of the task's history fails once (the node
+    goes away): the import still answers 201 (not a 500 for a task stored anyway), the task is open with
+    its jobs queued, and the relay entry queued with the import finishes the history: the commitment is
+    recorded."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        forwarded = await _forward(chain, _valid(c, now, 0))
+        trainer = dev_account(TRAINERS[0])
+        commit = await chain.tasks.functions.commitSubmission(1, b"\x11" * 32).build_transaction(
+            {"from": trainer.address, "gas": 300_000}
+        )
+        assert (await _send(chain, trainer, commit))["status"] == 1
+        await chain.w3.provider.make_request("anvil_mine", [2500])  # type: ignore[arg-type]
+        await follow(chain, store, 0)  # past both events, which no document tracked
+
+        get_logs, queries, mode = chain.w3.eth.get_logs, [], ["down"]
+
+        async def limited(params: Any) -> Any:
+            head = int(await chain.w3.eth.block_number)
+            end = head if params["toBlock"] == "latest" else int(params["toBlock"])
+            queries.append((int(params["fromBlock"]), end))
+            if mode[0] == "down":
+                raise Web3RPCError("overloaded", rpc_response={"error": {"message": "overloaded, try later"}})
+            if end - int(params["fromBlock"]) + 1 > 2000:
+                raise Web3RPCError("range", rpc_response={"error": {"message": "query exceeds max block range 2000"}})
+            if mode[0] == "flaky" and int(params["fromBlock"]) == forwarded["blockNumber"]:
+                mode[0] = "up"
+                raise Web3RPCError("the node went away")
+            return await get_logs(params)
+
+        monkeypatch.setattr(chain.w3.eth, "get_logs", limited)
+        entries = await store.redis.xlen(k.RELAY)
+        status, refused, headers = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        assert status == 503 and "Retry-After" in headers, refused
+        assert refused["error"]["message"] == "the chain RPC refused a request (overloaded, try later); retry shortly"
+        assert await store.task_by_chain_id(1) is None and await store.redis.xlen(k.RELAY) == entries
+
+        mode[0], queries[:] = "flaky", []
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        assert status == 201 and imported["id"] == "chain-1", imported
+        assert max(end - start for start, end in queries[1:]) < 2000, queries  # the creation found in chunks
+        doc = await store.task("chain-1") or {}
+        assert (doc["status"], doc["replay_from"], doc["submissions"]) == ("open", forwarded["blockNumber"], []), doc
+        assert await store.redis.exists(k.job_queued("1:train:0")) == 1
+        async with _relayer_running(chain, store, ipfs, idle_timeout=30.0):
+            await wait_until(lambda: _status_is(store, "chain-1", "training"), timeout=60, what="the history replayed")
+            await wait_until(lambda: _relay_idle(store), timeout=60, what="the relay entry finished")
+        doc = await store.task("chain-1") or {}
+        assert "replay_from" not in doc and [s["trainer"] for s in doc["submissions"]] == [trainer.address], doc
+
+
 async def test_each_document_tracks_the_task_of_its_own_terms_not_one_with_the_same_job(
     anvil_url: str, tmp_path: Path
 ) -> None:
@@ -560,10 +617,11 @@ async def test_a_creation_the_logs_show_late_is_tracked_and_holds_up_no_other_re
             await wait_until(
                 lambda: _status_is(store, lagging, "open"), timeout=60, what="the lagging creation tracked"
             )
+            # The document is open before its entry is acknowledged: wait for that too, not for a cancel.
+            await wait_until(lambda: _relay_idle(store), timeout=60, what="the lagging entry finished")
         assert searches == [lagging, lagging]
         docs = [await store.task(task_id) for task_id, _entry in posted]
         assert [(d["chain_task_id"], d["error"]) for d in docs if d] == [(1, None), (2, None)], docs
-        assert (await store.redis.xpending("ethml:relay", "relayers"))["pending"] == 0
 
 
 async def test_an_entry_to_relay_again_is_not_retried_in_a_loop_after_another_fails(
@@ -653,6 +711,11 @@ async def _relayer_running(chain: Chain, store: Store, ipfs: IpfsClient, *, idle
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def _relay_idle(store: Store) -> bool:
+    """No relay entry pending under any consumer."""
+    return int((await store.redis.xpending("ethml:relay", "relayers"))["pending"]) == 0
 
 
 async def _status_is(store: Store, task_id: str, expected: str) -> bool:
