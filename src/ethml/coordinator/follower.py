@@ -74,6 +74,10 @@ def _seat(d: dict[str, Any], seat: int, validator: str) -> dict[str, Any] | None
     return None
 
 
+#: The statuses a revealed test set moves on from (settled and failed tasks stay as they are).
+BEFORE_VALIDATING = ("pending_chain", "open", "training")
+
+
 async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any], tx: str) -> None:
     doc = await store.task_by_chain_id(int(args["taskId"]))
     if doc is None:
@@ -118,9 +122,13 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
             task_id, lambda d: _submission(d, int(args["submissionId"])).update(revealed_elsewhere=other)
         )
     elif name == "TestSetRevealed":
-        await store.update_task(task_id, lambda d: d.update(status="validating") if d["status"] != "failed" else None)
+        # Forward only, as every status change here: a replay may apply an old event after the follower
+        # (or another replay) applied a newer one.
+        await store.update_task(
+            task_id, lambda d: d.update(status="validating") if d["status"] in BEFORE_VALIDATING else None
+        )
     elif name == "DrawFixed":
-        await store.update_task(task_id, lambda d: d.update(draw=int(args["round"])))
+        await store.update_task(task_id, lambda d: d.update(draw=max(int(d.get("draw") or 0), int(args["round"]))))
     elif name == "ValidatorDrawn":
         seat, validator = int(args["seat"]), args["validator"]
         draw = int(doc.get("draw") or 1)
