@@ -10,13 +10,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from eth_typing import HexStr
+from multidict import CIMultiDict, CIMultiDictProxy
 from web3.exceptions import TransactionNotFound, Web3RPCError
+from yarl import URL
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.chain.tx import fee_fields
+from ethml.coordinator import follower as follower_module
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator import relayer as relayer_module
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
@@ -358,7 +362,7 @@ async def test_terms_created_through_another_contract_are_tracked_with_their_his
             return await replay(*args)
 
         monkeypatch.setattr(relayer_module, "replay_task", flaky)
-        with pytest.raises(Web3RPCError):
+        with pytest.raises(RelayAgain, match="the node went away"):  # parked: the other entries go on
             await relay_one(chain, store, ipfs, *entry)
         cut = await store.task(task_id) or {}
         assert failures and (cut["status"], cut["replay_from"]) == ("open", forwarded["blockNumber"]), cut
@@ -382,12 +386,13 @@ async def test_an_import_whose_history_the_node_refuses_is_kept_and_finished_by_
     anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A task its requester created on chain (here through a forwarder), a trainer's commitment to it, then
-    2,500 blocks, imported on a node that refuses log queries over more than 2,000 blocks. While the node
-    refuses every log query, the import answers 503 with the node's words and imports nothing. Then the
-    creation is found 2,000 blocks at a time and the replay of the task's history fails once (the node
-    goes away): the import still answers 201 (not a 500 for a task stored anyway), the task is open with
-    its jobs queued, and the relay entry queued with the import finishes the history: the commitment is
-    recorded."""
+    250 blocks, imported on a node that refuses log queries over more than 100 blocks (the coordinator set
+    to query 100 at a time, as it queries 2,000 where that is the limit). While the node
+    refuses every log query, the import answers 503 (the node's words only in the log) and imports nothing.
+    Then the creation is found 100 blocks at a time and the replay of the task's history fails once (the
+    provider's HTTP 429): the import still answers 201 (not a 500 for a task stored anyway), the task is
+    open with its jobs queued, and the relay entry queued with the import finishes the history: the
+    commitment is recorded."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         forwarded = await _forward(chain, _valid(c, now, 0))
@@ -396,8 +401,9 @@ async def test_an_import_whose_history_the_node_refuses_is_kept_and_finished_by_
             {"from": trainer.address, "gas": 300_000}
         )
         assert (await _send(chain, trainer, commit))["status"] == 1
-        await chain.w3.provider.make_request("anvil_mine", [2500])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("anvil_mine", [250])  # type: ignore[arg-type]
         await follow(chain, store, 0)  # past both events, which no document tracked
+        monkeypatch.setattr(follower_module, "LOG_CHUNK", 100)  # this node's limit, as 2,000 is others'
 
         get_logs, queries, mode = chain.w3.eth.get_logs, [], ["down"]
 
@@ -407,24 +413,25 @@ async def test_an_import_whose_history_the_node_refuses_is_kept_and_finished_by_
             queries.append((int(params["fromBlock"]), end))
             if mode[0] == "down":
                 raise Web3RPCError("overloaded", rpc_response={"error": {"message": "overloaded, try later"}})
-            if end - int(params["fromBlock"]) + 1 > 2000:
-                raise Web3RPCError("range", rpc_response={"error": {"message": "query exceeds max block range 2000"}})
+            if end - int(params["fromBlock"]) + 1 > 100:
+                raise Web3RPCError("range", rpc_response={"error": {"message": "query exceeds max block range 100"}})
             if mode[0] == "flaky" and int(params["fromBlock"]) == forwarded["blockNumber"]:
-                mode[0] = "up"
-                raise Web3RPCError("the node went away")
+                mode[0] = "up"  # a provider's rate limit: an HTTP error, not a JSON-RPC one
+                raise aiohttp.ClientResponseError(_request_info(), (), status=429, message="Too Many Requests")
             return await get_logs(params)
 
         monkeypatch.setattr(chain.w3.eth, "get_logs", limited)
         entries = await store.redis.xlen(k.RELAY)
         status, refused, headers = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
         assert status == 503 and "Retry-After" in headers, refused
-        assert refused["error"]["message"] == "the chain RPC refused a request (overloaded, try later); retry shortly"
+        assert refused["error"]["message"] == "the chain RPC refused a request (logged by the server); retry shortly"
         assert await store.task_by_chain_id(1) is None and await store.redis.xlen(k.RELAY) == entries
+        assert await store.redis.exists(k.importing(1)) == 0  # the lease is given back
 
         mode[0], queries[:] = "flaky", []
         status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
         assert status == 201 and imported["id"] == "chain-1", imported
-        assert max(end - start for start, end in queries[1:]) < 2000, queries  # the creation found in chunks
+        assert max(end - start for start, end in queries[1:]) < 100, queries  # the creation found in chunks
         doc = await store.task("chain-1") or {}
         assert (doc["status"], doc["replay_from"], doc["submissions"]) == ("open", forwarded["blockNumber"], []), doc
         assert await store.redis.exists(k.job_queued("1:train:0")) == 1
@@ -433,6 +440,109 @@ async def test_an_import_whose_history_the_node_refuses_is_kept_and_finished_by_
             await wait_until(lambda: _relay_idle(store), timeout=60, what="the relay entry finished")
         doc = await store.task("chain-1") or {}
         assert "replay_from" not in doc and [s["trainer"] for s in doc["submissions"]] == [trainer.address], doc
+
+
+async def test_an_import_is_one_request_at_a_time_and_says_when_the_logs_do_not_show_the_creation(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Imports of one chain task do not each search and replay: while one holds the task's lease, another
+    is refused (409). Logs that do not show the creation (a node whose logs lag its state) answer 503 with
+    Retry-After, and a node refusing long ranges whose newest blocks (here 2 queries of 100) do not hold
+    the creation answers 503 saying to use another node; neither stores anything nor keeps the lease. A
+    relay entry of an import that holds the lease leaves the replay to it."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        forwarded = await _forward(chain, _valid(c, now, 0))
+        await chain.w3.provider.make_request("anvil_mine", [250])  # type: ignore[arg-type]
+        monkeypatch.setattr(follower_module, "LOG_CHUNK", 100)  # this node's limit, as 2,000 is others'
+
+        async def imports() -> tuple[int, Any, Any]:
+            return await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+
+        await store.redis.set(k.importing(1), "1")
+        status, refused, _ = await imports()
+        assert (status, refused["error"]["message"]) == (
+            409,
+            "task 1 is being imported by another request; retry once it is answered",
+        ), refused
+        await store.redis.delete(k.importing(1))
+
+        get_logs, mode = chain.w3.eth.get_logs, ["lagging"]
+
+        async def node(params: Any) -> Any:
+            if mode[0] == "lagging":
+                return []
+            if params["toBlock"] == "latest" or int(params["toBlock"]) - int(params["fromBlock"]) >= 100:
+                raise Web3RPCError("range", rpc_response={"error": {"message": "query exceeds max block range"}})
+            return await get_logs(params)
+
+        monkeypatch.setattr(chain.w3.eth, "get_logs", node)
+        status, refused, headers = await imports()
+        assert (status, headers.get("Retry-After")) == (503, "5"), refused
+        assert refused["error"]["message"] == (
+            "the node's logs do not show chain task 1's creation yet (its state does); retry shortly"
+        )
+        mode[0] = "limited"
+        monkeypatch.setattr(follower_module, "SCAN_CHUNKS", 2)
+        status, refused, headers = await imports()
+        assert (status, "Retry-After" in headers) == (503, False), refused
+        assert refused["error"]["message"] == (
+            "the node refused one log query over the whole chain, and chain task 1's creation is not in its "
+            "newest 200 blocks: import it through a node that answers log queries over longer ranges"
+        )
+        assert await store.task_by_chain_id(1) is None and await store.redis.exists(k.importing(1)) == 0
+
+        # The document and relay entry of an import whose replay is under way (it holds the lease).
+        doc = {
+            "id": "chain-1", "status": "open", "chain_task_id": 1, "created_at": 1.0, "submissions": [],
+            "transactions": {}, "replay_from": forwarded["blockNumber"],
+        }  # fmt: skip
+        await store.redis.set(k.importing(1), "1")
+        assert await store.import_task(doc)
+        got = await store.redis.xreadgroup("relayers", "test", {"ethml:relay": ">"}, count=1)
+        entry = got[0][1][0]
+        with pytest.raises(RelayAgain, match="its import is replaying its history"):
+            await relay_one(chain, store, ipfs, *entry)
+        await store.redis.delete(k.importing(1))  # the import's request died
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        replayed = await store.task("chain-1")
+        assert replayed is not None and "replay_from" not in replayed, replayed
+        assert replayed["transactions"] == {} and replayed["submit_deadline"] > now  # its TaskCreated applied
+
+
+async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_until_they_expire(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """The requester's terms with nonce 1 reach a relayer before those with nonce 0 are created (relayed by
+    another instance, or parked): they are relayed again later, not failed, and created once nonce 0 is
+    used. Terms still waiting when they expire fail, saying so."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        posted = await _post(c, store, key, [_valid(c, now, n) for n in range(3)])
+        (first, first_entry), (second, second_entry), (_third, third_entry) = posted
+        with pytest.raises(RelayAgain, match="carry nonce 1 and the requester's next is 0: they wait"):
+            await relay_one(chain, store, ipfs, *second_entry)
+        assert await _status_is(store, second, "pending_chain")
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *first_entry), 120)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *second_entry), 120)  # taken up again
+        docs = [await store.task(task_id) or {} for task_id in (first, second)]
+        assert [(d["status"], d["chain_task_id"]) for d in docs] == [("open", 1), ("open", 2)], docs
+
+        # Nonce 3 is never posted here: terms with nonce 4 wait for it until they expire.
+        [(fifth, fifth_entry)] = await _post(c, store, key, [_valid(c, now, 4)])
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *third_entry), 120)
+        with pytest.raises(RelayAgain, match="they wait for the requester's earlier terms"):
+            await relay_one(chain, store, ipfs, *fifth_entry)
+        expiry = int((await store.task(fifth) or {})["expiry"])
+        await chain.w3.provider.make_request("evm_setNextBlockTimestamp", [expiry])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *fifth_entry), 120)
+        lapsed = await store.task(fifth) or {}
+        assert (lapsed["status"], lapsed["chain_task_id"]) == ("failed", None), lapsed
+        assert lapsed["error"] == (
+            f"the signed terms carry nonce 4, but the requester's next is 3, and they expired (at {expiry}) "
+            "before the requester's earlier terms used it"
+        )
 
 
 async def test_each_document_tracks_the_task_of_its_own_terms_not_one_with_the_same_job(
@@ -660,12 +770,12 @@ async def test_an_entry_to_relay_again_is_not_retried_in_a_loop_after_another_fa
         assert 1 <= calls[parked] <= 2, calls  # read anew once after the failure; not in a loop
 
 
-async def test_entries_waiting_behind_a_slow_relay_in_their_batch_are_not_taken_over(
+async def test_an_instance_holds_only_the_entry_it_relays_and_keeps_it_fresh(
     anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The relayer reads two entries in one batch and the first takes longer than the idle timeout (a
-    pending nonce waited on, a slow node): the second, waiting its turn, stays fresh, so another instance
-    reclaiming idle entries meanwhile takes neither. Both are then relayed by the one that read them."""
+    """One entry takes the relayer longer than the idle timeout (a pending nonce waited on, a slow node,
+    a long replay): it stays fresh, so no instance reclaiming idle entries takes it over, even when Redis
+    fails one of its touches; and the next entry is not held behind it: a free instance reads it."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         posted = await _post(c, store, key, [_valid(c, now, 0), _valid(c, now, 1)])
@@ -677,27 +787,39 @@ async def test_entries_waiting_behind_a_slow_relay_in_their_batch_are_not_taken_
                 await released.wait()
             await real(chain, store, ipfs, entry_id, fields)
 
+        touch, touches = store.touch_entries, []
+
+        async def blinking(*args: Any) -> Any:
+            touches.append(args)
+            if len(touches) == 1:
+                raise ConnectionError("Redis blinked")
+            return await touch(*args)
+
         monkeypatch.setattr(relayer_module, "relay_one", relay)
+        monkeypatch.setattr(store, "touch_entries", blinking)
         idle = 2.0
         async with _relayer_running(chain, store, ipfs, idle_timeout=idle):
-            await wait_until(lambda: _pending_under(store, "tester", 2), timeout=60, what="both entries read")
+            await wait_until(lambda: _pending_under(store, "tester", 1), timeout=60, what="an entry read")
+            got = await store.redis.xreadgroup("relayers", "free", {"ethml:relay": ">"}, count=10)
+            assert [fields[b"task"].decode() for _id, fields in got[0][1]] == [waiting], got
             taken: list[Any] = []
             deadline = asyncio.get_running_loop().time() + 3 * idle
             while asyncio.get_running_loop().time() < deadline:  # what a live instance's reclaim would take
                 claimed = await store.redis.xautoclaim(
                     "ethml:relay", "relayers", "other", int(idle * 1000), start_id="0-0", count=10, justid=True
                 )
-                taken += claimed  # the ids (JUSTID)
+                taken += [entry for entry in claimed if entry == posted[0][1][0]]  # the ids (JUSTID)
                 await asyncio.sleep(idle / 4)
             released.set()
-            await wait_until(lambda: _status_is(store, waiting, "open"), timeout=60, what="the waiting entry relayed")
-        assert taken == [], "an entry waiting behind the slow one was taken over while its relayer held it"
-        assert await _status_is(store, slow, "open")
+            await wait_until(lambda: _status_is(store, slow, "open"), timeout=60, what="the slow entry relayed")
+        assert taken == [], "the entry being relayed was taken over while its relayer held it"
+        assert len(touches) >= 2, touches
 
 
 async def _pending_under(store: Store, consumer: str, count: int) -> bool:
+    """At least `count` relay entries pending under `consumer`."""
     pending = await store.redis.xpending_range("ethml:relay", "relayers", "-", "+", 10, consumername=consumer)
-    return len(pending) == count
+    return len(pending) >= count
 
 
 @contextlib.asynccontextmanager
@@ -711,6 +833,11 @@ async def _relayer_running(chain: Chain, store: Store, ipfs: IpfsClient, *, idle
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+def _request_info() -> aiohttp.RequestInfo:
+    url = URL("http://rpc.invalid/")
+    return aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
 
 
 async def _relay_idle(store: Store) -> bool:

@@ -17,12 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
-from web3.exceptions import Web3RPCError
+from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCError
 
 from ethml.coordinator.appkeys import CONFIG, METRICS
 from ethml.coordinator.schemas import MAX_BODY_BYTES, first_error
@@ -82,15 +83,17 @@ async def errors_and_metrics(
         else:
             request.app[METRICS].observe(route, exc.status, time.perf_counter() - started)
             raise
-    except (aioredis.RedisError, OSError) as exc:
-        log.warning("backend_unavailable", error=str(exc), path=request.path)
+    except (aioredis.RedisError, OSError, aiohttp.ClientError, ProviderConnectionError, BadResponseFormat) as exc:
+        # OSError: a refused or reset connection; aiohttp.ClientError: an RPC answering HTTP 429 or 5xx
+        log.warning("backend_unavailable", error=str(exc) or type(exc).__name__, path=request.path)
         response = error_response(
             503, "a backend (Redis or the chain RPC) is unavailable; retry shortly", headers={"Retry-After": "1"}
         )
-    except Web3RPCError as exc:  # the node answered with an error: its words, not a traceback
-        log.warning("chain_rpc_refused", error=str(exc), path=request.path)
+    except Web3RPCError as exc:  # the node answered with an error: its words logged here, not sent (they may
+        # name the provider, a quota or an upstream address)
+        log.warning("chain_rpc_refused", error=_rpc_message(exc), path=request.path)
         response = error_response(
-            503, f"the chain RPC refused a request ({_rpc_message(exc)}); retry shortly", headers={"Retry-After": "5"}
+            503, "the chain RPC refused a request (logged by the server); retry shortly", headers={"Retry-After": "5"}
         )
     except Exception:  # a bug: logged with its traceback here, one JSON line for the client
         log.exception("request_failed", path=request.path)
@@ -100,7 +103,7 @@ async def errors_and_metrics(
 
 
 def _rpc_message(exc: Web3RPCError) -> str:
-    """The node's own message, one line of at most 200 characters."""
+    """The node's own message, one line of at most 200 characters (for the log)."""
     rpc = exc.rpc_response.get("error") if isinstance(exc.rpc_response, dict) else None
     text = rpc.get("message") if isinstance(rpc, dict) else None
     text = " ".join(str(text or exc).split())

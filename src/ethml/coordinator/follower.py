@@ -253,7 +253,7 @@ async def _apply_logs(chain: Chain, store: Store, topics: dict[bytes, str], logs
         await apply_event(chain, store, name, dict(decoded["args"]), "0x" + bytes(entry["transactionHash"]).hex())
 
 
-async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 2000) -> int:
+async def follow(chain: Chain, store: Store, confirmations: int, chunk: int | None = None) -> int:
     """Apply TrainingTasks events from the checkpoint up to the head less `confirmations`; returns the
     new checkpoint."""
     head = int(await chain.w3.eth.block_number) - confirmations
@@ -261,7 +261,7 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 20
     start = (chain.deployment.block - 1) if start is None else start
     topics = _topics(chain)
     while start < head:
-        end = min(head, start + chunk)
+        end = min(head, start + (chunk or LOG_CHUNK))
         logs = await chain.w3.eth.get_logs({"address": chain.tasks.address, "fromBlock": start + 1, "toBlock": end})
         await _apply_logs(chain, store, topics, logs)
         await store.set_checkpoint(end)
@@ -269,22 +269,17 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int = 20
     return start
 
 
-async def replay_task(
-    chain: Chain, store: Store, chain_task_id: int, from_block: int | None = None, chunk: int = 2000
-) -> int:
+async def replay_task(chain: Chain, store: Store, chain_task_id: int, from_block: int, chunk: int | None = None) -> int:
     """Apply one task's whole history in chain order (an imported task, or one a relayer found created by
     another transaction: its events may be older than the checkpoint), from `from_block` (its creation's
-    block; by default the block of its TaskCreated, found with one query from the deployment's) to the
-    head, `chunk` blocks per query; returns the head it read to. Every followed event carries the task id
-    as its first topic."""
+    block, `creation_block`) to the head, `chunk` (LOG_CHUNK) blocks per query; returns the head it read
+    to. Every followed event carries the task id as its first topic."""
     topics = _topics(chain)
     task_topic = _task_topic(chain_task_id)
-    if from_block is None:
-        from_block = await creation_block(chain, chain_task_id, chunk)
     start = from_block
     head = int(await chain.w3.eth.block_number)
     while start <= head:
-        end = min(head, start + chunk - 1)
+        end = min(head, start + (chunk or LOG_CHUNK) - 1)
         logs = await chain.w3.eth.get_logs(
             {"address": chain.tasks.address, "fromBlock": start, "toBlock": end, "topics": [None, task_topic]}
         )
@@ -297,19 +292,56 @@ def _task_topic(chain_task_id: int) -> str:
     return "0x" + chain_task_id.to_bytes(32, "big").hex()
 
 
-async def creation_block(chain: Chain, chain_task_id: int, chunk: int = 2000) -> int:
-    """The block of the task's TaskCreated (the deployment's if none is found): one query from the
-    deployment's block to the head, or, on a node that refuses so long a range, `chunk` blocks per query
-    from the head back. RPC failures other than the refused range are raised."""
+#: Blocks per log query of the follower and of a replay: what nodes that limit a query's range commonly
+#: allow.
+LOG_CHUNK = 2000
+
+#: How far back `creation_block` searches, in queries of `chunk` blocks, on a node that refuses one query
+#: over the whole chain: 50 of 2,000 blocks, about two weeks of Ethereum's 12 s blocks.
+SCAN_CHUNKS = 50
+
+
+class CreationNotFound(Exception):
+    """The node's logs do not show the task's creation (`retry`: they may once they catch up)."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+async def creation_block(
+    chain: Chain, chain_task_id: int, chunk: int | None = None, max_chunks: int | None = None
+) -> int:
+    """The block of the task's TaskCreated: one query from the deployment's block to the head or, on a
+    node that refuses it (a limited range or result count), `chunk` (LOG_CHUNK) blocks per query from the
+    head back, at most `max_chunks` (SCAN_CHUNKS) queries. CreationNotFound when the logs do not show it;
+    RPC failures of the chunked queries are raised."""
     created_topic = "0x" + next(t for t, name in _topics(chain).items() if name == "TaskCreated").hex()
     query = {"address": chain.tasks.address, "topics": [created_topic, _task_topic(chain_task_id)]}
     try:
         logs = await chain.w3.eth.get_logs({**query, "fromBlock": chain.deployment.block, "toBlock": "latest"})  # type: ignore[typeddict-item]
-    except Web3RPCError:  # a node limiting a query's range or results: newest first, since a task is
-        logs = []  # imported soon after its creation more often than not
-        end = int(await chain.w3.eth.block_number)
-        while not logs and end >= chain.deployment.block:
+    except Web3RPCError:  # newest first: a task is imported soon after its creation more often than not
+        logs, end = [], int(await chain.w3.eth.block_number)
+        max_chunks = SCAN_CHUNKS if max_chunks is None else max_chunks
+        chunk = chunk or LOG_CHUNK
+        for _ in range(max_chunks):
+            if end < chain.deployment.block:
+                break
             start = max(chain.deployment.block, end - chunk + 1)
             logs = await chain.w3.eth.get_logs({**query, "fromBlock": start, "toBlock": end})  # type: ignore[typeddict-item]
+            if logs:
+                return int(logs[0]["blockNumber"])
             end = start - 1
-    return int(logs[0]["blockNumber"]) if logs else chain.deployment.block
+        else:
+            raise CreationNotFound(
+                f"the node refused one log query over the whole chain, and chain task {chain_task_id}'s creation "
+                f"is not in its newest {max_chunks * chunk:,} blocks: import it through a node that answers log "
+                "queries over longer ranges",
+                retry=False,
+            ) from None
+    if not logs:
+        raise CreationNotFound(
+            f"the node's logs do not show chain task {chain_task_id}'s creation yet (its state does); retry shortly",
+            retry=True,
+        )
+    return int(logs[0]["blockNumber"])

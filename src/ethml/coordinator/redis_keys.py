@@ -42,6 +42,11 @@ def chain_task(chain_task_id: int) -> str:
     return f"{P}chaintask:{chain_task_id}"
 
 
+def importing(chain_task_id: int) -> str:
+    """Held (with a time limit) while a POST /api/tasks/import of the chain task searches and replays."""
+    return f"{P}importing:{chain_task_id}"
+
+
 def jobs(role: str) -> str:
     return f"{P}jobs:{role}"
 

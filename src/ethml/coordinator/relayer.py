@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
+import aiohttp
 import structlog
 from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
@@ -47,6 +48,10 @@ LOG_CHUNK = 2000
 
 class TermsSpent(EthmlError):
     """The signed terms' nonce is not the requester's next one: it was used, or voided (`useNonce`)."""
+
+
+class TermsLapsed(EthmlError):
+    """The signed terms waited for the requester's earlier nonce to be used, and expired meanwhile."""
 
 
 class RelayAgain(EthmlError):
@@ -82,7 +87,9 @@ def _permit(doc: dict[str, Any]) -> tuple[int, int, bytes, bytes]:
 async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
     task_id = fields[b"task"].decode()
     doc = await store.task(task_id)
-    if doc is not None and doc.get("replay_from") is not None:  # tracking a task created elsewhere, interrupted
+    if doc is not None and doc.get("replay_from") is not None:  # a replay of its history interrupted
+        if await store.redis.exists(k.importing(int(doc["chain_task_id"]))):
+            raise RelayAgain("its import is replaying its history")  # one replay at a time; this entry is its net
         await _replay(chain, store, task_id, int(doc["chain_task_id"]), int(doc["replay_from"]))
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
@@ -104,6 +111,17 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             next_nonce = int(await nonces.call(block_identifier="pending"))
         except Web3RPCError:  # a node without calls on the pending block
             next_nonce = int(await nonces.call())
+        if next_nonce < nonce:  # the requester's earlier terms are not created yet (posted, relayed elsewhere)
+            latest = int((await chain.w3.eth.get_block("latest"))["timestamp"])
+            if latest < int(doc["expiry"]):
+                raise RelayAgain(
+                    f"the signed terms carry nonce {nonce} and the requester's next is {next_nonce}: they wait for "
+                    "the requester's earlier terms"
+                )
+            raise TermsLapsed(
+                f"the signed terms carry nonce {nonce}, but the requester's next is {next_nonce}, and they expired "
+                f"(at {int(doc['expiry'])}) before the requester's earlier terms used it"
+            )
         if next_nonce != nonce:
             raise TermsSpent(
                 f"the signed terms carry nonce {nonce}, but the requester's next is {next_nonce} "
@@ -115,9 +133,11 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     )
     try:
         receipt = await send_raw(chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused)
-    except (TransactionReverted, TermsSpent) as exc:
+    except (TransactionReverted, TermsSpent, TermsLapsed) as exc:
         error = str(exc)
-        if await _nonce_used(chain, requester, nonce, refused=isinstance(exc, TermsSpent)):
+        if not isinstance(exc, TermsLapsed) and await _nonce_used(
+            chain, requester, nonce, refused=isinstance(exc, TermsSpent)
+        ):
             found = await _created_elsewhere(chain, store, doc)
             if found is None:
                 error += "; " + await _unexplained_use(chain, store, doc)
@@ -350,10 +370,20 @@ async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, eve
 
 
 async def _replay(chain: Chain, store: Store, task_id: str, chain_task_id: int, from_block: int) -> None:
-    head = await replay_task(chain, store, chain_task_id, from_block)
+    """The task's history from `from_block` replayed, then `replay_from` dropped. A node that fails or
+    refuses a query, or is behind, leaves the entry to be relayed again (the others go on meanwhile)."""
+    try:
+        head = await replay_task(chain, store, chain_task_id, from_block)
+    except (Web3RPCError, OSError, aiohttp.ClientError) as exc:
+        raise RelayAgain(f"the replay of chain task {chain_task_id} from block {from_block} failed: {exc}") from exc
     if head < from_block:  # a node behind the one that showed the creation: the next relay of the entry replays
         raise RelayAgain(f"the node's head {head} is behind the creation's block {from_block}")
     await store.update_task(task_id, lambda d: d.pop("replay_from", None))
+
+
+#: Relay entries taken per read: one, so an instance holds only the entry it works on, and the next one
+#: goes to an instance that is free (a relay can wait minutes on a pending nonce or a long replay).
+READ_COUNT = 1
 
 
 class Relayer:
@@ -399,7 +429,7 @@ class Relayer:
     async def _reclaim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Entries left idle past the timeout by another consumer (a killed instance), now this one's."""
         reply = await self.store.redis.xautoclaim(
-            k.RELAY, RELAY_GROUP, self.consumer, int(self.idle_timeout * 1000), start_id="0-0", count=10
+            k.RELAY, RELAY_GROUP, self.consumer, int(self.idle_timeout * 1000), start_id="0-0", count=READ_COUNT
         )
         entries = []
         for entry_id, fields in reply[1]:
@@ -413,7 +443,7 @@ class Relayer:
     async def _read(self, own: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """This consumer's own pending entries (`own`), or new ones (waiting up to a second)."""
         got = await self.store.redis.xreadgroup(
-            RELAY_GROUP, self.consumer, {k.RELAY: "0" if own else ">"}, count=10, block=None if own else 1000
+            RELAY_GROUP, self.consumer, {k.RELAY: "0" if own else ">"}, count=READ_COUNT, block=None if own else 1000
         )
         return [(entry_id, fields) for entry_id, fields in (got[0][1] if got else []) if fields]
 
@@ -427,8 +457,12 @@ class Relayer:
             while True:
                 stop_if_cancelled()
                 await asyncio.sleep(self.idle_timeout / 3)
-                if held:
+                if not held:
+                    continue
+                try:
                     await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, list(held))
+                except Exception as exc:  # noqa: BLE001 - Redis blinked: touch again next time, never stop
+                    log.warning("relay_touch_failed", error=str(exc), entries=len(held))
 
         toucher = asyncio.create_task(touch(), name="relay-toucher")
         try:

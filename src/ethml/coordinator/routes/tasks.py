@@ -3,6 +3,7 @@ imported from the chain, read."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import time
@@ -11,13 +12,13 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from web3.exceptions import Web3RPCError
 
+from ethml.coordinator import redis_keys as k
 from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
-from ethml.coordinator.follower import creation_block, replay_task, task_opened
+from ethml.coordinator.follower import CreationNotFound, creation_block, replay_task, task_opened
 from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
 from ethml.ipfs.unixfs import file_cid_v1
@@ -25,6 +26,9 @@ from ethml.training.onchain import TaskError, read_struct
 from ethml.training.spec import canonical_json
 
 log = structlog.get_logger("ethml.coordinator")
+
+#: How long an import may hold its chain task's lease (its search and replay), in ms.
+IMPORT_LEASE_MS = 300_000
 
 routes = web.RouteTableDef()
 
@@ -179,42 +183,58 @@ async def import_task(request: web.Request) -> web.Response:
     known = await store.task_by_chain_id(body.chain_task_id)
     if known is not None:
         raise ApiError(409, f"task {body.chain_task_id} is already tracked as {known['id']}", "chain_task_id")
-    created = await creation_block(chain, body.chain_task_id)
-    doc = _task_doc(
-        who,
-        {
-            "id": f"chain-{body.chain_task_id}",
-            "status": "open",
-            "chain_task_id": body.chain_task_id,
-            "requester": t["requester"],
-            "reward": str(int(t["reward"])),
-            "validations": int(t["validations"]),
-            "min_score": int(t["minScore"]) / SCORE_SCALE,
-            "submit_seconds": None,
-            "score_seconds": int(t["scorePeriod"]),
-            "submit_deadline": int(t["submitDeadline"]),
-            "reveal_deadline": int(t["revealDeadline"]),
-            "test_deadline": int(t["testDeadline"]),
-            "spec_cid": t["specCid"],
-            "dataset_cid": t["datasetCid"],
-            "trainers": body.trainers,
-            "replay_from": created,
-        },
-    )
-    if not await store.import_task(doc):
-        raise ApiError(409, f"task {body.chain_task_id} is already tracked", "chain_task_id")
-    await task_opened(store, doc)
-    # Events since its creation (submissions, reveal, votes) arrive through the follower's next pass only
-    # if they are newer than the checkpoint; replay the task's own history now. Cut short (an RPC failure,
-    # a node behind the one that answered getTask, a crash), the relay entry queued with the import
-    # finishes it: the task is imported either way.
+    # One import of a chain task at a time: its search and replay are one request's RPC work, not that of
+    # every concurrent copy. The time limit frees the lease after a crash; until then, the relay entry
+    # queued with the document leaves the replay to this request.
+    lease = k.importing(body.chain_task_id)
+    if not await store.redis.set(lease, "1", nx=True, px=IMPORT_LEASE_MS):
+        raise ApiError(
+            409,
+            f"task {body.chain_task_id} is being imported by another request; retry once it is answered",
+            "chain_task_id",
+        )
     try:
-        head = await replay_task(chain, store, body.chain_task_id, created)
-    except (Web3RPCError, OSError, TimeoutError) as exc:
-        log.warning("import_replay_deferred", task=doc["id"], error=str(exc))
-    else:
-        if head >= created:
-            await store.update_task(doc["id"], lambda d: d.pop("replay_from", None))
+        try:
+            created = await creation_block(chain, body.chain_task_id)
+        except CreationNotFound as exc:
+            raise ApiError(503, str(exc), "chain_task_id", {"Retry-After": "5"} if exc.retry else None) from None
+        doc = _task_doc(
+            who,
+            {
+                "id": f"chain-{body.chain_task_id}",
+                "status": "open",
+                "chain_task_id": body.chain_task_id,
+                "requester": t["requester"],
+                "reward": str(int(t["reward"])),
+                "validations": int(t["validations"]),
+                "min_score": int(t["minScore"]) / SCORE_SCALE,
+                "submit_seconds": None,
+                "score_seconds": int(t["scorePeriod"]),
+                "submit_deadline": int(t["submitDeadline"]),
+                "reveal_deadline": int(t["revealDeadline"]),
+                "test_deadline": int(t["testDeadline"]),
+                "spec_cid": t["specCid"],
+                "dataset_cid": t["datasetCid"],
+                "trainers": body.trainers,
+                "replay_from": created,
+            },
+        )
+        if not await store.import_task(doc):
+            raise ApiError(409, f"task {body.chain_task_id} is already tracked", "chain_task_id")
+        # Imported: whatever fails from here (the RPC, Redis), the answer is the 201, and the relay entry
+        # queued with the document finishes what this did not: events since the creation (submissions,
+        # reveal, votes) reach the follower only if they are newer than its checkpoint, so the task's own
+        # history is replayed, and its TaskCreated opens it.
+        try:
+            await task_opened(store, doc)
+            head = await replay_task(chain, store, body.chain_task_id, created)
+            if head >= created:  # else a node behind the one that showed the creation
+                await store.update_task(doc["id"], lambda d: d.pop("replay_from", None))
+        except Exception as exc:  # noqa: BLE001 - left to the relay entry
+            log.warning("import_replay_deferred", task=doc["id"], error=str(exc) or type(exc).__name__)
+    finally:
+        with contextlib.suppress(Exception):  # else it expires
+            await store.redis.delete(lease)
     location = f"/api/tasks/{doc['id']}"
     return web.json_response(
         {"id": doc["id"], "status": doc["status"], "location": location}, status=201, headers={"Location": location}
