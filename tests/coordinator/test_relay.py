@@ -510,12 +510,12 @@ async def test_an_import_is_one_request_at_a_time_and_says_when_the_logs_do_not_
         assert replayed["transactions"] == {} and replayed["submit_deadline"] > now  # its TaskCreated applied
 
 
-async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_until_they_expire(
-    anvil_url: str, tmp_path: Path
+async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_for_a_while(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The requester's terms with nonce 1 reach a relayer before those with nonce 0 are created (relayed by
     another instance, or parked): they are relayed again later, not failed, and created once nonce 0 is
-    used. Terms still waiting when they expire fail, saying so."""
+    used. Terms still waiting after NONCE_WAITS relays, or when they expire, fail, saying so."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         posted = await _post(c, store, key, [_valid(c, now, n) for n in range(3)])
@@ -528,9 +528,21 @@ async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_u
         docs = [await store.task(task_id) or {} for task_id in (first, second)]
         assert [(d["status"], d["chain_task_id"]) for d in docs] == [("open", 1), ("open", 2)], docs
 
-        # Nonce 3 is never posted here: terms with nonce 4 wait for it until they expire.
-        [(fifth, fifth_entry)] = await _post(c, store, key, [_valid(c, now, 4)])
+        # Nonce 3 is never created: terms with nonce 4 wait for it NONCE_WAITS relays, then fail; those with
+        # nonce 5 expire before that.
+        [(fourth, fourth_entry), (fifth, fifth_entry)] = await _post(c, store, key, [_valid(c, now, n) for n in (4, 5)])
         await asyncio.wait_for(relay_one(chain, store, ipfs, *third_entry), 120)
+        monkeypatch.setattr(relayer_module, "NONCE_WAITS", 2)
+        for _ in range(2):
+            with pytest.raises(RelayAgain, match="they wait for the requester's earlier terms"):
+                await relay_one(chain, store, ipfs, *fourth_entry)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *fourth_entry), 120)
+        gave_up = await store.task(fourth) or {}
+        assert (gave_up["status"], gave_up["error"]) == (
+            "failed",
+            "the signed terms carry nonce 4, but the requester's next is 3, still after 2 relays: the requester's "
+            "earlier terms must be created first (post them, or send them); then post these again",
+        ), gave_up
         with pytest.raises(RelayAgain, match="they wait for the requester's earlier terms"):
             await relay_one(chain, store, ipfs, *fifth_entry)
         expiry = int((await store.task(fifth) or {})["expiry"])
@@ -540,7 +552,7 @@ async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_u
         lapsed = await store.task(fifth) or {}
         assert (lapsed["status"], lapsed["chain_task_id"]) == ("failed", None), lapsed
         assert lapsed["error"] == (
-            f"the signed terms carry nonce 4, but the requester's next is 3, and they expired (at {expiry}) "
+            f"the signed terms carry nonce 5, but the requester's next is 3, and they expired (at {expiry}) "
             "before the requester's earlier terms used it"
         )
 

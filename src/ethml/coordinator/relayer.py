@@ -50,6 +50,12 @@ class TermsSpent(EthmlError):
     """The signed terms' nonce is not the requester's next one: it was used, or voided (`useNonce`)."""
 
 
+#: How many relays of an entry find the terms' nonce ahead of the requester's next before the task fails
+#: (one per relay timeout, 30 s by default: about five minutes). Each costs two chain calls, so a
+#: requester cannot keep entries of terms that can never be created polling the node until they expire.
+NONCE_WAITS = 10
+
+
 class TermsLapsed(EthmlError):
     """The signed terms waited for the requester's earlier nonce to be used, and expired meanwhile."""
 
@@ -101,7 +107,8 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     # The spec in its canonical form, stored by the CID the terms name (checked equal when posted), so
     # workers and miners can fetch it from this coordinator.
     ipfs.add_bytes(TaskSpec.model_validate(doc["spec"]).to_json(), 1)
-    requester, nonce = doc["requester"], int(doc["nonce"])
+    requester, nonce, expiry = doc["requester"], int(doc["nonce"]), int(doc["expiry"])
+    waited = int(doc.get("nonce_waits", 0))
 
     async def terms_unused() -> None:
         """Before a creation is signed (under the relayer lock): the terms' nonce is the requester's next,
@@ -112,15 +119,19 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         except Web3RPCError:  # a node without calls on the pending block
             next_nonce = int(await nonces.call())
         if next_nonce < nonce:  # the requester's earlier terms are not created yet (posted, relayed elsewhere)
-            latest = int((await chain.w3.eth.get_block("latest"))["timestamp"])
-            if latest < int(doc["expiry"]):
-                raise RelayAgain(
-                    f"the signed terms carry nonce {nonce} and the requester's next is {next_nonce}: they wait for "
-                    "the requester's earlier terms"
+            why = f"the signed terms carry nonce {nonce}, but the requester's next is {next_nonce}"
+            if int((await chain.w3.eth.get_block("latest"))["timestamp"]) >= expiry:
+                raise TermsLapsed(f"{why}, and they expired (at {expiry}) before the requester's earlier terms used it")
+            waits = waited + 1
+            if waits > NONCE_WAITS:
+                raise TermsLapsed(
+                    f"{why}, still after {NONCE_WAITS} relays: the requester's earlier terms must be created first "
+                    "(post them, or send them); then post these again"
                 )
-            raise TermsLapsed(
-                f"the signed terms carry nonce {nonce}, but the requester's next is {next_nonce}, and they expired "
-                f"(at {int(doc['expiry'])}) before the requester's earlier terms used it"
+            await store.update_task(task_id, lambda d: d.update(nonce_waits=waits))
+            raise RelayAgain(
+                f"the signed terms carry nonce {nonce} and the requester's next is {next_nonce}: they wait for the "
+                "requester's earlier terms"
             )
         if next_nonce != nonce:
             raise TermsSpent(
