@@ -20,13 +20,7 @@ from tests.node.conftest import wait_until
 
 async def test_a_reveal_of_an_artifact_seen_elsewhere_first_is_recorded(tmp_path: Path) -> None:
     assert "RevealedElsewhereFirst" in EVENTS
-    socket = tmp_path / "redis" / "redis.sock"
-    server = start_redis(socket)
-    try:
-        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
-        client = connect(socket=str(socket))
-        await wait_until(lambda: answering(client), timeout=30, what="Redis to answer")
-        store = Store(client)
+    async with _store(tmp_path) as store:
         doc: dict[str, Any] = {
             "id": "t1", "chain_task_id": 7, "created_at": 1.0, "status": "training",
             "submissions": [], "transactions": {},
@@ -41,10 +35,6 @@ async def test_a_reveal_of_an_artifact_seen_elsewhere_first_is_recorded(tmp_path
         assert stored is not None and stored["submissions"][0] is None
         sub = Submission(**stored["submissions"][1])
         assert (sub.revealed, sub.revealed_elsewhere, sub.undecided, sub.bond) == (True, 3, False, "locked")
-        await client.aclose()
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 async def test_an_old_event_applied_after_a_newer_one_moves_nothing_backwards(tmp_path: Path) -> None:
