@@ -515,7 +515,8 @@ async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_f
 ) -> None:
     """The requester's terms with nonce 1 reach a relayer before those with nonce 0 are created (relayed by
     another instance, or parked): they are relayed again later, not failed, and created once nonce 0 is
-    used. Terms still waiting after NONCE_WAITS relays, or when they expire, fail, saying so."""
+    used. Terms that wait beside too many others of the same API key, or longer than NONCE_WAIT_SECONDS, or
+    until they expire, fail, saying so."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         posted = await _post(c, store, key, [_valid(c, now, n) for n in range(3)])
@@ -528,21 +529,32 @@ async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_f
         docs = [await store.task(task_id) or {} for task_id in (first, second)]
         assert [(d["status"], d["chain_task_id"]) for d in docs] == [("open", 1), ("open", 2)], docs
 
-        # Nonce 3 is never created: terms with nonce 4 wait for it NONCE_WAITS relays, then fail; those with
-        # nonce 5 expire before that.
-        [(fourth, fourth_entry), (fifth, fifth_entry)] = await _post(c, store, key, [_valid(c, now, n) for n in (4, 5)])
+        # Nonce 3 is never created. Terms with nonce 4 wait for it, those with nonce 5 beside them exceed the
+        # key's number of waiting terms (here 1), then nonce 4 exceeds the wait (here 0 s): both fail. Terms
+        # with nonce 6 expire while they wait.
+        later = await _post(c, store, key, [_valid(c, now, n) for n in (4, 5, 6)])
+        (fourth, fourth_entry), (beside, beside_entry), (fifth, fifth_entry) = later
         await asyncio.wait_for(relay_one(chain, store, ipfs, *third_entry), 120)
-        monkeypatch.setattr(relayer_module, "NONCE_WAITS", 2)
-        for _ in range(2):
-            with pytest.raises(RelayAgain, match="they wait for the requester's earlier terms"):
-                await relay_one(chain, store, ipfs, *fourth_entry)
+        monkeypatch.setattr(relayer_module, "MAX_WAITING", 1)
+        with pytest.raises(RelayAgain, match="they wait for the requester's earlier terms"):
+            await relay_one(chain, store, ipfs, *fourth_entry)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *beside_entry), 120)
+        crowded = await store.task(beside) or {}
+        assert (crowded["status"], crowded["error"]) == (
+            "failed",
+            "the signed terms carry nonce 5, but the requester's next is 3, and 1 other terms posted with this API "
+            "key wait for earlier nonces already (at most 1): the requester's earlier terms must be created first; "
+            "then post these again",
+        ), crowded
+        monkeypatch.setattr(relayer_module, "NONCE_WAIT_SECONDS", 0)
         await asyncio.wait_for(relay_one(chain, store, ipfs, *fourth_entry), 120)
         gave_up = await store.task(fourth) or {}
         assert (gave_up["status"], gave_up["error"]) == (
             "failed",
-            "the signed terms carry nonce 4, but the requester's next is 3, still after 2 relays: the requester's "
+            "the signed terms carry nonce 4, but the requester's next is 3, still after waiting 0 s: the requester's "
             "earlier terms must be created first (post them, or send them); then post these again",
         ), gave_up
+        monkeypatch.setattr(relayer_module, "NONCE_WAIT_SECONDS", 300)
         with pytest.raises(RelayAgain, match="they wait for the requester's earlier terms"):
             await relay_one(chain, store, ipfs, *fifth_entry)
         expiry = int((await store.task(fifth) or {})["expiry"])
@@ -552,7 +564,7 @@ async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_f
         lapsed = await store.task(fifth) or {}
         assert (lapsed["status"], lapsed["chain_task_id"]) == ("failed", None), lapsed
         assert lapsed["error"] == (
-            f"the signed terms carry nonce 5, but the requester's next is 3, and they expired (at {expiry}) "
+            f"the signed terms carry nonce 6, but the requester's next is 3, and they expired (at {expiry}) "
             "before the requester's earlier terms used it"
         )
 
@@ -780,6 +792,48 @@ async def test_an_entry_to_relay_again_is_not_retried_in_a_loop_after_another_fa
             # The relayer goes back to reading new entries (twice) rather than its own pending ones in a loop.
             await wait_until(lambda: _true(len(new_reads) >= 2), timeout=60, what="reads of new entries")
         assert 1 <= calls[parked] <= 2, calls  # read anew once after the failure; not in a loop
+
+
+async def test_entries_parked_in_front_do_not_hide_idle_entries_behind_them_from_the_reclaim(tmp_path: Path) -> None:
+    """Redis's XAUTOCLAIM scans at most ten pending entries per entry it may claim. Ten entries parked in
+    front of the pending list and not idle yet (terms waiting for an earlier nonce, an import's replay)
+    must not keep the relayer from ever reclaiming the idle entries behind them (a killed instance's)."""
+    socket = tmp_path / "redis" / "redis.sock"
+    server = start_redis(socket)
+    try:
+        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+        client = aioredis.Redis(unix_socket_path=str(socket))
+        await wait_until(lambda: _answers(client), timeout=30, what="Redis to answer")
+        store = Store(client)
+        await store.setup()
+        ids = [await client.xadd(k.RELAY, {"task": f"t{i}"}) for i in range(12)]
+        await client.xreadgroup("relayers", "parked", {k.RELAY: ">"}, count=12)
+        for i, entry in enumerate(ids):  # the first ten just parked, the last two a dead instance's
+            await client.xclaim(
+                k.RELAY,
+                "relayers",
+                "dead" if i >= 10 else "parked",
+                0,
+                [entry],
+                idle=0 if i < 10 else 60_000,
+                justid=True,
+            )
+        relayer = relayer_module.Relayer(None, store, None, "live", idle_timeout=30.0)  # type: ignore[arg-type]
+        claimed = []
+        for _ in range(4):
+            claimed += [entry_id for entry_id, _fields in await relayer._reclaim()]
+        assert claimed == ids[10:], claimed
+        await client.aclose()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def _answers(client: aioredis.Redis) -> bool:
+    try:
+        return bool(await client.ping())
+    except (aioredis.RedisError, OSError):
+        return False
 
 
 async def test_an_instance_holds_only_the_entry_it_relays_and_keeps_it_fresh(

@@ -42,6 +42,12 @@ def chain_task(chain_task_id: int) -> str:
     return f"{P}chaintask:{chain_task_id}"
 
 
+def nonce_waits(key_name: str) -> str:
+    """The tasks posted with an API key whose terms wait for the requester's earlier nonce (a sorted set:
+    task id by the time first found waiting)."""
+    return f"{P}noncewaits:{key_name}"
+
+
 def importing(chain_task_id: int) -> str:
     """Held (with a time limit) while a POST /api/tasks/import of the chain task searches and replays."""
     return f"{P}importing:{chain_task_id}"

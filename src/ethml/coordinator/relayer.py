@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
@@ -50,10 +51,26 @@ class TermsSpent(EthmlError):
     """The signed terms' nonce is not the requester's next one: it was used, or voided (`useNonce`)."""
 
 
-#: How many relays of an entry find the terms' nonce ahead of the requester's next before the task fails
-#: (one per relay timeout, 30 s by default: about five minutes). Each costs two chain calls, so a
-#: requester cannot keep entries of terms that can never be created polling the node until they expire.
-NONCE_WAITS = 10
+#: How long terms whose nonce is ahead of the requester's next wait for the earlier terms (wall-clock
+#: seconds from the first relay that found them ahead), and how many may wait at once per API key. Each
+#: relay of a waiting entry costs chain calls under the relayer lock: terms that can never be created
+#: must neither poll the node until they expire nor crowd out other relays.
+NONCE_WAIT_SECONDS = 300
+MAX_WAITING = 16
+
+
+async def _wait_for_nonce(store: Store, waiting: str, task_id: str) -> tuple[float, int]:
+    """Record the task among its API key's waiting terms (first seen now, unless seen before); returns
+    when it was first seen and how many wait. Members older than twice the wait (left by a crash) go."""
+    now = time.time()
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.zremrangebyscore(waiting, 0, now - 2 * NONCE_WAIT_SECONDS)
+    pipe.zadd(waiting, {task_id: now}, nx=True)
+    pipe.zscore(waiting, task_id)
+    pipe.zcard(waiting)
+    pipe.expire(waiting, int(2 * NONCE_WAIT_SECONDS) + 1)
+    _pruned, _added, since, count, _ttl = await pipe.execute()
+    return float(since), int(count)
 
 
 class TermsLapsed(EthmlError):
@@ -108,7 +125,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     # workers and miners can fetch it from this coordinator.
     ipfs.add_bytes(TaskSpec.model_validate(doc["spec"]).to_json(), 1)
     requester, nonce, expiry = doc["requester"], int(doc["nonce"]), int(doc["expiry"])
-    waited = int(doc.get("nonce_waits", 0))
+    waiting = k.nonce_waits(str(doc.get("created_by", "")))
 
     async def terms_unused() -> None:
         """Before a creation is signed (under the relayer lock): the terms' nonce is the requester's next,
@@ -122,13 +139,19 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             why = f"the signed terms carry nonce {nonce}, but the requester's next is {next_nonce}"
             if int((await chain.w3.eth.get_block("latest"))["timestamp"]) >= expiry:
                 raise TermsLapsed(f"{why}, and they expired (at {expiry}) before the requester's earlier terms used it")
-            waits = waited + 1
-            if waits > NONCE_WAITS:
+            since, count = await _wait_for_nonce(store, waiting, task_id)
+            if count > MAX_WAITING:
+                await store.redis.zrem(waiting, task_id)
                 raise TermsLapsed(
-                    f"{why}, still after {NONCE_WAITS} relays: the requester's earlier terms must be created first "
-                    "(post them, or send them); then post these again"
+                    f"{why}, and {count - 1} other terms posted with this API key wait for earlier nonces already (at "
+                    f"most {MAX_WAITING}): the requester's earlier terms must be created first; then post these again"
                 )
-            await store.update_task(task_id, lambda d: d.update(nonce_waits=waits))
+            if time.time() - since >= NONCE_WAIT_SECONDS:
+                await store.redis.zrem(waiting, task_id)
+                raise TermsLapsed(
+                    f"{why}, still after waiting {NONCE_WAIT_SECONDS} s: the requester's earlier terms must be created "
+                    "first (post them, or send them); then post these again"
+                )
             raise RelayAgain(
                 f"the signed terms carry nonce {nonce} and the requester's next is {next_nonce}: they wait for the "
                 "requester's earlier terms"
@@ -145,6 +168,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     try:
         receipt = await send_raw(chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused)
     except (TransactionReverted, TermsSpent, TermsLapsed) as exc:
+        await store.redis.zrem(waiting, task_id)
         error = str(exc)
         if not isinstance(exc, TermsLapsed) and await _nonce_used(
             chain, requester, nonce, refused=isinstance(exc, TermsSpent)
@@ -167,6 +191,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         await store.release_signed_terms(doc)
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
+    await store.redis.zrem(waiting, task_id)
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
     args = created[0]["args"]
     chain_task_id = int(args["taskId"])
@@ -401,6 +426,7 @@ class Relayer:
     def __init__(self, chain: Chain, store: Store, ipfs: IpfsClient, consumer: str, *, idle_timeout: float) -> None:
         self.chain, self.store, self.ipfs, self.consumer = chain, store, ipfs, consumer
         self.idle_timeout = idle_timeout
+        self._cursor = "0-0"  # where the next XAUTOCLAIM goes on scanning the pending entries
 
     async def run(self) -> None:
         """Relay entries: taken over from dead instances first, then this consumer's own unfinished ones
@@ -438,10 +464,14 @@ class Relayer:
                 own = True
 
     async def _reclaim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Entries left idle past the timeout by another consumer (a killed instance), now this one's."""
+        """Entries left idle past the timeout (by a killed instance, or parked by RelayAgain), now this one's.
+        Redis scans at most ten pending entries per claimed one in a call: the scan goes on from the cursor it
+        returns, so parked entries that are not idle yet cannot hide the ones behind them."""
         reply = await self.store.redis.xautoclaim(
-            k.RELAY, RELAY_GROUP, self.consumer, int(self.idle_timeout * 1000), start_id="0-0", count=READ_COUNT
+            k.RELAY, RELAY_GROUP, self.consumer, int(self.idle_timeout * 1000), start_id=self._cursor, count=READ_COUNT
         )
+        cursor = reply[0]
+        self._cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         entries = []
         for entry_id, fields in reply[1]:
             if fields is None:  # deleted from the stream while pending (Redis 6.2 still lists it)
