@@ -292,8 +292,8 @@ def _task_topic(chain_task_id: int) -> str:
     return "0x" + chain_task_id.to_bytes(32, "big").hex()
 
 
-#: Blocks per log query of the follower and of a replay: what nodes that limit a query's range commonly
-#: allow.
+#: Blocks per log query of the follower, a replay and the relayer's searches: what nodes that limit a
+#: query's range commonly allow.
 LOG_CHUNK = 2000
 
 #: How far back `creation_block` searches, in queries of `chunk` blocks, on a node that refuses one query

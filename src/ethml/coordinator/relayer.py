@@ -32,7 +32,7 @@ from ethml.chain.tx import RECEIPT_SETTLE
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.background import stop_helper, stop_if_cancelled
 from ethml.coordinator.chain import Chain, fail, send_raw
-from ethml.coordinator.follower import apply_event, deadlines_of, replay_task, task_opened
+from ethml.coordinator.follower import LOG_CHUNK, apply_event, deadlines_of, replay_task, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
@@ -41,10 +41,6 @@ from ethml.training.spec import TaskSpec
 from ethml.training.terms import Terms, min_score_units
 
 log = structlog.get_logger("ethml.coordinator")
-
-
-#: Blocks per log query while looking for a creation of the terms by another transaction.
-LOG_CHUNK = 2000
 
 
 class TermsSpent(EthmlError):
@@ -140,14 +136,12 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             if int((await chain.w3.eth.get_block("latest"))["timestamp"]) >= expiry:
                 raise TermsLapsed(f"{why}, and they expired (at {expiry}) before the requester's earlier terms used it")
             since, count = await _wait_for_nonce(store, waiting, task_id)
-            if count > MAX_WAITING:
-                await store.redis.zrem(waiting, task_id)
+            if count > MAX_WAITING:  # TermsLapsed drops it from the waiting set (below)
                 raise TermsLapsed(
                     f"{why}, and {count - 1} other terms posted with this API key wait for earlier nonces already (at "
                     f"most {MAX_WAITING}): the requester's earlier terms must be created first; then post these again"
                 )
             if time.time() - since >= NONCE_WAIT_SECONDS:
-                await store.redis.zrem(waiting, task_id)
                 raise TermsLapsed(
                     f"{why}, still after waiting {NONCE_WAIT_SECONDS} s: the requester's earlier terms must be created "
                     "first (post them, or send them); then post these again"
@@ -445,15 +439,12 @@ class Relayer:
                         own = False
                         if not entries:
                             continue
-                held = {entry_id for entry_id, _fields in entries}
-                async with self._fresh(held):
-                    for entry_id, fields in entries:
-                        try:
+                for entry_id, fields in entries:  # READ_COUNT: one
+                    try:
+                        async with self._fresh(entry_id):
                             await relay_one(self.chain, self.store, self.ipfs, entry_id, fields)
-                        except RelayAgain as exc:  # this entry only: it stays pending, idle, and is reclaimed later
-                            log.info("relay_again", entry=entry_id.decode(), error=str(exc), retry_in=self.idle_timeout)
-                        finally:
-                            held.discard(entry_id)
+                    except RelayAgain as exc:  # this entry only: it stays pending, idle, and is reclaimed later
+                        log.info("relay_again", entry=entry_id.decode(), error=str(exc), retry_in=self.idle_timeout)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -489,21 +480,17 @@ class Relayer:
         return [(entry_id, fields) for entry_id, fields in (got[0][1] if got else []) if fields]
 
     @contextlib.asynccontextmanager
-    async def _fresh(self, held: set[bytes]) -> AsyncIterator[None]:
-        """Keep the idle time of the entries in `held` low while the batch they came in is worked on (the
-        caller drops each once relayed or parked), so no one takes over an entry waiting its turn behind
-        a slow one, nor a live relay."""
+    async def _fresh(self, entry_id: bytes) -> AsyncIterator[None]:
+        """Keep the entry's idle time low while it is worked on, so no one takes over a live relay."""
 
         async def touch() -> None:
             while True:
                 stop_if_cancelled()
                 await asyncio.sleep(self.idle_timeout / 3)
-                if not held:
-                    continue
                 try:
-                    await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, list(held))
+                    await self.store.touch_entries(k.RELAY, RELAY_GROUP, self.consumer, [entry_id])
                 except Exception as exc:  # noqa: BLE001 - Redis blinked: touch again next time, never stop
-                    log.warning("relay_touch_failed", error=str(exc), entries=len(held))
+                    log.warning("relay_touch_failed", error=str(exc), entry=entry_id.decode())
 
         toucher = asyncio.create_task(touch(), name="relay-toucher")
         try:
