@@ -236,6 +236,95 @@ async def test_a_creation_whose_receipt_lags_behind_its_nonce_is_waited_for_not_
         assert await training_contract(c.w3, c.deployment.training or "").functions.taskCount().call() == 1
 
 
+async def test_a_creation_is_linked_once_confirmed_and_a_reorg_before_then_cannot_move_it(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """With `--confirmations 2` the relayer links a document to its creation only once 2 blocks confirm it.
+    A reorg before then drops the creation, and the requester's own task of the same terms (`createTask`)
+    takes its id: the document is not left on that task. Relayed again, the journaled transaction is sent
+    again as is, creates the next task, and the document is linked to that one once it is confirmed."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c, confirmations=2)
+        assert chain.confirmations == 2
+        tasks = training_contract(c.w3, c.deployment.training or "")
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        before = (await chain.w3.provider.make_request("evm_snapshot", []))["result"]  # type: ignore[arg-type]
+        with pytest.raises(RelayAgain, match=r"created as chain task 1 in block .*: linked once 2 blocks confirm it"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("pending_chain", None), doc
+        assert await store.task_by_chain_id(1) is None
+        assert await store.redis.xlen(k.jobs("trainer")) == 0, "no job before the creation is confirmed"
+        sent = doc["transactions"]["create"]
+
+        # A reorg drops the block; the requester's own task of the same terms is created first in the new one.
+        reverted = await chain.w3.provider.make_request("evm_revert", [before])  # type: ignore[arg-type]
+        assert reverted.get("result") is True, reverted
+        assert await tasks.functions.taskCount().call() == 0
+        requester = dev_account(REQUESTER)
+        approve = (
+            await token_contract(c.w3, c.deployment.token)
+            .functions.approve(chain.tasks.address, int(doc["reward"]))
+            .build_transaction({"from": requester.address, "gas": 100_000})
+        )
+        assert (await _send(chain, requester, approve))["status"] == 1
+        direct = await chain.tasks.functions.createTask(_terms(doc).as_tuple()).build_transaction(
+            {"from": requester.address, "gas": 2_000_000}
+        )
+        assert (await _send(chain, requester, direct))["status"] == 1
+        assert await tasks.functions.taskCount().call() == 1
+
+        with pytest.raises(RelayAgain, match="created as chain task 2 in block"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        assert await store.task_by_chain_id(1) is None and await store.task_by_chain_id(2) is None
+        await chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None, task_id
+        assert (doc["status"], doc["chain_task_id"], doc["transactions"]["create"]) == ("open", 2, sent), doc
+        assert "replay_from" not in doc, doc
+        assert await store.task_by_chain_id(1) is None, "the requester's own task is not taken for the document"
+        jobs = await store.redis.xrange(k.jobs("trainer"))
+        assert {fields[b"chain_task"] for _id, fields in jobs} == {b"2"}, jobs
+        assert await tasks.functions.taskCount().call() == 2
+        assert await _relay_idle(store), "the entry is finished once linked"
+
+
+async def test_terms_created_elsewhere_are_tracked_once_confirmed_with_only_confirmed_history(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """With `--confirmations 2`, terms created through another contract one block ago are not tracked yet
+    (a reorg could still drop that creation): the entry is relayed again. Once the creation is confirmed the
+    document tracks it, and its replay stops where the follower reads to: a trainer's commitment one block
+    later reaches the document through the follower, once confirmed in turn."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c, confirmations=2)
+        assert chain.confirmations == 2
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        forwarded = await _forward(chain, await store.task(task_id))
+        with pytest.raises(RelayAgain, match="the terms' nonce 0 was used less than 2 blocks ago"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        assert await store.task_by_chain_id(1) is None
+        trainer = dev_account(TRAINERS[0])
+        commit = await chain.tasks.functions.commitSubmission(1, b"\x11" * 32).build_transaction(
+            {"from": trainer.address, "gas": 300_000}
+        )
+        committed = await _send(chain, trainer, commit)
+        assert committed["blockNumber"] == forwarded["blockNumber"] + 1
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]  # the creation 2 deep
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"], doc["submissions"]) == ("open", 1, []), doc
+        assert doc["transactions"]["create"] == forwarded["transactionHash"].to_0x_hex()
+        assert "replay_from" not in doc and await _relay_idle(store), doc
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]  # the commitment 2 deep
+        await follow(chain, store, 2)
+        doc = await store.task(task_id)
+        assert doc is not None and doc["status"] == "training", doc
+        assert [s["trainer"] for s in doc["submissions"]] == [trainer.address]
+
+
 async def test_a_journaled_creation_whose_nonce_another_transaction_took_is_signed_again(
     anvil_url: str, tmp_path: Path
 ) -> None:
@@ -1028,10 +1117,10 @@ async def _creation_sent_then_died(
     return task_id, entry, journaled
 
 
-async def _without_relayer(c: Coordinator) -> tuple[Chain, Store, IpfsClient, str, int]:
+async def _without_relayer(c: Coordinator, **overrides: Any) -> tuple[Chain, Store, IpfsClient, str, int]:
     """A server that relays nothing by itself (the test calls relay_one), its chain, store and IPFS, a
-    requester key and the chain's time."""
-    runner, _url = await c.start_server(relay=False)
+    requester key and the chain's time; `overrides` of its configuration."""
+    runner, _url = await c.start_server(relay=False, **overrides)
     app = runner.app
     assert app is not None
     return app[CHAIN], app[STORE], app[IPFS], await c.requester_key(), await chain_now(c)

@@ -96,7 +96,14 @@ def serve(
             "it is taken back from a connected worker that has not reported it.",
         ),
     ] = 600.0,
-    confirmations: Annotated[int, typer.Option(min=0, help="Blocks behind the head the event follower stays.")] = 0,
+    confirmations: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Blocks behind the head the event follower stays; a task created by the relayer is linked "
+            "to its document once this deep.",
+        ),
+    ] = 0,
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every HTTP request (the metrics count them anyway).")
     ] = False,

@@ -39,6 +39,13 @@ class Chain:
     head: int | None = None
     #: How long a journaled transaction's receipt is read again once its nonce is used (`mined_receipt`).
     receipt_grace: float = RECEIPT_GRACE
+    #: Blocks a creation must be behind the head before the relayer links a document to it (`--confirmations`,
+    #: as the follower applies events): a reorg within them cannot leave a document on another task.
+    confirmations: int = 0
+
+    async def confirmed_head(self) -> int:
+        """The newest block at least `confirmations` behind the head (the head itself without)."""
+        return int(await self.w3.eth.block_number) - self.confirmations
 
     @classmethod
     async def connect(cls, w3: AsyncWeb3[Any], deployment: Deployment, relayer: LocalAccount) -> Chain:

@@ -272,12 +272,13 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int | No
 async def replay_task(chain: Chain, store: Store, chain_task_id: int, from_block: int, chunk: int | None = None) -> int:
     """Apply one task's whole history in chain order (an imported task, or one a relayer found created by
     another transaction: its events may be older than the checkpoint), from `from_block` (its creation's
-    block, `creation_block`) to the head, `chunk` (LOG_CHUNK) blocks per query; returns the head it read
-    to. Every followed event carries the task id as its first topic."""
+    block, `creation_block`) to the head less `--confirmations` (as the follower reads), `chunk`
+    (LOG_CHUNK) blocks per query; returns the block it read to. Every followed event carries the task id
+    as its first topic."""
     topics = _topics(chain)
     task_topic = _task_topic(chain_task_id)
     start = from_block
-    head = int(await chain.w3.eth.block_number)
+    head = await chain.confirmed_head()
     while start <= head:
         end = min(head, start + (chunk or LOG_CHUNK) - 1)
         logs = await chain.w3.eth.get_logs(

@@ -189,6 +189,15 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
     args = created[0]["args"]
     chain_task_id = int(args["taskId"])
+    block = int(receipt["blockNumber"])
+    if chain.confirmations and block > await chain.confirmed_head():
+        # Linked only once confirmed: a reorg may yet drop the creation, or mine it again as another task
+        # (the id is the contract's counter). Relayed again, the journaled transaction is sent again as is
+        # and its receipt read anew, from whichever block holds it then.
+        raise RelayAgain(
+            f"created as chain task {chain_task_id} in block {block}: linked once {chain.confirmations} blocks "
+            "confirm it"
+        )
     holder = await store.claim_chain_id(task_id, chain_task_id)
     if holder != task_id:  # another posted task holds the link (same terms posted twice before reposts were refused)
         await store.update_task(task_id, fail(_tracked_by(created[0], holder)))
@@ -201,11 +210,15 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         d.update(deadlines_of(args))
         if d["status"] == "pending_chain":
             d["status"] = "open"
+        if chain.confirmations:  # the follower may have passed the creation while the link waited for it
+            d["replay_from"] = block
 
     doc = await store.update_task(task_id, opened)
-    await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
     if doc is not None:
         await task_opened(store, doc)
+    if chain.confirmations:
+        await _replay(chain, store, task_id, chain_task_id, block)
+    await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
     log.info(
         "task_created", task=task_id, chain_task=chain_task_id, tx=doc["transactions"].get("create") if doc else None
     )
@@ -214,7 +227,8 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
 async def _nonce_used(chain: Chain, requester: str, nonce: int, *, refused: bool) -> bool:
     """Whether a mined transaction used the terms' nonce. While only a pending one does (what refused the
     creation before it was signed: `refused`), waits for that one to be mined or dropped, up to
-    `RECEIPT_SETTLE`; dropped, the entry is to be relayed again (`RelayAgain`)."""
+    `RECEIPT_SETTLE`; dropped, the entry is to be relayed again (`RelayAgain`). With `--confirmations`, a
+    use not yet confirmed is relayed again too."""
     nonces = chain.tasks.functions.nonces(requester)
     loop = asyncio.get_running_loop()
     give_up = loop.time() + RECEIPT_SETTLE
@@ -230,6 +244,14 @@ async def _nonce_used(chain: Chain, requester: str, nonce: int, *, refused: bool
         if pending < nonce or loop.time() > give_up:
             return False
         await asyncio.sleep(1.0)
+    if chain.confirmations:  # the creation that used it is looked for, and tracked, only once confirmed
+        try:
+            confirmed = int(await nonces.call(block_identifier=await chain.confirmed_head()))
+        except Web3RPCError as exc:  # a node without that block's state: the head's answer stands
+            log.debug("nonce_history_unavailable", error=str(exc))
+            confirmed = nonce + 1
+        if confirmed <= nonce:
+            raise RelayAgain(f"the terms' nonce {nonce} was used less than {chain.confirmations} blocks ago")
     return True
 
 
@@ -277,10 +299,10 @@ def _search_start(chain: Chain, doc: dict[str, Any]) -> int:
 
 
 async def _requester_logs(chain: Chain, event: Any, doc: dict[str, Any]) -> AsyncIterator[Any]:
-    """The requester's `event` logs from the block the task was posted at to the head, `LOG_CHUNK` blocks
-    per query."""
+    """The requester's `event` logs from the block the task was posted at to the head less
+    `--confirmations`, `LOG_CHUNK` blocks per query."""
     start = _search_start(chain, doc)
-    head = int(await chain.w3.eth.block_number)
+    head = await chain.confirmed_head()
     while start <= head:
         end = min(head, start + LOG_CHUNK - 1)
         for entry in await event.get_logs(

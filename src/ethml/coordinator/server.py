@@ -91,6 +91,7 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         chain = await Chain.connect(w3, cfg.deployment, cfg.relayer)
         chain.head = int(await w3.eth.block_number)
+        chain.confirmations = cfg.confirmations
         app[CHAIN] = chain
         assert cfg.deployment.training is not None
         app[PERMITS] = PermitDomain(chain.chain_id, cfg.deployment.token, cfg.deployment.training)
