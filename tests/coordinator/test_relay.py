@@ -302,7 +302,8 @@ async def test_terms_created_elsewhere_are_tracked_once_confirmed_with_only_conf
         assert chain.confirmations == 2
         [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
         forwarded = await _forward(chain, await store.task(task_id))
-        with pytest.raises(RelayAgain, match="the terms' nonce 0 was used less than 2 blocks ago"):
+        waits = r"the terms' TaskCreated in block \d+ \(transaction 0x[0-9a-f]+\): tracked once 2 blocks confirm it"
+        with pytest.raises(RelayAgain, match=waits):
             await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
         assert await store.task_by_chain_id(1) is None
         trainer = dev_account(TRAINERS[0])
@@ -323,6 +324,54 @@ async def test_terms_created_elsewhere_are_tracked_once_confirmed_with_only_conf
         doc = await store.task(task_id)
         assert doc is not None and doc["status"] == "training", doc
         assert [s["trainer"] for s in doc["submissions"]] == [trainer.address]
+
+
+async def test_a_replay_short_of_the_followers_checkpoint_is_finished_later(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relayer's node is behind the follower's (a load-balanced provider): the task's replay reads to a
+    block short of the follower's checkpoint, past which the follower skipped the task's events. The replay
+    is not taken as finished: the entry is relayed again and replays once the node has caught up."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        forwarded = await _forward(chain, await store.task(task_id))
+        created = int(forwarded["blockNumber"])
+
+        async def ahead() -> int:  # the follower's checkpoint, read from a node 3 blocks ahead of this one
+            return created + 3
+
+        monkeypatch.setattr(store, "checkpoint", ahead)
+        with pytest.raises(RelayAgain, match=f"short of the follower's checkpoint {created + 3}"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"], doc["replay_from"]) == ("open", 1, created)
+        await chain.w3.provider.make_request("anvil_mine", [3])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and "replay_from" not in doc and await _relay_idle(store), doc
+
+
+async def test_an_import_of_a_creation_not_yet_confirmed_is_refused_until_it_is(anvil_url: str, tmp_path: Path) -> None:
+    """With `--confirmations 2`, importing a task created one block ago answers 503 with Retry-After and
+    stores nothing (a reorg could still drop the creation, or give its id to another task); once 2 blocks
+    confirm it, the import is taken."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, _ipfs, key, now = await _without_relayer(c, confirmations=2)
+        forwarded = await _forward(chain, _valid(c, now, 0))
+        status, refused, headers = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        assert status == 503 and headers.get("Retry-After") == "12", refused
+        assert refused["error"]["message"] == (
+            f"task 1 was created in block {forwarded['blockNumber']}, not yet 2 blocks deep (this server's "
+            "--confirmations); retry once it is"
+        ), refused
+        assert await store.task_by_chain_id(1) is None and await store.redis.exists(k.importing(1)) == 0
+        await chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        assert status == 201 and imported["id"] == "chain-1", imported
+        doc = await store.task("chain-1")
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert "replay_from" not in doc, doc
 
 
 async def test_a_journaled_creation_whose_nonce_another_transaction_took_is_signed_again(

@@ -177,6 +177,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             elif found.holder is not None:
                 error += "; " + _tracked_by(found.event, found.holder)
             else:
+                await _confirmed(chain, found.event, "failed for it")
                 error += (
                     f"; the requester's task {int(found.event['args']['taskId'])} (transaction "
                     f"{found.event['transactionHash'].to_0x_hex()}) was created from other terms with this nonce"
@@ -227,8 +228,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
 async def _nonce_used(chain: Chain, requester: str, nonce: int, *, refused: bool) -> bool:
     """Whether a mined transaction used the terms' nonce. While only a pending one does (what refused the
     creation before it was signed: `refused`), waits for that one to be mined or dropped, up to
-    `RECEIPT_SETTLE`; dropped, the entry is to be relayed again (`RelayAgain`). With `--confirmations`, a
-    use not yet confirmed is relayed again too."""
+    `RECEIPT_SETTLE`; dropped, the entry is to be relayed again (`RelayAgain`)."""
     nonces = chain.tasks.functions.nonces(requester)
     loop = asyncio.get_running_loop()
     give_up = loop.time() + RECEIPT_SETTLE
@@ -244,14 +244,6 @@ async def _nonce_used(chain: Chain, requester: str, nonce: int, *, refused: bool
         if pending < nonce or loop.time() > give_up:
             return False
         await asyncio.sleep(1.0)
-    if chain.confirmations:  # the creation that used it is looked for, and tracked, only once confirmed
-        try:
-            confirmed = int(await nonces.call(block_identifier=await chain.confirmed_head()))
-        except Web3RPCError as exc:  # a node without that block's state: the head's answer stands
-            log.debug("nonce_history_unavailable", error=str(exc))
-            confirmed = nonce + 1
-        if confirmed <= nonce:
-            raise RelayAgain(f"the terms' nonce {nonce} was used less than {chain.confirmations} blocks ago")
     return True
 
 
@@ -286,11 +278,23 @@ async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) ->
             continue
         if used is False:
             continue
+        await _confirmed(chain, entry, "tracked")
         holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
         if holder == doc["id"]:
             return _Found(entry, holder)
         held = held or _Found(entry, holder)  # identical terms signed again may have made another task: look on
     return held or other
+
+
+async def _confirmed(chain: Chain, entry: Any, then: str) -> None:
+    """`RelayAgain` while the event `entry` is less than `--confirmations` blocks deep: a reorg may still
+    drop it. Judged by the event's own block, so no older state of the chain is read."""
+    block = int(entry["blockNumber"])
+    if chain.confirmations and block > await chain.confirmed_head():
+        raise RelayAgain(
+            f"the terms' {entry['event']} in block {block} (transaction {entry['transactionHash'].to_0x_hex()}): "
+            f"{then} once {chain.confirmations} blocks confirm it"
+        )
 
 
 def _search_start(chain: Chain, doc: dict[str, Any]) -> int:
@@ -299,10 +303,10 @@ def _search_start(chain: Chain, doc: dict[str, Any]) -> int:
 
 
 async def _requester_logs(chain: Chain, event: Any, doc: dict[str, Any]) -> AsyncIterator[Any]:
-    """The requester's `event` logs from the block the task was posted at to the head less
-    `--confirmations`, `LOG_CHUNK` blocks per query."""
+    """The requester's `event` logs from the block the task was posted at to the head, `LOG_CHUNK` blocks
+    per query."""
     start = _search_start(chain, doc)
-    head = await chain.confirmed_head()
+    head = int(await chain.w3.eth.block_number)
     while start <= head:
         end = min(head, start + LOG_CHUNK - 1)
         for entry in await event.get_logs(
@@ -324,6 +328,7 @@ async def _unexplained_use(chain: Chain, store: Store, doc: dict[str, Any]) -> s
     unless the nonce was used already at the block the task was posted at, which fails it at once."""
     async for entry in _requester_logs(chain, chain.tasks.events.NonceUsed(), doc):
         if int(entry["args"]["nonce"]) == int(doc["nonce"]):
+            await _confirmed(chain, entry, "failed for it")
             return f"the requester voided these terms (useNonce, transaction {entry['transactionHash'].to_0x_hex()})"
     first = _search_start(chain, doc)
     if doc.get("posted_block") is not None:
@@ -429,7 +434,11 @@ async def _replay(chain: Chain, store: Store, task_id: str, chain_task_id: int, 
     except (Web3RPCError, OSError, aiohttp.ClientError) as exc:
         raise RelayAgain(f"the replay of chain task {chain_task_id} from block {from_block} failed: {exc}") from exc
     if head < from_block:  # a node behind the one that showed the creation: the next relay of the entry replays
-        raise RelayAgain(f"the node's head {head} is behind the creation's block {from_block}")
+        less = f" less {chain.confirmations} confirmations" if chain.confirmations else ""
+        raise RelayAgain(f"the node's head{less}, {head}, is behind the creation's block {from_block}")
+    checkpoint = await store.checkpoint()
+    if checkpoint is not None and head < checkpoint:  # the follower skipped the task's events up to there
+        raise RelayAgain(f"the replay read to block {head}, short of the follower's checkpoint {checkpoint}")
     await store.update_task(task_id, lambda d: d.pop("replay_from", None))
 
 

@@ -198,6 +198,14 @@ async def import_task(request: web.Request) -> web.Response:
             created = await creation_block(chain, body.chain_task_id)
         except CreationNotFound as exc:
             raise ApiError(503, str(exc), "chain_task_id", {"Retry-After": "5"} if exc.retry else None) from None
+        if chain.confirmations and created > await chain.confirmed_head():  # a reorg may still drop or move it
+            raise ApiError(
+                503,
+                f"task {body.chain_task_id} was created in block {created}, not yet {chain.confirmations} blocks deep "
+                "(this server's --confirmations); retry once it is",
+                "chain_task_id",
+                {"Retry-After": "12"},
+            )
         doc = _task_doc(
             who,
             {
@@ -228,7 +236,8 @@ async def import_task(request: web.Request) -> web.Response:
         try:
             await task_opened(store, doc)
             head = await replay_task(chain, store, body.chain_task_id, created)
-            if head >= created:  # else a node behind the one that showed the creation
+            # else a node behind the one that showed the creation, or behind the follower's checkpoint
+            if head >= max(created, await store.checkpoint() or 0):
                 await store.update_task(doc["id"], lambda d: d.pop("replay_from", None))
         except Exception as exc:  # noqa: BLE001 - left to the relay entry
             log.warning("import_replay_deferred", task=doc["id"], error=str(exc) or type(exc).__name__)
