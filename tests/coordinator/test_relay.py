@@ -352,6 +352,71 @@ async def test_a_replay_short_of_the_followers_checkpoint_is_finished_later(
         assert doc is not None and "replay_from" not in doc and await _relay_idle(store), doc
 
 
+async def test_a_follower_that_moves_on_during_the_replay_does_not_hold_it_up(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the relayer replays a task it just linked, a block comes and the follower's checkpoint passes
+    the block the replay read to. The follower applied that block itself (the task was linked by then), so
+    the replay is done: the entry is finished, not relayed again in a loop."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        await _forward(chain, await store.task(task_id))
+        replay = relayer_module.replay_task
+
+        async def follower_moves_on(*args: Any) -> int:
+            head = await replay(*args)
+            await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+            await store.set_checkpoint(head + 1)
+            return head
+
+        monkeypatch.setattr(relayer_module, "replay_task", follower_moves_on)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert "replay_from" not in doc and await _relay_idle(store), doc
+
+
+async def test_a_creation_that_reverted_less_than_confirmations_ago_is_judged_once_confirmed(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """With `--confirmations 2`, the relayer's creation reverts (the requester moved its EML away in the same
+    block, ahead of it). A reorg could still mine it again where it does not revert, so the task is not
+    failed yet, and its signed terms stay held: the entry is relayed again. Once the revert is confirmed, the
+    task fails with the reason."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c, confirmations=2)
+        task_id, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
+        requester, token = dev_account(REQUESTER), token_contract(c.w3, c.deployment.token)
+        balance = int(await token.functions.balanceOf(requester.address).call())
+        fees = await fee_fields(chain.w3)
+        away = await token.functions.transfer(dev_account(2).address, balance).build_transaction(
+            {
+                "from": requester.address,
+                "gas": 100_000,
+                "nonce": await chain.w3.eth.get_transaction_count(requester.address),
+                "maxFeePerGas": 2 * int(fees["maxFeePerGas"]) + 10**10,
+                "maxPriorityFeePerGas": int(fees["maxPriorityFeePerGas"]) + 10**10,
+            }
+        )
+        await chain.w3.eth.send_raw_transaction(requester.sign_transaction(away).raw_transaction)
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        receipt = await chain.w3.eth.get_transaction_receipt(journaled["hash"])
+        assert receipt["status"] == 0, "the creation reverted behind the transfer"
+
+        with pytest.raises(RelayAgain, match=f"the creation reverted in block {receipt['blockNumber']} "):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["error"]) == ("pending_chain", None), doc
+        assert await store.redis.get(k.signed_terms(doc["signature"])) == task_id.encode()
+        await chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and doc["status"] == "failed" and "createTaskFor" in doc["error"], doc
+        assert doc["transactions"]["create"] == journaled["hash"] and await _relay_idle(store), doc
+
+
 async def test_an_import_of_a_creation_not_yet_confirmed_is_refused_until_it_is(anvil_url: str, tmp_path: Path) -> None:
     """With `--confirmations 2`, importing a task created one block ago answers 503 with Retry-After and
     stores nothing (a reorg could still drop the creation, or give its id to another task); once 2 blocks

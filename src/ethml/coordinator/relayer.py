@@ -163,6 +163,13 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         receipt = await send_raw(chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused)
     except (TransactionReverted, TermsSpent, TermsLapsed) as exc:
         await store.redis.zrem(waiting, task_id)
+        reverted_in = exc.block if isinstance(exc, TransactionReverted) else None
+        if reverted_in is not None and chain.confirmations and reverted_in > await chain.confirmed_head():
+            # A reorg may yet mine it again, and then it need not revert: judged once confirmed.
+            raise RelayAgain(
+                f"the creation reverted in block {reverted_in} ({exc}): judged once {chain.confirmations} blocks "
+                "confirm it"
+            ) from exc
         error = str(exc)
         if not isinstance(exc, TermsLapsed) and await _nonce_used(
             chain, requester, nonce, refused=isinstance(exc, TermsSpent)
@@ -428,7 +435,10 @@ async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, eve
 
 async def _replay(chain: Chain, store: Store, task_id: str, chain_task_id: int, from_block: int) -> None:
     """The task's history from `from_block` replayed, then `replay_from` dropped. A node that fails or
-    refuses a query, or is behind, leaves the entry to be relayed again (the others go on meanwhile)."""
+    refuses a query, or is behind, leaves the entry to be relayed again (the others go on meanwhile).
+    Called once the document is linked: from then on the follower applies the task's events itself, so
+    the replay must reach the follower's checkpoint as it is now (a node behind the follower's falls short)."""
+    checkpoint = await store.checkpoint()
     try:
         head = await replay_task(chain, store, chain_task_id, from_block)
     except (Web3RPCError, OSError, aiohttp.ClientError) as exc:
@@ -436,7 +446,6 @@ async def _replay(chain: Chain, store: Store, task_id: str, chain_task_id: int, 
     if head < from_block:  # a node behind the one that showed the creation: the next relay of the entry replays
         less = f" less {chain.confirmations} confirmations" if chain.confirmations else ""
         raise RelayAgain(f"the node's head{less}, {head}, is behind the creation's block {from_block}")
-    checkpoint = await store.checkpoint()
     if checkpoint is not None and head < checkpoint:  # the follower skipped the task's events up to there
         raise RelayAgain(f"the replay read to block {head}, short of the follower's checkpoint {checkpoint}")
     await store.update_task(task_id, lambda d: d.pop("replay_from", None))

@@ -235,9 +235,10 @@ async def import_task(request: web.Request) -> web.Response:
         # history is replayed, and its TaskCreated opens it.
         try:
             await task_opened(store, doc)
+            checkpoint = await store.checkpoint()  # linked: the follower applies the task's events from here on
             head = await replay_task(chain, store, body.chain_task_id, created)
             # else a node behind the one that showed the creation, or behind the follower's checkpoint
-            if head >= max(created, await store.checkpoint() or 0):
+            if head >= max(created, checkpoint or 0):
                 await store.update_task(doc["id"], lambda d: d.pop("replay_from", None))
         except Exception as exc:  # noqa: BLE001 - left to the relay entry
             log.warning("import_replay_deferred", task=doc["id"], error=str(exc) or type(exc).__name__)
