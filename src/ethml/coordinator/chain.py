@@ -47,6 +47,10 @@ class Chain:
         """The newest block at least `confirmations` behind the head (the head itself without)."""
         return int(await self.w3.eth.block_number) - self.confirmations
 
+    async def confirms(self, block: int) -> bool:
+        """Whether `block` is `confirmations` deep (always, without confirmations: no call to the node)."""
+        return not self.confirmations or block <= await self.confirmed_head()
+
     @classmethod
     async def connect(cls, w3: AsyncWeb3[Any], deployment: Deployment, relayer: LocalAccount) -> Chain:
         assert deployment.training is not None

@@ -12,14 +12,14 @@ from ethml.coordinator.store import Store
 
 
 class Leader:
-    def __init__(self, chain: Chain, store: Store, metrics: Metrics, confirmations: int) -> None:
-        self.chain, self.store, self.metrics, self.confirmations = chain, store, metrics, confirmations
+    def __init__(self, chain: Chain, store: Store, metrics: Metrics) -> None:
+        self.chain, self.store, self.metrics = chain, store, metrics
         self.lease = Lock(store, "leader", ttl=10)
 
     async def step(self) -> None:
         if not await self.lease.acquire(wait=0):
             return
-        checkpoint = await follow(self.chain, self.store, self.confirmations)
+        checkpoint = await follow(self.chain, self.store, self.chain.confirmations)
         if self.chain.head is not None:
             self.metrics.chain_lag.set(max(0, self.chain.head - checkpoint))
         await keep_deadlines(self.chain, self.store)

@@ -109,7 +109,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     if doc is not None and doc.get("replay_from") is not None:  # a replay of its history interrupted
         if await store.redis.exists(k.importing(int(doc["chain_task_id"]))):
             raise RelayAgain("its import is replaying its history")  # one replay at a time; this entry is its net
-        await _replay(chain, store, task_id, int(doc["chain_task_id"]), int(doc["replay_from"]))
+        await replay_history(chain, store, task_id, int(doc["chain_task_id"]), int(doc["replay_from"]))
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
     if doc is None or doc.get("chain_task_id") is not None or doc["status"] == "failed":
@@ -163,13 +163,9 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         receipt = await send_raw(chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused)
     except (TransactionReverted, TermsSpent, TermsLapsed) as exc:
         await store.redis.zrem(waiting, task_id)
-        reverted_in = exc.block if isinstance(exc, TransactionReverted) else None
-        if reverted_in is not None and chain.confirmations and reverted_in > await chain.confirmed_head():
+        if isinstance(exc, TransactionReverted) and exc.block is not None:
             # A reorg may yet mine it again, and then it need not revert: judged once confirmed.
-            raise RelayAgain(
-                f"the creation reverted in block {reverted_in} ({exc}): judged once {chain.confirmations} blocks "
-                "confirm it"
-            ) from exc
+            await _confirmed(chain, exc.block, "the creation reverted", f" ({exc})", "judged")
         error = str(exc)
         if not isinstance(exc, TermsLapsed) and await _nonce_used(
             chain, requester, nonce, refused=isinstance(exc, TermsSpent)
@@ -184,7 +180,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             elif found.holder is not None:
                 error += "; " + _tracked_by(found.event, found.holder)
             else:
-                await _confirmed(chain, found.event, "failed for it")
+                await _event_confirmed(chain, found.event, "failed for it")
                 error += (
                     f"; the requester's task {int(found.event['args']['taskId'])} (transaction "
                     f"{found.event['transactionHash'].to_0x_hex()}) was created from other terms with this nonce"
@@ -198,14 +194,10 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     args = created[0]["args"]
     chain_task_id = int(args["taskId"])
     block = int(receipt["blockNumber"])
-    if chain.confirmations and block > await chain.confirmed_head():
-        # Linked only once confirmed: a reorg may yet drop the creation, or mine it again as another task
-        # (the id is the contract's counter). Relayed again, the journaled transaction is sent again as is
-        # and its receipt read anew, from whichever block holds it then.
-        raise RelayAgain(
-            f"created as chain task {chain_task_id} in block {block}: linked once {chain.confirmations} blocks "
-            "confirm it"
-        )
+    # Linked only once confirmed: a reorg may yet drop the creation, or mine it again as another task (the
+    # id is the contract's counter). Relayed again, the journaled transaction is sent again as is and its
+    # receipt read anew, from whichever block holds it then.
+    await _confirmed(chain, block, f"created as chain task {chain_task_id}", "", "linked")
     holder = await store.claim_chain_id(task_id, chain_task_id)
     if holder != task_id:  # another posted task holds the link (same terms posted twice before reposts were refused)
         await store.update_task(task_id, fail(_tracked_by(created[0], holder)))
@@ -225,7 +217,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     if doc is not None:
         await task_opened(store, doc)
     if chain.confirmations:
-        await _replay(chain, store, task_id, chain_task_id, block)
+        await replay_history(chain, store, task_id, chain_task_id, block)
     await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
     log.info(
         "task_created", task=task_id, chain_task=chain_task_id, tx=doc["transactions"].get("create") if doc else None
@@ -285,7 +277,7 @@ async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) ->
             continue
         if used is False:
             continue
-        await _confirmed(chain, entry, "tracked")
+        await _event_confirmed(chain, entry, "tracked")
         holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
         if holder == doc["id"]:
             return _Found(entry, holder)
@@ -293,15 +285,18 @@ async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) ->
     return held or other
 
 
-async def _confirmed(chain: Chain, entry: Any, then: str) -> None:
-    """`RelayAgain` while the event `entry` is less than `--confirmations` blocks deep: a reorg may still
-    drop it. Judged by the event's own block, so no older state of the chain is read."""
-    block = int(entry["blockNumber"])
-    if chain.confirmations and block > await chain.confirmed_head():
-        raise RelayAgain(
-            f"the terms' {entry['event']} in block {block} (transaction {entry['transactionHash'].to_0x_hex()}): "
-            f"{then} once {chain.confirmations} blocks confirm it"
-        )
+async def _confirmed(chain: Chain, block: int, what: str, detail: str, then: str) -> None:
+    """`RelayAgain` while `block` (where `what` happened) is less than `--confirmations` blocks deep: a reorg
+    may still drop it; `then` says what follows once it is deep enough."""
+    if not await chain.confirms(block):
+        raise RelayAgain(f"{what} in block {block}{detail}: {then} once {chain.confirmations} blocks confirm it")
+
+
+async def _event_confirmed(chain: Chain, entry: Any, then: str) -> None:
+    """`_confirmed` for one of the requester's events: judged by the event's own block, so no older state of
+    the chain is read."""
+    detail = f" (transaction {entry['transactionHash'].to_0x_hex()})"
+    await _confirmed(chain, int(entry["blockNumber"]), f"the terms' {entry['event']}", detail, then)
 
 
 def _search_start(chain: Chain, doc: dict[str, Any]) -> int:
@@ -335,7 +330,7 @@ async def _unexplained_use(chain: Chain, store: Store, doc: dict[str, Any]) -> s
     unless the nonce was used already at the block the task was posted at, which fails it at once."""
     async for entry in _requester_logs(chain, chain.tasks.events.NonceUsed(), doc):
         if int(entry["args"]["nonce"]) == int(doc["nonce"]):
-            await _confirmed(chain, entry, "failed for it")
+            await _event_confirmed(chain, entry, "failed for it")
             return f"the requester voided these terms (useNonce, transaction {entry['transactionHash'].to_0x_hex()})"
     first = _search_start(chain, doc)
     if doc.get("posted_block") is not None:
@@ -430,10 +425,10 @@ async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, eve
     )
     # The event in hand opens the task and queues its jobs, whatever the replay's node answers.
     await apply_event(chain, store, "TaskCreated", dict(event["args"]), tx_hash)
-    await _replay(chain, store, task_id, chain_task_id, block)
+    await replay_history(chain, store, task_id, chain_task_id, block)
 
 
-async def _replay(chain: Chain, store: Store, task_id: str, chain_task_id: int, from_block: int) -> None:
+async def replay_history(chain: Chain, store: Store, task_id: str, chain_task_id: int, from_block: int) -> None:
     """The task's history from `from_block` replayed, then `replay_from` dropped. A node that fails or
     refuses a query, or is behind, leaves the entry to be relayed again (the others go on meanwhile).
     Called once the document is linked: from then on the follower applies the task's events itself, so

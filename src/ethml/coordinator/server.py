@@ -128,7 +128,7 @@ async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg, store, chain, metrics = app[CONFIG], app[STORE], app[CHAIN], app[METRICS]
     dispatcher = app[DISPATCHER]
     loops = Loops()
-    leader = Leader(chain, store, metrics, cfg.confirmations)
+    leader = Leader(chain, store, metrics)
     observer = Observer(chain, store, dispatcher, metrics, cfg.heartbeat_timeout)
     loops.start("leader", forever("leader", cfg.poll_interval, leader.step))
     loops.start("dispatch", forever("dispatch", cfg.poll_interval, dispatcher.run_pass))

@@ -18,8 +18,9 @@ from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
-from ethml.coordinator.follower import CreationNotFound, creation_block, replay_task, task_opened
+from ethml.coordinator.follower import CreationNotFound, creation_block, task_opened
 from ethml.coordinator.permit import address_of, recover_public_key
+from ethml.coordinator.relayer import replay_history
 from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
 from ethml.ipfs.unixfs import file_cid_v1
 from ethml.training.onchain import TaskError, read_struct
@@ -198,7 +199,7 @@ async def import_task(request: web.Request) -> web.Response:
             created = await creation_block(chain, body.chain_task_id)
         except CreationNotFound as exc:
             raise ApiError(503, str(exc), "chain_task_id", {"Retry-After": "5"} if exc.retry else None) from None
-        if chain.confirmations and created > await chain.confirmed_head():  # a reorg may still drop or move it
+        if not await chain.confirms(created):  # a reorg may still drop it, or give its id to another task
             raise ApiError(
                 503,
                 f"task {body.chain_task_id} was created in block {created}, not yet {chain.confirmations} blocks deep "
@@ -235,11 +236,7 @@ async def import_task(request: web.Request) -> web.Response:
         # history is replayed, and its TaskCreated opens it.
         try:
             await task_opened(store, doc)
-            checkpoint = await store.checkpoint()  # linked: the follower applies the task's events from here on
-            head = await replay_task(chain, store, body.chain_task_id, created)
-            # else a node behind the one that showed the creation, or behind the follower's checkpoint
-            if head >= max(created, checkpoint or 0):
-                await store.update_task(doc["id"], lambda d: d.pop("replay_from", None))
+            await replay_history(chain, store, doc["id"], body.chain_task_id, created)
         except Exception as exc:  # noqa: BLE001 - left to the relay entry
             log.warning("import_replay_deferred", task=doc["id"], error=str(exc) or type(exc).__name__)
     finally:
