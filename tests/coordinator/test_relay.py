@@ -710,7 +710,8 @@ async def test_an_import_is_one_request_at_a_time_and_says_when_the_logs_do_not_
         await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
         replayed = await store.task("chain-1")
         assert replayed is not None and "replay_from" not in replayed, replayed
-        assert replayed["transactions"] == {} and replayed["submit_deadline"] > now  # its TaskCreated applied
+        assert replayed["submit_deadline"] > now  # its TaskCreated applied, which names the creating transaction
+        assert replayed["transactions"] == {"create": forwarded["transactionHash"].to_0x_hex()}
 
 
 async def test_terms_relayed_before_the_requesters_earlier_terms_wait_for_them_for_a_while(
@@ -843,6 +844,132 @@ async def test_the_follower_meeting_a_claimed_task_queues_its_jobs_under_its_cha
         assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
         assert await store.redis.exists(k.job_queued("1:train:0"), k.job_queued("1:train:1")) == 2
         assert await store.redis.exists(k.job_queued("None:train:0")) == 0
+
+
+async def test_a_relay_cut_short_between_the_opening_and_the_jobs_queues_them_when_relayed_again(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--confirmations 0`: the follower passes the creation's block before the relayer links the document
+    (it polls ahead of the receipt), and the relay is cut short after the task's opening, before its
+    training jobs are queued (Redis blinked, or the instance died). The next relay of the entry replays the
+    task's history, so the jobs are queued: the entry is not finished with the task open and no job."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        assert chain.confirmations == 0
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        _claim_after_the_follower(monkeypatch, chain, store, then_die=False)
+
+        async def redis_blinks(*_args: Any) -> None:
+            raise ConnectionError("Connection closed by server.")
+
+        monkeypatch.setattr(relayer_module, "task_opened", redis_blinks)
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert await store.redis.xlen(k.jobs("trainer")) == 0
+
+        monkeypatch.undo()
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        assert await store.redis.exists(k.job_queued("1:train:0"), k.job_queued("1:train:1")) == 2
+        doc = await store.task(task_id)
+        assert doc is not None and "replay_from" not in doc and await _relay_idle(store), doc
+
+
+async def test_a_relayer_killed_between_the_link_and_the_opening_leaves_the_task_to_the_next_relay(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relayer links the document to its creation (the claim) and is killed before it opens the task;
+    the follower had passed the creation. A trainer from outside this coordinator commits to the task: the
+    follower applies that to the linked document and gives it the chain id. The next relay of the entry
+    opens the task from its history (deadlines, jobs, the commitment kept), instead of finding the document
+    linked and leaving it `pending_chain` for good."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        _claim_after_the_follower(monkeypatch, chain, store, then_die=True)
+        with pytest.raises(_Killed):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        monkeypatch.undo()
+        trainer = await _outside_commitment(chain, store, task_id)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc.get("submit_deadline")) == ("pending_chain", None), doc
+        sent = doc["transactions"]["create"]
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("training", 1), doc
+        assert doc["submit_deadline"] > now and doc["transactions"]["create"] == sent, doc
+        assert [s["trainer"] for s in doc["submissions"]] == [trainer]
+        assert await store.redis.exists(k.job_queued("1:train:0"), k.job_queued("1:train:1")) == 2
+        assert "replay_from" not in doc and await _relay_idle(store), doc
+
+
+async def test_terms_created_elsewhere_whose_tracking_a_kill_cut_short_are_tracked_on_the_next_relay(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The terms were created through another contract; the relayer finds that creation, claims it and is
+    killed before the document tracks it, and the follower gives the document the chain id with a trainer's
+    commitment. The next relay replays the task's history: the document is open for training, its jobs
+    queued, and `transactions.create` names the transaction that created the task."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        forwarded = await _forward(chain, await store.task(task_id))
+        _claim_after_the_follower(monkeypatch, chain, store, then_die=True)
+        with pytest.raises(_Killed):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        monkeypatch.undo()
+        trainer = await _outside_commitment(chain, store, task_id)
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("training", 1), doc
+        assert doc["transactions"]["create"] == forwarded["transactionHash"].to_0x_hex(), doc
+        assert [s["trainer"] for s in doc["submissions"]] == [trainer]
+        assert await store.redis.exists(k.job_queued("1:train:0"), k.job_queued("1:train:1")) == 2
+        assert "replay_from" not in doc and await _relay_idle(store), doc
+
+
+class _Killed(Exception):
+    """The relaying instance dies here."""
+
+
+def _claim_after_the_follower(monkeypatch: pytest.MonkeyPatch, chain: Chain, store: Store, *, then_die: bool) -> None:
+    """The store's claim of a chain task made only once the server's follower has passed the head (where
+    the creation is), and the instance then killed (`_Killed`) if `then_die`."""
+    claim = store.claim_chain_id
+
+    async def claim_after_the_follower(doc_id: str, chain_task_id: int) -> str:
+        head = int(await chain.w3.eth.block_number)
+
+        async def passed() -> bool:
+            return (await store.checkpoint() or 0) >= head
+
+        await wait_until(passed, timeout=60, what="the follower to pass the creation")
+        holder = await claim(doc_id, chain_task_id)
+        if then_die:
+            raise _Killed
+        return holder
+
+    monkeypatch.setattr(store, "claim_chain_id", claim_after_the_follower)
+
+
+async def _outside_commitment(chain: Chain, store: Store, task_id: str) -> str:
+    """A trainer commits to chain task 1 directly; once the server's follower applied it to the document
+    (which gives the document its chain id), the trainer's address."""
+    trainer = dev_account(TRAINERS[0])
+    commit = await chain.tasks.functions.commitSubmission(1, b"\x11" * 32).build_transaction(
+        {"from": trainer.address, "gas": 300_000}
+    )
+    assert (await _send(chain, trainer, commit))["status"] == 1
+
+    async def applied() -> bool:
+        doc = await store.task(task_id) or {}
+        return doc.get("chain_task_id") == 1 and bool(doc.get("submissions"))
+
+    await wait_until(applied, timeout=60, what="the follower to apply the commitment")
+    return str(trainer.address)
 
 
 async def test_terms_their_requester_voided_fail_with_the_reason(

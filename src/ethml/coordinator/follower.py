@@ -93,6 +93,7 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
 
         def created(d: dict[str, Any]) -> None:
             d.update(deadlines_of(args))
+            d["transactions"]["create"] = tx  # the one that created it, whoever sent it
             if d["status"] == "pending_chain":
                 d["status"] = "open"
 

@@ -106,7 +106,8 @@ def _permit(doc: dict[str, Any]) -> tuple[int, int, bytes, bytes]:
 async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
     task_id = fields[b"task"].decode()
     doc = await store.task(task_id)
-    if doc is not None and doc.get("replay_from") is not None:  # a replay of its history interrupted
+    if doc is not None and doc.get("replay_from") is not None and doc.get("chain_task_id") is not None:
+        # Linked, and its opening or the replay of its history cut short (a crash, an RPC failure).
         if await store.redis.exists(k.importing(int(doc["chain_task_id"]))):
             raise RelayAgain("its import is replaying its history")  # one replay at a time; this entry is its net
         await replay_history(chain, store, task_id, int(doc["chain_task_id"]), int(doc["replay_from"]))
@@ -198,7 +199,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     # id is the contract's counter). Relayed again, the journaled transaction is sent again as is and its
     # receipt read anew, from whichever block holds it then.
     await _confirmed(chain, block, f"created as chain task {chain_task_id}", "", "linked")
-    holder = await store.claim_chain_id(task_id, chain_task_id)
+    holder = await _claim(store, task_id, chain_task_id, block)
     if holder != task_id:  # another posted task holds the link (same terms posted twice before reposts were refused)
         await store.update_task(task_id, fail(_tracked_by(created[0], holder)))
         await store.release_signed_terms(doc)
@@ -210,14 +211,13 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         d.update(deadlines_of(args))
         if d["status"] == "pending_chain":
             d["status"] = "open"
-        if chain.confirmations:  # the follower may have passed the creation while the link waited for it
-            d["replay_from"] = block
 
     doc = await store.update_task(task_id, opened)
     if doc is not None:
         await task_opened(store, doc)
-    if chain.confirmations:
-        await replay_history(chain, store, task_id, chain_task_id, block)
+    # The follower may have passed the creation before the link (it reads ahead of a receipt's polling, or
+    # the link waited for confirmations), and skipped the task's events up to there.
+    await replay_history(chain, store, task_id, chain_task_id, block)
     await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
     log.info(
         "task_created", task=task_id, chain_task=chain_task_id, tx=doc["transactions"].get("create") if doc else None
@@ -278,11 +278,22 @@ async def _created_elsewhere(chain: Chain, store: Store, doc: dict[str, Any]) ->
         if used is False:
             continue
         await _event_confirmed(chain, entry, "tracked")
-        holder = await store.claim_chain_id(doc["id"], int(entry["args"]["taskId"]))
+        holder = await _claim(store, doc["id"], int(entry["args"]["taskId"]), int(entry["blockNumber"]))
         if holder == doc["id"]:
             return _Found(entry, holder)
         held = held or _Found(entry, holder)  # identical terms signed again may have made another task: look on
     return held or other
+
+
+async def _claim(store: Store, task_id: str, chain_task_id: int, block: int) -> str:
+    """`Store.claim_chain_id` for the chain task created in `block`, the document first marked to replay
+    the task's history from there (`replay_from`). From the claim on, the follower applies the task's events
+    to the document (and gives it the chain id with the first): a crash before the document is opened
+    leaves an entry whose next relay replays the history, the TaskCreated and its jobs included, instead
+    of finding the document linked and finishing it. A mark left on a document another one's claim beat is
+    never read: the document has no chain id."""
+    await store.update_task(task_id, lambda d: d.update(replay_from=block))
+    return await store.claim_chain_id(task_id, chain_task_id)
 
 
 async def _confirmed(chain: Chain, block: int, what: str, detail: str, then: str) -> None:
