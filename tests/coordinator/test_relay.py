@@ -364,8 +364,8 @@ async def test_a_follower_that_moves_on_during_the_replay_does_not_hold_it_up(
         await _forward(chain, await store.task(task_id))
         replay = relayer_module.replay_task
 
-        async def follower_moves_on(*args: Any) -> int:
-            head = await replay(*args)
+        async def follower_moves_on(*args: Any, **kwargs: Any) -> int:
+            head = await replay(*args, **kwargs)
             await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
             await store.set_checkpoint(head + 1)
             return head
@@ -374,6 +374,35 @@ async def test_a_follower_that_moves_on_during_the_replay_does_not_hold_it_up(
         await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
         doc = await store.task(task_id)
         assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert "replay_from" not in doc and await _relay_idle(store), doc
+
+
+async def test_a_relayer_waiting_more_confirmations_than_the_follower_replays_to_its_checkpoint(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Instances disagree on `--confirmations` for a while (a rolling restart that raises it): the leader's
+    follower reads to the head, this relayer waits 2 blocks. Its replay at the link reads to the follower's
+    checkpoint, which the follower reached at its own depth, so a trainer's commitment in a block the
+    follower skipped reaches the document and the entry is finished, instead of being relayed again, short
+    of the checkpoint, for as long as the two differ."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c, confirmations=2)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        with pytest.raises(RelayAgain, match="linked once 2 blocks confirm it"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        trainer = dev_account(TRAINERS[0])
+        commit = await chain.tasks.functions.commitSubmission(1, b"\x11" * 32).build_transaction(
+            {"from": trainer.address, "gas": 300_000}
+        )
+        assert (await _send(chain, trainer, commit))["status"] == 1
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]  # the creation 2 deep
+        latest = int(await chain.w3.eth.block_number)
+        await store.set_checkpoint(latest)  # a follower with --confirmations 0 passed both blocks, unlinked
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("training", 1), doc
+        assert [s["trainer"] for s in doc["submissions"]] == [trainer.address]
         assert "replay_from" not in doc and await _relay_idle(store), doc
 
 
@@ -556,13 +585,13 @@ async def test_terms_created_through_another_contract_are_tracked_with_their_his
 
         replay, failures = relayer_module.replay_task, []
 
-        async def flaky(*args: Any) -> int:
+        async def flaky(*args: Any, **kwargs: Any) -> int:
             failures.append(args)
             if len(failures) == 1:
                 raise Web3RPCError("the node went away")
             if len(failures) == 2:
                 return int(args[3]) - 1  # a node behind the creation's block: nothing read
-            return await replay(*args)
+            return await replay(*args, **kwargs)
 
         monkeypatch.setattr(relayer_module, "replay_task", flaky)
         with pytest.raises(RelayAgain, match="the node went away"):  # parked: the other entries go on

@@ -270,16 +270,28 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int | No
     return start
 
 
-async def replay_task(chain: Chain, store: Store, chain_task_id: int, from_block: int, chunk: int | None = None) -> int:
+async def replay_task(
+    chain: Chain,
+    store: Store,
+    chain_task_id: int,
+    from_block: int,
+    chunk: int | None = None,
+    *,
+    at_least: int | None = None,
+) -> int:
     """Apply one task's whole history in chain order (an imported task, or one a relayer found created by
     another transaction: its events may be older than the checkpoint), from `from_block` (its creation's
-    block, `creation_block`) to the head less `--confirmations` (as the follower reads), `chunk`
-    (LOG_CHUNK) blocks per query; returns the block it read to. Every followed event carries the task id
-    as its first topic."""
+    block, `creation_block`) to the head less `--confirmations` (as the follower reads), or to `at_least`
+    (the follower's checkpoint) where that is further and the node has it: a follower run with fewer
+    confirmations than this instance applied those blocks already. `chunk` (LOG_CHUNK) blocks per query;
+    returns the block it read to. Every followed event carries the task id as its first topic."""
     topics = _topics(chain)
     task_topic = _task_topic(chain_task_id)
     start = from_block
-    head = await chain.confirmed_head()
+    latest = int(await chain.w3.eth.block_number)
+    head = latest - chain.confirmations
+    if at_least is not None and head < at_least <= latest:
+        head = at_least
     while start <= head:
         end = min(head, start + (chunk or LOG_CHUNK) - 1)
         logs = await chain.w3.eth.get_logs(

@@ -446,7 +446,7 @@ async def replay_history(chain: Chain, store: Store, task_id: str, chain_task_id
     the replay must reach the follower's checkpoint as it is now (a node behind the follower's falls short)."""
     checkpoint = await store.checkpoint()
     try:
-        head = await replay_task(chain, store, chain_task_id, from_block)
+        head = await replay_task(chain, store, chain_task_id, from_block, at_least=checkpoint)
     except (Web3RPCError, OSError, aiohttp.ClientError) as exc:
         raise RelayAgain(f"the replay of chain task {chain_task_id} from block {from_block} failed: {exc}") from exc
     if head < from_block:  # a node behind the one that showed the creation: the next relay of the entry replays
