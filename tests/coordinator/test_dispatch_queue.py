@@ -386,3 +386,38 @@ async def test_a_send_whose_shared_drain_another_sender_s_timeout_cancelled_retu
     assert await asyncio.wait_for(job, 30) is False
     assert transport.aborted
     assert conn._writer is not None and conn._writer.done() and not conn._writer.cancelled()
+
+
+async def test_jobs_queued_for_an_import_that_a_posted_task_took_over_are_kept_for_the_posted_task(
+    redis_store: Store,
+) -> None:
+    """A posted task took over the link of an imported one (which is failed, naming it): the validation job
+    queued for the import (the same id the posted task's would have, so it is not queued again) is kept
+    while its validator is away, because the task that tracks the chain task now is validating; and its
+    time limit is the posted task's."""
+    store = redis_store
+    redis = store.redis
+    posted = {"id": "posted", "status": "validating", "spec": {"max_train_seconds": 1}, "trainers": 2}
+    await redis.set(k.task("posted"), json.dumps(posted))
+    await redis.set(k.task("chain-1"), json.dumps({"id": "chain-1", "status": "failed", "trainers": 2}))
+    await redis.set(k.chain_task(1), "posted")
+    stream = k.jobs("validator")
+    away = "0x" + "cd" * 20
+    await redis.xadd(
+        stream, {"job": "1:validate:0", "kind": "validate", "task": "chain-1", "chain_task": 1, "address": away}
+    )
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3, job_margin=0.2)
+    assert await dispatcher._time_limit({"task": "chain-1", "chain_task": "1", "kind": "validate"}) == 3.2
+    ws = RecordingSocket()
+    other = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "validator", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[other.id] = other
+    for _ in range(3):
+        await dispatcher.run_pass()
+    pending = await redis.xpending_range(stream, GROUP, "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [WAITING.encode()], "kept for the drawn validator"
+    assert ws.sent == [] and await redis.xlen(stream) == 1
+
+    # Once the task that tracks it is settled, the seat's vote is moot: the job is dropped.
+    await redis.set(k.task("posted"), json.dumps({**posted, "status": "settled"}))
+    await dispatcher.run_pass()
+    assert await redis.xlen(stream) == 0

@@ -336,7 +336,7 @@ class Dispatcher:
         if addressed:  # a drawn validator's seat: only that validator may vote in it
             eligible = [c for c in free if c.address.lower() == addressed.lower()]
             if not eligible:
-                doc = await self.store.task(fields["task"])
+                doc = await self._tracking(fields)
                 if doc is None or doc["status"] not in ("open", "training", "validating"):
                     await self.store.finish_entry(stream, GROUP, entry_id)  # settled: the seat's vote is moot
                 return
@@ -412,11 +412,18 @@ class Dispatcher:
         (once for a training job, once per trainer and once more for a validation job, which may re-fit
         each submission and the reference model) plus `job_margin` for the data, the transactions and
         the upload. A task without its spec here (imported from the chain) gets the largest limit."""
-        doc = await self.store.task(fields["task"])
+        doc = await self._tracking(fields)
         spec = (doc or {}).get("spec") or {}
         seconds = float(spec.get("max_train_seconds") or MAX_TRAIN_SECONDS)
         fits = 1 if fields["kind"] == "train" else int((doc or {}).get("trainers") or 1) + 1
         return seconds * fits + self.job_margin
+
+    async def _tracking(self, fields: dict[str, str]) -> dict[str, Any] | None:
+        """The document that tracks the job's chain task now (the one the job names, if no link is found).
+        A posted task that took over an imported one's link tracks the jobs queued for the import: they
+        keep their ids, so they are not queued again, and the import's document is failed."""
+        doc = await self.store.task_by_chain_id(int(fields["chain_task"])) if "chain_task" in fields else None
+        return doc or await self.store.task(fields["task"])
 
     def adopt(self, conn: WorkerConn, pending: list[Pending]) -> list[dict[str, Any]]:
         """A reconnecting worker keeps the jobs still pending under its consumer name, with the deadline
