@@ -182,6 +182,49 @@ async def test_the_relayer_cannot_change_a_term(anvil_url: str, tmp_path: Path) 
         assert await tasks.functions.taskCount().call() == 1
 
 
+async def test_terms_posted_first_without_their_test_set_take_it_from_the_requesters_own_post(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Someone who has a requester's signed terms (sent to another relayer first) posts them here before the
+    requester, without the test set. The requester's own post of the same terms, with the test set, is not
+    refused as a repost: the test set (it matches the signed commitment) is added to the task that holds the
+    terms (200, naming it), so the coordinator can reveal it. Nothing else is stored or queued, the secret is
+    not shown, and a post of the terms once the task has its test set is refused as before."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _chain, store, _ipfs, key, now = await _without_relayer(c)
+        status, made, _ = await c.api(
+            "POST", "/api/keys", key=c.admin_key, body={"name": "copier", "role": "requester"}
+        )
+        assert status == 201, made
+        signed = _valid(c, now, 0)
+        copy = {name: value for name, value in signed.items() if name != "test_set"}
+        [(held_id, _entry)] = await _post(c, store, made["key"], [copy])
+        assert (await store.task(held_id) or {}).get("test_set") is None
+
+        status, refused, _ = await c.api("POST", "/api/tasks", key=key, body=copy)
+        assert (status, refused["error"]["message"]) == (
+            409,
+            f"these signed terms are posted already, as task {held_id}",
+        )
+        status, answer, headers = await c.api("POST", "/api/tasks", key=key, body=signed)
+        assert (status, answer, headers["Location"]) == (
+            200,
+            {"id": held_id, "status": "pending_chain", "location": f"/api/tasks/{held_id}"},
+            f"/api/tasks/{held_id}",
+        ), answer
+        doc = await store.task(held_id)
+        assert doc is not None and doc["test_set"] == signed["test_set"], doc
+        status, shown, _ = await c.api("GET", f"/api/tasks/{held_id}")
+        assert status == 200 and "test_set" not in shown and signed["test_set"]["salt"] not in str(shown)
+
+        status, refused, _ = await c.api("POST", "/api/tasks", key=key, body=signed)
+        assert (status, refused["error"]["message"]) == (
+            409,
+            f"these signed terms are posted already, as task {held_id}",
+        )
+        assert await store.redis.zcard("ethml:tasks") == 1 and await store.redis.xlen("ethml:relay") == 1
+
+
 async def test_a_terms_signature_with_v_0_or_1_is_relayed_as_27_or_28_and_created(
     anvil_url: str, tmp_path: Path
 ) -> None:

@@ -77,7 +77,9 @@ maxPeriod); the signature recovers requester; validations is odd; expiry has not
 (optional: without it the requester must have approved the reward) is signed by permit.owner for
 this chain, EML token and TrainingTasks, its owner is the requester, its value the reward and its
 deadline has not passed; test_set matches test_set_commitment; the spec's target is not among its
-features. Signed terms posted already are refused (409, naming that task) until that task fails.
+features. Signed terms posted already are refused (409, naming that task) until that task fails,
+unless that task has no test set and this body carries one (it matches the commitment): the test set is
+then added to that task, which is answered (200) so the coordinator reveals it in time.
 The nonce is checked against the chain when the relayer sends the task: if anyone else created the
 task from these signed terms after they were posted here, the task tracks that creation; otherwise a
 used nonce fails the task with the reason."""
@@ -138,6 +140,12 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": _body(s.TaskCreate),
                     "responses": {
                         "201": _json(s.TaskCreated, "accepted; follow Location", LOCATION),
+                        "200": _json(
+                            s.TaskCreated,
+                            "these signed terms were posted already without their test set: this body's is added "
+                            "to that task (named; follow Location)",
+                            LOCATION,
+                        ),
                         **_errors(401, 403, *JSON_BODY),
                         "409": _json(s.ErrorOut, "these signed terms are posted already (the task is named)"),
                     },

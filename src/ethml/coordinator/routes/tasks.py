@@ -22,6 +22,7 @@ from ethml.coordinator.follower import CreationNotFound, creation_block, task_op
 from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.relayer import replay_history
 from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
+from ethml.coordinator.store import Store
 from ethml.ipfs.unixfs import file_cid_v1
 from ethml.training.onchain import TaskError, read_struct
 from ethml.training.spec import canonical_json
@@ -159,16 +160,44 @@ async def post_task(request: web.Request) -> web.Response:
     )
     wait = await request.app[STORE].take_token_and_create(buckets(request, who["key"]), doc)
     if isinstance(wait, str):
-        raise ApiError(409, f"these signed terms are posted already, as task {wait}", "signature")
+        held = await _add_test_set(request.app[STORE], wait, doc["test_set"])
+        if held is None:
+            raise ApiError(409, f"these signed terms are posted already, as task {wait}", "signature")
+        return _created(wait, held["status"], 200)
     if wait > 0:
         raise too_many(wait)
+    return _created(task_id, "pending_chain", 201)
+
+
+def _created(task_id: str, status: str, code: int) -> web.Response:
     location = f"/api/tasks/{task_id}"
     return web.Response(
-        body=orjson.dumps({"id": task_id, "status": "pending_chain", "location": location}),
-        status=201,
+        body=orjson.dumps({"id": task_id, "status": status, "location": location}),
+        status=code,
         content_type="application/json",
         headers={"Location": location},
     )
+
+
+async def _add_test_set(store: Store, task_id: str, test_set: dict[str, str] | None) -> dict[str, Any] | None:
+    """The task that holds these signed terms, once `test_set` (checked against their commitment, so only
+    someone who has the requester's secret can send it) is added to it: someone else posted the terms
+    first without it, and the coordinator could not reveal the test set. None when there is no test set to
+    add (none sent, the task has it already, or the task failed and gave the terms back)."""
+    if test_set is None:
+        return None
+    added = [False]
+
+    def add(d: dict[str, Any]) -> None:  # run again on a concurrent write: decided afresh each time
+        added[0] = d.get("test_set") is None and d["status"] != "failed"
+        if added[0]:
+            d["test_set"] = test_set
+
+    held = await store.update_task(task_id, add)
+    if held is None or not added[0]:
+        return None
+    log.info("test_set_added", task=task_id)
+    return dict(held)
 
 
 @routes.post("/api/tasks/import")
