@@ -48,15 +48,50 @@ async def test_an_old_event_applied_after_a_newer_one_moves_nothing_backwards(tm
         }  # fmt: skip
         assert await store.import_task(doc)
         await apply_event(None, store, "TestSetRevealed", {"taskId": 7}, "0x01")  # type: ignore[arg-type]
-        await apply_event(None, store, "DrawFixed", {"taskId": 7, "round": 1}, "0x02")  # type: ignore[arg-type]
+        await apply_event(None, store, "DrawFixed", {"taskId": 7, "round": 1, "drawBlock": 50}, "0x02")  # type: ignore[arg-type]
         stored = await store.task("t1")
         assert stored is not None and (stored["status"], stored["draw"]) == ("accepted", 2), stored
         assert await store.redis.zscore("ethml:tasks:validating", "t1") is None
         await store.update_task("t1", lambda d: d.update(status="training"))
         await apply_event(None, store, "TestSetRevealed", {"taskId": 7}, "0x03")  # type: ignore[arg-type]
-        await apply_event(None, store, "DrawFixed", {"taskId": 7, "round": 3}, "0x04")  # type: ignore[arg-type]
+        await apply_event(None, store, "DrawFixed", {"taskId": 7, "round": 3, "drawBlock": 90}, "0x04")  # type: ignore[arg-type]
         stored = await store.task("t1")
         assert stored is not None and (stored["status"], stored["draw"]) == ("validating", 3), stored
+
+
+async def test_seats_of_an_earlier_draw_replayed_after_a_later_draw_keep_their_own_job_ids(tmp_path: Path) -> None:
+    """The follower applied the second draw of a task's panel before a replay of its history reached the
+    first draw's seats (the replay was cut short and finished later): each seat is labelled with the draw
+    its event belongs to (the last draw fixed before its block), and queued under that draw's job id, so
+    the second draw's validator in seat 0 still gets its own job instead of finding its id taken."""
+    async with _store(tmp_path) as store:
+        doc: dict[str, Any] = {
+            "id": "t1", "chain_task_id": 7, "created_at": 1.0, "status": "validating",
+            "submissions": [], "transactions": {},
+        }  # fmt: skip
+        assert await store.import_task(doc)
+        first, second = "0x" + "a1" * 20, "0x" + "b2" * 20
+
+        async def event(name: str, args: dict[str, Any], block: int) -> None:
+            await apply_event(None, store, name, {"taskId": 7, **args}, f"0x{block:02x}", block)  # type: ignore[arg-type]
+
+        await event("DrawFixed", {"round": 2, "drawBlock": 200}, 195)  # the follower
+        await event("DrawFixed", {"round": 1, "drawBlock": 100}, 95)  # the replay, from the creation on
+        await event("ValidatorDrawn", {"seat": 0, "validator": first, "scoreDeadline": 5_000}, 105)
+        await event("ValidatorDrawn", {"seat": 0, "validator": second, "scoreDeadline": 9_000}, 205)  # the follower
+        for name, args, block in (  # the rest of the replay: nothing changes
+            ("DrawFixed", {"round": 2, "drawBlock": 200}, 195),
+            ("ValidatorDrawn", {"seat": 0, "validator": second, "scoreDeadline": 9_000}, 205),
+        ):
+            await event(name, args, block)
+
+        stored = await store.task("t1")
+        assert stored is not None and stored["draw"] == 2, stored
+        assert [(e["validator"], e["draw"]) for e in stored["panel"]] == [(first, 1), (second, 2)], stored
+        jobs = {
+            f[b"job"].decode(): f[b"address"].decode() for _id, f in await store.redis.xrange("ethml:jobs:validator")
+        }
+        assert jobs == {"7:validate:0": first, "7:validate:9": second}, jobs
 
 
 @contextlib.asynccontextmanager

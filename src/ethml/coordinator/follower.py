@@ -65,6 +65,20 @@ def _submission(d: dict[str, Any], index: int) -> dict[str, Any]:
     return entry
 
 
+def _draw_of(doc: dict[str, Any], block: int | None) -> int:
+    """The draw a ValidatorDrawn event in `block` belongs to: the last one whose draw block is before
+    `block` (a panel is drawn after its draw block, and the next draw is fixed after that panel). Not the
+    document's newest draw: a replay of the task's history applies an earlier draw's seats after the
+    follower applied a later draw, and would queue them under the later draw's job ids, taking those ids
+    from the validators that draw seats. Without the draws' blocks (no block given, or draws the document
+    recorded before it kept them), the newest draw."""
+    if block is not None:
+        rounds = [int(r) for r, fixed in (doc.get("draw_blocks") or {}).items() if int(fixed) < block]
+        if rounds:
+            return max(rounds)
+    return int(doc.get("draw") or 1)
+
+
 def _seat(d: dict[str, Any], seat: int, validator: str) -> dict[str, Any] | None:
     """The panel entry of `validator` in `seat` (its latest draw)."""
     entry: dict[str, Any]
@@ -78,7 +92,11 @@ def _seat(d: dict[str, Any], seat: int, validator: str) -> dict[str, Any] | None
 BEFORE_VALIDATING = ("pending_chain", "open", "training")
 
 
-async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any], tx: str) -> None:
+async def apply_event(
+    chain: Chain, store: Store, name: str, args: dict[str, Any], tx: str, block: int | None = None
+) -> None:
+    """One TrainingTasks event (`name`, its `args`, its transaction and block) applied to the document that
+    tracks its task."""
     doc = await store.task_by_chain_id(int(args["taskId"]))
     if doc is None:
         return  # a task this coordinator does not track (import it to track it)
@@ -129,10 +147,17 @@ async def apply_event(chain: Chain, store: Store, name: str, args: dict[str, Any
             task_id, lambda d: d.update(status="validating") if d["status"] in BEFORE_VALIDATING else None
         )
     elif name == "DrawFixed":
-        await store.update_task(task_id, lambda d: d.update(draw=max(int(d.get("draw") or 0), int(args["round"]))))
+        draw, draw_block = int(args["round"]), int(args["drawBlock"])
+
+        def fixed(d: dict[str, Any]) -> None:
+            d["draw"] = max(int(d.get("draw") or 0), draw)
+            blocks = d.setdefault("draw_blocks", {})  # a draw fixed anew (its block's hash gone) keeps its first
+            blocks[str(draw)] = min(int(blocks.get(str(draw), draw_block)), draw_block)
+
+        await store.update_task(task_id, fixed)
     elif name == "ValidatorDrawn":
         seat, validator = int(args["seat"]), args["validator"]
-        draw = int(doc.get("draw") or 1)
+        draw = _draw_of(doc, block)
 
         # Drawn with replacement: a validator drawn k times holds k seats and casts one ballot, so it
         # gets one job (at its first seat of the panel it sits on).
@@ -251,7 +276,8 @@ async def _apply_logs(chain: Chain, store: Store, topics: dict[bytes, str], logs
         if name is None:
             continue
         decoded = getattr(chain.tasks.events, name)().process_log(entry)
-        await apply_event(chain, store, name, dict(decoded["args"]), "0x" + bytes(entry["transactionHash"]).hex())
+        tx = "0x" + bytes(entry["transactionHash"]).hex()
+        await apply_event(chain, store, name, dict(decoded["args"]), tx, int(entry["blockNumber"]))
 
 
 async def follow(chain: Chain, store: Store, confirmations: int, chunk: int | None = None) -> int:

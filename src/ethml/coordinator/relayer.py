@@ -435,7 +435,7 @@ async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, eve
         "task_created_elsewhere", task=task_id, chain_task=chain_task_id, tx=tx_hash, sender=event["args"]["sender"]
     )
     # The event in hand opens the task and queues its jobs, whatever the replay's node answers.
-    await apply_event(chain, store, "TaskCreated", dict(event["args"]), tx_hash)
+    await apply_event(chain, store, "TaskCreated", dict(event["args"]), tx_hash, block)
     await replay_history(chain, store, task_id, chain_task_id, block)
 
 
