@@ -417,6 +417,11 @@ async def test_jobs_queued_for_an_import_that_a_posted_task_took_over_are_kept_f
     assert [p["consumer"] for p in pending] == [WAITING.encode()], "kept for the drawn validator"
     assert ws.sent == [] and await redis.xlen(stream) == 1
 
+    # The posted task took the link over and is not opened yet (its relay opens it): kept as well.
+    await redis.set(k.task("posted"), json.dumps({**posted, "status": "pending_chain"}))
+    await dispatcher.run_pass()
+    assert await redis.xlen(stream) == 1
+
     # Once the task that tracks it is settled, the seat's vote is moot: the job is dropped.
     await redis.set(k.task("posted"), json.dumps({**posted, "status": "settled"}))
     await dispatcher.run_pass()

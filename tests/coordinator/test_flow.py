@@ -20,7 +20,9 @@ from ethml.chain import (
     send,
     token_contract,
 )
+from ethml.coordinator.appkeys import CHAIN
 from ethml.coordinator.client import task_body
+from ethml.coordinator.follower import _round_at
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ml import Manifest
 from ethml.ml.loader import load_untrusted
@@ -115,6 +117,12 @@ async def test_a_task_posted_over_http_is_trained_validated_accepted_and_served(
     # Three seats drawn by lot with replacement among the three validators: one may hold two.
     assert len(panel) == 3 and {p["validator"] for p in panel} <= {dev_account(v).address for v in VALIDATORS}
     assert all(p["state"] == "revealed" and not p["unusable"] and len(p["scores"]) == 2 for p in panel), panel
+    # The seats' draw, read from the chain at their event's block (the round drawPanel counted there).
+    app = c.runners[0].app
+    assert app is not None
+    drawn = await app[CHAIN].tasks.events.ValidatorDrawn().get_logs(from_block=0)
+    assert len(drawn) == 3 and all(p["draw"] == 1 for p in panel), panel
+    assert {await _round_at(app[CHAIN], 1, int(e["blockNumber"])) for e in drawn} == {1}
     assert set(done["transactions"]) >= {"create", "reveal", "finalize"}
     model_id = done["model_id"]
     assert model_id == 5 and done["registration"] == "registered"  # after the four bundled models

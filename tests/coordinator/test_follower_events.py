@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ethml.coordinator import follower as follower_module
 from ethml.coordinator.follower import EVENTS, apply_event
 from ethml.coordinator.redis_client import connect
 from ethml.coordinator.schemas import Submission
@@ -59,11 +62,22 @@ async def test_an_old_event_applied_after_a_newer_one_moves_nothing_backwards(tm
         assert stored is not None and (stored["status"], stored["draw"]) == ("validating", 3), stored
 
 
-async def test_seats_of_an_earlier_draw_replayed_after_a_later_draw_keep_their_own_job_ids(tmp_path: Path) -> None:
-    """The follower applied the second draw of a task's panel before a replay of its history reached the
-    first draw's seats (the replay was cut short and finished later): each seat is labelled with the draw
-    its event belongs to (the last draw fixed before its block), and queued under that draw's job id, so
-    the second draw's validator in seat 0 still gets its own job instead of finding its id taken."""
+@pytest.mark.parametrize("order", ["follower_first", "replay_first"])
+async def test_seats_of_an_earlier_draw_replayed_beside_a_later_draw_keep_their_own_job_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """A replay of a task's history (cut short and finished later, or slow) applies the first draw of its
+    panel while the follower applies the second: the node still has the state of the second draw's
+    block (the follower's are recent) but not of the first's. Each seat is labelled with its own draw and
+    queued under that draw's job id, so the second draw's validator in seat 0 gets its job, whether the
+    follower applied the second draw's DrawFixed before the replay started (`follower_first`) or the
+    follower had passed it before the link and only the replay brings it (`replay_first`)."""
+    rounds = {205: 2}  # the round after each block whose state the node still has
+
+    async def round_at(_chain: Any, _task: int, block: int) -> int | None:
+        return rounds.get(block)
+
+    monkeypatch.setattr(follower_module, "_round_at", round_at)
     async with _store(tmp_path) as store:
         doc: dict[str, Any] = {
             "id": "t1", "chain_task_id": 7, "created_at": 1.0, "status": "validating",
@@ -73,17 +87,17 @@ async def test_seats_of_an_earlier_draw_replayed_after_a_later_draw_keep_their_o
         first, second = "0x" + "a1" * 20, "0x" + "b2" * 20
 
         async def event(name: str, args: dict[str, Any], block: int) -> None:
-            await apply_event(None, store, name, {"taskId": 7, **args}, f"0x{block:02x}", block)  # type: ignore[arg-type]
+            await apply_event(object(), store, name, {"taskId": 7, **args}, f"0x{block:02x}", block)  # type: ignore[arg-type]
 
-        await event("DrawFixed", {"round": 2, "drawBlock": 200}, 195)  # the follower
+        fixed_2 = ("DrawFixed", {"round": 2, "drawBlock": 200}, 195)
+        seat_2 = ("ValidatorDrawn", {"seat": 0, "validator": second, "scoreDeadline": 9_000}, 205)
+        if order == "follower_first":
+            await event(*fixed_2)
         await event("DrawFixed", {"round": 1, "drawBlock": 100}, 95)  # the replay, from the creation on
         await event("ValidatorDrawn", {"seat": 0, "validator": first, "scoreDeadline": 5_000}, 105)
-        await event("ValidatorDrawn", {"seat": 0, "validator": second, "scoreDeadline": 9_000}, 205)  # the follower
-        for name, args, block in (  # the rest of the replay: nothing changes
-            ("DrawFixed", {"round": 2, "drawBlock": 200}, 195),
-            ("ValidatorDrawn", {"seat": 0, "validator": second, "scoreDeadline": 9_000}, 205),
-        ):
-            await event(name, args, block)
+        await event(*seat_2)  # the follower, before the replay gets there
+        for again in (fixed_2, seat_2):  # the rest of the replay: nothing changes
+            await event(*again)
 
         stored = await store.task("t1")
         assert stored is not None and stored["draw"] == 2, stored

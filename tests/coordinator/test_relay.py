@@ -191,15 +191,16 @@ async def test_terms_posted_first_without_their_test_set_take_it_from_the_reques
     terms (200, naming it), so the coordinator can reveal it. Nothing else is stored or queued, the secret is
     not shown, and a post of the terms once the task has its test set is refused as before."""
     async with coordinator_on(anvil_url, tmp_path) as c:
-        _chain, store, _ipfs, key, now = await _without_relayer(c)
+        chain, store, ipfs, key, now = await _without_relayer(c)
         status, made, _ = await c.api(
             "POST", "/api/keys", key=c.admin_key, body={"name": "copier", "role": "requester"}
         )
         assert status == 201, made
-        signed = _valid(c, now, 0)
-        copy = {name: value for name, value in signed.items() if name != "test_set"}
-        [(held_id, _entry)] = await _post(c, store, made["key"], [copy])
-        assert (await store.task(held_id) or {}).get("test_set") is None
+        signed = _valid(c, now, 0, trainers=3)
+        copy = {name: value for name, value in signed.items() if name not in ("test_set", "permit")} | {"trainers": 1}
+        [(held_id, entry)] = await _post(c, store, made["key"], [copy])
+        first = await store.task(held_id)
+        assert first is not None and (first["test_set"], first["permit"], first["trainers"]) == (None, None, 1)
 
         status, refused, _ = await c.api("POST", "/api/tasks", key=key, body=copy)
         assert (status, refused["error"]["message"]) == (
@@ -214,6 +215,8 @@ async def test_terms_posted_first_without_their_test_set_take_it_from_the_reques
         ), answer
         doc = await store.task(held_id)
         assert doc is not None and doc["test_set"] == signed["test_set"], doc
+        # Its creation not signed yet, the task takes the requester's permit and number of jobs too.
+        assert (doc["permit"]["v"], doc["trainers"]) == (signed["permit"]["v"], 3), doc
         status, shown, _ = await c.api("GET", f"/api/tasks/{held_id}")
         assert status == 200 and "test_set" not in shown and signed["test_set"]["salt"] not in str(shown)
 
@@ -223,6 +226,10 @@ async def test_terms_posted_first_without_their_test_set_take_it_from_the_reques
             f"these signed terms are posted already, as task {held_id}",
         )
         assert await store.redis.zcard("ethml:tasks") == 1 and await store.redis.xlen("ethml:relay") == 1
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)  # paid by the permit: no approval
+        doc = await store.task(held_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert await store.redis.exists(*(k.job_queued(f"1:train:{n}") for n in range(3))) == 3
 
 
 async def test_a_terms_signature_with_v_0_or_1_is_relayed_as_27_or_28_and_created(

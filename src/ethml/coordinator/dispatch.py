@@ -337,7 +337,8 @@ class Dispatcher:
             eligible = [c for c in free if c.address.lower() == addressed.lower()]
             if not eligible:
                 doc = await self._tracking(fields)
-                if doc is None or doc["status"] not in ("open", "training", "validating"):
+                # (pending_chain: a posted task that just took the link over, and is opened by its relay)
+                if doc is None or doc["status"] not in ("pending_chain", "open", "training", "validating"):
                     await self.store.finish_entry(stream, GROUP, entry_id)  # settled: the seat's vote is moot
                 return
         else:

@@ -15,7 +15,7 @@ from web3.exceptions import Web3RPCError
 
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.store import Store
-from ethml.training.onchain import BONDS, REGISTRATIONS, STATUSES, read_struct
+from ethml.training.onchain import BONDS, REGISTRATIONS, STATUSES, TaskError, read_struct
 
 EVENTS = (
     "TaskCreated",
@@ -65,9 +65,21 @@ def _submission(d: dict[str, Any], index: int) -> dict[str, Any]:
     return entry
 
 
+async def _round_at(chain: Chain, chain_task_id: int, block: int) -> int | None:
+    """The task's round as the chain had it after `block`: the draw of the ValidatorDrawn events in that
+    block (drawPanel counts the round before it seats anyone, and one block holds one draw of a task).
+    None when the node lacks that block's state (not an archive node, an old block of a replay)."""
+    try:
+        task = await read_struct(chain.tasks, "getTask", chain_task_id, block=block)
+    except (Web3RPCError, TaskError):
+        return None
+    return int(task["round"]) or None
+
+
 def _draw_of(doc: dict[str, Any], block: int | None) -> int:
-    """The draw a ValidatorDrawn event in `block` belongs to: the last one whose draw block is before
-    `block` (a panel is drawn after its draw block, and the next draw is fixed after that panel). Not the
+    """The draw a ValidatorDrawn event in `block` belongs to, when the chain's state at `block` is gone
+    (`_round_at`): the last draw whose draw block is before `block` (a panel is drawn after its draw
+    block, and the next draw is fixed after that panel), as the document recorded the draws. Not the
     document's newest draw: a replay of the task's history applies an earlier draw's seats after the
     follower applied a later draw, and would queue them under the later draw's job ids, taking those ids
     from the validators that draw seats. Without the draws' blocks (no block given, or draws the document
@@ -157,7 +169,7 @@ async def apply_event(
         await store.update_task(task_id, fixed)
     elif name == "ValidatorDrawn":
         seat, validator = int(args["seat"]), args["validator"]
-        draw = _draw_of(doc, block)
+        draw = (block is not None and await _round_at(chain, int(args["taskId"]), block)) or _draw_of(doc, block)
 
         # Drawn with replacement: a validator drawn k times holds k seats and casts one ballot, so it
         # gets one job (at its first seat of the panel it sits on).

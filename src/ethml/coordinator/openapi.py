@@ -78,8 +78,9 @@ maxPeriod); the signature recovers requester; validations is odd; expiry has not
 this chain, EML token and TrainingTasks, its owner is the requester, its value the reward and its
 deadline has not passed; test_set matches test_set_commitment; the spec's target is not among its
 features. Signed terms posted already are refused (409, naming that task) until that task fails,
-unless that task has no test set and this body carries one (it matches the commitment): the test set is
-then added to that task, which is answered (200) so the coordinator reveals it in time.
+unless that task has no test set, is not validating yet, and this body carries one (it matches the
+commitment): the test set is then added to that task, which is answered (200), so the coordinator reveals
+it in time; while that task's creation is not signed yet, this body's permit and trainers replace its own.
 The nonce is checked against the chain when the relayer sends the task: if anyone else created the
 task from these signed terms after they were posted here, the task tracks that creation; otherwise a
 used nonce fails the task with the reason."""

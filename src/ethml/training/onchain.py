@@ -47,11 +47,12 @@ def _named(components: list[dict[str, Any]], value: Any) -> dict[str, Any]:
     return out
 
 
-async def read_struct(contract: Any, fn: str, *args: Any) -> dict[str, Any]:
-    """A view returning one struct, as a dict by field name; a revert (UnknownTask, ...) becomes a
-    TaskError in words."""
+async def read_struct(contract: Any, fn: str, *args: Any, block: int | None = None) -> dict[str, Any]:
+    """A view returning one struct, as a dict by field name (at `block`, the latest by default); a revert
+    (UnknownTask, ...) becomes a TaskError in words."""
     try:
-        value = await getattr(contract.functions, fn)(*args).call()
+        call = getattr(contract.functions, fn)(*args)
+        value = await (call.call() if block is None else call.call(block_identifier=block))
     except Exception as exc:
         if not is_revert(exc):
             raise

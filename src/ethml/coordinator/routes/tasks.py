@@ -18,7 +18,7 @@ from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
-from ethml.coordinator.follower import CreationNotFound, creation_block, task_opened
+from ethml.coordinator.follower import BEFORE_VALIDATING, CreationNotFound, creation_block, task_opened
 from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.relayer import replay_history
 from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
@@ -160,7 +160,7 @@ async def post_task(request: web.Request) -> web.Response:
     )
     wait = await request.app[STORE].take_token_and_create(buckets(request, who["key"]), doc)
     if isinstance(wait, str):
-        held = await _add_test_set(request.app[STORE], wait, doc["test_set"])
+        held = await _add_test_set(request.app[STORE], wait, doc)
         if held is None:
             raise ApiError(409, f"these signed terms are posted already, as task {wait}", "signature")
         return _created(wait, held["status"], 200)
@@ -179,19 +179,27 @@ def _created(task_id: str, status: str, code: int) -> web.Response:
     )
 
 
-async def _add_test_set(store: Store, task_id: str, test_set: dict[str, str] | None) -> dict[str, Any] | None:
-    """The task that holds these signed terms, once `test_set` (checked against their commitment, so only
-    someone who has the requester's secret can send it) is added to it: someone else posted the terms
-    first without it, and the coordinator could not reveal the test set. None when there is no test set to
-    add (none sent, the task has it already, or the task failed and gave the terms back)."""
-    if test_set is None:
+async def _add_test_set(store: Store, task_id: str, posted: dict[str, Any]) -> dict[str, Any] | None:
+    """The task that holds these signed terms, once the test set of the document `posted` (checked against
+    their commitment, so only someone who has the requester's secret can send it) is added to it: someone
+    else posted the terms first without it, and the coordinator could not reveal the test set. While that
+    task's creation is not signed yet, the body's permit (if any; checked against the requester's key) and
+    its number of training jobs replace the first post's too. None when there is no test set to add (none
+    sent, the task has it already, or it is past training: failed and the terms given back, or validating
+    or later, when the test set is revealed already or too late)."""
+    if posted["test_set"] is None:
         return None
     added = [False]
 
     def add(d: dict[str, Any]) -> None:  # run again on a concurrent write: decided afresh each time
-        added[0] = d.get("test_set") is None and d["status"] != "failed"
-        if added[0]:
-            d["test_set"] = test_set
+        added[0] = d.get("test_set") is None and d["status"] in BEFORE_VALIDATING
+        if not added[0]:
+            return
+        d["test_set"] = posted["test_set"]
+        if d["status"] == "pending_chain" and "create" not in d["transactions"]:
+            d["trainers"] = posted["trainers"]
+            if posted["permit"] is not None:
+                d["permit"] = posted["permit"]
 
     held = await store.update_task(task_id, add)
     if held is None or not added[0]:
