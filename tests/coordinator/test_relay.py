@@ -984,6 +984,60 @@ async def test_a_relayer_killed_between_the_link_and_the_opening_leaves_the_task
         assert "replay_from" not in doc and await _relay_idle(store), doc
 
 
+async def test_a_recovery_replay_on_logs_that_lag_is_relayed_again_until_they_show_the_creation(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relayer was killed between the link and the opening, and the follower gave the document its chain
+    id. The next relay's node is at the head but its logs lag (they show nothing yet): the replay does not
+    finish the entry with the task never opened; it is relayed again, and opens the task once they show."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        _claim_after_the_follower(monkeypatch, chain, store, then_die=True)
+        with pytest.raises(_Killed):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        monkeypatch.undo()
+        await _outside_commitment(chain, store, task_id)
+        get_logs = chain.w3.eth.get_logs
+
+        async def lagging(params: Any) -> Any:
+            return [] if params.get("topics") else await get_logs(params)  # the task's own logs: not yet
+
+        monkeypatch.setattr(chain.w3.eth, "get_logs", lagging)
+        with pytest.raises(RelayAgain, match="do not show chain task 1's creation"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        monkeypatch.undo()
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id)
+        assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("training", 1), doc
+        assert "replay_from" not in doc and await _relay_idle(store), doc
+
+
+async def test_a_relay_cut_between_a_jobs_mark_and_its_stream_entry_cannot_lose_the_job(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis fails in the middle of queueing the task's training jobs. A job is marked queued only together
+    with its stream entry, so the next relay's replay queues whatever is missing: both jobs are in the
+    stream (before, the second was marked queued with no entry, and never queued again)."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        [(_task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        xadd, failed = store.redis.xadd, []
+
+        async def blinks(name: Any, *args: Any, **kwargs: Any) -> Any:
+            if name == k.jobs("trainer") and not failed:
+                failed.append(name)
+                raise ConnectionError("Connection closed by server.")
+            return await xadd(name, *args, **kwargs)
+
+        monkeypatch.setattr(store.redis, "xadd", blinks)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        jobs = {f[b"job"] for _id, f in await store.redis.xrange(k.jobs("trainer"))}
+        assert jobs == {b"1:train:0", b"1:train:1"}, jobs
+
+
 async def test_terms_created_elsewhere_whose_tracking_a_kill_cut_short_are_tracked_on_the_next_relay(
     anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -454,6 +454,11 @@ async def replay_history(chain: Chain, store: Store, task_id: str, chain_task_id
         raise RelayAgain(f"the node's head{less}, {head}, is behind the creation's block {from_block}")
     if checkpoint is not None and head < checkpoint:  # the follower skipped the task's events up to there
         raise RelayAgain(f"the replay read to block {head}, short of the follower's checkpoint {checkpoint}")
+    doc = await store.task(task_id)
+    if doc is not None and doc.get("submit_deadline") is None:  # never opened: its TaskCreated not read yet
+        raise RelayAgain(
+            f"the node's logs from block {from_block} do not show chain task {chain_task_id}'s creation yet"
+        )
     await store.update_task(task_id, lambda d: d.pop("replay_from", None))
 
 

@@ -60,6 +60,15 @@ if held and held ~= ARGV[1] then return {ARGV[1], held} end
 return {ARGV[1], ''}
 """
 
+#: A job queued once: KEYS[1] its queued mark, KEYS[2] its role's stream; ARGV the entry's fields and values.
+#: The mark and the entry in one step, so a crash or a lost connection between them cannot leave a job
+#: marked queued that no stream holds (a later enqueue, by a replay, would then add nothing). 1 if queued.
+ENQUEUE_JOB = """
+if not redis.call('SET', KEYS[1], '1', 'NX') then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV))
+return 1
+"""
+
 #: A task imported from the chain. KEYS[1] its chain task's link, KEYS[2] its document, KEYS[3] the task
 #: index, KEYS[4] the index of its status, KEYS[5] the relay stream; ARGV[1] the id, ARGV[2] the document,
 #: ARGV[3] its created_at. Links, stores, indexes and queues one relay entry (which finishes the replay

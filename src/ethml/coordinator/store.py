@@ -27,6 +27,7 @@ from ethml.coordinator.scripts import (
     CLAIM_CHAIN_TASK,
     DEAD_LETTER,
     DROP_WORKER,
+    ENQUEUE_JOB,
     FINISH_JOB,
     IMPORT_TASK,
     PUT_WORKER,
@@ -71,6 +72,7 @@ class Store:
                 PUT_WORKER,
                 TAKE_KICK,
                 IMPORT_TASK,
+                ENQUEUE_JOB,
             )
         }
         sha = {src: digest for digest, src in self._scripts.items()}
@@ -79,7 +81,7 @@ class Store:
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
         self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
-        self._import_task = sha[IMPORT_TASK]
+        self._import_task, self._enqueue_job = sha[IMPORT_TASK], sha[ENQUEUE_JOB]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def setup(self) -> None:
@@ -251,11 +253,10 @@ class Store:
     # ------------------------------------------------------------------ jobs
 
     async def enqueue_job(self, role: str, job_id: str, fields: dict[str, str]) -> bool:
-        """Queue a job once: a second enqueue of the same id (events seen again after a restart) is a no-op."""
-        if not await self.redis.set(k.job_queued(job_id), "1", nx=True):
-            return False
-        await self.redis.xadd(k.jobs(role), {"job": job_id, "role": role, **fields})
-        return True
+        """Queue a job once: a second enqueue of the same id (events seen again after a restart) is a no-op.
+        The mark and the stream entry are one step (`scripts.ENQUEUE_JOB`)."""
+        entry = [v for pair in {"job": job_id, "role": role, **fields}.items() for v in pair]
+        return bool(await self._script(self._enqueue_job, [k.job_queued(job_id), k.jobs(role)], entry))
 
     async def finish_entry(self, stream: str, group: str, entry_id: Any) -> None:
         """Acknowledge a stream entry and delete it: a finished job or relay leaves nothing behind (the
