@@ -966,10 +966,7 @@ async def test_a_relayer_killed_between_the_link_and_the_opening_leaves_the_task
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
-        _claim_after_the_follower(monkeypatch, chain, store, then_die=True)
-        with pytest.raises(_Killed):
-            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
-        monkeypatch.undo()
+        await _killed_after_the_link(monkeypatch, chain, store, ipfs, entry)
         trainer = await _outside_commitment(chain, store, task_id)
         doc = await store.task(task_id)
         assert doc is not None and (doc["status"], doc.get("submit_deadline")) == ("pending_chain", None), doc
@@ -993,10 +990,7 @@ async def test_a_recovery_replay_on_logs_that_lag_is_relayed_again_until_they_sh
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
-        _claim_after_the_follower(monkeypatch, chain, store, then_die=True)
-        with pytest.raises(_Killed):
-            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
-        monkeypatch.undo()
+        await _killed_after_the_link(monkeypatch, chain, store, ipfs, entry)
         await _outside_commitment(chain, store, task_id)
         get_logs = chain.w3.eth.get_logs
 
@@ -1049,10 +1043,7 @@ async def test_terms_created_elsewhere_whose_tracking_a_kill_cut_short_are_track
         chain, store, ipfs, key, now = await _without_relayer(c)
         [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
         forwarded = await _forward(chain, await store.task(task_id))
-        _claim_after_the_follower(monkeypatch, chain, store, then_die=True)
-        with pytest.raises(_Killed):
-            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
-        monkeypatch.undo()
+        await _killed_after_the_link(monkeypatch, chain, store, ipfs, entry)
         trainer = await _outside_commitment(chain, store, task_id)
 
         await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
@@ -1066,6 +1057,17 @@ async def test_terms_created_elsewhere_whose_tracking_a_kill_cut_short_are_track
 
 class _Killed(Exception):
     """The relaying instance dies here."""
+
+
+async def _killed_after_the_link(
+    monkeypatch: pytest.MonkeyPatch, chain: Chain, store: Store, ipfs: IpfsClient, entry: Any
+) -> None:
+    """The entry relayed up to the claim of its chain task, made once the follower passed the creation,
+    and its relaying instance killed right after; the patches undone."""
+    _claim_after_the_follower(monkeypatch, chain, store, then_die=True)
+    with pytest.raises(_Killed):
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+    monkeypatch.undo()
 
 
 def _claim_after_the_follower(monkeypatch: pytest.MonkeyPatch, chain: Chain, store: Store, *, then_die: bool) -> None:
