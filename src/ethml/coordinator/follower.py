@@ -326,8 +326,8 @@ async def replay_task(
     topics = _topics(chain)
     task_topic = _task_topic(chain_task_id)
     start = from_block
-    latest = int(await chain.w3.eth.block_number)
-    head = latest - chain.confirmations
+    head = await chain.confirmed_head()
+    latest = head + chain.confirmations
     if at_least is not None and head < at_least <= latest:
         head = at_least
     while start <= head:

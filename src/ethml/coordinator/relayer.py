@@ -427,8 +427,7 @@ async def _track_created_elsewhere(chain: Chain, store: Store, task_id: str, eve
 
     def linked(d: dict[str, Any]) -> None:
         d["chain_task_id"] = chain_task_id
-        d["transactions"]["create"] = tx_hash
-        d["replay_from"] = block
+        d["transactions"]["create"] = tx_hash  # replay_from: marked at the claim (`_claim`)
 
     await store.update_task(task_id, linked)
     log.warning(
