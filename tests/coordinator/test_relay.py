@@ -900,6 +900,51 @@ async def test_a_task_imported_before_its_relayer_recorded_it_is_taken_over_by_t
         assert superseded["error"] == f"task 1 is tracked as task {posted}, which was posted with its signed terms"
 
 
+@pytest.mark.parametrize("linked_before", [False, True], ids=["relayed-again", "linked-by-the-follower-first"])
+async def test_a_takeover_of_an_import_cut_short_before_the_import_is_failed_is_finished_on_the_next_relay(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked_before: bool
+) -> None:
+    """As above, but the relaying instance is killed between the takeover of the link and the marking of the
+    import as failed, and (`linked_before`) a trainer's commitment gives the posted task its chain id through
+    the follower before the entry is relayed again. The next relay marks the import failed, naming the posted
+    task: no import is left open beside the task that tracks its chain task."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        posted, entry, _journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        assert status == 201 and imported["id"] == "chain-1", imported
+        update = store.update_task
+
+        async def killed_before_failing_the_import(task_id: str, change: Any) -> dict[str, Any] | None:
+            if task_id == "chain-1":
+                raise _Killed
+            return await update(task_id, change)
+
+        monkeypatch.setattr(store, "update_task", killed_before_failing_the_import)
+        with pytest.raises(_Killed):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        monkeypatch.undo()
+        tracking = await store.task_by_chain_id(1)
+        assert tracking is not None and tracking["id"] == posted
+        assert (await store.task("chain-1") or {}).get("status") == "open"  # what the kill left
+        if linked_before:
+            await _outside_commitment(chain, store, posted)
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(posted)
+        assert doc is not None and doc["chain_task_id"] == 1, doc
+        assert doc["status"] == ("training" if linked_before else "open"), doc
+        superseded = await store.task("chain-1")
+        assert superseded is not None and superseded["status"] == "failed", superseded
+        assert superseded["error"] == f"task 1 is tracked as task {posted}, which was posted with its signed terms"
+        assert await store.redis.zscore(k.tasks_in("failed"), "chain-1") is not None
+        assert await store.redis.zscore(k.tasks_in("open"), "chain-1") is None
+        assert not await store.redis.exists(k.took_over(1))
+        assert await _relay_idle(store)
+
+
 async def test_the_follower_meeting_a_claimed_task_queues_its_jobs_under_its_chain_id(
     anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -110,6 +110,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         # Linked, and its opening or the replay of its history cut short (a crash, an RPC failure).
         if await store.redis.exists(k.importing(int(doc["chain_task_id"]))):
             raise RelayAgain("its import is replaying its history")  # one replay at a time; this entry is its net
+        await store.finish_takeover(int(doc["chain_task_id"]))  # a crash may have cut its claim short
         await replay_history(chain, store, task_id, int(doc["chain_task_id"]), int(doc["replay_from"]))
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return

@@ -197,18 +197,33 @@ class Store:
     async def claim_chain_id(self, task_id: str, chain_task_id: int) -> str:
         """Link the chain task to the posted task `task_id` unless another posted task tracks it; returns
         the id of the task that tracks it now. A link held by an imported task (no signed terms, no test
-        set) is taken over, and that task is marked failed, naming this one."""
-        reply = await self._script(self._claim_chain_task, [k.chain_task(chain_task_id)], [task_id])
+        set) is taken over, and that task is marked failed, naming this one; a takeover that a crash cut
+        short before the marking (the link moved in the same step as the import's note) is finished by
+        the next claim, or by `finish_takeover`."""
+        reply = await self._script(
+            self._claim_chain_task, [k.chain_task(chain_task_id), k.took_over(chain_task_id)], [task_id]
+        )
         holder, replaced = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
         if replaced:
-            error = f"task {chain_task_id} is tracked as task {task_id}, which was posted with its signed terms"
-
-            def superseded(d: dict[str, Any]) -> None:
-                d["status"] = "failed"
-                d["error"] = error
-
-            await self.update_task(replaced, superseded)
+            await self._fail_taken_over(chain_task_id, holder, replaced)
         return holder
+
+    async def finish_takeover(self, chain_task_id: int) -> None:
+        """Mark failed the import whose link to the chain task a posted task took over, if a crash came
+        between the takeover and the marking (a no-op otherwise)."""
+        replaced, holder = await self.redis.mget(k.took_over(chain_task_id), k.chain_task(chain_task_id))
+        if replaced and holder:
+            await self._fail_taken_over(chain_task_id, holder.decode(), replaced.decode())
+
+    async def _fail_taken_over(self, chain_task_id: int, holder: str, replaced: str) -> None:
+        error = f"task {chain_task_id} is tracked as task {holder}, which was posted with its signed terms"
+
+        def superseded(d: dict[str, Any]) -> None:
+            d["status"] = "failed"
+            d["error"] = error
+
+        await self.update_task(replaced, superseded)
+        await self.redis.delete(k.took_over(chain_task_id))  # the marking done: one takeover per chain task
 
     async def update_task(self, task_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
         """Apply `change` to the stored document (optimistic transaction: retried on a concurrent write)."""
