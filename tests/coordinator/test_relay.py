@@ -900,14 +900,25 @@ async def test_a_task_imported_before_its_relayer_recorded_it_is_taken_over_by_t
         assert superseded["error"] == f"task 1 is tracked as task {posted}, which was posted with its signed terms"
 
 
-@pytest.mark.parametrize("linked_before", [False, True], ids=["relayed-again", "linked-by-the-follower-first"])
+@pytest.mark.parametrize(
+    ("linked_before", "noted"),
+    [(False, True), (True, True), (False, False), (True, False)],
+    ids=[
+        "relayed-again",
+        "linked-by-the-follower-first",
+        "relayed-again-left-by-an-older-coordinator",
+        "linked-first-left-by-an-older-coordinator",
+    ],
+)
 async def test_a_takeover_of_an_import_cut_short_before_the_import_is_failed_is_finished_on_the_next_relay(
-    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked_before: bool
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked_before: bool, noted: bool
 ) -> None:
     """As above, but the relaying instance is killed between the takeover of the link and the marking of the
     import as failed, and (`linked_before`) a trainer's commitment gives the posted task its chain id through
     the follower before the entry is relayed again. The next relay marks the import failed, naming the posted
-    task: no import is left open beside the task that tracks its chain task."""
+    task: no import is left open beside the task that tracks its chain task. Without the `took_over` note
+    (`noted` False: what a coordinator older than the note left after such a kill, then upgraded) the live
+    import beside a link it does not hold is failed all the same."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         posted, entry, _journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
@@ -929,6 +940,9 @@ async def test_a_takeover_of_an_import_cut_short_before_the_import_is_failed_is_
         tracking = await store.task_by_chain_id(1)
         assert tracking is not None and tracking["id"] == posted
         assert (await store.task("chain-1") or {}).get("status") == "open"  # what the kill left
+        assert await store.redis.exists(k.took_over(1))
+        if not noted:
+            await store.redis.delete(k.took_over(1))
         if linked_before:
             await _outside_commitment(chain, store, posted)
 

@@ -52,6 +52,13 @@ MAX_LIMIT = 200
 #: A task id: 32 hex digits for a posted task, `chain-<n>` for an imported one (never `import`: that
 #: path is POST /api/tasks/import).
 TASK_ID = r"^(?!import$)[A-Za-z0-9-]{1,64}$"
+
+
+def import_id(chain_task_id: int) -> str:
+    """The API id of a task imported from the chain (`POST /api/tasks/import`)."""
+    return f"chain-{chain_task_id}"
+
+
 #: Job ids: `<chain task>:train:<n>` or `<chain task>:validate:<n>` (n: the seat, plus 9 for each
 #: earlier draw).
 JOB_ID = r"^[0-9]{1,20}:(train|validate):[0-9]{1,2}$"

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from ethml.coordinator import redis_keys as k
-from ethml.coordinator.schemas import STATUSES
+from ethml.coordinator.schemas import STATUSES, import_id
 from ethml.coordinator.scripts import (
     CLAIM_CHAIN_TASK,
     DEAD_LETTER,
@@ -206,6 +206,8 @@ class Store:
         holder, replaced = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
         if replaced:
             await self._fail_taken_over(chain_task_id, holder, replaced)
+        elif holder == task_id:
+            await self._fail_left_open(chain_task_id, holder)
         return holder
 
     async def finish_takeover(self, chain_task_id: int) -> None:
@@ -214,6 +216,16 @@ class Store:
         replaced, holder = await self.redis.mget(k.took_over(chain_task_id), k.chain_task(chain_task_id))
         if replaced and holder:
             await self._fail_taken_over(chain_task_id, holder.decode(), replaced.decode())
+        elif holder:
+            await self._fail_left_open(chain_task_id, holder.decode())
+
+    async def _fail_left_open(self, chain_task_id: int, holder: str) -> None:
+        """Mark failed the import of the chain task if it is still live though another task holds the link:
+        a takeover cut short by a coordinator older than the `took_over` note left it so, and the import is
+        only ever stored together with the link, so a live import without it was taken over."""
+        imported = import_id(chain_task_id)
+        if holder != imported and (doc := await self.task(imported)) is not None and doc["status"] != "failed":
+            await self._fail_taken_over(chain_task_id, holder, imported)
 
     async def _fail_taken_over(self, chain_task_id: int, holder: str, replaced: str) -> None:
         error = f"task {chain_task_id} is tracked as task {holder}, which was posted with its signed terms"

@@ -21,7 +21,17 @@ from ethml.coordinator.edge import ApiError, read_json
 from ethml.coordinator.follower import BEFORE_VALIDATING, CreationNotFound, creation_block, task_opened
 from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.relayer import replay_history
-from ethml.coordinator.schemas import CURSOR, LIMIT, MAX_CURSOR, MAX_LIMIT, STATUSES, TASK_ID, TaskCreate, TaskImport
+from ethml.coordinator.schemas import (
+    CURSOR,
+    LIMIT,
+    MAX_CURSOR,
+    MAX_LIMIT,
+    STATUSES,
+    TASK_ID,
+    TaskCreate,
+    TaskImport,
+    import_id,
+)
 from ethml.coordinator.store import Store
 from ethml.ipfs.unixfs import file_cid_v1
 from ethml.training.onchain import TaskError, read_struct
@@ -247,7 +257,7 @@ async def import_task(request: web.Request) -> web.Response:
         doc = _task_doc(
             who,
             {
-                "id": f"chain-{body.chain_task_id}",
+                "id": import_id(body.chain_task_id),
                 "status": "open",
                 "chain_task_id": body.chain_task_id,
                 "requester": t["requester"],
