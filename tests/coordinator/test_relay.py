@@ -881,11 +881,7 @@ async def test_a_task_imported_before_its_relayer_recorded_it_is_taken_over_by_t
     naming it."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
-        posted, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
-        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
-        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
-        assert status == 201 and imported["id"] == "chain-1", imported
+        posted, entry, journaled = await _creation_mined_then_imported(c, chain, store, ipfs, key, now)
         tracking = await store.task_by_chain_id(1)
         assert tracking is not None and tracking["id"] == "chain-1"
 
@@ -921,11 +917,7 @@ async def test_a_takeover_of_an_import_cut_short_before_the_import_is_failed_is_
     import beside a link it does not hold is failed all the same."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
-        posted, entry, _journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
-        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
-        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
-        assert status == 201 and imported["id"] == "chain-1", imported
+        posted, entry, _journaled = await _creation_mined_then_imported(c, chain, store, ipfs, key, now)
         update = store.update_task
 
         async def killed_before_failing_the_import(task_id: str, change: Any) -> dict[str, Any] | None:
@@ -1550,6 +1542,19 @@ async def _creation_sent_then_died(
     dying.cancel()  # the instance dies waiting for the receipt
     await asyncio.gather(dying, return_exceptions=True)
     return task_id, entry, journaled
+
+
+async def _creation_mined_then_imported(
+    c: Coordinator, chain: Chain, store: Store, ipfs: IpfsClient, key: str, now: int
+) -> tuple[str, Any, dict[str, Any]]:
+    """As `_creation_sent_then_died`, then the creation mined (chain task 1) and imported by the requester
+    (POST /api/tasks/import: `chain-1` holds the link) before the entry is relayed again."""
+    posted, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
+    await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+    assert status == 201 and imported["id"] == "chain-1", imported
+    return posted, entry, journaled
 
 
 async def _without_relayer(c: Coordinator, **overrides: Any) -> tuple[Chain, Store, IpfsClient, str, int]:
