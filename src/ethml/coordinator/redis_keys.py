@@ -42,13 +42,6 @@ def chain_task(chain_task_id: int) -> str:
     return f"{P}chaintask:{chain_task_id}"
 
 
-def took_over(chain_task_id: int) -> str:
-    """The imported task (`chain-<n>`) whose link to the chain task a posted task took over, until that
-    import is marked failed: set in the step that moves the link, so a crash between the two leaves the
-    failing to the next relay of the posted task."""
-    return f"{P}tookover:{chain_task_id}"
-
-
 def nonce_waits(key_name: str) -> str:
     """The tasks posted with an API key whose terms wait for the requester's earlier nonce (a sorted set:
     task id by the time first found waiting)."""

@@ -50,18 +50,15 @@ return 0
 )
 
 #: Link a chain task (KEYS[1]) to a posted task (ARGV[1]) unless another posted task holds it; a link
-#: held by an imported task (id `chain-<n>`, which has no signed terms) is taken over, and that import
-#: noted in KEYS[2] (`took_over`) until it is marked failed. Returns the id that holds the link now and
-#: the import still to be marked failed ('' if none): the one just replaced, or one that an earlier
-#: claim of the same posted task replaced and a crash left unmarked.
+#: held by an imported task (id `chain-<n>`, which has no signed terms) is taken over. Returns the id
+#: that holds the link now. The caller then marks failed a live import whose link another task holds
+#: (`Store.claim_chain_id`): an import is only ever stored together with its link, so the check needs no
+#: note of the takeover, and a crash between the two leaves the marking to the next claim.
 CLAIM_CHAIN_TASK = """
 local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] and string.sub(held, 1, 6) ~= 'chain-' then return {held, ''} end
-if held ~= ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1])
-  if held then redis.call('SET', KEYS[2], held) end
-end
-return {ARGV[1], redis.call('GET', KEYS[2]) or ''}
+if held and held ~= ARGV[1] and string.sub(held, 1, 6) ~= 'chain-' then return held end
+if held ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
+return ARGV[1]
 """
 
 #: A job queued once: KEYS[1] its queued mark, KEYS[2] its role's stream; ARGV the entry's fields and values.

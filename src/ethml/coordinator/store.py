@@ -198,44 +198,32 @@ class Store:
         """Link the chain task to the posted task `task_id` unless another posted task tracks it; returns
         the id of the task that tracks it now. A link held by an imported task (no signed terms, no test
         set) is taken over, and that task is marked failed, naming this one; a takeover that a crash cut
-        short before the marking (the link moved in the same step as the import's note) is finished by
-        the next claim, or by `finish_takeover`."""
-        reply = await self._script(
-            self._claim_chain_task, [k.chain_task(chain_task_id), k.took_over(chain_task_id)], [task_id]
-        )
-        holder, replaced = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
-        if replaced:
-            await self._fail_taken_over(chain_task_id, holder, replaced)
-        elif holder == task_id:
-            await self._fail_left_open(chain_task_id, holder)
+        short before the marking is finished by the next claim, or by `finish_takeover`."""
+        reply = await self._script(self._claim_chain_task, [k.chain_task(chain_task_id)], [task_id])
+        holder = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if holder == task_id:
+            await self.finish_takeover(chain_task_id, holder)
         return holder
 
-    async def finish_takeover(self, chain_task_id: int) -> None:
-        """Mark failed the import whose link to the chain task a posted task took over, if a crash came
-        between the takeover and the marking (a no-op otherwise)."""
-        replaced, holder = await self.redis.mget(k.took_over(chain_task_id), k.chain_task(chain_task_id))
-        if replaced and holder:
-            await self._fail_taken_over(chain_task_id, holder.decode(), replaced.decode())
-        elif holder:
-            await self._fail_left_open(chain_task_id, holder.decode())
-
-    async def _fail_left_open(self, chain_task_id: int, holder: str) -> None:
-        """Mark failed the import of the chain task if it is still live though another task holds the link:
-        a takeover cut short by a coordinator older than the `took_over` note left it so, and the import is
-        only ever stored together with the link, so a live import without it was taken over."""
+    async def finish_takeover(self, chain_task_id: int, holder: str | None = None) -> None:
+        """Mark failed the import of the chain task (`chain-<n>`) if it is still live though another task
+        holds the link (`holder`, read if not given): the import is only ever stored together with its
+        link, so a live import without it was taken over, and a crash came between the takeover and the
+        marking. A no-op otherwise."""
+        if holder is None:
+            raw = await self.redis.get(k.chain_task(chain_task_id))
+            if raw is None:
+                return
+            holder = raw.decode()
         imported = import_id(chain_task_id)
         if holder != imported and (doc := await self.task(imported)) is not None and doc["status"] != "failed":
-            await self._fail_taken_over(chain_task_id, holder, imported)
+            error = f"task {chain_task_id} is tracked as task {holder}, which was posted with its signed terms"
 
-    async def _fail_taken_over(self, chain_task_id: int, holder: str, replaced: str) -> None:
-        error = f"task {chain_task_id} is tracked as task {holder}, which was posted with its signed terms"
+            def superseded(d: dict[str, Any]) -> None:
+                d["status"] = "failed"
+                d["error"] = error
 
-        def superseded(d: dict[str, Any]) -> None:
-            d["status"] = "failed"
-            d["error"] = error
-
-        await self.update_task(replaced, superseded)
-        await self.redis.delete(k.took_over(chain_task_id))  # the marking done: one takeover per chain task
+            await self.update_task(imported, superseded)
 
     async def update_task(self, task_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
         """Apply `change` to the stored document (optimistic transaction: retried on a concurrent write)."""
