@@ -108,6 +108,42 @@ async def test_seats_of_an_earlier_draw_replayed_beside_a_later_draw_keep_their_
         assert jobs == {"7:validate:0": first, "7:validate:9": second}, jobs
 
 
+@pytest.mark.parametrize("taken_over", [True, False], ids=["taken-over-meanwhile", "still-the-import's"])
+async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_over_leaves_the_import_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken_over: bool
+) -> None:
+    """The follower reads the link of chain task 7 (its import), then the settled scores over RPC; meanwhile a
+    relayer finds the task created from terms posted here and takes the link over, marking the import
+    failed. The settlement, applied after, must not bring the import back beside the task that tracks the
+    chain task now. Without a takeover the import is settled as usual."""
+    posted = "f" * 32
+    async with _store(tmp_path) as store:
+        doc: dict[str, Any] = {
+            "id": "chain-7", "chain_task_id": 7, "created_at": 1.0, "status": "validating",
+            "submissions": [], "transactions": {},
+        }  # fmt: skip
+        assert await store.import_task(doc)
+
+        async def decided_scores(_chain: Any, _task: int, _count: int) -> list[tuple[int | None, bool]]:
+            if taken_over:
+                assert await store.claim_chain_id(posted, 7) == posted
+                assert (await store.task("chain-7") or {}).get("status") == "failed"
+            return []
+
+        monkeypatch.setattr(follower_module, "_decided_scores", decided_scores)
+        await apply_event(None, store, "TaskSettled", {"taskId": 7, "status": 2}, "0xf1")  # type: ignore[arg-type]
+        stored = await store.task("chain-7")
+        assert stored is not None and stored["transactions"]["finalize"] == "0xf1"
+        if taken_over:
+            assert stored["status"] == "failed", stored
+            assert stored["error"] == f"task 7 is tracked as task {posted}, which was posted with its signed terms"
+            assert await store.redis.zscore("ethml:tasks:failed", "chain-7") is not None
+            assert await store.redis.zscore("ethml:tasks:accepted", "chain-7") is None
+        else:
+            assert stored["status"] == "accepted", stored
+            assert await store.redis.zscore("ethml:tasks:accepted", "chain-7") is not None
+
+
 @contextlib.asynccontextmanager
 async def _store(tmp_path: Path) -> AsyncIterator[Store]:
     socket = tmp_path / "redis" / "redis.sock"

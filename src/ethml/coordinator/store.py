@@ -199,7 +199,9 @@ class Store:
         the id of the task that tracks it now. A link held by an imported task (no signed terms, no test
         set) is taken over, and that task is marked failed, naming this one; a takeover that a crash cut
         short before the marking is finished by the next claim, or by `finish_takeover`."""
-        reply = await self._script(self._claim_chain_task, [k.chain_task(chain_task_id)], [task_id])
+        reply = await self._script(
+            self._claim_chain_task, [k.chain_task(chain_task_id)], [task_id, import_id(chain_task_id)]
+        )
         holder = reply.decode() if isinstance(reply, bytes) else str(reply)
         if holder == task_id:
             await self.finish_takeover(chain_task_id, holder)
