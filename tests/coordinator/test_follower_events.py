@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from ethml.coordinator import follower as follower_module
+from ethml.coordinator import redis_keys as k
 from ethml.coordinator.follower import EVENTS, apply_event
 from ethml.coordinator.redis_client import connect
 from ethml.coordinator.schemas import Submission
@@ -108,14 +110,19 @@ async def test_seats_of_an_earlier_draw_replayed_beside_a_later_draw_keep_their_
         assert jobs == {"7:validate:0": first, "7:validate:9": second}, jobs
 
 
-@pytest.mark.parametrize("taken_over", [True, False], ids=["taken-over-meanwhile", "still-the-import's"])
+class _Killed(Exception):
+    """The follower's process killed at this point."""
+
+
+@pytest.mark.parametrize("case", ["taken-over-meanwhile", "killed-before-the-check", "still-the-import's"])
 async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_over_leaves_the_import_failed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken_over: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     """The follower reads the link of chain task 7 (its import), then the settled scores over RPC; meanwhile a
     relayer finds the task created from terms posted here and takes the link over, marking the import
     failed. The settlement, applied after, must not bring the import back beside the task that tracks the
-    chain task now. Without a takeover the import is settled as usual."""
+    chain task now, even when the follower is killed before its check and applies the event again from its
+    checkpoint, the link naming the posted task by then. Without a takeover the import is settled as usual."""
     posted = "f" * 32
     async with _store(tmp_path) as store:
         doc: dict[str, Any] = {
@@ -123,25 +130,45 @@ async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_ov
             "submissions": [], "transactions": {},
         }  # fmt: skip
         assert await store.import_task(doc)
+        mine = {**doc, "id": posted, "chain_task_id": None, "status": "pending_chain", "created_at": 2.0}
+        await store.redis.set(k.task(posted), orjson.dumps(mine))  # the posted task, its creation found
+        claims: list[str] = []
 
         async def decided_scores(_chain: Any, _task: int, _count: int) -> list[tuple[int | None, bool]]:
-            if taken_over:
-                assert await store.claim_chain_id(posted, 7) == posted
+            if case != "still-the-import's" and not claims:  # the relayer's claim, while the follower waits
+                claims.append(await store.claim_chain_id(posted, 7))
                 assert (await store.task("chain-7") or {}).get("status") == "failed"
             return []
 
         monkeypatch.setattr(follower_module, "_decided_scores", decided_scores)
+        if case == "killed-before-the-check":
+            finish = store.finish_takeover
+
+            async def killed(chain_task_id: int, holder: str | None = None) -> None:
+                if holder is None:  # the follower's own check, not the claim's
+                    monkeypatch.setattr(store, "finish_takeover", finish)
+                    raise _Killed
+                await finish(chain_task_id, holder)
+
+            monkeypatch.setattr(store, "finish_takeover", killed)
+            with pytest.raises(_Killed):
+                await apply_event(None, store, "TaskSettled", {"taskId": 7, "status": 2}, "0xf1")  # type: ignore[arg-type]
+            assert (await store.task("chain-7") or {}).get("status") == "accepted"  # what the kill left
         await apply_event(None, store, "TaskSettled", {"taskId": 7, "status": 2}, "0xf1")  # type: ignore[arg-type]
         stored = await store.task("chain-7")
-        assert stored is not None and stored["transactions"]["finalize"] == "0xf1"
-        if taken_over:
-            assert stored["status"] == "failed", stored
-            assert stored["error"] == f"task 7 is tracked as task {posted}, which was posted with its signed terms"
-            assert await store.redis.zscore("ethml:tasks:failed", "chain-7") is not None
-            assert await store.redis.zscore("ethml:tasks:accepted", "chain-7") is None
-        else:
+        assert stored is not None
+        if case == "still-the-import's":
             assert stored["status"] == "accepted", stored
-            assert await store.redis.zscore("ethml:tasks:accepted", "chain-7") is not None
+            assert stored["transactions"]["finalize"] == "0xf1"
+            assert await store.redis.zscore(k.tasks_in("accepted"), "chain-7") is not None
+            return
+        assert claims == [posted]
+        assert stored["status"] == "failed", stored
+        assert stored["error"] == f"task 7 is tracked as task {posted}, which was posted with its signed terms"
+        assert await store.redis.zscore(k.tasks_in("failed"), "chain-7") is not None
+        assert await store.redis.zscore(k.tasks_in("accepted"), "chain-7") is None
+        tracking = await store.task_by_chain_id(7)
+        assert tracking is not None and tracking["id"] == posted
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,6 @@ from eth_utils.abi import event_abi_to_log_topic
 from web3.exceptions import Web3RPCError
 
 from ethml.coordinator.chain import Chain
-from ethml.coordinator.schemas import import_id
 from ethml.coordinator.store import Store
 from ethml.training.onchain import BONDS, REGISTRATIONS, STATUSES, TaskError, read_struct
 
@@ -249,10 +248,11 @@ async def apply_event(
                 )
 
         await store.update_task(task_id, settled)
-        if task_id == import_id(int(args["taskId"])):
-            # The link was read before the RPC above: a posted task that took it over meanwhile has marked
-            # this import failed, and the settlement just overwrote that. Mark it failed again.
-            await store.finish_takeover(int(args["taskId"]))
+        # The link was read before the RPC above: if a posted task took it over meanwhile from the import,
+        # it marked the import failed, and the settlement just overwrote that. Mark it failed again, on
+        # every application of the event: one cut short here is applied again from the checkpoint, when
+        # the link names the posted task already.
+        await store.finish_takeover(int(args["taskId"]))
     elif name == "ModelRegistered":
         model_id = int(args["modelId"])
         await store.update_task(task_id, lambda d: d.update(model_id=model_id, registration="registered"))
