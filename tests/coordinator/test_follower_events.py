@@ -26,11 +26,7 @@ from tests.node.conftest import wait_until
 async def test_a_reveal_of_an_artifact_seen_elsewhere_first_is_recorded(tmp_path: Path) -> None:
     assert "RevealedElsewhereFirst" in EVENTS
     async with _store(tmp_path) as store:
-        doc: dict[str, Any] = {
-            "id": "t1", "chain_task_id": 7, "created_at": 1.0, "status": "training",
-            "submissions": [], "transactions": {},
-        }  # fmt: skip
-        assert await store.import_task(doc)
+        await _imported(store, "t1", "training")
         revealed = {"taskId": 7, "submissionId": 1, "trainer": "0xabc", "modelCid": "bafk", "claim": 900_000}
         await apply_event(None, store, "SubmissionRevealed", revealed, "0x01")  # type: ignore[arg-type]
         elsewhere = {"taskId": 7, "submissionId": 1, "artifactSha256": b"\x01" * 32, "otherTaskId": 3}
@@ -47,11 +43,7 @@ async def test_an_old_event_applied_after_a_newer_one_moves_nothing_backwards(tm
     events already: a test set's reveal applied after the settlement leaves the task settled, and an earlier
     draw's round applied after a later one leaves the later one."""
     async with _store(tmp_path) as store:
-        doc: dict[str, Any] = {
-            "id": "t1", "chain_task_id": 7, "created_at": 1.0, "status": "accepted",
-            "submissions": [], "transactions": {}, "draw": 2,
-        }  # fmt: skip
-        assert await store.import_task(doc)
+        await _imported(store, "t1", "accepted", draw=2)
         await apply_event(None, store, "TestSetRevealed", {"taskId": 7}, "0x01")  # type: ignore[arg-type]
         await apply_event(None, store, "DrawFixed", {"taskId": 7, "round": 1, "drawBlock": 50}, "0x02")  # type: ignore[arg-type]
         stored = await store.task("t1")
@@ -81,11 +73,7 @@ async def test_seats_of_an_earlier_draw_replayed_beside_a_later_draw_keep_their_
 
     monkeypatch.setattr(follower_module, "_round_at", round_at)
     async with _store(tmp_path) as store:
-        doc: dict[str, Any] = {
-            "id": "t1", "chain_task_id": 7, "created_at": 1.0, "status": "validating",
-            "submissions": [], "transactions": {},
-        }  # fmt: skip
-        assert await store.import_task(doc)
+        await _imported(store, "t1", "validating")
         first, second = "0x" + "a1" * 20, "0x" + "b2" * 20
 
         async def event(name: str, args: dict[str, Any], block: int) -> None:
@@ -125,11 +113,7 @@ async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_ov
     checkpoint, the link naming the posted task by then. Without a takeover the import is settled as usual."""
     posted = "f" * 32
     async with _store(tmp_path) as store:
-        doc: dict[str, Any] = {
-            "id": "chain-7", "chain_task_id": 7, "created_at": 1.0, "status": "validating",
-            "submissions": [], "transactions": {},
-        }  # fmt: skip
-        assert await store.import_task(doc)
+        doc = await _imported(store, "chain-7", "validating")
         mine = {**doc, "id": posted, "chain_task_id": None, "status": "pending_chain", "created_at": 2.0}
         await store.redis.set(k.task(posted), orjson.dumps(mine))  # the posted task, its creation found
         claims: list[str] = []
@@ -169,6 +153,16 @@ async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_ov
         assert await store.redis.zscore(k.tasks_in("accepted"), "chain-7") is None
         tracking = await store.task_by_chain_id(7)
         assert tracking is not None and tracking["id"] == posted
+
+
+async def _imported(store: Store, task_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    """A document stored as the import of chain task 7 (with its link), with no submissions yet."""
+    doc: dict[str, Any] = {
+        "id": task_id, "chain_task_id": 7, "created_at": 1.0, "status": status,
+        "submissions": [], "transactions": {}, **fields,
+    }  # fmt: skip
+    assert await store.import_task(doc)
+    return doc
 
 
 @contextlib.asynccontextmanager
