@@ -197,8 +197,8 @@ class Store:
     async def claim_chain_id(self, task_id: str, chain_task_id: int) -> str:
         """Link the chain task to the posted task `task_id` unless another posted task tracks it; returns
         the id of the task that tracks it now. A link held by an imported task (no signed terms, no test
-        set) is taken over, and that task is marked failed, naming this one; a takeover that a crash cut
-        short before the marking is finished by the next claim, or by `finish_takeover`."""
+        set) is taken over, and that task is marked failed, naming this one (`finish_takeover`, which also
+        finishes a takeover that a crash cut short before the marking)."""
         reply = await self._script(
             self._claim_chain_task, [k.chain_task(chain_task_id)], [task_id, import_id(chain_task_id)]
         )
@@ -210,8 +210,9 @@ class Store:
     async def finish_takeover(self, chain_task_id: int, holder: str | None = None) -> None:
         """Mark failed the import of the chain task (`chain-<n>`) if it is still live though another task
         holds the link (`holder`, read if not given): the import is only ever stored together with its
-        link, so a live import without it was taken over, and a crash came between the takeover and the
-        marking. A no-op otherwise."""
+        link, so a live import without it was taken over, just now or by a claim that a crash cut short
+        before this marking, or it was marked and then overwritten by a settlement the follower applied
+        through a link it read before the takeover. A no-op otherwise."""
         if holder is None:
             raw = await self.redis.get(k.chain_task(chain_task_id))
             if raw is None:
