@@ -25,7 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 
 from ethml.chain import EML, Deployment, dev_account
-from ethml.coordinator.client import sign_permit, task_body
+from ethml.coordinator.client import import_body, sign_permit, task_body
 from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
 from ethml.training.spec import TaskSpec
@@ -43,6 +43,11 @@ class Raw:
 
     body: bytes
     content_type: str
+
+
+def _import(c: Coordinator, chain_task_id: int = 1, trainers: int = 2, signer: int = REQUESTER) -> dict[str, Any]:
+    """A body of POST /api/tasks/import signed by dev account `signer` (the requester of `_valid`'s tasks)."""
+    return import_body(dev_account(signer), c.domain, chain_task_id, trainers)
 
 
 def _valid(c: Coordinator, now: int, n: int = 0, **changes: Any) -> dict[str, Any]:
@@ -175,6 +180,8 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.v": 27.5}), 422, "permit.v", "valid integer"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"spec.estimator.params": {"n_estimators": True}}), 422, "spec.estimator.params.n_estimators", "valid number"),
         ("POST", "/api/tasks/import", key, {"chain_task_id": "1"}, 422, "chain_task_id", "valid integer"),
+        ("POST", "/api/tasks/import", key, {"chain_task_id": 1, "signature": "0x12"}, 422, "signature", "pattern"),
+        ("POST", "/api/tasks/import", key, {"chain_task_id": 1, "signature": 1}, 422, "signature", "valid string"),
         ("POST", "/api/keys", c.admin_key, {"name": "x", "role": 1}, 422, "role", "'requester' or 'admin'"),
         # Strings: bounded, and no NUL, control, invisible or bidirectional-override characters.
         ("POST", "/api/tasks", key, _valid(c, now, **{"spec.features": ["a", "b\x00"]}), 422, "spec.features.1", "control"),

@@ -31,7 +31,7 @@ from ethml.coordinator.store import Store
 from ethml.ipfs.client import IpfsClient
 from tests.conftest import free_port, lag_receipts
 from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on, start_redis
-from tests.coordinator.test_api import _valid
+from tests.coordinator.test_api import _import, _valid
 from tests.coordinator.test_flow import chain_now
 from tests.node.conftest import wait_until
 
@@ -503,7 +503,7 @@ async def test_an_import_of_a_creation_not_yet_confirmed_is_refused_until_it_is(
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, _ipfs, key, now = await _without_relayer(c, confirmations=2)
         forwarded = await _forward(chain, _valid(c, now, 0))
-        status, refused, headers = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        status, refused, headers = await c.api("POST", "/api/tasks/import", key=key, body=_import(c))
         assert status == 503 and headers.get("Retry-After") == "12", refused
         assert refused["error"]["message"] == (
             f"task 1 was created in block {forwarded['blockNumber']}, not yet 2 blocks deep (this server's "
@@ -511,11 +511,43 @@ async def test_an_import_of_a_creation_not_yet_confirmed_is_refused_until_it_is(
         ), refused
         assert await store.task_by_chain_id(1) is None and await store.redis.exists(k.importing(1)) == 0
         await chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
-        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body=_import(c))
         assert status == 201 and imported["id"] == "chain-1", imported
         doc = await store.task("chain-1")
         assert doc is not None and (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
         assert "replay_from" not in doc, doc
+
+
+async def test_only_its_requester_or_an_admin_imports_a_chain_task(anvil_url: str, tmp_path: Path) -> None:
+    """Whoever imports a chain task first must not decide how it is served (how many training jobs), nor
+    shut its requester out (a second import is a 409): an import needs the requester's signature of the
+    chain task and the number of jobs. Another key's import, unsigned, signed by another account, or
+    with the requester's signature of another number of jobs or another task, is refused and stores
+    nothing; the requester's own import then takes, with its number of jobs. An admin key imports
+    without a signature."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, _ipfs, key, now = await _without_relayer(c)
+        await _forward(chain, _valid(c, now, 0))
+        await _forward(chain, _valid(c, now, 1))
+        stranger = await c.requester_key()
+        requester = dev_account(REQUESTER).address
+        refusals = [
+            ({"chain_task_id": 1}, f"an import needs the signature of task 1's requester {requester}"),
+            (_import(c, 1, 8, signer=3), f"the signature does not recover task 1's requester {requester}"),
+            ({**_import(c, 1, 2), "trainers": 8}, "does not recover task 1's requester"),
+            ({**_import(c, 2, 8), "chain_task_id": 1}, "does not recover task 1's requester"),
+        ]
+        for body, words in refusals:
+            status, refused, _ = await c.api("POST", "/api/tasks/import", key=stranger, body=body)
+            assert status == 422 and refused["error"]["field"] == "signature", (body, refused)
+            assert words in refused["error"]["message"], refused
+        assert await store.task_by_chain_id(1) is None and await store.redis.exists(k.importing(1)) == 0
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body=_import(c, 1, 3))
+        assert status == 201 and imported["id"] == "chain-1", imported
+        doc = await store.task("chain-1")
+        assert doc is not None and (doc["trainers"], doc["requester"]) == (3, requester), doc
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=c.admin_key, body={"chain_task_id": 2})
+        assert status == 201 and imported["id"] == "chain-2", imported
 
 
 async def test_a_journaled_creation_whose_nonce_another_transaction_took_is_signed_again(
@@ -704,14 +736,14 @@ async def test_an_import_whose_history_the_node_refuses_is_kept_and_finished_by_
 
         monkeypatch.setattr(chain.w3.eth, "get_logs", limited)
         entries = await store.redis.xlen(k.RELAY)
-        status, refused, headers = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        status, refused, headers = await c.api("POST", "/api/tasks/import", key=key, body=_import(c))
         assert status == 503 and "Retry-After" in headers, refused
         assert refused["error"]["message"] == "the chain RPC refused a request (logged by the server); retry shortly"
         assert await store.task_by_chain_id(1) is None and await store.redis.xlen(k.RELAY) == entries
         assert await store.redis.exists(k.importing(1)) == 0  # the lease is given back
 
         mode[0], queries[:] = "flaky", []
-        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+        status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body=_import(c))
         assert status == 201 and imported["id"] == "chain-1", imported
         assert max(end - start for start, end in queries[1:]) < 100, queries  # the creation found in chunks
         doc = await store.task("chain-1") or {}
@@ -739,7 +771,7 @@ async def test_an_import_is_one_request_at_a_time_and_says_when_the_logs_do_not_
         monkeypatch.setattr(follower_module, "LOG_CHUNK", 100)  # this node's limit, as 2,000 is others'
 
         async def imports() -> tuple[int, Any, Any]:
-            return await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+            return await c.api("POST", "/api/tasks/import", key=key, body=_import(c))
 
         await store.redis.set(k.importing(1), "1")
         status, refused, _ = await imports()
@@ -1538,7 +1570,7 @@ async def _creation_mined_then_imported(
     posted, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
     await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
     await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body={"chain_task_id": 1})
+    status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body=_import(c))
     assert status == 201 and imported["id"] == "chain-1", imported
     return posted, entry, journaled
 

@@ -7,10 +7,12 @@ import os
 
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_typed_data
 from eth_utils import to_checksum_address
 
 from ethml.coordinator.permit import SECP256K1_N, address_of, checksum_address, recover_public_key
 from ethml.pow import keccak256
+from ethml.training.terms import TermsDomain, sign_import
 
 
 def test_checksum_address_is_eip55_for_any_case_of_any_address() -> None:
@@ -89,3 +91,23 @@ def test_a_digest_of_the_wrong_length_recovers_nothing() -> None:
     _address, v, r, s = _signed(digest)
     assert recover_public_key(digest[:31], v, r, s) is None
     assert recover_public_key(digest + b"\0", v, r, s) is None
+
+
+def test_an_import_is_signed_as_a_wallet_signs_its_typed_data() -> None:
+    """The digest the coordinator checks for `POST /api/tasks/import` is the EIP-712 hash of the typed data
+    a wallet is shown (eth_account's encoder), and `sign_import` signs exactly it; another task, another
+    number of training jobs or another chain is another digest."""
+    domain = TermsDomain(31337, "0x" + os.urandom(20).hex())
+    signer = Account.create()
+    for task_id, trainers in [(1, 1), (7, 3), (2**64, 8)]:
+        signable = encode_typed_data(full_message=domain.import_typed_data(task_id, trainers))
+        digest = domain.import_digest(task_id, trainers)
+        assert digest == keccak256(b"\x19" + signable.version + signable.header + signable.body)
+        signature = sign_import(signer.key, domain, task_id, trainers)
+        assert recover(digest, signature[64], signature[:32], signature[32:64]) == signer.address
+    others = {
+        domain.import_digest(1, 3),
+        domain.import_digest(2, 2),
+        TermsDomain(1, domain.training).import_digest(1, 2),
+    }
+    assert domain.import_digest(1, 2) not in others and len(others) == 3

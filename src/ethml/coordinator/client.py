@@ -1,6 +1,6 @@
 """For API clients in Python: sign a task's terms (EIP-712) and the EIP-2612 permit of its reward, and
 build the body of `POST /api/tasks`. The coordinator relays exactly the signed terms; it cannot change
-one."""
+one. `import_body` builds the body of `POST /api/tasks/import`, signed by the chain task's requester."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ethml.coordinator.permit import PermitDomain
 from ethml.coordinator.schemas import commitment_hex
 from ethml.training.flow import spec_cid
 from ethml.training.spec import TaskSpec
-from ethml.training.terms import Terms, TermsDomain, min_score_units, sign_terms
+from ethml.training.terms import Terms, TermsDomain, min_score_units, sign_import, sign_terms
 
 
 def sign_permit(owner: LocalAccount, domain: PermitDomain, value: int, nonce: int, deadline: int) -> dict[str, Any]:
@@ -96,3 +96,11 @@ def task_body(
     if reveal_by_coordinator:
         body["test_set"] = {"cid": test_cid, "salt": salt}
     return body
+
+
+def import_body(requester: LocalAccount, domain: PermitDomain, chain_task_id: int, trainers: int = 2) -> dict[str, Any]:
+    """The JSON body of `POST /api/tasks/import` for a task `requester` created on chain itself: the chain
+    task and the number of training jobs to hand out, signed by the requester (EIP-712 `TaskImport` on
+    the domain of TrainingTasks, `domain.spender`)."""
+    signature = sign_import(requester.key, TermsDomain(domain.chain_id, domain.spender), chain_task_id, trainers)
+    return {"chain_task_id": chain_task_id, "trainers": trainers, "signature": "0x" + signature.hex()}

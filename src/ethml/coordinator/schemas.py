@@ -209,8 +209,23 @@ class TaskCreate(Strict):
 
 
 class TaskImport(Strict):
+    """A task its requester created on chain, to be tracked here. The requester signs the import (EIP-712
+    `TaskImport` of chain_task_id and trainers on TrainingTasks's domain), so no one else decides how the
+    coordinator serves its task; an admin key may import without a signature."""
+
     chain_task_id: JsonInt = Field(ge=1, le=2**64)
-    trainers: JsonInt = Field(default=2, ge=1, le=8)
+    trainers: JsonInt = Field(default=2, ge=1, le=8, description="training jobs to hand out")
+    signature: (
+        Annotated[
+            str,
+            StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{130}$"),
+            Field(
+                description="65 bytes: r, s, v; the chain task's requester's EIP-712 TaskImport(uint256 taskId,"
+                "uint8 trainers) on TrainingTasks's domain. Required unless the API key is an admin's"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ApiKeyCreate(Strict):

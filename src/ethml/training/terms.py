@@ -24,11 +24,24 @@ TERMS_TYPE = (
     "uint16 featureCount,uint32 parametersVersion,uint256 nonce,uint256 expiry)"
 )
 TERMS_TYPEHASH = keccak256(TERMS_TYPE.encode())
+#: What a task's requester signs to have a coordinator track a task it created on chain itself
+#: (`POST /api/tasks/import`): the chain task and the number of training jobs to hand out. No contract
+#: function takes this type, so the signature authorises nothing on chain.
+IMPORT_TYPE = "TaskImport(uint256 taskId,uint8 trainers)"
+IMPORT_TYPEHASH = keccak256(IMPORT_TYPE.encode())
 NAME = "EthML TrainingTasks"
 VERSION = "1"
 #: The EIP-712 fields of TaskTerms, in order, with their types (for typed-data signers).
 TERMS_FIELDS = [
     (part.rsplit(" ", 1)[1], part.rsplit(" ", 1)[0]) for part in TERMS_TYPE[TERMS_TYPE.index("(") + 1 : -1].split(",")
+]
+
+
+_DOMAIN_FIELDS = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
 ]
 
 
@@ -161,6 +174,23 @@ class TermsDomain:
         """What the requester signs: `TrainingTasks.termsDigest(terms, requester, nonce, expiry)`."""
         return keccak256(b"\x19\x01" + self.separator + terms.struct_hash(requester, nonce, expiry))
 
+    def import_digest(self, task_id: int, trainers: int) -> bytes:
+        """What the requester of chain task `task_id` signs to have it tracked with `trainers` training
+        jobs (EIP-712 `TaskImport` on this domain)."""
+        return keccak256(b"\x19\x01" + self.separator + keccak256(IMPORT_TYPEHASH + _word(task_id) + _word(trainers)))
+
+    def import_typed_data(self, task_id: int, trainers: int) -> dict[str, Any]:
+        """`import_digest`'s message as EIP-712 typed data, for a wallet."""
+        return {
+            "types": {
+                "EIP712Domain": _DOMAIN_FIELDS,
+                "TaskImport": [{"name": "taskId", "type": "uint256"}, {"name": "trainers", "type": "uint8"}],
+            },
+            "primaryType": "TaskImport",
+            "domain": {"name": NAME, "version": VERSION, "chainId": self.chain_id, "verifyingContract": self.training},
+            "message": {"taskId": task_id, "trainers": trainers},
+        }
+
     def typed_data(self, terms: Terms, requester: str, nonce: int, expiry: int) -> dict[str, Any]:
         """The same message as EIP-712 typed data, for a wallet."""
         message = {
@@ -182,12 +212,7 @@ class TermsDomain:
         }
         return {
             "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
+                "EIP712Domain": _DOMAIN_FIELDS,
                 "TaskTerms": [{"name": name, "type": kind} for name, kind in TERMS_FIELDS],
             },
             "primaryType": "TaskTerms",
@@ -202,4 +227,15 @@ def sign_terms(private_key: bytes | str, domain: TermsDomain, terms: Terms, nonc
 
     signer = Account.from_key(private_key)
     signed = Account.sign_typed_data(signer.key, full_message=domain.typed_data(terms, signer.address, nonce, expiry))
+    return bytes(signed.signature)
+
+
+def sign_import(private_key: bytes | str, domain: TermsDomain, task_id: int, trainers: int) -> bytes:
+    """The requester's 65-byte signature (r, s, v) of an import of its chain task `task_id` with
+    `trainers` training jobs, by the standard typed-data signer."""
+    from eth_account import Account
+
+    signed = Account.sign_typed_data(
+        Account.from_key(private_key).key, full_message=domain.import_typed_data(task_id, trainers)
+    )
     return bytes(signed.signature)

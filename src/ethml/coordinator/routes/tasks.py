@@ -228,6 +228,7 @@ async def import_task(request: web.Request) -> web.Response:
         t = await read_struct(chain.tasks, "getTask", body.chain_task_id)
     except TaskError:  # UnknownTask
         raise ApiError(404, f"TrainingTasks has no task {body.chain_task_id}", "chain_task_id") from None
+    _check_import_signature(request, who, body, t["requester"])
     known = await store.task_by_chain_id(body.chain_task_id)
     if known is not None:
         raise ApiError(409, f"task {body.chain_task_id} is already tracked as {known['id']}", "chain_task_id")
@@ -293,6 +294,30 @@ async def import_task(request: web.Request) -> web.Response:
     return web.json_response(
         {"id": doc["id"], "status": doc["status"], "location": location}, status=201, headers={"Location": location}
     )
+
+
+def _check_import_signature(request: web.Request, who: dict[str, str], body: TaskImport, requester: str) -> None:
+    """An import is the chain task's requester's to make: its signature of the chain task and the number of
+    training jobs (checked when sent, required unless the key is an admin's). Otherwise whoever imported a
+    task first would decide how it is served, and its requester's own import would be refused."""
+    if body.signature is None:
+        if who["role"] == "admin":
+            return
+        raise ApiError(
+            422,
+            f"an import needs the signature of task {body.chain_task_id}'s requester {requester} (EIP-712 TaskImport "
+            "of chain_task_id and trainers on TrainingTasks's domain); only an admin key imports without one",
+            "signature",
+        )
+    digest = request.app[TERMS].import_digest(body.chain_task_id, body.trainers)
+    key = _signer_key(_as_sent(body.signature), digest)
+    if key is None or address_of(key) != requester.lower():
+        raise ApiError(
+            422,
+            f"the signature does not recover task {body.chain_task_id}'s requester {requester} for this "
+            "chain_task_id and trainers on this chain and TrainingTasks",
+            "signature",
+        )
 
 
 @routes.get("/api/tasks/{task_id:(?!import$)[^{}/]+}")
