@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,17 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 
 from ethml.chain import EML, Deployment, dev_account
+from ethml.coordinator.appkeys import CONFIG, IPFS, STORE
 from ethml.coordinator.client import import_body, sign_permit, task_body
 from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
+from ethml.ipfs.cid import parse_cid
 from ethml.training.spec import TaskSpec
 from tests.conftest import free_port
-from tests.coordinator.conftest import REQUESTER, Coordinator, coordinator_on
+from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on
 from tests.coordinator.test_flow import chain_now, wine_spec
 from tests.node.conftest import wait_until
 
@@ -238,6 +242,74 @@ async def test_two_instances_share_tasks_and_one_rate_limit(anvil_url: str, tmp_
         status, page, _ = await c.api("GET", "/api/tasks", url=url_a)
         assert [t["id"] for t in page["tasks"]] == [created["id"]]
         await wait_until(lambda: _status_is(c, created["id"], "open", url_b), timeout=60, what="relayed by a")
+
+
+async def _upload(url: str, data: bytes, headers: dict[str, str], *, chunked: bool = False) -> tuple[int, Any, Any]:
+    """POST /api/files with these headers; `chunked` sends the body without a Content-Length."""
+
+    async def chunks() -> Any:
+        for i in range(0, len(data), 65536):
+            yield data[i : i + 65536]
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url + "/api/files",
+            data=chunks() if chunked else data,
+            headers={"Content-Type": "application/octet-stream", **headers},
+        ) as response,
+    ):
+        return response.status, await response.json(content_type=None), response.headers
+
+
+async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Any staked account gets an upload token by logging in as a worker, so without a bound one account could
+    fill the disk that Redis and the blockstore share. Each uploader may add --upload-quota MiB per hour: a
+    requester's API key, or a worker's account whichever of its logins' tokens it uses (a new login does not
+    renew it), with or without a Content-Length; past it, 429 with Retry-After and nothing stored. Another
+    uploader is not held back and an admin key is not counted. An upload that would leave the disk less than
+    --min-free-disk free gets 507 with Retry-After, nothing stored, whoever sends it."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, url = await c.start_server(upload_quota_mib=1.0)
+        app = runner.app
+        assert app is not None
+        store, blocks = app[STORE], app[IPFS].blockstore
+        key, other = await c.requester_key(), await c.requester_key()
+        part = 600 * 1024  # two of them are over the quota of 1 MiB
+
+        async def refused(headers: dict[str, str], chunked: bool = False) -> None:
+            before = len(blocks)
+            status, reply, answer = await _upload(url, os.urandom(part), headers, chunked=chunked)
+            assert status == 429 and int(answer["Retry-After"]) >= 1, reply
+            assert "upload quota exceeded: 1 MiB per hour per uploader" in reply["error"]["message"], reply
+            assert len(blocks) == before
+
+        async def added(headers: dict[str, str], chunked: bool = False) -> None:
+            status, reply, _ = await _upload(url, os.urandom(part), headers, chunked=chunked)
+            assert status == 201 and reply["size"] == part and blocks.has(parse_cid(reply["cid"])), reply
+
+        await added({"Authorization": f"Bearer {key}"})
+        await refused({"Authorization": f"Bearer {key}"})
+        await refused({"Authorization": f"Bearer {key}"}, chunked=True)
+        await added({"Authorization": f"Bearer {other}"})
+        for _ in range(3):
+            await added({"Authorization": f"Bearer {c.admin_key}"})
+        account = dev_account(TRAINERS[0]).address
+        first, second = await store.new_upload_token(account), await store.new_upload_token(account)
+        await added({"X-Worker-Token": first}, chunked=True)
+        await refused({"X-Worker-Token": second})
+        await added({"X-Worker-Token": await store.new_upload_token(dev_account(TRAINERS[1]).address)})
+
+        free = shutil.disk_usage(blocks.root).free
+        app[CONFIG].min_free_disk_mib = free / 2**20 + 1
+        before = len(blocks)
+        for headers in ({"Authorization": f"Bearer {c.admin_key}"}, {"Authorization": f"Bearer {other}"}):
+            status, reply, answer = await _upload(url, b"a,b\n1,2\n", headers)
+            assert status == 507 and answer["Retry-After"] == "300", reply
+            assert "the coordinator's disk is nearly full" in reply["error"]["message"], reply
+        assert len(blocks) == before
 
 
 async def _status_is(c: Coordinator, task_id: str, wanted: str, url: str) -> bool:

@@ -84,6 +84,23 @@ def serve(
     key_burst: Annotated[int, typer.Option(min=1, help="Burst per API key.")] = 40,
     ip_rate: Annotated[float, typer.Option(min=0.01, help="Requests per second per client address.")] = 50.0,
     ip_burst: Annotated[int, typer.Option(min=1, help="Burst per client address.")] = 100,
+    upload_quota: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            metavar="MIB",
+            help="MiB each uploader (a worker account, a requester API key; admin keys are not counted) may add "
+            "to the blockstore per hour, in bursts of as much.",
+        ),
+    ] = 1024.0,
+    min_free_disk: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            metavar="MIB",
+            help="MiB the blockstore's disk keeps free: an upload that would leave less gets 507.",
+        ),
+    ] = 1024.0,
     job_timeout: Annotated[
         float, typer.Option(min=1.0, help="Seconds a silent worker keeps its jobs before they go to another.")
     ] = 30.0,
@@ -154,6 +171,8 @@ def serve(
         key_burst=key_burst,
         ip_rate=ip_rate,
         ip_burst=ip_burst,
+        upload_quota_mib=upload_quota,
+        min_free_disk_mib=min_free_disk,
         job_timeout=job_timeout,
         max_deliveries=max_deliveries,
         job_margin=job_margin,

@@ -30,6 +30,11 @@ class ServeConfig:
     #: get a 408 and their connection is closed.
     body_timeout: float = 10.0
     file_timeout: float = 120.0
+    #: MiB each uploader (a worker's account, a requester's API key; not an admin's) may add to the
+    #: blockstore per hour, in bursts of as much; and MiB the blockstore's disk keeps free (an upload that
+    #: would leave less is refused with 507).
+    upload_quota_mib: float = 1024.0
+    min_free_disk_mib: float = 1024.0
     heartbeat_interval: float = 3.0
     heartbeat_timeout: float = 15.0
     job_timeout: float = 30.0

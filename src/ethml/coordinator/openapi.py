@@ -29,6 +29,7 @@ ERRORS = {
     422: "a field is invalid (named in error.field)",
     429: "rate limited (see Retry-After)",
     503: "Redis or the chain RPC is unavailable, or the RPC refused a request (see Retry-After)",
+    507: "the coordinator's disk is nearly full: nothing was stored (see Retry-After)",
 }
 #: What every route may answer besides its own statuses: a rate limit, or a backend outage.
 ALWAYS = (429, 503)
@@ -50,7 +51,7 @@ def _json(model: type[BaseModel], description: str, headers: dict[str, Any] | No
 def _errors(*codes: int) -> dict[str, Any]:
     out = {}
     for c in sorted({*codes, *ALWAYS}):
-        retry = {"Retry-After": {"schema": {"type": "string"}}} if c in (429, 503) else None
+        retry = {"Retry-After": {"schema": {"type": "string"}}} if c in (429, 503, 507) else None
         out[str(c)] = _json(s.ErrorOut, ERRORS[c], retry)
     return out
 
@@ -191,7 +192,9 @@ def openapi_document() -> dict[str, Any]:
             "/api/files": {
                 "post": {
                     "summary": "Add a file (dataset, test set, model artifact) to the coordinator's blockstore",
-                    "description": "Any content type; fetch the file back by its CID from /ipfs/{cid} (raw blocks).",
+                    "description": "Any content type; fetch the file back by its CID from /ipfs/{cid} (raw blocks). "
+                    "Each uploader (a worker account, a requester's API key) may add --upload-quota MiB per hour "
+                    "(429 past it); an upload that would leave the disk under --min-free-disk MiB free gets 507.",
                     "security": [{"apiKey": []}, {"workerToken": []}],
                     "requestBody": {
                         "required": True,
@@ -208,7 +211,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _json(s.FileAdded, "stored"),
-                        **_errors(401, 403, 408, 413, 422),
+                        **_errors(401, 403, 408, 413, 422, 507),
                     },
                 }
             },

@@ -30,6 +30,23 @@ end
 #: The token buckets only.
 TAKE = TOKEN_BUCKET + "return 0\n"
 
+#: One bucket of a quantity (bytes of uploads, say): KEYS[1] the bucket; ARGV = rate (units/s), burst,
+#: amount. Takes the amount, or nothing (returns the ms until the bucket holds it; the amount is at most
+#: the burst).
+TAKE_AMOUNT = """
+local rate, burst, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HMGET', KEYS[1], 't', 'ts')
+local have = tonumber(v[1]) or burst
+local ts = tonumber(v[2]) or now
+have = math.min(burst, have + math.max(0, now - ts) * rate / 1000)
+if have < amount then return math.ceil((amount - have) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 't', tostring(have - amount), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return 0
+"""
+
 #: The token buckets (KEYS[1..n]) and, only if every bucket had a token, a new task: its document,
 #: its place in the indexes and its relay entry. One round trip for an accepted POST /api/tasks.
 #: KEYS[n + 5] is its signed terms' key: terms posted already (their key names a task) are not stored

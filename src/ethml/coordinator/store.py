@@ -33,6 +33,7 @@ from ethml.coordinator.scripts import (
     PUT_WORKER,
     RELEASE_JOB,
     TAKE,
+    TAKE_AMOUNT,
     TAKE_AND_CREATE,
     TAKE_KICK,
     TOUCH_ENTRIES,
@@ -62,6 +63,7 @@ class Store:
             hashlib.sha1(src.encode()).hexdigest(): src
             for src in (
                 TAKE,
+                TAKE_AMOUNT,
                 TAKE_AND_CREATE,
                 CLAIM_CHAIN_TASK,
                 FINISH_JOB,
@@ -77,6 +79,7 @@ class Store:
         }
         sha = {src: digest for digest, src in self._scripts.items()}
         self._take, self._take_and_create = sha[TAKE], sha[TAKE_AND_CREATE]
+        self._take_amount = sha[TAKE_AMOUNT]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
@@ -104,6 +107,12 @@ class Store:
         """0 when every bucket (name, rate per second, burst) had a token (one is taken from each), else
         the seconds until one will."""
         wait_ms = await self._script(self._take, [k.bucket(b[0]) for b in buckets], _bucket_args(buckets))
+        return int(wait_ms) / 1000
+
+    async def take_amount(self, bucket: str, rate: float, burst: float, amount: float) -> float:
+        """0 when the bucket `bucket` (refilled at `rate` units per second, holding at most `burst`) held
+        `amount` (which it gave), else the seconds until it will (it gave nothing). `amount` <= `burst`."""
+        wait_ms = await self._script(self._take_amount, [k.bucket(bucket)], [rate, burst, amount])
         return int(wait_ms) / 1000
 
     async def take_token_and_create(self, buckets: list[tuple[str, float, int]], doc: dict[str, Any]) -> float | str:
@@ -399,8 +408,10 @@ class Store:
         await self.redis.set(k.upload_token(token), address, ex=ttl)
         return token
 
-    async def upload_token_valid(self, token: str) -> bool:
-        return bool(await self.redis.exists(k.upload_token(token)))
+    async def upload_token_owner(self, token: str) -> str | None:
+        """The worker account an upload token was given to, or None for an unknown or expired token."""
+        owner = await self.redis.get(k.upload_token(token))
+        return owner.decode() if owner is not None else None
 
     # ------------------------------------------------------------------ chain follower
 
