@@ -907,10 +907,10 @@ async def test_each_document_tracks_the_task_of_its_own_terms_not_one_with_the_s
 async def test_a_task_imported_before_its_relayer_recorded_it_is_taken_over_by_the_posted_one(
     anvil_url: str, tmp_path: Path
 ) -> None:
-    """The posted task's creation is mined and its relaying instance dies before it records the task; someone
-    imports the chain task meanwhile (POST /api/tasks/import: no signed terms, no test set). When the entry is
-    relayed again, the posted task takes the chain task over: it is open and tracked, the import is failed
-    naming it."""
+    """The posted task's creation is mined and its relaying instance dies before it records the task; its
+    requester imports the chain task meanwhile (POST /api/tasks/import: no signed terms, no test set). When
+    the entry is relayed again, the posted task, which carries the test set, takes the chain task over: it
+    is open and tracked, the import is failed naming it."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         posted, entry, journaled = await _creation_mined_then_imported(c, chain, store, ipfs, key, now)
@@ -926,6 +926,35 @@ async def test_a_task_imported_before_its_relayer_recorded_it_is_taken_over_by_t
         superseded = await store.task("chain-1")
         assert superseded is not None and superseded["status"] == "failed", superseded
         assert superseded["error"] == f"task 1 is tracked as task {posted}, which was posted with its signed terms"
+
+
+@pytest.mark.parametrize("importer", ["requester", "admin"])
+async def test_a_post_of_the_terms_without_the_test_set_does_not_take_over_a_requesters_or_admins_import(
+    anvil_url: str, tmp_path: Path, importer: str
+) -> None:
+    """Terms a creation used are public (its calldata), their test set is not: a post of them without the test
+    set, by anyone, must not take the chain task over from an import its requester signed (choosing its
+    number of training jobs) or an admin made. As above, but the post has no test set: when its entry is
+    relayed again, it fails naming the import, which stays open with its number of jobs and keeps the
+    link."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        body = _valid(c, now, 0, test_set=...)
+        admin = c.admin_key if importer == "admin" else None
+        posted, entry, _journaled = await _creation_mined_then_imported(c, chain, store, ipfs, key, now, body, admin)
+
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(posted)
+        assert doc is not None and doc["status"] == "failed" and doc["chain_task_id"] is None, doc
+        assert doc["error"].endswith("which task chain-1 tracks"), doc
+        tracking = await store.task_by_chain_id(1)
+        assert tracking is not None and tracking["id"] == "chain-1"
+        assert (tracking["status"], tracking["trainers"], tracking["imported_by"]) == (
+            "open",
+            3 if admin is None else 2,
+            importer,
+        )
+        assert await _relay_idle(store)
 
 
 @pytest.mark.parametrize("linked_before", [False, True], ids=["relayed-again", "linked-by-the-follower-first"])
@@ -1563,14 +1592,25 @@ async def _creation_sent_then_died(
 
 
 async def _creation_mined_then_imported(
-    c: Coordinator, chain: Chain, store: Store, ipfs: IpfsClient, key: str, now: int
+    c: Coordinator,
+    chain: Chain,
+    store: Store,
+    ipfs: IpfsClient,
+    key: str,
+    now: int,
+    body: dict[str, Any] | None = None,
+    import_key: str | None = None,
 ) -> tuple[str, Any, dict[str, Any]]:
-    """As `_creation_sent_then_died`, then the creation mined (chain task 1) and imported by the requester
-    (POST /api/tasks/import: `chain-1` holds the link) before the entry is relayed again."""
-    posted, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
+    """As `_creation_sent_then_died` (posting `body`), then the creation mined (chain task 1) and imported by
+    the requester (POST /api/tasks/import with its signature: `chain-1` holds the link), or with `import_key`
+    and no signature (an admin's), before the entry is relayed again."""
+    posted, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now, body)
     await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
     await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    status, imported, _ = await c.api("POST", "/api/tasks/import", key=key, body=_import(c))
+    signed = _import(c, trainers=3)
+    status, imported, _ = await c.api(
+        "POST", "/api/tasks/import", key=import_key or key, body={"chain_task_id": 1} if import_key else signed
+    )
     assert status == 201 and imported["id"] == "chain-1", imported
     return posted, entry, journaled
 

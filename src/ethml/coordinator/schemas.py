@@ -210,8 +210,8 @@ class TaskCreate(Strict):
 
 class TaskImport(Strict):
     """A task its requester created on chain, to be tracked here. The requester signs the import (EIP-712
-    `TaskImport` of chain_task_id and trainers on TrainingTasks's domain), so no one else decides how the
-    coordinator serves its task; an admin key may import without a signature."""
+    `TaskImport` of chain_task_id and trainers on TrainingTasks's domain), so no one else imports it with a
+    number of training jobs of its choosing; an admin key may import without a signature."""
 
     chain_task_id: JsonInt = Field(ge=1, le=2**64)
     trainers: JsonInt = Field(default=2, ge=1, le=8, description="training jobs to hand out")

@@ -273,6 +273,8 @@ async def import_task(request: web.Request) -> web.Response:
                 "spec_cid": t["specCid"],
                 "dataset_cid": t["datasetCid"],
                 "trainers": body.trainers,
+                # Who chose how it is served: a posted task without the test set does not take it over.
+                "imported_by": "requester" if body.signature is not None else "admin",
                 "replay_from": created,
             },
         )
