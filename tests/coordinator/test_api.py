@@ -6,6 +6,7 @@ OpenAPI document is generated and schemathesis finds no 500 and no response outs
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,10 +29,11 @@ import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 
 from ethml.chain import EML, Deployment, dev_account
-from ethml.coordinator.appkeys import CONFIG, IPFS, STORE
+from ethml.coordinator.appkeys import CONFIG, IPFS, STORE, UPLOADS
 from ethml.coordinator.client import import_body, sign_permit, task_body
 from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
+from ethml.coordinator.routes import files as files_route
 from ethml.ipfs.cid import parse_cid
 from ethml.training.spec import TaskSpec
 from tests.conftest import free_port
@@ -244,8 +247,10 @@ async def test_two_instances_share_tasks_and_one_rate_limit(anvil_url: str, tmp_
         await wait_until(lambda: _status_is(c, created["id"], "open", url_b), timeout=60, what="relayed by a")
 
 
-async def _upload(url: str, data: bytes, headers: dict[str, str], *, chunked: bool = False) -> tuple[int, Any, Any]:
-    """POST /api/files with these headers; `chunked` sends the body without a Content-Length."""
+async def _upload(
+    url: str, data: bytes, headers: dict[str, str], *, chunked: bool = False, path: str = "/api/files"
+) -> tuple[int, Any, Any]:
+    """POST /api/files (or `path`) with these headers; `chunked` sends the body without a Content-Length."""
 
     async def chunks() -> Any:
         for i in range(0, len(data), 65536):
@@ -254,7 +259,7 @@ async def _upload(url: str, data: bytes, headers: dict[str, str], *, chunked: bo
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            url + "/api/files",
+            url + path,
             data=chunks() if chunked else data,
             headers={"Content-Type": "application/octet-stream", **headers},
         ) as response,
@@ -302,14 +307,63 @@ async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor
         await refused({"X-Worker-Token": second})
         await added({"X-Worker-Token": await store.new_upload_token(dev_account(TRAINERS[1]).address)})
 
+        # A compressed body is refused: its size says nothing of what it unpacks to (16 MiB from 16 KiB).
+        packed = gzip.compress(bytes(16 * 2**20))
+        for path, kind in (("/api/files", "application/octet-stream"), ("/api/tasks", "application/json")):
+            headers = {"Authorization": f"Bearer {c.admin_key}", "Content-Encoding": "gzip", "Content-Type": kind}
+            status, reply, answer = await _upload(url, packed, headers, path=path)
+            assert status == 415 and answer["Accept-Encoding"] == "identity", reply
+            assert "not with Content-Encoding gzip" in reply["error"]["message"], reply
+
+        # A full disk: 507 for everyone, and it costs no one its quota.
+        third = await c.requester_key()
         free = shutil.disk_usage(blocks.root).free
         app[CONFIG].min_free_disk_mib = free / 2**20 + 1
         before = len(blocks)
-        for headers in ({"Authorization": f"Bearer {c.admin_key}"}, {"Authorization": f"Bearer {other}"}):
-            status, reply, answer = await _upload(url, b"a,b\n1,2\n", headers)
-            assert status == 507 and answer["Retry-After"] == "300", reply
-            assert "the coordinator's disk is nearly full" in reply["error"]["message"], reply
+        for headers in ({"Authorization": f"Bearer {c.admin_key}"}, {"Authorization": f"Bearer {third}"}):
+            for chunked in (False, True, False):
+                status, reply, answer = await _upload(url, os.urandom(part), headers, chunked=chunked)
+                assert status == 507 and answer["Retry-After"] == "300", reply
+                assert "the coordinator's disk is nearly full" in reply["error"]["message"], reply
         assert len(blocks) == before
+        app[CONFIG].min_free_disk_mib = 0
+        await added({"Authorization": f"Bearer {third}"})
+        await refused({"Authorization": f"Bearer {third}"})
+
+
+async def test_uploads_in_flight_together_cannot_each_take_the_same_free_space(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free-space check counts the bytes accepted and not yet written: eight 4 MiB uploads at once,
+    with room for two above the floor and the disk slow to write, store two and refuse six with 507 (each
+    seeing the same free space, all eight would be written)."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, url = await c.start_server(min_free_disk_mib=100)
+        app = runner.app
+        assert app is not None
+        blocks, ipfs = app[IPFS].blockstore, app[IPFS]
+        usage = shutil.disk_usage(tmp_path)
+        room = (100 + 10) * 2**20  # the floor and 10 MiB: two files of 4 MiB fit, three do not
+        monkeypatch.setattr(files_route, "disk_usage", lambda _path: usage._replace(free=room))
+        slow_disk, add = threading.Event(), ipfs.add_bytes
+
+        def slow_add(data: bytes, version: int = 0) -> Any:
+            assert slow_disk.wait(120)
+            return add(data, version)
+
+        monkeypatch.setattr(ipfs, "add_bytes", slow_add)
+        headers = {"Authorization": f"Bearer {c.admin_key}"}
+        uploads = [asyncio.create_task(_upload(url, os.urandom(4 * 2**20), headers)) for _ in range(8)]
+
+        async def six_answered() -> bool:
+            return sum(u.done() for u in uploads) == 6
+
+        await wait_until(six_answered, timeout=120, what="six answers")
+        assert app[UPLOADS].in_flight == 8 * 2**20
+        slow_disk.set()
+        answers = await asyncio.gather(*uploads)
+        assert sorted(status for status, _reply, _ in answers) == [201] * 2 + [507] * 6, answers
+        assert app[UPLOADS].in_flight == 0 and len(blocks) >= 2 * 16  # 256 KiB chunks and a root each
 
 
 async def _status_is(c: Coordinator, task_id: str, wanted: str, url: str) -> bool:

@@ -11,6 +11,7 @@ from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.permit import PermitDomain
 from ethml.coordinator.store import Store
+from ethml.coordinator.uploads import Uploads
 from ethml.ipfs import IpfsClient
 from ethml.training.rules import RulesCache
 from ethml.training.terms import TermsDomain
@@ -27,3 +28,5 @@ TERMS = web.AppKey("terms", TermsDomain)
 RULES = web.AppKey("rules", RulesCache)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 IPFS = web.AppKey("ipfs", IpfsClient)
+#: This instance's uploads accepted and not yet written (counted against the disk's free space).
+UPLOADS = web.AppKey("uploads", Uploads)

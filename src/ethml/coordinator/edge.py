@@ -2,11 +2,11 @@
 turns every failure into it and counts every request, the request body read within limits (type,
 size, time) and validated against a schema type, and malformed requests logged in one line.
 
-What a client gets wrong is a 4xx, never a 500 or 503: a body that is not `application/json` is a
-415, one over the size limit a 413, one that does not arrive within the body timeout a 408 (and the
-connection is closed), a client that hangs up mid-body is counted as 499 (nginx's "client closed
-request") and answered with nothing. A 503 means Redis or the chain RPC is down, or the RPC refused a
-request (a node limiting its log queries, say), nothing else."""
+What a client gets wrong is a 4xx, never a 500 or 503: a body that is not `application/json`, or comes
+compressed (a Content-Encoding), is a 415, one over the size limit a 413, one that does not arrive
+within the body timeout a 408 (and the connection is closed), a client that hangs up mid-body is
+counted as 499 (nginx's "client closed request") and answered with nothing. A 503 means Redis or the
+chain RPC is down, or the RPC refused a request (a node limiting its log queries, say), nothing else."""
 
 from __future__ import annotations
 
@@ -121,18 +121,27 @@ async def _answer_and_close(request: web.Request, response: web.StreamResponse) 
 
 
 async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
-    """The whole body: at most `limit` bytes (413), within `seconds` (408, connection closed), from a
+    """The whole body, as sent (no Content-Encoding: a compressed body's size says nothing of what it
+    unpacks to; 415): at most `limit` bytes (413), within `seconds` (408, connection closed), from a
     client still there (ClientGone)."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(
+            415,
+            f"request bodies are taken as sent, not with Content-Encoding {encoding[:40]}",
+            headers={"Accept-Encoding": "identity"},
+            close=True,
+        )
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, f"the body is over {limit} bytes", close=True)
     content = request.content
     try:
         if content.is_eof():  # it came with the headers (most JSON bodies): nothing to wait for
-            return await request.read()
+            return _within(await request.read(), limit)
         async with asyncio.timeout(seconds):
             if length is not None:
-                return await request.read()
+                return _within(await request.read(), limit)
             body = bytearray()  # chunked: no length to check up front
             while chunk := await content.readany():
                 body += chunk
@@ -146,6 +155,12 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     except HttpProcessingError as exc:  # a malformed chunk
         reason = ((exc.message or "").strip().splitlines() or ["a bad chunk"])[0]
         raise ApiError(400, f"the request body is malformed ({reason})", close=True) from None
+
+
+def _within(body: bytes, limit: int) -> bytes:
+    if len(body) > limit:
+        raise ApiError(413, f"the body is over {limit} bytes", close=True)
+    return body
 
 
 def check_json_type(request: web.Request) -> None:

@@ -25,7 +25,7 @@ ERRORS = {
     408: "the body did not arrive in time (the connection is closed)",
     409: "already exists",
     413: "the body is too large",
-    415: "the body is not application/json",
+    415: "the body is not application/json, or comes compressed (a Content-Encoding other than identity)",
     422: "a field is invalid (named in error.field)",
     429: "rate limited (see Retry-After)",
     503: "Redis or the chain RPC is unavailable, or the RPC refused a request (see Retry-After)",
@@ -211,7 +211,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _json(s.FileAdded, "stored"),
-                        **_errors(401, 403, 408, 413, 422, 507),
+                        **_errors(401, 403, 408, 413, 415, 422, 507),
                     },
                 }
             },

@@ -20,7 +20,18 @@ import structlog
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, IPFS, METRICS, PERMITS, RULES, STORE, TERMS
+from ethml.coordinator.appkeys import (
+    CHAIN,
+    CONFIG,
+    DISPATCHER,
+    IPFS,
+    METRICS,
+    PERMITS,
+    RULES,
+    STORE,
+    TERMS,
+    UPLOADS,
+)
 from ethml.coordinator.auth import API_KEYS, KeyCache
 from ethml.coordinator.background import Loops, forever
 from ethml.coordinator.chain import Chain
@@ -38,6 +49,7 @@ from ethml.coordinator.routes import TABLES
 from ethml.coordinator.routes.dashboard import SNAPSHOT, SnapshotCache
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.store import Store
+from ethml.coordinator.uploads import Uploads
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ipfs.gateway import BLOCKSTORE
 from ethml.training.rules import RulesCache
@@ -55,6 +67,7 @@ def make_app(config: ServeConfig) -> web.Application:
     app[METRICS] = Metrics()
     app[API_KEYS] = KeyCache()
     app[SNAPSHOT] = SnapshotCache()
+    app[UPLOADS] = Uploads()
     app.cleanup_ctx.extend([redis_ctx, chain_ctx, workers_ctx, loops_ctx])
     for table in TABLES:
         app.add_routes(table)

@@ -111,7 +111,8 @@ class Store:
 
     async def take_amount(self, bucket: str, rate: float, burst: float, amount: float) -> float:
         """0 when the bucket `bucket` (refilled at `rate` units per second, holding at most `burst`) held
-        `amount` (which it gave), else the seconds until it will (it gave nothing). `amount` <= `burst`."""
+        `amount` (which it gave), else the seconds until it will (it gave nothing). `amount` <= `burst`; a
+        negative amount gives that much back."""
         wait_ms = await self._script(self._take_amount, [k.bucket(bucket)], [rate, burst, amount])
         return int(wait_ms) / 1000
 
