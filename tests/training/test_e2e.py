@@ -14,6 +14,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ethml.chain import EML, ModelKind, Status, dev_account, send, training_contract
 from ethml.chain.deploy import TrainingParameters
 from ethml.chain.embedded import time_travel
@@ -31,7 +33,7 @@ from ethml.training.flow import (
     train_and_submit,
     validate_task,
 )
-from ethml.training.onchain import NotDrawn
+from ethml.training.onchain import NotDrawn, TaskError
 from ethml.training.trainer import submission_commitment
 from tests.node.conftest import System, make_system, wait_until
 
@@ -114,6 +116,10 @@ async def test_wine_task_is_trained_validated_accepted_and_served(tmp_path: Path
     w3, dep = system.w3, system.deployment
     await _stake_everyone(system)
     task_id = await _post_wine_task(system, tmp_path)
+    # An artifact that could not be published (over what the trainer may upload) is not committed to.
+    with pytest.raises(TaskError, match="over the 1,000 that can be published"):
+        await train_and_submit(w3, dep, dev_account(FIRST), system.ipfs, task_id, data_dir=tmp_path, max_artifact=1000)
+    assert (await task_info(w3, dep, task_id))["submissions"] == []
     first = await train_and_submit(w3, dep, dev_account(FIRST), system.ipfs, task_id, data_dir=tmp_path)
     second = await train_and_submit(w3, dep, dev_account(SECOND), system.ipfs, task_id, data_dir=tmp_path)
     # The same model claiming 0.85 where its holdout gives 1.0: further apart than claimSlack (0.1).

@@ -48,6 +48,7 @@ from web3 import AsyncWeb3
 from ethml.chain.deploy import Deployment
 from ethml.coordinator.background import cancel_and_wait, stop_if_cancelled
 from ethml.coordinator.permit import sign_login
+from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.paths import data_home
@@ -516,6 +517,7 @@ class Worker:
                 data_dir=home,
                 compute=self.config.compute,
                 progress=lambda message: log.info("job_progress", job=job["job"], message=message),
+                max_artifact=MAX_FILE_BYTES,  # what POST /api/files takes: the upload comes before the reveal
             )
         else:
             try:

@@ -84,12 +84,15 @@ async def train_and_submit(
     wait: bool = False,
     progress: Progress | None = None,
     on_reveal: Callable[[str], Awaitable[None]] | None = None,
+    max_artifact: int = ARTIFACT_LIMIT,
 ) -> dict[str, Any]:
     """Train the task's model (on `compute`'s Dask cluster when it has one) and commit to it; then, once
     the submission window has closed, reveal it — at once if it has, after waiting for it with `wait`,
     otherwise later by calling this again (or `reveal_submission`). A task this trainer committed to
     already is not trained again. `claim` overrides the claimed score (for tests of a dishonest
-    trainer). Returns what was done: `committed` and `revealed`, the model, and when the reveal opens."""
+    trainer). A model artifact over `max_artifact` bytes is not committed to: validators fetch at most
+    ARTIFACT_LIMIT, and a coordinator's worker can publish no more than the coordinator takes. Returns what
+    was done: `committed` and `revealed`, the model, and when the reveal opens."""
     compute = compute or Compute()
     tasks = training(w3, deployment)
     task = await read_task(w3, deployment, task_id)
@@ -115,6 +118,13 @@ async def train_and_submit(
             raise TaskError(
                 f"the model scores {claimed / 1e6:.6f} on the holdout, below task {task_id}'s minimum "
                 f"{task.min_score / 1e6:.6f}: not submitted (a commitment that cannot be revealed loses its bond)"
+            )
+        publishable = min(max_artifact, ARTIFACT_LIMIT)
+        if len(trained.artifact) > publishable:
+            raise TaskError(
+                f"the model artifact is {len(trained.artifact):,} bytes, over the {publishable:,} that can be "
+                f"published for task {task_id}'s validators: not submitted (a commitment that cannot be revealed "
+                "loses its bond)"
             )
         await refuse_revealed_elsewhere(w3, deployment, task_id, trained.sha256)
         model_cid = str(ipfs.add_bytes(trained.artifact, 1))
