@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
+from multidict import CIMultiDict
 
 from ethml.chain import EML, Deployment, dev_account
 from ethml.coordinator.appkeys import CONFIG, IPFS, STORE, UPLOADS
@@ -248,9 +249,12 @@ async def test_two_instances_share_tasks_and_one_rate_limit(anvil_url: str, tmp_
 
 
 async def _upload(
-    url: str, data: bytes, headers: dict[str, str], *, chunked: bool = False, path: str = "/api/files"
+    url: str, data: bytes, headers: Any, *, chunked: bool = False, path: str = "/api/files"
 ) -> tuple[int, Any, Any]:
-    """POST /api/files (or `path`) with these headers; `chunked` sends the body without a Content-Length."""
+    """POST /api/files (or `path`) with these headers (a mapping or a list of pairs, a name repeated as sent),
+    as application/octet-stream unless they say otherwise; `chunked` sends the body without a Content-Length."""
+    sent = CIMultiDict(headers)
+    sent.setdefault("Content-Type", "application/octet-stream")
 
     async def chunks() -> Any:
         for i in range(0, len(data), 65536):
@@ -261,7 +265,7 @@ async def _upload(
         session.post(
             url + path,
             data=chunks() if chunked else data,
-            headers={"Content-Type": "application/octet-stream", **headers},
+            headers=sent,
         ) as response,
     ):
         return response.status, await response.json(content_type=None), response.headers
@@ -308,12 +312,20 @@ async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor
         await added({"X-Worker-Token": await store.new_upload_token(dev_account(TRAINERS[1]).address)})
 
         # A compressed body is refused: its size says nothing of what it unpacks to (16 MiB from 16 KiB).
+        # Every Content-Encoding header is read, each a list: a second one, or a second coding, is refused too.
         packed = gzip.compress(bytes(16 * 2**20))
+        before = len(blocks)
+        encodings = [["gzip"], ["identity", "gzip"], ["", "deflate"], ["identity, GZip"], ["gzip", "identity"]]
         for path, kind in (("/api/files", "application/octet-stream"), ("/api/tasks", "application/json")):
-            headers = {"Authorization": f"Bearer {c.admin_key}", "Content-Encoding": "gzip", "Content-Type": kind}
-            status, reply, answer = await _upload(url, packed, headers, path=path)
-            assert status == 415 and answer["Accept-Encoding"] == "identity", reply
-            assert "not with Content-Encoding gzip" in reply["error"]["message"], reply
+            for codings in encodings:
+                headers = [("Authorization", f"Bearer {key}"), ("Content-Type", kind)]
+                headers += [("Content-Encoding", coding) for coding in codings]
+                status, reply, answer = await _upload(url, packed, headers, path=path)
+                assert status == 415 and answer["Accept-Encoding"] == "identity", (codings, reply)
+                assert "not with Content-Encoding " in reply["error"]["message"], reply
+        assert len(blocks) == before
+        status, reply, _ = await _upload(url, packed, {"Authorization": f"Bearer {c.admin_key}"})
+        assert status == 201 and reply["size"] == len(packed), reply  # bytes as sent are taken as they are
 
         # A full disk: 507 for everyone, and it costs no one its quota.
         third = await c.requester_key()

@@ -124,8 +124,11 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     """The whole body, as sent (no Content-Encoding: a compressed body's size says nothing of what it
     unpacks to; 415): at most `limit` bytes (413), within `seconds` (408, connection closed), from a
     client still there (ClientGone)."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
+    # Every Content-Encoding header, each a list: the server does not unpack bodies (auto_decompress off),
+    # and one that says it is packed is refused rather than read as it is.
+    codings = [c.strip().lower() for h in request.headers.getall("Content-Encoding", ()) for c in h.split(",")]
+    encoding = next((c for c in codings if c not in ("", "identity")), None)
+    if encoding is not None:
         raise ApiError(
             415,
             f"request bodies are taken as sent, not with Content-Encoding {encoding[:40]}",

@@ -62,7 +62,13 @@ log = structlog.get_logger("ethml.coordinator")
 
 def make_app(config: ServeConfig) -> web.Application:
     one_line_protocol_errors()
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_FILE_BYTES + 1024)
+    app = web.Application(
+        middlewares=[errors_and_metrics],
+        client_max_size=MAX_FILE_BYTES + 1024,
+        # Bodies are read as sent: a packed one is refused (edge.read_body), never unpacked to many times its
+        # size before any limit sees it.
+        handler_args={"auto_decompress": False},
+    )
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[API_KEYS] = KeyCache()
