@@ -518,6 +518,9 @@ class Worker:
                 compute=self.config.compute,
                 progress=lambda message: log.info("job_progress", job=job["job"], message=message),
                 max_artifact=MAX_FILE_BYTES,  # what POST /api/files takes: the upload comes before the reveal
+                # A window already closed when the commitment is made (or a job delivered again after it) is
+                # revealed at once, here: the artifact must be uploaded first then too.
+                on_reveal=self._upload,
             )
         else:
             try:

@@ -1,0 +1,68 @@
+"""A trainer's job whose submission window has closed by the time the commitment is made (a commitment
+mined near the deadline, or a training job delivered again after this trainer committed) is revealed by
+the job itself: the worker must upload the model artifact first then too, or validators cannot fetch
+the model and the trainer's bond is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ethml.coordinator.worker import Worker
+from ethml.training import trainer
+
+
+class _Call:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    async def call(self, *_args: Any, **_kwargs: Any) -> Any:
+        return self.value
+
+
+async def test_a_training_job_revealed_at_once_uploads_its_artifact_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain's clock is one second past the submission deadline and this trainer has committed: the job
+    reveals through the worker's upload (the artifact published, then revealSubmission)."""
+    order: list[str] = []
+
+    async def read_task(*_args: Any, **_kwargs: Any) -> Any:
+        return SimpleNamespace(submit_deadline=1_000, reveal_deadline=2_000, min_score=0)
+
+    async def chain_now(_w3: Any) -> int:
+        return 1_001
+
+    async def reveal(*_args: Any, on_reveal: Any = None, **_kwargs: Any) -> bool:
+        assert on_reveal is not None, "revealed without uploading the artifact"
+        await on_reveal("bafkreiartifact")
+        order.append("revealSubmission")
+        return True
+
+    async def upload(cid: str) -> None:
+        order.append(f"upload {cid}")
+
+    monkeypatch.setattr(trainer, "read_task", read_task)
+    monkeypatch.setattr(trainer, "require_open", lambda _task: None)
+    submitted = SimpleNamespace(functions=SimpleNamespace(submissionOf=lambda *_args: _Call(1)))
+    monkeypatch.setattr(trainer, "training", lambda *_args: submitted)
+    secret = {"model_cid": "bafkreiartifact", "sha256": "00" * 32, "claim": 900_000}
+    monkeypatch.setattr(trainer, "read_secret", lambda _path: secret)
+    monkeypatch.setattr(trainer.clock, "chain_now", chain_now)
+    monkeypatch.setattr(trainer, "reveal_submission", reveal)
+    owed: list[Any] = []
+    worker = SimpleNamespace(
+        w3=None,
+        deployment=SimpleNamespace(chain_id=31337, training="0x" + "22" * 20),
+        account=SimpleNamespace(address="0x" + "11" * 20),
+        ipfs=None,
+        config=SimpleNamespace(data_dir=tmp_path, compute=None),
+        _owe_reveal=lambda *args: owed.append(args),
+        _upload=upload,
+    )
+    out, error = await Worker._execute(worker, {"kind": "train", "chain_task": 7, "job": "7:train:0"})  # type: ignore[arg-type]
+    assert error is None and out["revealed"] is True and not owed, (out, owed)
+    assert order == ["upload bafkreiartifact", "revealSubmission"], order
