@@ -120,7 +120,7 @@ async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_ov
 
         async def decided_scores(_chain: Any, _task: int, _count: int) -> list[tuple[int | None, bool]]:
             if case != "still-the-import's" and not claims:  # the relayer's claim, while the follower waits
-                claims.append(await store.claim_chain_id(posted, 7, with_test_set=True))
+                claims.append(await store.claim_chain_id(posted, 7))
                 assert (await store.task("chain-7") or {}).get("status") == "failed"
             return []
 

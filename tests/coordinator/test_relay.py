@@ -1009,8 +1009,8 @@ async def test_the_follower_meeting_a_claimed_task_queues_its_jobs_under_its_cha
         forwarded = await _forward(chain, await store.task(task_id))
         claim = store.claim_chain_id
 
-        async def claim_then_follow(doc_id: str, chain_task_id: int, *, with_test_set: bool) -> str:
-            holder = await claim(doc_id, chain_task_id, with_test_set=with_test_set)
+        async def claim_then_follow(doc_id: str, chain_task_id: int) -> str:
+            holder = await claim(doc_id, chain_task_id)
             await store.set_checkpoint(int(forwarded["blockNumber"]) - 1)
             await follow(chain, store, 0)
             return holder
@@ -1173,14 +1173,14 @@ def _claim_after_the_follower(monkeypatch: pytest.MonkeyPatch, chain: Chain, sto
     the creation is), and the instance then killed (`_Killed`) if `then_die`."""
     claim = store.claim_chain_id
 
-    async def claim_after_the_follower(doc_id: str, chain_task_id: int, *, with_test_set: bool) -> str:
+    async def claim_after_the_follower(doc_id: str, chain_task_id: int) -> str:
         head = int(await chain.w3.eth.block_number)
 
         async def passed() -> bool:
             return (await store.checkpoint() or 0) >= head
 
         await wait_until(passed, timeout=60, what="the follower to pass the creation")
-        holder = await claim(doc_id, chain_task_id, with_test_set=with_test_set)
+        holder = await claim(doc_id, chain_task_id)
         if then_die:
             raise _Killed
         return holder

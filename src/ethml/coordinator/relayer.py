@@ -294,9 +294,8 @@ async def _claim(store: Store, task_id: str, chain_task_id: int, block: int) -> 
     of finding the document linked and finishing it. A mark left on a document another one's claim beat is
     never read: the document has no chain id. Without its test set, the document does not take the chain task
     over from an import its requester signed or an admin made."""
-    doc = await store.update_task(task_id, lambda d: d.update(replay_from=block))
-    with_test_set = doc is not None and doc.get("test_set") is not None
-    return await store.claim_chain_id(task_id, chain_task_id, with_test_set=with_test_set)
+    await store.update_task(task_id, lambda d: d.update(replay_from=block))
+    return await store.claim_chain_id(task_id, chain_task_id)
 
 
 async def _confirmed(chain: Chain, block: int, what: str, detail: str, then: str) -> None:

@@ -66,20 +66,25 @@ return 0
 """
 )
 
-#: Link a chain task (KEYS[1]) to a posted task (ARGV[1]) unless another posted task holds it; a link
-#: held by the chain task's import (ARGV[2], `chain-<n>`, whose document is KEYS[2]) is taken over, unless
-#: the import was made by the requester's signature or an admin key (its `imported_by`) and the posted
-#: task has no test set (ARGV[3] is not '1'): anyone can post terms the chain shows in a creation's
-#: calldata, only the requester has their test set. Returns the id that holds the link now. The caller
-#: then marks failed a live import whose link another task holds (`Store.finish_takeover`): an import is
-#: only ever stored together with its link, so the check needs no note of the takeover, and a crash
-#: between the two leaves the marking to the next claim.
+#: Link a chain task (KEYS[1]) to a posted task (ARGV[1], its document KEYS[3]) unless another posted task
+#: holds it; a link held by the chain task's import (ARGV[2], `chain-<n>`, its document KEYS[2]) is taken
+#: over, unless the import was made by the requester's signature or an admin key (its `imported_by`) and
+#: the posted task has no test set: anyone can post terms the chain shows in a creation's calldata, only
+#: the requester has their test set (read here, so a test set added concurrently counts or not as a
+#: whole). Returns the id that holds the link now. The caller then marks failed a live import whose link
+#: another task holds (`Store.finish_takeover`): an import is only ever stored together with its link, so
+#: the check needs no note of the takeover, and a crash between the two leaves the marking to the next
+#: claim.
 CLAIM_CHAIN_TASK = """
 local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[1] and held ~= ARGV[2] then return held end
-if held == ARGV[2] and ARGV[3] ~= '1' then
+if held == ARGV[2] then
   local import = redis.call('GET', KEYS[2])
-  if import and cjson.decode(import)['imported_by'] then return held end
+  if import and cjson.decode(import)['imported_by'] then
+    local posted = redis.call('GET', KEYS[3])
+    local secret = posted and cjson.decode(posted)['test_set']
+    if not secret or secret == cjson.null then return held end
+  end
 end
 if held ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
 return ARGV[1]

@@ -204,17 +204,17 @@ class Store:
         api_id = await self.redis.get(k.chain_task(chain_task_id))
         return await self.task(api_id.decode()) if api_id else None
 
-    async def claim_chain_id(self, task_id: str, chain_task_id: int, *, with_test_set: bool) -> str:
+    async def claim_chain_id(self, task_id: str, chain_task_id: int) -> str:
         """Link the chain task to the posted task `task_id` unless another posted task tracks it; returns
         the id of the task that tracks it now. A link held by an imported task (no signed terms, no test
         set) is taken over, and that task is marked failed, naming this one (`finish_takeover`, which also
         finishes a takeover that a crash cut short before the marking); but an import its requester signed
-        or an admin made keeps it from a posted task without the test set (`with_test_set`)."""
+        or an admin made keeps it from a posted task without the test set."""
         imported = import_id(chain_task_id)
         reply = await self._script(
             self._claim_chain_task,
-            [k.chain_task(chain_task_id), k.task(imported)],
-            [task_id, imported, "1" if with_test_set else "0"],
+            [k.chain_task(chain_task_id), k.task(imported), k.task(task_id)],
+            [task_id, imported],
         )
         holder = reply.decode() if isinstance(reply, bytes) else str(reply)
         if holder == task_id:
