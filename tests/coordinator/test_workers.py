@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from ethml.chain import dev_account
+from ethml.coordinator import redis_keys as k
 from ethml.coordinator.appkeys import DISPATCHER, STORE
 from ethml.coordinator.permit import sign_login
 from ethml.coordinator.redis_server import socket_path
+from ethml.coordinator.routes import worker_socket
 from ethml.coordinator.store import GROUP, WAITING
 from tests.coordinator.conftest import Coordinator, coordinator_on
 from tests.coordinator.test_flow import post_wine_task, wait_status
@@ -173,6 +176,29 @@ async def _connect(
     welcome = await ws.receive_json(timeout=30)
     assert welcome["type"] == "welcome", welcome
     return RawWorker(ws, welcome)
+
+
+async def test_a_connected_workers_upload_token_lives_as_long_as_its_connection(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload token given at login lasts a day; a trainer connected for longer still uploads its models
+    (the upload comes before its reveal), so the server renews the token on the worker's load reports, at
+    most every TOKEN_RENEWAL seconds (here at each one). A token about to expire is given a day again while
+    its worker reports."""
+    c = coordinator
+    store = c.store()
+    monkeypatch.setattr(worker_socket, "TOKEN_RENEWAL", 0.0)
+    async with aiohttp.ClientSession() as session:
+        worker = await _connect(session, c, 5, "trainer")
+        key = k.upload_token(worker.welcome["upload_token"])
+        assert await store.redis.expire(key, 30)  # as if the day were nearly over
+
+        async def renewed() -> bool:
+            return int(await store.redis.ttl(key)) > 3600
+
+        await wait_until(renewed, timeout=60, what="the token renewed on a load report")
+        assert (await store.upload_token_owner(worker.welcome["upload_token"])) == dev_account(5).address
+        await worker.close()
 
 
 async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(coordinator: Coordinator) -> None:

@@ -71,6 +71,8 @@ class WorkerConn:
     draining: bool = False  # stopping: finishes its jobs, takes no new one
     transport: asyncio.Transport | None = None  # the connection's socket, to cut off a worker that stalls
     session: str = field(default_factory=lambda: secrets.token_hex(8))  # this connection, in its stored record
+    upload_token: str | None = None  # given at login; kept alive while the connection reports its load
+    token_renewed: float = field(default_factory=time.monotonic)
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
         default_factory=deque, repr=False

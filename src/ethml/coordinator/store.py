@@ -40,6 +40,8 @@ from ethml.coordinator.scripts import (
 )
 
 WAITING = "~waiting"
+#: Seconds a worker's upload token lives after its login, or after the last renewal while it is connected.
+UPLOAD_TOKEN_TTL = 24 * 3600
 GROUP = "workers"
 RELAY_GROUP = "relayers"
 
@@ -407,11 +409,15 @@ class Store:
         """True the first time a login nonce is used, False on a replay."""
         return bool(await self.redis.set(k.login_nonce(nonce), signer, nx=True, ex=3600))
 
-    async def new_upload_token(self, address: str, ttl: int = 24 * 3600) -> str:
+    async def new_upload_token(self, address: str, ttl: int = UPLOAD_TOKEN_TTL) -> str:
         """A token that lets a logged-in worker upload its model artifacts (POST /api/files)."""
         token = secrets.token_urlsafe(24)
         await self.redis.set(k.upload_token(token), address, ex=ttl)
         return token
+
+    async def renew_upload_token(self, token: str, ttl: int = UPLOAD_TOKEN_TTL) -> None:
+        """Another `ttl` seconds for a token its worker is still connected with (an expired one stays so)."""
+        await self.redis.expire(k.upload_token(token), ttl)
 
     async def upload_token_owner(self, token: str) -> str | None:
         """The worker account an upload token was given to, or None for an unknown or expired token."""

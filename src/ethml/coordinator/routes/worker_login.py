@@ -74,7 +74,7 @@ async def login(
         await old.close(4000, b"replaced by a new connection")
     resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
     await store.put_worker(conn.view(), cfg.heartbeat_timeout, login=True)
-    token = await store.new_upload_token(signer)
+    token = conn.upload_token = await store.new_upload_token(signer)
     sent = await conn.send(
         {
             "type": "welcome",

@@ -17,6 +17,9 @@ from ethml.coordinator.dispatch import WorkerConn
 from ethml.coordinator.routes.worker_login import login, refuse
 from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResult, LoadReport, first_error
 
+#: Seconds between renewals of a connected worker's upload token (on its load reports).
+TOKEN_RENEWAL = 3600.0
+
 log = structlog.get_logger("ethml.coordinator")
 
 routes = web.RouteTableDef()
@@ -55,6 +58,10 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 conn.cpu, conn.memory = message.cpu, message.memory
                 conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
                 await store.put_worker(conn.view(), cfg.heartbeat_timeout)
+                if conn.upload_token is not None and time.monotonic() - conn.token_renewed >= TOKEN_RENEWAL:
+                    # A worker connected for days still uploads its models: its token lives as long as it.
+                    await store.renew_upload_token(conn.upload_token)
+                    conn.token_renewed = time.monotonic()
                 if await store.take_kick(conn.consumer, conn.session):
                     await conn.close(4003, b"disconnected by an admin")
             elif isinstance(message, Drain):
