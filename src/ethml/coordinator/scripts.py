@@ -2,50 +2,60 @@
 
 from __future__ import annotations
 
-TOKEN_BUCKET = """
--- KEYS[1..n] token buckets; ARGV[1] = n, then a rate (tokens/s) and a burst per bucket. Redis's clock,
--- so every instance agrees. Takes one token from each bucket, or from none (returns the ms to wait).
-local n = tonumber(ARGV[1])
+#: A bucket (a hash: its level `t` and when it was last taken from, `ts`) refilled at `rate` units per
+#: second up to `burst`, on Redis's clock, so every instance agrees; it expires once it would be full.
+BUCKET = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function bucket_level(key, rate, burst)
+  local v = redis.call('HMGET', key, 't', 'ts')
+  local have = tonumber(v[1]) or burst
+  local ts = tonumber(v[2]) or now
+  return math.min(burst, have + math.max(0, now - ts) * rate / 1000)
+end
+local function bucket_set(key, rate, burst, level)
+  redis.call('HSET', key, 't', tostring(level), 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+end
+"""
+
+TOKEN_BUCKET = (
+    BUCKET
+    + """
+-- KEYS[1..n] token buckets; ARGV[1] = n, then a rate (tokens/s) and a burst per bucket. Takes one token
+-- from each bucket, or from none (returns the ms to wait).
+local n = tonumber(ARGV[1])
 local wait = 0
 local tokens = {}
 for i = 1, n do
   local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local v = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local have = tonumber(v[1]) or burst
-  local ts = tonumber(v[2]) or now
-  have = math.min(burst, have + math.max(0, now - ts) * rate / 1000)
+  local have = bucket_level(KEYS[i], rate, burst)
   if have < 1 then wait = math.max(wait, (1 - have) * 1000 / rate) end
   tokens[i] = have
 end
 if wait > 0 then return math.ceil(wait) end
 for i = 1, n do
-  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  redis.call('HSET', KEYS[i], 't', tostring(tokens[i] - 1), 'ts', now)
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+  bucket_set(KEYS[i], tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1]), tokens[i] - 1)
 end
 """
+)
 
 #: The token buckets only.
 TAKE = TOKEN_BUCKET + "return 0\n"
 
 #: One bucket of a quantity (bytes of uploads, say): KEYS[1] the bucket; ARGV = rate (units/s), burst,
 #: amount. Takes the amount, or nothing (returns the ms until the bucket holds it; the amount is at most
-#: the burst).
-TAKE_AMOUNT = """
+#: the burst; a negative amount gives that much back).
+TAKE_AMOUNT = (
+    BUCKET
+    + """
 local rate, burst, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('HMGET', KEYS[1], 't', 'ts')
-local have = tonumber(v[1]) or burst
-local ts = tonumber(v[2]) or now
-have = math.min(burst, have + math.max(0, now - ts) * rate / 1000)
+local have = bucket_level(KEYS[1], rate, burst)
 if have < amount then return math.ceil((amount - have) * 1000 / rate) end
-redis.call('HSET', KEYS[1], 't', tostring(have - amount), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+bucket_set(KEYS[1], rate, burst, have - amount)
 return 0
 """
+)
 
 #: The token buckets (KEYS[1..n]) and, only if every bucket had a token, a new task: its document,
 #: its place in the indexes and its relay entry. One round trip for an accepted POST /api/tasks.

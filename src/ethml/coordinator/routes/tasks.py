@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
-from ethml.coordinator.auth import buckets, rate_limit, required, too_many
+from ethml.coordinator.auth import Principal, buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
 from ethml.coordinator.edge import ApiError, read_json
 from ethml.coordinator.follower import BEFORE_VALIDATING, CreationNotFound, creation_block, task_opened
@@ -298,7 +298,7 @@ async def import_task(request: web.Request) -> web.Response:
     )
 
 
-def _check_import_signature(request: web.Request, who: dict[str, str], body: TaskImport, requester: str) -> None:
+def _check_import_signature(request: web.Request, who: Principal, body: TaskImport, requester: str) -> None:
     """An import is the chain task's requester's to make: its signature of the chain task and the number of
     training jobs (checked when sent, required unless the key is an admin's). Otherwise whoever imported a
     task first would decide how it is served, and its requester's own import would be refused."""
