@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -29,14 +30,16 @@ import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 from multidict import CIMultiDict
 
-from ethml.chain import EML, Deployment, dev_account
-from ethml.coordinator.appkeys import CONFIG, IPFS, STORE, UPLOADS
+from ethml.chain import EML, Deployment, dev_account, send
+from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, STORE, UPLOADS
 from ethml.coordinator.client import import_body, sign_permit, task_body
 from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import files as files_route
 from ethml.ipfs.cid import parse_cid
+from ethml.ipfs.unixfs import build_file
 from ethml.training.spec import TaskSpec
+from ethml.training.trainer import submission_commitment
 from tests.conftest import free_port
 from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on
 from tests.coordinator.test_flow import chain_now, wine_spec
@@ -274,17 +277,15 @@ async def _upload(
 async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor(
     anvil_url: str, tmp_path: Path
 ) -> None:
-    """Any staked account gets an upload token by logging in as a worker, so without a bound one account could
-    fill the disk that Redis and the blockstore share. Each uploader may add --upload-quota MiB per hour: a
-    requester's API key, or a worker's account whichever of its logins' tokens it uses (a new login does not
-    renew it), with or without a Content-Length; past it, 429 with Retry-After and nothing stored. Another
-    uploader is not held back and an admin key is not counted. An upload that would leave the disk less than
-    --min-free-disk free gets 507 with Retry-After, nothing stored, whoever sends it."""
+    """Each requester's API key may add --upload-quota MiB per hour, with or without a Content-Length; past
+    it, 429 with Retry-After and nothing stored. Another uploader is not held back and an admin key is not
+    counted. An upload that would leave the disk less than --min-free-disk free gets 507 with Retry-After,
+    nothing stored, whoever sends it. (A worker's uploads: the test below.)"""
     async with coordinator_on(anvil_url, tmp_path) as c:
         runner, url = await c.start_server(upload_quota_mib=1.0)
         app = runner.app
         assert app is not None
-        store, blocks = app[STORE], app[IPFS].blockstore
+        blocks = app[IPFS].blockstore
         key, other = await c.requester_key(), await c.requester_key()
         part = 600 * 1024  # two of them are over the quota of 1 MiB
 
@@ -305,11 +306,7 @@ async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor
         await added({"Authorization": f"Bearer {other}"})
         for _ in range(3):
             await added({"Authorization": f"Bearer {c.admin_key}"})
-        account = dev_account(TRAINERS[0]).address
-        first, second = await store.new_upload_token(account), await store.new_upload_token(account)
-        await added({"X-Worker-Token": first}, chunked=True)
-        await refused({"X-Worker-Token": second})
-        await added({"X-Worker-Token": await store.new_upload_token(dev_account(TRAINERS[1]).address)})
+        await added({"Authorization": f"Bearer {await c.requester_key()}"}, chunked=True)
 
         # A compressed body is refused: its size says nothing of what it unpacks to (16 MiB from 16 KiB).
         # Every Content-Encoding header is read, each a list: a second one, or a second coding, is refused too.
@@ -341,6 +338,126 @@ async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor
         app[CONFIG].min_free_disk_mib = 0
         await added({"Authorization": f"Bearer {third}"})
         await refused({"Authorization": f"Bearer {third}"})
+
+
+async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(anvil_url: str, tmp_path: Path) -> None:
+    """Any staked account gets an upload token by logging in as a worker, so a token alone adds nothing: the
+    upload carries the opening of the account's commitment to a task this coordinator tracks (X-Task and the
+    X-Artifact-* headers, as the trainer will reveal it), the opening must match the commitment TrainingTasks
+    holds, and the body must be that very file. Malformed or repeated headers, or a claim the reveal would
+    refuse: 422; no commitment, another task, another account's opening, a wrong salt or claim: 403; another
+    body: 422, and after three such bodies no more are read (403); each with nothing stored. The committed file
+    again: 200 without its body being read. An artifact may use the lower half of the disk's floor, which a
+    requester's upload may not."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, url = await c.start_server()
+        app = runner.app
+        assert app is not None
+        store, blocks, chain = app[STORE], app[IPFS].blockstore, app[CHAIN]
+        key = await c.requester_key()
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, await chain_now(c)))
+        assert status == 201, created
+        await wait_until(lambda: _status_is(c, created["id"], "open", url), timeout=60, what="relayed")
+        doc = await store.task(created["id"])
+        assert doc is not None
+        task = doc["chain_task_id"]
+        trainer, other = dev_account(TRAINERS[0]), dev_account(TRAINERS[1])
+        token, other_token = await store.new_upload_token(trainer.address), await store.new_upload_token(other.address)
+
+        def artifact(size: int) -> dict[str, Any]:
+            data = os.urandom(size)
+            return {
+                "data": data,
+                "X-Artifact-Cid": str(build_file(data, 1)[0]),
+                "X-Artifact-Sha256": hashlib.sha256(data).hexdigest(),
+                "X-Artifact-Claim": "900000",
+                "X-Artifact-Salt": os.urandom(32).hex(),
+            }
+
+        def headers_of(a: dict[str, Any], who: str, task_id: Any = task, **changes: str) -> dict[str, str]:
+            sent = {name: value for name, value in a.items() if name.startswith("X-")}
+            return {"X-Worker-Token": who, "X-Task": str(task_id), **sent, **changes}
+
+        async def upload(data: bytes, headers: Any, status: int, words: str = "", **kw: Any) -> Any:
+            before = len(blocks)
+            got, reply, _ = await _upload(url, data, headers, **kw)
+            assert got == status, (headers, reply)
+            if status not in (200, 201):
+                assert words in reply["error"]["message"], reply
+            if status != 201:
+                assert len(blocks) == before
+            return reply
+
+        mine, theirs, junk = artifact(3 * 2**20), artifact(2**20), artifact(2**20)
+        third = dev_account(TRAINERS[2])
+        third_token = await store.new_upload_token(third.address)
+        data = mine["data"]
+        # Malformed, missing or repeated: 422 before anything else.
+        await upload(data, {"X-Worker-Token": token}, 422, "X-Task is missing")
+        for name, bad in (
+            ("X-Task", "x"), ("X-Task", "0"), ("X-Task", "1" + "0" * 20), ("X-Task", "\u0661"), ("X-Task", "-1"),
+            ("X-Artifact-Cid", "not-a-cid"), ("X-Artifact-Sha256", "ab"), ("X-Artifact-Claim", "1.5"),
+            ("X-Artifact-Salt", "0x" + "g" * 64),
+        ):  # fmt: skip
+            await upload(data, headers_of(mine, token, **{name: bad}), 422, f"{name} must be")
+        twice = [*headers_of(mine, token).items(), ("X-Task", str(task))]
+        await upload(data, twice, 422, "X-Task is sent more than once")
+        # Before any commitment, or a task this coordinator does not track: 403.
+        await upload(data, headers_of(mine, token), 403, "has committed no submission to task")
+        await upload(data, headers_of(mine, token, task + 1), 403, f"task {task + 1} is not a task of this coordinator")
+
+        for who, a in ((trainer, mine), (other, theirs), (third, junk)):
+            commitment = submission_commitment(
+                task, who.address, a["X-Artifact-Cid"], bytes.fromhex(a["X-Artifact-Sha256"]), 900_000,
+                bytes.fromhex(a["X-Artifact-Salt"]),
+            )  # fmt: skip
+            await send(chain.w3, who, chain.tasks.functions.commitSubmission(task, commitment))
+        # Committed: only the opening of the account's own commitment, with that very body.
+        await upload(data, headers_of(mine, other_token), 403, "do not open")  # another account's opening
+        await upload(data, headers_of(mine, token, **{"X-Artifact-Claim": "900001"}), 403, "do not open")
+        await upload(data, headers_of(mine, token, **{"X-Artifact-Salt": "11" * 32}), 403, "do not open")
+        await upload(os.urandom(len(data)), headers_of(mine, token), 422, "its SHA-256 differs")
+        await upload(theirs["data"], headers_of(mine, token), 422, "its SHA-256 differs")
+        # A claim the chain would refuse at the reveal (above 1,000,000, or below the task's minimum): 422.
+        await upload(data, headers_of(mine, token, **{"X-Artifact-Claim": "1000001"}), 422, "could never be revealed")
+        # Bodies that are not the artifact: three are read, then no more for that submission (even the right one).
+        for _ in range(3):
+            await upload(os.urandom(2**20), headers_of(junk, third_token), 422, "its SHA-256 differs")
+        await upload(junk["data"], headers_of(junk, third_token), 403, "no more are read")
+        reply = await upload(data, headers_of(mine, token), 201)
+        assert reply == {"cid": mine["X-Artifact-Cid"], "size": len(data)} and blocks.has(parse_cid(reply["cid"]))
+        # Stored already: answered without the body (3 MiB declared, none sent: nothing is read).
+        again = [*headers_of(mine, token).items(), ("Content-Length", str(len(data)))]
+        assert await upload(b"", again, 200) == reply
+        assert await upload(data, headers_of(mine, token), 200) == reply
+
+        # The disk's floor: an artifact may go down to half of it; a requester may not go below it.
+        free = shutil.disk_usage(blocks.root).free
+        app[CONFIG].min_free_disk_mib = free * 3 / 2**20
+        await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is nearly full")
+        app[CONFIG].min_free_disk_mib = free * 1.5 / 2**20
+        await upload(os.urandom(2**20), {"Authorization": f"Bearer {key}"}, 507, "disk is nearly full")
+        await upload(theirs["data"], headers_of(theirs, other_token), 201, chunked=True)
+        app[CONFIG].min_free_disk_mib = 0
+
+        # A block with the committed CID's digest but of another kind (a requester's one-block file, a raw
+        # block; the commitment names the dag-pb CIDv0 of the same digest) is not taken for the artifact.
+        status, second, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, await chain_now(c), 1))
+        assert status == 201, second
+        await wait_until(lambda: _status_is(c, second["id"], "open", url), timeout=60, what="relayed")
+        doc = await store.task(second["id"])
+        assert doc is not None
+        small = os.urandom(1000)
+        stored = await upload(small, {"Authorization": f"Bearer {key}"}, 201)
+        v0 = parse_cid(stored["cid"]).set(base="base58btc", version=0, codec="dag-pb")
+        decoy = {**artifact(0), "data": small, "X-Artifact-Cid": str(v0)}
+        decoy["X-Artifact-Sha256"] = hashlib.sha256(small).hexdigest()
+        commitment = submission_commitment(
+            doc["chain_task_id"], trainer.address, str(v0), hashlib.sha256(small).digest(), 900_000,
+            bytes.fromhex(decoy["X-Artifact-Salt"]),
+        )  # fmt: skip
+        await send(chain.w3, trainer, chain.tasks.functions.commitSubmission(doc["chain_task_id"], commitment))
+        await upload(small, headers_of(decoy, token, doc["chain_task_id"]), 422, "added as a file it is")
 
 
 async def test_uploads_in_flight_together_cannot_each_take_the_same_free_space(

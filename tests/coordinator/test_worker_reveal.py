@@ -13,6 +13,7 @@ import pytest
 
 from ethml.coordinator.worker import Worker
 from ethml.training import trainer
+from ethml.training.trainer import Opening
 
 
 class _Call:
@@ -38,12 +39,12 @@ async def test_a_training_job_revealed_at_once_uploads_its_artifact_first(
 
     async def reveal(*_args: Any, on_reveal: Any = None, **_kwargs: Any) -> bool:
         assert on_reveal is not None, "revealed without uploading the artifact"
-        await on_reveal("bafkreiartifact")
+        await on_reveal(Opening(7, "bafkreiartifact", "00" * 32, 900_000, "11" * 32))
         order.append("revealSubmission")
         return True
 
-    async def upload(cid: str) -> None:
-        order.append(f"upload {cid}")
+    async def upload(opening: Opening) -> None:
+        order.append(f"upload {opening.model_cid} of task {opening.task}")
 
     monkeypatch.setattr(trainer, "read_task", read_task)
     monkeypatch.setattr(trainer, "require_open", lambda _task: None)
@@ -65,4 +66,4 @@ async def test_a_training_job_revealed_at_once_uploads_its_artifact_first(
     )
     out, error = await Worker._execute(worker, {"kind": "train", "chain_task": 7, "job": "7:train:0"})  # type: ignore[arg-type]
     assert error is None and out["revealed"] is True and not owed, (out, owed)
-    assert order == ["upload bafkreiartifact", "revealSubmission"], order
+    assert order == ["upload bafkreiartifact of task 7", "revealSubmission"], order

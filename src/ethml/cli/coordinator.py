@@ -89,8 +89,8 @@ def serve(
         typer.Option(
             min=1.0,
             metavar="MIB",
-            help="MiB each uploader (a worker account, a requester API key; admin keys are not counted) may add "
-            "to the blockstore per hour, in bursts of as much.",
+            help="MiB each requester API key may add to the blockstore per hour, in bursts of as much (admin "
+            "keys are not counted; a worker uploads only the artifacts its submissions committed to).",
         ),
     ] = 1024.0,
     min_free_disk: Annotated[
@@ -98,7 +98,8 @@ def serve(
         typer.Option(
             min=0.0,
             metavar="MIB",
-            help="MiB the blockstore's disk keeps free: an upload that would leave less gets 507.",
+            help="MiB the blockstore's disk keeps free: an upload that would leave less gets 507 (a model "
+            "artifact may use the lower half).",
         ),
     ] = 1024.0,
     job_timeout: Annotated[

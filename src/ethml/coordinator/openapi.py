@@ -129,7 +129,8 @@ def openapi_document() -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "X-Worker-Token",
-                    "description": "a logged-in worker's upload token (from its welcome message)",
+                    "description": "a logged-in worker's upload token (from its welcome message); it uploads only "
+                    "its submissions' model artifacts, with the X-Task and X-Artifact-* headers (POST /api/files)",
                 },
             },
         },
@@ -193,8 +194,16 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Add a file (dataset, test set, model artifact) to the coordinator's blockstore",
                     "description": "Any content type; fetch the file back by its CID from /ipfs/{cid} (raw blocks). "
-                    "Each uploader (a worker account, a requester's API key) may add --upload-quota MiB per hour "
-                    "(429 past it); an upload that would leave the disk under --min-free-disk MiB free gets 507.",
+                    "A requester's API key may add --upload-quota MiB per hour (429 past it). A worker (its upload "
+                    "token) uploads only the model artifact of its account's submission to a task this coordinator "
+                    "tracks, with the opening of the submission's commitment in five headers, X-Task (the on-chain "
+                    "task id), X-Artifact-Cid, X-Artifact-Sha256 (64 hex digits), X-Artifact-Claim (millionths) and "
+                    "X-Artifact-Salt (64 hex digits), each once (422 otherwise; read only with a worker's token): "
+                    "they must open the "
+                    "commitment TrainingTasks holds (403 otherwise) and the body must be that artifact (422 "
+                    "otherwise; after three such bodies, 403); one upload of a submission at a time (409); an artifact "
+                    "stored already is answered 200 without its body being read. An upload "
+                    "that would leave the disk under --min-free-disk MiB free (half of it for an artifact) gets 507.",
                     "security": [{"apiKey": []}, {"workerToken": []}],
                     "requestBody": {
                         "required": True,
@@ -210,8 +219,9 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
+                        "200": _json(s.FileAdded, "a worker's artifact, stored already: the body was not read"),
                         "201": _json(s.FileAdded, "stored"),
-                        **_errors(401, 403, 408, 413, 415, 422, 507),
+                        **_errors(401, 403, 408, 409, 413, 415, 422, 507),
                     },
                 }
             },

@@ -107,5 +107,10 @@ def upload_token(token: str) -> str:
     return f"{P}uploadtoken:{token}"
 
 
+def refused_artifacts(chain_task: int, account: str) -> str:
+    """How many bodies that were not its committed artifact `account` has sent for its submission to task n."""
+    return f"{P}refusedartifacts:{chain_task}:{account.lower()}"
+
+
 def lock(name: str) -> str:
     return f"{P}lock:{name}"

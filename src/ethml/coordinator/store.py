@@ -419,6 +419,16 @@ class Store:
         """Another `ttl` seconds for a token its worker is still connected with (an expired one stays so)."""
         await self.redis.expire(k.upload_token(token), ttl)
 
+    async def artifact_refusals(self, chain_task: int, account: str) -> int:
+        """The bodies `account` has sent for its submission to `chain_task` that were not its artifact."""
+        return int(await self.redis.get(k.refused_artifacts(chain_task, account)) or 0)
+
+    async def refuse_artifact_body(self, chain_task: int, account: str) -> None:
+        """Count one more such body (kept a week after the last)."""
+        key = k.refused_artifacts(chain_task, account)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.incr(key).expire(key, 7 * 24 * 3600).execute()
+
     async def upload_token_owner(self, token: str) -> str | None:
         """The worker account an upload token was given to, or None for an unknown or expired token."""
         owner = await self.redis.get(k.upload_token(token))

@@ -4,15 +4,19 @@ used, so uploads in flight together cannot each see the same free space)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MIB = 1024 * 1024
 #: An uploader's quota is refilled over an hour.
 QUOTA_SECONDS = 3600
+#: Bodies that were not the committed artifact a worker may send for one submission before no more are read.
+MAX_REFUSED_BODIES = 3
 
 
 @dataclass
 class Uploads:
-    """This instance's uploads accepted and not yet written to the blockstore, in bytes."""
+    """This instance's uploads accepted and not yet written to the blockstore, in bytes, and the submissions
+    (on-chain task, account) whose artifact is being uploaded."""
 
     in_flight: int = 0
+    artifacts: set[tuple[int, str]] = field(default_factory=set)

@@ -55,11 +55,17 @@ from ethml.paths import data_home
 from ethml.training import flow
 from ethml.training.jobs import Compute
 from ethml.training.onchain import secret_file, secrets_dir
+from ethml.training.trainer import Opening
 
 log = structlog.get_logger("ethml.worker")
 
 #: Seconds a stopping worker waits for the server's answers (releases, the close) before it just goes.
 STOP_GRACE = 5.0
+
+
+#: Seconds between tries of an artifact upload refused for a commitment the coordinator's chain node does
+#: not show yet.
+UPLOAD_RETRIES = (1.0, 2.0, 4.0, 8.0)
 
 
 class WorkerRefused(EthmlError):
@@ -596,13 +602,31 @@ class Worker:
             if task.isdigit():
                 self._owe_reveal("train" if kind == "submission" else "validate", int(task))
 
-    async def _upload(self, cid: str) -> None:
-        """Give the model artifact to the coordinator, so validators anywhere fetch it by CID."""
+    async def _upload(self, opening: Opening) -> None:
+        """Give the model artifact of this worker's submission to the coordinator, so validators anywhere fetch
+        it by CID; with the opening of the commitment, which the coordinator checks against the chain (not
+        again when the coordinator has it: a reveal retried, a restart)."""
+        base, cid = _http_base(self.config.server), opening.model_cid
+        async with self._session.head(f"{base}/ipfs/{cid}", params={"format": "raw"}) as response:
+            if response.status == 200:
+                return
         data = await self.ipfs.cat(cid, max_size=flow.ARTIFACT_LIMIT)
-        async with self._session.post(
-            _http_base(self.config.server) + "/api/files",
-            data=data,
-            headers={"X-Worker-Token": self.upload_token or "", "Content-Type": "application/octet-stream"},
-        ) as response:
-            if response.status != 201:
-                raise EthmlError(f"uploading the model artifact failed: HTTP {response.status} {await response.text()}")
+        headers = {
+            "X-Worker-Token": self.upload_token or "",
+            "X-Task": str(opening.task),
+            "X-Artifact-Cid": cid,
+            "X-Artifact-Sha256": opening.sha256,
+            "X-Artifact-Claim": str(opening.claim),
+            "X-Artifact-Salt": opening.salt,
+            "Content-Type": "application/octet-stream",
+        }
+        for wait in (*UPLOAD_RETRIES, None):
+            async with self._session.post(base + "/api/files", data=data, headers=headers) as response:
+                if response.status in (200, 201):
+                    return
+                if response.status != 403 or wait is None:
+                    raise EthmlError(
+                        f"uploading the model artifact failed: HTTP {response.status} {await response.text()}"
+                    )
+            # 403: the coordinator's chain node may not show the commitment yet (another node, a block behind).
+            await asyncio.sleep(wait)

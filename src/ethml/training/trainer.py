@@ -5,7 +5,8 @@ The submission's secret (model CID, sha256, claim, salt) is written to the data 
 commitment is sent, so a trainer that crashes between the two steps reveals after a restart: running
 `train_and_submit` again for a committed task skips the training and reveals. The artifact stays in
 the local blockstore until the reveal (`on_reveal` may publish it then: the coordinator's worker
-uploads it to its coordinator), so nothing announces its CID before the commitments close.
+uploads it to its coordinator, with the opening that shows the coordinator it is the committed file),
+so nothing announces its CID before the commitments close.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,21 @@ from ethml.training.spec import TaskSpec, TrainingLimits, parse_spec
 ARTIFACT_LIMIT = 64 * 1024 * 1024
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What revealSubmission opens for a trainer's submission to `task`: the artifact's CID and SHA-256
+    (hex), the claim (millionths) and the salt (hex)."""
+
+    task: int
+    model_cid: str
+    sha256: str
+    claim: int
+    salt: str
+
+
+OnReveal = Callable[[Opening], Awaitable[None]]
 
 
 def submission_commitment(task_id: int, trainer: str, model_cid: str, sha256: bytes, claim: int, salt: bytes) -> bytes:
@@ -83,7 +100,7 @@ async def train_and_submit(
     compute: Compute | None = None,
     wait: bool = False,
     progress: Progress | None = None,
-    on_reveal: Callable[[str], Awaitable[None]] | None = None,
+    on_reveal: OnReveal | None = None,
     max_artifact: int = ARTIFACT_LIMIT,
 ) -> dict[str, Any]:
     """Train the task's model (on `compute`'s Dask cluster when it has one) and commit to it; then, once
@@ -172,7 +189,7 @@ async def reveal_submission(
     *,
     wait: bool = False,
     progress: Progress | None = None,
-    on_reveal: Callable[[str], Awaitable[None]] | None = None,
+    on_reveal: OnReveal | None = None,
 ) -> bool:
     """Reveal this trainer's committed submission (after the submission deadline, until the reveal
     deadline; with `wait`, waiting for the window). True once revealed (now or before); a TaskError
@@ -200,7 +217,9 @@ async def reveal_submission(
         )
     await clock.catch_up(w3, trainer)
     if on_reveal is not None:
-        await on_reveal(str(secret["model_cid"]))
+        await on_reveal(
+            Opening(task_id, str(secret["model_cid"]), str(secret["sha256"]), int(secret["claim"]), str(secret["salt"]))
+        )
     call = tasks.functions.revealSubmission(
         task_id,
         secret["model_cid"],

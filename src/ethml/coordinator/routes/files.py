@@ -1,25 +1,41 @@
 """Files: datasets, test sets and model artifacts go into the coordinator's blockstore by
 POST /api/files; anyone (workers, miners) fetches their raw blocks by CID from GET /ipfs/{cid}.
 
-What one uploader may add is bounded: each (a worker's account, whichever of its logins' tokens it
-uses, or a requester's API key; an admin's key is not counted) has a quota of bytes per hour, and no
-upload may leave the blockstore's disk with less than its free-space floor. Any staked account gets an
-upload token by logging in as a worker, so without these one account could fill the disk that Redis
-and the blockstore share."""
+What one uploader may add is bounded. A requester's API key has a quota of bytes per hour (an admin's
+key is not counted). A worker uploads only the model artifact its account committed to in a task this
+coordinator tracks: the upload carries the opening of the commitment (the artifact's CID and SHA-256,
+the claim, the salt), which must match the commitment TrainingTasks holds for that account, and the
+body must be that very file. So a worker's upload token, which any staked account gets by logging in,
+adds at most one file (of at most MAX_FILE_BYTES) per submission to a tracked task. No upload may leave
+the blockstore's disk with less than its free-space floor; an artifact may use the lower half of it,
+so a requester's uploads cannot keep a trainer from publishing the artifact its bond depends on."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from shutil import disk_usage
+from typing import Any
 
 from aiohttp import web
+from multiformats import CID
 
-from ethml.coordinator.appkeys import CONFIG, IPFS, STORE, UPLOADS
+from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, STORE, UPLOADS
 from ethml.coordinator.auth import rate_limit, required
 from ethml.coordinator.edge import ApiError, read_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
-from ethml.coordinator.uploads import MIB, QUOTA_SECONDS
+from ethml.coordinator.uploads import MAX_REFUSED_BODIES, MIB, QUOTA_SECONDS
+from ethml.errors import IpfsError
+from ethml.ipfs.cid import parse_cid
+from ethml.ipfs.client import IpfsClient
 from ethml.ipfs.gateway import _block as ipfs_block
+from ethml.ipfs.unixfs import build_file, decode_file_node
+from ethml.training.onchain import TaskError, read_struct
+from ethml.training.terms import SCORE_SCALE, min_score_units
+from ethml.training.trainer import submission_commitment
 
 routes = web.RouteTableDef()
 
@@ -28,19 +44,19 @@ routes.get("/ipfs/{cid}")(ipfs_block)
 
 @routes.post("/api/files")
 async def post_file(request: web.Request) -> web.Response:
-    """Add a file; needs an API key or a worker's upload token (X-Worker-Token, from its login). The disk's
-    floor is checked before the uploader's quota is taken, and what was taken is given back when the file
-    is not stored (a 507, a body that does not arrive), so a full disk costs no one its quota."""
+    """Add a file; needs an API key, or a worker's upload token (X-Worker-Token, from its login) with the
+    opening of its submission's commitment (the X-Artifact-* headers). The disk's floor is checked before
+    the uploader's quota is taken, and what was taken is given back when the file is not stored (a 507, a
+    body that does not arrive), so a full disk costs no one its quota."""
     cfg, store, ipfs, uploads = request.app[CONFIG], request.app[STORE], request.app[IPFS], request.app[UPLOADS]
     token = request.headers.get("X-Worker-Token")
     owner = await store.upload_token_owner(token) if token else None
     if owner is not None:
         await rate_limit(request, None)
-        uploader: str | None = f"upload:account:{owner.lower()}"
-    else:
-        who = await required(request, "requester", "admin")
-        await rate_limit(request, who["key"])
-        uploader = None if who["role"] == "admin" else f"upload:key:{who['key']}"
+        return await _post_artifact(request, owner)
+    who = await required(request, "requester", "admin")
+    await rate_limit(request, who["key"])
+    uploader = None if who["role"] == "admin" else f"upload:key:{who['key']}"
     declared = request.content_length
     taken = 0
     if declared is not None and 0 < declared <= MAX_FILE_BYTES:
@@ -61,11 +77,205 @@ async def post_file(request: web.Request) -> web.Response:
             cid = await asyncio.to_thread(ipfs.add_bytes, data, 1)
         finally:
             uploads.in_flight -= len(data)
-    except Exception:
+    except BaseException:  # a cancelled handler (a server shutting down) too
         if uploader is not None and taken:
             await store.take_amount(uploader, *_bucket(request), -taken)  # given back: nothing was stored
         raise
     return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a trainer reveals on chain for its submission to `task`, as the upload's headers carry it."""
+
+    task: int
+    cid_text: str  # as sent, and as committed: the commitment hashes this string
+    cid: CID
+    sha256: bytes
+    claim: int
+    salt: bytes
+
+
+#: The headers of a worker's upload: the opening of its submission's commitment.
+OPENING_HEADERS = {
+    "X-Task": "the on-chain id of the task",
+    "X-Artifact-Cid": "the model artifact's CID",
+    "X-Artifact-Sha256": "the artifact's SHA-256 (64 hex digits)",
+    "X-Artifact-Claim": "the claimed holdout score (millionths)",
+    "X-Artifact-Salt": "the commitment's salt (64 hex digits)",
+}
+_HEX32 = re.compile(r"(0x)?[0-9a-fA-F]{64}")
+
+
+def _opening(request: web.Request) -> Opening:
+    """The opening in a worker's upload headers, each present once and well formed, else 422."""
+    values: dict[str, Any] = {}
+    for name, what in OPENING_HEADERS.items():
+        sent = request.headers.getall(name, [])
+        if len(sent) != 1:
+            problem = "is missing" if not sent else "is sent more than once"
+            raise ApiError(
+                422,
+                f"{name} {problem}: a worker uploads the model artifact of its submission with the opening of its "
+                f"commitment ({', '.join(OPENING_HEADERS)}), as it will reveal it",
+                name,
+                close=True,
+            )
+        try:
+            values[name] = _PARSERS[name](sent[0])
+        except ValueError:
+            raise ApiError(422, f"{name} must be {what}", name, close=True) from None
+    return Opening(
+        values["X-Task"],
+        request.headers["X-Artifact-Cid"],
+        values["X-Artifact-Cid"],
+        values["X-Artifact-Sha256"],
+        values["X-Artifact-Claim"],
+        values["X-Artifact-Salt"],
+    )
+
+
+def _uint(text: str, *, positive: bool = False) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 20 or (positive and int(text) == 0):
+        raise ValueError(text)
+    return int(text)
+
+
+def _bytes32(text: str) -> bytes:
+    if not _HEX32.fullmatch(text):
+        raise ValueError(text)
+    return bytes.fromhex(text.removeprefix("0x"))
+
+
+def _cid(text: str) -> CID:
+    if len(text) > 128:
+        raise ValueError(text)
+    try:
+        return parse_cid(text)
+    except IpfsError:
+        raise ValueError(text) from None
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "X-Task": lambda text: _uint(text, positive=True),
+    "X-Artifact-Cid": _cid,
+    "X-Artifact-Sha256": _bytes32,
+    "X-Artifact-Claim": _uint,
+    "X-Artifact-Salt": _bytes32,
+}
+
+
+async def _post_artifact(request: web.Request, account: str) -> web.Response:
+    """A worker's upload: the model artifact of `account`'s submission to a task this coordinator tracks, the
+    file the commitment on chain names (403 otherwise); 200 without reading the body when it is stored
+    already."""
+    cfg, store, ipfs, uploads, chain = (
+        request.app[CONFIG],
+        request.app[STORE],
+        request.app[IPFS],
+        request.app[UPLOADS],
+        request.app[CHAIN],
+    )
+    opening = _opening(request)
+    doc = await store.task_by_chain_id(opening.task)
+    if doc is None:
+        raise ApiError(403, f"task {opening.task} is not a task of this coordinator", "X-Task", close=True)
+    least = min_score_units(doc["min_score"]) if doc.get("min_score") is not None else 0
+    if not least <= opening.claim <= SCORE_SCALE:
+        raise ApiError(
+            422,
+            f"X-Artifact-Claim {opening.claim} could never be revealed in task {opening.task}: a claim is at least "
+            f"its minimum score {least} and at most {SCORE_SCALE} (millionths)",
+            "X-Artifact-Claim",
+            close=True,
+        )
+    if await store.artifact_refusals(opening.task, account) >= MAX_REFUSED_BODIES:
+        raise ApiError(
+            403,
+            f"{account} has sent task {opening.task} {MAX_REFUSED_BODIES} bodies that were not its committed "
+            "artifact: no more are read",
+            "X-Task",
+            close=True,
+        )
+    index = int(await chain.tasks.functions.submissionOf(opening.task, account).call())
+    if index == 0:
+        raise ApiError(
+            403,
+            f"{account} has committed no submission to task {opening.task} (or this server's chain node does not "
+            "show it yet): a worker uploads the model artifact of its own submission once the commitment is mined",
+            "X-Task",
+            close=True,
+        )
+    try:
+        submission = await read_struct(chain.tasks, "getSubmission", opening.task, index - 1)
+    except TaskError as exc:  # a revert: not a submission the chain holds (now)
+        raise ApiError(403, f"task {opening.task}'s submission by {account}: {exc}", "X-Task", close=True) from None
+    opened = submission_commitment(opening.task, account, opening.cid_text, opening.sha256, opening.claim, opening.salt)
+    if opened != bytes(submission["commitment"]):
+        raise ApiError(
+            403,
+            f"these X-Artifact-* headers do not open {account}'s commitment to task {opening.task}",
+            "X-Artifact-Cid",
+            close=True,
+        )
+    size = _held(ipfs, opening.cid)
+    if size is not None:  # stored already (a retry, a restart): the body is not read
+        return web.json_response({"cid": opening.cid_text, "size": size}, status=200, headers=_CLOSE)
+    slot = (opening.task, account.lower())
+    if slot in uploads.artifacts:
+        raise ApiError(
+            409, f"{account}'s artifact for task {opening.task} is being uploaded already", "X-Task", close=True
+        )
+    uploads.artifacts.add(slot)  # one body at a time per submission (per instance)
+    try:
+        declared = request.content_length
+        floor = cfg.min_free_disk_mib * MIB / 2
+        if declared is not None and 0 < declared <= MAX_FILE_BYTES:
+            _check_floor(request, declared, close=True, floor=floor)
+        data = await read_body(request, MAX_FILE_BYTES, cfg.file_timeout)
+        _check_floor(request, len(data), close=False, floor=floor)
+        uploads.in_flight += len(data)
+        try:
+            differs = await asyncio.to_thread(_add_as, ipfs, data, opening)
+        finally:
+            uploads.in_flight -= len(data)
+    finally:
+        uploads.artifacts.discard(slot)
+    if differs:
+        await store.refuse_artifact_body(opening.task, account)
+        raise ApiError(422, f"the body is not the artifact the commitment names: {differs}")
+    return web.json_response({"cid": opening.cid_text, "size": len(data)}, status=201)
+
+
+def _held(ipfs: IpfsClient, cid: CID) -> int | None:
+    """The size of the file `cid` names when the blockstore holds its root (written last, so the rest is
+    there too), else None; a block with the same digest that is not such a root (another codec) counts as
+    not held, and the upload goes on."""
+    block = ipfs.blockstore.get(cid)
+    if block is None:
+        return None
+    try:
+        root = decode_file_node(cid, block)
+    except IpfsError:
+        return None
+    return root.filesize if root.filesize is not None else len(root.data)
+
+
+#: An answer given before the body was read closes the connection (the unread body would follow).
+_CLOSE = {"Connection": "close"}
+
+
+def _add_as(ipfs: IpfsClient, data: bytes, opening: Opening) -> str | None:
+    """Store `data` if it is the opening's artifact (its SHA-256, and its CID when added as a file with the
+    CID's version); else what differs, nothing stored. Hashing 16 MiB takes ~10 ms: in a thread."""
+    if hashlib.sha256(data).digest() != opening.sha256:
+        return "its SHA-256 differs"
+    root, blocks = build_file(data, opening.cid.version)
+    if root != opening.cid:
+        return f"added as a file it is {root}, not {opening.cid_text}"
+    for block in blocks:
+        ipfs.blockstore.put(block.cid, block.data)
+    return None
 
 
 def _bucket(request: web.Request) -> tuple[float, float]:
@@ -74,17 +284,17 @@ def _bucket(request: web.Request) -> tuple[float, float]:
     return quota / QUOTA_SECONDS, quota
 
 
-def _check_floor(request: web.Request, size: int, *, close: bool) -> None:
+def _check_floor(request: web.Request, size: int, *, close: bool, floor: float | None = None) -> None:
     """507 when storing `size` more bytes, beside this instance's uploads not yet written, would leave the
-    blockstore's disk less free space than --min-free-disk."""
+    blockstore's disk less than `floor` bytes free (default --min-free-disk; an artifact's is half)."""
     cfg, ipfs, uploads = request.app[CONFIG], request.app[IPFS], request.app[UPLOADS]
     root = ipfs.blockstore.root
     free = disk_usage(root if root.exists() else cfg.data_dir).free
-    if free - uploads.in_flight - size < cfg.min_free_disk_mib * MIB:
+    floor = cfg.min_free_disk_mib * MIB if floor is None else floor
+    if free - uploads.in_flight - size < floor:
         raise ApiError(
             507,
-            f"the coordinator's disk is nearly full (it keeps {cfg.min_free_disk_mib:g} MiB free); the file was "
-            "not stored",
+            f"the coordinator's disk is nearly full (it keeps {floor / MIB:g} MiB free); the file was not stored",
             headers={"Retry-After": "300"},
             close=close,
         )
