@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from ethml.coordinator.worker import Worker
-from ethml.training import trainer
+from ethml.errors import EthmlError
+from ethml.training import flow, trainer
+from ethml.training.onchain import secret_file, write_secret
 from ethml.training.trainer import Opening
 
 
@@ -67,3 +69,35 @@ async def test_a_training_job_revealed_at_once_uploads_its_artifact_first(
     out, error = await Worker._execute(worker, {"kind": "train", "chain_task": 7, "job": "7:train:0"})  # type: ignore[arg-type]
     assert error is None and out["revealed"] is True and not owed, (out, owed)
     assert order == ["upload bafkreiartifact of task 7", "revealSubmission"], order
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_a_training_job_that_fails_after_its_commitment_still_owes_the_reveal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """A job that reveals at once and fails on the way (the coordinator refused the artifact's upload, a
+    node's error) is reported failed, and the reveal is owed in the background, where it is retried until
+    the window closes; with no secret written (nothing committed) nothing is owed."""
+    deployment = SimpleNamespace(chain_id=31337, training="0x" + "22" * 20)
+    account = SimpleNamespace(address="0x" + "11" * 20)
+    if committed:
+        path = secret_file(tmp_path, deployment, "submission", 7, account.address)  # type: ignore[arg-type]
+        write_secret(path, {"task": 7, "model_cid": "bafkreiartifact", "sha256": "00" * 32, "claim": 1, "salt": ""})
+
+    async def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise EthmlError("uploading the model artifact failed: HTTP 507 the coordinator's disk is nearly full")
+
+    monkeypatch.setattr(flow, "train_and_submit", refused)
+    owed: list[Any] = []
+    worker = SimpleNamespace(
+        w3=None,
+        deployment=deployment,
+        account=account,
+        ipfs=None,
+        config=SimpleNamespace(data_dir=tmp_path, compute=None),
+        _owe_reveal=lambda *args: owed.append(args),
+        _upload=None,
+    )
+    with pytest.raises(EthmlError, match="HTTP 507"):
+        await Worker._execute(worker, {"kind": "train", "chain_task": 7, "job": "7:train:0"})  # type: ignore[arg-type]
+    assert owed == ([("train", 7)] if committed else []), owed

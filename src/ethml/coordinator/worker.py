@@ -514,20 +514,27 @@ class Worker:
         task_id = int(job["chain_task"])
         home = self.config.data_dir
         if job["kind"] == "train":
-            out = await flow.train_and_submit(
-                self.w3,
-                self.deployment,
-                self.account,
-                self.ipfs,
-                task_id,
-                data_dir=home,
-                compute=self.config.compute,
-                progress=lambda message: log.info("job_progress", job=job["job"], message=message),
-                max_artifact=MAX_FILE_BYTES,  # what POST /api/files takes: the upload comes before the reveal
-                # A window already closed when the commitment is made (or a job delivered again after it) is
-                # revealed at once, here: the artifact must be uploaded first then too.
-                on_reveal=self._upload,
-            )
+            try:
+                out = await flow.train_and_submit(
+                    self.w3,
+                    self.deployment,
+                    self.account,
+                    self.ipfs,
+                    task_id,
+                    data_dir=home,
+                    compute=self.config.compute,
+                    progress=lambda message: log.info("job_progress", job=job["job"], message=message),
+                    max_artifact=MAX_FILE_BYTES,  # what POST /api/files takes: the upload comes before the reveal
+                    # A window already closed when the commitment is made (or a job delivered again after it) is
+                    # revealed at once, here: the artifact must be uploaded first then too.
+                    on_reveal=self._upload,
+                )
+            except (EthmlError, aiohttp.ClientError, OSError, TimeoutError):
+                # Failed after the secret was written (the commitment sent, the upload or the reveal refused):
+                # the reveal is still owed and retried in the background, or the bond is lost.
+                if secret_file(home, self.deployment, "submission", task_id, self.account.address).exists():
+                    self._owe_reveal("train", task_id)
+                raise
         else:
             try:
                 out = await flow.validate_task(
