@@ -36,6 +36,7 @@ from ethml.coordinator.client import import_body, sign_permit, task_body
 from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import files as files_route
+from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.unixfs import build_file
 from ethml.training.spec import TaskSpec
@@ -346,8 +347,9 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
     X-Artifact-* headers, as the trainer will reveal it), the opening must match the commitment TrainingTasks
     holds, and the body must be that very file. Malformed or repeated headers, or a claim the reveal would
     refuse: 422; no commitment, another task, another account's opening, a wrong salt or claim: 403; another
-    body: 422, and after three such bodies no more are read (403); each with nothing stored. The committed file
-    again: 200 without its body being read. An artifact may use the lower half of the disk's floor, which a
+    body: 422, and after five bodies in an hour that were not stored no more are read that hour (403); each with
+    nothing stored. The committed file again: 200 without its body being read, once every block is stored
+    (not for a planted root). An artifact may use the lower half of the disk's floor, which a
     requester's upload may not."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         runner, url = await c.start_server()
@@ -420,11 +422,21 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
         await upload(theirs["data"], headers_of(mine, token), 422, "its SHA-256 differs")
         # A claim the chain would refuse at the reveal (above 1,000,000, or below the task's minimum): 422.
         await upload(data, headers_of(mine, token, **{"X-Artifact-Claim": "1000001"}), 422, "could never be revealed")
-        # Bodies that are not the artifact: three are read, then no more for that submission (even the right one).
-        for _ in range(3):
+        # Bodies that do not end in the artifact stored (another file, one too large): five an hour are read, then
+        # no more that hour for that submission, even the right one.
+        for _ in range(4):
             await upload(os.urandom(2**20), headers_of(junk, third_token), 422, "its SHA-256 differs")
-        await upload(junk["data"], headers_of(junk, third_token), 403, "no more are read")
+        too_large = os.urandom(MAX_FILE_BYTES + 1)
+        await upload(too_large, headers_of(junk, third_token), 413, "", chunked=True)
+        await upload(junk["data"], headers_of(junk, third_token), 403, "no more are read this hour")
+        # A block at the artifact's digest is no proof the artifact is stored: a requester's one-block file whose
+        # bytes are the root node of the artifact (training is deterministic: anyone may compute it) is not taken
+        # for it, and the worker's body is read and stored.
+        _root, dag = build_file(data, 1)
+        planted = await upload(dag[-1].data, {"Authorization": f"Bearer {key}"}, 201)
+        assert parse_cid(planted["cid"]).digest == parse_cid(mine["X-Artifact-Cid"]).digest
         reply = await upload(data, headers_of(mine, token), 201)
+        assert all(blocks.has(block.cid) for block in dag)
         assert reply == {"cid": mine["X-Artifact-Cid"], "size": len(data)} and blocks.has(parse_cid(reply["cid"]))
         # Stored already: answered without the body (3 MiB declared, none sent: nothing is read).
         again = [*headers_of(mine, token).items(), ("Content-Length", str(len(data)))]

@@ -201,8 +201,9 @@ def openapi_document() -> dict[str, Any]:
                     "X-Artifact-Salt (64 hex digits), each once (422 otherwise; read only with a worker's token): "
                     "they must open the "
                     "commitment TrainingTasks holds (403 otherwise) and the body must be that artifact (422 "
-                    "otherwise; after three such bodies, 403); one upload of a submission at a time (409); an artifact "
-                    "stored already is answered 200 without its body being read. An upload "
+                    "otherwise; after five bodies in an hour not stored, 403 for the rest of it); one upload of a "
+                    "submission at a time (409); an artifact whose every block is stored already is answered 200 "
+                    "without its body being read. An upload "
                     "that would leave the disk under --min-free-disk MiB free (half of it for an artifact) gets 507.",
                     "security": [{"apiKey": []}, {"workerToken": []}],
                     "requestBody": {

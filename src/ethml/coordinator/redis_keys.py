@@ -107,9 +107,9 @@ def upload_token(token: str) -> str:
     return f"{P}uploadtoken:{token}"
 
 
-def refused_artifacts(chain_task: int, account: str) -> str:
-    """How many bodies that were not its committed artifact `account` has sent for its submission to task n."""
-    return f"{P}refusedartifacts:{chain_task}:{account.lower()}"
+def failed_artifact_bodies(chain_task: int, account: str) -> str:
+    """The bodies `account` sent for its submission to on-chain task n this hour that were not stored."""
+    return f"{P}failedartifacts:{chain_task}:{account.lower()}"
 
 
 def lock(name: str) -> str:

@@ -38,6 +38,7 @@ from ethml.coordinator.scripts import (
     TAKE_KICK,
     TOUCH_ENTRIES,
 )
+from ethml.coordinator.uploads import FAILED_BODIES_SECONDS
 
 WAITING = "~waiting"
 #: Seconds a worker's upload token lives after its login, or after the last renewal while it is connected.
@@ -419,15 +420,20 @@ class Store:
         """Another `ttl` seconds for a token its worker is still connected with (an expired one stays so)."""
         await self.redis.expire(k.upload_token(token), ttl)
 
-    async def artifact_refusals(self, chain_task: int, account: str) -> int:
-        """The bodies `account` has sent for its submission to `chain_task` that were not its artifact."""
-        return int(await self.redis.get(k.refused_artifacts(chain_task, account)) or 0)
+    async def failed_artifact_bodies(self, chain_task: int, account: str) -> int:
+        """The bodies `account` has sent for its submission to `chain_task` this hour that did not end in its
+        artifact stored (counted when their reading starts; forgiven when it is stored)."""
+        return int(await self.redis.get(k.failed_artifact_bodies(chain_task, account)) or 0)
 
-    async def refuse_artifact_body(self, chain_task: int, account: str) -> None:
-        """Count one more such body (kept a week after the last)."""
-        key = k.refused_artifacts(chain_task, account)
+    async def count_artifact_body(self, chain_task: int, account: str, amount: int = 1) -> int:
+        """Count a body about to be read (a negative amount forgives), in an hour-long window opened by the
+        first; the count after."""
+        key = k.failed_artifact_bodies(chain_task, account)
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.incr(key).expire(key, 7 * 24 * 3600).execute()
+            pipe.set(key, 0, ex=FAILED_BODIES_SECONDS, nx=True)
+            pipe.incrby(key, amount)
+            _, count = await pipe.execute()
+        return int(count)
 
     async def upload_token_owner(self, token: str) -> str | None:
         """The worker account an upload token was given to, or None for an unknown or expired token."""

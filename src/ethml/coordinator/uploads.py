@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 MIB = 1024 * 1024
 #: An uploader's quota is refilled over an hour.
 QUOTA_SECONDS = 3600
-#: Bodies that were not the committed artifact a worker may send for one submission before no more are read.
-MAX_REFUSED_BODIES = 3
+#: Bodies a worker may send for one submission in an hour that do not end in its artifact stored (another
+#: file, one too large, one that does not arrive, a hang-up) before no more are read that hour.
+MAX_FAILED_BODIES = 5
+FAILED_BODIES_SECONDS = 3600
 
 
 @dataclass
