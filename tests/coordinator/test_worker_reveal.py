@@ -15,7 +15,7 @@ from ethml.coordinator.worker import Worker
 from ethml.errors import EthmlError
 from ethml.training import flow, trainer
 from ethml.training.onchain import secret_file, write_secret
-from ethml.training.trainer import Opening
+from ethml.training.trainer import Opening, submission_commitment
 
 
 class _Call:
@@ -101,3 +101,57 @@ async def test_a_training_job_that_fails_after_its_commitment_still_owes_the_rev
     with pytest.raises(EthmlError, match="HTTP 507"):
         await Worker._execute(worker, {"kind": "train", "chain_task": 7, "job": "7:train:0"})  # type: ignore[arg-type]
     assert owed == ([("train", 7)] if committed else []), owed
+
+
+async def test_a_secret_that_does_not_open_the_chains_commitment_is_not_revealed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret left from another chain at the same address (a devnet reset), or from another try's salt, is
+    refused before the artifact is uploaded or a reveal sent (it would fail on chain and, uploaded, be refused
+    by the coordinator, over and over until the window closed); the secret of the chain's commitment is
+    revealed."""
+    address = "0x" + "11" * 20
+    secret = {"model_cid": "bafkreiartifact", "sha256": "33" * 32, "claim": 900_000, "salt": "44" * 32}
+    ours = submission_commitment(7, address, "bafkreiartifact", b"\x33" * 32, 900_000, b"\x44" * 32)
+    sent: list[Any] = []
+
+    async def read_task(*_args: Any, **_kwargs: Any) -> Any:
+        return SimpleNamespace(submit_deadline=1_000, reveal_deadline=2_000, min_score=0)
+
+    async def chain_now(_w3: Any) -> int:
+        return 1_001
+
+    async def nothing(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    async def send(_w3: Any, _account: Any, call: Any, **_kwargs: Any) -> None:
+        sent.append(call)
+
+    async def upload(opening: Opening) -> None:
+        sent.append(f"upload {opening.model_cid}")
+
+    monkeypatch.setattr(trainer, "read_task", read_task)
+    monkeypatch.setattr(trainer, "require_open", lambda _task: None)
+    monkeypatch.setattr(trainer, "read_secret", lambda _path: secret)
+    monkeypatch.setattr(trainer.clock, "chain_now", chain_now)
+    monkeypatch.setattr(trainer.clock, "catch_up", nothing)
+    monkeypatch.setattr(trainer, "send", send)
+    deployment = SimpleNamespace(chain_id=31337, training="0x" + "22" * 20)
+    for commitment in (b"\x55" * 32, ours):
+        on_chain = (address, 900_000, 0, False, 0, commitment, b"\x33" * 32, "bafkreiartifact")
+        functions = SimpleNamespace(
+            submissionOf=lambda *_args: _Call(1),
+            getSubmission=lambda *_args, on_chain=on_chain: _Call(on_chain),
+            revealSubmission=lambda *args: ("revealSubmission", *args),
+        )
+        monkeypatch.setattr(
+            trainer, "training", lambda *_args, functions=functions: SimpleNamespace(functions=functions)
+        )
+        account = SimpleNamespace(address=address)
+        if commitment != ours:
+            with pytest.raises(trainer.TaskError, match="does not open"):
+                await trainer.reveal_submission(None, deployment, account, 7, tmp_path, on_reveal=upload)  # type: ignore[arg-type]
+            assert sent == []
+        else:
+            assert await trainer.reveal_submission(None, deployment, account, 7, tmp_path, on_reveal=upload)  # type: ignore[arg-type]
+            assert sent[0] == "upload bafkreiartifact" and sent[1][0] == "revealSubmission", sent

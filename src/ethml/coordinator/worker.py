@@ -44,6 +44,7 @@ import aiohttp
 import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
+from web3.exceptions import Web3Exception
 
 from ethml.chain.deploy import Deployment
 from ethml.coordinator.background import cancel_and_wait, stop_if_cancelled
@@ -529,7 +530,7 @@ class Worker:
                     # revealed at once, here: the artifact must be uploaded first then too.
                     on_reveal=self._upload,
                 )
-            except (EthmlError, aiohttp.ClientError, OSError, TimeoutError):
+            except Exception:
                 # Failed after the secret was written (the commitment sent, the upload or the reveal refused):
                 # the reveal is still owed and retried in the background, or the bond is lost.
                 if secret_file(home, self.deployment, "submission", task_id, self.account.address).exists():
@@ -594,7 +595,8 @@ class Worker:
                     log.warning("reveal_given_up", task=task_id, kind=kind, error=exc.reason)
                     return
                 log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
-            except (EthmlError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (EthmlError, Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                # Web3Exception: a receipt not seen in time (TimeExhausted), a node's refusal (Web3RPCError).
                 log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
@@ -611,12 +613,10 @@ class Worker:
 
     async def _upload(self, opening: Opening) -> None:
         """Give the model artifact of this worker's submission to the coordinator, so validators anywhere fetch
-        it by CID; with the opening of the commitment, which the coordinator checks against the chain (not
-        again when the coordinator has it: a reveal retried, a restart)."""
+        it by CID; with the opening of the commitment, which the coordinator checks against the chain. A
+        coordinator holding the whole file already answers 200 without reading the body (a reveal retried, a
+        restart); a block at the CID is no proof of that, so the worker does not ask first."""
         base, cid = _http_base(self.config.server), opening.model_cid
-        async with self._session.head(f"{base}/ipfs/{cid}", params={"format": "raw"}) as response:
-            if response.status == 200:
-                return
         data = await self.ipfs.cat(cid, max_size=flow.ARTIFACT_LIMIT)
         headers = {
             "X-Worker-Token": self.upload_token or "",

@@ -207,6 +207,19 @@ async def reveal_submission(
     secret = read_secret(path)
     if secret is None:
         raise TaskError(f"no secret for trainer {trainer.address}'s submission to task {task_id} in {path}")
+    opened = submission_commitment(
+        task_id,
+        trainer.address,
+        str(secret["model_cid"]),
+        bytes.fromhex(secret["sha256"]),
+        int(secret["claim"]),
+        bytes.fromhex(secret["salt"]),
+    )
+    if opened != bytes(submission[5]):  # the commitment
+        raise TaskError(
+            f"the secret in {path} does not open trainer {trainer.address}'s commitment to task {task_id} (one from "
+            "another chain with the same address, or another try's salt): it cannot be revealed"
+        )
     if wait:
         what = f"task {task_id}'s submission window to close"
         await clock.wait_past(w3, task.submit_deadline, what, progress, trainer)
