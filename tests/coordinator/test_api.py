@@ -37,6 +37,7 @@ from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import files as files_route
 from ethml.coordinator.schemas import MAX_FILE_BYTES
+from ethml.coordinator.uploads import MAX_FAILED_BODIES
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.unixfs import build_file
 from ethml.training.spec import TaskSpec
@@ -446,7 +447,10 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
         # The disk's floor: an artifact may go down to half of it; a requester may not go below it.
         free = shutil.disk_usage(blocks.root).free
         app[CONFIG].min_free_disk_mib = free * 3 / 2**20
-        await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is nearly full")
+        for _ in range(MAX_FAILED_BODIES + 1):  # the server's lack of room is not counted against the worker
+            await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is nearly full")
+        assert (await store.failed_artifact_bodies(task, other.address))[0] == 0
+        assert (await store.failed_artifact_bodies(task, third.address))[0] == MAX_FAILED_BODIES
         app[CONFIG].min_free_disk_mib = free * 1.5 / 2**20
         await upload(os.urandom(2**20), {"Authorization": f"Bearer {key}"}, 507, "disk is nearly full")
         await upload(theirs["data"], headers_of(theirs, other_token), 201, chunked=True)

@@ -202,8 +202,8 @@ def openapi_document() -> dict[str, Any]:
                     "they must open the "
                     "commitment TrainingTasks holds (403 otherwise) and the body must be that artifact (422 "
                     "otherwise; after five bodies in an hour not stored, 403 for the rest of it); one upload of a "
-                    "submission at a time (409); an artifact whose every block is stored already is answered 200 "
-                    "without its body being read. An upload "
+                    "submission at a time (409); an artifact this server stored for that submission, every block "
+                    "still there, is answered 200 without its body being read. An upload "
                     "that would leave the disk under --min-free-disk MiB free (half of it for an artifact) gets 507.",
                     "security": [{"apiKey": []}, {"workerToken": []}],
                     "requestBody": {

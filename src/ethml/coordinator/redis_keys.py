@@ -107,6 +107,11 @@ def upload_token(token: str) -> str:
     return f"{P}uploadtoken:{token}"
 
 
+def stored_artifact(chain_task: int, account: str) -> str:
+    """The CID of the artifact this server stored for `account`'s submission to on-chain task n."""
+    return f"{P}storedartifact:{chain_task}:{account.lower()}"
+
+
 def failed_artifact_bodies(chain_task: int, account: str) -> str:
     """The bodies `account` sent for its submission to on-chain task n this hour that were not stored."""
     return f"{P}failedartifacts:{chain_task}:{account.lower()}"

@@ -43,6 +43,11 @@ from ethml.coordinator.uploads import FAILED_BODIES_SECONDS
 WAITING = "~waiting"
 #: Seconds a worker's upload token lives after its login, or after the last renewal while it is connected.
 UPLOAD_TOKEN_TTL = 24 * 3600
+#: How long the server remembers that it stored a submission's artifact (for answering a retry unread):
+#: past any reveal window of a task the API takes.
+ARTIFACT_STORED_TTL = 2 * 365 * 24 * 3600
+#: Take back one count of a key (KEYS[1]) that exists and is above zero.
+FORGIVE = "if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR', KEYS[1]) end return 0"
 GROUP = "workers"
 RELAY_GROUP = "relayers"
 
@@ -420,20 +425,40 @@ class Store:
         """Another `ttl` seconds for a token its worker is still connected with (an expired one stays so)."""
         await self.redis.expire(k.upload_token(token), ttl)
 
-    async def failed_artifact_bodies(self, chain_task: int, account: str) -> int:
+    async def failed_artifact_bodies(self, chain_task: int, account: str) -> tuple[int, int]:
         """The bodies `account` has sent for its submission to `chain_task` this hour that did not end in its
-        artifact stored (counted when their reading starts; forgiven when it is stored)."""
-        return int(await self.redis.get(k.failed_artifact_bodies(chain_task, account)) or 0)
+        artifact stored (counted when their reading starts; forgiven when the server was at fault), and the
+        seconds left in the hour."""
+        key = k.failed_artifact_bodies(chain_task, account)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.ttl(key)
+            count, ttl = await pipe.execute()
+        return int(count or 0), int(ttl)
 
-    async def count_artifact_body(self, chain_task: int, account: str, amount: int = 1) -> int:
-        """Count a body about to be read (a negative amount forgives), in an hour-long window opened by the
-        first; the count after."""
+    async def count_artifact_body(self, chain_task: int, account: str) -> tuple[int, int]:
+        """Count a body about to be read, in an hour-long window opened by the first: the count after, and the
+        seconds left in the window."""
         key = k.failed_artifact_bodies(chain_task, account)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, 0, ex=FAILED_BODIES_SECONDS, nx=True)
-            pipe.incrby(key, amount)
-            _, count = await pipe.execute()
-        return int(count)
+            pipe.incr(key)
+            pipe.ttl(key)
+            _, count, ttl = await pipe.execute()
+        return int(count), int(ttl)
+
+    async def forgive_artifact_body(self, chain_task: int, account: str) -> None:
+        """Take back the count of a body the server failed (its disk full or failing); not below zero, and not
+        into a window that has ended."""
+        await self.redis.eval(FORGIVE, 1, k.failed_artifact_bodies(chain_task, account))
+
+    async def artifact_stored(self, chain_task: int, account: str) -> str | None:
+        """The CID (as sent) of the artifact this server stored for `account`'s submission to `chain_task`."""
+        cid = await self.redis.get(k.stored_artifact(chain_task, account))
+        return cid.decode() if cid else None
+
+    async def artifact_is_stored(self, chain_task: int, account: str, cid: str) -> None:
+        await self.redis.set(k.stored_artifact(chain_task, account), cid, ex=ARTIFACT_STORED_TTL)
 
     async def upload_token_owner(self, token: str) -> str | None:
         """The worker account an upload token was given to, or None for an unknown or expired token."""

@@ -492,7 +492,7 @@ class Worker:
         try:
             detail, tx = await self._execute(job)
             result = {"type": "result", "job": job_id, "ok": True, "detail": detail, "tx": tx}
-        except (EthmlError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (EthmlError, Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
             result = {"type": "result", "job": job_id, "ok": False, "detail": str(exc), "tx": None}
         except Exception as exc:  # a bug: reported as a failed job, not a job held (and a drain stuck) for good
             log.exception("job_crashed", job=job_id)

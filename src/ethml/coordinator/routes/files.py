@@ -27,13 +27,13 @@ from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, STORE, UPLOADS
 from ethml.coordinator.auth import rate_limit, required
 from ethml.coordinator.edge import ApiError, read_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
-from ethml.coordinator.uploads import FAILED_BODIES_SECONDS, MAX_FAILED_BODIES, MIB, QUOTA_SECONDS
+from ethml.coordinator.uploads import MAX_FAILED_BODIES, MIB, QUOTA_SECONDS
 from ethml.errors import IpfsError
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.client import IpfsClient
 from ethml.ipfs.gateway import _block as ipfs_block
-from ethml.ipfs.unixfs import CHUNK_SIZE, MAX_LINKS, build_file, decode_file_node
+from ethml.ipfs.unixfs import MAX_LINKS, build_file, decode_file_node
 from ethml.training.onchain import TaskError, read_struct
 from ethml.training.terms import SCORE_SCALE, min_score_units
 from ethml.training.trainer import submission_commitment
@@ -190,8 +190,9 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
             "X-Artifact-Claim",
             close=True,
         )
-    if await store.failed_artifact_bodies(opening.task, account) >= MAX_FAILED_BODIES:
-        raise _too_many_failed(opening.task, account)
+    failed, retry = await store.failed_artifact_bodies(opening.task, account)
+    if failed >= MAX_FAILED_BODIES:
+        raise _too_many_failed(opening.task, account, retry)
     index = int(await chain.tasks.functions.submissionOf(opening.task, account).call())
     if index == 0:
         raise ApiError(
@@ -213,85 +214,75 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
             "X-Artifact-Cid",
             close=True,
         )
-    size = await asyncio.to_thread(_held, ipfs.blockstore, opening.cid)
-    if size is not None:  # the whole file is stored already (a retry, a restart): the body is not read
-        return web.json_response({"cid": opening.cid_text, "size": size}, status=200, headers=_CLOSE)
     slot = (opening.task, account.lower())
     if slot in uploads.artifacts:
         raise ApiError(
             409, f"{account}'s artifact for task {opening.task} is being uploaded already", "X-Task", close=True
         )
+    # Stored already (a retry, a restart): this server stored this very opening's file, and it is all still
+    # there (blocks this server built and checked, so the walk is short); the body is not read. A block at the
+    # CID alone proves nothing: anyone may upload a file whose one block has the digest of an artifact's root.
+    if await store.artifact_stored(opening.task, account) == opening.cid_text:
+        size = await asyncio.to_thread(_held, ipfs.blockstore, opening.cid)
+        if size is not None:
+            return web.json_response({"cid": opening.cid_text, "size": size}, status=200, headers=_CLOSE)
     uploads.artifacts.add(slot)  # one body at a time per submission (per instance)
     try:
         # Counted before it is read, forgiven once stored: a body that is another file, too large, late or cut
         # off counts, so one commitment cannot have the server read 16 MiB bodies without end.
-        if await store.count_artifact_body(opening.task, account) > MAX_FAILED_BODIES:
-            raise _too_many_failed(opening.task, account)
+        count, retry = await store.count_artifact_body(opening.task, account)
+        if count > MAX_FAILED_BODIES:
+            raise _too_many_failed(opening.task, account, retry)
         declared = request.content_length
         floor = cfg.min_free_disk_mib * MIB / 2
-        try:
-            if declared is not None and 0 < declared <= MAX_FILE_BYTES:
+        if declared is not None and 0 < declared <= MAX_FILE_BYTES:
+            try:
                 _check_floor(request, declared, close=True, floor=floor)
-            data = await read_body(request, MAX_FILE_BYTES, cfg.file_timeout)
-            _check_floor(request, len(data), close=False, floor=floor)
-        except ApiError as exc:
-            if exc.status == 507:  # the server's lack of room, not the worker's body
-                await store.count_artifact_body(opening.task, account, -1)
-            raise
+            except ApiError:  # the server's lack of room, before any of the body is read: not counted
+                await store.forgive_artifact_body(opening.task, account)
+                raise
+        data = await read_body(request, MAX_FILE_BYTES, cfg.file_timeout)
+        _check_floor(request, len(data), close=False, floor=floor)
         uploads.in_flight += len(data)
         try:
             differs = await asyncio.to_thread(_add_as, ipfs, data, opening)
+        except OSError:  # the server's disk, not the worker's body: not counted
+            await store.forgive_artifact_body(opening.task, account)
+            raise
         finally:
             uploads.in_flight -= len(data)
     finally:
         uploads.artifacts.discard(slot)
     if differs:
         raise ApiError(422, f"the body is not the artifact the commitment names: {differs}")
-    await store.count_artifact_body(opening.task, account, -1)
+    await store.artifact_is_stored(opening.task, account, opening.cid_text)
     return web.json_response({"cid": opening.cid_text, "size": len(data)}, status=201)
 
 
-def _too_many_failed(task: int, account: str) -> ApiError:
+def _too_many_failed(task: int, account: str, retry: int) -> ApiError:
     return ApiError(
         403,
         f"{account} has sent {MAX_FAILED_BODIES} bodies for its submission to task {task} within the hour that were "
         "not its artifact stored (another file, one too large, late or cut off): no more are read this hour",
         "X-Task",
-        headers={"Retry-After": str(FAILED_BODIES_SECONDS)},
+        headers={"Retry-After": str(max(1, retry))},
         close=True,
     )
 
 
 def _held(blockstore: Blockstore, cid: CID) -> int | None:
-    """The size of the file `cid` names when the blockstore holds every block of it, else None. A root alone
-    proves nothing (anyone may upload a file whose one block is a root of someone else's file, its digest
-    the same), nor does a block of another kind at that digest: the links are followed, and every leaf must be
-    there."""
-    size: int | None = None
-    stack, seen = [cid], 0
-    while stack:
-        node_cid = stack.pop()
-        seen += 1
-        if seen > MAX_FILE_BYTES // CHUNK_SIZE + 2 * MAX_LINKS:  # more blocks than a file this size has
-            return None
-        if node_cid.codec.name == "raw":
-            if not blockstore.has(node_cid):
-                return None
-            continue
-        block = blockstore.get(node_cid)
-        if block is None:
-            return None
-        try:
-            node = decode_file_node(node_cid, block)
-        except IpfsError:
-            return None
-        if size is None:
-            size = node.filesize if node.filesize is not None else len(node.data)
-        stack.extend(node.links)
-    if cid.codec.name == "raw":
-        block = blockstore.get(cid)
-        return None if block is None else len(block)
-    return size
+    """The size of the file `cid` names when the blockstore holds every block of it, else None. Called only
+    for a file this server built and stored itself: at most one root and its leaves (16 MiB is 64 chunks)."""
+    block = blockstore.get(cid)
+    if block is None:
+        return None
+    try:
+        root = decode_file_node(cid, block)
+    except IpfsError:
+        return None
+    if len(root.links) > MAX_LINKS or not all(blockstore.has(link) for link in root.links):
+        return None
+    return root.filesize if root.filesize is not None else len(root.data)
 
 
 #: An answer given before the body was read closes the connection (the unread body would follow).
