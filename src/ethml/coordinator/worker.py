@@ -514,17 +514,19 @@ class Worker:
     async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
         task_id = int(job["chain_task"])
         home = self.config.data_dir
+        where = (self.w3, self.deployment, self.account, self.ipfs, task_id)
+
+        def progress(message: str) -> None:
+            # For validation, one line per artifact: its vote and why (the re-fit rule, claimSlack, checks).
+            log.info("job_progress", job=job["job"], message=message)
+
         if job["kind"] == "train":
             try:
                 out = await flow.train_and_submit(
-                    self.w3,
-                    self.deployment,
-                    self.account,
-                    self.ipfs,
-                    task_id,
+                    *where,
                     data_dir=home,
                     compute=self.config.compute,
-                    progress=lambda message: log.info("job_progress", job=job["job"], message=message),
+                    progress=progress,
                     max_artifact=MAX_FILE_BYTES,  # what POST /api/files takes: the upload comes before the reveal
                     # A window already closed when the commitment is made (or a job delivered again after it) is
                     # revealed at once, here: the artifact must be uploaded first then too.
@@ -538,17 +540,7 @@ class Worker:
                 raise
         else:
             try:
-                out = await flow.validate_task(
-                    self.w3,
-                    self.deployment,
-                    self.account,
-                    self.ipfs,
-                    task_id,
-                    data_dir=home,
-                    compute=self.config.compute,
-                    # One log line per artifact: its vote and why (the re-fit rule, claimSlack, checks).
-                    progress=lambda message: log.info("job_progress", job=job["job"], message=message),
-                )
+                out = await flow.validate_task(*where, data_dir=home, compute=self.config.compute, progress=progress)
             except flow.NotDrawn as exc:
                 return {"nothing_to_do": str(exc)}, None
             except TransactionReverted as exc:
