@@ -5,6 +5,7 @@ the model and the trainer's bond is lost."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,8 +14,8 @@ import pytest
 
 from ethml.coordinator.worker import Worker
 from ethml.errors import EthmlError
-from ethml.training import flow, trainer
-from ethml.training.onchain import secret_file, write_secret
+from ethml.training import clock, flow, trainer
+from ethml.training.onchain import NoSubmission, secret_file, write_secret
 from ethml.training.trainer import Opening, submission_commitment
 
 
@@ -155,3 +156,38 @@ async def test_a_secret_that_does_not_open_the_chains_commitment_is_not_revealed
         else:
             assert await trainer.reveal_submission(None, deployment, account, 7, tmp_path, on_reveal=upload)  # type: ignore[arg-type]
             assert sent[0] == "upload bafkreiartifact" and sent[1][0] == "revealSubmission", sent
+
+
+@pytest.mark.parametrize("mined_in_time", [True, False])
+async def test_a_commitment_mined_after_its_receipt_timed_out_is_still_revealed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mined_in_time: bool
+) -> None:
+    """The commitment's receipt was not seen in time, so the job failed and owes the reveal; the chain shows no
+    submission yet. Until the submission deadline (chain time) the commitment may still be mined: the reveal
+    is retried, and made once it shows. Past the deadline none can be, and the reveal is given up."""
+    calls: list[str] = []
+
+    async def reveal_submission(*_args: Any, **_kwargs: Any) -> bool:
+        calls.append("reveal")
+        if len(calls) == 1:
+            raise NoSubmission("trainer 0x11 has no submission to task 7", 1_000)
+        return True
+
+    async def chain_now(_w3: Any) -> int:
+        return 999 if mined_in_time else 1_001
+
+    monkeypatch.setattr(flow, "reveal_submission", reveal_submission)
+    monkeypatch.setattr(clock, "chain_now", chain_now)
+    worker = SimpleNamespace(
+        w3=None,
+        deployment=None,
+        account=SimpleNamespace(address="0x" + "11" * 20),
+        config=SimpleNamespace(data_dir=tmp_path),
+        events=asyncio.Queue(),
+        _upload=None,
+    )
+    worker._may_still_commit = lambda deadline: Worker._may_still_commit(worker, deadline)  # type: ignore[arg-type]
+    await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
+    assert calls == (["reveal", "reveal"] if mined_in_time else ["reveal"]), calls
+    revealed = [] if worker.events.empty() else [worker.events.get_nowait()]
+    assert revealed == ([{"event": "revealed", "task": 7, "kind": "train"}] if mined_in_time else []), revealed

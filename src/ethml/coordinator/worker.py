@@ -53,7 +53,7 @@ from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.paths import data_home
-from ethml.training import flow
+from ethml.training import clock, flow
 from ethml.training.jobs import Compute
 from ethml.training.onchain import secret_file, secrets_dir
 from ethml.training.trainer import Opening
@@ -579,6 +579,12 @@ class Worker:
                 log.info("revealed", task=task_id, kind=kind)
                 self.events.put_nowait({"event": "revealed", "task": task_id, "kind": kind})
                 return
+            except flow.NoSubmission as exc:
+                # A commitment whose receipt was not seen in time may still be mined until the deadline.
+                if not await self._may_still_commit(exc.submit_deadline):
+                    log.warning("reveal_given_up", task=task_id, kind=kind, error=str(exc))
+                    return
+                log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
             except flow.TaskError as exc:  # closed, or no secret: nothing more this worker can do
                 log.warning("reveal_given_up", task=task_id, kind=kind, error=str(exc))
                 return
@@ -592,6 +598,13 @@ class Worker:
                 log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _may_still_commit(self, submit_deadline: int) -> bool:
+        """Whether the chain's clock has not passed `submit_deadline` (True when it cannot be read now)."""
+        try:
+            return await clock.chain_now(self.w3) <= submit_deadline
+        except (EthmlError, Web3Exception, aiohttp.ClientError, OSError, TimeoutError):
+            return True
 
     def _resume_duties(self) -> None:
         """The reveals a previous run of this worker committed to and did not make (secrets in the data dir)."""

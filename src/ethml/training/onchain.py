@@ -34,6 +34,15 @@ class NotDrawn(TaskError):
     """The validator holds no seat on the task's panel."""
 
 
+class NoSubmission(TaskError):
+    """The trainer has no submission to the task: yet, while a commitment it sent may still be mined (until
+    `submit_deadline`, chain time), or at all after it."""
+
+    def __init__(self, message: str, submit_deadline: int) -> None:
+        super().__init__(message)
+        self.submit_deadline = submit_deadline
+
+
 def training(w3: AsyncWeb3[Any], deployment: Deployment) -> Any:
     if deployment.training is None:
         raise TaskError("this deployment has no TrainingTasks contract (redeploy with a current ethml)")

@@ -30,7 +30,16 @@ from ethml.ipfs import IpfsClient
 from ethml.pow import keccak256
 from ethml.training import clock
 from ethml.training.jobs import Compute, fit_and_claim, run_limited
-from ethml.training.onchain import TaskError, read_secret, read_task, require_open, secret_file, training, write_secret
+from ethml.training.onchain import (
+    NoSubmission,
+    TaskError,
+    read_secret,
+    read_task,
+    require_open,
+    secret_file,
+    training,
+    write_secret,
+)
 from ethml.training.spec import TaskSpec, TrainingLimits, parse_spec
 
 ARTIFACT_LIMIT = 64 * 1024 * 1024
@@ -198,7 +207,7 @@ async def reveal_submission(
     task = await read_task(w3, deployment, task_id)
     index = int(await tasks.functions.submissionOf(task_id, trainer.address).call())
     if index == 0:
-        raise TaskError(f"trainer {trainer.address} has no submission to task {task_id}")
+        raise NoSubmission(f"trainer {trainer.address} has no submission to task {task_id}", task.submit_deadline)
     submission = await tasks.functions.getSubmission(task_id, index - 1).call()
     if submission[3]:  # revealed
         return True
