@@ -163,21 +163,22 @@ async def test_a_commitment_mined_after_its_receipt_timed_out_is_still_revealed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mined_in_time: bool
 ) -> None:
     """The commitment's receipt was not seen in time, so the job failed and owes the reveal; the chain shows no
-    submission yet. Until the submission deadline (chain time) the commitment may still be mined: the reveal
-    is retried, and made once it shows. Past the deadline none can be, and the reveal is given up."""
+    submission yet. The commitment may still be mined in a block stamped up to the submission deadline: the
+    reveal waits until a block is past it and tries again, and reveals if the commitment shows then; if it
+    does not, none can be mined any more and the reveal is given up (without a retry loop)."""
     calls: list[str] = []
 
     async def reveal_submission(*_args: Any, **_kwargs: Any) -> bool:
         calls.append("reveal")
-        if len(calls) == 1:
+        if len(calls) == 1 or not mined_in_time:
             raise NoSubmission("trainer 0x11 has no submission to task 7", 1_000)
         return True
 
-    async def chain_now(_w3: Any) -> int:
-        return 999 if mined_in_time else 1_001
+    async def wait_past(_w3: Any, deadline: int, *_args: Any) -> None:
+        calls.append(f"wait past {deadline}")
 
     monkeypatch.setattr(flow, "reveal_submission", reveal_submission)
-    monkeypatch.setattr(clock, "chain_now", chain_now)
+    monkeypatch.setattr(clock, "wait_past", wait_past)
     worker = SimpleNamespace(
         w3=None,
         deployment=None,
@@ -186,8 +187,7 @@ async def test_a_commitment_mined_after_its_receipt_timed_out_is_still_revealed(
         events=asyncio.Queue(),
         _upload=None,
     )
-    worker._may_still_commit = lambda deadline: Worker._may_still_commit(worker, deadline)  # type: ignore[arg-type]
     await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
-    assert calls == (["reveal", "reveal"] if mined_in_time else ["reveal"]), calls
+    assert calls == ["reveal", "wait past 1000", "reveal"], calls
     revealed = [] if worker.events.empty() else [worker.events.get_nowait()]
     assert revealed == ([{"event": "revealed", "task": 7, "kind": "train"}] if mined_in_time else []), revealed

@@ -560,8 +560,13 @@ class Worker:
 
     async def _reveal(self, kind: str, task_id: int) -> None:
         backoff = 1.0
+        deadline: int | None = None  # a submission deadline to wait past before the next try
         while True:
             try:
+                if deadline is not None:
+                    await clock.wait_past(
+                        self.w3, deadline, f"task {task_id}'s submission deadline", None, self.account
+                    )
                 if kind == "train":
                     await flow.reveal_submission(
                         self.w3,
@@ -580,11 +585,14 @@ class Worker:
                 self.events.put_nowait({"event": "revealed", "task": task_id, "kind": kind})
                 return
             except flow.NoSubmission as exc:
-                # A commitment whose receipt was not seen in time may still be mined until the deadline.
-                if not await self._may_still_commit(exc.submit_deadline):
+                if deadline is not None:  # none in a block past the deadline: none can be mined any more
                     log.warning("reveal_given_up", task=task_id, kind=kind, error=str(exc))
                     return
-                log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
+                # A commitment whose receipt was not seen in time may still be mined in a block stamped up to
+                # the deadline: once a block is past it, the chain's answer is final.
+                deadline = exc.submit_deadline
+                log.info("reveal_waits", task=task_id, kind=kind, error=str(exc), until=deadline)
+                continue
             except flow.TaskError as exc:  # closed, or no secret: nothing more this worker can do
                 log.warning("reveal_given_up", task=task_id, kind=kind, error=str(exc))
                 return
@@ -598,13 +606,6 @@ class Worker:
                 log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
-
-    async def _may_still_commit(self, submit_deadline: int) -> bool:
-        """Whether the chain's clock has not passed `submit_deadline` (True when it cannot be read now)."""
-        try:
-            return await clock.chain_now(self.w3) <= submit_deadline
-        except (EthmlError, Web3Exception, aiohttp.ClientError, OSError, TimeoutError):
-            return True
 
     def _resume_duties(self) -> None:
         """The reveals a previous run of this worker committed to and did not make (secrets in the data dir)."""
