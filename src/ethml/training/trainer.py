@@ -58,6 +58,16 @@ class Opening:
     claim: int
     salt: str
 
+    @classmethod
+    def of(cls, task: int, secret: dict[str, Any]) -> Opening:
+        """The opening a submission's secret (as `train_and_submit` writes it) holds."""
+        return cls(task, str(secret["model_cid"]), str(secret["sha256"]), int(secret["claim"]), str(secret["salt"]))
+
+    def commitment(self, trainer: str) -> bytes:
+        """The commitment it opens for `trainer`."""
+        sha256, salt = bytes.fromhex(self.sha256), bytes.fromhex(self.salt)
+        return submission_commitment(self.task, trainer, self.model_cid, sha256, self.claim, salt)
+
 
 OnReveal = Callable[[Opening], Awaitable[None]]
 
@@ -216,15 +226,8 @@ async def reveal_submission(
     secret = read_secret(path)
     if secret is None:
         raise TaskError(f"no secret for trainer {trainer.address}'s submission to task {task_id} in {path}")
-    opened = submission_commitment(
-        task_id,
-        trainer.address,
-        str(secret["model_cid"]),
-        bytes.fromhex(secret["sha256"]),
-        int(secret["claim"]),
-        bytes.fromhex(secret["salt"]),
-    )
-    if opened != bytes(submission[5]):  # the commitment
+    opening = Opening.of(task_id, secret)
+    if opening.commitment(trainer.address) != bytes(submission[5]):  # the commitment
         raise TaskError(
             f"the secret in {path} does not open trainer {trainer.address}'s commitment to task {task_id} (one from "
             "another chain with the same address, or another try's salt): it cannot be revealed"
@@ -239,9 +242,7 @@ async def reveal_submission(
         )
     await clock.catch_up(w3, trainer)
     if on_reveal is not None:
-        await on_reveal(
-            Opening(task_id, str(secret["model_cid"]), str(secret["sha256"]), int(secret["claim"]), str(secret["salt"]))
-        )
+        await on_reveal(opening)
     call = tasks.functions.revealSubmission(
         task_id,
         secret["model_cid"],

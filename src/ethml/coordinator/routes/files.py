@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from shutil import disk_usage
 from typing import Any
 
@@ -36,7 +35,7 @@ from ethml.ipfs.gateway import _block as ipfs_block
 from ethml.ipfs.unixfs import MAX_LINKS, build_file, decode_file_node
 from ethml.training.onchain import TaskError, read_struct
 from ethml.training.terms import SCORE_SCALE, min_score_units
-from ethml.training.trainer import submission_commitment
+from ethml.training.trainer import Opening
 
 routes = web.RouteTableDef()
 
@@ -85,18 +84,6 @@ async def post_file(request: web.Request) -> web.Response:
     return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
 
 
-@dataclass(frozen=True)
-class Opening:
-    """What a trainer reveals on chain for its submission to `task`, as the upload's headers carry it."""
-
-    task: int
-    cid_text: str  # as sent, and as committed: the commitment hashes this string
-    cid: CID
-    sha256: bytes
-    claim: int
-    salt: bytes
-
-
 #: The headers of a worker's upload: the opening of its submission's commitment.
 OPENING_HEADERS = {
     "X-Task": "the on-chain id of the task",
@@ -108,8 +95,8 @@ OPENING_HEADERS = {
 _HEX32 = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 
 
-def _opening(request: web.Request) -> Opening:
-    """The opening in a worker's upload headers, each present once and well formed, else 422."""
+def _opening(request: web.Request) -> tuple[Opening, CID]:
+    """The opening in a worker's upload headers, each present once and well formed (else 422), and its CID."""
     values: dict[str, Any] = {}
     for name, what in OPENING_HEADERS.items():
         sent = request.headers.getall(name, [])
@@ -126,14 +113,15 @@ def _opening(request: web.Request) -> Opening:
             values[name] = _PARSERS[name](sent[0])
         except ValueError:
             raise ApiError(422, f"{name} must be {what}", name, close=True) from None
-    return Opening(
+    # The CID as sent: the commitment hashes this string.
+    opening = Opening(
         values["X-Task"],
         request.headers["X-Artifact-Cid"],
-        values["X-Artifact-Cid"],
         values["X-Artifact-Sha256"],
         values["X-Artifact-Claim"],
         values["X-Artifact-Salt"],
     )
+    return opening, values["X-Artifact-Cid"]
 
 
 def _uint(text: str, *, positive: bool = False) -> int:
@@ -142,10 +130,11 @@ def _uint(text: str, *, positive: bool = False) -> int:
     return int(text)
 
 
-def _bytes32(text: str) -> bytes:
+def _hex32(text: str) -> str:
+    """32 bytes in hex, as the trainer's secret holds them (lowercase, no 0x)."""
     if not _HEX32.fullmatch(text):
         raise ValueError(text)
-    return bytes.fromhex(text.removeprefix("0x"))
+    return text.removeprefix("0x").lower()
 
 
 def _cid(text: str) -> CID:
@@ -160,9 +149,9 @@ def _cid(text: str) -> CID:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "X-Task": lambda text: _uint(text, positive=True),
     "X-Artifact-Cid": _cid,
-    "X-Artifact-Sha256": _bytes32,
+    "X-Artifact-Sha256": _hex32,
     "X-Artifact-Claim": _uint,
-    "X-Artifact-Salt": _bytes32,
+    "X-Artifact-Salt": _hex32,
 }
 
 
@@ -177,7 +166,7 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         request.app[UPLOADS],
         request.app[CHAIN],
     )
-    opening = _opening(request)
+    opening, cid = _opening(request)
     doc = await store.task_by_chain_id(opening.task)
     if doc is None:
         raise ApiError(403, f"task {opening.task} is not a task of this coordinator", "X-Task", close=True)
@@ -206,8 +195,7 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         submission = await read_struct(chain.tasks, "getSubmission", opening.task, index - 1)
     except TaskError as exc:  # a revert: not a submission the chain holds (now)
         raise ApiError(403, f"task {opening.task}'s submission by {account}: {exc}", "X-Task", close=True) from None
-    opened = submission_commitment(opening.task, account, opening.cid_text, opening.sha256, opening.claim, opening.salt)
-    if opened != bytes(submission["commitment"]):
+    if opening.commitment(account) != bytes(submission["commitment"]):
         raise ApiError(
             403,
             f"these X-Artifact-* headers do not open {account}'s commitment to task {opening.task}",
@@ -222,10 +210,10 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
     # Stored already (a retry, a restart): this server stored this very opening's file, and it is all still
     # there (blocks this server built and checked, so the walk is short); the body is not read. A block at the
     # CID alone proves nothing: anyone may upload a file whose one block has the digest of an artifact's root.
-    if await store.artifact_stored(opening.task, account) == opening.cid_text:
-        size = await asyncio.to_thread(_held, ipfs.blockstore, opening.cid)
+    if await store.artifact_stored(opening.task, account) == opening.model_cid:
+        size = await asyncio.to_thread(_held, ipfs.blockstore, cid)
         if size is not None:
-            return web.json_response({"cid": opening.cid_text, "size": size}, status=200, headers=_CLOSE)
+            return web.json_response({"cid": opening.model_cid, "size": size}, status=200, headers=_CLOSE)
     uploads.artifacts.add(slot)  # one body at a time per submission (per instance)
     try:
         # Counted before it is read, forgiven once stored: a body that is another file, too large, late or cut
@@ -245,7 +233,7 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         _check_floor(request, len(data), close=False, floor=floor)
         uploads.in_flight += len(data)
         try:
-            differs = await asyncio.to_thread(_add_as, ipfs, data, opening)
+            differs = await asyncio.to_thread(_add_as, ipfs, data, opening, cid)
         except OSError:  # the server's disk, not the worker's body: not counted
             await store.forgive_artifact_body(opening.task, account)
             raise
@@ -255,8 +243,8 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         uploads.artifacts.discard(slot)
     if differs:
         raise ApiError(422, f"the body is not the artifact the commitment names: {differs}")
-    await store.artifact_is_stored(opening.task, account, opening.cid_text)
-    return web.json_response({"cid": opening.cid_text, "size": len(data)}, status=201)
+    await store.artifact_is_stored(opening.task, account, opening.model_cid)
+    return web.json_response({"cid": opening.model_cid, "size": len(data)}, status=201)
 
 
 def _too_many_failed(task: int, account: str, retry: int) -> ApiError:
@@ -289,14 +277,14 @@ def _held(blockstore: Blockstore, cid: CID) -> int | None:
 _CLOSE = {"Connection": "close"}
 
 
-def _add_as(ipfs: IpfsClient, data: bytes, opening: Opening) -> str | None:
-    """Store `data` if it is the opening's artifact (its SHA-256, and its CID when added as a file with the
-    CID's version); else what differs, nothing stored. Hashing 16 MiB takes ~10 ms: in a thread."""
-    if hashlib.sha256(data).digest() != opening.sha256:
+def _add_as(ipfs: IpfsClient, data: bytes, opening: Opening, cid: CID) -> str | None:
+    """Store `data` if it is the opening's artifact (its SHA-256, and `cid`, the opening's, when added as a file
+    with the CID's version); else what differs, nothing stored. Hashing 16 MiB takes ~10 ms: in a thread."""
+    if hashlib.sha256(data).hexdigest() != opening.sha256:
         return "its SHA-256 differs"
-    root, blocks = build_file(data, opening.cid.version)
-    if root != opening.cid:
-        return f"added as a file it is {root}, not {opening.cid_text}"
+    root, blocks = build_file(data, cid.version)
+    if root != cid:
+        return f"added as a file it is {root}, not {opening.model_cid}"
     for block in blocks:
         ipfs.blockstore.put(block.cid, block.data)
     return None
