@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from multidict import CIMultiDict
 
 from ethml.chain import EML, Deployment, dev_account, send
-from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, STORE, UPLOADS
+from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
 from ethml.coordinator.client import import_body, sign_permit, task_body
 from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
@@ -356,7 +356,7 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
         runner, url = await c.start_server()
         app = runner.app
         assert app is not None
-        store, blocks, chain = app[STORE], app[IPFS].blockstore, app[CHAIN]
+        store, blocks, chain, pending = app[STORE], app[IPFS].blockstore, app[CHAIN], app[PENDING].blocks
         key = await c.requester_key()
         status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, await chain_now(c)))
         assert status == 201, created
@@ -382,13 +382,13 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
             return {"X-Worker-Token": who, "X-Task": str(task_id), **sent, **changes}
 
         async def upload(data: bytes, headers: Any, status: int, words: str = "", **kw: Any) -> Any:
-            before = len(blocks)
+            before = len(blocks), len(pending)
             got, reply, _ = await _upload(url, data, headers, **kw)
             assert got == status, (headers, reply)
             if status not in (200, 201):
                 assert words in reply["error"]["message"], reply
             if status != 201:
-                assert len(blocks) == before
+                assert (len(blocks), len(pending)) == before
             return reply
 
         mine, theirs, junk = artifact(3 * 2**20), artifact(2**20), artifact(2**20)
@@ -437,8 +437,8 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
         planted = await upload(dag[-1].data, {"Authorization": f"Bearer {key}"}, 201)
         assert parse_cid(planted["cid"]).digest == parse_cid(mine["X-Artifact-Cid"]).digest
         reply = await upload(data, headers_of(mine, token), 201)
-        assert all(blocks.has(block.cid) for block in dag)
-        assert reply == {"cid": mine["X-Artifact-Cid"], "size": len(data)} and blocks.has(parse_cid(reply["cid"]))
+        assert all(pending.has(block.cid) for block in dag)  # kept apart until the chain decides on its reveal
+        assert reply == {"cid": mine["X-Artifact-Cid"], "size": len(data)} and pending.has(parse_cid(reply["cid"]))
         # Stored already: answered without the body (3 MiB declared, none sent: nothing is read).
         again = [*headers_of(mine, token).items(), ("Content-Length", str(len(data)))]
         assert await upload(b"", again, 200) == reply

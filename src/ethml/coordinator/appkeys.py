@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ethml.coordinator.artifacts import PendingArtifacts
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
 from ethml.coordinator.dispatch import Dispatcher
@@ -28,5 +29,7 @@ TERMS = web.AppKey("terms", TermsDomain)
 RULES = web.AppKey("rules", RulesCache)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 IPFS = web.AppKey("ipfs", IpfsClient)
+#: Workers' model artifacts until the chain decides on their reveal (kept apart from IPFS's blockstore).
+PENDING = web.AppKey("pending", PendingArtifacts)
 #: This instance's uploads accepted and not yet written (counted against the disk's free space).
 UPLOADS = web.AppKey("uploads", Uploads)

@@ -201,9 +201,11 @@ def openapi_document() -> dict[str, Any]:
                     "X-Artifact-Salt (64 hex digits), each once (422 otherwise; read only with a worker's token): "
                     "they must open the "
                     "commitment TrainingTasks holds (403 otherwise) and the body must be that artifact (422 "
-                    "otherwise; after five bodies in an hour not stored, 403 for the rest of it); one upload of a "
+                    "otherwise; after five bodies in an hour not stored, 403 for the rest of it), until the task's "
+                    "reveal window closes (403 after); one upload of a "
                     "submission at a time (409); an artifact this server stored for that submission, every block "
-                    "still there, is answered 200 without its body being read. An upload "
+                    "still there, is answered 200 without its body being read. An artifact is served at once, and "
+                    "kept once the window has closed only if it was revealed. An upload "
                     "that would leave the disk under --min-free-disk MiB free (half of it for an artifact) gets 507.",
                     "security": [{"apiKey": []}, {"workerToken": []}],
                     "requestBody": {

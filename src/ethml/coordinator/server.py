@@ -26,12 +26,14 @@ from ethml.coordinator.appkeys import (
     DISPATCHER,
     IPFS,
     METRICS,
+    PENDING,
     PERMITS,
     RULES,
     STORE,
     TERMS,
     UPLOADS,
 )
+from ethml.coordinator.artifacts import SETTLE_INTERVAL, ArtifactSettler, Layered, PendingArtifacts
 from ethml.coordinator.auth import API_KEYS, KeyCache
 from ethml.coordinator.background import Loops, forever
 from ethml.coordinator.chain import Chain
@@ -123,11 +125,14 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The blockstore (files and the IPFS gateway) and the job dispatcher with its worker sockets."""
+    """The blockstore and the pending artifacts (files and the IPFS gateway, which serves both) and the job
+    dispatcher with its worker sockets."""
     cfg = app[CONFIG]
     blockstore = Blockstore(cfg.data_dir / "blocks")
-    app[BLOCKSTORE] = blockstore
+    pending = PendingArtifacts(cfg.data_dir / "artifacts")
+    app[BLOCKSTORE] = Layered(blockstore, pending.blocks)
     app[IPFS] = IpfsClient(blockstore, IpfsConfig())
+    app[PENDING] = pending
     dispatcher = Dispatcher(
         app[STORE],
         cfg.instance,
@@ -143,7 +148,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The background loops: leader (follower and keeper), dispatch, observer, relayer."""
+    """The background loops: leader (follower and keeper), dispatch, observer, artifacts, relayer."""
     cfg, store, chain, metrics = app[CONFIG], app[STORE], app[CHAIN], app[METRICS]
     dispatcher = app[DISPATCHER]
     loops = Loops()
@@ -152,6 +157,8 @@ async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
     loops.start("leader", forever("leader", cfg.poll_interval, leader.step))
     loops.start("dispatch", forever("dispatch", cfg.poll_interval, dispatcher.run_pass))
     loops.start("observe", forever("observe", 1.0, observer.step))
+    settler = ArtifactSettler(chain, app[PENDING], app[IPFS].blockstore)
+    loops.start("artifacts", forever("artifacts", SETTLE_INTERVAL, settler.step))
     if cfg.relay:
         relayer = Relayer(chain, store, app[IPFS], cfg.instance, idle_timeout=cfg.relay_timeout)
         loops.start("relayer", relayer.run())

@@ -62,7 +62,19 @@ class Blockstore:
             return None
         return data
 
-    def __len__(self) -> int:
+    def remove(self, cid: CID) -> None:
+        """Delete the block (every CID of its multihash: they share one file); nothing when it is absent."""
+        self._path(cid).unlink(missing_ok=True)
+
+    def keys(self) -> set[str]:
+        """The keys (`block_key`) of the blocks stored."""
         if not self.root.exists():
-            return 0
-        return sum(1 for p in self.root.glob("*/*") if not p.name.startswith(".tmp-"))
+            return set()
+        return {p.name for p in self.root.glob("*/*") if not p.name.startswith(".tmp-")}
+
+    def remove_key(self, key: str) -> None:
+        """Delete the block stored under `key` (one of `keys()`)."""
+        (self.root / key[-3:-1] / key).unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.keys())

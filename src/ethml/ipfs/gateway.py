@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from aiohttp import web
+from multiformats import CID
 
 from ethml.errors import IpfsError
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.client import RAW_BLOCK
 
-BLOCKSTORE = web.AppKey("blockstore", Blockstore)
+
+class BlockSource(Protocol):
+    """What the gateway serves from: a blockstore, or several read in turn."""
+
+    def get(self, cid: CID) -> bytes | None: ...
+
+
+BLOCKSTORE = web.AppKey("blockstore", BlockSource)
 
 
 async def _block(request: web.Request) -> web.Response:

@@ -6,9 +6,11 @@ key is not counted). A worker uploads only the model artifact its account commit
 coordinator tracks: the upload carries the opening of the commitment (the artifact's CID and SHA-256,
 the claim, the salt), which must match the commitment TrainingTasks holds for that account, and the
 body must be that very file. So a worker's upload token, which any staked account gets by logging in,
-adds at most one file (of at most MAX_FILE_BYTES) per submission to a tracked task. No upload may leave
-the blockstore's disk with less than its free-space floor; an artifact may use the lower half of it,
-so a requester's uploads cannot keep a trainer from publishing the artifact its bond depends on."""
+adds at most one file (of at most MAX_FILE_BYTES) per submission to a tracked task, and only until the task's
+reveal window closes. An artifact is kept apart until then (`ethml.coordinator.artifacts`): once the window
+has closed it goes into the blockstore if it was revealed and is deleted if not. No upload may leave the
+blockstore's disk with less than its free-space floor; an artifact may use the lower half of it, so a
+requester's uploads cannot keep a trainer from publishing the artifact its bond depends on."""
 
 from __future__ import annotations
 
@@ -22,15 +24,14 @@ from typing import Any
 from aiohttp import web
 from multiformats import CID
 
-from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, STORE, UPLOADS
+from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
+from ethml.coordinator.artifacts import Layered, PendingArtifacts, reveal_closed
 from ethml.coordinator.auth import rate_limit, required
 from ethml.coordinator.edge import ApiError, read_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.uploads import MAX_FAILED_BODIES, MIB, QUOTA_SECONDS
 from ethml.errors import IpfsError
-from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import parse_cid
-from ethml.ipfs.client import IpfsClient
 from ethml.ipfs.gateway import _block as ipfs_block
 from ethml.ipfs.unixfs import MAX_LINKS, build_file, decode_file_node
 from ethml.training.onchain import TaskError, read_struct
@@ -207,11 +208,21 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         raise ApiError(
             409, f"{account}'s artifact for task {opening.task} is being uploaded already", "X-Task", close=True
         )
+    # Past the reveal deadline no reveal can come: an artifact not revealed by then is deleted, not taken again.
+    if await reveal_closed(chain, opening.task, deadline=doc.get("reveal_deadline")):
+        raise ApiError(
+            403,
+            f"task {opening.task}'s reveal window has closed: an artifact is taken only while its submission can "
+            "still be revealed",
+            "X-Task",
+            close=True,
+        )
     # Stored already (a retry, a restart): this server stored this very opening's file, and it is all still
     # there (blocks this server built and checked, so the walk is short); the body is not read. A block at the
     # CID alone proves nothing: anyone may upload a file whose one block has the digest of an artifact's root.
+    pending = request.app[PENDING]
     if await store.artifact_stored(opening.task, account) == opening.model_cid:
-        size = await asyncio.to_thread(_held, ipfs.blockstore, cid)
+        size = await asyncio.to_thread(_held, Layered(ipfs.blockstore, pending.blocks), cid)
         if size is not None:
             return web.json_response({"cid": opening.model_cid, "size": size}, status=200, headers=_CLOSE)
     uploads.artifacts.add(slot)  # one body at a time per submission (per instance)
@@ -233,7 +244,7 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         _check_floor(request, len(data), close=False, floor=floor)
         uploads.in_flight += len(data)
         try:
-            differs = await asyncio.to_thread(_add_as, ipfs, data, opening, cid)
+            differs = await asyncio.to_thread(_add_as, pending, account, data, opening, cid)
         except OSError:  # the server's disk, not the worker's body: not counted
             await store.forgive_artifact_body(opening.task, account)
             raise
@@ -258,7 +269,7 @@ def _too_many_failed(task: int, account: str, retry: int) -> ApiError:
     )
 
 
-def _held(blockstore: Blockstore, cid: CID) -> int | None:
+def _held(blockstore: Layered, cid: CID) -> int | None:
     """The size of the file `cid` names when the blockstore holds every block of it, else None. Called only
     for a file this server built and stored itself: at most one root and its leaves (16 MiB is 64 chunks)."""
     block = blockstore.get(cid)
@@ -277,16 +288,16 @@ def _held(blockstore: Blockstore, cid: CID) -> int | None:
 _CLOSE = {"Connection": "close"}
 
 
-def _add_as(ipfs: IpfsClient, data: bytes, opening: Opening, cid: CID) -> str | None:
-    """Store `data` if it is the opening's artifact (its SHA-256, and `cid`, the opening's, when added as a file
-    with the CID's version); else what differs, nothing stored. Hashing 16 MiB takes ~10 ms: in a thread."""
+def _add_as(pending: PendingArtifacts, account: str, data: bytes, opening: Opening, cid: CID) -> str | None:
+    """Keep `data` as `account`'s pending artifact if it is the opening's (its SHA-256, and `cid`, the opening's,
+    when added as a file with the CID's version); else what differs, nothing stored. Hashing 16 MiB takes
+    ~10 ms: in a thread."""
     if hashlib.sha256(data).hexdigest() != opening.sha256:
         return "its SHA-256 differs"
     root, blocks = build_file(data, cid.version)
     if root != cid:
         return f"added as a file it is {root}, not {opening.model_cid}"
-    for block in blocks:
-        ipfs.blockstore.put(block.cid, block.data)
+    pending.add(opening.task, account, opening.model_cid, ((block.cid, block.data) for block in blocks))
     return None
 
 

@@ -1,0 +1,183 @@
+"""Workers' model artifacts are kept apart until the chain decides on their reveal: once a block past the
+task's reveal deadline is confirmed, a revealed artifact goes into the blockstore and an unrevealed one is
+deleted, and deleting one never takes a block another file needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ethml.chain import dev_account, send
+from ethml.coordinator.appkeys import CHAIN, IPFS, PENDING, STORE
+from ethml.coordinator.artifacts import ArtifactSettler, Manifest, PendingArtifacts
+from ethml.ipfs.blockstore import Blockstore
+from ethml.ipfs.cid import parse_cid
+from ethml.ipfs.unixfs import build_file
+from ethml.training.onchain import read_struct
+from ethml.training.trainer import submission_commitment
+from tests.coordinator.conftest import TRAINERS, coordinator_on
+from tests.coordinator.test_api import _status_is, _upload, _valid
+from tests.coordinator.test_flow import chain_now, travel
+from tests.node.conftest import wait_until
+
+CHUNK = 256 * 1024
+
+
+def _blocks(data: bytes) -> tuple[str, list[tuple[Any, bytes]]]:
+    root, blocks = build_file(data, 1)
+    return str(root), [(block.cid, block.data) for block in blocks]
+
+
+def test_settling_keeps_a_revealed_artifact_and_deletes_only_blocks_no_other_artifact_names(tmp_path: Path) -> None:
+    """Two pending artifacts share a chunk. Deleting the unrevealed one keeps the shared chunk for the other;
+    settling the other as revealed copies every block of it into the blockstore and leaves nothing pending.
+    Settling again does nothing; blocks no manifest names (a crash mid-settle) are deleted, and a manifest
+    written before its blocks (a crash mid-add) is settled with what is there."""
+    pending, store = PendingArtifacts(tmp_path / "artifacts"), Blockstore(tmp_path / "blocks")
+    shared = os.urandom(CHUNK)
+    junk_cid, junk = _blocks(shared + os.urandom(CHUNK))
+    kept_cid, kept = _blocks(os.urandom(CHUNK) + shared)
+    pending.add(7, "0xAA", junk_cid, junk)
+    pending.add(7, "0xbb", kept_cid, kept)
+    assert len(pending.blocks) == 5  # two roots, three distinct chunks
+    assert {(m.task, m.account, m.cid) for m in pending.manifests()} == {(7, "0xaa", junk_cid), (7, "0xbb", kept_cid)}
+
+    junk_manifest, kept_manifest = sorted(pending.manifests(), key=lambda m: m.account)
+    assert pending.settle(junk_manifest, None)
+    assert not pending.settle(junk_manifest, None)  # settled already (another instance on this directory)
+    assert all(pending.blocks.has(cid) for cid, _ in kept)
+    assert not pending.blocks.has(junk[-1][0]) and not pending.blocks.has(junk[1][0])  # its root, its own chunk
+    assert len(store) == 0
+
+    assert pending.settle(kept_manifest, store)
+    assert all(store.get(cid) == data for cid, data in kept)
+    assert len(pending.blocks) == 0 and pending.manifests() == []
+
+    # A crash between a manifest's deletion and its blocks' leaves orphans: deleted at the next start.
+    pending.blocks.put(*junk[0])
+    assert pending.drop_orphans() == 1 and len(pending.blocks) == 0
+    # A crash between a manifest and its blocks: the manifest names blocks that are not all here.
+    cid, blocks = _blocks(os.urandom(3 * CHUNK))
+    pending.add(8, "0xcc", cid, blocks[:2])
+    (manifest,) = pending.manifests()
+    assert manifest.blocks == tuple(str(c) for c, _ in blocks[:2])
+    assert pending.settle(Manifest(8, "0xcc", cid, ()), store)  # the manifest on disk is the one settled
+    assert all(store.has(c) for c, _ in blocks[:2]) and len(pending.blocks) == 0
+
+
+def test_an_unreadable_manifest_is_left_out_and_settling_one_artifact_twice_at_once_settles_it_once(
+    tmp_path: Path,
+) -> None:
+    pending = PendingArtifacts(tmp_path / "artifacts")
+    (tmp_path / "artifacts" / "manifests").mkdir(parents=True)
+    for name, text in (("1-0xaa.json", "{"), ("2-0xaa.json", json.dumps({"task": 2})), ("3-0xaa.json", "[]")):
+        (tmp_path / "artifacts" / "manifests" / name).write_text(text)
+    cid, blocks = _blocks(os.urandom(2 * CHUNK))
+    pending.add(4, "0xdd", cid, blocks)
+    (manifest,) = pending.manifests()
+    results: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def settle() -> None:
+        barrier.wait()
+        results.append(PendingArtifacts(tmp_path / "artifacts").settle(manifest, None))
+
+    threads = [threading.Thread(target=settle) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == [False, False, False, True] and len(pending.blocks) == 0
+
+
+async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_takes_no_block_another_file_needs(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """The attack: a sybil trainer commits to a requester's public dataset as its artifact, uploads it, and
+    never reveals, to fill the disk, or to have the coordinator delete the dataset's blocks with it. Until the
+    window closes its artifact is pending (and served); once a confirmed block is past the reveal deadline it
+    is deleted from the pending store only: every block of the dataset is still served. The honest trainer's
+    revealed artifact goes into the blockstore. An upload after the window is refused, whoever sends it."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, url = await c.start_server()
+        app = runner.app
+        assert app is not None
+        store, chain, blocks, pending = app[STORE], app[CHAIN], app[IPFS].blockstore, app[PENDING]
+        key = await c.requester_key()
+        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, await chain_now(c)))
+        assert status == 201, created
+        await wait_until(lambda: _status_is(c, created["id"], "open", url), timeout=60, what="relayed")
+        doc = await store.task(created["id"])
+        assert doc is not None
+        task = doc["chain_task_id"]
+
+        dataset = os.urandom(3 * CHUNK + 1000)
+        status, stored, _ = await _upload(url, dataset, {"Authorization": f"Bearer {key}"})
+        assert status == 201, stored
+        dataset_cid, dataset_blocks = _blocks(dataset)
+        assert stored["cid"] == dataset_cid
+
+        honest, sybil = dev_account(TRAINERS[0]), dev_account(TRAINERS[1])
+        model = os.urandom(2 * CHUNK)
+        openings: dict[str, dict[str, str]] = {}
+        for who, data in ((honest, model), (sybil, dataset)):
+            opening = {
+                "X-Task": str(task),
+                "X-Artifact-Cid": str(build_file(data, 1)[0]),
+                "X-Artifact-Sha256": hashlib.sha256(data).hexdigest(),
+                "X-Artifact-Claim": "900000",
+                "X-Artifact-Salt": os.urandom(32).hex(),
+            }
+            commitment = submission_commitment(
+                task, who.address, opening["X-Artifact-Cid"], bytes.fromhex(opening["X-Artifact-Sha256"]), 900_000,
+                bytes.fromhex(opening["X-Artifact-Salt"]),
+            )  # fmt: skip
+            await send(chain.w3, who, chain.tasks.functions.commitSubmission(task, commitment))
+            openings[who.address] = {"X-Worker-Token": await store.new_upload_token(who.address), **opening}
+        assert openings[sybil.address]["X-Artifact-Cid"] == dataset_cid
+
+        t = await read_struct(chain.tasks, "getTask", task)
+        await travel(c, int(t["submitDeadline"]) - await chain_now(c) + 1)  # the reveal window
+        for who, data in ((honest, model), (sybil, dataset)):
+            status, reply, _ = await _upload(url, data, openings[who.address])
+            assert status == 201, reply
+        assert {m.account for m in pending.manifests()} == {honest.address.lower(), sybil.address.lower()}
+        _, model_blocks = _blocks(model)
+        assert not any(blocks.has(cid) for cid, _ in model_blocks)  # pending: not in the blockstore yet ...
+        await _served(url, model_blocks)  # ... and served all the same
+        h = openings[honest.address]
+        reveal = chain.tasks.functions.revealSubmission(
+            task, h["X-Artifact-Cid"], bytes.fromhex(h["X-Artifact-Sha256"]), 900_000,
+            bytes.fromhex(h["X-Artifact-Salt"]),
+        )  # fmt: skip
+        await send(chain.w3, honest, reveal)
+
+        settler = ArtifactSettler(chain, pending, blocks)
+        await settler.step()  # the window is open: nothing is decided
+        assert len(pending.manifests()) == 2
+
+        await travel(c, int(t["revealDeadline"]) - await chain_now(c) + 1)
+        await settler.step()
+        assert pending.manifests() == [] and len(pending.blocks) == 0
+        assert all(blocks.get(cid) == data for cid, data in model_blocks)  # revealed: in the blockstore for good
+        assert all(blocks.get(cid) == data for cid, data in dataset_blocks)  # the dataset lost nothing
+        await _served(url, model_blocks + dataset_blocks)
+
+        for who, data in ((sybil, dataset), (honest, model)):
+            status, reply, _ = await _upload(url, data, openings[who.address])
+            assert status == 403 and "reveal window has closed" in reply["error"]["message"], reply
+        assert pending.manifests() == [] and len(pending.blocks) == 0
+
+
+async def _served(url: str, blocks: list[tuple[Any, bytes]]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for cid, data in blocks:
+            async with session.get(f"{url}/ipfs/{cid}?format=raw") as response:
+                assert response.status == 200 and await response.read() == data, cid
+                assert parse_cid(response.headers["X-Ipfs-Roots"]) == cid
