@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from structlog.testing import capture_logs
 
 from ethml.chain import dev_account, send
 from ethml.coordinator.appkeys import CHAIN, IPFS, PENDING, STORE
-from ethml.coordinator.artifacts import ArtifactSettler, Manifest, PendingArtifacts
+from ethml.coordinator.artifacts import SETTLE_GRACE, ArtifactSettler, Manifest, PendingArtifacts, UnreadableManifest
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.unixfs import build_file
@@ -37,63 +39,96 @@ def _blocks(data: bytes) -> tuple[str, list[tuple[Any, bytes]]]:
 def test_settling_keeps_a_revealed_artifact_and_deletes_only_blocks_no_other_artifact_names(tmp_path: Path) -> None:
     """Two pending artifacts share a chunk. Deleting the unrevealed one keeps the shared chunk for the other;
     settling the other as revealed copies every block of it into the blockstore and leaves nothing pending.
-    Settling again does nothing; blocks no manifest names (a crash mid-settle) are deleted, and a manifest
-    written before its blocks (a crash mid-add) is settled with what is there."""
+    Settling again does nothing; blocks no manifest names (a crash mid-settle) and half-written manifests are
+    deleted at the next start, and a manifest written before its blocks (a crash mid-add) is settled with what
+    is there, the missing blocks logged."""
     pending, store = PendingArtifacts(tmp_path / "artifacts"), Blockstore(tmp_path / "blocks")
     shared = os.urandom(CHUNK)
     junk_cid, junk = _blocks(shared + os.urandom(CHUNK))
     kept_cid, kept = _blocks(os.urandom(CHUNK) + shared)
-    pending.add(7, "0xAA", junk_cid, junk)
-    pending.add(7, "0xbb", kept_cid, kept)
+    pending.add(7, "0x" + "AA" * 20, junk_cid, junk)
+    pending.add(7, "0x" + "bb" * 20, kept_cid, kept)
     assert len(pending.blocks) == 5  # two roots, three distinct chunks
-    assert {(m.task, m.account, m.cid) for m in pending.manifests()} == {(7, "0xaa", junk_cid), (7, "0xbb", kept_cid)}
+    assert {(m.task, m.account, m.cid) for m in pending.manifests()} == {
+        (7, "0x" + "aa" * 20, junk_cid),
+        (7, "0x" + "bb" * 20, kept_cid),
+    }
 
     junk_manifest, kept_manifest = sorted(pending.manifests(), key=lambda m: m.account)
-    assert pending.settle(junk_manifest, None)
-    assert not pending.settle(junk_manifest, None)  # settled already (another instance on this directory)
+    assert pending.settle([(junk_manifest, False)], store) == [junk_manifest]
+    assert pending.settle([(junk_manifest, False)], store) == []  # settled already (another instance)
     assert all(pending.blocks.has(cid) for cid, _ in kept)
     assert not pending.blocks.has(junk[-1][0]) and not pending.blocks.has(junk[1][0])  # its root, its own chunk
     assert len(store) == 0
 
-    assert pending.settle(kept_manifest, store)
+    assert pending.settle([(kept_manifest, True)], store) == [kept_manifest]
     assert all(store.get(cid) == data for cid, data in kept)
     assert len(pending.blocks) == 0 and pending.manifests() == []
 
-    # A crash between a manifest's deletion and its blocks' leaves orphans: deleted at the next start.
+    # A crash between a manifest's deletion and its blocks' leaves orphans, one between writing a manifest and
+    # renaming it a .tmp- file: both deleted at the next start.
     pending.blocks.put(*junk[0])
+    (tmp_path / "artifacts" / "manifests" / f".tmp-9-0x{'cc' * 20}.json").write_text("{")
     assert pending.drop_orphans() == 1 and len(pending.blocks) == 0
+    assert list((tmp_path / "artifacts" / "manifests").iterdir()) == []
     # A crash between a manifest and its blocks: the manifest names blocks that are not all here.
     cid, blocks = _blocks(os.urandom(3 * CHUNK))
-    pending.add(8, "0xcc", cid, blocks[:2])
+    pending.add(8, "0x" + "cc" * 20, cid, blocks[:2])
     (manifest,) = pending.manifests()
     assert manifest.blocks == tuple(str(c) for c, _ in blocks[:2])
-    assert pending.settle(Manifest(8, "0xcc", cid, ()), store)  # the manifest on disk is the one settled
-    assert all(store.has(c) for c, _ in blocks[:2]) and len(pending.blocks) == 0
+    for c, _ in blocks[1:2]:
+        pending.blocks.remove(c)
+    with capture_logs() as logs:
+        assert pending.settle([(manifest, True)], store) == [manifest]
+    assert store.has(blocks[0][0]) and len(pending.blocks) == 0
+    assert [e["missing"] for e in logs if e["event"] == "artifact_kept_incomplete"] == [[str(blocks[1][0])]]
 
 
-def test_an_unreadable_manifest_is_left_out_and_settling_one_artifact_twice_at_once_settles_it_once(
+def test_a_damaged_manifest_is_set_aside_and_settling_one_artifact_twice_at_once_settles_it_once(
     tmp_path: Path,
 ) -> None:
+    """A manifest whose content is not one (damaged, edited by hand, named for another submission) is moved
+    aside with a warning; one that cannot be read now stops the turn (nothing settled on a partial view). Four
+    threads settling the same artifact at once settle it once."""
     pending = PendingArtifacts(tmp_path / "artifacts")
-    (tmp_path / "artifacts" / "manifests").mkdir(parents=True)
-    for name, text in (("1-0xaa.json", "{"), ("2-0xaa.json", json.dumps({"task": 2})), ("3-0xaa.json", "[]")):
-        (tmp_path / "artifacts" / "manifests" / name).write_text(text)
+    folder = tmp_path / "artifacts" / "manifests"
+    folder.mkdir(parents=True)
     cid, blocks = _blocks(os.urandom(2 * CHUNK))
-    pending.add(4, "0xdd", cid, blocks)
-    (manifest,) = pending.manifests()
-    results: list[bool] = []
+    pending.add(4, "0x" + "dd" * 20, cid, blocks)
+    good = json.loads((folder / f"4-0x{'dd' * 20}.json").read_text())
+    damaged = {
+        "1": "{",
+        "2": json.dumps({"task": 2}),
+        "3": "[]",
+        "5": json.dumps({**good, "task": 5, "keys": ["../../etc/passwd"]}),
+        "6": json.dumps(good),  # task 4's manifest under task 6's name
+    }
+    for task, text in damaged.items():
+        (folder / f"{task}-0x{'aa' * 20}.json").write_text(text)
+    with capture_logs() as logs:
+        (manifest,) = pending.manifests()
+    assert sum(e["event"] == "artifact_manifest_unreadable" for e in logs) == 5
+    assert sorted(p.name for p in (tmp_path / "artifacts" / "unreadable").iterdir()) == sorted(
+        f"{task}-0x{'aa' * 20}.json" for task in damaged
+    )
+    (folder / f"7-0x{'aa' * 20}.json").mkdir()  # read_text raises IsADirectoryError, an OSError
+    with pytest.raises(UnreadableManifest):
+        pending.manifests()
+    (folder / f"7-0x{'aa' * 20}.json").rmdir()
+
+    results: list[list[Manifest]] = []
     barrier = threading.Barrier(4)
 
     def settle() -> None:
         barrier.wait()
-        results.append(PendingArtifacts(tmp_path / "artifacts").settle(manifest, None))
+        results.append(PendingArtifacts(tmp_path / "artifacts").settle([(manifest, False)], Blockstore(tmp_path / "b")))
 
     threads = [threading.Thread(target=settle) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(results) == [False, False, False, True] and len(pending.blocks) == 0
+    assert sorted(map(len, results)) == [0, 0, 0, 1] and len(pending.blocks) == 0
 
 
 async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_takes_no_block_another_file_needs(
@@ -162,7 +197,11 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
         await settler.step()  # the window is open: nothing is decided
         assert len(pending.manifests()) == 2
 
+        # Past the deadline, but not by SETTLE_GRACE (a reorg could still drop a reveal): nothing is decided.
         await travel(c, int(t["revealDeadline"]) - await chain_now(c) + 1)
+        await settler.step()
+        assert len(pending.manifests()) == 2
+        await travel(c, SETTLE_GRACE)
         await settler.step()
         assert pending.manifests() == [] and len(pending.blocks) == 0
         assert all(blocks.get(cid) == data for cid, data in model_blocks)  # revealed: in the blockstore for good

@@ -11,11 +11,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from ethml.coordinator.worker import Worker
 from ethml.errors import EthmlError
 from ethml.training import clock, flow, trainer
-from ethml.training.onchain import NoSubmission, secret_file, write_secret
+from ethml.training.onchain import NoSubmission, TaskError, read_secret, secret_file, write_secret
 from ethml.training.trainer import Opening, submission_commitment
 
 
@@ -191,3 +192,83 @@ async def test_a_commitment_mined_after_its_receipt_timed_out_is_still_revealed(
     assert calls == ["reveal", "wait past 1000", "reveal"], calls
     revealed = [] if worker.events.empty() else [worker.events.get_nowait()]
     assert revealed == ([{"event": "revealed", "task": 7, "kind": "train"}] if mined_in_time else []), revealed
+
+
+GOOD_SECRETS = {
+    "submission": {"task": 7, "model_cid": "bafkreiartifact", "sha256": "33" * 32, "claim": 900_000, "salt": "44" * 32},
+    "scores": {"task": 7, "unusable": False, "scores": [900_000, 0], "salt": "44" * 32, "problem": None},
+    "test-set": {"task": 7, "test_cid": "bafkreitestset", "salt": "44" * 32},
+}
+MALFORMED = [
+    ("submission", "salt", ...),
+    ("submission", "salt", "44" * 31),
+    ("submission", "sha256", "zz" * 32),
+    ("submission", "claim", "900000"),
+    ("submission", "claim", True),
+    ("submission", "model_cid", ""),
+    ("scores", "scores", [1, "2"]),
+    ("scores", "scores", [-1]),
+    ("scores", "unusable", 0),
+    ("scores", "salt", None),
+    ("test-set", "test_cid", 5),
+    ("test-set", "salt", ...),
+]
+
+
+@pytest.mark.parametrize(("kind", "field", "value"), MALFORMED)
+def test_a_secret_lacking_or_holding_a_malformed_field_is_refused_by_name(
+    tmp_path: Path, kind: str, field: str, value: Any
+) -> None:
+    """A secret file edited by hand, or written by another program: reading it names the file and the field
+    (a TaskError, which ends a reveal with that message), never a KeyError or a ValueError from deep in the
+    reveal. A well-formed one of each kind reads as written; no file, or no JSON, is no secret."""
+    deployment = SimpleNamespace(chain_id=31337, training="0x" + "22" * 20)
+    path = secret_file(tmp_path, deployment, kind, 7, "0x" + "11" * 20)  # type: ignore[arg-type]
+    write_secret(path, GOOD_SECRETS[kind])
+    assert read_secret(path) == GOOD_SECRETS[kind]
+    bad = {k: v for k, v in GOOD_SECRETS[kind].items() if k != field}
+    if value is not ...:
+        bad[field] = value
+    write_secret(path, bad)
+    problem = "lacks" if value is ... else "holds a malformed"
+    with pytest.raises(TaskError, match=f"the {kind} secret in .* {problem} '{field}': it cannot be revealed"):
+        read_secret(path)
+    path.write_text("{")
+    assert read_secret(path) is None and read_secret(tmp_path / "none.json") is None
+
+
+async def test_a_malformed_secret_ends_the_owed_reveal_with_its_reason_and_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer's owed reveal whose secret lacks its salt: before, a KeyError ended the background task
+    without a word; now the reveal is given up with the file named, nothing uploaded or sent."""
+    address = "0x" + "11" * 20
+    deployment = SimpleNamespace(chain_id=31337, training="0x" + "22" * 20)
+    path = secret_file(tmp_path, deployment, "submission", 7, address)  # type: ignore[arg-type]
+    write_secret(path, {k: v for k, v in GOOD_SECRETS["submission"].items() if k != "salt"})
+    sent: list[Any] = []
+
+    async def read_task(*_args: Any, **_kwargs: Any) -> Any:
+        return SimpleNamespace(submit_deadline=1_000, reveal_deadline=2_000, min_score=0)
+
+    async def upload(opening: Opening) -> None:
+        sent.append(opening)
+
+    on_chain = (address, 900_000, 0, False, 0, b"\x55" * 32, b"\x33" * 32, "bafkreiartifact")
+    functions = SimpleNamespace(submissionOf=lambda *_args: _Call(1), getSubmission=lambda *_args: _Call(on_chain))
+    monkeypatch.setattr(trainer, "read_task", read_task)
+    monkeypatch.setattr(trainer, "require_open", lambda _task: None)
+    monkeypatch.setattr(trainer, "training", lambda *_args: SimpleNamespace(functions=functions))
+    worker = SimpleNamespace(
+        w3=None,
+        deployment=deployment,
+        account=SimpleNamespace(address=address),
+        config=SimpleNamespace(data_dir=tmp_path),
+        events=asyncio.Queue(),
+        _upload=upload,
+    )
+    with capture_logs() as logs:
+        await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
+    given_up = [entry for entry in logs if entry["event"] == "reveal_given_up"]
+    assert len(given_up) == 1 and "lacks 'salt': it cannot be revealed" in given_up[0]["error"], logs
+    assert sent == [] and worker.events.empty()

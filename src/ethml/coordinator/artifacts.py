@@ -3,10 +3,10 @@
 A worker uploads its artifact right before it reveals, and until the task's reveal window has closed nobody
 knows whether it will: a sybil may commit to junk, upload it and never reveal, losing one bond. So a worker's
 artifact is kept here first, in a blockstore of its own with one manifest per submission naming its blocks,
-and the gateway serves it from here as from the blockstore. Once a block past the task's reveal deadline is
-confirmed, no reveal can come any more and the chain has decided: a revealed artifact's blocks are copied
-into the blockstore for good, and an unrevealed one's are deleted (`ArtifactSettler`, on every instance, for
-its own data directory).
+and the gateway serves it from here as from the blockstore. Once a confirmed block is past the task's reveal
+deadline by SETTLE_GRACE, no reveal can come any more, nor a reorg undo one: the chain has decided, as that
+block shows it. A revealed artifact's blocks are copied into the blockstore for good, and an unrevealed one's
+are deleted (`ArtifactSettler`, on every instance, for its own data directory).
 
 Nothing is ever deleted from the blockstore itself: a junk artifact made of another file's chunks (a public
 dataset's, say) is deleted only from its own copy here, so it cannot take a block some other file needs. Two
@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,6 @@ from eth_utils.address import to_checksum_address
 from multiformats import CID
 
 from ethml.coordinator.chain import Chain
-from ethml.errors import IpfsError
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import block_key, parse_cid
 from ethml.training.onchain import TaskError, read_struct
@@ -39,19 +40,29 @@ log = structlog.get_logger("ethml.coordinator")
 
 #: How often each instance looks for artifacts whose task's reveal window has closed (seconds).
 SETTLE_INTERVAL = 30.0
+#: How far past a task's reveal deadline (chain time) the confirmed block must be before its artifacts are
+#: settled: longer than any reorg (mainnet finalizes in about 13 minutes), so a reveal mined in the last slot
+#: and dropped by a short reorg for a moment is not taken for one never made. Until then the artifact is served.
+SETTLE_GRACE = 900
+
+_KEY = re.compile(r"[a-z2-7]{10,120}")  # a block key: a multihash in lowercase base32, no padding
+_NAME = re.compile(r"(\d{1,20})-(0x[0-9a-f]{40})\.json")
+
+
+class UnreadableManifest(Exception):
+    """A manifest file could not be read now (the disk, the process's files): nothing is settled this turn."""
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """The artifact of `account`'s submission to on-chain task `task`: its CID as committed, and every block."""
+    """The artifact of `account`'s submission to on-chain task `task`: its CID as committed, and each of its
+    blocks' CID and key (`block_key`, what the pending store files it under)."""
 
     task: int
     account: str  # lowercase
     cid: str
     blocks: tuple[str, ...]
-
-    def block_keys(self) -> set[str]:
-        return {block_key(parse_cid(text)) for text in self.blocks}
+    keys: frozenset[str]
 
 
 class PendingArtifacts:
@@ -61,6 +72,7 @@ class PendingArtifacts:
         self.root = root
         self.blocks = Blockstore(root / "blocks")
         self._manifests = root / "manifests"
+        self._unreadable = root / "unreadable"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -77,7 +89,13 @@ class PendingArtifacts:
         included). The manifest is written before the blocks: a crash in between leaves a manifest naming blocks
         that are not all here (settling takes what is here), never a block that no manifest names."""
         blocks = list(blocks)
-        manifest = {"task": task, "account": account.lower(), "cid": cid, "blocks": [str(c) for c, _ in blocks]}
+        manifest = {
+            "task": task,
+            "account": account.lower(),
+            "cid": cid,
+            "blocks": [str(c) for c, _ in blocks],
+            "keys": [block_key(c) for c, _ in blocks],
+        }
         path = self._path(task, account)
         with self._locked():
             tmp = path.with_name(f".tmp-{path.name}")
@@ -87,63 +105,108 @@ class PendingArtifacts:
                 self.blocks.put(block_cid, data)
 
     def manifests(self) -> list[Manifest]:
-        """Every artifact kept here (a manifest that cannot be read is logged and left out)."""
+        """Every artifact kept here. A manifest whose content is not one (a file damaged or edited by hand) is
+        moved to `unreadable/` with a warning, its blocks no longer held by it; one that cannot be read now (an
+        OSError) raises UnreadableManifest, so that nothing is settled on a partial view."""
         if not self._manifests.exists():
             return []
         found = []
-        for path in sorted(self._manifests.glob("*.json")):
-            manifest = _read(path)
-            if manifest is not None:
+        for path in sorted(self._manifests.iterdir()):
+            if not _NAME.fullmatch(path.name):
+                continue  # a manifest being written (.tmp-*), or not ours
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue  # settled meanwhile (by another instance on this directory)
+            except OSError as exc:
+                raise UnreadableManifest(f"{path}: {exc}") from exc
+            manifest = _parse(text, path.name)
+            if manifest is None:
+                self._set_aside(path)
+            else:
                 found.append(manifest)
         return found
 
-    def settle(self, manifest: Manifest, into: Blockstore | None) -> bool:
-        """The chain has decided on `manifest`'s submission: copy its blocks into `into` (revealed) or not
-        (`None`: never revealed), then delete the manifest and every block of it that no other manifest names.
-        False when it was settled already (by another instance sharing this directory)."""
-        path = self._path(manifest.task, manifest.account)
+    def _set_aside(self, path: Path) -> None:
+        log.warning("artifact_manifest_unreadable", file=str(path), moved_to=str(self._unreadable))
+        self._unreadable.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.replace(self._unreadable / path.name)
+
+    def settle(self, decisions: Iterable[tuple[Manifest, bool]], into: Blockstore) -> list[Manifest]:
+        """The chain has decided on these submissions: for each (manifest, kept), copy a kept artifact's blocks
+        into `into`, then delete the manifest and every block of it that no other manifest names; the manifests
+        settled (not those settled already, by another instance sharing this directory). Under the lock, the
+        manifests read once."""
+        settled = []
         with self._locked():
-            current = _read(path) if path.exists() else None
-            if current is None:
-                return False
-            if into is not None:
-                for text in current.blocks:
-                    cid = parse_cid(text)
-                    data = self.blocks.get(cid)
-                    if data is not None:
-                        into.put(cid, data)
-            named = {key for other in self.manifests() if other != current for key in other.block_keys()}
-            path.unlink()
-            for key in current.block_keys() - named:
-                self.blocks.remove_key(key)
-            return True
+            current = {(m.task, m.account): m for m in self.manifests()}
+            held: Counter[str] = Counter(key for m in current.values() for key in m.keys)
+            for manifest, kept in decisions:
+                found = current.pop((manifest.task, manifest.account), None)
+                if found is None:
+                    continue
+                if kept:
+                    missing = self._copy(found, into)
+                    if missing:
+                        log.warning("artifact_kept_incomplete", task=found.task, trainer=found.account, missing=missing)
+                self._path(found.task, found.account).unlink()
+                held.subtract(found.keys)
+                for key in found.keys:
+                    if held[key] <= 0:
+                        self.blocks.remove_key(key)
+                settled.append(found)
+        return settled
+
+    def _copy(self, manifest: Manifest, into: Blockstore) -> list[str]:
+        """Copy the manifest's blocks into `into`; the CIDs of those neither here nor there."""
+        missing = []
+        for text in manifest.blocks:
+            cid = parse_cid(text)
+            data = self.blocks.get(cid)
+            if data is not None:
+                into.put(cid, data)
+            elif not into.has(cid):
+                missing.append(text)
+        return missing
 
     def drop_orphans(self) -> int:
         """Delete the blocks that no manifest names (left by a crash between a manifest's deletion and its
-        blocks'); how many. Under the lock, so a manifest being written, which comes before its blocks, is seen."""
+        blocks') and manifests left half-written; how many blocks. Under the lock, so a manifest being
+        written, which comes before its blocks, is seen."""
         with self._locked():
-            named = {key for manifest in self.manifests() for key in manifest.block_keys()}
+            for tmp in self._manifests.glob(".tmp-*"):
+                tmp.unlink(missing_ok=True)
+            named = {key for manifest in self.manifests() for key in manifest.keys}
             orphans = self.blocks.keys() - named
             for key in orphans:
                 self.blocks.remove_key(key)
             return len(orphans)
 
 
-def _read(path: Path) -> Manifest | None:
+def _parse(text: str, name: str) -> Manifest | None:
+    """The manifest in a file's text, each field checked (block keys against their pattern; the CIDs are
+    parsed only when an artifact is kept), and its name matching its task and account; None if it is not one."""
     try:
-        raw = json.loads(path.read_text())
-        manifest = Manifest(int(raw["task"]), str(raw["account"]), str(raw["cid"]), tuple(map(str, raw["blocks"])))
-        manifest.block_keys()  # every block a CID
-    except FileNotFoundError:
+        raw = json.loads(text)
+        manifest = Manifest(
+            int(raw["task"]),
+            str(raw["account"]),
+            str(raw["cid"]),
+            tuple(str(b) for b in raw["blocks"]),
+            frozenset(str(k) for k in raw["keys"]),
+        )
+    except (ValueError, KeyError, TypeError):
         return None
-    except (OSError, ValueError, KeyError, TypeError, IpfsError) as exc:
-        log.warning("artifact_manifest_unreadable", file=str(path), error=str(exc))
+    if name != f"{manifest.task}-{manifest.account}.json" or not all(_KEY.fullmatch(k) for k in manifest.keys):
         return None
     return manifest
 
 
 class Layered:
-    """Blockstores read in turn: the blockstore, then the pending artifacts (what the gateway serves)."""
+    """Blockstores read in turn: the blockstore, then the pending artifacts (what the gateway serves). A block
+    missed in both is looked for in the first once more: settling copies into the blockstore before it deletes
+    from the pending store, so one that moved in between is found there."""
 
     def __init__(self, *stores: Blockstore) -> None:
         self.stores = stores
@@ -153,35 +216,38 @@ class Layered:
             data = store.get(cid)
             if data is not None:
                 return data
-        return None
+        return self.stores[0].get(cid) if len(self.stores) > 1 else None
 
     def has(self, cid: CID) -> bool:
-        return any(store.has(cid) for store in self.stores)
+        return any(store.has(cid) for store in self.stores) or self.stores[0].has(cid)
 
 
 async def reveal_closed(
-    chain: Chain, task: int, *, block: int | Literal["latest"] = "latest", deadline: int | None = None
+    chain: Chain, task: int, *, block: int | Literal["latest"] = "latest", deadline: int | None = None, grace: int = 0
 ) -> bool:
     """Whether `block` (a number, or "latest") is past task `task`'s reveal deadline (`deadline` when known: it
-    never changes): no reveal can be mined after it (block timestamps only grow, and the contract refuses a
-    reveal after the deadline)."""
+    never changes) by more than `grace` seconds: no reveal can be mined after the deadline (block timestamps
+    only grow, and the contract refuses a reveal after it)."""
     if deadline is None:
-        deadline = int((await read_struct(chain.tasks, "getTask", task))["revealDeadline"])
-    return int((await chain.w3.eth.get_block(block))["timestamp"]) > deadline
+        deadline = int((await read_struct(chain.tasks, "getTask", task, block=None))["revealDeadline"])
+    return int((await chain.w3.eth.get_block(block))["timestamp"]) > deadline + grace
 
 
-async def revealed_as(chain: Chain, task: int, account: str) -> str | None:
-    """The model CID `account` revealed in task `task`, or None (no submission, or one not revealed)."""
-    index = int(await chain.tasks.functions.submissionOf(task, to_checksum_address(account)).call())
+async def revealed_as(chain: Chain, task: int, account: str, block: int) -> str | None:
+    """The model CID `account` had revealed in task `task` as of `block`, or None (no submission, or one not
+    revealed)."""
+    call = chain.tasks.functions.submissionOf(task, to_checksum_address(account))
+    index = int(await call.call(block_identifier=block))
     if index == 0:
         return None
-    submission = await read_struct(chain.tasks, "getSubmission", task, index - 1)
+    submission = await read_struct(chain.tasks, "getSubmission", task, index - 1, block=block)
     return str(submission["modelCid"]) if submission["revealed"] else None
 
 
 class ArtifactSettler:
-    """Settles the pending artifacts whose task's reveal window has closed, a confirmed block past its deadline:
-    a revealed one goes into the blockstore, an unrevealed one is deleted (see the module)."""
+    """Settles the pending artifacts whose task's reveal window has closed, a confirmed block past its deadline
+    by SETTLE_GRACE: one revealed as of that block goes into the blockstore, any other is deleted (see the
+    module)."""
 
     def __init__(self, chain: Chain, pending: PendingArtifacts, blockstore: Blockstore) -> None:
         self.chain, self.pending, self.blockstore = chain, pending, blockstore
@@ -198,17 +264,22 @@ class ArtifactSettler:
             return
         confirmed = max(0, await self.chain.confirmed_head())
         closed: dict[int, bool] = {}
+        decisions: list[tuple[Manifest, bool]] = []
         for manifest in manifests:
             if manifest.task not in closed:
                 try:
-                    closed[manifest.task] = await reveal_closed(self.chain, manifest.task, block=confirmed)
+                    closed[manifest.task] = await reveal_closed(
+                        self.chain, manifest.task, block=confirmed, grace=SETTLE_GRACE
+                    )
                 except TaskError as exc:  # not a task this chain knows (a wrong RPC?): kept, nothing decided
                     log.warning("artifact_task_unknown", task=manifest.task, error=str(exc))
                     closed[manifest.task] = False
-            if not closed[manifest.task]:
-                continue
-            revealed = await revealed_as(self.chain, manifest.task, manifest.account)
-            kept = revealed == manifest.cid
-            if await asyncio.to_thread(self.pending.settle, manifest, self.blockstore if kept else None):
-                fields: dict[str, Any] = {"task": manifest.task, "trainer": manifest.account, "cid": manifest.cid}
-                log.info("artifact_kept" if kept else "artifact_deleted", **fields)
+            if closed[manifest.task]:
+                revealed = await revealed_as(self.chain, manifest.task, manifest.account, confirmed)
+                decisions.append((manifest, revealed == manifest.cid))
+        if not decisions:
+            return
+        kept = {(m.task, m.account): keep for m, keep in decisions}
+        for manifest in await asyncio.to_thread(self.pending.settle, decisions, self.blockstore):
+            fields: dict[str, Any] = {"task": manifest.task, "trainer": manifest.account, "cid": manifest.cid}
+            log.info("artifact_kept" if kept[(manifest.task, manifest.account)] else "artifact_deleted", **fields)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,9 +250,39 @@ def write_secret(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _hex32(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def _scores(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+#: What each kind of secret (the start of its file's name) must hold for its reveal, each field checked.
+SECRET_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "submission": {
+        "model_cid": lambda v: isinstance(v, str) and 0 < len(v) <= 128,
+        "sha256": _hex32,
+        "claim": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "salt": _hex32,
+    },
+    "scores": {"unusable": lambda v: isinstance(v, bool), "scores": _scores, "salt": _hex32},
+    "test-set": {"test_cid": lambda v: isinstance(v, str) and 0 < len(v) <= 128, "salt": _hex32},
+}
+
+
 def read_secret(path: Path) -> dict[str, Any] | None:
+    """The secret in `path`, or None when there is none (no file, or not JSON). One that lacks a field its
+    reveal needs, or holds it malformed, raises a TaskError naming the file: it cannot be revealed (a file
+    edited by hand, or written by another program), and retrying would not change that."""
+    data = None
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            return data
-    return None
+    if not isinstance(data, dict):
+        return None
+    kind = next((k for k in SECRET_FIELDS if path.name.startswith(f"{k}-")), None)
+    for name, check in SECRET_FIELDS.get(kind or "", {}).items():
+        if name not in data or not check(data[name]):
+            problem = "lacks" if name not in data else "holds a malformed"
+            raise TaskError(f"the {kind} secret in {path} {problem} {name!r}: it cannot be revealed")
+    return data
