@@ -97,17 +97,26 @@ def test_a_damaged_manifest_is_set_aside_and_settling_one_artifact_twice_at_once
     pending.add(4, "0x" + "dd" * 20, cid, blocks)
     good = json.loads((folder / f"4-0x{'dd' * 20}.json").read_text())
     damaged = {
-        "1": "{",
-        "2": json.dumps({"task": 2}),
-        "3": "[]",
-        "5": json.dumps({**good, "task": 5, "keys": ["../../etc/passwd"]}),
-        "6": json.dumps(good),  # task 4's manifest under task 6's name
+        "1": b"{",
+        "2": json.dumps({"task": 2}).encode(),
+        "3": b"[]",
+        "5": json.dumps({**good, "task": 5, "keys": ["../../etc/passwd"]}).encode(),
+        "6": json.dumps(good).encode(),  # task 4's manifest under task 6's name
+        "8": b"\xff\xfe{}",  # not UTF-8
+        "9": json.dumps(good).replace('"task": 4', '"task": Infinity').encode(),
+        "10": json.dumps({**good, "task": 10, "account": "0x" + "aa" * 20, "blocks": ["not a cid!"] * 3}).encode(),
+        "11": json.dumps({**good, "task": 11, "account": "0x" + "aa" * 20, "blocks": good["blocks"][:1]}).encode(),
     }
-    for task, text in damaged.items():
-        (folder / f"{task}-0x{'aa' * 20}.json").write_text(text)
+    for task, raw in damaged.items():
+        (folder / f"{task}-0x{'aa' * 20}.json").write_bytes(raw)
     with capture_logs() as logs:
         (manifest,) = pending.manifests()
-    assert sum(e["event"] == "artifact_manifest_unreadable" for e in logs) == 5
+    assert sum(e["event"] == "artifact_manifest_unreadable" for e in logs) == len(damaged)
+    # While a manifest set aside is there, its blocks are not known: none is deleted as an orphan.
+    pending.blocks.put(*_blocks(os.urandom(100))[1][0])
+    with capture_logs() as logs:
+        assert pending.drop_orphans() == 0
+    assert [e["event"] for e in logs] == ["artifact_orphans_kept"] and len(pending.blocks) == 4
     assert sorted(p.name for p in (tmp_path / "artifacts" / "unreadable").iterdir()) == sorted(
         f"{task}-0x{'aa' * 20}.json" for task in damaged
     )
@@ -128,7 +137,28 @@ def test_a_damaged_manifest_is_set_aside_and_settling_one_artifact_twice_at_once
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(map(len, results)) == [0, 0, 0, 1] and len(pending.blocks) == 0
+    assert sorted(map(len, results)) == [0, 0, 0, 1] and len(pending.blocks) == 1  # the orphan kept above
+
+
+def test_an_artifact_that_fails_to_settle_stays_pending_and_the_others_are_settled(tmp_path: Path) -> None:
+    """The blockstore's disk is full: copying a revealed artifact fails. It stays pending (and served) for the
+    next turn, logged; the unrevealed one in the same turn is deleted all the same."""
+    pending = PendingArtifacts(tmp_path / "artifacts")
+    kept_cid, kept = _blocks(os.urandom(2 * CHUNK))
+    junk_cid, junk = _blocks(os.urandom(2 * CHUNK))
+    pending.add(3, "0x" + "aa" * 20, kept_cid, kept)
+    pending.add(3, "0x" + "bb" * 20, junk_cid, junk)
+    kept_manifest, junk_manifest = pending.manifests()
+
+    class Full(Blockstore):
+        def put(self, cid: Any, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+    with capture_logs() as logs:
+        settled = pending.settle([(junk_manifest, False), (kept_manifest, True)], Full(tmp_path / "blocks"))
+    assert settled == [junk_manifest] and pending.manifests() == [kept_manifest]
+    assert all(pending.blocks.has(cid) for cid, _ in kept) and not any(pending.blocks.has(c) for c, _ in junk)
+    assert [e["event"] for e in logs] == ["artifact_settle_failed"] and "No space left" in logs[0]["error"]
 
 
 async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_takes_no_block_another_file_needs(
@@ -193,17 +223,28 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
         )  # fmt: skip
         await send(chain.w3, honest, reveal)
 
+        # A manifest for a task this chain does not know (another deployment's): never decided, never in the way.
+        stray_cid, stray = _blocks(os.urandom(1000))
+        pending.add(task + 1000, "0x" + "ee" * 20, stray_cid, stray)
         settler = ArtifactSettler(chain, pending, blocks)
         await settler.step()  # the window is open: nothing is decided
-        assert len(pending.manifests()) == 2
+        assert len(pending.manifests()) == 3
 
         # Past the deadline, but not by SETTLE_GRACE (a reorg could still drop a reveal): nothing is decided.
         await travel(c, int(t["revealDeadline"]) - await chain_now(c) + 1)
         await settler.step()
-        assert len(pending.manifests()) == 2
+        assert len(pending.manifests()) == 3
         await travel(c, SETTLE_GRACE)
-        await settler.step()
-        assert pending.manifests() == [] and len(pending.blocks) == 0
+        with capture_logs() as logs:
+            await settler.step()
+        assert [(m.task, m.cid) for m in pending.manifests()] == [(task + 1000, stray_cid)]
+        assert len(pending.blocks) == 1 and pending.blocks.has(stray[0][0])
+        events = sorted((e["event"], e.get("trainer")) for e in logs)
+        assert events == [
+            ("artifact_deleted", sybil.address.lower()),
+            ("artifact_kept", honest.address.lower()),
+            ("artifact_task_unknown", "0x" + "ee" * 20),
+        ], logs
         assert all(blocks.get(cid) == data for cid, data in model_blocks)  # revealed: in the blockstore for good
         assert all(blocks.get(cid) == data for cid, data in dataset_blocks)  # the dataset lost nothing
         await _served(url, model_blocks + dataset_blocks)
@@ -211,7 +252,7 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
         for who, data in ((sybil, dataset), (honest, model)):
             status, reply, _ = await _upload(url, data, openings[who.address])
             assert status == 403 and "reveal window has closed" in reply["error"]["message"], reply
-        assert pending.manifests() == [] and len(pending.blocks) == 0
+        assert len(pending.manifests()) == 1 and len(pending.blocks) == 1
 
 
 async def _served(url: str, blocks: list[tuple[Any, bytes]]) -> None:

@@ -132,11 +132,15 @@ async def test_a_secret_that_does_not_open_the_chains_commitment_is_not_revealed
     async def upload(opening: Opening) -> None:
         sent.append(f"upload {opening.model_cid}")
 
+    async def latest(_w3: Any) -> tuple[int, int]:
+        return 10, 1_001
+
     monkeypatch.setattr(trainer, "read_task", read_task)
     monkeypatch.setattr(trainer, "require_open", lambda _task: None)
     monkeypatch.setattr(trainer, "read_secret", lambda _path: secret)
     monkeypatch.setattr(trainer.clock, "chain_now", chain_now)
     monkeypatch.setattr(trainer.clock, "catch_up", nothing)
+    monkeypatch.setattr(trainer.clock, "latest", latest)
     monkeypatch.setattr(trainer, "send", send)
     deployment = SimpleNamespace(chain_id=31337, training="0x" + "22" * 20)
     for commitment in (b"\x55" * 32, ours):
@@ -271,4 +275,54 @@ async def test_a_malformed_secret_ends_the_owed_reveal_with_its_reason_and_sends
         await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
     given_up = [entry for entry in logs if entry["event"] == "reveal_given_up"]
     assert len(given_up) == 1 and "lacks 'salt': it cannot be revealed" in given_up[0]["error"], logs
+    assert sent == [] and worker.events.empty()
+
+
+async def test_a_reveal_owed_past_its_window_is_given_up_without_uploading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that was down for the whole reveal window resumes the reveal it owes: a block past the reveal
+    deadline is mined, so no reveal can follow; it is given up at once, nothing uploaded (the coordinator
+    refuses an artifact after the window: the worker would upload it again and again until the task is
+    finalized) and nothing sent."""
+    address = "0x" + "11" * 20
+    deployment = SimpleNamespace(chain_id=31337, training="0x" + "22" * 20)
+    path = secret_file(tmp_path, deployment, "submission", 7, address)  # type: ignore[arg-type]
+    write_secret(path, GOOD_SECRETS["submission"])
+    sent: list[Any] = []
+
+    async def read_task(*_args: Any, **_kwargs: Any) -> Any:
+        return SimpleNamespace(submit_deadline=1_000, reveal_deadline=2_000, min_score=0)
+
+    async def nothing(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    async def latest(_w3: Any) -> tuple[int, int]:
+        return 50, 2_001
+
+    async def upload(opening: Opening) -> None:
+        sent.append(opening)
+
+    ours = submission_commitment(7, address, "bafkreiartifact", b"\x33" * 32, 900_000, b"\x44" * 32)
+    on_chain = (address, 900_000, 0, False, 0, ours, b"\x33" * 32, "bafkreiartifact")
+    functions = SimpleNamespace(submissionOf=lambda *_args: _Call(1), getSubmission=lambda *_args: _Call(on_chain))
+    monkeypatch.setattr(trainer, "read_task", read_task)
+    monkeypatch.setattr(trainer, "require_open", lambda _task: None)
+    monkeypatch.setattr(trainer, "training", lambda *_args: SimpleNamespace(functions=functions))
+    monkeypatch.setattr(trainer.clock, "wait_past", nothing)
+    monkeypatch.setattr(trainer.clock, "catch_up", nothing)
+    monkeypatch.setattr(trainer.clock, "latest", latest)
+    monkeypatch.setattr(trainer, "send", lambda *args, **_kw: sent.append(args))
+    worker = SimpleNamespace(
+        w3=None,
+        deployment=deployment,
+        account=SimpleNamespace(address=address),
+        config=SimpleNamespace(data_dir=tmp_path),
+        events=asyncio.Queue(),
+        _upload=upload,
+    )
+    with capture_logs() as logs:
+        await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
+    given_up = [entry for entry in logs if entry["event"] == "reveal_given_up"]
+    assert len(given_up) == 1 and "reveal window closed" in given_up[0]["error"], logs
     assert sent == [] and worker.events.empty()

@@ -20,12 +20,13 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from eth_utils.address import to_checksum_address
@@ -46,6 +47,9 @@ SETTLE_INTERVAL = 30.0
 SETTLE_GRACE = 900
 
 _KEY = re.compile(r"[a-z2-7]{10,120}")  # a block key: a multihash in lowercase base32, no padding
+_CID = re.compile(r"[0-9A-Za-z]{10,128}")  # a CID as the server writes it (multibase base32, base58btc)
+#: The blocks of one artifact at most: MAX_FILE_BYTES in 256 KiB chunks, and a root.
+MAX_BLOCKS = 1 + 64
 _NAME = re.compile(r"(\d{1,20})-(0x[0-9a-f]{40})\.json")
 
 
@@ -70,7 +74,7 @@ class PendingArtifacts:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.blocks = Blockstore(root / "blocks")
+        self.blocks = Blockstore(root / "blocks", durable=True)
         self._manifests = root / "manifests"
         self._unreadable = root / "unreadable"
 
@@ -99,8 +103,12 @@ class PendingArtifacts:
         path = self._path(task, account)
         with self._locked():
             tmp = path.with_name(f".tmp-{path.name}")
-            tmp.write_text(json.dumps(manifest))
+            with tmp.open("w") as f:
+                f.write(json.dumps(manifest))
+                f.flush()
+                os.fsync(f.fileno())
             tmp.replace(path)
+            _fsync_dir(path.parent)  # on disk before its blocks: a power loss leaves no block without it
             for block_cid, data in blocks:
                 self.blocks.put(block_cid, data)
 
@@ -115,12 +123,12 @@ class PendingArtifacts:
             if not _NAME.fullmatch(path.name):
                 continue  # a manifest being written (.tmp-*), or not ours
             try:
-                text = path.read_text()
+                raw = path.read_bytes()
             except FileNotFoundError:
                 continue  # settled meanwhile (by another instance on this directory)
             except OSError as exc:
                 raise UnreadableManifest(f"{path}: {exc}") from exc
-            manifest = _parse(text, path.name)
+            manifest = _parse(raw, path.name)
             if manifest is None:
                 self._set_aside(path)
             else:
@@ -146,11 +154,17 @@ class PendingArtifacts:
                 found = current.pop((manifest.task, manifest.account), None)
                 if found is None:
                     continue
-                if kept:
-                    missing = self._copy(found, into)
-                    if missing:
-                        log.warning("artifact_kept_incomplete", task=found.task, trainer=found.account, missing=missing)
-                self._path(found.task, found.account).unlink()
+                try:
+                    if kept:
+                        missing = self._copy(found, into)
+                        if missing:
+                            log.warning(
+                                "artifact_kept_incomplete", task=found.task, trainer=found.account, missing=missing
+                            )
+                    self._path(found.task, found.account).unlink()
+                except Exception as exc:  # noqa: BLE001 - this one stays pending (and served), the others go on
+                    log.warning("artifact_settle_failed", task=found.task, trainer=found.account, error=str(exc))
+                    continue
                 held.subtract(found.keys)
                 for key in found.keys:
                     if held[key] <= 0:
@@ -173,34 +187,50 @@ class PendingArtifacts:
     def drop_orphans(self) -> int:
         """Delete the blocks that no manifest names (left by a crash between a manifest's deletion and its
         blocks') and manifests left half-written; how many blocks. Under the lock, so a manifest being
-        written, which comes before its blocks, is seen."""
+        written, which comes before its blocks, is seen. Nothing is deleted while a manifest set aside as
+        unreadable is there: the blocks it named are not known."""
         with self._locked():
             for tmp in self._manifests.glob(".tmp-*"):
                 tmp.unlink(missing_ok=True)
             named = {key for manifest in self.manifests() for key in manifest.keys}
+            if self._unreadable.exists() and any(self._unreadable.iterdir()):
+                # Their blocks may be an artifact's that was revealed: kept until the operator looks.
+                log.warning("artifact_orphans_kept", unreadable=str(self._unreadable))
+                return 0
             orphans = self.blocks.keys() - named
             for key in orphans:
                 self.blocks.remove_key(key)
             return len(orphans)
 
 
-def _parse(text: str, name: str) -> Manifest | None:
-    """The manifest in a file's text, each field checked (block keys against their pattern; the CIDs are
-    parsed only when an artifact is kept), and its name matching its task and account; None if it is not one."""
+def _parse(raw: bytes, name: str) -> Manifest | None:
+    """The manifest in a file's bytes, each field checked (block keys and CIDs against their patterns; the CIDs
+    are parsed only when an artifact is kept), and its name matching its task and account; None if it is not
+    one, whatever is wrong with it."""
     try:
-        raw = json.loads(text)
-        manifest = Manifest(
-            int(raw["task"]),
-            str(raw["account"]),
-            str(raw["cid"]),
-            tuple(str(b) for b in raw["blocks"]),
-            frozenset(str(k) for k in raw["keys"]),
-        )
-    except (ValueError, KeyError, TypeError):
+        data = json.loads(raw)
+        task, account, cid, blocks, keys = (data[k] for k in ("task", "account", "cid", "blocks", "keys"))
+        if not (isinstance(task, int) and isinstance(account, str) and isinstance(cid, str)):
+            return None
+        if not (isinstance(blocks, list) and isinstance(keys, list) and len(blocks) == len(keys) <= MAX_BLOCKS):
+            return None
+        if not all(isinstance(b, str) and _CID.fullmatch(b) for b in [cid, *blocks]):
+            return None
+        if not all(isinstance(k, str) and _KEY.fullmatch(k) for k in keys):
+            return None
+    except Exception:  # noqa: BLE001 - bytes that are not a manifest, whichever way
         return None
-    if name != f"{manifest.task}-{manifest.account}.json" or not all(_KEY.fullmatch(k) for k in manifest.keys):
+    if name != f"{task}-{account}.json":
         return None
-    return manifest
+    return Manifest(task, account, cid, tuple(blocks), frozenset(keys))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Layered:
@@ -222,15 +252,13 @@ class Layered:
         return any(store.has(cid) for store in self.stores) or self.stores[0].has(cid)
 
 
-async def reveal_closed(
-    chain: Chain, task: int, *, block: int | Literal["latest"] = "latest", deadline: int | None = None, grace: int = 0
-) -> bool:
-    """Whether `block` (a number, or "latest") is past task `task`'s reveal deadline (`deadline` when known: it
-    never changes) by more than `grace` seconds: no reveal can be mined after the deadline (block timestamps
-    only grow, and the contract refuses a reveal after it)."""
+async def reveal_closed(chain: Chain, task: int, deadline: int | None = None) -> bool:
+    """Whether the latest block is past task `task`'s reveal deadline (`deadline` when known: it never
+    changes): no reveal can be mined after it (block timestamps only grow, and the contract refuses a reveal
+    after the deadline)."""
     if deadline is None:
-        deadline = int((await read_struct(chain.tasks, "getTask", task, block=None))["revealDeadline"])
-    return int((await chain.w3.eth.get_block(block))["timestamp"]) > deadline + grace
+        deadline = int((await read_struct(chain.tasks, "getTask", task))["revealDeadline"])
+    return int((await chain.w3.eth.get_block("latest"))["timestamp"]) > deadline
 
 
 async def revealed_as(chain: Chain, task: int, account: str, block: int) -> str | None:
@@ -247,11 +275,17 @@ async def revealed_as(chain: Chain, task: int, account: str, block: int) -> str 
 class ArtifactSettler:
     """Settles the pending artifacts whose task's reveal window has closed, a confirmed block past its deadline
     by SETTLE_GRACE: one revealed as of that block goes into the blockstore, any other is deleted (see the
-    module)."""
+    module). Each artifact is decided on its own: one the chain cannot answer for now waits for the next turn."""
 
     def __init__(self, chain: Chain, pending: PendingArtifacts, blockstore: Blockstore) -> None:
         self.chain, self.pending, self.blockstore = chain, pending, blockstore
         self._started = False
+        self._deadlines: dict[int, int] = {}  # a task's reveal deadline never changes
+
+    async def _deadline(self, task: int) -> int:
+        if task not in self._deadlines:
+            self._deadlines[task] = int((await read_struct(self.chain.tasks, "getTask", task))["revealDeadline"])
+        return self._deadlines[task]
 
     async def step(self) -> None:
         if not self._started:  # once per start: what a crash in the middle of a settling left
@@ -263,23 +297,25 @@ class ArtifactSettler:
         if not manifests:
             return
         confirmed = max(0, await self.chain.confirmed_head())
-        closed: dict[int, bool] = {}
+        now = int((await self.chain.w3.eth.get_block(confirmed))["timestamp"])
         decisions: list[tuple[Manifest, bool]] = []
         for manifest in manifests:
-            if manifest.task not in closed:
-                try:
-                    closed[manifest.task] = await reveal_closed(
-                        self.chain, manifest.task, block=confirmed, grace=SETTLE_GRACE
-                    )
-                except TaskError as exc:  # not a task this chain knows (a wrong RPC?): kept, nothing decided
-                    log.warning("artifact_task_unknown", task=manifest.task, error=str(exc))
-                    closed[manifest.task] = False
-            if closed[manifest.task]:
+            fields: dict[str, Any] = {"task": manifest.task, "trainer": manifest.account}
+            try:
+                if now <= await self._deadline(manifest.task) + SETTLE_GRACE:
+                    continue
                 revealed = await revealed_as(self.chain, manifest.task, manifest.account, confirmed)
-                decisions.append((manifest, revealed == manifest.cid))
+            except TaskError as exc:  # not a task this chain knows (a wrong RPC?): kept, nothing decided
+                log.warning("artifact_task_unknown", **fields, error=str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - the node's failure: this one waits for the next turn
+                log.warning("artifact_undecided", **fields, error=str(exc))
+                continue
+            decisions.append((manifest, revealed == manifest.cid))
         if not decisions:
             return
+        decisions.sort(key=lambda decision: decision[1])  # deletions first: they free room the copies need
         kept = {(m.task, m.account): keep for m, keep in decisions}
         for manifest in await asyncio.to_thread(self.pending.settle, decisions, self.blockstore):
-            fields: dict[str, Any] = {"task": manifest.task, "trainer": manifest.account, "cid": manifest.cid}
+            fields = {"task": manifest.task, "trainer": manifest.account, "cid": manifest.cid}
             log.info("artifact_kept" if kept[(manifest.task, manifest.account)] else "artifact_deleted", **fields)

@@ -129,7 +129,10 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     dispatcher with its worker sockets."""
     cfg = app[CONFIG]
     blockstore = Blockstore(cfg.data_dir / "blocks")
-    pending = PendingArtifacts(cfg.data_dir / "artifacts")
+    # One store per chain and TrainingTasks, as the training secrets: a redeployed devnet's task 1 is not an
+    # earlier one's, and the chain decides only on its own tasks' artifacts.
+    chain = app[CHAIN]
+    pending = PendingArtifacts(cfg.data_dir / "artifacts" / f"{chain.chain_id}-{chain.tasks.address.lower()}")
     app[BLOCKSTORE] = Layered(blockstore, pending.blocks)
     app[IPFS] = IpfsClient(blockstore, IpfsConfig())
     app[PENDING] = pending

@@ -22,8 +22,10 @@ def default_blockstore_dir() -> Path:
 
 
 class Blockstore:
-    def __init__(self, root: Path | str | None = None) -> None:
+    def __init__(self, root: Path | str | None = None, *, durable: bool = False) -> None:
+        """`durable`: each block is on disk (fsync) before `put` returns, at the cost of a sync per block."""
         self.root = Path(root) if root is not None else default_blockstore_dir()
+        self.durable = durable
 
     def _path(self, cid: CID) -> Path:
         key = block_key(cid)
@@ -43,6 +45,9 @@ class Blockstore:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                if self.durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -241,6 +241,12 @@ async def reveal_submission(
             f"{local_time(task.reveal_deadline)}: run this again then, or with --wait"
         )
     await clock.catch_up(w3, trainer)
+    _number, stamp = await clock.latest(w3)
+    if stamp > task.reveal_deadline:  # a block past the deadline is mined: no reveal can follow it
+        raise TaskError(
+            f"task {task_id}'s reveal window closed at {local_time(task.reveal_deadline)}: trainer "
+            f"{trainer.address}'s submission can no longer be revealed"
+        )
     if on_reveal is not None:
         await on_reveal(opening)
     call = tasks.functions.revealSubmission(

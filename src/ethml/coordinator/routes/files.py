@@ -209,7 +209,7 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
             409, f"{account}'s artifact for task {opening.task} is being uploaded already", "X-Task", close=True
         )
     # Past the reveal deadline no reveal can come: an artifact not revealed by then is deleted, not taken again.
-    if await reveal_closed(chain, opening.task, deadline=doc.get("reveal_deadline")):
+    if await reveal_closed(chain, opening.task, doc.get("reveal_deadline")):
         raise ApiError(
             403,
             f"task {opening.task}'s reveal window has closed: an artifact is taken only while its submission can "
