@@ -358,12 +358,7 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
         assert app is not None
         store, blocks, chain, pending = app[STORE], app[IPFS].blockstore, app[CHAIN], app[PENDING].blocks
         key = await c.requester_key()
-        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, await chain_now(c)))
-        assert status == 201, created
-        await wait_until(lambda: _status_is(c, created["id"], "open", url), timeout=60, what="relayed")
-        doc = await store.task(created["id"])
-        assert doc is not None
-        task = doc["chain_task_id"]
+        task = await _relayed_task(c, url, key)
         trainer, other = dev_account(TRAINERS[0]), dev_account(TRAINERS[1])
         token, other_token = await store.new_upload_token(trainer.address), await store.new_upload_token(other.address)
 
@@ -509,6 +504,15 @@ async def test_uploads_in_flight_together_cannot_each_take_the_same_free_space(
         answers = await asyncio.gather(*uploads)
         assert sorted(status for status, _reply, _ in answers) == [201] * 2 + [507] * 6, answers
         assert app[UPLOADS].in_flight == 0 and len(blocks) >= 2 * 16  # 256 KiB chunks and a root each
+
+
+async def _relayed_task(c: Coordinator, url: str, key: str, n: int = 0) -> int:
+    """Post the requester's `n`-th valid task with `key`; the on-chain id once it is relayed and open."""
+    status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, await chain_now(c), n))
+    assert status == 201, created
+    await wait_until(lambda: _status_is(c, created["id"], "open", url), timeout=60, what="relayed")
+    _status, doc, _ = await c.api("GET", f"/api/tasks/{created['id']}", url=url)
+    return int(doc["chain_task_id"])
 
 
 async def _status_is(c: Coordinator, task_id: str, wanted: str, url: str) -> bool:

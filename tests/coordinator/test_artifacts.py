@@ -18,15 +18,15 @@ from structlog.testing import capture_logs
 from ethml.chain import dev_account, send
 from ethml.coordinator.appkeys import CHAIN, IPFS, PENDING, STORE
 from ethml.coordinator.artifacts import SETTLE_GRACE, ArtifactSettler, Manifest, PendingArtifacts, UnreadableManifest
+from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.unixfs import build_file
 from ethml.training.onchain import read_struct
 from ethml.training.trainer import submission_commitment
 from tests.coordinator.conftest import TRAINERS, coordinator_on
-from tests.coordinator.test_api import _status_is, _upload, _valid
+from tests.coordinator.test_api import _relayed_task, _upload
 from tests.coordinator.test_flow import chain_now, travel
-from tests.node.conftest import wait_until
 
 CHUNK = 256 * 1024
 
@@ -175,12 +175,7 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
         assert app is not None
         store, chain, blocks, pending = app[STORE], app[CHAIN], app[IPFS].blockstore, app[PENDING]
         key = await c.requester_key()
-        status, created, _ = await c.api("POST", "/api/tasks", key=key, body=_valid(c, await chain_now(c)))
-        assert status == 201, created
-        await wait_until(lambda: _status_is(c, created["id"], "open", url), timeout=60, what="relayed")
-        doc = await store.task(created["id"])
-        assert doc is not None
-        task = doc["chain_task_id"]
+        task = await _relayed_task(c, url, key)
 
         dataset = os.urandom(3 * CHUNK + 1000)
         status, stored, _ = await _upload(url, dataset, {"Authorization": f"Bearer {key}"})
@@ -261,3 +256,16 @@ async def _served(url: str, blocks: list[tuple[Any, bytes]]) -> None:
             async with session.get(f"{url}/ipfs/{cid}?format=raw") as response:
                 assert response.status == 200 and await response.read() == data, cid
                 assert parse_cid(response.headers["X-Ipfs-Roots"]) == cid
+
+
+def test_the_largest_artifact_an_upload_may_carry_is_a_readable_manifest(tmp_path: Path) -> None:
+    """MAX_FILE_BYTES of one repeated chunk and of random bytes: each manifest (65 blocks, or 65 entries for
+    two distinct blocks) reads back, and settles into the blockstore whole."""
+    pending, store = PendingArtifacts(tmp_path / "artifacts"), Blockstore(tmp_path / "blocks")
+    for n, data in enumerate((bytes(MAX_FILE_BYTES), os.urandom(MAX_FILE_BYTES))):
+        cid, blocks = _blocks(data)
+        pending.add(n + 1, "0x" + "aa" * 20, cid, blocks)
+        (manifest,) = pending.manifests()
+        assert len(manifest.blocks) == 1 + MAX_FILE_BYTES // CHUNK
+        assert pending.settle([(manifest, True)], store) == [manifest]
+        assert all(store.has(c) for c, _ in blocks)

@@ -251,31 +251,10 @@ async def test_a_malformed_secret_ends_the_owed_reveal_with_its_reason_and_sends
     path = secret_file(tmp_path, deployment, "submission", 7, address)  # type: ignore[arg-type]
     write_secret(path, {k: v for k, v in GOOD_SECRETS["submission"].items() if k != "salt"})
     sent: list[Any] = []
-
-    async def read_task(*_args: Any, **_kwargs: Any) -> Any:
-        return SimpleNamespace(submit_deadline=1_000, reveal_deadline=2_000, min_score=0)
-
-    async def upload(opening: Opening) -> None:
-        sent.append(opening)
-
     on_chain = (address, 900_000, 0, False, 0, b"\x55" * 32, b"\x33" * 32, "bafkreiartifact")
-    functions = SimpleNamespace(submissionOf=lambda *_args: _Call(1), getSubmission=lambda *_args: _Call(on_chain))
-    monkeypatch.setattr(trainer, "read_task", read_task)
-    monkeypatch.setattr(trainer, "require_open", lambda _task: None)
-    monkeypatch.setattr(trainer, "training", lambda *_args: SimpleNamespace(functions=functions))
-    worker = SimpleNamespace(
-        w3=None,
-        deployment=deployment,
-        account=SimpleNamespace(address=address),
-        config=SimpleNamespace(data_dir=tmp_path),
-        events=asyncio.Queue(),
-        _upload=upload,
-    )
-    with capture_logs() as logs:
-        await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
-    given_up = [entry for entry in logs if entry["event"] == "reveal_given_up"]
-    assert len(given_up) == 1 and "lacks 'salt': it cannot be revealed" in given_up[0]["error"], logs
-    assert sent == [] and worker.events.empty()
+    given_up = await _owed_reveal_given_up(tmp_path, monkeypatch, address, on_chain, sent)
+    assert len(given_up) == 1 and "lacks 'salt': it cannot be revealed" in given_up[0]["error"], given_up
+    assert sent == []
 
 
 async def test_a_reveal_owed_past_its_window_is_given_up_without_uploading(
@@ -291,31 +270,42 @@ async def test_a_reveal_owed_past_its_window_is_given_up_without_uploading(
     write_secret(path, GOOD_SECRETS["submission"])
     sent: list[Any] = []
 
-    async def read_task(*_args: Any, **_kwargs: Any) -> Any:
-        return SimpleNamespace(submit_deadline=1_000, reveal_deadline=2_000, min_score=0)
-
     async def nothing(*_args: Any, **_kwargs: Any) -> None:
         return None
 
     async def latest(_w3: Any) -> tuple[int, int]:
         return 50, 2_001
 
-    async def upload(opening: Opening) -> None:
-        sent.append(opening)
-
-    ours = submission_commitment(7, address, "bafkreiartifact", b"\x33" * 32, 900_000, b"\x44" * 32)
-    on_chain = (address, 900_000, 0, False, 0, ours, b"\x33" * 32, "bafkreiartifact")
-    functions = SimpleNamespace(submissionOf=lambda *_args: _Call(1), getSubmission=lambda *_args: _Call(on_chain))
-    monkeypatch.setattr(trainer, "read_task", read_task)
-    monkeypatch.setattr(trainer, "require_open", lambda _task: None)
-    monkeypatch.setattr(trainer, "training", lambda *_args: SimpleNamespace(functions=functions))
     monkeypatch.setattr(trainer.clock, "wait_past", nothing)
     monkeypatch.setattr(trainer.clock, "catch_up", nothing)
     monkeypatch.setattr(trainer.clock, "latest", latest)
     monkeypatch.setattr(trainer, "send", lambda *args, **_kw: sent.append(args))
+    ours = submission_commitment(7, address, "bafkreiartifact", b"\x33" * 32, 900_000, b"\x44" * 32)
+    on_chain = (address, 900_000, 0, False, 0, ours, b"\x33" * 32, "bafkreiartifact")
+    given_up = await _owed_reveal_given_up(tmp_path, monkeypatch, address, on_chain, sent)
+    assert len(given_up) == 1 and "reveal window closed" in given_up[0]["error"], given_up
+    assert sent == []
+
+
+async def _owed_reveal_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str, on_chain: tuple[Any, ...], sent: list[Any]
+) -> list[Any]:
+    """Run a worker's owed reveal of task 7 (deadlines 1,000 and 2,000; the submission `on_chain`), uploads
+    going to `sent`, to its end; the `reveal_given_up` log entries."""
+
+    async def read_task(*_args: Any, **_kwargs: Any) -> Any:
+        return SimpleNamespace(submit_deadline=1_000, reveal_deadline=2_000, min_score=0)
+
+    async def upload(opening: Opening) -> None:
+        sent.append(opening)
+
+    functions = SimpleNamespace(submissionOf=lambda *_args: _Call(1), getSubmission=lambda *_args: _Call(on_chain))
+    monkeypatch.setattr(trainer, "read_task", read_task)
+    monkeypatch.setattr(trainer, "require_open", lambda _task: None)
+    monkeypatch.setattr(trainer, "training", lambda *_args: SimpleNamespace(functions=functions))
     worker = SimpleNamespace(
         w3=None,
-        deployment=deployment,
+        deployment=SimpleNamespace(chain_id=31337, training="0x" + "22" * 20),
         account=SimpleNamespace(address=address),
         config=SimpleNamespace(data_dir=tmp_path),
         events=asyncio.Queue(),
@@ -323,6 +313,5 @@ async def test_a_reveal_owed_past_its_window_is_given_up_without_uploading(
     )
     with capture_logs() as logs:
         await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
-    given_up = [entry for entry in logs if entry["event"] == "reveal_given_up"]
-    assert len(given_up) == 1 and "reveal window closed" in given_up[0]["error"], logs
-    assert sent == [] and worker.events.empty()
+    assert worker.events.empty()
+    return [entry for entry in logs if entry["event"] == "reveal_given_up"]

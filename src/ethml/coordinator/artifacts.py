@@ -33,8 +33,10 @@ from eth_utils.address import to_checksum_address
 from multiformats import CID
 
 from ethml.coordinator.chain import Chain
+from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import block_key, parse_cid
+from ethml.ipfs.unixfs import CHUNK_SIZE
 from ethml.training.onchain import TaskError, read_struct
 
 log = structlog.get_logger("ethml.coordinator")
@@ -48,8 +50,8 @@ SETTLE_GRACE = 900
 
 _KEY = re.compile(r"[a-z2-7]{10,120}")  # a block key: a multihash in lowercase base32, no padding
 _CID = re.compile(r"[0-9A-Za-z]{10,128}")  # a CID as the server writes it (multibase base32, base58btc)
-#: The blocks of one artifact at most: MAX_FILE_BYTES in 256 KiB chunks, and a root.
-MAX_BLOCKS = 1 + 64
+#: The blocks of one artifact at most: MAX_FILE_BYTES in chunks, and a root.
+MAX_BLOCKS = 1 + -(-MAX_FILE_BYTES // CHUNK_SIZE)
 _NAME = re.compile(r"(\d{1,20})-(0x[0-9a-f]{40})\.json")
 
 
