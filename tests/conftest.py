@@ -7,10 +7,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -23,6 +26,20 @@ def pytest_configure(config: pytest.Config) -> None:
     killed. Take SIGINT back here, so that children start with it at its default, as from a terminal."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    """The structlog entries logged inside, every level, whatever an earlier test in this process configured
+    (`configure_logging` with a level filters in the bound logger, before capture_logs sees an entry); the
+    configuration is restored after."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        with capture_logs() as entries:
+            yield entries
+    finally:
+        structlog.configure(**saved)
 
 
 def missing_service(what: str) -> None:

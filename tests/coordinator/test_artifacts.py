@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from structlog.testing import capture_logs
 
 from ethml.chain import dev_account, send
 from ethml.coordinator.appkeys import CHAIN, IPFS, PENDING, STORE
@@ -24,6 +23,7 @@ from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.unixfs import build_file
 from ethml.training.onchain import read_struct
 from ethml.training.trainer import submission_commitment
+from tests.conftest import captured_logs
 from tests.coordinator.conftest import TRAINERS, coordinator_on
 from tests.coordinator.test_api import _relayed_task, _upload
 from tests.coordinator.test_flow import chain_now, travel
@@ -78,7 +78,7 @@ def test_settling_keeps_a_revealed_artifact_and_deletes_only_blocks_no_other_art
     assert manifest.blocks == tuple(str(c) for c, _ in blocks[:2])
     for c, _ in blocks[1:2]:
         pending.blocks.remove(c)
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         assert pending.settle([(manifest, True)], store) == [manifest]
     assert store.has(blocks[0][0]) and len(pending.blocks) == 0
     assert [e["missing"] for e in logs if e["event"] == "artifact_kept_incomplete"] == [[str(blocks[1][0])]]
@@ -109,12 +109,12 @@ def test_a_damaged_manifest_is_set_aside_and_settling_one_artifact_twice_at_once
     }
     for task, raw in damaged.items():
         (folder / f"{task}-0x{'aa' * 20}.json").write_bytes(raw)
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         (manifest,) = pending.manifests()
     assert sum(e["event"] == "artifact_manifest_unreadable" for e in logs) == len(damaged)
     # While a manifest set aside is there, its blocks are not known: none is deleted as an orphan.
     pending.blocks.put(*_blocks(os.urandom(100))[1][0])
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         assert pending.drop_orphans() == 0
     assert [e["event"] for e in logs] == ["artifact_orphans_kept"] and len(pending.blocks) == 4
     assert sorted(p.name for p in (tmp_path / "artifacts" / "unreadable").iterdir()) == sorted(
@@ -154,7 +154,7 @@ def test_an_artifact_that_fails_to_settle_stays_pending_and_the_others_are_settl
         def put(self, cid: Any, data: bytes) -> None:
             raise OSError(28, "No space left on device")
 
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         settled = pending.settle([(junk_manifest, False), (kept_manifest, True)], Full(tmp_path / "blocks"))
     assert settled == [junk_manifest] and pending.manifests() == [kept_manifest]
     assert all(pending.blocks.has(cid) for cid, _ in kept) and not any(pending.blocks.has(c) for c, _ in junk)
@@ -230,7 +230,7 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
         await settler.step()
         assert len(pending.manifests()) == 3
         await travel(c, SETTLE_GRACE)
-        with capture_logs() as logs:
+        with captured_logs() as logs:
             await settler.step()
         assert [(m.task, m.cid) for m in pending.manifests()] == [(task + 1000, stray_cid)]
         assert len(pending.blocks) == 1 and pending.blocks.has(stray[0][0])

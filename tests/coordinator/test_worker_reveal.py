@@ -11,13 +11,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from ethml.coordinator.worker import Worker
 from ethml.errors import EthmlError
 from ethml.training import clock, flow, trainer
 from ethml.training.onchain import NoSubmission, TaskError, read_secret, secret_file, write_secret
 from ethml.training.trainer import Opening, submission_commitment
+from tests.conftest import captured_logs
 
 
 class _Call:
@@ -311,7 +311,7 @@ async def _owed_reveal_given_up(
         events=asyncio.Queue(),
         _upload=upload,
     )
-    with capture_logs() as logs:
+    with captured_logs() as logs:
         await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
     assert worker.events.empty()
     return [entry for entry in logs if entry["event"] == "reveal_given_up"]
