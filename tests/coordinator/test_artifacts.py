@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,12 @@ def test_settling_keeps_a_revealed_artifact_and_deletes_only_blocks_no_other_art
 
 
 def test_a_damaged_manifest_is_set_aside_and_settling_one_artifact_twice_at_once_settles_it_once(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A manifest whose content is not one (damaged, edited by hand, named for another submission) is moved
-    aside with a warning; one that cannot be read now stops the turn (nothing settled on a partial view). Four
-    threads settling the same artifact at once settle it once."""
+    """A manifest whose content is not one (damaged, edited by hand, named for another submission), or a
+    directory in its place, is moved aside with a warning, and while one is there no block is deleted (the
+    blocks it named are not known); one that cannot be read now (EIO) stops the turn (nothing settled on a
+    partial view). Four threads settling the same artifact at once settle it once."""
     pending = PendingArtifacts(tmp_path / "artifacts")
     folder = tmp_path / "artifacts" / "manifests"
     folder.mkdir(parents=True)
@@ -109,21 +111,29 @@ def test_a_damaged_manifest_is_set_aside_and_settling_one_artifact_twice_at_once
     }
     for task, raw in damaged.items():
         (folder / f"{task}-0x{'aa' * 20}.json").write_bytes(raw)
+    (folder / f"12-0x{'aa' * 20}.json").mkdir()
     with captured_logs() as logs:
         (manifest,) = pending.manifests()
-    assert sum(e["event"] == "artifact_manifest_unreadable" for e in logs) == len(damaged)
+    assert sum(e["event"] == "artifact_manifest_unreadable" for e in logs) == len(damaged) + 1
     # While a manifest set aside is there, its blocks are not known: none is deleted as an orphan.
     pending.blocks.put(*_blocks(os.urandom(100))[1][0])
     with captured_logs() as logs:
         assert pending.drop_orphans() == 0
     assert [e["event"] for e in logs] == ["artifact_orphans_kept"] and len(pending.blocks) == 4
     assert sorted(p.name for p in (tmp_path / "artifacts" / "unreadable").iterdir()) == sorted(
-        f"{task}-0x{'aa' * 20}.json" for task in damaged
+        f"{task}-0x{'aa' * 20}.json" for task in [*damaged, "12"]
     )
-    (folder / f"7-0x{'aa' * 20}.json").mkdir()  # read_text raises IsADirectoryError, an OSError
+    read_bytes = Path.read_bytes
+
+    def failing_disk(path: Path) -> bytes:
+        if path.name.startswith("4-"):
+            raise OSError(5, "Input/output error")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_disk)
     with pytest.raises(UnreadableManifest):
         pending.manifests()
-    (folder / f"7-0x{'aa' * 20}.json").rmdir()
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
 
     results: list[list[Manifest]] = []
     barrier = threading.Barrier(4)
@@ -137,7 +147,36 @@ def test_a_damaged_manifest_is_set_aside_and_settling_one_artifact_twice_at_once
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(map(len, results)) == [0, 0, 0, 1] and len(pending.blocks) == 1  # the orphan kept above
+    # Settled once; its blocks stay while the manifests set aside are there (the orphan pass deletes them later).
+    assert sorted(map(len, results)) == [0, 0, 0, 1] and pending.manifests() == [] and len(pending.blocks) == 4
+    shutil.rmtree(tmp_path / "artifacts" / "unreadable")  # the operator has looked
+    assert pending.drop_orphans() == 4 and len(pending.blocks) == 0
+
+
+def test_a_cid_the_worker_sent_in_any_base_is_kept_and_a_block_cid_that_does_not_parse_sets_the_manifest_aside(
+    tmp_path: Path,
+) -> None:
+    """The artifact's CID is kept as the worker committed to it (the upload takes any multibase: base32 with
+    padding, base64 with + and /): its manifest reads back and settles. A manifest whose block CID does not
+    parse (it matches the pattern but is no CID) is set aside when it is settled, not retried every turn."""
+    pending, store = PendingArtifacts(tmp_path / "artifacts"), Blockstore(tmp_path / "blocks")
+    data = os.urandom(CHUNK + 1000)
+    root, blocks = _blocks(data)
+    for n, base in enumerate(("base32pad", "base64", "base16upper")):
+        text = parse_cid(root).encode(base)
+        pending.add(n + 1, "0x" + "aa" * 20, text, blocks)
+        (manifest,) = pending.manifests()
+        assert manifest.cid == text and pending.settle([(manifest, True)], store) == [manifest]
+    assert all(store.get(cid) == block for cid, block in blocks) and len(pending.blocks) == 0
+
+    pending.add(9, "0x" + "bb" * 20, root, blocks)
+    path = tmp_path / "artifacts" / "manifests" / f"9-0x{'bb' * 20}.json"
+    path.write_text(path.read_text().replace(str(blocks[0][0]), "aaaaaaaaaaaaaaaa"))
+    (manifest,) = pending.manifests()
+    with captured_logs() as logs:
+        assert pending.settle([(manifest, True)], store) == []
+    assert [e["event"] for e in logs] == ["artifact_manifest_unreadable"] and pending.manifests() == []
+    assert len(pending.blocks) == len(blocks)  # kept: the operator decides
 
 
 def test_an_artifact_that_fails_to_settle_stays_pending_and_the_others_are_settled(tmp_path: Path) -> None:

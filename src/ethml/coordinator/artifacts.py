@@ -34,7 +34,8 @@ from multiformats import CID
 
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.schemas import MAX_FILE_BYTES
-from ethml.ipfs.blockstore import Blockstore
+from ethml.errors import IpfsError
+from ethml.ipfs.blockstore import Blockstore, fsync_dir
 from ethml.ipfs.cid import block_key, parse_cid
 from ethml.ipfs.unixfs import CHUNK_SIZE
 from ethml.training.onchain import TaskError, read_struct
@@ -49,7 +50,8 @@ SETTLE_INTERVAL = 30.0
 SETTLE_GRACE = 900
 
 _KEY = re.compile(r"[a-z2-7]{10,120}")  # a block key: a multihash in lowercase base32, no padding
-_CID = re.compile(r"[0-9A-Za-z]{10,128}")  # a CID as the server writes it (multibase base32, base58btc)
+#: A block's CID as the server writes it (base32 or base58btc); the artifact's CID is kept as the worker sent it.
+_CID = re.compile(r"[0-9A-Za-z]{10,128}")
 #: The blocks of one artifact at most: MAX_FILE_BYTES in chunks, and a root.
 MAX_BLOCKS = 1 + -(-MAX_FILE_BYTES // CHUNK_SIZE)
 _NAME = re.compile(r"(\d{1,20})-(0x[0-9a-f]{40})\.json")
@@ -57,6 +59,10 @@ _NAME = re.compile(r"(\d{1,20})-(0x[0-9a-f]{40})\.json")
 
 class UnreadableManifest(Exception):
     """A manifest file could not be read now (the disk, the process's files): nothing is settled this turn."""
+
+
+class DamagedManifest(Exception):
+    """A manifest that reads as one names a block whose CID does not parse: it is set aside."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ class PendingArtifacts:
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(path)
-            _fsync_dir(path.parent)  # on disk before its blocks: a power loss leaves no block without it
+            fsync_dir(path.parent)  # on disk before its blocks: a power loss leaves no block without it
             for block_cid, data in blocks:
                 self.blocks.put(block_cid, data)
 
@@ -128,6 +134,9 @@ class PendingArtifacts:
                 raw = path.read_bytes()
             except FileNotFoundError:
                 continue  # settled meanwhile (by another instance on this directory)
+            except (IsADirectoryError, PermissionError):
+                self._set_aside(path)  # never readable: not a manifest
+                continue
             except OSError as exc:
                 raise UnreadableManifest(f"{path}: {exc}") from exc
             manifest = _parse(raw, path.name)
@@ -136,6 +145,11 @@ class PendingArtifacts:
             else:
                 found.append(manifest)
         return found
+
+    def manifests_locked(self) -> list[Manifest]:
+        """`manifests()` under the lock: one set aside is not one being rewritten by an upload."""
+        with self._locked():
+            return self.manifests()
 
     def _set_aside(self, path: Path) -> None:
         log.warning("artifact_manifest_unreadable", file=str(path), moved_to=str(self._unreadable))
@@ -152,6 +166,9 @@ class PendingArtifacts:
         with self._locked():
             current = {(m.task, m.account): m for m in self.manifests()}
             held: Counter[str] = Counter(key for m in current.values() for key in m.keys)
+            # A manifest set aside named blocks no one knows now: none is deleted until the operator has looked
+            # (the orphan pass at the next start deletes them then).
+            keep_blocks = self._set_aside_any()
             for manifest, kept in decisions:
                 found = current.pop((manifest.task, manifest.account), None)
                 if found is None:
@@ -164,26 +181,39 @@ class PendingArtifacts:
                                 "artifact_kept_incomplete", task=found.task, trainer=found.account, missing=missing
                             )
                     self._path(found.task, found.account).unlink()
+                except DamagedManifest:
+                    self._set_aside(self._path(found.task, found.account))
+                    keep_blocks = True
+                    continue
                 except Exception as exc:  # noqa: BLE001 - this one stays pending (and served), the others go on
                     log.warning("artifact_settle_failed", task=found.task, trainer=found.account, error=str(exc))
                     continue
                 held.subtract(found.keys)
                 for key in found.keys:
-                    if held[key] <= 0:
+                    if held[key] <= 0 and not keep_blocks:
                         self.blocks.remove_key(key)
                 settled.append(found)
         return settled
 
+    def _set_aside_any(self) -> bool:
+        return self._unreadable.exists() and any(self._unreadable.iterdir())
+
     def _copy(self, manifest: Manifest, into: Blockstore) -> list[str]:
-        """Copy the manifest's blocks into `into`; the CIDs of those neither here nor there."""
+        """Copy the manifest's blocks into `into` (a copy there already is read, so a damaged one is replaced);
+        the CIDs of those neither here nor there. DamagedManifest, before anything is copied, when a block's CID
+        does not parse."""
+        try:
+            cids = [parse_cid(text) for text in manifest.blocks]
+        except IpfsError as exc:
+            raise DamagedManifest(str(exc)) from exc
         missing = []
-        for text in manifest.blocks:
-            cid = parse_cid(text)
+        for cid in cids:
             data = self.blocks.get(cid)
             if data is not None:
-                into.put(cid, data)
-            elif not into.has(cid):
-                missing.append(text)
+                if into.get(cid) is None:
+                    into.put(cid, data)
+            elif into.get(cid) is None:
+                missing.append(str(cid))
         return missing
 
     def drop_orphans(self) -> int:
@@ -195,7 +225,7 @@ class PendingArtifacts:
             for tmp in self._manifests.glob(".tmp-*"):
                 tmp.unlink(missing_ok=True)
             named = {key for manifest in self.manifests() for key in manifest.keys}
-            if self._unreadable.exists() and any(self._unreadable.iterdir()):
+            if self._set_aside_any():
                 # Their blocks may be an artifact's that was revealed: kept until the operator looks.
                 log.warning("artifact_orphans_kept", unreadable=str(self._unreadable))
                 return 0
@@ -216,7 +246,7 @@ def _parse(raw: bytes, name: str) -> Manifest | None:
             return None
         if not (isinstance(blocks, list) and isinstance(keys, list) and len(blocks) == len(keys) <= MAX_BLOCKS):
             return None
-        if not all(isinstance(b, str) and _CID.fullmatch(b) for b in [cid, *blocks]):
+        if not 0 < len(cid) <= 128 or not all(isinstance(b, str) and _CID.fullmatch(b) for b in blocks):
             return None
         if not all(isinstance(k, str) and _KEY.fullmatch(k) for k in keys):
             return None
@@ -225,14 +255,6 @@ def _parse(raw: bytes, name: str) -> Manifest | None:
     if name != f"{task}-{account}.json":
         return None
     return Manifest(task, account, cid, tuple(blocks), frozenset(keys))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Layered:
@@ -295,7 +317,7 @@ class ArtifactSettler:
             if dropped:
                 log.info("artifact_orphans_deleted", blocks=dropped)
             self._started = True
-        manifests = await asyncio.to_thread(self.pending.manifests)
+        manifests = await asyncio.to_thread(self.pending.manifests_locked)
         if not manifests:
             return
         confirmed = max(0, await self.chain.confirmed_head())

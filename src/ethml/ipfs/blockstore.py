@@ -17,6 +17,15 @@ from ethml.ipfs.cid import block_key, verify_block
 from ethml.paths import data_home
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file renamed into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def default_blockstore_dir() -> Path:
     return data_home() / "blocks"
 
@@ -40,6 +49,7 @@ class Blockstore:
         path = self._path(cid)
         if path.exists():
             return
+        new_shard = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
@@ -52,6 +62,10 @@ class Blockstore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if self.durable:  # the file's name too: its directory, and the directory's own when it is new
+            fsync_dir(path.parent)
+            if new_shard:
+                fsync_dir(self.root)
 
     def get(self, cid: CID) -> bytes | None:
         """The verified block, or None. A stored file that no longer matches is deleted."""
