@@ -16,8 +16,10 @@ import aiohttp
 import pytest
 
 from ethml.chain import dev_account, send
+from ethml.coordinator import server
 from ethml.coordinator.appkeys import CHAIN, IPFS, PENDING, STORE
 from ethml.coordinator.artifacts import SETTLE_GRACE, ArtifactSettler, Manifest, PendingArtifacts, UnreadableManifest
+from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import parse_cid
@@ -201,13 +203,16 @@ def test_an_artifact_that_fails_to_settle_stays_pending_and_the_others_are_settl
 
 
 async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_takes_no_block_another_file_needs(
-    anvil_url: str, tmp_path: Path
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The attack: a sybil trainer commits to a requester's public dataset as its artifact, uploads it, and
     never reveals, to fill the disk, or to have the coordinator delete the dataset's blocks with it. Until the
     window closes its artifact is pending (and served); once a confirmed block is past the reveal deadline it
     is deleted from the pending store only: every block of the dataset is still served. The honest trainer's
     revealed artifact goes into the blockstore. An upload after the window is refused, whoever sends it."""
+    # The server's own settler runs once at its start (nothing pending then) and not again during the test:
+    # the test's settler takes every step, when the test says.
+    monkeypatch.setattr(server, "SETTLE_INTERVAL", 3600.0)
     async with coordinator_on(anvil_url, tmp_path) as c:
         runner, url = await c.start_server()
         app = runner.app
@@ -260,7 +265,8 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
         # A manifest for a task this chain does not know (another deployment's): never decided, never in the way.
         stray_cid, stray = _blocks(os.urandom(1000))
         pending.add(task + 1000, "0x" + "ee" * 20, stray_cid, stray)
-        settler = ArtifactSettler(chain, pending, blocks)
+        metrics = Metrics()
+        settler = ArtifactSettler(chain, pending, blocks, metrics)
         await settler.step()  # the window is open: nothing is decided
         assert len(pending.manifests()) == 3
 
@@ -273,7 +279,13 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
             await settler.step()
         assert [(m.task, m.cid) for m in pending.manifests()] == [(task + 1000, stray_cid)]
         assert len(pending.blocks) == 1 and pending.blocks.has(stray[0][0])
-        events = sorted((e["event"], e.get("trainer")) for e in logs)
+        sample = metrics.registry.get_sample_value
+        assert sample("ethml_artifacts", {"state": "pending"}) == 1  # the stray one
+        assert sample("ethml_artifacts", {"state": "unreadable"}) == 0
+        assert sample("ethml_artifacts_settled_total", {"outcome": "kept"}) == 1
+        assert sample("ethml_artifacts_settled_total", {"outcome": "deleted"}) == 1
+        # (the server's other loops log too: the keeper, say, on the test set's window)
+        events = sorted((e["event"], e.get("trainer")) for e in logs if e["event"].startswith("artifact_"))
         assert events == [
             ("artifact_deleted", sybil.address.lower()),
             ("artifact_kept", honest.address.lower()),

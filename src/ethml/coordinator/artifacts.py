@@ -33,6 +33,7 @@ from eth_utils.address import to_checksum_address
 from multiformats import CID
 
 from ethml.coordinator.chain import Chain
+from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.errors import IpfsError
 from ethml.ipfs.blockstore import Blockstore, fsync_dir
@@ -198,6 +199,10 @@ class PendingArtifacts:
     def _set_aside_any(self) -> bool:
         return self._unreadable.exists() and any(self._unreadable.iterdir())
 
+    def set_aside_count(self) -> int:
+        """How many files are set aside in `unreadable/` (for the operator to look at)."""
+        return sum(1 for _ in self._unreadable.iterdir()) if self._unreadable.exists() else 0
+
     def _copy(self, manifest: Manifest, into: Blockstore) -> list[str]:
         """Copy the manifest's blocks into `into` (a copy there already is read, so a damaged one is replaced);
         the CIDs of those neither here nor there. DamagedManifest, before anything is copied, when a block's CID
@@ -301,8 +306,10 @@ class ArtifactSettler:
     by SETTLE_GRACE: one revealed as of that block goes into the blockstore, any other is deleted (see the
     module). Each artifact is decided on its own: one the chain cannot answer for now waits for the next turn."""
 
-    def __init__(self, chain: Chain, pending: PendingArtifacts, blockstore: Blockstore) -> None:
-        self.chain, self.pending, self.blockstore = chain, pending, blockstore
+    def __init__(
+        self, chain: Chain, pending: PendingArtifacts, blockstore: Blockstore, metrics: Metrics | None = None
+    ) -> None:
+        self.chain, self.pending, self.blockstore, self.metrics = chain, pending, blockstore, metrics
         self._started = False
         self._deadlines: dict[int, int] = {}  # a task's reveal deadline never changes
 
@@ -318,6 +325,9 @@ class ArtifactSettler:
                 log.info("artifact_orphans_deleted", blocks=dropped)
             self._started = True
         manifests = await asyncio.to_thread(self.pending.manifests_locked)
+        if self.metrics is not None:
+            self.metrics.artifacts.labels("pending").set(len(manifests))
+            self.metrics.artifacts.labels("unreadable").set(await asyncio.to_thread(self.pending.set_aside_count))
         if not manifests:
             return
         confirmed = max(0, await self.chain.confirmed_head())
@@ -340,6 +350,11 @@ class ArtifactSettler:
             return
         decisions.sort(key=lambda decision: decision[1])  # deletions first: they free room the copies need
         kept = {(m.task, m.account): keep for m, keep in decisions}
-        for manifest in await asyncio.to_thread(self.pending.settle, decisions, self.blockstore):
-            fields = {"task": manifest.task, "trainer": manifest.account, "cid": manifest.cid}
-            log.info("artifact_kept" if kept[(manifest.task, manifest.account)] else "artifact_deleted", **fields)
+        settled = await asyncio.to_thread(self.pending.settle, decisions, self.blockstore)
+        for manifest in settled:
+            outcome = "kept" if kept[(manifest.task, manifest.account)] else "deleted"
+            log.info(f"artifact_{outcome}", task=manifest.task, trainer=manifest.account, cid=manifest.cid)
+            if self.metrics is not None:
+                self.metrics.artifacts_settled.labels(outcome).inc()
+        if self.metrics is not None:
+            self.metrics.artifacts.labels("pending").dec(len(settled))

@@ -43,6 +43,19 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.artifacts = Gauge(
+            "ethml_artifacts",
+            "Workers' artifacts in this instance's pending store, by state (pending: waiting for the chain's "
+            "decision; unreadable: manifests set aside for the operator, while which no pending block is deleted)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.artifacts_settled = Counter(
+            "ethml_artifacts_settled_total",
+            "Pending artifacts settled by this instance, by outcome (kept: copied into the blockstore; deleted)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:

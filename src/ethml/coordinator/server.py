@@ -161,7 +161,7 @@ async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
     loops.start("dispatch", forever("dispatch", cfg.poll_interval, dispatcher.run_pass))
     loops.start("observe", forever("observe", 1.0, observer.step))
     # Copies into the blockstore are on disk before their pending originals are deleted.
-    settler = ArtifactSettler(chain, app[PENDING], Blockstore(app[IPFS].blockstore.root, durable=True))
+    settler = ArtifactSettler(chain, app[PENDING], Blockstore(app[IPFS].blockstore.root, durable=True), metrics)
     loops.start("artifacts", forever("artifacts", SETTLE_INTERVAL, settler.step))
     if cfg.relay:
         relayer = Relayer(chain, store, app[IPFS], cfg.instance, idle_timeout=cfg.relay_timeout)
