@@ -218,6 +218,7 @@ async def test_a_junk_artifact_is_deleted_when_the_reveal_window_closes_and_take
         app = runner.app
         assert app is not None
         store, chain, blocks, pending = app[STORE], app[CHAIN], app[IPFS].blockstore, app[PENDING]
+        assert blocks.durable and pending.blocks.durable  # what a 201 stored survives a crash right after
         key = await c.requester_key()
         task = await _relayed_task(c, url, key)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -161,3 +163,36 @@ async def test_gateway_server_answers(tmp_path, serve) -> None:  # type: ignore[
             assert r.status == 400
         async with s.get(f"{url}/ipfs/{parse_cid('QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG')}?format=raw") as r:
             assert r.status == 404
+
+
+def test_a_durable_blockstore_syncs_each_block_and_its_directory_before_put_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `ethml serve` stores (uploads answered 201, artifacts) survives a crash right after: each block's
+    file is synced, then its directory once the file is renamed into it, and the root's when the shard is new.
+    A plain blockstore (a miner's cache) syncs nothing."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _root, blocks = build_file(os.urandom(300 * 1024), 1)
+    plain = Blockstore(tmp_path / "plain")
+    for block in blocks:
+        plain.put(block.cid, block.data)
+    assert synced == []
+    durable = Blockstore(tmp_path / "durable", durable=True)
+    for block in blocks:
+        synced.clear()
+        shard = durable._path(block.cid).parent
+        new_shard = not shard.exists()
+        durable.put(block.cid, block.data)
+        assert durable.get(block.cid) == block.data
+        assert synced[0].startswith(f"{shard}/.tmp-"), synced  # the file, before it is renamed into place
+        assert synced[1:] == [str(shard), *([str(durable.root)] if new_shard else [])], synced
+    synced.clear()
+    durable.put(blocks[0].cid, blocks[0].data)  # stored already: nothing written, nothing synced
+    assert synced == []
