@@ -39,6 +39,7 @@ from ethml.errors import IpfsError
 from ethml.ipfs.blockstore import Blockstore, fsync_dir
 from ethml.ipfs.cid import block_key, parse_cid
 from ethml.ipfs.unixfs import CHUNK_SIZE
+from ethml.training import clock
 from ethml.training.onchain import TaskError, read_struct
 
 log = structlog.get_logger("ethml.coordinator")
@@ -287,7 +288,8 @@ async def reveal_closed(chain: Chain, task: int, deadline: int | None = None) ->
     after the deadline)."""
     if deadline is None:
         deadline = int((await read_struct(chain.tasks, "getTask", task))["revealDeadline"])
-    return int((await chain.w3.eth.get_block("latest"))["timestamp"]) > deadline
+    _number, stamp = await clock.latest(chain.w3)
+    return stamp > deadline
 
 
 async def revealed_as(chain: Chain, task: int, account: str, block: int) -> str | None:

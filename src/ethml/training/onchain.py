@@ -254,20 +254,23 @@ def _hex32(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
-def _scores(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _cid_text(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 128
 
 
 #: What each kind of secret (the start of its file's name) must hold for its reveal, each field checked.
 SECRET_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "submission": {
-        "model_cid": lambda v: isinstance(v, str) and 0 < len(v) <= 128,
-        "sha256": _hex32,
-        "claim": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "submission": {"model_cid": _cid_text, "sha256": _hex32, "claim": _count, "salt": _hex32},
+    "scores": {
+        "unusable": lambda v: isinstance(v, bool),
+        "scores": lambda v: isinstance(v, list) and all(map(_count, v)),
         "salt": _hex32,
     },
-    "scores": {"unusable": lambda v: isinstance(v, bool), "scores": _scores, "salt": _hex32},
-    "test-set": {"test_cid": lambda v: isinstance(v, str) and 0 < len(v) <= 128, "salt": _hex32},
+    "test-set": {"test_cid": _cid_text, "salt": _hex32},
 }
 
 
