@@ -6,8 +6,12 @@ OpenAPI document is generated and schemathesis finds no 500 and no response outs
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import gc
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -17,9 +21,11 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,7 +348,123 @@ async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor
         await refused({"Authorization": f"Bearer {third}"})
 
 
-async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(anvil_url: str, tmp_path: Path) -> None:
+def _spooled(directory: Path) -> list[str]:
+    """This process's open files without a name in `directory`: upload bodies being spooled."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{directory}/") and target.endswith(" (deleted)"):
+                found.append(target)
+    return found
+
+
+class _FullDisk(io.BytesIO):
+    """A spool file on a disk that has filled up."""
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _post_blocking(url: str, data: bytes, key: str) -> tuple[int, Any]:
+    """POST /api/files from a thread, the body sent from `data` itself (no copy in this process)."""
+    request = urllib.request.Request(
+        url + "/api/files",
+        data=data,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.status, json.loads(response.read())
+
+
+async def test_upload_bodies_wait_on_disk_not_in_memory(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies arriving at once are spooled to disk as they come, not held in memory: eight 4 MiB uploads,
+    every body received and none written yet, take less than half their 32 MiB of Python memory (traced;
+    only the writer threads' files are in memory). Each is then stored, and once stored they hold less than
+    one file's worth. No spooled body outlives its request, one whose client hangs up mid-body included."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, url = await c.start_server()
+        app = runner.app
+        assert app is not None
+        uploads, ipfs, data_dir = app[UPLOADS], app[IPFS], app[CONFIG].data_dir
+        size, count = 4 * 2**20, 8
+        files = [os.urandom(size) for _ in range(count)]
+        release = threading.Event()
+        add_bytes = ipfs.add_bytes
+
+        def held(data: bytes, cid_version: int = 0) -> Any:
+            release.wait(300)
+            return add_bytes(data, cid_version)
+
+        ipfs.add_bytes = held  # type: ignore[method-assign]
+
+        async def received() -> bool:
+            return uploads.in_flight == count * size
+
+        loop = asyncio.get_running_loop()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(20_000, 20, 20)  # as `ethml serve` runs: a full collection comes rarely
+        tracemalloc.start()
+        try:
+            # A thread per client: the event loop's default pool has fewer threads than clients on 2 cores.
+            with ThreadPoolExecutor(count) as clients:
+                before = tracemalloc.get_traced_memory()[0]
+                posts = [loop.run_in_executor(clients, _post_blocking, url, f, c.admin_key) for f in files]
+                try:
+                    await wait_until(received, timeout=240, what="every body received")
+                    taken = tracemalloc.get_traced_memory()[0] - before
+                finally:
+                    release.set()
+                results = await asyncio.gather(*posts)
+            left = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+            gc.set_threshold(*thresholds)
+        assert taken < count * size / 2, f"{taken / 2**20:.1f} MiB held for {count} bodies of {size / 2**20:g} MiB"
+        # Stored, the files leave nothing behind: not even the garbage that holds them (`uploads._collected`).
+        assert left < size, f"{left / 2**20:.1f} MiB left after {count} files of {size / 2**20:g} MiB were stored"
+        for data, (status, reply) in zip(files, results, strict=True):
+            assert status == 201 and reply["cid"] == str(build_file(data, 1)[0]), reply
+            assert ipfs.blockstore.has(parse_cid(reply["cid"]))
+
+        # A disk that fills up while a body arrives: 507, nothing stored.
+        key, before_blocks = await c.requester_key(), len(ipfs.blockstore)
+        with monkeypatch.context() as patched:
+            patched.setattr(files_route, "spool", lambda directory: _FullDisk())
+            for chunked in (False, True):
+                status, reply, answer = await _upload(
+                    url, files[0], {"Authorization": f"Bearer {key}"}, chunked=chunked
+                )
+                assert status == 507 and answer["Retry-After"] == "300", reply
+                assert reply["error"]["message"] == "the coordinator's disk is full; the file was not stored", reply
+        assert len(ipfs.blockstore) == before_blocks
+
+        # A client that hangs up mid-body: its spooled part goes with its request.
+        host, port = url.removeprefix("http://").split(":")
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /api/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {c.admin_key}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n".encode()
+            + bytes(size // 4)
+        )
+        await writer.drain()
+
+        async def spooling() -> bool:
+            return len(_spooled(data_dir)) == 1
+
+        async def none_spooled() -> bool:
+            return not _spooled(data_dir)
+
+        await wait_until(spooling, timeout=60, what="the cut-off body spooled")
+        writer.close()
+        await wait_until(none_spooled, timeout=60, what="the cut-off body's spool file closed")
+
+
+async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Any staked account gets an upload token by logging in as a worker, so a token alone adds nothing: the
     upload carries the opening of the account's commitment to a task this coordinator tracks (X-Task and the
     X-Artifact-* headers, as the trainer will reveal it), the opening must match the commitment TrainingTasks
@@ -444,6 +566,12 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(an
         app[CONFIG].min_free_disk_mib = free * 3 / 2**20
         for _ in range(MAX_FAILED_BODIES + 1):  # the server's lack of room is not counted against the worker
             await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is nearly full")
+        assert (await store.failed_artifact_bodies(task, other.address))[0] == 0
+        app[CONFIG].min_free_disk_mib = 0
+        with monkeypatch.context() as patched:  # nor is a disk that fills up while the body arrives
+            patched.setattr(files_route, "spool", lambda directory: _FullDisk())
+            for chunked in [False, True] * 3:
+                await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is full", chunked=chunked)
         assert (await store.failed_artifact_bodies(task, other.address))[0] == 0
         assert (await store.failed_artifact_bodies(task, third.address))[0] == MAX_FAILED_BODIES
         app[CONFIG].min_free_disk_mib = free * 1.5 / 2**20

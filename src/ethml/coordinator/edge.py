@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import IO, Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -47,6 +48,15 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
         self.close = close  # close the connection after the answer (the request was not read to its end)
+
+
+class DiskFull(ApiError):
+    """A body the server's disk had no room for while it arrived (507): the server's lack, not the client's."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            507, "the coordinator's disk is full; the file was not stored", headers={"Retry-After": "300"}, close=True
+        )
 
 
 class ClientGone(Exception):
@@ -124,6 +134,45 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     """The whole body, as sent (no Content-Encoding: a compressed body's size says nothing of what it
     unpacks to; 415): at most `limit` bytes (413), within `seconds` (408, connection closed), from a
     client still there (ClientGone)."""
+    _refuse_encoded(request, limit)
+    content = request.content
+    with _receiving(seconds):
+        if content.is_eof():  # it came with the headers (most JSON bodies): nothing to wait for
+            return _within(await request.read(), limit)
+        async with asyncio.timeout(seconds):
+            if request.content_length is not None:
+                return _within(await request.read(), limit)
+            body = bytearray()  # chunked: no length to check up front
+            while chunk := await content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"the body is over {limit} bytes", close=True)
+            return bytes(body)
+
+
+async def spool_body(request: web.Request, file: IO[bytes], limit: int, seconds: float) -> int:
+    """Read the body as `read_body` does, but write it to `file` as it arrives instead of holding it in
+    memory (a file upload: up to 16 MiB, from as many clients at once as connect); return its size. A write
+    the disk has no room for is a DiskFull (507)."""
+    _refuse_encoded(request, limit)
+    size = 0
+    with _receiving(seconds):
+        async with asyncio.timeout(seconds):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the body is over {limit} bytes", close=True)
+                try:
+                    file.write(chunk)  # into the page cache: microseconds, on the event loop
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    raise DiskFull from None
+    return size
+
+
+def _refuse_encoded(request: web.Request, limit: int) -> None:
+    """415 for a body sent with a Content-Encoding, 413 for one whose Content-Length is over `limit`."""
     # Every Content-Encoding header, each a list: the server does not unpack bodies (auto_decompress off),
     # and one that says it is packed is refused rather than read as it is.
     codings = [c.strip().lower() for h in request.headers.getall("Content-Encoding", ()) for c in h.split(",")]
@@ -138,19 +187,13 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, f"the body is over {limit} bytes", close=True)
-    content = request.content
+
+
+@contextlib.contextmanager
+def _receiving(seconds: float) -> Iterator[None]:
+    """A body that does not arrive within `seconds` is a 408, one cut off a ClientGone, a malformed one a 400."""
     try:
-        if content.is_eof():  # it came with the headers (most JSON bodies): nothing to wait for
-            return _within(await request.read(), limit)
-        async with asyncio.timeout(seconds):
-            if length is not None:
-                return _within(await request.read(), limit)
-            body = bytearray()  # chunked: no length to check up front
-            while chunk := await content.readany():
-                body += chunk
-                if len(body) > limit:
-                    raise ApiError(413, f"the body is over {limit} bytes", close=True)
-            return bytes(body)
+        yield
     except TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {seconds:g} s", close=True) from None
     except ConnectionError as exc:  # aiohttp's "Connection lost"

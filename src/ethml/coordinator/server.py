@@ -128,8 +128,9 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     """The blockstore and the pending artifacts (files and the IPFS gateway, which serves both) and the job
     dispatcher with its worker sockets."""
     cfg = app[CONFIG]
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)  # where upload bodies are spooled as they arrive
     # Durable: an upload answered 201 is on disk, a crash right after it included (a sync per block: a 16 MiB
-    # file takes about 0.13 s to write instead of 0.07, off the event loop).
+    # file takes 1.6-1.7 times as long to write, benchmarks/blockstore_write.py; in a writer thread).
     blockstore = Blockstore(cfg.data_dir / "blocks", durable=True)
     # One store per chain and TrainingTasks, as the training secrets: a redeployed devnet's task 1 is not an
     # earlier one's, and the chain decides only on its own tasks' artifacts.
@@ -150,6 +151,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     for conn in list(dispatcher.conns.values()):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.ws.close(code=1001, message=b"server shutting down"), 2)
+    app[UPLOADS].writers.shutdown(wait=False)  # the handlers are done: idle writer threads end
 
 
 async def loops_ctx(app: web.Application) -> AsyncIterator[None]:

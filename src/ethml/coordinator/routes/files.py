@@ -19,7 +19,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from shutil import disk_usage
-from typing import Any
+from typing import IO, Any
 
 from aiohttp import web
 from multiformats import CID
@@ -27,10 +27,11 @@ from multiformats import CID
 from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
 from ethml.coordinator.artifacts import Layered, PendingArtifacts, reveal_closed
 from ethml.coordinator.auth import rate_limit, required
-from ethml.coordinator.edge import ApiError, read_body
+from ethml.coordinator.edge import ApiError, DiskFull, spool_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
-from ethml.coordinator.uploads import MAX_FAILED_BODIES, MIB, QUOTA_SECONDS
+from ethml.coordinator.uploads import MAX_FAILED_BODIES, MIB, QUOTA_SECONDS, spool
 from ethml.errors import IpfsError
+from ethml.ipfs import IpfsClient
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.gateway import _block as ipfs_block
 from ethml.ipfs.unixfs import MAX_LINKS, build_file, decode_file_node
@@ -66,23 +67,30 @@ async def post_file(request: web.Request) -> web.Response:
         if uploader is not None:
             taken = await _take_quota(request, uploader, declared, close=True)
     try:
-        data = await read_body(request, MAX_FILE_BYTES, cfg.file_timeout)
-        if not data:
-            raise ApiError(422, "the file is empty")
-        if uploader is not None and declared is None:  # chunked: its size is known only now
-            taken = await _take_quota(request, uploader, len(data), close=False)
-        _check_floor(request, len(data), close=False)
-        uploads.in_flight += len(data)  # with the check above, one step of the event loop
-        try:
-            # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
-            cid = await asyncio.to_thread(ipfs.add_bytes, data, 1)
-        finally:
-            uploads.in_flight -= len(data)
+        with spool(cfg.data_dir) as body:
+            size = await spool_body(request, body, MAX_FILE_BYTES, cfg.file_timeout)
+            if not size:
+                raise ApiError(422, "the file is empty")
+            if uploader is not None and declared is None:  # chunked: its size is known only now
+                taken = await _take_quota(request, uploader, size, close=False)
+            _check_floor(request, size, close=False)
+            uploads.in_flight += size  # with the check above, one step of the event loop
+            try:
+                # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
+                cid = await uploads.write(_add_file, ipfs, body)
+            finally:
+                uploads.in_flight -= size
     except BaseException:  # a cancelled handler (a server shutting down) too
         if uploader is not None and taken:
             await store.take_amount(uploader, *_bucket(request), -taken)  # given back: nothing was stored
         raise
-    return web.json_response({"cid": str(cid), "size": len(data)}, status=201)
+    return web.json_response({"cid": str(cid), "size": size}, status=201)
+
+
+def _add_file(ipfs: IpfsClient, body: IO[bytes]) -> CID:
+    """Add the spooled body to the blockstore as a CIDv1 file (in a writer thread)."""
+    body.seek(0)
+    return ipfs.add_bytes(body.read(), 1)
 
 
 #: The headers of a worker's upload: the opening of its submission's commitment.
@@ -240,22 +248,24 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
             except ApiError:  # the server's lack of room, before any of the body is read: not counted
                 await store.forgive_artifact_body(opening.task, account)
                 raise
-        data = await read_body(request, MAX_FILE_BYTES, cfg.file_timeout)
-        _check_floor(request, len(data), close=False, floor=floor)
-        uploads.in_flight += len(data)
         try:
-            differs = await asyncio.to_thread(_add_as, pending, account, data, opening, cid)
-        except OSError:  # the server's disk, not the worker's body: not counted
+            with spool(cfg.data_dir) as body:
+                size = await spool_body(request, body, MAX_FILE_BYTES, cfg.file_timeout)
+                _check_floor(request, size, close=False, floor=floor)
+                uploads.in_flight += size
+                try:
+                    differs = await uploads.write(_add_as, pending, account, body, opening, cid)
+                finally:
+                    uploads.in_flight -= size
+        except (OSError, DiskFull):  # the server's disk, not the worker's body: not counted
             await store.forgive_artifact_body(opening.task, account)
             raise
-        finally:
-            uploads.in_flight -= len(data)
     finally:
         uploads.artifacts.discard(slot)
     if differs:
         raise ApiError(422, f"the body is not the artifact the commitment names: {differs}")
     await store.artifact_is_stored(opening.task, account, opening.model_cid)
-    return web.json_response({"cid": opening.model_cid, "size": len(data)}, status=201)
+    return web.json_response({"cid": opening.model_cid, "size": size}, status=201)
 
 
 def _too_many_failed(task: int, account: str, retry: int) -> ApiError:
@@ -288,10 +298,12 @@ def _held(blockstore: Layered, cid: CID) -> int | None:
 _CLOSE = {"Connection": "close"}
 
 
-def _add_as(pending: PendingArtifacts, account: str, data: bytes, opening: Opening, cid: CID) -> str | None:
-    """Keep `data` as `account`'s pending artifact if it is the opening's (its SHA-256, and `cid`, the opening's,
-    when added as a file with the CID's version); else what differs, nothing stored. Hashing 16 MiB takes
-    ~10 ms: in a thread."""
+def _add_as(pending: PendingArtifacts, account: str, body: IO[bytes], opening: Opening, cid: CID) -> str | None:
+    """Keep the spooled body as `account`'s pending artifact if it is the opening's (its SHA-256, and `cid`, the
+    opening's, when added as a file with the CID's version); else what differs, nothing stored. Hashing 16 MiB
+    takes ~10 ms: in a writer thread."""
+    body.seek(0)
+    data = body.read()
     if hashlib.sha256(data).hexdigest() != opening.sha256:
         return "its SHA-256 differs"
     root, blocks = build_file(data, cid.version)
