@@ -24,7 +24,7 @@ import time
 import tracemalloc
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +37,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from multidict import CIMultiDict
 
 from ethml.chain import EML, Deployment, dev_account, send
+from ethml.coordinator import edge
 from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
 from ethml.coordinator.client import import_body, sign_permit, task_body
 from ethml.coordinator.permit import SECP256K1_N, PermitDomain
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import files as files_route
 from ethml.coordinator.schemas import MAX_FILE_BYTES
-from ethml.coordinator.uploads import MAX_FAILED_BODIES
+from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.unixfs import build_file
 from ethml.training.spec import TaskSpec
@@ -314,7 +315,14 @@ async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor
         await added({"Authorization": f"Bearer {other}"})
         for _ in range(3):
             await added({"Authorization": f"Bearer {c.admin_key}"})
-        await added({"Authorization": f"Bearer {await c.requester_key()}"}, chunked=True)
+        # A body without a Content-Length is charged as the largest file (here the whole quota) until it has
+        # arrived, then what it was.
+        fresh = {"Authorization": f"Bearer {await c.requester_key()}"}
+        await added(fresh, chunked=True)
+        status, reply, _ = await _upload(url, os.urandom(300 * 1024), fresh)
+        assert status == 201, reply
+        status, reply, _ = await _upload(url, os.urandom(1000), fresh, chunked=True)
+        assert status == 429 and "a body without a Content-Length is charged" in reply["error"]["message"], reply
 
         # A compressed body is refused: its size says nothing of what it unpacks to (16 MiB from 16 KiB).
         # Every Content-Encoding header is read, each a list: a second one, or a second coding, is refused too.
@@ -360,10 +368,24 @@ def _spooled(directory: Path) -> list[str]:
 
 
 class _FullDisk(io.BytesIO):
-    """A spool file on a disk that has filled up."""
+    """A spool file on a disk that has filled up: its writes fail, or only the flush of what it buffered."""
+
+    def __init__(self, fails: str = "write") -> None:
+        super().__init__()
+        self.fails = fails
 
     def write(self, data: Any) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if self.fails == "write":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+    def flush(self) -> None:
+        if self.fails == "flush":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _no_room(data: bytes, cid_version: int = 0) -> Any:
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def _post_blocking(url: str, data: bytes, key: str) -> tuple[int, Any]:
@@ -423,43 +445,73 @@ async def test_upload_bodies_wait_on_disk_not_in_memory(
             tracemalloc.stop()
             gc.set_threshold(*thresholds)
         assert taken < count * size / 2, f"{taken / 2**20:.1f} MiB held for {count} bodies of {size / 2**20:g} MiB"
-        # Stored, the files leave nothing behind: not even the garbage that holds them (`uploads._collected`).
+        # Stored, the files leave nothing behind: not even the garbage that holds them (`Uploads._collect`).
         assert left < size, f"{left / 2**20:.1f} MiB left after {count} files of {size / 2**20:g} MiB were stored"
         for data, (status, reply) in zip(files, results, strict=True):
             assert status == 201 and reply["cid"] == str(build_file(data, 1)[0]), reply
             assert ipfs.blockstore.has(parse_cid(reply["cid"]))
 
-        # A disk that fills up while a body arrives: 507, nothing stored.
+        # A disk that fills up while a body arrives (at a write, or at the last flush) or while its file is
+        # written: 507, nothing stored.
         key, before_blocks = await c.requester_key(), len(ipfs.blockstore)
+
+        async def disk_full(chunked: bool) -> None:
+            status, reply, answer = await _upload(url, files[0], {"Authorization": f"Bearer {key}"}, chunked=chunked)
+            assert status == 507 and answer["Retry-After"] == "300", reply
+            assert reply["error"]["message"] == "the coordinator's disk is full; the file was not stored", reply
+
         with monkeypatch.context() as patched:
-            patched.setattr(files_route, "spool", lambda directory: _FullDisk())
-            for chunked in (False, True):
-                status, reply, answer = await _upload(
-                    url, files[0], {"Authorization": f"Bearer {key}"}, chunked=chunked
-                )
-                assert status == 507 and answer["Retry-After"] == "300", reply
-                assert reply["error"]["message"] == "the coordinator's disk is full; the file was not stored", reply
+            for fails in ("write", "flush"):
+                patched.setattr(edge, "spool", lambda directory, fails=fails: _FullDisk(fails))
+                for chunked in (False, True):
+                    await disk_full(chunked)
+        with monkeypatch.context() as patched:
+            patched.setattr(ipfs, "add_bytes", _no_room)
+            await disk_full(False)
         assert len(ipfs.blockstore) == before_blocks
 
-        # A client that hangs up mid-body: its spooled part goes with its request.
+        # Bodies still arriving count against the disk's floor from before they are read (their Content-Length);
+        # a client that hangs up mid-body takes its spooled part and its count with it.
         host, port = url.removeprefix("http://").split(":")
-        _reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            f"POST /api/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {c.admin_key}\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n".encode()
-            + bytes(size // 4)
-        )
-        await writer.drain()
 
-        async def spooling() -> bool:
-            return len(_spooled(data_dir)) == 1
+        async def arriving(bearer: str) -> asyncio.StreamWriter:
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST /api/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {bearer}\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n".encode()
+                + bytes(size // 4)
+            )
+            await writer.drain()
+            return writer
 
-        async def none_spooled() -> bool:
-            return not _spooled(data_dir)
+        def spooling(n: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return len(_spooled(data_dir)) == n
 
-        await wait_until(spooling, timeout=60, what="the cut-off body spooled")
+            return check
+
+        async def idle() -> bool:
+            return not _spooled(data_dir) and uploads.in_flight == 0 and not uploads.per_key
+
+        writer = await arriving(c.admin_key)
+        await wait_until(spooling(1), timeout=60, what="the body spooled")
+        assert uploads.in_flight == size
         writer.close()
-        await wait_until(none_spooled, timeout=60, what="the cut-off body's spool file closed")
+        await wait_until(idle, timeout=60, what="the cut-off body's spool file closed and its count gone")
+
+        # One API key has at most MAX_UPLOADS_PER_KEY uploads in progress: the next gets 429, another key's goes on.
+        writers = [await arriving(key) for _ in range(MAX_UPLOADS_PER_KEY)]
+        await wait_until(spooling(MAX_UPLOADS_PER_KEY), timeout=60, what="every body spooling")
+        status, reply, answer = await _upload(url, b"one more", {"Authorization": f"Bearer {key}"})
+        assert status == 429 and answer["Retry-After"] == "5", reply
+        assert f"this API key has {MAX_UPLOADS_PER_KEY} uploads in progress" in reply["error"]["message"], reply
+        status, reply, _ = await _upload(url, b"another key", {"Authorization": f"Bearer {c.admin_key}"})
+        assert status == 201, reply
+        for writer in writers:
+            writer.close()
+        await wait_until(idle, timeout=60, what="the cut-off bodies' spool files closed and their counts gone")
+        status, reply, _ = await _upload(url, b"one more", {"Authorization": f"Bearer {key}"})
+        assert status == 201, reply
 
 
 async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(
@@ -564,12 +616,13 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(
         # The disk's floor: an artifact may go down to half of it; a requester may not go below it.
         free = shutil.disk_usage(blocks.root).free
         app[CONFIG].min_free_disk_mib = free * 3 / 2**20
-        for _ in range(MAX_FAILED_BODIES + 1):  # the server's lack of room is not counted against the worker
-            await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is nearly full")
+        for chunked in [False, True] * 3:  # the server's lack of room is not counted against the worker; a body
+            # without a Content-Length is counted as the largest file, and refused before it is read
+            await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is nearly full", chunked=chunked)
         assert (await store.failed_artifact_bodies(task, other.address))[0] == 0
         app[CONFIG].min_free_disk_mib = 0
         with monkeypatch.context() as patched:  # nor is a disk that fills up while the body arrives
-            patched.setattr(files_route, "spool", lambda directory: _FullDisk())
+            patched.setattr(edge, "spool", lambda directory: _FullDisk())
             for chunked in [False, True] * 3:
                 await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is full", chunked=chunked)
         assert (await store.failed_artifact_bodies(task, other.address))[0] == 0
@@ -797,13 +850,13 @@ async def test_slow_bodies_get_a_408_and_their_connection_closed(anvil_url: str,
     the body timeout and its connection is closed, JSON routes and file uploads alike."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         _runner, url = await c.start_server(body_timeout=1.0, file_timeout=2.0)
-        key = await c.requester_key()
+        key, other = await c.requester_key(), await c.requester_key()
         port = int(url.rsplit(":", 1)[1])
 
-        async def slow(path: str, content_type: str) -> tuple[bytes, float]:
+        async def slow(path: str, content_type: str, bearer: str = key) -> tuple[bytes, float]:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             head = (
-                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: 1000\r\n\r\n"
             )
             writer.write(head.encode() + b'{"spec"')
@@ -814,7 +867,8 @@ async def test_slow_bodies_get_a_408_and_their_connection_closed(anvil_url: str,
             return answer, time.monotonic() - started
 
         clients = [slow("/api/tasks", "application/json") for _ in range(30)]
-        clients += [slow("/api/files", "application/octet-stream") for _ in range(10)]
+        # Uploads from two keys: one key may have 8 in progress at once.
+        clients += [slow("/api/files", "application/octet-stream", bearer) for bearer in [key, other] * 5]
         for answer, seconds in await asyncio.gather(*clients):
             assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
             # Closed at the timeout (1 or 2 s), not after aiohttp's 10 s of reading what never comes.

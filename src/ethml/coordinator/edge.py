@@ -16,6 +16,7 @@ import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
@@ -28,6 +29,7 @@ from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCE
 
 from ethml.coordinator.appkeys import CONFIG, METRICS
 from ethml.coordinator.schemas import MAX_BODY_BYTES, first_error
+from ethml.coordinator.uploads import spool
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -48,6 +50,10 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
         self.close = close  # close the connection after the answer (the request was not read to its end)
+
+
+#: The errors of a disk (or a quota on it) with no room left.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFull(ApiError):
@@ -150,25 +156,45 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
             return bytes(body)
 
 
-async def spool_body(request: web.Request, file: IO[bytes], limit: int, seconds: float) -> int:
-    """Read the body as `read_body` does, but write it to `file` as it arrives instead of holding it in
-    memory (a file upload: up to 16 MiB, from as many clients at once as connect); return its size. A write
-    the disk has no room for is a DiskFull (507)."""
+async def spool_body(request: web.Request, directory: Path, limit: int, seconds: float) -> tuple[IO[bytes], int]:
+    """Read the body as `read_body` does, but into a file without a name in `directory` as it arrives, instead
+    of holding it in memory (an upload: up to 16 MiB, from as many clients at once as connect). Return the
+    file, which the caller closes, and the body's size. A disk with no room for it is a DiskFull (507)."""
     _refuse_encoded(request, limit)
+    try:
+        file = spool(directory)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise DiskFull from None
     size = 0
-    with _receiving(seconds):
-        async with asyncio.timeout(seconds):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, f"the body is over {limit} bytes", close=True)
-                try:
-                    file.write(chunk)  # into the page cache: microseconds, on the event loop
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    raise DiskFull from None
-    return size
+    try:
+        with _receiving(seconds):
+            async with asyncio.timeout(seconds):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"the body is over {limit} bytes", close=True)
+                    _spool_write(file, chunk)
+        _spool_write(file, b"")  # flushed: the last bytes too are on disk before the caller reads it back
+    except BaseException:
+        file.close()
+        raise
+    return file, size
+
+
+def _spool_write(file: IO[bytes], chunk: bytes) -> None:
+    """Write a chunk of a body to its spool file (into the page cache, on the event loop, as the gateway reads
+    blocks); an empty one flushes it."""
+    try:
+        if chunk:
+            file.write(chunk)
+        else:
+            file.flush()
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise DiskFull from None
 
 
 def _refuse_encoded(request: web.Request, limit: int) -> None:

@@ -19,7 +19,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from shutil import disk_usage
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from aiohttp import web
 from multiformats import CID
@@ -27,9 +27,9 @@ from multiformats import CID
 from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
 from ethml.coordinator.artifacts import Layered, PendingArtifacts, reveal_closed
 from ethml.coordinator.auth import rate_limit, required
-from ethml.coordinator.edge import ApiError, DiskFull, spool_body
+from ethml.coordinator.edge import DISK_FULL, ApiError, DiskFull, spool_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
-from ethml.coordinator.uploads import MAX_FAILED_BODIES, MIB, QUOTA_SECONDS, spool
+from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY, MIB, QUOTA_SECONDS, Uploads
 from ethml.errors import IpfsError
 from ethml.ipfs import IpfsClient
 from ethml.ipfs.cid import parse_cid
@@ -40,6 +40,7 @@ from ethml.training.terms import SCORE_SCALE, min_score_units
 from ethml.training.trainer import Opening
 
 routes = web.RouteTableDef()
+T = TypeVar("T")
 
 routes.get("/ipfs/{cid}")(ipfs_block)
 
@@ -59,35 +60,66 @@ async def post_file(request: web.Request) -> web.Response:
     who = await required(request, "requester", "admin")
     await rate_limit(request, who["key"])
     uploader = None if who["role"] == "admin" else f"upload:key:{who['key']}"
+    if uploads.per_key[who["key"]] >= MAX_UPLOADS_PER_KEY:
+        raise ApiError(
+            429,
+            f"this API key has {MAX_UPLOADS_PER_KEY} uploads in progress, the most it may have at once",
+            headers={"Retry-After": "5"},
+            close=True,
+        )
+    # Counted from before the body is read: the file's size when it says (a body over the limit gets 413 when it
+    # is read), else the largest a file may be.
     declared = request.content_length
-    taken = 0
-    if declared is not None and 0 < declared <= MAX_FILE_BYTES:
-        # Before the body is read: a refused upload's body is not read, and its connection is closed.
-        _check_floor(request, declared, close=True)
-        if uploader is not None:
-            taken = await _take_quota(request, uploader, declared, close=True)
+    reserved = MAX_FILE_BYTES if declared is None else declared if declared <= MAX_FILE_BYTES else 0
+    taken = counted = 0
+    uploads.per_key[who["key"]] += 1
     try:
-        with spool(cfg.data_dir) as body:
-            size = await spool_body(request, body, MAX_FILE_BYTES, cfg.file_timeout)
+        if reserved:
+            # Before the body is read: a refused upload's body is not read, and its connection is closed.
+            _check_floor(request, reserved, close=True)
+            uploads.in_flight += reserved  # with the check above, one step of the event loop
+            counted = reserved
+            if uploader is not None:
+                taken = await _take_quota(request, uploader, reserved, close=True, chunked=declared is None)
+        body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout)
+        try:
             if not size:
                 raise ApiError(422, "the file is empty")
-            if uploader is not None and declared is None:  # chunked: its size is known only now
-                taken = await _take_quota(request, uploader, size, close=False)
-            _check_floor(request, size, close=False)
-            uploads.in_flight += size  # with the check above, one step of the event loop
-            try:
-                # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
-                cid = await uploads.write(_add_file, ipfs, body)
-            finally:
-                uploads.in_flight -= size
+            if uploader is not None and declared is None:  # charged as the largest file until it arrived
+                kept = min(size, taken)
+                if kept < taken:
+                    await store.take_amount(uploader, *_bucket(request), kept - taken)
+                    taken = kept
+            uploads.in_flight += size - counted
+            counted = size
+        except BaseException:
+            body.close()
+            raise
+        # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
+        cid = await _write(uploads, _add_file, body, ipfs)
     except BaseException:  # a cancelled handler (a server shutting down) too
         if uploader is not None and taken:
             await store.take_amount(uploader, *_bucket(request), -taken)  # given back: nothing was stored
         raise
+    finally:
+        uploads.in_flight -= counted
+        uploads.per_key[who["key"]] -= 1
+        if not uploads.per_key[who["key"]]:
+            del uploads.per_key[who["key"]]
     return web.json_response({"cid": str(cid), "size": size}, status=201)
 
 
-def _add_file(ipfs: IpfsClient, body: IO[bytes]) -> CID:
+async def _write(uploads: Uploads, fn: Callable[..., T], body: IO[bytes], *args: object) -> T:
+    """`uploads.write`, with a disk that has no room (the blockstore's, the pending store's) a DiskFull (507)."""
+    try:
+        return await uploads.write(fn, body, *args)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise DiskFull from None
+
+
+def _add_file(body: IO[bytes], ipfs: IpfsClient) -> CID:
     """Add the spooled body to the blockstore as a CIDv1 file (in a writer thread)."""
     body.seek(0)
     return ipfs.add_bytes(body.read(), 1)
@@ -241,25 +273,24 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         if count > MAX_FAILED_BODIES:
             raise _too_many_failed(opening.task, account, retry)
         declared = request.content_length
-        floor = cfg.min_free_disk_mib * MIB / 2
-        if declared is not None and 0 < declared <= MAX_FILE_BYTES:
+        reserved = MAX_FILE_BYTES if declared is None else declared if declared <= MAX_FILE_BYTES else 0
+        if reserved:
             try:
-                _check_floor(request, declared, close=True, floor=floor)
+                _check_floor(request, reserved, close=True, floor=cfg.min_free_disk_mib * MIB / 2)
             except ApiError:  # the server's lack of room, before any of the body is read: not counted
                 await store.forgive_artifact_body(opening.task, account)
                 raise
+        uploads.in_flight += reserved
         try:
-            with spool(cfg.data_dir) as body:
-                size = await spool_body(request, body, MAX_FILE_BYTES, cfg.file_timeout)
-                _check_floor(request, size, close=False, floor=floor)
-                uploads.in_flight += size
-                try:
-                    differs = await uploads.write(_add_as, pending, account, body, opening, cid)
-                finally:
-                    uploads.in_flight -= size
-        except (OSError, DiskFull):  # the server's disk, not the worker's body: not counted
+            body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout)
+            uploads.in_flight -= reserved - size
+            reserved = size
+            differs = await _write(uploads, _add_as, body, pending, account, opening, cid)
+        except (OSError, DiskFull, asyncio.CancelledError):  # the server's disk or its shutdown: not counted
             await store.forgive_artifact_body(opening.task, account)
             raise
+        finally:
+            uploads.in_flight -= reserved
     finally:
         uploads.artifacts.discard(slot)
     if differs:
@@ -298,7 +329,7 @@ def _held(blockstore: Layered, cid: CID) -> int | None:
 _CLOSE = {"Connection": "close"}
 
 
-def _add_as(pending: PendingArtifacts, account: str, body: IO[bytes], opening: Opening, cid: CID) -> str | None:
+def _add_as(body: IO[bytes], pending: PendingArtifacts, account: str, opening: Opening, cid: CID) -> str | None:
     """Keep the spooled body as `account`'s pending artifact if it is the opening's (its SHA-256, and `cid`, the
     opening's, when added as a file with the CID's version); else what differs, nothing stored. Hashing 16 MiB
     takes ~10 ms: in a writer thread."""
@@ -320,7 +351,7 @@ def _bucket(request: web.Request) -> tuple[float, float]:
 
 
 def _check_floor(request: web.Request, size: int, *, close: bool, floor: float | None = None) -> None:
-    """507 when storing `size` more bytes, beside this instance's uploads not yet written, would leave the
+    """507 when storing `size` more bytes, beside what this instance's uploads in progress may add, would leave the
     blockstore's disk less than `floor` bytes free (default --min-free-disk; an artifact's is half)."""
     cfg, ipfs, uploads = request.app[CONFIG], request.app[IPFS], request.app[UPLOADS]
     root = ipfs.blockstore.root
@@ -335,17 +366,23 @@ def _check_floor(request: web.Request, size: int, *, close: bool, floor: float |
         )
 
 
-async def _take_quota(request: web.Request, uploader: str, size: int, *, close: bool) -> int:
+async def _take_quota(request: web.Request, uploader: str, size: int, *, close: bool, chunked: bool = False) -> int:
     """Take `size` bytes from the uploader's hourly quota (a file larger than the quota takes all of it) and
-    return what was taken, or answer 429 with the wait (closing the connection when the body was not read)."""
+    return what was taken, or answer 429 with the wait (closing the connection when the body was not read).
+    `chunked`: a body without a Content-Length, charged as the largest file until it has arrived."""
     rate, burst = _bucket(request)
     amount = min(size, int(burst))
     wait = await request.app[STORE].take_amount(uploader, rate, burst, amount)
     if wait > 0:
+        what = (
+            f"a body without a Content-Length is charged {size} bytes until it has arrived; they"
+            if chunked
+            else (f"{size} bytes")
+        )
         raise ApiError(
             429,
             f"upload quota exceeded: {request.app[CONFIG].upload_quota_mib:g} MiB per hour per uploader (a worker "
-            f"account or an API key); {size} bytes fit in {wait:.0f} s",
+            f"account or an API key); {what} fit in {wait:.0f} s",
             headers={"Retry-After": str(max(1, int(wait + 0.999)))},
             close=close,
         )
