@@ -1,7 +1,8 @@
 """What many uploads at once cost `ethml serve` in memory: `--uploads` files of `--mib` MiB posted to
-`POST /api/files` together (an admin key, so no quota refuses them), against a real server on anvil with
-its private Redis. Prints the server's resident memory before, its peak during the uploads (Linux's
-VmHWM), the growth, and the time until the last 201 (the files go into the durable blockstore).
+`POST /api/files` together (from admin keys, so no quota refuses them, each with at most as many
+uploads as one key may have in progress), against a real server on anvil with its private Redis.
+Prints the server's resident memory before, its peak during the uploads (Linux's VmHWM), the growth,
+and the time until the last 201 (the files go into the durable blockstore).
 
 A body is spooled to disk as it arrives and read back by one of the server's writer threads, so the
 growth should stay near what those threads hold (each file and its blocks), whatever `--uploads` is.
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coordinator_load import deploy, free_port, wait_port
 
 from ethml.chain import DEV_MNEMONIC
+from ethml.coordinator.uploads import MAX_UPLOADS_PER_KEY
 from ethml.devnet import AnvilNotFound, find_anvil
 from ethml.pow.tune import cpu_model
 
@@ -39,16 +41,30 @@ def memory_kib(pid: int, field: str) -> int:
     raise SystemExit(f"no {field} in /proc/{pid}/status")
 
 
-async def post_all(url: str, key: str, files: list[bytes]) -> list[int]:
+async def admin_keys(url: str, admin: str, count: int) -> list[str]:
+    """`count` admin keys, `admin` first: one key may have MAX_UPLOADS_PER_KEY uploads in progress."""
+    keys = [admin]
+    async with aiohttp.ClientSession() as session:
+        while len(keys) < count:
+            body = {"name": f"bench-{len(keys)}", "role": "admin"}
+            headers = {"Authorization": f"Bearer {admin}"}
+            async with session.post(url + "/api/keys", json=body, headers=headers) as response:
+                if response.status != 201:
+                    raise SystemExit(f"error: POST /api/keys answered {response.status}: {await response.text()}")
+                keys.append((await response.json())["key"])
+    return keys
+
+
+async def post_all(url: str, keys: list[str], files: list[bytes]) -> list[int]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
 
-        async def post(data: bytes) -> int:
-            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"}
+        async def post(i: int, data: bytes) -> int:
+            headers = {"Authorization": f"Bearer {keys[i % len(keys)]}", "Content-Type": "application/octet-stream"}
             async with session.post(url + "/api/files", data=data, headers=headers) as response:
                 await response.read()
                 return response.status
 
-        return await asyncio.gather(*(post(data) for data in files))
+        return await asyncio.gather(*(post(i, data) for i, data in enumerate(files)))
 
 
 def main() -> None:
@@ -87,13 +103,13 @@ def main() -> None:
             deadline = time.monotonic() + 60
             while not key_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            key = key_file.read_text().strip()
-            files = [os.urandom(args.mib * 2**20) for _ in range(args.uploads)]
             url = f"http://127.0.0.1:{port}"
-            asyncio.run(post_all(url, key, files[:1]))  # one first: the server's code paths warmed up
+            keys = asyncio.run(admin_keys(url, key_file.read_text().strip(), -(-args.uploads // MAX_UPLOADS_PER_KEY)))
+            files = [os.urandom(args.mib * 2**20) for _ in range(args.uploads)]
+            asyncio.run(post_all(url, keys, files[:1]))  # one first: the server's code paths warmed up
             before = memory_kib(server.pid, "VmRSS")
             started = time.perf_counter()
-            statuses = asyncio.run(post_all(url, key, files))
+            statuses = asyncio.run(post_all(url, keys, files))
             seconds = time.perf_counter() - started
             peak = memory_kib(server.pid, "VmHWM")
         finally:
