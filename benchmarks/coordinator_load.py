@@ -136,6 +136,14 @@ def cpu_seconds(pid: int) -> float:
 TEST_CID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 
 
+def anvil_or_exit() -> str:
+    """Foundry's anvil, or the process ends with the reason it is not found."""
+    try:
+        return find_anvil()
+    except AnvilNotFound as exc:
+        sys.exit(f"error: {exc}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -345,10 +353,7 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("error: the load generator is wrk (apt-get install wrk)")
-    try:
-        anvil = find_anvil()
-    except AnvilNotFound as exc:
-        sys.exit(f"error: {exc}")
+    anvil = anvil_or_exit()
     procs: list[subprocess.Popen[bytes]] = []
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:

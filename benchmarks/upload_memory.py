@@ -25,11 +25,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from coordinator_load import deploy, free_port, wait_port
+from coordinator_load import anvil_or_exit, deploy, free_port, wait_port
 
 from ethml.chain import DEV_MNEMONIC
 from ethml.coordinator.uploads import MAX_UPLOADS_PER_KEY
-from ethml.devnet import AnvilNotFound, find_anvil
 from ethml.pow.tune import cpu_model
 
 
@@ -74,10 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     if not 1 <= args.mib <= 16 or args.uploads < 1:
         ap.error("--mib must be 1 to 16 and --uploads at least 1")
-    try:
-        anvil = find_anvil()
-    except AnvilNotFound as exc:
-        sys.exit(f"error: {exc}")
+    anvil = anvil_or_exit()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
