@@ -11,7 +11,6 @@ import errno
 import gc
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -284,7 +283,7 @@ async def _upload(
 
 
 async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor(
-    anvil_url: str, tmp_path: Path
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each requester's API key may add --upload-quota MiB per hour, with or without a Content-Length; past
     it, 429 with Retry-After and nothing stored. Another uploader is not held back and an admin key is not
@@ -340,52 +339,48 @@ async def test_each_uploader_has_an_hourly_quota_and_the_disk_keeps_a_free_floor
         status, reply, _ = await _upload(url, packed, {"Authorization": f"Bearer {c.admin_key}"})
         assert status == 201 and reply["size"] == len(packed), reply  # bytes as sent are taken as they are
 
-        # A full disk: 507 for everyone, and it costs no one its quota.
+        # A full disk: 507 for everyone, and it costs no one its quota. (The disk's free space is fixed here: the
+        # real one changes with whatever else runs on the machine.)
         third = await c.requester_key()
-        free = shutil.disk_usage(blocks.root).free
-        app[CONFIG].min_free_disk_mib = free / 2**20 + 1
+        usage = shutil.disk_usage(blocks.root)
+        app[CONFIG].min_free_disk_mib = usage.free / 2**20 + 1
         before = len(blocks)
-        for headers in ({"Authorization": f"Bearer {c.admin_key}"}, {"Authorization": f"Bearer {third}"}):
-            for chunked in (False, True, False):
-                status, reply, answer = await _upload(url, os.urandom(part), headers, chunked=chunked)
-                assert status == 507 and answer["Retry-After"] == "300", reply
-                assert "the coordinator's disk is nearly full" in reply["error"]["message"], reply
+        with monkeypatch.context() as patched:
+            patched.setattr(files_route, "disk_usage", lambda _path: usage)
+            for headers in ({"Authorization": f"Bearer {c.admin_key}"}, {"Authorization": f"Bearer {third}"}):
+                for chunked in (False, True, False):
+                    status, reply, answer = await _upload(url, os.urandom(part), headers, chunked=chunked)
+                    assert status == 507 and answer["Retry-After"] == "300", reply
+                    assert "the coordinator's disk is nearly full" in reply["error"]["message"], reply
         assert len(blocks) == before
         app[CONFIG].min_free_disk_mib = 0
         await added({"Authorization": f"Bearer {third}"})
         await refused({"Authorization": f"Bearer {third}"})
 
 
-def _spooled(directory: Path) -> list[str]:
-    """This process's open files without a name in `directory`: upload bodies being spooled."""
+def _spooled(directory: Path) -> list[int]:
+    """The sizes of this process's open files without a name in `directory`: upload bodies being spooled."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             target = os.readlink(f"/proc/self/fd/{fd}")
             if target.startswith(f"{directory}/") and target.endswith(" (deleted)"):
-                found.append(target)
+                found.append(os.stat(f"/proc/self/fd/{fd}").st_size)
     return found
 
 
-class _FullDisk(io.BytesIO):
-    """A spool file on a disk that has filled up: its writes fail, or only the flush of what it buffered."""
-
-    def __init__(self, fails: str = "write") -> None:
-        super().__init__()
-        self.fails = fails
-
-    def write(self, data: Any) -> int:
-        if self.fails == "write":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return super().write(data)
-
-    def flush(self) -> None:
-        if self.fails == "flush":
-            raise OSError(errno.ENOSPC, "No space left on device")
+def _full_disk(directory: Path) -> Any:
+    """A spool file on a disk that has filled up (Linux's /dev/full): a write that reaches it fails, so a large
+    body fails as it arrives and a small one at the flush of what was buffered."""
+    return open("/dev/full", "w+b")
 
 
 def _no_room(data: bytes, cid_version: int = 0) -> Any:
     raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _fail(error: int) -> Any:
+    raise OSError(error, os.strerror(error))
 
 
 def _post_blocking(url: str, data: bytes, key: str) -> tuple[int, Any]:
@@ -422,8 +417,8 @@ async def test_upload_bodies_wait_on_disk_not_in_memory(
 
         ipfs.add_bytes = held  # type: ignore[method-assign]
 
-        async def received() -> bool:
-            return uploads.in_flight == count * size
+        async def received() -> bool:  # every body in its spool file (two of them held by the writer threads)
+            return sorted(_spooled(data_dir)) == [size] * count
 
         loop = asyncio.get_running_loop()
         thresholds = gc.get_threshold()
@@ -455,53 +450,72 @@ async def test_upload_bodies_wait_on_disk_not_in_memory(
         # written: 507, nothing stored.
         key, before_blocks = await c.requester_key(), len(ipfs.blockstore)
 
-        async def disk_full(chunked: bool) -> None:
-            status, reply, answer = await _upload(url, files[0], {"Authorization": f"Bearer {key}"}, chunked=chunked)
+        async def disk_full(data: bytes, chunked: bool = False) -> None:
+            status, reply, answer = await _upload(url, data, {"Authorization": f"Bearer {key}"}, chunked=chunked)
             assert status == 507 and answer["Retry-After"] == "300", reply
             assert reply["error"]["message"] == "the coordinator's disk is full; the file was not stored", reply
 
         with monkeypatch.context() as patched:
-            for fails in ("write", "flush"):
-                patched.setattr(edge, "spool", lambda directory, fails=fails: _FullDisk(fails))
+            patched.setattr(edge, "spool", _full_disk)
+            for data in (files[0], b"a small file"):
                 for chunked in (False, True):
-                    await disk_full(chunked)
+                    await disk_full(data, chunked)
         with monkeypatch.context() as patched:
             patched.setattr(ipfs, "add_bytes", _no_room)
-            await disk_full(False)
+            await disk_full(files[0])
         assert len(ipfs.blockstore) == before_blocks
 
         # Bodies still arriving count against the disk's floor from before they are read (their Content-Length);
         # a client that hangs up mid-body takes its spooled part and its count with it.
         host, port = url.removeprefix("http://").split(":")
 
-        async def arriving(bearer: str) -> asyncio.StreamWriter:
+        async def arriving(bearer: str, sent: int = size // 4) -> asyncio.StreamWriter:
             _reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
                 f"POST /api/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {bearer}\r\n"
                 f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n".encode()
-                + bytes(size // 4)
+                + bytes(sent)
             )
             await writer.drain()
             return writer
 
-        def spooling(n: int) -> Callable[[], Awaitable[bool]]:
+        def spooling(*sizes: int) -> Callable[[], Awaitable[bool]]:
             async def check() -> bool:
-                return len(_spooled(data_dir)) == n
+                return sorted(_spooled(data_dir)) == sorted(sizes)
 
             return check
 
         async def idle() -> bool:
-            return not _spooled(data_dir) and uploads.in_flight == 0 and not uploads.per_key
+            return not _spooled(data_dir) and uploads.in_flight == uploads.spooled == 0 and not uploads.per_key
 
         writer = await arriving(c.admin_key)
-        await wait_until(spooling(1), timeout=60, what="the body spooled")
+        await wait_until(spooling(size // 4), timeout=60, what="the body spooled")
         assert uploads.in_flight == size
         writer.close()
         await wait_until(idle, timeout=60, what="the cut-off body's spool file closed and its count gone")
 
+        # ... but once: the bytes already in a spool file are not counted again beside its Content-Length. On a
+        # disk whose free space is what the spool files leave, with room above the floor for the arriving file
+        # and one more of `size`, that one is stored and one a byte larger is refused.
+        base, usage = 64 * 2**30, shutil.disk_usage(data_dir)
+        with monkeypatch.context() as patched:
+            patched.setattr(
+                files_route, "disk_usage", lambda _path: usage._replace(free=base - sum(_spooled(data_dir)))
+            )
+            app[CONFIG].min_free_disk_mib = (base - 2 * size) / 2**20
+            writer = await arriving(c.admin_key, size - 1)
+            await wait_until(spooling(size - 1), timeout=60, what="the body all but spooled")
+            status, reply, answer = await _upload(url, files[1] + b"!", {"Authorization": f"Bearer {c.admin_key}"})
+            assert status == 507 and "disk is nearly full" in reply["error"]["message"], reply
+            status, reply, _ = await _upload(url, files[1], {"Authorization": f"Bearer {c.admin_key}"})
+            assert status == 201, reply
+            writer.close()
+            await wait_until(idle, timeout=60, what="the cut-off body's spool file closed and its count gone")
+            app[CONFIG].min_free_disk_mib = 0
+
         # One API key has at most MAX_UPLOADS_PER_KEY uploads in progress: the next gets 429, another key's goes on.
         writers = [await arriving(key) for _ in range(MAX_UPLOADS_PER_KEY)]
-        await wait_until(spooling(MAX_UPLOADS_PER_KEY), timeout=60, what="every body spooling")
+        await wait_until(spooling(*[size // 4] * MAX_UPLOADS_PER_KEY), timeout=60, what="every body spooling")
         status, reply, answer = await _upload(url, b"one more", {"Authorization": f"Bearer {key}"})
         assert status == 429 and answer["Retry-After"] == "5", reply
         assert f"this API key has {MAX_UPLOADS_PER_KEY} uploads in progress" in reply["error"]["message"], reply
@@ -622,9 +636,16 @@ async def test_a_worker_uploads_only_the_artifact_its_submission_committed_to(
         assert (await store.failed_artifact_bodies(task, other.address))[0] == 0
         app[CONFIG].min_free_disk_mib = 0
         with monkeypatch.context() as patched:  # nor is a disk that fills up while the body arrives
-            patched.setattr(edge, "spool", lambda directory: _FullDisk())
+            patched.setattr(edge, "spool", _full_disk)
             for chunked in [False, True] * 3:
                 await upload(theirs["data"], headers_of(theirs, other_token), 507, "disk is full", chunked=chunked)
+        with monkeypatch.context() as patched:  # or while its file is written, or a disk that fails otherwise
+            for error in [errno.ENOSPC, errno.EIO] * 3:
+                patched.setattr(app[PENDING], "add", lambda *_args, error=error: _fail(error))
+                words = "disk is full" if error == errno.ENOSPC else "disk failed to take the file"
+                await upload(
+                    theirs["data"], headers_of(theirs, other_token), 507 if error == errno.ENOSPC else 503, words
+                )
         assert (await store.failed_artifact_bodies(task, other.address))[0] == 0
         assert (await store.failed_artifact_bodies(task, third.address))[0] == MAX_FAILED_BODIES
         app[CONFIG].min_free_disk_mib = free * 1.5 / 2**20

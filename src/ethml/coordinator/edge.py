@@ -6,7 +6,8 @@ What a client gets wrong is a 4xx, never a 500 or 503: a body that is not `appli
 compressed (a Content-Encoding), is a 415, one over the size limit a 413, one that does not arrive
 within the body timeout a 408 (and the connection is closed), a client that hangs up mid-body is
 counted as 499 (nginx's "client closed request") and answered with nothing. A 503 means Redis or the
-chain RPC is down, or the RPC refused a request (a node limiting its log queries, say), nothing else."""
+chain RPC is down, or the RPC refused a request (a node limiting its log queries, say), or the server's
+own disk failed to take an upload's body (a 507 when it is full), nothing else."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCE
 
 from ethml.coordinator.appkeys import CONFIG, METRICS
 from ethml.coordinator.schemas import MAX_BODY_BYTES, first_error
-from ethml.coordinator.uploads import spool
+from ethml.coordinator.uploads import Uploads, spool
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -62,6 +63,18 @@ class DiskFull(ApiError):
     def __init__(self) -> None:
         super().__init__(
             507, "the coordinator's disk is full; the file was not stored", headers={"Retry-After": "300"}, close=True
+        )
+
+
+class DiskFailed(ApiError):
+    """The server's disk failed to take a body (an I/O error, no file descriptors left): a 503."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "the coordinator's disk failed to take the file (logged by the server); retry shortly",
+            headers={"Retry-After": "5"},
+            close=True,
         )
 
 
@@ -140,7 +153,7 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     """The whole body, as sent (no Content-Encoding: a compressed body's size says nothing of what it
     unpacks to; 415): at most `limit` bytes (413), within `seconds` (408, connection closed), from a
     client still there (ClientGone)."""
-    _refuse_encoded(request, limit)
+    refuse_encoded(request, limit)
     content = request.content
     with _receiving(seconds):
         if content.is_eof():  # it came with the headers (most JSON bodies): nothing to wait for
@@ -156,48 +169,51 @@ async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
             return bytes(body)
 
 
-async def spool_body(request: web.Request, directory: Path, limit: int, seconds: float) -> tuple[IO[bytes], int]:
+async def spool_body(
+    request: web.Request, directory: Path, limit: int, seconds: float, uploads: Uploads
+) -> tuple[IO[bytes], int]:
     """Read the body as `read_body` does, but into a file without a name in `directory` as it arrives, instead
     of holding it in memory (an upload: up to 16 MiB, from as many clients at once as connect). Return the
-    file, which the caller closes, and the body's size. A disk with no room for it is a DiskFull (507)."""
-    _refuse_encoded(request, limit)
-    try:
+    file, which the caller closes, and the body's size, which stays counted in `uploads.spooled` until the
+    caller takes it out (on an error here, it is taken out here). A disk with no room for it is a DiskFull
+    (507), another failure of the disk a 503 (`disk_errors`)."""
+    refuse_encoded(request, limit)
+    with disk_errors():
         file = spool(directory)
-    except OSError as exc:
-        if exc.errno not in DISK_FULL:
-            raise
-        raise DiskFull from None
     size = 0
     try:
-        with _receiving(seconds):
+        with _receiving(seconds), disk_errors():
             async with asyncio.timeout(seconds):
                 while chunk := await request.content.readany():
-                    size += len(chunk)
-                    if size > limit:
+                    if size + len(chunk) > limit:
                         raise ApiError(413, f"the body is over {limit} bytes", close=True)
-                    _spool_write(file, chunk)
-        _spool_write(file, b"")  # flushed: the last bytes too are on disk before the caller reads it back
+                    size += len(chunk)
+                    uploads.spooled += len(chunk)
+                    file.write(chunk)  # into the page cache: microseconds, on the event loop
+            file.flush()  # the last bytes too are on disk before the caller reads it back
     except BaseException:
-        file.close()
+        uploads.spooled -= size
+        with contextlib.suppress(OSError):  # a flush that fails again (a full disk) changes nothing now
+            file.close()
         raise
     return file, size
 
 
-def _spool_write(file: IO[bytes], chunk: bytes) -> None:
-    """Write a chunk of a body to its spool file (into the page cache, on the event loop, as the gateway reads
-    blocks); an empty one flushes it."""
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """An OSError of the server's disk: a DiskFull (507) when it has no room, else logged and a DiskFailed (503)."""
     try:
-        if chunk:
-            file.write(chunk)
-        else:
-            file.flush()
+        yield
     except OSError as exc:
-        if exc.errno not in DISK_FULL:
+        if isinstance(exc, ConnectionError | TimeoutError):  # the client's, or its body's timeout
             raise
-        raise DiskFull from None
+        if exc.errno in DISK_FULL:
+            raise DiskFull from None
+        log.warning("disk_failed", error=str(exc))
+        raise DiskFailed from None
 
 
-def _refuse_encoded(request: web.Request, limit: int) -> None:
+def refuse_encoded(request: web.Request, limit: int) -> None:
     """415 for a body sent with a Content-Encoding, 413 for one whose Content-Length is over `limit`."""
     # Every Content-Encoding header, each a list: the server does not unpack bodies (auto_decompress off),
     # and one that says it is packed is refused rather than read as it is.

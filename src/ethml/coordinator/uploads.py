@@ -44,6 +44,9 @@ class Uploads:
     submissions (on-chain task, account) whose artifact is being uploaded, and the uploads of each API key."""
 
     in_flight: int = 0
+    #: Bytes in the spool files of uploads in progress: on the disk now, and gone once their files are written
+    #: (so `in_flight` already counts them: the floor's check adds them back to the disk's free space).
+    spooled: int = 0
     artifacts: set[tuple[int, str]] = field(default_factory=set)
     per_key: Counter[str] = field(default_factory=Counter)
     #: The threads that write uploads (not the event loop's default pool, which other work shares).

@@ -27,7 +27,7 @@ from multiformats import CID
 from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
 from ethml.coordinator.artifacts import Layered, PendingArtifacts, reveal_closed
 from ethml.coordinator.auth import rate_limit, required
-from ethml.coordinator.edge import DISK_FULL, ApiError, DiskFull, spool_body
+from ethml.coordinator.edge import ApiError, DiskFailed, DiskFull, disk_errors, refuse_encoded, spool_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY, MIB, QUOTA_SECONDS, Uploads
 from ethml.errors import IpfsError
@@ -59,6 +59,7 @@ async def post_file(request: web.Request) -> web.Response:
         return await _post_artifact(request, owner)
     who = await required(request, "requester", "admin")
     await rate_limit(request, who["key"])
+    refuse_encoded(request, MAX_FILE_BYTES)  # a 415 or 413 before the floor and the quota
     uploader = None if who["role"] == "admin" else f"upload:key:{who['key']}"
     if uploads.per_key[who["key"]] >= MAX_UPLOADS_PER_KEY:
         raise ApiError(
@@ -67,10 +68,9 @@ async def post_file(request: web.Request) -> web.Response:
             headers={"Retry-After": "5"},
             close=True,
         )
-    # Counted from before the body is read: the file's size when it says (a body over the limit gets 413 when it
-    # is read), else the largest a file may be.
+    # Counted from before the body is read: the file's size when it says, else the largest a file may be.
     declared = request.content_length
-    reserved = MAX_FILE_BYTES if declared is None else declared if declared <= MAX_FILE_BYTES else 0
+    reserved = MAX_FILE_BYTES if declared is None else declared
     taken = counted = 0
     uploads.per_key[who["key"]] += 1
     try:
@@ -81,22 +81,25 @@ async def post_file(request: web.Request) -> web.Response:
             counted = reserved
             if uploader is not None:
                 taken = await _take_quota(request, uploader, reserved, close=True, chunked=declared is None)
-        body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout)
+        body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout, uploads)
         try:
-            if not size:
-                raise ApiError(422, "the file is empty")
-            if uploader is not None and declared is None:  # charged as the largest file until it arrived
-                kept = min(size, taken)
-                if kept < taken:
-                    await store.take_amount(uploader, *_bucket(request), kept - taken)
-                    taken = kept
-            uploads.in_flight += size - counted
-            counted = size
-        except BaseException:
-            body.close()
-            raise
-        # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
-        cid = await _write(uploads, _add_file, body, ipfs)
+            try:
+                if not size:
+                    raise ApiError(422, "the file is empty")
+                if uploader is not None and declared is None:  # charged as the largest file until it arrived
+                    kept, refund = min(size, taken), max(0, taken - size)
+                    taken = kept  # before the await: a handler cancelled in it gives back only what it kept
+                    if refund:
+                        await store.take_amount(uploader, *_bucket(request), -refund)
+                uploads.in_flight += size - counted
+                counted = size
+            except BaseException:
+                body.close()
+                raise
+            # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
+            cid = await _write(uploads, _add_file, body, ipfs)
+        finally:
+            uploads.spooled -= size  # its spool is closed, or about to be in the writer thread
     except BaseException:  # a cancelled handler (a server shutting down) too
         if uploader is not None and taken:
             await store.take_amount(uploader, *_bucket(request), -taken)  # given back: nothing was stored
@@ -110,13 +113,10 @@ async def post_file(request: web.Request) -> web.Response:
 
 
 async def _write(uploads: Uploads, fn: Callable[..., T], body: IO[bytes], *args: object) -> T:
-    """`uploads.write`, with a disk that has no room (the blockstore's, the pending store's) a DiskFull (507)."""
-    try:
+    """`uploads.write`, with a disk (the blockstore's, the pending store's) that has no room a DiskFull (507),
+    one that fails otherwise a 503 (`disk_errors`)."""
+    with disk_errors():
         return await uploads.write(fn, body, *args)
-    except OSError as exc:
-        if exc.errno not in DISK_FULL:
-            raise
-        raise DiskFull from None
 
 
 def _add_file(body: IO[bytes], ipfs: IpfsClient) -> CID:
@@ -272,8 +272,9 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         count, retry = await store.count_artifact_body(opening.task, account)
         if count > MAX_FAILED_BODIES:
             raise _too_many_failed(opening.task, account, retry)
+        refuse_encoded(request, MAX_FILE_BYTES)
         declared = request.content_length
-        reserved = MAX_FILE_BYTES if declared is None else declared if declared <= MAX_FILE_BYTES else 0
+        reserved = MAX_FILE_BYTES if declared is None else declared
         if reserved:
             try:
                 _check_floor(request, reserved, close=True, floor=cfg.min_free_disk_mib * MIB / 2)
@@ -282,11 +283,14 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
                 raise
         uploads.in_flight += reserved
         try:
-            body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout)
+            body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout, uploads)
             uploads.in_flight -= reserved - size
             reserved = size
-            differs = await _write(uploads, _add_as, body, pending, account, opening, cid)
-        except (OSError, DiskFull, asyncio.CancelledError):  # the server's disk or its shutdown: not counted
+            try:
+                differs = await _write(uploads, _add_as, body, pending, account, opening, cid)
+            finally:
+                uploads.spooled -= size
+        except (DiskFull, DiskFailed, asyncio.CancelledError):  # the server's disk or its shutdown: not counted
             await store.forgive_artifact_body(opening.task, account)
             raise
         finally:
@@ -352,12 +356,14 @@ def _bucket(request: web.Request) -> tuple[float, float]:
 
 def _check_floor(request: web.Request, size: int, *, close: bool, floor: float | None = None) -> None:
     """507 when storing `size` more bytes, beside what this instance's uploads in progress may add, would leave the
-    blockstore's disk less than `floor` bytes free (default --min-free-disk; an artifact's is half)."""
+    blockstore's disk less than `floor` bytes free (default --min-free-disk; an artifact's is half). The bytes
+    their bodies have in spool files count once: they are on the disk now and gone once their files are
+    written, which `in_flight` counts."""
     cfg, ipfs, uploads = request.app[CONFIG], request.app[IPFS], request.app[UPLOADS]
     root = ipfs.blockstore.root
     free = disk_usage(root if root.exists() else cfg.data_dir).free
     floor = cfg.min_free_disk_mib * MIB if floor is None else floor
-    if free - uploads.in_flight - size < floor:
+    if free + uploads.spooled - uploads.in_flight - size < floor:
         raise ApiError(
             507,
             f"the coordinator's disk is nearly full (it keeps {floor / MIB:g} MiB free); the file was not stored",
