@@ -182,15 +182,16 @@ async def spool_body(
         file = spool(directory)
     size = 0
     try:
-        with _receiving(seconds), disk_errors():
+        with _receiving(seconds):
             async with asyncio.timeout(seconds):
                 while chunk := await request.content.readany():
                     if size + len(chunk) > limit:
                         raise ApiError(413, f"the body is over {limit} bytes", close=True)
                     size += len(chunk)
                     uploads.spooled += len(chunk)
-                    file.write(chunk)  # into the page cache: microseconds, on the event loop
-            file.flush()  # the last bytes too are on disk before the caller reads it back
+                    with disk_errors():  # into the page cache (microseconds, on the event loop), none of it
+                        file.write(chunk)  # left in the file's buffer: what `spooled` counts is on the disk
+                        file.flush()
     except BaseException:
         uploads.spooled -= size
         with contextlib.suppress(OSError):  # a flush that fails again (a full disk) changes nothing now
@@ -201,12 +202,11 @@ async def spool_body(
 
 @contextlib.contextmanager
 def disk_errors() -> Iterator[None]:
-    """An OSError of the server's disk: a DiskFull (507) when it has no room, else logged and a DiskFailed (503)."""
+    """An OSError of the server's disk (wrap only calls on it: a socket's errors are OSErrors too): a DiskFull
+    (507) when it has no room, else logged and a DiskFailed (503)."""
     try:
         yield
     except OSError as exc:
-        if isinstance(exc, ConnectionError | TimeoutError):  # the client's, or its body's timeout
-            raise
         if exc.errno in DISK_FULL:
             raise DiskFull from None
         log.warning("disk_failed", error=str(exc))
