@@ -143,7 +143,7 @@ def serve(
     from aiohttp import web
     from aiohttp.log import access_logger
 
-    from ethml.coordinator.server import ServeConfig, make_app
+    from ethml.coordinator.server import ServeConfig, make_app, raise_open_files_limit
 
     check_rpc_url(chain.rpc)
     if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
@@ -181,6 +181,7 @@ def serve(
         relay=relay,
     )
     application = make_app(config)
+    open_files = raise_open_files_limit()
 
     async def settle(_app: web.Application) -> None:
         # Everything built at start-up lives as long as the server: keep it out of the collector's scans,
@@ -193,7 +194,8 @@ def serve(
     typer.echo(
         f"ethml coordinator on http://{host}:{port} (dashboard /, API /api, workers ws://{host}:{port}/ws/worker)\n"
         f"chain {chain_id}, TrainingTasks {dep.training}, relayer {relayer.address}, "
-        f"redis {redis or 'private in ' + str(home / 'coordinator' / 'redis')}",
+        f"redis {redis or 'private in ' + str(home / 'coordinator' / 'redis')}"
+        + (f", up to {open_files} open files" if open_files is not None else ""),
         err=True,
     )
     web.run_app(

@@ -176,6 +176,32 @@ async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
         await loops.stop()
 
 
+#: The most open files `raise_open_files_limit` asks for when the hard limit is unlimited (Linux's default
+#: fs.nr_open: a soft limit above it is refused).
+MAX_OPEN_FILES = 1 << 20
+
+
+def raise_open_files_limit() -> int | None:
+    """Take the hard limit of open files as the soft one, and return it (None where there are no such limits, or
+    the system refuses it). Each connection of a client or worker, each upload's spool file and each Redis
+    connection is a file descriptor; a soft limit of 1,024, a common default, would refuse connections long
+    before the server is busy."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:  # a system that caps it lower (macOS's OPEN_MAX, say)
+            log.warning("open_files_limit_kept", soft=soft, wanted=wanted, error=str(exc))
+            return None
+        return wanted
+    return soft
+
+
 async def _admin_key(store: Store, path: Path) -> None:
     """The first start on a Redis creates an admin key, written (0600) to `path` and never stored in clear."""
     if await store.has_admin_key():
