@@ -380,11 +380,9 @@ async def _take_quota(request: web.Request, uploader: str, size: int, *, close: 
     amount = min(size, int(burst))
     wait = await request.app[STORE].take_amount(uploader, rate, burst, amount)
     if wait > 0:
-        what = (
-            f"a body without a Content-Length is charged {size} bytes until it has arrived; they"
-            if chunked
-            else (f"{size} bytes")
-        )
+        what = f"{size} bytes"
+        if chunked:
+            what = f"a body without a Content-Length is charged {size} bytes until it has arrived; they"
         raise ApiError(
             429,
             f"upload quota exceeded: {request.app[CONFIG].upload_quota_mib:g} MiB per hour per uploader (a worker "
