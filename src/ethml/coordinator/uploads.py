@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import os
 import tempfile
 import threading
 from collections import Counter
@@ -57,7 +56,8 @@ class Uploads:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def write(self, fn: Callable[..., T], body: IO[bytes], *args: object) -> T:
-        """`fn(body, *args)` in one of the writer threads, which then closes `body`: a handler cancelled (a
+        """`fn(data, *args)` in one of the writer threads, `data` the bytes of the spool file `body`, which the
+        thread reads and then closes: a handler cancelled (a
         server shutting down) while the thread reads it does not close it under the thread; one cancelled
         before the thread starts closes it here. The garbage a large file leaves is collected (`_collect`).
         The caller's context (its log fields) goes with it."""
@@ -73,9 +73,11 @@ class Uploads:
     def _job(self, fn: Callable[..., T], body: IO[bytes], *args: object) -> T:
         size = 0
         try:
-            with body:
-                size = body.seek(0, os.SEEK_END)
-                return fn(body, *args)
+            with body:  # on the disk until its file is written, as `spooled` counts it
+                body.seek(0)
+                data = body.read()
+                size = len(data)
+                return fn(data, *args)
         finally:
             self._collect(size)
 

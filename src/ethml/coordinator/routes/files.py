@@ -31,7 +31,6 @@ from ethml.coordinator.edge import ApiError, DiskFailed, DiskFull, disk_errors, 
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY, MIB, QUOTA_SECONDS, Uploads
 from ethml.errors import IpfsError
-from ethml.ipfs import IpfsClient
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.gateway import _block as ipfs_block
 from ethml.ipfs.unixfs import MAX_LINKS, build_file, decode_file_node
@@ -97,7 +96,7 @@ async def post_file(request: web.Request) -> web.Response:
                 body.close()
                 raise
             # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
-            cid = await _write(uploads, _add_file, body, ipfs)
+            cid = await _write(uploads, ipfs.add_bytes, body, 1)
         finally:
             uploads.spooled -= size  # its spool is closed, or about to be in the writer thread
     except BaseException:  # a cancelled handler (a server shutting down) too
@@ -117,12 +116,6 @@ async def _write(uploads: Uploads, fn: Callable[..., T], body: IO[bytes], *args:
     one that fails otherwise a 503 (`disk_errors`)."""
     with disk_errors():
         return await uploads.write(fn, body, *args)
-
-
-def _add_file(body: IO[bytes], ipfs: IpfsClient) -> CID:
-    """Add the spooled body to the blockstore as a CIDv1 file (in a writer thread)."""
-    body.seek(0)
-    return ipfs.add_bytes(body.read(), 1)
 
 
 #: The headers of a worker's upload: the opening of its submission's commitment.
@@ -333,12 +326,10 @@ def _held(blockstore: Layered, cid: CID) -> int | None:
 _CLOSE = {"Connection": "close"}
 
 
-def _add_as(body: IO[bytes], pending: PendingArtifacts, account: str, opening: Opening, cid: CID) -> str | None:
-    """Keep the spooled body as `account`'s pending artifact if it is the opening's (its SHA-256, and `cid`, the
+def _add_as(data: bytes, pending: PendingArtifacts, account: str, opening: Opening, cid: CID) -> str | None:
+    """Keep the body `data` as `account`'s pending artifact if it is the opening's (its SHA-256, and `cid`, the
     opening's, when added as a file with the CID's version); else what differs, nothing stored. Hashing 16 MiB
     takes ~10 ms: in a writer thread."""
-    body.seek(0)
-    data = body.read()
     if hashlib.sha256(data).hexdigest() != opening.sha256:
         return "its SHA-256 differs"
     root, blocks = build_file(data, cid.version)
