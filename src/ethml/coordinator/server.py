@@ -199,7 +199,7 @@ def raise_open_files_limit() -> int | None:
             log.warning("open_files_limit_kept", soft=soft, wanted=wanted, error=str(exc))
             return None
         return wanted
-    return soft
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 async def _admin_key(store: Store, path: Path) -> None:
