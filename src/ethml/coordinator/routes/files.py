@@ -29,7 +29,7 @@ from ethml.coordinator.artifacts import Layered, PendingArtifacts, reveal_closed
 from ethml.coordinator.auth import rate_limit, required
 from ethml.coordinator.edge import ApiError, DiskFailed, DiskFull, disk_errors, refuse_encoded, spool_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
-from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY, MIB, QUOTA_SECONDS, Uploads
+from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY, MIB, QUOTA_SECONDS
 from ethml.errors import IpfsError
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.gateway import _block as ipfs_block
@@ -50,7 +50,7 @@ async def post_file(request: web.Request) -> web.Response:
     opening of its submission's commitment (the X-Artifact-* headers). The disk's floor is checked before
     the uploader's quota is taken, and what was taken is given back when the file is not stored (a 507, a
     body that does not arrive), so a full disk costs no one its quota."""
-    cfg, store, ipfs, uploads = request.app[CONFIG], request.app[STORE], request.app[IPFS], request.app[UPLOADS]
+    store, ipfs = request.app[STORE], request.app[IPFS]
     token = request.headers.get("X-Worker-Token")
     owner = await store.upload_token_owner(token) if token else None
     if owner is not None:
@@ -60,62 +60,98 @@ async def post_file(request: web.Request) -> web.Response:
     await rate_limit(request, who["key"])
     refuse_encoded(request, MAX_FILE_BYTES)  # a 415 or 413 before the floor and the quota
     uploader = None if who["role"] == "admin" else f"upload:key:{who['key']}"
-    if uploads.per_key[who["key"]] >= MAX_UPLOADS_PER_KEY:
-        raise ApiError(
-            429,
-            f"this API key has {MAX_UPLOADS_PER_KEY} uploads in progress, the most it may have at once",
-            headers={"Retry-After": "5"},
-            close=True,
-        )
-    # Counted from before the body is read: the file's size when it says, else the largest a file may be.
-    declared = request.content_length
-    reserved = MAX_FILE_BYTES if declared is None else declared
-    taken = counted = 0
-    uploads.per_key[who["key"]] += 1
-    try:
-        if reserved:
-            # Before the body is read: a refused upload's body is not read, and its connection is closed.
-            _check_floor(request, reserved, close=True)
-            uploads.in_flight += reserved  # with the check above, one step of the event loop
-            counted = reserved
-            if uploader is not None:
-                taken = await _take_quota(request, uploader, reserved, close=True, chunked=declared is None)
-        body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout, uploads)
+    with _Upload(request, key=who["key"]) as upload:
+        taken = 0
         try:
-            try:
-                if not size:
-                    raise ApiError(422, "the file is empty")
-                if uploader is not None and declared is None:  # charged as the largest file until it arrived
-                    kept, refund = min(size, taken), max(0, taken - size)
-                    taken = kept  # before the await: a handler cancelled in it gives back only what it kept
-                    if refund:
-                        await store.take_amount(uploader, *_bucket(request), -refund)
-                uploads.in_flight += size - counted
-                counted = size
-            except BaseException:
-                body.close()
-                raise
-            # Chunking, hashing and writing 16 MiB takes ~0.1 s: off the event loop, which serves everyone.
-            cid = await _write(uploads, ipfs.add_bytes, body, 1)
-        finally:
-            uploads.spooled -= size  # its spool is closed, or about to be in the writer thread
-    except BaseException:  # a cancelled handler (a server shutting down) too
-        if uploader is not None and taken:
-            await store.take_amount(uploader, *_bucket(request), -taken)  # given back: nothing was stored
-        raise
-    finally:
-        uploads.in_flight -= counted
-        uploads.per_key[who["key"]] -= 1
-        if not uploads.per_key[who["key"]]:
-            del uploads.per_key[who["key"]]
+            # Before the body is read: a refused upload's body is not read, and its connection is closed.
+            reserved = upload.reserve()
+            if uploader is not None and reserved:
+                taken = await _take_quota(request, uploader, reserved, close=True, chunked=upload.chunked)
+            size = await upload.receive()
+            if not size:
+                raise ApiError(422, "the file is empty")
+            if uploader is not None and upload.chunked:  # charged as the largest file until it arrived
+                kept, refund = min(size, taken), max(0, taken - size)
+                taken = kept  # before the await: a handler cancelled in it gives back only what it kept
+                if refund:
+                    await store.take_amount(uploader, *_bucket(request), -refund)
+            cid = await upload.write(ipfs.add_bytes, 1)
+        except BaseException:  # a cancelled handler (a server shutting down) too
+            if uploader is not None and taken:
+                await store.take_amount(uploader, *_bucket(request), -taken)  # given back: nothing was stored
+            raise
     return web.json_response({"cid": str(cid), "size": size}, status=201)
 
 
-async def _write(uploads: Uploads, fn: Callable[..., T], body: IO[bytes], *args: object) -> T:
-    """`uploads.write`, with a disk (the blockstore's, the pending store's) that has no room a DiskFull (507),
-    one that fails otherwise a 503 (`disk_errors`)."""
-    with disk_errors():
-        return await uploads.write(fn, body, *args)
+class _Upload:
+    """One upload in progress, as `Uploads` counts it: in `per_key` (for an API key's upload: 429 when the key
+    has MAX_UPLOADS_PER_KEY in progress already), in `in_flight` from before its body is read (`reserve`: its
+    Content-Length, or the largest file without one) until it is written, then by its size (`receive`), and its
+    spool's bytes in `spooled` until the writer is done with them (`write`). Leaving the `with` block takes out
+    whatever is still counted and closes a spool not handed to the writer, however the upload ended: no await
+    in between, so a cancelled handler cannot leave a count behind."""
+
+    def __init__(self, request: web.Request, *, key: str | None = None, floor: float | None = None) -> None:
+        self.request, self.uploads, self.key, self.floor = request, request.app[UPLOADS], key, floor
+        self.chunked = request.content_length is None
+        self.counted = self.size = 0
+        self.body: IO[bytes] | None = None
+
+    def __enter__(self) -> _Upload:
+        if self.key is not None:
+            if self.uploads.per_key[self.key] >= MAX_UPLOADS_PER_KEY:
+                raise ApiError(
+                    429,
+                    f"this API key has {MAX_UPLOADS_PER_KEY} uploads in progress, the most it may have at once",
+                    headers={"Retry-After": "5"},
+                    close=True,
+                )
+            self.uploads.per_key[self.key] += 1
+        return self
+
+    def reserve(self) -> int:
+        """Count the body from before it is read (507 when the disk's floor has no room for it) and return what
+        is counted: its Content-Length, else the largest a file may be."""
+        declared = self.request.content_length
+        reserved = MAX_FILE_BYTES if declared is None else declared
+        if reserved:
+            _check_floor(self.request, reserved, close=True, floor=self.floor)
+            self.uploads.in_flight += reserved  # with the check above, one step of the event loop
+            self.counted = reserved
+        return reserved
+
+    async def receive(self) -> int:
+        """Spool the body and count it by its size from then on; return the size."""
+        cfg = self.request.app[CONFIG]
+        self.body, self.size = await spool_body(
+            self.request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout, self.uploads
+        )
+        self.uploads.in_flight += self.size - self.counted
+        self.counted = self.size
+        return self.size
+
+    async def write(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(data, *args)` in a writer thread (`Uploads.write`), `data` the body, which the writer closes: chunking,
+        hashing and writing 16 MiB takes ~0.1 s, off the event loop, which serves everyone. A disk (the
+        blockstore's, the pending store's) with no room is a DiskFull (507), one that fails otherwise a 503."""
+        assert self.body is not None, "receive() first"
+        body, self.body = self.body, None
+        try:
+            with disk_errors():
+                return await self.uploads.write(fn, body, *args)
+        finally:
+            self.uploads.spooled -= self.size  # its spool is closed, or about to be in the writer thread
+            self.size = 0
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.body is not None:
+            self.body.close()
+            self.uploads.spooled -= self.size
+        self.uploads.in_flight -= self.counted
+        if self.key is not None:
+            self.uploads.per_key[self.key] -= 1
+            if not self.uploads.per_key[self.key]:
+                del self.uploads.per_key[self.key]
 
 
 #: The headers of a worker's upload: the opening of its submission's commitment.
@@ -266,28 +302,18 @@ async def _post_artifact(request: web.Request, account: str) -> web.Response:
         if count > MAX_FAILED_BODIES:
             raise _too_many_failed(opening.task, account, retry)
         refuse_encoded(request, MAX_FILE_BYTES)
-        declared = request.content_length
-        reserved = MAX_FILE_BYTES if declared is None else declared
-        if reserved:
+        with _Upload(request, floor=cfg.min_free_disk_mib * MIB / 2) as upload:
             try:
-                _check_floor(request, reserved, close=True, floor=cfg.min_free_disk_mib * MIB / 2)
+                upload.reserve()
             except ApiError:  # the server's lack of room, before any of the body is read: not counted
                 await store.forgive_artifact_body(opening.task, account)
                 raise
-        uploads.in_flight += reserved
-        try:
-            body, size = await spool_body(request, cfg.data_dir, MAX_FILE_BYTES, cfg.file_timeout, uploads)
-            uploads.in_flight -= reserved - size
-            reserved = size
             try:
-                differs = await _write(uploads, _add_as, body, pending, account, opening, cid)
-            finally:
-                uploads.spooled -= size
-        except (DiskFull, DiskFailed, asyncio.CancelledError):  # the server's disk or its shutdown: not counted
-            await store.forgive_artifact_body(opening.task, account)
-            raise
-        finally:
-            uploads.in_flight -= reserved
+                size = await upload.receive()
+                differs = await upload.write(_add_as, pending, account, opening, cid)
+            except (DiskFull, DiskFailed, asyncio.CancelledError):  # the server's disk or its shutdown: not counted
+                await store.forgive_artifact_body(opening.task, account)
+                raise
     finally:
         uploads.artifacts.discard(slot)
     if differs:
