@@ -145,7 +145,10 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("POST", "/api/tasks", key, _valid(c, now, signature=twin_signature), 422, "signature", "does not recover the requester"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.value": str(6 * EML)}), 422, None, "permit.value must equal reward"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.owner": dev_account(3).address}), 422, None, "permit.owner must be the requester"),
-        ("POST", "/api/tasks", key, _valid(c, now, expiry=now - 10), 422, None, "expiry has passed"),
+        ("POST", "/api/tasks", key, _valid(c, now, expiry=now - 10), 422, None, "expiry must be at least 120 s from now"),
+        # Terms (or a permit) too close to their end: a creation sent then may be mined after it, and revert.
+        ("POST", "/api/tasks", key, _valid(c, now, expiry=int(time.time()) + 30), 422, None, "expiry must be at least 120 s from now"),
+        ("POST", "/api/tasks", key, _valid(c, now, **{"permit.deadline": int(time.time()) + 30}), 422, None, "permit.deadline must be at least 120 s from now"),
         ("POST", "/api/tasks", key, _valid(c, now, submit_seconds=0), 422, "submit_seconds", "greater than or equal to 1"),
         ("POST", "/api/tasks", key, _valid(c, now, validations=10), 422, "validations", "less than or equal to 9"),
         ("POST", "/api/tasks", key, _valid(c, now, validations=2), 422, None, "validations must be odd"),

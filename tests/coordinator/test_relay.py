@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,18 +22,20 @@ from yarl import URL
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.chain.tx import fee_fields
+from ethml.coordinator import chain as chain_module
 from ethml.coordinator import follower as follower_module
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator import relayer as relayer_module
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
 from ethml.coordinator.chain import Chain
+from ethml.coordinator.client import sign_permit, task_body
 from ethml.coordinator.follower import follow
 from ethml.coordinator.relayer import RelayAgain, _nonce_used, _permit, _terms, relay_one
 from ethml.coordinator.store import Store
 from ethml.ipfs.client import IpfsClient
 from tests.conftest import free_port, lag_receipts
 from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on, start_redis
-from tests.coordinator.test_api import _import, _valid
+from tests.coordinator.test_api import CID, _import, _valid, wine_spec
 from tests.coordinator.test_flow import chain_now
 from tests.node.conftest import wait_until
 
@@ -1632,3 +1636,127 @@ def _as_posted(original: dict[str, Any]) -> Any:
         d.update({name: original[name] for name in terms}, status="pending_chain", error=None, raw={}, raw_nonce={})
 
     return change
+
+
+def _burner(iterations: int) -> str:
+    """Code that loops `iterations` times (about 26 gas each), then returns ERC-1271's magic value: an
+    `isValidSignature` that accepts any signature, at whatever cost its author chose."""
+    loop = "5b60019003806004575063"  # JUMPDEST, PUSH1 1, SWAP1, SUB, DUP1, PUSH1 4, JUMPI, POP, PUSH4 ...
+    return "0x62" + iterations.to_bytes(3, "big").hex() + loop + "1626ba7e" + "60e01b5f5260205ff3"
+
+
+async def _delegate(chain: Chain, account: Any, code: str) -> None:
+    """`account` given an EIP-7702 delegation (a type-4 transaction sent by account 2) to a contract running `code`."""
+    target = "0x" + "be" * 20
+    await chain.w3.provider.make_request("anvil_setCode", [target, code])  # type: ignore[arg-type]
+    nonce = await chain.w3.eth.get_transaction_count(account.address)
+    auth = account.sign_authorization({"chainId": chain.chain_id, "address": target, "nonce": nonce})
+    receipt = await _send(chain, dev_account(2), {"type": 4, "to": dev_account(2).address, "authorizationList": [auth]})
+    assert receipt["status"] == 1
+    assert bytes(await chain.w3.eth.get_code(account.address))[:3] == b"\xef\x01\x00"  # delegated
+
+
+async def test_a_requester_whose_signature_check_burns_gas_costs_the_relayer_nothing(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """A requester's account with code (here an EOA with an EIP-7702 delegation) has its terms' signature checked
+    on chain by that code's `isValidSignature`, which the requester wrote. Code that accepts cheaply is created as
+    any other; code that burns millions of gas (and accepts) made the relayer pay for all of it. Now the relayer
+    pays at most MAX_CREATE_GAS for a creation: such terms fail before anything is sent, saying why."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        await _delegate(chain, dev_account(REQUESTER), _burner(100))
+        [(cheap, cheap_entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *cheap_entry), 120)
+        assert await _status_is(store, cheap, "open")
+        target = "0x" + "be" * 20
+        await chain.w3.provider.make_request("anvil_setCode", [target, _burner(300_000)])  # type: ignore[arg-type]
+        [(costly, costly_entry)] = await _post(c, store, key, [_valid(c, now, 1)])
+        relayer = chain.relayer.address
+        balance = await chain.w3.eth.get_balance(relayer)
+        sent = await chain.w3.eth.get_transaction_count(relayer)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *costly_entry), 120)
+        doc = await store.task(costly) or {}
+        assert doc["status"] == "failed" and "create" not in doc["transactions"], doc
+        assert re.fullmatch(
+            r"createTaskFor would need [0-9,]+ gas, more than the 1,000,000 the relayer pays for it \(the requester's "
+            r"account checks the signature with code of its own, as a contract or an EIP-7702 delegation does, and "
+            r"that code takes too much gas\)",
+            doc["error"],
+        ), doc["error"]
+        assert await chain.w3.eth.get_balance(relayer) == balance
+        assert await chain.w3.eth.get_transaction_count(relayer) == sent
+
+
+async def test_terms_or_a_permit_too_close_to_their_end_are_failed_before_anything_is_sent(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """A creation sent a few seconds before the signed terms (or their permit) expire may be mined after them and
+    revert at the relayer's cost, and a requester signs such terms for free. The relayer sends one only with
+    EXPIRY_MARGIN (60 s) left, on wall-clock time or the chain's when it is ahead; the API takes terms and
+    permits only with 120 s left."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        relayer = chain.relayer.address
+        start = max(now, int(time.time()))
+        body = task_body(
+            dev_account(REQUESTER),
+            c.domain,
+            spec=wine_spec(b"a,b,target\n1,2,0\n"),
+            dataset_cid=CID,
+            test_cid=CID,
+            reward=5 * EML,
+            terms_nonce=0,
+            permit_nonce=0,
+            parameters_version=1,
+            now=start,
+            expiry_seconds=300,
+        )
+        [(close, close_entry)] = await _post(c, store, key, [body])
+        expiry = int(body["expiry"])
+        await chain.w3.provider.make_request("evm_setNextBlockTimestamp", [expiry - 30])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        sent = await chain.w3.eth.get_transaction_count(relayer)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *close_entry), 120)
+        doc = await store.task(close) or {}
+        assert (doc["status"], "create" in doc["transactions"]) == ("failed", False), doc
+        assert doc["error"].startswith(f"the signed terms expire at {expiry}, "), doc["error"]
+        assert "too soon for a creation to be mined before then" in doc["error"]
+
+        # Terms with an hour left, their permit with less than a minute.
+        later = int((await chain.w3.eth.get_block("latest"))["timestamp"])
+        body = _valid(c, later, 0)
+        deadline = later + 300
+        body["permit"] = sign_permit(dev_account(REQUESTER), c.domain, 5 * EML, 0, deadline)
+        [(permit_close, permit_entry)] = await _post(c, store, key, [body])
+        await chain.w3.provider.make_request("evm_setNextBlockTimestamp", [deadline - 30])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *permit_entry), 120)
+        doc = await store.task(permit_close) or {}
+        assert (doc["status"], "create" in doc["transactions"]) == ("failed", False), doc
+        assert doc["error"].startswith(f"their permit expires at {deadline}, "), doc["error"]
+        assert await chain.w3.eth.get_transaction_count(relayer) == sent  # nothing sent for either
+
+
+async def test_a_relay_that_waits_too_long_for_the_relayer_lock_is_relayed_again_not_failed(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance holds the relayer lock past the wait (a slow node under its send). The creation this
+    entry's killed instance journaled and sent may still be mined: the entry is relayed again later, and the
+    task is not failed (which left the creation, once mined, tracked by no one)."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        task_id, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
+        lock = k.lock(f"relayer:{chain.relayer.address}")
+        await store.redis.set(lock, "another-instance", px=600_000)
+        monkeypatch.setattr(chain_module, "RELAYER_LOCK_WAIT", 1.0)
+        with pytest.raises(RelayAgain, match="the relayer lock is held by another instance for over 1 s"):
+            await relay_one(chain, store, ipfs, *entry)
+        assert await _status_is(store, task_id, "pending_chain")
+        await store.redis.delete(lock)
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id) or {}
+        assert (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert doc["transactions"]["create"] == journaled["hash"]

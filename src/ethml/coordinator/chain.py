@@ -19,12 +19,24 @@ from ethml.chain.deploy import Deployment, token_contract, training_contract
 from ethml.chain.tx import GAS_MARGIN, RECEIPT_GRACE, abi_of, fee_fields, mined_receipt, preflight, why_reverted
 from ethml.coordinator.lease import LeaseLost, Lock
 from ethml.coordinator.store import Store
-from ethml.errors import TransactionReverted
+from ethml.errors import ChainError, TransactionReverted
 
 log = structlog.get_logger("ethml.coordinator")
 
 #: TrainingTasks keeps scores as millionths.
 SCORE_SCALE = 1_000_000
+
+
+#: Seconds a transaction waits for the relayer lock (held by another instance's send) before RelayerBusy.
+RELAYER_LOCK_WAIT = 120.0
+
+
+class RelayerBusy(ChainError):
+    """The relayer lock stayed with another instance past the wait: nothing was signed or sent here."""
+
+
+class GasOverCap(ChainError):
+    """The pre-flight needs more gas than the caller pays for this transaction: nothing was signed or sent."""
 
 
 @dataclass
@@ -72,6 +84,7 @@ async def send_raw(
     journal: tuple[str, str] | None,
     *,
     precheck: Callable[[], Awaitable[None]] | None = None,
+    max_gas: int | None = None,
 ) -> dict[str, Any]:
     """Sign and send with the relayer key under the relayer lock; returns the receipt.
 
@@ -81,16 +94,17 @@ async def send_raw(
     a task is never created twice. The journal is read under the lock, so two instances never both sign.
     A journaled transaction whose nonce another transaction has taken can never be mined: it is
     replaced. `precheck` runs under the lock before a new transaction is signed; what it raises
-    refuses the transaction."""
+    refuses the transaction, as GasOverCap does when its pre-flight needs more than `max_gas`. RelayerBusy
+    when another instance holds the lock for over RELAYER_LOCK_WAIT."""
     task_id, name = journal if journal else (None, None)
     lock = Lock(store, f"relayer:{chain.relayer.address}", ttl=10)
     try:
-        async with lock.held(wait=120):
+        async with lock.held(wait=RELAYER_LOCK_WAIT):
             raw_hex = await _journaled(chain, store, task_id, name) if task_id and name else None
             if raw_hex is None:
                 if precheck is not None:
                     await precheck()
-                raw_hex = await _sign(chain, store, call, what, task_id, name)
+                raw_hex = await _sign(chain, store, call, what, task_id, name, max_gas)
             raw = bytes.fromhex(raw_hex[2:])
             tx_hash = chain.w3.keccak(raw)
             try:
@@ -98,7 +112,9 @@ async def send_raw(
             except Web3RPCError as exc:  # "already known" / "nonce too low" on a re-send: the receipt decides
                 log.debug("resend", what=what, error=str(exc))
     except LeaseLost as exc:
-        raise TransactionReverted(what, "the relayer lock is held by another instance for over two minutes") from exc
+        raise RelayerBusy(
+            f"{what}: the relayer lock is held by another instance for over {RELAYER_LOCK_WAIT:g} s"
+        ) from exc
     receipt = await chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
     if receipt["status"] != 1:
         reason, error = await why_reverted(chain.w3, receipt, abi_of(call))
@@ -123,13 +139,19 @@ async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> str
     return raw_hex
 
 
-async def _sign(chain: Chain, store: Store, call: Any, what: str, task_id: str | None, name: str | None) -> str:
-    """A new signed transaction (0x-hex), journaled in the task document when there is one."""
+async def _sign(
+    chain: Chain, store: Store, call: Any, what: str, task_id: str | None, name: str | None, max_gas: int | None
+) -> str:
+    """A new signed transaction (0x-hex), journaled in the task document when there is one; GasOverCap when its
+    pre-flight needs more than `max_gas`."""
     w3 = chain.w3
     nonce = await w3.eth.get_transaction_count(chain.relayer.address, "pending")
     tx: dict[str, Any] = {"from": chain.relayer.address, "chainId": chain.chain_id, "nonce": nonce}
     tx.update(await fee_fields(w3))
-    tx["gas"] = int(await preflight(w3, call, tx, what) * GAS_MARGIN)  # refused here if it would revert
+    needed = await preflight(w3, call, tx, what)  # refused here if it would revert
+    if max_gas is not None and needed > max_gas:
+        raise GasOverCap(f"{what} would need {needed:,} gas, more than the {max_gas:,} the relayer pays for it")
+    tx["gas"] = int(needed * GAS_MARGIN) if max_gas is None else min(int(needed * GAS_MARGIN), max_gas)
     built = await call.build_transaction(tx)
     signed = chain.relayer.sign_transaction(built)
     raw_hex = "0x" + bytes(signed.raw_transaction).hex()

@@ -31,7 +31,7 @@ from web3.logs import DISCARD
 from ethml.chain.tx import RECEIPT_SETTLE
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.background import stop_helper, stop_if_cancelled
-from ethml.coordinator.chain import Chain, fail, send_raw
+from ethml.coordinator.chain import Chain, GasOverCap, RelayerBusy, fail, send_raw
 from ethml.coordinator.follower import LOG_CHUNK, apply_event, deadlines_of, replay_task, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
 from ethml.errors import EthmlError, TransactionReverted
@@ -70,7 +70,19 @@ async def _wait_for_nonce(store: Store, waiting: str, task_id: str) -> tuple[flo
 
 
 class TermsLapsed(EthmlError):
-    """The signed terms waited for the requester's earlier nonce to be used, and expired meanwhile."""
+    """The signed terms waited for the requester's earlier nonce to be used, and expired meanwhile; or they
+    (or their permit) expire too soon for a creation sent now to be mined before then."""
+
+
+#: The gas the relayer pays for one creation at most: about twice what `createTaskFor` takes (some 440,000
+#: with a permit). A requester's account with code (a contract, or an EOA with an EIP-7702 delegation) has its
+#: signature checked on chain by its own `isValidSignature` (ERC-1271), which may burn any amount of gas:
+#: terms whose creation would need more are failed before anything is sent, and no transaction of the relayer
+#: may use more.
+MAX_CREATE_GAS = 1_000_000
+#: Seconds the signed terms (and their permit) must still have before them when the creation is signed: a
+#: transaction sent closer to its expiry may be mined after it, and revert at the relayer's cost.
+EXPIRY_MARGIN = 60
 
 
 class RelayAgain(EthmlError):
@@ -123,6 +135,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     # workers and miners can fetch it from this coordinator.
     ipfs.add_bytes(TaskSpec.model_validate(doc["spec"]).to_json(), 1)
     requester, nonce, expiry = doc["requester"], int(doc["nonce"]), int(doc["expiry"])
+    permit_deadline = int((doc.get("permit") or {}).get("deadline", 0))
     waiting = k.nonce_waits(str(doc.get("created_by", "")))
 
     async def terms_unused() -> None:
@@ -157,18 +170,36 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
                 f"the signed terms carry nonce {nonce}, but the requester's next is {next_nonce} "
                 "(another task used it, or the requester voided it)"
             )
+        # Wall-clock time, or the chain's when it is ahead (an idle devnet's latest block may be old).
+        moment = max(int(time.time()), int((await chain.w3.eth.get_block("latest"))["timestamp"]))
+        for what, until in (("the signed terms expire", expiry), ("their permit expires", permit_deadline)):
+            if until and until < moment + EXPIRY_MARGIN:
+                raise TermsLapsed(
+                    f"{what} at {until}, {until - moment} s from now: too soon for a creation to be mined before "
+                    f"then (the relayer sends one only with at least {EXPIRY_MARGIN} s left); sign them again with a "
+                    "later expiry"
+                )
 
     call = chain.tasks.functions.createTaskFor(
         _terms(doc).as_tuple(), requester, int(doc["expiry"]), bytes.fromhex(doc["signature"][2:]), _permit(doc)
     )
     try:
-        receipt = await send_raw(chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused)
-    except (TransactionReverted, TermsSpent, TermsLapsed) as exc:
+        receipt = await send_raw(
+            chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused, max_gas=MAX_CREATE_GAS
+        )
+    except RelayerBusy as exc:  # nothing signed or sent here: a transaction journaled before may yet be mined
+        raise RelayAgain(str(exc)) from exc
+    except (TransactionReverted, TermsSpent, TermsLapsed, GasOverCap) as exc:
         await store.redis.zrem(waiting, task_id)
         if isinstance(exc, TransactionReverted) and exc.block is not None:
             # A reorg may yet mine it again, and then it need not revert: judged once confirmed.
             await _confirmed(chain, exc.block, "the creation reverted", f" ({exc})", "judged")
         error = str(exc)
+        if isinstance(exc, GasOverCap):
+            error += (
+                " (the requester's account checks the signature with code of its own, as a contract or an EIP-7702 "
+                "delegation does, and that code takes too much gas)"
+            )
         if not isinstance(exc, TermsLapsed) and await _nonce_used(
             chain, requester, nonce, refused=isinstance(exc, TermsSpent)
         ):

@@ -31,6 +31,9 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_REWARD_WEI = 2**96 - 1
 MAX_DURATION = 365 * 24 * 3600
+#: Seconds signed terms (and their permit) must have left when posted: the relayer sends a creation only with
+#: a minute left (`relayer.EXPIRY_MARGIN`), so that it is mined before them rather than reverting at its cost.
+MIN_EXPIRY_SECONDS = 120
 #: A task's status: `pending_chain` until the relayer has created it, then the chain's (`open`, with
 #: `training` once a submission is committed and `validating` once the test set is revealed, then how
 #: it settled); `failed` when the relayer could not create it.
@@ -177,16 +180,16 @@ class TaskCreate(Strict):
         now = int(time.time())
         if self.validations % 2 == 0:
             raise ValueError("validations must be odd (1, 3, 5, 7 or 9)")
-        if self.expiry <= now:
-            raise ValueError("expiry has passed")
+        if self.expiry < now + MIN_EXPIRY_SECONDS:
+            raise ValueError(f"expiry must be at least {MIN_EXPIRY_SECONDS} s from now (it may not have passed)")
         p = self.permit
         if p is not None:
             if p.owner != self.requester:
                 raise ValueError("permit.owner must be the requester")
             if p.value != self.reward:
                 raise ValueError("permit.value must equal reward")
-            if p.deadline < now:
-                raise ValueError("permit.deadline has passed")
+            if p.deadline < now + MIN_EXPIRY_SECONDS:
+                raise ValueError(f"permit.deadline must be at least {MIN_EXPIRY_SECONDS} s from now")
         secret = self.test_set
         if secret is not None and commitment_hex(secret.cid, secret.salt) != self.test_set_commitment:
             raise ValueError("test_set does not match test_set_commitment")
