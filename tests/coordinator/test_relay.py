@@ -1760,3 +1760,28 @@ async def test_a_relay_that_waits_too_long_for_the_relayer_lock_is_relayed_again
         doc = await store.task(task_id) or {}
         assert (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
         assert doc["transactions"]["create"] == journaled["hash"]
+
+
+async def test_a_creation_the_node_refuses_is_relayed_again_and_signed_afresh(anvil_url: str, tmp_path: Path) -> None:
+    """The node refuses the journaled creation when it is sent again (here: it lost it, and the relayer has no
+    ETH left). The relayer used to wait 300 s for a receipt that could never come, then retry that entry first,
+    for good, reading no other. Now the refusal is seen at once: the journal forgets the transaction, the entry
+    is relayed again later while the others go on, and once the relayer is funded it is signed afresh and
+    created once."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        task_id, entry, journaled = await _creation_sent_then_died(c, chain, store, ipfs, key, now)
+        await chain.w3.provider.make_request("anvil_dropTransaction", [journaled["hash"]])  # type: ignore[arg-type]
+        relayer = chain.relayer.address
+        funds = await chain.w3.eth.get_balance(relayer)
+        await chain.w3.provider.make_request("anvil_setBalance", [relayer, "0x0"])  # type: ignore[arg-type]
+        with pytest.raises(RelayAgain, match="createTaskFor: the node refused the transaction: Insufficient funds"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 60)
+        doc = await store.task(task_id) or {}
+        assert doc["status"] == "pending_chain" and "create" not in doc["raw"], doc
+        await chain.w3.provider.make_request("anvil_setBalance", [relayer, hex(funds)])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id) or {}
+        assert (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        assert int(await chain.tasks.functions.taskCount().call()) == 1

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
-from web3.exceptions import Web3RPCError
+from web3.exceptions import TransactionNotFound, Web3RPCError
 
 from ethml.chain.deploy import Deployment, token_contract, training_contract
 from ethml.chain.tx import GAS_MARGIN, RECEIPT_GRACE, abi_of, fee_fields, mined_receipt, preflight, why_reverted
@@ -33,6 +33,12 @@ RELAYER_LOCK_WAIT = 120.0
 
 class RelayerBusy(ChainError):
     """The relayer lock stayed with another instance past the wait: nothing was signed or sent here."""
+
+
+class SendRefused(ChainError):
+    """The node refused the transaction (it does not have it after the send): not sent. The journal forgets it,
+    so the next send signs afresh (new fees, a new estimate); the contract's nonces keep a creation from
+    happening twice even if a copy of the refused one was somewhere else."""
 
 
 class GasOverCap(ChainError):
@@ -109,8 +115,14 @@ async def send_raw(
             tx_hash = chain.w3.keccak(raw)
             try:
                 await chain.w3.eth.send_raw_transaction(raw)
-            except Web3RPCError as exc:  # "already known" / "nonce too low" on a re-send: the receipt decides
-                log.debug("resend", what=what, error=str(exc))
+            except Web3RPCError as exc:
+                if not await _node_has(chain, tx_hash):  # refused (funds, fees, gas): no receipt will ever come
+                    message = rpc_message(exc)
+                    log.warning("send_refused", what=what, task=task_id, error=message)
+                    if task_id and name:
+                        await store.update_task(task_id, lambda d: _forget_raw(d, name, raw_hex))
+                    raise SendRefused(f"{what}: the node refused the transaction: {message}") from exc
+                log.debug("resend", what=what, error=str(exc))  # "already known", "nonce too low": the receipt decides
     except LeaseLost as exc:
         raise RelayerBusy(
             f"{what}: the relayer lock is held by another instance for over {RELAYER_LOCK_WAIT:g} s"
@@ -120,6 +132,30 @@ async def send_raw(
         reason, error = await why_reverted(chain.w3, receipt, abi_of(call))
         raise TransactionReverted(what, reason, error=error, block=int(receipt["blockNumber"]))
     return dict(receipt)
+
+
+def rpc_message(exc: Web3RPCError) -> str:
+    """The node's own message, one line of at most 200 characters (for the log)."""
+    rpc = exc.rpc_response.get("error") if isinstance(exc.rpc_response, dict) else None
+    text = rpc.get("message") if isinstance(rpc, dict) else None
+    text = " ".join(str(text or exc).split())
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+async def _node_has(chain: Chain, tx_hash: Any) -> bool:
+    """Whether the node holds the transaction, pending or mined."""
+    try:
+        await chain.w3.eth.get_transaction(tx_hash)
+    except TransactionNotFound:
+        return False
+    return True
+
+
+def _forget_raw(doc: dict[str, Any], name: str, raw_hex: str) -> None:
+    """Drop the journaled transaction `name` if it is still `raw_hex`."""
+    if doc.get("raw", {}).get(name) == raw_hex:
+        doc["raw"].pop(name)
+        doc.get("raw_nonce", {}).pop(name, None)
 
 
 async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> str | None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCError
 
 from ethml.coordinator.appkeys import CONFIG, METRICS
+from ethml.coordinator.chain import rpc_message
 from ethml.coordinator.schemas import MAX_BODY_BYTES, first_error
 from ethml.coordinator.uploads import Uploads, spool
 
@@ -120,7 +121,7 @@ async def errors_and_metrics(
         )
     except Web3RPCError as exc:  # the node answered with an error: its words logged here, not sent (they may
         # name the provider, a quota or an upstream address)
-        log.warning("chain_rpc_refused", error=_rpc_message(exc), path=request.path)
+        log.warning("chain_rpc_refused", error=rpc_message(exc), path=request.path)
         response = error_response(
             503, "the chain RPC refused a request (logged by the server); retry shortly", headers={"Retry-After": "5"}
         )
@@ -129,14 +130,6 @@ async def errors_and_metrics(
         response = error_response(500, "internal error (logged by the server)")
     request.app[METRICS].observe(route, status or response.status, time.perf_counter() - started)
     return response
-
-
-def _rpc_message(exc: Web3RPCError) -> str:
-    """The node's own message, one line of at most 200 characters (for the log)."""
-    rpc = exc.rpc_response.get("error") if isinstance(exc.rpc_response, dict) else None
-    text = rpc.get("message") if isinstance(rpc, dict) else None
-    text = " ".join(str(text or exc).split())
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:

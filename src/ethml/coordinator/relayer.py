@@ -25,13 +25,13 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import structlog
-from web3.exceptions import Web3RPCError
+from web3.exceptions import TimeExhausted, Web3RPCError
 from web3.logs import DISCARD
 
 from ethml.chain.tx import RECEIPT_SETTLE
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.background import stop_helper, stop_if_cancelled
-from ethml.coordinator.chain import Chain, GasOverCap, RelayerBusy, fail, send_raw
+from ethml.coordinator.chain import Chain, GasOverCap, RelayerBusy, SendRefused, fail, send_raw
 from ethml.coordinator.follower import LOG_CHUNK, apply_event, deadlines_of, replay_task, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
 from ethml.errors import EthmlError, TransactionReverted
@@ -187,7 +187,9 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         receipt = await send_raw(
             chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused, max_gas=MAX_CREATE_GAS
         )
-    except RelayerBusy as exc:  # nothing signed or sent here: a transaction journaled before may yet be mined
+    except (RelayerBusy, SendRefused, TimeExhausted) as exc:
+        # Nothing sent here, or nothing mined yet: relayed again later, while the other entries go on (a
+        # transaction journaled before may yet be mined; a refused one is signed afresh next time).
         raise RelayAgain(str(exc)) from exc
     except (TransactionReverted, TermsSpent, TermsLapsed, GasOverCap) as exc:
         await store.redis.zrem(waiting, task_id)
