@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from ethml.coordinator import leader as leader_module
 from ethml.coordinator.background import Loops, forever, stop_helper
 from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.store import Store
+from tests.node.conftest import wait_until
 
 
 async def test_a_caller_cancelled_while_stopping_its_helper_is_still_cancelled() -> None:
@@ -80,3 +84,48 @@ async def test_a_loop_busy_on_redis_stops_at_the_first_shutdown_whenever_it_is_c
     finally:
         finished.set()
         await asyncio.gather(*others, return_exceptions=True)
+
+
+async def test_the_leader_lease_is_held_through_a_pass_longer_than_its_ttl(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper waits for a receipt per transaction (a block or more): a leader's pass may take longer than
+    the lease's ttl. The lease was renewed only between passes, so a second instance took it mid-pass and
+    followed and kept at the same time as the first. Now it is renewed while the pass runs."""
+    inside: list[str] = []
+    release = asyncio.Event()
+
+    async def follow(chain: Any, _store: Store, _confirmations: int) -> int:
+        inside.append(chain.name)
+        if chain.name == "first":
+            await release.wait()
+        return 0
+
+    async def keep(_chain: Any, _store: Store) -> None:
+        return None
+
+    monkeypatch.setattr(leader_module, "follow", follow)
+    monkeypatch.setattr(leader_module, "keep_deadlines", keep)
+    metrics = SimpleNamespace(chain_lag=SimpleNamespace(set=lambda _value: None))
+    first, second = (
+        leader_module.Leader(SimpleNamespace(name=name, head=None, confirmations=0), redis_store, metrics)  # type: ignore[arg-type]
+        for name in ("first", "second")
+    )
+    first.lease.ttl = second.lease.ttl = 2.0  # renewed every 0.67 s
+    passing = asyncio.create_task(first.step())
+    await wait_until(lambda: _true("first" in inside), timeout=30, what="the first leader's pass")
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.5 * first.lease.ttl  # the lease would have lapsed twice over
+    while loop.time() < until:
+        await second.step()
+        assert inside == ["first"], "a second leader ran beside the first"
+        await asyncio.sleep(0.1)
+    release.set()
+    await asyncio.wait_for(passing, 30)
+    await first.lease.release()  # the first instance is gone: the second leads at once
+    await second.step()
+    assert inside == ["first", "second"]
+
+
+async def _true(value: bool) -> bool:
+    return value

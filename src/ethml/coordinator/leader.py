@@ -1,5 +1,6 @@
 """The leader's loop: the event follower and the deadline keeper run on one instance at a time, the
-one holding the `leader` lease (renewed every pass; another instance takes over within its ttl)."""
+one holding the `leader` lease (renewed every pass and while it runs; another instance takes over within its
+ttl of a holder's death)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ class Leader:
     async def step(self) -> None:
         if not await self.lease.acquire(wait=0):
             return
-        checkpoint = await follow(self.chain, self.store, self.chain.confirmations)
-        if self.chain.head is not None:
-            self.metrics.chain_lag.set(max(0, self.chain.head - checkpoint))
-        await keep_deadlines(self.chain, self.store)
+        # Renewed while the pass runs: the keeper waits for a receipt per transaction, a block or more, and
+        # a lease that lapsed meanwhile would let a second instance follow and keep at the same time.
+        async with self.lease.renewing():
+            checkpoint = await follow(self.chain, self.store, self.chain.confirmations)
+            if self.chain.head is not None:
+                self.metrics.chain_lag.set(max(0, self.chain.head - checkpoint))
+            await keep_deadlines(self.chain, self.store)

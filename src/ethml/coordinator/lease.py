@@ -68,6 +68,17 @@ class Lock:
             finally:
                 await self.release()
 
+    @contextlib.asynccontextmanager
+    async def renewing(self) -> AsyncIterator[None]:
+        """Keep a lease this holder has taken (`acquire`) renewed for the body of the `async with`, and hold it
+        on after (it lapses within its ttl unless renewed again): for a holder that leads pass after pass, and
+        whose pass may take longer than the ttl."""
+        renewer = asyncio.create_task(self._renew(), name="lease-renewer")
+        try:
+            yield
+        finally:
+            await stop_helper(renewer)
+
     async def _renew(self) -> None:
         while True:
             stop_if_cancelled()
