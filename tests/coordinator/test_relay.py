@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import signal
 import time
@@ -1699,19 +1700,7 @@ async def test_terms_or_a_permit_too_close_to_their_end_are_failed_before_anythi
         chain, store, ipfs, key, now = await _without_relayer(c)
         relayer = chain.relayer.address
         start = max(now, int(time.time()))
-        body = task_body(
-            dev_account(REQUESTER),
-            c.domain,
-            spec=wine_spec(b"a,b,target\n1,2,0\n"),
-            dataset_cid=CID,
-            test_cid=CID,
-            reward=5 * EML,
-            terms_nonce=0,
-            permit_nonce=0,
-            parameters_version=1,
-            now=start,
-            expiry_seconds=300,
-        )
+        body = _expiring(c, start, 300)
         [(close, close_entry)] = await _post(c, store, key, [body])
         expiry = int(body["expiry"])
         await chain.w3.provider.make_request("evm_setNextBlockTimestamp", [expiry - 30])  # type: ignore[arg-type]
@@ -1785,3 +1774,73 @@ async def test_a_creation_the_node_refuses_is_relayed_again_and_signed_afresh(an
         doc = await store.task(task_id) or {}
         assert (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
         assert int(await chain.tasks.functions.taskCount().call()) == 1
+
+
+async def test_an_api_key_whose_creations_keep_reverting_is_not_relayed_for_the_hour(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Some reverts cannot be seen at the pre-flight: the requester moves its tokens or allowance away, or lets its
+    account's code act differently, between the pre-flight and the block (here: the block comes after the terms'
+    expiry). Each costs the relayer a creation's gas, and signing terms costs the requester nothing. After
+    MAX_REVERTS (3) of an API key's creations were mined and reverted within the hour, its further tasks fail
+    before anything is sent; another key's are relayed as before."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, _now = await _without_relayer(c)
+        relayer = chain.relayer.address
+        for _ in range(relayer_module.MAX_REVERTS):
+            start = max(int(time.time()), int((await chain.w3.eth.get_block("latest"))["timestamp"]))
+            body = _expiring(c, start, 300)
+            [(task_id, entry)] = await _post(c, store, key, [body])
+            await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+            relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
+            await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
+            await chain.w3.provider.make_request("evm_setNextBlockTimestamp", [int(body["expiry"]) + 1])  # type: ignore[arg-type]
+            await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+            await asyncio.wait_for(relay, 120)
+            doc = await store.task(task_id) or {}
+            assert doc["status"] == "failed" and "SignatureExpired" in doc["error"], doc
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        start = max(int(time.time()), int((await chain.w3.eth.get_block("latest"))["timestamp"]))
+        [(refused, refused_entry)] = await _post(c, store, key, [_expiring(c, start, 3600)])
+        sent = await chain.w3.eth.get_transaction_count(relayer)
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *refused_entry), 120)
+        doc = await store.task(refused) or {}
+        assert (doc["status"], "create" in doc["transactions"]) == ("failed", False), doc
+        assert re.fullmatch(
+            r"3 creations of tasks posted with this API key were mined and reverted within the hour \(at most 3, each "
+            r"at the relayer's cost\): its tasks are not relayed for another [0-9]+ s",
+            doc["error"],
+        ), doc["error"]
+        assert await chain.w3.eth.get_transaction_count(relayer) == sent
+        [(other, other_entry)] = await _post(c, store, await c.requester_key(), [_expiring(c, start, 3600)])
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *other_entry), 120)
+        assert await _status_is(store, other, "open")
+
+
+def _expiring(c: Coordinator, now: int, seconds: int) -> dict[str, Any]:
+    """A valid body (the requester's nonce 0) whose terms and permit expire `seconds` after `now`."""
+    return task_body(
+        dev_account(REQUESTER),
+        c.domain,
+        spec=wine_spec(b"a,b,target\n1,2,0\n"),
+        dataset_cid=CID,
+        test_cid=CID,
+        reward=5 * EML,
+        terms_nonce=0,
+        permit_nonce=0,
+        parameters_version=1,
+        now=now,
+        expiry_seconds=seconds,
+    )
+
+
+async def _sent(chain: Chain, store: Store, task_id: str) -> bool:
+    """Whether the task's creation is signed, journaled and held by the node."""
+    doc = await store.task(task_id) or {}
+    if "create" not in doc.get("transactions", {}):
+        return False
+    try:
+        await chain.w3.eth.get_transaction(doc["transactions"]["create"])
+    except TransactionNotFound:
+        return False
+    return True

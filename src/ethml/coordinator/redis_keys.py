@@ -48,6 +48,12 @@ def nonce_waits(key_name: str) -> str:
     return f"{P}noncewaits:{key_name}"
 
 
+def relay_reverts(key_name: str) -> str:
+    """How many creations of tasks posted with an API key were mined and reverted within the hour (a counter
+    that expires an hour after its first)."""
+    return f"{P}relayreverts:{key_name}"
+
+
 def importing(chain_task_id: int) -> str:
     """Held (with a time limit) while a POST /api/tasks/import of the chain task searches and replays."""
     return f"{P}importing:{chain_task_id}"

@@ -85,6 +85,40 @@ MAX_CREATE_GAS = 1_000_000
 EXPIRY_MARGIN = 60
 
 
+class RelayRefused(EthmlError):
+    """The API key the terms were posted with has had too many creations revert this hour: not relayed."""
+
+
+#: Creations of an API key's tasks that may be mined and revert (at the relayer's cost) within REVERTS_SECONDS
+#: before its further tasks fail without being sent, until the hour is over. Every revert the relayer can see
+#: coming is refused before anything is sent; those it cannot (the requester moving its tokens or allowance
+#: away, or code of its account that checks the signature, acting between the pre-flight and the block) cost
+#: it one creation's gas each, at most MAX_CREATE_GAS.
+MAX_REVERTS = 3
+REVERTS_SECONDS = 3600
+
+
+async def _count_revert(store: Store, key_name: str) -> None:
+    counter = k.relay_reverts(key_name)
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.set(counter, 0, ex=REVERTS_SECONDS, nx=True)
+    pipe.incr(counter)
+    await pipe.execute()
+
+
+async def _check_reverts(store: Store, key_name: str) -> None:
+    counter = k.relay_reverts(key_name)
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.get(counter)
+    pipe.ttl(counter)
+    count, ttl = await pipe.execute()
+    if int(count or 0) >= MAX_REVERTS:
+        raise RelayRefused(
+            f"{int(count)} creations of tasks posted with this API key were mined and reverted within the hour (at "
+            f"most {MAX_REVERTS}, each at the relayer's cost): its tasks are not relayed for another {max(1, ttl)} s"
+        )
+
+
 class RelayAgain(EthmlError):
     """The entry is relayed again (left pending): the transaction that was to use the terms' nonce was
     dropped, or what the node answered does not settle the relay yet."""
@@ -136,11 +170,14 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
     ipfs.add_bytes(TaskSpec.model_validate(doc["spec"]).to_json(), 1)
     requester, nonce, expiry = doc["requester"], int(doc["nonce"]), int(doc["expiry"])
     permit_deadline = int((doc.get("permit") or {}).get("deadline", 0))
-    waiting = k.nonce_waits(str(doc.get("created_by", "")))
+    created_by = str(doc.get("created_by_key") or doc.get("created_by", ""))  # the API key (its name, before)
+    waiting = k.nonce_waits(created_by)
 
     async def terms_unused() -> None:
         """Before a creation is signed (under the relayer lock): the terms' nonce is the requester's next,
-        counting the creations still pending (the pending block, as the pre-flight of the send sees it)."""
+        counting the creations still pending (the pending block, as the pre-flight of the send sees it); the
+        terms and permit not about to expire; the API key not past its reverts this hour."""
+        await _check_reverts(store, created_by)
         nonces = chain.tasks.functions.nonces(requester)
         try:
             next_nonce = int(await nonces.call(block_identifier="pending"))
@@ -191,8 +228,9 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         # Nothing sent here, or nothing mined yet: relayed again later, while the other entries go on (a
         # transaction journaled before may yet be mined; a refused one is signed afresh next time).
         raise RelayAgain(str(exc)) from exc
-    except (TransactionReverted, TermsSpent, TermsLapsed, GasOverCap) as exc:
+    except (TransactionReverted, TermsSpent, TermsLapsed, GasOverCap, RelayRefused) as exc:
         await store.redis.zrem(waiting, task_id)
+        mined = isinstance(exc, TransactionReverted) and exc.block is not None
         if isinstance(exc, TransactionReverted) and exc.block is not None:
             # A reorg may yet mine it again, and then it need not revert: judged once confirmed.
             await _confirmed(chain, exc.block, "the creation reverted", f" ({exc})", "judged")
@@ -202,7 +240,7 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
                 " (the requester's account checks the signature with code of its own, as a contract or an EIP-7702 "
                 "delegation does, and that code takes too much gas)"
             )
-        if not isinstance(exc, TermsLapsed) and await _nonce_used(
+        if not isinstance(exc, (TermsLapsed, RelayRefused)) and await _nonce_used(
             chain, requester, nonce, refused=isinstance(exc, TermsSpent)
         ):
             found = await _created_elsewhere(chain, store, doc)
@@ -212,14 +250,17 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
                 await _track_created_elsewhere(chain, store, task_id, found.event)
                 await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
                 return
-            elif found.holder is not None:
+            elif found.holder is not None:  # the same terms created (by anyone): not the requester's doing
                 error += "; " + _tracked_by(found.event, found.holder)
+                mined = False
             else:
                 await _event_confirmed(chain, found.event, "failed for it")
                 error += (
                     f"; the requester's task {int(found.event['args']['taskId'])} (transaction "
                     f"{found.event['transactionHash'].to_0x_hex()}) was created from other terms with this nonce"
                 )
+        if mined:  # at the relayer's cost: counted against the API key
+            await _count_revert(store, created_by)
         await store.update_task(task_id, fail(error))
         await store.release_signed_terms(doc)
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)

@@ -66,6 +66,7 @@ def _task_doc(who: dict[str, str], fields: dict[str, Any]) -> dict[str, Any]:
         **fields,
         "created_at": time.time(),
         "created_by": who["name"],
+        "created_by_key": who["key"],  # the key's hash: names need not be unique
         "submissions": [],
         "panel": [],
         "transactions": {},
