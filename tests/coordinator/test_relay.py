@@ -1844,3 +1844,44 @@ async def _sent(chain: Chain, store: Store, task_id: str) -> bool:
     except TransactionNotFound:
         return False
     return True
+
+
+async def test_a_creation_its_fees_keep_out_of_blocks_is_replaced_with_higher_fees_and_created_once(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base fee rises above what the journaled creation offers (its max fee is twice the base fee it was
+    signed at, plus the tip). It used to be re-sent as it was, for good, holding up every later transaction of
+    the relayer key. Now, every BUMP_AFTER seconds without a receipt, such a transaction is replaced: the same
+    call and nonce, both fees raised (12.5 % at least, and to what the base fee asks now), journaled beside the
+    attempt it replaces before it is sent. The replacement is mined, and the task created once."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        monkeypatch.setattr(chain_module, "BUMP_AFTER", 0.5)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
+        await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
+        journaled = await store.task(task_id) or {}
+        first, nonce = journaled["transactions"]["create"], journaled["raw_nonce"]["create"]
+        offered = int((await chain.w3.eth.get_transaction(first))["maxFeePerGas"])
+        await chain.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(4 * offered)])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        assert int((await chain.w3.eth.get_block("latest"))["baseFeePerGas"]) == 4 * offered
+        with pytest.raises(TransactionNotFound):
+            await chain.w3.eth.get_transaction_receipt(first)  # priced out of the block
+
+        async def replaced() -> bool:
+            doc = await store.task(task_id) or {}
+            return doc.get("raw_attempts", {}).get("create") == [first]
+
+        await wait_until(replaced, timeout=60, what="the creation replaced")
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay, 120)
+        doc = await store.task(task_id) or {}
+        assert (doc["status"], doc["chain_task_id"]) == ("open", 1), doc
+        second = doc["transactions"]["create"]
+        assert second != first
+        mined = await chain.w3.eth.get_transaction(second)
+        assert mined["nonce"] == nonce and doc["raw_nonce"]["create"] == nonce
+        assert int(mined["maxFeePerGas"]) >= 2 * 4 * offered  # priced for the base fee now
+        assert int(await chain.tasks.functions.taskCount().call()) == 1

@@ -141,6 +141,10 @@ async def why_reverted(
     return "no reason available (replayed in its block, it succeeds)", None
 
 
+#: A replacement must raise both fees by at least 10 %; 12.5 % clears every client's rule.
+BUMP_NUMERATOR, BUMP_DENOMINATOR = 9, 8
+
+
 async def fee_fields(w3: AsyncWeb3[Any], *, priority_gwei: float = 1.0) -> dict[str, int]:
     """EIP-1559 fees: max fee = 2 x base fee + tip, so a transaction survives a few full blocks."""
     block = await w3.eth.get_block("latest")

@@ -6,17 +6,35 @@ The loops that use it have modules of their own: `relayer` (tasks from permits),
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from eth_typing import HexStr
+from eth_utils.crypto import keccak
+from hexbytes import HexBytes
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionNotFound, Web3RPCError
+from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
+from web3.types import TxReceipt
 
 from ethml.chain.deploy import Deployment, token_contract, training_contract
-from ethml.chain.tx import GAS_MARGIN, RECEIPT_GRACE, abi_of, fee_fields, mined_receipt, preflight, why_reverted
+from ethml.chain.tx import (
+    BUMP_DENOMINATOR,
+    BUMP_NUMERATOR,
+    GAS_MARGIN,
+    RECEIPT_GRACE,
+    abi_of,
+    fee_fields,
+    mined_receipt,
+    preflight,
+    why_reverted,
+)
 from ethml.coordinator.lease import LeaseLost, Lock
 from ethml.coordinator.store import Store
 from ethml.errors import ChainError, TransactionReverted
@@ -29,6 +47,10 @@ SCORE_SCALE = 1_000_000
 
 #: Seconds a transaction waits for the relayer lock (held by another instance's send) before RelayerBusy.
 RELAYER_LOCK_WAIT = 120.0
+#: Seconds a sent transaction is waited for (TimeExhausted after), and between two looks at whether its fees keep
+#: it out of blocks (then it is replaced with higher ones).
+RECEIPT_WAIT = 300.0
+BUMP_AFTER = 60.0
 
 
 class RelayerBusy(ChainError):
@@ -106,32 +128,153 @@ async def send_raw(
     lock = Lock(store, f"relayer:{chain.relayer.address}", ttl=10)
     try:
         async with lock.held(wait=RELAYER_LOCK_WAIT):
-            raw_hex = await _journaled(chain, store, task_id, name) if task_id and name else None
-            if raw_hex is None:
+            found = await _journaled(chain, store, task_id, name) if task_id and name else None
+            if found is None:
                 if precheck is not None:
                     await precheck()
-                raw_hex = await _sign(chain, store, call, what, task_id, name, max_gas)
-            raw = bytes.fromhex(raw_hex[2:])
-            tx_hash = chain.w3.keccak(raw)
-            try:
-                await chain.w3.eth.send_raw_transaction(raw)
-            except Web3RPCError as exc:
-                if not await _node_has(chain, tx_hash):  # refused (funds, fees, gas): no receipt will ever come
-                    message = rpc_message(exc)
-                    log.warning("send_refused", what=what, task=task_id, error=message)
-                    if task_id and name:
-                        await store.update_task(task_id, lambda d: _forget_raw(d, name, raw_hex))
-                    raise SendRefused(f"{what}: the node refused the transaction: {message}") from exc
-                log.debug("resend", what=what, error=str(exc))  # "already known", "nonce too low": the receipt decides
+                raw_hex, hashes = await _sign(chain, store, call, what, task_id, name, max_gas), list[str]()
+            else:
+                raw_hex, hashes = found
+            await _send(chain, store, what, task_id, name, raw_hex)
     except LeaseLost as exc:
         raise RelayerBusy(
             f"{what}: the relayer lock is held by another instance for over {RELAYER_LOCK_WAIT:g} s"
         ) from exc
-    receipt = await chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
+    hashes = [*hashes, _hash(chain, raw_hex)]
+    receipt = await _receipt(chain, store, lock, call, what, (task_id, name), raw_hex, hashes, max_gas)
     if receipt["status"] != 1:
         reason, error = await why_reverted(chain.w3, receipt, abi_of(call))
         raise TransactionReverted(what, reason, error=error, block=int(receipt["blockNumber"]))
     return dict(receipt)
+
+
+def _hash(chain: Chain, raw_hex: str) -> str:
+    return chain.w3.keccak(bytes.fromhex(raw_hex[2:])).to_0x_hex()
+
+
+async def _send(chain: Chain, store: Store, what: str, task_id: str | None, name: str | None, raw_hex: str) -> None:
+    """Send a signed transaction (again); SendRefused, the journal forgetting it, when the node does not hold it
+    after the send (refused for its funds, fees or gas: no receipt will ever come)."""
+    try:
+        await chain.w3.eth.send_raw_transaction(bytes.fromhex(raw_hex[2:]))
+    except Web3RPCError as exc:
+        if not await _node_has(chain, _hash(chain, raw_hex)):
+            message = rpc_message(exc)
+            log.warning("send_refused", what=what, task=task_id, error=message)
+            if task_id and name:
+                await store.update_task(task_id, lambda d: _forget_raw(d, name, raw_hex))
+            raise SendRefused(f"{what}: the node refused the transaction: {message}") from exc
+        log.debug("resend", what=what, error=str(exc))  # "already known", "nonce too low": the receipt decides
+
+
+async def _receipt(
+    chain: Chain,
+    store: Store,
+    lock: Lock,
+    call: Any,
+    what: str,
+    journal: tuple[str | None, str | None],
+    raw_hex: str,
+    hashes: list[str],
+    max_gas: int | None,
+) -> TxReceipt:
+    """The receipt of whichever of `hashes` (the attempts at one nonce) is mined, within RECEIPT_WAIT seconds
+    (TimeExhausted after). Every BUMP_AFTER seconds without one, a transaction its fees keep out of the next block
+    (its max fee under the base fee and its tip) is replaced: the same call and nonce, both fees raised by 12.5 %
+    at least and to what `fee_fields` asks now, journaled beside the attempts before it is sent."""
+    task_id, name = journal
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + RECEIPT_WAIT
+    while True:
+        receipt = await _receipt_of(chain.w3, hashes, min(BUMP_AFTER, max(0.0, give_up - loop.time())))
+        if receipt is not None:
+            mined = receipt["transactionHash"].to_0x_hex()
+            if task_id and name and mined != hashes[-1]:  # an earlier attempt was mined, not its replacement
+                await store.update_task(task_id, functools.partial(_mined_as, name=name, tx_hash=mined))
+            return receipt
+        if loop.time() >= give_up:
+            raise TimeExhausted(
+                f"{what}: none of its transactions {', '.join(hashes)} is mined after {RECEIPT_WAIT:g} s"
+            )
+        bumped = await _bump(chain, store, lock, call, what, journal, raw_hex, max_gas)
+        if bumped is not None:
+            raw_hex = bumped
+            hashes.append(_hash(chain, raw_hex))
+
+
+async def _receipt_of(w3: AsyncWeb3[Any], hashes: list[str], wait: float) -> TxReceipt | None:
+    """The receipt of any of `hashes`, polled for up to `wait` seconds; None when none is mined by then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    pause = 0.05
+    while True:
+        for tx_hash in hashes:
+            with contextlib.suppress(TransactionNotFound):
+                return await w3.eth.get_transaction_receipt(HexStr(tx_hash))
+        if loop.time() >= deadline:
+            return None
+        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+        pause = min(pause * 2, 1.0)
+
+
+async def _bump(
+    chain: Chain,
+    store: Store,
+    lock: Lock,
+    call: Any,
+    what: str,
+    journal: tuple[str | None, str | None],
+    raw_hex: str,
+    max_gas: int | None,
+) -> str | None:
+    """The replacement of the transaction `raw_hex` when its fees keep it out of the next block, signed, journaled
+    and sent under the relayer lock; None when it needs none or none can be made (its nonce used meanwhile, the
+    call reverting now, the lock busy, the node refusing it): the attempts stand, and the wait goes on."""
+    w3 = chain.w3
+    tx = TypedTransaction.from_bytes(HexBytes(raw_hex)).as_dict()
+    base = int((await w3.eth.get_block("latest")).get("baseFeePerGas", 0) or 0)
+    if int(tx["maxFeePerGas"]) >= base + int(tx["maxPriorityFeePerGas"]):
+        return None  # priced for the next block: it waits its turn
+    task_id, name = journal
+    try:
+        async with lock.held(wait=RELAYER_LOCK_WAIT):
+            if task_id and name:
+                doc = await store.task(task_id) or {}
+                if doc.get("raw", {}).get(name) != raw_hex:
+                    return None  # replaced or forgotten meanwhile (another instance): the attempts stand
+            if int(await w3.eth.get_transaction_count(chain.relayer.address, "latest")) > int(tx["nonce"]):
+                return None  # its nonce is used: the receipt wait finds by which attempt
+            fees = await fee_fields(w3)
+            bumped = {
+                key: max(fees[key], int(tx[key]) * BUMP_NUMERATOR // BUMP_DENOMINATOR + 1)
+                for key in ("maxFeePerGas", "maxPriorityFeePerGas")
+            }
+            try:
+                new = await _sign(
+                    chain,
+                    store,
+                    call,
+                    what,
+                    task_id,
+                    name,
+                    max_gas,
+                    nonce=int(tx["nonce"]),
+                    fees=bumped,
+                    replaces=_hash(chain, raw_hex),
+                )
+            except (TransactionReverted, GasOverCap) as exc:  # the original stands: mined, it reverts or not
+                log.warning("bump_skipped", what=what, task=task_id, reason=str(exc))
+                return None
+            log.info("fee_bumped", what=what, task=task_id, tx=_hash(chain, new), max_fee=bumped["maxFeePerGas"])
+            try:
+                await _send(chain, store, what, task_id, name, new)
+            except SendRefused:  # forgotten from the journal: the original goes back in
+                if task_id and name:
+                    await store.update_task(task_id, lambda d: _restore_raw(d, name, raw_hex, tx["nonce"]))
+                return None
+            return new
+    except LeaseLost:
+        return None
 
 
 def rpc_message(exc: Web3RPCError) -> str:
@@ -152,38 +295,67 @@ async def _node_has(chain: Chain, tx_hash: Any) -> bool:
 
 
 def _forget_raw(doc: dict[str, Any], name: str, raw_hex: str) -> None:
-    """Drop the journaled transaction `name` if it is still `raw_hex`."""
+    """Drop the journaled transaction `name` if it is still `raw_hex` (its earlier attempts stay listed: one of
+    them may still be mined)."""
     if doc.get("raw", {}).get(name) == raw_hex:
         doc["raw"].pop(name)
         doc.get("raw_nonce", {}).pop(name, None)
 
 
-async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> str | None:
-    """The task's journaled transaction `name`, if there is one that may still be mined or was (a node may
-    count its nonce as used a moment before it serves the receipt: `mined_receipt` tells)."""
+def _mined_as(doc: dict[str, Any], *, name: str, tx_hash: str) -> None:
+    doc["transactions"][name] = tx_hash
+
+
+def _restore_raw(doc: dict[str, Any], name: str, raw_hex: str, nonce: int) -> None:
+    """Put back the attempt `raw_hex` that a refused replacement was to follow."""
+    attempts = doc.setdefault("raw_attempts", {}).get(name, [])
+    doc.setdefault("raw", {})[name] = raw_hex
+    doc.setdefault("raw_nonce", {})[name] = nonce
+    tx_hash = "0x" + keccak(bytes.fromhex(raw_hex[2:])).hex()
+    doc["transactions"][name] = tx_hash
+    doc["raw_attempts"][name] = [h for h in attempts if h != tx_hash]
+
+
+async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> tuple[str, list[str]] | None:
+    """The task's journaled transaction `name` and the hashes of the attempts it replaced, if there is one that may
+    still be mined or was (a node may count its nonce as used a moment before it serves the receipt:
+    `mined_receipt` tells)."""
     doc = await store.task(task_id) or {}
     raw_hex: str | None = doc.get("raw", {}).get(name)
+    if raw_hex is None:
+        return None
+    earlier: list[str] = list(doc.get("raw_attempts", {}).get(name, []))
     nonce = doc.get("raw_nonce", {}).get(name)
-    if raw_hex is None or nonce is None:
-        return raw_hex
+    if nonce is None:
+        return raw_hex, earlier
     taken = await chain.w3.eth.get_transaction_count(chain.relayer.address, "latest")
-    if nonce < taken:
-        tx_hash = chain.w3.keccak(bytes.fromhex(raw_hex[2:]))
-        if await mined_receipt(chain.w3, [tx_hash], chain.receipt_grace) is None:
-            log.warning("journal_superseded", task=task_id, what=name, nonce=nonce)
-            return None  # another transaction took its nonce: it was never mined and never will be
-    return raw_hex
+    if nonce < taken and await mined_receipt(chain.w3, [*earlier, _hash(chain, raw_hex)], chain.receipt_grace) is None:
+        log.warning("journal_superseded", task=task_id, what=name, nonce=nonce)
+        return None  # another transaction took its nonce: it was never mined and never will be
+    return raw_hex, earlier
 
 
 async def _sign(
-    chain: Chain, store: Store, call: Any, what: str, task_id: str | None, name: str | None, max_gas: int | None
+    chain: Chain,
+    store: Store,
+    call: Any,
+    what: str,
+    task_id: str | None,
+    name: str | None,
+    max_gas: int | None,
+    *,
+    nonce: int | None = None,
+    fees: dict[str, int] | None = None,
+    replaces: str | None = None,
 ) -> str:
     """A new signed transaction (0x-hex), journaled in the task document when there is one; GasOverCap when its
-    pre-flight needs more than `max_gas`."""
+    pre-flight needs more than `max_gas`. A replacement (`replaces`, the attempt it follows) takes that one's
+    `nonce` and the `fees` given, and the journal lists the attempt it replaces."""
     w3 = chain.w3
-    nonce = await w3.eth.get_transaction_count(chain.relayer.address, "pending")
+    if nonce is None:
+        nonce = await w3.eth.get_transaction_count(chain.relayer.address, "pending")
     tx: dict[str, Any] = {"from": chain.relayer.address, "chainId": chain.chain_id, "nonce": nonce}
-    tx.update(await fee_fields(w3))
+    tx.update(fees if fees is not None else await fee_fields(w3))
     needed = await preflight(w3, call, tx, what)  # refused here if it would revert
     if max_gas is not None and needed > max_gas:
         raise GasOverCap(f"{what} would need {needed:,} gas, more than the {max_gas:,} the relayer pays for it")
@@ -194,6 +366,10 @@ async def _sign(
     if task_id and name:
 
         def keep(d: dict[str, Any]) -> None:
+            if replaces is not None:
+                d.setdefault("raw_attempts", {}).setdefault(name, []).append(replaces)
+            else:
+                d.get("raw_attempts", {}).pop(name, None)
             d.setdefault("raw", {})[name] = raw_hex
             d.setdefault("raw_nonce", {})[name] = nonce
             d["transactions"][name] = "0x" + bytes(signed.hash).hex()

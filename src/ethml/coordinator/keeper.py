@@ -99,6 +99,7 @@ def _forget(doc: dict[str, Any], name: str) -> None:
     because its block's hash was gone)."""
     doc.get("raw", {}).pop(name, None)
     doc.get("raw_nonce", {}).pop(name, None)
+    doc.get("raw_attempts", {}).pop(name, None)
 
 
 def _forget_journal(doc: dict[str, Any]) -> None:

@@ -15,7 +15,16 @@ from typing import Any
 from hexbytes import HexBytes
 from web3.exceptions import TransactionNotFound
 
-from ethml.chain.tx import GAS_MARGIN, RECEIPT_GRACE, fee_fields, mined_receipt, preflight, why_reverted
+from ethml.chain.tx import (
+    BUMP_DENOMINATOR,
+    BUMP_NUMERATOR,
+    GAS_MARGIN,
+    RECEIPT_GRACE,
+    fee_fields,
+    mined_receipt,
+    preflight,
+    why_reverted,
+)
 from ethml.errors import TransactionReverted
 from ethml.node.context import NodeContext, is_connection_error
 from ethml.node.events import NodeWarning, SubmissionDropped, SubmissionMined, Submitted
@@ -94,10 +103,6 @@ def _send_lock(w3: Any) -> asyncio.Lock:
     if lock is None:
         lock = _SEND_LOCKS[w3] = asyncio.Lock()
     return lock
-
-
-#: A replacement must raise both fees by at least 10 %; 12.5 % clears every client's rule.
-BUMP_NUMERATOR, BUMP_DENOMINATOR = 9, 8
 
 
 @dataclass
