@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import re
 import signal
 import time
@@ -25,14 +26,17 @@ from ethml.chain import EML, dev_account, token_contract, training_contract
 from ethml.chain.tx import fee_fields
 from ethml.coordinator import chain as chain_module
 from ethml.coordinator import follower as follower_module
+from ethml.coordinator import keeper as keeper_module
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator import relayer as relayer_module
 from ethml.coordinator.appkeys import CHAIN, IPFS, STORE
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.client import sign_permit, task_body
 from ethml.coordinator.follower import follow
+from ethml.coordinator.keeper import keep_deadlines
 from ethml.coordinator.relayer import RelayAgain, _nonce_used, _permit, _terms, relay_one
 from ethml.coordinator.store import Store
+from ethml.errors import ChainError
 from ethml.ipfs.client import IpfsClient
 from tests.conftest import free_port, lag_receipts
 from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on, start_redis
@@ -1779,29 +1783,47 @@ async def test_a_creation_the_node_refuses_is_relayed_again_and_signed_afresh(an
 async def test_an_api_key_whose_creations_keep_reverting_is_not_relayed_for_the_hour(
     anvil_url: str, tmp_path: Path
 ) -> None:
-    """Some reverts cannot be seen at the pre-flight: the requester moves its tokens or allowance away, or lets its
-    account's code act differently, between the pre-flight and the block (here: the block comes after the terms'
-    expiry). Each costs the relayer a creation's gas, and signing terms costs the requester nothing. After
-    MAX_REVERTS (3) of an API key's creations were mined and reverted within the hour, its further tasks fail
-    before anything is sent; another key's are relayed as before."""
+    """Some reverts cannot be seen at the pre-flight: the requester voids its nonce (or moves its tokens or
+    allowance away, or lets its account's code act differently) between the pre-flight and the block. Each costs
+    the relayer a creation's gas, and signing terms costs the requester nothing. After MAX_REVERTS (3) of an API
+    key's creations were mined and reverted within the hour, its further tasks fail before anything is sent;
+    another key's are relayed as before. A revert counts from when it is seen mined, while it waits for its
+    confirmations too (here 1). One that came from the terms expiring before the block is the relayer's delay,
+    and does not count."""
     async with coordinator_on(anvil_url, tmp_path) as c:
-        chain, store, ipfs, key, _now = await _without_relayer(c)
-        relayer = chain.relayer.address
-        for _ in range(relayer_module.MAX_REVERTS):
-            start = max(int(time.time()), int((await chain.w3.eth.get_block("latest"))["timestamp"]))
-            body = _expiring(c, start, 300)
-            [(task_id, entry)] = await _post(c, store, key, [body])
+        chain, store, ipfs, key, _now = await _without_relayer(c, confirmations=1)
+        relayer, requester = chain.relayer.address, dev_account(REQUESTER)
+        marks = k.relay_reverts(hashlib.sha256(key.encode()).hexdigest())
+        late = _expiring(c, await _time(chain), 300)
+        [(expired, expired_entry)] = await _post(c, store, key, [late])
+        parked = [(expired, expired_entry, int(late["expiry"]) + 1)]
+        for n in range(relayer_module.MAX_REVERTS):
+            start = await _time(chain)
+            [(task_id, entry)] = await _post(c, store, key, [_expiring(c, start, 3600, terms_nonce=n)])
+            parked.append((task_id, entry, None))
+        reverted = []
+        for task_id, entry, mined_at in parked:  # each creation sent, then its block comes after something else
             await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
             relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
             await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
-            await chain.w3.provider.make_request("evm_setNextBlockTimestamp", [int(body["expiry"]) + 1])  # type: ignore[arg-type]
+            if mined_at is not None:  # the block after the terms' expiry
+                await chain.w3.provider.make_request("evm_setNextBlockTimestamp", [mined_at])  # type: ignore[arg-type]
+            else:  # the requester voids its nonce first, with a higher tip
+                void = await chain.tasks.functions.useNonce().build_transaction(
+                    {"from": requester.address, "nonce": await chain.w3.eth.get_transaction_count(requester.address),
+                     "gas": 100_000, "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 5 * 10**10}
+                )  # fmt: skip
+                await chain.w3.eth.send_raw_transaction(requester.sign_transaction(void).raw_transaction)
             await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-            await asyncio.wait_for(relay, 120)
-            doc = await store.task(task_id) or {}
-            assert doc["status"] == "failed" and "SignatureExpired" in doc["error"], doc
+            with pytest.raises(RelayAgain, match="the creation reverted"):  # judged once confirmed
+                await asyncio.wait_for(relay, 120)
+            reverted.append((task_id, entry))
+        assert await store.redis.hlen(marks) == relayer_module.MAX_REVERTS  # the expired terms' revert not among them
+
         await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
-        start = max(int(time.time()), int((await chain.w3.eth.get_block("latest"))["timestamp"]))
-        [(refused, refused_entry)] = await _post(c, store, key, [_expiring(c, start, 3600)])
+        start = await _time(chain)
+        refused_body = _expiring(c, start, 3600, terms_nonce=relayer_module.MAX_REVERTS)
+        [(refused, refused_entry)] = await _post(c, store, key, [refused_body])
         sent = await chain.w3.eth.get_transaction_count(relayer)
         await asyncio.wait_for(relay_one(chain, store, ipfs, *refused_entry), 120)
         doc = await store.task(refused) or {}
@@ -1812,13 +1834,31 @@ async def test_an_api_key_whose_creations_keep_reverting_is_not_relayed_for_the_
             doc["error"],
         ), doc["error"]
         assert await chain.w3.eth.get_transaction_count(relayer) == sent
-        [(other, other_entry)] = await _post(c, store, await c.requester_key(), [_expiring(c, start, 3600)])
+
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        for task_id, entry in reverted:  # judged now: failed, the expired one not counted
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+            assert await _status_is(store, task_id, "failed")
+        assert (await store.task(expired) or {})["error"].count("SignatureExpired") == 1
+        assert sorted(await store.redis.hvals(marks)) == [b"counted"] * relayer_module.MAX_REVERTS
+        other_key = await c.requester_key()
+        other = _expiring(c, await _time(chain), 3600, terms_nonce=relayer_module.MAX_REVERTS)
+        [(other_task, other_entry)] = await _post(c, store, other_key, [other])
+        with pytest.raises(RelayAgain, match="linked once 1 blocks confirm it"):
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *other_entry), 120)
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
         await asyncio.wait_for(relay_one(chain, store, ipfs, *other_entry), 120)
-        assert await _status_is(store, other, "open")
+        assert await _status_is(store, other_task, "open")
 
 
-def _expiring(c: Coordinator, now: int, seconds: int) -> dict[str, Any]:
-    """A valid body (the requester's nonce 0) whose terms and permit expire `seconds` after `now`."""
+async def _time(chain: Chain) -> int:
+    """Wall-clock time, or the chain's when it is ahead."""
+    return max(int(time.time()), int((await chain.w3.eth.get_block("latest"))["timestamp"]))
+
+
+def _expiring(c: Coordinator, now: int, seconds: int, terms_nonce: int = 0) -> dict[str, Any]:
+    """A valid body (the requester's terms nonce `terms_nonce`, its token nonce 0) whose terms and permit expire
+    `seconds` after `now`."""
     return task_body(
         dev_account(REQUESTER),
         c.domain,
@@ -1826,7 +1866,7 @@ def _expiring(c: Coordinator, now: int, seconds: int) -> dict[str, Any]:
         dataset_cid=CID,
         test_cid=CID,
         reward=5 * EML,
-        terms_nonce=0,
+        terms_nonce=terms_nonce,
         permit_nonce=0,
         parameters_version=1,
         now=now,
@@ -1885,3 +1925,100 @@ async def test_a_creation_its_fees_keep_out_of_blocks_is_replaced_with_higher_fe
         assert mined["nonce"] == nonce and doc["raw_nonce"]["create"] == nonce
         assert int(mined["maxFeePerGas"]) >= 2 * 4 * offered  # priced for the base fee now
         assert int(await chain.tasks.functions.taskCount().call()) == 1
+
+
+async def test_a_creation_priced_out_that_cannot_be_replaced_is_cancelled_and_the_task_failed_saying_why(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The creation is priced out of blocks, and its replacement cannot be made: the requester's account (an EOA
+    with an EIP-7702 delegation) now checks signatures with code that needs more than the gas cap. Kept as it
+    was, the transaction would hold the relayer's nonce, and every later transaction of the relayer key, until the
+    base fee fell back. Now its nonce goes to a cancel (nothing sent to the relayer itself, with the raised fees);
+    once that is mined the entry is relayed again, signed afresh, and the task fails before anything more is sent,
+    saying why."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        monkeypatch.setattr(chain_module, "BUMP_AFTER", 0.5)
+        await _delegate(chain, dev_account(REQUESTER), _burner(100))
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        relayer = chain.relayer.address
+        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
+        await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
+        journaled = await store.task(task_id) or {}
+        first, nonce = journaled["transactions"]["create"], journaled["raw_nonce"]["create"]
+        offered = int((await chain.w3.eth.get_transaction(first))["maxFeePerGas"])
+        target = "0x" + "be" * 20
+        await chain.w3.provider.make_request("anvil_setCode", [target, _burner(300_000)])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(4 * offered)])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+        async def cancelled() -> bool:
+            doc = await store.task(task_id) or {}
+            return doc.get("raw_attempts", {}).get("create") == [first]
+
+        await wait_until(cancelled, timeout=60, what="the creation cancelled")
+        cancel = await chain.w3.eth.get_transaction((await store.task(task_id) or {})["transactions"]["create"])
+        assert (cancel["to"], cancel["value"], cancel["nonce"]) == (relayer, 0, nonce)
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        with pytest.raises(RelayAgain, match="so it was cancelled: nothing was done"):
+            await asyncio.wait_for(relay, 120)
+        doc = await store.task(task_id) or {}
+        assert (doc["status"], doc.get("raw", {}), doc["transactions"]) == ("pending_chain", {}, {}), doc
+        assert await chain.w3.eth.get_transaction_count(relayer) == nonce + 1  # the nonce is free for what follows
+        await chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        doc = await store.task(task_id) or {}
+        assert doc["status"] == "failed" and "more than the 1,000,000 the relayer pays for it" in doc["error"], doc
+        assert await chain.w3.eth.get_transaction_count(relayer) == nonce + 1
+        assert int(await chain.tasks.functions.taskCount().call()) == 0
+
+
+async def test_a_replacement_the_relayer_cannot_pay_for_leaves_the_entry_to_relay_again(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relayer's funds do not cover the raised fees of a replacement: the node refuses its estimate. That error
+    escaped the relay (and was retried first, for good); now the attempt stands, and once the receipt wait is over
+    the entry is relayed again later while the others go on."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        monkeypatch.setattr(chain_module, "BUMP_AFTER", 0.5)
+        monkeypatch.setattr(chain_module, "RECEIPT_WAIT", 3.0)
+        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+        relayer = chain.relayer.address
+        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
+        await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
+        first = (await store.task(task_id) or {})["transactions"]["create"]
+        offered = int((await chain.w3.eth.get_transaction(first))["maxFeePerGas"])
+        await chain.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(4 * offered)])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await chain.w3.provider.make_request("anvil_setBalance", [relayer, hex(10**15)])  # type: ignore[arg-type]
+        with pytest.raises(RelayAgain, match="is mined after 3 s"):
+            await asyncio.wait_for(relay, 120)
+        doc = await store.task(task_id) or {}
+        assert doc["status"] == "pending_chain" and doc["transactions"]["create"] == first, doc
+
+
+async def test_a_keeper_step_that_keeps_failing_for_one_task_does_not_hold_up_the_others(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step of the keeper that fails with a chain error for one task (its transaction refused, cancelled, not
+    mined in time, the relayer lock busy) ended the whole pass, and the next pass began with the same task: the
+    others got no reveal, draw or finalization. Now the failure is logged, the other tasks' steps go on, and the
+    failing one is tried again next pass."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        chain, store, ipfs, key, now = await _without_relayer(c)
+        posted = await _post(c, store, key, [_valid(c, now, n) for n in range(2)])
+        for _task_id, entry in posted:
+            await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        stepped: list[str] = []
+
+        async def step(_chain: Chain, _store: Store, doc: dict[str, Any], *_args: Any) -> None:
+            stepped.append(doc["id"])
+            if len(stepped) == 1:
+                raise ChainError("revealTestSet: the node refused the transaction: insufficient funds")
+
+        monkeypatch.setattr(keeper_module, "_step", step)
+        await keep_deadlines(chain, store)
+        assert sorted(stepped) == sorted(task_id for task_id, _entry in posted)

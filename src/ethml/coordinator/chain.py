@@ -63,6 +63,13 @@ class SendRefused(ChainError):
     happening twice even if a copy of the refused one was somewhere else."""
 
 
+class Cancelled(ChainError):
+    """The transaction could not be replaced when its fees kept it out of blocks (its call reverts now, or needs
+    more gas than the caller pays), so its nonce went to a cancel (a transfer of nothing to the relayer itself,
+    with the raised fees) that was mined: nothing was done, and the journal forgot it. The next send signs
+    afresh, and its pre-flight says why it cannot be done (or does it)."""
+
+
 class GasOverCap(ChainError):
     """The pre-flight needs more gas than the caller pays for this transaction: nothing was signed or sent."""
 
@@ -129,19 +136,29 @@ async def send_raw(
     try:
         async with lock.held(wait=RELAYER_LOCK_WAIT):
             found = await _journaled(chain, store, task_id, name) if task_id and name else None
+            receipt: TxReceipt | None = None
             if found is None:
                 if precheck is not None:
                     await precheck()
                 raw_hex, hashes = await _sign(chain, store, call, what, task_id, name, max_gas), list[str]()
             else:
-                raw_hex, hashes = found
-            await _send(chain, store, what, task_id, name, raw_hex)
+                raw_hex, hashes, receipt = found
+            if receipt is None:
+                await _send(chain, store, what, task_id, name, raw_hex)
     except LeaseLost as exc:
         raise RelayerBusy(
             f"{what}: the relayer lock is held by another instance for over {RELAYER_LOCK_WAIT:g} s"
         ) from exc
-    hashes = [*hashes, _hash(chain, raw_hex)]
-    receipt = await _receipt(chain, store, lock, call, what, (task_id, name), raw_hex, hashes, max_gas)
+    if receipt is None:
+        hashes = [*hashes, _hash(chain, raw_hex)]
+        receipt = await _receipt(chain, store, lock, call, what, (task_id, name), raw_hex, hashes, max_gas)
+    if _is_cancel(chain, receipt):
+        if task_id and name:
+            await store.update_task(task_id, functools.partial(_forget_cancelled, name=name))
+        raise Cancelled(
+            f"{what}: its transaction, priced out of blocks, could not be replaced (its call reverts now, or needs too "
+            "much gas), so it was cancelled: nothing was done"
+        )
     if receipt["status"] != 1:
         reason, error = await why_reverted(chain.w3, receipt, abi_of(call))
         raise TransactionReverted(what, reason, error=error, block=int(receipt["blockNumber"]))
@@ -262,7 +279,12 @@ async def _bump(
                     fees=bumped,
                     replaces=_hash(chain, raw_hex),
                 )
-            except (TransactionReverted, GasOverCap) as exc:  # the original stands: mined, it reverts or not
+            except (TransactionReverted, GasOverCap) as exc:
+                # Mined, the original would revert (or burn the gas cap): its nonce goes to a cancel instead, so the
+                # relayer's later transactions are not held up behind it until the base fee falls back.
+                log.warning("bump_cancels", what=what, task=task_id, reason=str(exc))
+                new = await _sign_cancel(chain, store, journal, int(tx["nonce"]), bumped, _hash(chain, raw_hex))
+            except ChainError as exc:  # the node refused the estimate (the relayer's funds): the attempts stand
                 log.warning("bump_skipped", what=what, task=task_id, reason=str(exc))
                 return None
             log.info("fee_bumped", what=what, task=task_id, tx=_hash(chain, new), max_fee=bumped["maxFeePerGas"])
@@ -275,6 +297,49 @@ async def _bump(
             return new
     except LeaseLost:
         return None
+
+
+async def _sign_cancel(
+    chain: Chain,
+    store: Store,
+    journal: tuple[str | None, str | None],
+    nonce: int,
+    fees: dict[str, int],
+    replaces: str,
+) -> str:
+    """A cancel at `nonce` (nothing sent to the relayer itself, 21,000 gas, `fees`), journaled as the next attempt."""
+    tx: dict[str, Any] = {
+        "to": chain.relayer.address,
+        "value": 0,
+        "gas": 21_000,
+        "nonce": nonce,
+        "chainId": chain.chain_id,
+        **fees,
+    }
+    signed = chain.relayer.sign_transaction(tx)
+    raw_hex = "0x" + bytes(signed.raw_transaction).hex()
+    task_id, name = journal
+    if task_id and name:
+
+        def keep(d: dict[str, Any]) -> None:
+            d.setdefault("raw_attempts", {}).setdefault(name, []).append(replaces)
+            d.setdefault("raw", {})[name] = raw_hex
+            d.setdefault("raw_nonce", {})[name] = nonce
+            d["transactions"][name] = "0x" + bytes(signed.hash).hex()
+
+        await store.update_task(task_id, keep)
+    return raw_hex
+
+
+def _is_cancel(chain: Chain, receipt: TxReceipt) -> bool:
+    """Whether the mined transaction is a cancel (`_sign_cancel`): the relayer sends nothing else to itself."""
+    to = receipt.get("to")
+    return to is not None and str(to).lower() == chain.relayer.address.lower()
+
+
+def _forget_cancelled(doc: dict[str, Any], *, name: str) -> None:
+    for field in ("raw", "raw_nonce", "raw_attempts", "transactions"):
+        doc.get(field, {}).pop(name, None)
 
 
 def rpc_message(exc: Web3RPCError) -> str:
@@ -316,10 +381,12 @@ def _restore_raw(doc: dict[str, Any], name: str, raw_hex: str, nonce: int) -> No
     doc["raw_attempts"][name] = [h for h in attempts if h != tx_hash]
 
 
-async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> tuple[str, list[str]] | None:
-    """The task's journaled transaction `name` and the hashes of the attempts it replaced, if there is one that may
-    still be mined or was (a node may count its nonce as used a moment before it serves the receipt:
-    `mined_receipt` tells)."""
+async def _journaled(
+    chain: Chain, store: Store, task_id: str, name: str
+) -> tuple[str, list[str], TxReceipt | None] | None:
+    """The task's journaled transaction `name`, the hashes of the attempts it replaced, and the receipt of the one
+    mined if its nonce is used, if there is one that may still be mined or was (a node may count its nonce as used
+    a moment before it serves the receipt: `mined_receipt` tells)."""
     doc = await store.task(task_id) or {}
     raw_hex: str | None = doc.get("raw", {}).get(name)
     if raw_hex is None:
@@ -327,12 +394,18 @@ async def _journaled(chain: Chain, store: Store, task_id: str, name: str) -> tup
     earlier: list[str] = list(doc.get("raw_attempts", {}).get(name, []))
     nonce = doc.get("raw_nonce", {}).get(name)
     if nonce is None:
-        return raw_hex, earlier
+        return raw_hex, earlier, None
     taken = await chain.w3.eth.get_transaction_count(chain.relayer.address, "latest")
-    if nonce < taken and await mined_receipt(chain.w3, [*earlier, _hash(chain, raw_hex)], chain.receipt_grace) is None:
+    if nonce >= taken:
+        return raw_hex, earlier, None
+    receipt = await mined_receipt(chain.w3, [*earlier, _hash(chain, raw_hex)], chain.receipt_grace)
+    if receipt is None:
         log.warning("journal_superseded", task=task_id, what=name, nonce=nonce)
         return None  # another transaction took its nonce: it was never mined and never will be
-    return raw_hex, earlier
+    mined = receipt["transactionHash"].to_0x_hex()
+    if doc.get("transactions", {}).get(name) != mined:
+        await store.update_task(task_id, functools.partial(_mined_as, name=name, tx_hash=mined))
+    return raw_hex, earlier, receipt
 
 
 async def _sign(

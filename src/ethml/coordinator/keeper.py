@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import structlog
+from web3.exceptions import TimeExhausted
 
 from ethml.coordinator.chain import Chain, send_raw
 from ethml.coordinator.store import Store
@@ -75,6 +76,10 @@ async def keep_deadlines(chain: Chain, store: Store) -> None:
             # The journaled transaction reverted (someone else revealed, drew or finalized first): forget it
             # so the next pass decides afresh from the chain's state.
             await store.update_task(doc["id"], _forget_journal)
+        except (ChainError, TimeExhausted) as exc:
+            # Not mined yet, refused, cancelled, the lock busy: this task's step again next pass, and the other
+            # tasks' steps now (a failure that keeps coming for one task must not hold up the others).
+            log.warning("keeper_step_failed", task=doc["id"], error=str(exc))
 
 
 async def _step(chain: Chain, store: Store, doc: dict[str, Any], t: TaskState, now: int, number: int) -> None:

@@ -31,10 +31,10 @@ from web3.logs import DISCARD
 from ethml.chain.tx import RECEIPT_SETTLE
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.background import stop_helper, stop_if_cancelled
-from ethml.coordinator.chain import Chain, GasOverCap, RelayerBusy, SendRefused, fail, send_raw
+from ethml.coordinator.chain import Cancelled, Chain, GasOverCap, RelayerBusy, SendRefused, fail, send_raw
 from ethml.coordinator.follower import LOG_CHUNK, apply_event, deadlines_of, replay_task, task_opened
 from ethml.coordinator.store import RELAY_GROUP, Store
-from ethml.errors import EthmlError, TransactionReverted
+from ethml.errors import ChainError, EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.training.onchain import read_struct
 from ethml.training.spec import TaskSpec
@@ -91,32 +91,49 @@ class RelayRefused(EthmlError):
 
 #: Creations of an API key's tasks that may be mined and revert (at the relayer's cost) within REVERTS_SECONDS
 #: before its further tasks fail without being sent, until the hour is over. Every revert the relayer can see
-#: coming is refused before anything is sent; those it cannot (the requester moving its tokens or allowance
-#: away, or code of its account that checks the signature, acting between the pre-flight and the block) cost
-#: it one creation's gas each, at most MAX_CREATE_GAS.
+#: coming is refused before anything is sent; those it cannot (the requester voiding its nonce, moving its
+#: tokens or allowance away, or code of its account that checks the signature acting differently, between the
+#: pre-flight and the block) cost it one creation's gas each, at most MAX_CREATE_GAS. A revert counts from when
+#: it is seen mined (while it waits for its confirmations too), unless it came from the terms or permit expiring
+#: before the block (the relayer's delay, not the requester's doing: it sends only with EXPIRY_MARGIN left) or
+#: the same terms were created by another transaction; a creation that a reorg then lets through takes its mark
+#: back.
 MAX_REVERTS = 3
 REVERTS_SECONDS = 3600
+#: Mark a task's revert (ARGV[1] the task, ARGV[2] "pending" until judged, then "counted") in the API key's hash
+#: KEYS[1], which expires ARGV[3] s after its first mark; returns how many it holds.
+MARK_REVERT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return redis.call('HLEN', KEYS[1])
+"""
 
 
-async def _count_revert(store: Store, key_name: str) -> None:
-    counter = k.relay_reverts(key_name)
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.set(counter, 0, ex=REVERTS_SECONDS, nx=True)
-    pipe.incr(counter)
-    await pipe.execute()
+async def _mark_revert(store: Store, key_name: str, task_id: str, state: str) -> None:
+    await store.redis.eval(MARK_REVERT, 1, k.relay_reverts(key_name), task_id, state, REVERTS_SECONDS)
+
+
+async def _unmark_revert(store: Store, key_name: str, task_id: str) -> None:
+    await store.redis.hdel(k.relay_reverts(key_name), task_id)
 
 
 async def _check_reverts(store: Store, key_name: str) -> None:
-    counter = k.relay_reverts(key_name)
+    marks = k.relay_reverts(key_name)
     pipe = store.redis.pipeline(transaction=False)
-    pipe.get(counter)
-    pipe.ttl(counter)
+    pipe.hlen(marks)
+    pipe.ttl(marks)
     count, ttl = await pipe.execute()
-    if int(count or 0) >= MAX_REVERTS:
+    if int(count) >= MAX_REVERTS:
         raise RelayRefused(
             f"{int(count)} creations of tasks posted with this API key were mined and reverted within the hour (at "
             f"most {MAX_REVERTS}, each at the relayer's cost): its tasks are not relayed for another {max(1, ttl)} s"
         )
+
+
+async def _expired_by(chain: Chain, block: int, *deadlines: int) -> bool:
+    """Whether one of `deadlines` (unix seconds, 0 for none) had passed at `block`."""
+    stamp = int((await chain.w3.eth.get_block(block))["timestamp"])
+    return any(0 < deadline < stamp for deadline in deadlines)
 
 
 class RelayAgain(EthmlError):
@@ -224,14 +241,17 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
         receipt = await send_raw(
             chain, store, call, "createTaskFor", (task_id, "create"), precheck=terms_unused, max_gas=MAX_CREATE_GAS
         )
-    except (RelayerBusy, SendRefused, TimeExhausted) as exc:
+    except (RelayerBusy, SendRefused, Cancelled, TimeExhausted) as exc:
         # Nothing sent here, or nothing mined yet: relayed again later, while the other entries go on (a
-        # transaction journaled before may yet be mined; a refused one is signed afresh next time).
+        # transaction journaled before may yet be mined; a refused or cancelled one is signed afresh next time).
         raise RelayAgain(str(exc)) from exc
     except (TransactionReverted, TermsSpent, TermsLapsed, GasOverCap, RelayRefused) as exc:
         await store.redis.zrem(waiting, task_id)
-        mined = isinstance(exc, TransactionReverted) and exc.block is not None
+        blamed = False
         if isinstance(exc, TransactionReverted) and exc.block is not None:
+            blamed = not await _expired_by(chain, exc.block, expiry, permit_deadline)
+            if blamed:  # counted from now, while it waits for its confirmations too
+                await _mark_revert(store, created_by, task_id, "pending")
             # A reorg may yet mine it again, and then it need not revert: judged once confirmed.
             await _confirmed(chain, exc.block, "the creation reverted", f" ({exc})", "judged")
         error = str(exc)
@@ -247,25 +267,31 @@ async def relay_one(chain: Chain, store: Store, ipfs: IpfsClient, entry_id: byte
             if found is None:
                 error += "; " + await _unexplained_use(chain, store, doc)
             elif found.holder == task_id:
+                await _unmark_revert(store, created_by, task_id)
                 await _track_created_elsewhere(chain, store, task_id, found.event)
                 await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
                 return
             elif found.holder is not None:  # the same terms created (by anyone): not the requester's doing
                 error += "; " + _tracked_by(found.event, found.holder)
-                mined = False
+                blamed = False
             else:
                 await _event_confirmed(chain, found.event, "failed for it")
                 error += (
                     f"; the requester's task {int(found.event['args']['taskId'])} (transaction "
                     f"{found.event['transactionHash'].to_0x_hex()}) was created from other terms with this nonce"
                 )
-        if mined:  # at the relayer's cost: counted against the API key
-            await _count_revert(store, created_by)
+        if blamed:  # at the relayer's cost: counted against the API key for the hour
+            await _mark_revert(store, created_by, task_id, "counted")
+        else:
+            await _unmark_revert(store, created_by, task_id)
         await store.update_task(task_id, fail(error))
         await store.release_signed_terms(doc)
         await store.finish_entry(k.RELAY, RELAY_GROUP, entry_id)
         return
+    except ChainError as exc:  # the node refused a call (the relayer's funds, say): this entry later, others now
+        raise RelayAgain(str(exc)) from exc
     await store.redis.zrem(waiting, task_id)
+    await _unmark_revert(store, created_by, task_id)  # a revert a reorg undid
     created = chain.tasks.events.TaskCreated().process_receipt(receipt, errors=DISCARD)
     args = created[0]["args"]
     chain_task_id = int(args["taskId"])
