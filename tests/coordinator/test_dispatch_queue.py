@@ -161,19 +161,20 @@ async def test_a_job_taken_back_from_a_connected_worker_is_revoked(redis_store: 
 
 async def test_a_job_adopted_without_its_deadline_is_taken_back_and_not_sent_again(redis_store: Store) -> None:
     """The deadline key is gone from Redis (evicted): a worker that reconnects holding the job is not sent
-    it again, and the next pass takes it back and tells the worker, rather than keeping it fresh for as
-    long as the worker stays."""
+    it again, and does not keep it (its welcome does not list it, so it stops the job), rather than
+    keeping it fresh for as long as the worker stays."""
     redis = redis_store.redis
     dispatcher, ws, conn = await _one_job_delivered(redis_store)
     assert list(conn.running) == ["1:train:0"]
     await redis.delete(k.job_deadline("1:train:0"))
     again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
     assert dispatcher.adopt(again, await dispatcher.pending_of(again)) == []
+    assert again.running == {}
     dispatcher.conns[again.id] = again
     await dispatcher.run_pass()
     await _sent_out(again)
     assert again.running == {}
-    assert [json.loads(m)["type"] for m in ws.sent] == ["job", "revoked"]
+    assert [json.loads(m)["type"] for m in ws.sent] == ["job"]
 
 
 async def _one_job_delivered(store: Store) -> tuple[Dispatcher, RecordingSocket, dispatch.WorkerConn]:
@@ -426,3 +427,258 @@ async def test_jobs_queued_for_an_import_that_a_posted_task_took_over_are_kept_f
     await redis.set(k.task("posted"), json.dumps({**posted, "status": "settled"}))
     await dispatcher.run_pass()
     assert await redis.xlen(stream) == 0
+
+
+async def _connect(
+    dispatcher: Dispatcher, account: str, role: str = "trainer", worker_id: str = "w"
+) -> RecordingSocket:
+    """A worker of `account` (40 hex digits) connected to `dispatcher`: its socket."""
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn(worker_id, "0x" + account, role, ws, 4, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.consumer] = conn
+    return ws
+
+
+def _jobs(ws: RecordingSocket) -> list[tuple[str, int]]:
+    return [(m["job"], m["delivery"]) for m in map(json.loads, ws.sent) if m["type"] == "job"]
+
+
+async def test_a_failed_result_hands_the_job_to_another_account_until_max_deliveries(redis_store: Store) -> None:
+    """A staked worker that answers every job it takes with ok: false (or a benign one's passing RPC error)
+    ended the job for good: the failure was kept as its result and the job acknowledged. A failed result
+    is now handed back as a release is: one more delivery, for another account (the failing one has had its
+    delivery of the task's training jobs), no result kept; three accounts failing it wear it out (dead, with
+    max_deliveries 3), and the honest worker that takes the other job records its result."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}, "trainers": 2}))
+    for n in (0, 1):
+        await redis.xadd(STREAM, {"job": f"1:train:{n}", "kind": "train", "task": "t", "chain_task": 1})
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    outcomes = []
+    for n, account in enumerate(("a1" * 20, "b2" * 20, "c3" * 20)):
+        ws = await _connect(dispatcher, account)
+        await dispatcher.run_pass()
+        conn = dispatcher.conns[f"0x{account}:w"]
+        await _sent_out(conn)
+        assert _jobs(ws) == [("1:train:0", n + 1)], "the failed job again, to the next account, one more delivery"
+        outcomes.append(await dispatcher.finish(conn, "1:train:0", n + 1, {"ok": False, "detail": "nope"}))
+        assert await store.result("1:train:0") is None and conn.running == {}
+        await dispatcher.run_pass()
+        await _sent_out(conn)
+        assert _jobs(ws) == [("1:train:0", n + 1)], "an account that failed a job takes none of the task's again"
+    assert outcomes == ["requeued", "requeued", "dead"]
+    dead = await redis.xrange("ethml:dead")
+    assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"4")]
+    honest = await _connect(dispatcher, "d4" * 20)
+    await dispatcher.run_pass()
+    conn = dispatcher.conns[f"0x{'d4' * 20}:w"]
+    await _sent_out(conn)
+    assert _jobs(honest) == [("1:train:1", 1)]
+    assert await dispatcher.finish(conn, "1:train:1", 1, {"ok": True}) == "recorded"
+    assert (await store.result("1:train:1") or {}).get("ok") is True
+
+
+async def test_a_validator_s_failed_vote_goes_back_to_it(redis_store: Store) -> None:
+    """A seat only its validator may take: after a failed result (a passing RPC error), the same validator
+    is sent it again, as the next delivery."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+    validator = "e5" * 20
+    stream = k.jobs("validator")
+    await redis.xadd(
+        stream, {"job": "1:validate:0", "kind": "validate", "task": "v", "chain_task": 1, "address": "0x" + validator}
+    )
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    ws = await _connect(dispatcher, validator, "validator")
+    conn = dispatcher.conns[f"0x{validator}:w"]
+    await dispatcher.run_pass()
+    assert await dispatcher.finish(conn, "1:validate:0", 1, {"ok": False, "detail": "rpc down"}) == "requeued"
+    await dispatcher.run_pass()
+    await _sent_out(conn)
+    assert _jobs(ws) == [("1:validate:0", 1), ("1:validate:0", 2)]
+
+
+async def test_jobs_no_worker_here_may_take_hold_up_none_behind_them(redis_store: Store) -> None:
+    """Only the first 200 waiting jobs were looked at: 210 training jobs of tasks the one connected trainer's
+    account had worked on, and 210 seats of validators connected to no instance here, held up for good the
+    job that trainer could take and the connected validator's own seat. Every waiting job is reached now
+    (the front of the queue, and as much again from where the last pass stopped, going round), and a pass
+    looks at a bounded number of them."""
+    store = redis_store
+    redis = store.redis
+    trainer, validator = "ab" * 20, "ee" * 20
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}, "trainers": 1}))
+    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+    seats = k.jobs("validator")
+    for n in range(210):
+        await redis.xadd(STREAM, {"job": f"{n + 1}:train:0", "kind": "train", "task": "t", "chain_task": n + 1})
+        await redis.sadd(k.task_workers(n + 1, "trainer"), "0x" + trainer)
+        away = "0x" + f"{n:04x}" * 10
+        await redis.xadd(
+            seats, {"job": f"{n + 1}:validate:0", "kind": "validate", "task": "v", "chain_task": n + 1, "address": away}
+        )
+    await redis.xadd(STREAM, {"job": "777:train:0", "kind": "train", "task": "t", "chain_task": 777})
+    await redis.xadd(
+        seats,
+        {"job": "777:validate:0", "kind": "validate", "task": "v", "chain_task": 777, "address": "0x" + validator},
+    )
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    trainer_ws = await _connect(dispatcher, trainer)
+    validator_ws = await _connect(dispatcher, validator, "validator")
+    looked_at: list[int] = []
+    assign = dispatcher._assign
+
+    async def counted(*args: Any) -> None:
+        looked_at[-1] += 1
+        await assign(*args)
+
+    dispatcher._assign = counted  # type: ignore[method-assign]
+
+    async def both_sent() -> bool:
+        looked_at.append(0)
+        await dispatcher.run_pass()
+        return bool(dispatcher.conns[f"0x{trainer}:w"].running and dispatcher.conns[f"0x{validator}:w"].running)
+
+    await wait_until(both_sent, timeout=60, what="the jobs behind the ones no worker here may take")
+    for conn in dispatcher.conns.values():
+        await _sent_out(conn)
+    assert _jobs(trainer_ws) == [("777:train:0", 1)] and _jobs(validator_ws) == [("777:validate:0", 1)]
+    assert max(looked_at) <= 2 * 2 * getattr(dispatch, "SCAN", 100)  # two roles, each the front and as much again
+    assert await redis.xlen(STREAM) == 211 and await redis.xlen(seats) == 211  # still wanted: kept
+
+
+async def test_training_jobs_of_a_task_past_its_submissions_are_dropped(redis_store: Store) -> None:
+    """Training jobs its connected trainers had all worked on stayed in the queue for good, after their
+    task stopped taking submissions (validating, settled): they are dropped when a pass comes to them."""
+    store = redis_store
+    redis = store.redis
+    trainer = "ab" * 20
+    for task, status in (("v", "validating"), ("s", "accepted"), ("o", "training")):
+        await redis.set(k.task(task), json.dumps({"status": status, "spec": {"max_train_seconds": 60}, "trainers": 3}))
+    chain_tasks = {"v": 1, "s": 2, "o": 3}
+    for task, chain_task in chain_tasks.items():
+        for n in range(3):
+            await redis.xadd(
+                STREAM, {"job": f"{chain_task}:train:{n}", "kind": "train", "task": task, "chain_task": chain_task}
+            )
+        await redis.sadd(k.task_workers(chain_task, "trainer"), "0x" + trainer)
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    ws = await _connect(dispatcher, trainer)
+
+    async def dropped() -> bool:
+        await dispatcher.run_pass()
+        return int(await redis.xlen(STREAM)) == 3
+
+    await wait_until(dropped, timeout=60, what="the jobs no longer needed to be dropped")
+    rows = await redis.xrange(STREAM)
+    assert sorted(r[1][b"job"] for r in rows) == [b"3:train:0", b"3:train:1", b"3:train:2"]
+    assert ws.sent == [] and await redis.xlen("ethml:dead") == 0
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [WAITING.encode()] * 3
+
+
+async def test_a_dead_worker_s_job_behind_many_live_ones_is_reclaimed(redis_store: Store) -> None:
+    """XAUTOCLAIM scans at most ten pending entries per job it may take (1,000 here), and every pass started
+    it from the front: with 1,100 jobs waiting ahead, the job of a worker that died was never taken back.
+    The scan goes on across passes from the cursor Redis returns."""
+    store = redis_store
+    redis = store.redis
+    pipe = redis.pipeline(transaction=False)
+    for n in range(1100):
+        pipe.xadd(STREAM, {"job": f"{n + 1}:train:0", "kind": "train", "task": f"t{n}", "chain_task": n + 1})
+    await pipe.execute()
+    await redis.xreadgroup(GROUP, WAITING, {STREAM: ">"}, count=2000)
+    await redis.xadd(STREAM, {"job": "5000:train:0", "kind": "train", "task": "x", "chain_task": 5000})
+    dead_worker = "0x" + "cd" * 20 + ":w"
+    await redis.xreadgroup(GROUP, dead_worker, {STREAM: ">"}, count=1)  # delivered to it; then it died
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=1.0, max_deliveries=3)
+
+    async def reclaimed() -> bool:
+        await dispatcher.run_pass()
+        return await redis.xpending_range(STREAM, GROUP, "-", "+", 10, consumername=dead_worker) == []
+
+    await wait_until(reclaimed, timeout=60, what="the dead worker's job to be reclaimed")
+    rows = await redis.xrevrange(STREAM, count=1)
+    pending = await redis.xpending_range(STREAM, GROUP, rows[0][0], rows[0][0], 1)
+    assert rows[0][1][b"job"] == b"5000:train:0"
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 2)]
+
+
+class GatedRedis:
+    """Another instance's Redis client: its first XRANGE (the first assignment of its pass, made from the
+    waiting jobs it read) waits until the test opens the gate."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self.reached, self.gate = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def xrange(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.reached.is_set():
+            self.reached.set()
+            await self.gate.wait()
+        return await self._redis.xrange(*args, **kwargs)
+
+
+async def test_two_instances_never_both_deliver_a_job(redis_store: Store) -> None:
+    """Instance 2 read the waiting jobs, then stalled (a slow Redis, a loaded host) while instance 1 sent
+    the job to its worker; once instance 1's 5 s assignment lock had expired, instance 2 went on from what
+    it had read and claimed the job from under instance 1's worker: one delivery, two workers. The claim
+    takes the job only if it is still waiting, with the delivery count the pass saw."""
+    redis = redis_store.redis
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 600}, "trainers": 2}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    await redis.xreadgroup(GROUP, WAITING, {STREAM: ">"}, count=100)
+    other = Store(redis)
+    gated = other.redis = GatedRedis(redis)
+    first = Dispatcher(redis_store, "instance-1", job_timeout=30, max_deliveries=3)
+    second = Dispatcher(other, "instance-2", job_timeout=30, max_deliveries=3)
+    ws_a, ws_b = await _connect(first, "ab" * 20), await _connect(second, "cd" * 20)
+    stalled = asyncio.create_task(second.run_pass())
+    await asyncio.wait_for(gated.reached.wait(), 60)  # it has read the job as waiting
+    await first.run_pass()
+    await redis.delete("ethml:joblock:1:train:0")  # the lock earlier versions took for 5 s, expired
+    gated.gate.set()
+    await asyncio.wait_for(stalled, 60)
+    for d in (first, second):
+        for conn in d.conns.values():
+            await _sent_out(conn)
+    assert _jobs(ws_a) == [("1:train:0", 1)] and _jobs(ws_b) == []
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(f"0x{'ab' * 20}:w".encode(), 1)]
+    assert await redis.smembers(k.task_workers(1, "trainer")) == {f"0x{'ab' * 20}".encode()}
+
+
+async def test_an_overdue_job_is_not_kept_by_reconnecting(redis_store: Store) -> None:
+    """Past its time limit a job's result no longer counts, but a worker that reconnected first kept the job
+    (and was listed it as running), and its late result was recorded. An overdue job is not adopted: the
+    late result is refused as on the old connection, and the job goes to another worker after the job
+    timeout."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}, "trainers": 1}))
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=0.3, max_deliveries=3)
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    await _connect(dispatcher, "ab" * 20, worker_id="w1")
+    await dispatcher.run_pass()
+    old = dispatcher.conns.pop(f"0x{'ab' * 20}:w1")  # its connection is lost
+    assert list(old.running) == ["1:train:0"]
+    await redis.set(k.job_deadline("1:train:0"), repr(time.time() - 1))  # as if its time limit had passed
+    again = dispatch.WorkerConn("w1", old.address, "trainer", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
+    assert dispatcher.adopt(again, await dispatcher.pending_of(again)) == []
+    dispatcher.conns[again.consumer] = again
+    assert again.running == {}  # the welcome lists no job: the worker stops it
+    late = await dispatcher.finish(again, "1:train:0", 1, {"ok": True})
+    assert late == "not delivered to this worker" and await store.result("1:train:0") is None
+    other = await _connect(dispatcher, "cd" * 20)
+
+    async def handed_on() -> bool:
+        await dispatcher.run_pass()
+        return bool(_jobs(other))
+
+    await wait_until(handed_on, timeout=60, what="the overdue job to go to another worker")
+    assert _jobs(other) == [("1:train:0", 2)]

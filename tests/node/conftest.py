@@ -121,13 +121,17 @@ async def round_of(system: System, request_id: int) -> int:
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 120.0, what: str = "condition") -> None:
-    """Poll an async condition until it holds; fail the test after `timeout` seconds."""
+    """Poll an async condition until it holds; fail the test after `timeout` seconds. The deadline is also
+    checked between polls: a cancel can be lost inside a condition's own timeout (redis-py's, on Python 3.11),
+    and a condition that never holds would then be polled for good."""
+    started = time.monotonic()
 
     async def loop() -> None:
         while not await condition():
+            if time.monotonic() - started >= timeout:
+                raise TimeoutError
             await asyncio.sleep(0.05)
 
-    started = time.monotonic()
     try:
         await asyncio.wait_for(loop(), timeout)
     except TimeoutError:

@@ -84,6 +84,10 @@ def serve(
     key_burst: Annotated[int, typer.Option(min=1, help="Burst per API key.")] = 40,
     ip_rate: Annotated[float, typer.Option(min=0.01, help="Requests per second per client address.")] = 50.0,
     ip_burst: Annotated[int, typer.Option(min=1, help="Burst per client address.")] = 100,
+    login_rate: Annotated[
+        float, typer.Option(min=0.01, help="Worker logins (/ws/worker connections) per second per client address.")
+    ] = 1.0,
+    login_burst: Annotated[int, typer.Option(min=1, help="Burst of worker logins per client address.")] = 30,
     upload_quota: Annotated[
         float,
         typer.Option(
@@ -172,6 +176,8 @@ def serve(
         key_burst=key_burst,
         ip_rate=ip_rate,
         ip_burst=ip_burst,
+        login_rate=login_rate,
+        login_burst=login_burst,
         upload_quota_mib=upload_quota,
         min_free_disk_mib=min_free_disk,
         job_timeout=job_timeout,

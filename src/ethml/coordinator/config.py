@@ -26,6 +26,10 @@ class ServeConfig:
     key_burst: int = 40
     ip_rate: float = 50.0
     ip_burst: int = 100
+    #: Worker logins (/ws/worker connections) per second and burst, per client address (each costs a chain
+    #: call), besides the client address's requests.
+    login_rate: float = 1.0
+    login_burst: int = 30
     #: Seconds a client has to send a JSON body (up to 64 KiB) and a file (up to 16 MiB); slower ones
     #: get a 408 and their connection is closed.
     body_timeout: float = 10.0

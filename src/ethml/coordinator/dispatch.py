@@ -4,15 +4,21 @@ A job read from `jobs:<role>` waits under the consumer `~waiting` until a worker
 free capacity, which has not yet worked on the same task, takes it (a job addressed to one account, a
 drawn validator's seat, waits for a worker of that account): it is moved (XCLAIM ... JUSTID,
 so the delivery count stays) to the consumer `<address>:<worker id>` and sent to the worker with its
-delivery number. While the worker heartbeats, its jobs are touched every pass, so they never look
-idle; once it stops (SIGKILL, lost network, its instance died), its jobs go idle and after
-`job_timeout` XAUTOCLAIM moves them back to `~waiting`, which counts a delivery. A job delivered more
-than `max_deliveries` times goes to the `dead` stream.
+delivery number. The move is one script that takes the job only if it is still waiting with the
+delivery count the pass saw, so two instances never both deliver it. Each pass looks at the first
+SCAN waiting jobs and at SCAN more from where the last pass stopped, going round, so jobs no worker
+here may take (seats of validators connected elsewhere) hold up none behind them; a training job
+whose task no longer takes submissions is dropped. While the worker heartbeats, its jobs are touched
+every pass, so they never look idle; once it stops (SIGKILL, lost network, its instance died), its
+jobs go idle and after `job_timeout` XAUTOCLAIM (its scan going on across passes) moves them back to
+`~waiting`, which counts a delivery. A job delivered more than `max_deliveries` times goes to the
+`dead` stream.
 
 A result counts only from the worker the job was delivered to, for that delivery: its entry must be
 pending under the worker's consumer with the delivery number the worker was sent (checked and
 recorded in one script). The job id (task and slot) is the idempotency key: the first result is kept,
-a repeat is acknowledged and ignored.
+a repeat is acknowledged and ignored. A failed result (`ok` false) is no result: the job is handed
+back, as by a release, for another worker (the same one again for a validator's seat).
 
 A connected worker whose job is taken back (past the job's time limit, or no longer pending under
 it) is told so (`revoked`) and stops the job.
@@ -45,6 +51,18 @@ log = structlog.get_logger("ethml.coordinator")
 
 #: Entries per XPENDING/XCLAIM page when the waiting jobs are touched.
 PAGE = 500
+
+#: Waiting jobs a dispatch pass looks at from the front of the queue, and as many again from where the
+#: last pass stopped (going round): the cost of a pass is bounded, and every waiting job is reached.
+SCAN = 100
+
+#: Idle jobs XAUTOCLAIM takes back per pass (Redis scans at most ten pending entries per job it may take).
+RECLAIM = 100
+
+#: The statuses of a task that still takes submissions (its training jobs are still needed), and of one
+#: whose validators may still vote.
+TAKES_SUBMISSIONS = ("pending_chain", "open", "training")
+TAKES_VOTES = (*TAKES_SUBMISSIONS, "validating")
 
 #: Seconds a message to a worker may take to leave; a worker that does not read is cut off after it.
 SEND_TIMEOUT = 10.0
@@ -241,6 +259,8 @@ class Dispatcher:
         self.conns: dict[str, WorkerConn] = {}  # by consumer name: <address>:<worker id>
         self.dead_lettered = 0
         self.dispatched = 0
+        self._scan_from: dict[str, str] = {}  # by role: the last waiting job a pass looked at past the front
+        self._reclaim_from: dict[str, str] = {}  # by role: where the next XAUTOCLAIM scan starts
 
     async def run_pass(self) -> None:
         for role in ("trainer", "validator"):
@@ -267,10 +287,29 @@ class Dispatcher:
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
                         self._revoke(conn, job, "no longer pending under this worker (taken back)")
         await self._keep_waiting_fresh(stream)
-        # Jobs of workers that stopped heartbeating: back to waiting, one more delivery.
-        reply = await redis.xautoclaim(stream, GROUP, WAITING, int(self.job_timeout * 1000), start_id="0-0", count=100)
-        claimed = reply[1]  # Redis 7 adds a third element (deleted ids), 6.2 has two
-        for entry_id, fields in claimed:
+        await self._reclaim(stream, role)
+        await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
+        if not mine:
+            return
+        for w, rolling in await self._waiting(stream, role):
+            free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
+            if not free:
+                return
+            if rolling:
+                self._scan_from[role] = _text(w["message_id"])
+            await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)
+
+    async def _reclaim(self, stream: str, role: str) -> None:
+        """Jobs of workers that stopped heartbeating: back to waiting, one more delivery. Redis scans at most
+        ten pending entries per job it may take in a call: the scan goes on from the cursor it returns, so
+        the live jobs ahead of a dead worker's (however many) cannot hide it."""
+        redis = self.store.redis
+        start = self._reclaim_from.get(role, "0-0")
+        reply = await redis.xautoclaim(
+            stream, GROUP, WAITING, int(self.job_timeout * 1000), start_id=start, count=RECLAIM
+        )
+        self._reclaim_from[role] = _text(reply[0])
+        for entry_id, fields in reply[1]:  # Redis 7 adds a third element (deleted ids), 6.2 has two
             if fields is None:
                 continue
             info = await redis.xpending_range(stream, GROUP, entry_id, entry_id, 1)
@@ -278,17 +317,26 @@ class Dispatcher:
             job = fields.get(b"job", b"?").decode()
             log.warning("job_reclaimed", job=job, deliveries=delivered)
             await self._dead_letter_if_spent(stream, entry_id, delivered)
-        await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
-        waiting = await redis.xpending_range(stream, GROUP, "-", "+", 200, consumername=WAITING)
-        if not waiting:
-            return
-        if not mine:
-            return
-        for w in waiting:
-            free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
-            if not free:
-                return
-            await self._assign(stream, role, w["message_id"], int(w["times_delivered"]), free)
+
+    async def _waiting(self, stream: str, role: str) -> list[tuple[dict[str, Any], bool]]:
+        """The waiting jobs this pass looks at, oldest first: the first SCAN (the queue's front, so the
+        oldest jobs go first), then SCAN more from where the last pass stopped behind the front, going
+        round to the front's end when it reaches the queue's (so jobs no worker here may take, however
+        many, hold up none behind them). Each with whether it is of the rolling part."""
+        redis = self.store.redis
+        front = await redis.xpending_range(stream, GROUP, "-", "+", SCAN, consumername=WAITING)
+        if len(front) < SCAN:
+            return [(w, False) for w in front]  # the whole queue
+        edge = _text(front[-1]["message_id"])
+        after = self._scan_from.get(role)
+        if after is None or _stream_id(after) < _stream_id(edge):
+            after = edge
+        rolling = await redis.xpending_range(stream, GROUP, f"({after}", "+", SCAN, consumername=WAITING)
+        if len(rolling) < SCAN and after != edge:  # the end of the queue: round again from behind the front
+            rolling += await redis.xpending_range(
+                stream, GROUP, f"({edge}", after, SCAN - len(rolling), consumername=WAITING
+            )
+        return [(w, False) for w in front] + [(w, True) for w in rolling]
 
     async def _keep_waiting_fresh(self, stream: str) -> None:
         """Waiting is not idle: every job waiting for a worker is touched, page by page, so only jobs of
@@ -333,55 +381,70 @@ class Dispatcher:
         if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
-        done_key = k.task_workers(fields["chain_task"], role)
+        doc = await self._tracking(fields)
         addressed = fields.get("address")
+        status = (doc or {}).get("status")
+        # (pending_chain: a posted task that just took the link over, and is opened by its relay)
+        if status is not None and status not in (TAKES_VOTES if addressed else TAKES_SUBMISSIONS):
+            # Settled, or past the submissions: the seat's vote is moot, the training job not needed. Jobs
+            # nobody here may take would otherwise pile up in the queue for good.
+            await self.store.finish_entry(stream, GROUP, entry_id)
+            log.info("job_dropped", job=job, status=status)
+            return
         if addressed:  # a drawn validator's seat: only that validator may vote in it
             eligible = [c for c in free if c.address.lower() == addressed.lower()]
-            if not eligible:
-                doc = await self._tracking(fields)
-                # (pending_chain: a posted task that just took the link over, and is opened by its relay)
-                if doc is None or doc["status"] not in ("pending_chain", "open", "training", "validating"):
-                    await self.store.finish_entry(stream, GROUP, entry_id)  # settled: the seat's vote is moot
+            if not eligible and doc is None:
+                await self.store.finish_entry(stream, GROUP, entry_id)  # no task tracks it: moot
                 return
         else:
-            done = {a.decode() for a in await redis.smembers(done_key)}
+            done = {a.decode() for a in await redis.smembers(k.task_workers(fields["chain_task"], role))}
             eligible = [c for c in free if c.address not in done]
         if not eligible:
             return
-        if not await redis.set(k.job_lock(job), self.instance, nx=True, px=5000):
-            return  # another instance is assigning it right now
         conn = min(eligible, key=lambda c: c.load)
-        deadline = time.time() + await self._time_limit(fields)
-        await redis.set(k.job_deadline(job), repr(deadline), pxat=int((deadline + 86400) * 1000))
-        conn.deadlines[job] = deadline
-        await redis.xclaim(stream, GROUP, conn.consumer, 0, [entry_id], justid=True)
-        newly_done = await redis.sadd(done_key, conn.address)
-        conn.running[job] = entry_id
-        message = job_message(fields, delivered)
+        deadline = time.time() + self._limit(fields, doc)
+        # Taken only if still waiting as this pass saw it (another instance may have taken it since, or a
+        # release or reclaim counted a delivery), and for a training job only if no worker of the account
+        # took one of the task's jobs meanwhile (an account gets one delivery of a task's training jobs).
+        worker = (conn.consumer, conn.address)
+        chain_task = fields["chain_task"]
+        claimed = await self.store.claim_job(
+            role, job, entry_id, delivered, worker, deadline, chain_task, once_per_account=not addressed
+        )
+        if not claimed:
+            return
         if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
             # job goes back to waiting as it was, no delivery spent (nothing was sent). Checked with no
             # await before the job is posted, so a job is never queued after the answer to a drain.
-            conn.drop(job)
             await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
-            if newly_done:
-                await redis.srem(done_key, conn.address)
+            if claimed == 2:
+                await redis.srem(k.task_workers(fields["chain_task"], role), conn.address)
             return
+        conn.running[job] = entry_id
+        conn.deadlines[job] = deadline
         # Not waited for: a worker that does not read holds up only its own messages. Should the message
         # not leave, the job stays under this worker and comes back through XAUTOCLAIM.
-        conn.post(message)
+        conn.post(job_message(fields, delivered))
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
 
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,
-        duplicate (acknowledged, a result was kept already), or why it does not count."""
+        duplicate (acknowledged, a result was kept already), or why it does not count. A failed result
+        (`ok` false) is handed back as a release is: requeued (for another worker, one more delivery) or
+        dead (past `max_deliveries`). It is not the job's result: a worker that fails every job it takes
+        (or a benign one's passing RPC or IPFS error) ends no job; its account has had its delivery of
+        the task's training jobs, so it takes `max_deliveries` accounts to wear a training job out."""
         entry_id = conn.running.get(job)
         if entry_id is None:
             kept = await self.store.result(job)
             if kept is not None and kept.get("worker") == conn.consumer:
                 return "duplicate"  # a repeat of a result already recorded (its acknowledgement was lost)
             return "not delivered to this worker"
+        if not result.get("ok"):
+            outcome = await self._hand_back(conn, job, entry_id, delivery, "job_failed", detail=result.get("detail"))
+            return {"released": "requeued"}.get(outcome, outcome)
         outcome = await self.store.finish_job(
             conn.role, job, conn.consumer, entry_id, delivery, {**result, "worker": conn.consumer, "at": time.time()}
         )
@@ -398,16 +461,25 @@ class Dispatcher:
         entry_id = conn.running.get(job)
         if entry_id is None:
             return "not delivered to this worker"
+        outcome = await self._hand_back(conn, job, entry_id, delivery, "job_released")
+        return "released" if outcome == "dead" else outcome
+
+    async def _hand_back(
+        self, conn: WorkerConn, job: str, entry_id: bytes, delivery: int, event: str, **details: Any
+    ) -> str:
+        """Back to waiting with one more delivery (released) or to the dead stream (dead), only if the job is
+        pending under the worker's consumer with the delivery number given; else why not."""
         outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, self.max_deliveries)
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
         conn.drop(job)
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
+        log.info(event, job=job, worker=conn.consumer, deliveries=abs(outcome), **details)
         if outcome < 0:
             self.dead_lettered += 1
             log.warning("job_dead", job=job, deliveries=-outcome)
-        log.info("job_released", job=job, worker=conn.consumer, deliveries=abs(outcome))
+            return "dead"
         return "released"
 
     async def _time_limit(self, fields: dict[str, str]) -> float:
@@ -415,7 +487,9 @@ class Dispatcher:
         (once for a training job, once per trainer and once more for a validation job, which may re-fit
         each submission and the reference model) plus `job_margin` for the data, the transactions and
         the upload. A task without its spec here (imported from the chain) gets the largest limit."""
-        doc = await self._tracking(fields)
+        return self._limit(fields, await self._tracking(fields))
+
+    def _limit(self, fields: dict[str, str], doc: dict[str, Any] | None) -> float:
         spec = (doc or {}).get("spec") or {}
         seconds = float(spec.get("max_train_seconds") or MAX_TRAIN_SECONDS)
         fits = 1 if fields["kind"] == "train" else int((doc or {}).get("trainers") or 1) + 1
@@ -429,18 +503,20 @@ class Dispatcher:
         return doc or await self.store.task(fields["task"])
 
     def adopt(self, conn: WorkerConn, pending: list[Pending]) -> list[dict[str, Any]]:
-        """A reconnecting worker keeps the jobs still pending under its consumer name, with the deadline
-        each was delivered with (a reconnect does not buy time). Returns the job messages to send it
-        again, those not past their time limit: an assignment lost with the old connection reaches the
-        worker now, as the same delivery, instead of holding the job until its time limit (a worker
-        ignores a job it is running or has finished)."""
+        """A reconnecting worker keeps the jobs still pending under its consumer name that are not past
+        their time limit, with the deadline each was delivered with (a reconnect does not buy time).
+        Returns their job messages, to send it again: an assignment lost with the old connection reaches
+        the worker now, as the same delivery, instead of holding the job until its time limit (a worker
+        ignores a job it is running or has finished). An overdue job (or one whose deadline is gone from
+        Redis, which keeps it a day past the deadline unless evicted) is not adopted: it is left untouched,
+        so it is reclaimed after `job_timeout` for another worker; the welcome does not list it, so the
+        worker stops it, and its late result is refused as it would be on the old connection."""
         now = time.time()
-        for p in pending:
+        adopted = [p for p in pending if p.deadline is not None and p.deadline > now]
+        for p in adopted:
             conn.running[p.job] = p.entry_id
-            # No deadline left in Redis (it outlives the deadline by a day, unless evicted): overdue, so
-            # the next pass takes the job back rather than keeping it fresh for good.
-            conn.deadlines[p.job] = p.deadline if p.deadline is not None else 0.0
-        return [p.message for p in pending if p.deadline is not None and p.deadline > now]
+            conn.deadlines[p.job] = p.deadline or 0.0
+        return [p.message for p in adopted]
 
     async def pending_of(self, conn: WorkerConn) -> list[Pending]:
         stream = k.jobs(conn.role)
@@ -454,6 +530,16 @@ class Dispatcher:
                 message = job_message(fields, int(p["times_delivered"]))
                 found.append(Pending(fields["job"], p["message_id"], float(deadline) if deadline else None, message))
         return found
+
+
+def _text(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`) as a pair that sorts as the stream does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass

@@ -39,6 +39,13 @@ log = structlog.get_logger("ethml.coordinator")
 CLIENT_CLOSED = 499
 
 
+#: A backend unavailable: Redis, or the chain RPC (OSError: a refused or reset connection; aiohttp.ClientError:
+#: an RPC answering HTTP 429 or 5xx).
+UNAVAILABLE = (aioredis.RedisError, OSError, aiohttp.ClientError, ProviderConnectionError, BadResponseFormat)
+#: ...or refusing a request (Web3RPCError: the node answered with an error).
+BACKEND_ERRORS = (*UNAVAILABLE, Web3RPCError)
+
+
 class ApiError(Exception):
     def __init__(
         self,
@@ -113,8 +120,7 @@ async def errors_and_metrics(
         else:
             request.app[METRICS].observe(route, exc.status, time.perf_counter() - started)
             raise
-    except (aioredis.RedisError, OSError, aiohttp.ClientError, ProviderConnectionError, BadResponseFormat) as exc:
-        # OSError: a refused or reset connection; aiohttp.ClientError: an RPC answering HTTP 429 or 5xx
+    except UNAVAILABLE as exc:
         log.warning("backend_unavailable", error=str(exc) or type(exc).__name__, path=request.path)
         response = error_response(
             503, "a backend (Redis or the chain RPC) is unavailable; retry shortly", headers={"Retry-After": "1"}

@@ -4,7 +4,7 @@
   `chaintask:<n>` the API id of on-chain task n;
 - `relay` the stream of tasks waiting for `createTaskWithPermit` (group `relayers`);
 - `jobs:<role>` the job stream of a worker role (group `workers`); `jobid:<job>` marks a job queued
-  once; `result:<job>` its first result; `joblock:<job>` an instance assigning it;
+  once; `result:<job>` its first result (a successful one); `jobdeadline:<job>` its time limit;
   `taskworkers:<task>:<role>` who has worked on a task; `dead` the dead-letter stream;
 - `apikey:<sha256>` API keys by hash; `rl:<bucket>` token buckets;
 - `worker:<address>:<id>` connected workers (expiring) and `workers` their consumer names;
@@ -69,10 +69,6 @@ def job_queued(job: str) -> str:
 
 def result(job: str) -> str:
     return f"{P}result:{job}"
-
-
-def job_lock(job: str) -> str:
-    return f"{P}joblock:{job}"
 
 
 def job_deadline(job: str) -> str:

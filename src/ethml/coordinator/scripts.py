@@ -123,9 +123,10 @@ redis.call('XADD', KEYS[5], '*', 'task', ARGV[1])
 return 1
 """
 
-#: A worker's result, counted only for the delivery it was given. KEYS[1] the job stream, KEYS[2] the
-#: job's result key; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4]
-#: the delivery number the worker was sent with the job, ARGV[5] the result. The entry must be pending
+#: A worker's successful result (a failed one is handed back: RELEASE_JOB), counted only for the delivery
+#: it was given. KEYS[1] the job stream, KEYS[2] the job's result key; ARGV[1] the group, ARGV[2] the
+#: worker's consumer, ARGV[3] the stream entry, ARGV[4] the delivery number the worker was sent with the
+#: job, ARGV[5] the result. The entry must be pending
 #: under that consumer with that delivery count; then the first result is kept and the entry is
 #: acknowledged and deleted. Returns recorded, duplicate, gone (no such pending entry), reassigned
 #: (pending under another consumer) or stale (another delivery).
@@ -189,6 +190,24 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3])
 return delivered
 """
 )
+
+#: A waiting job taken for a worker, only as the dispatch pass saw it. KEYS[1] the job stream, KEYS[2] the
+#: job's deadline key, KEYS[3] the accounts that have worked on its task (a set); ARGV[1] the group, ARGV[2]
+#: the waiting consumer, ARGV[3] the stream entry, ARGV[4] the delivery count the pass saw, ARGV[5] the
+#: worker's consumer, ARGV[6] its account, ARGV[7] the deadline (unix s), ARGV[8] when the deadline key
+#: expires (unix ms), ARGV[9] 1 when an account takes one job of a task at most (training jobs). The
+#: entry moves (XCLAIM ... JUSTID: the delivery count stays) only if it is still pending under the waiting
+#: consumer with that count and, for a training job, the account has not worked on the task: another
+#: instance that took it meanwhile, or a release or reclaim that counted a delivery since, leaves it
+#: alone. Returns 0 (nothing moved), else 1 plus whether the account was new to the task.
+CLAIM_JOB = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
+if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
+redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])
+return 1 + redis.call('SADD', KEYS[3], ARGV[6])
+"""
 
 #: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],
 #: those still pending under the consumer ARGV[2] (group ARGV[1]) of the stream KEYS[1] are claimed again

@@ -25,6 +25,7 @@ from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES, import_id
 from ethml.coordinator.scripts import (
     CLAIM_CHAIN_TASK,
+    CLAIM_JOB,
     DEAD_LETTER,
     DROP_WORKER,
     ENQUEUE_JOB,
@@ -76,6 +77,7 @@ class Store:
                 CLAIM_CHAIN_TASK,
                 FINISH_JOB,
                 RELEASE_JOB,
+                CLAIM_JOB,
                 DEAD_LETTER,
                 TOUCH_ENTRIES,
                 DROP_WORKER,
@@ -90,6 +92,7 @@ class Store:
         self._take_amount = sha[TAKE_AMOUNT]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
+        self._claim_job = sha[CLAIM_JOB]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
         self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
         self._import_task, self._enqueue_job = sha[IMPORT_TASK], sha[ENQUEUE_JOB]
@@ -329,6 +332,28 @@ class Store:
             self._release_job, [k.jobs(role), k.DEAD], [GROUP, consumer, entry_id, delivery, WAITING, max_deliveries]
         )
         return reply.decode() if isinstance(reply, bytes) else int(reply)
+
+    async def claim_job(
+        self,
+        role: str,
+        job_id: str,
+        entry_id: bytes,
+        delivered: int,
+        worker: tuple[str, str],
+        deadline: float,
+        chain_task: str,
+        *,
+        once_per_account: bool,
+    ) -> int:
+        """Move a waiting job to `worker` (its consumer and account) with its `deadline`, only if it is still
+        waiting with the delivery count `delivered` and, with `once_per_account`, the account has not worked
+        on the task (atomically, `scripts.CLAIM_JOB`): 0 if not moved, else 1, or 2 when the account was
+        added to the task's workers."""
+        consumer, address = worker
+        keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role)]
+        expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
+        args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
+        return int(await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0]))
 
     async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int) -> bool:
         """Move a job's entry to the dead stream with its delivery count, unless it is gone already

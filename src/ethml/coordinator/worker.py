@@ -403,6 +403,8 @@ class Worker:
             data = await self._login_message(ws, max(0.0, deadline - loop.time()))
             if data.get("type") in ("welcome", "refused"):
                 return data, early
+            if data.get("type") == "unavailable":  # its Redis or chain RPC failed: try again after a backoff
+                raise ConnectionError(f"the coordinator is unavailable: {str(data.get('message'))[:200]}")
             if len(early) >= 1000:
                 raise ConnectionError("the coordinator sent 1000 messages without answering the login")
             early.append(data)

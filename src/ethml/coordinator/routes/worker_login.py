@@ -1,11 +1,14 @@
 """How a worker logs in on /ws/worker: the server sends a fresh nonce; the worker answers with its
 role, address and an EIP-191 signature of (server instance, role, nonce); the server checks that the
 signature recovers the address, that the nonce is used once, and that the address holds a stake of
-that role in TrainingTasks. A worker that reconnects under the same id gets its pending jobs back."""
+that role in TrainingTasks. A worker that reconnects under the same id gets its pending jobs back.
+Logins are rate-limited per client address (each costs a chain call and a Redis write), at the
+handshake: one over the limit is answered HTTP 429 and never upgraded."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -14,6 +17,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, STORE
+from ethml.coordinator.auth import buckets, too_many
 from ethml.coordinator.dispatch import WorkerConn
 from ethml.coordinator.permit import recover_login
 from ethml.coordinator.schemas import WorkerLogin
@@ -21,9 +25,31 @@ from ethml.coordinator.schemas import WorkerLogin
 log = structlog.get_logger("ethml.coordinator")
 
 
+async def take_login_token(request: web.Request) -> None:
+    """A token from the client address's requests and from its logins, or a 429 (before the upgrade)."""
+    cfg = request.app[CONFIG]
+    logins = (f"login:{request.remote or 'unknown'}", cfg.login_rate, cfg.login_burst)
+    wait = await request.app[STORE].take_token([*buckets(request, None), logins])
+    if wait > 0:
+        raise too_many(wait)
+
+
 async def refuse(ws: web.WebSocketResponse, reason: str) -> None:
-    await ws.send_json({"type": "refused", "message": reason})
-    await ws.close(code=4001, message=reason.encode()[:120])
+    """Refuse the login (the worker exits: retrying will not help); a worker gone already hears nothing."""
+    await _close(ws, {"type": "refused", "message": reason}, 4001)
+
+
+async def unavailable(ws: web.WebSocketResponse) -> None:
+    """Redis or the chain RPC failed while the worker was served: it is told so and closed with 1013 (try
+    again later), and reconnects with backoff (the upgraded socket takes no HTTP 503)."""
+    message = "a backend (Redis or the chain RPC) is unavailable; retry shortly"
+    await _close(ws, {"type": "unavailable", "message": message}, 1013)
+
+
+async def _close(ws: web.WebSocketResponse, message: dict[str, str], code: int) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):  # the client hung up meanwhile
+        await ws.send_json(message)
+        await ws.close(code=code, message=message["message"].encode()[:120])
 
 
 def _login_error(exc: ValidationError) -> str:

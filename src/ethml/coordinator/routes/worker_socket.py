@@ -4,6 +4,7 @@ sends jobs (`dispatch`) and acknowledgements."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from typing import Any
@@ -14,7 +15,8 @@ from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
 from ethml.coordinator.dispatch import WorkerConn
-from ethml.coordinator.routes.worker_login import login, refuse
+from ethml.coordinator.edge import BACKEND_ERRORS
+from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
 from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResult, LoadReport, first_error
 
 #: Seconds between renewals of a connected worker's upload token (on its load reports).
@@ -29,17 +31,24 @@ routes = web.RouteTableDef()
 async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
+    await take_login_token(request)  # before the upgrade: a 429 is an HTTP answer
     # Protocol pings catch dead TCP connections; a worker busy in a training job still answers them.
     ws = web.WebSocketResponse(heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024)
     await ws.prepare(request)
     nonce = secrets.token_hex(16)
-    await ws.send_json({"type": "challenge", "nonce": nonce, "server": cfg.instance, "chain_id": app[CHAIN].chain_id})
     conn: WorkerConn | None = None
     try:
+        challenge = {"type": "challenge", "nonce": nonce, "server": cfg.instance, "chain_id": app[CHAIN].chain_id}
         try:
+            await ws.send_json(challenge)
             msg = await ws.receive(timeout=10)
+        except ConnectionError:
+            return ws  # hung up at once
         except TimeoutError:
             await refuse(ws, "no login within 10 s")
+            return ws
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            log.info("worker_hung_up", client=request.remote)  # before its login: no one to answer
             return ws
         conn = await login(app, ws, msg, nonce, request.transport)
         if conn is None:
@@ -74,12 +83,19 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 await _release(app, conn, message)
             else:
                 await _result(app, conn, message)
+    except BACKEND_ERRORS as exc:
+        # Redis or the chain RPC failed (during the login, or serving the worker): the socket is upgraded, so
+        # no HTTP 503 can be written on it; the worker is told and reconnects. (Sends to a worker that hung
+        # up fail quietly, so a hang-up is not taken for a backend's failure.)
+        log.warning("worker_socket_unavailable", error=str(exc) or type(exc).__name__, worker=conn and conn.consumer)
+        await unavailable(ws)
     finally:
         if conn is not None:
             try:
                 if dispatcher.conns.get(conn.consumer) is conn:  # not a newer connection of the worker
                     del dispatcher.conns[conn.consumer]
-                    await store.drop_worker(conn.consumer, conn.session)  # else the record expires
+                    with contextlib.suppress(*BACKEND_ERRORS):  # Redis down: the record expires with time
+                        await store.drop_worker(conn.consumer, conn.session)
             finally:
                 await conn.stop()
                 log.info("worker_left", worker=conn.consumer, running=list(conn.running))
@@ -95,11 +111,12 @@ async def _result(app: web.Application, conn: WorkerConn, message: JobResult) ->
         outcome = await app[DISPATCHER].finish(conn, job, message.delivery, result)
     recorded = outcome == "recorded"
     ack: dict[str, Any] = {"type": "ack", "job": job, "recorded": recorded}
-    if outcome not in ("recorded", "duplicate"):
+    if outcome in ("requeued", "dead"):  # a failed result: handed back, for another worker or the dead stream
+        ack["failed"] = outcome
+    elif outcome not in ("recorded", "duplicate"):
         ack["refused"] = outcome
-    kind = _kind(job)
-    label = ("ok" if message.ok else "error") if recorded else outcome if outcome == "duplicate" else "refused"
-    app[METRICS].jobs.labels(kind, label).inc()
+    label = {"recorded": "ok", "requeued": "error", "dead": "error", "duplicate": "duplicate"}.get(outcome, "refused")
+    app[METRICS].jobs.labels(_kind(job), label).inc()
     await conn.send(ack)
     log.info("job_result", job=job, worker=conn.consumer, ok=message.ok, outcome=outcome)
 

@@ -1,0 +1,149 @@
+"""Logins on /ws/worker against the real route, store and dispatcher on a real Redis, with a chain whose
+`isStaked` the test controls: what a login costs, and what a client sees when a backend fails or it hangs up."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from eth_account import Account
+
+from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
+from ethml.coordinator.dispatch import Dispatcher
+from ethml.coordinator.edge import errors_and_metrics
+from ethml.coordinator.metrics import Metrics
+from ethml.coordinator.permit import sign_login
+from ethml.coordinator.routes.worker_socket import routes
+from ethml.coordinator.store import Store
+from tests.node.conftest import wait_until
+
+
+class FakeChain:
+    """`isStaked` answers from `staked`, or fails like an RPC that is down; `calls` counts the calls."""
+
+    chain_id = 31337
+
+    def __init__(self) -> None:
+        self.staked: set[str] = set()
+        self.failing = False
+        self.calls = 0
+        self.tasks = types.SimpleNamespace(functions=types.SimpleNamespace(isStaked=self._is_staked))
+
+    def _is_staked(self, address: str, role: int) -> Any:
+        async def call() -> bool:
+            self.calls += 1
+            if self.failing:
+                raise ConnectionError("the RPC is down")
+            return address.lower() in self.staked
+
+        return types.SimpleNamespace(call=call)
+
+
+class Server:
+    def __init__(self, server: TestServer, chain: FakeChain, metrics: Metrics) -> None:
+        self.server, self.chain, self.metrics = server, chain, metrics
+        self.url = str(server.make_url("/ws/worker"))
+
+    def counted(self, status: int) -> float:
+        """How many /ws/worker requests were counted with `status`."""
+        labels = {"route": "/ws/worker", "status": str(status)}
+        return self.metrics.registry.get_sample_value("ethml_http_requests_total", labels) or 0.0
+
+
+@pytest.fixture
+async def server(redis_store: Store) -> AsyncIterator[Server]:
+    config = types.SimpleNamespace(
+        instance="instance-1",
+        heartbeat_interval=1.0,
+        heartbeat_timeout=6.0,
+        ip_rate=50.0,
+        ip_burst=100,
+        login_rate=0.01,
+        login_burst=3,
+    )
+    chain, metrics = FakeChain(), Metrics()
+    app = web.Application(middlewares=[errors_and_metrics])
+    app[CONFIG] = config  # type: ignore[assignment]
+    app[STORE] = redis_store
+    app[CHAIN] = chain  # type: ignore[assignment]
+    app[METRICS] = metrics
+    app[DISPATCHER] = Dispatcher(redis_store, "instance-1", job_timeout=30, max_deliveries=3)
+    app.add_routes(routes)
+    test_server = TestServer(app)
+    await test_server.start_server()
+    try:
+        yield Server(test_server, chain, metrics)
+    finally:
+        await test_server.close()
+
+
+async def _login(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """Log in as a fresh (unstaked) account: the server's answer."""
+    account = Account.create()
+    async with session.ws_connect(url) as ws:
+        challenge = await ws.receive_json(timeout=30)
+        signature = sign_login(account.key, challenge["server"], challenge["nonce"], "trainer")
+        await ws.send_json({"type": "auth", "role": "trainer", "address": account.address, "signature": signature})
+        answer: dict[str, Any] = await ws.receive_json(timeout=30)
+        return answer
+
+
+async def test_logins_over_the_client_address_s_limit_are_refused_before_the_upgrade(
+    server: Server, redis_store: Store
+) -> None:
+    """Every login cost a chain call and a login nonce kept an hour in Redis, with no limit: logins are
+    rate-limited per client address (a burst of 3 here), and one over the limit is answered 429 at the
+    handshake, before any of that."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            answer = await _login(session, server.url)
+            assert answer["type"] == "refused" and "holds no trainer stake" in answer["message"], answer
+        for _ in range(2):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await _login(session, server.url)
+            assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1
+    assert server.chain.calls == 3
+    assert len(await redis_store.redis.keys("ethml:loginnonce:*")) == 3
+
+
+async def test_a_backend_failing_during_a_login_is_told_on_the_websocket(server: Server) -> None:
+    """The RPC failed during a login: the middleware wrote an HTTP 503 onto the upgraded socket (which the
+    client cannot read) and counted a 503. The worker is told now, in a message and a close (1013, try
+    again later), and reconnects after a backoff."""
+    server.chain.failing = True
+    account = Account.create()
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
+        challenge = await ws.receive_json(timeout=30)
+        signature = sign_login(account.key, challenge["server"], challenge["nonce"], "trainer")
+        await ws.send_json({"type": "auth", "role": "trainer", "address": account.address, "signature": signature})
+        message = await ws.receive(timeout=30)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+        assert message.json()["type"] == "unavailable"
+        closed = await ws.receive(timeout=30)
+        assert closed.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1013, closed
+
+    async def counted() -> bool:
+        return server.counted(101) == 1
+
+    await wait_until(counted, timeout=30, what="the login to be counted")
+    assert server.counted(503) == 0
+
+
+async def test_a_client_that_hangs_up_before_its_login_is_no_backend_failure(server: Server) -> None:
+    """A client that hung up before its login was answered with a refusal on the closed socket, which
+    failed and was logged and counted as a backend's failure (503)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.url) as ws:
+            await ws.receive_json(timeout=30)
+        assert (await _login(session, server.url))["type"] == "refused"  # the server serves on
+
+    async def counted() -> bool:
+        return server.counted(101) == 2
+
+    await wait_until(counted, timeout=30, what="both connections to be counted")
+    assert server.counted(503) == 0 and server.counted(500) == 0
