@@ -97,3 +97,14 @@ def test_help_of_every_command_through_the_real_entry_point(argv: tuple[str, ...
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"Usage: ethml {' '.join(argv)}"), done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_serve_warns_when_it_follows_a_public_chain_at_its_head() -> None:
+    """With --confirmations 0 a reorg may move a task created by the relayer to another chain task after its
+    document was linked: fine on a devnet, said at start anywhere else."""
+    from ethml.cli.coordinator import confirmations_warning
+
+    assert confirmations_warning(31337, 0) is None  # anvil
+    assert confirmations_warning(1, 12) is None
+    warning = confirmations_warning(1, 0)
+    assert warning is not None and warning.startswith("warning: --confirmations 0 on chain 1, which is not a devnet")

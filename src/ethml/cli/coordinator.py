@@ -197,6 +197,8 @@ def serve(
         gc.set_threshold(20_000, 20, 20)
 
     application.on_startup.append(settle)
+    if (warning := confirmations_warning(chain_id, confirmations)) is not None:
+        typer.echo(warning, err=True)
     typer.echo(
         f"ethml coordinator on http://{host}:{port} (dashboard /, API /api, workers ws://{host}:{port}/ws/worker)\n"
         f"chain {chain_id}, TrainingTasks {dep.training}, relayer {relayer.address}, "
@@ -213,6 +215,20 @@ def serve(
         handle_signals=True,
         shutdown_timeout=5,
         access_log=access_logger if access_log else None,
+    )
+
+
+def confirmations_warning(chain_id: int, confirmations: int) -> str | None:
+    """What `ethml serve` says at start when it follows a public chain at its head: a reorg there may drop a
+    creation, or mine it again as another chain task, after the relayer linked a document to it."""
+    from ethml.node.miner import DEV_CHAIN_IDS
+
+    if confirmations > 0 or chain_id in DEV_CHAIN_IDS:
+        return None
+    return (
+        f"warning: --confirmations 0 on chain {chain_id}, which is not a devnet: a reorg may move a task created "
+        "here to another chain task after its document was linked; follow a public chain some blocks behind its "
+        "head (--confirmations 12, say, or past its finality)"
     )
 
 
