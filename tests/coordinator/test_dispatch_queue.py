@@ -9,6 +9,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from ethml.coordinator import dispatch
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.dispatch import Dispatcher
@@ -479,9 +481,14 @@ async def test_a_failed_result_hands_the_job_to_another_account_until_max_delive
     assert (await store.result("1:train:1") or {}).get("ok") is True
 
 
-async def test_a_validator_s_failed_vote_goes_back_to_it(redis_store: Store) -> None:
-    """A seat only its validator may take: after a failed result (a passing RPC error), the same validator
-    is sent it again, as the next delivery."""
+async def test_a_validator_s_failed_vote_goes_back_to_it_after_a_pause_however_often(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seat only its validator may take: after a failed result (a passing RPC error), the same validator is
+    sent it again, as the next delivery, once a pause is over (SEAT_PAUSES, doubling). Failed votes do not count
+    toward --max-deliveries: handed straight back, three of them within a second and a half dead-lettered the
+    seat, and the validator lost its vote to an outage that short."""
+    monkeypatch.setattr(dispatch, "SEAT_PAUSES", (1.5, 3.0))
     store = redis_store
     redis = store.redis
     await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
@@ -494,10 +501,22 @@ async def test_a_validator_s_failed_vote_goes_back_to_it(redis_store: Store) -> 
     ws = await _connect(dispatcher, validator, "validator")
     conn = dispatcher.conns[f"0x{validator}:w"]
     await dispatcher.run_pass()
-    assert await dispatcher.finish(conn, "1:validate:0", 1, {"ok": False, "detail": "rpc down"}) == "requeued"
-    await dispatcher.run_pass()
-    await _sent_out(conn)
-    assert _jobs(ws) == [("1:validate:0", 1), ("1:validate:0", 2)]
+    for delivery in range(1, 5):  # more failures than --max-deliveries
+        failed = {"ok": False, "detail": "rpc down"}
+        assert await dispatcher.finish(conn, "1:validate:0", delivery, failed) == "requeued"
+        await dispatcher.run_pass()  # within the pause: not sent
+        await _sent_out(conn)
+        assert _jobs(ws)[-1] == ("1:validate:0", delivery)
+        assert await redis.exists(k.job_pause("1:validate:0"))
+
+        async def sent_again(expected: int = delivery + 1) -> bool:
+            await dispatcher.run_pass()
+            await _sent_out(conn)
+            return _jobs(ws)[-1] == ("1:validate:0", expected)
+
+        await wait_until(sent_again, timeout=60, what=f"delivery {delivery + 1} of the seat")
+    assert _jobs(ws) == [("1:validate:0", n) for n in range(1, 6)]
+    assert dispatcher.dead_lettered == 0 and await redis.xlen(k.DEAD) == 0
 
 
 async def test_jobs_no_worker_here_may_take_hold_up_none_behind_them(redis_store: Store) -> None:

@@ -98,8 +98,12 @@ async def test_logins_over_the_client_address_s_limit_are_refused_before_the_upg
 ) -> None:
     """Every login cost a chain call and a login nonce kept an hour in Redis, with no limit: logins are
     rate-limited per client address (a burst of 3 here), and one over the limit is answered 429 at the
-    handshake, before any of that."""
+    handshake, before any of that. A request that is no WebSocket handshake takes no token (it gets its 400):
+    plain GETs cannot use up the bucket."""
     async with aiohttp.ClientSession() as session:
+        for _ in range(10):
+            async with session.get(server.url) as plain:
+                assert plain.status == 400
         for _ in range(3):
             answer = await _login(session, server.url)
             assert answer["type"] == "refused" and "holds no trainer stake" in answer["message"], answer

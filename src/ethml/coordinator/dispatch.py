@@ -18,7 +18,8 @@ A result counts only from the worker the job was delivered to, for that delivery
 pending under the worker's consumer with the delivery number the worker was sent (checked and
 recorded in one script). The job id (task and slot) is the idempotency key: the first result is kept,
 a repeat is acknowledged and ignored. A failed result (`ok` false) is no result: the job is handed
-back, as by a release, for another worker (the same one again for a validator's seat).
+back, as by a release, for another worker (a validator's seat: for the same validator, after a pause,
+and without counting toward `max_deliveries`).
 
 A connected worker whose job is taken back (past the job's time limit, or no longer pending under
 it) is told so (`revoked`) and stops the job.
@@ -63,6 +64,11 @@ RECLAIM = 100
 #: whose validators may still vote.
 TAKES_SUBMISSIONS = ("pending_chain", "open", "training")
 TAKES_VOTES = (*TAKES_SUBMISSIONS, "validating")
+
+#: Seconds a validator's seat waits after a failed vote before it goes back to its validator: the first pause,
+#: doubled after each failure up to the last (a failed vote does not count toward --max-deliveries: a passing
+#: outage of the validator's RPC must not cost it its vote; the seat is dropped once its task is settled).
+SEAT_PAUSES = (5.0, 60.0)
 
 #: Seconds a message to a worker may take to leave; a worker that does not read is cut off after it.
 SEND_TIMEOUT = 10.0
@@ -261,8 +267,10 @@ class Dispatcher:
         self.dispatched = 0
         self._scan_from: dict[str, str] = {}  # by role: the last waiting job a pass looked at past the front
         self._reclaim_from: dict[str, str] = {}  # by role: where the next XAUTOCLAIM scan starts
+        self._docs: dict[tuple[str | None, str], dict[str, Any] | None] = {}  # read this pass, by chain task and id
 
     async def run_pass(self) -> None:
+        self._docs = {}  # each task document read once a pass, however many of its jobs wait
         for role in ("trainer", "validator"):
             await self._pass(role)
 
@@ -316,7 +324,7 @@ class Dispatcher:
             delivered = int(info[0]["times_delivered"]) if info else 1
             job = fields.get(b"job", b"?").decode()
             log.warning("job_reclaimed", job=job, deliveries=delivered)
-            await self._dead_letter_if_spent(stream, entry_id, delivered)
+            await self._dead_letter_if_spent(stream, entry_id, delivered, job, role)
 
     async def _waiting(self, stream: str, role: str) -> list[tuple[dict[str, Any], bool]]:
         """The waiting jobs this pass looks at, oldest first: the first SCAN (the queue's front, so the
@@ -359,10 +367,17 @@ class Dispatcher:
         if conn.open:
             conn.post({"type": "revoked", "job": job, "reason": reason})
 
-    async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int) -> bool:
-        """A job delivered more than `max_deliveries` times goes to the dead stream, with its count (once,
+    async def _delivery_limit(self, job: str, role: str) -> int:
+        """The deliveries `job` may have: `max_deliveries`, and for a validator's seat as many more as its votes
+        that failed (forgiven: a passing outage of the validator's RPC does not cost it its vote)."""
+        if role != "validator":
+            return self.max_deliveries
+        return self.max_deliveries + int(await self.store.redis.get(k.job_forgiven(job)) or 0)
+
+    async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int, job: str, role: str) -> bool:
+        """A job delivered more times than its limit (`_delivery_limit`) goes to the dead stream, with its count (once,
         whoever gets there first). Whether it was spent."""
-        if delivered <= self.max_deliveries:
+        if delivered <= self.max_deliveries or delivered <= await self._delivery_limit(job, role):
             return False
         if await self.store.dead_letter(stream, entry_id, delivered):
             self.dead_lettered += 1
@@ -374,10 +389,10 @@ class Dispatcher:
         if not rows:
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
-        if await self._dead_letter_if_spent(stream, entry_id, delivered):
-            return  # reclaimed past max_deliveries, and not dead-lettered yet: never a fourth delivery
         fields = {k.decode(): v.decode() for k, v in rows[0][1].items()}
         job = fields["job"]
+        if await self._dead_letter_if_spent(stream, entry_id, delivered, job, role):
+            return  # reclaimed past its limit, and not dead-lettered yet: never one delivery more
         if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
@@ -396,6 +411,8 @@ class Dispatcher:
             if not eligible and doc is None:
                 await self.store.finish_entry(stream, GROUP, entry_id)  # no task tracks it: moot
                 return
+            if eligible and await redis.exists(k.job_pause(job)):
+                return  # its last vote failed a moment ago: again after the pause
         else:
             done = {a.decode() for a in await redis.smembers(k.task_workers(fields["chain_task"], role))}
             eligible = [c for c in free if c.address not in done]
@@ -443,7 +460,19 @@ class Dispatcher:
                 return "duplicate"  # a repeat of a result already recorded (its acknowledgement was lost)
             return "not delivered to this worker"
         if not result.get("ok"):
-            outcome = await self._hand_back(conn, job, entry_id, delivery, "job_failed", detail=result.get("detail"))
+            seat = conn.role == "validator"
+            limit = await self._delivery_limit(job, conn.role) + (1 if seat else 0)  # a failed vote is forgiven
+            outcome = await self._hand_back(
+                conn, job, entry_id, delivery, "job_failed", limit=limit, detail=result.get("detail")
+            )
+            if seat and outcome == "released":
+                first, most = SEAT_PAUSES
+                pause = min(most, first * 2 ** min(max(delivery - 1, 0), 16))
+                pipe = self.store.redis.pipeline(transaction=True)
+                pipe.incr(k.job_forgiven(job))
+                pipe.expire(k.job_forgiven(job), 86400)
+                pipe.set(k.job_pause(job), "1", px=int(pause * 1000))
+                await pipe.execute()
             return {"released": "requeued"}.get(outcome, outcome)
         outcome = await self.store.finish_job(
             conn.role, job, conn.consumer, entry_id, delivery, {**result, "worker": conn.consumer, "at": time.time()}
@@ -461,15 +490,26 @@ class Dispatcher:
         entry_id = conn.running.get(job)
         if entry_id is None:
             return "not delivered to this worker"
-        outcome = await self._hand_back(conn, job, entry_id, delivery, "job_released")
+        outcome = await self._hand_back(
+            conn, job, entry_id, delivery, "job_released", limit=await self._delivery_limit(job, conn.role)
+        )
         return "released" if outcome == "dead" else outcome
 
     async def _hand_back(
-        self, conn: WorkerConn, job: str, entry_id: bytes, delivery: int, event: str, **details: Any
+        self,
+        conn: WorkerConn,
+        job: str,
+        entry_id: bytes,
+        delivery: int,
+        event: str,
+        *,
+        limit: int,
+        **details: Any,
     ) -> str:
-        """Back to waiting with one more delivery (released) or to the dead stream (dead), only if the job is
-        pending under the worker's consumer with the delivery number given; else why not."""
-        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, self.max_deliveries)
+        """Back to waiting with one more delivery (released) or to the dead stream (dead: past `limit`
+        deliveries), only if the job is pending under the worker's consumer with the delivery number given;
+        else why not."""
+        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, limit)
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
         conn.drop(job)
@@ -499,8 +539,11 @@ class Dispatcher:
         """The document that tracks the job's chain task now (the one the job names, if no link is found).
         A posted task that took over an imported one's link tracks the jobs queued for the import: they
         keep their ids, so they are not queued again, and the import's document is failed."""
-        doc = await self.store.task_by_chain_id(int(fields["chain_task"])) if "chain_task" in fields else None
-        return doc or await self.store.task(fields["task"])
+        key = (fields.get("chain_task"), fields["task"])
+        if key not in self._docs:
+            doc = await self.store.task_by_chain_id(int(fields["chain_task"])) if "chain_task" in fields else None
+            self._docs[key] = doc or await self.store.task(fields["task"])
+        return self._docs[key]
 
     def adopt(self, conn: WorkerConn, pending: list[Pending]) -> list[dict[str, Any]]:
         """A reconnecting worker keeps the jobs still pending under its consumer name that are not past

@@ -71,6 +71,16 @@ def result(job: str) -> str:
     return f"{P}result:{job}"
 
 
+def job_forgiven(job: str) -> str:
+    """How many deliveries of a validator's seat ended in a failed vote (they do not count toward the limit)."""
+    return f"{P}jobforgiven:{job}"
+
+
+def job_pause(job: str) -> str:
+    """Set (expiring) while a validator's seat whose vote failed waits before it is delivered again."""
+    return f"{P}jobpause:{job}"
+
+
 def job_deadline(job: str) -> str:
     """The unix time by which the worker a job was delivered to must report it."""
     return f"{P}jobdeadline:{job}"

@@ -31,9 +31,10 @@ routes = web.RouteTableDef()
 async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
-    await take_login_token(request)  # before the upgrade: a 429 is an HTTP answer
     # Protocol pings catch dead TCP connections; a worker busy in a training job still answers them.
     ws = web.WebSocketResponse(heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024)
+    if ws.can_prepare(request).ok:  # a request that is no WebSocket handshake gets its 400 and takes no login
+        await take_login_token(request)  # before the upgrade: a 429 is an HTTP answer
     await ws.prepare(request)
     nonce = secrets.token_hex(16)
     conn: WorkerConn | None = None
