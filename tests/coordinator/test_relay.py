@@ -1897,15 +1897,8 @@ async def test_a_creation_its_fees_keep_out_of_blocks_is_replaced_with_higher_fe
     async with coordinator_on(anvil_url, tmp_path) as c:
         chain, store, ipfs, key, now = await _without_relayer(c)
         monkeypatch.setattr(chain_module, "BUMP_AFTER", 0.5)
-        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
-        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-        relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
-        await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
-        journaled = await store.task(task_id) or {}
-        first, nonce = journaled["transactions"]["create"], journaled["raw_nonce"]["create"]
-        offered = int((await chain.w3.eth.get_transaction(first))["maxFeePerGas"])
-        await chain.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(4 * offered)])  # type: ignore[arg-type]
-        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        task_id, _entry, relay, first, nonce, offered = await _creation_pending(c, chain, store, ipfs, key, now)
+        await _price_out(chain, offered)
         assert int((await chain.w3.eth.get_block("latest"))["baseFeePerGas"]) == 4 * offered
         with pytest.raises(TransactionNotFound):
             await chain.w3.eth.get_transaction_receipt(first)  # priced out of the block
@@ -1940,18 +1933,11 @@ async def test_a_creation_priced_out_that_cannot_be_replaced_is_cancelled_and_th
         chain, store, ipfs, key, now = await _without_relayer(c)
         monkeypatch.setattr(chain_module, "BUMP_AFTER", 0.5)
         await _delegate(chain, dev_account(REQUESTER), _burner(100))
-        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
         relayer = chain.relayer.address
-        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-        relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
-        await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
-        journaled = await store.task(task_id) or {}
-        first, nonce = journaled["transactions"]["create"], journaled["raw_nonce"]["create"]
-        offered = int((await chain.w3.eth.get_transaction(first))["maxFeePerGas"])
+        task_id, entry, relay, first, nonce, offered = await _creation_pending(c, chain, store, ipfs, key, now)
         target = "0x" + "be" * 20
         await chain.w3.provider.make_request("anvil_setCode", [target, _burner(300_000)])  # type: ignore[arg-type]
-        await chain.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(4 * offered)])  # type: ignore[arg-type]
-        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        await _price_out(chain, offered)
 
         async def cancelled() -> bool:
             doc = await store.task(task_id) or {}
@@ -1984,15 +1970,9 @@ async def test_a_replacement_the_relayer_cannot_pay_for_leaves_the_entry_to_rela
         chain, store, ipfs, key, now = await _without_relayer(c)
         monkeypatch.setattr(chain_module, "BUMP_AFTER", 0.5)
         monkeypatch.setattr(chain_module, "RECEIPT_WAIT", 3.0)
-        [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
         relayer = chain.relayer.address
-        await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-        relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
-        await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
-        first = (await store.task(task_id) or {})["transactions"]["create"]
-        offered = int((await chain.w3.eth.get_transaction(first))["maxFeePerGas"])
-        await chain.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(4 * offered)])  # type: ignore[arg-type]
-        await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        task_id, _entry, relay, first, _nonce, offered = await _creation_pending(c, chain, store, ipfs, key, now)
+        await _price_out(chain, offered)
         await chain.w3.provider.make_request("anvil_setBalance", [relayer, hex(10**15)])  # type: ignore[arg-type]
         with pytest.raises(RelayAgain, match="is mined after 3 s"):
             await asyncio.wait_for(relay, 120)
@@ -2022,3 +2002,24 @@ async def test_a_keeper_step_that_keeps_failing_for_one_task_does_not_hold_up_th
         monkeypatch.setattr(keeper_module, "_step", step)
         await keep_deadlines(chain, store)
         assert sorted(stepped) == sorted(task_id for task_id, _entry in posted)
+
+
+async def _creation_pending(
+    c: Coordinator, chain: Chain, store: Store, ipfs: IpfsClient, key: str, now: int
+) -> tuple[str, Any, asyncio.Task[None], str, int, int]:
+    """A task posted and its creation sent with automine off, its relay waiting for the receipt: the task, its
+    relay entry, the relay, and the creation's hash, nonce and max fee."""
+    [(task_id, entry)] = await _post(c, store, key, [_valid(c, now, 0)])
+    await chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    relay = asyncio.create_task(relay_one(chain, store, ipfs, *entry))
+    await wait_until(functools.partial(_sent, chain, store, task_id), timeout=60, what="the creation sent")
+    journaled = await store.task(task_id) or {}
+    first, nonce = journaled["transactions"]["create"], journaled["raw_nonce"]["create"]
+    offered = int((await chain.w3.eth.get_transaction(first))["maxFeePerGas"])
+    return task_id, entry, relay, first, nonce, offered
+
+
+async def _price_out(chain: Chain, offered: int) -> None:
+    """A block mined now with a base fee of 4 times `offered`: a transaction offering that stays out of it."""
+    await chain.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(4 * offered)])  # type: ignore[arg-type]
+    await chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]

@@ -151,7 +151,8 @@ async def send_raw(
         ) from exc
     if receipt is None:
         hashes = [*hashes, _hash(chain, raw_hex)]
-        receipt = await _receipt(chain, store, lock, call, what, (task_id, name), raw_hex, hashes, max_gas)
+        sending = _Sending(chain, store, lock, call, what, (task_id, name), max_gas)
+        receipt = await _receipt(sending, raw_hex, hashes)
     if _is_cancel(chain, receipt):
         if task_id and name:
             await store.update_task(task_id, functools.partial(_forget_cancelled, name=name))
@@ -184,22 +185,26 @@ async def _send(chain: Chain, store: Store, what: str, task_id: str | None, name
         log.debug("resend", what=what, error=str(exc))  # "already known", "nonce too low": the receipt decides
 
 
-async def _receipt(
-    chain: Chain,
-    store: Store,
-    lock: Lock,
-    call: Any,
-    what: str,
-    journal: tuple[str | None, str | None],
-    raw_hex: str,
-    hashes: list[str],
-    max_gas: int | None,
-) -> TxReceipt:
+@dataclass(frozen=True)
+class _Sending:
+    """One call being sent with the relayer key: what its receipt wait and its replacements need."""
+
+    chain: Chain
+    store: Store
+    lock: Lock
+    call: Any
+    what: str
+    journal: tuple[str | None, str | None]  # (task id, name), or (None, None) without a journal
+    max_gas: int | None
+
+
+async def _receipt(sending: _Sending, raw_hex: str, hashes: list[str]) -> TxReceipt:
     """The receipt of whichever of `hashes` (the attempts at one nonce) is mined, within RECEIPT_WAIT seconds
     (TimeExhausted after). Every BUMP_AFTER seconds without one, a transaction its fees keep out of the next block
     (its max fee under the base fee and its tip) is replaced: the same call and nonce, both fees raised by 12.5 %
     at least and to what `fee_fields` asks now, journaled beside the attempts before it is sent."""
-    task_id, name = journal
+    chain, store, what = sending.chain, sending.store, sending.what
+    task_id, name = sending.journal
     loop = asyncio.get_running_loop()
     give_up = loop.time() + RECEIPT_WAIT
     while True:
@@ -213,7 +218,7 @@ async def _receipt(
             raise TimeExhausted(
                 f"{what}: none of its transactions {', '.join(hashes)} is mined after {RECEIPT_WAIT:g} s"
             )
-        bumped = await _bump(chain, store, lock, call, what, journal, raw_hex, max_gas)
+        bumped = await _bump(sending, raw_hex)
         if bumped is not None:
             raw_hex = bumped
             hashes.append(_hash(chain, raw_hex))
@@ -234,19 +239,11 @@ async def _receipt_of(w3: AsyncWeb3[Any], hashes: list[str], wait: float) -> TxR
         pause = min(pause * 2, 1.0)
 
 
-async def _bump(
-    chain: Chain,
-    store: Store,
-    lock: Lock,
-    call: Any,
-    what: str,
-    journal: tuple[str | None, str | None],
-    raw_hex: str,
-    max_gas: int | None,
-) -> str | None:
+async def _bump(sending: _Sending, raw_hex: str) -> str | None:
     """The replacement of the transaction `raw_hex` when its fees keep it out of the next block, signed, journaled
     and sent under the relayer lock; None when it needs none or none can be made (its nonce used meanwhile, the
     call reverting now, the lock busy, the node refusing it): the attempts stand, and the wait goes on."""
+    chain, store, what, journal = sending.chain, sending.store, sending.what, sending.journal
     w3 = chain.w3
     tx = TypedTransaction.from_bytes(HexBytes(raw_hex)).as_dict()
     base = int((await w3.eth.get_block("latest")).get("baseFeePerGas", 0) or 0)
@@ -254,7 +251,7 @@ async def _bump(
         return None  # priced for the next block: it waits its turn
     task_id, name = journal
     try:
-        async with lock.held(wait=RELAYER_LOCK_WAIT):
+        async with sending.lock.held(wait=RELAYER_LOCK_WAIT):
             if task_id and name:
                 doc = await store.task(task_id) or {}
                 if doc.get("raw", {}).get(name) != raw_hex:
@@ -270,11 +267,11 @@ async def _bump(
                 new = await _sign(
                     chain,
                     store,
-                    call,
+                    sending.call,
                     what,
                     task_id,
                     name,
-                    max_gas,
+                    sending.max_gas,
                     nonce=int(tx["nonce"]),
                     fees=bumped,
                     replaces=_hash(chain, raw_hex),
