@@ -7,7 +7,6 @@ The loops that use it have modules of their own: `relayer` (tasks from permits),
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ethml.chain.tx import (
     fee_fields,
     mined_receipt,
     preflight,
+    receipt_if_mined,
     why_reverted,
 )
 from ethml.coordinator.lease import LeaseLost, Lock
@@ -150,7 +150,7 @@ async def send_raw(
             f"{what}: the relayer lock is held by another instance for over {RELAYER_LOCK_WAIT:g} s"
         ) from exc
     if receipt is None:
-        hashes = [*hashes, _hash(chain, raw_hex)]
+        hashes = [*hashes, _hash(raw_hex)]
         sending = _Sending(chain, store, lock, call, what, (task_id, name), max_gas)
         receipt = await _receipt(sending, raw_hex, hashes)
     if _is_cancel(chain, receipt):
@@ -166,8 +166,9 @@ async def send_raw(
     return dict(receipt)
 
 
-def _hash(chain: Chain, raw_hex: str) -> str:
-    return chain.w3.keccak(bytes.fromhex(raw_hex[2:])).to_0x_hex()
+def _hash(raw_hex: str) -> str:
+    """The hash of a signed transaction (0x-hex), as the node names it."""
+    return "0x" + keccak(bytes.fromhex(raw_hex[2:])).hex()
 
 
 async def _send(chain: Chain, store: Store, what: str, task_id: str | None, name: str | None, raw_hex: str) -> None:
@@ -176,7 +177,7 @@ async def _send(chain: Chain, store: Store, what: str, task_id: str | None, name
     try:
         await chain.w3.eth.send_raw_transaction(bytes.fromhex(raw_hex[2:]))
     except Web3RPCError as exc:
-        if not await _node_has(chain, _hash(chain, raw_hex)):
+        if not await _node_has(chain, _hash(raw_hex)):
             message = rpc_message(exc)
             log.warning("send_refused", what=what, task=task_id, error=message)
             if task_id and name:
@@ -221,7 +222,7 @@ async def _receipt(sending: _Sending, raw_hex: str, hashes: list[str]) -> TxRece
         bumped = await _bump(sending, raw_hex)
         if bumped is not None:
             raw_hex = bumped
-            hashes.append(_hash(chain, raw_hex))
+            hashes.append(_hash(raw_hex))
 
 
 async def _receipt_of(w3: AsyncWeb3[Any], hashes: list[str], wait: float) -> TxReceipt | None:
@@ -231,8 +232,8 @@ async def _receipt_of(w3: AsyncWeb3[Any], hashes: list[str], wait: float) -> TxR
     pause = 0.05
     while True:
         for tx_hash in hashes:
-            with contextlib.suppress(TransactionNotFound):
-                return await w3.eth.get_transaction_receipt(HexStr(tx_hash))
+            if (receipt := await receipt_if_mined(w3, HexStr(tx_hash))) is not None:
+                return receipt
         if loop.time() >= deadline:
             return None
         await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
@@ -274,17 +275,17 @@ async def _bump(sending: _Sending, raw_hex: str) -> str | None:
                     sending.max_gas,
                     nonce=int(tx["nonce"]),
                     fees=bumped,
-                    replaces=_hash(chain, raw_hex),
+                    replaces=_hash(raw_hex),
                 )
             except (TransactionReverted, GasOverCap) as exc:
                 # Mined, the original would revert (or burn the gas cap): its nonce goes to a cancel instead, so the
                 # relayer's later transactions are not held up behind it until the base fee falls back.
                 log.warning("bump_cancels", what=what, task=task_id, reason=str(exc))
-                new = await _sign_cancel(chain, store, journal, int(tx["nonce"]), bumped, _hash(chain, raw_hex))
+                new = await _sign_cancel(chain, store, journal, int(tx["nonce"]), bumped, _hash(raw_hex))
             except ChainError as exc:  # the node refused the estimate (the relayer's funds): the attempts stand
                 log.warning("bump_skipped", what=what, task=task_id, reason=str(exc))
                 return None
-            log.info("fee_bumped", what=what, task=task_id, tx=_hash(chain, new), max_fee=bumped["maxFeePerGas"])
+            log.info("fee_bumped", what=what, task=task_id, tx=_hash(new), max_fee=bumped["maxFeePerGas"])
             try:
                 await _send(chain, store, what, task_id, name, new)
             except SendRefused:  # forgotten from the journal: the original goes back in
@@ -313,18 +314,12 @@ async def _sign_cancel(
         "chainId": chain.chain_id,
         **fees,
     }
-    signed = chain.relayer.sign_transaction(tx)
-    raw_hex = "0x" + bytes(signed.raw_transaction).hex()
+    raw_hex = "0x" + bytes(chain.relayer.sign_transaction(tx).raw_transaction).hex()
     task_id, name = journal
     if task_id and name:
-
-        def keep(d: dict[str, Any]) -> None:
-            d.setdefault("raw_attempts", {}).setdefault(name, []).append(replaces)
-            d.setdefault("raw", {})[name] = raw_hex
-            d.setdefault("raw_nonce", {})[name] = nonce
-            d["transactions"][name] = "0x" + bytes(signed.hash).hex()
-
-        await store.update_task(task_id, keep)
+        await store.update_task(
+            task_id, functools.partial(_journal, name=name, raw_hex=raw_hex, nonce=nonce, replaces=replaces)
+        )
     return raw_hex
 
 
@@ -373,7 +368,7 @@ def _restore_raw(doc: dict[str, Any], name: str, raw_hex: str, nonce: int) -> No
     attempts = doc.setdefault("raw_attempts", {}).get(name, [])
     doc.setdefault("raw", {})[name] = raw_hex
     doc.setdefault("raw_nonce", {})[name] = nonce
-    tx_hash = "0x" + keccak(bytes.fromhex(raw_hex[2:])).hex()
+    tx_hash = _hash(raw_hex)
     doc["transactions"][name] = tx_hash
     doc["raw_attempts"][name] = [h for h in attempts if h != tx_hash]
 
@@ -395,7 +390,7 @@ async def _journaled(
     taken = await chain.w3.eth.get_transaction_count(chain.relayer.address, "latest")
     if nonce >= taken:
         return raw_hex, earlier, None
-    receipt = await mined_receipt(chain.w3, [*earlier, _hash(chain, raw_hex)], chain.receipt_grace)
+    receipt = await mined_receipt(chain.w3, [*earlier, _hash(raw_hex)], chain.receipt_grace)
     if receipt is None:
         log.warning("journal_superseded", task=task_id, what=name, nonce=nonce)
         return None  # another transaction took its nonce: it was never mined and never will be
@@ -431,21 +426,24 @@ async def _sign(
         raise GasOverCap(f"{what} would need {needed:,} gas, more than the {max_gas:,} the relayer pays for it")
     tx["gas"] = int(needed * GAS_MARGIN) if max_gas is None else min(int(needed * GAS_MARGIN), max_gas)
     built = await call.build_transaction(tx)
-    signed = chain.relayer.sign_transaction(built)
-    raw_hex = "0x" + bytes(signed.raw_transaction).hex()
+    raw_hex = "0x" + bytes(chain.relayer.sign_transaction(built).raw_transaction).hex()
     if task_id and name:
-
-        def keep(d: dict[str, Any]) -> None:
-            if replaces is not None:
-                d.setdefault("raw_attempts", {}).setdefault(name, []).append(replaces)
-            else:
-                d.get("raw_attempts", {}).pop(name, None)
-            d.setdefault("raw", {})[name] = raw_hex
-            d.setdefault("raw_nonce", {})[name] = nonce
-            d["transactions"][name] = "0x" + bytes(signed.hash).hex()
-
-        await store.update_task(task_id, keep)
+        await store.update_task(
+            task_id, functools.partial(_journal, name=name, raw_hex=raw_hex, nonce=nonce, replaces=replaces)
+        )
     return raw_hex
+
+
+def _journal(doc: dict[str, Any], *, name: str, raw_hex: str, nonce: int, replaces: str | None) -> None:
+    """Journal `raw_hex` as the transaction `name` at `nonce`: a new one (its earlier attempts forgotten), or
+    the attempt that follows `replaces` (listed beside it: either may be mined)."""
+    if replaces is not None:
+        doc.setdefault("raw_attempts", {}).setdefault(name, []).append(replaces)
+    else:
+        doc.get("raw_attempts", {}).pop(name, None)
+    doc.setdefault("raw", {})[name] = raw_hex
+    doc.setdefault("raw_nonce", {})[name] = nonce
+    doc["transactions"][name] = _hash(raw_hex)
 
 
 def fail(error: str) -> Any:

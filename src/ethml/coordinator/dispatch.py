@@ -436,7 +436,7 @@ class Dispatcher:
             # await before the job is posted, so a job is never queued after the answer to a drain.
             await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
             if claimed == 2:
-                await redis.srem(k.task_workers(fields["chain_task"], role), conn.address)
+                await redis.srem(k.task_workers(chain_task, role), conn.address)
             return
         conn.running[job] = entry_id
         conn.deadlines[job] = deadline
@@ -452,7 +452,9 @@ class Dispatcher:
         (`ok` false) is handed back as a release is: requeued (for another worker, one more delivery) or
         dead (past `max_deliveries`). It is not the job's result: a worker that fails every job it takes
         (or a benign one's passing RPC or IPFS error) ends no job; its account has had its delivery of
-        the task's training jobs, so it takes `max_deliveries` accounts to wear a training job out."""
+        the task's training jobs, so it takes `max_deliveries` accounts to wear a training job out. A
+        validator's failed vote is forgiven (it does not count toward the limit) and its seat waits out a
+        pause (SEAT_PAUSES) before it goes back to it."""
         entry_id = conn.running.get(job)
         if entry_id is None:
             kept = await self.store.result(job)
