@@ -445,12 +445,14 @@ def _jobs(ws: RecordingSocket) -> list[tuple[str, int]]:
     return [(m["job"], m["delivery"]) for m in map(json.loads, ws.sent) if m["type"] == "job"]
 
 
-async def test_a_failed_result_hands_the_job_to_another_account_until_max_deliveries(redis_store: Store) -> None:
+async def test_accounts_that_fail_or_hand_back_training_jobs_cannot_wear_them_out(redis_store: Store) -> None:
     """A staked worker that answers every job it takes with ok: false (or a benign one's passing RPC error)
-    ended the job for good: the failure was kept as its result and the job acknowledged. A failed result
-    is now handed back as a release is: one more delivery, for another account (the failing one has had its
-    delivery of the task's training jobs), no result kept; three accounts failing it wear it out (dead, with
-    max_deliveries 3), and the honest worker that takes the other job records its result."""
+    ends no job: a failed result is handed back as a release is, for another account (the failing one has had
+    its delivery of the task's training jobs), and no result is kept. Training jobs counted deliveries toward
+    --max-deliveries like seats: trainers x max_deliveries staked accounts (6 here) failing or handing back
+    each job they took sent both jobs of the task to the dead stream, and the honest trainers that connected
+    next had nothing to train. A training job has no delivery limit now (it ends with its result, or when its
+    task takes no more submissions): both jobs still wait, and the honest trainers record their results."""
     store = redis_store
     redis = store.redis
     await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}, "trainers": 2}))
@@ -458,27 +460,77 @@ async def test_a_failed_result_hands_the_job_to_another_account_until_max_delive
         await redis.xadd(STREAM, {"job": f"1:train:{n}", "kind": "train", "task": "t", "chain_task": 1})
     dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
     outcomes = []
-    for n, account in enumerate(("a1" * 20, "b2" * 20, "c3" * 20)):
+    for n, account in enumerate(f"{n:x}{n:x}" * 20 for n in range(1, 7)):
         ws = await _connect(dispatcher, account)
         await dispatcher.run_pass()
         conn = dispatcher.conns[f"0x{account}:w"]
         await _sent_out(conn)
-        assert _jobs(ws) == [("1:train:0", n + 1)], "the failed job again, to the next account, one more delivery"
-        outcomes.append(await dispatcher.finish(conn, "1:train:0", n + 1, {"ok": False, "detail": "nope"}))
-        assert await store.result("1:train:0") is None and conn.running == {}
+        [(job, delivery)] = _jobs(ws)
+        if n % 2:
+            outcomes.append(await dispatcher.release(conn, job, delivery))
+        else:
+            outcomes.append(await dispatcher.finish(conn, job, delivery, {"ok": False, "detail": "nope"}))
+        assert await store.result(job) is None and conn.running == {}
         await dispatcher.run_pass()
         await _sent_out(conn)
-        assert _jobs(ws) == [("1:train:0", n + 1)], "an account that failed a job takes none of the task's again"
-    assert outcomes == ["requeued", "requeued", "dead"]
-    dead = await redis.xrange("ethml:dead")
-    assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"4")]
-    honest = await _connect(dispatcher, "d4" * 20)
+        assert len(_jobs(ws)) == 1, "an account that failed a job takes none of the task's again"
+    assert outcomes == ["requeued", "released"] * 3
+    assert await redis.xlen(k.DEAD) == 0 and dispatcher.dead_lettered == 0
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [WAITING.encode()] * 2
+    assert sum(int(p["times_delivered"]) - 1 for p in pending) == 6, "each attacker's delivery counted"
+    for account in ("d4" * 20, "e5" * 20):
+        honest = await _connect(dispatcher, account)
+        await dispatcher.run_pass()
+        conn = dispatcher.conns[f"0x{account}:w"]
+        await _sent_out(conn)
+        [(job, delivery)] = _jobs(honest)
+        assert await dispatcher.finish(conn, job, delivery, {"ok": True}) == "recorded"
+    assert [(await store.result(f"1:train:{n}") or {}).get("ok") for n in (0, 1)] == [True, True]
+    assert await redis.xlen(STREAM) == 0
+
+
+@pytest.mark.parametrize("how", ["failed", "released", "overdue"])
+async def test_an_account_that_did_not_finish_a_training_job_goes_behind_those_that_did(
+    redis_store: Store, how: str
+) -> None:
+    """Of the free workers that may take a training job, dispatch picked the least loaded by the load each
+    worker reports itself: an account claiming an idle machine was sent every new task's job first, failed
+    it or held it to its time limit, and the honest trainer got the job only after that. An account that
+    took a training job and did not finish it (failed, handed back, or past its time limit) now has a strike
+    for an hour, and goes behind accounts with fewer, whatever load it claims."""
+    store = redis_store
+    redis = store.redis
+    for n in (1, 2):
+        await redis.set(k.task(f"t{n}"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t1", "chain_task": 1})
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    sly_ws, honest_ws = await _connect(dispatcher, "a1" * 20), await _connect(dispatcher, "b2" * 20)
+    sly, honest = dispatcher.conns[f"0x{'a1' * 20}:w"], dispatcher.conns[f"0x{'b2' * 20}:w"]
+    honest.cpu, honest.memory = 90.0, 80.0  # busy, by its own report; the sly one says it is idle
     await dispatcher.run_pass()
-    conn = dispatcher.conns[f"0x{'d4' * 20}:w"]
-    await _sent_out(conn)
-    assert _jobs(honest) == [("1:train:1", 1)]
-    assert await dispatcher.finish(conn, "1:train:1", 1, {"ok": True}) == "recorded"
-    assert (await store.result("1:train:1") or {}).get("ok") is True
+    await _sent_out(sly)
+    assert _jobs(sly_ws) == [("1:train:0", 1)] and _jobs(honest_ws) == []
+    if how == "failed":
+        assert await dispatcher.finish(sly, "1:train:0", 1, {"ok": False}) == "requeued"
+    elif how == "released":
+        assert await dispatcher.release(sly, "1:train:0", 1) == "released"
+    else:
+        sly.deadlines["1:train:0"] = time.time() - 1  # held past its time limit
+    await dispatcher.run_pass()
+    assert await redis.get(k.strikes(sly.address)) == b"1"
+    assert 3500 < await redis.ttl(k.strikes(sly.address)) <= dispatch.STRIKE_WINDOW
+    assert await redis.get(k.strikes(honest.address)) is None
+    if how != "overdue":  # (an overdue job comes back for another worker after --job-timeout)
+        await _sent_out(honest)
+        assert _jobs(honest_ws) == [("1:train:0", 2)]
+        assert await dispatcher.finish(honest, "1:train:0", 2, {"ok": True}) == "recorded"
+
+    await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "t2", "chain_task": 2})
+    await dispatcher.run_pass()
+    await _sent_out(honest)
+    assert _jobs(honest_ws)[-1] == ("2:train:0", 1), "the next task's job went to the account without strikes"
+    assert [j for j, _ in _jobs(sly_ws)] == ["1:train:0"]
 
 
 async def test_a_validator_s_failed_vote_goes_back_to_it_after_a_pause_however_often(

@@ -401,8 +401,9 @@ async def test_a_draining_worker_gets_no_new_job_and_a_released_job_goes_to_anot
 ) -> None:
     """Stopping workers, by the protocol: a release binds to the worker and delivery like a result does
     (another trainer's, another role's or a wrong delivery's release moves nothing); a released job
-    reaches another worker at once, with the job timeout at 600 s, and past max_deliveries goes to the
-    dead stream; a draining worker with free capacity is passed over by dispatch."""
+    reaches another worker at once, with the job timeout at 600 s, and past max_deliveries waits for another
+    account (a training job is never dead-lettered); a draining worker with free capacity is passed over by
+    dispatch."""
     async with coordinator_on(anvil_url, tmp_path) as c:
         await c.start_server(job_timeout=600.0, max_deliveries=2)
         dispatcher = c.runners[0].app[DISPATCHER]
@@ -432,11 +433,11 @@ async def test_a_draining_worker_gets_no_new_job_and_a_released_job_goes_to_anot
             assert late["recorded"] is False and "not delivered" in late["refused"], late
             assert await c.store().result("1:train:0") is None
 
-            # Handed back once more it has been delivered three times, more than max_deliveries: dead.
+            # Handed back once more it has been delivered three times, more than max_deliveries: still
+            # waiting, for an account that has not had it.
             assert (await second.release("1:train:0", 2))["released"] is True
-            assert await _pending(c) == []
-            dead = await redis.xrange("ethml:dead")
-            assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"3")]
+            assert await _pending(c) == [("1:train:0", WAITING, 3)]
+            assert await redis.xlen("ethml:dead") == 0
             await second.close()
 
             # The draining worker is free (nothing running, capacity 1) and the only trainer: a dispatch
@@ -446,16 +447,18 @@ async def test_a_draining_worker_gets_no_new_job_and_a_released_job_goes_to_anot
             task_2, _ = await post_wine_task(c, key, trainers=1, nonce=1)
             await wait_status(c, task_2, "open", timeout=60)
 
+            parked_jobs = [("1:train:0", WAITING, 3), ("2:train:0", WAITING, 1)]
+
             async def parked() -> bool:
                 await dispatcher.run_pass()
-                return await _pending(c, WAITING) == [("2:train:0", WAITING, 1)]
+                return await _pending(c, WAITING) == parked_jobs
 
             await wait_until(parked, timeout=60, what="the new job to wait for a worker")
             await dispatcher.run_pass()
-            assert await _pending(c) == [("2:train:0", WAITING, 1)]
+            assert await _pending(c) == parked_jobs
             third = await _connect(session, c, 4, "trainer")
             taken = await third.next("job", timeout=60)
-            assert (taken["job"], taken["delivery"]) == ("2:train:0", 1)
+            assert (taken["job"], taken["delivery"]) == ("1:train:0", 3)  # the oldest job first
             for w in (first, forger, third):
                 await w.close()
 

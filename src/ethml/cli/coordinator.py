@@ -109,7 +109,12 @@ def serve(
     job_timeout: Annotated[
         float, typer.Option(min=1.0, help="Seconds a silent worker keeps its jobs before they go to another.")
     ] = 30.0,
-    max_deliveries: Annotated[int, typer.Option(min=1, help="Deliveries of a job before it is dead-lettered.")] = 3,
+    max_deliveries: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Deliveries of a validator's seat before it is dead-lettered (a training job never is)."
+        ),
+    ] = 3,
     job_margin: Annotated[
         float,
         typer.Option(

@@ -11,14 +11,20 @@ here may take (seats of validators connected elsewhere) hold up none behind them
 whose task no longer takes submissions is dropped. While the worker heartbeats, its jobs are touched
 every pass, so they never look idle; once it stops (SIGKILL, lost network, its instance died), its
 jobs go idle and after `job_timeout` XAUTOCLAIM (its scan going on across passes) moves them back to
-`~waiting`, which counts a delivery. A job delivered more than `max_deliveries` times goes to the
-`dead` stream.
+`~waiting`, which counts a delivery. A validator's seat delivered more than `max_deliveries` times
+goes to the `dead` stream. A training job never does: an account gets one delivery of a task's training
+jobs, so its deliveries are bounded by the accounts staked as trainers, and it is dropped once its task
+takes no more submissions; a few staked accounts failing or handing back every job they take must not
+wear the job out for the honest trainers behind them. Of the free workers that may take a job, the one
+whose account has the fewest strikes (training jobs it took in the last hour and did not finish: failed,
+handed back, or let run past their time limit) gets it, then the least loaded (a load the worker reports
+itself): an account that failed a job goes behind those that did not, whatever load it claims.
 
 A result counts only from the worker the job was delivered to, for that delivery: its entry must be
 pending under the worker's consumer with the delivery number the worker was sent (checked and
 recorded in one script). The job id (task and slot) is the idempotency key: the first result is kept,
 a repeat is acknowledged and ignored. A failed result (`ok` false) is no result: the job is handed
-back, as by a release, for another worker (a validator's seat: for the same validator, after a pause,
+back, as by a release, for another account (a validator's seat: for the same validator, after a pause,
 and without counting toward `max_deliveries`).
 
 A connected worker whose job is taken back (past the job's time limit, or no longer pending under
@@ -69,6 +75,9 @@ TAKES_VOTES = (*TAKES_SUBMISSIONS, "validating")
 #: doubled after each failure up to the last (a failed vote does not count toward --max-deliveries: a passing
 #: outage of the validator's RPC must not cost it its vote; the seat is dropped once its task is settled).
 SEAT_PAUSES = (5.0, 60.0)
+
+#: Seconds an account's strikes (training jobs taken and not finished) are remembered after its last one.
+STRIKE_WINDOW = 3600
 
 #: Seconds a message to a worker may take to leave; a worker that does not read is cut off after it.
 SEND_TIMEOUT = 10.0
@@ -268,6 +277,7 @@ class Dispatcher:
         self._scan_from: dict[str, str] = {}  # by role: the last waiting job a pass looked at past the front
         self._reclaim_from: dict[str, str] = {}  # by role: where the next XAUTOCLAIM scan starts
         self._docs: dict[tuple[str | None, str], dict[str, Any] | None] = {}  # read this pass, by chain task and id
+        self._strikes: dict[str, int] = {}  # read this pass, by account (lower case)
 
     async def run_pass(self) -> None:
         self._docs = {}  # each task document read once a pass, however many of its jobs wait
@@ -286,6 +296,7 @@ class Dispatcher:
                 # the worker is told so (it stops the job, and its slot is free for the next one).
                 conn.drop(job)
                 log.warning("job_overdue", job=job, worker=conn.consumer)
+                await self._strike(conn)
                 self._revoke(conn, job, "past its time limit: it goes back to waiting for another worker")
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
@@ -299,6 +310,11 @@ class Dispatcher:
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         if not mine:
             return
+        self._strikes = {}  # a seat has one account that may take it
+        if role == "trainer":
+            accounts = sorted({c.address.lower() for c in mine})
+            counts = await redis.mget([k.strikes(a) for a in accounts])
+            self._strikes = {a: int(n or 0) for a, n in zip(accounts, counts, strict=True)}
         for w, rolling in await self._waiting(stream, role):
             free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
             if not free:
@@ -367,17 +383,30 @@ class Dispatcher:
         if conn.open:
             conn.post({"type": "revoked", "job": job, "reason": reason})
 
+    async def _strike(self, conn: WorkerConn) -> None:
+        """A training job the worker's account took and did not finish: one strike more (`k.strikes`)."""
+        if conn.role != "trainer":
+            return
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.incr(k.strikes(conn.address))
+        pipe.expire(k.strikes(conn.address), STRIKE_WINDOW)
+        await pipe.execute()
+
     async def _delivery_limit(self, job: str, role: str) -> int:
-        """The deliveries `job` may have: `max_deliveries`, and for a validator's seat as many more as its votes
-        that failed (forgiven: a passing outage of the validator's RPC does not cost it its vote)."""
+        """The deliveries `job` may have (0: no limit). A training job has none: an account gets one delivery of
+        a task's training jobs, and the job is dropped once its task takes no more submissions. A validator's
+        seat may have `max_deliveries`, and as many more as its votes that failed (forgiven: a passing outage of
+        the validator's RPC does not cost it its vote)."""
         if role != "validator":
-            return self.max_deliveries
+            return 0
         return self.max_deliveries + int(await self.store.redis.get(k.job_forgiven(job)) or 0)
 
     async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int, job: str, role: str) -> bool:
         """A job delivered more times than its limit (`_delivery_limit`) goes to the dead stream, with its count (once,
         whoever gets there first). Whether it was spent."""
-        if delivered <= self.max_deliveries or delivered <= await self._delivery_limit(job, role):
+        if role != "validator" or delivered <= self.max_deliveries:
+            return False
+        if delivered <= await self._delivery_limit(job, role):
             return False
         if await self.store.dead_letter(stream, entry_id, delivered):
             self.dead_lettered += 1
@@ -418,7 +447,7 @@ class Dispatcher:
             eligible = [c for c in free if c.address not in done]
         if not eligible:
             return
-        conn = min(eligible, key=lambda c: c.load)
+        conn = min(eligible, key=lambda c: (self._strikes.get(c.address.lower(), 0), c.load))
         deadline = time.time() + self._limit(fields, doc)
         # Taken only if still waiting as this pass saw it (another instance may have taken it since, or a
         # release or reclaim counted a delivery), and for a training job only if no worker of the account
@@ -449,10 +478,10 @@ class Dispatcher:
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,
         duplicate (acknowledged, a result was kept already), or why it does not count. A failed result
-        (`ok` false) is handed back as a release is: requeued (for another worker, one more delivery) or
-        dead (past `max_deliveries`). It is not the job's result: a worker that fails every job it takes
-        (or a benign one's passing RPC or IPFS error) ends no job; its account has had its delivery of
-        the task's training jobs, so it takes `max_deliveries` accounts to wear a training job out. A
+        (`ok` false) is handed back as a release is: requeued (one more delivery) or, for a validator's
+        seat, dead (past its limit). It is not the job's result: a worker that fails every job it takes
+        (or a benign one's passing RPC or IPFS error) ends no job. A training job goes to another account
+        (the failing one has had its delivery of the task's training jobs, and takes a strike). A
         validator's failed vote is forgiven (it does not count toward the limit) and its seat waits out a
         pause (SEAT_PAUSES) before it goes back to it."""
         entry_id = conn.running.get(job)
@@ -488,7 +517,8 @@ class Dispatcher:
 
     async def release(self, conn: WorkerConn, job: str, delivery: int) -> str:
         """A worker hands back `job`, which it says it was sent as delivery `delivery`: released (back to
-        waiting with one more delivery, or to the dead stream past `max_deliveries`), or why not."""
+        waiting with one more delivery, or, for a validator's seat, to the dead stream past its limit), or why
+        not. A training job handed back is a strike for the worker's account."""
         entry_id = conn.running.get(job)
         if entry_id is None:
             return "not delivered to this worker"
@@ -509,14 +539,15 @@ class Dispatcher:
         **details: Any,
     ) -> str:
         """Back to waiting with one more delivery (released) or to the dead stream (dead: past `limit`
-        deliveries), only if the job is pending under the worker's consumer with the delivery number given;
-        else why not."""
+        deliveries, 0 for none), only if the job is pending under the worker's consumer with the delivery number
+        given; else why not."""
         outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, limit)
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
         conn.drop(job)
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
+        await self._strike(conn)
         log.info(event, job=job, worker=conn.consumer, deliveries=abs(outcome), **details)
         if outcome < 0:
             self.dead_lettered += 1

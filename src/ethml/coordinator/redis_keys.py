@@ -81,6 +81,12 @@ def job_pause(job: str) -> str:
     return f"{P}jobpause:{job}"
 
 
+def strikes(address: str) -> str:
+    """How many training jobs an account took lately and did not finish (failed, handed back or let run past
+    their time limit); it expires an hour after the last. Dispatch gives an account with fewer the job first."""
+    return f"{P}strikes:{address.lower()}"
+
+
 def job_deadline(job: str) -> str:
     """The unix time by which the worker a job was delivered to must report it."""
     return f"{P}jobdeadline:{job}"

@@ -165,10 +165,10 @@ DEAD_LETTER = _DEAD_LETTER_FUNCTION + "return dead_letter(KEYS[1], KEYS[2], ARGV
 
 #: A worker hands back a job it will not finish (it is stopping now). KEYS[1] the job stream, KEYS[2] the
 #: dead stream; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4] the
-#: delivery number the worker was sent, ARGV[5] the waiting consumer, ARGV[6] max_deliveries. Only an
-#: entry pending under that consumer with that delivery count moves: back to waiting with one more
-#: delivery (XCLAIM without JUSTID, so a late result of the abandoned delivery is stale), or, when that
-#: is more than max_deliveries, to the dead stream in the same step (no dispatch can take it between).
+#: delivery number the worker was sent, ARGV[5] the waiting consumer, ARGV[6] the job's delivery limit (0:
+#: none). Only an entry pending under that consumer with that delivery count moves: back to waiting with one
+#: more delivery (XCLAIM without JUSTID, so a late result of the abandoned delivery is stale), or, when that
+#: is more than the limit, to the dead stream in the same step (no dispatch can take it between).
 #: Returns the new delivery count (negated when dead-lettered), or gone, reassigned or stale as
 #: FINISH_JOB does (nothing moved).
 RELEASE_JOB = (
@@ -179,7 +179,8 @@ if #p == 0 then return 'gone' end
 if p[1][2] ~= ARGV[2] then return 'reassigned' end
 if p[1][4] ~= tonumber(ARGV[4]) then return 'stale' end
 local delivered = p[1][4] + 1
-if delivered > tonumber(ARGV[6]) then
+local limit = tonumber(ARGV[6])
+if limit > 0 and delivered > limit then
   if dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[3], delivered) == 0 then
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])  -- pending, but its entry was deleted: nothing to run
     return 'gone'

@@ -4,7 +4,7 @@ Key names come from `redis_keys`, the Lua scripts from `scripts`.
 
 Jobs are delivered at least once: a job pending under the consumer `~waiting` of the group `workers`
 until a worker takes it, then under the worker's own consumer; `XAUTOCLAIM` takes back the jobs of a
-worker that stopped heartbeating; past `max_deliveries` a job goes to the `dead` stream.
+worker that stopped heartbeating; past `max_deliveries` a validator's seat goes to the `dead` stream.
 """
 
 from __future__ import annotations
@@ -322,14 +322,12 @@ class Store:
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    async def release_job(
-        self, role: str, consumer: str, entry_id: bytes, delivery: int, max_deliveries: int
-    ) -> int | str:
+    async def release_job(self, role: str, consumer: str, entry_id: bytes, delivery: int, limit: int) -> int | str:
         """Move a job pending under `consumer` with delivery count `delivery` back to waiting, counting a
-        delivery, or to the dead stream past `max_deliveries` (atomically, `scripts.RELEASE_JOB`): the
-        new delivery count (negative: dead-lettered), or gone, reassigned or stale (nothing moved)."""
+        delivery, or to the dead stream past `limit` deliveries (0: never; atomically, `scripts.RELEASE_JOB`):
+        the new delivery count (negative: dead-lettered), or gone, reassigned or stale (nothing moved)."""
         reply = await self._script(
-            self._release_job, [k.jobs(role), k.DEAD], [GROUP, consumer, entry_id, delivery, WAITING, max_deliveries]
+            self._release_job, [k.jobs(role), k.DEAD], [GROUP, consumer, entry_id, delivery, WAITING, limit]
         )
         return reply.decode() if isinstance(reply, bytes) else int(reply)
 
