@@ -533,6 +533,53 @@ async def test_an_account_that_did_not_finish_a_training_job_goes_behind_those_t
     assert [j for j, _ in _jobs(sly_ws)] == ["1:train:0"]
 
 
+async def test_a_trainer_s_word_that_it_is_done_counts_only_with_its_commitment_on_chain(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staked account took a training job and answered ok: true without committing anything: the result
+    was recorded, the job acknowledged and deleted, and the task got one submission fewer (two such accounts
+    took a task's both jobs). A trainer's result now counts only once the chain shows the account's
+    commitment to the task (waiting a little for the server's node): the liar's word is handed back as a
+    failure, with a strike, and the job goes to the next account, whose result counts once it has
+    committed. A commitment the server's node shows only a moment later still counts."""
+    monkeypatch.setattr(dispatch, "COMMIT_WAIT", (0.6, 0.1))
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}, "trainers": 1}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    on_chain: set[tuple[int, str]] = set()
+    asked: list[tuple[int, str]] = []
+
+    async def committed(task: int, account: str) -> bool:
+        asked.append((task, account))
+        return (task, account) in on_chain
+
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3, committed=committed)
+    liar_ws = await _connect(dispatcher, "a1" * 20)
+    liar = dispatcher.conns[f"0x{'a1' * 20}:w"]
+    await dispatcher.run_pass()
+    await _sent_out(liar)
+    assert _jobs(liar_ws) == [("1:train:0", 1)]
+    outcome = await dispatcher.finish(liar, "1:train:0", 1, {"ok": True, "detail": "done"})
+    assert "no commitment of 0x" + "a1" * 20 in outcome and "another account" in outcome, outcome
+    assert await store.result("1:train:0") is None and liar.running == {}
+    assert len(asked) > 1 and set(asked) == {(1, "0x" + "a1" * 20)}, "asked again while it waited"
+    assert await redis.get(k.strikes(liar.address)) == b"1"
+
+    honest_ws = await _connect(dispatcher, "b2" * 20)
+    honest = dispatcher.conns[f"0x{'b2' * 20}:w"]
+    await dispatcher.run_pass()
+    await _sent_out(honest)
+    assert _jobs(honest_ws) == [("1:train:0", 2)]
+    asked.clear()
+    mined_later = asyncio.get_running_loop().call_later(0.25, on_chain.add, (1, "0x" + "b2" * 20))
+    assert await dispatcher.finish(honest, "1:train:0", 2, {"ok": True, "detail": "done"}) == "recorded"
+    mined_later.cancel()
+    assert len(asked) > 1, "the commitment was shown only after a moment"
+    assert (await store.result("1:train:0") or {}).get("worker") == honest.consumer
+    assert await redis.get(k.strikes(honest.address)) is None
+
+
 async def test_a_validator_s_failed_vote_goes_back_to_it_after_a_pause_however_often(
     redis_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ethml.chain import dev_account
+from ethml.chain import dev_account, send
+from ethml.coordinator import dispatch
 from ethml.coordinator import redis_keys as k
-from ethml.coordinator.appkeys import DISPATCHER, STORE
+from ethml.coordinator.appkeys import CHAIN, DISPATCHER, STORE
 from ethml.coordinator.permit import sign_login
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import worker_socket
@@ -201,10 +203,20 @@ async def test_a_connected_workers_upload_token_lives_as_long_as_its_connection(
         await worker.close()
 
 
-async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(coordinator: Coordinator) -> None:
+async def _commit(c: Coordinator, account: int, task: int) -> None:
+    """Account `account` commits a submission to on-chain task `task` (what a trainer's result needs to count)."""
+    chain = c.runners[0].app[CHAIN]
+    await send(chain.w3, dev_account(account), chain.tasks.functions.commitSubmission(task, os.urandom(32)))
+
+
+async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Forged results: a staked validator claims both training jobs of a task before the task exists; a
     trainer claims another trainer's job; the right trainer sends a result for a delivery it was not
-    given. None counts, both jobs still reach trainers, and the real result does count."""
+    given; a trainer says it is done without committing on chain. None counts, both jobs still reach
+    trainers, and the real result (after its commitment) does count."""
+    monkeypatch.setattr(dispatch, "COMMIT_WAIT", (2.0, 0.5))
     c = coordinator
     store = c.store()
     async with aiohttp.ClientSession() as session:
@@ -232,6 +244,10 @@ async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(coo
             ack = await who.result(job, delivery)
             assert ack["recorded"] is False and ack["refused"], (job, delivery, ack)
             assert await store.result(job) is None
+        ack = await second.result(job_b["job"], job_b["delivery"])  # its word only: nothing committed
+        assert ack["recorded"] is False and "no commitment of " + dev_account(6).address in ack["refused"], ack
+        assert await store.result(job_b["job"]) is None
+        await _commit(c, 5, job_a["chain_task"])
         ack = await first.result(job_a["job"], job_a["delivery"])
         assert ack == {"type": "ack", "job": job_a["job"], "recorded": True}
         recorded = await store.result(job_a["job"])
@@ -265,6 +281,7 @@ async def test_a_job_lost_with_the_connection_is_sent_again_when_the_worker_reco
         assert again.welcome["running"] == ["1:train:0"]
         job = await again.next("job")
         assert (job["job"], job["delivery"]) == ("1:train:0", 1)
+        await _commit(c, 5, job["chain_task"])
         ack = await again.result("1:train:0", 1)
         assert ack == {"type": "ack", "job": "1:train:0", "recorded": True}
         await again.close()

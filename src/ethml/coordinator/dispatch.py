@@ -22,7 +22,10 @@ itself): an account that failed a job goes behind those that did not, whatever l
 
 A result counts only from the worker the job was delivered to, for that delivery: its entry must be
 pending under the worker's consumer with the delivery number the worker was sent (checked and
-recorded in one script). The job id (task and slot) is the idempotency key: the first result is kept,
+recorded in one script). A trainer's result counts only once the chain shows its account's commitment
+to the task (`submissionOf`): a staked account that takes a training job and says it is done without
+committing would otherwise end the job, and the task would get one submission fewer; its word is
+handed back as a failure is. The job id (task and slot) is the idempotency key: the first result is kept,
 a repeat is acknowledged and ignored. A failed result (`ok` false) is no result: the job is handed
 back, as by a release, for another account (a validator's seat: for the same validator, after a pause,
 and without counting toward `max_deliveries`).
@@ -43,7 +46,7 @@ import json
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +78,10 @@ TAKES_VOTES = (*TAKES_SUBMISSIONS, "validating")
 #: doubled after each failure up to the last (a failed vote does not count toward --max-deliveries: a passing
 #: outage of the validator's RPC must not cost it its vote; the seat is dropped once its task is settled).
 SEAT_PAUSES = (5.0, 60.0)
+
+#: Seconds a trainer's result waits for the server's node to show the account's commitment (the worker's node
+#: may be a block ahead), and how often it asks meanwhile.
+COMMIT_WAIT = (10.0, 1.0)
 
 #: Seconds an account's strikes (training jobs taken and not finished) are remembered after its last one.
 STRIKE_WINDOW = 3600
@@ -264,9 +271,19 @@ class WorkerConn:
 
 class Dispatcher:
     def __init__(
-        self, store: Store, instance: str, *, job_timeout: float, max_deliveries: int, job_margin: float = 600.0
+        self,
+        store: Store,
+        instance: str,
+        *,
+        job_timeout: float,
+        max_deliveries: int,
+        job_margin: float = 600.0,
+        committed: Callable[[int, str], Awaitable[bool]] | None = None,
     ) -> None:
+        """`committed(chain task, account)`: whether the chain shows the account's commitment to the task (a
+        trainer's result counts only then); None takes a trainer's word for it."""
         self.store = store
+        self.committed = committed
         self.instance = instance
         self.job_timeout = job_timeout
         self.max_deliveries = max_deliveries
@@ -490,6 +507,10 @@ class Dispatcher:
             if kept is not None and kept.get("worker") == conn.consumer:
                 return "duplicate"  # a repeat of a result already recorded (its acknowledgement was lost)
             return "not delivered to this worker"
+        unproven = result.get("ok") and not await self._commitment_shown(conn, job)
+        if unproven:
+            detail = f"no commitment of {conn.address} to task {job.split(':')[0]} on chain"
+            result = {**result, "ok": False, "detail": detail}
         if not result.get("ok"):
             seat = conn.role == "validator"
             limit = await self._delivery_limit(job, conn.role) + (1 if seat else 0)  # a failed vote is forgiven
@@ -504,6 +525,10 @@ class Dispatcher:
                 pipe.expire(k.job_forgiven(job), 86400)
                 pipe.set(k.job_pause(job), "1", px=int(pause * 1000))
                 await pipe.execute()
+            if unproven and outcome in ("released", "dead"):
+                return (
+                    f"{result['detail']}: a result counts once the commitment is mined; the job goes to another account"
+                )
             return {"released": "requeued"}.get(outcome, outcome)
         outcome = await self.store.finish_job(
             conn.role, job, conn.consumer, entry_id, delivery, {**result, "worker": conn.consumer, "at": time.time()}
@@ -514,6 +539,22 @@ class Dispatcher:
         if outcome in ("gone", "reassigned"):
             return "not delivered to this worker any more (it timed out and went to another)"
         return outcome
+
+    async def _commitment_shown(self, conn: WorkerConn, job: str) -> bool:
+        """Whether the chain shows the commitment of `conn`'s account to the training job's task, waiting up to
+        COMMIT_WAIT for the server's node to catch up with the worker's (always true for a validator's seat: it is
+        its validator's alone, who could as well not vote)."""
+        if conn.role != "trainer" or self.committed is None:
+            return True
+        chain_task = int(job.split(":")[0])
+        wait, every = COMMIT_WAIT
+        until = time.monotonic() + wait
+        while not await self.committed(chain_task, conn.address):
+            if time.monotonic() >= until:
+                log.warning("result_unproven", job=job, worker=conn.consumer)
+                return False
+            await asyncio.sleep(every)
+        return True
 
     async def release(self, conn: WorkerConn, job: str, delivery: int) -> str:
         """A worker hands back `job`, which it says it was sent as delivery `delivery`: released (back to

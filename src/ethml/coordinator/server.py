@@ -145,6 +145,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         job_timeout=cfg.job_timeout,
         max_deliveries=cfg.max_deliveries,
         job_margin=cfg.job_margin,
+        committed=lambda task, account: _committed(chain, task, account),
     )
     app[DISPATCHER] = dispatcher
     yield
@@ -152,6 +153,11 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.ws.close(code=1001, message=b"server shutting down"), 2)
     app[UPLOADS].writers.shutdown(wait=False)  # the handlers are done: idle writer threads end
+
+
+async def _committed(chain: Chain, chain_task: int, account: str) -> bool:
+    """Whether the chain shows `account`'s commitment to on-chain task `chain_task`."""
+    return int(await chain.tasks.functions.submissionOf(chain_task, account).call()) != 0
 
 
 async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
