@@ -247,6 +247,9 @@ async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(
         ack = await second.result(job_b["job"], job_b["delivery"])  # its word only: nothing committed
         assert ack["recorded"] is False and "no commitment of " + dev_account(6).address in ack["refused"], ack
         assert await store.result(job_b["job"]) is None
+        status, listed, _ = await c.api("GET", "/api/workers", key=c.admin_key)
+        strikes = {w["address"]: w.get("strikes") for w in listed["workers"]}
+        assert status == 200 and strikes[dev_account(6).address] == 1 and strikes[dev_account(5).address] == 0
         await _commit(c, 5, job_a["chain_task"])
         ack = await first.result(job_a["job"], job_a["delivery"])
         assert ack == {"type": "ack", "job": job_a["job"], "recorded": True}

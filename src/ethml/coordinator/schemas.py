@@ -389,6 +389,11 @@ class WorkerView(BaseModel):
     load: float
     cluster: ClusterSize | None = None
     draining: bool = Field(default=False, description="stopping: finishes its jobs, takes no new one")
+    strikes: int = Field(
+        default=0,
+        description="a trainer account's training jobs taken this past hour and not finished (failed, handed back "
+        "or past their time limit): accounts with fewer are given jobs first",
+    )
     connected_at: float
     last_seen: float
 
