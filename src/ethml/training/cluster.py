@@ -122,7 +122,17 @@ class LocalDaskCluster:
 
         # Dask's statistical profiler samples every worker thread a hundred times a second, for its
         # dashboard, which a local cluster of ethml's does not serve: about a tenth of a forest's CPU.
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
+        # The Active Memory Manager's ReduceReplicas policy drops, every 2 s, each extra copy of a key
+        # that no task running on that worker needs at that instant: a broadcast training matrix and
+        # target lose their copy on a worker between the broadcast and its first tree (or between two
+        # of its trees), and the next tree there fetches them again from the other. A fit's data is
+        # released with its client anyway, so the copies are kept for as long as the fit lasts.
+        with dask.config.set(
+            {
+                "distributed.worker.profile.enabled": False,
+                "distributed.scheduler.active-memory-manager.start": False,
+            }
+        ):
             self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
                 n_workers=self.workers,
                 threads_per_worker=1,
@@ -258,7 +268,10 @@ class _Broadcasting:
     """The Client as joblib's dask backend sees it, except that what the backend scatters (it scatters
     each argument over 1 kB once per fit: the training matrix, the target) goes to every worker at
     once. Scattered to one worker only, the data pulls every tree task to that worker and the others
-    idle until work stealing notices; broadcast, the trees spread from the first one."""
+    idle until work stealing notices; broadcast, the trees spread from the first one. The copies last
+    only while the scheduler's Active Memory Manager leaves them: `LocalDaskCluster` turns it off; on a
+    scheduler of your own (`distributed.scheduler.active-memory-manager.start: false` to turn it off)
+    it may drop a worker's copy when none of its tasks is running there, and that worker fetches it again."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
