@@ -490,59 +490,17 @@ async def test_accounts_that_fail_or_hand_back_training_jobs_cannot_wear_them_ou
     assert await redis.xlen(STREAM) == 0
 
 
-@pytest.mark.parametrize("how", ["failed", "released", "overdue"])
-async def test_an_account_that_did_not_finish_a_training_job_goes_behind_those_that_did(
-    redis_store: Store, how: str
-) -> None:
-    """Of the free workers that may take a training job, dispatch picked the least loaded by the load each
-    worker reports itself: an account claiming an idle machine was sent every new task's job first, failed
-    it or held it to its time limit, and the honest trainer got the job only after that. An account that
-    took a training job and did not finish it (failed, handed back, or past its time limit) now has a strike
-    for an hour, and goes behind accounts with fewer, whatever load it claims."""
-    store = redis_store
-    redis = store.redis
-    for n in (1, 2):
-        await redis.set(k.task(f"t{n}"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
-    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t1", "chain_task": 1})
-    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
-    sly_ws, honest_ws = await _connect(dispatcher, "a1" * 20), await _connect(dispatcher, "b2" * 20)
-    sly, honest = dispatcher.conns[f"0x{'a1' * 20}:w"], dispatcher.conns[f"0x{'b2' * 20}:w"]
-    honest.cpu, honest.memory = 90.0, 80.0  # busy, by its own report; the sly one says it is idle
-    await dispatcher.run_pass()
-    await _sent_out(sly)
-    assert _jobs(sly_ws) == [("1:train:0", 1)] and _jobs(honest_ws) == []
-    if how == "failed":
-        assert await dispatcher.finish(sly, "1:train:0", 1, {"ok": False}) == "requeued"
-    elif how == "released":
-        assert await dispatcher.release(sly, "1:train:0", 1) == "released"
-    else:
-        sly.deadlines["1:train:0"] = time.time() - 1  # held past its time limit
-    await dispatcher.run_pass()
-    assert await redis.get(k.strikes(sly.address)) == b"1"
-    assert 3500 < await redis.ttl(k.strikes(sly.address)) <= dispatch.STRIKE_WINDOW
-    assert await redis.get(k.strikes(honest.address)) is None
-    if how != "overdue":  # (an overdue job comes back for another worker after --job-timeout)
-        await _sent_out(honest)
-        assert _jobs(honest_ws) == [("1:train:0", 2)]
-        assert await dispatcher.finish(honest, "1:train:0", 2, {"ok": True}) == "recorded"
-
-    await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "t2", "chain_task": 2})
-    await dispatcher.run_pass()
-    await _sent_out(honest)
-    assert _jobs(honest_ws)[-1] == ("2:train:0", 1), "the next task's job went to the account without strikes"
-    assert [j for j, _ in _jobs(sly_ws)] == ["1:train:0"]
-
-
 async def test_a_trainer_s_word_that_it_is_done_counts_only_with_its_commitment_on_chain(
     redis_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A staked account took a training job and answered ok: true without committing anything: the result
     was recorded, the job acknowledged and deleted, and the task got one submission fewer (two such accounts
     took a task's both jobs). A trainer's result now counts only once the chain shows the account's
-    commitment to the task (waiting a little for the server's node): the liar's word is handed back as a
-    failure, with a strike, and the job goes to the next account, whose result counts once it has
-    committed. A commitment the server's node shows only a moment later still counts."""
-    monkeypatch.setattr(dispatch, "COMMIT_WAIT", (0.6, 0.1))
+    commitment to the task: until then it is answered `unproven` (the server's node may be a block behind
+    the worker's) and the job stays the worker's, up to its time limit, then goes to the next account. The
+    chain is asked only for a job pending under the worker with the delivery it names, and at most once per
+    PROOF_EVERY per job, however often the result is sent."""
+    monkeypatch.setattr(dispatch, "PROOF_EVERY", 0.3)
     store = redis_store
     redis = store.redis
     await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}, "trainers": 1}))
@@ -554,30 +512,137 @@ async def test_a_trainer_s_word_that_it_is_done_counts_only_with_its_commitment_
         asked.append((task, account))
         return (task, account) in on_chain
 
-    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3, committed=committed)
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=0.5, max_deliveries=3, committed=committed)
     liar_ws = await _connect(dispatcher, "a1" * 20)
     liar = dispatcher.conns[f"0x{'a1' * 20}:w"]
     await dispatcher.run_pass()
     await _sent_out(liar)
     assert _jobs(liar_ws) == [("1:train:0", 1)]
-    outcome = await dispatcher.finish(liar, "1:train:0", 1, {"ok": True, "detail": "done"})
-    assert "no commitment of 0x" + "a1" * 20 in outcome and "another account" in outcome, outcome
-    assert await store.result("1:train:0") is None and liar.running == {}
-    assert len(asked) > 1 and set(asked) == {(1, "0x" + "a1" * 20)}, "asked again while it waited"
-    assert await redis.get(k.strikes(liar.address)) == b"1"
+    said = {"ok": True, "detail": "done"}
+    assert await dispatcher.finish(liar, "1:train:0", 1, said) == dispatch.UNPROVEN
+    assert await dispatcher.finish(liar, "1:train:0", 1, said) == dispatch.UNPROVEN  # at once again: not asked
+    assert "not the delivery" in await dispatcher.finish(liar, "1:train:0", 7, said)  # a wrong one: not asked
+    assert asked == [(1, "0x" + "a1" * 20)]
+    assert await store.result("1:train:0") is None and "1:train:0" in liar.running
+    assert await redis.get(k.trained(liar.address)) is None
 
+    liar.deadlines["1:train:0"] = time.time() - 1  # its time limit is over: taken back, for the next account
     honest_ws = await _connect(dispatcher, "b2" * 20)
     honest = dispatcher.conns[f"0x{'b2' * 20}:w"]
+
+    async def delivered_again() -> bool:
+        await dispatcher.run_pass()
+        await _sent_out(honest)
+        return _jobs(honest_ws) == [("1:train:0", 2)]
+
+    await wait_until(delivered_again, timeout=60, what="the job to go to the next account")
+    assert liar.running == {}
+    assert await dispatcher.finish(liar, "1:train:0", 1, said) == "not delivered to this worker"
+    asked.clear()
+    assert await dispatcher.finish(honest, "1:train:0", 2, said) == dispatch.UNPROVEN  # its node is behind
+    on_chain.add((1, "0x" + "b2" * 20))
+    assert await dispatcher.finish(honest, "1:train:0", 2, said) == dispatch.UNPROVEN  # sent again too soon
+
+    async def counted() -> bool:
+        return await dispatcher.finish(honest, "1:train:0", 2, said) == "recorded"
+
+    await wait_until(counted, timeout=60, what="the result to count once the commitment shows")
+    assert asked == [(1, "0x" + "b2" * 20)] * 2
+    assert (await store.result("1:train:0") or {}).get("worker") == honest.consumer
+    assert await redis.get(k.trained(honest.address)) == b"1"
+
+
+async def test_a_job_taken_back_while_the_chain_is_asked_for_its_commitment_is_not_recorded(
+    redis_store: Store,
+) -> None:
+    """The result of a job near its time limit arrives; while the server asks the chain for the commitment, a
+    dispatch pass takes the job back (and tells the worker). The chain's late yes no longer counts the
+    result: the job is the next account's."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    passing = asyncio.Event()
+    dispatcher: Dispatcher
+
+    async def committed(task: int, account: str) -> bool:
+        conn.deadlines["1:train:0"] = time.time() - 1
+        await dispatcher.run_pass()  # meanwhile: the job is overdue, and taken back
+        passing.set()
+        return True
+
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3, committed=committed)
+    ws = await _connect(dispatcher, "a1" * 20)
+    conn = dispatcher.conns[f"0x{'a1' * 20}:w"]
+    await dispatcher.run_pass()
+    await _sent_out(conn)
+    outcome = await dispatcher.finish(conn, "1:train:0", 1, {"ok": True})
+    assert passing.is_set() and "not delivered to this worker any more" in outcome, outcome
+    assert await store.result("1:train:0") is None and conn.running == {}
+    await _sent_out(conn)
+    assert [json.loads(m)["type"] for m in ws.sent] == ["job", "revoked"]
+
+
+async def test_accounts_with_a_training_record_go_first_whatever_load_fresh_ones_claim(redis_store: Store) -> None:
+    """Of the free workers that may take a training job, dispatch picked the least loaded by the load each
+    worker reports itself: a fresh account claiming an idle machine was sent every new task's job first, and
+    could fail it, or hold it to its time limit, before an honest trainer got it. Accounts with training
+    results recorded this past day (each backed by a commitment on chain) now go first; a task that fails
+    every trainer lowers no account's record."""
+    store = redis_store
+    redis = store.redis
+    for n in (1, 2, 3):
+        await redis.set(k.task(f"t{n}"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    honest_ws = await _connect(dispatcher, "b2" * 20)
+    honest = dispatcher.conns[f"0x{'b2' * 20}:w"]
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t1", "chain_task": 1})
     await dispatcher.run_pass()
     await _sent_out(honest)
-    assert _jobs(honest_ws) == [("1:train:0", 2)]
-    asked.clear()
-    mined_later = asyncio.get_running_loop().call_later(0.25, on_chain.add, (1, "0x" + "b2" * 20))
-    assert await dispatcher.finish(honest, "1:train:0", 2, {"ok": True, "detail": "done"}) == "recorded"
-    mined_later.cancel()
-    assert len(asked) > 1, "the commitment was shown only after a moment"
-    assert (await store.result("1:train:0") or {}).get("worker") == honest.consumer
-    assert await redis.get(k.strikes(honest.address)) is None
+    assert await dispatcher.finish(honest, "1:train:0", 1, {"ok": True}) == "recorded"
+    assert await redis.get(k.trained(honest.address)) == b"1"
+    assert 86000 < await redis.ttl(k.trained(honest.address)) <= dispatch.TRAINED_WINDOW
+    honest.cpu, honest.memory = 90.0, 80.0  # busy, by its own report; the fresh account says it is idle
+    sly_ws = await _connect(dispatcher, "a1" * 20)
+    sly = dispatcher.conns[f"0x{'a1' * 20}:w"]
+
+    await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "t2", "chain_task": 2})
+    await dispatcher.run_pass()
+    await _sent_out(honest)
+    assert _jobs(honest_ws)[-1] == ("2:train:0", 1), "the next task's job went to the account with a record"
+    # Task 2 fails every trainer (a poisoned task): the honest account's record is what it was.
+    assert await dispatcher.finish(honest, "2:train:0", 1, {"ok": False, "detail": "cannot"}) == "requeued"
+    await dispatcher.run_pass()
+    await _sent_out(sly)
+    assert _jobs(sly_ws) == [("2:train:0", 2)]  # the job goes on, to the account that has not had it
+    assert await dispatcher.finish(sly, "2:train:0", 2, {"ok": False}) == "requeued"
+    assert await redis.get(k.trained(honest.address)) == b"1" and await redis.get(k.trained(sly.address)) is None
+
+    await redis.xadd(STREAM, {"job": "3:train:0", "kind": "train", "task": "t3", "chain_task": 3})
+    await dispatcher.run_pass()
+    await _sent_out(honest)
+    assert _jobs(honest_ws)[-1] == ("3:train:0", 1)
+    assert [j for j, _ in _jobs(sly_ws)] == ["2:train:0"]
+
+
+async def test_a_training_job_is_dropped_once_its_task_s_submit_deadline_is_past(redis_store: Store) -> None:
+    """A task's document stays open (or training) past its submit deadline, until its test set is revealed or
+    it settles, while the chain takes no commitment any more. A training job still waiting then (no limit on
+    its deliveries) went to every account that had not had it, each failing at once: it is dropped now."""
+    store = redis_store
+    redis = store.redis
+    now = int(time.time())
+    doc = {"status": "training", "spec": {"max_train_seconds": 60}, "submit_deadline": now - 60}
+    await redis.set(k.task("late"), json.dumps({**doc, "reveal_deadline": now + 3600}))
+    await redis.set(k.task("due"), json.dumps({**doc, "submit_deadline": now + 3600}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "late", "chain_task": 1})
+    await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "due", "chain_task": 2})
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
+    ws = await _connect(dispatcher, "a1" * 20)
+    await dispatcher.run_pass()
+    await _sent_out(dispatcher.conns[f"0x{'a1' * 20}:w"])
+    assert _jobs(ws) == [("2:train:0", 1)]
+    assert [row[1][b"job"] for row in await redis.xrange(STREAM)] == [b"2:train:0"]
 
 
 async def test_a_validator_s_failed_vote_goes_back_to_it_after_a_pause_however_often(

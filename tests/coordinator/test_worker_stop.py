@@ -14,6 +14,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from ethml.chain import dev_account
+from ethml.coordinator import worker as worker_module
 from ethml.coordinator.worker import Worker, WorkerConfig
 from tests.node.conftest import wait_until
 
@@ -39,6 +40,7 @@ class Script:
         self.go = asyncio.Event()
         self.connected = asyncio.Event()
         self.connections = 0
+        self.unproven = 0  # results answered `retry` (no commitment on chain yet) before one is recorded
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -89,6 +91,11 @@ class Script:
                 await ws.send_json({"type": "draining", "running": []})
             elif data["type"] == "release":
                 await ws.send_json({"type": "released", "job": data["job"], "released": True})
+            elif data["type"] == "result" and self.unproven > 0:
+                self.unproven -= 1
+                await ws.send_json(
+                    {"type": "ack", "job": data["job"], "recorded": False, "retry": True, "refused": "no"}
+                )
             elif data["type"] == "result":
                 await ws.send_json({"type": "ack", "job": data["job"], "recorded": True})
         if later is not None:
@@ -313,3 +320,24 @@ async def test_a_job_delivered_again_right_after_its_revoke_runs_again(serve: An
     sent = await _report_and_drain(worker, run, script)
     assert sent == [("result", "1:train:0", 2), ("drain", None, None)]
     assert worker.cancelled == ["1:train:0"]
+
+
+async def test_a_result_answered_retry_is_sent_again_until_it_counts_and_a_drain_waits_for_it(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer's result the server cannot count yet (its node does not show the commitment: a block behind
+    the worker's) is answered `retry`: the worker keeps it and sends it again after RESULT_RETRY, until it
+    is acknowledged; a drain ends only then."""
+    monkeypatch.setattr(worker_module, "RESULT_RETRY", 0.2)
+    script = Script("ok", [_job("1:train:0", 1)], on_drain=[])
+    script.unproven = 2
+    worker = HeldWorker(await serve(script), tmp_path)
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "job_started")
+    assert worker.drain() == ["1:train:0"]
+    worker.release_jobs.set()
+    acked = await _event(worker, "acked")
+    assert acked["recorded"] is True and worker.unacked == {}
+    await asyncio.wait_for(run, 30)
+    sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
+    assert sent == [("drain", None, None)] + [("result", "1:train:0", 1)] * 3

@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 
 from ethml.chain import dev_account, send
-from ethml.coordinator import dispatch
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.appkeys import CHAIN, DISPATCHER, STORE
 from ethml.coordinator.permit import sign_login
@@ -209,14 +208,12 @@ async def _commit(c: Coordinator, account: int, task: int) -> None:
     await send(chain.w3, dev_account(account), chain.tasks.functions.commitSubmission(task, os.urandom(32)))
 
 
-async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(
-    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(coordinator: Coordinator) -> None:
     """Forged results: a staked validator claims both training jobs of a task before the task exists; a
     trainer claims another trainer's job; the right trainer sends a result for a delivery it was not
-    given; a trainer says it is done without committing on chain. None counts, both jobs still reach
-    trainers, and the real result (after its commitment) does count."""
-    monkeypatch.setattr(dispatch, "COMMIT_WAIT", (2.0, 0.5))
+    given; a trainer says it is done without committing on chain (answered `retry`: the job stays its own).
+    None counts, both jobs still reach trainers, and the real result (after its commitment) does count, and
+    adds to the account's record."""
     c = coordinator
     store = c.store()
     async with aiohttp.ClientSession() as session:
@@ -245,11 +242,12 @@ async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(
             assert ack["recorded"] is False and ack["refused"], (job, delivery, ack)
             assert await store.result(job) is None
         ack = await second.result(job_b["job"], job_b["delivery"])  # its word only: nothing committed
-        assert ack["recorded"] is False and "no commitment of " + dev_account(6).address in ack["refused"], ack
+        assert ack["recorded"] is False and ack["retry"] is True, ack
+        assert "no commitment of " + dev_account(6).address in ack["refused"], ack
         assert await store.result(job_b["job"]) is None
-        status, listed, _ = await c.api("GET", "/api/workers", key=c.admin_key)
-        strikes = {w["address"]: w.get("strikes") for w in listed["workers"]}
-        assert status == 200 and strikes[dev_account(6).address] == 1 and strikes[dev_account(5).address] == 0
+        assert await _pending(c, f"{dev_account(6).address}:{second.welcome['worker_id']}") == [
+            (job_b["job"], f"{dev_account(6).address}:{second.welcome['worker_id']}", 1)
+        ]
         await _commit(c, 5, job_a["chain_task"])
         ack = await first.result(job_a["job"], job_a["delivery"])
         assert ack == {"type": "ack", "job": job_a["job"], "recorded": True}
@@ -257,6 +255,9 @@ async def test_a_result_counts_only_from_the_worker_the_job_was_delivered_to(
         assert recorded is not None and recorded["worker"].startswith(dev_account(5).address)
         ack = await first.result(job_a["job"], job_a["delivery"])  # a repeat: acknowledged, not recorded
         assert ack["recorded"] is False
+        status, listed, _ = await c.api("GET", "/api/workers", key=c.admin_key)
+        trained = {w["address"]: w.get("trained") for w in listed["workers"]}
+        assert status == 200 and trained[dev_account(5).address] == 1 and trained[dev_account(6).address] == 0
         for w in (forger, first, second):
             await w.close()
 

@@ -14,21 +14,25 @@ jobs go idle and after `job_timeout` XAUTOCLAIM (its scan going on across passes
 `~waiting`, which counts a delivery. A validator's seat delivered more than `max_deliveries` times
 goes to the `dead` stream. A training job never does: an account gets one delivery of a task's training
 jobs, so its deliveries are bounded by the accounts staked as trainers, and it is dropped once its task
-takes no more submissions; a few staked accounts failing or handing back every job they take must not
-wear the job out for the honest trainers behind them. Of the free workers that may take a job, the one
-whose account has the fewest strikes (training jobs it took in the last hour and did not finish: failed,
-handed back, or let run past their time limit) gets it, then the least loaded (a load the worker reports
-itself): an account that failed a job goes behind those that did not, whatever load it claims.
+takes no more submissions (its status, or its submit deadline past); a few staked accounts failing or
+handing back every job they take must not wear the job out for the honest trainers behind them. Of the
+free workers that may take a training job, those whose account has a track record go first: training
+results recorded this past day (each backed by a commitment on chain, with its bond), counted up to
+PROVEN; then the least loaded (a load the worker reports itself). An account with no record (a fresh
+sybil, whatever load it claims) gets a job only when no account with one is free to take it; nothing an
+account does to a job, nor a task that fails every trainer, lowers another account's record.
 
 A result counts only from the worker the job was delivered to, for that delivery: its entry must be
 pending under the worker's consumer with the delivery number the worker was sent (checked and
 recorded in one script). A trainer's result counts only once the chain shows its account's commitment
 to the task (`submissionOf`): a staked account that takes a training job and says it is done without
-committing would otherwise end the job, and the task would get one submission fewer; its word is
-handed back as a failure is. The job id (task and slot) is the idempotency key: the first result is kept,
-a repeat is acknowledged and ignored. A failed result (`ok` false) is no result: the job is handed
-back, as by a release, for another account (a validator's seat: for the same validator, after a pause,
-and without counting toward `max_deliveries`).
+committing would otherwise end the job, and the task would get one submission fewer. Until then the
+result is answered `retry` (the server's node may be a block behind the worker's) and the job stays the
+worker's, up to its time limit; the chain is asked at most once per PROOF_EVERY per job, and only for
+a job pending under the worker with the delivery it names. The job id (task and slot) is the
+idempotency key: the first result is kept, a repeat is acknowledged and ignored. A failed result
+(`ok` false) is no result: the job is handed back, as by a release, for another account (a validator's
+seat: for the same validator, after a pause, and without counting toward `max_deliveries`).
 
 A connected worker whose job is taken back (past the job's time limit, or no longer pending under
 it) is told so (`revoked`) and stops the job.
@@ -79,12 +83,17 @@ TAKES_VOTES = (*TAKES_SUBMISSIONS, "validating")
 #: outage of the validator's RPC must not cost it its vote; the seat is dropped once its task is settled).
 SEAT_PAUSES = (5.0, 60.0)
 
-#: Seconds a trainer's result waits for the server's node to show the account's commitment (the worker's node
-#: may be a block ahead), and how often it asks meanwhile.
-COMMIT_WAIT = (10.0, 1.0)
+#: The least time between two chain calls for one job's commitment (a result sent again sooner is answered
+#: `retry` without one).
+PROOF_EVERY = 2.0
 
-#: Seconds an account's strikes (training jobs taken and not finished) are remembered after its last one.
-STRIKE_WINDOW = 3600
+#: Seconds an account's record (its training results recorded) is kept after its last one, and the count at
+#: which accounts rank alike (then the least loaded goes first, so work is spread among them).
+TRAINED_WINDOW = 86400
+PROVEN = 3
+
+#: What `Dispatcher.finish` answers for a trainer's result whose commitment the chain does not show yet.
+UNPROVEN = "unproven"
 
 #: Seconds a message to a worker may take to leave; a worker that does not read is cut off after it.
 SEND_TIMEOUT = 10.0
@@ -112,6 +121,7 @@ class WorkerConn:
     transport: asyncio.Transport | None = None  # the connection's socket, to cut off a worker that stalls
     session: str = field(default_factory=lambda: secrets.token_hex(8))  # this connection, in its stored record
     upload_token: str | None = None  # given at login; kept alive while the connection reports its load
+    proof_asked: dict[str, float] = field(default_factory=dict)  # job id -> when the chain was last asked
     token_renewed: float = field(default_factory=time.monotonic)
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
@@ -240,6 +250,7 @@ class WorkerConn:
         dropped it already while the caller awaited)."""
         self.running.pop(job, None)
         self.deadlines.pop(job, None)
+        self.proof_asked.pop(job, None)
 
     @property
     def consumer(self) -> str:
@@ -294,7 +305,7 @@ class Dispatcher:
         self._scan_from: dict[str, str] = {}  # by role: the last waiting job a pass looked at past the front
         self._reclaim_from: dict[str, str] = {}  # by role: where the next XAUTOCLAIM scan starts
         self._docs: dict[tuple[str | None, str], dict[str, Any] | None] = {}  # read this pass, by chain task and id
-        self._strikes: dict[str, int] = {}  # read this pass, by account (lower case)
+        self._trained: dict[str, int] = {}  # read this pass, by account (lower case)
 
     async def run_pass(self) -> None:
         self._docs = {}  # each task document read once a pass, however many of its jobs wait
@@ -313,7 +324,6 @@ class Dispatcher:
                 # the worker is told so (it stops the job, and its slot is free for the next one).
                 conn.drop(job)
                 log.warning("job_overdue", job=job, worker=conn.consumer)
-                await self._strike(conn)
                 self._revoke(conn, job, "past its time limit: it goes back to waiting for another worker")
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
@@ -327,11 +337,11 @@ class Dispatcher:
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         if not mine:
             return
-        self._strikes = {}  # a seat has one account that may take it
+        self._trained = {}  # a seat has one account that may take it
         if role == "trainer":
             accounts = sorted({c.address.lower() for c in mine})
-            counts = await redis.mget([k.strikes(a) for a in accounts])
-            self._strikes = {a: int(n or 0) for a, n in zip(accounts, counts, strict=True)}
+            counts = await redis.mget([k.trained(a) for a in accounts])
+            self._trained = {a: int(n or 0) for a, n in zip(accounts, counts, strict=True)}
         for w, rolling in await self._waiting(stream, role):
             free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
             if not free:
@@ -400,15 +410,6 @@ class Dispatcher:
         if conn.open:
             conn.post({"type": "revoked", "job": job, "reason": reason})
 
-    async def _strike(self, conn: WorkerConn) -> None:
-        """A training job the worker's account took and did not finish: one strike more (`k.strikes`)."""
-        if conn.role != "trainer":
-            return
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.incr(k.strikes(conn.address))
-        pipe.expire(k.strikes(conn.address), STRIKE_WINDOW)
-        await pipe.execute()
-
     async def _delivery_limit(self, job: str, role: str) -> int:
         """The deliveries `job` may have (0: no limit). A training job has none: an account gets one delivery of
         a task's training jobs, and the job is dropped once its task takes no more submissions. A validator's
@@ -446,6 +447,8 @@ class Dispatcher:
         addressed = fields.get("address")
         status = (doc or {}).get("status")
         # (pending_chain: a posted task that just took the link over, and is opened by its relay)
+        if not addressed and time.time() > float((doc or {}).get("submit_deadline") or "inf"):
+            status = "past its submit deadline"  # the chain takes no commitment any more
         if status is not None and status not in (TAKES_VOTES if addressed else TAKES_SUBMISSIONS):
             # Settled, or past the submissions: the seat's vote is moot, the training job not needed. Jobs
             # nobody here may take would otherwise pile up in the queue for good.
@@ -464,7 +467,7 @@ class Dispatcher:
             eligible = [c for c in free if c.address not in done]
         if not eligible:
             return
-        conn = min(eligible, key=lambda c: (self._strikes.get(c.address.lower(), 0), c.load))
+        conn = min(eligible, key=lambda c: (-min(self._trained.get(c.address.lower(), 0), PROVEN), c.load))
         deadline = time.time() + self._limit(fields, doc)
         # Taken only if still waiting as this pass saw it (another instance may have taken it since, or a
         # release or reclaim counted a delivery), and for a training job only if no worker of the account
@@ -494,23 +497,28 @@ class Dispatcher:
 
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,
-        duplicate (acknowledged, a result was kept already), or why it does not count. A failed result
-        (`ok` false) is handed back as a release is: requeued (one more delivery) or, for a validator's
-        seat, dead (past its limit). It is not the job's result: a worker that fails every job it takes
-        (or a benign one's passing RPC or IPFS error) ends no job. A training job goes to another account
-        (the failing one has had its delivery of the task's training jobs, and takes a strike). A
-        validator's failed vote is forgiven (it does not count toward the limit) and its seat waits out a
-        pause (SEAT_PAUSES) before it goes back to it."""
+        duplicate (acknowledged, a result was kept already), UNPROVEN (a trainer's, whose commitment the chain
+        does not show yet: the job stays the worker's, and the result may be sent again), or why it does not
+        count. A failed result (`ok` false) is handed back as a release is: requeued (one more delivery) or,
+        for a validator's seat, dead (past its limit). It is not the job's result: a worker that fails every
+        job it takes (or a benign one's passing RPC or IPFS error) ends no job. A training job goes to another
+        account (the failing one has had its delivery of the task's training jobs). A validator's failed vote
+        is forgiven (it does not count toward the limit) and its seat waits out a pause (SEAT_PAUSES) before it
+        goes back to it. A trainer's recorded result adds to its account's record (`k.trained`)."""
         entry_id = conn.running.get(job)
         if entry_id is None:
             kept = await self.store.result(job)
             if kept is not None and kept.get("worker") == conn.consumer:
                 return "duplicate"  # a repeat of a result already recorded (its acknowledgement was lost)
             return "not delivered to this worker"
-        unproven = result.get("ok") and not await self._commitment_shown(conn, job)
-        if unproven:
-            detail = f"no commitment of {conn.address} to task {job.split(':')[0]} on chain"
-            result = {**result, "ok": False, "detail": detail}
+        if result.get("ok") and conn.role == "trainer" and self.committed is not None:
+            held = await self._held(conn, job, entry_id, delivery)  # before any chain call
+            if held is not None:
+                return held
+            if not await self._commitment_shown(conn, job):
+                return UNPROVEN
+            if conn.running.get(job) != entry_id:  # taken back (past its time limit) while the chain answered
+                return "not delivered to this worker any more (it timed out and went to another)"
         if not result.get("ok"):
             seat = conn.role == "validator"
             limit = await self._delivery_limit(job, conn.role) + (1 if seat else 0)  # a failed vote is forgiven
@@ -525,10 +533,6 @@ class Dispatcher:
                 pipe.expire(k.job_forgiven(job), 86400)
                 pipe.set(k.job_pause(job), "1", px=int(pause * 1000))
                 await pipe.execute()
-            if unproven and outcome in ("released", "dead"):
-                return (
-                    f"{result['detail']}: a result counts once the commitment is mined; the job goes to another account"
-                )
             return {"released": "requeued"}.get(outcome, outcome)
         outcome = await self.store.finish_job(
             conn.role, job, conn.consumer, entry_id, delivery, {**result, "worker": conn.consumer, "at": time.time()}
@@ -538,28 +542,41 @@ class Dispatcher:
         conn.drop(job)
         if outcome in ("gone", "reassigned"):
             return "not delivered to this worker any more (it timed out and went to another)"
+        if outcome == "recorded" and conn.role == "trainer":
+            pipe = self.store.redis.pipeline(transaction=True)
+            pipe.incr(k.trained(conn.address))
+            pipe.expire(k.trained(conn.address), TRAINED_WINDOW)
+            await pipe.execute()
         return outcome
 
+    async def _held(self, conn: WorkerConn, job: str, entry_id: bytes, delivery: int) -> str | None:
+        """None if `job` is pending under `conn`'s consumer with delivery count `delivery` (as FINISH_JOB will
+        check again), else why its result does not count."""
+        info = await self.store.redis.xpending_range(k.jobs(conn.role), GROUP, entry_id, entry_id, 1)
+        if info and _text(info[0]["consumer"]) == conn.consumer:
+            if int(info[0]["times_delivered"]) == delivery:
+                return None
+            return f"delivery {delivery} is not the delivery this worker was sent"
+        conn.drop(job)
+        return "not delivered to this worker any more (it timed out and went to another)"
+
     async def _commitment_shown(self, conn: WorkerConn, job: str) -> bool:
-        """Whether the chain shows the commitment of `conn`'s account to the training job's task, waiting up to
-        COMMIT_WAIT for the server's node to catch up with the worker's (always true for a validator's seat: it is
-        its validator's alone, who could as well not vote)."""
-        if conn.role != "trainer" or self.committed is None:
+        """Whether the chain shows the commitment of `conn`'s account to the training job's task (asked at most
+        once per PROOF_EVERY per job: a result sent again sooner is not shown yet)."""
+        assert self.committed is not None
+        now = time.monotonic()
+        if now - conn.proof_asked.get(job, -PROOF_EVERY) < PROOF_EVERY:
+            return False
+        conn.proof_asked[job] = now
+        if await self.committed(int(job.split(":")[0]), conn.address):
             return True
-        chain_task = int(job.split(":")[0])
-        wait, every = COMMIT_WAIT
-        until = time.monotonic() + wait
-        while not await self.committed(chain_task, conn.address):
-            if time.monotonic() >= until:
-                log.warning("result_unproven", job=job, worker=conn.consumer)
-                return False
-            await asyncio.sleep(every)
-        return True
+        log.info("result_unproven", job=job, worker=conn.consumer)
+        return False
 
     async def release(self, conn: WorkerConn, job: str, delivery: int) -> str:
         """A worker hands back `job`, which it says it was sent as delivery `delivery`: released (back to
         waiting with one more delivery, or, for a validator's seat, to the dead stream past its limit), or why
-        not. A training job handed back is a strike for the worker's account."""
+        not."""
         entry_id = conn.running.get(job)
         if entry_id is None:
             return "not delivered to this worker"
@@ -588,7 +605,6 @@ class Dispatcher:
         conn.drop(job)
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
-        await self._strike(conn)
         log.info(event, job=job, worker=conn.consumer, deliveries=abs(outcome), **details)
         if outcome < 0:
             self.dead_lettered += 1

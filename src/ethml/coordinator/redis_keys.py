@@ -81,10 +81,10 @@ def job_pause(job: str) -> str:
     return f"{P}jobpause:{job}"
 
 
-def strikes(address: str) -> str:
-    """How many training jobs an account took lately and did not finish (failed, handed back or let run past
-    their time limit); it expires an hour after the last. Dispatch gives an account with fewer the job first."""
-    return f"{P}strikes:{address.lower()}"
+def trained(address: str) -> str:
+    """How many training results of an account were recorded (each with its commitment on chain); it expires a
+    day after the last. Dispatch gives accounts with a record training jobs first."""
+    return f"{P}trained:{address.lower()}"
 
 
 def job_deadline(job: str) -> str:

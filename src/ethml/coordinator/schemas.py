@@ -389,10 +389,10 @@ class WorkerView(BaseModel):
     load: float
     cluster: ClusterSize | None = None
     draining: bool = Field(default=False, description="stopping: finishes its jobs, takes no new one")
-    strikes: int = Field(
+    trained: int = Field(
         default=0,
-        description="a trainer account's training jobs taken this past hour and not finished (failed, handed back "
-        "or past their time limit): accounts with fewer are given jobs first",
+        description="a trainer account's training results recorded this past day, each with its commitment on "
+        "chain: accounts with a record are given training jobs first",
     )
     connected_at: float
     last_seen: float

@@ -68,6 +68,10 @@ STOP_GRACE = 5.0
 #: not show yet.
 UPLOAD_RETRIES = (1.0, 2.0, 4.0, 8.0)
 
+#: Seconds before a result the server answered `retry` is sent again (a trainer's, whose commitment the
+#: server's node did not show yet: it may be a block behind this worker's).
+RESULT_RETRY = 3.0
+
 
 class WorkerRefused(EthmlError):
     """The server refused the login (no stake, wrong signature): retrying will not help."""
@@ -297,6 +301,14 @@ class Worker:
         future.add_done_callback(self._background.discard)
         return future
 
+    async def _send_again(self, job_id: str, result: dict[str, Any]) -> None:
+        """Send a result again after RESULT_RETRY, if it is still the one unacknowledged (on a reconnect every
+        unacknowledged result is sent anyway)."""
+        ws = self._ws
+        await asyncio.sleep(RESULT_RETRY)
+        if ws is not None and self.unacked.get(job_id) is result:
+            await self._send(ws, result)
+
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> bool:
         """Whether the message went out (False: the connection is gone)."""
         if ws is not self._ws or ws.closed:
@@ -421,6 +433,10 @@ class Worker:
         if kind == "job":
             self._start(data)
         elif kind == "ack":
+            if data.get("retry") and data["job"] in self.unacked:  # not counted yet: again in a moment
+                log.info("result_retry", job=data["job"], reason=data.get("refused"))
+                self._spawn(self._send_again(data["job"], self.unacked[data["job"]]))
+                return
             self.unacked.pop(data["job"], None)
             if data.get("refused"):
                 log.warning("result_refused", job=data.get("job"), reason=data["refused"])

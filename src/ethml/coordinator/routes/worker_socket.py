@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
-from ethml.coordinator.dispatch import WorkerConn
+from ethml.coordinator.dispatch import UNPROVEN, WorkerConn
 from ethml.coordinator.edge import BACKEND_ERRORS
 from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
 from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResult, LoadReport, first_error
@@ -114,9 +114,16 @@ async def _result(app: web.Application, conn: WorkerConn, message: JobResult) ->
     ack: dict[str, Any] = {"type": "ack", "job": job, "recorded": recorded}
     if outcome in ("requeued", "dead"):  # a failed result: handed back, for another worker or the dead stream
         ack["failed"] = outcome
+    elif outcome == UNPROVEN:  # the job stays the worker's: the result counts once the chain shows the commitment
+        ack["retry"] = True
+        ack["refused"] = (
+            f"no commitment of {conn.address} to task {job.split(':')[0]} on chain yet: the result counts once it "
+            f"is mined (send it again; the job stays this worker's until its time limit)"
+        )
     elif outcome not in ("recorded", "duplicate"):
         ack["refused"] = outcome
-    label = {"recorded": "ok", "requeued": "error", "dead": "error", "duplicate": "duplicate"}.get(outcome, "refused")
+    labels = {"recorded": "ok", "requeued": "error", "dead": "error", "duplicate": "duplicate", UNPROVEN: "unproven"}
+    label = labels.get(outcome, "refused")
     app[METRICS].jobs.labels(_kind(job), label).inc()
     await conn.send(ack)
     log.info("job_result", job=job, worker=conn.consumer, ok=message.ok, outcome=outcome)
