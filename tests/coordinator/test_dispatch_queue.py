@@ -628,7 +628,8 @@ async def test_accounts_with_a_training_record_go_first_whatever_load_fresh_ones
 async def test_a_training_job_is_dropped_once_its_task_s_submit_deadline_is_past(redis_store: Store) -> None:
     """A task's document stays open (or training) past its submit deadline, until its test set is revealed or
     it settles, while the chain takes no commitment any more. A training job still waiting then (no limit on
-    its deliveries) went to every account that had not had it, each failing at once: it is dropped now."""
+    its deliveries) went to every account that had not had it, each failing at once: it is dropped now. The set
+    of accounts that worked on a task, kept for good, expires once no job of it can be delivered."""
     store = redis_store
     redis = store.redis
     now = int(time.time())
@@ -643,6 +644,10 @@ async def test_a_training_job_is_dropped_once_its_task_s_submit_deadline_is_past
     await _sent_out(dispatcher.conns[f"0x{'a1' * 20}:w"])
     assert _jobs(ws) == [("2:train:0", 1)]
     assert [row[1][b"job"] for row in await redis.xrange(STREAM)] == [b"2:train:0"]
+    # The accounts that worked on the task are kept a day past its submit deadline (later than the job's own),
+    # then they go: no job of the task is delivered any more.
+    kept = await redis.ttl(k.task_workers(2, "trainer"))
+    assert 86400 + 3500 < kept <= 86400 + 3600, kept
 
 
 async def test_a_validator_s_failed_vote_goes_back_to_it_after_a_pause_however_often(

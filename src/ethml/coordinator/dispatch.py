@@ -474,8 +474,17 @@ class Dispatcher:
         # took one of the task's jobs meanwhile (an account gets one delivery of a task's training jobs).
         worker = (conn.consumer, conn.address)
         chain_task = fields["chain_task"]
+        submit_deadline = float((doc or {}).get("submit_deadline") or 0)
         claimed = await self.store.claim_job(
-            role, job, entry_id, delivered, worker, deadline, chain_task, once_per_account=not addressed
+            role,
+            job,
+            entry_id,
+            delivered,
+            worker,
+            deadline,
+            chain_task,
+            once_per_account=not addressed,
+            submit_deadline=submit_deadline,
         )
         if not claimed:
             return

@@ -196,7 +196,9 @@ return delivered
 #: job's deadline key, KEYS[3] the accounts that have worked on its task (a set); ARGV[1] the group, ARGV[2]
 #: the waiting consumer, ARGV[3] the stream entry, ARGV[4] the delivery count the pass saw, ARGV[5] the
 #: worker's consumer, ARGV[6] its account, ARGV[7] the deadline (unix s), ARGV[8] when the deadline key
-#: expires (unix ms), ARGV[9] 1 when an account takes one job of a task at most (training jobs). The
+#: expires (unix ms), ARGV[9] 1 when an account takes one job of a task at most (training jobs), ARGV[10]
+#: when the task's set of accounts expires (unix ms: a day past the later of the deadline and the task's
+#: submit deadline, when no job of the task is delivered any more). The
 #: entry moves (XCLAIM ... JUSTID: the delivery count stays) only if it is still pending under the waiting
 #: consumer with that count and, for a training job, the account has not worked on the task: another
 #: instance that took it meanwhile, or a release or reclaim that counted a delivery since, leaves it
@@ -207,7 +209,9 @@ if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 e
 if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])
-return 1 + redis.call('SADD', KEYS[3], ARGV[6])
+local added = redis.call('SADD', KEYS[3], ARGV[6])
+redis.call('PEXPIREAT', KEYS[3], ARGV[10])
+return 1 + added
 """
 
 #: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],
