@@ -16,20 +16,25 @@ goes to the `dead` stream. A training job never does: an account gets one delive
 jobs, so its deliveries are bounded by the accounts staked as trainers, and it is dropped once its task
 takes no more submissions (its status, or its submit deadline past); a few staked accounts failing or
 handing back every job they take must not wear the job out for the honest trainers behind them. Of the
-free workers that may take a training job, those whose account has a track record go first: training
-results recorded this past day (each backed by a commitment on chain, with its bond), counted up to
-PROVEN; then the least loaded (a load the worker reports itself). An account with no record (a fresh
-sybil, whatever load it claims) gets a job only when no account with one is free to take it; nothing an
-account does to a job, nor a task that fails every trainer, lowers another account's record.
+free workers that may take a training job, those whose account stands higher go first: its training
+results recorded this past day (each backed by a commitment on chain, with its bond), less LAPSE_COST
+for each training job it held this past day longer than the task's training time and gave back (past its
+time limit, or gone silent) without a commitment on chain; counted up to PROVEN. Among accounts that
+stand alike, the one given a training job here least recently goes first, then the least loaded (a load
+the worker reports itself, so it decides nothing between accounts but this). An account with no record (a
+fresh sybil) gets a job only when no account with one is free; one that holds jobs without doing them
+falls behind those; a task that fails every trainer (answered `ok: false` within its training time)
+lowers no account's standing.
 
 A result counts only from the worker the job was delivered to, for that delivery: its entry must be
 pending under the worker's consumer with the delivery number the worker was sent (checked and
 recorded in one script). A trainer's result counts only once the chain shows its account's commitment
 to the task (`submissionOf`): a staked account that takes a training job and says it is done without
 committing would otherwise end the job, and the task would get one submission fewer. Until then the
-result is answered `retry` (the server's node may be a block behind the worker's) and the job stays the
-worker's, up to its time limit; the chain is asked at most once per PROOF_EVERY per job, and only for
-a job pending under the worker with the delivery it names. The job id (task and slot) is the
+result is answered `retry` (the server's node may be a block behind the worker's, or the chain did not
+answer within PROOF_TIMEOUT) and the job stays the worker's, up to its time limit; the chain is asked at
+most once per PROOF_EVERY per job (whichever connection or instance the result comes through), and only
+for a job pending under the worker with the delivery it names. The job id (task and slot) is the
 idempotency key: the first result is kept, a repeat is acknowledged and ignored. A failed result
 (`ok` false) is no result: the job is handed back, as by a release, for another account (a validator's
 seat: for the same validator, after a pause, and without counting toward `max_deliveries`).
@@ -84,12 +89,15 @@ TAKES_VOTES = (*TAKES_SUBMISSIONS, "validating")
 SEAT_PAUSES = (5.0, 60.0)
 
 #: The least time between two chain calls for one job's commitment (a result sent again sooner is answered
-#: `retry` without one).
+#: `retry` without one), and how long one may take (`committed` answers None past it: not known).
 PROOF_EVERY = 2.0
+PROOF_TIMEOUT = 5.0
 
-#: Seconds an account's record (its training results recorded) is kept after its last one, and the count at
-#: which accounts rank alike (then the least loaded goes first, so work is spread among them).
+#: Seconds over which an account's standing is counted (its results recorded, its lapses), the results a
+#: lapse costs it, and the standing at which accounts rank alike (then the one given a job least recently
+#: goes first, so work is spread among them).
 TRAINED_WINDOW = 86400
+LAPSE_COST = 2
 PROVEN = 3
 
 #: What `Dispatcher.finish` answers for a trainer's result whose commitment the chain does not show yet.
@@ -121,7 +129,6 @@ class WorkerConn:
     transport: asyncio.Transport | None = None  # the connection's socket, to cut off a worker that stalls
     session: str = field(default_factory=lambda: secrets.token_hex(8))  # this connection, in its stored record
     upload_token: str | None = None  # given at login; kept alive while the connection reports its load
-    proof_asked: dict[str, float] = field(default_factory=dict)  # job id -> when the chain was last asked
     token_renewed: float = field(default_factory=time.monotonic)
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
@@ -250,7 +257,6 @@ class WorkerConn:
         dropped it already while the caller awaited)."""
         self.running.pop(job, None)
         self.deadlines.pop(job, None)
-        self.proof_asked.pop(job, None)
 
     @property
     def consumer(self) -> str:
@@ -289,10 +295,11 @@ class Dispatcher:
         job_timeout: float,
         max_deliveries: int,
         job_margin: float = 600.0,
-        committed: Callable[[int, str], Awaitable[bool]] | None = None,
+        committed: Callable[[int, str], Awaitable[bool | None]] | None = None,
     ) -> None:
         """`committed(chain task, account)`: whether the chain shows the account's commitment to the task (a
-        trainer's result counts only then); None takes a trainer's word for it."""
+        trainer's result counts only then), None when the chain did not tell (an error, past PROOF_TIMEOUT);
+        without it a trainer's word is taken, and nothing lapses."""
         self.store = store
         self.committed = committed
         self.instance = instance
@@ -305,7 +312,8 @@ class Dispatcher:
         self._scan_from: dict[str, str] = {}  # by role: the last waiting job a pass looked at past the front
         self._reclaim_from: dict[str, str] = {}  # by role: where the next XAUTOCLAIM scan starts
         self._docs: dict[tuple[str | None, str], dict[str, Any] | None] = {}  # read this pass, by chain task and id
-        self._trained: dict[str, int] = {}  # read this pass, by account (lower case)
+        self._standing: dict[str, int] = {}  # read this pass, by account (lower case)
+        self._given: dict[str, float] = {}  # by account (lower case): when it was last given a training job here
 
     async def run_pass(self) -> None:
         self._docs = {}  # each task document read once a pass, however many of its jobs wait
@@ -325,6 +333,8 @@ class Dispatcher:
                 conn.drop(job)
                 log.warning("job_overdue", job=job, worker=conn.consumer)
                 self._revoke(conn, job, "past its time limit: it goes back to waiting for another worker")
+                if role == "trainer":
+                    await self._lapse_if_held(job, idle=0.0)
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
@@ -337,11 +347,9 @@ class Dispatcher:
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         if not mine:
             return
-        self._trained = {}  # a seat has one account that may take it
+        self._standing = {}  # a seat has one account that may take it
         if role == "trainer":
-            accounts = sorted({c.address.lower() for c in mine})
-            counts = await redis.mget([k.trained(a) for a in accounts])
-            self._trained = {a: int(n or 0) for a, n in zip(accounts, counts, strict=True)}
+            self._standing = await self.standing(sorted({c.address.lower() for c in mine}))
         for w, rolling in await self._waiting(stream, role):
             free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
             if not free:
@@ -367,6 +375,8 @@ class Dispatcher:
             delivered = int(info[0]["times_delivered"]) if info else 1
             job = fields.get(b"job", b"?").decode()
             log.warning("job_reclaimed", job=job, deliveries=delivered)
+            if role == "trainer":
+                await self._lapse_if_held(job, idle=self.job_timeout)
             await self._dead_letter_if_spent(stream, entry_id, delivered, job, role)
 
     async def _waiting(self, stream: str, role: str) -> list[tuple[dict[str, Any], bool]]:
@@ -467,7 +477,7 @@ class Dispatcher:
             eligible = [c for c in free if c.address not in done]
         if not eligible:
             return
-        conn = min(eligible, key=lambda c: (-min(self._trained.get(c.address.lower(), 0), PROVEN), c.load))
+        conn = min(eligible, key=self._rank)
         deadline = time.time() + self._limit(fields, doc)
         # Taken only if still waiting as this pass saw it (another instance may have taken it since, or a
         # release or reclaim counted a delivery), and for a training job only if no worker of the account
@@ -503,6 +513,12 @@ class Dispatcher:
         conn.post(job_message(fields, delivered))
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
+        if not addressed:  # who holds the training job, should it lapse
+            self._given[conn.address.lower()] = time.time()
+            spec = (doc or {}).get("spec") or {}
+            seconds = float(spec.get("max_train_seconds") or MAX_TRAIN_SECONDS)
+            holder = {"account": conn.address, "since": time.time(), "train_seconds": seconds}
+            await redis.set(k.job_holder(job), json.dumps(holder), pxat=int((deadline + 86400) * 1000))
 
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,
@@ -553,8 +569,9 @@ class Dispatcher:
             return "not delivered to this worker any more (it timed out and went to another)"
         if outcome == "recorded" and conn.role == "trainer":
             pipe = self.store.redis.pipeline(transaction=True)
-            pipe.incr(k.trained(conn.address))
+            pipe.zadd(k.trained(conn.address), {job: time.time()})
             pipe.expire(k.trained(conn.address), TRAINED_WINDOW)
+            pipe.delete(k.job_holder(job))
             await pipe.execute()
         return outcome
 
@@ -571,16 +588,59 @@ class Dispatcher:
 
     async def _commitment_shown(self, conn: WorkerConn, job: str) -> bool:
         """Whether the chain shows the commitment of `conn`'s account to the training job's task (asked at most
-        once per PROOF_EVERY per job: a result sent again sooner is not shown yet)."""
+        once per PROOF_EVERY per job, through whichever connection or instance: a result sent again sooner, or
+        one the chain did not answer for, is not shown yet)."""
         assert self.committed is not None
-        now = time.monotonic()
-        if now - conn.proof_asked.get(job, -PROOF_EVERY) < PROOF_EVERY:
+        if not await self.store.redis.set(k.proof_asked(job), "1", nx=True, px=int(PROOF_EVERY * 1000)):
             return False
-        conn.proof_asked[job] = now
         if await self.committed(int(job.split(":")[0]), conn.address):
             return True
         log.info("result_unproven", job=job, worker=conn.consumer)
         return False
+
+    def _rank(self, conn: WorkerConn) -> tuple[int, float, float]:
+        """Which of the workers that may take a training job goes first (the least): its account's standing
+        (up to PROVEN), then the account given a training job here least recently, then the least loaded."""
+        account = conn.address.lower()
+        return -min(self._standing.get(account, 0), PROVEN), self._given.get(account, 0.0), conn.load
+
+    async def standing(self, accounts: list[str]) -> dict[str, int]:
+        """Each account's standing: its training results recorded this past day, less LAPSE_COST for each of
+        its lapses this past day."""
+        return {a: trained - LAPSE_COST * lapsed for a, (trained, lapsed) in (await self.records(accounts)).items()}
+
+    async def records(self, accounts: list[str]) -> dict[str, tuple[int, int]]:
+        """Each account's training results recorded and lapses, this past day (both sets trimmed to the day as
+        they are read)."""
+        since = time.time() - TRAINED_WINDOW
+        pipe = self.store.redis.pipeline(transaction=False)
+        for account in accounts:
+            for key in (k.trained(account), k.lapsed(account)):
+                pipe.zremrangebyscore(key, "-inf", since)
+                pipe.zcard(key)
+        counts = (await pipe.execute())[1::2]
+        return {a.lower(): (int(counts[2 * i]), int(counts[2 * i + 1])) for i, a in enumerate(accounts)}
+
+    async def _lapse_if_held(self, job: str, *, idle: float) -> None:
+        """A training job taken back (past its time limit, or from a worker silent for `idle` seconds): a lapse
+        of the account that held it, once (whoever takes it back first), if it held it longer than the task's
+        training time and the chain shows no commitment of it (an honest worker answers `ok: false` once its
+        training time is over, and one that crashes early is not blamed). Not if the chain did not tell."""
+        raw = await self.store.redis.getdel(k.job_holder(job))
+        if raw is None or self.committed is None:
+            return
+        holder = json.loads(raw)
+        held = time.time() - idle - float(holder["since"])
+        if held <= float(holder["train_seconds"]):
+            return
+        account = str(holder["account"])
+        if await self.committed(int(job.split(":")[0]), account) is not False:
+            return
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.zadd(k.lapsed(account), {job: time.time()})
+        pipe.expire(k.lapsed(account), TRAINED_WINDOW)
+        await pipe.execute()
+        log.warning("job_lapsed", job=job, account=account, held=round(held))
 
     async def release(self, conn: WorkerConn, job: str, delivery: int) -> str:
         """A worker hands back `job`, which it says it was sent as delivery `delivery`: released (back to
@@ -614,6 +674,7 @@ class Dispatcher:
         conn.drop(job)
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
+        await self.store.redis.delete(k.job_holder(job))  # handed back: it cannot lapse
         log.info(event, job=job, worker=conn.consumer, deliveries=abs(outcome), **details)
         if outcome < 0:
             self.dead_lettered += 1

@@ -392,7 +392,12 @@ class WorkerView(BaseModel):
     trained: int = Field(
         default=0,
         description="a trainer account's training results recorded this past day, each with its commitment on "
-        "chain: accounts with a record are given training jobs first",
+        "chain: accounts that stand higher (results less two per lapse) are given training jobs first",
+    )
+    lapsed: int = Field(
+        default=0,
+        description="a trainer account's training jobs this past day held past their task's training time and "
+        "given back without a commitment on chain",
     )
     connected_at: float
     last_seen: float

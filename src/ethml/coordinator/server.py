@@ -38,8 +38,8 @@ from ethml.coordinator.auth import API_KEYS, KeyCache
 from ethml.coordinator.background import Loops, forever
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
-from ethml.coordinator.dispatch import Dispatcher
-from ethml.coordinator.edge import errors_and_metrics, one_line_protocol_errors
+from ethml.coordinator.dispatch import PROOF_TIMEOUT, Dispatcher
+from ethml.coordinator.edge import BACKEND_ERRORS, errors_and_metrics, one_line_protocol_errors
 from ethml.coordinator.leader import Leader
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.observe import Observer
@@ -155,9 +155,16 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     app[UPLOADS].writers.shutdown(wait=False)  # the handlers are done: idle writer threads end
 
 
-async def _committed(chain: Chain, chain_task: int, account: str) -> bool:
-    """Whether the chain shows `account`'s commitment to on-chain task `chain_task`."""
-    return int(await chain.tasks.functions.submissionOf(chain_task, account).call()) != 0
+async def _committed(chain: Chain, chain_task: int, account: str) -> bool | None:
+    """Whether the chain shows `account`'s commitment to on-chain task `chain_task`; None when the node did not
+    answer within PROOF_TIMEOUT, or answered with an error (asked again later: a worker's connection never
+    ends on it)."""
+    try:
+        call = chain.tasks.functions.submissionOf(chain_task, account).call()
+        return int(await asyncio.wait_for(call, PROOF_TIMEOUT)) != 0
+    except (*BACKEND_ERRORS, TimeoutError) as exc:
+        log.warning("commitment_unknown", task=chain_task, account=account, error=str(exc) or type(exc).__name__)
+        return None
 
 
 async def loops_ctx(app: web.Application) -> AsyncIterator[None]:

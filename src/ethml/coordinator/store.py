@@ -409,11 +409,6 @@ class Store:
         views = [json.loads(r) for r in raws if r]
         for view in views:
             view.pop("session", None)  # which connection wrote it: only for drop_worker
-        trainers = sorted({v["address"].lower() for v in views if v.get("role") == "trainer"})
-        if trainers:
-            trained = dict(zip(trainers, await self.redis.mget([k.trained(a) for a in trainers]), strict=True))
-            for view in views:
-                view["trained"] = int(trained.get(view["address"].lower()) or 0)
         return sorted(views, key=lambda w: w["connected_at"])
 
     async def connections(self, worker_id: str, address: str | None = None) -> dict[str, str]:

@@ -21,7 +21,13 @@ _ADDRESS = re.compile(ADDRESS)
 async def list_workers(request: web.Request) -> web.Response:
     who = await required(request, "admin")
     await rate_limit(request, who["key"])
-    return web.json_response({"workers": await request.app[STORE].workers()})
+    workers = await request.app[STORE].workers()
+    trainers = sorted({w["address"].lower() for w in workers if w.get("role") == "trainer"})
+    records = await request.app[DISPATCHER].records(trainers) if trainers else {}
+    for w in workers:
+        if w["address"].lower() in records:
+            w["trained"], w["lapsed"] = records[w["address"].lower()]
+    return web.json_response({"workers": workers})
 
 
 @routes.delete("/api/workers/{worker_id}")
