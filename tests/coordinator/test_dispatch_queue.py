@@ -769,12 +769,17 @@ async def test_a_training_job_is_dropped_once_its_task_s_submit_deadline_is_past
     await redis.set(k.task("due"), json.dumps({**doc, "submit_deadline": now + 3600}))
     await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "late", "chain_task": 1})
     await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "due", "chain_task": 2})
+    await redis.set(k.task("imported"), json.dumps({"status": "open", "submit_deadline": now + 100}))  # no spec
+    await redis.xadd(STREAM, {"job": "3:train:0", "kind": "train", "task": "imported", "chain_task": 3})
     dispatcher = Dispatcher(store, "instance-1", job_timeout=600, max_deliveries=3)
     ws = await _connect(dispatcher, "a1" * 20)
     await dispatcher.run_pass()
     await _sent_out(dispatcher.conns[f"0x{'a1' * 20}:w"])
-    assert _jobs(ws) == [("2:train:0", 1)]
-    assert [row[1][b"job"] for row in await redis.xrange(STREAM)] == [b"2:train:0"]
+    assert _jobs(ws) == [("2:train:0", 1), ("3:train:0", 1)]
+    assert [row[1][b"job"] for row in await redis.xrange(STREAM)] == [b"2:train:0", b"3:train:0"]
+    # Held longer than its training time, or than the task's submissions stay open, a job not done lapses.
+    holders = [json.loads(await redis.get(k.job_holder(f"{n}:train:0")) or "{}") for n in (2, 3)]
+    assert holders[0]["train_seconds"] == 60 and 90 < holders[1]["train_seconds"] <= 100, holders
     # The accounts that worked on the task are kept a day past its submit deadline (later than the job's own),
     # then they go: no job of the task is delivered any more.
     kept = await redis.ttl(k.task_workers(2, "trainer"))

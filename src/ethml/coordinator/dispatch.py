@@ -517,6 +517,8 @@ class Dispatcher:
             self._given[conn.address.lower()] = time.time()
             spec = (doc or {}).get("spec") or {}
             seconds = float(spec.get("max_train_seconds") or MAX_TRAIN_SECONDS)
+            if submit_deadline:  # (an imported task has no spec here: held past its window, the job was wasted)
+                seconds = min(seconds, max(submit_deadline - time.time(), 0.0))
             holder = {"account": conn.address, "since": time.time(), "train_seconds": seconds}
             await redis.set(k.job_holder(job), json.dumps(holder), pxat=int((deadline + 86400) * 1000))
 
@@ -624,8 +626,9 @@ class Dispatcher:
     async def _lapse_if_held(self, job: str, *, idle: float) -> None:
         """A training job taken back (past its time limit, or from a worker silent for `idle` seconds): a lapse
         of the account that held it, once (whoever takes it back first), if it held it longer than the task's
-        training time and the chain shows no commitment of it (an honest worker answers `ok: false` once its
-        training time is over, and one that crashes early is not blamed). Not if the chain did not tell."""
+        training time (or than the task's submissions stayed open) and the chain shows no commitment of it (an
+        honest worker answers `ok: false` once its training time is over, and one that crashes early is not
+        blamed). Not if the chain did not tell."""
         raw = await self.store.redis.getdel(k.job_holder(job))
         if raw is None or self.committed is None:
             return
