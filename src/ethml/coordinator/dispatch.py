@@ -17,14 +17,13 @@ jobs, so its deliveries are bounded by the accounts staked as trainers, and it i
 takes no more submissions (its status, or its submit deadline past); a few staked accounts failing or
 handing back every job they take must not wear the job out for the honest trainers behind them. Of the
 free workers that may take a training job, those whose account stands higher go first: its training
-results recorded this past day (each backed by a commitment on chain, with its bond), less LAPSE_COST
-for each training job it held this past day longer than the task's training time and gave back (past its
-time limit, or gone silent) without a commitment on chain; counted up to PROVEN. Among accounts that
-stand alike, the one given a training job here least recently goes first, then the least loaded (a load
-the worker reports itself, so it decides nothing between accounts but this). An account with no record (a
-fresh sybil) gets a job only when no account with one is free; one that holds jobs without doing them
-falls behind those; a task that fails every trainer (answered `ok: false` within its training time)
-lowers no account's standing.
+results recorded in the last 24 hours (each backed by a commitment on chain, with its bond), counted up to
+PROVEN. Among accounts that stand alike, the one given a training job here least recently goes first,
+then the least loaded (a load the worker reports itself, so it decides nothing between accounts but
+this). An account with no results (a fresh sybil) gets a training job only when no account with results
+is free here; nothing one account does lowers another's standing, nor does a task that fails every
+trainer. Holding a job without doing it costs an account nothing but the job: a few staked accounts
+can each hold a job of a task to its time limit in turn (inherent, documented in docs/coordinator.md).
 
 A result counts only from the worker the job was delivered to, for that delivery: its entry must be
 pending under the worker's consumer with the delivery number the worker was sent (checked and
@@ -93,11 +92,9 @@ SEAT_PAUSES = (5.0, 60.0)
 PROOF_EVERY = 2.0
 PROOF_TIMEOUT = 5.0
 
-#: Seconds over which an account's standing is counted (its results recorded, its lapses), the results a
-#: lapse costs it, and the standing at which accounts rank alike (then the one given a job least recently
-#: goes first, so work is spread among them).
+#: Seconds over which an account's standing (its training results recorded) is counted, and the standing at
+#: which accounts rank alike (then the one given a job least recently goes first, so work is spread).
 TRAINED_WINDOW = 86400
-LAPSE_COST = 2
 PROVEN = 3
 
 #: What `Dispatcher.finish` answers for a trainer's result whose commitment the chain does not show yet.
@@ -299,7 +296,7 @@ class Dispatcher:
     ) -> None:
         """`committed(chain task, account)`: whether the chain shows the account's commitment to the task (a
         trainer's result counts only then), None when the chain did not tell (an error, past PROOF_TIMEOUT);
-        without it a trainer's word is taken, and nothing lapses."""
+        without it a trainer's word is taken."""
         self.store = store
         self.committed = committed
         self.instance = instance
@@ -333,8 +330,6 @@ class Dispatcher:
                 conn.drop(job)
                 log.warning("job_overdue", job=job, worker=conn.consumer)
                 self._revoke(conn, job, "past its time limit: it goes back to waiting for another worker")
-                if role == "trainer":
-                    await self._lapse_if_held(job, idle=0.0)
             if conn.running:
                 kept = await self.store.touch_entries(stream, GROUP, conn.consumer, list(conn.running.values()))
                 for job, entry_id in list(conn.running.items()):
@@ -375,8 +370,6 @@ class Dispatcher:
             delivered = int(info[0]["times_delivered"]) if info else 1
             job = fields.get(b"job", b"?").decode()
             log.warning("job_reclaimed", job=job, deliveries=delivered)
-            if role == "trainer":
-                await self._lapse_if_held(job, idle=self.job_timeout)
             await self._dead_letter_if_spent(stream, entry_id, delivered, job, role)
 
     async def _waiting(self, stream: str, role: str) -> list[tuple[dict[str, Any], bool]]:
@@ -513,14 +506,8 @@ class Dispatcher:
         conn.post(job_message(fields, delivered))
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
-        if not addressed:  # who holds the training job, should it lapse
+        if not addressed:
             self._given[conn.address.lower()] = time.time()
-            spec = (doc or {}).get("spec") or {}
-            seconds = float(spec.get("max_train_seconds") or MAX_TRAIN_SECONDS)
-            if submit_deadline:  # (an imported task has no spec here: held past its window, the job was wasted)
-                seconds = min(seconds, max(submit_deadline - time.time(), 0.0))
-            holder = {"account": conn.address, "since": time.time(), "train_seconds": seconds}
-            await redis.set(k.job_holder(job), json.dumps(holder), pxat=int((deadline + 86400) * 1000))
 
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,
@@ -573,7 +560,6 @@ class Dispatcher:
             pipe = self.store.redis.pipeline(transaction=True)
             pipe.zadd(k.trained(conn.address), {job: time.time()})
             pipe.expire(k.trained(conn.address), TRAINED_WINDOW)
-            pipe.delete(k.job_holder(job))
             await pipe.execute()
         return outcome
 
@@ -607,43 +593,15 @@ class Dispatcher:
         return -min(self._standing.get(account, 0), PROVEN), self._given.get(account, 0.0), conn.load
 
     async def standing(self, accounts: list[str]) -> dict[str, int]:
-        """Each account's standing: its training results recorded this past day, less LAPSE_COST for each of
-        its lapses this past day."""
-        return {a: trained - LAPSE_COST * lapsed for a, (trained, lapsed) in (await self.records(accounts)).items()}
-
-    async def records(self, accounts: list[str]) -> dict[str, tuple[int, int]]:
-        """Each account's training results recorded and lapses, this past day (both sets trimmed to the day as
-        they are read)."""
+        """Each account's standing: its training results recorded in the last 24 hours (the set trimmed to them as
+        it is read)."""
         since = time.time() - TRAINED_WINDOW
         pipe = self.store.redis.pipeline(transaction=False)
         for account in accounts:
-            for key in (k.trained(account), k.lapsed(account)):
-                pipe.zremrangebyscore(key, "-inf", since)
-                pipe.zcard(key)
+            pipe.zremrangebyscore(k.trained(account), "-inf", since)
+            pipe.zcard(k.trained(account))
         counts = (await pipe.execute())[1::2]
-        return {a.lower(): (int(counts[2 * i]), int(counts[2 * i + 1])) for i, a in enumerate(accounts)}
-
-    async def _lapse_if_held(self, job: str, *, idle: float) -> None:
-        """A training job taken back (past its time limit, or from a worker silent for `idle` seconds): a lapse
-        of the account that held it, once (whoever takes it back first), if it held it longer than the task's
-        training time (or than the task's submissions stayed open) and the chain shows no commitment of it (an
-        honest worker answers `ok: false` once its training time is over, and one that crashes early is not
-        blamed). Not if the chain did not tell."""
-        raw = await self.store.redis.getdel(k.job_holder(job))
-        if raw is None or self.committed is None:
-            return
-        holder = json.loads(raw)
-        held = time.time() - idle - float(holder["since"])
-        if held <= float(holder["train_seconds"]):
-            return
-        account = str(holder["account"])
-        if await self.committed(int(job.split(":")[0]), account) is not False:
-            return
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.zadd(k.lapsed(account), {job: time.time()})
-        pipe.expire(k.lapsed(account), TRAINED_WINDOW)
-        await pipe.execute()
-        log.warning("job_lapsed", job=job, account=account, held=round(held))
+        return {a.lower(): int(n) for a, n in zip(accounts, counts, strict=True)}
 
     async def release(self, conn: WorkerConn, job: str, delivery: int) -> str:
         """A worker hands back `job`, which it says it was sent as delivery `delivery`: released (back to
@@ -677,7 +635,6 @@ class Dispatcher:
         conn.drop(job)
         if isinstance(outcome, str):  # gone or reassigned: it had timed out and gone elsewhere already
             return "not delivered to this worker any more (it timed out and went to another)"
-        await self.store.redis.delete(k.job_holder(job))  # handed back: it cannot lapse
         log.info(event, job=job, worker=conn.consumer, deliveries=abs(outcome), **details)
         if outcome < 0:
             self.dead_lettered += 1

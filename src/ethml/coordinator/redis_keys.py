@@ -83,19 +83,8 @@ def job_pause(job: str) -> str:
 
 def trained(address: str) -> str:
     """When each training result of an account was recorded (a sorted set: job -> unix time, trimmed to the last
-    day), each with its commitment on chain: its record, which puts it first for training jobs."""
+    day), each with its commitment on chain: its standing, which puts it first for training jobs."""
     return f"{P}trained:{address.lower()}"
-
-
-def lapsed(address: str) -> str:
-    """When each training job an account held past its task's training time without committing was taken back
-    (a sorted set: job -> unix time, trimmed to the last day): each takes two results off its record."""
-    return f"{P}lapsed:{address.lower()}"
-
-
-def job_holder(job: str) -> str:
-    """Who holds a training job, since when, and the task's training time (JSON), until it ends or lapses."""
-    return f"{P}jobholder:{job}"
 
 
 def proof_asked(job: str) -> str:

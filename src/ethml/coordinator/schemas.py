@@ -391,13 +391,8 @@ class WorkerView(BaseModel):
     draining: bool = Field(default=False, description="stopping: finishes its jobs, takes no new one")
     trained: int = Field(
         default=0,
-        description="a trainer account's training results recorded this past day, each with its commitment on "
-        "chain: accounts that stand higher (results less two per lapse) are given training jobs first",
-    )
-    lapsed: int = Field(
-        default=0,
-        description="a trainer account's training jobs this past day held past their task's training time and "
-        "given back without a commitment on chain",
+        description="a trainer account's training results recorded in the last 24 hours, each with its "
+        "commitment on chain: accounts with more (up to 3) are given training jobs first",
     )
     connected_at: float
     last_seen: float

@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import Web3Exception
 
 from ethml.coordinator.appkeys import (
     CHAIN,
@@ -162,7 +163,7 @@ async def _committed(chain: Chain, chain_task: int, account: str) -> bool | None
     try:
         call = chain.tasks.functions.submissionOf(chain_task, account).call()
         return int(await asyncio.wait_for(call, PROOF_TIMEOUT)) != 0
-    except (*BACKEND_ERRORS, TimeoutError) as exc:
+    except (*BACKEND_ERRORS, Web3Exception, TimeoutError) as exc:  # (a node answering 0x or a revert included)
         log.warning("commitment_unknown", task=chain_task, account=account, error=str(exc) or type(exc).__name__)
         return None
 

@@ -23,10 +23,10 @@ async def list_workers(request: web.Request) -> web.Response:
     await rate_limit(request, who["key"])
     workers = await request.app[STORE].workers()
     trainers = sorted({w["address"].lower() for w in workers if w.get("role") == "trainer"})
-    records = await request.app[DISPATCHER].records(trainers) if trainers else {}
+    standing = await request.app[DISPATCHER].standing(trainers) if trainers else {}
     for w in workers:
-        if w["address"].lower() in records:
-            w["trained"], w["lapsed"] = records[w["address"].lower()]
+        if w["address"].lower() in standing:
+            w["trained"] = standing[w["address"].lower()]
     return web.json_response({"workers": workers})
 
 
