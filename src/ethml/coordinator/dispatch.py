@@ -518,7 +518,7 @@ class Dispatcher:
         job it takes (or a benign one's passing RPC or IPFS error) ends no job. A training job goes to another
         account (the failing one has had its delivery of the task's training jobs). A validator's failed vote
         is forgiven (it does not count toward the limit) and its seat waits out a pause (SEAT_PAUSES) before it
-        goes back to it. A trainer's recorded result adds to its account's record (`k.trained`)."""
+        goes back to it. A trainer's recorded result adds to its account's standing (`k.trained`)."""
         entry_id = conn.running.get(job)
         if entry_id is None:
             kept = await self.store.result(job)
