@@ -182,6 +182,34 @@ class _Exploit:
         return (os.system, ("touch /tmp/ethml-training-exploit",))
 
 
+async def test_training_stops_when_the_task_s_submission_window_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job taken with less of the submission window left than the spec's max_train_seconds trained for the
+    whole max_train_seconds, and its commitment then failed: the worker's time (and a coordinator's job) was
+    held for nothing. The fit is stopped at the window's end now, and the trainer says why."""
+    from ethml.training import trainer as trainer_module
+    from ethml.training.jobs import TrainingTimeout
+
+    system = await make_system(tmp_path)
+    await stake(system.w3, system.deployment, dev_account(FIRST), "trainer", 100 * EML)
+    task_id = await _post_wine_task(system, tmp_path)
+    time_travel(system.w3, PERIOD - 40)  # about 40 s of the window left; the spec allows 120
+    stopped_after: list[float] = []
+
+    async def fit(fn: Any, *args: Any, timeout: float) -> Any:
+        stopped_after.append(timeout)
+        raise TrainingTimeout(f"{fn.__name__} did not finish within {timeout:g} s and was stopped")
+
+    monkeypatch.setattr(trainer_module, "run_limited", fit)
+    with pytest.raises(TaskError, match="submissions closed while its model was training"):
+        await train_and_submit(
+            system.w3, system.deployment, dev_account(FIRST), system.ipfs, task_id, data_dir=tmp_path
+        )
+    assert len(stopped_after) == 1 and 0 < stopped_after[0] <= 40, stopped_after
+    assert (await task_info(system.w3, system.deployment, task_id))["submissions"] == []
+
+
 async def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = Path("/tmp/ethml-training-exploit")
     marker.unlink(missing_ok=True)  # noqa: ASYNC240 - a test set-up step

@@ -29,7 +29,7 @@ from ethml.errors import IpfsError
 from ethml.ipfs import IpfsClient
 from ethml.pow import keccak256
 from ethml.training import clock
-from ethml.training.jobs import Compute, fit_and_claim, run_limited
+from ethml.training.jobs import Compute, TrainingTimeout, fit_and_claim, run_limited
 from ethml.training.onchain import (
     NoSubmission,
     TaskError,
@@ -146,9 +146,23 @@ async def train_and_submit(
         spec, dataset = await spec_and_dataset(ipfs, task.spec_cid, task.dataset_cid, compute.limits)
         if progress is not None:
             progress(f"training {spec.estimator.name} for task {task_id}")
-        trained = await run_limited(
-            fit_and_claim, spec, dataset, task_id, compute.limits, compute.cluster, timeout=spec.max_train_seconds
-        )
+        # A model finished after the submission window closed cannot be committed: the fit is stopped at the
+        # window's end (then ok: false reaches a coordinator at once, not after max_train_seconds).
+        left = task.submit_deadline - await clock.chain_now(w3)
+        if left <= 0:
+            raise TaskError(f"task {task_id}'s submissions closed while its data was fetched: not trained")
+        seconds = min(spec.max_train_seconds, left)
+        try:
+            trained = await run_limited(
+                fit_and_claim, spec, dataset, task_id, compute.limits, compute.cluster, timeout=seconds
+            )
+        except TrainingTimeout as exc:
+            if seconds >= spec.max_train_seconds:
+                raise
+            raise TaskError(
+                f"task {task_id}'s submissions closed while its model was training (the window had {seconds} s "
+                f"left of the {spec.max_train_seconds} s the spec allows): stopped, not submitted"
+            ) from exc
         claimed = trained.claimed_score if claim is None else claim
         if claimed < task.min_score:
             raise TaskError(
