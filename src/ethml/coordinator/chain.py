@@ -314,13 +314,7 @@ async def _sign_cancel(
         "chainId": chain.chain_id,
         **fees,
     }
-    raw_hex = "0x" + bytes(chain.relayer.sign_transaction(tx).raw_transaction).hex()
-    task_id, name = journal
-    if task_id and name:
-        await store.update_task(
-            task_id, functools.partial(_journal, name=name, raw_hex=raw_hex, nonce=nonce, replaces=replaces)
-        )
-    return raw_hex
+    return await _signed(chain, store, tx, journal, nonce, replaces)
 
 
 def _is_cancel(chain: Chain, receipt: TxReceipt) -> bool:
@@ -425,8 +419,20 @@ async def _sign(
     if max_gas is not None and needed > max_gas:
         raise GasOverCap(f"{what} would need {needed:,} gas, more than the {max_gas:,} the relayer pays for it")
     tx["gas"] = int(needed * GAS_MARGIN) if max_gas is None else min(int(needed * GAS_MARGIN), max_gas)
-    built = await call.build_transaction(tx)
-    raw_hex = "0x" + bytes(chain.relayer.sign_transaction(built).raw_transaction).hex()
+    return await _signed(chain, store, await call.build_transaction(tx), (task_id, name), nonce, replaces)
+
+
+async def _signed(
+    chain: Chain,
+    store: Store,
+    tx: dict[str, Any],
+    journal: tuple[str | None, str | None],
+    nonce: int,
+    replaces: str | None,
+) -> str:
+    """`tx` signed with the relayer key (0x-hex), journaled in the task document when there is one (`_journal`)."""
+    raw_hex = "0x" + bytes(chain.relayer.sign_transaction(tx).raw_transaction).hex()
+    task_id, name = journal
     if task_id and name:
         await store.update_task(
             task_id, functools.partial(_journal, name=name, raw_hex=raw_hex, nonce=nonce, replaces=replaces)

@@ -342,10 +342,11 @@ class Dispatcher:
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         if not mine:
             return
-        self._standing = {}  # a seat has one account that may take it
-        if role == "trainer":
+        waiting = await self._waiting(stream, role)
+        self._standing = {}  # a seat has one account that may take it; with no job waiting, none is ranked
+        if role == "trainer" and waiting:
             self._standing = await self.standing(sorted({c.address.lower() for c in mine}))
-        for w, rolling in await self._waiting(stream, role):
+        for w, rolling in waiting:
             free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
             if not free:
                 return
