@@ -654,6 +654,36 @@ async def test_accounts_that_stand_alike_take_turns_whatever_load_they_claim(red
     assert given == ["a1", "b2", "a1", "b2"]
 
 
+async def test_accounts_take_turns_across_instances_and_across_a_restart(redis_store: Store) -> None:
+    """The turns were kept by each instance in its own memory: an account given a job by one instance was
+    still first on another, and first again on every instance after a restart, so the account claiming the
+    lowest load got the next job wherever it was dispatched. The turns are kept in Redis now, for the whole
+    cluster: jobs dispatched by two instances and then by a restarted one go to the two accounts in turn."""
+    store = redis_store
+    redis = store.redis
+    accounts = {"a1" * 20: 0.0, "b2" * 20: 90.0}  # the load each reports
+
+    async def instance(name: str) -> Dispatcher:
+        dispatcher = Dispatcher(store, name, job_timeout=600, max_deliveries=3)
+        for account, cpu in accounts.items():
+            conn = dispatch.WorkerConn(name, "0x" + account, "trainer", RecordingSocket(), 4, name)  # type: ignore[arg-type]
+            conn.cpu = cpu
+            dispatcher.conns[conn.consumer] = conn
+        return dispatcher
+
+    first, second = await instance("instance-1"), await instance("instance-2")
+    restarted = await instance("instance-1")
+    for account in accounts:
+        await _proven(first, "0x" + account)
+    given = []
+    for n, dispatcher in enumerate((first, second, first, restarted, second), start=1):
+        await redis.set(k.task(f"t{n}"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
+        await redis.xadd(STREAM, {"job": f"{n}:train:0", "kind": "train", "task": f"t{n}", "chain_task": n})
+        await dispatcher.run_pass()
+        given += [c.address[2:4] for c in dispatcher.conns.values() if f"{n}:train:0" in c.running]
+    assert given == ["a1", "b2", "a1", "b2", "a1"]
+
+
 async def test_an_account_s_standing_counts_only_this_past_day(redis_store: Store) -> None:
     """Each result set the count one higher and the key to expire a day later: one result a day kept every
     result since the first. Results older than a day are no longer counted."""

@@ -1,28 +1,28 @@
 """Job dispatch to the workers connected to this instance, over the Redis job streams.
 
-A job read from `jobs:<role>` waits under the consumer `~waiting` until a worker of that role with
-free capacity, which has not yet worked on the same task, takes it (a job addressed to one account, a
-drawn validator's seat, waits for a worker of that account): it is moved (XCLAIM ... JUSTID,
-so the delivery count stays) to the consumer `<address>:<worker id>` and sent to the worker with its
-delivery number. The move is one script that takes the job only if it is still waiting with the
-delivery count the pass saw, so two instances never both deliver it. Each pass looks at the first
-SCAN waiting jobs and at SCAN more from where the last pass stopped, going round, so jobs no worker
-here may take (seats of validators connected elsewhere) hold up none behind them; a training job
-whose task no longer takes submissions is dropped. While the worker heartbeats, its jobs are touched
-every pass, so they never look idle; once it stops (SIGKILL, lost network, its instance died), its
-jobs go idle and after `job_timeout` XAUTOCLAIM (its scan going on across passes) moves them back to
-`~waiting`, which counts a delivery. A validator's seat delivered more than `max_deliveries` times
-goes to the `dead` stream. A training job never does: an account gets one delivery of a task's training
-jobs, so its deliveries are bounded by the accounts staked as trainers, and it is dropped once its task
-takes no more submissions (its status, or its submit deadline past); a few staked accounts failing or
-handing back every job they take must not wear the job out for the honest trainers behind them. Of the
-free workers that may take a training job, those whose account stands higher go first: its training
-results recorded in the last 24 hours (each backed by a commitment on chain, with its bond), counted up to
-PROVEN. Among accounts that stand alike, the one given a training job here least recently goes first,
-then the least loaded (a load the worker reports itself, so it decides nothing between accounts but
-this). An account with no results (a fresh sybil) gets a training job only when no account with results
-is free here; nothing one account does lowers another's standing, nor does a task that fails every
-trainer. Holding a job without doing it costs an account nothing but the job: a few staked accounts
+A job read from `jobs:<role>` waits under the consumer `~waiting` until a worker of that role with free
+capacity, which has not yet worked on the same task, takes it (a job addressed to one account, a drawn
+validator's seat, waits for a worker of that account): it is moved (XCLAIM ... JUSTID, so the delivery
+count stays) to the consumer `<address>:<worker id>` and sent to the worker with its delivery number. The
+move is one script that takes the job only if it is still waiting with the delivery count the pass saw,
+so two instances never both deliver it. Each pass looks at the first SCAN waiting jobs and at SCAN more
+from where the last pass stopped, going round, so jobs no worker here may take (seats of validators
+connected elsewhere) hold up none behind them; a training job whose task no longer takes submissions is
+dropped. While the worker heartbeats, its jobs are touched every pass, so they never look idle; once it
+stops (SIGKILL, lost network, its instance died), its jobs go idle and after `job_timeout` XAUTOCLAIM
+(its scan going on across passes) moves them back to `~waiting`, which counts a delivery. A validator's
+seat delivered more than `max_deliveries` times goes to the `dead` stream. A training job never does: an
+account gets one delivery of a task's training jobs, so its deliveries are bounded by the accounts staked
+as trainers, and it is dropped once its task takes no more submissions (its status, or its submit
+deadline past); a few staked accounts failing or handing back every job they take must not wear the job
+out for the honest trainers behind them. Of the free workers that may take a training job, those whose
+account stands higher go first: its training results recorded in the last 24 hours (each backed by a
+commitment on chain, with its bond), counted up to PROVEN. Among accounts that stand alike, the one given
+a training job least recently (by any instance: the turns are kept in Redis, and outlive a restart) goes
+first, then the least loaded (a load the worker reports itself, so it decides nothing between accounts
+but this). An account with no results (a fresh sybil) gets a training job only when no account with
+results is free here; nothing one account does lowers another's standing, nor does a task that fails
+every trainer. Holding a job without doing it costs an account nothing but the job: a few staked accounts
 can each hold a job of a task to its time limit in turn (inherent, documented in docs/coordinator.md).
 
 A result counts only from the worker the job was delivered to, for that delivery: its entry must be
@@ -310,7 +310,7 @@ class Dispatcher:
         self._reclaim_from: dict[str, str] = {}  # by role: where the next XAUTOCLAIM scan starts
         self._docs: dict[tuple[str | None, str], dict[str, Any] | None] = {}  # read this pass, by chain task and id
         self._standing: dict[str, int] = {}  # read this pass, by account (lower case)
-        self._given: dict[str, float] = {}  # by account (lower case): when it was last given a training job here
+        self._given: dict[str, float] = {}  # read this pass, by account: when it was last given a training job
 
     async def run_pass(self) -> None:
         self._docs = {}  # each task document read once a pass, however many of its jobs wait
@@ -343,9 +343,10 @@ class Dispatcher:
         if not mine:
             return
         waiting = await self._waiting(stream, role)
-        self._standing = {}  # a seat has one account that may take it; with no job waiting, none is ranked
+        # A seat has one account that may take it; with no job waiting, none is ranked.
+        self._standing, self._given = {}, {}
         if role == "trainer" and waiting:
-            self._standing = await self.standing(sorted({c.address.lower() for c in mine}))
+            self._standing, self._given = await self._ranks(sorted({c.address.lower() for c in mine}))
         for w, rolling in waiting:
             free = [c for c in mine if len(c.running) < c.capacity and c.open and not c.backlogged and not c.draining]
             if not free:
@@ -507,8 +508,9 @@ class Dispatcher:
         conn.post(job_message(fields, delivered))
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
-        if not addressed:
-            self._given[conn.address.lower()] = time.time()
+        if not addressed:  # its turn, for every instance (the next job of this pass included)
+            self._given[conn.address.lower()] = now = time.time()
+            await self.store.redis.zadd(k.GIVEN, {conn.address.lower(): now})
 
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,
@@ -589,20 +591,34 @@ class Dispatcher:
 
     def _rank(self, conn: WorkerConn) -> tuple[int, float, float]:
         """Which of the workers that may take a training job goes first (the least): its account's standing
-        (up to PROVEN), then the account given a training job here least recently, then the least loaded."""
+        (up to PROVEN), then the account given a training job least recently (by any instance), then the least
+        loaded."""
         account = conn.address.lower()
         return -min(self._standing.get(account, 0), PROVEN), self._given.get(account, 0.0), conn.load
 
     async def standing(self, accounts: list[str]) -> dict[str, int]:
         """Each account's standing: its training results recorded in the last 24 hours (the set trimmed to them as
         it is read)."""
+        return (await self._ranks(accounts))[0]
+
+    async def _ranks(self, accounts: list[str]) -> tuple[dict[str, int], dict[str, float]]:
+        """Each account's standing, and when it was last given a training job by any instance (0: not this past
+        day), in one round trip (the sets trimmed to the last day as they are read)."""
         since = time.time() - TRAINED_WINDOW
         pipe = self.store.redis.pipeline(transaction=False)
         for account in accounts:
             pipe.zremrangebyscore(k.trained(account), "-inf", since)
             pipe.zcard(k.trained(account))
-        counts = (await pipe.execute())[1::2]
-        return {a.lower(): int(n) for a, n in zip(accounts, counts, strict=True)}
+        pipe.zremrangebyscore(k.GIVEN, "-inf", since)
+        if accounts:
+            pipe.zmscore(k.GIVEN, [a.lower() for a in accounts])
+        replies = await pipe.execute()
+        counts = replies[1 : 2 * len(accounts) : 2]
+        given = replies[-1] if accounts else []
+        return (
+            {a.lower(): int(n) for a, n in zip(accounts, counts, strict=True)},
+            {a.lower(): float(t) for a, t in zip(accounts, given, strict=True) if t is not None},
+        )
 
     async def release(self, conn: WorkerConn, job: str, delivery: int) -> str:
         """A worker hands back `job`, which it says it was sent as delivery `delivery`: released (back to

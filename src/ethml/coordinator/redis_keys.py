@@ -5,7 +5,8 @@
 - `relay` the stream of tasks waiting for `createTaskWithPermit` (group `relayers`);
 - `jobs:<role>` the job stream of a worker role (group `workers`); `jobid:<job>` marks a job queued
   once; `result:<job>` its first result (a successful one); `jobdeadline:<job>` its time limit;
-  `taskworkers:<task>:<role>` who has worked on a task; `dead` the dead-letter stream;
+  `taskworkers:<task>:<role>` who has worked on a task; `dead` the dead-letter stream; `trained:<account>`
+  an account's recorded training results and `given` when each account was last given a training job;
 - `apikey:<sha256>` API keys by hash; `rl:<bucket>` token buckets;
 - `worker:<address>:<id>` connected workers (expiring) and `workers` their consumer names;
   `kick:<address>:<id>` an admin's disconnect order; `loginnonce:<nonce>` used login nonces;
@@ -20,6 +21,9 @@ P = "ethml:"
 TASKS = f"{P}tasks"
 RELAY = f"{P}relay"
 DEAD = f"{P}dead"
+#: When each trainer account was last given a training job, by any instance (a sorted set: account in lower
+#: case -> unix time, trimmed to the last day): accounts that stand alike take turns across the cluster.
+GIVEN = f"{P}given"
 WORKERS = f"{P}workers"
 CHECKPOINT = f"{P}checkpoint"
 SAMPLES = f"{P}samples"
