@@ -14,6 +14,7 @@ import pytest
 from ethml.coordinator import leader as leader_module
 from ethml.coordinator.background import Loops, forever, stop_helper
 from ethml.coordinator.dispatch import Dispatcher
+from ethml.coordinator.lease import LeaseLapsed, Lock
 from ethml.coordinator.store import Store
 from tests.node.conftest import wait_until
 
@@ -129,3 +130,84 @@ async def test_the_leader_lease_is_held_through_a_pass_longer_than_its_ttl(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_holder_whose_lease_another_instance_took_is_stopped(redis_store: Store) -> None:
+    """A holder that stalls past the ttl (a paused VM, a starved process) finds on waking that another instance
+    has taken the lease. The renewer only logged it, and the body (a leader's pass, a send with the relayer
+    key) went on beside the new holder's. Now the body is cancelled and LeaseLapsed raised, and the new holder's
+    lease is left alone."""
+    lock = Lock(redis_store, "relayer:0xabc", ttl=0.6)
+    inside, cut_short = asyncio.Event(), asyncio.Event()
+
+    async def body() -> None:
+        async with lock.held(wait=1):
+            inside.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cut_short.set()
+                raise
+
+    holding = asyncio.create_task(body())
+    await asyncio.wait_for(inside.wait(), 30)
+    await redis_store.redis.set(lock.key, "another-instance", px=60_000)  # it lapsed, and was taken
+    with pytest.raises(LeaseLapsed, match="another instance has it now"):
+        await asyncio.wait_for(holding, 30)
+    assert cut_short.is_set()
+    assert await redis_store.redis.get(lock.key) == b"another-instance"
+
+
+async def test_a_leader_whose_lease_is_taken_mid_pass_stops_the_pass(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the leader's pass: it stops where it is, the keeper not run, and the step ends quietly
+    (the loop goes on, and leads again once the lease is free)."""
+    kept: list[str] = []
+    release = asyncio.Event()
+
+    async def follow(_chain: Any, _store: Store, _confirmations: int) -> int:
+        await release.wait()
+        return 0
+
+    async def keep(_chain: Any, _store: Store) -> None:
+        kept.append("kept")
+
+    monkeypatch.setattr(leader_module, "follow", follow)
+    monkeypatch.setattr(leader_module, "keep_deadlines", keep)
+    metrics = SimpleNamespace(chain_lag=SimpleNamespace(set=lambda _value: None))
+    leader = leader_module.Leader(SimpleNamespace(head=None, confirmations=0), redis_store, metrics)  # type: ignore[arg-type]
+    leader.lease.ttl = 0.6
+    passing = asyncio.create_task(leader.step())
+
+    async def leading() -> bool:
+        return await redis_store.redis.get(leader.lease.key) is not None
+
+    await wait_until(leading, timeout=30, what="the leader's lease")
+    await redis_store.redis.set(leader.lease.key, "another-instance", px=60_000)
+    await asyncio.wait_for(passing, 30)  # ends without an error
+    release.set()
+    assert kept == []
+    assert await redis_store.redis.get(leader.lease.key) == b"another-instance"
+
+
+async def test_a_renewal_redis_fails_once_keeps_the_lease(redis_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal that failed on a Redis error ended the renewer: the lease lapsed under a holder still at
+    work, and a second instance took it. The renewal is tried again while the lease may still be this holder's."""
+    lock, other = Lock(redis_store, "relayer:0xdef", ttl=1.5), Lock(redis_store, "relayer:0xdef", ttl=1.5)
+    real_eval = redis_store.redis.eval
+    failures = [ConnectionError("connection reset by peer")]
+
+    async def eval_failing_once(*args: Any) -> Any:
+        if failures and lock.token in args:  # the holder's renewal
+            raise failures.pop()
+        return await real_eval(*args)
+
+    monkeypatch.setattr(redis_store.redis, "eval", eval_failing_once)
+    async with lock.held(wait=1):
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3 * lock.ttl  # the lease would have lapsed twice over
+        while loop.time() < until:
+            assert not await other.acquire(wait=0), "a second holder took the lease of one at work"
+            await asyncio.sleep(0.1)
+        assert failures == []

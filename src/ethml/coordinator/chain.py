@@ -35,7 +35,7 @@ from ethml.chain.tx import (
     receipt_if_mined,
     why_reverted,
 )
-from ethml.coordinator.lease import LeaseLost, Lock
+from ethml.coordinator.lease import LeaseLapsed, LeaseLost, Lock
 from ethml.coordinator.store import Store
 from ethml.errors import ChainError, TransactionReverted
 
@@ -54,7 +54,8 @@ BUMP_AFTER = 60.0
 
 
 class RelayerBusy(ChainError):
-    """The relayer lock stayed with another instance past the wait: nothing was signed or sent here."""
+    """The relayer lock stayed with another instance past the wait (nothing was signed or sent here), or was lost
+    while held (the send was cut short; a transaction signed before is journaled, and sent again next time)."""
 
 
 class SendRefused(ChainError):
@@ -145,6 +146,8 @@ async def send_raw(
                 raw_hex, hashes, receipt = found
             if receipt is None:
                 await _send(chain, store, what, task_id, name, raw_hex)
+    except LeaseLapsed as exc:  # cut short: a transaction signed before it is journaled, and sent again next time
+        raise RelayerBusy(f"{what}: the relayer lock was {exc}") from exc
     except LeaseLost as exc:
         raise RelayerBusy(
             f"{what}: the relayer lock is held by another instance for over {RELAYER_LOCK_WAIT:g} s"

@@ -1,5 +1,8 @@
 """A Redis lease (SET NX PX): one instance at a time leads, or sends with the relayer key. A holder
-renews it while it works; a killed holder's lease lapses within its ttl."""
+renews it while it works; a killed holder's lease lapses within its ttl. A holder that loses it while it
+works (it stalled past the ttl, or could not reach Redis for that long, and another instance took it) is
+stopped: the body of its `async with` is cancelled and LeaseLost raised, so two instances do not lead, or
+sign with the relayer key, at the same time for longer than a renewal interval."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
 import structlog
 
 from ethml.coordinator import redis_keys as k
@@ -30,7 +34,11 @@ return 0
 
 
 class LeaseLost(Exception):
-    """The lease could not be taken in time."""
+    """The lease could not be taken in time, or was lost while held (LeaseLapsed)."""
+
+
+class LeaseLapsed(LeaseLost):
+    """The lease was lost while held: another instance has it now; the body holding it was cut short."""
 
 
 class Lock:
@@ -56,33 +64,63 @@ class Lock:
 
     @contextlib.asynccontextmanager
     async def held(self, wait: float) -> AsyncIterator[None]:
-        """The lease for the body of the `async with`, renewed every third of its ttl meanwhile."""
+        """The lease for the body of the `async with`, renewed every third of its ttl meanwhile (LeaseLost, the
+        body cancelled, should it be lost)."""
         if not await self.acquire(wait):
             raise LeaseLost(f"{self.key} is held by another instance for over {wait:g} s")
-        renewer = asyncio.create_task(self._renew(), name="lease-renewer")
         try:
-            yield
+            async with self._kept():
+                yield
         finally:
-            try:
-                await stop_helper(renewer)
-            finally:
-                await self.release()
+            await self.release()
 
     @contextlib.asynccontextmanager
     async def renewing(self) -> AsyncIterator[None]:
         """Keep a lease this holder has taken (`acquire`) renewed for the body of the `async with`, and hold it
         on after (it lapses within its ttl unless renewed again): for a holder that leads pass after pass, and
-        whose pass may take longer than the ttl."""
-        renewer = asyncio.create_task(self._renew(), name="lease-renewer")
-        try:
+        whose pass may take longer than the ttl. LeaseLost, the body cancelled, should it be lost."""
+        async with self._kept():
             yield
-        finally:
-            await stop_helper(renewer)
 
-    async def _renew(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _kept(self) -> AsyncIterator[None]:
+        """Renew the lease while the body runs; once it is lost, cancel the body and raise LeaseLost."""
+        lost = False
+        try:
+            async with asyncio.timeout(None) as stop:
+                renewer = asyncio.create_task(self._renew(stop), name="lease-renewer")
+                try:
+                    yield
+                finally:
+                    lost = renewer.done() and not renewer.cancelled() and renewer.exception() is None
+                    await stop_helper(renewer)
+        except TimeoutError as exc:
+            if stop.expired():
+                raise LeaseLapsed(
+                    f"lost while held: another instance has it now (this one stalled, or could not reach Redis, for "
+                    f"over its ttl of {self.ttl:g} s)"
+                ) from exc
+            raise
+        if lost:  # the body ended before the cancel reached it: what it did is done, and nothing was cut short
+            log.info("lease_lost_after_body", lease=self.key)
+
+    async def _renew(self, stop: asyncio.Timeout | None = None) -> None:
+        """Every third of the ttl, extend the lease; returns once it is lost (firing `stop`). A renewal Redis
+        fails is tried again while the lease may still be this holder's (the ttl since the last one)."""
+        ms = int(self.ttl * 1000)
+        renewed = time.monotonic()
         while True:
             stop_if_cancelled()
             await asyncio.sleep(self.ttl / 3)
-            if not await self.store.redis.eval(RENEW, 1, self.key, self.token, int(self.ttl * 1000)):
-                log.warning("lease_lost", lease=self.key)
-                return
+            try:
+                if await self.store.redis.eval(RENEW, 1, self.key, self.token, ms):
+                    renewed = time.monotonic()
+                    continue
+            except (aioredis.RedisError, OSError) as exc:
+                if time.monotonic() - renewed < self.ttl:
+                    log.warning("lease_renewal_failed", lease=self.key, error=str(exc) or type(exc).__name__)
+                    continue
+            log.warning("lease_lost", lease=self.key)
+            if stop is not None:
+                stop.reschedule(asyncio.get_running_loop().time())  # the body is cancelled now
+            return
