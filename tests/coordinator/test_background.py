@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from ethml.coordinator import leader as leader_module
 from ethml.coordinator.background import Loops, forever, stop_helper
 from ethml.coordinator.dispatch import Dispatcher
-from ethml.coordinator.lease import LeaseLapsed, Lock
+from ethml.coordinator.lease import RENEW, LeaseLapsed, Lock
 from ethml.coordinator.store import Store
 from tests.node.conftest import wait_until
 
@@ -211,3 +213,84 @@ async def test_a_renewal_redis_fails_once_keeps_the_lease(redis_store: Store, mo
             assert not await other.acquire(wait=0), "a second holder took the lease of one at work"
             await asyncio.sleep(0.1)
         assert failures == []
+
+
+async def test_a_holder_busy_on_redis_is_stopped_when_its_lease_is_taken(redis_store: Store) -> None:
+    """The lost lease's one cancel often did not reach a holder busy on Redis: Python 3.11's wait_for, through
+    which redis-py sends every command, drops a cancel that lands as the reply arrives, and the body ran to its
+    end beside the new holder. The body is now cancelled again and again until it leaves."""
+    redis = redis_store.redis
+    for trial in range(5):
+        lock = Lock(redis_store, f"relayer:busy-{trial}", ttl=0.6)
+        holding = asyncio.create_task(_busy_on_redis(lock, f"busy-{trial}"))
+        await wait_until(functools.partial(_holds, lock), timeout=30, what="the lease taken")
+        await redis.set(lock.key, "another-instance", px=60_000)
+        with pytest.raises(LeaseLapsed):
+            await asyncio.wait_for(holding, 30)
+        assert await redis.get(lock.key) == b"another-instance"
+
+
+async def _busy_on_redis(lock: Lock, key: str) -> None:
+    """Hold `lock` for a minute, writing `key` all the time (a pass that talks to Redis)."""
+    async with lock.held(wait=1):
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 60
+        while loop.time() < until:
+            await lock.store.redis.set(key, "x")
+
+
+async def _holds(lock: Lock) -> bool:
+    return await lock.store.redis.get(lock.key) == lock.token.encode()
+
+
+async def test_a_holder_whose_renewals_get_no_answer_stops_when_its_lease_can_lapse(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stops answering the holder (no error, no reply: a frozen connection). Its renewal waited for good,
+    while the lease lapsed and another instance took it. A renewal is now given up when the lease can have
+    lapsed (its ttl since the last renewal that took was sent), the body is stopped then, and no release is
+    waited for: the lease is not the holder's any more."""
+    lock = Lock(redis_store, "relayer:0xfrozen", ttl=1.0)
+    real_eval = redis_store.redis.eval
+
+    async def eval_unanswered(*args: Any) -> Any:
+        if lock.token in args:  # the holder's renewal, or its release
+            await asyncio.Event().wait()
+        return await real_eval(*args)
+
+    monkeypatch.setattr(redis_store.redis, "eval", eval_unanswered)
+
+    async def body() -> None:
+        async with lock.held(wait=1):
+            await asyncio.Event().wait()
+
+    holding = asyncio.create_task(body())
+    done, _ = await asyncio.wait([holding], timeout=30)  # (not wait_for: a holder stuck in its release would hang it)
+    assert done, "the holder ran on: its renewal waits for an answer for good"
+    with pytest.raises(LeaseLapsed):
+        holding.result()
+
+
+async def test_a_body_that_ended_before_its_lease_was_found_lost_is_not_said_cut_short(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body ends while a renewal is on its way; the renewer, stopped as the body leaves, does not see its
+    stop (3.11's wait_for dropped it as the reply came) and the reply says the lease is gone. It cut the
+    finished body short after the fact, and the holder was told its work had not been done (a relayer then
+    relays again what it sent). A loss found after the body ended is not the body's."""
+    lock = Lock(redis_store, "relayer:0xlate", ttl=0.6)
+    real_eval = redis_store.redis.eval
+    in_flight = asyncio.Event()
+
+    async def eval_answered_late(*args: Any) -> Any:
+        if lock.token in args and args[0] == RENEW:
+            in_flight.set()
+            with contextlib.suppress(asyncio.CancelledError):  # the stop, dropped as the reply arrives
+                await asyncio.Event().wait()
+            return 0  # taken by another instance meanwhile
+        return await real_eval(*args)
+
+    monkeypatch.setattr(redis_store.redis, "eval", eval_answered_late)
+    async with lock.held(wait=1):
+        await asyncio.wait_for(in_flight.wait(), 30)
+    # It ended normally: nothing raised.

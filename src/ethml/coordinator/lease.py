@@ -1,8 +1,9 @@
 """A Redis lease (SET NX PX): one instance at a time leads, or sends with the relayer key. A holder
 renews it while it works; a killed holder's lease lapses within its ttl. A holder that loses it while it
 works (it stalled past the ttl, or could not reach Redis for that long, and another instance took it) is
-stopped: the body of its `async with` is cancelled and LeaseLost raised, so two instances do not lead, or
-sign with the relayer key, at the same time for longer than a renewal interval."""
+stopped: the body of its `async with` is cancelled (again and again until it leaves) and LeaseLapsed raised,
+by the time its lease can have lapsed (a renewal that gets no answer is given up then), so two instances do
+not lead, or sign with the relayer key, side by side for longer than the cancel takes to reach the body."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -41,19 +43,54 @@ class LeaseLapsed(LeaseLost):
     """The lease was lost while held: another instance has it now; the body holding it was cut short."""
 
 
+#: Seconds between the cancels sent to a holder's body once its lease is lost, until it leaves: Python 3.11's
+#: asyncio.wait_for drops a cancel that lands as the operation it waits for completes, and redis-py sends
+#: every command through it (see background.stop_if_cancelled), so one cancel is often not enough.
+RECANCEL = 0.05
+
+
+class _Hold:
+    """One holding of the lease by the task running the body of an `async with`."""
+
+    def __init__(self, body: asyncio.Task[Any]) -> None:
+        self.body = body
+        self.outside = body.cancelling()  # cancels asked of the task before the body began
+        self.cancels = 0  # asked by the renewer once the lease was lost
+        self.lapsed = False  # found lost while the body ran
+        self.ending = False  # the body has left: no more cancels
+
+    def cancel(self) -> None:
+        if self.body.cancel():
+            self.cancels += 1
+
+    def withdraw(self) -> bool:
+        """Take back the renewer's cancels; whether the task is still asked to stop by someone else."""
+        for _ in range(self.cancels):
+            self.body.uncancel()
+        self.cancels = 0
+        return self.body.cancelling() > self.outside
+
+
 class Lock:
     def __init__(self, store: Store, name: str, ttl: float) -> None:
         self.store, self.key, self.ttl = store, k.lock(name), ttl
         self.token = secrets.token_hex(8)
+        self._until = 0.0  # (monotonic) the lease is surely this holder's until then: ttl past the last SET
+        # or renewal that took, counted from when it was sent
+        self._hold: _Hold | None = None
 
     async def acquire(self, wait: float = 30.0) -> bool:
         """Take the lease, or renew it if this holder has it; False if another holds it past `wait` s."""
         deadline = time.monotonic() + wait
         ms = int(self.ttl * 1000)
         while True:
+            sent = time.monotonic()
             if await self.store.redis.set(self.key, self.token, nx=True, px=ms):
+                self._until = sent + self.ttl
                 return True
+            sent = time.monotonic()
             if await self.store.redis.eval(RENEW, 1, self.key, self.token, ms):
+                self._until = sent + self.ttl
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -62,65 +99,100 @@ class Lock:
     async def release(self) -> None:
         await self.store.redis.eval(RELEASE, 1, self.key, self.token)
 
+    def check(self) -> None:
+        """LeaseLapsed if the lease was found lost while this holder works: a holder calls it before a step that
+        must not run beside another holder's (a signature, a send), should the cancel not have reached it."""
+        if self._hold is not None and self._hold.lapsed:
+            raise LeaseLapsed(self._lapsed_text())
+
     @contextlib.asynccontextmanager
     async def held(self, wait: float) -> AsyncIterator[None]:
-        """The lease for the body of the `async with`, renewed every third of its ttl meanwhile (LeaseLost, the
-        body cancelled, should it be lost)."""
+        """The lease for the body of the `async with`, renewed every third of its ttl meanwhile; should it be
+        lost, the body is cancelled and LeaseLapsed raised."""
         if not await self.acquire(wait):
             raise LeaseLost(f"{self.key} is held by another instance for over {wait:g} s")
+        lapsed = False
         try:
             async with self._kept():
                 yield
+        except LeaseLapsed:
+            lapsed = True  # not this holder's any more: nothing to release (Redis may not answer either)
+            raise
         finally:
-            await self.release()
+            if not lapsed:
+                await self.release()
 
     @contextlib.asynccontextmanager
     async def renewing(self) -> AsyncIterator[None]:
         """Keep a lease this holder has taken (`acquire`) renewed for the body of the `async with`, and hold it
         on after (it lapses within its ttl unless renewed again): for a holder that leads pass after pass, and
-        whose pass may take longer than the ttl. LeaseLost, the body cancelled, should it be lost."""
+        whose pass may take longer than the ttl. Should it be lost, the body is cancelled and LeaseLapsed
+        raised."""
         async with self._kept():
             yield
 
     @contextlib.asynccontextmanager
     async def _kept(self) -> AsyncIterator[None]:
-        """Renew the lease while the body runs; once it is lost, cancel the body and raise LeaseLost."""
-        lost = False
+        """Renew the lease while the body runs. Once it is lost, the body is cancelled (again every RECANCEL s
+        until it leaves) and LeaseLapsed raised, whatever the body ended with, unless the task was also cancelled
+        from outside (a shutdown: that goes on as it was)."""
+        body = asyncio.current_task()
+        assert body is not None
+        hold = self._hold = _Hold(body)
+        renewer = asyncio.create_task(self._renew(hold), name="lease-renewer")
         try:
-            async with asyncio.timeout(None) as stop:
-                renewer = asyncio.create_task(self._renew(stop), name="lease-renewer")
-                try:
-                    yield
-                finally:
-                    lost = renewer.done() and not renewer.cancelled() and renewer.exception() is None
-                    await stop_helper(renewer)
-        except TimeoutError as exc:
-            if stop.expired():
-                raise LeaseLapsed(
-                    f"lost while held: another instance has it now (this one stalled, or could not reach Redis, for "
-                    f"over its ttl of {self.ttl:g} s)"
-                ) from exc
+            yield
+        except BaseException as exc:
+            if await self._end(hold, renewer):
+                raise LeaseLapsed(self._lapsed_text()) from exc
             raise
-        if lost:  # the body ended before the cancel reached it: what it did is done, and nothing was cut short
-            log.info("lease_lost_after_body", lease=self.key)
+        if await self._end(hold, renewer):
+            raise LeaseLapsed(self._lapsed_text())
 
-    async def _renew(self, stop: asyncio.Timeout | None = None) -> None:
-        """Every third of the ttl, extend the lease; returns once it is lost (firing `stop`). A renewal Redis
-        fails is tried again while the lease may still be this holder's (the ttl since the last one)."""
+    async def _end(self, hold: _Hold, renewer: asyncio.Task[None]) -> bool:
+        """The body has left: stop the renewer and take back its cancels; whether the lease was lost while the
+        body ran (and the task is not asked to stop from outside)."""
+        hold.ending = True  # before any await: the renewer sends no cancel from here on
+        try:
+            await stop_helper(renewer)
+        finally:
+            outside = hold.withdraw()
+            self._hold = None
+        return hold.lapsed and not outside
+
+    def _lapsed_text(self) -> str:
+        return (
+            f"lost while held: another instance has it now (this one stalled, or could not reach Redis, for over "
+            f"its ttl of {self.ttl:g} s)"
+        )
+
+    async def _renew(self, hold: _Hold) -> None:
+        """Every third of the ttl, extend the lease. A renewal Redis fails, or does not answer within the time
+        the lease surely has left, is tried again while there is time left; once a renewal finds it gone, or none
+        took within the ttl (counted from when the last one that took was sent), it is lost: the body is
+        cancelled until it leaves."""
         ms = int(self.ttl * 1000)
-        renewed = time.monotonic()
         while True:
             stop_if_cancelled()
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                if await self.store.redis.eval(RENEW, 1, self.key, self.token, ms):
-                    renewed = time.monotonic()
-                    continue
-            except (aioredis.RedisError, OSError) as exc:
-                if time.monotonic() - renewed < self.ttl:
+            await asyncio.sleep(max(0.0, min(self.ttl / 3, self._until - time.monotonic())))
+            stop_if_cancelled()
+            left = self._until - time.monotonic()
+            if left > 0:
+                sent = time.monotonic()
+                try:
+                    held = await asyncio.wait_for(self.store.redis.eval(RENEW, 1, self.key, self.token, ms), left)
+                except (aioredis.RedisError, OSError, TimeoutError) as exc:
                     log.warning("lease_renewal_failed", lease=self.key, error=str(exc) or type(exc).__name__)
                     continue
+                stop_if_cancelled()  # (a stop dropped inside the call: the body has left)
+                if held:
+                    self._until = sent + self.ttl
+                    continue
+            if hold.ending:
+                return
+            hold.lapsed = True
             log.warning("lease_lost", lease=self.key)
-            if stop is not None:
-                stop.reschedule(asyncio.get_running_loop().time())  # the body is cancelled now
+            while not hold.ending:
+                hold.cancel()
+                await asyncio.sleep(RECANCEL)
             return
