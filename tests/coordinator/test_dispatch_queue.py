@@ -660,28 +660,82 @@ async def test_accounts_take_turns_across_instances_and_across_a_restart(redis_s
     lowest load got the next job wherever it was dispatched. The turns are kept in Redis now, for the whole
     cluster: jobs dispatched by two instances and then by a restarted one go to the two accounts in turn."""
     store = redis_store
-    redis = store.redis
     accounts = {"a1" * 20: 0.0, "b2" * 20: 90.0}  # the load each reports
-
-    async def instance(name: str) -> Dispatcher:
-        dispatcher = Dispatcher(store, name, job_timeout=600, max_deliveries=3)
-        for account, cpu in accounts.items():
-            conn = dispatch.WorkerConn(name, "0x" + account, "trainer", RecordingSocket(), 4, name)  # type: ignore[arg-type]
-            conn.cpu = cpu
-            dispatcher.conns[conn.consumer] = conn
-        return dispatcher
-
-    first, second = await instance("instance-1"), await instance("instance-2")
-    restarted = await instance("instance-1")
+    first, second = _instance(store, "instance-1", accounts), _instance(store, "instance-2", accounts)
+    restarted = _instance(store, "instance-1", accounts)
     for account in accounts:
         await _proven(first, "0x" + account)
     given = []
     for n, dispatcher in enumerate((first, second, first, restarted, second), start=1):
-        await redis.set(k.task(f"t{n}"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
-        await redis.xadd(STREAM, {"job": f"{n}:train:0", "kind": "train", "task": f"t{n}", "chain_task": n})
+        await _training_job(store, n)
         await dispatcher.run_pass()
-        given += [c.address[2:4] for c in dispatcher.conns.values() if f"{n}:train:0" in c.running]
+        given += _given(n, dispatcher)
     assert given == ["a1", "b2", "a1", "b2", "a1"]
+
+
+async def test_two_instances_dispatching_at_once_give_an_account_one_turn(redis_store: Store) -> None:
+    """Each pass read the turns at its start and stamped them after the job was sent: two instances
+    dispatching at the same moment both gave the account whose turn it was a job. The claim now takes a
+    training job only if the account was not given one since its pass read the turns, and stamps the turn
+    in the same step: however the two passes interleave, each account gets one of the two jobs."""
+    store = redis_store
+    for trial in range(8):
+        accounts = {f"a{trial}" * 20: 0.0, f"b{trial}" * 20: 90.0}
+        first, second = _instance(store, "instance-1", accounts), _instance(store, "instance-2", accounts)
+        for account in accounts:
+            await _proven(first, "0x" + account)
+        jobs = [100 * trial + 1, 100 * trial + 2]
+        for n in jobs:
+            await _training_job(store, n)
+        await asyncio.gather(first.run_pass(), second.run_pass())
+        await first.run_pass()  # a job one pass left waiting (its account's turn was taken meanwhile)
+        given = sorted(a for n in jobs for d in (first, second) for a in _given(n, d))
+        assert given == [f"a{trial}", f"b{trial}"], f"trial {trial}: {given}"
+
+
+async def test_an_instance_whose_clock_is_slow_keeps_the_turns_in_order(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each instance stamped a turn with its own clock: an instance two minutes slow stamped its accounts
+    as if they had had their turn long ago, and they went first again. Turns are stamped with Redis's
+    clock now, one for every instance."""
+    store = redis_store
+    accounts = {"a1" * 20: 0.0, "b2" * 20: 90.0}
+    first, second = _instance(store, "instance-1", accounts), _instance(store, "instance-2", accounts)
+    for account in accounts:
+        await _proven(first, "0x" + account)
+    real = time.time
+    given = []
+    for n in range(1, 7):
+        await _training_job(store, n)
+        dispatcher = second if n % 2 == 0 else first
+        with monkeypatch.context() as patch:
+            if dispatcher is second:
+                patch.setattr(dispatch.time, "time", lambda: real() - 120)
+            await dispatcher.run_pass()
+        given += _given(n, dispatcher)
+    assert given == ["a1", "b2", "a1", "b2", "a1", "b2"]
+
+
+def _instance(store: Store, name: str, accounts: dict[str, float]) -> Dispatcher:
+    """An instance with one trainer of each account (40 hex digits) connected, reporting the load given."""
+    dispatcher = Dispatcher(store, name, job_timeout=600, max_deliveries=3)
+    for account, cpu in accounts.items():
+        conn = dispatch.WorkerConn(name, "0x" + account, "trainer", RecordingSocket(), 4, name)  # type: ignore[arg-type]
+        conn.cpu = cpu
+        dispatcher.conns[conn.consumer] = conn
+    return dispatcher
+
+
+async def _training_job(store: Store, n: int) -> None:
+    """Training job `n:train:0` of open task tn (on-chain task n) waiting."""
+    await store.redis.set(k.task(f"t{n}"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
+    await store.redis.xadd(STREAM, {"job": f"{n}:train:0", "kind": "train", "task": f"t{n}", "chain_task": n})
+
+
+def _given(n: int, dispatcher: Dispatcher) -> list[str]:
+    """The first two hex digits of the account `dispatcher` gave job `n:train:0` to (none: empty)."""
+    return [c.address[2:4] for c in dispatcher.conns.values() if f"{n}:train:0" in c.running]
 
 
 async def test_an_account_s_standing_counts_only_this_past_day(redis_store: Store) -> None:

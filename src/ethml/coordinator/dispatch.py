@@ -97,6 +97,10 @@ PROOF_TIMEOUT = 5.0
 TRAINED_WINDOW = 86400
 PROVEN = 3
 
+#: Where the turns of the accounts given a training job in the current pass are counted from (later than any
+#: time Redis stamps).
+THIS_PASS = 1e12
+
 #: What `Dispatcher.finish` answers for a trainer's result whose commitment the chain does not show yet.
 UNPROVEN = "unproven"
 
@@ -490,8 +494,12 @@ class Dispatcher:
             chain_task,
             once_per_account=not addressed,
             submit_deadline=submit_deadline,
+            turn=None if addressed else self._given.get(conn.address.lower(), 0.0),
         )
         if not claimed:
+            if not addressed:  # perhaps another instance gave the account its turn since the pass read it
+                given = await redis.zscore(k.GIVEN, conn.address.lower())
+                self._given[conn.address.lower()] = float(given or 0.0)
             return
         if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
@@ -508,9 +516,9 @@ class Dispatcher:
         conn.post(job_message(fields, delivered))
         self.dispatched += 1
         log.info("job_dispatched", job=job, worker=conn.consumer, delivery=delivered)
-        if not addressed:  # its turn, for every instance (the next job of this pass included)
-            self._given[conn.address.lower()] = now = time.time()
-            await self.store.redis.zadd(k.GIVEN, {conn.address.lower(): now})
+        if not addressed:  # its turn, stamped in Redis by the claim; for the next jobs of this pass, after
+            # every account not given one in it, in the order given (no local clock: it may differ from Redis's)
+            self._given[conn.address.lower()] = THIS_PASS + self.dispatched
 
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,

@@ -198,19 +198,31 @@ return delivered
 #: worker's consumer, ARGV[6] its account, ARGV[7] the deadline (unix s), ARGV[8] when the deadline key
 #: expires (unix ms), ARGV[9] 1 when an account takes one job of a task at most (training jobs), ARGV[10]
 #: when the task's set of accounts expires (unix ms: a day past the later of the deadline and the task's
-#: submit deadline, when no job of the task is delivered any more). The
+#: submit deadline, when no job of the task is delivered any more); KEYS[4] when each account was last given a
+#: training job (a sorted set), ARGV[11] that time for this account as the pass read it ('' for a seat: no
+#: turns), ARGV[12] the account in lower case. The
 #: entry moves (XCLAIM ... JUSTID: the delivery count stays) only if it is still pending under the waiting
-#: consumer with that count and, for a training job, the account has not worked on the task: another
-#: instance that took it meanwhile, or a release or reclaim that counted a delivery since, leaves it
-#: alone. Returns 0 (nothing moved), else 1 plus whether the account was new to the task.
+#: consumer with that count and, for a training job, the account has not worked on the task and has not been
+#: given a training job since the pass read its turn: another instance that took it meanwhile, a release or
+#: reclaim that counted a delivery since, or another instance that gave the account its turn meanwhile, leaves
+#: it alone. A training job taken stamps the account's turn with Redis's clock (one clock for every instance).
+#: Returns 0 (nothing moved), else 1 plus whether the account was new to the task.
 CLAIM_JOB = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
 if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return 0 end
+if ARGV[11] ~= '' then
+  local last = redis.call('ZSCORE', KEYS[4], ARGV[12])
+  if last and tonumber(last) > tonumber(ARGV[11]) then return 0 end
+end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])
 local added = redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('PEXPIREAT', KEYS[3], ARGV[10])
+if ARGV[11] ~= '' then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[12])
+end
 return 1 + added
 """
 

@@ -343,18 +343,22 @@ class Store:
         *,
         once_per_account: bool,
         submit_deadline: float = 0.0,
+        turn: float | None = None,
     ) -> int:
         """Move a waiting job to `worker` (its consumer and account) with its `deadline`, only if it is still
         waiting with the delivery count `delivered` and, with `once_per_account`, the account has not worked
-        on the task (atomically, `scripts.CLAIM_JOB`): 0 if not moved, else 1, or 2 when the account was
-        added to the task's workers. The task's set of workers is kept until a day past the later of the
-        deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
+        on the task, and, with `turn` (when the account was last given a training job, as the caller read it
+        from `k.GIVEN`; 0: not this past day), it has not been given one since (atomically, `scripts.CLAIM_JOB`,
+        which then stamps the account's turn): 0 if not moved, else 1, or 2 when the account was added to the
+        task's workers. The task's set of workers is kept until a day past the later of the deadline and the
+        task's `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address = worker
-        keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role)]
+        keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN]
         expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
         kept = int((max(deadline, submit_deadline) + 86400) * 1000)
         args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
-        return int(await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0, kept]))
+        turns = ["" if turn is None else repr(turn), address.lower()]
+        return int(await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0, kept, *turns]))
 
     async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int) -> bool:
         """Move a job's entry to the dead stream with its delivery count, unless it is gone already
