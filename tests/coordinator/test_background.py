@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import random
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -278,7 +279,7 @@ async def test_a_body_that_ended_before_its_lease_was_found_lost_is_not_said_cut
     stop (3.11's wait_for dropped it as the reply came) and the reply says the lease is gone. It cut the
     finished body short after the fact, and the holder was told its work had not been done (a relayer then
     relays again what it sent). A loss found after the body ended is not the body's."""
-    lock = Lock(redis_store, "relayer:0xlate", ttl=0.6)
+    lock = Lock(redis_store, "relayer:0xlate", ttl=3.0)  # the body ends a third of it in, well inside it
     real_eval = redis_store.redis.eval
     in_flight = asyncio.Event()
 
@@ -294,3 +295,40 @@ async def test_a_body_that_ended_before_its_lease_was_found_lost_is_not_said_cut
     async with lock.held(wait=1):
         await asyncio.wait_for(in_flight.wait(), 30)
     # It ended normally: nothing raised.
+
+
+async def test_a_holder_that_stalled_past_its_ttl_is_refused_its_next_step(redis_store: Store) -> None:
+    """The process stalls (a paused VM, the event loop blocked) past the lease's ttl: the lease lapses in
+    Redis, and another instance may take it, while the renewer gets no chance to run. On waking, the relayer's
+    check before it signs or sends looked only at what the renewer had found, and let the send through. A
+    lease with no renewal that took within its ttl is taken for lost now: the check refuses, and the holding
+    ends with LeaseLapsed."""
+    lock = Lock(redis_store, "relayer:0xstalled", ttl=1.0)
+    with pytest.raises(LeaseLapsed):
+        async with lock.held(wait=1):
+            time.sleep(1.5)  # noqa: ASYNC251 - the stall itself: nothing else runs meanwhile
+            lock.check()
+            pytest.fail("the check let a step through after the lease's time was past")
+
+
+async def test_a_send_under_the_relayer_lock_is_refused_once_the_leader_lease_around_it_is_lost(
+    redis_store: Store,
+) -> None:
+    """A leader's pass sends a keeper transaction under the relayer lock. The leader lease is lost (another
+    instance leads now) and the cancel does not reach the pass (3.11's wait_for dropped it): the relayer lock
+    is fine, and its check let the send through, so two leaders sent keeper transactions. The check looks at
+    every lease the task holds now."""
+    leader, relayer = Lock(redis_store, "leader-test", ttl=0.6), Lock(redis_store, "relayer:0xnested", ttl=5.0)
+    sent = False
+    with pytest.raises(LeaseLapsed):
+        async with leader.held(wait=1), relayer.held(wait=1):
+            await redis_store.redis.set(leader.key, "another-instance", px=60_000)
+            loop = asyncio.get_running_loop()
+            lost_by = loop.time() + leader.ttl  # no renewal can take after this: lost, by any account
+            while loop.time() < lost_by:  # the pass goes on, deaf to the cancels
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.05)
+            relayer.check()
+            sent = True  # (a failure raised here would leave as the leader's LeaseLapsed)
+    assert not sent, "the send went ahead under a lost leader lease"
+    assert await redis_store.redis.get(relayer.key) is None  # released: the relayer lock itself was fine

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -52,12 +53,19 @@ RECANCEL = 0.05
 class _Hold:
     """One holding of the lease by the task running the body of an `async with`."""
 
-    def __init__(self, body: asyncio.Task[Any]) -> None:
+    def __init__(self, lock: Lock, body: asyncio.Task[Any]) -> None:
+        self.lock = lock
         self.body = body
         self.outside = body.cancelling()  # cancels asked of the task before the body began
         self.cancels = 0  # asked by the renewer once the lease was lost
         self.lapsed = False  # found lost while the body ran
         self.ending = False  # the body has left: no more cancels
+        self.gone = False  # (set as the body leaves) the lease was lost, or may have been, while the body ran
+
+    def lost(self) -> bool:
+        """Found lost by the renewer, or past the time the lease surely lasts with no renewal that took (a
+        process that stalled, its renewer not run: another instance may hold it now)."""
+        return self.lapsed or time.monotonic() >= self.lock._until
 
     def cancel(self) -> None:
         if self.body.cancel():
@@ -71,13 +79,17 @@ class _Hold:
         return self.body.cancelling() > self.outside
 
 
+#: The holds of the running task (and of the tasks it starts), outermost first: a step checks them all, so a
+#: send under the relayer lock is refused when the leader lease around it is lost.
+_HOLDS: contextvars.ContextVar[tuple[_Hold, ...]] = contextvars.ContextVar("ethml_lease_holds", default=())
+
+
 class Lock:
     def __init__(self, store: Store, name: str, ttl: float) -> None:
         self.store, self.key, self.ttl = store, k.lock(name), ttl
         self.token = secrets.token_hex(8)
         self._until = 0.0  # (monotonic) the lease is surely this holder's until then: ttl past the last SET
         # or renewal that took, counted from when it was sent
-        self._hold: _Hold | None = None
 
     async def acquire(self, wait: float = 30.0) -> bool:
         """Take the lease, or renew it if this holder has it; False if another holds it past `wait` s."""
@@ -100,10 +112,12 @@ class Lock:
         await self.store.redis.eval(RELEASE, 1, self.key, self.token)
 
     def check(self) -> None:
-        """LeaseLapsed if the lease was found lost while this holder works: a holder calls it before a step that
+        """LeaseLapsed if this lease, or another one the running task holds around it, was lost while held, or
+        may have been (no renewal took within its ttl: the process stalled): a holder calls it before a step that
         must not run beside another holder's (a signature, a send), should the cancel not have reached it."""
-        if self._hold is not None and self._hold.lapsed:
-            raise LeaseLapsed(self._lapsed_text())
+        for hold in _HOLDS.get():
+            if not hold.ending and hold.lost():
+                raise LeaseLapsed(hold.lock._lapsed_text())
 
     @contextlib.asynccontextmanager
     async def held(self, wait: float) -> AsyncIterator[None]:
@@ -111,15 +125,12 @@ class Lock:
         lost, the body is cancelled and LeaseLapsed raised."""
         if not await self.acquire(wait):
             raise LeaseLost(f"{self.key} is held by another instance for over {wait:g} s")
-        lapsed = False
+        hold: _Hold | None = None
         try:
-            async with self._kept():
+            async with self._kept() as hold:
                 yield
-        except LeaseLapsed:
-            lapsed = True  # not this holder's any more: nothing to release (Redis may not answer either)
-            raise
         finally:
-            if not lapsed:
+            if hold is None or not hold.gone:  # (lost: not this holder's to release, and Redis may not answer)
                 await self.release()
 
     @contextlib.asynccontextmanager
@@ -132,33 +143,36 @@ class Lock:
             yield
 
     @contextlib.asynccontextmanager
-    async def _kept(self) -> AsyncIterator[None]:
+    async def _kept(self) -> AsyncIterator[_Hold]:
         """Renew the lease while the body runs. Once it is lost, the body is cancelled (again every RECANCEL s
         until it leaves) and LeaseLapsed raised, whatever the body ended with, unless the task was also cancelled
         from outside (a shutdown: that goes on as it was)."""
         body = asyncio.current_task()
         assert body is not None
-        hold = self._hold = _Hold(body)
+        hold = _Hold(self, body)
+        holds = _HOLDS.set((*_HOLDS.get(), hold))
         renewer = asyncio.create_task(self._renew(hold), name="lease-renewer")
         try:
-            yield
+            yield hold
         except BaseException as exc:
-            if await self._end(hold, renewer):
+            if await self._end(hold, renewer, holds):
                 raise LeaseLapsed(self._lapsed_text()) from exc
             raise
-        if await self._end(hold, renewer):
+        if await self._end(hold, renewer, holds):
             raise LeaseLapsed(self._lapsed_text())
 
-    async def _end(self, hold: _Hold, renewer: asyncio.Task[None]) -> bool:
+    async def _end(self, hold: _Hold, renewer: asyncio.Task[None], holds: contextvars.Token[tuple[_Hold, ...]]) -> bool:
         """The body has left: stop the renewer and take back its cancels; whether the lease was lost while the
-        body ran (and the task is not asked to stop from outside)."""
+        body ran, or may have been (no renewal took within the ttl), and the task is not asked to stop from
+        outside."""
+        lost = hold.gone = hold.lost()  # before the renewer is stopped: a stalled process finds its time past here
         hold.ending = True  # before any await: the renewer sends no cancel from here on
         try:
             await stop_helper(renewer)
         finally:
             outside = hold.withdraw()
-            self._hold = None
-        return hold.lapsed and not outside
+            _HOLDS.reset(holds)
+        return lost and not outside
 
     def _lapsed_text(self) -> str:
         return (
