@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -154,3 +157,47 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(SLOW_FILES_FIRST)}
     position = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (rank.get(item.nodeid.split("::")[0], len(rank)), position[id(item)]))
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "hang_guard")  # set up first, torn down last: it covers the fixtures too
+
+
+#: Seconds after which an async test (its fixtures included) is taken for hung: a test that waits for
+#: something that never comes would otherwise hold up the whole run until CI's limit (90 minutes). The
+#: longest tests take about five minutes on a loaded 2-core machine.
+HUNG_AFTER = float(os.environ.get("ETHML_TEST_HUNG_AFTER", "900"))
+
+
+@pytest.fixture
+async def hang_guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Past HUNG_AFTER, print the stack of every asyncio task of the test's loop (where each one waits: a
+    hang found in a full run can be read from its report) and cancel them, so the test fails."""
+    loop = asyncio.get_running_loop()
+
+    def hung() -> None:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        print(f"\n{request.node.nodeid}: still running after {HUNG_AFTER:g} s; its tasks:", file=sys.stderr)
+        for task in tasks:
+            print(f"--- {task.get_name()}, waiting in:", file=sys.stderr)
+            for where in _awaiting(task):
+                print(f"    {where}", file=sys.stderr)
+        for task in tasks:
+            task.cancel()
+
+    guard = loop.call_later(HUNG_AFTER, hung)
+    try:
+        yield
+    finally:
+        guard.cancel()
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The chain of awaits a suspended task waits in, outermost first (`file:line in function` each)."""
+    steps: list[str] = []
+    obj: Any = task.get_coro()
+    while obj is not None and len(steps) < 60:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
+        if frame is not None:
+            steps.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None) or getattr(obj, "ag_await", None)
+    return steps
