@@ -175,11 +175,13 @@ async def hang_guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
 
     def hung() -> None:
+        from ethml.coordinator.background import await_chain
+
         tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
         print(f"\n{request.node.nodeid}: still running after {HUNG_AFTER:g} s; its tasks:", file=sys.stderr)
         for task in tasks:
             print(f"--- {task.get_name()}, waiting in:", file=sys.stderr)
-            for where in _awaiting(task):
+            for where in await_chain(task, files=True):
                 print(f"    {where}", file=sys.stderr)
         for task in tasks:
             task.cancel()
@@ -189,15 +191,3 @@ async def hang_guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         yield
     finally:
         guard.cancel()
-
-
-def _awaiting(task: asyncio.Task[Any]) -> list[str]:
-    """The chain of awaits a suspended task waits in, outermost first (`file:line in function` each)."""
-    steps: list[str] = []
-    obj: Any = task.get_coro()
-    while obj is not None and len(steps) < 60:
-        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
-        if frame is not None:
-            steps.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
-        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None) or getattr(obj, "ag_await", None)
-    return steps

@@ -74,17 +74,18 @@ async def stop_helper(task: asyncio.Task[None]) -> None:
         log.debug("helper_failed", helper=task.get_name(), error=str(task.exception()))
 
 
-def _where(task: asyncio.Task[None]) -> str:
-    """The chain of awaits a task is suspended in (outermost first), to say what a task that did not
-    end when cancelled waits on."""
+def await_chain(task: asyncio.Task[Any], *, files: bool = False) -> list[str]:
+    """The chain of awaits a task is suspended in, outermost first (`function:line` each, or with `files`
+    `file:line in function`): what a task that did not end when cancelled, or a test that hung, waits on."""
     steps: list[str] = []
     obj: Any = task.get_coro()
-    while obj is not None and len(steps) < 30:
+    while obj is not None and len(steps) < 60:
         frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
         if frame is not None:
-            steps.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            code, line = frame.f_code, frame.f_lineno
+            steps.append(f"{code.co_filename}:{line} in {code.co_name}" if files else f"{code.co_name}:{line}")
         obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None) or getattr(obj, "ag_await", None)
-    return " > ".join(steps) or "?"
+    return steps
 
 
 class Loops:
@@ -101,5 +102,6 @@ class Loops:
         ended = await asyncio.gather(*(cancel_and_wait(t, grace) for t in self.tasks))
         stuck = [t for t, done in zip(self.tasks, ended, strict=True) if not done]
         if stuck:
-            log.warning("shutdown_stuck", tasks=[t.get_name() for t in stuck], where=[_where(t) for t in stuck])
+            where = [" > ".join(await_chain(t)) or "?" for t in stuck]
+            log.warning("shutdown_stuck", tasks=[t.get_name() for t in stuck], where=where)
         self.tasks = []
