@@ -498,8 +498,9 @@ class Dispatcher:
         )
         if not claimed:
             if not addressed:  # perhaps another instance gave the account its turn since the pass read it
-                given = await redis.zscore(k.GIVEN, conn.address.lower())
-                self._given[conn.address.lower()] = float(given or 0.0)
+                account = conn.address.lower()
+                given = float(await redis.zscore(k.GIVEN, account) or 0.0)
+                self._given[account] = max(self._given.get(account, 0.0), given)  # (given one this pass: stays last)
             return
         if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
