@@ -608,22 +608,23 @@ class Dispatcher:
     async def standing(self, accounts: list[str]) -> dict[str, int]:
         """Each account's standing: its training results recorded in the last 24 hours (the set trimmed to them as
         it is read)."""
-        return (await self._ranks(accounts))[0]
+        return (await self._ranks(accounts, turns=False))[0]
 
-    async def _ranks(self, accounts: list[str]) -> tuple[dict[str, int], dict[str, float]]:
-        """Each account's standing, and when it was last given a training job by any instance (0: not this past
-        day), in one round trip (the sets trimmed to the last day as they are read)."""
+    async def _ranks(self, accounts: list[str], *, turns: bool = True) -> tuple[dict[str, int], dict[str, float]]:
+        """Each account's standing and, with `turns`, when it was last given a training job by any instance (absent:
+        not this past day), in one round trip (the sets trimmed to the last day as they are read)."""
         since = time.time() - TRAINED_WINDOW
         pipe = self.store.redis.pipeline(transaction=False)
         for account in accounts:
             pipe.zremrangebyscore(k.trained(account), "-inf", since)
             pipe.zcard(k.trained(account))
-        pipe.zremrangebyscore(k.GIVEN, "-inf", since)
-        if accounts:
+        turns = turns and bool(accounts)
+        if turns:
+            pipe.zremrangebyscore(k.GIVEN, "-inf", since)
             pipe.zmscore(k.GIVEN, [a.lower() for a in accounts])
         replies = await pipe.execute()
         counts = replies[1 : 2 * len(accounts) : 2]
-        given = replies[-1] if accounts else []
+        given = replies[-1] if turns else [None] * len(accounts)
         return (
             {a.lower(): int(n) for a, n in zip(accounts, counts, strict=True)},
             {a.lower(): float(t) for a, t in zip(accounts, given, strict=True) if t is not None},
