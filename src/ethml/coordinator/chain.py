@@ -35,7 +35,7 @@ from ethml.chain.tx import (
     receipt_if_mined,
     why_reverted,
 )
-from ethml.coordinator.lease import LeaseLapsed, LeaseLost, Lock
+from ethml.coordinator.lease import LeaseLapsed, LeaseLost, Lock, check_held
 from ethml.coordinator.store import Store
 from ethml.errors import ChainError, TransactionReverted
 
@@ -141,12 +141,12 @@ async def send_raw(
             if found is None:
                 if precheck is not None:
                     await precheck()
-                lock.check()  # (should the cancel of a lost lock not have reached this task)
+                check_held()  # (should the cancel of a lost lease not have reached this task)
                 raw_hex, hashes = await _sign(chain, store, call, what, task_id, name, max_gas), list[str]()
             else:
                 raw_hex, hashes, receipt = found
             if receipt is None:
-                lock.check()
+                check_held()
                 await _send(chain, store, what, task_id, name, raw_hex)
     except LeaseLapsed as exc:  # cut short: a transaction signed before it is journaled, and sent again next time
         raise RelayerBusy(f"{what}: the relayer lock was {exc}") from exc
@@ -265,7 +265,7 @@ async def _bump(sending: _Sending, raw_hex: str) -> str | None:
             if int(await w3.eth.get_transaction_count(chain.relayer.address, "latest")) > int(tx["nonce"]):
                 return None  # its nonce is used: the receipt wait finds by which attempt
             fees = await fee_fields(w3)
-            sending.lock.check()
+            check_held()
             bumped = {
                 key: max(fees[key], int(tx[key]) * BUMP_NUMERATOR // BUMP_DENOMINATOR + 1)
                 for key in ("maxFeePerGas", "maxPriorityFeePerGas")
@@ -293,7 +293,7 @@ async def _bump(sending: _Sending, raw_hex: str) -> str | None:
                 return None
             log.info("fee_bumped", what=what, task=task_id, tx=_hash(new), max_fee=bumped["maxFeePerGas"])
             try:
-                sending.lock.check()
+                check_held()
                 await _send(chain, store, what, task_id, name, new)
             except SendRefused:  # forgotten from the journal: the original goes back in
                 if task_id and name:

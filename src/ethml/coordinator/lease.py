@@ -84,6 +84,16 @@ class _Hold:
 _HOLDS: contextvars.ContextVar[tuple[_Hold, ...]] = contextvars.ContextVar("ethml_lease_holds", default=())
 
 
+def check_held() -> None:
+    """LeaseLapsed if a lease the running task holds (any of them: the relayer lock, the leader lease around it)
+    was lost while held, or may have been (no renewal took within its ttl: the process stalled): a holder calls
+    it before a step that must not run beside another holder's (a signature, a send), should the cancel not
+    have reached it."""
+    for hold in _HOLDS.get():
+        if not hold.ending and hold.lost():
+            raise LeaseLapsed(hold.lock._lapsed_text())
+
+
 class Lock:
     def __init__(self, store: Store, name: str, ttl: float) -> None:
         self.store, self.key, self.ttl = store, k.lock(name), ttl
@@ -110,14 +120,6 @@ class Lock:
 
     async def release(self) -> None:
         await self.store.redis.eval(RELEASE, 1, self.key, self.token)
-
-    def check(self) -> None:
-        """LeaseLapsed if this lease, or another one the running task holds around it, was lost while held, or
-        may have been (no renewal took within its ttl: the process stalled): a holder calls it before a step that
-        must not run beside another holder's (a signature, a send), should the cancel not have reached it."""
-        for hold in _HOLDS.get():
-            if not hold.ending and hold.lost():
-                raise LeaseLapsed(hold.lock._lapsed_text())
 
     @contextlib.asynccontextmanager
     async def held(self, wait: float) -> AsyncIterator[None]:
