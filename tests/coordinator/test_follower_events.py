@@ -8,14 +8,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+from web3.exceptions import Web3RPCError
 
 from ethml.coordinator import follower as follower_module
 from ethml.coordinator import redis_keys as k
-from ethml.coordinator.follower import EVENTS, apply_event
+from ethml.coordinator.follower import EVENTS, Settlement, apply_event
 from ethml.coordinator.redis_client import connect
 from ethml.coordinator.schemas import Submission
 from ethml.coordinator.store import Store
@@ -118,13 +120,13 @@ async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_ov
         await store.redis.set(k.task(posted), orjson.dumps(mine))  # the posted task, its creation found
         claims: list[str] = []
 
-        async def decided_scores(_chain: Any, _task: int, _count: int) -> list[tuple[int | None, bool]]:
+        async def settlement(_chain: Any, _task: int, _count: int, _block: int | None = None) -> Settlement:
             if case != "still-the-import's" and not claims:  # the relayer's claim, while the follower waits
                 claims.append(await store.claim_chain_id(posted, 7))
                 assert (await store.task("chain-7") or {}).get("status") == "failed"
-            return []
+            return Settlement([], "none", 0)
 
-        monkeypatch.setattr(follower_module, "_decided_scores", decided_scores)
+        monkeypatch.setattr(follower_module, "_settlement", settlement)
         if case == "killed-before-the-check":
             finish = store.finish_takeover
 
@@ -153,6 +155,65 @@ async def test_a_settlement_applied_to_an_import_while_a_posted_task_takes_it_ov
         assert await store.redis.zscore(k.tasks_in("accepted"), "chain-7") is None
         tracking = await store.task_by_chain_id(7)
         assert tracking is not None and tracking["id"] == posted
+
+
+@pytest.mark.parametrize("node", ["archive", "recent-state-only"])
+async def test_a_settled_task_reads_its_registered_model_with_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: str
+) -> None:
+    """The settlement's transaction registers the accepted model, and emits TaskSettled, then ModelRegistered:
+    applied one after the other, a task polled between them read accepted without its model. The settlement now
+    carries its registration, read at its block: after TaskSettled alone the task reads accepted with its model.
+    A replay of an old settlement, whose registration was deferred and made later, reads the deferral at the
+    settlement's block (the later registration's own event sets it); a node without that block's state gives
+    the latest state."""
+    asked: list[tuple[str, int | None]] = []
+    deferred_at, registered_at = 40, 55
+
+    async def read_struct(_contract: Any, fn: str, *args: Any, block: int | None = None) -> dict[str, Any]:
+        asked.append((fn, block))
+        if block is not None and node == "recent-state-only":
+            raise Web3RPCError("missing trie node")
+        if fn == "getTask":
+            registered = block is None or block >= registered_at
+            return {
+                "status": 2,
+                "submissions": 1,
+                "registration": 1 if registered else 3,
+                "modelId": 9 if registered else 0,
+            }
+        return {"revealed": True, "score": 910_000, "bond": 1}
+
+    monkeypatch.setattr(follower_module, "read_struct", read_struct)
+    chain: Any = SimpleNamespace(tasks=object())
+    async with _store(tmp_path) as store:
+        await _imported(store, "t1", "validating", submissions=[{"trainer": "0xabc", "revealed": True}])
+        await apply_event(chain, store, "TaskSettled", {"taskId": 7, "status": 2}, "0xf1", registered_at)
+        stored = await store.task("t1")
+        assert stored is not None
+        assert (stored["status"], stored.get("model_id"), stored.get("registration")) == ("accepted", 9, "registered")
+        assert stored["submissions"][0]["score"] == 910_000
+        assert ("getTask", registered_at) in asked  # read at the settlement's block first
+
+        await store.update_task("t1", lambda d: d.update(status="validating", model_id=None, registration=None))
+        await apply_event(chain, store, "TaskSettled", {"taskId": 7, "status": 2}, "0xf1", deferred_at)
+        stored = await store.task("t1")
+        assert stored is not None
+        if node == "archive":  # the deferral, as it stood after the settlement
+            assert (stored["status"], stored.get("model_id"), stored.get("registration")) == (
+                "accepted",
+                None,
+                "deferred",
+            )
+        else:  # the latest state: the registration made since
+            assert (stored["status"], stored.get("model_id"), stored.get("registration")) == (
+                "accepted",
+                9,
+                "registered",
+            )
+        await apply_event(chain, store, "ModelRegistered", {"taskId": 7, "modelId": 9}, "0xf2", registered_at)
+        stored = await store.task("t1")
+        assert stored is not None and (stored.get("model_id"), stored.get("registration")) == (9, "registered")
 
 
 async def _imported(store: Store, task_id: str, status: str, **fields: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ vote in its seat), with the id `<task>:validate:<n>`, n being the seat plus 9 fo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from eth_utils.abi import event_abi_to_log_topic
 from web3.exceptions import Web3RPCError
@@ -219,11 +219,18 @@ async def apply_event(
         )
     elif name == "TaskSettled":
         status = STATUSES[int(args["status"])]
-        scores = await _decided_scores(chain, int(args["taskId"]), len(doc.get("submissions", [])))
+        outcome = await _settlement(chain, int(args["taskId"]), len(doc.get("submissions", [])), block)
+        scores = outcome.scores
 
         def settled(d: dict[str, Any]) -> None:
             d["status"] = status
             d["transactions"]["finalize"] = tx
+            # The registration the same transaction made (its event follows this one): applied with the status,
+            # so a task never reads accepted without the model it registered.
+            if outcome.registration != "none":
+                d["registration"] = outcome.registration
+            if outcome.registration == "registered":
+                d["model_id"] = outcome.model_id
             for i, (score, undecided) in enumerate(scores):
                 if score is not None and i < len(d["submissions"]) and d["submissions"][i] is not None:
                     d["submissions"][i].update(score=score, undecided=undecided)
@@ -261,21 +268,42 @@ async def apply_event(
         await store.update_task(task_id, lambda d: d.update(registration=state))
 
 
-async def _decided_scores(chain: Chain, chain_task: int, count: int) -> list[tuple[int | None, bool]]:
-    """(the panel's decided score, whether it is undecided) of each submission: a revealed one's score
-    as the settlement recorded it; undecided when no clear majority agreed on it (recorded 0 with its
-    bond released, as a decided 0 forfeits it)."""
+class Settlement(NamedTuple):
+    """What a task's settlement recorded: each submission's decided score (`_settlement`), and the model
+    registration it made (REGISTRATIONS; the model's id when registered, else 0)."""
+
+    scores: list[tuple[int | None, bool]]
+    registration: str
+    model_id: int
+
+
+async def _settlement(chain: Chain, chain_task: int, count: int, block: int | None = None) -> Settlement:
+    """The task's settlement as the chain had it after `block` (the latest state where the node lacks that
+    block's, or without one): (the panel's decided score, whether it is undecided) of each submission, a
+    revealed one's score as the settlement recorded it, undecided when no clear majority agreed on it
+    (recorded 0 with its bond released, as a decided 0 forfeits it); and the registration of the accepted
+    model. Read at the settlement's block, a replay applying an old settlement does not take a later
+    registration (a deferred one's retry) for the settlement's own."""
+    at = block
+    try:
+        task = await read_struct(chain.tasks, "getTask", chain_task, block=at)
+    except (Web3RPCError, TaskError):
+        if at is None:
+            raise
+        at = None  # not an archive node: the latest state (the events that follow set what changed since)
+        task = await read_struct(chain.tasks, "getTask", chain_task)
+    registration = REGISTRATIONS[int(task["registration"])]
+    model_id = int(task["modelId"]) if registration == "registered" else 0
     scores: list[tuple[int | None, bool]] = []
-    task = await read_struct(chain.tasks, "getTask", chain_task)
     judged = STATUSES[int(task["status"])] not in ("none", "open", "empty")
     for i in range(max(count, int(task["submissions"]))):
-        s = await read_struct(chain.tasks, "getSubmission", chain_task, i)
+        s = await read_struct(chain.tasks, "getSubmission", chain_task, i, block=at)
         if not (judged and s["revealed"]):
             scores.append((None, False))
             continue
         undecided = int(s["score"]) == 0 and BONDS[int(s["bond"])] == "released"
         scores.append((None if undecided else int(s["score"]), undecided))
-    return scores
+    return Settlement(scores, registration, model_id)
 
 
 def _topics(chain: Chain) -> dict[bytes, str]:
