@@ -184,9 +184,9 @@ class Lock:
 
     async def _renew(self, hold: _Hold) -> None:
         """Every third of the ttl, extend the lease. A renewal Redis fails, or does not answer within the time
-        the lease surely has left, is tried again while there is time left; once a renewal finds it gone, or none
-        took within the ttl (counted from when the last one that took was sent), it is lost: the body is
-        cancelled until it leaves."""
+        the lease surely has left, is tried again while there is time left (as is one that fails on anything
+        else); once a renewal finds it gone, or none took within the ttl (counted from when the last one that took
+        was sent), it is lost: the body is cancelled until it leaves."""
         ms = int(self.ttl * 1000)
         while True:
             stop_if_cancelled()
@@ -199,6 +199,11 @@ class Lock:
                     held = await asyncio.wait_for(self.store.redis.eval(RENEW, 1, self.key, self.token, ms), left)
                 except (aioredis.RedisError, OSError, TimeoutError) as exc:
                     log.warning("lease_renewal_failed", lease=self.key, error=str(exc) or type(exc).__name__)
+                    continue
+                except Exception as exc:
+                    # Not expected (a reply it cannot read): tried again as a failure is, never the end of the
+                    # renewer, which would leave the body unstopped past the ttl.
+                    log.exception("lease_renewal_failed", lease=self.key, error=repr(exc))
                     continue
                 stop_if_cancelled()  # (a stop dropped inside the call: the body has left)
                 if held:
