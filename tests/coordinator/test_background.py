@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ethml.coordinator import follower as follower_module
 from ethml.coordinator import leader as leader_module
 from ethml.coordinator.background import Loops, forever, stop_helper
 from ethml.coordinator.dispatch import Dispatcher
@@ -332,3 +333,58 @@ async def test_a_send_under_the_relayer_lock_is_refused_once_the_leader_lease_ar
             sent = True  # (a failure raised here would leave as the leader's LeaseLapsed)
     assert not sent, "the send went ahead under a lost leader lease"
     assert await redis_store.redis.get(relayer.key) is None  # released: the relayer lock itself was fine
+
+
+async def test_a_renewer_that_fails_on_something_unexpected_still_stops_the_body_at_the_ttl(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal that failed on anything but a Redis, OS or timeout error (a reply it could not read) ended the
+    renewer: nothing renewed the lease and nothing stopped the body, which ran on past the ttl beside whoever
+    took the lease. Such a failure is now tried again as any other, and the body is stopped once the lease can
+    have lapsed."""
+    lock = Lock(redis_store, "relayer:0xunreadable", ttl=0.6)
+    real_eval = redis_store.redis.eval
+
+    async def eval_unreadable(*args: Any) -> Any:
+        if lock.token in args and args[0] == RENEW:
+            raise ValueError("a reply the client could not read")
+        return await real_eval(*args)
+
+    monkeypatch.setattr(redis_store.redis, "eval", eval_unreadable)
+
+    async def body() -> None:
+        async with lock.held(wait=1):
+            await asyncio.Event().wait()
+
+    holding = asyncio.create_task(body())
+    done, _ = await asyncio.wait([holding], timeout=30)
+    assert done, "the body ran on past its lease's ttl: the renewer died of the error"
+    with pytest.raises(LeaseLapsed):
+        holding.result()
+
+
+async def test_a_follower_whose_lease_is_lost_applies_no_more_events(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader's follower applying a long range of events loses its lease (another instance leads now), and
+    the cancels do not land (3.11's wait_for drops them in its Redis commands). It went on applying the range
+    beside the new leader. Each event is now preceded by the lease's check: it stops at the next one."""
+    lock = Lock(redis_store, "leader-follow", ttl=0.6)
+    applied: list[int] = []
+
+    async def apply_event(_chain: Any, _store: Any, _name: str, _args: Any, _tx: str, block: int | None = None) -> None:
+        applied.append(int(block or 0))
+        with contextlib.suppress(asyncio.CancelledError):  # deaf to the cancels
+            await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(follower_module, "apply_event", apply_event)
+    topic = b"\x01" * 32
+    created = SimpleNamespace(process_log=lambda _entry: {"args": {"taskId": 1}})
+    chain: Any = SimpleNamespace(tasks=SimpleNamespace(events=SimpleNamespace(TaskCreated=lambda: created)))
+    logs = [{"topics": [topic], "transactionHash": b"\x00" * 32, "blockNumber": n} for n in range(400)]
+    with pytest.raises(LeaseLapsed):
+        async with lock.held(wait=1):
+            await redis_store.redis.set(lock.key, "another-instance", px=60_000)
+            await follower_module._apply_logs(chain, redis_store, {topic: "TaskCreated"}, logs)
+    # The lease is lost within its ttl (0.6 s, about 12 events of 0.05 s): stopped within a few events of it.
+    assert len(applied) < 40, f"{len(applied)} of 400 events applied after the lease was lost"

@@ -14,6 +14,7 @@ from eth_utils.abi import event_abi_to_log_topic
 from web3.exceptions import Web3RPCError
 
 from ethml.coordinator.chain import Chain
+from ethml.coordinator.lease import check_held
 from ethml.coordinator.store import Store
 from ethml.training.onchain import BONDS, REGISTRATIONS, STATUSES, TaskError, read_struct
 
@@ -316,10 +317,14 @@ def _topics(chain: Chain) -> dict[bytes, str]:
 
 
 async def _apply_logs(chain: Chain, store: Store, topics: dict[bytes, str], logs: list[Any]) -> None:
+    """Apply the followed events of `logs`, in order. Before each, the leases the task holds are checked (the
+    leader's, for the follower): a pass that lost its lease stops at the next event even where the cancel sent
+    to it has not landed (its Redis commands may drop one), rather than apply the rest beside the new leader."""
     for entry in logs:
         name = topics.get(bytes(entry["topics"][0])) if entry["topics"] else None
         if name is None:
             continue
+        check_held()
         decoded = getattr(chain.tasks.events, name)().process_log(entry)
         tx = "0x" + bytes(entry["transactionHash"]).hex()
         await apply_event(chain, store, name, dict(decoded["args"]), tx, int(entry["blockNumber"]))
@@ -336,6 +341,7 @@ async def follow(chain: Chain, store: Store, confirmations: int, chunk: int | No
         end = min(head, start + (chunk or LOG_CHUNK))
         logs = await chain.w3.eth.get_logs({"address": chain.tasks.address, "fromBlock": start + 1, "toBlock": end})
         await _apply_logs(chain, store, topics, logs)
+        check_held()
         await store.set_checkpoint(end)
         start = end
     return start
