@@ -95,7 +95,51 @@ async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(
     assert await store.release_job("trainer", "worker-a", kept, 1, 1) == -2  # dead-lettered
     dead = await redis.xrange("ethml:dead")
     assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"2")]
+    assert (dead[0][1][b"reason"], dead[0][1][b"worker"]) == (b"handed back", b"worker-a")
     assert await redis.xpending_range(STREAM, GROUP, "-", "+", 10) == []
+
+
+async def test_a_dead_seat_says_why_it_died_and_whose_it_was(redis_store: Store) -> None:
+    """A seat goes to the dead stream past --max-deliveries: its entry kept the job's fields and its count, but
+    not why, so an operator reading the stream could not tell a validator gone silent from one that handed its
+    seat back or failed its vote. The entry now says why (`reason`) and, where it is known, the worker that had
+    it last (`worker`): a seat reclaimed from a silent validator, one handed back by its worker as it stopped,
+    and one whose vote failed (the worker's detail, bounded to 500 characters)."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+    stream = k.jobs("validator")
+    validators = ["e1" * 20, "e2" * 20, "e3" * 20]
+    for n, validator in enumerate(validators):
+        seat = {"job": f"1:validate:{n}", "kind": "validate", "task": "v", "chain_task": 1, "address": "0x" + validator}
+        await redis.xadd(stream, seat)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=0.3, max_deliveries=1)
+    for validator in validators:
+        await _connect(dispatcher, validator, "validator")
+    await dispatcher.run_pass()
+    silent, stopping, failing = (dispatcher.conns[f"0x{v}:w"] for v in validators)
+    assert all(c.running for c in (silent, stopping, failing))
+    del dispatcher.conns[silent.consumer]  # it stops heartbeating: its seat goes idle
+    assert await dispatcher.release(stopping, "1:validate:1", 1) == "released"  # dead: past one delivery
+    # A failed vote is forgiven (it does not count toward the limit), so it ends a seat only under a limit lowered
+    # since the seat was delivered: the instance restarted with --max-deliveries 0, its worker reconnected to it.
+    dispatcher.max_deliveries = 0
+    detail = {"error": "x" * 2000}
+    assert await dispatcher.finish(failing, "1:validate:2", 1, {"ok": False, "detail": detail}) == "dead"
+
+    async def reclaimed() -> bool:
+        await dispatcher.run_pass()
+        return bool(await redis.xlen(k.DEAD) == 3)
+
+    await wait_until(reclaimed, timeout=60, what="the silent validator's seat in the dead stream")
+    dead = {d[1][b"job"].decode(): d[1] for d in await redis.xrange(k.DEAD)}
+    assert dead["1:validate:0"][b"reason"].decode().startswith("taken back from its last worker, silent for 0.3 s")
+    assert dead["1:validate:0"][b"worker"] == b""  # (XAUTOCLAIM does not say whose it was)
+    assert dead["1:validate:1"][b"reason"] == b"handed back by its worker, which was stopping"
+    assert dead["1:validate:1"][b"worker"] == stopping.consumer.encode()
+    failed = dead["1:validate:2"][b"reason"].decode()
+    assert failed.startswith('its worker failed it: {"error": "xxx') and len(failed) == 500, failed
+    assert dead["1:validate:2"][b"worker"] == failing.consumer.encode()
 
 
 async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_time_limit(redis_store: Store) -> None:

@@ -378,6 +378,13 @@ class Dispatcher:
             log.warning("job_reclaimed", job=job, deliveries=delivered)
             await self._dead_letter_if_spent(stream, entry_id, delivered, job, role)
 
+    def _silent(self, delivered: int) -> str:
+        """Why a job reclaimed past its limit is dead."""
+        return (
+            f"taken back from its last worker, silent for {self.job_timeout:g} s (it stopped heartbeating, or held "
+            f"the job past its time limit), after {delivered - 1} deliveries"
+        )
+
     async def _waiting(self, stream: str, role: str) -> list[tuple[dict[str, Any], bool]]:
         """The waiting jobs this pass looks at, oldest first: the first SCAN (the queue's front, so the
         oldest jobs go first), then SCAN more from where the last pass stopped behind the front, going
@@ -435,7 +442,7 @@ class Dispatcher:
             return False
         if delivered <= await self._delivery_limit(job, role):
             return False
-        if await self.store.dead_letter(stream, entry_id, delivered):
+        if await self.store.dead_letter(stream, entry_id, delivered, self._silent(delivered)):
             self.dead_lettered += 1
         return True
 
@@ -548,8 +555,9 @@ class Dispatcher:
         if not result.get("ok"):
             seat = conn.role == "validator"
             limit = await self._delivery_limit(job, conn.role) + (1 if seat else 0)  # a failed vote is forgiven
+            detail = result.get("detail")
             outcome = await self._hand_back(
-                conn, job, entry_id, delivery, "job_failed", limit=limit, detail=result.get("detail")
+                conn, job, entry_id, delivery, "job_failed", limit=limit, reason=_failure(detail), detail=detail
             )
             if seat and outcome == "released":
                 first, most = SEAT_PAUSES
@@ -638,7 +646,13 @@ class Dispatcher:
         if entry_id is None:
             return "not delivered to this worker"
         outcome = await self._hand_back(
-            conn, job, entry_id, delivery, "job_released", limit=await self._delivery_limit(job, conn.role)
+            conn,
+            job,
+            entry_id,
+            delivery,
+            "job_released",
+            limit=await self._delivery_limit(job, conn.role),
+            reason="handed back by its worker, which was stopping",
         )
         return "released" if outcome == "dead" else outcome
 
@@ -651,12 +665,13 @@ class Dispatcher:
         event: str,
         *,
         limit: int,
+        reason: str,
         **details: Any,
     ) -> str:
         """Back to waiting with one more delivery (released) or to the dead stream (dead: past `limit`
-        deliveries, 0 for none), only if the job is pending under the worker's consumer with the delivery number
-        given; else why not."""
-        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, limit)
+        deliveries, 0 for none, with `reason`), only if the job is pending under the worker's consumer with the
+        delivery number given; else why not."""
+        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, limit, reason)
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
         conn.drop(job)
@@ -720,6 +735,14 @@ class Dispatcher:
                 message = job_message(fields, int(p["times_delivered"]))
                 found.append(Pending(fields["job"], p["message_id"], float(deadline) if deadline else None, message))
         return found
+
+
+def _failure(detail: Any) -> str:
+    """Why a job is dead after its worker's failed result: the worker's `detail`, as JSON unless it is text."""
+    if detail is None:
+        return "its worker failed it, and said no more"
+    said = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
+    return f"its worker failed it: {said}"
 
 
 def _text(entry_id: bytes | str) -> str:

@@ -142,16 +142,21 @@ if fresh then return 'recorded' end
 return 'duplicate'
 """
 
-#: Moves an entry of a job stream to the dead stream with its fields and `deliveries`, if it is still
-#: there (1; 0 when it was gone, so two callers racing to dead-letter the same job add it once).
+#: Moves an entry of a job stream to the dead stream with its fields, `deliveries`, why (`reason`) and the
+#: worker that had it last (`worker`, '' when not known), if it is still there (1; 0 when it was gone, so
+#: two callers racing to dead-letter the same job add it once).
 _DEAD_LETTER_FUNCTION = """
-local function dead_letter(stream, dead, group, entry, deliveries)
+local function dead_letter(stream, dead, group, entry, deliveries, reason, worker)
   local e = redis.call('XRANGE', stream, entry, entry)
   if #e == 0 then return 0 end
   local add = {'XADD', dead, '*'}
   for _, v in ipairs(e[1][2]) do add[#add + 1] = v end
   add[#add + 1] = 'deliveries'
   add[#add + 1] = deliveries
+  add[#add + 1] = 'reason'
+  add[#add + 1] = reason
+  add[#add + 1] = 'worker'
+  add[#add + 1] = worker
   redis.call(unpack(add))
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
@@ -160,15 +165,16 @@ end
 """
 
 #: KEYS[1] the job stream, KEYS[2] the dead stream; ARGV[1] the group, ARGV[2] the entry, ARGV[3] its
-#: delivery count.
-DEAD_LETTER = _DEAD_LETTER_FUNCTION + "return dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])\n"
+#: delivery count, ARGV[4] why it is dead.
+DEAD_LETTER = _DEAD_LETTER_FUNCTION + "return dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], '')\n"
 
 #: A worker hands back a job it will not finish (it is stopping now). KEYS[1] the job stream, KEYS[2] the
 #: dead stream; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4] the
 #: delivery number the worker was sent, ARGV[5] the waiting consumer, ARGV[6] the job's delivery limit (0:
-#: none). Only an entry pending under that consumer with that delivery count moves: back to waiting with one
-#: more delivery (XCLAIM without JUSTID, so a late result of the abandoned delivery is stale), or, when that
-#: is more than the limit, to the dead stream in the same step (no dispatch can take it between).
+#: none), ARGV[7] why the worker handed it back (the dead entry's reason). Only an entry pending under that
+#: consumer with that delivery count moves: back to waiting with one more delivery (XCLAIM without JUSTID,
+#: so a late result of the abandoned delivery is stale), or, when that is more than the limit, to the dead
+#: stream in the same step (no dispatch can take it between).
 #: Returns the new delivery count (negated when dead-lettered), or gone, reassigned or stale as
 #: FINISH_JOB does (nothing moved).
 RELEASE_JOB = (
@@ -181,7 +187,7 @@ if p[1][4] ~= tonumber(ARGV[4]) then return 'stale' end
 local delivered = p[1][4] + 1
 local limit = tonumber(ARGV[6])
 if limit > 0 and delivered > limit then
-  if dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[3], delivered) == 0 then
+  if dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[3], delivered, ARGV[7], ARGV[2]) == 0 then
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])  -- pending, but its entry was deleted: nothing to run
     return 'gone'
   end

@@ -53,6 +53,15 @@ GROUP = "workers"
 RELAY_GROUP = "relayers"
 
 
+#: Characters of a dead entry's reason kept (a failed vote's detail is the worker's own words).
+DEAD_REASON = 500
+
+
+def dead_reason(reason: str) -> str:
+    """`reason` as a dead entry keeps it: at most DEAD_REASON characters."""
+    return reason if len(reason) <= DEAD_REASON else reason[: DEAD_REASON - 1] + "…"
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -322,12 +331,17 @@ class Store:
         )
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    async def release_job(self, role: str, consumer: str, entry_id: bytes, delivery: int, limit: int) -> int | str:
+    async def release_job(
+        self, role: str, consumer: str, entry_id: bytes, delivery: int, limit: int, reason: str = "handed back"
+    ) -> int | str:
         """Move a job pending under `consumer` with delivery count `delivery` back to waiting, counting a
-        delivery, or to the dead stream past `limit` deliveries (0: never; atomically, `scripts.RELEASE_JOB`):
-        the new delivery count (negative: dead-lettered), or gone, reassigned or stale (nothing moved)."""
+        delivery, or to the dead stream past `limit` deliveries (0: never; atomically, `scripts.RELEASE_JOB`),
+        with `reason` and the consumer as its worker: the new delivery count (negative: dead-lettered), or gone,
+        reassigned or stale (nothing moved)."""
         reply = await self._script(
-            self._release_job, [k.jobs(role), k.DEAD], [GROUP, consumer, entry_id, delivery, WAITING, limit]
+            self._release_job,
+            [k.jobs(role), k.DEAD],
+            [GROUP, consumer, entry_id, delivery, WAITING, limit, dead_reason(reason)],
         )
         return reply.decode() if isinstance(reply, bytes) else int(reply)
 
@@ -360,10 +374,11 @@ class Store:
         turns = ["" if turn is None else repr(turn), address.lower()]
         return int(await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0, kept, *turns]))
 
-    async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int) -> bool:
-        """Move a job's entry to the dead stream with its delivery count, unless it is gone already
+    async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int, reason: str) -> bool:
+        """Move a job's entry to the dead stream with its delivery count and why, unless it is gone already
         (another instance did it, or it finished): whether this call moved it."""
-        return bool(await self._script(self._dead_letter, [stream, k.DEAD], [GROUP, entry_id, deliveries]))
+        args = [GROUP, entry_id, deliveries, dead_reason(reason)]
+        return bool(await self._script(self._dead_letter, [stream, k.DEAD], args))
 
     async def touch_entries(self, stream: str, group: str, consumer: str, entry_ids: list[bytes]) -> set[bytes]:
         """Reset the idle time of those of `entry_ids` still pending under `consumer`; returns them."""
