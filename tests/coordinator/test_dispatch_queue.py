@@ -737,6 +737,41 @@ async def test_two_instances_dispatching_at_once_give_an_account_one_turn(redis_
         assert given == [f"a{trial}", f"b{trial}"], f"trial {trial}: {given}"
 
 
+@pytest.mark.parametrize("meanwhile", ["its turn", "a job of the task"])
+async def test_a_job_whose_account_is_refused_at_the_claim_goes_to_the_next_account_at_once(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """Between a pass's read of the turns and its claim, another instance gives the account whose turn it was a
+    training job (of another task: its turn; or of this task, through another worker). The claim is refused, and
+    the job waited for the next pass (half a second by default), though another account was free here. It now
+    goes to the next account in the same pass."""
+    store = redis_store
+    redis = store.redis
+    accounts = {"a1" * 20: 0.0, "b2" * 20: 90.0}  # a1 first: the lower load
+    dispatcher = _instance(store, "instance-1", accounts)
+    for account in accounts:
+        await _proven(dispatcher, "0x" + account)
+    await _training_job(store, 1)
+    claim = store.claim_job
+    elsewhere = [True]
+
+    async def given_elsewhere_first(*args: Any, **kwargs: Any) -> Any:
+        if elsewhere:  # just before this pass's first claim
+            elsewhere.clear()
+            if meanwhile == "its turn":  # another instance's claim stamped a1's turn (with Redis's clock)
+                seconds, micros = await redis.time()
+                await redis.zadd(k.GIVEN, {"0x" + "a1" * 20: seconds + micros / 1e6})
+            else:  # another instance gave a1's other worker a job of the same task
+                await redis.sadd(k.task_workers("1", "trainer"), "0x" + "a1" * 20)
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_job", given_elsewhere_first)
+    await dispatcher.run_pass()
+    assert _given(1, dispatcher) == ["b2"], "the job waited for the next pass"
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [f"0x{'b2' * 20}:instance-1".encode()]
+
+
 async def test_an_instance_whose_clock_is_slow_keeps_the_turns_in_order(
     redis_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -101,6 +101,10 @@ PROVEN = 3
 #: time Redis stamps).
 THIS_PASS = 1e12
 
+#: What `Store.claim_job` answers when it takes nothing: the job is not waiting as the pass saw it; the account has
+#: worked on the task (a training job); the account was given a training job since the pass read its turn.
+NOT_WAITING, WORKED_ON, GIVEN_SINCE = 0, -1, -2
+
 #: What `Dispatcher.finish` answers for a trainer's result whose commitment the chain does not show yet.
 UNPROVEN = "unproven"
 
@@ -481,33 +485,21 @@ class Dispatcher:
         else:
             done = {a.decode() for a in await redis.smembers(k.task_workers(fields["chain_task"], role))}
             eligible = [c for c in free if c.address not in done]
-        if not eligible:
-            return
-        conn = min(eligible, key=self._rank)
-        deadline = time.time() + self._limit(fields, doc)
-        # Taken only if still waiting as this pass saw it (another instance may have taken it since, or a
-        # release or reclaim counted a delivery), and for a training job only if no worker of the account
-        # took one of the task's jobs meanwhile (an account gets one delivery of a task's training jobs).
-        worker = (conn.consumer, conn.address)
         chain_task = fields["chain_task"]
-        submit_deadline = float((doc or {}).get("submit_deadline") or 0)
-        claimed = await self.store.claim_job(
-            role,
-            job,
-            entry_id,
-            delivered,
-            worker,
-            deadline,
-            chain_task,
-            once_per_account=not addressed,
-            submit_deadline=submit_deadline,
-            turn=None if addressed else self._given.get(conn.address.lower(), 0.0),
-        )
-        if not claimed:
-            if not addressed:  # perhaps another instance gave the account its turn since the pass read it
-                account = conn.address.lower()
+        claimed, deadline = 0, 0.0
+        while eligible:
+            conn = min(eligible, key=self._rank)
+            claimed, deadline = await self._claim(role, entry_id, delivered, conn, fields, doc)
+            if claimed > 0 or claimed == NOT_WAITING or addressed:
+                break
+            # A training job the account may not take after all: another instance gave it a job of this task,
+            # or its turn, since this pass read them. The job goes to the next account now, not a pass later.
+            account = conn.address.lower()
+            if claimed == GIVEN_SINCE:
                 given = float(await redis.zscore(k.GIVEN, account) or 0.0)
                 self._given[account] = max(self._given.get(account, 0.0), given)  # (given one this pass: stays last)
+            eligible = [c for c in eligible if c.address.lower() != account]
+        if claimed <= 0:
             return
         if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
@@ -527,6 +519,36 @@ class Dispatcher:
         if not addressed:  # its turn, stamped in Redis by the claim; for the next jobs of this pass, after
             # every account not given one in it, in the order given (no local clock: it may differ from Redis's)
             self._given[conn.address.lower()] = THIS_PASS + self.dispatched
+
+    async def _claim(
+        self,
+        role: str,
+        entry_id: bytes,
+        delivered: int,
+        conn: WorkerConn,
+        fields: dict[str, str],
+        doc: dict[str, Any] | None,
+    ) -> tuple[int, float]:
+        """Take the waiting job for `conn` (`Store.claim_job`): taken only if still waiting as this pass saw it
+        (another instance may have taken it since, or a release or reclaim counted a delivery), and for a
+        training job only if no worker of the account took one of the task's jobs meanwhile (an account gets one
+        delivery of a task's training jobs), nor any training job since this pass read its turn. The claim's
+        answer, and the job's deadline."""
+        addressed = bool(fields.get("address"))
+        deadline = time.time() + self._limit(fields, doc)
+        claimed = await self.store.claim_job(
+            role,
+            fields["job"],
+            entry_id,
+            delivered,
+            (conn.consumer, conn.address),
+            deadline,
+            fields["chain_task"],
+            once_per_account=not addressed,
+            submit_deadline=float((doc or {}).get("submit_deadline") or 0),
+            turn=None if addressed else self._given.get(conn.address.lower(), 0.0),
+        )
+        return claimed, deadline
 
     async def finish(self, conn: WorkerConn, job: str, delivery: int, result: dict[str, Any]) -> str:
         """A worker's result for `job`, which it says it was sent as delivery `delivery`: recorded,

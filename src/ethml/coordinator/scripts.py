@@ -212,14 +212,16 @@ return delivered
 #: given a training job since the pass read its turn: another instance that took it meanwhile, a release or
 #: reclaim that counted a delivery since, or another instance that gave the account its turn meanwhile, leaves
 #: it alone. A training job taken stamps the account's turn with Redis's clock (one clock for every instance).
-#: Returns 0 (nothing moved), else 1 plus whether the account was new to the task.
+#: Returns 0 (nothing moved: the job is not waiting as the pass saw it), -1 (nothing moved: the account has
+#: worked on the task), -2 (nothing moved: the account was given a training job since), else 1 plus whether the
+#: account was new to the task.
 CLAIM_JOB = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
-if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return 0 end
+if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return -1 end
 if ARGV[11] ~= '' then
   local last = redis.call('ZSCORE', KEYS[4], ARGV[12])
-  if last and tonumber(last) > tonumber(ARGV[11]) then return 0 end
+  if last and tonumber(last) > tonumber(ARGV[11]) then return -2 end
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])

@@ -363,9 +363,10 @@ class Store:
         waiting with the delivery count `delivered` and, with `once_per_account`, the account has not worked
         on the task, and, with `turn` (when the account was last given a training job, as the caller read it
         from `k.GIVEN`; 0: not this past day), it has not been given one since (atomically, `scripts.CLAIM_JOB`,
-        which then stamps the account's turn): 0 if not moved, else 1, or 2 when the account was added to the
-        task's workers. The task's set of workers is kept until a day past the later of the deadline and the
-        task's `submit_deadline` (no job of the task is delivered after both)."""
+        which then stamps the account's turn): 0 if not moved (not waiting as the caller saw it), -1 if not moved
+        because the account has worked on the task, -2 because it was given a training job since, else 1, or 2
+        when the account was added to the task's workers. The task's set of workers is kept until a day past the
+        later of the deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN]
         expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
