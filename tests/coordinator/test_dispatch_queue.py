@@ -772,6 +772,54 @@ async def test_a_job_whose_account_is_refused_at_the_claim_goes_to_the_next_acco
     assert [p["consumer"] for p in pending] == [f"0x{'b2' * 20}:instance-1".encode()]
 
 
+async def test_an_account_given_its_turn_elsewhere_mid_pass_is_ranked_again_not_passed_over(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(An attack review of the change above.) An account refused because another instance gave it a job since
+    the pass read its turn was dropped from the job's candidates: the job went to the next account, even one
+    that ranks below it. A proven account lost the job to a fresh one with no results, while it was free here;
+    and of two accounts that stand alike, the one given a job in this pass got the next job too, though the
+    other's last job was older. The refused account is ranked again with the turn it has now."""
+    store = redis_store
+    redis = store.redis
+    proven, fresh = "a1" * 20, "5b" * 20
+    dispatcher = _instance(store, "instance-1", {proven: 0.0, fresh: 0.0})
+    await _proven(dispatcher, "0x" + proven)
+    await _training_job(store, 1)
+    _given_elsewhere_before_the_first_claim(monkeypatch, store, "0x" + proven)
+    await dispatcher.run_pass()
+    assert _given(1, dispatcher) == ["a1"], "the proven account, free here, lost the job to one with no results"
+
+    # Two that stand alike: a1's last job older than b2's; just before the pass's first claim, another instance
+    # gives b2 a job. Job 2 goes to a1; job 3 then to b2, given one longer ago than a1 (this pass).
+    alike = _instance(store, "instance-2", {"a2" * 20: 0.0, "b3" * 20: 0.0})
+    for account in ("a2" * 20, "b3" * 20):
+        await _proven(alike, "0x" + account)
+    now = time.time()
+    await redis.zadd(k.GIVEN, {"0x" + "a2" * 20: now - 1000, "0x" + "b3" * 20: now - 900})
+    await _training_job(store, 2)
+    await _training_job(store, 3)
+    _given_elsewhere_before_the_first_claim(monkeypatch, store, "0x" + "b3" * 20)
+    await alike.run_pass()
+    assert (_given(2, alike), _given(3, alike)) == (["a2"], ["b3"]), "one account got both jobs of the pass"
+
+
+def _given_elsewhere_before_the_first_claim(monkeypatch: pytest.MonkeyPatch, store: Store, account: str) -> None:
+    """Just before the next claim, another instance gives `account` a training job (its turn stamped with Redis's
+    clock, as CLAIM_JOB stamps it)."""
+    claim = Store.claim_job
+    elsewhere = [True]
+
+    async def given_elsewhere_first(self: Store, *args: Any, **kwargs: Any) -> Any:
+        if elsewhere:
+            elsewhere.clear()
+            seconds, micros = await self.redis.time()
+            await self.redis.zadd(k.GIVEN, {account: seconds + micros / 1e6})
+        return await claim(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "claim_job", given_elsewhere_first)
+
+
 async def test_an_instance_whose_clock_is_slow_keeps_the_turns_in_order(
     redis_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

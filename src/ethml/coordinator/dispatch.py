@@ -492,12 +492,15 @@ class Dispatcher:
             claimed, deadline = await self._claim(role, entry_id, delivered, conn, fields, doc)
             if claimed > 0 or claimed == NOT_WAITING or addressed:
                 break
-            # A training job the account may not take after all: another instance gave it a job of this task,
-            # or its turn, since this pass read them. The job goes to the next account now, not a pass later.
             account = conn.address.lower()
             if claimed == GIVEN_SINCE:
+                # Another instance gave the account a training job since this pass read its turn: ranked again
+                # with the turn it has now (it may still go first: the accounts given one in this pass, or with a
+                # lower standing, go after it), not a pass later. Another refusal needs yet another job given.
                 given = float(await redis.zscore(k.GIVEN, account) or 0.0)
                 self._given[account] = max(self._given.get(account, 0.0), given)  # (given one this pass: stays last)
+                continue
+            # Another instance gave the account a job of this task meanwhile: the next account takes it now.
             eligible = [c for c in eligible if c.address.lower() != account]
         if claimed <= 0:
             return
