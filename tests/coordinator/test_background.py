@@ -261,6 +261,11 @@ async def test_a_holder_whose_renewals_get_no_answer_stops_when_its_lease_can_la
         return await real_eval(*args)
 
     monkeypatch.setattr(redis_store.redis, "eval", eval_unanswered)
+    await _stopped_by_its_lease(lock, "the holder ran on: its renewal waits for an answer for good")
+
+
+async def _stopped_by_its_lease(lock: Lock, ran_on: str) -> None:
+    """Hold `lock` with a body that waits for good: it must be cut short (LeaseLapsed) within 30 s, else `ran_on`."""
 
     async def body() -> None:
         async with lock.held(wait=1):
@@ -268,7 +273,7 @@ async def test_a_holder_whose_renewals_get_no_answer_stops_when_its_lease_can_la
 
     holding = asyncio.create_task(body())
     done, _ = await asyncio.wait([holding], timeout=30)  # (not wait_for: a holder stuck in its release would hang it)
-    assert done, "the holder ran on: its renewal waits for an answer for good"
+    assert done, ran_on
     with pytest.raises(LeaseLapsed):
         holding.result()
 
@@ -351,16 +356,7 @@ async def test_a_renewer_that_fails_on_something_unexpected_still_stops_the_body
         return await real_eval(*args)
 
     monkeypatch.setattr(redis_store.redis, "eval", eval_unreadable)
-
-    async def body() -> None:
-        async with lock.held(wait=1):
-            await asyncio.Event().wait()
-
-    holding = asyncio.create_task(body())
-    done, _ = await asyncio.wait([holding], timeout=30)
-    assert done, "the body ran on past its lease's ttl: the renewer died of the error"
-    with pytest.raises(LeaseLapsed):
-        holding.result()
+    await _stopped_by_its_lease(lock, "the body ran on past its lease's ttl: the renewer died of the error")
 
 
 async def test_a_follower_whose_lease_is_lost_applies_no_more_events(
