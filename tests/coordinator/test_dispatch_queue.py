@@ -82,6 +82,53 @@ async def test_a_worker_that_drains_while_a_job_is_being_assigned_to_it_is_not_s
     assert await redis.smembers(k.task_workers(1, "trainer")) == set()
 
 
+@pytest.mark.parametrize("before", ["no turn", "an earlier turn", "given elsewhere after the claim"])
+async def test_a_worker_that_drains_during_the_claim_keeps_its_account_s_turn(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch, before: str
+) -> None:
+    """The drain arrives during the awaits of an assignment: the job goes back to waiting unsent, but the claim
+    had stamped the account's turn, and the account went behind every account that stands alike, for a job it
+    never got. The turn the claim stamped is taken back (to none, or to the account's earlier turn), unless
+    another instance has given the account a job since (that turn stays)."""
+    store = redis_store
+    redis = store.redis
+    account = "0x" + "ab" * 20
+    await _training_job(store, 1)
+    earlier = time.time() - 600
+    if before == "an earlier turn":
+        await redis.zadd(k.GIVEN, {account: earlier})
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", account, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.id] = conn
+    result = store.result
+
+    async def result_while_draining(job: str) -> object:
+        conn.draining = True  # the socket handler ran in between
+        return await result(job)
+
+    monkeypatch.setattr(store, "result", result_while_draining)  # type: ignore[attr-defined]
+    elsewhere: list[float] = []
+    if before == "given elsewhere after the claim":
+        claim = store.claim_job
+
+        async def given_elsewhere_after(*args: Any, **kwargs: Any) -> Any:
+            claimed = await claim(*args, **kwargs)
+            seconds, micros = await redis.time()
+            elsewhere.append(seconds + micros / 1e6 + 1)  # another instance's claim, a moment later
+            await redis.zadd(k.GIVEN, {account: elsewhere[0]})
+            return claimed
+
+        monkeypatch.setattr(store, "claim_job", given_elsewhere_after)
+    await dispatcher.run_pass()
+    assert ws.sent == [] and conn.running == {}
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 1)]
+    turn = await redis.zscore(k.GIVEN, account)
+    expected = {"no turn": None, "an earlier turn": earlier, "given elsewhere after the claim": (elsewhere or [0])[0]}
+    assert turn == expected[before], f"the account's turn is {turn}, not {expected[before]}"
+
+
 async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(redis_store: Store) -> None:
     """RELEASE_JOB dead-letters a job past max_deliveries only if its entry is still there: one deleted
     meanwhile (finished elsewhere) is acknowledged and reported gone, nothing added to the dead stream."""

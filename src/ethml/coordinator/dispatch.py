@@ -62,7 +62,7 @@ import structlog
 from aiohttp import web
 
 from ethml.coordinator import redis_keys as k
-from ethml.coordinator.store import GROUP, WAITING, Store
+from ethml.coordinator.store import GROUP, WAITING, Claim, Store
 from ethml.training.spec import MAX_TRAIN_SECONDS
 
 log = structlog.get_logger("ethml.coordinator")
@@ -486,14 +486,14 @@ class Dispatcher:
             done = {a.decode() for a in await redis.smembers(k.task_workers(fields["chain_task"], role))}
             eligible = [c for c in free if c.address not in done]
         chain_task = fields["chain_task"]
-        claimed, deadline = 0, 0.0
+        claim, deadline = Claim(NOT_WAITING), 0.0
         while eligible:
             conn = min(eligible, key=self._rank)
-            claimed, deadline = await self._claim(role, entry_id, delivered, conn, fields, doc)
-            if claimed > 0 or claimed == NOT_WAITING or addressed:
+            claim, deadline = await self._claim(role, entry_id, delivered, conn, fields, doc)
+            if claim.code > 0 or claim.code == NOT_WAITING or addressed:
                 break
             account = conn.address.lower()
-            if claimed == GIVEN_SINCE:
+            if claim.code == GIVEN_SINCE:
                 # Another instance gave the account a training job since this pass read its turn: ranked again
                 # with the turn it has now (it may still go first: the accounts given one in this pass, or with a
                 # lower standing, go after it), not a pass later. Another refusal needs yet another job given.
@@ -502,15 +502,17 @@ class Dispatcher:
                 continue
             # Another instance gave the account a job of this task meanwhile: the next account takes it now.
             eligible = [c for c in eligible if c.address.lower() != account]
-        if claimed <= 0:
+        if claim.code <= 0:
             return
         if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
-            # job goes back to waiting as it was, no delivery spent (nothing was sent). Checked with no
-            # await before the job is posted, so a job is never queued after the answer to a drain.
+            # job goes back to waiting as it was, no delivery spent (nothing was sent), and the account's
+            # turn is taken back. Checked with no await before the job is posted, so a job is never queued
+            # after the answer to a drain.
             await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
-            if claimed == 2:
+            if claim.code == 2:
                 await redis.srem(k.task_workers(chain_task, role), conn.address)
+            await self.store.ungive(conn.address, claim)
             return
         conn.running[job] = entry_id
         conn.deadlines[job] = deadline
@@ -531,12 +533,12 @@ class Dispatcher:
         conn: WorkerConn,
         fields: dict[str, str],
         doc: dict[str, Any] | None,
-    ) -> tuple[int, float]:
+    ) -> tuple[Claim, float]:
         """Take the waiting job for `conn` (`Store.claim_job`): taken only if still waiting as this pass saw it
         (another instance may have taken it since, or a release or reclaim counted a delivery), and for a
         training job only if no worker of the account took one of the task's jobs meanwhile (an account gets one
-        delivery of a task's training jobs), nor any training job since this pass read its turn. The claim's
-        answer, and the job's deadline."""
+        delivery of a task's training jobs), nor any training job since this pass read its turn. What the claim
+        did, and the job's deadline."""
         addressed = bool(fields.get("address"))
         deadline = time.time() + self._limit(fields, doc)
         claimed = await self.store.claim_job(

@@ -213,25 +213,36 @@ return delivered
 #: reclaim that counted a delivery since, or another instance that gave the account its turn meanwhile, leaves
 #: it alone. A training job taken stamps the account's turn with Redis's clock (one clock for every instance).
 #: Returns 0 (nothing moved: the job is not waiting as the pass saw it), -1 (nothing moved: the account has
-#: worked on the task), -2 (nothing moved: the account was given a training job since), else 1 plus whether the
-#: account was new to the task.
+#: worked on the task), -2 (nothing moved: the account was given a training job since), else {1 plus whether
+#: the account was new to the task, the account's turn before ('' for none, or for a seat), its turn now ('' for
+#: a seat)}: what UNGIVE needs to take the turn back should the job not be sent after all.
 CLAIM_JOB = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
 if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return -1 end
+local last = false
 if ARGV[11] ~= '' then
-  local last = redis.call('ZSCORE', KEYS[4], ARGV[12])
+  last = redis.call('ZSCORE', KEYS[4], ARGV[12])
   if last and tonumber(last) > tonumber(ARGV[11]) then return -2 end
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])
 local added = redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('PEXPIREAT', KEYS[3], ARGV[10])
-if ARGV[11] ~= '' then
-  local now = redis.call('TIME')
-  redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[12])
-end
-return 1 + added
+if ARGV[11] == '' then return {1 + added, '', ''} end
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[12])
+return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12])}
+"""
+
+#: A training job claimed for an account and not sent after all (its worker drained during the claim): the
+#: turn the claim stamped is taken back. KEYS[1] the turns (a sorted set); ARGV[1] the account, ARGV[2] the
+#: turn the claim stamped, ARGV[3] the turn before it ('' for none). Only while the account's turn is still
+#: the claim's (another instance may have given it a job since): 1 if taken back, else 0.
+UNGIVE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+return 1
 """
 
 #: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],

@@ -15,7 +15,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -38,6 +38,7 @@ from ethml.coordinator.scripts import (
     TAKE_AND_CREATE,
     TAKE_KICK,
     TOUCH_ENTRIES,
+    UNGIVE,
 )
 from ethml.coordinator.uploads import FAILED_BODIES_SECONDS
 
@@ -60,6 +61,20 @@ DEAD_REASON = 500
 def dead_reason(reason: str) -> str:
     """`reason` as a dead entry keeps it: at most DEAD_REASON characters."""
     return reason if len(reason) <= DEAD_REASON else reason[: DEAD_REASON - 1] + "…"
+
+
+class Claim(NamedTuple):
+    """What `Store.claim_job` did: `code` (0, -1, -2: nothing moved; 1 or 2: moved), and for a training job taken,
+    the account's turn before the claim (None: none) and the one it stamped, as Redis wrote them."""
+
+    code: int
+    before: str | None = None
+    after: str | None = None
+
+
+def _text_or_none(value: bytes | str) -> str | None:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return text or None
 
 
 def hash_key(key: str) -> str:
@@ -94,6 +109,7 @@ class Store:
                 TAKE_KICK,
                 IMPORT_TASK,
                 ENQUEUE_JOB,
+                UNGIVE,
             )
         }
         sha = {src: digest for digest, src in self._scripts.items()}
@@ -101,7 +117,7 @@ class Store:
         self._take_amount = sha[TAKE_AMOUNT]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
-        self._claim_job = sha[CLAIM_JOB]
+        self._claim_job, self._ungive = sha[CLAIM_JOB], sha[UNGIVE]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
         self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
         self._import_task, self._enqueue_job = sha[IMPORT_TASK], sha[ENQUEUE_JOB]
@@ -358,14 +374,15 @@ class Store:
         once_per_account: bool,
         submit_deadline: float = 0.0,
         turn: float | None = None,
-    ) -> int:
+    ) -> Claim:
         """Move a waiting job to `worker` (its consumer and account) with its `deadline`, only if it is still
         waiting with the delivery count `delivered` and, with `once_per_account`, the account has not worked
         on the task, and, with `turn` (when the account was last given a training job, as the caller read it
         from `k.GIVEN`; 0: not this past day), it has not been given one since (atomically, `scripts.CLAIM_JOB`,
-        which then stamps the account's turn): 0 if not moved (not waiting as the caller saw it), -1 if not moved
-        because the account has worked on the task, -2 because it was given a training job since, else 1, or 2
-        when the account was added to the task's workers. The task's set of workers is kept until a day past the
+        which then stamps the account's turn). Its `code`: 0 if not moved (not waiting as the caller saw it), -1 if
+        not moved because the account has worked on the task, -2 because it was given a training job since, else
+        1, or 2 when the account was added to the task's workers; with the account's turn before and after the
+        claim, as `ungive` takes it back. The task's set of workers is kept until a day past the
         later of the deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN]
@@ -373,7 +390,19 @@ class Store:
         kept = int((max(deadline, submit_deadline) + 86400) * 1000)
         args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
         turns = ["" if turn is None else repr(turn), address.lower()]
-        return int(await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0, kept, *turns]))
+        reply = await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0, kept, *turns])
+        if not isinstance(reply, list):
+            return Claim(int(reply))
+        code, before, after = reply
+        return Claim(int(code), _text_or_none(before), _text_or_none(after))
+
+    async def ungive(self, account: str, claim: Claim) -> bool:
+        """Take back the turn `claim` stamped for `account` (its job was not sent after all), if it is still the
+        account's turn (`scripts.UNGIVE`): whether it was taken back."""
+        if claim.after is None:
+            return False
+        args = [account.lower(), claim.after, claim.before or ""]
+        return bool(await self._script(self._ungive, [k.GIVEN], args))
 
     async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int, reason: str) -> bool:
         """Move a job's entry to the dead stream with its delivery count and why, unless it is gone already
