@@ -56,7 +56,7 @@ class RecordingSocket:
 
 
 async def test_a_worker_that_drains_while_a_job_is_being_assigned_to_it_is_not_sent_the_job(
-    redis_store: Store, monkeypatch: object
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The drain arrives during the awaits of an assignment (here: while the dispatcher asks whether the
     job has a result): the job is not sent (the worker may have been told no job follows) and goes
@@ -64,17 +64,7 @@ async def test_a_worker_that_drains_while_a_job_is_being_assigned_to_it_is_not_s
     store = redis_store
     redis = store.redis
     await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
-    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-    ws = RecordingSocket()
-    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-    dispatcher.conns[conn.id] = conn
-    result = store.result
-
-    async def result_while_draining(job: str) -> object:
-        conn.draining = True  # the socket handler ran in between
-        return await result(job)
-
-    monkeypatch.setattr(store, "result", result_while_draining)  # type: ignore[attr-defined]
+    dispatcher, conn, ws = _draining_during_the_claim(store, monkeypatch, "0x" + "ab" * 20)
     await dispatcher.run_pass()
     assert ws.sent == [] and conn.running == {}
     pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
@@ -97,17 +87,7 @@ async def test_a_worker_that_drains_during_the_claim_keeps_its_account_s_turn(
     earlier = time.time() - 600
     if before == "an earlier turn":
         await redis.zadd(k.GIVEN, {account: earlier})
-    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-    ws = RecordingSocket()
-    conn = dispatch.WorkerConn("w1", account, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-    dispatcher.conns[conn.id] = conn
-    result = store.result
-
-    async def result_while_draining(job: str) -> object:
-        conn.draining = True  # the socket handler ran in between
-        return await result(job)
-
-    monkeypatch.setattr(store, "result", result_while_draining)  # type: ignore[attr-defined]
+    dispatcher, conn, ws = _draining_during_the_claim(store, monkeypatch, account)
     elsewhere: list[float] = []
     if before == "given elsewhere after the claim":
         claim = store.claim_job
@@ -127,6 +107,25 @@ async def test_a_worker_that_drains_during_the_claim_keeps_its_account_s_turn(
     turn = await redis.zscore(k.GIVEN, account)
     expected = {"no turn": None, "an earlier turn": earlier, "given elsewhere after the claim": (elsewhere or [0])[0]}
     assert turn == expected[before], f"the account's turn is {turn}, not {expected[before]}"
+
+
+def _draining_during_the_claim(
+    store: Store, monkeypatch: pytest.MonkeyPatch, account: str
+) -> tuple[Dispatcher, dispatch.WorkerConn, RecordingSocket]:
+    """An instance with one trainer of `account` connected, which drains during the next assignment's awaits
+    (while the dispatcher asks whether the job has a result)."""
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", account, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[conn.id] = conn
+    result = store.result
+
+    async def result_while_draining(job: str) -> object:
+        conn.draining = True  # the socket handler ran in between
+        return await result(job)
+
+    monkeypatch.setattr(store, "result", result_while_draining)
+    return dispatcher, conn, ws
 
 
 async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(redis_store: Store) -> None:
