@@ -497,7 +497,7 @@ class Dispatcher:
                 # Another instance gave the account a training job since this pass read its turn: ranked again
                 # with the turn it has now (it may still go first: the accounts given one in this pass, or with a
                 # lower standing, go after it), not a pass later. Another refusal needs yet another job given.
-                given = float(await redis.zscore(k.GIVEN, account) or 0.0)
+                given = float(claim.after or 0.0)  # (read by the claim)
                 self._given[account] = max(self._given.get(account, 0.0), given)  # (given one this pass: stays last)
                 continue
             # Another instance gave the account a job of this task meanwhile: the next account takes it now.

@@ -213,9 +213,10 @@ return delivered
 #: reclaim that counted a delivery since, or another instance that gave the account its turn meanwhile, leaves
 #: it alone. A training job taken stamps the account's turn with Redis's clock (one clock for every instance).
 #: Returns 0 (nothing moved: the job is not waiting as the pass saw it), -1 (nothing moved: the account has
-#: worked on the task), -2 (nothing moved: the account was given a training job since), else {1 plus whether
-#: the account was new to the task, the account's turn before ('' for none, or for a seat), its turn now ('' for
-#: a seat)}: what UNGIVE needs to take the turn back should the job not be sent after all.
+#: worked on the task), {-2, '', its turn now} (nothing moved: the account was given a training job since),
+#: else {1 plus whether the account was new to the task, the account's turn before ('' for none, or for a
+#: seat), its turn now ('' for a seat)}: what UNGIVE needs to take the turn back should the job not be sent
+#: after all.
 CLAIM_JOB = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
@@ -223,7 +224,7 @@ if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return
 local last = false
 if ARGV[11] ~= '' then
   last = redis.call('ZSCORE', KEYS[4], ARGV[12])
-  if last and tonumber(last) > tonumber(ARGV[11]) then return -2 end
+  if last and tonumber(last) > tonumber(ARGV[11]) then return {-2, '', last} end
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])

@@ -65,7 +65,8 @@ def dead_reason(reason: str) -> str:
 
 class Claim(NamedTuple):
     """What `Store.claim_job` did: `code` (0, -1, -2: nothing moved; 1 or 2: moved), and for a training job taken,
-    the account's turn before the claim (None: none) and the one it stamped, as Redis wrote them."""
+    the account's turn before the claim (None: none) and the one it stamped, as Redis wrote them (refused for a
+    turn given since, -2: `after` is that turn)."""
 
     code: int
     before: str | None = None
@@ -380,9 +381,9 @@ class Store:
         on the task, and, with `turn` (when the account was last given a training job, as the caller read it
         from `k.GIVEN`; 0: not this past day), it has not been given one since (atomically, `scripts.CLAIM_JOB`,
         which then stamps the account's turn). Its `code`: 0 if not moved (not waiting as the caller saw it), -1 if
-        not moved because the account has worked on the task, -2 because it was given a training job since, else
-        1, or 2 when the account was added to the task's workers; with the account's turn before and after the
-        claim, as `ungive` takes it back. The task's set of workers is kept until a day past the
+        not moved because the account has worked on the task, -2 because it was given a training job since (`after`:
+        its turn now), else 1, or 2 when the account was added to the task's workers, with the account's turn
+        before and after the claim, as `ungive` takes it back. The task's set of workers is kept until a day past the
         later of the deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN]
