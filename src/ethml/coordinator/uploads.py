@@ -10,6 +10,7 @@ import contextvars
 import gc
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -89,14 +90,49 @@ class Uploads:
         comes after millions of allocations (`ethml serve` collects its young generation every 20,000). The
         server's start-up objects are frozen (`gc.freeze`), so a collection scans only what came after them
         (2 to 8 ms, under the interpreter lock); small files share one, so tiny uploads cannot make the
-        server collect without end."""
+        server collect without end. The collection is this thread's own (`full_collection`), not one that
+        another thread had under way."""
         with self._lock:
             self._uncollected += size
             due = size >= MIB or self._uncollected >= COLLECT_BYTES
             if due:
                 self._uncollected = 0
         if due:
-            gc.collect()
+            full_collection()
+
+
+class _Collected(threading.local):
+    full = False
+
+
+_collected = _Collected()
+
+
+def _note_collection(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and info["generation"] == 2:
+        _collected.full = True  # in the thread that collected
+
+
+gc.callbacks.append(_note_collection)
+
+#: How long `full_collection` waits for another thread's collection to end before it gives up.
+COLLECTION_WAIT_SECONDS = 60.0
+
+
+def full_collection() -> bool:
+    """A full garbage collection in this thread. `gc.collect()` does nothing while another thread's collection is
+    under way (one whose finalizers let this thread run, as any Python `__del__` can): that one may have begun
+    before this thread's garbage was made, so this waits for it to end and collects again. False if no
+    collection of its own could run within COLLECTION_WAIT_SECONDS."""
+    deadline = time.monotonic() + COLLECTION_WAIT_SECONDS
+    while True:
+        _collected.full = False
+        gc.collect()
+        if _collected.full:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
 
 
 def spool(directory: Path) -> IO[bytes]:
