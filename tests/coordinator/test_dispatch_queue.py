@@ -148,9 +148,10 @@ async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(
 async def test_a_dead_seat_says_why_it_died_and_whose_it_was(redis_store: Store) -> None:
     """A seat goes to the dead stream past --max-deliveries: its entry kept the job's fields and its count, but
     not why, so an operator reading the stream could not tell a validator gone silent from one that handed its
-    seat back or failed its vote. The entry now says why (`reason`) and, where it is known, the worker that had
-    it last (`worker`): a seat reclaimed from a silent validator, one handed back by its worker as it stopped,
-    and one whose vote failed (the worker's detail, bounded to 500 characters)."""
+    seat back or failed its vote. The entry now says why (`reason`) and the worker that had it last (`worker`):
+    a seat reclaimed from a silent validator (which `XAUTOCLAIM` does not say: the claim keeps it), one handed
+    back by its worker as it stopped, and one whose vote failed (the worker's detail, bounded to 500
+    characters)."""
     store = redis_store
     redis = store.redis
     await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
@@ -180,7 +181,7 @@ async def test_a_dead_seat_says_why_it_died_and_whose_it_was(redis_store: Store)
     await wait_until(reclaimed, timeout=60, what="the silent validator's seat in the dead stream")
     dead = {d[1][b"job"].decode(): d[1] for d in await redis.xrange(k.DEAD)}
     assert dead["1:validate:0"][b"reason"].decode().startswith("taken back from its last worker, silent for 0.3 s")
-    assert dead["1:validate:0"][b"worker"] == b""  # (XAUTOCLAIM does not say whose it was)
+    assert dead["1:validate:0"][b"worker"] == silent.consumer.encode()  # (kept by the claim: XAUTOCLAIM does not say)
     assert dead["1:validate:1"][b"reason"] == b"handed back by its worker, which was stopping"
     assert dead["1:validate:1"][b"worker"] == stopping.consumer.encode()
     failed = dead["1:validate:2"][b"reason"].decode()

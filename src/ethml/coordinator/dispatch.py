@@ -446,7 +446,7 @@ class Dispatcher:
             return False
         if delivered <= await self._delivery_limit(job, role):
             return False
-        if await self.store.dead_letter(stream, entry_id, delivered, self._silent(delivered)):
+        if await self.store.dead_letter(stream, entry_id, delivered, self._silent(delivered), job):
             self.dead_lettered += 1
         return True
 

@@ -101,6 +101,12 @@ def job_deadline(job: str) -> str:
     return f"{P}jobdeadline:{job}"
 
 
+def job_worker(job: str) -> str:
+    """The consumer name of the worker a job was last delivered to (kept as long as its deadline): whose it was
+    when it is reclaimed from a silent worker, which `XAUTOCLAIM` does not say."""
+    return f"{P}jobworker:{job}"
+
+
 def task_workers(chain_task_id: str | int, role: str) -> str:
     return f"{P}taskworkers:{chain_task_id}:{role}"
 

@@ -164,9 +164,13 @@ local function dead_letter(stream, dead, group, entry, deliveries, reason, worke
 end
 """
 
-#: KEYS[1] the job stream, KEYS[2] the dead stream; ARGV[1] the group, ARGV[2] the entry, ARGV[3] its
-#: delivery count, ARGV[4] why it is dead.
-DEAD_LETTER = _DEAD_LETTER_FUNCTION + "return dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], '')\n"
+#: KEYS[1] the job stream, KEYS[2] the dead stream, KEYS[3] the job's last worker (as CLAIM_JOB keeps it; the
+#: dead entry's `worker`, '' when gone); ARGV[1] the group, ARGV[2] the entry, ARGV[3] its delivery count,
+#: ARGV[4] why it is dead.
+DEAD_LETTER = (
+    _DEAD_LETTER_FUNCTION
+    + "return dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], redis.call('GET', KEYS[3]) or '')\n"
+)
 
 #: A worker hands back a job it will not finish (it is stopping now). KEYS[1] the job stream, KEYS[2] the
 #: dead stream; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4] the
@@ -199,7 +203,8 @@ return delivered
 )
 
 #: A waiting job taken for a worker, only as the dispatch pass saw it. KEYS[1] the job stream, KEYS[2] the
-#: job's deadline key, KEYS[3] the accounts that have worked on its task (a set); ARGV[1] the group, ARGV[2]
+#: job's deadline key, KEYS[3] the accounts that have worked on its task (a set), KEYS[5] the job's last worker
+#: (set to the worker's consumer, expiring with the deadline key); ARGV[1] the group, ARGV[2]
 #: the waiting consumer, ARGV[3] the stream entry, ARGV[4] the delivery count the pass saw, ARGV[5] the
 #: worker's consumer, ARGV[6] its account, ARGV[7] the deadline (unix s), ARGV[8] when the deadline key
 #: expires (unix ms), ARGV[9] 1 when an account takes one job of a task at most (training jobs), ARGV[10]
@@ -228,6 +233,7 @@ if ARGV[11] ~= '' then
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])
+redis.call('SET', KEYS[5], ARGV[5], 'PXAT', ARGV[8])
 local added = redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('PEXPIREAT', KEYS[3], ARGV[10])
 if ARGV[11] == '' then return {1 + added, '', ''} end

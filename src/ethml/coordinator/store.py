@@ -386,7 +386,7 @@ class Store:
         before and after the claim, as `ungive` takes it back. The task's set of workers is kept until a day past the
         later of the deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address = worker
-        keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN]
+        keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
         expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
         kept = int((max(deadline, submit_deadline) + 86400) * 1000)
         args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
@@ -405,11 +405,12 @@ class Store:
         args = [account.lower(), claim.after, claim.before or ""]
         return bool(await self._script(self._ungive, [k.GIVEN], args))
 
-    async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int, reason: str) -> bool:
-        """Move a job's entry to the dead stream with its delivery count and why, unless it is gone already
-        (another instance did it, or it finished): whether this call moved it."""
+    async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int, reason: str, job: str) -> bool:
+        """Move job `job`'s entry to the dead stream with its delivery count, why, and the worker it was last
+        delivered to, unless it is gone already (another instance did it, or it finished): whether this call moved
+        it."""
         args = [GROUP, entry_id, deliveries, dead_reason(reason)]
-        return bool(await self._script(self._dead_letter, [stream, k.DEAD], args))
+        return bool(await self._script(self._dead_letter, [stream, k.DEAD, k.job_worker(job)], args))
 
     async def touch_entries(self, stream: str, group: str, consumer: str, entry_ids: list[bytes]) -> set[bytes]:
         """Reset the idle time of those of `entry_ids` still pending under `consumer`; returns them."""
