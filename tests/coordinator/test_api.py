@@ -103,6 +103,47 @@ async def test_hostile_requests_get_a_4xx_naming_the_field_and_store_nothing(anv
         await _hostile_requests(c)
 
 
+async def test_header_bytes_that_are_not_utf8_get_a_401_not_a_500(anvil_url: str, tmp_path: Path) -> None:
+    """aiohttp reads a header's bytes that are not UTF-8 as lone surrogates, which have no encoding: an API key
+    or a worker's upload token sent so was hashed or put in a Redis key, and the request failed with a 500 and
+    a traceback, before any rate limit. Such a key or token is unknown (every one given out is ASCII): a 401,
+    as any unknown key gets, after the rate limit."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server()
+        port = int(url.rsplit(":", 1)[1])
+
+        async def raw(request: bytes) -> tuple[bytes, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 60)  # (Connection: close)
+            writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            return head.split(b"\r\n")[0], body
+
+        cases = [
+            (b"GET /api/workers", b"Authorization: Bearer \xff\xfe", b"unknown API key"),
+            (b"GET /api/workers", b"X-API-Key: \xff", b"unknown API key"),
+            (b"POST /api/keys", b"Authorization: Bearer \xc3\x28", b"unknown API key"),
+            (b"POST /api/files", b"X-Worker-Token: \xff", b"API key is required"),
+            (
+                b"POST /api/files",
+                b"X-Worker-Token: \xff\r\nAuthorization: Bearer " + c.admin_key.encode() + b"\xff",
+                b"unknown API key",
+            ),
+        ]
+        for line, header, words in cases:
+            request = (
+                line + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+            )
+            status, body = await raw(request)
+            assert status.startswith(b"HTTP/1.1 401"), (header, status, body)
+            assert words in body and json.loads(body)["error"], (header, body)
+        # The key as given out still works.
+        status, _, _ = await c.api("GET", "/api/workers", key=c.admin_key)
+        assert status == 200
+
+
 async def _hostile_requests(c: Coordinator) -> None:
     key = await c.requester_key()
     now = await chain_now(c)

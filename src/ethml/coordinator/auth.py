@@ -38,7 +38,7 @@ async def principal(request: web.Request, *, required: tuple[str, ...] | None) -
             who = cached[1]
         else:
             record = await request.app[STORE].api_key(key)
-            who = {**record, "key": hash_key(key)} if record is not None else None
+            who = {**record, "key": hash_key(key)} if record is not None else None  # (an ASCII key)
             if len(cache.entries) > cache.size:
                 cache.entries.clear()
             cache.entries[key] = (now + cache.ttl, who)

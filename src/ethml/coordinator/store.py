@@ -215,6 +215,10 @@ class Store:
         return key
 
     async def api_key(self, key: str) -> dict[str, str] | None:
+        """An API key's record, or None for an unknown key (one that is not ASCII, as every key given out is: a
+        header's bytes that are not UTF-8 reach here as lone surrogates, which have no encoding to hash)."""
+        if not key.isascii():
+            return None
         found = await self.redis.hgetall(k.api_key(hash_key(key)))
         return {k.decode(): v.decode() for k, v in found.items()} if found else None
 
@@ -538,7 +542,10 @@ class Store:
         await self.redis.set(k.stored_artifact(chain_task, account), cid, ex=ARTIFACT_STORED_TTL)
 
     async def upload_token_owner(self, token: str) -> str | None:
-        """The worker account an upload token was given to, or None for an unknown or expired token."""
+        """The worker account an upload token was given to, or None for an unknown or expired token (one that is not
+        ASCII, as every token given out is, included)."""
+        if not token.isascii():
+            return None
         owner = await self.redis.get(k.upload_token(token))
         return owner.decode() if owner is not None else None
 
