@@ -47,6 +47,7 @@ from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY
 from ethml.ipfs.cid import parse_cid
 from ethml.ipfs.unixfs import build_file
 from ethml.training.spec import TaskSpec
+from ethml.training.terms import Terms, TermsDomain, min_score_units, sign_terms
 from ethml.training.trainer import submission_commitment
 from tests.conftest import free_port
 from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on
@@ -95,6 +96,27 @@ def _valid(c: Coordinator, now: int, n: int = 0, **changes: Any) -> dict[str, An
         else:
             target[leaf] = value
     return body
+
+
+def _signed_zero_commitment(c: Coordinator, now: int) -> dict[str, Any]:
+    """A valid body whose terms, signed as they are, commit to a test set with 0: the contract refuses them
+    (`BadTerm(TestSetCommitment)`), and the relayer would have found so only after accepting the task."""
+    body = _valid(c, now, test_set=...)
+    terms = Terms.for_spec(
+        TaskSpec.model_validate(body["spec"]),
+        dataset_cid=body["dataset_cid"],
+        spec_cid=body["spec_cid"],
+        test_set_commitment=bytes(32),
+        reward=int(body["reward"]),
+        submit_period=body["submit_seconds"],
+        score_period=body["score_seconds"],
+        validations=body["validations"],
+        min_score=min_score_units(body["min_score"]),
+        parameters_version=body["parameters_version"],
+    )
+    domain = TermsDomain(c.domain.chain_id, c.domain.spender)
+    signature = sign_terms(dev_account(REQUESTER).key, domain, terms, body["nonce"], body["expiry"])
+    return {**body, "test_set_commitment": "0x" + "0" * 64, "signature": "0x" + signature.hex()}
 
 
 async def test_hostile_requests_get_a_4xx_naming_the_field_and_store_nothing(anvil_url: str, tmp_path: Path) -> None:
@@ -174,6 +196,7 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("POST", "/api/tasks", key, _valid(c, now, bogus=1), 422, "bogus", "not permitted"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"spec.estimator.name": "os.system"}), 422, "spec.estimator", "not allowed"),
         ("POST", "/api/tasks", key, _valid(c, now, reward="12abc"), 422, "reward", "decimal"),
+        ("POST", "/api/tasks", key, _signed_zero_commitment(c, now), 422, "test_set_commitment", "must not be 0"),
         ("POST", "/api/tasks", key, _valid(c, now, reward="0"), 422, "reward", "greater than or equal to 1"),
         ("POST", "/api/tasks", key, _valid(c, now, reward=str(2**96)), 422, "reward", "less than or equal"),
         ("POST", "/api/tasks", key, _valid(c, now, dataset_cid="bafy-not-a-cid-at-all-but-long-enough-to-pass-length"), 422, "dataset_cid", "CID"),

@@ -100,6 +100,15 @@ def _wei(value: Any) -> int:
 # Patterns and lengths are checked by pydantic-core itself; Python runs only for what a pattern cannot say.
 Address = Annotated[str, StringConstraints(strict=True, pattern=ADDRESS), AfterValidator(_address)]
 Hex32 = Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$", to_lower=True)]
+
+
+def _not_zero(value: str) -> str:
+    """A commitment (keccak256 of what it commits to) that is not 0, which the contract refuses."""
+    if int(value, 16) == 0:
+        raise ValueError("must not be 0 (the contract refuses it): keccak256(abi.encode(test CID, salt))")
+    return value
+
+
 Cid = Annotated[str, StringConstraints(strict=True, min_length=46, max_length=64), AfterValidator(_cid)]
 Wei = Annotated[
     int,
@@ -154,7 +163,9 @@ class TaskCreate(Strict):
     spec: TaskSpec
     spec_cid: Cid = Field(description="the CID (v1, raw leaves) of the spec's canonical JSON, as signed")
     dataset_cid: Cid
-    test_set_commitment: Hex32
+    test_set_commitment: Annotated[Hex32, AfterValidator(_not_zero)] = Field(
+        description="keccak256(abi.encode(test CID, salt)), as signed; not 0"
+    )
     test_set: TestSetSecret | None = None
     reward: Wei
     validations: JsonInt = Field(ge=1, le=9, description="the panel's size: odd")
