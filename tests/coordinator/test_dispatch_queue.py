@@ -1143,6 +1143,56 @@ async def test_two_instances_never_both_deliver_a_job(redis_store: Store) -> Non
     assert await redis.smembers(k.task_workers(1, "trainer")) == {f"0x{'ab' * 20}".encode()}
 
 
+class PageThenWait:
+    """Another instance's Redis client: its first read of the waiting jobs (the page its pass keeps fresh) is
+    answered, and then waits until the test opens the gate."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self.reached, self.gate = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def xpending_range(self, *args: Any, **kwargs: Any) -> Any:
+        page = await self._redis.xpending_range(*args, **kwargs)
+        if kwargs.get("consumername") == WAITING and not self.reached.is_set():
+            self.reached.set()
+            await self.gate.wait()
+        return page
+
+
+async def test_a_job_claimed_while_another_instance_keeps_the_queue_fresh_stays_with_its_worker(
+    redis_store: Store,
+) -> None:
+    """Instance 2 read a page of waiting jobs to keep them fresh and, a round trip later, claimed them all back
+    for the waiting consumer. Instance 1 had sent one of them to its worker in between: the job was taken back
+    from under that worker (revoked) and sent to another account as the same delivery, and the first account
+    had spent its one delivery of the task. Only the jobs still waiting are touched now."""
+    redis = redis_store.redis
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 600}, "trainers": 2}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    await redis.xreadgroup(GROUP, WAITING, {STREAM: ">"}, count=100)
+    other = Store(redis)
+    paged = other.redis = PageThenWait(redis)
+    first = Dispatcher(redis_store, "instance-1", job_timeout=30, max_deliveries=3)
+    second = Dispatcher(other, "instance-2", job_timeout=30, max_deliveries=3)  # no worker: it keeps the queue
+    ws_a = await _connect(first, "ab" * 20)
+    keeping = asyncio.create_task(second.run_pass())
+    await asyncio.wait_for(paged.reached.wait(), 60)  # it has read the job as waiting
+    await first.run_pass()  # and the job goes to the worker of account ab
+    paged.gate.set()
+    await asyncio.wait_for(keeping, 60)
+    ws_b = await _connect(first, "cd" * 20)
+    await first.run_pass()
+    for conn in first.conns.values():
+        await _sent_out(conn)
+    assert [json.loads(m)["type"] for m in ws_a.sent] == ["job"] and _jobs(ws_a) == [("1:train:0", 1)]
+    assert _jobs(ws_b) == []
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(f"0x{'ab' * 20}:w".encode(), 1)]
+
+
 async def test_an_overdue_job_is_not_kept_by_reconnecting(redis_store: Store) -> None:
     """Past its time limit a job's result no longer counts, but a worker that reconnected first kept the job
     (and was listed it as running), and its late result was recorded. An overdue job is not adopted: the

@@ -412,13 +412,16 @@ class Dispatcher:
     async def _keep_waiting_fresh(self, stream: str) -> None:
         """Waiting is not idle: every job waiting for a worker is touched, page by page, so only jobs of
         silent workers are reclaimed (a job past the first page went idle and was reclaimed, one more
-        delivery each time, until it was dead-lettered without ever running)."""
+        delivery each time, until it was dead-lettered without ever running). Only those still waiting when
+        they are touched (`Store.touch_entries`): one another instance claimed for its worker since the page
+        was read stays that worker's (a bare XCLAIM took it back from under the worker it had been sent to,
+        and the job went to a second account as the same delivery)."""
         start = "-"
         while True:
             waiting = await self.store.redis.xpending_range(stream, GROUP, start, "+", PAGE, consumername=WAITING)
             if waiting:
                 ids = [w["message_id"] for w in waiting]
-                await self.store.redis.xclaim(stream, GROUP, WAITING, 0, ids, justid=True)
+                await self.store.touch_entries(stream, GROUP, WAITING, ids)
             if len(waiting) < PAGE:
                 return
             last = waiting[-1]["message_id"]
