@@ -990,6 +990,51 @@ async def test_a_validator_s_failed_vote_goes_back_to_it_after_a_pause_however_o
     assert dispatcher.dead_lettered == 0 and await redis.xlen(k.DEAD) == 0
 
 
+async def test_a_failed_vote_is_forgiven_in_the_step_that_hands_the_seat_back(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A validator's seat was handed back twice (its worker restarted: deliveries 2 and 3), then its vote failed.
+    The failure was forgiven a round trip after the seat went back to waiting: a dispatch pass in between (another
+    instance's) read delivery 4 against a limit of 3 and dead-lettered the seat, as taken from a silent worker,
+    though failed votes never count. The hand-back now forgives in the same step. And the count of forgiven
+    failures is kept a day past each delivery's deadline (it expired a day after the failure, and a seat can
+    outlive a day)."""
+    monkeypatch.setattr(dispatch, "SEAT_PAUSES", (0.05, 0.05))
+    store = redis_store
+    redis = store.redis
+    job, validator = "1:validate:0", "e5" * 20
+    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+    seat = {"job": job, "kind": "validate", "task": "v", "chain_task": 1, "address": "0x" + validator}
+    await redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
+    first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    second = Dispatcher(store, "instance-2", job_timeout=30, max_deliveries=3)
+    await _connect(first, validator, "validator")
+    await _connect(second, "e6" * 20, "validator")  # a validator whose seat this is not
+    conn = first.conns[f"0x{validator}:w"]
+    await first.run_pass()
+    for delivery in (1, 2):  # its worker restarts: it hands the seat back
+        assert await first.release(conn, job, delivery) == "released"
+        await first.run_pass()
+        assert job in conn.running
+    release_job = store.release_job
+
+    async def then_another_pass(*args: Any, **kwargs: Any) -> Any:
+        outcome = await release_job(*args, **kwargs)
+        await second.run_pass()  # another instance's pass, right after the seat went back to waiting
+        return outcome
+
+    monkeypatch.setattr(store, "release_job", then_another_pass)
+    assert await first.finish(conn, job, 3, {"ok": False, "detail": "rpc down"}) == "requeued"
+    assert await redis.xlen(k.DEAD) == 0 and await redis.get(k.job_forgiven(job)) == b"1"
+
+    async def delivered_again() -> bool:
+        await first.run_pass()
+        return job in conn.running
+
+    await wait_until(delivered_again, timeout=60, what="the seat back with its validator after the pause")
+    assert await redis.pttl(k.job_forgiven(job)) > 86400 * 1000  # a day past this delivery's deadline
+
+
 async def test_jobs_no_worker_here_may_take_hold_up_none_behind_them(redis_store: Store) -> None:
     """Only the first 200 waiting jobs were looked at: 210 training jobs of tasks the one connected trainer's
     account had worked on, and 210 seats of validators connected to no instance here, held up for good the

@@ -585,18 +585,20 @@ class Dispatcher:
         if not result.get("ok"):
             seat = conn.role == "validator"
             limit = await self._delivery_limit(job, conn.role) + (1 if seat else 0)  # a failed vote is forgiven
+            first, most = SEAT_PAUSES
+            pause = min(most, first * 2 ** min(max(delivery - 1, 0), 16)) if seat else None
             detail = result.get("detail")
             outcome = await self._hand_back(
-                conn, job, entry_id, delivery, "job_failed", limit=limit, reason=_failure(detail), detail=detail
+                conn,
+                job,
+                entry_id,
+                delivery,
+                "job_failed",
+                limit=limit,
+                reason=_failure(detail),
+                forgiven_pause=pause,
+                detail=detail,
             )
-            if seat and outcome == "released":
-                first, most = SEAT_PAUSES
-                pause = min(most, first * 2 ** min(max(delivery - 1, 0), 16))
-                pipe = self.store.redis.pipeline(transaction=True)
-                pipe.incr(k.job_forgiven(job))
-                pipe.expire(k.job_forgiven(job), 86400)
-                pipe.set(k.job_pause(job), "1", px=int(pause * 1000))
-                await pipe.execute()
             return {"released": "requeued"}.get(outcome, outcome)
         outcome = await self.store.finish_job(
             conn.role, job, conn.consumer, entry_id, delivery, {**result, "worker": conn.consumer, "at": time.time()}
@@ -696,12 +698,16 @@ class Dispatcher:
         *,
         limit: int,
         reason: str,
+        forgiven_pause: float | None = None,
         **details: Any,
     ) -> str:
         """Back to waiting with one more delivery (released) or to the dead stream (dead: past `limit`
         deliveries, 0 for none, with `reason`), only if the job is pending under the worker's consumer with the
-        delivery number given; else why not."""
-        outcome = await self.store.release_job(conn.role, conn.consumer, entry_id, delivery, limit, reason)
+        delivery number given; else why not. With `forgiven_pause`, the failure is forgiven in the same step
+        (`Store.release_job`)."""
+        outcome = await self.store.release_job(
+            conn.role, conn.consumer, entry_id, delivery, limit, reason, job=job, forgiven_pause=forgiven_pause
+        )
         if outcome == "stale":
             return f"delivery {delivery} is not the delivery this worker was sent"
         conn.drop(job)

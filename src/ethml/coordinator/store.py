@@ -353,16 +353,28 @@ class Store:
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def release_job(
-        self, role: str, consumer: str, entry_id: bytes, delivery: int, limit: int, reason: str = "handed back"
+        self,
+        role: str,
+        consumer: str,
+        entry_id: bytes,
+        delivery: int,
+        limit: int,
+        reason: str = "handed back",
+        *,
+        job: str = "",
+        forgiven_pause: float | None = None,
     ) -> int | str:
         """Move a job pending under `consumer` with delivery count `delivery` back to waiting, counting a
         delivery, or to the dead stream past `limit` deliveries (0: never; atomically, `scripts.RELEASE_JOB`),
         with `reason` and the consumer as its worker: the new delivery count (negative: dead-lettered), or gone,
-        reassigned or stale (nothing moved)."""
+        reassigned or stale (nothing moved). With `forgiven_pause` (seconds), job `job`'s failure is forgiven as
+        it goes back (its count of forgiven failures, which `limit` includes already, and a pause before it is
+        delivered again, in the same step)."""
+        pause = "" if forgiven_pause is None else int(forgiven_pause * 1000)
         reply = await self._script(
             self._release_job,
-            [k.jobs(role), k.DEAD],
-            [GROUP, consumer, entry_id, delivery, WAITING, limit, dead_reason(reason)],
+            [k.jobs(role), k.DEAD, k.job_forgiven(job), k.job_pause(job)],
+            [GROUP, consumer, entry_id, delivery, WAITING, limit, dead_reason(reason), pause],
         )
         return reply.decode() if isinstance(reply, bytes) else int(reply)
 
@@ -391,6 +403,7 @@ class Store:
         later of the deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
+        keys.append(k.job_forgiven(job_id))
         expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
         kept = int((max(deadline, submit_deadline) + 86400) * 1000)
         args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
