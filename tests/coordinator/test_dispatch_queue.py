@@ -189,6 +189,45 @@ async def test_a_dead_seat_says_why_it_died_and_whose_it_was(redis_store: Store)
     assert dead["1:validate:2"][b"worker"] == failing.consumer.encode()
 
 
+async def test_a_dead_seat_never_names_a_worker_it_was_not_sent_to(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validator's worker w1 had its seat last and handed it back; w2 drained during the next claim, so the seat
+    went back unsent, but the claim had written w2 as the seat's last worker. Spent while waiting (an instance
+    restarted with a lower --max-deliveries), the seat went dead naming w2, which never had it. The claim's last
+    worker is taken back with the claim now."""
+    store = redis_store
+    redis = store.redis
+    job, validator = "1:validate:0", "0x" + "e5" * 20
+    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+    seat = {"job": job, "kind": "validate", "task": "v", "chain_task": 1, "address": validator}
+    await redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    w1 = dispatch.WorkerConn("w1", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[w1.consumer] = w1
+    await dispatcher.run_pass()
+    assert await dispatcher.release(w1, job, 1) == "released"  # w1 stops: it hands the seat back
+    del dispatcher.conns[w1.consumer]
+    w2 = dispatch.WorkerConn("w2", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
+    dispatcher.conns[w2.consumer] = w2
+    result = store.result
+
+    async def result_while_draining(job: str) -> object:
+        w2.draining = True  # the socket handler ran in between
+        return await result(job)
+
+    monkeypatch.setattr(store, "result", result_while_draining)
+    await dispatcher.run_pass()
+    monkeypatch.setattr(store, "result", result)
+    pending = await redis.xpending_range(k.jobs("validator"), GROUP, "-", "+", 10)
+    assert w2.running == {} and [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 2)]
+    restarted = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=1)
+    await _connect(restarted, "e6" * 20, "validator")
+    await restarted.run_pass()
+    dead = {fields[b"job"].decode(): fields for _id, fields in await redis.xrange(k.DEAD)}
+    assert dead[job][b"worker"] == w1.consumer.encode()
+
+
 async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_time_limit(redis_store: Store) -> None:
     """A worker can stay connected (it answers pings, it heartbeats) and never report: before, its job
     stayed fresh for as long as it stayed. Past the job's limit (the task's training time limit, 1 s

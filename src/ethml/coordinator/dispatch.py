@@ -510,12 +510,12 @@ class Dispatcher:
         if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
             # job goes back to waiting as it was, no delivery spent (nothing was sent), and the account's
-            # turn is taken back. Checked with no await before the job is posted, so a job is never queued
-            # after the answer to a drain.
+            # turn and the job's last worker are taken back. Checked with no await before the job is posted,
+            # so a job is never queued after the answer to a drain.
             await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
             if claim.code == 2:
                 await redis.srem(k.task_workers(chain_task, role), conn.address)
-            await self.store.ungive(conn.address, claim)
+            await self.store.unclaim((conn.consumer, conn.address), job, claim)
             return
         conn.running[job] = entry_id
         conn.deadlines[job] = deadline

@@ -229,8 +229,8 @@ return delivered
 #: Returns 0 (nothing moved: the job is not waiting as the pass saw it), -1 (nothing moved: the account has
 #: worked on the task), {-2, '', its turn now} (nothing moved: the account was given a training job since),
 #: else {1 plus whether the account was new to the task, the account's turn before ('' for none, or for a
-#: seat), its turn now ('' for a seat)}: what UNGIVE needs to take the turn back should the job not be sent
-#: after all.
+#: seat), its turn now ('' for a seat), the job's last worker before ('' for none)}: what UNCLAIM needs to take
+#: the turn and the last worker back should the job not be sent after all.
 CLAIM_JOB = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
@@ -242,22 +242,29 @@ if ARGV[11] ~= '' then
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])
+local held = redis.call('GET', KEYS[5]) or ''
 redis.call('SET', KEYS[5], ARGV[5], 'PXAT', ARGV[8])
 redis.call('PEXPIREAT', KEYS[6], ARGV[8])
 local added = redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('PEXPIREAT', KEYS[3], ARGV[10])
-if ARGV[11] == '' then return {1 + added, '', ''} end
+if ARGV[11] == '' then return {1 + added, '', '', held} end
 local now = redis.call('TIME')
 redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[12])
-return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12])}
+return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12]), held}
 """
 
-#: A training job claimed for an account and not sent after all (its worker drained during the claim): the
-#: turn the claim stamped is taken back. KEYS[1] the turns (a sorted set); ARGV[1] the account, ARGV[2] the
-#: turn the claim stamped, ARGV[3] the turn before it ('' for none). Only while the account's turn is still
-#: the claim's (another instance may have given it a job since): 1 if taken back, else 0.
-UNGIVE = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+#: A job claimed for a worker and not sent after all (the worker drained during the claim): what the claim
+#: stamped is taken back. KEYS[1] the turns (a sorted set), KEYS[2] the job's last worker; ARGV[1] the account,
+#: ARGV[2] the turn the claim stamped ('' for none: a seat), ARGV[3] the turn before it ('' for none), ARGV[4]
+#: the worker's consumer, ARGV[5] the job's last worker before the claim ('' for none). The turn only while it
+#: is still the claim's (another instance may have given the account a job since), the last worker only while
+#: it is still this one (so a dead entry never names a worker that was not sent the job). 1 if the turn was
+#: taken back, else 0.
+UNCLAIM = """
+if redis.call('GET', KEYS[2]) == ARGV[4] then
+  if ARGV[5] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[5], 'KEEPTTL') end
+end
+if ARGV[2] == '' or redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
 return 1
 """

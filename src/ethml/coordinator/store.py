@@ -38,7 +38,7 @@ from ethml.coordinator.scripts import (
     TAKE_AND_CREATE,
     TAKE_KICK,
     TOUCH_ENTRIES,
-    UNGIVE,
+    UNCLAIM,
 )
 from ethml.coordinator.uploads import FAILED_BODIES_SECONDS
 
@@ -66,11 +66,13 @@ def dead_reason(reason: str) -> str:
 class Claim(NamedTuple):
     """What `Store.claim_job` did: `code` (0, -1, -2: nothing moved; 1 or 2: moved), and for a training job taken,
     the account's turn before the claim (None: none) and the one it stamped, as Redis wrote them (refused for a
-    turn given since, -2: `after` is that turn)."""
+    turn given since, -2: `after` is that turn); for any job taken, the worker it was last delivered to before
+    (None: none)."""
 
     code: int
     before: str | None = None
     after: str | None = None
+    held_by: str | None = None
 
 
 def _text_or_none(value: bytes | str) -> str | None:
@@ -110,7 +112,7 @@ class Store:
                 TAKE_KICK,
                 IMPORT_TASK,
                 ENQUEUE_JOB,
-                UNGIVE,
+                UNCLAIM,
             )
         }
         sha = {src: digest for digest, src in self._scripts.items()}
@@ -118,7 +120,7 @@ class Store:
         self._take_amount = sha[TAKE_AMOUNT]
         self._finish_job, self._touch_entries = sha[FINISH_JOB], sha[TOUCH_ENTRIES]
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
-        self._claim_job, self._ungive = sha[CLAIM_JOB], sha[UNGIVE]
+        self._claim_job, self._unclaim = sha[CLAIM_JOB], sha[UNCLAIM]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
         self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
         self._import_task, self._enqueue_job = sha[IMPORT_TASK], sha[ENQUEUE_JOB]
@@ -399,8 +401,9 @@ class Store:
         which then stamps the account's turn). Its `code`: 0 if not moved (not waiting as the caller saw it), -1 if
         not moved because the account has worked on the task, -2 because it was given a training job since (`after`:
         its turn now), else 1, or 2 when the account was added to the task's workers, with the account's turn
-        before and after the claim, as `ungive` takes it back. The task's set of workers is kept until a day past the
-        later of the deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
+        before and after the claim and the job's last worker before it, as `unclaim` takes them back. The task's set
+        of workers is kept until a day past the later of the deadline and the task's `submit_deadline` (no job of
+        the task is delivered after both)."""
         consumer, address = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
         keys.append(k.job_forgiven(job_id))
@@ -411,16 +414,16 @@ class Store:
         reply = await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0, kept, *turns])
         if not isinstance(reply, list):
             return Claim(int(reply))
-        code, before, after = reply
-        return Claim(int(code), _text_or_none(before), _text_or_none(after))
+        code, before, after, *held = reply  # (a refusal, -2, has no last worker)
+        return Claim(int(code), _text_or_none(before), _text_or_none(after), _text_or_none(held[0]) if held else None)
 
-    async def ungive(self, account: str, claim: Claim) -> bool:
-        """Take back the turn `claim` stamped for `account` (its job was not sent after all), if it is still the
-        account's turn (`scripts.UNGIVE`): whether it was taken back."""
-        if claim.after is None:
-            return False
-        args = [account.lower(), claim.after, claim.before or ""]
-        return bool(await self._script(self._ungive, [k.GIVEN], args))
+    async def unclaim(self, worker: tuple[str, str], job_id: str, claim: Claim) -> bool:
+        """Take back what `claim` stamped for `worker` (its consumer and account), whose job `job_id` was not sent
+        after all (`scripts.UNCLAIM`): the account's turn, if it is still the claim's, and the job's last worker,
+        if it is still this one. Whether the turn was taken back."""
+        consumer, account = worker
+        args = [account.lower(), claim.after or "", claim.before or "", consumer, claim.held_by or ""]
+        return bool(await self._script(self._unclaim, [k.GIVEN, k.job_worker(job_id)], args))
 
     async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int, reason: str, job: str) -> bool:
         """Move job `job`'s entry to the dead stream with its delivery count, why, and the worker it was last
