@@ -7,9 +7,15 @@ import signal
 import sys
 from pathlib import Path
 
-from ethml.chain import dev_account
+import pytest
+from aiohttp import web
+
+from ethml.chain import Parameters, deploy_system, dev_account
 from ethml.coordinator.redis_server import socket_path
+from ethml.coordinator.server import AnotherDeployment, make_app
+from ethml.coordinator.store import Store
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
+from ethml.ml import Manifest
 from ethml.training.flow import train_and_submit
 from tests.conftest import free_port, missing_service
 from tests.coordinator.conftest import Coordinator, coordinator_on, start_redis
@@ -126,3 +132,47 @@ async def test_serve_killed_with_9_restarts_at_once_with_the_same_data_dir(anvil
         assert status == 200 and [t["id"] for t in page["tasks"]] == [task_id]
         now_running = _redis_pids(socket)  # the killed server's Redis is gone (with it, or taken over)
         assert len(now_running) == 1 and not now_running & redis_pids, (redis_pids, now_running)
+
+
+async def test_a_server_started_for_another_deployment_on_the_same_state_refuses_to_start(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Redis keys are not per deployment: `ethml serve` started with the data dir of a server for another deployment
+    (a devnet started afresh and deployed again, say) took the old tasks, jobs and chain checkpoint for the new
+    chain's, and its new task 1 was linked to the old task 1, whose training jobs were never queued again. The state
+    records the deployment it belongs to, and a server of another one refuses to start, saying whose it is and what
+    to do; a server of the same deployment starts on it as before."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, _url = await c.start_server()
+        key = await c.requester_key()
+        await c.stop_server(runner)
+        redeployed = await deploy_system(
+            c.w3,
+            dev_account(0),
+            parameters=Parameters(min_difficulty=1 << 10, max_difficulty=1 << 10),
+            models=Manifest.load().registry_specs(),
+        )
+        app = make_app(c.config(port=free_port(), deployment=redeployed))
+        refused = web.AppRunner(app, shutdown_timeout=2)
+        try:
+            with pytest.raises(AnotherDeployment) as refusal:
+                await refused.setup()
+        finally:
+            await refused.cleanup()
+        message = str(refusal.value)
+        assert c.deployment.training is not None and redeployed.training is not None
+        assert c.deployment.training.lower() in message and redeployed.training.lower() in message
+        assert str(tmp_path / "server" / "coordinator" / "redis") in message  # what to remove, or another --data-dir
+        await c.start_server()  # its own deployment starts on it, with the state it left
+        status, body, _ = await c.api("GET", "/api/tasks", key=key)
+        assert status == 200, body
+
+
+async def test_the_state_belongs_to_the_deployment_that_first_used_it(redis_store: Store) -> None:
+    """A devnet started afresh has the same chain id and, deployed by the same key, the same TrainingTasks address:
+    its genesis block tells it apart."""
+    first = {"chain_id": 31337, "genesis": "0x" + "11" * 32, "training": "0x" + "ab" * 20}
+    assert await redis_store.bind_deployment(first) is None
+    assert await redis_store.bind_deployment(dict(first)) is None  # the same deployment, again
+    assert await redis_store.bind_deployment({**first, "genesis": "0x" + "22" * 32}) == first
+    assert await redis_store.bind_deployment({**first, "training": "0x" + "cd" * 20}) == first

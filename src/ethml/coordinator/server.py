@@ -53,6 +53,7 @@ from ethml.coordinator.routes.dashboard import SNAPSHOT, SnapshotCache
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.store import Store
 from ethml.coordinator.uploads import Uploads
+from ethml.errors import EthmlError
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ipfs.gateway import BLOCKSTORE
 from ethml.training.rules import RulesCache
@@ -112,10 +113,19 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
     w3 = AsyncWeb3(AsyncHTTPProvider(cfg.rpc_url, request_kwargs={"timeout": 30}))
     try:
         chain = await Chain.connect(w3, cfg.deployment, cfg.relayer)
+        assert cfg.deployment.training is not None
+        genesis = (await w3.eth.get_block(0))["hash"]
+        identity = {
+            "chain_id": chain.chain_id,
+            "genesis": "0x" + bytes(genesis).hex(),
+            "training": cfg.deployment.training.lower(),
+        }
+        other = await app[STORE].bind_deployment(identity)
+        if other is not None:
+            raise AnotherDeployment(_another_deployment(cfg, identity, other))
         chain.head = int(await w3.eth.block_number)
         chain.confirmations = cfg.confirmations
         app[CHAIN] = chain
-        assert cfg.deployment.training is not None
         app[PERMITS] = PermitDomain(chain.chain_id, cfg.deployment.token, cfg.deployment.training)
         app[TERMS] = TermsDomain(chain.chain_id, cfg.deployment.training)
         app[RULES] = RulesCache(w3, cfg.deployment)
@@ -123,6 +133,27 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(w3.provider.disconnect(), 5)  # type: ignore[attr-defined]
+
+
+class AnotherDeployment(EthmlError):
+    """The coordinator's Redis holds the state of another deployment than the one it was started for."""
+
+
+def _another_deployment(cfg: ServeConfig, identity: dict[str, object], other: dict[str, object]) -> str:
+    def said(d: dict[str, object]) -> str:
+        genesis = str(d.get("genesis"))[:18]
+        return f"chain {d.get('chain_id')} (genesis block {genesis}...), TrainingTasks {d.get('training')}"
+
+    where = (
+        "another Redis database for this deployment (--redis redis://host:port/<n>), or clear this one (FLUSHDB)"
+        if cfg.redis_url is not None
+        else f"another --data-dir, or remove {cfg.data_dir / 'coordinator' / 'redis'}"
+    )
+    return (
+        f"this coordinator's Redis holds the state of {said(other)}, not of this deployment, {said(identity)}: its "
+        "tasks, jobs and chain checkpoint would be taken for this chain's (a devnet started afresh numbers its tasks "
+        f"from 1 again). Use {where}, if the old deployment's state is no longer needed"
+    )
 
 
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:

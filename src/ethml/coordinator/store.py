@@ -126,6 +126,19 @@ class Store:
         self._import_task, self._enqueue_job = sha[IMPORT_TASK], sha[ENQUEUE_JOB]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
+    async def bind_deployment(self, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """Tie this Redis's state to the deployment `identity` (its chain id, genesis block hash and TrainingTasks,
+        recorded by the first start; state from before the record is taken as this deployment's). None if it is
+        that deployment's, else the deployment it belongs to: its task ids, jobs and checkpoint are another
+        chain's, which a devnet started afresh, numbering its tasks from 1 again, would take for its own."""
+        raw = json.dumps(identity, sort_keys=True)
+        await self.redis.set(k.DEPLOYMENT, raw, nx=True)
+        held = await self.redis.get(k.DEPLOYMENT)
+        if held is None or held.decode() == raw:
+            return None
+        recorded: dict[str, Any] = json.loads(held)
+        return recorded
+
     async def setup(self) -> None:
         for stream, group in (
             (k.RELAY, RELAY_GROUP),
