@@ -176,9 +176,9 @@ DEAD_LETTER = (
 #: dead stream; ARGV[1] the group, ARGV[2] the worker's consumer, ARGV[3] the stream entry, ARGV[4] the
 #: delivery number the worker was sent, ARGV[5] the waiting consumer, ARGV[6] the job's delivery limit (0:
 #: none), ARGV[7] why the worker handed it back (the dead entry's reason); KEYS[3] the job's count of forgiven
-#: failures and KEYS[4] its pause, ARGV[8] the pause in ms ('' for none): a validator's failed vote, forgiven
-#: (ARGV[6] counts it already) in the same step as the delivery it costs, so no dispatch pass in between reads
-#: the seat as spent. Only an entry pending under that
+#: failures and KEYS[4] its pause, ARGV[8] the pause in ms ('' for none), ARGV[9] how long the count is kept (ms,
+#: longer than any seat lives): a validator's failed vote, forgiven (ARGV[6] counts it already) in the same step
+#: as the delivery it costs, so no dispatch pass in between reads the seat as spent. Only an entry pending under that
 #: consumer with that delivery count moves: back to waiting with one more delivery (XCLAIM without JUSTID,
 #: so a late result of the abandoned delivery is stale), or, when that is more than the limit, to the dead
 #: stream in the same step (no dispatch can take it between).
@@ -203,7 +203,7 @@ end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3])
 if ARGV[8] ~= '' then
   redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], 86400000)  -- and CLAIM_JOB keeps it a day past each delivery's deadline
+  redis.call('PEXPIRE', KEYS[3], ARGV[9])
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[8])
 end
 return delivered
@@ -212,8 +212,7 @@ return delivered
 
 #: A waiting job taken for a worker, only as the dispatch pass saw it. KEYS[1] the job stream, KEYS[2] the
 #: job's deadline key, KEYS[3] the accounts that have worked on its task (a set), KEYS[5] the job's last worker
-#: (set to the worker's consumer, expiring with the deadline key), KEYS[6] the job's count of forgiven failures
-#: (if any, kept as long as the deadline key: a seat may outlive a day); ARGV[1] the group, ARGV[2]
+#: (set to the worker's consumer, expiring with the deadline key); ARGV[1] the group, ARGV[2]
 #: the waiting consumer, ARGV[3] the stream entry, ARGV[4] the delivery count the pass saw, ARGV[5] the
 #: worker's consumer, ARGV[6] its account, ARGV[7] the deadline (unix s), ARGV[8] when the deadline key
 #: expires (unix ms), ARGV[9] 1 when an account takes one job of a task at most (training jobs), ARGV[10]
@@ -244,7 +243,6 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[5], 0, ARGV[3], 'JUSTID')
 redis.call('SET', KEYS[2], ARGV[7], 'PXAT', ARGV[8])
 local held = redis.call('GET', KEYS[5]) or ''
 redis.call('SET', KEYS[5], ARGV[5], 'PXAT', ARGV[8])
-redis.call('PEXPIREAT', KEYS[6], ARGV[8])
 local added = redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('PEXPIREAT', KEYS[3], ARGV[10])
 if ARGV[11] == '' then return {1 + added, '', '', held} end

@@ -75,6 +75,12 @@ class Claim(NamedTuple):
     held_by: str | None = None
 
 
+#: How long a job's count of forgiven failures is kept after the last one: longer than any seat lives (its task's
+#: score period, at most TrainingTasks.MAX_PERIOD, 7 days, in each of MAX_ROUNDS 3 rounds, and the reveal), so the
+#: forgiven failures never count again while the seat waits for its validator.
+FORGIVEN_KEEP_MS = 60 * 86400 * 1000
+
+
 def _text_or_none(value: bytes | str) -> str | None:
     text = value.decode() if isinstance(value, bytes) else str(value)
     return text or None
@@ -389,7 +395,7 @@ class Store:
         reply = await self._script(
             self._release_job,
             [k.jobs(role), k.DEAD, k.job_forgiven(job), k.job_pause(job)],
-            [GROUP, consumer, entry_id, delivery, WAITING, limit, dead_reason(reason), pause],
+            [GROUP, consumer, entry_id, delivery, WAITING, limit, dead_reason(reason), pause, FORGIVEN_KEEP_MS],
         )
         return reply.decode() if isinstance(reply, bytes) else int(reply)
 
@@ -419,7 +425,6 @@ class Store:
         the task is delivered after both)."""
         consumer, address = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
-        keys.append(k.job_forgiven(job_id))
         expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
         kept = int((max(deadline, submit_deadline) + 86400) * 1000)
         args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
