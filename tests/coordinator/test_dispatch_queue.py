@@ -228,6 +228,92 @@ async def test_a_dead_seat_never_names_a_worker_it_was_not_sent_to(
     assert dead[job][b"worker"] == w1.consumer.encode()
 
 
+async def test_a_claim_is_not_undone_for_a_worker_that_logged_in_again_elsewhere_meanwhile(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's connection to instance 1 ended during the claim, and the worker logged in to instance 2 right
+    after it, whose login found the job pending under the worker and sent it again. Instance 1 then put the job back
+    to waiting and took the account out of the task's set: the job went to another account as the same delivery
+    while the first ran it. Nothing is undone when the worker's record names another connection now."""
+    store = redis_store
+    redis = store.redis
+    account = "0x" + "ab" * 20
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}, "trainers": 2}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", account, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    first.conns[conn.consumer] = conn
+    await store.put_worker(conn.view(), 30, login=True)
+    claim_job = store.claim_job
+
+    async def then_logged_in_elsewhere(*args: Any, **kwargs: Any) -> Any:
+        claimed = await claim_job(*args, **kwargs)
+        ws.closed = True  # its connection here ended
+        again = dispatch.WorkerConn("w1", account, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
+        await store.put_worker(again.view(), 30, login=True)  # (and that login adopts the job)
+        return claimed
+
+    monkeypatch.setattr(store, "claim_job", then_logged_in_elsewhere)
+    await first.run_pass()
+    assert ws.sent == []
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(conn.consumer.encode(), 1)]
+    assert await redis.smembers(k.task_workers(1, "trainer")) == {account.encode()}
+
+
+async def test_a_claim_undone_for_a_draining_worker_is_undone_in_one_step(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seat went back to waiting in one round trip and its last worker was restored in the next: another
+    instance's pass in between claimed it for its own draining worker (noting the first claim's worker as the
+    last), and undid that claim last, so the seat's last worker named a worker never sent it. The undo is one
+    step now: the seat is not waiting until its last worker is restored."""
+    store = redis_store
+    redis = store.redis
+    job, validator = "1:validate:0", "0x" + "e5" * 20
+    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+    seat = {"job": job, "kind": "validate", "task": "v", "chain_task": 1, "address": validator}
+    await redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
+    first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    second = Dispatcher(Store(redis), "instance-2", job_timeout=30, max_deliveries=3)
+    w1 = dispatch.WorkerConn("w1", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
+    first.conns[w1.consumer] = w1
+    await first.run_pass()
+    assert await first.release(w1, job, 1) == "released"  # w1 had the seat, and handed it back
+    del first.conns[w1.consumer]
+    w2 = dispatch.WorkerConn("w2", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
+    w3 = dispatch.WorkerConn("w3", validator, "validator", RecordingSocket(), 4, "instance-2")  # type: ignore[arg-type]
+    first.conns[w2.consumer], second.conns[w3.consumer] = w2, w3
+    for d, w in ((first, w2), (second, w3)):
+        result = d.store.result
+
+        async def draining(job: str, w: dispatch.WorkerConn = w, result: Any = result) -> object:
+            w.draining = True  # the socket handler ran in between
+            return await result(job)
+
+        monkeypatch.setattr(d.store, "result", draining)
+    unclaim_first, unclaim_second = first.store.unclaim, second.store.unclaim
+    held: dict[str, Any] = {}
+
+    async def after_another_pass(*args: Any, **kwargs: Any) -> Any:
+        held["undo"] = (args, kwargs)
+        await second.run_pass()  # another instance's pass, before the first one's undo is done
+        return None if held.get("done") else await unclaim_first(*args, **kwargs)
+
+    async def after_the_first_undo(*args: Any, **kwargs: Any) -> Any:  # (the order that left the wrong worker)
+        first_args, first_kwargs = held["undo"]
+        await unclaim_first(*first_args, **first_kwargs)
+        held["done"] = True
+        return await unclaim_second(*args, **kwargs)
+
+    monkeypatch.setattr(first.store, "unclaim", after_another_pass)
+    monkeypatch.setattr(second.store, "unclaim", after_the_first_undo)
+    await first.run_pass()
+    assert w2.ws.sent == [] and w3.ws.sent == []  # type: ignore[attr-defined]
+    assert await redis.get(k.job_worker(job)) == w1.consumer.encode()
+
+
 async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_time_limit(redis_store: Store) -> None:
     """A worker can stay connected (it answers pings, it heartbeats) and never report: before, its job
     stayed fresh for as long as it stayed. Past the job's limit (the task's training time limit, 1 s

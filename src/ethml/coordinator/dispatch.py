@@ -510,12 +510,11 @@ class Dispatcher:
         if conn.draining or not conn.open:
             # It drained (or left) during the awaits above, and may have been told no job follows: the
             # job goes back to waiting as it was, no delivery spent (nothing was sent), and the account's
-            # turn and the job's last worker are taken back. Checked with no await before the job is posted,
-            # so a job is never queued after the answer to a drain.
-            await redis.xclaim(stream, GROUP, WAITING, 0, [entry_id], justid=True)
-            if claim.code == 2:
-                await redis.srem(k.task_workers(chain_task, role), conn.address)
-            await self.store.unclaim((conn.consumer, conn.address), job, claim)
+            # turn and the job's last worker are taken back, in one step; unless the worker has logged in again
+            # elsewhere meanwhile, whose new connection adopted the job (`Store.unclaim`). Checked with no await
+            # before the job is posted, so a job is never queued after the answer to a drain.
+            worker = (conn.consumer, conn.address, conn.session)
+            await self.store.unclaim(role, entry_id, delivered, worker, job, chain_task, claim)
             return
         conn.running[job] = entry_id
         conn.deadlines[job] = deadline

@@ -251,20 +251,34 @@ redis.call('ZADD', KEYS[4], tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[
 return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12]), held}
 """
 
-#: A job claimed for a worker and not sent after all (the worker drained during the claim): what the claim
-#: stamped is taken back. KEYS[1] the turns (a sorted set), KEYS[2] the job's last worker; ARGV[1] the account,
-#: ARGV[2] the turn the claim stamped ('' for none: a seat), ARGV[3] the turn before it ('' for none), ARGV[4]
-#: the worker's consumer, ARGV[5] the job's last worker before the claim ('' for none). The turn only while it
-#: is still the claim's (another instance may have given the account a job since), the last worker only while
-#: it is still this one (so a dead entry never names a worker that was not sent the job). 1 if the turn was
-#: taken back, else 0.
+#: A job claimed for a worker and not sent after all (the worker drained, or its connection ended, during the
+#: claim): the claim is undone in one step. KEYS[1] the job stream, KEYS[2] the accounts that have worked on its
+#: task, KEYS[3] the turns (a sorted set), KEYS[4] the job's last worker, KEYS[5] the worker's record; ARGV[1]
+#: the group, ARGV[2] the waiting consumer, ARGV[3] the stream entry, ARGV[4] the worker's consumer, ARGV[5] the
+#: delivery count it was claimed with, ARGV[6] its account (as the claim added it), ARGV[7] 1 if the claim added
+#: the account to the task's set, ARGV[8] the account in lower case, ARGV[9] the turn the claim stamped ('' for
+#: none: a seat), ARGV[10] the turn before it ('' for none), ARGV[11] the job's last worker before the claim (''
+#: for none), ARGV[12] the session of the connection it was claimed for.
+#: Nothing is undone when the worker has logged in again on another connection meanwhile (its record names
+#: another session): that connection adopted the job, or it comes back after the job timeout; nor when the entry
+#: is no longer pending under the worker with that count. Else the entry goes back to waiting (its delivery
+#: unspent), the account leaves the task's set if the claim put it there, the job's last worker is restored while
+#: it is still this one (so a dead entry never names a worker not sent it), and the account's turn while it is
+#: still the claim's (another instance may have given the account a job since). Returns -1 (another connection
+#: has the worker), 0 (not pending as claimed), else 1 plus whether the turn was taken back.
 UNCLAIM = """
-if redis.call('GET', KEYS[2]) == ARGV[4] then
-  if ARGV[5] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[5], 'KEEPTTL') end
+local raw = redis.call('GET', KEYS[5])
+if raw and cjson.decode(raw)['session'] ~= ARGV[12] then return -1 end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[4] or p[1][4] ~= tonumber(ARGV[5]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+if ARGV[7] == '1' then redis.call('SREM', KEYS[2], ARGV[6]) end
+if redis.call('GET', KEYS[4]) == ARGV[4] then
+  if ARGV[11] == '' then redis.call('DEL', KEYS[4]) else redis.call('SET', KEYS[4], ARGV[11], 'KEEPTTL') end
 end
-if ARGV[2] == '' or redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
-return 1
+if ARGV[9] == '' or redis.call('ZSCORE', KEYS[3], ARGV[8]) ~= ARGV[9] then return 1 end
+if ARGV[10] == '' then redis.call('ZREM', KEYS[3], ARGV[8]) else redis.call('ZADD', KEYS[3], ARGV[10], ARGV[8]) end
+return 2
 """
 
 #: Keep a live consumer's entries fresh (a worker's jobs, a relayer's entry): of the entries ARGV[3..],

@@ -435,13 +435,28 @@ class Store:
         code, before, after, *held = reply  # (a refusal, -2, has no last worker)
         return Claim(int(code), _text_or_none(before), _text_or_none(after), _text_or_none(held[0]) if held else None)
 
-    async def unclaim(self, worker: tuple[str, str], job_id: str, claim: Claim) -> bool:
-        """Take back what `claim` stamped for `worker` (its consumer and account), whose job `job_id` was not sent
-        after all (`scripts.UNCLAIM`): the account's turn, if it is still the claim's, and the job's last worker,
-        if it is still this one. Whether the turn was taken back."""
-        consumer, account = worker
-        args = [account.lower(), claim.after or "", claim.before or "", consumer, claim.held_by or ""]
-        return bool(await self._script(self._unclaim, [k.GIVEN, k.job_worker(job_id)], args))
+    async def unclaim(
+        self,
+        role: str,
+        entry_id: bytes,
+        delivered: int,
+        worker: tuple[str, str, str],
+        job_id: str,
+        chain_task: str,
+        claim: Claim,
+    ) -> int:
+        """Undo `claim`, which took job `job_id` (entry `entry_id`, delivery count `delivered`) for `worker` (its
+        consumer, account and connection's session) and was not sent after all (`scripts.UNCLAIM`, one step):
+        the job back to waiting, the account out of the task's set if the claim put it there, the job's last
+        worker and the account's turn back as they were while they are still the claim's. -1: nothing undone,
+        the worker has logged in again on another connection (which has the job, or it comes back after the
+        job timeout); 0: nothing undone, no longer pending as claimed; else 1, or 2 when the turn was taken
+        back."""
+        consumer, account, session = worker
+        keys = [k.jobs(role), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id), k.worker(consumer)]
+        args = [GROUP, WAITING, entry_id, consumer, delivered, account, 1 if claim.code == 2 else 0, account.lower()]
+        args += [claim.after or "", claim.before or "", claim.held_by or "", session]
+        return int(await self._script(self._unclaim, keys, args))
 
     async def dead_letter(self, stream: str, entry_id: bytes, deliveries: int, reason: str, job: str) -> bool:
         """Move job `job`'s entry to the dead stream with its delivery count, why, and the worker it was last
