@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from web3 import AsyncHTTPProvider, AsyncWeb3
 
-from ethml.chain import Parameters, deploy_system, dev_account
+from ethml.chain import Deployment, Parameters, deploy_system, dev_account
 from ethml.coordinator.redis_server import socket_path
-from ethml.coordinator.server import AnotherDeployment, make_app
+from ethml.coordinator.server import AnotherDeployment, _deployment_identity, make_app
 from ethml.coordinator.store import Store
+from ethml.errors import ChainError
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ml import Manifest
 from ethml.training.flow import train_and_submit
@@ -169,10 +172,26 @@ async def test_a_server_started_for_another_deployment_on_the_same_state_refuses
 
 
 async def test_the_state_belongs_to_the_deployment_that_first_used_it(redis_store: Store) -> None:
-    """A devnet started afresh has the same chain id and, deployed by the same key, the same TrainingTasks address:
-    its genesis block tells it apart."""
-    first = {"chain_id": 31337, "genesis": "0x" + "11" * 32, "training": "0x" + "ab" * 20}
+    """A devnet (or a fork) started afresh and deployed again has the same chain id and, deployed by the same key,
+    the same TrainingTasks address: the hash of the block its contracts were deployed in tells it apart."""
+    first = {"chain_id": 31337, "training": "0x" + "ab" * 20, "block": 1, "block_hash": "0x" + "11" * 32}
     assert await redis_store.bind_deployment(first) is None
     assert await redis_store.bind_deployment(dict(first)) is None  # the same deployment, again
-    assert await redis_store.bind_deployment({**first, "genesis": "0x" + "22" * 32}) == first
+    assert await redis_store.bind_deployment({**first, "block_hash": "0x" + "22" * 32}) == first
     assert await redis_store.bind_deployment({**first, "training": "0x" + "cd" * 20}) == first
+
+
+async def test_a_deployment_block_the_chain_lacks_or_a_node_that_does_not_answer_is_one_clear_error(
+    anvil_url: str,
+) -> None:
+    """Reading the deployment's block at start: a chain without it (a stale deployment file) or a node that does
+    not answer is a ChainError, one line from `ethml serve`, not a traceback."""
+    stale = Deployment(31337, *(["0x" + "ab" * 20] * 5), block=10**9, training="0x" + "cd" * 20)
+    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    with pytest.raises(ChainError, match=r"this chain has no block 1000000000.*deploy again"):
+        await _deployment_identity(w3, 31337, stale)
+    await w3.provider.disconnect()  # type: ignore[attr-defined]
+    nobody = AsyncWeb3(AsyncHTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 10}))
+    with pytest.raises(ChainError, match="the node did not give block 1 "):
+        await _deployment_identity(nobody, 31337, dataclasses.replace(stale, block=1))
+    await nobody.provider.disconnect()  # type: ignore[attr-defined]

@@ -147,8 +147,8 @@ def serve(
     terms their requesters signed (it cannot change one), and pays the gas; it needs no role. It also
     reveals test sets given to it, draws panels, replaces no-shows and finalizes. On first start an
     admin API key is written to DATA_DIR/coordinator/admin.key; create requester keys with POST
-    /api/keys. The state in Redis belongs to the deployment of its first start (chain, genesis block,
-    TrainingTasks): a server for another deployment refuses to start on it.
+    /api/keys. The state in Redis belongs to the deployment of its first start (chain, TrainingTasks,
+    the block it was deployed in): a server for another deployment refuses to start on it.
     """
     from aiohttp import web
     from aiohttp.log import access_logger

@@ -26,7 +26,7 @@ DEAD = f"{P}dead"
 GIVEN = f"{P}given"
 WORKERS = f"{P}workers"
 CHECKPOINT = f"{P}checkpoint"
-#: The deployment this Redis's state belongs to (chain id, genesis block, TrainingTasks), as the first start wrote it.
+#: The deployment this Redis's state belongs to (chain id, TrainingTasks, its block), as the first start wrote it.
 DEPLOYMENT = f"{P}deployment"
 SAMPLES = f"{P}samples"
 

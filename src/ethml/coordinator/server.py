@@ -15,12 +15,14 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import Web3Exception
+from web3.exceptions import BlockNotFound, Web3Exception
 
+from ethml.chain import Deployment
 from ethml.coordinator.appkeys import (
     CHAIN,
     CONFIG,
@@ -53,7 +55,7 @@ from ethml.coordinator.routes.dashboard import SNAPSHOT, SnapshotCache
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.store import Store
 from ethml.coordinator.uploads import Uploads
-from ethml.errors import EthmlError
+from ethml.errors import ChainError, EthmlError
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ipfs.gateway import BLOCKSTORE
 from ethml.training.rules import RulesCache
@@ -113,19 +115,14 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
     w3 = AsyncWeb3(AsyncHTTPProvider(cfg.rpc_url, request_kwargs={"timeout": 30}))
     try:
         chain = await Chain.connect(w3, cfg.deployment, cfg.relayer)
-        assert cfg.deployment.training is not None
-        genesis = (await w3.eth.get_block(0))["hash"]
-        identity = {
-            "chain_id": chain.chain_id,
-            "genesis": "0x" + bytes(genesis).hex(),
-            "training": cfg.deployment.training.lower(),
-        }
+        identity = await _deployment_identity(w3, chain.chain_id, cfg.deployment)
         other = await app[STORE].bind_deployment(identity)
         if other is not None:
             raise AnotherDeployment(_another_deployment(cfg, identity, other))
         chain.head = int(await w3.eth.block_number)
         chain.confirmations = cfg.confirmations
         app[CHAIN] = chain
+        assert cfg.deployment.training is not None
         app[PERMITS] = PermitDomain(chain.chain_id, cfg.deployment.token, cfg.deployment.training)
         app[TERMS] = TermsDomain(chain.chain_id, cfg.deployment.training)
         app[RULES] = RulesCache(w3, cfg.deployment)
@@ -135,14 +132,38 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(w3.provider.disconnect(), 5)  # type: ignore[attr-defined]
 
 
+async def _deployment_identity(w3: AsyncWeb3[Any], chain_id: int, deployment: Deployment) -> dict[str, object]:
+    """What tells this deployment from any other: the chain id, TrainingTasks, and the hash of the block the
+    contracts were deployed in (a devnet or a fork started afresh and deployed again has the same chain id and,
+    from the same deployer, the same addresses, but not that block)."""
+    assert deployment.training is not None
+    try:
+        block = await w3.eth.get_block(deployment.block)
+    except BlockNotFound:
+        raise ChainError(
+            f"this chain has no block {deployment.block}, where the deployment file says its contracts were deployed: "
+            "the file is stale (a devnet started afresh?); deploy again"
+        ) from None
+    except (*BACKEND_ERRORS, Web3Exception, TimeoutError) as exc:
+        raise ChainError(
+            f"the node did not give block {deployment.block} (the deployment's): {exc or type(exc).__name__}"
+        ) from None
+    return {
+        "chain_id": chain_id,
+        "training": deployment.training.lower(),
+        "block": deployment.block,
+        "block_hash": "0x" + bytes(block["hash"]).hex(),
+    }
+
+
 class AnotherDeployment(EthmlError):
     """The coordinator's Redis holds the state of another deployment than the one it was started for."""
 
 
 def _another_deployment(cfg: ServeConfig, identity: dict[str, object], other: dict[str, object]) -> str:
     def said(d: dict[str, object]) -> str:
-        genesis = str(d.get("genesis"))[:18]
-        return f"chain {d.get('chain_id')} (genesis block {genesis}...), TrainingTasks {d.get('training')}"
+        block = f"block {d.get('block')} ({str(d.get('block_hash'))[:18]}...)"
+        return f"chain {d.get('chain_id')}, TrainingTasks {d.get('training')} deployed in {block}"
 
     where = (
         "another Redis database for this deployment (--redis redis://host:port/<n>), or clear this one (FLUSHDB)"

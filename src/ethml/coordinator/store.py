@@ -133,7 +133,7 @@ class Store:
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
 
     async def bind_deployment(self, identity: dict[str, Any]) -> dict[str, Any] | None:
-        """Tie this Redis's state to the deployment `identity` (its chain id, genesis block hash and TrainingTasks,
+        """Tie this Redis's state to the deployment `identity` (its chain id, TrainingTasks and deployment block,
         recorded by the first start; state from before the record is taken as this deployment's). None if it is
         that deployment's, else the deployment it belongs to: its task ids, jobs and checkpoint are another
         chain's, which a devnet started afresh, numbering its tasks from 1 again, would take for its own."""
