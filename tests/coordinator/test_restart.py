@@ -7,14 +7,19 @@ import dataclasses
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import BlockNotFound
 
 from ethml.chain import Deployment, Parameters, deploy_system, dev_account
+from ethml.coordinator import server as coordinator_server
+from ethml.coordinator.appkeys import CHAIN, FATAL
+from ethml.coordinator.deployment import AnotherDeployment, DeploymentWatch, Fatal, identity
 from ethml.coordinator.redis_server import socket_path
-from ethml.coordinator.server import AnotherDeployment, _deployment_identity, make_app
+from ethml.coordinator.server import make_app
 from ethml.coordinator.store import Store
 from ethml.errors import ChainError
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
@@ -189,9 +194,73 @@ async def test_a_deployment_block_the_chain_lacks_or_a_node_that_does_not_answer
     stale = Deployment(31337, *(["0x" + "ab" * 20] * 5), block=10**9, training="0x" + "cd" * 20)
     w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
     with pytest.raises(ChainError, match=r"this chain has no block 1000000000.*deploy again"):
-        await _deployment_identity(w3, 31337, stale)
+        await identity(w3, 31337, stale)
     await w3.provider.disconnect()  # type: ignore[attr-defined]
     nobody = AsyncWeb3(AsyncHTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 10}))
     with pytest.raises(ChainError, match="the node did not give block 1 "):
-        await _deployment_identity(nobody, 31337, dataclasses.replace(stale, block=1))
+        await identity(nobody, 31337, dataclasses.replace(stale, block=1))
     await nobody.provider.disconnect()  # type: ignore[attr-defined]
+
+
+class _Blocks:
+    """A node's `eth.get_block` for the deployment watch: the hashes (or errors) it gives, one a read."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+
+    async def get_block(self, number: int) -> dict[str, bytes]:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {"hash": bytes.fromhex(str(answer)[2:])}
+
+
+async def test_the_watch_takes_the_chain_as_replaced_only_after_reads_in_a_row_find_another_block() -> None:
+    """A read that fails counts neither way, and the right block between two others starts the count again: a node
+    behind a load balancer that lags or answers once from elsewhere does not stop a server."""
+    ours, other = "0x" + "11" * 32, "0x" + "22" * 32
+    expected = {"chain_id": 31337, "training": "0x" + "ab" * 20, "block": 5, "block_hash": ours}
+    stub = Deployment(31337, *(["0x" + "ab" * 20] * 5), block=5, training="0x" + "ab" * 20)
+    reads = [other, other, ours, other, TimeoutError(), other, BlockNotFound("gone"), other]
+    fatal = Fatal()
+    w3: Any = type("W3", (), {"eth": _Blocks(*reads)})()
+    watch = DeploymentWatch(w3, stub, expected, fatal)
+    for n in range(len(reads)):
+        await watch.step()
+        if n < 6:
+            assert fatal.message is None, n
+    assert fatal.message is not None and fatal.event.is_set()
+    assert "the chain under this server was replaced" in fatal.message and "block 5 is gone" in fatal.message
+
+
+async def test_a_server_whose_chain_is_replaced_under_it_stops_its_loops(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A devnet started afresh under a running server was not noticed: the server went on relaying and following
+    on the old state. The deployment's block is read again while it runs; once it is another, the server's loops
+    stop and `ethml serve` stops with the reason."""
+    monkeypatch.setattr(coordinator_server, "WATCH_INTERVAL", 0.1)
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, _url = await c.start_server()
+        app = runner.app
+        assert app is not None
+        eth = app[CHAIN].w3.eth
+        get_block = eth.get_block
+
+        async def replaced(number: Any, *args: Any, **kwargs: Any) -> Any:
+            block = await get_block(number, *args, **kwargs)
+            if number == c.deployment.block:
+                return {**block, "hash": b"\x33" * 32}
+            return block
+
+        loops = {"leader", "dispatch", "observe", "artifacts", "relayer", "deployment"}
+        assert loops <= {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+        monkeypatch.setattr(eth, "get_block", replaced)
+        await asyncio.wait_for(app[FATAL].event.wait(), 120)
+        assert app[FATAL].message is not None and "was replaced" in app[FATAL].message
+        assert "block " + str(c.deployment.block) + " is 0x3333" in app[FATAL].message
+
+        async def stopped() -> bool:
+            return not loops & {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+
+        await wait_until(stopped, timeout=60, what="the server's loops stopped")

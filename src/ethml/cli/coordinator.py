@@ -148,11 +148,17 @@ def serve(
     reveals test sets given to it, draws panels, replaces no-shows and finalizes. On first start an
     admin API key is written to DATA_DIR/coordinator/admin.key; create requester keys with POST
     /api/keys. The state in Redis belongs to the deployment of its first start (chain, TrainingTasks,
-    the block it was deployed in): a server for another deployment refuses to start on it.
+    the block it was deployed in): a server for another deployment refuses to start on it, and a
+    server whose chain is replaced under it (a devnet started afresh) stops.
     """
+    import asyncio
+    import signal
+
     from aiohttp import web
     from aiohttp.log import access_logger
 
+    from ethml.coordinator.appkeys import FATAL
+    from ethml.coordinator.deployment import AnotherDeployment
     from ethml.coordinator.server import ServeConfig, make_app, raise_open_files_limit
 
     check_rpc_url(chain.rpc)
@@ -203,6 +209,18 @@ def serve(
         gc.set_threshold(20_000, 20, 20)
 
     application.on_startup.append(settle)
+    watching: list[asyncio.Task[None]] = []
+
+    async def stop_when_fatal(app: web.Application) -> None:
+        # The chain under the server was replaced (coordinator.deployment.DeploymentWatch): the loops have stopped;
+        # the server stops as on SIGTERM, and the reason is the last line it prints.
+        async def wait() -> None:
+            await app[FATAL].event.wait()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        watching.append(asyncio.create_task(wait()))
+
+    application.on_startup.append(stop_when_fatal)
     if (warning := confirmations_warning(chain_id, confirmations)) is not None:
         typer.echo(warning, err=True)
     typer.echo(
@@ -222,6 +240,8 @@ def serve(
         shutdown_timeout=5,
         access_log=access_logger if access_log else None,
     )
+    if (fatal := application[FATAL].message) is not None:
+        raise AnotherDeployment(fatal)
 
 
 def confirmations_warning(chain_id: int, confirmations: int) -> str | None:

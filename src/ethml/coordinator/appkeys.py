@@ -8,6 +8,7 @@ from aiohttp import web
 from ethml.coordinator.artifacts import PendingArtifacts
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
+from ethml.coordinator.deployment import Fatal
 from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.permit import PermitDomain
@@ -21,6 +22,10 @@ CONFIG = web.AppKey("config", ServeConfig)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
 CHAIN = web.AppKey("chain", Chain)
+#: The deployment this server's state belongs to (`deployment.identity`), read at start.
+IDENTITY: web.AppKey[dict[str, object]] = web.AppKey("identity", dict)
+#: Set when the server must not go on (the chain under it was replaced); `ethml serve` then stops.
+FATAL = web.AppKey("fatal", Fatal)
 #: The EIP-712 domain of EML permits to TrainingTasks on this chain.
 PERMITS = web.AppKey("permits", PermitDomain)
 #: The EIP-712 domain of the task terms requesters sign (TrainingTasks on this chain).

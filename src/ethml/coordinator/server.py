@@ -15,18 +15,18 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import BlockNotFound, Web3Exception
+from web3.exceptions import Web3Exception
 
-from ethml.chain import Deployment
 from ethml.coordinator.appkeys import (
     CHAIN,
     CONFIG,
     DISPATCHER,
+    FATAL,
+    IDENTITY,
     IPFS,
     METRICS,
     PENDING,
@@ -41,6 +41,7 @@ from ethml.coordinator.auth import API_KEYS, KeyCache
 from ethml.coordinator.background import Loops, forever
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
+from ethml.coordinator.deployment import WATCH_INTERVAL, AnotherDeployment, DeploymentWatch, Fatal, identity, said
 from ethml.coordinator.dispatch import PROOF_TIMEOUT, Dispatcher
 from ethml.coordinator.edge import BACKEND_ERRORS, errors_and_metrics, one_line_protocol_errors
 from ethml.coordinator.leader import Leader
@@ -55,7 +56,6 @@ from ethml.coordinator.routes.dashboard import SNAPSHOT, SnapshotCache
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.store import Store
 from ethml.coordinator.uploads import Uploads
-from ethml.errors import ChainError, EthmlError
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ipfs.gateway import BLOCKSTORE
 from ethml.training.rules import RulesCache
@@ -80,6 +80,7 @@ def make_app(config: ServeConfig) -> web.Application:
     app[API_KEYS] = KeyCache()
     app[SNAPSHOT] = SnapshotCache()
     app[UPLOADS] = Uploads()
+    app[FATAL] = Fatal()
     app.cleanup_ctx.extend([redis_ctx, chain_ctx, workers_ctx, loops_ctx])
     for table in TABLES:
         app.add_routes(table)
@@ -115,10 +116,11 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
     w3 = AsyncWeb3(AsyncHTTPProvider(cfg.rpc_url, request_kwargs={"timeout": 30}))
     try:
         chain = await Chain.connect(w3, cfg.deployment, cfg.relayer)
-        identity = await _deployment_identity(w3, chain.chain_id, cfg.deployment)
-        other = await app[STORE].bind_deployment(identity)
+        ours = await identity(w3, chain.chain_id, cfg.deployment)
+        other = await app[STORE].bind_deployment(ours)
         if other is not None:
-            raise AnotherDeployment(_another_deployment(cfg, identity, other))
+            raise AnotherDeployment(_another_deployment(cfg, ours, other))
+        app[IDENTITY] = ours
         chain.head = int(await w3.eth.block_number)
         chain.confirmations = cfg.confirmations
         app[CHAIN] = chain
@@ -132,39 +134,7 @@ async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(w3.provider.disconnect(), 5)  # type: ignore[attr-defined]
 
 
-async def _deployment_identity(w3: AsyncWeb3[Any], chain_id: int, deployment: Deployment) -> dict[str, object]:
-    """What tells this deployment from any other: the chain id, TrainingTasks, and the hash of the block the
-    contracts were deployed in (a devnet or a fork started afresh and deployed again has the same chain id and,
-    from the same deployer, the same addresses, but not that block)."""
-    assert deployment.training is not None
-    try:
-        block = await w3.eth.get_block(deployment.block)
-    except BlockNotFound:
-        raise ChainError(
-            f"this chain has no block {deployment.block}, where the deployment file says its contracts were deployed: "
-            "the file is stale (a devnet started afresh?); deploy again"
-        ) from None
-    except (*BACKEND_ERRORS, Web3Exception, TimeoutError) as exc:
-        raise ChainError(
-            f"the node did not give block {deployment.block} (the deployment's): {exc or type(exc).__name__}"
-        ) from None
-    return {
-        "chain_id": chain_id,
-        "training": deployment.training.lower(),
-        "block": deployment.block,
-        "block_hash": "0x" + bytes(block["hash"]).hex(),
-    }
-
-
-class AnotherDeployment(EthmlError):
-    """The coordinator's Redis holds the state of another deployment than the one it was started for."""
-
-
 def _another_deployment(cfg: ServeConfig, identity: dict[str, object], other: dict[str, object]) -> str:
-    def said(d: dict[str, object]) -> str:
-        block = f"block {d.get('block')} ({str(d.get('block_hash'))[:18]}...)"
-        return f"chain {d.get('chain_id')}, TrainingTasks {d.get('training')} deployed in {block}"
-
     where = (
         "another Redis database for this deployment (--redis redis://host:port/<n>), or clear this one (FLUSHDB)"
         if cfg.redis_url is not None
@@ -236,10 +206,21 @@ async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
     if cfg.relay:
         relayer = Relayer(chain, store, app[IPFS], cfg.instance, idle_timeout=cfg.relay_timeout)
         loops.start("relayer", relayer.run())
+    watch = DeploymentWatch(chain.w3, cfg.deployment, app[IDENTITY], app[FATAL])
+    loops.start("deployment", forever("deployment", WATCH_INTERVAL, watch.step))
+    stopper = asyncio.create_task(_stop_loops_when_fatal(app[FATAL], loops))
     try:
         yield
     finally:
+        stopper.cancel()
         await loops.stop()
+
+
+async def _stop_loops_when_fatal(fatal: Fatal, loops: Loops) -> None:
+    """Once the server must not go on (`Fatal`), no loop relays, follows or dispatches any more; the HTTP side is
+    left to whoever stops the process (`ethml serve` stops itself)."""
+    await fatal.event.wait()
+    await loops.stop()
 
 
 #: The most open files `raise_open_files_limit` asks for when the hard limit is unlimited (Linux's default
