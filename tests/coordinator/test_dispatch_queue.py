@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -118,6 +118,12 @@ def _draining_during_the_claim(
     ws = RecordingSocket()
     conn = dispatch.WorkerConn("w1", account, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
     dispatcher.conns[conn.id] = conn
+    _drains_at_the_next_claim(store, monkeypatch, conn)
+    return dispatcher, conn, ws
+
+
+def _drains_at_the_next_claim(store: Store, monkeypatch: pytest.MonkeyPatch, conn: dispatch.WorkerConn) -> None:
+    """`conn` drains during the next assignment's awaits (while the dispatcher asks whether the job has a result)."""
     result = store.result
 
     async def result_while_draining(job: str) -> object:
@@ -125,7 +131,29 @@ def _draining_during_the_claim(
         return await result(job)
 
     monkeypatch.setattr(store, "result", result_while_draining)
-    return dispatcher, conn, ws
+
+
+SEAT, SEAT_VALIDATOR = "1:validate:0", "0x" + "e5" * 20
+
+
+async def _seat_handed_back(store: Store) -> tuple[Dispatcher, dispatch.WorkerConn]:
+    """Seat SEAT of SEAT_VALIDATOR, whose worker w1 on instance-1 had it and handed it back (delivery 2 waits):
+    that instance, and w1 (no longer connected)."""
+    await store.redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+    seat = {"job": SEAT, "kind": "validate", "task": "v", "chain_task": 1, "address": SEAT_VALIDATOR}
+    await store.redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    w1 = _validator_worker(dispatcher, "w1")
+    await dispatcher.run_pass()
+    assert await dispatcher.release(w1, SEAT, 1) == "released"  # w1 stops: it hands the seat back
+    del dispatcher.conns[w1.consumer]
+    return dispatcher, w1
+
+
+def _validator_worker(dispatcher: Dispatcher, worker_id: str) -> dispatch.WorkerConn:
+    conn = dispatch.WorkerConn(worker_id, SEAT_VALIDATOR, "validator", RecordingSocket(), 4, dispatcher.instance)  # type: ignore[arg-type]
+    dispatcher.conns[conn.consumer] = conn
+    return conn
 
 
 async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(redis_store: Store) -> None:
@@ -198,34 +226,18 @@ async def test_a_dead_seat_never_names_a_worker_it_was_not_sent_to(
     worker is taken back with the claim now."""
     store = redis_store
     redis = store.redis
-    job, validator = "1:validate:0", "0x" + "e5" * 20
-    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
-    seat = {"job": job, "kind": "validate", "task": "v", "chain_task": 1, "address": validator}
-    await redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
-    dispatcher = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-    w1 = dispatch.WorkerConn("w1", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
-    dispatcher.conns[w1.consumer] = w1
+    dispatcher, w1 = await _seat_handed_back(store)
+    w2 = _validator_worker(dispatcher, "w2")
+    _drains_at_the_next_claim(store, monkeypatch, w2)
     await dispatcher.run_pass()
-    assert await dispatcher.release(w1, job, 1) == "released"  # w1 stops: it hands the seat back
-    del dispatcher.conns[w1.consumer]
-    w2 = dispatch.WorkerConn("w2", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
-    dispatcher.conns[w2.consumer] = w2
-    result = store.result
-
-    async def result_while_draining(job: str) -> object:
-        w2.draining = True  # the socket handler ran in between
-        return await result(job)
-
-    monkeypatch.setattr(store, "result", result_while_draining)
-    await dispatcher.run_pass()
-    monkeypatch.setattr(store, "result", result)
+    monkeypatch.undo()
     pending = await redis.xpending_range(k.jobs("validator"), GROUP, "-", "+", 10)
     assert w2.running == {} and [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 2)]
     restarted = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=1)
     await _connect(restarted, "e6" * 20, "validator")
     await restarted.run_pass()
     dead = {fields[b"job"].decode(): fields for _id, fields in await redis.xrange(k.DEAD)}
-    assert dead[job][b"worker"] == w1.consumer.encode()
+    assert dead[SEAT][b"worker"] == w1.consumer.encode()
 
 
 async def test_a_claim_is_not_undone_for_a_worker_that_logged_in_again_elsewhere_meanwhile(
@@ -271,28 +283,11 @@ async def test_a_claim_undone_for_a_draining_worker_is_undone_in_one_step(
     step now: the seat is not waiting until its last worker is restored."""
     store = redis_store
     redis = store.redis
-    job, validator = "1:validate:0", "0x" + "e5" * 20
-    await redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
-    seat = {"job": job, "kind": "validate", "task": "v", "chain_task": 1, "address": validator}
-    await redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
-    first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    first, w1 = await _seat_handed_back(store)
     second = Dispatcher(Store(redis), "instance-2", job_timeout=30, max_deliveries=3)
-    w1 = dispatch.WorkerConn("w1", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
-    first.conns[w1.consumer] = w1
-    await first.run_pass()
-    assert await first.release(w1, job, 1) == "released"  # w1 had the seat, and handed it back
-    del first.conns[w1.consumer]
-    w2 = dispatch.WorkerConn("w2", validator, "validator", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
-    w3 = dispatch.WorkerConn("w3", validator, "validator", RecordingSocket(), 4, "instance-2")  # type: ignore[arg-type]
-    first.conns[w2.consumer], second.conns[w3.consumer] = w2, w3
-    for d, w in ((first, w2), (second, w3)):
-        result = d.store.result
-
-        async def draining(job: str, w: dispatch.WorkerConn = w, result: Any = result) -> object:
-            w.draining = True  # the socket handler ran in between
-            return await result(job)
-
-        monkeypatch.setattr(d.store, "result", draining)
+    w2, w3 = _validator_worker(first, "w2"), _validator_worker(second, "w3")
+    _drains_at_the_next_claim(first.store, monkeypatch, w2)
+    _drains_at_the_next_claim(second.store, monkeypatch, w3)
     unclaim_first, unclaim_second = first.store.unclaim, second.store.unclaim
     held: dict[str, Any] = {}
 
@@ -311,7 +306,7 @@ async def test_a_claim_undone_for_a_draining_worker_is_undone_in_one_step(
     monkeypatch.setattr(second.store, "unclaim", after_the_first_undo)
     await first.run_pass()
     assert w2.ws.sent == [] and w3.ws.sent == []  # type: ignore[attr-defined]
-    assert await redis.get(k.job_worker(job)) == w1.consumer.encode()
+    assert await redis.get(k.job_worker(SEAT)) == w1.consumer.encode()
 
 
 async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_time_limit(redis_store: Store) -> None:
@@ -1266,9 +1261,8 @@ async def test_a_dead_worker_s_job_behind_many_live_ones_is_reclaimed(redis_stor
     assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(WAITING.encode(), 2)]
 
 
-class GatedRedis:
-    """Another instance's Redis client: its first XRANGE (the first assignment of its pass, made from the
-    waiting jobs it read) waits until the test opens the gate."""
+class _Gate:
+    """Another instance's Redis client, one of whose calls waits once until the test opens the gate."""
 
     def __init__(self, redis: Any) -> None:
         self._redis = redis
@@ -1277,10 +1271,17 @@ class GatedRedis:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._redis, name)
 
-    async def xrange(self, *args: Any, **kwargs: Any) -> Any:
+    async def _wait_once(self) -> None:
         if not self.reached.is_set():
             self.reached.set()
             await self.gate.wait()
+
+
+class GatedRedis(_Gate):
+    """Its first XRANGE (the first assignment of its pass, made from the waiting jobs it read) waits."""
+
+    async def xrange(self, *args: Any, **kwargs: Any) -> Any:
+        await self._wait_once()
         return await self._redis.xrange(*args, **kwargs)
 
 
@@ -1290,13 +1291,7 @@ async def test_two_instances_never_both_deliver_a_job(redis_store: Store) -> Non
     it had read and claimed the job from under instance 1's worker: one delivery, two workers. The claim
     takes the job only if it is still waiting, with the delivery count the pass saw."""
     redis = redis_store.redis
-    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 600}, "trainers": 2}))
-    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
-    await redis.xreadgroup(GROUP, WAITING, {STREAM: ">"}, count=100)
-    other = Store(redis)
-    gated = other.redis = GatedRedis(redis)
-    first = Dispatcher(redis_store, "instance-1", job_timeout=30, max_deliveries=3)
-    second = Dispatcher(other, "instance-2", job_timeout=30, max_deliveries=3)
+    first, second, gated = await _two_instances_one_job(redis_store, GatedRedis)
     ws_a, ws_b = await _connect(first, "ab" * 20), await _connect(second, "cd" * 20)
     stalled = asyncio.create_task(second.run_pass())
     await asyncio.wait_for(gated.reached.wait(), 60)  # it has read the job as waiting
@@ -1313,22 +1308,31 @@ async def test_two_instances_never_both_deliver_a_job(redis_store: Store) -> Non
     assert await redis.smembers(k.task_workers(1, "trainer")) == {f"0x{'ab' * 20}".encode()}
 
 
-class PageThenWait:
-    """Another instance's Redis client: its first read of the waiting jobs (the page its pass keeps fresh) is
-    answered, and then waits until the test opens the gate."""
+G = TypeVar("G", bound=_Gate)
 
-    def __init__(self, redis: Any) -> None:
-        self._redis = redis
-        self.reached, self.gate = asyncio.Event(), asyncio.Event()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._redis, name)
+async def _two_instances_one_job(store: Store, gate: type[G]) -> tuple[Dispatcher, Dispatcher, G]:
+    """Training job 1:train:0 of open task t waiting, and two instances on the store's Redis, the second's client
+    gated by `gate`."""
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 600}, "trainers": 2}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    await redis.xreadgroup(GROUP, WAITING, {STREAM: ">"}, count=100)
+    other = Store(redis)
+    gated = gate(redis)
+    other.redis = gated  # type: ignore[assignment]
+    first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    second = Dispatcher(other, "instance-2", job_timeout=30, max_deliveries=3)
+    return first, second, gated
+
+
+class PageThenWait(_Gate):
+    """Its first read of the waiting jobs (the page its pass keeps fresh) is answered, and then waits."""
 
     async def xpending_range(self, *args: Any, **kwargs: Any) -> Any:
         page = await self._redis.xpending_range(*args, **kwargs)
-        if kwargs.get("consumername") == WAITING and not self.reached.is_set():
-            self.reached.set()
-            await self.gate.wait()
+        if kwargs.get("consumername") == WAITING:
+            await self._wait_once()
         return page
 
 
@@ -1340,13 +1344,7 @@ async def test_a_job_claimed_while_another_instance_keeps_the_queue_fresh_stays_
     from under that worker (revoked) and sent to another account as the same delivery, and the first account
     had spent its one delivery of the task. Only the jobs still waiting are touched now."""
     redis = redis_store.redis
-    await redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 600}, "trainers": 2}))
-    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
-    await redis.xreadgroup(GROUP, WAITING, {STREAM: ">"}, count=100)
-    other = Store(redis)
-    paged = other.redis = PageThenWait(redis)
-    first = Dispatcher(redis_store, "instance-1", job_timeout=30, max_deliveries=3)
-    second = Dispatcher(other, "instance-2", job_timeout=30, max_deliveries=3)  # no worker: it keeps the queue
+    first, second, paged = await _two_instances_one_job(redis_store, PageThenWait)  # (no worker on the second)
     ws_a = await _connect(first, "ab" * 20)
     keeping = asyncio.create_task(second.run_pass())
     await asyncio.wait_for(paged.reached.wait(), 60)  # it has read the job as waiting
