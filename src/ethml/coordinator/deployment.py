@@ -45,7 +45,7 @@ async def identity(w3: AsyncWeb3[Any], chain_id: int, deployment: Deployment) ->
     node does not give it."""
     assert deployment.training is not None
     try:
-        block = await asyncio.wait_for(w3.eth.get_block(deployment.block), READ_TIMEOUT)
+        block_hash = await _block_hash(w3, deployment.block)
     except BlockNotFound:
         raise ChainError(
             f"this chain has no block {deployment.block}, where the deployment file says its contracts were deployed: "
@@ -59,8 +59,14 @@ async def identity(w3: AsyncWeb3[Any], chain_id: int, deployment: Deployment) ->
         "chain_id": chain_id,
         "training": deployment.training.lower(),
         "block": deployment.block,
-        "block_hash": "0x" + bytes(block["hash"]).hex(),
+        "block_hash": block_hash,
     }
+
+
+async def _block_hash(w3: AsyncWeb3[Any], number: int) -> str:
+    """Block `number`'s hash as 0x-hex, read within READ_TIMEOUT (BlockNotFound, or one of NODE_ERRORS)."""
+    block = await asyncio.wait_for(w3.eth.get_block(number), READ_TIMEOUT)
+    return "0x" + bytes(block["hash"]).hex()
 
 
 def said(d: dict[str, object]) -> str:
@@ -96,9 +102,9 @@ class DeploymentWatch:
     seen_other: int = 0
 
     async def step(self) -> None:
+        found: str | None
         try:
-            block = await asyncio.wait_for(self.w3.eth.get_block(self.deployment.block), READ_TIMEOUT)
-            found: str | None = "0x" + bytes(block["hash"]).hex()
+            found = await _block_hash(self.w3, self.deployment.block)
         except BlockNotFound:
             found = None
         except NODE_ERRORS:
