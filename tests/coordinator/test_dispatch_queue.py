@@ -240,6 +240,20 @@ async def test_a_dead_seat_never_names_a_worker_it_was_not_sent_to(
     assert dead[SEAT][b"worker"] == w1.consumer.encode()
 
 
+async def test_a_seat_spent_while_waiting_is_not_said_to_have_a_silent_worker(redis_store: Store) -> None:
+    """A seat handed back by its worker waits at its second delivery; the instance restarts with --max-deliveries 1,
+    so the seat is spent before any worker gets it again. Its dead entry said "taken back from its last worker,
+    silent for 30 s", which no worker was: it says now that it was spent while waiting, with its count and limit."""
+    store = redis_store
+    _first, w1 = await _seat_handed_back(store)
+    restarted = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=1)
+    _validator_worker(restarted, "w2")
+    await restarted.run_pass()
+    dead = {fields[b"job"].decode(): fields for _id, fields in await store.redis.xrange(k.DEAD)}
+    assert dead[SEAT][b"reason"] == b"spent while waiting for a worker: delivered 1 time, its limit 1"
+    assert dead[SEAT][b"worker"] == w1.consumer.encode() and restarted.dead_lettered == 1
+
+
 async def test_a_claim_is_not_undone_for_a_worker_that_logged_in_again_elsewhere_meanwhile(
     redis_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

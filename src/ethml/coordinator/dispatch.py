@@ -380,7 +380,7 @@ class Dispatcher:
             delivered = int(info[0]["times_delivered"]) if info else 1
             job = fields.get(b"job", b"?").decode()
             log.warning("job_reclaimed", job=job, deliveries=delivered)
-            await self._dead_letter_if_spent(stream, entry_id, delivered, job, role)
+            await self._dead_letter_if_spent(stream, entry_id, delivered, job, role, self._silent(delivered))
 
     def _silent(self, delivered: int) -> str:
         """Why a job reclaimed past its limit is dead."""
@@ -442,14 +442,23 @@ class Dispatcher:
             return 0
         return self.max_deliveries + int(await self.store.redis.get(k.job_forgiven(job)) or 0)
 
-    async def _dead_letter_if_spent(self, stream: str, entry_id: bytes, delivered: int, job: str, role: str) -> bool:
-        """A job delivered more times than its limit (`_delivery_limit`) goes to the dead stream, with its count (once,
-        whoever gets there first). Whether it was spent."""
+    async def _dead_letter_if_spent(
+        self, stream: str, entry_id: bytes, delivered: int, job: str, role: str, reason: str | None = None
+    ) -> bool:
+        """A job delivered more times than its limit (`_delivery_limit`) goes to the dead stream, with its count and
+        `reason` (once, whoever gets there first). Whether it was spent. Without a reason, the job was found spent
+        while waiting (an instance restarted with a lower --max-deliveries, or a reclaim whose dead-lettering an
+        instance did not live to make): the reason says only that."""
         if role != "validator" or delivered <= self.max_deliveries:
             return False
-        if delivered <= await self._delivery_limit(job, role):
+        limit = await self._delivery_limit(job, role)
+        if delivered <= limit:
             return False
-        if await self.store.dead_letter(stream, entry_id, delivered, self._silent(delivered), job):
+        if reason is None:
+            made = delivered - 1
+            times = "1 time" if made == 1 else f"{made} times"
+            reason = f"spent while waiting for a worker: delivered {times}, its limit {limit}"
+        if await self.store.dead_letter(stream, entry_id, delivered, reason, job):
             self.dead_lettered += 1
         return True
 
