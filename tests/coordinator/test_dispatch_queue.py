@@ -165,8 +165,8 @@ async def test_a_release_past_max_deliveries_of_a_deleted_entry_reports_it_gone(
     deleted = await redis.xadd(STREAM, {"job": "2:train:0", "kind": "train", "task": "u", "chain_task": 2})
     await redis.xreadgroup(GROUP, "worker-a", {STREAM: ">"})
     await redis.xdel(STREAM, deleted)
-    assert await store.release_job("trainer", "worker-a", deleted, 1, 1) == "gone"
-    assert await store.release_job("trainer", "worker-a", kept, 1, 1) == -2  # dead-lettered
+    assert await store.release_job("trainer", "worker-a", deleted, 1, 1, job="2:train:0") == "gone"
+    assert await store.release_job("trainer", "worker-a", kept, 1, 1, job="1:train:0") == -2  # dead-lettered
     dead = await redis.xrange("ethml:dead")
     assert [(d[1][b"job"], d[1][b"deliveries"]) for d in dead] == [(b"1:train:0", b"2")]
     assert (dead[0][1][b"reason"], dead[0][1][b"worker"]) == (b"handed back", b"worker-a")

@@ -382,7 +382,7 @@ class Store:
         limit: int,
         reason: str = "handed back",
         *,
-        job: str = "",
+        job: str,
         forgiven_pause: float | None = None,
     ) -> int | str:
         """Move a job pending under `consumer` with delivery count `delivery` back to waiting, counting a
