@@ -54,6 +54,9 @@ class RecordingSocket:
     async def send_str(self, data: str) -> None:
         self.sent.append(data)
 
+    async def close(self, *, code: int, message: bytes) -> None:
+        self.closed = True
+
 
 async def test_a_worker_that_drains_while_a_job_is_being_assigned_to_it_is_not_sent_the_job(
     redis_store: Store, monkeypatch: pytest.MonkeyPatch
@@ -286,6 +289,65 @@ async def test_a_claim_is_not_undone_for_a_worker_that_logged_in_again_elsewhere
     pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
     assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(conn.consumer.encode(), 1)]
     assert await redis.smembers(k.task_workers(1, "trainer")) == {account.encode()}
+
+
+async def _left_for_another_instance(store: Store) -> tuple[Dispatcher, dispatch.WorkerConn, Dispatcher]:
+    """Training job 1:train:0 waits; worker w1's connection to instance 1 (which has not seen it end) and that
+    instance, and instance 2, where the worker logs in next."""
+    await store.redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
+    await store.redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+    left = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", RecordingSocket(), 1, "instance-1")  # type: ignore[arg-type]
+    first.conns[left.consumer] = left
+    await store.put_worker(left.view(), 30, login=True)
+    return first, left, Dispatcher(Store(store.redis), "instance-2", job_timeout=30, max_deliveries=3)
+
+
+async def test_a_job_is_not_taken_for_a_connection_the_worker_left_for_another_instance(redis_store: Store) -> None:
+    """The worker logged in to instance 2; instance 1 still held its old connection (not seen to end: a half-open
+    socket lasts until the heartbeat timeout). Instance 1 took the next job for the old connection and sent it
+    there: the worker never got it, its new connection had not adopted it (the job was taken after that login),
+    and it came back only after the job timeout, one delivery later. The claim is refused now, the connection the
+    worker left is closed (the newest login wins, as on one instance), and the job goes to the worker's new
+    connection as delivery 1."""
+    store = redis_store
+    first, left, second = await _left_for_another_instance(store)
+    new = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
+    await store.put_worker(new.view(), 30, login=True)  # its login to instance 2, with nothing to adopt
+    second.conns[new.consumer] = new
+    await first.run_pass()
+    assert left.ws.sent == [] and left.running == {}  # type: ignore[attr-defined]
+    assert not left.open  # its close queued
+    await asyncio.wait_for(left.close(4000, b""), timeout=30)  # (the close queued first is the one made)
+    assert left.ws.closed  # type: ignore[attr-defined]
+    await second.run_pass()
+    assert _jobs(new.ws) == [("1:train:0", 1)]  # type: ignore[arg-type]
+
+
+async def test_a_login_records_its_connection_before_it_reads_the_jobs_to_adopt(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instance 1 takes a job for the worker's old connection right after the worker's login to instance 2 read
+    the jobs pending under the worker. Had the login recorded its connection only then, the claim would have
+    gone through, the login would not have adopted the job, and the undo, or the job's coming back, would have
+    waited for the job timeout. The login records its connection first (`Dispatcher.take_over`): the claim is
+    refused, and the job goes to the new connection."""
+    store = redis_store
+    first, left, second = await _left_for_another_instance(store)
+    new = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
+    pending_of = second.pending_of
+
+    async def then_another_instance_dispatches(conn: dispatch.WorkerConn) -> Any:
+        pending = await pending_of(conn)
+        await first.run_pass()
+        return pending
+
+    monkeypatch.setattr(second, "pending_of", then_another_instance_dispatches)
+    assert await second.take_over(new, 30) == []
+    second.conns[new.consumer] = new
+    assert left.ws.sent == []  # type: ignore[attr-defined]
+    await second.run_pass()
+    assert _jobs(new.ws) == [("1:train:0", 1)]  # type: ignore[arg-type]
 
 
 async def test_a_claim_undone_for_a_draining_worker_is_undone_in_one_step(

@@ -102,8 +102,9 @@ PROVEN = 3
 THIS_PASS = 1e12
 
 #: What `Store.claim_job` answers when it takes nothing: the job is not waiting as the pass saw it; the account has
-#: worked on the task (a training job); the account was given a training job since the pass read its turn.
-NOT_WAITING, WORKED_ON, GIVEN_SINCE = 0, -1, -2
+#: worked on the task (a training job); the account was given a training job since the pass read its turn; the
+#: worker has logged in again on another connection (to another instance), and this one is a connection it left.
+NOT_WAITING, WORKED_ON, GIVEN_SINCE, REPLACED = 0, -1, -2, -3
 
 #: What `Dispatcher.finish` answers for a trainer's result whose commitment the chain does not show yet.
 UNPROVEN = "unproven"
@@ -502,6 +503,15 @@ class Dispatcher:
         while eligible:
             conn = min(eligible, key=self._rank)
             claim, deadline = await self._claim(role, entry_id, delivered, conn, fields, doc)
+            if claim.code == REPLACED:
+                # The worker's record names a newer connection (a login to another instance, which this one
+                # has not seen end): the newest login wins, as on one instance. This one is closed, and the job
+                # goes to the next worker (a job taken for a connection the worker has left waited for the job
+                # timeout, and went out again one delivery later).
+                log.info("worker_replaced", worker=conn.consumer, instance=self.instance)
+                conn.post_close(4000, b"replaced by a new connection")
+                eligible = [c for c in eligible if c is not conn]
+                continue
             if claim.code > 0 or claim.code == NOT_WAITING or addressed:
                 break
             account = conn.address.lower()
@@ -557,7 +567,7 @@ class Dispatcher:
             fields["job"],
             entry_id,
             delivered,
-            (conn.consumer, conn.address),
+            (conn.consumer, conn.address, conn.session),
             deadline,
             fields["chain_task"],
             once_per_account=not addressed,
@@ -750,6 +760,19 @@ class Dispatcher:
             doc = await self.store.task_by_chain_id(int(fields["chain_task"])) if "chain_task" in fields else None
             self._docs[key] = doc or await self.store.task(fields["task"])
         return self._docs[key]
+
+    async def take_over(self, conn: WorkerConn, ttl: float) -> list[dict[str, Any]]:
+        """A worker's login: `conn`'s record is written (to expire after `ttl` s), then the jobs pending under the
+        worker are adopted (`adopt`); the job messages to send again. In this order: a job another instance takes
+        for a connection the worker has left (which that instance has not seen end) is then either taken before
+        the record, so the pending jobs read after it include it, or refused (`Store.claim_job`). Read first, a
+        job taken between the read and the record was neither adopted nor undone (`Store.unclaim` leaves the
+        jobs of a worker that logged in again), and came back only after the job timeout, one delivery later."""
+        await self.store.put_worker(conn.view(), ttl, login=True)
+        resend = self.adopt(conn, await self.pending_of(conn))
+        if resend:
+            await self.store.put_worker(conn.view(), ttl)  # with its running jobs
+        return resend
 
     def adopt(self, conn: WorkerConn, pending: list[Pending]) -> list[dict[str, Any]]:
         """A reconnecting worker keeps the jobs still pending under its consumer name that are not past

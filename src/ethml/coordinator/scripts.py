@@ -219,20 +219,27 @@ return delivered
 #: when the task's set of accounts expires (unix ms: a day past the later of the deadline and the task's
 #: submit deadline, when no job of the task is delivered any more); KEYS[4] when each account was last given a
 #: training job (a sorted set), ARGV[11] that time for this account as the pass read it ('' for a seat: no
-#: turns), ARGV[12] the account in lower case. The
+#: turns), ARGV[12] the account in lower case; KEYS[6] the worker's record (JSON), ARGV[13] the session of the
+#: connection the job is taken for. The
 #: entry moves (XCLAIM ... JUSTID: the delivery count stays) only if it is still pending under the waiting
 #: consumer with that count and, for a training job, the account has not worked on the task and has not been
 #: given a training job since the pass read its turn: another instance that took it meanwhile, a release or
 #: reclaim that counted a delivery since, or another instance that gave the account its turn meanwhile, leaves
-#: it alone. A training job taken stamps the account's turn with Redis's clock (one clock for every instance).
+#: it alone. Nor when the worker's record names another connection: the worker has logged in again elsewhere,
+#: and this connection is one it has left (a login records its connection before it reads the jobs pending
+#: under the worker, so a job taken for the old connection either is refused or is adopted by the new one).
+#: A training job taken stamps the account's turn with Redis's clock (one clock for every instance).
 #: Returns 0 (nothing moved: the job is not waiting as the pass saw it), -1 (nothing moved: the account has
 #: worked on the task), {-2, '', its turn now} (nothing moved: the account was given a training job since),
-#: else {1 plus whether the account was new to the task, the account's turn before ('' for none, or for a
-#: seat), its turn now ('' for a seat), the job's last worker before ('' for none)}: what UNCLAIM needs to take
-#: the turn and the last worker back should the job not be sent after all.
+#: -3 (nothing moved: the worker has logged in again on another connection), else {1 plus whether the account
+#: was new to the task, the account's turn before ('' for none, or for a seat), its turn now ('' for a seat), the
+#: job's last worker before ('' for none)}: what UNCLAIM needs to take the turn and the last worker back should
+#: the job not be sent after all.
 CLAIM_JOB = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
+local record = redis.call('GET', KEYS[6])
+if record and cjson.decode(record)['session'] ~= ARGV[13] then return -3 end
 if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return -1 end
 local last = false
 if ARGV[11] ~= '' then

@@ -64,7 +64,7 @@ def dead_reason(reason: str) -> str:
 
 
 class Claim(NamedTuple):
-    """What `Store.claim_job` did: `code` (0, -1, -2: nothing moved; 1 or 2: moved), and for a training job taken,
+    """What `Store.claim_job` did: `code` (0, -1, -2, -3: nothing moved; 1 or 2: moved), and for a training job taken,
     the account's turn before the claim (None: none) and the one it stamped, as Redis wrote them (refused for a
     turn given since, -2: `after` is that turn); for any job taken, the worker it was last delivered to before
     (None: none)."""
@@ -405,7 +405,7 @@ class Store:
         job_id: str,
         entry_id: bytes,
         delivered: int,
-        worker: tuple[str, str],
+        worker: tuple[str, str, str],
         deadline: float,
         chain_task: str,
         *,
@@ -413,23 +413,26 @@ class Store:
         submit_deadline: float = 0.0,
         turn: float | None = None,
     ) -> Claim:
-        """Move a waiting job to `worker` (its consumer and account) with its `deadline`, only if it is still
-        waiting with the delivery count `delivered` and, with `once_per_account`, the account has not worked
-        on the task, and, with `turn` (when the account was last given a training job, as the caller read it
-        from `k.GIVEN`; 0: not this past day), it has not been given one since (atomically, `scripts.CLAIM_JOB`,
-        which then stamps the account's turn). Its `code`: 0 if not moved (not waiting as the caller saw it), -1 if
-        not moved because the account has worked on the task, -2 because it was given a training job since (`after`:
-        its turn now), else 1, or 2 when the account was added to the task's workers, with the account's turn
-        before and after the claim and the job's last worker before it, as `unclaim` takes them back. The task's set
-        of workers is kept until a day past the later of the deadline and the task's `submit_deadline` (no job of
-        the task is delivered after both)."""
-        consumer, address = worker
+        """Move a waiting job to `worker` (its consumer, account and connection's session) with its `deadline`,
+        only if it is still waiting with the delivery count `delivered`, the worker's record is this connection's
+        (or gone), and, with `once_per_account`, the account has not worked on the task, and, with `turn` (when the
+        account was last given a training job, as the caller read it from `k.GIVEN`; 0: not this past day), it has
+        not been given one since (atomically, `scripts.CLAIM_JOB`, which then stamps the account's turn). Its
+        `code`: 0 if not moved (not waiting as the caller saw it), -1 if not moved because the account has worked
+        on the task, -2 because it was given a training job since (`after`: its turn now), -3 because the worker has
+        logged in again on another connection, else 1, or 2 when the account was added to the task's workers, with
+        the account's turn before and after the claim and the job's last worker before it, as `unclaim` takes them
+        back. The task's set of workers is kept until a day past the later of the deadline and the task's
+        `submit_deadline` (no job of the task is delivered after both)."""
+        consumer, address, session = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
+        keys.append(k.worker(consumer))
         expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
         kept = int((max(deadline, submit_deadline) + 86400) * 1000)
         args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
         turns = ["" if turn is None else repr(turn), address.lower()]
-        reply = await self._script(self._claim_job, keys, [*args, 1 if once_per_account else 0, kept, *turns])
+        once = 1 if once_per_account else 0
+        reply = await self._script(self._claim_job, keys, [*args, once, kept, *turns, session])
         if not isinstance(reply, list):
             return Claim(int(reply))
         code, before, after, *held = reply  # (a refusal, -2, has no last worker)

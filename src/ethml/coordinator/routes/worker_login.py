@@ -98,8 +98,7 @@ async def login(
     old = dispatcher.conns.get(conn.consumer)
     if old is not None:
         await old.close(4000, b"replaced by a new connection")
-    resend = dispatcher.adopt(conn, await dispatcher.pending_of(conn))
-    await store.put_worker(conn.view(), cfg.heartbeat_timeout, login=True)
+    resend = await dispatcher.take_over(conn, cfg.heartbeat_timeout)
     token = conn.upload_token = await store.new_upload_token(signer)
     sent = await conn.send(
         {
