@@ -267,8 +267,9 @@ return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12]), held}
 #: none: a seat), ARGV[10] the turn before it ('' for none), ARGV[11] the job's last worker before the claim (''
 #: for none), ARGV[12] the session of the connection it was claimed for.
 #: Nothing is undone when the worker has logged in again on another connection meanwhile (its record names
-#: another session): that connection adopted the job, or it comes back after the job timeout; nor when the entry
-#: is no longer pending under the worker with that count. Else the entry goes back to waiting (its delivery
+#: another session): that connection adopted the job (its login recorded it after the claim, which the claim
+#: checks, and read the jobs to adopt after that); nor when the entry is no longer pending under the worker with
+#: that count. Else the entry goes back to waiting (its delivery
 #: unspent), the account leaves the task's set if the claim put it there, the job's last worker is restored while
 #: it is still this one (so a dead entry never names a worker not sent it), and the account's turn while it is
 #: still the claim's (another instance may have given the account a job since). Returns -1 (another connection

@@ -452,9 +452,8 @@ class Store:
         consumer, account and connection's session) and was not sent after all (`scripts.UNCLAIM`, one step):
         the job back to waiting, the account out of the task's set if the claim put it there, the job's last
         worker and the account's turn back as they were while they are still the claim's. -1: nothing undone,
-        the worker has logged in again on another connection (which has the job, or it comes back after the
-        job timeout); 0: nothing undone, no longer pending as claimed; else 1, or 2 when the turn was taken
-        back."""
+        the worker has logged in again on another connection (which adopted the job: `Dispatcher.take_over`); 0:
+        nothing undone, no longer pending as claimed; else 1, or 2 when the turn was taken back."""
         consumer, account, session = worker
         keys = [k.jobs(role), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id), k.worker(consumer)]
         args = [GROUP, WAITING, entry_id, consumer, delivered, account, 1 if claim.code == 2 else 0, account.lower()]
