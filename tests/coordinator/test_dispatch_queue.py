@@ -316,38 +316,145 @@ async def test_a_job_is_not_taken_for_a_connection_the_worker_left_for_another_i
     await store.put_worker(new.view(), 30, login=True)  # its login to instance 2, with nothing to adopt
     second.conns[new.consumer] = new
     await first.run_pass()
+    await _sent_out(left)
     assert left.ws.sent == [] and left.running == {}  # type: ignore[attr-defined]
     assert not left.open  # its close queued
     await asyncio.wait_for(left.close(4000, b""), timeout=30)  # (the close queued first is the one made)
     assert left.ws.closed  # type: ignore[attr-defined]
     await second.run_pass()
+    await _sent_out(new)
     assert _jobs(new.ws) == [("1:train:0", 1)]  # type: ignore[arg-type]
 
 
-async def test_a_login_records_its_connection_before_it_reads_the_jobs_to_adopt(
-    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_job_taken_for_a_left_connection_around_the_login_is_adopted_or_refused(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
-    """Instance 1 takes a job for the worker's old connection right after the worker's login to instance 2 read
-    the jobs pending under the worker. Had the login recorded its connection only then, the claim would have
-    gone through, the login would not have adopted the job, and the undo, or the job's coming back, would have
-    waited for the job timeout. The login records its connection first (`Dispatcher.take_over`): the claim is
-    refused, and the job goes to the new connection."""
+    """Instance 1 takes the waiting job for the worker's old connection just before, or just after, the worker's
+    login to instance 2. The login records its connection and reads the jobs pending under the worker in one
+    step: taken before, the job is among them and adopted (sent again to the new connection, as delivery 1);
+    after, the claim is refused and the job goes to the new connection. Recorded and read apart, a claim between
+    the two was neither adopted nor refused, and the job came back only after the job timeout."""
     store = redis_store
     first, left, second = await _left_for_another_instance(store)
     new = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
-    pending_of = second.pending_of
+    login_worker = second.store.login_worker
 
-    async def then_another_instance_dispatches(conn: dispatch.WorkerConn) -> Any:
-        pending = await pending_of(conn)
-        await first.run_pass()
-        return pending
+    async def another_instance_dispatches_around_it(*args: Any) -> Any:
+        if when == "before":
+            await first.run_pass()
+        entries = await login_worker(*args)
+        if when == "after":
+            await first.run_pass()
+        return entries
 
-    monkeypatch.setattr(second, "pending_of", then_another_instance_dispatches)
+    monkeypatch.setattr(second.store, "login_worker", another_instance_dispatches_around_it)
+    resend = await second.take_over(new, 30)
+    second.conns[new.consumer] = new
+    if when == "before":
+        assert [(m["job"], m["delivery"]) for m in resend] == [("1:train:0", 1)] and list(new.running) == ["1:train:0"]
+    else:
+        await _sent_out(left)
+        assert resend == [] and left.ws.sent == [] and not left.open  # type: ignore[attr-defined]
+        await second.run_pass()
+        await _sent_out(new)
+        assert _jobs(new.ws) == [("1:train:0", 1)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("role", ["trainer", "validator"])
+async def test_a_live_connection_whose_record_expired_is_still_the_worker_s_latest(
+    redis_store: Store, role: str
+) -> None:
+    """The worker's record expires while its connection to instance 2 lives (a load report waits behind results
+    whose chain checks are slow; any message keeps the connection, only a load report the record). The claims
+    checked the record: instance 1 took the job (or the validator's seat) for the connection the worker had left,
+    and the job came back one delivery later, which costs a seat one of its deliveries; a late load report of the
+    left connection wrote its record again, and instance 2 then closed the live connection as replaced. The
+    latest login is kept apart from the record now: the left connection's report is refused and it gets no job,
+    and the live connection gets the job as delivery 1 and keeps its reports."""
+    store = redis_store
+    account = "0x" + "ab" * 20
+    if role == "trainer":
+        first, left, second = await _left_for_another_instance(store)
+        job = "1:train:0"
+    else:
+        await store.redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+        seat = {"job": "1:validate:0", "kind": "validate", "task": "v", "chain_task": 1, "address": account}
+        await store.redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
+        first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
+        left = dispatch.WorkerConn("w1", account, role, RecordingSocket(), 1, "instance-1")  # type: ignore[arg-type]
+        first.conns[left.consumer] = left
+        await store.put_worker(left.view(), 30, login=True)
+        second, job = Dispatcher(Store(store.redis), "instance-2", job_timeout=30, max_deliveries=3), "1:validate:0"
+    new = dispatch.WorkerConn("w1", account, role, RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
     assert await second.take_over(new, 30) == []
     second.conns[new.consumer] = new
-    assert left.ws.sent == []  # type: ignore[attr-defined]
+    await store.redis.delete(k.worker(new.consumer))  # expired
+    assert not await store.put_worker(left.view(), 30)  # the left connection's late load report
+    await first.run_pass()
+    await _sent_out(left)
+    assert left.ws.sent == [] and not left.open  # type: ignore[attr-defined]
     await second.run_pass()
-    assert _jobs(new.ws) == [("1:train:0", 1)]  # type: ignore[arg-type]
+    await _sent_out(new)
+    assert _jobs(new.ws) == [(job, 1)] and new.open  # type: ignore[arg-type]
+    assert await store.put_worker(new.view(), 30)  # its own load report
+
+
+async def test_an_undo_for_a_left_connection_leaves_a_job_the_new_login_adopted_though_it_ended_since(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instance 1 took the job for the worker's connection there, which ended during the claim; the worker's login
+    to instance 2 adopted the job (and was sent it as delivery 1), and that connection ended too, removing its
+    record. The undo checked the record: finding none, it put the job back to waiting with delivery 1 unspent,
+    and another account was sent delivery 1 of the same job. The latest login outlives its connection's record:
+    nothing is undone, and the job comes back after the job timeout as the next delivery."""
+    store = redis_store
+    first, left, second = await _left_for_another_instance(store)
+    new = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
+    claim_job = store.claim_job
+
+    async def then_the_worker_moves_and_drops_again(*args: Any, **kwargs: Any) -> Any:
+        claimed = await claim_job(*args, **kwargs)
+        left.ws.closed = True  # type: ignore[attr-defined]  # its connection to instance 1 ended
+        assert [m["delivery"] for m in await second.take_over(new, 30)] == [1]  # adopted, and sent again
+        await second.store.drop_worker(new.consumer, new.session)  # that connection ended as well
+        return claimed
+
+    monkeypatch.setattr(store, "claim_job", then_the_worker_moves_and_drops_again)
+    await first.run_pass()
+    monkeypatch.undo()
+    other = _validator_worker(second, "w9")  # (any other account's worker)
+    other.role = "trainer"
+    await second.run_pass()
+    await _sent_out(other)
+    assert other.ws.sent == []  # type: ignore[attr-defined]
+    pending = await store.redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [(left.consumer.encode(), 1)]
+
+
+async def test_a_job_left_by_a_login_that_failed_after_its_step_goes_to_the_worker_s_next_login(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's login to instance 2 made its step (its session the latest, the pending jobs read) and then
+    failed (its answer lost with Redis's connection: the worker is told `unavailable` and logs in again). The
+    job instance 1 took for the connection the worker left, and could not undo for it, goes to the worker's next
+    login, as the same delivery."""
+    store = redis_store
+    first, left, second = await _left_for_another_instance(store)
+    claim_job = store.claim_job
+
+    async def then_a_login_elsewhere_fails(*args: Any, **kwargs: Any) -> Any:
+        claimed = await claim_job(*args, **kwargs)
+        left.ws.closed = True  # type: ignore[attr-defined]
+        failed = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
+        await second.store.login_worker(failed.view(), 30, "trainer", dispatch.ADOPT_MOST)  # (its answer lost)
+        return claimed
+
+    monkeypatch.setattr(store, "claim_job", then_a_login_elsewhere_fails)
+    await first.run_pass()
+    monkeypatch.undo()
+    again = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
+    assert [(m["job"], m["delivery"]) for m in await second.take_over(again, 30)] == [("1:train:0", 1)]
 
 
 async def test_a_claim_undone_for_a_draining_worker_is_undone_in_one_step(
@@ -410,7 +517,7 @@ async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_tim
     # The worker reconnects: it keeps the job with the deadline it was delivered with, and is sent the
     # job again as the same delivery (in case the first message was lost with the old connection).
     again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-    resend = dispatcher.adopt(again, await dispatcher.pending_of(again))
+    resend = await dispatcher.take_over(again, 30)
     dispatcher.conns[again.id] = again
     assert again.deadlines == {"1:train:0": deadline}
     assert resend == [json.loads(ws.sent[0])] and resend[0]["delivery"] == 1
@@ -457,7 +564,7 @@ async def test_a_job_adopted_without_its_deadline_is_taken_back_and_not_sent_aga
     assert list(conn.running) == ["1:train:0"]
     await redis.delete(k.job_deadline("1:train:0"))
     again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
-    assert dispatcher.adopt(again, await dispatcher.pending_of(again)) == []
+    assert await dispatcher.take_over(again, 30) == []
     assert again.running == {}
     dispatcher.conns[again.id] = again
     await dispatcher.run_pass()
@@ -1453,7 +1560,7 @@ async def test_an_overdue_job_is_not_kept_by_reconnecting(redis_store: Store) ->
     assert list(old.running) == ["1:train:0"]
     await redis.set(k.job_deadline("1:train:0"), repr(time.time() - 1))  # as if its time limit had passed
     again = dispatch.WorkerConn("w1", old.address, "trainer", RecordingSocket(), 4, "instance-1")  # type: ignore[arg-type]
-    assert dispatcher.adopt(again, await dispatcher.pending_of(again)) == []
+    assert await dispatcher.take_over(again, 30) == []
     dispatcher.conns[again.consumer] = again
     assert again.running == {}  # the welcome lists no job: the worker stops it
     late = await dispatcher.finish(again, "1:train:0", 1, {"ok": True})

@@ -106,6 +106,9 @@ THIS_PASS = 1e12
 #: worker has logged in again on another connection (to another instance), and this one is a connection it left.
 NOT_WAITING, WORKED_ON, GIVEN_SINCE, REPLACED = 0, -1, -2, -3
 
+#: The most jobs pending under a worker that its login adopts (a worker runs at most 16 at once).
+ADOPT_MOST = 1000
+
 #: What `Dispatcher.finish` answers for a trainer's result whose commitment the chain does not show yet.
 UNPROVEN = "unproven"
 
@@ -762,14 +765,16 @@ class Dispatcher:
         return self._docs[key]
 
     async def take_over(self, conn: WorkerConn, ttl: float) -> list[dict[str, Any]]:
-        """A worker's login: `conn`'s record is written (to expire after `ttl` s), then the jobs pending under the
-        worker are adopted (`adopt`); the job messages to send again. In this order: a job another instance takes
-        for a connection the worker has left (which that instance has not seen end) is then either taken before
-        the record, so the pending jobs read after it include it, or refused (`Store.claim_job`). Read first, a
-        job taken between the read and the record was neither adopted nor undone (`Store.unclaim` leaves the
-        jobs of a worker that logged in again), and came back only after the job timeout, one delivery later."""
-        await self.store.put_worker(conn.view(), ttl, login=True)
-        resend = self.adopt(conn, await self.pending_of(conn))
+        """A worker's login: `conn`'s record is written (to expire after `ttl` s) and its session made the
+        worker's latest, and the jobs pending under the worker are read, in one step (`Store.login_worker`);
+        then they are adopted (`adopt`). The job messages to send again. A job another instance takes for a
+        connection the worker has left (which that instance has not seen end) is then either taken before this
+        step, and adopted, or refused (`Store.claim_job` takes jobs only for the latest login's connection).
+        Read apart from the record, a job taken between the two was neither adopted nor undone (`Store.unclaim`
+        leaves the jobs of a worker that logged in again), and came back only after the job timeout, one
+        delivery later."""
+        entries = await self.store.login_worker(conn.view(), ttl, conn.role, ADOPT_MOST)
+        resend = self.adopt(conn, await self._pending(conn, entries))
         if resend:
             await self.store.put_worker(conn.view(), ttl)  # with its running jobs
         return resend
@@ -790,17 +795,18 @@ class Dispatcher:
             conn.deadlines[p.job] = p.deadline or 0.0
         return [p.message for p in adopted]
 
-    async def pending_of(self, conn: WorkerConn) -> list[Pending]:
+    async def _pending(self, conn: WorkerConn, entries: list[tuple[bytes, int]]) -> list[Pending]:
+        """The jobs of the stream entries pending under the worker (their ids and delivery counts, as its login
+        read them), with the deadline each was delivered with; entries gone since are left out."""
         stream = k.jobs(conn.role)
-        pending = await self.store.redis.xpending_range(stream, GROUP, "-", "+", 1000, consumername=conn.consumer)
         found = []
-        for p in pending:
-            rows = await self.store.redis.xrange(stream, p["message_id"], p["message_id"])
+        for entry_id, delivered in entries:
+            rows = await self.store.redis.xrange(stream, entry_id, entry_id)
             if rows:
                 fields = {name.decode(): value.decode() for name, value in rows[0][1].items()}
                 deadline = await self.store.redis.get(k.job_deadline(fields["job"]))
-                message = job_message(fields, int(p["times_delivered"]))
-                found.append(Pending(fields["job"], p["message_id"], float(deadline) if deadline else None, message))
+                message = job_message(fields, delivered)
+                found.append(Pending(fields["job"], entry_id, float(deadline) if deadline else None, message))
         return found
 
 

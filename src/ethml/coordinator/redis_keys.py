@@ -130,6 +130,13 @@ def worker(consumer: str) -> str:
     return f"{P}worker:{consumer}"
 
 
+def worker_session(consumer: str) -> str:
+    """The session of the worker's latest login (its connection that jobs may be taken for), under its consumer
+    name: unlike the record, written only by a login and kept while that connection reports, not removed when a
+    connection ends."""
+    return f"{P}workersession:{consumer}"
+
+
 def kick(consumer: str) -> str:
     return f"{P}kick:{consumer}"
 

@@ -219,15 +219,16 @@ return delivered
 #: when the task's set of accounts expires (unix ms: a day past the later of the deadline and the task's
 #: submit deadline, when no job of the task is delivered any more); KEYS[4] when each account was last given a
 #: training job (a sorted set), ARGV[11] that time for this account as the pass read it ('' for a seat: no
-#: turns), ARGV[12] the account in lower case; KEYS[6] the worker's record (JSON), ARGV[13] the session of the
-#: connection the job is taken for. The
+#: turns), ARGV[12] the account in lower case; KEYS[6] the session of the worker's latest login, ARGV[13] the
+#: session of the connection the job is taken for. The
 #: entry moves (XCLAIM ... JUSTID: the delivery count stays) only if it is still pending under the waiting
 #: consumer with that count and, for a training job, the account has not worked on the task and has not been
 #: given a training job since the pass read its turn: another instance that took it meanwhile, a release or
 #: reclaim that counted a delivery since, or another instance that gave the account its turn meanwhile, leaves
-#: it alone. Nor when the worker's record names another connection: the worker has logged in again elsewhere,
-#: and this connection is one it has left (a login records its connection before it reads the jobs pending
-#: under the worker, so a job taken for the old connection either is refused or is adopted by the new one).
+#: it alone. Nor when the worker's latest login is another connection's: the worker has logged in again
+#: elsewhere, and this connection is one it has left (a login records its session and reads the jobs pending
+#: under the worker in one step, LOGIN_WORKER, so a job taken for the old connection either is refused or is
+#: among those the login read).
 #: A training job taken stamps the account's turn with Redis's clock (one clock for every instance).
 #: Returns 0 (nothing moved: the job is not waiting as the pass saw it), -1 (nothing moved: the account has
 #: worked on the task), {-2, '', its turn now} (nothing moved: the account was given a training job since),
@@ -238,8 +239,8 @@ return delivered
 CLAIM_JOB = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] or p[1][4] ~= tonumber(ARGV[4]) then return 0 end
-local record = redis.call('GET', KEYS[6])
-if record and cjson.decode(record)['session'] ~= ARGV[13] then return -3 end
+local latest = redis.call('GET', KEYS[6])
+if latest and latest ~= ARGV[13] then return -3 end
 if ARGV[9] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return -1 end
 local last = false
 if ARGV[11] ~= '' then
@@ -260,23 +261,25 @@ return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12]), held}
 
 #: A job claimed for a worker and not sent after all (the worker drained, or its connection ended, during the
 #: claim): the claim is undone in one step. KEYS[1] the job stream, KEYS[2] the accounts that have worked on its
-#: task, KEYS[3] the turns (a sorted set), KEYS[4] the job's last worker, KEYS[5] the worker's record; ARGV[1]
+#: task, KEYS[3] the turns (a sorted set), KEYS[4] the job's last worker, KEYS[5] the session of the worker's
+#: latest login; ARGV[1]
 #: the group, ARGV[2] the waiting consumer, ARGV[3] the stream entry, ARGV[4] the worker's consumer, ARGV[5] the
 #: delivery count it was claimed with, ARGV[6] its account (as the claim added it), ARGV[7] 1 if the claim added
 #: the account to the task's set, ARGV[8] the account in lower case, ARGV[9] the turn the claim stamped ('' for
 #: none: a seat), ARGV[10] the turn before it ('' for none), ARGV[11] the job's last worker before the claim (''
 #: for none), ARGV[12] the session of the connection it was claimed for.
-#: Nothing is undone when the worker has logged in again on another connection meanwhile (its record names
-#: another session): that connection adopted the job (its login recorded it after the claim, which the claim
-#: checks, and read the jobs to adopt after that); nor when the entry is no longer pending under the worker with
-#: that count. Else the entry goes back to waiting (its delivery
-#: unspent), the account leaves the task's set if the claim put it there, the job's last worker is restored while
-#: it is still this one (so a dead entry never names a worker not sent it), and the account's turn while it is
-#: still the claim's (another instance may have given the account a job since). Returns -1 (another connection
-#: has the worker), 0 (not pending as claimed), else 1 plus whether the turn was taken back.
+#: Nothing is undone when the worker has logged in again on another connection meanwhile (its latest login is
+#: another session): that login came after the claim (which checks it) and read the jobs pending under the
+#: worker in the same step (LOGIN_WORKER), so it adopted the job; should it have failed after, the worker's next
+#: login adopts it, or the job comes back after the job timeout as any job of a connection that ended does. Nor
+#: when the entry is no longer pending under the worker with that count. Else the entry goes back to waiting
+#: (its delivery unspent), the account leaves the task's set if the claim put it there, the job's last worker is
+#: restored while it is still this one (so a dead entry never names a worker not sent it), and the account's turn
+#: while it is still the claim's (another instance may have given the account a job since). Returns -1 (another
+#: connection has the worker), 0 (not pending as claimed), else 1 plus whether the turn was taken back.
 UNCLAIM = """
-local raw = redis.call('GET', KEYS[5])
-if raw and cjson.decode(raw)['session'] ~= ARGV[12] then return -1 end
+local latest = redis.call('GET', KEYS[5])
+if latest and latest ~= ARGV[12] then return -1 end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[4] or p[1][4] ~= tonumber(ARGV[5]) then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
@@ -320,20 +323,33 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
-#: A worker connection's record: KEYS[1] the record, KEYS[2] the set of workers; ARGV[1] the worker's
-#: consumer name (its member of the set), ARGV[2] the record (JSON), ARGV[3] its time to live in ms,
-#: ARGV[4] the connection's session, ARGV[5] 1 at the login. A login writes (the newest connection of
-#: the worker); a later update writes only over its own connection's record, or none: a late load report
-#: of an older connection leaves the newer one's record alone (0), so the newer record is never left to
-#: be removed by the older connection's end. Else written (1).
+#: A worker connection's record: KEYS[1] the record, KEYS[2] the set of workers, KEYS[3] the session of the
+#: worker's latest login; ARGV[1] the worker's consumer name (its member of the set), ARGV[2] the record
+#: (JSON), ARGV[3] its time to live in ms, ARGV[4] the connection's session, ARGV[5] 1 at the login, ARGV[6]
+#: how long the latest login's session is kept (ms) after its last write. A login writes (the newest
+#: connection of the worker) and makes its session the latest; a later update writes only while its
+#: connection's is the latest login (or none is kept), and keeps it: a late load report of a connection the
+#: worker has left leaves the newer one's record alone (0), so the newer record is never left to be removed by
+#: the older connection's end, nor overwritten after it expired. Else written (1).
 PUT_WORKER = """
-if ARGV[5] ~= '1' then
-  local raw = redis.call('GET', KEYS[1])
-  if raw and cjson.decode(raw)['session'] ~= ARGV[4] then return 0 end
-end
+local latest = redis.call('GET', KEYS[3])
+if ARGV[5] ~= '1' and latest and latest ~= ARGV[4] then return 0 end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
+"""
+
+#: A worker's login, in one step: its record and latest session written as PUT_WORKER's login does (KEYS[1..3],
+#: ARGV[1..6]), and the jobs pending under it read (KEYS[4] its role's job stream, ARGV[7] the group, ARGV[8]
+#: how many at most): XPENDING's entries. A job another instance takes for a connection the worker has left is
+#: then either taken before this step, and among the entries read, or refused (CLAIM_JOB checks the latest
+#: session).
+LOGIN_WORKER = """
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return redis.call('XPENDING', KEYS[4], ARGV[7], '-', '+', ARGV[8], ARGV[1])
 """
 
 #: An admin's order to close a worker's connection: KEYS[1] the order, ARGV[1] the connection's session.

@@ -31,6 +31,7 @@ from ethml.coordinator.scripts import (
     ENQUEUE_JOB,
     FINISH_JOB,
     IMPORT_TASK,
+    LOGIN_WORKER,
     PUT_WORKER,
     RELEASE_JOB,
     TAKE,
@@ -80,6 +81,11 @@ class Claim(NamedTuple):
 #: forgiven failures never count again while the seat waits for its validator.
 FORGIVEN_KEEP_MS = 60 * 86400 * 1000
 
+#: How long the session of a worker's latest login is kept after the login or its connection's last load report:
+#: a day, far longer than a live connection goes without a report (its heartbeat), so a connection the worker has
+#: left never passes for its latest while the latest lives, even once the latest's record has expired.
+SESSION_KEEP_MS = 86400 * 1000
+
 
 def _text_or_none(value: bytes | str) -> str | None:
     text = value.decode() if isinstance(value, bytes) else str(value)
@@ -114,6 +120,7 @@ class Store:
                 DEAD_LETTER,
                 TOUCH_ENTRIES,
                 DROP_WORKER,
+                LOGIN_WORKER,
                 PUT_WORKER,
                 TAKE_KICK,
                 IMPORT_TASK,
@@ -128,6 +135,7 @@ class Store:
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._claim_job, self._unclaim = sha[CLAIM_JOB], sha[UNCLAIM]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
+        self._login_worker = sha[LOGIN_WORKER]
         self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
         self._import_task, self._enqueue_job = sha[IMPORT_TASK], sha[ENQUEUE_JOB]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
@@ -426,7 +434,7 @@ class Store:
         `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address, session = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
-        keys.append(k.worker(consumer))
+        keys.append(k.worker_session(consumer))
         expires = int((deadline + 86400) * 1000)  # a day past the deadline: adopt() reads it on a reconnect
         kept = int((max(deadline, submit_deadline) + 86400) * 1000)
         args = [GROUP, WAITING, entry_id, delivered, consumer, address, repr(deadline), expires]
@@ -455,7 +463,8 @@ class Store:
         the worker has logged in again on another connection (which adopted the job: `Dispatcher.take_over`); 0:
         nothing undone, no longer pending as claimed; else 1, or 2 when the turn was taken back."""
         consumer, account, session = worker
-        keys = [k.jobs(role), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id), k.worker(consumer)]
+        keys = [k.jobs(role), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
+        keys.append(k.worker_session(consumer))
         args = [GROUP, WAITING, entry_id, consumer, delivered, account, 1 if claim.code == 2 else 0, account.lower()]
         args += [claim.after or "", claim.before or "", claim.held_by or "", session]
         return int(await self._script(self._unclaim, keys, args))
@@ -494,10 +503,21 @@ class Store:
 
     async def put_worker(self, worker: dict[str, Any], ttl: float, *, login: bool = False) -> bool:
         """Write a worker connection's record (`WorkerConn.view`), to expire after `ttl` s unless written
-        again: whether it was written (not when a newer connection of the worker holds the record)."""
+        again: whether it was written (not when the worker's latest login is another connection's). A login's
+        makes its connection the worker's latest (`login_worker` reads the jobs to adopt in the same step)."""
         consumer = f"{worker['address']}:{worker['id']}"
-        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1 if login else 0]
-        return bool(await self._script(self._put_worker, [k.worker(consumer), k.WORKERS], args))
+        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1 if login else 0, SESSION_KEEP_MS]
+        keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer)]
+        return bool(await self._script(self._put_worker, keys, args))
+
+    async def login_worker(self, worker: dict[str, Any], ttl: float, role: str, most: int) -> list[tuple[bytes, int]]:
+        """A worker's login (`put_worker`'s, making its connection the latest) and, in the same step, the jobs
+        pending under it in `role`'s stream (at most `most`): their entry ids and delivery counts."""
+        consumer = f"{worker['address']}:{worker['id']}"
+        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1, SESSION_KEEP_MS, GROUP, most]
+        keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer), k.jobs(role)]
+        reply = await self._script(self._login_worker, keys, args)
+        return [(entry[0], int(entry[3])) for entry in reply]
 
     async def drop_worker(self, consumer: str, session: str) -> bool:
         """Remove the record of the worker's (`<address>:<worker id>`) connection `session`, unless the
