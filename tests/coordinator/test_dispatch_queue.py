@@ -308,8 +308,8 @@ async def test_a_job_is_not_taken_for_a_connection_the_worker_left_for_another_i
     socket lasts until the heartbeat timeout). Instance 1 took the next job for the old connection and sent it
     there: the worker never got it, its new connection had not adopted it (the job was taken after that login),
     and it came back only after the job timeout, one delivery later. The claim is refused now, the connection the
-    worker left is closed (the newest login wins, as on one instance), and the job goes to the worker's new
-    connection as delivery 1."""
+    worker left gets nothing more (it is not closed: a login the worker gave up on may pass for its latest for a
+    moment, until it fails), and the job goes to the worker's new connection as delivery 1."""
     store = redis_store
     first, left, second = await _left_for_another_instance(store)
     new = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
@@ -318,9 +318,7 @@ async def test_a_job_is_not_taken_for_a_connection_the_worker_left_for_another_i
     await first.run_pass()
     await _sent_out(left)
     assert left.ws.sent == [] and left.running == {}  # type: ignore[attr-defined]
-    assert not left.open  # its close queued
-    await asyncio.wait_for(left.close(4000, b""), timeout=30)  # (the close queued first is the one made)
-    assert left.ws.closed  # type: ignore[attr-defined]
+    assert left.open  # (not closed: a login the worker gave up on may pass for its latest for a moment)
     await second.run_pass()
     await _sent_out(new)
     assert _jobs(new.ws) == [("1:train:0", 1)]  # type: ignore[arg-type]
@@ -355,7 +353,7 @@ async def test_a_job_taken_for_a_left_connection_around_the_login_is_adopted_or_
         assert [(m["job"], m["delivery"]) for m in resend] == [("1:train:0", 1)] and list(new.running) == ["1:train:0"]
     else:
         await _sent_out(left)
-        assert resend == [] and left.ws.sent == [] and not left.open  # type: ignore[attr-defined]
+        assert resend == [] and left.ws.sent == []  # type: ignore[attr-defined]
         await second.run_pass()
         await _sent_out(new)
         assert _jobs(new.ws) == [("1:train:0", 1)]  # type: ignore[arg-type]
@@ -393,7 +391,7 @@ async def test_a_live_connection_whose_record_expired_is_still_the_worker_s_late
     assert not await store.put_worker(left.view(), 30)  # the left connection's late load report
     await first.run_pass()
     await _sent_out(left)
-    assert left.ws.sent == [] and not left.open  # type: ignore[attr-defined]
+    assert left.ws.sent == []  # type: ignore[attr-defined]
     await second.run_pass()
     await _sent_out(new)
     assert _jobs(new.ws) == [(job, 1)] and new.open  # type: ignore[arg-type]

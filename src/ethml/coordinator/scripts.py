@@ -342,14 +342,33 @@ return 1
 
 #: A worker's login, in one step: its record and latest session written as PUT_WORKER's login does (KEYS[1..3],
 #: ARGV[1..6]), and the jobs pending under it read (KEYS[4] its role's job stream, ARGV[7] the group, ARGV[8]
-#: how many at most): XPENDING's entries. A job another instance takes for a connection the worker has left is
-#: then either taken before this step, and among the entries read, or refused (CLAIM_JOB checks the latest
-#: session).
+#: how many at most). Returns {the latest session before ('' for none), XPENDING's entries}. A job another
+#: instance takes for a connection the worker has left is then either taken before this step, and among the
+#: entries read, or refused (CLAIM_JOB checks the latest session). A login runs it again as it joins dispatch,
+#: after its welcome went out, so the login that finishes last is the latest (a login that ran alongside made
+#: itself the latest in between), and adopts what was taken meanwhile for a connection the worker has left.
 LOGIN_WORKER = """
+local before = redis.call('GET', KEYS[3]) or ''
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
-return redis.call('XPENDING', KEYS[4], ARGV[7], '-', '+', ARGV[8], ARGV[1])
+return {before, redis.call('XPENDING', KEYS[4], ARGV[7], '-', '+', ARGV[8], ARGV[1])}
+"""
+
+#: A login that failed after LOGIN_WORKER (its welcome, or a job sent again, did not leave: the worker gave up on
+#: it) hands the latest session back to the one it replaced (KEYS[3]: ARGV[3], '' for none, kept ARGV[4] ms),
+#: while it is still its own (ARGV[2]); and its record (KEYS[1]) goes as DROP_WORKER's does (KEYS[2] the set of
+#: workers, ARGV[1] the consumer). An abandoned login, slow to finish, no longer passes for the worker's latest
+#: after the worker has logged in again elsewhere. Returns whether the latest session was handed back.
+ABANDON_LOGIN = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['session'] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
+return 1
 """
 
 #: An admin's order to close a worker's connection: KEYS[1] the order, ARGV[1] the connection's session.

@@ -67,12 +67,8 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
             if isinstance(message, LoadReport):
                 conn.cpu, conn.memory = message.cpu, message.memory
                 conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
-                if not await store.put_worker(conn.view(), cfg.heartbeat_timeout):
-                    # The worker has logged in since on another connection (to another instance, which this
-                    # one has not seen it leave): the newest login wins, as on one instance.
-                    log.info("worker_replaced", worker=conn.consumer)
-                    await conn.close(4000, b"replaced by a new connection")
-                    break
+                # (Not written while the worker's latest login is another connection's: this one takes no job.)
+                await store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 if conn.upload_token is not None and time.monotonic() - conn.token_renewed >= TOKEN_RENEWAL:
                     # A worker connected for days still uploads its models: its token lives as long as it.
                     await store.renew_upload_token(conn.upload_token)
@@ -81,7 +77,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                     await conn.close(4003, b"disconnected by an admin")
             elif isinstance(message, Drain):
                 conn.draining = True
-                await store.put_worker(conn.view(), cfg.heartbeat_timeout)  # (refused: it leaves anyway)
+                await store.put_worker(conn.view(), cfg.heartbeat_timeout)
                 # Every job dispatched before this point reached the worker before this answer.
                 await conn.send({"type": "draining", "running": sorted(conn.running)})
                 log.info("worker_draining", worker=conn.consumer, running=list(conn.running))
