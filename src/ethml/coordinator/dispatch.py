@@ -137,7 +137,6 @@ class WorkerConn:
     draining: bool = False  # stopping: finishes its jobs, takes no new one
     transport: asyncio.Transport | None = None  # the connection's socket, to cut off a worker that stalls
     session: str = field(default_factory=lambda: secrets.token_hex(8))  # this connection, in its stored record
-    displaced: str = ""  # the worker's latest session that this connection's login replaced (handed back if it fails)
     upload_token: str | None = None  # given at login; kept alive while the connection reports its load
     token_renewed: float = field(default_factory=time.monotonic)
 
@@ -772,8 +771,9 @@ class Dispatcher:
         step, and adopted, or refused (`Store.claim_job` takes jobs only for the latest login's connection).
         Read apart from the record, a job taken between the two was neither adopted nor undone (`Store.unclaim`
         leaves the jobs of a worker that logged in again), and came back only after the job timeout, one
-        delivery later. Should the login fail after this, `abandon` undoes it."""
-        conn.displaced, entries = await self.store.login_worker(conn.view(), ttl, conn.role, ADOPT_MOST)
+        delivery later. Should the login fail after this, it is the latest until that expires (`store.
+        LATEST_KEEP_MIN_MS`), unless the worker's next login replaces it."""
+        entries = await self.store.login_worker(conn.view(), ttl, conn.role, ADOPT_MOST)
         resend = self.adopt(conn, await self._pending(conn, entries))
         if resend:
             await self.store.put_worker(conn.view(), ttl)  # with its running jobs
@@ -784,16 +784,9 @@ class Dispatcher:
         so the login that finishes last is the worker's latest (one of the same worker that ran alongside made
         itself the latest in between: the later to finish stays, as the docs say), and the jobs taken meanwhile
         for the connection it replaced are adopted too. The job messages of those, to send."""
-        before, entries = await self.store.login_worker(conn.view(), ttl, conn.role, ADOPT_MOST)
-        if before != conn.session:  # another login made itself the latest since take_over: this one replaces it
-            conn.displaced = before
+        entries = await self.store.login_worker(conn.view(), ttl, conn.role, ADOPT_MOST)
         known = set(conn.running.values())
         return self.adopt(conn, await self._pending(conn, [e for e in entries if e[0] not in known]))
-
-    async def abandon(self, conn: WorkerConn) -> None:
-        """A login that failed after `take_over` (or `join`): the worker's latest session back to the one it
-        replaced, while it is still this connection's, and its record removed (`Store.abandon_login`)."""
-        await self.store.abandon_login(conn.consumer, conn.session, conn.displaced)
 
     def adopt(self, conn: WorkerConn, pending: list[Pending]) -> list[dict[str, Any]]:
         """A reconnecting worker keeps the jobs still pending under its consumer name that are not past

@@ -270,8 +270,8 @@ return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12]), held}
 #: for none), ARGV[12] the session of the connection it was claimed for.
 #: Nothing is undone when the worker has logged in again on another connection meanwhile (its latest login is
 #: another session): that login came after the claim (which checks it) and read the jobs pending under the
-#: worker in the same step (LOGIN_WORKER), so it adopted the job; should it have failed after, the worker's next
-#: login adopts it, or the job comes back after the job timeout as any job of a connection that ended does. Nor
+#: worker in the same step (LOGIN_WORKER), so it adopted the job; should it have failed after, the job comes back
+#: after the job timeout as any job of a connection that ended does, unless the worker's next login adopts it. Nor
 #: when the entry is no longer pending under the worker with that count. Else the entry goes back to waiting
 #: (its delivery unspent), the account leaves the task's set if the claim put it there, the job's last worker is
 #: restored while it is still this one (so a dead entry never names a worker not sent it), and the account's turn
@@ -328,9 +328,11 @@ return 1
 #: (JSON), ARGV[3] its time to live in ms, ARGV[4] the connection's session, ARGV[5] 1 at the login, ARGV[6]
 #: how long the latest login's session is kept (ms) after its last write. A login writes (the newest
 #: connection of the worker) and makes its session the latest; a later update writes only while its
-#: connection's is the latest login (or none is kept), and keeps it: a late load report of a connection the
-#: worker has left leaves the newer one's record alone (0), so the newer record is never left to be removed by
-#: the older connection's end, nor overwritten after it expired. Else written (1).
+#: connection's is the latest login (or none is kept: a login that failed, the worker having given up on it,
+#: is the latest only until it expires, and the connection the worker kept then takes it back), and keeps it:
+#: a late load report of a connection the worker has left leaves the newer one's record alone (0), so the
+#: newer record is never left to be removed by the older connection's end, nor overwritten after it expired.
+#: Else written (1).
 PUT_WORKER = """
 local latest = redis.call('GET', KEYS[3])
 if ARGV[5] ~= '1' and latest and latest ~= ARGV[4] then return 0 end
@@ -342,33 +344,16 @@ return 1
 
 #: A worker's login, in one step: its record and latest session written as PUT_WORKER's login does (KEYS[1..3],
 #: ARGV[1..6]), and the jobs pending under it read (KEYS[4] its role's job stream, ARGV[7] the group, ARGV[8]
-#: how many at most). Returns {the latest session before ('' for none), XPENDING's entries}. A job another
-#: instance takes for a connection the worker has left is then either taken before this step, and among the
-#: entries read, or refused (CLAIM_JOB checks the latest session). A login runs it again as it joins dispatch,
-#: after its welcome went out, so the login that finishes last is the latest (a login that ran alongside made
-#: itself the latest in between), and adopts what was taken meanwhile for a connection the worker has left.
+#: how many at most): XPENDING's entries. A job another instance takes for a connection the worker has left is
+#: then either taken before this step, and among the entries read, or refused (CLAIM_JOB checks the latest
+#: session). A login runs it again as it joins dispatch, after its welcome went out, so the login that finishes
+#: last is the latest (a login that ran alongside made itself the latest in between), and adopts what was taken
+#: meanwhile for a connection the worker has left.
 LOGIN_WORKER = """
-local before = redis.call('GET', KEYS[3]) or ''
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
-return {before, redis.call('XPENDING', KEYS[4], ARGV[7], '-', '+', ARGV[8], ARGV[1])}
-"""
-
-#: A login that failed after LOGIN_WORKER (its welcome, or a job sent again, did not leave: the worker gave up on
-#: it) hands the latest session back to the one it replaced (KEYS[3]: ARGV[3], '' for none, kept ARGV[4] ms),
-#: while it is still its own (ARGV[2]); and its record (KEYS[1]) goes as DROP_WORKER's does (KEYS[2] the set of
-#: workers, ARGV[1] the consumer). An abandoned login, slow to finish, no longer passes for the worker's latest
-#: after the worker has logged in again elsewhere. Returns whether the latest session was handed back.
-ABANDON_LOGIN = """
-local raw = redis.call('GET', KEYS[1])
-if raw and cjson.decode(raw)['session'] == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[1])
-end
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('DEL', KEYS[3]) else redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
-return 1
+return redis.call('XPENDING', KEYS[4], ARGV[7], '-', '+', ARGV[8], ARGV[1])
 """
 
 #: An admin's order to close a worker's connection: KEYS[1] the order, ARGV[1] the connection's session.

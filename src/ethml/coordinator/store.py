@@ -24,7 +24,6 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 from ethml.coordinator import redis_keys as k
 from ethml.coordinator.schemas import STATUSES, import_id
 from ethml.coordinator.scripts import (
-    ABANDON_LOGIN,
     CLAIM_CHAIN_TASK,
     CLAIM_JOB,
     DEAD_LETTER,
@@ -83,9 +82,16 @@ class Claim(NamedTuple):
 FORGIVEN_KEEP_MS = 60 * 86400 * 1000
 
 #: How long the session of a worker's latest login is kept after the login or its connection's last load report:
-#: a day, far longer than a live connection goes without a report (its heartbeat), so a connection the worker has
-#: left never passes for its latest while the latest lives, even once the latest's record has expired.
-SESSION_KEEP_MS = 86400 * 1000
+#: four record lifetimes (the heartbeat timeout), and at least a minute. Longer than the record, so a connection
+#: the worker has left does not pass for its latest while the latest lives, though the latest's record expired
+#: (its load report waited behind slow result checks); short, so a login the worker gave up on (it failed after
+#: its step, or its connection ended at once) holds the worker's jobs back from the connection it kept for that
+#: long at most: then none is the latest, and that connection's next load report makes it the latest.
+LATEST_KEEP_RECORDS, LATEST_KEEP_MIN_MS = 4, 60_000
+
+
+def _latest_keep_ms(record_ttl: float) -> int:
+    return max(LATEST_KEEP_MIN_MS, int(LATEST_KEEP_RECORDS * record_ttl * 1000))
 
 
 def _text_or_none(value: bytes | str) -> str | None:
@@ -122,7 +128,6 @@ class Store:
                 TOUCH_ENTRIES,
                 DROP_WORKER,
                 LOGIN_WORKER,
-                ABANDON_LOGIN,
                 PUT_WORKER,
                 TAKE_KICK,
                 IMPORT_TASK,
@@ -137,7 +142,7 @@ class Store:
         self._release_job, self._dead_letter = sha[RELEASE_JOB], sha[DEAD_LETTER]
         self._claim_job, self._unclaim = sha[CLAIM_JOB], sha[UNCLAIM]
         self._drop_worker, self._put_worker = sha[DROP_WORKER], sha[PUT_WORKER]
-        self._login_worker, self._abandon_login = sha[LOGIN_WORKER], sha[ABANDON_LOGIN]
+        self._login_worker = sha[LOGIN_WORKER]
         self._take_kick, self._claim_chain_task = sha[TAKE_KICK], sha[CLAIM_CHAIN_TASK]
         self._import_task, self._enqueue_job = sha[IMPORT_TASK], sha[ENQUEUE_JOB]
         self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
@@ -508,28 +513,21 @@ class Store:
         again: whether it was written (not when the worker's latest login is another connection's). A login's
         makes its connection the worker's latest (`login_worker` reads the jobs to adopt in the same step)."""
         consumer = f"{worker['address']}:{worker['id']}"
-        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1 if login else 0, SESSION_KEEP_MS]
+        keep = _latest_keep_ms(ttl)
+        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1 if login else 0, keep]
         keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer)]
         return bool(await self._script(self._put_worker, keys, args))
 
-    async def login_worker(
-        self, worker: dict[str, Any], ttl: float, role: str, most: int
-    ) -> tuple[str, list[tuple[bytes, int]]]:
+    async def login_worker(self, worker: dict[str, Any], ttl: float, role: str, most: int) -> list[tuple[bytes, int]]:
         """A worker's login (`put_worker`'s, making its connection the latest) and, in the same step, the jobs
-        pending under it in `role`'s stream (at most `most`): the latest session before ('' for none), and the
-        jobs' entry ids and delivery counts (`scripts.LOGIN_WORKER`)."""
+        pending under it in `role`'s stream (at most `most`): their entry ids and delivery counts
+        (`scripts.LOGIN_WORKER`)."""
         consumer = f"{worker['address']}:{worker['id']}"
-        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1, SESSION_KEEP_MS, GROUP, most]
+        keep = _latest_keep_ms(ttl)
+        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1, keep, GROUP, most]
         keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer), k.jobs(role)]
-        before, entries = await self._script(self._login_worker, keys, args)
-        return before.decode() if isinstance(before, bytes) else str(before), [(e[0], int(e[3])) for e in entries]
-
-    async def abandon_login(self, consumer: str, session: str, before: str) -> bool:
-        """A login of connection `session` that failed after `login_worker`: the worker's latest session back to
-        `before` ('' for none) while it is still `session`, and the connection's record removed (`scripts.
-        ABANDON_LOGIN`). Whether the latest session was handed back."""
-        keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer)]
-        return bool(await self._script(self._abandon_login, keys, [consumer, session, before, SESSION_KEEP_MS]))
+        reply = await self._script(self._login_worker, keys, args)
+        return [(entry[0], int(entry[3])) for entry in reply]
 
     async def drop_worker(self, consumer: str, session: str) -> bool:
         """Remove the record of the worker's (`<address>:<worker id>`) connection `session`, unless the

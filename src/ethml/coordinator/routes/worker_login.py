@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, STORE
 from ethml.coordinator.auth import buckets, too_many
 from ethml.coordinator.dispatch import WorkerConn
-from ethml.coordinator.edge import BACKEND_ERRORS
 from ethml.coordinator.permit import recover_login
 from ethml.coordinator.schemas import WorkerLogin
 
@@ -100,31 +99,26 @@ async def login(
     if old is not None:
         await old.close(4000, b"replaced by a new connection")
     resend = await dispatcher.take_over(conn, cfg.heartbeat_timeout)
-    try:
-        token = conn.upload_token = await store.new_upload_token(signer)
-        sent = await conn.send(
-            {
-                "type": "welcome",
-                "worker_id": worker_id,
-                "address": signer,
-                "role": role,
-                "heartbeat": cfg.heartbeat_interval,
-                "upload_token": token,
-                "running": list(conn.running),
-                "features": ["drain", "release"],  # what this server takes besides load reports and results
-            }
-        )
-        for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
+    token = conn.upload_token = await store.new_upload_token(signer)
+    sent = await conn.send(
+        {
+            "type": "welcome",
+            "worker_id": worker_id,
+            "address": signer,
+            "role": role,
+            "heartbeat": cfg.heartbeat_interval,
+            "upload_token": token,
+            "running": list(conn.running),
+            "features": ["drain", "release"],  # what this server takes besides load reports and results
+        }
+    )
+    for message in resend:  # assignments the old connection may have lost (see Dispatcher.adopt)
+        sent = sent and await conn.send(message)
+    if sent:  # the latest login again, now that it has finished (Dispatcher.join)
+        for message in await dispatcher.join(conn, cfg.heartbeat_timeout):
             sent = sent and await conn.send(message)
-        if sent:  # the latest login again, now that it has finished (Dispatcher.join)
-            for message in await dispatcher.join(conn, cfg.heartbeat_timeout):
-                sent = sent and await conn.send(message)
-    except BaseException:
-        with contextlib.suppress(*BACKEND_ERRORS):  # (Redis down: the record expires, a next login replaces)
-            await dispatcher.abandon(conn)
-        raise
-    if not sent:  # gone, or not reading: never offered to dispatch, and no longer the worker's latest login
-        await dispatcher.abandon(conn)
+    if not sent:  # gone, or not reading: never offered to dispatch (the latest until it expires, unless replaced)
+        await store.drop_worker(conn.consumer, conn.session)
         return None
     # Only now may a dispatch pass see it: nothing (a job, a revoke) reaches the worker before its welcome
     # and the jobs sent again, so a revoke always follows the re-sent job it concerns.
