@@ -1993,8 +1993,11 @@ async def test_a_keeper_step_that_keeps_failing_for_one_task_does_not_hold_up_th
         for _task_id, entry in posted:
             await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
         stepped: list[str] = []
+        this_pass = asyncio.current_task()
 
         async def step(_chain: Chain, _store: Store, doc: dict[str, Any], *_args: Any) -> None:
+            if asyncio.current_task() is not this_pass:
+                return  # the server's own keeper (its leader's loop) passing meanwhile: not the pass under test
             stepped.append(doc["id"])
             if len(stepped) == 1:
                 raise ChainError("revealTestSet: the node refused the transaction: insufficient funds")
