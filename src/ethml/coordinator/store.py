@@ -429,16 +429,16 @@ class Store:
         turn: float | None = None,
     ) -> Claim:
         """Move a waiting job to `worker` (its consumer, account and connection's session) with its `deadline`,
-        only if it is still waiting with the delivery count `delivered`, the worker's record is this connection's
-        (or gone), and, with `once_per_account`, the account has not worked on the task, and, with `turn` (when the
-        account was last given a training job, as the caller read it from `k.GIVEN`; 0: not this past day), it has
-        not been given one since (atomically, `scripts.CLAIM_JOB`, which then stamps the account's turn). Its
-        `code`: 0 if not moved (not waiting as the caller saw it), -1 if not moved because the account has worked
-        on the task, -2 because it was given a training job since (`after`: its turn now), -3 because the worker has
-        logged in again on another connection, else 1, or 2 when the account was added to the task's workers, with
-        the account's turn before and after the claim and the job's last worker before it, as `unclaim` takes them
-        back. The task's set of workers is kept until a day past the later of the deadline and the task's
-        `submit_deadline` (no job of the task is delivered after both)."""
+        only if it is still waiting with the delivery count `delivered`, the worker's latest login is this
+        connection's (or none is kept), and, with `once_per_account`, the account has not worked on the task,
+        and, with `turn` (when the account was last given a training job, as the caller read it from `k.GIVEN`;
+        0: not this past day), it has not been given one since (atomically, `scripts.CLAIM_JOB`, which then stamps
+        the account's turn). Its `code`: 0 if not moved (not waiting as the caller saw it), -1 if not moved because
+        the account has worked on the task, -2 because it was given a training job since (`after`: its turn now),
+        -3 because the worker has logged in again on another connection, else 1, or 2 when the account was added
+        to the task's workers, with the account's turn before and after the claim and the job's last worker before
+        it, as `unclaim` takes them back. The task's set of workers is kept until a day past the later of the
+        deadline and the task's `submit_deadline` (no job of the task is delivered after both)."""
         consumer, address, session = worker
         keys = [k.jobs(role), k.job_deadline(job_id), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
         keys.append(k.worker_session(consumer))
@@ -467,7 +467,7 @@ class Store:
         consumer, account and connection's session) and was not sent after all (`scripts.UNCLAIM`, one step):
         the job back to waiting, the account out of the task's set if the claim put it there, the job's last
         worker and the account's turn back as they were while they are still the claim's. -1: nothing undone,
-        the worker has logged in again on another connection (which adopted the job: `Dispatcher.take_over`); 0:
+        the worker has logged in again on another connection (whose login read the job: `Dispatcher.take_over`); 0:
         nothing undone, no longer pending as claimed; else 1, or 2 when the turn was taken back."""
         consumer, account, session = worker
         keys = [k.jobs(role), k.task_workers(chain_task, role), k.GIVEN, k.job_worker(job_id)]
