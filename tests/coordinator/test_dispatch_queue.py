@@ -273,14 +273,14 @@ async def test_a_claim_is_not_undone_for_a_worker_that_logged_in_again_elsewhere
     ws = RecordingSocket()
     conn = dispatch.WorkerConn("w1", account, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
     first.conns[conn.consumer] = conn
-    await store.put_worker(conn.view(), 30, login=True)
+    await store.login_worker(conn.view(), 30, conn.role, dispatch.ADOPT_MOST)
     claim_job = store.claim_job
 
     async def then_logged_in_elsewhere(*args: Any, **kwargs: Any) -> Any:
         claimed = await claim_job(*args, **kwargs)
         ws.closed = True  # its connection here ended
         again = dispatch.WorkerConn("w1", account, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
-        await store.put_worker(again.view(), 30, login=True)  # (and that login adopts the job)
+        await store.login_worker(again.view(), 30, again.role, dispatch.ADOPT_MOST)  # (and that login adopts the job)
         return claimed
 
     monkeypatch.setattr(store, "claim_job", then_logged_in_elsewhere)
@@ -291,15 +291,24 @@ async def test_a_claim_is_not_undone_for_a_worker_that_logged_in_again_elsewhere
     assert await redis.smembers(k.task_workers(1, "trainer")) == {account.encode()}
 
 
-async def _left_for_another_instance(store: Store) -> tuple[Dispatcher, dispatch.WorkerConn, Dispatcher]:
-    """Training job 1:train:0 waits; worker w1's connection to instance 1 (which has not seen it end) and that
-    instance, and instance 2, where the worker logs in next."""
-    await store.redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
-    await store.redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+async def _left_for_another_instance(
+    store: Store, role: str = "trainer"
+) -> tuple[Dispatcher, dispatch.WorkerConn, Dispatcher]:
+    """A job of `role` waits (training job 1:train:0, or the worker's account's seat 1:validate:0); worker w1's
+    connection to instance 1 (which has not seen it end) and that instance, and instance 2, where the worker logs
+    in next."""
+    account = "0x" + "ab" * 20
+    if role == "trainer":
+        await store.redis.set(k.task("t"), json.dumps({"status": "open", "spec": {"max_train_seconds": 60}}))
+        await store.redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    else:
+        await store.redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
+        seat = {"job": "1:validate:0", "kind": "validate", "task": "v", "chain_task": 1, "address": account}
+        await store.redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
     first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-    left = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", RecordingSocket(), 1, "instance-1")  # type: ignore[arg-type]
+    left = dispatch.WorkerConn("w1", account, role, RecordingSocket(), 1, "instance-1")  # type: ignore[arg-type]
     first.conns[left.consumer] = left
-    await store.put_worker(left.view(), 30, login=True)
+    await store.login_worker(left.view(), 30, left.role, dispatch.ADOPT_MOST)
     return first, left, Dispatcher(Store(store.redis), "instance-2", job_timeout=30, max_deliveries=3)
 
 
@@ -313,7 +322,9 @@ async def test_a_job_is_not_taken_for_a_connection_the_worker_left_for_another_i
     store = redis_store
     first, left, second = await _left_for_another_instance(store)
     new = dispatch.WorkerConn("w1", left.address, "trainer", RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
-    await store.put_worker(new.view(), 30, login=True)  # its login to instance 2, with nothing to adopt
+    await store.login_worker(
+        new.view(), 30, new.role, dispatch.ADOPT_MOST
+    )  # its login to instance 2, with nothing to adopt
     second.conns[new.consumer] = new
     await first.run_pass()
     await _sent_out(left)
@@ -371,20 +382,9 @@ async def test_a_live_connection_whose_record_expired_is_still_the_worker_s_late
     latest login is kept apart from the record now: the left connection's report is refused and it gets no job,
     and the live connection gets the job as delivery 1 and keeps its reports."""
     store = redis_store
-    account = "0x" + "ab" * 20
-    if role == "trainer":
-        first, left, second = await _left_for_another_instance(store)
-        job = "1:train:0"
-    else:
-        await store.redis.set(k.task("v"), json.dumps({"status": "validating", "spec": {"max_train_seconds": 60}}))
-        seat = {"job": "1:validate:0", "kind": "validate", "task": "v", "chain_task": 1, "address": account}
-        await store.redis.xadd(k.jobs("validator"), seat)  # type: ignore[arg-type]
-        first = Dispatcher(store, "instance-1", job_timeout=30, max_deliveries=3)
-        left = dispatch.WorkerConn("w1", account, role, RecordingSocket(), 1, "instance-1")  # type: ignore[arg-type]
-        first.conns[left.consumer] = left
-        await store.put_worker(left.view(), 30, login=True)
-        second, job = Dispatcher(Store(store.redis), "instance-2", job_timeout=30, max_deliveries=3), "1:validate:0"
-    new = dispatch.WorkerConn("w1", account, role, RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
+    first, left, second = await _left_for_another_instance(store, role)
+    job = "1:train:0" if role == "trainer" else "1:validate:0"
+    new = dispatch.WorkerConn("w1", left.address, role, RecordingSocket(), 1, "instance-2")  # type: ignore[arg-type]
     assert await second.take_over(new, 30) == []
     second.conns[new.consumer] = new
     await store.redis.delete(k.worker(new.consumer))  # expired
@@ -708,14 +708,16 @@ async def test_an_older_connection_s_late_record_neither_replaces_nor_removes_th
     a, b = "0x" + "ab" * 20, "0x" + "cd" * 20
     older = dispatch.WorkerConn("w1", a, "trainer", RecordingSocket(), 1, "i1", connected_at=300.0)  # type: ignore[arg-type]
     newer = dispatch.WorkerConn("w1", a, "trainer", RecordingSocket(), 1, "i2", connected_at=200.0)  # type: ignore[arg-type]
-    assert await store.put_worker(older.view(), 30, login=True)
-    assert await store.put_worker(newer.view(), 30, login=True)  # the login of the newer connection
+    assert await store.login_worker(older.view(), 30, "trainer", dispatch.ADOPT_MOST) == []
+    assert (
+        await store.login_worker(newer.view(), 30, "trainer", dispatch.ADOPT_MOST) == []
+    )  # the login of the newer connection
     assert not await store.put_worker(older.view(), 30)  # the late load report
     assert await store.drop_worker(older.consumer, older.session) is False
     assert [(w["id"], w["instance"]) for w in await store.workers()] == [("w1", "i2")]
     assert await store.put_worker(newer.view(), 30)  # its own record: updated
     other = dispatch.WorkerConn("w1", b, "trainer", RecordingSocket(), 1, "i3", connected_at=400.0)  # type: ignore[arg-type]
-    assert await store.put_worker(other.view(), 30, login=True)
+    assert await store.login_worker(other.view(), 30, "trainer", dispatch.ADOPT_MOST) == []
     assert [(w["address"], w["instance"]) for w in await store.workers()] == [(a, "i2"), (b, "i3")]
     assert await store.connections("w1", b.upper().replace("0X", "0x")) == {other.consumer: other.session}
     both = await store.connections("w1")

@@ -773,17 +773,17 @@ class Dispatcher:
         leaves the jobs of a worker that logged in again), and came back only after the job timeout, one
         delivery later. Should the login fail after this, it is the latest until that expires (`store.
         LATEST_KEEP_MIN_MS`), unless the worker's next login replaces it."""
-        entries = await self.store.login_worker(conn.view(), ttl, conn.role, ADOPT_MOST)
-        resend = self.adopt(conn, await self._pending(conn, entries))
+        resend = await self.join(conn, ttl)
         if resend:
             await self.store.put_worker(conn.view(), ttl)  # with its running jobs
         return resend
 
     async def join(self, conn: WorkerConn, ttl: float) -> list[dict[str, Any]]:
-        """The login's last step, after its welcome went out and before dispatch sees it: `take_over`'s step again,
-        so the login that finishes last is the worker's latest (one of the same worker that ran alongside made
-        itself the latest in between: the later to finish stays, as the docs say), and the jobs taken meanwhile
-        for the connection it replaced are adopted too. The job messages of those, to send."""
+        """`take_over`'s step (`Store.login_worker`), adopting the jobs read that `conn` does not run yet: the job
+        messages of those, to send. Also the login's last step, after its welcome went out and before dispatch
+        sees it, so the login that finishes last is the worker's latest (one of the same worker that ran alongside
+        made itself the latest in between: the later to finish stays, as the docs say), and the jobs taken
+        meanwhile for the connection it replaced are adopted too."""
         entries = await self.store.login_worker(conn.view(), ttl, conn.role, ADOPT_MOST)
         known = set(conn.running.values())
         return self.adopt(conn, await self._pending(conn, [e for e in entries if e[0] not in known]))

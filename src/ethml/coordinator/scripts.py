@@ -262,12 +262,11 @@ return {1 + added, last or '', redis.call('ZSCORE', KEYS[4], ARGV[12]), held}
 #: A job claimed for a worker and not sent after all (the worker drained, or its connection ended, during the
 #: claim): the claim is undone in one step. KEYS[1] the job stream, KEYS[2] the accounts that have worked on its
 #: task, KEYS[3] the turns (a sorted set), KEYS[4] the job's last worker, KEYS[5] the session of the worker's
-#: latest login; ARGV[1]
-#: the group, ARGV[2] the waiting consumer, ARGV[3] the stream entry, ARGV[4] the worker's consumer, ARGV[5] the
-#: delivery count it was claimed with, ARGV[6] its account (as the claim added it), ARGV[7] 1 if the claim added
-#: the account to the task's set, ARGV[8] the account in lower case, ARGV[9] the turn the claim stamped ('' for
-#: none: a seat), ARGV[10] the turn before it ('' for none), ARGV[11] the job's last worker before the claim (''
-#: for none), ARGV[12] the session of the connection it was claimed for.
+#: latest login; ARGV[1] the group, ARGV[2] the waiting consumer, ARGV[3] the stream entry, ARGV[4] the worker's
+#: consumer, ARGV[5] the delivery count it was claimed with, ARGV[6] its account (as the claim added it), ARGV[7]
+#: 1 if the claim added the account to the task's set, ARGV[8] the account in lower case, ARGV[9] the turn the
+#: claim stamped ('' for none: a seat), ARGV[10] the turn before it ('' for none), ARGV[11] the job's last worker
+#: before the claim ('' for none), ARGV[12] the session of the connection it was claimed for.
 #: Nothing is undone when the worker has logged in again on another connection meanwhile (its latest login is
 #: another session): that login came after the claim (which checks it) and read the jobs pending under the
 #: worker in the same step (LOGIN_WORKER), so it adopted the job; should it have failed after, the job comes back
@@ -323,37 +322,35 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
-#: A worker connection's record: KEYS[1] the record, KEYS[2] the set of workers, KEYS[3] the session of the
-#: worker's latest login; ARGV[1] the worker's consumer name (its member of the set), ARGV[2] the record
-#: (JSON), ARGV[3] its time to live in ms, ARGV[4] the connection's session, ARGV[5] 1 at the login, ARGV[6]
-#: how long the latest login's session is kept (ms) after its last write. A login writes (the newest
-#: connection of the worker) and makes its session the latest; a later update writes only while its
-#: connection's is the latest login (or none is kept: a login that failed, the worker having given up on it,
-#: is the latest only until it expires, and the connection the worker kept then takes it back), and keeps it:
-#: a late load report of a connection the worker has left leaves the newer one's record alone (0), so the
-#: newer record is never left to be removed by the older connection's end, nor overwritten after it expired.
-#: Else written (1).
+#: A worker connection's record, at its load reports: KEYS[1] the record, KEYS[2] the set of workers, KEYS[3] the
+#: session of the worker's latest login; ARGV[1] the worker's consumer name (its member of the set), ARGV[2] the
+#: record (JSON), ARGV[3] its time to live in ms, ARGV[4] the connection's session, ARGV[5] how long the latest
+#: login's session is kept (ms) after its last write. Written only while the connection's is the latest login
+#: (or none is kept: a login that failed, the worker having given up on it, is the latest only until it expires,
+#: and the connection the worker kept then takes it back), which it keeps: a late load report of a connection the
+#: worker has left leaves the newer one's record alone (0), so the newer record is never left to be removed by
+#: the older connection's end, nor overwritten after it expired. Else written (1).
 PUT_WORKER = """
 local latest = redis.call('GET', KEYS[3])
-if ARGV[5] ~= '1' and latest and latest ~= ARGV[4] then return 0 end
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
+if latest and latest ~= ARGV[4] then return 0 end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-#: A worker's login, in one step: its record and latest session written as PUT_WORKER's login does (KEYS[1..3],
-#: ARGV[1..6]), and the jobs pending under it read (KEYS[4] its role's job stream, ARGV[7] the group, ARGV[8]
-#: how many at most): XPENDING's entries. A job another instance takes for a connection the worker has left is
-#: then either taken before this step, and among the entries read, or refused (CLAIM_JOB checks the latest
-#: session). A login runs it again as it joins dispatch, after its welcome went out, so the login that finishes
-#: last is the latest (a login that ran alongside made itself the latest in between), and adopts what was taken
-#: meanwhile for a connection the worker has left.
+#: A worker's login, in one step: its record written and its session made the latest, whatever it was (KEYS and
+#: ARGV[1..5] as PUT_WORKER's), and the jobs pending under it read (KEYS[4] its role's job stream, ARGV[6] the
+#: group, ARGV[7] how many at most): XPENDING's entries. A job another instance takes for a connection the worker
+#: has left is then either taken before this step, and among the entries read, or refused (CLAIM_JOB checks the
+#: latest session). A login runs it again as it joins dispatch, after its welcome went out, so the login that
+#: finishes last is the latest (a login that ran alongside made itself the latest in between), and adopts what
+#: was taken meanwhile for a connection the worker has left.
 LOGIN_WORKER = """
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[6])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
-return redis.call('XPENDING', KEYS[4], ARGV[7], '-', '+', ARGV[8], ARGV[1])
+return redis.call('XPENDING', KEYS[4], ARGV[6], '-', '+', ARGV[7], ARGV[1])
 """
 
 #: An admin's order to close a worker's connection: KEYS[1] the order, ARGV[1] the connection's session.

@@ -90,8 +90,14 @@ FORGIVEN_KEEP_MS = 60 * 86400 * 1000
 LATEST_KEEP_RECORDS, LATEST_KEEP_MIN_MS = 4, 60_000
 
 
-def _latest_keep_ms(record_ttl: float) -> int:
-    return max(LATEST_KEEP_MIN_MS, int(LATEST_KEEP_RECORDS * record_ttl * 1000))
+def _record(worker: dict[str, Any], ttl: float) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of PUT_WORKER and LOGIN_WORKER for the record `worker` (`WorkerConn.view`), which
+    expires after `ttl` s, and the worker's latest session, kept LATEST_KEEP_RECORDS times as long (at least
+    LATEST_KEEP_MIN_MS)."""
+    consumer = f"{worker['address']}:{worker['id']}"
+    keep = max(LATEST_KEEP_MIN_MS, int(LATEST_KEEP_RECORDS * ttl * 1000))
+    keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer)]
+    return keys, [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], keep]
 
 
 def _text_or_none(value: bytes | str) -> str | None:
@@ -508,25 +514,19 @@ class Store:
 
     # ------------------------------------------------------------------ workers
 
-    async def put_worker(self, worker: dict[str, Any], ttl: float, *, login: bool = False) -> bool:
+    async def put_worker(self, worker: dict[str, Any], ttl: float) -> bool:
         """Write a worker connection's record (`WorkerConn.view`), to expire after `ttl` s unless written
-        again: whether it was written (not when the worker's latest login is another connection's). A login's
-        makes its connection the worker's latest (`login_worker` reads the jobs to adopt in the same step)."""
-        consumer = f"{worker['address']}:{worker['id']}"
-        keep = _latest_keep_ms(ttl)
-        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1 if login else 0, keep]
-        keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer)]
+        again: whether it was written (not when the worker's latest login is another connection's). A login
+        writes it with `login_worker`."""
+        keys, args = _record(worker, ttl)
         return bool(await self._script(self._put_worker, keys, args))
 
     async def login_worker(self, worker: dict[str, Any], ttl: float, role: str, most: int) -> list[tuple[bytes, int]]:
-        """A worker's login (`put_worker`'s, making its connection the latest) and, in the same step, the jobs
-        pending under it in `role`'s stream (at most `most`): their entry ids and delivery counts
-        (`scripts.LOGIN_WORKER`)."""
-        consumer = f"{worker['address']}:{worker['id']}"
-        keep = _latest_keep_ms(ttl)
-        args = [consumer, json.dumps(worker), int(ttl * 1000), worker["session"], 1, keep, GROUP, most]
-        keys = [k.worker(consumer), k.WORKERS, k.worker_session(consumer), k.jobs(role)]
-        reply = await self._script(self._login_worker, keys, args)
+        """A worker's login: its connection's record written (as `put_worker`'s) and made the worker's latest and,
+        in the same step, the jobs pending under it in `role`'s stream (at most `most`): their entry ids and
+        delivery counts (`scripts.LOGIN_WORKER`)."""
+        keys, args = _record(worker, ttl)
+        reply = await self._script(self._login_worker, [*keys, k.jobs(role)], [*args, GROUP, most])
         return [(entry[0], int(entry[3])) for entry in reply]
 
     async def drop_worker(self, consumer: str, session: str) -> bool:
