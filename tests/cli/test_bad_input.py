@@ -417,6 +417,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("serve-port-taken", ["serve", "--port", "{port}"], "another ethml serve or program is using it"),
     ("serve-redis-not-a-url", ["serve", "--redis", "localhost:6379"], "is not a redis://"),
     (
+        "serve-trusted-proxy-not-an-address",
+        ["serve", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "10.0.0.0/33"],
+        "--trusted-proxy '10.0.0.0/33' is not an IP address or a network in CIDR notation",
+    ),
+    (
         "serve-relayer-without-eth",
         ["serve", "--port", "{free}", "--private-key", "0x" + "42" * 32],
         "holds no ETH to pay for the transactions it relays",

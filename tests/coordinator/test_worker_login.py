@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from eth_account import Account
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
+from ethml.coordinator.config import Network, trusted_network
 from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.edge import errors_and_metrics
 from ethml.coordinator.metrics import Metrics
@@ -57,6 +59,19 @@ class Server:
 
 @pytest.fixture
 async def server(redis_store: Store) -> AsyncIterator[Server]:
+    async with _serving(redis_store) as served:
+        yield served
+
+
+@pytest.fixture
+async def proxied(redis_store: Store) -> AsyncIterator[Server]:
+    """The server behind a reverse proxy it trusts: the test's client, on 127.0.0.1, plays the proxy."""
+    async with _serving(redis_store, trusted_proxies=(trusted_network("127.0.0.1"),)) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def _serving(redis_store: Store, trusted_proxies: tuple[Network, ...] = ()) -> AsyncIterator[Server]:
     config = types.SimpleNamespace(
         instance="instance-1",
         heartbeat_interval=1.0,
@@ -65,6 +80,7 @@ async def server(redis_store: Store) -> AsyncIterator[Server]:
         ip_burst=100,
         login_rate=0.01,
         login_burst=3,
+        trusted_proxies=trusted_proxies,
     )
     chain, metrics = FakeChain(), Metrics()
     app = web.Application(middlewares=[errors_and_metrics])
@@ -82,10 +98,11 @@ async def server(redis_store: Store) -> AsyncIterator[Server]:
         await test_server.close()
 
 
-async def _login(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    """Log in as a fresh (unstaked) account: the server's answer."""
+async def _login(session: aiohttp.ClientSession, url: str, forwarded: str | None = None) -> dict[str, Any]:
+    """Log in as a fresh (unstaked) account (with this `X-Forwarded-For`): the server's answer."""
     account = Account.create()
-    async with session.ws_connect(url) as ws:
+    headers = {"X-Forwarded-For": forwarded} if forwarded is not None else None
+    async with session.ws_connect(url, headers=headers) as ws:
         challenge = await ws.receive_json(timeout=30)
         signature = sign_login(account.key, challenge["server"], challenge["nonce"], "trainer")
         await ws.send_json({"type": "auth", "role": "trainer", "address": account.address, "signature": signature})
@@ -113,6 +130,38 @@ async def test_logins_over_the_client_address_s_limit_are_refused_before_the_upg
             assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1
     assert server.chain.calls == 3
     assert len(await redis_store.redis.keys("ethml:loginnonce:*")) == 3
+
+
+async def _refused_at_the_handshake(session: aiohttp.ClientSession, url: str, forwarded: str) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await _login(session, url, forwarded)
+    assert refused.value.status == 429
+
+
+async def test_behind_a_trusted_proxy_each_client_has_its_own_login_limit(proxied: Server) -> None:
+    """Behind a reverse proxy every worker host was counted as the proxy: one host reconnecting in a loop used up
+    the logins of all. With the proxy trusted, the limit is per client the proxy names, and a client that sends
+    the header itself still gets the address the proxy appended."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            answer = await _login(session, proxied.url, "198.51.100.1")
+            assert answer["type"] == "refused" and "holds no trainer stake" in answer["message"], answer
+        await _refused_at_the_handshake(session, proxied.url, "198.51.100.1")
+        await _refused_at_the_handshake(session, proxied.url, "203.0.113.77, 198.51.100.1")  # its own header
+        answer = await _login(session, proxied.url, "198.51.100.2")  # another host behind the same proxy
+        assert answer["type"] == "refused" and "holds no trainer stake" in answer["message"], answer
+    assert proxied.chain.calls == 4
+
+
+async def test_without_a_trusted_proxy_a_forwarded_header_buys_no_logins(server: Server) -> None:
+    """A client that names a new address in each request's `X-Forwarded-For` would get a fresh bucket each time if
+    the header were read from anyone: it is read only from a trusted proxy, and none is set here."""
+    async with aiohttp.ClientSession() as session:
+        for i in range(3):
+            await _login(session, server.url, f"198.51.100.{i + 1}")
+        for i in range(3, 5):
+            await _refused_at_the_handshake(session, server.url, f"198.51.100.{i + 1}")
+    assert server.chain.calls == 3
 
 
 async def test_a_backend_failing_during_a_login_is_told_on_the_websocket(server: Server) -> None:

@@ -88,6 +88,16 @@ def serve(
         float, typer.Option(min=0.01, help="Worker logins (/ws/worker connections) per second per client address.")
     ] = 1.0,
     login_burst: Annotated[int, typer.Option(min=1, help="Burst of worker logins per client address.")] = 30,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            metavar="IP|CIDR",
+            help="A reverse proxy in front of this server (repeat for more): a request from one is counted "
+            "against the client that X-Forwarded-For names, not against the proxy. Default: none (the header "
+            "is ignored).",
+        ),
+    ] = None,
     upload_quota: Annotated[
         float,
         typer.Option(
@@ -156,15 +166,24 @@ def serve(
 
     from aiohttp import web
     from aiohttp.log import access_logger
+    from aiohttp.web_log import AccessLogger
 
     from ethml.coordinator.appkeys import FATAL
+    from ethml.coordinator.config import trusted_network
     from ethml.coordinator.deployment import AnotherDeployment
     from ethml.coordinator.server import ServeConfig, make_app, raise_open_files_limit
 
     check_rpc_url(chain.rpc)
     if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"--redis {redis!r} is not a redis://, rediss:// or unix:// URL")
+    try:
+        proxies = tuple(trusted_network(value) for value in trusted_proxy or ())
+    except ValueError as exc:
+        raise ConfigError(f"--trusted-proxy {exc}") from None
     check_port_free(host, port, "the coordinator", "ethml serve")
+    log_format = AccessLogger.LOG_FORMAT
+    if proxies:  # the peer is a proxy: each line shows what its header says of the client as well
+        log_format = log_format.replace("%a ", "%a (for %{X-Forwarded-For}i) ", 1)
     home = chain.data_dir or data_home()
 
     async def checked(w3: AsyncWeb3[Any], dep: Deployment) -> tuple[Deployment, LocalAccount]:
@@ -190,6 +209,7 @@ def serve(
         ip_burst=ip_burst,
         login_rate=login_rate,
         login_burst=login_burst,
+        trusted_proxies=proxies,
         upload_quota_mib=upload_quota,
         min_free_disk_mib=min_free_disk,
         job_timeout=job_timeout,
@@ -239,6 +259,7 @@ def serve(
         handle_signals=True,
         shutdown_timeout=5,
         access_log=access_logger if access_log else None,
+        access_log_format=log_format,
     )
     if (fatal := application[FATAL].message) is not None:
         raise AnotherDeployment(fatal)

@@ -1,13 +1,16 @@
-"""Who is asking and how often: API keys (`Authorization: Bearer <key>`, cached for 5 s) and the
-token buckets every request takes from (its client address's and its key's, in Redis)."""
+"""Who is asking and how often: API keys (`Authorization: Bearer <key>`, cached for 5 s), the client's
+address (the TCP peer's, or behind a trusted reverse proxy the one it forwarded), and the token buckets every
+request takes from (its client address's and its key's, in Redis)."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from aiohttp import web
 
 from ethml.coordinator.appkeys import CONFIG, STORE
+from ethml.coordinator.config import Network
 from ethml.coordinator.edge import ApiError
 from ethml.coordinator.store import hash_key
 
@@ -62,11 +65,50 @@ async def required(request: web.Request, *roles: str) -> Principal:
     return who
 
 
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, proxies: tuple[Network, ...]) -> bool:
+    return any(ip in network for network in proxies)
+
+
+def client_address(request: web.BaseRequest, proxies: tuple[Network, ...]) -> str:
+    """Who sent the request: the TCP peer's address, unless the peer is one of `proxies` (reverse proxies the
+    operator trusts, `--trusted-proxy`). Then `X-Forwarded-For` is read from its right end (each proxy appends
+    the address it was connected from): the first address that is not a trusted proxy's is the client's. Left
+    of it the header is the client's own say, never read: a client cannot pick its address (and its buckets)
+    by sending the header. An entry that is no address ends the walk at the proxy that forwarded it; a header
+    naming only trusted proxies (or none at all) gives the leftmost of them (the request came from a proxy's
+    own host)."""
+    peer = request.remote or "unknown"
+    if not proxies:
+        return peer
+    ip = _address(peer)
+    if ip is None or not _trusted(ip, proxies):
+        return peer
+    client = str(ip)
+    for hop in reversed(",".join(request.headers.getall("X-Forwarded-For", ())).split(",")):
+        if not hop.strip():
+            continue
+        ip = _address(hop)
+        if ip is None:
+            break
+        client = str(ip)
+        if not _trusted(ip, proxies):
+            break
+    return client
+
+
 def buckets(request: web.Request, key: str | None) -> list[tuple[str, float, int]]:
     """The token buckets a request takes from: its client address's, and its API key's if it has one
     (one script call takes from both, or from neither)."""
     cfg = request.app[CONFIG]
-    found = [(f"ip:{request.remote or 'unknown'}", cfg.ip_rate, cfg.ip_burst)]
+    found = [(f"ip:{client_address(request, cfg.trusted_proxies)}", cfg.ip_rate, cfg.ip_burst)]
     if key is not None:
         found.append((f"key:{key}", cfg.key_rate, cfg.key_burst))
     return found

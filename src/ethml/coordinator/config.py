@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -10,6 +11,16 @@ from pathlib import Path
 from eth_account.signers.local import LocalAccount
 
 from ethml.chain.deploy import Deployment
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_network(value: str) -> Network:
+    """A `--trusted-proxy` value: an address or a network in CIDR notation (ValueError saying what is wrong)."""
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or a network in CIDR notation (10.0.0.0/8)") from None
 
 
 @dataclass
@@ -30,6 +41,9 @@ class ServeConfig:
     #: call), besides the client address's requests.
     login_rate: float = 1.0
     login_burst: int = 30
+    #: Reverse proxies (addresses and networks) whose `X-Forwarded-For` names the client (`auth.client_address`):
+    #: behind one, every client would otherwise share the proxy's buckets. None: the TCP peer is the client.
+    trusted_proxies: tuple[Network, ...] = ()
     #: Seconds a client has to send a JSON body (up to 64 KiB) and a file (up to 16 MiB); slower ones
     #: get a 408 and their connection is closed.
     body_timeout: float = 10.0

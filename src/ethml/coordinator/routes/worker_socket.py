@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
+from ethml.coordinator.auth import client_address
 from ethml.coordinator.dispatch import UNPROVEN, WorkerConn
 from ethml.coordinator.edge import BACKEND_ERRORS
 from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
@@ -49,7 +50,8 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
             await refuse(ws, "no login within 10 s")
             return ws
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            log.info("worker_hung_up", client=request.remote)  # before its login: no one to answer
+            # before its login: no one to answer
+            log.info("worker_hung_up", client=client_address(request, cfg.trusted_proxies))
             return ws
         conn = await login(app, ws, msg, nonce, request.transport)
         if conn is None:
