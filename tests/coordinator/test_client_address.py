@@ -12,7 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from ethml.coordinator.appkeys import CONFIG
-from ethml.coordinator.auth import buckets, client_address
+from ethml.coordinator.auth import buckets, client_address, client_bucket
 from ethml.coordinator.config import trusted_network
 
 PROXIES = (trusted_network("127.0.0.1"), trusted_network("10.0.0.0/8"), trusted_network("fd00::/8"))
@@ -71,6 +71,23 @@ def test_clients_behind_a_trusted_proxy_take_from_their_own_buckets() -> None:
         request.app[CONFIG] = config  # type: ignore[attr-defined]
         seen.append(buckets(request, None)[0][0])  # type: ignore[arg-type]
     assert seen == ["ip:198.51.100.1", "ip:198.51.100.2"]
+
+
+@pytest.mark.parametrize(
+    ("peer", "bucket"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+    ],
+)
+def test_an_ipv6_client_is_counted_by_its_slash_64(peer: str, bucket: str) -> None:
+    """A host given an IPv6 /64 (the common grant) could pick a new address, and so a new bucket, for every
+    request: its addresses share one bucket. An IPv4 address seen on a dual-stack socket is its IPv4 one."""
+    assert client_bucket(_request(peer), ()) == bucket  # type: ignore[arg-type]
+    assert client_bucket(_request("127.0.0.1", peer), PROXIES) == bucket  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", ["10.0.0.0/33", "localhost", "", "10.0.0.1,10.0.0.2"])

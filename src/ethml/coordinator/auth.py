@@ -104,11 +104,23 @@ def client_address(request: web.BaseRequest, proxies: tuple[Network, ...]) -> st
     return client
 
 
+def client_bucket(request: web.BaseRequest, proxies: tuple[Network, ...]) -> str:
+    """The client's address as its buckets count it: an IPv6 address by its /64 network (a host is commonly
+    given a whole /64, and would otherwise have a bucket per address it picks from it), an IPv4 one as is."""
+    client = client_address(request, proxies)
+    if ":" not in client:
+        return client
+    ip = _address(client)
+    if ip is None or ip.version == 4:
+        return str(ip or client)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
 def buckets(request: web.Request, key: str | None) -> list[tuple[str, float, int]]:
     """The token buckets a request takes from: its client address's, and its API key's if it has one
     (one script call takes from both, or from neither)."""
     cfg = request.app[CONFIG]
-    found = [(f"ip:{client_address(request, cfg.trusted_proxies)}", cfg.ip_rate, cfg.ip_burst)]
+    found = [(f"ip:{client_bucket(request, cfg.trusted_proxies)}", cfg.ip_rate, cfg.ip_burst)]
     if key is not None:
         found.append((f"key:{key}", cfg.key_rate, cfg.key_burst))
     return found

@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, STORE
-from ethml.coordinator.auth import buckets, client_address, too_many
+from ethml.coordinator.auth import buckets, client_bucket, too_many
 from ethml.coordinator.dispatch import WorkerConn
 from ethml.coordinator.permit import recover_login
 from ethml.coordinator.schemas import WorkerLogin
@@ -28,7 +28,7 @@ log = structlog.get_logger("ethml.coordinator")
 async def take_login_token(request: web.Request) -> None:
     """A token from the client address's requests and from its logins, or a 429 (before the upgrade)."""
     cfg = request.app[CONFIG]
-    logins = (f"login:{client_address(request, cfg.trusted_proxies)}", cfg.login_rate, cfg.login_burst)
+    logins = (f"login:{client_bucket(request, cfg.trusted_proxies)}", cfg.login_rate, cfg.login_burst)
     wait = await request.app[STORE].take_token([*buckets(request, None), logins])
     if wait > 0:
         raise too_many(wait)
