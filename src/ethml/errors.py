@@ -101,6 +101,10 @@ class IpfsError(EthmlError):
     """Reading, verifying or storing IPFS content failed."""
 
 
+class InvalidGateway(IpfsError, ValueError):
+    """An IPFS gateway URL that is no http:// or https:// URL with a host (and a valid port)."""
+
+
 class InvalidCID(IpfsError, ValueError):
     def __init__(self, text: str, problem: str) -> None:
         self.text = text

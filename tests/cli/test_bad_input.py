@@ -416,6 +416,17 @@ CASES: list[tuple[str, list[str], str]] = [
     ("finalize-too-early", ["task", "finalize", "{open}"], "the finalization window of task {open} opens at "),
     ("serve-port-taken", ["serve", "--port", "{port}"], "another ethml serve or program is using it"),
     ("serve-redis-not-a-url", ["serve", "--redis", "localhost:6379"], "is not a redis://"),
+    ("serve-redis-malformed", ["serve", "--redis", "redis://[::1"], "--redis 'redis://[::1' is not a valid URL"),
+    (
+        "serve-redis-unreachable",
+        ["serve", "--port", "{free}", "--redis", "redis://127.0.0.1:1/0"],
+        "the Redis at redis://127.0.0.1:1/0 did not answer",
+    ),
+    (
+        "serve-redis-unreachable-password-not-shown",
+        ["serve", "--port", "{free}", "--redis", "redis://user:hunter2@127.0.0.1:1/0"],
+        "the Redis at redis://***@127.0.0.1:1/0 did not answer",
+    ),
     (
         "serve-trusted-proxy-not-an-address",
         ["serve", "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "10.0.0.0/33"],
@@ -428,6 +439,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("serve-rpc-unreachable", ["serve", "--rpc-url", "http://127.0.0.1:1", "--port", "{free}"], "cannot reach"),
     ("worker-http-server", ["worker", "--server", "http://127.0.0.1:8600", "--role", "trainer"], "not a ws://"),
+    ("worker-server-malformed", ["worker", "--server", "ws://[::1", "--role", "trainer"], "is not a valid URL"),
+    (
+        "worker-dataset-limit-infinite",
+        ["worker", "--server", "ws://127.0.0.1:8600", "--role", "trainer", "--max-dataset-mb", "inf"],
+        "Invalid value for '--max-dataset-mb'",
+    ),
+    (
+        "worker-gateway-malformed",
+        ["worker", "--server", "ws://127.0.0.1:1", "--role", "trainer", "--account", "2", "--gateway", "http://[::1"],
+        "--gateway 'http://[::1' is not a valid URL",
+    ),
+    ("ipfs-cat-timeout-infinite", ["ipfs", "cat", CID_NOWHERE, "--timeout", "inf"], "Invalid value for '--timeout'"),
     ("worker-unknown-role", ["worker", "--server", "ws://127.0.0.1:8600", "--role", "miner"], "trainer or validator"),
     (
         "worker-server-unreachable-unstaked",

@@ -14,12 +14,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
-from urllib.parse import urlparse
 
 import typer
 
 from ethml.cli._options import OptionGroup
 from ethml.errors import ChainError, EthmlError
+from ethml.urls import check_url
 
 if TYPE_CHECKING:
     from web3 import AsyncWeb3
@@ -96,13 +96,10 @@ class ChainOptions(OptionGroup):
 
 
 def check_rpc_url(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ChainError(f"--rpc-url {url!r} is not an http:// or https:// URL (for example http://127.0.0.1:8545)")
     try:
-        parsed.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise ChainError(f"--rpc-url {url!r} has an invalid port") from None
+        check_url("--rpc-url", url, ("http", "https"), "http://127.0.0.1:8545")
+    except ValueError as exc:
+        raise ChainError(str(exc)) from None
     return url
 
 

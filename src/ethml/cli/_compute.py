@@ -40,7 +40,11 @@ MaxRowsOption = Annotated[
 MaxDatasetOption = Annotated[
     float,
     typer.Option(
-        "--max-dataset-mb", min=0.001, envvar="ETHML_MAX_DATASET_MB", help="The largest dataset a job accepts, MiB."
+        "--max-dataset-mb",
+        min=0.001,
+        max=1_048_576,
+        envvar="ETHML_MAX_DATASET_MB",
+        help="The largest dataset a job accepts, MiB (at most 1,048,576).",
     ),
 ]
 MaxSecondsOption = Annotated[

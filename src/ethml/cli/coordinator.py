@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlparse
 
 import typer
 
@@ -16,6 +15,7 @@ from ethml.cli._options import option_groups
 from ethml.devnet import check_port_free
 from ethml.errors import ChainError
 from ethml.paths import data_home
+from ethml.urls import check_url
 
 if TYPE_CHECKING:
     import asyncio
@@ -171,11 +171,15 @@ def serve(
     from ethml.coordinator.appkeys import FATAL
     from ethml.coordinator.config import trusted_network
     from ethml.coordinator.deployment import AnotherDeployment
+    from ethml.coordinator.redis_client import check_redis, check_redis_url, shown_url
     from ethml.coordinator.server import ServeConfig, make_app, raise_open_files_limit
 
     check_rpc_url(chain.rpc)
-    if redis is not None and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"--redis {redis!r} is not a redis://, rediss:// or unix:// URL")
+    if redis is not None:
+        try:
+            check_redis_url(redis)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     try:
         proxies = tuple(trusted_network(value) for value in trusted_proxy or ())
     except ValueError as exc:
@@ -191,6 +195,8 @@ def serve(
         relayer = _signer(account, private_key, dep.chain_id, default=0)
         if relay:
             await _check_relayer(w3, relayer.address)
+        if redis is not None:
+            await check_redis(redis)
         return dep, relayer
 
     dep, relayer = chain.run(checked)
@@ -246,7 +252,7 @@ def serve(
     typer.echo(
         f"ethml coordinator on http://{host}:{port} (dashboard /, API /api, workers ws://{host}:{port}/ws/worker)\n"
         f"chain {chain_id}, TrainingTasks {dep.training}, relayer {relayer.address}, "
-        f"redis {redis or 'private in ' + str(home / 'coordinator' / 'redis')}"
+        f"redis {shown_url(redis) if redis else 'private in ' + str(home / 'coordinator' / 'redis')}"
         + (f", up to {open_files} open files" if open_files is not None else ""),
         err=True,
     )
@@ -324,8 +330,10 @@ def worker(
 
     if role not in ("trainer", "validator"):
         raise ConfigError(f"--role must be trainer or validator, not {role!r}")
-    if urlparse(server).scheme not in ("ws", "wss") or not urlparse(server).hostname:
-        raise ConfigError(f"--server {server!r} is not a ws:// or wss:// URL (for example ws://127.0.0.1:8600)")
+    try:
+        check_url("--server", server, ("ws", "wss"), "ws://127.0.0.1:8600")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     check_rpc_url(chain.rpc)
 
     try:

@@ -29,7 +29,8 @@ def devnet(
         typer.Option(help="Address to listen on (0.0.0.0 lets miners on other machines connect).", envvar="ETHML_HOST"),
     ] = "127.0.0.1",
     block_time: Annotated[
-        float | None, typer.Option(help="Seconds per block (default: mine each transaction at once).")
+        float | None,
+        typer.Option(min=0, max=86_400, help="Seconds per block (default: mine each transaction at once)."),
     ] = None,
     state: Annotated[
         Path | None,

@@ -70,7 +70,7 @@ def cat(
         ),
     ] = None,
     max_size: Annotated[int, typer.Option(help="Refuse content larger than this many bytes.")] = 64 * 1024 * 1024,
-    timeout: Annotated[float, typer.Option(help="Seconds allowed per gateway request.")] = 10.0,
+    timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="Seconds allowed per gateway request.")] = 10.0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
     data_dir: DataDir = None,
 ) -> None:

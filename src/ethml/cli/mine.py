@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
-from urllib.parse import urlparse
 
 import typer
 
 from ethml.cli._common import check_rpc_url, handle_errors, is_tty
 from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, ConfigError, load_account, pick
+from ethml.urls import check_url
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -171,9 +171,10 @@ def mine(
 
 
 def _check_gateway(url: str) -> None:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"--gateway {url!r} is not an http:// or https:// URL (for example https://ipfs.io)")
+    try:
+        check_url("--gateway", url, ("http", "https"), "https://ipfs.io")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _float(value: object) -> float | None:

@@ -5,11 +5,16 @@ than bytes, str, int and float, and commands named in two words, take redis-py's
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from hiredis import pack_command  # a dependency: redis[hiredis]
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 _PLAIN = frozenset({bytes, str, int, float})
 
@@ -28,6 +33,56 @@ class _HiredisPacking:
 
 def _with_hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {})
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL as it may be printed: its user name and password, and a password in its query, as ***."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", f"{scheme}{sep}{netloc}{slash}{path}")
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError saying what is wrong with a --redis URL no connection could be made from (its scheme, host,
+    port or database), before anything starts; nothing is connected here."""
+    try:
+        scheme = urlsplit(url).scheme
+        if scheme in ("redis", "rediss", "unix"):
+            aioredis.ConnectionPool.from_url(url)
+    except ValueError as exc:
+        raise ValueError(f"--redis {shown_url(url)!r} is not a valid URL: {exc}") from None
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"--redis {shown_url(url)!r} is not a redis://, rediss:// or unix:// URL")
+
+
+def redis_failure(exc: Exception) -> str:
+    """What went wrong, in a few words for one line, after "the Redis at URL"."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, AuthenticationError):
+        return f"refused the login: {text} (the URL's user name and password)"
+    if isinstance(exc, RedisConnectionError):
+        return f"did not answer: {text}"
+    if isinstance(exc, InvalidResponse):
+        return f"answered, but not as a Redis server does: {text}"
+    return f"refused: {text}"
+
+
+async def check_redis(url: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """RedisUnavailable, in one line, unless the Redis at `url` answers a PING within `timeout` s (checked before
+    a server starts on it, so that an unreachable one or a refused password is said before anything runs)."""
+    from ethml.coordinator.redis_server import RedisUnavailable
+
+    redis = connect(url=url)
+    try:
+        await asyncio.wait_for(redis.ping(), timeout)
+    except TimeoutError:
+        raise RedisUnavailable(f"the Redis at {shown_url(url)} did not answer within {timeout:.0f} s") from None
+    except RedisError as exc:
+        raise RedisUnavailable(f"the Redis at {shown_url(url)} {redis_failure(exc)}") from None
+    finally:
+        await redis.aclose()
 
 
 def connect(*, url: str | None = None, socket: str | None = None, health_check_interval: int = 10) -> aioredis.Redis:

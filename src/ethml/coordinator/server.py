@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import Web3Exception
 
@@ -48,8 +49,8 @@ from ethml.coordinator.leader import Leader
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.observe import Observer
 from ethml.coordinator.permit import PermitDomain
-from ethml.coordinator.redis_client import connect
-from ethml.coordinator.redis_server import EmbeddedRedis
+from ethml.coordinator.redis_client import connect, redis_failure, shown_url
+from ethml.coordinator.redis_server import EmbeddedRedis, RedisUnavailable
 from ethml.coordinator.relayer import Relayer
 from ethml.coordinator.routes import TABLES
 from ethml.coordinator.routes.dashboard import SNAPSHOT, SnapshotCache
@@ -99,7 +100,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = connect(url=cfg.redis_url)
     try:
         store = Store(redis)
-        await store.setup()
+        try:
+            await store.setup()
+        except RedisError as exc:  # unreachable, a password refused, a server too old for streams
+            where = f"unix://{embedded.socket}" if embedded is not None else shown_url(cfg.redis_url or "")
+            raise RedisUnavailable(f"the Redis at {where} {redis_failure(exc)}") from exc
         app[STORE] = store
         await _admin_key(store, cfg.data_dir / "coordinator" / "admin.key")
         yield

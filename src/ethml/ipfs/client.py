@@ -18,12 +18,14 @@ from ethml.errors import (
     ContentTooLarge,
     GatewayFailure,
     HashMismatch,
+    InvalidGateway,
     IpfsTimeout,
     MalformedDag,
 )
 from ethml.ipfs.blockstore import Blockstore
 from ethml.ipfs.cid import parse_cid, verify_block
 from ethml.ipfs.unixfs import build_file, decode_file_node
+from ethml.urls import check_url
 
 RAW_BLOCK = "application/vnd.ipld.raw"
 #: The largest block a gateway may send (Kubo's own hard limit is 2 MiB; `ipfs add` makes 256 KiB leaves).
@@ -39,6 +41,13 @@ class IpfsConfig:
     gateway_timeout: float = 10.0
     total_timeout: float = 60.0
     concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        for url in self.gateways:  # one that cannot be fetched from fails here, not at the first fetch
+            try:
+                check_url("--gateway", url, ("http", "https"), "https://ipfs.io")
+            except ValueError as exc:
+                raise InvalidGateway(str(exc)) from None
 
 
 class IpfsClient:
