@@ -439,6 +439,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("serve-rpc-unreachable", ["serve", "--rpc-url", "http://127.0.0.1:1", "--port", "{free}"], "cannot reach"),
     ("worker-http-server", ["worker", "--server", "http://127.0.0.1:8600", "--role", "trainer"], "not a ws://"),
+    (
+        "worker-no-account",
+        ["worker", "--server", "ws://127.0.0.1:1", "--role", "validator"],
+        "choose the validator's account: --account N (with ETHML_MNEMONIC) or --private-key KEY (ETHML_PRIVATE_KEY)",
+    ),
     ("worker-server-malformed", ["worker", "--server", "ws://[::1", "--role", "trainer"], "is not a valid URL"),
     (
         "worker-dataset-limit-infinite",

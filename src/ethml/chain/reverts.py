@@ -508,8 +508,8 @@ def _plain(value: Any) -> Any:
 
 
 def explain(error: Revert, moment: Moment | None = None) -> str:
-    """The error in words with the values that matter, followed by its name: `task 1's submission
-    window closed at 12:03:41, 4 s before this transaction (SubmissionClosed)`."""
+    """The error in words with the values that matter, followed by its name: `the submission window of
+    task 1 closed at 12:03:41, 4 s before this transaction (TooLate)`."""
     if not error.known:
         return error.generic()
     templates = MESSAGES.get(error.name, ())

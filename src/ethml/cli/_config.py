@@ -46,9 +46,11 @@ def load_account(
     private_key: str | None = None,
     password: str | None = None,
     purpose: str = "the mining account",
+    takes_keystore: bool = True,
 ) -> tuple[LocalAccount, str]:
     """The signing account and a phrase saying where it came from. A keystore's password comes from
-    `password_file`, or `password` (asked for on a terminal by the command)."""
+    `password_file`, or `password` (asked for on a terminal by the command). `takes_keystore`: whether the
+    command has a --keystore option to name when no key was chosen."""
     from eth_account import Account
 
     from ethml.node.miner import DEV_CHAIN_IDS  # anvil, hardhat/ganache, the embedded eth-tester chain
@@ -82,7 +84,10 @@ def load_account(
         account: LocalAccount = Account.from_key(key)
         return account, f"keystore {keystore}"
     if index is None:
-        raise ConfigError(f"choose {purpose}: --account N (with ETHML_MNEMONIC), --keystore FILE, or ETHML_PRIVATE_KEY")
+        ways = (
+            ", --keystore FILE, or ETHML_PRIVATE_KEY" if takes_keystore else " or --private-key KEY (ETHML_PRIVATE_KEY)"
+        )
+        raise ConfigError(f"choose {purpose}: --account N (with ETHML_MNEMONIC){ways}")
     mnemonic = os.environ.get("ETHML_MNEMONIC")
     source = "ETHML_MNEMONIC"
     if mnemonic_file is not None:

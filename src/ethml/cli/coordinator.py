@@ -51,7 +51,9 @@ async def _check_relayer(w3: AsyncWeb3[Any], address: str) -> None:
         )
 
 
-def _signer(account: int | None, private_key: str | None, chain_id: int, default: int | None = None) -> LocalAccount:
+def _signer(
+    account: int | None, private_key: str | None, chain_id: int, purpose: str, default: int | None = None
+) -> LocalAccount:
     return load_account(
         index=None if private_key is not None else (account if account is not None else default),
         mnemonic_file=None,
@@ -59,6 +61,8 @@ def _signer(account: int | None, private_key: str | None, chain_id: int, default
         password_file=None,
         chain_id=chain_id,
         private_key=private_key,
+        purpose=purpose,
+        takes_keystore=False,
     )[0]
 
 
@@ -192,7 +196,7 @@ def serve(
 
     async def checked(w3: AsyncWeb3[Any], dep: Deployment) -> tuple[Deployment, LocalAccount]:
         await _check_training(w3, dep)
-        relayer = _signer(account, private_key, dep.chain_id, default=0)
+        relayer = _signer(account, private_key, dep.chain_id, "the relayer's account", default=0)
         if relay:
             await _check_relayer(w3, relayer.address)
         if redis is not None:
@@ -340,7 +344,7 @@ def worker(
         with compute_for(jobs) as (compute, _size):
 
             async def work(w3: AsyncWeb3[Any], dep: Deployment) -> bool:
-                signer = _signer(account, private_key, dep.chain_id)
+                signer = _signer(account, private_key, dep.chain_id, f"the {role}'s account")
                 home = chain.data_dir or data_home()
                 ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
                 config = WorkerConfig(

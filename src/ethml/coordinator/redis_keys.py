@@ -2,7 +2,7 @@
 
 - `task:<id>` a task document (JSON); `tasks` and `tasks:<status>` sorted sets by creation time;
   `chaintask:<n>` the API id of on-chain task n;
-- `relay` the stream of tasks waiting for `createTaskWithPermit` (group `relayers`);
+- `relay` the stream of tasks waiting for `createTaskFor` (group `relayers`);
 - `jobs:<role>` the job stream of a worker role (group `workers`); `jobid:<job>` marks a job queued
   once; `result:<job>` its first result (a successful one); `jobdeadline:<job>` its time limit;
   `taskworkers:<task>:<role>` who has worked on a task; `dead` the dead-letter stream; `trained:<account>`
