@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -18,6 +19,7 @@ from ethml.chain import Deployment, Parameters, deploy_system, dev_account
 from ethml.coordinator import server as coordinator_server
 from ethml.coordinator.appkeys import CHAIN, FATAL
 from ethml.coordinator.deployment import AnotherDeployment, DeploymentWatch, Fatal, identity
+from ethml.coordinator.permit import sign_login
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.server import make_app
 from ethml.coordinator.store import Store
@@ -264,3 +266,36 @@ async def test_a_server_whose_chain_is_replaced_under_it_stops_its_loops(
             return not loops & {t.get_name() for t in asyncio.all_tasks() if not t.done()}
 
         await wait_until(stopped, timeout=60, what="the server's loops stopped")
+
+
+async def test_a_server_stops_at_once_with_workers_and_event_streams_connected(anvil_url: str, tmp_path: Path) -> None:
+    """A worker's connection and the dashboard's event stream never end by themselves: stopping `ethml serve`
+    waited out aiohttp's shutdown timeout for them (about 11 s to stop on SIGTERM with one worker connected,
+    against 1.3 s with none), and only then closed the workers. Now they are closed as the server begins to
+    stop: here the timeout is long enough that waiting it out would fail the test."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        port = free_port()
+        runner = web.AppRunner(make_app(c.config(port=port)), shutdown_timeout=300)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(url.replace("http://", "ws://") + "/ws/worker")
+            challenge = await ws.receive_json(timeout=30)
+            trainer = dev_account(5)
+            signature = sign_login(trainer.key, challenge["server"], challenge["nonce"], "trainer")
+            await ws.send_json({"type": "auth", "role": "trainer", "address": trainer.address, "signature": signature})
+            assert (await ws.receive_json(timeout=30))["type"] == "welcome"
+            stream = await session.get(url + "/api/dashboard/events")
+            assert stream.status == 200
+            first = await asyncio.wait_for(stream.content.readline(), 30)
+            assert first.startswith(b"data: "), first
+
+            await asyncio.wait_for(runner.cleanup(), 120)  # not the 300 s of the timeout
+
+            closed = await ws.receive(timeout=30)
+            assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1001, closed  # going away: reconnect
+            rest = await asyncio.wait_for(stream.content.read(), 30)  # the stream ended after a whole event
+            assert (first + rest).endswith(b"\n\n"), rest
+            await ws.close()
+            stream.close()

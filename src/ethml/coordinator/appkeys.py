@@ -3,6 +3,8 @@ contexts, read by the routes and the background loops)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ethml.coordinator.artifacts import PendingArtifacts
@@ -38,3 +40,6 @@ IPFS = web.AppKey("ipfs", IpfsClient)
 PENDING = web.AppKey("pending", PendingArtifacts)
 #: This instance's uploads accepted and not yet written (counted against the disk's free space).
 UPLOADS = web.AppKey("uploads", Uploads)
+#: Set when the server begins to stop: long-lived responses (the dashboard's event stream) end on it, so that
+#: stopping does not wait out the shutdown timeout for them.
+STOPPING = web.AppKey("stopping", asyncio.Event)

@@ -33,6 +33,7 @@ from ethml.coordinator.appkeys import (
     PENDING,
     PERMITS,
     RULES,
+    STOPPING,
     STORE,
     TERMS,
     UPLOADS,
@@ -43,7 +44,7 @@ from ethml.coordinator.background import Loops, forever
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
 from ethml.coordinator.deployment import WATCH_INTERVAL, AnotherDeployment, DeploymentWatch, Fatal, identity, said
-from ethml.coordinator.dispatch import PROOF_TIMEOUT, Dispatcher
+from ethml.coordinator.dispatch import PROOF_TIMEOUT, Dispatcher, WorkerConn
 from ethml.coordinator.edge import BACKEND_ERRORS, errors_and_metrics, one_line_protocol_errors
 from ethml.coordinator.leader import Leader
 from ethml.coordinator.metrics import Metrics
@@ -82,7 +83,9 @@ def make_app(config: ServeConfig) -> web.Application:
     app[SNAPSHOT] = SnapshotCache()
     app[UPLOADS] = Uploads()
     app[FATAL] = Fatal()
+    app[STOPPING] = asyncio.Event()
     app.cleanup_ctx.extend([redis_ctx, chain_ctx, workers_ctx, loops_ctx])
+    app.on_shutdown.append(end_long_lived)
     for table in TABLES:
         app.add_routes(table)
     return app
@@ -177,10 +180,26 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     yield
-    for conn in list(dispatcher.conns.values()):
+    await _close_workers(dispatcher)  # any that logged in while the server was stopping
+    app[UPLOADS].writers.shutdown(wait=False)  # the handlers are done: idle writer threads end
+
+
+async def end_long_lived(app: web.Application) -> None:
+    """As the server begins to stop (it listens no more): the workers' connections are closed with 1001
+    (going away; each worker reconnects, to this server once it is back or to another instance, and gets its
+    jobs back there) and the dashboard's event streams end. aiohttp would otherwise wait out its shutdown
+    timeout for these handlers, which never end by themselves, before the server could stop."""
+    app[STOPPING].set()
+    if DISPATCHER in app:
+        await _close_workers(app[DISPATCHER])
+
+
+async def _close_workers(dispatcher: Dispatcher) -> None:
+    async def close(conn: WorkerConn) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.ws.close(code=1001, message=b"server shutting down"), 2)
-    app[UPLOADS].writers.shutdown(wait=False)  # the handlers are done: idle writer threads end
+
+    await asyncio.gather(*(close(conn) for conn in list(dispatcher.conns.values())))
 
 
 async def _committed(chain: Chain, chain_task: int, account: str) -> bool | None:

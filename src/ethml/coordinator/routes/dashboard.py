@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ethml.coordinator.appkeys import CHAIN, CONFIG, STORE
+from ethml.coordinator.appkeys import CHAIN, CONFIG, STOPPING, STORE
 from ethml.coordinator.auth import rate_limit
 from ethml.coordinator.background import stop_if_cancelled
 from ethml.oracle import list_requests, oracle_status
@@ -89,9 +89,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     await rate_limit(request, None)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
+    stopping = request.app[STOPPING]
     with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-        while True:
+        while not stopping.is_set():
             stop_if_cancelled()  # a cancel dropped inside a Redis call (see background.py) still ends the stream
             await response.write(f"data: {json.dumps(await cached_snapshot(request.app))}\n\n".encode())
-            await asyncio.sleep(2.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 2.0)  # the next snapshot, or the server stops
     return response
