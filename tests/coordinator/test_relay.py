@@ -10,6 +10,7 @@ import hashlib
 import re
 import signal
 import time
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from eth_typing import HexStr
 from multidict import CIMultiDict, CIMultiDictProxy
+from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from yarl import URL
 
@@ -38,6 +40,7 @@ from ethml.coordinator.relayer import RelayAgain, _nonce_used, _permit, _terms, 
 from ethml.coordinator.store import Store
 from ethml.errors import ChainError
 from ethml.ipfs.client import IpfsClient
+from ethml.training import clock
 from tests.conftest import free_port, lag_receipts
 from tests.coordinator.conftest import REQUESTER, TRAINERS, Coordinator, coordinator_on, start_redis
 from tests.coordinator.test_api import CID, _import, _valid, wine_spec
@@ -2005,6 +2008,32 @@ async def test_a_keeper_step_that_keeps_failing_for_one_task_does_not_hold_up_th
         monkeypatch.setattr(keeper_module, "_step", step)
         await keep_deadlines(chain, store)
         assert sorted(stepped) == sorted(task_id for task_id, _entry in posted)
+
+
+async def test_the_keeper_mines_past_a_deadline_on_a_devnet_whose_clock_was_moved_ahead(anvil_url: str) -> None:
+    """A development chain mines only on demand, so the keeper mines a block once a deadline has passed on the
+    clock the next block will have. It compared deadlines with the wall clock: on a devnet moved ahead
+    (`evm_increaseTime`, as tests and demos do) no deadline passes on the wall clock, no block was mined, and a
+    task's test-set window went by unrevealed. Nothing due on that clock still mines nothing."""
+    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    await w3.provider.make_request("evm_increaseTime", [3600])  # type: ignore[arg-type]
+    await w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    number, now = await clock.latest(w3)
+    await w3.provider.make_request("evm_increaseTime", [100])  # the chain's clock runs on; no block yet
+    chain = types.SimpleNamespace(w3=w3)
+
+    def task(*deadlines: int) -> Any:
+        submit, reveal, test = deadlines
+        return types.SimpleNamespace(
+            submit_deadline=submit, reveal_deadline=reveal, test_deadline=test, score_deadline=0, draw_block=0
+        )
+
+    later = task(now + 200, now + 300, now + 400)  # past on neither clock
+    assert await keeper_module._chain_time(chain, [later]) == now  # type: ignore[arg-type]
+    assert (await clock.latest(w3))[0] == number  # nothing mined
+    due = task(now - 10, now + 50, now + 500)  # the reveal deadline passed on the chain's clock, not the wall's
+    assert await keeper_module._chain_time(chain, [later, due]) > due.reveal_deadline  # type: ignore[arg-type]
+    assert (await clock.latest(w3))[0] == number + 1
 
 
 async def _creation_pending(

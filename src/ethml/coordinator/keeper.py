@@ -8,7 +8,6 @@ on the leader only (`leader`)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import structlog
@@ -34,11 +33,14 @@ def _deadlines(t: TaskState) -> list[int]:
 
 async def _chain_time(chain: Chain, tasks: list[TaskState]) -> int:
     """The latest block's timestamp, after mining a block on a development chain where a deadline has
-    passed on the wall clock but not on the chain, or a draw's block is still to be mined."""
+    passed on the clock its next block will have but not in its latest block, or a draw's block is still to
+    be mined. That clock is the pending block's (`clock.chain_now`): the wall clock plus any time jump
+    (`evm_increaseTime`). Compared with the wall clock alone, a chain moved ahead mined no block while its
+    deadlines passed on its own clock, and a task's test-set window went by unrevealed."""
     number, now = await clock.latest(chain.w3)
-    wall = int(time.time())
     if await clock.is_dev_chain(chain.w3):
-        due = any(now <= d < wall for t in tasks for d in _deadlines(t))
+        ahead = await clock.chain_now(chain.w3)
+        due = any(now <= d < ahead for t in tasks for d in _deadlines(t))
         draws = [t.draw_block for t in tasks if t.draw_block and t.draw_block >= number]
         try:
             if draws:
