@@ -251,6 +251,12 @@ async def _hostile_requests(c: Coordinator) -> None:
         # Methods, content types.
         ("PUT", "/api/tasks", key, None, 405, None, "Method Not Allowed"),
         ("DELETE", "/api/keys", c.admin_key, None, 405, None, "Method Not Allowed"),
+        # Outside /api too: one error style (these were text/plain bodies).
+        ("DELETE", "/metrics", None, None, 405, None, "Method Not Allowed"),
+        ("POST", "/healthz", None, None, 405, None, "Method Not Allowed"),
+        ("PUT", "/", None, None, 405, None, "Method Not Allowed"),
+        ("GET", "/nope", None, None, 404, None, "Not Found"),
+        ("GET", "/ws/worker", None, None, 400, None, "WebSocket"),  # no handshake: aiohttp's reason kept
         ("POST", "/api/tasks", key, Raw(json.dumps(_valid(c, now)).encode(), "text/plain"), 415, None, "application/json"),
         ("POST", "/api/tasks", key, Raw(json.dumps(_valid(c, now)).encode(), ""), 415, None, "application/json"),
         ("POST", "/api/tasks", key, Raw(json.dumps(_valid(c, now)).encode(), "application/json; charset=latin-1"), 415, None, "UTF-8"),

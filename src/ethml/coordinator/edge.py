@@ -114,9 +114,11 @@ async def errors_and_metrics(
         response, status = web.Response(status=400), CLIENT_CLOSED  # written to no one
         response.force_close()
     except web.HTTPException as exc:
-        if exc.status >= 400 and request.path.startswith("/api"):
+        if exc.status >= 400:  # every path's (a 404, a 405 on /metrics, a WebSocket handshake): one error style
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            response = error_response(exc.status, exc.reason, headers=allow)
+            said = (exc.text or "").strip()  # aiohttp's own words where it has any ("No WebSocket UPGRADE hdr")
+            message = said if said and not said.startswith(f"{exc.status}: ") else exc.reason
+            response = error_response(exc.status, message, headers=allow)
         else:
             request.app[METRICS].observe(route, exc.status, time.perf_counter() - started)
             raise
