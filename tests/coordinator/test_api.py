@@ -237,7 +237,9 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("GET", "/api/tasks?cursor=nan", None, None, 422, "cursor", "next_cursor"),
         ("GET", "/api/tasks?cursor=inf", None, None, 422, "cursor", "next_cursor"),
         ("GET", "/api/tasks?cursor=1e400", None, None, 422, "cursor", "next_cursor"),
-        ("GET", "/api/tasks?cursor=" + "1" * 41, None, None, 422, "cursor", "at most 40 characters"),
+        ("GET", "/api/tasks?cursor=" + "1" * 97, None, None, 422, "cursor", "at most 96 characters"),
+        ("GET", "/api/tasks?cursor=1.5:" + "a" * 65, None, None, 422, "cursor", "next_cursor"),
+        ("GET", "/api/tasks?cursor=1.5:a/b", None, None, 422, "cursor", "next_cursor"),
         ("GET", "/api/tasks?cursor=", None, None, 422, "cursor", "next_cursor"),
         ("GET", "/api/tasks?limit=%D9%A3", None, None, 422, "limit", "1..200"),  # an Arabic-Indic 3
         ("GET", "/api/tasks?limit=1e2", None, None, 422, "limit", "1..200"),

@@ -46,10 +46,10 @@ Status = Literal[
     "accepted", "rejected", "unusable", "abandoned", "empty", "undecided", "failed",
 ]  # fmt: skip
 ROLES = ("trainer", "validator")
-#: GET /api/tasks: a page cursor (the `next_cursor` of the previous page: a creation time in unix
-#: seconds) and a page size.
-CURSOR = r"^[0-9]{1,12}(\.[0-9]{1,16})?$"
-MAX_CURSOR = 40
+#: GET /api/tasks: a page cursor (the `next_cursor` of the previous page: the creation time in unix
+#: seconds and the id of its last task; a time alone, as earlier servers gave, is taken too) and a page size.
+CURSOR = r"^[0-9]{1,12}(\.[0-9]{1,16})?(:[A-Za-z0-9-]{1,64})?$"
+MAX_CURSOR = 96
 LIMIT = r"^[0-9]{1,3}$"
 MAX_LIMIT = 200
 #: A task id: 32 hex digits for a posted task, `chain-<n>` for an imported one (never `import`: that

@@ -350,14 +350,29 @@ class Store:
                     continue
 
     async def list_tasks(
-        self, status: str | None, cursor: float | None, limit: int
-    ) -> tuple[list[dict[str, Any]], float | None]:
+        self, status: str | None, cursor: tuple[float, str | None] | None, limit: int
+    ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+        """A page of tasks, newest first: up to `limit` after `cursor` (the creation time and id of the last task
+        of the previous page), and the cursor of the next page (None on the last). Tasks created in the same
+        instant (their times are one index's equal scores, which Redis orders by id) are ordered by id, so that a
+        page boundary between two of them skips neither. A cursor without an id (as pages gave before) starts
+        after every task of its time."""
         key = k.tasks_in(status) if status else k.TASKS
-        top = f"({cursor}" if cursor is not None else "+inf"
-        rows = await self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1, withscores=True)
+        skip = 0
+        if cursor is None:
+            top = "+inf"
+        elif cursor[1] is None:
+            top = f"({cursor[0]!r}"
+        else:
+            top = repr(cursor[0])
+            last = cursor[1].encode()
+            tied = await self.redis.zrangebyscore(key, top, top)  # (normally the cursor's own task alone)
+            skip = sum(1 for member in tied if member >= last)  # the ones at or before it, newest first
+        rows = await self.redis.zrevrangebyscore(key, top, "-inf", start=skip, num=limit + 1, withscores=True)
         page = rows[:limit]
         docs = [json.loads(raw) for raw in await self.redis.mget([k.task(i.decode()) for i, _ in page])] if page else []
-        return [d for d in docs if d], (page[-1][1] if len(rows) > limit else None)
+        following = (float(page[-1][1]), page[-1][0].decode()) if len(rows) > limit else None
+        return [d for d in docs if d], following
 
     async def count_tasks(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)

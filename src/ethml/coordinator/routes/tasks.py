@@ -346,14 +346,18 @@ async def list_tasks(request: web.Request) -> web.Response:
     if cursor is not None and not _CURSOR.fullmatch(cursor):
         raise ApiError(
             422,
-            f"cursor must be the next_cursor of a page (decimal seconds, at most {MAX_CURSOR} characters)",
+            f"cursor must be the next_cursor of a page (decimal seconds and a task id, at most {MAX_CURSOR} "
+            "characters)",
             "cursor",
         )
     limit_raw = query.get("limit", "50")
     limit = int(limit_raw) if _LIMIT.fullmatch(limit_raw) else 0
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(422, f"limit must be an integer 1..{MAX_LIMIT}", "limit")
-    docs, nxt = await request.app[STORE].list_tasks(status, float(cursor) if cursor else None, limit)
-    return web.json_response(
-        {"tasks": [public(d) for d in docs], "next_cursor": repr(nxt) if nxt is not None else None}
-    )
+    after = None
+    if cursor:
+        seconds, _, last = cursor.partition(":")
+        after = (float(seconds), last or None)
+    docs, nxt = await request.app[STORE].list_tasks(status, after, limit)
+    following = f"{nxt[0]!r}:{nxt[1]}" if nxt is not None else None
+    return web.json_response({"tasks": [public(d) for d in docs], "next_cursor": following})
