@@ -1995,6 +1995,10 @@ async def test_a_keeper_step_that_keeps_failing_for_one_task_does_not_hold_up_th
         posted = await _post(c, store, key, [_valid(c, now, n) for n in range(2)])
         for _task_id, entry in posted:
             await asyncio.wait_for(relay_one(chain, store, ipfs, *entry), 120)
+        # Past their submission windows (before them nothing is due, and the keeper reads no task).
+        await wait_until(lambda: _opened(store, [t for t, _e in posted]), timeout=60, what="both tasks followed")
+        deadline = max([int((await store.task(t) or {})["submit_deadline"]) for t, _e in posted])
+        await chain.w3.provider.make_request("evm_increaseTime", [deadline - await clock.chain_now(chain.w3) + 1])  # type: ignore[arg-type]
         stepped: list[str] = []
         this_pass = asyncio.current_task()
 
@@ -2008,6 +2012,11 @@ async def test_a_keeper_step_that_keeps_failing_for_one_task_does_not_hold_up_th
         monkeypatch.setattr(keeper_module, "_step", step)
         await keep_deadlines(chain, store)
         assert sorted(stepped) == sorted(task_id for task_id, _entry in posted)
+
+
+async def _opened(store: Store, task_ids: list[str]) -> bool:
+    """Whether the follower has linked each task to its creation (its deadlines are in its document)."""
+    return all([(await store.task(t) or {}).get("submit_deadline") for t in task_ids])
 
 
 async def test_the_keeper_mines_past_a_deadline_on_a_devnet_whose_clock_was_moved_ahead(anvil_url: str) -> None:

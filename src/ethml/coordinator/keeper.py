@@ -3,11 +3,12 @@ take once it is due: reveals the test sets this coordinator holds in the contrac
 panel once its block is mined, replaces drawn validators that did not commit, finalizes what can be
 settled. It reads each task's state from the chain and decides as the contract will (`finalizable`).
 Deadlines are wall-clock time: on a development chain that mines only on demand, a block is mined
-when a deadline has passed on the wall clock but not on the chain, or a draw's block is due. It runs
-on the leader only (`leader`)."""
+when a deadline has passed on the clock of its next block (the wall clock, plus any time jump) but not
+in its latest block, or a draw's block is due. It runs on the leader only (`leader`)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -22,6 +23,8 @@ from ethml.training.onchain import MAX_ROUNDS, TaskError, TaskState, finalizable
 log = structlog.get_logger("ethml.coordinator")
 
 LIVE = ("open", "training", "validating")
+#: Task documents read from Redis at a time.
+PAGE = 200
 
 
 def _deadlines(t: TaskState) -> list[int]:
@@ -53,17 +56,32 @@ async def _chain_time(chain: Chain, tasks: list[TaskState]) -> int:
     return now
 
 
-async def keep_deadlines(chain: Chain, store: Store) -> None:
-    live: list[tuple[dict[str, Any], TaskState]] = []
+async def _live_docs(store: Store) -> AsyncIterator[dict[str, Any]]:
+    """Every task document in a live status, a page at a time (all of them, however many)."""
     for status in LIVE:
-        docs, _ = await store.list_tasks(status, None, 200)
-        for doc in docs:
-            if doc.get("chain_task_id") is None:
-                continue
-            try:
-                live.append((doc, await read_task(chain.w3, chain.deployment, int(doc["chain_task_id"]))))
-            except TaskError as exc:
-                log.warning("keeper_read", task=doc["id"], error=str(exc))
+        cursor = None
+        while True:
+            docs, cursor = await store.list_tasks(status, cursor, PAGE)
+            for doc in docs:
+                yield doc
+            if cursor is None:
+                break
+
+
+async def keep_deadlines(chain: Chain, store: Store) -> None:
+    """One pass: each live task on chain whose step is due gets it (`_step`). It read only the newest 200 tasks
+    of each live status: past them, tasks never had their test set revealed, a panel drawn or a settlement. Now
+    every live task is read, except those still in their submission window on the clock of the next block
+    (nothing is due for one before its submit deadline), which cost no chain call."""
+    ahead = await clock.chain_now(chain.w3)
+    live: list[tuple[dict[str, Any], TaskState]] = []
+    async for doc in _live_docs(store):
+        if doc.get("chain_task_id") is None or int(doc.get("submit_deadline") or 0) >= ahead:
+            continue
+        try:
+            live.append((doc, await read_task(chain.w3, chain.deployment, int(doc["chain_task_id"]))))
+        except TaskError as exc:
+            log.warning("keeper_read", task=doc["id"], error=str(exc))
     if not live:
         return
     now = await _chain_time(chain, [t for _d, t in live])
