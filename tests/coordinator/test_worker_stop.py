@@ -14,8 +14,10 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from ethml.chain import dev_account
+from ethml.chain.reverts import Revert
 from ethml.coordinator import worker as worker_module
-from ethml.coordinator.worker import Worker, WorkerConfig
+from ethml.coordinator.worker import Worker, WorkerConfig, WorkerRefused
+from ethml.errors import TransactionReverted
 from tests.node.conftest import wait_until
 
 
@@ -341,3 +343,40 @@ async def test_a_result_answered_retry_is_sent_again_until_it_counts_and_a_drain
     await asyncio.wait_for(run, 30)
     sent = [(m["type"], m.get("job"), m.get("delivery")) for m in script.received]
     assert sent == [("drain", None, None)] + [("result", "1:train:0", 1)] * 3
+
+
+class UnstakedWorker(HeldWorker):
+    """A worker whose account has lost its stake: job 1:train:0 finds out (the contract says NotStaked); the others
+    run until the test lets them finish."""
+
+    async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
+        if job["job"] == "1:train:0":
+            reason = (
+                f"account {self.account.address} is not staked as a trainer; stake with `ethml stake --role trainer`"
+            )
+            raise TransactionReverted("commitSubmission", reason, error=Revert("NotStaked"), preflight=True)
+        return await super()._execute(job)
+
+
+async def test_a_worker_whose_account_lost_its_stake_takes_no_more_jobs_and_says_why(
+    serve: Any, tmp_path: Path
+) -> None:
+    """A trainer unstaked (or slashed below the minimum) while it worked stayed connected: every job it took failed
+    on NotStaked, and each cost its account the one try it has at that task. The first such failure now drains the
+    worker: its other job is finished and reported, a job sent after the drain is handed straight back, and the
+    process ends with the reason."""
+    script = Script("ok", [_job("2:train:0", 1), _job("1:train:0", 1)], on_drain=[_job("3:train:0", 1)])
+    worker = UnstakedWorker(await serve(script), tmp_path)
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "draining")
+    assert not run.done()  # still finishing 2:train:0
+    worker.release_jobs.set()
+    with pytest.raises(WorkerRefused, match=r"stopped taking jobs: account 0x.* is not staked as a trainer"):
+        await asyncio.wait_for(run, 30)
+    sent = [(m["type"], m.get("job"), m.get("ok")) for m in script.received]
+    assert sent == [
+        ("result", "1:train:0", False),
+        ("drain", None, None),
+        ("release", "3:train:0", None),
+        ("result", "2:train:0", True),
+    ], sent

@@ -74,7 +74,13 @@ RESULT_RETRY = 3.0
 
 
 class WorkerRefused(EthmlError):
-    """The server refused the login (no stake, wrong signature): retrying will not help."""
+    """The server refused the login (no stake, wrong signature), or the account lost its stake while it worked:
+    retrying will not help."""
+
+
+#: Contract errors that say the account's stake is gone (unstaked, or slashed below the minimum): every job
+#: would fail the same way until it is staked again.
+STAKE_GONE = frozenset({"NotStaked", "NothingStaked"})
 
 
 @dataclass
@@ -132,6 +138,8 @@ class Worker:
         self.features: set[str] = set()  # what the server takes besides load reports and results
         self.draining = False
         self.stopped_now = False
+        #: Why this worker stopped taking jobs on its own (its account lost its stake), or None.
+        self.unstaked: str | None = None
         self._finished = asyncio.Event()  # drained, or stopped now: run() returns
         self._drain_sent = False  # on this connection
         self._drain_acked = False  # on this connection: no job comes after the server's answer
@@ -165,6 +173,10 @@ class Worker:
                 for task in owed:
                     self.duties[task].cancel()
             log.info("stopped", drained=not self.stopped_now, reveals_owed=owed)
+        if self.unstaked is not None and not self.stopped_now:
+            raise WorkerRefused(
+                f"stopped taking jobs: {self.unstaked}; start the worker again once the account is staked"
+            )
 
     async def _connect_loop(self, session: aiohttp.ClientSession) -> None:
         backoff = 0.5
@@ -512,6 +524,8 @@ class Worker:
             result = {"type": "result", "job": job_id, "ok": True, "detail": detail, "tx": tx}
         except (EthmlError, Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
             result = {"type": "result", "job": job_id, "ok": False, "detail": str(exc), "tx": None}
+            if isinstance(exc, TransactionReverted) and exc.error is not None and exc.error.name in STAKE_GONE:
+                self.unstaked = exc.reason
         except Exception as exc:  # a bug: reported as a failed job, not a job held (and a drain stuck) for good
             log.exception("job_crashed", job=job_id)
             detail = f"the worker failed: {type(exc).__name__}: {exc}"
@@ -528,6 +542,11 @@ class Worker:
         if ws is not None and not ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_json(result)
+        if self.unstaked is not None and not self.draining:
+            # Every job would fail the same way, and each failure costs this account its one try at the task:
+            # no more jobs; the ones running are finished and reported, then the worker exits saying why.
+            log.error("stake_lost", account=self.account.address, role=self.config.role, reason=self.unstaked)
+            self.drain()
 
     async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
         task_id = int(job["chain_task"])
