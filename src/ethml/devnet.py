@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -85,10 +86,13 @@ def check_port_free(host: str, port: int, what: str = "the devnet", noun: str = 
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ChainError(
-                f"cannot start {what} on {host}:{port}: {exc.strerror or exc} "
-                f"(another {noun} or program is using it; choose another with --port)"
-            ) from None
+            if exc.errno == errno.EADDRINUSE:
+                hint = f"another {noun} or program is using it; choose another with --port"
+            elif exc.errno == errno.EACCES:
+                hint = "ports below 1024 need privileges; choose another with --port"
+            else:  # not a name or address of this machine (a typo, an address another host has)
+                hint = "not an address of this machine; choose another with --host, or 0.0.0.0 for all of them"
+            raise ChainError(f"cannot start {what} on {host}:{port}: {exc.strerror or exc} ({hint})") from None
 
 
 def listening_pids(port: int) -> set[int]:

@@ -416,6 +416,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("finalize-too-early", ["task", "finalize", "{open}"], "the finalization window of task {open} opens at "),
     ("serve-port-taken", ["serve", "--port", "{port}"], "another ethml serve or program is using it"),
     ("serve-redis-not-a-url", ["serve", "--redis", "localhost:6379"], "is not a redis://"),
+    (
+        "serve-host-not-here",
+        ["serve", "--host", "192.0.2.1", "--port", "{free}"],  # TEST-NET-1: no machine's own address
+        "cannot start the coordinator on 192.0.2.1:{free}: Cannot assign requested address (not an address of this",
+    ),
     ("serve-redis-malformed", ["serve", "--redis", "redis://[::1"], "--redis 'redis://[::1' is not a valid URL"),
     (
         "serve-redis-unreachable",
