@@ -22,6 +22,7 @@ from eth_typing import HexStr
 from multidict import CIMultiDict, CIMultiDictProxy
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
+from web3.providers.eth_tester import AsyncEthereumTesterProvider
 from yarl import URL
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
@@ -2024,7 +2025,14 @@ async def test_the_keeper_mines_past_a_deadline_on_a_devnet_whose_clock_was_move
     clock the next block will have. It compared deadlines with the wall clock: on a devnet moved ahead
     (`evm_increaseTime`, as tests and demos do) no deadline passes on the wall clock, no block was mined, and a
     task's test-set window went by unrevealed. Nothing due on that clock still mines nothing."""
-    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url, request_kwargs={"timeout": 30}))
+    try:
+        await _moved_ahead(w3)
+    finally:
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+
+async def _moved_ahead(w3: AsyncWeb3[Any]) -> None:
     await w3.provider.make_request("evm_increaseTime", [3600])  # type: ignore[arg-type]
     await w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     number, now = await clock.latest(w3)
@@ -2042,6 +2050,20 @@ async def test_the_keeper_mines_past_a_deadline_on_a_devnet_whose_clock_was_move
     assert (await clock.latest(w3))[0] == number  # nothing mined
     due = task(now - 10, now + 50, now + 500)  # the reveal deadline passed on the chain's clock, not the wall's
     assert await keeper_module._chain_time(chain, [later, due]) > due.reveal_deadline  # type: ignore[arg-type]
+    assert (await clock.latest(w3))[0] == number + 1
+
+
+async def test_the_keeper_mines_past_a_deadline_on_an_idle_embedded_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded chain fixes its pending block's time when the block before it is mined, so on an idle chain
+    that clock falls behind the wall clock: the keeper, reading it alone, never mined the block a deadline
+    passed on the wall clock needs. It takes the later of the two."""
+    w3 = AsyncWeb3(AsyncEthereumTesterProvider())
+    number, now = await clock.latest(w3)
+    monkeypatch.setattr(keeper_module, "_wall", lambda: now + 100)  # the chain idle for 100 s
+    due = types.SimpleNamespace(
+        submit_deadline=now + 50, reveal_deadline=now + 500, test_deadline=now + 900, score_deadline=0, draw_block=0
+    )
+    await keeper_module._chain_time(types.SimpleNamespace(w3=w3), [due])  # type: ignore[arg-type]
     assert (await clock.latest(w3))[0] == number + 1
 
 

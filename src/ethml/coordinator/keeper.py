@@ -8,6 +8,7 @@ in its latest block, or a draw's block is due. It runs on the leader only (`lead
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,15 +35,26 @@ def _deadlines(t: TaskState) -> list[int]:
     return out
 
 
+_wall = time.time  # (a test moves it)
+
+
+async def _next_block_clock(chain: Chain) -> int:
+    """The time the next block will have, as near as can be told: the pending block's timestamp (a development
+    chain's clock, time jumps included), or the wall clock where that is later (the embedded chain fixes its
+    pending block's time when the block before it is mined, so on an idle chain it falls behind)."""
+    return max(await clock.chain_now(chain.w3), int(_wall()))
+
+
 async def _chain_time(chain: Chain, tasks: list[TaskState]) -> int:
     """The latest block's timestamp, after mining a block on a development chain where a deadline has
     passed on the clock its next block will have but not in its latest block, or a draw's block is still to
-    be mined. That clock is the pending block's (`clock.chain_now`): the wall clock plus any time jump
-    (`evm_increaseTime`). Compared with the wall clock alone, a chain moved ahead mined no block while its
-    deadlines passed on its own clock, and a task's test-set window went by unrevealed."""
+    be mined. That clock is the later of the pending block's (the wall clock plus any time jump,
+    `evm_increaseTime`) and the wall clock (`_next_block_clock`). Compared with the wall clock alone, a
+    chain moved ahead mined no block while its deadlines passed on its own clock, and a task's test-set
+    window went by unrevealed."""
     number, now = await clock.latest(chain.w3)
     if await clock.is_dev_chain(chain.w3):
-        ahead = await clock.chain_now(chain.w3)
+        ahead = await _next_block_clock(chain)
         due = any(now <= d < ahead for t in tasks for d in _deadlines(t))
         draws = [t.draw_block for t in tasks if t.draw_block and t.draw_block >= number]
         try:
@@ -73,7 +85,7 @@ async def keep_deadlines(chain: Chain, store: Store) -> None:
     of each live status: past them, tasks never had their test set revealed, a panel drawn or a settlement. Now
     every live task is read, except those still in their submission window on the clock of the next block
     (nothing is due for one before its submit deadline), which cost no chain call."""
-    ahead = await clock.chain_now(chain.w3)
+    ahead = await _next_block_clock(chain)
     live: list[tuple[dict[str, Any], TaskState]] = []
     async for doc in _live_docs(store):
         if doc.get("chain_task_id") is None or int(doc.get("submit_deadline") or 0) >= ahead:
