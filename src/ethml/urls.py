@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+import re
+from urllib.parse import unquote, urlparse
+
+
+def mask_url(url: str) -> str:
+    """`url` as it may be printed: whatever stands before the last '@' of its authority (a user name and a
+    password, which may hold '/', '?' or '#' unencoded) as ***, and the value of a query parameter whose
+    name (percent-decoded) speaks of a password, a secret, a token or a key as ***. No parsing that could
+    fail: a URL that does not parse is masked too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    if at >= 0:
+        rest = "***" + rest[at:]
+    head, question, query = rest.partition("?")
+    if question:
+        pairs = []
+        for pair in query.split("&"):
+            name, equals, _value = pair.partition("=")
+            secret = re.search(r"pass|secret|token|key|auth", unquote(name), re.IGNORECASE)
+            pairs.append(f"{name}=***" if equals and secret else pair)
+        rest = head + "?" + "&".join(pairs)
+    return f"{scheme}{sep}{rest}"
 
 
 def check_url(option: str, url: str, schemes: tuple[str, ...], example: str) -> None:
     """ValueError saying what is wrong with `option`'s `url`: not one of `schemes` with a host, a host that
-    does not parse (an unclosed IPv6 bracket), or a port that is not 0..65535."""
+    does not parse (an unclosed IPv6 bracket), or a port that is not 0..65535. The URL is shown masked
+    (`mask_url`), and the parser's own words, which may repeat it, are left out."""
     kinds = ("an " if schemes[0].startswith("h") else "a ") + " or ".join(f"{scheme}://" for scheme in schemes)
+    shown = mask_url(url)
     try:
         parsed = urlparse(url)
         host = parsed.hostname
-    except ValueError as exc:
-        raise ValueError(f"{option} {url!r} is not a valid URL: {exc}") from None
+    except ValueError:
+        raise ValueError(f"{option} {shown!r} is not a valid URL (its host does not parse)") from None
     if parsed.scheme not in schemes or not host:
-        raise ValueError(f"{option} {url!r} is not {kinds} URL (for example {example})")
+        raise ValueError(f"{option} {shown!r} is not {kinds} URL (for example {example})")
     try:
         parsed.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:
-        raise ValueError(f"{option} {url!r} has an invalid port") from None
+        raise ValueError(f"{option} {shown!r} has an invalid port") from None

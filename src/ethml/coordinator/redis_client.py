@@ -6,7 +6,6 @@ than bytes, str, int and float, and commands named in two words, take redis-py's
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +14,8 @@ from hiredis import pack_command  # a dependency: redis[hiredis]
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ethml.urls import mask_url
 
 _PLAIN = frozenset({bytes, str, int, float})
 
@@ -36,25 +37,28 @@ def _with_hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnect
 
 
 def shown_url(url: str) -> str:
-    """A Redis URL as it may be printed: its user name and password, and a password in its query, as ***."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return re.sub(r"(?i)(password=)[^&]*", r"\1***", f"{scheme}{sep}{netloc}{slash}{path}")
+    """A Redis URL as it may be printed: whatever stands before the last '@' of its authority (a user name and a
+    password, which may hold '/' or '?' unencoded) as ***, and the value of any query parameter whose name
+    speaks of a password (percent-decoded, as redis-py reads it) as ***. Nothing is parsed that could fail."""
+    return mask_url(url)
 
 
 def check_redis_url(url: str) -> None:
     """ValueError saying what is wrong with a --redis URL no connection could be made from (its scheme, host,
-    port or database), before anything starts; nothing is connected here."""
+    port or database), before anything starts; nothing is connected here. The URL is shown masked, and the
+    parser's own words (which may repeat a password) are left out."""
+    shown = shown_url(url)
     try:
         scheme = urlsplit(url).scheme
         if scheme in ("redis", "rediss", "unix"):
             aioredis.ConnectionPool.from_url(url)
-    except ValueError as exc:
-        raise ValueError(f"--redis {shown_url(url)!r} is not a valid URL: {exc}") from None
+    except ValueError:
+        raise ValueError(
+            f"--redis {shown!r} is not a valid URL (its host, port or database does not parse; a password with "
+            "'/', '?', '#' or '@' in it must be percent-encoded)"
+        ) from None
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"--redis {shown_url(url)!r} is not a redis://, rediss:// or unix:// URL")
+        raise ValueError(f"--redis {shown!r} is not a redis://, rediss:// or unix:// URL")
 
 
 def redis_failure(exc: Exception) -> str:
