@@ -81,6 +81,14 @@ def test_clients_behind_a_trusted_proxy_take_from_their_own_buckets() -> None:
         ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
         ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
         ("::ffff:203.0.113.9", "203.0.113.9"),
+        # Addresses that stand for an IPv4 client are counted by it: 6to4 gave one IPv4 host 65,536 buckets (its
+        # /48), and all Teredo clients of one server, or all clients of one NAT64 /96, shared one.
+        ("2002:cb00:7109::1", "203.0.113.9"),
+        ("2002:cb00:7109:ffff::1", "203.0.113.9"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd3", "192.0.2.44"),
+        ("64:ff9b::c633:6401", "198.51.100.1"),
+        ("64:ff9b::cb00:714d", "203.0.113.77"),
     ],
 )
 def test_an_ipv6_client_is_counted_by_its_slash_64(peer: str, bucket: str) -> None:
@@ -94,3 +102,11 @@ def test_an_ipv6_client_is_counted_by_its_slash_64(peer: str, bucket: str) -> No
 def test_a_trusted_proxy_that_is_no_address_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="is not an IP address or a network in CIDR notation"):
         trusted_network(value)
+
+
+def test_a_trusted_proxy_given_as_an_ipv4_mapped_address_is_that_ipv4_address() -> None:
+    """A dual-stack socket (and its access log) shows an IPv4 peer as ::ffff:a.b.c.d, which an operator may copy
+    into --trusted-proxy; the peer is compared as the IPv4 address it is, so that form matched nothing."""
+    proxies = (trusted_network("::ffff:10.0.0.5"),)
+    assert client_address(_request("::ffff:10.0.0.5", "198.51.100.1"), proxies) == "198.51.100.1"  # type: ignore[arg-type]
+    assert client_address(_request("10.0.0.5", "198.51.100.1"), proxies) == "198.51.100.1"  # type: ignore[arg-type]

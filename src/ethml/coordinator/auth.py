@@ -104,15 +104,30 @@ def client_address(request: web.BaseRequest, proxies: tuple[Network, ...]) -> st
     return client
 
 
+#: IPv6 prefixes that carry a client's IPv4 address in their low 32 bits (NAT64's well-known prefix, RFC 6052):
+#: such a client is counted by that IPv4 address, as if it had come over IPv4.
+EMBEDS_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"),)
+
+
 def client_bucket(request: web.BaseRequest, proxies: tuple[Network, ...]) -> str:
-    """The client's address as its buckets count it: an IPv6 address by its /64 network (a host is commonly
-    given a whole /64, and would otherwise have a bucket per address it picks from it), an IPv4 one as is."""
+    """The client's address as its buckets count it. An IPv4 address as is. An IPv6 address by its /64 network
+    (a host is commonly given a whole /64, and would otherwise have a bucket per address it picks from it),
+    except one that stands for an IPv4 client, counted by that address: 6to4 (one IPv4 host owns a /48 of
+    2002::/16), Teredo (the client's public address, obfuscated in the low bits) and NAT64 (many clients behind
+    one translator's /96, each by its own address)."""
     client = client_address(request, proxies)
     if ":" not in client:
         return client
     ip = _address(client)
     if ip is None or ip.version == 4:
         return str(ip or client)
+    assert isinstance(ip, ipaddress.IPv6Address)
+    if ip.sixtofour is not None:
+        return str(ip.sixtofour)
+    if ip.teredo is not None:
+        return str(ip.teredo[1])
+    if any(ip in prefix for prefix in EMBEDS_IPV4):
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 

@@ -18,9 +18,17 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def trusted_network(value: str) -> Network:
     """A `--trusted-proxy` value: an address or a network in CIDR notation (ValueError saying what is wrong)."""
     try:
-        return ipaddress.ip_network(value.strip(), strict=False)
+        network = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address or a network in CIDR notation (10.0.0.0/8)") from None
+    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(mapped):
+        # ::ffff:10.0.0.5, as a dual-stack socket (and its access log) shows an IPv4 peer: the peer is compared
+        # as the IPv4 address it is, so the proxy is that IPv4 address too
+        v4 = network.network_address.ipv4_mapped
+        assert v4 is not None
+        return ipaddress.IPv4Network((v4, network.prefixlen - 96))
+    return network
 
 
 @dataclass
