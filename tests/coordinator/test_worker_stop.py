@@ -380,3 +380,51 @@ async def test_a_worker_whose_account_lost_its_stake_takes_no_more_jobs_and_says
         ("release", "3:train:0", None),
         ("result", "2:train:0", True),
     ], sent
+
+
+class CommittedThenUnstaked(HeldWorker):
+    """Job 2:train:0 commits (its reveal is owed once task 2's submission window closes); then the account's stake
+    goes, and job 1:train:0's commitSubmission reverts NotStaked. The reveal waits for `reveal_window`."""
+
+    def __init__(self, server: str, data_dir: Path) -> None:
+        super().__init__(server, data_dir)
+        self.reveal_window = asyncio.Event()
+        self.reveals: list[str] = []
+
+    async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
+        if job["job"] == "2:train:0":
+            self._owe_reveal("train", 2)  # as `_execute` does when the window is not open yet
+            return {"revealed": False}, None
+        raise TransactionReverted(
+            "commitSubmission", "account is not staked", error=Revert("NotStaked"), preflight=True
+        )
+
+    async def _reveal(self, kind: str, task_id: int) -> None:
+        try:
+            await self.reveal_window.wait()  # revealSubmission takes no stake: it succeeds then
+            self.reveals.append("revealed")
+        except asyncio.CancelledError:
+            self.reveals.append("cancelled")
+            raise
+
+
+async def test_a_worker_that_lost_its_stake_makes_the_reveals_it_owes_before_it_exits(
+    serve: Any, tmp_path: Path
+) -> None:
+    """A reveal needs no stake, and a commitment not revealed loses its bond: the worker that stops taking jobs on
+    NotStaked exited at once and cancelled the reveals it owed (found by the outside review). It now waits for
+    them, with no job running, then exits saying why."""
+    script = Script("ok", [_job("2:train:0", 1), _job("1:train:0", 1)], on_drain=[])
+    worker = CommittedThenUnstaked(await serve(script), tmp_path)
+    run = asyncio.create_task(worker.run())
+    await _event(worker, "draining")
+
+    async def settled() -> bool:
+        return not (worker.running or worker.unacked) and len(script.received) >= 3
+
+    await wait_until(settled, timeout=30, what="both results acknowledged")
+    assert not run.done() and worker.reveals == []  # waiting for task 2's reveal
+    worker.reveal_window.set()
+    with pytest.raises(WorkerRefused, match="it made the reveals it owed first"):
+        await asyncio.wait_for(run, 30)
+    assert worker.reveals == ["revealed"]

@@ -169,13 +169,14 @@ class Worker:
                 for waiter in (connection, finished):
                     waiter.cancel()
                 await asyncio.gather(connection, finished, return_exceptions=True)
-                owed = sorted(task for task, duty in self.duties.items() if not duty.done())
+                owed = self._owed()
                 for task in owed:
                     self.duties[task].cancel()
             log.info("stopped", drained=not self.stopped_now, reveals_owed=owed)
         if self.unstaked is not None and not self.stopped_now:
             raise WorkerRefused(
-                f"stopped taking jobs: {self.unstaked}; start the worker again once the account is staked"
+                f"stopped taking jobs: {self.unstaked}; it made the reveals it owed first; start the worker again "
+                "once the account is staked"
             )
 
     async def _connect_loop(self, session: aiohttp.ClientSession) -> None:
@@ -186,7 +187,17 @@ class Worker:
                 await self._session_once(session)
                 backoff = 0.5
             except WorkerRefused:
-                raise
+                if self.unstaked is None:
+                    raise
+                # Its stake is gone, so no login is let in any more: no connection, but the reveals it owes need
+                # none (nor a stake), and go on. Results not acknowledged come back to the server by its job timeout.
+                log.warning("no_connection_for_reveals", owed=self._owed())
+                self._ws = None
+                self.unacked.clear()
+                self._releasing.clear()
+                self._check_drained()
+                await self._finished.wait()
+                return
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("disconnected", error=str(exc) or type(exc).__name__, retry_in=backoff)
             await asyncio.sleep(backoff)
@@ -336,7 +347,13 @@ class Worker:
         can still be on its way (the server answered the drain, or there is no connection): done."""
         settled = self._ws is None or self._drain_acked or "drain" not in self.features
         if self.draining and settled and not (self.running or self.unacked or self._releasing):
+            if self.unstaked is not None and not self.stopped_now and self._owed():
+                return  # the stake is gone, not the bonds: the reveals it owes first (they need no stake)
             self._finished.set()
+
+    def _owed(self) -> list[int]:
+        """The tasks whose reveal this worker still owes (running in the background)."""
+        return sorted(task for task, duty in self.duties.items() if not duty.done())
 
     async def _login_message(self, ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
         """The next message during the login, within `timeout` (protocol pings do not extend it)."""
@@ -545,7 +562,13 @@ class Worker:
         if self.unstaked is not None and not self.draining:
             # Every job would fail the same way, and each failure costs this account its one try at the task:
             # no more jobs; the ones running are finished and reported, then the worker exits saying why.
-            log.error("stake_lost", account=self.account.address, role=self.config.role, reason=self.unstaked)
+            log.error(
+                "stake_lost",
+                account=self.account.address,
+                role=self.config.role,
+                reason=self.unstaked,
+                reveals_owed=self._owed(),  # made before it exits: a reveal needs no stake, and saves a bond
+            )
             self.drain()
 
     async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
@@ -593,7 +616,9 @@ class Worker:
         running = self.duties.get(task_id)
         if running is not None and not running.done():
             return
-        self.duties[task_id] = asyncio.create_task(self._reveal(kind, task_id), name=f"reveal-{task_id}")
+        duty = asyncio.create_task(self._reveal(kind, task_id), name=f"reveal-{task_id}")
+        duty.add_done_callback(lambda _done: self._check_drained())  # a worker that lost its stake waits for them
+        self.duties[task_id] = duty
 
     async def _reveal(self, kind: str, task_id: int) -> None:
         backoff = 1.0
