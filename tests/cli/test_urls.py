@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ethml.coordinator.redis_client import check_redis_url, shown_url
-from ethml.urls import check_url
+from ethml.coordinator.redis_client import check_redis_url
+from ethml.urls import check_url, mask_url
 
 SECRET = "s3cr"
 
@@ -23,7 +23,7 @@ SECRET = "s3cr"
     ],
 )
 def test_a_redis_password_is_never_printed(url: str) -> None:
-    assert SECRET not in shown_url(url)
+    assert SECRET not in mask_url(url)
     try:
         check_redis_url(url)
     except ValueError as exc:

@@ -15,7 +15,7 @@ from ethml.cli._options import option_groups
 from ethml.devnet import check_port_free
 from ethml.errors import ChainError
 from ethml.paths import data_home
-from ethml.urls import check_url
+from ethml.urls import check_url, mask_url
 
 if TYPE_CHECKING:
     import asyncio
@@ -175,7 +175,7 @@ def serve(
     from ethml.coordinator.appkeys import FATAL
     from ethml.coordinator.config import trusted_network
     from ethml.coordinator.deployment import AnotherDeployment
-    from ethml.coordinator.redis_client import check_redis, check_redis_url, shown_url
+    from ethml.coordinator.redis_client import check_redis, check_redis_url
     from ethml.coordinator.server import ServeConfig, make_app, raise_open_files_limit
 
     check_rpc_url(chain.rpc)
@@ -256,7 +256,7 @@ def serve(
     typer.echo(
         f"ethml coordinator on http://{host}:{port} (dashboard /, API /api, workers ws://{host}:{port}/ws/worker)\n"
         f"chain {chain_id}, TrainingTasks {dep.training}, relayer {relayer.address}, "
-        f"redis {shown_url(redis) if redis else 'private in ' + str(home / 'coordinator' / 'redis')}"
+        f"redis {mask_url(redis) if redis else 'private in ' + str(home / 'coordinator' / 'redis')}"
         + (f", up to {open_files} open files" if open_files is not None else ""),
         err=True,
     )

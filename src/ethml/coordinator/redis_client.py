@@ -36,18 +36,11 @@ def _with_hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnect
     return type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {})
 
 
-def shown_url(url: str) -> str:
-    """A Redis URL as it may be printed: whatever stands before the last '@' of its authority (a user name and a
-    password, which may hold '/' or '?' unencoded) as ***, and the value of any query parameter whose name
-    speaks of a password (percent-decoded, as redis-py reads it) as ***. Nothing is parsed that could fail."""
-    return mask_url(url)
-
-
 def check_redis_url(url: str) -> None:
     """ValueError saying what is wrong with a --redis URL no connection could be made from (its scheme, host,
     port or database), before anything starts; nothing is connected here. The URL is shown masked, and the
     parser's own words (which may repeat a password) are left out."""
-    shown = shown_url(url)
+    shown = mask_url(url)
     try:
         scheme = urlsplit(url).scheme
         if scheme in ("redis", "rediss", "unix"):
@@ -82,9 +75,9 @@ async def check_redis(url: str, timeout: float = 10.0) -> None:  # noqa: ASYNC10
     try:
         await asyncio.wait_for(redis.ping(), timeout)
     except TimeoutError:
-        raise RedisUnavailable(f"the Redis at {shown_url(url)} did not answer within {timeout:.0f} s") from None
+        raise RedisUnavailable(f"the Redis at {mask_url(url)} did not answer within {timeout:.0f} s") from None
     except RedisError as exc:
-        raise RedisUnavailable(f"the Redis at {shown_url(url)} {redis_failure(exc)}") from None
+        raise RedisUnavailable(f"the Redis at {mask_url(url)} {redis_failure(exc)}") from None
     finally:
         await redis.aclose()
 

@@ -50,7 +50,7 @@ from ethml.coordinator.leader import Leader
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.observe import Observer
 from ethml.coordinator.permit import PermitDomain
-from ethml.coordinator.redis_client import connect, redis_failure, shown_url
+from ethml.coordinator.redis_client import connect, redis_failure
 from ethml.coordinator.redis_server import EmbeddedRedis, RedisUnavailable
 from ethml.coordinator.relayer import Relayer
 from ethml.coordinator.routes import TABLES
@@ -62,6 +62,7 @@ from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ipfs.gateway import BLOCKSTORE
 from ethml.training.rules import RulesCache
 from ethml.training.terms import TermsDomain
+from ethml.urls import mask_url
 
 __all__ = ["ServeConfig", "make_app"]
 
@@ -106,7 +107,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await store.setup()
         except RedisError as exc:  # unreachable, a password refused, a server too old for streams
-            where = f"unix://{embedded.socket}" if embedded is not None else shown_url(cfg.redis_url or "")
+            where = f"unix://{embedded.socket}" if embedded is not None else mask_url(cfg.redis_url or "")
             raise RedisUnavailable(f"the Redis at {where} {redis_failure(exc)}") from exc
         app[STORE] = store
         await _admin_key(store, cfg.data_dir / "coordinator" / "admin.key")
