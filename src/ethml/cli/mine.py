@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from ethml.cli._common import check_rpc_url, handle_errors, is_tty
-from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, ConfigError, load_account, pick
-from ethml.urls import check_url
+from ethml.cli._config import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, load_account, pick
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -154,8 +153,10 @@ def mine(
         resolve_account(min(DEV_CHAIN_IDS))  # checks the index against the development mnemonic
     else:
         early = resolve_account(0)  # no chain needed (and a keystore is decrypted once)
+    from ethml.ipfs.client import check_gateway
+
     for url in settings.gateways:
-        _check_gateway(url)
+        check_gateway(url)  # before anything starts (IpfsConfig checks them again when the node builds it)
     chosen = Deployment.load(settings.deployment_file) if settings.deployment_file is not None else None
     Manifest.load(settings.models_dir)
 
@@ -168,13 +169,6 @@ def mine(
         return early if early is not None else resolve_account(chain_id)
 
     raise typer.Exit(asyncio.run(run_miner(settings, account_for, find_deployment)))
-
-
-def _check_gateway(url: str) -> None:
-    try:
-        check_url("--gateway", url, ("http", "https"), "https://ipfs.io")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _float(value: object) -> float | None:

@@ -44,10 +44,15 @@ class IpfsConfig:
 
     def __post_init__(self) -> None:
         for url in self.gateways:  # one that cannot be fetched from fails here, not at the first fetch
-            try:
-                check_url("--gateway", url, ("http", "https"), "https://ipfs.io")
-            except ValueError as exc:
-                raise InvalidGateway(str(exc)) from None
+            check_gateway(url)
+
+
+def check_gateway(url: str) -> None:
+    """InvalidGateway, saying why, unless `url` is an http:// or https:// URL with a host and a valid port."""
+    try:
+        check_url("--gateway", url, ("http", "https"), "https://ipfs.io")
+    except ValueError as exc:
+        raise InvalidGateway(str(exc)) from None
 
 
 class IpfsClient:
