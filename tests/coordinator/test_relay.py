@@ -2045,11 +2045,12 @@ async def _moved_ahead(w3: AsyncWeb3[Any]) -> None:
             submit_deadline=submit, reveal_deadline=reveal, test_deadline=test, score_deadline=0, draw_block=0
         )
 
+    ahead = await keeper_module._next_block_clock(chain)  # type: ignore[arg-type]
     later = task(now + 200, now + 300, now + 400)  # past on neither clock
-    assert await keeper_module._chain_time(chain, [later]) == now  # type: ignore[arg-type]
+    assert await keeper_module._chain_time(chain, [later], ahead) == now  # type: ignore[arg-type]
     assert (await clock.latest(w3))[0] == number  # nothing mined
     due = task(now - 10, now + 50, now + 500)  # the reveal deadline passed on the chain's clock, not the wall's
-    assert await keeper_module._chain_time(chain, [later, due]) > due.reveal_deadline  # type: ignore[arg-type]
+    assert await keeper_module._chain_time(chain, [later, due], ahead) > due.reveal_deadline  # type: ignore[arg-type]
     assert (await clock.latest(w3))[0] == number + 1
 
 
@@ -2063,7 +2064,9 @@ async def test_the_keeper_mines_past_a_deadline_on_an_idle_embedded_chain(monkey
     due = types.SimpleNamespace(
         submit_deadline=now + 50, reveal_deadline=now + 500, test_deadline=now + 900, score_deadline=0, draw_block=0
     )
-    await keeper_module._chain_time(types.SimpleNamespace(w3=w3), [due])  # type: ignore[arg-type]
+    chain = types.SimpleNamespace(w3=w3)
+    ahead = await keeper_module._next_block_clock(chain)  # type: ignore[arg-type]
+    await keeper_module._chain_time(chain, [due], ahead)  # type: ignore[arg-type]
     assert (await clock.latest(w3))[0] == number + 1
 
 

@@ -45,16 +45,15 @@ async def _next_block_clock(chain: Chain) -> int:
     return max(await clock.chain_now(chain.w3), int(_wall()))
 
 
-async def _chain_time(chain: Chain, tasks: list[TaskState]) -> int:
+async def _chain_time(chain: Chain, tasks: list[TaskState], ahead: int) -> int:
     """The latest block's timestamp, after mining a block on a development chain where a deadline has
-    passed on the clock its next block will have but not in its latest block, or a draw's block is still to
-    be mined. That clock is the later of the pending block's (the wall clock plus any time jump,
-    `evm_increaseTime`) and the wall clock (`_next_block_clock`). Compared with the wall clock alone, a
-    chain moved ahead mined no block while its deadlines passed on its own clock, and a task's test-set
-    window went by unrevealed."""
+    passed on the clock its next block will have, `ahead`, but not in its latest block, or a draw's block is
+    still to be mined. That clock is the later of the pending block's (the wall clock plus any time jump,
+    `evm_increaseTime`) and the wall clock (`_next_block_clock`), read once per pass. Compared with the wall
+    clock alone, a chain moved ahead mined no block while its deadlines passed on its own clock, and a task's
+    test-set window went by unrevealed."""
     number, now = await clock.latest(chain.w3)
     if await clock.is_dev_chain(chain.w3):
-        ahead = await _next_block_clock(chain)
         due = any(now <= d < ahead for t in tasks for d in _deadlines(t))
         draws = [t.draw_block for t in tasks if t.draw_block and t.draw_block >= number]
         try:
@@ -96,7 +95,7 @@ async def keep_deadlines(chain: Chain, store: Store) -> None:
             log.warning("keeper_read", task=doc["id"], error=str(exc))
     if not live:
         return
-    now = await _chain_time(chain, [t for _d, t in live])
+    now = await _chain_time(chain, [t for _d, t in live], ahead)
     number = int(await chain.w3.eth.block_number)
     for doc, t in live:
         if not t.open:
