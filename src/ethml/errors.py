@@ -105,10 +105,15 @@ class InvalidGateway(IpfsError, ValueError):
     """An IPFS gateway URL that is no http:// or https:// URL with a host (and a valid port)."""
 
 
+#: How much of a text that is not a CID its error repeats (a CID is at most about 100 characters).
+CID_SHOWN = 120
+
+
 class InvalidCID(IpfsError, ValueError):
     def __init__(self, text: str, problem: str) -> None:
         self.text = text
-        super().__init__(f"{text!r} is not a valid CID: {problem}")
+        shown = repr(text) if len(text) <= CID_SHOWN else f"{text[:CID_SHOWN]!r}... ({len(text):,} characters)"
+        super().__init__(f"{shown} is not a valid CID: {problem}")
 
 
 class UnsupportedCID(IpfsError, ValueError):

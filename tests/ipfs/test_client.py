@@ -161,6 +161,15 @@ async def test_gateway_server_answers(tmp_path, serve) -> None:  # type: ignore[
             assert r.status == 406
         async with s.get(f"{url}/ipfs/nonsense?format=raw") as r:
             assert r.status == 400
+        # A multihash declaring a digest longer than sha2-256's (33 bytes, then 54): its digest could not be
+        # read, and the gateway answered 500 (ethml serve: with a traceback of 12 KB in its log per request).
+        for bad in ("f01551221" + "00" * 33, "bafybent43saorqg4efhunvtbansrajftdj37q4xziexywwf4u2mfxbevmxpozwgixf7v5cm7d6aojukhqbxac5h5qgdjk"):
+            async with s.get(f"{url}/ipfs/{bad}?format=raw") as r:
+                assert r.status == 400 and "max digest size 32" in await r.text(), bad
+        # A long text is not repeated whole in the answer.
+        async with s.get(f"{url}/ipfs/{'b' * 6000}?format=raw") as r:
+            text = await r.text()
+            assert r.status == 400 and "(6,000 characters)" in text and len(text) < 400, text
         async with s.get(f"{url}/ipfs/{parse_cid('QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG')}?format=raw") as r:
             assert r.status == 404
 

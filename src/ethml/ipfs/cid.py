@@ -27,8 +27,12 @@ def parse_cid(value: str | bytes | CID) -> CID:
         raise UnsupportedCID(str(cid), f"codec {cid.codec.name}")
     if cid.hashfun.name != SUPPORTED_HASH:
         raise UnsupportedCID(str(cid), f"hash function {cid.hashfun.name}")
-    if len(cid.raw_digest) != 32:
-        raise InvalidCID(str(cid), f"sha2-256 digest of {len(cid.raw_digest)} bytes")
+    try:  # the multihash may declare a length its hash function cannot have (a 33-byte sha2-256)
+        digest = cid.raw_digest
+    except ValueError as exc:
+        raise InvalidCID(str(cid), str(exc) or type(exc).__name__) from None
+    if len(digest) != 32:
+        raise InvalidCID(str(cid), f"sha2-256 digest of {len(digest)} bytes")
     return cid
 
 
