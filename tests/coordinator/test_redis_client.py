@@ -8,10 +8,11 @@ import functools
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 from redis.asyncio.connection import UnixDomainSocketConnection
-from redis.exceptions import DataError
+from redis.exceptions import DataError, MaxConnectionsError
 
-from ethml.coordinator.redis_client import _with_hiredis_packing, connect
+from ethml.coordinator.redis_client import POOL_SIZE, WaitingPool, _with_hiredis_packing, connect
 from tests.coordinator.conftest import answering, start_redis
 from tests.node.conftest import wait_until
 
@@ -52,6 +53,43 @@ async def test_a_client_round_trips_through_a_real_redis(tmp_path: Path) -> None
             assert await client.config_get("appendonly") == {"appendonly": "yes"}  # the two-word path
             await client.flushall()
             await client.aclose()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_full_pool_waits_for_a_connection_and_gives_up_after_its_wait(tmp_path: Path) -> None:
+    """Commands beyond the pool's size wait for a connection to come back (redis-py's pool raised "Too many
+    connections" at once, which a request answers with a 503); one that waits past the pool's wait fails."""
+    socket = tmp_path / "redis" / "redis.sock"
+    server = start_redis(socket)
+    try:
+        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+        client = connect(socket=str(socket))
+        await wait_until(functools.partial(answering, client), timeout=30, what="Redis to answer")
+        # 300 commands that each hold a connection for 0.1 s, on a pool of 100.
+        assert client.connection_pool.max_connections == POOL_SIZE == 100
+        assert await asyncio.gather(*(client.blpop(["empty"], timeout=0.1) for _ in range(300))) == [None] * 300
+
+        small = Redis.from_pool(
+            WaitingPool(connection_class=UnixDomainSocketConnection, path=str(socket), max_connections=2, wait=1.0)
+        )
+        holding = [asyncio.ensure_future(small.blpop(["empty"], timeout=60)) for _ in range(2)]
+
+        async def both_held() -> bool:
+            return len(small.connection_pool._in_use_connections) == 2
+
+        await wait_until(both_held, timeout=30, what="both connections held")
+        with pytest.raises(MaxConnectionsError, match="all 2 Redis connections stayed in use for 1 s"):
+            await small.ping()
+        # A command waiting when a connection comes back takes it.
+        waiting = asyncio.ensure_future(small.set("k", "v"))
+        await client.lpush("empty", "a")  # (the other pool) one of the two BLPOPs ends, its connection is free
+        assert await asyncio.wait_for(waiting, 60) is True
+        await client.lpush("empty", "b")
+        assert sorted(r[1] for r in await asyncio.gather(*holding)) == [b"a", b"b"]
+        await small.aclose()
+        await client.aclose()
     finally:
         server.terminate()
         server.wait(10)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 log = structlog.get_logger("ethml.coordinator")
+
+T = TypeVar("T")
 
 
 async def forever(name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -105,3 +107,28 @@ class Loops:
             where = [" > ".join(await_chain(t)) or "?" for t in stuck]
             log.warning("shutdown_stuck", tasks=[t.get_name() for t in stuck], where=where)
         self.tasks = []
+
+
+class SharedCall(Generic[T]):
+    """An async call made once for all who ask while it runs: the first caller starts it, and everyone who
+    asks before it ends awaits the same result (or exception). A caller that leaves (a client hanging up)
+    does not cancel it for the others. N clients asking at once cost one call, not N: each dashboard
+    viewer's snapshot was 5 Redis calls and 2 RPC calls of its own, and each health check a Redis command
+    (300 at once took all of the pool's connections)."""
+
+    def __init__(self, call: Callable[[], Awaitable[T]]) -> None:
+        self._call = call
+        self._running: asyncio.Future[T] | None = None
+
+    async def __call__(self) -> T:
+        if self._running is None:
+            running = asyncio.ensure_future(self._call())
+            running.add_done_callback(self._ended)
+            self._running = running
+        return await asyncio.shield(self._running)
+
+    def _ended(self, running: asyncio.Future[T]) -> None:
+        if self._running is running:
+            self._running = None
+        if not running.cancelled():
+            running.exception()  # retrieved: every caller may have left before it ended

@@ -1,7 +1,11 @@
 """The coordinator's Redis connection pool: redis-py's asyncio client, with commands packed by
 hiredis (in C) instead of redis-py's pure-Python packer, which costs an accepted POST /api/tasks more
 than its Lua script takes to run. The bytes on the wire are the same; arguments of any other type
-than bytes, str, int and float, and commands named in two words, take redis-py's own path."""
+than bytes, str, int and float, and commands named in two words, take redis-py's own path.
+
+The pool holds at most POOL_SIZE connections, and a command that finds them all in use waits for one
+to come back (up to POOL_WAIT s) instead of failing at once: redis-py's plain pool raised "Too many
+connections" there, and 300 clients asking at once got 503s for an outage that was not one."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from hiredis import pack_command  # a dependency: redis[hiredis]
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
+from redis.exceptions import AuthenticationError, InvalidResponse, MaxConnectionsError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ethml.urls import mask_url
@@ -34,6 +38,56 @@ class _HiredisPacking:
 
 def _with_hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {})
+
+
+#: Connections a pool opens at most (an instance's commands take well under a millisecond each).
+POOL_SIZE = 100
+#: How long a command waits for a connection of a full pool before it fails (then the request's 503).
+POOL_WAIT = 10.0
+
+
+class WaitingPool(aioredis.ConnectionPool):
+    """A connection pool where a command that finds every connection in use waits for one to be released.
+    Taking a connection costs what it costs in redis-py's pool while one is free: the wait is only on the
+    path where that pool raised MaxConnectionsError."""
+
+    def __init__(self, *args: Any, wait: float = POOL_WAIT, **kwargs: Any) -> None:
+        kwargs.setdefault("max_connections", POOL_SIZE)
+        super().__init__(*args, **kwargs)
+        self.wait = wait
+        self._waiting: list[asyncio.Future[None]] = []
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        while True:
+            try:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call, no-any-return]
+            except MaxConnectionsError:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise MaxConnectionsError(
+                        f"all {self.max_connections} Redis connections stayed in use for {self.wait:g} s"
+                    ) from None
+                released: asyncio.Future[None] = loop.create_future()
+                self._waiting.append(released)
+                try:
+                    await asyncio.wait_for(released, left)
+                except TimeoutError:
+                    pass
+                finally:
+                    if released in self._waiting:
+                        self._waiting.remove(released)
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            while self._waiting:  # the longest waiting, unless it gave up meanwhile
+                released = self._waiting.pop(0)
+                if not released.done():
+                    released.set_result(None)
+                    break
 
 
 def check_redis_url(url: str) -> None:
@@ -83,15 +137,16 @@ async def check_redis(url: str, timeout: float = 10.0) -> None:  # noqa: ASYNC10
 
 
 def connect(*, url: str | None = None, socket: str | None = None, health_check_interval: int = 10) -> aioredis.Redis:
-    """A client on a pool of its own: a redis://, rediss:// or unix:// `url`, or a unix `socket` path."""
+    """A client on a pool of its own (`WaitingPool`): a redis://, rediss:// or unix:// `url`, or a unix `socket`
+    path."""
     if socket is not None:
-        pool = aioredis.ConnectionPool(
+        pool = WaitingPool(
             connection_class=aioredis.UnixDomainSocketConnection,
             path=socket,
             health_check_interval=health_check_interval,
         )
     else:
         assert url is not None
-        pool = aioredis.ConnectionPool.from_url(url, health_check_interval=health_check_interval)
+        pool = WaitingPool.from_url(url, health_check_interval=health_check_interval)
     pool.connection_class = _with_hiredis_packing(pool.connection_class)
     return aioredis.Redis.from_pool(pool)

@@ -55,6 +55,7 @@ from ethml.coordinator.redis_server import EmbeddedRedis, RedisUnavailable
 from ethml.coordinator.relayer import Relayer
 from ethml.coordinator.routes import TABLES
 from ethml.coordinator.routes.dashboard import SNAPSHOT, SnapshotCache
+from ethml.coordinator.routes.health import REDIS_ANSWERS, redis_answers
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.store import Store
 from ethml.coordinator.uploads import Uploads
@@ -82,6 +83,7 @@ def make_app(config: ServeConfig) -> web.Application:
     app[METRICS] = Metrics()
     app[API_KEYS] = KeyCache()
     app[SNAPSHOT] = SnapshotCache()
+    app[REDIS_ANSWERS] = redis_answers(app)
     app[UPLOADS] = Uploads()
     app[FATAL] = Fatal()
     app[STOPPING] = asyncio.Event()

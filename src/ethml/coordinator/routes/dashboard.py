@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, STOPPING, STORE
 from ethml.coordinator.auth import rate_limit
-from ethml.coordinator.background import stop_if_cancelled
+from ethml.coordinator.background import SharedCall, stop_if_cancelled
 from ethml.oracle import list_requests, oracle_status
 
 routes = web.RouteTableDef()
@@ -25,6 +25,10 @@ routes = web.RouteTableDef()
 class SnapshotCache:
     taken: float = 0.0
     snapshot: dict[str, Any] | None = None
+    #: The snapshot as an event of the stream, encoded once for every stream.
+    event: bytes = b""
+    #: The snapshot being taken, shared by every request that finds the cache stale meanwhile.
+    taking: SharedCall[None] | None = None
 
 
 SNAPSHOT = web.AppKey("dashboard_snapshot", SnapshotCache)
@@ -63,12 +67,22 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
     }
 
 
-async def cached_snapshot(app: web.Application) -> dict[str, Any]:
+async def cached_snapshot(app: web.Application) -> SnapshotCache:
+    """The cache, with a snapshot at most a second old. However many requests find it stale at once, one
+    snapshot is taken for all of them."""
     cache = app[SNAPSHOT]
-    now = time.monotonic()
-    if cache.snapshot is None or now - cache.taken > 1.0:
-        cache.snapshot, cache.taken = await snapshot(app), now
-    return cache.snapshot
+    if cache.snapshot is None or time.monotonic() - cache.taken > 1.0:
+        if cache.taking is None:
+
+            async def take() -> None:
+                taken = await snapshot(app)
+                cache.snapshot, cache.event = taken, f"data: {json.dumps(taken)}\n\n".encode()
+                cache.taken = time.monotonic()
+
+            cache.taking = SharedCall(take)
+        await cache.taking()
+    assert cache.snapshot is not None
+    return cache
 
 
 @routes.get("/")
@@ -80,7 +94,7 @@ async def page(request: web.Request) -> web.Response:
 @routes.get("/api/dashboard")
 async def data(request: web.Request) -> web.Response:
     await rate_limit(request, None)
-    return web.json_response(await cached_snapshot(request.app))
+    return web.json_response((await cached_snapshot(request.app)).snapshot)
 
 
 @routes.get("/api/dashboard/events")
@@ -93,7 +107,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(ConnectionError, asyncio.CancelledError):
         while not stopping.is_set():
             stop_if_cancelled()  # a cancel dropped inside a Redis call (see background.py) still ends the stream
-            await response.write(f"data: {json.dumps(await cached_snapshot(request.app))}\n\n".encode())
+            await response.write((await cached_snapshot(request.app)).event)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), 2.0)  # the next snapshot, or the server stops
     return response

@@ -7,17 +7,31 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, METRICS, STORE
+from ethml.coordinator.background import SharedCall
 
 routes = web.RouteTableDef()
 
 
+def redis_answers(app: web.Application) -> SharedCall[bool]:
+    """Whether Redis answers a PING: one PING for all the health checks that ask while it is under way (a load
+    balancer's checks, or a flood of them, cost the pool one connection, not one each)."""
+
+    async def ping() -> bool:
+        try:
+            await app[STORE].redis.ping()
+        except (aioredis.RedisError, OSError):
+            return False
+        return True
+
+    return SharedCall(ping)
+
+
+REDIS_ANSWERS: web.AppKey[SharedCall[bool]] = web.AppKey("redis_answers", SharedCall)
+
+
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    redis_ok = True
-    try:
-        await request.app[STORE].redis.ping()
-    except (aioredis.RedisError, OSError):
-        redis_ok = False
+    redis_ok = await request.app[REDIS_ANSWERS]()
     head = request.app[CHAIN].head
     body = {
         "ok": redis_ok and head is not None,
