@@ -147,7 +147,7 @@ async def test_header_bytes_that_are_not_utf8_get_a_401_not_a_500(anvil_url: str
             (b"GET /api/workers", b"Authorization: Bearer \xff\xfe", b"unknown API key"),
             (b"GET /api/workers", b"X-API-Key: \xff", b"unknown API key"),
             (b"POST /api/keys", b"Authorization: Bearer \xc3\x28", b"unknown API key"),
-            (b"POST /api/files", b"X-Worker-Token: \xff", b"API key is required"),
+            (b"POST /api/files", b"X-Worker-Token: \xff", b"unknown worker upload token"),
             (
                 b"POST /api/files",
                 b"X-Worker-Token: \xff\r\nAuthorization: Bearer " + c.admin_key.encode() + b"\xff",

@@ -1,4 +1,5 @@
-"""Who is asking and how often: API keys (`Authorization: Bearer <key>`, cached for 5 s), the client's
+"""Who is asking and how often: API keys (`Authorization: Bearer <key>`, or `X-API-Key: <key>`; cached for
+5 s), the client's
 address (the TCP peer's, or behind a trusted reverse proxy the one it forwarded), and the token buckets every
 request takes from (its client address's and its key's, in Redis)."""
 
@@ -30,8 +31,8 @@ API_KEYS = web.AppKey("api_keys", KeyCache)
 
 async def principal(request: web.Request, *, required: tuple[str, ...] | None) -> Principal | None:
     """The API key's record (role, name, and `key`: its hash); raises 401/403 when `required` is not met."""
-    header = request.headers.get("Authorization", "")
-    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.headers.get("X-API-Key")
+    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    key = value.strip() if scheme.lower() == "bearer" else request.headers.get("X-API-Key")  # (schemes: any case)
     who = None
     if key:
         cache = request.app[API_KEYS]

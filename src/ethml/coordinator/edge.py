@@ -108,7 +108,7 @@ async def errors_and_metrics(
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.message, exc.field, exc.headers)
-        if exc.close:
+        if exc.close or _body_on_the_way(request):
             await _answer_and_close(request, response)
     except ClientGone:
         response, status = web.Response(status=400), CLIENT_CLOSED  # written to no one
@@ -119,6 +119,8 @@ async def errors_and_metrics(
             said = (exc.text or "").strip()  # aiohttp's own words where it has any ("No WebSocket UPGRADE hdr")
             message = said if said and not said.startswith(f"{exc.status}: ") else exc.reason
             response = error_response(exc.status, message, headers=allow)
+            if _body_on_the_way(request):
+                await _answer_and_close(request, response)
         else:
             request.app[METRICS].observe(route, exc.status, time.perf_counter() - started)
             raise
@@ -138,6 +140,13 @@ async def errors_and_metrics(
         response = error_response(500, "internal error (logged by the server)")
     request.app[METRICS].observe(route, status or response.status, time.perf_counter() - started)
     return response
+
+
+def _body_on_the_way(request: web.Request) -> bool:
+    """Whether the request's body has not all arrived: refused before it was read (no key, a role or rate limit,
+    no such path), it would keep the connection reading it for up to 10 s, so the answer closes it. A body that
+    came whole with the headers costs nothing more to skip, and keeps the connection."""
+    return request.body_exists and not request.content.is_eof()
 
 
 async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:

@@ -26,7 +26,7 @@ from multiformats import CID
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
 from ethml.coordinator.artifacts import Layered, PendingArtifacts, reveal_closed
-from ethml.coordinator.auth import rate_limit, required
+from ethml.coordinator.auth import principal, rate_limit, required
 from ethml.coordinator.edge import ApiError, DiskFailed, DiskFull, disk_errors, refuse_encoded, spool_body
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY, MIB, QUOTA_SECONDS
@@ -56,6 +56,9 @@ async def post_file(request: web.Request) -> web.Response:
     if owner is not None:
         await rate_limit(request, None)
         return await _post_artifact(request, owner)
+    if token and await principal(request, required=None) is None:  # a token, and no API key to fall back on
+        await rate_limit(request, None)  # guessing tokens costs tokens
+        raise ApiError(401, "unknown worker upload token (a worker's token ends with its login: log in again)")
     who = await required(request, "requester", "admin")
     await rate_limit(request, who["key"])
     refuse_encoded(request, MAX_FILE_BYTES)  # a 415 or 413 before the floor and the quota

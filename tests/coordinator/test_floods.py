@@ -1,0 +1,139 @@
+"""Many clients at once, none of them at fault: they wait their turn for a Redis connection instead of getting
+503s, a dashboard snapshot is taken once for all who ask in the same second, and a request refused before its
+body arrived has its connection closed with the answer instead of read on for 10 s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ethml.coordinator.routes import dashboard
+from tests.coordinator.conftest import coordinator_on
+
+OPEN = {"key_rate": 1e6, "key_burst": 10**6, "ip_rate": 1e6, "ip_burst": 10**6}
+
+
+async def _burst(session: aiohttp.ClientSession, urls: list[tuple[str, dict[str, str]]]) -> Counter[int]:
+    async def one(url: str, headers: dict[str, str]) -> int:
+        async with session.get(url, headers=headers) as response:
+            await response.read()
+            return response.status
+
+    return Counter(await asyncio.gather(*(one(url, headers) for url, headers in urls)))
+
+
+async def test_a_burst_of_clients_waits_for_redis_connections_and_gets_no_503(anvil_url: str, tmp_path: Path) -> None:
+    """300 health checks and 300 task listings at once, each a Redis call or two: redis-py's pool opens 100
+    connections at most and failed the 101st command at once ("Too many connections"), which the edge answers
+    503 "a backend is unavailable" (and /healthz reported Redis down). Now such a command waits for a
+    connection to come back, and a health check shares the PING under way."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server(**OPEN)
+        key = await c.requester_key()
+        auth = {"Authorization": f"Bearer {key}"}
+        urls = [(f"{url}/healthz", {}) for _ in range(300)] + [(f"{url}/api/tasks?limit=1", auth) for _ in range(300)]
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+            for _ in range(2):
+                statuses = await _burst(session, urls)
+                assert statuses == Counter({200: 600}), statuses
+
+
+async def test_a_dashboard_snapshot_is_taken_once_for_all_who_ask_at_once(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each dashboard request that found the snapshot stale took its own (5 Redis calls and 2 chain calls): N
+    viewers cost N times the RPC's quota. Now one snapshot is taken for all the requests that ask while it is
+    taken, and a viewer that leaves meanwhile does not cancel it for the others."""
+    taken: list[float] = []
+    real = dashboard.snapshot
+
+    async def counted(app: Any) -> dict[str, Any]:
+        taken.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.5)  # a slow RPC: every request below arrives while it is taken
+        return await real(app)
+
+    monkeypatch.setattr(dashboard, "snapshot", counted)
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server(**OPEN)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            # One viewer gives up at once: its request is cancelled while the snapshot is being taken.
+            leaver = asyncio.ensure_future(session.get(f"{url}/api/dashboard"))
+            await asyncio.sleep(0.05)
+            leaver.cancel()
+            statuses = await _burst(session, [(f"{url}/api/dashboard", {}) for _ in range(60)])
+            assert statuses == Counter({200: 60}), statuses
+            assert len(taken) == 1, taken
+            # The event streams share it too, encoded once.
+            async with session.get(f"{url}/api/dashboard/events") as response:
+                line = await asyncio.wait_for(response.content.readline(), 60)
+                assert json.loads(line.removeprefix(b"data: "))["instance"]
+
+
+async def test_a_request_refused_before_its_body_arrived_has_its_connection_closed(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """An upload refused for its key (none, unknown, a worker token that is no longer valid) or a path that
+    does not exist, answered while its body is still on the way: aiohttp went on reading (and discarding) the
+    body for up to 10 s, which is what a slow client wants. Now the answer says Connection: close and the
+    connection ends with it. A small body that came whole with its headers keeps the connection."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server()
+        port = int(url.rsplit(":", 1)[1])
+
+        async def refused(line: bytes, headers: bytes, sent: bytes, length: int) -> tuple[bytes, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(line + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"Content-Length: %d\r\n\r\n" % length + sent)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+            rest = await asyncio.wait_for(reader.read(), 60)  # b"" once the server closes: within 60 s, not 10 s
+            writer.close()
+            return head, rest
+
+        big = 16_000_000
+        for line, headers, status in (
+            (b"POST /api/files", b"", b"401"),
+            (b"POST /api/files", b"Authorization: Bearer nope\r\n", b"401"),
+            (b"POST /api/files", b"X-Worker-Token: gone\r\n", b"401"),
+            (b"POST /api/nowhere", b"", b"404"),
+        ):
+            head, rest = await refused(line, headers, b"x" * 1024, big)
+            assert head.startswith(b"HTTP/1.1 " + status), (line, headers, head)
+            assert b"Connection: close" in head, (line, headers, head)
+            assert json.loads(rest)["error"]["status"] == int(status)
+
+        # A body that came whole: answered, and the connection kept for the next request.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(b"POST /api/files HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+            assert head.startswith(b"HTTP/1.1 401") and b"Connection: close" not in head, head
+            sizes = [h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+            length = int(sizes[0].split(b":")[1])
+            await asyncio.wait_for(reader.readexactly(length), 60)
+        writer.close()
+
+
+async def test_the_bearer_scheme_is_read_in_any_case_and_x_api_key_works(anvil_url: str, tmp_path: Path) -> None:
+    """HTTP's authentication schemes are case-insensitive: `bearer <key>` was refused as no key at all."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        await c.start_server()
+        for headers in (
+            {"Authorization": f"bearer {c.admin_key}"},
+            {"Authorization": f"BEARER   {c.admin_key}"},
+            {"X-API-Key": c.admin_key},
+        ):
+            async with aiohttp.ClientSession() as session, session.get(c.url + "/api/workers", headers=headers) as r:
+                assert r.status == 200, (headers, await r.text())
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(c.url + "/api/workers", headers={"Authorization": f"Basic {c.admin_key}"}) as r,
+        ):
+            assert r.status == 401  # another scheme is not a key
