@@ -128,6 +128,10 @@ async def _step(chain: Chain, store: Store, doc: dict[str, Any], t: TaskState, n
         await send_raw(chain, store, tasks.functions.replaceNoShows(t.id), "replaceNoShows", (doc["id"], name))
     elif finalizable(t, now):
         await send_raw(chain, store, tasks.functions.finalizeTask(t.id), "finalizeTask", (doc["id"], "finalize"))
+        # Mined: forgotten, as a draw is. A task whose test set was never revealed needs two: the first fixes the
+        # holdout panel's draw, the second settles; a finalize kept in the journal was taken for the second (its
+        # receipt found, nothing sent), and the task stayed open for good.
+        await store.update_task(doc["id"], lambda d: _forget(d, "finalize"))
 
 
 def _forget(doc: dict[str, Any], name: str) -> None:
