@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 from ethml import __version__
 from ethml.coordinator import schemas as s
 
-BEARER: list[dict[str, list[str]]] = [{"apiKey": []}]
+BEARER: list[dict[str, list[str]]] = [{"apiKey": []}, {"apiKeyHeader": []}]
 FILE = s.MAX_FILE_BYTES
 
 ERRORS = {
@@ -125,6 +125,12 @@ def openapi_document() -> dict[str, Any]:
             "schemas": top.get("$defs", {}),
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "an ethml API key"},
+                "apiKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "an ethml API key, sent in this header instead of Authorization",
+                },
                 "workerToken": {
                     "type": "apiKey",
                     "in": "header",
@@ -207,7 +213,7 @@ def openapi_document() -> dict[str, Any]:
                     "still there, is answered 200 without its body being read. An artifact is served at once, and "
                     "kept once the window has closed only if it was revealed. An upload "
                     "that would leave the disk under --min-free-disk MiB free (half of it for an artifact) gets 507.",
-                    "security": [{"apiKey": []}, {"workerToken": []}],
+                    "security": [*BEARER, {"workerToken": []}],
                     "requestBody": {
                         "required": True,
                         "content": {
