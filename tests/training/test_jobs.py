@@ -3,11 +3,19 @@ through the skops allow-list, and an honest claim reproduces to the last digit."
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from ethml.errors import UntrustedArtifact
 from ethml.training import ESTIMATORS, SpecError, assess, fit_and_claim, parse_spec, sklearn_dataset_csv, split_csv
 from ethml.training.jobs import TrainingError
+from tests.conftest import ROOT
 
 
 def _spec(name: str, dataset: bytes, metric: str | None = None) -> object:
@@ -83,3 +91,49 @@ def test_bad_csv_is_a_clear_error() -> None:
         fit_and_claim(spec, b"x,y\n" + b"1,2\n" * 20, 1)  # type: ignore[arg-type]
     with pytest.raises(TrainingError, match="row 3 is not numeric"):
         fit_and_claim(spec, b"a,y\n1,2\nfoo,3\n" + b"1,2\n" * 20, 1)  # type: ignore[arg-type]
+
+
+def _sleep_after_writing_pid(path: str) -> None:
+    """A job that never ends by itself (run by `run_limited` in the test below)."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # exited (a zombie is dead, its parent has not reaped it yet)
+
+
+def test_a_job_s_process_ends_when_the_worker_that_started_it_is_killed(tmp_path: Path) -> None:
+    """A fit runs in a child process (of multiprocessing's forkserver, not of the worker): after `kill -9` of
+    the worker it ran on until the fit ended, up to the spec's time limit, on a core beside the worker
+    restarted. It now ends with the worker."""
+    pidfile = tmp_path / "job.pid"
+    script = (
+        "import asyncio\n"
+        "from ethml.training.jobs import run_limited\n"
+        "from tests.training.test_jobs import _sleep_after_writing_pid\n"
+        f"asyncio.run(run_limited(_sleep_after_writing_pid, {str(pidfile)!r}, timeout=600))\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert worker.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, "the job did not start within 120 s"
+            time.sleep(0.1)
+        job = int(pidfile.read_text())
+        assert not _gone(job)
+        worker.kill()
+        worker.wait(30)
+        deadline = time.monotonic() + 60
+        while not _gone(job):
+            assert time.monotonic() < deadline, "the job outlived its worker by 60 s"
+            time.sleep(0.1)
+    finally:
+        worker.kill()
+        if pidfile.exists() and pidfile.read_text() and not _gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -7,10 +7,13 @@ submissions run on its workers (ethml.training.cluster), with the same bytes and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import importlib
 import io
 import multiprocessing
+import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -375,7 +378,21 @@ async def score_submissions(
     return found_all
 
 
-def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _end_with_parent(lifeline: Any) -> None:
+    """End this process when the one that started the job does, even by `kill -9`: a thread waits on a pipe
+    whose other end only that process holds, and exits when it closes (the kernel closes it with the process).
+    A forkserver's child outlived its worker until its fit ended, using a core beside the worker restarted."""
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv()  # nothing is ever sent: this returns when the other end is closed
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+def _child(conn: Any, lifeline: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    _end_with_parent(lifeline)
     try:
         conn.send(("ok", fn(*args)))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a message
@@ -389,9 +406,11 @@ async def run_limited(fn: Callable[..., Any], *args: Any, timeout: float) -> Any
     the child comes back as TrainingError (ClusterError for a cluster that cannot be used)."""
     ctx = multiprocessing.get_context("forkserver")
     parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(child, fn, args), daemon=True)
+    lifeline, held = ctx.Pipe(duplex=False)  # `held` stays here (never inherited: the pipe is close-on-exec)
+    process = ctx.Process(target=_child, args=(child, lifeline, fn, args), daemon=True)
     process.start()
     child.close()
+    lifeline.close()
     try:
         ready = await asyncio.to_thread(parent.poll, timeout)
         if not ready:
@@ -406,6 +425,7 @@ async def run_limited(fn: Callable[..., Any], *args: Any, timeout: float) -> Any
             process.kill()
         await asyncio.to_thread(process.join, 5)
         parent.close()
+        held.close()
     if message[0] == "error":
         if message[2] == "ClusterError":
             raise ClusterError(message[1])
