@@ -101,10 +101,13 @@ class Coordinator:
         await runner.cleanup()
         self.runners.remove(runner)
 
-    def start_worker(self, role: str, account: int, *extra: str, url: str | None = None) -> subprocess.Popen[bytes]:
-        data = self.root / f"worker-{role}-{account}-{len(self.workers)}"
+    def start_worker(
+        self, role: str, account: int, *extra: str, url: str | None = None, data: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`ethml worker` on a data dir of its own (or `data`, to start one again where it ran)."""
+        data = data or self.root / f"worker-{role}-{account}-{len(self.workers)}"
         data.mkdir(parents=True, exist_ok=True)
-        log = (data / "worker.log").open("wb")
+        log = (data / "worker.log").open("ab")
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "ethml", "worker",

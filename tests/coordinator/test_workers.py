@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from ethml.coordinator.permit import sign_login
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import worker_socket
 from ethml.coordinator.store import GROUP, WAITING
+from ethml.coordinator.worker import worker_identity
 from tests.coordinator.conftest import Coordinator, coordinator_on
 from tests.coordinator.test_flow import post_wine_task, wait_status
 from tests.node.conftest import wait_until
@@ -126,6 +130,44 @@ async def test_a_killed_worker_s_job_goes_to_another_worker_once(coordinator: Co
     assert text.count("job_started") == 1 and "delivery=2" in text
     pending = await store.redis.xpending("ethml:jobs:trainer", "workers")
     assert pending["pending"] == 0  # acknowledged
+
+
+async def test_a_worker_killed_with_9_and_started_again_on_its_data_dir_gets_its_job_back(
+    coordinator: Coordinator,
+) -> None:
+    """A worker keeps its id on its data dir: started again after `kill -9`, it logs in under the same id, the
+    job it was running is sent to it again (the same delivery) and finished by the same account. With a new id
+    per process, the job waited out the job timeout and could only go to another account (one delivery of a
+    task's training jobs per account): with no other trainer, the task waited for good."""
+    c = coordinator
+    key = await c.requester_key()
+    task_id, _ = await post_wine_task(c, key, trainers=1)
+    await wait_status(c, task_id, "open", timeout=60)
+    first = c.start_worker("trainer", 5)
+    log = first.log_path  # type: ignore[attr-defined]
+
+    async def started() -> bool:
+        return "job_started" in log.read_text()
+
+    await wait_until(started, timeout=120, what="the trainer to take the job")
+    first.send_signal(signal.SIGKILL)  # mid-job
+    await asyncio.to_thread(first.wait, 10)
+    again = c.start_worker("trainer", 5, data=log.parent)
+    store = c.store()
+
+    async def recorded() -> bool:
+        return await store.result("1:train:0") is not None
+
+    await wait_until(recorded, timeout=180, what="the job's result")
+    result = await store.result("1:train:0")
+    assert result is not None and result["ok"] and result["delivery"] == 1, result
+    ids = re.findall(r"\(id ([^)]+)\)", log.read_text())
+    assert len(ids) == 2 and ids[0] == ids[1], ids  # the same id, from the data dir
+    assert result["worker"] == f"{dev_account(5).address}:{ids[0]}", result
+    doc = await wait_status(c, task_id, "training", timeout=60)
+    assert [s["trainer"] for s in doc["submissions"]] == [dev_account(5).address]
+    assert await store.redis.xlen("ethml:dead") == 0
+    assert again.poll() is None
 
 
 class RawWorker:
@@ -544,3 +586,45 @@ async def test_ctrl_c_finishes_the_job_and_a_second_ctrl_c_hands_it_to_another_w
         doc = await wait_status(c, task_2, "training", timeout=60)
         assert [s["trainer"] for s in doc["submissions"]] == [dev_account(4).address]
         assert third.poll() is None
+
+
+def test_a_worker_id_is_kept_per_data_dir_and_never_held_by_two_processes(tmp_path: Path) -> None:
+    """The id is the first free slot's of the data dir, account and role, held with a lock while the worker runs:
+    the same id again once released (or its process killed), another one while it is held, its own per account
+    and role; a slot file that holds no valid id gets a new one; a data dir that cannot hold the files gives a
+    fresh id for the process."""
+    address, other = dev_account(5).address, dev_account(6).address
+    with worker_identity(tmp_path, address, "trainer") as first:
+        assert re.fullmatch(r"t0-[0-9a-f]{12}", first), first
+        with worker_identity(tmp_path, address, "trainer") as second:
+            assert second != first and second.startswith("t1-")
+        with (
+            worker_identity(tmp_path, address, "validator") as third,
+            worker_identity(tmp_path, other, "trainer") as fourth,
+        ):
+            assert third.startswith("v0-") and fourth.startswith("t0-") and len({first, third, fourth}) == 3
+    with worker_identity(tmp_path, address, "trainer") as again:
+        assert again == first
+    # Held by a process killed with -9: the kernel releases the lock with it.
+    script = (
+        "import sys, time; from pathlib import Path; from ethml.coordinator.worker import worker_identity\n"
+        f"with worker_identity(Path({str(tmp_path)!r}), {address!r}, 'trainer') as i:\n"
+        "    print(i, flush=True); time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == first
+        with worker_identity(tmp_path, address, "trainer") as meanwhile:
+            assert meanwhile != first
+    finally:
+        holder.kill()
+        holder.wait(30)
+    with worker_identity(tmp_path, address, "trainer") as after:
+        assert after == first
+    (tmp_path / "worker" / f"{address.lower()}.trainer.0.id").write_text("not an id!\n")
+    with worker_identity(tmp_path, address, "trainer") as fresh:
+        assert fresh != first and fresh.startswith("t0-")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with worker_identity(blocked, address, "trainer") as unkept:  # (a data dir that is a file)
+        assert unkept.startswith("t") and unkept != fresh

@@ -325,11 +325,15 @@ def worker(
     then it exits 0. A second Ctrl-C stops it at once: its jobs go back to the coordinator for
     another worker now (exit 130). Reveals still owed resume at its next start on the same data dir.
 
+    A worker keeps its id on its data dir: started again after a crash (kill -9 included), it logs in
+    under the same id and the jobs it was running come back to it. A second worker of the same account
+    and role on the same data dir, while the first runs, takes an id of its own.
+
     With --dask, a forest's trees and the scoring of many submissions run on a Dask cluster (checked
     at the start: reachable, with workers, same library versions), with the same artifacts and scores
     as without it; the coordinator's dashboard shows the cluster's size.
     """
-    from ethml.coordinator.worker import Worker, WorkerConfig, _http_base
+    from ethml.coordinator.worker import Worker, WorkerConfig, _http_base, worker_identity
     from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 
     if role not in ("trainer", "validator"):
@@ -347,20 +351,16 @@ def worker(
                 signer = _signer(account, private_key, dep.chain_id, f"the {role}'s account")
                 home = chain.data_dir or data_home()
                 ipfs = IpfsClient(Blockstore(home / "blocks"), IpfsConfig(gateways=gateways or [_http_base(server)]))
-                config = WorkerConfig(
-                    server=server,
-                    role=role,
-                    capacity=capacity,
-                    worker_id=_worker_id(role),
-                    compute=compute,
-                    data_dir=home,
-                )
-                typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {config.worker_id})", err=True)
-                async with ipfs:
-                    running = Worker(config, w3, dep, signer, ipfs)
-                    _stop_on_signals(running)
-                    await running.run()
-                    return running.stopped_now
+                with worker_identity(home, signer.address, role) as worker_id:
+                    config = WorkerConfig(
+                        server=server, role=role, capacity=capacity, worker_id=worker_id, compute=compute, data_dir=home
+                    )
+                    typer.echo(f"ethml worker {signer.address} as {role} for {server} (id {worker_id})", err=True)
+                    async with ipfs:
+                        running = Worker(config, w3, dep, signer, ipfs)
+                        _stop_on_signals(running)
+                        await running.run()
+                        return running.stopped_now
 
             stopped_now = chain.run(work)
     except KeyboardInterrupt:
@@ -401,9 +401,3 @@ def _stop_on_signals(running: Worker) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-
-
-def _worker_id(role: str) -> str:
-    """A fresh id per worker process: a restarted worker is a new worker (its predecessor's jobs time
-    out and go elsewhere); reconnects within one process keep the id and the jobs."""
-    return f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}"

@@ -33,9 +33,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from web3.exceptions import Web3Exception
 from ethml.chain.deploy import Deployment
 from ethml.coordinator.background import cancel_and_wait, stop_if_cancelled
 from ethml.coordinator.permit import sign_login
-from ethml.coordinator.schemas import MAX_FILE_BYTES
+from ethml.coordinator.schemas import MAX_FILE_BYTES, WORKER_ID
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.paths import data_home
@@ -93,6 +94,56 @@ class WorkerConfig:
     load_interval: float | None = None  # default: what the server asks for
     compute: Compute = field(default_factory=Compute)  # this machine, or a Dask cluster, and the limits
     data_dir: Path = field(default_factory=data_home)  # the blockstore's home and the reveal secrets
+
+
+#: How many workers of one account and role may run on one data dir at once, each keeping an id of its own.
+ID_SLOTS = 64
+
+
+@contextlib.contextmanager
+def worker_identity(data_dir: Path, address: str, role: str) -> Iterator[str]:
+    """The worker id this process logs in with, held (an exclusive `flock`) until the block ends: the id of the
+    first free slot of this data dir, account and role (`<data dir>/worker/<address>.<role>.<slot>.id`), made
+    and written the first time. A worker started again after a crash (`kill -9` included: the kernel releases
+    the lock with the process) takes its id back, and with it the jobs the coordinator holds for that id: they
+    are sent to it again and, what it did on chain already not being done again, finished, instead of waiting
+    out the job timeout and going to another account (an account gets one delivery of a task's training jobs,
+    so the task lost that account's try). A second process on the same data dir, account and role, while the
+    first runs, takes the next slot's id: one id is never two live processes. Where the data dir cannot hold
+    the files (read-only), or every slot is held, the id is a fresh one for this process only."""
+    import fcntl
+
+    folder = data_dir / "worker"
+    held, worker_id = None, f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for slot in range(ID_SLOTS):
+            handle = open(folder / f"{address.lower()}.{role}.{slot}.id", "a+")  # noqa: SIM115 - held until the end
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.seek(0)
+            known = handle.read().strip()
+            if not re.fullmatch(WORKER_ID, known or "-") or not known.startswith(role[0]):
+                known = f"{role[0]}{slot}-{os.urandom(6).hex()}"
+                handle.seek(0)
+                handle.truncate()
+                handle.write(known + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            held, worker_id = handle, known
+            break
+        else:
+            log.warning("worker_id_not_kept", reason=f"all {ID_SLOTS} ids of this data dir are held", id=worker_id)
+    except OSError as exc:
+        log.warning("worker_id_not_kept", error=str(exc), data_dir=str(data_dir), id=worker_id)
+    try:
+        yield worker_id
+    finally:
+        if held is not None:
+            held.close()  # (the lock goes with it)
 
 
 def _http_base(server: str) -> str:
