@@ -1,10 +1,12 @@
-"""Many clients at once, none of them at fault: they wait their turn for a Redis connection instead of getting
-503s, a dashboard snapshot is taken once for all who ask in the same second, and a request refused before its
-body arrived has its connection closed with the answer instead of read on for 10 s."""
+"""API keys listed and revoked by an admin. Many clients at once, none of them at fault: they wait their turn
+for a Redis connection instead of getting 503s, a dashboard snapshot is taken once for all who ask in the same
+second, and a request refused before its body arrived has its connection closed with the answer instead of
+read on for 10 s."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,8 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import dashboard
 from tests.coordinator.conftest import coordinator_on
+from tests.node.conftest import wait_until
 
 OPEN = {"key_rate": 1e6, "key_burst": 10**6, "ip_rate": 1e6, "ip_burst": 10**6}
 
@@ -137,3 +141,62 @@ async def test_the_bearer_scheme_is_read_in_any_case_and_x_api_key_works(anvil_u
             session.get(c.url + "/api/workers", headers={"Authorization": f"Basic {c.admin_key}"}) as r,
         ):
             assert r.status == 401  # another scheme is not a key
+
+
+async def test_an_admin_lists_and_revokes_api_keys_but_never_the_last_admin_key(anvil_url: str, tmp_path: Path) -> None:
+    """A leaked key stayed valid for good: keys could be created, never listed nor revoked. Now an admin lists
+    them (ids, names, roles; never the keys) and revokes one, refused at once by the instance that revoked it and
+    within the key cache's 5 s by another; the last admin key is kept (409), so the API always has an admin."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        await c.start_server()
+        socket = socket_path(c.root / "server" / "coordinator" / "redis")  # the first one's Redis, shared
+        _other, other_url = await c.start_server(redis_url=f"unix://{socket}", data_dir=c.root / "second", relay=False)
+        admin = c.admin_key
+        status, made, _ = await c.api("POST", "/api/keys", key=admin, body={"name": "lab", "role": "requester"})
+        assert status == 201 and made["id"] == hashlib.sha256(made["key"].encode()).hexdigest(), made
+        lab = made["key"]
+
+        async def upload(url: str) -> tuple[int, Any, dict[str, str]]:  # (a route that needs a requester's key)
+            return await c.api("POST", "/api/files", key=lab, url=url, raw=b"hello", content_type="text/plain")
+
+        for url in (c.url, other_url):  # each instance caches the key (5 s)
+            assert (await upload(url))[0] == 201
+        status, listed, _ = await c.api("GET", "/api/keys", key=admin)
+        assert status == 200
+        assert [(r["name"], r["role"]) for r in listed["keys"]] == [("admin", "admin"), ("lab", "requester")]
+        assert lab not in json.dumps(listed) and admin not in json.dumps(listed)
+        assert (await c.api("GET", "/api/keys", key=lab))[0] == 403
+
+        status, revoked, _ = await c.api("DELETE", f"/api/keys/{made['id']}", key=admin)
+        assert status == 200 and revoked == {"id": made["id"], "name": "lab", "role": "requester", "revoked": True}
+        status, body, _ = await upload(c.url)  # this instance: at once
+        assert status == 401 and body["error"]["message"] == "unknown API key", body
+
+        async def refused_elsewhere() -> bool:
+            return (await upload(other_url))[0] == 401
+
+        await wait_until(refused_elsewhere, timeout=60, what="the other instance to refuse the revoked key")
+        assert (await c.api("DELETE", f"/api/keys/{made['id']}", key=admin))[0] == 404  # gone already
+        assert (await c.api("DELETE", "/api/keys/NOT-AN-ID", key=admin))[0] == 422
+
+        # The last admin key stays; with a second one, the first can go, and the second keeps working.
+        [admin_id] = [r["id"] for r in listed["keys"] if r["role"] == "admin"]
+        status, body, _ = await c.api("DELETE", f"/api/keys/{admin_id}", key=admin)
+        assert status == 409 and "last admin key" in body["error"]["message"], body
+        status, second, _ = await c.api("POST", "/api/keys", key=admin, body={"name": "ops", "role": "admin"})
+        assert status == 201
+        assert (await c.api("DELETE", f"/api/keys/{admin_id}", key=second["key"]))[0] == 200
+        assert (await c.api("GET", "/api/keys", key=admin))[0] == 401
+        status, body, _ = await c.api("DELETE", f"/api/keys/{second['id']}", key=second["key"])
+        assert status == 409, body
+        # Two admins revoking each other's keys at once leave one of them.
+        status, third, _ = await c.api("POST", "/api/keys", key=second["key"], body={"name": "sec", "role": "admin"})
+        answers = await asyncio.gather(
+            c.api("DELETE", f"/api/keys/{third['id']}", key=second["key"]),
+            c.api("DELETE", f"/api/keys/{second['id']}", key=third["key"], url=other_url),
+        )
+        assert sorted(a[0] for a in answers) in ([200, 409], [200, 401]), answers
+        status, left, _ = await c.api("GET", "/api/keys", key=second["key"])
+        if status == 401:
+            status, left, _ = await c.api("GET", "/api/keys", key=third["key"], url=other_url)
+        assert status == 200 and [r["role"] for r in left["keys"]] == ["admin"], left

@@ -91,7 +91,7 @@ used nonce fails the task with the reason."""
 def openapi_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         s.TaskCreate, s.TaskImport, s.TaskCreated, s.TaskView, s.TaskPage, s.ApiKeyCreate, s.ApiKeyOut,
-        s.WorkerList, s.Disconnected, s.FileAdded, s.Health, s.ErrorOut,
+        s.ApiKeyList, s.ApiKeyRevoked, s.WorkerList, s.Disconnected, s.FileAdded, s.Health, s.ErrorOut,
     ]  # fmt: skip
     inputs = (s.TaskCreate, s.TaskImport, s.ApiKeyCreate)
     _, top = models_json_schema(
@@ -242,6 +242,34 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "201": _json(s.ApiKeyOut, "the new key, shown once"),
                         **_errors(401, 403, *JSON_BODY),
+                    },
+                },
+                "get": {
+                    "summary": "The API keys, oldest first: id (the key's SHA-256), name, role, created (admin)",
+                    "security": BEARER,
+                    "responses": {
+                        "200": _json(s.ApiKeyList, "the keys (never the keys themselves)"),
+                        **_errors(401, 403),
+                    },
+                },
+            },
+            "/api/keys/{key_id}": {
+                "delete": {
+                    "summary": "Revoke an API key (admin): refused at once by this instance, by the others within 5 s",
+                    "security": BEARER,
+                    "parameters": [
+                        {
+                            "name": "key_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": s.KEY_ID},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(s.ApiKeyRevoked, "revoked"),
+                        **_errors(401, 403, 422),
+                        "404": _json(s.ErrorOut, "no such key"),
+                        "409": _json(s.ErrorOut, "the last admin key (create another admin key first)"),
                     },
                 }
             },

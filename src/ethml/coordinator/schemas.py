@@ -311,9 +311,32 @@ WORKER_MESSAGE: TypeAdapter[LoadReport | JobResult | Drain | JobRelease] = TypeA
 
 
 class ApiKeyOut(BaseModel):
+    id: str = Field(description="the key's id (the SHA-256 of the key, which is all the server stores)")
     name: str
     role: str
     key: str = Field(description="shown once; only its hash is stored")
+
+
+#: An API key's id: the SHA-256 of the key, in hex.
+KEY_ID = r"^[0-9a-f]{64}$"
+
+
+class ApiKeyView(BaseModel):
+    id: str = Field(description="the SHA-256 of the key, in hex (the key itself is never stored)")
+    name: str
+    role: str
+    created: float = Field(description="unix time")
+
+
+class ApiKeyList(BaseModel):
+    keys: list[ApiKeyView]
+
+
+class ApiKeyRevoked(BaseModel):
+    id: str
+    name: str
+    role: str
+    revoked: bool = True
 
 
 class Submission(BaseModel):

@@ -105,6 +105,10 @@ def _text_or_none(value: bytes | str) -> str | None:
     return text or None
 
 
+class LastAdminKey(Exception):
+    """The key to revoke is the last admin key."""
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -263,6 +267,42 @@ class Store:
             return None
         found = await self.redis.hgetall(k.api_key(hash_key(key)))
         return {k.decode(): v.decode() for k, v in found.items()} if found else None
+
+    async def api_keys(self) -> list[dict[str, Any]]:
+        """Every API key's record (id: its hash; name, role, created), oldest first."""
+        out = []
+        async for name in self.redis.scan_iter(k.API_KEY_PATTERN, count=500):
+            found = await self.redis.hgetall(name)
+            if found:
+                record = {f.decode(): v.decode() for f, v in found.items()}
+                key_id = name.decode().rsplit(":", 1)[1]
+                out.append({"id": key_id, "name": record.get("name", ""), "role": record.get("role", ""),
+                            "created": float(record.get("created") or 0)})  # fmt: skip
+        return sorted(out, key=lambda r: (r["created"], r["id"]))
+
+    async def revoke_api_key(self, key_id: str) -> dict[str, str] | None:
+        """Delete the key whose hash is `key_id`: its record, or None for no such key. LastAdminKey when it is
+        the last admin key (the API would have no key left to make others with). The admin keys are watched
+        while this one is deleted, so two admins revoking each other's keys at once leave one of them."""
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                keys = [name async for name in self.redis.scan_iter(k.API_KEY_PATTERN, count=500)]
+                await pipe.watch(k.api_key(key_id), *keys)
+                found = await pipe.hgetall(k.api_key(key_id))
+                if not found:
+                    return None
+                record = {f.decode(): v.decode() for f, v in found.items()}
+                if record.get("role") == "admin":
+                    roles = [await pipe.hget(name, "role") for name in keys]
+                    if sum(r == b"admin" for r in roles) <= 1:
+                        raise LastAdminKey
+                pipe.multi()
+                pipe.delete(k.api_key(key_id))
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue  # a key changed meanwhile: decide again
+                return record
 
     async def has_admin_key(self) -> bool:
         async for name in self.redis.scan_iter(k.API_KEY_PATTERN, count=500):
