@@ -319,5 +319,44 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/ipfs/{cid}": {
+                "get": {
+                    "summary": "A raw block of the coordinator's blockstore by its CID (a trustless gateway: the "
+                    "client checks the block against the CID). It answers only ?format=raw or Accept: "
+                    "application/vnd.ipld.raw; its errors are plain text, as a gateway's are. Beyond this schema "
+                    "the CID must decode: CIDv0 or CIDv1, raw or dag-pb, sha2-256 (else 400)",
+                    "parameters": [
+                        {"name": "cid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 200}},
+                        {"name": "format", "in": "query", "required": False, "schema": {"enum": ["raw"]}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the block",
+                            "content": {"application/vnd.ipld.raw": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        **{
+                            str(code): {"description": why, "content": {"text/plain": {"schema": {"type": "string"}}}}
+                            for code, why in (
+                                (400, "not a CID this gateway reads"),
+                                (404, "no such block here"),
+                                (406, "not asked for a raw block"),
+                            )
+                        },
+                    },
+                }
+            },
+            "/api/dashboard": {
+                "get": {
+                    "summary": "The dashboard's data: a snapshot of the tasks, workers, queues and the oracle, taken "
+                    "at most once a second (its live updates are server-sent events at /api/dashboard/events)",
+                    "responses": {
+                        "200": {
+                            "description": "the snapshot",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_errors(),
+                    },
+                }
+            },
         },
     }
