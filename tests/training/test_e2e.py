@@ -33,7 +33,7 @@ from ethml.training.flow import (
     train_and_submit,
     validate_task,
 )
-from ethml.training.onchain import NotDrawn, TaskError
+from ethml.training.onchain import NotDrawn, TaskError, write_secret
 from ethml.training.trainer import submission_commitment
 from tests.node.conftest import System, make_system, wait_until
 
@@ -298,3 +298,11 @@ async def _answered(system: System, rid: int) -> bool:
 
 def test_training_parameters_default_to_sane_stakes() -> None:
     assert TrainingParameters().min_trainer_stake == 100 * EML
+
+
+def test_a_secret_is_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "submission-1.json"
+    write_secret(path, {"task": 1, "model_cid": "x", "sha256": "ab" * 32, "claim": 1, "salt": "cd" * 32})
+    with pytest.raises(TaskError, match="is not replaced"):
+        write_secret(path, {"task": 1, "model_cid": "y", "sha256": "ab" * 32, "claim": 2, "salt": "ef" * 32})
+    assert json.loads(path.read_text())["model_cid"] == "x"

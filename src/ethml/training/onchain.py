@@ -3,6 +3,7 @@ stands, in words; the secrets a party keeps between committing and revealing (DA
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment, training_contract
@@ -239,7 +241,11 @@ def secret_file(data_dir: Path, deployment: Deployment, kind: str, task_id: int,
 
 
 def write_secret(path: Path, data: dict[str, Any]) -> None:
-    """Written before the commitment is sent, readable only by its owner, replaced atomically."""
+    """Written before the commitment is sent, readable only by its owner, replaced atomically. A secret that is
+    there already is never replaced (TaskError): a commitment made from it may be on its way to the chain (sent by
+    a process killed before it was mined), and a new secret would not open it: its reveal, and the bond, lost."""
+    if read_secret(path) is not None:
+        raise TaskError(f"{path} holds the secret of a commitment that may be on its way already: it is not replaced")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -289,3 +295,15 @@ def read_secret(path: Path) -> dict[str, Any] | None:
             problem = "lacks" if name not in data else "holds a malformed"
             raise TaskError(f"the {kind} secret in {path} {problem} {name!r}: it cannot be revealed")
     return data
+
+
+async def settle_pending(w3: AsyncWeb3[Any], address: ChecksumAddress, until: int) -> None:
+    """Wait until `address` has no transaction pending (its pending nonce is its latest block's), or until the
+    chain's clock passes `until`: a transaction sent by a process of this account that was killed before it was
+    mined is mined, or dropped, before the same step is taken again."""
+    from ethml.training import clock
+
+    while await w3.eth.get_transaction_count(address, "pending") > await w3.eth.get_transaction_count(address):
+        if await clock.chain_now(w3) > until:
+            return
+        await asyncio.sleep(1.0)

@@ -37,6 +37,7 @@ from ethml.training.onchain import (
     read_task,
     require_open,
     secret_file,
+    settle_pending,
     training,
     write_secret,
 )
@@ -136,6 +137,22 @@ async def train_and_submit(
     path = secret_file(data_dir, deployment, "submission", task_id, trainer.address)
     started = time.monotonic()
     trained_now = False
+    if int(await tasks.functions.submissionOf(task_id, trainer.address).call()) == 0 and read_secret(path) is not None:
+        # Committed to from this data dir before, and not on chain yet: a worker killed after sending its commitment
+        # (the job then comes back to it), or a send that failed. That commitment, never a new model and salt: the
+        # secret kept is the only one that opens a commitment that may still be mined.
+        if progress is not None:
+            progress(f"task {task_id} was committed to from this data dir before: waiting for {trainer.address}'s "
+                     "transactions on their way, then sending that commitment again if it is not on chain")  # fmt: skip
+        await settle_pending(w3, trainer.address, task.submit_deadline)
+        if int(await tasks.functions.submissionOf(task_id, trainer.address).call()) == 0:
+            kept = read_secret(path) or {}
+            commitment = submission_commitment(
+                task_id, trainer.address, kept["model_cid"], bytes.fromhex(kept["sha256"]), int(kept["claim"]),
+                bytes.fromhex(kept["salt"]),
+            )  # fmt: skip
+            await clock.catch_up(w3, trainer)
+            await send(w3, trainer, tasks.functions.commitSubmission(task_id, commitment), what="commitSubmission")
     if int(await tasks.functions.submissionOf(task_id, trainer.address).call()) == 0:
         # Would the task take a commitment from this trainer now (stake, free stake for the bond, the
         # window, one each)? Asked before the training, which can take minutes; the commitment itself is

@@ -49,6 +49,7 @@ from ethml.training.onchain import (
     read_task,
     require_open,
     secret_file,
+    settle_pending,
     submissions,
     training,
     write_secret,
@@ -188,7 +189,20 @@ async def validate_task(
     result: dict[str, Any] = {"task": task_id, "seat": seat["seat"], "committed": False, "revealed": False}
     if seat["state"] == 3:
         raise TaskError(f"validator {address} already revealed its scores for task {task_id} (AlreadyRevealed)")
-    if seat["state"] == 1:  # drawn, not committed
+    if seat["state"] == 1 and read_secret(path) is not None:
+        # Scored and committed from this data dir before, not on chain yet (a worker killed after sending it, or a
+        # send that failed): that commitment again, never new scores and salt, which would not open it.
+        await settle_pending(w3, address, task.score_deadline)
+        now = await _seat(w3, deployment, await read_task(w3, deployment, task_id), address)
+        if now is not None and now["state"] == 1:
+            kept = read_secret(path) or {}
+            commitment = score_commitment(
+                task_id, address, bool(kept["unusable"]), list(kept["scores"]), bytes.fromhex(kept["salt"])
+            )
+            await clock.catch_up(w3, validator)
+            tasks = training(w3, deployment)
+            await send(w3, validator, tasks.functions.commitScores(task_id, commitment), what="commitScores")
+    elif seat["state"] == 1:  # drawn, not committed
         await clock.catch_up(w3, validator)
         probe = training(w3, deployment).functions.commitScores(task_id, b"\x01" * 32)
         await preflight(w3, probe, {"from": address}, "commitScores")  # the window, before scoring
