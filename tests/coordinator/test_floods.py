@@ -200,3 +200,40 @@ async def test_an_admin_lists_and_revokes_api_keys_but_never_the_last_admin_key(
         if status == 401:
             status, left, _ = await c.api("GET", "/api/keys", key=third["key"], url=other_url)
         assert status == 200 and [r["role"] for r in left["keys"]] == ["admin"], left
+
+
+async def test_100_continue_is_sent_only_to_a_body_the_server_will_read(anvil_url: str, tmp_path: Path) -> None:
+    """A client that sends `Expect: 100-continue` waits for the server's word before its body: aiohttp said
+    `100 Continue` before any check, so an upload refused for its key still sent its 16 MiB. Now a refusal is the
+    first and final answer, and the 100 comes only when the handler starts reading the body."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server()
+        key = await c.requester_key()
+        port = int(url.rsplit(":", 1)[1])
+
+        async def ask(headers: bytes, body: bytes) -> list[bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/files HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: text/plain\r\n"
+                + headers + b"Content-Length: %d\r\n\r\n" % len(body)
+            )  # fmt: skip
+            await writer.drain()
+            heads = [await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)]
+            if heads[0].startswith(b"HTTP/1.1 100"):
+                writer.write(body)
+                await writer.drain()
+                heads.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60))
+            writer.close()
+            return [h.split(b"\r\n")[0] for h in heads]
+
+        assert await ask(b"", b"hello") == [b"HTTP/1.1 401 Unauthorized"]
+        assert await ask(b"Authorization: Bearer " + key.encode() + b"\r\n", b"hello") == [
+            b"HTTP/1.1 100 Continue",
+            b"HTTP/1.1 201 Created",
+        ]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /api/files HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        assert head.startswith(b"HTTP/1.1 417"), head
+        writer.close()

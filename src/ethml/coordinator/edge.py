@@ -159,11 +159,41 @@ async def _answer_and_close(request: web.Request, response: web.StreamResponse) 
     request.protocol.force_close()
 
 
+#: Set on a request whose `Expect: 100-continue` was deferred (`defer_continue`) until its body is read.
+CONTINUE_DEFERRED = web.RequestKey("continue_deferred", bool)
+
+
+async def defer_continue(request: web.Request) -> web.StreamResponse | None:
+    """The expect handler of the routes that read a body: aiohttp's sends `100 Continue` before the handler runs,
+    so a client that waits for it sent its body (up to 16 MiB) even to be refused for its key, a quota or a full
+    disk. Here the 100 is sent only when the handler starts reading the body (`continue_body`), after every
+    check made before it; a refusal before that is the final answer, and the body is never sent. Another
+    Expect value is a 417, as aiohttp's."""
+    expect = request.headers.get("Expect", "")
+    if request.version != aiohttp.HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        response = error_response(417, f"unknown Expect: {expect[:60]}")
+        response.force_close()
+        return response
+    request[CONTINUE_DEFERRED] = True
+    return None
+
+
+async def continue_body(request: web.Request) -> None:
+    """Send the `100 Continue` `defer_continue` held back, once: the handler is about to read the body."""
+    if request.get(CONTINUE_DEFERRED):
+        request[CONTINUE_DEFERRED] = False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # (aiohttp's own: the response's bytes are counted from here)
+
+
 async def read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     """The whole body, as sent (no Content-Encoding: a compressed body's size says nothing of what it
     unpacks to; 415): at most `limit` bytes (413), within `seconds` (408, connection closed), from a
     client still there (ClientGone)."""
     refuse_encoded(request, limit)
+    await continue_body(request)
     content = request.content
     with _receiving(seconds):
         if content.is_eof():  # it came with the headers (most JSON bodies): nothing to wait for
@@ -188,6 +218,7 @@ async def spool_body(
     caller takes it out (on an error here, it is taken out here). A disk with no room for it is a DiskFull
     (507), another failure of the disk a 503 (`disk_errors`)."""
     refuse_encoded(request, limit)
+    await continue_body(request)
     with disk_errors():
         file = spool(directory)
     size = 0

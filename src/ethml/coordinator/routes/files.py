@@ -27,7 +27,15 @@ from multiformats import CID
 from ethml.coordinator.appkeys import CHAIN, CONFIG, IPFS, PENDING, STORE, UPLOADS
 from ethml.coordinator.artifacts import Layered, PendingArtifacts, reveal_closed
 from ethml.coordinator.auth import principal, rate_limit, required
-from ethml.coordinator.edge import ApiError, DiskFailed, DiskFull, disk_errors, refuse_encoded, spool_body
+from ethml.coordinator.edge import (
+    ApiError,
+    DiskFailed,
+    DiskFull,
+    defer_continue,
+    disk_errors,
+    refuse_encoded,
+    spool_body,
+)
 from ethml.coordinator.schemas import MAX_FILE_BYTES
 from ethml.coordinator.uploads import MAX_FAILED_BODIES, MAX_UPLOADS_PER_KEY, MIB, QUOTA_SECONDS
 from ethml.errors import IpfsError
@@ -44,7 +52,7 @@ T = TypeVar("T")
 routes.get("/ipfs/{cid}")(ipfs_block)
 
 
-@routes.post("/api/files")
+@routes.post("/api/files", expect_handler=defer_continue)
 async def post_file(request: web.Request) -> web.Response:
     """Add a file; needs an API key, or a worker's upload token (X-Worker-Token, from its login) with the
     opening of its submission's commitment (the X-Artifact-* headers). The disk's floor is checked before

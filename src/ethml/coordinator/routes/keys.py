@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ethml.coordinator.appkeys import STORE
 from ethml.coordinator.auth import API_KEYS, rate_limit, required
-from ethml.coordinator.edge import ApiError, read_json
+from ethml.coordinator.edge import ApiError, defer_continue, read_json
 from ethml.coordinator.schemas import KEY_ID, ApiKeyCreate
 from ethml.coordinator.store import LastAdminKey, hash_key
 
@@ -18,7 +18,7 @@ routes = web.RouteTableDef()
 _KEY_ID = re.compile(KEY_ID)
 
 
-@routes.post("/api/keys")
+@routes.post("/api/keys", expect_handler=defer_continue)
 async def create_key(request: web.Request) -> web.Response:
     who = await required(request, "admin")
     await rate_limit(request, who["key"])

@@ -17,7 +17,7 @@ from ethml.coordinator import redis_keys as k
 from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import Principal, buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
-from ethml.coordinator.edge import ApiError, read_json
+from ethml.coordinator.edge import ApiError, defer_continue, read_json
 from ethml.coordinator.follower import BEFORE_VALIDATING, CreationNotFound, creation_block, task_opened
 from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.relayer import replay_history
@@ -90,7 +90,7 @@ def _signer_key(signature: str, digest: bytes) -> bytes | None:
     return recover_public_key(digest, raw[64], raw[:32], raw[32:64])
 
 
-@routes.post("/api/tasks")
+@routes.post("/api/tasks", expect_handler=defer_continue)
 async def post_task(request: web.Request) -> web.Response:
     """Validate; check the spec's CID, the requester's signature of the terms and the permit's; store
     and queue: one Redis round trip for an accepted task (the rate limit and the store are one script);
@@ -219,7 +219,7 @@ async def _add_test_set(store: Store, task_id: str, posted: dict[str, Any]) -> d
     return dict(held)
 
 
-@routes.post("/api/tasks/import")
+@routes.post("/api/tasks/import", expect_handler=defer_continue)
 async def import_task(request: web.Request) -> web.Response:
     who = await required(request, "requester", "admin")
     await rate_limit(request, who["key"])
