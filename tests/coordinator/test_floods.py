@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import types
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from ethml.coordinator.redis_server import socket_path
@@ -237,3 +239,31 @@ async def test_100_continue_is_sent_only_to_a_body_the_server_will_read(anvil_ur
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         assert head.startswith(b"HTTP/1.1 417"), head
         writer.close()
+
+
+async def test_a_health_ping_that_hangs_answers_redis_down_and_the_next_check_pings_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checks share one PING: one that never returns (a connection gone dark) held every later check, after
+    Redis was back too. It now has a deadline: that check says Redis is down, and the next one pings anew."""
+    from ethml.coordinator.appkeys import STORE
+    from ethml.coordinator.routes import health
+
+    monkeypatch.setattr(health, "PING_WAIT", 0.2)
+    dark = asyncio.Event()
+    answers: list[str] = []
+
+    class Redis:
+        async def ping(self) -> bool:
+            answers.append("ping")
+            if not dark.is_set():
+                await asyncio.Event().wait()  # never answers
+            return True
+
+    app = aiohttp.web.Application()
+    app[STORE] = types.SimpleNamespace(redis=Redis())  # type: ignore[assignment]
+    shared = health.redis_answers(app)
+    assert await asyncio.wait_for(asyncio.gather(shared(), shared()), 30) == [False, False]
+    assert answers == ["ping"]  # one PING for both
+    dark.set()  # Redis answers again
+    assert await asyncio.wait_for(shared(), 30) is True

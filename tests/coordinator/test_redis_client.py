@@ -4,6 +4,7 @@ which it falls back to for what hiredis is not given (other types, two-word comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from pathlib import Path
 
@@ -93,3 +94,53 @@ async def test_a_full_pool_waits_for_a_connection_and_gives_up_after_its_wait(tm
     finally:
         server.terminate()
         server.wait(10)
+
+
+async def test_a_full_pool_serves_its_waiters_in_order_and_a_cancelled_one_passes_its_turn(tmp_path: Path) -> None:
+    """Two commands that keep taking and releasing the pool's two connections starved a third one: a released
+    connection went to whoever asked next, and the third waited out its wait and failed while hundreds of
+    commands were served. Now a new command queues behind the waiting ones, and a waiter woken and then cancelled
+    passes its turn to the next (who would otherwise wait out the whole wait with a connection free)."""
+    socket = tmp_path / "redis" / "redis.sock"
+    server = start_redis(socket)
+    try:
+        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+        pool = WaitingPool(connection_class=UnixDomainSocketConnection, path=str(socket), max_connections=2, wait=20)
+        served = [0, 0]
+        stop = asyncio.Event()
+
+        async def hot(i: int) -> None:
+            while not stop.is_set():
+                connection = await pool.get_connection()
+                await asyncio.sleep(0.002)
+                await pool.release(connection)
+                served[i] += 1
+
+        hot_ones = [asyncio.ensure_future(hot(i)) for i in range(2)]
+        await wait_until(lambda: _true(min(served) > 10), timeout=60, what="the hot commands to run")
+        late = await asyncio.wait_for(pool.get_connection(), 60)  # its turn comes; it did not before
+        await pool.release(late)
+        stop.set()
+        await asyncio.gather(*hot_ones)
+
+        held = await pool.get_connection()
+        other = await pool.get_connection()
+        first = asyncio.ensure_future(pool.get_connection())
+        second = asyncio.ensure_future(pool.get_connection())
+        await wait_until(lambda: _true(len(pool._waiting) == 2), timeout=30, what="two waiting")
+        await pool.release(held)  # wakes the first ...
+        first.cancel()  # ... which leaves before it runs: the second gets the connection, not the wait's 20 s
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        got = await asyncio.wait_for(second, 15)
+        await pool.release(got)
+        await pool.release(other)
+        assert not pool._waiting
+        await pool.disconnect()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def _true(value: bool) -> bool:
+    return value

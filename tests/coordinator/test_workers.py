@@ -628,3 +628,16 @@ def test_a_worker_id_is_kept_per_data_dir_and_never_held_by_two_processes(tmp_pa
     blocked.write_text("")
     with worker_identity(blocked, address, "trainer") as unkept:  # (a data dir that is a file)
         assert unkept.startswith("t") and unkept != fresh
+
+
+def test_a_worker_id_file_is_never_read_or_written_through_a_link(tmp_path: Path) -> None:
+    """A link planted in the data dir's worker folder was followed: its target was overwritten with an id, or an
+    id in it adopted. Now such a slot is refused, and the worker takes a fresh id for the process."""
+    address = dev_account(5).address
+    victim = tmp_path / "precious"
+    victim.write_text("precious data")
+    (tmp_path / "data" / "worker").mkdir(parents=True)
+    (tmp_path / "data" / "worker" / f"{address.lower()}.trainer.0.id").symlink_to(victim)
+    with worker_identity(tmp_path / "data", address, "trainer") as worker_id:
+        assert worker_id.startswith("t") and worker_id not in victim.read_text()
+    assert victim.read_text() == "precious data"

@@ -108,7 +108,7 @@ async def errors_and_metrics(
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.message, exc.field, exc.headers)
-        if exc.close or _body_on_the_way(request):
+        if exc.close:
             await _answer_and_close(request, response)
     except ClientGone:
         response, status = web.Response(status=400), CLIENT_CLOSED  # written to no one
@@ -119,8 +119,6 @@ async def errors_and_metrics(
             said = (exc.text or "").strip()  # aiohttp's own words where it has any ("No WebSocket UPGRADE hdr")
             message = said if said and not said.startswith(f"{exc.status}: ") else exc.reason
             response = error_response(exc.status, message, headers=allow)
-            if _body_on_the_way(request):
-                await _answer_and_close(request, response)
         else:
             request.app[METRICS].observe(route, exc.status, time.perf_counter() - started)
             raise
@@ -138,6 +136,8 @@ async def errors_and_metrics(
     except Exception:  # a bug: logged with its traceback here, one JSON line for the client
         log.exception("request_failed", path=request.path)
         response = error_response(500, "internal error (logged by the server)")
+    if status is None and response.status >= 400 and not response.prepared and _body_on_the_way(request):
+        await _answer_and_close(request, response)  # an answer before the body: not read on for 10 s
     request.app[METRICS].observe(route, status or response.status, time.perf_counter() - started)
     return response
 

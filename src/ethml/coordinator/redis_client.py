@@ -10,6 +10,7 @@ connections" there, and 300 clients asking at once got 503s for an outage that w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,9 +48,10 @@ POOL_WAIT = 10.0
 
 
 class WaitingPool(aioredis.ConnectionPool):
-    """A connection pool where a command that finds every connection in use waits for one to be released.
-    Taking a connection costs what it costs in redis-py's pool while one is free: the wait is only on the
-    path where that pool raised MaxConnectionsError."""
+    """A connection pool where a command that finds every connection in use waits for one to be released, first
+    come first served: while anyone waits, a new command queues behind them, and a released connection goes to
+    the longest waiting (a waiter woken and then cancelled passes its turn on). Taking a connection costs what it
+    costs in redis-py's pool while no one waits."""
 
     def __init__(self, *args: Any, wait: float = POOL_WAIT, **kwargs: Any) -> None:
         kwargs.setdefault("max_connections", POOL_SIZE)
@@ -58,36 +60,52 @@ class WaitingPool(aioredis.ConnectionPool):
         self._waiting: list[asyncio.Future[None]] = []
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait
-        while True:
+        if not self._waiting:
             try:
                 return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call, no-any-return]
             except MaxConnectionsError:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise MaxConnectionsError(
-                        f"all {self.max_connections} Redis connections stayed in use for {self.wait:g} s"
-                    ) from None
-                released: asyncio.Future[None] = loop.create_future()
-                self._waiting.append(released)
-                try:
-                    await asyncio.wait_for(released, left)
-                except TimeoutError:
-                    pass
-                finally:
-                    if released in self._waiting:
-                        self._waiting.remove(released)
+                pass
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(turn)  # in the queue until this command has a connection, or gives up
+        taken = False
+        try:
+            async with asyncio.timeout(self.wait):
+                while True:
+                    if self._waiting[0] is turn:  # first in line: try now
+                        try:
+                            connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                            taken = True
+                            return connection
+                        except MaxConnectionsError:
+                            pass
+                    woken = turn
+                    await woken
+                    turn = loop.create_future()  # the next wake-up on a fresh future, in the same place
+                    self._waiting[self._waiting.index(woken)] = turn
+        except TimeoutError:
+            raise MaxConnectionsError(
+                f"all {self.max_connections} Redis connections stayed in use for {self.wait:g} s"
+            ) from None
+        finally:
+            self._leave(turn, taken)
+
+    def _leave(self, turn: asyncio.Future[None], taken: bool) -> None:
+        """Out of the queue; the next in line is woken when a connection may be free for it."""
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(turn)
+        if self._waiting and (not taken or self.can_get_connection()):
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiting and not self._waiting[0].done():
+            self._waiting[0].set_result(None)
 
     async def release(self, connection: AbstractConnection) -> None:
         try:
             await super().release(connection)
         finally:
-            while self._waiting:  # the longest waiting, unless it gave up meanwhile
-                released = self._waiting.pop(0)
-                if not released.done():
-                    released.set_result(None)
-                    break
+            self._wake()
 
 
 def check_redis_url(url: str) -> None:

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -116,9 +117,16 @@ def worker_identity(data_dir: Path, address: str, role: str) -> Iterator[str]:
     folder = data_dir / "worker"
     held, worker_id = None, f"{role[0]}{os.getpid()}-{os.urandom(3).hex()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         for slot in range(ID_SLOTS):
-            handle = open(folder / f"{address.lower()}.{role}.{slot}.id", "a+")  # noqa: SIM115 - held until the end
+            # Never through a link planted in the folder (O_NOFOLLOW), and only a regular file of this user's.
+            path = folder / f"{address.lower()}.{role}.{slot}.id"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                os.close(fd)
+                raise OSError(f"{folder} holds a worker id that is not a regular file of this user's")
+            handle = os.fdopen(fd, "r+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

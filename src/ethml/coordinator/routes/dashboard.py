@@ -32,6 +32,8 @@ class SnapshotCache:
 
 
 SNAPSHOT = web.AppKey("dashboard_snapshot", SnapshotCache)
+#: Seconds a snapshot may take before the requests waiting for it fail (a 503), and the next one takes another.
+SNAPSHOT_WAIT = 30.0
 
 
 async def snapshot(app: web.Application) -> dict[str, Any]:
@@ -75,7 +77,8 @@ async def cached_snapshot(app: web.Application) -> SnapshotCache:
         if cache.taking is None:
 
             async def take() -> None:
-                taken = await snapshot(app)
+                async with asyncio.timeout(SNAPSHOT_WAIT):  # one that hangs would hold every viewer
+                    taken = await snapshot(app)
                 cache.snapshot, cache.event = taken, f"data: {json.dumps(taken)}\n\n".encode()
                 cache.taken = time.monotonic()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -11,6 +13,9 @@ from ethml.coordinator.background import SharedCall
 
 routes = web.RouteTableDef()
 
+#: Seconds the shared health PING waits for Redis's answer before the check says Redis is down.
+PING_WAIT = 5.0
+
 
 def redis_answers(app: web.Application) -> SharedCall[bool]:
     """Whether Redis answers a PING: one PING for all the health checks that ask while it is under way (a load
@@ -18,8 +23,9 @@ def redis_answers(app: web.Application) -> SharedCall[bool]:
 
     async def ping() -> bool:
         try:
-            await app[STORE].redis.ping()
-        except (aioredis.RedisError, OSError):
+            async with asyncio.timeout(PING_WAIT):  # a PING on a connection that went dark would hold every check
+                await app[STORE].redis.ping()
+        except (aioredis.RedisError, OSError, TimeoutError):
             return False
         return True
 
