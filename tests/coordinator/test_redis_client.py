@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,24 @@ def test_hiredis_packing_is_byte_for_byte_redis_pys() -> None:
             fast.pack_command("SET", "k", bad)
 
 
-async def test_a_client_round_trips_through_a_real_redis(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _redis(tmp_path: Path) -> AsyncIterator[Path]:
+    """A Redis server of its own, answering on the unix socket yielded; stopped after."""
     socket = tmp_path / "redis" / "redis.sock"
     server = start_redis(socket)
     try:
         await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+        probe = connect(socket=str(socket))
+        await wait_until(functools.partial(answering, probe), timeout=30, what="Redis to answer")
+        await probe.aclose()
+        yield socket
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_client_round_trips_through_a_real_redis(tmp_path: Path) -> None:
+    async with _redis(tmp_path) as socket:
         for client in (connect(socket=str(socket)), connect(url=f"unix://{socket}")):
             await wait_until(functools.partial(answering, client), timeout=30, what="Redis to answer")
             value = "välue ✓ " * 500
@@ -54,20 +68,13 @@ async def test_a_client_round_trips_through_a_real_redis(tmp_path: Path) -> None
             assert await client.config_get("appendonly") == {"appendonly": "yes"}  # the two-word path
             await client.flushall()
             await client.aclose()
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 async def test_a_full_pool_waits_for_a_connection_and_gives_up_after_its_wait(tmp_path: Path) -> None:
     """Commands beyond the pool's size wait for a connection to come back (redis-py's pool raised "Too many
     connections" at once, which a request answers with a 503); one that waits past the pool's wait fails."""
-    socket = tmp_path / "redis" / "redis.sock"
-    server = start_redis(socket)
-    try:
-        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+    async with _redis(tmp_path) as socket:
         client = connect(socket=str(socket))
-        await wait_until(functools.partial(answering, client), timeout=30, what="Redis to answer")
         # 300 commands that each hold a connection for 0.1 s, on a pool of 100.
         assert client.connection_pool.max_connections == POOL_SIZE == 100
         assert await asyncio.gather(*(client.blpop(["empty"], timeout=0.1) for _ in range(300))) == [None] * 300
@@ -91,9 +98,6 @@ async def test_a_full_pool_waits_for_a_connection_and_gives_up_after_its_wait(tm
         assert sorted(r[1] for r in await asyncio.gather(*holding)) == [b"a", b"b"]
         await small.aclose()
         await client.aclose()
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 async def test_a_full_pool_serves_its_waiters_in_order_and_a_cancelled_one_passes_its_turn(tmp_path: Path) -> None:
@@ -101,10 +105,7 @@ async def test_a_full_pool_serves_its_waiters_in_order_and_a_cancelled_one_passe
     connection went to whoever asked next, and the third waited out its wait and failed while hundreds of
     commands were served. Now a new command queues behind the waiting ones, and a waiter woken and then cancelled
     passes its turn to the next (who would otherwise wait out the whole wait with a connection free)."""
-    socket = tmp_path / "redis" / "redis.sock"
-    server = start_redis(socket)
-    try:
-        await wait_until(lambda: asyncio.to_thread(socket.exists), timeout=30, what="Redis")
+    async with _redis(tmp_path) as socket:
         pool = WaitingPool(connection_class=UnixDomainSocketConnection, path=str(socket), max_connections=2, wait=20)
         served = [0, 0]
         stop = asyncio.Event()
@@ -137,9 +138,6 @@ async def test_a_full_pool_serves_its_waiters_in_order_and_a_cancelled_one_passe
         await pool.release(other)
         assert not pool._waiting
         await pool.disconnect()
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 async def _true(value: bool) -> bool:

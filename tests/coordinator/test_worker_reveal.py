@@ -233,6 +233,7 @@ def test_a_secret_lacking_or_holding_a_malformed_field_is_refused_by_name(
     bad = {k: v for k, v in GOOD_SECRETS[kind].items() if k != field}
     if value is not ...:
         bad[field] = value
+    path.unlink()  # (a secret there is never replaced)
     write_secret(path, bad)
     problem = "lacks" if value is ... else "holds a malformed"
     with pytest.raises(TaskError, match=f"the {kind} secret in .* {problem} '{field}': it cannot be revealed"):

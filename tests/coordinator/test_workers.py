@@ -97,20 +97,27 @@ async def test_an_admin_lists_and_disconnects_a_worker_and_an_unstaked_one_exits
     assert "disconnected by an admin" in proc.log_path.read_text()  # type: ignore[attr-defined]
 
 
-async def test_a_killed_worker_s_job_goes_to_another_worker_once(coordinator: Coordinator) -> None:
-    c = coordinator
+async def _trainer_killed_mid_job(c: Coordinator) -> tuple[str, Path]:
+    """A task for one trainer posted, and trainer 5 killed with -9 while it runs the task's training job (training
+    takes seconds, the submission comes at the end). The task's id and the killed worker's log."""
     key = await c.requester_key()
     task_id, _ = await post_wine_task(c, key, trainers=1)
     await wait_status(c, task_id, "open", timeout=60)
     first = c.start_worker("trainer", 5)
-    log = first.log_path  # type: ignore[attr-defined]
+    log: Path = first.log_path  # type: ignore[attr-defined]
 
     async def started() -> bool:
-        return "job_started" in log.read_text()
+        return "job_started" in await asyncio.to_thread(log.read_text)
 
     await wait_until(started, timeout=120, what="the first trainer to take the job")
-    first.send_signal(signal.SIGKILL)  # mid-job: training takes seconds, the submission comes at the end
+    first.send_signal(signal.SIGKILL)
     await asyncio.to_thread(first.wait, 10)
+    return task_id, log
+
+
+async def test_a_killed_worker_s_job_goes_to_another_worker_once(coordinator: Coordinator) -> None:
+    c = coordinator
+    task_id, _log = await _trainer_killed_mid_job(c)
     killed_at = time.monotonic()
     second = c.start_worker("trainer", 6)
     store = c.store()
@@ -140,18 +147,7 @@ async def test_a_worker_killed_with_9_and_started_again_on_its_data_dir_gets_its
     per process, the job waited out the job timeout and could only go to another account (one delivery of a
     task's training jobs per account): with no other trainer, the task waited for good."""
     c = coordinator
-    key = await c.requester_key()
-    task_id, _ = await post_wine_task(c, key, trainers=1)
-    await wait_status(c, task_id, "open", timeout=60)
-    first = c.start_worker("trainer", 5)
-    log = first.log_path  # type: ignore[attr-defined]
-
-    async def started() -> bool:
-        return "job_started" in log.read_text()
-
-    await wait_until(started, timeout=120, what="the trainer to take the job")
-    first.send_signal(signal.SIGKILL)  # mid-job
-    await asyncio.to_thread(first.wait, 10)
+    task_id, log = await _trainer_killed_mid_job(c)
     again = c.start_worker("trainer", 5, data=log.parent)
     store = c.store()
 
