@@ -25,6 +25,12 @@ class KeyCache:
         self.ttl, self.size = ttl, size
         self.entries: dict[str, tuple[float, Principal | None]] = {}
 
+    def forget(self, key_id: str) -> None:
+        """Drop the cached record of the key whose hash is `key_id` (revoked: refused here from now on)."""
+        for key, (_expiry, cached) in list(self.entries.items()):
+            if cached is not None and cached.get("key") == key_id:
+                del self.entries[key]
+
 
 API_KEYS = web.AppKey("api_keys", KeyCache)
 

@@ -105,6 +105,11 @@ def _text_or_none(value: bytes | str) -> str | None:
     return text or None
 
 
+def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:
+    """A hash's fields and values (HGETALL) as text."""
+    return {f.decode(): v.decode() for f, v in fields.items()}
+
+
 class LastAdminKey(Exception):
     """The key to revoke is the last admin key."""
 
@@ -266,7 +271,7 @@ class Store:
         if not key.isascii():
             return None
         found = await self.redis.hgetall(k.api_key(hash_key(key)))
-        return {k.decode(): v.decode() for k, v in found.items()} if found else None
+        return _decoded(found) if found else None
 
     async def api_keys(self) -> list[dict[str, Any]]:
         """Every API key's record (id: its hash; name, role, created), oldest first."""
@@ -274,7 +279,7 @@ class Store:
         async for name in self.redis.scan_iter(k.API_KEY_PATTERN, count=500):
             found = await self.redis.hgetall(name)
             if found:
-                record = {f.decode(): v.decode() for f, v in found.items()}
+                record = _decoded(found)
                 key_id = name.decode().rsplit(":", 1)[1]
                 out.append({"id": key_id, "name": record.get("name", ""), "role": record.get("role", ""),
                             "created": float(record.get("created") or 0)})  # fmt: skip
@@ -291,7 +296,7 @@ class Store:
                 found = await pipe.hgetall(k.api_key(key_id))
                 if not found:
                     return None
-                record = {f.decode(): v.decode() for f, v in found.items()}
+                record = _decoded(found)
                 if record.get("role") == "admin":
                     roles = [await pipe.hget(name, "role") for name in keys]
                     if sum(r == b"admin" for r in roles) <= 1:

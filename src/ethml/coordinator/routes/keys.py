@@ -49,9 +49,6 @@ async def revoke_key(request: web.Request) -> web.Response:
         raise ApiError(409, "this is the last admin key: create another admin key first", "key_id") from None
     if record is None:
         raise ApiError(404, f"no API key {key_id}", "key_id")
-    cache = request.app[API_KEYS].entries
-    for key, (_expiry, cached) in list(cache.items()):
-        if cached is not None and cached.get("key") == key_id:
-            cache.pop(key, None)
+    request.app[API_KEYS].forget(key_id)
     revoked = {"id": key_id, "name": record.get("name", ""), "role": record.get("role", ""), "revoked": True}
     return web.json_response(revoked)
