@@ -192,6 +192,9 @@ async def validate_task(
     if seat["state"] == 1 and read_secret(path) is not None:
         # Scored and committed from this data dir before, not on chain yet (a worker killed after sending it, or a
         # send that failed): that commitment again, never new scores and salt, which would not open it.
+        if progress is not None:
+            progress(f"task {task_id}'s scores were committed from this data dir before: waiting for {address}'s "
+                     "transactions on their way, then sending that commitment again if it is not on chain")  # fmt: skip
         await settle_pending(w3, address, task.score_deadline)
         now = await _seat(w3, deployment, await read_task(w3, deployment, task_id), address)
         if now is not None and now["state"] == 1:
