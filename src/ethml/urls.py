@@ -28,6 +28,21 @@ def mask_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
+_URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,20})://([^\s'\"<>/?#]*)([^\s'\"<>]*)")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with each URL in it cut to its scheme, host and port (`https://host:443/…`): what a message leaving
+    this machine may say of a URL. An RPC provider's key sits in the path as often as in the query or the user
+    name (`/v3/<key>`), so the path and the query go too."""
+
+    def cut(match: re.Match[str]) -> str:
+        host = match.group(2).rpartition("@")[2]
+        return f"{match.group(1)}://{host}" + ("/…" if match.group(3) else "")
+
+    return _URL.sub(cut, text)
+
+
 def check_url(option: str, url: str, schemes: tuple[str, ...], example: str) -> None:
     """ValueError saying what is wrong with `option`'s `url`: not one of `schemes` with a host, a host that
     does not parse (an unclosed IPv6 bracket), or a port that is not 0..65535. The URL is shown masked

@@ -184,12 +184,14 @@ async def test_a_commitment_mined_after_its_receipt_timed_out_is_still_revealed(
 
     monkeypatch.setattr(flow, "reveal_submission", reveal_submission)
     monkeypatch.setattr(clock, "wait_past", wait_past)
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     worker = SimpleNamespace(
         w3=None,
         deployment=None,
         account=SimpleNamespace(address="0x" + "11" * 20),
         config=SimpleNamespace(data_dir=tmp_path),
-        events=asyncio.Queue(),
+        events=events,
+        _event=events.put_nowait,
         _upload=None,
     )
     await asyncio.wait_for(Worker._reveal(worker, "train", 7), 60)  # type: ignore[arg-type]
@@ -304,12 +306,14 @@ async def _owed_reveal_given_up(
     monkeypatch.setattr(trainer, "read_task", read_task)
     monkeypatch.setattr(trainer, "require_open", lambda _task: None)
     monkeypatch.setattr(trainer, "training", lambda *_args: SimpleNamespace(functions=functions))
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     worker = SimpleNamespace(
         w3=None,
         deployment=SimpleNamespace(chain_id=31337, training="0x" + "22" * 20),
         account=SimpleNamespace(address=address),
         config=SimpleNamespace(data_dir=tmp_path),
-        events=asyncio.Queue(),
+        events=events,
+        _event=events.put_nowait,
         _upload=upload,
     )
     with captured_logs() as logs:

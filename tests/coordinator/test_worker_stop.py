@@ -109,7 +109,8 @@ class HeldWorker(Worker):
     """A worker whose jobs run until the test lets them finish (no chain, no IPFS)."""
 
     def __init__(self, server: str, data_dir: Path, committing: set[str] | None = None) -> None:
-        config = WorkerConfig(server=server, role="trainer", data_dir=data_dir, load_interval=0.2)
+        # Room for every job these tests send at once (`test_hostile_server` checks jobs over the capacity).
+        config = WorkerConfig(server=server, role="trainer", data_dir=data_dir, load_interval=0.2, capacity=4)
         super().__init__(config, None, None, dev_account(5), None)  # type: ignore[arg-type]
         self.release_jobs = asyncio.Event()
         self.cancelled: list[str] = []

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import stat
@@ -59,6 +60,7 @@ from ethml.training import clock, flow
 from ethml.training.jobs import Compute
 from ethml.training.onchain import secret_file, secrets_dir
 from ethml.training.trainer import Opening
+from ethml.urls import redact_urls
 
 log = structlog.get_logger("ethml.worker")
 
@@ -69,6 +71,19 @@ STOP_GRACE = 5.0
 #: Seconds between tries of an artifact upload refused for a commitment the coordinator's chain node does
 #: not show yet.
 UPLOAD_RETRIES = (1.0, 2.0, 4.0, 8.0)
+
+#: Seconds a draining worker waits for the server's answer to its drain before it takes the silence for one (no
+#: job comes after the answer; a server that never answers would hold a graceful stop for good).
+DRAIN_ANSWER_WAIT = 30.0
+
+#: Events kept for whoever embeds the worker (`Worker.events`); when nobody reads them, the oldest go.
+EVENTS_KEPT = 256
+
+#: The bounds of the load-report interval the server may ask for, in seconds.
+HEARTBEAT_BOUNDS = (1.0, 300.0)
+
+#: A challenge's server id and nonce: 1 to 200 printable ASCII characters, no spaces nor line breaks.
+_CHALLENGE_TEXT = re.compile(r"[\x21-\x7e]{1,200}")
 
 #: Seconds before a result the server answered `retry` is sent again (a trainer's, whose commitment the
 #: server's node did not show yet: it may be a block behind this worker's).
@@ -162,6 +177,21 @@ def _http_base(server: str) -> str:
     return base
 
 
+def _welcome_problem(welcome: dict[str, Any]) -> str | None:
+    """What is wrong with a welcome's fields, or None: the features, the jobs kept for this worker (`running`)
+    and the upload token are read as they are, and the heartbeat asked for as a number of seconds."""
+    features, running, token = welcome.get("features"), welcome.get("running"), welcome.get("upload_token")
+    heartbeat = welcome.get("heartbeat")
+    for name, value in (("features", features), ("running", running)):
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"{name} is not a list of strings"
+    if token is not None and not isinstance(token, str):
+        return "upload_token is not a string"
+    if heartbeat is not None and (type(heartbeat) not in (int, float) or math.isnan(heartbeat)):
+        return "heartbeat is not a number"
+    return None
+
+
 def system_load() -> tuple[float, float]:
     """(CPU %, memory %) of this machine, from /proc (0 where it is not readable)."""
     cpu = mem = 0.0
@@ -190,7 +220,8 @@ class Worker:
         self.done: set[str] = set()
         self.upload_token: str | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # for embedding and tests
+        # For embedding and tests; the oldest go when nobody reads them (`_event`).
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENTS_KEPT)
         self._cluster_up = True
         self.duties: dict[int, asyncio.Task[None]] = {}  # reveals owed, by chain task id
         self.jobs: dict[str, dict[str, Any]] = {}  # running job -> the job message (delivery, task, kind)
@@ -245,8 +276,9 @@ class Worker:
             try:
                 await self._session_once(session)
                 backoff = 0.5
-            except WorkerRefused:
+            except WorkerRefused as exc:
                 if self.unstaked is None:
+                    await self._reveals_before_exit(str(exc))
                     raise
                 # Its stake is gone, so no login is let in any more: no connection, but the reveals it owes need
                 # none (nor a stake), and go on. Results not acknowledged come back to the server by its job timeout.
@@ -261,6 +293,14 @@ class Worker:
                 log.warning("disconnected", error=str(exc) or type(exc).__name__, retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.max_backoff)
+
+    async def _reveals_before_exit(self, why: str) -> None:
+        """Refused (by the server, or an admin's disconnect) while reveals are owed: they are made before
+        `run()` raises, since they need no login and each saves a bond; `stop_now()` still stops at once."""
+        self._ws = None
+        while (owed := self._owed()) and not self.stopped_now:
+            log.error("refused_reveals_first", error=why, owed=owed)
+            await asyncio.wait([self.duties[task] for task in owed])
 
     def drain(self) -> list[str]:
         """Stop gracefully: no new jobs; `run()` returns once the running ones are finished and their
@@ -313,7 +353,17 @@ class Worker:
     async def _send_drain(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         if not self._drain_sent:
             self._drain_sent = True
-            await self._send(ws, {"type": "drain"})
+            if await self._send(ws, {"type": "drain"}):
+                self._spawn(self._drain_deadline(ws))
+
+    async def _drain_deadline(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """A drain the server has not answered in DRAIN_ANSWER_WAIT is taken as answered: a job that still comes
+        is handed straight back, as any job after the drain is."""
+        await asyncio.sleep(DRAIN_ANSWER_WAIT)
+        if ws is self._ws and not self._drain_acked:
+            log.warning("drain_unanswered", server=self.config.server, seconds=DRAIN_ANSWER_WAIT)
+            self._drain_acked = True
+            self._check_drained()
 
     def _release(self, job: str, delivery: int | None) -> asyncio.Future[Any] | None:
         """Send a release on the live connection, counted in `_releasing` until answered (or the
@@ -356,7 +406,7 @@ class Worker:
                 del self.running[job_id]
                 self.jobs.pop(job_id, None)
             log.warning("job_revoked", job=job_id, reason=reason)
-            self.events.put_nowait({"event": "revoked", "job": job_id, "reason": reason})
+            self._event({"event": "revoked", "job": job_id, "reason": reason})
             self._check_drained()
         finally:
             self._revoking.discard(job_id)
@@ -376,6 +426,13 @@ class Worker:
         return secret_file(
             self.config.data_dir, self.deployment, kind, int(job["chain_task"]), self.account.address
         ).exists()
+
+    def _event(self, event: dict[str, Any]) -> None:
+        """Queue an event for whoever embeds the worker: the oldest is dropped when EVENTS_KEPT wait unread (the
+        `ethml worker` command reads none), so a server's messages never pile up in memory."""
+        if self.events.full():
+            self.events.get_nowait()
+        self.events.put_nowait(event)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         future = asyncio.ensure_future(coro)
@@ -432,7 +489,10 @@ class Worker:
         url = self.config.server.rstrip("/") + "/ws/worker"
         async with session.ws_connect(url, heartbeat=10, max_msg_size=64 * 1024) as ws:
             challenge = await self._login_message(ws, 30)
-            signature = sign_login(self.account.key, challenge["server"], challenge["nonce"], self.config.role)
+            server_id, nonce = challenge.get("server"), challenge.get("nonce")
+            if not all(isinstance(t, str) and _CHALLENGE_TEXT.fullmatch(t) for t in (server_id, nonce)):
+                raise ConnectionError(f"the coordinator sent a malformed challenge: {str(challenge)[:200]}")
+            signature = sign_login(self.account.key, str(server_id), str(nonce), self.config.role)
             await ws.send_json(
                 {
                     "type": "auth",
@@ -445,7 +505,10 @@ class Worker:
             )
             welcome, early = await self._welcome(ws)
             if welcome.get("type") == "refused":
-                raise WorkerRefused(f"the coordinator refused this worker: {welcome.get('message')}")
+                raise WorkerRefused(f"the coordinator refused this worker: {str(welcome.get('message'))[:200]}")
+            problem = _welcome_problem(welcome)
+            if problem is not None:  # no session on terms this worker cannot read: again after a backoff
+                raise ConnectionError(f"the coordinator sent a malformed welcome ({problem})")
             self.features = set(welcome.get("features") or [])
             self._drain_sent = self._drain_acked = False
             self._releasing.clear()
@@ -456,7 +519,7 @@ class Worker:
             self.upload_token = welcome.get("upload_token")
             log.info("connected", server=self.config.server, worker=self.config.worker_id, role=self.config.role)
             adopted = welcome.get("running")
-            self.events.put_nowait({"event": "connected", "adopted": adopted or []})
+            self._event({"event": "connected", "adopted": adopted or []})
             if isinstance(adopted, list):
                 # The server keeps for this worker the jobs still pending under it; one it runs that is not
                 # among them was taken back while it was away (and went to another worker): its result
@@ -467,7 +530,8 @@ class Worker:
                 await self._send_drain(ws)
             for result in list(self.unacked.values()):  # results finished while disconnected
                 await ws.send_json(result)
-            interval = float(self.config.load_interval or welcome.get("heartbeat") or 5.0)
+            low, high = HEARTBEAT_BOUNDS
+            interval = float(self.config.load_interval or min(high, max(low, welcome.get("heartbeat") or 5.0)))
             loads = asyncio.create_task(self._report_load(ws, interval))
             try:
                 for message in early:  # sent before the welcome (an older server could)
@@ -528,15 +592,15 @@ class Worker:
             self.unacked.pop(data["job"], None)
             if data.get("refused"):
                 log.warning("result_refused", job=data.get("job"), reason=data["refused"])
-            self.events.put_nowait({"event": "acked", **data})
+            self._event({"event": "acked", **data})
         elif kind == "draining":
             self._drain_acked = True
-            self.events.put_nowait({"event": "draining", **data})
+            self._event({"event": "draining", **data})
         elif kind == "released":
             self._releasing.discard(data["job"])
             if not data.get("released"):
                 log.warning("release_refused", job=data.get("job"), reason=data.get("refused"))
-            self.events.put_nowait({"event": "released", **data})
+            self._event({"event": "released", **data})
         elif kind == "revoked":
             self._revoke(str(data.get("job")), str(data.get("reason") or "taken back"))
         elif kind == "error":
@@ -587,6 +651,17 @@ class Worker:
             self._release(job_id, job.get("delivery"))
             log.info("job_handed_back", job=job_id, delivery=job.get("delivery"))
             return
+        wanted = "train" if self.config.role == "trainer" else "validate"
+        # Not counted: jobs the server took back that are being stopped (their slots are free on its side).
+        busy = len(self.running.keys() - self._revoking)
+        if job["kind"] != wanted or busy >= self.config.capacity:
+            # Never run on the server's word alone: a job of the other role (a trainer would pay a validator's
+            # gas), or one beyond the capacity this worker announced (each runs in a process of its own, and a
+            # training job's commitment locks a bond). Handed back, for another worker.
+            why = f"a {job['kind']} job for a {self.config.role}" if job["kind"] != wanted else "over capacity"
+            log.warning("job_refused", job=job_id, reason=why, running=busy, capacity=self.config.capacity)
+            self._release(job_id, job.get("delivery"))
+            return
         self.jobs[job_id] = job
         self.running[job_id] = asyncio.create_task(self._do(job), name=f"job-{job_id}")
 
@@ -594,17 +669,18 @@ class Worker:
         job_id = job["job"]
         started = time.monotonic()
         log.info("job_started", job=job_id, delivery=job.get("delivery"))
-        self.events.put_nowait({"event": "job_started", **job})
+        self._event({"event": "job_started", **job})
         try:
             detail, tx = await self._execute(job)
             result = {"type": "result", "job": job_id, "ok": True, "detail": detail, "tx": tx}
         except (EthmlError, Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            result = {"type": "result", "job": job_id, "ok": False, "detail": str(exc), "tx": None}
+            # Said to the server: no URL whole (an RPC provider's key is often in its path; aiohttp's errors quote it).
+            result = {"type": "result", "job": job_id, "ok": False, "detail": redact_urls(str(exc)), "tx": None}
             if isinstance(exc, TransactionReverted) and exc.error is not None and exc.error.name in STAKE_GONE:
                 self.unstaked = exc.reason
         except Exception as exc:  # a bug: reported as a failed job, not a job held (and a drain stuck) for good
             log.exception("job_crashed", job=job_id)
-            detail = f"the worker failed: {type(exc).__name__}: {exc}"
+            detail = redact_urls(f"the worker failed: {type(exc).__name__}: {exc}")
             result = {"type": "result", "job": job_id, "ok": False, "detail": detail, "tx": None}
         result["delivery"] = job.get("delivery")
         result["seconds"] = round(time.monotonic() - started, 2)
@@ -613,7 +689,7 @@ class Worker:
         self.running.pop(job_id, None)
         self.jobs.pop(job_id, None)
         log.info("job_finished", job=job_id, ok=result["ok"], seconds=result["seconds"])
-        self.events.put_nowait({"event": "job_finished", **result})
+        self._event({"event": "job_finished", **result})
         ws = self._ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
@@ -703,7 +779,7 @@ class Worker:
                         self.w3, self.deployment, self.account, task_id, self.config.data_dir, wait=True
                     )
                 log.info("revealed", task=task_id, kind=kind)
-                self.events.put_nowait({"event": "revealed", "task": task_id, "kind": kind})
+                self._event({"event": "revealed", "task": task_id, "kind": kind})
                 return
             except flow.NoSubmission as exc:
                 if deadline is not None:  # none in a block past the deadline: none can be mined any more
@@ -725,6 +801,8 @@ class Worker:
             except (EthmlError, Web3Exception, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Web3Exception: a receipt not seen in time (TimeExhausted), a node's refusal (Web3RPCError).
                 log.warning("reveal_retry", task=task_id, kind=kind, error=str(exc), retry_in=backoff)
+            except Exception:  # a bug, or an answer nobody foresaw: the bond is at stake, so it is tried again
+                log.exception("reveal_retry", task=task_id, kind=kind, retry_in=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
@@ -755,7 +833,10 @@ class Worker:
             "Content-Type": "application/octet-stream",
         }
         for wait in (*UPLOAD_RETRIES, None):
-            async with self._session.post(base + "/api/files", data=data, headers=headers) as response:
+            # Never redirected: the opening's headers and the token are for this coordinator alone.
+            async with self._session.post(
+                base + "/api/files", data=data, headers=headers, allow_redirects=False
+            ) as response:
                 if response.status in (200, 201):
                     return
                 if response.status != 403 or wait is None:

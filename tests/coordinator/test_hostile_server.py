@@ -1,0 +1,361 @@
+"""`ethml worker` against a coordinator that does not play by the rules (a hostile one, or a broken one): what it
+sends must never cost the worker's operator a bond, its stake's gas, its memory or a stop that ends. Each test
+has the server do one thing and checks what the real worker does then."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ethml.chain import dev_account
+from ethml.coordinator import worker as worker_module
+from ethml.coordinator.worker import EVENTS_KEPT, Worker, WorkerConfig, WorkerRefused
+from ethml.errors import EthmlError
+from ethml.training.trainer import Opening
+from ethml.urls import redact_urls
+from tests.node.conftest import wait_until as _wait_until
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    async def holds() -> bool:
+        return predicate()
+
+    await _wait_until(holds, timeout=timeout, what=what)
+
+
+def _job(job: str, kind: str = "train", chain_task: int = 1) -> dict[str, Any]:
+    return {"type": "job", "job": job, "kind": kind, "task": "t", "chain_task": chain_task, "delivery": 1}
+
+
+class Server:
+    """One coordinator's side: each connection gets the next of `challenges` and `welcomes` (the last one
+    repeats; None for a well-formed one), then `jobs`; it answers releases and results, and a drain only if
+    `answers_drain`. It records what the worker sent and the time each load report came."""
+
+    def __init__(self) -> None:
+        self.challenges: list[dict[str, Any] | None] = [None]
+        self.welcomes: list[dict[str, Any] | None] = [None]
+        self.jobs: list[dict[str, Any]] = []
+        self.answers_drain = True
+        self.received: list[dict[str, Any]] = []
+        self.loads: list[float] = []
+        self.connections = 0
+        self.uploads: list[str] = []  # the paths POSTed to
+        self.on_upload: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+
+    def _next(self, items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+        return items[min(self.connections, len(items)) - 1]
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connections += 1
+        challenge = self._next(self.challenges)
+        await ws.send_json(challenge or {"type": "challenge", "nonce": "n0", "server": "s0", "chain_id": 1})
+        await ws.receive_json()
+        welcome = self._next(self.welcomes)
+        await ws.send_json(
+            welcome
+            or {"type": "welcome", "heartbeat": 5, "running": [], "upload_token": "t", "features": ["drain", "release"]}
+        )
+        for job in self.jobs if self.connections == 1 else []:
+            await ws.send_json(job)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            if data["type"] == "load":
+                self.loads.append(asyncio.get_running_loop().time())
+                continue
+            self.received.append(data)
+            if data["type"] == "drain" and self.answers_drain:
+                await ws.send_json({"type": "draining", "running": []})
+            elif data["type"] == "release":
+                await ws.send_json({"type": "released", "job": data["job"], "released": True})
+            elif data["type"] == "result":
+                await ws.send_json({"type": "ack", "job": data["job"], "recorded": True})
+        return ws
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        self.uploads.append(request.path)
+        if self.on_upload is not None:
+            return await self.on_upload(request)
+        await request.read()
+        return web.json_response({"cid": "x"}, status=201)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[Server, str]]:
+    coordinator = Server()
+    app = web.Application()
+    app.router.add_get("/ws/worker", coordinator.socket)
+    app.router.add_post("/api/files", coordinator.upload)
+    app.router.add_post("/elsewhere", coordinator.upload)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield coordinator, f"ws://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+class FakeWorker(Worker):
+    """A real worker whose jobs wait for `release_jobs` (or raise `fail_with`), with no chain nor IPFS; its reveal
+    duties are what a test puts in `owed`."""
+
+    def __init__(self, url: str, data_dir: Path, **config: Any) -> None:
+        config.setdefault("max_backoff", 0.2)
+        super().__init__(
+            WorkerConfig(server=url, role=config.pop("role", "trainer"), data_dir=data_dir, **config),
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            dev_account(5),
+            None,  # type: ignore[arg-type]
+        )
+        self.release_jobs = asyncio.Event()
+        self.started: list[str] = []
+        self.fail_with: Exception | None = None
+        self.owed: dict[int, asyncio.Event] = {}
+
+    def _resume_duties(self) -> None:
+        async def reveal(made: asyncio.Event) -> None:
+            await made.wait()
+
+        for task, made in self.owed.items():
+            self.duties[task] = asyncio.create_task(reveal(made))
+
+    def _committing(self, job_id: str) -> bool:
+        return False
+
+    async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
+        self.started.append(job["job"])
+        if self.fail_with is not None:
+            raise self.fail_with
+        await self.release_jobs.wait()
+        return {"done": True}, None
+
+
+async def _connected(worker: Worker, run: asyncio.Task[None]) -> None:
+    while True:
+        event = await asyncio.wait_for(worker.events.get(), 60)
+        if event["event"] == "connected":
+            return
+        assert not run.done()
+
+
+@pytest.mark.parametrize(
+    ("challenge", "welcome"),
+    [
+        ({"type": "challenge", "server": "s"}, None),  # no nonce: a KeyError ended run()
+        ({"type": "challenge", "server": "s\nrole: validator", "nonce": "n"}, None),  # a line break in what is signed
+        (None, {"type": "welcome", "features": 5}),  # a TypeError ended run()
+        (None, {"type": "welcome", "heartbeat": "soon"}),  # a ValueError ended run()
+        (None, {"type": "welcome", "upload_token": 12345}),  # the reveal's upload died later, never retried
+    ],
+)
+async def test_a_malformed_login_is_a_disconnect_and_the_worker_logs_in_again(
+    server: tuple[Server, str], tmp_path: Path, challenge: dict[str, Any] | None, welcome: dict[str, Any] | None
+) -> None:
+    """A challenge or a welcome the worker cannot read ended `run()` with an exception (and with it every reveal
+    the worker owed, each a bond): it is now a failed connection, tried again after a backoff."""
+    coordinator, url = server
+    coordinator.challenges = [challenge, None]
+    coordinator.welcomes = [welcome, None]
+    worker = FakeWorker(url, tmp_path)
+    run = asyncio.create_task(worker.run())
+    try:
+        await _connected(worker, run)
+        assert coordinator.connections == 2
+        assert worker.upload_token == "t"
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+
+
+async def test_a_refused_worker_makes_the_reveals_it_owes_before_it_exits(
+    server: tuple[Server, str], tmp_path: Path
+) -> None:
+    """A refusal (or an admin's disconnect) ended `run()` at once and cancelled the reveals owed: a coordinator
+    that refused the login burned the bond of each. They are made first now; `run()` raises after them."""
+    coordinator, url = server
+    coordinator.welcomes = [{"type": "refused", "message": "go away"}]
+    worker = FakeWorker(url, tmp_path)
+    worker.owed = {7: asyncio.Event(), 8: asyncio.Event()}
+    run = asyncio.create_task(worker.run())
+    await wait_until(lambda: coordinator.connections >= 1, timeout=60, what="the login")
+    await asyncio.sleep(0)
+    for task, made in worker.owed.items():
+        assert not run.done(), "run() ended with reveals owed"
+        assert not worker.duties[task].done(), "a reveal owed was cancelled"
+        made.set()
+        await asyncio.wait_for(worker.duties[task], 30)
+    with pytest.raises(WorkerRefused, match="go away"):
+        await asyncio.wait_for(run, 30)
+    assert coordinator.connections == 1  # a refusal is not tried again
+
+
+async def test_a_refused_worker_stopped_now_does_not_wait_for_its_reveals(
+    server: tuple[Server, str], tmp_path: Path
+) -> None:
+    """The operator's stop still stops at once (the reveals owed resume when the worker starts again)."""
+    coordinator, url = server
+    coordinator.welcomes = [{"type": "refused", "message": "go away"}]
+    worker = FakeWorker(url, tmp_path)
+    worker.owed = {7: asyncio.Event()}
+    run = asyncio.create_task(worker.run())
+    await wait_until(lambda: coordinator.connections >= 1, timeout=60, what="the login")
+    worker.stop_now()
+    await asyncio.wait_for(run, 30)  # returns (stopped now), does not raise
+    assert worker.duties[7].cancelled()
+
+
+async def test_jobs_beyond_the_capacity_or_of_the_other_role_are_handed_back(
+    server: tuple[Server, str], tmp_path: Path
+) -> None:
+    """A worker ran every job it was sent: a server could start six training jobs (six processes, six bonds) on a
+    worker that announced one, or have a trainer run a validator's job (and pay for its draw). Only jobs of its
+    role, up to its capacity, run; the others go straight back to the server."""
+    coordinator, url = server
+    coordinator.jobs = [_job("1:train:0"), _job("2:train:0", chain_task=2), _job("3:validate:0", "validate", 3)]
+    worker = FakeWorker(url, tmp_path, capacity=1)
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(
+            lambda: len([m for m in coordinator.received if m["type"] == "release"]) == 2,
+            timeout=60,
+            what="two jobs handed back",
+        )
+        assert worker.started == ["1:train:0"]
+        assert sorted(m["job"] for m in coordinator.received if m["type"] == "release") == [
+            "2:train:0",
+            "3:validate:0",
+        ]
+        worker.release_jobs.set()
+        await wait_until(lambda: any(m["type"] == "result" for m in coordinator.received), timeout=60, what="result")
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+
+
+async def test_a_validator_is_sent_no_training_job(server: tuple[Server, str], tmp_path: Path) -> None:
+    coordinator, url = server
+    coordinator.jobs = [_job("1:train:0"), _job("1:validate:0", "validate")]
+    worker = FakeWorker(url, tmp_path, role="validator", capacity=4)
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: worker.started == ["1:validate:0"], timeout=60, what="the validation job")
+        await wait_until(
+            lambda: [m["job"] for m in coordinator.received if m["type"] == "release"] == ["1:train:0"],
+            timeout=60,
+            what="the training job handed back",
+        )
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+
+
+async def test_a_drain_the_server_never_answers_still_ends(
+    server: tuple[Server, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that never answered the drain held a graceful stop for good (only a second signal ended it)."""
+    monkeypatch.setattr(worker_module, "DRAIN_ANSWER_WAIT", 0.5)
+    coordinator, url = server
+    coordinator.answers_drain = False
+    worker = FakeWorker(url, tmp_path)
+    run = asyncio.create_task(worker.run())
+    await _connected(worker, run)
+    worker.drain()
+    await asyncio.wait_for(run, 60)
+    assert [m["type"] for m in coordinator.received] == ["drain"]
+
+
+async def test_the_load_interval_the_server_asks_for_is_bounded(server: tuple[Server, str], tmp_path: Path) -> None:
+    """A heartbeat of -1 in the welcome had the worker send load reports in a busy loop (two thirds of a core,
+    over 100,000 reports in seconds); the interval is now at least a second."""
+    coordinator, url = server
+    coordinator.welcomes = [{"type": "welcome", "heartbeat": -1, "features": ["drain", "release"]}]
+    worker = FakeWorker(url, tmp_path)
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: len(coordinator.loads) >= 3, timeout=60, what="three load reports")
+        gaps = [b - a for a, b in zip(coordinator.loads, coordinator.loads[1:], strict=False)]
+        assert min(gaps) >= 0.9, gaps  # (sleeps are never shorter than asked: only a busy host makes them longer)
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+
+
+class _Cat:
+    async def cat(self, cid: str, max_size: int | None = None) -> bytes:
+        return b"model bytes"
+
+
+async def test_the_artifact_upload_follows_no_redirect(server: tuple[Server, str], tmp_path: Path) -> None:
+    """A 307 on the upload had the worker POST the artifact again, with its upload token and the opening of its
+    commitment, to wherever the server pointed (and take that host's 201 for the coordinator's)."""
+    coordinator, url = server
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        if request.path == "/api/files":
+            raise web.HTTPTemporaryRedirect("/elsewhere")
+        await request.read()
+        return web.json_response({"cid": "x"}, status=201)
+
+    coordinator.on_upload = elsewhere
+    worker = FakeWorker(url, tmp_path)
+    worker.ipfs = _Cat()  # type: ignore[assignment]
+    worker.upload_token = "secret-token"
+    opening = Opening(task=1, model_cid="bafy", sha256="00" * 32, claim=1, salt="0x" + "11" * 32)
+    async with aiohttp.ClientSession() as session:
+        worker._session = session
+        with pytest.raises(EthmlError, match="HTTP 307"):
+            await worker._upload(opening)
+    assert coordinator.uploads == ["/api/files"]
+
+
+async def test_a_failure_said_to_the_server_quotes_no_url_whole(server: tuple[Server, str], tmp_path: Path) -> None:
+    """A failed job's detail repeated the error's text, and aiohttp's quotes the URL: an RPC provider's key in its
+    path went to the coordinator (which can make a provider rate-limit the worker at will)."""
+    coordinator, url = server
+    coordinator.jobs = [_job("1:train:0")]
+    worker = FakeWorker(url, tmp_path)
+    request = aiohttp.RequestInfo(
+        URL("https://rpc.example:443/v3/PROVIDER-KEY"),
+        "POST",
+        CIMultiDictProxy(CIMultiDict()),
+    )
+    worker.fail_with = aiohttp.ClientResponseError(request, (), status=429, message="Too Many Requests")
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: any(m["type"] == "result" for m in coordinator.received), timeout=60, what="result")
+        result = next(m for m in coordinator.received if m["type"] == "result")
+        assert not result["ok"] and "429" in result["detail"] and "rpc.example" in result["detail"], result
+        assert "PROVIDER-KEY" not in json.dumps(result)
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+
+
+def test_urls_are_cut_to_their_host() -> None:
+    said = "url='https://user:pw@mainnet.example:443/v3/KEY?apikey=K#f' then http://h:8545 and wss://h/x."
+    assert redact_urls(said) == "url='https://mainnet.example:443/…' then http://h:8545 and wss://h/…"
+
+
+async def test_events_nobody_reads_do_not_pile_up(tmp_path: Path) -> None:
+    """Every server message was copied into an unbounded queue that `ethml worker` never reads: a server acking
+    in a loop grew the worker by hundreds of MiB. The newest EVENTS_KEPT are kept."""
+    worker = FakeWorker("ws://127.0.0.1:9", tmp_path)
+    for n in range(EVENTS_KEPT * 4):
+        worker._event({"event": "acked", "n": n})
+    assert worker.events.qsize() == EVENTS_KEPT
+    assert worker.events.get_nowait()["n"] == EVENTS_KEPT * 3
