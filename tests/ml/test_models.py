@@ -169,3 +169,44 @@ def test_skops_artifacts_load_only_with_allow_listed_types() -> None:
     evil = buf.getvalue()
     with pytest.raises(UntrustedArtifact, match=r"os\.system"):
         load_untrusted(evil, "evil", hashlib.sha256(evil).hexdigest())
+
+
+#: Run in a child process, with web3 imported as in every ethml process (py_ecc raises the recursion limit to
+#: 100,000): there `json.loads` of a deeply nested text overflowed the C stack and the process died of SIGSEGV.
+_NESTED = r"""
+import hashlib, io, sys, zipfile
+import web3  # noqa: F401
+from ethml.errors import EthmlError
+from ethml.ml import load_untrusted, parse_data_point
+from ethml.training import parse_spec
+deep = b"[" * 100_000
+archive = io.BytesIO()
+with zipfile.ZipFile(archive, "w") as z:
+    z.writestr("schema.json", deep)
+blob = archive.getvalue()
+for name, call in (
+    ("data point", lambda: parse_data_point(deep, 4)),
+    ("spec", lambda: parse_spec(deep)),
+    ("artifact", lambda: load_untrusted(blob, "deep", hashlib.sha256(blob).hexdigest())),
+):
+    try:
+        call()
+    except EthmlError as exc:
+        print(name, "refused:", exc, flush=True)
+"""
+
+
+def test_a_deeply_nested_data_point_spec_or_artifact_schema_is_refused_not_a_crash() -> None:
+    """A data point of 100,000 '[' (100 KB, under the 1 MiB miners fetch) killed every miner that fetched it; a spec
+    so nested killed every trainer, and an artifact's schema.json the node or validator that loaded it. Each is now
+    a clear refusal (`ethml.safejson`: nesting deeper than 200 levels)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _NESTED], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, f"exit code {done.returncode}: {done.stderr[-2000:]}"
+    lines = done.stdout.splitlines()
+    assert [line.split(" refused:")[0] for line in lines] == ["data point", "spec", "artifact"], done.stdout
+    assert all("nested deeper than 200 levels" in line for line in lines), done.stdout

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 
+from ethml import safejson
 from ethml.errors import InvalidInput
 
 
 def parse_data_point(raw: bytes, feature_count: int) -> np.ndarray[Any, np.dtype[np.float64]]:
     """A JSON array of numbers, or {"features": [...]}, with exactly `feature_count` finite values."""
     try:
-        value = json.loads(raw)
+        value = safejson.loads(raw)  # (json.loads: a deeply nested point would crash the node)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"not JSON ({exc})") from None
     if isinstance(value, dict):

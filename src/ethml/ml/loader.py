@@ -18,6 +18,7 @@ from typing import Any
 
 import joblib
 
+from ethml import safejson
 from ethml.errors import ArtifactMismatch, InvalidInput, ModelError, UntrustedArtifact
 from ethml.ml import compact
 from ethml.ml.datapoint import encode_prediction, parse_data_point
@@ -69,6 +70,11 @@ def load_bundled(entry: ModelEntry, path: Path, expected_sha256: str | None = No
         return joblib.load(io.BytesIO(blob))  # trusted: the hash is the manifest's (and the registry's)
 
 
+#: The schema of a skops archive (its node tree; the arrays are files of their own).
+SCHEMA = "schema.json"
+MAX_SCHEMA_BYTES = 64 * 2**20
+
+
 def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
     """An artifact from outside (IPFS, a trainer's upload): skops only, allow-listed types only."""
     actual = sha256_hex(blob)
@@ -78,6 +84,15 @@ def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
         raise UntrustedArtifact(name, "not a skops archive (pickle and joblib files are never loaded from outside)")
     import skops.io as sio
 
+    try:
+        # skops reads the schema with json.loads, which a deeply nested one would crash the process with (see
+        # ethml.safejson): read here first, within a size and a depth.
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            if archive.getinfo(SCHEMA).file_size > MAX_SCHEMA_BYTES:
+                raise ValueError(f"its {SCHEMA} is over {MAX_SCHEMA_BYTES // 2**20} MiB")
+            safejson.loads(archive.read(SCHEMA))
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise UntrustedArtifact(name, f"unreadable skops archive ({exc})") from None
     try:
         untrusted = sio.get_untrusted_types(data=blob)
     except Exception as exc:  # noqa: BLE001 - any parse failure means: do not load

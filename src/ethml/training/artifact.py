@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ethml import safejson
+
 SCHEMA = "schema.json"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -46,7 +48,7 @@ def canonical_dumps(model: Any) -> bytes:
 def canonicalize(archive: bytes) -> bytes:
     """A skops archive rewritten into the canonical form; a canonical archive comes back unchanged."""
     with zipfile.ZipFile(io.BytesIO(archive)) as source:
-        schema = json.loads(source.read(SCHEMA))
+        schema = safejson.loads(source.read(SCHEMA))  # (a trainer's archive: see ethml.safejson)
         renamer = _Renamer(source)
         _renumber(schema, renamer, iter(range(1, 2**62)), {})
         files = renamer.files

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from ethml import safejson
 from ethml._schema_types import JsonInt, integral
 from ethml.errors import EthmlError
 
@@ -233,7 +234,7 @@ def canonical_json(spec: dict[str, Any]) -> bytes:
 def parse_spec(raw: bytes | str | dict[str, Any]) -> TaskSpec:
     """A validated spec, or SpecError naming the field."""
     try:
-        data = raw if isinstance(raw, dict) else json.loads(raw)
+        data = raw if isinstance(raw, dict) else safejson.loads(raw)  # (from IPFS: see ethml.safejson)
         return TaskSpec.model_validate(data)
     except (ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, ValidationError):
