@@ -28,17 +28,24 @@ def mask_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-_URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,20})://([^\s'\"<>/?#]*)([^\s'\"<>]*)")
+_URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,20}):(\\?/\\?/)([^\s'\"<>]*)")
+#: Said after a URL rather than as its last character: kept in the text when the URL is cut.
+_TRAILING = ".,;:!?)]}"
 
 
 def redact_urls(text: str) -> str:
     """`text` with each URL in it cut to its scheme, host and port (`https://host:443/…`): what a message leaving
     this machine may say of a URL. An RPC provider's key sits in the path as often as in the query or the user
-    name (`/v3/<key>`), so the path and the query go too."""
+    name (`/v3/<key>`), so the path, the query and the user name go (a password may hold '/': the host is what
+    follows the last '@'). JSON-escaped slashes (`https:\\/\\/`) count too; punctuation after a URL stays."""
 
     def cut(match: re.Match[str]) -> str:
-        host = match.group(2).rpartition("@")[2]
-        return f"{match.group(1)}://{host}" + ("/…" if match.group(3) else "")
+        scheme, slashes, rest = match.groups()
+        kept = len(rest) - len(rest.rstrip(_TRAILING))
+        tail, rest = rest[len(rest) - kept :], rest[: len(rest) - kept]
+        rest = rest.rpartition("@")[2]
+        host = re.split(r"[/?#\\]", rest, maxsplit=1)[0]
+        return f"{scheme}:{slashes}{host}" + ("/…" if len(host) < len(rest) else "") + tail
 
     return _URL.sub(cut, text)
 

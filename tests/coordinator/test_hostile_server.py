@@ -5,7 +5,11 @@ has the server do one thing and checks what the real worker does then."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ethml.chain import dev_account
+from ethml.chain.reverts import Revert
 from ethml.coordinator import worker as worker_module
-from ethml.coordinator.worker import EVENTS_KEPT, Worker, WorkerConfig, WorkerRefused
-from ethml.errors import EthmlError
+from ethml.coordinator.worker import EVENTS_KEPT, MAX_UNANSWERED_RELEASES, Worker, WorkerConfig, WorkerRefused
+from ethml.errors import EthmlError, TransactionReverted
 from ethml.training.trainer import Opening
 from ethml.urls import redact_urls
 from tests.node.conftest import wait_until as _wait_until
@@ -348,7 +353,7 @@ async def test_a_failure_said_to_the_server_quotes_no_url_whole(server: tuple[Se
 
 def test_urls_are_cut_to_their_host() -> None:
     said = "url='https://user:pw@mainnet.example:443/v3/KEY?apikey=K#f' then http://h:8545 and wss://h/x."
-    assert redact_urls(said) == "url='https://mainnet.example:443/…' then http://h:8545 and wss://h/…"
+    assert redact_urls(said) == "url='https://mainnet.example:443/…' then http://h:8545 and wss://h/…."
 
 
 async def test_events_nobody_reads_do_not_pile_up(tmp_path: Path) -> None:
@@ -359,3 +364,388 @@ async def test_events_nobody_reads_do_not_pile_up(tmp_path: Path) -> None:
         worker._event({"event": "acked", "n": n})
     assert worker.events.qsize() == EVENTS_KEPT
     assert worker.events.get_nowait()["n"] == EVENTS_KEPT * 3
+
+
+# What an outside review of the checks above found: messages that still ended the worker, a refusal during a
+# commitment, an honest server's job refused, memory and a stop a server could still hold.
+
+WELCOME = {"type": "welcome", "heartbeat": 5, "running": [], "upload_token": "t", "features": ["drain", "release"]}
+CHALLENGE = {"type": "challenge", "nonce": "n0", "server": "s0", "chain_id": 1}
+
+
+class Raw:
+    """A coordinator whose connection handler is `script(ws, n)` (n: the connection's number, from 1)."""
+
+    def __init__(self, script: Callable[[web.WebSocketResponse, int], Awaitable[None]]) -> None:
+        self.script, self.connections = script, 0
+        self.received: list[dict[str, Any]] = []
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connections += 1
+        await self.script(ws, self.connections)
+        return ws
+
+    async def read(self, ws: web.WebSocketResponse, answer: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                return
+            data = json.loads(msg.data)
+            if data["type"] != "load":
+                self.received.append(data)
+                await answer(data)
+
+
+@pytest.fixture
+async def serve_raw() -> AsyncIterator[Callable[[Raw], Awaitable[str]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(raw: Raw) -> str:
+        app = web.Application()
+        app.router.add_get("/ws/worker", raw.socket)
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        return f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def _answers(ws: web.WebSocketResponse) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """An honest server's answers to releases and results."""
+
+    async def answer(data: dict[str, Any]) -> None:
+        if data["type"] == "release":
+            await ws.send_json({"type": "released", "job": data["job"], "released": True})
+        elif data["type"] == "result":
+            await ws.send_json({"type": "ack", "job": data["job"], "recorded": True})
+        elif data["type"] == "drain":
+            await ws.send_json({"type": "draining", "running": []})
+
+    return answer
+
+
+async def _login(ws: web.WebSocketResponse, welcome: dict[str, Any] | None = None) -> None:
+    await ws.send_json(CHALLENGE)
+    await ws.receive_json()
+    await ws.send_json(welcome or WELCOME)
+
+
+# --- F1: messages that still end run() ------------------------------------------------------------------------
+
+
+#: The worker's process runs in a child: on 08681fc it dies of SIGSEGV.
+CHILD = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from tests.coordinator.test_hostile_server import FakeWorker
+async def main():
+    worker = FakeWorker(sys.argv[1], Path(tempfile.mkdtemp()))
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait([run], timeout=float(sys.argv[2]))
+    print("alive", run.done(), flush=True)
+    worker.stop_now()
+    await asyncio.wait([run], timeout=10)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("where", ["challenge", "live"])
+async def test_a_deeply_nested_message_does_not_kill_the_worker(serve_raw: Any, tmp_path: Path, where: str) -> None:
+    """One text frame of 65,500 '[' (under the worker's max_msg_size of 64 KiB). py_ecc (imported through
+    eth_account) sets sys.setrecursionlimit(100000), so the C JSON scanner's RecursionError guard never trips before
+    the 8 MiB C stack is gone: `json.loads` in `_login_message` / the receive loop (worker.py:481, :543) segfaults
+    the whole worker process, before any login (`challenge`) or after it (`live`)."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if where == "live":
+            await _login(ws)
+        await ws.send_str("[" * 65500)
+        async for _msg in ws:
+            pass
+
+    raw = Raw(script)
+    url = await serve_raw(raw)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, url, "3", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    out, _ = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 0, f"the worker died: exit code {child.returncode}"
+    assert "alive False" in out.decode(), out.decode()[-2000:]
+
+
+async def test_a_huge_integer_heartbeat_does_not_end_run(serve_raw: Any, tmp_path: Path) -> None:
+    """`_welcome_problem` calls math.isnan on an int: an int over ~1e308 raises OverflowError (uncaught)."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws, {**WELCOME, "heartbeat": 10**400} if n == 1 else None)
+        async for _msg in ws:
+            pass
+
+    raw = Raw(script)
+    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    run = asyncio.create_task(worker.run())
+    try:  # an integer of any size is a number of seconds, kept within the bounds
+        await _connected(worker, run)
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+# --- F2: a refusal while a job's commitment is being sent --------------------------------------------------------
+
+
+class CommittingWorker(FakeWorker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.committing: set[str] = set()
+
+    def _committing(self, job_id: str) -> bool:
+        return job_id in self.committing
+
+
+async def test_an_admin_disconnect_waits_for_a_commitment_on_its_way(serve_raw: Any, tmp_path: Path) -> None:
+    """Close 4003 while a job's commitment is being sent (its secret written: `_committing` true): the reveal it
+    will owe is no duty yet, so `_reveals_before_exit` sees nothing owed and run() raises at once, leaving the job
+    to be cancelled as the process exits (`chain.run` ends the loop)."""
+    kicked = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws)
+        await ws.send_json(_job("1:train:0"))
+        await kicked.wait()
+        await ws.close(code=4003, message=b"disconnected by an admin")
+
+    raw = Raw(script)
+    worker = CommittingWorker(await serve_raw(raw), tmp_path)
+    worker.committing.add("1:train:0")
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: worker.started == ["1:train:0"], timeout=30, what="the job")
+        kicked.set()
+        await wait_until(lambda: run.done() or worker._refused is not None, timeout=30, what="the disconnect")
+        assert not run.done(), "run() ended (WorkerRefused) while a job's commitment was on its way"
+        worker.release_jobs.set()
+        with pytest.raises(WorkerRefused, match="disconnected by an admin"):
+            await asyncio.wait_for(run, 30)
+        assert "1:train:0" in worker.done  # finished, not cancelled: its reveal is owed, and made before the exit
+    finally:
+        worker.release_jobs.set()
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+# --- F3: an honest server's job refused after it revoked a committing job ------------------------------------------
+
+
+async def test_a_job_sent_after_a_committing_job_was_revoked_is_not_refused(serve_raw: Any, tmp_path: Path) -> None:
+    """dispatch.py `_pass`: an overdue job is dropped from the worker's slots and `revoked`; the next pass fills the
+    slot. The worker finishes a revoked job whose commitment is being sent (`_stop_revoked` returns at once, and
+    `_revoking` forgets it), so `busy` counts it again and the honest server's next job is released as
+    'over capacity' — for a training job, the account's one delivery of that task."""
+    go = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws)
+        await ws.send_json(_job("1:train:0"))
+        await go.wait()
+        await ws.send_json({"type": "revoked", "job": "1:train:0", "reason": "past its time limit"})
+        await asyncio.sleep(0.5)  # the next dispatch pass
+        await ws.send_json(_job("2:train:0", chain_task=2))
+        await raw.read(ws, _answers(ws))
+
+    raw = Raw(script)
+    worker = CommittingWorker(await serve_raw(raw), tmp_path, capacity=1)
+    worker.committing.add("1:train:0")
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: worker.started == ["1:train:0"], timeout=30, what="the first job")
+        go.set()
+        await wait_until(lambda: len(worker.started) == 2, timeout=30, what="the next job to start")
+        assert worker.started == ["1:train:0", "2:train:0"]
+        assert [m for m in raw.received if m["type"] == "release"] == []
+    finally:
+        worker.release_jobs.set()
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+# --- F4: memory a server can still make the worker hold --------------------------------------------------------
+
+
+async def test_unanswered_releases_do_not_pile_up(serve_raw: Any, tmp_path: Path) -> None:
+    """Jobs over the capacity, never answered: every id stayed in `_releasing` for the life of the connection
+    (2,000 ids of 60 KB each held 120 MB). A job id must now be one (`<task>:<kind>:<n>`), and a server leaving
+    MAX_UNANSWERED_RELEASES releases unanswered is a broken one: its connection ends, and the worker logs in again."""
+    many = 2000
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws)
+        if n == 1:
+            await ws.send_json(_job("1:train:0"))
+            for i in range(many):
+                await ws.send_json(_job(f"{i}:" + "x" * 60_000))  # not a job id: skipped
+            for i in range(2, many):
+                with contextlib.suppress(ConnectionError):
+                    await ws.send_json(_job(f"{i}:train:0", chain_task=i))
+        async for _msg in ws:
+            pass
+
+    raw = Raw(script)
+    worker = FakeWorker(await serve_raw(raw), tmp_path, capacity=1)
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: raw.connections >= 2 or run.done(), timeout=60, what="the connection to end")
+        assert not run.done()
+        assert len(worker._releasing) <= MAX_UNANSWERED_RELEASES
+        assert all(len(job) < 40 for job in worker._releasing)
+    finally:
+        worker.release_jobs.set()
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+async def test_retry_acks_do_not_multiply_result_sends(serve_raw: Any, tmp_path: Path) -> None:
+    """Each `ack` with `retry` spawns a task that sends the whole result again after RESULT_RETRY: 5000 of them
+    for one result, 5000 tasks and 5000 copies of the result sent."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws)
+        await ws.send_json(_job("1:train:0"))
+
+        async def answer(data: dict[str, Any]) -> None:
+            if data["type"] == "result" and len(raw.received) == 1:
+                for _ in range(5000):
+                    await ws.send_json({"type": "ack", "job": data["job"], "retry": True})
+                await ws.send_json({"type": "draining", "running": []})  # read after them: the test's marker
+
+        await raw.read(ws, answer)
+
+    raw = Raw(script)
+    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    worker.release_jobs.set()
+    run = asyncio.create_task(worker.run())
+    try:
+        while (await asyncio.wait_for(worker.events.get(), 60))["event"] != "draining":
+            pass
+        assert len(worker._background) < 100, f"{len(worker._background)} background tasks"
+    finally:
+        worker.release_jobs.set()
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+# --- F5: a graceful stop a server still holds for good -----------------------------------------------------------
+
+
+async def test_a_drain_ends_though_the_server_never_acknowledges_the_result(
+    serve_raw: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DRAIN_ANSWER_WAIT bounds only the wait for `draining`: a server that answers the drain but never acks the
+    result (nor answers a release) holds `run()` in `_check_drained` (`self.unacked`) for as long as it likes."""
+    monkeypatch.setattr(worker_module, "DRAIN_ANSWER_WAIT", 0.5)
+    monkeypatch.setattr(worker_module, "ANSWER_WAIT", 0.5)
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws)
+        await ws.send_json(_job("1:train:0"))
+
+        async def answer(data: dict[str, Any]) -> None:
+            if data["type"] == "drain":
+                await ws.send_json({"type": "draining", "running": ["1:train:0"]})
+
+        await raw.read(ws, answer)
+
+    raw = Raw(script)
+    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: worker.started == ["1:train:0"], timeout=30, what="the job")
+        worker.drain()
+        worker.release_jobs.set()
+        done, _ = await asyncio.wait([run], timeout=45)  # (DRAIN_ANSWER_WAIT's 30 s, and more)
+        assert done, f"run() still waits: unacked={sorted(worker.unacked)}"
+    finally:
+        worker.release_jobs.set()
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+async def test_refused_with_reveals_owed_then_drained_still_says_refused(serve_raw: Any, tmp_path: Path) -> None:
+    """A first Ctrl-C while a refused worker waits for its reveals (`_reveals_before_exit`): drain() sees no
+    connection and sets `_finished`, run() cancels the connection task holding the WorkerRefused and returns
+    normally: `ethml worker` exits 0 and never says it was refused."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await ws.send_json(CHALLENGE)
+        await ws.receive_json()
+        await ws.send_json({"type": "refused", "message": "go away"})
+        await ws.close(code=4001)
+
+    raw = Raw(script)
+    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    worker.owed = {7: asyncio.Event()}
+    run = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker._refused is not None, timeout=30, what="the refusal")
+    worker.drain()
+    with pytest.raises(WorkerRefused):
+        await asyncio.wait_for(run, 30)
+
+
+# --- F6: an unstaked worker refused on a reconnect while a job runs -------------------------------------------------
+
+
+class Unstaked(FakeWorker):
+    """Job 1:train:0 finds the account unstaked (NotStaked); job 2:train:0 runs until `release_jobs`."""
+
+    async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
+        if job["job"] == "1:train:0":
+            raise TransactionReverted("commitSubmission", "not staked", error=Revert("NotStaked"), preflight=True)
+        return await super()._execute(job)
+
+
+async def test_an_unstaked_worker_refused_on_its_reconnect_still_ends(serve_raw: Any, tmp_path: Path) -> None:
+    """The honest server's own sequence: NotStaked drains the worker; its connection drops (a coordinator restart)
+    while job 2 still runs; the login is refused (no stake). `_connect_loop`'s unstaked branch clears `unacked` and
+    waits for `_finished`; job 2 then ends, its result goes into `unacked` (no connection to send it on) and nothing
+    ever calls `_check_drained` again, which would find `unacked` non-empty anyway: run() never returns."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        if n >= 2:
+            await ws.send_json(CHALLENGE)
+            await ws.receive_json()
+            await ws.send_json({"type": "refused", "message": "not staked"})
+            await ws.close(code=4001)
+            return
+        await _login(ws)
+        await ws.send_json(_job("2:train:0", chain_task=2))
+        await ws.send_json(_job("1:train:0"))
+
+        async def answer(data: dict[str, Any]) -> None:
+            if data["type"] == "result":
+                await ws.send_json({"type": "ack", "job": data["job"], "recorded": False, "failed": "requeued"})
+            elif data["type"] == "drain":
+                await ws.send_json({"type": "draining", "running": ["2:train:0"]})
+                await ws.close()  # the coordinator restarts
+
+        await raw.read(ws, answer)
+
+    raw = Raw(script)
+    worker = Unstaked(await serve_raw(raw), tmp_path, capacity=2)
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: worker._refused is not None, timeout=30, what="the refused reconnect")
+        worker.release_jobs.set()
+        done, _ = await asyncio.wait([run], timeout=20)
+        assert done, f"run() still waits: running={sorted(worker.running)} unacked={sorted(worker.unacked)}"
+        with pytest.raises(WorkerRefused, match="stopped taking jobs"):
+            run.result()
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)

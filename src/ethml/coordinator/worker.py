@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import re
@@ -49,10 +48,11 @@ from eth_account.signers.local import LocalAccount
 from web3 import AsyncWeb3
 from web3.exceptions import Web3Exception
 
+from ethml import safejson
 from ethml.chain.deploy import Deployment
 from ethml.coordinator.background import cancel_and_wait, stop_if_cancelled
 from ethml.coordinator.permit import sign_login
-from ethml.coordinator.schemas import MAX_FILE_BYTES, WORKER_ID
+from ethml.coordinator.schemas import JOB_ID, MAX_FILE_BYTES, WORKER_ID
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.paths import data_home
@@ -76,6 +76,13 @@ UPLOAD_RETRIES = (1.0, 2.0, 4.0, 8.0)
 #: job comes after the answer; a server that never answers would hold a graceful stop for good).
 DRAIN_ANSWER_WAIT = 30.0
 
+#: Seconds a draining worker with nothing left to run waits for the server's answers to its results and releases
+#: (a trainer's result may be answered `retry` for a few blocks) before it stops without them.
+ANSWER_WAIT = 60.0
+
+#: Releases left unanswered on one connection before the worker takes the server for a broken one and reconnects.
+MAX_UNANSWERED_RELEASES = 100
+
 #: Events kept for whoever embeds the worker (`Worker.events`); when nobody reads them, the oldest go.
 EVENTS_KEPT = 256
 
@@ -83,6 +90,7 @@ EVENTS_KEPT = 256
 HEARTBEAT_BOUNDS = (1.0, 300.0)
 
 #: A challenge's server id and nonce: 1 to 200 printable ASCII characters, no spaces nor line breaks.
+_JOB_ID = re.compile(JOB_ID)
 _CHALLENGE_TEXT = re.compile(r"[\x21-\x7e]{1,200}")
 
 #: Seconds before a result the server answered `retry` is sent again (a trainer's, whose commitment the
@@ -187,7 +195,8 @@ def _welcome_problem(welcome: dict[str, Any]) -> str | None:
             return f"{name} is not a list of strings"
     if token is not None and not isinstance(token, str):
         return "upload_token is not a string"
-    if heartbeat is not None and (type(heartbeat) not in (int, float) or math.isnan(heartbeat)):
+    number = type(heartbeat) is int or (type(heartbeat) is float and not math.isnan(heartbeat))  # (ints: any size)
+    if heartbeat is not None and not number:
         return "heartbeat is not a number"
     return None
 
@@ -234,6 +243,11 @@ class Worker:
         self._drain_sent = False  # on this connection
         self._drain_acked = False  # on this connection: no job comes after the server's answer
         self._releasing: set[str] = set()  # released on this connection, not answered yet
+        self._finishing: set[str] = set()  # revoked while committing: they run on, their slots free
+        self._resending: set[str] = set()  # results with a resend waiting (`_send_again`)
+        self._answers_since: float | None = None  # draining, nothing running: since when answers are awaited
+        self._refused: WorkerRefused | None = None  # why the server refused this worker, once it has
+        self._no_server = False  # refused: no connection comes again, no answer is awaited
         self._revoking: set[str] = set()  # revoked by the server, being stopped
         self._after_revoke: dict[str, dict[str, Any]] = {}  # sent again while being stopped: runs after
         self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
@@ -263,6 +277,8 @@ class Worker:
                 for task in owed:
                     self.duties[task].cancel()
             log.info("stopped", drained=not self.stopped_now, reveals_owed=owed)
+        if self._refused is not None and self.unstaked is None and not self.stopped_now:
+            raise self._refused  # (a drain during the reveals it made first ended the run before it was raised)
         if self.unstaked is not None and not self.stopped_now:
             raise WorkerRefused(
                 f"stopped taking jobs: {self.unstaked}; it made the reveals it owed first; start the worker again "
@@ -277,6 +293,7 @@ class Worker:
                 await self._session_once(session)
                 backoff = 0.5
             except WorkerRefused as exc:
+                self._refused, self._no_server = exc, True
                 if self.unstaked is None:
                     await self._reveals_before_exit(str(exc))
                     raise
@@ -295,12 +312,19 @@ class Worker:
             backoff = min(backoff * 2, self.config.max_backoff)
 
     async def _reveals_before_exit(self, why: str) -> None:
-        """Refused (by the server, or an admin's disconnect) while reveals are owed: they are made before
+        """Refused (by the server, or an admin's disconnect) while reveals are owed or a commitment is on its way:
+        the jobs not committing yet stop, the committing ones finish, and the reveals owed are made, before
         `run()` raises, since they need no login and each saves a bond; `stop_now()` still stops at once."""
         self._ws = None
-        while (owed := self._owed()) and not self.stopped_now:
-            log.error("refused_reveals_first", error=why, owed=owed)
-            await asyncio.wait([self.duties[task] for task in owed])
+        for job in [j for j in self.running if not self._committing(j)]:
+            self.running.pop(job).cancel()
+            self.jobs.pop(job, None)
+        while not self.stopped_now:
+            owed, committing = self._owed(), sorted(self.running)
+            if not (owed or committing):
+                return
+            log.error("refused_reveals_first", error=why, owed=owed, committing=committing)
+            await asyncio.wait([*self.running.values(), *(self.duties[task] for task in owed)])
 
     def drain(self) -> list[str]:
         """Stop gracefully: no new jobs; `run()` returns once the running ones are finished and their
@@ -371,6 +395,12 @@ class Worker:
         ws = self._ws
         if delivery is None or ws is None or ws.closed or "release" not in self.features:
             return None
+        if len(self._releasing) >= MAX_UNANSWERED_RELEASES:
+            # A server sending jobs it never takes back: a broken one. Its connection ends (the releases unanswered
+            # with it); the worker logs in again after a backoff.
+            log.warning("releases_unanswered", count=len(self._releasing), server=self.config.server)
+            self._spawn(ws.close())
+            return None
         self._releasing.add(job)
 
         async def send() -> None:
@@ -396,6 +426,8 @@ class Worker:
         try:
             if not await cancel_and_wait(task, None, unless=lambda: self._committing(job_id)):
                 log.warning("job_revoked_finishing", job=job_id, reason=reason)
+                if self.running.get(job_id) is task:
+                    self._finishing.add(job_id)  # its slot is free on the server's side: not counted as busy
                 return
             if not task.cancelled():
                 return  # it finished first, and reported its result
@@ -442,9 +474,12 @@ class Worker:
 
     async def _send_again(self, job_id: str, result: dict[str, Any]) -> None:
         """Send a result again after RESULT_RETRY, if it is still the one unacknowledged (on a reconnect every
-        unacknowledged result is sent anyway)."""
+        unacknowledged result is sent anyway); counted in `_resending` by the caller until then."""
         ws = self._ws
-        await asyncio.sleep(RESULT_RETRY)
+        try:
+            await asyncio.sleep(RESULT_RETRY)
+        finally:
+            self._resending.discard(job_id)
         if ws is not None and self.unacked.get(job_id) is result:
             await self._send(ws, result)
 
@@ -462,10 +497,25 @@ class Worker:
         """Draining, nothing running, every result acknowledged and every release answered, and no job
         can still be on its way (the server answered the drain, or there is no connection): done."""
         settled = self._ws is None or self._drain_acked or "drain" not in self.features
-        if self.draining and settled and not (self.running or self.unacked or self._releasing):
-            if self.unstaked is not None and not self.stopped_now and self._owed():
-                return  # the stake is gone, not the bonds: the reveals it owes first (they need no stake)
-            self._finished.set()
+        if not (self.draining and settled and not self.running):
+            return
+        if (self.unacked or self._releasing) and not self._no_server:
+            # Answers awaited: at most ANSWER_WAIT from when nothing was left to run (a server that never answers
+            # would hold the stop for good).
+            now = time.monotonic()
+            if self._answers_since is None:
+                self._answers_since = now
+                self._spawn(self._answers_deadline())
+            if now - self._answers_since < ANSWER_WAIT:
+                return
+            log.warning("answers_not_received", results=sorted(self.unacked), releases=sorted(self._releasing))
+        if self.unstaked is not None and not self.stopped_now and self._owed():
+            return  # the stake is gone, not the bonds: the reveals it owes first (they need no stake)
+        self._finished.set()
+
+    async def _answers_deadline(self) -> None:
+        await asyncio.sleep(ANSWER_WAIT)
+        self._check_drained()
 
     def _owed(self) -> list[int]:
         """The tasks whose reveal this worker still owes (running in the background)."""
@@ -478,7 +528,7 @@ class Worker:
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise ConnectionError(f"the coordinator closed the connection during the login ({msg.type.name})")
         try:
-            data = json.loads(msg.data)
+            data = safejson.loads(msg.data)
         except ValueError:
             raise ConnectionError("the coordinator sent a malformed message during the login") from None
         if not isinstance(data, dict):
@@ -540,7 +590,7 @@ class Worker:
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
                     try:
-                        data: Any = json.loads(msg.data)
+                        data: Any = safejson.loads(msg.data)
                     except ValueError:
                         data = None
                     if not isinstance(data, dict):
@@ -576,7 +626,9 @@ class Worker:
     def _on_message(self, data: dict[str, Any]) -> None:
         """One message from the server on a live connection (one it cannot read is logged and skipped)."""
         kind = data.get("type")
-        malformed = kind in ("job", "ack", "released", "revoked") and not isinstance(data.get("job"), str)
+        malformed = kind in ("job", "ack", "released", "revoked") and not (
+            isinstance(data.get("job"), str) and _JOB_ID.fullmatch(data["job"])
+        )
         if kind == "job" and not malformed:
             malformed = data.get("kind") not in ("train", "validate") or type(data.get("chain_task")) is not int
         if malformed:
@@ -586,8 +638,10 @@ class Worker:
             self._start(data)
         elif kind == "ack":
             if data.get("retry") and data["job"] in self.unacked:  # not counted yet: again in a moment
-                log.info("result_retry", job=data["job"], reason=data.get("refused"))
-                self._spawn(self._send_again(data["job"], self.unacked[data["job"]]))
+                if data["job"] not in self._resending:  # (one resend waiting per result, however many acks)
+                    log.info("result_retry", job=data["job"], reason=str(data.get("refused"))[:200])
+                    self._resending.add(data["job"])
+                    self._spawn(self._send_again(data["job"], self.unacked[data["job"]]))
                 return
             self.unacked.pop(data["job"], None)
             if data.get("refused"):
@@ -653,7 +707,7 @@ class Worker:
             return
         wanted = "train" if self.config.role == "trainer" else "validate"
         # Not counted: jobs the server took back that are being stopped (their slots are free on its side).
-        busy = len(self.running.keys() - self._revoking)
+        busy = len(self.running.keys() - self._revoking - self._finishing)
         if job["kind"] != wanted or busy >= self.config.capacity:
             # Never run on the server's word alone: a job of the other role (a trainer would pay a validator's
             # gas), or one beyond the capacity this worker announced (each runs in a process of its own, and a
@@ -684,10 +738,12 @@ class Worker:
             result = {"type": "result", "job": job_id, "ok": False, "detail": detail, "tx": None}
         result["delivery"] = job.get("delivery")
         result["seconds"] = round(time.monotonic() - started, 2)
-        self.unacked[job_id] = result
+        if not self._no_server:  # (no answer can come any more: nothing to wait for)
+            self.unacked[job_id] = result
         self.done.add(job_id)
         self.running.pop(job_id, None)
         self.jobs.pop(job_id, None)
+        self._finishing.discard(job_id)
         log.info("job_finished", job=job_id, ok=result["ok"], seconds=result["seconds"])
         self._event({"event": "job_finished", **result})
         ws = self._ws
@@ -705,6 +761,7 @@ class Worker:
                 reveals_owed=self._owed(),  # made before it exits: a reveal needs no stake, and saves a bond
             )
             self.drain()
+        self._check_drained()
 
     async def _execute(self, job: dict[str, Any]) -> tuple[Any, str | None]:
         task_id = int(job["chain_task"])
