@@ -268,3 +268,12 @@ async def test_a_mined_revert_is_explained_by_replaying_it(anvil: AsyncWeb3) -> 
     starved = await _send_unchecked(anvil, ethml.functions.expireRound(1, []), gas=23_000)
     assert starved["status"] == 0
     assert await why_reverted(anvil, starved, ethml.abi) == ("it ran out of gas (all 23,000 gas used)", None)
+
+
+def test_revert_text_that_blows_up_literal_eval_is_no_revert_data() -> None:
+    """An RPC's error text is read with `ast.literal_eval` when it quotes the revert as a bytes literal: a text
+    such as `b'' + 1**1**1...` raised MemoryError (not caught) out of the code reading a reverted transaction."""
+    from ethml.chain.reverts import revert_data
+
+    for text in ("1" + "**1" * 3000, "-" * 100_000 + "1"):
+        assert revert_data(ValueError(f"execution reverted: b{text}")) is None

@@ -206,3 +206,70 @@ def test_a_durable_blockstore_syncs_each_block_and_its_directory_before_put_retu
     synced.clear()
     durable.put(blocks[0].cid, blocks[0].data)  # stored already: nothing written, nothing synced
     assert synced == []
+
+
+def _node(children: list[bytes], blocksizes: list[int], data: bytes | None = None) -> bytes:
+    """A dag-pb UnixFS file node linking `children` (CIDs as bytes), as a tampered DAG would."""
+    from ethml.ipfs._dagpb import PBLink, PBNode, UnixFSData, encode_node, encode_unixfs
+
+    unixfs = UnixFSData(2, data, sum(blocksizes) + len(data or b""), blocksizes)
+    return encode_node(PBNode(links=[PBLink(c, "", 0) for c in children], data=encode_unixfs(unixfs)))
+
+
+async def test_a_dag_that_links_one_block_again_and_again_is_refused_and_never_holds_the_loop(
+    blockstore: Blockstore,
+) -> None:
+    """A data point's root linking one 32 KiB block 40 times, that block linking nothing and holding no data: each
+    link was read and decoded again, all on the event loop without a pause, so the total timeout never fired (4.5 s
+    past a 1 s timeout) and the miner's other actors got no turn. Layers of such nodes (a 2 MiB root holds 45,000
+    links, 32 levels deep) froze a miner for good with one request. The blocks read now count against twice the
+    content's limit (plus 4 MiB), and each block is a turn of the loop."""
+    from ethml.errors import MalformedDag
+    from ethml.ipfs.cid import block_cid
+
+    filler = _node([], [1] * 16_000)  # no data, and a long packed list of block sizes (slow to decode before)
+    filler_cid = block_cid(filler, "dag-pb", 0)
+    blockstore.put(filler_cid, filler)
+    level, cid = filler, filler_cid
+    for _ in range(3):  # each level links the one below 40 times: 64,000 reads of the filler
+        level = _node([bytes(cid)] * 40, [0] * 40)
+        cid = block_cid(level, "dag-pb", 0)
+        blockstore.put(cid, level)
+    client = IpfsClient(blockstore, IpfsConfig(gateways=[], total_timeout=600))
+    turns = 0
+    reading = True
+
+    async def ticker() -> None:
+        nonlocal turns
+        while reading:
+            turns += 1
+            await asyncio.sleep(0)
+
+    tick = asyncio.create_task(ticker())
+    try:
+        with pytest.raises(MalformedDag, match="links that repeat a block"):
+            await client.cat(cid, max_size=1024 * 1024)
+    finally:
+        reading = False
+        await tick
+    assert turns > 10  # the loop went on while the blocks were read
+
+
+def test_a_varint_is_decoded_from_its_own_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each varint was decoded from a copy of the rest of the block: quadratic in the block's fields (a 256 KiB
+    block of packed block sizes took 1.5 s, a 2 MiB one minutes). It is decoded from its own (at most 10) bytes."""
+    from multiformats import varint
+
+    from ethml.ipfs import _dagpb
+
+    seen: list[int] = []
+    decode = varint.decode_raw
+
+    def recording(b: bytes) -> tuple[int, int, memoryview]:
+        seen.append(len(b))
+        return decode(b)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(_dagpb.varint, "decode_raw", recording)
+    node = _dagpb.decode_unixfs(_dagpb.decode_node(_node([], [3] * 5_000)).data or b"")
+    assert node.blocksizes == [3] * 5_000
+    assert max(seen) <= 10

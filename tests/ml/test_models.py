@@ -210,3 +210,67 @@ def test_a_deeply_nested_data_point_spec_or_artifact_schema_is_refused_not_a_cra
     lines = done.stdout.splitlines()
     assert [line.split(" refused:")[0] for line in lines] == ["data point", "spec", "artifact"], done.stdout
     assert all("nested deeper than 200 levels" in line for line in lines), done.stdout
+
+
+def _doctored(kind: str, field: str, value: int) -> bytes:
+    """A canonical skops archive of an honestly fitted pipeline whose first tree's root split is rewritten:
+    `field` of node 0 set to `value` (what a trainer could do to its artifact and keep its scores)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ethml.training.artifact import canonical_dumps
+
+    rng = np.random.default_rng(7)
+    x = rng.random((200, 4))
+    y = (x[:, 0] > 0.5).astype(int)
+    if kind == "forest":
+        model = make_pipeline(StandardScaler(), RandomForestClassifier(3, random_state=0)).fit(x, y)
+        tree = model[-1].estimators_[0].tree_
+        state = tree.__getstate__()
+        state["nodes"][field][0] = value
+        tree.__setstate__(state)
+    else:
+        model = make_pipeline(StandardScaler(), HistGradientBoostingClassifier(max_iter=3)).fit(x, y)
+        model[-1]._predictors[0][0].nodes[field][0] = value
+    return canonical_dumps(model)
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "problem"),
+    [
+        ("forest", "left_child", 0, "child is not a later node"),  # a loop: predict never ended
+        ("forest", "right_child", 10**6, "child is not a later node"),  # past the end: a segmentation fault
+        ("forest", "feature", 99, "feature outside the model's 4"),  # read outside the data point
+        ("boosting", "left", 0, "child is not a later node"),
+        ("boosting", "right", 10**6, "child is not a later node"),
+        ("boosting", "feature_idx", 99, "feature outside the model's 4"),
+        ("boosting", "is_categorical", 1, "categorical split"),
+    ],
+)
+def test_a_doctored_decision_tree_is_refused(kind: str, field: str, value: int, problem: str) -> None:
+    """scikit-learn takes a tree's node arrays as stored. A trainer could add to its honest fit a split that only a
+    chosen data point reaches, pointing back at itself (predict loops for good, holding a miner's prediction
+    thread) or past the tree (a segmentation fault): the validators' scores stay the honest fit's, and once
+    registered the model answers that data point by killing or freezing every miner."""
+    blob = _doctored(kind, field, value)
+    with pytest.raises(UntrustedArtifact, match=problem):
+        load_untrusted(blob, "doctored", hashlib.sha256(blob).hexdigest())
+
+
+def test_an_honest_fit_of_each_tree_model_loads() -> None:
+    from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor, RandomForestRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ethml.training.artifact import canonical_dumps
+
+    rng = np.random.default_rng(3)
+    x, y = rng.random((300, 5)), rng.random(300)
+    for estimator in (
+        RandomForestRegressor(5),
+        GradientBoostingRegressor(n_estimators=5),
+        HistGradientBoostingRegressor(),
+    ):
+        blob = canonical_dumps(make_pipeline(StandardScaler(), estimator).fit(x, y))
+        assert load_untrusted(blob, "honest", hashlib.sha256(blob).hexdigest()).predict(x[:2]).shape == (2,)

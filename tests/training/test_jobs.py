@@ -137,3 +137,13 @@ def test_a_job_s_process_ends_when_the_worker_that_started_it_is_killed(tmp_path
         worker.kill()
         if pidfile.exists() and pidfile.read_text() and not _gone(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_test_set_the_csv_module_cannot_read_is_unusable_not_a_failed_vote() -> None:
+    """A field over the csv module's 131,072-character limit raised `_csv.Error` out of `test_set_problem`: the
+    validator's job failed and it cast no vote, where the test set should be voted unusable."""
+    from ethml.training.jobs import test_set_problem
+
+    spec = parse_spec({"target": "t", "features": ["a"], "estimator": {"name": "Ridge", "params": {}}, "metric": "mae"})
+    huge = b'a,t\n1,2\n"' + b"x" * 200_000 + b'",3\n' + b"1,2\n" * 20
+    assert test_set_problem(spec, huge) == "row 3 is not CSV (field larger than field limit (131072))"

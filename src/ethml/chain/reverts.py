@@ -384,7 +384,7 @@ def revert_data(exc: BaseException) -> bytes | None:
                 literal = arg.split("execution reverted: ", 1)[1]
                 try:
                     parsed = ast.literal_eval(literal)
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, MemoryError, RecursionError):  # (an RPC's text, whatever it is)
                     continue
                 if isinstance(parsed, bytes) and parsed:
                     return parsed

@@ -32,6 +32,9 @@ RAW_BLOCK = "application/vnd.ipld.raw"
 MAX_BLOCK_SIZE = 2 * 1024 * 1024
 DATA_POINT_LIMIT = 1024 * 1024
 MAX_DEPTH = 32
+#: Bytes of blocks a read may go through beyond twice the content it may return: a DAG whose links repeat one
+#: block, or whose nodes hold no data, would otherwise be read (and decoded, block after block) without end.
+READ_SLACK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -110,6 +113,8 @@ class IpfsClient:
         # concurrently (bounded by the semaphore) while earlier ones are consumed.
         stack: list[tuple[CID, int]] = [(root, 0)]
         pending: dict[CID, asyncio.Task[bytes]] = {}
+        # Every block read counts, a repeated link's included: a file's blocks add up to about its size.
+        budget, read = 2 * limit + READ_SLACK, 0
         try:
             while stack:
                 cid, depth = stack.pop()
@@ -117,6 +122,14 @@ class IpfsClient:
                     raise MalformedDag(str(root), f"deeper than {MAX_DEPTH} levels")
                 task = pending.pop(cid, None)
                 payload = await task if task is not None else await self.get_block(cid)
+                read += len(payload)
+                if read > budget:
+                    raise MalformedDag(
+                        str(root),
+                        f"its blocks add up to more than {budget:,} bytes for at most {limit:,} bytes of content "
+                        "(links that repeat a block, or nodes without data)",
+                    )
+                await asyncio.sleep(0)  # a block at a time: the timeout and the node's other actors go on meanwhile
                 node = decode_file_node(cid, payload)
                 if cid == root and node.filesize is not None and node.filesize > limit:
                     raise ContentTooLarge(str(root), node.filesize, limit)

@@ -11,6 +11,7 @@ import hashlib
 import io
 import warnings
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ def load_bundled(entry: ModelEntry, path: Path, expected_sha256: str | None = No
 
 #: The schema of a skops archive (its node tree; the arrays are files of their own).
 SCHEMA = "schema.json"
-MAX_SCHEMA_BYTES = 64 * 2**20
+MAX_SCHEMA_BYTES = 64 * 2**20  # (as large as an artifact may be; a 500-tree boosted model's is 3.5 MiB)
 
 
 def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
@@ -101,9 +102,83 @@ def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
     if refused:
         raise UntrustedArtifact(name, f"it contains types outside the allow-list: {', '.join(refused)}")
     try:
-        return sio.loads(blob, trusted=[t for t in untrusted if t in TRUSTED_TYPES])
+        model = sio.loads(blob, trusted=[t for t in untrusted if t in TRUSTED_TYPES])
     except Exception as exc:  # noqa: BLE001
         raise UntrustedArtifact(name, f"skops could not load it ({exc})") from None
+    check_trees(model, name)
+    return model
+
+
+def _parts(model: Any) -> Iterator[Any]:
+    """Every object inside a loaded scikit-learn model (through attributes, lists, tuples, dicts and object
+    arrays), each once."""
+    import numpy as np
+
+    seen: set[int] = set()
+    todo = [model]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, str | bytes | int | float | bool) or obj is None:
+            continue
+        seen.add(id(obj))
+        yield obj
+        if isinstance(obj, list | tuple):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif isinstance(obj, np.ndarray):
+            if obj.dtype == object:
+                todo.extend(obj.ravel().tolist())
+        elif type(obj).__module__.startswith("sklearn."):
+            todo.extend(vars(obj).values() if hasattr(obj, "__dict__") else ())
+            if type(obj).__name__ in ("DecisionTreeClassifier", "DecisionTreeRegressor") and hasattr(obj, "tree_"):
+                todo.append(obj.tree_)
+
+
+def _tree_problem(left: Any, right: Any, leaf: Any, feature: Any, features: int) -> str | None:
+    """What is wrong with a tree's nodes, or None: every split's children come after it and within the tree (so a
+    walk from the root ends at a leaf, whatever the input), and it reads a feature the model takes."""
+    import numpy as np
+
+    count = len(left)
+    if count == 0 or not (len(right) == len(leaf) == len(feature) == count):
+        return "node arrays of different lengths"
+    index = np.arange(count)
+    split = ~leaf
+    if np.any(split & ((left <= index) | (left >= count) | (right <= index) | (right >= count))):
+        return "a split whose child is not a later node of the tree"
+    if np.any(split & ((feature < 0) | (feature >= features))):
+        return f"a split on a feature outside the model's {features}"
+    return None
+
+
+def check_trees(model: Any, name: str) -> None:
+    """UntrustedArtifact unless every decision tree in `model` is well formed (`_tree_problem`). scikit-learn takes
+    a tree's node arrays as they are stored: an archive whose tree has a split pointing back at itself, or past
+    the end of the tree, predicts as the honest fit does on the data it was checked on, and then loops for good or
+    reads outside its arrays (a segmentation fault) on a data point chosen to reach that split."""
+    import numpy as np
+
+    features = getattr(model, "n_features_in_", None)
+    for part in _parts(model):
+        kind = f"{type(part).__module__}.{type(part).__name__}"
+        if kind == "sklearn.tree._tree.Tree":
+            left, right = np.asarray(part.children_left), np.asarray(part.children_right)
+            leaf = (left == -1) & (right == -1)
+            width = int(part.n_features) if features is None else min(int(part.n_features), int(features))
+            problem = _tree_problem(left, right, leaf, np.asarray(part.feature), width)
+        elif kind == "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor":
+            nodes = part.nodes
+            if np.any(nodes["is_categorical"]):
+                problem = "a categorical split (no task's model has one)"
+            else:
+                leaf = nodes["is_leaf"].astype(bool)
+                width = 2**31 if features is None else int(features)
+                problem = _tree_problem(nodes["left"], nodes["right"], leaf, nodes["feature_idx"], width)
+        else:
+            continue
+        if problem is not None:
+            raise UntrustedArtifact(name, f"a malformed decision tree: {problem}")
 
 
 @dataclass

@@ -170,14 +170,18 @@ def _first_bad_row(raw: bytes, columns: list[int]) -> None:
         reader = csv.reader(io.StringIO(raw.decode()))
     except UnicodeDecodeError:
         raise TrainingError("the CSV is not UTF-8 text") from None
-    next(reader, None)
-    for line, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        try:
-            [float(row[i]) for i in columns]
-        except (ValueError, IndexError):
-            raise TrainingError(f"row {line} is not numeric in the spec's columns") from None
+    line = 1
+    try:
+        next(reader, None)
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                [float(row[i]) for i in columns]
+            except (ValueError, IndexError):
+                raise TrainingError(f"row {line} is not numeric in the spec's columns") from None
+    except csv.Error as exc:  # a field over the csv module's limit, a stray NUL: the data's fault, said as such
+        raise TrainingError(f"row {line + 1} is not CSV ({exc})") from None
 
 
 def _holdout(spec: TaskSpec, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], seed: int) -> tuple[Any, ...]:
