@@ -274,3 +274,83 @@ def test_an_honest_fit_of_each_tree_model_loads() -> None:
     ):
         blob = canonical_dumps(make_pipeline(StandardScaler(), estimator).fit(x, y))
         assert load_untrusted(blob, "honest", hashlib.sha256(blob).hexdigest()).predict(x[:2]).shape == (2,)
+
+
+#: Hostile skops archives, loaded in a child process with web3 imported (on the code before, they killed it with
+#: a segmentation fault, or never finished): each line is the case and what `load_untrusted` said.
+_HOSTILE_ARCHIVES = r"""
+import hashlib, io, json, sys, zipfile
+import web3  # noqa: F401
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+import skops.io as sio
+from ethml.errors import UntrustedArtifact
+from ethml.ml import load_untrusted
+
+x = np.random.default_rng(1).random((50, 3))
+blob = sio.dumps(LogisticRegression().fit(x, (x[:, 0] > 0.5).astype(int)))
+with zipfile.ZipFile(io.BytesIO(blob)) as z:
+    files = {n: z.read(n) for n in z.namelist()}
+honest = json.loads(files["schema.json"])
+array = next(n for n in files if n.endswith(".npy"))
+
+def archive(schema, extra=None):
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in {**files, **(extra or {})}.items():
+            z.writestr(name, json.dumps(schema) if name == "schema.json" else data)
+    return out.getvalue()
+
+def node(loader, content, ident, cls="list", module="builtins"):
+    return {"__class__": cls, "__module__": module, "__loader__": loader, "content": content, "__id__": ident}
+
+def with_attribute(value):
+    # An attribute of the estimator: its dict's content, and a key type for its name (one per key).
+    schema = json.loads(json.dumps(honest))
+    schema["content"]["content"]["hostile_"] = value
+    types = schema["content"]["key_types"]["content"]
+    types.append(dict(types[0]))
+    return schema
+
+json_text = node("JsonNode", "[" * 300_000, 9001, cls="str")
+loop = node("ListNode", [node("ListNode", [{"__loader__": "ListNode", "__id__": 9002, "__class__": "list",
+                                           "__module__": "builtins", "content": []}], 9003)], 9002)
+shared = node("ListNode", [], 9100)
+for level in range(1, 41):  # each level names the one below twice: 2**40 nodes for skops' audit
+    shared = node("ListNode", [shared, {**shared, "content": "shared"}], 9100 + level)
+arrays = node("ListNode", [{"__class__": "ndarray", "__module__": "numpy", "__loader__": "NdArrayNode",
+                            "type": "numpy", "file": "big.npy", "__id__": 9200 + i} for i in range(40)], 9199)
+cases = {
+    "a JSON text nested deeply": archive(with_attribute(json_text)),
+    "a node inside itself": archive(with_attribute(loop)),
+    "nodes shared over and over": archive(with_attribute(shared)),
+    "one large array file read 40 times": archive(with_attribute(arrays), {"big.npy": b"\0" * (16 * 2**20)}),
+    "a loader no model uses": archive(with_attribute(node("FunctionNode", {}, 9300, "function"))),
+}
+for case, data in cases.items():
+    try:
+        load_untrusted(data, "hostile", hashlib.sha256(data).hexdigest())
+        print(case, "| loaded", flush=True)
+    except UntrustedArtifact as exc:
+        print(case, "|", exc, flush=True)
+"""
+
+
+def test_a_hostile_skops_archive_is_refused_before_skops_reads_it() -> None:
+    """skops builds its node tree before any of its checks: a JSON text nested 300,000 deep inside a node, or a
+    node whose child names its own id, killed the process that loaded the archive (a miner, a validator); nodes
+    that name the one below twice over 40 levels kept its audit busy for good; one 16 MiB file of zeros named by
+    40 array nodes was read 40 times (on a 64 MiB artifact, tens of GB). Each is refused first now."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _HOSTILE_ARCHIVES], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, f"exit code {done.returncode}: {done.stdout[-1000:]} {done.stderr[-2000:]}"
+    said = dict(line.split(" | ", 1) for line in done.stdout.splitlines())
+    assert "nested deeper than 200 levels" in said["a JSON text nested deeply"], said
+    assert "inside itself" in said["a node inside itself"], said
+    assert "nodes shared over and over" in said["nodes shared over and over"], said
+    assert "over 512 MiB" in said["one large array file read 40 times"], said
+    assert "'FunctionNode' node" in said["a loader no model uses"], said

@@ -76,6 +76,87 @@ SCHEMA = "schema.json"
 MAX_SCHEMA_BYTES = 64 * 2**20  # (as large as an artifact may be; a 500-tree boosted model's is 3.5 MiB)
 
 
+#: The skops node loaders the fitted models of a task use (ethml.training.spec.ESTIMATORS, with either scaler),
+#: and the ones for shared objects, slices and dtypes that the allow-list's types may need.
+SCHEMA_LOADERS = frozenset(
+    {
+        "CachedNode", "DictNode", "DTypeNode", "JsonNode", "ListNode", "LossNode", "NdArrayNode", "ObjectNode",
+        "RandomGeneratorNode", "RandomStateNode", "SliceNode", "TreeNode", "TupleNode", "TypeNode",
+    }
+)  # fmt: skip
+#: Nodes skops may walk in a schema, a shared node counted each time it is met (skops' audit walks it each time).
+MAX_SCHEMA_NODES = 1_000_000
+#: Bytes of array files a schema may have skops read (a file named by several nodes is read for each).
+MAX_ARRAY_BYTES = 512 * 2**20
+
+
+class _Refused(Exception):
+    pass
+
+
+def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
+    """What in a skops schema would have skops crash, loop or run out of memory while it reads it (before any of its
+    own checks run), or None. skops builds its node tree before it checks a type, and registers a node's id before
+    its children: a child naming its ancestor's id makes a loop (a segmentation fault); a JSON text inside a node
+    (`content`) is read with `json.loads` (nested deeply, a segmentation fault: see ethml.safejson); a node met
+    again is audited again (nodes each naming the one below twice: exponential time); each array node reads its
+    file whole (ten nodes naming one highly compressed file: ten copies). So: only the node loaders a fitted model
+    uses, no id inside itself, no JSON text nested deeper than safejson takes, at most MAX_SCHEMA_NODES nodes
+    walked and MAX_ARRAY_BYTES of array files read."""
+    sizes: dict[Any, int] = {}  # id -> nodes under it, once walked
+    walking: set[Any] = set()
+    totals = {"nodes": 0, "arrays": 0}
+
+    def children(value: Any) -> Iterator[dict[str, Any]]:
+        for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+            if isinstance(item, dict) and "__loader__" in item:
+                yield item
+            elif isinstance(item, dict | list):
+                yield from children(item)
+
+    def walk(state: dict[str, Any]) -> int:
+        ident = state.get("__id__")
+        if ident is not None and not isinstance(ident, int):
+            raise _Refused(f"a node id {str(ident)[:40]!r} that is not a number")
+        if ident in sizes:  # skops takes the node it built; its audit walks it again
+            size = sizes[ident]
+        elif ident in walking:
+            raise _Refused(f"node {ident} inside itself (a loop)")
+        else:
+            loader = state["__loader__"]
+            if loader not in SCHEMA_LOADERS:
+                raise _Refused(f"a {str(loader)[:40]!r} node, which no fitted model of a task holds")
+            content = state.get("content")
+            if isinstance(content, str):
+                try:
+                    safejson.loads(content)
+                except ValueError as exc:
+                    if str(exc).startswith("nested deeper"):
+                        raise _Refused(f"node {ident}'s JSON text is {exc}") from None
+            if loader == "NdArrayNode" and state.get("type") == "numpy":
+                totals["arrays"] += archive.getinfo(str(state.get("file"))).file_size
+                if totals["arrays"] > MAX_ARRAY_BYTES:
+                    raise _Refused(f"array files read adding up to over {MAX_ARRAY_BYTES // 2**20} MiB")
+            if ident is not None:
+                walking.add(ident)
+            size = 1 + sum(walk(child) for child in children(state))
+            if ident is not None:
+                walking.discard(ident)
+                sizes[ident] = size
+        totals["nodes"] += 1
+        if size > MAX_SCHEMA_NODES or totals["nodes"] > MAX_SCHEMA_NODES:
+            raise _Refused(f"over {MAX_SCHEMA_NODES:,} nodes to walk (nodes shared over and over)")
+        return size
+
+    if not isinstance(schema, dict) or "__loader__" not in schema:
+        return "no root node"
+    try:
+        walk(schema)
+    except _Refused as exc:
+        return str(exc)
+    return None
+
+
 def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
     """An artifact from outside (IPFS, a trainer's upload): skops only, allow-listed types only."""
     actual = sha256_hex(blob)
@@ -91,9 +172,12 @@ def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
             if archive.getinfo(SCHEMA).file_size > MAX_SCHEMA_BYTES:
                 raise ValueError(f"its {SCHEMA} is over {MAX_SCHEMA_BYTES // 2**20} MiB")
-            safejson.loads(archive.read(SCHEMA))
+            schema = safejson.loads(archive.read(SCHEMA))
+            problem = schema_problem(schema, archive)
     except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise UntrustedArtifact(name, f"unreadable skops archive ({exc})") from None
+    if problem is not None:
+        raise UntrustedArtifact(name, f"a skops archive no fitted model is: {problem}")
     try:
         untrusted = sio.get_untrusted_types(data=blob)
     except Exception as exc:  # noqa: BLE001 - any parse failure means: do not load
