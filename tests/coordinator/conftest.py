@@ -295,3 +295,25 @@ async def coordinator(anvil_url: str, tmp_path: Path) -> AsyncIterator[Coordinat
     async with coordinator_on(anvil_url, tmp_path) as c:
         await c.start_server()
         yield c
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    """`start(script)`: a scripted coordinator whose /ws/worker is `script.handler`, and its ws:// URL (the worker
+    tests of test_worker_stop.py and test_hostile_server.py)."""
+    runners: list[web.AppRunner] = []
+
+    async def start(script: Any) -> str:
+        app = web.Application()
+        app.router.add_get("/ws/worker", script.handler)
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"ws://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -380,7 +380,7 @@ class Raw:
         self.script, self.connections = script, 0
         self.received: list[dict[str, Any]] = []
 
-    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connections += 1
@@ -395,25 +395,6 @@ class Raw:
             if data["type"] != "load":
                 self.received.append(data)
                 await answer(data)
-
-
-@pytest.fixture
-async def serve_raw() -> AsyncIterator[Callable[[Raw], Awaitable[str]]]:
-    runners: list[web.AppRunner] = []
-
-    async def start(raw: Raw) -> str:
-        app = web.Application()
-        app.router.add_get("/ws/worker", raw.socket)
-        runner = web.AppRunner(app, shutdown_timeout=1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        return f"ws://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 def _answers(ws: web.WebSocketResponse) -> Callable[[dict[str, Any]], Awaitable[None]]:
@@ -456,7 +437,7 @@ asyncio.run(main())
 
 
 @pytest.mark.parametrize("where", ["challenge", "live"])
-async def test_a_deeply_nested_message_does_not_kill_the_worker(serve_raw: Any, tmp_path: Path, where: str) -> None:
+async def test_a_deeply_nested_message_does_not_kill_the_worker(serve: Any, tmp_path: Path, where: str) -> None:
     """One text frame of 65,500 '[' (under the worker's max_msg_size of 64 KiB). py_ecc (imported through
     eth_account) sets sys.setrecursionlimit(100000), so the C JSON scanner's RecursionError guard never trips before
     the 8 MiB C stack is gone: `json.loads` in `_login_message` / the receive loop (worker.py:481, :543) segfaults
@@ -470,7 +451,7 @@ async def test_a_deeply_nested_message_does_not_kill_the_worker(serve_raw: Any, 
             pass
 
     raw = Raw(script)
-    url = await serve_raw(raw)
+    url = await serve(raw)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, url, "3", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
@@ -480,7 +461,7 @@ async def test_a_deeply_nested_message_does_not_kill_the_worker(serve_raw: Any, 
     assert "alive False" in out.decode(), out.decode()[-2000:]
 
 
-async def test_a_huge_integer_heartbeat_does_not_end_run(serve_raw: Any, tmp_path: Path) -> None:
+async def test_a_huge_integer_heartbeat_does_not_end_run(serve: Any, tmp_path: Path) -> None:
     """`_welcome_problem` calls math.isnan on an int: an int over ~1e308 raises OverflowError (uncaught)."""
 
     async def script(ws: web.WebSocketResponse, n: int) -> None:
@@ -489,7 +470,7 @@ async def test_a_huge_integer_heartbeat_does_not_end_run(serve_raw: Any, tmp_pat
             pass
 
     raw = Raw(script)
-    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    worker = FakeWorker(await serve(raw), tmp_path)
     run = asyncio.create_task(worker.run())
     try:  # an integer of any size is a number of seconds, kept within the bounds
         await _connected(worker, run)
@@ -510,7 +491,7 @@ class CommittingWorker(FakeWorker):
         return job_id in self.committing
 
 
-async def test_an_admin_disconnect_waits_for_a_commitment_on_its_way(serve_raw: Any, tmp_path: Path) -> None:
+async def test_an_admin_disconnect_waits_for_a_commitment_on_its_way(serve: Any, tmp_path: Path) -> None:
     """Close 4003 while a job's commitment is being sent (its secret written: `_committing` true): the reveal it
     will owe is no duty yet, so `_reveals_before_exit` sees nothing owed and run() raises at once, leaving the job
     to be cancelled as the process exits (`chain.run` ends the loop)."""
@@ -523,7 +504,7 @@ async def test_an_admin_disconnect_waits_for_a_commitment_on_its_way(serve_raw: 
         await ws.close(code=4003, message=b"disconnected by an admin")
 
     raw = Raw(script)
-    worker = CommittingWorker(await serve_raw(raw), tmp_path)
+    worker = CommittingWorker(await serve(raw), tmp_path)
     worker.committing.add("1:train:0")
     run = asyncio.create_task(worker.run())
     try:
@@ -544,7 +525,7 @@ async def test_an_admin_disconnect_waits_for_a_commitment_on_its_way(serve_raw: 
 # --- F3: an honest server's job refused after it revoked a committing job ------------------------------------------
 
 
-async def test_a_job_sent_after_a_committing_job_was_revoked_is_not_refused(serve_raw: Any, tmp_path: Path) -> None:
+async def test_a_job_sent_after_a_committing_job_was_revoked_is_not_refused(serve: Any, tmp_path: Path) -> None:
     """dispatch.py `_pass`: an overdue job is dropped from the worker's slots and `revoked`; the next pass fills the
     slot. The worker finishes a revoked job whose commitment is being sent (`_stop_revoked` returns at once, and
     `_revoking` forgets it), so `busy` counts it again and the honest server's next job is released as
@@ -561,7 +542,7 @@ async def test_a_job_sent_after_a_committing_job_was_revoked_is_not_refused(serv
         await raw.read(ws, _answers(ws))
 
     raw = Raw(script)
-    worker = CommittingWorker(await serve_raw(raw), tmp_path, capacity=1)
+    worker = CommittingWorker(await serve(raw), tmp_path, capacity=1)
     worker.committing.add("1:train:0")
     run = asyncio.create_task(worker.run())
     try:
@@ -579,7 +560,7 @@ async def test_a_job_sent_after_a_committing_job_was_revoked_is_not_refused(serv
 # --- F4: memory a server can still make the worker hold --------------------------------------------------------
 
 
-async def test_unanswered_releases_do_not_pile_up(serve_raw: Any, tmp_path: Path) -> None:
+async def test_unanswered_releases_do_not_pile_up(serve: Any, tmp_path: Path) -> None:
     """Jobs over the capacity, never answered: every id stayed in `_releasing` for the life of the connection
     (2,000 ids of 60 KB each held 120 MB). A job id must now be one (`<task>:<kind>:<n>`), and a server leaving
     MAX_UNANSWERED_RELEASES releases unanswered is a broken one: its connection ends, and the worker logs in again."""
@@ -598,7 +579,7 @@ async def test_unanswered_releases_do_not_pile_up(serve_raw: Any, tmp_path: Path
             pass
 
     raw = Raw(script)
-    worker = FakeWorker(await serve_raw(raw), tmp_path, capacity=1)
+    worker = FakeWorker(await serve(raw), tmp_path, capacity=1)
     run = asyncio.create_task(worker.run())
     try:
         await wait_until(lambda: raw.connections >= 2 or run.done(), timeout=60, what="the connection to end")
@@ -611,7 +592,7 @@ async def test_unanswered_releases_do_not_pile_up(serve_raw: Any, tmp_path: Path
         await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
 
 
-async def test_retry_acks_do_not_multiply_result_sends(serve_raw: Any, tmp_path: Path) -> None:
+async def test_retry_acks_do_not_multiply_result_sends(serve: Any, tmp_path: Path) -> None:
     """Each `ack` with `retry` spawns a task that sends the whole result again after RESULT_RETRY: 5000 of them
     for one result, 5000 tasks and 5000 copies of the result sent."""
 
@@ -628,7 +609,7 @@ async def test_retry_acks_do_not_multiply_result_sends(serve_raw: Any, tmp_path:
         await raw.read(ws, answer)
 
     raw = Raw(script)
-    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    worker = FakeWorker(await serve(raw), tmp_path)
     worker.release_jobs.set()
     run = asyncio.create_task(worker.run())
     try:
@@ -645,7 +626,7 @@ async def test_retry_acks_do_not_multiply_result_sends(serve_raw: Any, tmp_path:
 
 
 async def test_a_drain_ends_though_the_server_never_acknowledges_the_result(
-    serve_raw: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DRAIN_ANSWER_WAIT bounds only the wait for `draining`: a server that answers the drain but never acks the
     result (nor answers a release) holds `run()` in `_check_drained` (`self.unacked`) for as long as it likes."""
@@ -663,7 +644,7 @@ async def test_a_drain_ends_though_the_server_never_acknowledges_the_result(
         await raw.read(ws, answer)
 
     raw = Raw(script)
-    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    worker = FakeWorker(await serve(raw), tmp_path)
     run = asyncio.create_task(worker.run())
     try:
         await wait_until(lambda: worker.started == ["1:train:0"], timeout=30, what="the job")
@@ -677,7 +658,7 @@ async def test_a_drain_ends_though_the_server_never_acknowledges_the_result(
         await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
 
 
-async def test_refused_with_reveals_owed_then_drained_still_says_refused(serve_raw: Any, tmp_path: Path) -> None:
+async def test_refused_with_reveals_owed_then_drained_still_says_refused(serve: Any, tmp_path: Path) -> None:
     """A first Ctrl-C while a refused worker waits for its reveals (`_reveals_before_exit`): drain() sees no
     connection and sets `_finished`, run() cancels the connection task holding the WorkerRefused and returns
     normally: `ethml worker` exits 0 and never says it was refused."""
@@ -689,7 +670,7 @@ async def test_refused_with_reveals_owed_then_drained_still_says_refused(serve_r
         await ws.close(code=4001)
 
     raw = Raw(script)
-    worker = FakeWorker(await serve_raw(raw), tmp_path)
+    worker = FakeWorker(await serve(raw), tmp_path)
     worker.owed = {7: asyncio.Event()}
     run = asyncio.create_task(worker.run())
     await wait_until(lambda: worker._refused is not None, timeout=30, what="the refusal")
@@ -710,7 +691,7 @@ class Unstaked(FakeWorker):
         return await super()._execute(job)
 
 
-async def test_an_unstaked_worker_refused_on_its_reconnect_still_ends(serve_raw: Any, tmp_path: Path) -> None:
+async def test_an_unstaked_worker_refused_on_its_reconnect_still_ends(serve: Any, tmp_path: Path) -> None:
     """The honest server's own sequence: NotStaked drains the worker; its connection drops (a coordinator restart)
     while job 2 still runs; the login is refused (no stake). `_connect_loop`'s unstaked branch clears `unacked` and
     waits for `_finished`; job 2 then ends, its result goes into `unacked` (no connection to send it on) and nothing
@@ -737,7 +718,7 @@ async def test_an_unstaked_worker_refused_on_its_reconnect_still_ends(serve_raw:
         await raw.read(ws, answer)
 
     raw = Raw(script)
-    worker = Unstaked(await serve_raw(raw), tmp_path, capacity=2)
+    worker = Unstaked(await serve(raw), tmp_path, capacity=2)
     run = asyncio.create_task(worker.run())
     try:
         await wait_until(lambda: worker._refused is not None, timeout=30, what="the refused reconnect")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -129,26 +128,6 @@ class HeldWorker(Worker):
             self.cancelled.append(job["job"])
             raise
         return {"done": True}, None
-
-
-@pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[Any]:
-    runners: list[web.AppRunner] = []
-
-    async def start(script: Script) -> str:
-        app = web.Application()
-        app.router.add_get("/ws/worker", script.handler)
-        runner = web.AppRunner(app, shutdown_timeout=1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"ws://127.0.0.1:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 async def _event(worker: Worker, name: str) -> dict[str, Any]:
