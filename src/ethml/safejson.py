@@ -17,13 +17,17 @@ from pydantic_core import from_json
 MAX_DEPTH = 200
 
 
+class TooDeep(ValueError):
+    """A JSON text nested deeper than MAX_DEPTH levels."""
+
+
 def loads(raw: bytes | bytearray | str) -> Any:
     """The value of a JSON text; ValueError for one that is not JSON, is not UTF-8, or nests deeper than
-    MAX_DEPTH levels (the message says which, and where)."""
+    MAX_DEPTH levels (TooDeep; the message says which, and where)."""
     try:
         return from_json(raw, allow_inf_nan=True)
     except ValueError as exc:
         text = str(exc)
         if text.startswith("recursion limit exceeded"):
-            raise ValueError(f"nested deeper than {MAX_DEPTH} levels ({text})") from None
+            raise TooDeep(f"nested deeper than {MAX_DEPTH} levels ({text})") from None
         raise

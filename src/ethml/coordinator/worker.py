@@ -247,7 +247,6 @@ class Worker:
         self._resending: set[str] = set()  # results with a resend waiting (`_send_again`)
         self._answers_since: float | None = None  # draining, nothing running: since when answers are awaited
         self._refused: WorkerRefused | None = None  # why the server refused this worker, once it has
-        self._no_server = False  # refused: no connection comes again, no answer is awaited
         self._revoking: set[str] = set()  # revoked by the server, being stopped
         self._after_revoke: dict[str, dict[str, Any]] = {}  # sent again while being stopped: runs after
         self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
@@ -293,7 +292,7 @@ class Worker:
                 await self._session_once(session)
                 backoff = 0.5
             except WorkerRefused as exc:
-                self._refused, self._no_server = exc, True
+                self._refused = exc  # no connection comes again, no answer is awaited
                 if self.unstaked is None:
                     await self._reveals_before_exit(str(exc))
                     raise
@@ -499,7 +498,7 @@ class Worker:
         settled = self._ws is None or self._drain_acked or "drain" not in self.features
         if not (self.draining and settled and not self.running):
             return
-        if (self.unacked or self._releasing) and not self._no_server:
+        if (self.unacked or self._releasing) and self._refused is None:
             # Answers awaited: at most ANSWER_WAIT from when nothing was left to run (a server that never answers
             # would hold the stop for good).
             now = time.monotonic()
@@ -738,7 +737,7 @@ class Worker:
             result = {"type": "result", "job": job_id, "ok": False, "detail": detail, "tx": None}
         result["delivery"] = job.get("delivery")
         result["seconds"] = round(time.monotonic() - started, 2)
-        if not self._no_server:  # (no answer can come any more: nothing to wait for)
+        if self._refused is None:  # (refused: no answer can come any more, nothing to wait for)
             self.unacked[job_id] = result
         self.done.add(job_id)
         self.running.pop(job_id, None)

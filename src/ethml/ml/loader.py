@@ -130,9 +130,10 @@ def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
             if isinstance(content, str):
                 try:
                     safejson.loads(content)
-                except ValueError as exc:
-                    if str(exc).startswith("nested deeper"):
-                        raise _Refused(f"node {ident}'s JSON text is {exc}") from None
+                except safejson.TooDeep as exc:
+                    raise _Refused(f"node {ident}'s JSON text is {exc}") from None
+                except ValueError:
+                    pass  # not JSON: skops says so itself, if it reads it
             if loader == "NdArrayNode" and state.get("type") == "numpy":
                 totals["arrays"] += archive.getinfo(str(state.get("file"))).file_size
                 if totals["arrays"] > MAX_ARRAY_BYTES:
@@ -213,10 +214,8 @@ def _parts(model: Any) -> Iterator[Any]:
         elif isinstance(obj, np.ndarray):
             if obj.dtype == object:
                 todo.extend(obj.ravel().tolist())
-        elif type(obj).__module__.startswith("sklearn."):
-            todo.extend(vars(obj).values() if hasattr(obj, "__dict__") else ())
-            if type(obj).__name__ in ("DecisionTreeClassifier", "DecisionTreeRegressor") and hasattr(obj, "tree_"):
-                todo.append(obj.tree_)
+        elif type(obj).__module__.startswith("sklearn.") and hasattr(obj, "__dict__"):
+            todo.extend(vars(obj).values())  # (a decision tree's `tree_` among them)
 
 
 def _tree_problem(left: Any, right: Any, leaf: Any, feature: Any, features: int) -> str | None:

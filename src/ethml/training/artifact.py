@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from ethml import safejson
+from ethml.ml.loader import SCHEMA
 
-SCHEMA = "schema.json"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
