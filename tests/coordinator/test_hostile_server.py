@@ -197,8 +197,7 @@ async def test_a_refused_worker_makes_the_reveals_it_owes_before_it_exits(
     worker = FakeWorker(url, tmp_path)
     worker.owed = {7: asyncio.Event(), 8: asyncio.Event()}
     run = asyncio.create_task(worker.run())
-    await wait_until(lambda: coordinator.connections >= 1, timeout=60, what="the login")
-    await asyncio.sleep(0)
+    await wait_until(lambda: run.done() or worker._refused is not None, timeout=60, what="the refusal")
     for task, made in worker.owed.items():
         assert not run.done(), "run() ended with reveals owed"
         assert not worker.duties[task].done(), "a reveal owed was cancelled"
