@@ -154,9 +154,8 @@ async def start_devnet(
     requests_per_round: int | None = None,
 ) -> Devnet:
     """Start anvil, deploy (or find the deployment in `state`), register the models, seed the blockstore."""
-    from web3 import AsyncHTTPProvider, AsyncWeb3
-
     from ethml.chain.deploy import Deployment, Parameters, deploy_system, deployment_path
+    from ethml.chain.rpc import http_web3
     from ethml.ipfs import Blockstore, IpfsClient
     from ethml.ml import Manifest
 
@@ -169,7 +168,7 @@ async def start_devnet(
     # A long-lived child that outlives this coroutine: started synchronously on purpose (it returns at once).
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})  # noqa: ASYNC220
     url = f"http://{host}:{port}"
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
+    w3: AsyncWeb3[Any] = http_web3(url)
     try:
         chain_id = await _wait_rpc(w3, proc, port)
         manifest = Manifest.load(models_dir)

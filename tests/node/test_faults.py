@@ -1,5 +1,6 @@
 """Faults found from outside: a node killed between commit and reveal, a restart on a quiet chain,
-an RPC outage while sending, an outage while preloading models. Each test failed before its fix."""
+an RPC outage (or answers that cannot be read) while sending, an outage while preloading models. Each test
+failed before its fix."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from ethml.chain import Status, dev_account
+from ethml.chain.rpc import UnreadableAnswer
 from ethml.node import Node
 from ethml.node.predictor import Predictor
 from ethml.node.revealer import Revealer
@@ -82,8 +84,16 @@ async def test_restarted_last_miner_picks_up_the_round_on_a_quiet_chain(tmp_path
     assert (await system.answer(rid))[:2] == (system.expected("wine", raw), int(Status.FINALIZED))
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ConnectionRefusedError("RPC unreachable"),
+        UnreadableAnswer("the RPC endpoint's answer is not JSON ethml can read: a proxy's page"),
+    ],
+    ids=["refused", "unreadable"],
+)
 async def test_send_during_rpc_outage_resends_the_same_transaction_when_it_returns(
-    system: System, monkeypatch: pytest.MonkeyPatch
+    system: System, monkeypatch: pytest.MonkeyPatch, fault: Exception
 ) -> None:
     cid, _ = system.add_point("breast-cancer", 2)
     rid = await system.request(1, cid)
@@ -95,7 +105,7 @@ async def test_send_during_rpc_outage_resends_the_same_transaction_when_it_retur
         if self.ctx.address == victim.address:
             ends = outage.setdefault("ends", time.monotonic() + 2.0)
             if time.monotonic() < ends:
-                raise ConnectionRefusedError("RPC unreachable")
+                raise fault
         await original(self, raw_tx)
 
     monkeypatch.setattr(TxSender, "_send_raw", unreachable_for_a_while)
@@ -104,7 +114,10 @@ async def test_send_during_rpc_outage_resends_the_same_transaction_when_it_retur
         await wait_until(lambda: _answered(system, rid), what="the answer")
         journal = nodes[0]._ctx.journal  # type: ignore[union-attr]
         commits = journal.all("commit")
+        warnings, last_error = nodes[0].stats.warnings, nodes[0].stats.last_error
     assert outage, "the outage was hit"
+    assert last_error is None, "a retry, not an actor that failed and was restarted"
+    assert any(w.startswith("RPC unreachable while sending a commit") for w in warnings), warnings
     assert len(commits) == 1 and commits[0].status == "mined"
     assert len(commits[0].raw_txs) == 1, "re-sent as it was, not replaced after the bump interval"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -105,11 +106,14 @@ def check_rpc_url(url: str) -> str:
 
 async def connect(url: str) -> tuple[AsyncWeb3[Any], int]:
     """An AsyncWeb3 for a checked URL and the chain id it answers with (a clear error if it does not)."""
-    from web3 import AsyncHTTPProvider, AsyncWeb3
+    from ethml.chain.rpc import http_web3
 
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(check_rpc_url(url)))
+    w3: AsyncWeb3[Any] = http_web3(check_rpc_url(url))
     try:
         chain_id = int(await w3.eth.chain_id)
+    except json.JSONDecodeError as exc:  # it answered, but not as an Ethereum node does (see ethml.chain.rpc)
+        await w3.provider.disconnect()  # type: ignore[attr-defined]
+        raise ChainError(f"the RPC at {url} answered with something that is not JSON-RPC ({exc.msg})") from None
     except Exception as exc:  # noqa: BLE001 - connection refused, DNS, HTTP errors: all "unreachable"
         await w3.provider.disconnect()  # type: ignore[attr-defined]
         raise ChainError(f"cannot reach the RPC at {url} ({type(exc).__name__}); is `ethml devnet` running?") from None

@@ -19,9 +19,9 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
-from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import Web3Exception
 
+from ethml.chain.rpc import http_web3
 from ethml.coordinator.appkeys import (
     CHAIN,
     CONFIG,
@@ -124,7 +124,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def chain_ctx(app: web.Application) -> AsyncIterator[None]:
     """The chain client (TrainingTasks, the relayer key) and the permit domain of this chain."""
     cfg = app[CONFIG]
-    w3 = AsyncWeb3(AsyncHTTPProvider(cfg.rpc_url, request_kwargs={"timeout": 30}))
+    w3 = http_web3(cfg.rpc_url, timeout=30)
     try:
         chain = await Chain.connect(w3, cfg.deployment, cfg.relayer)
         ours = await identity(w3, chain.chain_id, cfg.deployment)

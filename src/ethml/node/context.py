@@ -116,8 +116,12 @@ class NodeContext:
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """RPC unreachable or dropped (as opposed to a revert or a bug)."""
+    """RPC unreachable or dropped, or answering what cannot be read (as opposed to a revert or a bug)."""
     import aiohttp
     from web3.exceptions import TimeExhausted
 
-    return isinstance(exc, OSError | aiohttp.ClientError | TimeExhausted | asyncio.TimeoutError | ConnectionError)
+    from ethml.chain.rpc import UnreadableAnswer
+
+    return isinstance(
+        exc, OSError | aiohttp.ClientError | TimeExhausted | asyncio.TimeoutError | ConnectionError | UnreadableAnswer
+    )

@@ -13,9 +13,10 @@ from typing import Any
 
 import structlog
 from eth_account.signers.local import LocalAccount
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment, ethml_contract, token_contract
+from ethml.chain.rpc import http_web3
 from ethml.errors import DeploymentError
 from ethml.node.context import NodeConfig, is_connection_error
 from ethml.node.events import Finalized, NodeWarning, RewardReceived
@@ -100,7 +101,7 @@ async def run_miner(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(settings.rpc))
+    w3: AsyncWeb3[Any] = http_web3(settings.rpc)
     chain_id = await wait_for_rpc(w3, settings.rpc, stop)
     if chain_id is None:
         return 0

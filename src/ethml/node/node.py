@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from ethml.chain.deploy import Deployment, ethml_contract, registry_contract
+from ethml.chain.rpc import http_web3
 from ethml.ipfs import Blockstore, IpfsClient, IpfsConfig
 from ethml.ml import Manifest, ModelStore
 from ethml.node.context import NodeConfig, NodeContext
@@ -83,7 +84,7 @@ class Node:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        w3 = self._w3 or AsyncWeb3(AsyncHTTPProvider(self._rpc_url))
+        w3 = self._w3 if self._w3 is not None else http_web3(str(self._rpc_url))  # one of them is set: see __init__
         data_dir = self._data_dir()
         journal = Journal(data_dir / "nodes" / f"{self.deployment.chain_id}-{self.account.address}.sqlite")
         ipfs = IpfsClient(Blockstore(data_dir / "blocks"), IpfsConfig(gateways=list(self.config.gateways)))
