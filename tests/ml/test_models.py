@@ -276,6 +276,85 @@ def test_an_honest_fit_of_each_tree_model_loads() -> None:
         assert load_untrusted(blob, "honest", hashlib.sha256(blob).hexdigest()).predict(x[:2]).shape == (2,)
 
 
+def _doctored_search_tree(algorithm: str, change: str) -> bytes:
+    """A canonical skops archive of an honestly fitted k-nearest-neighbours pipeline whose search tree's arrays
+    are changed as `change` says (what a trainer could do to its artifact and keep its scores)."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ethml.training.artifact import canonical_dumps
+
+    rng = np.random.default_rng(11)
+    x = rng.random((200, 4))
+    y = (x[:, 0] > 0.5).astype(int)
+    model = make_pipeline(StandardScaler(), KNeighborsClassifier(3, algorithm=algorithm, leaf_size=10)).fit(x, y)
+    tree = model[-1]._tree
+    state = list(tree.__getstate__())
+    data, index, nodes, bounds = (np.array(a) for a in state[:4])
+    last_split = int(np.flatnonzero(nodes["is_leaf"] == 0)[-1])
+    if change == "index past the points":
+        index[0] = 10**9
+    elif change == "index twice":
+        index[0] = index[1]
+    elif change == "leaf range past the points":
+        nodes["idx_end"][-1] = len(index) + 5
+    elif change == "leaf made a split":
+        nodes["is_leaf"][-1] = 0
+    elif change == "one level more":
+        state[5] += 1
+    elif change == "bounds cut short":
+        bounds = np.ascontiguousarray(bounds[:, : last_split + 1, :])
+    elif change == "a point NaN":
+        data[0, 0] = np.nan
+    state[:4] = [data, index, nodes, bounds]
+    tree.__setstate__(tuple(state))
+    return canonical_dumps(model)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "change", "problem"),
+    [
+        ("kd_tree", "index past the points", "point index is not an ordering"),  # read past the data: SIGSEGV
+        ("kd_tree", "index twice", "point index is not an ordering"),
+        ("kd_tree", "leaf range past the points", "range of points lies outside"),
+        ("ball_tree", "leaf made a split", "children lie outside the tree"),
+        ("kd_tree", "one level more", "nodes where its 6 levels make 63"),
+        ("kd_tree", "bounds cut short", "node bounds of shape"),
+        ("ball_tree", "a point NaN", "not a finite number"),
+    ],
+)
+def test_a_doctored_nearest_neighbour_search_tree_is_refused(algorithm: str, change: str, problem: str) -> None:
+    """A k-nearest-neighbours model answers through a KD-tree or ball tree whose arrays its queries index
+    unchecked. A KD-tree whose point index names a point past the training points killed the process that asked
+    it for a prediction (SIGSEGV), as a doctored decision tree did; any query reaching that leaf does."""
+    blob = _doctored_search_tree(algorithm, change)
+    with pytest.raises(UntrustedArtifact, match=f"a malformed nearest-neighbour search tree: .*{problem}"):
+        load_untrusted(blob, "doctored", hashlib.sha256(blob).hexdigest())
+
+
+def test_an_honest_fit_of_each_nearest_neighbour_model_loads() -> None:
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    from ethml.training.artifact import canonical_dumps
+
+    rng = np.random.default_rng(5)
+    x = rng.random((500, 6))
+    for estimator, y in (
+        (KNeighborsClassifier(5, algorithm="kd_tree"), (x[:, 1] > 0.3).astype(int)),
+        (KNeighborsClassifier(1, algorithm="ball_tree", leaf_size=1), (x[:, 2] > 0.6).astype(int)),
+        (KNeighborsRegressor(7), x[:, 0]),
+        (KNeighborsRegressor(2, algorithm="ball_tree"), x[:, 3]),
+    ):
+        for scaler in (StandardScaler(), MinMaxScaler()):
+            model = make_pipeline(scaler, estimator).fit(x, y)
+            blob = canonical_dumps(model)
+            loaded = load_untrusted(blob, "honest", hashlib.sha256(blob).hexdigest())
+            assert np.array_equal(loaded.predict(x[:20]), model.predict(x[:20]))
+
+
 #: Hostile skops archives, loaded in a child process with web3 imported (on the code before, they killed it with
 #: a segmentation fault, or never finished): each line is the case and what `load_untrusted` said.
 _HOSTILE_ARCHIVES = r"""

@@ -235,11 +235,53 @@ def _tree_problem(left: Any, right: Any, leaf: Any, feature: Any, features: int)
     return None
 
 
+#: The nearest-neighbour search trees (a k-nearest-neighbours model's `_tree`), and the rows of their node bounds:
+#: a KD-tree keeps each node's lower and upper corner, a ball tree its centroid.
+_BINARY_TREES = {"sklearn.neighbors._kd_tree.KDTree": 2, "sklearn.neighbors._ball_tree.BallTree": 1}
+
+
+def _search_tree_problem(tree: Any, bound_rows: int, features: int | None) -> str | None:
+    """What is wrong with a KD-tree's or ball tree's arrays, or None. Its queries index them unchecked: a leaf's
+    range of the point index (`idx_start`..`idx_end`), the points the index names, a split's children (nodes
+    2i+1 and 2i+2) and the node bounds. So the index must order the training points, each leaf's range lie within
+    it, each split's children within the tree (of 2**levels - 1 nodes), and the bounds cover each node and
+    feature. Nothing here needs the nodes to be the honest fit's: a doctored tree can only answer wrongly."""
+    import numpy as np
+
+    state = tree.__getstate__()  # (data, index, nodes, bounds, leaf size, levels, node count, ..., sample weights)
+    data, index, nodes, bounds = (np.asarray(a) for a in state[:4])
+    leaf_size, levels, count = (int(v) for v in state[4:7])
+    if data.ndim != 2 or data.shape[0] < 1 or (features is not None and data.shape[1] != features):
+        return f"its training points are not a table of the model's {features} features"
+    points, width = data.shape
+    if index.shape != (points,) or not np.array_equal(np.sort(index), np.arange(points)):
+        return "its point index is not an ordering of its training points"
+    if nodes.ndim != 1 or not {"idx_start", "idx_end", "is_leaf", "radius"} <= set(nodes.dtype.names or ()):
+        return "its nodes are not a list of node records"
+    if leaf_size < 1 or not 1 <= levels <= 40 or count != len(nodes) or count != 2**levels - 1:
+        return f"{len(nodes)} nodes where its {levels} levels make {2**levels - 1 if 1 <= levels <= 40 else 'none'}"
+    start, end, leaf = nodes["idx_start"], nodes["idx_end"], nodes["is_leaf"]
+    if np.any((start < 0) | (start > end) | (end > points)):
+        return "a node whose range of points lies outside the tree's"
+    if np.any((leaf != 0) & (leaf != 1)) or np.any(2 * np.flatnonzero(leaf == 0) + 2 >= count):
+        return "a split whose children lie outside the tree"
+    if bounds.shape != (bound_rows, count, width):
+        return f"node bounds of shape {bounds.shape}, not {(bound_rows, count, width)}"
+    if not (np.all(np.isfinite(data)) and np.all(np.isfinite(bounds)) and np.all(np.isfinite(nodes["radius"]))):
+        return "a training point or node bound that is not a finite number"
+    weights = state[12]
+    if weights is not None and np.asarray(weights).shape != (points,):
+        return "sample weights that are not one per training point"
+    return None
+
+
 def check_trees(model: Any, name: str) -> None:
-    """UntrustedArtifact unless every decision tree in `model` is well formed (`_tree_problem`). scikit-learn takes
-    a tree's node arrays as they are stored: an archive whose tree has a split pointing back at itself, or past
-    the end of the tree, predicts as the honest fit does on the data it was checked on, and then loops for good or
-    reads outside its arrays (a segmentation fault) on a data point chosen to reach that split."""
+    """UntrustedArtifact unless every decision tree in `model` is well formed (`_tree_problem`), and every
+    nearest-neighbour search tree too (`_search_tree_problem`). scikit-learn takes a tree's node arrays as they are
+    stored: an archive whose tree has a split pointing back at itself, or past the end of the tree, predicts as the
+    honest fit does on the data it was checked on, and then loops for good or reads outside its arrays (a
+    segmentation fault) on a data point chosen to reach that split. A KD-tree whose point index names a point past
+    its training points is read outside its arrays the same way, by any query that reaches that leaf."""
     import numpy as np
 
     features = getattr(model, "n_features_in_", None)
@@ -258,6 +300,11 @@ def check_trees(model: Any, name: str) -> None:
                 leaf = nodes["is_leaf"].astype(bool)
                 width = 2**31 if features is None else int(features)
                 problem = _tree_problem(nodes["left"], nodes["right"], leaf, nodes["feature_idx"], width)
+        elif kind in _BINARY_TREES:
+            problem = _search_tree_problem(part, _BINARY_TREES[kind], features)
+            if problem is not None:
+                raise UntrustedArtifact(name, f"a malformed nearest-neighbour search tree: {problem}")
+            continue
         else:
             continue
         if problem is not None:
