@@ -9,6 +9,7 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -353,6 +354,99 @@ def test_an_honest_fit_of_each_nearest_neighbour_model_loads() -> None:
             blob = canonical_dumps(model)
             loaded = load_untrusted(blob, "honest", hashlib.sha256(blob).hexdigest())
             assert np.array_equal(loaded.predict(x[:20]), model.predict(x[:20]))
+
+
+def _doctored_model(change: str) -> bytes:
+    """A canonical skops archive of an honestly fitted model of a task (a bare estimator, as a trainer submits
+    it) with its internals changed as `change` says."""
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.neighbors import KNeighborsRegressor
+    from sklearn.svm import SVC, NuSVC
+
+    from ethml.training.artifact import canonical_dumps
+
+    rng = np.random.default_rng(13)
+    x = rng.random((200, 4))
+    y = (x[:, 0] * 3).astype(int)  # three classes
+    model: Any
+    if change.startswith("svc"):
+        model = SVC().fit(x, y)
+        if change == "svc dual cut short":
+            model._dual_coef_ = np.zeros((2, 1))
+        elif change == "svc intercept cut short":
+            model._intercept_ = np.zeros(1)
+        elif change == "svc counts":
+            model._n_support = (model._n_support + 1).astype(np.int32)
+        elif change == "svc one-class":
+            model._impl = "one_class"
+        elif change == "svc sparse":
+            model._sparse = True
+    elif change.startswith("boosting"):
+        model = GradientBoostingClassifier(n_estimators=3).fit(x, y)
+        if change == "boosting stage wider":
+            model.estimators_ = np.concatenate([model.estimators_] * 2, axis=1)
+        elif change == "boosting other init":
+            model.init_ = NuSVC().fit(x, y)
+    else:
+        model = KNeighborsRegressor(3, algorithm="brute").fit(x, x[:, 1])
+        if change == "neighbours narrow points":
+            model._fit_X = np.ascontiguousarray(model._fit_X[:, :2])
+        elif change == "neighbours minkowski":
+            model.effective_metric_, model.effective_metric_params_ = "minkowski", {"p": 3}
+        elif change == "neighbours tree for brute":
+            model._fit_method = "kd_tree"
+    return canonical_dumps(model)
+
+
+_DOCTORED_INTERNALS = [
+    # libsvm read the dual coefficients past their end (2,000,000 support vectors: a segmentation fault)
+    ("svc dual cut short", "support-vector machine: dual coefficients of shape \\(2, 1\\)"),
+    ("svc intercept cut short", "intercepts, not one per pair of classes \\(3\\)"),
+    ("svc counts", "counts that do not match"),
+    ("svc one-class", "libsvm kind 'one_class'"),
+    ("svc sparse", "kernel on sparse data"),
+    # each stage's trees were added into a table as wide as its trees per stage: writes past its end
+    # (a stage 4,000 wide: a segmentation fault)
+    ("boosting stage wider", "gradient-boosted model: stages of shape \\(3, 6\\) for 3 trees per stage"),
+    ("boosting other init", "holds a sklearn.svm._classes.NuSVC, which no fitted model of a task holds"),
+    # the brute-force search read the stored points past their end
+    ("neighbours narrow points", "nearest-neighbours model: stored points of shape \\(200, 2\\)"),
+    ("neighbours minkowski", "a distance other than the Euclidean one"),
+    ("neighbours tree for brute", "a NoneType for a kd_tree search"),
+]
+
+
+@pytest.mark.parametrize(("change", "problem"), _DOCTORED_INTERNALS, ids=[c for c, _ in _DOCTORED_INTERNALS])
+def test_a_model_with_doctored_internals_is_refused(change: str, problem: str) -> None:
+    """scikit-learn's compiled prediction code indexes a fitted model's arrays by the counts the model states,
+    unchecked. A trainer could submit its honest fit with those changed where only chosen data reaches, keep its
+    scores, and have every miner that serves the model crash (or worse, write past an array) on that data."""
+    blob = _doctored_model(change)
+    with pytest.raises(UntrustedArtifact, match=problem):
+        load_untrusted(blob, "doctored", hashlib.sha256(blob).hexdigest())
+
+
+@pytest.mark.parametrize("classes", [2, 3, 0], ids=["two classes", "three classes", "regression"])
+def test_an_honest_fit_of_every_estimator_a_task_may_ask_for_loads(classes: int) -> None:
+    """Every estimator of ethml.training.spec.ESTIMATORS, fit with its defaults (classifiers on two and three
+    classes, regressors: `classes` 0), loads through every check and predicts as it did."""
+    import importlib
+
+    from ethml.training.artifact import canonical_dumps
+    from ethml.training.spec import ESTIMATORS
+
+    rng = np.random.default_rng(17)
+    x = rng.random((300, 5))
+    kind = "regression" if classes == 0 else "classification"
+    y = x[:, 2] if classes == 0 else np.minimum((x[:, 0] * classes).astype(int), classes - 1)
+    for name, (path, estimator_kind, _params) in ESTIMATORS.items():
+        if estimator_kind != kind:
+            continue
+        module, cls = path.rsplit(".", 1)
+        model = getattr(importlib.import_module(module), cls)().fit(x, y)
+        blob = canonical_dumps(model)
+        loaded = load_untrusted(blob, name, hashlib.sha256(blob).hexdigest())
+        assert np.array_equal(loaded.predict(x[:25]), model.predict(x[:25])), name
 
 
 #: Hostile skops archives, loaded in a child process with web3 imported (on the code before, they killed it with

@@ -190,7 +190,7 @@ def load_untrusted(blob: bytes, name: str, expected_sha256: str) -> Any:
         model = sio.loads(blob, trusted=[t for t in untrusted if t in TRUSTED_TYPES])
     except Exception as exc:  # noqa: BLE001
         raise UntrustedArtifact(name, f"skops could not load it ({exc})") from None
-    check_trees(model, name)
+    check_internals(model, name)
     return model
 
 
@@ -235,22 +235,88 @@ def _tree_problem(left: Any, right: Any, leaf: Any, feature: Any, features: int)
     return None
 
 
-#: The nearest-neighbour search trees (a k-nearest-neighbours model's `_tree`), and the rows of their node bounds:
-#: a KD-tree keeps each node's lower and upper corner, a ball tree its centroid.
-_BINARY_TREES = {"sklearn.neighbors._kd_tree.KDTree": 2, "sklearn.neighbors._ball_tree.BallTree": 1}
+#: The scikit-learn types a loaded model may hold anywhere inside it: those of the fitted models of a task
+#: (ethml.training.spec.ESTIMATORS, each as a fit holds it) and of the pipelines the allow-list takes. skops trusts
+#: every scikit-learn estimator by default; one outside this list (a support-vector machine of another kind inside
+#: a boosted model's `init_`, say) would be reached by predict with internals nothing here checks.
+PART_TYPES = frozenset(
+    {
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.preprocessing._data.MinMaxScaler",
+        "sklearn.preprocessing._label.LabelEncoder",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.linear_model._ridge.Ridge",
+        "sklearn.linear_model._base.LinearRegression",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.ensemble._forest.RandomForestRegressor",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._classes.DecisionTreeRegressor",
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._gb.GradientBoostingClassifier",
+        "sklearn.ensemble._gb.GradientBoostingRegressor",
+        "sklearn.dummy.DummyClassifier",
+        "sklearn.dummy.DummyRegressor",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn._loss.loss.HalfMultinomialLoss",
+        "sklearn._loss.loss.HalfSquaredError",
+        "sklearn._loss._loss.CyHalfBinomialLoss",
+        "sklearn._loss._loss.CyHalfMultinomialLoss",
+        "sklearn._loss._loss.CyHalfSquaredError",
+        "sklearn._loss.link.IdentityLink",
+        "sklearn._loss.link.LogitLink",
+        "sklearn._loss.link.MultinomialLogit",
+        "sklearn._loss.link.Interval",
+        "sklearn.svm._classes.SVC",
+        "sklearn.svm._classes.SVR",
+        "sklearn.neighbors._classification.KNeighborsClassifier",
+        "sklearn.neighbors._regression.KNeighborsRegressor",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._ball_tree.BallTree",
+    }
+)
 
 
-def _search_tree_problem(tree: Any, bound_rows: int, features: int | None) -> str | None:
+def _decision_tree_problem(tree: Any, features: int | None) -> str | None:
+    import numpy as np
+
+    left, right = np.asarray(tree.children_left), np.asarray(tree.children_right)
+    leaf = (left == -1) & (right == -1)
+    width = int(tree.n_features) if features is None else min(int(tree.n_features), int(features))
+    return _tree_problem(left, right, leaf, np.asarray(tree.feature), width)
+
+
+def _hist_tree_problem(predictor: Any, features: int | None) -> str | None:
+    import numpy as np
+
+    nodes = predictor.nodes
+    if np.any(nodes["is_categorical"]):
+        return "a categorical split (no task's model has one)"
+    leaf = nodes["is_leaf"].astype(bool)
+    width = 2**31 if features is None else int(features)
+    return _tree_problem(nodes["left"], nodes["right"], leaf, nodes["feature_idx"], width)
+
+
+def _search_tree_problem(tree: Any, features: int | None) -> str | None:
     """What is wrong with a KD-tree's or ball tree's arrays, or None. Its queries index them unchecked: a leaf's
     range of the point index (`idx_start`..`idx_end`), the points the index names, a split's children (nodes
     2i+1 and 2i+2) and the node bounds. So the index must order the training points, each leaf's range lie within
     it, each split's children within the tree (of 2**levels - 1 nodes), and the bounds cover each node and
-    feature. Nothing here needs the nodes to be the honest fit's: a doctored tree can only answer wrongly."""
+    feature (a KD-tree keeps each node's lower and upper corner, a ball tree its centroid). The distance is the
+    Euclidean one a fit uses (others keep weights of their own, read unchecked). Nothing here needs the nodes to
+    be the honest fit's: a doctored tree can only answer wrongly."""
     import numpy as np
 
-    state = tree.__getstate__()  # (data, index, nodes, bounds, leaf size, levels, node count, ..., sample weights)
+    state = tree.__getstate__()  # (data, index, nodes, bounds, leaf size, levels, node count, ..., metric, weights)
     data, index, nodes, bounds = (np.asarray(a) for a in state[:4])
     leaf_size, levels, count = (int(v) for v in state[4:7])
+    bound_rows = 2 if type(tree).__name__ == "KDTree" else 1
+    if type(state[11]).__name__ != "EuclideanDistance64":
+        return f"a {type(state[11]).__name__} distance (a fit's is EuclideanDistance64)"
     if data.ndim != 2 or data.shape[0] < 1 or (features is not None and data.shape[1] != features):
         return f"its training points are not a table of the model's {features} features"
     points, width = data.shape
@@ -275,40 +341,131 @@ def _search_tree_problem(tree: Any, bound_rows: int, features: int | None) -> st
     return None
 
 
-def check_trees(model: Any, name: str) -> None:
-    """UntrustedArtifact unless every decision tree in `model` is well formed (`_tree_problem`), and every
-    nearest-neighbour search tree too (`_search_tree_problem`). scikit-learn takes a tree's node arrays as they are
-    stored: an archive whose tree has a split pointing back at itself, or past the end of the tree, predicts as the
-    honest fit does on the data it was checked on, and then loops for good or reads outside its arrays (a
-    segmentation fault) on a data point chosen to reach that split. A KD-tree whose point index names a point past
-    its training points is read outside its arrays the same way, by any query that reaches that leaf."""
+_SEARCH_TREES = {"kd_tree": "KDTree", "ball_tree": "BallTree", "brute": None}
+
+
+def _neighbours_problem(model: Any, features: int | None) -> str | None:
+    """A k-nearest-neighbours model: the search its fit chose, with its own tree (checked as a part of its own);
+    a brute-force search compares each data point with every stored point in compiled code that takes the
+    points' width from the data point: stored points narrower than the model's features are read past their end."""
     import numpy as np
 
+    method = getattr(model, "_fit_method", None)
+    if method not in _SEARCH_TREES:
+        return f"a search {str(method)[:40]!r} (a fit's is kd_tree, ball_tree or brute)"
+    if getattr(model, "effective_metric_", None) != "euclidean" or getattr(model, "effective_metric_params_", {}):
+        return "a distance other than the Euclidean one a fit uses"
+    points = np.asarray(model._fit_X)
+    count = int(model.n_samples_fit_)
+    if (
+        points.ndim != 2
+        or points.shape[0] != count
+        or count < 1
+        or (features is not None and points.shape[1] != features)
+    ):
+        return f"stored points of shape {points.shape}, not {count} rows of the model's {features} features"
+    if len(np.asarray(model._y)) != count:
+        return "targets that are not one per stored point"
+    tree, kind = getattr(model, "_tree", None), _SEARCH_TREES[method]
+    if (tree is None) != (kind is None) or (kind is not None and type(tree).__name__ != kind):
+        return f"a {type(tree).__name__} for a {method} search"
+    if tree is not None and np.asarray(tree.__getstate__()[0]).shape != points.shape:
+        return "a search tree over other points than the model's"
+    return None
+
+
+def _boosting_problem(model: Any, features: int | None) -> str | None:
+    """A gradient-boosted model adds each stage's tree k to column k of a table as wide as its trees per stage,
+    in compiled code that does not check the column: a stage wider than that wrote past the table's end."""
+    import numpy as np
+
+    stages = np.asarray(model.estimators_, dtype=object)
+    per_stage = int(model.n_trees_per_iteration_)
+    if stages.ndim != 2 or stages.shape[0] < 1 or per_stage < 1 or stages.shape[1] != per_stage:
+        return f"stages of shape {stages.shape} for {per_stage} trees per stage"
+    if any(type(t).__name__ != "DecisionTreeRegressor" for t in stages.ravel()):
+        return "a stage that is not a regression tree"
+    return None
+
+
+#: What a fit of each support-vector machine a task may ask for runs as in libsvm.
+_SVM_KINDS = {"SVC": "c_svc", "SVR": "epsilon_svr"}
+
+
+def _svm_problem(model: Any, features: int | None) -> str | None:
+    """A support-vector machine: libsvm reads its arrays by the counts it is given, unchecked. It takes the number
+    of support vectors from `support_`, the classes from `_n_support` and reads `_dual_coef_` (one row per class
+    but one, one column per support vector), `_intercept_` (one per pair of classes) and the probability
+    coefficients as if they had that shape: dual coefficients cut short were read past their end (SIGSEGV)."""
+    import numpy as np
+
+    kind = type(model).__name__
+    if getattr(model, "_impl", None) != _SVM_KINDS[kind]:
+        return f"a libsvm kind {str(getattr(model, '_impl', None))[:40]!r} for an {kind}"
+    if model.kernel not in ("linear", "poly", "rbf", "sigmoid") or model._sparse is not False:
+        return f"a {str(model.kernel)[:40]!r} kernel on {'sparse' if model._sparse else 'dense'} data"
+    vectors, support = np.asarray(model.support_vectors_), np.asarray(model.support_)
+    counts = np.asarray(model._n_support)
+    if vectors.ndim != 2 or (features is not None and vectors.shape[1] != features):
+        return f"support vectors that are not rows of the model's {features} features"
+    size = vectors.shape[0]
+    classes = len(counts)
+    total = int(counts.sum()) if kind == "SVC" else size  # (an SVR's counts are not per class: libsvm skips them)
+    if support.shape != (size,) or counts.ndim != 1 or np.any(counts < 0) or total != size:
+        return "support-vector counts that do not match its support vectors"
+    if classes < 2 or (kind == "SVR" and classes != 2):
+        return f"{classes} classes for an {kind}"
+    pairs = classes * (classes - 1) // 2
+    dual = np.asarray(model._dual_coef_)
+    if dual.shape != (classes - 1, size) or not dual.flags["C_CONTIGUOUS"]:
+        return f"dual coefficients of shape {dual.shape}, not {(classes - 1, size)}"
+    if np.asarray(model._intercept_).shape != (pairs,):
+        return f"{np.asarray(model._intercept_).shape} intercepts, not one per pair of classes ({pairs})"
+    if any(np.asarray(p).shape not in ((0,), (pairs,)) for p in (model._probA, model._probB)):
+        return "probability coefficients that are not one per pair of classes"
+    if not all(np.isfinite(float(v)) for v in (model._gamma, model.coef0)):
+        return "a kernel parameter that is not a finite number"
+    return None
+
+
+#: For each part of a model whose prediction runs compiled code on its arrays: what it is, and what to check.
+_CHECKS = {
+    "sklearn.tree._tree.Tree": ("decision tree", _decision_tree_problem),
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor": ("decision tree", _hist_tree_problem),
+    "sklearn.neighbors._kd_tree.KDTree": ("nearest-neighbour search tree", _search_tree_problem),
+    "sklearn.neighbors._ball_tree.BallTree": ("nearest-neighbour search tree", _search_tree_problem),
+    "sklearn.neighbors._classification.KNeighborsClassifier": ("nearest-neighbours model", _neighbours_problem),
+    "sklearn.neighbors._regression.KNeighborsRegressor": ("nearest-neighbours model", _neighbours_problem),
+    "sklearn.ensemble._gb.GradientBoostingClassifier": ("gradient-boosted model", _boosting_problem),
+    "sklearn.ensemble._gb.GradientBoostingRegressor": ("gradient-boosted model", _boosting_problem),
+    "sklearn.svm._classes.SVC": ("support-vector machine", _svm_problem),
+    "sklearn.svm._classes.SVR": ("support-vector machine", _svm_problem),
+}
+
+
+def check_internals(model: Any, name: str) -> None:
+    """UntrustedArtifact unless every part of `model` is of a type a fitted model holds (PART_TYPES), and each
+    part whose prediction runs compiled code on its arrays has arrays that code can use (_CHECKS). scikit-learn
+    takes those arrays as they are stored and indexes them unchecked, so a trainer could add to its honest fit
+    something that only a chosen data point reaches, and keep the honest fit's scores: a decision tree's split
+    pointing back at itself (predict loops for good) or past the tree, a KD-tree's point index naming a point past
+    its training points (each a segmentation fault on that point), or a boosted model's stage wider than its
+    table (a write past its end). Any of these checks failing is UntrustedArtifact naming the part."""
     features = getattr(model, "n_features_in_", None)
     for part in _parts(model):
-        kind = f"{type(part).__module__}.{type(part).__name__}"
-        if kind == "sklearn.tree._tree.Tree":
-            left, right = np.asarray(part.children_left), np.asarray(part.children_right)
-            leaf = (left == -1) & (right == -1)
-            width = int(part.n_features) if features is None else min(int(part.n_features), int(features))
-            problem = _tree_problem(left, right, leaf, np.asarray(part.feature), width)
-        elif kind == "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor":
-            nodes = part.nodes
-            if np.any(nodes["is_categorical"]):
-                problem = "a categorical split (no task's model has one)"
-            else:
-                leaf = nodes["is_leaf"].astype(bool)
-                width = 2**31 if features is None else int(features)
-                problem = _tree_problem(nodes["left"], nodes["right"], leaf, nodes["feature_idx"], width)
-        elif kind in _BINARY_TREES:
-            problem = _search_tree_problem(part, _BINARY_TREES[kind], features)
-            if problem is not None:
-                raise UntrustedArtifact(name, f"a malformed nearest-neighbour search tree: {problem}")
+        kind = f"{type(part).__module__}.{type(part).__qualname__}"
+        if kind.startswith(("sklearn.", "scipy.")) and kind not in PART_TYPES:
+            raise UntrustedArtifact(name, f"it holds a {kind}, which no fitted model of a task holds")
+        check = _CHECKS.get(kind)
+        if check is None:
             continue
-        else:
-            continue
+        what, problem_of = check
+        try:
+            problem = problem_of(part, features)
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
+            problem = f"unreadable internals ({type(exc).__name__}: {str(exc)[:200]})"
         if problem is not None:
-            raise UntrustedArtifact(name, f"a malformed decision tree: {problem}")
+            raise UntrustedArtifact(name, f"a malformed {what}: {problem}")
 
 
 @dataclass
