@@ -86,35 +86,42 @@ async def reference_fit(
     return fitted, False
 
 
-def prediction_mismatches(
+def reference_predictions(
     spec: TaskSpec,
     reference: bytes,
-    artifacts: list[tuple[bytes, str]],
     dataset: bytes,
     test_set: bytes | None,
     task_id: int,
     limits: TrainingLimits = DEFAULT_LIMITS,
-) -> list[str | None]:
-    """For each `(artifact, sha256)`: None when it is the re-fit (same bytes) or predicts as the re-fit
-    does on the judged rows (the test set; the holdout when `test_set` is None), else why not. An
-    artifact that cannot be loaded gets None here: scoring names its own reason. Runs in a child process."""
-    ref_sha = sha256_hex(reference)
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], str]:
+    """(the judged rows, the re-fit's predictions on them, what they are: "test set" or "holdout"): the test
+    set, or the holdout when `test_set` is None. Runs in a child process."""
     data = scoring_data(spec, dataset, test_set, task_id, limits)
     rows, where = (data.x_hold, "holdout") if data.x_test is None else (data.x_test, "test set")
     with one_native_thread():
-        expected = np.asarray(load_submission(spec, reference, ref_sha, task_id).predict(rows))
-        out: list[str | None] = []
-        for artifact, sha in artifacts:
-            if sha == ref_sha:
-                out.append(None)
-                continue
-            try:
-                got = np.asarray(load_submission(spec, artifact, sha, task_id).predict(rows))
-            except (ModelError, TrainingError):
-                out.append(None)
-                continue
-            out.append(_compare(expected, got, where))
-    return out
+        expected = np.asarray(load_submission(spec, reference, sha256_hex(reference), task_id).predict(rows))
+    return rows, expected, where
+
+
+def prediction_mismatch(
+    spec: TaskSpec,
+    artifact: bytes,
+    sha256: str,
+    task_id: int,
+    rows: np.ndarray[Any, Any],
+    expected: np.ndarray[Any, Any],
+    where: str,
+) -> str | None:
+    """None when the artifact predicts as the re-fit does (`expected`) on the judged rows, else why not. An
+    artifact that cannot be loaded gets None here: scoring names its own reason. Runs in a child process of its
+    own, so that an artifact that fails there costs its own vote, not the check of the others."""
+    with one_native_thread():
+        try:
+            model = load_submission(spec, artifact, sha256, task_id)
+        except (ModelError, TrainingError):
+            return None
+        got = np.asarray(model.predict(rows))
+    return _compare(expected, got, where)
 
 
 def _compare(expected: np.ndarray[Any, Any], got: np.ndarray[Any, Any], where: str) -> str | None:

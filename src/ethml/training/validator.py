@@ -54,7 +54,7 @@ from ethml.training.onchain import (
     training,
     write_secret,
 )
-from ethml.training.refit import prediction_mismatches, reference_fit
+from ethml.training.refit import prediction_mismatch, reference_fit, reference_predictions
 from ethml.training.spec import TaskSpec
 from ethml.training.trainer import ARTIFACT_LIMIT, spec_and_dataset
 
@@ -341,22 +341,42 @@ async def _refit_mismatches(
         raise TaskError(f"cannot re-fit task {task.id}'s spec to check its artifacts against: {exc}") from None
     if progress is not None and not cached:
         progress(f"re-fitted task {task.id}'s spec (sha256 {reference.sha256[:16]}…) to check its artifacts against")
-    items = [(artifact, sha) for _i, artifact, sha, _c in fetched]
-    timeout = float(spec.max_train_seconds * len(items))
     try:
-        found: list[str | None] = await run_limited(
-            prediction_mismatches,
+        rows, expected, where = await run_limited(
+            reference_predictions,
             spec,
             reference.artifact,
-            items,
             dataset,
             test_set,
             task.id,
             compute.limits,
-            timeout=timeout,
+            timeout=float(spec.max_train_seconds),
         )
     except TrainingError as exc:
-        raise TaskError(f"cannot compare task {task.id}'s artifacts with the spec's re-fit: {exc}") from None
+        raise TaskError(f"cannot predict with task {task.id}'s re-fit to check its artifacts against: {exc}") from None
+    found: list[str | None] = []
+    for _i, artifact, sha, _c in fetched:
+        if sha == reference.sha256:
+            found.append(None)
+            continue
+        # Each artifact in a child process of its own: one that fails there (an error, a crash, no end within
+        # the spec's time) is the artifact's fault and costs its own vote, not this validator's on the others.
+        try:
+            found.append(
+                await run_limited(
+                    prediction_mismatch,
+                    spec,
+                    artifact,
+                    sha,
+                    task.id,
+                    rows,
+                    expected,
+                    where,
+                    timeout=float(spec.max_train_seconds),
+                )
+            )
+        except TrainingError as exc:
+            found.append(f"its predictions could not be compared with the spec's re-fit's: {exc}")
     for (i, _artifact, sha, _c), mismatch in zip(fetched, found, strict=True):
         same = "the re-fit's bytes" if sha == reference.sha256 else "the re-fit's predictions"
         if progress is not None:
