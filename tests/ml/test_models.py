@@ -359,8 +359,9 @@ def test_an_honest_fit_of_each_nearest_neighbour_model_loads() -> None:
 def _doctored_model(change: str) -> bytes:
     """A canonical skops archive of an honestly fitted model of a task (a bare estimator, as a trainer submits
     it) with its internals changed as `change` says."""
-    from sklearn.ensemble import GradientBoostingClassifier
-    from sklearn.neighbors import KNeighborsRegressor
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
     from sklearn.svm import SVC, NuSVC
 
     from ethml.training.artifact import canonical_dumps
@@ -381,12 +382,49 @@ def _doctored_model(change: str) -> bytes:
             model._impl = "one_class"
         elif change == "svc sparse":
             model._sparse = True
+        elif change == "svc classes cut short":
+            model.classes_ = model.classes_[:2]
+        elif change == "svc holding a foreign type":
+            model.spare_ = NuSVC().fit(x, y)
+    elif change.startswith("boosting regressor"):
+        model = GradientBoostingRegressor(n_estimators=3).fit(x, x[:, 1])
+        if change == "boosting regressor stages and count wider":  # the review's: K trees per stage, stated so
+            model.estimators_ = np.concatenate([model.estimators_] * 4, axis=1)
+            model.n_trees_per_iteration_ = 4
     elif change.startswith("boosting"):
         model = GradientBoostingClassifier(n_estimators=3).fit(x, y)
         if change == "boosting stage wider":
             model.estimators_ = np.concatenate([model.estimators_] * 2, axis=1)
         elif change == "boosting other init":
             model.init_ = NuSVC().fit(x, y)
+        elif change == "boosting start narrower":
+            model.init_.class_prior_ = model.init_.class_prior_[:2]
+        elif change == "boosting binomial loss":
+            model._loss = GradientBoostingClassifier(n_estimators=1).fit(x, x[:, 0] > 0.5)._loss
+    elif change.startswith("classifier"):
+        model = KNeighborsClassifier(5).fit(x, y)
+        if change == "classifier label outside classes":
+            model._y = model._y.copy()
+            model._y[-1] = 10**12
+        elif change == "classifier l2 brute":  # the review's: predict reads `metric`; "l2" took a compiled path
+            model._fit_method, model._tree, model.metric = "brute", None, "l2"
+        elif change == "classifier kd-tree fields renamed":
+            state = list(model._tree.__getstate__())
+            renamed = np.dtype(
+                {
+                    "names": ["is_leaf", "idx_start", "idx_end", "radius"],
+                    "formats": ["<i8", "<i8", "<i8", "<f8"],
+                    "offsets": [0, 8, 16, 24],
+                    "itemsize": 32,
+                }
+            )
+            state[2] = np.asarray(state[2]).view(renamed)
+            model._tree.__setstate__(tuple(state))
+    elif change.startswith("linear"):
+        model = LogisticRegression().fit(x, y)
+        # a fourth row of coefficients, winning only far from the data: predict failed there alone
+        model.coef_ = np.vstack([model.coef_, [[1.0, 0, 0, 0]]])
+        model.intercept_ = np.append(model.intercept_, -1e6)
     else:
         model = KNeighborsRegressor(3, algorithm="brute").fit(x, x[:, 1])
         if change == "neighbours narrow points":
@@ -405,14 +443,25 @@ _DOCTORED_INTERNALS = [
     ("svc counts", "counts that do not match"),
     ("svc one-class", "libsvm kind 'one_class'"),
     ("svc sparse", "kernel on sparse data"),
-    # each stage's trees were added into a table as wide as its trees per stage: writes past its end
-    # (a stage 4,000 wide: a segmentation fault)
+    ("svc classes cut short", "\\(2,\\) class labels for 3 classes"),
+    ("svc holding a foreign type", "holds a sklearn.svm._classes.NuSVC, which no fitted model of a task holds"),
+    # each stage's trees were added into a table of starting values as wide as a fit's: writes past its end
+    # (a stage 4,000 wide: a segmentation fault; 64 wide, stated so in n_trees_per_iteration_: the same)
     ("boosting stage wider", "gradient-boosted model: stages of shape \\(3, 6\\) for 3 trees per stage"),
-    ("boosting other init", "holds a sklearn.svm._classes.NuSVC, which no fitted model of a task holds"),
-    # the brute-force search read the stored points past their end
+    ("boosting regressor stages and count wider", "stages of shape \\(3, 4\\) for 4 trees per stage \\(a fit's: 1\\)"),
+    ("boosting other init", "a NuSVC to start from"),
+    ("boosting start narrower", "a start of 2 columns for 3 trees per stage"),
+    ("boosting binomial loss", "a HalfBinomialLoss loss \\(a fit's: HalfMultinomialLoss\\)"),
+    # a brute-force search read the stored points past their end; with metric "l2" it counted votes per label
+    # unchecked (a label of 10**12 on points far from the data: a segmentation fault on a chosen point)
     ("neighbours narrow points", "nearest-neighbours model: stored points of shape \\(200, 2\\)"),
     ("neighbours minkowski", "a distance other than the Euclidean one"),
     ("neighbours tree for brute", "a NoneType for a kd_tree search"),
+    ("classifier label outside classes", "a stored point whose label is not one of its classes"),
+    ("classifier l2 brute", "a distance other than the Euclidean one"),
+    # compiled code read the node records by position, the check by name: a split past the tree (SIGSEGV)
+    ("classifier kd-tree fields renamed", "node records laid out as"),
+    ("linear extra class row", "linear model: coefficients of shape \\(4, 4\\) and \\(4,\\) intercepts for 3 classes"),
 ]
 
 
@@ -447,6 +496,89 @@ def test_an_honest_fit_of_every_estimator_a_task_may_ask_for_loads(classes: int)
         blob = canonical_dumps(model)
         loaded = load_untrusted(blob, name, hashlib.sha256(blob).hexdigest())
         assert np.array_equal(loaded.predict(x[:25]), model.predict(x[:25])), name
+
+
+def test_an_array_that_many_trees_name_counts_once_for_each() -> None:
+    """The review's: skops builds an array once for all the nodes that name it (a CachedNode), but each tree copies
+    its node and value arrays. 20 trees naming one 200 MB array of zeros (a 212 KB archive) loaded into 4.3 GiB;
+    the bytes of array files are now counted for each node naming them, within MAX_ARRAY_BYTES (512 MiB)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree._tree import NODE_DTYPE
+
+    from ethml.training.artifact import canonical_dumps
+
+    trees_count, classes = 20, 4_000_000  # 20 copies of 32 MB: 640 MB
+    x = np.random.default_rng(2).random((60, 3))
+    forest = RandomForestClassifier(n_estimators=trees_count, max_depth=1, random_state=0).fit(x, x[:, 0] > 0.5)
+    with zipfile.ZipFile(io.BytesIO(canonical_dumps(forest))) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    schema = json.loads(files["schema.json"])
+    trees: list[dict[str, Any]] = []
+
+    def find(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("__loader__") == "TreeNode":
+                trees.append(node)
+            for value in node.values():
+                find(value)
+        elif isinstance(node, list):
+            for value in node:
+                find(value)
+
+    def npy(array: Any) -> bytes:
+        out = io.BytesIO()
+        np.save(out, array)
+        return out.getvalue()
+
+    find(schema)
+    assert len(trees) == trees_count
+    n_classes = trees[0]["__reduce__"]["args"]["content"][1]
+    nodes, values = trees[0]["content"]["content"]["nodes"], trees[0]["content"]["content"]["values"]
+    leaf = np.zeros(1, dtype=NODE_DTYPE)
+    leaf["left_child"] = leaf["right_child"] = -1
+    leaf["feature"] = -2
+    files[n_classes["file"]] = npy(np.array([classes], dtype=np.intp))
+    files[nodes["file"]] = npy(leaf)
+    files[values["file"]] = npy(np.zeros((1, 1, classes)))
+
+    def cached(node: dict[str, Any]) -> dict[str, Any]:
+        return {"__class__": "ndarray", "__module__": "numpy", "__loader__": "CachedNode", "__id__": node["__id__"]}
+
+    for tree in trees[1:]:
+        tree["__reduce__"]["args"]["content"][1] = cached(n_classes)
+        tree["content"]["content"]["nodes"], tree["content"]["content"]["values"] = cached(nodes), cached(values)
+    files["schema.json"] = json.dumps(schema).encode()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    blob = archive.getvalue()
+    assert len(blob) < 2**20
+    with pytest.raises(UntrustedArtifact, match="array files read adding up to over 512 MiB"):
+        load_untrusted(blob, "shared", hashlib.sha256(blob).hexdigest())
+
+
+def test_a_model_that_raises_on_a_point_answers_it_as_invalid_input() -> None:
+    """What a model raises for a data point is the same on every miner: that point's INVALID_INPUT, not a failed
+    predictor (an IndexError or OverflowError escaped, the predictor actor was restarted and its job lost)."""
+    from ethml.ml.loader import LoadedModel
+    from ethml.ml.manifest import ModelEntry
+
+    class Raises:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def predict(self, features: Any) -> Any:
+            raise self.error
+
+    entry = ModelEntry(
+        id=9, name="raises", kind="classification", decimals=0, feature_count=2, artifact="-", sha256="0" * 64, cid="-"
+    )
+    for error in (IndexError("index 3 is out of bounds"), OverflowError("int too large"), ValueError("bad point")):
+        with pytest.raises(InvalidInput, match=str(error)):
+            LoadedModel(entry, Raises(error)).predict_one(b"[1.0, 2.0]")
+    with pytest.raises(MemoryError):  # this miner's trouble, not the point's: not an answer
+        LoadedModel(entry, Raises(MemoryError())).predict_one(b"[1.0, 2.0]")
 
 
 #: Hostile skops archives, loaded in a child process with web3 imported (on the code before, they killed it with

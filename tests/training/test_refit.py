@@ -1,8 +1,8 @@
 """A validator compares each artifact with its re-fit of the spec in a child process of the artifact's own: one
 artifact that fails there costs its own vote, not the validator's vote on the whole task. Before, every artifact
 of a task was compared in one child, and a single submission whose predict raised (it loads: the loader checks
-its types and features, not that a linear model's coefficients fit them) made the validator give up the task and
-vote on none of them."""
+the internals compiled code reads, not that a forest's count of classes is its trees') made the validator give up
+the task and vote on none of them."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import RandomForestClassifier
 
 from ethml.ml.loader import sha256_hex
 from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
 from ethml.training.artifact import canonical_dumps
 from ethml.training.jobs import Compute, read_csv
 from ethml.training.validator import _refit_mismatches
+
+SMALL = {"n_estimators": 3, "max_depth": 3}
 
 
 async def test_an_artifact_that_fails_its_comparison_costs_its_own_vote_only(tmp_path: Path) -> None:
@@ -27,17 +29,19 @@ async def test_an_artifact_that_fails_its_comparison_costs_its_own_vote_only(tmp
         {
             "target": "target",
             "features": features,
-            "estimator": {"name": "LogisticRegression", "params": {"max_iter": 5000}},
+            "estimator": {"name": "RandomForestClassifier", "params": SMALL},
             "metric": "accuracy",
         }
     )
     x_pub, y_pub = read_csv(public, spec)
     x_test, y_test = read_csv(hidden, spec)
     # Fit on the dataset and the test set: another model than the spec's re-fit.
-    leaked = LogisticRegression(max_iter=5000).fit(np.vstack([x_pub, x_test]), np.concatenate([y_pub, y_test]))
-    # The promised estimator with the spec's features, whose predict raises: coefficients for 3 features of 13.
-    broken = LogisticRegression(max_iter=5000).fit(x_pub, y_pub)
-    broken.coef_ = np.ascontiguousarray(broken.coef_[:, :3])
+    leaked = RandomForestClassifier(**SMALL, random_state=0).fit(
+        np.vstack([x_pub, x_test]), np.concatenate([y_pub, y_test])
+    )
+    # The promised estimator with the spec's features, whose predict raises on every row: 7 classes, trees of 3.
+    broken = RandomForestClassifier(**SMALL, random_state=0).fit(x_pub, y_pub)
+    broken.n_classes_ = 7
     lines: list[str] = []
     fetched: list[tuple[int, bytes, str, int]] = []
     for i, model in enumerate((broken, leaked)):

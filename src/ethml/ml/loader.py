@@ -7,6 +7,7 @@ other bundled artifact loads with scikit-learn as before."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import warnings
@@ -102,8 +103,10 @@ def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
     again is audited again (nodes each naming the one below twice: exponential time); each array node reads its
     file whole (ten nodes naming one highly compressed file: ten copies). So: only the node loaders a fitted model
     uses, no id inside itself, no JSON text nested deeper than safejson takes, at most MAX_SCHEMA_NODES nodes
-    walked and MAX_ARRAY_BYTES of array files read."""
+    walked and MAX_ARRAY_BYTES of array files read, a file counted once for each node that names it or names a node
+    holding it."""
     sizes: dict[Any, int] = {}  # id -> nodes under it, once walked
+    arrays: dict[Any, int] = {}  # id -> bytes of array files under it, once walked
     walking: set[Any] = set()
     totals = {"nodes": 0, "arrays": 0}
 
@@ -120,6 +123,11 @@ def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
             raise _Refused(f"a node id {str(ident)[:40]!r} that is not a number")
         if ident in sizes:  # skops takes the node it built; its audit walks it again
             size = sizes[ident]
+            # The object built is shared, but what holds it may copy it: each tree copies its node and value
+            # arrays, so 20 trees naming one 200 MB array of zeros (a 200 KB archive) took 4 GiB.
+            totals["arrays"] += arrays[ident]
+            if totals["arrays"] > MAX_ARRAY_BYTES:
+                raise _Refused(f"array files read adding up to over {MAX_ARRAY_BYTES // 2**20} MiB")
         elif ident in walking:
             raise _Refused(f"node {ident} inside itself (a loop)")
         else:
@@ -140,10 +148,16 @@ def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
                     raise _Refused(f"array files read adding up to over {MAX_ARRAY_BYTES // 2**20} MiB")
             if ident is not None:
                 walking.add(ident)
+            before = totals["arrays"] - (
+                archive.getinfo(str(state.get("file"))).file_size
+                if loader == "NdArrayNode" and state.get("type") == "numpy"
+                else 0
+            )
             size = 1 + sum(walk(child) for child in children(state))
             if ident is not None:
                 walking.discard(ident)
                 sizes[ident] = size
+                arrays[ident] = totals["arrays"] - before
         totals["nodes"] += 1
         if size > MAX_SCHEMA_NODES or totals["nodes"] > MAX_SCHEMA_NODES:
             raise _Refused(f"over {MAX_SCHEMA_NODES:,} nodes to walk (nodes shared over and over)")
@@ -313,6 +327,9 @@ def _search_tree_problem(tree: Any, features: int | None) -> str | None:
 
     state = tree.__getstate__()  # (data, index, nodes, bounds, leaf size, levels, node count, ..., metric, weights)
     data, index, nodes, bounds = (np.asarray(a) for a in state[:4])
+    if nodes.dtype != _node_record():
+        # Compiled code reads a node's fields by position, this check by name: only the fit's layout agrees.
+        return f"node records laid out as {nodes.dtype}, not as a fit's {_node_record()}"
     leaf_size, levels, count = (int(v) for v in state[4:7])
     bound_rows = 2 if type(tree).__name__ == "KDTree" else 1
     if type(state[11]).__name__ != "EuclideanDistance64":
@@ -344,6 +361,15 @@ def _search_tree_problem(tree: Any, features: int | None) -> str | None:
 _SEARCH_TREES = {"kd_tree": "KDTree", "ball_tree": "BallTree", "brute": None}
 
 
+@functools.cache
+def _node_record() -> Any:
+    """The layout of a search tree's node record (idx_start, idx_end, is_leaf, radius), as a fit makes it."""
+    import numpy as np
+    from sklearn.neighbors import KDTree
+
+    return KDTree(np.zeros((1, 1))).get_arrays()[2].dtype
+
+
 def _neighbours_problem(model: Any, features: int | None) -> str | None:
     """A k-nearest-neighbours model: the search its fit chose, with its own tree (checked as a part of its own);
     a brute-force search compares each data point with every stored point in compiled code that takes the
@@ -353,8 +379,13 @@ def _neighbours_problem(model: Any, features: int | None) -> str | None:
     method = getattr(model, "_fit_method", None)
     if method not in _SEARCH_TREES:
         return f"a search {str(method)[:40]!r} (a fit's is kd_tree, ball_tree or brute)"
-    if getattr(model, "effective_metric_", None) != "euclidean" or getattr(model, "effective_metric_params_", {}):
-        return "a distance other than the Euclidean one a fit uses"
+    # Predict reads `metric`, `p` and `metric_params` (a brute-force search with metric "l2", the same distance,
+    # took a compiled path that counts votes per label unchecked), the tree its fit's `effective_metric_`.
+    metric = (model.metric, model.p, model.metric_params, model.effective_metric_, model.effective_metric_params_)
+    if metric != ("minkowski", 2, None, "euclidean", {}):
+        return "a distance other than the Euclidean one a fit uses (minkowski, p=2)"
+    if model.weights not in ("uniform", "distance"):
+        return f"weights {str(model.weights)[:40]!r} (a fit's are uniform or distance)"
     points = np.asarray(model._fit_X)
     count = int(model.n_samples_fit_)
     if (
@@ -364,8 +395,16 @@ def _neighbours_problem(model: Any, features: int | None) -> str | None:
         or (features is not None and points.shape[1] != features)
     ):
         return f"stored points of shape {points.shape}, not {count} rows of the model's {features} features"
-    if len(np.asarray(model._y)) != count:
+    targets = np.asarray(model._y)
+    if targets.shape != (count,) or getattr(model, "outputs_2d_", False):
         return "targets that are not one per stored point"
+    if not 1 <= int(model.n_neighbors) <= count:
+        return f"{model.n_neighbors} neighbours of {count} stored points"
+    if type(model).__name__ == "KNeighborsClassifier":
+        classes = np.asarray(model.classes_)
+        labels_fit = targets.dtype.kind in "iu" and targets.min() >= 0 and targets.max() < len(classes)
+        if classes.ndim != 1 or len(classes) < 1 or not labels_fit:
+            return "a stored point whose label is not one of its classes"
     tree, kind = getattr(model, "_tree", None), _SEARCH_TREES[method]
     if (tree is None) != (kind is None) or (kind is not None and type(tree).__name__ != kind):
         return f"a {type(tree).__name__} for a {method} search"
@@ -375,16 +414,35 @@ def _neighbours_problem(model: Any, features: int | None) -> str | None:
 
 
 def _boosting_problem(model: Any, features: int | None) -> str | None:
-    """A gradient-boosted model adds each stage's tree k to column k of a table as wide as its trees per stage,
-    in compiled code that does not check the column: a stage wider than that wrote past the table's end."""
+    """A gradient-boosted model adds each stage's tree k to column k of a table of starting values, in compiled
+    code that does not check the column: a stage wider than the table wrote past its end. So each stage is as
+    wide as a fit's (one tree, or one per class beyond two), and so is the table: the loss is a fit's, and the
+    estimator it starts from a dummy one whose predictions are that wide (checked by computing them for one row
+    of zeros: a dummy estimator's predictions are constants, whatever the row)."""
     import numpy as np
 
     stages = np.asarray(model.estimators_, dtype=object)
     per_stage = int(model.n_trees_per_iteration_)
-    if stages.ndim != 2 or stages.shape[0] < 1 or per_stage < 1 or stages.shape[1] != per_stage:
-        return f"stages of shape {stages.shape} for {per_stage} trees per stage"
+    classifier = type(model).__name__ == "GradientBoostingClassifier"
+    classes = len(np.asarray(model.classes_)) if classifier else 0
+    if classifier and (classes < 2 or int(model.n_classes_) != classes):
+        return f"{model.n_classes_} classes and {classes} class labels"
+    fit = 1 if classes <= 2 else classes  # the trees per stage of a fit: one per class beyond two classes
+    if stages.ndim != 2 or stages.shape[0] < 1 or per_stage != fit or stages.shape[1] != fit:
+        return f"stages of shape {stages.shape} for {per_stage} trees per stage (a fit's: {fit})"
     if any(type(t).__name__ != "DecisionTreeRegressor" for t in stages.ravel()):
         return "a stage that is not a regression tree"
+    loss = "HalfSquaredError" if not classifier else "HalfBinomialLoss" if classes == 2 else "HalfMultinomialLoss"
+    if type(model._loss).__name__ != loss or bool(getattr(model._loss, "is_multiclass", False)) != (classes > 2):
+        return f"a {type(model._loss).__name__} loss (a fit's: {loss})"
+    # The stages write into a table whose width the initial estimator's predictions set: it must be theirs.
+    init = model.init_
+    if not (isinstance(init, str) and init == "zero"):
+        if type(init).__name__ != ("DummyClassifier" if classifier else "DummyRegressor"):
+            return f"a {type(init).__name__} to start from (a fit's is a dummy estimator)"
+        width = model._raw_predict_init(np.zeros((1, int(model.n_features_in_)))).shape
+        if width != (1, fit):
+            return f"a start of {width[1]} columns for {fit} trees per stage"
     return None
 
 
@@ -425,6 +483,28 @@ def _svm_problem(model: Any, features: int | None) -> str | None:
         return "probability coefficients that are not one per pair of classes"
     if not all(np.isfinite(float(v)) for v in (model._gamma, model.coef0)):
         return "a kernel parameter that is not a finite number"
+    if kind == "SVC" and np.asarray(model.classes_).shape != (classes,):
+        return f"{np.asarray(model.classes_).shape} class labels for {classes} classes"
+    return None
+
+
+def _linear_problem(model: Any, features: int | None) -> str | None:
+    """A linear model: one row of coefficients per class (one for two classes) or per target, each as wide as the
+    model's features, and an intercept per row. numpy checks the product, but a row for a class the model does not
+    have (an extra row winning only on chosen data) made predict fail on that data alone."""
+    import numpy as np
+
+    coef, intercept = np.asarray(model.coef_), np.asarray(model.intercept_)
+    width = coef.shape[-1] if coef.ndim in (1, 2) else -1
+    if width < 1 or (features is not None and width != features):
+        return f"coefficients of shape {coef.shape} for the model's {features} features"
+    if type(model).__name__ == "LogisticRegression":
+        classes = len(np.asarray(model.classes_))
+        rows = 1 if classes == 2 else classes
+        if classes < 2 or coef.shape != (rows, width) or intercept.shape != (rows,):
+            return f"coefficients of shape {coef.shape} and {intercept.shape} intercepts for {classes} classes"
+    elif intercept.shape != (coef.shape[0] if coef.ndim == 2 else ()):
+        return f"{intercept.shape} intercepts for coefficients of shape {coef.shape}"
     return None
 
 
@@ -440,6 +520,9 @@ _CHECKS = {
     "sklearn.ensemble._gb.GradientBoostingRegressor": ("gradient-boosted model", _boosting_problem),
     "sklearn.svm._classes.SVC": ("support-vector machine", _svm_problem),
     "sklearn.svm._classes.SVR": ("support-vector machine", _svm_problem),
+    "sklearn.linear_model._logistic.LogisticRegression": ("linear model", _linear_problem),
+    "sklearn.linear_model._ridge.Ridge": ("linear model", _linear_problem),
+    "sklearn.linear_model._base.LinearRegression": ("linear model", _linear_problem),
 }
 
 
@@ -482,8 +565,10 @@ class LoadedModel:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 value = self.model.predict(features)[0]
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+        except (ValueError, ArithmeticError, IndexError, KeyError, TypeError) as exc:
+            # What a model raises for a data point it cannot take is the same on every miner: that point's answer
+            # (INVALID_INPUT), not a failed predictor. MemoryError and the like are this miner's and stay errors.
+            raise InvalidInput(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from None
         return encode_prediction(value, self.entry.kind, self.entry.decimals)
 
 
