@@ -399,6 +399,8 @@ def _doctored_model(change: str) -> bytes:
             model.init_ = NuSVC().fit(x, y)
         elif change == "boosting start narrower":
             model.init_.class_prior_ = model.init_.class_prior_[:2]
+        elif change == "boosting random start":
+            model.init_._strategy = "stratified"
         elif change == "boosting binomial loss":
             model._loss = GradientBoostingClassifier(n_estimators=1).fit(x, x[:, 0] > 0.5)._loss
     elif change.startswith("classifier"):
@@ -451,6 +453,7 @@ _DOCTORED_INTERNALS = [
     ("boosting regressor stages and count wider", "stages of shape \\(3, 4\\) for 4 trees per stage \\(a fit's: 1\\)"),
     ("boosting other init", "a NuSVC to start from"),
     ("boosting start narrower", "a start of 2 columns for 3 trees per stage"),
+    ("boosting random start", "a dummy estimator predicting by 'stratified'"),
     ("boosting binomial loss", "a HalfBinomialLoss loss \\(a fit's: HalfMultinomialLoss\\)"),
     # a brute-force search read the stored points past their end; with metric "l2" it counted votes per label
     # unchecked (a label of 10**12 on points far from the data: a segmentation fault on a chosen point)

@@ -440,6 +440,9 @@ def _boosting_problem(model: Any, features: int | None) -> str | None:
     if not (isinstance(init, str) and init == "zero"):
         if type(init).__name__ != ("DummyClassifier" if classifier else "DummyRegressor"):
             return f"a {type(init).__name__} to start from (a fit's is a dummy estimator)"
+        strategy = getattr(init, "_strategy", None) if classifier else init.strategy
+        if strategy != ("prior" if classifier else "mean"):  # ("stratified" draws at random: miners would differ)
+            return f"a dummy estimator predicting by {str(strategy)[:40]!r} to start from"
         width = model._raw_predict_init(np.zeros((1, int(model.n_features_in_)))).shape
         if width != (1, fit):
             return f"a start of {width[1]} columns for {fit} trees per stage"
