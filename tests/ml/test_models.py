@@ -308,6 +308,8 @@ def _doctored_search_tree(algorithm: str, change: str) -> bytes:
         bounds = np.ascontiguousarray(bounds[:, : last_split + 1, :])
     elif change == "a point NaN":
         data[0, 0] = np.nan
+    elif change == "a leaf over every point":  # the review's trap: leaves naming every point cost a query minutes
+        nodes["idx_start"][-1] = 0
     state[:4] = [data, index, nodes, bounds]
     tree.__setstate__(tuple(state))
     return canonical_dumps(model)
@@ -323,6 +325,7 @@ def _doctored_search_tree(algorithm: str, change: str) -> bytes:
         ("kd_tree", "one level more", "nodes where its 6 levels make 63"),
         ("kd_tree", "bounds cut short", "node bounds of shape"),
         ("ball_tree", "a point NaN", "not a finite number"),
+        ("kd_tree", "a leaf over every point", "children do not divide its points between them"),
     ],
 )
 def test_a_doctored_nearest_neighbour_search_tree_is_refused(algorithm: str, change: str, problem: str) -> None:
@@ -422,6 +425,11 @@ def _doctored_model(change: str) -> bytes:
             )
             state[2] = np.asarray(state[2]).view(renamed)
             model._tree.__setstate__(tuple(state))
+    elif change.startswith("forest"):
+        from sklearn.ensemble import RandomForestClassifier
+
+        model = RandomForestClassifier(5, random_state=0).fit(x, y)
+        model.n_jobs = 2  # the review's: trees' outputs added in the order threads finish
     elif change.startswith("linear"):
         model = LogisticRegression().fit(x, y)
         # a fourth row of coefficients, winning only far from the data: predict failed there alone
@@ -464,6 +472,7 @@ _DOCTORED_INTERNALS = [
     ("classifier l2 brute", "a distance other than the Euclidean one"),
     # compiled code read the node records by position, the check by name: a split past the tree (SIGSEGV)
     ("classifier kd-tree fields renamed", "node records laid out as"),
+    ("forest on two jobs", "a RandomForestClassifier set to run on 2 jobs"),
     ("linear extra class row", "linear model: coefficients of shape \\(4, 4\\) and \\(4,\\) intercepts for 3 classes"),
 ]
 
@@ -561,6 +570,33 @@ def test_an_array_that_many_trees_name_counts_once_for_each() -> None:
         load_untrusted(blob, "shared", hashlib.sha256(blob).hexdigest())
 
 
+def test_an_answer_outside_int256_or_equal_to_the_sentinel_is_invalid_input() -> None:
+    """The review's: an honest Ridge with 6 decimals answered [1e300, 0, 0] with a 306-digit integer, which no
+    commitment can encode (every miner's submitter failed on it), and a chosen point gave exactly INVALID_INPUT's
+    value. Both are now that point's INVALID_INPUT, as every miner computes it."""
+    from sklearn.linear_model import Ridge
+
+    from ethml.chain.rounds import INVALID_INPUT
+    from ethml.ml.loader import LoadedModel
+    from ethml.ml.manifest import ModelEntry
+    from ethml.training.artifact import canonical_dumps
+
+    x = np.random.default_rng(0).normal(size=(200, 3))
+    blob = canonical_dumps(Ridge().fit(x, x @ [1.0, 2.0, 3.0] + 5))
+    entry = ModelEntry(
+        id=9, name="ridge", kind="regression", decimals=6, feature_count=3, artifact="-", sha256="0" * 64, cid="-"
+    )
+    loaded = LoadedModel(entry, load_untrusted(blob, "ridge", hashlib.sha256(blob).hexdigest()))
+    assert abs(loaded.predict_one(b"[1, 1, 1]") - 11_000_000) < 1_000_000
+    with pytest.raises(InvalidInput, match=r"^invalid data point: the model's answer \(306 digits\) is not an int256"):
+        loaded.predict_one(b"[1e300, 0, 0]")
+    with pytest.raises(InvalidInput, match="is not an int256, or is the sentinel"):
+        encode_prediction(float(INVALID_INPUT), "classification", 0)
+    assert encode_prediction(float(INVALID_INPUT + 2**205), "classification", 0) == INVALID_INPUT + 2**205
+    assert encode_prediction(np.int64(3), "classification", 0) == 3
+    assert encode_prediction(True, "classification", 0) == 1
+
+
 def test_a_model_that_raises_on_a_point_answers_it_as_invalid_input() -> None:
     """What a model raises for a data point is the same on every miner: that point's INVALID_INPUT, not a failed
     predictor (an IndexError or OverflowError escaped, the predictor actor was restarted and its job lost)."""
@@ -580,6 +616,13 @@ def test_a_model_that_raises_on_a_point_answers_it_as_invalid_input() -> None:
     for error in (IndexError("index 3 is out of bounds"), OverflowError("int too large"), ValueError("bad point")):
         with pytest.raises(InvalidInput, match=str(error)):
             LoadedModel(entry, Raises(error)).predict_one(b"[1.0, 2.0]")
+
+    class NoLabel:
+        def predict(self, features: Any) -> Any:
+            return np.array([None], dtype=object)
+
+    with pytest.raises(InvalidInput, match="TypeError"):  # int(None), in encoding the answer
+        LoadedModel(entry, NoLabel()).predict_one(b"[1.0, 2.0]")
     with pytest.raises(MemoryError):  # this miner's trouble, not the point's: not an answer
         LoadedModel(entry, Raises(MemoryError())).predict_one(b"[1.0, 2.0]")
 

@@ -33,17 +33,28 @@ def parse_data_point(raw: bytes, feature_count: int) -> np.ndarray[Any, np.dtype
     return np.asarray(value, dtype=np.float64).reshape(1, -1)
 
 
+#: The answers an int256 holds, less its lowest value: the contract's INVALID_INPUT sentinel (-2**255).
+ANSWER_MIN, ANSWER_MAX = -(2**255) + 1, 2**255 - 1
+
+
 def encode_prediction(value: Any, kind: str, decimals: int) -> int:
-    """The int256 a miner submits: the class label, or round(value * 10**decimals) for regression."""
+    """The int256 a miner submits: the class label, or round(value * 10**decimals) for regression. InvalidInput
+    for a value that has none: a label that is not an integer, a non-finite value, or one outside int256 or equal
+    to the INVALID_INPUT sentinel (a commitment cannot encode the first, and the second would read as invalid
+    input). Every miner computes the same value, so every miner answers that point INVALID_INPUT alike."""
     if kind == "classification":
         label = value.item() if hasattr(value, "item") else value
         if isinstance(label, float) and not label.is_integer():
             raise InvalidInput(f"class label {label} is not an integer")
-        return int(label)
-    scaled: float = float(value) * 10.0**decimals
-    if not math.isfinite(scaled):
-        raise InvalidInput(f"the model produced a non-finite value ({value})")
-    return round(scaled)
+        answer = int(label)
+    else:
+        scaled: float = float(value) * 10.0**decimals
+        if not math.isfinite(scaled):
+            raise InvalidInput(f"the model produced a non-finite value ({value})")
+        answer = round(scaled)
+    if not ANSWER_MIN <= answer <= ANSWER_MAX:
+        raise InvalidInput(f"the model's answer ({len(str(abs(answer)))} digits) is not an int256, or is the sentinel")
+    return answer
 
 
 def decode_prediction(value: int, kind: str, decimals: int) -> float | int:

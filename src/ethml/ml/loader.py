@@ -346,8 +346,15 @@ def _search_tree_problem(tree: Any, features: int | None) -> str | None:
     start, end, leaf = nodes["idx_start"], nodes["idx_end"], nodes["is_leaf"]
     if np.any((start < 0) | (start > end) | (end > points)):
         return "a node whose range of points lies outside the tree's"
-    if np.any((leaf != 0) & (leaf != 1)) or np.any(2 * np.flatnonzero(leaf == 0) + 2 >= count):
+    split = np.flatnonzero(leaf == 0)
+    if np.any((leaf != 0) & (leaf != 1)) or np.any(2 * split + 2 >= count):
         return "a split whose children lie outside the tree"
+    # A fit's split halves its points between its children, so a query computes at most one distance per point.
+    # Leaves that each named every point, under bounds only a chosen point reaches, cost that point minutes.
+    first, second = 2 * split + 1, 2 * split + 2
+    halves = (start[first] == start[split]) & (end[first] == start[second]) & (end[second] == end[split])
+    if start[0] != 0 or end[0] != points or not np.all(halves):
+        return "a split whose children do not divide its points between them"
     if bounds.shape != (bound_rows, count, width):
         return f"node bounds of shape {bounds.shape}, not {(bound_rows, count, width)}"
     if not (np.all(np.isfinite(data)) and np.all(np.isfinite(bounds)) and np.all(np.isfinite(nodes["radius"]))):
@@ -542,6 +549,10 @@ def check_internals(model: Any, name: str) -> None:
         kind = f"{type(part).__module__}.{type(part).__qualname__}"
         if kind.startswith(("sklearn.", "scipy.")) and kind not in PART_TYPES:
             raise UntrustedArtifact(name, f"it holds a {kind}, which no fitted model of a task holds")
+        # A forest with n_jobs > 1 adds its trees' outputs in the order its threads finish: an answer that can
+        # differ from call to call (and from miner to miner) where a tree's output is far larger than the others'.
+        if kind.startswith("sklearn.") and getattr(part, "n_jobs", None) not in (None, 1):
+            raise UntrustedArtifact(name, f"a {type(part).__name__} set to run on {part.n_jobs} jobs (a fit's: None)")
         check = _CHECKS.get(kind)
         if check is None:
             continue
@@ -568,11 +579,13 @@ class LoadedModel:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 value = self.model.predict(features)[0]
+            return encode_prediction(value, self.entry.kind, self.entry.decimals)
+        except InvalidInput:
+            raise
         except (ValueError, ArithmeticError, IndexError, KeyError, TypeError) as exc:
             # What a model raises for a data point it cannot take is the same on every miner: that point's answer
             # (INVALID_INPUT), not a failed predictor. MemoryError and the like are this miner's and stay errors.
             raise InvalidInput(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from None
-        return encode_prediction(value, self.entry.kind, self.entry.decimals)
 
 
 class ModelStore:
