@@ -249,50 +249,34 @@ def _tree_problem(left: Any, right: Any, leaf: Any, feature: Any, features: int)
     return None
 
 
-#: The scikit-learn types a loaded model may hold anywhere inside it: those of the fitted models of a task
-#: (ethml.training.spec.ESTIMATORS, each as a fit holds it) and of the pipelines the allow-list takes. skops trusts
-#: every scikit-learn estimator by default; one outside this list (a support-vector machine of another kind inside
-#: a boosted model's `init_`, say) would be reached by predict with internals nothing here checks.
-PART_TYPES = frozenset(
-    {
-        "sklearn.pipeline.Pipeline",
-        "sklearn.preprocessing._data.StandardScaler",
-        "sklearn.preprocessing._data.MinMaxScaler",
-        "sklearn.preprocessing._label.LabelEncoder",
-        "sklearn.linear_model._logistic.LogisticRegression",
-        "sklearn.linear_model._ridge.Ridge",
-        "sklearn.linear_model._base.LinearRegression",
-        "sklearn.ensemble._forest.RandomForestClassifier",
-        "sklearn.ensemble._forest.RandomForestRegressor",
-        "sklearn.tree._classes.DecisionTreeClassifier",
-        "sklearn.tree._classes.DecisionTreeRegressor",
-        "sklearn.tree._tree.Tree",
-        "sklearn.ensemble._gb.GradientBoostingClassifier",
-        "sklearn.ensemble._gb.GradientBoostingRegressor",
-        "sklearn.dummy.DummyClassifier",
-        "sklearn.dummy.DummyRegressor",
-        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
-        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
-        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn._loss.loss.HalfBinomialLoss",
-        "sklearn._loss.loss.HalfMultinomialLoss",
-        "sklearn._loss.loss.HalfSquaredError",
-        "sklearn._loss._loss.CyHalfBinomialLoss",
-        "sklearn._loss._loss.CyHalfMultinomialLoss",
-        "sklearn._loss._loss.CyHalfSquaredError",
-        "sklearn._loss.link.IdentityLink",
-        "sklearn._loss.link.LogitLink",
-        "sklearn._loss.link.MultinomialLogit",
-        "sklearn._loss.link.Interval",
-        "sklearn.svm._classes.SVC",
-        "sklearn.svm._classes.SVR",
-        "sklearn.neighbors._classification.KNeighborsClassifier",
-        "sklearn.neighbors._regression.KNeighborsRegressor",
-        "sklearn.neighbors._kd_tree.KDTree",
-        "sklearn.neighbors._ball_tree.BallTree",
-    }
-)
+#: The scikit-learn types a loaded model may hold anywhere inside it: the allow-list's, and those that skops trusts
+#: by default and the fitted models of a task hold (ethml.training.spec.ESTIMATORS, each as a fit holds it). skops
+#: trusts every scikit-learn estimator by default; one outside this set (a support-vector machine of another kind
+#: inside a boosted model's `init_`, say) would be reached by predict with internals nothing here checks.
+PART_TYPES = frozenset(TRUSTED_TYPES) | {
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn.ensemble._gb.GradientBoostingClassifier",
+    "sklearn.ensemble._gb.GradientBoostingRegressor",
+    "sklearn.dummy.DummyClassifier",
+    "sklearn.dummy.DummyRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn._loss._loss.CyHalfMultinomialLoss",
+    "sklearn._loss._loss.CyHalfSquaredError",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.Interval",
+    "sklearn.svm._classes.SVC",
+    "sklearn.svm._classes.SVR",
+    "sklearn.neighbors._classification.KNeighborsClassifier",
+    "sklearn.neighbors._regression.KNeighborsRegressor",
+}
 
 
 def _decision_tree_problem(tree: Any, features: int | None) -> str | None:
