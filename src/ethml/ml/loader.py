@@ -117,6 +117,11 @@ def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
             elif isinstance(item, dict | list):
                 yield from children(item)
 
+    def read(size: int) -> None:
+        totals["arrays"] += size
+        if totals["arrays"] > MAX_ARRAY_BYTES:
+            raise _Refused(f"array files read adding up to over {MAX_ARRAY_BYTES // 2**20} MiB")
+
     def walk(state: dict[str, Any]) -> int:
         ident = state.get("__id__")
         if ident is not None and not isinstance(ident, int):
@@ -125,9 +130,7 @@ def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
             size = sizes[ident]
             # The object built is shared, but what holds it may copy it: each tree copies its node and value
             # arrays, so 20 trees naming one 200 MB array of zeros (a 200 KB archive) took 4 GiB.
-            totals["arrays"] += arrays[ident]
-            if totals["arrays"] > MAX_ARRAY_BYTES:
-                raise _Refused(f"array files read adding up to over {MAX_ARRAY_BYTES // 2**20} MiB")
+            read(arrays[ident])
         elif ident in walking:
             raise _Refused(f"node {ident} inside itself (a loop)")
         else:
@@ -142,17 +145,11 @@ def schema_problem(schema: Any, archive: zipfile.ZipFile) -> str | None:
                     raise _Refused(f"node {ident}'s JSON text is {exc}") from None
                 except ValueError:
                     pass  # not JSON: skops says so itself, if it reads it
+            before = totals["arrays"]
             if loader == "NdArrayNode" and state.get("type") == "numpy":
-                totals["arrays"] += archive.getinfo(str(state.get("file"))).file_size
-                if totals["arrays"] > MAX_ARRAY_BYTES:
-                    raise _Refused(f"array files read adding up to over {MAX_ARRAY_BYTES // 2**20} MiB")
+                read(archive.getinfo(str(state.get("file"))).file_size)
             if ident is not None:
                 walking.add(ident)
-            before = totals["arrays"] - (
-                archive.getinfo(str(state.get("file"))).file_size
-                if loader == "NdArrayNode" and state.get("type") == "numpy"
-                else 0
-            )
             size = 1 + sum(walk(child) for child in children(state))
             if ident is not None:
                 walking.discard(ident)
@@ -323,7 +320,7 @@ def _search_tree_problem(tree: Any, features: int | None) -> str | None:
     points, width = data.shape
     if index.shape != (points,) or not np.array_equal(np.sort(index), np.arange(points)):
         return "its point index is not an ordering of its training points"
-    if nodes.ndim != 1 or not {"idx_start", "idx_end", "is_leaf", "radius"} <= set(nodes.dtype.names or ()):
+    if nodes.ndim != 1:  # (its fields are a fit's: the layout was compared above)
         return "its nodes are not a list of node records"
     if leaf_size < 1 or not 1 <= levels <= 40 or count != len(nodes) or count != 2**levels - 1:
         return f"{len(nodes)} nodes where its {levels} levels make {2**levels - 1 if 1 <= levels <= 40 else 'none'}"
