@@ -166,6 +166,53 @@ async def test_header_bytes_that_are_not_utf8_get_a_401_not_a_500(anvil_url: str
         assert status == 200
 
 
+#: Requests aiohttp's parser refuses, each with words its reason must carry.
+UNPARSABLE = [
+    (b"GE T /api/tasks HTTP/1.1\r\nHost: x\r\n\r\n", "Invalid method"),
+    (b"GET /api/tasks HTTP/1.1\r\nHost: x\r\nHo st: x\r\n\r\n", "Invalid header token"),
+    (b"GET /api/tasks HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n", "Got more than 8190 bytes"),
+    (b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", "Content-Length"),
+    (b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+    (
+        b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "Transfer-Encoding can't be present with Content-Length",
+    ),
+    (b"GET /api/tasks HTTP/9.1\r\nHost: x\r\n\r\n", "Invalid HTTP version"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "HTTPS traffic on an HTTP port"),
+    (b"GET /api/tasks\x00 HTTP/1.1\r\nHost: x\r\n\r\n", "Invalid char in url"),
+]
+
+
+async def test_requests_the_parser_refuses_get_the_one_error_style(anvil_url: str, tmp_path: Path) -> None:
+    """A request that aiohttp's own parser refuses (a bad method, header, length, chunk or version, TLS on the
+    plain port) never reaches a route or the middleware: aiohttp answered it with its reason as plain text,
+    while the docs promise one JSON error style on every path. Each is now a JSON 400 quoting the parser's
+    reason on one line, the connection closed, and counted in /metrics under the route `malformed`."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server()
+        port = int(url.rsplit(":", 1)[1])
+        for request, words in UNPARSABLE:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 60)  # everything, until the server closes
+            writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 400 ") or head.startswith(b"HTTP/1.1 400 "), (request[:40], answer)
+            assert b"Content-Type: application/json" in head, (request[:40], answer)
+            error = json.loads(body)["error"]
+            assert error["status"] == 400 and error["field"] is None, error
+            message = error["message"]
+            assert message.startswith("malformed HTTP request: ") and words in message, (request[:40], message)
+            assert "\n" not in message and "^" not in message and len(message) <= 330, message
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+            metrics = await response.text()
+        counted = f'ethml_http_requests_total{{route="malformed",status="400"}} {float(len(UNPARSABLE))}'
+        assert counted in metrics, [line for line in metrics.splitlines() if "malformed" in line]
+        status, page, _ = await c.api("GET", "/api/tasks")  # the server goes on as before
+        assert status == 200 and page["tasks"] == []
+
+
 async def _hostile_requests(c: Coordinator) -> None:
     key = await c.requester_key()
     now = await chain_now(c)
@@ -878,7 +925,8 @@ def test_schemathesis_finds_nothing_and_malformed_requests_are_one_log_line(serv
         with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
             s.sendall(raw)
             answer = s.recv(200)
-            assert answer == b"" or answer.startswith(b"HTTP/1.0 400"), answer  # a 400, or closed
+            # A JSON 400, or closed (test_requests_the_parser_refuses_get_the_one_error_style reads the bodies).
+            assert answer == b"" or (answer.startswith(b"HTTP/1.0 400") and b"application/json" in answer), answer
     for _ in range(3):  # clients that hang up mid-body
         with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
             s.sendall(

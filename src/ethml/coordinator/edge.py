@@ -1,6 +1,7 @@
 """The HTTP edge: one error style (`{"error": {"status", "message", "field"}}`), the middleware that
 turns every failure into it and counts every request, the request body read within limits (type,
-size, time) and validated against a schema type, and malformed requests logged in one line.
+size, time) and validated against a schema type, and malformed requests (those aiohttp's HTTP parser
+refuses) answered in the same style and logged in one line.
 
 What a client gets wrong is a 4xx, never a 500 or 503: a body that is not `application/json`, or comes
 compressed (a Content-Encoding), is a 415, one over the size limit a 413, one that does not arrive
@@ -25,6 +26,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 from pydantic import BaseModel, ValidationError
 from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCError
 
@@ -329,6 +331,75 @@ class OneLineProtocolErrors(logging.Filter):
         client = record.args[0] if isinstance(record.args, tuple) and record.args else None
         log.info("bad_request", client=client, reason=reason[0] if reason else type(exc).__name__)
         return False
+
+
+#: The route label in /metrics of a request aiohttp's parser refused (it never reached a route).
+MALFORMED = "malformed"
+
+#: The most characters of the parser's reason a refused request's answer quotes.
+REASON_CHARS = 300
+
+
+def parser_reason(exc: BaseException | None, said: str | None) -> str:
+    """aiohttp's parser's reason for refusing a request, in one line: its lines joined, without the caret
+    line under the bytes it quotes ("Invalid header token: b'Ho st: x'"), at most REASON_CHARS."""
+    text = str(said or getattr(exc, "message", "") or exc or "").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip().strip("^")]
+    reason = " ".join(lines) or (type(exc).__name__ if exc is not None else "malformed request")
+    return reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."
+
+
+class JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering what it answers itself (a request its parser refuses: a bad
+    request line, header, length or chunk, TLS on the plain port; the 500 of an error no middleware saw) in
+    the API's error style instead of plain text, counted in /metrics under the route `malformed`. It still
+    logs through aiohttp's server logger (one line, `OneLineProtocolErrors`) and closes the connection."""
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        super().handle_error(request, status, exc, message)  # its log line; raises if an answer went out already
+        if status == 500:
+            said = "internal error (logged by the server)"
+        elif status == 504:
+            said = "the request took too long"
+        else:
+            said = f"malformed HTTP request: {parser_reason(exc, message)}"
+        response = error_response(status, said)
+        response.force_close()
+        metrics = getattr(self._manager, "metrics", None)
+        if metrics is not None:
+            metrics.observe(MALFORMED, status, time.perf_counter() - started)
+        return response
+
+
+class JsonErrorServer(web.Server):
+    """aiohttp's server whose connections are `JsonErrorHandler`s (made by `answer_in_json`)."""
+
+    metrics: Any = None
+
+    def __call__(self) -> RequestHandler:
+        return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+def answer_in_json(app: web.Application, metrics: Any) -> None:
+    """Make `app`'s server (whichever runner starts it: `web.run_app`, an `AppRunner`) a `JsonErrorServer`
+    counting in `metrics`. aiohttp takes no handler class, so the application's server factory is wrapped
+    and the server it makes given the subclass, which adds no state of its own but the metrics."""
+    make_handler = app._make_handler
+
+    def make_json_handler(**kwargs: Any) -> web.Server:
+        server = make_handler(**kwargs)
+        if type(server) is not web.Server:  # another aiohttp: keep its server rather than guess at it
+            log.warning("plain_text_parser_errors", server=type(server).__name__)
+            return server
+        server.__class__ = JsonErrorServer
+        assert isinstance(server, JsonErrorServer)
+        server.metrics = metrics
+        return server
+
+    app._make_handler = make_json_handler  # type: ignore[method-assign]
 
 
 def one_line_protocol_errors() -> None:
