@@ -22,7 +22,7 @@ import joblib
 
 from ethml import safejson
 from ethml.errors import ArtifactMismatch, InvalidInput, ModelError, UntrustedArtifact
-from ethml.ml import compact
+from ethml.ml import compact, exact
 from ethml.ml.datapoint import encode_prediction, parse_data_point
 from ethml.ml.manifest import Manifest, ModelEntry
 
@@ -559,7 +559,7 @@ class LoadedModel:
             # (a non-finite prediction is invalid input), so the warning would only reach the terminal.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                value = self.model.predict(features)[0]
+                value = exact.predict(self.model, features)[0]  # the same bits on every CPU (ethml.ml.exact)
             return encode_prediction(value, self.entry.kind, self.entry.decimals)
         except InvalidInput:
             raise

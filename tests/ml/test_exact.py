@@ -1,0 +1,206 @@
+"""Answers that are the same on every CPU (ethml.ml.exact).
+
+scikit-learn's linear models and brute-force nearest neighbours sum through BLAS, whose kernel OpenBLAS picks
+by CPU. `OPENBLAS_CORETYPE` makes one process use another CPU's kernel, so two child processes here play two
+miners on different CPUs: the default kernel of this machine and the generic one (Prescott, which runs on
+every x86-64). A requester places data points on the boundaries (a tie between two classes, a regression
+value half-way between two answers, a point equidistant from two stored points of different labels): there,
+scikit-learn's own predict answers differently under the two kernels, and a miner's answer does not."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+from ethml.errors import InvalidInput
+from ethml.ml import compact, exact
+from ethml.ml.loader import LoadedModel
+from ethml.ml.manifest import ModelEntry
+from tests.conftest import ROOT
+
+FEATURES = 13
+DECIMALS = 6
+
+
+def _exact_dot(x: Any, coef: Any, intercept: float) -> Fraction:
+    return sum((Fraction(float(a)) * Fraction(float(c)) for a, c in zip(x, coef, strict=True)), Fraction(intercept))
+
+
+def _ridge_points(model: Ridge, rng: np.random.Generator, count: int) -> list[list[float]]:
+    """Points whose exact value lies half-way between two answers at DECIMALS (moved there along feature 0)."""
+    points = []
+    for _ in range(count):
+        x = rng.normal(size=FEATURES) * 10
+        value = _exact_dot(x, model.coef_, float(model.intercept_))
+        target = (Fraction(round(value * 10**DECIMALS)) + Fraction(1, 2)) / 10**DECIMALS
+        x[0] = float(Fraction(float(x[0])) + (target - value) / Fraction(float(model.coef_[0])))
+        points.append(x.tolist())
+    return points
+
+
+def _tie_points(model: LogisticRegression, rng: np.random.Generator, count: int) -> list[list[float]]:
+    """Points on the boundary between the two classes a point scores highest (moved along feature 0)."""
+    points = []
+    for _ in range(count):
+        x = rng.normal(size=FEATURES) * 3
+        scores = [_exact_dot(x, c, float(b)) for c, b in zip(model.coef_, model.intercept_, strict=True)]
+        a, b = sorted(range(len(scores)), key=lambda k: scores[k])[-2:]
+        gap = scores[a] - scores[b]
+        slope = Fraction(float(model.coef_[a][0])) - Fraction(float(model.coef_[b][0]))
+        x[0] = float(Fraction(float(x[0])) - gap / slope)
+        points.append(x.tolist())
+    return points
+
+
+def _pairs(rng: np.random.Generator) -> tuple[Any, Any, list[list[float]]]:
+    """Stored points in close pairs of different labels, far apart, and points equidistant from each pair's
+    two (their midpoint, moved a little at right angles to the pair), 20 features: a brute-force search."""
+    width, pairs = 20, 150
+    centres = rng.normal(size=(pairs, width)) * 1000
+    offsets = rng.normal(size=(pairs, width))
+    points = np.vstack([centres, centres + offsets])
+    labels = np.array([0] * pairs + [1] * pairs)
+    queries = []
+    for centre, offset in zip(centres, offsets, strict=True):
+        side = rng.normal(size=width)
+        side -= offset * (side @ offset) / (offset @ offset)
+        queries.append((centre + offset / 2 + side * 1e-3).tolist())
+    return points, labels, queries
+
+
+#: What a child process prints: per model, scikit-learn's encoded answers and the miner's.
+CHILD = """
+import json, sys, warnings
+import joblib
+from ethml.ml.loader import LoadedModel
+from ethml.ml.datapoint import encode_prediction
+cases = joblib.load(sys.argv[1])
+out = {}
+for name, (model, entry, points) in cases.items():
+    ours, theirs = [], []
+    for point in points:
+        try:
+            ours.append(LoadedModel(entry, model).predict_one(json.dumps(point).encode()))
+        except Exception as exc:
+            ours.append(type(exc).__name__)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs.append(encode_prediction(model.predict([point])[0], entry.kind, entry.decimals))
+    out[name] = {"ours": ours, "sklearn": theirs}
+print(json.dumps(out))
+"""
+
+
+def _entry(kind: str, decimals: int, features: int) -> ModelEntry:
+    return ModelEntry(0, "probe", kind, decimals, features, "probe.joblib", "0" * 64, "")
+
+
+def _as_miner(cases: Path, coretype: str | None) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    if coretype is not None:
+        env["OPENBLAS_CORETYPE"] = coretype
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(cases)], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+def test_boundary_points_get_one_answer_under_every_blas_kernel(tmp_path: Path) -> None:
+    rng = np.random.default_rng(20261207)
+    X = rng.normal(size=(400, FEATURES)) * rng.uniform(0.5, 50, size=FEATURES)
+    ridge = Ridge(alpha=1.0).fit(X, X @ rng.normal(size=FEATURES) + rng.normal(size=400))
+    logistic = LogisticRegression(max_iter=2000).fit(X, np.digitize(X[:, 1] + X[:, 2], [-20, 20]))
+    stored, labels, queries = _pairs(rng)
+    neighbour = KNeighborsClassifier(n_neighbors=1).fit(stored, labels)
+    assert neighbour._fit_method == "brute"
+    twin = compact.loads(_pickled(ridge))
+    assert isinstance(twin, compact.Ridge)  # the bundled models' numpy twin, which used BLAS as well
+    ridge_points = _ridge_points(ridge, rng, 400)
+    cases = {
+        "ridge": (ridge, _entry("regression", DECIMALS, FEATURES), ridge_points),
+        "ridge twin": (twin, _entry("regression", DECIMALS, FEATURES), ridge_points),
+        "logistic": (logistic, _entry("classification", 0, FEATURES), _tie_points(logistic, rng, 400)),
+        "neighbours": (neighbour, _entry("classification", 0, 20), queries),
+    }
+    joblib.dump(cases, tmp_path / "cases.joblib")
+    here, generic = _as_miner(tmp_path / "cases.joblib", None), _as_miner(tmp_path / "cases.joblib", "Prescott")
+    for name in cases:
+        split = sum(a != b for a, b in zip(here[name]["sklearn"], generic[name]["sklearn"], strict=True))
+        assert split > 0, f"{name}: scikit-learn answered every point alike under both kernels"  # the attack works
+        assert here[name]["ours"] == generic[name]["ours"], name
+        assert not any(isinstance(answer, str) for answer in here[name]["ours"]), here[name]["ours"]
+
+
+def _pickled(model: Any) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    return buffer.getvalue()
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(finite, finite), min_size=1, max_size=40),
+    finite,
+)
+def test_linear_scores_are_the_exactly_rounded_sum_of_the_products(pairs: list[tuple[float, float]], b: float) -> None:
+    x = np.array([p[0] for p in pairs])
+    coef = np.array([p[1] for p in pairs])
+    want = float(sum((Fraction(xi * ci) for xi, ci in zip(x.tolist(), coef.tolist(), strict=True)), Fraction(b)))
+    assert exact.linear_scores(coef, b, x.reshape(1, -1))[0, 0] == want
+
+
+def test_answers_match_scikit_learn_away_from_boundaries() -> None:
+    """Off the boundaries the exact sums give scikit-learn's answers: labels equal, values within rounding."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 20))
+    y = X @ rng.normal(size=20)
+    labels = np.digitize(X[:, 0] + X[:, 1], [-1, 1])
+    probes = rng.normal(size=(200, 20))
+    for model in (
+        LogisticRegression(max_iter=1000).fit(X, labels),
+        LogisticRegression(max_iter=1000).fit(X, labels > 0),
+        KNeighborsClassifier(7).fit(X, labels),
+        KNeighborsClassifier(7, weights="distance").fit(X, labels),
+        KNeighborsClassifier(7, algorithm="kd_tree").fit(X, labels),
+    ):
+        assert (exact.predict(model, probes) == model.predict(probes)).all(), model
+    regressors = (Ridge(), KNeighborsRegressor(5), KNeighborsRegressor(5, weights="distance"))
+    for model in (regressor.fit(X, y) for regressor in regressors):
+        assert np.allclose(exact.predict(model, probes), model.predict(probes), rtol=1e-12, atol=1e-12), model
+    # A stored point, distance weights: its own target exactly (scikit-learn's distance to itself may not be 0).
+    model = KNeighborsRegressor(5, weights="distance").fit(X, y)
+    assert exact.predict(model, X[:5]).tolist() == y[:5].tolist()
+
+
+def test_a_score_that_overflows_is_invalid_input_on_every_miner() -> None:
+    """Products past the largest float (inf), or of both signs (inf - inf): the exact sum has no value, so the
+    point is INVALID_INPUT, as a regression value that is not finite always was."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(50, FEATURES))
+    model = Ridge().fit(X, X @ rng.normal(size=FEATURES))
+    model.coef_ = np.abs(model.coef_) + 1.0
+    loaded = LoadedModel(_entry("regression", DECIMALS, FEATURES), model)
+    for point in ([1e308] * FEATURES, [1e308, -1e308] + [0.0] * (FEATURES - 2)):
+        with pytest.raises(InvalidInput):
+            loaded.predict_one(json.dumps(point).encode())
+    assert loaded.predict_one(json.dumps([1.0] * FEATURES).encode()) == round(
+        float(_exact_dot([1.0] * FEATURES, model.coef_, float(model.intercept_))) * 10**DECIMALS
+    )
