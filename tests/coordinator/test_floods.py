@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import types
 from collections import Counter
@@ -17,12 +18,14 @@ import aiohttp
 import aiohttp.web
 import pytest
 
+from ethml.coordinator import edge
 from ethml.coordinator.redis_server import socket_path
 from ethml.coordinator.routes import dashboard
 from tests.coordinator.conftest import coordinator_on
 from tests.node.conftest import wait_until
 
-OPEN = {"key_rate": 1e6, "key_burst": 10**6, "ip_rate": 1e6, "ip_burst": 10**6}
+#: Limits out of the way: these clients all come from 127.0.0.1, as many clients would come from many addresses.
+OPEN = {"key_rate": 1e6, "key_burst": 10**6, "ip_rate": 1e6, "ip_burst": 10**6, "max_client_connections": 0}
 
 
 async def _burst(session: aiohttp.ClientSession, urls: list[tuple[str, dict[str, str]]]) -> Counter[int]:
@@ -267,3 +270,74 @@ async def test_a_health_ping_that_hangs_answers_redis_down_and_the_next_check_pi
     assert answers == ["ping"]  # one PING for both
     dark.set()  # Redis answers again
     assert await asyncio.wait_for(shared(), 30) is True
+
+
+async def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_url: str, tmp_path: Path) -> None:
+    """Nothing counted a client's connections: each held a file descriptor and a handler until aiohttp's
+    keep-alive timeout (75 s under ethml serve) without sending a byte, so one address opening them without
+    end ran the server out of descriptors and memory. Past --max-client-connections (4 here) the next is
+    closed as it is made and counted in /metrics; the open ones go on, and a closed one frees its place. A
+    trusted proxy's connections are not counted (its clients share its address)."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        runner, url = await c.start_server(max_client_connections=4)
+        port = int(url.rsplit(":", 1)[1])
+        server = runner.server
+        assert isinstance(server, edge.EdgeServer)
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection("127.0.0.1", port)
+
+        async def health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+
+        async def refused() -> bool:
+            reader, writer = await connect()
+            try:
+                return await asyncio.wait_for(reader.read(), 30) == b""  # closed before any request
+            except ConnectionResetError:
+                return True
+            finally:
+                writer.close()
+
+        held = [await connect() for _ in range(4)]
+
+        async def all_counted() -> bool:  # (the server counts each as its accept runs)
+            return server.open_by_client == {"127.0.0.1": 4}
+
+        await wait_until(all_counted, timeout=30, what="the four connections counted")
+        assert await refused()
+        assert await refused()
+        assert (await health(*held[0])).startswith(b"HTTP/1.1 200")  # the open ones are served
+        held.pop()[1].close()
+
+        async def freed() -> bool:
+            return server.open_by_client == {"127.0.0.1": 3}
+
+        await wait_until(freed, timeout=30, what="the closed connection's place freed")
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+            metrics = await response.text()
+        assert "ethml_client_connections_refused_total 2.0" in metrics, metrics[-2000:]
+        for _reader, writer in held:
+            writer.close()
+
+        async def none_open() -> bool:
+            return server.open_by_client == {}
+
+        await wait_until(none_open, timeout=30, what="every place freed")
+
+        socket = socket_path(c.root / "server" / "coordinator" / "redis")
+        proxied, proxied_url = await c.start_server(
+            redis_url=f"unix://{socket}",
+            data_dir=c.root / "second",
+            relay=False,
+            max_client_connections=2,
+            trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
+        )
+        port = int(proxied_url.rsplit(":", 1)[1])
+        behind = [await connect() for _ in range(3)]
+        for reader, writer in behind:
+            assert (await health(reader, writer)).startswith(b"HTTP/1.1 200")
+            writer.close()
+        assert proxied.server is not None and proxied.server.open_by_client == {}  # type: ignore[attr-defined]

@@ -102,6 +102,15 @@ def serve(
             "is ignored).",
         ),
     ] = None,
+    max_client_connections: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Connections one client address (an IPv6 /64) may have open at once; more are closed as they "
+            "are made. 0: no cap. A --trusted-proxy's connections are not counted.",
+        ),
+    ] = 256,
     upload_quota: Annotated[
         float,
         typer.Option(
@@ -220,6 +229,7 @@ def serve(
         login_rate=login_rate,
         login_burst=login_burst,
         trusted_proxies=proxies,
+        max_client_connections=max_client_connections,
         upload_quota_mib=upload_quota,
         min_free_disk_mib=min_free_disk,
         job_timeout=job_timeout,

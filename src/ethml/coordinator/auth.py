@@ -5,11 +5,11 @@ request takes from (its client address's and its key's, in Redis)."""
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 from aiohttp import web
 
+from ethml.coordinator.addresses import address_bucket, is_trusted, parse_address
 from ethml.coordinator.appkeys import CONFIG, STORE
 from ethml.coordinator.config import Network
 from ethml.coordinator.edge import ApiError
@@ -72,18 +72,6 @@ async def required(request: web.Request, *roles: str) -> Principal:
     return who
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
-
-
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, proxies: tuple[Network, ...]) -> bool:
-    return any(ip in network for network in proxies)
-
-
 def client_address(request: web.BaseRequest, proxies: tuple[Network, ...]) -> str:
     """Who sent the request: the TCP peer's address, unless the peer is one of `proxies` (reverse proxies the
     operator trusts, `--trusted-proxy`). Then `X-Forwarded-For` is read from its right end (each proxy appends
@@ -95,25 +83,20 @@ def client_address(request: web.BaseRequest, proxies: tuple[Network, ...]) -> st
     peer = request.remote or "unknown"
     if not proxies:
         return peer
-    ip = _address(peer)
-    if ip is None or not _trusted(ip, proxies):
+    ip = parse_address(peer)
+    if ip is None or not is_trusted(ip, proxies):
         return peer
     client = str(ip)
     for hop in reversed(",".join(request.headers.getall("X-Forwarded-For", ())).split(",")):
         if not hop.strip():
             continue
-        ip = _address(hop)
+        ip = parse_address(hop)
         if ip is None:
             break
         client = str(ip)
-        if not _trusted(ip, proxies):
+        if not is_trusted(ip, proxies):
             break
     return client
-
-
-#: IPv6 prefixes that carry a client's IPv4 address in their low 32 bits (NAT64's well-known prefix, RFC 6052):
-#: such a client is counted by that IPv4 address, as if it had come over IPv4.
-EMBEDS_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"),)
 
 
 def client_bucket(request: web.BaseRequest, proxies: tuple[Network, ...]) -> str:
@@ -122,20 +105,7 @@ def client_bucket(request: web.BaseRequest, proxies: tuple[Network, ...]) -> str
     except one that stands for an IPv4 client, counted by that address: 6to4 (one IPv4 host owns a /48 of
     2002::/16), Teredo (the client's public address, obfuscated in the low bits) and NAT64 (many clients behind
     one translator's /96, each by its own address)."""
-    client = client_address(request, proxies)
-    if ":" not in client:
-        return client
-    ip = _address(client)
-    if ip is None or ip.version == 4:
-        return str(ip or client)
-    assert isinstance(ip, ipaddress.IPv6Address)
-    if ip.sixtofour is not None:
-        return str(ip.sixtofour)
-    if ip.teredo is not None:
-        return str(ip.teredo[1])
-    if any(ip in prefix for prefix in EMBEDS_IPV4):
-        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return address_bucket(client_address(request, proxies))
 
 
 def buckets(request: web.Request, key: str | None) -> list[tuple[str, float, int]]:

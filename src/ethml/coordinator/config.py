@@ -52,6 +52,9 @@ class ServeConfig:
     #: Reverse proxies (addresses and networks) whose `X-Forwarded-For` names the client (`auth.client_address`):
     #: behind one, every client would otherwise share the proxy's buckets. None: the TCP peer is the client.
     trusted_proxies: tuple[Network, ...] = ()
+    #: Connections one client (an address; an IPv6 /64) may have open at once; more are closed as they are
+    #: made (`edge.EdgeServer`). 0: no cap. A trusted proxy's connections are not counted.
+    max_client_connections: int = 256
     #: Seconds a client has to send a JSON body (up to 64 KiB) and a file (up to 16 MiB); slower ones
     #: get a 408 and their connection is closed.
     body_timeout: float = 10.0

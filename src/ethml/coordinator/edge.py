@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from pydantic import BaseModel, ValidationError
 from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCError
 
+from ethml.coordinator.addresses import address_bucket, is_trusted_proxy
 from ethml.coordinator.appkeys import CONFIG, METRICS
 from ethml.coordinator.chain import rpc_message
 from ethml.coordinator.schemas import MAX_BODY_BYTES, first_error
@@ -349,7 +350,7 @@ def parser_reason(exc: BaseException | None, said: str | None) -> str:
     return reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."
 
 
-class JsonErrorHandler(RequestHandler):
+class EdgeHandler(RequestHandler):
     """aiohttp's connection handler, answering what it answers itself (a request its parser refuses: a bad
     request line, header, length or chunk, TLS on the plain port; the 500 of an error no middleware saw) in
     the API's error style instead of plain text, counted in /metrics under the route `malformed`. It still
@@ -368,38 +369,85 @@ class JsonErrorHandler(RequestHandler):
             said = f"malformed HTTP request: {parser_reason(exc, message)}"
         response = error_response(status, said)
         response.force_close()
-        metrics = getattr(self._manager, "metrics", None)
-        if metrics is not None:
-            metrics.observe(MALFORMED, status, time.perf_counter() - started)
+        if isinstance(self._manager, EdgeServer):
+            self._manager.metrics.observe(MALFORMED, status, time.perf_counter() - started)
         return response
 
 
-class JsonErrorServer(web.Server):
-    """aiohttp's server whose connections are `JsonErrorHandler`s (made by `answer_in_json`)."""
+#: Seconds between two `client_connections_capped` log lines of one client.
+CAPPED_LOG_EVERY = 10.0
 
-    metrics: Any = None
+
+class EdgeServer(web.Server):
+    """aiohttp's server whose connections are `EdgeHandler`s, counting each client's open connections (by
+    address, an IPv6 client by its /64, as the rate limits count it): a connection past `cap` of one client
+    (0: no cap) is closed as it is made, before it costs a request's worth of memory or a file descriptor for
+    longer than that; counted in /metrics and logged (`client_connections_capped`, once per client per 10 s).
+    Connections from a trusted proxy are not counted (every client behind it shares its address); a proxy
+    caps its own clients. Made by `install_edge_server`: aiohttp's server with this class and these
+    attributes."""
+
+    metrics: Any
+    cap: int
+    proxies: tuple[Any, ...]
+    open_by_client: dict[str, int]
+    capped_logged: dict[str, float]
 
     def __call__(self) -> RequestHandler:
-        return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+        return EdgeHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        peer = transport.get_extra_info("peername")
+        if not self.cap or not isinstance(peer, tuple) or not peer or is_trusted_proxy(str(peer[0]), self.proxies):
+            return
+        client = address_bucket(str(peer[0]))
+        count = self.open_by_client.get(client, 0)
+        if count >= self.cap:
+            self.metrics.connections_refused.inc()
+            now = time.monotonic()
+            if now - self.capped_logged.get(client, -CAPPED_LOG_EVERY) >= CAPPED_LOG_EVERY:
+                self.capped_logged[client] = now
+                log.warning("client_connections_capped", client=client, open=count, cap=self.cap)
+            # (Not before aiohttp has set the connection up: connection_lost would run before its handler's task.)
+            asyncio.get_running_loop().call_soon(transport.abort)
+            return
+        self.open_by_client[client] = count + 1
+        handler.edge_client = client  # type: ignore[attr-defined]
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        client = getattr(handler, "edge_client", None)
+        if client is None:
+            return
+        handler.edge_client = None  # type: ignore[attr-defined]
+        left = self.open_by_client.get(client, 1) - 1
+        if left > 0:
+            self.open_by_client[client] = left
+        else:
+            self.open_by_client.pop(client, None)
+            self.capped_logged.pop(client, None)
 
 
-def answer_in_json(app: web.Application, metrics: Any) -> None:
-    """Make `app`'s server (whichever runner starts it: `web.run_app`, an `AppRunner`) a `JsonErrorServer`
-    counting in `metrics`. aiohttp takes no handler class, so the application's server factory is wrapped
-    and the server it makes given the subclass, which adds no state of its own but the metrics."""
+def install_edge_server(app: web.Application, metrics: Any, cap: int, proxies: tuple[Any, ...]) -> None:
+    """Make `app`'s server (whichever runner starts it: `web.run_app`, an `AppRunner`) an `EdgeServer` counting
+    in `metrics`, with at most `cap` connections per client (0: no cap) besides `proxies`'. aiohttp takes no
+    handler class, so the application's server factory is wrapped and the server it makes given the subclass
+    (which adds no state but the attributes set here)."""
     make_handler = app._make_handler
 
-    def make_json_handler(**kwargs: Any) -> web.Server:
+    def make_edge_server(**kwargs: Any) -> web.Server:
         server = make_handler(**kwargs)
         if type(server) is not web.Server:  # another aiohttp: keep its server rather than guess at it
             log.warning("plain_text_parser_errors", server=type(server).__name__)
             return server
-        server.__class__ = JsonErrorServer
-        assert isinstance(server, JsonErrorServer)
-        server.metrics = metrics
+        server.__class__ = EdgeServer
+        assert isinstance(server, EdgeServer)
+        server.metrics, server.cap, server.proxies = metrics, cap, proxies
+        server.open_by_client, server.capped_logged = {}, {}
         return server
 
-    app._make_handler = make_json_handler  # type: ignore[method-assign]
+    app._make_handler = make_edge_server  # type: ignore[method-assign]
 
 
 def one_line_protocol_errors() -> None:

@@ -56,6 +56,11 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "ethml_client_connections_refused_total",
+            "Connections closed as they were made: their client had --max-client-connections open already",
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:

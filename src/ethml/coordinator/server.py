@@ -45,7 +45,7 @@ from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
 from ethml.coordinator.deployment import WATCH_INTERVAL, AnotherDeployment, DeploymentWatch, Fatal, identity, said
 from ethml.coordinator.dispatch import PROOF_TIMEOUT, Dispatcher, WorkerConn
-from ethml.coordinator.edge import BACKEND_ERRORS, answer_in_json, errors_and_metrics, one_line_protocol_errors
+from ethml.coordinator.edge import BACKEND_ERRORS, errors_and_metrics, install_edge_server, one_line_protocol_errors
 from ethml.coordinator.leader import Leader
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.observe import Observer
@@ -81,7 +81,7 @@ def make_app(config: ServeConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    answer_in_json(app, app[METRICS])
+    install_edge_server(app, app[METRICS], config.max_client_connections, config.trusted_proxies)
     app[API_KEYS] = KeyCache()
     app[SNAPSHOT] = SnapshotCache()
     app[REDIS_ANSWERS] = redis_answers(app)
