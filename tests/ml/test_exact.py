@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import Pipeline
 
 from ethml.errors import InvalidInput
 from ethml.ml import compact, exact
@@ -131,8 +132,10 @@ def test_boundary_points_get_one_answer_under_every_blas_kernel(tmp_path: Path) 
     twin = compact.loads(_pickled(ridge))
     assert isinstance(twin, compact.Ridge)  # the bundled models' numpy twin, which used BLAS as well
     ridge_points = _ridge_points(ridge, rng, 400)
+    nested = Pipeline([("outer", Pipeline([("inner", Pipeline([("ridge", ridge)]))]))])  # (the review's)
     cases = {
         "ridge": (ridge, _entry("regression", DECIMALS, FEATURES), ridge_points),
+        "ridge in pipelines in a pipeline": (nested, _entry("regression", DECIMALS, FEATURES), ridge_points),
         "ridge twin": (twin, _entry("regression", DECIMALS, FEATURES), ridge_points),
         "logistic": (logistic, _entry("classification", 0, FEATURES), _tie_points(logistic, rng, 400)),
         "neighbours": (neighbour, _entry("classification", 0, 20), queries),
@@ -190,17 +193,44 @@ def test_answers_match_scikit_learn_away_from_boundaries() -> None:
     assert exact.predict(model, X[:5]).tolist() == y[:5].tolist()
 
 
-def test_a_score_that_overflows_is_invalid_input_on_every_miner() -> None:
-    """Products past the largest float (inf), or of both signs (inf - inf): the exact sum has no value, so the
-    point is INVALID_INPUT, as a regression value that is not finite always was."""
+def test_a_score_beyond_the_largest_float_is_invalid_input_on_every_miner() -> None:
+    """A product of a feature and its coefficient past the largest float, or a score past it: no answer, the
+    same on every miner. A score that is a float is answered, even where the sum overflows on the way (fsum
+    raises there; the terms are then added exactly)."""
     rng = np.random.default_rng(3)
-    X = rng.normal(size=(50, FEATURES))
-    model = Ridge().fit(X, X @ rng.normal(size=FEATURES))
-    model.coef_ = np.abs(model.coef_) + 1.0
-    loaded = LoadedModel(_entry("regression", DECIMALS, FEATURES), model)
-    for point in ([1e308] * FEATURES, [1e308, -1e308] + [0.0] * (FEATURES - 2)):
+    X = rng.normal(size=(50, 3))
+    model = LogisticRegression().fit(X, X[:, 0] > 0)
+    model.coef_, model.intercept_ = np.array([[1.0, 1.0, 1.0]]), np.array([0.0])
+    loaded = LoadedModel(_entry("classification", 0, 3), model)
+    assert loaded.predict_one(b"[1e308, 1e308, -1e308]") == 1  # 1e308: fsum overflowed on the way (the review's)
+    assert loaded.predict_one(b"[-1e308, -1e308, 1e308]") == 0
+    for point in (b"[1e308, 1e308, 0]", b"[1.7e308, 1.7e308, -1e300]"):  # beyond the largest float
         with pytest.raises(InvalidInput):
-            loaded.predict_one(json.dumps(point).encode())
-    assert loaded.predict_one(json.dumps([1.0] * FEATURES).encode()) == round(
-        float(_exact_dot([1.0] * FEATURES, model.coef_, float(model.intercept_))) * 10**DECIMALS
-    )
+            loaded.predict_one(point)
+    model.coef_ = np.array([[10.0, 1.0, 1.0]])
+    with pytest.raises(InvalidInput, match="beyond the largest float"):  # 10 x 1e308 overflows (the review's)
+        loaded.predict_one(b"[1e308, 0, 0]")
+    ridge = Ridge().fit(X, X[:, 1])
+    ridge.coef_, ridge.intercept_ = np.array([1.0, 1.0, 1.0]), 0.0
+    assert exact.predict(ridge, np.array([[1e308, 1e308, -1e308]])).tolist() == [1e308]
+
+
+def test_a_regressor_with_one_row_of_coefficients_is_summed_exactly() -> None:
+    """A ridge whose coefficients are one row (as a fit on a column of targets keeps them in some versions of
+    scikit-learn): summed here too, in scikit-learn's shape (a column), never through BLAS."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(100, FEATURES))
+    model = Ridge().fit(X, X @ rng.normal(size=FEATURES))
+    model.coef_, model.intercept_ = model.coef_.reshape(1, -1), np.array([model.intercept_])
+    assert model.predict(X[:2]).shape == (2, 1)
+    probes = rng.normal(size=(20, FEATURES))
+    got = exact.predict(model, probes)
+    assert got.shape == (20, 1)
+    assert got[:, 0].tolist() == exact.linear_scores(model.coef_[0], model.intercept_[0], probes)[:, 0].tolist()
+
+
+def test_the_nearest_points_are_taken_in_order_ties_to_the_earlier_point() -> None:
+    rng = np.random.default_rng(6)
+    for size, k in ((1, 1), (10, 10), (50, 3), (2000, 100), (2000, 1)):
+        squared = rng.integers(0, 5, size).astype(np.float64)  # many equal distances
+        assert exact._nearest(squared, k).tolist() == np.argsort(squared, kind="stable")[:k].tolist()

@@ -411,6 +411,8 @@ def _doctored_model(change: str) -> bytes:
         if change == "classifier label outside classes":
             model._y = model._y.copy()
             model._y[-1] = 10**12
+        elif change == "classifier padded classes":  # the review's: 4,000,000 classes no point has, 3 s a point
+            model.classes_ = np.arange(4000)
         elif change == "classifier l2 brute":  # the review's: predict reads `metric`; "l2" took a compiled path
             model._fit_method, model._tree, model.metric = "brute", None, "l2"
         elif change == "classifier kd-tree fields renamed":
@@ -430,14 +432,37 @@ def _doctored_model(change: str) -> bytes:
 
         model = RandomForestClassifier(5, random_state=0).fit(x, y)
         model.n_jobs = 2  # the review's: trees' outputs added in the order threads finish
+    elif change.startswith("hist"):
+        from sklearn._loss.link import LogitLink
+        from sklearn._loss.loss import HalfBinomialLoss
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        model = HistGradientBoostingRegressor(max_iter=3).fit(x, x[:, 1])
+        if change == "hist regressor binomial loss":  # the review's: its answer is expit(raw), glibc's exp by CPU
+            model._loss = HalfBinomialLoss()
+        elif change == "hist regressor logit link":
+            model._loss.link = LogitLink()
     elif change.startswith("linear"):
         model = LogisticRegression().fit(x, y)
-        # a fourth row of coefficients, winning only far from the data: predict failed there alone
-        model.coef_ = np.vstack([model.coef_, [[1.0, 0, 0, 0]]])
-        model.intercept_ = np.append(model.intercept_, -1e6)
+        if change == "linear extra class row":
+            # a fourth row of coefficients, winning only far from the data: predict failed there alone
+            model.coef_ = np.vstack([model.coef_, [[1.0, 0, 0, 0]]])
+            model.intercept_ = np.append(model.intercept_, -1e6)
+        elif change == "linear many classes":  # the review's: 250,000 classes cost a miner 56 s per data point
+            model.classes_ = np.arange(1001)
+            model.coef_ = np.zeros((1001, 4))
+            model.intercept_ = np.full(1001, -1e6)
+        elif change == "linear int8 coefficients":
+            model.coef_ = model.coef_.astype(np.int8)
+        elif change == "linear infinite intercept":
+            model.intercept_ = np.array([0.0, 0.0, np.inf])
     else:
         model = KNeighborsRegressor(3, algorithm="brute").fit(x, x[:, 1])
-        if change == "neighbours narrow points":
+        if change == "neighbours int8 points":  # the review's: a float64 copy of each 100000x256 scan, 8 times
+            model._fit_X = model._fit_X.astype(np.int8)
+        elif change == "neighbours too many":  # more than a task may ask for (the vote is over every one)
+            model.n_neighbors = 101
+        elif change == "neighbours narrow points":
             model._fit_X = np.ascontiguousarray(model._fit_X[:, :2])
         elif change == "neighbours minkowski":
             model.effective_metric_, model.effective_metric_params_ = "minkowski", {"p": 3}
@@ -462,7 +487,7 @@ _DOCTORED_INTERNALS = [
     ("boosting other init", "a NuSVC to start from"),
     ("boosting start narrower", "a start of 2 columns for 3 trees per stage"),
     ("boosting random start", "a dummy estimator predicting by 'stratified'"),
-    ("boosting binomial loss", "a HalfBinomialLoss loss \\(a fit's: HalfMultinomialLoss\\)"),
+    ("boosting binomial loss", "a HalfBinomialLoss loss with a LogitLink \\(a fit's: HalfMultinomialLoss"),
     # a brute-force search read the stored points past their end; with metric "l2" it counted votes per label
     # unchecked (a label of 10**12 on points far from the data: a segmentation fault on a chosen point)
     ("neighbours narrow points", "nearest-neighbours model: stored points of shape \\(200, 2\\)"),
@@ -474,6 +499,17 @@ _DOCTORED_INTERNALS = [
     ("classifier kd-tree fields renamed", "node records laid out as"),
     ("forest on two jobs", "a RandomForestClassifier set to run on 2 jobs"),
     ("linear extra class row", "linear model: coefficients of shape \\(4, 4\\) and \\(4,\\) intercepts for 3 classes"),
+    # a miner adds each class's score exactly, one class at a time, and scans every stored point of a neighbours
+    # model for each data point: what a fit cannot hold would make that cost seconds to minutes per data point
+    ("linear many classes", "1001 classes \\(at most 1000"),
+    ("linear int8 coefficients", "int8 coefficients and float64 intercepts"),
+    ("linear infinite intercept", "not finite"),
+    ("neighbours int8 points", "int8 stored points"),
+    ("neighbours too many", "101 neighbours of 200 stored points \\(a task's: at most 100\\)"),
+    ("classifier padded classes", "4000 classes, not each the label of a stored point"),
+    # a regressor whose answer is exp of its raw score: glibc picks exp by CPU (with or without FMA)
+    ("hist regressor binomial loss", "histogram-boosted model: a HalfBinomialLoss loss with a LogitLink"),
+    ("hist regressor logit link", "a HalfSquaredError loss with a LogitLink \\(a fit's: HalfSquaredError"),
 ]
 
 

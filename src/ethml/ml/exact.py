@@ -28,6 +28,7 @@ infinite ones of both signs) raises ArithmeticError or ValueError: that point's 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,8 @@ _MODULES = ("sklearn.", "ethml.ml.compact")
 
 
 def _kind(model: Any) -> str | None:
-    """ "linear-classifier", "linear-regressor", "neighbours" or "pipeline" for the types this module
-    computes (matched by class and module, so a look-alike class elsewhere is not taken for one)."""
+    """What this module computes `model` as: "linear-classifier", "linear-regressor", "neighbours", "pipeline",
+    or None (matched by class and module, so a look-alike class elsewhere is not taken for one)."""
     cls = type(model)
     if not cls.__module__.startswith(_MODULES):
         return None
@@ -61,29 +62,31 @@ def predict(model: Any, X: Any) -> Any:
     """`model.predict(X)`, with the sums that depend on the CPU in scikit-learn computed here instead (see
     the module's docstring); a model of another type predicts as it does. ValueError for rows of the wrong
     width or with values that are not finite, as scikit-learn raises."""
-    kind = _kind(model)
-    if kind == "pipeline":
-        steps = [step for _name, step in model.steps]
-        final = steps[-1]
-        if _kind(final) in (None, "pipeline"):
-            return model.predict(X)
-        for step in steps[:-1]:
-            if step is not None and step != "passthrough":
-                X = step.transform(X)
-        return predict(final, X)
+    transforms, final = _unpiped(model)
+    kind = _kind(final)
+    if kind is None:
+        return model.predict(X)
+    for step in transforms:
+        X = step.transform(X)
     if kind == "linear-classifier":
-        scores = linear_scores(model.coef_, model.intercept_, X)
+        scores = linear_scores(final.coef_, final.intercept_, X)
         # Two classes: the second where the score is positive; more: the first of the highest scores.
         indices = (scores[:, 0] > 0).astype(np.intp) if scores.shape[1] == 1 else np.argmax(scores, axis=1)
-        return np.take(np.asarray(model.classes_), indices, axis=0)
+        return np.take(np.asarray(final.classes_), indices, axis=0)
     if kind == "linear-regressor":
-        coef = np.asarray(model.coef_, dtype=np.float64)
-        if coef.ndim != 1:
-            return model.predict(X)  # several targets: no task or bundled model has them
-        return linear_scores(coef, model.intercept_, X)[:, 0]
-    if kind == "neighbours":
-        return np.array([_neighbours_one(model, row) for row in _rows(X, np.asarray(model._fit_X).shape[1])])
-    return model.predict(X)
+        scores = linear_scores(final.coef_, final.intercept_, X)
+        return scores if np.ndim(final.coef_) == 2 else scores[:, 0]  # (scikit-learn's shapes)
+    return np.array([_neighbours_one(final, row) for row in _rows(X, np.asarray(final._fit_X).shape[1])])
+
+
+def _unpiped(model: Any) -> tuple[list[Any], Any]:
+    """The transforms a pipeline (or pipelines inside it) runs, in order, and the estimator that predicts last."""
+    transforms: list[Any] = []
+    while _kind(model) == "pipeline":
+        steps = [step for _name, step in model.steps]
+        transforms.extend(step for step in steps[:-1] if step is not None and step != "passthrough")
+        model = steps[-1]
+    return transforms, model
 
 
 def _rows(X: Any, width: int) -> Any:
@@ -99,9 +102,10 @@ def _rows(X: Any, width: int) -> Any:
 
 
 def linear_scores(coef: Any, intercept: Any, X: Any) -> Any:
-    """`X @ coef.T + intercept`, rows by outputs (one column for a 1-D `coef`), each entry the exactly
-    rounded sum of the products `X[i, j] * coef[k, j]` (each rounded as IEEE 754 rounds it) and
-    `intercept[k]`: the same float on every CPU."""
+    """`X @ coef.T + intercept`, rows by outputs (one column for a 1-D `coef`), each entry the correctly rounded
+    sum of the products `X[i, j] * coef[k, j]` (each rounded as IEEE 754 rounds it) and `intercept[k]`: the
+    same float on every CPU. OverflowError where a product overflows or the sum is beyond the largest float:
+    no answer, the same on every miner (a sum that only overflows on the way is added exactly, as fractions)."""
     weights = np.asarray(coef, dtype=np.float64)
     if weights.ndim == 1:
         weights = weights.reshape(1, -1)
@@ -109,9 +113,16 @@ def linear_scores(coef: Any, intercept: Any, X: Any) -> Any:
     rows = _rows(X, weights.shape[1])
     out = np.empty((rows.shape[0], weights.shape[0]))
     for i, row in enumerate(rows):
-        products = np.multiply(weights, row)  # elementwise: each product correctly rounded
+        with np.errstate(over="ignore", invalid="ignore"):
+            products = np.multiply(weights, row)  # elementwise: each product correctly rounded
+        if not np.isfinite(products).all():
+            raise OverflowError("a feature times its coefficient is beyond the largest float")
         for k in range(weights.shape[0]):
-            out[i, k] = math.fsum([*products[k].tolist(), float(shift[k])])
+            terms = [*products[k].tolist(), float(shift[k])]
+            try:
+                out[i, k] = math.fsum(terms)
+            except OverflowError:  # fsum overflows on the way even where the sum is a float: add exactly
+                out[i, k] = float(sum(map(Fraction, terms), Fraction(0)))  # (OverflowError if it is not)
     return out
 
 
@@ -134,12 +145,12 @@ def squared_distances(points: Any, row: Any) -> Any:
 
 def _neighbours_one(model: Any, row: Any) -> Any:
     """A k-nearest-neighbours prediction for one row, as scikit-learn's (uniform or distance weights), from
-    the model's stored points and targets."""
-    points = np.asarray(model._fit_X, dtype=np.float64)
+    the model's stored points and targets (float64 stored points, at most 100 neighbours: checked at load)."""
+    points = np.asarray(model._fit_X)
     targets = np.asarray(model._y)
     k = int(model.n_neighbors)
     squared = squared_distances(points, row)
-    nearest = np.argsort(squared, kind="stable")[:k]  # ties: the earlier stored point first
+    nearest = _nearest(squared, k)
     if model.weights == "distance":
         with np.errstate(divide="ignore"):
             weights = 1.0 / np.sqrt(squared[nearest])
@@ -148,11 +159,21 @@ def _neighbours_one(model: Any, row: Any) -> Any:
     else:
         weights = np.ones(k)
     if type(model).__name__ == "KNeighborsClassifier":
-        classes = np.asarray(model.classes_)
         labels = targets[nearest]
-        votes = [math.fsum(weights[labels == c].tolist()) for c in range(len(classes))]
-        return classes[int(np.argmax(votes))]  # the first class of equal votes, as scikit-learn's mode
+        present = np.unique(labels)  # (sorted: equal votes go to the first class, as scikit-learn's mode)
+        votes = [math.fsum(weights[labels == label].tolist()) for label in present]
+        return np.asarray(model.classes_)[int(present[int(np.argmax(votes))])]
     values = targets[nearest].astype(np.float64)
     if model.weights == "distance":
         return math.fsum((values * weights).tolist()) / math.fsum(weights.tolist())
     return math.fsum(values.tolist()) / k
+
+
+def _nearest(squared: Any, k: int) -> Any:
+    """The indices of the `k` smallest of `squared`, nearest first, ties to the lower index: the k-th smallest
+    value is found in linear time, and only the values up to it are sorted."""
+    if k >= squared.shape[0]:
+        return np.argsort(squared, kind="stable")
+    kth = np.partition(squared, k - 1)[k - 1]
+    within = np.flatnonzero(squared <= kth)  # (in index order)
+    return within[np.argsort(squared[within], kind="stable")][:k]

@@ -376,6 +376,8 @@ def _neighbours_problem(model: Any, features: int | None) -> str | None:
         return f"weights {str(model.weights)[:40]!r} (a fit's are uniform or distance)"
     points = np.asarray(model._fit_X)
     count = int(model.n_samples_fit_)
+    if points.dtype != np.float64:  # (a miner scans every point for each data point: an int8 copy 8 times as big)
+        return f"{points.dtype} stored points (a fit's are float64)"
     if (
         points.ndim != 2
         or points.shape[0] != count
@@ -386,13 +388,16 @@ def _neighbours_problem(model: Any, features: int | None) -> str | None:
     targets = np.asarray(model._y)
     if targets.shape != (count,) or getattr(model, "outputs_2d_", False):
         return "targets that are not one per stored point"
-    if not 1 <= int(model.n_neighbors) <= count:
-        return f"{model.n_neighbors} neighbours of {count} stored points"
+    most = _most_neighbours()
+    if not 1 <= int(model.n_neighbors) <= min(count, most):
+        return f"{model.n_neighbors} neighbours of {count} stored points (a task's: at most {most})"
     if type(model).__name__ == "KNeighborsClassifier":
         classes = np.asarray(model.classes_)
         labels_fit = targets.dtype.kind in "iu" and targets.min() >= 0 and targets.max() < len(classes)
         if classes.ndim != 1 or len(classes) < 1 or not labels_fit:
             return "a stored point whose label is not one of its classes"
+        if not len(classes) <= MAX_CLASSES or np.unique(targets).size != len(classes):
+            return f"{len(classes)} classes, not each the label of a stored point (a fit's), at most {MAX_CLASSES}"
     tree, kind = getattr(model, "_tree", None), _SEARCH_TREES[method]
     if (tree is None) != (kind is None) or (kind is not None and type(tree).__name__ != kind):
         return f"a {type(tree).__name__} for a {method} search"
@@ -420,9 +425,8 @@ def _boosting_problem(model: Any, features: int | None) -> str | None:
         return f"stages of shape {stages.shape} for {per_stage} trees per stage (a fit's: {fit})"
     if any(type(t).__name__ != "DecisionTreeRegressor" for t in stages.ravel()):
         return "a stage that is not a regression tree"
-    loss = "HalfSquaredError" if not classifier else "HalfBinomialLoss" if classes == 2 else "HalfMultinomialLoss"
-    if type(model._loss).__name__ != loss or bool(getattr(model._loss, "is_multiclass", False)) != (classes > 2):
-        return f"a {type(model._loss).__name__} loss (a fit's: {loss})"
+    if (problem := _loss_problem(model, classes)) is not None:
+        return problem
     # The stages write into a table whose width the initial estimator's predictions set: it must be theirs.
     init = model.init_
     if not (isinstance(init, str) and init == "zero"):
@@ -434,6 +438,50 @@ def _boosting_problem(model: Any, features: int | None) -> str | None:
         width = model._raw_predict_init(np.zeros((1, int(model.n_features_in_)))).shape
         if width != (1, fit):
             return f"a start of {width[1]} columns for {fit} trees per stage"
+    return None
+
+
+#: The loss and link a fit of a boosted model has: a regressor's (squared error: its raw score is its value), and
+#: a classifier's for two classes and for more.
+_FIT_LOSSES = {
+    "regression": ("HalfSquaredError", "IdentityLink"),
+    "binary": ("HalfBinomialLoss", "LogitLink"),
+    "multiclass": ("HalfMultinomialLoss", "MultinomialLogit"),
+}
+
+
+def _loss_problem(model: Any, classes: int) -> str | None:
+    """A boosted model's loss and its link, as a fit's for a regressor (`classes` 0) or that many classes. A
+    histogram-boosted regressor answers its link's inverse of its raw score: with a logistic link (a binomial
+    loss) that is `exp`, which the C library picks by CPU (with or without FMA), and whose last bit an answer at
+    many decimals shows."""
+    kind = "regression" if classes == 0 else "binary" if classes == 2 else "multiclass"
+    want_loss, want_link = _FIT_LOSSES[kind]
+    loss = model._loss
+    if type(loss).__name__ != want_loss or type(loss.link).__name__ != want_link:
+        return f"a {type(loss).__name__} loss with a {type(loss.link).__name__} (a fit's: {want_loss}, {want_link})"
+    if bool(getattr(loss, "is_multiclass", False)) != (kind == "multiclass"):
+        return f"a {type(loss).__name__} loss {'not ' if kind == 'multiclass' else ''}for several classes"
+    return None
+
+
+def _hist_boosting_problem(model: Any, features: int | None) -> str | None:
+    """A histogram-boosted model: its loss and link a fit's (`_loss_problem`), one tree per stage per class beyond
+    two, and a start as wide."""
+    import numpy as np
+
+    classifier = type(model).__name__ == "HistGradientBoostingClassifier"
+    classes = len(np.asarray(model.classes_)) if classifier else 0
+    if classifier and not 2 <= classes <= MAX_CLASSES:
+        return f"{classes} classes (a fit's: 2 to {MAX_CLASSES})"
+    if (problem := _loss_problem(model, classes)) is not None:
+        return problem
+    fit = 1 if classes <= 2 else classes
+    stages = model._predictors
+    if int(model.n_trees_per_iteration_) != fit or any(len(stage) != fit for stage in stages):
+        return f"stages of {sorted({len(s) for s in stages})} trees for {fit} per stage"
+    if np.asarray(model._baseline_prediction).shape != (1, fit):
+        return f"a start of shape {np.asarray(model._baseline_prediction).shape} for {fit} trees per stage"
     return None
 
 
@@ -489,14 +537,31 @@ def _linear_problem(model: Any, features: int | None) -> str | None:
     width = coef.shape[-1] if coef.ndim in (1, 2) else -1
     if width < 1 or (features is not None and width != features):
         return f"coefficients of shape {coef.shape} for the model's {features} features"
+    if coef.dtype != np.float64 or intercept.dtype != np.float64:
+        return f"{coef.dtype} coefficients and {intercept.dtype} intercepts (a fit's are float64)"
+    if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+        return "a coefficient or intercept that is not finite"
     if type(model).__name__ == "LogisticRegression":
         classes = len(np.asarray(model.classes_))
         rows = 1 if classes == 2 else classes
-        if classes < 2 or coef.shape != (rows, width) or intercept.shape != (rows,):
+        if not 2 <= classes <= MAX_CLASSES:
+            return f"{classes} classes (at most {MAX_CLASSES}: a miner adds each class's score exactly)"
+        if coef.shape != (rows, width) or intercept.shape != (rows,):
             return f"coefficients of shape {coef.shape} and {intercept.shape} intercepts for {classes} classes"
-    elif intercept.shape != (coef.shape[0] if coef.ndim == 2 else ()):
-        return f"{intercept.shape} intercepts for coefficients of shape {coef.shape}"
+    elif intercept.shape != ((coef.shape[0],) if coef.ndim == 2 else ()) or (coef.ndim == 2 and coef.shape[0] != 1):
+        return f"{intercept.shape} intercepts for coefficients of shape {coef.shape} (a fit's: one target)"
     return None
+
+
+#: The most classes a classifier may have: a miner adds each class's score exactly (ethml.ml.exact), one by one.
+MAX_CLASSES = 1_000
+
+
+def _most_neighbours() -> int:
+    """The most neighbours a task may ask for (ethml.training.spec.ESTIMATORS): a miner votes over that many."""
+    from ethml.training.spec import ESTIMATORS
+
+    return int(ESTIMATORS["KNeighborsClassifier"][2]["n_neighbors"][2])
 
 
 #: For each part of a model whose prediction runs compiled code on its arrays: what it is, and what to check.
@@ -509,6 +574,14 @@ _CHECKS = {
     "sklearn.neighbors._regression.KNeighborsRegressor": ("nearest-neighbours model", _neighbours_problem),
     "sklearn.ensemble._gb.GradientBoostingClassifier": ("gradient-boosted model", _boosting_problem),
     "sklearn.ensemble._gb.GradientBoostingRegressor": ("gradient-boosted model", _boosting_problem),
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier": (
+        "histogram-boosted model",
+        _hist_boosting_problem,
+    ),
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor": (
+        "histogram-boosted model",
+        _hist_boosting_problem,
+    ),
     "sklearn.svm._classes.SVC": ("support-vector machine", _svm_problem),
     "sklearn.svm._classes.SVR": ("support-vector machine", _svm_problem),
     "sklearn.linear_model._logistic.LogisticRegression": ("linear model", _linear_problem),
