@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import socket
 import types
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ethml.coordinator import edge
 from ethml.coordinator.redis_server import socket_path
@@ -272,12 +274,23 @@ async def test_a_health_ping_that_hangs_answers_redis_down_and_the_next_check_pi
     assert await asyncio.wait_for(shared(), 30) is True
 
 
-async def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_url: str, tmp_path: Path, loop: str) -> None:
     """Nothing counted a client's connections: each held a file descriptor and a handler until aiohttp's
     keep-alive timeout (75 s under ethml serve) without sending a byte, so one address opening them without
     end ran the server out of descriptors and memory. Past --max-client-connections (4 here) the next is
-    closed as it is made and counted in /metrics; the open ones go on, and a closed one frees its place. A
-    trusted proxy's connections are not counted (its clients share its address)."""
+    closed as it is made and counted in /metrics, and a request it sent with its first bytes is not served
+    (under uvloop, which ethml serve runs on, it was: the loop read it before the close); the open ones go on,
+    and a closed one frees its place. A trusted proxy's connections are not counted (its clients share its
+    address)."""
+    import uvloop
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_connection_cap(anvil_url, tmp_path))
+
+
+async def _connection_cap(anvil_url: str, tmp_path: Path) -> None:
     async with coordinator_on(anvil_url, tmp_path) as c:
         runner, url = await c.start_server(max_client_connections=4)
         port = int(url.rsplit(":", 1)[1])
@@ -292,14 +305,16 @@ async def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_u
             await writer.drain()
             return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
 
-        async def refused() -> bool:
-            reader, writer = await connect()
-            try:
-                return await asyncio.wait_for(reader.read(), 30) == b""  # closed before any request
-            except ConnectionResetError:
-                return True
-            finally:
-                writer.close()
+        async def refused(first: bytes = b"") -> bool:
+            loop = asyncio.get_running_loop()
+            with socket.socket() as sock:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                await loop.sock_sendall(sock, first)  # in the server's buffer before it accepts the connection
+                try:
+                    return await asyncio.wait_for(loop.sock_recv(sock, 1000), 30) == b""  # closed, not answered
+                except ConnectionResetError:
+                    return True
 
         held = [await connect() for _ in range(4)]
 
@@ -308,7 +323,8 @@ async def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_u
 
         await wait_until(all_counted, timeout=30, what="the four connections counted")
         assert await refused()
-        assert await refused()
+        for _ in range(5):
+            assert await refused(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await health(*held[0])).startswith(b"HTTP/1.1 200")  # the open ones are served
         held.pop()[1].close()
 
@@ -318,7 +334,9 @@ async def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_u
         await wait_until(freed, timeout=30, what="the closed connection's place freed")
         async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
             metrics = await response.text()
-        assert "ethml_client_connections_refused_total 2.0" in metrics, metrics[-2000:]
+        assert "ethml_client_connections_refused_total 6.0" in metrics, metrics[-2000:]
+        served = 'ethml_http_requests_total{route="/healthz",status="200"} 1.0'  # held[0]'s, none of the refused
+        assert served in metrics, [line for line in metrics.splitlines() if "healthz" in line]
         for _reader, writer in held:
             writer.close()
 
@@ -327,9 +345,9 @@ async def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_u
 
         await wait_until(none_open, timeout=30, what="every place freed")
 
-        socket = socket_path(c.root / "server" / "coordinator" / "redis")
+        redis_socket = socket_path(c.root / "server" / "coordinator" / "redis")
         proxied, proxied_url = await c.start_server(
-            redis_url=f"unix://{socket}",
+            redis_url=f"unix://{redis_socket}",
             data_dir=c.root / "second",
             relay=False,
             max_client_connections=2,
@@ -341,3 +359,32 @@ async def test_a_client_past_its_connection_cap_is_closed_as_it_connects(anvil_u
             assert (await health(reader, writer)).startswith(b"HTTP/1.1 200")
             writer.close()
         assert proxied.server is not None and proxied.server.open_by_client == {}  # type: ignore[attr-defined]
+
+
+async def test_a_failure_after_an_answer_began_closes_the_connection_without_a_second_answer(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's event stream has sent its head and a first event when Redis fails: the error middleware
+    answered the failure with a whole second HTTP response (a 503) written inside the stream's chunked body.
+    Now the failure is logged and the connection closed, the stream cut short (a browser's EventSource
+    reconnects). The review's."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server()
+        port = int(url.rsplit(":", 1)[1])
+        real, calls = dashboard.snapshot, []
+
+        async def redis_goes_away(app: aiohttp.web.Application) -> Any:
+            calls.append(1)
+            if len(calls) > 1:
+                raise RedisConnectionError("Redis went away")
+            return await real(app)
+
+        monkeypatch.setattr(dashboard, "snapshot", redis_goes_away)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 60)  # everything, until the server closes the connection
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200") and b"\r\ndata: {" in answer, answer[:300]
+        assert answer.count(b"HTTP/1.1 ") == 1 and b'"error"' not in answer, answer[-600:]
+        assert len(calls) >= 2  # the second snapshot failed

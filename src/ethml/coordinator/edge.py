@@ -107,8 +107,10 @@ async def errors_and_metrics(
     started = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     status: int | None = None
+    answered = False
     try:
         response = await handler(request)
+        answered = True
     except ApiError as exc:
         response = error_response(exc.status, exc.message, exc.field, exc.headers)
         if exc.close:
@@ -139,6 +141,11 @@ async def errors_and_metrics(
     except Exception:  # a bug: logged with its traceback here, one JSON line for the client
         log.exception("request_failed", path=request.path)
         response = error_response(500, "internal error (logged by the server)")
+    if not answered and request.writer.output_size > 0:
+        # The handler had begun its answer (an event stream, a WebSocket) when it failed: this one would be written
+        # inside that one's body. The failure is logged above; the connection is closed instead (EdgeHandler).
+        request.app[METRICS].observe(route, status or response.status, time.perf_counter() - started)
+        raise ConnectionResetError("the answer had begun when the request failed")
     if status is None and response.status >= 400 and not response.prepared and _body_on_the_way(request):
         await _answer_and_close(request, response)  # an answer before the body: not read on for 10 s
     request.app[METRICS].observe(route, status or response.status, time.perf_counter() - started)
@@ -354,13 +361,28 @@ class EdgeHandler(RequestHandler):
     """aiohttp's connection handler, answering what it answers itself (a request its parser refuses: a bad
     request line, header, length or chunk, TLS on the plain port; the 500 of an error no middleware saw) in
     the API's error style instead of plain text, counted in /metrics under the route `malformed`. It still
-    logs through aiohttp's server logger (one line, `OneLineProtocolErrors`) and closes the connection."""
+    logs through aiohttp's server logger (one line, `OneLineProtocolErrors`) and closes the connection.
+
+    A connection `EdgeServer` refused reads nothing (uvloop may hand it bytes that came with the connection
+    before the abort runs: a request that would have been served on a connection no cap counts). An error
+    after a handler began its answer (an event stream, a WebSocket) closes the connection: a second answer
+    would be written inside the first one's body."""
+
+    #: Set by EdgeServer: refused (closed as it was made), and the client it is counted under.
+    edge_refused = False
+    edge_client: str | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if not self.edge_refused:
+            super().data_received(data)
 
     def handle_error(
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # (errors_and_metrics logged why; aiohttp closes it on this error)
+            raise ConnectionResetError("the answer had begun when the request failed: closed, not answered twice")
         started = time.perf_counter()
-        super().handle_error(request, status, exc, message)  # its log line; raises if an answer went out already
+        super().handle_error(request, status, exc, message)  # its log line
         if status == 500:
             said = "internal error (logged by the server)"
         elif status == 504:
@@ -409,18 +431,20 @@ class EdgeServer(web.Server):
             if now - self.capped_logged.get(client, -CAPPED_LOG_EVERY) >= CAPPED_LOG_EVERY:
                 self.capped_logged[client] = now
                 log.warning("client_connections_capped", client=client, open=count, cap=self.cap)
+            if isinstance(handler, EdgeHandler):
+                handler.edge_refused = True  # it reads nothing meanwhile
             # (Not before aiohttp has set the connection up: connection_lost would run before its handler's task.)
             asyncio.get_running_loop().call_soon(transport.abort)
             return
         self.open_by_client[client] = count + 1
-        handler.edge_client = client  # type: ignore[attr-defined]
+        if isinstance(handler, EdgeHandler):
+            handler.edge_client = client
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
-        client = getattr(handler, "edge_client", None)
-        if client is None:
+        if not isinstance(handler, EdgeHandler) or handler.edge_client is None:
             return
-        handler.edge_client = None  # type: ignore[attr-defined]
+        client, handler.edge_client = handler.edge_client, None
         left = self.open_by_client.get(client, 1) - 1
         if left > 0:
             self.open_by_client[client] = left
