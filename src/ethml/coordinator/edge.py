@@ -463,7 +463,7 @@ def install_edge_server(app: web.Application, metrics: Any, cap: int, proxies: t
     def make_edge_server(**kwargs: Any) -> web.Server:
         server = make_handler(**kwargs)
         if type(server) is not web.Server:  # another aiohttp: keep its server rather than guess at it
-            log.warning("plain_text_parser_errors", server=type(server).__name__)
+            log.warning("edge_server_not_installed", server=type(server).__name__, lost="JSON 400s, connection cap")
             return server
         server.__class__ = EdgeServer
         assert isinstance(server, EdgeServer)
