@@ -9,7 +9,6 @@ scikit-learn's own predict answers differently under the two kernels, and a mine
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -32,6 +31,7 @@ from ethml.ml import compact, exact
 from ethml.ml.loader import LoadedModel
 from ethml.ml.manifest import ModelEntry
 from tests.conftest import ROOT
+from tests.ml.test_compact import _dumped
 
 FEATURES = 13
 DECIMALS = 6
@@ -129,7 +129,7 @@ def test_boundary_points_get_one_answer_under_every_blas_kernel(tmp_path: Path) 
     stored, labels, queries = _pairs(rng)
     neighbour = KNeighborsClassifier(n_neighbors=1).fit(stored, labels)
     assert neighbour._fit_method == "brute"
-    twin = compact.loads(_pickled(ridge))
+    twin = compact.loads(_dumped(ridge))
     assert isinstance(twin, compact.Ridge)  # the bundled models' numpy twin, which used BLAS as well
     ridge_points = _ridge_points(ridge, rng, 400)
     nested = Pipeline([("outer", Pipeline([("inner", Pipeline([("ridge", ridge)]))]))])  # (the review's)
@@ -147,12 +147,6 @@ def test_boundary_points_get_one_answer_under_every_blas_kernel(tmp_path: Path) 
         assert split > 0, f"{name}: scikit-learn answered every point alike under both kernels"  # the attack works
         assert here[name]["ours"] == generic[name]["ours"], name
         assert not any(isinstance(answer, str) for answer in here[name]["ours"]), here[name]["ours"]
-
-
-def _pickled(model: Any) -> bytes:
-    buffer = io.BytesIO()
-    joblib.dump(model, buffer)
-    return buffer.getvalue()
 
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)

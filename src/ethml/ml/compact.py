@@ -29,7 +29,7 @@ class CompactUnsupported(ModelError):
     """The artifact holds a type (or a state) the twins do not cover: load it with scikit-learn."""
 
 
-def _check(X: Any, n_features: int, dtype: type[np.floating[Any]], *, allow_nan: bool = False) -> Any:
+def check_array(X: Any, n_features: int, dtype: type[np.floating[Any]], *, allow_nan: bool = False) -> Any:
     """scikit-learn's validate_data for a dense 2-D array: the dtype, the feature count, finiteness."""
     X = np.asarray(X, dtype=dtype)
     if X.ndim != 2:
@@ -67,7 +67,7 @@ class StandardScaler(_Twin):
     n_features_in_: int
 
     def transform(self, X: Any) -> Any:
-        X = _check(np.array(X, dtype=np.float64, copy=True), self.n_features_in_, np.float64, allow_nan=True)
+        X = check_array(np.array(X, dtype=np.float64, copy=True), self.n_features_in_, np.float64, allow_nan=True)
         if self.with_mean:
             X -= self.mean_.astype(X.dtype)
         if self.with_std:
@@ -82,7 +82,7 @@ class _Linear(_Twin):
     n_features_in_: int
 
     def _decision(self, X: Any) -> Any:
-        X = _check(X, self.n_features_in_, np.float64)
+        X = check_array(X, self.n_features_in_, np.float64)
         coef = self.coef_
         return X @ (coef.T if coef.ndim == 2 else coef) + self.intercept_
 
@@ -101,7 +101,7 @@ class LogisticRegression(_Linear):
 
 class Ridge(_Linear):
     def predict(self, X: Any) -> Any:
-        X = _check(X, self.n_features_in_, np.float64)
+        X = check_array(X, self.n_features_in_, np.float64)
         coef = self.coef_
         return X @ coef + self.intercept_ if coef.ndim == 1 else X @ coef.T + self.intercept_
 
@@ -170,7 +170,7 @@ class RandomForestClassifier(_Twin):
     n_features_in_: int
 
     def predict(self, X: Any) -> Any:
-        X32 = _check(X, self.n_features_in_, np.float32, allow_nan=True)
+        X32 = check_array(X, self.n_features_in_, np.float32, allow_nan=True)
         proba = np.zeros((X32.shape[0], int(self.n_classes_)), dtype=np.float64)
         for tree in self.estimators_:  # scikit-learn adds them in this order (one job, n_jobs=None)
             proba += tree.predict_proba(X32)

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ethml.ml.compact import check_array
+
 #: The linear models, by class name, whose predict is computed here (scikit-learn's or ethml.ml.compact's).
 LINEAR_CLASSIFIERS = frozenset({"LogisticRegression"})
 LINEAR_REGRESSORS = frozenset({"Ridge", "LinearRegression"})
@@ -76,7 +78,9 @@ def predict(model: Any, X: Any) -> Any:
     if kind == "linear-regressor":
         scores = linear_scores(final.coef_, final.intercept_, X)
         return scores if np.ndim(final.coef_) == 2 else scores[:, 0]  # (scikit-learn's shapes)
-    return np.array([_neighbours_one(final, row) for row in _rows(X, np.asarray(final._fit_X).shape[1])])
+    return np.array(
+        [_neighbours_one(final, row) for row in check_array(X, np.asarray(final._fit_X).shape[1], np.float64)]
+    )
 
 
 def _unpiped(model: Any) -> tuple[list[Any], Any]:
@@ -89,18 +93,6 @@ def _unpiped(model: Any) -> tuple[list[Any], Any]:
     return transforms, model
 
 
-def _rows(X: Any, width: int) -> Any:
-    """X as finite float64 rows of `width` features (scikit-learn's own check and words)."""
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"Expected a 2-dimensional array, got {X.ndim} dimensions")
-    if X.shape[1] != width:
-        raise ValueError(f"X has {X.shape[1]} features, but the estimator is expecting {width} features as input.")
-    if not np.isfinite(X).all():
-        raise ValueError("Input X contains NaN or infinity.")
-    return X
-
-
 def linear_scores(coef: Any, intercept: Any, X: Any) -> Any:
     """`X @ coef.T + intercept`, rows by outputs (one column for a 1-D `coef`), each entry the correctly rounded
     sum of the products `X[i, j] * coef[k, j]` (each rounded as IEEE 754 rounds it) and `intercept[k]`: the
@@ -110,7 +102,7 @@ def linear_scores(coef: Any, intercept: Any, X: Any) -> Any:
     if weights.ndim == 1:
         weights = weights.reshape(1, -1)
     shift = np.broadcast_to(np.asarray(intercept, dtype=np.float64).reshape(-1), (weights.shape[0],))
-    rows = _rows(X, weights.shape[1])
+    rows = check_array(X, weights.shape[1], np.float64)
     out = np.empty((rows.shape[0], weights.shape[0]))
     for i, row in enumerate(rows):
         with np.errstate(over="ignore", invalid="ignore"):
