@@ -110,7 +110,9 @@ def _entry(kind: str, decimals: int, features: int) -> ModelEntry:
     return ModelEntry(0, "probe", kind, decimals, features, "probe.joblib", "0" * 64, "")
 
 
-def _as_miner(cases: Path, coretype: str | None) -> dict[str, Any]:
+def as_miner(cases: Path, coretype: str | None) -> dict[str, Any]:
+    """CHILD's answers for the cases dumped at `cases`, in a process using OpenBLAS's `coretype` kernel (None:
+    this CPU's own)."""
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
     if coretype is not None:
         env["OPENBLAS_CORETYPE"] = coretype
@@ -121,16 +123,15 @@ def _as_miner(cases: Path, coretype: str | None) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
-def test_boundary_points_get_one_answer_under_every_blas_kernel(tmp_path: Path) -> None:
+def boundary_cases() -> dict[str, tuple[Any, ModelEntry, list[list[float]]]]:
+    """Each model, its entry and its boundary points, by name (benchmarks/exact_answers.py counts their splits)."""
     rng = np.random.default_rng(20261207)
     X = rng.normal(size=(400, FEATURES)) * rng.uniform(0.5, 50, size=FEATURES)
     ridge = Ridge(alpha=1.0).fit(X, X @ rng.normal(size=FEATURES) + rng.normal(size=400))
     logistic = LogisticRegression(max_iter=2000).fit(X, np.digitize(X[:, 1] + X[:, 2], [-20, 20]))
     stored, labels, queries = _pairs(rng)
     neighbour = KNeighborsClassifier(n_neighbors=1).fit(stored, labels)
-    assert neighbour._fit_method == "brute"
     twin = compact.loads(_dumped(ridge))
-    assert isinstance(twin, compact.Ridge)  # the bundled models' numpy twin, which used BLAS as well
     ridge_points = _ridge_points(ridge, rng, 400)
     nested = Pipeline([("outer", Pipeline([("inner", Pipeline([("ridge", ridge)]))]))])  # (the review's)
     cases = {
@@ -140,8 +141,16 @@ def test_boundary_points_get_one_answer_under_every_blas_kernel(tmp_path: Path) 
         "logistic": (logistic, _entry("classification", 0, FEATURES), _tie_points(logistic, rng, 400)),
         "neighbours": (neighbour, _entry("classification", 0, 20), queries),
     }
+    return cases
+
+
+def test_boundary_points_get_one_answer_under_every_blas_kernel(tmp_path: Path) -> None:
+    cases = boundary_cases()
+    neighbour, twin = cases["neighbours"][0], cases["ridge twin"][0]
+    assert neighbour._fit_method == "brute"
+    assert isinstance(twin, compact.Ridge)  # the bundled models' numpy twin, which used BLAS as well
     joblib.dump(cases, tmp_path / "cases.joblib")
-    here, generic = _as_miner(tmp_path / "cases.joblib", None), _as_miner(tmp_path / "cases.joblib", "Prescott")
+    here, generic = as_miner(tmp_path / "cases.joblib", None), as_miner(tmp_path / "cases.joblib", "Prescott")
     for name in cases:
         split = sum(a != b for a, b in zip(here[name]["sklearn"], generic[name]["sklearn"], strict=True))
         assert split > 0, f"{name}: scikit-learn answered every point alike under both kernels"  # the attack works
