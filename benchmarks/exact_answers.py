@@ -1,7 +1,8 @@
 """What a miner's exact answers (ethml.ml.exact) cost, and what they change: the seconds per data point of the exact
 path and of scikit-learn's own predict for the largest models it serves, side by side; then, for the boundary
-points of tests/ml/test_exact.py, how many answers differ between this CPU's BLAS kernel and another
-(`OPENBLAS_CORETYPE`, in a child process each), for scikit-learn's predict and for a miner's answer.
+points of tests/ml/test_exact.py, how many answers differ between two miners on different CPUs (a child process
+each: this CPU as it is, and this CPU seen as one without AVX and FMA by OpenBLAS, its `--coretype` kernel, by
+glibc and by numpy), for scikit-learn's predict and for a miner's answer.
 
     python benchmarks/exact_answers.py [--rounds 5] [--coretype Prescott]
 """
@@ -21,6 +22,7 @@ import joblib
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.svm import SVC
 
 from ethml.ml import exact
 from ethml.pow.tune import cpu_model
@@ -42,7 +44,23 @@ def _models(rng: np.random.Generator) -> list[tuple[str, Any, int]]:
         ("k-NN, brute force, 100,000 x 256", KNeighborsClassifier(5).fit(wide, rng.integers(0, 3, 100_000)), 256),
         ("k-NN, KD-tree, 2,000,000 x 1", KNeighborsRegressor(5).fit(narrow, narrow[:, 0] * 2), 1),
         ("logistic regression, 10 classes x 256", logistic, 256),
+        ("SVC, RBF, 3 classes, 100,000 SVs x 256", _grown_svc(rng, 3, wide), 256),
+        ("SVC, RBF, 1,000 classes, 30,000 SVs x 8", _grown_svc(rng, 1000, rng.normal(size=(30_000, 8))), 8),
     ]
+
+
+def _grown_svc(rng: np.random.Generator, classes: int, vectors: Any) -> SVC:
+    """An RBF support-vector classifier of `classes` classes with `vectors` as its support vectors (split evenly
+    between the classes) and random dual coefficients: a fit's shapes at a size whose fit would take hours (a
+    fit on the default limits' 100,000 rows can keep every row; 1,000 classes of 30,000 vectors is about the
+    most the loader's 512 MiB of arrays holds)."""
+    width = vectors.shape[1]
+    model = SVC().fit(rng.normal(size=(3 * classes, width)), np.repeat(np.arange(classes), 3))
+    counts = np.full(classes, len(vectors) // classes, dtype=np.int32)
+    counts[0] += len(vectors) - int(counts.sum())
+    model.support_vectors_, model.support_ = vectors, np.arange(len(vectors), dtype=np.int32)
+    model._n_support, model._dual_coef_ = counts, rng.normal(size=(classes - 1, len(vectors)))
+    return model
 
 
 def _per_point(predict: Callable[[Any], Any], rows: Any, rounds: int) -> float:
@@ -59,7 +77,9 @@ def _per_point(predict: Callable[[Any], Any], rows: Any, rounds: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each timing (the best is shown)")
-    parser.add_argument("--coretype", default="Prescott", help="the other OpenBLAS kernel (default: the generic one)")
+    parser.add_argument(
+        "--coretype", default="Prescott", help="the other miner's OpenBLAS kernel (default: the generic one)"
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -76,7 +96,7 @@ def main() -> None:
         path = Path(root) / "cases.joblib"
         joblib.dump(cases, path)
         here, other = as_miner(path, None), as_miner(path, args.coretype)
-    print(f"\nboundary points answered differently, this CPU's kernel against {args.coretype}:")
+    print(f"\nboundary points answered differently, this CPU against one without AVX and FMA ({args.coretype}):")
     print(f"{'model':<34} {'points':>7} {'sklearn':>8} {'miners':>7}")
     for name, (_model, _entry, points) in cases.items():
         split = {

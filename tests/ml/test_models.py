@@ -389,6 +389,19 @@ def _doctored_model(change: str) -> bytes:
             model.classes_ = model.classes_[:2]
         elif change == "svc holding a foreign type":
             model.spare_ = NuSVC().fit(x, y)
+        elif change == "svc float32 support vectors":
+            model.support_vectors_ = model.support_vectors_.astype(np.float32)
+        elif change == "svc infinite dual coefficient":
+            model._dual_coef_ = model._dual_coef_.copy()
+            model._dual_coef_[0, 0] = np.inf
+        elif change == "svc negative gamma":
+            model._gamma = -1.0
+        elif change == "svc fractional degree":
+            model.degree = 2.5
+        elif change == "svc ties broken one against one":  # scikit-learn refuses to predict with it
+            model.break_ties, model.decision_function_shape = True, "ovo"
+        elif change == "svc many classes":  # a miner decides each of the 500,500 pairs
+            model._n_support = np.array([len(model.support_)] + [0] * 1000, dtype=np.int32)
     elif change.startswith("boosting regressor"):
         model = GradientBoostingRegressor(n_estimators=3).fit(x, x[:, 1])
         if change == "boosting regressor stages and count wider":  # the review's: K trees per stage, stated so
@@ -480,6 +493,13 @@ _DOCTORED_INTERNALS = [
     ("svc sparse", "kernel on sparse data"),
     ("svc classes cut short", "\\(2,\\) class labels for 3 classes"),
     ("svc holding a foreign type", "holds a sklearn.svm._classes.NuSVC, which no fitted model of a task holds"),
+    # a miner computes an SVM's kernel and sums itself (ethml.ml.exact), with its arrays as they are
+    ("svc float32 support vectors", "support vectors of float32 or not finite"),
+    ("svc infinite dual coefficient", "dual coefficients of float64 or not finite"),
+    ("svc negative gamma", "a negative gamma"),
+    ("svc fractional degree", "a degree of 2.5"),
+    ("svc ties broken one against one", "break_ties that scikit-learn refuses to predict with"),
+    ("svc many classes", "1001 classes \\(at most 1000"),
     # each stage's trees were added into a table of starting values as wide as a fit's: writes past its end
     # (a stage 4,000 wide: a segmentation fault; 64 wide, stated so in n_trees_per_iteration_: the same)
     ("boosting stage wider", "gradient-boosted model: stages of shape \\(3, 6\\) for 3 trees per stage"),

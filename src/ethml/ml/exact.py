@@ -7,18 +7,21 @@ on (Haswell, SkylakeX, Zen, a generic one): the kernels add in different orders,
 multiply-adds, so a point placed on a decision boundary, or on a rounding boundary of a regression's
 decimals, gets another answer on another CPU (tests/ml/test_exact.py shows it under two kernels).
 
-Here those sums are computed without BLAS, in an order fixed by this code:
+Here those sums are computed without BLAS or the C library's maths, in an order fixed by this code:
 - a linear model's score for each class (or its value) is the exactly rounded sum (`math.fsum`) of the
   correctly rounded products `x[j] * coef[j]` and the intercept: one result, whatever adds them;
 - a nearest-neighbours model's squared distances to all its stored points (whatever search tree its fit
   built) are summed feature by feature, in the features' order, each step one correctly rounded addition,
   whatever numpy's SIMD width; the neighbours are the nearest `n_neighbors`, ties going to the earlier
   stored point; a vote or a mean is again summed exactly.
+- a support-vector machine's kernel values are computed here from its support vectors: the squared
+  distances or dot products summed feature by feature in order, and exp and tanh (RBF and sigmoid kernels)
+  computed by this module from additions, multiplications and one division, each correctly rounded, instead
+  of by the C library, whose exp differs between builds, versions and CPUs (glibc's takes another path on
+  CPUs with FMA); the pairwise decision values and the votes follow libsvm's rules, in a fixed order.
 A pipeline's transforms before its last step run as they are (the scalers a bundled or trained model holds
 are elementwise, and so the same everywhere). Every other estimator predicts with its own `predict`: trees,
-forests and boosting compare and add in compiled code that has no run-time choice of kernel (docs/models.md
-says what is left: an SVM's RBF kernel calls the C library's exp, which differs between CPUs with and
-without FMA).
+forests and boosting compare and add in compiled code that has no run-time choice of kernel.
 
 These answers may differ from scikit-learn's own `predict` in the last bits (the sums are more exact), so a
 point on a boundary may get the other side's answer than scikit-learn gives on some CPU; they agree with each
@@ -39,12 +42,14 @@ from ethml.ml.compact import check_array
 LINEAR_CLASSIFIERS = frozenset({"LogisticRegression"})
 LINEAR_REGRESSORS = frozenset({"Ridge", "LinearRegression"})
 NEIGHBOURS = frozenset({"KNeighborsClassifier", "KNeighborsRegressor"})
+SVMS = frozenset({"SVC", "SVR"})
+SVM_KERNELS = ("linear", "poly", "rbf", "sigmoid")
 _MODULES = ("sklearn.", "ethml.ml.compact")
 
 
 def _kind(model: Any) -> str | None:
-    """What this module computes `model` as: "linear-classifier", "linear-regressor", "neighbours", "pipeline",
-    or None (matched by class and module, so a look-alike class elsewhere is not taken for one)."""
+    """What this module computes `model` as: "linear-classifier", "linear-regressor", "neighbours", "svm",
+    "pipeline", or None (matched by class and module, so a look-alike class elsewhere is not taken for one)."""
     cls = type(model)
     if not cls.__module__.startswith(_MODULES):
         return None
@@ -55,6 +60,8 @@ def _kind(model: Any) -> str | None:
         return "linear-regressor"
     if name in NEIGHBOURS:
         return "neighbours"
+    if name in SVMS and getattr(model, "kernel", None) in SVM_KERNELS and getattr(model, "_sparse", None) is False:
+        return "svm"  # (a precomputed or callable kernel, or one fitted on sparse data, predicts as it does)
     if name == "Pipeline":
         return "pipeline"
     return None
@@ -78,6 +85,9 @@ def predict(model: Any, X: Any) -> Any:
     if kind == "linear-regressor":
         scores = linear_scores(final.coef_, final.intercept_, X)
         return scores if np.ndim(final.coef_) == 2 else scores[:, 0]  # (scikit-learn's shapes)
+    if kind == "svm":
+        rows = check_array(X, np.asarray(final.support_vectors_).shape[1], np.float64)
+        return np.array([_svm_one(final, row) for row in rows])
     return np.array(
         [_neighbours_one(final, row) for row in check_array(X, np.asarray(final._fit_X).shape[1], np.float64)]
     )
@@ -110,12 +120,17 @@ def linear_scores(coef: Any, intercept: Any, X: Any) -> Any:
         if not np.isfinite(products).all():
             raise OverflowError("a feature times its coefficient is beyond the largest float")
         for k in range(weights.shape[0]):
-            terms = [*products[k].tolist(), float(shift[k])]
-            try:
-                out[i, k] = math.fsum(terms)
-            except OverflowError:  # fsum overflows on the way even where the sum is a float: add exactly
-                out[i, k] = float(sum(map(Fraction, terms), Fraction(0)))  # (OverflowError if it is not)
+            out[i, k] = exact_sum([*products[k].tolist(), float(shift[k])])
     return out
+
+
+def exact_sum(terms: list[float]) -> float:
+    """The correctly rounded sum of finite `terms`. OverflowError if it is beyond the largest float (a sum that
+    only overflows on the way, which `math.fsum` refuses, is added exactly as fractions)."""
+    try:
+        return math.fsum(terms)
+    except OverflowError:
+        return float(sum(map(Fraction, terms), Fraction(0)))  # (OverflowError if the sum is not a float)
 
 
 #: Stored points taken at once by `squared_distances` (a block of 1,024 rows of 256 features is 2 MiB).
@@ -127,11 +142,26 @@ def squared_distances(points: Any, row: Any) -> Any:
     `((points[:, 0] - row[0])**2 + (points[:, 1] - row[1])**2) + ...`: numpy's accumulate adds each term to
     the sum of those before it, so the order is fixed whatever numpy's SIMD width (a plain `sum` may add in
     pairs or lanes that depend on the build). Blocks of BLOCK_ROWS rows keep the work in cache."""
+    return _summed_by_feature(points, row, distances=True)
+
+
+def dot_products(points: Any, row: Any) -> Any:
+    """`points @ row`, each product correctly rounded and summed feature by feature in order (as
+    `squared_distances` sums)."""
+    return _summed_by_feature(points, row, distances=False)
+
+
+def _summed_by_feature(points: Any, row: Any, distances: bool) -> Any:
     total = np.empty(points.shape[0])
-    for start in range(0, points.shape[0], BLOCK_ROWS):
-        diff = points[start : start + BLOCK_ROWS] - row
-        np.multiply(diff, diff, out=diff)
-        total[start : start + BLOCK_ROWS] = np.add.accumulate(diff, axis=1)[:, -1]
+    with np.errstate(over="ignore", invalid="ignore"):  # (a sum past the largest float is inf: checked by callers)
+        for start in range(0, points.shape[0], BLOCK_ROWS):
+            block = points[start : start + BLOCK_ROWS]
+            if distances:
+                terms = block - row
+                np.multiply(terms, terms, out=terms)
+            else:
+                terms = block * row
+            total[start : start + BLOCK_ROWS] = np.add.accumulate(terms, axis=1)[:, -1]
     return total
 
 
@@ -169,3 +199,145 @@ def _nearest(squared: Any, k: int) -> Any:
     kth = np.partition(squared, k - 1)[k - 1]
     within = np.flatnonzero(squared <= kth)  # (in index order)
     return within[np.argsort(squared[within], kind="stable")][:k]
+
+
+def _svm_one(model: Any, row: Any) -> Any:
+    """A support-vector machine's prediction for one row, by libsvm's rules from the model's support vectors,
+    dual coefficients and intercepts (float64, shapes checked at load): an SVR's value is the exactly rounded
+    sum of each vector's coefficient times its kernel value and the intercept; an SVC decides each pair of
+    classes by the sign of that sum over the two classes' vectors (each class's part summed in order, then the
+    two parts, then the intercept) and answers the class with the most votes, the first on a tie, or with
+    `break_ties` scikit-learn's votes plus its scaled confidences. ArithmeticError where a kernel value or a
+    sum is not a finite float: that point's INVALID_INPUT on every miner."""
+    values = kernel_values(model, row)
+    dual = np.asarray(model._dual_coef_, dtype=np.float64)
+    intercept = np.asarray(model._intercept_, dtype=np.float64)
+    if type(model).__name__ == "SVR":
+        return exact_sum([*_weighted(dual[0], values).tolist(), float(intercept[0])])
+    counts = np.asarray(model._n_support, dtype=np.intp)
+    classes = counts.shape[0]
+    ends = np.cumsum(counts)
+    parts = np.zeros((classes - 1, classes))  # parts[r, c]: row r of the coefficients over class c's vectors
+    with np.errstate(over="ignore", invalid="ignore"):
+        for c in np.flatnonzero(counts):  # (a class at a time: no copy of all the coefficients at once)
+            span = slice(ends[c] - counts[c], ends[c])
+            parts[:, c] = np.add.accumulate(_weighted(dual[:, span], values[span]), axis=1)[:, -1]
+        first, second = np.triu_indices(classes, 1)  # the pairs in libsvm's order: (0, 1), (0, 2), ..., (1, 2), ...
+        decisions = (parts[second - 1, first] + parts[first, second]) + intercept
+    if not np.isfinite(decisions).all():
+        raise OverflowError("a decision value beyond the largest float")
+    if bool(model.break_ties) and model.decision_function_shape == "ovr" and classes > 2:
+        # scikit-learn's: a vote to the first class of a pair where its decision is not negative, plus each
+        # class's sum of confidences (added pair by pair, in order) mapped into (-1/3, 1/3).
+        sums = np.zeros(classes)
+        np.add.at(sums, np.column_stack([first, second]).ravel(), np.column_stack([decisions, -decisions]).ravel())
+        votes = np.bincount(np.where(decisions < 0, second, first), minlength=classes)
+        winner = int(np.argmax(votes + sums / (3 * (np.abs(sums) + 1))))
+    else:  # libsvm's: a vote to the first class of a pair where its decision is positive
+        winner = int(np.argmax(np.bincount(np.where(decisions > 0, first, second), minlength=classes)))
+    return np.asarray(model.classes_)[winner]
+
+
+def _weighted(coefficients: Any, values: Any) -> Any:
+    """Each coefficient times its vector's kernel value. OverflowError where one is beyond the largest float."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        terms = coefficients * values
+    if not np.isfinite(terms).all():
+        raise OverflowError("a support vector's coefficient times its kernel value is beyond the largest float")
+    return terms
+
+
+def kernel_values(model: Any, row: Any) -> Any:
+    """The kernel between `row` and each of an SVM's support vectors, computed as libsvm computes it (linear:
+    the dot product; poly: `(gamma * dot + coef0) ** degree` by libsvm's repeated squaring; rbf:
+    `exp(-gamma * squared distance)`; sigmoid: `tanh(gamma * dot + coef0)`), with this module's sums, exp
+    and tanh. ArithmeticError where a value is not a finite float."""
+    vectors = np.asarray(model.support_vectors_, dtype=np.float64)
+    gamma = float(model._gamma)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if model.kernel == "rbf":
+            values = exp(np.multiply(-gamma, squared_distances(vectors, row)))
+        else:
+            values = dot_products(vectors, row)
+            if model.kernel != "linear":
+                inner = np.multiply(gamma, values) + float(model.coef0)
+                values = _powi(inner, int(model.degree)) if model.kernel == "poly" else tanh(inner)
+    if not np.isfinite(values).all():
+        raise OverflowError("a kernel value beyond the largest float")
+    return values
+
+
+def _powi(base: Any, times: int) -> Any:
+    """libsvm's `powi`: `base ** times` by repeated squaring, its multiplications in its order."""
+    result, square = np.ones_like(base), base
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        while times > 0:
+            if times % 2 == 1:
+                result = result * square
+            square = square * square
+            times //= 2
+    return result
+
+
+# exp, expm1 and tanh from IEEE 754's correctly rounded operations alone (numpy's add, subtract, multiply,
+# divide, rint and comparisons, each a separate step: nothing fused), so that they give the same bits on every
+# CPU and every build, which the C library's do not. Each is within about one unit in the last place.
+#: ln 2's first 32 significant bits (`k * _LN2_HI` is exact for every |k| < 2**21) and the rest of it, rounded.
+_LN2_HI = float.fromhex("0x1.62e42fee00000p-1")
+_LN2_LO = float.fromhex("0x1.a39ef35793c76p-33")
+_INV_LN2 = float.fromhex("0x1.71547652b82fep+0")  # 1 / ln 2, rounded
+#: The Taylor coefficients 1/13!, 1/12!, ..., 1/1! (Python rounds an int's true division correctly); on
+#: |r| <= ln 2 / 2 the first term left out, r**14/14!, is under 5e-18.
+_EXP_TERMS = tuple(1 / math.factorial(n) for n in range(13, 0, -1))
+#: 1/17!, ..., 1/2!: expm1(x) = x + x*x*(1/2! + x/3! + ...) for |x| <= _EXPM1_TAYLOR (the first term left
+#: out, x**18/18!, is under 1e-17 there).
+_EXPM1_TERMS = tuple(1 / math.factorial(n) for n in range(17, 1, -1))
+_EXPM1_TAYLOR = 0.7
+_SMALLEST_NORMAL = float.fromhex("0x1p-1022")
+
+
+def exp(x: Any) -> Any:
+    """e ** x for each of `x` (an array of float64), the same bits on every CPU: x = k ln 2 + r with |r| <=
+    ln 2 / 2, e ** r by its Taylor polynomial, times 2 ** k (in two exact steps). A result under the smallest
+    normal float is 0 (whether the CPU flushes subnormals or not), one past the largest is inf. ArithmeticError
+    for NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    if np.isnan(x).any():
+        raise ArithmeticError("exp of a value that is not a number")
+    x = np.clip(x, -750.0, 750.0)  # (beyond either end the result is 0 or inf all the same)
+    k = np.rint(x * _INV_LN2)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    poly = np.full_like(r, _EXP_TERMS[0])
+    for term in _EXP_TERMS[1:]:
+        poly = poly * r + term
+    scaled = poly * r + 1.0
+    n = k.astype(np.int64)
+    half = n // 2
+    with np.errstate(over="ignore", under="ignore"):
+        scaled = scaled * _power_of_two(half) * _power_of_two(n - half)
+    scaled[scaled < _SMALLEST_NORMAL] = 0.0
+    return scaled
+
+
+def _power_of_two(n: Any) -> Any:
+    """2.0 ** n for integers -1022 <= n <= 1023, from the bits of the float."""
+    return ((n + 1023) << 52).astype(np.int64).view(np.float64)
+
+
+def expm1(x: Any) -> Any:
+    """e ** x - 1 for each of `x`, the same bits on every CPU, accurate near 0 (its Taylor polynomial there,
+    `exp(x) - 1` elsewhere)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # (far from 0 the polynomial is not used)
+        poly = np.full_like(x, _EXPM1_TERMS[0])
+        for term in _EXPM1_TERMS[1:]:
+            poly = poly * x + term
+        near = x + (x * x) * poly
+    return np.where(np.abs(x) <= _EXPM1_TAYLOR, near, exp(x) - 1.0)
+
+
+def tanh(x: Any) -> Any:
+    """tanh for each of `x`, the same bits on every CPU: -expm1(-2|x|) / (expm1(-2|x|) + 2), with x's sign."""
+    x = np.asarray(x, dtype=np.float64)
+    m = expm1(-2.0 * np.abs(x))
+    return np.copysign(-m / (m + 2.0), x)

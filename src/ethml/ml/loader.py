@@ -499,9 +499,13 @@ def _svm_problem(model: Any, features: int | None) -> str | None:
     kind = type(model).__name__
     if getattr(model, "_impl", None) != _SVM_KINDS[kind]:
         return f"a libsvm kind {str(getattr(model, '_impl', None))[:40]!r} for an {kind}"
-    if model.kernel not in ("linear", "poly", "rbf", "sigmoid") or model._sparse is not False:
+    if model.kernel not in exact.SVM_KERNELS or model._sparse is not False:
         return f"a {str(model.kernel)[:40]!r} kernel on {'sparse' if model._sparse else 'dense'} data"
     vectors, support = np.asarray(model.support_vectors_), np.asarray(model.support_)
+    arrays = {"support vectors": vectors, "dual coefficients": model._dual_coef_, "intercepts": model._intercept_}
+    for what, array in arrays.items():  # (a miner computes with them as they are: ethml.ml.exact)
+        if np.asarray(array).dtype != np.float64 or not np.isfinite(array).all():
+            return f"{what} of {np.asarray(array).dtype} or not finite (a fit's are finite float64)"
     counts = np.asarray(model._n_support)
     if vectors.ndim != 2 or (features is not None and vectors.shape[1] != features):
         return f"support vectors that are not rows of the model's {features} features"
@@ -512,6 +516,8 @@ def _svm_problem(model: Any, features: int | None) -> str | None:
         return "support-vector counts that do not match its support vectors"
     if classes < 2 or (kind == "SVR" and classes != 2):
         return f"{classes} classes for an {kind}"
+    if classes > MAX_CLASSES:
+        return f"{classes} classes (at most {MAX_CLASSES}: a miner decides each pair of classes itself)"
     pairs = classes * (classes - 1) // 2
     dual = np.asarray(model._dual_coef_)
     if dual.shape != (classes - 1, size) or not dual.flags["C_CONTIGUOUS"]:
@@ -520,8 +526,16 @@ def _svm_problem(model: Any, features: int | None) -> str | None:
         return f"{np.asarray(model._intercept_).shape} intercepts, not one per pair of classes ({pairs})"
     if any(np.asarray(p).shape not in ((0,), (pairs,)) for p in (model._probA, model._probB)):
         return "probability coefficients that are not one per pair of classes"
-    if not all(np.isfinite(float(v)) for v in (model._gamma, model.coef0)):
-        return "a kernel parameter that is not a finite number"
+    if not all(np.isfinite(float(v)) for v in (model._gamma, model.coef0)) or float(model._gamma) < 0:
+        return "a kernel parameter that is not a finite number, or a negative gamma"
+    if not isinstance(model.degree, int | np.integer) or not 0 <= int(model.degree) < 2**31:
+        return f"a degree of {str(model.degree)[:40]} (a fit's is a whole number, at least 0)"
+    if kind == "SVC" and (
+        model.decision_function_shape not in ("ovr", "ovo")
+        or not isinstance(model.break_ties, bool)
+        or (model.break_ties and model.decision_function_shape == "ovo")
+    ):
+        return "a decision function shape and break_ties that scikit-learn refuses to predict with"
     if kind == "SVC" and np.asarray(model.classes_).shape != (classes,):
         return f"{np.asarray(model.classes_).shape} class labels for {classes} classes"
     return None
