@@ -365,6 +365,8 @@ def _doctored_model(change: str) -> bytes:
     from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC, NuSVC
 
     from ethml.training.artifact import canonical_dumps
@@ -402,6 +404,16 @@ def _doctored_model(change: str) -> bytes:
             model.break_ties, model.decision_function_shape = True, "ovo"
         elif change == "svc many classes":  # a miner decides each of the 500,500 pairs
             model._n_support = np.array([len(model.support_)] + [0] * 1000, dtype=np.int32)
+        elif change == "svc float counts":  # the review's: they split the vectors otherwise than libsvm would
+            model._n_support = model._n_support.astype(np.float64)
+        elif change == "svc int64 indices":
+            model.support_ = model.support_.astype(np.int64)
+        elif change == "svc vectors by column":
+            model.support_vectors_ = np.asfortranarray(model.support_vectors_)
+        elif change == "svc after a classifier":  # the review's: predict raised AttributeError on every miner
+            model = Pipeline([("first", SVC().fit(x, y)), ("svc", model)])
+    elif change == "scaler alone":
+        model = StandardScaler().fit(x)
     elif change.startswith("boosting regressor"):
         model = GradientBoostingRegressor(n_estimators=3).fit(x, x[:, 1])
         if change == "boosting regressor stages and count wider":  # the review's: K trees per stage, stated so
@@ -500,6 +512,12 @@ _DOCTORED_INTERNALS = [
     ("svc fractional degree", "a degree of 2.5"),
     ("svc ties broken one against one", "break_ties that scikit-learn refuses to predict with"),
     ("svc many classes", "1001 classes \\(at most 1000"),
+    ("svc float counts", "support-vector counts of float64 \\(a fit's are int32\\)"),
+    ("svc int64 indices", "support indices of int64"),
+    ("svc vectors by column", "support vectors not stored row by row"),
+    # a model that cannot answer any data point (predict raised AttributeError: a miner's predictor stopped)
+    ("svc after a classifier", "a pipeline whose SVC before its last step does not transform"),
+    ("scaler alone", "a StandardScaler, which does not predict"),
     # each stage's trees were added into a table of starting values as wide as a fit's: writes past its end
     # (a stage 4,000 wide: a segmentation fault; 64 wide, stated so in n_trees_per_iteration_: the same)
     ("boosting stage wider", "gradient-boosted model: stages of shape \\(3, 6\\) for 3 trees per stage"),

@@ -506,6 +506,11 @@ def _svm_problem(model: Any, features: int | None) -> str | None:
     for what, array in arrays.items():  # (a miner computes with them as they are: ethml.ml.exact)
         if np.asarray(array).dtype != np.float64 or not np.isfinite(array).all():
             return f"{what} of {np.asarray(array).dtype} or not finite (a fit's are finite float64)"
+    for what, array in {"support-vector counts": model._n_support, "support indices": support}.items():
+        if np.asarray(array).dtype != np.int32:  # (libsvm's; counts of another type split the vectors otherwise)
+            return f"{what} of {np.asarray(array).dtype} (a fit's are int32)"
+    if not vectors.flags["C_CONTIGUOUS"]:
+        return "support vectors not stored row by row (a fit's are)"
     counts = np.asarray(model._n_support)
     if vectors.ndim != 2 or (features is not None and vectors.shape[1] != features):
         return f"support vectors that are not rows of the model's {features} features"
@@ -612,6 +617,9 @@ def check_internals(model: Any, name: str) -> None:
     pointing back at itself (predict loops for good) or past the tree, a KD-tree's point index naming a point past
     its training points (each a segmentation fault on that point), or a boosted model's stage wider than its
     table (a write past its end). Any of these checks failing is UntrustedArtifact naming the part."""
+    problem = _predict_problem(model)
+    if problem is not None:
+        raise UntrustedArtifact(name, problem)
     features = getattr(model, "n_features_in_", None)
     for part in _parts(model):
         kind = f"{type(part).__module__}.{type(part).__qualname__}"
@@ -633,6 +641,24 @@ def check_internals(model: Any, name: str) -> None:
             raise UntrustedArtifact(name, f"a malformed {what}: {problem}")
 
 
+def _predict_problem(model: Any) -> str | None:
+    """Why `model` cannot answer a data point at all, if it cannot: no `predict` (a scaler alone), or a pipeline
+    (or one inside it) with a step before its last that does not transform (predict failed on every data point
+    with an AttributeError, which stopped a miner's predictor instead of answering)."""
+    while type(model).__module__.startswith("sklearn.pipeline") and type(model).__name__ == "Pipeline":
+        steps = [step for _name, step in getattr(model, "steps", ())]
+        if not steps:
+            return "a pipeline without steps"
+        for step in steps[:-1]:
+            skipped = step is None or (isinstance(step, str) and step == "passthrough")
+            if not skipped and not callable(getattr(step, "transform", None)):
+                return f"a pipeline whose {type(step).__name__} before its last step does not transform"
+        model = steps[-1]
+    if not callable(getattr(model, "predict", None)):
+        return f"a {type(model).__name__}, which does not predict"
+    return None
+
+
 @dataclass
 class LoadedModel:
     entry: ModelEntry
@@ -650,7 +676,7 @@ class LoadedModel:
             return encode_prediction(value, self.entry.kind, self.entry.decimals)
         except InvalidInput:
             raise
-        except (ValueError, ArithmeticError, IndexError, KeyError, TypeError) as exc:
+        except (ValueError, ArithmeticError, IndexError, KeyError, TypeError, AttributeError) as exc:
             # What a model raises for a data point it cannot take is the same on every miner: that point's answer
             # (INVALID_INPUT), not a failed predictor. MemoryError and the like are this miner's and stay errors.
             raise InvalidInput(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from None
