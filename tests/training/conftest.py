@@ -24,14 +24,15 @@ def _need_dask() -> None:
 
 
 @contextmanager
-def local_cluster(workers: int = 2) -> Iterator[Any]:
-    """A fresh LocalCluster of `workers` processes: (Cluster, an inspection Client)."""
+def local_cluster(workers: int = 2, memory_limit: str = "auto") -> Iterator[Any]:
+    """A fresh LocalCluster of `workers` processes, each capped at `memory_limit`: (Cluster, an inspection
+    Client)."""
     _need_dask()
     from distributed import Client
 
     from ethml.training.cluster import LocalDaskCluster
 
-    with LocalDaskCluster(workers) as cluster:
+    with LocalDaskCluster(workers, memory_limit=memory_limit) as cluster:
         client = Client(cluster.address, set_as_default=False)
         try:
             client.wait_for_workers(workers, timeout=60)

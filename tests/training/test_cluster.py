@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ethml.training import ESTIMATORS, assess, fit_and_claim, parse_spec, sklearn_dataset_csv, split_csv
-from ethml.training.cluster import Cluster, assess_many, cluster_info, connected, parse_target
+from ethml.training.cluster import Cluster, _runs_tasks, assess_many, cluster_info, connected, parse_target
 from ethml.training.jobs import (
     DEFAULT_LIMITS,
     Assessment,
@@ -198,6 +198,61 @@ def test_a_worker_killed_mid_fit_is_survived_with_the_same_artifact() -> None:
         rerun = [r for r in stream if r["key"] in in_flight]
         assert {r["key"] for r in rerun} == in_flight, (victim, rerun)
         assert all(r["worker"] != victim["worker"] for r in rerun), (victim, rerun)
+
+
+def _swollen_neighbours(spec: Any) -> bytes:
+    """A nearest-neighbours model of the spec's kind that a validator loads and scores without complaint, and
+    whose 4,000,000 stored points take 416 MB once loaded: half a megabyte as a deflated skops archive."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from ethml.training.artifact import canonical_dumps
+
+    rows = 4_000_000
+    model = KNeighborsClassifier(algorithm="brute").fit(np.zeros((rows, len(spec.features))), np.arange(rows) % 3)
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(canonical_dumps(model))) as plain,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z,
+    ):
+        for name in plain.namelist():
+            z.writestr(name, plain.read(name))
+    return out.getvalue()
+
+
+def test_a_submission_whose_scoring_kills_its_worker_votes_0_and_the_others_are_scored() -> None:
+    """A submission whose scoring takes its Dask worker past its memory limit (the nanny kills the worker) is
+    that submission's failure, as a scoring process that dies locally is: it votes 0, and the submissions
+    scored beside it, whose artifacts may have been lost with the killed worker, are scored all the same.
+    Before, the lost scoring failed the validator's whole job: no submission got a vote."""
+    import hashlib
+
+    spec, public = _small_spec("KNeighborsClassifier")
+    _p, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=1)
+    honest = fit_and_claim(spec, public, 5, LIMITS)
+    swollen = _swollen_neighbours(spec)
+    subs = [
+        (honest.artifact, honest.sha256, honest.claimed_score),
+        (swollen, hashlib.sha256(swollen).hexdigest(), 900_000),
+        (honest.artifact, honest.sha256, honest.claimed_score),
+    ]
+    local = assess(spec, honest.artifact, honest.sha256, honest.claimed_score, public, hidden, 5, LIMITS)
+    with local_cluster(2, memory_limit="700MB") as (cluster, client):
+        pids = client.run(os.getpid)
+        found = assess_many(cluster, spec, subs, public, hidden, 5, LIMITS, 300.0)
+        assert found[0] == local and found[2] == local, found
+        assert isinstance(found[1], str) and "killed the Dask worker that ran it" in found[1], found
+        _wait(lambda: len(client.nthreads()) == 2, 60, "the killed workers' restart")
+        assert set(client.run(os.getpid).values()) != set(pids.values())  # (a worker was killed)
+        # A cluster that runs nothing (every worker thread taken by a task that never ends) fails the probe that
+        # a submission is blamed only after: no submission is blamed on a cluster that does not run tasks.
+        blockers = [client.submit(_block_forever, pure=False, workers=[w]) for w in client.nthreads()]
+        _wait(lambda: sum(len(k) for k in client.processing().values()) == 2, 60, "two blocked workers")
+        assert not _runs_tasks(client, 3.0)
+        client.cancel(blockers)
 
 
 def _block_forever() -> None:

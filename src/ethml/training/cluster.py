@@ -16,7 +16,8 @@ Determinism needs one more thing: the same code everywhere. Before a job uses th
 worker's versions of the libraries that decide a model's bits are compared with the job's own
 (`PINNED`), and a difference is refused with the packages named. A killed Dask worker is survived:
 the scheduler runs its tasks again elsewhere (up to `distributed.scheduler.allowed-failures`, 3 by
-default), and since every task is a pure function of its inputs, the result is the same.
+default), and since every task is a pure function of its inputs, the result is the same. A scoring
+that kills its worker is the submission's failure, once it has done so alone (`assess_on_cluster`).
 
 Time limits hold: when the child is killed at the job's limit its client disconnects, the scheduler
 forgets the job's queued tasks and the tasks in flight (one batch of trees, one scoring each) finish
@@ -32,10 +33,12 @@ a cluster is used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,34 +309,92 @@ def assess_on_cluster(
     """Score `(artifact, sha256, claimed)` submissions in parallel on the cluster: the scoring data is
     broadcast to every worker once, the artifacts are spread over the workers, one task each. An
     Assessment per submission, or the reason it could not be scored (which votes 0). A submission not
-    scored within `timeout` seconds of the start is reported as such."""
-    import contextlib
-    import time
+    scored within `timeout` seconds of the start is reported as such.
 
-    from distributed import wait
-
-    started = time.monotonic()
+    A scoring that kills the worker running it (past its memory limit, or a crash) is a submission's own
+    failure, as a scoring process that dies locally is, but the scheduler counts a worker's death against
+    every task assigned to it (a worker takes more than one at a time), and an artifact scattered to a
+    worker that died is lost with it: so each submission whose scoring was lost so is scored again alone on
+    the cluster, one after another. One that kills its workers alone votes 0, once a probe task shows that
+    the cluster still runs tasks; a cluster that does not is a ClusterError (no submission is to blame)."""
+    deadline = time.monotonic() + timeout
     with connected(cluster) as client:
-        shared = client.scatter(data, broadcast=True, hash=False)
-        artifacts = client.scatter([a for a, _s, _c in submissions], hash=False)
         spec_json = spec.to_json()
-        futures = [
-            client.submit(_score_task, spec_json, art, sha, claimed, task_id, shared, pure=False)
-            for art, (_a, sha, claimed) in zip(artifacts, submissions, strict=True)
-        ]
-        with contextlib.suppress(TimeoutError), client.as_current():
-            wait(futures, timeout=max(0.0, timeout - (time.monotonic() - started)))  # type: ignore[no-untyped-call]
-        out: list[Assessment | str] = []
-        for future in futures:
-            if future.status == "finished":
-                status, value = future.result()
-                out.append(value if status == "ok" else str(value))
-            elif future.status == "error":
-                raise ClusterError(f"the Dask cluster at {cluster.address} failed a scoring task: {future.exception()}")
-            else:
-                out.append(f"not scored within {timeout:g} s on the Dask cluster")
-        client.cancel([f for f in futures if not f.done()])
-        return out
+        args = (client, spec_json, submissions, data, task_id, deadline, timeout)
+        found, lost = _score_round(*args, list(range(len(submissions))), cluster.address)
+        killers = []
+        for index in lost:  # alone, one after another
+            again, still_lost = _score_round(*args, [index], cluster.address)
+            found.update(again)
+            killers.extend(still_lost)
+        if killers:
+            if not _runs_tasks(client, min(60.0, max(1.0, deadline - time.monotonic()))):
+                raise ClusterError(
+                    f"the Dask cluster at {cluster.address} lost its workers while scoring, and then did not run a "
+                    "probe task either"
+                )
+            for index in killers:
+                found[index] = (
+                    "its scoring killed the Dask worker that ran it, alone on the cluster, each time it was tried "
+                    "(past the worker's memory limit, or a crash), while the cluster runs other tasks"
+                )
+        return [found[index] for index in range(len(submissions))]
+
+
+def _score_round(
+    client: Any,
+    spec_json: bytes,
+    submissions: list[tuple[bytes, str, int]],
+    data: ScoringData,
+    task_id: int,
+    deadline: float,
+    timeout: float,
+    indices: list[int],
+    address: str,
+) -> tuple[dict[int, Assessment | str], list[int]]:
+    """The submissions at `indices` scored at once: what each gave, by index, and the indices of those whose
+    scoring was lost with a worker that died (Dask's KilledWorker, or a scattered input lost with it)."""
+    from distributed import KilledWorker, wait
+    from distributed.client import FuturesCancelledError
+
+    shared = client.scatter(data, broadcast=True, hash=False)
+    artifacts = client.scatter([submissions[index][0] for index in indices], hash=False)
+    futures = [
+        client.submit(
+            _score_task, spec_json, art, submissions[index][1], submissions[index][2], task_id, shared, pure=False
+        )
+        for art, index in zip(artifacts, indices, strict=True)
+    ]
+    with contextlib.suppress(TimeoutError, FuturesCancelledError), client.as_current():
+        wait(futures, timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[no-untyped-call]
+    found: dict[int, Assessment | str] = {}
+    lost = []
+    for index, future in zip(indices, futures, strict=True):
+        if future.status == "finished":
+            status, value = future.result()
+            found[index] = value if status == "ok" else str(value)
+        elif future.status == "cancelled" or (
+            future.status == "error" and isinstance(future.exception(), KilledWorker)
+        ):
+            lost.append(index)
+        elif future.status == "error":
+            raise ClusterError(f"the Dask cluster at {address} failed a scoring task: {future.exception()}")
+        else:
+            found[index] = f"not scored within {timeout:g} s on the Dask cluster"
+    client.cancel([f for f in futures if not f.done()])
+    return found, lost
+
+
+def _alive() -> bool:
+    return True
+
+
+def _runs_tasks(client: Any, timeout: float) -> bool:
+    """Whether the cluster runs a trivial task within `timeout` seconds."""
+    try:
+        return bool(client.submit(_alive, pure=False).result(timeout=timeout))
+    except Exception:  # noqa: BLE001 - cancelled, timed out, a worker lost: it does not
+        return False
 
 
 def assess_many(
