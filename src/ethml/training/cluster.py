@@ -16,8 +16,10 @@ Determinism needs one more thing: the same code everywhere. Before a job uses th
 worker's versions of the libraries that decide a model's bits are compared with the job's own
 (`PINNED`), and a difference is refused with the packages named. A killed Dask worker is survived:
 the scheduler runs its tasks again elsewhere (up to `distributed.scheduler.allowed-failures`, 3 by
-default), and since every task is a pure function of its inputs, the result is the same. A scoring
-that kills its worker is the submission's failure, once it has done so alone (`assess_on_cluster`).
+default), and since every task is a pure function of its inputs, the result is the same. A validator's
+scoring runs in a child process of its worker's, stopped at the spec's time limit and capped at the
+worker's memory, so that a submission that runs long, runs out of memory or crashes fails alone
+(`_score_task`, `assess_on_cluster`).
 
 Time limits hold: when the child is killed at the job's limit its client disconnects, the scheduler
 forgets the job's queued tasks and the tasks in flight (one batch of trees, one scoring each) finish
@@ -35,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import os
+import pickle
 import re
 import sys
 import time
@@ -49,8 +53,6 @@ from ethml.training.jobs import (
     ClusterError,
     ScoringData,
     TrainingError,
-    load_submission,
-    score,
     scoring_data,
 )
 from ethml.training.spec import TaskSpec, TrainingLimits, parse_spec
@@ -286,16 +288,59 @@ class _Broadcasting:
         return getattr(self._client, name)
 
 
+#: Seconds a scoring process is given on top of the spec's time limit, to start (an interpreter that imports
+#: scikit-learn: a local validator's child comes from a fork server that has done so already).
+SCORING_START_SECONDS = 10.0
+
+
 def _score_task(
-    spec_json: bytes, artifact: bytes, sha256: str, claimed: int, task_id: int, data: ScoringData
+    spec_json: bytes, artifact: bytes, sha256: str, claimed: int, task_id: int, data: ScoringData, seconds: float
 ) -> tuple[str, Any]:
-    """One submission's assessment, on a cluster's worker. Errors come back as text: an exception of
-    ethml's own could not always be unpickled on the other side."""
+    """One submission's assessment, on a cluster's worker, in a child process of the worker's
+    (ethml.training.scoring_child): stopped after `seconds`, its memory capped at the worker's limit, so that a
+    scoring that runs long, runs out of memory or crashes ends there, as that submission's failure, and the
+    worker goes on. Errors come back as text."""
+    import subprocess
+
+    from distributed import get_worker
+
     try:
-        spec = parse_spec(spec_json)
-        return "ok", score(spec, load_submission(spec, artifact, sha256, task_id), claimed, data)
-    except Exception as exc:  # noqa: BLE001 - every failure is a reason to vote 0, reported as such
-        return "error", str(exc) or type(exc).__name__
+        memory = int(get_worker().memory_manager.memory_limit or 0)
+    except (ValueError, AttributeError):  # (not on a worker, or a worker without a memory manager)
+        memory = 0
+    payload = pickle.dumps((spec_json, artifact, sha256, claimed, task_id, data), protocol=pickle.HIGHEST_PROTOCOL)
+    lifeline, keep = os.pipe()  # the child reads `lifeline` until this worker closes `keep` (or dies)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ethml.training.scoring_child", str(lifeline), str(memory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(lifeline,),
+        )
+    except BaseException:
+        os.close(keep)
+        raise
+    finally:
+        os.close(lifeline)
+    try:
+        out, _ = process.communicate(payload, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return "error", f"not scored within {seconds:g} s on the Dask cluster (its scoring process was stopped)"
+    finally:
+        os.close(keep)
+    try:
+        answer = json.loads(out)
+        if "ok" in answer:
+            test, holdout, reproduced = answer["ok"]
+            return "ok", Assessment(int(test), int(holdout), bool(reproduced))
+        return "error", str(answer["error"])
+    except (ValueError, KeyError, TypeError):
+        code = process.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return "error", f"its scoring process died on the Dask worker ({how})"
 
 
 def assess_on_cluster(
@@ -311,12 +356,14 @@ def assess_on_cluster(
     Assessment per submission, or the reason it could not be scored (which votes 0). A submission not
     scored within `timeout` seconds of the start is reported as such.
 
-    A scoring that kills the worker running it (past its memory limit, or a crash) is a submission's own
-    failure, as a scoring process that dies locally is, but the scheduler counts a worker's death against
-    every task assigned to it (a worker takes more than one at a time), and an artifact scattered to a
-    worker that died is lost with it: so each submission whose scoring was lost so is scored again alone on
-    the cluster, one after another. One that kills its workers alone votes 0, once a probe task shows that
-    the cluster still runs tasks; a cluster that does not is a ClusterError (no submission is to blame)."""
+    Each scoring runs in a child process of its worker's (`_score_task`), stopped at the spec's time limit
+    and capped at the worker's memory, as a local validator's is: one that runs long, runs out of memory or
+    crashes fails alone and votes 0. A worker can still die while it scores (killed from outside, its host
+    gone): the scheduler counts that death against every task assigned to it (a worker takes more than one
+    at a time), and an artifact scattered to it is lost with it. So each submission whose scoring was lost
+    so is scored again alone on the cluster, one after another; one whose worker dies again, alone, votes 0
+    once a probe task shows that the cluster still runs tasks, and a cluster that does not is a
+    ClusterError (no submission is to blame)."""
     deadline = time.monotonic() + timeout
     with connected(cluster) as client:
         spec_json = spec.to_json()
@@ -328,15 +375,15 @@ def assess_on_cluster(
             found.update(again)
             killers.extend(still_lost)
         if killers:
-            if not _runs_tasks(client, min(60.0, max(1.0, deadline - time.monotonic()))):
+            if not _runs_tasks(client, min(60.0, max(PROBE_SECONDS, deadline - time.monotonic()))):
                 raise ClusterError(
                     f"the Dask cluster at {cluster.address} lost its workers while scoring, and then did not run a "
                     "probe task either"
                 )
             for index in killers:
                 found[index] = (
-                    "its scoring killed the Dask worker that ran it, alone on the cluster, each time it was tried "
-                    "(past the worker's memory limit, or a crash), while the cluster runs other tasks"
+                    "the Dask worker scoring it died each time it was tried, alone on the cluster too, while the "
+                    "cluster runs other tasks"
                 )
         return [found[index] for index in range(len(submissions))]
 
@@ -354,14 +401,28 @@ def _score_round(
 ) -> tuple[dict[int, Assessment | str], list[int]]:
     """The submissions at `indices` scored at once: what each gave, by index, and the indices of those whose
     scoring was lost with a worker that died (Dask's KilledWorker, or a scattered input lost with it)."""
+    from concurrent.futures import CancelledError
+
     from distributed import KilledWorker, wait
     from distributed.client import FuturesCancelledError
 
-    shared = client.scatter(data, broadcast=True, hash=False)
-    artifacts = client.scatter([submissions[index][0] for index in indices], hash=False)
+    try:
+        shared = client.scatter(data, broadcast=True, hash=False)
+        artifacts = client.scatter([submissions[index][0] for index in indices], hash=False)
+    except TimeoutError:  # (no worker came back in time)
+        raise ClusterError(f"the Dask cluster at {address} has no worker to score on") from None
+    seconds = float(parse_spec(spec_json).max_train_seconds) + SCORING_START_SECONDS
     futures = [
         client.submit(
-            _score_task, spec_json, art, submissions[index][1], submissions[index][2], task_id, shared, pure=False
+            _score_task,
+            spec_json,
+            art,
+            submissions[index][1],
+            submissions[index][2],
+            task_id,
+            shared,
+            seconds,
+            pure=False,
         )
         for art, index in zip(artifacts, indices, strict=True)
     ]
@@ -371,9 +432,13 @@ def _score_round(
     lost = []
     for index, future in zip(indices, futures, strict=True):
         if future.status == "finished":
-            status, value = future.result()
+            try:
+                status, value = future.result(timeout=PROBE_SECONDS)
+            except (CancelledError, TimeoutError):  # (its result was lost with a worker as it was fetched)
+                lost.append(index)
+                continue
             found[index] = value if status == "ok" else str(value)
-        elif future.status == "cancelled" or (
+        elif future.status in ("cancelled", "lost") or (
             future.status == "error" and isinstance(future.exception(), KilledWorker)
         ):
             lost.append(index)
@@ -383,6 +448,10 @@ def _score_round(
             found[index] = f"not scored within {timeout:g} s on the Dask cluster"
     client.cancel([f for f in futures if not f.done()])
     return found, lost
+
+
+#: The least time a probe task, or the fetch of a finished result, is given.
+PROBE_SECONDS = 10.0
 
 
 def _alive() -> bool:

@@ -360,10 +360,10 @@ async def score_submissions(
             except (ModelError, TrainingError) as exc:
                 out.append(str(exc))
         return out
-    from ethml.training.cluster import assess_many
+    from ethml.training.cluster import SCORING_START_SECONDS, assess_many
 
     cluster = compute.cluster
-    limit = float(spec.max_train_seconds * len(submissions))
+    limit = (spec.max_train_seconds + SCORING_START_SECONDS) * len(submissions)  # (each scoring's, one after another)
     try:
         found_all: list[Assessment | str] = await run_limited(
             assess_many,
