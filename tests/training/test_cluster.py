@@ -136,6 +136,28 @@ def test_a_validator_scores_several_submissions_in_parallel_with_the_local_resul
     assert overlapping, spans  # two workers scored at the same time
 
 
+def test_a_model_that_prints_as_it_predicts_is_scored_as_locally(dask_cluster: Any) -> None:
+    """A forest set to print its progress (`verbose`, which the loader leaves alone: it does not change an
+    answer) scores on the cluster as locally: a scoring process's stdout is not its answer channel (when it
+    was, the review's Dask validator voted 0 where a local one scored it, and could be outvoted at will)."""
+    import hashlib
+
+    from ethml.training.artifact import canonical_dumps
+    from ethml.training.jobs import load_submission
+
+    cluster, _client = dask_cluster
+    spec, public = _small_spec("RandomForestClassifier")
+    _p, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=1)
+    trained = fit_and_claim(spec, public, 5)
+    model = load_submission(spec, trained.artifact, trained.sha256, 5)
+    model.verbose = 100
+    chatty = canonical_dumps(model)
+    sub = (chatty, hashlib.sha256(chatty).hexdigest(), trained.claimed_score)
+    local = assess(spec, *sub, public, hidden, 5, LIMITS)
+    assert isinstance(local, Assessment)
+    assert assess_many(cluster, spec, [sub], public, hidden, 5, LIMITS, 300.0) == [local]
+
+
 async def test_score_submissions_runs_the_cluster_path_in_a_limited_child(dask_cluster: Any) -> None:
     cluster, _client = dask_cluster
     spec, public = _small_spec("RandomForestClassifier")

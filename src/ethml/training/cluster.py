@@ -39,9 +39,9 @@ import contextlib
 import importlib.metadata
 import json
 import os
-import pickle
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -288,59 +288,109 @@ class _Broadcasting:
         return getattr(self._client, name)
 
 
-#: Seconds a scoring process is given on top of the spec's time limit, to start (an interpreter that imports
-#: scikit-learn: a local validator's child comes from a fork server that has done so already).
-SCORING_START_SECONDS = 10.0
+#: Seconds a scoring process is given to start (an interpreter that imports scikit-learn and reads its input)
+#: before the spec's time limit for the scoring itself starts: a local validator's child comes from a fork
+#: server that has imported them already, and its limit is the scoring's alone.
+SCORING_START_SECONDS = 60.0
 
 
 def _score_task(
     spec_json: bytes, artifact: bytes, sha256: str, claimed: int, task_id: int, data: ScoringData, seconds: float
 ) -> tuple[str, Any]:
     """One submission's assessment, on a cluster's worker, in a child process of the worker's
-    (ethml.training.scoring_child): stopped after `seconds`, its memory capped at the worker's limit, so that a
-    scoring that runs long, runs out of memory or crashes ends there, as that submission's failure, and the
-    worker goes on. Errors come back as text."""
+    (ethml.training.scoring_child): given `seconds` from the moment it is ready to score, its memory capped
+    at the worker's limit, so that a scoring that runs long, runs out of memory or crashes ends there, as that
+    submission's failure, and the worker goes on. Errors come back as text."""
     import subprocess
 
     from distributed import get_worker
+
+    from ethml.training.scoring_child import MAX_REASON
 
     try:
         memory = int(get_worker().memory_manager.memory_limit or 0)
     except (ValueError, AttributeError):  # (not on a worker, or a worker without a memory manager)
         memory = 0
-    payload = pickle.dumps((spec_json, artifact, sha256, claimed, task_id, data), protocol=pickle.HIGHEST_PROTOCOL)
+    cpu = int(SCORING_START_SECONDS + seconds) + 1
     lifeline, keep = os.pipe()  # the child reads `lifeline` until this worker closes `keep` (or dies)
+    answers, answer = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ethml.training.scoring_child", str(lifeline), str(memory)],
+            [sys.executable, "-m", "ethml.training.scoring_child", str(lifeline), str(answer), str(memory), str(cpu)],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            pass_fds=(lifeline,),
+            pass_fds=(lifeline, answer),
         )
     except BaseException:
         os.close(keep)
+        os.close(answers)
         raise
     finally:
         os.close(lifeline)
+        os.close(answer)
+    feeder = threading.Thread(
+        target=_feed, args=(process, (spec_json, artifact, sha256, claimed, task_id, data)), daemon=True
+    )
+    feeder.start()
     try:
-        out, _ = process.communicate(payload, timeout=seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        return "error", f"not scored within {seconds:g} s on the Dask cluster (its scoring process was stopped)"
+        reply = _answer(answers, seconds)
+        if isinstance(reply, str):
+            return "error", reply
     finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
         os.close(keep)
+        os.close(answers)
+        feeder.join(timeout=5)
     try:
-        answer = json.loads(out)
-        if "ok" in answer:
-            test, holdout, reproduced = answer["ok"]
+        found = json.loads(bytes(reply))
+        if "ok" in found:
+            test, holdout, reproduced = found["ok"]
             return "ok", Assessment(int(test), int(holdout), bool(reproduced))
-        return "error", str(answer["error"])
+        return "error", str(found["error"])[: MAX_REASON + 1]
     except (ValueError, KeyError, TypeError):
         code = process.returncode
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         return "error", f"its scoring process died on the Dask worker ({how})"
+
+
+def _feed(process: Any, payload: tuple[Any, ...]) -> None:
+    """The child's input (ethml.training.scoring_child.write_framed), written from a thread: a child that dies
+    or stops reading leaves it to end with a broken pipe."""
+    from ethml.training.scoring_child import write_framed
+
+    try:
+        write_framed(process.stdin, payload)
+        process.stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
+def _answer(fd: int, seconds: float) -> bytes | str:
+    """What a scoring process sends on `fd` until it ends, less its ready mark; or, as text, why there is
+    nothing to read: it was not ready within SCORING_START_SECONDS, or did not finish within `seconds` of
+    being ready."""
+    import select
+
+    from ethml.training.scoring_child import READY
+
+    got = bytearray()
+    ready = False
+    deadline = time.monotonic() + SCORING_START_SECONDS
+    while True:
+        if not ready and got[: len(READY)] == READY:
+            ready, deadline = True, time.monotonic() + seconds
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if ready:
+                return f"not scored within {seconds:g} s on the Dask cluster (its scoring process was stopped)"
+            return f"its scoring process did not start within {SCORING_START_SECONDS:g} s on the Dask worker"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return bytes(got[len(READY) :] if ready else got)  # (one that failed before it was ready: its reason)
+        got += chunk
 
 
 def assess_on_cluster(
@@ -411,7 +461,7 @@ def _score_round(
         artifacts = client.scatter([submissions[index][0] for index in indices], hash=False)
     except TimeoutError:  # (no worker came back in time)
         raise ClusterError(f"the Dask cluster at {address} has no worker to score on") from None
-    seconds = float(parse_spec(spec_json).max_train_seconds) + SCORING_START_SECONDS
+    seconds = float(parse_spec(spec_json).max_train_seconds)
     futures = [
         client.submit(
             _score_task,
