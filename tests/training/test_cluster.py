@@ -158,6 +158,29 @@ def test_a_model_that_prints_as_it_predicts_is_scored_as_locally(dask_cluster: A
     assert assess_many(cluster, spec, [sub], public, hidden, 5, LIMITS, 300.0) == [local]
 
 
+def test_a_scoring_past_the_time_limit_is_stopped_alone_on_the_cluster(dask_cluster: Any) -> None:
+    """Each scoring on the cluster has the spec's time limit of its own, counted from when its process is
+    ready, as a local validator's: one past it (a nearest-neighbours model of 4,000,000 stored points, whose
+    scan of the test rows takes seconds) is stopped and votes 0, and the one beside it is scored as locally.
+    Before, a slow scoring held its worker thread until the job's whole deadline, and scorings queued or
+    retried behind it ran out of time (the review's slow sybil)."""
+    import hashlib
+
+    cluster, client = dask_cluster
+    spec, public = _small_spec("KNeighborsClassifier")
+    spec = parse_spec({**spec.model_dump(mode="json"), "max_train_seconds": 1})
+    _p, hidden = split_csv(sklearn_dataset_csv("wine"), 0.3, seed=1)
+    honest = fit_and_claim(spec, public, 5, LIMITS)
+    slow = _neighbours_artifact(spec, 4_000_000, deflate=True)  # (about 3 s on this Xeon; the honest one 0.01 s)
+    subs = [(slow, hashlib.sha256(slow).hexdigest(), 0), (honest.artifact, honest.sha256, honest.claimed_score)]
+    local = assess(spec, *subs[1], public, hidden, 5, LIMITS)
+    pids = client.run(os.getpid)
+    found = assess_many(cluster, spec, subs, public, hidden, 5, LIMITS, 300.0)
+    assert found[1] == local, found
+    assert isinstance(found[0], str) and "not scored within 1 s" in found[0], found
+    assert client.run(os.getpid) == pids  # the workers went on
+
+
 async def test_score_submissions_runs_the_cluster_path_in_a_limited_child(dask_cluster: Any) -> None:
     cluster, _client = dask_cluster
     spec, public = _small_spec("RandomForestClassifier")

@@ -78,6 +78,17 @@ def read_framed(stream: BinaryIO) -> Any:
     return pickle.loads(head, buffers=buffers)
 
 
+def _import_what_scoring_needs(estimators: dict[str, Any]) -> None:
+    """The loader and every estimator's module, before the ready mark: the time limit is the scoring's, not
+    the imports' (a local validator's process imports them as it starts too, but once)."""
+    import importlib
+
+    import skops.io  # noqa: F401
+
+    for path, _kind, _params in estimators.values():
+        importlib.import_module(path.rsplit(".", 1)[0])
+
+
 def main() -> None:
     lifeline, answer, memory, cpu = (int(a) for a in sys.argv[1:5])
     _end_with_worker(lifeline)
@@ -90,8 +101,9 @@ def main() -> None:
     try:
         spec_json, artifact, sha256, claimed, task_id, data = read_framed(sys.stdin.buffer)
         from ethml.training.jobs import load_submission, score
-        from ethml.training.spec import parse_spec
+        from ethml.training.spec import ESTIMATORS, parse_spec
 
+        _import_what_scoring_needs(ESTIMATORS)
         os.write(answer, READY)
         spec = parse_spec(spec_json)
         found = score(spec, load_submission(spec, artifact, sha256, task_id), claimed, data)
