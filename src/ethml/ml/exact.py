@@ -71,7 +71,7 @@ def predict(model: Any, X: Any) -> Any:
     """`model.predict(X)`, with the sums that depend on the CPU in scikit-learn computed here instead (see
     the module's docstring); a model of another type predicts as it does. ValueError for rows of the wrong
     width or with values that are not finite, as scikit-learn raises."""
-    transforms, final = _unpiped(model)
+    transforms, final = unpiped(model)
     kind = _kind(final)
     if kind is None:
         return model.predict(X)
@@ -93,12 +93,16 @@ def predict(model: Any, X: Any) -> Any:
     )
 
 
-def _unpiped(model: Any) -> tuple[list[Any], Any]:
-    """The transforms a pipeline (or pipelines inside it) runs, in order, and the estimator that predicts last."""
+def unpiped(model: Any) -> tuple[list[Any], Any]:
+    """The transforms a pipeline (or pipelines inside it) runs, in order, and the estimator that predicts last.
+    ValueError for a pipeline without steps."""
     transforms: list[Any] = []
     while _kind(model) == "pipeline":
-        steps = [step for _name, step in model.steps]
-        transforms.extend(step for step in steps[:-1] if step is not None and step != "passthrough")
+        steps = [step for _name, step in getattr(model, "steps", ())]
+        if not steps:
+            raise ValueError("a pipeline without steps")
+        skipped = [step is None or (isinstance(step, str) and step == "passthrough") for step in steps[:-1]]
+        transforms.extend(step for step, skip in zip(steps[:-1], skipped, strict=True) if not skip)
         model = steps[-1]
     return transforms, model
 

@@ -646,18 +646,17 @@ def check_internals(model: Any, name: str) -> None:
 def _predict_problem(model: Any) -> str | None:
     """Why `model` cannot answer a data point at all, if it cannot: no `predict` (a scaler alone), or a pipeline
     (or one inside it) with a step before its last that does not transform (predict failed on every data point
-    with an AttributeError, which stopped a miner's predictor instead of answering)."""
-    while type(model).__module__.startswith("sklearn.pipeline") and type(model).__name__ == "Pipeline":
-        steps = [step for _name, step in getattr(model, "steps", ())]
-        if not steps:
-            return "a pipeline without steps"
-        for step in steps[:-1]:
-            skipped = step is None or (isinstance(step, str) and step == "passthrough")
-            if not skipped and not callable(getattr(step, "transform", None)):
-                return f"a pipeline whose {type(step).__name__} before its last step does not transform"
-        model = steps[-1]
-    if not callable(getattr(model, "predict", None)):
-        return f"a {type(model).__name__}, which does not predict"
+    with an AttributeError, which stopped a miner's predictor instead of answering). The steps are the ones a
+    miner runs (ethml.ml.exact.unpiped)."""
+    try:
+        transforms, final = exact.unpiped(model)
+    except (ValueError, TypeError) as exc:  # (no steps, or steps that are not (name, step) pairs)
+        return f"an unreadable pipeline ({str(exc)[:200]})"
+    for step in transforms:
+        if not callable(getattr(step, "transform", None)):
+            return f"a pipeline whose {type(step).__name__} before its last step does not transform"
+    if not callable(getattr(final, "predict", None)):
+        return f"a {type(final).__name__}, which does not predict"
     return None
 
 
