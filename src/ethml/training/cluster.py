@@ -55,7 +55,7 @@ from ethml.training.jobs import (
     TrainingError,
     scoring_data,
 )
-from ethml.training.spec import TaskSpec, TrainingLimits, parse_spec
+from ethml.training.spec import TaskSpec, TrainingLimits
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: The libraries whose versions decide the bits of a fitted tree or a score.
@@ -417,7 +417,7 @@ def assess_on_cluster(
     deadline = time.monotonic() + timeout
     with connected(cluster) as client:
         spec_json = spec.to_json()
-        args = (client, spec_json, submissions, data, task_id, deadline, timeout)
+        args = (client, spec_json, float(spec.max_train_seconds), submissions, data, task_id, deadline, timeout)
         found, lost = _score_round(*args, list(range(len(submissions))), cluster.address)
         killers = []
         for index in lost:  # alone, one after another
@@ -441,6 +441,7 @@ def assess_on_cluster(
 def _score_round(
     client: Any,
     spec_json: bytes,
+    seconds: float,
     submissions: list[tuple[bytes, str, int]],
     data: ScoringData,
     task_id: int,
@@ -449,8 +450,9 @@ def _score_round(
     indices: list[int],
     address: str,
 ) -> tuple[dict[int, Assessment | str], list[int]]:
-    """The submissions at `indices` scored at once: what each gave, by index, and the indices of those whose
-    scoring was lost with a worker that died (Dask's KilledWorker, or a scattered input lost with it)."""
+    """The submissions at `indices` scored at once, each within `seconds` (the spec's time limit): what each
+    gave, by index, and the indices of those whose scoring was lost with a worker that died (Dask's
+    KilledWorker, or a scattered input lost with it)."""
     from concurrent.futures import CancelledError
 
     from distributed import KilledWorker, wait
@@ -461,7 +463,6 @@ def _score_round(
         artifacts = client.scatter([submissions[index][0] for index in indices], hash=False)
     except TimeoutError:  # (no worker came back in time)
         raise ClusterError(f"the Dask cluster at {address} has no worker to score on") from None
-    seconds = float(parse_spec(spec_json).max_train_seconds)
     futures = [
         client.submit(
             _score_task,
