@@ -22,13 +22,12 @@ import joblib
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
-from sklearn.svm import SVC
 
 from ethml.ml import exact
 from ethml.pow.tune import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.ml.test_exact import as_miner, boundary_cases  # (the test's cases, counted here)
+from tests.ml.test_exact import as_miner, boundary_cases, grown_svc  # (the test's cases, counted here)
 
 
 def _models(rng: np.random.Generator) -> list[tuple[str, Any, int]]:
@@ -49,18 +48,14 @@ def _models(rng: np.random.Generator) -> list[tuple[str, Any, int]]:
     ]
 
 
-def _grown_svc(rng: np.random.Generator, classes: int, vectors: Any) -> SVC:
-    """An RBF support-vector classifier of `classes` classes with `vectors` as its support vectors (split evenly
-    between the classes) and random dual coefficients: a fit's shapes at a size whose fit would take hours (a
-    fit on the default limits' 100,000 rows can keep every row; 1,000 classes of 30,000 vectors is about the
-    most the loader's 512 MiB of arrays holds)."""
-    width = vectors.shape[1]
-    model = SVC().fit(rng.normal(size=(3 * classes, width)), np.repeat(np.arange(classes), 3))
-    counts = np.full(classes, len(vectors) // classes, dtype=np.int32)
+def _grown_svc(rng: np.random.Generator, classes: int, vectors: Any) -> Any:
+    """An RBF support-vector classifier of `classes` classes with `vectors` as its support vectors, split evenly
+    between the classes (tests/ml/test_exact.py's `grown_svc`): a fit's shapes at a size whose fit would take
+    hours (a fit on the default limits' 100,000 rows can keep every row; 1,000 classes of 30,000 vectors is
+    about the most the loader's 512 MiB of arrays holds)."""
+    counts = np.full(classes, len(vectors) // classes)
     counts[0] += len(vectors) - int(counts.sum())
-    model.support_vectors_, model.support_ = vectors, np.arange(len(vectors), dtype=np.int32)
-    model._n_support, model._dual_coef_ = counts, rng.normal(size=(classes - 1, len(vectors)))
-    return model
+    return grown_svc(rng, counts, vectors)
 
 
 def _per_point(predict: Callable[[Any], Any], rows: Any, rounds: int) -> float:

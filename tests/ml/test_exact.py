@@ -376,16 +376,22 @@ def test_an_svm_kernel_value_beyond_the_largest_float_is_invalid_input_on_every_
         loaded.predict_one(b"[1e5, 1e5, 1e5]")
 
 
-def _grown_svc(classes: int, counts: list[int], width: int = 4) -> SVC:
-    """An RBF classifier of `classes` classes with `counts` support vectors per class and random coefficients
-    (a fit's shapes, at a size a fit would take long to reach)."""
-    rng = np.random.default_rng(classes)
+def grown_svc(rng: np.random.Generator, counts: Any, vectors: Any) -> SVC:
+    """An RBF classifier with `counts` support vectors per class, `vectors` as its support vectors and random
+    dual coefficients: a fit's shapes at a size whose fit would take long to reach (also
+    benchmarks/exact_answers.py's largest models)."""
+    classes, width = len(counts), vectors.shape[1]
     model = SVC().fit(rng.normal(size=(3 * classes, width)), np.repeat(np.arange(classes), 3))
-    total = sum(counts)
-    model.support_vectors_, model.support_ = rng.normal(size=(total, width)), np.arange(total, dtype=np.int32)
-    model._n_support = np.array(counts, dtype=np.int32)
-    model._dual_coef_ = rng.normal(size=(classes - 1, total))
+    model.support_vectors_, model.support_ = vectors, np.arange(len(vectors), dtype=np.int32)
+    model._n_support = np.asarray(counts, dtype=np.int32)
+    model._dual_coef_ = rng.normal(size=(classes - 1, len(vectors)))
     return model
+
+
+def _grown_svc(counts: list[int]) -> SVC:
+    """`grown_svc` with vectors of 4 features, drawn from a generator seeded by the number of classes."""
+    rng = np.random.default_rng(len(counts))
+    return grown_svc(rng, counts, rng.normal(size=(sum(counts), 4)))
 
 
 def test_an_svm_sums_in_blocks_with_the_bits_of_one_pass_and_little_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -396,7 +402,7 @@ def test_an_svm_sums_in_blocks_with_the_bits_of_one_pass_and_little_memory(monke
     import tracemalloc
 
     rng = np.random.default_rng(9)
-    model = _grown_svc(5, [3000, 1, 0, 2500, 10])
+    model = _grown_svc([3000, 1, 0, 2500, 10])
     rows = rng.normal(size=(20, 4))
     values = [exact.kernel_values(model, row) for row in rows]
     parts = [exact._summed_in_order(model._dual_coef_, v, 1, 5511) for v in values]
@@ -407,7 +413,7 @@ def test_an_svm_sums_in_blocks_with_the_bits_of_one_pass_and_little_memory(monke
     assert exact.predict(model, rows).tolist() == answers.tolist()
     assert (answers == model.predict(rows)).all()
     monkeypatch.undo()
-    crowded = _grown_svc(1000, [16_000] + [0] * 999)
+    crowded = _grown_svc([16_000] + [0] * 999)
     row = rng.normal(size=(1, 4))
     tracemalloc.start()
     try:
