@@ -4,6 +4,7 @@ through the skops allow-list, and an honest claim reproduces to the last digit."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,13 @@ def _sleep_after_writing_pid(path: str) -> None:
     time.sleep(600)
 
 
+def _hold_the_gil_after_writing_pid(path: str) -> None:
+    """A job that never ends by itself and holds the GIL throughout, as a fit in compiled code may: a regular
+    expression that backtracks for hours (the `re` module never lets another thread run)."""
+    Path(path).write_text(str(os.getpid()))
+    re.match(r"(a+)+$", "a" * 64 + "b")
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -107,16 +115,18 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")  # exited (a zombie is dead, its parent has not reaped it yet)
 
 
-def test_a_job_s_process_ends_when_the_worker_that_started_it_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("job", ["_sleep_after_writing_pid", "_hold_the_gil_after_writing_pid"])
+def test_a_job_s_process_ends_when_the_worker_that_started_it_is_killed(tmp_path: Path, job: str) -> None:
     """A fit runs in a child process (of multiprocessing's forkserver, not of the worker): after `kill -9` of
     the worker it ran on until the fit ended, up to the spec's time limit, on a core beside the worker
-    restarted. It now ends with the worker."""
+    restarted. It now ends with the worker, also when the fit holds the GIL (the child's watch thread on its
+    pipe to the worker could not run then, and the child ran on until the fit ended)."""
     pidfile = tmp_path / "job.pid"
     script = (
         "import asyncio\n"
         "from ethml.training.jobs import run_limited\n"
-        "from tests.training.test_jobs import _sleep_after_writing_pid\n"
-        f"asyncio.run(run_limited(_sleep_after_writing_pid, {str(pidfile)!r}, timeout=600))\n"
+        f"from tests.training.test_jobs import {job}\n"
+        f"asyncio.run(run_limited({job}, {str(pidfile)!r}, timeout=600))\n"
     )
     worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     try:

@@ -7,13 +7,10 @@ submissions run on its workers (ethml.training.cluster), with the same bytes and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import importlib
 import io
 import multiprocessing
-import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ethml._lifeline import end_when_closed
 from ethml.errors import EthmlError, ModelError
 from ethml.ml.loader import load_untrusted, sha256_hex
 from ethml.training.artifact import canonical_dumps
@@ -382,21 +380,9 @@ async def score_submissions(
     return found_all
 
 
-def _end_with_parent(lifeline: Any) -> None:
-    """End this process when the one that started the job does, even by `kill -9`: a thread waits on a pipe
-    whose other end only that process holds, and exits when it closes (the kernel closes it with the process).
-    A forkserver's child outlived its worker until its fit ended, using a core beside the worker restarted."""
-
-    def watch() -> None:
-        with contextlib.suppress(EOFError, OSError):
-            lifeline.recv()  # nothing is ever sent: this returns when the other end is closed
-        os._exit(1)
-
-    threading.Thread(target=watch, name="lifeline", daemon=True).start()
-
-
 def _child(conn: Any, lifeline: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    _end_with_parent(lifeline)
+    # A forkserver's child outlived its worker until its fit ended, using a core beside the worker restarted.
+    end_when_closed(lifeline.fileno())
     try:
         conn.send(("ok", fn(*args)))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a message

@@ -6,7 +6,8 @@ held or took the worker down with it. Here the scoring runs in a child process o
 validator scores each submission in a child:
 - its data (heap and anonymous memory) capped at the worker's memory limit, its CPU time at the time it is
   allowed (the kernel stops it even while a compiled loop holds the GIL), no core files;
-- ended when the worker goes away (a pipe that only the worker holds open closes);
+- ended when the worker goes away (a pipe that only the worker holds open closes, and the kernel kills the
+  child, also while a compiled loop holds the GIL);
 - stdout and stderr are /dev/null (a model's `verbose` progress lines go nowhere); its input comes on stdin
   (a pickle whose arrays follow it raw, so the worker copies none of them) and its answer goes back on a pipe
   of its own: a mark once it is ready to score (the worker's clock for the scoring starts there), then JSON,
@@ -23,26 +24,14 @@ import pickle
 import resource
 import struct
 import sys
-import threading
 from typing import Any, BinaryIO
+
+from ethml._lifeline import end_when_closed
 
 #: The mark a child writes on its answer pipe once it has its input and has imported what scoring needs.
 READY = b"R"
 #: The longest reason a child sends back (a refusal can name a great many things).
 MAX_REASON = 1000
-
-
-def _end_with_worker(lifeline: int) -> None:
-    """Exit when the worker's end of the lifeline closes (the worker exited or was killed)."""
-
-    def watch() -> None:
-        try:
-            while os.read(lifeline, 1):
-                pass
-        finally:
-            os._exit(1)
-
-    threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
 def write_framed(stream: BinaryIO, obj: Any) -> None:
@@ -91,7 +80,7 @@ def _import_what_scoring_needs(estimators: dict[str, Any]) -> None:
 
 def main() -> None:
     lifeline, answer, memory, cpu = (int(a) for a in sys.argv[1:5])
-    _end_with_worker(lifeline)
+    end_when_closed(lifeline)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if cpu > 0:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
