@@ -30,7 +30,9 @@ def end_when_closed(fd: int) -> None:
         except OSError:
             pass
         else:
-            if select.select([fd], [], [], 0)[0]:  # readable with nothing ever written: closed
+            closed = select.poll()  # (not select.select, which refuses a descriptor of 1024 or more)
+            closed.register(fd, select.POLLIN)
+            if closed.poll(0):  # readable (or hung up) with nothing ever written: closed
                 os._exit(1)
             return
 

@@ -322,6 +322,76 @@ def test_a_scoring_past_the_workers_memory_fails_alone_and_a_killed_worker_costs
         client.cancel(blockers)
 
 
+SCORE_WITH_CLOSED_STDIO = """
+import json, os, sys
+from ethml.training import assess, fit_and_claim, parse_spec, sklearn_dataset_csv
+from ethml.training.cluster import _score_task
+from ethml.training.jobs import scoring_data
+iris = sklearn_dataset_csv("iris")
+features = iris.split(b"\\n")[0].decode().split(",")[:-1]
+spec = parse_spec({"target": "target", "features": features, "estimator": {"name": "LogisticRegression"},
+                   "metric": "accuracy"})
+fitted = fit_and_claim(spec, iris, 7)
+out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
+for fd in sys.argv[2].split():
+    os.close(int(fd))
+kind, found = _score_task(spec.to_json(), fitted.artifact, fitted.sha256, fitted.claimed_score, 7,
+                          scoring_data(spec, iris, iris, 7), 60.0)
+local = assess(spec, fitted.artifact, fitted.sha256, fitted.claimed_score, iris, iris, 7)
+os.write(out, json.dumps([kind, repr(found), repr(local)]).encode())
+"""
+
+
+@pytest.mark.parametrize("closed", ["0", "1", "2", "0 1 2"])
+def test_a_worker_without_stdin_stdout_or_stderr_still_scores(tmp_path: Any, closed: str) -> None:
+    """A worker started with one of them closed (a daemon's stdin, say) got that number for a pipe to its
+    scoring process, and the child's stdin, stdout or stderr took the pipe's place: every scoring ended at
+    once ("its scoring process died on the Dask worker (exit code 1)"), and every submission voted 0."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "scored.json"
+    subprocess.run(
+        [sys.executable, "-c", SCORE_WITH_CLOSED_STDIO, str(out), closed],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        check=True,
+        timeout=300,
+    )
+    kind, found, local = json.loads(out.read_text())
+    assert kind == "ok", found
+    assert found == local
+    assert local.startswith("Assessment(")
+
+
+def test_a_scoring_answer_is_read_from_a_descriptor_above_1024() -> None:
+    """A busy worker's pipe to its scoring process can get a number of 1024 or more, which `select.select`
+    refuses (ValueError out of the scoring task)."""
+    import fcntl
+    import resource
+
+    from ethml.training.cluster import _answer
+    from ethml.training.scoring_child import READY
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard > 1500, f"this test needs more than 1500 descriptors ({hard})"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048) if hard == resource.RLIM_INFINITY else hard, hard))
+    read, write = os.pipe()
+    high = fcntl.fcntl(read, fcntl.F_DUPFD_CLOEXEC, 1500)
+    os.close(read)
+    try:
+        os.write(write, READY + b'{"ok": [1, 2, true]}')
+        os.close(write)
+        assert _answer(high, 30) == b'{"ok": [1, 2, true]}'
+    finally:
+        os.close(high)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def _block_forever() -> None:
     time.sleep(3600)
 

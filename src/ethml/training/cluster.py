@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -312,8 +313,8 @@ def _score_task(
     except (ValueError, AttributeError):  # (not on a worker, or a worker without a memory manager)
         memory = 0
     cpu = int(SCORING_START_SECONDS + seconds) + 1
-    lifeline, keep = os.pipe()  # the child reads `lifeline` until this worker closes `keep` (or dies)
-    answers, answer = os.pipe()
+    lifeline, keep = _pipe()  # the child reads `lifeline` until this worker closes `keep` (or dies)
+    answers, answer = _pipe()
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "ethml.training.scoring_child", str(lifeline), str(answer), str(memory), str(cpu)],
@@ -356,6 +357,22 @@ def _score_task(
         return "error", f"its scoring process died on the Dask worker ({how})"
 
 
+def _pipe() -> tuple[int, int]:
+    """`os.pipe()` with both ends above 2. A worker started with its stdin, stdout or stderr closed got one
+    of those numbers for a pipe to its scoring process, whose stdin, stdout and stderr then took its place in
+    the child: every scoring ended at once, and every submission voted 0."""
+    read, write = os.pipe()
+    return _above_stdio(read), _above_stdio(write)
+
+
+def _above_stdio(fd: int) -> int:
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
+
+
 def _feed(process: Any, payload: tuple[Any, ...]) -> None:
     """The child's input (ethml.training.scoring_child.write_framed), written from a thread: a child that dies
     or stops reading leaves it to end with a broken pipe."""
@@ -376,6 +393,8 @@ def _answer(fd: int, seconds: float) -> bytes | str:
 
     from ethml.training.scoring_child import READY
 
+    readable = select.poll()  # (not select.select, which refuses a descriptor of 1024 or more)
+    readable.register(fd, select.POLLIN)
     got = bytearray()
     ready = False
     deadline = time.monotonic() + SCORING_START_SECONDS
@@ -383,7 +402,7 @@ def _answer(fd: int, seconds: float) -> bytes | str:
         if not ready and got[: len(READY)] == READY:
             ready, deadline = True, time.monotonic() + seconds
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not readable.poll(left * 1000):
             if ready:
                 return f"not scored within {seconds:g} s on the Dask cluster (its scoring process was stopped)"
             return f"its scoring process did not start within {SCORING_START_SECONDS:g} s on the Dask worker"
