@@ -16,6 +16,7 @@ from ethml.chain.admin import admin_call
 from ethml.chain.deploy import Deployment, model_id_from, register_call, registry_contract, timelock_contract
 from ethml.chain.embedded import time_travel
 from ethml.chain.journal import Journal, Outcome
+from ethml.chain.rpc import http_web3
 from ethml.chain.timelock import OpState, operation_for
 from ethml.errors import ChainError, DeploymentError, TransactionReverted
 from ethml.rollout import InsufficientFunds, Rollout, RolloutSettings
@@ -84,9 +85,8 @@ async def test_a_scheduled_operation_can_be_cancelled(w3: AsyncWeb3[Any]) -> Non
 async def test_a_call_the_registry_would_refuse_is_refused_before_scheduling(anvil_url: str) -> None:
     """Made as the timelock will make it (an eth_call from the timelock), so not after the delay. On anvil:
     the in-process chain charges an eth_call's gas to its sender, and the timelock holds no ETH."""
-    from web3 import AsyncHTTPProvider
 
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    w3: AsyncWeb3[Any] = http_web3(anvil_url)
     try:
         deployer = dev_account(0)
         dep = await deploy_system(w3, deployer, timelock_delay=60)

@@ -12,7 +12,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_abi.grammar import BasicType, TupleType, parse
 from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types
 from eth_utils.address import to_checksum_address
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.exceptions import ContractCustomError, Web3RPCError
 
 from ethml.chain import deploy_system, dev_account, ethml_contract
@@ -31,6 +31,7 @@ from ethml.chain.reverts import (
     local_time,
     revert_data,
 )
+from ethml.chain.rpc import http_web3
 from ethml.chain.tx import why_reverted
 
 ERRORS = [
@@ -235,7 +236,7 @@ def test_revert_data_from_every_layer() -> None:
 
 @pytest.fixture
 async def anvil(anvil_url: str) -> AsyncIterator[AsyncWeb3]:
-    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    w3 = http_web3(anvil_url)
     yield w3
     await w3.provider.disconnect()
 

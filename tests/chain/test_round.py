@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.logs import DISCARD
 
 from ethml.chain import (
@@ -28,6 +28,7 @@ from ethml.chain import (
     send,
     token_contract,
 )
+from ethml.chain.rpc import http_web3
 from ethml.errors import DeploymentError, TransactionReverted
 from ethml.pow._reference import search, target_for
 
@@ -44,7 +45,7 @@ async def w3(request: pytest.FixtureRequest) -> AsyncIterator[AsyncWeb3]:
         yield await embedded_chain()
     else:
         url = request.getfixturevalue("anvil_url")
-        w3 = AsyncWeb3(AsyncHTTPProvider(url))
+        w3 = http_web3(url)
         yield w3
         await w3.provider.disconnect()
 

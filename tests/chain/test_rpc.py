@@ -1,7 +1,8 @@
 """An RPC endpoint's answers are read without putting the process at risk (ethml.chain.rpc): an answer nested
 100,000 levels deep is a clear error, where web3's own `json.loads` killed the process with a segmentation fault
-(py_ecc raises Python's recursion limit to 100,000, so the C stack overflows first). Each case runs in a child
-process, so that a crash is an exit status, not the end of the test run."""
+(py_ecc raises Python's recursion limit to 100,000, so the C stack overflows first); and a cancelled request does
+not block every later one (web3's session lock). Each case runs in a child process, so that a crash or a lock held
+for good is an exit status, not the end of the test run."""
 
 from __future__ import annotations
 
@@ -126,3 +127,50 @@ def test_the_cli_says_what_the_endpoint_did(endpoint: Endpoint, tmp_path: Path) 
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     assert f"the RPC at {endpoint.url} answered with something that is not JSON-RPC" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+CANCELLED_REQUESTS = """
+import asyncio, random, sys, threading
+from web3._utils.http_session_manager import HTTPSessionManager
+from ethml.chain.rpc import http_web3
+
+async def main():
+    providers = [http_web3(sys.argv[1]) for _ in range(3)]
+    rng = random.Random(7)
+
+    async def cut_short(w3):
+        try:
+            await asyncio.wait_for(w3.eth.chain_id, rng.random() * 0.003)
+        except Exception:
+            pass
+
+    try:
+        # Another HTTP provider of the process holds web3's shared lock (a request of a plain AsyncHTTPProvider,
+        # or one whose cancellation left it held): ethml's providers do not wait for it.
+        with HTTPSessionManager._lock:
+            print("while held", await asyncio.wait_for(providers[0].eth.chain_id, 30))
+        # Bursts of requests cancelled at random moments, each burst followed by one that must be answered.
+        for burst in range(40):
+            await asyncio.gather(*(cut_short(rng.choice(providers)) for _ in range(20)))
+            await asyncio.wait_for(rng.choice(providers).eth.chain_id, 30)
+        print("after bursts", await asyncio.wait_for(providers[0].eth.chain_id, 30))
+    except TimeoutError:
+        print("hung")
+        sys.exit(1)
+    finally:
+        for w3 in providers:
+            await w3.provider.disconnect()
+
+asyncio.run(main())
+"""
+
+
+def test_a_cancelled_request_does_not_block_later_ones(endpoint: Endpoint) -> None:
+    """web3 8.0 takes one thread lock, shared by every HTTP provider of the process, for each request, and a
+    request cancelled while waiting for it (a timeout around a call, an actor stopping) could leave it held for
+    good: every later RPC call of the process hung (web3.py issue 3867; one burst of twenty cut-short calls was
+    enough, and a test of this suite hung on it). ethml's provider keeps its session per event loop without that
+    lock: requests go on while the lock is held elsewhere and after hundreds of cancelled ones."""
+    done = child(CANCELLED_REQUESTS, endpoint.url)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stdout.split() == ["while", "held", "1337", "after", "bursts", "1337"], done.stdout

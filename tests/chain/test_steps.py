@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.utils.address import get_create_address
 
 from ethml.chain import dev_account
 from ethml.chain._artifacts import load_artifact
 from ethml.chain.journal import Attempt, Journal
+from ethml.chain.rpc import http_web3
 from ethml.chain.steps import StepEvent, StepRunner
 from ethml.chain.tx import fee_fields, sign_call
 from tests.conftest import lag_receipts
@@ -25,7 +26,7 @@ DEPLOYER = dev_account(3)
 
 @pytest.fixture
 async def w3(anvil_url: str) -> Any:
-    client: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    client: AsyncWeb3[Any] = http_web3(anvil_url)
     yield client
     await client.provider.disconnect()
 

@@ -21,6 +21,7 @@ from eth_account import Account
 from web3 import Web3
 
 from ethml.chain import EML, Deployment, dev_account
+from ethml.chain.rpc import http_web3
 from ethml.devnet import start_devnet
 from tests.cli._zygote import Zygote
 from tests.conftest import ROOT, find_anvil, free_port, missing_service
@@ -89,7 +90,7 @@ def tasks(devnet: Devnet) -> Tasks:
 
 
 async def _tasks(devnet: Devnet) -> Tasks:
-    from web3 import AsyncHTTPProvider, AsyncWeb3
+    from web3 import AsyncWeb3
 
     from ethml.ipfs import Blockstore, IpfsClient
     from ethml.training import parse_spec, sklearn_dataset_csv, split_csv
@@ -103,7 +104,7 @@ async def _tasks(devnet: Devnet) -> Tasks:
         validate_task,
     )
 
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(devnet.url))
+    w3: AsyncWeb3[Any] = http_web3(devnet.url)
     try:
         dep = Deployment.find(await w3.eth.chain_id, devnet.data_dir)
         ipfs = IpfsClient(Blockstore(devnet.data_dir / "blocks"))

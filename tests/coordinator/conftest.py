@@ -21,9 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 from aiohttp import web
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from ethml.chain import EML, Deployment, Parameters, deploy_system, dev_account
+from ethml.chain.rpc import http_web3
 from ethml.coordinator.appkeys import STORE
 from ethml.coordinator.permit import PermitDomain
 from ethml.coordinator.redis_server import redis_executable
@@ -260,7 +261,7 @@ async def redis_store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def coordinator_on(anvil_url: str, root: Path) -> AsyncIterator[Coordinator]:
-    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    w3 = http_web3(anvil_url)
     deployment = await deploy_system(
         w3,
         dev_account(0),

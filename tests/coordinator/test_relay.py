@@ -20,12 +20,13 @@ import pytest
 import redis.asyncio as aioredis
 from eth_typing import HexStr
 from multidict import CIMultiDict, CIMultiDictProxy
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.providers.eth_tester import AsyncEthereumTesterProvider
 from yarl import URL
 
 from ethml.chain import EML, dev_account, token_contract, training_contract
+from ethml.chain.rpc import http_web3
 from ethml.chain.tx import fee_fields
 from ethml.coordinator import chain as chain_module
 from ethml.coordinator import follower as follower_module
@@ -2025,7 +2026,7 @@ async def test_the_keeper_mines_past_a_deadline_on_a_devnet_whose_clock_was_move
     clock the next block will have. It compared deadlines with the wall clock: on a devnet moved ahead
     (`evm_increaseTime`, as tests and demos do) no deadline passes on the wall clock, no block was mined, and a
     task's test-set window went by unrevealed. Nothing due on that clock still mines nothing."""
-    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url, request_kwargs={"timeout": 30}))
+    w3 = http_web3(anvil_url, timeout=30)
     try:
         await _moved_ahead(w3)
     finally:

@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import BlockNotFound
 
 from ethml.chain import Deployment, Parameters, deploy_system, dev_account
+from ethml.chain.rpc import http_web3
 from ethml.coordinator import server as coordinator_server
 from ethml.coordinator.appkeys import CHAIN, FATAL
 from ethml.coordinator.deployment import AnotherDeployment, DeploymentWatch, Fatal, identity
@@ -194,11 +194,11 @@ async def test_a_deployment_block_the_chain_lacks_or_a_node_that_does_not_answer
     """Reading the deployment's block at start: a chain without it (a stale deployment file) or a node that does
     not answer is a ChainError, one line from `ethml serve`, not a traceback."""
     stale = Deployment(31337, *(["0x" + "ab" * 20] * 5), block=10**9, training="0x" + "cd" * 20)
-    w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+    w3 = http_web3(anvil_url)
     with pytest.raises(ChainError, match=r"this chain has no block 1000000000.*deploy again"):
         await identity(w3, 31337, stale)
     await w3.provider.disconnect()  # type: ignore[attr-defined]
-    nobody = AsyncWeb3(AsyncHTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 10}))
+    nobody = http_web3(f"http://127.0.0.1:{free_port()}", timeout=10)
     with pytest.raises(ChainError, match="the node did not give block 1 "):
         await identity(nobody, 31337, dataclasses.replace(stale, block=1))
     await nobody.provider.disconnect()  # type: ignore[attr-defined]

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from ethml.chain import DEV_MNEMONIC, Parameters, consumer_contract, deploy_system, dev_account, ethml_contract, send
+from ethml.chain.rpc import http_web3
 from ethml.devnet import start_devnet
 from ethml.ipfs import Blockstore, IpfsClient
 from ethml.ml import Manifest, ModelStore
@@ -82,7 +83,7 @@ async def request(w3: AsyncWeb3[Any], deployment: Any, model_id: int, cid: str) 
 async def test_reorg_drops_removed_work_and_handles_the_new_fork_once(tmp_path: Path) -> None:
     port = free_port()
     proc = start_anvil(port)
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(f"http://127.0.0.1:{port}"))
+    w3: AsyncWeb3[Any] = http_web3(f"http://127.0.0.1:{port}")
     try:
         manifest, deployment = await deploy(w3)
         ipfs = IpfsClient(Blockstore(tmp_path / "blocks"))
@@ -124,7 +125,7 @@ async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path)
     state = tmp_path / "anvil-state.json"
     proc = start_anvil(port, state)
     url = f"http://127.0.0.1:{port}"
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
+    w3: AsyncWeb3[Any] = http_web3(url)
     manifest, deployment = await deploy(w3)
     ipfs = IpfsClient(Blockstore(tmp_path / "blocks"))
     wine = manifest.by_name("wine")
@@ -150,7 +151,7 @@ async def test_rpc_outage_and_restart_every_request_handled_once(tmp_path: Path)
         await stop_all(nodes)
         await w3.provider.disconnect()
         stop_anvil(proc)
-    w3 = AsyncWeb3(AsyncHTTPProvider(url))
+    w3 = http_web3(url)
     proc = start_anvil(port, state)
     try:
         for rid, raw in zip((1, 2, 3), points, strict=False):
@@ -180,7 +181,7 @@ async def test_a_round_open_across_a_devnet_restart_closes(tmp_path: Path) -> No
     raw = manifest.data_point_path(iris.data_points[1]).read_bytes()
     cid = str(IpfsClient(Blockstore(data_dir / "blocks")).add_bytes(raw))
     url = net.url
-    w3: AsyncWeb3[Any] = AsyncWeb3(AsyncHTTPProvider(url))
+    w3: AsyncWeb3[Any] = http_web3(url)
     config = NodeConfig(threads=1, poll_interval=0.05, data_dir=data_dir, max_backoff=0.5)
     early = [Node(rpc_url=url, deployment=deployment, account=dev_account(i), config=config) for i in range(2)]
     late: list[Node] = []

@@ -7,9 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from ethml.chain import Parameters, deploy_system, dev_account
+from ethml.chain.rpc import http_web3
 from ethml.training import rules
 from ethml.training.rules import RulesCache
 
@@ -26,7 +27,7 @@ def test_concurrent_requests_share_one_read(anvil_url: str, monkeypatch: pytest.
     monkeypatch.setattr(rules, "read_rules", counted)
 
     async def main() -> None:
-        w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+        w3 = http_web3(anvil_url)
         dep = await deploy_system(w3, dev_account(0), parameters=Parameters())
         cache = RulesCache(w3, dep, ttl=3600)
         got = await asyncio.gather(*(cache.get() for _ in range(50)))
@@ -43,9 +44,9 @@ def test_concurrent_requests_share_one_read(anvil_url: str, monkeypatch: pytest.
 
 def test_a_failed_read_fails_its_waiters_and_the_next_request_reads_again(anvil_url: str) -> None:
     async def main() -> None:
-        w3 = AsyncWeb3(AsyncHTTPProvider(anvil_url))
+        w3 = http_web3(anvil_url)
         dep = await deploy_system(w3, dev_account(0), parameters=Parameters())
-        dead = AsyncWeb3(AsyncHTTPProvider("http://127.0.0.1:9"))  # nothing listens on the discard port
+        dead = http_web3("http://127.0.0.1:9")  # nothing listens on the discard port
         cache = RulesCache(dead, dep)
         results = await asyncio.gather(*(cache.get() for _ in range(10)), return_exceptions=True)
         assert all(isinstance(r, Exception) for r in results)

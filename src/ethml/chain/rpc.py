@@ -7,14 +7,26 @@ and the process dies of a segmentation fault. An RPC endpoint is the operator's 
 one (a provider's outage page, a proxy, a compromised host) must cost a clear error, not every miner, relayer or
 coordinator that reads it. `RpcProvider` reads answers with `ethml.safejson` instead; an answer it cannot read
 raises `UnreadableAnswer`, a `json.JSONDecodeError` as web3 raises for an answer that is not JSON; the node's
-actors take it as they take a dropped connection (wait, then ask again)."""
+actors take it as they take a dropped connection (wait, then ask again).
+
+It also keeps its own aiohttp session per event loop, without web3's session lock. web3 8.0 takes one
+`threading.Lock`, shared by every HTTP provider of the process, for each request, acquiring it in a thread pool
+and releasing it in a `finally` that runs whether or not the acquisition finished (web3.py issue 3867). A request
+cancelled while it waits for that lock (a timeout around an RPC call, an actor stopping) releases a lock another
+request holds, and its thread then takes the lock for good: every later RPC request of every provider in the
+process hangs. One burst of twenty calls under `asyncio.wait_for` with millisecond timeouts is enough."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from typing import Any, cast
 
+from aiohttp import ClientSession, ClientTimeout, TCPConnector
+from eth_typing import URI
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3._utils.http_session_manager import HTTPSessionManager
 from web3.types import RPCResponse
 
 from ethml import safejson
@@ -32,8 +44,42 @@ class UnreadableAnswer(json.JSONDecodeError):
         return self.msg
 
 
+class _LoopSessions(HTTPSessionManager):
+    """web3's session manager with one aiohttp session per event loop, looked up and replaced without awaiting
+    anything: only the loop's own thread touches its entry, so no lock is needed and a cancelled request leaves
+    nothing held. A session that was closed, or whose loop was closed, is replaced, as web3 does; one of a loop
+    that is gone is dropped unclosed (its connections went with the loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()  # the synchronous path's lock, this manager's own instead of the class's
+
+    async def async_cache_and_return_session(
+        self, endpoint_uri: URI, session: ClientSession | None = None, request_timeout: ClientTimeout | None = None
+    ) -> ClientSession:
+        loop = asyncio.get_running_loop()
+        key = f"{id(loop)}:{endpoint_uri}"
+        cached: ClientSession | None = self.session_cache.get_cache_entry(key)
+        if cached is not None and cached._loop is loop and not cached.closed:
+            return cached
+        stale = self.session_cache.pop(key)
+        fresh = session or ClientSession(
+            raise_for_status=True, connector=TCPConnector(force_close=True, enable_cleanup_closed=True)
+        )
+        _, evicted = self.session_cache.cache(key, fresh)
+        for old in [stale, *(evicted or {}).values()]:
+            if old is not None and old._loop is loop and not old.closed:
+                await old.close()  # after the new session is in place: a cancellation here loses nothing
+        return fresh
+
+
 class RpcProvider(AsyncHTTPProvider):
-    """web3's HTTP provider, reading answers with `ethml.safejson` (nesting at most 200 levels)."""
+    """web3's HTTP provider, reading answers with `ethml.safejson` (nesting at most 200 levels), with a session
+    per event loop that no other provider's cancelled request can block (the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._request_session_manager = _LoopSessions()
 
     @staticmethod
     def decode_rpc_response(raw_response: bytes) -> RPCResponse:
