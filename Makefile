@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 NODE_BIN := node_modules/.bin
 
-.PHONY: setup venv node contracts models native demo test test-serial test-contracts test-python lint typecheck gas bench-pow clean
+.PHONY: setup venv node contracts models native demo test test-contracts test-python lint typecheck gas bench-pow clean
 
 setup: venv node
 
@@ -31,20 +31,7 @@ contracts: node
 native: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
 
-# forge (most of it solc-js compiling, on one core), ruff and mypy run beside pytest, whose two workers leave
-# about 40 % of two cores idle while tests wait on deadlines; their output follows pytest's, and `make test`
-# fails if either side failed. `make test-serial` runs the four one after the other.
-test: setup
-	@mkdir -p build
-	@echo "forge test, ruff and mypy run beside pytest (build/test-side.log); their output follows pytest's"
-	@( $(MAKE) --no-print-directory test-contracts lint typecheck > build/test-side.log 2>&1; \
-	   echo $$? > build/test-side.status ) & \
-	$(MAKE) --no-print-directory test-python; python=$$?; \
-	wait; echo "--- forge test, ruff, mypy:"; cat build/test-side.log; side=$$(cat build/test-side.status); \
-	echo "pytest: exit status $$python; forge test, ruff and mypy: exit status $$side"; \
-	test $$python -eq 0 -a $$side -eq 0
-
-test-serial: test-contracts test-python lint typecheck
+test: test-contracts test-python lint typecheck
 
 test-contracts: node
 	$(NODE_BIN)/forge test
