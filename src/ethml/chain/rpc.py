@@ -46,9 +46,11 @@ class UnreadableAnswer(json.JSONDecodeError):
 
 class _LoopSessions(HTTPSessionManager):
     """web3's session manager with one aiohttp session per event loop, looked up and replaced without awaiting
-    anything: only the loop's own thread touches its entry, so no lock is needed and a cancelled request leaves
-    nothing held. A session that was closed, or whose loop was closed, is replaced, as web3 does; one of a loop
-    that is gone is dropped unclosed (its connections went with the loop)."""
+    anything (and so without a lock: a cancelled request cannot leave anything held). A session that was closed,
+    or that belongs to a loop that has gone (a new loop at the same address), is replaced, as web3 does. A
+    session dropped from the cache is not closed here: it belongs to another loop, and closing it from this one
+    would break that loop's calls in flight. This happens only to a loop that is gone, or when more than 100
+    loops use one provider (the cache's size, as web3's); an evicted loop's next call opens a new session."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,14 +64,11 @@ class _LoopSessions(HTTPSessionManager):
         cached: ClientSession | None = self.session_cache.get_cache_entry(key)
         if cached is not None and cached._loop is loop and not cached.closed:
             return cached
-        stale = self.session_cache.pop(key)
         fresh = session or ClientSession(
             raise_for_status=True, connector=TCPConnector(force_close=True, enable_cleanup_closed=True)
         )
-        _, evicted = self.session_cache.cache(key, fresh)
-        for old in [stale, *(evicted or {}).values()]:
-            if old is not None and old._loop is loop and not old.closed:
-                await old.close()  # after the new session is in place: a cancellation here loses nothing
+        self.session_cache.pop(key)
+        self.session_cache.cache(key, fresh)
         return fresh
 
 
