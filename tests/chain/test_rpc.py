@@ -130,7 +130,7 @@ def test_the_cli_says_what_the_endpoint_did(endpoint: Endpoint, tmp_path: Path) 
 
 
 CANCELLED_REQUESTS = """
-import asyncio, random, sys, threading
+import asyncio, random, sys
 from web3._utils.http_session_manager import HTTPSessionManager
 from ethml.chain.rpc import http_web3
 
