@@ -729,3 +729,24 @@ async def test_an_unstaked_worker_refused_on_its_reconnect_still_ends(serve: Any
     finally:
         worker.stop_now()
         await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+async def test_a_worker_refused_while_connected_ends_with_the_server_s_reason(serve: Any, tmp_path: Path) -> None:
+    """The server refuses a connected worker whose stake is gone (`refused`, then a close with 4001): the worker
+    ended saying only "(4001)". It ends with the reason the server gave, after one connection."""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws)
+        await ws.send_json({"type": "refused", "message": "0xabc no longer holds a trainer stake in TrainingTasks"})
+        await ws.close(code=4001)
+
+    raw = Raw(script)
+    worker = FakeWorker(await serve(raw), tmp_path)
+    run = asyncio.create_task(worker.run())
+    try:
+        with pytest.raises(WorkerRefused, match="refused this worker: 0xabc no longer holds a trainer stake"):
+            await asyncio.wait_for(run, 60)
+        assert raw.connections == 1
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)

@@ -247,6 +247,7 @@ class Worker:
         self._resending: set[str] = set()  # results with a resend waiting (`_send_again`)
         self._answers_since: float | None = None  # draining, nothing running: since when answers are awaited
         self._refused: WorkerRefused | None = None  # why the server refused this worker, once it has
+        self._said_refused: str | None = None  # what the server said when it refused this worker while connected
         self._revoking: set[str] = set()  # revoked by the server, being stopped
         self._after_revoke: dict[str, dict[str, Any]] = {}  # sent again while being stopped: runs after
         self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
@@ -603,8 +604,9 @@ class Worker:
                 self._check_drained()
             if ws.close_code == 4003:
                 raise WorkerRefused("disconnected by an admin")
-            if ws.close_code == 4001:
-                raise WorkerRefused(f"the coordinator refused this worker ({ws.close_code})")
+            if ws.close_code == 4001:  # refused while connected (its stake is gone): the server said why first
+                said = f": {self._said_refused}" if self._said_refused else f" ({ws.close_code})"
+                raise WorkerRefused(f"the coordinator refused this worker{said}")
 
     async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The server's answer to the login (welcome or refused) within 60 s, and the messages that came
@@ -658,6 +660,8 @@ class Worker:
             self._revoke(str(data.get("job")), str(data.get("reason") or "taken back"))
         elif kind == "error":
             log.warning("server_error", message=data.get("message"))
+        elif kind == "refused":  # the close (4001) follows
+            self._said_refused = str(data.get("message"))[:200]
         self._check_drained()
 
     async def _report_load(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
