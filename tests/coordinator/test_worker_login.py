@@ -59,29 +59,37 @@ class Server:
 
 @pytest.fixture
 async def server(redis_store: Store) -> AsyncIterator[Server]:
-    async with _serving(redis_store) as served:
+    async with serving(redis_store) as served:
         yield served
 
 
 @pytest.fixture
 async def proxied(redis_store: Store) -> AsyncIterator[Server]:
     """The server behind a reverse proxy it trusts: the test's client, on 127.0.0.1, plays the proxy."""
-    async with _serving(redis_store, trusted_proxies=(trusted_network("127.0.0.1"),)) as served:
+    async with serving(redis_store, trusted_proxies=(trusted_network("127.0.0.1"),)) as served:
         yield served
 
 
 @contextlib.asynccontextmanager
-async def _serving(redis_store: Store, trusted_proxies: tuple[Network, ...] = ()) -> AsyncIterator[Server]:
+async def serving(
+    redis_store: Store, trusted_proxies: tuple[Network, ...] = (), **overrides: Any
+) -> AsyncIterator[Server]:
+    """The worker socket's route on `redis_store` and a FakeChain, with these ServeConfig `overrides`."""
     config = types.SimpleNamespace(
         instance="instance-1",
         heartbeat_interval=1.0,
         heartbeat_timeout=6.0,
+        login_within=10.0,
+        worker_message_rate=20.0,
+        worker_message_burst=100,
+        stake_recheck=60.0,
         ip_rate=50.0,
         ip_burst=100,
         login_rate=0.01,
         login_burst=3,
         trusted_proxies=trusted_proxies,
     )
+    vars(config).update(overrides)
     chain, metrics = FakeChain(), Metrics()
     app = web.Application(middlewares=[errors_and_metrics])
     app[CONFIG] = config  # type: ignore[assignment]

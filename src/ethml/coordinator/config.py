@@ -64,8 +64,19 @@ class ServeConfig:
     #: would leave less is refused with 507).
     upload_quota_mib: float = 1024.0
     min_free_disk_mib: float = 1024.0
+    #: Seconds between a worker's load reports (its heartbeat), and without one after which it is disconnected.
     heartbeat_interval: float = 3.0
     heartbeat_timeout: float = 15.0
+    #: Seconds a /ws/worker connection has to log in (WebSocket pings and pongs do not extend it).
+    login_within: float = 10.0
+    #: Messages a logged-in worker may send per second, in bursts of up to `worker_message_burst`; the
+    #: connection of one that sends more is closed (1008). A worker sends a load report per heartbeat and
+    #: one message per job it finishes or hands back.
+    worker_message_rate: float = 20.0
+    worker_message_burst: int = 100
+    #: Seconds between checks (on its load reports) that a connected worker's account still holds its role's
+    #: stake: one that unstaked is refused (4001), as its next login would be.
+    stake_recheck: float = 60.0
     job_timeout: float = 30.0
     #: Seconds a job may take beyond its task's training time limit (once per training it may need)
     #: before it is taken back from a worker that is still connected but has not reported it.

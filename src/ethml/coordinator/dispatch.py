@@ -139,6 +139,9 @@ class WorkerConn:
     session: str = field(default_factory=lambda: secrets.token_hex(8))  # this connection, in its stored record
     upload_token: str | None = None  # given at login; kept alive while the connection reports its load
     token_renewed: float = field(default_factory=time.monotonic)
+    stake_checked: float = field(default_factory=time.monotonic)  # the login checked it
+    _tokens: float | None = field(default=None, repr=False)  # messages the worker may still send at once
+    _tokens_at: float = field(default=0.0, repr=False)
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
         default_factory=deque, repr=False
@@ -260,6 +263,18 @@ class WorkerConn:
         """Drop the connection at once, whatever is still buffered for it."""
         if self.transport is not None:
             self.transport.abort()
+
+    def take_message(self, rate: float, burst: int) -> bool:
+        """Whether the worker may send one more message now: a token bucket of `burst` messages refilled at
+        `rate` a second."""
+        now = time.monotonic()
+        tokens = burst if self._tokens is None else min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if tokens < 1:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1
+        return True
 
     def drop(self, job: str) -> None:
         """Forget a job: finished, handed back, taken back, or never sent (a dispatch pass may have
@@ -476,7 +491,7 @@ class Dispatcher:
         job = fields["job"]
         if await self._dead_letter_if_spent(stream, entry_id, delivered, job, role):
             return  # reclaimed past its limit, and not dead-lettered yet: never one delivery more
-        if await self.store.result(job) is not None:  # finished already (a late duplicate delivery)
+        if await self.store.has_result(job):  # finished already (a late duplicate delivery)
             await self.store.finish_entry(stream, GROUP, entry_id)
             return
         doc = await self._tracking(fields)

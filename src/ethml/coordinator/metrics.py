@@ -61,6 +61,13 @@ class Metrics:
             "Connections closed as they were made: their client had --max-client-connections open already",
             registry=self.registry,
         )
+        self.workers_cut = Counter(
+            "ethml_workers_disconnected_total",
+            "Logged-in workers this instance disconnected, by reason (silent: no load report within the heartbeat "
+            "timeout; flooding: messages over the per-connection rate; unstaked: its account's stake is gone)",
+            ["reason"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:

@@ -50,8 +50,13 @@ class Observer:
                     "workers": len(workers),
                 }
             )
-        # Workers that stopped heartbeating (their socket may linger): drop them; their jobs time out.
-        for conn in conns:
+        self.drop_silent()
+
+    def drop_silent(self) -> None:
+        """Disconnect the workers that sent no load report (their heartbeat) within the heartbeat timeout (their
+        socket may linger); their jobs time out and go to others."""
+        for conn in list(self.dispatcher.conns.values()):
             if time.monotonic() - conn.last_seen > self.heartbeat_timeout:
                 log.warning("worker_silent", worker=conn.consumer)
+                self.metrics.workers_cut.labels("silent").inc()
                 conn.post_close(4002, b"no heartbeat")  # not waited for: one that stalls holds up only itself

@@ -3,6 +3,7 @@ from them, so the two cannot drift apart. Every limit is explicit; a rejection n
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any, Literal
 
@@ -277,6 +278,23 @@ class LoadReport(BaseModel):
     cluster: ClusterSize | None = None
 
 
+#: The most characters of a job result's `detail` (as JSON, unless it is text) the server keeps and logs.
+DETAIL_CHARS = 4000
+
+
+def _bounded_detail(detail: Any) -> Any:
+    """A worker's `detail` as it is stored and logged: as sent when its text (its JSON, unless it is a string) is
+    at most DETAIL_CHARS long, else that text cut there. A worker's ordinary detail (a model's CID and hash, a
+    vote's scores, an error's message) is far shorter; one of 60 KB was stored, logged with each failure, and
+    read back whole for every result any worker sent for the job."""
+    if detail is None:
+        return None
+    text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
+    if len(text) <= DETAIL_CHARS:
+        return detail
+    return f"{text[:DETAIL_CHARS]}... ({len(text) - DETAIL_CHARS} characters cut)"
+
+
 class JobResult(BaseModel):
     """A worker's result for a job, naming the delivery it was sent with (unknown fields ignored)."""
 
@@ -284,7 +302,7 @@ class JobResult(BaseModel):
     job: Annotated[str, StringConstraints(strict=True, pattern=JOB_ID)]
     delivery: int | None = Field(default=None, ge=1, le=1000, strict=True)
     ok: bool = Field(default=False, strict=True)
-    detail: dict[str, Any] | list[Any] | str | None = None
+    detail: Annotated[dict[str, Any] | list[Any] | str | None, AfterValidator(_bounded_detail)] = None
     tx: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
 
 

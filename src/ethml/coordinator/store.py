@@ -557,6 +557,9 @@ class Store:
         raw = await self.redis.get(k.result(job_id))
         return json.loads(raw) if raw else None
 
+    async def has_result(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(k.result(job_id)))
+
     async def queue_depth(self) -> dict[str, int]:
         depth = {}
         for role in ("trainer", "validator"):

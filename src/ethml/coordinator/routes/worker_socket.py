@@ -1,9 +1,12 @@
 """GET /ws/worker: the workers' WebSocket. After the login (`worker_login`), a worker sends load
 reports (its heartbeat), job results, and when it stops a drain or the jobs it hands back; the server
-sends jobs (`dispatch`) and acknowledgements."""
+sends jobs (`dispatch`) and acknowledgements. The login has `login_within` seconds, pings or not; a
+logged-in worker's messages are rate-limited per connection, only its load reports keep it connected,
+and its stake is checked again on them every `stake_recheck` seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -43,11 +46,14 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         challenge = {"type": "challenge", "nonce": nonce, "server": cfg.instance, "chain_id": app[CHAIN].chain_id}
         try:
             await ws.send_json(challenge)
-            msg = await ws.receive(timeout=10)
+            # One deadline for the login: `receive(timeout=...)` starts its timer again after each ping or pong
+            # (which aiohttp answers inside it), so a client pinging every few seconds never had to log in.
+            async with asyncio.timeout(cfg.login_within):
+                msg = await ws.receive()
         except ConnectionError:
             return ws  # hung up at once
         except TimeoutError:
-            await refuse(ws, "no login within 10 s")
+            await refuse(ws, f"no login within {cfg.login_within:g} s")
             return ws
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             # before its login: no one to answer
@@ -59,7 +65,12 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
-            conn.last_seen = time.monotonic()  # any message is a sign of life
+            if not conn.take_message(cfg.worker_message_rate, cfg.worker_message_burst):
+                # Each message costs a log line or Redis calls: a worker's socket is no way around the HTTP limits.
+                log.warning("worker_flooding", worker=conn.consumer, rate=cfg.worker_message_rate)
+                app[METRICS].workers_cut.labels("flooding").inc()
+                await conn.close(1008, f"more than {cfg.worker_message_rate:g} messages a second".encode())
+                break
             try:
                 message = WORKER_MESSAGE.validate_json(msg.data)
             except ValidationError as exc:
@@ -67,6 +78,12 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 await conn.send({"type": "error", "message": f"{where or 'message'}: {problem}"})
                 continue
             if isinstance(message, LoadReport):
+                # The heartbeat: only a load report keeps the worker connected (it is what writes the worker's
+                # record and reads an admin's disconnection); other messages alone would keep a worker that
+                # /api/workers does not list, and no admin can disconnect, taking jobs.
+                conn.last_seen = time.monotonic()
+                if not await _still_staked(app, conn):
+                    break
                 conn.cpu, conn.memory = message.cpu, message.memory
                 conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
                 # (Not written while the worker's latest login is another connection's: this one takes no job.)
@@ -104,6 +121,32 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 await conn.stop()
                 log.info("worker_left", worker=conn.consumer, running=list(conn.running))
     return ws
+
+
+async def _still_staked(app: web.Application, conn: WorkerConn) -> bool:
+    """False when the worker's account no longer holds its role's stake (asked at most every `stake_recheck`
+    seconds): the worker is refused, as its next login would be, since its commitments would revert. An RPC that
+    fails or takes over 10 s keeps the worker (asked again after `stake_recheck`): a chain node's outage must not
+    disconnect every worker."""
+    now = time.monotonic()
+    if now - conn.stake_checked < app[CONFIG].stake_recheck:
+        return True
+    conn.stake_checked = now
+    role = 0 if conn.role == "trainer" else 1
+    try:
+        async with asyncio.timeout(10):
+            staked = await app[CHAIN].tasks.functions.isStaked(conn.address, role).call()
+    except (*BACKEND_ERRORS, TimeoutError) as exc:
+        log.warning("worker_stake_unchecked", worker=conn.consumer, error=str(exc) or type(exc).__name__)
+        return True
+    if staked:
+        return True
+    reason = f"{conn.address} no longer holds a {conn.role} stake in TrainingTasks"
+    log.info("worker_unstaked", worker=conn.consumer, running=list(conn.running))
+    app[METRICS].workers_cut.labels("unstaked").inc()
+    await conn.send({"type": "refused", "message": reason})
+    await conn.close(4001, reason.encode()[:120])
+    return False
 
 
 async def _result(app: web.Application, conn: WorkerConn, message: JobResult) -> None:

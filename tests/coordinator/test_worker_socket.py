@@ -1,0 +1,181 @@
+"""A logged-in worker's connection on /ws/worker, against the real route, store and dispatcher on a real Redis and a
+chain whose `isStaked` the test controls: what keeps a worker connected, what its messages may cost, and the
+deadline of a login."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from eth_account import Account
+
+from ethml.coordinator.appkeys import DISPATCHER, METRICS
+from ethml.coordinator.observe import Observer
+from ethml.coordinator.permit import sign_login
+from ethml.coordinator.schemas import DETAIL_CHARS, WORKER_MESSAGE
+from ethml.coordinator.store import Store
+from tests.coordinator.test_worker_login import Server, serving
+from tests.node.conftest import wait_until
+
+
+async def _logged_in(session: aiohttp.ClientSession, server: Server) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    """A fresh staked trainer logged in: its socket and its consumer name."""
+    account = Account.create()
+    server.chain.staked.add(account.address.lower())
+    ws = await session.ws_connect(server.url)
+    challenge = await ws.receive_json(timeout=30)
+    signature = sign_login(account.key, challenge["server"], challenge["nonce"], "trainer")
+    await ws.send_json({"type": "auth", "role": "trainer", "address": account.address, "signature": signature})
+    welcome = await ws.receive_json(timeout=30)
+    assert welcome["type"] == "welcome", welcome
+    return ws, f"{welcome['address']}:{welcome['worker_id']}"
+
+
+async def _until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    """The messages the server sends until it closes the socket, within 30 s in all (a timeout per read would start
+    again after each pong the client's pings bring)."""
+    got = []
+    async with asyncio.timeout(30):
+        while True:
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+                return got
+            got.append(msg.json())
+
+
+def _cut(server: Server, reason: str) -> float:
+    return (
+        server.server.app[METRICS].registry.get_sample_value("ethml_workers_disconnected_total", {"reason": reason})
+        or 0.0
+    )
+
+
+@pytest.mark.parametrize("keepalive", ["ping", "pong"])
+async def test_pings_do_not_stretch_the_time_to_log_in(redis_store: Store, keepalive: str) -> None:
+    """The login's 10 s were a timeout per read, started again after each ping or pong (aiohttp answers them inside
+    the read): a client pinging every few seconds kept an unauthenticated connection open for good. The login has
+    one deadline now, pings or not."""
+    async with (
+        serving(redis_store, login_within=1.5) as server,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(server.url) as ws,
+    ):
+        await ws.receive_json(timeout=30)  # the challenge
+        started = time.monotonic()
+
+        async def keep_alive() -> None:
+            while not ws.closed:
+                await (ws.ping() if keepalive == "ping" else ws.pong())
+                await asyncio.sleep(0.2)
+
+        pinger = asyncio.create_task(keep_alive())
+        try:
+            said = await _until_closed(ws)
+        finally:
+            pinger.cancel()
+        assert said == [{"type": "refused", "message": "no login within 1.5 s"}]
+        assert ws.close_code == 4001 and time.monotonic() - started < 25
+
+
+async def test_only_load_reports_keep_a_worker_connected(redis_store: Store) -> None:
+    """Any message counted as a heartbeat, but only a load report writes the worker's record (what /api/workers
+    lists) and reads an admin's disconnection: a worker sending anything else every few seconds was listed nowhere,
+    could not be disconnected, and was still given jobs. It is disconnected as silent now; one that reports its
+    load stays."""
+    async with serving(redis_store, heartbeat_timeout=1.0) as server, aiohttp.ClientSession() as session:
+        app = server.server.app
+        silent, silent_name = await _logged_in(session, server)
+        loud, loud_name = await _logged_in(session, server)
+        for i in range(12):  # 2.4 s: past the heartbeat timeout
+            await silent.send_json({"type": "result", "job": "1:train:0", "delivery": 1})  # never delivered to it
+            await silent.send_json({"type": "nonsense", "n": i})
+            await loud.send_json({"type": "load", "cpu": 1.0, "memory": 1.0})
+            await asyncio.sleep(0.2)
+        answers = [await silent.receive_json(timeout=30) for _ in range(24)]  # read: every message was handled
+        assert {a["type"] for a in answers} == {"ack", "error"}, answers
+        observer = Observer(server.chain, redis_store, app[DISPATCHER], app[METRICS], heartbeat_timeout=1.0)  # type: ignore[arg-type]
+        observer.drop_silent()
+        assert await _until_closed(silent) == [] and silent.close_code == 4002
+        assert loud_name in app[DISPATCHER].conns and not loud.closed
+        assert silent_name != loud_name and _cut(server, "silent") == 1
+        await loud.close()
+
+
+async def test_a_worker_flooding_its_socket_is_disconnected(redis_store: Store) -> None:
+    """A logged-in worker's messages had no limit: each result or drain wrote a log line and each load report ran
+    Redis scripts, thousands a second from one connection, around the HTTP limits. Past its rate (5 a burst, 20 a
+    second here) the connection is closed with 1008; a worker within it is served as before."""
+    async with (
+        serving(redis_store, worker_message_rate=20.0, worker_message_burst=5) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        steady, _ = await _logged_in(session, server)
+        for i in range(20):  # 10 a second for 2 s: within the rate
+            await steady.send_json({"type": "nonsense", "n": i})
+            await asyncio.sleep(0.1)
+        assert [(await steady.receive_json(timeout=30))["type"] for _ in range(20)] == ["error"] * 20
+        flooding, _ = await _logged_in(session, server)
+        for i in range(200):
+            await flooding.send_json({"type": "nonsense", "n": i})
+        answers = await _until_closed(flooding)
+        assert flooding.close_code == 1008, answers
+        assert 5 <= len(answers) < 20 and {a["type"] for a in answers} == {"error"}, answers
+        assert _cut(server, "flooding") == 1
+        await steady.send_json({"type": "nonsense"})
+        assert (await steady.receive_json(timeout=30))["type"] == "error"
+        await steady.close()
+
+
+async def test_a_worker_whose_stake_is_gone_is_refused_on_its_next_check(redis_store: Store) -> None:
+    """The stake was checked at the login only: a trainer that unstaked kept its connection and was given training
+    jobs whose commitments would revert, each held until its time limit. Its load reports check the stake again
+    (every 0.2 s here): a chain RPC that fails keeps the worker, an account without its stake is refused (4001) with
+    the reason, as its next login would be."""
+    async with serving(redis_store, stake_recheck=0.2) as server, aiohttp.ClientSession() as session:
+        app = server.server.app
+        ws, name = await _logged_in(session, server)
+        server.chain.failing = True
+        calls = server.chain.calls
+        for _ in range(10):
+            await ws.send_json({"type": "load", "cpu": 1.0, "memory": 1.0})
+            await asyncio.sleep(0.1)
+
+        async def asked_twice() -> bool:
+            return server.chain.calls >= calls + 2
+
+        await wait_until(asked_twice, timeout=30, what="the stake to be asked again")
+        assert name in app[DISPATCHER].conns and not ws.closed  # an outage is no refusal
+        server.chain.failing = False
+        server.chain.staked.clear()  # unstaked
+        await asyncio.sleep(0.3)
+        await ws.send_json({"type": "load", "cpu": 1.0, "memory": 1.0})
+        said = await _until_closed(ws)
+        assert ws.close_code == 4001, said
+        assert said[-1]["type"] == "refused" and "no longer holds a trainer stake" in said[-1]["message"], said
+        assert _cut(server, "unstaked") == 1
+
+        async def gone() -> bool:
+            return name not in app[DISPATCHER].conns
+
+        await wait_until(gone, timeout=30, what="the connection to be dropped")
+
+
+def test_a_result_s_detail_is_kept_to_its_first_characters() -> None:
+    """A `detail` of 60 KB was stored whole, logged with each failure, and read back whole for every result any
+    worker sent for the job. It is cut to DETAIL_CHARS of its text; an ordinary one is kept as sent."""
+
+    def detail(value: Any) -> Any:
+        return WORKER_MESSAGE.validate_json(json.dumps({"type": "result", "job": "1:train:0", "detail": value})).detail
+
+    assert detail("x" * 60_000) == "x" * DETAIL_CHARS + f"... ({60_000 - DETAIL_CHARS} characters cut)"
+    scores = {"scores": list(range(5000))}
+    cut = detail(scores)
+    assert isinstance(cut, str) and cut.startswith('{"scores": [0, 1, 2') and cut.endswith(" characters cut)")
+    assert len(cut) < DETAIL_CHARS + 40
+    usual = {"model_cid": "bafkrei" + "a" * 52, "sha256": "ab" * 32, "tx": "0x" + "12" * 32}
+    assert detail(usual) == usual and detail("an RPC error") == "an RPC error" and detail(None) is None
