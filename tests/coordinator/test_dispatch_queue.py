@@ -127,13 +127,13 @@ def _draining_during_the_claim(
 
 def _drains_at_the_next_claim(store: Store, monkeypatch: pytest.MonkeyPatch, conn: dispatch.WorkerConn) -> None:
     """`conn` drains during the next assignment's awaits (while the dispatcher asks whether the job has a result)."""
-    result = store.result
+    has_result = store.has_result
 
-    async def result_while_draining(job: str) -> object:
+    async def asked_while_draining(job: str) -> bool:
         conn.draining = True  # the socket handler ran in between
-        return await result(job)
+        return await has_result(job)
 
-    monkeypatch.setattr(store, "result", result_while_draining)
+    monkeypatch.setattr(store, "has_result", asked_while_draining)
 
 
 SEAT, SEAT_VALIDATOR = "1:validate:0", "0x" + "e5" * 20
