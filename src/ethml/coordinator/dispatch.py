@@ -140,8 +140,9 @@ class WorkerConn:
     upload_token: str | None = None  # given at login; kept alive while the connection reports its load
     token_renewed: float = field(default_factory=time.monotonic)
     stake_checked: float = field(default_factory=time.monotonic)  # the login checked it
-    _tokens: float | None = field(default=None, repr=False)  # messages the worker may still send at once
-    _tokens_at: float = field(default=0.0, repr=False)
+    busy: float = 0.0  # seconds spent on the worker's messages since its last load report (`silent_for`)
+    handling_since: float | None = None  # when the message being handled now was read
+    throttled_logged: float = 0.0  # when its messages were last logged as read at the rate
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
         default_factory=deque, repr=False
@@ -264,17 +265,11 @@ class WorkerConn:
         if self.transport is not None:
             self.transport.abort()
 
-    def take_message(self, rate: float, burst: int) -> bool:
-        """Whether the worker may send one more message now: a token bucket of `burst` messages refilled at
-        `rate` a second."""
-        now = time.monotonic()
-        tokens = burst if self._tokens is None else min(burst, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if tokens < 1:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - 1
-        return True
+    def silent_for(self, now: float) -> float:
+        """Seconds since the worker's last load report, less the time the server spent on its messages since then
+        (a load report read late because the messages before it took long is not the worker's silence)."""
+        handling = now - self.handling_since if self.handling_since is not None else 0.0
+        return now - self.last_seen - self.busy - handling
 
     def drop(self, job: str) -> None:
         """Forget a job: finished, handed back, taken back, or never sent (a dispatch pass may have
@@ -338,6 +333,22 @@ class Dispatcher:
         self._docs: dict[tuple[str | None, str], dict[str, Any] | None] = {}  # read this pass, by chain task and id
         self._standing: dict[str, int] = {}  # read this pass, by account (lower case)
         self._given: dict[str, float] = {}  # read this pass, by account: when it was last given a training job
+        self._message_buckets: dict[str, tuple[float, float]] = {}  # by account: tokens, when counted
+
+    def message_wait(self, account: str, rate: float, burst: int) -> float:
+        """Seconds to wait before handling one more message of `account`'s workers (all its connections to this
+        instance together): a token bucket of `burst` messages refilled at `rate` a second, whose token is
+        taken now (a bucket may go into debt: concurrent connections each wait their turn). Kept across
+        reconnections, so logging in again buys no burst; a bucket that would be full again is forgotten."""
+        now = time.monotonic()
+        tokens, at = self._message_buckets.get(account, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate) - 1
+        self._message_buckets[account] = (tokens, now)
+        if len(self._message_buckets) > 1000:
+            self._message_buckets = {
+                a: (t, when) for a, (t, when) in self._message_buckets.items() if t + (now - when) * rate < burst
+            }
+        return -tokens / rate if tokens < 0 else 0.0
 
     async def run_pass(self) -> None:
         self._docs = {}  # each task document read once a pass, however many of its jobs wait

@@ -64,8 +64,13 @@ class Metrics:
         self.workers_cut = Counter(
             "ethml_workers_disconnected_total",
             "Logged-in workers this instance disconnected, by reason (silent: no load report within the heartbeat "
-            "timeout; flooding: messages over the per-connection rate; unstaked: its account's stake is gone)",
+            "timeout; unstaked: a trainer whose account's stake is gone)",
             ["reason"],
+            registry=self.registry,
+        )
+        self.worker_messages_delayed = Counter(
+            "ethml_worker_messages_delayed_total",
+            "Workers' messages read late: their account's workers sent more than the message rate",
             registry=self.registry,
         )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}

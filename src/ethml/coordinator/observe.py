@@ -26,6 +26,7 @@ class Observer:
         self.last_sample = 0.0
 
     async def step(self) -> None:
+        self.drop_silent()  # first: a chain node or Redis that is down does not keep silent workers connected
         self.chain.head = int(await self.chain.w3.eth.block_number)
         depth = await self.store.queue_depth()
         for name, value in depth.items():
@@ -50,13 +51,14 @@ class Observer:
                     "workers": len(workers),
                 }
             )
-        self.drop_silent()
 
     def drop_silent(self) -> None:
-        """Disconnect the workers that sent no load report (their heartbeat) within the heartbeat timeout (their
-        socket may linger); their jobs time out and go to others."""
+        """Disconnect the workers that sent no load report (their heartbeat) within the heartbeat timeout, not
+        counting the time this server spent on their messages (their socket may linger); their jobs time out and go
+        to others."""
+        now = time.monotonic()
         for conn in list(self.dispatcher.conns.values()):
-            if time.monotonic() - conn.last_seen > self.heartbeat_timeout:
+            if conn.silent_for(now) > self.heartbeat_timeout:
                 log.warning("worker_silent", worker=conn.consumer)
                 self.metrics.workers_cut.labels("silent").inc()
                 conn.post_close(4002, b"no heartbeat")  # not waited for: one that stalls holds up only itself

@@ -278,21 +278,25 @@ class LoadReport(BaseModel):
     cluster: ClusterSize | None = None
 
 
-#: The most characters of a job result's `detail` (as JSON, unless it is text) the server keeps and logs.
+#: The most characters of a job result's `detail` the server keeps and logs, counted as JSON with every character
+#: outside ASCII escaped (as it is stored: an emoji is 12), besides the note of what was cut.
 DETAIL_CHARS = 4000
 
 
-def _bounded_detail(detail: Any) -> Any:
-    """A worker's `detail` as it is stored and logged: as sent when its text (its JSON, unless it is a string) is
-    at most DETAIL_CHARS long, else that text cut there. A worker's ordinary detail (a model's CID and hash, a
-    vote's scores, an error's message) is far shorter; one of 60 KB was stored, logged with each failure, and
-    read back whole for every result any worker sent for the job."""
-    if detail is None:
-        return None
-    text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
-    if len(text) <= DETAIL_CHARS:
+def bounded_detail(detail: Any) -> Any:
+    """A worker's `detail` as it is stored and logged: as sent when its JSON is at most DETAIL_CHARS long, else its
+    text (its JSON, unless it is a string) cut short enough, with a note of how much was cut. A worker's ordinary
+    detail (a model's CID and hash, a vote's scores, an error's message) is far shorter; one of 60 KB was stored,
+    logged with each failure, and read back whole for every result any worker sent for the job."""
+    if detail is None or len(json.dumps(detail, default=str)) <= DETAIL_CHARS:
         return detail
-    return f"{text[:DETAIL_CHARS]}... ({len(text) - DETAIL_CHARS} characters cut)"
+    text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
+    keep = DETAIL_CHARS
+    while True:  # (fewer characters where they are escaped: at most a few rounds)
+        cut = f"{text[:keep]}... ({len(text) - keep} characters cut)"
+        if len(json.dumps(cut)) <= DETAIL_CHARS + 100 or keep == 0:
+            return cut
+        keep //= 2
 
 
 class JobResult(BaseModel):
@@ -302,7 +306,7 @@ class JobResult(BaseModel):
     job: Annotated[str, StringConstraints(strict=True, pattern=JOB_ID)]
     delivery: int | None = Field(default=None, ge=1, le=1000, strict=True)
     ok: bool = Field(default=False, strict=True)
-    detail: Annotated[dict[str, Any] | list[Any] | str | None, AfterValidator(_bounded_detail)] = None
+    detail: Annotated[dict[str, Any] | list[Any] | str | None, AfterValidator(bounded_detail)] = None
     tx: Annotated[str, StringConstraints(strict=True, pattern=r"^0x[0-9a-fA-F]{64}$")] | None = None
 
 

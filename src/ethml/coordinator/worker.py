@@ -52,7 +52,7 @@ from ethml import safejson
 from ethml.chain.deploy import Deployment
 from ethml.coordinator.background import cancel_and_wait, stop_if_cancelled
 from ethml.coordinator.permit import sign_login
-from ethml.coordinator.schemas import JOB_ID, MAX_FILE_BYTES, WORKER_ID
+from ethml.coordinator.schemas import JOB_ID, MAX_FILE_BYTES, WORKER_ID, bounded_detail
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.ipfs import IpfsClient
 from ethml.paths import data_home
@@ -739,6 +739,7 @@ class Worker:
             log.exception("job_crashed", job=job_id)
             detail = redact_urls(f"the worker failed: {type(exc).__name__}: {exc}")
             result = {"type": "result", "job": job_id, "ok": False, "detail": detail, "tx": None}
+        result["detail"] = bounded_detail(result["detail"])  # (the server reads no message over 16 KiB)
         result["delivery"] = job.get("delivery")
         result["seconds"] = round(time.monotonic() - started, 2)
         if self._refused is None:  # (refused: no answer can come any more, nothing to wait for)

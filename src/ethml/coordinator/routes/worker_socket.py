@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
+from web3.exceptions import Web3Exception
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
 from ethml.coordinator.auth import client_address
@@ -25,6 +26,10 @@ from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResu
 
 #: Seconds between renewals of a connected worker's upload token (on its load reports).
 TOKEN_RENEWAL = 3600.0
+
+#: The longest message of a logged-in worker that is read: a load report, a result (its `detail` cut to
+#: DETAIL_CHARS by the worker), a release or a drain is far shorter. A longer one is answered with an error.
+MESSAGE_CHARS = 16 * 1024
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -65,45 +70,22 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
-            if not conn.take_message(cfg.worker_message_rate, cfg.worker_message_burst):
-                # Each message costs a log line or Redis calls: a worker's socket is no way around the HTTP limits.
-                log.warning("worker_flooding", worker=conn.consumer, rate=cfg.worker_message_rate)
-                app[METRICS].workers_cut.labels("flooding").inc()
-                await conn.close(1008, f"more than {cfg.worker_message_rate:g} messages a second".encode())
-                break
+            wait = dispatcher.message_wait(conn.address, cfg.worker_message_rate, cfg.worker_message_burst)
+            if wait > 0:
+                # Each message costs a log line or Redis calls: an account's sockets are no way around the HTTP
+                # limits. Its messages are read at the rate (the rest wait in the socket's buffers); none is cut.
+                app[METRICS].worker_messages_delayed.inc()
+                if time.monotonic() - conn.throttled_logged >= 10:
+                    conn.throttled_logged = time.monotonic()
+                    log.warning("worker_throttled", worker=conn.consumer, rate=cfg.worker_message_rate)
+                await asyncio.sleep(wait)
+            started = conn.handling_since = time.monotonic()
             try:
-                message = WORKER_MESSAGE.validate_json(msg.data)
-            except ValidationError as exc:
-                where, problem = first_error(exc)
-                await conn.send({"type": "error", "message": f"{where or 'message'}: {problem}"})
-                continue
-            if isinstance(message, LoadReport):
-                # The heartbeat: only a load report keeps the worker connected (it is what writes the worker's
-                # record and reads an admin's disconnection); other messages alone would keep a worker that
-                # /api/workers does not list, and no admin can disconnect, taking jobs.
-                conn.last_seen = time.monotonic()
-                if not await _still_staked(app, conn):
+                if not await _handle(app, conn, msg.data, started):
                     break
-                conn.cpu, conn.memory = message.cpu, message.memory
-                conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
-                # (Not written while the worker's latest login is another connection's: this one takes no job.)
-                await store.put_worker(conn.view(), cfg.heartbeat_timeout)
-                if conn.upload_token is not None and time.monotonic() - conn.token_renewed >= TOKEN_RENEWAL:
-                    # A worker connected for days still uploads its models: its token lives as long as it.
-                    await store.renew_upload_token(conn.upload_token)
-                    conn.token_renewed = time.monotonic()
-                if await store.take_kick(conn.consumer, conn.session):
-                    await conn.close(4003, b"disconnected by an admin")
-            elif isinstance(message, Drain):
-                conn.draining = True
-                await store.put_worker(conn.view(), cfg.heartbeat_timeout)
-                # Every job dispatched before this point reached the worker before this answer.
-                await conn.send({"type": "draining", "running": sorted(conn.running)})
-                log.info("worker_draining", worker=conn.consumer, running=list(conn.running))
-            elif isinstance(message, JobRelease):
-                await _release(app, conn, message)
-            else:
-                await _result(app, conn, message)
+            finally:
+                conn.busy += time.monotonic() - started
+                conn.handling_since = None
     except BACKEND_ERRORS as exc:
         # Redis or the chain RPC failed (during the login, or serving the worker): the socket is upgraded, so
         # no HTTP 503 can be written on it; the worker is told and reconnects. (Sends to a worker that hung
@@ -123,20 +105,64 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def _handle(app: web.Application, conn: WorkerConn, data: str, started: float) -> bool:
+    """One message of a logged-in worker (read at `started`); False once the connection is to end."""
+    cfg, store = app[CONFIG], app[STORE]
+    if len(data) > MESSAGE_CHARS:  # (what a worker sends is far shorter; not parsed)
+        await conn.send({"type": "error", "message": f"message: over {MESSAGE_CHARS} characters"})
+        return True
+    try:
+        message = WORKER_MESSAGE.validate_json(data)
+    except ValidationError as exc:
+        where, problem = first_error(exc)
+        await conn.send({"type": "error", "message": f"{where or 'message'}: {problem}"})
+        return True
+    if isinstance(message, LoadReport):
+        # The heartbeat: only a load report keeps the worker connected (it is what writes the worker's record
+        # and reads an admin's disconnection); other messages alone would keep a worker that /api/workers does
+        # not list, and no admin can disconnect, taking jobs. The time the server spends on the worker's
+        # messages does not count as silence (`WorkerConn.silent_for`): a load report that waited behind
+        # results whose commitments a slow chain node took seconds to show came late through no fault of its.
+        conn.last_seen, conn.busy = started, 0.0
+        if not await _still_staked(app, conn):
+            return False
+        conn.cpu, conn.memory = message.cpu, message.memory
+        conn.cluster = message.cluster.model_dump() if message.cluster is not None else None
+        # (Not written while the worker's latest login is another connection's: this one takes no job.)
+        await store.put_worker(conn.view(), cfg.heartbeat_timeout)
+        if conn.upload_token is not None and time.monotonic() - conn.token_renewed >= TOKEN_RENEWAL:
+            # A worker connected for days still uploads its models: its token lives as long as it.
+            await store.renew_upload_token(conn.upload_token)
+            conn.token_renewed = time.monotonic()
+        if await store.take_kick(conn.consumer, conn.session):
+            await conn.close(4003, b"disconnected by an admin")
+    elif isinstance(message, Drain):
+        conn.draining = True
+        await store.put_worker(conn.view(), cfg.heartbeat_timeout)
+        # Every job dispatched before this point reached the worker before this answer.
+        await conn.send({"type": "draining", "running": sorted(conn.running)})
+        log.info("worker_draining", worker=conn.consumer, running=list(conn.running))
+    elif isinstance(message, JobRelease):
+        await _release(app, conn, message)
+    else:
+        await _result(app, conn, message)
+    return True
+
+
 async def _still_staked(app: web.Application, conn: WorkerConn) -> bool:
-    """False when the worker's account no longer holds its role's stake (asked at most every `stake_recheck`
-    seconds): the worker is refused, as its next login would be, since its commitments would revert. An RPC that
-    fails or takes over 10 s keeps the worker (asked again after `stake_recheck`): a chain node's outage must not
-    disconnect every worker."""
+    """False when a trainer's account no longer holds a trainer stake (asked at most every `stake_recheck` seconds):
+    the worker is refused, as its next login would be, since its commitments would revert. An RPC that fails, or
+    takes over 10 s, keeps the worker (asked again after `stake_recheck`): a chain node's outage must not
+    disconnect every worker. A validator is not asked: its seats are drawn for it and stay its own after it asks
+    to unstake (and `commitScores` takes no stake), and cutting it off would make each a no-show."""
     now = time.monotonic()
-    if now - conn.stake_checked < app[CONFIG].stake_recheck:
+    if conn.role != "trainer" or now - conn.stake_checked < app[CONFIG].stake_recheck:
         return True
     conn.stake_checked = now
-    role = 0 if conn.role == "trainer" else 1
     try:
         async with asyncio.timeout(10):
-            staked = await app[CHAIN].tasks.functions.isStaked(conn.address, role).call()
-    except (*BACKEND_ERRORS, TimeoutError) as exc:
+            staked = await app[CHAIN].tasks.functions.isStaked(conn.address, 0).call()
+    except (*BACKEND_ERRORS, Web3Exception, TimeoutError) as exc:  # (a lagging node's empty answer included)
         log.warning("worker_stake_unchecked", worker=conn.consumer, error=str(exc) or type(exc).__name__)
         return True
     if staked:
