@@ -69,13 +69,14 @@ class ServeConfig:
     heartbeat_timeout: float = 15.0
     #: Seconds a /ws/worker connection has to log in (WebSocket pings and pongs do not extend it).
     login_within: float = 10.0
-    #: Messages a logged-in worker may send per second, in bursts of up to `worker_message_burst`; the
-    #: connection of one that sends more is closed (1008). A worker sends a load report per heartbeat and
-    #: one message per job it finishes or hands back.
+    #: Messages an account's logged-in workers may send per second, all its connections to this instance
+    #: together, in bursts of up to `worker_message_burst`; past that they are read at this rate (none is cut
+    #: off). A worker sends a load report per heartbeat and one message per job it finishes or hands back.
     worker_message_rate: float = 20.0
     worker_message_burst: int = 100
-    #: Seconds between checks (on its load reports) that a connected worker's account still holds its role's
-    #: stake: one that unstaked is refused (4001), as its next login would be.
+    #: Seconds between checks (on its load reports) that a connected trainer's account still holds a trainer
+    #: stake: one that unstaked is refused (4001), as its next login would be. (Validators are not checked
+    #: again: their drawn seats stay theirs after they ask to unstake.)
     stake_recheck: float = 60.0
     job_timeout: float = 30.0
     #: Seconds a job may take beyond its task's training time limit (once per training it may need)

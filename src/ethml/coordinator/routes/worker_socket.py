@@ -1,8 +1,8 @@
 """GET /ws/worker: the workers' WebSocket. After the login (`worker_login`), a worker sends load
 reports (its heartbeat), job results, and when it stops a drain or the jobs it hands back; the server
 sends jobs (`dispatch`) and acknowledgements. The login has `login_within` seconds, pings or not; a
-logged-in worker's messages are rate-limited per connection, only its load reports keep it connected,
-and its stake is checked again on them every `stake_recheck` seconds."""
+logged-in worker's messages are read at most at its account's message rate, only its load reports keep
+it connected, and a trainer's stake is checked again on them every `stake_recheck` seconds."""
 
 from __future__ import annotations
 
