@@ -288,9 +288,11 @@ def bounded_detail(detail: Any) -> Any:
     text (its JSON, unless it is a string) cut short enough, with a note of how much was cut. A worker's ordinary
     detail (a model's CID and hash, a vote's scores, an error's message) is far shorter; one of 60 KB was stored,
     logged with each failure, and read back whole for every result any worker sent for the job."""
-    if detail is None or len(json.dumps(detail, default=str)) <= DETAIL_CHARS:
-        return detail
+    if detail is None:
+        return None
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
+    if len(json.dumps(text) if isinstance(detail, str) else text) <= DETAIL_CHARS:
+        return detail
     keep = DETAIL_CHARS
     while True:  # (fewer characters where they are escaped: at most a few rounds)
         cut = f"{text[:keep]}... ({len(text) - keep} characters cut)"
