@@ -106,14 +106,18 @@ async def serving(
         await test_server.close()
 
 
+async def send_login(ws: aiohttp.ClientWebSocketResponse, account: Any, role: str = "trainer") -> None:
+    """Answer the server's challenge on `ws` with `account`'s login for `role`."""
+    challenge = await ws.receive_json(timeout=30)
+    signature = sign_login(account.key, challenge["server"], challenge["nonce"], role)
+    await ws.send_json({"type": "auth", "role": role, "address": account.address, "signature": signature})
+
+
 async def _login(session: aiohttp.ClientSession, url: str, forwarded: str | None = None) -> dict[str, Any]:
     """Log in as a fresh (unstaked) account (with this `X-Forwarded-For`): the server's answer."""
-    account = Account.create()
     headers = {"X-Forwarded-For": forwarded} if forwarded is not None else None
     async with session.ws_connect(url, headers=headers) as ws:
-        challenge = await ws.receive_json(timeout=30)
-        signature = sign_login(account.key, challenge["server"], challenge["nonce"], "trainer")
-        await ws.send_json({"type": "auth", "role": "trainer", "address": account.address, "signature": signature})
+        await send_login(ws, Account.create())
         answer: dict[str, Any] = await ws.receive_json(timeout=30)
         return answer
 
@@ -177,11 +181,8 @@ async def test_a_backend_failing_during_a_login_is_told_on_the_websocket(server:
     client cannot read) and counted a 503. The worker is told now, in a message and a close (1013, try
     again later), and reconnects after a backoff."""
     server.chain.failing = True
-    account = Account.create()
     async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
-        challenge = await ws.receive_json(timeout=30)
-        signature = sign_login(account.key, challenge["server"], challenge["nonce"], "trainer")
-        await ws.send_json({"type": "auth", "role": "trainer", "address": account.address, "signature": signature})
+        await send_login(ws, Account.create())
         message = await ws.receive(timeout=30)
         assert message.type == aiohttp.WSMsgType.TEXT, message
         assert message.json()["type"] == "unavailable"

@@ -15,10 +15,9 @@ from eth_account import Account
 
 from ethml.coordinator.appkeys import DISPATCHER, METRICS
 from ethml.coordinator.observe import Observer
-from ethml.coordinator.permit import sign_login
 from ethml.coordinator.schemas import DETAIL_CHARS, WORKER_MESSAGE
 from ethml.coordinator.store import Store
-from tests.coordinator.test_worker_login import Server, serving
+from tests.coordinator.test_worker_login import Server, send_login, serving
 from tests.node.conftest import wait_until
 
 
@@ -29,9 +28,7 @@ async def _logged_in(
     account = account or Account.create()
     server.chain.staked.add(account.address.lower())
     ws = await session.ws_connect(server.url)
-    challenge = await ws.receive_json(timeout=30)
-    signature = sign_login(account.key, challenge["server"], challenge["nonce"], role)
-    await ws.send_json({"type": "auth", "role": role, "address": account.address, "signature": signature})
+    await send_login(ws, account, role)
     welcome = await ws.receive_json(timeout=30)
     assert welcome["type"] == "welcome", welcome
     return ws, f"{welcome['address']}:{welcome['worker_id']}"
