@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 from eth_account import Account
 
 from ethml.coordinator.appkeys import DISPATCHER, METRICS
+from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.observe import Observer
-from ethml.coordinator.schemas import DETAIL_CHARS, WORKER_MESSAGE
+from ethml.coordinator.schemas import DETAIL_CHARS, WORKER_MESSAGE, bounded_detail
 from ethml.coordinator.store import Store
 from tests.coordinator.test_worker_login import Server, send_login, serving
 from tests.node.conftest import wait_until
@@ -228,10 +229,59 @@ def test_a_result_s_detail_is_kept_to_its_first_characters() -> None:
     def detail(value: Any) -> Any:
         return WORKER_MESSAGE.validate_json(json.dumps({"type": "result", "job": "1:train:0", "detail": value})).detail
 
-    assert detail("x" * 60_000) == "x" * DETAIL_CHARS + f"... ({60_000 - DETAIL_CHARS} characters cut)"
+    assert detail("x" * 60_000) == "x" * 3972 + "... (56028 characters cut)"  # its JSON: 4,000 characters
     scores = {"scores": list(range(5000))}
     cut = detail(scores)
     assert isinstance(cut, str) and cut.startswith('{"scores": [0, 1, 2') and cut.endswith(" characters cut)")
-    assert len(cut) < DETAIL_CHARS + 40
+    assert len(json.dumps(cut)) <= DETAIL_CHARS
     usual = {"model_cid": "bafkrei" + "a" * 52, "sha256": "ab" * 32, "tx": "0x" + "12" * 32}
     assert detail(usual) == usual and detail("an RPC error") == "an RPC error" and detail(None) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "x" * 60_000,
+        "\U0001f600" * 5000,  # 12 characters of JSON each
+        'a "quoted" \\ path\n' * 900,
+        {"scores": list(range(5000))},
+        {"error": "\u00e9" * 3000, "trace": ["line"] * 300},
+        "y" * 3998,  # its JSON: 4,000 characters
+        "y" * 3999,
+    ],
+)
+def test_a_cut_detail_fits_and_is_kept_as_cut(value: Any) -> None:
+    """The worker cuts a long `detail` before sending it and the server cuts what it reads: the server cut the worker's
+    cut again (its note made it longer than the limit) and replaced the worker's count of what was cut with its own.
+    A cut detail fits the limit with its note, is the longest start of the text that does, and is kept as it is."""
+    cut = bounded_detail(value)
+    assert len(json.dumps(cut)) <= DETAIL_CHARS
+    assert bounded_detail(cut) == cut
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if cut == value:
+        assert len(json.dumps(value)) <= DETAIL_CHARS
+        return
+    kept = text[: len(text) - int(cut.rsplit("(", 1)[1].split()[0])]
+    assert cut == f"{kept}... ({len(text) - len(kept)} characters cut)"
+    one_more = f"{text[: len(kept) + 1]}... ({len(text) - len(kept) - 1} characters cut)"
+    assert len(json.dumps(one_more)) > DETAIL_CHARS  # the longest start that fits
+
+
+def test_message_buckets_are_pruned_now_and_then_not_on_every_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past 1,000 accounts with a bucket, the table was rebuilt on every message while they stayed active: a pass over
+    every account's bucket for each message. It is pruned when it has doubled since the last pruning now; an
+    account's debt outlives a pruning and a bucket full again does not."""
+    now = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    dispatcher = Dispatcher(cast(Store, None), "i", job_timeout=60.0, max_deliveries=3)
+    table, prunings = dispatcher._message_buckets, 0
+    for i in range(5000):
+        dispatcher.message_wait(f"0x{i:040x}", 0.001, 1)  # each account's one token taken: full again in 1,000 s
+        if dispatcher._message_buckets is not table:  # (the last one held: a new table cannot take its id)
+            table, prunings = dispatcher._message_buckets, prunings + 1
+    assert prunings == 3 and len(dispatcher._message_buckets) == 5000  # pruned at 1,000, 2,000 and 4,000 only
+    assert dispatcher.message_wait("0x" + "0" * 40, 0.001, 1) == pytest.approx(1000.0)  # its debt kept through them
+    now[0] = 2000.0  # every bucket full again
+    for i in range(3001):
+        dispatcher.message_wait(f"late-{i}", 0.001, 1)
+    assert sorted(dispatcher._message_buckets) == sorted(f"late-{i}" for i in range(3001))  # pruned at 8,000

@@ -77,6 +77,9 @@ SCAN = 100
 #: Idle jobs XAUTOCLAIM takes back per pass (Redis scans at most ten pending entries per job it may take).
 RECLAIM = 100
 
+#: Accounts with a message bucket (`Dispatcher.message_wait`) at which the table is first pruned of full ones.
+MESSAGE_BUCKETS = 1000
+
 #: The statuses of a task that still takes submissions (its training jobs are still needed), and of one
 #: whose validators may still vote.
 TAKES_SUBMISSIONS = ("pending_chain", "open", "training")
@@ -334,20 +337,24 @@ class Dispatcher:
         self._standing: dict[str, int] = {}  # read this pass, by account (lower case)
         self._given: dict[str, float] = {}  # read this pass, by account: when it was last given a training job
         self._message_buckets: dict[str, tuple[float, float]] = {}  # by account: tokens, when counted
+        self._buckets_pruned_at = MESSAGE_BUCKETS  # the table's size that has it pruned next
 
     def message_wait(self, account: str, rate: float, burst: int) -> float:
         """Seconds to wait before handling one more message of `account`'s workers (all its connections to this
         instance together): a token bucket of `burst` messages refilled at `rate` a second, whose token is
         taken now (a bucket may go into debt: concurrent connections each wait their turn). Kept across
-        reconnections, so logging in again buys no burst; a bucket that would be full again is forgotten."""
+        reconnections, so logging in again buys no burst; a bucket that would be full again is forgotten when the
+        table has grown to twice what it held after the last pruning (at least MESSAGE_BUCKETS): a pruning costs a
+        pass over the table, and with more accounts than that active at once one on every message did."""
         now = time.monotonic()
         tokens, at = self._message_buckets.get(account, (float(burst), now))
         tokens = min(float(burst), tokens + (now - at) * rate) - 1
         self._message_buckets[account] = (tokens, now)
-        if len(self._message_buckets) > 1000:
+        if len(self._message_buckets) >= self._buckets_pruned_at:
             self._message_buckets = {
                 a: (t, when) for a, (t, when) in self._message_buckets.items() if t + (now - when) * rate < burst
             }
+            self._buckets_pruned_at = max(MESSAGE_BUCKETS, 2 * len(self._message_buckets))
         return -tokens / rate if tokens < 0 else 0.0
 
     async def run_pass(self) -> None:

@@ -279,26 +279,35 @@ class LoadReport(BaseModel):
 
 
 #: The most characters of a job result's `detail` the server keeps and logs, counted as JSON with every character
-#: outside ASCII escaped (as it is stored: an emoji is 12), besides the note of what was cut.
+#: outside ASCII escaped (as it is stored: an emoji is 12), the note of what was cut included.
 DETAIL_CHARS = 4000
 
 
 def bounded_detail(detail: Any) -> Any:
-    """A worker's `detail` as it is stored and logged: as sent when its JSON is at most DETAIL_CHARS long, else its
-    text (its JSON, unless it is a string) cut short enough, with a note of how much was cut. A worker's ordinary
-    detail (a model's CID and hash, a vote's scores, an error's message) is far shorter; one of 60 KB was stored,
-    logged with each failure, and read back whole for every result any worker sent for the job."""
+    """A worker's `detail` as it is stored and logged: as sent when its JSON is at most DETAIL_CHARS long, else the
+    longest start of its text (its JSON, unless it is a string) that fits DETAIL_CHARS with a note of how much was
+    cut. A detail this returns is returned unchanged by it, so the server keeps what the worker cut before sending.
+    A worker's ordinary detail (a model's CID and hash, a vote's scores, an error's message) is far shorter; one of
+    60 KB was stored, logged with each failure, and read back whole for every result any worker sent for the job."""
     if detail is None:
         return None
     text = detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
     if len(json.dumps(text) if isinstance(detail, str) else text) <= DETAIL_CHARS:
         return detail
-    keep = DETAIL_CHARS
-    while True:  # (fewer characters where they are escaped: at most a few rounds)
-        cut = f"{text[:keep]}... ({len(text) - keep} characters cut)"
-        if len(json.dumps(cut)) <= DETAIL_CHARS + 100 or keep == 0:
-            return cut
-        keep //= 2
+
+    def cut(keep: int) -> str:
+        return f"{text[:keep]}... ({len(text) - keep} characters cut)"
+
+    # The longest start that fits (no character takes less than one in the JSON, so at most DETAIL_CHARS of them):
+    # a search, since escapes make the JSON of a start longer than the start by an amount only the start tells.
+    low, high = 0, min(len(text), DETAIL_CHARS)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(json.dumps(cut(mid))) <= DETAIL_CHARS:
+            low = mid
+        else:
+            high = mid - 1
+    return cut(low)
 
 
 class JobResult(BaseModel):
