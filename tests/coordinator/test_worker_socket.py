@@ -23,12 +23,12 @@ from tests.node.conftest import wait_until
 
 
 async def _logged_in(
-    session: aiohttp.ClientSession, server: Server, account: Any = None, role: str = "trainer"
+    session: aiohttp.ClientSession, server: Server, account: Any = None, role: str = "trainer", autoping: bool = True
 ) -> tuple[aiohttp.ClientWebSocketResponse, str]:
     """A staked worker (of a fresh account unless given) logged in: its socket and its consumer name."""
     account = account or Account.create()
     server.chain.staked.add(account.address.lower())
-    ws = await session.ws_connect(server.url)
+    ws = await session.ws_connect(server.url, autoping=autoping)
     await send_login(ws, account, role)
     welcome = await ws.receive_json(timeout=30)
     assert welcome["type"] == "welcome", welcome
@@ -80,6 +80,57 @@ async def test_pings_do_not_stretch_the_time_to_log_in(redis_store: Store, keepa
             pinger.cancel()
         assert said == [{"type": "refused", "message": "no login within 1.5 s"}]
         assert ws.close_code == 4001 and time.monotonic() - started < 25
+
+
+async def test_pings_before_the_login_are_few(redis_store: Store) -> None:
+    """aiohttp answered every ping inside its read: a client that never logged in had 641,800 pongs written for it in
+    6 s, and 256 such connections per address are allowed. Ten pings or pongs are answered before the login (a
+    worker's heartbeat sends one in 10 s); the next has the client refused."""
+    async with (
+        serving(redis_store, login_within=20.0) as server,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(server.url, autoping=False) as ws,
+    ):
+        await ws.receive_json(timeout=30)  # the challenge
+        for i in range(30):
+            await (ws.ping(b"%d" % i) if i % 2 else ws.pong())
+        got = []
+        async with asyncio.timeout(30):
+            while (msg := await ws.receive()).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                got.append(msg.data if msg.type == aiohttp.WSMsgType.PONG else msg.json())
+        assert got == [b"1", b"3", b"5", b"7", b"9", {"type": "refused", "message": _PINGS_REFUSED}], got
+        assert ws.close_code == 4001
+
+
+_PINGS_REFUSED = "more than 10 pings or pongs before the login"
+
+
+async def test_a_logged_in_worker_s_pings_are_read_at_its_rate(redis_store: Store) -> None:
+    """A logged-in worker's pings were answered inside aiohttp's read, outside the account's message rate: one
+    connection could have a pong written for it a few hundred thousand times a second, for as long as it stayed. They
+    are read at the rate now (bursts of 5, 20 a second here), like its messages, and each is answered."""
+
+    def delayed() -> float:
+        return server.server.app[METRICS].registry.get_sample_value("ethml_worker_messages_delayed_total") or 0.0
+
+    async with (
+        serving(redis_store, worker_message_rate=20.0, worker_message_burst=5) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        ws, name = await _logged_in(session, server, autoping=False)
+        started = time.monotonic()
+        for i in range(40):
+            await ws.ping(b"%d" % i)
+        await ws.pong()  # unasked: counted too
+        await ws.send_json({"type": "nonsense"})
+        pongs = []
+        async with asyncio.timeout(30):
+            while (msg := await ws.receive()).type == aiohttp.WSMsgType.PONG:
+                pongs.append(msg.data)
+        assert pongs == [b"%d" % i for i in range(40)] and msg.json()["type"] == "error", msg
+        assert time.monotonic() - started >= (42 - 5) / 20 * 0.9  # read at 20 a second after the burst
+        assert 35 <= delayed() <= 42 and name in server.server.app[DISPATCHER].conns and not ws.closed
+        await ws.close()
 
 
 async def test_only_load_reports_keep_a_worker_connected(redis_store: Store) -> None:

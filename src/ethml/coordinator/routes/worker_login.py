@@ -21,6 +21,7 @@ from ethml.coordinator.auth import buckets, client_bucket, too_many
 from ethml.coordinator.dispatch import WorkerConn
 from ethml.coordinator.permit import recover_login
 from ethml.coordinator.schemas import WorkerLogin
+from ethml.training.onchain import ROLES
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -88,8 +89,7 @@ async def login(
     if not await store.use_login_nonce(nonce, signer):
         await refuse(ws, "this login was used already")
         return None
-    role_code = 0 if role == "trainer" else 1
-    if not await app[CHAIN].tasks.functions.isStaked(signer, role_code).call():
+    if not await app[CHAIN].tasks.functions.isStaked(signer, ROLES[role]).call():
         await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})")
         return None
     conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)

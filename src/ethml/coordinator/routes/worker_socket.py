@@ -1,8 +1,9 @@
 """GET /ws/worker: the workers' WebSocket. After the login (`worker_login`), a worker sends load
 reports (its heartbeat), job results, and when it stops a drain or the jobs it hands back; the server
 sends jobs (`dispatch`) and acknowledgements. The login has `login_within` seconds, pings or not; a
-logged-in worker's messages are read at most at its account's message rate, only its load reports keep
-it connected, and a trainer's stake is checked again on them every `stake_recheck` seconds."""
+logged-in worker's messages, its pings and pongs included, are read at most at its account's message rate,
+only its load reports keep it connected, and a trainer's stake is checked again on them every `stake_recheck`
+seconds."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ethml.coordinator.dispatch import UNPROVEN, WorkerConn
 from ethml.coordinator.edge import BACKEND_ERRORS
 from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
 from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResult, LoadReport, first_error
+from ethml.training.onchain import ROLES
 
 #: Seconds between renewals of a connected worker's upload token (on its load reports).
 TOKEN_RENEWAL = 3600.0
@@ -30,6 +32,14 @@ TOKEN_RENEWAL = 3600.0
 #: The longest message of a logged-in worker that is read: a load report, a result (its `detail` cut to
 #: DETAIL_CHARS by the worker), a release or a drain is far shorter. A longer one is answered with an error.
 MESSAGE_CHARS = 16 * 1024
+
+#: Pings and pongs a client may send before its login message: a worker's own heartbeat pings once in 10 s at most,
+#: and its login takes far less. Each ping costs the server a pong: answered inside aiohttp's read, a client that
+#: never logged in had 641,800 answered in 6 s.
+LOGIN_PINGS = 10
+
+#: WebSocket control frames, which aiohttp leaves to this route (`autoping=False`) so that they are counted.
+CONTROL = (WSMsgType.PING, WSMsgType.PONG)
 
 log = structlog.get_logger("ethml.coordinator")
 
@@ -41,7 +51,8 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
     # Protocol pings catch dead TCP connections; a worker busy in a training job still answers them.
-    ws = web.WebSocketResponse(heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024)
+    # Pings and pongs are read here, not answered inside aiohttp's read, so that they count like messages.
+    ws = web.WebSocketResponse(heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024, autoping=False)
     if ws.can_prepare(request).ok:  # a request that is no WebSocket handshake gets its 400 and takes no login
         await take_login_token(request)  # before the upgrade: a 429 is an HTTP answer
     await ws.prepare(request)
@@ -54,11 +65,14 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
             # One deadline for the login: `receive(timeout=...)` starts its timer again after each ping or pong
             # (which aiohttp answers inside it), so a client pinging every few seconds never had to log in.
             async with asyncio.timeout(cfg.login_within):
-                msg = await ws.receive()
+                msg = await _login_message(ws)
         except ConnectionError:
             return ws  # hung up at once
         except TimeoutError:
             await refuse(ws, f"no login within {cfg.login_within:g} s")
+            return ws
+        if msg is None:
+            await refuse(ws, f"more than {LOGIN_PINGS} pings or pongs before the login")
             return ws
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             # before its login: no one to answer
@@ -68,7 +82,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         if conn is None:
             return ws
         async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
+            if msg.type != WSMsgType.TEXT and msg.type not in CONTROL:
                 break
             wait = dispatcher.message_wait(conn.address, cfg.worker_message_rate, cfg.worker_message_burst)
             if wait > 0:
@@ -79,6 +93,12 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                     conn.throttled_logged = time.monotonic()
                     log.warning("worker_throttled", worker=conn.consumer, rate=cfg.worker_message_rate)
                 await asyncio.sleep(wait)
+            if msg.type is WSMsgType.PING:
+                with contextlib.suppress(ConnectionError):  # (hung up: the next read ends the loop)
+                    await ws.pong(msg.data)
+                continue
+            if msg.type is WSMsgType.PONG:  # (the worker's answer to the server's heartbeat, or unasked)
+                continue
             started = conn.handling_since = time.monotonic()
             try:
                 if not await _handle(app, conn, msg.data, started):
@@ -103,6 +123,18 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 await conn.stop()
                 log.info("worker_left", worker=conn.consumer, running=list(conn.running))
     return ws
+
+
+async def _login_message(ws: web.WebSocketResponse) -> Any:
+    """The client's first message other than a ping or a pong (its pings answered), or None once it has sent more
+    than LOGIN_PINGS of those."""
+    for _ in range(LOGIN_PINGS + 1):
+        msg = await ws.receive()
+        if msg.type is WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type is not WSMsgType.PONG:
+            return msg
+    return None
 
 
 async def _handle(app: web.Application, conn: WorkerConn, data: str, started: float) -> bool:
@@ -161,7 +193,7 @@ async def _still_staked(app: web.Application, conn: WorkerConn) -> bool:
     conn.stake_checked = now
     try:
         async with asyncio.timeout(10):
-            staked = await app[CHAIN].tasks.functions.isStaked(conn.address, 0).call()
+            staked = await app[CHAIN].tasks.functions.isStaked(conn.address, ROLES[conn.role]).call()
     except (*BACKEND_ERRORS, Web3Exception, TimeoutError) as exc:  # (a lagging node's empty answer included)
         log.warning("worker_stake_unchecked", worker=conn.consumer, error=str(exc) or type(exc).__name__)
         return True
