@@ -77,6 +77,14 @@ SCAN = 100
 #: Idle jobs XAUTOCLAIM takes back per pass (Redis scans at most ten pending entries per job it may take).
 RECLAIM = 100
 
+#: A logged-in connection's pings and pongs a second, in bursts of CONTROL_BURST; past that they are read late (its
+#: other messages wait behind them). A worker pings once in 10 s at most (aiohttp's heartbeat, when the server sent
+#: it nothing meanwhile) and answers the server's heartbeat as seldom. Kept apart from the account's message rate: an
+#: account's idle workers must have their pings answered at once however many messages its others have waiting
+#: (aiohttp's heartbeat drops a connection whose pong is 5 s late).
+CONTROL_RATE = 1.0
+CONTROL_BURST = 10
+
 #: Accounts with a message bucket (`Dispatcher.message_wait`) at which the table is first pruned of full ones.
 MESSAGE_BUCKETS = 1000
 
@@ -146,6 +154,8 @@ class WorkerConn:
     busy: float = 0.0  # seconds spent on the worker's messages since its last load report (`silent_for`)
     handling_since: float | None = None  # when the message being handled now was read
     throttled_logged: float = 0.0  # when its messages were last logged as read at the rate
+    control_tokens: float = float(CONTROL_BURST)  # its pings and pongs' bucket (CONTROL_RATE)
+    control_at: float = field(default_factory=time.monotonic)  # when that bucket was last counted
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
         default_factory=deque, repr=False
@@ -162,6 +172,10 @@ class WorkerConn:
         dispatch pass serves every worker of the instance)."""
         data = json.dumps(message)
         return self._queue(lambda: self.ws.send_str(data))
+
+    def post_pong(self, data: bytes) -> asyncio.Future[bool]:
+        """Queue the answer to the worker's ping, after what was posted before it."""
+        return self._queue(lambda: self.ws.pong(data))
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Post `message` and wait until it went out (or could not): whether it did."""

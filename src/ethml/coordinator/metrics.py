@@ -70,7 +70,8 @@ class Metrics:
         )
         self.worker_messages_delayed = Counter(
             "ethml_worker_messages_delayed_total",
-            "Workers' messages read late: their account's workers sent more than the message rate",
+            "Workers' messages read late (over their account's message rate), and pings and pongs (over their "
+            "connection's)",
             registry=self.registry,
         )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}

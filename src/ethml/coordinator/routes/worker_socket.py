@@ -1,9 +1,9 @@
 """GET /ws/worker: the workers' WebSocket. After the login (`worker_login`), a worker sends load
 reports (its heartbeat), job results, and when it stops a drain or the jobs it hands back; the server
 sends jobs (`dispatch`) and acknowledgements. The login has `login_within` seconds, pings or not; a
-logged-in worker's messages, its pings and pongs included, are read at most at its account's message rate,
-only its load reports keep it connected, and a trainer's stake is checked again on them every `stake_recheck`
-seconds."""
+logged-in worker's messages are read at most at its account's message rate, and its pings and pongs at
+most at CONTROL_RATE a connection; only its load reports keep it connected, and a trainer's stake is
+checked again on them every `stake_recheck` seconds."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from web3.exceptions import Web3Exception
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
 from ethml.coordinator.auth import client_address
-from ethml.coordinator.dispatch import UNPROVEN, WorkerConn
+from ethml.coordinator.dispatch import CONTROL_BURST, CONTROL_RATE, UNPROVEN, WorkerConn
 from ethml.coordinator.edge import BACKEND_ERRORS
 from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
 from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResult, LoadReport, first_error
@@ -38,6 +38,10 @@ MESSAGE_CHARS = 16 * 1024
 #: never logged in had 641,800 answered in 6 s.
 LOGIN_PINGS = 10
 
+#: Seconds a closing connection waits for the client's own close frame (aiohttp reads and drops what comes
+#: meanwhile: 1.3 GB of pings in its default 10 s from one client refused at its login).
+CLOSE_WAIT = 2.0
+
 #: WebSocket control frames, which aiohttp leaves to this route (`autoping=False`) so that they are counted.
 CONTROL = (WSMsgType.PING, WSMsgType.PONG)
 
@@ -52,7 +56,9 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
     # Protocol pings catch dead TCP connections; a worker busy in a training job still answers them.
     # Pings and pongs are read here, not answered inside aiohttp's read, so that they count like messages.
-    ws = web.WebSocketResponse(heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024, autoping=False)
+    ws = web.WebSocketResponse(
+        heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024, autoping=False, timeout=CLOSE_WAIT
+    )
     if ws.can_prepare(request).ok:  # a request that is no WebSocket handshake gets its 400 and takes no login
         await take_login_token(request)  # before the upgrade: a 429 is an HTTP answer
     await ws.prepare(request)
@@ -82,7 +88,10 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         if conn is None:
             return ws
         async for msg in ws:
-            if msg.type != WSMsgType.TEXT and msg.type not in CONTROL:
+            if msg.type in CONTROL:
+                await _control(app, conn, msg)
+                continue
+            if msg.type != WSMsgType.TEXT:
                 break
             wait = dispatcher.message_wait(conn.address, cfg.worker_message_rate, cfg.worker_message_burst)
             if wait > 0:
@@ -93,12 +102,6 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                     conn.throttled_logged = time.monotonic()
                     log.warning("worker_throttled", worker=conn.consumer, rate=cfg.worker_message_rate)
                 await asyncio.sleep(wait)
-            if msg.type is WSMsgType.PING:
-                with contextlib.suppress(ConnectionError):  # (hung up: the next read ends the loop)
-                    await ws.pong(msg.data)
-                continue
-            if msg.type is WSMsgType.PONG:  # (the worker's answer to the server's heartbeat, or unasked)
-                continue
             started = conn.handling_since = time.monotonic()
             try:
                 if not await _handle(app, conn, msg.data, started):
@@ -127,14 +130,30 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
 
 async def _login_message(ws: web.WebSocketResponse) -> Any:
     """The client's first message other than a ping or a pong (its pings answered), or None once it has sent more
-    than LOGIN_PINGS of those."""
-    for _ in range(LOGIN_PINGS + 1):
+    than LOGIN_PINGS of those (the one over is not answered)."""
+    for _ in range(LOGIN_PINGS):
         msg = await ws.receive()
         if msg.type is WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type is not WSMsgType.PONG:
             return msg
-    return None
+    msg = await ws.receive()
+    return None if msg.type in CONTROL else msg
+
+
+async def _control(app: web.Application, conn: WorkerConn, msg: Any) -> None:
+    """A logged-in worker's ping (answered, after what was queued for it before) or pong (the answer to the server's
+    heartbeat, or unasked), read at most at CONTROL_RATE for the connection."""
+    tokens = min(float(CONTROL_BURST), conn.control_tokens + (time.monotonic() - conn.control_at) * CONTROL_RATE) - 1
+    conn.control_tokens, conn.control_at = tokens, time.monotonic()
+    if tokens < 0:
+        app[METRICS].worker_messages_delayed.inc()
+        if time.monotonic() - conn.throttled_logged >= 10:
+            conn.throttled_logged = time.monotonic()
+            log.warning("worker_pings_throttled", worker=conn.consumer, rate=CONTROL_RATE)
+        await asyncio.sleep(-tokens / CONTROL_RATE)
+    if msg.type is WSMsgType.PING:
+        conn.post_pong(msg.data)  # through the connection's writer, within its send timeout
 
 
 async def _handle(app: web.Application, conn: WorkerConn, data: str, started: float) -> bool:
