@@ -5,19 +5,24 @@ deadline of a login."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 import time
 from typing import Any, cast
 
 import aiohttp
 import pytest
 from eth_account import Account
+from pydantic import ValidationError
 
 from ethml.coordinator.appkeys import DISPATCHER, METRICS
 from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.observe import Observer
+from ethml.coordinator.permit import sign_login
 from ethml.coordinator.routes import worker_socket
-from ethml.coordinator.schemas import DETAIL_CHARS, WORKER_MESSAGE, bounded_detail
+from ethml.coordinator.schemas import DETAIL_CHARS, ERROR_CHARS, WORKER_MESSAGE, bounded_detail, first_error
 from ethml.coordinator.store import Store
 from tests.coordinator.test_worker_login import Server, send_login, serving
 from tests.node.conftest import wait_until
@@ -106,9 +111,10 @@ async def test_pings_before_the_login_are_few(redis_store: Store) -> None:
 
 async def test_a_refused_client_is_not_read_for_long(redis_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A closing connection waits for the client's own close frame, reading and dropping what comes meanwhile: aiohttp
-    waits 10 s by default, in which a client refused at its login had 1.3 GB of pings read. The wait is CLOSE_WAIT
-    (2 s; half a second here), then the connection is cut."""
-    monkeypatch.setattr(worker_socket, "CLOSE_WAIT", 0.5)
+    waits 10 s by default, in which a client refused at its login had 1.3 GB of pings read, a core's worth of work
+    for each login its address's rate allows. A refused connection is cut REFUSAL_LINGER (0.2 s) after its close is
+    sent, whatever the wait for the client's close (20 s here)."""
+    monkeypatch.setattr(worker_socket, "CLOSE_WAIT", 20.0)
     async with (
         serving(redis_store, login_within=20.0) as server,
         aiohttp.ClientSession() as session,
@@ -125,7 +131,79 @@ async def test_a_refused_client_is_not_read_for_long(redis_store: Store, monkeyp
                 while True:
                     await ws.ping(b"x" * 125)
                     await asyncio.sleep(0.005)
-        assert time.monotonic() - refused < 8  # cut after its half second, not after aiohttp's 10 s
+        assert time.monotonic() - refused < 10  # cut after its linger, not after the 20 s wait
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client's WebSocket frame (masked), of under 126 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_connection_whose_client_stopped_reading_is_cut_once_it_ends(
+    redis_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logged-in client that stops reading (a small receive buffer, never read) has the server's answers fill the
+    kernel's send queue, then ends the connection: asyncio's close waits without a limit for that queue to leave, so
+    the socket, its memory and the server's connection stayed for good (a review: 2.3 MB queued, still open 40 s
+    after the end). The connection is cut CLOSE_WAIT (half a second here) after its handler ended."""
+    monkeypatch.setattr(worker_socket, "CLOSE_WAIT", 0.5)
+    account = Account.create()
+    async with serving(
+        redis_store, worker_message_rate=1e6, worker_message_burst=10**6, heartbeat_timeout=300.0
+    ) as server:
+        server.chain.staked.add(account.address.lower())
+        aio_server = server.server.runner.server  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.setblocking(False)
+        url = aiohttp.client.URL(server.url)
+        await loop.sock_connect(sock, (url.host, url.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            sock,
+            f"GET {url.path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode(),
+        )
+        seen = b""
+        while b'"challenge"' not in seen or not seen.rstrip().endswith(b"}"):
+            seen += await asyncio.wait_for(loop.sock_recv(sock, 1), 30)  # (nothing read past the challenge)
+        challenge = json.loads(seen[seen.index(b"{") :])
+        signature = sign_login(account.key, challenge["server"], challenge["nonce"], "trainer")
+        login = {"type": "auth", "role": "trainer", "address": account.address, "signature": signature}
+        payload = json.dumps(login).encode()
+        mask = os.urandom(4)
+        await loop.sock_sendall(
+            sock,
+            bytes([0x81, 0x80 | 126])
+            + len(payload).to_bytes(2, "big")
+            + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)),
+        )
+
+        async def logged_in() -> bool:
+            return any(c.address == account.address for c in server.server.app[DISPATCHER].conns.values())
+
+        await wait_until(logged_in, timeout=30, what="the login")
+        conn = next(c for c in server.server.app[DISPATCHER].conns.values() if c.address == account.address)
+        transport = conn.transport
+        assert transport is not None
+        async with asyncio.timeout(60):  # its answers fill the kernel's queue, then the transport's buffer starts
+            while transport.get_write_buffer_size() == 0:
+                bogus = _frame(1, b'{"type": "' + b"x" * 110 + b'"}')  # answered with an error of 300-odd bytes
+                # (a batch's answers stay under the transport's 64 KiB mark, past which a send would wait and the
+                # connection be cut as not reading: the review's client stopped short of it)
+                await loop.sock_sendall(sock, bogus * 60 + _frame(1, b'{"type": "load", "cpu": 1, "memory": 1}'))
+                await asyncio.sleep(0.1)
+        assert len(aio_server.connections) == 1
+        await loop.sock_sendall(sock, _frame(8, (1000).to_bytes(2, "big")))  # the client ends it
+
+        async def cut() -> bool:
+            return not aio_server.connections
+
+        await wait_until(cut, timeout=30, what="the connection to be cut")
+        sock.close()
 
 
 async def test_a_worker_s_pings_are_answered_at_once_whatever_its_account_owes(redis_store: Store) -> None:
@@ -144,6 +222,37 @@ async def test_a_worker_s_pings_are_answered_at_once_whatever_its_account_owes(r
         msg = await ws.receive(timeout=30)
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"idle"), msg
         await ws.close()
+
+
+async def test_a_worker_s_load_reports_at_its_pace_do_not_wait_on_its_account(redis_store: Store) -> None:
+    """Every load report took a token of the account's message rate: an account's idle workers waited behind its busy
+    ones for their heartbeat, and their pings behind the load reports (a review's runs: 75 honest workers of one
+    account, 25 load reports a second, all dropped by their own client's heartbeat after a minute; one idle worker
+    beside 100 busy ones of its account dropped at 15 s). A load report at the worker's pace (at least half the
+    heartbeat interval after the last) takes no token: with its account 200 s in debt, it is read at once."""
+    async with (
+        serving(redis_store, worker_message_rate=20.0, worker_message_burst=5) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        app = server.server.app
+        ws, name = await _logged_in(session, server, autoping=False)
+        for _ in range(4000):  # the account's other workers' messages: 200 s at 20 a second
+            app[DISPATCHER].message_wait(name.split(":")[0], 20.0, 5)
+        await ws.send_json({"type": "load", "cpu": 12.5, "memory": 3.0})
+        await ws.ping(b"after the load report")
+        msg = await ws.receive(timeout=30)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"after the load report"), msg
+        assert app[DISPATCHER].conns[name].cpu == 12.5  # read, not waiting
+        await ws.close()
+
+
+def test_a_validation_error_repeats_little_of_the_input() -> None:
+    """A message whose type is 16 KB long was answered with an error quoting it whole: 16 KB asked, 16 KB answered, a
+    way to fill the server's send queue at no cost. An error quotes at most ERROR_CHARS characters of its problem."""
+    with pytest.raises(ValidationError) as caught:
+        WORKER_MESSAGE.validate_json(json.dumps({"type": "A" * 16_000}))
+    _where, problem = first_error(caught.value)
+    assert len(problem) <= ERROR_CHARS + 40 and problem.endswith(" characters cut)"), problem
 
 
 async def test_a_connection_s_pings_are_read_at_its_own_rate(

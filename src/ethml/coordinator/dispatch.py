@@ -156,6 +156,7 @@ class WorkerConn:
     throttled_logged: float = 0.0  # when its messages were last logged as read at the rate
     control_tokens: float = float(CONTROL_BURST)  # its pings and pongs' bucket (CONTROL_RATE)
     control_at: float = field(default_factory=time.monotonic)  # when that bucket was last counted
+    report_free_at: float = 0.0  # from when its next load report is at its pace (`report_on_time`)
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
         default_factory=deque, repr=False
@@ -281,6 +282,15 @@ class WorkerConn:
         """Drop the connection at once, whatever is still buffered for it."""
         if self.transport is not None:
             self.transport.abort()
+
+    def report_on_time(self, pace: float) -> bool:
+        """Whether a load report read now comes at least `pace` seconds after the last one that did (then the next
+        may come `pace` seconds from now): such reports take no token of the account's message rate."""
+        now = time.monotonic()
+        if now < self.report_free_at:
+            return False
+        self.report_free_at = now + pace
+        return True
 
     def silent_for(self, now: float) -> float:
         """Seconds since the worker's last load report, less the time the server spent on its messages since then

@@ -338,9 +338,8 @@ class JobRelease(BaseModel):
 
 
 #: What a logged-in worker may send.
-WORKER_MESSAGE: TypeAdapter[LoadReport | JobResult | Drain | JobRelease] = TypeAdapter(
-    Annotated[LoadReport | JobResult | Drain | JobRelease, Field(discriminator="type")]
-)
+WorkerMessage = LoadReport | JobResult | Drain | JobRelease
+WORKER_MESSAGE: TypeAdapter[WorkerMessage] = TypeAdapter(Annotated[WorkerMessage, Field(discriminator="type")])
 
 
 class ApiKeyOut(BaseModel):
@@ -493,6 +492,10 @@ PATTERN_WORDS = {
 }
 
 
+#: The most characters of a validation problem's message an answer repeats.
+ERROR_CHARS = 300
+
+
 def first_error(exc: ValidationError) -> tuple[str | None, str]:
     """(dotted field, message) of the first problem pydantic found."""
     err = exc.errors(include_url=False)[0]
@@ -502,4 +505,6 @@ def first_error(exc: ValidationError) -> tuple[str | None, str]:
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "string_pattern_mismatch":
         message = PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")), message)
+    if len(message) > ERROR_CHARS:  # (pydantic quotes some input: a 16 KB tag came back whole)
+        message = f"{message[:ERROR_CHARS]}... ({len(message) - ERROR_CHARS} characters cut)"
     return field, message

@@ -35,19 +35,31 @@ async def take_login_token(request: web.Request) -> None:
         raise too_many(wait)
 
 
-async def refuse(ws: web.WebSocketResponse, reason: str) -> None:
+#: Seconds a refused or unavailable connection is given for the close to reach the client before it is cut: aiohttp
+#: waits for the client's own close frame, reading and dropping what comes meanwhile at the line's rate (245 MB in
+#: 2 s from one client refused at its login, a core's worth of work for each refusal an address's login rate allows).
+REFUSAL_LINGER = 0.2
+
+
+async def refuse(ws: web.WebSocketResponse, reason: str, transport: asyncio.Transport | None) -> None:
     """Refuse the login (the worker exits: retrying will not help); a worker gone already hears nothing."""
-    await _close(ws, {"type": "refused", "message": reason}, 4001)
+    await _close(ws, {"type": "refused", "message": reason}, 4001, transport)
 
 
-async def unavailable(ws: web.WebSocketResponse) -> None:
+async def unavailable(ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
     """Redis or the chain RPC failed while the worker was served: it is told so and closed with 1013 (try
     again later), and reconnects with backoff (the upgraded socket takes no HTTP 503)."""
     message = "a backend (Redis or the chain RPC) is unavailable; retry shortly"
-    await _close(ws, {"type": "unavailable", "message": message}, 1013)
+    await _close(ws, {"type": "unavailable", "message": message}, 1013, transport)
 
 
-async def _close(ws: web.WebSocketResponse, message: dict[str, str], code: int) -> None:
+async def _close(
+    ws: web.WebSocketResponse, message: dict[str, str], code: int, transport: asyncio.Transport | None
+) -> None:
+    """Send `message` and the close, and cut the connection REFUSAL_LINGER seconds later whether or not the client
+    answered the close (a worker takes the code from the close it received)."""
+    if transport is not None:
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)  # (a no-op once it is closed)
     with contextlib.suppress(ConnectionError, RuntimeError):  # the client hung up meanwhile
         await ws.send_json(message)
         await ws.close(code=code, message=message["message"].encode()[:120])
@@ -73,24 +85,24 @@ async def login(
     """The worker's connection once its login message `msg` checks out, else None (refused and closed)."""
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
     if msg.type != WSMsgType.TEXT:
-        await refuse(ws, "expected a login message")
+        await refuse(ws, "expected a login message", transport)
         return None
     try:
         data = WorkerLogin.model_validate_json(msg.data)
     except ValidationError as exc:
-        await refuse(ws, _login_error(exc))
+        await refuse(ws, _login_error(exc), transport)
         return None
     role, address, signature = data.role, data.address, data.signature
     worker_id, capacity = data.worker_id or uuid.uuid4().hex, data.capacity
     signer = recover_login(cfg.instance, nonce, role, signature)
     if signer is None or signer.lower() != address.lower():
-        await refuse(ws, "the signature does not recover the address for this server's nonce")
+        await refuse(ws, "the signature does not recover the address for this server's nonce", transport)
         return None
     if not await store.use_login_nonce(nonce, signer):
-        await refuse(ws, "this login was used already")
+        await refuse(ws, "this login was used already", transport)
         return None
     if not await app[CHAIN].tasks.functions.isStaked(signer, ROLES[role]).call():
-        await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})")
+        await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})", transport)
         return None
     conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)
     # Connections are keyed by consumer name (address and id): another account's worker with the same id

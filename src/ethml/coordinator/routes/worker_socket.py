@@ -23,7 +23,15 @@ from ethml.coordinator.auth import client_address
 from ethml.coordinator.dispatch import CONTROL_BURST, CONTROL_RATE, UNPROVEN, WorkerConn
 from ethml.coordinator.edge import BACKEND_ERRORS
 from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
-from ethml.coordinator.schemas import WORKER_MESSAGE, Drain, JobRelease, JobResult, LoadReport, first_error
+from ethml.coordinator.schemas import (
+    WORKER_MESSAGE,
+    Drain,
+    JobRelease,
+    JobResult,
+    LoadReport,
+    WorkerMessage,
+    first_error,
+)
 from ethml.training.onchain import ROLES
 
 #: Seconds between renewals of a connected worker's upload token (on its load reports).
@@ -75,10 +83,10 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         except ConnectionError:
             return ws  # hung up at once
         except TimeoutError:
-            await refuse(ws, f"no login within {cfg.login_within:g} s")
+            await refuse(ws, f"no login within {cfg.login_within:g} s", request.transport)
             return ws
         if msg is None:
-            await refuse(ws, f"more than {LOGIN_PINGS} pings or pongs before the login")
+            await refuse(ws, f"more than {LOGIN_PINGS} pings or pongs before the login", request.transport)
             return ws
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             # before its login: no one to answer
@@ -93,18 +101,22 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 continue
             if msg.type != WSMsgType.TEXT:
                 break
-            wait = dispatcher.message_wait(conn.address, cfg.worker_message_rate, cfg.worker_message_burst)
-            if wait > 0:
-                # Each message costs a log line or Redis calls: an account's sockets are no way around the HTTP
-                # limits. Its messages are read at the rate (the rest wait in the socket's buffers); none is cut.
-                app[METRICS].worker_messages_delayed.inc()
-                if time.monotonic() - conn.throttled_logged >= 10:
-                    conn.throttled_logged = time.monotonic()
-                    log.warning("worker_throttled", worker=conn.consumer, rate=cfg.worker_message_rate)
-                await asyncio.sleep(wait)
+            message = _parse(msg.data)
+            if not (isinstance(message, LoadReport) and conn.report_on_time(cfg.heartbeat_interval / 2)):
+                wait = dispatcher.message_wait(conn.address, cfg.worker_message_rate, cfg.worker_message_burst)
+                if wait > 0:
+                    # Each message costs a log line or Redis calls: an account's sockets are no way around the HTTP
+                    # limits. Its messages are read at the rate (the rest wait in the socket's buffers); none is
+                    # cut. (A load report at the worker's pace is not counted: an account's idle workers must
+                    # not wait on its busy ones for their heartbeat, nor their pings behind it.)
+                    app[METRICS].worker_messages_delayed.inc()
+                    if time.monotonic() - conn.throttled_logged >= 10:
+                        conn.throttled_logged = time.monotonic()
+                        log.warning("worker_throttled", worker=conn.consumer, rate=cfg.worker_message_rate)
+                    await asyncio.sleep(wait)
             started = conn.handling_since = time.monotonic()
             try:
-                if not await _handle(app, conn, msg.data, started):
+                if not await _handle(app, conn, message, started):
                     break
             finally:
                 conn.busy += time.monotonic() - started
@@ -114,8 +126,13 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
         # no HTTP 503 can be written on it; the worker is told and reconnects. (Sends to a worker that hung
         # up fail quietly, so a hang-up is not taken for a backend's failure.)
         log.warning("worker_socket_unavailable", error=str(exc) or type(exc).__name__, worker=conn and conn.consumer)
-        await unavailable(ws)
+        await unavailable(ws, request.transport)
     finally:
+        if request.transport is not None:
+            # A client that stops reading holds a closed connection for good: asyncio's close waits, without a
+            # limit, for what the kernel still has to send it (a review: 2.3 MB queued, the socket still open 40 s
+            # after the end). Cut after CLOSE_WAIT (a no-op on a connection closed already).
+            asyncio.get_running_loop().call_later(CLOSE_WAIT, request.transport.abort)
         if conn is not None:
             try:
                 if dispatcher.conns.get(conn.consumer) is conn:  # not a newer connection of the worker
@@ -156,17 +173,22 @@ async def _control(app: web.Application, conn: WorkerConn, msg: Any) -> None:
         conn.post_pong(msg.data)  # through the connection's writer, within its send timeout
 
 
-async def _handle(app: web.Application, conn: WorkerConn, data: str, started: float) -> bool:
-    """One message of a logged-in worker (read at `started`); False once the connection is to end."""
-    cfg, store = app[CONFIG], app[STORE]
+def _parse(data: str) -> WorkerMessage | str:
+    """A logged-in worker's message, or what is wrong with it."""
     if len(data) > MESSAGE_CHARS:  # (what a worker sends is far shorter; not parsed)
-        await conn.send({"type": "error", "message": f"message: over {MESSAGE_CHARS} characters"})
-        return True
+        return f"message: over {MESSAGE_CHARS} characters"
     try:
-        message = WORKER_MESSAGE.validate_json(data)
+        return WORKER_MESSAGE.validate_json(data)
     except ValidationError as exc:
         where, problem = first_error(exc)
-        await conn.send({"type": "error", "message": f"{where or 'message'}: {problem}"})
+        return f"{where or 'message'}: {problem}"
+
+
+async def _handle(app: web.Application, conn: WorkerConn, message: WorkerMessage | str, started: float) -> bool:
+    """One message of a logged-in worker (read at `started`); False once the connection is to end."""
+    cfg, store = app[CONFIG], app[STORE]
+    if isinstance(message, str):
+        await conn.send({"type": "error", "message": message})
         return True
     if isinstance(message, LoadReport):
         # The heartbeat: only a load report keeps the worker connected (it is what writes the worker's record
