@@ -375,12 +375,15 @@ CHALLENGE = {"type": "challenge", "nonce": "n0", "server": "s0", "chain_id": 1}
 class Raw:
     """A coordinator whose connection handler is `script(ws, n)` (n: the connection's number, from 1)."""
 
-    def __init__(self, script: Callable[[web.WebSocketResponse, int], Awaitable[None]]) -> None:
-        self.script, self.connections = script, 0
+    def __init__(
+        self, script: Callable[[web.WebSocketResponse, int], Awaitable[None]], close_wait: float = 10.0
+    ) -> None:
+        """`close_wait`: how long a close waits for the worker's own close frame before the connection is cut."""
+        self.script, self.connections, self.close_wait = script, 0, close_wait
         self.received: list[dict[str, Any]] = []
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(timeout=self.close_wait)
         await ws.prepare(request)
         self.connections += 1
         await self.script(ws, self.connections)
@@ -745,6 +748,32 @@ async def test_a_worker_refused_while_connected_ends_with_the_server_s_reason(se
     run = asyncio.create_task(worker.run())
     try:
         with pytest.raises(WorkerRefused, match="refused this worker: 0xabc no longer holds a trainer stake"):
+            await asyncio.wait_for(run, 60)
+        assert raw.connections == 1
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 30)
+
+
+@pytest.mark.parametrize("code", [4003, 4001])
+async def test_a_close_the_worker_answers_too_late_still_tells_it_why(serve: Any, tmp_path: Path, code: int) -> None:
+    """A server waits a moment for the worker's answer to its close, then cuts the connection (ethml serve: 0.2 s after
+    a refusal, 2 s after other closes). A worker whose answer comes after the cut reads aiohttp's code for a failed
+    answer (1006) in `close_code` (an outside review's client, busy for 3 s, did), and would go on reconnecting after
+    an admin disconnected it (4003) or its stake was gone (4001); the worker takes the code from the close frame it
+    received. (Here the worker answers in time: this checks the outcome of a server that cuts at once.)"""
+
+    async def script(ws: web.WebSocketResponse, n: int) -> None:
+        await _login(ws)
+        if code == 4001:
+            await ws.send_json({"type": "refused", "message": "0xabc no longer holds a trainer stake in TrainingTasks"})
+        await ws.close(code=code, message=b"closed")  # cut at once: the worker's answer comes too late
+
+    raw = Raw(script, close_wait=0.0)
+    worker = FakeWorker(await serve(raw), tmp_path)
+    run = asyncio.create_task(worker.run())
+    try:
+        with pytest.raises(WorkerRefused, match="disconnected by an admin" if code == 4003 else "no longer holds"):
             await asyncio.wait_for(run, 60)
         assert raw.connections == 1
     finally:

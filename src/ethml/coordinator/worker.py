@@ -583,10 +583,16 @@ class Worker:
             low, high = HEARTBEAT_BOUNDS
             interval = float(self.config.load_interval or min(high, max(low, welcome.get("heartbeat") or 5.0)))
             loads = asyncio.create_task(self._report_load(ws, interval))
+            closed_with: int | None = None
             try:
                 for message in early:  # sent before the welcome (an older server could)
                     self._on_message(message)
-                async for msg in ws:
+                while True:
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.CLOSE:
+                        # The server's code, as it sent it: when the server cut the connection before this worker
+                        # answered its close, aiohttp's `close_code` says 1006 (the answer failed) instead.
+                        closed_with = msg.data
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         break
                     try:
@@ -602,10 +608,12 @@ class Worker:
                 self._ws = None
                 self._releasing.clear()  # answered or not, the server is done with them
                 self._check_drained()
-            if ws.close_code == 4003:
+            if closed_with is None:
+                closed_with = ws.close_code
+            if closed_with == 4003:
                 raise WorkerRefused("disconnected by an admin")
-            if ws.close_code == 4001:  # refused while connected (its stake is gone): the server said why first
-                said = f": {self._said_refused}" if self._said_refused else f" ({ws.close_code})"
+            if closed_with == 4001:  # refused while connected (its stake is gone): the server said why first
+                said = f": {self._said_refused}" if self._said_refused else f" ({closed_with})"
                 raise WorkerRefused(f"the coordinator refused this worker{said}")
 
     async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[dict[str, Any], list[dict[str, Any]]]:
