@@ -82,6 +82,7 @@ async def serving(
         login_within=10.0,
         worker_message_rate=20.0,
         worker_message_burst=100,
+        worker_connections=100,
         stake_recheck=60.0,
         ip_rate=50.0,
         ip_burst=100,
@@ -106,11 +107,14 @@ async def serving(
         await test_server.close()
 
 
-async def send_login(ws: aiohttp.ClientWebSocketResponse, account: Any, role: str = "trainer") -> None:
-    """Answer the server's challenge on `ws` with `account`'s login for `role`."""
+async def send_login(
+    ws: aiohttp.ClientWebSocketResponse, account: Any, role: str = "trainer", worker_id: str | None = None
+) -> None:
+    """Answer the server's challenge on `ws` with `account`'s login for `role` (as `worker_id`, if given)."""
     challenge = await ws.receive_json(timeout=30)
     signature = sign_login(account.key, challenge["server"], challenge["nonce"], role)
-    await ws.send_json({"type": "auth", "role": role, "address": account.address, "signature": signature})
+    login = {"type": "auth", "role": role, "address": account.address, "signature": signature}
+    await ws.send_json(login if worker_id is None else {**login, "worker_id": worker_id})
 
 
 async def _login(session: aiohttp.ClientSession, url: str, forwarded: str | None = None) -> dict[str, Any]:

@@ -75,7 +75,9 @@ class Instance:
         self.name = name
         self.dispatcher = Dispatcher(Store(store.redis), name, job_timeout=30, max_deliveries=3)
         self.stake = Stake(slow_stake)
-        config = SimpleNamespace(instance=name, heartbeat_timeout=heartbeat_timeout, heartbeat_interval=5.0)
+        config = SimpleNamespace(
+            instance=name, heartbeat_timeout=heartbeat_timeout, heartbeat_interval=5.0, worker_connections=100
+        )
         self.app = {CONFIG: config, STORE: self.dispatcher.store, DISPATCHER: self.dispatcher, CHAIN: self.stake}
         self._nonces = 0
 

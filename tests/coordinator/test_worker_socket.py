@@ -22,7 +22,15 @@ from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.observe import Observer
 from ethml.coordinator.permit import sign_login
 from ethml.coordinator.routes import worker_socket
-from ethml.coordinator.schemas import DETAIL_CHARS, ERROR_CHARS, WORKER_MESSAGE, bounded_detail, first_error
+from ethml.coordinator.routes.worker_login import _login_error
+from ethml.coordinator.schemas import (
+    DETAIL_CHARS,
+    ERROR_CHARS,
+    WORKER_MESSAGE,
+    WorkerLogin,
+    bounded_detail,
+    first_error,
+)
 from ethml.coordinator.store import Store
 from tests.coordinator.test_worker_login import Server, send_login, serving
 from tests.node.conftest import wait_until
@@ -244,6 +252,45 @@ async def test_a_worker_s_load_reports_at_its_pace_do_not_wait_on_its_account(re
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"after the load report"), msg
         assert app[DISPATCHER].conns[name].cpu == 12.5  # read, not waiting
         await ws.close()
+
+
+async def test_an_account_s_workers_on_one_server_are_capped(redis_store: Store) -> None:
+    """A load report at the worker's pace takes no token of the account's rate: without a cap, one staked account
+    could keep as many connections as its address's login rate allowed, each costing Redis calls at its pace (a
+    review's run: 200 connections, 105 reports a second, 736 Redis commands a second). An account has at most
+    `worker_connections` workers connected to a server (2 here); a worker logging in again replaces its own."""
+    async with serving(redis_store, worker_connections=2, login_burst=10) as server, aiohttp.ClientSession() as session:
+        account = Account.create()
+        first, first_name = await _logged_in(session, server, account)
+        second, _ = await _logged_in(session, server, account)
+        server.chain.staked.add(account.address.lower())
+        third = await session.ws_connect(server.url)
+        await send_login(third, account, "trainer")
+        said = await _until_closed(third)
+        assert (
+            said
+            == [
+                {
+                    "type": "refused",
+                    "message": f"{account.address} has 2 workers connected to this server already, the most it takes",
+                }
+            ]
+            and third.close_code == 4001
+        ), said
+        again = await session.ws_connect(server.url)  # the first worker's id: it replaces its own connection
+        await send_login(again, account, "trainer", worker_id=first_name.split(":")[1])
+        assert (await again.receive_json(timeout=30))["type"] == "welcome"
+        other, _ = await _logged_in(session, server)  # another account is not held back
+        for ws in (first, second, again, other):
+            await ws.close()
+
+
+def test_a_login_error_repeats_little_of_the_input() -> None:
+    """A login with an unknown field named by 60,000 characters was refused with a message quoting the name whole."""
+    login = {"type": "auth", "role": "trainer", "address": "0x" + "ab" * 20, "signature": "0x" + "cd" * 65}
+    with pytest.raises(ValidationError) as caught:
+        WorkerLogin.model_validate_json(json.dumps({**login, "x" * 60_000: 1}))
+    assert len(_login_error(caught.value)) < 200
 
 
 def test_a_validation_error_repeats_little_of_the_input() -> None:

@@ -71,9 +71,13 @@ class ServeConfig:
     login_within: float = 10.0
     #: Messages an account's logged-in workers may send per second, all its connections to this instance
     #: together, in bursts of up to `worker_message_burst`; past that they are read at this rate (none is cut
-    #: off). A worker sends a load report per heartbeat and one message per job it finishes or hands back.
+    #: off). A worker sends one message per job it finishes or hands back; its load reports at its pace (one per
+    #: heartbeat) are not counted.
     worker_message_rate: float = 20.0
     worker_message_burst: int = 100
+    #: Workers one account may have connected to this instance at once: a login past it is refused (4001). Each
+    #: connection's load reports cost Redis calls at its pace, outside the account's message rate.
+    worker_connections: int = 100
     #: Seconds between checks (on its load reports) that a connected trainer's account still holds a trainer
     #: stake: one that unstaked is refused (4001), as its next login would be. (Validators are not checked
     #: again: their drawn seats stay theirs after they ask to unstake.)

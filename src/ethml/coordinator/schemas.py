@@ -501,7 +501,7 @@ def first_error(exc: ValidationError) -> tuple[str | None, str]:
     err = exc.errors(include_url=False)[0]
     # A union's error names the member it tried ("n_estimators.float"): the field is what the client sent.
     loc = [str(p) for p in err.get("loc", ()) if p != "__root__" and p not in UNION_TAGS and "[" not in str(p)]
-    field = ".".join(loc) or None
+    field = ".".join(loc)[:ERROR_CHARS] or None  # (an unknown field's name is the client's: cut)
     message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "string_pattern_mismatch":
         message = PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")), message)

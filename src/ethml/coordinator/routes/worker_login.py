@@ -67,7 +67,7 @@ async def _close(
 
 def _login_error(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
-    where = str(err["loc"][0]) if err.get("loc") else ""
+    where = str(err["loc"][0])[:100] if err.get("loc") else ""  # (an unknown field's name is the client's: cut)
     if err["type"] in ("json_invalid", "model_type", "missing") or where in ("address", "signature"):
         return "the login needs role, address and signature (a 0x-address and a 0x-hex signature)"
     if where == "role":
@@ -105,6 +105,12 @@ async def login(
         await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})", transport)
         return None
     conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)
+    others = sum(1 for c in dispatcher.conns.values() if c.address == signer and c.consumer != conn.consumer)
+    if others >= cfg.worker_connections:  # (a worker's own earlier connection is replaced, not counted)
+        await refuse(
+            ws, f"{signer} has {others} workers connected to this server already, the most it takes", transport
+        )
+        return None
     # Connections are keyed by consumer name (address and id): another account's worker with the same id
     # is another worker, so no one can push a worker out of dispatch (or out of its id) by reusing its id.
     old = dispatcher.conns.get(conn.consumer)
