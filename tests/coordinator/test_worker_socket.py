@@ -62,6 +62,10 @@ async def _until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, A
             got.append(msg.json())
 
 
+def _delayed(server: Server) -> float:
+    return server.server.app[METRICS].registry.get_sample_value("ethml_worker_messages_delayed_total") or 0.0
+
+
 def _cut(server: Server, reason: str) -> float:
     return (
         server.server.app[METRICS].registry.get_sample_value("ethml_workers_disconnected_total", {"reason": reason})
@@ -311,9 +315,6 @@ async def test_a_connection_s_pings_are_read_at_its_own_rate(
     nothing from the account's message rate."""
     monkeypatch.setattr(worker_socket, "CONTROL_RATE", 20.0)
 
-    def delayed() -> float:
-        return server.server.app[METRICS].registry.get_sample_value("ethml_worker_messages_delayed_total") or 0.0
-
     async with (
         serving(redis_store, worker_message_rate=20.0, worker_message_burst=5) as server,
         aiohttp.ClientSession() as session,
@@ -331,13 +332,13 @@ async def test_a_connection_s_pings_are_read_at_its_own_rate(
                 pongs.append(msg.data)
         assert pongs == [b"%d" % i for i in range(39)] and msg.json()["type"] == "error", msg
         assert time.monotonic() - started >= (40 - 10) / 20 * 0.9  # read at 20 a second after the burst
-        assert 25 <= delayed() <= 30 and name in server.server.app[DISPATCHER].conns and not ws.closed
-        before = delayed()
+        assert 25 <= _delayed(server) <= 30 and name in server.server.app[DISPATCHER].conns and not ws.closed
+        before = _delayed(server)
         other, _ = await _logged_in(session, server, account)  # the same account: its message bucket is whole
         for i in range(4):
             await other.send_json({"type": "nonsense", "n": i})
         assert [(await other.receive_json(timeout=30))["type"] for _ in range(4)] == ["error"] * 4
-        assert delayed() == before
+        assert _delayed(server) == before
         for each in (ws, other):
             await each.close()
 
@@ -404,9 +405,6 @@ async def test_an_account_s_messages_are_read_at_its_rate(redis_store: Store) ->
     sockets; none is cut off (an honest worker whose jobs all fail at once sends a burst), another account is not
     held up."""
 
-    def delayed() -> float:
-        return server.server.app[METRICS].registry.get_sample_value("ethml_worker_messages_delayed_total") or 0.0
-
     async with (
         serving(redis_store, worker_message_rate=20.0, worker_message_burst=5) as server,
         aiohttp.ClientSession() as session,
@@ -421,13 +419,13 @@ async def test_an_account_s_messages_are_read_at_its_rate(redis_store: Store) ->
         for ws in (first, second):
             assert [(await ws.receive_json(timeout=30))["type"] for _ in range(30)] == ["error"] * 30
         assert time.monotonic() - started >= (60 - 5) / 20 * 0.9  # read at 20 a second after the burst
-        assert 40 <= delayed() <= 55 and not first.closed and not second.closed
-        before = delayed()
+        assert 40 <= _delayed(server) <= 55 and not first.closed and not second.closed
+        before = _delayed(server)
         other, _ = await _logged_in(session, server)
         for i in range(5):
             await other.send_json({"type": "nonsense", "n": i})
         assert [(await other.receive_json(timeout=30))["type"] for _ in range(5)] == ["error"] * 5
-        assert delayed() == before  # its own bucket
+        assert _delayed(server) == before  # its own bucket
         await other.send_json({"type": "nonsense", "detail": "x" * 20_000})
         refused = await other.receive_json(timeout=30)
         assert refused == {"type": "error", "message": "message: over 16384 characters"}, refused

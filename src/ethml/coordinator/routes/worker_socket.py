@@ -63,7 +63,7 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     cfg, store, dispatcher = app[CONFIG], app[STORE], app[DISPATCHER]
     # Protocol pings catch dead TCP connections; a worker busy in a training job still answers them.
-    # Pings and pongs are read here, not answered inside aiohttp's read, so that they count like messages.
+    # Pings and pongs are read here, not answered inside aiohttp's read, so that they are counted (`_control`).
     ws = web.WebSocketResponse(
         heartbeat=max(10.0, cfg.heartbeat_interval * 3), max_msg_size=64 * 1024, autoping=False, timeout=CLOSE_WAIT
     )
