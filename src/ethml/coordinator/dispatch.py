@@ -85,6 +85,19 @@ RECLAIM = 100
 CONTROL_RATE = 1.0
 CONTROL_BURST = 10
 
+
+def take_token(bucket: tuple[float, float] | None, rate: float, burst: int, now: float) -> tuple[float, float]:
+    """A token bucket (its tokens, when counted; None: full) of `burst` tokens refilled at `rate` a second, once a
+    token is taken `now`: it may go into debt, which `token_wait` turns into the wait."""
+    tokens, at = bucket if bucket is not None else (float(burst), now)
+    return min(float(burst), tokens + (now - at) * rate) - 1, now
+
+
+def token_wait(bucket: tuple[float, float], rate: float) -> float:
+    """Seconds until the token just taken from `bucket` is there (0 when it was)."""
+    return -bucket[0] / rate if bucket[0] < 0 else 0.0
+
+
 #: Accounts with a message bucket (`Dispatcher.message_wait`) at which the table is first pruned of full ones.
 MESSAGE_BUCKETS = 1000
 
@@ -154,8 +167,7 @@ class WorkerConn:
     busy: float = 0.0  # seconds spent on the worker's messages since its last load report (`silent_for`)
     handling_since: float | None = None  # when the message being handled now was read
     throttled_logged: float = 0.0  # when its messages were last logged as read at the rate
-    control_tokens: float = float(CONTROL_BURST)  # its pings and pongs' bucket (CONTROL_RATE)
-    control_at: float = field(default_factory=time.monotonic)  # when that bucket was last counted
+    control_bucket: tuple[float, float] | None = None  # its pings and pongs' (`take_token`; CONTROL_RATE)
     report_free_at: float = 0.0  # from when its next load report is at its pace (`report_on_time`)
 
     _outbox: deque[tuple[Callable[[], Coroutine[Any, Any, Any]], asyncio.Future[bool]]] = field(
@@ -371,15 +383,13 @@ class Dispatcher:
         table has grown to twice what it held after the last pruning (at least MESSAGE_BUCKETS): a pruning costs a
         pass over the table, and with more accounts than that active at once one on every message did."""
         now = time.monotonic()
-        tokens, at = self._message_buckets.get(account, (float(burst), now))
-        tokens = min(float(burst), tokens + (now - at) * rate) - 1
-        self._message_buckets[account] = (tokens, now)
+        bucket = self._message_buckets[account] = take_token(self._message_buckets.get(account), rate, burst, now)
         if len(self._message_buckets) >= self._buckets_pruned_at:
             self._message_buckets = {
                 a: (t, when) for a, (t, when) in self._message_buckets.items() if t + (now - when) * rate < burst
             }
             self._buckets_pruned_at = max(MESSAGE_BUCKETS, 2 * len(self._message_buckets))
-        return -tokens / rate if tokens < 0 else 0.0
+        return token_wait(bucket, rate)
 
     async def run_pass(self) -> None:
         self._docs = {}  # each task document read once a pass, however many of its jobs wait

@@ -20,7 +20,7 @@ from web3.exceptions import Web3Exception
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
 from ethml.coordinator.auth import client_address
-from ethml.coordinator.dispatch import CONTROL_BURST, CONTROL_RATE, UNPROVEN, WorkerConn
+from ethml.coordinator.dispatch import CONTROL_BURST, CONTROL_RATE, UNPROVEN, WorkerConn, take_token, token_wait
 from ethml.coordinator.edge import BACKEND_ERRORS
 from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
 from ethml.coordinator.schemas import (
@@ -103,17 +103,12 @@ async def worker_socket(request: web.Request) -> web.WebSocketResponse:
                 break
             message = _parse(msg.data)
             if not (isinstance(message, LoadReport) and conn.report_on_time(cfg.heartbeat_interval / 2)):
+                # Each message costs a log line or Redis calls: an account's sockets are no way around the HTTP
+                # limits. Its messages are read at the rate (the rest wait in the socket's buffers); none is cut.
+                # (A load report at the worker's pace is not counted: an account's idle workers must not wait on
+                # its busy ones for their heartbeat, nor their pings behind it.)
                 wait = dispatcher.message_wait(conn.address, cfg.worker_message_rate, cfg.worker_message_burst)
-                if wait > 0:
-                    # Each message costs a log line or Redis calls: an account's sockets are no way around the HTTP
-                    # limits. Its messages are read at the rate (the rest wait in the socket's buffers); none is
-                    # cut. (A load report at the worker's pace is not counted: an account's idle workers must
-                    # not wait on its busy ones for their heartbeat, nor their pings behind it.)
-                    app[METRICS].worker_messages_delayed.inc()
-                    if time.monotonic() - conn.throttled_logged >= 10:
-                        conn.throttled_logged = time.monotonic()
-                        log.warning("worker_throttled", worker=conn.consumer, rate=cfg.worker_message_rate)
-                    await asyncio.sleep(wait)
+                await _read_late(app, conn, wait, "worker_throttled", cfg.worker_message_rate)
             started = conn.handling_since = time.monotonic()
             try:
                 if not await _handle(app, conn, message, started):
@@ -161,16 +156,22 @@ async def _login_message(ws: web.WebSocketResponse) -> Any:
 async def _control(app: web.Application, conn: WorkerConn, msg: Any) -> None:
     """A logged-in worker's ping (answered, after what was queued for it before) or pong (the answer to the server's
     heartbeat, or unasked), read at most at CONTROL_RATE for the connection."""
-    tokens = min(float(CONTROL_BURST), conn.control_tokens + (time.monotonic() - conn.control_at) * CONTROL_RATE) - 1
-    conn.control_tokens, conn.control_at = tokens, time.monotonic()
-    if tokens < 0:
-        app[METRICS].worker_messages_delayed.inc()
-        if time.monotonic() - conn.throttled_logged >= 10:
-            conn.throttled_logged = time.monotonic()
-            log.warning("worker_pings_throttled", worker=conn.consumer, rate=CONTROL_RATE)
-        await asyncio.sleep(-tokens / CONTROL_RATE)
+    conn.control_bucket = take_token(conn.control_bucket, CONTROL_RATE, CONTROL_BURST, time.monotonic())
+    await _read_late(app, conn, token_wait(conn.control_bucket, CONTROL_RATE), "worker_pings_throttled", CONTROL_RATE)
     if msg.type is WSMsgType.PING:
         conn.post_pong(msg.data)  # through the connection's writer, within its send timeout
+
+
+async def _read_late(app: web.Application, conn: WorkerConn, wait: float, event: str, rate: float) -> None:
+    """Wait `wait` seconds before handling what the worker sent (over its rate), counted and logged (once per
+    connection per 10 s)."""
+    if wait <= 0:
+        return
+    app[METRICS].worker_messages_delayed.inc()
+    if time.monotonic() - conn.throttled_logged >= 10:
+        conn.throttled_logged = time.monotonic()
+        log.warning(event, worker=conn.consumer, rate=rate)
+    await asyncio.sleep(wait)
 
 
 def _parse(data: str) -> WorkerMessage | str:
