@@ -23,7 +23,17 @@ from yarl import URL
 from ethml.chain import dev_account
 from ethml.chain.reverts import Revert
 from ethml.coordinator import worker as worker_module
-from ethml.coordinator.worker import EVENTS_KEPT, MAX_UNANSWERED_RELEASES, Worker, WorkerConfig, WorkerRefused
+from ethml.coordinator.worker import (
+    EVENTS_KEPT,
+    FIRST_BACKOFF,
+    MAX_UNANSWERED_RELEASES,
+    RETRY_AFTER_CAP,
+    Worker,
+    WorkerConfig,
+    WorkerRefused,
+    _retry_after,
+    reconnect_delay,
+)
 from ethml.errors import EthmlError, TransactionReverted
 from ethml.training.trainer import Opening
 from ethml.urls import redact_urls
@@ -55,12 +65,18 @@ class Server:
         self.loads: list[float] = []
         self.connections = 0
         self.uploads: list[str] = []  # the paths POSTed to
+        self.handshakes: list[float] = []  # when each handshake came (the loop's clock)
+        self.refuse_handshakes = 0  # answer the first so many handshakes 429 with `Retry-After: 2`
+        self.close_after_welcome: Callable[[int], float | None] = lambda n: None  # seconds to hold connection n
         self.on_upload: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
 
     def _next(self, items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
         return items[min(self.connections, len(items)) - 1]
 
-    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+    async def socket(self, request: web.Request) -> web.StreamResponse:
+        self.handshakes.append(asyncio.get_running_loop().time())
+        if len(self.handshakes) <= self.refuse_handshakes:
+            return web.json_response({"error": "rate limit exceeded"}, status=429, headers={"Retry-After": "2"})
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connections += 1
@@ -72,6 +88,11 @@ class Server:
             welcome
             or {"type": "welcome", "heartbeat": 5, "running": [], "upload_token": "t", "features": ["drain", "release"]}
         )
+        hold = self.close_after_welcome(self.connections)
+        if hold is not None:
+            await asyncio.sleep(hold)
+            await ws.close(code=1013, message=b"try again later")
+            return ws
         for job in self.jobs if self.connections == 1 else []:
             await ws.send_json(job)
         async for msg in ws:
@@ -185,6 +206,88 @@ async def test_a_malformed_login_is_a_disconnect_and_the_worker_logs_in_again(
     finally:
         worker.stop_now()
         await asyncio.wait_for(run, 30)
+
+
+def test_a_reconnection_s_delay_is_drawn_and_waits_for_retry_after() -> None:
+    assert reconnect_delay(2.0, draw=lambda: 0.0) == 1.0
+    assert reconnect_delay(2.0, draw=lambda: 1.0) == 2.0
+    drawn = [reconnect_delay(2.0) for _ in range(200)]
+    assert all(1.0 <= d <= 2.0 for d in drawn) and len(set(drawn)) > 150
+    assert reconnect_delay(0.5, retry_after=5.0) == 5.0
+    assert reconnect_delay(0.5, retry_after=10.0**9) == RETRY_AFTER_CAP
+    assert reconnect_delay(8.0, retry_after=1.0, draw=lambda: 1.0) == 8.0
+    answers = {"3": 3.0, " 7 ": 7.0, "9" * 5000: RETRY_AFTER_CAP, "Wed, 21 Oct 2026 07:28:00 GMT": None, "\xb2": None}
+    for header, seconds in {**answers, "-1": None, "1.5": None, "": None}.items():
+        assert _retry_after(CIMultiDictProxy(CIMultiDict({"Retry-After": header}))) == seconds, header
+    assert _retry_after(CIMultiDictProxy(CIMultiDict())) is None
+    assert _retry_after(None) is None
+
+
+async def _disconnects(worker: Worker, count: int) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    while len(seen) < count:
+        event = await asyncio.wait_for(worker.events.get(), 60)
+        if event["event"] == "disconnected":
+            seen.append(event)
+    return seen
+
+
+async def test_sessions_the_server_ends_at_once_are_backed_off_from(server: tuple[Server, str], tmp_path: Path) -> None:
+    """A server that closed every session right after the login (1013: its Redis down, say) was logged in to
+    again every half second for as long as that lasted, by every worker at once: a session that ends before
+    STABLE_SESSION now backs off as a failed connection does, each delay drawn afresh."""
+    coordinator, url = server
+    coordinator.close_after_welcome = lambda n: 0.0
+    worker = FakeWorker(url, tmp_path, max_backoff=4.0)
+    run = asyncio.create_task(worker.run())
+    try:
+        seen = await _disconnects(worker, 6)
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+    assert {e["reason"] for e in seen} == {"connection closed (1013)"}
+    backoff = [min(FIRST_BACKOFF * 2**i, 4.0) for i in range(6)]
+    assert all(b / 2 <= e["retry_in"] <= b for e, b in zip(seen, backoff, strict=True)), seen
+    gaps = [b - a for a, b in zip(coordinator.handshakes, coordinator.handshakes[1:], strict=False)]
+    assert all(gap >= b / 2 for gap, b in zip(gaps, backoff, strict=False)), gaps  # slept as said
+    assert sum(gaps[:5]) >= 5.0  # half of 0.5 + 1 + 2 + 4 + 4 at least: not five half-seconds
+
+
+async def test_a_session_that_lasted_starts_the_backoff_again(
+    server: tuple[Server, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "STABLE_SESSION", 1.0)
+    coordinator, url = server
+    coordinator.close_after_welcome = lambda n: 1.5 if n == 4 else 0.0
+    worker = FakeWorker(url, tmp_path, max_backoff=4.0)
+    run = asyncio.create_task(worker.run())
+    try:
+        seen = await _disconnects(worker, 5)
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+    delays = [e["retry_in"] for e in seen]
+    assert delays[2] >= 1.0  # the third short session in a row: a backoff of 2 s
+    assert FIRST_BACKOFF / 2 <= delays[3] <= FIRST_BACKOFF  # after a session of 1.5 s: from the start
+    assert FIRST_BACKOFF <= delays[4] <= 2 * FIRST_BACKOFF
+
+
+async def test_a_refused_handshake_waits_for_its_retry_after(server: tuple[Server, str], tmp_path: Path) -> None:
+    """A handshake answered 429 (the logins of the worker's address over their rate) was tried again after the
+    backoff's half second, and refused again, whatever `Retry-After` said."""
+    coordinator, url = server
+    coordinator.refuse_handshakes = 2
+    worker = FakeWorker(url, tmp_path)
+    run = asyncio.create_task(worker.run())
+    try:
+        seen = await _disconnects(worker, 2)
+        await _connected(worker, run)
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+    assert all(e["retry_in"] == 2.0 and e["reason"].startswith("handshake refused: 429") for e in seen), seen
+    first, second, third = coordinator.handshakes[:3]
+    assert second - first >= 2.0 and third - second >= 2.0
 
 
 async def test_a_refused_worker_makes_the_reveals_it_owes_before_it_exits(

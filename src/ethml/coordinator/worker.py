@@ -33,11 +33,12 @@ import contextlib
 import dataclasses
 import math
 import os
+import random
 import re
 import stat
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,19 @@ ANSWER_WAIT = 60.0
 #: Releases left unanswered on one connection before the worker takes the server for a broken one and reconnects.
 MAX_UNANSWERED_RELEASES = 100
 
+#: The reconnection backoff's first step, in seconds; it doubles on each connection that fails or ends soon, up
+#: to `WorkerConfig.max_backoff`.
+FIRST_BACKOFF = 0.5
+
+#: Seconds a connection must have stayed logged in for the backoff to start again from its first step when it
+#: ends: a server that closes every session soon after the login (its Redis down, a restart in a loop) is
+#: backed off from as one that refuses the connection is, instead of being logged in to twice a second.
+STABLE_SESSION = 60.0
+
+#: The longest `Retry-After` of a refused handshake that the worker waits for, in seconds (a server that asks
+#: for more is retried after this, or after the backoff if it is longer).
+RETRY_AFTER_CAP = 60.0
+
 #: Events kept for whoever embeds the worker (`Worker.events`); when nobody reads them, the oldest go.
 EVENTS_KEPT = 256
 
@@ -106,6 +120,27 @@ class WorkerRefused(EthmlError):
 #: Contract errors that say the account's stake is gone (unstaked, or slashed below the minimum): every job
 #: would fail the same way until it is staked again.
 STAKE_GONE = frozenset({"NotStaked", "NothingStaked"})
+
+
+def reconnect_delay(
+    backoff: float, retry_after: float | None = None, draw: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait before the next connection: between half `backoff` and all of it, drawn anew each time, so
+    that workers cut off at once (by a server's restart) do not come back in step; and no sooner than the
+    server's `Retry-After` (up to RETRY_AFTER_CAP)."""
+    delay = backoff * (0.5 + 0.5 * draw())
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
+    return delay
+
+
+def _retry_after(headers: Any) -> float | None:
+    """A `Retry-After` in seconds (the form the coordinator sends); None for none, a date or anything else."""
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+", value.strip()):
+        return None
+    value = value.strip()
+    return RETRY_AFTER_CAP if len(value) > 6 else float(value)
 
 
 @dataclass
@@ -251,6 +286,7 @@ class Worker:
         self._revoking: set[str] = set()  # revoked by the server, being stopped
         self._after_revoke: dict[str, dict[str, Any]] = {}  # sent again while being stopped: runs after
         self._background: set[asyncio.Future[Any]] = set()  # messages sent from sync callers
+        self._welcomed_at: float | None = None  # when the current connection was logged in (the loop's clock)
 
     async def run(self) -> None:
         """Connect, work, reconnect with backoff; returns once drained or stopped now (`drain`,
@@ -286,12 +322,15 @@ class Worker:
             )
 
     async def _connect_loop(self, session: aiohttp.ClientSession) -> None:
-        backoff = 0.5
+        loop = asyncio.get_running_loop()
+        backoff = FIRST_BACKOFF
         while True:
             stop_if_cancelled()  # a cancel that 3.11's asyncio.timeout turned into TimeoutError
+            self._welcomed_at = None
+            retry_after: float | None = None
             try:
-                await self._session_once(session)
-                backoff = 0.5
+                code = await self._session_once(session)
+                why = "connection lost" if code in (None, 1006) else f"connection closed ({code})"
             except WorkerRefused as exc:
                 self._refused = exc  # no connection comes again, no answer is awaited
                 if self.unstaked is None:
@@ -306,9 +345,19 @@ class Worker:
                 self._check_drained()
                 await self._finished.wait()
                 return
+            except aiohttp.WSServerHandshakeError as exc:  # a 429 (its logins' rate), a 503, a proxy's answer
+                retry_after = _retry_after(exc.headers)
+                why = f"handshake refused: {exc.status} {exc.message}"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.warning("disconnected", error=str(exc) or type(exc).__name__, retry_in=backoff)
-            await asyncio.sleep(backoff)
+                why = str(exc) or type(exc).__name__
+            if self._finished.is_set():  # its own close as it stops: nothing to come back to
+                return
+            if self._welcomed_at is not None and loop.time() - self._welcomed_at >= STABLE_SESSION:
+                backoff = FIRST_BACKOFF
+            delay = reconnect_delay(backoff, retry_after)
+            log.warning("disconnected", error=why, retry_in=round(delay, 2))
+            self._event({"event": "disconnected", "reason": why, "retry_in": delay})
+            await asyncio.sleep(delay)
             backoff = min(backoff * 2, self.config.max_backoff)
 
     async def _reveals_before_exit(self, why: str) -> None:
@@ -535,7 +584,10 @@ class Worker:
             raise ConnectionError("the coordinator sent a malformed message during the login")
         return data
 
-    async def _session_once(self, session: aiohttp.ClientSession) -> None:
+    async def _session_once(self, session: aiohttp.ClientSession) -> int | None:
+        """One connection, from the handshake to its end; the close code the server sent (None for a connection
+        that dropped), or WorkerRefused for a refusal or an admin's disconnect. `_welcomed_at` says when it was
+        logged in (None until then)."""
         url = self.config.server.rstrip("/") + "/ws/worker"
         async with session.ws_connect(url, heartbeat=10, max_msg_size=64 * 1024) as ws:
             challenge = await self._login_message(ws, 30)
@@ -563,6 +615,7 @@ class Worker:
             self._drain_sent = self._drain_acked = False
             self._releasing.clear()
             self._ws = ws
+            self._welcomed_at = asyncio.get_running_loop().time()
             if self.draining and not self.stopped_now and "drain" not in self.features:
                 log.warning("drain_unsupported", server=self.config.server)
                 self.stop_now()  # an older server would keep sending jobs: stop as it always did
@@ -615,6 +668,7 @@ class Worker:
             if closed_with == 4001:  # refused while connected (its stake is gone): the server said why first
                 said = f": {self._said_refused}" if self._said_refused else f" ({closed_with})"
                 raise WorkerRefused(f"the coordinator refused this worker{said}")
+            return closed_with
 
     async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The server's answer to the login (welcome or refused) within 60 s, and the messages that came
