@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from ethml.urls import redact_urls
 
 
 def _clear_status_line(_logger: Any, _name: str, rendered: Any) -> Any:
     """Erase the live status line (carriage return, clear to end of line) before a log line."""
     return "\r\033[K" + str(rendered)
+
+
+def _redact_urls(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every URL in a log line's text values cut to its scheme, host and port (`ethml.urls.redact_urls`): an RPC
+    provider's key sits in the URL's path, query or user name, and an exception's text repeats the URL whole
+    (aiohttp's `429, message='Too Many Requests', url='https://host/v3/<key>'`); logs are shipped and shared."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "/" in value:
+            event_dict[key] = redact_urls(value)
+    return event_dict
 
 
 def configure_logging(fmt: str | None = None, level: str = "info", *, status_line: bool = False) -> None:
@@ -29,6 +42,7 @@ def configure_logging(fmt: str | None = None, level: str = "info", *, status_lin
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact_urls,
             renderer,
             *([_clear_status_line] if status_line else []),
         ],

@@ -32,8 +32,10 @@ from typing import Any
 import aiohttp
 import pytest
 import schemathesis
+import structlog
 from hypothesis import HealthCheck, assume, given, settings
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ethml.chain import EML, Deployment, dev_account, send
 from ethml.coordinator import edge
@@ -213,6 +215,90 @@ async def test_requests_the_parser_refuses_get_the_one_error_style(anvil_url: st
         assert status == 200 and page["tasks"] == []
 
 
+async def _exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """One request on a connection of its own: the answer's head and its body (none for a HEAD's)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+        length = next(
+            (int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+        )
+        body = b"" if request.startswith(b"HEAD ") else await asyncio.wait_for(reader.readexactly(length), 60)
+        return head, body
+    finally:
+        writer.close()
+
+
+async def test_expectations_heads_and_transfer_codings_are_answered_in_the_one_error_style(
+    anvil_url: str, tmp_path: Path
+) -> None:
+    """Found by an outside review. An `Expect` other than 100-continue on a route without a body (or on no route)
+    was answered by aiohttp before any middleware, in plain text and uncounted; a HEAD of the event stream was
+    answered with the endless stream (a proxy's health check would read the events as its next answer); and a
+    body sent `Transfer-Encoding: gzip, chunked` was stored packed, as if it were the file."""
+    async with coordinator_on(anvil_url, tmp_path) as c:
+        _runner, url = await c.start_server()
+        key = await c.requester_key()
+        port = int(url.rsplit(":", 1)[1])
+        for path in (b"/api/tasks", b"/healthz", b"/nowhere", b"/api/files"):
+            head, body = await _exchange(port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nExpect: nope\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 417 ") and b"Content-Type: application/json" in head, (path, head)
+            assert json.loads(body)["error"] == {"status": 417, "message": "unknown Expect: nope", "field": None}
+        head, _ = await _exchange(port, b"HEAD /api/dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: GET" in head, head
+        head, _ = await _exchange(port, b"HEAD /api/dashboard HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head  # a HEAD of an ordinary answer is still one
+        packed = gzip.compress(b"a file" * 100)
+        head, body = await _exchange(
+            port,
+            b"POST /api/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+            + b"\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            + b"%x\r\n" % len(packed) + packed + b"\r\n0\r\n\r\n",
+        )  # fmt: skip
+        assert head.startswith(b"HTTP/1.1 501 "), head
+        assert "not with Transfer-Encoding gzip" in json.loads(body)["error"]["message"], body
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+            metrics = await response.text()
+        assert 'ethml_http_requests_total{route="malformed",status="417"} 4.0' in metrics
+
+
+async def test_the_public_dashboard_and_the_log_name_no_rpc_url_whole(
+    anvil_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by an outside review: when the oracle's read failed, the public dashboard showed the error's text,
+    which for an RPC provider's HTTP error is aiohttp's and names the endpoint's URL whole, its key in the path
+    (every 2 s on the event stream too); and log lines carried it as well. Now the dashboard says the oracle
+    could not be read, and every URL in a log line is cut to its host."""
+    from ethml._logging import configure_logging
+    from ethml.coordinator.routes import dashboard
+
+    secret = "http://rpc.example:8545/v3/SECRETKEY123?apikey=OTHERSECRET"
+
+    async def failing(*_args: Any, **_kwargs: Any) -> Any:
+        sent = aiohttp.RequestInfo(URL(secret), "POST", CIMultiDictProxy(CIMultiDict()), URL(secret))
+        raise aiohttp.ClientResponseError(sent, (), status=429, message="Too Many Requests")
+
+    saved = structlog.get_config()
+    monkeypatch.setattr(dashboard, "oracle_status", failing)
+    try:
+        configure_logging("json")
+        async with coordinator_on(anvil_url, tmp_path) as c:
+            await c.start_server()
+            status, snapshot, _ = await c.api("GET", "/api/dashboard")
+            assert status == 200 and "SECRETKEY123" not in json.dumps(snapshot), snapshot["oracle"]
+            assert snapshot["oracle"] == {
+                "error": "the oracle could not be read from the chain RPC (logged by the server)"
+            }
+            structlog.get_logger("t").warning("rpc_failed", error=f"429, url='{secret}'", url=secret)
+    finally:
+        structlog.configure(**saved)
+    logged = capsys.readouterr().err
+    assert "dashboard_oracle_unreadable" in logged and "rpc.example:8545" in logged, logged[-2000:]
+    assert "SECRETKEY123" not in logged and "OTHERSECRET" not in logged, logged[-2000:]
+
+
 async def _hostile_requests(c: Coordinator) -> None:
     key = await c.requester_key()
     now = await chain_now(c)
@@ -310,7 +396,9 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("POST", "/api/tasks", key, Raw(json.dumps(_valid(c, now)).encode(), ""), 415, None, "application/json"),
         ("POST", "/api/tasks", key, Raw(json.dumps(_valid(c, now)).encode(), "application/json; charset=latin-1"), 415, None, "UTF-8"),
         ("POST", "/api/keys", c.admin_key, Raw(b'{"name": "x"}', "application/x-www-form-urlencoded"), 415, None, "application/json"),
-        ("POST", "/api/tasks", key, Raw(b'{"spec": ' + b"[" * 300 + b"]" * 300 + b"}", "application/json"), 400, None, "deeper than 200"),
+        ("POST", "/api/tasks", key, Raw(b'{"spec": ' + b"[" * 300 + b"]" * 300 + b"}", "application/json"), 400, None, "recursion limit exceeded"),
+        # JSON the parser cannot hold: said as such (this was "not JSON (or nests deeper than 200 levels)").
+        ("POST", "/api/tasks", key, Raw(b'{"reward": ' + b"9" * 5000 + b"}", "application/json"), 400, None, "number out of range at line 1"),
         # Strict types: a JSON value of the wrong type is refused, never converted.
         ("POST", "/api/tasks", key, _valid(c, now, validations=True), 422, "validations", "valid integer"),
         ("POST", "/api/tasks", key, _valid(c, now, nonce="0"), 422, "nonce", "valid integer"),
@@ -318,6 +406,7 @@ async def _hostile_requests(c: Coordinator) -> None:
         ("POST", "/api/tasks", key, _valid(c, now, min_score=True), 422, "min_score", "valid number"),
         ("POST", "/api/tasks", key, _valid(c, now, min_score="0.8"), 422, "min_score", "valid number"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.nonce": "0"}), 422, "permit.nonce", "valid integer"),
+        ("POST", "/api/tasks", key, _valid(c, now, **{"spec.version": True}), 422, "spec.version", "not a boolean"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"permit.v": 27.5}), 422, "permit.v", "valid integer"),
         ("POST", "/api/tasks", key, _valid(c, now, **{"spec.estimator.params": {"n_estimators": True}}), 422, "spec.estimator.params.n_estimators", "valid number"),
         ("POST", "/api/tasks/import", key, {"chain_task_id": "1"}, 422, "chain_task_id", "valid integer"),

@@ -265,7 +265,8 @@ def disk_errors() -> Iterator[None]:
 
 
 def refuse_encoded(request: web.Request, limit: int) -> None:
-    """415 for a body sent with a Content-Encoding, 413 for one whose Content-Length is over `limit`."""
+    """415 for a body sent with a Content-Encoding, 501 for one with a transfer coding besides chunked, 413 for one
+    whose Content-Length is over `limit`."""
     # Every Content-Encoding header, each a list: the server does not unpack bodies (auto_decompress off),
     # and one that says it is packed is refused rather than read as it is.
     codings = [c.strip().lower() for h in request.headers.getall("Content-Encoding", ()) for c in h.split(",")]
@@ -276,6 +277,14 @@ def refuse_encoded(request: web.Request, limit: int) -> None:
             f"request bodies are taken as sent, not with Content-Encoding {encoding[:40]}",
             headers={"Accept-Encoding": "identity"},
             close=True,
+        )
+    # aiohttp reads a body whose last transfer coding is chunked and ignores the codings before it: a body
+    # sent `Transfer-Encoding: gzip, chunked` would be taken packed, as if it were the file.
+    transfer = [c.strip().lower() for h in request.headers.getall("Transfer-Encoding", ()) for c in h.split(",")]
+    other = next((c for c in transfer if c not in ("", "chunked")), None)
+    if other is not None:
+        raise ApiError(
+            501, f"request bodies are taken chunked or whole, not with Transfer-Encoding {other[:40]}", close=True
         )
     length = request.content_length
     if length is not None and length > limit:
@@ -319,7 +328,11 @@ async def read_json(request: web.Request, model: type[BaseModel]) -> Any:
     except ValidationError as exc:
         kind = exc.errors(include_url=False)[0].get("type")
         if kind == "json_invalid":
-            raise ApiError(400, "the body is not JSON (or nests deeper than 200 levels)") from None
+            said = str((exc.errors(include_url=False)[0].get("ctx") or {}).get("error") or "not JSON")[:200]
+            raise ApiError(
+                400,
+                f"the body is not JSON that can be read ({said}); it is read 200 levels deep, numbers to 4300 digits",
+            ) from None
         if kind == "model_type":
             raise ApiError(422, "the body must be a JSON object") from None
         where, message = first_error(exc)
@@ -453,6 +466,26 @@ class EdgeServer(web.Server):
             self.capped_logged.pop(client, None)
 
 
+def _expectations(
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], metrics: Any
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """`handle` (the application's), after a check of `Expect` on every path: aiohttp answers an `Expect` other
+    than `100-continue` itself, before any middleware, in plain text (`Unknown Expect: ...`) and uncounted, on
+    every route but those with their own expect handler (`defer_continue`); here it is a JSON 417, counted
+    under `malformed`, and the connection is closed."""
+
+    async def checked(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if expect is None or request.version != aiohttp.HttpVersion11 or expect.lower() == "100-continue":
+            return await handle(request)
+        response = error_response(417, f"unknown Expect: {expect[:60]}")
+        response.force_close()
+        metrics.observe(MALFORMED, 417, 0.0)
+        return response
+
+    return checked
+
+
 def install_edge_server(app: web.Application, metrics: Any, cap: int, proxies: tuple[Any, ...]) -> None:
     """Make `app`'s server (whichever runner starts it: `web.run_app`, an `AppRunner`) an `EdgeServer` counting
     in `metrics`, with at most `cap` connections per client (0: no cap) besides `proxies`'. aiohttp takes no
@@ -469,6 +502,7 @@ def install_edge_server(app: web.Application, metrics: Any, cap: int, proxies: t
         assert isinstance(server, EdgeServer)
         server.metrics, server.cap, server.proxies = metrics, cap, proxies
         server.open_by_client, server.capped_logged = {}, {}
+        server.request_handler = _expectations(server.request_handler, metrics)
         return server
 
     app._make_handler = make_edge_server  # type: ignore[method-assign]

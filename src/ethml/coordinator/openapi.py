@@ -28,13 +28,14 @@ ERRORS = {
     415: "the body is not application/json, or comes compressed (a Content-Encoding other than identity)",
     422: "a field is invalid (named in error.field)",
     429: "rate limited (see Retry-After)",
+    501: "the body comes with a transfer coding other than chunked",
     503: "Redis or the chain RPC is unavailable, or the RPC refused a request (see Retry-After)",
     507: "the coordinator's disk is nearly full: nothing was stored (see Retry-After)",
 }
 #: What every route may answer besides its own statuses: a rate limit, or a backend outage.
 ALWAYS = (429, 503)
 #: What a route that reads a JSON body may answer about the body itself.
-JSON_BODY = (400, 408, 413, 415, 422)
+JSON_BODY = (400, 408, 413, 415, 422, 501)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -230,7 +231,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _json(s.FileAdded, "a worker's artifact, stored already: the body was not read"),
                         "201": _json(s.FileAdded, "stored"),
-                        **_errors(401, 403, 408, 409, 413, 415, 422, 507),
+                        **_errors(401, 403, 408, 409, 413, 415, 422, 501, 507),
                     },
                 }
             },

@@ -13,12 +13,23 @@ SUPPORTED_CODECS = ("raw", "dag-pb")
 SUPPORTED_HASH = "sha2-256"
 
 
+#: The longest CID text and binary `parse_cid` decodes: a v1 CID of a sha2-256 digest is 36 bytes, 289 characters
+#: in its longest multibase (base2); a longer one is refused unread.
+MAX_CID_CHARS = 300
+MAX_CID_BYTES = 64
+
+
 def parse_cid(value: str | bytes | CID) -> CID:
     """Decode and check a CID: v0 or v1, codec raw or dag-pb, sha2-256."""
     if isinstance(value, CID):
         cid = value
     else:
         text = value if isinstance(value, str) else value.hex()
+        size, limit = (len(value.strip()), MAX_CID_CHARS) if isinstance(value, str) else (len(value), MAX_CID_BYTES)
+        if size > limit:  # refused unread: base58 (base36, base10) decodes in time quadratic in the length
+            raise InvalidCID(
+                text, f"longer than any CID ethml takes ({limit} {'characters' if isinstance(value, str) else 'bytes'})"
+            )
         try:
             cid = CID.decode(value.strip() if isinstance(value, str) else value)
         except (ValueError, KeyError, IndexError) as exc:  # IndexError: multiformats on an empty string

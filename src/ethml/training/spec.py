@@ -7,7 +7,15 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from ethml import safejson
 from ethml._schema_types import JsonInt, integral
@@ -185,13 +193,20 @@ class EstimatorSpec(BaseModel):
         return self
 
 
+def _not_a_bool(value: Any) -> Any:
+    """pydantic takes `true` for `Literal[1]` (True == 1), strict mode included: the version is an integer."""
+    if isinstance(value, bool):
+        raise ValueError("must be the integer 1, not a boolean")
+    return value
+
+
 class TaskSpec(BaseModel):
     """What the requester asks for. The dataset (a CSV with a header) is the task's datasetCid; the
     hidden test set is a CSV of the same columns."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_spec_json_schema)
 
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], BeforeValidator(_not_a_bool)] = 1
     target: ColumnName
     features: list[ColumnName] = Field(min_length=1, max_length=MAX_COLUMNS)
     estimator: EstimatorSpec

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from ethml.coordinator.appkeys import CHAIN, CONFIG, STOPPING, STORE
 from ethml.coordinator.auth import rate_limit
 from ethml.coordinator.background import SharedCall, stop_if_cancelled
 from ethml.oracle import list_requests, oracle_status
+from ethml.urls import redact_urls
 
+log = structlog.get_logger("ethml.coordinator")
 routes = web.RouteTableDef()
 
 
@@ -29,6 +32,8 @@ class SnapshotCache:
     event: bytes = b""
     #: The snapshot being taken, shared by every request that finds the cache stale meanwhile.
     taking: SharedCall[None] | None = None
+    #: The last snapshot could not read the oracle (logged once until it can again).
+    oracle_failing: bool = False
 
 
 SNAPSHOT = web.AppKey("dashboard_snapshot", SnapshotCache)
@@ -44,7 +49,15 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
         oracle = (await oracle_status(chain.w3, chain.deployment)).as_dict()
         requests = [r.as_dict() for r in await list_requests(chain.w3, chain.deployment, last=8)]
     except Exception as exc:  # noqa: BLE001 - the dashboard shows what it can
-        oracle, requests = {"error": str(exc)}, []
+        # Not the error's text: the dashboard is public, and a failed RPC call's text names the endpoint's URL,
+        # whose path or query often holds the provider's key. Logged when it starts failing.
+        cache = app[SNAPSHOT]
+        if not cache.oracle_failing:
+            log.warning("dashboard_oracle_unreadable", error=redact_urls(str(exc) or type(exc).__name__))
+        cache.oracle_failing = True
+        oracle, requests = {"error": "the oracle could not be read from the chain RPC (logged by the server)"}, []
+    else:
+        app[SNAPSHOT].oracle_failing = False
     return {
         "instance": app[CONFIG].instance,
         "time": time.time(),
@@ -100,9 +113,10 @@ async def data(request: web.Request) -> web.Response:
     return web.json_response((await cached_snapshot(request.app)).snapshot)
 
 
-@routes.get("/api/dashboard/events")
+@routes.get("/api/dashboard/events", allow_head=False)
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: a snapshot now and every two seconds."""
+    """Server-sent events: a snapshot now and every two seconds (GET only: a HEAD would be answered with the
+    endless stream aiohttp does not hold back)."""
     await rate_limit(request, None)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
