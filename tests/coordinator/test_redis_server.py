@@ -120,3 +120,41 @@ async def test_a_data_dir_too_deep_for_a_socket_address_still_gets_its_redis(tmp
         await client.aclose()
     finally:
         again.stop()
+
+
+async def test_a_private_redis_that_dies_is_started_again_with_its_data(tmp_path: Path) -> None:
+    """Found by an outside review: the private Redis killed on its own (the OOM killer, a `kill -9` of its pid)
+    left `ethml serve` answering 503 for good while it looked alive to a service manager. The server's
+    supervisor starts it again from its append-only file, and a client of the old one finds the new one."""
+    embedded = EmbeddedRedis(tmp_path / "coordinator" / "redis")
+    await embedded.start()
+    supervisor = asyncio.create_task(embedded.keep_running(every=0.1))
+    client = aioredis.Redis(unix_socket_path=str(embedded.socket))
+    try:
+        await client.set("ethml:checkpoint", 42)
+        await client.bgrewriteaof()  # on disk now, not after the next second's fsync
+        await wait_until(lambda: _rewritten(client), timeout=30, what="the append-only file's rewrite")
+        assert embedded.process is not None
+        killed = embedded.process.pid
+        os.kill(killed, signal.SIGKILL)
+
+        async def answers_again() -> bool:
+            if embedded.process is None or embedded.process.pid == killed:
+                return False
+            try:
+                return bool(await client.get("ethml:checkpoint") == b"42")
+            except (OSError, aioredis.RedisError):
+                return False
+
+        await wait_until(answers_again, timeout=60, what="the Redis started again, with its data")
+    finally:
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        await client.aclose()
+        embedded.stop()
+    assert embedded.process is not None and embedded.process.poll() is not None  # stopped: not started again
+
+
+async def _rewritten(client: aioredis.Redis) -> bool:
+    info = await client.info("persistence")
+    return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]

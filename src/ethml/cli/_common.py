@@ -78,7 +78,10 @@ DeploymentOption = Annotated[
     Path | None, typer.Option(help="Deployment file (default: by chain id).", envvar="ETHML_DEPLOYMENT")
 ]
 DataDirOption = Annotated[
-    Path | None, typer.Option(help="Blockstore, task secrets and deployments directory.", envvar="ETHML_DATA_DIR")
+    Path | None,
+    typer.Option(
+        help="Blockstore, task secrets and deployments directory.", envvar="ETHML_DATA_DIR", resolve_path=True
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 

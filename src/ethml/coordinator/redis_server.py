@@ -100,6 +100,9 @@ def socket_path(directory: Path) -> Path:
 
 class EmbeddedRedis:
     def __init__(self, directory: Path) -> None:
+        # Absolute: Redis changes into its `--dir` before it binds the socket and writes the pid file, so a
+        # relative path (a relative data dir) would name a place that is not there.
+        directory = directory.absolute()
         self.directory = directory
         self.socket = socket_path(directory)
         self.pidfile = directory / "redis.pid"
@@ -212,6 +215,28 @@ class EmbeddedRedis:
                 return
             await asyncio.sleep(0.05)
         raise RedisUnavailable(f"the embedded Redis did not answer on {self.socket} within {wait:.0f} s")
+
+    async def keep_running(self, every: float = 1.0) -> None:
+        """Start the Redis again whenever it exits (killed by the OOM killer or by hand, crashed), until
+        cancelled: it reads its append-only file back (up to a second of writes lost, `appendfsync everysec`),
+        and the server's connections find it again by themselves. Before, the server answered 503 for good
+        while it looked alive to a service manager. A start that fails is tried again, after 1 s, 2 s, ... 30 s."""
+        backoff = every
+        while True:
+            await asyncio.sleep(backoff)
+            if self.process is None or self.process.poll() is None:
+                backoff = every
+                continue
+            tail = (self.directory / "redis.log").read_text(errors="replace")[-400:]
+            log.error("embedded_redis_exited", code=self.process.returncode, log_tail=tail)
+            try:
+                self._spawn()
+                await self._ready(30.0)
+                log.warning("embedded_redis_restarted", pid=self.process.pid)
+                backoff = every
+            except RedisUnavailable as exc:
+                log.error("embedded_redis_restart_failed", error=str(exc)[:400])
+                backoff = min(max(2 * backoff, 1.0), 30.0)
 
     async def _answers(self) -> bool:
         client = aioredis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1)

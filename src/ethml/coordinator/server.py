@@ -40,7 +40,7 @@ from ethml.coordinator.appkeys import (
 )
 from ethml.coordinator.artifacts import SETTLE_INTERVAL, ArtifactSettler, Layered, PendingArtifacts
 from ethml.coordinator.auth import API_KEYS, KeyCache
-from ethml.coordinator.background import Loops, forever
+from ethml.coordinator.background import Loops, cancel_and_wait, forever
 from ethml.coordinator.chain import Chain
 from ethml.coordinator.config import ServeConfig
 from ethml.coordinator.deployment import WATCH_INTERVAL, AnotherDeployment, DeploymentWatch, Fatal, identity, said
@@ -99,6 +99,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Redis connection pool (a private Redis server without --redis) and the store on it."""
     cfg = app[CONFIG]
     embedded = None
+    supervisor: asyncio.Task[None] | None = None
     if cfg.redis_url is None:
         embedded = EmbeddedRedis(cfg.data_dir / "coordinator" / "redis")
         await embedded.start()
@@ -114,8 +115,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             raise RedisUnavailable(f"the Redis at {where} {redis_failure(exc)}") from exc
         app[STORE] = store
         await _admin_key(store, cfg.data_dir / "coordinator" / "admin.key")
+        if embedded is not None:
+            supervisor = asyncio.create_task(embedded.keep_running(), name="embedded-redis")
         yield
     finally:
+        if supervisor is not None:
+            await cancel_and_wait(supervisor, 5)  # before the stop below: nothing starts it again
         with contextlib.suppress(Exception):
             await asyncio.wait_for(redis.aclose(), 5)
         if embedded is not None:
