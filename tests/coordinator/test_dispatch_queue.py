@@ -538,6 +538,51 @@ async def test_a_connected_worker_that_never_reports_loses_the_job_after_its_tim
     assert result == "not delivered to this worker" and await store.result("1:train:0") is None
 
 
+async def test_a_restarted_instance_gives_its_workers_the_job_timeout_to_come_back(redis_store: Store) -> None:
+    """Found by an outside review: a server killed for longer than the job timeout took back, at its first pass
+    after the restart, every job its workers held (idle in Redis since before the outage), before they could
+    reconnect: their work was lost, and since an account gets one delivery of a task's training jobs, those
+    accounts could never take them again. No job is taken back before the instance has run for the job
+    timeout: a worker that comes back keeps its job, one that does not loses it then."""
+    store = redis_store
+    redis = store.redis
+    await redis.set(k.task("t"), json.dumps({"spec": {"max_train_seconds": 600}, "trainers": 2}))
+    await redis.xadd(STREAM, {"job": "1:train:0", "kind": "train", "task": "t", "chain_task": 1})
+    first = Dispatcher(store, "instance-1", job_timeout=0.5, max_deliveries=3)
+    ws = RecordingSocket()
+    conn = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    first.conns[conn.consumer] = conn
+    await first.run_pass()
+    await _sent_out(conn)
+    assert list(conn.running) == ["1:train:0"]
+
+    async def holders() -> list[tuple[bytes, int]]:
+        pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+        return [(p["consumer"], p["times_delivered"]) for p in pending]
+
+    async def idle_past_the_timeout() -> bool:
+        pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10)
+        return bool(pending) and pending[0]["time_since_delivered"] >= 1000  # twice the job timeout
+
+    # The instance is killed: nothing touches the job while it is down.
+    await wait_until(idle_past_the_timeout, timeout=30, what="the job to idle past the job timeout")
+    restarted = Dispatcher(store, "instance-1", job_timeout=0.5, max_deliveries=3)
+    await restarted.run_pass()
+    assert await holders() == [(conn.consumer.encode(), 1)]  # not taken back at the first pass
+    again = dispatch.WorkerConn("w1", "0x" + "ab" * 20, "trainer", ws, 1, "instance-1")  # type: ignore[arg-type]
+    await restarted.take_over(again, 30)
+    restarted.conns[again.consumer] = again
+    assert list(again.running) == ["1:train:0"]  # it came back in time: its job is its own
+    await restarted.run_pass()  # (touched: fresh again)
+    del restarted.conns[again.consumer]  # now it goes silent: it loses the job after the job timeout
+
+    async def back_in_waiting() -> bool:
+        await restarted.run_pass()
+        return await holders() == [(WAITING.encode(), 2)]
+
+    await wait_until(back_in_waiting, timeout=30, what="the silent worker's job to go back to waiting")
+
+
 async def test_a_job_taken_back_from_a_connected_worker_is_revoked(redis_store: Store) -> None:
     """Another instance's XAUTOCLAIM (or any move) took the job from under a connected worker: the next
     pass forgets it and tells the worker, whose result would no longer count."""

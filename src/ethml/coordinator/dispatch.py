@@ -374,6 +374,11 @@ class Dispatcher:
         self._given: dict[str, float] = {}  # read this pass, by account: when it was last given a training job
         self._message_buckets: dict[str, tuple[float, float]] = {}  # by account: tokens, when counted
         self._buckets_pruned_at = MESSAGE_BUCKETS  # the table's size that has it pruned next
+        # No job is taken back before this instance has run for `job_timeout`: a job's idle time in Redis counts
+        # from its last touch, before an outage of the server too, and its worker needs the time to reconnect
+        # (and touch it) once the server is back. Taken back at the first pass, the jobs of every worker were
+        # lost for good to an outage longer than `job_timeout` (an account gets one delivery of a task's jobs).
+        self._reclaims_from = time.monotonic() + job_timeout
 
     def message_wait(self, account: str, rate: float, burst: int) -> float:
         """Seconds to wait before handling one more message of `account`'s workers (all its connections to this
@@ -417,7 +422,8 @@ class Dispatcher:
                         log.warning("job_taken_back", job=job, worker=conn.consumer)
                         self._revoke(conn, job, "no longer pending under this worker (taken back)")
         await self._keep_waiting_fresh(stream)
-        await self._reclaim(stream, role)
+        if time.monotonic() >= self._reclaims_from:
+            await self._reclaim(stream, role)
         await redis.xreadgroup(GROUP, WAITING, {stream: ">"}, count=100)
         if not mine:
             return
