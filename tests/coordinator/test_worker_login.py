@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import types
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from ethml.coordinator.dispatch import Dispatcher
 from ethml.coordinator.edge import errors_and_metrics
 from ethml.coordinator.metrics import Metrics
 from ethml.coordinator.permit import sign_login
+from ethml.coordinator.routes import worker_login
 from ethml.coordinator.routes.worker_socket import routes
 from ethml.coordinator.store import Store
 from tests.node.conftest import wait_until
@@ -33,6 +35,7 @@ class FakeChain:
     def __init__(self) -> None:
         self.staked: set[str] = set()
         self.failing = False
+        self.hanging = False  # a node that accepts the call and never answers
         self.calls = 0
         self.tasks = types.SimpleNamespace(functions=types.SimpleNamespace(isStaked=self._is_staked))
 
@@ -41,6 +44,8 @@ class FakeChain:
             self.calls += 1
             if self.failing:
                 raise ConnectionError("the RPC is down")
+            if self.hanging:
+                await asyncio.Event().wait()
             return address.lower() in self.staked
 
         return types.SimpleNamespace(call=call)
@@ -198,6 +203,23 @@ async def test_a_backend_failing_during_a_login_is_told_on_the_websocket(server:
 
     await wait_until(counted, timeout=30, what="the login to be counted")
     assert server.counted(503) == 0
+
+
+async def test_a_chain_rpc_that_never_answers_is_unavailable_within_the_stake_read_wait(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an outside review: with the chain node stopped (it accepted the call and never answered), a login
+    waited for web3's five tries of 30 s, and was told `unavailable` 155 s later. It is told after
+    STAKE_READ_WAIT now, and tries again."""
+    monkeypatch.setattr(worker_login, "STAKE_READ_WAIT", 0.5)
+    server.chain.hanging = True
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
+        await send_login(ws, Account.create())
+        message = await ws.receive(timeout=30)  # (with no bound on the read, this would time out: 30 s)
+        assert message.type == aiohttp.WSMsgType.TEXT and message.json()["type"] == "unavailable", message
+        closed = await ws.receive(timeout=30)
+        assert closed.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1013, closed
+    assert server.chain.calls == 1
 
 
 async def test_a_client_that_hangs_up_before_its_login_is_no_backend_failure(server: Server) -> None:

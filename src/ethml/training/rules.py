@@ -96,8 +96,10 @@ class RulesCache:
     object cost milliseconds; a read per waiting request was a third of the server's time under load);
     a failed read fails those requests and the next one reads again."""
 
-    def __init__(self, w3: AsyncWeb3[Any], deployment: Deployment, ttl: float = 10.0) -> None:
-        self.w3, self.deployment, self.ttl = w3, deployment, ttl
+    def __init__(self, w3: AsyncWeb3[Any], deployment: Deployment, ttl: float = 10.0, wait: float = 10.0) -> None:
+        """`wait`: seconds a read may take before it fails (TimeoutError) the requests waiting on it: a node that
+        accepts connections and never answers held them for web3's five tries of 30 s, 155 s in all."""
+        self.w3, self.deployment, self.ttl, self.wait = w3, deployment, ttl, wait
         self._value: MarketRules | None = None
         self._read_at = 0.0
         self._reading: asyncio.Future[MarketRules] | None = None
@@ -112,7 +114,8 @@ class RulesCache:
 
     async def _read(self) -> MarketRules:
         try:
-            value = await read_rules(self.w3, self.deployment)
+            async with asyncio.timeout(self.wait):
+                value = await read_rules(self.w3, self.deployment)
             self._value, self._read_at = value, time.monotonic()
             return value
         finally:

@@ -17,7 +17,7 @@ from ethml.coordinator import redis_keys as k
 from ethml.coordinator.appkeys import CHAIN, PERMITS, RULES, STORE, TERMS
 from ethml.coordinator.auth import Principal, buckets, rate_limit, required, too_many
 from ethml.coordinator.chain import SCORE_SCALE
-from ethml.coordinator.edge import ApiError, defer_continue, read_json
+from ethml.coordinator.edge import UNAVAILABLE, ApiError, defer_continue, read_json
 from ethml.coordinator.follower import BEFORE_VALIDATING, CreationNotFound, creation_block, task_opened
 from ethml.coordinator.permit import address_of, recover_public_key
 from ethml.coordinator.relayer import replay_history
@@ -169,7 +169,20 @@ async def post_task(request: web.Request) -> web.Response:
             },
         },
     )
-    wait = await request.app[STORE].take_token_and_create(buckets(request, who["key"]), doc)
+    try:
+        wait = await request.app[STORE].take_token_and_create(buckets(request, who["key"]), doc)
+    except UNAVAILABLE as exc:
+        # The script may have reached Redis and run there after all (a Redis that stalled past the client's
+        # timeout, then went on): the task may be stored. Posting the same body again is safe (a stored one is
+        # answered 409 with its id); signing the terms again would make a second task for the same nonce, which
+        # the chain refuses.
+        log.warning("backend_unavailable", error=str(exc) or type(exc).__name__, path=request.path)
+        raise ApiError(
+            503,
+            "Redis did not answer; the task may be stored: retry with this same body (one stored already is "
+            "answered 409 with its id), not with terms signed again",
+            headers={"Retry-After": "1"},
+        ) from None
     if isinstance(wait, str):
         held = await _add_test_set(request.app[STORE], wait, doc)
         if held is None:

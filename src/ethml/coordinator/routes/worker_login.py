@@ -40,6 +40,11 @@ async def take_login_token(request: web.Request) -> None:
 #: 2 s from one client refused at its login, a core's worth of work for each refusal an address's login rate allows).
 REFUSAL_LINGER = 0.2
 
+#: Seconds the login's stake check (and the recheck on load reports) may wait for the chain RPC: past it the
+#: worker is told `unavailable` and tries again (web3's five tries of 30 s held a login 155 s on a node that
+#: accepted connections and never answered).
+STAKE_READ_WAIT = 10.0
+
 
 async def refuse(ws: web.WebSocketResponse, reason: str, transport: asyncio.Transport | None) -> None:
     """Refuse the login (the worker exits: retrying will not help); a worker gone already hears nothing."""
@@ -101,7 +106,9 @@ async def login(
     if not await store.use_login_nonce(nonce, signer):
         await refuse(ws, "this login was used already", transport)
         return None
-    if not await app[CHAIN].tasks.functions.isStaked(signer, ROLES[role]).call():
+    async with asyncio.timeout(STAKE_READ_WAIT):  # a node that never answers: `unavailable`, not a 155 s wait
+        staked = await app[CHAIN].tasks.functions.isStaked(signer, ROLES[role]).call()
+    if not staked:
         await refuse(ws, f"{signer} holds no {role} stake in TrainingTasks (ethml stake --role {role})", transport)
         return None
     conn = WorkerConn(worker_id, signer, role, ws, capacity, cfg.instance, transport=transport)

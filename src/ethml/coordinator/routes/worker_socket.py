@@ -22,7 +22,7 @@ from ethml.coordinator.appkeys import CHAIN, CONFIG, DISPATCHER, METRICS, STORE
 from ethml.coordinator.auth import client_address
 from ethml.coordinator.dispatch import CONTROL_BURST, CONTROL_RATE, UNPROVEN, WorkerConn, take_token, token_wait
 from ethml.coordinator.edge import BACKEND_ERRORS
-from ethml.coordinator.routes.worker_login import login, refuse, take_login_token, unavailable
+from ethml.coordinator.routes.worker_login import STAKE_READ_WAIT, login, refuse, take_login_token, unavailable
 from ethml.coordinator.schemas import (
     WORKER_MESSAGE,
     Drain,
@@ -234,7 +234,7 @@ async def _still_staked(app: web.Application, conn: WorkerConn) -> bool:
         return True
     conn.stake_checked = now
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(STAKE_READ_WAIT):
             staked = await app[CHAIN].tasks.functions.isStaked(conn.address, ROLES[conn.role]).call()
     except (*BACKEND_ERRORS, Web3Exception, TimeoutError) as exc:  # (a lagging node's empty answer included)
         log.warning("worker_stake_unchecked", worker=conn.consumer, error=str(exc) or type(exc).__name__)
