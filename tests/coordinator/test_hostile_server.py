@@ -232,19 +232,24 @@ async def _disconnects(worker: Worker, count: int) -> list[dict[str, Any]]:
     return seen
 
 
+async def _retry_delays(url: str, data_dir: Path, count: int) -> list[dict[str, Any]]:
+    """The first `count` reconnections (their `disconnected` events) of a worker with a 4 s backoff limit."""
+    worker = FakeWorker(url, data_dir, max_backoff=4.0)
+    run = asyncio.create_task(worker.run())
+    try:
+        return await _disconnects(worker, count)
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(run, 30)
+
+
 async def test_sessions_the_server_ends_at_once_are_backed_off_from(server: tuple[Server, str], tmp_path: Path) -> None:
     """A server that closed every session right after the login (1013: its Redis down, say) was logged in to
     again every half second for as long as that lasted, by every worker at once: a session that ends before
     STABLE_SESSION now backs off as a failed connection does, each delay drawn afresh."""
     coordinator, url = server
     coordinator.close_after_welcome = lambda n: 0.0
-    worker = FakeWorker(url, tmp_path, max_backoff=4.0)
-    run = asyncio.create_task(worker.run())
-    try:
-        seen = await _disconnects(worker, 6)
-    finally:
-        worker.stop_now()
-        await asyncio.wait_for(run, 30)
+    seen = await _retry_delays(url, tmp_path, 6)
     assert {e["reason"] for e in seen} == {"connection closed (1013)"}
     backoff = [min(FIRST_BACKOFF * 2**i, 4.0) for i in range(6)]
     assert all(b / 2 <= e["retry_in"] <= b for e, b in zip(seen, backoff, strict=True)), seen
@@ -259,14 +264,7 @@ async def test_a_session_that_lasted_starts_the_backoff_again(
     monkeypatch.setattr(worker_module, "STABLE_SESSION", 1.0)
     coordinator, url = server
     coordinator.close_after_welcome = lambda n: 1.5 if n == 4 else 0.0
-    worker = FakeWorker(url, tmp_path, max_backoff=4.0)
-    run = asyncio.create_task(worker.run())
-    try:
-        seen = await _disconnects(worker, 5)
-    finally:
-        worker.stop_now()
-        await asyncio.wait_for(run, 30)
-    delays = [e["retry_in"] for e in seen]
+    delays = [e["retry_in"] for e in await _retry_delays(url, tmp_path, 5)]
     assert delays[2] >= 1.0  # the third short session in a row: a backoff of 2 s
     assert FIRST_BACKOFF / 2 <= delays[3] <= FIRST_BACKOFF  # after a session of 1.5 s: from the start
     assert FIRST_BACKOFF <= delays[4] <= 2 * FIRST_BACKOFF
